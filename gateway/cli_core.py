@@ -1,0 +1,204 @@
+"""The core CLI commands: run, check, plugins, token, user, demo (registered as a built-in plugin)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from gateway.commands import Command
+from gateway.errors import ConfigError
+from gateway.hookspecs import hookimpl
+from gateway.plugins import get_plugin_manager, list_plugins
+from gateway.protocols.registry import protocol_registry
+from gateway.resources.loader import load_path
+
+DEFAULT_DATA_DIR = "./fieldgate-data"
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path,
+                        help=f"where the store lives (default {DEFAULT_DATA_DIR})")
+
+
+# --- run -------------------------------------------------------------------------------------------------------
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, type=Path, help="a YAML file or a directory of them")
+    _data_dir_arg(parser)
+    parser.add_argument("--log-format", choices=("human", "json"), default="human")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.cli import setup_logging
+
+    setup_logging(args.log_format, args.log_level)
+    return asyncio.run(serve(args.config, args.data_dir))
+
+
+async def serve(config: Path, data_dir: Path) -> int:
+    """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly."""
+    from gateway.runtime import Gateway
+
+    gateway = Gateway.from_path(config, data_dir, serve_http=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with gateway:
+        await stop.wait()
+    return 0
+
+
+# --- check -----------------------------------------------------------------------------------------------------
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", type=Path, help="a YAML file or a directory of them")
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_path(args.path, protocol_registry(get_plugin_manager()))
+    kinds: dict[str, int] = {}
+    for doc in config.documents:
+        kinds[doc.kind] = kinds.get(doc.kind, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no documents"
+    print(f"{args.path}: valid ({summary})")
+    return 0
+
+
+# --- plugins ---------------------------------------------------------------------------------------------------
+
+
+def _configure_plugins(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON object per plugin")
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    import json
+
+    pm = get_plugin_manager()
+    infos = list_plugins(pm)
+    if args.json:
+        for info in infos:
+            print(json.dumps({"name": info.name, "distribution": info.distribution, "version": info.version,
+                              "hooks": list(info.hooks)}))
+        return 0
+    width = max(len(i.name) for i in infos)
+    for info in infos:
+        print(f"{info.name:<{width}}  {info.distribution} {info.version}  ({', '.join(info.hooks)})")
+    return 0
+
+
+# --- token and user --------------------------------------------------------------------------------------------
+
+
+def _configure_token(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="print a new API token")
+    create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    create.add_argument("--description", default="")
+    _data_dir_arg(create)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.auth import create_token
+
+    async def create() -> str:
+        async with open_store(args.data_dir) as store:
+            token = await create_token(store, args.role, args.description)
+            await store.audit("cli", "token-create", f"role {args.role}", args.description)
+            return token
+
+    print(asyncio.run(create()))
+    return 0
+
+
+def _configure_user(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="add a user or change its role and password")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    add.add_argument("--password-stdin", action="store_true", required=True,
+                     help="read the password from the first line of standard input")
+    _data_dir_arg(add)
+
+
+def _user(args: argparse.Namespace) -> int:
+    from gateway.auth import add_user
+
+    password = sys.stdin.readline().rstrip("\r\n")
+
+    async def add() -> None:
+        async with open_store(args.data_dir) as store:
+            await add_user(store, args.name, args.role, password)
+            await store.audit("cli", "user-add", args.name, f"role {args.role}")
+
+    asyncio.run(add())
+    print(f"user {args.name} ({args.role}) saved")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def open_store(data_dir: Path):  # type: ignore[no-untyped-def]
+    from gateway.store import Store
+
+    store = Store(data_dir)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# --- demo ------------------------------------------------------------------------------------------------------
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path("./demo-data"))
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the web UI and API")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.auth import add_user, create_token
+    from gateway.cli import setup_logging
+    from gateway.demo import write_demo_config
+
+    setup_logging("human")
+    config_dir = write_demo_config(args.data_dir / "config", listen=args.listen)
+    password = secrets.token_urlsafe(12)
+
+    async def credentials() -> str:
+        async with open_store(args.data_dir) as store:
+            await add_user(store, "admin", "admin", password)
+            return await create_token(store, "admin", "demo")
+
+    token = asyncio.run(credentials())
+    print(f"fieldgate demo on http://{args.listen}/\n"
+          f"  user admin, password {password}\n"
+          f"  API token (admin): {token}\n"
+          f"  try: curl -H 'Authorization: Bearer {token}' http://{args.listen}/api/v1/devices\n"
+          f"  config in {config_dir}; stop with Ctrl-C", flush=True)
+    return asyncio.run(serve(config_dir, args.data_dir))
+
+
+@hookimpl
+def register_commands() -> list[Command]:
+    return [
+        Command("run", "run the gateway until SIGINT/SIGTERM", _configure_run, _run),
+        Command("check", "check resource documents; exit 2 with one line per problem", _configure_check, _check),
+        Command("plugins", "list loaded plugins with their distribution and version", _configure_plugins, _plugins),
+        Command("token", "manage API tokens", _configure_token, _token),
+        Command("user", "manage local users", _configure_user, _user),
+        Command("demo", "run the gateway against simulated devices, with its web UI", _configure_demo, _demo),
+    ]
+
+
+def fail(message: str) -> None:
+    raise ConfigError(message)

@@ -1,0 +1,54 @@
+"""Hook specifications: every extension point of fieldgate, for built-in features and plugins alike.
+
+Each hook is documented in docs/plugin-hooks.md; tests/test_docs.py fails when one is missing there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gateway.commands import Command
+    from gateway.protocols.base import Protocol
+    from gateway.runtime import Gateway
+
+hookspec = pluggy.HookspecMarker("fieldgate")
+hookimpl = pluggy.HookimplMarker("fieldgate")
+
+
+@hookspec
+def register_protocols() -> Iterable[type[Protocol]]:
+    """Return protocol classes; each serves the protocol names in its `names` attribute."""
+
+
+@hookspec
+def register_sinks() -> Iterable[type[Any]]:
+    """Return sink classes; each serves the sink type in its `name` attribute."""
+
+
+@hookspec
+def register_runtimes() -> Iterable[type[Any]]:
+    """Return runtime classes that run edge apps; each serves the runtime in its `name` attribute."""
+
+
+@hookspec
+def register_routes() -> Iterable[Any]:
+    """Return Litestar route handlers or controllers to mount in the local web app (guarded like the rest)."""
+
+
+@hookspec
+def register_commands() -> Iterable[Command]:
+    """Return CLI commands (gateway.commands.Command) to add under `fieldgate <name>`."""
+
+
+@hookspec
+def startup(gateway: Gateway) -> Awaitable[None] | None:
+    """Called once the gateway runtime has started; may return an awaitable."""
+
+
+@hookspec
+def shutdown(gateway: Gateway) -> Awaitable[None] | None:
+    """Called when the gateway runtime stops, before the store closes; may return an awaitable."""

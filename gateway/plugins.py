@@ -1,0 +1,91 @@
+"""The plugin manager: built-in features and third-party plugins register through the same hooks."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+
+import pluggy
+
+from gateway import __version__, hookspecs
+from gateway.errors import PluginError
+
+log = logging.getLogger(__name__)
+
+# Built-in features, registered exactly like third-party plugins.
+BUILTIN_PLUGINS = (
+    "gateway.protocols.virtual",
+    "gateway.cli_core",
+    "gateway.bench",
+    "gateway.importers.cli",
+)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    hooks: tuple[str, ...]
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering the distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("fieldgate")
+        self.distributions: dict[str, tuple[str, str]] = {}
+        self.load_failures: dict[str, str] = {}
+
+
+def get_plugin_manager(*, load_entry_points: bool = True) -> PluginManager:
+    """A fresh plugin manager with the built-in plugins and, unless told otherwise, the installed ones."""
+    pm = PluginManager()
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if load_entry_points:
+        load_entry_point_plugins(pm)
+    pm.check_pending()
+    return pm
+
+
+def load_entry_point_plugins(pm: PluginManager) -> None:
+    """Register every `fieldgate` entry point; one that fails to import is logged and skipped, not fatal."""
+    for dist in importlib.metadata.distributions():
+        for entry_point in dist.entry_points:
+            if entry_point.group != "fieldgate" or pm.get_plugin(entry_point.name) is not None:
+                continue
+            if pm.is_blocked(entry_point.name):
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # a broken third-party plugin must not stop the gateway
+                pm.load_failures[entry_point.name] = f"{type(exc).__name__}: {exc}"
+                log.error("plugin %s from %s failed to load: %s", entry_point.name, dist.metadata["name"], exc)
+                continue
+            pm.register(plugin, name=entry_point.name)
+            pm.distributions[entry_point.name] = (dist.metadata["name"], dist.version)
+
+
+def list_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """Every registered plugin with the distribution it came from."""
+    dists = pm.distributions if isinstance(pm, PluginManager) else {}
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+        dist = dists.get(name)
+        if dist is not None:
+            infos.append(PluginInfo(name, dist[0], dist[1], hooks))
+        else:
+            infos.append(PluginInfo(name, "fieldgate", __version__, hooks))
+    return infos
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise PluginError(message)

@@ -1,0 +1,284 @@
+"""The poller: one task per device reading its properties on their collect intervals and writing twin deltas.
+
+Properties with the same collect and report interval form a schedule; schedules due together are read with one
+cached read plan. Every protocol call runs inside the device's timeout budget, so a dead device only ever costs
+its own task time; after a failure the device reconnects with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
+from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
+from gateway.twin import DeviceState, Twin
+from gateway.values import read_value
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+WRITE_RETRY = 5.0
+EARLY = 0.0005  # a schedule due within this many seconds is read in the same cycle
+
+ReportCallback = Callable[[str, float, dict[str, Any]], None]
+StateCallback = Callable[[Twin, DeviceState, str], None]
+
+
+@dataclass(eq=False)
+class Schedule:
+    interval: float
+    report_interval: float
+    props: tuple[BoundProperty, ...]
+    next_collect: float = 0.0
+    next_report: float = 0.0
+
+
+@dataclass
+class PollStats:
+    """Counters and recent cycle lateness of one device (seconds)."""
+
+    cycles: int = 0
+    read_errors: int = 0
+    writes: int = 0
+    write_errors: int = 0
+    missed: int = 0
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    last_cycle: float = 0.0
+
+
+def make_schedules(device: BoundDevice) -> list[Schedule]:
+    groups: dict[tuple[float, float], list[BoundProperty]] = {}
+    for prop in device.properties.values():
+        groups.setdefault((prop.collect_interval, prop.report_interval), []).append(prop)
+    return [Schedule(collect, report, tuple(props)) for (collect, report), props in sorted(groups.items())]
+
+
+class DevicePoller:
+    """Polls one device; `run()` is the supervised task."""
+
+    def __init__(self, device: BoundDevice, protocol_cls: type[Protocol], twin: Twin, *,
+                 on_report: ReportCallback, on_state: StateCallback) -> None:
+        self.device = device
+        self.protocol_cls = protocol_cls
+        self.twin = twin
+        self.on_report = on_report
+        self.on_state = on_state
+        self.budget = float(device.resource.timeout)
+        self.stats = PollStats()
+        self.schedules = make_schedules(device)
+        self._protocol: Protocol | None = None
+        self._plans: dict[tuple[int, ...], Any] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._retry_at: dict[str, float] = {}
+        self._logged_error = ""
+
+    # --- supervised loop --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = MIN_BACKOFF
+        try:
+            while True:
+                try:
+                    await self._connect()
+                    backoff = MIN_BACKOFF
+                    await self._poll_forever()
+                except (FieldgateError, TimeoutError, OSError) as exc:
+                    self._fail(describe(exc, self.budget))
+                except Exception as exc:  # a protocol plugin bug must not take the device task down for good
+                    self._fail(f"internal error: {type(exc).__name__}: {exc}", exc)
+                await self._close()
+                await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            await self._close()
+
+    def wake(self) -> None:
+        """Cut the current sleep short (a desired value is waiting to be written)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # --- connection ---------------------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        self._protocol = self.protocol_cls(self.device)
+        self._plans.clear()
+        async with asyncio.timeout(self.budget):
+            await self._protocol.open()
+        # A device that comes back gets its desired values again.
+        for name, prop in self.twin.properties.items():
+            if prop.desired is not None and self.device.properties[name].writable:
+                prop.pending = True
+        now = asyncio.get_running_loop().time()
+        for schedule in self.schedules:
+            schedule.next_collect = now
+            schedule.next_report = now
+
+    async def _close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            try:
+                async with asyncio.timeout(self.budget):
+                    await protocol.close()
+            except Exception as exc:
+                log.debug("%s: close failed: %s", self.device.id, exc)
+
+    def _fail(self, reason: str, exc: BaseException | None = None) -> None:
+        self.stats.read_errors += 1
+        for prop in self.twin.properties.values():
+            prop.quality = "bad"
+        if reason != self._logged_error:
+            self._logged_error = reason
+            log.warning("%s: %s", self.device.id, reason, exc_info=exc)
+        self._set_state("offline", reason)
+
+    def _set_state(self, state: DeviceState, reason: str) -> None:
+        if self.twin.set_state(state, reason):
+            self.on_state(self.twin, state, reason)
+            if state == "online" and self._logged_error:
+                log.info("%s: back online", self.device.id)
+                self._logged_error = ""
+
+    # --- polling ------------------------------------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        schedules = self.schedules
+        if not schedules:
+            self._set_state("online", "")
+        while True:
+            if any(p.pending for p in self.twin.properties.values()):
+                await self._write_deltas(loop.time())
+            if not schedules:
+                await self._sleep_until(loop.time() + 3600)
+                continue
+            deadline = min(s.next_collect for s in schedules)
+            await self._sleep_until(deadline)
+            now = loop.time()
+            due = [s for s in schedules if s.next_collect <= now + EARLY]
+            if not due:
+                continue  # woken early for a write
+            self.stats.lateness.append(max(now - min(s.next_collect for s in due), 0.0))
+            async with asyncio.timeout(self.budget):
+                result = await self._read(due)
+            self.stats.cycles += 1
+            self.stats.last_cycle = loop.time() - now
+            self._apply(result, time.time(), due, now)
+            for schedule in due:
+                schedule.next_collect += schedule.interval
+                if schedule.next_collect <= now:  # fell behind: skip the missed cycles instead of bursting
+                    missed = int((now - schedule.next_collect) // schedule.interval) + 1
+                    self.stats.missed += missed
+                    schedule.next_collect += missed * schedule.interval
+
+    async def _read(self, due: list[Schedule]) -> ReadResult:
+        assert self._protocol is not None
+        key = tuple(id(s) for s in due)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._protocol.plan([p for s in due for p in s.props])
+        return await self._protocol.read(plan)
+
+    def _apply(self, result: ReadResult, ts: float, due: list[Schedule], now: float) -> None:
+        twin_props = self.twin.properties
+        values = result.values
+        for name, raw in values.items():
+            prop = twin_props.get(name)
+            if prop is None:
+                continue
+            try:
+                prop.reported = read_value(self.device.properties[name].model, raw)
+            except (TypeError, ValueError) as exc:
+                result.errors[name] = f"cannot convert {raw!r}: {exc}"
+                continue
+            prop.reported_at = ts
+            prop.quality = "good"
+            prop.error = None
+        for name, error in result.errors.items():
+            prop = twin_props.get(name)
+            if prop is not None:
+                prop.quality = "bad"
+                prop.error = error
+        report: dict[str, Any] = {}
+        for schedule in due:
+            if schedule.next_report > now + EARLY:
+                continue
+            schedule.next_report += schedule.report_interval
+            if schedule.next_report <= now:
+                schedule.next_report = now + schedule.report_interval
+            for bound in schedule.props:
+                reported = twin_props[bound.name]
+                if reported.quality == "good" and bound.name in values:
+                    report[bound.name] = reported.reported
+        if result.errors:
+            self.stats.read_errors += 1
+            first = next(iter(result.errors.items()))
+            self._set_state("unhealthy", f"{len(result.errors)} properties failed, e.g. {first[0]}: {first[1]}")
+        else:
+            self._set_state("online", "")
+        if report:
+            self.on_report(self.device.id, ts, report)
+
+    async def _write_deltas(self, now: float) -> None:
+        assert self._protocol is not None
+        for name, twin_prop in self.twin.properties.items():
+            if not twin_prop.pending or self._retry_at.get(name, 0.0) > now:
+                continue
+            prop = self.device.properties[name]
+            if not prop.writable or twin_prop.desired is None:
+                twin_prop.pending = False
+                continue
+            desired = twin_prop.desired
+            try:
+                async with asyncio.timeout(self.budget):
+                    await self._protocol.write(prop, desired)
+                    self.stats.writes += 1
+                    result = await self._protocol.read(self._protocol.plan([prop]))
+            except DeviceTimeout:
+                raise  # the connection is gone: reconnect, then write again
+            except ProtocolError as exc:
+                self.stats.write_errors += 1
+                twin_prop.error = f"write failed: {exc}"
+                self._retry_at[name] = now + WRITE_RETRY
+                log.warning("%s: writing %s=%r failed: %s", self.device.id, name, desired, exc)
+                continue
+            if twin_prop.desired == desired:  # not changed again while the write was under way
+                twin_prop.pending = False
+            self._retry_at.pop(name, None)
+            ts = time.time()
+            self._apply(result, ts, [], asyncio.get_running_loop().time())
+            if name in result.values:
+                self.on_report(self.device.id, ts, {name: twin_prop.reported})
+
+    async def _sleep_until(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        if deadline <= loop.time():
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        handle = loop.call_at(deadline, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def describe(exc: BaseException, budget: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within the {budget:g}s timeout budget"
+    if isinstance(exc, OSError):
+        return f"connection failed: {exc}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,1 @@
+"""Protocols: how the poller talks to devices. Built-in `virtual`; others come from plugins."""

@@ -1,0 +1,89 @@
+"""The protocol contract (the DMI mapper verbs InitDevice/GetDeviceData/SetDeviceData/StopDevice, async)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+
+from gateway.resources.schema import Device, DeviceProperty, PropertyModel
+
+
+@dataclass(frozen=True, eq=False)
+class BoundProperty:
+    """A device property joined with its model entry and its protocol-specific visitor."""
+
+    name: str
+    model: PropertyModel
+    spec: DeviceProperty
+    visitor: Any
+    collect_interval: float
+    report_interval: float
+
+    @property
+    def writable(self) -> bool:
+        return self.model.access == "ReadWrite"
+
+
+@dataclass(frozen=True, eq=False)
+class BoundDevice:
+    """A device resource with its protocol config and properties resolved against its model and protocol."""
+
+    resource: Device
+    config: Any
+    properties: Mapping[str, BoundProperty]
+
+    @property
+    def id(self) -> str:
+        return f"{self.resource.namespace}/{self.resource.name}"
+
+
+@dataclass
+class ReadResult:
+    """What one read returned: values by property name, and a reason for each property that failed."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Protocol(abc.ABC):
+    """One connection to one device. The poller owns the instance and calls it from the device's task only.
+
+    Subclasses name the protocols they serve in `names`, their config Struct in `config_type` and their visitor
+    Struct in `visitor_type`. Methods raise gateway.errors.ProtocolError (or a subclass) on failure.
+    """
+
+    names: ClassVar[tuple[str, ...]]
+    config_type: ClassVar[type[msgspec.Struct]]
+    visitor_type: ClassVar[type[msgspec.Struct]]
+
+    def __init__(self, device: BoundDevice) -> None:
+        self.device = device
+
+    @classmethod
+    @abc.abstractmethod
+    def visitor_types(cls, visitor: Any) -> frozenset[str]:
+        """Model types (`int`, `float`, …) that a property read through this visitor can have."""
+
+    def plan(self, properties: Sequence[BoundProperty]) -> Any:
+        """Build the read plan for a set of properties due together; the poller caches it per set."""
+        return tuple(properties)
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect to the device (InitDevice)."""
+
+    @abc.abstractmethod
+    async def read(self, plan: Any) -> ReadResult:
+        """Read the properties of a plan (GetDeviceData); raise ProtocolError when nothing could be read."""
+
+    @abc.abstractmethod
+    async def write(self, prop: BoundProperty, value: Any) -> None:
+        """Write one value, already converted to the model type and checked (SetDeviceData)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect (StopDevice); must not raise."""

@@ -1,0 +1,1 @@
+"""Resource documents: schema, durations and the loader."""

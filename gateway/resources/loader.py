@@ -1,0 +1,312 @@
+"""Loading resource documents from YAML files and checking them as a whole.
+
+Every finding is one line naming the file, the document (index, kind and name) and the field path, e.g.
+`plant.yaml: document 3 (Device boiler-1): $.properties[0].visitor.offset: Expected int >= 0, got -1`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from gateway.errors import ConfigError, ResourceError, ValueRejected
+from gateway.protocols.base import BoundDevice, BoundProperty, Protocol
+from gateway.resources.schema import (
+    AnyDocument,
+    Device,
+    DeviceModel,
+    DeviceProperty,
+    Document,
+    Endpoint,
+    Gateway,
+    PropertyModel,
+    Route,
+    dec_hook,
+)
+from gateway.values import coerce
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)
+_GOT_TYPE = re.compile(r", got \w+$")
+MIN_INTERVAL = 0.01
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a document came from, for error messages."""
+
+    file: str
+    index: int  # 1-based within its file
+    label: str = ""
+
+    def prefix(self) -> str:
+        label = f" ({self.label})" if self.label else ""
+        return f"{self.file}: document {self.index}{label}"
+
+
+@dataclass
+class Config:
+    """A checked set of documents, with every device bound to its model and protocol."""
+
+    gateway: Gateway
+    documents: list[Document] = field(default_factory=list)
+    models: dict[tuple[str, str], DeviceModel] = field(default_factory=dict)
+    devices: dict[str, BoundDevice] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
+    routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+
+
+def yaml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or directory")
+    return [path]
+
+
+def load_path(path: str | Path, protocols: Mapping[str, type[Protocol]]) -> Config:
+    """Load a YAML file or a directory of them and check the documents as a whole."""
+    raw: list[tuple[Source, Any]] = []
+    problems: list[str] = []
+    for file in yaml_files(Path(path)):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{file}: cannot read: {exc}")
+            continue
+        try:
+            raw.extend(parse_yaml(text, str(file)))
+        except ResourceError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ResourceError(problems)
+    return check_documents(raw, protocols)
+
+
+def parse_yaml(text: str, file: str) -> list[tuple[Source, Any]]:
+    """The documents of one YAML text, each with its source; empty documents are skipped."""
+    try:
+        loaded = list(yaml.load_all(text, Loader=_SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ResourceError([f"{file}: {where}invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise ResourceError([f"{file}: invalid YAML: nested too deeply"]) from None
+    return [(Source(file, index), doc) for index, doc in enumerate(loaded, start=1) if doc is not None]
+
+
+def check_documents(raw: Iterable[tuple[Source, Any]], protocols: Mapping[str, type[Protocol]]) -> Config:
+    """Decode raw documents into Structs, then run the checks across documents; raise ResourceError."""
+    checker = _Checker(protocols)
+    for source, doc in raw:
+        checker.decode(source, doc)
+    return checker.finish()
+
+
+def format_validation_error(exc: msgspec.ValidationError, raw: Any, base_path: str = "$") -> str:
+    """`$.a.b: Expected int >= 0, got -1` from a msgspec error, with the path prefixed by `base_path`."""
+    text = str(exc)
+    match = _MSGSPEC_PATH.match(text)
+    message, path = (match["message"], match["path"]) if match else (text, "$")
+    message = message.replace("`", "")
+    if message.startswith("Expected") and (", got" not in message or _GOT_TYPE.search(message)):
+        found, value = _lookup(raw, path)
+        if found:  # msgspec names the type it got; the value itself says more
+            message = _GOT_TYPE.sub("", message) + f", got {_short(value)}"
+    full = base_path + path[1:]
+    return f"{full}: {message}"
+
+
+def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
+    node = raw
+    for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path[1:]):
+        try:
+            node = node[int(index)] if index else node[key]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, node
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else msgspec.json.encode(value).decode(errors="replace")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Checker:
+    def __init__(self, protocols: Mapping[str, type[Protocol]]) -> None:
+        self.protocols = protocols
+        self.problems: list[str] = []
+        self.docs: list[tuple[Source, Document, Any]] = []
+
+    def fail(self, source: Source, path: str, message: str) -> None:
+        self.problems.append(f"{source.prefix()}: {path}: {message}" if path else f"{source.prefix()}: {message}")
+
+    def decode(self, source: Source, raw: Any) -> None:
+        if isinstance(raw, dict):
+            kind, name = raw.get("kind"), raw.get("name")
+            if isinstance(kind, str) and isinstance(name, str):
+                source = Source(source.file, source.index, f"{kind} {name}")
+        else:
+            self.fail(source, "$", f"Expected a mapping (a resource document), got {type(raw).__name__}")
+            return
+        try:
+            doc = msgspec.convert(raw, AnyDocument, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            self.problems.append(f"{source.prefix()}: {format_validation_error(exc, raw)}")
+            return
+        self.docs.append((source, doc, raw))
+
+    def finish(self) -> Config:
+        seen: dict[tuple[str, str, str], Source] = {}
+        gateways: list[Gateway] = []
+        config = Config(gateway=Gateway(name="fieldgate"))
+        for source, doc, _ in self.docs:
+            if doc.key in seen:
+                self.fail(source, "$.name", f"duplicate {doc.kind} {doc.namespace}/{doc.name} (first in "
+                          f"{seen[doc.key].file}: document {seen[doc.key].index})")
+                continue
+            seen[doc.key] = source
+            config.documents.append(doc)
+            if isinstance(doc, Gateway):
+                gateways.append(doc)
+            elif isinstance(doc, DeviceModel):
+                config.models[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, Endpoint):
+                config.endpoints[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, Route):
+                config.routes[(doc.namespace, doc.name)] = doc
+        if len(gateways) > 1:
+            self.problems.append("more than one Gateway document: a node has one")
+        elif gateways:
+            config.gateway = gateways[0]
+        for source, doc, raw in self.docs:
+            if isinstance(doc, DeviceModel):
+                self.check_model(source, doc)
+            elif isinstance(doc, Device) and doc.key in seen and seen[doc.key] is source:
+                bound = self.bind_device(source, doc, raw, config)
+                if bound is not None:
+                    config.devices[bound.id] = bound
+            elif isinstance(doc, Route):
+                for field_name in ("source", "target"):
+                    endpoint = getattr(doc, field_name)
+                    if (doc.namespace, endpoint) not in config.endpoints:
+                        self.fail(source, f"$.{field_name}", f"no Endpoint {doc.namespace}/{endpoint}")
+        if self.problems:
+            raise ResourceError(self.problems)
+        return config
+
+    def check_model(self, source: Source, model: DeviceModel) -> None:
+        names: set[str] = set()
+        for i, prop in enumerate(model.properties):
+            path = f"$.properties[{i}]"
+            if prop.name in names:
+                self.fail(source, f"{path}.name", f"duplicate property {prop.name!r}")
+            names.add(prop.name)
+            if prop.minimum is not None and prop.maximum is not None and prop.minimum > prop.maximum:
+                self.fail(source, f"{path}.minimum", f"minimum {prop.minimum:g} is above maximum {prop.maximum:g}")
+            if (prop.minimum is not None or prop.maximum is not None) and prop.type not in ("int", "float", "double"):
+                self.fail(source, f"{path}.minimum", f"minimum/maximum apply to numbers, not {prop.type}")
+
+    def bind_device(self, source: Source, device: Device, raw: Any, config: Config) -> BoundDevice | None:
+        before = len(self.problems)
+        model, profile_visitors = self.resolve_model(source, device, config)
+        protocol = self.protocols.get(device.protocol.name)
+        if protocol is None:
+            known = ", ".join(sorted(self.protocols)) or "none"
+            self.fail(source, "$.protocol.name", f"unknown protocol {device.protocol.name!r} (loaded: {known})")
+        if model is None or protocol is None:
+            return None
+        try:
+            protocol_config = msgspec.convert(device.protocol.config, protocol.config_type, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            self.problems.append(f"{source.prefix()}: "
+                                 f"{format_validation_error(exc, device.protocol.config, '$.protocol.config')}")
+            protocol_config = None
+        by_name = {p.name: p for p in model.properties}
+        specs = list(device.properties)
+        if not specs and profile_visitors:
+            specs = [DeviceProperty(name=name) for name in profile_visitors]
+        bound: dict[str, BoundProperty] = {}
+        for i, spec in enumerate(specs):
+            path = f"$.properties[{i}]"
+            prop_model = by_name.get(spec.name)
+            if prop_model is None:
+                self.fail(source, f"{path}.name", f"property {spec.name!r} is not in model "
+                          f"{model.namespace}/{model.name}")
+                continue
+            if spec.name in bound:
+                self.fail(source, f"{path}.name", f"duplicate property {spec.name!r}")
+                continue
+            visitor_raw = spec.visitor or profile_visitors.get(spec.name, {})
+            try:
+                visitor = msgspec.convert(visitor_raw, protocol.visitor_type, dec_hook=dec_hook)
+            except msgspec.ValidationError as exc:
+                self.problems.append(f"{source.prefix()}: "
+                                     f"{format_validation_error(exc, visitor_raw, f'{path}.visitor')}")
+                continue
+            try:
+                fits = protocol.visitor_types(visitor)
+            except ConfigError as exc:
+                self.fail(source, f"{path}.visitor", str(exc))
+                continue
+            if prop_model.type not in fits:
+                self.fail(source, f"{path}.visitor", f"the visitor gives {'/'.join(sorted(fits))}, which does "
+                          f"not fit the model type {prop_model.type} of {spec.name!r}")
+            self.check_intervals(source, path, spec)
+            if spec.desired is not None:
+                self.check_desired(source, path, prop_model, spec)
+            report = spec.report_interval if spec.report_interval is not None else spec.collect_interval
+            bound[spec.name] = BoundProperty(spec.name, prop_model, spec, visitor, float(spec.collect_interval),
+                                             float(report))
+        if len(self.problems) > before or protocol_config is None:
+            return None
+        return BoundDevice(device, protocol_config, bound)
+
+    def resolve_model(self, source: Source, device: Device, config: Config
+                      ) -> tuple[DeviceModel | None, dict[str, dict[str, Any]]]:
+        if device.profile is not None:
+            if device.model is not None:
+                self.fail(source, "$.model", "give either model or profile, not both")
+                return None, {}
+            try:
+                from gateway.profiles import load_profile
+            except ImportError:
+                self.fail(source, "$.profile", "firmware profiles are not available in this installation")
+                return None, {}
+            try:
+                profile = load_profile(device.profile)
+            except ConfigError as exc:
+                self.fail(source, "$.profile", str(exc))
+                return None, {}
+            return profile.model, profile.visitors
+        if device.model is None:
+            self.fail(source, "$.model", "a device needs a model (or a profile)")
+            return None, {}
+        model = config.models.get((device.namespace, device.model))
+        if model is None:
+            self.fail(source, "$.model", f"no DeviceModel {device.namespace}/{device.model}")
+        return model, {}
+
+    def check_intervals(self, source: Source, path: str, spec: DeviceProperty) -> None:
+        if spec.collect_interval < MIN_INTERVAL:
+            self.fail(source, f"{path}.collect_interval", f"must be at least {MIN_INTERVAL * 1000:g}ms")
+        if spec.report_interval is not None and spec.report_interval < spec.collect_interval:
+            self.fail(source, f"{path}.report_interval", "must not be shorter than collect_interval")
+
+    def check_desired(self, source: Source, path: str, model: PropertyModel, spec: DeviceProperty) -> None:
+        if model.access != "ReadWrite":
+            self.fail(source, f"{path}.desired", f"{spec.name!r} is {model.access}: only ReadWrite properties "
+                      "take a desired value")
+            return
+        try:
+            coerce(model, spec.desired)
+        except ValueRejected as exc:
+            self.fail(source, f"{path}.desired", str(exc))

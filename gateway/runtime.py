@@ -1,0 +1,289 @@
+"""The gateway runtime: one asyncio loop running the store, the bus, the device pollers and the web app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import socket
+import statistics
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import pluggy
+
+from gateway import __version__
+from gateway.bus import Bus, state_topic, telemetry_topic
+from gateway.errors import ConfigError, NotFound, ValueRejected
+from gateway.plugins import get_plugin_manager
+from gateway.poller import DevicePoller
+from gateway.protocols.registry import protocol_registry
+from gateway.resources.loader import Config, load_path
+from gateway.resources.schema import Device, enc_hook
+from gateway.store import ReportRow, Store
+from gateway.supervisor import Supervisor
+from gateway.twin import DeviceState, Twin, TwinProperty
+from gateway.values import coerce
+
+log = logging.getLogger(__name__)
+RETENTION_EVERY = 60.0
+
+
+class Report(msgspec.Struct, frozen=True):
+    """One device report on the bus: the values of the properties whose report was due."""
+
+    device: str
+    ts: float
+    values: dict[str, Any]
+
+
+class DeviceStateChange(msgspec.Struct, frozen=True):
+    device: str
+    state: str
+    reason: str
+    ts: float
+
+
+class Gateway:
+    """Owns every running part; use `async with Gateway.from_path(...) as gw:` or start()/stop()."""
+
+    def __init__(self, config: Config, data_dir: Path, pm: pluggy.PluginManager, *,
+                 config_path: Path | None = None, serve_http: bool = False) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.pm = pm
+        self.config_path = config_path
+        self.serve_http = serve_http
+        self.node_name = config.gateway.name
+        self.protocols = protocol_registry(pm)
+        self.bus = Bus()
+        self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval))
+        self.supervisor = Supervisor()
+        self.twins: dict[str, Twin] = {}
+        self.pollers: dict[str, DevicePoller] = {}
+        self.started_at = 0.0
+        self.http_server: Any = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path, data_dir: str | Path, *, serve_http: bool = False,
+                  pm: pluggy.PluginManager | None = None) -> Gateway:
+        pm = pm or get_plugin_manager()
+        config = load_path(path, protocol_registry(pm))
+        return cls(config, Path(data_dir), pm, config_path=Path(path), serve_http=serve_http)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.started_at = time.time()
+        await self.store.open()
+        try:
+            await self._restore_twins()
+            self.bus.subscribe("devices/+/+/telemetry", self._store_report)
+            self.supervisor.start("store-writer", self.store.run_writer)
+            self.supervisor.start("history-retention", self._retention)
+            for device_id, device in self.config.devices.items():
+                poller = DevicePoller(device, self.protocols[device.resource.protocol.name], self.twins[device_id],
+                                      on_report=self._on_report, on_state=self._on_state)
+                self.pollers[device_id] = poller
+                self.supervisor.start(f"device {device_id}", poller.run)
+            if self.serve_http:
+                await self._start_http()
+            await self._call_hook("startup")
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("fieldgate %s started: node %s, %d devices, data in %s", __version__, self.node_name,
+                 len(self.pollers), self.data_dir)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._call_hook("shutdown")
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+            if self._http_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._http_task, 5)
+            self.http_server = None
+        await self.supervisor.stop()
+        await self.store.close()
+        log.info("fieldgate stopped")
+
+    async def _call_hook(self, name: str) -> None:
+        for result in getattr(self.pm.hook, name)(gateway=self):
+            if inspect.isawaitable(result):
+                await result
+
+    async def _start_http(self) -> None:
+        import uvicorn
+
+        from gateway.web.app import create_app
+
+        listen = self.config.gateway.http.listen
+        host, port = parse_listen(listen)
+        try:  # bind here, so a taken port is a clear error instead of uvicorn exiting the process
+            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                        reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(f"http.listen {listen}: cannot listen there: {exc.strerror or exc}") from None
+        server = _QuietServer(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
+                                             lifespan="off"))
+        self.http_server = server
+        self._http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        for _ in range(500):
+            if server.started or self._http_task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not server.started:
+            sock.close()
+            raise ConfigError(f"http.listen {listen}: the web server did not start")
+
+    async def _restore_twins(self) -> None:
+        stored = await self.store.load_twins()
+        previous = await self._previous_file_desired()
+        documents = [(d.kind, d.namespace, d.name, msgspec.json.encode(d, enc_hook=enc_hook))
+                     for d in self.config.documents]
+        await self.store.save_resources(documents)
+        for device_id, device in self.config.devices.items():
+            rows = stored.get(device_id, {})
+            twin = Twin(device_id, {})
+            for name, prop in device.properties.items():
+                row = rows.get(name, {})
+                twin_prop = TwinProperty(reported=row.get("reported"), reported_at=row.get("reported_at"))
+                file_desired = prop.spec.desired
+                stored_desired = row.get("desired")
+                # A value set through the API survives restarts unless the file's own desired value changed.
+                if file_desired is not None and (stored_desired is None or
+                                                 previous.get((device_id, name)) != file_desired):
+                    twin_prop.desired = coerce(prop.model, file_desired)
+                elif stored_desired is not None and prop.writable:
+                    twin_prop.desired = stored_desired
+                twin_prop.desired_at = row.get("desired_at")
+                twin_prop.pending = twin_prop.desired is not None and prop.writable
+                twin.properties[name] = twin_prop
+            self.twins[device_id] = twin
+
+    async def _previous_file_desired(self) -> dict[tuple[str, str], Any]:
+        previous: dict[tuple[str, str], Any] = {}
+        for ns, name, text in await self.store._rows(
+            "SELECT namespace, name, document FROM resources WHERE kind='Device' AND source='file'"
+        ):
+            with contextlib.suppress(msgspec.DecodeError):
+                for prop in msgspec.json.decode(text).get("properties", []):
+                    if prop.get("desired") is not None:
+                        previous[(f"{ns}/{name}", prop["name"])] = prop["desired"]
+        return previous
+
+    async def _retention(self) -> None:
+        settings = self.config.gateway.store
+        while True:
+            await self.store.prune_history(float(settings.history_max_age), settings.history_max_bytes)
+            await asyncio.sleep(RETENTION_EVERY)
+
+    # --- the flow of readings -------------------------------------------------------------------------------------
+
+    def _on_report(self, device_id: str, ts: float, values: dict[str, Any]) -> None:
+        self.bus.publish(telemetry_topic(device_id), Report(device_id, ts, values))
+
+    def _on_state(self, twin: Twin, state: DeviceState, reason: str) -> None:
+        log.info("%s is %s%s", twin.device_id, state, f": {reason}" if reason else "")
+        self.bus.publish(state_topic(twin.device_id), DeviceStateChange(twin.device_id, state, reason, time.time()))
+
+    def _store_report(self, topic: str, report: Report) -> None:
+        self.store.add_reports(ReportRow(report.device, name, report.ts, value, "good")
+                               for name, value in report.values.items())
+
+    # --- queries and commands -------------------------------------------------------------------------------------
+
+    def twin(self, device_id: str) -> Twin:
+        twin = self.twins.get(device_id)
+        if twin is None:
+            raise NotFound(f"no device {device_id}")
+        return twin
+
+    def device(self, device_id: str) -> Device:
+        bound = self.config.devices.get(device_id)
+        if bound is None:
+            raise NotFound(f"no device {device_id}")
+        return bound.resource
+
+    async def set_desired(self, device_id: str, prop: str, value: Any, *, actor: str = "system",
+                          address: str = "") -> TwinProperty:
+        """Check and store a desired value; the device's poller writes it and confirms it by reading back."""
+        bound = self.config.devices.get(device_id)
+        if bound is None:
+            raise NotFound(f"no device {device_id}")
+        bound_prop = bound.properties.get(prop)
+        if bound_prop is None:
+            raise NotFound(f"device {device_id} has no property {prop!r}")
+        if not bound_prop.writable:
+            raise ValueRejected(f"{prop}: the property is {bound_prop.model.access}")
+        converted = coerce(bound_prop.model, value)
+        now = time.time()
+        await self.store.save_desired(device_id, prop, converted, now)
+        twin_prop = self.twins[device_id].properties[prop]
+        twin_prop.desired, twin_prop.desired_at, twin_prop.pending = converted, now, True
+        await self.store.audit(actor, "set-desired", f"{device_id}/{prop}", msgspec.json.encode(converted).decode(),
+                               address)
+        self.pollers[device_id].wake()
+        return twin_prop
+
+    def status(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        lateness: list[float] = []
+        for device_id, poller in self.pollers.items():
+            state = self.twins[device_id].state
+            states[state] = states.get(state, 0) + 1
+            lateness.extend(poller.stats.lateness)
+        lateness.sort()
+        return {
+            "node": self.node_name,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "devices": {"total": len(self.pollers), **states},
+            "cycles": sum(p.stats.cycles for p in self.pollers.values()),
+            "missed_cycles": sum(p.stats.missed for p in self.pollers.values()),
+            "lateness_ms": {
+                "mean": round(statistics.fmean(lateness) * 1000, 3) if lateness else None,
+                "p50": round(lateness[len(lateness) // 2] * 1000, 3) if lateness else None,
+                "p99": round(lateness[min(int(len(lateness) * 0.99), len(lateness) - 1)] * 1000, 3)
+                if lateness else None,
+                "max": round(lateness[-1] * 1000, 3) if lateness else None,
+            },
+            "store": {"values_written": self.store.rows_written, "queued": len(self.store._pending)},
+            "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
+                      for name, s in self.supervisor.status.items() if not name.startswith("device ")},
+        }
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"http.listen: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class _QuietServer:
+    """uvicorn's server without its own signal handling: the CLI owns SIGINT/SIGTERM."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                yield
+
+        return Server(config)

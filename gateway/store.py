@@ -1,0 +1,289 @@
+"""The SQLite store in the data dir (WAL): resources, twins, history, audit log, users and tokens.
+
+Reports are queued and committed by one writer task every `flush_interval`: a report is complete once its
+transaction commits, and a crash (even SIGKILL) leaves every completed report in the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from gateway.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    document TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'file', updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, namespace, name));
+CREATE TABLE IF NOT EXISTS twins (
+    device TEXT NOT NULL, property TEXT NOT NULL,
+    desired TEXT, desired_at REAL, reported TEXT, reported_at REAL, quality TEXT NOT NULL DEFAULT 'unknown',
+    PRIMARY KEY (device, property)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    device TEXT NOT NULL, property TEXT NOT NULL, ts INTEGER NOT NULL, value);
+CREATE INDEX IF NOT EXISTS history_by_property ON history (device, property, ts);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, token_hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+"""
+
+_json = msgspec.json.Encoder()
+_unjson = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """One reported value on its way to the twins and history tables."""
+
+    device: str
+    property: str
+    ts: float
+    value: Any
+    quality: str
+
+
+def db_path(data_dir: Path) -> Path:
+    return data_dir / "fieldgate.db"
+
+
+def _history_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str | bytes) or value is None:
+        return value
+    return _json.encode(value).decode()
+
+
+class Store:
+    """One connection, one writer task; every call has a timeout."""
+
+    def __init__(self, data_dir: Path, *, flush_interval: float = 0.1, timeout: float = 10.0) -> None:
+        self.data_dir = data_dir
+        self.path = db_path(data_dir)
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self._db: aiosqlite.Connection | None = None
+        self._pending: list[ReportRow] = []
+        self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        self.rows_written = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._db = await asyncio.wait_for(aiosqlite.connect(self.path, isolation_level=None), self.timeout)
+            await self._db.executescript(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
+                "PRAGMA foreign_keys=ON;"
+            )
+            await self._db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
+            await self._db.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO NOTHING", (str(SCHEMA_VERSION),)
+            )
+        except (sqlite3.Error, OSError, TimeoutError) as exc:
+            raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        with contextlib.suppress(StoreError):
+            await self.flush()
+        with contextlib.suppress(sqlite3.Error):
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._db.close()
+        self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"{self.path}: the store is not open")
+        return self._db
+
+    async def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        try:
+            async with self._write_lock:
+                await asyncio.wait_for(self.db.execute(sql, params), self.timeout)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            cursor = await asyncio.wait_for(self.db.execute(sql, params), self.timeout)
+            return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN … COMMIT on the shared connection, rolled back on any error; one at a time."""
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    # --- reports: twins and history ------------------------------------------------------------------------
+
+    def add_reports(self, rows: Iterable[ReportRow]) -> None:
+        """Queue reported values; the writer commits them within one flush interval."""
+        self._pending.extend(rows)
+
+    async def flush(self) -> int:
+        """Commit every queued report in one transaction; returns how many values were written."""
+        if not self._pending:
+            return 0
+        rows, self._pending = self._pending, []
+        twin_rows = [(r.device, r.property, _json.encode(r.value).decode(), r.ts, r.quality) for r in rows]
+        history_rows = [(r.device, r.property, int(r.ts * 1000), _history_value(r.value)) for r in rows]
+        try:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO twins (device, property, reported, reported_at, quality) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(device, property) DO UPDATE SET reported=excluded.reported, "
+                    "reported_at=excluded.reported_at, quality=excluded.quality",
+                    twin_rows,
+                )
+                await db.executemany("INSERT INTO history VALUES (?, ?, ?, ?)", history_rows)
+        except sqlite3.Error as exc:
+            self._pending[:0] = rows  # keep them for the next attempt
+            raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
+        self.rows_written += len(rows)
+        return len(rows)
+
+    async def run_writer(self) -> None:
+        """The writer task: flush every interval, forever (supervised by the runtime)."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def save_desired(self, device: str, prop: str, value: Any, at: float) -> None:
+        await self._run(
+            "INSERT INTO twins (device, property, desired, desired_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(device, property) DO UPDATE SET desired=excluded.desired, desired_at=excluded.desired_at",
+            (device, prop, _json.encode(value).decode(), at),
+        )
+
+    async def load_twins(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Stored twin rows by device and property, values decoded."""
+        result: dict[str, dict[str, dict[str, Any]]] = {}
+        for device, prop, desired, desired_at, reported, reported_at, quality in await self._rows(
+            "SELECT device, property, desired, desired_at, reported, reported_at, quality FROM twins"
+        ):
+            result.setdefault(device, {})[prop] = {
+                "desired": _unjson.decode(desired) if desired is not None else None,
+                "desired_at": desired_at,
+                "reported": _unjson.decode(reported) if reported is not None else None,
+                "reported_at": reported_at,
+                "quality": quality,
+            }
+        return result
+
+    async def history(self, device: str, prop: str, since: float, until: float, limit: int = 10_000
+                      ) -> list[tuple[float, Any]]:
+        rows = await self._rows(
+            "SELECT ts, value FROM history WHERE device=? AND property=? AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
+            (device, prop, int(since * 1000), int(until * 1000), limit),
+        )
+        return [(ts / 1000, value) for ts, value in reversed(rows)]
+
+    async def prune_history(self, max_age: float, max_bytes: int) -> int:
+        """Delete history older than max_age, then the oldest rows while the file's used size exceeds max_bytes."""
+        cutoff = int((time.time() - max_age) * 1000)
+        deleted = 0
+        async with self.transaction() as db:
+            cursor = await db.execute("DELETE FROM history WHERE ts < ?", (cutoff,))
+            deleted += max(cursor.rowcount, 0)
+        for _ in range(20):
+            (pages,), (free,), (page_size,) = [
+                (await self._rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
+            ]
+            if (pages - free) * page_size <= max_bytes:
+                break
+            (count,) = (await self._rows("SELECT count(*) FROM history"))[0]
+            if count == 0:
+                break
+            async with self.transaction() as db:
+                cursor = await db.execute(
+                    "DELETE FROM history WHERE rowid IN (SELECT rowid FROM history ORDER BY rowid LIMIT ?)",
+                    (max(count // 10, 1),),
+                )
+                deleted += max(cursor.rowcount, 0)
+        if deleted:
+            log.info("history retention removed %d values", deleted)
+        return deleted
+
+    # --- resources ------------------------------------------------------------------------------------------
+
+    async def save_resources(self, documents: Iterable[tuple[str, str, str, bytes]], source: str = "file") -> None:
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM resources WHERE source = ?", (source,))
+            await db.executemany(
+                "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?)",
+                [(kind, ns, name, doc.decode(), source, now) for kind, ns, name, doc in documents],
+            )
+
+    # --- audit ----------------------------------------------------------------------------------------------
+
+    async def audit(self, actor: str, action: str, target: str, detail: str = "", address: str = "") -> None:
+        await self._run(
+            "INSERT INTO audit (ts, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), actor, action, target, detail, address),
+        )
+
+    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT ts, actor, action, target, detail, address FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        keys = ("ts", "actor", "action", "target", "detail", "address")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # --- users and tokens ------------------------------------------------------------------------------------
+
+    async def put_user(self, name: str, role: str, password_hash: str) -> None:
+        await self._run(
+            "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET role=excluded.role, "
+            "password_hash=excluded.password_hash",
+            (name, role, password_hash, time.time()),
+        )
+
+    async def get_user(self, name: str) -> tuple[str, str] | None:
+        rows = await self._rows("SELECT role, password_hash FROM users WHERE name = ?", (name,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def add_token(self, token_hash: str, role: str, description: str) -> int:
+        await self._run(
+            "INSERT INTO tokens (token_hash, role, description, created_at) VALUES (?, ?, ?, ?)",
+            (token_hash, role, description, time.time()),
+        )
+        return int((await self._rows("SELECT last_insert_rowid()"))[0][0])
+
+    async def token_role(self, token_hash: str) -> tuple[int, str] | None:
+        rows = await self._rows("SELECT id, role FROM tokens WHERE token_hash = ? AND revoked = 0", (token_hash,))
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None

@@ -1,0 +1,1 @@
+"""The local web app: REST API (and pages) served by Litestar."""

@@ -1,0 +1,49 @@
+"""The route table of the web app (method, path, required role, summary), for docs and the guard test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
+
+from gateway.web.security import PUBLIC_PATHS
+
+
+def required_role(handler: HTTPRouteHandler) -> str:
+    for guard in handler.guards or ():
+        name = getattr(guard, "__name__", "")
+        if name.startswith("requires_"):
+            return name.removeprefix("requires_")
+    return "public" if handler.paths & PUBLIC_PATHS else "authenticated"
+
+
+def app_routes(app: Litestar) -> list[tuple[str, str, HTTPRouteHandler]]:
+    rows = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler):
+                for method in sorted(handler.http_methods):
+                    if method not in ("HEAD", "OPTIONS"):
+                        rows.append((method, route.path, handler))
+    return sorted(rows, key=lambda row: (row[1], row[0]))
+
+
+def route_table() -> list[tuple[str, str, str, str]]:
+    from gateway.plugins import get_plugin_manager
+    from gateway.resources.loader import Config
+    from gateway.resources.schema import Gateway as GatewayDoc
+    from gateway.runtime import Gateway
+    from gateway.web.app import create_app
+
+    gateway = Gateway(Config(gateway=GatewayDoc(name="docs")), Path("/nonexistent"),
+                      get_plugin_manager(load_entry_points=False))
+    app = create_app(gateway)
+    rows: list[tuple[str, str, str, str]] = []
+    for method, path, handler in app_routes(app):
+        if path.startswith("/schema"):
+            continue
+        summary: Any = handler.summary or (handler.fn.__doc__ or "").strip().splitlines()[0:1]
+        rows.append((method, path, required_role(handler), summary if isinstance(summary, str) else ""))
+    return rows

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what fieldgate needs on a fresh machine: Debian packages (as root), a venv in .venv with the core,
+# its native module and every first-party plugin. Safe to run again; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+command -v socat >/dev/null || apt_packages+=(socat)
+command -v mosquitto >/dev/null || apt_packages+=(mosquitto mosquitto-clients)
+command -v cc >/dev/null || apt_packages+=(gcc)
+if [ "${FIELDGATE_BROWSER_TESTS:-1}" = 1 ] && ! command -v chromium >/dev/null; then apt_packages+=(chromium); fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "bootstrap: installing ${apt_packages[*]}" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    else
+        echo "bootstrap: missing ${apt_packages[*]} (run as root to install them); the tests needing them fail" >&2
+    fi
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+"${pip[@]}" "setuptools>=68" wheel "cffi>=1.16"
+editables=(-e ".[test]")
+for plugin in plugins/*/; do
+    [ -f "$plugin/pyproject.toml" ] && editables+=(-e "$plugin")
+done
+"${pip[@]}" --no-build-isolation "${editables[@]}"

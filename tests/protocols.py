@@ -1,0 +1,98 @@
+"""Protocols that misbehave on purpose, registered as a plugin by the tests that need them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import msgspec
+
+from gateway.errors import ProtocolError
+from gateway.hookspecs import hookimpl
+from gateway.protocols.base import BoundProperty, Protocol, ReadResult
+from gateway.resources.schema import Base
+
+
+class TestConfig(Base, kw_only=True):
+    fail_opens: int = 0
+
+
+class TestVisitor(Base, kw_only=True):
+    value: float = 1.0
+
+
+class _Base(Protocol):
+    config_type: ClassVar[type[msgspec.Struct]] = TestConfig
+    visitor_type: ClassVar[type[msgspec.Struct]] = TestVisitor
+    opens: ClassVar[int] = 0
+
+    @classmethod
+    def visitor_types(cls, visitor: Any) -> frozenset[str]:
+        return frozenset({"float", "double", "int"})
+
+    async def open(self) -> None:
+        type(self).opens += 1
+
+    async def write(self, prop: BoundProperty, value: Any) -> None:
+        raise ProtocolError("read-only test device")
+
+    async def close(self) -> None:
+        return None
+
+
+class HangingProtocol(_Base):
+    """Never answers a read."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-hang",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class FailingProtocol(_Base):
+    """Every read fails."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-fail",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        raise ProtocolError("device answered with exception code 4")
+
+
+class BlockingProtocol(_Base):
+    """Reads take 50 ms of awaiting (a slow device), which must not slow down the others."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-slow",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        await asyncio.sleep(0.05)
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
+class FlakyProtocol(_Base):
+    """The first `fail_opens` connection attempts fail, then it works: a device that comes back."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-flaky",)
+    attempts: ClassVar[dict[str, int]] = {}
+
+    async def open(self) -> None:
+        n = self.attempts[self.device.id] = self.attempts.get(self.device.id, 0) + 1
+        if n <= self.device.config.fail_opens:
+            raise ProtocolError(f"connection refused (attempt {n})")
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
+class BuggyProtocol(_Base):
+    """Raises an unexpected exception type, as a plugin with a bug would."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-buggy",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        raise KeyError("oops")
+
+
+@hookimpl
+def register_protocols() -> list[type[Protocol]]:
+    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol]

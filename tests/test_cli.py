@@ -1,0 +1,86 @@
+"""The command line: exit 0 on success, 2 on bad input with one line per reason."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+from gateway import __version__
+from gateway.auth import authenticate_user
+from gateway.store import Store
+from tests.conftest import FIELDGATE, free_port
+from tests.resources.test_loader import VALID
+
+
+def fieldgate(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FIELDGATE, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def test_version() -> None:
+    result = fieldgate("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"fieldgate {__version__}"
+
+
+def test_check_valid_file(tmp_path: Path) -> None:
+    (tmp_path / "plant.yaml").write_text(VALID)
+    result = fieldgate("check", str(tmp_path / "plant.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "valid (1 Device, 1 DeviceModel, 1 Gateway)" in result.stdout
+
+
+def test_check_broken_file_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    broken = VALID.replace("desired: 21.5", "desired: 500").replace("model: thermo", "model: thermo\ncolor: 1")
+    (tmp_path / "plant.yaml").write_text(broken + "---\nkind: Route\nname: r\nsource: a\ntarget: b\n")
+    result = fieldgate("check", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"{tmp_path}/plant.yaml: document 3 (Device boiler-1): $: Object contains unknown field color",
+        f"{tmp_path}/plant.yaml: document 4 (Route r): $.source: no Endpoint default/a",
+        f"{tmp_path}/plant.yaml: document 4 (Route r): $.target: no Endpoint default/b",
+    ]
+    assert result.stdout == ""
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    for args in (("check", str(tmp_path / "missing.yaml")), ("frobnicate",), ("token", "create", "--role", "god"),
+                 ("run", "-c", str(tmp_path / "missing.yaml"), "--data-dir", str(tmp_path))):
+        result = fieldgate(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_run_with_port_in_use_exits_2(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        config = tmp_path / "gw.yaml"
+        config.write_text(f"kind: Gateway\nname: gw\nhttp: {{listen: \"127.0.0.1:{port}\"}}\n")
+        result = fieldgate("run", "-c", str(config), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert f"http.listen 127.0.0.1:{port}: cannot listen there" in result.stderr
+
+
+async def test_user_add_reads_password_from_stdin(tmp_path: Path) -> None:
+    result = fieldgate("user", "add", "alice", "--role", "operator", "--password-stdin", "--data-dir", str(tmp_path),
+                       stdin="s3cret-pass\n")
+    assert result.returncode == 0, result.stderr
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        assert (await authenticate_user(store, "alice", "s3cret-pass")).role == "operator"
+        assert (await store.audit_log())[0]["action"] == "user-add"
+    finally:
+        await store.close()
+    short = fieldgate("user", "add", "bob", "--role", "viewer", "--password-stdin", "--data-dir", str(tmp_path),
+                      stdin="short\n")
+    assert short.returncode == 2 and "at least 8 characters" in short.stderr
+
+
+def test_token_create_prints_a_token(tmp_path: Path) -> None:
+    result = fieldgate("token", "create", "--role", "admin", "--data-dir", str(tmp_path))
+    assert result.returncode == 0
+    assert result.stdout.startswith("fgt_") and len(result.stdout.strip()) > 40

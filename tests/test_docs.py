@@ -1,0 +1,44 @@
+"""The docs keep up with the code: every hook documented, generated references up to date."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+from gateway import docgen, hookspecs
+from gateway.cli import build_parser
+from tests.conftest import REPO
+
+HOOKS = [name for name, fn in vars(hookspecs).items()
+         if inspect.isfunction(fn) and hasattr(fn, "fieldgate_spec")]
+
+
+def test_hooks_found() -> None:
+    assert set(HOOKS) >= {"register_protocols", "register_sinks", "register_runtimes", "register_routes",
+                          "register_commands", "startup", "shutdown"}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented_with_its_signature(hook: str) -> None:
+    page = (REPO / "docs" / "plugin-hooks.md").read_text()
+    assert f"## {hook}\n" in page, f"docs/plugin-hooks.md has no section for {hook}"
+    signature = inspect.signature(getattr(hookspecs, hook))
+    params = ", ".join(f"{name}: {p.annotation}" for name, p in signature.parameters.items())
+    expected = f"def {hook}({params}) -> {signature.return_annotation}"
+    assert expected in page, f"docs/plugin-hooks.md: {hook} should read `{expected}`"
+
+
+@pytest.mark.parametrize("name", sorted(docgen.GENERATED))
+def test_generated_docs_are_current(name: str) -> None:
+    committed = (REPO / "docs" / name).read_text()
+    assert committed == docgen.GENERATED[name](), f"docs/{name} is stale: run python -m gateway.docgen"
+
+
+def test_readme_documents_every_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for command in commands:
+        assert re.search(rf"fieldgate {command}\b", readme), f"README.md does not mention `fieldgate {command}`"

@@ -1,0 +1,196 @@
+"""The pipeline with virtual devices: readings reach the twin, the history and the bus; desired values reach
+the device and come back as reported; a bad device never delays the others."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import NotFound, ValueRejected
+from gateway.runtime import Gateway
+
+MODEL = """\
+kind: Gateway
+name: test-gw
+eventbus: {url: none}
+store: {flush_interval: 50ms}
+---
+kind: DeviceModel
+name: m
+properties:
+  - {name: count, type: int}
+  - {name: level, type: float, minimum: 0, maximum: 100}
+  - {name: setpoint, type: float, access: ReadWrite, minimum: 0, maximum: 50}
+  - {name: enabled, type: boolean, access: ReadWrite}
+"""
+
+
+def virtual_device(name: str, interval: str = "100ms", desired: float | None = None) -> str:
+    desired_line = f"\n    desired: {desired}" if desired is not None else ""
+    return f"""\
+---
+kind: Device
+name: {name}
+model: m
+protocol: {{name: virtual}}
+properties:
+  - {{name: count, collect_interval: {interval}, visitor: {{generator: counter, start: 0, step: 1}}}}
+  - {{name: level, collect_interval: {interval}, visitor: {{generator: sine, amplitude: 10, period: 10s, offset: 50}}}}
+  - name: setpoint{desired_line}
+    collect_interval: {interval}
+    visitor: {{generator: memory, initial: 10.0}}
+  - {{name: enabled, collect_interval: {interval}, visitor: {{generator: memory, initial: false}}}}
+"""
+
+
+def misbehaving_device(name: str, protocol: str, interval: str = "100ms") -> str:
+    return f"""\
+---
+kind: Device
+name: {name}
+model: m
+timeout: 300ms
+protocol: {{name: {protocol}}}
+properties:
+  - {{name: level, collect_interval: {interval}, visitor: {{value: 5}}}}
+"""
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_readings_reach_twin_history_and_bus(write_config: Callable[[str], Path],
+                                                   start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1")))
+    seen: list[Any] = []
+    gw.bus.subscribe("devices/+/+/telemetry", lambda topic, report: seen.append((topic, report)))
+    twin = gw.twin("default/d1")
+    await wait_for(lambda: (twin.properties["count"].reported or 0) >= 5)
+    assert twin.state == "online"
+    assert twin.properties["count"].quality == "good"
+    assert 40 <= twin.properties["level"].reported <= 60
+    assert twin.properties["enabled"].reported is False
+    assert seen and seen[0][0] == "devices/default/d1/telemetry"
+    assert set(seen[-1][1].values) == {"count", "level", "setpoint", "enabled"}
+    await gw.store.flush()
+    history = await gw.store.history("default/d1", "count", time.time() - 60, time.time() + 1)
+    values = [v for _, v in history]
+    assert values == list(range(len(values)))  # every reading, in order, none twice
+    assert len(values) >= 5
+
+
+async def test_desired_value_reaches_device_and_comes_back_reported(write_config: Callable[[str], Path],
+                                                                    start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="5s")))
+    twin = gw.twin("default/d1")
+    await wait_for(lambda: twin.properties["setpoint"].reported == 10.0)
+    started = time.monotonic()
+    await gw.set_desired("default/d1", "setpoint", "22.5")  # a string, as MQTT apps send
+    await wait_for(lambda: twin.properties["setpoint"].reported == 22.5, timeout=2)
+    # written at once (the poller is woken), not at the next 5 s cycle
+    assert time.monotonic() - started < 1.0
+    assert twin.properties["setpoint"].desired == 22.5
+    assert not twin.deltas()
+    await gw.set_desired("default/d1", "enabled", "on")
+    await wait_for(lambda: twin.properties["enabled"].reported is True, timeout=2)
+    audit = await gw.store.audit_log()
+    assert audit[0]["action"] == "set-desired" and audit[0]["target"] == "default/d1/enabled"
+
+
+async def test_desired_value_checks(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1")))
+    with pytest.raises(ValueRejected, match="above the maximum 50"):
+        await gw.set_desired("default/d1", "setpoint", 51)
+    with pytest.raises(ValueRejected, match="ReadOnly"):
+        await gw.set_desired("default/d1", "level", 5)
+    with pytest.raises(ValueRejected, match="expected a number"):
+        await gw.set_desired("default/d1", "setpoint", "hot")
+    with pytest.raises(NotFound):
+        await gw.set_desired("default/d2", "setpoint", 5)
+    with pytest.raises(NotFound):
+        await gw.set_desired("default/d1", "nope", 5)
+    assert gw.twin("default/d1").properties["setpoint"].desired is None
+
+
+async def test_desired_value_survives_restart(write_config: Callable[[str], Path], tmp_path: Path,
+                                              start_gateway: Callable[..., Any]) -> None:
+    config = write_config(MODEL + virtual_device("d1", desired=12))
+    gw: Gateway = await start_gateway(config)
+    await wait_for(lambda: gw.twin("default/d1").properties["setpoint"].reported == 12.0)
+    await gw.set_desired("default/d1", "setpoint", 30)
+    await wait_for(lambda: gw.twin("default/d1").properties["setpoint"].reported == 30.0)
+    await gw.stop()
+    # Restart: the value set through the API wins over the unchanged file, and the device gets it again.
+    gw2: Gateway = await start_gateway(config, tmp_path / "data")
+    assert gw2.twin("default/d1").properties["setpoint"].desired == 30.0
+    await wait_for(lambda: gw2.twin("default/d1").properties["setpoint"].reported == 30.0)
+    await gw2.stop()
+    # The file's desired value changed: the file wins.
+    config = write_config(MODEL + virtual_device("d1", desired=14))
+    gw3: Gateway = await start_gateway(config, tmp_path / "data")
+    assert gw3.twin("default/d1").properties["setpoint"].desired == 14.0
+
+
+def lateness_ms(gw: Gateway, device_id: str) -> list[float]:
+    return [v * 1000 for v in gw.pollers[device_id].stats.lateness]
+
+
+@pytest.mark.parametrize("bad_protocol", ["test-hang", "test-fail", "test-slow", "test-buggy"])
+async def test_bad_device_never_delays_the_others(write_config: Callable[[str], Path],
+                                                 start_gateway: Callable[..., Any], bad_protocol: str) -> None:
+    devices = "".join(virtual_device(f"good-{i}", interval="50ms") for i in range(5))
+    bad = "".join(misbehaving_device(f"bad-{i}", bad_protocol, interval="50ms") for i in range(3))
+    gw: Gateway = await start_gateway(write_config(MODEL + devices + bad))
+    await asyncio.sleep(2.0)
+    for i in range(5):
+        samples = lateness_ms(gw, f"default/good-{i}")
+        assert len(samples) >= 30, f"good-{i} polled only {len(samples)} times"
+        samples.sort()
+        p99 = samples[int(len(samples) * 0.99) - 1]
+        assert p99 < 25, f"good-{i} p99 lateness {p99:.1f} ms next to {bad_protocol} devices"
+        assert gw.twin(f"default/good-{i}").state == "online"
+    expected = "online" if bad_protocol == "test-slow" else "offline"
+    for i in range(3):
+        assert gw.twin(f"default/bad-{i}").state == expected
+    if bad_protocol == "test-hang":
+        assert "timeout budget" in gw.twin("default/bad-0").state_reason
+    if bad_protocol == "test-buggy":
+        assert "internal error: KeyError" in gw.twin("default/bad-0").state_reason
+
+
+async def test_device_that_comes_back_goes_online(write_config: Callable[[str], Path],
+                                                  start_gateway: Callable[..., Any]) -> None:
+    text = MODEL + misbehaving_device("flaky", "test-flaky").replace("{name: test-flaky}",
+                                                              "{name: test-flaky, config: {fail_opens: 2}}")
+    gw: Gateway = await start_gateway(write_config(text))
+    states: list[str] = []
+    gw.bus.subscribe("devices/+/+/state", lambda topic, change: states.append(change.state))
+    twin = gw.twin("default/flaky")
+    await wait_for(lambda: twin.state == "online", timeout=6)
+    assert twin.properties["level"].reported == 5.0
+    assert "online" in states
+    status = gw.status()
+    assert status["devices"]["online"] == 1
+
+
+async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
+    await asyncio.sleep(0.5)
+    status = gw.status()
+    assert status["cycles"] >= 15
+    assert status["lateness_ms"]["p50"] is not None and status["lateness_ms"]["p50"] < 10
+    samples = lateness_ms(gw, "default/d1")
+    assert statistics.fmean(samples) < 10

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,8 +119,10 @@ class DevicePoller:
                 prop.pending = True
         now = asyncio.get_running_loop().time()
         for schedule in self.schedules:
-            schedule.next_collect = now
-            schedule.next_report = now
+            # Devices started together would all wake at the same instant: spread them over the interval.
+            phase = (zlib.crc32(self.device.id.encode()) % 1000) / 1000 * min(schedule.interval, 1.0)
+            schedule.next_collect = now + phase
+            schedule.next_report = now + phase
 
     async def _close(self) -> None:
         protocol, self._protocol = self._protocol, None

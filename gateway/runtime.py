@@ -24,7 +24,7 @@ from gateway.poller import DevicePoller
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import Config, load_path
 from gateway.resources.schema import Device, enc_hook
-from gateway.store import ReportRow, Store
+from gateway.store import Store
 from gateway.supervisor import Supervisor
 from gateway.twin import DeviceState, Twin, TwinProperty
 from gateway.values import coerce
@@ -202,8 +202,7 @@ class Gateway:
         self.bus.publish(state_topic(twin.device_id), DeviceStateChange(twin.device_id, state, reason, time.time()))
 
     def _store_report(self, topic: str, report: Report) -> None:
-        self.store.add_reports(ReportRow(report.device, name, report.ts, value, "good")
-                               for name, value in report.values.items())
+        self.store.add_report(report.device, report.ts, report.values)
 
     # --- queries and commands -------------------------------------------------------------------------------------
 
@@ -262,7 +261,7 @@ class Gateway:
                 if lateness else None,
                 "max": round(lateness[-1] * 1000, 3) if lateness else None,
             },
-            "store": {"values_written": self.store.rows_written, "queued": len(self.store._pending)},
+            "store": {"values_written": self.store.rows_written, "queued": self.store.queued},
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }

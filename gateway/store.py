@@ -12,7 +12,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,13 @@ CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
     document TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'file', updated_at REAL NOT NULL,
     PRIMARY KEY (kind, namespace, name));
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, property TEXT NOT NULL, UNIQUE (device, property));
 CREATE TABLE IF NOT EXISTS twins (
-    device TEXT NOT NULL, property TEXT NOT NULL,
-    desired TEXT, desired_at REAL, reported TEXT, reported_at REAL, quality TEXT NOT NULL DEFAULT 'unknown',
-    PRIMARY KEY (device, property)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history (
-    device TEXT NOT NULL, property TEXT NOT NULL, ts INTEGER NOT NULL, value);
-CREATE INDEX IF NOT EXISTS history_by_property ON history (device, property, ts);
+    series INTEGER PRIMARY KEY REFERENCES series (id),
+    desired TEXT, desired_at REAL, reported TEXT, reported_at REAL, quality TEXT NOT NULL DEFAULT 'unknown');
+CREATE TABLE IF NOT EXISTS history (series INTEGER NOT NULL, ts INTEGER NOT NULL, value);
+CREATE INDEX IF NOT EXISTS history_by_series ON history (series, ts);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '');
@@ -51,23 +50,15 @@ _json = msgspec.json.Encoder()
 _unjson = msgspec.json.Decoder()
 
 
-@dataclass(frozen=True, slots=True)
-class ReportRow:
-    """One reported value on its way to the twins and history tables."""
-
-    device: str
-    property: str
-    ts: float
-    value: Any
-    quality: str
-
-
 def db_path(data_dir: Path) -> Path:
     return data_dir / "fieldgate.db"
 
 
 def _history_value(value: Any) -> Any:
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is float or kind is int or kind is str:
+        return value
+    if kind is bool:
         return int(value)
     if isinstance(value, int | float | str | bytes) or value is None:
         return value
@@ -83,7 +74,8 @@ class Store:
         self.flush_interval = flush_interval
         self.timeout = timeout
         self._db: aiosqlite.Connection | None = None
-        self._pending: list[ReportRow] = []
+        self._pending: list[tuple[str, float, dict[str, Any]]] = []  # (device, ts, values) per report
+        self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self.rows_written = 0
 
@@ -150,31 +142,53 @@ class Store:
 
     # --- reports: twins and history ------------------------------------------------------------------------
 
-    def add_reports(self, rows: Iterable[ReportRow]) -> None:
-        """Queue reported values; the writer commits them within one flush interval."""
-        self._pending.extend(rows)
+    def add_report(self, device: str, ts: float, values: dict[str, Any]) -> None:
+        """Queue one report's values; the writer commits them within one flush interval."""
+        self._pending.append((device, ts, values))
+
+    @property
+    def queued(self) -> int:
+        return sum(len(values) for _, _, values in self._pending)
 
     async def flush(self) -> int:
         """Commit every queued report in one transaction; returns how many values were written."""
         if not self._pending:
             return 0
-        rows, self._pending = self._pending, []
-        twin_rows = [(r.device, r.property, _json.encode(r.value).decode(), r.ts, r.quality) for r in rows]
-        history_rows = [(r.device, r.property, int(r.ts * 1000), _history_value(r.value)) for r in rows]
+        reports, self._pending = self._pending, []
+        encode = _json.encode
         try:
             async with self.transaction() as db:
+                series = await self._series_ids(db, {(d, name) for d, _, values in reports for name in values})
+                latest: dict[int, tuple[int, str, float]] = {}
+                history_rows = []
+                for device, ts, values in reports:
+                    ts_ms = int(ts * 1000)
+                    for name, value in values.items():
+                        key = series[(device, name)]
+                        latest[key] = (key, encode(value).decode(), ts)
+                        history_rows.append((key, ts_ms, _history_value(value)))
                 await db.executemany(
-                    "INSERT INTO twins (device, property, reported, reported_at, quality) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(device, property) DO UPDATE SET reported=excluded.reported, "
-                    "reported_at=excluded.reported_at, quality=excluded.quality",
-                    twin_rows,
+                    "INSERT INTO twins (series, reported, reported_at, quality) VALUES (?, ?, ?, 'good') "
+                    "ON CONFLICT(series) DO UPDATE SET reported=excluded.reported, reported_at=excluded.reported_at,"
+                    " quality='good'",
+                    list(latest.values()),
                 )
-                await db.executemany("INSERT INTO history VALUES (?, ?, ?, ?)", history_rows)
+                await db.executemany("INSERT INTO history VALUES (?, ?, ?)", history_rows)
         except sqlite3.Error as exc:
-            self._pending[:0] = rows  # keep them for the next attempt
+            self._pending[:0] = reports  # keep them for the next attempt
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
-        self.rows_written += len(rows)
-        return len(rows)
+        self.rows_written += len(history_rows)
+        return len(history_rows)
+
+    async def _series_ids(self, db: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
+                          ) -> dict[tuple[str, str], int]:
+        """Series ids for (device, property) pairs, creating the missing ones (inside the caller's transaction)."""
+        missing = [key for key in keys if key not in self._series]
+        if missing:
+            await db.executemany("INSERT OR IGNORE INTO series (device, property) VALUES (?, ?)", missing)
+            cursor = await db.execute("SELECT device, property, id FROM series")
+            self._series = {(device, prop): sid for device, prop, sid in await cursor.fetchall()}
+        return self._series
 
     async def run_writer(self) -> None:
         """The writer task: flush every interval, forever (supervised by the runtime)."""
@@ -183,17 +197,20 @@ class Store:
             await self.flush()
 
     async def save_desired(self, device: str, prop: str, value: Any, at: float) -> None:
-        await self._run(
-            "INSERT INTO twins (device, property, desired, desired_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(device, property) DO UPDATE SET desired=excluded.desired, desired_at=excluded.desired_at",
-            (device, prop, _json.encode(value).decode(), at),
-        )
+        async with self.transaction() as db:
+            series = (await self._series_ids(db, [(device, prop)]))[(device, prop)]
+            await db.execute(
+                "INSERT INTO twins (series, desired, desired_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(series) DO UPDATE SET desired=excluded.desired, desired_at=excluded.desired_at",
+                (series, _json.encode(value).decode(), at),
+            )
 
     async def load_twins(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Stored twin rows by device and property, values decoded."""
         result: dict[str, dict[str, dict[str, Any]]] = {}
         for device, prop, desired, desired_at, reported, reported_at, quality in await self._rows(
-            "SELECT device, property, desired, desired_at, reported, reported_at, quality FROM twins"
+            "SELECT device, property, desired, desired_at, reported, reported_at, quality "
+            "FROM twins JOIN series ON series.id = twins.series"
         ):
             result.setdefault(device, {})[prop] = {
                 "desired": _unjson.decode(desired) if desired is not None else None,
@@ -207,36 +224,50 @@ class Store:
     async def history(self, device: str, prop: str, since: float, until: float, limit: int = 10_000
                       ) -> list[tuple[float, Any]]:
         rows = await self._rows(
-            "SELECT ts, value FROM history WHERE device=? AND property=? AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
+            "SELECT ts, value FROM history WHERE series = (SELECT id FROM series WHERE device=? AND property=?) "
+            "AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
             (device, prop, int(since * 1000), int(until * 1000), limit),
         )
         return [(ts / 1000, value) for ts, value in reversed(rows)]
 
     async def prune_history(self, max_age: float, max_bytes: int) -> int:
-        """Delete history older than max_age, then the oldest rows while the file's used size exceeds max_bytes."""
-        cutoff = int((time.time() - max_age) * 1000)
-        deleted = 0
-        async with self.transaction() as db:
-            cursor = await db.execute("DELETE FROM history WHERE ts < ?", (cutoff,))
-            deleted += max(cursor.rowcount, 0)
+        """Delete history older than max_age, then the oldest rows while the file's used size exceeds max_bytes.
+
+        Rows are appended in time order, so the cut-off is found by a binary search over rowids instead of a scan.
+        """
+        deleted = await self._delete_history_before(await self._first_rowid_at(int((time.time() - max_age) * 1000)))
         for _ in range(20):
             (pages,), (free,), (page_size,) = [
                 (await self._rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
             ]
             if (pages - free) * page_size <= max_bytes:
                 break
-            (count,) = (await self._rows("SELECT count(*) FROM history"))[0]
-            if count == 0:
+            ((low, high),) = await self._rows("SELECT min(rowid), max(rowid) FROM history")
+            if low is None:
                 break
-            async with self.transaction() as db:
-                cursor = await db.execute(
-                    "DELETE FROM history WHERE rowid IN (SELECT rowid FROM history ORDER BY rowid LIMIT ?)",
-                    (max(count // 10, 1),),
-                )
-                deleted += max(cursor.rowcount, 0)
+            deleted += await self._delete_history_before(low + max((high - low + 1) // 10, 1))
         if deleted:
             log.info("history retention removed %d values", deleted)
         return deleted
+
+    async def _first_rowid_at(self, ts_ms: int) -> int:
+        ((low, high),) = await self._rows("SELECT min(rowid), max(rowid) FROM history")
+        if low is None:
+            return 0
+        high += 1
+        while low < high:
+            middle = (low + high) // 2
+            rows = await self._rows("SELECT ts FROM history WHERE rowid >= ? ORDER BY rowid LIMIT 1", (middle,))
+            if rows and rows[0][0] < ts_ms:
+                low = middle + 1
+            else:
+                high = middle
+        return int(low)
+
+    async def _delete_history_before(self, rowid: int) -> int:
+        async with self.transaction() as db:
+            cursor = await db.execute("DELETE FROM history WHERE rowid < ?", (rowid,))
+            return max(cursor.rowcount, 0)
 
     # --- resources ------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import create_token
-from gateway.store import ReportRow, Store, db_path
+from gateway.store import Store, db_path
 from tests.conftest import FIELDGATE, free_port
 from tests.test_runtime import MODEL, virtual_device
 
@@ -66,14 +66,16 @@ def test_sigkill_keeps_every_completed_report(tmp_path: Path) -> None:
             proc.wait(10)
         with sqlite3.connect(db_path(data)) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-            stored = dict(db.execute("SELECT device, reported FROM twins WHERE property = 'count'").fetchall())
+            stored = dict(db.execute("SELECT device, reported FROM twins JOIN series ON series.id = twins.series "
+                                     "WHERE property = 'count'").fetchall())
             for device, value in seen.items():
                 assert value is not None
                 assert json.loads(stored[device]) >= value, f"round {round_}: {device} lost reports"
             # history holds one row per reading, the latest equal to the twin
             for device in seen:
-                (latest,) = db.execute("SELECT value FROM history WHERE device=? AND property='count' "
-                                       "ORDER BY ts DESC, rowid DESC LIMIT 1", (device,)).fetchone()
+                (latest,) = db.execute("SELECT value FROM history JOIN series ON series.id = history.series "
+                                       "WHERE device=? AND property='count' ORDER BY ts DESC, history.rowid DESC "
+                                       "LIMIT 1", (device,)).fetchone()
                 assert latest == json.loads(stored[device])
 
 
@@ -95,8 +97,9 @@ def test_sigterm_exits_zero_after_clean_shutdown(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "fieldgate.db-wal").exists() or \
         os.path.getsize(tmp_path / "data" / "fieldgate.db-wal") == 0
     with sqlite3.connect(db_path(tmp_path / "data")) as db:
-        (count,) = db.execute("SELECT count(*) FROM history WHERE property='count'").fetchone()
-        (latest,) = db.execute("SELECT max(value) FROM history WHERE property='count'").fetchone()
+        query = "FROM history JOIN series ON series.id = history.series WHERE property='count'"
+        (count,) = db.execute(f"SELECT count(*) {query}").fetchone()
+        (latest,) = db.execute(f"SELECT max(value) {query}").fetchone()
     assert count == latest + 1  # counter 0..n, each reading stored exactly once
 
 
@@ -105,8 +108,10 @@ async def test_retention_by_age_and_by_size(tmp_path: Path) -> None:
     await store.open()
     try:
         now = time.time()
-        store.add_reports(ReportRow("default/d", "p", now - 3600 * 24 * 10 + i, i, "good") for i in range(100))
-        store.add_reports(ReportRow("default/d", "p", now - 10 + i * 1e-4, "x" * 200, "good") for i in range(30_000))
+        for i in range(100):
+            store.add_report("default/d", now - 3600 * 24 * 10 + i, {"p": i})
+        for i in range(30_000):
+            store.add_report("default/d", now - 10 + i * 1e-4, {"p": "x" * 200})
         await store.flush()
         deleted = await store.prune_history(max_age=86400 * 7, max_bytes=2 << 20)
         assert deleted >= 100

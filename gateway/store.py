@@ -112,14 +112,16 @@ class Store:
             raise StoreError(f"{self.path}: the store is not open")
         return self._db
 
-    async def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one writing statement (serialised with the transactions on the shared connection)."""
         try:
             async with self._write_lock:
                 await asyncio.wait_for(self.db.execute(sql, params), self.timeout)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
 
-    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one query and return its rows."""
         try:
             cursor = await asyncio.wait_for(self.db.execute(sql, params), self.timeout)
             return list(await cursor.fetchall())
@@ -208,7 +210,7 @@ class Store:
     async def load_twins(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Stored twin rows by device and property, values decoded."""
         result: dict[str, dict[str, dict[str, Any]]] = {}
-        for device, prop, desired, desired_at, reported, reported_at, quality in await self._rows(
+        for device, prop, desired, desired_at, reported, reported_at, quality in await self.rows(
             "SELECT device, property, desired, desired_at, reported, reported_at, quality "
             "FROM twins JOIN series ON series.id = twins.series"
         ):
@@ -223,7 +225,7 @@ class Store:
 
     async def history(self, device: str, prop: str, since: float, until: float, limit: int = 10_000
                       ) -> list[tuple[float, Any]]:
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT ts, value FROM history WHERE series = (SELECT id FROM series WHERE device=? AND property=?) "
             "AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
             (device, prop, int(since * 1000), int(until * 1000), limit),
@@ -238,11 +240,11 @@ class Store:
         deleted = await self._delete_history_before(await self._first_rowid_at(int((time.time() - max_age) * 1000)))
         for _ in range(20):
             (pages,), (free,), (page_size,) = [
-                (await self._rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
+                (await self.rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
             ]
             if (pages - free) * page_size <= max_bytes:
                 break
-            ((low, high),) = await self._rows("SELECT min(rowid), max(rowid) FROM history")
+            ((low, high),) = await self.rows("SELECT min(rowid), max(rowid) FROM history")
             if low is None:
                 break
             deleted += await self._delete_history_before(low + max((high - low + 1) // 10, 1))
@@ -251,13 +253,13 @@ class Store:
         return deleted
 
     async def _first_rowid_at(self, ts_ms: int) -> int:
-        ((low, high),) = await self._rows("SELECT min(rowid), max(rowid) FROM history")
+        ((low, high),) = await self.rows("SELECT min(rowid), max(rowid) FROM history")
         if low is None:
             return 0
         high += 1
         while low < high:
             middle = (low + high) // 2
-            rows = await self._rows("SELECT ts FROM history WHERE rowid >= ? ORDER BY rowid LIMIT 1", (middle,))
+            rows = await self.rows("SELECT ts FROM history WHERE rowid >= ? ORDER BY rowid LIMIT 1", (middle,))
             if rows and rows[0][0] < ts_ms:
                 low = middle + 1
             else:
@@ -280,16 +282,23 @@ class Store:
                 [(kind, ns, name, doc.decode(), source, now) for kind, ns, name, doc in documents],
             )
 
+    async def put_resource(self, kind: str, namespace: str, name: str, document: bytes, source: str) -> None:
+        await self.execute("INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?)",
+                           (kind, namespace, name, document.decode(), source, time.time()))
+
+    async def delete_resource(self, kind: str, namespace: str, name: str) -> None:
+        await self.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
+
     # --- audit ----------------------------------------------------------------------------------------------
 
     async def audit(self, actor: str, action: str, target: str, detail: str = "", address: str = "") -> None:
-        await self._run(
+        await self.execute(
             "INSERT INTO audit (ts, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
             (time.time(), actor, action, target, detail, address),
         )
 
     async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT ts, actor, action, target, detail, address FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         )
         keys = ("ts", "actor", "action", "target", "detail", "address")
@@ -298,23 +307,24 @@ class Store:
     # --- users and tokens ------------------------------------------------------------------------------------
 
     async def put_user(self, name: str, role: str, password_hash: str) -> None:
-        await self._run(
+        await self.execute(
             "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET role=excluded.role, "
             "password_hash=excluded.password_hash",
             (name, role, password_hash, time.time()),
         )
 
     async def get_user(self, name: str) -> tuple[str, str] | None:
-        rows = await self._rows("SELECT role, password_hash FROM users WHERE name = ?", (name,))
+        rows = await self.rows("SELECT role, password_hash FROM users WHERE name = ?", (name,))
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def add_token(self, token_hash: str, role: str, description: str) -> int:
-        await self._run(
-            "INSERT INTO tokens (token_hash, role, description, created_at) VALUES (?, ?, ?, ?)",
-            (token_hash, role, description, time.time()),
-        )
-        return int((await self._rows("SELECT last_insert_rowid()"))[0][0])
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO tokens (token_hash, role, description, created_at) VALUES (?, ?, ?, ?)",
+                (token_hash, role, description, time.time()),
+            )
+            return int(cursor.lastrowid or 0)
 
     async def token_role(self, token_hash: str) -> tuple[int, str] | None:
-        rows = await self._rows("SELECT id, role FROM tokens WHERE token_hash = ? AND revoked = 0", (token_hash,))
+        rows = await self.rows("SELECT id, role FROM tokens WHERE token_hash = ? AND revoked = 0", (token_hash,))
         return (int(rows[0][0]), str(rows[0][1])) if rows else None

@@ -60,6 +60,8 @@ class Config:
     devices: dict[str, BoundDevice] = field(default_factory=dict)
     endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
     routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+    # (kind, namespace, name) -> where the document came from and its raw form, to re-check it with changes
+    raw: dict[tuple[str, str, str], tuple[Source, Any]] = field(default_factory=dict)
 
 
 def yaml_files(path: Path) -> list[Path]:
@@ -72,6 +74,11 @@ def yaml_files(path: Path) -> list[Path]:
 
 def load_path(path: str | Path, protocols: Mapping[str, type[Protocol]]) -> Config:
     """Load a YAML file or a directory of them and check the documents as a whole."""
+    return check_documents(read_path(path), protocols)
+
+
+def read_path(path: str | Path) -> list[tuple[Source, Any]]:
+    """The raw documents of a YAML file or a directory of them, each with its source (YAML syntax checked)."""
     raw: list[tuple[Source, Any]] = []
     problems: list[str] = []
     for file in yaml_files(Path(path)):
@@ -86,7 +93,7 @@ def load_path(path: str | Path, protocols: Mapping[str, type[Protocol]]) -> Conf
             problems.extend(exc.problems)
     if problems:
         raise ResourceError(problems)
-    return check_documents(raw, protocols)
+    return raw
 
 
 def parse_yaml(text: str, file: str) -> list[tuple[Source, Any]]:
@@ -168,13 +175,14 @@ class _Checker:
         seen: dict[tuple[str, str, str], Source] = {}
         gateways: list[Gateway] = []
         config = Config(gateway=Gateway(name="fieldgate"))
-        for source, doc, _ in self.docs:
+        for source, doc, raw in self.docs:
             if doc.key in seen:
                 self.fail(source, "$.name", f"duplicate {doc.kind} {doc.namespace}/{doc.name} (first in "
                           f"{seen[doc.key].file}: document {seen[doc.key].index})")
                 continue
             seen[doc.key] = source
             config.documents.append(doc)
+            config.raw[doc.key] = (source, raw)
             if isinstance(doc, Gateway):
                 gateways.append(doc)
             elif isinstance(doc, DeviceModel):

@@ -145,10 +145,18 @@ def rest_api_markdown() -> str:
     out = ["# REST API", "",
            "Generated from the app by `python -m gateway.docgen`; do not edit. The live OpenAPI document is at "
            "`/schema/openapi.json` (and browsable at `/schema`). Every route but `/healthz` needs "
-           "`Authorization: Bearer <token>` (`fieldgate token create --role R`); no token gives 401, a role "
-           "too low gives 403.", "",
+           "`Authorization: Bearer <token>` (`fieldgate token create --role R`) or the session cookie of a "
+           "logged-in user (whose changes also need the CSRF token); no credentials give 401, a role too low "
+           "gives 403.", "",
            "| method | path | role | summary |", "| --- | --- | --- | --- |"]
     for method, path, role, summary in route_table():
+        out.append(f"| {method} | `{path}` | {role} | {summary} |")
+    out += ["", "## Pages of the local UI", "",
+            "Server-rendered; they take the session cookie of `/login` (or a bearer token). An anonymous request "
+            "is redirected (303) to `/login`; a form needs the session's CSRF token (`_csrf` field or "
+            "`X-CSRF-Token` header). Static assets under `/static/` are public.", "",
+            "| method | path | role | summary |", "| --- | --- | --- | --- |"]
+    for method, path, role, summary in route_table(pages=True):
         out.append(f"| {method} | `{path}` | {role} | {summary} |")
     return "\n".join(out) + "\n"
 

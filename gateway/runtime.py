@@ -21,8 +21,8 @@ from gateway.bus import Bus, state_topic, telemetry_topic
 from gateway.errors import ConfigError, NotFound, ResourceError, ValueRejected
 from gateway.plugins import get_plugin_manager
 from gateway.poller import DevicePoller
-from gateway.protocols.registry import protocol_registry
 from gateway.protocols.base import BoundDevice
+from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import Config, Source, check_documents, load_path, parse_yaml
 from gateway.resources.schema import Device, Document, enc_hook
 from gateway.store import Store

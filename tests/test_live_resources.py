@@ -58,7 +58,7 @@ async def test_apply_adds_updates_and_deletes_local_devices(write_config: Callab
 async def test_file_owned_resources_are_refused(write_config: Callable[[str], Path],
                                                 start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1")))
-    with pytest.raises(ConfigError, match="is owned by .*config.yaml; change it there"):
+    with pytest.raises(ConfigError, match=r"is owned by .*config\.yaml; change it there"):
         await gw.apply_documents(LOCAL_DEVICE.replace("local-1", "d1"), actor="admin")
     with pytest.raises(ConfigError, match="owned by file"):
         await gw.delete_resource("DeviceModel", "default", "m", actor="admin")

@@ -117,7 +117,7 @@ async def test_retention_by_age_and_by_size(tmp_path: Path) -> None:
         assert deleted >= 100
         rows = await store.history("default/d", "p", 0, now + 1, limit=100_000)
         assert all(ts >= now - 86400 * 7 for ts, _ in rows)  # nothing older than the age limit
-        (pages,), (free,), (size,) = [(await store._rows(f"PRAGMA {p}"))[0]
+        (pages,), (free,), (size,) = [(await store.rows(f"PRAGMA {p}"))[0]
                                       for p in ("page_count", "freelist_count", "page_size")]
         assert (pages - free) * size <= 2 << 20
         assert 0 < len(rows) < 30_000

@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 
-from gateway.web.security import PUBLIC_PATHS
+from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, is_api_path
 
 
 def required_role(handler: HTTPRouteHandler) -> str:
@@ -16,7 +16,10 @@ def required_role(handler: HTTPRouteHandler) -> str:
         name = getattr(guard, "__name__", "")
         if name.startswith("requires_"):
             return name.removeprefix("requires_")
-    return "public" if handler.paths & PUBLIC_PATHS else "authenticated"
+    if handler.paths & PUBLIC_PATHS or any(p.startswith(PUBLIC_PREFIXES) or p + "/" in PUBLIC_PREFIXES
+                                           for p in handler.paths):
+        return "public"
+    return "authenticated"
 
 
 def app_routes(app: Litestar) -> list[tuple[str, str, HTTPRouteHandler]]:
@@ -30,7 +33,8 @@ def app_routes(app: Litestar) -> list[tuple[str, str, HTTPRouteHandler]]:
     return sorted(rows, key=lambda row: (row[1], row[0]))
 
 
-def route_table() -> list[tuple[str, str, str, str]]:
+def route_table(*, pages: bool = False) -> list[tuple[str, str, str, str]]:
+    """(method, path, role, summary) of the REST API routes, or with `pages` of the UI's page routes."""
     from gateway.plugins import get_plugin_manager
     from gateway.resources.loader import Config
     from gateway.resources.schema import Gateway as GatewayDoc
@@ -42,7 +46,7 @@ def route_table() -> list[tuple[str, str, str, str]]:
     app = create_app(gateway)
     rows: list[tuple[str, str, str, str]] = []
     for method, path, handler in app_routes(app):
-        if path.startswith("/schema"):
+        if path.startswith(("/schema", "/static")) or (is_api_path(path) or path == "/healthz") == pages:
             continue
         summary: Any = handler.summary or (handler.fn.__doc__ or "").strip().splitlines()[0:1]
         rows.append((method, path, required_role(handler), summary if isinstance(summary, str) else ""))

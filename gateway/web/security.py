@@ -1,33 +1,88 @@
-"""Authentication middleware (bearer tokens) and role guards for every route."""
+"""Authentication (bearer tokens, or a session cookie with a CSRF token), role guards and where anonymous calls go.
+
+A request carrying `Authorization` is judged by that header alone, exactly as the REST API always did: a
+valid bearer token or 401. Without it, the session cookie is used; a session request that changes something
+(POST, PUT, PATCH, DELETE) must also carry the session's CSRF token, in the `_csrf` form field or the
+`X-CSRF-Token` header. Bearer requests need no CSRF token: a browser never adds that header by itself.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from gateway.auth import Principal, Role, authenticate_token
-from gateway.errors import AuthError
+from gateway.auth import Principal, Role, authenticate_token, check_role
+from gateway.errors import AuthError, ConfigError
+from gateway.web.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, SessionStore
 
-PUBLIC_PATHS = {"/healthz"}
+PUBLIC_PATHS = {"/healthz", "/login"}
+PUBLIC_PREFIXES = ("/static/",)
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+def is_api_path(path: str) -> bool:
+    """API callers get status codes; everything else is a page, and anonymous page requests go to /login."""
+    return path.startswith(("/api/", "/schema"))
+
+
+class SessionAuth:
+    """What the middleware attaches as `request.auth` for a cookie session."""
+
+    def __init__(self, sid: str, session: Session) -> None:
+        self.sid = sid
+        self.session = session
+
+
+class AuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise NotAuthorizedException("authentication required: send Authorization: Bearer <token>")
         store = connection.app.state.gateway.store
+        header = connection.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise NotAuthorizedException("authentication required: send Authorization: Bearer <token>")
+            try:
+                principal = await authenticate_token(store, token.strip())
+            except AuthError as exc:
+                raise NotAuthorizedException(str(exc)) from None
+            return AuthenticationResult(user=principal, auth=token)
+
+        sessions: SessionStore = connection.app.state.sessions
+        sid = connection.cookies.get(SESSION_COOKIE, "")
+        session = sessions.get(sid) if sid else None
+        if session is None:
+            raise NotAuthorizedException("authentication required: log in, or send Authorization: Bearer <token>")
+        found = await store.get_user(session.user)
+        if found is None:
+            sessions.end(sid)
+            raise NotAuthorizedException("the user of this session no longer exists")
         try:
-            principal = await authenticate_token(store, token.strip())
-        except AuthError as exc:
-            raise NotAuthorizedException(str(exc)) from None
-        return AuthenticationResult(user=principal, auth=token)
+            principal = Principal(session.user, check_role(found[0]))
+        except ConfigError:
+            raise NotAuthorizedException("the user of this session has no valid role") from None
+        if connection.scope.get("method", "GET") not in SAFE_METHODS:
+            await _check_csrf(connection, session)
+        return AuthenticationResult(user=principal, auth=SessionAuth(sid, session))
+
+
+async def _check_csrf(connection: ASGIConnection[Any, Any, Any, Any], session: Session) -> None:
+    sent = connection.headers.get(CSRF_HEADER)
+    if sent is None:
+        content_type = connection.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            # Litestar keeps the parsed form in the scope, so the handler reads it again without the body.
+            form = await Request[Any, Any, Any](connection.scope, connection.receive).form()
+            value = form.get(CSRF_FIELD)
+            sent = value if isinstance(value, str) else None
+    if not sent or not secrets.compare_digest(sent, session.csrf):
+        raise PermissionDeniedException("CSRF token missing or wrong: reload the page and try again")
 
 
 def requires(role: Role) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
@@ -42,3 +97,7 @@ def requires(role: Role) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRo
 
     guard.__name__ = f"requires_{role}"
     return guard
+
+
+def client_address(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return request.client.host if request.client else ""

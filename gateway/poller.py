@@ -214,8 +214,9 @@ class DevicePoller:
             if schedule.next_report > now + EARLY:
                 continue
             schedule.next_report += schedule.report_interval
-            if schedule.next_report <= now:
-                schedule.next_report = now + schedule.report_interval
+            if schedule.next_report <= now:  # behind: stay on the collect grid, or reports would be skipped
+                missed = int((now - schedule.next_report) // schedule.report_interval) + 1
+                schedule.next_report += missed * schedule.report_interval
             for bound in schedule.props:
                 reported = twin_props[bound.name]
                 if reported.quality == "good" and bound.name in values:

@@ -17,14 +17,17 @@ import msgspec
 import pluggy
 
 from gateway import __version__
-from gateway.bus import Bus, state_topic, telemetry_topic
+from gateway.bus import Bus, state_topic, telemetry_topic, twin_topic
 from gateway.errors import ConfigError, NotFound, ResourceError, ValueRejected
+from gateway.eventbus.broker import EmbeddedBroker
+from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink, make_handlers
 from gateway.plugins import get_plugin_manager
 from gateway.poller import DevicePoller
 from gateway.protocols.base import BoundDevice
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import Config, Source, check_documents, load_path, parse_yaml
 from gateway.resources.schema import Device, Document, enc_hook
+from gateway.sinks.base import Sink, SinkRunner
 from gateway.store import Store
 from gateway.supervisor import Supervisor
 from gateway.twin import DeviceState, Twin, TwinProperty
@@ -42,6 +45,16 @@ class Report(msgspec.Struct, frozen=True):
     device: str
     ts: float
     values: dict[str, Any]
+
+
+class TwinChange(msgspec.Struct, frozen=True):
+    """A desired value changed (on the bus as devices/<ns>/<name>/twin)."""
+
+    device: str
+    property: str
+    desired: Any
+    previous: Any
+    previous_at: float | None
 
 
 class DeviceStateChange(msgspec.Struct, frozen=True):
@@ -71,6 +84,8 @@ class Gateway:
         self.started_at = 0.0
         self.http_server: Any = None
         self._config_lock = asyncio.Lock()
+        self.eventbus: EventbusLink | None = None
+        self.sinks: dict[str, SinkRunner] = {}
         self._http_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -103,6 +118,8 @@ class Gateway:
             self.bus.subscribe("devices/+/+/telemetry", self._store_report)
             self.supervisor.start("store-writer", self.store.run_writer)
             self.supervisor.start("history-retention", self._retention)
+            self.store.on_flush.append(self._notify_sinks)
+            self._start_eventbus()
             for device_id in self.config.devices:
                 self._start_device(device_id)
             if self.serve_http:
@@ -186,6 +203,29 @@ class Gateway:
         except ResourceError as exc:
             log.error("locally created resources no longer fit the configuration files; running without them: %s",
                       "; ".join(exc.problems))
+
+    def _start_eventbus(self) -> None:
+        settings = self.config.gateway.eventbus
+        if settings.url == "none":
+            return
+        if settings.url == "embedded":
+            host, port = parse_listen(settings.embedded_listen)
+            self.supervisor.start("embedded-broker", EmbeddedBroker(self.data_dir, host, port).run)
+        link = self.eventbus = EventbusLink(self, settings)
+        for topic_filter, handler in make_handlers(link):
+            self.bus.subscribe(topic_filter, handler)
+        self.supervisor.start("eventbus", link.run)
+        self._start_sink(OUTBOX, EventbusSink(link, settings.telemetry_qos))
+
+    def _start_sink(self, outbox: str, sink: Sink) -> None:
+        runner = self.sinks[outbox] = SinkRunner(outbox, sink, self.store)
+        self.supervisor.start(f"sink {outbox}", runner.run)
+
+    def _notify_sinks(self, outboxes: set[str]) -> None:
+        for outbox in outboxes:
+            runner = self.sinks.get(outbox)
+            if runner is not None:
+                runner.notify()
 
     def _start_device(self, device_id: str) -> None:
         device = self.config.devices[device_id]
@@ -286,8 +326,16 @@ class Gateway:
 
     async def _retention(self) -> None:
         settings = self.config.gateway.store
+        eventbus = self.config.gateway.eventbus
         while True:
             await self.store.prune_history(float(settings.history_max_age), settings.history_max_bytes)
+            for outbox, runner in self.sinks.items():
+                dropped = await self.store.outbox_trim(outbox, eventbus.outbox_max_messages,
+                                                       float(eventbus.outbox_max_age))
+                if dropped:
+                    runner.stats.dropped += dropped
+                    log.warning("outbox %s was full: dropped its %d oldest messages (drop-oldest policy)",
+                                outbox, dropped)
             await asyncio.sleep(RETENTION_EVERY)
 
     # --- the flow of readings -------------------------------------------------------------------------------------
@@ -331,11 +379,26 @@ class Gateway:
         now = time.time()
         await self.store.save_desired(device_id, prop, converted, now)
         twin_prop = self.twins[device_id].properties[prop]
+        change = TwinChange(device_id, prop, converted, twin_prop.desired, twin_prop.desired_at)
         twin_prop.desired, twin_prop.desired_at, twin_prop.pending = converted, now, True
+        self.bus.publish(twin_topic(device_id), change)
         await self.store.audit(actor, "set-desired", f"{device_id}/{prop}", msgspec.json.encode(converted).decode(),
                                address)
         self.pollers[device_id].wake()
         return twin_prop
+
+    def check_desired(self, device_id: str, values: dict[str, Any]) -> None:
+        """Raise as set_desired would for the first of several values that cannot be set; set nothing."""
+        bound = self.config.devices.get(device_id)
+        if bound is None:
+            raise NotFound(f"no device {device_id}")
+        for prop, value in values.items():
+            bound_prop = bound.properties.get(prop)
+            if bound_prop is None:
+                raise NotFound(f"device {device_id} has no property {prop!r}")
+            if not bound_prop.writable:
+                raise ValueRejected(f"{prop}: the property is {bound_prop.model.access}")
+            coerce(bound_prop.model, value)
 
     def status(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -360,6 +423,9 @@ class Gateway:
                 "max": round(lateness[-1] * 1000, 3) if lateness else None,
             },
             "store": {"values_written": self.store.rows_written, "queued": self.store.queued},
+            "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
+            "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
+                      for name, runner in self.sinks.items()},
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }

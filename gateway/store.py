@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS twins (
     desired TEXT, desired_at REAL, reported TEXT, reported_at REAL, quality TEXT NOT NULL DEFAULT 'unknown');
 CREATE TABLE IF NOT EXISTS history (series INTEGER NOT NULL, ts INTEGER NOT NULL, value);
 CREATE INDEX IF NOT EXISTS history_by_series ON history (series, ts);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '');
@@ -75,6 +79,9 @@ class Store:
         self.timeout = timeout
         self._db: aiosqlite.Connection | None = None
         self._pending: list[tuple[str, float, dict[str, Any]]] = []  # (device, ts, values) per report
+        self._outbox: list[tuple[str, str, bytes, float]] = []  # (sink, topic, payload, created)
+        self.on_flush: list[Callable[[set[str]], None]] = []  # told which outboxes got new messages
+        self.outbox_depth: dict[str, int] = {}  # committed, not yet delivered, per outbox
         self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self.rows_written = 0
@@ -93,6 +100,7 @@ class Store:
             await self._db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO NOTHING", (str(SCHEMA_VERSION),)
             )
+            self.outbox_depth = {sink: info["depth"] for sink, info in (await self.outbox_stats()).items()}
         except (sqlite3.Error, OSError, TimeoutError) as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
 
@@ -152,34 +160,50 @@ class Store:
     def queued(self) -> int:
         return sum(len(values) for _, _, values in self._pending)
 
+    def add_outbox(self, sink: str, topic: str, payload: bytes) -> None:
+        """Queue a message for a sink's outbox; it is durable once the next flush commits."""
+        self._outbox.append((sink, topic, payload, time.time()))
+
     async def flush(self) -> int:
-        """Commit every queued report in one transaction; returns how many values were written."""
-        if not self._pending:
+        """Commit every queued report and outbox message in one transaction; returns the values written."""
+        if not self._pending and not self._outbox:
             return 0
         reports, self._pending = self._pending, []
+        outbox, self._outbox = self._outbox, []
         encode = _json.encode
         try:
             async with self.transaction() as db:
                 series = await self._series_ids(db, {(d, name) for d, _, values in reports for name in values})
                 latest: dict[int, tuple[int, str, float]] = {}
-                history_rows = []
+                history_rows: list[tuple[int, int, Any]] = []
                 for device, ts, values in reports:
                     ts_ms = int(ts * 1000)
                     for name, value in values.items():
                         key = series[(device, name)]
                         latest[key] = (key, encode(value).decode(), ts)
                         history_rows.append((key, ts_ms, _history_value(value)))
-                await db.executemany(
-                    "INSERT INTO twins (series, reported, reported_at, quality) VALUES (?, ?, ?, 'good') "
-                    "ON CONFLICT(series) DO UPDATE SET reported=excluded.reported, reported_at=excluded.reported_at,"
-                    " quality='good'",
-                    list(latest.values()),
-                )
-                await db.executemany("INSERT INTO history VALUES (?, ?, ?)", history_rows)
+                if latest:
+                    await db.executemany(
+                        "INSERT INTO twins (series, reported, reported_at, quality) VALUES (?, ?, ?, 'good') "
+                        "ON CONFLICT(series) DO UPDATE SET reported=excluded.reported, "
+                        "reported_at=excluded.reported_at, quality='good'",
+                        list(latest.values()),
+                    )
+                    await db.executemany("INSERT INTO history VALUES (?, ?, ?)", history_rows)
+                if outbox:
+                    await db.executemany("INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)",
+                                         outbox)
         except sqlite3.Error as exc:
             self._pending[:0] = reports  # keep them for the next attempt
+            self._outbox[:0] = outbox
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
         self.rows_written += len(history_rows)
+        if outbox:
+            for row in outbox:
+                self.outbox_depth[row[0]] = self.outbox_depth.get(row[0], 0) + 1
+            sinks = {row[0] for row in outbox}
+            for listener in self.on_flush:
+                listener(sinks)
         return len(history_rows)
 
     async def _series_ids(self, db: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
@@ -270,6 +294,38 @@ class Store:
         async with self.transaction() as db:
             cursor = await db.execute("DELETE FROM history WHERE rowid < ?", (rowid,))
             return max(cursor.rowcount, 0)
+
+    # --- outboxes --------------------------------------------------------------------------------------------
+
+    async def outbox_batch(self, sink: str, after: int, limit: int) -> list[tuple[int, str, bytes, float]]:
+        """The next messages of a sink's outbox, in order: (seq, topic, payload, created)."""
+        rows = await self.rows("SELECT seq, topic, payload, created FROM outbox WHERE sink = ? AND seq > ? "
+                               "ORDER BY seq LIMIT ?", (sink, after, limit))
+        return [(int(seq), str(topic), bytes(payload), float(created)) for seq, topic, payload, created in rows]
+
+    async def outbox_ack(self, sink: str, up_to: int) -> None:
+        """Forget the messages of a sink up to and including `up_to`: they were delivered."""
+        async with self.transaction() as db:
+            cursor = await db.execute("DELETE FROM outbox WHERE sink = ? AND seq <= ?", (sink, up_to))
+            self.outbox_depth[sink] = max(self.outbox_depth.get(sink, 0) - max(cursor.rowcount, 0), 0)
+
+    async def outbox_stats(self) -> dict[str, dict[str, Any]]:
+        rows = await self.rows("SELECT sink, count(*), min(created) FROM outbox GROUP BY sink")
+        return {sink: {"depth": int(count), "oldest": oldest} for sink, count, oldest in rows}
+
+    async def outbox_trim(self, sink: str, max_messages: int, max_age: float) -> int:
+        """Drop the oldest messages beyond the limits (the stated drop policy); returns how many."""
+        dropped = 0
+        async with self.transaction() as db:
+            cursor = await db.execute("DELETE FROM outbox WHERE sink = ? AND created < ?",
+                                      (sink, time.time() - max_age))
+            dropped += max(cursor.rowcount, 0)
+            cursor = await db.execute(
+                "DELETE FROM outbox WHERE sink = ? AND seq <= (SELECT seq FROM outbox WHERE sink = ? "
+                "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (sink, sink, max_messages))
+            dropped += max(cursor.rowcount, 0)
+        self.outbox_depth[sink] = max(self.outbox_depth.get(sink, 0) - dropped, 0)
+        return dropped
 
     # --- resources ------------------------------------------------------------------------------------------
 

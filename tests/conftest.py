@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pluggy
@@ -59,3 +61,47 @@ async def start_gateway(tmp_path: Path, plugin_manager: pluggy.PluginManager
     yield start
     for gateway in reversed(started):
         await gateway.stop()
+
+
+class Mosquitto:
+    """A real mosquitto broker on a free loopback port, started and stopped by PID."""
+
+    def __init__(self, directory: Path) -> None:
+        import shutil
+
+        self.directory = directory
+        self.port = free_port()
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "max_queued_messages 1000000\n")
+        self.process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()

@@ -194,3 +194,17 @@ async def test_status_reports_lateness(write_config: Callable[[str], Path], star
     assert status["lateness_ms"]["p50"] is not None and status["lateness_ms"]["p50"] < 10
     samples = lateness_ms(gw, "default/d1")
     assert statistics.fmean(samples) < 10
+
+
+async def test_a_blocked_loop_delays_cycles_but_skips_no_report(write_config: Callable[[str], Path],
+                                                                 start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
+    loop = asyncio.get_running_loop()
+    for delay in (0.2, 0.35, 0.5):
+        loop.call_later(delay, time.sleep, 0.07)  # the loop stalls for 3.5 intervals
+    await asyncio.sleep(1.0)
+    await gw.store.flush()
+    history = await gw.store.history("default/d1", "count", time.time() - 60, time.time() + 1)
+    values = [v for _, v in history]
+    assert values == list(range(len(values)))  # every reading reported once, none skipped
+    assert gw.pollers["default/d1"].stats.missed >= 3

@@ -52,7 +52,19 @@ class HttpSettings(Base, kw_only=True):
 
 
 class EventbusSettings(Base, kw_only=True):
-    url: Annotated[str, Meta(description="mqtt://host:port, mqtts://host:port, `embedded` or `none`")] = "embedded"
+    url: Annotated[str, Meta(
+        pattern=r"^(embedded|none|mqtts?://[^/\s]+)$",
+        description="mqtt://host:port, mqtts://host:port, `embedded` (a broker run by the gateway) or `none`",
+    )] = "embedded"
+    embedded_listen: Annotated[str, Meta(description="HOST:PORT of the embedded broker")] = "127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Annotated[str | None, Meta(description="CA certificate (PEM) to trust, for mqtts://")] = None
+    cert_file: Annotated[str | None, Meta(description="client certificate (PEM), for mqtts://")] = None
+    key_file: Annotated[str | None, Meta(description="client key (PEM), for mqtts://")] = None
+    telemetry_qos: Annotated[int, Meta(ge=0, le=1)] = 1
+    outbox_max_messages: Annotated[int, Meta(ge=1000, description="oldest dropped beyond this")] = 1_000_000
+    outbox_max_age: Annotated[Duration, Meta(description="older messages are dropped")] = Duration(7 * 86400)
 
 
 class StoreSettings(Base, kw_only=True):

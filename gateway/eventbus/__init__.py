@@ -1,0 +1,1 @@
+"""The eventbus: local apps talk to the gateway over MQTT (telemetry and the KubeEdge twin topics)."""

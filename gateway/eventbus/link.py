@@ -1,0 +1,252 @@
+"""The gateway's connection to the eventbus broker: reconnects forever, serves the KubeEdge twin topics and
+publishes telemetry from the durable `eventbus` outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import msgspec
+
+from gateway.errors import ConfigError, FieldgateError, NotFound
+from gateway.eventbus import kubeedge as ke
+from gateway.resources.schema import EventbusSettings
+from gateway.sinks.base import OutboxMessage, Sink, SinkError
+from gateway.twin import TwinProperty
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway, Report, TwinChange
+
+log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+OUTBOX = "eventbus"
+
+
+def broker_address(settings: EventbusSettings) -> tuple[str, int, bool]:
+    """(host, port, tls) of the broker the gateway connects to."""
+    if settings.url == "embedded":
+        host, _, port = settings.embedded_listen.rpartition(":")
+        return host.strip("[]"), int(port), False
+    parts = urlsplit(settings.url)
+    tls = parts.scheme == "mqtts"
+    if not parts.hostname:
+        raise ConfigError(f"eventbus.url {settings.url!r}: no host")
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def telemetry_topic(node: str, device_id: str) -> str:
+    return f"fieldgate/{node}/{device_id}/telemetry"
+
+
+class EventbusLink:
+    """One MQTT client session at a time; `run()` is the supervised task."""
+
+    def __init__(self, gateway: Gateway, settings: EventbusSettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.host, self.port, self.tls = broker_address(settings)
+        self.client: aiomqtt.Client | None = None
+        self.connected_since: float | None = None
+        self.received = 0
+        self.rejected = 0
+        self._state_logged = ""
+
+    # --- connection -------------------------------------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.settings.ca_file)
+        if self.settings.cert_file:
+            context.load_cert_chain(self.settings.cert_file, self.settings.key_file)
+        return context
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, username=self.settings.username, password=self.settings.password,
+                    identifier=f"fieldgate-{self.gateway.node_name}", tls_context=self._tls_context(),
+                    timeout=10, keepalive=30, max_inflight_messages=1000, max_queued_outgoing_messages=100_000,
+                ) as client:
+                    self.client = client
+                    self.connected_since = time.time()
+                    self._log_state("connected", f"eventbus connected to {self.host}:{self.port}")
+                    backoff = 0.5
+                    for topic in (*ke.SUBSCRIPTIONS[:2], f"$hw/events/node/{self.gateway.node_name}/membership/get"):
+                        await client.subscribe(topic, qos=1, timeout=10)
+                    async for message in client.messages:
+                        await self._handle(str(message.topic), bytes(message.payload or b""))
+            except aiomqtt.MqttError as exc:
+                self._log_state("down", f"eventbus {self.host}:{self.port} unreachable, retrying: {exc}")
+            finally:
+                self.client = None
+                self.connected_since = None
+            await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
+            backoff = min(backoff * 2, 15.0)
+
+    def _log_state(self, state: str, message: str) -> None:
+        if state != self._state_logged:
+            self._state_logged = state
+            (log.info if state == "connected" else log.warning)(message)
+
+    async def publish(self, topic: str, payload: Any, qos: int = 0) -> None:
+        """Publish now if connected (responses and notifications; durable traffic goes through the outbox)."""
+        client = self.client
+        if client is None:
+            return
+        data = payload if isinstance(payload, bytes) else _json.encode(payload)
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await client.publish(topic, data, qos=qos, timeout=5)
+
+    # --- incoming ---------------------------------------------------------------------------------------------
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        self.received += 1
+        if topic.startswith("$hw/events/node/"):
+            await self._membership(topic, payload)
+            return
+        if not topic.startswith(ke.DEVICE_PREFIX):
+            return
+        device_id, action = ke.split_device_topic(topic)
+        result_topic = f"{topic}/result"
+        try:
+            if action == "twin/update":
+                await self.publish(result_topic, await self._twin_update(device_id, payload), qos=1)
+            elif action == "twin/get":
+                request = ke.parse(payload, ke.EventRequest)
+                await self.publish(result_topic, self._twin_document(device_id, request.event_id), qos=1)
+        except ke.BadMessage as exc:
+            self._reject(topic, result_topic, payload, exc.code, exc.reason)
+        except NotFound as exc:
+            self._reject(topic, result_topic, payload, 404, str(exc))
+        except FieldgateError as exc:
+            self._reject(topic, result_topic, payload, 400, str(exc))
+
+    def _reject(self, topic: str, result_topic: str, payload: bytes, code: int, reason: str) -> None:
+        self.rejected += 1
+        log.warning("eventbus: rejected a message on %s: %s", topic, reason)
+        result = ke.error_result(ke.event_id_of(payload), code, reason)
+        task = asyncio.get_running_loop().create_task(self.publish(result_topic, result, qos=1))
+        task.add_done_callback(lambda t: t.exception())
+
+    def _types(self, device_id: str) -> dict[str, str]:
+        device = self.gateway.config.devices.get(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id}")
+        return {name: prop.model.type for name, prop in device.properties.items()}
+
+    def _twin_document(self, device_id: str, event_id: str) -> dict[str, Any]:
+        types = self._types(device_id)
+        return ke.twin_message(self.gateway.twin(device_id), types, event_id)
+
+    async def _twin_update(self, device_id: str, payload: bytes) -> dict[str, Any]:
+        update = ke.parse(payload, ke.TwinUpdate)
+        types = self._types(device_id)
+        values: dict[str, Any] = {}
+        for name, twin in update.twin.items():
+            if twin.expected is None:
+                raise ke.BadMessage(400, f"{name}: only expected values can be set; reported values come from "
+                                         "the device")
+            values[name] = twin.expected.value
+        if not values:
+            raise ke.BadMessage(400, "the message sets no value")
+        for name in values:  # check everything first: an update is applied whole or not at all
+            if name not in types:
+                raise NotFound(f"device {device_id} has no property {name!r}")
+        self.gateway.check_desired(device_id, values)
+        for name, value in values.items():
+            await self.gateway.set_desired(device_id, name, value, actor="eventbus")
+        return ke.twin_message(self.gateway.twin(device_id), types, update.event_id)
+
+    async def _membership(self, topic: str, payload: bytes) -> None:
+        result_topic = f"{topic}/result"
+        try:
+            request = ke.parse(payload, ke.EventRequest)
+        except ke.BadMessage as exc:
+            self._reject(topic, result_topic, payload, exc.code, exc.reason)
+            return
+        devices = []
+        for device_id, bound in sorted(self.gateway.config.devices.items()):
+            twin = self.gateway.twin(device_id)
+            types: dict[str, str] = {name: prop.model.type for name, prop in bound.properties.items()}
+            devices.append({"id": device_id, "name": bound.resource.name, "description": bound.resource.description,
+                            "state": twin.state, "attributes": {k: {"value": v} for k, v in
+                                                                bound.resource.labels.items()},
+                            "twin": ke.twin_message(twin, types)["twin"]})
+        await self.publish(result_topic, {"event_id": request.event_id, "timestamp": ke.now_ms(),
+                                          "devices": devices}, qos=1)
+
+    # --- notifications from the bus ------------------------------------------------------------------------
+
+    def on_telemetry(self, topic: str, report: Report) -> None:
+        payload = _json.encode({"ts": int(report.ts * 1000), "values": report.values})
+        self.gateway.store.add_outbox(OUTBOX, telemetry_topic(self.gateway.node_name, report.device), payload)
+
+    def on_twin_change(self, topic: str, change: TwinChange) -> None:
+        if self.client is None:
+            return
+        types = self._types(change.device)
+        twin = self.gateway.twin(change.device)
+        after = twin.properties[change.property]
+        before = copy.copy(after)
+        before.desired, before.desired_at = change.previous, change.previous_at
+        notes = [(ke.device_topic(change.device, "twin/update/document"),
+                  ke.document_message(change.property, before, after, types[change.property]))]
+        delta = ke.delta_message(twin, types)
+        if delta is not None:
+            notes.append((ke.device_topic(change.device, "twin/update/delta"), delta))
+        for note_topic, message in notes:
+            self._spawn(self.publish(note_topic, message, qos=1))
+
+    def on_state(self, topic: str, change: Any) -> None:
+        if self.client is not None:
+            self._spawn(self.publish(ke.device_topic(change.device, "state/update"),
+                                     {"event_id": "", "timestamp": int(change.ts * 1000), "state": change.state},
+                                     qos=1))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(lambda t: t.exception())
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.settings.url, "broker": f"{self.host}:{self.port}", "connected": self.client is not None,
+                "connected_since": self.connected_since, "received": self.received, "rejected": self.rejected}
+
+
+class EventbusSink(Sink):
+    """Publishes outbox messages (telemetry) to the eventbus broker, QoS 1 by default, in order."""
+
+    name = "eventbus"
+
+    def __init__(self, link: EventbusLink, qos: int) -> None:
+        self.link = link
+        self.qos = qos
+
+    async def send(self, batch: list[OutboxMessage]) -> None:
+        client = self.link.client
+        if client is None:
+            raise SinkError("the eventbus broker is not connected")
+        try:
+            # Queued in order by the client, acknowledged together: one round trip per batch, not per message.
+            await asyncio.gather(*(client.publish(m.topic, m.payload, qos=self.qos, timeout=10) for m in batch))
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise SinkError(f"publishing to the eventbus failed: {exc}") from exc
+
+
+def make_handlers(link: EventbusLink) -> list[tuple[str, Callable[[str, Any], None]]]:
+    return [("devices/+/+/telemetry", link.on_telemetry), ("devices/+/+/twin", link.on_twin_change),
+            ("devices/+/+/state", link.on_state)]
+
+
+__all__ = ["OUTBOX", "EventbusLink", "EventbusSink", "TwinProperty", "make_handlers"]

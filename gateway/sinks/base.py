@@ -1,0 +1,147 @@
+"""The sink contract and the delivery loop that drains a sink's durable outbox in order.
+
+A message enters a sink's outbox when the store commits it (every flush interval); from then on it is either
+delivered or still in the outbox after any crash. Delivery is ordered and at least once: a batch is removed only
+after the sink acknowledged all of it, and within one run nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from gateway.errors import FieldgateError
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(FieldgateError):
+    """A sink could not deliver a batch (target down, refused, timed out); the batch is retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    seq: int
+    topic: str
+    payload: bytes
+    created: float
+
+
+class Sink(abc.ABC):
+    """A northbound target. `send` delivers a whole batch in order or raises SinkError."""
+
+    name: ClassVar[str]
+
+    async def open(self) -> None:  # noqa: B027  (optional: most sinks connect lazily in send)
+        """Prepare (connect lazily in `send` if the target may be down at start)."""
+
+    @abc.abstractmethod
+    async def send(self, batch: list[OutboxMessage]) -> None:
+        """Deliver every message of the batch, in order; raise SinkError when not all were acknowledged."""
+
+    async def close(self) -> None:  # noqa: B027  (optional)
+        """Release connections; must not raise."""
+
+
+@dataclass
+class SinkStats:
+    delivered: int = 0
+    failures: int = 0
+    dropped: int = 0
+    last_error: str = ""
+    last_delivery: float | None = None
+    state: str = "idle"  # idle | delivering | failing | replaying
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+class SinkRunner:
+    """Drains one outbox into one sink: batches in order, retries with backoff, rate-limited replay."""
+
+    def __init__(self, outbox: str, sink: Sink, store: Store, *, batch: int = 500, timeout: float = 10.0,
+                 replay_rate: float = 5000.0, min_backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+        self.outbox = outbox
+        self.sink = sink
+        self.store = store
+        self.batch = batch
+        self.timeout = timeout
+        self.replay_rate = replay_rate
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.stats = SinkStats()
+        self._wakeup = asyncio.Event()
+        self._last_sent = 0
+
+    def notify(self) -> None:
+        """New messages were committed to this outbox."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        await self.sink.open()
+        backoff = self.min_backoff
+        try:
+            while True:
+                rows = await self.store.outbox_batch(self.outbox, self._last_sent, self.batch)
+                if not rows:
+                    self.stats.state = "idle" if self.stats.state != "failing" else self.stats.state
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), 1.0)
+                    except TimeoutError:
+                        pass
+                    continue
+                batch = [OutboxMessage(*row) for row in rows]
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self.sink.send(batch)
+                except (SinkError, TimeoutError, OSError) as exc:
+                    self._failed(exc)
+                    await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                if self.stats.state == "failing":
+                    log.info("sink %s delivers again", self.outbox)
+                backoff = self.min_backoff
+                self._last_sent = batch[-1].seq
+                await self.store.outbox_ack(self.outbox, self._last_sent)
+                now = time.time()
+                self.stats.delivered += len(batch)
+                self.stats.last_delivery = now
+                self.stats.latencies.extend(now - m.created for m in batch)
+                full = len(batch) == self.batch
+                self.stats.state = "replaying" if full else "delivering"
+                if full and self.replay_rate:  # a backlog: keep the target and the box breathing
+                    elapsed = time.monotonic() - started
+                    await asyncio.sleep(max(len(batch) / self.replay_rate - elapsed, 0))
+        finally:
+            await self.sink.close()
+
+    def _failed(self, exc: BaseException) -> None:
+        error = str(exc) or type(exc).__name__
+        self.stats.failures += 1
+        if self.stats.state != "failing" or error != self.stats.last_error:
+            log.warning("sink %s cannot deliver, keeping messages in its outbox: %s", self.outbox, error)
+        self.stats.state = "failing"
+        self.stats.last_error = error
+
+    def describe(self) -> dict[str, Any]:
+        latencies = sorted(self.stats.latencies)
+        return {
+            "sink": self.sink.name,
+            "state": self.stats.state,
+            "delivered": self.stats.delivered,
+            "failures": self.stats.failures,
+            "dropped": self.stats.dropped,
+            "last_error": self.stats.last_error,
+            "latency_ms": {
+                "p50": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
+                "p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1) if len(latencies) > 1 else None,
+            },
+        }

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = (
     "gateway.protocols.virtual",
     "gateway.cli_core",
+    "gateway.web.api.messages",
     "gateway.bench",
     "gateway.importers.cli",
 )

@@ -27,6 +27,7 @@ from gateway.protocols.base import BoundDevice
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import Config, Source, check_documents, load_path, parse_yaml
 from gateway.resources.schema import Device, Document, enc_hook
+from gateway.routes import Routes
 from gateway.sinks.base import Sink, SinkRunner
 from gateway.store import Store
 from gateway.supervisor import Supervisor
@@ -35,6 +36,7 @@ from gateway.values import coerce
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 60.0
+SHUTDOWN_DRAIN = 2.0  # seconds working sinks get to deliver their outbox on a clean shutdown
 LOCAL = "local"  # resources created through the UI or the API, kept in the store
 REGISTRY = "registry"  # resources synced from the registry
 
@@ -86,6 +88,7 @@ class Gateway:
         self._config_lock = asyncio.Lock()
         self.eventbus: EventbusLink | None = None
         self.sinks: dict[str, SinkRunner] = {}
+        self.routes = Routes(self)
         self._http_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -120,6 +123,7 @@ class Gateway:
             self.supervisor.start("history-retention", self._retention)
             self.store.on_flush.append(self._notify_sinks)
             self._start_eventbus()
+            self.routes.start()
             for device_id in self.config.devices:
                 self._start_device(device_id)
             if self.serve_http:
@@ -140,9 +144,22 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._http_task, 5)
             self.http_server = None
+        for device_id in list(self.pollers):
+            await self._stop_device(device_id)
+        with contextlib.suppress(Exception):
+            await self._drain_outboxes(SHUTDOWN_DRAIN)
         await self.supervisor.stop()
         await self.store.close()
         log.info("fieldgate stopped")
+
+    async def _drain_outboxes(self, timeout: float) -> None:
+        """Commit what is queued and give working sinks a moment to deliver it (what is left stays durable)."""
+        await self.store.flush()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110  (polling several sinks, bounded)
+                self.store.outbox_depth.get(name) and runner.stats.state != "failing"
+                for name, runner in self.sinks.items()):
+            await asyncio.sleep(0.05)
 
     async def _call_hook(self, name: str) -> None:
         for result in getattr(self.pm.hook, name)(gateway=self):
@@ -307,6 +324,11 @@ class Gateway:
     async def _reconcile(self, config: Config) -> None:
         """Switch to a new configuration: stop removed devices, start new ones, restart only changed ones."""
         old, self.config = self.config, config
+        if old.routes != config.routes or old.endpoints != config.endpoints:
+            await self.routes.stop()
+            self.routes.start()
+            if self.eventbus is not None:
+                await self.eventbus.resubscribe()
         stored = await self.store.load_twins()
         previous = {(device_id, prop.name): prop.spec.desired for device_id, device in old.devices.items()
                     for prop in device.properties.values() if prop.spec.desired is not None}
@@ -426,6 +448,7 @@ class Gateway:
             "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
             "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
                       for name, runner in self.sinks.items()},
+            "routes": self.routes.describe(),
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }

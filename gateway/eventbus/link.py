@@ -59,6 +59,7 @@ class EventbusLink:
         self.received = 0
         self.rejected = 0
         self._state_logged = ""
+        self._subscribed: set[str] = set()
 
     # --- connection -------------------------------------------------------------------------------------------
 
@@ -79,12 +80,13 @@ class EventbusLink:
                     identifier=f"fieldgate-{self.gateway.node_name}", tls_context=self._tls_context(),
                     timeout=10, keepalive=30, max_inflight_messages=1000, max_queued_outgoing_messages=100_000,
                 ) as client:
+                    client.pending_calls_threshold = 1 << 30  # batches are published together on purpose
                     self.client = client
                     self.connected_since = time.time()
                     self._log_state("connected", f"eventbus connected to {self.host}:{self.port}")
                     backoff = 0.5
-                    for topic in (*ke.SUBSCRIPTIONS[:2], f"$hw/events/node/{self.gateway.node_name}/membership/get"):
-                        await client.subscribe(topic, qos=1, timeout=10)
+                    self._subscribed = set()
+                    await self.resubscribe()
                     async for message in client.messages:
                         await self._handle(str(message.topic), bytes(message.payload or b""))
             except aiomqtt.MqttError as exc:
@@ -94,6 +96,22 @@ class EventbusLink:
                 self.connected_since = None
             await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
             backoff = min(backoff * 2, 15.0)
+
+    def topics(self) -> set[str]:
+        return {*ke.SUBSCRIPTIONS[:2], f"$hw/events/node/{self.gateway.node_name}/membership/get",
+                *self.gateway.routes.eventbus_topics()}
+
+    async def resubscribe(self) -> None:
+        """Subscribe to what the twin topics and the eventbus-sourced routes need now."""
+        client = self.client
+        if client is None:
+            return
+        wanted = self.topics()
+        for topic in sorted(self._subscribed - wanted):
+            await client.unsubscribe(topic, timeout=10)
+        for topic in sorted(wanted - self._subscribed):
+            await client.subscribe(topic, qos=1, timeout=10)
+        self._subscribed = wanted
 
     def _log_state(self, state: str, message: str) -> None:
         if state != self._state_logged:
@@ -117,6 +135,7 @@ class EventbusLink:
             await self._membership(topic, payload)
             return
         if not topic.startswith(ke.DEVICE_PREFIX):
+            self.gateway.routes.from_eventbus(topic, payload)
             return
         device_id, action = ke.split_device_topic(topic)
         result_topic = f"{topic}/result"

@@ -29,6 +29,7 @@ from gateway.resources.schema import (
     Route,
     dec_hook,
 )
+from gateway.routes import endpoint_problems, route_problems
 from gateway.values import coerce
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -203,10 +204,11 @@ class _Checker:
                 if bound is not None:
                     config.devices[bound.id] = bound
             elif isinstance(doc, Route):
-                for field_name in ("source", "target"):
-                    endpoint = getattr(doc, field_name)
-                    if (doc.namespace, endpoint) not in config.endpoints:
-                        self.fail(source, f"$.{field_name}", f"no Endpoint {doc.namespace}/{endpoint}")
+                for path, message in route_problems(doc, config.endpoints):
+                    self.fail(source, path, message)
+            elif isinstance(doc, Endpoint):
+                for path, message in endpoint_problems(doc):
+                    self.fail(source, path, message)
         if self.problems:
             raise ResourceError(self.problems)
         return config

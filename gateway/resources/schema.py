@@ -123,15 +123,23 @@ class Device(Document, tag="Device", kw_only=True):
 
 # --- Message endpoints and routes ----------------------------------------------------------------------------
 
-EndpointType = Literal["rest", "eventbus", "servicebus"]
+EndpointType = Literal["rest", "eventbus", "servicebus", "bus", "mqtt", "http"]
 
 
 class Endpoint(Document, tag="Endpoint", kw_only=True):
+    """Where messages come from or go to: `rest` (the cloud side), `eventbus` (the local MQTT broker),
+    `servicebus` (a local HTTP service: `service_port`), `bus` (the gateway's own bus), `mqtt` (any broker:
+    `url`, `qos`, `batch`, `username`, `password`, `ca_file`), `http` (any URL: `url`, `mode` batch|each,
+    `header.<Name>`)."""
+
     type: EndpointType
     properties: dict[str, str] = {}
 
 
 class Route(Document, tag="Route", kw_only=True):
+    """Messages from a source endpoint and resource (`topic` or `path`) to a target endpoint and resource
+    (`topic`, `path` or `resource` URL); `{node}`, `{namespace}`, `{device}` and `{topic}` fill target topics."""
+
     source: Name
     source_resource: dict[str, str] = {}
     target: Name

@@ -1,0 +1,78 @@
+"""The `http` sink: POSTs messages to a URL (a cloud REST endpoint, a local service), in order."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import httpx
+import msgspec
+
+from gateway.sinks.base import OutboxMessage, Sink, SinkError
+
+log = logging.getLogger(__name__)
+
+
+class HttpSink(Sink):
+    """`batch` mode posts one JSON array `[{topic, ts, payload}, …]` per batch; `each` posts every message body
+    as it is, one request per message (what a service behind a KubeEdge servicebus or rest rule expects)."""
+
+    name: ClassVar[str] = "http"
+
+    def __init__(self, url: str, *, mode: str = "batch", headers: dict[str, str] | None = None,
+                 timeout: float = 10.0) -> None:
+        self.url = url
+        self.mode = mode
+        self.headers = headers or {}
+        self.timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self.dropped = 0
+
+    async def open(self) -> None:
+        self._client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(self, batch: list[OutboxMessage]) -> None:
+        if self._client is None:
+            await self.open()
+        assert self._client is not None
+        if self.mode == "each":
+            for message in batch:
+                await self._post(message.payload, _content_type(message.payload), [message])
+        else:
+            body = msgspec.json.encode([{"topic": m.topic, "ts": int(m.created * 1000), "payload": _decoded(m.payload)}
+                                        for m in batch])
+            await self._post(body, "application/json", batch)
+
+    async def _post(self, body: bytes, content_type: str, messages: list[OutboxMessage]) -> None:
+        assert self._client is not None
+        try:
+            response = await self._client.post(self.url, content=body, headers={"content-type": content_type})
+        except httpx.HTTPError as exc:
+            raise SinkError(f"POST {self.url}: {exc!s} ({type(exc).__name__})") from exc
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise SinkError(f"POST {self.url}: {response.status_code} {response.reason_phrase}")
+        if response.status_code >= 400:
+            # The target refuses these messages for good: retrying would block everything behind them.
+            self.dropped += len(messages)
+            log.error("POST %s refused %d message(s) with %d %s; dropped them", self.url, len(messages),
+                      response.status_code, response.text[:200])
+
+
+def _decoded(payload: bytes) -> Any:
+    try:
+        return msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload.decode(errors="replace")
+
+
+def _content_type(payload: bytes) -> str:
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return "application/octet-stream"
+    return "application/json"

@@ -238,6 +238,11 @@ class Gateway:
         runner = self.sinks[outbox] = SinkRunner(outbox, sink, self.store)
         self.supervisor.start(f"sink {outbox}", runner.run)
 
+    def notify_sinks(self) -> None:
+        """A link came back: every sink retries now instead of at the end of its backoff."""
+        for runner in self.sinks.values():
+            runner.notify()
+
     def _notify_sinks(self, outboxes: set[str]) -> None:
         for outbox in outboxes:
             runner = self.sinks.get(outbox)

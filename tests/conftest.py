@@ -66,10 +66,11 @@ async def start_gateway(tmp_path: Path, plugin_manager: pluggy.PluginManager
 class Mosquitto:
     """A real mosquitto broker on a free loopback port, started and stopped by PID."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistence: bool = False) -> None:
         import shutil
 
         self.directory = directory
+        self.persistence = persistence
         self.port = free_port()
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.process: subprocess.Popen[bytes] | None = None
@@ -80,8 +81,10 @@ class Mosquitto:
 
     def start(self) -> None:
         conf = self.directory / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 1000000\n")
+        persistence = (f"persistence true\npersistence_location {self.directory}/\n" if self.persistence
+                       else "persistence false\n")
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+                        "max_queued_messages 1000000\nmax_inflight_messages 1000\n")
         self.process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -87,6 +87,7 @@ class EventbusLink:
                     backoff = 0.5
                     self._subscribed = set()
                     await self.resubscribe()
+                    self.gateway.notify_sinks()  # deliver what waited, now
                     async for message in client.messages:
                         await self._handle(str(message.topic), bytes(message.payload or b""))
             except aiomqtt.MqttError as exc:
@@ -95,7 +96,7 @@ class EventbusLink:
                 self.client = None
                 self.connected_since = None
             await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
-            backoff = min(backoff * 2, 15.0)
+            backoff = min(backoff * 2, 5.0)  # a local broker: come back quickly
 
     def topics(self) -> set[str]:
         return {*ke.SUBSCRIPTIONS[:2], f"$hw/events/node/{self.gateway.node_name}/membership/get",

@@ -90,11 +90,7 @@ class SinkRunner:
                 rows = await self.store.outbox_batch(self.outbox, self._last_sent, self.batch)
                 if not rows:
                     self.stats.state = "idle" if self.stats.state != "failing" else self.stats.state
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), 1.0)
-                    except TimeoutError:
-                        pass
+                    await self._pause(1.0)
                     continue
                 batch = [OutboxMessage(*row) for row in rows]
                 started = time.monotonic()
@@ -103,7 +99,7 @@ class SinkRunner:
                         await self.sink.send(batch)
                 except (SinkError, TimeoutError, OSError) as exc:
                     self._failed(exc)
-                    await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
+                    await self._pause(backoff * random.uniform(0.75, 1.25))  # cut short when the target is back
                     backoff = min(backoff * 2, self.max_backoff)
                     continue
                 if self.stats.state == "failing":
@@ -122,6 +118,14 @@ class SinkRunner:
                     await asyncio.sleep(max(len(batch) / self.replay_rate - elapsed, 0))
         finally:
             await self.sink.close()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep until `notify()` (new messages, the target reconnected) or `seconds` pass."""
+        self._wakeup.clear()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def _failed(self, exc: BaseException) -> None:
         error = str(exc) or type(exc).__name__

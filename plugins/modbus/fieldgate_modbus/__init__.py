@@ -1,0 +1,3 @@
+"""Modbus TCP and RTU for fieldgate: protocols, read planning and a device simulator."""
+
+__version__ = "0.1.0"

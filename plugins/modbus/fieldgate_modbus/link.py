@@ -1,0 +1,223 @@
+"""One transport (a TCP connection or a serial bus) shared by every device on it.
+
+Devices on the same serial port, or behind the same TCP address, share one pymodbus client, one lock and, on a
+serial line, the silence between frames. A request never waits longer than its timeout for an answer; a link
+that cannot connect backs off exponentially (with jitter) and fails fast in between: a dead device costs the
+others at most one timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from fieldgate_modbus.config import RtuConfig, TcpConfig
+from gateway.errors import DeviceTimeout, ProtocolError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+class ExceptionAnswer(ProtocolError):
+    """The device answered with a Modbus exception code (`code`)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotConnected(ProtocolError):
+    """The link could not connect, or waits out its backoff; retrying at once would not help."""
+
+
+class Link:
+    """A shared pymodbus client with its lock, frame gap, reconnect backoff and user count."""
+
+    def __init__(self, key: str, config: TcpConfig | RtuConfig) -> None:
+        self.key = key
+        self.config = config
+        self.lock = asyncio.Lock()
+        self.gap = config.frame_gap() if isinstance(config, RtuConfig) else 0.0
+        self.users = 0
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._last_frame = 0.0
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._down_logged = False
+        self._reason = ""
+
+    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        # pymodbus' own retries and reconnects are off: this class owns both, with bounded waits
+        c = self.config
+        if isinstance(c, TcpConfig):
+            return AsyncModbusTcpClient(c.host, port=c.port, timeout=c.timeout, retries=0, reconnect_delay=0)
+        return AsyncModbusSerialClient(
+            c.port,
+            baudrate=c.baudrate,
+            bytesize=c.bytesize,
+            parity=c.parity,
+            stopbits=c.stopbits,
+            timeout=c.timeout,
+            retries=0,
+            reconnect_delay=0,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def connect(self, timeout: float) -> None:
+        """Connect unless connected; within the backoff window after a failure, fail at once."""
+        if self.connected:
+            return
+        now = time.monotonic()
+        if now < self._next_attempt:
+            raise NotConnected(
+                f"{self.key}: not connected ({self._reason}); next attempt in {self._next_attempt - now:.1f}s"
+            )
+        self.drop()
+        client = self._new_client()
+        try:
+            async with asyncio.timeout(timeout):
+                ok = await client.connect()
+        except (TimeoutError, OSError, ModbusException) as exc:
+            ok = False
+            reason = str(exc) or type(exc).__name__
+        else:
+            reason = "refused or unreachable"
+        if not ok:
+            client.close()
+            self._failures += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
+            self._next_attempt = time.monotonic() + delay
+            if not self._down_logged:
+                log.warning("%s: cannot connect (%s); retrying with backoff", self.key, reason)
+                self._down_logged = True
+            self._reason = f"cannot connect: {reason}"
+            raise NotConnected(f"{self.key}: cannot connect ({reason}); next attempt in {delay:.1f}s")
+        if self._down_logged:
+            log.info("%s: connected again", self.key)
+        self._client, self._failures, self._next_attempt, self._down_logged = client, 0, 0.0, False
+
+    def drop(self) -> None:
+        """Forget the connection (after garbage or a hang-up) so the next request starts clean."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
+
+    async def request(
+        self, what: str, call: Callable[[Any], Awaitable[Any]], *, timeout: float, retries: int
+    ) -> Any:
+        """Run `call(client)` under the bus lock; garbled answers and hang-ups are retried `retries` times,
+        a timeout is not (the poller asks again next cycle)."""
+        try:
+            async with asyncio.timeout(timeout * (retries + 1) * 4 + 1):
+                await self.lock.acquire()
+        except TimeoutError:
+            raise DeviceTimeout(f"{what}: the bus {self.key} stayed busy") from None
+        try:
+            attempt = 0
+            while True:
+                try:
+                    return await self._once(what, call, timeout)
+                except (DeviceTimeout, ExceptionAnswer, NotConnected):
+                    raise
+                except ProtocolError:
+                    attempt += 1
+                    if attempt > retries:
+                        raise
+        finally:
+            self.lock.release()
+
+    async def _once(self, what: str, call: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
+        await self.connect(timeout)
+        if self.gap:
+            pause = self._last_frame + self.gap - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+        try:
+            # pymodbus times out by itself after `timeout`; the outer bound guards against a stuck transport
+            async with asyncio.timeout(timeout + 0.5):
+                response = await call(self._client)
+        except TimeoutError:
+            self.drop()
+            raise DeviceTimeout(f"{what}: no answer within {timeout:g}s") from None
+        except ConnectionException as exc:
+            self.drop()
+            raise ProtocolError(f"{what}: connection lost ({exc})") from exc
+        except ModbusIOException as exc:
+            if isinstance(self.config, TcpConfig) or "timeout" not in str(exc).lower():
+                self.drop()  # a late answer would otherwise be taken for the next one's
+            if "no response" in str(exc).lower() or "timeout" in str(exc).lower():
+                raise DeviceTimeout(f"{what}: no answer within {timeout:g}s") from exc
+            raise ProtocolError(f"{what}: {exc}") from exc
+        except ModbusException as exc:
+            self.drop()
+            raise ProtocolError(f"{what}: bad answer ({exc})") from exc
+        except (OSError, ValueError, IndexError, TypeError, KeyError) as exc:
+            self.drop()
+            raise ProtocolError(f"{what}: bad answer ({type(exc).__name__}: {exc})") from exc
+        finally:
+            self._last_frame = time.monotonic()
+        if response is None:
+            self.drop()
+            raise ProtocolError(f"{what}: no usable answer")
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0) or 0)
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            raise ExceptionAnswer(f"{what}: device answered exception {code} ({name})", code)
+        return response
+
+    def close(self) -> None:
+        self.drop()
+
+
+_links: dict[str, tuple[asyncio.AbstractEventLoop, Link]] = {}
+
+
+def acquire(key: str, config: TcpConfig | RtuConfig) -> Link:
+    """The link for `key` in the running loop, created on first use; release it with `release`."""
+    loop = asyncio.get_running_loop()
+    entry = _links.get(key)
+    if entry is None or entry[0] is not loop or entry[0].is_closed():
+        entry = (loop, Link(key, config))
+        _links[key] = entry
+    link = entry[1]
+    if isinstance(config, RtuConfig) and isinstance(link.config, RtuConfig):
+        mine = (config.baudrate, config.bytesize, config.parity, config.stopbits)
+        theirs = (link.config.baudrate, link.config.bytesize, link.config.parity, link.config.stopbits)
+        if mine != theirs and link.users:
+            raise ProtocolError(
+                f"{key}: devices on one serial port disagree on its settings: {mine} vs {theirs}"
+            )
+    link.users += 1
+    return link
+
+
+def release(link: Link) -> None:
+    link.users -= 1
+    if link.users <= 0:
+        link.close()
+        entry = _links.get(link.key)
+        if entry is not None and entry[1] is link:
+            del _links[link.key]

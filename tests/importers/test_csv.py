@@ -1,0 +1,55 @@
+"""CSV inventory import: one device per row, validated by the loader."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.importers import csv as csv_import
+from gateway.importers.cli import write
+from gateway.plugins import get_plugin_manager
+from gateway.resources.loader import load_path
+
+
+def protocols() -> dict[str, type]:
+    pm = get_plugin_manager()
+    return {name: cls for classes in pm.hook.register_protocols() for cls in classes for name in cls.names}
+
+
+def test_rows_become_devices_that_pass_validation(tmp_path: Path) -> None:
+    pytest.importorskip("fieldgate_modbus")
+    rows = ["name,profile,address,unit,labels"]
+    rows += [f"meter-{i},eastron/sdm120,/dev/ttyUSB0,{i},line=1;hall=b" for i in range(1, 6)]
+    rows += [f"inverter-{i},sunspec/inverter-103,10.0.0.{i}:502,1," for i in range(1, 1200)]
+    source = tmp_path / "inventory.csv"
+    source.write_text("\n".join(rows) + "\n")
+    progress = io.StringIO()
+    result = csv_import.import_file(source, progress=csv_import.stderr_progress(progress))
+    documents = result.all_documents()
+    assert len(documents) == 1204
+    assert documents[0] == {
+        "kind": "Device",
+        "name": "meter-1",
+        "labels": {"line": "1", "hall": "b"},
+        "profile": "eastron/sdm120",
+        "protocol": {"name": "modbus-rtu", "config": {"port": "/dev/ttyUSB0", "unit": 1}},
+    }
+    assert documents[5]["protocol"] == {"name": "modbus-tcp", "config": {"host": "10.0.0.1", "port": 502, "unit": 1}}
+    assert "1204/1204 (100%)" in progress.getvalue()
+    write(result, tmp_path / "out")
+    config = load_path(tmp_path / "out", protocols())
+    assert len(config.devices) == 1204
+    assert "voltage" in config.devices["default/meter-3"].properties
+
+
+def test_bad_rows_name_the_line_and_column(tmp_path: Path) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_text("name,profile,address,unit\nok,eastron/sdm120,h:1,1\nbad,eastron/sdm120,h:1,one\n")
+    with pytest.raises(ConfigError, match=r"bad.csv: line 3: unit: 'one' is not a number"):
+        csv_import.import_file(source)
+    source.write_text("name,address\nx,h:1\n")
+    with pytest.raises(ConfigError, match="needs the columns"):
+        csv_import.import_file(source)

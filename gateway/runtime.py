@@ -23,10 +23,10 @@ from gateway.eventbus.broker import EmbeddedBroker
 from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink, make_handlers
 from gateway.plugins import get_plugin_manager
 from gateway.poller import DevicePoller
-from gateway.protocols.base import BoundDevice
 from gateway.protocols.registry import protocol_registry
-from gateway.resources.loader import Config, Source, check_documents, load_path, parse_yaml
-from gateway.resources.schema import Device, Document, enc_hook
+from gateway.reconfigure import Reconfiguration, make_twin
+from gateway.resources.loader import Config, Source, check_documents, load_path
+from gateway.resources.schema import Device, enc_hook
 from gateway.routes import Routes
 from gateway.sinks.base import Sink, SinkRunner
 from gateway.store import Store
@@ -37,8 +37,6 @@ from gateway.values import coerce
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 60.0
 SHUTDOWN_DRAIN = 2.0  # seconds working sinks get to deliver their outbox on a clean shutdown
-LOCAL = "local"  # resources created through the UI or the API, kept in the store
-REGISTRY = "registry"  # resources synced from the registry
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -66,7 +64,7 @@ class DeviceStateChange(msgspec.Struct, frozen=True):
     ts: float
 
 
-class Gateway:
+class Gateway(Reconfiguration):
     """Owns every running part; use `async with Gateway.from_path(...) as gw:` or start()/stop()."""
 
     def __init__(self, config: Config, data_dir: Path, pm: pluggy.PluginManager, *,
@@ -142,7 +140,8 @@ class Gateway:
             self.http_server.should_exit = True
             if self._http_task is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._http_task, 5)
+                    async with asyncio.timeout(5):
+                        await self._http_task
             self.http_server = None
         for device_id in list(self.pollers):
             await self._stop_device(device_id)
@@ -178,6 +177,9 @@ class Gateway:
                                         reuse_port=False)
         except OSError as exc:
             raise ConfigError(f"http.listen {listen}: cannot listen there: {exc.strerror or exc}") from None
+        # create_server's socket has protocol 0, so asyncio would not set TCP_NODELAY on accepted connections:
+        # without it every response on a kept-alive connection waits ~40 ms for the delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server = _QuietServer(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
                                              lifespan="off"))
         self.http_server = server
@@ -209,17 +211,18 @@ class Gateway:
 
     async def _merge_local_resources(self) -> None:
         """Add the resources created through the UI or API (kept in the store) to those of the files."""
-        rows = await self.store.rows("SELECT kind, name, document FROM resources WHERE source='local'")
+        rows = await self.store.rows(
+            "SELECT kind, name, document, source FROM resources WHERE source IN ('local', 'registry')")
         if not rows:
             return
         raw = list(self.config.raw.values())
-        raw += [(Source(LOCAL, i, f"{kind} {name}"), msgspec.json.decode(doc)) for i, (kind, name, doc) in
+        raw += [(Source(source, i, f"{kind} {name}"), msgspec.json.decode(doc)) for i, (kind, name, doc, source) in
                 enumerate(rows, start=1)]
         try:
             self.config = check_documents(raw, self.protocols)
         except ResourceError as exc:
-            log.error("locally created resources no longer fit the configuration files; running without them: %s",
-                      "; ".join(exc.problems))
+            log.error("resources from the UI, the API or the registry no longer fit the configuration files; "
+                      "running without them: %s", "; ".join(exc.problems))
 
     def _start_eventbus(self) -> None:
         settings = self.config.gateway.eventbus
@@ -259,97 +262,6 @@ class Gateway:
     async def _stop_device(self, device_id: str) -> None:
         await self.supervisor.cancel(f"device {device_id}")
         self.pollers.pop(device_id, None)
-
-    # --- changing resources while running -------------------------------------------------------------------------
-
-    def resource_owner(self, kind: str, namespace: str, name: str) -> str | None:
-        """Who owns a resource: `file` (edit the file), `local` (UI/API), `registry` (synced); None if unknown."""
-        entry = self.config.raw.get((kind, namespace, name))
-        if entry is None:
-            return None
-        return entry[0].file if entry[0].file in (LOCAL, REGISTRY) else "file"
-
-    def validate_yaml(self, text: str, *, label: str = "editor") -> list[Document]:
-        """Check documents as `fieldgate check` would, together with the running configuration."""
-        return self._merged(parse_yaml(text, label))[1]
-
-    def _merged(self, new: list[tuple[Source, Any]], removed: tuple[str, str, str] | None = None
-                ) -> tuple[Config, list[Document]]:
-        combined = dict(self.config.raw)
-        if removed is not None:
-            combined.pop(removed, None)
-        keys = []
-        for source, raw in new:
-            key = document_key(raw)
-            if key is not None:
-                owner = self.resource_owner(*key)
-                if key[0] == "Gateway":
-                    raise ConfigError(f"{source.prefix()}: the Gateway document is set in the local files only")
-                if owner in ("file", REGISTRY):
-                    where = self.config.raw[key][0].file if owner == "file" else "the registry"
-                    raise ConfigError(f"{source.prefix()}: {key[0]} {key[1]}/{key[2]} is owned by {where}; "
-                                      "change it there")
-                keys.append(key)
-            combined[key or ("?", "?", str(len(combined)))] = (source, raw)
-        config = check_documents(combined.values(), self.protocols)
-        return config, [doc for doc in config.documents if doc.key in keys]
-
-    async def apply_documents(self, payload: str | list[Document], *, actor: str, address: str = "") -> list[str]:
-        """Create or update local resources (YAML text or documents); only changed devices restart."""
-        if isinstance(payload, str):
-            new = parse_yaml(payload, "editor")
-        else:
-            new = [(Source("api", i, f"{d.kind} {d.name}"), msgspec.to_builtins(d, enc_hook=enc_hook))
-                   for i, d in enumerate(payload, start=1)]
-        async with self._config_lock:
-            config, documents = self._merged(new)
-            for doc in documents:
-                source, raw = config.raw[doc.key]
-                config.raw[doc.key] = (Source(LOCAL, source.index, source.label), raw)
-                await self.store.put_resource(doc.kind, doc.namespace, doc.name,
-                                              msgspec.json.encode(doc, enc_hook=enc_hook), LOCAL)
-                await self.store.audit(actor, "apply", f"{doc.kind} {doc.namespace}/{doc.name}", "", address)
-            await self._reconcile(config)
-        return [f"{doc.kind} {doc.namespace}/{doc.name}" for doc in documents]
-
-    async def delete_resource(self, kind: str, namespace: str, name: str, *, actor: str, address: str = "") -> None:
-        """Delete a local resource; refused when something still uses it or when it is not local."""
-        key = (kind, namespace, name)
-        async with self._config_lock:
-            owner = self.resource_owner(*key)
-            if owner is None:
-                raise NotFound(f"no {kind} {namespace}/{name}")
-            if owner != LOCAL:
-                raise ConfigError(f"{kind} {namespace}/{name} is owned by {owner}; change it there")
-            config, _ = self._merged([], removed=key)
-            await self.store.delete_resource(kind, namespace, name)
-            await self.store.audit(actor, "delete", f"{kind} {namespace}/{name}", "", address)
-            await self._reconcile(config)
-
-    async def _reconcile(self, config: Config) -> None:
-        """Switch to a new configuration: stop removed devices, start new ones, restart only changed ones."""
-        old, self.config = self.config, config
-        if old.routes != config.routes or old.endpoints != config.endpoints:
-            await self.routes.stop()
-            self.routes.start()
-            if self.eventbus is not None:
-                await self.eventbus.resubscribe()
-        stored = await self.store.load_twins()
-        previous = {(device_id, prop.name): prop.spec.desired for device_id, device in old.devices.items()
-                    for prop in device.properties.values() if prop.spec.desired is not None}
-        for device_id in old.devices.keys() - config.devices.keys():
-            await self._stop_device(device_id)
-            self.twins.pop(device_id, None)
-        for device_id, device in config.devices.items():
-            before = old.devices.get(device_id)
-            if before is not None and same_device(before, device):
-                self.pollers[device_id].device = device
-                continue
-            if before is not None:
-                await self._stop_device(device_id)
-            self.twins[device_id] = make_twin(device, stored.get(device_id, {}), previous)
-            self._start_device(device_id)
-            log.info("%s %s", device_id, "restarted with its new configuration" if before else "added")
 
     async def _retention(self) -> None:
         settings = self.config.gateway.store
@@ -457,38 +369,6 @@ class Gateway:
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }
-
-
-def make_twin(device: BoundDevice, rows: dict[str, dict[str, Any]], previous: dict[tuple[str, str], Any]) -> Twin:
-    """A device's twin from its stored rows; a document's desired value wins when it changed since last time."""
-    twin = Twin(device.id, {})
-    for name, prop in device.properties.items():
-        row = rows.get(name, {})
-        twin_prop = TwinProperty(reported=row.get("reported"), reported_at=row.get("reported_at"))
-        doc_desired = prop.spec.desired
-        stored_desired = row.get("desired")
-        # A value set through the API survives restarts unless the document's own desired value changed.
-        if doc_desired is not None and (stored_desired is None or previous.get((device.id, name)) != doc_desired):
-            twin_prop.desired = coerce(prop.model, doc_desired)
-        elif stored_desired is not None and prop.writable:
-            twin_prop.desired = stored_desired
-        twin_prop.desired_at = row.get("desired_at")
-        twin_prop.pending = twin_prop.desired is not None and prop.writable
-        twin.properties[name] = twin_prop
-    return twin
-
-
-def same_device(before: BoundDevice, after: BoundDevice) -> bool:
-    """Nothing a poller uses changed: the document, and the model entry of every property."""
-    return before.resource == after.resource and [p.model for p in before.properties.values()] == [
-        p.model for p in after.properties.values()]
-
-
-def document_key(raw: Any) -> tuple[str, str, str] | None:
-    if isinstance(raw, dict) and isinstance(raw.get("kind"), str) and isinstance(raw.get("name"), str):
-        namespace = raw.get("namespace", "default")
-        return (raw["kind"], namespace if isinstance(namespace, str) else "default", raw["name"])
-    return None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

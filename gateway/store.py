@@ -91,7 +91,8 @@ class Store:
     async def open(self) -> None:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._db = await asyncio.wait_for(aiosqlite.connect(self.path, isolation_level=None), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.executescript(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
                 "PRAGMA foreign_keys=ON;"
@@ -124,14 +125,16 @@ class Store:
         """Run one writing statement (serialised with the transactions on the shared connection)."""
         try:
             async with self._write_lock:
-                await asyncio.wait_for(self.db.execute(sql, params), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self.db.execute(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one query and return its rows."""
         try:
-            cursor = await asyncio.wait_for(self.db.execute(sql, params), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                cursor = await self.db.execute(sql, params)
             return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc

@@ -123,7 +123,8 @@ class SinkRunner:
         """Sleep until `notify()` (new messages, the target reconnected) or `seconds` pass."""
         self._wakeup.clear()
         try:
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: in 3.11 it can swallow a cancellation
+                await self._wakeup.wait()
         except TimeoutError:
             pass
 

@@ -49,7 +49,7 @@ SECURITY_HEADERS = {
 
 def _error(status_code: int) -> Any:
     def handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-        if is_api_path(request.url.path) or "user" not in request.scope:
+        if is_api_path(request.url.path):
             return Response({"status_code": status_code, "detail": str(exc)}, status_code=status_code)
         return render(request, "error.html", status_code=status_code, code=status_code, message=str(exc))
 
@@ -67,7 +67,7 @@ def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    if is_api_path(request.url.path) or "user" not in request.scope or exc.status_code < 400:
+    if is_api_path(request.url.path) or exc.status_code < 400:
         return Response({"status_code": exc.status_code, "detail": exc.detail}, status_code=exc.status_code,
                         headers=exc.headers)
     return render(request, "error.html", status_code=exc.status_code, code=exc.status_code, message=exc.detail)

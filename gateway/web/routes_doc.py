@@ -11,13 +11,14 @@ from litestar.handlers import HTTPRouteHandler
 from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, is_api_path
 
 
-def required_role(handler: HTTPRouteHandler) -> str:
+def required_role(handler: HTTPRouteHandler, path: str = "") -> str:
+    """The role a handler's guard asks for, "public" for the public paths, else "authenticated"."""
     for guard in handler.guards or ():
         name = getattr(guard, "__name__", "")
         if name.startswith("requires_"):
             return name.removeprefix("requires_")
-    if handler.paths & PUBLIC_PATHS or any(p.startswith(PUBLIC_PREFIXES) or p + "/" in PUBLIC_PREFIXES
-                                           for p in handler.paths):
+    paths = {*handler.paths, path} - {""}
+    if paths & PUBLIC_PATHS or any(p.startswith(PUBLIC_PREFIXES) for p in paths):
         return "public"
     return "authenticated"
 
@@ -49,5 +50,5 @@ def route_table(*, pages: bool = False) -> list[tuple[str, str, str, str]]:
         if path.startswith(("/schema", "/static")) or (is_api_path(path) or path == "/healthz") == pages:
             continue
         summary: Any = handler.summary or (handler.fn.__doc__ or "").strip().splitlines()[0:1]
-        rows.append((method, path, required_role(handler), summary if isinstance(summary, str) else ""))
+        rows.append((method, path, required_role(handler, path), summary if isinstance(summary, str) else ""))
     return rows

@@ -17,6 +17,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.middleware._utils import should_bypass_middleware
+from litestar.types import Receive, Scope, Send
 
 from gateway.auth import Principal, Role, authenticate_token, check_role
 from gateway.errors import AuthError, ConfigError
@@ -41,6 +43,16 @@ class SessionAuth:
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # As the base class, but the connection keeps `receive`: the CSRF check may read a posted form.
+        if not should_bypass_middleware(exclude_http_methods=self.exclude_http_methods,
+                                        exclude_opt_key=self.exclude_opt_key, exclude_path_pattern=self.exclude,
+                                        scope=scope, scopes=self.scopes):
+            result = await self.authenticate_request(ASGIConnection(scope, receive=receive))
+            scope["user"] = result.user
+            scope["auth"] = result.auth
+        await self.app(scope, receive, send)
+
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         store = connection.app.state.gateway.store
         header = connection.headers.get("authorization")

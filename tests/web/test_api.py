@@ -1,4 +1,4 @@
-"""The REST API through Litestar's test client on create_app(): contracts, roles and bad requests."""
+"""The REST API through the app on the test's own loop (httpx ASGI transport): contracts, roles and bad requests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.auth import add_user, authenticate_user, create_token
 from gateway.errors import AuthError
@@ -27,8 +27,11 @@ async def gateway(write_config: Callable[[str], Path], start_gateway: Callable[.
 
 
 @pytest.fixture
-async def client(gateway: Gateway) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(gateway)) as client:
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    # The app on the test's own loop, as on the gateway's loop in production (Litestar's test client would run
+    # it on a second loop in a thread, sharing the store's locks across loops).
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
         yield client
 
 
@@ -38,7 +41,7 @@ async def tokens(gateway: Gateway) -> dict[str, dict[str, str]]:
             for role in ("viewer", "operator", "admin")}
 
 
-async def test_healthz_is_public(client: AsyncTestClient[Any]) -> None:
+async def test_healthz_is_public(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "node": "test-gw"}
@@ -49,7 +52,7 @@ async def test_healthz_is_public(client: AsyncTestClient[Any]) -> None:
     ("PUT", "/api/v1/devices/default/d1/twin/setpoint"), ("GET", "/schema/openapi.json"),
     ("GET", "/api/v1/devices/default/d1/history/count"), ("GET", "/api/v1/plugins"),
 ])
-async def test_anonymous_and_bad_tokens_get_401(client: AsyncTestClient[Any], method: str, path: str) -> None:
+async def test_anonymous_and_bad_tokens_get_401(client: httpx.AsyncClient, method: str, path: str) -> None:
     body = {"json": {"desired": 1}} if method == "PUT" else {}
     assert (await client.request(method, path, **body)).status_code == 401
     bad = {"Authorization": "Bearer fgt_not-a-real-token"}
@@ -58,7 +61,7 @@ async def test_anonymous_and_bad_tokens_get_401(client: AsyncTestClient[Any], me
     assert (await client.request(method, path, headers=basic, **body)).status_code == 401
 
 
-async def test_device_list_and_filters(client: AsyncTestClient[Any], tokens: dict[str, dict[str, str]]) -> None:
+async def test_device_list_and_filters(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]]) -> None:
     response = await client.get("/api/v1/devices", headers=tokens["viewer"])
     assert response.status_code == 200
     assert [d["id"] for d in response.json()] == ["default/d1", "default/d2"]
@@ -70,7 +73,7 @@ async def test_device_list_and_filters(client: AsyncTestClient[Any], tokens: dic
     assert [d["name"] for d in response.json()] == ["d1"]
 
 
-async def test_device_twin_contract(client: AsyncTestClient[Any], tokens: dict[str, dict[str, str]]) -> None:
+async def test_device_twin_contract(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]]) -> None:
     response = await client.get("/api/v1/devices/default/d1", headers=tokens["viewer"])
     assert response.status_code == 200
     body = response.json()
@@ -83,7 +86,7 @@ async def test_device_twin_contract(client: AsyncTestClient[Any], tokens: dict[s
     assert (await client.get("/api/v1/devices/default/nope", headers=tokens["viewer"])).status_code == 404
 
 
-async def test_set_desired_by_role(client: AsyncTestClient[Any], gateway: Gateway,
+async def test_set_desired_by_role(client: httpx.AsyncClient, gateway: Gateway,
                                    tokens: dict[str, dict[str, str]]) -> None:
     path = "/api/v1/devices/default/d1/twin/setpoint"
     response = await client.put(path, json={"desired": 33}, headers=tokens["viewer"])
@@ -108,20 +111,20 @@ async def test_set_desired_by_role(client: AsyncTestClient[Any], gateway: Gatewa
     ("/api/v1/devices/default/d1/twin/nope", {"desired": 5}, 404, "no property"),
     ("/api/v1/devices/default/zz/twin/setpoint", {"desired": 5}, 404, "no device"),
 ])
-async def test_bad_requests_get_clear_errors(client: AsyncTestClient[Any], tokens: dict[str, dict[str, str]],
+async def test_bad_requests_get_clear_errors(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]],
                                              path: str, body: Any, status: int, text: str) -> None:
     response = await client.put(path, json=body, headers=tokens["operator"])
     assert response.status_code == status, response.text
     assert text in response.text
 
 
-async def test_malformed_json_body(client: AsyncTestClient[Any], tokens: dict[str, dict[str, str]]) -> None:
+async def test_malformed_json_body(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]]) -> None:
     response = await client.put("/api/v1/devices/default/d1/twin/setpoint", content=b"{not json",
                                 headers={**tokens["operator"], "content-type": "application/json"})
     assert response.status_code == 400
 
 
-async def test_history_and_status(client: AsyncTestClient[Any], gateway: Gateway,
+async def test_history_and_status(client: httpx.AsyncClient, gateway: Gateway,
                                   tokens: dict[str, dict[str, str]]) -> None:
     await asyncio.sleep(0.3)
     await gateway.store.flush()
@@ -137,7 +140,7 @@ async def test_history_and_status(client: AsyncTestClient[Any], gateway: Gateway
     assert status["devices"]["total"] == 2 and status["node"] == "test-gw"
 
 
-async def test_openapi_lists_the_contract(client: AsyncTestClient[Any], tokens: dict[str, dict[str, str]]) -> None:
+async def test_openapi_lists_the_contract(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]]) -> None:
     response = await client.get("/schema/openapi.json", headers=tokens["viewer"])
     assert response.status_code == 200
     paths = response.json()["paths"]

@@ -93,7 +93,8 @@ async def serve(args: argparse.Namespace) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=args.duration)
+            async with asyncio.timeout(args.duration):
+                await stop.wait()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,240 @@
+"""Local editing of resources from the UI: documents from forms, YAML and CSV uploads, through the runtime.
+
+The runtime validates exactly like `fieldgate check`, applies, and refuses resources owned by a configuration
+file or the registry; this module only turns form fields and uploads into documents and previews.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError, ResourceError
+from gateway.importers import csv as csv_import
+from gateway.runtime import Gateway
+
+EDITABLE_KINDS = ("DeviceModel", "Device", "Endpoint", "Route")
+MAX_UPLOAD_BYTES = 2 << 20
+PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes")
+
+
+def owner(gateway: Gateway, kind: str, namespace: str, name: str) -> str | None:
+    """"file", "local", "registry", or None for a resource that does not exist."""
+    result = gateway.resource_owner(kind, namespace, name)
+    return None if result is None else str(result)
+
+
+def running_document(gateway: Gateway, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The document as it was written (durations as text and all), from the running configuration."""
+    entry = gateway.config.raw.get((kind, namespace, name))
+    if entry is None or not isinstance(entry[1], dict):
+        return None
+    document: dict[str, Any] = {"kind": kind, **{k: v for k, v in entry[1].items() if k != "kind"}}
+    return document
+
+
+def read_only_reason(found_owner: str | None) -> str:
+    if found_owner == "file":
+        return "defined in a configuration file: change it there (read-only here)"
+    if found_owner == "registry":
+        return "managed by the registry: change it there (read-only here)"
+    return ""
+
+
+async def apply_yaml(gateway: Gateway, text: str, *, actor: str, address: str) -> list[str]:
+    """Validate and apply YAML documents; ResourceError/ConfigError carry the problems, one line each."""
+    changed = await gateway.apply_documents(text, actor=actor, address=address)
+    return [str(item) for item in changed]
+
+
+async def apply_documents(gateway: Gateway, documents: list[dict[str, Any]], *, actor: str, address: str
+                          ) -> list[str]:
+    return await apply_yaml(gateway, dump_yaml(documents), actor=actor, address=address)
+
+
+async def delete(gateway: Gateway, kind: str, namespace: str, name: str, *, actor: str, address: str) -> None:
+    await gateway.delete_resource(kind, namespace, name, actor=actor, address=address)
+
+
+def dump_yaml(documents: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def problems_of(exc: Exception) -> list[str]:
+    if isinstance(exc, ResourceError):
+        return list(exc.problems)
+    return str(exc).splitlines() or [type(exc).__name__]
+
+
+# --- previews of uploads -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    kind: str
+    namespace: str
+    name: str
+    action: str  # "create", "update" or why it cannot be applied
+
+
+@dataclass(frozen=True)
+class Preview:
+    yaml_text: str
+    rows: list[PreviewRow]
+
+    @property
+    def applicable(self) -> bool:
+        return bool(self.rows) and all(row.action in ("create", "update") for row in self.rows)
+
+
+def preview(gateway: Gateway, yaml_text: str) -> Preview:
+    """Check the documents as a whole (raises ResourceError) and say what applying each would do."""
+    documents = gateway.validate_yaml(yaml_text)
+    rows = []
+    for document in documents:
+        found = owner(gateway, document.kind, document.namespace, document.name)
+        action = read_only_reason(found) or ("update" if found else "create")
+        rows.append(PreviewRow(document.kind, document.namespace, document.name, action))
+    return Preview(yaml_text, rows)
+
+
+async def csv_to_yaml(filename: str, data: bytes, template: dict[str, Any] | None) -> str:
+    """Devices from a CSV inventory (see gateway.importers.csv), as YAML; errors name the uploaded file."""
+    label = Path(filename or "devices.csv").name
+
+    def convert() -> str:
+        with tempfile.TemporaryDirectory(prefix="fieldgate-upload-") as tmp:
+            path = Path(tmp) / label
+            path.write_bytes(data)
+            try:
+                result = csv_import.import_file(path, template=template)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace(str(path), label)) from None
+            return dump_yaml(result.all_documents())
+
+    return await asyncio.to_thread(convert)
+
+
+def upload_text(data: bytes, filename: str) -> str:
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ConfigError(f"{filename}: larger than {MAX_UPLOAD_BYTES >> 20} MB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{filename}: not UTF-8 text") from None
+
+
+# --- forms ---------------------------------------------------------------------------------------------------
+
+
+def _number(value: str, field: str) -> float | int | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{field}: {value!r} is not a number") from None
+    return int(number) if number.is_integer() and "." not in value else number
+
+
+def labels_from_text(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.replace("\n", ";").split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"labels: expected key=value pairs separated by ';', got {item!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def labels_to_text(labels: Mapping[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in labels.items())
+
+
+def _flow_yaml(text: str, field: str) -> Any:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{field}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def model_from_form(form: Mapping[str, str]) -> dict[str, Any]:
+    """A DeviceModel document from the model form (rows named prop-<i>-<field>; empty rows skipped)."""
+    document: dict[str, Any] = {"kind": "DeviceModel", "name": form.get("name", "").strip(),
+                                "namespace": form.get("namespace", "").strip() or "default"}
+    if form.get("description", "").strip():
+        document["description"] = form["description"].strip()
+    if form.get("labels", "").strip():
+        document["labels"] = labels_from_text(form["labels"])
+    if form.get("protocol", "").strip():
+        document["protocol"] = form["protocol"].strip()
+    properties = []
+    for i in range(int(form.get("rows", "0") or 0)):
+        def cell(field: str, i: int = i) -> str:
+            return str(form.get(f"prop-{i}-{field}", "")).strip()
+
+        if not cell("name"):
+            continue
+        prop: dict[str, Any] = {"name": cell("name"), "type": cell("type") or "float",
+                                "access": cell("access") or "ReadOnly"}
+        if cell("unit"):
+            prop["unit"] = cell("unit")
+        for bound in ("minimum", "maximum"):
+            value = _number(cell(bound), f"property {cell('name')}: {bound}")
+            if value is not None:
+                prop[bound] = value
+        properties.append(prop)
+    document["properties"] = properties
+    return document
+
+
+def device_from_form(form: Mapping[str, str]) -> dict[str, Any]:
+    """A Device document from the device form (per property: collect interval, desired value, visitor YAML)."""
+    document: dict[str, Any] = {"kind": "Device", "name": form.get("name", "").strip(),
+                                "namespace": form.get("namespace", "").strip() or "default"}
+    if form.get("description", "").strip():
+        document["description"] = form["description"].strip()
+    if form.get("labels", "").strip():
+        document["labels"] = labels_from_text(form["labels"])
+    if form.get("model", "").strip():
+        document["model"] = form["model"].strip()
+    protocol_config = _flow_yaml(form.get("protocol_config", ""), "protocol config") or {}
+    document["protocol"] = {"name": form.get("protocol", "").strip(), "config": protocol_config}
+    if form.get("timeout", "").strip():
+        document["timeout"] = form["timeout"].strip()
+    properties = []
+    for i in range(int(form.get("rows", "0") or 0)):
+        def cell(field: str, i: int = i) -> str:
+            return str(form.get(f"prop-{i}-{field}", "")).strip()
+
+        if not cell("name"):
+            continue
+        prop: dict[str, Any] = {"name": cell("name")}
+        if cell("collect_interval"):
+            prop["collect_interval"] = cell("collect_interval")
+        if cell("desired"):
+            prop["desired"] = _flow_yaml(cell("desired"), f"property {cell('name')}: desired")
+        visitor = _flow_yaml(cell("visitor"), f"property {cell('name')}: visitor")
+        if visitor is not None:
+            prop["visitor"] = visitor
+        properties.append(prop)
+    document["properties"] = properties
+    return document
+
+
+def flow(value: Any) -> str:
+    """A value as one line of YAML, for a form field."""
+    if value is None:
+        return ""
+    return str(yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)).strip().removesuffix(
+        "\n...").strip()

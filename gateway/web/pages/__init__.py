@@ -1,0 +1,1 @@
+"""Server-rendered pages of the local UI, one module per area."""

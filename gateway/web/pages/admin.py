@@ -1,0 +1,112 @@
+"""The audit log (viewer), users and tokens, and settings (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlparse
+
+from litestar import get, post
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Redirect, Template
+
+from gateway.auth import ROLES, add_user, create_token
+from gateway.errors import ConfigError, FieldgateError
+from gateway.web import queries
+from gateway.web.pages.common import AnyRequest, actor, flash, form_fields, gateway_of, render, see_other
+from gateway.web.security import requires
+
+admin = [requires("admin")]
+AUDIT_PAGE = 100
+
+
+@get("/audit", guards=[requires("viewer")], summary="The audit log: who changed what, when, from where",
+     include_in_schema=False)
+async def audit(request: AnyRequest, before: Annotated[int | None, QueryParameter(ge=1)] = None,
+                actor_name: Annotated[str, QueryParameter(name="actor")] = "") -> Template:
+    rows = await queries.audit_page(gateway_of(request).store, AUDIT_PAGE, before, actor_name)
+    older = rows[-1]["id"] if len(rows) == AUDIT_PAGE else None
+    return render(request, "audit.html", rows=rows, older=older, actor=actor_name)
+
+
+async def _users_page(request: AnyRequest, *, new_token: str = "", problems: list[str] | None = None,
+                      status_code: int = 200) -> Template:
+    store = gateway_of(request).store
+    return render(request, "users.html", status_code=status_code, users=await queries.users(store),
+                  tokens=await queries.tokens(store), roles=ROLES, new_token=new_token, problems=problems or [])
+
+
+@get("/users", guards=admin, summary="Users and API tokens", include_in_schema=False)
+async def users(request: AnyRequest) -> Template:
+    return await _users_page(request)
+
+
+@post("/users", guards=admin, summary="Add a user or change one's role and password", include_in_schema=False,
+      status_code=303)
+async def user_add(request: AnyRequest) -> Template | Redirect:
+    fields = await form_fields(request)
+    name, role = fields.get("name", "").strip(), fields.get("role", "")
+    try:
+        await add_user(gateway_of(request).store, name, role, fields.get("password", ""))
+    except FieldgateError as exc:
+        return await _users_page(request, problems=[str(exc)], status_code=400)
+    who, address = actor(request)
+    await gateway_of(request).store.audit(who, "user-add", f"user:{name}", role, address)
+    request.app.state.sessions.end_user(name)  # a new password or role: log the user in again
+    flash(request, "ok", f"user {name} saved with the {role} role")
+    return see_other("/users")
+
+
+@post("/tokens", guards=admin, summary="Create an API token (shown once)", include_in_schema=False, status_code=200)
+async def token_create(request: AnyRequest) -> Template:
+    fields = await form_fields(request)
+    role, description = fields.get("role", ""), fields.get("description", "").strip()[:200]
+    store = gateway_of(request).store
+    try:
+        token = await create_token(store, role, description)
+    except FieldgateError as exc:
+        return await _users_page(request, problems=[str(exc)], status_code=400)
+    created = (await queries.tokens(store))[0]
+    who, address = actor(request)
+    await store.audit(who, "token-create", f"token:{created.id}", f"{role} {description}".strip(), address)
+    return await _users_page(request, new_token=token)
+
+
+@post("/tokens/{token_id:int}/revoke", guards=admin, summary="Revoke an API token", include_in_schema=False,
+      status_code=303)
+async def token_revoke(request: AnyRequest, token_id: FromPath[int]) -> Redirect:
+    store = gateway_of(request).store
+    await queries.revoke_token(store, token_id)
+    who, address = actor(request)
+    await store.audit(who, "token-revoke", f"token:{token_id}", "", address)
+    flash(request, "ok", f"token {token_id} revoked")
+    return see_other("/users")
+
+
+@get("/settings", guards=admin, summary="Settings: join a registry", include_in_schema=False)
+async def settings(request: AnyRequest) -> Template:
+    stored = await queries.get_settings(gateway_of(request).store, "registry.")
+    return render(request, "settings.html", registry_url=stored.get("registry.url", ""),
+                  has_token=bool(stored.get("registry.join_token")), problems=[])
+
+
+@post("/settings", guards=admin, summary="Record the registry URL and join token", include_in_schema=False,
+      status_code=303)
+async def settings_save(request: AnyRequest) -> Template | Redirect:
+    fields = await form_fields(request)
+    url, token = fields.get("registry_url", "").strip(), fields.get("join_token", "").strip()
+    store = gateway_of(request).store
+    try:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("https", "http") or not parsed.netloc:
+            raise ConfigError(f"registry URL: expected https://host[:port], got {url!r}")
+        if not token:
+            raise ConfigError("join token: required (from `fieldgate registry token create` on the registry)")
+    except ConfigError as exc:
+        stored = await queries.get_settings(store, "registry.")
+        return render(request, "settings.html", status_code=400, registry_url=url,
+                      has_token=bool(stored.get("registry.join_token")), problems=[str(exc)])
+    who, address = actor(request)
+    await queries.put_settings(store, {"registry.url": url, "registry.join_token": token}, who)
+    await store.audit(who, "registry-join-request", url, "", address)
+    flash(request, "ok", "registry recorded; the gateway does not connect to registries yet")
+    return see_other("/settings")

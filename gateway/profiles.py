@@ -19,23 +19,16 @@ from msgspec import Meta
 
 import gateway
 from gateway.errors import ConfigError
-from gateway.resources.schema import Access, Base, DeviceModel, ModelType, PropertyModel, PropertyName
+from gateway.resources.schema import Base, DeviceModel, PropertyModel
 
 PROFILE_PATH_VARIABLE = "FIELDGATE_PROFILE_PATH"
 _REF = re.compile(r"^[a-z0-9]+([-_.][a-z0-9]+)*/[a-z0-9]+([-_.][a-z0-9]+)*$")
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class ProfileProperty(Base, kw_only=True):
+class ProfileProperty(PropertyModel, kw_only=True):
     """One property of a profile: its model entry and where the device keeps it."""
 
-    name: PropertyName
-    type: ModelType
-    access: Access = "ReadOnly"
-    unit: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
-    description: str = ""
     visitor: dict[str, Any]
 
 
@@ -122,16 +115,7 @@ def read_profile(path: Path, ref: str | None = None) -> Profile:
         labels={"vendor": _label(document.vendor), "product": _label(document.model)},
         protocol=document.protocol,
         properties=[
-            PropertyModel(
-                name=p.name,
-                type=p.type,
-                access=p.access,
-                unit=p.unit,
-                minimum=p.minimum,
-                maximum=p.maximum,
-                description=p.description,
-            )
-            for p in document.properties
+            PropertyModel(**{f: getattr(p, f) for f in PropertyModel.__struct_fields__}) for p in document.properties
         ],
     )
     visitors = {p.name: {**document.visitor_defaults, **p.visitor} for p in document.properties}

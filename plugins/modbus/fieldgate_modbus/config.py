@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
+from gateway.codec.fields import REGISTER_COUNTS
 from gateway.resources.schema import Base
 
 RegisterKind = Literal["HoldingRegister", "InputRegister", "Coil", "DiscreteInput"]
@@ -26,16 +27,7 @@ REGISTER_ALIASES: dict[str, RegisterKind] = {
 BIT_KINDS = frozenset({"Coil", "DiscreteInput"})
 WRITABLE_KINDS = frozenset({"HoldingRegister", "Coil"})
 INT_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
-WORDS = {
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float32": 2,
-    "float64": 4,
-}
+WORDS = REGISTER_COUNTS  # registers a value of each wire type spans (the codec's table)
 
 Unit = Annotated[int, Meta(ge=0, le=255, description="Modbus unit (slave) id")]
 Timeout = Annotated[float, Meta(gt=0, le=60, description="seconds to wait for one answer")]

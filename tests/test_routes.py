@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.auth import create_token
 from gateway.errors import ResourceError
@@ -167,7 +167,9 @@ target_resource: {topic: "alarms/in"}
     await wait_connected(gw)
     token = await create_token(gw.store, "operator")
     viewer = await create_token(gw.store, "viewer")
-    async with mqtt_client(mosquitto, "alarms/#") as (_, queue), AsyncTestClient(app=create_app(gw)) as http:
+    transport = httpx.ASGITransport(app=create_app(gw))
+    async with mqtt_client(mosquitto, "alarms/#") as (_, queue), httpx.AsyncClient(
+            transport=transport, base_url="http://testserver.local") as http:
         headers = {"Authorization": f"Bearer {token}"}
         response = await http.post("/api/v1/messages/alarms", content=b'{"level": "high"}', headers=headers)
         assert response.status_code == 202, response.text
@@ -256,3 +258,34 @@ def test_route_checks(write_config: Callable[[str, str], Path], extra: str, expe
     with pytest.raises(ResourceError) as info:
         load_path(write_config(base + extra, "r.yaml"), PROTOCOLS)
     assert any(expected in line for line in info.value.problems), info.value.problems
+
+
+async def test_rest_to_servicebus(service: Service, write_config: Callable[[str], Path],
+                                  start_gateway: Callable[..., Any]) -> None:
+    routes = f"""\
+---
+kind: Endpoint
+name: cloud
+type: rest
+---
+kind: Endpoint
+name: app
+type: servicebus
+properties: {{service_port: "{service.port}"}}
+---
+kind: Route
+name: to-app
+source: cloud
+source_resource: {{path: "/source"}}
+target: app
+target_resource: {{path: "/target"}}
+"""
+    gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1") + routes))
+    token = await create_token(gw.store, "operator")
+    # in this loop, not the test client's own thread: the store belongs to the gateway's loop
+    transport = httpx.ASGITransport(app=create_app(gw))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
+        response = await http.post("/api/v1/messages/source", content=b'{"open": true}',
+                                   headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 202, response.text
+    await wait_for(lambda: service.received == [("/target", b'{"open": true}')])

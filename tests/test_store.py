@@ -134,3 +134,25 @@ async def test_tokens_are_stored_hashed(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert token.encode() not in db_path(tmp_path).read_bytes()
+
+
+async def test_full_outbox_drops_the_oldest_and_counts(tmp_path: Path) -> None:
+    """The stated drop policy: beyond max_messages or max_age the oldest messages go, and only those."""
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(1500):
+            store.add_outbox("sink-a", "t", f"{i}".encode())
+        store.add_outbox("sink-b", "t", b"other")
+        await store.flush()
+        assert store.outbox_depth == {"sink-a": 1500, "sink-b": 1}
+        dropped = await store.outbox_trim("sink-a", max_messages=1000, max_age=3600)
+        assert dropped == 500
+        rows = await store.outbox_batch("sink-a", after=0, limit=2000)
+        assert [int(payload) for _, _, payload, _ in rows] == list(range(500, 1500))  # the newest, in order
+        assert store.outbox_depth["sink-a"] == 1000
+        await store.execute("UPDATE outbox SET created = created - 7200 WHERE sink = 'sink-a' AND seq <= 700")
+        assert await store.outbox_trim("sink-a", max_messages=1000, max_age=3600) == 200
+        assert (await store.outbox_stats())["sink-b"]["depth"] == 1  # other outboxes untouched
+    finally:
+        await store.close()

@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "gateway.web.api.messages",
     "gateway.bench",
     "gateway.importers.cli",
+    "gateway.registry.cli", "gateway.uplink",
 )
 
 

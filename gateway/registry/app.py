@@ -1,0 +1,146 @@
+"""The registry's web app: join (token + CSR → node certificate), heartbeats and desired resources (mTLS)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+
+from gateway import __version__
+from gateway.errors import AuthError, ConfigError
+from gateway.registry.ca import CertificateAuthority, cert_pem, peer_identity
+from gateway.registry.store import RegistryStore, TokenRefused
+
+AnyRequest = Request[Any, Any, Any]
+DEFAULT_INTERVAL = 10.0
+
+
+class JoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    token: str  # "<id>.<secret>" (the CA fingerprint part stays with the node)
+    csr: str
+    name: str | None = None
+
+
+class JoinResponse(msgspec.Struct, kw_only=True):
+    node: str
+    certificate: str
+    ca: str
+    heartbeat_interval: float
+
+
+class HeartbeatRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    resource_version: str = ""
+    info: dict[str, Any] = {}
+
+
+class HeartbeatResponse(msgspec.Struct, kw_only=True):
+    node: str
+    resource_version: str
+    heartbeat_interval: float
+    documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
+
+
+def store_of(request: AnyRequest) -> RegistryStore:
+    store: RegistryStore = request.app.state.store
+    return store
+
+
+async def client_node(request: AnyRequest) -> str:
+    """The node name of the verified client certificate (ASGI TLS extension); refused when revoked or unknown."""
+    extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
+    chain: list[str] = (extensions.get("tls") or {}).get("client_cert_chain") or []
+    if not chain:
+        raise NotAuthorizedException("a client certificate from the registry CA is required")
+    name, serial = peer_identity(chain[0])
+    try:
+        await store_of(request).check_certificate(name, serial)
+    except AuthError as exc:
+        raise PermissionDeniedException(str(exc)) from None
+    return name
+
+
+@get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@get("/api/v1/ca", summary="The registry CA certificate (PEM); nodes check it against their join token",
+     media_type="application/x-pem-file")
+async def ca_certificate(request: AnyRequest) -> str:
+    ca: CertificateAuthority = request.app.state.ca
+    return ca.cert_pem.decode()
+
+
+@post("/api/v1/join", summary="Join with a token and a CSR; returns the node name and its certificate",
+      status_code=200)
+async def join(request: AnyRequest, data: JoinRequest) -> JoinResponse:
+    ca: CertificateAuthority = request.app.state.ca
+    store = store_of(request)
+    token_id, _, secret = data.token.partition(".")
+    try:
+        labels = await store.use_token(token_id, secret)
+    except TokenRefused as exc:
+        raise PermissionDeniedException(str(exc)) from None
+    taken = await store.node_names()
+    name = data.name or f"node-{secrets.token_hex(3)}"
+    if name in taken:
+        raise HTTPException(status_code=409, detail=f"node name {name} is taken")
+    cert = ca.sign_node(data.csr, name)
+    interval = float(request.app.state.interval)
+    await store.add_node(name, format(cert.serial_number, "x"), labels, interval)
+    return JoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(), heartbeat_interval=interval)
+
+
+@post("/api/v1/heartbeat", summary="A node's heartbeat; answers with its desired resources when they changed",
+      status_code=200)
+async def heartbeat(request: AnyRequest, data: HeartbeatRequest) -> HeartbeatResponse:
+    node = await client_node(request)
+    store = store_of(request)
+    interval = await store.heartbeat(node, data.info)
+    version, documents = await store.node_documents(node)
+    return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
+                             documents=documents if version != data.resource_version else None)
+
+
+@get("/api/v1/nodes", summary="Nodes with their status")
+async def nodes(request: AnyRequest) -> list[dict[str, Any]]:
+    await client_node(request)
+    return await store_of(request).nodes()
+
+
+def _error(status: int) -> Any:
+    def handle(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
+        return Response({"detail": str(exc)}, status_code=status)
+
+    return handle
+
+
+def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, str]]:
+    return Response({"detail": str(exc.detail)}, status_code=exc.status_code)
+
+
+def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL) -> Litestar:
+    """The registry app on a data dir (CA and database there, made on first start)."""
+    ca = CertificateAuthority.load_or_create(data_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with RegistryStore(data_dir) as store:
+            app.state.store = store
+            yield
+
+    return Litestar(
+        route_handlers=[healthz, ca_certificate, join, heartbeat, nodes],
+        state=State({"ca": ca, "interval": interval}),
+        lifespan=[lifespan],
+        exception_handlers={ConfigError: _error(400), HTTPException: _http_error},
+        logging_config=None,
+        debug=False,
+    )

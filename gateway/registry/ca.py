@@ -1,0 +1,169 @@
+"""The registry's certificate authority: its own CA, its server certificate, node certificates from CSRs."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.errors import ConfigError
+
+CA_DAYS = 3650
+SERVER_DAYS = 825
+NODE_DAYS = 825
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fieldgate registry"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read (keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the certificate's DER form, lowercase hex."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+@dataclass
+class CertificateAuthority:
+    """The CA kept in the registry's data dir (ca.pem, ca.key)."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    directory: Path
+
+    @property
+    def cert_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert_pem)
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> CertificateAuthority:
+        """The CA of this data dir, made on first use."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / "ca.pem", directory / "ca.key"
+        if cert_path.exists() and key_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ConfigError(f"{key_path}: not an EC private key")
+            return cls(cert, key, directory)
+        key = new_key()
+        now = _now()
+        cert = (x509.CertificateBuilder()
+                .subject_name(_name("fieldgate registry CA")).issuer_name(_name("fieldgate registry CA"))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False, encipher_only=False,
+                                             decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .sign(key, hashes.SHA256()))
+        write_private(key_path, _key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(cert, key, directory)
+
+    def _issue(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int,
+               usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:
+        now = _now()
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
+                .public_key(public_key).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=days))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                               critical=False))
+
+    def write_server_certificate(self, host: str) -> tuple[Path, Path]:
+        """A fresh server certificate for `host` (plus localhost and this machine's name); same CA every time."""
+        key = new_key()
+        names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName(socket.gethostname()),
+                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                         x509.IPAddress(ipaddress.ip_address("::1"))]
+        if host not in ("", "0.0.0.0", "::", "localhost", "127.0.0.1", "::1"):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        cert = (self._issue(_name(host or "localhost"), key.public_key(), SERVER_DAYS,
+                            ExtendedKeyUsageOID.SERVER_AUTH)
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .sign(self.key, hashes.SHA256()))
+        cert_path, key_path = self.directory / "server.pem", self.directory / "server.key"
+        write_private(key_path, _key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
+
+    def sign_node(self, csr_pem: str, node: str) -> x509.Certificate:
+        """A client certificate for `node` from its CSR (the CSR's subject is replaced by the node name)."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+        except ValueError as exc:
+            raise ConfigError(f"csr: not a PEM certificate request: {exc}") from None
+        public_key = csr.public_key()
+        if not csr.is_signature_valid or not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise ConfigError("csr: expected a self-signed EC key request")
+        return self._issue(_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
+            self.key, hashes.SHA256())
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey) -> str:
+    """A certificate request for a node's key (the registry picks the name)."""
+    csr = x509.CertificateSigningRequestBuilder().subject_name(_name("fieldgate node")).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return _key_pem(key)
+
+
+def cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def peer_identity(cert_pem_text: str) -> tuple[str, str]:
+    """(common name, serial as hex) of a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem_text.encode())
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = common_names[0].value if common_names else ""
+    return (name if isinstance(name, str) else name.decode()), format(cert.serial_number, "x")

@@ -1,0 +1,81 @@
+"""Serving the registry app over TLS with uvicorn, the verified client certificate passed in the ASGI scope.
+
+uvicorn does not put the peer certificate in the scope, so its h11 protocol is extended to add the ASGI TLS
+extension (`scope["extensions"]["tls"]["client_cert_chain"]`, PEM) from the connection's SSL object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway.errors import ConfigError
+from gateway.registry.app import create_app
+from gateway.registry.ca import CertificateAuthority
+
+log = logging.getLogger(__name__)
+
+
+class _WithPeerCertificate:
+    """ASGI app wrapper adding one connection's client certificate to every scope."""
+
+    def __init__(self, app: Any, cert_pem: str | None) -> None:
+        self.app = app
+        self.cert_pem = cert_pem
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            tls = {"client_cert_chain": [self.cert_pem] if self.cert_pem else [], "tls_version": None,
+                   "cipher_suite": None, "server_cert": None, "client_cert_name": None, "client_cert_error": None}
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
+        await self.app(scope, receive, send)
+
+
+class PeerCertH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, exposing the verified client certificate as the ASGI TLS extension."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.app = _WithPeerCertificate(self.app, ssl.DER_cert_to_PEM_cert(der) if der else None)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server without its own signal handling: serve() owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(listen: str, data_dir: Path, *, interval: float) -> int:
+    """Run the registry until SIGINT or SIGTERM."""
+    from gateway.runtime import parse_listen
+
+    host, port = parse_listen(listen)
+    ca = CertificateAuthority.load_or_create(data_dir)
+    cert_path, key_path = ca.write_server_certificate(host)
+    app = create_app(data_dir, interval=interval)
+    config = uvicorn.Config(app, host=host, port=port, http=PeerCertH11Protocol, ssl_certfile=str(cert_path),
+                            ssl_keyfile=str(key_path), ssl_ca_certs=str(ca.cert_path),
+                            ssl_cert_reqs=ssl.CERT_OPTIONAL, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=3)
+    server = _QuietServer(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    print(f"fieldgate registry on https://{listen}/ (CA fingerprint sha256 {ca.fingerprint})", flush=True)
+    await server.serve()
+    if not server.started:
+        raise ConfigError(f"--listen {listen}: the registry could not start there")
+    return 0

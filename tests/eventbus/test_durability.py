@@ -138,8 +138,9 @@ async def test_sigkill_under_load_loses_nothing_from_the_outbox(mosquitto: Mosqu
     rng = random.Random(11)
     async with mqtt_client(mosquitto, "fieldgate/#") as (_, queue):
         for round_ in range(11):
-            proc = subprocess.Popen([*FIELDGATE,  # noqa: ASYNC220  (started, not waited for, here) "run", "-c", str(config), "--data-dir", str(data),
-                                     "--log-level", "warning"], stderr=subprocess.PIPE)
+            with (tmp_path / "gateway.log").open("ab") as log:  # a file: an unread pipe could fill and block it
+                proc = subprocess.Popen([*FIELDGATE, "run", "-c", str(config),  # noqa: ASYNC220
+                                         "--data-dir", str(data), "--log-level", "warning"], stderr=log)
             try:
                 await asyncio.to_thread(wait_healthy, port, proc)
                 await asyncio.sleep(rng.uniform(0.2, 1.5) if round_ < 10 else 3.0)

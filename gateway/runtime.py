@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import socket
 import statistics
@@ -36,6 +37,7 @@ from gateway.values import coerce
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 60.0
+STATUS_SAMPLES = 20_000
 SHUTDOWN_DRAIN = 2.0  # seconds working sinks get to deliver their outbox on a clean shutdown
 
 
@@ -342,10 +344,14 @@ class Gateway(Reconfiguration):
     def status(self) -> dict[str, Any]:
         states: dict[str, int] = {}
         lateness: list[float] = []
+        # The most recent cycles of every device, at most ~20,000 in all: the figures stay representative and a
+        # status call stays cheap (sorting every device's whole history blocked the loop for 0.4 s at 400 devices).
+        per_device = max(STATUS_SAMPLES // max(len(self.pollers), 1), 10)
         for device_id, poller in self.pollers.items():
             state = self.twins[device_id].state
             states[state] = states.get(state, 0) + 1
-            lateness.extend(poller.stats.lateness)
+            recent = poller.stats.lateness
+            lateness.extend(itertools.islice(reversed(recent), per_device))
         lateness.sort()
         return {
             "node": self.node_name,
@@ -361,7 +367,8 @@ class Gateway(Reconfiguration):
                 if lateness else None,
                 "max": round(lateness[-1] * 1000, 3) if lateness else None,
             },
-            "store": {"values_written": self.store.rows_written, "queued": self.store.queued},
+            "store": {"values_written": self.store.rows_written, "queued": self.store.queued,
+                      "history_dropped": self.store.history_dropped},
             "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
             "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
                       for name, runner in self.sinks.items()},

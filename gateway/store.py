@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,19 @@ def _history_value(value: Any) -> Any:
 class Store:
     """One connection, one writer task; every call has a timeout."""
 
-    def __init__(self, data_dir: Path, *, flush_interval: float = 0.1, timeout: float = 10.0) -> None:
+    def __init__(self, data_dir: Path, *, flush_interval: float = 0.1, timeout: float = 10.0,
+                 max_queued: int = 500_000) -> None:
         self.data_dir = data_dir
         self.path = db_path(data_dir)
         self.flush_interval = flush_interval
         self.timeout = timeout
         self._db: aiosqlite.Connection | None = None
-        self._pending: list[tuple[str, float, dict[str, Any]]] = []  # (device, ts, values) per report
+        self._pending: deque[tuple[str, float, dict[str, Any]]] = deque()  # (device, ts, values) per report
         self._outbox: list[tuple[str, str, bytes, float]] = []  # (sink, topic, payload, created)
+        self._queued = 0
+        self.max_queued = max_queued
+        self.history_dropped = 0
+        self._shed_logged = 0.0
         self.on_flush: list[Callable[[set[str]], None]] = []  # told which outboxes got new messages
         self.outbox_depth: dict[str, int] = {}  # committed, not yet delivered, per outbox
         self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
@@ -156,12 +162,34 @@ class Store:
     # --- reports: twins and history ------------------------------------------------------------------------
 
     def add_report(self, device: str, ts: float, values: dict[str, Any]) -> None:
-        """Queue one report's values; the writer commits them within one flush interval."""
+        """Queue one report's values; the writer commits them within one flush interval.
+
+        When the disk cannot keep up, the queue is bounded: the oldest reports' history goes first (logged and
+        counted in `history_dropped`); outbox messages are never dropped here, and the twins keep the latest
+        values since newer reports stay queued.
+        """
         self._pending.append((device, ts, values))
+        self._queued += len(values)
+        if self._queued > self.max_queued:
+            self._shed()
+
+    def _shed(self) -> None:
+        dropped = 0
+        while self._queued > self.max_queued * 0.9 and self._pending:
+            _, _, values = self._pending.popleft()
+            self._queued -= len(values)
+            dropped += len(values)
+        self.history_dropped += dropped
+        now = time.monotonic()
+        if now - self._shed_logged > 60:
+            self._shed_logged = now
+            log.warning("the store is %d values behind the devices: dropped the history of the oldest %d queued "
+                        "values (%d so far); reduce the load or the report rate", self._queued, dropped,
+                        self.history_dropped)
 
     @property
     def queued(self) -> int:
-        return sum(len(values) for _, _, values in self._pending)
+        return self._queued
 
     def add_outbox(self, sink: str, topic: str, payload: bytes) -> None:
         """Queue a message for a sink's outbox; it is durable once the next flush commits."""
@@ -171,8 +199,9 @@ class Store:
         """Commit every queued report and outbox message in one transaction; returns the values written."""
         if not self._pending and not self._outbox:
             return 0
-        reports, self._pending = self._pending, []
+        reports, self._pending = self._pending, deque()
         outbox, self._outbox = self._outbox, []
+        queued, self._queued = self._queued, 0
         encode = _json.encode
         try:
             async with self.transaction() as db:
@@ -197,8 +226,9 @@ class Store:
                     await db.executemany("INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)",
                                          outbox)
         except sqlite3.Error as exc:
-            self._pending[:0] = reports  # keep them for the next attempt
+            self._pending.extendleft(reversed(reports))  # keep them for the next attempt
             self._outbox[:0] = outbox
+            self._queued += queued
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
         self.rows_written += len(history_rows)
         if outbox:

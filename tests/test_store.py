@@ -156,3 +156,22 @@ async def test_full_outbox_drops_the_oldest_and_counts(tmp_path: Path) -> None:
         assert (await store.outbox_stats())["sink-b"]["depth"] == 1  # other outboxes untouched
     finally:
         await store.close()
+
+
+async def test_a_store_that_falls_behind_sheds_the_oldest_history_only(tmp_path: Path) -> None:
+    store = Store(tmp_path, max_queued=1000)
+    await store.open()
+    try:
+        for i in range(300):
+            store.add_report("default/d", 1000.0 + i, {"a": i, "b": i, "c": i, "d": i, "e": i})
+            store.add_outbox("sink", "t", str(i).encode())
+        assert store.queued <= 1000
+        assert store.history_dropped >= 500
+        await store.flush()
+        history = await store.history("default/d", "a", 0, 2000)
+        assert [v for _, v in history] == list(range(300 - len(history), 300))  # the newest are kept
+        assert len(await store.outbox_batch("sink", 0, 1000)) == 300  # outbox messages are never shed
+        twins = await store.load_twins()
+        assert twins["default/d"]["a"]["reported"] == 299
+    finally:
+        await store.close()

@@ -95,6 +95,7 @@ target_resource: {{topic: "plant/{{node}}/{{device}}/data"}}
     await wait_for(lambda: gw.routes.describe()[0]["successes"] >= 2)
     route = gw.routes.describe()[0]
     assert route["name"] == "telemetry-out" and route["failures"] == 0 and route["accepted"] >= 2
+    assert gw.sinks["route:default/telemetry-out"].describe()["rate_per_s"] > 0
 
 
 async def test_eventbus_to_servicebus_and_rest(mosquitto: Mosquitto, service: Service,

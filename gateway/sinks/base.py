@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -58,6 +59,8 @@ class SinkStats:
     last_error: str = ""
     last_delivery: float | None = None
     state: str = "idle"  # idle | delivering | failing | replaying
+    rate: float = 0.0  # messages/s, smoothed over about a minute
+    rate_at: float = 0.0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
@@ -83,6 +86,7 @@ class SinkRunner:
         self._wakeup.set()
 
     async def run(self) -> None:
+        self.stats.rate_at = time.monotonic()
         await self.sink.open()
         backoff = self.min_backoff
         try:
@@ -108,6 +112,7 @@ class SinkRunner:
                 self._last_sent = batch[-1].seq
                 await self.store.outbox_ack(self.outbox, self._last_sent)
                 now = time.time()
+                self._count_rate(len(batch), time.monotonic())
                 self.stats.delivered += len(batch)
                 self.stats.last_delivery = now
                 self.stats.latencies.extend(now - m.created for m in batch)
@@ -118,6 +123,15 @@ class SinkRunner:
                     await asyncio.sleep(max(len(batch) / self.replay_rate - elapsed, 0))
         finally:
             await self.sink.close()
+
+    def _count_rate(self, delivered: int, now: float) -> None:
+        stats = self.stats
+        elapsed = now - stats.rate_at if stats.rate_at else 0.0
+        stats.rate_at = now
+        if elapsed <= 0:
+            return
+        weight = math.exp(-elapsed / 60.0)
+        stats.rate = stats.rate * weight + (delivered / elapsed) * (1 - weight)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep until `notify()` (new messages, the target reconnected) or `seconds` pass."""
@@ -144,6 +158,8 @@ class SinkRunner:
             "delivered": self.stats.delivered,
             "failures": self.stats.failures,
             "dropped": self.stats.dropped,
+            "rate_per_s": round(self.stats.rate * math.exp(-(time.monotonic() - self.stats.rate_at) / 60.0), 1)
+            if self.stats.rate_at else 0.0,
             "last_error": self.stats.last_error,
             "latency_ms": {
                 "p50": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,

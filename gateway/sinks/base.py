@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import math
 import random
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from gateway.errors import FieldgateError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
+RATE_WINDOW = 60.0
 
 
 class SinkError(FieldgateError):
@@ -59,8 +59,7 @@ class SinkStats:
     last_error: str = ""
     last_delivery: float | None = None
     state: str = "idle"  # idle | delivering | failing | replaying
-    rate: float = 0.0  # messages/s, smoothed over about a minute
-    rate_at: float = 0.0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)  # (monotonic time, delivered) of the last minute
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
@@ -80,13 +79,14 @@ class SinkRunner:
         self.stats = SinkStats()
         self._wakeup = asyncio.Event()
         self._last_sent = 0
+        self._started = 0.0
 
     def notify(self) -> None:
         """New messages were committed to this outbox."""
         self._wakeup.set()
 
     async def run(self) -> None:
-        self.stats.rate_at = time.monotonic()
+        self._started = time.monotonic()
         await self.sink.open()
         backoff = self.min_backoff
         try:
@@ -125,13 +125,17 @@ class SinkRunner:
             await self.sink.close()
 
     def _count_rate(self, delivered: int, now: float) -> None:
-        stats = self.stats
-        elapsed = now - stats.rate_at if stats.rate_at else 0.0
-        stats.rate_at = now
-        if elapsed <= 0:
-            return
-        weight = math.exp(-elapsed / 60.0)
-        stats.rate = stats.rate * weight + (delivered / elapsed) * (1 - weight)
+        recent = self.stats.recent
+        recent.append((now, delivered))
+        while recent and recent[0][0] < now - RATE_WINDOW:
+            recent.popleft()
+
+    def rate(self) -> float:
+        """Messages delivered per second over the last minute (or since the start, if that is shorter)."""
+        now = time.monotonic()
+        window = min(RATE_WINDOW, now - self._started) if self._started else RATE_WINDOW
+        delivered = sum(n for t, n in self.stats.recent if t >= now - RATE_WINDOW)
+        return delivered / window if window > 0 else 0.0
 
     async def _pause(self, seconds: float) -> None:
         """Sleep until `notify()` (new messages, the target reconnected) or `seconds` pass."""
@@ -158,8 +162,7 @@ class SinkRunner:
             "delivered": self.stats.delivered,
             "failures": self.stats.failures,
             "dropped": self.stats.dropped,
-            "rate_per_s": round(self.stats.rate * math.exp(-(time.monotonic() - self.stats.rate_at) / 60.0), 1)
-            if self.stats.rate_at else 0.0,
+            "rate_per_s": round(self.rate(), 1),
             "last_error": self.stats.last_error,
             "latency_ms": {
                 "p50": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,

@@ -132,6 +132,10 @@ class Gateway(Reconfiguration):
         except BaseException:
             await self.stop()
             raise
+        if self.serve_http and not await self.store.rows("SELECT 1 FROM users LIMIT 1"):
+            # No default password ships: the first user is made on the box itself.
+            log.warning("no users yet: the web UI has nobody to let in; add an admin with "
+                        "`fieldgate user add NAME --role admin --password-stdin --data-dir %s`", self.data_dir)
         log.info("fieldgate %s started: node %s, %d devices, data in %s", __version__, self.node_name,
                  len(self.pollers), self.data_dir)
 

@@ -93,6 +93,8 @@ def test_sigterm_exits_zero_after_clean_shutdown(tmp_path: Path) -> None:
     assert proc.wait(10) == 0
     logs = [json.loads(line) for line in (proc.stderr.read() if proc.stderr else "").splitlines() if line]
     assert any(entry["message"] == "fieldgate stopped" for entry in logs)
+    # no default password: a first start without users says how to add one
+    assert any("no users yet" in entry["message"] and "fieldgate user add" in entry["message"] for entry in logs)
     # the WAL was checkpointed and every queued report written
     assert not (tmp_path / "data" / "fieldgate.db-wal").exists() or \
         os.path.getsize(tmp_path / "data" / "fieldgate.db-wal") == 0

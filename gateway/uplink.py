@@ -1,10 +1,14 @@
 """The uplink to the registry (a built-in plugin): once the node has joined (<data-dir>/registry/registry.json),
 a supervised task heartbeats over mutual TLS with node info and applies the registry's resources for the node
-whenever their resource version changes. It keeps the gateway working while the registry is unreachable."""
+whenever their resource version changes. A second task long-polls the registry for REST messages meant for this
+node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
+whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes. It keeps the gateway
+working while the registry is unreachable."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import platform
 import time
@@ -27,6 +31,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TIMEOUT = 10.0
+MESSAGE_WAIT = 25.0  # seconds a message poll waits at the registry for a message
+
+
+class NodeMessage(msgspec.Struct, kw_only=True):
+    id: str
+    namespace: str
+    path: str
+    payload: str  # base64
 
 
 class HeartbeatAnswer(msgspec.Struct, kw_only=True):
@@ -47,6 +59,9 @@ class Uplink:
         self.latency_ms: float | None = None
         self.resource_version = ""
         self._failed_version = ""
+        self.messages_received = 0
+        self.messages_unrouted = 0
+        self.message_state = "starting"
 
     async def run(self) -> None:
         from gateway.registry.join import client_ssl_context
@@ -57,6 +72,60 @@ class Uplink:
             while True:
                 await self.beat(client)
                 await asyncio.sleep(self.interval)
+
+    async def run_messages(self) -> None:
+        """Long-poll the registry for messages, deliver them along the rest routes and acknowledge them."""
+        from gateway.registry.join import client_ssl_context
+
+        context = client_ssl_context(self.gateway.data_dir)
+        timeout = httpx.Timeout(TIMEOUT, read=MESSAGE_WAIT + TIMEOUT)
+        async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=timeout) as client:
+            while True:
+                try:
+                    await self.poll_messages(client, MESSAGE_WAIT)
+                except (httpx.HTTPError, msgspec.DecodeError) as exc:
+                    self._set_message_state("unreachable", f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(self.interval)
+
+    async def poll_messages(self, client: httpx.AsyncClient, wait: float) -> int:
+        """One poll: deliver the pending messages (waiting up to `wait` s for one); how many were delivered."""
+        response = await client.get("/api/v1/nodes/self/messages", params={"wait": str(wait)})
+        if response.status_code != 200:
+            self._set_message_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
+            await asyncio.sleep(self.interval)
+            return 0
+        self._set_message_state("connected", "polling")
+        messages = msgspec.json.decode(response.content, type=list[NodeMessage])
+        if not messages:
+            return 0
+        for message in messages:
+            self.deliver(message.namespace, message.path, base64.b64decode(message.payload))
+        await self.gateway.store.flush()  # durable in the outboxes before the registry forgets them
+        ack = await client.post("/api/v1/nodes/self/messages/ack", json={"ids": [m.id for m in messages]})
+        ack.raise_for_status()
+        return len(messages)
+
+    def deliver(self, namespace: str, path: str, payload: bytes) -> list[str]:
+        """Hand a message to the rest routes of `namespace` whose source path is `path`; the routes that took it."""
+        routes = self.gateway.routes
+        taken = []
+        for runtime in list(routes.routes.values()):
+            source_path = runtime.route.source_resource.get("path", "")
+            if (runtime.source.type == "rest" and runtime.route.namespace == namespace
+                    and source_path.strip("/") == path.strip("/")):
+                routes.accept(runtime, path, payload)
+                taken.append(f"{namespace}/{runtime.route.name}")
+        self.messages_received += 1
+        if not taken:
+            self.messages_unrouted += 1
+            log.warning("a registry message for %s/%s matched no rest route; dropped", namespace, path)
+        return taken
+
+    def _set_message_state(self, state: str, reason: str) -> None:
+        if state != self.message_state:
+            level = logging.INFO if state == "connected" else logging.WARNING
+            log.log(level, "registry messages from %s: %s (%s)", self.settings.url, state, reason)
+        self.message_state = state
 
     async def beat(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
@@ -113,6 +182,8 @@ class Uplink:
             "devices": status["devices"],
             "uplink_latency_ms": self.latency_ms,
             "resource_version": self.resource_version,
+            "messages_received": self.messages_received,
+            "messages_unrouted": self.messages_unrouted,
         }
 
 
@@ -122,4 +193,6 @@ def startup(gateway: Gateway) -> None:
 
     settings = load_settings(gateway.data_dir)
     if settings is not None:
-        gateway.supervisor.start("uplink", Uplink(gateway, settings).run)
+        uplink = Uplink(gateway, settings)
+        gateway.supervisor.start("uplink", uplink.run)
+        gateway.supervisor.start("uplink messages", uplink.run_messages)

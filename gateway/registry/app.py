@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import HTTPException, PermissionDeniedException
 
 from gateway import __version__
-from gateway.errors import AuthError, ConfigError
-from gateway.registry.ca import CertificateAuthority, cert_pem, peer_identity
+from gateway.errors import ConfigError
+from gateway.registry.auth import AnyRequest, client_node, require_role, store_of
+from gateway.registry.ca import CertificateAuthority, cert_pem
+from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import RegistryStore, TokenRefused
 
-AnyRequest = Request[Any, Any, Any]
 DEFAULT_INTERVAL = 10.0
 
 
@@ -47,25 +48,6 @@ class HeartbeatResponse(msgspec.Struct, kw_only=True):
     documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
 
 
-def store_of(request: AnyRequest) -> RegistryStore:
-    store: RegistryStore = request.app.state.store
-    return store
-
-
-async def client_node(request: AnyRequest) -> str:
-    """The node name of the verified client certificate (ASGI TLS extension); refused when revoked or unknown."""
-    extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
-    chain: list[str] = (extensions.get("tls") or {}).get("client_cert_chain") or []
-    if not chain:
-        raise NotAuthorizedException("a client certificate from the registry CA is required")
-    name, serial = peer_identity(chain[0])
-    try:
-        await store_of(request).check_certificate(name, serial)
-    except AuthError as exc:
-        raise PermissionDeniedException(str(exc)) from None
-    return name
-
-
 @get("/healthz", summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
@@ -92,9 +74,13 @@ async def join(request: AnyRequest, data: JoinRequest) -> JoinResponse:
     name = data.name or f"node-{secrets.token_hex(3)}"
     if name in taken:
         raise HTTPException(status_code=409, detail=f"node name {name} is taken")
+    try:
+        group = await store.group_for_labels(labels)
+    except ConfigError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     cert = ca.sign_node(data.csr, name)
     interval = float(request.app.state.interval)
-    await store.add_node(name, format(cert.serial_number, "x"), labels, interval)
+    await store.add_node(name, format(cert.serial_number, "x"), labels, interval, group)
     return JoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(), heartbeat_interval=interval)
 
 
@@ -109,10 +95,19 @@ async def heartbeat(request: AnyRequest, data: HeartbeatRequest) -> HeartbeatRes
                              documents=documents if version != data.resource_version else None)
 
 
-@get("/api/v1/nodes", summary="Nodes with their status")
+@get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")
 async def nodes(request: AnyRequest) -> list[dict[str, Any]]:
-    await client_node(request)
+    if request.headers.get("authorization"):
+        await require_role(request, "viewer")
+    else:
+        await client_node(request)
     return await store_of(request).nodes()
+
+
+@get("/api/v1/groups", summary="Node groups with their members")
+async def groups(request: AnyRequest) -> list[dict[str, Any]]:
+    await require_role(request, "viewer")
+    return await store_of(request).groups()
 
 
 def _error(status: int) -> Any:
@@ -126,19 +121,21 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, s
     return Response({"detail": str(exc.detail)}, status_code=exc.status_code)
 
 
-def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL) -> Litestar:
-    """The registry app on a data dir (CA and database there, made on first start)."""
+def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None) -> Litestar:
+    """The registry app on a data dir (CA there, made on first start) and its database (SQLite in the data dir
+    unless `db_url` names a PostgreSQL database that other replicas may share)."""
     ca = CertificateAuthority.load_or_create(data_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with RegistryStore(data_dir) as store:
+        async with RegistryStore(data_dir, db_url) as store:
             app.state.store = store
+            await store.database.listen(CHANNEL, app.state.waiters.wake)
             yield
 
     return Litestar(
-        route_handlers=[healthz, ca_certificate, join, heartbeat, nodes],
-        state=State({"ca": ca, "interval": interval}),
+        route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS],
+        state=State({"ca": ca, "interval": interval, "waiters": Waiters()}),
         lifespan=[lifespan],
         exception_handlers={ConfigError: _error(400), HTTPException: _http_error},
         logging_config=None,

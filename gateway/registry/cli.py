@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ DEFAULT_REGISTRY_DIR = "./fieldgate-registry"
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_REGISTRY_DIR),
                         help=f"where the registry keeps its CA and database (default {DEFAULT_REGISTRY_DIR})")
+    parser.add_argument("--db", default=os.environ.get("FIELDGATE_REGISTRY_DB") or None, metavar="URL",
+                        help="postgresql://… to keep the tables in PostgreSQL, shared by registry replicas "
+                             "(default: SQLite in the data dir; env FIELDGATE_REGISTRY_DB)")
 
 
 def _duration(text: str) -> float:
@@ -66,6 +70,25 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     apply.add_argument("-f", "--file", required=True, type=Path, help="a YAML file or a directory of them")
     _data_dir(apply)
 
+    api_token = sub.add_parser("token", help="create bearer tokens for the registry API")
+    api_token_sub = api_token.add_subparsers(dest="api_token_action", required=True)
+    api_create = api_token_sub.add_parser("create", help="print a new API token (only its hash is kept)")
+    api_create.add_argument("--role", required=True, choices=("admin", "operator", "viewer"))
+    _data_dir(api_create)
+
+    group = sub.add_parser("group", help="node groups: create, list")
+    group_sub = group.add_subparsers(dest="group_action", required=True)
+    group_create = group_sub.add_parser("create", help="make a group of nodes (a node is in at most one group)")
+    group_create.add_argument("name")
+    group_create.add_argument("--nodes", type=lambda text: [n for n in text.split(",") if n.strip()], default=[],
+                              help="a,b,… node names")
+    group_create.add_argument("--selector", type=_labels, default={},
+                              help="k=v,… nodes whose join-token labels match, now and when they join")
+    _data_dir(group_create)
+    group_list = group_sub.add_parser("list", help="list groups with their members")
+    group_list.add_argument("--json", action="store_true", help="one JSON object per group")
+    _data_dir(group_list)
+
     nodes = sub.add_parser("nodes", help="list nodes (`nodes remove NAME` forgets one and revokes its certificate)")
     nodes.add_argument("nodes_action", nargs="?", choices=("list", "remove"), default="list")
     nodes.add_argument("name", nargs="?")
@@ -82,10 +105,10 @@ def _registry(args: argparse.Namespace) -> int:
         from gateway.registry.server import serve
 
         setup_logging("human")
-        return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval))
+        return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db))
 
     async def with_store() -> int:
-        async with RegistryStore(args.data_dir) as store:
+        async with RegistryStore(args.data_dir, args.db) as store:
             if args.action == "join-token" and args.token_action == "create":
                 if args.max_uses < 1:
                     raise ConfigError("--max-uses: expected 1 or more")
@@ -95,6 +118,15 @@ def _registry(args: argparse.Namespace) -> int:
             elif args.action == "join-token":
                 await store.revoke_token(args.id)
                 print(f"join token {args.id} revoked")
+            elif args.action == "token":
+                print(await store.create_api_token(args.role))
+            elif args.action == "group" and args.group_action == "create":
+                if not args.nodes and not args.selector:
+                    raise ConfigError("group create: expected --nodes or --selector")
+                members = await store.create_group(args.name, args.nodes, args.selector)
+                print(f"group {args.name}: {', '.join(members) or 'no nodes yet'}")
+            elif args.action == "group":
+                _print_groups(await store.groups(), as_json=args.json)
             elif args.action == "apply":
                 for line in await _apply(store, args.file):
                     print(line)
@@ -143,6 +175,17 @@ def _print_nodes(nodes: list[dict[str, Any]], *, as_json: bool) -> None:
         print(f"{node['name']:<24} {node['status']:<8} {node['version'] or '-':<10} {when}  {node['reason']}")
 
 
+def _print_groups(groups: list[dict[str, Any]], *, as_json: bool) -> None:
+    for group in groups:
+        if as_json:
+            print(json.dumps(group))
+        else:
+            selector = ",".join(f"{k}={v}" for k, v in group["selector"].items()) or "-"
+            print(f"{group['name']:<24} {selector:<24} {','.join(group['nodes']) or '-'}")
+    if not groups and not as_json:
+        print("no groups")
+
+
 def _configure_join(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, help="https://HOST:PORT of the registry")
     parser.add_argument("--token", required=True, help="a token from `fieldgate registry join-token create`")
@@ -162,7 +205,7 @@ def _join(args: argparse.Namespace) -> int:
 @hookimpl
 def register_commands() -> list[Command]:
     return [
-        Command("registry", "the thin cloud registry: serve, join-token, apply, nodes", _configure_registry,
-                _registry),
+        Command("registry", "the thin cloud registry: serve, join-token, token, group, apply, nodes",
+                _configure_registry, _registry),
         Command("join", "join this gateway to a registry with a join token", _configure_join, _join),
     ]

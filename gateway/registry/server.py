@@ -58,14 +58,19 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def serve(listen: str, data_dir: Path, *, interval: float) -> int:
+def _shut_down(server: uvicorn.Server, app: Any) -> None:
+    server.should_exit = True
+    app.state.waiters.close()  # waiting message polls answer now instead of holding the graceful shutdown
+
+
+async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None) -> int:
     """Run the registry until SIGINT or SIGTERM."""
     from gateway.runtime import parse_listen
 
     host, port = parse_listen(listen)
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
-    app = create_app(data_dir, interval=interval)
+    app = create_app(data_dir, interval=interval, db_url=db_url)
     config = uvicorn.Config(app, host=host, port=port, http=PeerCertH11Protocol, ssl_certfile=str(cert_path),
                             ssl_keyfile=str(key_path), ssl_ca_certs=str(ca.cert_path),
                             ssl_cert_reqs=ssl.CERT_OPTIONAL, log_config=None, access_log=False, lifespan="on",
@@ -73,7 +78,7 @@ async def serve(listen: str, data_dir: Path, *, interval: float) -> int:
     server = _QuietServer(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, lambda: _shut_down(server, app))
     print(f"fieldgate registry on https://{listen}/ (CA fingerprint sha256 {ca.fingerprint})", flush=True)
     await server.serve()
     if not server.started:

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import collections
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aiosqlite
 import msgspec
 
-from gateway.errors import AuthError, NotFound, StoreError
+from gateway.errors import AuthError, ConfigError, NotFound, StoreError
+from gateway.registry.db import Database, open_database
+from gateway.resources.schema import NAME_PATTERN
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS join_tokens (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, expires_at REAL NOT NULL,
-    max_uses INTEGER NOT NULL, uses INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0,
-    labels TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, serial TEXT NOT NULL, labels TEXT NOT NULL,
-    joined_at REAL NOT NULL, last_heartbeat REAL, interval REAL NOT NULL, info TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS revoked_certificates (serial TEXT PRIMARY KEY, node TEXT NOT NULL, revoked_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-    node TEXT, document TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (kind, namespace, name));
-"""
 OFFLINE_AFTER = 3  # heartbeat intervals without a heartbeat
+ROLES = ("viewer", "operator", "admin")
 
 
 class TokenRefused(AuthError):
@@ -34,43 +29,34 @@ class TokenRefused(AuthError):
 
 
 class RegistryStore:
-    """`async with RegistryStore(data_dir) as store:`; every statement has the connection's busy timeout."""
+    """`async with RegistryStore(data_dir, db_url) as store:` on SQLite in the data dir or on PostgreSQL."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "registry.db"
-        self._db: aiosqlite.Connection | None = None
+    def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.db_url = db_url
+        self._database: Database | None = None
 
     async def __aenter__(self) -> RegistryStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = await aiosqlite.connect(self.path, timeout=5.0)
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            await self._db.executescript(SCHEMA)
-            await self._db.commit()
-        except Exception as exc:
-            raise StoreError(f"{self.path}: cannot open the registry database: {exc}") from exc
+        self._database = await open_database(self.data_dir, self.db_url)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        if self._database is not None:
+            await self._database.close()
+            self._database = None
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    def database(self) -> Database:
+        if self._database is None:
             raise StoreError("the registry store is not open")
-        return self._db
+        return self._database
 
     async def _rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self.db.execute(sql, args) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        return await self.database.rows(sql, *args)
 
     async def _write(self, sql: str, *args: Any) -> int:
-        cursor = await self.db.execute(sql, args)
-        await self.db.commit()
-        return int(cursor.rowcount)
+        return await self.database.write(sql, *args)
 
     # --- join tokens ----------------------------------------------------------------------------------------------
 
@@ -110,9 +96,15 @@ class RegistryStore:
     async def node_names(self) -> set[str]:
         return {row[0] for row in await self._rows("SELECT name FROM nodes")}
 
-    async def add_node(self, name: str, serial: str, labels: dict[str, str], interval: float) -> None:
-        await self._write("INSERT INTO nodes (name, serial, labels, joined_at, interval) VALUES (?, ?, ?, ?, ?)",
-                          name, serial, json.dumps(labels), time.time(), interval)
+    async def add_node(self, name: str, serial: str, labels: dict[str, str], interval: float,
+                       group: str | None = None) -> None:
+        """Record a joined node (and its group, when a group's selector takes its labels)."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [(
+            "INSERT INTO nodes (name, serial, labels, joined_at, interval) VALUES (?, ?, ?, ?, ?)",
+            (name, serial, json.dumps(labels), time.time(), interval))]
+        if group is not None:
+            statements.append(("INSERT INTO group_members VALUES (?, ?)", (name, group)))
+        await self.database.transaction(statements)
 
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
@@ -134,17 +126,23 @@ class RegistryStore:
         rows = await self._rows("SELECT serial FROM nodes WHERE name=?", name)
         if not rows:
             raise NotFound(f"no node {name}")
-        await self.db.execute("INSERT OR IGNORE INTO revoked_certificates VALUES (?, ?, ?)", (rows[0][0], name,
-                                                                                              time.time()))
-        await self.db.execute("DELETE FROM nodes WHERE name=?", (name,))
-        await self.db.commit()
+        await self.database.transaction([
+            ("INSERT INTO revoked_certificates VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (rows[0][0], name,
+                                                                                        time.time())),
+            ("DELETE FROM nodes WHERE name=?", (name,)),
+            ("DELETE FROM group_members WHERE node=?", (name,)),
+            ("DELETE FROM messages WHERE node=?", (name,))])
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
+        await self.drop_expired_messages()
         now = time.time()
+        groups = dict(await self._rows("SELECT node, group_name FROM group_members"))
+        pending = dict(await self._rows("SELECT node, COUNT(*) FROM messages GROUP BY node"))
         result = []
-        for name, labels, joined_at, last, interval, info in await self._rows(
-                "SELECT name, labels, joined_at, last_heartbeat, interval, info FROM nodes ORDER BY name"):
+        for name, labels, joined_at, last, interval, info, expired in await self._rows(
+                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired FROM nodes "
+                "ORDER BY name"):
             if last is None:
                 status, reason = "joined", "no heartbeat yet"
             elif now - last > OFFLINE_AFTER * interval:
@@ -154,7 +152,8 @@ class RegistryStore:
             details = json.loads(info)
             result.append({"name": name, "status": status, "reason": reason, "version": details.get("version"),
                            "last_heartbeat": last, "joined_at": joined_at, "labels": json.loads(labels),
-                           "info": details})
+                           "info": details, "group": groups.get(name),
+                           "messages_pending": int(pending.get(name, 0)), "messages_expired": int(expired)})
         return result
 
     # --- documents --------------------------------------------------------------------------------------------
@@ -162,11 +161,10 @@ class RegistryStore:
     async def put_documents(self, documents: list[tuple[str, str, str, str | None, bytes]]) -> None:
         """Store (kind, namespace, name, node, JSON) documents, replacing those with the same key."""
         now = time.time()
-        await self.db.executemany(
+        await self.database.transaction([(
             "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO UPDATE SET "
             "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at",
-            [(kind, ns, name, node, body.decode(), now) for kind, ns, name, node, body in documents])
-        await self.db.commit()
+            (kind, ns, name, node, body.decode(), now)) for kind, ns, name, node, body in documents])
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use."""
@@ -181,6 +179,113 @@ class RegistryStore:
         return version, documents
 
 
+    # --- API tokens -------------------------------------------------------------------------------------------
+
+    async def create_api_token(self, role: str) -> str:
+        """A new bearer token `<id>.<secret>` for the registry API; only a hash of the secret is kept."""
+        if role not in ROLES:
+            raise ConfigError(f"--role {role}: expected one of {', '.join(ROLES)}")
+        token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
+        await self._write("INSERT INTO api_tokens VALUES (?, ?, ?, ?)", token_id, _hash(secret), role, time.time())
+        return f"{token_id}.{secret}"
+
+    async def api_token_role(self, token: str) -> str:
+        """The role of a bearer token; AuthError when it is unknown."""
+        token_id, _, secret = token.partition(".")
+        rows = await self._rows("SELECT secret_hash, role FROM api_tokens WHERE id=?", token_id)
+        if not rows or not hmac.compare_digest(rows[0][0], _hash(secret)):
+            raise AuthError("unknown API token")
+        return str(rows[0][1])
+
+    # --- messages for nodes -----------------------------------------------------------------------------------
+
+    async def node_online(self, name: str) -> bool:
+        """Whether a node heartbeats; NotFound when there is no such node."""
+        rows = await self._rows("SELECT last_heartbeat, interval FROM nodes WHERE name=?", name)
+        if not rows:
+            raise NotFound(f"no node {name}")
+        last, interval = rows[0]
+        return last is not None and time.time() - last <= OFFLINE_AFTER * interval
+
+    async def queue_message(self, node: str, namespace: str, path: str, payload: bytes, ttl: float) -> dict[str, Any]:
+        """Queue a message for a node until it fetches it or `ttl` seconds pass."""
+        message_id, now = secrets.token_hex(8), time.time()
+        await self._write("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", message_id, node, namespace, path,
+                          base64.b64encode(payload).decode(), now, now + ttl)
+        return {"id": message_id, "expires_at": now + ttl}
+
+    async def pending_messages(self, node: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The unexpired messages for a node, oldest first (payload base64)."""
+        await self.drop_expired_messages()
+        return [{"id": message_id, "namespace": ns, "path": path, "payload": payload, "created_at": created}
+                for message_id, ns, path, payload, created in await self._rows(
+                    "SELECT id, namespace, path, payload, created_at FROM messages WHERE node=? AND expires_at>=? "
+                    "ORDER BY created_at, id LIMIT ?", node, time.time(), limit)]
+
+    async def ack_messages(self, node: str, ids: list[str]) -> int:
+        """Delete messages a node has taken; how many were deleted."""
+        results = await self.database.transaction(
+            [("DELETE FROM messages WHERE node=? AND id=? RETURNING id", (node, message_id)) for message_id in ids])
+        return sum(len(rows) for rows in results)
+
+    async def drop_expired_messages(self) -> int:
+        """Delete expired messages, counting them per node (`messages_expired` in the node list)."""
+        [dropped] = await self.database.transaction(
+            [("DELETE FROM messages WHERE expires_at<? RETURNING node", (time.time(),))])
+        per_node = collections.Counter(row[0] for row in dropped)
+        for node, count in per_node.items():
+            await self._write("UPDATE nodes SET messages_expired=messages_expired+? WHERE name=?", count, node)
+        return len(dropped)
+
+    # --- node groups ------------------------------------------------------------------------------------------
+
+    async def create_group(self, name: str, nodes: list[str], selector: dict[str, str]) -> list[str]:
+        """Make a group of the named nodes and those whose labels match the selector; its members.
+
+        A node is in at most one group: ConfigError names the first node that is in another one already."""
+        if not re.fullmatch(NAME_PATTERN, name) or len(name) > 253:
+            raise ConfigError(f"group name {name!r}: expected lowercase letters, digits, '-' and '.'")
+        if await self._rows("SELECT 1 FROM node_groups WHERE name=?", name):
+            raise ConfigError(f"group {name} exists already")
+        labels = {row[0]: json.loads(row[1]) for row in await self._rows("SELECT name, labels FROM nodes")}
+        for node in nodes:
+            if node not in labels:
+                raise ConfigError(f"--nodes: no node {node}")
+        members = sorted(set(nodes) | ({node for node, have in labels.items() if _matches(selector, have)}
+                                       if selector else set()))
+        taken = dict(await self._rows("SELECT node, group_name FROM group_members"))
+        for node in members:
+            if node in taken:
+                raise ConfigError(f"node {node} is in group {taken[node]} already (a node is in at most one group)")
+        try:
+            await self.database.transaction([
+                ("INSERT INTO node_groups VALUES (?, ?, ?)", (name, json.dumps(selector), time.time())),
+                *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
+        except Exception as exc:  # another registry replica took a node or the name in the meantime
+            raise ConfigError(f"group {name}: {exc}") from None
+        return members
+
+    async def groups(self) -> list[dict[str, Any]]:
+        members: dict[str, list[str]] = collections.defaultdict(list)
+        for node, group in await self._rows("SELECT node, group_name FROM group_members ORDER BY node"):
+            members[group].append(node)
+        return [{"name": name, "selector": json.loads(selector), "nodes": members[name]}
+                for name, selector in await self._rows("SELECT name, selector FROM node_groups ORDER BY name")]
+
+    async def group_for_labels(self, labels: dict[str, str]) -> str | None:
+        """The group whose selector takes a joining node; ConfigError when several would."""
+        matching = [name for name, selector in await self._rows("SELECT name, selector FROM node_groups")
+                    if (wanted := json.loads(selector)) and _matches(wanted, labels)]
+        if len(matching) > 1:
+            raise ConfigError(f"the node's labels match groups {', '.join(sorted(matching))}; a node is in at most "
+                              "one group")
+        return matching[0] if matching else None
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())

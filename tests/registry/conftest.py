@@ -38,8 +38,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 class Registry:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, db: str | None = None) -> None:
         self.data_dir = data_dir
+        self.db_args = ["--db", db] if db else []
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -47,12 +48,12 @@ class Registry:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [*FIELDGATE, "registry", "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-             "--heartbeat-interval", "1s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--heartbeat-interval", "1s", *self.db_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*FIELDGATE, "registry", *args, "--data-dir", str(self.data_dir)],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run([*FIELDGATE, "registry", *args, "--data-dir", str(self.data_dir),
+                                 *self.db_args], capture_output=True, text=True, timeout=30)
         if check and result.returncode != 0:
             raise AssertionError(f"registry {' '.join(args)}: exit {result.returncode}: {result.stderr}")
         return result
@@ -77,3 +78,53 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     yield server
     if server.process is not None:
         stop(server.process)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A private PostgreSQL 15 cluster for the test session on a free loopback port; its DSN."""
+    import shutil
+    import tempfile
+
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip(f"PostgreSQL 15 binaries are not installed ({PG_BIN}/initdb); apt-get install postgresql")
+    directory = Path(tempfile.mkdtemp(prefix="fieldgate-pg-"))
+    shutil.chown(directory, "postgres", "postgres")
+    port = free_port()
+
+    def as_postgres(*args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=60)
+
+    as_postgres(str(PG_BIN / "initdb"), "-D", str(directory / "data"), "-A", "trust", "-U", "fg")
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(directory / "data"), "-o",
+                f"-p {port} -k {directory} -c listen_addresses=127.0.0.1", "-l", str(directory / "log"), "-w",
+                "start")
+    try:
+        yield f"postgresql://fg@127.0.0.1:{port}/postgres"
+    finally:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(directory / "data"), "-m", "fast", "stop")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(postgres: str) -> str:
+    """A fresh database in the session's cluster for one test; its DSN."""
+    import asyncio
+    import secrets
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = f"t{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(postgres, timeout=10)
+        try:
+            await connection.execute(f"CREATE DATABASE {name}")
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return postgres.rsplit("/", 1)[0] + f"/{name}"

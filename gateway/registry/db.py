@@ -1,0 +1,248 @@
+"""The registry's storage interface: one SQL dialect (`?` placeholders) over SQLite (aiosqlite, one file in the data
+dir) or PostgreSQL (asyncpg, shared by registry replicas), with numbered migrations for each recorded in a
+`schema_version` table, and notifications (`notify`/`listen`) that stay in-process on SQLite and go through
+PostgreSQL LISTEN/NOTIFY on PostgreSQL, so a message posted to one replica wakes the node links of every replica."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiosqlite
+
+from gateway.errors import StoreError
+
+if TYPE_CHECKING:
+    import asyncpg  # type: ignore[import-untyped]
+
+log = logging.getLogger(__name__)
+TIMEOUT = 10.0
+Listener = Callable[[str], None]
+Statement = tuple[str, Sequence[Any]]
+
+_SQLITE_TIME, _PG_TIME = "REAL", "DOUBLE PRECISION"
+# (version, statements); {time} is REAL on SQLite and DOUBLE PRECISION on PostgreSQL (whose REAL is 4 bytes)
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE IF NOT EXISTS join_tokens (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, expires_at {time} NOT NULL,
+    max_uses INTEGER NOT NULL, uses INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0,
+    labels TEXT NOT NULL, created_at {time} NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, serial TEXT NOT NULL, labels TEXT NOT NULL,
+    joined_at {time} NOT NULL, last_heartbeat {time}, interval {time} NOT NULL, info TEXT NOT NULL DEFAULT '{{}}');
+CREATE TABLE IF NOT EXISTS revoked_certificates (serial TEXT PRIMARY KEY, node TEXT NOT NULL,
+    revoked_at {time} NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    node TEXT, document TEXT NOT NULL, updated_at {time} NOT NULL, PRIMARY KEY (kind, namespace, name));
+"""),
+    (2, """
+CREATE TABLE api_tokens (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, role TEXT NOT NULL,
+    created_at {time} NOT NULL);
+CREATE TABLE messages (id TEXT PRIMARY KEY, node TEXT NOT NULL, namespace TEXT NOT NULL, path TEXT NOT NULL,
+    payload TEXT NOT NULL, created_at {time} NOT NULL, expires_at {time} NOT NULL);
+CREATE INDEX messages_by_node ON messages (node, created_at);
+ALTER TABLE nodes ADD COLUMN messages_expired INTEGER NOT NULL DEFAULT 0;
+"""),
+    (3, """
+CREATE TABLE node_groups (name TEXT PRIMARY KEY, selector TEXT NOT NULL, created_at {time} NOT NULL);
+CREATE TABLE group_members (node TEXT PRIMARY KEY, group_name TEXT NOT NULL);
+"""),
+]
+
+
+class Database(Protocol):
+    """What the registry store needs from a database."""
+
+    dialect: str
+
+    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    async def write(self, sql: str, *args: Any) -> int:
+        """Run one statement and commit; the number of rows it touched."""
+        ...
+
+    async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        """Run statements in one transaction; the rows each returned."""
+        ...
+
+    async def notify(self, channel: str, payload: str) -> None: ...
+
+    async def listen(self, channel: str, listener: Listener) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _statements(script: str, time_type: str) -> list[str]:
+    return [s.strip() for s in script.format(time=time_type).split(";") if s.strip()]
+
+
+class SQLiteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._listeners: dict[str, list[Listener]] = {}
+
+    async def open(self) -> SQLiteDatabase:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = await aiosqlite.connect(self.path, timeout=5.0, isolation_level=None)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._migrate()
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot open the registry database: {exc}") from exc
+        return self
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the registry store is not open")
+        return self._db
+
+    async def _migrate(self) -> None:
+        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = await self.rows("SELECT MAX(version) FROM schema_version")
+        current = int(rows[0][0] or 0)
+        for version, script in MIGRATIONS:
+            if version > current:
+                statements: list[Statement] = [(s, ()) for s in _statements(script, _SQLITE_TIME)]
+                await self.transaction([*statements, ("INSERT INTO schema_version VALUES (?)", (version,))])
+
+    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self.db.execute(sql, args) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def write(self, sql: str, *args: Any) -> int:
+        cursor = await self.db.execute(sql, args)
+        return int(cursor.rowcount)
+
+    async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        results = []
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                async with self.db.execute(sql, tuple(args)) as cursor:
+                    results.append([tuple(row) for row in await cursor.fetchall()])
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+        return results
+
+    async def notify(self, channel: str, payload: str) -> None:
+        for listener in self._listeners.get(channel, []):
+            listener(payload)
+
+    async def listen(self, channel: str, listener: Listener) -> None:
+        self._listeners.setdefault(channel, []).append(listener)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _postgres_sql(sql: str) -> str:
+    """`?` placeholders as `$1`, `$2`, … (no statement here has a `?` inside a string literal)."""
+    counter = iter(range(1, 1000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+def _count(status: str) -> int:
+    """Rows touched, from asyncpg's command status (`UPDATE 3`, `INSERT 0 1`)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._listen_connection: asyncpg.Connection | None = None
+
+    async def open(self) -> PostgresDatabase:
+        import asyncpg
+
+        try:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=8, timeout=TIMEOUT,
+                                                   command_timeout=TIMEOUT)
+            await self._migrate()
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            await self.close()
+            raise StoreError(f"{_safe(self.dsn)}: cannot open the registry database: {exc}") from exc
+        return self
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("the registry store is not open")
+        return self._pool
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            # one replica migrates at a time; the others wait here and then find nothing to do
+            await connection.execute("SELECT pg_advisory_xact_lock(7246)")
+            await connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = int(await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+            for version, script in MIGRATIONS:
+                if version > current:
+                    for statement in _statements(script, _PG_TIME):
+                        await connection.execute(statement)
+                    await connection.execute("INSERT INTO schema_version VALUES ($1)", version)
+
+    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self.pool.fetch(_postgres_sql(sql), *args)]
+
+    async def write(self, sql: str, *args: Any) -> int:
+        return _count(await self.pool.execute(_postgres_sql(sql), *args))
+
+    async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        results = []
+        async with self.pool.acquire() as connection, connection.transaction():
+            for sql, args in statements:
+                results.append([tuple(row) for row in await connection.fetch(_postgres_sql(sql), *args)])
+        return results
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+    async def listen(self, channel: str, listener: Listener) -> None:
+        import asyncpg
+
+        if self._listen_connection is None:
+            self._listen_connection = await asyncpg.connect(self.dsn, timeout=TIMEOUT)
+
+        def deliver(connection: Any, pid: int, channel: str, payload: str) -> None:
+            listener(payload)
+
+        await self._listen_connection.add_listener(channel, deliver)
+
+    async def close(self) -> None:
+        if self._listen_connection is not None:
+            await self._listen_connection.close(timeout=TIMEOUT)
+            self._listen_connection = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def _safe(dsn: str) -> str:
+    """A DSN without its password, for messages."""
+    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
+
+
+async def open_database(data_dir: Path, url: str | None = None) -> SQLiteDatabase | PostgresDatabase:
+    """SQLite in the data dir, or PostgreSQL when `url` is a postgresql:// URL."""
+    if url and url.startswith(("postgresql://", "postgres://")):
+        return await PostgresDatabase(url).open()
+    if url:
+        raise StoreError(f"--db {_safe(url)}: expected a postgresql:// URL (or none for SQLite in the data dir)")
+    return await SQLiteDatabase(data_dir / "registry.db").open()

@@ -43,17 +43,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def serve(config: Path, data_dir: Path) -> int:
-    """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly."""
+    """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly; SIGHUP reloads the
+    configuration files (only changed devices restart; invalid files are refused and logged)."""
     from gateway.runtime import Gateway
 
     gateway = Gateway.from_path(config, data_dir, serve_http=True)
     stop = asyncio.Event()
+    reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     async with gateway:
-        await stop.wait()
+        while not stop.is_set():
+            await _first_of(stop, reload)
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                with contextlib.suppress(ConfigError):  # refused: logged with every problem, old config kept
+                    await gateway.reload_files()
     return 0
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 # --- check -----------------------------------------------------------------------------------------------------

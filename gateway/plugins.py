@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "gateway.bench",
     "gateway.importers.cli",
     "gateway.registry.cli", "gateway.uplink",
+    "gateway.metrics", "gateway.systemd",
 )
 
 

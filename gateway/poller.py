@@ -8,6 +8,7 @@ its own task time; after a failure the device reconnects with exponential backof
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import time
@@ -28,6 +29,8 @@ MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 WRITE_RETRY = 5.0
 EARLY = 0.0005  # a schedule due within this many seconds is read in the same cycle
+# Upper bounds (seconds) of the cycle-lateness histogram buckets (/metrics); the last bucket is everything above.
+LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 ReportCallback = Callable[[str, float, dict[str, Any]], None]
 StateCallback = Callable[[Twin, DeviceState, str], None]
@@ -52,7 +55,15 @@ class PollStats:
     write_errors: int = 0
     missed: int = 0
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
+    lateness_sum: float = 0.0
     last_cycle: float = 0.0
+
+    def record_lateness(self, seconds: float) -> None:
+        """Keep a recent sample and count it in its bucket (counts since the poller started, never trimmed)."""
+        self.lateness.append(seconds)
+        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, seconds)] += 1
+        self.lateness_sum += seconds
 
 
 def make_schedules(device: BoundDevice) -> list[Schedule]:
@@ -168,7 +179,7 @@ class DevicePoller:
             due = [s for s in schedules if s.next_collect <= now + EARLY]
             if not due:
                 continue  # woken early for a write
-            self.stats.lateness.append(max(now - min(s.next_collect for s in due), 0.0))
+            self.stats.record_lateness(max(now - min(s.next_collect for s in due), 0.0))
             async with asyncio.timeout(self.budget):
                 result = await self._read(due)
             self.stats.cycles += 1

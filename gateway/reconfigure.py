@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.protocols.base import BoundDevice
-from gateway.resources.loader import Config, Source, check_documents, parse_yaml
+from gateway.resources.loader import Config, Source, check_documents, parse_yaml, read_path
 from gateway.resources.schema import Document, enc_hook
 from gateway.twin import Twin, TwinProperty
 from gateway.values import coerce
@@ -33,6 +34,7 @@ class Reconfiguration:
     """Mixed into gateway.runtime.Gateway, whose state it changes."""
 
     config: Config
+    config_path: Path | None
     store: Store
     twins: dict[str, Twin]
     pollers: dict[str, DevicePoller]
@@ -45,6 +47,9 @@ class Reconfiguration:
         raise NotImplementedError
 
     async def _stop_device(self, device_id: str) -> None:
+        raise NotImplementedError
+
+    async def _save_file_resources(self) -> None:
         raise NotImplementedError
 
     def resource_owner(self, kind: str, namespace: str, name: str) -> str | None:
@@ -109,6 +114,27 @@ class Reconfiguration:
                 raise ConfigError(f"{kind} {namespace}/{name} is owned by {current}; change it there")
             config, _ = self._merged([], removed=[key])
             await self._commit(config, [], [key], owner, actor, address)
+
+    async def reload_files(self) -> None:
+        """Re-read the configuration files (SIGHUP) and apply them with the UI, API and registry resources; only
+        changed devices restart. Invalid files are refused (ConfigError) and the gateway keeps its configuration."""
+        if self.config_path is None:
+            raise ConfigError("this gateway was not started from configuration files")
+        async with self._config_lock:
+            kept = [entry for entry in self.config.raw.values() if entry[0].file in (LOCAL, REGISTRY)]
+            try:
+                config = check_documents([*read_path(self.config_path), *kept], self.protocols)
+            except ConfigError as exc:
+                problems = exc.problems if isinstance(exc, ResourceError) else [str(exc)]
+                log.error("reload of %s refused, still running the previous configuration:\n  %s",
+                          self.config_path, "\n  ".join(problems))
+                raise
+            if config.gateway != self.config.gateway:
+                log.warning("the Gateway settings in %s changed: most apply after a restart of fieldgate",
+                            self.config_path)
+            await self._reconcile(config)
+            await self._save_file_resources()
+        log.info("configuration reloaded from %s", self.config_path)
 
     def _raw_documents(self, payload: str | list[Document]) -> list[tuple[Source, Any]]:
         if isinstance(payload, str):

@@ -31,7 +31,7 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 def is_api_path(path: str) -> bool:
     """API callers get status codes; everything else is a page, and anonymous page requests go to /login."""
-    return path.startswith(("/api/", "/schema"))
+    return path.startswith(("/api/", "/schema")) or path == "/metrics"
 
 
 class SessionAuth:

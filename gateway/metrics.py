@@ -6,177 +6,21 @@ is counted twice. Like every other route it needs a bearer token or a session (v
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from typing import Any, get_args
+from typing import Any
 
-import psutil
 from litestar import Request, Response, get
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from gateway import __version__
 from gateway.hookspecs import hookimpl
-from gateway.poller import LATENESS_BUCKETS
-from gateway.runtime import Gateway
-from gateway.twin import DeviceState
 from gateway.web.security import requires
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-DEVICE_STATES: tuple[str, ...] = get_args(DeviceState)
-
-
-class GatewayCollector(Collector):
-    """The metrics of one gateway; `outboxes` is the store's outbox_stats() taken just before the scrape."""
-
-    def __init__(self, gateway: Gateway, outboxes: dict[str, dict[str, Any]]) -> None:
-        self.gateway = gateway
-        self.outboxes = outboxes
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._gateway()
-        yield from self._process()
-        yield from self._node()
-        yield from self._devices()
-        yield from self._sinks()
-        yield from self._tasks()
-
-    def _gateway(self) -> Iterator[Metric]:
-        gw = self.gateway
-        info = GaugeMetricFamily("fieldgate_build_info", "fieldgate version and node name",
-                                 labels=["version", "node"])
-        info.add_metric([__version__, gw.node_name], 1)
-        yield info
-        yield GaugeMetricFamily("fieldgate_start_time_seconds", "When the gateway started (unix time)",
-                                value=gw.started_at)
-        failures = getattr(gw.pm, "load_failures", {})
-        yield GaugeMetricFamily("fieldgate_plugin_load_failures", "Plugins that failed to load",
-                                value=len(failures))
-        if gw.eventbus is not None:
-            link = gw.eventbus
-            yield GaugeMetricFamily("fieldgate_eventbus_connected", "1 when the local MQTT broker is connected",
-                                    value=1 if link.client is not None else 0)
-            yield CounterMetricFamily("fieldgate_eventbus_received_messages_total",
-                                      "Messages received from local apps", value=link.received)
-            yield CounterMetricFamily("fieldgate_eventbus_rejected_messages_total",
-                                      "Messages from local apps that were refused", value=link.rejected)
-
-    def _process(self) -> Iterator[Metric]:
-        process = psutil.Process()
-        with process.oneshot():
-            cpu = process.cpu_times()
-            rss = process.memory_info().rss
-        yield CounterMetricFamily("fieldgate_process_cpu_seconds_total", "CPU time of the gateway process",
-                                  value=cpu.user + cpu.system)
-        yield GaugeMetricFamily("fieldgate_process_resident_memory_bytes", "Resident memory of the gateway process",
-                                value=rss)
-
-    def _node(self) -> Iterator[Metric]:
-        cpu = CounterMetricFamily("fieldgate_node_cpu_seconds_total", "CPU time of the machine, all CPUs",
-                                  labels=["mode"])
-        for mode, seconds in psutil.cpu_times()._asdict().items():
-            cpu.add_metric([mode], seconds)
-        yield cpu
-        memory = psutil.virtual_memory()
-        yield GaugeMetricFamily("fieldgate_node_memory_total_bytes", "Memory of the machine", value=memory.total)
-        yield GaugeMetricFamily("fieldgate_node_memory_available_bytes", "Memory available to new processes",
-                                value=memory.available)
-        disk = psutil.disk_usage(str(self.gateway.data_dir))
-        yield GaugeMetricFamily("fieldgate_data_dir_disk_total_bytes", "Size of the data dir's file system",
-                                value=disk.total)
-        yield GaugeMetricFamily("fieldgate_data_dir_disk_used_bytes", "Used space on the data dir's file system",
-                                value=disk.used)
-        net = psutil.net_io_counters()
-        if net is not None:
-            yield CounterMetricFamily("fieldgate_node_network_received_bytes_total", "Bytes received, all NICs",
-                                      value=net.bytes_recv)
-            yield CounterMetricFamily("fieldgate_node_network_sent_bytes_total", "Bytes sent, all NICs",
-                                      value=net.bytes_sent)
-
-    def _devices(self) -> Iterator[Metric]:
-        counters = {
-            "cycles": CounterMetricFamily("fieldgate_device_poll_cycles_total", "Read cycles", labels=["device"]),
-            "read_errors": CounterMetricFamily("fieldgate_device_read_errors_total",
-                                               "Failed reads and connections", labels=["device"]),
-            "writes": CounterMetricFamily("fieldgate_device_writes_total", "Writes of desired values",
-                                          labels=["device"]),
-            "write_errors": CounterMetricFamily("fieldgate_device_write_errors_total", "Writes that failed",
-                                                labels=["device"]),
-            "missed": CounterMetricFamily("fieldgate_device_missed_cycles_total",
-                                          "Cycles skipped because the device fell behind", labels=["device"]),
-        }
-        state = GaugeMetricFamily("fieldgate_device_state", "1 for the device's current state",
-                                  labels=["device", "state"])
-        lateness = HistogramMetricFamily("fieldgate_device_cycle_lateness_seconds",
-                                         "How late read cycles started", labels=["device"])
-        for device_id, poller in sorted(self.gateway.pollers.items()):
-            stats = poller.stats
-            for attribute, family in counters.items():
-                family.add_metric([device_id], getattr(stats, attribute))
-            twin = self.gateway.twins.get(device_id)
-            for name in DEVICE_STATES:
-                state.add_metric([device_id, name], 1 if twin is not None and twin.state == name else 0)
-            buckets: list[tuple[str, float]] = []
-            total = 0
-            for bound, count in zip((*map(str, LATENESS_BUCKETS), "+Inf"), stats.lateness_counts, strict=True):
-                total += count
-                buckets.append((bound, total))
-            lateness.add_metric([device_id], buckets, sum_value=stats.lateness_sum)
-        yield from counters.values()
-        yield state
-        yield lateness
-
-    def _sinks(self) -> Iterator[Metric]:
-        labels = ["outbox", "sink"]
-        delivered = CounterMetricFamily("fieldgate_sink_delivered_messages_total", "Messages delivered",
-                                        labels=labels)
-        failures = CounterMetricFamily("fieldgate_sink_failures_total", "Failed delivery attempts", labels=labels)
-        dropped = CounterMetricFamily("fieldgate_sink_dropped_messages_total",
-                                      "Messages dropped by the outbox limits", labels=labels)
-        depth = GaugeMetricFamily("fieldgate_outbox_messages", "Messages waiting in the outbox", labels=labels)
-        oldest = GaugeMetricFamily("fieldgate_outbox_oldest_age_seconds",
-                                   "Age of the oldest waiting message (0 when empty)", labels=labels)
-        now = time.time()
-        for outbox, runner in sorted(self.gateway.sinks.items()):
-            names = [outbox, runner.sink.name]
-            delivered.add_metric(names, runner.stats.delivered)
-            failures.add_metric(names, runner.stats.failures)
-            dropped.add_metric(names, runner.stats.dropped + getattr(runner.sink, "dropped", 0))
-            waiting = self.outboxes.get(outbox, {})
-            depth.add_metric(names, waiting.get("depth", 0))
-            created = waiting.get("oldest")
-            oldest.add_metric(names, max(now - created, 0.0) if created is not None else 0.0)
-        accepted = CounterMetricFamily("fieldgate_route_accepted_messages_total", "Messages a route took",
-                                       labels=["route"])
-        for runtime in self.gateway.routes.routes.values():
-            accepted.add_metric([f"{runtime.route.namespace}/{runtime.route.name}"], runtime.accepted)
-        yield from (delivered, failures, dropped, depth, oldest, accepted)
-
-    def _tasks(self) -> Iterator[Metric]:
-        running = GaugeMetricFamily("fieldgate_task_running", "1 while a background task runs (0: restarting)",
-                                    labels=["task"])
-        restarts = CounterMetricFamily("fieldgate_task_restarts_total", "Restarts after a failure",
-                                       labels=["task"])
-        for name, status in sorted(self.gateway.supervisor.status.items()):
-            if name.startswith("device "):
-                continue  # the device metrics cover those
-            running.add_metric([name], 1 if status.state == "running" else 0)
-            restarts.add_metric([name], status.restarts)
-        yield running
-        yield restarts
-
-
-async def scrape(gateway: Gateway) -> bytes:
-    """The metrics text of one gateway now."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gateway, await gateway.store.outbox_stats()))
-    return generate_latest(registry)
 
 
 @get("/metrics", guards=[requires("viewer")], summary="Metrics in the Prometheus text format", tags=["system"],
      media_type=CONTENT_TYPE)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    from gateway.prometheus import scrape  # prometheus_client is loaded on the first scrape, not at start
+
     return Response(await scrape(request.app.state.gateway), media_type=CONTENT_TYPE)
 
 

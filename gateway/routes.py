@@ -20,8 +20,6 @@ from gateway import router
 from gateway.errors import ConfigError
 from gateway.resources.schema import Endpoint, Route
 from gateway.sinks.base import OutboxMessage, Sink, SinkError, SinkRunner
-from gateway.sinks.http import HttpSink
-from gateway.sinks.mqtt import MqttSink
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -127,6 +125,9 @@ class RouteRuntime:
 
 
 def make_sink(gateway: Gateway, route: Route, target: Endpoint) -> Sink:
+    from gateway.sinks.http import HttpSink  # imported when a route needs one: httpx alone costs ~9 MB
+    from gateway.sinks.mqtt import MqttSink
+
     resource = route.target_resource
     if target.type == "eventbus":
         return EventbusTarget(gateway)

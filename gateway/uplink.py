@@ -1,198 +1,26 @@
-"""The uplink to the registry (a built-in plugin): once the node has joined (<data-dir>/registry/registry.json),
-a supervised task heartbeats over mutual TLS with node info and applies the registry's resources for the node
-whenever their resource version changes. A second task long-polls the registry for REST messages meant for this
-node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
-whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes. It keeps the gateway
-working while the registry is unreachable."""
+"""The uplink plugin: once the node has joined a registry (<data-dir>/registry/registry.json) it starts the
+heartbeat and message tasks of gateway.registry.uplink; a node that never joined loads none of that code."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import logging
-import platform
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import httpx
-import msgspec
-import psutil
-
-from gateway import __version__
-from gateway.errors import FieldgateError
 from gateway.hookspecs import hookimpl
-from gateway.plugins import list_plugins
-from gateway.reconfigure import REGISTRY
-from gateway.resources.schema import AnyDocument, dec_hook
 
 if TYPE_CHECKING:
-    from gateway.registry.join import RegistrySettings
     from gateway.runtime import Gateway
-
-log = logging.getLogger(__name__)
-TIMEOUT = 10.0
-MESSAGE_WAIT = 25.0  # seconds a message poll waits at the registry for a message
-
-
-class NodeMessage(msgspec.Struct, kw_only=True):
-    id: str
-    namespace: str
-    path: str
-    payload: str  # base64
-
-
-class HeartbeatAnswer(msgspec.Struct, kw_only=True):
-    node: str
-    resource_version: str
-    heartbeat_interval: float
-    documents: list[dict[str, Any]] | None = None
-
-
-class Uplink:
-    """Heartbeats to the registry and applies its resources; `state` is connected, unreachable or refused."""
-
-    def __init__(self, gateway: Gateway, settings: RegistrySettings) -> None:
-        self.gateway = gateway
-        self.settings = settings
-        self.interval = settings.heartbeat_interval or 10.0
-        self.state = "starting"
-        self.latency_ms: float | None = None
-        self.resource_version = ""
-        self._failed_version = ""
-        self.messages_received = 0
-        self.messages_unrouted = 0
-        self.message_state = "starting"
-
-    async def run(self) -> None:
-        from gateway.registry.join import client_ssl_context
-
-        context = client_ssl_context(self.gateway.data_dir)
-        psutil.cpu_percent(None)  # the first call only starts the measurement
-        async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=TIMEOUT) as client:
-            while True:
-                await self.beat(client)
-                await asyncio.sleep(self.interval)
-
-    async def run_messages(self) -> None:
-        """Long-poll the registry for messages, deliver them along the rest routes and acknowledge them."""
-        from gateway.registry.join import client_ssl_context
-
-        context = client_ssl_context(self.gateway.data_dir)
-        timeout = httpx.Timeout(TIMEOUT, read=MESSAGE_WAIT + TIMEOUT)
-        async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=timeout) as client:
-            while True:
-                try:
-                    await self.poll_messages(client, MESSAGE_WAIT)
-                except (httpx.HTTPError, msgspec.DecodeError) as exc:
-                    self._set_message_state("unreachable", f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(self.interval)
-
-    async def poll_messages(self, client: httpx.AsyncClient, wait: float) -> int:
-        """One poll: deliver the pending messages (waiting up to `wait` s for one); how many were delivered."""
-        response = await client.get("/api/v1/nodes/self/messages", params={"wait": str(wait)})
-        if response.status_code != 200:
-            self._set_message_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
-            await asyncio.sleep(self.interval)
-            return 0
-        self._set_message_state("connected", "polling")
-        messages = msgspec.json.decode(response.content, type=list[NodeMessage])
-        if not messages:
-            return 0
-        for message in messages:
-            self.deliver(message.namespace, message.path, base64.b64decode(message.payload))
-        await self.gateway.store.flush()  # durable in the outboxes before the registry forgets them
-        ack = await client.post("/api/v1/nodes/self/messages/ack", json={"ids": [m.id for m in messages]})
-        ack.raise_for_status()
-        return len(messages)
-
-    def deliver(self, namespace: str, path: str, payload: bytes) -> list[str]:
-        """Hand a message to the rest routes of `namespace` whose source path is `path`; the routes that took it."""
-        routes = self.gateway.routes
-        taken = []
-        for runtime in list(routes.routes.values()):
-            source_path = runtime.route.source_resource.get("path", "")
-            if (runtime.source.type == "rest" and runtime.route.namespace == namespace
-                    and source_path.strip("/") == path.strip("/")):
-                routes.accept(runtime, path, payload)
-                taken.append(f"{namespace}/{runtime.route.name}")
-        self.messages_received += 1
-        if not taken:
-            self.messages_unrouted += 1
-            log.warning("a registry message for %s/%s matched no rest route; dropped", namespace, path)
-        return taken
-
-    def _set_message_state(self, state: str, reason: str) -> None:
-        if state != self.message_state:
-            level = logging.INFO if state == "connected" else logging.WARNING
-            log.log(level, "registry messages from %s: %s (%s)", self.settings.url, state, reason)
-        self.message_state = state
-
-    async def beat(self, client: httpx.AsyncClient) -> None:
-        started = time.monotonic()
-        try:
-            response = await client.post("/api/v1/heartbeat",
-                                         json={"resource_version": self.resource_version, "info": self.node_info()})
-        except httpx.HTTPError as exc:
-            self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
-            return
-        if response.status_code != 200:
-            self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
-            return
-        try:
-            answer = msgspec.json.decode(response.content, type=HeartbeatAnswer)
-        except msgspec.DecodeError as exc:
-            self._set_state("refused", f"unexpected answer: {exc}")
-            return
-        self.latency_ms = round((time.monotonic() - started) * 1000, 1)
-        self._set_state("connected", f"as node {answer.node}")
-        self.interval = answer.heartbeat_interval or self.interval
-        if answer.documents is not None and answer.resource_version != self.resource_version:
-            await self.apply(answer.resource_version, answer.documents)
-
-    async def apply(self, version: str, raw_documents: list[dict[str, Any]]) -> None:
-        """Make the registry-owned resources exactly these; a version that does not fit is logged once."""
-        try:
-            documents = [msgspec.convert(raw, AnyDocument, dec_hook=dec_hook) for raw in raw_documents]
-            changed = await self.gateway.replace_owned(documents, owner=REGISTRY, actor="registry")
-        except (FieldgateError, msgspec.ValidationError) as exc:
-            if version != self._failed_version:
-                log.error("registry resources version %s do not fit this node; keeping the current ones: %s",
-                          version, exc)
-            self._failed_version = version
-            return
-        self.resource_version = version
-        log.info("registry resources version %s applied (%s)", version, ", ".join(changed) or "none")
-
-    def _set_state(self, state: str, reason: str) -> None:
-        if state != self.state:
-            level = logging.INFO if state == "connected" else logging.WARNING
-            log.log(level, "registry %s is %s: %s", self.settings.url, state, reason)
-        self.state = state
-
-    def node_info(self) -> dict[str, Any]:
-        status = self.gateway.status()
-        return {
-            "version": __version__,
-            "plugins": [info.name for info in list_plugins(self.gateway.pm)],
-            "os": f"{platform.system()} {platform.release()}",
-            "architecture": platform.machine(),
-            "cpu_percent": psutil.cpu_percent(None),
-            "memory_percent": psutil.virtual_memory().percent,
-            "disk_percent": psutil.disk_usage(str(self.gateway.data_dir)).percent,
-            "devices": status["devices"],
-            "uplink_latency_ms": self.latency_ms,
-            "resource_version": self.resource_version,
-            "messages_received": self.messages_received,
-            "messages_unrouted": self.messages_unrouted,
-        }
 
 
 @hookimpl
 def startup(gateway: Gateway) -> None:
+    if not (gateway.data_dir / "registry" / "registry.json").exists():
+        return
     from gateway.registry.join import load_settings
 
     settings = load_settings(gateway.data_dir)
     if settings is not None:
+        from gateway.registry.uplink import Uplink
+
         uplink = Uplink(gateway, settings)
         gateway.supervisor.start("uplink", uplink.run)
         gateway.supervisor.start("uplink messages", uplink.run_messages)

@@ -14,8 +14,8 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.registry.join import RegistrySettings
+from gateway.registry.uplink import Uplink
 from gateway.resources.loader import parse_yaml
-from gateway.uplink import Uplink
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.runtime import Gateway
@@ -114,20 +116,42 @@ async def test_users_and_tokens(web_gateway: Gateway, open_browser: Callable[...
     assert "carol" in page.text and "grafana" in page.text and "fgt_" not in page.text
 
 
-async def test_registry_settings(web_gateway: Gateway, open_browser: Callable[..., Any]) -> None:
+async def test_registry_settings_join(web_gateway: Gateway, open_browser: Callable[..., Any], tmp_path: Path) -> None:
+    from tests.registry.conftest import Registry, stop
+
     admin = await open_browser("admin")
     response = await admin.post("/settings", {"registry_url": "ftp://x", "join_token": "t"})
     assert response.status_code == 400 and "expected https://" in response.text
-    response = await admin.post("/settings", {"registry_url": "https://registry.example:8443",
-                                              "join_token": "join-123"})
-    assert response.status_code == 303
-    page = await admin.client.get("/settings")
-    assert "Not yet connected" in page.text and "https://registry.example:8443" in page.text
-    assert "join-123" not in page.text
     dashboard = await admin.client.get("/")
-    assert "not joined" in dashboard.text and "registry.example" in dashboard.text
-    rows = await web_gateway.store.rows("SELECT value FROM ui_settings WHERE key = 'registry.join_token'")
-    assert rows[0][0] == "join-123"
+    assert "not joined" in dashboard.text
+    registry = Registry(tmp_path / "registry")
+    await asyncio.to_thread(registry.start)
+    try:
+        response = await admin.post("/settings", {"registry_url": registry.url, "join_token": "abc.def.0123"})
+        assert response.status_code == 400 and "token" in response.text
+        token = await asyncio.to_thread(registry.token)
+        response = await admin.post("/settings", {"registry_url": registry.url, "join_token": token})
+        assert response.status_code == 303, response.text
+        page = await admin.client.get("/settings")
+        assert "Joined" in page.text and registry.url in page.text
+        assert token not in page.text
+        assert (web_gateway.data_dir / "registry" / "node.pem").exists()
+        # the uplink runs at once: the registry sees the node heartbeat
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            nodes = await asyncio.to_thread(registry.nodes)
+            if any(node["status"] == "healthy" for node in nodes.values()):
+                break
+            await asyncio.sleep(0.3)
+        else:
+            raise AssertionError(f"the node never became healthy at the registry: {nodes}")
+        dashboard = await admin.client.get("/")
+        assert registry.url in dashboard.text and "not joined" not in dashboard.text
+        actions = [row["action"] for row in await web_gateway.store.audit_log()]
+        assert "registry-join" in actions
+    finally:
+        if registry.process is not None:
+            await asyncio.to_thread(stop, registry.process)
 
 
 async def test_read_only_pages(open_browser: Callable[..., Any]) -> None:

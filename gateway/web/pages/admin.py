@@ -12,7 +12,16 @@ from litestar.response import Redirect, Template
 from gateway.auth import ROLES, add_user, create_token
 from gateway.errors import ConfigError, FieldgateError
 from gateway.web import queries
-from gateway.web.pages.common import AnyRequest, actor, flash, form_fields, gateway_of, render, see_other
+from gateway.web.pages.common import (
+    AnyRequest,
+    actor,
+    flash,
+    form_fields,
+    gateway_of,
+    joined_registry,
+    render,
+    see_other,
+)
 from gateway.web.security import requires
 
 admin = [requires("admin")]
@@ -84,29 +93,32 @@ async def token_revoke(request: AnyRequest, token_id: FromPath[int]) -> Redirect
 
 @get("/settings", guards=admin, summary="Settings: join a registry", include_in_schema=False)
 async def settings(request: AnyRequest) -> Template:
-    stored = await queries.get_settings(gateway_of(request).store, "registry.")
-    return render(request, "settings.html", registry_url=stored.get("registry.url", ""),
-                  has_token=bool(stored.get("registry.join_token")), problems=[])
+    return render(request, "settings.html", registry=joined_registry(gateway_of(request)), registry_url="",
+                  problems=[])
 
 
-@post("/settings", guards=admin, summary="Record the registry URL and join token", include_in_schema=False,
+
+@post("/settings", guards=admin, summary="Join a registry with a join token", include_in_schema=False,
       status_code=303)
 async def settings_save(request: AnyRequest) -> Template | Redirect:
+    from gateway.registry.join import join
+    from gateway.uplink import startup as start_uplink
+
     fields = await form_fields(request)
     url, token = fields.get("registry_url", "").strip(), fields.get("join_token", "").strip()
-    store = gateway_of(request).store
+    gateway = gateway_of(request)
+    who, address = actor(request)
     try:
         parsed = urlparse(url)
-        if parsed.scheme not in ("https", "http") or not parsed.netloc:
+        if parsed.scheme != "https" or not parsed.netloc:
             raise ConfigError(f"registry URL: expected https://host[:port], got {url!r}")
         if not token:
-            raise ConfigError("join token: required (from `fieldgate registry token create` on the registry)")
-    except ConfigError as exc:
-        stored = await queries.get_settings(store, "registry.")
-        return render(request, "settings.html", status_code=400, registry_url=url,
-                      has_token=bool(stored.get("registry.join_token")), problems=[str(exc)])
-    who, address = actor(request)
-    await queries.put_settings(store, {"registry.url": url, "registry.join_token": token}, who)
-    await store.audit(who, "registry-join-request", url, "", address)
-    flash(request, "ok", "registry recorded; the gateway does not connect to registries yet")
+            raise ConfigError("join token: required (from `fieldgate registry join-token create` on the registry)")
+        joined = await join(url, token, gateway.data_dir)
+    except FieldgateError as exc:
+        return render(request, "settings.html", status_code=400, registry=joined_registry(gateway), registry_url=url,
+                      problems=[str(exc)])
+    start_uplink(gateway)  # heartbeats and registry resources from now on, as after a restart
+    await gateway.store.audit(who, "registry-join", url, f"node {joined.node}", address)
+    flash(request, "ok", f"joined {url} as node {joined.node}")
     return see_other("/settings")

@@ -137,3 +137,11 @@ def setup_engine(engine: JinjaTemplateEngine) -> None:
     environment.filters.update(ts=format_ts, ago=format_ago, value=format_value, bytes=format_bytes)
     environment.trim_blocks = True
     environment.lstrip_blocks = True
+
+
+def joined_registry(gateway: Gateway) -> dict[str, str] | None:
+    """The registry this node joined (URL and node name), or None."""
+    from gateway.registry.join import load_settings
+
+    settings = load_settings(gateway.data_dir) if (gateway.data_dir / "registry" / "registry.json").exists() else None
+    return {"url": settings.url, "node": settings.node} if settings is not None else None

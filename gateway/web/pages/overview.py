@@ -12,9 +12,8 @@ from litestar.response import Template
 
 from gateway.plugins import list_plugins
 from gateway.runtime import Gateway
-from gateway.web import queries
 from gateway.web.monitor import recent_errors
-from gateway.web.pages.common import AnyRequest, gateway_of, render
+from gateway.web.pages.common import AnyRequest, gateway_of, joined_registry, render
 from gateway.web.security import requires
 
 viewer = [requires("viewer")]
@@ -78,7 +77,6 @@ async def dashboard(request: AnyRequest) -> Template:
     status = gateway.status()
     devices = status.get("devices", {})
     errors = recent_errors().since(3600)
-    registry = await queries.get_settings(gateway.store, "registry.")
     tasks = status.get("tasks", {})
     failing = [name for name, task in tasks.items() if task.get("state") not in ("running", "done")]
     return render(
@@ -92,7 +90,8 @@ async def dashboard(request: AnyRequest) -> Template:
         outboxes=outbox_rows(status),
         errors_last_hour=len(errors),
         last_errors=list(reversed(errors))[:8],
-        registry_url=registry.get("registry.url", ""),
+        registry=joined_registry(gateway),
+        uplink=tasks.get("uplink"),
         eventbus=status.get("eventbus") or {},
         started_at=gateway.started_at,
         now=time.time(),

@@ -163,7 +163,7 @@ async def test_bad_device_never_delays_the_others(write_config: Callable[[str], 
         # The bad devices hang for their whole 300 ms budget each cycle; a good device that waited on them would
         # be late by about that much. The margins leave room for a busy 2-core CI box.
         assert p99 < 50, f"good-{i} p99 lateness {p99:.1f} ms next to {bad_protocol} devices"
-        assert samples[-1] < 150, f"good-{i} was {samples[-1]:.1f} ms late once next to {bad_protocol} devices"
+        assert samples[-1] < 250, f"good-{i} waited {samples[-1]:.1f} ms once next to {bad_protocol} devices"
         assert gw.twin(f"default/good-{i}").state == "online"
     expected = "online" if bad_protocol == "test-slow" else "offline"
     for i in range(3):

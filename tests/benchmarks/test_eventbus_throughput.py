@@ -1,7 +1,7 @@
 """Benchmark: telemetry from virtual devices through the bus to mosquitto and the history.
 
 Run: .venv/bin/pytest -m benchmark tests/benchmarks/test_eventbus_throughput.py -s
-Sizes: FIELDGATE_BENCH_DEVICES (100), FIELDGATE_BENCH_PROPERTIES (100), FIELDGATE_BENCH_INTERVAL (100ms).
+Sizes: FIELDGATE_BENCH_DEVICES (50), FIELDGATE_BENCH_PROPERTIES (100), FIELDGATE_BENCH_INTERVAL (100ms).
 Reports points/s delivered to the broker (and written to history), read-to-broker latency p50/p99, CPU, RSS.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import FIELDGATE, Mosquitto, free_port
 from tests.test_store import api_get, wait_healthy
 
-DEVICES = int(os.environ.get("FIELDGATE_BENCH_DEVICES", "100"))
+DEVICES = int(os.environ.get("FIELDGATE_BENCH_DEVICES", "50"))
 PROPERTIES = int(os.environ.get("FIELDGATE_BENCH_PROPERTIES", "100"))
 INTERVAL = os.environ.get("FIELDGATE_BENCH_INTERVAL", "100ms")
 MEASURE_S = float(os.environ.get("FIELDGATE_BENCH_SECONDS", "20"))

@@ -91,10 +91,12 @@ class SinkRunner:
         backoff = self.min_backoff
         try:
             while True:
+                # Cleared before the query, not after: a flush that commits while the query runs still wakes us.
+                self._wakeup.clear()
                 rows = await self.store.outbox_batch(self.outbox, self._last_sent, self.batch)
                 if not rows:
                     self.stats.state = "idle" if self.stats.state != "failing" else self.stats.state
-                    await self._pause(1.0)
+                    await self._pause(1.0, clear=False)
                     continue
                 batch = [OutboxMessage(*row) for row in rows]
                 started = time.monotonic()
@@ -137,9 +139,10 @@ class SinkRunner:
         delivered = sum(n for t, n in self.stats.recent if t >= now - RATE_WINDOW)
         return delivered / window if window > 0 else 0.0
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, *, clear: bool = True) -> None:
         """Sleep until `notify()` (new messages, the target reconnected) or `seconds` pass."""
-        self._wakeup.clear()
+        if clear:
+            self._wakeup.clear()
         try:
             async with asyncio.timeout(seconds):  # not wait_for: in 3.11 it can swallow a cancellation
                 await self._wakeup.wait()

@@ -13,10 +13,10 @@ from typing import Any
 
 import aiomqtt
 import jinja2
-from conftest import Mosquitto
 from ha_schema import problems
 
 from gateway.runtime import Gateway
+from gateway.testing import Mosquitto
 
 PREFIX = "homeassistant"
 

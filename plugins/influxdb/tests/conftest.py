@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-import textwrap
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gateway.plugins import get_plugin_manager
-from gateway.runtime import Gateway
+from gateway.testing import free_port, start_gateway, write_config
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["FakeInflux", "free_port", "influx", "start_gateway", "write_config"]
 
 
 class FakeInflux:
@@ -67,28 +59,3 @@ class FakeInflux:
 def influx() -> Iterator[FakeInflux]:
     with FakeInflux() as running:
         yield running
-
-
-@pytest.fixture
-def write_config(tmp_path: Path) -> Callable[[str], Path]:
-    def write(text: str) -> Path:
-        path = tmp_path / "config.yaml"
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-        return path
-
-    return write
-
-
-@pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[Gateway] = []
-
-    async def start(config: Path) -> Gateway:
-        gateway = Gateway.from_path(config, tmp_path / "data", pm=get_plugin_manager())
-        await gateway.start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in reversed(started):
-        await gateway.stop()

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import FakeInflux, free_port
+from conftest import FakeInflux
 from test_lineprotocol import parse_line
 
 from gateway.runtime import Gateway
+from gateway.testing import free_port
 
 MODEL = """\
 kind: Gateway

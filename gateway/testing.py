@@ -1,0 +1,100 @@
+"""Test helpers for fieldgate and its plugins: free loopback ports, a real mosquitto started and stopped by PID,
+and pytest fixtures for a gateway on a temporary data dir. Needs pytest (a test dependency, not a runtime one).
+
+A plugin's conftest.py imports the fixtures it uses: `from gateway.testing import mosquitto, start_gateway`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.plugins import get_plugin_manager
+from gateway.runtime import Gateway
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Mosquitto:
+    """A real mosquitto broker on a free loopback port, started and stopped by PID."""
+
+    def __init__(self, directory: Path, *, persistence: bool = False) -> None:
+        self.directory = directory
+        self.persistence = persistence
+        self.port = free_port()
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.directory / "mosquitto.conf"
+        persistence = (f"persistence true\npersistence_location {self.directory}/\n" if self.persistence
+                       else "persistence false\n")
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+                        "max_queued_messages 1000000\nmax_inflight_messages 1000\n")
+        self.process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Writes YAML text (dedented) to a file in the test's directory; returns its path."""
+
+    def write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Starts gateways (every installed plugin loaded) on the test's data dir; stops them afterwards."""
+    started: list[Gateway] = []
+
+    async def start(config: Path, data_dir: Path | None = None, **kwargs: Any) -> Gateway:
+        gateway = Gateway.from_path(config, data_dir or tmp_path / "data", pm=get_plugin_manager(), **kwargs)
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in reversed(started):
+        await gateway.stop()

@@ -168,16 +168,20 @@ def _flow_yaml(text: str, field: str) -> Any:
         raise ConfigError(f"{field}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
 
 
+def _document_header(kind: str, form: Mapping[str, str], *optional: str) -> dict[str, Any]:
+    """kind, name, namespace, and description, labels and the given fields when the form has them."""
+    document: dict[str, Any] = {"kind": kind, "name": form.get("name", "").strip(),
+                                "namespace": form.get("namespace", "").strip() or "default"}
+    for field in ("description", "labels", *optional):
+        value = form.get(field, "").strip()
+        if value:
+            document[field] = labels_from_text(value) if field == "labels" else value
+    return document
+
+
 def model_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     """A DeviceModel document from the model form (rows named prop-<i>-<field>; empty rows skipped)."""
-    document: dict[str, Any] = {"kind": "DeviceModel", "name": form.get("name", "").strip(),
-                                "namespace": form.get("namespace", "").strip() or "default"}
-    if form.get("description", "").strip():
-        document["description"] = form["description"].strip()
-    if form.get("labels", "").strip():
-        document["labels"] = labels_from_text(form["labels"])
-    if form.get("protocol", "").strip():
-        document["protocol"] = form["protocol"].strip()
+    document = _document_header("DeviceModel", form, "protocol")
     properties = []
     for i in range(int(form.get("rows", "0") or 0)):
         def cell(field: str, i: int = i) -> str:
@@ -200,14 +204,7 @@ def model_from_form(form: Mapping[str, str]) -> dict[str, Any]:
 
 def device_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     """A Device document from the device form (per property: collect interval, desired value, visitor YAML)."""
-    document: dict[str, Any] = {"kind": "Device", "name": form.get("name", "").strip(),
-                                "namespace": form.get("namespace", "").strip() or "default"}
-    if form.get("description", "").strip():
-        document["description"] = form["description"].strip()
-    if form.get("labels", "").strip():
-        document["labels"] = labels_from_text(form["labels"])
-    if form.get("model", "").strip():
-        document["model"] = form["model"].strip()
+    document = _document_header("Device", form, "model")
     protocol_config = _flow_yaml(form.get("protocol_config", ""), "protocol config") or {}
     document["protocol"] = {"name": form.get("protocol", "").strip(), "config": protocol_config}
     if form.get("timeout", "").strip():

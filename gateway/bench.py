@@ -2,7 +2,8 @@
 
 codec: 125-register blocks of mixed types decoded by the C table, the Python twin and pymodbus'
 `convert_from_registers`; ops = decoded values. router: 10, 1,000 and 100,000 filters matched by the C trie,
-the Python twin and a linear scan with paho's `topic_matches_sub`; ops = matched topics. pipeline: delegated to
+the Python twin and a linear scan with paho's `topic_matches_sub`, one topic a call and (C and Python) 256 topics a
+call; ops = matched topics. pipeline: delegated to
 `gateway.bench_pipeline.run(quick)` when that module exists. pymodbus and paho-mqtt are bench-only dependencies.
 """
 
@@ -16,6 +17,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 from gateway import native
@@ -170,12 +172,14 @@ def _scan_matcher(filters: Sequence[str]) -> Callable[[str], list[int]]:
 
 
 def bench_router(quick: bool) -> list[Result]:
+    """Per topic (`router-N-filters`: one match() call a topic) and per batch (`router-N-filters-batch`: one
+    match_many() call for 256 topics, the way the eventbus ingress routes a burst) on each backend."""
     budget = 0.2 if quick else 1.5
     results: list[Result] = []
     for size in ROUTER_SIZES:
         filters = router_filters(size)
         topics = router_topics(size)
-        routers: list[tuple[str, Callable[[str], list[int]]]] = []
+        runs: list[tuple[str, str, Callable[[], object], int]] = []
         classes: list[tuple[str, Any]] = []
         if native.available():
             from gateway.router.native import TopicRouter as NativeRouter
@@ -186,24 +190,26 @@ def bench_router(quick: bool) -> list[Result]:
             router = router_class()
             for route_id, topic_filter in enumerate(filters):
                 router.add(route_id, topic_filter)
-            routers.append((name, router.match))
+            runs.append((f"router-{size}-filters", name, _each(router.match, topics), len(topics)))
+            runs.append((f"router-{size}-filters-batch", name, partial(router.match_many, topics), len(topics)))
         try:
-            routers.append(("scan", _scan_matcher(filters)))
+            scan_topics = topics[: max(1, 2_000 // size)]
+            runs.append((f"router-{size}-filters", "scan", _each(_scan_matcher(filters), scan_topics),
+                         len(scan_topics)))
         except ImportError:
             print("fieldgate bench: paho-mqtt is not installed; skipping the scan case", file=sys.stderr)
-        for name, match in routers:
-            scan_topics = topics[: max(1, 2_000 // size)] if name == "scan" else topics
-
-            def run(match: Callable[[str], list[int]] = match, batch: list[str] = scan_topics) -> None:
-                for topic in batch:
-                    match(topic)
-
-            scan_budget = min(budget, 0.3) if name == "scan" else budget
-            results.append(
-                {"case": f"router-{size}-filters", "backend": name,
-                 "ops_per_s": measure(run, len(scan_topics), scan_budget)}
-            )
+        for case, name, run, ops in runs:
+            case_budget = min(budget, 0.3) if name == "scan" else budget
+            results.append({"case": case, "backend": name, "ops_per_s": measure(run, ops, case_budget)})
     return results
+
+
+def _each(match: Callable[[str], list[int]], topics: list[str]) -> Callable[[], None]:
+    def run() -> None:
+        for topic in topics:
+            match(topic)
+
+    return run
 
 
 def run_pipeline(quick: bool) -> list[Result] | None:

@@ -168,6 +168,8 @@ class TopicRouter:
 
     __slots__ = ("_capacity", "_match", "_results", "_router", "_unpack")
 
+    _packed = msgspec.msgpack.Decoder()
+
     def __init__(self) -> None:
         require()
         router = ffi.new("fg_router **")
@@ -216,6 +218,29 @@ class TopicRouter:
             self._capacity = lib.fg_router_capacity(self._router)
             return self._unpack(self._results, found)  # type: ignore[no-any-return]
         return self._failed(topic, found)
+
+    def match_many(self, topics: Sequence[str]) -> list[list[int]]:
+        """The ids of every topic's routes, as match() gives them, in one C call for the whole batch."""
+        try:
+            data = "\0".join(topics).encode()
+        except (TypeError, UnicodeEncodeError):
+            data = b""  # the topic check in _failed_many names the problem
+        size = lib.fg_router_match_many(self._router, data, len(data), len(topics))
+        if size < 0:
+            return self._failed_many(topics, size)
+        ids: list[list[int]] = self._packed.decode(ffi.buffer(lib.fg_router_packed(self._router), size))
+        return ids
+
+    def _failed_many(self, topics: Sequence[str], code: int) -> list[list[int]]:
+        if code == lib.FG_EARG:
+            from gateway.router.topics import validate_topic
+
+            for topic in topics:
+                validate_topic(topic)
+            index = lib.fg_router_bad_index(self._router)
+            raise NativeError(f"native router rejected topic {index} of the batch, which passed validation")
+        _raise_for(code, "router match")
+        return []
 
     def _failed(self, topic: str, code: int) -> list[int]:
         if code == lib.FG_EARG:

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fieldgate_native.h"
+#include "msgpack.h"
 
 #define MAX_OFFSET ((int64_t)1 << 40)
 #define MAX_STRING_REGISTERS ((int64_t)1 << 20)
@@ -263,19 +264,6 @@ static void decode_field(const fg_table *t, const fg_field *f, const uint16_t *b
         v->kind = KIND_FLOAT;
         v->d = is_unsigned ? (double)raw * f->scale : (double)signed_value * f->scale;
     }
-}
-
-static uint8_t *put_be32(uint8_t *p, uint32_t x) {
-    p[0] = (uint8_t)(x >> 24);
-    p[1] = (uint8_t)(x >> 16);
-    p[2] = (uint8_t)(x >> 8);
-    p[3] = (uint8_t)x;
-    return p + 4;
-}
-
-static uint8_t *put_be64(uint8_t *p, uint64_t x) {
-    put_be32(p, (uint32_t)(x >> 32));
-    return put_be32(p + 4, (uint32_t)x);
 }
 
 static uint8_t *emit(uint8_t *p, const value_t *v) {

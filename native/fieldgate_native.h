@@ -63,6 +63,12 @@ int64_t fg_router_match(fg_router *router, const char *topic, size_t len);
 const int64_t *fg_router_results(const fg_router *router);
 size_t fg_router_capacity(const fg_router *router);
 size_t fg_router_len(const fg_router *router);
+/* Match `count` topics given as one NUL-separated string; the result is a MessagePack array with, for each topic,
+ * the array of its sorted unique ids, in the router's packed buffer (fg_router_packed, which moves when it grows).
+ * Returns its length in bytes, or FG_EARG with fg_router_bad_index naming the refused topic. */
+int64_t fg_router_match_many(fg_router *router, const char *topics, size_t len, size_t count);
+const uint8_t *fg_router_packed(const fg_router *router);
+size_t fg_router_bad_index(const fg_router *router);
 /* CDEF-END */
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fieldgate_native.h"
+#include "msgpack.h"
 
 #define MAX_TOPIC_BYTES 65535
 
@@ -21,18 +22,27 @@ typedef struct {
     size_t count;
 } map_t;
 
+/* What a match reads comes first, so a lookup touches one cache line of a node (64 bytes: hash to hash_child). */
 typedef struct node {
     uint64_t hash; /* first: a node is a map entry */
-    struct node *parent;
-    char *name;
+    uint64_t head; /* the name's first 8 bytes, zero padded: names that short compare without memcmp */
     size_t len;
-    int kind; /* 0 literal, 1 '+', 2 '#' */
     map_t children;
     struct node *plus;
     struct node *hash_child;
     int64_t *ids;
     size_t nids, cap_ids;
+    struct node *parent;
+    char *name; /* points just past the node, in the same allocation */
+    int kind; /* 0 literal, 1 '+', 2 '#' */
 } node_t;
+
+static uint64_t name_head(const char *name, size_t len) {
+    uint64_t w = 0;
+    if (len > 8) len = 8;
+    for (unsigned shift = 0; len > 0; len--, name++, shift += 8) w |= (uint64_t)(uint8_t)*name << shift;
+    return w;
+}
 
 typedef struct {
     uint64_t hash; /* first: a route is a map entry */
@@ -59,15 +69,32 @@ struct fg_router {
     size_t found_cap;
     int64_t *results; /* sorted unique ids of the last match; moves only when it must grow */
     size_t results_cap;
+    uint8_t *packed; /* MessagePack of the last match_many; moves when it must grow */
+    size_t packed_cap;
+    size_t bad_index; /* the topic match_many refused */
 };
 
+/* Eight bytes a step (FxHash-style multiply-rotate), then a final mix: levels are hashed on every match, and a
+ * byte-wise hash there costs more than the trie walk itself. */
 static uint64_t hash_bytes(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (uint8_t)s[i];
-        h *= 1099511628211ULL;
+    const uint64_t k = 0x517cc1b727220a95ULL;
+    uint64_t h = (uint64_t)n * k;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (((h << 5) | (h >> 59)) ^ w) * k;
     }
-    return h ^ (h >> 29);
+    if (i < n) { /* the tail byte by byte: a variable-length memcpy would be a library call */
+        uint64_t w = 0;
+        for (unsigned shift = 0; i < n; i++, shift += 8) w |= (uint64_t)(uint8_t)s[i] << shift;
+        h = (((h << 5) | (h >> 59)) ^ w) * k;
+    }
+    h ^= h >> 33; /* MurmurHash3's finaliser: every input bit reaches the low bits the maps index by */
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
 }
 
 static uint64_t hash_id(int64_t id) {
@@ -124,9 +151,16 @@ static node_t *find_child(const node_t *n, const char *name, size_t len, uint64_
     const map_t *m = &n->children;
     if (m->count == 0) return NULL;
     size_t mask = m->cap - 1;
+    uint64_t head = 0;
+    int have_head = 0;
     for (size_t j = h & mask; m->slots[j] != NULL; j = (j + 1) & mask) {
         const node_t *c = (const node_t *)m->slots[j];
-        if (c->hash == h && c->len == len && memcmp(c->name, name, len) == 0) return (node_t *)c;
+        if (c->hash != h || c->len != len) continue;
+        if (!have_head) {
+            head = name_head(name, len);
+            have_head = 1;
+        }
+        if (c->head == head && (len <= 8 || memcmp(c->name + 8, name + 8, len - 8) == 0)) return (node_t *)c;
     }
     return NULL;
 }
@@ -151,7 +185,6 @@ static void free_node(node_t *n) {
     if (n->hash_child) free_node(n->hash_child);
     free(n->children.slots);
     free(n->ids);
-    free(n->name);
     free(n);
 }
 
@@ -176,14 +209,11 @@ static node_t *child_for(node_t *n, const char *name, size_t len) {
     uint64_t h = hash_bytes(name, len);
     node_t *c = special ? *special : find_child(n, name, len, h);
     if (c != NULL) return c;
-    c = calloc(1, sizeof *c);
+    c = calloc(1, sizeof *c + len + 1); /* the name right behind the node: one cache miss less per level */
     if (c == NULL) return NULL;
-    c->name = malloc(len ? len : 1);
-    if (c->name == NULL) {
-        free(c);
-        return NULL;
-    }
+    c->name = (char *)(c + 1);
     if (len) memcpy(c->name, name, len);
+    c->head = name_head(name, len);
     c->len = len;
     c->hash = h;
     c->kind = kind;
@@ -191,7 +221,6 @@ static node_t *child_for(node_t *n, const char *name, size_t len) {
     if (special) {
         *special = c;
     } else if (map_insert(&n->children, (entry_t *)c) != FG_OK) {
-        free(c->name);
         free(c);
         return NULL;
     }
@@ -242,6 +271,7 @@ void fg_router_free(fg_router *r) {
     free(r->stack);
     free(r->found);
     free(r->results);
+    free(r->packed);
     free(r);
 }
 
@@ -376,23 +406,22 @@ const int64_t *fg_router_results(const fg_router *r) { return r ? r->results : N
 
 size_t fg_router_capacity(const fg_router *r) { return r ? r->results_cap : 0; }
 
-int64_t fg_router_match(fg_router *r, const char *topic, size_t len) {
-    if (r == NULL || topic == NULL) return FG_EARG;
+/* Every route of one topic, sorted and unique, left in r->found; returns how many or a negative FG_ code. */
+static int64_t match_one(fg_router *r, const char *topic, size_t len) {
     if (len == 0 || len > MAX_TOPIC_BYTES) return FG_EARG;
-    size_t levels = 1;
-    for (size_t i = 0; i < len; i++) {
-        char c = topic[i];
-        if (c == '/') levels++;
-        else if (c == '+' || c == '#' || c == '\0') return FG_EARG;
-    }
-    if (reserve_levels(r, levels) != FG_OK) return FG_ENOMEM;
-    size_t start = 0, level = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i < len && topic[i] != '/') continue;
-        r->level_ptr[level] = topic + start;
-        r->level_len[level] = i - start;
-        r->level_hash[level++] = hash_bytes(topic + start, i - start);
-        start = i + 1;
+    /* memchr is vectorised: three scans refuse wildcards and NUL, then one per level splits at '/'. */
+    if (memchr(topic, '+', len) || memchr(topic, '#', len) || memchr(topic, '\0', len)) return FG_EARG;
+    size_t levels = 0;
+    const char *at = topic, *end = topic + len;
+    for (;;) {
+        const char *slash = memchr(at, '/', (size_t)(end - at));
+        const char *stop = slash ? slash : end;
+        if (levels == r->level_cap && reserve_levels(r, levels + 1) != FG_OK) return FG_ENOMEM;
+        r->level_ptr[levels] = at;
+        r->level_len[levels] = (size_t)(stop - at);
+        r->level_hash[levels++] = hash_bytes(at, (size_t)(stop - at));
+        if (slash == NULL) break;
+        at = slash + 1;
     }
     int dollar = topic[0] == '$';
     size_t found = 0, depth = 0;
@@ -410,20 +439,76 @@ int64_t fg_router_match(fg_router *r, const char *topic, size_t len) {
         if (c) r->stack[depth++] = (frame_t){c, f.level + 1};
     }
     if (found > 1) {
-        qsort(r->found, found, sizeof *r->found, compare_ids);
+        if (found <= 16) { /* the common case: a few routes; insertion sort beats qsort's calls */
+            for (size_t i = 1; i < found; i++) {
+                int64_t id = r->found[i];
+                size_t j = i;
+                for (; j > 0 && r->found[j - 1] > id; j--) r->found[j] = r->found[j - 1];
+                r->found[j] = id;
+            }
+        } else {
+            qsort(r->found, found, sizeof *r->found, compare_ids);
+        }
         size_t unique = 1;
         for (size_t i = 1; i < found; i++) {
             if (r->found[i] != r->found[unique - 1]) r->found[unique++] = r->found[i];
         }
         found = unique;
     }
-    if (found > r->results_cap) {
-        size_t cap = found * 2;
+    return (int64_t)found;
+}
+
+int64_t fg_router_match(fg_router *r, const char *topic, size_t len) {
+    if (r == NULL || topic == NULL) return FG_EARG;
+    int64_t found = match_one(r, topic, len);
+    if (found <= 0) return found;
+    if ((size_t)found > r->results_cap) {
+        size_t cap = (size_t)found * 2;
         int64_t *results = realloc(r->results, cap * sizeof *results);
         if (results == NULL) return FG_ENOMEM;
         r->results = results;
         r->results_cap = cap;
     }
-    if (found) memcpy(r->results, r->found, found * sizeof *r->found);
-    return (int64_t)found;
+    memcpy(r->results, r->found, (size_t)found * sizeof *r->found);
+    return found;
 }
+
+static int reserve_packed(fg_router *r, size_t need) {
+    if (need <= r->packed_cap) return FG_OK;
+    size_t cap = need > 4096 ? need * 2 : 8192;
+    uint8_t *packed = realloc(r->packed, cap);
+    if (packed == NULL) return FG_ENOMEM;
+    r->packed = packed;
+    r->packed_cap = cap;
+    return FG_OK;
+}
+
+int64_t fg_router_match_many(fg_router *r, const char *topics, size_t len, size_t count) {
+    if (r == NULL || (topics == NULL && len > 0) || count > UINT32_MAX) return FG_EARG;
+    if (reserve_packed(r, 5) != FG_OK) return FG_ENOMEM;
+    size_t used = (size_t)(put_array(r->packed, (uint32_t)count) - r->packed);
+    size_t start = 0;
+    for (size_t k = 0; k < count; k++) {
+        const char *end = start < len ? memchr(topics + start, '\0', len - start) : NULL;
+        size_t stop = end ? (size_t)(end - topics) : len;
+        if (start > len || (k + 1 < count) != (end != NULL)) {
+            r->bad_index = k; /* fewer or more topics than `count` */
+            return FG_EARG;
+        }
+        int64_t found = match_one(r, topics + start, stop - start);
+        if (found < 0) {
+            r->bad_index = k;
+            return found;
+        }
+        if (reserve_packed(r, used + 5 + (size_t)found * 9) != FG_OK) return FG_ENOMEM;
+        uint8_t *p = put_array(r->packed + used, (uint32_t)found);
+        for (int64_t i = 0; i < found; i++) p = put_int(p, r->found[i]);
+        used = (size_t)(p - r->packed);
+        start = stop + 1;
+    }
+    return (int64_t)used;
+}
+
+const uint8_t *fg_router_packed(const fg_router *r) { return r ? r->packed : NULL; }
+
+size_t fg_router_bad_index(const fg_router *r) { return r ? r->bad_index : 0; }

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 OUTBOX = "eventbus"
+INGRESS_BATCH = 256  # messages already queued are routed together: one router call for the lot
 
 
 def broker_address(settings: EventbusSettings) -> tuple[str, int, bool]:
@@ -60,6 +61,18 @@ class EventbusLink:
         self.rejected = 0
         self._state_logged = ""
         self._subscribed: set[str] = set()
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
+
+    def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """The client's incoming queue, kept where run() can drain what is already queued without waiting."""
+        link = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                link._inbox = self
+
+        return Inbox
 
     # --- connection -------------------------------------------------------------------------------------------
 
@@ -79,6 +92,7 @@ class EventbusLink:
                     self.host, self.port, username=self.settings.username, password=self.settings.password,
                     identifier=f"fieldgate-{self.gateway.node_name}", tls_context=self._tls_context(),
                     timeout=10, keepalive=30, max_inflight_messages=1000, max_queued_outgoing_messages=100_000,
+                    queue_type=self._inbox_type(),
                 ) as client:
                     client.pending_calls_threshold = 1 << 30  # batches are published together on purpose
                     self.client = client
@@ -89,7 +103,7 @@ class EventbusLink:
                     await self.resubscribe()
                     self.gateway.notify_sinks()  # deliver what waited, now
                     async for message in client.messages:
-                        await self._handle(str(message.topic), bytes(message.payload or b""))
+                        await self._handle_batch([message, *self._queued()])
             except aiomqtt.MqttError as exc:
                 self._log_state("down", f"eventbus {self.host}:{self.port} unreachable, retrying: {exc}")
             finally:
@@ -130,13 +144,40 @@ class EventbusLink:
 
     # --- incoming ---------------------------------------------------------------------------------------------
 
+    def _queued(self) -> list[aiomqtt.Message]:
+        messages: list[aiomqtt.Message] = []
+        inbox = self._inbox
+        while inbox is not None and len(messages) < INGRESS_BATCH - 1:
+            try:
+                messages.append(inbox.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return messages
+
+    async def _handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+        """In arrival order; consecutive messages for eventbus-sourced routes go through the router at once."""
+        routed: list[tuple[str, bytes]] = []
+        for message in messages:
+            topic, payload = str(message.topic), bytes(message.payload or b"")
+            if topic.startswith(("$hw/events/node/", ke.DEVICE_PREFIX)):
+                if routed:
+                    self._route(routed)
+                    routed = []
+                await self._handle(topic, payload)
+            else:
+                routed.append((topic, payload))
+        if routed:
+            self._route(routed)
+
+    def _route(self, messages: list[tuple[str, bytes]]) -> None:
+        self.received += len(messages)
+        self.gateway.routes.from_eventbus_many(messages)
+
     async def _handle(self, topic: str, payload: bytes) -> None:
+        """A membership request or a device's twin topic."""
         self.received += 1
         if topic.startswith("$hw/events/node/"):
             await self._membership(topic, payload)
-            return
-        if not topic.startswith(ke.DEVICE_PREFIX):
-            self.gateway.routes.from_eventbus(topic, payload)
             return
         device_id, action = ke.split_device_topic(topic)
         result_topic = f"{topic}/result"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.errors import ConfigError
 from gateway.router.topics import validate_filter, validate_topic
 
@@ -85,6 +87,10 @@ class TopicRouter:
             if child is not None:
                 stack.append((child, index + 1))
         return sorted(set(found))
+
+    def match_many(self, topics: Sequence[str]) -> list[list[int]]:
+        """The ids of every topic's routes, as match() gives them."""
+        return [self.match(topic) for topic in topics]
 
     def __len__(self) -> int:
         return self._entries

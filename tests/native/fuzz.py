@@ -131,8 +131,16 @@ def fuzz_router(native: ModuleType, rng: random.Random, iterations: int) -> None
                 if found > 0:
                     values = ffi.unpack(lib.fg_router_results(router), found)
                     assert values == sorted(set(values))
+                batch = [random_text(rng) for _ in range(rng.randint(0, 4))]
+                data = b"\0".join(batch)
+                count = len(batch) + rng.choice([0, 0, 0, -1, 1])
+                size = lib.fg_router_match_many(router, data, len(data), max(count, 0))
+                assert size == lib.FG_EARG or size > 0, size
+                if size > 0:
+                    assert bytes(ffi.buffer(lib.fg_router_packed(router), size))[0] in (0x90 + max(count, 0), 0xDD)
         assert lib.fg_router_add(router, 1, ffi.NULL, 0) == lib.FG_EARG
         assert lib.fg_router_match(router, ffi.NULL, 0) == lib.FG_EARG
+        assert lib.fg_router_match_many(router, ffi.NULL, 5, 1) == lib.FG_EARG
     finally:
         lib.fg_router_free(router)
     lib.fg_router_free(ffi.NULL)

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import FieldgateError, ResourceError
+from gateway.logs import context_fields
 from gateway.plugins import get_plugin_manager
 
 EXIT_BAD_INPUT = 2
@@ -58,6 +59,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
                  "message": record.getMessage()}
+        entry.update(context_fields(record))  # device, route, sink, plugin
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -74,3 +76,5 @@ def setup_logging(fmt: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for chatty in ("httpx", "httpcore"):  # a line per registry heartbeat and poll would crowd out the log ring
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

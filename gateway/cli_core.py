@@ -37,8 +37,10 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.cli import setup_logging
+    from gateway.logs import log_ring
 
     setup_logging(args.log_format, args.log_level)
+    log_ring()  # the recent log behind /logs, GET /api/v1/logs and the registry's node logs
     return asyncio.run(serve(args.config, args.data_dir))
 
 

@@ -53,3 +53,7 @@ class AuthError(FieldgateError):
 
 class PluginError(FieldgateError):
     """A plugin could not be loaded or registered something invalid."""
+
+
+class WorkloadError(FieldgateError):
+    """An edge app could not be started, stopped or changed (runtime missing, limits refused, spawn failed)."""

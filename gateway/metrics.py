@@ -1,17 +1,21 @@
 """GET /metrics: the gateway's state in the Prometheus text format (a built-in plugin).
 
 One collector reads the live state at scrape time (poller and sink counters, the supervisor, psutil), so nothing
-is counted twice. Like every other route it needs a bearer token or a session (viewer or above).
+is counted twice. Like every other route it needs a bearer token or a session (viewer or above). The plugin also
+samples the node's resources every 10 s for the dashboard's plots (task `node-monitor`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
 
 from gateway.hookspecs import hookimpl
 from gateway.web.security import requires
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -27,3 +31,10 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 @hookimpl
 def register_routes() -> list[Any]:
     return [metrics]
+
+
+@hookimpl
+def startup(gateway: Gateway) -> None:
+    from gateway.registry.monitoring import start_local_monitor
+
+    start_local_monitor(gateway)

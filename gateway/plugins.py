@@ -23,6 +23,8 @@ BUILTIN_PLUGINS = (
     "gateway.importers.cli",
     "gateway.registry.cli", "gateway.uplink",
     "gateway.metrics", "gateway.systemd",
+    "gateway.workloads.process", "gateway.web.api.workloads",
+    "gateway.upgrade",
 )
 
 

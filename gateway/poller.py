@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
+from gateway.logs import log_context
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
 from gateway.twin import DeviceState, Twin
 from gateway.values import read_value
@@ -95,6 +96,10 @@ class DevicePoller:
     # --- supervised loop --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        with log_context(device=self.device.id):  # the protocol plugin's lines in this task name the device too
+            await self._run()
+
+    async def _run(self) -> None:
         backoff = MIN_BACKOFF
         try:
             while True:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.protocols.base import Protocol
     from gateway.routes import Routes
     from gateway.store import Store
+    from gateway.workloads.supervisor import WorkloadManager
 
 log = logging.getLogger(__name__)
 LOCAL = "local"  # resources created through the UI or the API, kept in the store
@@ -40,6 +41,7 @@ class Reconfiguration:
     pollers: dict[str, DevicePoller]
     protocols: dict[str, type[Protocol]]
     routes: Routes
+    workloads: WorkloadManager
     eventbus: EventbusLink | None
     _config_lock: asyncio.Lock
 
@@ -182,6 +184,7 @@ class Reconfiguration:
             self.twins[device_id] = make_twin(device, stored.get(device_id, {}), previous)
             self._start_device(device_id)
             log.info("%s %s", device_id, "restarted with its new configuration" if before else "added")
+        await self.workloads.reconcile(config)
 
 
 def make_twin(device: BoundDevice, rows: dict[str, dict[str, Any]], previous: dict[tuple[str, str], Any]) -> Twin:

@@ -34,6 +34,7 @@ from gateway.store import Store
 from gateway.supervisor import Supervisor
 from gateway.twin import DeviceState, Twin, TwinProperty
 from gateway.values import coerce
+from gateway.workloads.supervisor import WorkloadManager
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 60.0
@@ -89,6 +90,7 @@ class Gateway(Reconfiguration):
         self.eventbus: EventbusLink | None = None
         self.sinks: dict[str, SinkRunner] = {}
         self.routes = Routes(self)
+        self.workloads = WorkloadManager(self)
         self._http_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -126,6 +128,7 @@ class Gateway(Reconfiguration):
             self.routes.start()
             for device_id in self.config.devices:
                 self._start_device(device_id)
+            await self.workloads.start(self.config)
             if self.serve_http:
                 await self._start_http()
             await self._call_hook("startup")
@@ -151,6 +154,7 @@ class Gateway(Reconfiguration):
             self.http_server = None
         for device_id in list(self.pollers):
             await self._stop_device(device_id)
+        await self.workloads.stop()
         with contextlib.suppress(Exception):
             await self._drain_outboxes(SHUTDOWN_DRAIN)
         await self.supervisor.stop()
@@ -222,8 +226,8 @@ class Gateway(Reconfiguration):
         if not rows:
             return
         raw = list(self.config.raw.values())
-        raw += [(Source(source, i, f"{kind} {name}"), msgspec.json.decode(doc)) for i, (kind, name, doc, source) in
-                enumerate(rows, start=1)]
+        raw += [(Source(source, i, f"{kind} {name}"), self.store.resource_document(kind, doc))
+                for i, (kind, name, doc, source) in enumerate(rows, start=1)]
         try:
             self.config = check_documents(raw, self.protocols)
         except ResourceError as exc:
@@ -377,6 +381,7 @@ class Gateway(Reconfiguration):
             "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
                       for name, runner in self.sinks.items()},
             "routes": self.routes.describe(),
+            "workloads": self.workloads.status(),
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }

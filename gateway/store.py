@@ -20,10 +20,11 @@ import aiosqlite
 import msgspec
 
 from gateway.errors import StoreError
+from gateway.workloads.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: workload versions and events
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -49,6 +50,14 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY AUTOINCREMENT, token_hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS workload_versions (
+    namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
+    created_at REAL NOT NULL, actor TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (namespace, name, version));
+CREATE TABLE IF NOT EXISTS workload_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL,
+    event TEXT NOT NULL, instance TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS workload_events_by_name ON workload_events (namespace, name, id);
 """
 
 _json = msgspec.json.Encoder()
@@ -90,6 +99,7 @@ class Store:
         self.outbox_depth: dict[str, int] = {}  # committed, not yet delivered, per outbox
         self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        self.secrets = SecretBox(data_dir)  # Secret documents are stored encrypted
         self.rows_written = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -107,6 +117,9 @@ class Store:
             await self._db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO NOTHING", (str(SCHEMA_VERSION),)
             )
+            # Newer tables are created above (IF NOT EXISTS); the recorded version only ever moves forward.
+            await self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' "
+                                   "AND CAST(value AS INTEGER) < ?", (str(SCHEMA_VERSION), SCHEMA_VERSION))
             self.outbox_depth = {sink: info["depth"] for sink, info in (await self.outbox_stats()).items()}
         except (sqlite3.Error, OSError, TimeoutError) as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
@@ -368,12 +381,18 @@ class Store:
             await db.execute("DELETE FROM resources WHERE source = ?", (source,))
             await db.executemany(
                 "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?)",
-                [(kind, ns, name, doc.decode(), source, now) for kind, ns, name, doc in documents],
+                [(kind, ns, name, self.secrets.seal_document(kind, doc).decode(), source, now)
+                 for kind, ns, name, doc in documents],
             )
 
     async def put_resource(self, kind: str, namespace: str, name: str, document: bytes, source: str) -> None:
         await self.execute("INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?)",
-                           (kind, namespace, name, document.decode(), source, time.time()))
+                           (kind, namespace, name, self.secrets.seal_document(kind, document).decode(), source,
+                            time.time()))
+
+    def resource_document(self, kind: str, document: str | bytes) -> Any:
+        """A stored resource document as raw data (a Secret's values decrypted)."""
+        return self.secrets.unseal_document(kind, document)
 
     async def delete_resource(self, kind: str, namespace: str, name: str) -> None:
         await self.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))

@@ -9,6 +9,14 @@ command -v socat >/dev/null || apt_packages+=(socat)
 command -v mosquitto >/dev/null || apt_packages+=(mosquitto mosquitto-clients)
 command -v cc >/dev/null || apt_packages+=(gcc)
 if [ "${FIELDGATE_BROWSER_TESTS:-1}" = 1 ] && ! command -v chromium >/dev/null; then apt_packages+=(chromium); fi
+# The appliance image (image/build.sh) and its boot test (tests/image): FIELDGATE_IMAGE_TESTS=0 leaves them out.
+if [ "${FIELDGATE_IMAGE_TESTS:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
+    for need in debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 mkfs.vfat:dosfstools mcopy:mtools \
+                sfdisk:fdisk zstd:zstd mkfs.ext4:e2fsprogs; do
+        command -v "${need%%:*}" >/dev/null || apt_packages+=("${need#*:}")
+    done
+    [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || apt_packages+=(ovmf)
+fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing ${apt_packages[*]}" >&2

@@ -6,4 +6,22 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+if [ $# -gt 0 ]; then  # a chosen part of the suite: just that
+    exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+fi
+# The soak tests mostly wait (an outage held for minutes): they run in a process of their own beside the rest.
+soak_dir=$(mktemp -d)
+.venv/bin/python -m pytest -p no:cacheprovider -m soak -s --basetemp "$soak_dir/tmp" >"$soak_dir/log" 2>&1 &
+soak=$!
+status=0
+.venv/bin/python -m pytest -p no:cacheprovider || status=$?
+if wait "$soak"; then
+    grep -h "^outage" "$soak_dir/log" || true
+    tail -n 1 "$soak_dir/log"
+else
+    echo "soak tests failed:" >&2
+    cat "$soak_dir/log" >&2
+    status=1
+fi
+rm -rf "$soak_dir"
+exit $status

@@ -52,7 +52,8 @@ async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def scrape(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, list[Sample]]:
+async def scrape(client: httpx.AsyncClient, headers: dict[str, str] | None = None) -> dict[str, list[Sample]]:
+    """Every sample of a /metrics answer by name, parsed with the Prometheus client's own parser."""
     response = await client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")

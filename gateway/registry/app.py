@@ -12,13 +12,18 @@ import msgspec
 from litestar import Litestar, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, PermissionDeniedException
+from litestar.middleware import DefineMiddleware
 
 from gateway import __version__
-from gateway.errors import ConfigError
-from gateway.registry.auth import AnyRequest, client_node, require_role, store_of
+from gateway.errors import ConfigError, NotFound
+from gateway.registry import access, batch, metrics, monitoring, pages, twins
+from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
+from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
+from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import RegistryStore, TokenRefused
+from gateway.registry.twins import DesiredAck, DesiredValue, DeviceReports
 
 DEFAULT_INTERVAL = 10.0
 
@@ -39,6 +44,10 @@ class JoinResponse(msgspec.Struct, kw_only=True):
 class HeartbeatRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     resource_version: str = ""
     info: dict[str, Any] = {}
+    twins: DeviceReports | None = None  # devices whose twin changed since the last delivered report
+    twins_complete: bool = False  # `twins` holds every device of the node: forget the others
+    desired_version: int = 0  # the node has taken the registry's desired values up to this version
+    desired_ack: DesiredAck | None = None
 
 
 class HeartbeatResponse(msgspec.Struct, kw_only=True):
@@ -46,6 +55,7 @@ class HeartbeatResponse(msgspec.Struct, kw_only=True):
     resource_version: str
     heartbeat_interval: float
     documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
+    desired: list[DesiredValue] | None = None  # desired values newer than the node's desired_version
 
 
 @get("/healthz", summary="Liveness")
@@ -66,21 +76,26 @@ async def join(request: AnyRequest, data: JoinRequest) -> JoinResponse:
     ca: CertificateAuthority = request.app.state.ca
     store = store_of(request)
     token_id, _, secret = data.token.partition(".")
-    try:
-        labels = await store.use_token(token_id, secret)
-    except TokenRefused as exc:
-        raise PermissionDeniedException(str(exc)) from None
-    taken = await store.node_names()
     name = data.name or f"node-{secrets.token_hex(3)}"
-    if name in taken:
-        raise HTTPException(status_code=409, detail=f"node name {name} is taken")
-    try:
-        group = await store.group_for_labels(labels)
-    except ConfigError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from None
-    cert = ca.sign_node(data.csr, name)
-    interval = float(request.app.state.interval)
-    await store.add_node(name, format(cert.serial_number, "x"), labels, interval, group)
+    known = await access.join_token_workspace(store, token_id)
+    workspace = known or access.DEFAULT_WORKSPACE
+    # a refused unknown token is recorded at platform scope: no workspace's admins learn of it
+    scope = access.workspace_scope(known) if known else access.PLATFORM
+    async with access.audited(store, f"join-token:{token_id}", "node.join", f"node/{name}", scope):
+        try:
+            labels = await store.use_token(token_id, secret)
+        except TokenRefused as exc:
+            raise PermissionDeniedException(str(exc)) from None
+        taken = await store.node_names()
+        if name in taken:
+            raise HTTPException(status_code=409, detail=f"node name {name} is taken")
+        try:
+            group = await store.group_for_labels(labels, workspace)
+        except ConfigError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        cert = ca.sign_node(data.csr, name)
+        interval = float(request.app.state.interval)
+        await store.add_node(name, format(cert.serial_number, "x"), labels, interval, group, workspace)
     return JoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(), heartbeat_interval=interval)
 
 
@@ -88,26 +103,28 @@ async def join(request: AnyRequest, data: JoinRequest) -> JoinResponse:
       status_code=200)
 async def heartbeat(request: AnyRequest, data: HeartbeatRequest) -> HeartbeatResponse:
     node = await client_node(request)
+    if data.twins is not None:
+        twins.check_report_rate(request.app.state, node)
     store = store_of(request)
     interval = await store.heartbeat(node, data.info)
     version, documents = await store.node_documents(node)
+    desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack)
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
-                             documents=documents if version != data.resource_version else None)
+                             documents=documents if version != data.resource_version else None, desired=desired)
 
 
 @get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")
 async def nodes(request: AnyRequest) -> list[dict[str, Any]]:
     if request.headers.get("authorization"):
-        await require_role(request, "viewer")
+        caller = await access.require_caller(request, "viewer")
     else:
-        await client_node(request)
-    return await store_of(request).nodes()
+        caller = await node_caller(request)
+    return await access.visible_nodes(store_of(request), caller)
 
 
 @get("/api/v1/groups", summary="Node groups with their members")
 async def groups(request: AnyRequest) -> list[dict[str, Any]]:
-    await require_role(request, "viewer")
-    return await store_of(request).groups()
+    return await access.visible_groups(store_of(request), await access.require_caller(request, "viewer"))
 
 
 def _error(status: int) -> Any:
@@ -125,6 +142,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
     """The registry app on a data dir (CA there, made on first start) and its database (SQLite in the data dir
     unless `db_url` names a PostgreSQL database that other replicas may share)."""
     ca = CertificateAuthority.load_or_create(data_dir)
+    registry_metrics = metrics.RegistryMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -134,10 +152,16 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
             yield
 
     return Litestar(
-        route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS],
-        state=State({"ca": ca, "interval": interval, "waiters": Waiters()}),
+        route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS,
+                        *access.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS, *monitoring.ROUTE_HANDLERS,
+                        *metrics.ROUTE_HANDLERS, *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
+                        *LOG_ROUTE_HANDLERS],
+        state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
+                     "log_requests": LogRequests(), **pages.initial_state()}),
         lifespan=[lifespan],
-        exception_handlers={ConfigError: _error(400), HTTPException: _http_error},
+        middleware=[DefineMiddleware(metrics.MetricsMiddleware, metrics=registry_metrics)],
+        exception_handlers={ConfigError: _error(400), NotFound: _error(404), HTTPException: _http_error,
+                            **pages.EXCEPTION_HANDLERS},
         logging_config=None,
         debug=False,
     )

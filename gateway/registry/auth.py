@@ -8,8 +8,9 @@ from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from gateway.errors import AuthError
+from gateway.registry.access import DEFAULT_WORKSPACE, Caller, node_workspace, require_caller, resolve
 from gateway.registry.ca import peer_identity
-from gateway.registry.store import ROLES, RegistryStore
+from gateway.registry.store import RegistryStore
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -35,14 +36,11 @@ async def client_node(request: AnyRequest) -> str:
 
 async def require_role(request: AnyRequest, role: str) -> str:
     """The role of the request's bearer token, refused below `role`."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise NotAuthorizedException("an API token is required (Authorization: Bearer <token> from "
-                                     "`fieldgate registry token create`)")
-    try:
-        have = await store_of(request).api_token_role(token.strip())
-    except AuthError as exc:
-        raise NotAuthorizedException(str(exc)) from None
-    if ROLES.index(have) < ROLES.index(role):
-        raise PermissionDeniedException(f"the {have} role cannot do this ({role} or more is needed)")
-    return have
+    return (await require_caller(request, role)).role
+
+
+async def node_caller(request: AnyRequest) -> Caller:
+    """The calling node (client certificate) as a viewer of its own workspace."""
+    name = await client_node(request)
+    workspace = await node_workspace(store_of(request), name) or DEFAULT_WORKSPACE
+    return await resolve(store_of(request), f"node:{name}", "viewer", f"workspace:{workspace}")

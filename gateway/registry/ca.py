@@ -102,7 +102,7 @@ class CertificateAuthority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(cert, key, directory)
 
-    def _issue(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int,
+    def _issue(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: float,
                usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:
         now = _now()
         return (x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
@@ -145,6 +145,13 @@ class CertificateAuthority:
             raise ConfigError("csr: expected a self-signed EC key request")
         return self._issue(_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
             self.key, hashes.SHA256())
+
+    def issue_batch(self, common_name: str, days: float) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """A client certificate and its new key for a batch bundle (its nodes authenticate with it to join)."""
+        key = new_key()
+        cert = self._issue(_name(common_name), key.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
+            self.key, hashes.SHA256())
+        return cert, key
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from gateway.commands import Command
-from gateway.errors import ConfigError, ResourceError
+from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.hookspecs import hookimpl
 from gateway.resources.durations import Duration
 from gateway.resources.loader import format_validation_error, read_path
@@ -61,6 +61,7 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--ttl", type=_duration, default=86400.0, help="how long it is valid (default 24h)")
     create.add_argument("--max-uses", type=int, default=1, help="how many nodes may join with it (default 1)")
     create.add_argument("--labels", type=_labels, default={}, help="k=v,… given to the nodes that join with it")
+    create.add_argument("--workspace", default="default", help="the workspace the nodes join (default default)")
     _data_dir(create)
     revoke = token_sub.add_parser("revoke", help="revoke a join token by its id (the part before the first dot)")
     revoke.add_argument("id")
@@ -68,13 +69,26 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
 
     apply = sub.add_parser("apply", help="store resource documents; a Device with `node:` goes to that node")
     apply.add_argument("-f", "--file", required=True, type=Path, help="a YAML file or a directory of them")
+    apply.add_argument("--workspace", default="default", help="the workspace of the documents (default default)")
     _data_dir(apply)
 
-    api_token = sub.add_parser("token", help="create bearer tokens for the registry API")
+    api_token = sub.add_parser("token", help="bearer tokens for the registry API: create, list, revoke")
     api_token_sub = api_token.add_subparsers(dest="api_token_action", required=True)
     api_create = api_token_sub.add_parser("create", help="print a new API token (only its hash is kept)")
-    api_create.add_argument("--role", required=True, choices=("admin", "operator", "viewer"))
+    api_create.add_argument("--role", default="viewer", choices=("admin", "operator", "viewer"),
+                            help="default viewer, the lowest")
+    api_create.add_argument("--scope", default="workspace:default",
+                            help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
+    api_create.add_argument("--description", default="", help="what the token is for")
     _data_dir(api_create)
+    api_list = api_token_sub.add_parser("list", help="list API tokens (without secrets)")
+    api_list.add_argument("--json", action="store_true", help="one JSON object per token")
+    _data_dir(api_list)
+    api_revoke = api_token_sub.add_parser("revoke", help="revoke an API token by its id (the part before the dot)")
+    api_revoke.add_argument("id")
+    _data_dir(api_revoke)
+    _configure_access(sub)
+    _configure_batches_and_twins(sub)
 
     group = sub.add_parser("group", help="node groups: create, list")
     group_sub = group.add_subparsers(dest="group_action", required=True)
@@ -84,16 +98,39 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
                               help="a,b,… node names")
     group_create.add_argument("--selector", type=_labels, default={},
                               help="k=v,… nodes whose join-token labels match, now and when they join")
+    group_create.add_argument("--workspace", default="default", help="the group's workspace (default default)")
     _data_dir(group_create)
+    group_delete = group_sub.add_parser("delete", help="delete a group (its nodes stay, in no group)")
+    group_delete.add_argument("name")
+    _data_dir(group_delete)
     group_list = group_sub.add_parser("list", help="list groups with their members")
     group_list.add_argument("--json", action="store_true", help="one JSON object per group")
     _data_dir(group_list)
 
     nodes = sub.add_parser("nodes", help="list nodes (`nodes remove NAME` forgets one and revokes its certificate)")
-    nodes.add_argument("nodes_action", nargs="?", choices=("list", "remove"), default="list")
+    nodes.add_argument("nodes_action", nargs="?", choices=("list", "remove", "move"), default="list")
     nodes.add_argument("name", nargs="?")
+    nodes.add_argument("--workspace", default=None, help="`nodes move NAME --workspace W` moves a node and its "
+                                                         "devices to another workspace")
     nodes.add_argument("--json", action="store_true", help="one JSON object per node")
     _data_dir(nodes)
+
+    logs = sub.add_parser("logs", help="print a node's recent log, asked of the node now over its link")
+    logs.add_argument("node")
+    logs.add_argument("--level", choices=("debug", "info", "warning", "error", "critical"), help="minimum level")
+    logs.add_argument("--device", help="a device id (ns/name), or a name in any namespace")
+    for name, what in (("route", "a route (ns/name)"), ("sink", "a sink's outbox"), ("logger", "a logger prefix"),
+                       ("contains", "text in the message, any case"),
+                       ("since", "an ISO 8601 time, unix seconds or a duration ago such as 15m")):
+        logs.add_argument(f"--{name}", help=what)
+    logs.add_argument("--limit", type=int, help="at most this many lines, the newest (default 200)")
+    logs.add_argument("--timeout", type=_duration, default=10.0, help="how long the node has to answer (10s)")
+    logs.add_argument("--registry", help="https://HOST:PORT of the running registry (default: where "
+                                         "`registry serve` last listened)")
+    logs.add_argument("--token", default=os.environ.get("FIELDGATE_REGISTRY_TOKEN") or None,
+                      help="an API token (default: env FIELDGATE_REGISTRY_TOKEN, else one made for this call)")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
+    _data_dir(logs)
 
 
 def _registry(args: argparse.Namespace) -> int:
@@ -102,39 +139,78 @@ def _registry(args: argparse.Namespace) -> int:
 
     if args.action == "serve":
         from gateway.cli import setup_logging
+        from gateway.registry.batch import record_urls
         from gateway.registry.server import serve
 
         setup_logging("human")
+        record_urls(args.data_dir, args.listen)  # for bundles made without --url
         return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db))
+    if args.action == "logs":
+        from gateway.registry.logs import print_node_logs
+
+        return print_node_logs(args)
 
     async def with_store() -> int:
+        from gateway.registry import access
+
+        cli = access.cli_caller()
         async with RegistryStore(args.data_dir, args.db) as store:
-            if args.action == "join-token" and args.token_action == "create":
+            if await _access_commands(store, args) or await _batch_and_twin_commands(store, args):
+                pass
+            elif args.action == "join-token" and args.token_action == "create":
                 if args.max_uses < 1:
                     raise ConfigError("--max-uses: expected 1 or more")
                 fingerprint = CertificateAuthority.load_or_create(args.data_dir).fingerprint
-                token_id, secret = await store.create_token(args.ttl, args.max_uses, args.labels)
+                async with access.audited(store, cli, "join-token.create", "join-token",
+                                          access.workspace_scope(args.workspace)) as entry:
+                    await access.check_workspace(store, args.workspace)
+                    token_id, secret = await store.create_token(args.ttl, args.max_uses, args.labels,
+                                                                args.workspace)
+                    entry.detail = {"id": token_id, "labels": args.labels, "max_uses": args.max_uses}
                 print(f"{token_id}.{secret}.{fingerprint}")
             elif args.action == "join-token":
-                await store.revoke_token(args.id)
+                scope = access.workspace_scope(await access.join_token_workspace(store, args.id))
+                async with access.audited(store, cli, "join-token.revoke", f"join-token/{args.id}", scope):
+                    await store.revoke_token(args.id)
                 print(f"join token {args.id} revoked")
-            elif args.action == "token":
-                print(await store.create_api_token(args.role))
             elif args.action == "group" and args.group_action == "create":
                 if not args.nodes and not args.selector:
                     raise ConfigError("group create: expected --nodes or --selector")
-                members = await store.create_group(args.name, args.nodes, args.selector)
+                async with access.audited(store, cli, "group.create", f"group/{args.name}",
+                                          access.workspace_scope(args.workspace)) as entry:
+                    entry.detail = {"nodes": args.nodes, "selector": args.selector}
+                    await access.check_workspace(store, args.workspace)
+                    members = await store.create_group(args.name, args.nodes, args.selector, args.workspace)
                 print(f"group {args.name}: {', '.join(members) or 'no nodes yet'}")
+            elif args.action == "group" and args.group_action == "delete":
+                group_workspace = (await access.group_workspaces(store)).get(args.name)
+                async with access.audited(store, cli, "group.delete", f"group/{args.name}",
+                                          access.workspace_scope(group_workspace)):
+                    await store.delete_group(args.name)
+                print(f"group {args.name} deleted")
             elif args.action == "group":
                 _print_groups(await store.groups(), as_json=args.json)
             elif args.action == "apply":
-                for line in await _apply(store, args.file):
+                for line in await _apply(store, args.file, args.workspace):
                     print(line)
             elif args.nodes_action == "remove":
                 if not args.name:
                     raise ConfigError("nodes remove: expected a node name")
-                await store.remove_node(args.name)
+                scope = access.workspace_scope(await access.node_workspace(store, args.name))
+                async with access.audited(store, cli, "node.remove", f"node/{args.name}", scope):
+                    await store.remove_node(args.name)
                 print(f"node {args.name} removed; its certificate is revoked")
+            elif args.nodes_action == "move":
+                if not args.name or not args.workspace:
+                    raise ConfigError("nodes move: expected a node name and --workspace W")
+                async with access.audited(store, cli, "node.change", f"node/{args.name}",
+                                          access.workspace_scope(args.workspace)) as entry:
+                    entry.detail = {"workspace": args.workspace}
+                    await access.check_workspace(store, args.workspace)
+                    if await access.node_workspace(store, args.name) is None:
+                        raise NotFound(f"no node {args.name}")
+                    await store.move_node(args.name, args.workspace)
+                print(f"node {args.name} moved to workspace {args.workspace}")
             else:
                 _print_nodes(await store.nodes(), as_json=args.json)
         return 0
@@ -142,7 +218,10 @@ def _registry(args: argparse.Namespace) -> int:
     return asyncio.run(with_store())
 
 
-async def _apply(store: Any, path: Path) -> list[str]:
+async def _apply(store: Any, path: Path, workspace: str = "default") -> list[str]:
+    from gateway.registry import access
+
+    await access.check_workspace(store, workspace)
     documents, problems = [], []
     for source, raw in read_path(path):
         try:
@@ -155,9 +234,13 @@ async def _apply(store: Any, path: Path) -> list[str]:
             continue
         node = doc.node if isinstance(doc, Device) else None
         documents.append((doc.kind, doc.namespace, doc.name, node, msgspec.json.encode(doc, enc_hook=enc_hook)))
+    problems += await access.workspace_problems(store, documents, workspace)
     if problems:
         raise ResourceError(problems)
-    await store.put_documents(documents)
+    async with access.audited(store, access.cli_caller(), "document.apply", str(path),
+                              access.workspace_scope(workspace)) as entry:
+        entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents]
+        await store.put_documents(documents, workspace)
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
 
 
@@ -186,10 +269,226 @@ def _print_groups(groups: list[dict[str, Any]], *, as_json: bool) -> None:
         print("no groups")
 
 
+def _configure_access(sub: Any) -> None:
+    user = sub.add_parser("user", help="registry users for the pages: add, list, remove")
+    user_sub = user.add_subparsers(dest="user_action", required=True)
+    user_add = user_sub.add_parser("add", help="add a user or change its role, scope and password")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", default="viewer", choices=("admin", "operator", "viewer"),
+                          help="default viewer, the lowest")
+    user_add.add_argument("--scope", default="workspace:default",
+                          help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
+    user_add.add_argument("--password-file", type=Path, default=None,
+                          help="read the password from the first line of this file (default: ask for it)")
+    _data_dir(user_add)
+    user_list = user_sub.add_parser("list", help="list registry users")
+    user_list.add_argument("--json", action="store_true", help="one JSON object per user")
+    _data_dir(user_list)
+    user_remove = user_sub.add_parser("remove", help="remove a registry user")
+    user_remove.add_argument("name")
+    _data_dir(user_remove)
+
+    workspace = sub.add_parser("workspace", help="workspaces (in folders) that nodes, groups and documents lie in")
+    workspace_sub = workspace.add_subparsers(dest="workspace_action", required=True)
+    workspace_create = workspace_sub.add_parser("create", help="create a workspace in a folder")
+    workspace_create.add_argument("name")
+    workspace_create.add_argument("--folder", default="default", help="its folder (default default)")
+    _data_dir(workspace_create)
+    workspace_list = workspace_sub.add_parser("list", help="list workspaces with their folders")
+    _data_dir(workspace_list)
+
+    audit = sub.add_parser("audit", help="the newest entries of the audit log of every change, oldest of them first")
+    audit.add_argument("--json", action="store_true", help="one JSON object per entry")
+    audit.add_argument("--limit", type=int, default=100, help="how many entries (default 100)")
+    _data_dir(audit)
+
+
+def _read_password(path: Path | None) -> str:
+    import getpass
+
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--password-file {path}: {exc.strerror}") from None
+        return lines[0] if lines else ""
+    try:
+        password = getpass.getpass("Password: ")
+        again = getpass.getpass("Again: ")
+    except EOFError:
+        raise ConfigError("no password given: type it at the prompt or use --password-file") from None
+    if again != password:
+        raise ConfigError("the passwords differ")
+    return password
+
+
+async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
+    """token, user, workspace and audit; False when `args` is another command."""
+    from gateway.registry import access
+
+    cli = access.cli_caller()
+    if args.action == "token" and args.api_token_action == "create":
+        async with access.audited(store, cli, "token.create", "token", args.scope) as entry:
+            token = await access.create_api_token(store, args.role, await access.check_scope(store, args.scope),
+                                                  args.description)
+            entry.detail = {"id": token.split(".")[0], "role": args.role}
+        print(token)
+    elif args.action == "token" and args.api_token_action == "revoke":
+        tokens = {t["id"]: t for t in await access.api_tokens(store)}
+        async with access.audited(store, cli, "token.revoke", f"token/{args.id}",
+                                  tokens.get(args.id, {}).get("scope", access.PLATFORM)):
+            await access.revoke_api_token(store, args.id)
+        print(f"API token {args.id} revoked")
+    elif args.action == "token":
+        for listed in await access.api_tokens(store):
+            print(json.dumps(listed) if args.json else
+                  f"{listed['id']:<10} {listed['role']:<9} {listed['scope']:<24} "
+                  f"{'revoked' if listed['revoked_at'] else 'valid':<8} {listed['description']}")
+    elif args.action == "user" and args.user_action == "add":
+        password = _read_password(args.password_file)
+        async with access.audited(store, cli, "user.add", f"user/{args.name}", args.scope) as entry:
+            entry.detail = {"role": args.role}
+            await access.add_user(store, args.name, args.role, await access.check_scope(store, args.scope), password)
+        print(f"user {args.name}: {args.role} in {args.scope}")
+    elif args.action == "user" and args.user_action == "remove":
+        held = next((u["scope"] for u in await access.users(store) if u["name"] == args.name), access.PLATFORM)
+        async with access.audited(store, cli, "user.remove", f"user/{args.name}", held):
+            await access.remove_user(store, args.name)
+        print(f"user {args.name} removed")
+    elif args.action == "user":
+        for user in await access.users(store):
+            print(json.dumps(user) if args.json else f"{user['name']:<24} {user['role']:<9} {user['scope']}")
+    elif args.action == "workspace" and args.workspace_action == "create":
+        async with access.audited(store, cli, "workspace.create", f"workspace/{args.name}", f"folder:{args.folder}"):
+            await access.create_workspace(store, args.name, args.folder)
+        print(f"workspace {args.name} in folder {args.folder}")
+    elif args.action == "workspace":
+        for name, folder in (await access.workspaces(store)).items():
+            print(f"{name:<24} folder {folder}")
+    elif args.action == "audit":
+        for entry in reversed(await access.audit_entries(store, cli, limit=args.limit)):
+            if args.json:
+                print(json.dumps(entry))
+            else:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["at"]))
+                print(f"{when} {entry['actor']:<22} {entry['scope']:<22} {entry['action']:<18} {entry['object']} "
+                      f"{entry['outcome']}")
+    else:
+        return False
+    return True
+
+
+def _configure_batches_and_twins(sub: Any) -> None:
+    batch = sub.add_parser("batch", help="batch bundles: create, list, revoke (many nodes join with one bundle)")
+    batch_sub = batch.add_subparsers(dest="batch_action", required=True)
+    batch_create = batch_sub.add_parser("create", help="record a batch and write its bundle")
+    batch_create.add_argument("name")
+    batch_create.add_argument("-o", "--output", required=True, type=Path, help="the bundle file (.tar.gz)")
+    batch_create.add_argument("--count", type=int, default=100, help="how many nodes may join with it (default 100)")
+    batch_create.add_argument("--ttl", type=_duration, default=30 * 86400.0, help="how long it is valid "
+                                                                                  "(default 30d)")
+    batch_create.add_argument("--labels", type=_labels, default={}, help="k=v,… given to its nodes")
+    batch_create.add_argument("--prefix", default=None, help="node names are <prefix>-<serial or hostname> "
+                                                            "(default: the batch name)")
+    batch_create.add_argument("--url", action="append", default=[], metavar="URL",
+                              help="https://HOST:PORT of the registry, repeatable (default: where `registry serve` "
+                                   "last listened)")
+    batch_create.add_argument("--workspace", default="default", help="the workspace its nodes join (default default)")
+    _data_dir(batch_create)
+    batch_list = batch_sub.add_parser("list", help="list batches with their status and how many nodes joined")
+    batch_list.add_argument("--json", action="store_true", help="one JSON object per batch")
+    _data_dir(batch_list)
+    batch_revoke = batch_sub.add_parser("revoke", help="refuse every further node of a batch")
+    batch_revoke.add_argument("name")
+    _data_dir(batch_revoke)
+
+    devices = sub.add_parser("devices", help="devices the nodes report, with desired against reported values")
+    devices.add_argument("--node", default=None, help="only this node's devices")
+    devices.add_argument("--json", action="store_true", help="one JSON object per device")
+    _data_dir(devices)
+    desired = sub.add_parser("set-desired", help="set desired values of a device; its node applies them")
+    desired.add_argument("device", metavar="NS/NAME")
+    desired.add_argument("values", nargs="+", metavar="PROP=VALUE", help="VALUE as JSON, else as a string")
+    desired.add_argument("--node", default=None, help="the node, when several have such a device")
+    _data_dir(desired)
+
+
+async def _batch_and_twin_commands(store: Any, args: argparse.Namespace) -> bool:
+    """Run `registry batch|devices|set-desired`; False for any other action."""
+    from gateway.registry import access, batch, twins
+    from gateway.registry.ca import CertificateAuthority
+
+    cli = access.cli_caller()
+    if args.action == "batch" and args.batch_action == "create":
+        ca = CertificateAuthority.load_or_create(args.data_dir)
+        async with access.audited(store, cli, "batch.create", f"batch/{args.name}",
+                                  access.workspace_scope(args.workspace)) as entry:
+            entry.detail = {"count": args.count, "labels": args.labels, "prefix": args.prefix}
+            await access.check_workspace(store, args.workspace)
+            bundle = await batch.create_batch(store, ca, args.name, count=args.count, ttl=args.ttl,
+                                              labels=args.labels, prefix=args.prefix,
+                                              urls=args.url or batch.known_urls(args.data_dir),
+                                              workspace=args.workspace)
+        from gateway.registry.ca import write_private
+
+        write_private(args.output, bundle)
+        print(f"batch {args.name}: bundle for {args.count} nodes in {args.output}")
+    elif args.action == "batch" and args.batch_action == "revoke":
+        rows = await store.database.rows("SELECT workspace FROM batches WHERE name=?", args.name)
+        async with access.audited(store, cli, "batch.revoke", f"batch/{args.name}",
+                                  access.workspace_scope(rows[0][0] if rows else None)):
+            await batch.revoke_batch(store, args.name)
+        print(f"batch {args.name} revoked")
+    elif args.action == "batch":
+        for item in await batch.list_batches(store):
+            print(json.dumps(item) if args.json else f"{item['name']:<20} {item['status']:<8} "
+                  f"{item['used']}/{item['count']} joined  prefix {item['prefix']}  until "
+                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(item['expires_at']))}")
+    elif args.action == "devices":
+        for view in await twins.device_views(store, node=args.node):
+            print(json.dumps(view) if args.json else _device_line(view))
+    elif args.action == "set-desired":
+        namespace, _, name = args.device.partition("/")
+        if not namespace or not name:
+            raise ConfigError(f"{args.device}: expected NS/NAME")
+        values = {}
+        for item in args.values:
+            prop, sep, text = item.partition("=")
+            if not sep or not prop:
+                raise ConfigError(f"{item}: expected PROP=VALUE")
+            try:
+                values[prop] = json.loads(text)
+            except ValueError:
+                values[prop] = text
+        node = await twins.device_node(store, namespace, name, args.node)
+        async with access.audited(store, cli, "device.set-desired", f"device/{namespace}/{name}",
+                                  access.workspace_scope(await access.node_workspace(store, node))) as entry:
+            entry.detail = {"node": node, "desired": values}
+            view = await twins.set_desired(store, namespace, name, values, node)
+        print(f"{args.device} on node {view['node']}: desired " + ", ".join(
+            f"{prop}={json.dumps(view['twin'][prop]['desired'])}" for prop in values) + " (pending)")
+    else:
+        return False
+    return True
+
+
+def _device_line(view: dict[str, Any]) -> str:
+    props = "  ".join(
+        f"{prop}={json.dumps(entry.get('reported'))}"
+        + (f" (desired {json.dumps(entry['desired'])}, {entry['desired_status']})"
+           if entry.get("desired") is not None else "")
+        for prop, entry in sorted(view["twin"].items()))
+    return f"{view['node']:<20} {view['namespace']}/{view['name']:<24} {view['state']:<9} {props or '-'}"
+
+
 def _configure_join(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", required=True, help="https://HOST:PORT of the registry")
-    parser.add_argument("--token", required=True, help="a token from `fieldgate registry join-token create`")
-    parser.add_argument("--name", default=None, help="the node name to ask for (default: the registry picks)")
+    parser.add_argument("--registry", default=None, help="https://HOST:PORT of the registry (with --bundle: default "
+                                                         "the bundle's URLs)")
+    credential = parser.add_mutually_exclusive_group(required=True)
+    credential.add_argument("--token", help="a token from `fieldgate registry join-token create`")
+    credential.add_argument("--bundle", type=Path, help="a batch bundle from `fieldgate registry batch create`")
+    parser.add_argument("--name", default=None, help="the node name to ask for (default: the registry picks; with "
+                                                     "--bundle: <prefix>-<NAME> instead of the serial or hostname)")
     parser.add_argument("--data-dir", type=Path, default=Path("./fieldgate-data"),
                         help="the gateway's data dir (default ./fieldgate-data)")
 
@@ -197,7 +496,14 @@ def _configure_join(parser: argparse.ArgumentParser) -> None:
 def _join(args: argparse.Namespace) -> int:
     from gateway.registry.join import join
 
-    settings = asyncio.run(join(args.registry, args.token, args.data_dir, name=args.name))
+    if args.bundle is not None:
+        from gateway.registry.batch import join_with_bundle
+
+        settings = asyncio.run(join_with_bundle(args.registry, args.bundle, args.data_dir, name=args.name))
+    elif args.registry is None:
+        raise ConfigError("--registry: required with --token")
+    else:
+        settings = asyncio.run(join(args.registry, args.token, args.data_dir, name=args.name))
     print(f"joined {settings.url} as node {settings.node}")
     return 0
 
@@ -205,7 +511,9 @@ def _join(args: argparse.Namespace) -> int:
 @hookimpl
 def register_commands() -> list[Command]:
     return [
-        Command("registry", "the thin cloud registry: serve, join-token, token, group, apply, nodes",
+        Command("registry", "the thin cloud registry: serve, join-token, token, user, workspace, group, apply, "
+                            "nodes, audit",
                 _configure_registry, _registry),
-        Command("join", "join this gateway to a registry with a join token", _configure_join, _join),
+        Command("join", "join this gateway to a registry with a join token or a batch bundle", _configure_join,
+                _join),
     ]

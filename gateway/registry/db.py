@@ -5,6 +5,7 @@ PostgreSQL LISTEN/NOTIFY on PostgreSQL, so a message posted to one replica wakes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -49,6 +50,51 @@ ALTER TABLE nodes ADD COLUMN messages_expired INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE node_groups (name TEXT PRIMARY KEY, selector TEXT NOT NULL, created_at {time} NOT NULL);
 CREATE TABLE group_members (node TEXT PRIMARY KEY, group_name TEXT NOT NULL);
 """),
+    (4, """
+CREATE TABLE workspaces (name TEXT PRIMARY KEY, folder TEXT NOT NULL, created_at {time} NOT NULL);
+INSERT INTO workspaces (name, folder, created_at) VALUES ('default', 'default', 0);
+ALTER TABLE nodes ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE node_groups ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE documents ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE join_tokens ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'platform';
+ALTER TABLE api_tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_tokens ADD COLUMN revoked_at {time};
+CREATE TABLE registry_users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+    scope TEXT NOT NULL, created_at {time} NOT NULL);
+CREATE TABLE audit (id TEXT PRIMARY KEY, at {time} NOT NULL, actor TEXT NOT NULL, scope TEXT NOT NULL,
+    action TEXT NOT NULL, object TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+CREATE INDEX audit_by_time ON audit (at);
+"""),
+    (5, """
+CREATE TABLE batches (name TEXT PRIMARY KEY, serial TEXT NOT NULL, prefix TEXT NOT NULL, max_count INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0, labels TEXT NOT NULL,
+    expires_at {time} NOT NULL, created_at {time} NOT NULL, workspace TEXT NOT NULL DEFAULT 'default');
+ALTER TABLE nodes ADD COLUMN batch TEXT;
+ALTER TABLE nodes ADD COLUMN desired_version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE device_twins (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
+    state_reason TEXT NOT NULL, properties TEXT NOT NULL, reported_at {time} NOT NULL,
+    PRIMARY KEY (node, namespace, name));
+CREATE TABLE device_desired (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    property TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL, set_at {time} NOT NULL,
+    delivered_at {time}, error TEXT, PRIMARY KEY (node, namespace, name, property));
+CREATE INDEX device_desired_by_version ON device_desired (node, version);
+"""),
+    (6, """
+CREATE TABLE node_metrics (node TEXT NOT NULL, minute INTEGER NOT NULL, beats INTEGER NOT NULL,
+    cpu_percent_sum {time} NOT NULL, cpu_percent_n INTEGER NOT NULL,
+    memory_used_sum {time} NOT NULL, memory_used_n INTEGER NOT NULL,
+    memory_percent_sum {time} NOT NULL, memory_percent_n INTEGER NOT NULL,
+    disk_percent_sum {time} NOT NULL, disk_percent_n INTEGER NOT NULL,
+    disk_read_bps_sum {time} NOT NULL, disk_read_bps_n INTEGER NOT NULL,
+    disk_write_bps_sum {time} NOT NULL, disk_write_bps_n INTEGER NOT NULL,
+    net_rx_bps_sum {time} NOT NULL, net_rx_bps_n INTEGER NOT NULL,
+    net_tx_bps_sum {time} NOT NULL, net_tx_bps_n INTEGER NOT NULL,
+    process_rss_sum {time} NOT NULL, process_rss_n INTEGER NOT NULL,
+    points_per_s_sum {time} NOT NULL, points_per_s_n INTEGER NOT NULL,
+    outbox_depth_sum {time} NOT NULL, outbox_depth_n INTEGER NOT NULL,
+    PRIMARY KEY (node, minute));
+"""),
 ]
 
 
@@ -85,6 +131,8 @@ class SQLiteDatabase:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._listeners: dict[str, list[Listener]] = {}
+        # one connection: a statement of one request must not run inside another request's open transaction
+        self._lock = asyncio.Lock()
 
     async def open(self) -> SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,20 +160,24 @@ class SQLiteDatabase:
                 await self.transaction([*statements, ("INSERT INTO schema_version VALUES (?)", (version,))])
 
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self.db.execute(sql, args) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        async with self._lock:  # execute_fetchall: one trip to the connection's thread, not three
+            return [tuple(row) for row in await self.db.execute_fetchall(sql, args)]
 
     async def write(self, sql: str, *args: Any) -> int:
-        cursor = await self.db.execute(sql, args)
+        async with self._lock:
+            cursor = await self.db.execute(sql, args)
         return int(cursor.rowcount)
 
     async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        async with self._lock:
+            return await self._transaction(statements)
+
+    async def _transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
         results = []
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
-                async with self.db.execute(sql, tuple(args)) as cursor:
-                    results.append([tuple(row) for row in await cursor.fetchall()])
+                results.append([tuple(row) for row in await self.db.execute_fetchall(sql, tuple(args))])
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import AuthError, ConfigError
 from gateway.registry.ca import fingerprint, key_pem, make_csr, new_key, write_private
@@ -56,7 +57,7 @@ def parse_token(token: str) -> tuple[str, str]:
     return f"{parts[0]}.{parts[1]}", parts[2].lower()
 
 
-def _detail(response: httpx.Response) -> str:
+def detail(response: httpx.Response) -> str:
     try:
         body: Any = response.json()
     except ValueError:
@@ -93,10 +94,16 @@ async def join(url: str, token: str, data_dir: Path, *, name: str | None = None)
     except ValueError as exc:
         raise AuthError(f"{url}: the registry's CA is not a PEM certificate: {exc}") from None
     if response.status_code == 403:
-        raise AuthError(f"token refused: {_detail(response)}")
+        raise AuthError(f"token refused: {detail(response)}")
     if response.status_code != 200:
-        raise ConfigError(f"{url}: join failed ({response.status_code}): {_detail(response)}")
-    answer = response.json()
+        raise ConfigError(f"{url}: join failed ({response.status_code}): {detail(response)}")
+    return save_identity(data_dir, url, ca_pem, key, response.json())
+
+
+def save_identity(data_dir: Path, url: str, ca_pem: bytes, key: ec.EllipticCurvePrivateKey,
+                  answer: dict[str, Any]) -> RegistrySettings:
+    """Keep what a join answered (certificate, node name, interval) with the node's key in <data-dir>/registry/."""
+    directory = registry_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.pem").write_bytes(ca_pem)
     (directory / "node.pem").write_text(answer["certificate"])

@@ -1,10 +1,11 @@
 """REST → edge messages on the registry.
 
-`POST /api/v1/messages/<node>/<ns>/<path>` (a bearer API token, operator or admin) queues a message for the node
-with a TTL (`?ttl=`, default 1h); `?offline=reject` refuses it with 503 when the node does not heartbeat. The node
-long-polls `GET /api/v1/nodes/self/messages?wait=…` over mutual TLS, hands each message to its rest routes and
-acknowledges it (`POST /api/v1/nodes/self/messages/ack`), which deletes it. A post wakes the node's waiting poll
-through the database's notifications: in-process on SQLite, PostgreSQL NOTIFY across registry replicas.
+`POST /api/v1/messages/<node>/<ns>/<path>` (a bearer API token, operator or admin, whose scope covers the node's
+workspace: 404 otherwise, as for a missing node; audited) queues a message for the node with a TTL (`?ttl=`,
+default 1h); `?offline=reject` refuses it with 503 when the node does not heartbeat. The node long-polls
+`GET /api/v1/nodes/self/messages?wait=…` over mutual TLS, hands each message to its rest routes and acknowledges
+it (`POST /api/v1/nodes/self/messages/ack`), which deletes it. A post wakes the node's waiting poll through the
+database's notifications: in-process on SQLite, PostgreSQL NOTIFY across registry replicas.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from litestar import Response, get, post
 from litestar.params import FromPath
 
 from gateway.errors import ConfigError, NotFound
-from gateway.registry.auth import AnyRequest, client_node, require_role, store_of
+from gateway.registry.access import node_workspace, record, require_caller, workspace_scope
+from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.resources.durations import Duration
 
 CHANNEL = "fieldgate_messages"
@@ -65,20 +67,28 @@ def _seconds(name: str, raw: str | None, default: float, maximum: float | None =
       status_code=202, request_max_body_size=MAX_MESSAGE)
 async def post_message(request: AnyRequest, node: FromPath[str], namespace: FromPath[str],
                        path: FromPath[str]) -> Response[dict[str, Any]]:
-    await require_role(request, "operator")
+    caller = await require_caller(request, "operator")
     store = store_of(request)
     ttl = _seconds("ttl", request.query_params.get("ttl"), DEFAULT_TTL)
     offline = request.query_params.get("offline", "queue")
     if offline not in ("queue", "reject"):
         raise ConfigError(f"?offline={offline}: expected queue or reject")
+    target = f"node/{node}/{namespace}/{path.strip('/')}"
+    workspace = await node_workspace(store, node)
+    if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
+        await record(store, caller, str(caller.scope), "message.post", target, "not found")
+        return Response({"detail": f"no node {node}"}, status_code=404)
     try:
         online = await store.node_online(node)
     except NotFound as exc:
         return Response({"detail": str(exc)}, status_code=404)
     if not online and offline == "reject":
+        await record(store, caller, workspace_scope(workspace), "message.post", target, "refused: offline")
         return Response({"detail": f"node {node} is offline"}, status_code=503)
     queued = await store.queue_message(node, namespace, path.strip("/"), await request.body(), ttl)
     await store.database.notify(CHANNEL, node)
+    await record(store, caller, workspace_scope(workspace), "message.post", target, "ok",
+                 {"id": queued["id"], "ttl": ttl})
     return Response({**queued, "node": node, "status": "sent" if online else "queued"}, status_code=202)
 
 

@@ -35,6 +35,8 @@ class RegistryStore:
         self.data_dir = data_dir
         self.db_url = db_url
         self._database: Database | None = None
+        # messages queued, delivered (acknowledged) and expired by this process, for GET /metrics
+        self.message_counts: collections.Counter[str] = collections.Counter()
 
     async def __aenter__(self) -> RegistryStore:
         self._database = await open_database(self.data_dir, self.db_url)
@@ -60,13 +62,14 @@ class RegistryStore:
 
     # --- join tokens ----------------------------------------------------------------------------------------------
 
-    async def create_token(self, ttl: float, max_uses: int, labels: dict[str, str]) -> tuple[str, str]:
-        """(id, secret) of a new join token; only a hash of the secret is kept."""
+    async def create_token(self, ttl: float, max_uses: int, labels: dict[str, str],
+                           workspace: str = "default") -> tuple[str, str]:
+        """(id, secret) of a new join token for nodes of a workspace; only a hash of the secret is kept."""
         token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
         now = time.time()
-        await self._write("INSERT INTO join_tokens (id, secret_hash, expires_at, max_uses, labels, created_at) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", token_id, _hash(secret), now + ttl, max_uses,
-                          json.dumps(labels), now)
+        await self._write("INSERT INTO join_tokens (id, secret_hash, expires_at, max_uses, labels, created_at, "
+                          "workspace) VALUES (?, ?, ?, ?, ?, ?, ?)", token_id, _hash(secret), now + ttl, max_uses,
+                          json.dumps(labels), now, workspace)
         return token_id, secret
 
     async def revoke_token(self, token_id: str) -> None:
@@ -97,11 +100,11 @@ class RegistryStore:
         return {row[0] for row in await self._rows("SELECT name FROM nodes")}
 
     async def add_node(self, name: str, serial: str, labels: dict[str, str], interval: float,
-                       group: str | None = None) -> None:
+                       group: str | None = None, workspace: str = "default") -> None:
         """Record a joined node (and its group, when a group's selector takes its labels)."""
         statements: list[tuple[str, tuple[Any, ...]]] = [(
-            "INSERT INTO nodes (name, serial, labels, joined_at, interval) VALUES (?, ?, ?, ?, ?)",
-            (name, serial, json.dumps(labels), time.time(), interval))]
+            "INSERT INTO nodes (name, serial, labels, joined_at, interval, workspace) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, serial, json.dumps(labels), time.time(), interval, workspace))]
         if group is not None:
             statements.append(("INSERT INTO group_members VALUES (?, ?)", (name, group)))
         await self.database.transaction(statements)
@@ -115,9 +118,13 @@ class RegistryStore:
             raise AuthError("unknown node certificate")
 
     async def heartbeat(self, name: str, info: dict[str, Any]) -> float:
-        """Record a heartbeat; returns the node's heartbeat interval."""
-        await self._write("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", time.time(), json.dumps(info),
-                          name)
+        """Record a heartbeat (and its resource sample, `info.metrics`); returns the node's heartbeat interval."""
+        from gateway.registry.monitoring import sample_statements  # web parts the registry CLI commands do not load
+
+        now = time.time()
+        await self.database.transaction([
+            ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
+            *sample_statements(name, info.get("metrics"), now)])
         rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
         return float(rows[0][0]) if rows else 0.0
 
@@ -131,7 +138,10 @@ class RegistryStore:
                                                                                         time.time())),
             ("DELETE FROM nodes WHERE name=?", (name,)),
             ("DELETE FROM group_members WHERE node=?", (name,)),
-            ("DELETE FROM messages WHERE node=?", (name,))])
+            ("DELETE FROM messages WHERE node=?", (name,)),
+            ("DELETE FROM node_metrics WHERE node=?", (name,)),
+            ("DELETE FROM device_twins WHERE node=?", (name,)),
+            ("DELETE FROM device_desired WHERE node=?", (name,))])
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
@@ -140,9 +150,9 @@ class RegistryStore:
         groups = dict(await self._rows("SELECT node, group_name FROM group_members"))
         pending = dict(await self._rows("SELECT node, COUNT(*) FROM messages GROUP BY node"))
         result = []
-        for name, labels, joined_at, last, interval, info, expired in await self._rows(
-                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired FROM nodes "
-                "ORDER BY name"):
+        for name, labels, joined_at, last, interval, info, expired, workspace in await self._rows(
+                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired, workspace "
+                "FROM nodes ORDER BY name"):
             if last is None:
                 status, reason = "joined", "no heartbeat yet"
             elif now - last > OFFLINE_AFTER * interval:
@@ -153,18 +163,22 @@ class RegistryStore:
             result.append({"name": name, "status": status, "reason": reason, "version": details.get("version"),
                            "last_heartbeat": last, "joined_at": joined_at, "labels": json.loads(labels),
                            "info": details, "group": groups.get(name),
-                           "messages_pending": int(pending.get(name, 0)), "messages_expired": int(expired)})
+                           "messages_pending": int(pending.get(name, 0)), "messages_expired": int(expired),
+                           "workspace": workspace})
         return result
 
     # --- documents --------------------------------------------------------------------------------------------
 
-    async def put_documents(self, documents: list[tuple[str, str, str, str | None, bytes]]) -> None:
-        """Store (kind, namespace, name, node, JSON) documents, replacing those with the same key."""
+    async def put_documents(self, documents: list[tuple[str, str, str, str | None, bytes]],
+                            workspace: str = "default") -> None:
+        """Store (kind, namespace, name, node, JSON) documents of a workspace, replacing those with the same key."""
         now = time.time()
         await self.database.transaction([(
-            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO UPDATE SET "
-            "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at",
-            (kind, ns, name, node, body.decode(), now)) for kind, ns, name, node, body in documents])
+            "INSERT INTO documents (kind, namespace, name, node, document, updated_at, workspace) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO UPDATE SET "
+            "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at, "
+            "workspace=excluded.workspace",
+            (kind, ns, name, node, body.decode(), now, workspace)) for kind, ns, name, node, body in documents])
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use."""
@@ -186,13 +200,15 @@ class RegistryStore:
         if role not in ROLES:
             raise ConfigError(f"--role {role}: expected one of {', '.join(ROLES)}")
         token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
-        await self._write("INSERT INTO api_tokens VALUES (?, ?, ?, ?)", token_id, _hash(secret), role, time.time())
+        await self._write("INSERT INTO api_tokens (id, secret_hash, role, created_at) VALUES (?, ?, ?, ?)", token_id,
+                          _hash(secret), role, time.time())
         return f"{token_id}.{secret}"
 
     async def api_token_role(self, token: str) -> str:
         """The role of a bearer token; AuthError when it is unknown."""
         token_id, _, secret = token.partition(".")
-        rows = await self._rows("SELECT secret_hash, role FROM api_tokens WHERE id=?", token_id)
+        rows = await self._rows("SELECT secret_hash, role FROM api_tokens WHERE id=? AND revoked_at IS NULL",
+                                token_id)
         if not rows or not hmac.compare_digest(rows[0][0], _hash(secret)):
             raise AuthError("unknown API token")
         return str(rows[0][1])
@@ -212,6 +228,7 @@ class RegistryStore:
         message_id, now = secrets.token_hex(8), time.time()
         await self._write("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", message_id, node, namespace, path,
                           base64.b64encode(payload).decode(), now, now + ttl)
+        self.message_counts["queued"] += 1
         return {"id": message_id, "expires_at": now + ttl}
 
     async def pending_messages(self, node: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -226,28 +243,33 @@ class RegistryStore:
         """Delete messages a node has taken; how many were deleted."""
         results = await self.database.transaction(
             [("DELETE FROM messages WHERE node=? AND id=? RETURNING id", (node, message_id)) for message_id in ids])
-        return sum(len(rows) for rows in results)
+        deleted = sum(len(rows) for rows in results)
+        self.message_counts["delivered"] += deleted
+        return deleted
 
     async def drop_expired_messages(self) -> int:
         """Delete expired messages, counting them per node (`messages_expired` in the node list)."""
         [dropped] = await self.database.transaction(
             [("DELETE FROM messages WHERE expires_at<? RETURNING node", (time.time(),))])
         per_node = collections.Counter(row[0] for row in dropped)
+        self.message_counts["expired"] += len(dropped)
         for node, count in per_node.items():
             await self._write("UPDATE nodes SET messages_expired=messages_expired+? WHERE name=?", count, node)
         return len(dropped)
 
     # --- node groups ------------------------------------------------------------------------------------------
 
-    async def create_group(self, name: str, nodes: list[str], selector: dict[str, str]) -> list[str]:
-        """Make a group of the named nodes and those whose labels match the selector; its members.
+    async def create_group(self, name: str, nodes: list[str], selector: dict[str, str],
+                           workspace: str = "default") -> list[str]:
+        """Make a group in a workspace of its named nodes and those whose labels match the selector; its members.
 
         A node is in at most one group: ConfigError names the first node that is in another one already."""
         if not re.fullmatch(NAME_PATTERN, name) or len(name) > 253:
             raise ConfigError(f"group name {name!r}: expected lowercase letters, digits, '-' and '.'")
         if await self._rows("SELECT 1 FROM node_groups WHERE name=?", name):
             raise ConfigError(f"group {name} exists already")
-        labels = {row[0]: json.loads(row[1]) for row in await self._rows("SELECT name, labels FROM nodes")}
+        labels = {row[0]: json.loads(row[1]) for row in await self._rows(
+            "SELECT name, labels FROM nodes WHERE workspace=?", workspace)}
         for node in nodes:
             if node not in labels:
                 raise ConfigError(f"--nodes: no node {node}")
@@ -259,7 +281,8 @@ class RegistryStore:
                 raise ConfigError(f"node {node} is in group {taken[node]} already (a node is in at most one group)")
         try:
             await self.database.transaction([
-                ("INSERT INTO node_groups VALUES (?, ?, ?)", (name, json.dumps(selector), time.time())),
+                ("INSERT INTO node_groups (name, selector, created_at, workspace) VALUES (?, ?, ?, ?)",
+                 (name, json.dumps(selector), time.time(), workspace)),
                 *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
         except Exception as exc:  # another registry replica took a node or the name in the meantime
             raise ConfigError(f"group {name}: {exc}") from None
@@ -272,14 +295,33 @@ class RegistryStore:
         return [{"name": name, "selector": json.loads(selector), "nodes": members[name]}
                 for name, selector in await self._rows("SELECT name, selector FROM node_groups ORDER BY name")]
 
-    async def group_for_labels(self, labels: dict[str, str]) -> str | None:
-        """The group whose selector takes a joining node; ConfigError when several would."""
-        matching = [name for name, selector in await self._rows("SELECT name, selector FROM node_groups")
+    async def group_for_labels(self, labels: dict[str, str], workspace: str = "default") -> str | None:
+        """The group of the workspace whose selector takes a joining node; ConfigError when several would."""
+        matching = [name for name, selector in await self._rows(
+                    "SELECT name, selector FROM node_groups WHERE workspace=?", workspace)
                     if (wanted := json.loads(selector)) and _matches(wanted, labels)]
         if len(matching) > 1:
             raise ConfigError(f"the node's labels match groups {', '.join(sorted(matching))}; a node is in at most "
                               "one group")
         return matching[0] if matching else None
+
+    async def delete_group(self, name: str) -> None:
+        """Delete a group; its nodes stay, in no group."""
+        if not await self._rows("SELECT 1 FROM node_groups WHERE name=?", name):
+            raise NotFound(f"no group {name}")
+        await self.database.transaction([("DELETE FROM group_members WHERE group_name=?", (name,)),
+                                         ("DELETE FROM node_groups WHERE name=?", (name,))])
+
+    async def set_node_labels(self, name: str, labels: dict[str, str]) -> None:
+        if not await self._write("UPDATE nodes SET labels=? WHERE name=?", json.dumps(labels), name):
+            raise NotFound(f"no node {name}")
+
+    async def move_node(self, name: str, workspace: str) -> None:
+        """Move a node, and the devices meant for it, to another workspace; it leaves its group."""
+        await self.database.transaction([
+            ("UPDATE nodes SET workspace=? WHERE name=?", (workspace, name)),
+            ("DELETE FROM group_members WHERE node=?", (name,)),
+            ("UPDATE documents SET workspace=? WHERE node=?", (workspace, name))])
 
 
 def _hash(secret: str) -> str:

@@ -1,8 +1,10 @@
 """The uplink to the registry (a built-in plugin): once the node has joined (<data-dir>/registry/registry.json),
-a supervised task heartbeats over mutual TLS with node info and applies the registry's resources for the node
-whenever their resource version changes. A second task long-polls the registry for REST messages meant for this
+a supervised task heartbeats over mutual TLS with node info and the twins that changed (gateway.registry.twins),
+applies the registry's resources for the node whenever their resource version changes and the desired values the
+registry answers with. A second task long-polls the registry for REST messages meant for this
 node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
-whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes. It keeps the gateway
+whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes; a message in the
+`_fieldgate` namespace asks for the node's recent log instead (gateway.registry.logs). It keeps the gateway
 working while the registry is unreachable."""
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
-import psutil
 
 from gateway import __version__
 from gateway.errors import FieldgateError
 from gateway.plugins import list_plugins
 from gateway.reconfigure import REGISTRY
+from gateway.registry.logs import LOGS_NAMESPACE, answer_log_request
+from gateway.registry.monitoring import NodeSampler
+from gateway.registry.twins import DesiredValue, TwinSync
 from gateway.resources.schema import AnyDocument, dec_hook
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ class HeartbeatAnswer(msgspec.Struct, kw_only=True):
     resource_version: str
     heartbeat_interval: float
     documents: list[dict[str, Any]] | None = None
+    desired: list[DesiredValue] | None = None
 
 
 class Uplink:
@@ -61,12 +66,13 @@ class Uplink:
         self.messages_received = 0
         self.messages_unrouted = 0
         self.message_state = "starting"
+        self.sampler = NodeSampler(gateway.data_dir, gateway)  # its rates cover the time between two heartbeats
+        self.twins = TwinSync(gateway, gateway.data_dir / "registry" / "desired.json")
 
     async def run(self) -> None:
         from gateway.registry.join import client_ssl_context
 
         context = client_ssl_context(self.gateway.data_dir)
-        psutil.cpu_percent(None)  # the first call only starts the measurement
         async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=TIMEOUT) as client:
             while True:
                 await self.beat(client)
@@ -98,6 +104,9 @@ class Uplink:
         if not messages:
             return 0
         for message in messages:
+            if message.namespace == LOGS_NAMESPACE:  # the registry asks for this node's recent log
+                await answer_log_request(client, message.id, base64.b64decode(message.payload))
+                continue
             self.deliver(message.namespace, message.path, base64.b64decode(message.payload))
         await self.gateway.store.flush()  # durable in the outboxes before the registry forgets them
         ack = await client.post("/api/v1/nodes/self/messages/ack", json={"ids": [m.id for m in messages]})
@@ -128,25 +137,33 @@ class Uplink:
 
     async def beat(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
+        body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing()}
         try:
-            response = await client.post("/api/v1/heartbeat",
-                                         json={"resource_version": self.resource_version, "info": self.node_info()})
+            # msgspec, not json: a NaN or infinite reading goes as null instead of making the body invalid JSON
+            response = await client.post("/api/v1/heartbeat", content=msgspec.json.encode(body),
+                                         headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
+            self.twins.failed()  # the twins it carried go with the next heartbeat
             self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
             return
         if response.status_code != 200:
+            self.twins.failed()
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
             answer = msgspec.json.decode(response.content, type=HeartbeatAnswer)
         except msgspec.DecodeError as exc:
+            self.twins.failed()
             self._set_state("refused", f"unexpected answer: {exc}")
             return
+        self.twins.delivered()
         self.latency_ms = round((time.monotonic() - started) * 1000, 1)
         self._set_state("connected", f"as node {answer.node}")
         self.interval = answer.heartbeat_interval or self.interval
         if answer.documents is not None and answer.resource_version != self.resource_version:
             await self.apply(answer.resource_version, answer.documents)
+        if answer.desired:  # after the documents: a desired value may be for a device they just added
+            await self.twins.apply_desired(answer.desired)
 
     async def apply(self, version: str, raw_documents: list[dict[str, Any]]) -> None:
         """Make the registry-owned resources exactly these; a version that does not fit is logged once."""
@@ -160,6 +177,7 @@ class Uplink:
             self._failed_version = version
             return
         self.resource_version = version
+        self.twins.complete = True  # devices may have gone: the next report names every one
         log.info("registry resources version %s applied (%s)", version, ", ".join(changed) or "none")
 
     def _set_state(self, state: str, reason: str) -> None:
@@ -170,14 +188,16 @@ class Uplink:
 
     def node_info(self) -> dict[str, Any]:
         status = self.gateway.status()
+        metrics = self.sampler.sample()
         return {
             "version": __version__,
             "plugins": [info.name for info in list_plugins(self.gateway.pm)],
             "os": f"{platform.system()} {platform.release()}",
             "architecture": platform.machine(),
-            "cpu_percent": psutil.cpu_percent(None),
-            "memory_percent": psutil.virtual_memory().percent,
-            "disk_percent": psutil.disk_usage(str(self.gateway.data_dir)).percent,
+            "cpu_percent": metrics["cpu_percent"],
+            "memory_percent": metrics["memory_percent"],
+            "disk_percent": metrics["disk_percent"],
+            "metrics": metrics,  # kept per minute by the registry (gateway.registry.monitoring)
             "devices": status["devices"],
             "uplink_latency_ms": self.latency_ms,
             "resource_version": self.resource_version,

@@ -27,10 +27,14 @@ from gateway.resources.schema import (
     Gateway,
     PropertyModel,
     Route,
+    Workload,
     dec_hook,
 )
+from gateway.resources.schema import ConfigItem as ConfigItemDoc
+from gateway.resources.schema import Secret as SecretDoc
 from gateway.routes import endpoint_problems, route_problems
 from gateway.values import coerce
+from gateway.workloads.checks import workload_problems
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)
@@ -61,6 +65,9 @@ class Config:
     devices: dict[str, BoundDevice] = field(default_factory=dict)
     endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
     routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+    workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
+    config_items: dict[tuple[str, str], ConfigItemDoc] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], SecretDoc] = field(default_factory=dict)
     # (kind, namespace, name) -> where the document came from and its raw form, to re-check it with changes
     raw: dict[tuple[str, str, str], tuple[Source, Any]] = field(default_factory=dict)
 
@@ -192,6 +199,12 @@ class _Checker:
                 config.endpoints[(doc.namespace, doc.name)] = doc
             elif isinstance(doc, Route):
                 config.routes[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, Workload):
+                config.workloads[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, ConfigItemDoc):
+                config.config_items[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, SecretDoc):
+                config.secrets[(doc.namespace, doc.name)] = doc
         if len(gateways) > 1:
             self.problems.append("more than one Gateway document: a node has one")
         elif gateways:
@@ -208,6 +221,9 @@ class _Checker:
                     self.fail(source, path, message)
             elif isinstance(doc, Endpoint):
                 for path, message in endpoint_problems(doc):
+                    self.fail(source, path, message)
+            elif isinstance(doc, Workload):
+                for path, message in workload_problems(doc, config.config_items, config.secrets):
                     self.fail(source, path, message)
         if self.problems:
             raise ResourceError(self.problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -146,10 +147,117 @@ class Route(Document, tag="Route", kw_only=True):
     target_resource: dict[str, str] = {}
 
 
-AnyDocument = Gateway | DeviceModel | Device | Endpoint | Route
+# --- Edge apps: workloads, config items and secrets -----------------------------------------------------------
+
+_BYTE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+_BYTES_PATTERN = re.compile(r"\s*(\d+)\s*(k|m|g|ki|mi|gi)?\s*", re.I)
+
+
+class ByteSize(int):
+    """A size in bytes, parsed from a number or a string with a unit: `64Mi`, `1Gi`, `500M`, `4096`."""
+
+    @classmethod
+    def parse(cls, raw: Any) -> ByteSize:
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return cls(raw)
+        if isinstance(raw, str) and (match := _BYTES_PATTERN.fullmatch(raw)):
+            return cls(int(match[1]) * _BYTE_UNITS[(match[2] or "").lower()])
+        raise ValueError(f"Expected a size like '64Mi', '1Gi', '500M' or a number of bytes, got {raw!r}")
+
+
+KeyName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$", max_length=253)]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=253)]
+RuntimeName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]*$", max_length=63,
+                                  description="`process`, `container` or a runtime a plugin provides")]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class ValueRef(Base, kw_only=True):
+    """One key of a ConfigItem or a Secret in the workload's namespace: give `config_item` or `secret`."""
+
+    config_item: Name | None = None
+    secret: Name | None = None
+    key: KeyName
+
+
+class EnvFrom(ValueRef, kw_only=True):
+    name: Annotated[EnvName, Meta(description="the environment variable")]
+
+
+class FileFrom(ValueRef, kw_only=True):
+    path: Annotated[str, Meta(min_length=1, max_length=1024,
+                              description="relative path of the file in the instance's files directory")]
+
+
+class PortMapping(Base, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]*$", max_length=63)] = "http"
+    container_port: Annotated[Port | None, Meta(description="port inside the container (container runtimes)")] = None
+    host_port: Annotated[int, Meta(ge=0, le=65535, description="0: a free port per instance, given to the app "
+                                                                "as PORT / FIELDGATE_PORT_<NAME>")] = 0
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class Limits(Base, kw_only=True):
+    memory: Annotated[ByteSize | None, Meta(description="bytes or `64Mi`, `1Gi`; above it the app is stopped "
+                                                         "(status oom)")] = None
+    cpu: Annotated[float, Meta(gt=0, le=1024, description="cores, e.g. 0.5")] | None = None
+
+
+class HealthCheck(Base, kw_only=True):
+    """Gates `ready`; after `failure_threshold` failures in a row the instance is unhealthy and restarted."""
+
+    type: Literal["http", "tcp", "exec"]
+    path: Annotated[str, Meta(description="http: the path to GET; 2xx and 3xx are healthy")] = "/"
+    port: Annotated[int | str | None, Meta(description="http, tcp: a port number or the name of a port")] = None
+    command: Annotated[list[str], Meta(description="exec: healthy when it exits 0")] = []
+    interval: Duration = Duration(5.0)
+    timeout: Duration = Duration(1.0)
+    failure_threshold: Annotated[int, Meta(ge=1, le=100)] = 3
+    initial_delay: Duration = Duration(0.0)
+
+
+class Workload(Document, tag="Workload", kw_only=True):
+    """An edge app run on the node by a runtime: `process` (built in), `container` or one a plugin provides."""
+
+    runtime: RuntimeName = "process"
+    command: Annotated[list[str], Meta(description="the program and its arguments (process: required)")] = []
+    image: Annotated[str | None, Meta(description="the image (container runtimes)")] = None
+    args: list[str] = []
+    env: dict[EnvName, str] = {}
+    env_from: list[EnvFrom] = []
+    files: list[FileFrom] = []
+    working_dir: str | None = None
+    network: Annotated[Literal["ports", "host", "none"], Meta(
+        description="`ports`: the mapped ports only; `host`: the node's network; `none`")] = "ports"
+    ports: list[PortMapping] = []
+    limits: Limits = msgspec.field(default_factory=Limits)
+    restart: Literal["always", "on-failure", "never"] = "always"
+    restart_delay: Annotated[Duration, Meta(description="first delay; doubles per restart up to restart_delay_max")
+                             ] = Duration(1.0)
+    restart_delay_max: Duration = Duration(300.0)
+    health: HealthCheck | None = None
+    replicas: Annotated[int, Meta(ge=0, le=100)] = 1
+    stop_grace: Annotated[Duration, Meta(description="SIGTERM, then SIGKILL after this")] = Duration(10.0)
+    node: Annotated[Name | None, Meta(description="run on this node only")] = None
+    node_selector: Annotated[dict[str, str], Meta(description="run on nodes whose labels have these values")] = {}
+
+
+class ConfigItem(Document, tag="ConfigItem", kw_only=True):
+    """Key/values for workloads, as environment variables or files."""
+
+    data: dict[KeyName, str] = {}
+
+
+class Secret(Document, tag="Secret", kw_only=True):
+    """Key/values like ConfigItem, encrypted at rest on the node and masked by the API."""
+
+    data: dict[KeyName, str] = {}
+
+
+AnyDocument = Gateway | DeviceModel | Device | Endpoint | Route | Workload | ConfigItem | Secret
 KINDS: dict[str, type[Document]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Gateway, DeviceModel, Device, Endpoint, Route)
+    for cls in (Gateway, DeviceModel, Device, Endpoint, Route, Workload, ConfigItem, Secret)
 }
 
 
@@ -157,10 +265,14 @@ def dec_hook(target: type, raw: Any) -> Any:
     """msgspec hook for the custom types of the schema."""
     if target is Duration:
         return Duration.parse(raw)
+    if target is ByteSize:
+        return ByteSize.parse(raw)
     raise NotImplementedError(f"no decoder for {target!r}")
 
 
 def enc_hook(value: Any) -> Any:
     if isinstance(value, Duration):
         return float(value)
+    if isinstance(value, ByteSize):
+        return int(value)
     raise NotImplementedError(f"no encoder for {type(value)!r}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.errors import FieldgateError
+from gateway.logs import log_context
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,17 @@ class SinkRunner:
         self._wakeup = asyncio.Event()
         self._last_sent = 0
         self._started = 0.0
+        self.log_fields: dict[str, str] = {}  # context fields of its log lines besides the sink (a route's name)
 
     def notify(self) -> None:
         """New messages were committed to this outbox."""
         self._wakeup.set()
 
     async def run(self) -> None:
+        with log_context(sink=self.outbox, **self.log_fields):
+            await self._run()
+
+    async def _run(self) -> None:
         self._started = time.monotonic()
         await self.sink.open()
         backoff = self.min_backoff

@@ -19,11 +19,13 @@ from litestar.template.config import TemplateConfig
 
 from gateway import __version__
 from gateway.errors import FieldgateError, NotFound, ValueRejected
+from gateway.logs import log_ring
 from gateway.runtime import Gateway
 from gateway.web.api.devices import DeviceController
+from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
 from gateway.web.monitor import recent_errors, state_history
-from gateway.web.pages import admin, devices, editor, login, overview
+from gateway.web.pages import admin, devices, editor, login, logs, overview
 from gateway.web.pages.common import render, setup_engine
 from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, AuthMiddleware, is_api_path
 from gateway.web.sessions import LoginLimiter, SessionStore
@@ -36,7 +38,7 @@ PAGES = [
     editor.model_form, editor.model_save, editor.device_form, editor.device_save, editor.yaml_editor,
     editor.yaml_apply, editor.delete_resource, editor.import_form, editor.import_preview, editor.import_apply,
     admin.audit, admin.users, admin.user_add, admin.token_create, admin.token_revoke, admin.settings,
-    admin.settings_save,
+    admin.settings_save, logs.logs_page,
 ]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none';"
@@ -88,12 +90,13 @@ async def _security_headers(response: Response[Any]) -> Response[Any]:
 def create_app(gateway: Gateway) -> Litestar:
     plugin_routes = [route for routes in gateway.pm.hook.register_routes() for route in routes]
     recent_errors()  # counts warnings and errors from now on, for the dashboard
+    log_ring()  # the recent log, when `fieldgate run` has not installed it already
     state_history(gateway)
     psutil.cpu_percent(interval=None)  # the first reading is meaningless; later ones cover the time between
     exclude = [f"^{p}$" for p in sorted(PUBLIC_PATHS)] + [f"^{p}" for p in PUBLIC_PREFIXES]
     return Litestar(
         route_handlers=[
-            healthz, status, plugins, DeviceController, *PAGES, *plugin_routes,
+            healthz, status, plugins, logs_api, DeviceController, *PAGES, *plugin_routes,
             create_static_files_router(path="/static", directories=[WEB / "static"], include_in_schema=False,
                                        cache_control=None),
         ],

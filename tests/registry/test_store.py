@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import AuthError, ConfigError
+from gateway.registry.db import MIGRATIONS
 from gateway.registry.store import RegistryStore
 
 
@@ -22,7 +23,7 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
 
 async def test_store_messages_tokens_and_notifications(db_url: str | None, tmp_path: Path) -> None:
     async with RegistryStore(tmp_path, db_url) as store:
-        assert await store.database.rows("SELECT MAX(version) FROM schema_version") == [(3,)]
+        assert await store.database.rows("SELECT MAX(version) FROM schema_version") == [(MIGRATIONS[-1][0],)]
         await store.add_node("gw-1", "ab", {"site": "north"}, 1.0)
         assert not await store.node_online("gw-1")
         kept = await store.queue_message("gw-1", "plant", "alarms", b"\x00\xffbytes", 60.0)
@@ -47,4 +48,4 @@ async def test_store_messages_tokens_and_notifications(db_url: str | None, tmp_p
         assert await asyncio.wait_for(woken.get(), 5) == "gw-1"
     # migrations run once: opening again finds the schema current
     async with RegistryStore(tmp_path, db_url) as store:
-        assert await store.database.rows("SELECT COUNT(*) FROM schema_version") == [(3,)]
+        assert await store.database.rows("SELECT COUNT(*) FROM schema_version") == [(len(MIGRATIONS),)]

@@ -25,6 +25,7 @@ NAV = [
     ("/endpoints", "Endpoints & routes", "viewer"),
     ("/sinks", "Sinks & outboxes", "viewer"),
     ("/plugins", "Plugins", "viewer"),
+    ("/logs", "Logs", "viewer"),
     ("/audit", "Audit log", "viewer"),
     ("/import", "Import", "admin"),
     ("/users", "Users & tokens", "admin"),

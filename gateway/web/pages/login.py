@@ -27,10 +27,10 @@ def _secure(request: AnyRequest) -> bool:
 
 
 def _login_page(request: AnyRequest, *, error: str = "", status_code: int = 200, username: str = "",
-                next_path: str = "/") -> Template:
+                next_path: str = "/", no_users: bool = False) -> Template:
     token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
     response = render(request, "login.html", status_code=status_code, error=error, username=username,
-                      next=_safe_next(next_path), login_csrf=token)
+                      next=_safe_next(next_path), login_csrf=token, no_users=no_users)
     response.cookies.append(Cookie(key=LOGIN_CSRF_COOKIE, value=token, path="/login", httponly=True,
                                    samesite="strict", secure=_secure(request)))
     return response
@@ -38,7 +38,9 @@ def _login_page(request: AnyRequest, *, error: str = "", status_code: int = 200,
 
 @get("/login", summary="The login form", include_in_schema=False)
 async def login_form(request: AnyRequest, next_path: Annotated[str, QueryParameter(name="next")] = "/") -> Template:
-    return _login_page(request, next_path=next_path)
+    # No default password ships: until a user is added (provisioning, `fieldgate user add`) the form says so.
+    no_users = not await gateway_of(request).store.rows("SELECT 1 FROM users LIMIT 1")
+    return _login_page(request, next_path=next_path, no_users=no_users)
 
 
 @post("/login", summary="Log in with a user name and password", include_in_schema=False, status_code=303)

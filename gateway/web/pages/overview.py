@@ -11,6 +11,7 @@ from litestar import get
 from litestar.response import Template
 
 from gateway.plugins import list_plugins
+from gateway.registry.monitoring import WINDOWS, local_plots_html
 from gateway.runtime import Gateway
 from gateway.web.monitor import recent_errors
 from gateway.web.pages.common import AnyRequest, gateway_of, joined_registry, render
@@ -79,6 +80,8 @@ async def dashboard(request: AnyRequest) -> Template:
     errors = recent_errors().since(3600)
     tasks = status.get("tasks", {})
     failing = [name for name, task in tasks.items() if task.get("state") not in ("running", "done")]
+    window = request.query_params.get("plots", "1h")
+    window = window if window in WINDOWS else "1h"
     return render(
         request, "dashboard.html",
         status=status,
@@ -87,6 +90,9 @@ async def dashboard(request: AnyRequest) -> Template:
         device_counts=[(state, devices.get(state, 0)) for state in DEVICE_STATES],
         device_total=devices.get("total", 0),
         host=host_metrics(gateway),
+        plots=local_plots_html(gateway, window),
+        plot_window=window,
+        plot_windows=list(WINDOWS),
         outboxes=outbox_rows(status),
         errors_last_hour=len(errors),
         last_errors=list(reversed(errors))[:8],

@@ -1,0 +1,591 @@
+"""Who may see and change what at the registry, and the record of every change.
+
+Scopes form a hierarchy: `platform` > `folder:F` > `workspace:W`. Nodes, groups, join tokens and documents lie in
+one workspace (`default`, in folder `default`, unless said otherwise); a workspace lies in one folder. An API token
+or a registry user has a role (viewer < operator < admin) bound to one scope and sees and changes only what lies
+in it: lists are filtered and a single object outside the scope is "not found", so a scope never learns what
+another one holds. Every change is written to the audit table with its time, actor, scope, action, object and
+outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from litestar import Request, delete, get, patch, post
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+
+from gateway.errors import AuthError, ConfigError, NotFound
+from gateway.registry.store import ROLES, RegistryStore
+from gateway.resources.schema import NAME_PATTERN
+
+ScopeKind = Literal["platform", "folder", "workspace"]
+PLATFORM = "platform"
+DEFAULT_WORKSPACE = "default"
+DEFAULT_FOLDER = "default"
+DEFAULT_SCOPE = f"workspace:{DEFAULT_WORKSPACE}"  # least privilege: the narrowest scope every registry has
+LOWEST_ROLE = ROLES[0]
+_hasher = PasswordHasher()
+AnyRequest = Request[Any, Any, Any]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """`platform`, `folder:F` or `workspace:W`."""
+
+    kind: ScopeKind
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        text = text.strip()
+        if text == PLATFORM:
+            return cls("platform")
+        kind, sep, name = text.partition(":")
+        if not sep or kind not in ("folder", "workspace") or not _valid_name(name):
+            raise ConfigError(f"scope {text!r}: expected platform, folder:NAME or workspace:NAME")
+        return cls("folder" if kind == "folder" else "workspace", name)
+
+    def __str__(self) -> str:
+        return PLATFORM if self.kind == "platform" else f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated actor (`token:<id>`, `user:<name>`, `node:<name>`, `cli:<login>`), its role and scope."""
+
+    actor: str
+    role: str
+    scope: Scope
+    workspaces: frozenset[str] | None  # the workspaces the scope covers; None: every one (platform)
+
+    def can(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def sees(self, workspace: str | None) -> bool:
+        return self.workspaces is None or (workspace or DEFAULT_WORKSPACE) in self.workspaces
+
+    def covers(self, scope: Scope) -> bool:
+        """Whether `scope` lies within this caller's scope (a token or user it may hand out)."""
+        if self.scope.kind == "platform":
+            return True
+        if scope.kind == "workspace":
+            return self.sees(scope.name)
+        return scope == self.scope
+
+    def audit_scopes(self) -> list[str] | None:
+        """The audit scopes this caller may read; None: all."""
+        if self.workspaces is None:
+            return None
+        return sorted({f"workspace:{w}" for w in self.workspaces} | {str(self.scope)})
+
+
+def _valid_name(name: str) -> bool:
+    return bool(re.fullmatch(NAME_PATTERN, name)) and len(name) <= 63
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ConfigError(f"--role {role}: expected one of {', '.join(ROLES)}")
+    return role
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- workspaces and folders -----------------------------------------------------------------------------------
+
+
+async def workspaces(store: RegistryStore) -> dict[str, str]:
+    """Every workspace with its folder."""
+    return {str(name): str(folder) for name, folder in await store.database.rows(
+        "SELECT name, folder FROM workspaces ORDER BY name")}
+
+
+async def create_workspace(store: RegistryStore, name: str, folder: str = DEFAULT_FOLDER) -> None:
+    if not _valid_name(name):
+        raise ConfigError(f"workspace {name!r}: expected lowercase letters, digits and '-' (at most 63)")
+    if not _valid_name(folder):
+        raise ConfigError(f"--folder {folder!r}: expected lowercase letters, digits and '-' (at most 63)")
+    if name in await workspaces(store):
+        raise ConfigError(f"workspace {name} exists already")
+    await store.database.write("INSERT INTO workspaces (name, folder, created_at) VALUES (?, ?, ?)", name, folder,
+                               time.time())
+
+
+async def check_workspace(store: RegistryStore, name: str) -> str:
+    """`name` when such a workspace exists; ConfigError otherwise."""
+    if name not in await workspaces(store):
+        raise ConfigError(f"--workspace {name}: no such workspace (`fieldgate registry workspace create {name}`)")
+    return name
+
+
+async def resolve(store: RegistryStore, actor: str, role: str, scope: Scope | str) -> Caller:
+    """A caller with the workspaces its scope covers now."""
+    scope = Scope.parse(scope) if isinstance(scope, str) else scope
+    folders = await workspaces(store)
+    if scope.kind == "platform":
+        covered = None
+    elif scope.kind == "folder":
+        covered = frozenset(w for w, f in folders.items() if f == scope.name)
+    else:
+        covered = frozenset({scope.name})
+    return Caller(actor, check_role(role), scope, covered)
+
+
+async def check_scope(store: RegistryStore, text: str) -> Scope:
+    """A parsed scope that names an existing folder or workspace; ConfigError otherwise."""
+    scope = Scope.parse(text)
+    folders = await workspaces(store)
+    if scope.kind == "workspace" and scope.name not in folders:
+        raise ConfigError(f"--scope {text}: no workspace {scope.name}")
+    if scope.kind == "folder" and scope.name not in folders.values():
+        raise ConfigError(f"--scope {text}: no folder {scope.name} (a folder exists once a workspace is in it)")
+    return scope
+
+
+def cli_caller() -> Caller:
+    """Whoever runs the registry's command line on its data dir can do everything."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "unknown"
+    return Caller(f"cli:{login}", "admin", Scope("platform"), None)
+
+
+# --- API tokens -----------------------------------------------------------------------------------------------
+
+
+async def create_api_token(store: RegistryStore, role: str, scope: Scope, description: str = "") -> str:
+    """A new bearer token `<id>.<secret>` with a role bound to a scope; only a hash of the secret is kept."""
+    token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
+    await store.database.write(
+        "INSERT INTO api_tokens (id, secret_hash, role, created_at, scope, description) VALUES (?, ?, ?, ?, ?, ?)",
+        token_id, _hash(secret), check_role(role), time.time(), str(scope), description)
+    return f"{token_id}.{secret}"
+
+
+async def token_caller(store: RegistryStore, token: str) -> Caller:
+    """The caller of a bearer token; AuthError when it is unknown or revoked."""
+    token_id, _, secret = token.partition(".")
+    rows = await store.database.rows("SELECT secret_hash, role, scope, revoked_at FROM api_tokens WHERE id=?",
+                                     token_id)
+    if not rows or not hmac.compare_digest(rows[0][0], _hash(secret)):
+        raise AuthError("unknown API token")
+    if rows[0][3] is not None:
+        raise AuthError("revoked API token")
+    return await resolve(store, f"token:{token_id}", str(rows[0][1]), str(rows[0][2]))
+
+
+async def api_tokens(store: RegistryStore) -> list[dict[str, Any]]:
+    return [{"id": token_id, "role": role, "scope": scope, "description": description, "created_at": created,
+             "revoked_at": revoked}
+            for token_id, role, scope, description, created, revoked in await store.database.rows(
+                "SELECT id, role, scope, description, created_at, revoked_at FROM api_tokens ORDER BY created_at")]
+
+
+async def revoke_api_token(store: RegistryStore, token_id: str) -> str:
+    """Revoke a token; its scope (for the audit log)."""
+    rows = await store.database.rows("SELECT scope FROM api_tokens WHERE id=?", token_id)
+    if not rows:
+        raise NotFound(f"no API token {token_id}")
+    await store.database.write("UPDATE api_tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL", time.time(),
+                               token_id)
+    return str(rows[0][0])
+
+
+# --- registry users (for the pages) ---------------------------------------------------------------------------
+
+
+async def add_user(store: RegistryStore, name: str, role: str, scope: Scope, password: str) -> None:
+    """Add a registry user or change its role, scope and password (argon2)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(f"user name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
+    if len(password) < 8:
+        raise ConfigError("password: use at least 8 characters")
+    check_role(role)
+    await store.database.write(
+        "INSERT INTO registry_users (name, password_hash, role, scope, created_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET password_hash=excluded.password_hash, role=excluded.role, "
+        "scope=excluded.scope", name, _hasher.hash(password), role, str(scope), time.time())
+
+
+async def remove_user(store: RegistryStore, name: str) -> None:
+    if not await store.database.write("DELETE FROM registry_users WHERE name=?", name):
+        raise NotFound(f"no registry user {name}")
+
+
+async def users(store: RegistryStore) -> list[dict[str, Any]]:
+    return [{"name": name, "role": role, "scope": scope, "created_at": created}
+            for name, role, scope, created in await store.database.rows(
+                "SELECT name, role, scope, created_at FROM registry_users ORDER BY name")]
+
+
+async def user_caller(store: RegistryStore, name: str) -> Caller:
+    """The caller of a known user (role and scope as stored now); AuthError when the user is gone."""
+    rows = await store.database.rows("SELECT role, scope FROM registry_users WHERE name=?", name)
+    if not rows:
+        raise AuthError("the user of this session no longer exists")
+    return await resolve(store, f"user:{name}", str(rows[0][0]), str(rows[0][1]))
+
+
+async def authenticate_user(store: RegistryStore, name: str, password: str) -> Caller:
+    rows = await store.database.rows("SELECT password_hash FROM registry_users WHERE name=?", name)
+    if not rows:
+        _hasher.hash(password)  # the same work as a real check: no user enumeration by timing
+        raise AuthError("invalid user name or password")
+    try:
+        _hasher.verify(str(rows[0][0]), password)
+    except (VerificationError, InvalidHashError):
+        raise AuthError("invalid user name or password") from None
+    return await user_caller(store, name)
+
+
+# --- what lies where ------------------------------------------------------------------------------------------
+
+
+async def node_workspace(store: RegistryStore, name: str) -> str | None:
+    rows = await store.database.rows("SELECT workspace FROM nodes WHERE name=?", name)
+    return str(rows[0][0]) if rows else None
+
+
+async def visible_node(store: RegistryStore, caller: Caller, name: str) -> dict[str, Any]:
+    """One node with its status; NotFound when there is none or it lies outside the caller's scope."""
+    for node in await store.nodes():
+        if node["name"] == name and caller.sees(node.get("workspace")):
+            return node
+    raise NotFound(f"no node {name}")
+
+
+async def check_node_in_scope(store: RegistryStore, caller: Caller, name: str) -> str:
+    """The node's workspace; NotFound (as for a node that does not exist) outside the caller's scope."""
+    workspace = await node_workspace(store, name)
+    if workspace is None or not caller.sees(workspace):
+        raise NotFound(f"no node {name}")
+    return workspace
+
+
+async def group_workspaces(store: RegistryStore) -> dict[str, str]:
+    return {str(name): str(ws) for name, ws in await store.database.rows("SELECT name, workspace FROM node_groups")}
+
+
+async def visible_groups(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
+    """The groups in the caller's scope, each with its workspace."""
+    where = await group_workspaces(store)
+    return [{**group, "workspace": where.get(group["name"], DEFAULT_WORKSPACE)} for group in await store.groups()
+            if caller.sees(where.get(group["name"]))]
+
+
+async def visible_nodes(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
+    return [node for node in await store.nodes() if caller.sees(node.get("workspace"))]
+
+
+async def documents(store: RegistryStore, caller: Caller, kind: str | None = None) -> list[dict[str, Any]]:
+    """The registry's documents in the caller's scope: kind, namespace, name, node, workspace, document."""
+    rows = await store.database.rows(
+        "SELECT kind, namespace, name, node, workspace, document, updated_at FROM documents "
+        + ("WHERE kind=? " if kind else "") + "ORDER BY kind, namespace, name", *([kind] if kind else []))
+    return [{"kind": k, "namespace": ns, "name": name, "node": node, "workspace": workspace,
+             "document": json.loads(doc), "updated_at": updated}
+            for k, ns, name, node, workspace, doc, updated in rows if caller.sees(workspace)]
+
+
+async def join_tokens(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
+    now = time.time()
+    result = []
+    for token_id, expires, max_uses, uses, revoked, labels, created, workspace in await store.database.rows(
+            "SELECT id, expires_at, max_uses, uses, revoked, labels, created_at, workspace FROM join_tokens "
+            "ORDER BY created_at DESC"):
+        if not caller.sees(workspace):
+            continue
+        state = ("revoked" if revoked else "expired" if expires < now else "used up" if uses >= max_uses
+                 else "valid")
+        result.append({"id": token_id, "workspace": workspace, "labels": json.loads(labels), "uses": uses,
+                       "max_uses": max_uses, "expires_at": expires, "created_at": created, "state": state})
+    return result
+
+
+async def join_token_workspace(store: RegistryStore, token_id: str) -> str | None:
+    rows = await store.database.rows("SELECT workspace FROM join_tokens WHERE id=?", token_id)
+    return str(rows[0][0]) if rows else None
+
+
+# --- the audit log --------------------------------------------------------------------------------------------
+
+
+def workspace_scope(workspace: str | None) -> str:
+    return f"workspace:{workspace or DEFAULT_WORKSPACE}"
+
+
+async def record(store: RegistryStore, actor: Caller | str, scope: str, action: str, target: str,
+                 outcome: str = "ok", detail: Any = "") -> None:
+    """Write one audit entry: who (`token:<id>`, `user:<name>`, `node:<name>`, `cli:<login>`) did what to which
+    object in which scope, and how it ended (`ok`, `refused: …`, `not found`)."""
+    who = actor.actor if isinstance(actor, Caller) else actor
+    text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
+    now = time.time()
+    await store.database.write(
+        "INSERT INTO audit (id, at, actor, scope, action, object, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"{time.time_ns():x}{secrets.token_hex(2)}", now, who, scope, action, target, outcome, text[:2000])
+
+
+async def audit_entries(store: RegistryStore, caller: Caller, *, limit: int = 200,
+                        before: float | None = None) -> list[dict[str, Any]]:
+    """The newest audit entries the caller may read (its scope and the workspaces within), newest first."""
+    where = ["at < ?"]
+    args: list[Any] = [before if before is not None else time.time() + 86400]
+    scopes = caller.audit_scopes()
+    if scopes is not None:
+        where.append(f"scope IN ({', '.join('?' for _ in scopes)})")
+        args.extend(scopes)
+    rows = await store.database.rows(
+        f"SELECT at, actor, scope, action, object, outcome, detail FROM audit WHERE {' AND '.join(where)} "
+        "ORDER BY at DESC, id DESC LIMIT ?", *args, max(1, min(limit, 1000)))
+    return [{"at": at, "actor": actor, "scope": scope, "action": action, "object": target, "outcome": outcome,
+             "detail": detail} for at, actor, scope, action, target, outcome, detail in rows]
+
+
+@dataclass
+class Entry:
+    """An audit entry being made: its scope and detail may be set once the object is found."""
+
+    scope: str
+    detail: Any = ""
+
+
+@contextlib.asynccontextmanager
+async def audited(store: RegistryStore, actor: Caller | str, action: str, target: str,
+                  scope: str) -> AsyncIterator[Entry]:
+    """Record the change made in the block with its outcome: `ok`, `not found` or `refused: <reason>`."""
+    entry = Entry(scope)
+    try:
+        yield entry
+    except NotFound:
+        await record(store, actor, entry.scope, action, target, "not found", entry.detail)
+        raise
+    except Exception as exc:
+        reason = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        await record(store, actor, entry.scope, action, target, f"refused: {reason}", entry.detail)
+        raise
+    await record(store, actor, entry.scope, action, target, "ok", entry.detail)
+
+
+# --- the access part of the registry API ----------------------------------------------------------------------
+
+
+def _store(request: AnyRequest) -> RegistryStore:
+    store: RegistryStore = request.app.state.store
+    return store
+
+
+async def require_caller(request: AnyRequest, role: str) -> Caller:
+    """The caller of the request's bearer token (role and scope), refused below `role`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise NotAuthorizedException("an API token is required (Authorization: Bearer <token> from "
+                                     "`fieldgate registry token create`)")
+    try:
+        caller = await token_caller(_store(request), token.strip())
+    except AuthError as exc:
+        raise NotAuthorizedException(str(exc)) from None
+    if not caller.can(role):
+        raise PermissionDeniedException(f"the {caller.role} role cannot do this ({role} or more is needed)")
+    return caller
+
+
+async def _in_scope_workspace(store: RegistryStore, caller: Caller, name: str) -> str:
+    """`name` when it is a workspace within the caller's scope; the same ConfigError for a missing or foreign one."""
+    if not caller.sees(name) or name not in await workspaces(store):
+        raise ConfigError(f"workspace {name!r}: no such workspace")
+    return name
+
+
+class NodeChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workspace: str | None = None
+    labels: dict[str, str] | None = None
+
+
+class GroupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    nodes: list[str] = []
+    selector: dict[str, str] = {}
+    workspace: str = DEFAULT_WORKSPACE
+
+
+class JoinTokenRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workspace: str = DEFAULT_WORKSPACE
+    ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+    max_uses: Annotated[int, msgspec.Meta(ge=1)] = 1
+    labels: dict[str, str] = {}
+
+
+class WorkspaceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    folder: str = DEFAULT_FOLDER
+
+
+@get("/api/v1/nodes/{name:str}", summary="One node with its status (404 outside the token's scope)")
+async def get_node(request: AnyRequest, name: str) -> dict[str, Any]:
+    caller = await require_caller(request, "viewer")
+    return await visible_node(_store(request), caller, name)
+
+
+@patch("/api/v1/nodes/{name:str}", summary="Change a node's labels or move it to another workspace (admin)")
+async def change_node(request: AnyRequest, name: str, data: NodeChange) -> dict[str, Any]:
+    caller = await require_caller(request, "admin")
+    store = _store(request)
+    async with audited(store, caller, "node.change", f"node/{name}", str(caller.scope)) as entry:
+        entry.detail = msgspec.to_builtins(data)
+        workspace = await check_node_in_scope(store, caller, name)
+        entry.scope = workspace_scope(workspace)
+        if data.workspace is not None and data.workspace != workspace:
+            await store.move_node(name, await _in_scope_workspace(store, caller, data.workspace))
+        if data.labels is not None:
+            await store.set_node_labels(name, data.labels)
+    return await visible_node(store, caller, name)
+
+
+@delete("/api/v1/nodes/{name:str}", summary="Forget a node and revoke its certificate (admin)", status_code=200)
+async def remove_node(request: AnyRequest, name: str) -> dict[str, str]:
+    caller = await require_caller(request, "admin")
+    store = _store(request)
+    async with audited(store, caller, "node.remove", f"node/{name}", str(caller.scope)) as entry:
+        entry.scope = workspace_scope(await check_node_in_scope(store, caller, name))
+        await store.remove_node(name)
+    return {"removed": name}
+
+
+@post("/api/v1/groups", summary="Make a node group in a workspace (admin)", status_code=201)
+async def create_group(request: AnyRequest, data: GroupRequest) -> dict[str, Any]:
+    caller = await require_caller(request, "admin")
+    store = _store(request)
+    async with audited(store, caller, "group.create", f"group/{data.name}", str(caller.scope)) as entry:
+        entry.detail = {"nodes": data.nodes, "selector": data.selector}
+        workspace = await _in_scope_workspace(store, caller, data.workspace)
+        entry.scope = workspace_scope(workspace)
+        members = await store.create_group(data.name, data.nodes, data.selector, workspace)
+    return {"name": data.name, "workspace": workspace, "nodes": members}
+
+
+@delete("/api/v1/groups/{name:str}", summary="Delete a node group; its nodes stay (admin)", status_code=200)
+async def delete_group(request: AnyRequest, name: str) -> dict[str, str]:
+    caller = await require_caller(request, "admin")
+    store = _store(request)
+    async with audited(store, caller, "group.delete", f"group/{name}", str(caller.scope)) as entry:
+        group = next((g for g in await visible_groups(store, caller) if g["name"] == name), None)
+        if group is None:
+            raise NotFound(f"no group {name}")
+        entry.scope = workspace_scope(group["workspace"])
+        await store.delete_group(name)
+    return {"deleted": name}
+
+
+@get("/api/v1/join-tokens", summary="Join tokens in the token's scope, without secrets (admin)")
+async def list_join_tokens(request: AnyRequest) -> list[dict[str, Any]]:
+    return await join_tokens(_store(request), await require_caller(request, "admin"))
+
+
+async def new_join_token(request: AnyRequest, caller: Caller, data: JoinTokenRequest) -> dict[str, Any]:
+    """Create a join token for a workspace in the caller's scope; the full token is in the answer only."""
+    store = _store(request)
+    async with audited(store, caller, "join-token.create", "join-token", str(caller.scope)) as entry:
+        entry.detail = {"labels": data.labels, "max_uses": data.max_uses, "ttl": data.ttl}
+        workspace = await _in_scope_workspace(store, caller, data.workspace)
+        entry.scope = workspace_scope(workspace)
+        token_id, secret = await store.create_token(data.ttl, data.max_uses, data.labels, workspace)
+        entry.detail["id"] = token_id
+    return {"id": token_id, "workspace": workspace,
+            "token": f"{token_id}.{secret}.{request.app.state.ca.fingerprint}"}
+
+
+@post("/api/v1/join-tokens", summary="Create a join token for a workspace (admin); the answer holds the token",
+      status_code=201)
+async def create_join_token(request: AnyRequest, data: JoinTokenRequest) -> dict[str, Any]:
+    return await new_join_token(request, await require_caller(request, "admin"), data)
+
+
+async def revoke_join_token_as(store: RegistryStore, caller: Caller, token_id: str) -> None:
+    async with audited(store, caller, "join-token.revoke", f"join-token/{token_id}", str(caller.scope)) as entry:
+        workspace = await join_token_workspace(store, token_id)
+        if workspace is None or not caller.sees(workspace):
+            raise NotFound(f"no join token {token_id}")
+        entry.scope = workspace_scope(workspace)
+        await store.revoke_token(token_id)
+
+
+@delete("/api/v1/join-tokens/{token_id:str}", summary="Revoke a join token (admin)", status_code=200)
+async def revoke_join_token(request: AnyRequest, token_id: str) -> dict[str, str]:
+    await revoke_join_token_as(_store(request), await require_caller(request, "admin"), token_id)
+    return {"revoked": token_id}
+
+
+@get("/api/v1/documents", summary="Registry documents in the token's scope (?kind=Device)")
+async def list_documents(request: AnyRequest) -> list[dict[str, Any]]:
+    caller = await require_caller(request, "viewer")
+    return await documents(_store(request), caller, request.query_params.get("kind") or None)
+
+
+@get("/api/v1/workspaces", summary="Workspaces in the token's scope with their folders")
+async def list_workspaces(request: AnyRequest) -> list[dict[str, str]]:
+    caller = await require_caller(request, "viewer")
+    return [{"name": name, "folder": folder} for name, folder in (await workspaces(_store(request))).items()
+            if caller.sees(name)]
+
+
+@post("/api/v1/workspaces", summary="Create a workspace in a folder (a platform admin, or an admin of the folder)",
+      status_code=201)
+async def add_workspace(request: AnyRequest, data: WorkspaceRequest) -> dict[str, str]:
+    caller = await require_caller(request, "admin")
+    store = _store(request)
+    async with audited(store, caller, "workspace.create", f"workspace/{data.name}", str(caller.scope)) as entry:
+        if not caller.covers(Scope("folder", data.folder)):
+            raise PermissionDeniedException(f"the scope {caller.scope} cannot create workspaces in folder "
+                                            f"{data.folder}")
+        entry.scope = f"folder:{data.folder}"
+        await create_workspace(store, data.name, data.folder)
+    return {"name": data.name, "folder": data.folder}
+
+
+@get("/api/v1/audit", summary="The audit log within the token's scope, newest first (admin; ?limit=, ?before=)")
+async def audit_log(request: AnyRequest) -> list[dict[str, Any]]:
+    caller = await require_caller(request, "admin")
+    try:
+        limit = int(request.query_params.get("limit", "200"))
+        before = request.query_params.get("before")
+        until = float(before) if before else None
+    except ValueError:
+        raise ConfigError("?limit= and ?before= take numbers (a count; unix seconds)") from None
+    return await audit_entries(_store(request), caller, limit=limit, before=until)
+
+
+ROUTE_HANDLERS = [get_node, change_node, remove_node, create_group, delete_group, list_join_tokens,
+                  create_join_token, revoke_join_token, list_documents, list_workspaces, add_workspace, audit_log]
+
+
+async def workspace_problems(store: RegistryStore, documents: list[tuple[str, str, str, str | None, bytes]],
+                             workspace: str) -> list[str]:
+    """Why documents cannot go to a workspace: a device meant for a node of another one, or a document of the same
+    kind, namespace and name that another workspace holds."""
+    held = {(kind, ns, name): str(ws) for kind, ns, name, ws in await store.database.rows(
+        "SELECT kind, namespace, name, workspace FROM documents")}
+    problems = []
+    for kind, ns, name, node, _ in documents:
+        if held.get((kind, ns, name), workspace) != workspace:
+            problems.append(f"{kind} {ns}/{name}: workspace {held[(kind, ns, name)]} holds it")
+        if node is not None and (node_ws := await node_workspace(store, node)) not in (None, workspace):
+            problems.append(f"{kind} {ns}/{name}: node {node} is in workspace {node_ws}, not {workspace}")
+    return problems

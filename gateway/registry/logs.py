@@ -1,0 +1,239 @@
+"""A node's recent log, fetched on demand through the registry.
+
+`GET /api/v1/nodes/<node>/logs?<filters>` (a bearer API token, viewer or more) queues a request for the node on
+its message long-poll, in a namespace no resource can have (`_fieldgate`), and waits up to `?timeout=` (default
+10s) for the answer: 404 for an unknown node, 504 when the node does not answer in time. The node runs the
+query on its own ring (the filters of `GET /api/v1/logs` on the gateway) and posts the page back over mutual
+TLS to `POST /api/v1/nodes/self/logs/<request>`. The asking call waits in memory, so with several registry
+replicas the node's answer must reach the replica that asked (as a node's connections do behind a load balancer
+with client affinity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import ssl
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+from litestar import Response, get, post
+from litestar.params import FromPath
+
+from gateway.errors import ConfigError, NotFound
+from gateway.logs import LogEntry, LogQuery, log_ring
+from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
+from gateway.registry.auth import AnyRequest, client_node, store_of
+from gateway.registry.messages import CHANNEL
+from gateway.resources.durations import Duration
+
+if TYPE_CHECKING:
+    from gateway.registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
+LOGS_PATH = "logs"
+DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 60.0
+MAX_ANSWER = 8 << 20
+
+
+class LogRequests:
+    """Calls waiting for a node's answer, by request id (the id of the message that carries the request)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+
+
+class NodeAnswer(msgspec.Struct, kw_only=True):
+    records: list[LogEntry] = []
+    cursor: int = 0
+    more: bool = False
+    skipped: int = 0
+    error: str | None = None  # the node refused the query
+
+
+def _timeout(raw: str | None) -> float:
+    if raw is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(Duration.parse(raw))
+    except ValueError as exc:
+        raise ConfigError(f"?timeout={raw}: {exc}") from None
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise ConfigError(f"?timeout={raw}: expected more than 0 and at most {MAX_TIMEOUT:g} s")
+    return seconds
+
+
+def _requests(request: AnyRequest) -> LogRequests:
+    requests: LogRequests = request.app.state.log_requests
+    return requests
+
+
+@get("/api/v1/nodes/{node:str}/logs", summary="A node's recent log, asked of the node now (?timeout=, filters "
+                                              "as the gateway's GET /api/v1/logs)")
+async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[str, Any]]:
+    caller = await require_caller(request, "viewer")
+    params = dict(request.query_params.items())
+    timeout = _timeout(params.pop("timeout", None))
+    query = LogQuery.parse(params)  # refused here, with the parameter named, rather than by the node
+    store = store_of(request)
+    workspace = await node_workspace(store, node)
+    if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
+        return Response({"detail": f"no node {node}"}, status_code=404)
+    try:
+        online = await store.node_online(node)
+    except NotFound as exc:
+        return Response({"detail": str(exc)}, status_code=404)
+    queued = await store.queue_message(node, LOGS_NAMESPACE, LOGS_PATH, msgspec.json.encode(query.params()),
+                                       timeout)
+    request_id = queued["id"]
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    waiting = _requests(request).waiting
+    waiting[request_id] = (node, future)
+    try:
+        await store.database.notify(CHANNEL, node)
+        async with asyncio.timeout(timeout):
+            answer = await future
+    except TimeoutError:
+        await store.ack_messages(node, [request_id])  # not fetched in time: the node must not answer it later
+        state = "online" if online else "offline, no recent heartbeat"
+        return Response({"detail": f"node {node} did not answer within {timeout:g} s ({state})"}, status_code=504)
+    finally:
+        waiting.pop(request_id, None)
+    error = answer.pop("error", None)
+    if error:
+        return Response({"detail": f"node {node}: {error}"}, status_code=502)
+    return Response({"node": node, **answer}, status_code=200)
+
+
+@post("/api/v1/nodes/self/logs/{request_id:str}", summary="The calling node's answer to a log request",
+      status_code=200, request_max_body_size=MAX_ANSWER)
+async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Response[dict[str, Any]]:
+    node = await client_node(request)
+    pending = _requests(request).waiting.get(request_id)
+    if pending is None or pending[0] != node:
+        return Response({"detail": f"no log request {request_id} is waiting for node {node} (it timed out)"},
+                        status_code=404)
+    try:
+        answer = msgspec.json.decode(await request.body(), type=NodeAnswer)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return Response({"detail": f"log answer: {exc}"}, status_code=400)
+    if not pending[1].done():
+        pending[1].set_result(msgspec.to_builtins(answer))
+    return Response({"accepted": len(answer.records)}, status_code=200)
+
+
+ROUTE_HANDLERS = [node_logs, node_logs_answer]
+
+
+# --- the node's side -------------------------------------------------------------------------------------------
+
+
+async def answer_log_request(client: httpx.AsyncClient, request_id: str, payload: bytes) -> None:
+    """Run a log request from the registry on this process's ring and post the page back."""
+    try:
+        params = msgspec.json.decode(payload, type=dict[str, str])
+        body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
+    except (msgspec.DecodeError, msgspec.ValidationError, ConfigError) as exc:
+        body = msgspec.json.encode({"error": str(exc)})
+    if len(body) > MAX_ANSWER:
+        body = msgspec.json.encode({"error": f"the answer has {len(body)} bytes, more than {MAX_ANSWER}: ask for "
+                                             "fewer lines with ?limit="})
+    response = await client.post(f"/api/v1/nodes/self/logs/{request_id}", content=body,
+                                 headers={"Content-Type": "application/json"})
+    if response.status_code != 200:
+        log.info("the registry did not take the answer to log request %s: %s %s", request_id,
+                 response.status_code, response.text.strip()[:200])
+
+
+# --- `fieldgate registry logs NODE` ----------------------------------------------------------------------------
+
+
+DEFAULT_URL = "https://127.0.0.1:8443"
+CLI_FILTERS = ("level", "device", "route", "sink", "logger", "contains", "since", "limit")
+
+
+def _local_url(recorded: list[str]) -> str:
+    """Where `registry serve` last listened, as seen from this machine: a registry that listened on every
+    address was recorded under this machine's name, which its certificate may not carry; loopback it is."""
+    if not recorded:
+        return DEFAULT_URL
+    parsed = urllib.parse.urlsplit(recorded[0])
+    if parsed.hostname == socket.getfqdn():
+        return f"https://127.0.0.1:{parsed.port or 443}"
+    return recorded[0]
+
+
+def print_node_logs(args: argparse.Namespace) -> int:
+    """`fieldgate registry logs NODE`: ask the running registry (--registry, else where `registry serve` last
+    listened) for a node's recent log and print it."""
+    from gateway.registry.batch import known_urls
+    from gateway.registry.store import RegistryStore
+
+    params = {key: str(value) for key in CLI_FILTERS if (value := getattr(args, key, None)) not in (None, "")}
+    try:
+        LogQuery.parse(params)
+    except ConfigError as exc:
+        raise ConfigError(f"--{str(exc).lstrip('?')}") from None
+    url = (args.registry or _local_url(known_urls(args.data_dir))).rstrip("/")
+
+    async def fetch() -> dict[str, Any]:
+        async with RegistryStore(args.data_dir, args.db) as store:
+            return await fetch_node_logs(store, args.data_dir, url, args.node, params, args.token, args.timeout)
+
+    answer = asyncio.run(fetch())
+    for record in answer["records"]:
+        print(json.dumps(record) if args.json else format_record(record))
+    if not answer["records"] and not args.json:
+        print(f"no log lines of node {args.node} match", file=sys.stderr)
+    return 0
+
+
+
+async def fetch_node_logs(store: RegistryStore, data_dir: Path, url: str, node: str, params: dict[str, str],
+                          token: str | None, timeout: float) -> dict[str, Any]:
+    """Ask the running registry at `url` for a node's logs; without a token, one made for this call only."""
+    own_token = token is None
+    if token is None:
+        token = await create_api_token(store, "viewer", Scope.parse(PLATFORM), f"fieldgate registry logs {node}")
+    try:
+        context = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
+        async with httpx.AsyncClient(base_url=url, verify=context, timeout=timeout + 10,
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            try:
+                response = await client.get(f"/api/v1/nodes/{node}/logs",
+                                            params={**params, "timeout": f"{timeout:g}"})
+            except httpx.HTTPError as exc:
+                raise ConfigError(f"--registry {url}: {type(exc).__name__}: {exc}") from None
+    finally:
+        if own_token:
+            await store.database.write("DELETE FROM api_tokens WHERE id=?", token.partition(".")[0])
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text.strip()[:200]
+        raise ConfigError(f"{response.status_code}: {detail}")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One record as a line (and its traceback, indented), the way `fieldgate run` logs in human format."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["ts"])) + f".{int(record['ts'] % 1 * 1000):03d}Z"
+    context = " ".join(f"{key}={record[key]}" for key in ("device", "route", "sink", "plugin") if record.get(key))
+    line = f"{when} {record['level'].upper():<8} {record['logger']}: {record['message']}"
+    if context:
+        line += f"  [{context}]"
+    if record.get("exception"):
+        line += "\n" + "\n".join("    " + part for part in record["exception"].rstrip().splitlines())
+    return line

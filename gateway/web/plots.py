@@ -1,0 +1,156 @@
+"""Small server-side line plots as inline SVG: no script, no chart library, a few kilobytes a plot.
+
+Shared by the local dashboard and the registry's node pages. Points are (unix time, value) pairs; a value of None,
+or a pixel column without any point, leaves a gap in the line (a node that was off shows as a hole, not a ramp).
+Each line is reduced to at most one point per column (the highest value in it, so short peaks stay visible).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Literal
+
+Unit = Literal["percent", "bytes", "bytes_per_s", "per_s", "count"]
+Point = tuple[float, float | None]
+
+WIDTH, HEIGHT = 320, 120
+LEFT, RIGHT, TOP, BOTTOM = 54, 6, 22, 16
+MAX_COLUMNS = 160
+COLORS = ("#1f6feb", "#d9480f", "#2b8a3e", "#862e9c")
+_FONT = 'font-family="sans-serif" font-size="10"'
+_TEXT = f'{_FONT} fill="#5b6470"'
+GAP = ' dx="8"'
+
+
+@dataclass(frozen=True)
+class Line:
+    """One series of a plot, drawn in `color` and named in the legend with its latest value."""
+
+    label: str
+    points: Sequence[Point]
+    color: str = COLORS[0]
+
+
+def format_value(value: float | None, unit: Unit) -> str:
+    """A value for a label: `12 %`, `1.5 MiB`, `3.2 KiB/s`, `40/s`, `7`; an en dash when unknown."""
+    if value is None or math.isnan(value):
+        return "\u2013"
+    if unit == "percent":
+        return f"{value:.0f} %" if value >= 10 or value == 0 else f"{value:.1f} %"
+    if unit in ("bytes", "bytes_per_s"):
+        suffix = "/s" if unit == "bytes_per_s" else ""
+        size = float(value)
+        for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(size) < 1024 or prefix == "TiB":
+                digits = 0 if prefix == "B" or abs(size) >= 100 else 1
+                return f"{size:.{digits}f} {prefix}{suffix}"
+            size /= 1024
+    text = f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.1f}"
+    return f"{text}/s" if unit == "per_s" else text
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times 10^k at or above `value`; 1 when there is nothing to show."""
+    if value <= 0 or math.isnan(value):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 2.0, 2.5, 5.0):
+        if value <= step * power * (1 + 1e-9):
+            return step * power
+    return 10.0 * power
+
+
+def columns(points: Sequence[Point], start: float, end: float, count: int) -> list[float | None]:
+    """The highest value per column of the time range [start, end]; None for a column without a value."""
+    result: list[float | None] = [None] * count
+    span = end - start
+    if span <= 0 or count <= 0:
+        return result
+    for ts, value in points:
+        if value is None or math.isnan(value) or not start <= ts <= end:
+            continue
+        index = min(int((ts - start) / span * count), count - 1)
+        current = result[index]
+        result[index] = value if current is None or value > current else current
+    return result
+
+
+def _path(values: Sequence[float | None], x_of: Sequence[float], y_of: float, top: float) -> str:
+    """An SVG path `d`: a new segment after every gap; a lone point becomes a short dash so it stays visible."""
+    parts: list[str] = []
+    run: list[tuple[float, float]] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            x, y = run[0]
+            parts.append(f"M{x - 1:.1f} {y:.1f}h2")
+        elif run:
+            parts.append("M" + "L".join(f"{x:.1f} {y:.1f}" for x, y in run))
+        run.clear()
+
+    for x, value in zip(x_of, values, strict=True):
+        if value is None:
+            flush()
+        else:
+            run.append((x, top + (1 - min(max(value / y_of, 0.0), 1.0)) * (HEIGHT - TOP - BOTTOM)))
+    flush()
+    return "".join(parts)
+
+
+def span_label(seconds: float) -> str:
+    """`-24 h`, `-10 min`, `-45 s`: how far back the left edge of a plot is."""
+    if seconds >= 7200:
+        return f"-{seconds / 3600:.0f} h"
+    if seconds >= 120:
+        return f"-{seconds / 60:.0f} min"
+    return f"-{seconds:.0f} s"
+
+
+def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, step: float, unit: Unit,
+              y_max: float | None = None, note: str = "") -> str:
+    """An SVG line plot of `lines` over [start, end]; `step` is the spacing of their points in seconds.
+
+    The y axis starts at 0 and ends at `y_max`, or at a round number above the highest value."""
+    count = max(1, min(MAX_COLUMNS, round((end - start) / max(step, 1e-9))))
+    reduced = [columns(line.points, start, end, count) for line in lines]
+    highest = max((v for values in reduced for v in values if v is not None), default=0.0)
+    if y_max is not None:
+        top_value = y_max
+    elif unit in ("bytes", "bytes_per_s") and highest >= 1024:  # round in KiB, MiB, … so the label is round too
+        scale = 1024.0 ** min(math.floor(math.log(highest, 1024)), 4)
+        top_value = nice_ceiling(highest / scale) * scale
+    else:
+        top_value = nice_ceiling(highest)
+    plot_width = WIDTH - LEFT - RIGHT
+    x_of = [LEFT + (i + 0.5) / count * plot_width for i in range(count)]
+    base = HEIGHT - BOTTOM
+    axis_label = format_value(top_value, "bytes" if unit == "bytes_per_s" else unit)  # the legend says "/s"
+    latest = [next((v for _, v in reversed(line.points) if v is not None), None) for line in lines]
+    summary = "; ".join(f"{line.label} {format_value(value, unit)}" for line, value in zip(lines, latest,
+                                                                                             strict=True))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
+           f'height="{HEIGHT}" class="plot" role="img" '
+           f'aria-label="{escape(title)}: {escape(summary)}">',
+           f'<text x="{LEFT}" y="12" {_FONT} font-weight="bold" fill="#1c2128">{escape(title)}'
+           + (f' <tspan font-weight="normal" fill="#5b6470">{escape(note)}</tspan>' if note else "") + "</text>",
+           f'<path d="M{LEFT} {TOP}H{WIDTH - RIGHT}M{LEFT} {base}H{WIDTH - RIGHT}" stroke="#d0d7de" '
+           'stroke-width="1" fill="none"/>',
+           f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end" {_TEXT}>{escape(axis_label)}</text>',
+           f'<text x="{LEFT - 4}" y="{base}" text-anchor="end" {_TEXT}>0</text>',
+           f'<text x="{LEFT}" y="{HEIGHT - 3}" {_TEXT}>{escape(span_label(end - start))}</text>',
+           f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 3}" text-anchor="end" {_TEXT}>now</text>']
+    # one right-aligned text of tspans: the browser lays the entries out, no text widths to guess here
+    out.append(f'<text x="{WIDTH - RIGHT}" y="12" text-anchor="end" {_FONT}>' + "".join(
+        f'<tspan fill="{escape(line.color)}"{GAP if i else ""}>{escape(line.label)} '
+        f"{escape(format_value(value, unit))}</tspan>"
+        for i, (line, value) in enumerate(zip(lines, latest, strict=True))) + "</text>")
+    for line, values in zip(lines, reduced, strict=True):
+        d = _path(values, x_of, top_value, TOP)
+        if d:
+            out.append(f'<path d="{d}" fill="none" stroke="{escape(line.color)}" stroke-width="1.5" '
+                       'stroke-linejoin="round"/>')
+    out.append("</svg>")
+    return "".join(out)

@@ -1,0 +1,103 @@
+"""What runtimes and the workload supervisor share: the runtime interface, one instance's spec and its exit."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from gateway.resources.schema import Workload
+
+EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped")
+LogSink = Callable[[str, str], None]  # (stream, line) of one instance
+
+
+@dataclass
+class InstanceSpec:
+    """Everything a runtime needs to start one instance of a workload."""
+
+    workload: Workload
+    instance: str  # `<name>-<generation>-<replica>`, unique on the node
+    version: int
+    env: dict[str, str]  # the document's env, resolved references and the FIELDGATE_* variables
+    files: dict[str, tuple[bytes, bool]]  # relative path -> (contents, secret)
+    ports: dict[str, int]  # port name -> host port (0 in the document resolved to a free one)
+    work_dir: Path  # the instance's own directory in the data dir (files/ holds `files`)
+    log: LogSink
+
+
+@dataclass
+class Exit:
+    """How an instance ended: `code` or `signal`, `oom` when it went past its memory limit."""
+
+    code: int | None = None
+    signal: int | None = None
+    oom: bool = False
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.oom or self.code != 0
+
+    def describe(self) -> str:
+        if self.reason:
+            return self.reason
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return f"exited with code {self.code}"
+
+
+class Instance(abc.ABC):
+    """A started instance, as a runtime hands it to the supervisor."""
+
+    pid: int | None = None
+    memory_bytes: int | None = None  # last measured, when the runtime measures it
+
+    @abc.abstractmethod
+    async def wait(self) -> Exit:
+        """Wait until the instance has ended."""
+
+    @abc.abstractmethod
+    async def stop(self, grace: float, reason: str = "") -> None:
+        """Ask it to end (SIGTERM or the like), force it after `grace` seconds; returns once it has ended."""
+
+
+class Runtime(abc.ABC):
+    """Runs instances of workloads; plugins return subclasses from `register_runtimes()`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def unavailable(self) -> str | None:
+        """Why this runtime cannot run anything on this node (its workloads fail with it), or None."""
+        return None
+
+    def describe(self) -> dict[str, str]:
+        """How it runs instances and enforces limits here, for the status page."""
+        return {}
+
+    @abc.abstractmethod
+    async def start(self, spec: InstanceSpec) -> Instance:
+        """Start one instance; raise gateway.errors.WorkloadError when it cannot start."""
+
+
+@dataclass
+class RuntimeRegistry:
+    """The runtimes the plugins registered, by name, with the ones that failed to load."""
+
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def why_not(self, name: str) -> str | None:
+        """None when `name` can run workloads, else the reason for the workload's status."""
+        runtime = self.runtimes.get(name)
+        if runtime is None:
+            known = ", ".join(sorted(self.runtimes)) or "none"
+            extra = f": {self.problems[name]}" if name in self.problems else ""
+            return f"runtime {name!r} is not available on this node (loaded: {known}){extra}"
+        reason = runtime.unavailable()
+        return f"runtime {name!r} cannot run here: {reason}" if reason else None

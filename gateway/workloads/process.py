@@ -1,0 +1,229 @@
+"""The built-in `process` runtime: every instance is a child process in its own process group, its stdout and
+stderr captured line by line, its memory and CPU limited (see gateway.workloads.limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections import deque
+from pathlib import Path
+from typing import ClassVar
+
+import psutil
+
+from gateway.errors import WorkloadError
+from gateway.hookspecs import hookimpl
+from gateway.workloads import limits
+from gateway.workloads.model import Exit, Instance, InstanceSpec, LogSink, Runtime
+
+log = logging.getLogger(__name__)
+MEMORY_SAMPLE_EVERY = 0.2
+PID_FILE = "pid"
+READ_CHUNK = 64 << 10
+OUT_OF_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|std::bad_alloc|out of memory", re.I)
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB"
+
+
+class ProcessInstance(Instance):
+    def __init__(self, process: asyncio.subprocess.Process, spec: InstanceSpec,
+                 cgroup: Path | None) -> None:
+        self.process = process
+        self.pid: int = process.pid
+        self.spec = spec
+        self.cgroup = cgroup
+        self.memory_limit = spec.workload.limits.memory
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        self.stop_reason = ""
+        self.oom_reason = ""
+        self._pumps = [asyncio.create_task(self._pump(process.stdout, "stdout", spec.log)),
+                       asyncio.create_task(self._pump(process.stderr, "stderr", spec.log))]
+        self._watch = asyncio.create_task(self._watch_memory())
+        self._ended = asyncio.create_task(self._wait())
+
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str, sink: LogSink) -> None:
+        if stream is None:
+            return
+        pending = b""
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > READ_CHUNK:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                self._line(name, raw, sink)
+        if pending:
+            self._line(name, pending, sink)
+
+    def _line(self, stream: str, raw: bytes, sink: LogSink) -> None:
+        text = raw.decode(errors="replace").rstrip("\r")
+        if stream == "stderr":
+            self.stderr_tail.append(text)
+        try:
+            sink(stream, text)
+        except Exception as exc:  # a full disk must not stop the app
+            log.warning("workload log of %s: %s", self.spec.instance, exc)
+
+    def _group_processes(self) -> list[psutil.Process]:
+        try:
+            main = psutil.Process(self.pid)
+            return [main, *main.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _memory_used(self) -> int:
+        if self.cgroup is not None:  # the kernel's own count, and the kernel enforces the limit
+            with contextlib.suppress(OSError, ValueError):
+                return int((self.cgroup / "memory.current").read_text())
+        used = 0
+        for proc in self._group_processes():
+            with contextlib.suppress(psutil.Error):
+                used += proc.memory_info().rss
+        return used
+
+    async def _watch_memory(self) -> None:
+        """Measure the instance's memory for its status; without a cgroup, also stop it above its limit."""
+        while self.process.returncode is None:
+            used = self.memory_bytes = self._memory_used()
+            if self.memory_limit is not None and self.cgroup is None and used > self.memory_limit:
+                self.oom_reason = (f"out of memory: used {mib(used)}, above its limit of {mib(self.memory_limit)}; "
+                                   "stopped")
+                self._signal_group(signal.SIGKILL)
+                return
+            await asyncio.sleep(MEMORY_SAMPLE_EVERY)
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    async def wait(self) -> Exit:
+        return await asyncio.shield(self._ended)
+
+    async def _wait(self) -> Exit:
+        code = await self.process.wait()
+        # Whatever the app left in its group (a child holding the pipes) goes with it.
+        self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await asyncio.gather(*self._pumps, return_exceptions=True)
+        for task in (*self._pumps, self._watch):
+            task.cancel()
+        exit_ = Exit(code=code if code >= 0 else None, signal=-code if code < 0 else None)
+        if self.cgroup is not None:
+            if limits.CgroupV2.oom_kills(self.cgroup) and self.memory_limit is not None:
+                exit_.oom = True
+                exit_.reason = f"out of memory: killed by the kernel at its limit of {mib(self.memory_limit)}"
+            limits.CgroupV2.remove(self.cgroup)
+        elif self.oom_reason:
+            exit_.oom, exit_.reason = True, self.oom_reason
+        elif code != 0 and self.memory_limit is not None and any(OUT_OF_MEMORY.search(t) for t in self.stderr_tail):
+            exit_.oom = True
+            exit_.reason = (f"out of memory: an allocation failed at the address-space limit "
+                            f"({mib(int(self.memory_limit) * 2 + limits.AS_HEADROOM)}) of its memory limit "
+                            f"{mib(self.memory_limit)}")
+        if self.stop_reason and not exit_.oom:
+            exit_.reason = f"{self.stop_reason} ({exit_.describe()})"
+        return exit_
+
+    async def stop(self, grace: float, reason: str = "") -> None:
+        if self.process.returncode is None:
+            self.stop_reason = self.stop_reason or reason
+            self._signal_group(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
+            except TimeoutError:
+                self._signal_group(signal.SIGKILL)
+        await self.wait()
+
+
+class ProcessRuntime(Runtime):
+    """Runs a workload's `command` + `args` as a supervised child process of the gateway."""
+
+    name: ClassVar[str] = "process"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.cgroup, self.cgroup_reason = limits.detect_cgroup_v2()
+        self.reap_leftovers()
+
+    def reap_leftovers(self) -> None:
+        """Stop the apps a previous gateway left running when it died (their pid files outlive it)."""
+        for pid_file in sorted((self.data_dir / "workloads").glob(f"*/*/instances/*/{PID_FILE}")):
+            with contextlib.suppress(OSError, ValueError, psutil.Error):
+                pid_text, created = pid_file.read_text().split()
+                process = psutil.Process(int(pid_text))
+                if abs(process.create_time() - float(created)) < 0.01:  # the same process, not a reused pid
+                    log.warning("stopping %s (pid %s), left running by the previous gateway", pid_file.parent.name,
+                                pid_text)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(pid_text), signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+
+    def describe(self) -> dict[str, str]:
+        return limits.describe(self.cgroup, self.cgroup_reason)
+
+    @staticmethod
+    def _prepare(spec: InstanceSpec) -> tuple[list[str], str]:
+        """Write the instance's files and check its command and working directory: (argv, cwd)."""
+        workload = spec.workload
+        files_dir = spec.work_dir / "files"
+        try:
+            shutil.rmtree(files_dir, ignore_errors=True)
+            files_dir.mkdir(parents=True, exist_ok=True)
+            for relative, (content, secret) in spec.files.items():
+                path = files_dir / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+                with os.fdopen(fd, "wb") as file:
+                    file.write(content)
+        except OSError as exc:
+            raise WorkloadError(f"cannot write the files of {spec.instance}: {exc}") from exc
+        argv = [*workload.command, *workload.args]
+        executable = argv[0]
+        if "/" not in executable and shutil.which(executable, path=spec.env.get("PATH")) is None:
+            raise WorkloadError(f"command {executable!r} not found in PATH")
+        cwd = workload.working_dir or str(files_dir)
+        if not os.path.isdir(cwd):
+            raise WorkloadError(f"working_dir {cwd} is not a directory")
+        return argv, cwd
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        workload = spec.workload
+        argv, cwd = self._prepare(spec)
+        cgroup_dir: Path | None = None
+        if self.cgroup is not None and (workload.limits.memory is not None or workload.limits.cpu is not None):
+            try:
+                cgroup_dir = self.cgroup.create(spec.instance, workload.limits)
+            except OSError as exc:
+                raise WorkloadError(f"cannot make the cgroup of {spec.instance}: {exc.strerror or exc}") from exc
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, env=spec.env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                preexec_fn=limits.preexec(workload.limits, cgroup_dir))
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            if cgroup_dir is not None:
+                limits.CgroupV2.remove(cgroup_dir)
+            raise WorkloadError(f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}") from exc
+        with contextlib.suppress(OSError, psutil.Error):
+            created = psutil.Process(process.pid).create_time()
+            (spec.work_dir / PID_FILE).write_text(f"{process.pid} {created}\n")
+        return ProcessInstance(process, spec, cgroup_dir)
+
+
+@hookimpl
+def register_runtimes() -> list[type[Runtime]]:
+    return [ProcessRuntime]

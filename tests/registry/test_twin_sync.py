@@ -1,0 +1,307 @@
+"""Twins up and down between a real registry and a real gateway process with virtual devices: a device applied at
+the registry runs on the node, its reported values come back, a desired value set at the registry reaches the
+device through the node's desired path, and all of it survives the registry being away for a while."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.errors import NotFound
+from tests.conftest import FIELDGATE, free_port
+from tests.registry.conftest import Registry, join, stop, wait_for_port
+from tests.registry.test_uplink import wait_until
+
+REMOTE = """\
+kind: DeviceModel
+name: thermo
+properties:
+  - {name: temperature, type: float, access: ReadOnly}
+  - {name: setpoint, type: float, access: ReadWrite, minimum: 5, maximum: 30}
+---
+kind: Device
+name: boiler-1
+model: thermo
+node: gw-1
+protocol: {name: virtual, config: {}}
+properties:
+  - {name: temperature, collect_interval: 100ms, visitor: {generator: constant, value: 21.0}}
+  - {name: setpoint, collect_interval: 100ms, visitor: {generator: memory, initial: 20.0}}
+"""
+
+
+class Node:
+    """A joined gateway process and clients for its local API and the registry API."""
+
+    def __init__(self, registry: Registry, tmp_path: Path) -> None:
+        self.registry = registry
+        self.data_dir = tmp_path / "gw"
+        assert join(registry, registry.token(), self.data_dir, "--name", "gw-1").returncode == 0
+        self.port = free_port()
+        self.config = tmp_path / "gw.yaml"
+        self.config.write_text(textwrap.dedent(f"""\
+            kind: Gateway
+            name: gw-1
+            http: {{listen: "127.0.0.1:{self.port}"}}
+            eventbus: {{url: none}}
+            ---
+            kind: DeviceModel
+            name: local-model
+            properties:
+              - {{name: count, type: int, access: ReadOnly}}
+              - {{name: broken, type: float, access: ReadOnly}}
+            ---
+            kind: Device
+            name: local-1
+            model: local-model
+            protocol: {{name: virtual, config: {{}}}}
+            properties:
+              - {{name: count, collect_interval: 100ms, visitor: {{generator: counter}}}}
+              - {{name: broken, collect_interval: 100ms, visitor: {{generator: constant, value: .nan}}}}
+            """))
+        token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir", str(self.data_dir)],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        self.local = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        self.operator = self.api(registry.cli("token", "create", "--role", "operator").stdout.strip())
+        self.viewer = self.api(registry.cli("token", "create", "--role", "viewer").stdout.strip())
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def api(self, token: str) -> httpx.Client:
+        context = ssl.create_default_context(cafile=self.registry.data_dir / "ca.pem")
+        return httpx.Client(base_url=self.registry.url, verify=context,
+                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([*FIELDGATE, "run", "-c", str(self.config), "--data-dir", str(self.data_dir)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def registry_twin(self, device: str) -> dict[str, Any] | None:
+        try:
+            answer = self.viewer.get(f"/api/v1/devices/{device}")
+        except httpx.HTTPError:
+            return None
+        return answer.json() if answer.status_code == 200 else None
+
+    def local_twin(self, device: str) -> dict[str, Any]:
+        answer = self.local.get(f"/api/v1/devices/{device}")
+        assert answer.status_code == 200, answer.text
+        twin: dict[str, Any] = answer.json()["twin"]
+        return twin
+
+    def close(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+        for client in (self.local, self.operator, self.viewer):
+            client.close()
+
+
+@pytest.fixture
+def node(registry: Registry, tmp_path: Path) -> Iterator[Node]:
+    started = Node(registry, tmp_path)
+    yield started
+    started.close()
+
+
+def reported(node: Node, device: str, prop: str, value: Any) -> dict[str, Any] | None:
+    twin = node.registry_twin(device)
+    return twin if twin and twin["twin"].get(prop, {}).get("reported") == value else None
+
+
+def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Registry, tmp_path: Path) -> None:
+    from gateway.registry.join import client_ssl_context
+
+    # the registry bounds what a node reports: how many devices at once, and how often
+    report = {"device": "default/x", "state": "online", "properties": {"p": {"reported": 1}}}
+    with httpx.Client(base_url=registry.url, verify=client_ssl_context(node.data_dir), timeout=10) as client:
+        assert client.post("/api/v1/heartbeat", json={"twins": [report] * 2001}).status_code == 400
+        assert client.post("/api/v1/heartbeat", json={"twins": [report]}).status_code == 200
+        too_soon = client.post("/api/v1/heartbeat", json={"twins": [report]})
+        assert too_soon.status_code == 429 and "more often" in too_soon.json()["detail"]
+        assert client.post("/api/v1/heartbeat", json={}).status_code == 200  # a heartbeat without twins is fine
+    node.start()
+    (tmp_path / "remote.yaml").write_text(REMOTE)
+    registry.cli("apply", "-f", str(tmp_path / "remote.yaml"))
+
+    # up: the registry's device runs on the node and its reported values and state come back
+    twin = wait_until(lambda: reported(node, "default/boiler-1", "setpoint", 20.0), what="the reported twin")
+    assert twin["node"] == "gw-1" and twin["state"] == "online" and twin["applied_at_registry"]
+    assert twin["twin"]["temperature"]["reported"] == 21.0 and twin["twin"]["temperature"]["quality"] == "good"
+    listed = {d["name"]: d for d in node.viewer.get("/api/v1/nodes/gw-1/devices").json()}
+    assert set(listed) == {"boiler-1", "local-1"} and not listed["local-1"]["applied_at_registry"]
+    broken = listed["local-1"]["twin"]["broken"]  # a NaN reading travels as null, not as invalid JSON
+    assert broken["quality"] == "good" and broken["reported"] is None
+
+    # down: checked at the registry against the model, then through the node's desired path
+    assert node.viewer.put("/api/v1/devices/default/boiler-1/desired",
+                           json={"desired": {"setpoint": 22.5}}).status_code == 403
+    too_high = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"setpoint": 99}})
+    assert too_high.status_code == 400 and "above the maximum" in too_high.json()["detail"]
+    read_only = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"temperature": 1}})
+    assert read_only.status_code == 400 and "ReadOnly" in read_only.json()["detail"]
+    assert node.operator.put("/api/v1/devices/default/nothing/desired",
+                             json={"desired": {"x": 1}}).status_code == 404
+    accepted = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"setpoint": "22.5"}})
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["twin"]["setpoint"]["desired"] == 22.5
+    assert accepted.json()["twin"]["setpoint"]["desired_status"] in ("pending", "delivered")
+    wait_until(lambda: node.local_twin("default/boiler-1")["setpoint"]["reported"] == 22.5,
+               what="the desired value written to the device")
+    assert node.local_twin("default/boiler-1")["setpoint"]["desired"] == 22.5
+    synced = wait_until(lambda: reported(node, "default/boiler-1", "setpoint", 22.5), what="the confirmed value")
+    assert synced["twin"]["setpoint"]["desired_status"] == "in sync"
+
+    # a device only the node knows: the node refuses a value for its read-only property, and says why
+    set_local = registry.cli("set-desired", "default/local-1", "count=5")
+    assert "desired count=5" in set_local.stdout
+
+    def refused() -> dict[str, Any] | None:
+        twin = node.registry_twin("default/local-1")
+        return twin if twin and twin["twin"]["count"].get("desired_status") == "rejected" else None
+
+    assert "ReadOnly" in wait_until(refused, what="the refusal")["twin"]["count"]["desired_error"]
+
+    # the registry goes away: the node keeps running, then gets the pending value and reports its latest values
+    assert registry.process is not None
+    stop(registry.process)
+    count_before = node.local_twin("default/local-1")["count"]["reported"]
+    registry.cli("set-desired", "default/boiler-1", "setpoint=25")
+    wait_until(lambda: node.local_twin("default/local-1")["count"]["reported"] > count_before + 10,
+               what="the node polling on while the registry is away")
+    assert node.local_twin("default/boiler-1")["setpoint"]["reported"] == 22.5
+    registry.start()
+    back = wait_until(lambda: reported(node, "default/boiler-1", "setpoint", 25.0), what="the pending value applied")
+    assert back["twin"]["setpoint"]["desired_status"] == "in sync"
+    latest = node.local_twin("default/local-1")["count"]["reported"]
+    wait_until(lambda: (node.registry_twin("default/local-1") or {}).get("twin", {}).get("count", {}).get(
+        "reported", 0) >= latest, what="the latest reported value after the outage")
+
+    lines = [json.loads(line) for line in registry.cli("devices", "--json").stdout.splitlines()]
+    assert {(d["node"], d["name"]) for d in lines} == {("gw-1", "boiler-1"), ("gw-1", "local-1")}
+    assert "setpoint=25.0 (desired 25.0, in sync)" in registry.cli("devices").stdout
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("pg_database") if request.param == "postgresql" else None
+
+
+async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db_url: str | None,
+                                                                               tmp_path: Path) -> None:
+    from gateway.registry import twins
+    from gateway.registry.store import RegistryStore
+
+    def report(device: str, value: Any) -> twins.DeviceReport:
+        return twins.DeviceReport(device=device, state="online", properties={
+            "sp": twins.PropertyReport(reported=value, reported_at=1.0, quality="good")})
+
+    async with RegistryStore(tmp_path / "registry", db_url) as store:
+        await store.add_node("gw-1", "ab", {}, 1.0)
+        assert await twins.sync(store, "gw-1", [report("default/d1", 1), report("default/d2", 2)], True, 0,
+                                None) is None
+        await twins.sync(store, "gw-1", [report("default/d2", 3)], False, 0, None)  # only what changed
+        assert [(v["name"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [
+            ("d1", 1), ("d2", 3)]
+        await twins.sync(store, "gw-1", [report("default/d2", 4)], True, 0, None)  # the whole set: d1 is gone
+        assert [(v["name"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [("d2", 4)]
+
+        view = await twins.set_desired(store, "default", "d2", {"sp": 7})
+        assert view["twin"]["sp"]["desired_status"] == "pending"
+        with pytest.raises(NotFound):
+            await twins.set_desired(store, "default", "d2", {"nope": 1})
+        [value] = await twins.sync(store, "gw-1", None, False, 0, None) or []
+        assert (value.device, value.property, value.value, value.version) == ("default/d2", "sp", 7, 1)
+        assert await twins.sync(store, "gw-1", None, False, 1, None) is None  # taken already
+        ack = twins.DesiredAck(version=1, errors=[twins.DesiredError(device="default/d2", property="sp", version=1,
+                                                                     error="sp: too hot")])
+        await twins.sync(store, "gw-1", None, False, 1, ack)
+        [view] = await twins.device_views(store, node="gw-1")
+        assert view["twin"]["sp"]["desired_status"] == "rejected" and view["twin"]["sp"]["desired_error"] == \
+            "sp: too hot"
+        await twins.set_desired(store, "default", "d2", {"sp": 4})
+        [value] = await twins.sync(store, "gw-1", None, False, 1, None) or []
+        assert value.version == 2
+        await twins.sync(store, "gw-1", None, False, 2, twins.DesiredAck(version=2))
+        [view] = await twins.device_views(store, node="gw-1")
+        assert view["twin"]["sp"]["desired_status"] == "in sync" and "desired_error" not in view["twin"]["sp"]
+        await store.remove_node("gw-1")
+        assert await twins.device_views(store) == []
+
+
+async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_desired_values(
+        start_gateway: Any, write_config: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    import msgspec
+
+    from gateway.registry.app import HeartbeatRequest
+    from gateway.registry.twins import MIN_REPORT_INTERVAL, DesiredValue, TwinSync
+
+    gateway = await start_gateway(write_config("""\
+        kind: Gateway
+        name: gw-1
+        eventbus: {url: none}
+        ---
+        kind: DeviceModel
+        name: m
+        properties:
+          - {name: count, type: int, access: ReadOnly}
+          - {name: sp, type: int, access: ReadWrite, maximum: 10}
+          - {name: broken, type: float, access: ReadOnly}
+        ---
+        kind: Device
+        name: d1
+        model: m
+        protocol: {name: virtual, config: {}}
+        properties:
+          - {name: count, collect_interval: 20ms, visitor: {generator: counter}}
+          - {name: sp, collect_interval: 20ms, visitor: {generator: memory, initial: 1}}
+          - {name: broken, collect_interval: 20ms, visitor: {generator: constant, value: .nan}}
+        """))
+    state = tmp_path / "desired.json"
+    sync = TwinSync(gateway, state)
+    await asyncio.sleep(0.1)
+    first = sync.outgoing()
+    assert first["twins_complete"] and [t["device"] for t in first["twins"]] == ["default/d1"]
+    # as the uplink sends it: a NaN reading goes as null, the heartbeat stays valid JSON for the registry
+    decoded = msgspec.json.decode(msgspec.json.encode(first), type=HeartbeatRequest)
+    assert decoded.twins is not None and decoded.twins[0].properties["broken"].reported is None
+    sync.delivered()
+    await asyncio.sleep(0.2)  # ten readings
+    assert "twins" not in sync.outgoing()  # at most one report per MIN_REPORT_INTERVAL
+    sync.delivered()
+    await asyncio.sleep(MIN_REPORT_INTERVAL)
+    body = sync.outgoing()
+    [device] = body["twins"]
+    assert not body["twins_complete"]
+    assert device["properties"]["count"]["reported"] == gateway.twins["default/d1"].properties["count"].reported
+    sync.failed()  # not delivered: it goes with the next heartbeat, still at most one report per interval
+    assert "twins" not in sync.outgoing()
+    await asyncio.sleep(MIN_REPORT_INTERVAL)
+    assert [t["device"] for t in sync.outgoing()["twins"]] == ["default/d1"]
+    sync.delivered()
+
+    await sync.apply_desired([DesiredValue(device="default/d1", property="sp", value=7, version=3),
+                              DesiredValue(device="default/d1", property="sp", value=11, version=4),
+                              DesiredValue(device="default/nope", property="x", value=1, version=4)])
+    assert gateway.twins["default/d1"].properties["sp"].desired == 7  # 11 is above the maximum
+    body = sync.outgoing()
+    assert body["desired_version"] == 4
+    assert [(e["version"], e["device"]) for e in body["desired_ack"]["errors"]] == [(4, "default/d1"),
+                                                                                   (4, "default/nope")]
+    sync.delivered()
+    assert "desired_ack" not in sync.outgoing()
+    assert TwinSync(gateway, state).desired_version == 4  # survives a restart
+    deadline = asyncio.get_running_loop().time() + 5
+    while gateway.twins["default/d1"].properties["sp"].reported != 7:
+        assert asyncio.get_running_loop().time() < deadline, "the desired value was not written"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,80 @@
+"""Runtimes from plugins: one that runs, one that cannot run on this node, one that is not a runtime at all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pluggy
+
+from gateway.hookspecs import hookimpl
+from gateway.workloads.model import Instance, InstanceSpec, Runtime
+from gateway.workloads.process import ProcessRuntime
+from tests.workloads.conftest import PYTHON, Node, wait_until
+
+
+class Sandbox(ProcessRuntime):
+    """A plugin's runtime built on the process one: the app sees it through the environment."""
+
+    name: ClassVar[str] = "sandbox"
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        spec.env["SANDBOXED"] = "yes"
+        return await super().start(spec)
+
+
+class Hypervisor(Runtime):
+    name: ClassVar[str] = "vm"
+
+    def unavailable(self) -> str | None:
+        return "no hypervisor on this node"
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        raise AssertionError("never asked to start anything")
+
+
+class NotARuntime:
+    name = "bogus"
+
+
+class RuntimesPlugin:
+    @hookimpl
+    def register_runtimes(self) -> list[type[Any]]:
+        return [Sandbox, Hypervisor, NotARuntime]
+
+
+async def test_plugin_runtimes_run_or_fail_their_workloads_clearly(
+        plugin_manager: pluggy.PluginManager, start_node: Callable[..., Any]) -> None:
+    plugin_manager.register(RuntimesPlugin(), name="test-runtimes")
+    node: Node = await start_node(f"""\
+kind: Workload
+name: boxed
+runtime: sandbox
+command: [{PYTHON}, -c, "import os, time; print('sandboxed', os.environ['SANDBOXED'], flush=True); time.sleep(60)"]
+---
+kind: Workload
+name: virtual
+runtime: vm
+image: appliance.qcow2
+---
+kind: Workload
+name: odd
+runtime: bogus
+image: x
+""")
+
+    async def logged() -> list[str] | None:
+        logs = (await node.api.get("/api/v1/workloads/default/boxed/logs")).json()
+        return [line["line"] for line in logs["lines"]] or None
+
+    assert await wait_until(logged) == ["sandboxed yes"]
+    assert (await node.workload("boxed"))["status"] == "running"
+    virtual = await node.workload("virtual")
+    assert (virtual["status"], virtual["reason"]) == ("failed", "runtime 'vm' cannot run here: no hypervisor on "
+                                                                "this node")
+    odd = await node.workload("odd")
+    assert odd["status"] == "failed" and odd["reason"].startswith("runtime 'bogus' is not available on this node")
+    assert "is not a gateway.workloads.model.Runtime" in odd["reason"]
+    status = (await node.api.get("/api/v1/status")).json()
+    assert set(status["workloads"]["runtimes"]) == {"process", "sandbox", "vm"}
+    assert status["workloads"]["total"] == 3 and status["workloads"]["failed"] == 2

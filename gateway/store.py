@@ -2,6 +2,11 @@
 
 Reports are queued and committed by one writer task every `flush_interval`: a report is complete once its
 transaction commits, and a crash (even SIGKILL) leaves every completed report in the file.
+
+History is one row per report (`reports`: device, time, a MessagePack map of series id to value), not one row per
+value: a row per value kept a (series, time) index whose leaf pages every flush touched all over, which cost about
+7 us of CPU and several KB of WAL per value. The latest reported values live in one row per device (`reported`),
+and per-minute count/min/max/sum of numeric values in `rollups`, which the plots of long windows read.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from gateway.workloads.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: workload versions and events
+SCHEMA_VERSION = 3  # 2: workload versions and events; 3: history one row per report
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -36,8 +41,13 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE TABLE IF NOT EXISTS twins (
     series INTEGER PRIMARY KEY REFERENCES series (id),
     desired TEXT, desired_at REAL, reported TEXT, reported_at REAL, quality TEXT NOT NULL DEFAULT 'unknown');
-CREATE TABLE IF NOT EXISTS history (series INTEGER NOT NULL, ts INTEGER NOT NULL, value);
-CREATE INDEX IF NOT EXISTS history_by_series ON history (series, ts);
+CREATE TABLE IF NOT EXISTS devices (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS reports (device INTEGER NOT NULL, ts INTEGER NOT NULL, vals BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS reports_by_device ON reports (device, ts);
+CREATE TABLE IF NOT EXISTS reported (device INTEGER PRIMARY KEY, vals BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rollups (
+    series INTEGER NOT NULL, minute INTEGER NOT NULL, n INTEGER NOT NULL, low REAL NOT NULL, high REAL NOT NULL,
+    total REAL NOT NULL, PRIMARY KEY (series, minute)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
     created REAL NOT NULL);
@@ -62,21 +72,18 @@ CREATE INDEX IF NOT EXISTS workload_events_by_name ON workload_events (namespace
 
 _json = msgspec.json.Encoder()
 _unjson = msgspec.json.Decoder()
+_pack = msgspec.msgpack.Encoder()
+_unpack = msgspec.msgpack.Decoder()
+HISTORY_PAGE = 2000  # report rows read a query
 
 
 def db_path(data_dir: Path) -> Path:
     return data_dir / "fieldgate.db"
 
 
-def _history_value(value: Any) -> Any:
+def _numeric(value: Any) -> bool:
     kind = type(value)
-    if kind is float or kind is int or kind is str:
-        return value
-    if kind is bool:
-        return int(value)
-    if isinstance(value, int | float | str | bytes) or value is None:
-        return value
-    return _json.encode(value).decode()
+    return kind is float or kind is int
 
 
 class Store:
@@ -98,6 +105,9 @@ class Store:
         self.on_flush: list[Callable[[set[str]], None]] = []  # told which outboxes got new messages
         self.outbox_depth: dict[str, int] = {}  # committed, not yet delivered, per outbox
         self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
+        self._device_ids: dict[str, int] = {}
+        self._latest: dict[int, dict[int, list[Any]]] = {}  # device id -> series id -> [value, ts]: `reported`
+        self._minutes: dict[tuple[int, int], list[Any]] = {}  # (series, minute) -> [n, low, high, total] not in rollups
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self.secrets = SecretBox(data_dir)  # Secret documents are stored encrypted
         self.rows_written = 0
@@ -114,21 +124,82 @@ class Store:
                 "PRAGMA foreign_keys=ON;"
             )
             await self._db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
-            await self._db.execute(
-                "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO NOTHING", (str(SCHEMA_VERSION),)
-            )
-            # Newer tables are created above (IF NOT EXISTS); the recorded version only ever moves forward.
-            await self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' "
-                                   "AND CAST(value AS INTEGER) < ?", (str(SCHEMA_VERSION), SCHEMA_VERSION))
+            await self._migrate()
+            await self._load_ids()
             self.outbox_depth = {sink: info["depth"] for sink, info in (await self.outbox_stats()).items()}
         except (sqlite3.Error, OSError, TimeoutError) as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        """Up to schema 2, history was one row per value (`history`) and the reported values lived in `twins`: both
+        move to the report rows and the per-device rows of schema 3 in one transaction, so an old store loses
+        nothing. Newer tables are created by SCHEMA (IF NOT EXISTS); the recorded version only moves forward."""
+        rows = await self.rows("SELECT value FROM meta WHERE key = 'schema_version'")
+        version = int(rows[0][0]) if rows else SCHEMA_VERSION
+        async with self.transaction() as db:
+            if version < 3 and await (await db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'")).fetchall():
+                moved = await self._migrate_history(db)
+                log.info("store %s: moved %d history values to schema %d", self.path, moved, SCHEMA_VERSION)
+            await db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
+                             "value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                             (str(SCHEMA_VERSION),))
+
+    async def _migrate_history(self, db: aiosqlite.Connection) -> int:
+        await db.execute("INSERT OR IGNORE INTO devices (name) SELECT DISTINCT device FROM series")
+        await db.execute(
+            "INSERT INTO rollups SELECT series, ts / 60000, count(*), min(value), max(value), sum(value) FROM history "
+            "WHERE typeof(value) IN ('integer', 'real') GROUP BY series, ts / 60000")
+        moved, after = 0, 0
+        key: tuple[int, int] | None = None
+        values: dict[int, Any] = {}
+        rows_out: list[tuple[int, int, bytes]] = []
+        while True:  # a report's values were written together: consecutive rows with one device and time
+            cursor = await db.execute(
+                "SELECT history.rowid, devices.id, history.ts, history.series, history.value FROM history "
+                "JOIN series ON series.id = history.series JOIN devices ON devices.name = series.device "
+                "WHERE history.rowid > ? ORDER BY history.rowid LIMIT 50000", (after,))
+            chunk = list(await cursor.fetchall())
+            for rowid, device, ts, series, value in chunk:
+                if (device, ts) != key:
+                    if key is not None:
+                        rows_out.append((key[0], key[1], _pack.encode(values)))
+                    key, values = (device, ts), {}
+                values[series] = value
+                after = rowid
+            moved += len(chunk)
+            await db.executemany("INSERT INTO reports VALUES (?, ?, ?)", rows_out)
+            rows_out = []
+            if len(chunk) < 50000:
+                break
+        if key is not None:
+            await db.execute("INSERT INTO reports VALUES (?, ?, ?)", (key[0], key[1], _pack.encode(values)))
+        latest: dict[int, dict[int, list[Any]]] = {}
+        cursor = await db.execute(
+            "SELECT devices.id, twins.series, twins.reported, twins.reported_at FROM twins "
+            "JOIN series ON series.id = twins.series JOIN devices ON devices.name = series.device "
+            "WHERE twins.reported IS NOT NULL")
+        for device, series, reported, reported_at in await cursor.fetchall():
+            latest.setdefault(device, {})[series] = [_unjson.decode(reported), reported_at]
+        await db.executemany("INSERT OR REPLACE INTO reported VALUES (?, ?)",
+                             [(device, _pack.encode(values)) for device, values in latest.items()])
+        await db.execute("UPDATE twins SET reported = NULL, reported_at = NULL")
+        await db.execute("DROP TABLE history")
+        return moved
+
+    async def _load_ids(self) -> None:
+        self._series = {(str(d), str(p)): int(i) for d, p, i in await self.rows("SELECT device, property, id "
+                                                                                  "FROM series")}
+        self._device_ids = {str(name): int(i) for i, name in await self.rows("SELECT id, name FROM devices")}
+        self._latest = {int(device): {int(k): v for k, v in _unpack.decode(vals).items()}
+                        for device, vals in await self.rows("SELECT device, vals FROM reported")}
 
     async def close(self) -> None:
         if self._db is None:
             return
         with contextlib.suppress(StoreError):
             await self.flush()
+            await self._write_rollups(everything=True)
         with contextlib.suppress(sqlite3.Error):
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._db.close()
@@ -215,26 +286,43 @@ class Store:
         reports, self._pending = self._pending, deque()
         outbox, self._outbox = self._outbox, []
         queued, self._queued = self._queued, 0
-        encode = _json.encode
+        encode = _pack.encode
+        minutes: dict[tuple[int, int], list[Any]] = {}  # (series, minute) -> [n, low, high, total], this flush
+        written = 0
         try:
             async with self.transaction() as db:
                 series = await self._series_ids(db, {(d, name) for d, _, values in reports for name in values})
-                latest: dict[int, tuple[int, str, float]] = {}
-                history_rows: list[tuple[int, int, Any]] = []
+                devices = await self._devices_for(db, {device for device, _, _ in reports})
+                report_rows: list[tuple[int, int, bytes]] = []
+                touched: set[int] = set()
                 for device, ts, values in reports:
+                    device_id = devices[device]
                     ts_ms = int(ts * 1000)
+                    minute = ts_ms // 60000
+                    latest = self._latest.setdefault(device_id, {})
+                    packed: dict[int, Any] = {}
                     for name, value in values.items():
                         key = series[(device, name)]
-                        latest[key] = (key, encode(value).decode(), ts)
-                        history_rows.append((key, ts_ms, _history_value(value)))
-                if latest:
+                        packed[key] = value
+                        latest[key] = [value, ts]
+                        kind = type(value)
+                        if kind is float or kind is int:
+                            bucket = minutes.get((key, minute))
+                            if bucket is None:
+                                minutes[(key, minute)] = [1, value, value, value]
+                            else:
+                                bucket[0] += 1
+                                bucket[1] = min(bucket[1], value)
+                                bucket[2] = max(bucket[2], value)
+                                bucket[3] += value
+                    written += len(packed)
+                    report_rows.append((device_id, ts_ms, encode(packed)))
+                    touched.add(device_id)
+                if report_rows:
+                    await db.executemany("INSERT INTO reports VALUES (?, ?, ?)", report_rows)
                     await db.executemany(
-                        "INSERT INTO twins (series, reported, reported_at, quality) VALUES (?, ?, ?, 'good') "
-                        "ON CONFLICT(series) DO UPDATE SET reported=excluded.reported, "
-                        "reported_at=excluded.reported_at, quality='good'",
-                        list(latest.values()),
-                    )
-                    await db.executemany("INSERT INTO history VALUES (?, ?, ?)", history_rows)
+                        "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET vals = excluded.vals",
+                        [(device_id, encode(self._latest[device_id])) for device_id in touched])
                 if outbox:
                     await db.executemany("INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)",
                                          outbox)
@@ -243,14 +331,47 @@ class Store:
             self._outbox[:0] = outbox
             self._queued += queued
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
-        self.rows_written += len(history_rows)
+        self._merge_minutes(minutes)
+        self.rows_written += written
         if outbox:
             for row in outbox:
                 self.outbox_depth[row[0]] = self.outbox_depth.get(row[0], 0) + 1
             sinks = {row[0] for row in outbox}
             for listener in self.on_flush:
                 listener(sinks)
-        return len(history_rows)
+        if self._minutes and min(minute for _, minute in self._minutes) < int(time.time()) // 60 - 1:
+            await self._write_rollups()
+        return written
+
+    def _merge_minutes(self, minutes: dict[tuple[int, int], list[Any]]) -> None:
+        for key, (n, low, high, total) in minutes.items():
+            bucket = self._minutes.get(key)
+            if bucket is None:
+                self._minutes[key] = [n, low, high, total]
+            else:
+                bucket[0] += n
+                bucket[1] = min(bucket[1], low)
+                bucket[2] = max(bucket[2], high)
+                bucket[3] += total
+
+    async def _write_rollups(self, *, everything: bool = False) -> None:
+        """Write the per-minute buckets of minutes that are over (all of them when the store closes); a bucket
+        written twice (a restart within its minute) is merged, not replaced."""
+        current = int(time.time()) // 60
+        ready = {key: bucket for key, bucket in self._minutes.items() if everything or key[1] < current}
+        if not ready:
+            return
+        try:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(series, minute) DO UPDATE SET "
+                    "n = n + excluded.n, low = min(low, excluded.low), high = max(high, excluded.high), "
+                    "total = total + excluded.total",
+                    [(*key, *bucket) for key, bucket in ready.items()])
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: writing rollups failed: {exc}") from exc
+        for key in ready:
+            del self._minutes[key]
 
     async def _series_ids(self, db: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
                           ) -> dict[tuple[str, str], int]:
@@ -261,6 +382,14 @@ class Store:
             cursor = await db.execute("SELECT device, property, id FROM series")
             self._series = {(device, prop): sid for device, prop, sid in await cursor.fetchall()}
         return self._series
+
+    async def _devices_for(self, db: aiosqlite.Connection, names: Iterable[str]) -> dict[str, int]:
+        missing = [(name,) for name in names if name not in self._device_ids]
+        if missing:
+            await db.executemany("INSERT OR IGNORE INTO devices (name) VALUES (?)", missing)
+            cursor = await db.execute("SELECT id, name FROM devices")
+            self._device_ids = {name: device_id for device_id, name in await cursor.fetchall()}
+        return self._device_ids
 
     async def run_writer(self) -> None:
         """The writer task: flush every interval, forever (supervised by the runtime)."""
@@ -278,67 +407,131 @@ class Store:
             )
 
     async def load_twins(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Stored twin rows by device and property, values decoded."""
+        """Stored twin values by device and property: desired from `twins`, reported from `reported`."""
         result: dict[str, dict[str, dict[str, Any]]] = {}
-        for device, prop, desired, desired_at, reported, reported_at, quality in await self.rows(
-            "SELECT device, property, desired, desired_at, reported, reported_at, quality "
-            "FROM twins JOIN series ON series.id = twins.series"
+
+        def entry(device: str, prop: str) -> dict[str, Any]:
+            return result.setdefault(device, {}).setdefault(prop, {
+                "desired": None, "desired_at": None, "reported": None, "reported_at": None, "quality": "unknown"})
+
+        for device, prop, desired, desired_at in await self.rows(
+            "SELECT device, property, desired, desired_at FROM twins JOIN series ON series.id = twins.series "
+            "WHERE desired IS NOT NULL"
         ):
-            result.setdefault(device, {})[prop] = {
-                "desired": _unjson.decode(desired) if desired is not None else None,
-                "desired_at": desired_at,
-                "reported": _unjson.decode(reported) if reported is not None else None,
-                "reported_at": reported_at,
-                "quality": quality,
-            }
+            item = entry(device, prop)
+            item["desired"], item["desired_at"] = _unjson.decode(desired), desired_at
+        names = {series_id: key for key, series_id in self._series.items()}
+        for values in self._latest.values():
+            for series_id, (value, at) in values.items():
+                device, prop = names[series_id]
+                item = entry(device, prop)
+                item["reported"], item["reported_at"], item["quality"] = value, at, "good"
         return result
 
     async def history(self, device: str, prop: str, since: float, until: float, limit: int = 10_000
                       ) -> list[tuple[float, Any]]:
-        rows = await self.rows(
-            "SELECT ts, value FROM history WHERE series = (SELECT id FROM series WHERE device=? AND property=?) "
-            "AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
-            (device, prop, int(since * 1000), int(until * 1000), limit),
-        )
-        return [(ts / 1000, value) for ts, value in reversed(rows)]
+        """The newest `limit` values of one property between two times, oldest first."""
+        found: list[tuple[float, Any]] = []
+        async for ts, value in self._history_newest_first(device, prop, since, until):
+            found.append((ts, value))
+            if len(found) >= limit:
+                break
+        found.reverse()
+        return found
+
+    async def _history_newest_first(self, device: str, prop: str, since: float, until: float
+                                    ) -> AsyncIterator[tuple[float, Any]]:
+        series_id, device_id = self._series.get((device, prop)), self._device_ids.get(device)
+        if series_id is None or device_id is None:
+            return
+        low, high, rowid = int(since * 1000), int(until * 1000), 1 << 62
+        while True:  # pages in index order, resumed after the last (ts, rowid) seen
+            rows = await self.rows(
+                "SELECT rowid, ts, vals FROM reports WHERE device = ? AND ts >= ? AND (ts < ? OR (ts = ? AND "
+                "rowid < ?)) ORDER BY ts DESC, rowid DESC LIMIT ?",
+                (device_id, low, high, high, rowid, HISTORY_PAGE))
+            for rowid, high, vals in rows:  # noqa: B007 - the last row's rowid and ts resume the next page
+                values = _unpack.decode(vals)
+                if series_id in values:
+                    yield high / 1000, values[series_id]
+            if len(rows) < HISTORY_PAGE:
+                return
+
+    async def history_buckets(self, device: str, prop: str, since: float, until: float, buckets: int = 240
+                              ) -> list[tuple[float, float, float, float]]:
+        """(time, min, max, mean) of the numeric values of one property in `buckets` equal slices of a window:
+        from the reports for windows up to an hour, from the per-minute rollups beyond."""
+        since_ms, until_ms = int(since * 1000), int(until * 1000)
+        width = max((until_ms - since_ms) // buckets, 1)
+        slices: dict[int, list[float]] = {}
+
+        def add(ts_ms: int, n: int, low: float, high: float, total: float) -> None:
+            index = (ts_ms - since_ms) // width
+            acc = slices.get(index)
+            if acc is None:
+                slices[index] = [n, low, high, total]
+            else:
+                acc[0] += n
+                acc[1] = min(acc[1], low)
+                acc[2] = max(acc[2], high)
+                acc[3] += total
+
+        if until_ms - since_ms <= 3_600_000 or width < 60_000:
+            async for ts, value in self._history_newest_first(device, prop, since, until):
+                if type(value) is float or type(value) is int:
+                    add(int(ts * 1000), 1, value, value, value)
+        else:
+            series_id = self._series.get((device, prop))
+            if series_id is None:
+                return []
+            rows = await self.rows("SELECT minute, n, low, high, total FROM rollups WHERE series = ? AND minute >= ? "
+                                   "AND minute <= ?", (series_id, since_ms // 60000, until_ms // 60000))
+            pending = [(minute, *bucket) for (sid, minute), bucket in self._minutes.items() if sid == series_id]
+            for minute, n, low, high, total in [*rows, *pending]:
+                add(max(int(minute) * 60000, since_ms), int(n), float(low), float(high), float(total))
+        return [((since_ms + (index + 0.5) * width) / 1000, float(low), float(high), float(total) / n)
+                for index, (n, low, high, total) in sorted(slices.items()) if 0 <= index < buckets]
 
     async def prune_history(self, max_age: float, max_bytes: int) -> int:
-        """Delete history older than max_age, then the oldest rows while the file's used size exceeds max_bytes.
+        """Delete reports older than max_age, then the oldest while the file's used size exceeds max_bytes.
 
-        Rows are appended in time order, so the cut-off is found by a binary search over rowids instead of a scan.
+        Reports are appended in time order, so the cut-off is found by a binary search over rowids instead of a
+        scan. Returns how many report rows went.
         """
-        deleted = await self._delete_history_before(await self._first_rowid_at(int((time.time() - max_age) * 1000)))
+        cutoff_ms = int((time.time() - max_age) * 1000)
+        deleted = await self._delete_reports_before(await self._first_rowid_at(cutoff_ms))
+        await self.execute("DELETE FROM rollups WHERE minute < ?", (cutoff_ms // 60000,))
         for _ in range(20):
             (pages,), (free,), (page_size,) = [
                 (await self.rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
             ]
             if (pages - free) * page_size <= max_bytes:
                 break
-            ((low, high),) = await self.rows("SELECT min(rowid), max(rowid) FROM history")
+            ((low, high),) = await self.rows("SELECT min(rowid), max(rowid) FROM reports")
             if low is None:
                 break
-            deleted += await self._delete_history_before(low + max((high - low + 1) // 10, 1))
+            deleted += await self._delete_reports_before(low + max((high - low + 1) // 10, 1))
         if deleted:
-            log.info("history retention removed %d values", deleted)
+            log.info("history retention removed %d reports", deleted)
         return deleted
 
     async def _first_rowid_at(self, ts_ms: int) -> int:
-        ((low, high),) = await self.rows("SELECT min(rowid), max(rowid) FROM history")
+        ((low, high),) = await self.rows("SELECT min(rowid), max(rowid) FROM reports")
         if low is None:
             return 0
         high += 1
         while low < high:
             middle = (low + high) // 2
-            rows = await self.rows("SELECT ts FROM history WHERE rowid >= ? ORDER BY rowid LIMIT 1", (middle,))
+            rows = await self.rows("SELECT ts FROM reports WHERE rowid >= ? ORDER BY rowid LIMIT 1", (middle,))
             if rows and rows[0][0] < ts_ms:
                 low = middle + 1
             else:
                 high = middle
         return int(low)
 
-    async def _delete_history_before(self, rowid: int) -> int:
+    async def _delete_reports_before(self, rowid: int) -> int:
         async with self.transaction() as db:
-            cursor = await db.execute("DELETE FROM history WHERE rowid < ?", (rowid,))
+            cursor = await db.execute("DELETE FROM reports WHERE rowid < ?", (rowid,))
             return max(cursor.rowcount, 0)
 
     # --- outboxes --------------------------------------------------------------------------------------------

@@ -21,6 +21,38 @@ from gateway.plugins import get_plugin_manager
 from gateway.runtime import Gateway
 
 
+def stored_history(db_file: Path, prop: str) -> list[tuple[str, int, Any]]:
+    """(device, ts in ms, value) of every stored reading of a property, read straight from a store's file."""
+    import sqlite3
+
+    import msgspec
+
+    with sqlite3.connect(db_file) as db:
+        series = {int(sid): str(device) for sid, device in
+                  db.execute("SELECT id, device FROM series WHERE property = ?", (prop,))}
+        rows = db.execute("SELECT ts, vals FROM reports ORDER BY rowid").fetchall()
+    found = []
+    for ts, vals in rows:
+        for sid, value in msgspec.msgpack.decode(vals).items():
+            if sid in series:
+                found.append((series[sid], int(ts), value))
+    return found
+
+
+def stored_reported(db_file: Path, prop: str) -> dict[str, Any]:
+    """The reported value of a property per device, read straight from a store's file."""
+    import sqlite3
+
+    import msgspec
+
+    with sqlite3.connect(db_file) as db:
+        series = {int(sid): str(device) for sid, device in
+                  db.execute("SELECT id, device FROM series WHERE property = ?", (prop,))}
+        rows = db.execute("SELECT vals FROM reported").fetchall()
+    return {series[sid]: value for (vals,) in rows for sid, (value, _) in msgspec.msgpack.decode(vals).items()
+            if sid in series}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

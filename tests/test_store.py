@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import create_token
-from gateway.store import Store, db_path
+from gateway.store import SCHEMA_VERSION, Store, db_path
+from gateway.testing import stored_history, stored_reported
 from tests.conftest import FIELDGATE, free_port
 from tests.test_runtime import MODEL, virtual_device
 
@@ -66,17 +67,14 @@ def test_sigkill_keeps_every_completed_report(tmp_path: Path) -> None:
             proc.wait(10)
         with sqlite3.connect(db_path(data)) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-            stored = dict(db.execute("SELECT device, reported FROM twins JOIN series ON series.id = twins.series "
-                                     "WHERE property = 'count'").fetchall())
-            for device, value in seen.items():
-                assert value is not None
-                assert json.loads(stored[device]) >= value, f"round {round_}: {device} lost reports"
-            # history holds one row per reading, the latest equal to the twin
-            for device in seen:
-                (latest,) = db.execute("SELECT value FROM history JOIN series ON series.id = history.series "
-                                       "WHERE device=? AND property='count' ORDER BY ts DESC, history.rowid DESC "
-                                       "LIMIT 1", (device,)).fetchone()
-                assert latest == json.loads(stored[device])
+        stored = stored_reported(db_path(data), "count")
+        for device, value in seen.items():
+            assert value is not None
+            assert stored[device] >= value, f"round {round_}: {device} lost reports"
+        # the history holds every reading, the latest equal to the twin
+        history = stored_history(db_path(data), "count")
+        for device in seen:
+            assert [v for d, _, v in history if d == device][-1] == stored[device]
 
 
 @pytest.mark.slow
@@ -98,11 +96,8 @@ def test_sigterm_exits_zero_after_clean_shutdown(tmp_path: Path) -> None:
     # the WAL was checkpointed and every queued report written
     assert not (tmp_path / "data" / "fieldgate.db-wal").exists() or \
         os.path.getsize(tmp_path / "data" / "fieldgate.db-wal") == 0
-    with sqlite3.connect(db_path(tmp_path / "data")) as db:
-        query = "FROM history JOIN series ON series.id = history.series WHERE property='count'"
-        (count,) = db.execute(f"SELECT count(*) {query}").fetchone()
-        (latest,) = db.execute(f"SELECT max(value) {query}").fetchone()
-    assert count == latest + 1  # counter 0..n, each reading stored exactly once
+    values = [value for _, _, value in stored_history(db_path(tmp_path / "data"), "count")]
+    assert values == list(range(len(values)))  # counter 0..n, each reading stored exactly once, in order
 
 
 async def test_retention_by_age_and_by_size(tmp_path: Path) -> None:
@@ -175,5 +170,97 @@ async def test_a_store_that_falls_behind_sheds_the_oldest_history_only(tmp_path:
         assert len(await store.outbox_batch("sink", 0, 1000)) == 300  # outbox messages are never shed
         twins = await store.load_twins()
         assert twins["default/d"]["a"]["reported"] == 299
+    finally:
+        await store.close()
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE series (id INTEGER PRIMARY KEY, device TEXT NOT NULL, property TEXT NOT NULL, UNIQUE (device, property));
+CREATE TABLE twins (series INTEGER PRIMARY KEY REFERENCES series (id), desired TEXT, desired_at REAL, reported TEXT,
+    reported_at REAL, quality TEXT NOT NULL DEFAULT 'unknown');
+CREATE TABLE history (series INTEGER NOT NULL, ts INTEGER NOT NULL, value);
+CREATE INDEX history_by_series ON history (series, ts);
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+async def test_a_schema_1_store_moves_its_history_and_twins_over(tmp_path: Path) -> None:
+    """Stores written one history row per value open with every value, twin and plot bucket still there."""
+    now = int(time.time())
+    with sqlite3.connect(db_path(tmp_path)) as db:
+        db.executescript(SCHEMA_1)
+        db.executemany("INSERT INTO series VALUES (?, ?, ?)", [(1, "default/a", "t"), (2, "default/a", "s"),
+                                                                (3, "default/b", "t")])
+        rows = []
+        for i in range(300):  # a report of a (t and s) and one of b, every second
+            ts = (now - 300 + i) * 1000
+            rows += [(1, ts, 20.0 + i), (2, ts, "on" if i % 2 else "off"), (3, ts, i)]
+        db.executemany("INSERT INTO history VALUES (?, ?, ?)", rows)
+        db.execute("INSERT INTO twins VALUES (1, '25.5', 10.0, '319.0', ?, 'good')", (now - 1.0,))
+        db.execute("INSERT INTO twins VALUES (3, NULL, NULL, '299', ?, 'good')", (now - 1.0,))
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        assert [v for _, v in await store.history("default/a", "t", 0, now + 1)] == [20.0 + i for i in range(300)]
+        assert [v for _, v in await store.history("default/a", "s", 0, now + 1, limit=2)] == ["off", "on"]
+        assert len(await store.history("default/b", "t", 0, now + 1)) == 300
+        twins = await store.load_twins()
+        assert twins["default/a"]["t"] == {"desired": 25.5, "desired_at": 10.0, "reported": 319.0,
+                                           "reported_at": now - 1.0, "quality": "good"}
+        assert twins["default/b"]["t"]["reported"] == 299
+        buckets = await store.history_buckets("default/b", "t", now - 86400, now, buckets=24)
+        assert sum(1 for _ in buckets) >= 1 and buckets[-1][2] == 299  # the rollups came along: max of b
+        store.add_report("default/a", now + 0.5, {"t": 1.0})
+        await store.flush()
+        assert (await store.history("default/a", "t", 0, now + 1))[-1] == (pytest.approx(now + 0.5), 1.0)
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path(tmp_path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'history'").fetchall()
+
+
+async def test_history_pages_through_sparse_reports_and_keeps_types(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(5000):  # `rare` is in one report of 7: a query pages past reports without it
+            values: dict[str, object] = {"often": i}
+            if i % 7 == 0:
+                values["rare"] = {"n": i, "ok": i % 2 == 0}
+            store.add_report("default/d", 1000.0 + i / 10, values)
+        store.add_report("default/d", 2000.0, {"flag": True, "text": "x", "none": None})
+        await store.flush()
+        rare = await store.history("default/d", "rare", 0, 3000, limit=10_000)
+        assert [v["n"] for _, v in rare] == list(range(0, 5000, 7))
+        assert rare[1] == (pytest.approx(1000.7), {"n": 7, "ok": False})
+        assert [v for _, v in await store.history("default/d", "often", 0, 3000, limit=3)] == [4997, 4998, 4999]
+        assert await store.history("default/d", "flag", 0, 3000) == [(2000.0, True)]
+        assert await store.history("default/d", "none", 0, 3000) == [(2000.0, None)]
+        assert await store.history("default/d", "missing", 0, 3000) == []
+        assert await store.history("default/nobody", "often", 0, 3000) == []
+    finally:
+        await store.close()
+
+
+async def test_plot_buckets_agree_between_reports_and_rollups(tmp_path: Path) -> None:
+    """Short windows are bucketed from the reports, long ones from per-minute rollups: same min, max, mean."""
+    now = time.time()
+    start = (int(now) // 3600 - 3) * 3600  # three whole hours ago, on an hour
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(3 * 3600 // 5):  # every 5 s for three hours: a sawtooth 0..119
+            store.add_report("default/d", start + i * 5, {"v": i % 120, "s": "text"})
+        await store.flush()
+        await store.close()  # writes the rollups of every minute
+        await store.open()
+        long = await store.history_buckets("default/d", "v", start, start + 3 * 3600, buckets=3)
+        short = [await store.history_buckets("default/d", "v", start + h * 3600, start + (h + 1) * 3600, buckets=1)
+                 for h in range(3)]
+        assert [b[1:] for b in long] == [s[0][1:] for s in short]
+        assert long[0][1:] == (0.0, 119.0, pytest.approx(59.5))
+        assert await store.history_buckets("default/d", "s", start, start + 3 * 3600) == []  # not numeric
     finally:
         await store.close()

@@ -53,16 +53,7 @@ async def history_buckets(store: Store, device: str, prop: str, window: float, b
                           ) -> list[tuple[float, float, float, float]]:
     """(time, min, max, mean) of the numeric history of one property over the last `window` seconds."""
     now = time.time()
-    since_ms, until_ms = int((now - window) * 1000), int(now * 1000)
-    width = max(int(window * 1000 / buckets), 1)
-    rows = await store.rows(
-        "SELECT (ts - ?) / ? AS bucket, min(value), max(value), avg(value) FROM history "
-        "WHERE series = (SELECT id FROM series WHERE device = ? AND property = ?) AND ts >= ? AND ts <= ? "
-        "AND typeof(value) IN ('integer', 'real') GROUP BY bucket ORDER BY bucket",
-        (since_ms, width, device, prop, since_ms, until_ms),
-    )
-    return [((since_ms + (int(b) + 0.5) * width) / 1000, float(lo), float(hi), float(mean))
-            for b, lo, hi, mean in rows]
+    return await store.history_buckets(device, prop, now - window, now, buckets)
 
 
 async def get_settings(store: Store, prefix: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.runtime import Gateway
 from gateway.store import db_path
+from gateway.testing import stored_history
 from tests.conftest import FIELDGATE, Mosquitto, free_port
 from tests.eventbus.test_eventbus import mqtt_client, wait_connected
 from tests.test_runtime import MODEL, virtual_device
@@ -152,9 +153,8 @@ async def test_sigkill_under_load_loses_nothing_from_the_outbox(mosquitto: Mosqu
         while not queue.empty():
             topic, payload = queue.get_nowait()
             received.add((topic.split("/")[3], payload["ts"], payload["values"].get("count")))
+    stored = stored_history(db_path(data), "count")
     with sqlite3.connect(db_path(data)) as db:
-        stored = db.execute("SELECT device, ts, value FROM history JOIN series ON series.id = history.series "
-                            "WHERE property = 'count'").fetchall()
         (left,) = db.execute("SELECT count(*) FROM outbox").fetchone()
     assert len(stored) > 11 * DEVICES * 5
     missing = [row for row in stored if (row[0].split("/")[1], row[1], row[2]) not in received]

@@ -222,12 +222,12 @@ class Routes:
             taken += bool(ids)
         return taken
 
-    def _match_or_log(self, topic: str) -> list[int]:
+    def _match_or_log(self, topic: str) -> tuple[int, ...]:
         try:
-            return self.eventbus_router.match(topic)
+            return tuple(self.eventbus_router.match(topic))
         except ConfigError as exc:
             log.warning("eventbus message dropped: %s", exc)
-            return []
+            return ()
 
     def from_rest(self, path: str, payload: bytes) -> list[str]:
         """Route a message posted to a REST path; the names of the routes that took it."""

@@ -18,31 +18,29 @@ typedef struct entry {
 
 typedef struct {
     entry_t **slots;
-    size_t cap; /* a power of two, or 0 */
-    size_t count;
+    uint32_t cap; /* a power of two, or 0 */
+    uint32_t count;
 } map_t;
 
-/* What a match reads comes first, so a lookup touches one cache line of a node (64 bytes: hash to hash_child). */
+#define NODE_ALIGN 64
+
+/* What a match reads is the first 64 bytes, and nodes are allocated on 64-byte boundaries: a lookup costs one
+ * cache line of a node. The match walk is bound by cache misses, not instructions. */
 typedef struct node {
     uint64_t hash; /* first: a node is a map entry */
-    uint64_t head; /* the name's first 8 bytes, zero padded: names that short compare without memcmp */
-    size_t len;
+    uint64_t head[2]; /* the name's first 16 bytes, zero padded: names that short compare without the name */
+    uint32_t len;
+    uint32_t nids;
     map_t children;
     struct node *plus;
     struct node *hash_child;
+    /* below: add, remove and collecting ids */
     int64_t *ids;
-    size_t nids, cap_ids;
+    size_t cap_ids;
     struct node *parent;
     char *name; /* points just past the node, in the same allocation */
     int kind; /* 0 literal, 1 '+', 2 '#' */
 } node_t;
-
-static uint64_t name_head(const char *name, size_t len) {
-    uint64_t w = 0;
-    if (len > 8) len = 8;
-    for (unsigned shift = 0; len > 0; len--, name++, shift += 8) w |= (uint64_t)(uint8_t)*name << shift;
-    return w;
-}
 
 typedef struct {
     uint64_t hash; /* first: a route is a map entry */
@@ -62,7 +60,7 @@ struct fg_router {
     size_t entries;
     const char **level_ptr;
     size_t *level_len;
-    uint64_t *level_hash;
+    uint64_t *level_hash; /* per level: its hash and the two head words of its name */
     frame_t *stack;
     size_t level_cap;
     int64_t *found; /* scratch: every id collected, duplicates included */
@@ -74,27 +72,36 @@ struct fg_router {
     size_t bad_index; /* the topic match_many refused */
 };
 
-/* Eight bytes a step (FxHash-style multiply-rotate), then a final mix: levels are hashed on every match, and a
- * byte-wise hash there costs more than the trie walk itself. */
-static uint64_t hash_bytes(const char *s, size_t n) {
+/* A level's key: key[1..2] are its first 16 bytes zero padded (names that short compare without the name),
+ * key[0] the hash, eight bytes a step (FxHash-style multiply-rotate) with MurmurHash3's finaliser so every input
+ * bit reaches the low bits the maps index by. Levels are keyed on every match: a byte-wise loop here cost more
+ * than the trie walk itself. */
+static uint64_t load_word(const char *s, size_t n, size_t avail) {
+    uint64_t w = 0;
+    if (n >= 8 || avail >= 8) { /* one unaligned load, then keep the level's own bytes */
+        memcpy(&w, s, 8);
+        if (n < 8) w &= n ? (~0ULL >> (64 - 8 * n)) : 0;
+    } else {
+        for (size_t i = 0; i < n; i++) w |= (uint64_t)(uint8_t)s[i] << (8 * i);
+    }
+    return w;
+}
+
+/* `avail` bytes are readable from `s` (at least n): loads may read past the level, never past that. */
+static void level_key(const char *s, size_t n, size_t avail, uint64_t key[3]) {
     const uint64_t k = 0x517cc1b727220a95ULL;
-    uint64_t h = (uint64_t)n * k;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        h = (((h << 5) | (h >> 59)) ^ w) * k;
-    }
-    if (i < n) { /* the tail byte by byte: a variable-length memcpy would be a library call */
-        uint64_t w = 0;
-        for (unsigned shift = 0; i < n; i++, shift += 8) w |= (uint64_t)(uint8_t)s[i] << shift;
-        h = (((h << 5) | (h >> 59)) ^ w) * k;
-    }
-    h ^= h >> 33; /* MurmurHash3's finaliser: every input bit reaches the low bits the maps index by */
+    uint64_t head0 = load_word(s, n, avail);
+    uint64_t head1 = n > 8 ? load_word(s + 8, n - 8, avail - 8) : 0;
+    uint64_t h = (((uint64_t)n * k) ^ head0) * k;
+    h = (((h << 5) | (h >> 59)) ^ head1) * k;
+    for (size_t i = 16; i < n; i += 8) h = (((h << 5) | (h >> 59)) ^ load_word(s + i, n - i, avail - i)) * k;
+    h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;
     h ^= h >> 33;
     h *= 0xc4ceb9fe1a85ec53ULL;
-    return h ^ (h >> 33);
+    key[0] = h ^ (h >> 33);
+    key[1] = head0;
+    key[2] = head1;
 }
 
 static uint64_t hash_id(int64_t id) {
@@ -105,7 +112,8 @@ static uint64_t hash_id(int64_t id) {
 }
 
 static int map_grow(map_t *m) {
-    size_t cap = m->cap ? m->cap * 2 : 4;
+    if (m->cap >= (1u << 31)) return FG_ENOMEM;
+    uint32_t cap = m->cap ? m->cap * 2 : 4;
     entry_t **slots = calloc(cap, sizeof *slots);
     if (slots == NULL) return FG_ENOMEM;
     for (size_t i = 0; i < m->cap; i++) {
@@ -147,20 +155,15 @@ static void map_delete(map_t *m, const entry_t *e) {
     }
 }
 
-static node_t *find_child(const node_t *n, const char *name, size_t len, uint64_t h) {
+static node_t *find_child(const node_t *n, const char *name, size_t len, const uint64_t key[3]) {
     const map_t *m = &n->children;
     if (m->count == 0) return NULL;
     size_t mask = m->cap - 1;
-    uint64_t head = 0;
-    int have_head = 0;
-    for (size_t j = h & mask; m->slots[j] != NULL; j = (j + 1) & mask) {
+    for (size_t j = key[0] & mask; m->slots[j] != NULL; j = (j + 1) & mask) {
         const node_t *c = (const node_t *)m->slots[j];
-        if (c->hash != h || c->len != len) continue;
-        if (!have_head) {
-            head = name_head(name, len);
-            have_head = 1;
-        }
-        if (c->head == head && (len <= 8 || memcmp(c->name + 8, name + 8, len - 8) == 0)) return (node_t *)c;
+        if (c->hash == key[0] && c->len == len && c->head[0] == key[1] && c->head[1] == key[2] &&
+            (len <= 16 || memcmp(c->name + 16, name + 16, len - 16) == 0))
+            return (node_t *)c;
     }
     return NULL;
 }
@@ -206,16 +209,20 @@ static void prune(fg_router *r, node_t *n) {
 static node_t *child_for(node_t *n, const char *name, size_t len) {
     int kind = (len == 1 && name[0] == '+') ? 1 : (len == 1 && name[0] == '#') ? 2 : 0;
     node_t **special = kind == 1 ? &n->plus : kind == 2 ? &n->hash_child : NULL;
-    uint64_t h = hash_bytes(name, len);
-    node_t *c = special ? *special : find_child(n, name, len, h);
+    uint64_t key[3];
+    level_key(name, len, len, key);
+    node_t *c = special ? *special : find_child(n, name, len, key);
     if (c != NULL) return c;
-    c = calloc(1, sizeof *c + len + 1); /* the name right behind the node: one cache miss less per level */
+    size_t size = (sizeof *c + len + 1 + NODE_ALIGN - 1) / NODE_ALIGN * NODE_ALIGN; /* the name right behind */
+    c = aligned_alloc(NODE_ALIGN, size);
     if (c == NULL) return NULL;
+    memset(c, 0, size);
     c->name = (char *)(c + 1);
     if (len) memcpy(c->name, name, len);
-    c->head = name_head(name, len);
-    c->len = len;
-    c->hash = h;
+    c->head[0] = key[1];
+    c->head[1] = key[2];
+    c->len = (uint32_t)len;
+    c->hash = key[0];
     c->kind = kind;
     c->parent = n;
     if (special) {
@@ -373,7 +380,7 @@ static int reserve_levels(fg_router *r, size_t levels) {
     size_t *len = realloc(r->level_len, cap * sizeof *len);
     if (len == NULL) return FG_ENOMEM;
     r->level_len = len;
-    uint64_t *hashes = realloc(r->level_hash, cap * sizeof *hashes);
+    uint64_t *hashes = realloc(r->level_hash, 3 * cap * sizeof *hashes); /* hash, then the two head words */
     if (hashes == NULL) return FG_ENOMEM;
     r->level_hash = hashes;
     frame_t *stack = realloc(r->stack, (2 * cap + 2) * sizeof *stack);
@@ -419,7 +426,7 @@ static int64_t match_one(fg_router *r, const char *topic, size_t len) {
         if (levels == r->level_cap && reserve_levels(r, levels + 1) != FG_OK) return FG_ENOMEM;
         r->level_ptr[levels] = at;
         r->level_len[levels] = (size_t)(stop - at);
-        r->level_hash[levels++] = hash_bytes(at, (size_t)(stop - at));
+        level_key(at, (size_t)(stop - at), (size_t)(end - at), r->level_hash + 3 * levels++);
         if (slash == NULL) break;
         at = slash + 1;
     }
@@ -435,7 +442,7 @@ static int64_t match_one(fg_router *r, const char *topic, size_t len) {
             continue;
         }
         if (wildcards && f.node->plus) r->stack[depth++] = (frame_t){f.node->plus, f.level + 1};
-        const node_t *c = find_child(f.node, r->level_ptr[f.level], r->level_len[f.level], r->level_hash[f.level]);
+        const node_t *c = find_child(f.node, r->level_ptr[f.level], r->level_len[f.level], r->level_hash + 3 * f.level);
         if (c) r->stack[depth++] = (frame_t){c, f.level + 1};
     }
     if (found > 1) {

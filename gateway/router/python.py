@@ -88,9 +88,9 @@ class TopicRouter:
                 stack.append((child, index + 1))
         return sorted(set(found))
 
-    def match_many(self, topics: Sequence[str]) -> list[list[int]]:
-        """The ids of every topic's routes, as match() gives them."""
-        return [self.match(topic) for topic in topics]
+    def match_many(self, topics: Sequence[str]) -> list[tuple[int, ...]]:
+        """The ids of every topic's routes (sorted, each once, as match() gives them)."""
+        return [tuple(self.match(topic)) for topic in topics]
 
     def __len__(self) -> int:
         return self._entries

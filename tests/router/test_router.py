@@ -72,7 +72,7 @@ def test_matches_naive_reference(
     assert len(r) == len(set(routes))
     expected = [sorted({rid for rid, f in routes if naive_match(f, topic)}) for topic in topics]
     assert [r.match(topic) for topic in topics] == expected
-    assert r.match_many(topics) == expected
+    assert r.match_many(topics) == [tuple(ids) for ids in expected]
 
 
 def test_many_ids_on_one_topic_grow_the_result_buffer(TopicRouter: Any) -> None:
@@ -152,11 +152,11 @@ def test_invalid_topics(TopicRouter: Any, topic: str) -> None:
 def test_a_batch_with_one_invalid_topic_names_it(TopicRouter: Any, topic: Any) -> None:
     r = TopicRouter()
     r.add(1, "a/#")
-    assert r.match_many(["a/b", "a"]) == [[1], [1]]
+    assert r.match_many(["a/b", "a"]) == [(1,), (1,)]
     assert r.match_many([]) == []
     with pytest.raises(ConfigError, match="topic"):
         r.match_many(["a/b", topic, "a"])
-    assert r.match_many(["a/c"]) == [[1]]  # the router is unharmed
+    assert r.match_many(["a/c"]) == [(1,)]  # the router is unharmed
 
 
 def test_large_batches_grow_the_packed_buffer(TopicRouter: Any) -> None:
@@ -167,7 +167,7 @@ def test_large_batches_grow_the_packed_buffer(TopicRouter: Any) -> None:
     topics = [f"x/{i}" for i in range(3_000)]
     found = r.match_many(topics)
     assert len(found) == 3_000
-    assert all(ids == sorted([-5, *(i * 1_000_003 for i in range(40))]) for ids in found)
+    assert all(list(ids) == sorted([-5, *(i * 1_000_003 for i in range(40))]) for ids in found)
 
 
 @pytest.mark.parametrize("route_id", [2**63, -(2**63) - 1, "1", True])

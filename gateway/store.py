@@ -75,6 +75,7 @@ _unjson = msgspec.json.Decoder()
 _pack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
 HISTORY_PAGE = 2000  # report rows read a query
+SNAPSHOT_EVERY = 5.0  # seconds between writes of the latest reported values (opening replays the reports since)
 
 
 def db_path(data_dir: Path) -> Path:
@@ -106,8 +107,13 @@ class Store:
         self.outbox_depth: dict[str, int] = {}  # committed, not yet delivered, per outbox
         self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
         self._device_ids: dict[str, int] = {}
-        self._latest: dict[int, dict[int, list[Any]]] = {}  # device id -> series id -> [value, ts]: `reported`
-        self._minutes: dict[tuple[int, int], list[Any]] = {}  # (series, minute) -> [n, low, high, total] not in rollups
+        self._by_device: dict[str, dict[str, int]] = {}  # device -> property -> series id (the hot path's view)
+        self._latest: dict[int, dict[int, Any]] = {}  # device id -> series id -> latest value
+        self._latest_at: dict[int, dict[int, float]] = {}  # device id -> series id -> its time
+        self._dirty: set[int] = set()  # devices whose latest values are newer than their `reported` row
+        self._snapshot_at = 0.0  # monotonic time of the last `reported` snapshot
+        self._open: dict[int, list[Any]] = {}  # series -> [minute, n, low, high, total]: its running minute
+        self._closed: list[list[Any]] = []  # [series, minute, n, low, high, total] of minutes over, to write
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self.secrets = SecretBox(data_dir)  # Secret documents are stored encrypted
         self.rows_written = 0
@@ -184,15 +190,35 @@ class Store:
         await db.executemany("INSERT OR REPLACE INTO reported VALUES (?, ?)",
                              [(device, _pack.encode(values)) for device, values in latest.items()])
         await db.execute("UPDATE twins SET reported = NULL, reported_at = NULL")
+        await db.execute("INSERT INTO meta SELECT 'reported_rowid', coalesce(max(rowid), 0) FROM reports WHERE true "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         await db.execute("DROP TABLE history")
         return moved
 
     async def _load_ids(self) -> None:
         self._series = {(str(d), str(p)): int(i) for d, p, i in await self.rows("SELECT device, property, id "
                                                                                   "FROM series")}
+        self._index_series()
         self._device_ids = {str(name): int(i) for i, name in await self.rows("SELECT id, name FROM devices")}
-        self._latest = {int(device): {int(k): v for k, v in _unpack.decode(vals).items()}
-                        for device, vals in await self.rows("SELECT device, vals FROM reported")}
+        self._latest, self._latest_at = {}, {}
+        for device, vals in await self.rows("SELECT device, vals FROM reported"):
+            for key, (value, at) in _unpack.decode(vals).items():
+                self._latest.setdefault(int(device), {})[int(key)] = value
+                self._latest_at.setdefault(int(device), {})[int(key)] = at
+        # the snapshot is written every SNAPSHOT_EVERY seconds: the reports committed after it bring it up to date
+        rows = await self.rows("SELECT value FROM meta WHERE key = 'reported_rowid'")
+        after = int(rows[0][0]) if rows else 0
+        for device, ts, vals in await self.rows("SELECT device, ts, vals FROM reports WHERE rowid > ? "
+                                                "ORDER BY rowid", (after,)):
+            values = _unpack.decode(vals)
+            self._latest.setdefault(device, {}).update(values)
+            self._latest_at.setdefault(device, {}).update(dict.fromkeys(values, ts / 1000))
+
+    def _index_series(self) -> None:
+        by_device: dict[str, dict[str, int]] = {}
+        for (device, prop), series_id in self._series.items():
+            by_device.setdefault(device, {})[prop] = series_id
+        self._by_device = by_device
 
     async def close(self) -> None:
         if self._db is None:
@@ -200,6 +226,8 @@ class Store:
         with contextlib.suppress(StoreError):
             await self.flush()
             await self._write_rollups(everything=True)
+            if self._dirty:
+                await self._write_snapshot()
         with contextlib.suppress(sqlite3.Error):
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._db.close()
@@ -287,42 +315,47 @@ class Store:
         outbox, self._outbox = self._outbox, []
         queued, self._queued = self._queued, 0
         encode = _pack.encode
-        minutes: dict[tuple[int, int], list[Any]] = {}  # (series, minute) -> [n, low, high, total], this flush
+        buckets: dict[int, list[Any]] = {}  # series -> [minute, n, low, high, total], this flush
+        finished: list[list[Any]] = []  # [series, minute, n, low, high, total] a later minute of theirs closed
         written = 0
         try:
             async with self.transaction() as db:
-                series = await self._series_ids(db, {(d, name) for d, _, values in reports for name in values})
+                by_device = await self._series_for(db, reports)
                 devices = await self._devices_for(db, {device for device, _, _ in reports})
                 report_rows: list[tuple[int, int, bytes]] = []
-                touched: set[int] = set()
                 for device, ts, values in reports:
                     device_id = devices[device]
                     ts_ms = int(ts * 1000)
                     minute = ts_ms // 60000
-                    latest = self._latest.setdefault(device_id, {})
-                    packed: dict[int, Any] = {}
-                    for name, value in values.items():
-                        key = series[(device, name)]
-                        packed[key] = value
-                        latest[key] = [value, ts]
+                    ids = by_device[device]
+                    packed = {ids[name]: value for name, value in values.items()}
+                    for key, value in packed.items():
                         kind = type(value)
-                        if kind is float or kind is int:
-                            bucket = minutes.get((key, minute))
-                            if bucket is None:
-                                minutes[(key, minute)] = [1, value, value, value]
-                            else:
-                                bucket[0] += 1
-                                bucket[1] = min(bucket[1], value)
-                                bucket[2] = max(bucket[2], value)
-                                bucket[3] += value
+                        if kind is not float and kind is not int:
+                            continue
+                        bucket = buckets.get(key)
+                        if bucket is None or bucket[0] != minute:
+                            if bucket is not None:
+                                finished.append([key, *bucket])
+                            buckets[key] = [minute, 1, value, value, value]
+                        else:
+                            bucket[1] += 1
+                            if value < bucket[2]:
+                                bucket[2] = value
+                            if value > bucket[3]:
+                                bucket[3] = value
+                            bucket[4] += value
                     written += len(packed)
                     report_rows.append((device_id, ts_ms, encode(packed)))
-                    touched.add(device_id)
+                    latest = self._latest.get(device_id)
+                    if latest is None:
+                        latest = self._latest[device_id] = {}
+                        self._latest_at[device_id] = {}
+                    latest.update(packed)
+                    self._latest_at[device_id].update(dict.fromkeys(packed, ts))
+                    self._dirty.add(device_id)
                 if report_rows:
                     await db.executemany("INSERT INTO reports VALUES (?, ?, ?)", report_rows)
-                    await db.executemany(
-                        "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET vals = excluded.vals",
-                        [(device_id, encode(self._latest[device_id])) for device_id in touched])
                 if outbox:
                     await db.executemany("INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)",
                                          outbox)
@@ -331,7 +364,7 @@ class Store:
             self._outbox[:0] = outbox
             self._queued += queued
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
-        self._merge_minutes(minutes)
+        self._merge_minutes(finished, buckets)
         self.rows_written += written
         if outbox:
             for row in outbox:
@@ -339,26 +372,55 @@ class Store:
             sinks = {row[0] for row in outbox}
             for listener in self.on_flush:
                 listener(sinks)
-        if self._minutes and min(minute for _, minute in self._minutes) < int(time.time()) // 60 - 1:
+        if self._closed:
             await self._write_rollups()
+        if self._dirty and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
+            await self._write_snapshot()
         return written
 
-    def _merge_minutes(self, minutes: dict[tuple[int, int], list[Any]]) -> None:
-        for key, (n, low, high, total) in minutes.items():
-            bucket = self._minutes.get(key)
-            if bucket is None:
-                self._minutes[key] = [n, low, high, total]
+    async def _write_snapshot(self) -> None:
+        """The latest reported values of the devices that reported since the last snapshot, one row each, and the
+        last report row they include: opening the store replays only the reports after it."""
+        dirty, self._dirty = self._dirty, set()
+        self._snapshot_at = time.monotonic()
+        encode = _pack.encode
+        rows = []
+        for device_id in dirty:
+            at = self._latest_at[device_id]
+            rows.append((device_id, encode({key: (value, at[key]) for key, value in self._latest[device_id].items()})))
+        try:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET vals = excluded.vals", rows)
+                await db.execute("INSERT INTO meta SELECT 'reported_rowid', coalesce(max(rowid), 0) FROM reports "
+                                 "WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        except sqlite3.Error as exc:
+            self._dirty |= dirty
+            raise StoreError(f"{self.path}: writing the reported values failed: {exc}") from exc
+
+    def _merge_minutes(self, finished: list[list[Any]], buckets: dict[int, list[Any]]) -> None:
+        """Fold a flush's per-minute buckets into the running minutes; a minute that is over goes to be written."""
+        closed, running = self._closed, self._open
+        closed += finished
+        for key, bucket in buckets.items():
+            current = running.get(key)
+            if current is None:
+                running[key] = bucket
+            elif current[0] != bucket[0]:
+                closed.append([key, *current])
+                running[key] = bucket
             else:
-                bucket[0] += n
-                bucket[1] = min(bucket[1], low)
-                bucket[2] = max(bucket[2], high)
-                bucket[3] += total
+                current[1] += bucket[1]
+                if bucket[2] < current[2]:
+                    current[2] = bucket[2]
+                if bucket[3] > current[3]:
+                    current[3] = bucket[3]
+                current[4] += bucket[4]
 
     async def _write_rollups(self, *, everything: bool = False) -> None:
-        """Write the per-minute buckets of minutes that are over (all of them when the store closes); a bucket
-        written twice (a restart within its minute) is merged, not replaced."""
-        current = int(time.time()) // 60
-        ready = {key: bucket for key, bucket in self._minutes.items() if everything or key[1] < current}
+        """Write the per-minute buckets of minutes that are over (and the running ones when the store closes); a
+        bucket written twice (a restart within its minute) is merged, not replaced."""
+        ready = self._closed + ([[key, *bucket] for key, bucket in self._open.items()] if everything else [])
         if not ready:
             return
         try:
@@ -366,12 +428,12 @@ class Store:
                 await db.executemany(
                     "INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(series, minute) DO UPDATE SET "
                     "n = n + excluded.n, low = min(low, excluded.low), high = max(high, excluded.high), "
-                    "total = total + excluded.total",
-                    [(*key, *bucket) for key, bucket in ready.items()])
+                    "total = total + excluded.total", ready)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: writing rollups failed: {exc}") from exc
-        for key in ready:
-            del self._minutes[key]
+        self._closed = []
+        if everything:
+            self._open = {}
 
     async def _series_ids(self, db: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
                           ) -> dict[tuple[str, str], int]:
@@ -381,7 +443,21 @@ class Store:
             await db.executemany("INSERT OR IGNORE INTO series (device, property) VALUES (?, ?)", missing)
             cursor = await db.execute("SELECT device, property, id FROM series")
             self._series = {(device, prop): sid for device, prop, sid in await cursor.fetchall()}
+            self._index_series()
         return self._series
+
+    async def _series_for(self, db: aiosqlite.Connection, reports: Iterable[tuple[str, float, dict[str, Any]]]
+                          ) -> dict[str, dict[str, int]]:
+        """Property -> series id per device, creating the series these reports bring first."""
+        by_device = self._by_device
+        missing: set[tuple[str, str]] = set()
+        for device, _, values in reports:
+            known = by_device.get(device)
+            if known is None or not values.keys() <= known.keys():
+                missing.update((device, name) for name in values if known is None or name not in known)
+        if missing:
+            await self._series_ids(db, missing)
+        return self._by_device
 
     async def _devices_for(self, db: aiosqlite.Connection, names: Iterable[str]) -> dict[str, int]:
         missing = [(name,) for name in names if name not in self._device_ids]
@@ -421,11 +497,12 @@ class Store:
             item = entry(device, prop)
             item["desired"], item["desired_at"] = _unjson.decode(desired), desired_at
         names = {series_id: key for key, series_id in self._series.items()}
-        for values in self._latest.values():
-            for series_id, (value, at) in values.items():
+        for device_id, values in self._latest.items():
+            at = self._latest_at[device_id]
+            for series_id, value in values.items():
                 device, prop = names[series_id]
                 item = entry(device, prop)
-                item["reported"], item["reported_at"], item["quality"] = value, at, "good"
+                item["reported"], item["reported_at"], item["quality"] = value, at[series_id], "good"
         return result
 
     async def history(self, device: str, prop: str, since: float, until: float, limit: int = 10_000
@@ -486,7 +563,9 @@ class Store:
                 return []
             rows = await self.rows("SELECT minute, n, low, high, total FROM rollups WHERE series = ? AND minute >= ? "
                                    "AND minute <= ?", (series_id, since_ms // 60000, until_ms // 60000))
-            pending = [(minute, *bucket) for (sid, minute), bucket in self._minutes.items() if sid == series_id]
+            pending = [row[1:] for row in self._closed if row[0] == series_id]
+            if series_id in self._open:
+                pending.append(self._open[series_id])
             for minute, n, low, high, total in [*rows, *pending]:
                 add(max(int(minute) * 60000, since_ms), int(n), float(low), float(high), float(total))
         return [((since_ms + (index + 0.5) * width) / 1000, float(low), float(high), float(total) / n)

@@ -39,18 +39,21 @@ def stored_history(db_file: Path, prop: str) -> list[tuple[str, int, Any]]:
     return found
 
 
-def stored_reported(db_file: Path, prop: str) -> dict[str, Any]:
-    """The reported value of a property per device, read straight from a store's file."""
-    import sqlite3
+def stored_reported(data_dir: Path, prop: str) -> dict[str, Any]:
+    """The reported value of a property per device, as a store opened on `data_dir` restores them."""
+    import asyncio
 
-    import msgspec
+    from gateway.store import Store
 
-    with sqlite3.connect(db_file) as db:
-        series = {int(sid): str(device) for sid, device in
-                  db.execute("SELECT id, device FROM series WHERE property = ?", (prop,))}
-        rows = db.execute("SELECT vals FROM reported").fetchall()
-    return {series[sid]: value for (vals,) in rows for sid, (value, _) in msgspec.msgpack.decode(vals).items()
-            if sid in series}
+    async def read() -> dict[str, dict[str, dict[str, Any]]]:
+        store = Store(data_dir)
+        await store.open()
+        try:
+            return await store.load_twins()
+        finally:
+            await store.close()
+
+    return {device: props[prop]["reported"] for device, props in asyncio.run(read()).items() if prop in props}
 
 
 def free_port() -> int:

@@ -81,7 +81,8 @@ work=$(mktemp -d "$out/.work.XXXXXX")
 root=$work/root
 cleanup() {
     [ -n "${wheels_pid:-}" ] && kill "$wheels_pid" 2>/dev/null
-    mountpoint -q "$root" 2>/dev/null && umount "$root"
+    # A failed debootstrap can leave proc and sys mounted inside the root: unmount the whole tree.
+    mountpoint -q "$root" 2>/dev/null && { umount -R "$root" 2>/dev/null || umount -R -l "$root"; }
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -145,7 +146,7 @@ else
     debootstrap --variant=minbase --arch="$arch" --include="$packages" "$suite" "$root" "$mirror" \
         > "$work/debootstrap.log" 2>&1 || {
             tail -5 "$work/debootstrap.log" >&2
-            grep -B2 -A8 -i 'error' "$root/debootstrap/debootstrap.log" 2>/dev/null | tail -30 >&2
+            { grep -B2 -A8 -i "error" "$root/debootstrap/debootstrap.log" 2>/dev/null || true; } | tail -30 >&2
             fail "debootstrap failed (log above)"; }
     if [ -n "$cached" ]; then
         mkdir -p "$cache"

@@ -9,6 +9,9 @@ command -v socat >/dev/null || apt_packages+=(socat)
 command -v mosquitto >/dev/null || apt_packages+=(mosquitto mosquitto-clients)
 command -v cc >/dev/null || apt_packages+=(gcc)
 if [ "${FIELDGATE_BROWSER_TESTS:-1}" = 1 ] && ! command -v chromium >/dev/null; then apt_packages+=(chromium); fi
+# The container runtime (plugins/container) and its tests: podman with runc, port mapping, a static busybox image.
+command -v podman >/dev/null || apt_packages+=(podman runc containernetworking-plugins)
+[ -x /bin/busybox ] && ! grep -q ld-linux /bin/busybox || apt_packages+=(busybox-static)
 # The appliance image (image/build.sh) and its boot test (tests/image): FIELDGATE_IMAGE_TESTS=0 leaves them out.
 if [ "${FIELDGATE_IMAGE_TESTS:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
     for need in debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 mkfs.vfat:dosfstools mcopy:mtools \

@@ -67,7 +67,7 @@ def test_sigkill_keeps_every_completed_report(tmp_path: Path) -> None:
             proc.wait(10)
         with sqlite3.connect(db_path(data)) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        stored = stored_reported(db_path(data), "count")
+        stored = stored_reported(data, "count")
         for device, value in seen.items():
             assert value is not None
             assert stored[device] >= value, f"round {round_}: {device} lost reports"

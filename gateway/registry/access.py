@@ -31,6 +31,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry.store import ROLES, RegistryStore
 from gateway.resources.schema import NAME_PATTERN
+from gateway.workloads.secrets import masked
 
 ScopeKind = Literal["platform", "folder", "workspace"]
 PLATFORM = "platform"
@@ -300,8 +301,15 @@ async def documents(store: RegistryStore, caller: Caller, kind: str | None = Non
         "SELECT kind, namespace, name, node, workspace, document, updated_at FROM documents "
         + ("WHERE kind=? " if kind else "") + "ORDER BY kind, namespace, name", *([kind] if kind else []))
     return [{"kind": k, "namespace": ns, "name": name, "node": node, "workspace": workspace,
-             "document": json.loads(doc), "updated_at": updated}
+             "document": _shown(k, json.loads(doc)), "updated_at": updated}
             for k, ns, name, node, workspace, doc, updated in rows if caller.sees(workspace)]
+
+
+def _shown(kind: str, document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as the API shows it: a Secret's values masked."""
+    if kind == "Secret" and isinstance(document.get("data"), dict):
+        return {**document, "data": masked(document["data"])}
+    return document
 
 
 async def join_tokens(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
@@ -417,6 +425,7 @@ async def _in_scope_workspace(store: RegistryStore, caller: Caller, name: str) -
 class NodeChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workspace: str | None = None
     labels: dict[str, str] | None = None
+    paused: bool | None = None  # a paused node gets no new workload instances
 
 
 class GroupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -456,6 +465,8 @@ async def change_node(request: AnyRequest, name: str, data: NodeChange) -> dict[
             await store.move_node(name, await _in_scope_workspace(store, caller, data.workspace))
         if data.labels is not None:
             await store.set_node_labels(name, data.labels)
+        if data.paused is not None:
+            await store.set_paused(name, data.paused)
     return await visible_node(store, caller, name)
 
 

@@ -16,7 +16,7 @@ from litestar.middleware import DefineMiddleware
 
 from gateway import __version__
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import access, batch, metrics, monitoring, pages, twins
+from gateway.registry import access, batch, metrics, monitoring, pages, twins, upgrades, workloads
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
@@ -48,6 +48,8 @@ class HeartbeatRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     twins_complete: bool = False  # `twins` holds every device of the node: forget the others
     desired_version: int = 0  # the node has taken the registry's desired values up to this version
     desired_ack: DesiredAck | None = None
+    workloads: workloads.WorkloadReports | None = None  # the node's registry-owned workloads, when they changed
+    upgrade: upgrades.UpgradeReport | None = None  # the state of the upgrade task the node was handed last
 
 
 class HeartbeatResponse(msgspec.Struct, kw_only=True):
@@ -56,6 +58,7 @@ class HeartbeatResponse(msgspec.Struct, kw_only=True):
     heartbeat_interval: float
     documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
     desired: list[DesiredValue] | None = None  # desired values newer than the node's desired_version
+    upgrade: upgrades.UpgradeAssignment | None = None  # an upgrade task for the node to start
 
 
 @get("/healthz", summary="Liveness")
@@ -107,10 +110,13 @@ async def heartbeat(request: AnyRequest, data: HeartbeatRequest) -> HeartbeatRes
         twins.check_report_rate(request.app.state, node)
     store = store_of(request)
     interval = await store.heartbeat(node, data.info)
+    await workloads.record_status(store, node, data.workloads)
+    assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
     version, documents = await store.node_documents(node)
     desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack)
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
-                             documents=documents if version != data.resource_version else None, desired=desired)
+                             documents=documents if version != data.resource_version else None, desired=desired,
+                             upgrade=assignment)
 
 
 @get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")
@@ -149,13 +155,14 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
         async with RegistryStore(data_dir, db_url) as store:
             app.state.store = store
             await store.database.listen(CHANNEL, app.state.waiters.wake)
-            yield
+            async with workloads.scheduling(store, interval):
+                yield
 
     return Litestar(
         route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS,
                         *access.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS, *monitoring.ROUTE_HANDLERS,
                         *metrics.ROUTE_HANDLERS, *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
-                        *LOG_ROUTE_HANDLERS],
+                        *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "log_requests": LogRequests(), **pages.initial_state()}),
         lifespan=[lifespan],

@@ -10,14 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from gateway.commands import Command
-from gateway.errors import ConfigError, NotFound, ResourceError
+from gateway.errors import ConfigError, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.resources.durations import Duration
-from gateway.resources.loader import format_validation_error, read_path
-from gateway.resources.schema import AnyDocument, Device, DeviceModel, dec_hook, enc_hook
+from gateway.resources.loader import read_path
 
 DEFAULT_REGISTRY_DIR = "./fieldgate-registry"
 
@@ -67,7 +64,8 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("id")
     _data_dir(revoke)
 
-    apply = sub.add_parser("apply", help="store resource documents; a Device with `node:` goes to that node")
+    apply = sub.add_parser("apply", help="store resource documents; a Device or a Workload with `node:` goes to "
+                                         "that node, a BatchWorkload to the nodes of its groups")
     apply.add_argument("-f", "--file", required=True, type=Path, help="a YAML file or a directory of them")
     apply.add_argument("--workspace", default="default", help="the workspace of the documents (default default)")
     _data_dir(apply)
@@ -89,6 +87,7 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     _data_dir(api_revoke)
     _configure_access(sub)
     _configure_batches_and_twins(sub)
+    _configure_upgrades(sub)
 
     group = sub.add_parser("group", help="node groups: create, list")
     group_sub = group.add_subparsers(dest="group_action", required=True)
@@ -107,13 +106,25 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     group_list.add_argument("--json", action="store_true", help="one JSON object per group")
     _data_dir(group_list)
 
-    nodes = sub.add_parser("nodes", help="list nodes (`nodes remove NAME` forgets one and revokes its certificate)")
-    nodes.add_argument("nodes_action", nargs="?", choices=("list", "remove", "move"), default="list")
+    nodes = sub.add_parser("nodes", help="list nodes (`nodes remove NAME` forgets one and revokes its certificate; "
+                                         "`nodes pause|resume NAME` stops or resumes placing new workloads there)")
+    nodes.add_argument("nodes_action", nargs="?", choices=("list", "remove", "move", "pause", "resume"),
+                       default="list")
     nodes.add_argument("name", nargs="?")
     nodes.add_argument("--workspace", default=None, help="`nodes move NAME --workspace W` moves a node and its "
                                                          "devices to another workspace")
     nodes.add_argument("--json", action="store_true", help="one JSON object per node")
     _data_dir(nodes)
+
+    remove = sub.add_parser("delete", help="delete a document applied at the registry; its nodes drop it")
+    remove.add_argument("kind", choices=("DeviceModel", "Device", "Workload", "ConfigItem", "Secret",
+                                         "BatchWorkload"))
+    remove.add_argument("document", metavar="[NS/]NAME")
+    _data_dir(remove)
+
+    workloads = sub.add_parser("workloads", help="workloads per node with the status their nodes report")
+    workloads.add_argument("--json", action="store_true", help="one JSON object per workload and node")
+    _data_dir(workloads)
 
     logs = sub.add_parser("logs", help="print a node's recent log, asked of the node now over its link")
     logs.add_argument("node")
@@ -157,6 +168,10 @@ def _registry(args: argparse.Namespace) -> int:
         async with RegistryStore(args.data_dir, args.db) as store:
             if await _access_commands(store, args) or await _batch_and_twin_commands(store, args):
                 pass
+            elif args.action == "upgrade":
+                from gateway.registry.upgrades import run_command
+
+                await run_command(store, args)
             elif args.action == "join-token" and args.token_action == "create":
                 if args.max_uses < 1:
                     raise ConfigError("--max-uses: expected 1 or more")
@@ -193,6 +208,24 @@ def _registry(args: argparse.Namespace) -> int:
             elif args.action == "apply":
                 for line in await _apply(store, args.file, args.workspace):
                     print(line)
+            elif args.action == "delete":
+                from gateway.registry.workloads import delete_document
+
+                namespace, _, name = args.document.rpartition("/")
+                await delete_document(store, cli, args.kind, namespace or "default", name)
+                print(f"{args.kind} {namespace or 'default'}/{name} deleted")
+            elif args.action == "workloads":
+                from gateway.registry.workloads import workload_views
+
+                _print_workloads(await workload_views(store), as_json=args.json)
+            elif args.nodes_action in ("pause", "resume"):
+                if not args.name:
+                    raise ConfigError(f"nodes {args.nodes_action}: expected a node name")
+                scope = access.workspace_scope(await access.node_workspace(store, args.name))
+                async with access.audited(store, cli, f"node.{args.nodes_action}", f"node/{args.name}", scope):
+                    await store.set_paused(args.name, args.nodes_action == "pause")
+                print(f"node {args.name}: " + ("paused, no new workload instances" if args.nodes_action == "pause"
+                                               else "takes new workload instances again"))
             elif args.nodes_action == "remove":
                 if not args.name:
                     raise ConfigError("nodes remove: expected a node name")
@@ -220,28 +253,21 @@ def _registry(args: argparse.Namespace) -> int:
 
 async def _apply(store: Any, path: Path, workspace: str = "default") -> list[str]:
     from gateway.registry import access
+    from gateway.registry.workloads import apply_documents
 
-    await access.check_workspace(store, workspace)
-    documents, problems = [], []
-    for source, raw in read_path(path):
-        try:
-            doc = msgspec.convert(raw, AnyDocument, dec_hook=dec_hook)
-        except msgspec.ValidationError as exc:
-            problems.append(f"{source.prefix()}: {format_validation_error(exc, raw)}")
-            continue
-        if not isinstance(doc, Device | DeviceModel):
-            problems.append(f"{source.prefix()}: the registry keeps Device and DeviceModel documents (for now)")
-            continue
-        node = doc.node if isinstance(doc, Device) else None
-        documents.append((doc.kind, doc.namespace, doc.name, node, msgspec.json.encode(doc, enc_hook=enc_hook)))
-    problems += await access.workspace_problems(store, documents, workspace)
-    if problems:
-        raise ResourceError(problems)
-    async with access.audited(store, access.cli_caller(), "document.apply", str(path),
-                              access.workspace_scope(workspace)) as entry:
-        entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents]
-        await store.put_documents(documents, workspace)
-    return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
+    return await apply_documents(store, read_path(path), workspace, access.cli_caller(), str(path))
+
+
+def _print_workloads(views: list[dict[str, Any]], *, as_json: bool) -> None:
+    for view in views:
+        if as_json:
+            print(json.dumps(view))
+        else:
+            print(f"{view['namespace']}/{view['name']:<28} {view['node'] or '-':<16} {view['status']:<12} "
+                  f"{view['ready']}/{view['replicas'] if view['replicas'] is not None else '?'} ready  "
+                  f"{view['restarts']} restarts  {view['last_event'] or view['reason']}")
+    if not views and not as_json:
+        print("no workloads")
 
 
 def _print_nodes(nodes: list[dict[str, Any]], *, as_json: bool) -> None:
@@ -376,6 +402,30 @@ async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
     else:
         return False
     return True
+
+
+def _configure_upgrades(sub: Any) -> None:
+    upgrade = sub.add_parser("upgrade", help="batch upgrades of nodes from a wheel directory: create, list, show")
+    upgrade_sub = upgrade.add_subparsers(dest="upgrade_action", required=True)
+    create = upgrade_sub.add_parser("create", help="record the wheels and hand them to the nodes, a few at a time")
+    create.add_argument("--version", required=True, help="the fieldgate version the wheels hold")
+    create.add_argument("--wheels", required=True, type=Path, metavar="DIR",
+                        help="fieldgate, its plugins and their dependencies as wheels")
+    create.add_argument("--nodes", type=lambda text: [n for n in text.split(",") if n], help="a,b,… by name")
+    create.add_argument("--labels", type=_labels, default={}, help="k=v,… the nodes whose labels match")
+    create.add_argument("--group", help="the nodes of a group")
+    create.add_argument("--concurrency", type=int, default=1, help="nodes upgrading at once (default 1)")
+    create.add_argument("--max-failures", type=int, default=0,
+                        help="failed nodes tolerated; past it the rest are cancelled (default 0)")
+    create.add_argument("--deadline", type=_duration, default=120.0,
+                        help="how long each node's new version has to come up healthy (default 120s)")
+    create.add_argument("--workspace", default="default", help="the workspace of the nodes (default default)")
+    show = upgrade_sub.add_parser("show", help="one task with the status of every node")
+    show.add_argument("id")
+    listing = upgrade_sub.add_parser("list", help="every task with counts per status")
+    for command in (create, show, listing):
+        command.add_argument("--json", action="store_true", help="JSON instead of lines")
+        _data_dir(command)
 
 
 def _configure_batches_and_twins(sub: Any) -> None:

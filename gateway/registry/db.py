@@ -95,6 +95,27 @@ CREATE TABLE node_metrics (node TEXT NOT NULL, minute INTEGER NOT NULL, beats IN
     outbox_depth_sum {time} NOT NULL, outbox_depth_n INTEGER NOT NULL,
     PRIMARY KEY (node, minute));
 """),
+    (7, """
+ALTER TABLE nodes ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE workload_placements (namespace TEXT NOT NULL, name TEXT NOT NULL, node TEXT NOT NULL,
+    source_kind TEXT NOT NULL, source TEXT NOT NULL, origin TEXT NOT NULL, placed_at {time} NOT NULL,
+    PRIMARY KEY (namespace, name, node));
+CREATE TABLE workload_status (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
+    reason TEXT NOT NULL, replicas INTEGER NOT NULL, ready INTEGER NOT NULL, restarts INTEGER NOT NULL,
+    last_event TEXT NOT NULL, instances TEXT NOT NULL, reported_at {time} NOT NULL,
+    PRIMARY KEY (node, namespace, name));
+"""),
+    (8, """
+CREATE TABLE upgrade_tasks (id TEXT PRIMARY KEY, version TEXT NOT NULL, selector TEXT NOT NULL,
+    concurrency INTEGER NOT NULL, max_failures INTEGER NOT NULL, deadline {time} NOT NULL, state TEXT NOT NULL,
+    workspace TEXT NOT NULL, created_by TEXT NOT NULL, created_at {time} NOT NULL, finished_at {time});
+CREATE TABLE upgrade_wheels (task TEXT NOT NULL, filename TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    content TEXT NOT NULL, PRIMARY KEY (task, filename));
+CREATE TABLE upgrade_nodes (task TEXT NOT NULL, node TEXT NOT NULL, position INTEGER NOT NULL, status TEXT NOT NULL,
+    reason TEXT NOT NULL, log TEXT NOT NULL, started_at {time}, finished_at {time}, updated_at {time} NOT NULL,
+    PRIMARY KEY (task, node));
+CREATE INDEX upgrade_nodes_by_node ON upgrade_nodes (node, status);
+"""),
 ]
 
 

@@ -42,7 +42,8 @@ SECURITY_HEADERS = {
 }
 # (path, label, role needed to see the link)
 NAV = [("/", "Nodes", "viewer"), ("/groups", "Groups", "viewer"), ("/devices", "Devices", "viewer"),
-       ("/join-tokens", "Join tokens", "admin"), ("/audit", "Audit log", "admin")]
+       ("/workloads", "Workloads", "viewer"), ("/join-tokens", "Join tokens", "admin"),
+       ("/audit", "Audit log", "admin")]
 
 _templates = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
                          autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
@@ -271,6 +272,15 @@ async def devices_page(request: AnyRequest) -> Response[str]:
                  devices=await access.documents(store, caller, "Device"))
 
 
+@get("/workloads", summary="Workloads with their status per node", include_in_schema=False)
+async def workloads_page(request: AnyRequest) -> Response[str]:
+    from gateway.registry.workloads import workload_views
+
+    caller, session = await _session(request)
+    return _page(request, caller, session, "workloads.html",
+                 workloads=await workload_views(_store(request), caller))
+
+
 # --- join tokens and the audit log (admins) -------------------------------------------------------------------
 
 
@@ -338,4 +348,4 @@ async def audit_page(request: AnyRequest) -> Response[str]:
 
 
 ROUTE_HANDLERS = [login_form, login, logout, stylesheet, nodes_page, node_page, groups_page, devices_page,
-                  join_tokens_page, join_token_create, join_token_revoke, audit_page]
+                  workloads_page, join_tokens_page, join_token_create, join_token_revoke, audit_page]

@@ -141,7 +141,9 @@ class RegistryStore:
             ("DELETE FROM messages WHERE node=?", (name,)),
             ("DELETE FROM node_metrics WHERE node=?", (name,)),
             ("DELETE FROM device_twins WHERE node=?", (name,)),
-            ("DELETE FROM device_desired WHERE node=?", (name,))])
+            ("DELETE FROM device_desired WHERE node=?", (name,)),
+            ("DELETE FROM workload_placements WHERE node=?", (name,)),
+            ("DELETE FROM workload_status WHERE node=?", (name,))])
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
@@ -150,8 +152,8 @@ class RegistryStore:
         groups = dict(await self._rows("SELECT node, group_name FROM group_members"))
         pending = dict(await self._rows("SELECT node, COUNT(*) FROM messages GROUP BY node"))
         result = []
-        for name, labels, joined_at, last, interval, info, expired, workspace in await self._rows(
-                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired, workspace "
+        for name, labels, joined_at, last, interval, info, expired, workspace, paused in await self._rows(
+                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired, workspace, paused "
                 "FROM nodes ORDER BY name"):
             if last is None:
                 status, reason = "joined", "no heartbeat yet"
@@ -164,7 +166,7 @@ class RegistryStore:
                            "last_heartbeat": last, "joined_at": joined_at, "labels": json.loads(labels),
                            "info": details, "group": groups.get(name),
                            "messages_pending": int(pending.get(name, 0)), "messages_expired": int(expired),
-                           "workspace": workspace})
+                           "workspace": workspace, "paused": bool(paused)})
         return result
 
     # --- documents --------------------------------------------------------------------------------------------
@@ -188,7 +190,9 @@ class RegistryStore:
         models = [json.loads(doc) for ns, name, doc in await self._rows(
             "SELECT namespace, name, document FROM documents WHERE kind='DeviceModel' ORDER BY namespace, name")
             if (ns, name) in wanted]
-        documents = models + devices
+        from gateway.registry.workloads import node_workload_documents  # the CLI commands do not load it
+
+        documents = models + devices + await node_workload_documents(self, node)
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
         return version, documents
 
@@ -314,6 +318,11 @@ class RegistryStore:
 
     async def set_node_labels(self, name: str, labels: dict[str, str]) -> None:
         if not await self._write("UPDATE nodes SET labels=? WHERE name=?", json.dumps(labels), name):
+            raise NotFound(f"no node {name}")
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        """Pause (or resume) placing new workload instances on a node; what runs there keeps running."""
+        if not await self._write("UPDATE nodes SET paused=? WHERE name=?", int(paused), name):
             raise NotFound(f"no node {name}")
 
     async def move_node(self, name: str, workspace: str) -> None:

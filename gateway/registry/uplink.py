@@ -4,8 +4,9 @@ applies the registry's resources for the node whenever their resource version ch
 registry answers with. A second task long-polls the registry for REST messages meant for this
 node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
 whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes; a message in the
-`_fieldgate` namespace asks for the node's recent log instead (gateway.registry.logs). It keeps the gateway
-working while the registry is unreachable."""
+`_fieldgate` namespace asks for the node's recent log instead (gateway.registry.logs). An upgrade task named in a
+heartbeat answer is started once and its status reported with every heartbeat (gateway.registry.upgrades). It
+keeps the gateway working while the registry is unreachable."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from gateway.reconfigure import REGISTRY
 from gateway.registry.logs import LOGS_NAMESPACE, answer_log_request
 from gateway.registry.monitoring import NodeSampler
 from gateway.registry.twins import DesiredValue, TwinSync
+from gateway.registry.upgrades import NodeUpgrade, UpgradeAssignment
+from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
 
 if TYPE_CHECKING:
@@ -50,6 +53,7 @@ class HeartbeatAnswer(msgspec.Struct, kw_only=True):
     heartbeat_interval: float
     documents: list[dict[str, Any]] | None = None
     desired: list[DesiredValue] | None = None
+    upgrade: UpgradeAssignment | None = None
 
 
 class Uplink:
@@ -68,6 +72,8 @@ class Uplink:
         self.message_state = "starting"
         self.sampler = NodeSampler(gateway.data_dir, gateway)  # its rates cover the time between two heartbeats
         self.twins = TwinSync(gateway, gateway.data_dir / "registry" / "desired.json")
+        self.workloads = WorkloadSync(gateway)
+        self.upgrade = NodeUpgrade(gateway)
 
     async def run(self) -> None:
         from gateway.registry.join import client_ssl_context
@@ -137,26 +143,31 @@ class Uplink:
 
     async def beat(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
-        body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing()}
+        body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
+                **self.workloads.outgoing(), **self.upgrade.outgoing()}
         try:
             # msgspec, not json: a NaN or infinite reading goes as null instead of making the body invalid JSON
             response = await client.post("/api/v1/heartbeat", content=msgspec.json.encode(body),
                                          headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             self.twins.failed()  # the twins it carried go with the next heartbeat
+            self.workloads.failed()
             self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
             return
         if response.status_code != 200:
             self.twins.failed()
+            self.workloads.failed()
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
             answer = msgspec.json.decode(response.content, type=HeartbeatAnswer)
         except msgspec.DecodeError as exc:
             self.twins.failed()
+            self.workloads.failed()
             self._set_state("refused", f"unexpected answer: {exc}")
             return
         self.twins.delivered()
+        self.workloads.delivered()
         self.latency_ms = round((time.monotonic() - started) * 1000, 1)
         self._set_state("connected", f"as node {answer.node}")
         self.interval = answer.heartbeat_interval or self.interval
@@ -164,6 +175,8 @@ class Uplink:
             await self.apply(answer.resource_version, answer.documents)
         if answer.desired:  # after the documents: a desired value may be for a device they just added
             await self.twins.apply_desired(answer.desired)
+        if answer.upgrade is not None:
+            await self.upgrade.start(client, answer.upgrade)
 
     async def apply(self, version: str, raw_documents: list[dict[str, Any]]) -> None:
         """Make the registry-owned resources exactly these; a version that does not fit is logged once."""

@@ -19,6 +19,7 @@ from gateway.errors import ConfigError, ResourceError, ValueRejected
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol
 from gateway.resources.schema import (
     AnyDocument,
+    BatchWorkload,
     Device,
     DeviceModel,
     DeviceProperty,
@@ -205,6 +206,9 @@ class _Checker:
                 config.config_items[(doc.namespace, doc.name)] = doc
             elif isinstance(doc, SecretDoc):
                 config.secrets[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, BatchWorkload):
+                self.fail(source, "$.kind", "a BatchWorkload is applied at the registry (`fieldgate registry apply`), "
+                          "which runs it as Workloads on the nodes of its groups")
         if len(gateways) > 1:
             self.problems.append("more than one Gateway document: a node has one")
         elif gateways:

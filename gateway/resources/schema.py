@@ -254,10 +254,39 @@ class Secret(Document, tag="Secret", kw_only=True):
     data: dict[KeyName, str] = {}
 
 
-AnyDocument = Gateway | DeviceModel | Device | Endpoint | Route | Workload | ConfigItem | Secret
+class GroupOverride(Base, kw_only=True):
+    """One node group of a BatchWorkload, with what its nodes run differently from the template."""
+
+    group: Annotated[Name, Meta(description="a node group of the registry")]
+    replicas: Annotated[Annotated[int, Meta(ge=0, le=100)] | None,
+                        Meta(description="instances per node (default: the template's)")] = None
+    image: Annotated[str | None, Meta(description="replaces the template's image")] = None
+    image_tag: Annotated[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")] | None,
+                         Meta(description="replaces the tag of the image")] = None
+    command: Annotated[list[str] | None, Meta(description="replaces the template's command")] = None
+    args: Annotated[list[str] | None, Meta(description="replaces the template's args")] = None
+    env: Annotated[dict[EnvName, str], Meta(description="set over the template's env")] = {}
+
+
+class Failover(Base, kw_only=True):
+    after: Annotated[Duration, Meta(description="how long a node of the group may be offline before its instances "
+                                                "move to the group's other healthy nodes")] = Duration(30.0)
+    move_back: Annotated[bool, Meta(description="move them back when the node returns (else they stay)")] = True
+
+
+class BatchWorkload(Document, tag="BatchWorkload", kw_only=True):
+    """A workload template deployed by the registry to node groups: one Workload `<name>.<node>` per node."""
+
+    template: Annotated[dict[str, Any], Meta(description="the fields of a Workload but kind, name, namespace, node "
+                                                         "and node_selector")]
+    groups: Annotated[list[GroupOverride], Meta(min_length=1)]
+    failover: Failover | None = None
+
+
+AnyDocument = Gateway | DeviceModel | Device | Endpoint | Route | Workload | ConfigItem | Secret | BatchWorkload
 KINDS: dict[str, type[Document]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Gateway, DeviceModel, Device, Endpoint, Route, Workload, ConfigItem, Secret)
+    for cls in (Gateway, DeviceModel, Device, Endpoint, Route, Workload, ConfigItem, Secret, BatchWorkload)
 }
 
 

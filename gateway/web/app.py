@@ -25,7 +25,7 @@ from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
 from gateway.web.monitor import recent_errors, state_history
-from gateway.web.pages import admin, devices, editor, login, logs, overview
+from gateway.web.pages import admin, devices, editor, login, logs, overview, workloads
 from gateway.web.pages.common import render, setup_engine
 from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, AuthMiddleware, is_api_path
 from gateway.web.sessions import LoginLimiter, SessionStore
@@ -38,7 +38,7 @@ PAGES = [
     editor.model_form, editor.model_save, editor.device_form, editor.device_save, editor.yaml_editor,
     editor.yaml_apply, editor.delete_resource, editor.import_form, editor.import_preview, editor.import_apply,
     admin.audit, admin.users, admin.user_add, admin.token_create, admin.token_revoke, admin.settings,
-    admin.settings_save, logs.logs_page,
+    admin.settings_save, logs.logs_page, *workloads.PAGES,
 ]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none';"

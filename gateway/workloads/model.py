@@ -80,6 +80,11 @@ class Runtime(abc.ABC):
         """How it runs instances and enforces limits here, for the status page."""
         return {}
 
+    async def prepare(self, workload: Workload) -> None:
+        """Get ready to start `workload` (a container runtime pulls its image) while its old version still runs;
+        raise gateway.errors.WorkloadError to keep the old version running."""
+        return None
+
     @abc.abstractmethod
     async def start(self, spec: InstanceSpec) -> Instance:
         """Start one instance; raise gateway.errors.WorkloadError when it cannot start."""

@@ -61,6 +61,7 @@ class WorkloadRunner:
         self.problem = ""
         self.refs = ""  # the values of the config items and secrets it uses, to restart it when they change
         self.rolling = False
+        self.last_event = ""  # the newest event, for the status the node reports to the registry
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -74,6 +75,7 @@ class WorkloadRunner:
     async def event(self, event: str, instance: str = "", reason: str = "") -> None:
         log.info("workload %s%s: %s%s", self.id, f" ({instance})" if instance else "", event,
                  f": {reason}" if reason else "")
+        self.last_event = event + (f" {instance}" if instance else "") + (f": {reason}" if reason else "")
         try:
             await self.manager.history.add_event(self.target.namespace, self.target.name, event, instance, reason)
         except Exception as exc:  # the store closing under a late event must not break the instance's loop
@@ -155,6 +157,8 @@ class WorkloadRunner:
             await self._remove(instance, "scaled down")
         current = current[:spec.replicas]
         free = [r for r in range(spec.replicas) if r not in {i.replica for i in current}]
+        if old and free and not await self._prepare(spec, len(old)):
+            return
         if spec.replicas <= 1 or not old:  # recreate: a single instance's ports and files are not shared twice
             for instance in old:
                 await self._remove(instance, f"replaced by version {self.version}")
@@ -179,6 +183,19 @@ class WorkloadRunner:
                 await self._remove(instance, f"replaced by version {self.version}")
         finally:
             self.rolling = False
+
+    async def _prepare(self, spec: Workload, old: int) -> bool:
+        """Let the runtime get the new version ready (pull its image) before an old instance stops; False: halt."""
+        runtime = self.manager.registry.runtimes.get(spec.runtime)
+        if runtime is None or runtime.unavailable() is not None:
+            return True  # the instances fail with the reason
+        try:
+            await runtime.prepare(spec)
+        except WorkloadError as exc:
+            self.problem = f"update to version {self.version} halted: {exc}; {old} old instances kept"
+            await self.event("failed", "", self.problem)
+            return False
+        return True
 
     # --- status -----------------------------------------------------------------------------------------------
 
@@ -215,7 +232,7 @@ class WorkloadRunner:
         spec = self.target
         return {"id": self.id, "namespace": spec.namespace, "name": spec.name, "runtime": spec.runtime,
                 "version": self.version, "status": status, "reason": reason, "replicas": spec.replicas,
-                "ready": sum(i.ready for i in current), "labels": spec.labels,
+                "ready": sum(i.ready for i in current), "labels": spec.labels, "last_event": self.last_event,
                 "owner": self.manager.gateway.resource_owner("Workload", spec.namespace, spec.name),
                 "instances": [i.describe() for i in sorted(self.instances.values(), key=lambda i: i.id)]}
 

@@ -129,10 +129,10 @@ async def joined(registry: Registry, tmp_path: Path, gateway: Gateway) -> AsyncI
 async def test_the_registry_keeps_and_serves_the_samples_of_a_joined_gateway(
         registry: Registry, joined: tuple[Uplink, httpx.AsyncClient]) -> None:
     uplink, client = joined
-    for _ in range(3):
+    for _ in range(3):  # over more than MIN_RATE_WINDOW: the last beat carries rates
         await uplink.beat(client)
         assert uplink.state == "connected"
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)
     viewer = registry.cli("token", "create", "--role", "viewer").stdout.strip()
     async with httpx.AsyncClient(base_url=registry.url, verify=False, timeout=10,
                                  headers={"Authorization": f"Bearer {viewer}"}) as api:

@@ -24,6 +24,7 @@ NAV = [
     ("/models", "Models", "viewer"),
     ("/endpoints", "Endpoints & routes", "viewer"),
     ("/sinks", "Sinks & outboxes", "viewer"),
+    ("/workloads", "Workloads", "viewer"),
     ("/plugins", "Plugins", "viewer"),
     ("/logs", "Logs", "viewer"),
     ("/audit", "Audit log", "viewer"),

@@ -1,0 +1,457 @@
+"""Batch upgrades from the registry: an UpgradeTask takes a wheel directory to a set of nodes, a few at a time.
+
+`fieldgate registry upgrade create --version V --wheels DIR (--nodes a,b | --labels k=v | --group G)` (or
+`POST /api/v1/upgrades`, admin) records the wheels in the database, so every replica can serve them to the nodes
+over mutual TLS, and one row per target node. With each heartbeat the registry moves the running tasks on: it hands
+the task to at most `concurrency` nodes at once, only to healthy ones; a node that already runs the version is
+`skipped`; once more than `max_failures` nodes failed, the nodes not started yet are `cancelled`.
+
+On the node (`NodeUpgrade`, part of the uplink) the heartbeat answer names the assignment; the node downloads the
+wheels into `<data dir>/upgrade/task-<id>/` and starts `fieldgate upgrade --from-wheels` (gateway.upgrade) as a
+process of its own, since that flow restarts the gateway it was started from. The slot root is
+`$FIELDGATE_UPGRADE_ROOT`, else the one this gateway runs from, else /opt/fieldgate; the restart command is
+`$FIELDGATE_UPGRADE_RESTART`, else `systemctl restart fieldgate.service`. Whichever gateway process runs reports
+the upgrade's status (gateway.upgrade.StatusLog) with the reason and the tail of its log in every heartbeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import httpx
+import msgspec
+from litestar import Response, get, post
+
+from gateway.errors import ConfigError, FieldgateError, NotFound
+from gateway.registry import access
+from gateway.registry.auth import AnyRequest, client_node, store_of
+from gateway.upgrade import (
+    DEFAULT_RESTART,
+    DEFAULT_ROOT,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    SUCCEEDED,
+    UPGRADING,
+    StatusLog,
+    read_wheelhouse,
+)
+
+if TYPE_CHECKING:
+    from gateway.registry.store import RegistryStore
+    from gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
+PENDING, ASSIGNED, SKIPPED, CANCELLED = "pending", "assigned", "skipped", "cancelled"
+FAILED = (ROLLED_BACK, ROLLBACK_FAILED)
+FINAL = (SUCCEEDED, *FAILED, SKIPPED, CANCELLED)
+IN_FLIGHT = (ASSIGNED, UPGRADING)
+WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
+MAX_WHEELS_BYTES = 512 * 1024 * 1024
+LOG_LINES = 20
+DOWNLOAD_TIMEOUT = 120.0
+_advancing = asyncio.Lock()  # one replica process moves tasks on at a time (heartbeats arrive concurrently)
+
+
+class UpgradeReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A node's state of the upgrade task it was handed last."""
+
+    task: Annotated[str, msgspec.Meta(max_length=64)]
+    status: Literal["upgrading", "succeeded", "failed-rolled-back", "failed-rollback-failed"]
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    log: Annotated[str, msgspec.Meta(max_length=8000)] = ""
+
+
+class WheelFile(msgspec.Struct, kw_only=True):
+    name: str
+    sha256: str
+    size: int
+
+
+class UpgradeAssignment(msgspec.Struct, kw_only=True):
+    """What the heartbeat answer tells a node to install."""
+
+    task: str
+    version: str
+    deadline: float
+    wheels: list[WheelFile]
+
+
+class CreateUpgrade(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    version: str
+    wheels: dict[str, str]  # file name → base64 content
+    nodes: list[str] | None = None
+    labels: dict[str, str] | None = None
+    group: str | None = None
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 1
+    max_failures: Annotated[int, msgspec.Meta(ge=0)] = 0
+    deadline: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    workspace: str = access.DEFAULT_WORKSPACE
+
+
+# --- the registry side --------------------------------------------------------------------------------------------
+
+
+def check_wheels(version: str, wheels: dict[str, bytes]) -> None:
+    """The wheels must hold fieldgate at `version` (and each of its plugins once); ConfigError says why not."""
+    if not wheels:
+        raise ConfigError("--wheels: no .whl files in it")
+    bad = sorted(name for name in wheels if not WHEEL_FILE.match(name))
+    if bad:
+        raise ConfigError(f"--wheels: not a wheel file name: {bad[0]!r}")
+    if sum(len(content) for content in wheels.values()) > MAX_WHEELS_BYTES:
+        raise ConfigError(f"--wheels: more than {MAX_WHEELS_BYTES // 2**20} MiB of wheels")
+    with tempfile.TemporaryDirectory(prefix="fieldgate-wheels-") as directory:
+        for name in wheels:
+            (Path(directory) / name).touch()  # read_wheelhouse looks at the names only
+        try:
+            pins = read_wheelhouse(Path(directory))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(f"--from-wheels {directory}", "--wheels")) from None
+    if pins["fieldgate"] != version:
+        raise ConfigError(f"--version {version}: the fieldgate wheel is version {pins['fieldgate']}")
+
+
+async def _targets(store: RegistryStore, spec: CreateUpgrade) -> list[str]:
+    chosen = [name for name, given in (("--nodes", spec.nodes), ("--labels", spec.labels), ("--group", spec.group))
+              if given]
+    if len(chosen) != 1:
+        raise ConfigError("expected exactly one of --nodes, --labels, --group" +
+                          (f" (got {', '.join(chosen)})" if chosen else ""))
+    nodes = {node["name"]: node for node in await store.nodes() if node["workspace"] == spec.workspace}
+    if spec.nodes:
+        unknown = [name for name in spec.nodes if name not in nodes]
+        if unknown:
+            raise ConfigError(f"--nodes: no node {unknown[0]} in workspace {spec.workspace}")
+        return list(dict.fromkeys(spec.nodes))
+    if spec.labels:
+        labels = spec.labels
+        targets = sorted(name for name, node in nodes.items()
+                         if all(node["labels"].get(k) == v for k, v in labels.items()))
+        if not targets:
+            raise ConfigError(f"--labels {','.join(f'{k}={v}' for k, v in labels.items())}: matches no node")
+        return targets
+    if spec.group not in {group["name"] for group in await store.groups()}:
+        raise ConfigError(f"--group {spec.group}: no such group")
+    targets = sorted(name for name, node in nodes.items() if node["group"] == spec.group)
+    if not targets:
+        raise ConfigError(f"--group {spec.group}: has no nodes")
+    return targets
+
+
+async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[str, bytes],
+                      actor: access.Caller) -> dict[str, Any]:
+    """Check and record an upgrade task with its wheels; its view."""
+    check_wheels(spec.version, wheels)
+    await access.check_workspace(store, spec.workspace)
+    task = f"up-{secrets.token_hex(4)}"
+    async with access.audited(store, actor, "upgrade.create", f"upgrade/{task}",
+                              access.workspace_scope(spec.workspace)) as entry:
+        targets = await _targets(store, spec)
+        selector = {"nodes": spec.nodes, "labels": spec.labels, "group": spec.group}
+        entry.detail = {"version": spec.version, **selector, "targets": targets, "concurrency": spec.concurrency,
+                        "max_failures": spec.max_failures, "wheels": sorted(wheels)}
+        now = time.time()
+        statements: list[tuple[str, tuple[Any, ...]]] = [(
+            "INSERT INTO upgrade_tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (task, spec.version, json.dumps(selector), spec.concurrency, spec.max_failures, spec.deadline,
+             "running", spec.workspace, actor.actor, now, None))]
+        statements += [("INSERT INTO upgrade_wheels VALUES (?, ?, ?, ?, ?)",
+                        (task, name, hashlib.sha256(content).hexdigest(), len(content),
+                         base64.b64encode(content).decode())) for name, content in sorted(wheels.items())]
+        statements += [("INSERT INTO upgrade_nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (task, node, position, PENDING, "not started yet", "", None, None, now))
+                       for position, node in enumerate(targets)]
+        await store.database.transaction(statements)
+    await advance(store)
+    return await task_view(store, task)
+
+
+async def advance(store: RegistryStore) -> None:
+    """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish."""
+    async with _advancing:
+        running = await store.database.rows(
+            "SELECT id, version, concurrency, max_failures FROM upgrade_tasks WHERE state='running' "
+            "ORDER BY created_at")
+        if not running:
+            return
+        nodes = {node["name"]: node for node in await store.nodes()}
+        for task, version, concurrency, max_failures in running:
+            await _advance_task(store, task, version, int(concurrency), int(max_failures), nodes)
+
+
+async def _advance_task(store: RegistryStore, task: str, version: str, concurrency: int, max_failures: int,
+                        nodes: dict[str, dict[str, Any]]) -> None:
+    rows = await store.database.rows("SELECT node, status FROM upgrade_nodes WHERE task=? ORDER BY position", task)
+    status = dict(rows)
+    now = time.time()
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    def set_status(node: str, new: str, reason: str, **times: float) -> None:
+        status[node] = new
+        columns = "".join(f", {column}=?" for column in times)
+        statements.append((f"UPDATE upgrade_nodes SET status=?, reason=?, updated_at=?{columns} WHERE task=? AND "
+                           "node=?", (new, reason, now, *times.values(), task, node)))
+
+    failed = sum(1 for s in status.values() if s in FAILED)
+    for node, _ in rows:
+        if status[node] != PENDING:
+            continue
+        if failed > max_failures:
+            set_status(node, CANCELLED, f"{failed} node(s) failed, more than --max-failures {max_failures}",
+                       finished_at=now)
+            continue
+        info = nodes.get(node)
+        if info is not None and info["version"] == version:
+            set_status(node, SKIPPED, f"already runs version {version}", finished_at=now)
+        elif sum(1 for s in status.values() if s in IN_FLIGHT) >= concurrency:
+            continue
+        elif info is None:
+            set_status(node, CANCELLED, "the node was removed", finished_at=now)
+        elif info["status"] == "healthy":
+            set_status(node, ASSIGNED, f"handed to the node (it ran version {info['version']})", started_at=now)
+    if all(s in FINAL for s in status.values()):
+        outcome = "succeeded" if all(s in (SUCCEEDED, SKIPPED) for s in status.values()) else "failed"
+        statements.append(("UPDATE upgrade_tasks SET state=?, finished_at=? WHERE id=?", (outcome, now, task)))
+    if statements:
+        await store.database.transaction(statements)
+
+
+async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | None) -> UpgradeAssignment | None:
+    """Record a node's upgrade report, move the tasks on; the node's assignment, if it has one."""
+    if report is not None:
+        final = report.status != UPGRADING
+        now = time.time()
+        await store.database.write(
+            "UPDATE upgrade_nodes SET status=?, reason=?, log=?, updated_at=?, finished_at=? WHERE task=? AND "
+            "node=? AND status IN (?, ?)", report.status, report.reason, report.log, now, now if final else None,
+            report.task, node, *IN_FLIGHT)
+    await advance(store)
+    rows = await store.database.rows(
+        "SELECT t.id, t.version, t.deadline FROM upgrade_nodes n JOIN upgrade_tasks t ON t.id = n.task "
+        "WHERE n.node=? AND n.status=?", node, ASSIGNED)
+    if not rows:
+        return None
+    task, version, deadline = rows[0]
+    wheels = [WheelFile(name=name, sha256=digest, size=size) for name, digest, size in await store.database.rows(
+        "SELECT filename, sha256, size FROM upgrade_wheels WHERE task=? ORDER BY filename", task)]
+    return UpgradeAssignment(task=task, version=version, deadline=float(deadline), wheels=wheels)
+
+
+async def task_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
+    """Every upgrade task (newest last) with its per-node statuses."""
+    rows = await store.database.rows("SELECT id, workspace FROM upgrade_tasks ORDER BY created_at")
+    return [await task_view(store, task) for task, workspace in rows if caller is None or caller.sees(workspace)]
+
+
+async def task_view(store: RegistryStore, task: str, caller: access.Caller | None = None) -> dict[str, Any]:
+    rows = await store.database.rows(
+        "SELECT version, selector, concurrency, max_failures, deadline, state, workspace, created_by, created_at, "
+        "finished_at FROM upgrade_tasks WHERE id=?", task)
+    if not rows or (caller is not None and not caller.sees(rows[0][6])):
+        raise NotFound(f"no upgrade task {task}")
+    version, selector, concurrency, max_failures, deadline, state, workspace, by, created, finished = rows[0]
+    nodes = [{"node": node, "status": status, "reason": reason, "log": text, "started_at": started,
+              "finished_at": ended, "updated_at": updated}
+             for node, status, reason, text, started, ended, updated in await store.database.rows(
+                 "SELECT node, status, reason, log, started_at, finished_at, updated_at FROM upgrade_nodes "
+                 "WHERE task=? ORDER BY position", task)]
+    wheels = [name for (name,) in await store.database.rows(
+        "SELECT filename FROM upgrade_wheels WHERE task=? ORDER BY filename", task)]
+    return {"id": task, "version": version, "selector": json.loads(selector), "concurrency": concurrency,
+            "max_failures": max_failures, "deadline": deadline, "state": state, "workspace": workspace,
+            "created_by": by, "created_at": created, "finished_at": finished, "wheels": wheels, "nodes": nodes}
+
+
+@post("/api/v1/upgrades", summary="Create an upgrade task: wheels (name → base64) to nodes, a few at a time (admin)",
+      status_code=201, request_max_body_size=MAX_WHEELS_BYTES * 4 // 3 + 2**20)
+async def create_upgrade(request: AnyRequest, data: CreateUpgrade) -> dict[str, Any]:
+    caller = await access.require_caller(request, "admin")
+    if not caller.sees(data.workspace):
+        raise ConfigError(f"workspace {data.workspace!r}: no such workspace")
+    try:
+        wheels = {name: base64.b64decode(content, validate=True) for name, content in data.wheels.items()}
+    except ValueError as exc:
+        raise ConfigError(f"$.wheels: not base64: {exc}") from None
+    return await create_task(store_of(request), data, wheels, caller)
+
+
+@get("/api/v1/upgrades", summary="Upgrade tasks with the status of every node")
+async def list_upgrades(request: AnyRequest) -> list[dict[str, Any]]:
+    caller = await access.require_caller(request, "viewer")
+    return await task_views(store_of(request), caller)
+
+
+@get("/api/v1/upgrades/{task:str}", summary="One upgrade task with the status of every node")
+async def show_upgrade(request: AnyRequest, task: str) -> dict[str, Any]:
+    caller = await access.require_caller(request, "viewer")
+    return await task_view(store_of(request), task, caller)
+
+
+@get("/api/v1/upgrades/{task:str}/wheels/{name:str}", summary="A wheel of an upgrade task, for its nodes (mTLS)",
+     media_type="application/octet-stream")
+async def upgrade_wheel(request: AnyRequest, task: str, name: str) -> Response[bytes]:
+    node = await client_node(request)
+    if not await store_of(request).database.rows("SELECT 1 FROM upgrade_nodes WHERE task=? AND node=?", task, node):
+        raise NotFound(f"no upgrade task {task} for node {node}")
+    rows = await store_of(request).database.rows(
+        "SELECT content FROM upgrade_wheels WHERE task=? AND filename=?", task, name)
+    if not rows:
+        raise NotFound(f"upgrade task {task}: no wheel {name}")
+    return Response(base64.b64decode(rows[0][0]), media_type="application/octet-stream")
+
+
+ROUTE_HANDLERS = [create_upgrade, list_upgrades, show_upgrade, upgrade_wheel]
+
+
+# --- the command line (`fieldgate registry upgrade …`, configured in gateway.registry.cli) ------------------------
+
+
+def read_wheel_dir(directory: Path) -> dict[str, bytes]:
+    if not directory.is_dir():
+        raise ConfigError(f"--wheels {directory}: no such directory")
+    return {wheel.name: wheel.read_bytes() for wheel in sorted(directory.glob("*.whl"))}
+
+
+async def run_command(store: RegistryStore, args: argparse.Namespace) -> None:
+    """`registry upgrade create|list|show`."""
+    if args.upgrade_action == "create":
+        spec = CreateUpgrade(version=args.version, wheels={}, nodes=args.nodes, labels=args.labels or None,
+                             group=args.group, concurrency=args.concurrency, max_failures=args.max_failures,
+                             deadline=args.deadline, workspace=args.workspace)
+        if spec.concurrency < 1 or spec.max_failures < 0:
+            raise ConfigError("--concurrency: expected 1 or more; --max-failures: expected 0 or more")
+        view = await create_task(store, spec, read_wheel_dir(args.wheels), access.cli_caller())
+        _print_task(view, as_json=args.json)
+    elif args.upgrade_action == "show":
+        _print_task(await task_view(store, args.id), as_json=args.json)
+    else:
+        for view in await task_views(store):
+            counts: dict[str, int] = {}
+            for node in view["nodes"]:
+                counts[node["status"]] = counts.get(node["status"], 0) + 1
+            print(json.dumps(view) if args.json else f"{view['id']:<12} {view['version']:<10} {view['state']:<10} "
+                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def _print_task(view: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(view))
+        return
+    print(f"upgrade {view['id']}: version {view['version']}, {view['state']} (concurrency {view['concurrency']}, "
+          f"max failures {view['max_failures']})")
+    for node in view["nodes"]:
+        print(f"  {node['node']:<20} {node['status']:<24} {node['reason']}")
+
+
+# --- the node side ------------------------------------------------------------------------------------------------
+
+
+def slot_root() -> Path:
+    """Where this node's A/B slots are: $FIELDGATE_UPGRADE_ROOT, the root this gateway runs from, /opt/fieldgate."""
+    if os.environ.get("FIELDGATE_UPGRADE_ROOT"):
+        return Path(os.environ["FIELDGATE_UPGRADE_ROOT"])
+    running_from = Path(sys.prefix).parent
+    return running_from if (running_from / "current").is_symlink() else DEFAULT_ROOT
+
+
+class NodeUpgrade:
+    """The node's half: start the upgrade the registry hands over, once, and report its status."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.directory = gateway.data_dir / "upgrade"
+        self.task_file = self.directory / "task.json"
+        self._process: asyncio.subprocess.Process | None = None  # kept so that it is waited for when it ends
+
+    def _task(self) -> dict[str, Any] | None:
+        try:
+            loaded: dict[str, Any] = json.loads(self.task_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return loaded
+
+    def outgoing(self) -> dict[str, Any]:
+        """The status of the last task handed to this node, for the heartbeat."""
+        task = self._task()
+        if task is None:
+            return {}
+        latest = StatusLog(self.gateway.data_dir).latest() or {}
+        if latest.get("wheels") == task["wheels"]:
+            status, reason = str(latest["status"]), str(latest.get("reason", ""))
+        else:
+            status, reason = UPGRADING, "starting the upgrade"
+        if status != UPGRADING:
+            shutil.rmtree(task["wheels"], ignore_errors=True)  # done with them, whichever way it went
+        try:
+            lines = Path(task["log"]).read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_LINES:]
+        except OSError:
+            lines = []
+        tail = "\n".join(lines)[-7000:]
+        return {"upgrade": {"task": task["task"], "status": status, "reason": reason[:2000], "log": tail}}
+
+    async def start(self, client: httpx.AsyncClient, assignment: UpgradeAssignment) -> None:
+        """Download the wheels and start the upgrade process, unless this task was started already."""
+        task = self._task()
+        if task is not None and task["task"] == assignment.task:
+            return
+        try:
+            await self._start(client, assignment)
+        except (httpx.HTTPError, OSError, FieldgateError) as exc:  # tried again with the next heartbeat
+            log.warning("upgrade %s to version %s not started: %s", assignment.task, assignment.version, exc)
+
+    async def _start(self, client: httpx.AsyncClient, assignment: UpgradeAssignment) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for old in self.directory.glob("task-*"):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        wheels = self.directory / f"task-{assignment.task}"
+        wheels.mkdir()
+        for wheel in assignment.wheels:
+            if not WHEEL_FILE.match(wheel.name):
+                raise FieldgateError(f"the registry named a wheel {wheel.name!r}")
+            response = await client.get(f"/api/v1/upgrades/{assignment.task}/wheels/{wheel.name}",
+                                        timeout=DOWNLOAD_TIMEOUT)
+            response.raise_for_status()
+            if hashlib.sha256(response.content).hexdigest() != wheel.sha256:
+                raise FieldgateError(f"wheel {wheel.name}: checksum differs from the registry's")
+            (wheels / wheel.name).write_bytes(response.content)
+        output = self.directory / f"task-{assignment.task}.log"
+        record = {"task": assignment.task, "version": assignment.version, "wheels": str(wheels.resolve()),
+                  "log": str(output), "started_at": time.time()}
+        staged = self.task_file.with_suffix(".tmp")
+        staged.write_text(json.dumps(record), encoding="utf-8")
+        staged.replace(self.task_file)
+        command = [sys.executable, "-m", "gateway", "upgrade", "--from-wheels", str(wheels.resolve()), "--root",
+                   str(slot_root()), "--data-dir", str(self.gateway.data_dir), "--url", self._local_url(),
+                   "--deadline", f"{assignment.deadline:g}s", "--restart-command",
+                   os.environ.get("FIELDGATE_UPGRADE_RESTART") or DEFAULT_RESTART]
+        for old_log in self.directory.glob("task-*.log"):
+            if old_log != output:
+                old_log.unlink(missing_ok=True)
+        with output.open("ab") as out:
+            # a session of its own: the restart it makes ends this gateway process, not the upgrade
+            self._process = await asyncio.create_subprocess_exec(
+                *command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                start_new_session=True)
+        log.info("upgrade %s to version %s started from the registry", assignment.task, assignment.version)
+
+    def _local_url(self) -> str:
+        from gateway.runtime import parse_listen
+
+        host, port = parse_listen(self.gateway.config.gateway.http.listen)
+        return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"

@@ -1,0 +1,491 @@
+"""Edge apps from the registry: Workload, ConfigItem, Secret and BatchWorkload documents, where they run, and
+their status.
+
+Placement: a Workload with `node:` runs on that node, one with `node_selector:` on every node of its workspace whose
+labels match; a BatchWorkload runs as one Workload `<name>.<node>` on every node of its groups, with the group's
+overrides. The scheduler (a supervised task of the registry, every half heartbeat interval) records placements in
+`workload_placements`; a paused node gets no new ones. When a node of a group has been offline longer than the
+BatchWorkload's `failover.after`, its Workload moves to the healthy node of the group with the fewest, and back when
+the node returns if `failover.move_back` says so. A node's documents (gateway.registry.store.node_documents) then
+carry the Workloads placed on it and the ConfigItems and Secrets they use; Secrets are encrypted in the database
+with a key in the registry's data dir and never shown by the API.
+
+Up: a node reports the status of its registry-owned workloads with its heartbeat, only when it changed (and every
+RESEND seconds), and the registry keeps the latest report per node and workload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import delete, get, post
+
+from gateway.errors import ConfigError, NotFound, ResourceError
+from gateway.registry import access
+from gateway.registry.auth import AnyRequest, store_of
+from gateway.registry.store import OFFLINE_AFTER, RegistryStore
+from gateway.resources.loader import Source, format_validation_error
+from gateway.resources.schema import (
+    AnyDocument,
+    BatchWorkload,
+    ConfigItem,
+    Device,
+    DeviceModel,
+    GroupOverride,
+    Secret,
+    Workload,
+    dec_hook,
+    enc_hook,
+)
+from gateway.workloads.secrets import SecretBox
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
+REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
+TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
+MAX_REPORTS = 1000
+MIN_REPORT_INTERVAL = 1.0
+RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
+
+
+class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: str
+    state: str
+    ready: bool = False
+    restarts: int = 0
+    ports: dict[str, int] = {}
+
+
+class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workload: str  # <namespace>/<name>
+    status: str
+    reason: str = ""
+    replicas: int = 0
+    ready: int = 0
+    restarts: int = 0
+    last_event: str = ""
+    instances: list[InstanceReport] = []
+
+
+WorkloadReports = Annotated[list[WorkloadReport], msgspec.Meta(max_length=MAX_REPORTS)]
+
+
+# --- documents ----------------------------------------------------------------------------------------------------
+
+
+def with_tag(image: str, tag: str) -> str:
+    """`image` with its tag (and digest) replaced: registry.local:5000/app:1 → registry.local:5000/app:<tag>."""
+    image = image.split("@", 1)[0]
+    head, _, last = image.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}:{tag}" if head else f"{last}:{tag}"
+
+
+def expand(batch: BatchWorkload, override: GroupOverride, node: str) -> dict[str, Any]:
+    """The raw Workload a BatchWorkload runs on one node of a group."""
+    raw = {key: value for key, value in batch.template.items() if key not in TEMPLATE_RESERVED}
+    if override.image is not None:
+        raw["image"] = override.image
+    if override.image_tag is not None:
+        raw["image"] = with_tag(str(raw.get("image") or ""), override.image_tag)
+    if override.command is not None:
+        raw["command"] = override.command
+    if override.args is not None:
+        raw["args"] = override.args
+    if override.env:
+        raw["env"] = {**(raw.get("env") or {}), **override.env}
+    if override.replicas is not None:
+        raw["replicas"] = override.replicas
+    labels = {**(raw.get("labels") or {}), **batch.labels, "batch": batch.name, "origin": node}
+    return {**raw, "kind": "Workload", "name": f"{batch.name}.{node}", "namespace": batch.namespace,
+            "labels": labels}
+
+
+def batch_problems(batch: BatchWorkload) -> list[str]:
+    """Why a BatchWorkload cannot run: reserved template fields, a group twice, a template a group breaks."""
+    problems = [f"$.template.{key}: set by the registry for each node" for key in TEMPLATE_RESERVED
+                if key in batch.template]
+    seen: set[str] = set()
+    for i, override in enumerate(batch.groups):
+        if override.group in seen:
+            problems.append(f"$.groups[{i}].group: group {override.group} is listed twice")
+        seen.add(override.group)
+        raw = expand(batch, override, "node")
+        try:
+            msgspec.convert(raw, Workload, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            problems.append(f"{format_validation_error(exc, raw, '$.template')} (with the overrides of group "
+                            f"{override.group})")
+    return problems
+
+
+def _refs(workload: Workload) -> list[tuple[str, str]]:
+    """(kind, name) of the ConfigItems and Secrets a workload uses."""
+    return sorted({("ConfigItem", ref.config_item) if ref.config_item else ("Secret", ref.secret or "")
+                   for ref in (*workload.env_from, *workload.files)})
+
+
+async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source, Any]], workspace: str,
+                          actor: access.Caller, target: str) -> list[str]:
+    """Check and store documents of a workspace (all or none); a line per document. ResourceError lists problems."""
+    await access.check_workspace(store, workspace)
+    box = SecretBox(store.data_dir)
+    documents, problems, parsed = [], [], []
+    for source, raw in raw_documents:
+        try:
+            doc = msgspec.convert(raw, AnyDocument, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            problems.append(f"{source.prefix()}: {format_validation_error(exc, raw)}")
+            continue
+        if not isinstance(doc, REGISTRY_KINDS):
+            problems.append(f"{source.prefix()}: the registry keeps " + ", ".join(
+                cls.__name__ for cls in REGISTRY_KINDS) + f" documents, not {doc.kind}")
+            continue
+        parsed.append((source, doc))
+    held = {(kind, ns, name) for kind, ns, name in await store.database.rows(
+        "SELECT kind, namespace, name FROM documents WHERE kind IN ('ConfigItem', 'Secret')")}
+    held |= {(doc.kind, doc.namespace, doc.name) for _, doc in parsed}
+    for source, doc in parsed:
+        node = doc.node if isinstance(doc, Device | Workload) else None
+        if isinstance(doc, Workload):
+            problems += [f"{source.prefix()}: {kind} {doc.namespace}/{name} is not at the registry (apply it too)"
+                         for kind, name in _refs(doc) if (kind, doc.namespace, name) not in held]
+        if isinstance(doc, BatchWorkload):
+            problems += [f"{source.prefix()}: {problem}" for problem in batch_problems(doc)]
+        body = msgspec.json.encode(doc, enc_hook=enc_hook)
+        documents.append((doc.kind, doc.namespace, doc.name, node, box.seal_document(doc.kind, body)))
+    problems += await access.workspace_problems(store, documents, workspace)
+    if problems:
+        raise ResourceError(problems)
+    async with access.audited(store, actor, "document.apply", target, access.workspace_scope(workspace)) as entry:
+        entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents]
+        await store.put_documents(documents, workspace)
+    await schedule(store)
+    return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
+
+
+async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
+    """The Workloads placed on a node, with the ConfigItems and Secrets (decrypted) they use."""
+    placements = await store.database.rows(
+        "SELECT namespace, name, source_kind, source, origin FROM workload_placements WHERE node=? "
+        "ORDER BY namespace, name", node)
+    if not placements:
+        return []
+    groups = dict(await store.database.rows("SELECT node, group_name FROM group_members"))
+    workloads, wanted = [], set()
+    for namespace, name, source_kind, source, origin in placements:
+        rows = await store.database.rows("SELECT document FROM documents WHERE kind=? AND namespace=? AND name=?",
+                                         source_kind, namespace, source)
+        if not rows:
+            continue
+        if source_kind == "BatchWorkload":
+            batch = msgspec.json.decode(rows[0][0], type=BatchWorkload, dec_hook=dec_hook)
+            override = next((o for o in batch.groups if o.group == groups.get(origin)), None)
+            if override is None:
+                continue
+            raw = expand(batch, override, origin)
+        else:
+            raw = {key: value for key, value in json.loads(rows[0][0]).items()
+                   if key not in ("node", "node_selector")}
+        try:
+            workload = msgspec.convert(raw, Workload, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:  # stored before a schema change: skip it, not the node's devices
+            log.warning("workload %s/%s not sent to node %s: %s", namespace, name, node, exc)
+            continue
+        workloads.append((workload, raw))
+        wanted |= {(kind, namespace, ref) for kind, ref in _refs(workload)}
+    box = SecretBox(store.data_dir)
+    values: list[dict[str, Any]] = []
+    for kind, namespace, name in sorted(wanted):
+        rows = await store.database.rows("SELECT document FROM documents WHERE kind=? AND namespace=? AND name=?",
+                                         kind, namespace, name)
+        if rows:
+            values.append(box.unseal_document(kind, rows[0][0]))
+    have = {(raw["kind"], raw.get("namespace", "default"), raw["name"]) for raw in values}
+    return values + [raw for workload, raw in workloads
+                     if all((kind, workload.namespace, ref) in have for kind, ref in _refs(workload))]
+
+
+async def delete_document(store: RegistryStore, caller: access.Caller, kind: str, namespace: str, name: str) -> None:
+    """Delete a registry document; a ConfigItem or Secret a Workload or BatchWorkload uses is refused."""
+    rows = await store.database.rows("SELECT workspace FROM documents WHERE kind=? AND namespace=? AND name=?",
+                                     kind, namespace, name)
+    if not rows or not caller.sees(rows[0][0]):
+        raise NotFound(f"no {kind} {namespace}/{name} at the registry")
+    async with access.audited(store, caller, "document.delete", f"{kind}/{namespace}/{name}",
+                              access.workspace_scope(rows[0][0])):
+        if kind in ("ConfigItem", "Secret"):
+            for user_kind, user, document in await store.database.rows(
+                    "SELECT kind, name, document FROM documents WHERE kind IN ('Workload', 'BatchWorkload') AND "
+                    "namespace=?", namespace):
+                raw = json.loads(document)
+                raw = raw if user_kind == "Workload" else {"name": user, **raw.get("template", {})}
+                try:
+                    workload = msgspec.convert({**raw, "kind": "Workload"}, Workload, dec_hook=dec_hook)
+                except msgspec.ValidationError:
+                    continue  # stored before a schema change; it does not run anyway
+                if (kind, name) in _refs(workload):
+                    raise ConfigError(f"{kind} {namespace}/{name} is used by {user_kind} {namespace}/{user}")
+        await store.database.write("DELETE FROM documents WHERE kind=? AND namespace=? AND name=?", kind, namespace,
+                                   name)
+    await schedule(store)
+
+
+# --- placement ----------------------------------------------------------------------------------------------------
+
+
+class _Node(msgspec.Struct):
+    name: str
+    labels: dict[str, str]
+    workspace: str
+    paused: bool
+    healthy: bool
+    down_for: float  # seconds without a heartbeat (since it joined, if it never sent one); 0 when healthy
+
+
+async def _nodes(store: RegistryStore) -> dict[str, _Node]:
+    now = time.time()
+    nodes = {}
+    for name, labels, joined_at, last, interval, paused, workspace in await store.database.rows(
+            "SELECT name, labels, joined_at, last_heartbeat, interval, paused, workspace FROM nodes"):
+        healthy = last is not None and now - last <= OFFLINE_AFTER * interval
+        nodes[name] = _Node(name, json.loads(labels), workspace, bool(paused), healthy,
+                            0.0 if healthy else now - (last or joined_at))
+    return nodes
+
+
+async def schedule(store: RegistryStore) -> int:
+    """Bring the placements in step with the documents and the nodes; how many placements changed."""
+    nodes = await _nodes(store)
+    members: dict[str, list[str]] = {}
+    for node, group in await store.database.rows("SELECT node, group_name FROM group_members ORDER BY node"):
+        members.setdefault(group, []).append(node)
+    current: dict[tuple[str, str, str], tuple[str, str, str]] = {
+        (ns, name, node): (kind, source, origin) for ns, name, node, kind, source, origin in await store.database.rows(
+            "SELECT namespace, name, node, source_kind, source, origin FROM workload_placements "
+            "ORDER BY placed_at, node")}
+    placed: dict[tuple[str, str], str] = {}
+    for ns, name, node in current:  # the first placement counts, should two registry replicas have raced
+        placed.setdefault((ns, name), node)
+    wanted: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+
+    def may_start(key: tuple[str, str, str]) -> bool:  # a paused node keeps what it has and gets nothing new
+        return key in current or not nodes[key[2]].paused
+
+    for kind, namespace, name, document, workspace in await store.database.rows(
+            "SELECT kind, namespace, name, document, workspace FROM documents WHERE kind IN ('Workload', "
+            "'BatchWorkload') ORDER BY kind, namespace, name"):
+        if kind == "Workload":
+            raw = json.loads(document)
+            selector = raw.get("node_selector") or {}
+            targets = ([raw["node"]] if raw.get("node") else
+                       [n.name for n in nodes.values() if n.workspace == workspace and
+                        all(n.labels.get(k) == v for k, v in selector.items())] if selector else [])
+            for target in targets:
+                key = (namespace, name, target)
+                if target in nodes and may_start(key):
+                    wanted[key] = ("Workload", name, target)
+            continue
+        batch = msgspec.json.decode(document, type=BatchWorkload, dec_hook=dec_hook)
+        load: dict[str, int] = {}
+        failover = batch.failover
+        for override in batch.groups:
+            group = [n for n in members.get(override.group, []) if n in nodes and nodes[n].workspace == workspace]
+            down = {n for n in group if failover is not None and not nodes[n].healthy
+                    and nodes[n].down_for >= float(failover.after)}
+            for origin in sorted(group, key=lambda n: n in down):  # the nodes that are up first
+                instance = f"{batch.name}.{origin}"
+                previous = placed.get((namespace, instance))
+                host = _host(origin, previous, down, group, nodes, load, failover.move_back if failover else True)
+                if host is not None and may_start((namespace, instance, host)):
+                    wanted[(namespace, instance, host)] = ("BatchWorkload", batch.name, origin)
+                    load[host] = load.get(host, 0) + 1
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    now = time.time()
+    for key in current.keys() - wanted.keys():
+        statements += [("DELETE FROM workload_placements WHERE namespace=? AND name=? AND node=?", key),
+                       ("DELETE FROM workload_status WHERE namespace=? AND name=? AND node=?", key)]
+    for key in wanted.keys() - current.keys():
+        statements.append(("INSERT INTO workload_placements VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           (*key, *wanted[key], now)))
+    if statements:
+        await store.database.transaction(statements)
+        for namespace, name, node in sorted(wanted.keys() - current.keys()):
+            log.info("workload %s/%s placed on node %s", namespace, name, node)
+    return len(current.keys() ^ wanted.keys())
+
+
+def _host(origin: str, previous: str | None, down: set[str], group: list[str], nodes: dict[str, _Node],
+          load: dict[str, int], move_back: bool) -> str | None:
+    """Where the instances of a batch workload's node `origin` run now."""
+    usable = [n for n in group if n != origin and n not in down and nodes[n].healthy and not nodes[n].paused]
+    if origin not in down:
+        if previous is None or previous == origin or (move_back and not nodes[origin].paused):
+            return origin
+        return previous if previous in usable else origin  # moved and staying there
+    if previous is not None and previous != origin and previous in usable:
+        return previous
+    if not usable:
+        return previous or origin  # nowhere to go: it stays, and runs when its node is back
+    return min(usable, key=lambda n: (load.get(n, 0), n))
+
+
+@contextlib.asynccontextmanager
+async def scheduling(store: RegistryStore, interval: float) -> AsyncIterator[None]:
+    """Run the scheduler every half heartbeat interval (0.5 s to 5 s) while the registry serves."""
+    period = min(max(interval / 2, 0.5), 5.0)
+
+    async def loop() -> None:
+        failing = False
+        while True:
+            try:
+                await schedule(store)
+                if failing:
+                    log.info("workload scheduling works again")
+                failing = False
+            except Exception as exc:  # a database hiccup: try again next period, logged once
+                if not failing:
+                    log.warning("workload scheduling failed, retrying every %.1fs: %s", period, exc)
+                failing = True
+            await asyncio.sleep(period)
+
+    task = asyncio.create_task(loop(), name="workload scheduler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# --- status -------------------------------------------------------------------------------------------------------
+
+
+async def record_status(store: RegistryStore, node: str, reports: list[WorkloadReport] | None) -> None:
+    """Keep a node's latest report of its registry-owned workloads (the whole set)."""
+    if reports is None:
+        return
+    now = time.time()
+    statements: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM workload_status WHERE node=?", (node,))]
+    for report in reports:
+        namespace, sep, name = report.workload.partition("/")
+        if not sep:
+            raise ConfigError(f"workload {report.workload!r}: expected <namespace>/<name>")
+        statements.append(("INSERT INTO workload_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+            node, namespace, name, report.status[:64], report.reason[:500], report.replicas, report.ready,
+            report.restarts, report.last_event[:500], msgspec.json.encode(report.instances).decode(), now)))
+    await store.database.transaction(statements)
+
+
+async def workload_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
+    """Every placed or reported workload per node with its status; workloads placed nowhere with node None."""
+    nodes = {node["name"]: node for node in await store.nodes()}
+    views: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for ns, name, node, kind, source, origin, placed_at in await store.database.rows(
+            "SELECT namespace, name, node, source_kind, source, origin, placed_at FROM workload_placements"):
+        views[(ns, name, node)] = {
+            "namespace": ns, "name": name, "node": node, "source": f"{kind} {source}", "origin": origin,
+            "placed": True, "placed_at": placed_at, "status": "pending", "reason": "not reported by the node yet",
+            "replicas": None, "ready": 0, "restarts": 0, "last_event": "", "instances": [], "reported_at": None}
+    for row in await store.database.rows(
+            "SELECT node, namespace, name, status, reason, replicas, ready, restarts, last_event, instances, "
+            "reported_at FROM workload_status"):
+        node, ns, name, status, reason, replicas, ready, restarts, last_event, instances, reported_at = row
+        view = views.setdefault((ns, name, node), {
+            "namespace": ns, "name": name, "node": node, "source": "", "origin": node, "placed": False,
+            "placed_at": None})
+        view.update(status=status, reason=reason, replicas=replicas, ready=ready, restarts=restarts,
+                    last_event=last_event, instances=json.loads(instances), reported_at=reported_at)
+    placed = {(ns, view["source"].split(" ", 1)[-1]) for (ns, _, _), view in views.items()}
+    result = []
+    for kind, ns, name, workspace in await store.database.rows(
+            "SELECT kind, namespace, name, workspace FROM documents WHERE kind IN ('Workload', 'BatchWorkload')"):
+        if (ns, name) not in placed and (caller is None or caller.sees(workspace)):
+            result.append({"namespace": ns, "name": name, "node": None, "source": f"{kind} {name}", "origin": None,
+                           "placed": False, "status": "not-placed", "reason": "no node matches (or nodes paused)",
+                           "replicas": None, "ready": 0, "restarts": 0, "last_event": "", "instances": [],
+                           "reported_at": None, "node_status": None})
+    for key in sorted(views):
+        view = views[key]
+        node = nodes.get(key[2])
+        if node is None or (caller is not None and not caller.sees(node.get("workspace"))):
+            continue
+        view["node_status"] = node["status"]
+        result.append(view)
+    return result
+
+
+@get("/api/v1/workloads", summary="Workloads per node with their status (placed by the registry, reported by "
+                                  "the nodes)")
+async def list_workloads(request: AnyRequest) -> list[dict[str, Any]]:
+    caller = await access.require_caller(request, "viewer")
+    return await workload_views(store_of(request), caller)
+
+
+@post("/api/v1/documents", summary="Apply documents (a JSON list; ?workspace=): DeviceModel, Device, Workload, "
+                                   "ConfigItem, Secret, BatchWorkload (admin)", status_code=200)
+async def post_documents(request: AnyRequest, data: list[dict[str, Any]]) -> dict[str, list[str]]:
+    caller = await access.require_caller(request, "admin")
+    workspace = request.query_params.get("workspace", access.DEFAULT_WORKSPACE)
+    if not caller.sees(workspace):
+        raise ConfigError(f"workspace {workspace!r}: no such workspace")
+    raw = [(Source("request body", i), doc) for i, doc in enumerate(data, start=1)]
+    return {"applied": await apply_documents(store_of(request), raw, workspace, caller, "api")}
+
+
+@delete("/api/v1/documents/{kind:str}/{namespace:str}/{name:str}", summary="Delete a registry document (admin); "
+        "its nodes drop it with their next heartbeat", status_code=200)
+async def remove_document(request: AnyRequest, kind: str, namespace: str, name: str) -> dict[str, str]:
+    await delete_document(store_of(request), await access.require_caller(request, "admin"), kind, namespace, name)
+    return {"deleted": f"{kind} {namespace}/{name}"}
+
+
+ROUTE_HANDLERS = [list_workloads, post_documents, remove_document]
+
+
+# --- the node side ------------------------------------------------------------------------------------------------
+
+
+def _report(described: dict[str, Any]) -> WorkloadReport:
+    instances = [InstanceReport(id=i["id"], state=i["state"], ready=bool(i["ready"]), restarts=i["restarts"],
+                                ports=dict(i.get("ports") or {})) for i in described["instances"]]
+    return WorkloadReport(workload=described["id"], status=described["status"], reason=described["reason"],
+                          replicas=described["replicas"], ready=described["ready"],
+                          restarts=sum(i.restarts for i in instances), last_event=described.get("last_event", ""),
+                          instances=instances)
+
+
+class WorkloadSync:
+    """The node's half: the status of its registry-owned workloads, sent when it changed."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._delivered = b""
+        self._sending: bytes | None = None
+        self._last = -RESEND
+
+    def outgoing(self) -> dict[str, Any]:
+        reports = [_report(d) for d in self.gateway.workloads.describe() if d.get("owner") == "registry"]
+        encoded = msgspec.json.encode(reports[:MAX_REPORTS])
+        now = time.monotonic()
+        if now - self._last < MIN_REPORT_INTERVAL or (encoded == self._delivered and now - self._last < RESEND):
+            self._sending = None
+            return {}
+        self._sending, self._last = encoded, now
+        return {"workloads": msgspec.json.decode(encoded)}
+
+    def delivered(self) -> None:
+        if self._sending is not None:
+            self._delivered, self._sending = self._sending, None
+
+    def failed(self) -> None:
+        self._sending = None
+        self._last = -RESEND

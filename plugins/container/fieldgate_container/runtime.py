@@ -1,0 +1,301 @@
+"""The `container` runtime: every instance is a container run by the podman (or docker) command line, attached so
+its stdout and stderr become the workload's log, labelled so a restarted gateway finds and removes its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections import deque
+from pathlib import Path
+from typing import ClassVar
+
+from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
+from gateway.errors import WorkloadError
+from gateway.resources.schema import Workload
+from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime
+
+log = logging.getLogger(__name__)
+PULL_POLICY_LABEL = "container.fieldgate.io/pull-policy"
+PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "Never"}
+DEFAULT_PULL_POLICY = "IfNotPresent"  # an edge node keeps working without its registry
+PUBLISH_ADDRESS_VARIABLE = "FIELDGATE_CONTAINER_PUBLISH_ADDRESS"  # host address of mapped ports; all when unset
+LABEL_OWNER = "io.fieldgate.data-dir"
+LABEL_WORKLOAD = "io.fieldgate.workload"
+LABEL_INSTANCE = "io.fieldgate.instance"
+LABEL_VERSION = "io.fieldgate.version"
+FILES_MOUNT = "/run/fieldgate/files"
+STARTED_MARKER = "containers-started"  # in <data dir>/workloads: the engine is asked for leftovers only when present
+HOST_ONLY = ("PATH", "HOME", "LANG")  # the gateway's values mean nothing inside an image
+STARTED_TIMEOUT = 15.0
+ENGINE_FAILED = (125, 126, 127)  # the engine could not create or start the container
+READ_CHUNK = 64 << 10
+
+
+def pull_policy(workload: Workload) -> str:
+    raw = workload.labels.get(PULL_POLICY_LABEL, DEFAULT_PULL_POLICY)
+    policy = PULL_POLICIES.get(raw.lower())
+    if policy is None:
+        raise WorkloadError(f"Workload {workload.namespace}/{workload.name}: $.labels[{PULL_POLICY_LABEL!r}]: "
+                            f"expected Always, IfNotPresent or Never, got {raw!r}")
+    return policy
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB"
+
+
+class ContainerInstance(Instance):
+    def __init__(self, engine: Engine, process: asyncio.subprocess.Process, spec: InstanceSpec,
+                 container: str) -> None:
+        self.engine = engine
+        self.process = process
+        self.spec = spec
+        self.container = container
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        self.stop_reason = ""
+        self._pumps = [asyncio.create_task(self._pump(process.stdout, "stdout")),
+                       asyncio.create_task(self._pump(process.stderr, "stderr"))]
+        self._ended = asyncio.create_task(self._wait())
+
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
+            return
+        pending = b""
+        while chunk := await stream.read(READ_CHUNK):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > READ_CHUNK:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                self._line(name, raw)
+        if pending:
+            self._line(name, pending)
+
+    def _line(self, stream: str, raw: bytes) -> None:
+        text = raw.decode(errors="replace").rstrip("\r")
+        if stream == "stderr":
+            self.stderr_tail.append(text)
+        try:
+            self.spec.log(stream, text)
+        except Exception as exc:  # a full disk must not stop the app
+            log.warning("workload log of %s: %s", self.spec.instance, exc)
+
+    async def wait_started(self) -> None:
+        """Until the container runs (its pid known) or has already ended."""
+        async with asyncio.timeout(STARTED_TIMEOUT):
+            while self.process.returncode is None:
+                pid = ""
+                with contextlib.suppress(WorkloadError):
+                    found = await self.engine.call("inspect", "--format", "{{.State.Pid}}", self.container,
+                                                   check=False)
+                    pid = found.out.strip() if found.code == 0 else ""
+                if pid.isdigit() and int(pid) > 0:
+                    self.pid = int(pid)
+                    return
+                await asyncio.sleep(0.05)
+
+    async def wait(self) -> Exit:
+        return await asyncio.shield(self._ended)
+
+    async def _wait(self) -> Exit:
+        code = await self.process.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await asyncio.gather(*self._pumps, return_exceptions=True)
+        state = Result(1, "", "")
+        with contextlib.suppress(WorkloadError):
+            state = await self.engine.call("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}",
+                                           self.container, check=False)
+        with contextlib.suppress(WorkloadError):
+            await self.engine.call(*self.engine.remove_args(self.container), check=False)
+        exit_code, _, oom_killed = state.out.strip().partition(" ")
+        engine_error = next((t for t in reversed(self.stderr_tail) if t.strip()), "")
+        exit_ = Exit(code=code)
+        if state.code == 0 and oom_killed == "true":
+            limit = self.spec.workload.limits.memory
+            exit_.oom = True
+            exit_.reason = "out of memory: killed by the kernel" + (f" at its limit of {mib(limit)}" if limit else "")
+        elif code in ENGINE_FAILED and engine_error.startswith("Error: "):  # the engine's own message says why
+            exit_.reason = f"{self.engine.name} run failed: {engine_error.removeprefix('Error: ')[:300]}"
+        elif exit_code.isdigit() and 128 < int(exit_code) <= 128 + 64:
+            exit_ = Exit(signal=int(exit_code) - 128)
+        elif exit_code.isdigit():
+            exit_.code = int(exit_code)
+        if self.stop_reason and not exit_.oom:
+            exit_.reason = f"{self.stop_reason} ({exit_.describe()})"
+        return exit_
+
+    async def stop(self, grace: float, reason: str = "") -> None:
+        if self.process.returncode is None:
+            self.stop_reason = self.stop_reason or reason
+            with contextlib.suppress(WorkloadError):
+                await self.engine.call("stop", "-t", str(math.ceil(grace)), self.container, timeout=grace + 15,
+                                       check=False)
+            try:
+                async with asyncio.timeout(5):
+                    await self.process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+        await self.wait()
+
+
+class ContainerRuntime(Runtime):
+    """Runs a workload's `image` (with `command` as entrypoint and `args`) as a container."""
+
+    name: ClassVar[str] = "container"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.owner = str(data_dir.resolve())
+        self.prefix = "fg-" + hashlib.sha256(self.owner.encode()).hexdigest()[:8]
+        self.marker = data_dir / "workloads" / STARTED_MARKER
+        self.engine: Engine | None = None
+        self.version = ""
+        self._find_engine()
+        if self.marker.exists():
+            self.remove_leftovers()
+
+    def _find_engine(self) -> Engine | None:
+        path = find_engine()
+        if path is None:
+            self.engine = None
+        elif self.engine is None or self.engine.path != path:
+            self.engine, self.version = Engine(path), ""
+        return self.engine
+
+    def unavailable(self) -> str | None:
+        return None if self._find_engine() is not None else wanted()
+
+    def describe(self) -> dict[str, str]:
+        if self.engine is None:
+            return {"engine": "none", "reason": wanted()}
+        if not self.version:
+            with contextlib.suppress(WorkloadError):
+                self.version = self.engine.call_sync("--version", timeout=10).out.strip()
+        return {"engine": str(self.engine.path), "version": self.version,
+                "limits": "the engine's --memory and --cpus"}
+
+    def remove_leftovers(self) -> None:
+        """Remove the containers a previous gateway on this data dir left behind (found by their label)."""
+        if self.engine is None:
+            return
+        try:
+            found = self.engine.call_sync("ps", "-a", "-q", "--filter", f"label={LABEL_OWNER}={self.owner}").out
+            if found.split():
+                log.warning("removing %d containers left by the previous gateway", len(found.split()))
+                self.engine.call_sync(*self.engine.remove_args(*found.split()), timeout=60)
+        except WorkloadError as exc:
+            log.warning("containers left by the previous gateway not removed: %s", exc)
+
+    def _engine(self) -> Engine:
+        engine = self._find_engine()
+        if engine is None:
+            raise WorkloadError(wanted())
+        return engine
+
+    async def prepare(self, workload: Workload) -> None:
+        """Have the image on the node by its pull policy, while the old version still runs."""
+        engine = self._engine()
+        if not workload.image:
+            raise WorkloadError(f"Workload {workload.namespace}/{workload.name}: $.image: the container runtime "
+                                "needs an image")
+        policy = pull_policy(workload)
+        if policy == "Always":
+            await engine.pull(workload.image)
+        elif not await engine.image_present(workload.image):
+            if policy == "Never":
+                raise WorkloadError(f"image {workload.image!r} is not on this node and its pull policy is Never")
+            await engine.pull(workload.image)
+
+    def container_name(self, spec: InstanceSpec) -> str:
+        return f"{self.prefix}-{spec.workload.namespace}-{spec.instance}"
+
+    @staticmethod
+    def _write_files(spec: InstanceSpec) -> Path:
+        files_dir = spec.work_dir / "files"
+        try:
+            shutil.rmtree(files_dir, ignore_errors=True)
+            files_dir.mkdir(parents=True, exist_ok=True)
+            for relative, (content, secret) in spec.files.items():
+                path = files_dir / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+                with os.fdopen(fd, "wb") as file:
+                    file.write(content)
+        except OSError as exc:
+            raise WorkloadError(f"cannot write the files of {spec.instance}: {exc}") from exc
+        return files_dir
+
+    def run_args(self, spec: InstanceSpec, files_dir: Path) -> tuple[list[str], dict[str, str]]:
+        """The `run` arguments and the environment the engine passes on (values stay off the command line)."""
+        workload = spec.workload
+        env = {k: v for k, v in spec.env.items() if k not in HOST_ONLY or k in workload.env}
+        env["FIELDGATE_FILES"] = FILES_MOUNT
+        args = ["run", "--name", self.container_name(spec), "--label", f"{LABEL_OWNER}={self.owner}",
+                "--label", f"{LABEL_WORKLOAD}={workload.namespace}/{workload.name}",
+                "--label", f"{LABEL_INSTANCE}={spec.instance}", "--label", f"{LABEL_VERSION}={spec.version}",
+                "--stop-timeout", str(math.ceil(float(workload.stop_grace))),
+                "-v", f"{files_dir}:{FILES_MOUNT}:ro"]
+        if self.engine is not None and self.engine.is_podman:
+            args.append("--replace")
+        if workload.network == "ports":
+            address = os.environ.get(PUBLISH_ADDRESS_VARIABLE, "")
+            for i, port in enumerate(workload.ports):
+                host_port = spec.ports[port.name]
+                inside = port.container_port or host_port
+                args += ["-p", f"{address + ':' if address else ''}{host_port}:{inside}/{port.protocol}"]
+                env[f"FIELDGATE_PORT_{port.name.upper().replace('-', '_')}"] = str(inside)
+                if i == 0:
+                    env["PORT"] = str(inside)
+        else:
+            args += ["--network", workload.network]
+        if workload.limits.memory is not None:
+            memory = str(int(workload.limits.memory))
+            args += ["--memory", memory, "--memory-swap", memory]
+        if workload.limits.cpu is not None:
+            args += ["--cpus", f"{workload.limits.cpu:g}"]
+        if workload.working_dir:
+            args += ["-w", workload.working_dir]
+        command = list(workload.command)
+        if command and self.engine is not None and self.engine.is_podman:
+            args += ["--entrypoint", json.dumps(command)]
+            command = []
+        elif command:  # docker takes one executable as entrypoint; the rest go before the args
+            args += ["--entrypoint", command.pop(0)]
+        engine_env = dict(os.environ)
+        for key, value in env.items():
+            if key in engine_env:  # the engine needs its own value of this one: pass the app's on the command line
+                args += ["-e", f"{key}={value}"]
+            else:
+                args += ["-e", key]
+                engine_env[key] = value
+        return [*args, workload.image or "", *command, *workload.args], engine_env
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        engine = self._engine()
+        await self.prepare(spec.workload)
+        files_dir = self._write_files(spec)
+        with contextlib.suppress(OSError):
+            self.marker.touch()
+        args, env = self.run_args(spec, files_dir)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(engine.path), *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise WorkloadError(f"cannot run {engine.path}: {exc.strerror or exc}") from exc
+        instance = ContainerInstance(engine, process, spec, self.container_name(spec))
+        try:
+            await instance.wait_started()
+        except TimeoutError:
+            await instance.stop(1.0, f"did not start within {STARTED_TIMEOUT:g}s")
+            raise WorkloadError(f"container {instance.container} did not start within {STARTED_TIMEOUT:g}s "
+                                f"({last_line(chr(10).join(instance.stderr_tail).encode())})") from None
+        return instance

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from gateway.commands import Command
 from gateway.errors import ConfigError, FieldgateError
 from gateway.hookspecs import hookimpl
@@ -193,6 +191,8 @@ class HealthGate:
 
     def wait(self, version: str, deadline: float) -> None:
         """Return once healthy; raise UpgradeFailed with the last thing seen when `deadline` (monotonic) passes."""
+        import httpx  # only an upgrade needs an HTTP client (httpx and what it loads: ~10 MB in every gateway)
+
         last = "no answer"
         with httpx.Client(timeout=5.0, headers={"Authorization": f"Bearer {self.token}"}) as client:
             while True:

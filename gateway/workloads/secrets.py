@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from cryptography.fernet import Fernet, InvalidToken
 
 from gateway.errors import StoreError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 KEY_FILE = "secrets.key"
 SEALED_PREFIX = "fernet:"
@@ -28,6 +30,8 @@ class SecretBox:
     @property
     def fernet(self) -> Fernet:
         if self._fernet is None:
+            from cryptography.fernet import Fernet  # loaded with the first Secret: most nodes have none (~10 MB)
+
             self._fernet = Fernet(self._load_or_create())
         return self._fernet
 
@@ -35,6 +39,8 @@ class SecretBox:
         with contextlib.suppress(FileExistsError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            from cryptography.fernet import Fernet
+
             with os.fdopen(fd, "wb") as file:
                 file.write(Fernet.generate_key())
         try:
@@ -50,6 +56,8 @@ class SecretBox:
     def unseal(self, value: str) -> str:
         if not value.startswith(SEALED_PREFIX):
             return value
+        from cryptography.fernet import InvalidToken
+
         try:
             return self.fernet.decrypt(value[len(SEALED_PREFIX):].encode()).decode()
         except InvalidToken:

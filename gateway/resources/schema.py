@@ -222,6 +222,9 @@ class Workload(Document, tag="Workload", kw_only=True):
     runtime: RuntimeName = "process"
     command: Annotated[list[str], Meta(description="the program and its arguments (process: required)")] = []
     image: Annotated[str | None, Meta(description="the image (container runtimes)")] = None
+    image_pull_policy: Annotated[Literal["Always", "IfNotPresent", "Never"], Meta(
+        description="container runtimes: pull the image before every start, only when it is missing (so a node "
+                    "keeps working without its image registry), or never")] = "IfNotPresent"
     args: list[str] = []
     env: dict[EnvName, str] = {}
     env_from: list[EnvFrom] = []

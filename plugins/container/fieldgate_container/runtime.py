@@ -21,9 +21,6 @@ from gateway.resources.schema import Workload
 from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime
 
 log = logging.getLogger(__name__)
-PULL_POLICY_LABEL = "container.fieldgate.io/pull-policy"
-PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "Never"}
-DEFAULT_PULL_POLICY = "IfNotPresent"  # an edge node keeps working without its registry
 PUBLISH_ADDRESS_VARIABLE = "FIELDGATE_CONTAINER_PUBLISH_ADDRESS"  # host address of mapped ports; all when unset
 LABEL_OWNER = "io.fieldgate.data-dir"
 LABEL_WORKLOAD = "io.fieldgate.workload"
@@ -38,12 +35,7 @@ READ_CHUNK = 64 << 10
 
 
 def pull_policy(workload: Workload) -> str:
-    raw = workload.labels.get(PULL_POLICY_LABEL, DEFAULT_PULL_POLICY)
-    policy = PULL_POLICIES.get(raw.lower())
-    if policy is None:
-        raise WorkloadError(f"Workload {workload.namespace}/{workload.name}: $.labels[{PULL_POLICY_LABEL!r}]: "
-                            f"expected Always, IfNotPresent or Never, got {raw!r}")
-    return policy
+    return workload.image_pull_policy
 
 
 def mib(size: int) -> str:

@@ -14,7 +14,6 @@ import contextvars
 import datetime as dt
 import importlib.metadata
 import logging
-import re
 import threading
 import time
 import traceback
@@ -26,6 +25,7 @@ from types import MappingProxyType
 import msgspec
 
 from gateway.errors import ConfigError
+from gateway.resources.durations import Duration
 
 RING_SIZE = 5000
 DEFAULT_LIMIT = 200
@@ -36,8 +36,6 @@ CONTEXT_FIELDS = ("device", "route", "sink", "plugin")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
 QUERY_FIELDS = ("level", "device", "route", "sink", "logger", "contains", "since", "after", "limit")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 _NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("fieldgate_log_context",
@@ -112,8 +110,8 @@ def _since(raw: str) -> float:
         return float(raw)
     except ValueError:
         pass
-    if match := _DURATION.fullmatch(raw):
-        return time.time() - float(match[1]) * _UNITS[match[2]]
+    with contextlib.suppress(ValueError):  # not unix seconds, so a parsed duration carries a unit: "15m" ago
+        return time.time() - Duration.parse(raw)
     try:
         when = dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

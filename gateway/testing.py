@@ -6,6 +6,7 @@ A plugin's conftest.py imports the fixtures it uses: `from gateway.testing impor
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -60,6 +61,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def wait_until(condition: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
+    """Poll a condition (plain or async) until it gives something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)
 
 
 class Mosquitto:

@@ -28,12 +28,11 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath
 
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import ConfigError
 from gateway.logs import LogEntry, LogQuery, log_ring
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
 from gateway.registry.auth import AnyRequest, client_node, store_of
-from gateway.registry.messages import CHANNEL
-from gateway.resources.durations import Duration
+from gateway.registry.messages import CHANNEL, query_seconds
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
@@ -64,10 +63,7 @@ class NodeAnswer(msgspec.Struct, kw_only=True):
 def _timeout(raw: str | None) -> float:
     if raw is None:
         return DEFAULT_TIMEOUT
-    try:
-        seconds = float(Duration.parse(raw))
-    except ValueError as exc:
-        raise ConfigError(f"?timeout={raw}: {exc}") from None
+    seconds = query_seconds(f"?timeout={raw}", raw)
     if not 0 < seconds <= MAX_TIMEOUT:
         raise ConfigError(f"?timeout={raw}: expected more than 0 and at most {MAX_TIMEOUT:g} s")
     return seconds
@@ -89,10 +85,7 @@ async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[s
     workspace = await node_workspace(store, node)
     if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
         return Response({"detail": f"no node {node}"}, status_code=404)
-    try:
-        online = await store.node_online(node)
-    except NotFound as exc:
-        return Response({"detail": str(exc)}, status_code=404)
+    online = await store.node_online(node)  # NotFound: 404 by the app's exception handler
     queued = await store.queue_message(node, LOGS_NAMESPACE, LOGS_PATH, msgspec.json.encode(query.params()),
                                        timeout)
     request_id = queued["id"]

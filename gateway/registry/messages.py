@@ -19,7 +19,7 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath
 
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import ConfigError
 from gateway.registry.access import node_workspace, record, require_caller, workspace_scope
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.resources.durations import Duration
@@ -53,13 +53,18 @@ class AckRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ids: list[str]
 
 
+def query_seconds(param: str, raw: str) -> float:
+    """A duration query parameter in seconds; a ConfigError names `param` (`?name` or `?name=value`) when bad."""
+    try:
+        return float(Duration.parse(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{param}: {exc}") from None
+
+
 def _seconds(name: str, raw: str | None, default: float, maximum: float | None = None) -> float:
     if raw is None:
         return default
-    try:
-        seconds = float(Duration.parse(raw))
-    except ValueError as exc:
-        raise ConfigError(f"?{name}: {exc}") from None
+    seconds = query_seconds(f"?{name}", raw)
     return min(seconds, maximum) if maximum is not None else seconds
 
 
@@ -78,10 +83,7 @@ async def post_message(request: AnyRequest, node: FromPath[str], namespace: From
     if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
         await record(store, caller, str(caller.scope), "message.post", target, "not found")
         return Response({"detail": f"no node {node}"}, status_code=404)
-    try:
-        online = await store.node_online(node)
-    except NotFound as exc:
-        return Response({"detail": str(exc)}, status_code=404)
+    online = await store.node_online(node)  # NotFound: 404 by the app's exception handler
     if not online and offline == "reject":
         await record(store, caller, workspace_scope(workspace), "message.post", target, "refused: offline")
         return Response({"detail": f"node {node} is offline"}, status_code=503)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from gateway.errors import WorkloadError
 from gateway.resources.schema import Workload
 
 EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped")
 LogSink = Callable[[str, str], None]  # (stream, line) of one instance
+READ_CHUNK = 64 << 10  # also the longest line: a longer one is passed on in pieces
 
 
 @dataclass
@@ -106,3 +111,38 @@ class RuntimeRegistry:
             return f"runtime {name!r} is not available on this node (loaded: {known}){extra}"
         reason = runtime.unavailable()
         return f"runtime {name!r} cannot run here: {reason}" if reason else None
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB"
+
+
+def write_files(spec: InstanceSpec) -> Path:
+    """Write the instance's files afresh into `files/` of its work dir and return that directory."""
+    files_dir = spec.work_dir / "files"
+    try:
+        shutil.rmtree(files_dir, ignore_errors=True)
+        files_dir.mkdir(parents=True, exist_ok=True)
+        for relative, (content, secret) in spec.files.items():
+            path = files_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+            with os.fdopen(fd, "wb") as file:
+                file.write(content)
+    except OSError as exc:
+        raise WorkloadError(f"cannot write the files of {spec.instance}: {exc}") from exc
+    return files_dir
+
+
+async def read_lines(stream: asyncio.StreamReader, on_line: Callable[[bytes], None]) -> None:
+    """Pass each line of `stream` (without its newline) to `on_line` until the stream ends."""
+    pending = b""
+    while chunk := await stream.read(READ_CHUNK):
+        *lines, pending = (pending + chunk).split(b"\n")
+        if len(pending) > READ_CHUNK:
+            lines.append(pending)
+            pending = b""
+        for raw in lines:
+            on_line(raw)
+    if pending:
+        on_line(pending)

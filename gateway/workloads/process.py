@@ -20,17 +20,12 @@ import psutil
 from gateway.errors import WorkloadError
 from gateway.hookspecs import hookimpl
 from gateway.workloads import limits
-from gateway.workloads.model import Exit, Instance, InstanceSpec, LogSink, Runtime
+from gateway.workloads.model import Exit, Instance, InstanceSpec, LogSink, Runtime, mib, read_lines, write_files
 
 log = logging.getLogger(__name__)
 MEMORY_SAMPLE_EVERY = 0.2
 PID_FILE = "pid"
-READ_CHUNK = 64 << 10
 OUT_OF_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|std::bad_alloc|out of memory", re.I)
-
-
-def mib(size: int) -> str:
-    return f"{size / (1 << 20):.0f} MiB"
 
 
 class ProcessInstance(Instance):
@@ -52,19 +47,7 @@ class ProcessInstance(Instance):
     async def _pump(self, stream: asyncio.StreamReader | None, name: str, sink: LogSink) -> None:
         if stream is None:
             return
-        pending = b""
-        while True:
-            chunk = await stream.read(READ_CHUNK)
-            if not chunk:
-                break
-            *lines, pending = (pending + chunk).split(b"\n")
-            if len(pending) > READ_CHUNK:
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                self._line(name, raw, sink)
-        if pending:
-            self._line(name, pending, sink)
+        await read_lines(stream, lambda raw: self._line(name, raw, sink))
 
     def _line(self, stream: str, raw: bytes, sink: LogSink) -> None:
         text = raw.decode(errors="replace").rstrip("\r")
@@ -179,18 +162,7 @@ class ProcessRuntime(Runtime):
     def _prepare(spec: InstanceSpec) -> tuple[list[str], str]:
         """Write the instance's files and check its command and working directory: (argv, cwd)."""
         workload = spec.workload
-        files_dir = spec.work_dir / "files"
-        try:
-            shutil.rmtree(files_dir, ignore_errors=True)
-            files_dir.mkdir(parents=True, exist_ok=True)
-            for relative, (content, secret) in spec.files.items():
-                path = files_dir / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-                with os.fdopen(fd, "wb") as file:
-                    file.write(content)
-        except OSError as exc:
-            raise WorkloadError(f"cannot write the files of {spec.instance}: {exc}") from exc
+        files_dir = write_files(spec)
         argv = [*workload.command, *workload.args]
         executable = argv[0]
         if "/" not in executable and shutil.which(executable, path=spec.env.get("PATH")) is None:

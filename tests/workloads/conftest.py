@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,20 +27,6 @@ http: {{listen: "127.0.0.1:{port}"}}
 eventbus: {{url: none}}
 store: {{flush_interval: 50ms}}
 """
-
-
-async def wait_until(condition: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
-    """Poll a condition (plain or async) until it gives something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(every)
 
 
 class Node:

@@ -12,9 +12,9 @@ from typing import Any
 
 import psutil
 
-from gateway.testing import free_port
+from gateway.testing import free_port, wait_until
 from tests.conftest import FIELDGATE
-from tests.workloads.conftest import gateway_doc, wait_until
+from tests.workloads.conftest import gateway_doc
 from tests.workloads.test_supervisor import ready_instances, web_workload
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.workloads.conftest import PYTHON, Node, wait_until
+from gateway.testing import wait_until
+from tests.workloads.conftest import PYTHON, Node
 
 FLAKY = f"""\
 kind: Workload

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 import pluggy
 
 from gateway.hookspecs import hookimpl
+from gateway.testing import wait_until
 from gateway.workloads.model import Instance, InstanceSpec, Runtime
 from gateway.workloads.process import ProcessRuntime
-from tests.workloads.conftest import PYTHON, Node, wait_until
+from tests.workloads.conftest import PYTHON, Node
 
 
 class Sandbox(ProcessRuntime):

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.workloads.conftest import APPS, PYTHON, Node, wait_until
+from gateway.testing import wait_until
+from tests.workloads.conftest import APPS, PYTHON, Node
 
 
 def web_workload(name: str = "web", version: str = "one", replicas: int = 1, extra: str = "") -> str:

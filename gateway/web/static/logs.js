@@ -13,18 +13,7 @@
   let cursor = table.dataset.cursor || "0";
   let timer = null;
 
-  const pad = (n) => String(n).padStart(2, "0");
-  const fmtTime = (ts) => {
-    const d = new Date(ts * 1000);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  };
-  const cell = (className, text) => {
-    const td = document.createElement("td");
-    td.className = className;
-    td.textContent = text;
-    return td;
-  };
+  const { fmtTime, cell } = window.fieldgateLogTable;
 
   function row(record) {
     const tr = document.createElement("tr");

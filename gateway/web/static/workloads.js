@@ -11,18 +11,7 @@
   const EVERY_MS = 1000;
   let cursor = table.dataset.cursor || "0";
 
-  const pad = (n) => String(n).padStart(2, "0");
-  const fmtTime = (ts) => {
-    const d = new Date(ts * 1000);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  };
-  const cell = (className, text) => {
-    const td = document.createElement("td");
-    td.className = className;
-    td.textContent = text;
-    return td;
-  };
+  const { fmtTime, cell } = window.fieldgateLogTable;
 
   function row(line) {
     const tr = document.createElement("tr");

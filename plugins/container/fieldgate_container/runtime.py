@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections import deque
 from pathlib import Path
 from typing import ClassVar
@@ -18,7 +17,7 @@ from typing import ClassVar
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Workload
-from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime
+from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
 
 log = logging.getLogger(__name__)
 PUBLISH_ADDRESS_VARIABLE = "FIELDGATE_CONTAINER_PUBLISH_ADDRESS"  # host address of mapped ports; all when unset
@@ -31,15 +30,10 @@ STARTED_MARKER = "containers-started"  # in <data dir>/workloads: the engine is 
 HOST_ONLY = ("PATH", "HOME", "LANG")  # the gateway's values mean nothing inside an image
 STARTED_TIMEOUT = 15.0
 ENGINE_FAILED = (125, 126, 127)  # the engine could not create or start the container
-READ_CHUNK = 64 << 10
 
 
 def pull_policy(workload: Workload) -> str:
     return workload.image_pull_policy
-
-
-def mib(size: int) -> str:
-    return f"{size / (1 << 20):.0f} MiB"
 
 
 class ContainerInstance(Instance):
@@ -58,16 +52,7 @@ class ContainerInstance(Instance):
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
         if stream is None:
             return
-        pending = b""
-        while chunk := await stream.read(READ_CHUNK):
-            *lines, pending = (pending + chunk).split(b"\n")
-            if len(pending) > READ_CHUNK:
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                self._line(name, raw)
-        if pending:
-            self._line(name, pending)
+        await read_lines(stream, lambda raw: self._line(name, raw))
 
     def _line(self, stream: str, raw: bytes) -> None:
         text = raw.decode(errors="replace").rstrip("\r")
@@ -209,22 +194,6 @@ class ContainerRuntime(Runtime):
     def container_name(self, spec: InstanceSpec) -> str:
         return f"{self.prefix}-{spec.workload.namespace}-{spec.instance}"
 
-    @staticmethod
-    def _write_files(spec: InstanceSpec) -> Path:
-        files_dir = spec.work_dir / "files"
-        try:
-            shutil.rmtree(files_dir, ignore_errors=True)
-            files_dir.mkdir(parents=True, exist_ok=True)
-            for relative, (content, secret) in spec.files.items():
-                path = files_dir / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-                with os.fdopen(fd, "wb") as file:
-                    file.write(content)
-        except OSError as exc:
-            raise WorkloadError(f"cannot write the files of {spec.instance}: {exc}") from exc
-        return files_dir
-
     def run_args(self, spec: InstanceSpec, files_dir: Path) -> tuple[list[str], dict[str, str]]:
         """The `run` arguments and the environment the engine passes on (values stay off the command line)."""
         workload = spec.workload
@@ -273,7 +242,7 @@ class ContainerRuntime(Runtime):
     async def start(self, spec: InstanceSpec) -> Instance:
         engine = self._engine()
         await self.prepare(spec.workload)
-        files_dir = self._write_files(spec)
+        files_dir = write_files(spec)
         with contextlib.suppress(OSError):
             self.marker.touch()
         args, env = self.run_args(spec, files_dir)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gateway import testing
 from gateway.runtime import Gateway
 
 CONTAINERS_CONF = """\
@@ -45,18 +44,7 @@ class Images:
         return f"{self.repository}:{version}"
 
 
-async def wait_until(condition: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
-    """Poll a condition (plain or async) until it gives something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(every)
+wait_until = functools.partial(testing.wait_until, timeout=20.0, every=0.1)  # container steps are slower
 
 
 class Node:

@@ -56,8 +56,9 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
-PENDING, ASSIGNED, SKIPPED, CANCELLED = "pending", "assigned", "skipped", "cancelled"
-FAILED = (ROLLED_BACK, ROLLBACK_FAILED)
+PENDING, ASSIGNED, SKIPPED, CANCELLED, LOST = "pending", "assigned", "skipped", "cancelled", "lost"
+FAILED = (ROLLED_BACK, ROLLBACK_FAILED, LOST)
+SILENCE_GRACE = 300.0  # seconds past a task's deadline an in-flight node may stay silent before it counts as lost
 FINAL = (SUCCEEDED, *FAILED, SKIPPED, CANCELLED)
 IN_FLIGHT = (ASSIGNED, UPGRADING)
 WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
@@ -185,19 +186,20 @@ async def advance(store: RegistryStore) -> None:
     """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish."""
     async with _advancing:
         running = await store.database.rows(
-            "SELECT id, version, concurrency, max_failures FROM upgrade_tasks WHERE state='running' "
+            "SELECT id, version, concurrency, max_failures, deadline FROM upgrade_tasks WHERE state='running' "
             "ORDER BY created_at")
         if not running:
             return
         nodes = {node["name"]: node for node in await store.nodes()}
-        for task, version, concurrency, max_failures in running:
-            await _advance_task(store, task, version, int(concurrency), int(max_failures), nodes)
+        for task, version, concurrency, max_failures, deadline in running:
+            await _advance_task(store, task, version, int(concurrency), int(max_failures), float(deadline), nodes)
 
 
 async def _advance_task(store: RegistryStore, task: str, version: str, concurrency: int, max_failures: int,
-                        nodes: dict[str, dict[str, Any]]) -> None:
-    rows = await store.database.rows("SELECT node, status FROM upgrade_nodes WHERE task=? ORDER BY position", task)
-    status = dict(rows)
+                        deadline: float, nodes: dict[str, dict[str, Any]]) -> None:
+    rows = await store.database.rows("SELECT node, status, updated_at FROM upgrade_nodes WHERE task=? "
+                                     "ORDER BY position", task)
+    status = {node: state for node, state, _ in rows}
     now = time.time()
     statements: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -207,8 +209,13 @@ async def _advance_task(store: RegistryStore, task: str, version: str, concurren
         statements.append((f"UPDATE upgrade_nodes SET status=?, reason=?, updated_at=?{columns} WHERE task=? AND "
                            "node=?", (new, reason, now, *times.values(), task, node)))
 
+    silent_after = deadline + SILENCE_GRACE
+    for node, state, updated in rows:  # a node that went quiet mid-upgrade must not hold the task forever
+        if state in IN_FLIGHT and updated is not None and now - float(updated) > silent_after:
+            set_status(node, LOST, f"no report from the node for {silent_after:.0f} s ({state} until then)",
+                       finished_at=now)
     failed = sum(1 for s in status.values() if s in FAILED)
-    for node, _ in rows:
+    for node, _, _ in rows:
         if status[node] != PENDING:
             continue
         if failed > max_failures:

@@ -177,3 +177,27 @@ def test_bad_upgrade_tasks_get_one_line(registry: Registry, tmp_path: Path, whee
                 assert api.get("/api/v1/upgrades").json() == []
     with httpx.Client(base_url=registry.url, verify=context, timeout=10) as anonymous:
         assert anonymous.get(f"/api/v1/upgrades/up-nothing/wheels/{wheel.name}").status_code == 401
+
+
+async def test_a_node_silent_mid_upgrade_is_lost_and_the_task_goes_on(tmp_path: Path) -> None:
+    """A node handed a task that never reports (it died, or runs a version without upgrades) does not hold the
+    task forever: past the deadline and a grace it is `lost`, counts as a failure, and the next node starts."""
+    from gateway.registry import access, upgrades
+    from gateway.registry.store import RegistryStore
+
+    async with RegistryStore(tmp_path) as store:
+        for name in ("n1", "n2"):
+            await store.add_node(name, f"serial-{name}", {}, 1.0)
+            await store.heartbeat(name, {"version": "9.0.0"})
+        wheel = {"fieldgate-9.1.0-py3-none-any.whl": b"not used here"}
+        spec = upgrades.CreateUpgrade(version="9.1.0", wheels={}, nodes=["n1", "n2"], max_failures=1, deadline=60)
+        task = (await upgrades.create_task(store, spec, wheel, access.cli_caller()))["id"]
+        assert await upgrades.on_heartbeat(store, "n1", None) is not None  # handed out, then nothing from n1
+        assert await upgrades.on_heartbeat(store, "n2", None) is None  # concurrency 1: n2 waits
+        await store.database.write("UPDATE upgrade_nodes SET updated_at=? WHERE task=? AND node='n1'",
+                                   time.time() - 60 - upgrades.SILENCE_GRACE - 1, task)
+        assignment = await upgrades.on_heartbeat(store, "n2", None)
+        assert assignment is not None and assignment.task == task  # the task went on to n2
+        view = await upgrades.task_view(store, task)
+        n1 = next(node for node in view["nodes"] if node["node"] == "n1")
+        assert n1["status"] == "lost" and "no report from the node for 360 s" in n1["reason"], n1

@@ -52,6 +52,29 @@ def log_context(**fields: str) -> Iterator[None]:
         _context.reset(token)
 
 
+class Throttle:
+    """Logs a kind of message (a key: where it came from and what was wrong) once per `interval`, and with the next
+    one how many were left out: a flood of the same hostile message must not flood the log."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (when logged last, left out since)
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last, skipped = self._last.get(key, (-self.interval, 0))
+        if now - last < self.interval:
+            self._last[key] = (last, skipped + 1)
+            return
+        if len(self._last) > 1000:  # bounded: keys come from the outside
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if skipped:
+            message += f" ({skipped} more like it in the last {self.interval:g} s not logged)"
+        self.logger.log(level, message, *args)
+
+
 def _plugin_modules() -> dict[str, str]:
     """Top-level module of every installed `fieldgate` entry point -> the plugin's name."""
     modules = {}

@@ -259,3 +259,18 @@ async def test_sink_lines_name_their_route(tmp_path: Path) -> None:
         await store.close()
     [line] = ring_.query(LogQuery.parse({"route": "plant/up", "contains": "target refused"})).records
     assert (line.sink, line.route, line.level) == ("route:plant/up", "plant/up", "warning")
+
+
+def test_a_throttle_logs_a_flood_once_an_interval_and_says_how_many_it_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.logs import Throttle
+
+    throttle = Throttle(logging.getLogger("fieldgate.test.throttle"), interval=0.2)
+    with caplog.at_level(logging.WARNING, logger="fieldgate.test.throttle"):
+        for i in range(100):
+            throttle.log(logging.WARNING, "topic/a", "bad message %d", i)
+        throttle.log(logging.WARNING, "topic/b", "bad message on b")
+        time.sleep(0.25)
+        throttle.log(logging.WARNING, "topic/a", "bad message %d", 100)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad message 0", "bad message on b", "bad message 100 (99 more like it in the last 0.2 s not logged)"]

@@ -19,6 +19,7 @@ import msgspec
 
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.eventbus import kubeedge as ke
+from gateway.logs import Throttle
 from gateway.resources.schema import EventbusSettings
 from gateway.sinks.base import OutboxMessage, Sink, SinkError
 from gateway.twin import TwinProperty
@@ -62,6 +63,7 @@ class EventbusLink:
         self._state_logged = ""
         self._subscribed: set[str] = set()
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
+        self._rejections = Throttle(log)  # the same bad message again is counted, not logged again
 
     def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
         """The client's incoming queue, kept where run() can drain what is already queued without waiting."""
@@ -196,7 +198,8 @@ class EventbusLink:
 
     def _reject(self, topic: str, result_topic: str, payload: bytes, code: int, reason: str) -> None:
         self.rejected += 1
-        log.warning("eventbus: rejected a message on %s: %s", topic, reason)
+        self._rejections.log(logging.WARNING, f"{topic} {reason}", "eventbus: rejected a message on %s: %s", topic,
+                             reason)
         result = ke.error_result(ke.event_id_of(payload), code, reason)
         task = asyncio.get_running_loop().create_task(self.publish(result_topic, result, qos=1))
         task.add_done_callback(lambda t: t.exception())

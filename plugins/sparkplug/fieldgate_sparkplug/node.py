@@ -39,6 +39,7 @@ from fieldgate_sparkplug.metrics import (
 from fieldgate_sparkplug.payload import DataType, Metric, Payload, PayloadError, decode_payload, encode_payload
 from fieldgate_sparkplug.settings import BdSeqCounter, NodeSettings
 from gateway.errors import FieldgateError, NotFound
+from gateway.logs import Throttle
 from gateway.runtime import DeviceStateChange, Gateway, Report
 from gateway.twin import same_value
 
@@ -114,6 +115,7 @@ class EdgeNode:
         self.session: Session | None = None
         self.published: dict[str, int] = {}
         self.rejected = 0
+        self._rejections = Throttle(log)  # the same bad command again is counted, not logged again
         self._overflow = False
         self._subscriptions: list[int] = []
         self._logged_state = ""
@@ -358,8 +360,8 @@ class EdgeNode:
             raise
         except FieldgateError as exc:
             self.rejected += 1
-            log.error("sparkplug %s: ignored %s on %s: %s", self.settings.label, kind or "a message",
-                      message.topic, exc)
+            self._rejections.log(logging.ERROR, f"{message.topic} {exc}", "sparkplug %s: ignored %s on %s: %s",
+                                 self.settings.label, kind or "a message", message.topic, exc)
         except Exception:  # a command must never take the edge node down
             self.rejected += 1
             log.exception("sparkplug %s: ignored %s on %s after an internal error", self.settings.label,

@@ -71,7 +71,7 @@ _msgpack = msgspec.msgpack.Decoder()
 class CodecTable:
     """A compiled field table in C: a whole block decodes into one MessagePack buffer msgspec reads."""
 
-    __slots__ = ("_bits", "_decode", "_err", "_output", "_packers", "_specs", "_table")
+    __slots__ = ("_bits", "_decode", "_decode_wire", "_err", "_output", "_packers", "_specs", "_table")
 
     def __init__(self, specs: Sequence[FieldSpec], compiled: Sequence[CompiledField], *, bits: bool) -> None:
         require()
@@ -102,6 +102,7 @@ class CodecTable:
         self._output = lib.fg_table_output(self._table)
         self._err = ffi.new("size_t *")
         self._decode = lib.fg_table_decode
+        self._decode_wire = lib.fg_table_decode_wire
 
     def _registers(self, block: Sequence[int]) -> bytes:
         """The block as native-endian uint16 bytes (slow path: a new block size or bad values)."""
@@ -138,6 +139,16 @@ class CodecTable:
         length = self._decode(self._table, packed, size, 0, self._err)
         if length < 0:
             self._fail(length, block)
+        values: list[Any] = _msgpack.decode(ffi.buffer(self._output, length))
+        return values
+
+    def decode_wire(self, data: bytes) -> list[Any]:
+        """`decode` for registers as a Modbus frame carries them: two bytes each, big-endian."""
+        if len(data) & 1:
+            raise CodecError(f"a register block on the wire has an even length, got {len(data)} bytes")
+        length = self._decode_wire(self._table, data, len(data) >> 1, 0, self._err)
+        if length < 0:
+            self._fail(length, struct.unpack(f">{len(data) >> 1}H", data))
         values: list[Any] = _msgpack.decode(ffi.buffer(self._output, length))
         return values
 

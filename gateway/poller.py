@@ -21,7 +21,7 @@ from typing import Any
 from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
 from gateway.logs import log_context
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
-from gateway.twin import DeviceState, Twin
+from gateway.twin import DeviceState, Twin, TwinProperty
 from gateway.values import read_value
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 WRITE_RETRY = 5.0
 EARLY = 0.0005  # a schedule due within this many seconds is read in the same cycle
+FLOAT_TYPES = frozenset(("float", "double"))
 # Upper bounds (seconds) of the cycle-lateness histogram buckets (/metrics); the last bucket is everything above.
 LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -89,6 +90,8 @@ class DevicePoller:
         self.schedules = make_schedules(device)
         self._protocol: Protocol | None = None
         self._plans: dict[tuple[int, ...], Any] = {}
+        self._models = {name: bound.model for name, bound in device.properties.items()}
+        self._writable = tuple(name for name, bound in device.properties.items() if bound.writable)
         self._waiter: asyncio.Future[None] | None = None
         self._retry_at: dict[str, float] = {}
         self._logged_error = ""
@@ -173,7 +176,7 @@ class DevicePoller:
         if not schedules:
             self._set_state("online", "")
         while True:
-            if any(p.pending for p in self.twin.properties.values()):
+            if self._writable and any(p.pending for p in self._pending_candidates()):
                 await self._write_deltas(loop.time())
             if not schedules:
                 await self._sleep_until(loop.time() + 3600)
@@ -197,6 +200,11 @@ class DevicePoller:
                     self.stats.missed += missed
                     schedule.next_collect += missed * schedule.interval
 
+    def _pending_candidates(self) -> list[TwinProperty]:
+        """The twin properties that may have a desired value to write (a read-only one never has)."""
+        props = self.twin.properties
+        return [props[name] for name in self._writable if name in props]
+
     async def _read(self, due: list[Schedule]) -> ReadResult:
         assert self._protocol is not None
         key = tuple(id(s) for s in due)
@@ -208,35 +216,48 @@ class DevicePoller:
     def _apply(self, result: ReadResult, ts: float, due: list[Schedule], now: float) -> None:
         twin_props = self.twin.properties
         values = result.values
+        models = self._models
+        fresh: dict[str, Any] = {}  # name -> value as its model type, for what was read well
         for name, raw in values.items():
+            model = models.get(name)
+            if model is None:
+                continue
+            if type(raw) is float and model.type in FLOAT_TYPES:
+                value = raw  # the common case: a float register read into a float property, nothing to convert
+            else:
+                try:
+                    value = read_value(model, raw)
+                except (TypeError, ValueError) as exc:
+                    result.errors[name] = f"cannot convert {raw!r}: {exc}"
+                    continue
             prop = twin_props.get(name)
             if prop is None:
                 continue
-            try:
-                prop.reported = read_value(self.device.properties[name].model, raw)
-            except (TypeError, ValueError) as exc:
-                result.errors[name] = f"cannot convert {raw!r}: {exc}"
-                continue
+            prop.reported = value
             prop.reported_at = ts
             prop.quality = "good"
             prop.error = None
+            fresh[name] = value
         for name, error in result.errors.items():
             prop = twin_props.get(name)
             if prop is not None:
                 prop.quality = "bad"
                 prop.error = error
-        report: dict[str, Any] = {}
+                fresh.pop(name, None)
+        reporting: list[Schedule] = []
         for schedule in due:
             if schedule.next_report > now + EARLY:
                 continue
+            reporting.append(schedule)
             schedule.next_report += schedule.report_interval
             if schedule.next_report <= now:  # behind: stay on the collect grid, or reports would be skipped
                 missed = int((now - schedule.next_report) // schedule.report_interval) + 1
                 schedule.next_report += missed * schedule.report_interval
-            for bound in schedule.props:
-                reported = twin_props[bound.name]
-                if reported.quality == "good" and bound.name in values:
-                    report[bound.name] = reported.reported
+        if len(reporting) == len(due):  # every due schedule reports: what was read well is the report
+            report = fresh
+        else:
+            report = {bound.name: fresh[bound.name] for schedule in reporting for bound in schedule.props
+                      if bound.name in fresh}
         if result.errors:
             self.stats.read_errors += 1
             first = next(iter(result.errors.items()))

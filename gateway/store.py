@@ -76,6 +76,7 @@ _pack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
 HISTORY_PAGE = 2000  # report rows read a query
 SNAPSHOT_EVERY = 5.0  # seconds between writes of the latest reported values (opening replays the reports since)
+FOLD_EVERY = 1.0  # seconds between folds of committed reports into the latest values and the running minutes
 
 
 def db_path(data_dir: Path) -> Path:
@@ -114,6 +115,9 @@ class Store:
         self._snapshot_at = 0.0  # monotonic time of the last `reported` snapshot
         self._open: dict[int, list[Any]] = {}  # series -> [minute, n, low, high, total]: its running minute
         self._closed: list[list[Any]] = []  # [series, minute, n, low, high, total] of minutes over, to write
+        self._keys: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # device -> its last key list, ids
+        self._unfolded: list[tuple[int, float, tuple[int, ...], tuple[Any, ...]]] = []  # committed, not folded
+        self._folded_at = 0.0
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self.secrets = SecretBox(data_dir)  # Secret documents are stored encrypted
         self.rows_written = 0
@@ -219,6 +223,7 @@ class Store:
         for (device, prop), series_id in self._series.items():
             by_device.setdefault(device, {})[prop] = series_id
         self._by_device = by_device
+        self._keys = {}
 
     async def close(self) -> None:
         if self._db is None:
@@ -315,45 +320,28 @@ class Store:
         outbox, self._outbox = self._outbox, []
         queued, self._queued = self._queued, 0
         encode = _pack.encode
-        buckets: dict[int, list[Any]] = {}  # series -> [minute, n, low, high, total], this flush
-        finished: list[list[Any]] = []  # [series, minute, n, low, high, total] a later minute of theirs closed
+        keys = self._keys
         written = 0
         try:
             async with self.transaction() as db:
                 by_device = await self._series_for(db, reports)
                 devices = await self._devices_for(db, {device for device, _, _ in reports})
                 report_rows: list[tuple[int, int, bytes]] = []
+                folded: list[tuple[int, float, tuple[int, ...], tuple[Any, ...]]] = []
                 for device, ts, values in reports:
+                    # a device reports the same properties in the same order cycle after cycle: their series ids
+                    # are looked up once per key list, and the values are paired with them in C (zip)
+                    names = tuple(values)
+                    cached = keys.get(device)
+                    if cached is None or cached[0] != names:
+                        known = by_device[device]
+                        cached = keys[device] = (names, tuple(known[name] for name in names))
+                    ids = cached[1]
+                    vals = tuple(values.values())
                     device_id = devices[device]
-                    ts_ms = int(ts * 1000)
-                    minute = ts_ms // 60000
-                    ids = by_device[device]
-                    packed = {ids[name]: value for name, value in values.items()}
-                    for key, value in packed.items():
-                        kind = type(value)
-                        if kind is not float and kind is not int:
-                            continue
-                        bucket = buckets.get(key)
-                        if bucket is None or bucket[0] != minute:
-                            if bucket is not None:
-                                finished.append([key, *bucket])
-                            buckets[key] = [minute, 1, value, value, value]
-                        else:
-                            bucket[1] += 1
-                            if value < bucket[2]:
-                                bucket[2] = value
-                            if value > bucket[3]:
-                                bucket[3] = value
-                            bucket[4] += value
-                    written += len(packed)
-                    report_rows.append((device_id, ts_ms, encode(packed)))
-                    latest = self._latest.get(device_id)
-                    if latest is None:
-                        latest = self._latest[device_id] = {}
-                        self._latest_at[device_id] = {}
-                    latest.update(packed)
-                    self._latest_at[device_id].update(dict.fromkeys(packed, ts))
-                    self._dirty.add(device_id)
+                    report_rows.append((device_id, int(ts * 1000), encode(dict(zip(ids, vals, strict=True)))))
+                    folded.append((device_id, ts, ids, vals))
+                    written += len(vals)
                 if report_rows:
                     await db.executemany("INSERT INTO reports VALUES (?, ?, ?)", report_rows)
                 if outbox:
@@ -364,7 +352,7 @@ class Store:
             self._outbox[:0] = outbox
             self._queued += queued
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
-        self._merge_minutes(finished, buckets)
+        self._unfolded += folded
         self.rows_written += written
         if outbox:
             for row in outbox:
@@ -372,15 +360,75 @@ class Store:
             sinks = {row[0] for row in outbox}
             for listener in self.on_flush:
                 listener(sinks)
+        if time.monotonic() - self._folded_at >= FOLD_EVERY:
+            self._fold()
         if self._closed:
             await self._write_rollups()
         if self._dirty and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
             await self._write_snapshot()
         return written
 
+    def _fold(self) -> None:
+        """Bring the latest values and the running minutes up to the committed reports.
+
+        Done every FOLD_EVERY seconds rather than per flush, so that a property's values of several flushes are
+        folded together: its rows are grouped by key list and minute, and each column's count, low, high and
+        total are computed by the builtins, not value by value.
+        """
+        rows, self._unfolded = self._unfolded, []
+        self._folded_at = time.monotonic()
+        if not rows:
+            return
+        groups: dict[tuple[int, int], tuple[tuple[int, ...], int, list[tuple[Any, ...]]]] = {}
+        last: dict[int, dict[int, tuple[float, tuple[int, ...], tuple[Any, ...]]]] = {}
+        for device_id, ts, ids, vals in rows:
+            minute = int(ts * 1000) // 60000
+            group = groups.get((id(ids), minute))
+            if group is None:
+                groups[(id(ids), minute)] = (ids, minute, [vals])
+            else:
+                group[2].append(vals)
+            last.setdefault(device_id, {})[id(ids)] = (ts, ids, vals)
+        for device_id, entries in last.items():
+            latest = self._latest.get(device_id)
+            if latest is None:
+                latest = self._latest[device_id] = {}
+                self._latest_at[device_id] = {}
+            latest_at = self._latest_at[device_id]
+            for ts, ids, vals in sorted(entries.values(), key=lambda entry: entry[0]):
+                latest.update(zip(ids, vals, strict=True))
+                latest_at.update(dict.fromkeys(ids, ts))
+            self._dirty.add(device_id)
+        running, closed = self._open, self._closed
+        for ids, minute, block in groups.values():
+            columns = zip(*block, strict=True) if len(block) > 1 else ((value,) for value in block[0])
+            for key, column in zip(ids, columns, strict=True):
+                kind = type(column[0])
+                if kind is not float and kind is not int:
+                    continue
+                try:
+                    n, low, high, total = len(column), min(column), max(column), sum(column)
+                except TypeError:  # a column of mixed types: only its numbers count
+                    numbers = [v for v in column if type(v) is float or type(v) is int]
+                    n, low, high, total = len(numbers), min(numbers), max(numbers), sum(numbers)
+                current = running.get(key)
+                if current is None:
+                    running[key] = [minute, n, low, high, total]
+                elif current[0] != minute:
+                    closed.append([key, *current])
+                    running[key] = [minute, n, low, high, total]
+                else:
+                    current[1] += n
+                    if low < current[2]:
+                        current[2] = low
+                    if high > current[3]:
+                        current[3] = high
+                    current[4] += total
+
     async def _write_snapshot(self) -> None:
         """The latest reported values of the devices that reported since the last snapshot, one row each, and the
         last report row they include: opening the store replays only the reports after it."""
+        self._fold()
         dirty, self._dirty = self._dirty, set()
         self._snapshot_at = time.monotonic()
         encode = _pack.encode
@@ -398,28 +446,11 @@ class Store:
             self._dirty |= dirty
             raise StoreError(f"{self.path}: writing the reported values failed: {exc}") from exc
 
-    def _merge_minutes(self, finished: list[list[Any]], buckets: dict[int, list[Any]]) -> None:
-        """Fold a flush's per-minute buckets into the running minutes; a minute that is over goes to be written."""
-        closed, running = self._closed, self._open
-        closed += finished
-        for key, bucket in buckets.items():
-            current = running.get(key)
-            if current is None:
-                running[key] = bucket
-            elif current[0] != bucket[0]:
-                closed.append([key, *current])
-                running[key] = bucket
-            else:
-                current[1] += bucket[1]
-                if bucket[2] < current[2]:
-                    current[2] = bucket[2]
-                if bucket[3] > current[3]:
-                    current[3] = bucket[3]
-                current[4] += bucket[4]
-
     async def _write_rollups(self, *, everything: bool = False) -> None:
         """Write the per-minute buckets of minutes that are over (and the running ones when the store closes); a
         bucket written twice (a restart within its minute) is merged, not replaced."""
+        if everything:
+            self._fold()
         ready = self._closed + ([[key, *bucket] for key, bucket in self._open.items()] if everything else [])
         if not ready:
             return
@@ -496,6 +527,7 @@ class Store:
         ):
             item = entry(device, prop)
             item["desired"], item["desired_at"] = _unjson.decode(desired), desired_at
+        self._fold()
         names = {series_id: key for key, series_id in self._series.items()}
         for device_id, values in self._latest.items():
             at = self._latest_at[device_id]
@@ -563,6 +595,7 @@ class Store:
                 return []
             rows = await self.rows("SELECT minute, n, low, high, total FROM rollups WHERE series = ? AND minute >= ? "
                                    "AND minute <= ?", (series_id, since_ms // 60000, until_ms // 60000))
+            self._fold()
             pending = [row[1:] for row in self._closed if row[0] == series_id]
             if series_id in self._open:
                 pending.append(self._open[series_id])

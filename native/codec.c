@@ -336,16 +336,36 @@ static void remember(fg_table *t, size_t index, const value_t *v) {
 
 const uint8_t *fg_table_output(const fg_table *t) { return t ? t->out : NULL; }
 
-int64_t fg_table_decode(fg_table *t, const char *bytes, size_t count, int changes_only, size_t *err) {
-    if (t == NULL || err == NULL || (bytes == NULL && count != 0) || count > ((size_t)1 << 40)) return FG_EARG;
-    *err = 0;
+static int reserve_registers(fg_table *t, size_t count) {
     if (count > t->registers_cap) {
         uint16_t *registers = realloc(t->registers, count * sizeof *registers);
         if (registers == NULL) return FG_ENOMEM;
         t->registers = registers;
         t->registers_cap = count;
     }
+    return FG_OK;
+}
+
+static int64_t decode_loaded(fg_table *t, size_t count, int changes_only, size_t *err);
+
+int64_t fg_table_decode(fg_table *t, const char *bytes, size_t count, int changes_only, size_t *err) {
+    if (t == NULL || err == NULL || (bytes == NULL && count != 0) || count > ((size_t)1 << 40)) return FG_EARG;
+    *err = 0;
+    if (reserve_registers(t, count) != FG_OK) return FG_ENOMEM;
     if (count) memcpy(t->registers, bytes, count * sizeof *t->registers);
+    return decode_loaded(t, count, changes_only, err);
+}
+
+int64_t fg_table_decode_wire(fg_table *t, const char *bytes, size_t count, int changes_only, size_t *err) {
+    if (t == NULL || err == NULL || (bytes == NULL && count != 0) || count > ((size_t)1 << 40)) return FG_EARG;
+    *err = 0;
+    if (reserve_registers(t, count) != FG_OK) return FG_ENOMEM;
+    const uint8_t *wire = (const uint8_t *)bytes;
+    for (size_t k = 0; k < count; k++) t->registers[k] = (uint16_t)((wire[2 * k] << 8) | wire[2 * k + 1]);
+    return decode_loaded(t, count, changes_only, err);
+}
+
+static int64_t decode_loaded(fg_table *t, size_t count, int changes_only, size_t *err) {
     const uint16_t *block = t->registers;
     if (t->bits) {
         for (size_t k = 0; k < count; k++) {

@@ -46,6 +46,8 @@ void fg_table_free(fg_table *table);
  * output buffer (fg_table_output, fixed for the table's life) and return its length in bytes.
  * changes_only=0: one value per field; 1: flat [index, value, ...] of the fields that changed. */
 int64_t fg_table_decode(fg_table *table, const char *block, size_t count, int changes_only, size_t *err);
+/* The same for a block as it travels in a Modbus frame: 2*count bytes, each register big-endian. */
+int64_t fg_table_decode_wire(fg_table *table, const char *block, size_t count, int changes_only, size_t *err);
 const uint8_t *fg_table_output(const fg_table *table);
 void fg_table_reset_changes(fg_table *table);
 

@@ -11,7 +11,7 @@ from gateway.codec.fields import FieldSpec, compile_fields
 class FieldTable:
     """Decodes register blocks for a fixed list of fields; the change filter's state lives in C."""
 
-    __slots__ = ("decode", "decode_changes", "reset_changes")
+    __slots__ = ("decode", "decode_changes", "decode_wire", "reset_changes")
 
     def __init__(self, fields: Sequence[FieldSpec], *, bits: bool = False) -> None:
         specs = list(fields)
@@ -19,4 +19,5 @@ class FieldTable:
         # Bound straight to the C-backed methods: no extra Python frame per block.
         self.decode = table.decode
         self.decode_changes = table.decode_changes
+        self.decode_wire = table.decode_wire
         self.reset_changes = table.reset_changes

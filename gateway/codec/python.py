@@ -14,6 +14,7 @@ from gateway.codec.fields import (
     check_block,
     compile_fields,
 )
+from gateway.errors import CodecError
 
 _FLOAT32 = struct.Struct(">f")
 _FLOAT64 = struct.Struct(">d")
@@ -110,6 +111,12 @@ class FieldTable:
         """One value per field, in field order."""
         self._check(block)
         return [decode(block) for decode in self._decoders]
+
+    def decode_wire(self, data: bytes) -> list[Any]:
+        """`decode` for registers as a Modbus frame carries them: two bytes each, big-endian."""
+        if len(data) & 1:
+            raise CodecError(f"a register block on the wire has an even length, got {len(data)} bytes")
+        return self.decode(struct.unpack(f">{len(data) >> 1}H", data))
 
     def decode_changes(self, block: Sequence[int]) -> list[tuple[int, Any]]:
         """(field index, value) for the fields that moved beyond their deadband since last reported."""

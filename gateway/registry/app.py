@@ -141,7 +141,12 @@ def _error(status: int) -> Any:
 
 
 def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, str]]:
-    return Response({"detail": str(exc.detail)}, status_code=exc.status_code)
+    detail = str(exc.detail)
+    if isinstance(exc.extra, list):  # a body that does not validate: say which field and why
+        detail += ": " + "; ".join(
+            (f"{item['key']}: " if item.get("key") else "") + str(item.get("message", item))
+            if isinstance(item, dict) else str(item) for item in exc.extra[:5])
+    return Response({"detail": detail}, status_code=exc.status_code)
 
 
 def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None) -> Litestar:

@@ -122,8 +122,27 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     remove.add_argument("document", metavar="[NS/]NAME")
     _data_dir(remove)
 
-    workloads = sub.add_parser("workloads", help="workloads per node with the status their nodes report")
-    workloads.add_argument("--json", action="store_true", help="one JSON object per workload and node")
+    workloads = sub.add_parser("workloads", help="workloads per node with the status their nodes report "
+                                                 "(`workloads versions|rollback|events|logs [NS/]NAME` for one)")
+    workloads.add_argument("workloads_action", nargs="?", choices=("list", "versions", "rollback", "events", "logs"),
+                           default="list")
+    workloads.add_argument("workload", nargs="?", metavar="[NS/]NAME",
+                           help="a Workload (or with --kind BatchWorkload, a BatchWorkload) for versions and "
+                                "rollback; the workload as its nodes run it for events and logs")
+    workloads.add_argument("--kind", choices=("Workload", "BatchWorkload"), default="Workload",
+                           help="the kind of document whose versions to list or roll back (Workload)")
+    workloads.add_argument("--version", type=int, help="`rollback`: the kept version to apply again")
+    workloads.add_argument("--node", help="`logs`: the node to ask (`events`: only this node's)")
+    workloads.add_argument("--instance", help="`logs`: only this instance's lines")
+    workloads.add_argument("--tail", type=int, default=100, help="`logs`: how many of the newest lines (100)")
+    workloads.add_argument("--timeout", type=_duration, default=10.0,
+                           help="`logs`: how long the node has to answer (10s)")
+    workloads.add_argument("--registry", help="`logs`: https://HOST:PORT of the running registry (default: where "
+                                              "`registry serve` last listened)")
+    workloads.add_argument("--token", default=os.environ.get("FIELDGATE_REGISTRY_TOKEN") or None,
+                           help="`logs`: an API token (default: env FIELDGATE_REGISTRY_TOKEN, else one made for "
+                                "this call)")
+    workloads.add_argument("--json", action="store_true", help="one JSON object per line")
     _data_dir(workloads)
 
     logs = sub.add_parser("logs", help="print a node's recent log, asked of the node now over its link")
@@ -160,6 +179,10 @@ def _registry(args: argparse.Namespace) -> int:
         from gateway.registry.logs import print_node_logs
 
         return print_node_logs(args)
+    if args.action == "workloads" and args.workloads_action == "logs":
+        from gateway.registry.logs import print_workload_logs
+
+        return print_workload_logs(args, *_workload_name(args))
 
     async def with_store() -> int:
         from gateway.registry import access
@@ -214,6 +237,10 @@ def _registry(args: argparse.Namespace) -> int:
                 namespace, _, name = args.document.rpartition("/")
                 await delete_document(store, cli, args.kind, namespace or "default", name)
                 print(f"{args.kind} {namespace or 'default'}/{name} deleted")
+            elif args.action == "workloads" and args.workloads_action != "list":
+                from gateway.registry.history import run_command as workload_command
+
+                await workload_command(store, args, *_workload_name(args))
             elif args.action == "workloads":
                 from gateway.registry.workloads import workload_views
 
@@ -256,6 +283,13 @@ async def _apply(store: Any, path: Path, workspace: str = "default") -> list[str
     from gateway.registry.workloads import apply_documents
 
     return await apply_documents(store, read_path(path), workspace, access.cli_caller(), str(path))
+
+
+def _workload_name(args: argparse.Namespace) -> tuple[str, str]:
+    if not args.workload:
+        raise ConfigError(f"workloads {args.workloads_action}: expected a workload [NS/]NAME")
+    namespace, _, name = args.workload.rpartition("/")
+    return namespace or "default", name
 
 
 def _print_workloads(views: list[dict[str, Any]], *, as_json: bool) -> None:

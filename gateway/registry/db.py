@@ -116,6 +116,14 @@ CREATE TABLE upgrade_nodes (task TEXT NOT NULL, node TEXT NOT NULL, position INT
     PRIMARY KEY (task, node));
 CREATE INDEX upgrade_nodes_by_node ON upgrade_nodes (node, status);
 """),
+    (9, """
+CREATE TABLE document_versions (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    version INTEGER NOT NULL, document TEXT NOT NULL, created_at {time} NOT NULL, actor TEXT NOT NULL,
+    note TEXT NOT NULL, PRIMARY KEY (kind, namespace, name, version));
+CREATE TABLE workload_events (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, ts {time} NOT NULL,
+    seq INTEGER NOT NULL, event TEXT NOT NULL, instance TEXT NOT NULL, reason TEXT NOT NULL,
+    received_at {time} NOT NULL, PRIMARY KEY (node, namespace, name, ts, seq));
+"""),
 ]
 
 

@@ -7,6 +7,10 @@ query on its own ring (the filters of `GET /api/v1/logs` on the gateway) and pos
 TLS to `POST /api/v1/nodes/self/logs/<request>`. The asking call waits in memory, so with several registry
 replicas the node's answer must reach the replica that asked (as a node's connections do behind a load balancer
 with client affinity).
+
+A workload's log comes the same way: `GET /api/v1/nodes/<node>/workloads/<ns>/<name>/logs?instance=&tail=` asks
+the node for the last lines of one of its registry-owned workloads (gateway.workloads.logs), and the registry's
+workload page shows them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath
 
-from gateway.errors import ConfigError
+from gateway import __version__
+from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.logs import LogEntry, LogQuery, log_ring
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
 from gateway.registry.auth import AnyRequest, client_node, store_of
@@ -36,20 +41,33 @@ from gateway.registry.messages import CHANNEL, query_seconds
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
+    from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
 LOGS_PATH = "logs"
+WORKLOAD_LOGS_PATH = "workload-logs"
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
 MAX_ANSWER = 8 << 20
+DEFAULT_TAIL = 100
+MAX_TAIL = 1000
 
 
 class LogRequests:
-    """Calls waiting for a node's answer, by request id (the id of the message that carries the request)."""
+    """Calls waiting for a node's answer, by request id (the id of the message that carries the request): the node
+    and what was asked (LOGS_PATH or WORKLOAD_LOGS_PATH)."""
 
     def __init__(self) -> None:
-        self.waiting: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self.waiting: dict[str, tuple[str, str, asyncio.Future[dict[str, Any]]]] = {}
+
+
+class NodeSilent(FieldgateError):
+    """A node that did not answer a request in time (504) or refused it (502, `status`)."""
+
+    def __init__(self, message: str, status: int = 504) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class NodeAnswer(msgspec.Struct, kw_only=True):
@@ -58,6 +76,30 @@ class NodeAnswer(msgspec.Struct, kw_only=True):
     more: bool = False
     skipped: int = 0
     error: str | None = None  # the node refused the query
+
+
+class WorkloadLogRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workload: str  # <namespace>/<name>
+    instance: str | None = None
+    tail: int = DEFAULT_TAIL
+
+
+class WorkloadLogLine(msgspec.Struct, kw_only=True):
+    seq: int
+    ts: float
+    instance: str
+    stream: str
+    line: str
+
+
+class WorkloadLogAnswer(msgspec.Struct, kw_only=True):
+    lines: list[WorkloadLogLine] = []
+    cursor: int = 0
+    error: str | None = None  # the node refused the request
+
+
+ANSWERS: dict[str, type[NodeAnswer] | type[WorkloadLogAnswer]] = {LOGS_PATH: NodeAnswer,
+                                                                   WORKLOAD_LOGS_PATH: WorkloadLogAnswer}
 
 
 def _timeout(raw: str | None) -> float:
@@ -74,24 +116,24 @@ def _requests(request: AnyRequest) -> LogRequests:
     return requests
 
 
-@get("/api/v1/nodes/{node:str}/logs", summary="A node's recent log, asked of the node now (?timeout=, filters "
-                                              "as the gateway's GET /api/v1/logs)")
-async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[str, Any]]:
-    caller = await require_caller(request, "viewer")
-    params = dict(request.query_params.items())
-    timeout = _timeout(params.pop("timeout", None))
-    query = LogQuery.parse(params)  # refused here, with the parameter named, rather than by the node
-    store = store_of(request)
-    workspace = await node_workspace(store, node)
-    if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
-        return Response({"detail": f"no node {node}"}, status_code=404)
-    online = await store.node_online(node)  # NotFound: 404 by the app's exception handler
-    queued = await store.queue_message(node, LOGS_NAMESPACE, LOGS_PATH, msgspec.json.encode(query.params()),
-                                       timeout)
+def tail_param(raw: str | None) -> int:
+    """`?tail=`: how many of the newest lines, 0 to MAX_TAIL."""
+    if raw is None or raw == "":
+        return DEFAULT_TAIL
+    if not raw.isdigit() or int(raw) > MAX_TAIL:
+        raise ConfigError(f"?tail={raw}: expected a whole number from 0 to {MAX_TAIL}")
+    return int(raw)
+
+
+async def ask_node(store: RegistryStore, requests: LogRequests, node: str, path: str, payload: bytes,
+                   timeout: float) -> dict[str, Any]:
+    """Queue a request for a node on its message long-poll and wait for its answer; NotFound for an unknown node,
+    NodeSilent when it does not answer in time or refuses."""
+    online = await store.node_online(node)
+    queued = await store.queue_message(node, LOGS_NAMESPACE, path, payload, timeout)
     request_id = queued["id"]
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    waiting = _requests(request).waiting
-    waiting[request_id] = (node, future)
+    requests.waiting[request_id] = (node, path, future)
     try:
         await store.database.notify(CHANNEL, node)
         async with asyncio.timeout(timeout):
@@ -99,13 +141,68 @@ async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[s
     except TimeoutError:
         await store.ack_messages(node, [request_id])  # not fetched in time: the node must not answer it later
         state = "online" if online else "offline, no recent heartbeat"
-        return Response({"detail": f"node {node} did not answer within {timeout:g} s ({state})"}, status_code=504)
+        raise NodeSilent(f"node {node} did not answer within {timeout:g} s ({state})") from None
     finally:
-        waiting.pop(request_id, None)
+        requests.waiting.pop(request_id, None)
     error = answer.pop("error", None)
     if error:
-        return Response({"detail": f"node {node}: {error}"}, status_code=502)
+        raise NodeSilent(f"node {node}: {error}", 502)
+    return answer
+
+
+async def fetch_workload_log(store: RegistryStore, requests: LogRequests, node: str, namespace: str, name: str,
+                             instance: str | None, tail: int, timeout: float) -> dict[str, Any]:
+    """The last `tail` lines of a workload (one instance's, if named) asked of its node now."""
+    request = WorkloadLogRequest(workload=f"{namespace}/{name}", instance=instance or None, tail=tail)
+    answer = await ask_node(store, requests, node, WORKLOAD_LOGS_PATH, msgspec.json.encode(request), timeout)
+    return {"node": node, "workload": request.workload, "instance": request.instance, **answer}
+
+
+async def _visible_node(request: AnyRequest, node: str) -> RegistryStore:
+    caller = await require_caller(request, "viewer")
+    store = store_of(request)
+    workspace = await node_workspace(store, node)
+    if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
+        raise NotFound(f"no node {node}")
+    return store
+
+
+@get("/api/v1/nodes/{node:str}/logs", summary="A node's recent log, asked of the node now (?timeout=, filters "
+                                              "as the gateway's GET /api/v1/logs)")
+async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[str, Any]]:
+    params = dict(request.query_params.items())
+    timeout = _timeout(params.pop("timeout", None))
+    query = LogQuery.parse(params)  # refused here, with the parameter named, rather than by the node
+    store = await _visible_node(request, node)
+    try:
+        answer = await ask_node(store, _requests(request), node, LOGS_PATH, msgspec.json.encode(query.params()),
+                                timeout)
+    except NodeSilent as exc:
+        return Response({"detail": str(exc)}, status_code=exc.status)
     return Response({"node": node, **answer}, status_code=200)
+
+
+@get("/api/v1/nodes/{node:str}/workloads/{namespace:str}/{name:str}/logs",
+     summary="The last lines of a workload on a node, asked of the node now (?instance=, ?tail=, ?timeout=)")
+async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace: FromPath[str],
+                             name: FromPath[str]) -> Response[dict[str, Any]]:
+    params = request.query_params
+    timeout = _timeout(params.get("timeout"))
+    tail = tail_param(params.get("tail"))
+    unknown = sorted(set(params) - {"timeout", "tail", "instance"})
+    if unknown:
+        raise ConfigError(f"?{unknown[0]}: unknown parameter (expected instance, tail, timeout)")
+    store = await _visible_node(request, node)
+    if not await store.database.rows(
+            "SELECT 1 FROM workload_placements WHERE node=? AND namespace=? AND name=? UNION "
+            "SELECT 1 FROM workload_status WHERE node=? AND namespace=? AND name=?", *(node, namespace, name) * 2):
+        raise NotFound(f"no workload {namespace}/{name} on node {node}")
+    try:
+        answer = await fetch_workload_log(store, _requests(request), node, namespace, name,
+                                          params.get("instance"), tail, timeout)
+    except NodeSilent as exc:
+        return Response({"detail": str(exc)}, status_code=exc.status)
+    return Response(answer, status_code=200)
 
 
 @post("/api/v1/nodes/self/logs/{request_id:str}", summary="The calling node's answer to a log request",
@@ -116,31 +213,54 @@ async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Re
     if pending is None or pending[0] != node:
         return Response({"detail": f"no log request {request_id} is waiting for node {node} (it timed out)"},
                         status_code=404)
+    _, path, future = pending
     try:
-        answer = msgspec.json.decode(await request.body(), type=NodeAnswer)
+        answer = msgspec.json.decode(await request.body(), type=ANSWERS[path])
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return Response({"detail": f"log answer: {exc}"}, status_code=400)
-    if not pending[1].done():
-        pending[1].set_result(msgspec.to_builtins(answer))
-    return Response({"accepted": len(answer.records)}, status_code=200)
+    if not future.done():
+        future.set_result(msgspec.to_builtins(answer))
+    taken = len(answer.records) if isinstance(answer, NodeAnswer) else len(answer.lines)
+    return Response({"accepted": taken}, status_code=200)
 
 
-ROUTE_HANDLERS = [node_logs, node_logs_answer]
+ROUTE_HANDLERS = [node_logs, node_workload_logs, node_logs_answer]
 
 
 # --- the node's side -------------------------------------------------------------------------------------------
 
 
-async def answer_log_request(client: httpx.AsyncClient, request_id: str, payload: bytes) -> None:
-    """Run a log request from the registry on this process's ring and post the page back."""
+def _workload_log(gateway: Gateway, payload: bytes) -> bytes:
+    """The answer to a workload log request: the lines of a registry-owned workload of this node."""
+    request = msgspec.json.decode(payload, type=WorkloadLogRequest)
+    namespace, _, name = request.workload.partition("/")
+    runner = gateway.workloads.runners.get(request.workload)
+    if runner is None or gateway.resource_owner("Workload", namespace, name) != "registry":
+        raise NotFound(f"no workload {request.workload} from the registry runs here")
+    if not 0 <= request.tail <= MAX_TAIL:
+        raise ConfigError(f"tail {request.tail}: expected 0 to {MAX_TAIL}")
+    workload_log = gateway.workloads.log(namespace, name)
+    lines = workload_log.read(tail=request.tail, instance=request.instance)
+    return msgspec.json.encode({"lines": [msgspec.structs.asdict(line) for line in lines],
+                                "cursor": lines[-1].seq if lines else workload_log.seq})
+
+
+async def answer_log_request(client: httpx.AsyncClient, request_id: str, payload: bytes, path: str = LOGS_PATH,
+                             gateway: Gateway | None = None) -> None:
+    """Answer a log request from the registry (this process's ring, or a workload's log) and post it back."""
     try:
-        params = msgspec.json.decode(payload, type=dict[str, str])
-        body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
-    except (msgspec.DecodeError, msgspec.ValidationError, ConfigError) as exc:
+        if path == WORKLOAD_LOGS_PATH and gateway is not None:
+            body = _workload_log(gateway, payload)
+        elif path == LOGS_PATH:
+            params = msgspec.json.decode(payload, type=dict[str, str])
+            body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
+        else:
+            raise ConfigError(f"unknown request {path!r} (this node runs fieldgate {__version__})")
+    except (msgspec.DecodeError, msgspec.ValidationError, FieldgateError) as exc:
         body = msgspec.json.encode({"error": str(exc)})
     if len(body) > MAX_ANSWER:
         body = msgspec.json.encode({"error": f"the answer has {len(body)} bytes, more than {MAX_ANSWER}: ask for "
-                                             "fewer lines with ?limit="})
+                                             "fewer lines"})
     response = await client.post(f"/api/v1/nodes/self/logs/{request_id}", content=body,
                                  headers={"Content-Type": "application/json"})
     if response.status_code != 200:
@@ -191,20 +311,55 @@ def print_node_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_workload_logs(args: argparse.Namespace, namespace: str, name: str) -> int:
+    """`fieldgate registry workloads logs [NS/]NAME --node NODE`: a workload's last lines, asked of its node through
+    the running registry."""
+    from gateway.registry.batch import known_urls
+    from gateway.registry.store import RegistryStore
+
+    if not args.node:
+        raise ConfigError("workloads logs: expected --node NODE (the node whose instances to read)")
+    params = {"tail": str(tail_param(str(args.tail)))} | ({"instance": args.instance} if args.instance else {})
+    url = (args.registry or _local_url(known_urls(args.data_dir))).rstrip("/")
+
+    async def fetch() -> dict[str, Any]:
+        async with RegistryStore(args.data_dir, args.db) as store:
+            return await ask_registry(store, args.data_dir, url, f"/api/v1/nodes/{args.node}/workloads/{namespace}/"
+                                      f"{name}/logs", params, args.token, args.timeout,
+                                      f"fieldgate registry workloads logs {namespace}/{name}")
+
+    answer = asyncio.run(fetch())
+    for line in answer["lines"]:
+        if args.json:
+            print(json.dumps(line))
+        else:
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(line["ts"])) + "Z"
+            print(f"{when} {line['instance']} {line['stream']}: {line['line']}")
+    if not answer["lines"] and not args.json:
+        print(f"no log lines of {namespace}/{name} on node {args.node}", file=sys.stderr)
+    return 0
+
 
 async def fetch_node_logs(store: RegistryStore, data_dir: Path, url: str, node: str, params: dict[str, str],
                           token: str | None, timeout: float) -> dict[str, Any]:
     """Ask the running registry at `url` for a node's logs; without a token, one made for this call only."""
+    return await ask_registry(store, data_dir, url, f"/api/v1/nodes/{node}/logs", params, token, timeout,
+                              f"fieldgate registry logs {node}")
+
+
+async def ask_registry(store: RegistryStore, data_dir: Path, url: str, path: str, params: dict[str, str],
+                       token: str | None, timeout: float, description: str) -> dict[str, Any]:
+    """GET `path` of the running registry at `url` (which asks a node); without a token, one made for this call
+    only. ConfigError with the registry's reason when it refuses."""
     own_token = token is None
     if token is None:
-        token = await create_api_token(store, "viewer", Scope.parse(PLATFORM), f"fieldgate registry logs {node}")
+        token = await create_api_token(store, "viewer", Scope.parse(PLATFORM), description)
     try:
         context = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
         async with httpx.AsyncClient(base_url=url, verify=context, timeout=timeout + 10,
                                      headers={"Authorization": f"Bearer {token}"}) as client:
             try:
-                response = await client.get(f"/api/v1/nodes/{node}/logs",
-                                            params={**params, "timeout": f"{timeout:g}"})
+                response = await client.get(path, params={**params, "timeout": f"{timeout:g}"})
             except httpx.HTTPError as exc:
                 raise ConfigError(f"--registry {url}: {type(exc).__name__}: {exc}") from None
     finally:

@@ -1,8 +1,9 @@
 """The registry's pages: server-rendered HTML for registry users (login, session cookie, CSRF on every form).
 
 Nodes with their state, one node (info, labels, devices and, when a monitoring module provides them, its plots),
-groups, devices across nodes, join tokens (admins create and revoke them) and the audit log; every page shows only
-what lies in the user's scope. The styles are the local UI's (`gateway/web/static/app.css`).
+groups, devices across nodes, workloads and one workload (status per node, events, versions with a rollback for
+operators, a node's log of it fetched on request), join tokens (admins create and revoke them) and the audit log;
+every page shows only what lies in the user's scope. The styles are the local UI's (`gateway/web/static/app.css`).
 """
 
 from __future__ import annotations
@@ -281,6 +282,76 @@ async def workloads_page(request: AnyRequest) -> Response[str]:
                  workloads=await workload_views(_store(request), caller))
 
 
+PAGE_LOG_TIMEOUT = 5.0  # seconds a node has to answer for the workload page's log panel
+
+
+async def _workload_page(request: AnyRequest, caller: Caller, session: Session, namespace: str,
+                         name: str) -> Response[str]:
+    from gateway.registry import history, logs
+    from gateway.registry.workloads import workload_views
+
+    store = _store(request)
+    placements = [v for v in await workload_views(store, caller) if v["namespace"] == namespace
+                  and v["name"] == name]
+    if not placements:
+        return _error(request, caller, session, 404, f"no workload {namespace}/{name}")
+    kind, _, source = (placements[0]["source"] or f"Workload {name}").partition(" ")
+    try:
+        versions = list(reversed(await history.versions(store, caller, kind, namespace, source)))
+    except NotFound:
+        versions = []
+    events = list(reversed(await history.workload_events(store, caller, namespace, name)))
+    query = request.query_params
+    panel: dict[str, Any] | None = None
+    node, instance = query.get("logs", ""), query.get("instance", "")
+    if node:
+        panel = {"node": node, "instance": instance, "lines": [], "problem": ""}
+        if not any(p["node"] == node for p in placements):
+            panel["problem"] = f"workload {namespace}/{name} does not run on node {node}"
+        else:
+            try:
+                answer = await logs.fetch_workload_log(store, request.app.state.log_requests, node, namespace,
+                                                       name, instance or None,
+                                                       logs.tail_param(query.get("tail")), PAGE_LOG_TIMEOUT)
+                panel["lines"] = answer["lines"]
+            except (logs.NodeSilent, NotFound, ConfigError) as exc:
+                panel["problem"] = str(exc)
+    return _page(request, caller, session, "workload.html", namespace=namespace, name=name, kind=kind,
+                 source=source, placements=placements, versions=versions, events=events, panel=panel)
+
+
+@get("/workloads/{namespace:str}/{name:str}", summary="One workload: status per node, events, versions, logs",
+     include_in_schema=False)
+async def workload_page(request: AnyRequest, namespace: str, name: str) -> Response[str]:
+    caller, session = await _session(request)
+    return await _workload_page(request, caller, session, namespace, name)
+
+
+@post("/workloads/{namespace:str}/{name:str}/rollback", summary="Apply a kept version again (operators)",
+      include_in_schema=False, status_code=303)
+async def workload_rollback(request: AnyRequest, namespace: str, name: str) -> Response[Any]:
+    from gateway.registry import history
+
+    caller, session = await _session(request)
+    if not caller.can("operator"):
+        raise PageForbidden(f"the {caller.role} role cannot roll back; operator or admin can")
+    fields = await _fields(request)
+    raw, kind, source = fields.get("version", ""), fields.get("kind", ""), fields.get("source", "")
+    try:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"rollback: version: expected a version number, got {raw!r}")
+        done = await history.rollback(_store(request), caller, kind, namespace, source, int(raw))
+    except NotFound as exc:
+        return _error(request, caller, session, 404, str(exc))
+    except ConfigError as exc:
+        session.flash.append(("error", str(exc)))
+        return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
+    session.flash.append(("ok", f"{kind} {namespace}/{source} rolled back to version {raw}: now version "
+                                f"{done['version']}." if done["changed"] else
+                          f"{kind} {namespace}/{source} runs version {raw}'s spec already."))
+    return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
+
+
 # --- join tokens and the audit log (admins) -------------------------------------------------------------------
 
 
@@ -348,4 +419,5 @@ async def audit_page(request: AnyRequest) -> Response[str]:
 
 
 ROUTE_HANDLERS = [login_form, login, logout, stylesheet, nodes_page, node_page, groups_page, devices_page,
-                  workloads_page, join_tokens_page, join_token_create, join_token_revoke, audit_page]
+                  workloads_page, workload_page, workload_rollback, join_tokens_page, join_token_create,
+                  join_token_revoke, audit_page]

@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import msgspec
 
 from gateway.errors import AuthError, ConfigError, NotFound, StoreError
-from gateway.registry.db import Database, open_database
+from gateway.registry.db import Database, Statement, open_database
 from gateway.resources.schema import NAME_PATTERN
 
 OFFLINE_AFTER = 3  # heartbeat intervals without a heartbeat
@@ -143,7 +144,8 @@ class RegistryStore:
             ("DELETE FROM device_twins WHERE node=?", (name,)),
             ("DELETE FROM device_desired WHERE node=?", (name,)),
             ("DELETE FROM workload_placements WHERE node=?", (name,)),
-            ("DELETE FROM workload_status WHERE node=?", (name,))])
+            ("DELETE FROM workload_status WHERE node=?", (name,)),
+            ("DELETE FROM workload_events WHERE node=?", (name,))])
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
@@ -172,15 +174,16 @@ class RegistryStore:
     # --- documents --------------------------------------------------------------------------------------------
 
     async def put_documents(self, documents: list[tuple[str, str, str, str | None, bytes]],
-                            workspace: str = "default") -> None:
-        """Store (kind, namespace, name, node, JSON) documents of a workspace, replacing those with the same key."""
+                            workspace: str = "default", also: Sequence[Statement] = ()) -> None:
+        """Store (kind, namespace, name, node, JSON) documents of a workspace, replacing those with the same key,
+        and run the statements `also` (the versions they make) in the same transaction."""
         now = time.time()
-        await self.database.transaction([(
+        await self.database.transaction([*also, *((
             "INSERT INTO documents (kind, namespace, name, node, document, updated_at, workspace) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO UPDATE SET "
             "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at, "
             "workspace=excluded.workspace",
-            (kind, ns, name, node, body.decode(), now, workspace)) for kind, ns, name, node, body in documents])
+            (kind, ns, name, node, body.decode(), now, workspace)) for kind, ns, name, node, body in documents)])
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use."""

@@ -10,8 +10,9 @@ the node returns if `failover.move_back` says so. A node's documents (gateway.re
 carry the Workloads placed on it and the ConfigItems and Secrets they use; Secrets are encrypted in the database
 with a key in the registry's data dir and never shown by the API.
 
-Up: a node reports the status of its registry-owned workloads with its heartbeat, only when it changed (and every
-RESEND seconds), and the registry keeps the latest report per node and workload.
+Up: a node reports the status of its registry-owned workloads with its heartbeat, only when it changed or new
+events happened (and every RESEND seconds), and the registry keeps the latest report per node and workload and the
+last events (gateway.registry.history, which also keeps the versions of the documents and rolls them back).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import msgspec
 from litestar import delete, get, post
 
 from gateway.errors import ConfigError, NotFound, ResourceError
-from gateway.registry import access
+from gateway.registry import access, history
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import OFFLINE_AFTER, RegistryStore
 from gateway.resources.loader import Source, format_validation_error
@@ -53,8 +54,19 @@ log = logging.getLogger(__name__)
 REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
 TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
 MAX_REPORTS = 1000
+MAX_EVENTS = 20  # per workload and report: the newest the node has not delivered yet
+MAX_REASON = 1000
+MAX_EVENTS_PER_BEAT = 200  # events one heartbeat carries at most, over all workloads (~250 kB)
 MIN_REPORT_INTERVAL = 1.0
 RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
+
+
+class EventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    ts: float
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    instance: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
 
 
 class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -74,6 +86,7 @@ class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     restarts: int = 0
     last_event: str = ""
     instances: list[InstanceReport] = []
+    events: Annotated[list[EventReport], msgspec.Meta(max_length=MAX_EVENTS)] = []
 
 
 WorkloadReports = Annotated[list[WorkloadReport], msgspec.Meta(max_length=MAX_REPORTS)]
@@ -135,8 +148,10 @@ def _refs(workload: Workload) -> list[tuple[str, str]]:
 
 
 async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source, Any]], workspace: str,
-                          actor: access.Caller, target: str) -> list[str]:
-    """Check and store documents of a workspace (all or none); a line per document. ResourceError lists problems."""
+                          actor: access.Caller, target: str, *, action: str = "document.apply",
+                          note: str = "") -> list[str]:
+    """Check and store documents of a workspace (all or none), keeping the new versions of Workloads and
+    BatchWorkloads (with `note`); a line per document. ResourceError lists problems."""
     await access.check_workspace(store, workspace)
     box = SecretBox(store.data_dir)
     documents, problems, parsed = [], [], []
@@ -166,9 +181,10 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
     problems += await access.workspace_problems(store, documents, workspace)
     if problems:
         raise ResourceError(problems)
-    async with access.audited(store, actor, "document.apply", target, access.workspace_scope(workspace)) as entry:
-        entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents]
-        await store.put_documents(documents, workspace)
+    async with access.audited(store, actor, action, target, access.workspace_scope(workspace)) as entry:
+        entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents] + ([note] if note else [])
+        versions = await history.version_statements(store, documents, actor.actor, note)
+        await store.put_documents(documents, workspace, versions)
     await schedule(store)
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
 
@@ -235,8 +251,9 @@ async def delete_document(store: RegistryStore, caller: access.Caller, kind: str
                     continue  # stored before a schema change; it does not run anyway
                 if (kind, name) in _refs(workload):
                     raise ConfigError(f"{kind} {namespace}/{name} is used by {user_kind} {namespace}/{user}")
-        await store.database.write("DELETE FROM documents WHERE kind=? AND namespace=? AND name=?", kind, namespace,
-                                   name)
+        await store.database.transaction([
+            (f"DELETE FROM {table} WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
+            for table in ("documents", "document_versions")])
     await schedule(store)
 
 
@@ -375,14 +392,16 @@ async def record_status(store: RegistryStore, node: str, reports: list[WorkloadR
         return
     now = time.time()
     statements: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM workload_status WHERE node=?", (node,))]
+    events: dict[tuple[str, str], list[EventReport]] = {}
     for report in reports:
         namespace, sep, name = report.workload.partition("/")
         if not sep:
             raise ConfigError(f"workload {report.workload!r}: expected <namespace>/<name>")
+        events[(namespace, name)] = report.events
         statements.append(("INSERT INTO workload_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
             node, namespace, name, report.status[:64], report.reason[:500], report.replicas, report.ready,
             report.restarts, report.last_event[:500], msgspec.json.encode(report.instances).decode(), now)))
-    await store.database.transaction(statements)
+    await store.database.transaction([*statements, *await history.event_statements(store, node, events, now)])
 
 
 async def workload_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
@@ -448,7 +467,7 @@ async def remove_document(request: AnyRequest, kind: str, namespace: str, name: 
     return {"deleted": f"{kind} {namespace}/{name}"}
 
 
-ROUTE_HANDLERS = [list_workloads, post_documents, remove_document]
+ROUTE_HANDLERS = [list_workloads, post_documents, remove_document, *history.ROUTE_HANDLERS]
 
 
 # --- the node side ------------------------------------------------------------------------------------------------
@@ -464,27 +483,47 @@ def _report(described: dict[str, Any]) -> WorkloadReport:
 
 
 class WorkloadSync:
-    """The node's half: the status of its registry-owned workloads, sent when it changed."""
+    """The node's half: the status of its registry-owned workloads, sent when it changed, and their events not
+    delivered yet (the newest MAX_EVENTS of each)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._delivered = b""
-        self._sending: bytes | None = None
+        self._sending: tuple[bytes, dict[str, int]] | None = None
+        self._cursors: dict[str, int] = {}  # workload id -> the seq of its newest delivered event
         self._last = -RESEND
+
+    def _events(self, workload: str) -> list[EventReport]:
+        runner = self.gateway.workloads.runners.get(workload)
+        if runner is None:
+            return []
+        after = self._cursors.get(workload, 0)
+        return [EventReport(seq=e.seq, ts=e.ts, event=e.event[:32], instance=e.instance[:300],
+                            reason=e.reason[:MAX_REASON]) for e in runner.recent if e.seq > after][-MAX_EVENTS:]
 
     def outgoing(self) -> dict[str, Any]:
         reports = [_report(d) for d in self.gateway.workloads.describe() if d.get("owner") == "registry"]
-        encoded = msgspec.json.encode(reports[:MAX_REPORTS])
+        reports = reports[:MAX_REPORTS]
+        status = msgspec.json.encode(reports)
+        room = MAX_EVENTS_PER_BEAT  # bounds the heartbeat: the older events go first, the rest with the next one
+        for report in reports:
+            report.events = self._events(report.workload)[:room]
+            room -= len(report.events)
         now = time.monotonic()
-        if now - self._last < MIN_REPORT_INTERVAL or (encoded == self._delivered and now - self._last < RESEND):
+        fresh = any(report.events for report in reports)
+        if now - self._last < MIN_REPORT_INTERVAL or (status == self._delivered and not fresh
+                                                      and now - self._last < RESEND):
             self._sending = None
             return {}
-        self._sending, self._last = encoded, now
-        return {"workloads": msgspec.json.decode(encoded)}
+        cursors = {report.workload: report.events[-1].seq for report in reports if report.events}
+        self._sending, self._last = (status, cursors), now
+        return {"workloads": msgspec.to_builtins(reports)}
 
     def delivered(self) -> None:
         if self._sending is not None:
-            self._delivered, self._sending = self._sending, None
+            self._delivered = self._sending[0]
+            self._cursors.update(self._sending[1])
+            self._sending = None
 
     def failed(self) -> None:
         self._sending = None

@@ -44,7 +44,10 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
     health = workload.health
     if health is not None:
         if health.type in ("http", "tcp"):
-            if health.port is None:
+            if workload.network == "none":
+                problems.append(("$.health.type", f"network none: a {health.type} check cannot reach the app "
+                                                  "(use an exec check)"))
+            elif health.port is None:
                 problems.append(("$.health.port", f"a {health.type} check needs a port (a number or a port name)"))
             elif isinstance(health.port, str) and health.port not in port_names:
                 known = ", ".join(sorted(port_names)) or "none"

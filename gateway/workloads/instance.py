@@ -199,7 +199,7 @@ class InstanceRunner:
         started = time.monotonic()
         cwd = self.spec.working_dir or str(spec.work_dir / "files")
         while True:
-            problem = await probe(check, self.ports, spec.env, cwd)
+            problem = await probe(check, self.ports, spec.env, cwd, handle)
             if problem is None:
                 failures = 0
                 if not self.ready:

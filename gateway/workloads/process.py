@@ -30,10 +30,11 @@ OUT_OF_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|std::bad_alloc|o
 
 class ProcessInstance(Instance):
     def __init__(self, process: asyncio.subprocess.Process, spec: InstanceSpec,
-                 cgroup: Path | None) -> None:
+                 cgroups: limits.CgroupBackend | None, cgroup: limits.InstanceCgroup | None) -> None:
         self.process = process
         self.pid: int = process.pid
         self.spec = spec
+        self.cgroups = cgroups
         self.cgroup = cgroup
         self.memory_limit = spec.workload.limits.memory
         self.stderr_tail: deque[str] = deque(maxlen=20)
@@ -66,9 +67,10 @@ class ProcessInstance(Instance):
             return []
 
     def _memory_used(self) -> int:
-        if self.cgroup is not None:  # the kernel's own count, and the kernel enforces the limit
-            with contextlib.suppress(OSError, ValueError):
-                return int((self.cgroup / "memory.current").read_text())
+        if self.cgroups is not None and self.cgroup is not None:  # the kernel's own count, and it enforces the limit
+            counted = self.cgroups.memory_used(self.cgroup)
+            if counted is not None:
+                return counted
         used = 0
         for proc in self._group_processes():
             with contextlib.suppress(psutil.Error):
@@ -103,11 +105,11 @@ class ProcessInstance(Instance):
         for task in (*self._pumps, self._watch):
             task.cancel()
         exit_ = Exit(code=code if code >= 0 else None, signal=-code if code < 0 else None)
-        if self.cgroup is not None:
-            if limits.CgroupV2.oom_kills(self.cgroup) and self.memory_limit is not None:
+        if self.cgroups is not None and self.cgroup is not None:
+            if self.cgroups.oom_kills(self.cgroup) and self.memory_limit is not None:
                 exit_.oom = True
                 exit_.reason = f"out of memory: killed by the kernel at its limit of {mib(self.memory_limit)}"
-            limits.CgroupV2.remove(self.cgroup)
+            await asyncio.to_thread(self.cgroups.remove, self.cgroup)
         elif self.oom_reason:
             exit_.oom, exit_.reason = True, self.oom_reason
         elif code != 0 and self.memory_limit is not None and any(OUT_OF_MEMORY.search(t) for t in self.stderr_tail):
@@ -138,7 +140,7 @@ class ProcessRuntime(Runtime):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
-        self.cgroup, self.cgroup_reason = limits.detect_cgroup_v2()
+        self.cgroups, self.cgroups_reason = limits.select_backend()
         self.reap_leftovers()
 
     def reap_leftovers(self) -> None:
@@ -156,7 +158,7 @@ class ProcessRuntime(Runtime):
                 pid_file.unlink()
 
     def describe(self) -> dict[str, str]:
-        return limits.describe(self.cgroup, self.cgroup_reason)
+        return limits.describe(self.cgroups, self.cgroups_reason)
 
     @staticmethod
     def _prepare(spec: InstanceSpec) -> tuple[list[str], str]:
@@ -175,25 +177,25 @@ class ProcessRuntime(Runtime):
     async def start(self, spec: InstanceSpec) -> Instance:
         workload = spec.workload
         argv, cwd = self._prepare(spec)
-        cgroup_dir: Path | None = None
-        if self.cgroup is not None and (workload.limits.memory is not None or workload.limits.cpu is not None):
+        cgroup: limits.InstanceCgroup | None = None
+        if self.cgroups is not None and (workload.limits.memory is not None or workload.limits.cpu is not None):
             try:
-                cgroup_dir = self.cgroup.create(spec.instance, workload.limits)
+                cgroup = self.cgroups.create(spec.instance, workload.limits)
             except OSError as exc:
                 raise WorkloadError(f"cannot make the cgroup of {spec.instance}: {exc.strerror or exc}") from exc
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, env=spec.env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                preexec_fn=limits.preexec(workload.limits, cgroup_dir))
+                preexec_fn=limits.preexec(workload.limits, cgroup))
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            if cgroup_dir is not None:
-                limits.CgroupV2.remove(cgroup_dir)
+            if self.cgroups is not None and cgroup is not None:
+                await asyncio.to_thread(self.cgroups.remove, cgroup)
             raise WorkloadError(f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}") from exc
         with contextlib.suppress(OSError, psutil.Error):
             created = psutil.Process(process.pid).create_time()
             (spec.work_dir / PID_FILE).write_text(f"{process.pid} {created}\n")
-        return ProcessInstance(process, spec, cgroup_dir)
+        return ProcessInstance(process, spec, self.cgroups, cgroup)
 
 
 @hookimpl

@@ -4,10 +4,13 @@ each deployed spec kept as a version and every step as an event in the store."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import logging
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_MIN = 30.0  # a rolling update waits at least this long for a new instance to become ready
+RECENT_EVENTS = 20  # events a runner keeps in memory for the status the node reports to the registry
+
+
+class RecentEvent(msgspec.Struct, frozen=True):
+    seq: int  # grows by one per event of the node while the gateway runs
+    ts: float
+    event: str
+    instance: str
+    reason: str
 
 
 def spec_text(workload: Workload) -> str:
@@ -62,6 +74,7 @@ class WorkloadRunner:
         self.refs = ""  # the values of the config items and secrets it uses, to restart it when they change
         self.rolling = False
         self.last_event = ""  # the newest event, for the status the node reports to the registry
+        self.recent: collections.deque[RecentEvent] = collections.deque(maxlen=RECENT_EVENTS)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,6 +89,7 @@ class WorkloadRunner:
         log.info("workload %s%s: %s%s", self.id, f" ({instance})" if instance else "", event,
                  f": {reason}" if reason else "")
         self.last_event = event + (f" {instance}" if instance else "") + (f": {reason}" if reason else "")
+        self.recent.append(RecentEvent(next(self.manager.event_seq), time.time(), event, instance, reason))
         try:
             await self.manager.history.add_event(self.target.namespace, self.target.name, event, instance, reason)
         except Exception as exc:  # the store closing under a late event must not break the instance's loop
@@ -247,6 +261,7 @@ class WorkloadManager:
         self.history = WorkloadHistory(gateway.store)
         self.logs: dict[str, WorkloadLog] = {}
         self._notes: dict[str, tuple[str, str]] = {}  # workload id -> (actor, note) for its next version
+        self.event_seq = itertools.count(1)
         self._started = False
 
     @property

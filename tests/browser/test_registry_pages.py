@@ -1,5 +1,5 @@
 """The registry's pages in Chromium: a registry user logs in to a real TLS registry, sees a joined node's state,
-opens the node, creates a join token and reads the audit log."""
+opens the node, rolls a workload back to its first version, creates a join token and reads the audit log."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def test_a_registry_user_sees_a_joined_nodes_state(registry: Registry, registry_
     (tmp_path / "password").write_text(PASSWORD + "\n")
     cli(registry, "user", "add", "ops", "--role", "admin", "--scope", "platform", "--password-file",
                  str(tmp_path / "password"))
+    for version in ("v1", "v2"):  # two versions of a workload placed on the node
+        (tmp_path / "app.yaml").write_text("kind: Workload\nname: app\nnode: gw-7\ncommand: [sleep, '60']\n"
+                                           f"env: {{APP_VERSION: {version}}}\n")
+        cli(registry, "apply", "-f", str(tmp_path / "app.yaml"))
     with heartbeats(registry, node_dir):
         see_the_pages(registry, registry_page, artifacts)
 
@@ -89,6 +93,15 @@ def see_the_pages(registry: Registry, page: Page, artifacts: Path) -> None:
     expect(row).to_contain_text("last heartbeat")
     page.screenshot(path=str(artifacts / "registry-nodes.png"), full_page=True)
 
+    page.get_by_role("link", name="Workloads").click()
+    page.get_by_role("link", name="default/app").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("default/app")
+    expect(page.locator('#versions tr[data-version="2"]')).to_contain_text("current")
+    page.get_by_role("button", name="Rollback to 1").click()
+    expect(page.get_by_role("status")).to_contain_text("rolled back to version 1: now version 3")
+    expect(page.locator('#versions tr[data-version="3"]')).to_contain_text("rollback to version 1")
+    page.screenshot(path=str(artifacts / "registry-workload.png"), full_page=True)
+
     page.get_by_role("link", name="Join tokens").click()
     page.get_by_label("Labels").fill("site=south")
     page.get_by_role("button", name="Create join token").click()
@@ -102,6 +115,7 @@ def see_the_pages(registry: Registry, page: Page, artifacts: Path) -> None:
     audit = page.locator("tbody")
     expect(audit).to_contain_text("node.join")
     expect(audit).to_contain_text("join-token.revoke")
+    expect(audit).to_contain_text("document.rollback")
     expect(audit).to_contain_text("user:ops")
 
     page.get_by_role("button", name="Log out").click()

@@ -1,11 +1,19 @@
-"""Exec health checks, an instance that turns unhealthy and is restarted, and the restart policies."""
+"""Exec health checks, an instance that turns unhealthy and is restarted, and the restart policies; where checks
+run and connect when the runtime's instance says so, and when it does not."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from gateway.resources.durations import Duration
+from gateway.resources.schema import HealthCheck, Workload, dec_hook
 from gateway.testing import wait_until
+from gateway.workloads.checks import workload_problems
+from gateway.workloads.health import check_address, probe
 from tests.workloads.conftest import PYTHON, Node
 
 FLAKY = f"""\
@@ -64,3 +72,52 @@ async def test_unhealthy_instances_are_restarted_and_policies_are_followed(start
     crash_events = (await node.api.get("/api/v1/workloads/default/crashes/events")).json()
     assert [e["reason"] for e in crash_events if e["event"] == "restarted"][:2] == [
         "restart 1 after: exited with code 7", "restart 2 after: exited with code 7"]
+
+
+class HostInstance:
+    """An instance of a runtime that says nothing about its checks (as third-party ones written before)."""
+
+
+class ElsewhereInstance:
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    async def exec_check(self, command: list[str]) -> str | None:
+        self.commands.append(command)
+        return None if command == ["ok"] else "not ok inside"
+
+    def check_address(self, port: int | str) -> tuple[str, int] | None:
+        return ("127.0.0.2", 8080) if port == "http" else None
+
+
+async def test_exec_checks_run_on_the_host_unless_the_instance_runs_them(tmp_path: Path) -> None:
+    (tmp_path / "marker").touch()
+    script = "import os, sys; sys.exit(0 if os.environ['WANTED'] == 'yes' and os.path.exists('marker') else 4)"
+    check = HealthCheck(type="exec", command=[PYTHON, "-c", script])
+    env = {"WANTED": "yes"}
+    assert await probe(check, {}, env, str(tmp_path), HostInstance()) is None  # the instance's env and cwd
+    assert await probe(check, {}, {"WANTED": "no"}, str(tmp_path)) == "exec check exited with 4"
+
+    elsewhere = ElsewhereInstance()
+    assert await probe(HealthCheck(type="exec", command=["ok"]), {}, env, str(tmp_path), elsewhere) is None
+    assert await probe(check, {}, env, str(tmp_path), elsewhere) == "not ok inside"
+    assert elsewhere.commands == [["ok"], check.command]
+
+    hanging = HealthCheck(type="exec", command=[PYTHON, "-c", "import time; time.sleep(30)"], timeout=Duration(0.3))
+    assert await probe(hanging, {}, env, None) == "exec check timed out after 0.3s"
+
+
+def test_http_and_tcp_checks_connect_where_the_instance_says() -> None:
+    named = HealthCheck(type="http", port="http")
+    assert check_address(named, {"http": 31000}) == ("127.0.0.1", 31000)
+    assert check_address(named, {"http": 31000}, HostInstance()) == ("127.0.0.1", 31000)
+    assert check_address(HealthCheck(type="tcp", port=9000), {}) == ("127.0.0.1", 9000)
+    assert check_address(named, {"http": 31000}, ElsewhereInstance()) == ("127.0.0.2", 8080)
+    assert check_address(HealthCheck(type="tcp", port="admin"), {}, ElsewhereInstance()) is None
+
+
+def test_network_none_has_no_http_or_tcp_checks() -> None:
+    workload = msgspec.convert({"name": "app", "runtime": "container", "image": "localhost/app:1", "network": "none",
+                                "health": {"type": "tcp", "port": 8080}}, Workload, dec_hook=dec_hook)
+    assert workload_problems(workload, {}, {}) == [
+        ("$.health.type", "network none: a tcp check cannot reach the app (use an exec check)")]

@@ -93,8 +93,12 @@ class Engine:
         """Force-remove containers at once (podman would first wait their stop timeout)."""
         return ["rm", "-f", *(["-t", "0"] if self.is_podman else []), *names]
 
-    async def image_present(self, image: str) -> bool:
-        return (await self.call("image", "inspect", "--format", "{{.Id}}", image, check=False)).code == 0
+    async def image_missing(self, image: str) -> str | None:
+        """None when `image` is on the node, else the engine's word on it (`…: image not known`)."""
+        found = await self.call("image", "inspect", "--format", "{{.Id}}", image, check=False)
+        if found.code == 0:
+            return None
+        return last_line(found.err.encode()).removeprefix("Error: ") or f"exit code {found.code}"
 
     async def pull(self, image: str) -> None:
         try:

@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import math
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import ClassVar
 
+import psutil
+
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Workload
+from gateway.workloads.health import HOST, run_check_command
 from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
 
 log = logging.getLogger(__name__)
@@ -30,21 +35,47 @@ STARTED_MARKER = "containers-started"  # in <data dir>/workloads: the engine is 
 HOST_ONLY = ("PATH", "HOME", "LANG")  # the gateway's values mean nothing inside an image
 STARTED_TIMEOUT = 15.0
 ENGINE_FAILED = (125, 126, 127)  # the engine could not create or start the container
+INSPECT_STARTED = ("{{.State.Pid}} {{.NetworkSettings.IPAddress}} "
+                   "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")  # the pid, then its addresses
 
 
 def pull_policy(workload: Workload) -> str:
     return workload.image_pull_policy
 
 
+def publish_address() -> str:
+    """The host address mapped ports are published on ($FIELDGATE_CONTAINER_PUBLISH_ADDRESS), empty for all."""
+    return os.environ.get(PUBLISH_ADDRESS_VARIABLE, "")
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def reach_published(address: str) -> str:
+    """The host to connect to for a port published on `address`."""
+    address = address.strip("[]")
+    if address in ("", "0.0.0.0"):
+        return HOST
+    return "::1" if address == "::" else address
+
+
 class ContainerInstance(Instance):
     def __init__(self, engine: Engine, process: asyncio.subprocess.Process, spec: InstanceSpec,
-                 container: str) -> None:
+                 container: str, published_on: str = "") -> None:
         self.engine = engine
         self.process = process
         self.spec = spec
         self.container = container
+        self.published_host = reach_published(published_on)
+        self.address = ""  # the container's own IP address, when it has one (not on the host's network)
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.stop_reason = ""
+        self.engine_failed = False  # the engine could not run the container (its message is the exit's reason)
         self._pumps = [asyncio.create_task(self._pump(process.stdout, "stdout")),
                        asyncio.create_task(self._pump(process.stderr, "stderr"))]
         self._ended = asyncio.create_task(self._wait())
@@ -64,18 +95,63 @@ class ContainerInstance(Instance):
             log.warning("workload log of %s: %s", self.spec.instance, exc)
 
     async def wait_started(self) -> None:
-        """Until the container runs (its pid known) or has already ended."""
+        """Until the container runs (its pid and address known) or has already ended."""
         async with asyncio.timeout(STARTED_TIMEOUT):
             while self.process.returncode is None:
-                pid = ""
+                found = Result(1, "", "")
                 with contextlib.suppress(WorkloadError):
-                    found = await self.engine.call("inspect", "--format", "{{.State.Pid}}", self.container,
+                    found = await self.engine.call("inspect", "--format", INSPECT_STARTED, self.container,
                                                    check=False)
-                    pid = found.out.strip() if found.code == 0 else ""
+                pid, *addresses = (found.out.split() if found.code == 0 else []) or [""]
                 if pid.isdigit() and int(pid) > 0:
                     self.pid = int(pid)
+                    self.address = next((a for a in addresses if is_address(a)), "")
                     return
                 await asyncio.sleep(0.05)
+
+    async def exec_check(self, command: list[str]) -> str | None:
+        """Run an exec health check inside the container (`<engine> exec`), in the container's environment."""
+        since = time.time()
+        try:
+            return await run_check_command([str(self.engine.path), "exec", self.container, *command])
+        except asyncio.CancelledError:
+            self._end_exec_leftovers(command, since)
+            raise
+
+    def _end_exec_leftovers(self, command: list[str], since: float) -> None:
+        """A killed `<engine> exec` leaves its command running in the container: find it among the processes in
+        the container's pid namespace by its command line and start time, and kill it with its children."""
+        if self.pid is None:
+            return
+        try:
+            namespace = os.readlink(f"/proc/{self.pid}/ns/pid")
+        except OSError:
+            return
+        for process in psutil.process_iter(["cmdline", "create_time"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if (process.info["cmdline"] == command and process.info["create_time"] >= since - 1
+                        and os.readlink(f"/proc/{process.pid}/ns/pid") == namespace):
+                    for leftover in [*process.children(recursive=True), process]:
+                        leftover.kill()
+
+    def check_address(self, port: int | str) -> tuple[str, int] | None:
+        """Where http and tcp checks reach the app: a named port or a mapped container port at its published
+        host port; on the host's network the port itself; else the port at the container's own address."""
+        workload = self.spec.workload
+        if workload.network == "none":
+            return None
+        if isinstance(port, str):
+            host_port = self.spec.ports.get(port)
+            if host_port is None:
+                return None
+            return (HOST if workload.network == "host" else self.published_host), host_port
+        if workload.network == "host":
+            return HOST, port
+        for mapping in workload.ports:
+            host_port = self.spec.ports.get(mapping.name, 0)
+            if mapping.protocol == "tcp" and host_port and (mapping.container_port or host_port) == port:
+                return self.published_host, host_port
+        return (self.address, port) if self.address else (self.published_host, port)
 
     async def wait(self) -> Exit:
         return await asyncio.shield(self._ended)
@@ -100,6 +176,7 @@ class ContainerInstance(Instance):
             exit_.reason = "out of memory: killed by the kernel" + (f" at its limit of {mib(limit)}" if limit else "")
         elif code in ENGINE_FAILED and engine_error.startswith("Error: "):  # the engine's own message says why
             exit_.reason = f"{self.engine.name} run failed: {engine_error.removeprefix('Error: ')[:300]}"
+            self.engine_failed = True
         elif exit_code.isdigit() and 128 < int(exit_code) <= 128 + 64:
             exit_ = Exit(signal=int(exit_code) - 128)
         elif exit_code.isdigit():
@@ -186,9 +263,10 @@ class ContainerRuntime(Runtime):
         policy = pull_policy(workload)
         if policy == "Always":
             await engine.pull(workload.image)
-        elif not await engine.image_present(workload.image):
+        elif (missing := await engine.image_missing(workload.image)) is not None:
             if policy == "Never":
-                raise WorkloadError(f"image {workload.image!r} is not on this node and its pull policy is Never")
+                raise WorkloadError(f"image {workload.image!r} is not on this node and its pull policy is Never "
+                                    f"({engine.name} image inspect: {missing})")
             await engine.pull(workload.image)
 
     def container_name(self, spec: InstanceSpec) -> str:
@@ -207,7 +285,7 @@ class ContainerRuntime(Runtime):
         if self.engine is not None and self.engine.is_podman:
             args.append("--replace")
         if workload.network == "ports":
-            address = os.environ.get(PUBLISH_ADDRESS_VARIABLE, "")
+            address = publish_address()
             for i, port in enumerate(workload.ports):
                 host_port = spec.ports[port.name]
                 inside = port.container_port or host_port
@@ -252,11 +330,15 @@ class ContainerRuntime(Runtime):
                 stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
             raise WorkloadError(f"cannot run {engine.path}: {exc.strerror or exc}") from exc
-        instance = ContainerInstance(engine, process, spec, self.container_name(spec))
+        instance = ContainerInstance(engine, process, spec, self.container_name(spec), publish_address())
         try:
             await instance.wait_started()
         except TimeoutError:
             await instance.stop(1.0, f"did not start within {STARTED_TIMEOUT:g}s")
             raise WorkloadError(f"container {instance.container} did not start within {STARTED_TIMEOUT:g}s "
                                 f"({last_line(chr(10).join(instance.stderr_tail).encode())})") from None
+        if instance.pid is None:  # ended before it was seen running: an engine error is no start at all
+            ended = await instance.wait()
+            if instance.engine_failed:
+                raise WorkloadError(ended.describe())
         return instance

@@ -19,6 +19,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from fieldgate_modbus.config import RtuConfig, TcpConfig
+from fieldgate_modbus.frames import register_answers
 from gateway.errors import DeviceTimeout, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,12 @@ class Link:
     def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         # pymodbus' own retries and reconnects are off: this class owns both, with bounded waits
         c = self.config
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient
         if isinstance(c, TcpConfig):
-            return AsyncModbusTcpClient(c.host, port=c.port, timeout=c.timeout, retries=0, reconnect_delay=0)
-        return AsyncModbusSerialClient(
+            client = AsyncModbusTcpClient(c.host, port=c.port, timeout=c.timeout, retries=0, reconnect_delay=0)
+            register_answers(client)
+            return client
+        client = AsyncModbusSerialClient(
             c.port,
             baudrate=c.baudrate,
             bytesize=c.bytesize,
@@ -81,6 +85,8 @@ class Link:
             retries=0,
             reconnect_delay=0,
         )
+        register_answers(client)
+        return client
 
     @property
     def connected(self) -> bool:
@@ -130,11 +136,14 @@ class Link:
     ) -> Any:
         """Run `call(client)` under the bus lock; garbled answers and hang-ups are retried `retries` times,
         a timeout is not (the poller asks again next cycle)."""
-        try:
-            async with asyncio.timeout(timeout * (retries + 1) * 4 + 1):
-                await self.lock.acquire()
-        except TimeoutError:
-            raise DeviceTimeout(f"{what}: the bus {self.key} stayed busy") from None
+        if self.lock.locked():  # another device's request is on the bus: wait for it, within bounds
+            try:
+                async with asyncio.timeout(timeout * (retries + 1) * 4 + 1):
+                    await self.lock.acquire()
+            except TimeoutError:
+                raise DeviceTimeout(f"{what}: the bus {self.key} stayed busy") from None
+        else:
+            await self.lock.acquire()  # free: taken at once, without a timer
         try:
             attempt = 0
             while True:

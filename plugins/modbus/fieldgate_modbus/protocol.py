@@ -79,7 +79,7 @@ class ModbusProtocol(Protocol):
         for index, block in enumerate(plan.blocks):
             try:
                 raw = await self._read_block(block)
-                values = block.table.decode(raw)
+                values = block.table.decode_wire(raw) if isinstance(raw, bytes) else block.table.decode(raw)
             except (ProtocolError, CodecError) as exc:
                 failure = exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc))
                 for name in block.names:
@@ -99,7 +99,7 @@ class ModbusProtocol(Protocol):
     def _link_up(self) -> bool:
         return self._link is not None and self._link.connected
 
-    async def _read_block(self, block: Block) -> list[int] | list[bool]:
+    async def _read_block(self, block: Block) -> bytes | list[int] | list[bool]:
         what = f"reading {block.describe()}"
         response = await self._request(what, _READERS[block.kind], block.start, count=block.count)
         if block.kind in ("Coil", "DiscreteInput"):
@@ -107,11 +107,11 @@ class ModbusProtocol(Protocol):
             if len(bits) < block.count:
                 raise ProtocolError(f"{self._where()}: {what}: answer holds {len(bits)} bits")
             return bits[: block.count]
-        registers = list(response.registers)
-        if len(registers) != block.count:
-            raise ProtocolError(
-                f"{self._where()}: {what}: answer holds {len(registers)} registers, expected {block.count}"
-            )
+        wire = getattr(response, "wire", None)  # fieldgate_modbus.frames: the frame's bytes, decoded in one call
+        registers: bytes | list[int] = wire if isinstance(wire, bytes) else list(response.registers)
+        held = len(registers) >> 1 if isinstance(registers, bytes) else len(registers)
+        if held != block.count:
+            raise ProtocolError(f"{self._where()}: {what}: answer holds {held} registers, expected {block.count}")
         return registers
 
     async def write(self, prop: BoundProperty, value: Any) -> None:

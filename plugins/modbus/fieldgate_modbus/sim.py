@@ -165,6 +165,12 @@ class ModbusSimulator:
         if len(set(ids)) != len(ids):
             raise ConfigError(f"unit ids must be distinct, got {ids}")
         self.units = {u.unit: u for u in units}
+        # per unit and register kind, the points in store order with their address range: what a request scans
+        self._served: dict[tuple[int, str], list[tuple[int, int, SimPoint]]] = {}
+        for u in units:
+            for point in _in_store_order(u.points):
+                v = point.visitor
+                self._served.setdefault((u.unit, v.kind), []).append((v.offset, v.offset + v.register_count, point))
         self.requests: list[Request] = []
         self.exception_code: ExcCodes | None = None
         self.delay = 0.0
@@ -273,9 +279,8 @@ class ModbusSimulator:
         else:
             first, last = address, address + (len(values) if values else count)
         now = time.monotonic()
-        for point in _in_store_order(unit.points):
-            v = point.visitor
-            if v.kind != kind or v.offset + v.register_count <= first or v.offset >= last:
+        for offset, end, point in self._served.get((unit.unit, kind), ()):
+            if end <= first or offset >= last:
                 continue
             if point.wave is not None and values is None:
                 point.value, point.dirty = point.wave(now), True

@@ -71,6 +71,16 @@ async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         await writer.drain()
 
 
+async def odd_byte_count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    for _ in range(100):
+        request = await reader.read(260)
+        if not request:
+            return
+        # a well-framed register answer whose byte count (3) is not a whole number of registers
+        writer.write(request[:2] + b"\x00\x00\x00\x06" + request[6:7] + b"\x03\x03\x00\x01\x02")
+        await writer.drain()
+
+
 def device(port: int, timeout: float = 0.3) -> ModbusTcp:
     protocol = bind(
         ModbusTcp, {"host": "127.0.0.1", "port": port, "unit": 1, "timeout": timeout, "retries": 1}, VISITORS
@@ -83,7 +93,8 @@ async def read(protocol: ModbusTcp) -> Any:
     return await protocol.read(protocol.plan(list(protocol.device.properties.values())))
 
 
-@pytest.mark.parametrize("handler", [stall, hang_up, garbage], ids=["stall", "hang-up", "garbage"])
+@pytest.mark.parametrize("handler", [stall, hang_up, garbage, odd_byte_count],
+                         ids=["stall", "hang-up", "garbage", "odd-byte-count"])
 async def test_misbehaving_server_raises_protocol_error(handler: Handler) -> None:
     async with raw_server(handler) as port:
         protocol = device(port)

@@ -6,7 +6,8 @@ For scale: ThingsBoard IoT Gateway 3.8.5 on a 2-core box delivered at most ~10,0
 120-145 MB RSS (one Modbus request per point). The aim is 20x that throughput at a fraction of the CPU.
 
 - case A: 100 devices x 50 float32 properties at 100 ms = 50,000 points/s offered (asserted: it keeps up)
-- case B: 400 devices x 50 float32 properties at 100 ms = 200,000 points/s offered (reported, not asserted)
+- case B: 400 devices x 50 float32 properties at 100 ms = 200,000 points/s offered (asserted: 95 % of it
+  under one core of gateway CPU; the simulators need most of the other core, so the box must be otherwise idle)
 
 The simulators run as separate `fieldgate sim modbus --static` processes (the simulator is not what is measured;
 static values keep its CPU down, and the gateway does the same work for a value that did not change: every
@@ -19,7 +20,7 @@ values_written), Modbus requests/s (cycles x requests in the read plan), cycle l
 gateway CPU % of one core (user+system over wall), peak gateway RSS, and the simulators' CPU % (the box is
 shared) and the box's total CPU %. Knobs: FIELDGATE_BENCH_SECONDS (20), FIELDGATE_BENCH_SIMS (8),
 FIELDGATE_BENCH_B_DEVICES (400), FIELDGATE_BENCH_B_PROPERTIES (50), FIELDGATE_BENCH_PROFILE=/tmp/fleet.prof (run
-the gateway under cProfile, written to /tmp/fleet.prof.A / .B when it stops).
+the gateway and simulator 0 under cProfile, written to /tmp/fleet.prof.A / .B and .A.sim0 / .B.sim0).
 """
 
 from __future__ import annotations
@@ -165,16 +166,18 @@ def run_case(tmp_path: Path, case: str, devices: int, properties: int, sims: int
     log_file = None
     gateway: subprocess.Popen[bytes] | None = None
     try:
+        profile = os.environ.get("FIELDGATE_BENCH_PROFILE")  # cProfile the gateway and simulator 0 into files
         for k in range(sims):
             sim_config = tmp_path / f"{case}-sim{k}.yaml"
             sim_config.write_text("".join(sim_docs[k]))
+            sim_prefix = [sys.executable, "-c", PROFILED.format(out=f"{profile}.{case}.sim0")] if (
+                profile and k == 0) else FIELDGATE
             procs.append(subprocess.Popen(
-                [*FIELDGATE, "sim", "modbus", "--listen", f"127.0.0.1:{sim_ports[k]}", "-c", str(sim_config),
+                [*sim_prefix, "sim", "modbus", "--listen", f"127.0.0.1:{sim_ports[k]}", "-c", str(sim_config),
                  "--static"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for k in range(sims):
             wait_listening(sim_ports[k], procs[k])
         log_file = (tmp_path / f"{case}-gateway.log").open("wb")
-        profile = os.environ.get("FIELDGATE_BENCH_PROFILE")  # cProfile the gateway into this file + case
         prefix = [sys.executable, "-c", PROFILED.format(out=f"{profile}.{case}")] if profile else FIELDGATE
         gateway = subprocess.Popen([*prefix, "run", "-c", str(config), "--data-dir", str(data),
                                     "--log-level", "warning"], stderr=log_file)
@@ -209,8 +212,9 @@ def run_case(tmp_path: Path, case: str, devices: int, properties: int, sims: int
         log_end = (tmp_path / f"{case}-gateway.log").stat().st_size
         if profile:  # the profile covers start-up, warm-up and the measured window
             gateway.send_signal(signal.SIGUSR1)
+            procs[0].send_signal(signal.SIGUSR1)
             for _ in range(100):
-                if Path(f"{profile}.{case}").exists():
+                if Path(f"{profile}.{case}").exists() and Path(f"{profile}.{case}.sim0").exists():
                     break
                 time.sleep(0.1)
             time.sleep(1)
@@ -254,6 +258,7 @@ def run_case(tmp_path: Path, case: str, devices: int, properties: int, sims: int
         "gateway_warnings_in_window": len(warnings),
         "first_warning": warnings[0][:200] if warnings else None,
         "gateway_cpu_percent_of_one_core": round(100 * busy(gw_cpu0, gw_cpu1) / wall, 1),
+        "gateway_cpu_us_per_point": round(1e6 * busy(gw_cpu0, gw_cpu1) / max(cycles * properties, 1), 2),
         "gateway_rss_mb": round(rss_max / 2**20, 1),
         "simulators_cpu_percent_of_one_core": round(
             100 * sum(busy(a, b) for a, b in zip(sim_cpu0, sim_cpu1, strict=True)) / wall, 1),
@@ -274,4 +279,6 @@ def test_case_b_200k_points_offered(tmp_path: Path) -> None:
     devices = int(os.environ.get("FIELDGATE_BENCH_B_DEVICES", "400"))
     properties = int(os.environ.get("FIELDGATE_BENCH_B_PROPERTIES", "50"))
     result = run_case(tmp_path, "B", devices, properties, SIMS)
-    assert result["points_per_s"] > 0  # reported, not asserted: achieved vs offered is the finding
+    # the aim of issue 3: 20x ThingsBoard's 10,000 points/s on this 2-core box, under one core of gateway CPU
+    assert result["achieved_percent"] >= 95
+    assert result["gateway_cpu_percent_of_one_core"] < 100

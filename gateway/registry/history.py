@@ -1,0 +1,239 @@
+"""Versions of the registry's Workload and BatchWorkload documents and the events their nodes report.
+
+Every apply that changes such a document keeps the new spec as the next numbered version (the last KEEP_VERSIONS
+per document; a document stored before versions were kept gets its old spec as a version first). A rollback
+applies a kept version's spec again as a new version, so it can be undone in turn, and the nodes get it with their
+next heartbeat. Secrets are not versioned: Workloads name them, they never carry their values.
+
+A node sends, with its workload status, the events of each workload it has not delivered yet (gateway.registry
+.workloads.WorkloadSync); the registry keeps the last KEEP_EVENTS per node and workload. The API routes and
+`fieldgate registry workloads versions|rollback|events` serve both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Response, get, post
+from litestar.params import FromPath, QueryParameter
+
+from gateway.errors import ConfigError, NotFound
+from gateway.registry import access
+from gateway.registry.auth import AnyRequest, store_of
+from gateway.registry.db import Statement
+from gateway.registry.store import RegistryStore
+from gateway.resources.loader import Source
+
+if TYPE_CHECKING:
+    from gateway.registry.workloads import EventReport
+
+VERSIONED = ("Workload", "BatchWorkload")
+KEEP_VERSIONS = 20
+KEEP_EVENTS = 100
+
+
+class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    version: Annotated[int, msgspec.Meta(ge=1)]
+
+
+# --- versions -----------------------------------------------------------------------------------------------------
+
+
+async def _latest(store: RegistryStore, kind: str, namespace: str, name: str) -> tuple[int, str] | None:
+    rows = await store.database.rows("SELECT version, document FROM document_versions WHERE kind=? AND namespace=? "
+                                     "AND name=? ORDER BY version DESC LIMIT 1", kind, namespace, name)
+    return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+async def version_statements(store: RegistryStore, documents: list[tuple[str, str, str, str | None, bytes]],
+                             actor: str, note: str = "") -> list[Statement]:
+    """The statements that keep the versions of the Workload and BatchWorkload documents an apply changes."""
+    statements: list[Statement] = []
+    now = time.time()
+    for kind, namespace, name, _, body in documents:
+        if kind not in VERSIONED:
+            continue
+        text = body.decode()
+        latest = await _latest(store, kind, namespace, name)
+        if latest is not None and latest[1] == text:
+            continue
+        number = latest[0] if latest is not None else 0
+        if latest is None:
+            stored = await store.database.rows("SELECT document, updated_at FROM documents WHERE kind=? AND "
+                                               "namespace=? AND name=?", kind, namespace, name)
+            if stored and stored[0][0] == text:
+                continue
+            if stored:  # applied before versions were kept: its spec becomes version 1
+                number = 1
+                statements.append(("INSERT INTO document_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                    (kind, namespace, name, 1, stored[0][0], stored[0][1], "",
+                                     "applied before versions were kept")))
+        number += 1
+        statements += [("INSERT INTO document_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (kind, namespace, name, number, text, now, actor, note)),
+                       ("DELETE FROM document_versions WHERE kind=? AND namespace=? AND name=? AND version <= ?",
+                        (kind, namespace, name, number - KEEP_VERSIONS))]
+    return statements
+
+
+async def _document_workspace(store: RegistryStore, caller: access.Caller, kind: str, namespace: str,
+                              name: str) -> str:
+    """The workspace of a versioned document the caller sees; NotFound otherwise (the same for one out of scope)."""
+    if kind not in VERSIONED:
+        raise NotFound(f"{kind}: versions are kept of {' and '.join(VERSIONED)} documents")
+    rows = await store.database.rows("SELECT workspace FROM documents WHERE kind=? AND namespace=? AND name=?",
+                                     kind, namespace, name)
+    if not rows or not caller.sees(rows[0][0]):
+        raise NotFound(f"no {kind} {namespace}/{name} at the registry")
+    return str(rows[0][0])
+
+
+async def versions(store: RegistryStore, caller: access.Caller, kind: str, namespace: str,
+                   name: str) -> list[dict[str, Any]]:
+    """The kept versions of a document, oldest first; `current` marks the one applied now."""
+    await _document_workspace(store, caller, kind, namespace, name)
+    rows = await store.database.rows(
+        "SELECT version, document, created_at, actor, note FROM document_versions WHERE kind=? AND namespace=? AND "
+        "name=? ORDER BY version", kind, namespace, name)
+    current = await store.database.rows("SELECT document FROM documents WHERE kind=? AND namespace=? AND name=?",
+                                        kind, namespace, name)
+    newest = max((int(row[0]) for row in rows if current and row[1] == current[0][0]), default=None)
+    return [{"version": int(number), "created_at": created, "actor": actor, "note": note,
+             "current": int(number) == newest, "document": json.loads(document)}
+            for number, document, created, actor, note in rows]
+
+
+async def rollback(store: RegistryStore, caller: access.Caller, kind: str, namespace: str, name: str,
+                   version: int) -> dict[str, Any]:
+    """Apply a kept version's spec again (as a new version); what is applied now."""
+    from gateway.registry.workloads import apply_documents
+
+    workspace = await _document_workspace(store, caller, kind, namespace, name)
+    target = f"{kind}/{namespace}/{name}"
+    rows = await store.database.rows("SELECT document FROM document_versions WHERE kind=? AND namespace=? AND "
+                                     "name=? AND version=?", kind, namespace, name, version)
+    if not rows:
+        kept = [str(v["version"]) for v in await versions(store, caller, kind, namespace, name)]
+        await access.record(store, caller, access.workspace_scope(workspace), "document.rollback", target,
+                            "not found", {"version": version})
+        raise NotFound(f"{kind} {namespace}/{name} has no version {version} (kept: {', '.join(kept) or 'none'})")
+    before = await _latest(store, kind, namespace, name)
+    raw = json.loads(rows[0][0])
+    await apply_documents(store, [(Source(f"{kind} {namespace}/{name} version {version}", 1), raw)], workspace,
+                          caller, target, action="document.rollback", note=f"rollback to version {version}")
+    after = await _latest(store, kind, namespace, name)
+    now = after[0] if after is not None else version
+    return {"kind": kind, "namespace": namespace, "name": name, "rolled_back_to": version, "version": now,
+            "changed": after != before}
+
+
+@get("/api/v1/workloads/{kind:str}/{namespace:str}/{name:str}/versions",
+     summary="Kept versions of a Workload or BatchWorkload document, oldest first")
+async def list_versions(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str],
+                        name: FromPath[str]) -> list[dict[str, Any]]:
+    caller = await access.require_caller(request, "viewer")
+    return await versions(store_of(request), caller, kind, namespace, name)
+
+
+@post("/api/v1/workloads/{kind:str}/{namespace:str}/{name:str}/rollback",
+      summary="Apply a kept version of a Workload or BatchWorkload document again, as a new version (operator)",
+      status_code=200)
+async def post_rollback(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str], name: FromPath[str],
+                        data: RollbackRequest) -> dict[str, Any]:
+    caller = await access.require_caller(request, "operator")
+    return await rollback(store_of(request), caller, kind, namespace, name, data.version)
+
+
+# --- events -------------------------------------------------------------------------------------------------------
+
+
+async def event_statements(store: RegistryStore, node: str, reported: dict[tuple[str, str], list[EventReport]],
+                           now: float) -> list[Statement]:
+    """Keep the events a node reported (idempotent: a report sent twice is stored once); forget the events of
+    workloads the node no longer reports."""
+    statements: list[Statement] = []
+    held = await store.database.rows("SELECT DISTINCT namespace, name FROM workload_events WHERE node=?", node)
+    for namespace, name in held:
+        if (namespace, name) not in reported:
+            statements.append(("DELETE FROM workload_events WHERE node=? AND namespace=? AND name=?",
+                               (node, namespace, name)))
+    for (namespace, name), events in reported.items():
+        if not events:
+            continue
+        statements += [("INSERT INTO workload_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (node, namespace, name, e.ts, e.seq, e.event, e.instance, e.reason, now)) for e in events]
+        statements.append((
+            "DELETE FROM workload_events WHERE node=? AND namespace=? AND name=? AND ts < (SELECT ts FROM "
+            "workload_events WHERE node=? AND namespace=? AND name=? ORDER BY ts DESC, seq DESC LIMIT 1 OFFSET ?)",
+            (node, namespace, name, node, namespace, name, KEEP_EVENTS - 1)))
+    return statements
+
+
+async def workload_events(store: RegistryStore, caller: access.Caller, namespace: str, name: str, *,
+                          node: str | None = None, limit: int = KEEP_EVENTS) -> list[dict[str, Any]]:
+    """The newest events of a workload on the nodes the caller sees (or one node), oldest first."""
+    where = {str(n["name"]): n.get("workspace") for n in await store.nodes()}
+    rows = await store.database.rows(
+        "SELECT node, ts, event, instance, reason FROM workload_events WHERE namespace=? AND name=? "
+        + ("AND node=? " if node else "") + "ORDER BY ts DESC, seq DESC, node DESC", namespace, name,
+        *([node] if node else []))
+    events = [{"node": n, "ts": ts, "event": event, "instance": instance, "reason": reason}
+              for n, ts, event, instance, reason in rows if n in where and caller.sees(where[n])]
+    return list(reversed(events[:limit]))
+
+
+@get("/api/v1/workloads/{namespace:str}/{name:str}/events",
+     summary="The events of a workload as its nodes report them, oldest first (?node=, ?limit=)")
+async def list_events(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
+                      node: Annotated[str | None, QueryParameter(description="only this node's")] = None,
+                      limit: Annotated[int, QueryParameter(gt=0, le=1000)] = KEEP_EVENTS) -> Response[Any]:
+    caller = await access.require_caller(request, "viewer")
+    store = store_of(request)
+    events = await workload_events(store, caller, namespace, name, node=node, limit=limit)
+    if not events and not await _known_workload(store, caller, namespace, name):
+        raise NotFound(f"no workload {namespace}/{name}")
+    return Response(events)
+
+
+async def _known_workload(store: RegistryStore, caller: access.Caller, namespace: str, name: str) -> bool:
+    from gateway.registry.workloads import workload_views
+
+    return any(v["namespace"] == namespace and v["name"] == name for v in await workload_views(store, caller))
+
+
+ROUTE_HANDLERS = [list_versions, post_rollback, list_events]
+
+
+# --- `fieldgate registry workloads versions|rollback|events` ---------------------------------------------------
+
+
+async def run_command(store: RegistryStore, args: argparse.Namespace, namespace: str, name: str) -> None:
+    """`fieldgate registry workloads versions|rollback|events [NS/]NAME`."""
+    cli = access.cli_caller()
+    if args.workloads_action == "versions":
+        for version in await versions(store, cli, args.kind, namespace, name):
+            if args.json:
+                print(json.dumps(version))
+            else:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version["created_at"]))
+                print(f"{version['version']:>4}{' *' if version['current'] else '  '} {when}  "
+                      f"{version['actor'] or '-':<22} {version['note']}")
+    elif args.workloads_action == "rollback":
+        if args.version is None:
+            raise ConfigError("workloads rollback: expected --version N (see `workloads versions`)")
+        done = await rollback(store, cli, args.kind, namespace, name, args.version)
+        print(json.dumps(done) if args.json else
+              f"{args.kind} {namespace}/{name}: version {args.version} applied again as version {done['version']}"
+              if done["changed"] else f"{args.kind} {namespace}/{name} runs version {args.version}'s spec already")
+    else:
+        events = await workload_events(store, cli, namespace, name, node=args.node)
+        for event in events:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event["ts"]))
+            print(json.dumps(event) if args.json else
+                  f"{when} {event['node']:<16} {event['event']:<10} {event['instance'] or '-':<20} {event['reason']}")
+        if not events and not args.json:
+            print(f"no events of {namespace}/{name}")

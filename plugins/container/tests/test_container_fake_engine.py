@@ -1,0 +1,168 @@
+"""The container runtime against a fake engine command line that records its arguments: exec checks run as
+`<engine> exec <container> …`, http and tcp checks find the app's address, and a broken engine makes a clear
+failed status rather than a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from container_helpers import Node, wait_until
+from fieldgate_container.runtime import ContainerInstance, ContainerRuntime
+
+from gateway.resources.durations import Duration
+from gateway.resources.schema import HealthCheck, Workload, dec_hook
+from gateway.workloads.health import probe
+from gateway.workloads.model import InstanceSpec
+
+FAKE_ENGINE = """\
+#!{python}
+import json, os, signal, sys, time
+state = os.environ["FAKE_ENGINE_STATE"]
+args = sys.argv[1:]
+with open(os.path.join(state, "calls"), "a") as calls:
+    calls.write(json.dumps(args) + "\\n")
+if any("unreachable" in arg for arg in args):
+    sys.stderr.write("Error: cannot connect to the engine: connection refused\\n")
+    sys.exit(125)
+run_pid = os.path.join(state, "run.pid")
+if args[0] == "run" and any("norun" in arg for arg in args):
+    sys.stderr.write("Error: OCI runtime error: runc: container init: permission denied\\n")
+    sys.exit(126)
+elif args[0] == "run":
+    open(run_pid, "w").write(str(os.getpid()))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(60)
+elif args[0] == "inspect" and args[2].startswith("{{{{.State.Pid}}}}"):
+    print(open(run_pid).read() + " 10.88.0.9 10.88.0.9")
+elif args[0] == "inspect":
+    print("0 false")
+elif args[0] in ("stop", "rm") and os.path.exists(run_pid):
+    os.kill(int(open(run_pid).read()), signal.SIGTERM)
+    os.remove(run_pid)
+elif args[0] == "exec":
+    command = args[2:]
+    if command[0] == "sleep":
+        open(os.path.join(state, "exec.pid"), "w").write(str(os.getpid()))
+        time.sleep(float(command[1]))
+    elif command[0] == "false":
+        sys.stderr.write("inside: no such file\\n")
+        sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake engine's state directory (`calls` holds one JSON list of arguments per call)."""
+    state = tmp_path / "engine"
+    state.mkdir()
+    engine = tmp_path / "fake-podman"
+    engine.write_text(FAKE_ENGINE.format(python=sys.executable))
+    engine.chmod(0o755)
+    monkeypatch.setenv("FIELDGATE_CONTAINER_ENGINE", str(engine))
+    monkeypatch.setenv("FAKE_ENGINE_STATE", str(state))
+    monkeypatch.delenv("FIELDGATE_CONTAINER_PUBLISH_ADDRESS", raising=False)
+    return state
+
+
+def calls(state: Path, verb: str) -> list[list[str]]:
+    found = [json.loads(line) for line in (state / "calls").read_text().splitlines()]
+    return [args for args in found if args[0] == verb]
+
+
+def workload(**fields: Any) -> Workload:
+    document = {"name": "app", "runtime": "container", "image": "localhost/app:1", **fields}
+    return msgspec.convert(document, Workload, dec_hook=dec_hook)
+
+
+async def start(tmp_path: Path, spec: Workload, ports: dict[str, int] | None = None) -> ContainerInstance:
+    runtime = ContainerRuntime(tmp_path / "data")
+    work_dir = tmp_path / "data" / "instance"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    instance = await runtime.start(InstanceSpec(spec, "app-1-0", 1, {}, {}, ports or {}, work_dir,
+                                                lambda stream, line: None))
+    assert isinstance(instance, ContainerInstance)
+    return instance
+
+
+async def test_exec_checks_run_inside_the_container(fake_engine: Path, tmp_path: Path) -> None:
+    instance = await start(tmp_path, workload())
+    try:
+        inside = HealthCheck(type="exec", command=["test", "-f", "/inside-only"])
+        assert await probe(inside, {}, {"PATH": "/nowhere"}, "/nowhere", instance) is None
+        assert calls(fake_engine, "exec") == [["exec", instance.container, "test", "-f", "/inside-only"]]
+
+        failing = HealthCheck(type="exec", command=["false"])
+        assert await probe(failing, {}, {}, None, instance) == "exec check exited with 1: inside: no such file"
+
+        hanging = HealthCheck(type="exec", command=["sleep", "30"], timeout=Duration(0.5))
+        assert await probe(hanging, {}, {}, None, instance) == "exec check timed out after 0.5s"
+        exec_pid = int((fake_engine / "exec.pid").read_text())
+        with pytest.raises(ProcessLookupError):  # the timed-out `<engine> exec` is killed
+            os.kill(exec_pid, 0)
+    finally:
+        await instance.stop(1.0)
+
+
+async def test_http_and_tcp_checks_find_the_app(fake_engine: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    mapped = workload(ports=[{"name": "http", "container_port": 8080}, {"name": "admin"}])
+    instance = await start(tmp_path, mapped, {"http": 31080, "admin": 31081})
+    try:
+        assert instance.address == "10.88.0.9"
+        assert instance.check_address("http") == ("127.0.0.1", 31080)
+        assert instance.check_address(8080) == ("127.0.0.1", 31080)  # the published port of a mapped one
+        assert instance.check_address(31081) == ("127.0.0.1", 31081)  # no container_port: the same inside
+        assert instance.check_address(9000) == ("10.88.0.9", 9000)  # not published: the container's own address
+        assert instance.check_address("nope") is None
+    finally:
+        await instance.stop(1.0)
+
+    monkeypatch.setenv("FIELDGATE_CONTAINER_PUBLISH_ADDRESS", "127.0.0.2")
+    instance = await start(tmp_path, mapped, {"http": 31080, "admin": 31081})
+    try:
+        run = calls(fake_engine, "run")[-1]
+        assert run[run.index("-p") + 1] == "127.0.0.2:31080:8080/tcp"
+        assert instance.check_address("http") == ("127.0.0.2", 31080)
+    finally:
+        await instance.stop(1.0)
+
+    instance = await start(tmp_path, workload(network="host", ports=[{"name": "http"}]), {"http": 31082})
+    try:
+        assert instance.check_address("http") == ("127.0.0.1", 31082)
+        assert instance.check_address(9000) == ("127.0.0.1", 9000)
+    finally:
+        await instance.stop(1.0)
+
+
+async def test_a_broken_engine_fails_the_workload_with_its_message(fake_engine: Path,
+                                                                  start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node()
+    await node.deploy({"name": "never", "runtime": "container", "image": "localhost/unreachable:1",
+                       "restart": "never", "image_pull_policy": "Never"})
+    await node.deploy({"name": "pulled", "runtime": "container", "image": "localhost/unreachable:1",
+                       "restart": "never"})
+    await node.deploy({"name": "norun", "runtime": "container", "image": "localhost/norun:1", "restart": "never"})
+
+    async def failed(name: str) -> dict[str, Any] | None:
+        found = await node.workload(name)
+        return found if found["status"] == "failed" else None
+
+    never = await wait_until(lambda: failed("never"))
+    assert never["reason"].endswith(
+        "cannot start: image 'localhost/unreachable:1' is not on this node and its pull policy is Never (fake-podman "
+        "image inspect: cannot connect to the engine: connection refused)")
+    pulled = await wait_until(lambda: failed("pulled"))
+    assert pulled["reason"].endswith("cannot start: cannot pull image 'localhost/unreachable:1': fake-podman pull: "
+                                     "Error: cannot connect to the engine: connection refused")
+    norun = await wait_until(lambda: failed("norun"))
+    assert norun["reason"].endswith("cannot start: fake-podman run failed: OCI runtime error: runc: container "
+                                    "init: permission denied")
+    assert [e["event"] for e in (await node.api.get("/api/v1/workloads/default/norun/events")).json()] == [
+        "scheduled", "failed"]

@@ -95,6 +95,7 @@ class DevicePoller:
         self._waiter: asyncio.Future[None] | None = None
         self._retry_at: dict[str, float] = {}
         self._logged_error = ""
+        self._answered = False  # a read since the last (re)connect brought values
 
     # --- supervised loop --------------------------------------------------------------------------------------
 
@@ -106,15 +107,20 @@ class DevicePoller:
         backoff = MIN_BACKOFF
         try:
             while True:
+                self._answered = False
                 try:
                     await self._connect()
-                    backoff = MIN_BACKOFF
                     await self._poll_forever()
                 except (FieldgateError, TimeoutError, OSError) as exc:
                     self._fail(describe(exc, self.budget))
                 except Exception as exc:  # a protocol plugin bug must not take the device task down for good
                     self._fail(f"internal error: {type(exc).__name__}: {exc}", exc)
                 await self._close()
+                if self._answered:
+                    # it worked until now: try again soon. A connect alone does not count: on a shared serial
+                    # line it succeeds for a unit that never answers, and each try of that unit costs the bus
+                    # a whole timeout
+                    backoff = MIN_BACKOFF
                 await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
                 backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
@@ -216,6 +222,8 @@ class DevicePoller:
     def _apply(self, result: ReadResult, ts: float, due: list[Schedule], now: float) -> None:
         twin_props = self.twin.properties
         values = result.values
+        if values:
+            self._answered = True
         models = self._models
         fresh: dict[str, Any] = {}  # name -> value as its model type, for what was read well
         for name, raw in values.items():

@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from litestar import Request, delete, get, patch, post
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry.store import ROLES, RegistryStore
@@ -448,13 +449,13 @@ class WorkspaceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 
 @get("/api/v1/nodes/{name:str}", summary="One node with its status (404 outside the token's scope)")
-async def get_node(request: AnyRequest, name: str) -> dict[str, Any]:
+async def get_node(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     caller = await require_caller(request, "viewer")
     return await visible_node(_store(request), caller, name)
 
 
 @patch("/api/v1/nodes/{name:str}", summary="Change a node's labels or move it to another workspace (admin)")
-async def change_node(request: AnyRequest, name: str, data: NodeChange) -> dict[str, Any]:
+async def change_node(request: AnyRequest, name: FromPath[str], data: JSONBody[NodeChange]) -> dict[str, Any]:
     caller = await require_caller(request, "admin")
     store = _store(request)
     async with audited(store, caller, "node.change", f"node/{name}", str(caller.scope)) as entry:
@@ -471,7 +472,7 @@ async def change_node(request: AnyRequest, name: str, data: NodeChange) -> dict[
 
 
 @delete("/api/v1/nodes/{name:str}", summary="Forget a node and revoke its certificate (admin)", status_code=200)
-async def remove_node(request: AnyRequest, name: str) -> dict[str, str]:
+async def remove_node(request: AnyRequest, name: FromPath[str]) -> dict[str, str]:
     caller = await require_caller(request, "admin")
     store = _store(request)
     async with audited(store, caller, "node.remove", f"node/{name}", str(caller.scope)) as entry:
@@ -481,7 +482,7 @@ async def remove_node(request: AnyRequest, name: str) -> dict[str, str]:
 
 
 @post("/api/v1/groups", summary="Make a node group in a workspace (admin)", status_code=201)
-async def create_group(request: AnyRequest, data: GroupRequest) -> dict[str, Any]:
+async def create_group(request: AnyRequest, data: JSONBody[GroupRequest]) -> dict[str, Any]:
     caller = await require_caller(request, "admin")
     store = _store(request)
     async with audited(store, caller, "group.create", f"group/{data.name}", str(caller.scope)) as entry:
@@ -493,7 +494,7 @@ async def create_group(request: AnyRequest, data: GroupRequest) -> dict[str, Any
 
 
 @delete("/api/v1/groups/{name:str}", summary="Delete a node group; its nodes stay (admin)", status_code=200)
-async def delete_group(request: AnyRequest, name: str) -> dict[str, str]:
+async def delete_group(request: AnyRequest, name: FromPath[str]) -> dict[str, str]:
     caller = await require_caller(request, "admin")
     store = _store(request)
     async with audited(store, caller, "group.delete", f"group/{name}", str(caller.scope)) as entry:
@@ -525,7 +526,7 @@ async def new_join_token(request: AnyRequest, caller: Caller, data: JoinTokenReq
 
 @post("/api/v1/join-tokens", summary="Create a join token for a workspace (admin); the answer holds the token",
       status_code=201)
-async def create_join_token(request: AnyRequest, data: JoinTokenRequest) -> dict[str, Any]:
+async def create_join_token(request: AnyRequest, data: JSONBody[JoinTokenRequest]) -> dict[str, Any]:
     return await new_join_token(request, await require_caller(request, "admin"), data)
 
 
@@ -539,7 +540,7 @@ async def revoke_join_token_as(store: RegistryStore, caller: Caller, token_id: s
 
 
 @delete("/api/v1/join-tokens/{token_id:str}", summary="Revoke a join token (admin)", status_code=200)
-async def revoke_join_token(request: AnyRequest, token_id: str) -> dict[str, str]:
+async def revoke_join_token(request: AnyRequest, token_id: FromPath[str]) -> dict[str, str]:
     await revoke_join_token_as(_store(request), await require_caller(request, "admin"), token_id)
     return {"revoked": token_id}
 
@@ -559,7 +560,7 @@ async def list_workspaces(request: AnyRequest) -> list[dict[str, str]]:
 
 @post("/api/v1/workspaces", summary="Create a workspace in a folder (a platform admin, or an admin of the folder)",
       status_code=201)
-async def add_workspace(request: AnyRequest, data: WorkspaceRequest) -> dict[str, str]:
+async def add_workspace(request: AnyRequest, data: JSONBody[WorkspaceRequest]) -> dict[str, str]:
     caller = await require_caller(request, "admin")
     store = _store(request)
     async with audited(store, caller, "workspace.create", f"workspace/{data.name}", str(caller.scope)) as entry:

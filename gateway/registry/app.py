@@ -13,6 +13,7 @@ from litestar import Litestar, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.middleware import DefineMiddleware
+from litestar.params import JSONBody
 
 from gateway import __version__
 from gateway.errors import ConfigError, NotFound
@@ -75,7 +76,7 @@ async def ca_certificate(request: AnyRequest) -> str:
 
 @post("/api/v1/join", summary="Join with a token and a CSR; returns the node name and its certificate",
       status_code=200)
-async def join(request: AnyRequest, data: JoinRequest) -> JoinResponse:
+async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse:
     ca: CertificateAuthority = request.app.state.ca
     store = store_of(request)
     token_id, _, secret = data.token.partition(".")
@@ -104,7 +105,7 @@ async def join(request: AnyRequest, data: JoinRequest) -> JoinResponse:
 
 @post("/api/v1/heartbeat", summary="A node's heartbeat; answers with its desired resources when they changed",
       status_code=200)
-async def heartbeat(request: AnyRequest, data: HeartbeatRequest) -> HeartbeatResponse:
+async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> HeartbeatResponse:
     node = await client_node(request)
     if data.twins is not None:
         twins.check_report_rate(request.app.state, node)

@@ -26,6 +26,7 @@ import msgspec
 from cryptography import x509
 from litestar import post
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.params import JSONBody
 
 from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry import access
@@ -185,7 +186,7 @@ def node_name(prefix: str, hint: str, number: int, taken: set[str]) -> str:
 
 @post("/api/v1/join/batch", summary="Join with a batch certificate (mutual TLS) and a CSR; returns the node name "
       "and its certificate", status_code=200)
-async def join_batch(request: AnyRequest, data: BatchJoinRequest) -> dict[str, Any]:
+async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> dict[str, Any]:
     extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
     chain: list[str] = (extensions.get("tls") or {}).get("client_cert_chain") or []
     if not chain:

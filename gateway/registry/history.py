@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Response, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from gateway.errors import ConfigError, NotFound
 from gateway.registry import access
@@ -143,7 +143,7 @@ async def list_versions(request: AnyRequest, kind: FromPath[str], namespace: Fro
       summary="Apply a kept version of a Workload or BatchWorkload document again, as a new version (operator)",
       status_code=200)
 async def post_rollback(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str], name: FromPath[str],
-                        data: RollbackRequest) -> dict[str, Any]:
+                        data: JSONBody[RollbackRequest]) -> dict[str, Any]:
     caller = await access.require_caller(request, "operator")
     return await rollback(store_of(request), caller, kind, namespace, name, data.version)
 

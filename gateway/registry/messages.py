@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 from litestar import Response, get, post
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError
 from gateway.registry.access import node_workspace, record, require_caller, workspace_scope
@@ -114,7 +114,7 @@ async def node_messages(request: AnyRequest) -> list[dict[str, Any]]:
 
 
 @post("/api/v1/nodes/self/messages/ack", summary="Acknowledge messages the calling node has taken", status_code=200)
-async def ack_messages(request: AnyRequest, data: AckRequest) -> dict[str, int]:
+async def ack_messages(request: AnyRequest, data: JSONBody[AckRequest]) -> dict[str, int]:
     node = await client_node(request)
     return {"deleted": await store_of(request).ack_messages(node, data.ids)}
 

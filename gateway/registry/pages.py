@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Response, get, post
 from litestar.datastructures import Cookie
 from litestar.enums import MediaType
+from litestar.params import FromPath
 from litestar.response import File, Redirect
 from litestar.types import ExceptionHandlersMap
 from markupsafe import Markup
@@ -245,7 +246,7 @@ async def node_plots(store: RegistryStore, name: str) -> Markup:
 
 
 @get("/nodes/{name:str}", summary="One node: info, labels, devices", include_in_schema=False)
-async def node_page(request: AnyRequest, name: str) -> Response[str]:
+async def node_page(request: AnyRequest, name: FromPath[str]) -> Response[str]:
     caller, session = await _session(request)
     store = _store(request)
     try:
@@ -322,14 +323,14 @@ async def _workload_page(request: AnyRequest, caller: Caller, session: Session, 
 
 @get("/workloads/{namespace:str}/{name:str}", summary="One workload: status per node, events, versions, logs",
      include_in_schema=False)
-async def workload_page(request: AnyRequest, namespace: str, name: str) -> Response[str]:
+async def workload_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[str]:
     caller, session = await _session(request)
     return await _workload_page(request, caller, session, namespace, name)
 
 
 @post("/workloads/{namespace:str}/{name:str}/rollback", summary="Apply a kept version again (operators)",
       include_in_schema=False, status_code=303)
-async def workload_rollback(request: AnyRequest, namespace: str, name: str) -> Response[Any]:
+async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     from gateway.registry import history
 
     caller, session = await _session(request)
@@ -401,7 +402,7 @@ async def join_token_create(request: AnyRequest) -> Response[str]:
 
 @post("/join-tokens/{token_id:str}/revoke", summary="Revoke a join token", include_in_schema=False,
       status_code=303)
-async def join_token_revoke(request: AnyRequest, token_id: str) -> Response[Any]:
+async def join_token_revoke(request: AnyRequest, token_id: FromPath[str]) -> Response[Any]:
     caller, session = await _admin(request)
     try:
         await access.revoke_join_token_as(_store(request), caller, token_id)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from litestar import get, put
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, FieldgateError, NotFound, ValueRejected
 from gateway.registry import access
@@ -303,7 +303,7 @@ async def device(request: AnyRequest, namespace: FromPath[str], name: FromPath[s
 @put("/api/v1/devices/{namespace:str}/{name:str}/desired", summary="Set desired values (operator); the node "
      "applies them with its next heartbeat", status_code=200)
 async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
-                      data: DesiredRequest) -> dict[str, Any]:
+                      data: JSONBody[DesiredRequest]) -> dict[str, Any]:
     caller = await access.require_caller(request, "operator")
     store = store_of(request)
     node = await _scoped_node(request, caller, namespace, name)

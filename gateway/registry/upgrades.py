@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import httpx
 import msgspec
 from litestar import Response, get, post
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.registry import access
@@ -286,7 +287,7 @@ async def task_view(store: RegistryStore, task: str, caller: access.Caller | Non
 
 @post("/api/v1/upgrades", summary="Create an upgrade task: wheels (name → base64) to nodes, a few at a time (admin)",
       status_code=201, request_max_body_size=MAX_WHEELS_BYTES * 4 // 3 + 2**20)
-async def create_upgrade(request: AnyRequest, data: CreateUpgrade) -> dict[str, Any]:
+async def create_upgrade(request: AnyRequest, data: JSONBody[CreateUpgrade]) -> dict[str, Any]:
     caller = await access.require_caller(request, "admin")
     if not caller.sees(data.workspace):
         raise ConfigError(f"workspace {data.workspace!r}: no such workspace")
@@ -304,14 +305,14 @@ async def list_upgrades(request: AnyRequest) -> list[dict[str, Any]]:
 
 
 @get("/api/v1/upgrades/{task:str}", summary="One upgrade task with the status of every node")
-async def show_upgrade(request: AnyRequest, task: str) -> dict[str, Any]:
+async def show_upgrade(request: AnyRequest, task: FromPath[str]) -> dict[str, Any]:
     caller = await access.require_caller(request, "viewer")
     return await task_view(store_of(request), task, caller)
 
 
 @get("/api/v1/upgrades/{task:str}/wheels/{name:str}", summary="A wheel of an upgrade task, for its nodes (mTLS)",
      media_type="application/octet-stream")
-async def upgrade_wheel(request: AnyRequest, task: str, name: str) -> Response[bytes]:
+async def upgrade_wheel(request: AnyRequest, task: FromPath[str], name: FromPath[str]) -> Response[bytes]:
     node = await client_node(request)
     if not await store_of(request).database.rows("SELECT 1 FROM upgrade_nodes WHERE task=? AND node=?", task, node):
         raise NotFound(f"no upgrade task {task} for node {node}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import delete, get, post
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.registry import access, history
@@ -451,7 +452,7 @@ async def list_workloads(request: AnyRequest) -> list[dict[str, Any]]:
 
 @post("/api/v1/documents", summary="Apply documents (a JSON list; ?workspace=): DeviceModel, Device, Workload, "
                                    "ConfigItem, Secret, BatchWorkload (admin)", status_code=200)
-async def post_documents(request: AnyRequest, data: list[dict[str, Any]]) -> dict[str, list[str]]:
+async def post_documents(request: AnyRequest, data: JSONBody[list[dict[str, Any]]]) -> dict[str, list[str]]:
     caller = await access.require_caller(request, "admin")
     workspace = request.query_params.get("workspace", access.DEFAULT_WORKSPACE)
     if not caller.sees(workspace):
@@ -462,7 +463,8 @@ async def post_documents(request: AnyRequest, data: list[dict[str, Any]]) -> dic
 
 @delete("/api/v1/documents/{kind:str}/{namespace:str}/{name:str}", summary="Delete a registry document (admin); "
         "its nodes drop it with their next heartbeat", status_code=200)
-async def remove_document(request: AnyRequest, kind: str, namespace: str, name: str) -> dict[str, str]:
+async def remove_document(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str],
+                          name: FromPath[str]) -> dict[str, str]:
     await delete_document(store_of(request), await access.require_caller(request, "admin"), kind, namespace, name)
     return {"deleted": f"{kind} {namespace}/{name}"}
 

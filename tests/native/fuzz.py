@@ -85,7 +85,8 @@ def fuzz_codec(native: ModuleType, rng: random.Random, iterations: int) -> None:
                 if bits and rng.random() < 0.8:
                     raw = bytes(b if k % 2 else 0 for k, b in enumerate(rng.randbytes(2 * size)))
                     raw = bytes(min(b, 1) for b in raw)
-                code = lib.fg_table_decode(table[0], raw, size, rng.randint(0, 1), err)
+                decode = lib.fg_table_decode_wire if rng.random() < 0.5 else lib.fg_table_decode
+                code = decode(table[0], raw, size, rng.randint(0, 1), err)
                 assert code > 0 or code in (lib.FG_ESHORT, lib.FG_ERANGE), code
                 if code > 0:
                     decoded += 1
@@ -98,6 +99,7 @@ def fuzz_codec(native: ModuleType, rng: random.Random, iterations: int) -> None:
     # null and degenerate arguments
     assert lib.fg_table_new(ffi.NULL, 3, 0, ffi.new("fg_table **"), ffi.new("size_t *")) == lib.FG_EARG
     assert lib.fg_table_decode(ffi.NULL, ffi.NULL, 0, 0, ffi.NULL) == lib.FG_EARG
+    assert lib.fg_table_decode_wire(ffi.NULL, ffi.NULL, 0, 0, ffi.NULL) == lib.FG_EARG
     lib.fg_table_free(ffi.NULL)
 
 

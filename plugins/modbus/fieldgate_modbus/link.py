@@ -24,6 +24,17 @@ from gateway.errors import DeviceTimeout, ProtocolError
 
 log = logging.getLogger(__name__)
 
+
+class _OnlyWhenDebugging(logging.Filter):
+    """pymodbus logs every unanswered request at ERROR with a dump of recent frames; the link reports a device's
+    state changes itself, once each. pymodbus' own lines pass only when the gateway logs at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("pymodbus.logging").addFilter(_OnlyWhenDebugging())
+
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 EXCEPTION_NAMES = {
@@ -58,6 +69,7 @@ class Link:
         self.key = key
         self.config = config
         self.lock = asyncio.Lock()
+        self._connecting = asyncio.Lock()
         self.gap = config.frame_gap() if isinstance(config, RtuConfig) else 0.0
         self.users = 0
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
@@ -93,9 +105,18 @@ class Link:
         return self._client is not None and self._client.connected
 
     async def connect(self, timeout: float) -> None:
-        """Connect unless connected; within the backoff window after a failure, fail at once."""
+        """Connect unless connected; within the backoff window after a failure, fail at once.
+
+        The devices of a link start together: one of them connects, the others wait for that attempt and share
+        its outcome (a serial port opens only once, so a second try at the same time would fail on its lock).
+        """
         if self.connected:
             return
+        async with self._connecting:
+            if not self.connected:
+                await self._connect(timeout)
+
+    async def _connect(self, timeout: float) -> None:
         now = time.monotonic()
         if now < self._next_attempt:
             raise NotConnected(
@@ -175,9 +196,13 @@ class Link:
             self.drop()
             raise ProtocolError(f"{what}: connection lost ({exc})") from exc
         except ModbusIOException as exc:
-            if isinstance(self.config, TcpConfig) or "timeout" not in str(exc).lower():
-                self.drop()  # a late answer would otherwise be taken for the next one's
-            if "no response" in str(exc).lower() or "timeout" in str(exc).lower():
+            text = str(exc).lower()
+            timed_out = "no response" in text or "timeout" in text  # pymodbus 3.16 on a serial line: "No response"
+            if isinstance(self.config, TcpConfig) or not timed_out:
+                # over TCP a late answer would be taken for the next one's; on a serial line the frame gap and
+                # the unit id keep them apart, and reopening the port for every silent unit would stall its bus
+                self.drop()
+            if timed_out:
                 raise DeviceTimeout(f"{what}: no answer within {timeout:g}s") from exc
             raise ProtocolError(f"{what}: {exc}") from exc
         except ModbusException as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -16,6 +17,8 @@ from fieldgate_modbus.sim import ModbusSimulator, SimUnit
 from modbus_helpers import bind, points
 
 from gateway.errors import DeviceTimeout
+from gateway.poller import DevicePoller
+from gateway.twin import Twin
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat (apt-get install socat)")
 BAUD = 19200
@@ -108,3 +111,52 @@ def test_frame_gap_is_three_and_a_half_characters() -> None:
     assert RtuConfig(port="/dev/x", baudrate=9600).frame_gap() == pytest.approx(3.5 * 10 / 9600)
     assert RtuConfig(port="/dev/x", baudrate=115200).frame_gap() == pytest.approx(0.00175)
     assert RtuConfig(port="/dev/x", baudrate=9600, parity="E").frame_gap() == pytest.approx(3.5 * 11 / 9600)
+
+
+async def test_devices_of_one_line_open_it_once_and_a_silent_unit_leaves_it_open(
+        serial_pair: tuple[str, str]) -> None:
+    """Six devices start together on one port: one opens it, the others share that. A unit that never answers
+    times out without closing the port under the live ones."""
+    server_end, client_end = serial_pair
+    sim = ModbusSimulator([SimUnit(u, points(VISITORS, {"temperature": u, "energy": 0.5, "setpoint": u,
+                                                         "relay": False})) for u in range(1, 6)])
+    await sim.start_serial(RtuConfig(port=server_end, baudrate=BAUD))
+    devices = [bind(ModbusRtu, rtu(client_end, u), VISITORS, name=f"d{u}") for u in range(1, 6)]
+    dead = bind(ModbusRtu, rtu(client_end, 9, timeout=0.3), VISITORS, name="dead")
+    try:
+        await asyncio.gather(*(protocol.open() for protocol in [*devices, dead]))  # none refused by the lock
+        link = dead._link
+        assert link is not None and link.connected and link._failures == 0
+        client = link._client
+        with pytest.raises(DeviceTimeout):
+            await dead.read(dead.plan(list(dead.device.properties.values())))
+        assert link.connected and link._client is client  # the port stayed open
+        for u, protocol in enumerate(devices, start=1):
+            result = await protocol.read(protocol.plan(list(protocol.device.properties.values())))
+            assert result.values["setpoint"] == u and not result.errors
+    finally:
+        for protocol in [*devices, dead]:
+            await protocol.close()
+        await sim.stop()
+
+
+async def test_a_unit_that_never_answers_is_tried_less_and_less_often(serial_pair: tuple[str, str]) -> None:
+    """Opening a shared serial line succeeds for any unit: the poller's backoff grows until a read brings values,
+    so a silent unit does not take a timeout of the bus every half second."""
+    server_end, client_end = serial_pair
+    sim = ModbusSimulator([SimUnit(1, points(VISITORS, {"temperature": 1, "energy": 0.5, "setpoint": 1,
+                                                         "relay": False}))])
+    await sim.start_serial(RtuConfig(port=server_end, baudrate=BAUD))
+    dead = bind(ModbusRtu, rtu(client_end, 9, timeout=0.2), VISITORS, name="dead")
+    poller = DevicePoller(dead.device, ModbusRtu, Twin("default/dead", {}), on_report=lambda *_: None,
+                    on_state=lambda *_: None)
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(3.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sim.stop()
+    # a fixed 0.5 s backoff would try 5 or more times in 3.5 s (0.2 s timeout + 0.375..0.625 s); growing: at most 4
+    assert 2 <= poller.stats.read_errors <= 4, poller.stats.read_errors

@@ -13,19 +13,27 @@ the answer (5 + 2 x registers bytes) and the silence before the next request; by
 silence is the link's inter-frame gap (`RtuConfig.frame_gap()`: 3.5 characters, at least 1.75 ms above 19200
 baud, as the spec says). The slave's turnaround time is left out, so no real line reaches it.
 
-A pty does not pace bytes at the baud rate (the kernel copies them at once), so on a pty only the gaps the link
-sleeps and the software on both ends limit the rate; the figures can pass the wire's maximum, and the ratio
-achieved/maximum says how much of a real bus the gateway's own timing would leave unused.
+A pty does not pace bytes at the baud rate (the kernel copies them at once), so on a pty only the gap the link
+sleeps before each request and the software on both ends limit the rate: the figures pass the wire's maximum,
+and the ratio achieved/maximum (`bus_utilisation`) says whether the gateway's own timing would leave a real bus
+idle (>= 1: the wire, not the gateway, would be the limit). `ms_per_request_besides_gap` is the rest: both
+processes' asyncio and pymodbus work, socat's copies, the lock hand-over between device tasks and the sleep's
+overshoot of the gap.
 
-Offered load: the intervals are what integrators set (100 ms at 115200 baud, 1 s at 9600) and the number of
-devices puts the offered requests/s at about twice the wire's maximum at both rates, so that on a real line the
-bus, not the schedule, is the limit; on the pty whichever of the offer and the software ceiling comes first is
-what is measured (`offered_requests_per_s` is printed beside it).
+Cases (one JSON line each; 24 devices, one request a cycle each):
+- as configured: the intervals integrators set, 100 ms at 115200 baud and 1 s at 9600, an offer of 240 and 24
+  requests/s, about twice the wire's maximum (117 and 14.5), so that on a real line the bus is the limit. On the
+  pty the offer is met, and lateness p99 is the schedule's own jitter.
+- saturated: 10 ms at 115200 and 50 ms at 9600 (2400 and 480 requests/s offered), more than the pty and the
+  software carry: the figure is the gateway's ceiling on one line, and lateness grows to what an over-full bus
+  gives.
+- saturated without the frame gap (`inter_frame_gap: 0`, against the spec, only to show what the gap costs).
+- saturated plus one dead unit (configured in the gateway, not served): each attempt costs the bus one timeout
+  (FIELDGATE_BENCH_RTU_TIMEOUT, 0.3 s); the others' rate is compared with the saturated case.
 
-Cases, one JSON line each: 115200 baud; 115200 baud plus one dead unit (configured, not served: each attempt
-costs it one timeout, then the poller backs off); 9600 baud. Asserted: at 115200 baud the gateway achieves >= 50 %
-of the wire's maximum; the dead unit takes from the others no more than the bus time of its timeouts (plus 5 % of
-the rate for noise on a shared box). Knobs: FIELDGATE_BENCH_SECONDS (10), FIELDGATE_BENCH_RTU_DEVICES (24).
+Asserted: at 115200 baud the gateway achieves >= 50 % of the wire's maximum; with the dead unit the others keep
+answering and lose no more of their rate than the bus time of the dead unit's timeouts. Knobs:
+FIELDGATE_BENCH_SECONDS (8), FIELDGATE_BENCH_RTU_DEVICES (24), FIELDGATE_BENCH_RTU_TIMEOUT (0.3). About 80 s.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ REGISTERS = 2 * PROPERTIES
 STOPBITS = 2
 BITS_PER_CHAR = 11  # start, 8 data, 2 stop
 REQUEST_BYTES = 8  # unit, function, address (2), count (2), CRC (2)
-TIMEOUT_S = 0.3  # a request's timeout (protocol.config.timeout)
+TIMEOUT_S = float(os.environ.get("FIELDGATE_BENCH_RTU_TIMEOUT", "0.3"))  # protocol.config.timeout
 DEAD_UNIT = 200
 CONFIGURED_MS = {115200: 100, 9600: 1000}  # collect intervals integrators set at each rate
 SATURATED_MS = {115200: 10, 9600: 50}  # an offer above what the pty and the software carry
@@ -205,6 +213,7 @@ def run_case(tmp_path: Path, case: str, baud: int, interval_ms: int, devices: in
     live_errors_started = sum(after[n][1] for n in live_names)  # since start: the start-up included
     live_errors = live_errors_started - sum(before[n][1] for n in live_names)
     achieved = live_cycles / wall  # one request a cycle: requests/s on the bus from the live devices
+    saturated = achieved < 0.95 * devices * 1000 / interval_ms  # the offer not met: the rate is the ceiling
     maximum = bus_maximum(baud, REGISTERS)
     link_gap = RtuConfig(port="-", baudrate=baud, stopbits=STOPBITS, inter_frame_gap=gap).frame_gap()
     result = {
@@ -220,7 +229,7 @@ def run_case(tmp_path: Path, case: str, baud: int, interval_ms: int, devices: in
         "bus_utilisation": round(achieved / maximum["requests_per_s"], 3),
         "ms_per_request": round(1000 / achieved, 3) if achieved else None,
         # what a request costs besides the gap the link sleeps: both processes, socat, the lock hand-over
-        "ms_per_request_besides_gap": round(1000 / achieved - link_gap * 1000, 3) if achieved else None,
+        "ms_per_request_besides_gap": round(1000 / achieved - link_gap * 1000, 3) if saturated else None,
         "dead_unit_timeouts": dead_attempts,
         "dead_unit_bus_share": round(dead_attempts * TIMEOUT_S / wall, 3),
         "lateness_p50_ms": status["lateness_ms"]["p50"], "lateness_p99_ms": status["lateness_ms"]["p99"],
@@ -272,8 +281,11 @@ def test_115200_baud_saturated_with_a_dead_unit(tmp_path: Path, results: dict[st
     }), flush=True)
     assert result["dead_unit_timeouts"] >= 1
     assert result["device_states"].get("online") == DEVICES
-    # the others lose at most the bus time the dead unit's timeouts took (5 % of the rate for noise)
-    assert loss <= result["dead_unit_bus_share"] + 0.05
+    assert result["live_read_errors_in_window"] == 0  # the others keep answering
+    # The others lose at most the bus time of the dead unit's timeouts. Errors are counted when a timeout ends,
+    # so one more may overlap the window; and 5 % of the rate for noise on a shared box.
+    share = (result["dead_unit_timeouts"] + 1) * TIMEOUT_S / result["seconds"]
+    assert loss <= share + 0.05
 
 
 def test_9600_baud_as_configured(tmp_path: Path) -> None:

@@ -9,17 +9,19 @@ scripts/bootstrap.sh
 if [ $# -gt 0 ]; then  # a chosen part of the suite: just that
     exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
 fi
-# The soak tests mostly wait (an outage held for minutes): they run in a process of their own beside the rest.
+# The soak tests mostly wait (outages held for minutes) and the image tests mostly wait for debootstrap and qemu:
+# they run in a process of their own beside the rest.
 soak_dir=$(mktemp -d)
-.venv/bin/python -m pytest -p no:cacheprovider -m soak -s --basetemp "$soak_dir/tmp" >"$soak_dir/log" 2>&1 &
+.venv/bin/python -m pytest -p no:cacheprovider -m "soak or image" -s --basetemp "$soak_dir/tmp" \
+    >"$soak_dir/log" 2>&1 &
 soak=$!
 status=0
-.venv/bin/python -m pytest -p no:cacheprovider || status=$?
+.venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image" || status=$?
 if wait "$soak"; then
-    grep -h "^outage" "$soak_dir/log" || true
+    grep -h "^outage\|^image built" "$soak_dir/log" || true
     tail -n 1 "$soak_dir/log"
 else
-    echo "soak tests failed:" >&2
+    echo "soak or image tests failed:" >&2
     cat "$soak_dir/log" >&2
     status=1
 fi

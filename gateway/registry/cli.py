@@ -123,25 +123,28 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     _data_dir(remove)
 
     workloads = sub.add_parser("workloads", help="workloads per node with the status their nodes report "
-                                                 "(`workloads versions|rollback|events|logs [NS/]NAME` for one)")
-    workloads.add_argument("workloads_action", nargs="?", choices=("list", "versions", "rollback", "events", "logs"),
-                           default="list")
+                                                 "(`workloads versions|rollback|events|logs|stop|start|restart "
+                                                 "[NS/]NAME` for one)")
+    workloads.add_argument("workloads_action", nargs="?", default="list",
+                           choices=("list", "versions", "rollback", "events", "logs", "stop", "start", "restart"))
     workloads.add_argument("workload", nargs="?", metavar="[NS/]NAME",
                            help="a Workload (or with --kind BatchWorkload, a BatchWorkload) for versions and "
-                                "rollback; the workload as its nodes run it for events and logs")
+                                "rollback; the workload as its nodes run it for events, logs, stop, start and "
+                                "restart")
     workloads.add_argument("--kind", choices=("Workload", "BatchWorkload"), default="Workload",
                            help="the kind of document whose versions to list or roll back (Workload)")
     workloads.add_argument("--version", type=int, help="`rollback`: the kept version to apply again")
-    workloads.add_argument("--node", help="`logs`: the node to ask (`events`: only this node's)")
+    workloads.add_argument("--node", help="`logs`: the node to ask (`events`: only this node's; `stop`, `start`, "
+                                          "`restart`: only this node, else every node it is placed on)")
     workloads.add_argument("--instance", help="`logs`: only this instance's lines")
     workloads.add_argument("--tail", type=int, default=100, help="`logs`: how many of the newest lines (100)")
     workloads.add_argument("--timeout", type=_duration, default=10.0,
-                           help="`logs`: how long the node has to answer (10s)")
-    workloads.add_argument("--registry", help="`logs`: https://HOST:PORT of the running registry (default: where "
-                                              "`registry serve` last listened)")
+                           help="`logs`, `stop`, `start`, `restart`: how long a node has to answer (10s)")
+    workloads.add_argument("--registry", help="`logs`, `stop`, `start`, `restart`: https://HOST:PORT of the running "
+                                              "registry (default: where `registry serve` last listened)")
     workloads.add_argument("--token", default=os.environ.get("FIELDGATE_REGISTRY_TOKEN") or None,
-                           help="`logs`: an API token (default: env FIELDGATE_REGISTRY_TOKEN, else one made for "
-                                "this call)")
+                           help="`logs`, `stop`, `start`, `restart`: an API token (default: env "
+                                "FIELDGATE_REGISTRY_TOKEN, else one made for this call)")
     workloads.add_argument("--json", action="store_true", help="one JSON object per line")
     _data_dir(workloads)
 
@@ -183,6 +186,10 @@ def _registry(args: argparse.Namespace) -> int:
         from gateway.registry.logs import print_workload_logs
 
         return print_workload_logs(args, *_workload_name(args))
+    if args.action == "workloads" and args.workloads_action in ("stop", "start", "restart"):
+        from gateway.registry.lifecycle import print_workload_action
+
+        return print_workload_action(args, *_workload_name(args))
 
     async def with_store() -> int:
         from gateway.registry import access

@@ -3,7 +3,8 @@
 Every apply that changes such a document keeps the new spec as the next numbered version (the last KEEP_VERSIONS
 per document; a document stored before versions were kept gets its old spec as a version first). A rollback
 applies a kept version's spec again as a new version, so it can be undone in turn, and the nodes get it with their
-next heartbeat. Secrets are not versioned: Workloads name them, they never carry their values.
+next heartbeat. Secrets are not versioned: Workloads name them, they never carry their values. Stopping, starting
+and restarting a workload on its nodes is gateway.registry.lifecycle's (served with these routes).
 
 A node sends, with its workload status, the events of each workload it has not delivered yet (gateway.registry
 .workloads.WorkloadSync); the registry keeps the last KEEP_EVENTS per node and workload. The API routes and
@@ -22,7 +23,7 @@ from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import access
+from gateway.registry import access, lifecycle
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.db import Statement
 from gateway.registry.store import RegistryStore
@@ -205,7 +206,7 @@ async def _known_workload(store: RegistryStore, caller: access.Caller, namespace
     return any(v["namespace"] == namespace and v["name"] == name for v in await workload_views(store, caller))
 
 
-ROUTE_HANDLERS = [list_versions, post_rollback, list_events]
+ROUTE_HANDLERS = [list_versions, post_rollback, list_events, *lifecycle.ROUTE_HANDLERS]
 
 
 # --- `fieldgate registry workloads versions|rollback|events` ---------------------------------------------------

@@ -10,7 +10,9 @@ with client affinity).
 
 A workload's log comes the same way: `GET /api/v1/nodes/<node>/workloads/<ns>/<name>/logs?instance=&tail=` asks
 the node for the last lines of one of its registry-owned workloads (gateway.workloads.logs), and the registry's
-workload page shows them.
+workload page shows them. `ask_node()` carries any such request: the stop, start and restart of a workload
+(gateway.registry.lifecycle) are asked of the node the same way. A node answers at `POST /api/v1/nodes/self/answers/
+<request>` (or `…/logs/<request>`, where nodes of earlier versions post).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
 LOGS_PATH = "logs"
 WORKLOAD_LOGS_PATH = "workload-logs"
+WORKLOAD_ACTION_PATH = "workload-action"
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
 MAX_ANSWER = 8 << 20
@@ -56,7 +59,7 @@ MAX_TAIL = 1000
 
 class LogRequests:
     """Calls waiting for a node's answer, by request id (the id of the message that carries the request): the node
-    and what was asked (LOGS_PATH or WORKLOAD_LOGS_PATH)."""
+    and what was asked (a key of ANSWERS)."""
 
     def __init__(self) -> None:
         self.waiting: dict[str, tuple[str, str, asyncio.Future[dict[str, Any]]]] = {}
@@ -98,11 +101,30 @@ class WorkloadLogAnswer(msgspec.Struct, kw_only=True):
     error: str | None = None  # the node refused the request
 
 
-ANSWERS: dict[str, type[NodeAnswer] | type[WorkloadLogAnswer]] = {LOGS_PATH: NodeAnswer,
-                                                                   WORKLOAD_LOGS_PATH: WorkloadLogAnswer}
+class WorkloadActionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workload: str  # <namespace>/<name>
+    action: str  # stop, start or restart
+    actor: str  # who asked at the registry, for the node's events and audit
 
 
-def _timeout(raw: str | None) -> float:
+class WorkloadActionAnswer(msgspec.Struct, kw_only=True):
+    workload: str = ""
+    action: str = ""
+    changed: bool = False  # False: nothing to do (a start of a workload that was not stopped)
+    status: str = ""  # the workload's status right after the action
+    reason: str = ""
+    version: int = 0
+    instances: list[dict[str, Any]] = []  # id, state, pid: the instances right after the action
+    error: str | None = None  # the node refused the request
+
+
+AnyAnswer = NodeAnswer | WorkloadLogAnswer | WorkloadActionAnswer
+ANSWERS: dict[str, type[AnyAnswer]] = {LOGS_PATH: NodeAnswer, WORKLOAD_LOGS_PATH: WorkloadLogAnswer,
+                                       WORKLOAD_ACTION_PATH: WorkloadActionAnswer}
+
+
+def timeout_param(raw: str | None) -> float:
+    """`?timeout=`: how long the node has to answer (DEFAULT_TIMEOUT, at most MAX_TIMEOUT)."""
     if raw is None:
         return DEFAULT_TIMEOUT
     seconds = query_seconds(f"?timeout={raw}", raw)
@@ -127,8 +149,9 @@ def tail_param(raw: str | None) -> int:
 
 async def ask_node(store: RegistryStore, requests: LogRequests, node: str, path: str, payload: bytes,
                    timeout: float) -> dict[str, Any]:
-    """Queue a request for a node on its message long-poll and wait for its answer; NotFound for an unknown node,
-    NodeSilent when it does not answer in time or refuses."""
+    """Queue a request (`path`: a key of ANSWERS) for a node on its message long-poll and wait for its answer;
+    NotFound for an unknown node, NodeSilent when it does not answer in time or refuses. A request the node has not
+    fetched when the time is up is withdrawn, so a node that comes back later never acts on it."""
     online = await store.node_online(node)
     queued = await store.queue_message(node, LOGS_NAMESPACE, path, payload, timeout)
     request_id = queued["id"]
@@ -171,7 +194,7 @@ async def _visible_node(request: AnyRequest, node: str) -> RegistryStore:
                                               "as the gateway's GET /api/v1/logs)")
 async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[str, Any]]:
     params = dict(request.query_params.items())
-    timeout = _timeout(params.pop("timeout", None))
+    timeout = timeout_param(params.pop("timeout", None))
     query = LogQuery.parse(params)  # refused here, with the parameter named, rather than by the node
     store = await _visible_node(request, node)
     try:
@@ -187,7 +210,7 @@ async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[s
 async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace: FromPath[str],
                              name: FromPath[str]) -> Response[dict[str, Any]]:
     params = request.query_params
-    timeout = _timeout(params.get("timeout"))
+    timeout = timeout_param(params.get("timeout"))
     tail = tail_param(params.get("tail"))
     unknown = sorted(set(params) - {"timeout", "tail", "instance"})
     if unknown:
@@ -205,22 +228,24 @@ async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace
     return Response(answer, status_code=200)
 
 
-@post("/api/v1/nodes/self/logs/{request_id:str}", summary="The calling node's answer to a log request",
+@post(["/api/v1/nodes/self/answers/{request_id:str}", "/api/v1/nodes/self/logs/{request_id:str}"],
+      summary="The calling node's answer to a request of the registry (a log, a workload's log or action)",
       status_code=200, request_max_body_size=MAX_ANSWER)
 async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Response[dict[str, Any]]:
     node = await client_node(request)
     pending = _requests(request).waiting.get(request_id)
     if pending is None or pending[0] != node:
-        return Response({"detail": f"no log request {request_id} is waiting for node {node} (it timed out)"},
+        return Response({"detail": f"no request {request_id} is waiting for node {node} (it timed out)"},
                         status_code=404)
     _, path, future = pending
     try:
         answer = msgspec.json.decode(await request.body(), type=ANSWERS[path])
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return Response({"detail": f"log answer: {exc}"}, status_code=400)
+        return Response({"detail": f"{path} answer: {exc}"}, status_code=400)
     if not future.done():
         future.set_result(msgspec.to_builtins(answer))
-    taken = len(answer.records) if isinstance(answer, NodeAnswer) else len(answer.lines)
+    taken = (len(answer.records) if isinstance(answer, NodeAnswer) else len(answer.lines)
+             if isinstance(answer, WorkloadLogAnswer) else 1)
     return Response({"accepted": taken}, status_code=200)
 
 
@@ -245,12 +270,17 @@ def _workload_log(gateway: Gateway, payload: bytes) -> bytes:
                                 "cursor": lines[-1].seq if lines else workload_log.seq})
 
 
-async def answer_log_request(client: httpx.AsyncClient, request_id: str, payload: bytes, path: str = LOGS_PATH,
-                             gateway: Gateway | None = None) -> None:
-    """Answer a log request from the registry (this process's ring, or a workload's log) and post it back."""
+async def answer_request(client: httpx.AsyncClient, request_id: str, payload: bytes, path: str = LOGS_PATH,
+                         gateway: Gateway | None = None) -> None:
+    """Answer a request from the registry (this process's log ring, a workload's log, a workload action) and post
+    the answer back."""
+    from gateway.registry.lifecycle import perform_action
+
     try:
         if path == WORKLOAD_LOGS_PATH and gateway is not None:
             body = _workload_log(gateway, payload)
+        elif path == WORKLOAD_ACTION_PATH and gateway is not None:
+            body = await perform_action(gateway, payload)
         elif path == LOGS_PATH:
             params = msgspec.json.decode(payload, type=dict[str, str])
             body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
@@ -261,10 +291,10 @@ async def answer_log_request(client: httpx.AsyncClient, request_id: str, payload
     if len(body) > MAX_ANSWER:
         body = msgspec.json.encode({"error": f"the answer has {len(body)} bytes, more than {MAX_ANSWER}: ask for "
                                              "fewer lines"})
-    response = await client.post(f"/api/v1/nodes/self/logs/{request_id}", content=body,
+    response = await client.post(f"/api/v1/nodes/self/answers/{request_id}", content=body,
                                  headers={"Content-Type": "application/json"})
     if response.status_code != 200:
-        log.info("the registry did not take the answer to log request %s: %s %s", request_id,
+        log.info("the registry did not take the answer to its %s request %s: %s %s", path, request_id,
                  response.status_code, response.text.strip()[:200])
 
 
@@ -275,7 +305,7 @@ DEFAULT_URL = "https://127.0.0.1:8443"
 CLI_FILTERS = ("level", "device", "route", "sink", "logger", "contains", "since", "limit")
 
 
-def _local_url(recorded: list[str]) -> str:
+def local_url(recorded: list[str]) -> str:
     """Where `registry serve` last listened, as seen from this machine: a registry that listened on every
     address was recorded under this machine's name, which its certificate may not carry; loopback it is."""
     if not recorded:
@@ -297,7 +327,7 @@ def print_node_logs(args: argparse.Namespace) -> int:
         LogQuery.parse(params)
     except ConfigError as exc:
         raise ConfigError(f"--{str(exc).lstrip('?')}") from None
-    url = (args.registry or _local_url(known_urls(args.data_dir))).rstrip("/")
+    url = (args.registry or local_url(known_urls(args.data_dir))).rstrip("/")
 
     async def fetch() -> dict[str, Any]:
         async with RegistryStore(args.data_dir, args.db) as store:
@@ -320,7 +350,7 @@ def print_workload_logs(args: argparse.Namespace, namespace: str, name: str) -> 
     if not args.node:
         raise ConfigError("workloads logs: expected --node NODE (the node whose instances to read)")
     params = {"tail": str(tail_param(str(args.tail)))} | ({"instance": args.instance} if args.instance else {})
-    url = (args.registry or _local_url(known_urls(args.data_dir))).rstrip("/")
+    url = (args.registry or local_url(known_urls(args.data_dir))).rstrip("/")
 
     async def fetch() -> dict[str, Any]:
         async with RegistryStore(args.data_dir, args.db) as store:
@@ -348,18 +378,19 @@ async def fetch_node_logs(store: RegistryStore, data_dir: Path, url: str, node: 
 
 
 async def ask_registry(store: RegistryStore, data_dir: Path, url: str, path: str, params: dict[str, str],
-                       token: str | None, timeout: float, description: str) -> dict[str, Any]:
-    """GET `path` of the running registry at `url` (which asks a node); without a token, one made for this call
-    only. ConfigError with the registry's reason when it refuses."""
+                       token: str | None, timeout: float, description: str, *, method: str = "GET",
+                       role: str = "viewer") -> dict[str, Any]:
+    """GET (or POST) `path` of the running registry at `url` (which asks a node); without a token, one with `role`
+    made for this call only. ConfigError with the registry's reason when it refuses."""
     own_token = token is None
     if token is None:
-        token = await create_api_token(store, "viewer", Scope.parse(PLATFORM), description)
+        token = await create_api_token(store, role, Scope.parse(PLATFORM), description)
     try:
         context = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
         async with httpx.AsyncClient(base_url=url, verify=context, timeout=timeout + 10,
                                      headers={"Authorization": f"Bearer {token}"}) as client:
             try:
-                response = await client.get(path, params={**params, "timeout": f"{timeout:g}"})
+                response = await client.request(method, path, params={**params, "timeout": f"{timeout:g}"})
             except httpx.HTTPError as exc:
                 raise ConfigError(f"--registry {url}: {type(exc).__name__}: {exc}") from None
     finally:

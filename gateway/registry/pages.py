@@ -2,8 +2,9 @@
 
 Nodes with their state, one node (info, labels, devices and, when a monitoring module provides them, its plots),
 groups, devices across nodes, workloads and one workload (status per node, events, versions with a rollback for
-operators, a node's log of it fetched on request), join tokens (admins create and revoke them) and the audit log;
-every page shows only what lies in the user's scope. The styles are the local UI's (`gateway/web/static/app.css`).
+operators, a node's log of it fetched on request, stop / start / restart on one node or on all for operators), join
+tokens (admins create and revoke them) and the audit log; every page shows only what lies in the user's scope. The
+styles are the local UI's (`gateway/web/static/app.css`).
 """
 
 from __future__ import annotations
@@ -353,6 +354,37 @@ async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name:
     return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
 
 
+@post("/workloads/{namespace:str}/{name:str}/action", summary="Stop, start or restart a workload on one node or "
+      "on all of its nodes (operators)", include_in_schema=False, status_code=303)
+async def workload_action(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
+    from gateway.registry import lifecycle, logs
+
+    caller, session = await _session(request)
+    fields = await _fields(request)
+    action, node = fields.get("action", ""), fields.get("node", "")
+    if not caller.can("operator"):
+        raise PageForbidden(f"the {caller.role} role cannot {action or 'change'} workloads; operator or admin can")
+    requests = request.app.state.log_requests
+    try:
+        lifecycle.check_action(action)
+        if node:
+            results = [await lifecycle.act_on_node(_store(request), requests, caller, node, namespace, name, action,
+                                                   PAGE_LOG_TIMEOUT)]
+        else:
+            done = await lifecycle.act_everywhere(_store(request), requests, caller, namespace, name, action,
+                                                  PAGE_LOG_TIMEOUT)
+            results = done["nodes"]
+    except NotFound as exc:
+        return _error(request, caller, session, 404, str(exc))
+    except logs.NodeSilent as exc:
+        results = [{"node": node, "outcome": lifecycle.NO_ANSWER if exc.status == 504 else "error",
+                    "detail": str(exc)}]
+    for result in results:
+        session.flash.append(("ok" if result["outcome"] == "ok" else "error",
+                              f"{action} {namespace}/{name} on {lifecycle.describe_outcome(result)}"))
+    return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
+
+
 # --- join tokens and the audit log (admins) -------------------------------------------------------------------
 
 
@@ -420,5 +452,5 @@ async def audit_page(request: AnyRequest) -> Response[str]:
 
 
 ROUTE_HANDLERS = [login_form, login, logout, stylesheet, nodes_page, node_page, groups_page, devices_page,
-                  workloads_page, workload_page, workload_rollback, join_tokens_page, join_token_create,
-                  join_token_revoke, audit_page]
+                  workloads_page, workload_page, workload_rollback, workload_action, join_tokens_page,
+                  join_token_create, join_token_revoke, audit_page]

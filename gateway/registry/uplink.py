@@ -4,7 +4,9 @@ applies the registry's resources for the node whenever their resource version ch
 registry answers with. A second task long-polls the registry for REST messages meant for this
 node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
 whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes; a message in the
-`_fieldgate` namespace asks for the node's recent log, or a workload's, instead (gateway.registry.logs). An
+`_fieldgate` namespace is a request of the registry instead, answered over mutual TLS: the node's recent log or a
+workload's (gateway.registry.logs), or the stop, start or restart of a registry-owned workload
+(gateway.registry.lifecycle; the node refuses any other). An
 upgrade task named in a heartbeat answer is started once and its status reported with every heartbeat
 (gateway.registry.upgrades). It keeps the gateway working while the registry is unreachable."""
 
@@ -24,7 +26,7 @@ from gateway import __version__
 from gateway.errors import FieldgateError
 from gateway.plugins import list_plugins
 from gateway.reconfigure import REGISTRY
-from gateway.registry.logs import LOGS_NAMESPACE, answer_log_request
+from gateway.registry.logs import LOGS_NAMESPACE, answer_request
 from gateway.registry.monitoring import NodeSampler
 from gateway.registry.twins import DesiredValue, TwinSync
 from gateway.registry.upgrades import NodeUpgrade, UpgradeAssignment
@@ -110,9 +112,9 @@ class Uplink:
         if not messages:
             return 0
         for message in messages:
-            if message.namespace == LOGS_NAMESPACE:  # the registry asks for this node's or a workload's log
-                await answer_log_request(client, message.id, base64.b64decode(message.payload), message.path,
-                                         self.gateway)
+            if message.namespace == LOGS_NAMESPACE:  # a log, or a workload action, the registry asks of this node
+                await answer_request(client, message.id, base64.b64decode(message.payload), message.path,
+                                     self.gateway)
                 continue
             self.deliver(message.namespace, message.path, base64.b64decode(message.payload))
         await self.gateway.store.flush()  # durable in the outboxes before the registry forgets them

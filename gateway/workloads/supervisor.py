@@ -369,7 +369,7 @@ class WorkloadManager:
                 runner.not_scheduled = placement
                 runner.update(doc, version)
                 await runner.event("scheduled", "", f"version {version}")
-            elif runner.refs != refs:
+            elif runner.refs != refs and not runner.stopped_by_user:  # a stopped one reads them when started
                 await runner.event("scheduled", "", "its config items or secrets changed: restarting")
                 runner.restart()
             elif runner.not_scheduled != placement:
@@ -434,8 +434,18 @@ class WorkloadManager:
     async def restart_workload(self, namespace: str, name: str, *, actor: str, address: str = "") -> None:
         runner = self.runner(namespace, name)
         runner.restart()
-        await runner.event("scheduled", "", f"restart requested by {actor}")
+        await runner.event("restarted", "", f"restart requested by {actor}")
         await self.gateway.store.audit(actor, "restart", f"Workload {namespace}/{name}", "", address)
+
+    async def start_workload(self, namespace: str, name: str, *, actor: str, address: str = "") -> bool:
+        """Start a workload stopped by request (as a restart does); False, doing nothing, when it was not stopped."""
+        runner = self.runner(namespace, name)
+        if not runner.stopped_by_user:
+            return False
+        runner.restart()
+        await runner.event("scheduled", "", f"start requested by {actor}")
+        await self.gateway.store.audit(actor, "start", f"Workload {namespace}/{name}", "", address)
+        return True
 
     async def rollback(self, namespace: str, name: str, version: int, *, actor: str, address: str = "") -> int:
         """Deploy a kept version's spec again (it becomes the newest version); returns that version number."""

@@ -88,7 +88,7 @@ class Subscriber:
         return result
 
 
-@pytest.mark.slow
+@pytest.mark.soak  # a minute of waiting: scripts/test.sh runs it beside the rest
 async def test_broker_outage_loses_nothing(tmp_path: Path, write_config: Callable[[str], Path],
                                            start_gateway: Callable[..., Any]) -> None:
     broker = Mosquitto(tmp_path, persistence=True)

@@ -112,8 +112,9 @@ def test_the_node_logs_api_refuses_with_clear_statuses(fleet: Fleet) -> None:
     with fleet.api(None) as anonymous:
         assert anonymous.post("/api/v1/nodes/self/logs/abc", content=b"{}").status_code == 401
     with httpx.Client(base_url=fleet.registry.url, verify=client_ssl_context(fleet.silent_dir), timeout=10) as node:
-        late = node.post("/api/v1/nodes/self/logs/abc", content=b'{"records": []}')
-        assert late.status_code == 404 and "no log request abc" in late.json()["detail"]
+        for path in ("/api/v1/nodes/self/logs/abc", "/api/v1/nodes/self/answers/abc"):
+            late = node.post(path, content=b'{"records": []}')
+            assert late.status_code == 404 and "no request abc is waiting" in late.json()["detail"]
 
 
 def test_registry_logs_command_prints_a_nodes_lines(fleet: Fleet) -> None:

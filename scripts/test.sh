@@ -18,7 +18,7 @@ soak=$!
 status=0
 .venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image" || status=$?
 if wait "$soak"; then
-    grep -h "^outage\|^image built" "$soak_dir/log" || true
+    grep -ho "outage [0-9].*\|image built in [0-9]* s" "$soak_dir/log" || true
     tail -n 1 "$soak_dir/log"
 else
     echo "soak or image tests failed:" >&2

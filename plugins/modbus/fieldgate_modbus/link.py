@@ -25,16 +25,6 @@ from gateway.errors import DeviceTimeout, ProtocolError
 log = logging.getLogger(__name__)
 
 
-class _OnlyWhenDebugging(logging.Filter):
-    """pymodbus logs every unanswered request at ERROR with a dump of recent frames; the link reports a device's
-    state changes itself, once each. pymodbus' own lines pass only when the gateway logs at debug level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
-
-
-logging.getLogger("pymodbus.logging").addFilter(_OnlyWhenDebugging())
-
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 EXCEPTION_NAMES = {

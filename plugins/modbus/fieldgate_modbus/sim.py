@@ -326,9 +326,17 @@ class ModbusSimulator:
             return b""
         return frame
 
+    def _gateway_answer_for_absent_units(self, sending: bool, frame: bytes) -> bytes:
+        """Behind one TCP address, a unit that is not there gets what a Modbus TCP gateway answers: exception 11,
+        gateway target device failed to respond (pymodbus would answer 4, device failure)."""
+        if sending and len(frame) >= 9 and frame[6] not in self.units and frame[7] & 0x80:
+            return frame[:8] + bytes([ExcCodes.GATEWAY_NO_RESPONSE]) + frame[9:]
+        return frame
+
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on host:port (0 picks a free port); returns the port."""
-        server = ModbusTcpServer(self._devices(), address=(host, port))
+        server = ModbusTcpServer(self._devices(), address=(host, port),
+                                 trace_packet=self._gateway_answer_for_absent_units)
         await server.serve_forever(background=True)
         self._server = server
         transport: Any = server.transport

@@ -126,6 +126,19 @@ async def test_exception_codes_become_protocol_errors(tcp_sim: Any) -> None:
         await protocol.close()
 
 
+async def test_a_unit_missing_behind_a_tcp_address_answers_like_a_gateway(tcp_sim: Any) -> None:
+    sim = await tcp_sim([SimUnit(1, points(VISITORS, {"a": 1, "b": 2.5}))])
+    absent = bind(ModbusTcp, {"host": "127.0.0.1", "port": sim.port, "unit": 7, "timeout": 0.5}, VISITORS)
+    present = device(sim.port)
+    try:
+        with pytest.raises(ProtocolError, match=r"exception 11 \(gateway target failed to respond\)"):
+            await read(absent)
+        assert (await read(present)).values == {"a": 1, "b": 2.5}  # the connection they share is still good
+    finally:
+        await absent.close()
+        await present.close()
+
+
 async def test_partly_failing_read_reports_errors_per_property(tcp_sim: Any) -> None:
     visitors = dict(VISITORS, missing={"register": "HoldingRegister", "offset": 5000, "type": "uint16"})
     sim = await tcp_sim([SimUnit(1, points(VISITORS, {"a": 7, "b": 2.5}))])

@@ -100,6 +100,7 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         self._pending: deque[tuple[str, float, dict[str, Any]]] = deque()  # (device, ts, values) per report
         self._outbox: list[tuple[str, str, bytes, float]] = []  # (sink, topic, payload, created)
+        self._meta: dict[str, str] = {}  # meta values to write with the next flush
         self._queued = 0
         self.max_queued = max_queued
         self.history_dropped = 0
@@ -253,6 +254,18 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
 
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT (serialised like `execute`) and return the id of its row."""
+        try:
+            async with self._write_lock:
+                async with asyncio.timeout(self.timeout):
+                    cursor = await self.db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        if cursor.lastrowid is None:
+            raise StoreError(f"{self.path}: no row inserted by {sql.split('(', 1)[0].strip()}")
+        return cursor.lastrowid
+
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one query and return its rows."""
         try:
@@ -312,12 +325,19 @@ class Store:
         """Queue a message for a sink's outbox; it is durable once the next flush commits."""
         self._outbox.append((sink, topic, payload, time.time()))
 
+    def queue_meta(self, key: str, value: str) -> None:
+        """Queue a value of the meta table; it is durable once the next flush commits (a newer value of the same
+        key queued before then replaces it)."""
+        self._meta[key] = value
+
     async def flush(self) -> int:
-        """Commit every queued report and outbox message in one transaction; returns the values written."""
-        if not self._pending and not self._outbox:
+        """Commit every queued report, outbox message and meta value in one transaction; returns the values
+        written."""
+        if not self._pending and not self._outbox and not self._meta:
             return 0
         reports, self._pending = self._pending, deque()
         outbox, self._outbox = self._outbox, []
+        meta, self._meta = self._meta, {}
         queued, self._queued = self._queued, 0
         encode = _pack.encode
         keys = self._keys
@@ -347,9 +367,13 @@ class Store:
                 if outbox:
                     await db.executemany("INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)",
                                          outbox)
+                if meta:
+                    await db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                                         "value = excluded.value", list(meta.items()))
         except sqlite3.Error as exc:
             self._pending.extendleft(reversed(reports))  # keep them for the next attempt
             self._outbox[:0] = outbox
+            self._meta = {**meta, **self._meta}
             self._queued += queued
             raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
         self._unfolded += folded

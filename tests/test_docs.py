@@ -9,6 +9,7 @@ import pytest
 
 from gateway import docgen, hookspecs
 from gateway.cli import build_parser
+from gateway.workloads.model import Runtime
 from tests.conftest import REPO
 
 HOOKS = [name for name, fn in vars(hookspecs).items()
@@ -28,6 +29,14 @@ def test_every_hook_is_documented_with_its_signature(hook: str) -> None:
     params = ", ".join(f"{name}: {p.annotation}" for name, p in signature.parameters.items())
     expected = f"def {hook}({params}) -> {signature.return_annotation}"
     assert expected in page, f"docs/plugin-hooks.md: {hook} should read `{expected}`"
+
+
+@pytest.mark.parametrize("method", sorted(name for name, fn in vars(Runtime).items()
+                                           if inspect.isfunction(fn) and not name.startswith("_")))
+def test_every_runtime_method_is_documented(method: str) -> None:
+    page = (REPO / "docs" / "plugin-hooks.md").read_text()
+    section = page.split("## register_runtimes\n", 1)[1].split("\n## ", 1)[0]
+    assert f"{method}(" in section, f"docs/plugin-hooks.md: register_runtimes does not mention Runtime.{method}()"
 
 
 @pytest.mark.parametrize("name", sorted(docgen.GENERATED))

@@ -486,20 +486,22 @@ def _report(described: dict[str, Any]) -> WorkloadReport:
 
 class WorkloadSync:
     """The node's half: the status of its registry-owned workloads, sent when it changed, and their events not
-    delivered yet (the newest MAX_EVENTS of each)."""
+    delivered yet (the newest MAX_EVENTS of each). An event's seq is its id in the node's store, and how far the
+    registry has each workload's events is kept there too (gateway.workloads.history), so after a restart of the
+    gateway the node sends exactly the events the registry has not acknowledged."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._delivered = b""
         self._sending: tuple[bytes, dict[str, int]] | None = None
-        self._cursors: dict[str, int] = {}  # workload id -> the seq of its newest delivered event
         self._last = -RESEND
 
     def _events(self, workload: str) -> list[EventReport]:
-        runner = self.gateway.workloads.runners.get(workload)
+        manager = self.gateway.workloads
+        runner = manager.runners.get(workload)
         if runner is None:
             return []
-        after = self._cursors.get(workload, 0)
+        after = manager.history.delivered_up_to(workload)
         return [EventReport(seq=e.seq, ts=e.ts, event=e.event[:32], instance=e.instance[:300],
                             reason=e.reason[:MAX_REASON]) for e in runner.recent if e.seq > after][-MAX_EVENTS:]
 
@@ -524,7 +526,7 @@ class WorkloadSync:
     def delivered(self) -> None:
         if self._sending is not None:
             self._delivered = self._sending[0]
-            self._cursors.update(self._sending[1])
+            self.gateway.workloads.history.mark_delivered(self._sending[1])
             self._sending = None
 
     def failed(self) -> None:

@@ -14,8 +14,8 @@
 
 Instance cgroups live in `fieldgate-workloads/` below the gateway's own cgroup of each hierarchy, so they nest
 under whatever limits the gateway itself runs with. On cgroup v1 a level per gateway process
-(`gateway-<pid>`) keeps gateways that share a hierarchy apart; a level whose gateway is gone is removed at the
-next start.
+(`gateway-<pid>`) keeps gateways that share a hierarchy apart; the runtime removes its level when the gateway
+stops (`close()`), and a level whose gateway died is removed at the next start.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ class CgroupBackend(Protocol):
 
     def describe(self) -> dict[str, str]:
         """How limits are enforced, for the status page."""
+
+    def close(self) -> None:
+        """Remove what was made for this gateway alone, once its instances are gone (blocks up to REMOVE_WITHIN
+        seconds per directory)."""
 
 
 def cpu_quota(cores: float) -> int:
@@ -154,6 +158,9 @@ class CgroupV2:
         return {"limits": f"cgroup v2 under {self.base}", "memory": "memory.max, killed by the kernel above it",
                 "cpu": "cpu.max" if "cpu" in self.controllers else f"priority lowered (nice {FALLBACK_NICE})"}
 
+    def close(self) -> None:
+        """Nothing: on v2 the instance cgroups sit right in the subtree below the gateway's own cgroup."""
+
 
 def detect_cgroup_v2(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> tuple[CgroupV2 | None, str]:
     """The cgroup v2 subtree for instances, or None with the reason it cannot be used on this host."""
@@ -199,8 +206,8 @@ class CgroupV1:
         made: list[Path] = []
         try:
             for directory in (memory, cpu):
-                if directory is not None:
-                    directory.mkdir(exist_ok=True)
+                if directory is not None:  # parents too: the gateway's level is gone once the runtime closed
+                    directory.mkdir(parents=True, exist_ok=True)
                     made.append(directory)
             if limits.memory is not None:
                 self._limit_memory(memory, int(limits.memory))
@@ -233,6 +240,13 @@ class CgroupV1:
 
     def remove(self, cgroup: InstanceCgroup) -> None:
         remove_dirs(cgroup.dirs)
+
+    def close(self) -> None:
+        """Remove this gateway's level of each hierarchy, with any instance cgroup an instance left behind."""
+        for base in self.bases.values():
+            with contextlib.suppress(OSError):
+                remove_dirs([child for child in base.iterdir() if child.is_dir()])
+            remove_dirs([base])
 
     def describe(self) -> dict[str, str]:
         where = ", ".join(f"{path} ({controller})" for controller, path in self.bases.items())

@@ -94,6 +94,10 @@ class Runtime(abc.ABC):
     async def start(self, spec: InstanceSpec) -> Instance:
         """Start one instance; raise gateway.errors.WorkloadError when it cannot start."""
 
+    async def close(self) -> None:
+        """Clean up once the gateway has stopped every instance (it is stopping); errors are logged, not raised."""
+        return None
+
 
 @dataclass
 class RuntimeRegistry:

@@ -160,6 +160,11 @@ class ProcessRuntime(Runtime):
     def describe(self) -> dict[str, str]:
         return limits.describe(self.cgroups, self.cgroups_reason)
 
+    async def close(self) -> None:
+        """Remove this gateway's own cgroup level (cgroup v1); the instances' cgroups went with them."""
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.close)
+
     @staticmethod
     def _prepare(spec: InstanceSpec) -> tuple[list[str], str]:
         """Write the instance's files and check its command and working directory: (argv, cwd)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import os
 import shutil
@@ -30,14 +29,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 READY_TIMEOUT_MIN = 30.0  # a rolling update waits at least this long for a new instance to become ready
 RECENT_EVENTS = 20  # events a runner keeps in memory for the status the node reports to the registry
+RUNTIME_CLOSE_TIMEOUT = 10.0  # seconds a runtime gets to clean up when the gateway stops
 
 
 class RecentEvent(msgspec.Struct, frozen=True):
-    seq: int  # grows by one per event of the node while the gateway runs
+    seq: int  # the event's id in the store: grows across restarts of the gateway
     ts: float
     event: str
     instance: str
     reason: str
+
+
+async def stored_events(history: WorkloadHistory, namespace: str, name: str) -> list[RecentEvent]:
+    """The newest RECENT_EVENTS events the store keeps of a workload, oldest first."""
+    return [RecentEvent(e["id"], e["ts"], e["event"], e["instance"], e["reason"])
+            for e in await history.events(namespace, name, limit=RECENT_EVENTS)]
 
 
 def spec_text(workload: Workload) -> str:
@@ -89,11 +95,14 @@ class WorkloadRunner:
         log.info("workload %s%s: %s%s", self.id, f" ({instance})" if instance else "", event,
                  f": {reason}" if reason else "")
         self.last_event = event + (f" {instance}" if instance else "") + (f": {reason}" if reason else "")
-        self.recent.append(RecentEvent(next(self.manager.event_seq), time.time(), event, instance, reason))
+        ts = time.time()
         try:
-            await self.manager.history.add_event(self.target.namespace, self.target.name, event, instance, reason)
+            seq = await self.manager.history.add_event(self.target.namespace, self.target.name, event, instance,
+                                                       reason, ts=ts)
         except Exception as exc:  # the store closing under a late event must not break the instance's loop
             log.warning("workload %s: event %s not stored: %s", self.id, event, exc)
+            return
+        self.recent.append(RecentEvent(seq, ts, event, instance, reason))
 
     def update(self, spec: Workload, version: int) -> None:
         self.target, self.version, self.problem = spec, version, ""
@@ -261,7 +270,6 @@ class WorkloadManager:
         self.history = WorkloadHistory(gateway.store)
         self.logs: dict[str, WorkloadLog] = {}
         self._notes: dict[str, tuple[str, str]] = {}  # workload id -> (actor, note) for its next version
-        self.event_seq = itertools.count(1)
         self._started = False
 
     @property
@@ -299,6 +307,7 @@ class WorkloadManager:
         self._load_runtimes()  # the runtimes stop what a gateway that died left running
         for leftover in self.root.glob("*/*/instances/*"):  # files (secrets among them) of instances gone
             shutil.rmtree(leftover, ignore_errors=True)
+        await self.history.load_delivered()
         self._started = True
         await self.reconcile(config)
 
@@ -307,6 +316,12 @@ class WorkloadManager:
         await asyncio.gather(*(runner.close("the gateway stops") for runner in self.runners.values()),
                              return_exceptions=True)
         self.runners.clear()
+        for name, runtime in self.registry.runtimes.items():
+            try:
+                async with asyncio.timeout(RUNTIME_CLOSE_TIMEOUT):
+                    await runtime.close()
+            except Exception as exc:  # one runtime failing to clean up must not keep the others from it
+                log.warning("runtime %s did not close cleanly: %s", name, str(exc) or type(exc).__name__)
         for workload_log in self.logs.values():
             workload_log.close()
 
@@ -359,6 +374,8 @@ class WorkloadManager:
                 runner = self.runners[workload_id] = WorkloadRunner(self, doc, version)
                 runner.refs, runner.not_scheduled = refs, placement
                 runner.stopped_by_user = runner.stop_marker.exists()
+                # the events of before a restart of the gateway that the registry has not got yet go with these
+                runner.recent.extend(await stored_events(self.history, doc.namespace, doc.name))
                 await runner.event("scheduled", "", f"version {version}" + (f"; not here: {placement}"
                                                                             if placement else ""))
                 runner.start()

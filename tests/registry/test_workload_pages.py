@@ -1,14 +1,17 @@
 """One workload at a real registry with a real joined gateway running it: every applied spec is a version, a rollback
 (API, page, command) runs the old spec again on the node, the node's events (started, restarted after its process
-is killed) and its log reach the registry, the workload page shows them, and the node answering nothing is a 504.
+is killed) and its log reach the registry, the workload page shows them, the node answering nothing is a 504, and
+events the node recorded while the registry was down reach it once both are back, though the node restarted.
 The tests share one registry and node (starting them is the slow part) and build on each other in file order."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +23,8 @@ import msgspec
 import pytest
 
 from gateway.registry.join import client_ssl_context
-from tests.registry.conftest import Registry
+from gateway.store import db_path
+from tests.registry.conftest import Registry, stop
 from tests.registry.test_access import add_user, api, cli, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway
 from tests.registry.test_uplink import wait_until
@@ -233,3 +237,45 @@ def test_logs_and_the_workload_page(fleet: Fleet) -> None:
         page = pages.get("/workloads/default/app", params={"logs": NODE})
         assert page.status_code == 200 and f"node {NODE} did not answer within 5 s" in page.text
         assert time.monotonic() - started < 10
+
+
+def node_events(gateway: Gateway) -> list[tuple[float, str, str, str]]:
+    """The events of default/app the node's store keeps: (ts, event, instance, reason), oldest first."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path(gateway.data_dir)}?mode=ro", uri=True, timeout=10)) as db:
+        return [(ts, event, instance, reason) for ts, event, instance, reason in db.execute(
+            "SELECT ts, event, instance, reason FROM workload_events WHERE namespace='default' AND name='app' "
+            "ORDER BY id")]
+
+
+def test_events_recorded_while_the_registry_is_down_survive_a_restart_of_the_node(fleet: Fleet) -> None:
+    """The registry stops, the app is killed and restarted, the gateway restarts, the registry comes back: every
+    event of the node from before its restart reaches the registry, exactly once."""
+    if fleet.gateway.process is None or fleet.gateway.process.poll() is not None:
+        fleet.gateway.start()  # the previous test stopped it
+    fleet.apply("v3")
+    running = fleet.runs("v3")
+    wait_until(lambda: any(e["event"] == "started" and e["reason"] == f"pid {running['pid']}"
+                           for e in fleet.events()), what="the node's started event at the registry")
+    registry_process = fleet.registry.process
+    assert registry_process is not None
+    stop(registry_process)
+    down = time.time()
+    os.kill(running["pid"], signal.SIGKILL)
+    wait_until(lambda: [e for e in node_events(fleet.gateway) if e[0] > down and e[1] == "started"], timeout=20,
+               what="the app restarted on the node")
+    fleet.gateway.stop()  # SIGTERM: the app stops, which is an event too
+    offline = [e for e in node_events(fleet.gateway) if e[0] > down]
+    assert {"restarted", "started", "stopped"} <= {event for _, event, _, _ in offline}, offline
+    fleet.gateway.start()
+    time.sleep(1.5)  # heartbeats fail meanwhile, and the restarted node records its own events
+    fleet.registry.start()
+
+    def at_registry() -> list[tuple[float, str, str, str]]:
+        return [(e["ts"], e["event"], e["instance"], e["reason"]) for e in fleet.events() if e["node"] == NODE]
+
+    wait_until(lambda: set(offline) <= set(at_registry()), timeout=30,
+               what="the events from before the node's restart at the registry")
+    time.sleep(2.5)  # a few more heartbeats: nothing comes twice
+    received = at_registry()
+    assert [e for e in received if e in offline] == offline  # each once, in order
+    assert len(received) == len(set(received)), "no event of the node is stored twice"

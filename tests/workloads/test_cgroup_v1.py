@@ -1,12 +1,15 @@
 """cgroup v1 limits with real processes, on a v1 or hybrid host where the gateway can make child cgroups: the
-kernel kills an app at its memory limit, caps its CPU, and the instance cgroups go when the instance does."""
+kernel kills an app at its memory limit, caps its CPU, the instance cgroups go when the instance does, and the
+gateway's own level goes when the gateway stops."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +21,20 @@ from gateway.testing import wait_until
 from gateway.workloads import limits
 from gateway.workloads.model import InstanceSpec
 from gateway.workloads.process import ProcessInstance, ProcessRuntime
-from tests.workloads.conftest import PYTHON, Node
+from tests.conftest import FIELDGATE, free_port
+from tests.workloads.conftest import PYTHON, Node, gateway_doc
 
 ALLOCATE_200_MB = 'chunks = [b"x" * (8 << 20) for _ in range(25)]; print("survived 200 MB", flush=True)'
 BUSY_LOOP = "while True: pass"
 
 
 @pytest.fixture
-def v1_runtime(tmp_path: Path) -> ProcessRuntime:
+async def v1_runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
     runtime = ProcessRuntime(tmp_path / "data")
     if not isinstance(runtime.cgroups, limits.CgroupV1):  # test_limits asserts when this host must have it
         pytest.skip(f"cgroup v1 is not what this host uses: {runtime.describe()}")
-    return runtime
+    yield runtime
+    await runtime.close()
 
 
 def instance_spec(work_dir: Path, name: str, code: str, limits_: Limits) -> InstanceSpec:
@@ -101,3 +106,39 @@ restart: never
     assert "survived 200 MB" not in [line["line"] for line in logs["lines"]]
     instance_dir = runtime.cgroups.bases["memory"] / instance["id"]
     await wait_until(lambda: not instance_dir.exists(), 5)
+
+
+async def test_a_gateway_stopped_with_sigterm_removes_its_cgroup_level(v1_runtime: ProcessRuntime,
+                                                                       tmp_path: Path) -> None:
+    assert isinstance(v1_runtime.cgroups, limits.CgroupV1)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(gateway_doc(free_port()) + f"""\
+---
+kind: Workload
+name: sleeper
+command: [{PYTHON}, -c, 'import time; time.sleep(600)']
+limits: {{memory: 64Mi}}
+""")
+    gateway = await asyncio.create_subprocess_exec(
+        *FIELDGATE, "run", "-c", str(config), "--data-dir", str(tmp_path / "gw"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    # the gateway is in this process's cgroups: its level sits beside this process's in each hierarchy
+    levels = [base.parent / f"{limits.OWNER_PREFIX}{gateway.pid}" for base in v1_runtime.cgroups.bases.values()]
+    try:
+        def app_pids() -> list[int]:
+            """The pids in the instance cgroups below the gateway's level of the memory hierarchy."""
+            assert gateway.returncode is None, f"the gateway exited with {gateway.returncode}"
+            instances = [d for d in levels[0].iterdir() if d.is_dir()] if levels[0].is_dir() else []
+            return [int(pid) for d in instances for pid in (d / "cgroup.procs").read_text().split()]
+
+        [app] = await wait_until(app_pids, 30)
+        assert all(level.is_dir() for level in levels)
+        gateway.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await gateway.wait() == 0
+        assert not any(level.exists() for level in levels), "the gateway's level is removed when it stops"
+        assert not psutil.pid_exists(app)
+    finally:
+        if gateway.returncode is None:
+            gateway.kill()
+            await gateway.wait()

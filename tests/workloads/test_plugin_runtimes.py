@@ -1,12 +1,16 @@
-"""Runtimes from plugins: one that runs, one that cannot run on this node, one that is not a runtime at all."""
+"""Runtimes from plugins: one that runs, one that cannot run on this node, one that is not a runtime at all; each
+is closed when the workloads stop, and one failing to close is logged."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pluggy
+import pytest
 
+from gateway.errors import WorkloadError
 from gateway.hookspecs import hookimpl
 from gateway.testing import wait_until
 from gateway.workloads.model import Instance, InstanceSpec, Runtime
@@ -18,10 +22,15 @@ class Sandbox(ProcessRuntime):
     """A plugin's runtime built on the process one: the app sees it through the environment."""
 
     name: ClassVar[str] = "sandbox"
+    closed: ClassVar[int] = 0
 
     async def start(self, spec: InstanceSpec) -> Instance:
         spec.env["SANDBOXED"] = "yes"
         return await super().start(spec)
+
+    async def close(self) -> None:
+        Sandbox.closed += 1
+        await super().close()
 
 
 class Hypervisor(Runtime):
@@ -32,6 +41,9 @@ class Hypervisor(Runtime):
 
     async def start(self, spec: InstanceSpec) -> Instance:
         raise AssertionError("never asked to start anything")
+
+    async def close(self) -> None:
+        raise WorkloadError("the hypervisor's socket is gone")
 
 
 class NotARuntime:
@@ -45,7 +57,8 @@ class RuntimesPlugin:
 
 
 async def test_plugin_runtimes_run_or_fail_their_workloads_clearly(
-        plugin_manager: pluggy.PluginManager, start_node: Callable[..., Any]) -> None:
+        plugin_manager: pluggy.PluginManager, start_node: Callable[..., Any], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     plugin_manager.register(RuntimesPlugin(), name="test-runtimes")
     node: Node = await start_node(f"""\
 kind: Workload
@@ -80,3 +93,9 @@ image: x
     installed = set(status["workloads"]["runtimes"]) - {"container"}  # the first-party plugin, when installed
     assert installed == {"process", "sandbox", "vm"}
     assert status["workloads"]["total"] == 3 and status["workloads"]["failed"] == 2
+
+    monkeypatch.setattr(Sandbox, "closed", 0)
+    with caplog.at_level(logging.WARNING, logger="gateway.workloads.supervisor"):
+        await node.gateway.workloads.stop()
+    assert Sandbox.closed == 1
+    assert "runtime vm did not close cleanly: the hypervisor's socket is gone" in caplog.messages

@@ -83,6 +83,24 @@ def test_admin_sees_events_logs_and_rolls_back(page: Page, gateway_url: str, api
     expect(current.locator("pre")).to_contain_text('"GREETING": "one"')
     expect(page.locator("#workload-log tbody tr").filter(has_text="tick one").last).to_be_visible(timeout=15_000)
 
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.locator(".flash.ok")).to_have_text("default/ticker stopped")
+    for _ in range(100):  # bounded: the page as of its making, reloaded until the instance is gone
+        if page.locator("#workload-status").inner_text() == "stopped":
+            break
+        time.sleep(0.1)
+        page.reload()
+    expect(page.locator("#workload-status")).to_have_text("stopped")
+    page.get_by_role("button", name="Start", exact=True).click()  # a stopped workload offers Start instead of Stop
+    expect(page.locator(".flash.ok")).to_have_text("default/ticker starting")
+    for _ in range(150):
+        if page.locator("#workload-status").inner_text() == "running":
+            break
+        time.sleep(0.1)
+        page.reload()
+    expect(page.locator("#workload-status")).to_have_text("running")
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_be_visible()
+
 
 def test_the_pages_show_everything_without_javascript(chromium: Browser, gateway_url: str,
                                                       api: APIRequestContext, page: Page) -> None:

@@ -147,10 +147,21 @@ async def test_stop_and_restart_through_the_api_with_roles(start_node: Callable[
     node = await start_node(web_workload())
     await asyncio.sleep(0.3)
     assert await is_stopped()
-    restarted = await node.clients["operator"].post("/api/v1/workloads/default/web/restart")
-    assert restarted.status_code == 202
+    started = await node.clients["operator"].post("/api/v1/workloads/default/web/start")
+    assert started.status_code == 202 and started.json()["changed"] is True
     (again,) = await ready_instances(node, "web")
     assert again["pid"] != instance["pid"]
+    running = await node.clients["operator"].post("/api/v1/workloads/default/web/start")
+    assert running.json()["changed"] is False  # a running workload is left alone
+    assert (await ready_instances(node, "web"))[0]["pid"] == again["pid"]
+    restarted = await node.clients["operator"].post("/api/v1/workloads/default/web/restart")
+    assert restarted.status_code == 202
+
+    async def replaced() -> bool:
+        instances = (await node.workload("web"))["instances"]
+        return bool(instances) and instances[0]["pid"] != again["pid"] and instances[0]["ready"]
+
+    await wait_until(replaced)
     assert "stopped" in await node.events("web")
 
 

@@ -114,6 +114,15 @@ class WorkloadController(Controller):
                                               address=client_address(request))
         return gateway.workloads.runner(namespace, name).describe()
 
+    @post("/{namespace:str}/{name:str}/start", guards=[requires("operator")],
+          summary="Start a stopped workload (a running one is left alone)", status_code=202)
+    async def start(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]
+                    ) -> dict[str, Any]:
+        gateway = _gateway(request)
+        changed = await gateway.workloads.start_workload(namespace, name, actor=request.user.name,
+                                                         address=client_address(request))
+        return {**gateway.workloads.runner(namespace, name).describe(), "changed": changed}
+
     @post("/{namespace:str}/{name:str}/restart", guards=[requires("operator")],
           summary="Restart a workload (or start a stopped one)", status_code=202)
     async def restart(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]

@@ -90,4 +90,13 @@ async def workload_restart(request: AnyRequest, namespace: FromPath[str], name: 
     return _back(namespace, name)
 
 
-PAGES = [workload_list, workload_page, workload_rollback, workload_stop, workload_restart]
+@post("/workloads/{namespace:str}/{name:str}/start", guards=[requires("operator")], summary="Start (form)",
+      include_in_schema=False, status_code=303)
+async def workload_start(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Redirect:
+    who, address = actor(request)
+    started = await gateway_of(request).workloads.start_workload(namespace, name, actor=who, address=address)
+    flash(request, "ok", f"{namespace}/{name} starting" if started else f"{namespace}/{name} was not stopped")
+    return _back(namespace, name)
+
+
+PAGES = [workload_list, workload_page, workload_rollback, workload_stop, workload_start, workload_restart]

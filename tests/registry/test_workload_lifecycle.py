@@ -11,38 +11,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from tests.conftest import free_port
+from tests.registry import test_workload_pages as pages
 from tests.registry.conftest import Registry
 from tests.registry.test_access import add_user, api, cli, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway
 from tests.registry.test_uplink import wait_until
-
-NODE = "gw-1"
-
-
-def app(version: str, password: str = "first") -> str:
-    return f"""\
-kind: Secret
-name: db
-data: {{password: {password}}}
----
-kind: Workload
-name: app
-node: {NODE}
-command: [{sys.executable}, {WEB_APP}]
-env: {{APP_VERSION: {version}}}
-env_from: [{{name: DB_PASSWORD, secret: db, key: password}}]
-ports: [{{name: http}}]
-health: {{type: http, path: /health, port: http, interval: 200ms}}
-restart_delay: 200ms
-stop_grace: 2s
-"""
+from tests.registry.test_workload_pages import NODE, app
 
 
 def local_app(port: int) -> str:
@@ -58,46 +38,12 @@ stop_grace: 2s
 """
 
 
-class Fleet:
+class Fleet(pages.Fleet):
+    """The workload pages' fleet, with the node's own workload beside the registry's."""
+
     def __init__(self, registry: Registry, gateway: Gateway, tmp_path: Path, local_port: int) -> None:
-        self.registry = registry
-        self.gateway = gateway
-        self.tmp_path = tmp_path
+        super().__init__(registry, gateway, tmp_path)
         self.local_port = local_port
-        self.viewer = cli(registry, "token", "create", "--role", "viewer").stdout.strip()
-        self.operator = cli(registry, "token", "create", "--role", "operator").stdout.strip()
-
-    def apply(self, text: str, label: str) -> None:
-        path = self.tmp_path / f"{label}.yaml"
-        path.write_text(text)
-        cli(self.registry, "apply", "-f", str(path))
-
-    def view(self) -> dict[str, Any]:
-        with api(self.registry, self.viewer) as client:
-            [found] = [w for w in client.get("/api/v1/workloads").json() if w["name"] == "app" and w["node"] == NODE]
-        return dict(found)
-
-    def answer(self) -> dict[str, Any] | None:
-        """What the running instance says (pid, APP_VERSION, password), or None while it is not up."""
-        view = self.view()
-        if view["status"] != "running" or view["ready"] != 1:
-            return None
-        try:
-            reply = httpx.get(f"http://127.0.0.1:{view['instances'][0]['ports']['http']}/", timeout=5)
-        except httpx.HTTPError:
-            return None
-        result: dict[str, Any] = reply.json()
-        return result
-
-    def runs(self, version: str, other_than: int | None = None) -> dict[str, Any]:
-        answer: dict[str, Any] = wait_until(
-            lambda: (a := self.answer()) and a["version"] == version and a["pid"] != other_than and a, timeout=30,
-            what=f"the node running {version}" + (f" in a process other than {other_than}" if other_than else ""))
-        return answer
-
-    def events(self) -> list[dict[str, Any]]:
-        with api(self.registry, self.viewer) as client:
-            return list(client.get("/api/v1/workloads/default/app/events").json())
 
     def local_pid(self) -> int:
         pid: int = httpx.get(f"http://127.0.0.1:{self.local_port}/", timeout=5).json()["pid"]
@@ -111,25 +57,13 @@ def gone(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp_path = tmp_path_factory.mktemp("workload-lifecycle")
-    registry = Registry(tmp_path / "registry")
-    registry.start()
-    gateway = None
-    try:
-        gateway = Gateway(registry, tmp_path, NODE)
-        local_port = free_port()
-        gateway.config.write_text(gateway.config.read_text() + local_app(local_port))  # the node's own workload
-        gateway.start()
+    local_port = free_port()
+    with pages.registry_and_node(tmp_path, local_app(local_port)) as (registry, gateway):  # and its own workload
         yield Fleet(registry, gateway, tmp_path, local_port)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        if registry.process is not None:
-            registry.process.terminate()
-            registry.process.wait(10)
 
 
 def test_a_restart_from_the_registry_runs_a_new_process(fleet: Fleet) -> None:
-    fleet.apply(app("v1"), "v1")
+    fleet.apply_text(app("v1", password="first"), "v1")
     first = fleet.runs("v1")
     path = f"/api/v1/nodes/{NODE}/workloads/default/app"
     with api(fleet.registry, fleet.viewer) as viewer, api(fleet.registry, fleet.operator) as operator:
@@ -164,7 +98,7 @@ def stays_stopped(fleet: Fleet, seconds: float = 2.5) -> None:
     """Still stopped after more than two heartbeats (1 s), each with its document sync."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        view = fleet.view()
+        view = fleet.workload()
         assert view["status"] == "stopped" and not view["instances"], view
         time.sleep(0.2)
 
@@ -173,7 +107,7 @@ def test_a_stop_holds_through_syncs_and_updates_until_started(fleet: Fleet) -> N
     running = fleet.runs("v1")
     stopped = cli(fleet.registry, "workloads", "stop", "app", "--registry", fleet.registry.url)
     assert stopped.stdout.strip() == f"{NODE}: ok, stopped"
-    wait_until(lambda: fleet.view()["status"] == "stopped" and not fleet.view()["instances"],
+    wait_until(lambda: fleet.workload()["status"] == "stopped" and not fleet.workload()["instances"],
                what="the node reporting the workload stopped")
     wait_until(lambda: gone(running["pid"]), what=f"process {running['pid']} gone")
     wait_until(lambda: any(e["event"] == "stopped" and "stop requested by registry:token:" in e["reason"]
@@ -182,9 +116,9 @@ def test_a_stop_holds_through_syncs_and_updates_until_started(fleet: Fleet) -> N
     assert again.stdout.strip() == f"{NODE}: ok (nothing to do), stopped"
 
     # a changed Secret, then a new spec, reach the node with the document syncs; neither starts it
-    fleet.apply(app("v1", password="second"), "v1-second")
+    fleet.apply_text(app("v1", password="second"), "v1-second")
     stays_stopped(fleet)
-    fleet.apply(app("v2", password="second"), "v2")
+    fleet.apply_text(app("v2", password="second"), "v2")
     wait_until(lambda: any(e["event"] == "scheduled" and "version 2" in e["reason"] for e in fleet.events()),
                what="the node taking version 2")
     stays_stopped(fleet)
@@ -225,7 +159,7 @@ def test_a_stop_holds_through_syncs_and_updates_until_started(fleet: Fleet) -> N
 def test_the_node_refuses_a_workload_it_did_not_get_from_the_registry(fleet: Fleet) -> None:
     local_pid = fleet.local_pid()
     # the registry places a Workload named as the node's own: the node keeps its own (and refuses the documents)
-    fleet.apply(f"kind: Workload\nname: local-app\nnode: {NODE}\ncommand: [sleep, '60']\n", "clash")
+    fleet.apply_text(f"kind: Workload\nname: local-app\nnode: {NODE}\ncommand: [sleep, '60']\n", "clash")
     try:
         with api(fleet.registry, fleet.operator) as operator:
             refused = operator.post(f"/api/v1/nodes/{NODE}/workloads/default/local-app/stop")

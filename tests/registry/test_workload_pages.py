@@ -32,11 +32,11 @@ from tests.registry.test_uplink import wait_until
 NODE = "gw-1"
 
 
-def app(version: str) -> str:
+def app(version: str, password: str = "s3cret-value") -> str:
     return f"""\
 kind: Secret
 name: db
-data: {{password: s3cret-value}}
+data: {{password: {password}}}
 ---
 kind: Workload
 name: app
@@ -60,14 +60,23 @@ class Fleet:
         self.operator = cli(registry, "token", "create", "--role", "operator").stdout.strip()
 
     def apply(self, version: str) -> None:
-        path = self.tmp_path / f"app-{version}.yaml"
-        path.write_text(app(version))
+        self.apply_text(app(version), f"app-{version}")
+
+    def apply_text(self, text: str, label: str) -> None:
+        path = self.tmp_path / f"{label}.yaml"
+        path.write_text(text)
         cli(self.registry, "apply", "-f", str(path))
 
-    def view(self) -> dict[str, Any] | None:
+    def workload(self) -> dict[str, Any]:
+        """The registry's view of the workload on the node."""
         with api(self.registry, self.viewer) as client:
-            found = [w for w in client.get("/api/v1/workloads").json() if w["name"] == "app" and w["node"] == NODE]
-        return found[0] if found and found[0]["status"] == "running" and found[0]["ready"] == 1 else None
+            [found] = [w for w in client.get("/api/v1/workloads").json() if w["name"] == "app" and w["node"] == NODE]
+        return dict(found)
+
+    def view(self) -> dict[str, Any] | None:
+        """The view while the workload runs and is ready, else None."""
+        found = self.workload()
+        return found if found["status"] == "running" and found["ready"] == 1 else None
 
     def answer(self) -> dict[str, Any] | None:
         """What the running instance says (its pid and APP_VERSION), or None while it is not up."""
@@ -81,9 +90,10 @@ class Fleet:
         result: dict[str, Any] = reply.json()
         return result
 
-    def runs(self, version: str) -> dict[str, Any]:
-        answer: dict[str, Any] = wait_until(lambda: (a := self.answer()) and a["version"] == version and a,
-                                            timeout=30, what=f"the node running {version}")
+    def runs(self, version: str, other_than: int | None = None) -> dict[str, Any]:
+        answer: dict[str, Any] = wait_until(
+            lambda: (a := self.answer()) and a["version"] == version and a["pid"] != other_than and a, timeout=30,
+            what=f"the node running {version}" + (f" in a process other than {other_than}" if other_than else ""))
         return answer
 
     def events(self) -> list[dict[str, Any]]:
@@ -93,22 +103,31 @@ class Fleet:
             return list(response.json())
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    tmp_path = tmp_path_factory.mktemp("workload-pages")
+@contextlib.contextmanager
+def registry_and_node(tmp_path: Path, node_documents: str = "") -> Iterator[tuple[Registry, Gateway]]:
+    """A real registry and a real gateway joined to it as NODE (with more documents of its own, if given)."""
     registry = Registry(tmp_path / "registry")
     registry.start()
     gateway = None
     try:
         gateway = Gateway(registry, tmp_path, NODE)
+        if node_documents:
+            gateway.config.write_text(gateway.config.read_text() + node_documents)
         gateway.start()
-        yield Fleet(registry, gateway, tmp_path)
+        yield registry, gateway
     finally:
         if gateway is not None:
             gateway.stop()
         if registry.process is not None:
             registry.process.terminate()
             registry.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp_path = tmp_path_factory.mktemp("workload-pages")
+    with registry_and_node(tmp_path) as (registry, gateway):
+        yield Fleet(registry, gateway, tmp_path)
 
 
 def test_versions_and_a_rollback_reach_the_node(fleet: Fleet) -> None:

@@ -464,6 +464,18 @@ class WorkloadManager:
         await self.gateway.store.audit(actor, "start", f"Workload {namespace}/{name}", "", address)
         return True
 
+    async def user_action(self, action: str, namespace: str, name: str, *, actor: str, address: str = "") -> bool:
+        """`stop`, `start` or `restart` a workload for a user (API and pages); False when a start found it running."""
+        if action == "stop":
+            await self.stop_workload(namespace, name, actor=actor, address=address)
+        elif action == "start":
+            return await self.start_workload(namespace, name, actor=actor, address=address)
+        elif action == "restart":
+            await self.restart_workload(namespace, name, actor=actor, address=address)
+        else:
+            raise NotFound(f"no workload action {action!r} (expected stop, start or restart)")
+        return True
+
     async def rollback(self, namespace: str, name: str, version: int, *, actor: str, address: str = "") -> int:
         """Deploy a kept version's spec again (it becomes the newest version); returns that version number."""
         runner = self.runner(namespace, name)

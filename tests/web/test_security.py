@@ -17,7 +17,7 @@ from tests.web.conftest import PASSWORD
 
 PUBLIC = {"/healthz", "/login", "/static/{file_path:path}"}
 PATH_VALUES = {"namespace": "default", "name": "d1", "prop": "setpoint", "token_id": "1", "file_path": "app.css",
-               "path": "plant/orders"}
+               "path": "plant/orders", "action": "restart"}
 STREAMING = {"/devices/{namespace:str}/{name:str}/events"}
 
 

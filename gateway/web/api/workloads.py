@@ -105,32 +105,15 @@ class WorkloadController(Controller):
         return [{**v, "spec": msgspec.json.decode(v["spec"]), "current": v["version"] == runner.version}
                 for v in await gateway.workloads.history.versions(namespace, name)]
 
-    @post("/{namespace:str}/{name:str}/stop", guards=[requires("operator")], summary="Stop a workload",
-          status_code=202)
-    async def stop(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]
-                   ) -> dict[str, Any]:
+    @post("/{namespace:str}/{name:str}/{action:str}", guards=[requires("operator")], status_code=202,
+          summary="Stop a workload (it stays stopped, across restarts too, until started), start a stopped one (a "
+                  "running one is left alone) or restart one (starting it when stopped): action stop|start|restart")
+    async def act(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str],
+                  action: FromPath[str]) -> dict[str, Any]:
         gateway = _gateway(request)
-        await gateway.workloads.stop_workload(namespace, name, actor=request.user.name,
-                                              address=client_address(request))
-        return gateway.workloads.runner(namespace, name).describe()
-
-    @post("/{namespace:str}/{name:str}/start", guards=[requires("operator")],
-          summary="Start a stopped workload (a running one is left alone)", status_code=202)
-    async def start(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]
-                    ) -> dict[str, Any]:
-        gateway = _gateway(request)
-        changed = await gateway.workloads.start_workload(namespace, name, actor=request.user.name,
-                                                         address=client_address(request))
+        changed = await gateway.workloads.user_action(action, namespace, name, actor=request.user.name,
+                                                      address=client_address(request))
         return {**gateway.workloads.runner(namespace, name).describe(), "changed": changed}
-
-    @post("/{namespace:str}/{name:str}/restart", guards=[requires("operator")],
-          summary="Restart a workload (or start a stopped one)", status_code=202)
-    async def restart(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]
-                      ) -> dict[str, Any]:
-        gateway = _gateway(request)
-        await gateway.workloads.restart_workload(namespace, name, actor=request.user.name,
-                                                 address=client_address(request))
-        return gateway.workloads.runner(namespace, name).describe()
 
     @post("/{namespace:str}/{name:str}/rollback", guards=[requires("admin")],
           summary="Deploy a kept version again", status_code=202)

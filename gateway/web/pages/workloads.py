@@ -72,31 +72,17 @@ async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name:
     return _back(namespace, name)
 
 
-@post("/workloads/{namespace:str}/{name:str}/stop", guards=[requires("operator")], summary="Stop (form)",
-      include_in_schema=False, status_code=303)
-async def workload_stop(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Redirect:
+DONE = {"stop": "stopped", "start": "starting", "restart": "restarting"}
+
+
+@post("/workloads/{namespace:str}/{name:str}/{action:str}", guards=[requires("operator")],
+      summary="Stop, start or restart (form)", include_in_schema=False, status_code=303)
+async def workload_action(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
+                          action: FromPath[str]) -> Redirect:
     who, address = actor(request)
-    await gateway_of(request).workloads.stop_workload(namespace, name, actor=who, address=address)
-    flash(request, "ok", f"{namespace}/{name} stopped")
+    changed = await gateway_of(request).workloads.user_action(action, namespace, name, actor=who, address=address)
+    flash(request, "ok", f"{namespace}/{name} {DONE[action]}" if changed else f"{namespace}/{name} was not stopped")
     return _back(namespace, name)
 
 
-@post("/workloads/{namespace:str}/{name:str}/restart", guards=[requires("operator")], summary="Restart (form)",
-      include_in_schema=False, status_code=303)
-async def workload_restart(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Redirect:
-    who, address = actor(request)
-    await gateway_of(request).workloads.restart_workload(namespace, name, actor=who, address=address)
-    flash(request, "ok", f"{namespace}/{name} restarting")
-    return _back(namespace, name)
-
-
-@post("/workloads/{namespace:str}/{name:str}/start", guards=[requires("operator")], summary="Start (form)",
-      include_in_schema=False, status_code=303)
-async def workload_start(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Redirect:
-    who, address = actor(request)
-    started = await gateway_of(request).workloads.start_workload(namespace, name, actor=who, address=address)
-    flash(request, "ok", f"{namespace}/{name} starting" if started else f"{namespace}/{name} was not stopped")
-    return _back(namespace, name)
-
-
-PAGES = [workload_list, workload_page, workload_rollback, workload_stop, workload_start, workload_restart]
+PAGES = [workload_list, workload_page, workload_rollback, workload_action]

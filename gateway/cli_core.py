@@ -127,7 +127,7 @@ def _configure_token(parser: argparse.ArgumentParser) -> None:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from gateway.auth import create_token
+    from gateway.web.auth import create_token
 
     async def create() -> str:
         async with open_store(args.data_dir) as store:
@@ -150,7 +150,7 @@ def _configure_user(parser: argparse.ArgumentParser) -> None:
 
 
 def _user(args: argparse.Namespace) -> int:
-    from gateway.auth import add_user
+    from gateway.web.auth import add_user
 
     password = sys.stdin.readline().rstrip("\r\n")
 
@@ -185,9 +185,9 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.auth import add_user, create_token
     from gateway.cli import setup_logging
-    from gateway.demo import write_demo_config
+    from gateway.ops.demo import write_demo_config
+    from gateway.web.auth import add_user, create_token
 
     setup_logging("human")
     config_dir = write_demo_config(args.data_dir / "config", listen=args.listen)

@@ -161,7 +161,7 @@ class LogQuery:
     device: str = ""
     route: str = ""
     sink: str = ""
-    logger: str = ""  # a logger name prefix: `gateway.registry` takes `gateway.registry.uplink`
+    logger: str = ""  # a logger name prefix: `gateway.registry` takes `gateway.uplink.client`
     contains: str = ""  # text in the message or the traceback, case-insensitive
     since: float | None = None
     after: int | None = None

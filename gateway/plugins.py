@@ -19,12 +19,12 @@ BUILTIN_PLUGINS = (
     "gateway.protocols.virtual",
     "gateway.cli_core",
     "gateway.web.api.messages",
-    "gateway.bench",
+    "gateway.ops.bench",
     "gateway.importers.cli",
-    "gateway.registry.cli", "gateway.uplink",
-    "gateway.metrics", "gateway.systemd",
+    "gateway.registry.cli", "gateway.uplink.plugin",
+    "gateway.ops.metrics", "gateway.ops.systemd",
     "gateway.workloads.process", "gateway.web.api.workloads",
-    "gateway.upgrade",
+    "gateway.ops.upgrade",
 )
 
 

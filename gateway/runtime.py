@@ -18,22 +18,22 @@ import msgspec
 import pluggy
 
 from gateway import __version__
-from gateway.bus import Bus, state_topic, telemetry_topic, twin_topic
 from gateway.errors import ConfigError, NotFound, ResourceError, ValueRejected
 from gateway.eventbus.broker import EmbeddedBroker
 from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink, make_handlers
+from gateway.pipeline.bus import Bus, state_topic, telemetry_topic, twin_topic
+from gateway.pipeline.poller import DevicePoller
+from gateway.pipeline.reconfigure import Reconfiguration, make_twin
+from gateway.pipeline.routes import Routes
+from gateway.pipeline.supervisor import Supervisor
+from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
+from gateway.pipeline.values import coerce
 from gateway.plugins import get_plugin_manager
-from gateway.poller import DevicePoller
 from gateway.protocols.registry import protocol_registry
-from gateway.reconfigure import Reconfiguration, make_twin
 from gateway.resources.loader import Config, Source, check_documents, load_path
 from gateway.resources.schema import Device, enc_hook
-from gateway.routes import Routes
 from gateway.sinks.base import Sink, SinkRunner
 from gateway.store import Store
-from gateway.supervisor import Supervisor
-from gateway.twin import DeviceState, Twin, TwinProperty
-from gateway.values import coerce
 from gateway.workloads.supervisor import WorkloadManager
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from gateway import __version__
-from gateway.auth import authenticate_user
 from gateway.store import Store
+from gateway.web.auth import authenticate_user
 from tests.conftest import FIELDGATE, free_port
 from tests.resources.test_loader import VALID
 

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from gateway import docgen, hookspecs
+from gateway import hookspecs
 from gateway.cli import build_parser
+from gateway.ops import docgen
 from gateway.workloads.model import Runtime
 from tests.conftest import REPO
 
@@ -42,7 +43,7 @@ def test_every_runtime_method_is_documented(method: str) -> None:
 @pytest.mark.parametrize("name", sorted(docgen.GENERATED))
 def test_generated_docs_are_current(name: str) -> None:
     committed = (REPO / "docs" / name).read_text()
-    assert committed == docgen.GENERATED[name](), f"docs/{name} is stale: run python -m gateway.docgen"
+    assert committed == docgen.GENERATED[name](), f"docs/{name} is stale: run python -m gateway.ops.docgen"
 
 
 def test_readme_documents_every_command() -> None:

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import add_user, create_token
 from gateway.cli import JsonFormatter
 from gateway.errors import ConfigError
 from gateway.logs import ContextFilter, LogQuery, LogRing, log_context, log_ring
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import add_user, create_token
 from tests.test_runtime import MODEL, misbehaving_device, virtual_device, wait_for
 from tests.web.conftest import PASSWORD, Browser
 
@@ -148,7 +148,8 @@ def test_query_parameters_survive_the_trip_to_a_node() -> None:
 
 
 def test_json_log_lines_carry_the_context_fields() -> None:
-    record = logging.LogRecord("gateway.poller", logging.WARNING, __file__, 1, "%s: down", ("default/d",), None)
+    record = logging.LogRecord("gateway.pipeline.poller", logging.WARNING, __file__, 1, "%s: down", ("default/d",),
+                               None)
     with log_context(device="default/d", plugin="modbus"):
         ContextFilter().filter(record)
     line = json.loads(JsonFormatter().format(record))
@@ -194,8 +195,8 @@ async def test_api_filters_by_device_and_follows_with_the_cursor(api: httpx.Asyn
     cursor = page["cursor"]
     assert (await api.get(f"/api/v1/logs?device=lg-buggy&after={cursor}")).json()["records"] == []
     with log_context(device="default/lg-buggy"):
-        logging.getLogger("gateway.poller").warning("default/lg-buggy: one more line")
-    logging.getLogger("gateway.poller").warning("someone else's line", extra={"device": "default/lg-good"})
+        logging.getLogger("gateway.pipeline.poller").warning("default/lg-buggy: one more line")
+    logging.getLogger("gateway.pipeline.poller").warning("someone else's line", extra={"device": "default/lg-good"})
     newer = (await api.get(f"/api/v1/logs?device=lg-buggy&after={cursor}")).json()
     assert [r["message"] for r in newer["records"]] == ["default/lg-buggy: one more line"]
     assert newer["cursor"] > cursor

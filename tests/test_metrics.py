@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from gateway.auth import create_token
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import create_token
 from tests.test_runtime import MODEL, misbehaving_device, virtual_device, wait_for
 
 ROUTES = """\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from gateway.web.plots import HEIGHT, MAX_COLUMNS, TOP, WIDTH, Line, columns, format_value, line_plot, nice_ceiling
+from gateway.webkit.plots import HEIGHT, MAX_COLUMNS, TOP, WIDTH, Line, columns, format_value, line_plot, nice_ceiling
 
 SVG = "{http://www.w3.org/2000/svg}"
 

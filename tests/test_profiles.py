@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.profiles import list_profiles, load_profile
+from gateway.resources.profiles import list_profiles, load_profile
 
 
 def test_bundled_profiles_load() -> None:

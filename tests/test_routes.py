@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import create_token
 from gateway.errors import ResourceError
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import create_token
 from tests.conftest import Mosquitto, free_port
 from tests.eventbus.test_eventbus import mqtt_client, next_on, wait_connected
 from tests.resources.test_loader import PROTOCOLS

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import create_token
 from gateway.store import SCHEMA_VERSION, Store, db_path
 from gateway.testing import stored_history, stored_reported
+from gateway.web.auth import create_token
 from tests.conftest import FIELDGATE, free_port
 from tests.test_runtime import MODEL, virtual_device
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import systemd
+from gateway.ops import systemd
 from tests.conftest import FIELDGATE, free_port
 from tests.test_runtime import MODEL, virtual_device
 

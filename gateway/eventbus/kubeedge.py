@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.twin import Twin, TwinProperty
-from gateway.values import to_wire_text
+from gateway.pipeline.twin import Twin, TwinProperty
+from gateway.pipeline.values import to_wire_text
 
 DEVICE_PREFIX = "$hw/events/device/"
 SUBSCRIPTIONS = (

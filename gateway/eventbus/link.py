@@ -20,9 +20,9 @@ import msgspec
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.eventbus import kubeedge as ke
 from gateway.logs import Throttle
+from gateway.pipeline.twin import TwinProperty
 from gateway.resources.schema import EventbusSettings
 from gateway.sinks.base import OutboxMessage, Sink, SinkError
-from gateway.twin import TwinProperty
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway, Report, TwinChange

@@ -32,9 +32,9 @@ from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem, key_pem, make_csr, new_key, peer_identity, write_private
-from gateway.registry.join import RegistrySettings, detail, registry_dir, save_identity
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import NAME_PATTERN
+from gateway.uplink.join import RegistrySettings, detail, registry_dir, save_identity
 
 CN_PREFIX = "batch:"  # a node name cannot contain ':', so a batch certificate is never taken for a node's
 GRACE_DAYS = 30  # the certificate outlives the batch so that a late node hears `expired`, not a TLS failure

@@ -585,7 +585,7 @@ def _configure_join(parser: argparse.ArgumentParser) -> None:
 
 
 def _join(args: argparse.Namespace) -> int:
-    from gateway.registry.join import join
+    from gateway.uplink.join import join
 
     if args.bundle is not None:
         from gateway.registry.batch import join_with_bundle

@@ -27,7 +27,7 @@ from litestar import Request, get
 from litestar.params import FromPath
 
 from gateway.errors import ConfigError
-from gateway.web.plots import COLORS, Line, Point, Unit, format_value, line_plot
+from gateway.webkit.plots import COLORS, Line, Point, Unit, format_value, line_plot
 
 if TYPE_CHECKING:
     from gateway.registry.db import Statement

@@ -31,7 +31,7 @@ from gateway.registry import access
 from gateway.registry.access import AnyRequest, Caller
 from gateway.registry.store import RegistryStore
 from gateway.resources.durations import Duration
-from gateway.web.sessions import LoginLimiter, Session, SessionStore
+from gateway.webkit.sessions import LoginLimiter, Session, SessionStore
 
 SESSION_COOKIE = "fieldgate_registry_session"
 LOGIN_CSRF_COOKIE = "fieldgate_registry_login_csrf"

@@ -26,12 +26,12 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, FieldgateError, NotFound, ValueRejected
+from gateway.pipeline.twin import same_value
+from gateway.pipeline.values import coerce
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import PropertyModel
-from gateway.twin import same_value
-from gateway.values import coerce
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway

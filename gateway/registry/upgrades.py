@@ -7,11 +7,11 @@ the task to at most `concurrency` nodes at once, only to healthy ones; a node th
 `skipped`; once more than `max_failures` nodes failed, the nodes not started yet are `cancelled`.
 
 On the node (`NodeUpgrade`, part of the uplink) the heartbeat answer names the assignment; the node downloads the
-wheels into `<data dir>/upgrade/task-<id>/` and starts `fieldgate upgrade --from-wheels` (gateway.upgrade) as a
+wheels into `<data dir>/upgrade/task-<id>/` and starts `fieldgate upgrade --from-wheels` (gateway.ops.upgrade) as a
 process of its own, since that flow restarts the gateway it was started from. The slot root is
 `$FIELDGATE_UPGRADE_ROOT`, else the one this gateway runs from, else /opt/fieldgate; the restart command is
 `$FIELDGATE_UPGRADE_RESTART`, else `systemctl restart fieldgate.service`. Whichever gateway process runs reports
-the upgrade's status (gateway.upgrade.StatusLog) with the reason and the tail of its log in every heartbeat.
+the upgrade's status (gateway.ops.upgrade.StatusLog) with the reason and the tail of its log in every heartbeat.
 """
 
 from __future__ import annotations
@@ -39,9 +39,7 @@ from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, FieldgateError, NotFound
-from gateway.registry import access
-from gateway.registry.auth import AnyRequest, client_node, store_of
-from gateway.upgrade import (
+from gateway.ops.upgrade import (
     DEFAULT_RESTART,
     DEFAULT_ROOT,
     ROLLBACK_FAILED,
@@ -51,6 +49,8 @@ from gateway.upgrade import (
     StatusLog,
     read_wheelhouse,
 )
+from gateway.registry import access
+from gateway.registry.auth import AnyRequest, client_node, store_of
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore

@@ -16,6 +16,8 @@ import msgspec
 import yaml
 
 from gateway.errors import ConfigError, ResourceError, ValueRejected
+from gateway.pipeline.routes import endpoint_problems, route_problems
+from gateway.pipeline.values import coerce
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol
 from gateway.resources.schema import (
     AnyDocument,
@@ -33,8 +35,6 @@ from gateway.resources.schema import (
 )
 from gateway.resources.schema import ConfigItem as ConfigItemDoc
 from gateway.resources.schema import Secret as SecretDoc
-from gateway.routes import endpoint_problems, route_problems
-from gateway.values import coerce
 from gateway.workloads.checks import workload_problems
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -307,7 +307,7 @@ class _Checker:
                 self.fail(source, "$.model", "give either model or profile, not both")
                 return None, {}
             try:
-                from gateway.profiles import load_profile
+                from gateway.resources.profiles import load_profile
             except ImportError:
                 self.fail(source, "$.profile", "firmware profiles are not available in this installation")
                 return None, {}

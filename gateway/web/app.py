@@ -28,7 +28,7 @@ from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages import admin, devices, editor, login, logs, overview, workloads
 from gateway.web.pages.common import render, setup_engine
 from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, AuthMiddleware, is_api_path
-from gateway.web.sessions import LoginLimiter, SessionStore
+from gateway.webkit.sessions import LoginLimiter, SessionStore
 
 WEB = Path(__file__).resolve().parent
 PAGES = [

@@ -20,9 +20,9 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware._utils import should_bypass_middleware
 from litestar.types import Receive, Scope, Send
 
-from gateway.auth import Principal, Role, authenticate_token, check_role
 from gateway.errors import AuthError, ConfigError
-from gateway.web.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, SessionStore
+from gateway.web.auth import Principal, Role, authenticate_token, check_role
+from gateway.webkit.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, SessionStore
 
 PUBLIC_PATHS = {"/healthz", "/login"}
 PUBLIC_PREFIXES = ("/static/",)

@@ -38,7 +38,7 @@ INTERVAL = float(os.environ.get("FIELDGATE_BENCH_HB_INTERVAL", "5"))
 SECONDS = float(os.environ.get("FIELDGATE_BENCH_SECONDS", "20"))
 P99_LIMIT_MS = 500.0
 CPU_MS_LIMIT = 5.0  # registry CPU per heartbeat (TLS included): what one core affords, whatever else runs
-INFO = {"version": "0.1.0", "plugins": ["gateway.core", "gateway.uplink", "gateway.virtual"], "os": "Linux 6.1",
+INFO = {"version": "0.1.0", "plugins": ["gateway.core", "gateway.uplink.plugin", "gateway.virtual"], "os": "Linux 6.1",
         "architecture": "x86_64", "cpu_percent": 3.5, "memory_percent": 41.2, "disk_percent": 12.0,
         "devices": {"total": 12, "online": 12}, "uplink_latency_ms": 4.2, "resource_version": "",
         "messages_received": 0, "messages_unrouted": 0}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway import bench
+from gateway.ops import bench
 from gateway.plugins import get_plugin_manager
 
 

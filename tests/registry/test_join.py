@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.registry.join import client_ssl_context
+from gateway.uplink.join import client_ssl_context
 from tests.registry.conftest import Registry, join
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.registry.join import client_ssl_context
+from gateway.uplink.join import client_ssl_context
 from tests.conftest import FIELDGATE, free_port
 from tests.plants import LOGS_PLANT
 from tests.registry.conftest import Registry, join, stop, wait_for_port

@@ -13,8 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import create_token
-from gateway.registry.join import client_ssl_context, join, load_settings
 from gateway.registry.monitoring import (
     MINUTE,
     SERIES,
@@ -26,9 +24,11 @@ from gateway.registry.monitoring import (
     sample_statements,
 )
 from gateway.registry.store import RegistryStore
-from gateway.registry.uplink import Uplink
 from gateway.runtime import Gateway
+from gateway.uplink.client import Uplink
+from gateway.uplink.join import client_ssl_context, join, load_settings
 from gateway.web.app import create_app
+from gateway.web.auth import create_token
 from tests.registry.conftest import Registry
 from tests.test_runtime import MODEL, virtual_device, wait_for
 

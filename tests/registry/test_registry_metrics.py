@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from gateway.errors import AuthError, ConfigError
-from gateway.registry.join import join
-from gateway.registry.uplink import Uplink
+from gateway.uplink.client import Uplink
+from gateway.uplink.join import join
 from tests.registry.conftest import Registry
 from tests.registry.test_monitoring import gateway, joined
 from tests.test_metrics import scrape, value

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway.registry.join import RegistrySettings
+from gateway.uplink.join import RegistrySettings
 from tests.conftest import Mosquitto
 from tests.registry.conftest import Registry, join, stop
 from tests.registry.test_messages import Subscriber, api, start_gateway

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.registry.join import RegistrySettings
-from gateway.registry.uplink import Uplink
 from gateway.resources.loader import parse_yaml
+from gateway.uplink.client import Uplink
+from gateway.uplink.join import RegistrySettings
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port
 
@@ -80,7 +80,7 @@ def test_gateway_heartbeats_runs_registry_devices_and_goes_offline(registry: Reg
         node = wait_until(lambda: registry.nodes()["gw-1"]["status"] == "healthy" and registry.nodes()["gw-1"],
                           what="a heartbeat")
         info = node["info"]
-        assert info["devices"]["total"] == 1 and "gateway.uplink" in info["plugins"]
+        assert info["devices"]["total"] == 1 and "gateway.uplink.plugin" in info["plugins"]
         assert info["architecture"] and info["os"] and info["memory_percent"] > 0
 
         registry_file = tmp_path / "remote.yaml"

@@ -22,8 +22,8 @@ import httpx
 import msgspec
 import pytest
 
-from gateway.registry.join import client_ssl_context
 from gateway.store import db_path
+from gateway.uplink.join import client_ssl_context
 from tests.registry.conftest import Registry, stop
 from tests.registry.test_access import add_user, api, cli, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import add_user
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import add_user
 from tests.test_runtime import MODEL, virtual_device, wait_for
 
 PASSWORD = "correct horse battery"

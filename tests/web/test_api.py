@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import add_user, authenticate_user, create_token
 from gateway.errors import AuthError
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import add_user, authenticate_user, create_token
 from tests.test_runtime import MODEL, virtual_device, wait_for
 
 

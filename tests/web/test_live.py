@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from gateway.auth import add_user
 from gateway.runtime import Gateway
+from gateway.web.auth import add_user
 from tests.conftest import free_port
 from tests.test_runtime import MODEL, virtual_device, wait_for
 from tests.web.conftest import PASSWORD

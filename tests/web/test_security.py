@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import ROLES, create_token
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import ROLES, create_token
 from gateway.web.routes_doc import app_routes, required_role
 from gateway.web.security import is_api_path
 from tests.web.conftest import PASSWORD

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import create_token
 from gateway.runtime import Gateway
 from gateway.testing import free_port
+from gateway.web.auth import create_token
 
 APPS = Path(__file__).resolve().parent / "apps"
 PYTHON = sys.executable

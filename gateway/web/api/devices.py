@@ -11,8 +11,8 @@ from litestar import Controller, Request, get, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from gateway.errors import NotFound
+from gateway.pipeline.twin import TwinProperty
 from gateway.runtime import Gateway
-from gateway.twin import TwinProperty
 from gateway.web.security import requires
 
 

@@ -9,9 +9,9 @@ from litestar import get, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
-from gateway.auth import ROLES, add_user, create_token
 from gateway.errors import ConfigError, FieldgateError
 from gateway.web import queries
+from gateway.web.auth import ROLES, add_user, create_token
 from gateway.web.pages.common import (
     AnyRequest,
     actor,
@@ -101,8 +101,8 @@ async def settings(request: AnyRequest) -> Template:
 @post("/settings", guards=admin, summary="Join a registry with a join token", include_in_schema=False,
       status_code=303)
 async def settings_save(request: AnyRequest) -> Template | Redirect:
-    from gateway.registry.join import join
-    from gateway.uplink import startup as start_uplink
+    from gateway.uplink.join import join
+    from gateway.uplink.plugin import startup as start_uplink
 
     fields = await form_fields(request)
     url, token = fields.get("registry_url", "").strip(), fields.get("join_token", "").strip()

@@ -11,8 +11,8 @@ from litestar.datastructures import UploadFile
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 
-from gateway.auth import Principal
 from gateway.runtime import Gateway
+from gateway.web.auth import Principal
 from gateway.web.security import SessionAuth, client_address
 
 AnyRequest = Request[Any, Any, Any]
@@ -143,7 +143,7 @@ def setup_engine(engine: JinjaTemplateEngine) -> None:
 
 def joined_registry(gateway: Gateway) -> dict[str, str] | None:
     """The registry this node joined (URL and node name), or None."""
-    from gateway.registry.join import load_settings
+    from gateway.uplink.join import load_settings
 
     settings = load_settings(gateway.data_dir) if (gateway.data_dir / "registry" / "registry.json").exists() else None
     return {"url": settings.url, "node": settings.node} if settings is not None else None

@@ -12,11 +12,11 @@ from litestar import Response, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
-from gateway.bus import state_topic, telemetry_topic
 from gateway.errors import NotFound, ValueRejected
+from gateway.pipeline.bus import state_topic, telemetry_topic
+from gateway.pipeline.twin import Twin
 from gateway.protocols.base import BoundDevice
 from gateway.runtime import DeviceStateChange, Gateway
-from gateway.twin import Twin
 from gateway.web import queries
 from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages.common import (

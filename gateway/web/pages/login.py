@@ -10,11 +10,11 @@ from litestar.datastructures import Cookie
 from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 
-from gateway.auth import authenticate_user
 from gateway.errors import AuthError
+from gateway.web.auth import authenticate_user
 from gateway.web.pages.common import AnyRequest, form_fields, gateway_of, render, see_other, session_auth
 from gateway.web.security import client_address, requires
-from gateway.web.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, LoginLimiter, SessionStore
+from gateway.webkit.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, LoginLimiter, SessionStore
 
 
 def _safe_next(target: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from container_helpers import CONTAINERS_CONF, Images, Node, podman, static_busybox
 
-from gateway.auth import create_token
 from gateway.runtime import Gateway
 from gateway.testing import free_port, start_gateway, write_config
+from gateway.web.auth import create_token
 
 __all__ = ["free_port", "images", "start_gateway", "start_node", "write_config"]
 

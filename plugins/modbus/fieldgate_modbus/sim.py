@@ -379,7 +379,7 @@ def _in_store_order(points: list[SimPoint]) -> list[SimPoint]:
 
 
 def units_from_profiles(pairs: Iterable[tuple[str, int]], *, animate: bool = True) -> list[SimUnit]:
-    from gateway.profiles import load_profile
+    from gateway.resources.profiles import load_profile
 
     units = []
     for ref, unit in pairs:
@@ -414,7 +414,7 @@ def units_from_documents(path: Path, *, animate: bool = True) -> list[SimUnit]:
         config_type = TcpConfig if device.protocol.name == "modbus-tcp" else RtuConfig
         unit = int(device.protocol.config.get("unit", 1))
         if device.profile:
-            from gateway.profiles import load_profile
+            from gateway.resources.profiles import load_profile
 
             profile = load_profile(device.profile)
             units.append(SimUnit.from_model(unit, profile.model, profile.visitors, animate=animate))

@@ -11,7 +11,7 @@ from fieldgate_modbus.protocol import ModbusTcp
 from fieldgate_modbus.sim import units_from_profiles
 from modbus_helpers import bind
 
-from gateway.profiles import list_profiles, load_profile
+from gateway.resources.profiles import list_profiles, load_profile
 
 PROFILES = list_profiles()
 

@@ -17,8 +17,8 @@ from fieldgate_modbus.sim import ModbusSimulator, SimUnit
 from modbus_helpers import bind, points
 
 from gateway.errors import DeviceTimeout
-from gateway.poller import DevicePoller
-from gateway.twin import Twin
+from gateway.pipeline.poller import DevicePoller
+from gateway.pipeline.twin import Twin
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat (apt-get install socat)")
 BAUD = 19200

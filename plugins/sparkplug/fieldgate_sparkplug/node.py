@@ -40,8 +40,8 @@ from fieldgate_sparkplug.payload import DataType, Metric, Payload, PayloadError,
 from fieldgate_sparkplug.settings import BdSeqCounter, NodeSettings
 from gateway.errors import FieldgateError, NotFound
 from gateway.logs import Throttle
+from gateway.pipeline.twin import same_value
 from gateway.runtime import DeviceStateChange, Gateway, Report
-from gateway.twin import same_value
 
 log = logging.getLogger(__name__)
 LIVE_STATES = ("online", "unhealthy")

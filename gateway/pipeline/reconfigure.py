@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.errors import ConfigError, NotFound, ResourceError
+from gateway.pipeline.twin import Twin, TwinProperty
+from gateway.pipeline.values import coerce
 from gateway.protocols.base import BoundDevice
 from gateway.resources.loader import Config, Source, check_documents, parse_yaml, read_path
 from gateway.resources.schema import Document, enc_hook
-from gateway.twin import Twin, TwinProperty
-from gateway.values import coerce
 
 if TYPE_CHECKING:
     from gateway.eventbus.link import EventbusLink
-    from gateway.poller import DevicePoller
+    from gateway.pipeline.poller import DevicePoller
+    from gateway.pipeline.routes import Routes
     from gateway.protocols.base import Protocol
-    from gateway.routes import Routes
     from gateway.store import Store
     from gateway.workloads.supervisor import WorkloadManager
 

@@ -4,7 +4,7 @@ codec: 125-register blocks of mixed types decoded by the C table, the Python twi
 `convert_from_registers`; ops = decoded values. router: 10, 1,000 and 100,000 filters matched by the C trie,
 the Python twin and a linear scan with paho's `topic_matches_sub`, one topic a call and (C and Python) 256 topics a
 call; ops = matched topics. pipeline: delegated to
-`gateway.bench_pipeline.run(quick)` when that module exists. pymodbus and paho-mqtt are bench-only dependencies.
+`gateway.ops.bench_pipeline.run(quick)` when that module exists. pymodbus and paho-mqtt are bench-only dependencies.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from gateway.hookspecs import hookimpl
 from gateway.router import python as python_router
 
 Result = dict[str, Any]
-PIPELINE_MODULE = "gateway.bench_pipeline"
+PIPELINE_MODULE = "gateway.ops.bench_pipeline"
 ROUTER_SIZES = (10, 1_000, 100_000)
 _MIXED = ("float32", "int16", "uint32", "float64", "int32", "uint16", "bool", "int64", "uint64", "string")
 

@@ -12,9 +12,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.poller import LATENESS_BUCKETS
+from gateway.pipeline.poller import LATENESS_BUCKETS
+from gateway.pipeline.twin import DeviceState
 from gateway.runtime import Gateway
-from gateway.twin import DeviceState
 
 DEVICE_STATES: tuple[str, ...] = get_args(DeviceState)
 

@@ -23,7 +23,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 @get("/metrics", guards=[requires("viewer")], summary="Metrics in the Prometheus text format", tags=["system"],
      media_type=CONTENT_TYPE)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    from gateway.prometheus import scrape  # prometheus_client is loaded on the first scrape, not at start
+    from gateway.ops.prometheus import scrape  # prometheus_client is loaded on the first scrape, not at start
 
     return Response(await scrape(request.app.state.gateway), media_type=CONTENT_TYPE)
 

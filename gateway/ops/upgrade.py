@@ -152,8 +152,8 @@ class HealthGate:
     @contextlib.contextmanager
     def credentials(self) -> Iterator[None]:
         """A viewer token made in the node's store for the checks, deleted afterwards."""
-        from gateway.auth import create_token, hash_token
         from gateway.store import Store
+        from gateway.web.auth import create_token, hash_token
 
         async def make() -> str:
             store = Store(self.data_dir)

@@ -24,8 +24,8 @@ import msgspec
 
 from gateway import __version__
 from gateway.errors import FieldgateError
+from gateway.pipeline.reconfigure import REGISTRY
 from gateway.plugins import list_plugins
-from gateway.reconfigure import REGISTRY
 from gateway.registry.logs import LOGS_NAMESPACE, answer_request
 from gateway.registry.monitoring import NodeSampler
 from gateway.registry.twins import DesiredValue, TwinSync
@@ -34,8 +34,8 @@ from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
 
 if TYPE_CHECKING:
-    from gateway.registry.join import RegistrySettings
     from gateway.runtime import Gateway
+    from gateway.uplink.join import RegistrySettings
 
 log = logging.getLogger(__name__)
 TIMEOUT = 10.0
@@ -78,7 +78,7 @@ class Uplink:
         self.upgrade = NodeUpgrade(gateway)
 
     async def run(self) -> None:
-        from gateway.registry.join import client_ssl_context
+        from gateway.uplink.join import client_ssl_context
 
         context = client_ssl_context(self.gateway.data_dir)
         async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=TIMEOUT) as client:
@@ -88,7 +88,7 @@ class Uplink:
 
     async def run_messages(self) -> None:
         """Long-poll the registry for messages, deliver them along the rest routes and acknowledge them."""
-        from gateway.registry.join import client_ssl_context
+        from gateway.uplink.join import client_ssl_context
 
         context = client_ssl_context(self.gateway.data_dir)
         timeout = httpx.Timeout(TIMEOUT, read=MESSAGE_WAIT + TIMEOUT)

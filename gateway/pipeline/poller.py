@@ -20,9 +20,9 @@ from typing import Any
 
 from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
 from gateway.logs import log_context
+from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
+from gateway.pipeline.values import read_value
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
-from gateway.twin import DeviceState, Twin, TwinProperty
-from gateway.values import read_value
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Generates docs/resources.md and docs/rest-api.md from the schemas and the app: `python -m gateway.docgen`.
+"""Generates docs/resources.md and docs/rest-api.md from the schemas and the app: `python -m gateway.ops.docgen`.
 
 tests/test_docs.py fails when the committed files differ from what this prints.
 """
@@ -15,7 +15,7 @@ import msgspec.inspect as mi
 from gateway.resources.durations import Duration, format_duration
 from gateway.resources.schema import KINDS
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def type_name(info: mi.Type) -> str:
@@ -106,7 +106,8 @@ def _structs_in(info: mi.Type) -> list[type[msgspec.Struct]]:
 
 def resources_markdown() -> str:
     out = ["# Resource reference", "",
-           "Generated from the schemas in `gateway/resources/schema.py` by `python -m gateway.docgen`; do not edit.",
+           "Generated from the schemas in `gateway/resources/schema.py` by `python -m gateway.ops.docgen`; do not "
+           "edit.",
            "",
            "Every document has `kind` and `name`, optional `namespace` (default `default`), `labels` and "
            "`description`. Unknown fields are rejected. Names: lowercase letters, digits, `-` and `.`, starting "
@@ -143,7 +144,7 @@ def rest_api_markdown() -> str:
     from gateway.web.routes_doc import route_table
 
     out = ["# REST API", "",
-           "Generated from the app by `python -m gateway.docgen`; do not edit. The live OpenAPI document is at "
+           "Generated from the app by `python -m gateway.ops.docgen`; do not edit. The live OpenAPI document is at "
            "`/schema/openapi.json` (and browsable at `/schema`). Every route but `/healthz` needs "
            "`Authorization: Bearer <token>` (`fieldgate token create --role R`) or the session cookie of a "
            "logged-in user (whose changes also need the CSRF token); no credentials give 401, a role too low "

@@ -1,5 +1,5 @@
 """The uplink plugin: once the node has joined a registry (<data-dir>/registry/registry.json) it starts the
-heartbeat and message tasks of gateway.registry.uplink; a node that never joined loads none of that code."""
+heartbeat and message tasks of gateway.uplink.client; a node that never joined loads none of that code."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 def startup(gateway: Gateway) -> None:
     if not (gateway.data_dir / "registry" / "registry.json").exists():
         return
-    from gateway.registry.join import load_settings
+    from gateway.uplink.join import load_settings
 
     settings = load_settings(gateway.data_dir)
     if settings is not None:
-        from gateway.registry.uplink import Uplink
+        from gateway.uplink.client import Uplink
 
         uplink = Uplink(gateway, settings)
         gateway.supervisor.start("uplink", uplink.run)

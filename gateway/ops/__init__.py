@@ -1,0 +1,1 @@
+"""Around the gateway, not in its data path: systemd, upgrades, metrics, benchmarks, docs, the demo."""

@@ -48,21 +48,22 @@ async def serve(config: Path, data_dir: Path) -> int:
     """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly; SIGHUP reloads the
     configuration files (only changed devices restart; invalid files are refused and logged)."""
     from gateway.runtime import Gateway
+    from gateway.web.server import WebServer
 
-    gateway = Gateway.from_path(config, data_dir, serve_http=True)
+    gateway = Gateway.from_path(config, data_dir)
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    async with gateway:
+    async with WebServer(gateway):  # the web app's lifespan starts and stops the gateway
         while not stop.is_set():
             await _first_of(stop, reload)
             if reload.is_set() and not stop.is_set():
                 reload.clear()
                 with contextlib.suppress(ConfigError):  # refused: logged with every problem, old config kept
-                    await gateway.reload_files()
+                    await gateway.configuration.reload_files()
     return 0
 
 

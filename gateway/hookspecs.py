@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
     from gateway.commands import Command
     from gateway.protocols.base import Protocol
-    from gateway.runtime import Gateway
+    from gateway.resources.loader import Config
 
 hookspec = pluggy.HookspecMarker("fieldgate")
 hookimpl = pluggy.HookimplMarker("fieldgate")
@@ -45,10 +46,15 @@ def register_commands() -> Iterable[Command]:
 
 
 @hookspec
-def startup(gateway: Gateway) -> Awaitable[None] | None:
-    """Called once the gateway runtime has started; may return an awaitable."""
+def startup(gateway: GatewayAPI) -> Awaitable[None] | None:
+    """Called once the gateway has started, with its narrow API (gateway.api); may return an awaitable."""
 
 
 @hookspec
-def shutdown(gateway: Gateway) -> Awaitable[None] | None:
-    """Called when the gateway runtime stops, before the store closes; may return an awaitable."""
+def config_changed(gateway: GatewayAPI, old: Config, new: Config) -> Awaitable[None] | None:
+    """Called after every change of the running configuration (API, registry, reload); may return an awaitable."""
+
+
+@hookspec
+def shutdown(gateway: GatewayAPI) -> Awaitable[None] | None:
+    """Called when the gateway stops, before the store closes; may return an awaitable."""

@@ -1,104 +1,84 @@
-"""The gateway runtime: one asyncio loop running the store, the bus, the device pollers and the web app."""
+"""The composition root: builds the gateway's parts, wires them together and starts and stops them in order.
+
+Nothing here is in the data path. A reading goes poller → twin → bus; the bus hands it to the history (the store)
+and to the outboxes of the eventbus, the routes and the plugins' sinks; the store tells the sinks what it
+committed. A desired value goes API/eventbus/uplink → `Devices.set_desired` → twin, store, bus → the poller. The
+web app and every plugin see the gateway through `gateway.api.GatewayAPI` (`Gateway.api`), never this object.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-import itertools
 import logging
-import socket
-import statistics
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import pluggy
 
 from gateway import __version__
-from gateway.errors import ConfigError, NotFound, ResourceError, ValueRejected
+from gateway.api import GatewayAPI
 from gateway.eventbus.broker import EmbeddedBroker
-from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink, make_handlers
-from gateway.pipeline.bus import Bus, state_topic, telemetry_topic, twin_topic
-from gateway.pipeline.poller import DevicePoller
-from gateway.pipeline.reconfigure import Reconfiguration, make_twin
+from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink
+from gateway.messages import EVENTBUS_STATE, TELEMETRY_FILTER, EventbusStateChange, Report
+from gateway.pipeline.bus import Bus
+from gateway.pipeline.devices import Devices
+from gateway.pipeline.reconfigure import Configuration
 from gateway.pipeline.routes import Routes
 from gateway.pipeline.supervisor import Supervisor
-from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
-from gateway.pipeline.values import coerce
 from gateway.plugins import get_plugin_manager
 from gateway.protocols.registry import protocol_registry
-from gateway.resources.loader import Config, Source, check_documents, load_path
-from gateway.resources.schema import Device, enc_hook
-from gateway.sinks.base import Sink, SinkRunner
+from gateway.resources.addresses import parse_listen as parse_listen
+from gateway.resources.loader import Config, load_path
+from gateway.sinks.manager import Sinks
 from gateway.store import Store
 from gateway.workloads.supervisor import WorkloadManager
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 60.0
-STATUS_SAMPLES = 20_000
 SHUTDOWN_DRAIN = 2.0  # seconds working sinks get to deliver their outbox on a clean shutdown
 
 
-class Report(msgspec.Struct, frozen=True):
-    """One device report on the bus: the values of the properties whose report was due."""
-
-    device: str
-    ts: float
-    values: dict[str, Any]
-
-
-class TwinChange(msgspec.Struct, frozen=True):
-    """A desired value changed (on the bus as devices/<ns>/<name>/twin)."""
-
-    device: str
-    property: str
-    desired: Any
-    previous: Any
-    previous_at: float | None
-
-
-class DeviceStateChange(msgspec.Struct, frozen=True):
-    device: str
-    state: str
-    reason: str
-    ts: float
-
-
-class Gateway(Reconfiguration):
+class Gateway:
     """Owns every running part; use `async with Gateway.from_path(...) as gw:` or start()/stop()."""
 
     def __init__(self, config: Config, data_dir: Path, pm: pluggy.PluginManager, *,
-                 config_path: Path | None = None, serve_http: bool = False) -> None:
-        self.config = config
+                 config_path: Path | None = None) -> None:
         self.data_dir = data_dir
         self.pm = pm
-        self.config_path = config_path
-        self.serve_http = serve_http
         self.node_name = config.gateway.name
+        self.started_at = 0.0
         self.protocols = protocol_registry(pm)
         self.bus = Bus()
         self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval))
         self.supervisor = Supervisor()
-        self.twins: dict[str, Twin] = {}
-        self.pollers: dict[str, DevicePoller] = {}
-        self.started_at = 0.0
-        self.http_server: Any = None
-        self._config_lock = asyncio.Lock()
-        self.eventbus: EventbusLink | None = None
-        self.sinks: dict[str, SinkRunner] = {}
-        self.routes = Routes(self)
-        self.workloads = WorkloadManager(self)
-        self._http_task: asyncio.Task[None] | None = None
+        self.configuration = Configuration(config, self.protocols, self.store, config_path=config_path)
+        self.devices = Devices(self.protocols, self.bus, self.supervisor, self.store)
+        self.sinks = Sinks(self.store, self.supervisor)
+        settings = config.gateway.eventbus
+        self.eventbus = EventbusLink(self.node_name, settings) if settings.url != "none" else None
+        self.routes = Routes(self.node_name, self.bus, self.store, self.sinks,
+                             self.eventbus.current_client if self.eventbus is not None else None)
+        self.api = GatewayAPI(node_name=self.node_name, data_dir=data_dir, pm=pm, configuration=self.configuration,
+                              devices=self.devices, bus=self.bus, store=self.store, supervisor=self.supervisor,
+                              sinks=self.sinks, routes=self.routes, eventbus=lambda: self.eventbus,
+                              status=self.status, started_at=lambda: self.started_at)
+        self.workloads = self.api.workloads = WorkloadManager(self.api)
 
     @classmethod
-    def from_path(cls, path: str | Path, data_dir: str | Path, *, serve_http: bool = False,
+    def from_path(cls, path: str | Path, data_dir: str | Path, *,
                   pm: pluggy.PluginManager | None = None) -> Gateway:
         pm = pm or get_plugin_manager()
         config = load_path(path, protocol_registry(pm))
-        return cls(config, Path(data_dir), pm, config_path=Path(path), serve_http=serve_http)
+        return cls(config, Path(data_dir), pm, config_path=Path(path))
+
+    @property
+    def config(self) -> Config:
+        """The running configuration (see GatewayAPI.config)."""
+        return self.configuration.config
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -114,295 +94,93 @@ class Gateway(Reconfiguration):
         self.started_at = time.time()
         await self.store.open()
         try:
-            previous = await self._previous_desired()
-            await self._merge_local_resources()
-            await self._save_file_resources()
-            stored = await self.store.load_twins()
-            for device_id, device in self.config.devices.items():
-                self.twins[device_id] = make_twin(device, stored.get(device_id, {}), previous)
-            self.bus.subscribe("devices/+/+/telemetry", self._store_report)
+            previous = await self.configuration.load_stored()
+            self.bus.subscribe(TELEMETRY_FILTER, self._store_report)
+            self.bus.subscribe(EVENTBUS_STATE, self._eventbus_state)
             self.supervisor.start("store-writer", self.store.run_writer)
             self.supervisor.start("history-retention", self._retention)
-            self.store.on_flush.append(self._notify_sinks)
             self._start_eventbus()
-            self.routes.start()
-            for device_id in self.config.devices:
-                self._start_device(device_id)
+            self.routes.start(self.config)
+            await self.devices.start(self.config, previous)
             await self.workloads.start(self.config)
-            if self.serve_http:
-                await self._start_http()
-            await self._call_hook("startup")
+            for listener in (self._routes_changed, self.devices.reconcile, self._workloads_changed,
+                             self._plugins_config_changed):
+                self.configuration.add_listener(listener)
+            await self._call_hook("startup", gateway=self.api)
         except BaseException:
             await self.stop()
             raise
-        if self.serve_http and not await self.store.rows("SELECT 1 FROM users LIMIT 1"):
-            # No default password ships: the first user is made on the box itself.
-            log.warning("no users yet: the web UI has nobody to let in; add an admin with "
-                        "`fieldgate user add NAME --role admin --password-stdin --data-dir %s`", self.data_dir)
         log.info("fieldgate %s started: node %s, %d devices, data in %s", __version__, self.node_name,
-                 len(self.pollers), self.data_dir)
+                 len(self.devices.pollers), self.data_dir)
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await self._call_hook("shutdown")
-        if self.http_server is not None:
-            self.http_server.should_exit = True
-            if self._http_task is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await self._http_task
-            self.http_server = None
-        for device_id in list(self.pollers):
-            await self._stop_device(device_id)
+            await self._call_hook("shutdown", gateway=self.api)
+        await self.devices.stop()
         await self.workloads.stop()
         with contextlib.suppress(Exception):
-            await self._drain_outboxes(SHUTDOWN_DRAIN)
+            await self.sinks.drain(SHUTDOWN_DRAIN)
         await self.supervisor.stop()
         await self.store.close()
         log.info("fieldgate stopped")
 
-    async def _drain_outboxes(self, timeout: float) -> None:
-        """Commit what is queued and give working sinks a moment to deliver it (what is left stays durable)."""
-        await self.store.flush()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(  # noqa: ASYNC110  (polling several sinks, bounded)
-                self.store.outbox_depth.get(name) and runner.stats.state != "failing"
-                for name, runner in self.sinks.items()):
-            await asyncio.sleep(0.05)
-
-    async def _call_hook(self, name: str) -> None:
-        for result in getattr(self.pm.hook, name)(gateway=self):
+    async def _call_hook(self, name: str, **kwargs: Any) -> None:
+        for result in getattr(self.pm.hook, name)(**kwargs):
             if inspect.isawaitable(result):
                 await result
 
-    async def _start_http(self) -> None:
-        import uvicorn
-
-        from gateway.web.app import create_app
-
-        listen = self.config.gateway.http.listen
-        host, port = parse_listen(listen)
-        try:  # bind here, so a taken port is a clear error instead of uvicorn exiting the process
-            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                        reuse_port=False)
-        except OSError as exc:
-            raise ConfigError(f"http.listen {listen}: cannot listen there: {exc.strerror or exc}") from None
-        # create_server's socket has protocol 0, so asyncio would not set TCP_NODELAY on accepted connections:
-        # without it every response on a kept-alive connection waits ~40 ms for the delayed ACK.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        server = _QuietServer(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
-                                             lifespan="off"))
-        self.http_server = server
-        self._http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-        for _ in range(500):
-            if server.started or self._http_task.done():
-                break
-            await asyncio.sleep(0.01)
-        if not server.started:
-            sock.close()
-            raise ConfigError(f"http.listen {listen}: the web server did not start")
-
-    async def _previous_desired(self) -> dict[tuple[str, str], Any]:
-        """Desired values the documents had at the last start, to tell whether a file's value changed since."""
-        previous: dict[tuple[str, str], Any] = {}
-        for ns, name, text in await self.store.rows(
-            "SELECT namespace, name, document FROM resources WHERE kind='Device'"
-        ):
-            with contextlib.suppress(msgspec.DecodeError, AttributeError):
-                for prop in msgspec.json.decode(text).get("properties", []):
-                    if prop.get("desired") is not None:
-                        previous[(f"{ns}/{name}", prop["name"])] = prop["desired"]
-        return previous
-
-    async def _save_file_resources(self) -> None:
-        documents = [(d.kind, d.namespace, d.name, msgspec.json.encode(d, enc_hook=enc_hook))
-                     for d in self.config.documents if self.resource_owner(*d.key) == "file"]
-        await self.store.save_resources(documents, source="file")
-
-    async def _merge_local_resources(self) -> None:
-        """Add the resources created through the UI or API (kept in the store) to those of the files."""
-        rows = await self.store.rows(
-            "SELECT kind, name, document, source FROM resources WHERE source IN ('local', 'registry')")
-        if not rows:
-            return
-        raw = list(self.config.raw.values())
-        raw += [(Source(source, i, f"{kind} {name}"), self.store.resource_document(kind, doc))
-                for i, (kind, name, doc, source) in enumerate(rows, start=1)]
-        try:
-            self.config = check_documents(raw, self.protocols)
-        except ResourceError as exc:
-            log.error("resources from the UI, the API or the registry no longer fit the configuration files; "
-                      "running without them: %s", "; ".join(exc.problems))
-
     def _start_eventbus(self) -> None:
-        settings = self.config.gateway.eventbus
-        if settings.url == "none":
+        link = self.eventbus
+        if link is None:
             return
+        settings = link.settings
         if settings.url == "embedded":
             host, port = parse_listen(settings.embedded_listen)
             self.supervisor.start("embedded-broker", EmbeddedBroker(self.data_dir, host, port).run)
-        link = self.eventbus = EventbusLink(self, settings)
-        for topic_filter, handler in make_handlers(link):
-            self.bus.subscribe(topic_filter, handler)
+        link.attach(self.api)
         self.supervisor.start("eventbus", link.run)
-        self._start_sink(OUTBOX, EventbusSink(link, settings.telemetry_qos))
+        self.sinks.start(OUTBOX, EventbusSink(link, settings.telemetry_qos))
 
-    def _start_sink(self, outbox: str, sink: Sink) -> None:
-        runner = self.sinks[outbox] = SinkRunner(outbox, sink, self.store)
-        self.supervisor.start(f"sink {outbox}", runner.run)
+    def _eventbus_state(self, topic: str, change: EventbusStateChange) -> None:
+        if change.connected:
+            self.sinks.notify_all()  # deliver what waited, now
 
-    def notify_sinks(self) -> None:
-        """A link came back: every sink retries now instead of at the end of its backoff."""
-        for runner in self.sinks.values():
-            runner.notify()
+    async def _routes_changed(self, old: Config, new: Config) -> None:
+        if await self.routes.reconcile(old, new) and self.eventbus is not None:
+            await self.eventbus.resubscribe()
 
-    def _notify_sinks(self, outboxes: set[str]) -> None:
-        for outbox in outboxes:
-            runner = self.sinks.get(outbox)
-            if runner is not None:
-                runner.notify()
+    async def _workloads_changed(self, old: Config, new: Config) -> None:
+        await self.workloads.reconcile(new)
 
-    def _start_device(self, device_id: str) -> None:
-        device = self.config.devices[device_id]
-        poller = DevicePoller(device, self.protocols[device.resource.protocol.name], self.twins[device_id],
-                              on_report=self._on_report, on_state=self._on_state)
-        self.pollers[device_id] = poller
-        self.supervisor.start(f"device {device_id}", poller.run)
-
-    async def _stop_device(self, device_id: str) -> None:
-        await self.supervisor.cancel(f"device {device_id}")
-        self.pollers.pop(device_id, None)
+    async def _plugins_config_changed(self, old: Config, new: Config) -> None:
+        await self._call_hook("config_changed", gateway=self.api, old=old, new=new)
 
     async def _retention(self) -> None:
         settings = self.config.gateway.store
         eventbus = self.config.gateway.eventbus
         while True:
             await self.store.prune_history(float(settings.history_max_age), settings.history_max_bytes)
-            for outbox, runner in self.sinks.items():
-                dropped = await self.store.outbox_trim(outbox, eventbus.outbox_max_messages,
-                                                       float(eventbus.outbox_max_age))
-                if dropped:
-                    runner.stats.dropped += dropped
-                    log.warning("outbox %s was full: dropped its %d oldest messages (drop-oldest policy)",
-                                outbox, dropped)
+            await self.sinks.trim(eventbus.outbox_max_messages, float(eventbus.outbox_max_age))
             await asyncio.sleep(RETENTION_EVERY)
-
-    # --- the flow of readings -------------------------------------------------------------------------------------
-
-    def _on_report(self, device_id: str, ts: float, values: dict[str, Any]) -> None:
-        self.bus.publish(telemetry_topic(device_id), Report(device_id, ts, values))
-
-    def _on_state(self, twin: Twin, state: DeviceState, reason: str) -> None:
-        log.info("%s is %s%s", twin.device_id, state, f": {reason}" if reason else "")
-        self.bus.publish(state_topic(twin.device_id), DeviceStateChange(twin.device_id, state, reason, time.time()))
 
     def _store_report(self, topic: str, report: Report) -> None:
         self.store.add_report(report.device, report.ts, report.values)
 
-    # --- queries and commands -------------------------------------------------------------------------------------
-
-    def twin(self, device_id: str) -> Twin:
-        twin = self.twins.get(device_id)
-        if twin is None:
-            raise NotFound(f"no device {device_id}")
-        return twin
-
-    def device(self, device_id: str) -> Device:
-        bound = self.config.devices.get(device_id)
-        if bound is None:
-            raise NotFound(f"no device {device_id}")
-        return bound.resource
-
-    async def set_desired(self, device_id: str, prop: str, value: Any, *, actor: str = "system",
-                          address: str = "") -> TwinProperty:
-        """Check and store a desired value; the device's poller writes it and confirms it by reading back."""
-        bound = self.config.devices.get(device_id)
-        if bound is None:
-            raise NotFound(f"no device {device_id}")
-        bound_prop = bound.properties.get(prop)
-        if bound_prop is None:
-            raise NotFound(f"device {device_id} has no property {prop!r}")
-        if not bound_prop.writable:
-            raise ValueRejected(f"{prop}: the property is {bound_prop.model.access}")
-        converted = coerce(bound_prop.model, value)
-        now = time.time()
-        await self.store.save_desired(device_id, prop, converted, now)
-        twin_prop = self.twins[device_id].properties[prop]
-        change = TwinChange(device_id, prop, converted, twin_prop.desired, twin_prop.desired_at)
-        twin_prop.desired, twin_prop.desired_at, twin_prop.pending = converted, now, True
-        self.bus.publish(twin_topic(device_id), change)
-        await self.store.audit(actor, "set-desired", f"{device_id}/{prop}", msgspec.json.encode(converted).decode(),
-                               address)
-        self.pollers[device_id].wake()
-        return twin_prop
-
-    def check_desired(self, device_id: str, values: dict[str, Any]) -> None:
-        """Raise as set_desired would for the first of several values that cannot be set; set nothing."""
-        bound = self.config.devices.get(device_id)
-        if bound is None:
-            raise NotFound(f"no device {device_id}")
-        for prop, value in values.items():
-            bound_prop = bound.properties.get(prop)
-            if bound_prop is None:
-                raise NotFound(f"device {device_id} has no property {prop!r}")
-            if not bound_prop.writable:
-                raise ValueRejected(f"{prop}: the property is {bound_prop.model.access}")
-            coerce(bound_prop.model, value)
+    # --- status -------------------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        states: dict[str, int] = {}
-        lateness: list[float] = []
-        # The most recent cycles of every device, at most ~20,000 in all: the figures stay representative and a
-        # status call stays cheap (sorting every device's whole history blocked the loop for 0.4 s at 400 devices).
-        per_device = max(STATUS_SAMPLES // max(len(self.pollers), 1), 10)
-        for device_id, poller in self.pollers.items():
-            state = self.twins[device_id].state
-            states[state] = states.get(state, 0) + 1
-            recent = poller.stats.lateness
-            lateness.extend(itertools.islice(reversed(recent), per_device))
-        lateness.sort()
         return {
             "node": self.node_name,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
-            "devices": {"total": len(self.pollers), **states},
-            "cycles": sum(p.stats.cycles for p in self.pollers.values()),
-            "missed_cycles": sum(p.stats.missed for p in self.pollers.values()),
-            "lateness_ms": {
-                "mean": round(statistics.fmean(lateness) * 1000, 3) if lateness else None,
-                "p50": round(lateness[len(lateness) // 2] * 1000, 3) if lateness else None,
-                "p99": round(lateness[min(int(len(lateness) * 0.99), len(lateness) - 1)] * 1000, 3)
-                if lateness else None,
-                "max": round(lateness[-1] * 1000, 3) if lateness else None,
-            },
+            **self.devices.describe(),
             "store": {"values_written": self.store.rows_written, "queued": self.store.queued,
                       "history_dropped": self.store.history_dropped},
             "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
-            "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
-                      for name, runner in self.sinks.items()},
+            "sinks": self.sinks.describe(),
             "routes": self.routes.describe(),
             "workloads": self.workloads.status(),
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }
 
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"http.listen: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
-class _QuietServer:
-    """uvicorn's server without its own signal handling: the CLI owns SIGINT/SIGTERM."""
-
-    def __new__(cls, config: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:
-                yield
-
-        return Server(config)

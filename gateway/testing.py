@@ -20,6 +20,7 @@ import pytest
 
 from gateway.plugins import get_plugin_manager
 from gateway.runtime import Gateway
+from gateway.web.server import WebServer
 
 
 def stored_history(db_file: Path, prop: str) -> list[tuple[str, int, Any]]:
@@ -134,17 +135,34 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+class GatewayStarter:
+    """Starts gateways on a data dir and stops them all at the end. With `serve_http=True` a gateway is started as
+    `fieldgate run` starts it: by its web app, served on its `http.listen`."""
+
+    def __init__(self, data_dir: Path, pm: Callable[[], Any] = get_plugin_manager) -> None:
+        self.data_dir = data_dir
+        self.pm = pm
+        self.started: list[Gateway | WebServer] = []
+
+    async def __call__(self, config: Path, data_dir: Path | None = None, *, serve_http: bool = False) -> Gateway:
+        gateway = Gateway.from_path(config, data_dir or self.data_dir, pm=self.pm())
+        if serve_http:
+            server = WebServer(gateway)
+            await server.start()
+            self.started.append(server)
+        else:
+            await gateway.start()
+            self.started.append(gateway)
+        return gateway
+
+    async def stop_all(self) -> None:
+        for running in reversed(self.started):
+            await running.stop()
+
+
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Starts gateways (every installed plugin loaded) on the test's data dir; stops them afterwards."""
-    started: list[Gateway] = []
-
-    async def start(config: Path, data_dir: Path | None = None, **kwargs: Any) -> Gateway:
-        gateway = Gateway.from_path(config, data_dir or tmp_path / "data", pm=get_plugin_manager(), **kwargs)
-        await gateway.start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in reversed(started):
-        await gateway.stop()
+    starter = GatewayStarter(tmp_path / "data")
+    yield starter
+    await starter.stop_all()

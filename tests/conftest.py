@@ -10,8 +10,7 @@ import pluggy
 import pytest
 
 from gateway.plugins import get_plugin_manager
-from gateway.runtime import Gateway
-from gateway.testing import Mosquitto, free_port, mosquitto, write_config
+from gateway.testing import GatewayStarter, Mosquitto, free_port, mosquitto, write_config
 
 __all__ = ["FIELDGATE", "REPO", "SHARED", "Mosquitto", "free_port", "mosquitto", "write_config"]
 
@@ -33,16 +32,10 @@ def plugin_manager() -> pluggy.PluginManager:
 @pytest.fixture
 async def start_gateway(tmp_path: Path, plugin_manager: pluggy.PluginManager
                         ) -> AsyncIterator[Callable[..., object]]:
-    started: list[Gateway] = []
-
-    async def start(config: Path, data_dir: Path | None = None, **kwargs: object) -> Gateway:
-        gateway = Gateway.from_path(config, data_dir or tmp_path / "data", pm=plugin_manager, **kwargs)  # type: ignore[arg-type]
-        await gateway.start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in reversed(started):
-        await gateway.stop()
+    """Starts gateways with the test protocols on the test's data dir (`serve_http=True`: served by their web
+    app, as `fieldgate run` does); stops them afterwards."""
+    starter = GatewayStarter(tmp_path / "data", lambda: plugin_manager)
+    yield starter
+    await starter.stop_all()
 
 

@@ -52,3 +52,17 @@ def test_readme_documents_every_command() -> None:
     commands = next(a for a in parser._actions if a.dest == "command").choices
     for command in commands:
         assert re.search(rf"fieldgate {command}\b", readme), f"README.md does not mention `fieldgate {command}`"
+
+
+def test_every_gateway_api_member_is_documented() -> None:
+    from gateway.api import GatewayAPI
+
+    page = (REPO / "docs" / "plugin-hooks.md").read_text()
+    section = page.split("## The gateway API\n", 1)[1].split("\n## ", 1)[0]
+    members = [name for name in vars(GatewayAPI) if not name.startswith("_")]
+    assert "set_desired" in members and "subscribe" in members
+    for name in members:
+        documented = f"`{name}(" in section or f"`{name}`" in section or re.search(rf"`{name}[(`]", section)
+        assert documented, f"docs/plugin-hooks.md: the gateway API section does not mention GatewayAPI.{name}"
+    for attribute in ("node_name", "data_dir", "resources", "workloads", "routes", "store"):
+        assert f"`{attribute}`" in section

@@ -168,15 +168,15 @@ async def logging_gateway(write_config: Callable[[str], Path], start_gateway: Ca
               + misbehaving_device("lg-failing", "test-fail"))
     gw: Gateway = await start_gateway(write_config(config))
     await add_user(gw.store, "viewer", "viewer", PASSWORD)
-    await wait_for(lambda: gw.twin("default/lg-buggy").state == "offline"
-                   and gw.twin("default/lg-failing").state == "offline")
+    await wait_for(lambda: gw.api.twin("default/lg-buggy").state == "offline"
+                   and gw.api.twin("default/lg-failing").state == "offline")
     return gw
 
 
 @pytest.fixture
 async def api(logging_gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     token = await create_token(logging_gateway.store, "viewer", "logs test")
-    transport = httpx.ASGITransport(app=create_app(logging_gateway), client=("127.0.0.9", 50000))
+    transport = httpx.ASGITransport(app=create_app(logging_gateway.api), client=("127.0.0.9", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local", timeout=10,
                                  headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
@@ -208,7 +208,7 @@ async def test_api_refuses_bad_parameters_and_anonymous_callers(api: httpx.Async
                          ("devcie=d1", "?devcie")):
         response = await api.get(f"/api/v1/logs?{query}")
         assert response.status_code == 400 and named in response.json()["detail"], (query, response.text)
-    transport = httpx.ASGITransport(app=create_app(logging_gateway), client=("127.0.0.9", 50000))
+    transport = httpx.ASGITransport(app=create_app(logging_gateway.api), client=("127.0.0.9", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as anonymous:
         assert (await anonymous.get("/api/v1/logs")).status_code == 401
         page = await anonymous.get("/logs")
@@ -216,7 +216,7 @@ async def test_api_refuses_bad_parameters_and_anonymous_callers(api: httpx.Async
 
 
 async def test_logs_page_filters_without_scripts(logging_gateway: Gateway) -> None:
-    transport = httpx.ASGITransport(app=create_app(logging_gateway), client=("127.0.0.9", 50000))
+    transport = httpx.ASGITransport(app=create_app(logging_gateway.api), client=("127.0.0.9", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local", timeout=10) as client:
         browser = Browser(client)
         await browser.login("viewer")

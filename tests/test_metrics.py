@@ -40,14 +40,14 @@ async def gateway(write_config: Callable[[str], Path], start_gateway: Callable[.
     config = MODEL + virtual_device("d1", interval="50ms") + virtual_device("d2") + misbehaving_device(
         "broken", "test-fail") + ROUTES
     gw: Gateway = await start_gateway(write_config(config))
-    await wait_for(lambda: gw.pollers["default/d1"].stats.cycles >= 5 and gw.pollers["default/broken"].stats
-                   .read_errors >= 2)
+    pollers = gw.devices.pollers
+    await wait_for(lambda: pollers["default/d1"].stats.cycles >= 5 and pollers["default/broken"].stats.read_errors >= 2)
     return gw
 
 
 @pytest.fixture
 async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(gateway))
+    transport = httpx.ASGITransport(app=create_app(gateway.api))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
         yield client
 
@@ -72,14 +72,14 @@ def value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
 
 async def test_metrics_agree_with_the_runtime(gateway: Gateway, client: httpx.AsyncClient) -> None:
     headers = {"Authorization": f"Bearer {await create_token(gateway.store, 'viewer')}"}
-    stats = gateway.pollers["default/d1"].stats
+    stats = gateway.devices.pollers["default/d1"].stats
     before = stats.cycles
     samples = await scrape(client, headers)
     after = stats.cycles
 
     assert before <= value(samples, "fieldgate_device_poll_cycles_total", device="default/d1") <= after
     assert value(samples, "fieldgate_device_read_errors_total", device="default/d1") == 0
-    broken = gateway.pollers["default/broken"].stats
+    broken = gateway.devices.pollers["default/broken"].stats
     assert 2 <= value(samples, "fieldgate_device_read_errors_total", device="default/broken") <= broken.read_errors
     assert value(samples, "fieldgate_device_poll_cycles_total", device="default/broken") == 0
     assert value(samples, "fieldgate_device_state", device="default/d1", state="online") == 1
@@ -111,7 +111,7 @@ async def test_outbox_age_grows_while_the_target_is_down(gateway: Gateway, clien
     headers = {"Authorization": f"Bearer {await create_token(gateway.store, 'viewer')}"}
     outbox = "route:default/to-nowhere"
     await gateway.store.flush()
-    await wait_for(lambda: gateway.sinks[outbox].stats.failures >= 1)
+    await wait_for(lambda: gateway.sinks.runners[outbox].stats.failures >= 1)
     samples = await scrape(client, headers)
     assert value(samples, "fieldgate_outbox_messages", outbox=outbox) >= 1
     assert value(samples, "fieldgate_outbox_oldest_age_seconds", outbox=outbox) > 0

@@ -130,7 +130,7 @@ async def test_installed_plugin_feeds_the_twin(plugin_site: Path, tmp_path: Path
     monkeypatch.syspath_prepend(str(plugin_site))
     (tmp_path / "echo.yaml").write_text(CONFIG)
     async with Gateway.from_path(tmp_path / "echo.yaml", tmp_path / "data") as gw:
-        await wait_for(lambda: gw.twin("default/e1").properties["answer"].reported == 42)
+        await wait_for(lambda: gw.api.twin("default/e1").properties["answer"].reported == 42)
     sys.modules.pop("fieldgate_echo", None)
 
 

@@ -21,43 +21,43 @@ async def test_reload_restarts_only_what_changed(write_config: Callable[[str], P
                                                  start_gateway: Callable[..., Any]) -> None:
     path = write_config(MODEL + virtual_device("same") + virtual_device("changed"))
     gw: Gateway = await start_gateway(path)
-    await gw.apply_documents(virtual_device("from-api").removeprefix("---\n"), actor="test")
-    await wait_for(lambda: all(p.stats.cycles >= 2 for p in gw.pollers.values()))
-    same, changed = gw.pollers["default/same"], gw.pollers["default/changed"]
+    await gw.configuration.apply_documents(virtual_device("from-api").removeprefix("---\n"), actor="test")
+    await wait_for(lambda: all(p.stats.cycles >= 2 for p in gw.devices.pollers.values()))
+    same, changed = gw.devices.pollers["default/same"], gw.devices.pollers["default/changed"]
 
     path.write_text(MODEL + virtual_device("same") + virtual_device("changed", interval="200ms")
                     + virtual_device("new"))
-    await gw.reload_files()
+    await gw.configuration.reload_files()
 
-    assert gw.pollers["default/same"] is same
-    assert gw.pollers["default/changed"] is not changed
-    assert set(gw.pollers) == {"default/same", "default/changed", "default/new", "default/from-api"}
-    assert gw.resource_owner("Device", "default", "from-api") == "local"
-    assert gw.resource_owner("Device", "default", "new") == "file"
-    await wait_for(lambda: gw.pollers["default/new"].stats.cycles >= 2)
+    assert gw.devices.pollers["default/same"] is same
+    assert gw.devices.pollers["default/changed"] is not changed
+    assert set(gw.devices.pollers) == {"default/same", "default/changed", "default/new", "default/from-api"}
+    assert gw.configuration.resource_owner("Device", "default", "from-api") == "local"
+    assert gw.configuration.resource_owner("Device", "default", "new") == "file"
+    await wait_for(lambda: gw.devices.pollers["default/new"].stats.cycles >= 2)
     stored = {name for (name,) in await gw.store.rows("SELECT name FROM resources WHERE source='file' "
                                                       "AND kind='Device'")}
     assert stored == {"same", "changed", "new"}
 
     path.write_text(MODEL + virtual_device("same"))  # devices removed from the file stop
-    await gw.reload_files()
-    assert set(gw.pollers) == {"default/same", "default/from-api"}
-    assert gw.pollers["default/same"] is same
+    await gw.configuration.reload_files()
+    assert set(gw.devices.pollers) == {"default/same", "default/from-api"}
+    assert gw.devices.pollers["default/same"] is same
 
 
 async def test_an_invalid_file_is_refused_and_everything_keeps_running(
         write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     path = write_config(MODEL + virtual_device("d1"))
     gw: Gateway = await start_gateway(path)
-    poller = gw.pollers["default/d1"]
+    poller = gw.devices.pollers["default/d1"]
     config = gw.config
     path.write_text(MODEL + virtual_device("d1").replace("model: m", "model: missing") + virtual_device("d2"))
     with pytest.raises(ResourceError, match="missing"):
-        await gw.reload_files()
+        await gw.configuration.reload_files()
     path.write_text("kind: [unclosed\n")
     with pytest.raises(ResourceError, match="invalid YAML"):
-        await gw.reload_files()
-    assert gw.config is config and gw.pollers == {"default/d1": poller}
+        await gw.configuration.reload_files()
+    assert gw.config is config and gw.devices.pollers == {"default/d1": poller}
     cycles = poller.stats.cycles
     await wait_for(lambda: poller.stats.cycles > cycles + 2)
 

@@ -95,7 +95,7 @@ target_resource: {{topic: "plant/{{node}}/{{device}}/data"}}
     await wait_for(lambda: gw.routes.describe()[0]["successes"] >= 2)
     route = gw.routes.describe()[0]
     assert route["name"] == "telemetry-out" and route["failures"] == 0 and route["accepted"] >= 2
-    assert gw.sinks["route:default/telemetry-out"].describe()["rate_per_s"] > 0
+    assert gw.sinks.runners["route:default/telemetry-out"].describe()["rate_per_s"] > 0
 
 
 async def test_eventbus_to_servicebus_and_rest(mosquitto: Mosquitto, service: Service,
@@ -168,7 +168,7 @@ target_resource: {topic: "alarms/in"}
     await wait_connected(gw)
     token = await create_token(gw.store, "operator")
     viewer = await create_token(gw.store, "viewer")
-    transport = httpx.ASGITransport(app=create_app(gw))
+    transport = httpx.ASGITransport(app=create_app(gw.api))
     async with mqtt_client(mosquitto, "alarms/#") as (_, queue), httpx.AsyncClient(
             transport=transport, base_url="http://testserver.local") as http:
         headers = {"Authorization": f"Bearer {token}"}
@@ -284,7 +284,7 @@ target_resource: {{path: "/target"}}
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1") + routes))
     token = await create_token(gw.store, "operator")
     # in this loop, not the test client's own thread: the store belongs to the gateway's loop
-    transport = httpx.ASGITransport(app=create_app(gw))
+    transport = httpx.ASGITransport(app=create_app(gw.api))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
         response = await http.post("/api/v1/messages/source", content=b'{"open": true}',
                                    headers={"Authorization": f"Bearer {token}"})

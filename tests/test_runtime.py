@@ -77,7 +77,7 @@ async def test_readings_reach_twin_history_and_bus(write_config: Callable[[str],
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1")))
     seen: list[Any] = []
     gw.bus.subscribe("devices/+/+/telemetry", lambda topic, report: seen.append((topic, report)))
-    twin = gw.twin("default/d1")
+    twin = gw.api.twin("default/d1")
     await wait_for(lambda: (twin.properties["count"].reported or 0) >= 5)
     assert twin.state == "online"
     assert twin.properties["count"].quality == "good"
@@ -95,16 +95,16 @@ async def test_readings_reach_twin_history_and_bus(write_config: Callable[[str],
 async def test_desired_value_reaches_device_and_comes_back_reported(write_config: Callable[[str], Path],
                                                                     start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="5s")))
-    twin = gw.twin("default/d1")
+    twin = gw.api.twin("default/d1")
     await wait_for(lambda: twin.properties["setpoint"].reported == 10.0)
     started = time.monotonic()
-    await gw.set_desired("default/d1", "setpoint", "22.5")  # a string, as MQTT apps send
+    await gw.api.set_desired("default/d1", "setpoint", "22.5")  # a string, as MQTT apps send
     await wait_for(lambda: twin.properties["setpoint"].reported == 22.5, timeout=2)
     # written at once (the poller is woken), not at the next 5 s cycle
     assert time.monotonic() - started < 1.0
     assert twin.properties["setpoint"].desired == 22.5
     assert not twin.deltas()
-    await gw.set_desired("default/d1", "enabled", "on")
+    await gw.api.set_desired("default/d1", "enabled", "on")
     await wait_for(lambda: twin.properties["enabled"].reported is True, timeout=2)
     audit = await gw.store.audit_log()
     assert audit[0]["action"] == "set-desired" and audit[0]["target"] == "default/d1/enabled"
@@ -113,39 +113,39 @@ async def test_desired_value_reaches_device_and_comes_back_reported(write_config
 async def test_desired_value_checks(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1")))
     with pytest.raises(ValueRejected, match="above the maximum 50"):
-        await gw.set_desired("default/d1", "setpoint", 51)
+        await gw.api.set_desired("default/d1", "setpoint", 51)
     with pytest.raises(ValueRejected, match="ReadOnly"):
-        await gw.set_desired("default/d1", "level", 5)
+        await gw.api.set_desired("default/d1", "level", 5)
     with pytest.raises(ValueRejected, match="expected a number"):
-        await gw.set_desired("default/d1", "setpoint", "hot")
+        await gw.api.set_desired("default/d1", "setpoint", "hot")
     with pytest.raises(NotFound):
-        await gw.set_desired("default/d2", "setpoint", 5)
+        await gw.api.set_desired("default/d2", "setpoint", 5)
     with pytest.raises(NotFound):
-        await gw.set_desired("default/d1", "nope", 5)
-    assert gw.twin("default/d1").properties["setpoint"].desired is None
+        await gw.api.set_desired("default/d1", "nope", 5)
+    assert gw.api.twin("default/d1").properties["setpoint"].desired is None
 
 
 async def test_desired_value_survives_restart(write_config: Callable[[str], Path], tmp_path: Path,
                                               start_gateway: Callable[..., Any]) -> None:
     config = write_config(MODEL + virtual_device("d1", desired=12))
     gw: Gateway = await start_gateway(config)
-    await wait_for(lambda: gw.twin("default/d1").properties["setpoint"].reported == 12.0)
-    await gw.set_desired("default/d1", "setpoint", 30)
-    await wait_for(lambda: gw.twin("default/d1").properties["setpoint"].reported == 30.0)
+    await wait_for(lambda: gw.api.twin("default/d1").properties["setpoint"].reported == 12.0)
+    await gw.api.set_desired("default/d1", "setpoint", 30)
+    await wait_for(lambda: gw.api.twin("default/d1").properties["setpoint"].reported == 30.0)
     await gw.stop()
     # Restart: the value set through the API wins over the unchanged file, and the device gets it again.
     gw2: Gateway = await start_gateway(config, tmp_path / "data")
-    assert gw2.twin("default/d1").properties["setpoint"].desired == 30.0
-    await wait_for(lambda: gw2.twin("default/d1").properties["setpoint"].reported == 30.0)
+    assert gw2.api.twin("default/d1").properties["setpoint"].desired == 30.0
+    await wait_for(lambda: gw2.api.twin("default/d1").properties["setpoint"].reported == 30.0)
     await gw2.stop()
     # The file's desired value changed: the file wins.
     config = write_config(MODEL + virtual_device("d1", desired=14))
     gw3: Gateway = await start_gateway(config, tmp_path / "data")
-    assert gw3.twin("default/d1").properties["setpoint"].desired == 14.0
+    assert gw3.api.twin("default/d1").properties["setpoint"].desired == 14.0
 
 
 def lateness_ms(gw: Gateway, device_id: str) -> list[float]:
-    return [v * 1000 for v in gw.pollers[device_id].stats.lateness]
+    return [v * 1000 for v in gw.devices.pollers[device_id].stats.lateness]
 
 
 @pytest.mark.parametrize("bad_protocol", ["test-hang", "test-fail", "test-slow", "test-buggy"])
@@ -164,14 +164,14 @@ async def test_bad_device_never_delays_the_others(write_config: Callable[[str], 
         # be late by about that much. The margins leave room for a busy 2-core CI box.
         assert p99 < 50, f"good-{i} p99 lateness {p99:.1f} ms next to {bad_protocol} devices"
         assert samples[-1] < 250, f"good-{i} waited {samples[-1]:.1f} ms once next to {bad_protocol} devices"
-        assert gw.twin(f"default/good-{i}").state == "online"
+        assert gw.api.twin(f"default/good-{i}").state == "online"
     expected = "online" if bad_protocol == "test-slow" else "offline"
     for i in range(3):
-        assert gw.twin(f"default/bad-{i}").state == expected
+        assert gw.api.twin(f"default/bad-{i}").state == expected
     if bad_protocol == "test-hang":
-        assert "timeout budget" in gw.twin("default/bad-0").state_reason
+        assert "timeout budget" in gw.api.twin("default/bad-0").state_reason
     if bad_protocol == "test-buggy":
-        assert "internal error: KeyError" in gw.twin("default/bad-0").state_reason
+        assert "internal error: KeyError" in gw.api.twin("default/bad-0").state_reason
 
 
 async def test_device_that_comes_back_goes_online(write_config: Callable[[str], Path],
@@ -181,7 +181,7 @@ async def test_device_that_comes_back_goes_online(write_config: Callable[[str], 
     gw: Gateway = await start_gateway(write_config(text))
     states: list[str] = []
     gw.bus.subscribe("devices/+/+/state", lambda topic, change: states.append(change.state))
-    twin = gw.twin("default/flaky")
+    twin = gw.api.twin("default/flaky")
     await wait_for(lambda: twin.state == "online", timeout=6)
     assert twin.properties["level"].reported == 5.0
     assert "online" in states
@@ -210,4 +210,4 @@ async def test_a_blocked_loop_delays_cycles_but_skips_no_report(write_config: Ca
     history = await gw.store.history("default/d1", "count", time.time() - 60, time.time() + 1)
     values = [v for _, v in history]
     assert values == list(range(len(values)))  # every reading reported once, none skipped
-    assert gw.pollers["default/d1"].stats.missed >= 3
+    assert gw.devices.pollers["default/d1"].stats.missed >= 3

@@ -4,13 +4,11 @@ publishes telemetry from the durable `eventbus` outbox."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -20,12 +18,22 @@ import msgspec
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.eventbus import kubeedge as ke
 from gateway.logs import Throttle
-from gateway.pipeline.twin import TwinProperty
+from gateway.messages import (
+    EVENTBUS_STATE,
+    STATE_FILTER,
+    TELEMETRY_FILTER,
+    TWIN_FILTER,
+    DeviceStateChange,
+    EventbusStateChange,
+    Report,
+    TwinChange,
+    eventbus_telemetry_topic,
+)
 from gateway.resources.schema import EventbusSettings
 from gateway.sinks.base import OutboxMessage, Sink, SinkError
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway, Report, TwinChange
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -45,16 +53,13 @@ def broker_address(settings: EventbusSettings) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
-def telemetry_topic(node: str, device_id: str) -> str:
-    return f"fieldgate/{node}/{device_id}/telemetry"
-
-
 class EventbusLink:
-    """One MQTT client session at a time; `run()` is the supervised task."""
+    """One MQTT client session at a time; `run()` is the supervised task, once `attach()` gave it the gateway."""
 
-    def __init__(self, gateway: Gateway, settings: EventbusSettings) -> None:
-        self.gateway = gateway
+    def __init__(self, node_name: str, settings: EventbusSettings) -> None:
+        self.node_name = node_name
         self.settings = settings
+        self._api: GatewayAPI | None = None
         self.host, self.port, self.tls = broker_address(settings)
         self.client: aiomqtt.Client | None = None
         self.connected_since: float | None = None
@@ -64,6 +69,23 @@ class EventbusLink:
         self._subscribed: set[str] = set()
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
         self._rejections = Throttle(log)  # the same bad message again is counted, not logged again
+
+    def attach(self, api: GatewayAPI) -> None:
+        """Serve this gateway: its twins on the twin topics, its telemetry into the `eventbus` outbox."""
+        self._api = api
+        api.subscribe(TELEMETRY_FILTER, self.on_telemetry)
+        api.subscribe(TWIN_FILTER, self.on_twin_change)
+        api.subscribe(STATE_FILTER, self.on_state)
+
+    @property
+    def api(self) -> GatewayAPI:
+        if self._api is None:
+            raise RuntimeError("the eventbus link serves no gateway yet: attach() it first")
+        return self._api
+
+    def current_client(self) -> aiomqtt.Client | None:
+        """The client of the current session, None while disconnected."""
+        return self.client
 
     def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
         """The client's incoming queue, kept where run() can drain what is already queued without waiting."""
@@ -92,7 +114,7 @@ class EventbusLink:
             try:
                 async with aiomqtt.Client(
                     self.host, self.port, username=self.settings.username, password=self.settings.password,
-                    identifier=f"fieldgate-{self.gateway.node_name}", tls_context=self._tls_context(),
+                    identifier=f"fieldgate-{self.node_name}", tls_context=self._tls_context(),
                     timeout=10, keepalive=30, max_inflight_messages=1000, max_queued_outgoing_messages=100_000,
                     queue_type=self._inbox_type(),
                 ) as client:
@@ -103,20 +125,26 @@ class EventbusLink:
                     backoff = 0.5
                     self._subscribed = set()
                     await self.resubscribe()
-                    self.gateway.notify_sinks()  # deliver what waited, now
+                    self._announce(True)  # sinks deliver what waited, now; plugins republish their state
                     async for message in client.messages:
                         await self._handle_batch([message, *self._queued()])
             except aiomqtt.MqttError as exc:
                 self._log_state("down", f"eventbus {self.host}:{self.port} unreachable, retrying: {exc}")
             finally:
+                was_connected = self.client is not None
                 self.client = None
                 self.connected_since = None
+                if was_connected:
+                    self._announce(False)
             await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
             backoff = min(backoff * 2, 5.0)  # a local broker: come back quickly
 
+    def _announce(self, connected: bool) -> None:
+        self.api.publish(EVENTBUS_STATE, EventbusStateChange(connected, f"{self.host}:{self.port}", time.time()))
+
     def topics(self) -> set[str]:
-        return {*ke.SUBSCRIPTIONS[:2], f"$hw/events/node/{self.gateway.node_name}/membership/get",
-                *self.gateway.routes.eventbus_topics()}
+        return {*ke.SUBSCRIPTIONS[:2], f"$hw/events/node/{self.node_name}/membership/get",
+                *self.api.routes.eventbus_topics()}
 
     async def resubscribe(self) -> None:
         """Subscribe to what the twin topics and the eventbus-sourced routes need now."""
@@ -135,14 +163,18 @@ class EventbusLink:
             self._state_logged = state
             (log.info if state == "connected" else log.warning)(message)
 
-    async def publish(self, topic: str, payload: Any, qos: int = 0) -> None:
-        """Publish now if connected (responses and notifications; durable traffic goes through the outbox)."""
+    async def publish(self, topic: str, payload: Any, qos: int = 0, *, retain: bool = False) -> bool:
+        """Publish now if connected (responses and notifications; durable traffic goes through the outbox); False
+        when not connected or the publish failed."""
         client = self.client
         if client is None:
-            return
+            return False
         data = payload if isinstance(payload, bytes) else _json.encode(payload)
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            await client.publish(topic, data, qos=qos, timeout=5)
+        try:
+            await client.publish(topic, data, qos=qos, retain=retain, timeout=5)
+        except (aiomqtt.MqttError, TimeoutError):
+            return False
+        return True
 
     # --- incoming ---------------------------------------------------------------------------------------------
 
@@ -173,7 +205,7 @@ class EventbusLink:
 
     def _route(self, messages: list[tuple[str, bytes]]) -> None:
         self.received += len(messages)
-        self.gateway.routes.from_eventbus_many(messages)
+        self.api.routes.from_eventbus_many(messages)
 
     async def _handle(self, topic: str, payload: bytes) -> None:
         """A membership request or a device's twin topic."""
@@ -205,14 +237,14 @@ class EventbusLink:
         task.add_done_callback(lambda t: t.exception())
 
     def _types(self, device_id: str) -> dict[str, str]:
-        device = self.gateway.config.devices.get(device_id)
+        device = self.api.devices().get(device_id)
         if device is None:
             raise NotFound(f"no device {device_id}")
         return {name: prop.model.type for name, prop in device.properties.items()}
 
     def _twin_document(self, device_id: str, event_id: str) -> dict[str, Any]:
         types = self._types(device_id)
-        return ke.twin_message(self.gateway.twin(device_id), types, event_id)
+        return ke.twin_message(self.api.twin(device_id), types, event_id)
 
     async def _twin_update(self, device_id: str, payload: bytes) -> dict[str, Any]:
         update = ke.parse(payload, ke.TwinUpdate)
@@ -228,10 +260,10 @@ class EventbusLink:
         for name in values:  # check everything first: an update is applied whole or not at all
             if name not in types:
                 raise NotFound(f"device {device_id} has no property {name!r}")
-        self.gateway.check_desired(device_id, values)
+        self.api.check_desired(device_id, values)
         for name, value in values.items():
-            await self.gateway.set_desired(device_id, name, value, actor="eventbus")
-        return ke.twin_message(self.gateway.twin(device_id), types, update.event_id)
+            await self.api.set_desired(device_id, name, value, actor="eventbus")
+        return ke.twin_message(self.api.twin(device_id), types, update.event_id)
 
     async def _membership(self, topic: str, payload: bytes) -> None:
         result_topic = f"{topic}/result"
@@ -241,8 +273,8 @@ class EventbusLink:
             self._reject(topic, result_topic, payload, exc.code, exc.reason)
             return
         devices = []
-        for device_id, bound in sorted(self.gateway.config.devices.items()):
-            twin = self.gateway.twin(device_id)
+        for device_id, bound in sorted(self.api.devices().items()):
+            twin = self.api.twin(device_id)
             types: dict[str, str] = {name: prop.model.type for name, prop in bound.properties.items()}
             devices.append({"id": device_id, "name": bound.resource.name, "description": bound.resource.description,
                             "state": twin.state, "attributes": {k: {"value": v} for k, v in
@@ -255,13 +287,13 @@ class EventbusLink:
 
     def on_telemetry(self, topic: str, report: Report) -> None:
         payload = _json.encode({"ts": int(report.ts * 1000), "values": report.values})
-        self.gateway.store.add_outbox(OUTBOX, telemetry_topic(self.gateway.node_name, report.device), payload)
+        self.api.add_outbox(OUTBOX, eventbus_telemetry_topic(self.node_name, report.device), payload)
 
     def on_twin_change(self, topic: str, change: TwinChange) -> None:
         if self.client is None:
             return
         types = self._types(change.device)
-        twin = self.gateway.twin(change.device)
+        twin = self.api.twin(change.device)
         after = twin.properties[change.property]
         before = copy.copy(after)
         before.desired, before.desired_at = change.previous, change.previous_at
@@ -273,7 +305,7 @@ class EventbusLink:
         for note_topic, message in notes:
             self._spawn(self.publish(note_topic, message, qos=1))
 
-    def on_state(self, topic: str, change: Any) -> None:
+    def on_state(self, topic: str, change: DeviceStateChange) -> None:
         if self.client is not None:
             self._spawn(self.publish(ke.device_topic(change.device, "state/update"),
                                      {"event_id": "", "timestamp": int(change.ts * 1000), "state": change.state},
@@ -308,9 +340,4 @@ class EventbusSink(Sink):
             raise SinkError(f"publishing to the eventbus failed: {exc}") from exc
 
 
-def make_handlers(link: EventbusLink) -> list[tuple[str, Callable[[str, Any], None]]]:
-    return [("devices/+/+/telemetry", link.on_telemetry), ("devices/+/+/twin", link.on_twin_change),
-            ("devices/+/+/state", link.on_state)]
-
-
-__all__ = ["OUTBOX", "EventbusLink", "EventbusSink", "TwinProperty", "make_handlers"]
+__all__ = ["OUTBOX", "EventbusLink", "EventbusSink"]

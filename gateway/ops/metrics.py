@@ -15,7 +15,7 @@ from gateway.hookspecs import hookimpl
 from gateway.web.security import requires
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.api import GatewayAPI
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -34,7 +34,7 @@ def register_routes() -> list[Any]:
 
 
 @hookimpl
-def startup(gateway: Gateway) -> None:
+def startup(gateway: GatewayAPI) -> None:
     from gateway.registry.monitoring import start_local_monitor
 
     start_local_monitor(gateway)

@@ -12,9 +12,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.api import GatewayAPI
 from gateway.pipeline.poller import LATENESS_BUCKETS
 from gateway.pipeline.twin import DeviceState
-from gateway.runtime import Gateway
 
 DEVICE_STATES: tuple[str, ...] = get_args(DeviceState)
 
@@ -22,7 +22,7 @@ DEVICE_STATES: tuple[str, ...] = get_args(DeviceState)
 class GatewayCollector(Collector):
     """The metrics of one gateway; `outboxes` is the store's outbox_stats() taken just before the scrape."""
 
-    def __init__(self, gateway: Gateway, outboxes: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, gateway: GatewayAPI, outboxes: dict[str, dict[str, Any]]) -> None:
         self.gateway = gateway
         self.outboxes = outboxes
 
@@ -45,14 +45,14 @@ class GatewayCollector(Collector):
         failures = getattr(gw.pm, "load_failures", {})
         yield GaugeMetricFamily("fieldgate_plugin_load_failures", "Plugins that failed to load",
                                 value=len(failures))
-        if gw.eventbus is not None:
-            link = gw.eventbus
+        link = gw.eventbus_status()
+        if link is not None:
             yield GaugeMetricFamily("fieldgate_eventbus_connected", "1 when the local MQTT broker is connected",
-                                    value=1 if link.client is not None else 0)
+                                    value=1 if link["connected"] else 0)
             yield CounterMetricFamily("fieldgate_eventbus_received_messages_total",
-                                      "Messages received from local apps", value=link.received)
+                                      "Messages received from local apps", value=link["received"])
             yield CounterMetricFamily("fieldgate_eventbus_rejected_messages_total",
-                                      "Messages from local apps that were refused", value=link.rejected)
+                                      "Messages from local apps that were refused", value=link["rejected"])
 
     def _process(self) -> Iterator[Metric]:
         process = psutil.Process()
@@ -102,11 +102,14 @@ class GatewayCollector(Collector):
                                   labels=["device", "state"])
         lateness = HistogramMetricFamily("fieldgate_device_cycle_lateness_seconds",
                                          "How late read cycles started", labels=["device"])
-        for device_id, poller in sorted(self.gateway.pollers.items()):
-            stats = poller.stats
+        twins = self.gateway.twins()
+        for device_id in sorted(self.gateway.devices()):
+            stats = self.gateway.poll_stats(device_id)
+            if stats is None:
+                continue
             for attribute, family in counters.items():
                 family.add_metric([device_id], getattr(stats, attribute))
-            twin = self.gateway.twins.get(device_id)
+            twin = twins.get(device_id)
             for name in DEVICE_STATES:
                 state.add_metric([device_id, name], 1 if twin is not None and twin.state == name else 0)
             buckets: list[tuple[str, float]] = []
@@ -130,11 +133,11 @@ class GatewayCollector(Collector):
         oldest = GaugeMetricFamily("fieldgate_outbox_oldest_age_seconds",
                                    "Age of the oldest waiting message (0 when empty)", labels=labels)
         now = time.time()
-        for outbox, runner in sorted(self.gateway.sinks.items()):
-            names = [outbox, runner.sink.name]
-            delivered.add_metric(names, runner.stats.delivered)
-            failures.add_metric(names, runner.stats.failures)
-            dropped.add_metric(names, runner.stats.dropped + getattr(runner.sink, "dropped", 0))
+        for outbox, sink in sorted(self.gateway.sinks().items()):
+            names = [outbox, sink["sink"]]
+            delivered.add_metric(names, sink["delivered"])
+            failures.add_metric(names, sink["failures"])
+            dropped.add_metric(names, sink["dropped"])
             waiting = self.outboxes.get(outbox, {})
             depth.add_metric(names, waiting.get("depth", 0))
             created = waiting.get("oldest")
@@ -150,7 +153,7 @@ class GatewayCollector(Collector):
                                     labels=["task"])
         restarts = CounterMetricFamily("fieldgate_task_restarts_total", "Restarts after a failure",
                                        labels=["task"])
-        for name, status in sorted(self.gateway.supervisor.status.items()):
+        for name, status in sorted(self.gateway.tasks().items()):
             if name.startswith("device "):
                 continue  # the device metrics cover those
             running.add_metric([name], 1 if status.state == "running" else 0)
@@ -159,7 +162,7 @@ class GatewayCollector(Collector):
         yield restarts
 
 
-async def scrape(gateway: Gateway) -> bytes:
+async def scrape(gateway: GatewayAPI) -> bytes:
     """The metrics text of one gateway now."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(gateway, await gateway.store.outbox_stats()))

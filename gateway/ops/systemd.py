@@ -12,8 +12,8 @@ import logging
 import os
 import socket
 
+from gateway.api import GatewayAPI
 from gateway.hookspecs import hookimpl
-from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 WATCHDOG_TASK = "systemd-watchdog"
@@ -52,15 +52,15 @@ async def feed_watchdog(interval: float) -> None:
 
 
 @hookimpl
-def startup(gateway: Gateway) -> None:
+def startup(gateway: GatewayAPI) -> None:
     if not os.environ.get("NOTIFY_SOCKET"):
         return
     interval = watchdog_interval()
     if interval is not None:
-        gateway.supervisor.start(WATCHDOG_TASK, lambda: feed_watchdog(interval))
-    notify(f"READY=1\nSTATUS=node {gateway.node_name}: {len(gateway.pollers)} devices\nMAINPID={os.getpid()}")
+        gateway.start_task(WATCHDOG_TASK, lambda: feed_watchdog(interval))
+    notify(f"READY=1\nSTATUS=node {gateway.node_name}: {len(gateway.devices())} devices\nMAINPID={os.getpid()}")
 
 
 @hookimpl
-def shutdown(gateway: Gateway) -> None:
+def shutdown(gateway: GatewayAPI) -> None:
     notify("STOPPING=1")

@@ -14,18 +14,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, Any], None]
 
 
-def telemetry_topic(device_id: str) -> str:
-    return f"devices/{device_id}/telemetry"
-
-
-def state_topic(device_id: str) -> str:
-    return f"devices/{device_id}/state"
-
-
-def twin_topic(device_id: str) -> str:
-    return f"devices/{device_id}/twin"
-
-
 class Bus:
     """Handlers are plain callables that must not block: sinks queue the work and do I/O in their own tasks."""
 

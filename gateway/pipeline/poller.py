@@ -20,8 +20,8 @@ from typing import Any
 
 from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
 from gateway.logs import log_context
+from gateway.pipeline import twin as rules
 from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
-from gateway.pipeline.values import read_value
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 WRITE_RETRY = 5.0
 EARLY = 0.0005  # a schedule due within this many seconds is read in the same cycle
-FLOAT_TYPES = frozenset(("float", "double"))
 # Upper bounds (seconds) of the cycle-lateness histogram buckets (/metrics); the last bucket is everything above.
 LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -138,10 +137,7 @@ class DevicePoller:
         self._plans.clear()
         async with asyncio.timeout(self.budget):
             await self._protocol.open()
-        # A device that comes back gets its desired values again.
-        for name, prop in self.twin.properties.items():
-            if prop.desired is not None and self.device.properties[name].writable:
-                prop.pending = True
+        rules.rewrite_on_reconnect(self.twin, self._writable)
         now = asyncio.get_running_loop().time()
         for schedule in self.schedules:
             # Devices started together would all wake at the same instant: spread them over the interval.
@@ -160,8 +156,7 @@ class DevicePoller:
 
     def _fail(self, reason: str, exc: BaseException | None = None) -> None:
         self.stats.read_errors += 1
-        for prop in self.twin.properties.values():
-            prop.quality = "bad"
+        rules.mark_unreachable(self.twin)
         if reason != self._logged_error:
             self._logged_error = reason
             log.warning("%s: %s", self.device.id, reason, exc_info=exc)
@@ -220,38 +215,9 @@ class DevicePoller:
         return await self._protocol.read(plan)
 
     def _apply(self, result: ReadResult, ts: float, due: list[Schedule], now: float) -> None:
-        twin_props = self.twin.properties
-        values = result.values
-        if values:
+        if result.values:
             self._answered = True
-        models = self._models
-        fresh: dict[str, Any] = {}  # name -> value as its model type, for what was read well
-        for name, raw in values.items():
-            model = models.get(name)
-            if model is None:
-                continue
-            if type(raw) is float and model.type in FLOAT_TYPES:
-                value = raw  # the common case: a float register read into a float property, nothing to convert
-            else:
-                try:
-                    value = read_value(model, raw)
-                except (TypeError, ValueError) as exc:
-                    result.errors[name] = f"cannot convert {raw!r}: {exc}"
-                    continue
-            prop = twin_props.get(name)
-            if prop is None:
-                continue
-            prop.reported = value
-            prop.reported_at = ts
-            prop.quality = "good"
-            prop.error = None
-            fresh[name] = value
-        for name, error in result.errors.items():
-            prop = twin_props.get(name)
-            if prop is not None:
-                prop.quality = "bad"
-                prop.error = error
-                fresh.pop(name, None)
+        fresh = rules.apply_readings(self.twin, self._models, result.values, result.errors, ts)
         reporting: list[Schedule] = []
         for schedule in due:
             if schedule.next_report > now + EARLY:
@@ -294,12 +260,11 @@ class DevicePoller:
                 raise  # the connection is gone: reconnect, then write again
             except ProtocolError as exc:
                 self.stats.write_errors += 1
-                twin_prop.error = f"write failed: {exc}"
+                rules.write_failed(twin_prop, str(exc))
                 self._retry_at[name] = now + WRITE_RETRY
                 log.warning("%s: writing %s=%r failed: %s", self.device.id, name, desired, exc)
                 continue
-            if twin_prop.desired == desired:  # not changed again while the write was under way
-                twin_prop.pending = False
+            rules.write_done(twin_prop, desired)
             self._retry_at.pop(name, None)
             ts = time.time()
             self._apply(result, ts, [], asyncio.get_running_loop().time())

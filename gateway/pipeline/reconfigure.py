@@ -1,58 +1,86 @@
-"""Changing resources while the gateway runs: local resources (UI, API), registry-owned ones (sync), and a
-reconcile step that restarts only the devices whose configuration changed."""
+"""The running configuration and every change to it: local resources (UI, API), registry-owned ones (sync) and
+reloaded files, checked together as `fieldgate check` would, stored, audited, then handed to the listeners (the
+devices, the routes, the eventbus, the workloads, the plugins' `config_changed`), which each move only what
+changed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from gateway.errors import ConfigError, NotFound, ResourceError
-from gateway.pipeline.twin import Twin, TwinProperty
-from gateway.pipeline.values import coerce
-from gateway.protocols.base import BoundDevice
+from gateway.protocols.base import Protocol
 from gateway.resources.loader import Config, Source, check_documents, parse_yaml, read_path
 from gateway.resources.schema import Document, enc_hook
-
-if TYPE_CHECKING:
-    from gateway.eventbus.link import EventbusLink
-    from gateway.pipeline.poller import DevicePoller
-    from gateway.pipeline.routes import Routes
-    from gateway.protocols.base import Protocol
-    from gateway.store import Store
-    from gateway.workloads.supervisor import WorkloadManager
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
 LOCAL = "local"  # resources created through the UI or the API, kept in the store
 REGISTRY = "registry"  # resources synced from the registry, kept in the store (edge autonomy)
 
+ConfigListener = Callable[[Config, Config], Awaitable[None]]
 
-class Reconfiguration:
-    """Mixed into gateway.runtime.Gateway, whose state it changes."""
 
-    config: Config
-    config_path: Path | None
-    store: Store
-    twins: dict[str, Twin]
-    pollers: dict[str, DevicePoller]
-    protocols: dict[str, type[Protocol]]
-    routes: Routes
-    workloads: WorkloadManager
-    eventbus: EventbusLink | None
-    _config_lock: asyncio.Lock
+class Configuration:
+    """Owns the running configuration (`config`, a snapshot replaced whole on every change, never edited)."""
 
-    def _start_device(self, device_id: str) -> None:
-        raise NotImplementedError
+    def __init__(self, config: Config, protocols: Mapping[str, type[Protocol]], store: Store, *,
+                 config_path: Path | None = None) -> None:
+        self.config = config
+        self.protocols = protocols
+        self.store = store
+        self.config_path = config_path
+        self.listeners: list[ConfigListener] = []
+        self._config_lock = asyncio.Lock()
 
-    async def _stop_device(self, device_id: str) -> None:
-        raise NotImplementedError
+    def add_listener(self, listener: ConfigListener) -> None:
+        """Call `listener(old, new)` after every change, in the order added."""
+        self.listeners.append(listener)
+
+    async def load_stored(self) -> dict[tuple[str, str], Any]:
+        """At start: add the resources of the UI, the API and the registry (kept in the store) to those of the
+        files, and store the files' documents; returns the desired values the documents had at the last start."""
+        previous = await self._previous_desired()
+        await self._merge_local_resources()
+        await self._save_file_resources()
+        return previous
+
+    async def _previous_desired(self) -> dict[tuple[str, str], Any]:
+        """Desired values the documents had at the last start, to tell whether a file's value changed since."""
+        previous: dict[tuple[str, str], Any] = {}
+        for ns, name, text in await self.store.rows(
+            "SELECT namespace, name, document FROM resources WHERE kind='Device'"
+        ):
+            with contextlib.suppress(msgspec.DecodeError, AttributeError):
+                for prop in msgspec.json.decode(text).get("properties", []):
+                    if prop.get("desired") is not None:
+                        previous[(f"{ns}/{name}", prop["name"])] = prop["desired"]
+        return previous
 
     async def _save_file_resources(self) -> None:
-        raise NotImplementedError
+        documents = [(d.kind, d.namespace, d.name, msgspec.json.encode(d, enc_hook=enc_hook))
+                     for d in self.config.documents if self.resource_owner(*d.key) == "file"]
+        await self.store.save_resources(documents, source="file")
+
+    async def _merge_local_resources(self) -> None:
+        rows = await self.store.rows(
+            "SELECT kind, name, document, source FROM resources WHERE source IN ('local', 'registry')")
+        if not rows:
+            return
+        raw = list(self.config.raw.values())
+        raw += [(Source(source, i, f"{kind} {name}"), self.store.resource_document(kind, doc))
+                for i, (kind, name, doc, source) in enumerate(rows, start=1)]
+        try:
+            self.config = check_documents(raw, self.protocols)
+        except ResourceError as exc:
+            log.error("resources from the UI, the API or the registry no longer fit the configuration files; "
+                      "running without them: %s", "; ".join(exc.problems))
 
     def resource_owner(self, kind: str, namespace: str, name: str) -> str | None:
         """Who owns a resource: `file` (edit the file), `local` (UI/API), `registry` (synced); None if unknown."""
@@ -161,55 +189,10 @@ class Reconfiguration:
         await self._reconcile(config)
 
     async def _reconcile(self, config: Config) -> None:
-        """Switch to a new configuration: stop removed devices, start new ones, restart only changed ones."""
+        """Switch to a new configuration and tell every listener, in order."""
         old, self.config = self.config, config
-        if old.routes != config.routes or old.endpoints != config.endpoints:
-            await self.routes.stop()
-            self.routes.start()
-            if self.eventbus is not None:
-                await self.eventbus.resubscribe()
-        stored = await self.store.load_twins()
-        previous = {(device_id, prop.name): prop.spec.desired for device_id, device in old.devices.items()
-                    for prop in device.properties.values() if prop.spec.desired is not None}
-        for device_id in old.devices.keys() - config.devices.keys():
-            await self._stop_device(device_id)
-            self.twins.pop(device_id, None)
-        for device_id, device in config.devices.items():
-            before = old.devices.get(device_id)
-            if before is not None and same_device(before, device):
-                self.pollers[device_id].device = device
-                continue
-            if before is not None:
-                await self._stop_device(device_id)
-            self.twins[device_id] = make_twin(device, stored.get(device_id, {}), previous)
-            self._start_device(device_id)
-            log.info("%s %s", device_id, "restarted with its new configuration" if before else "added")
-        await self.workloads.reconcile(config)
-
-
-def make_twin(device: BoundDevice, rows: dict[str, dict[str, Any]], previous: dict[tuple[str, str], Any]) -> Twin:
-    """A device's twin from its stored rows; a document's desired value wins when it changed since last time."""
-    twin = Twin(device.id, {})
-    for name, prop in device.properties.items():
-        row = rows.get(name, {})
-        twin_prop = TwinProperty(reported=row.get("reported"), reported_at=row.get("reported_at"))
-        doc_desired = prop.spec.desired
-        stored_desired = row.get("desired")
-        # A value set through the API survives restarts unless the document's own desired value changed.
-        if doc_desired is not None and (stored_desired is None or previous.get((device.id, name)) != doc_desired):
-            twin_prop.desired = coerce(prop.model, doc_desired)
-        elif stored_desired is not None and prop.writable:
-            twin_prop.desired = stored_desired
-        twin_prop.desired_at = row.get("desired_at")
-        twin_prop.pending = twin_prop.desired is not None and prop.writable
-        twin.properties[name] = twin_prop
-    return twin
-
-
-def same_device(before: BoundDevice, after: BoundDevice) -> bool:
-    """Nothing a poller uses changed: the document, and the model entry of every property."""
-    return before.resource == after.resource and [p.model for p in before.properties.values()] == [
-        p.model for p in after.properties.values()]
+        for listener in self.listeners:
+            await listener(old, config)
 
 
 def document_key(raw: Any) -> tuple[str, str, str] | None:

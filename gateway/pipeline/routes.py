@@ -18,11 +18,17 @@ import msgspec
 
 from gateway import router
 from gateway.errors import ConfigError
+from gateway.messages import Report
+from gateway.pipeline.bus import Bus
 from gateway.resources.schema import Endpoint, Route
 from gateway.sinks.base import OutboxMessage, Sink, SinkError, SinkRunner
+from gateway.sinks.manager import Sinks
+from gateway.store import Store
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    import aiomqtt
+
+    from gateway.resources.loader import Config
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,6 @@ def message_bytes(message: Any) -> bytes:
     """A bus message as JSON (device reports as the telemetry contract's {ts, values} plus the device)."""
     if isinstance(message, bytes):
         return message
-    from gateway.runtime import Report
-
     if isinstance(message, Report):
         return _json.encode({"device": message.device, "ts": int(message.ts * 1000), "values": message.values})
     return _json.encode(msgspec.to_builtins(message))
@@ -87,18 +91,21 @@ def render(template: str, node: str, topic: str) -> str:
         return template
 
 
+EventbusClient = Callable[[], "aiomqtt.Client | None"]
+
+
 class EventbusTarget(Sink):
     name = "eventbus"
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, client: EventbusClient) -> None:
+        self.client = client
 
     async def send(self, batch: list[OutboxMessage]) -> None:
-        link = self.gateway.eventbus
-        if link is None or link.client is None:
+        client = self.client()
+        if client is None:
             raise SinkError("the eventbus broker is not connected")
         for message in batch:
-            await link.client.publish(message.topic, message.payload, qos=1, timeout=10)
+            await client.publish(message.topic, message.payload, qos=1, timeout=10)
 
 
 @dataclass
@@ -124,13 +131,13 @@ class RouteRuntime:
                 "state": stats.state, "outbox_depth": depth}
 
 
-def make_sink(gateway: Gateway, route: Route, target: Endpoint) -> Sink:
+def make_sink(node_name: str, eventbus: EventbusClient, route: Route, target: Endpoint) -> Sink:
     from gateway.sinks.http import HttpSink  # imported when a route needs one: httpx alone costs ~9 MB
     from gateway.sinks.mqtt import MqttSink
 
     resource = route.target_resource
     if target.type == "eventbus":
-        return EventbusTarget(gateway)
+        return EventbusTarget(eventbus)
     if target.type == "servicebus":
         host = target.properties.get("host", "127.0.0.1")
         return HttpSink(f"http://{host}:{target.properties['service_port']}{resource['path']}", mode="each")
@@ -140,7 +147,7 @@ def make_sink(gateway: Gateway, route: Route, target: Endpoint) -> Sink:
         headers = {k.removeprefix("header."): v for k, v in target.properties.items() if k.startswith("header.")}
         mode = target.properties.get("mode", "batch")
         return HttpSink(target.properties["url"] + resource.get("path", ""), mode=mode, headers=headers)
-    return MqttSink(target.properties["url"], client_id=f"fieldgate-{gateway.node_name}-{route.name}",
+    return MqttSink(target.properties["url"], client_id=f"fieldgate-{node_name}-{route.name}",
                     qos=int(target.properties.get("qos", "1")), batch_size=int(target.properties.get("batch", "1")),
                     username=target.properties.get("username"), password=target.properties.get("password"),
                     ca_file=target.properties.get("ca_file"))
@@ -149,31 +156,32 @@ def make_sink(gateway: Gateway, route: Route, target: Endpoint) -> Sink:
 class Routes:
     """The routes of the running configuration: sources wired to per-route outboxes."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, node_name: str, bus: Bus, store: Store, sinks: Sinks, eventbus: EventbusClient | None) -> None:
+        self.node_name = node_name
+        self.bus = bus
+        self.store = store
+        self.sinks = sinks
+        self.eventbus = eventbus  # the eventbus link's client of the moment; None when the eventbus is off
         self.routes: dict[str, RouteRuntime] = {}
         self._bus_subscriptions: list[int] = []
         self.eventbus_router = router.new_router()
         self._eventbus_ids: dict[int, RouteRuntime] = {}
 
-    def start(self) -> None:
-        config = self.gateway.config
+    def start(self, config: Config) -> None:
         for (ns, name), route in sorted(config.routes.items()):
             source = config.endpoints[(ns, route.source)]
             target = config.endpoints[(ns, route.target)]
-            if "eventbus" in (source.type, target.type) and self.gateway.eventbus is None:
+            if "eventbus" in (source.type, target.type) and self.eventbus is None:
                 log.warning("route %s/%s uses the eventbus, which is off (eventbus.url: none)", ns, name,
                             extra={"route": f"{ns}/{name}"})
-            runtime = RouteRuntime(route, source, target, SinkRunner("", make_sink(self.gateway, route, target),
-                                                                      self.gateway.store))
-            runtime.runner.outbox = runtime.outbox
-            runtime.runner.log_fields = {"route": f"{ns}/{name}"}
-            self.routes[runtime.outbox] = runtime
-            self.gateway.sinks[runtime.outbox] = runtime.runner
-            self.gateway.supervisor.start(f"sink {runtime.outbox}", runtime.runner.run)
+            outbox = f"route:{ns}/{name}"
+            sink = make_sink(self.node_name, self.eventbus or _no_client, route, target)
+            runner = self.sinks.start(outbox, sink, log_fields={"route": f"{ns}/{name}"})
+            runtime = RouteRuntime(route, source, target, runner)
+            self.routes[outbox] = runtime
             if source.type == "bus":
                 self._bus_subscriptions.append(
-                    self.gateway.bus.subscribe(route.source_resource["topic"], self._bus_handler(runtime)))
+                    self.bus.subscribe(route.source_resource["topic"], self._bus_handler(runtime)))
             elif source.type == "eventbus":
                 route_id = len(self._eventbus_ids) + 1
                 self._eventbus_ids[route_id] = runtime
@@ -181,14 +189,21 @@ class Routes:
 
     async def stop(self) -> None:
         for sub_id in self._bus_subscriptions:
-            self.gateway.bus.unsubscribe(sub_id)
+            self.bus.unsubscribe(sub_id)
         for outbox in self.routes:
-            await self.gateway.supervisor.cancel(f"sink {outbox}")
-            self.gateway.sinks.pop(outbox, None)
+            await self.sinks.stop(outbox)
         self.routes.clear()
         self._bus_subscriptions.clear()
         self._eventbus_ids.clear()
         self.eventbus_router = router.new_router()
+
+    async def reconcile(self, old: Config, new: Config) -> bool:
+        """Rewire the routes when they or the endpoints changed; True when they did."""
+        if old.routes == new.routes and old.endpoints == new.endpoints:
+            return False
+        await self.stop()
+        self.start(new)
+        return True
 
     def eventbus_topics(self) -> list[str]:
         return sorted({r.route.source_resource["topic"] for r in self._eventbus_ids.values()})
@@ -201,8 +216,8 @@ class Routes:
 
     def accept(self, runtime: RouteRuntime, topic: str, payload: bytes) -> None:
         resource = runtime.route.target_resource
-        target_topic = render(resource.get("topic", topic), self.gateway.node_name, topic)
-        self.gateway.store.add_outbox(runtime.outbox, target_topic, payload)
+        target_topic = render(resource.get("topic", topic), self.node_name, topic)
+        self.store.add_outbox(runtime.outbox, target_topic, payload)
         runtime.accepted += 1
 
     def from_eventbus(self, topic: str, payload: bytes) -> bool:
@@ -229,16 +244,22 @@ class Routes:
             log.warning("eventbus message dropped: %s", exc)
             return ()
 
-    def from_rest(self, path: str, payload: bytes) -> list[str]:
-        """Route a message posted to a REST path; the names of the routes that took it."""
+    def from_rest(self, path: str, payload: bytes, namespace: str | None = None) -> list[str]:
+        """Route a message posted to a REST path (of one namespace, or any); the names of the routes that took
+        it."""
         taken = []
-        for runtime in self.routes.values():
+        for runtime in list(self.routes.values()):
             source_path = runtime.route.source_resource.get("path", "")
-            if runtime.source.type == "rest" and source_path.strip("/") == path.strip("/"):
+            if (runtime.source.type == "rest" and (namespace is None or runtime.route.namespace == namespace)
+                    and source_path.strip("/") == path.strip("/")):
                 self.accept(runtime, path, payload)
                 taken.append(f"{runtime.route.namespace}/{runtime.route.name}")
         return taken
 
     def describe(self) -> list[dict[str, Any]]:
-        depth = self.gateway.store.outbox_depth
+        depth = self.store.outbox_depth
         return [runtime.describe(depth.get(outbox, 0)) for outbox, runtime in sorted(self.routes.items())]
+
+
+def _no_client() -> None:
+    return None

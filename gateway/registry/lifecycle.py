@@ -41,8 +41,8 @@ from gateway.registry.logs import (
 )
 
 if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
     from gateway.registry.store import RegistryStore
-    from gateway.runtime import Gateway
 
 ACTIONS = ("stop", "start", "restart")
 NO_ANSWER = "no answer"
@@ -150,7 +150,7 @@ ROUTE_HANDLERS = [node_workload_action, workload_action]
 # --- the node's side -------------------------------------------------------------------------------------------
 
 
-async def perform_action(gateway: Gateway, payload: bytes) -> bytes:
+async def perform_action(gateway: GatewayAPI, payload: bytes) -> bytes:
     """The answer to a workload action: done on a registry-owned workload of this node, refused for any other."""
     request = msgspec.json.decode(payload, type=WorkloadActionRequest)
     namespace, _, name = request.workload.partition("/")
@@ -158,7 +158,7 @@ async def perform_action(gateway: Gateway, payload: bytes) -> bytes:
         raise ConfigError(f"workload action {request.action!r}: expected stop, start or restart")
     manager = gateway.workloads
     runner = manager.runners.get(request.workload)
-    if runner is None or gateway.resource_owner("Workload", namespace, name) != "registry":
+    if runner is None or gateway.resources.resource_owner("Workload", namespace, name) != "registry":
         raise NotFound(f"no workload {request.workload} from the registry runs here (this node's own workloads are "
                        "changed on the node)")
     actor = f"registry:{request.actor}"

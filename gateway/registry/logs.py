@@ -42,8 +42,8 @@ from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.registry.messages import CHANNEL, query_seconds
 
 if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
     from gateway.registry.store import RegistryStore
-    from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
@@ -255,12 +255,12 @@ ROUTE_HANDLERS = [node_logs, node_workload_logs, node_logs_answer]
 # --- the node's side -------------------------------------------------------------------------------------------
 
 
-def _workload_log(gateway: Gateway, payload: bytes) -> bytes:
+def _workload_log(gateway: GatewayAPI, payload: bytes) -> bytes:
     """The answer to a workload log request: the lines of a registry-owned workload of this node."""
     request = msgspec.json.decode(payload, type=WorkloadLogRequest)
     namespace, _, name = request.workload.partition("/")
     runner = gateway.workloads.runners.get(request.workload)
-    if runner is None or gateway.resource_owner("Workload", namespace, name) != "registry":
+    if runner is None or gateway.resources.resource_owner("Workload", namespace, name) != "registry":
         raise NotFound(f"no workload {request.workload} from the registry runs here")
     if not 0 <= request.tail <= MAX_TAIL:
         raise ConfigError(f"tail {request.tail}: expected 0 to {MAX_TAIL}")
@@ -271,7 +271,7 @@ def _workload_log(gateway: Gateway, payload: bytes) -> bytes:
 
 
 async def answer_request(client: httpx.AsyncClient, request_id: str, payload: bytes, path: str = LOGS_PATH,
-                         gateway: Gateway | None = None) -> None:
+                         gateway: GatewayAPI | None = None) -> None:
     """Answer a request from the registry (this process's log ring, a workload's log, a workload action) and post
     the answer back."""
     from gateway.registry.lifecycle import perform_action

@@ -30,9 +30,9 @@ from gateway.errors import ConfigError
 from gateway.webkit.plots import COLORS, Line, Point, Unit, format_value, line_plot
 
 if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
     from gateway.registry.db import Statement
     from gateway.registry.store import RegistryStore
-    from gateway.runtime import Gateway
 
 AnyRequest = Request[Any, Any, Any]
 SERIES: tuple[str, ...] = (
@@ -64,7 +64,7 @@ class NodeSampler:
     Each sampler keeps its own previous counters, so the uplink and the dashboard do not disturb each other's
     intervals (psutil.cpu_percent(None) would: it keeps one previous reading per process)."""
 
-    def __init__(self, data_dir: Path, gateway: Gateway | None = None) -> None:
+    def __init__(self, data_dir: Path, gateway: GatewayAPI | None = None) -> None:
         self.data_dir = data_dir
         self.gateway = gateway
         self.process = psutil.Process(os.getpid())
@@ -86,17 +86,7 @@ class NodeSampler:
     def _points(self) -> float:
         """Values read so far by every poller: its cycles times the properties a cycle reads (one schedule: exact;
         several: their mean weighted by how often each is due)."""
-        if self.gateway is None:
-            return 0.0
-        total = 0.0
-        for poller in self.gateway.pollers.values():
-            schedules = poller.schedules
-            if not schedules:
-                continue
-            rates = [1 / max(s.interval, 1e-3) for s in schedules]
-            per_cycle = sum(len(s.props) * r for s, r in zip(schedules, rates, strict=True)) / sum(rates)
-            total += poller.stats.cycles * per_cycle
-        return total
+        return self.gateway.points_read() if self.gateway is not None else 0.0
 
     def sample(self) -> Sample:
         now, before = self._counters(), self._previous
@@ -198,7 +188,7 @@ class LocalHistory:
 class NodeMonitor:
     """Samples the gateway's node every 10 s into a LocalHistory (the dashboard's plots)."""
 
-    def __init__(self, gateway: Gateway, interval: float = FINE_STEP) -> None:
+    def __init__(self, gateway: GatewayAPI, interval: float = FINE_STEP) -> None:
         self.sampler = NodeSampler(gateway.data_dir, gateway)
         self.history = LocalHistory()
         self.interval = interval
@@ -215,17 +205,17 @@ class NodeMonitor:
             await asyncio.sleep(self.interval)
 
 
-_monitors: weakref.WeakKeyDictionary[Gateway, NodeMonitor] = weakref.WeakKeyDictionary()
+_monitors: weakref.WeakKeyDictionary[GatewayAPI, NodeMonitor] = weakref.WeakKeyDictionary()
 
 
-def start_local_monitor(gateway: Gateway) -> NodeMonitor:
+def start_local_monitor(gateway: GatewayAPI) -> NodeMonitor:
     """Start sampling a gateway's node (a supervised task, `node-monitor`)."""
     monitor = _monitors[gateway] = NodeMonitor(gateway)
-    gateway.supervisor.start("node-monitor", monitor.run)
+    gateway.start_task("node-monitor", monitor.run)
     return monitor
 
 
-def local_monitor(gateway: Gateway) -> NodeMonitor | None:
+def local_monitor(gateway: GatewayAPI) -> NodeMonitor | None:
     return _monitors.get(gateway)
 
 
@@ -260,7 +250,7 @@ def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: fl
 WINDOWS = {"10m": 600.0, "1h": 3600.0, "24h": float(WINDOW)}
 
 
-def local_plots_html(gateway: Gateway, window: str = "1h") -> str:
+def local_plots_html(gateway: GatewayAPI, window: str = "1h") -> str:
     """The dashboard's plots of this node over `window` (10m, 1h or 24h); empty when nothing samples it."""
     monitor = local_monitor(gateway)
     if monitor is None:

@@ -34,7 +34,7 @@ from gateway.registry.store import RegistryStore
 from gateway.resources.schema import PropertyModel
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
@@ -322,7 +322,7 @@ ROUTE_HANDLERS = [list_devices, node_devices, device, put_desired]
 class TwinSync:
     """The node's half: which twins changed since the last delivered report, and the desired values it took."""
 
-    def __init__(self, gateway: Gateway, state_path: Path) -> None:
+    def __init__(self, gateway: GatewayAPI, state_path: Path) -> None:
         self.gateway = gateway
         self.state_path = state_path
         self.dirty: set[str] = set()
@@ -334,7 +334,7 @@ class TwinSync:
         self.ack: DesiredAck | None = None
         self.desired_version = self._load_version()
         for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
-            gateway.bus.subscribe(pattern, self._changed)
+            gateway.subscribe(pattern, self._changed)
 
     def _load_version(self) -> int:
         try:
@@ -353,7 +353,7 @@ class TwinSync:
         if self.ack is not None:
             body["desired_ack"] = msgspec.to_builtins(self.ack)
         now = time.monotonic()
-        twins = self.gateway.twins
+        twins = self.gateway.twins()
         if not (self.dirty or self.complete) or now - self._last_report < MIN_REPORT_INTERVAL:
             self._sending, self._sending_complete = set(), False
             return body
@@ -369,7 +369,7 @@ class TwinSync:
         return body
 
     def _report(self, device_id: str) -> DeviceReport:
-        twin = self.gateway.twins[device_id]
+        twin = self.gateway.twin(device_id)
         return DeviceReport(device=device_id, state=twin.state, reason=twin.state_reason, properties={
             name: PropertyReport(reported=prop.reported, reported_at=prop.reported_at, quality=prop.quality,
                                  desired=prop.desired, error=prop.error)

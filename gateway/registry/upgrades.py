@@ -53,8 +53,8 @@ from gateway.registry import access
 from gateway.registry.auth import AnyRequest, client_node, store_of
 
 if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
     from gateway.registry.store import RegistryStore
-    from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 PENDING, ASSIGNED, SKIPPED, CANCELLED, LOST = "pending", "assigned", "skipped", "cancelled", "lost"
@@ -380,7 +380,7 @@ def slot_root() -> Path:
 class NodeUpgrade:
     """The node's half: start the upgrade the registry hands over, once, and report its status."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.directory = gateway.data_dir / "upgrade"
         self.task_file = self.directory / "task.json"

@@ -49,7 +49,7 @@ from gateway.resources.schema import (
 from gateway.workloads.secrets import SecretBox
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
@@ -490,7 +490,7 @@ class WorkloadSync:
     registry has each workload's events is kept there too (gateway.workloads.history), so after a restart of the
     gateway the node sends exactly the events the registry has not acknowledged."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self._delivered = b""
         self._sending: tuple[bytes, dict[str, int]] | None = None

@@ -170,7 +170,7 @@ class SinkRunner:
             "state": self.stats.state,
             "delivered": self.stats.delivered,
             "failures": self.stats.failures,
-            "dropped": self.stats.dropped,
+            "dropped": self.stats.dropped + getattr(self.sink, "dropped", 0),  # limits, and what the target refused
             "rate_per_s": round(self.rate(), 1),
             "last_error": self.stats.last_error,
             "latency_ms": {

@@ -750,6 +750,10 @@ class Store:
             (name, role, password_hash, time.time()),
         )
 
+    async def has_users(self) -> bool:
+        """Whether anybody can log in to the web UI yet."""
+        return bool(await self.rows("SELECT 1 FROM users LIMIT 1"))
+
     async def get_user(self, name: str) -> tuple[str, str] | None:
         rows = await self.rows("SELECT role, password_hash FROM users WHERE name = ?", (name,))
         return (rows[0][0], rows[0][1]) if rows else None

@@ -34,7 +34,7 @@ from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.api import GatewayAPI
     from gateway.uplink.join import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class HeartbeatAnswer(msgspec.Struct, kw_only=True):
 class Uplink:
     """Heartbeats to the registry and applies its resources; `state` is connected, unreachable or refused."""
 
-    def __init__(self, gateway: Gateway, settings: RegistrySettings) -> None:
+    def __init__(self, gateway: GatewayAPI, settings: RegistrySettings) -> None:
         self.gateway = gateway
         self.settings = settings
         self.interval = settings.heartbeat_interval or 10.0
@@ -185,7 +185,7 @@ class Uplink:
         """Make the registry-owned resources exactly these; a version that does not fit is logged once."""
         try:
             documents = [msgspec.convert(raw, AnyDocument, dec_hook=dec_hook) for raw in raw_documents]
-            changed = await self.gateway.replace_owned(documents, owner=REGISTRY, actor="registry")
+            changed = await self.gateway.resources.replace_owned(documents, owner=REGISTRY, actor="registry")
         except (FieldgateError, msgspec.ValidationError) as exc:
             if version != self._failed_version:
                 log.error("registry resources version %s do not fit this node; keeping the current ones: %s",

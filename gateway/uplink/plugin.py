@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from gateway.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.api import GatewayAPI
 
 
 @hookimpl
-def startup(gateway: Gateway) -> None:
+def startup(gateway: GatewayAPI) -> None:
     if not (gateway.data_dir / "registry" / "registry.json").exists():
         return
     from gateway.uplink.join import load_settings
@@ -22,5 +22,5 @@ def startup(gateway: Gateway) -> None:
         from gateway.uplink.client import Uplink
 
         uplink = Uplink(gateway, settings)
-        gateway.supervisor.start("uplink", uplink.run)
-        gateway.supervisor.start("uplink messages", uplink.run_messages)
+        gateway.start_task("uplink", uplink.run)
+        gateway.start_task("uplink messages", uplink.run_messages)

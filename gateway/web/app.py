@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,9 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway import __version__
+from gateway.api import GatewayAPI
 from gateway.errors import FieldgateError, NotFound, ValueRejected
 from gateway.logs import log_ring
-from gateway.runtime import Gateway
 from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
@@ -31,6 +33,7 @@ from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, AuthMiddleware, 
 from gateway.webkit.sessions import LoginLimiter, SessionStore
 
 WEB = Path(__file__).resolve().parent
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 PAGES = [
     login.login_form, login.login, login.logout,
     overview.dashboard, overview.models, overview.endpoints, overview.sinks, overview.plugins,
@@ -87,7 +90,9 @@ async def _security_headers(response: Response[Any]) -> Response[Any]:
     return response
 
 
-def create_app(gateway: Gateway) -> Litestar:
+def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Litestar:
+    """The app of one gateway; `lifespan` context managers run around serving it (gateway.web.server starts and
+    stops the gateway with one)."""
     plugin_routes = [route for routes in gateway.pm.hook.register_routes() for route in routes]
     recent_errors()  # counts warnings and errors from now on, for the dashboard
     log_ring()  # the recent log, when `fieldgate run` has not installed it already
@@ -118,6 +123,7 @@ def create_app(gateway: Gateway) -> Litestar:
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),
+        lifespan=list(lifespan),
         logging_config=None,
         debug=False,
     )

@@ -15,22 +15,22 @@ from typing import Any
 
 import yaml
 
+from gateway.api import GatewayAPI
 from gateway.errors import ConfigError, ResourceError
 from gateway.importers import csv as csv_import
-from gateway.runtime import Gateway
 
 EDITABLE_KINDS = ("DeviceModel", "Device", "Endpoint", "Route")
 MAX_UPLOAD_BYTES = 2 << 20
 PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes")
 
 
-def owner(gateway: Gateway, kind: str, namespace: str, name: str) -> str | None:
+def owner(gateway: GatewayAPI, kind: str, namespace: str, name: str) -> str | None:
     """"file", "local", "registry", or None for a resource that does not exist."""
-    result = gateway.resource_owner(kind, namespace, name)
+    result = gateway.resources.resource_owner(kind, namespace, name)
     return None if result is None else str(result)
 
 
-def running_document(gateway: Gateway, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+def running_document(gateway: GatewayAPI, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The document as it was written (durations as text and all), from the running configuration."""
     entry = gateway.config.raw.get((kind, namespace, name))
     if entry is None or not isinstance(entry[1], dict):
@@ -47,19 +47,19 @@ def read_only_reason(found_owner: str | None) -> str:
     return ""
 
 
-async def apply_yaml(gateway: Gateway, text: str, *, actor: str, address: str) -> list[str]:
+async def apply_yaml(gateway: GatewayAPI, text: str, *, actor: str, address: str) -> list[str]:
     """Validate and apply YAML documents; ResourceError/ConfigError carry the problems, one line each."""
-    changed = await gateway.apply_documents(text, actor=actor, address=address)
+    changed = await gateway.resources.apply_documents(text, actor=actor, address=address)
     return [str(item) for item in changed]
 
 
-async def apply_documents(gateway: Gateway, documents: list[dict[str, Any]], *, actor: str, address: str
+async def apply_documents(gateway: GatewayAPI, documents: list[dict[str, Any]], *, actor: str, address: str
                           ) -> list[str]:
     return await apply_yaml(gateway, dump_yaml(documents), actor=actor, address=address)
 
 
-async def delete(gateway: Gateway, kind: str, namespace: str, name: str, *, actor: str, address: str) -> None:
-    await gateway.delete_resource(kind, namespace, name, actor=actor, address=address)
+async def delete(gateway: GatewayAPI, kind: str, namespace: str, name: str, *, actor: str, address: str) -> None:
+    await gateway.resources.delete_resource(kind, namespace, name, actor=actor, address=address)
 
 
 def dump_yaml(documents: list[dict[str, Any]]) -> str:
@@ -93,9 +93,9 @@ class Preview:
         return bool(self.rows) and all(row.action in ("create", "update") for row in self.rows)
 
 
-def preview(gateway: Gateway, yaml_text: str) -> Preview:
+def preview(gateway: GatewayAPI, yaml_text: str) -> Preview:
     """Check the documents as a whole (raises ResourceError) and say what applying each would do."""
-    documents = gateway.validate_yaml(yaml_text)
+    documents = gateway.resources.validate_yaml(yaml_text)
     rows = []
     for document in documents:
         found = owner(gateway, document.kind, document.namespace, document.name)

@@ -9,7 +9,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.runtime import DeviceStateChange, Gateway
+from gateway.api import GatewayAPI
+from gateway.messages import DeviceStateChange
 
 RING_SIZE = 500
 STATES_PER_DEVICE = 20
@@ -61,9 +62,9 @@ def recent_errors() -> RecentErrors:
 class StateHistory:
     """The last state changes of every device, fed by the bus."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.changes: dict[str, deque[DeviceStateChange]] = {}
-        gateway.bus.subscribe("devices/+/+/state", self._on_state)
+        gateway.subscribe("devices/+/+/state", self._on_state)
 
     def _on_state(self, topic: str, change: Any) -> None:
         if isinstance(change, DeviceStateChange):
@@ -73,10 +74,10 @@ class StateHistory:
         return list(reversed(self.changes.get(device_id, ())))
 
 
-_state_histories: weakref.WeakKeyDictionary[Gateway, StateHistory] = weakref.WeakKeyDictionary()
+_state_histories: weakref.WeakKeyDictionary[GatewayAPI, StateHistory] = weakref.WeakKeyDictionary()
 
 
-def state_history(gateway: Gateway) -> StateHistory:
+def state_history(gateway: GatewayAPI) -> StateHistory:
     """One subscription per gateway however many apps are created for it."""
     history = _state_histories.get(gateway)
     if history is None:

@@ -44,7 +44,7 @@ def route_table(*, pages: bool = False) -> list[tuple[str, str, str, str]]:
 
     gateway = Gateway(Config(gateway=GatewayDoc(name="docs")), Path("/nonexistent"),
                       get_plugin_manager(load_entry_points=False))
-    app = create_app(gateway)
+    app = create_app(gateway.api)
     rows: list[tuple[str, str, str, str]] = []
     for method, path, handler in app_routes(app):
         if path.startswith(("/schema", "/static")) or (is_api_path(path) or path == "/healthz") == pages:

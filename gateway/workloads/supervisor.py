@@ -23,8 +23,8 @@ from gateway.workloads.logs import WorkloadLog
 from gateway.workloads.model import InstanceSpec, Runtime, RuntimeRegistry
 
 if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
     from gateway.resources.loader import Config
-    from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_MIN = 30.0  # a rolling update waits at least this long for a new instance to become ready
@@ -256,14 +256,14 @@ class WorkloadRunner:
         return {"id": self.id, "namespace": spec.namespace, "name": spec.name, "runtime": spec.runtime,
                 "version": self.version, "status": status, "reason": reason, "replicas": spec.replicas,
                 "ready": sum(i.ready for i in current), "labels": spec.labels, "last_event": self.last_event,
-                "owner": self.manager.gateway.resource_owner("Workload", spec.namespace, spec.name),
+                "owner": self.manager.gateway.resources.resource_owner("Workload", spec.namespace, spec.name),
                 "instances": [i.describe() for i in sorted(self.instances.values(), key=lambda i: i.id)]}
 
 
 class WorkloadManager:
     """Every workload of the node, kept in step with the Workload documents of the configuration."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.registry = RuntimeRegistry()
         self.runners: dict[str, WorkloadRunner] = {}
@@ -484,7 +484,7 @@ class WorkloadManager:
             kept = [v["version"] for v in await self.history.versions(namespace, name)]
             raise NotFound(f"workload {namespace}/{name} has no version {version} (kept: "
                            f"{', '.join(map(str, kept)) or 'none'})")
-        owner = self.gateway.resource_owner("Workload", namespace, name)
+        owner = self.gateway.resources.resource_owner("Workload", namespace, name)
         if owner not in ("local",):
             where = "the registry" if owner == "registry" else f"the file {owner}"
             if owner == "file":
@@ -495,7 +495,7 @@ class WorkloadManager:
         if workload == runner.target:
             return runner.version
         self._notes[runner.id] = (actor, f"rollback to version {version}")
-        await self.gateway.apply_documents([workload], actor=actor, address=address)
+        await self.gateway.resources.apply_documents([workload], actor=actor, address=address)
         await self.gateway.store.audit(actor, "rollback", f"Workload {namespace}/{name}", f"version {version}",
                                        address)
         return self.runner(namespace, name).version

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from gateway import bench, native
+from gateway import native
+from gateway.ops import bench
 
 pytestmark = [
     pytest.mark.benchmark,

@@ -103,7 +103,7 @@ async def test_broker_outage_loses_nothing(tmp_path: Path, write_config: Callabl
         subscriber.stop()
         broker.stop()  # the subscriber's session and what is queued for it survive (persistence)
         await asyncio.sleep(OUTAGE_S)
-        during = {f"d{i}": gw.twin(f"default/d{i}").properties["count"].reported for i in range(DEVICES)}
+        during = {f"d{i}": gw.api.twin(f"default/d{i}").properties["count"].reported for i in range(DEVICES)}
         depth = gw.store.outbox_depth.get("eventbus", 0)
         assert depth >= DEVICES * OUTAGE_S * 20 * 0.8  # 20 reports/s per device waited in the outbox
         broker.start()

@@ -107,8 +107,8 @@ async def test_twin_update_reaches_device_and_returns_reported(
         document = await next_on(queue, f"{base}/update/document")
         assert document["twin"]["setpoint"]["current"]["expected"]["value"] == "42.5"
         assert "expected" not in document["twin"]["setpoint"]["last"]
-        await wait_for(lambda: gw.twin("default/d1").properties["setpoint"].reported == 42.5)
-        await wait_for(lambda: gw.twin("default/d1").properties["count"].reported is not None)
+        await wait_for(lambda: gw.api.twin("default/d1").properties["setpoint"].reported == 42.5)
+        await wait_for(lambda: gw.api.twin("default/d1").properties["count"].reported is not None)
         await client.publish(f"{base}/get", json.dumps({"event_id": "g-1", "timestamp": 2}), qos=1)
         got = await next_on(queue, f"{base}/get/result")
     assert got["event_id"] == "g-1"
@@ -123,7 +123,7 @@ async def test_delta_is_published_when_desired_differs(
     await wait_connected(gw)
     base = "$hw/events/device/default/d1/twin"
     async with mqtt_client(mosquitto, f"{base}/update/delta") as (_, queue):
-        await gw.set_desired("default/d1", "setpoint", 7)
+        await gw.api.set_desired("default/d1", "setpoint", 7)
         delta = await next_on(queue, f"{base}/update/delta")
     assert delta["delta"] == {"setpoint": "7.0"}
 
@@ -161,7 +161,7 @@ async def test_bad_input_gets_a_result_with_the_reason(
             assert result["event_id"] == "x"
         # the bus keeps flowing
         await next_on(queue, "fieldgate/test-gw/default/d1/telemetry")
-    assert gw.twin("default/d1").properties["setpoint"].desired is None
+    assert gw.api.twin("default/d1").properties["setpoint"].desired is None
     assert gw.eventbus is not None and gw.eventbus.rejected == 1
 
 
@@ -170,7 +170,7 @@ async def test_membership_get(mosquitto: Mosquitto, write_config: Callable[[str]
     gw: Gateway = await start_gateway(write_config(config_for(mosquitto.url, virtual_device("d1")
                                                               + virtual_device("d2"))))
     await wait_connected(gw)
-    await wait_for(lambda: gw.twin("default/d1").state == "online")
+    await wait_for(lambda: gw.api.twin("default/d1").state == "online")
     topic = "$hw/events/node/test-gw/membership/get"
     async with mqtt_client(mosquitto, f"{topic}/result") as (client, queue):
         await client.publish(topic, json.dumps({"event_id": "m-1"}), qos=1)
@@ -188,7 +188,7 @@ async def test_telemetry_waits_in_the_outbox_while_the_broker_is_down(
     mosquitto.stop()
     await asyncio.sleep(1.5)
     assert gw.store.outbox_depth.get("eventbus", 0) >= 15
-    assert gw.sinks["eventbus"].stats.state == "failing"
+    assert gw.sinks.runners["eventbus"].stats.state == "failing"
     mosquitto.start()
     async with mqtt_client(mosquitto, "fieldgate/#") as (_, queue):
         counts = []

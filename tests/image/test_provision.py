@@ -72,7 +72,7 @@ def test_a_bad_file_is_refused_with_one_line_and_nothing_changes(tmp_path: Path,
 
 
 async def login_page(gateway: Any) -> tuple[str, httpx.AsyncClient]:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway.api)),
                                base_url="http://testserver.local", timeout=10)
     return (await client.get("/login")).text, client
 

@@ -46,19 +46,19 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 async def gateway(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> Gateway:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="50ms")))
-    await wait_for(lambda: gw.pollers["default/d1"].stats.cycles >= 3)
+    await wait_for(lambda: gw.devices.pollers["default/d1"].stats.cycles >= 3)
     return gw
 
 
 async def test_the_sampler_measures_the_node_and_the_points_polled(gateway: Gateway) -> None:
-    sampler = NodeSampler(gateway.data_dir, gateway)
-    cycles_before = gateway.pollers["default/d1"].stats.cycles
+    sampler = NodeSampler(gateway.data_dir, gateway.api)
+    cycles_before = gateway.devices.pollers["default/d1"].stats.cycles
     started = time.monotonic()
     assert sampler.sample()["points_per_s"] is None  # no rate over a few ms: it would be one cycle more or less
     await asyncio.sleep(1.1)
     sample = sampler.sample()
     elapsed = time.monotonic() - started
-    cycles = gateway.pollers["default/d1"].stats.cycles - cycles_before
+    cycles = gateway.devices.pollers["default/d1"].stats.cycles - cycles_before
     assert set(sample) == set(SERIES)
     # d1 reads its 4 properties every 50 ms: the points rate is the cycles seen times 4, over the same time
     assert sample["points_per_s"] == pytest.approx(cycles * 4 / elapsed, rel=0.25)
@@ -71,7 +71,7 @@ async def test_the_sampler_measures_the_node_and_the_points_polled(gateway: Gate
     for name in ("net_rx_bps", "net_tx_bps"):
         assert (sample[name] or 0) >= 0
     # the dashboard's own sampler runs beside it (a supervised task) and keeps what it measures
-    monitor = local_monitor(gateway)
+    monitor = local_monitor(gateway.api)
     assert monitor is not None and gateway.supervisor.status["node-monitor"].state == "running"
 
 
@@ -121,7 +121,7 @@ async def joined(registry: Registry, tmp_path: Path, gateway: Gateway) -> AsyncI
     node_dir = tmp_path / "node"
     settings = await join(registry.url, registry.token(), node_dir, name="gw-1")
     assert load_settings(node_dir) == settings
-    uplink = Uplink(gateway, settings)
+    uplink = Uplink(gateway.api, settings)
     async with httpx.AsyncClient(base_url=registry.url, verify=client_ssl_context(node_dir), timeout=10) as client:
         yield uplink, client
 
@@ -162,13 +162,13 @@ async def test_the_registry_keeps_and_serves_the_samples_of_a_joined_gateway(
 
 
 async def test_the_dashboard_shows_the_plots_of_its_own_node(gateway: Gateway) -> None:
-    monitor = local_monitor(gateway)
+    monitor = local_monitor(gateway.api)
     assert monitor is not None
     for _ in range(3):
         monitor.sample_now()
         await asyncio.sleep(0.05)
     token = await create_token(gateway.store, "viewer")
-    transport = httpx.ASGITransport(app=create_app(gateway))
+    transport = httpx.ASGITransport(app=create_app(gateway.api))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local",
                                  headers={"Authorization": f"Bearer {token}"}) as client:
         for window in ("10m", "1h", "24h"):

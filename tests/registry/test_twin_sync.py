@@ -268,7 +268,7 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
           - {name: broken, collect_interval: 20ms, visitor: {generator: constant, value: .nan}}
         """))
     state = tmp_path / "desired.json"
-    sync = TwinSync(gateway, state)
+    sync = TwinSync(gateway.api, state)
     await asyncio.sleep(0.1)
     first = sync.outgoing()
     assert first["twins_complete"] and [t["device"] for t in first["twins"]] == ["default/d1"]
@@ -283,7 +283,7 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
     body = sync.outgoing()
     [device] = body["twins"]
     assert not body["twins_complete"]
-    assert device["properties"]["count"]["reported"] == gateway.twins["default/d1"].properties["count"].reported
+    assert device["properties"]["count"]["reported"] == gateway.devices.twins["default/d1"].properties["count"].reported
     sync.failed()  # not delivered: it goes with the next heartbeat, still at most one report per interval
     assert "twins" not in sync.outgoing()
     await asyncio.sleep(MIN_REPORT_INTERVAL)
@@ -293,15 +293,15 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
     await sync.apply_desired([DesiredValue(device="default/d1", property="sp", value=7, version=3),
                               DesiredValue(device="default/d1", property="sp", value=11, version=4),
                               DesiredValue(device="default/nope", property="x", value=1, version=4)])
-    assert gateway.twins["default/d1"].properties["sp"].desired == 7  # 11 is above the maximum
+    assert gateway.devices.twins["default/d1"].properties["sp"].desired == 7  # 11 is above the maximum
     body = sync.outgoing()
     assert body["desired_version"] == 4
     assert [(e["version"], e["device"]) for e in body["desired_ack"]["errors"]] == [(4, "default/d1"),
                                                                                    (4, "default/nope")]
     sync.delivered()
     assert "desired_ack" not in sync.outgoing()
-    assert TwinSync(gateway, state).desired_version == 4  # survives a restart
+    assert TwinSync(gateway.api, state).desired_version == 4  # survives a restart
     deadline = asyncio.get_running_loop().time() + 5
-    while gateway.twins["default/d1"].properties["sp"].reported != 7:
+    while gateway.devices.twins["default/d1"].properties["sp"].reported != 7:
         assert asyncio.get_running_loop().time() < deadline, "the desired value was not written"
         await asyncio.sleep(0.05)

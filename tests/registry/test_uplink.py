@@ -122,17 +122,17 @@ async def test_registry_resources_are_refused_for_local_edits_and_an_unreachable
         eventbus: {url: none}
         """)
     gateway = await start_gateway(config)
-    uplink = Uplink(gateway, RegistrySettings(url=f"https://127.0.0.1:{free_port()}", node="gw-1"))
+    uplink = Uplink(gateway.api, RegistrySettings(url=f"https://127.0.0.1:{free_port()}", node="gw-1"))
     await uplink.apply("v1", _documents(REMOTE))
     assert uplink.resource_version == "v1"
-    assert gateway.resource_owner("Device", "default", "remote-1") == "registry"
+    assert gateway.configuration.resource_owner("Device", "default", "remote-1") == "registry"
     with pytest.raises(ConfigError, match="owned by the registry"):
-        await gateway.apply_documents(REMOTE.split("---")[1], actor="test")
+        await gateway.configuration.apply_documents(REMOTE.split("---")[1], actor="test")
 
     async with httpx.AsyncClient(base_url=uplink.settings.url, timeout=2) as client:
         await uplink.beat(client)
     assert uplink.state == "unreachable"
-    assert gateway.resource_owner("Device", "default", "remote-1") == "registry"  # edge autonomy
+    assert gateway.configuration.resource_owner("Device", "default", "remote-1") == "registry"  # edge autonomy
 
 
 def _documents(text: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ async def web_gateway(write_config: Callable[[str], Path], start_gateway: Callab
     gw: Gateway = await start_gateway(write_config(config))
     for role in ROLES:
         await add_user(gw.store, role, role, PASSWORD)
-    await wait_for(lambda: gw.twin("default/d1").properties["count"].reported is not None)
+    await wait_for(lambda: gw.api.twin("default/d1").properties["count"].reported is not None)
     return gw
 
 
@@ -64,7 +64,7 @@ async def open_browser(web_gateway: Gateway) -> AsyncIterator[Callable[..., Any]
     The app runs on the test's own event loop (httpx's ASGI transport), as it runs on the gateway's loop in
     production; Litestar's test client would run it on a second loop in another thread.
     """
-    app = create_app(web_gateway)
+    app = create_app(web_gateway.api)
     clients: list[httpx.AsyncClient] = []
 
     async def open_one(role: str | None = None, base_url: str = "http://testserver.local") -> Browser:

@@ -22,7 +22,7 @@ async def gateway(write_config: Callable[[str], Path], start_gateway: Callable[.
     config = MODEL + virtual_device("d1", interval="100ms") + virtual_device("d2").replace(
         "model: m", "model: m\nlabels: {line: \"2\"}")
     gw: Gateway = await start_gateway(write_config(config))
-    await wait_for(lambda: gw.twin("default/d1").properties["count"].reported is not None)
+    await wait_for(lambda: gw.api.twin("default/d1").properties["count"].reported is not None)
     return gw
 
 
@@ -30,7 +30,7 @@ async def gateway(write_config: Callable[[str], Path], start_gateway: Callable[.
 async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     # The app on the test's own loop, as on the gateway's loop in production (Litestar's test client would run
     # it on a second loop in a thread, sharing the store's locks across loops).
-    transport = httpx.ASGITransport(app=create_app(gateway))
+    transport = httpx.ASGITransport(app=create_app(gateway.api))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
         yield client
 
@@ -91,11 +91,11 @@ async def test_set_desired_by_role(client: httpx.AsyncClient, gateway: Gateway,
     path = "/api/v1/devices/default/d1/twin/setpoint"
     response = await client.put(path, json={"desired": 33}, headers=tokens["viewer"])
     assert response.status_code == 403
-    assert gateway.twin("default/d1").properties["setpoint"].desired is None
+    assert gateway.api.twin("default/d1").properties["setpoint"].desired is None
     response = await client.put(path, json={"desired": 33}, headers=tokens["operator"])
     assert response.status_code == 200, response.text
     assert response.json()["desired"] == 33.0
-    await wait_for(lambda: gateway.twin("default/d1").properties["setpoint"].reported == 33.0)
+    await wait_for(lambda: gateway.api.twin("default/d1").properties["setpoint"].reported == 33.0)
     response = await client.get("/api/v1/devices/default/d1", headers=tokens["admin"])
     assert response.json()["twin"]["setpoint"]["reported"] == 33.0
     audit = await gateway.store.audit_log()

@@ -85,8 +85,8 @@ async def test_create_edit_and_delete_through_forms(web_gateway: Gateway, open_b
     response = await admin.post("/devices/edit", PUMP_DEVICE)
     assert response.status_code == 303, response.text
     assert response.headers["location"] == "/devices/default/p1"
-    await wait_for(lambda: web_gateway.twin("default/p1").properties["speed"].reported == 1200)
-    assert web_gateway.resource_owner("Device", "default", "p1") == "local"
+    await wait_for(lambda: web_gateway.api.twin("default/p1").properties["speed"].reported == 1200)
+    assert web_gateway.configuration.resource_owner("Device", "default", "p1") == "local"
 
     form = await admin.client.get("/devices/edit", params={"name": "p1"})
     assert "Read-only" not in form.text and "generator: random" in form.text and "100ms" in form.text

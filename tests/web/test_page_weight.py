@@ -20,7 +20,7 @@ NOT_PAGES = ("/events", "/plot/", "/static/", "/healthz",
 async def test_page_weight(web_gateway: Gateway, open_browser: Callable[..., Any]) -> None:
     admin = await open_browser("admin")
     paths = []
-    for method, path, _ in app_routes(create_app(web_gateway)):
+    for method, path, _ in app_routes(create_app(web_gateway.api)):
         if method != "GET" or is_api_path(path) or any(part in path for part in NOT_PAGES):
             continue
         paths.append(PAGES_WITH_PARAMS.get(path, path))

@@ -83,7 +83,7 @@ async def test_setting_a_desired_value_from_the_form(web_gateway: Gateway, open_
     response = await operator.post("/devices/default/d1/desired", {"property": "setpoint", "value": "33.5"},
                                    headers=json)
     assert response.status_code == 200 and response.json() == {"ok": True, "property": "setpoint", "desired": 33.5}
-    await wait_for(lambda: web_gateway.twin("default/d1").properties["setpoint"].reported == 33.5)
+    await wait_for(lambda: web_gateway.api.twin("default/d1").properties["setpoint"].reported == 33.5)
     response = await operator.post("/devices/default/d1/desired", {"property": "enabled", "value": "true"},
                                    headers=json)
     assert response.json()["desired"] is True

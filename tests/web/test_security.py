@@ -27,8 +27,8 @@ def concrete(path: str) -> str:
 
 def routes(gateway: Gateway) -> list[tuple[str, str, str]]:
     """(method, path template, required role) of every route but the OpenAPI ones."""
-    return [(method, path, required_role(handler, path)) for method, path, handler in app_routes(create_app(gateway))
-            if not path.startswith("/schema")]
+    return [(method, path, required_role(handler, path))
+            for method, path, handler in app_routes(create_app(gateway.api)) if not path.startswith("/schema")]
 
 
 async def test_every_route_has_a_role_guard_or_is_public(web_gateway: Gateway) -> None:
@@ -83,14 +83,14 @@ async def test_each_role_gets_exactly_its_routes(web_gateway: Gateway, open_brow
                 assert response.status_code == 200, (role, method, path, response.text[:300])
         else:
             assert response.status_code == 403, (role, method, path, response.status_code)
-    assert web_gateway.twin("default/d1").properties["setpoint"].desired is None or role != "viewer"
+    assert web_gateway.api.twin("default/d1").properties["setpoint"].desired is None or role != "viewer"
 
 
 async def test_viewer_cannot_change_anything(web_gateway: Gateway, open_browser: Callable[..., Any]) -> None:
     viewer = await open_browser("viewer")
     response = await viewer.post("/devices/default/d1/desired", {"property": "setpoint", "value": "20"})
     assert response.status_code == 403, response.text
-    assert web_gateway.twin("default/d1").properties["setpoint"].desired is None
+    assert web_gateway.api.twin("default/d1").properties["setpoint"].desired is None
     assert (await viewer.post("/users", {"name": "eve", "role": "admin", "password": "x" * 10})).status_code == 403
     assert await web_gateway.store.get_user("eve") is None
     device = await viewer.client.get("/devices/default/d1")
@@ -106,10 +106,10 @@ async def test_forms_need_the_session_csrf_token(web_gateway: Gateway, open_brow
     other = await open_browser("operator")  # another session's token is no good either
     response = await operator.client.post("/devices/default/d1/desired", data={**form, "_csrf": other.csrf})
     assert response.status_code == 403
-    assert web_gateway.twin("default/d1").properties["setpoint"].desired is None
+    assert web_gateway.api.twin("default/d1").properties["setpoint"].desired is None
     response = await operator.post("/devices/default/d1/desired", form)
     assert response.status_code == 303
-    assert web_gateway.twin("default/d1").properties["setpoint"].desired == 20.0
+    assert web_gateway.api.twin("default/d1").properties["setpoint"].desired == 20.0
     # The JSON API takes the session too, with the token in a header.
     response = await operator.client.put("/api/v1/devices/default/d1/twin/setpoint", json={"desired": 21})
     assert response.status_code == 403

@@ -48,8 +48,8 @@ async def test_a_secret_is_encrypted_at_rest_given_to_the_app_and_masked(
     assert answer["password"] == PLAIN
     assert answer["file"] == "[app]\nmode = fast\n"
 
-    local = await node.gateway.apply_documents("kind: Secret\nname: local\ndata: {token: " + LOCAL_PLAIN + "}\n",
-                                               actor="test")
+    local = await node.gateway.configuration.apply_documents(
+        "kind: Secret\nname: local\ndata: {token: " + LOCAL_PLAIN + "}\n", actor="test")
     assert local == ["Secret default/local"]
     await node.gateway.store.flush()
     stored = database_bytes(node.gateway.data_dir)
@@ -84,7 +84,7 @@ async def test_a_secret_is_encrypted_at_rest_given_to_the_app_and_masked(
 async def test_a_locally_applied_secret_is_decrypted_after_a_restart(
         start_node: Callable[..., Any], tmp_path: Path) -> None:
     node: Node = await start_node()
-    await node.gateway.apply_documents(DOCUMENTS.replace(PLAIN, LOCAL_PLAIN), actor="test")
+    await node.gateway.configuration.apply_documents(DOCUMENTS.replace(PLAIN, LOCAL_PLAIN), actor="test")
     (instance,) = await ready_instances(node, "web")
     assert (await ask_app(instance))["password"] == LOCAL_PLAIN
     await node.gateway.stop()

@@ -10,9 +10,10 @@ import msgspec
 from litestar import Controller, Request, get, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from gateway.api import GatewayAPI
 from gateway.errors import NotFound
+from gateway.pipeline.poller import PollStats
 from gateway.pipeline.twin import TwinProperty
-from gateway.runtime import Gateway
 from gateway.web.security import requires
 
 
@@ -61,7 +62,7 @@ def twin_value(prop: TwinProperty) -> TwinValue:
     return TwinValue(prop.desired, prop.reported, iso(prop.reported_at), prop.quality, prop.error)
 
 
-def summary(gateway: Gateway, device_id: str) -> DeviceSummary:
+def summary(gateway: GatewayAPI, device_id: str) -> DeviceSummary:
     device = gateway.device(device_id)
     twin = gateway.twin(device_id)
     return DeviceSummary(device_id, device.namespace, device.name, device.model, device.profile,
@@ -80,10 +81,10 @@ class DeviceController(Controller):
         model: FromQuery[str | None] = None,
         q: Annotated[str | None, QueryParameter(description="part of the device id")] = None,
     ) -> list[DeviceSummary]:
-        gateway: Gateway = request.app.state.gateway
+        gateway: GatewayAPI = request.app.state.gateway
         wanted = dict(item.partition("=")[::2] for item in label or [])
         result = []
-        for device_id in sorted(gateway.pollers):
+        for device_id in sorted(gateway.devices()):
             item = summary(gateway, device_id)
             if (device_state and item.state != device_state) or (model and item.model != model):
                 continue
@@ -97,11 +98,11 @@ class DeviceController(Controller):
     @get("/{namespace:str}/{name:str}", guards=[requires("viewer")], summary="One device with its twin")
     async def get_device(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]
                          ) -> DeviceDetail:
-        gateway: Gateway = request.app.state.gateway
+        gateway: GatewayAPI = request.app.state.gateway
         device_id = f"{namespace}/{name}"
         base = summary(gateway, device_id)
         twin = gateway.twin(device_id)
-        stats = gateway.pollers[device_id].stats
+        stats = gateway.poll_stats(device_id) or PollStats()
         return DeviceDetail(
             **msgspec.structs.asdict(base),
             state_since=iso(twin.state_since) or "",
@@ -114,7 +115,7 @@ class DeviceController(Controller):
          summary="Set the desired value of a property")
     async def set_desired(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str],
                           prop: FromPath[str], data: JSONBody[DesiredValue]) -> TwinValue:
-        gateway: Gateway = request.app.state.gateway
+        gateway: GatewayAPI = request.app.state.gateway
         client = request.client.host if request.client else ""
         twin_prop = await gateway.set_desired(f"{namespace}/{name}", prop, data.desired,
                                               actor=request.user.name, address=client)
@@ -126,7 +127,7 @@ class DeviceController(Controller):
                       prop: FromPath[str],
                       window: Annotated[float, QueryParameter(gt=0, le=366 * 86400, description="seconds")] = 3600,
                       limit: Annotated[int, QueryParameter(gt=0, le=100_000)] = 10_000) -> list[HistoryPoint]:
-        gateway: Gateway = request.app.state.gateway
+        gateway: GatewayAPI = request.app.state.gateway
         device_id = f"{namespace}/{name}"
         if prop not in gateway.twin(device_id).properties:
             raise NotFound(f"device {device_id} has no property {prop!r}")

@@ -8,8 +8,8 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
+from gateway.api import GatewayAPI
 from gateway.hookspecs import hookimpl
-from gateway.runtime import Gateway
 from gateway.web.security import requires
 
 MAX_MESSAGE = 1 << 20
@@ -18,7 +18,7 @@ MAX_MESSAGE = 1 << 20
 @post("/api/v1/messages/{path:path}", guards=[requires("operator")], summary="Send a message along rest routes",
       tags=["routes"], status_code=202, request_max_body_size=MAX_MESSAGE)
 async def post_message(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[dict[str, Any]]:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayAPI = request.app.state.gateway
     body = await request.body()
     taken = gateway.routes.from_rest(path, body)
     if not taken:
@@ -30,17 +30,17 @@ async def post_message(request: Request[Any, Any, Any], path: FromPath[str]) -> 
 
 @get("/api/v1/routes", guards=[requires("viewer")], summary="Routes with their counters", tags=["routes"])
 async def list_routes(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayAPI = request.app.state.gateway
     return gateway.routes.describe()
 
 
 @get("/api/v1/sinks", guards=[requires("viewer")], summary="Sinks and their outboxes", tags=["routes"])
 async def list_sinks(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayAPI = request.app.state.gateway
     stats = await gateway.store.outbox_stats()
-    return {name: {**runner.describe(), "outbox_depth": stats.get(name, {}).get("depth", 0),
+    return {name: {**described, "outbox_depth": stats.get(name, {}).get("depth", 0),
                    "outbox_oldest": stats.get(name, {}).get("oldest")}
-            for name, runner in sorted(gateway.sinks.items())}
+            for name, described in sorted(gateway.sinks().items())}
 
 
 @hookimpl

@@ -6,19 +6,19 @@ from typing import Any
 
 from litestar import Request, get
 
-from gateway.runtime import Gateway
+from gateway.api import GatewayAPI
 from gateway.web.security import requires
 
 
 @get("/healthz", summary="Liveness (no authentication)", tags=["system"])
 async def healthz(request: Request[Any, Any, Any]) -> dict[str, str]:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayAPI = request.app.state.gateway
     return {"status": "ok", "node": gateway.node_name}
 
 
 @get("/api/v1/status", guards=[requires("viewer")], summary="Gateway status", tags=["system"])
 async def status(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayAPI = request.app.state.gateway
     return gateway.status()
 
 
@@ -26,6 +26,6 @@ async def status(request: Request[Any, Any, Any]) -> dict[str, Any]:
 async def plugins(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     from gateway.plugins import list_plugins
 
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayAPI = request.app.state.gateway
     return [{"name": p.name, "distribution": p.distribution, "version": p.version, "hooks": list(p.hooks)}
             for p in list_plugins(gateway.pm)]

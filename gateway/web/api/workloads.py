@@ -11,10 +11,10 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from gateway.api import GatewayAPI
 from gateway.errors import ConfigError, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.resources.schema import ConfigItem, Secret
-from gateway.runtime import Gateway
 from gateway.web.editing import dump_yaml
 from gateway.web.security import client_address, requires
 from gateway.workloads.logs import as_dict
@@ -28,8 +28,8 @@ class Rollback(msgspec.Struct, forbid_unknown_fields=True):
     version: Annotated[int, msgspec.Meta(ge=1)]
 
 
-def _gateway(request: Request[Any, Any, Any]) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+def _gateway(request: Request[Any, Any, Any]) -> GatewayAPI:
+    gateway: GatewayAPI = request.app.state.gateway
     return gateway
 
 
@@ -48,7 +48,7 @@ class WorkloadController(Controller):
         if data.get("kind", "Workload") != "Workload":
             raise ConfigError(f"request body: $.kind: expected Workload, got {data.get('kind')!r}")
         document = {"kind": "Workload", **{k: v for k, v in data.items() if k != "kind"}}
-        await gateway.apply_documents(dump_yaml([document]), actor=request.user.name,
+        await gateway.resources.apply_documents(dump_yaml([document]), actor=request.user.name,
                                       address=client_address(request))
         namespace = document.get("namespace", "default")
         return gateway.workloads.runner(str(namespace), str(document.get("name"))).describe()
@@ -63,7 +63,7 @@ class WorkloadController(Controller):
     async def delete_workload(self, request: Request[Any, Any, Any], namespace: FromPath[str],
                               name: FromPath[str]) -> dict[str, str]:
         gateway = _gateway(request)
-        await gateway.delete_resource("Workload", namespace, name, actor=request.user.name,
+        await gateway.resources.delete_resource("Workload", namespace, name, actor=request.user.name,
                                       address=client_address(request))
         return {"deleted": f"{namespace}/{name}"}
 
@@ -125,7 +125,7 @@ class WorkloadController(Controller):
         return gateway.workloads.runner(namespace, name).describe()
 
 
-def _key_values(gateway: Gateway, kind: str, namespace: str | None = None, name: str | None = None
+def _key_values(gateway: GatewayAPI, kind: str, namespace: str | None = None, name: str | None = None
                 ) -> list[dict[str, Any]]:
     documents: dict[tuple[str, str], ConfigItem | Secret] = {
         **(gateway.config.secrets if kind == "Secret" else gateway.config.config_items)}
@@ -134,7 +134,7 @@ def _key_values(gateway: Gateway, kind: str, namespace: str | None = None, name:
         if (namespace is not None and ns != namespace) or (name is not None and doc_name != name):
             continue
         result.append({"namespace": ns, "name": doc_name, "labels": doc.labels,
-                       "owner": gateway.resource_owner(kind, ns, doc_name),
+                       "owner": gateway.resources.resource_owner(kind, ns, doc_name),
                        "data": masked(doc.data) if kind == "Secret" else doc.data})
     return result
 

@@ -11,7 +11,7 @@ from litestar.datastructures import UploadFile
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 
-from gateway.runtime import Gateway
+from gateway.api import GatewayAPI
 from gateway.web.auth import Principal
 from gateway.web.security import SessionAuth, client_address
 
@@ -34,8 +34,8 @@ NAV = [
 ]
 
 
-def gateway_of(request: AnyRequest) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+def gateway_of(request: AnyRequest) -> GatewayAPI:
+    gateway: GatewayAPI = request.app.state.gateway
     return gateway
 
 
@@ -141,7 +141,7 @@ def setup_engine(engine: JinjaTemplateEngine) -> None:
     environment.lstrip_blocks = True
 
 
-def joined_registry(gateway: Gateway) -> dict[str, str] | None:
+def joined_registry(gateway: GatewayAPI) -> dict[str, str] | None:
     """The registry this node joined (URL and node name), or None."""
     from gateway.uplink.join import load_settings
 

@@ -12,11 +12,11 @@ from litestar import Response, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
+from gateway.api import GatewayAPI
 from gateway.errors import NotFound, ValueRejected
-from gateway.pipeline.bus import state_topic, telemetry_topic
+from gateway.messages import DeviceStateChange, state_topic, telemetry_topic
 from gateway.pipeline.twin import Twin
 from gateway.protocols.base import BoundDevice
-from gateway.runtime import DeviceStateChange, Gateway
 from gateway.web import queries
 from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages.common import (
@@ -39,7 +39,7 @@ SSE_QUEUE = 64
 KEEPALIVE = 15.0
 
 
-def _bound(gateway: Gateway, namespace: str, name: str) -> BoundDevice:
+def _bound(gateway: GatewayAPI, namespace: str, name: str) -> BoundDevice:
     bound = gateway.config.devices.get(f"{namespace}/{name}")
     if bound is None:
         raise NotFound(f"no device {namespace}/{name}")
@@ -73,7 +73,7 @@ async def device_list(
     for device_id in sorted(gateway.config.devices):
         bound = gateway.config.devices[device_id]
         device = bound.resource
-        twin = gateway.twins.get(device_id)
+        twin = gateway.twins().get(device_id)
         if twin is None:  # being restarted with a new configuration this very moment
             continue
         for k, v in device.labels.items():
@@ -106,7 +106,7 @@ async def device_page(request: AnyRequest, namespace: FromPath[str], name: FromP
     bound = _bound(gateway, namespace, name)
     device_id = bound.id
     twin = gateway.twin(device_id)
-    stats = gateway.pollers[device_id].stats if device_id in gateway.pollers else None
+    stats = gateway.poll_stats(device_id)
     return render(
         request, "device.html",
         device=bound.resource, device_id=device_id, bound=bound, twin=twin,
@@ -131,10 +131,10 @@ async def device_events(request: AnyRequest, namespace: FromPath[str], name: Fro
         queue.put_nowait(message)
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        subscriptions = [gateway.bus.subscribe(telemetry_topic(device_id), deliver),
-                         gateway.bus.subscribe(state_topic(device_id), deliver)]
+        subscriptions = [gateway.subscribe(telemetry_topic(device_id), deliver),
+                         gateway.subscribe(state_topic(device_id), deliver)]
         def snapshot() -> str | None:
-            twin = gateway.twins.get(device_id)  # looked up each time: editing the device gives it a new twin
+            twin = gateway.twins().get(device_id)  # looked up each time: editing the device gives it a new twin
             return None if twin is None else msgspec.json.encode(twin_snapshot(twin)).decode()
 
         try:
@@ -144,7 +144,7 @@ async def device_events(request: AnyRequest, namespace: FromPath[str], name: Fro
                     async with asyncio.timeout(KEEPALIVE):
                         message = await queue.get()
                 except TimeoutError:
-                    if device_id not in gateway.twins:
+                    if device_id not in gateway.twins():
                         return
                     yield ServerSentEventMessage(comment="keepalive", data=None)
                     continue
@@ -157,7 +157,7 @@ async def device_events(request: AnyRequest, namespace: FromPath[str], name: Fro
                 yield ServerSentEventMessage(event=event, data=data)
         finally:
             for sub_id in subscriptions:
-                gateway.bus.unsubscribe(sub_id)
+                gateway.unsubscribe(sub_id)
 
     return ServerSentEvent(events(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

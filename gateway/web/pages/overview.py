@@ -10,9 +10,9 @@ import psutil
 from litestar import get
 from litestar.response import Template
 
+from gateway.api import GatewayAPI
 from gateway.plugins import list_plugins
 from gateway.registry.monitoring import WINDOWS, local_plots_html
-from gateway.runtime import Gateway
 from gateway.web.monitor import recent_errors
 from gateway.web.pages.common import AnyRequest, gateway_of, joined_registry, render
 from gateway.web.security import requires
@@ -21,7 +21,7 @@ viewer = [requires("viewer")]
 DEVICE_STATES = ("online", "unhealthy", "offline", "unknown")
 
 
-def host_metrics(gateway: Gateway) -> dict[str, Any]:
+def host_metrics(gateway: GatewayAPI) -> dict[str, Any]:
     """CPU, memory and disk of the box; psutil's CPU figure is the load since the previous call."""
     memory = psutil.virtual_memory()
     try:

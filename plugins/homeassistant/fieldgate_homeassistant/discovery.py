@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__
-from gateway.eventbus.link import telemetry_topic
+from gateway.messages import eventbus_telemetry_topic
 from gateway.protocols.base import BoundDevice, BoundProperty
 
 NUMERIC = ("int", "float", "double")
@@ -99,7 +99,7 @@ def entity_config(device: BoundDevice, prop: BoundProperty, node: str) -> tuple[
     config: dict[str, Any] = {
         "name": prop.name,
         "unique_id": safe_id(f"fieldgate_{node}_{device.id}_{prop.name}"),
-        "state_topic": telemetry_topic(node, device.id),
+        "state_topic": eventbus_telemetry_topic(node, device.id),
         "value_template": _value_template(prop.name, on_off=model.type == "boolean"),
         "availability": [{"topic": state_update_topic(device.id),
                           "value_template": "{{ 'online' if value_json['state'] == 'online' else 'offline' }}"}],

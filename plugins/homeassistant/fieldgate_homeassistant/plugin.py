@@ -17,25 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import Any
 
-import aiomqtt
 import msgspec
 
 from fieldgate_homeassistant.discovery import discovery_messages, state_update_topic
+from gateway.api import GatewayAPI
 from gateway.hookspecs import hookimpl
+from gateway.messages import EVENTBUS_STATE, STATE_FILTER, DeviceStateChange, EventbusStateChange
 from gateway.resources.schema import Endpoint
-from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 PLUGIN = "homeassistant"
-WATCH_EVERY = 0.25  # seconds between looks at the eventbus connection and the configuration
+RETRY = 1.0  # seconds before a failed publication is tried again
 
-_publishers: weakref.WeakKeyDictionary[Gateway, DiscoveryPublisher] = weakref.WeakKeyDictionary()
+_publishers: weakref.WeakKeyDictionary[GatewayAPI, DiscoveryPublisher] = weakref.WeakKeyDictionary()
 _json = msgspec.json.Encoder()
 
 
-def settings(gateway: Gateway) -> Endpoint | None:
+def settings(gateway: GatewayAPI) -> Endpoint | None:
     """The Endpoint document that turns discovery on (the first, by namespace and name), if any."""
     return next((endpoint for _, endpoint in sorted(gateway.config.endpoints.items())
                  if endpoint.properties.get("plugin") == PLUGIN), None)
@@ -44,12 +43,12 @@ def settings(gateway: Gateway) -> Endpoint | None:
 class DiscoveryPublisher:
     """Keeps the retained discovery messages on the eventbus broker in step with the devices."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.published: dict[str, bytes] = {}
-        self._client: aiomqtt.Client | None = None
-        self._config: Any = None
-        self._subscription: int | None = None
+        self._wake = asyncio.Event()
+        self._everything = True  # the broker may have lost the retained messages: publish them all again
+        self._states: set[asyncio.Task[bool]] = set()
 
     def wanted(self) -> dict[str, bytes]:
         endpoint = settings(self.gateway)
@@ -59,58 +58,85 @@ class DiscoveryPublisher:
         return {topic: _json.encode(config) for topic, config in
                 discovery_messages(self.gateway.config.devices, self.gateway.node_name, prefix).items()}
 
+    def changed(self) -> None:
+        """The configuration changed: publish what differs."""
+        self._wake.set()
+
     async def run(self) -> None:
-        self._subscription = self.gateway.bus.subscribe("devices/+/+/state", self._on_state)
+        subscriptions = [self.gateway.subscribe(STATE_FILTER, self._on_state),
+                         self.gateway.subscribe(EVENTBUS_STATE, self._on_eventbus)]
+        self._wake.set()
         try:
             while True:
-                link = self.gateway.eventbus
-                client = link.client if link is not None else None
-                if client is not None and (client is not self._client or self.gateway.config is not self._config):
-                    reconnected = client is not self._client
-                    self._client, self._config = client, self.gateway.config
-                    try:
-                        await self.publish(client, everything=reconnected)
-                    except (aiomqtt.MqttError, TimeoutError) as exc:
-                        log.warning("Home Assistant discovery not published, retrying: %s", exc)
-                        self._client = None
-                await asyncio.sleep(WATCH_EVERY)
+                await self._wake.wait()
+                self._wake.clear()
+                if not self.gateway.eventbus_connected():
+                    continue  # the next `gateway/eventbus/state` message wakes us
+                everything, self._everything = self._everything, False
+                try:
+                    await self.publish(everything=everything)
+                except PublishFailed as exc:
+                    log.warning("Home Assistant discovery not published, retrying: %s", exc)
+                    self._everything = True
+                    await asyncio.sleep(RETRY)
+                    self._wake.set()
         finally:
-            self.gateway.bus.unsubscribe(self._subscription)
+            for sub_id in subscriptions:
+                self.gateway.unsubscribe(sub_id)
 
-    async def publish(self, client: aiomqtt.Client, *, everything: bool) -> None:
+    async def _send(self, topic: str, payload: bytes) -> None:
+        if not await self.gateway.eventbus_publish(topic, payload, qos=1, retain=True):
+            raise PublishFailed(f"publishing {topic} failed: the eventbus is not connected")
+
+    async def publish(self, *, everything: bool) -> None:
         """Publish new and changed configs (all of them after a reconnect) and delete the ones now gone."""
         wanted = self.wanted()
         for topic in sorted(self.published.keys() - wanted.keys()):
-            await client.publish(topic, b"", qos=1, retain=True, timeout=10)
+            await self._send(topic, b"")
             del self.published[topic]
         for topic, payload in wanted.items():
             if everything or self.published.get(topic) != payload:
-                await client.publish(topic, payload, qos=1, retain=True, timeout=10)
+                await self._send(topic, payload)
                 self.published[topic] = payload
         if wanted:
-            for device_id, twin in sorted(self.gateway.twins.items()):
-                await client.publish(state_update_topic(device_id), self._state(twin.state, twin.state_since),
-                                     qos=1, retain=True, timeout=10)
+            for device_id, twin in sorted(self.gateway.twins().items()):
+                await self._send(state_update_topic(device_id), self._state(twin.state, twin.state_since))
             log.info("Home Assistant discovery published: %d entities", len(wanted))
 
     def _state(self, state: str, ts: float) -> bytes:
         return _json.encode({"event_id": "", "timestamp": int(ts * 1000), "state": state})
 
-    def _on_state(self, topic: str, change: Any) -> None:
-        client = self._client
-        if client is None or not self.published:
+    def _on_eventbus(self, topic: str, change: EventbusStateChange) -> None:
+        if change.connected:
+            self._everything = True
+            self._wake.set()
+
+    def _on_state(self, topic: str, change: DeviceStateChange) -> None:
+        if not self.published or not self.gateway.eventbus_connected():
             return
-        publish = client.publish(state_update_topic(change.device), self._state(change.state, change.ts), qos=1,
-                                 retain=True, timeout=10)
+        publish = self.gateway.eventbus_publish(state_update_topic(change.device),
+                                                self._state(change.state, change.ts), qos=1, retain=True)
         task = asyncio.get_running_loop().create_task(publish)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._states.add(task)
+        task.add_done_callback(self._states.discard)
+
+
+class PublishFailed(Exception):
+    """A discovery message could not be published; the whole set is published again later."""
 
 
 @hookimpl
-def startup(gateway: Gateway) -> None:
-    if gateway.eventbus is None:
+def startup(gateway: GatewayAPI) -> None:
+    if gateway.config.gateway.eventbus.url == "none":
         if settings(gateway) is not None:
             log.warning("Home Assistant discovery is configured but the eventbus is off (eventbus.url: none)")
         return
     publisher = _publishers[gateway] = DiscoveryPublisher(gateway)
-    gateway.supervisor.start(f"{PLUGIN} discovery", publisher.run)
+    gateway.start_task(f"{PLUGIN} discovery", publisher.run)
+
+
+@hookimpl
+def config_changed(gateway: GatewayAPI) -> None:
+    publisher = _publishers.get(gateway)
+    if publisher is not None:
+        publisher.changed()

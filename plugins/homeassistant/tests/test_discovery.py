@@ -177,7 +177,7 @@ async def test_commands_from_home_assistant_set_desired_values(mosquitto: Mosqui
                                                                write_config: Callable[[str], Path],
                                                                start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(config_for(mosquitto.url)))
-    twin = gw.twin("default/boiler.1")
+    twin = gw.api.twin("default/boiler.1")
     async with collector(mosquitto, f"{PREFIX}/#") as ha:
         found = configs(await ha.wait(lambda last: len(configs(last)) == 7 and last))
         number = found[f"{PREFIX}/number/test-gw_default_boiler_1/setpoint/config"]
@@ -200,9 +200,9 @@ async def test_discovery_follows_devices_and_broker_restarts(mosquitto: Mosquitt
     added = f"{PREFIX}/sensor/test-gw_default_boiler-2/temperature/config"
     async with collector(mosquitto, f"{PREFIX}/#") as ha:
         await ha.wait(lambda last: len(configs(last)) == 7)
-        await gw.apply_documents(SECOND_DEVICE, actor="test")
+        await gw.configuration.apply_documents(SECOND_DEVICE, actor="test")
         await ha.wait(lambda last: added in configs(last))
-        await gw.delete_resource("Device", "default", "boiler-2", actor="test")
+        await gw.configuration.delete_resource("Device", "default", "boiler-2", actor="test")
         await ha.wait(lambda last: last.get(added) == b"")  # an empty retained config removes the entity
     mosquitto.stop()  # no persistence: the broker forgets every retained message
     await wait_for(lambda: gw.eventbus is not None and gw.eventbus.client is None)

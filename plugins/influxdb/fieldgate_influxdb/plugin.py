@@ -15,28 +15,26 @@ gets the outbox and sink `influxdb:<namespace>/<name>`, seen by status and metri
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fieldgate_influxdb.lineprotocol import line
+from gateway.api import GatewayAPI
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
+from gateway.messages import Report
 from gateway.resources.schema import Endpoint
-from gateway.runtime import Gateway, Report
-from gateway.sinks.base import SinkRunner
 
 log = logging.getLogger(__name__)
 PLUGIN = "influxdb"
 DEFAULT_TOPIC = "devices/+/+/telemetry"
-WATCH_EVERY = 1.0  # seconds between looks for changed Endpoint documents
 
-_writers: weakref.WeakKeyDictionary[Gateway, InfluxWriters] = weakref.WeakKeyDictionary()
+_writers: weakref.WeakKeyDictionary[GatewayAPI, InfluxWriters] = weakref.WeakKeyDictionary()
 
 
-def influx_endpoints(gateway: Gateway) -> dict[str, Endpoint]:
+def influx_endpoints(gateway: GatewayAPI) -> dict[str, Endpoint]:
     """The Endpoint documents that configure this plugin, by outbox name."""
     return {f"{PLUGIN}:{ns}/{name}": endpoint for (ns, name), endpoint in sorted(gateway.config.endpoints.items())
             if endpoint.properties.get("plugin") == PLUGIN}
@@ -49,22 +47,19 @@ def report_line(report: Report, *, measurement: str, node: str) -> bytes | None:
 
 
 class InfluxWriters:
-    """The running writers of one gateway: a bus subscription and a SinkRunner per configured endpoint."""
+    """The running writers of one gateway: a bus subscription and a sink (run by the core) per endpoint."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.running: dict[str, tuple[Endpoint, int]] = {}
-        self._config: Any = None
 
     async def sync(self) -> None:
         """Start, restart or stop writers so they match the Endpoint documents of the running configuration."""
-        self._config = self.gateway.config
         wanted = influx_endpoints(self.gateway)
         for outbox, (endpoint, sub_id) in list(self.running.items()):
             if wanted.get(outbox) != endpoint:
-                self.gateway.bus.unsubscribe(sub_id)
-                await self.gateway.supervisor.cancel(f"sink {outbox}")
-                self.gateway.sinks.pop(outbox, None)
+                self.gateway.unsubscribe(sub_id)
+                await self.gateway.stop_sink(outbox)
                 del self.running[outbox]
         for outbox, endpoint in wanted.items():
             if outbox not in self.running:
@@ -79,11 +74,9 @@ class InfluxWriters:
             log.error("Endpoint %s/%s (plugin: influxdb): %s; not writing to it", endpoint.namespace, endpoint.name,
                       exc)
             return
-        runner = self.gateway.sinks[outbox] = SinkRunner(outbox, sink, self.gateway.store)
-        self.gateway.supervisor.start(f"sink {outbox}", runner.run)
-        sub_id = self.gateway.bus.subscribe(endpoint.properties.get("topic", DEFAULT_TOPIC),
-                                            self._handler(outbox, endpoint.properties.get("measurement",
-                                                                                          "telemetry")))
+        self.gateway.start_sink(outbox, sink)
+        sub_id = self.gateway.subscribe(endpoint.properties.get("topic", DEFAULT_TOPIC),
+                                        self._handler(outbox, endpoint.properties.get("measurement", "telemetry")))
         self.running[outbox] = (endpoint, sub_id)
         log.info("writing telemetry to InfluxDB at %s (outbox %s)", sink.write_url, outbox)
 
@@ -92,21 +85,14 @@ class InfluxWriters:
             if isinstance(message, Report):
                 payload = report_line(message, measurement=measurement, node=self.gateway.node_name)
                 if payload is not None:
-                    self.gateway.store.add_outbox(outbox, topic, payload)
+                    self.gateway.add_outbox(outbox, topic, payload)
 
         return handler
 
-    async def watch(self) -> None:
-        """Follow configuration changes (the REST API, the registry, reloaded files)."""
-        while True:
-            await asyncio.sleep(WATCH_EVERY)
-            if self.gateway.config is not self._config:
-                await self.sync()
-
     def stop_accepting(self) -> None:
-        """Stop taking new reports; the runners keep draining until the gateway stops its tasks."""
+        """Stop taking new reports; the sinks keep draining until the gateway stops its tasks."""
         for _, sub_id in self.running.values():
-            self.gateway.bus.unsubscribe(sub_id)
+            self.gateway.unsubscribe(sub_id)
 
 
 @hookimpl
@@ -117,18 +103,20 @@ def register_sinks() -> Iterable[type[Any]]:
 
 
 @hookimpl
-def startup(gateway: Gateway) -> Awaitable[None]:
+def startup(gateway: GatewayAPI) -> Awaitable[None]:
     writers = _writers[gateway] = InfluxWriters(gateway)
-
-    async def start() -> None:
-        await writers.sync()
-        gateway.supervisor.start(f"{PLUGIN} config watch", writers.watch)
-
-    return start()
+    return writers.sync()
 
 
 @hookimpl
-def shutdown(gateway: Gateway) -> None:
+def config_changed(gateway: GatewayAPI) -> Awaitable[None] | None:
+    """Follow configuration changes (the REST API, the registry, reloaded files)."""
+    writers = _writers.get(gateway)
+    return writers.sync() if writers is not None else None
+
+
+@hookimpl
+def shutdown(gateway: GatewayAPI) -> None:
     writers = _writers.pop(gateway, None)
     if writers is not None:
         writers.stop_accepting()

@@ -90,7 +90,7 @@ async def test_data_waits_in_the_outbox_while_influxdb_is_down(write_config: Cal
                                                                start_gateway: Callable[..., Any]) -> None:
     port = free_port()
     gw: Gateway = await start_gateway(write_config(MODEL + endpoint(f"http://127.0.0.1:{port}")))
-    runner = gw.sinks["influxdb:default/influx"]
+    runner = gw.sinks.runners["influxdb:default/influx"]
     runner.max_backoff = 0.2
     await wait_for(lambda: runner.stats.failures >= 1 and gw.store.outbox_depth.get("influxdb:default/influx"))
     assert runner.stats.state == "failing" and runner.stats.delivered == 0
@@ -106,8 +106,8 @@ async def test_data_waits_in_the_outbox_while_influxdb_is_down(write_config: Cal
 async def test_influxdb_1_database_and_endpoint_changes(influx: FakeInflux, write_config: Callable[[str], Path],
                                                        start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL))
-    assert not any(name.startswith("influxdb:") for name in gw.sinks)
-    await gw.apply_documents(f"""\
+    assert not any(name.startswith("influxdb:") for name in gw.sinks.runners)
+    await gw.configuration.apply_documents(f"""\
 kind: Endpoint
 name: legacy
 type: http
@@ -116,7 +116,7 @@ properties: {{plugin: influxdb, url: "{influx.url}", database: plant}}
     await wait_for(lambda: influx.writes, timeout=5)
     path, query, headers, _ = influx.writes[0]
     assert path == "/write" and query == {"db": ["plant"], "precision": ["ns"]} and "authorization" not in headers
-    assert "influxdb:default/legacy" in gw.sinks
+    assert "influxdb:default/legacy" in gw.sinks.runners
 
 
 async def test_a_misconfigured_endpoint_is_reported_and_skipped(influx: FakeInflux, write_config: Callable[[str], Path],
@@ -124,6 +124,6 @@ async def test_a_misconfigured_endpoint_is_reported_and_skipped(influx: FakeInfl
                                                                 caplog: Any) -> None:
     bad = endpoint(influx.url).replace("bucket: readings, ", "")  # neither bucket nor database
     gw: Gateway = await start_gateway(write_config(MODEL + bad))
-    assert "influxdb:default/influx" not in gw.sinks
+    assert "influxdb:default/influx" not in gw.sinks.runners
     assert "set either `bucket`" in caplog.text
-    assert gw.twin("default/d1") is not None  # the gateway itself runs on
+    assert gw.api.twin("default/d1") is not None  # the gateway itself runs on

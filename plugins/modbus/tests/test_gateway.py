@@ -31,12 +31,12 @@ async def test_gateway_reads_and_writes_a_profile_device(tcp_sim: Any, tmp_path:
         "kind: Device\nname: climate-1\nprofile: generic/xy-md02\n"
         f"protocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, port: {sim.port}, unit: 1, timeout: 0.5}}}}\n"
     )
-    async with runtime.Gateway.from_path(config, data_dir=tmp_path / "data", serve_http=False) as gw:
-        twin = gw.twin("default/climate-1")
+    async with runtime.Gateway.from_path(config, data_dir=tmp_path / "data") as gw:
+        twin = gw.api.twin("default/climate-1")
         temperature = twin.properties["temperature"]
         await wait_for(lambda: temperature.reported is not None)
         assert temperature.reported == pytest.approx(sim.value(1, "temperature"))
-        await gw.set_desired("default/climate-1", "temperature_correction", -1.5)
+        await gw.api.set_desired("default/climate-1", "temperature_correction", -1.5)
         await wait_for(lambda: sim.value(1, "temperature_correction") == pytest.approx(-1.5))
         correction = twin.properties["temperature_correction"]
         await wait_for(lambda: correction.reported == pytest.approx(-1.5))

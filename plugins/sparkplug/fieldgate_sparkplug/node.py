@@ -38,10 +38,11 @@ from fieldgate_sparkplug.metrics import (
 )
 from fieldgate_sparkplug.payload import DataType, Metric, Payload, PayloadError, decode_payload, encode_payload
 from fieldgate_sparkplug.settings import BdSeqCounter, NodeSettings
+from gateway.api import GatewayAPI
 from gateway.errors import FieldgateError, NotFound
 from gateway.logs import Throttle
+from gateway.messages import STATE_FILTER, TELEMETRY_FILTER, DeviceStateChange, Report
 from gateway.pipeline.twin import same_value
-from gateway.runtime import DeviceStateChange, Gateway, Report
 
 log = logging.getLogger(__name__)
 LIVE_STATES = ("online", "unhealthy")
@@ -106,7 +107,7 @@ def _payload_bytes(payload: Any) -> bytes:
 class EdgeNode:
     """The edge node of one Endpoint document; `run()` is the supervised task."""
 
-    def __init__(self, gateway: Gateway, settings: NodeSettings) -> None:
+    def __init__(self, gateway: GatewayAPI, settings: NodeSettings) -> None:
         self.gateway = gateway
         self.settings = settings
         self.bd_seq = BdSeqCounter(gateway.data_dir, settings)
@@ -124,12 +125,12 @@ class EdgeNode:
 
     def attach(self) -> None:
         """Follow device reports and device states on the gateway's bus."""
-        self._subscriptions = [self.gateway.bus.subscribe("devices/+/+/telemetry", self._on_bus),
-                               self.gateway.bus.subscribe("devices/+/+/state", self._on_bus)]
+        self._subscriptions = [self.gateway.subscribe(TELEMETRY_FILTER, self._on_bus),
+                               self.gateway.subscribe(STATE_FILTER, self._on_bus)]
 
     def detach(self) -> None:
         for sub_id in self._subscriptions:
-            self.gateway.bus.unsubscribe(sub_id)
+            self.gateway.unsubscribe(sub_id)
         self._subscriptions = []
 
     def config_changed(self) -> None:
@@ -270,7 +271,7 @@ class EdgeNode:
 
     async def _dbirth(self, session: Session, device_id: str) -> None:
         bound = self.gateway.config.devices.get(device_id)
-        twin = self.gateway.twins.get(device_id)
+        twin = self.gateway.twins().get(device_id)
         if bound is None or twin is None or twin.state not in LIVE_STATES:
             return
         metrics = device_metrics(bound, self.aliases)

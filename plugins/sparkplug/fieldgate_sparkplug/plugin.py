@@ -8,37 +8,36 @@
 Optional properties: `edge_node_id` (default: the gateway's name), `qos` (0 or 1 for births, data and deaths;
 the specification asks for 0), `client_id`, `username`, `password`, `ca_file`, `cert_file`, `key_file` (with an
 mqtts:// url), `primary_host_id` (publish births only while that host's STATE says online), `keepalive`.
-Routes ignore these endpoints; the plugin runs its own session and follows configuration changes.
+Routes ignore these endpoints; the plugin runs its own session and follows configuration changes through the
+`config_changed` hook.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable
 
 from fieldgate_sparkplug.node import EdgeNode
 from fieldgate_sparkplug.settings import NodeSettings
+from gateway.api import GatewayAPI
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.resources.schema import Endpoint
-from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 PLUGIN = "sparkplug"
-WATCH_EVERY = 0.25  # seconds between looks for a changed configuration
 
-_nodes: weakref.WeakKeyDictionary[Gateway, EdgeNodes] = weakref.WeakKeyDictionary()
+_nodes: weakref.WeakKeyDictionary[GatewayAPI, EdgeNodes] = weakref.WeakKeyDictionary()
 
 
-def sparkplug_endpoints(gateway: Gateway) -> dict[str, Endpoint]:
+def sparkplug_endpoints(gateway: GatewayAPI) -> dict[str, Endpoint]:
     """The Endpoint documents that configure an edge node, by task name."""
     return {f"{PLUGIN} {ns}/{name}": endpoint for (ns, name), endpoint in sorted(gateway.config.endpoints.items())
             if endpoint.properties.get("plugin") == PLUGIN}
 
 
-def edge_nodes(gateway: Gateway) -> list[EdgeNode]:
+def edge_nodes(gateway: GatewayAPI) -> list[EdgeNode]:
     """The running edge nodes of a gateway (each `describe()`s its session and counters)."""
     nodes = _nodes.get(gateway)
     return [node for _, node in nodes.running.values()] if nodes is not None else []
@@ -47,13 +46,11 @@ def edge_nodes(gateway: Gateway) -> list[EdgeNode]:
 class EdgeNodes:
     """The running edge nodes of one gateway, kept in step with its Endpoint documents and devices."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.running: dict[str, tuple[Endpoint, EdgeNode]] = {}
-        self._config: object = None
 
     async def sync(self) -> None:
-        self._config = self.gateway.config
         wanted = sparkplug_endpoints(self.gateway)
         for task, (endpoint, _) in list(self.running.items()):
             if wanted.get(task) != endpoint:
@@ -78,7 +75,7 @@ class EdgeNodes:
             return
         node = EdgeNode(self.gateway, settings)
         node.attach()
-        self.gateway.supervisor.start(task, node.run)
+        self.gateway.start_task(task, node.run)
         self.running[task] = (endpoint, node)
         log.info("Sparkplug B edge node %s publishing to %s:%d", settings.label, settings.host, settings.port)
 
@@ -86,14 +83,7 @@ class EdgeNodes:
         _, node = self.running.pop(task)
         node.detach()
         await node.close()
-        await self.gateway.supervisor.cancel(task)
-
-    async def watch(self) -> None:
-        """Follow configuration changes (the REST API, the registry, reloaded files)."""
-        while True:
-            await asyncio.sleep(WATCH_EVERY)
-            if self.gateway.config is not self._config:
-                await self.sync()
+        await self.gateway.cancel_task(task)
 
     async def stop(self) -> None:
         for task in list(self.running):
@@ -101,17 +91,19 @@ class EdgeNodes:
 
 
 @hookimpl
-def startup(gateway: Gateway) -> Awaitable[None]:
+def startup(gateway: GatewayAPI) -> Awaitable[None]:
     nodes = _nodes[gateway] = EdgeNodes(gateway)
-
-    async def start() -> None:
-        await nodes.sync()
-        gateway.supervisor.start(f"{PLUGIN} config watch", nodes.watch)
-
-    return start()
+    return nodes.sync()
 
 
 @hookimpl
-def shutdown(gateway: Gateway) -> Awaitable[None] | None:
+def config_changed(gateway: GatewayAPI) -> Awaitable[None] | None:
+    """Follow configuration changes (the REST API, the registry, reloaded files)."""
+    nodes = _nodes.get(gateway)
+    return nodes.sync() if nodes is not None else None
+
+
+@hookimpl
+def shutdown(gateway: GatewayAPI) -> Awaitable[None] | None:
     nodes = _nodes.pop(gateway, None)
     return nodes.stop() if nodes is not None else None

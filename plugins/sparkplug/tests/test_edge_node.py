@@ -193,7 +193,7 @@ async def test_births_and_data_match_the_twins(mosquitto: Mosquitto, write_confi
         assert {name: m.datatype for name, m in metrics.items()} == BOILER_TYPES
         aliases = [m.alias for m in dbirth.metrics] + [node["Node Control/Rebirth"].alias]
         assert len(set(aliases)) == len(aliases), "aliases must be unique across the edge node"
-        twin = gw.twin("default/boiler-1").properties
+        twin = gw.api.twin("default/boiler-1").properties
         assert metrics["label"].string_value == twin["label"].reported == "hall A"
         assert metrics["alarm"].boolean_value is False and metrics["enabled"].boolean_value is False
         assert metrics["setpoint"].double_value == twin["setpoint"].reported == 21.5
@@ -238,7 +238,7 @@ async def test_dcmd_sets_desired_values_and_bad_commands_are_logged(
         _, _, dbirth = await host.wait_for(lambda t, p: t == dbirth_topic("boiler-1"))
         aliases = {m.name: m.alias for m in dbirth.metrics}
         dcmd = f"spBv1.0/{GROUP}/DCMD/{EDGE}/boiler-1"
-        twin = gw.twin("default/boiler-1").properties
+        twin = gw.api.twin("default/boiler-1").properties
 
         await host.publish(dcmd, command(("setpoint", tahu.Double, "double_value", 30.5),
                                          (aliases["mode"], tahu.Int64, "long_value", 3)))
@@ -280,7 +280,7 @@ async def test_dcmd_sets_desired_values_and_bad_commands_are_logged(
         seen = len(host.messages)
         await host.wait_for(lambda t, p: kind(t) == "DDATA", after=seen)  # still publishing
         assert gw.supervisor.status["sparkplug default/scada"].restarts == 0
-        (node,) = edge_nodes(gw)
+        (node,) = edge_nodes(gw.api)
         described = node.describe()
         assert described["connected"] and described["bd_seq"] == 0 and described["born_devices"] == 1
         assert described["rejected_commands"] == len(bad)
@@ -404,7 +404,7 @@ properties:
             _, _, ddeath = await host.wait_for(lambda t, p: t == f"spBv1.0/{GROUP}/DDEATH/{EDGE}/plant:meter",
                                                after=mark)
             assert not ddeath.metrics and ddeath.timestamp > 0
-            assert gw.twin("plant/meter").state == "offline"
+            assert gw.api.twin("plant/meter").state == "offline"
 
             mark = len(host.messages)
             sim.set_value(1, "power", 7)
@@ -415,13 +415,13 @@ properties:
 
             # A device added through the API is born; deleted, it dies.
             mark = len(host.messages)
-            await gw.apply_documents("kind: Device\nname: extra\nmodel: boiler\nprotocol: {name: virtual}\n"
-                                     "properties:\n  - {name: label, visitor: {generator: constant, value: x}}\n",
-                                     actor="test")
+            await gw.configuration.apply_documents(
+                "kind: Device\nname: extra\nmodel: boiler\nprotocol: {name: virtual}\n"
+                "properties:\n  - {name: label, visitor: {generator: constant, value: x}}\n", actor="test")
             _, _, dbirth = await host.wait_for(lambda t, p: t == dbirth_topic("extra"), after=mark)
             assert by_name(dbirth)["label"].string_value == "x"
             mark = len(host.messages)
-            await gw.delete_resource("Device", "default", "extra", actor="test")
+            await gw.configuration.delete_resource("Device", "default", "extra", actor="test")
             await host.wait_for(lambda t, p: t == f"spBv1.0/{GROUP}/DDEATH/{EDGE}/extra", after=mark)
             check_seq(host.messages)
     finally:

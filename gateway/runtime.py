@@ -34,6 +34,7 @@ from gateway.resources.loader import Config, Source, check_documents, load_path
 from gateway.resources.schema import Device, enc_hook
 from gateway.sinks.base import Sink, SinkRunner
 from gateway.store import Store
+from gateway.workloads.secrets import SecretBox
 from gateway.workloads.supervisor import WorkloadManager
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class Gateway(Reconfiguration):
         self.node_name = config.gateway.name
         self.protocols = protocol_registry(pm)
         self.bus = Bus()
-        self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval))
+        self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval),
+                           secrets=SecretBox(data_dir))
         self.supervisor = Supervisor()
         self.twins: dict[str, Twin] = {}
         self.pollers: dict[str, DevicePoller] = {}
@@ -114,16 +116,16 @@ class Gateway(Reconfiguration):
         self.started_at = time.time()
         await self.store.open()
         try:
-            previous = await self._previous_desired()
+            previous = await self.store.resources.previous_desired()
             await self._merge_local_resources()
             await self._save_file_resources()
-            stored = await self.store.load_twins()
+            stored = await self.store.twins.load()
             for device_id, device in self.config.devices.items():
                 self.twins[device_id] = make_twin(device, stored.get(device_id, {}), previous)
             self.bus.subscribe("devices/+/+/telemetry", self._store_report)
             self.supervisor.start("store-writer", self.store.run_writer)
             self.supervisor.start("history-retention", self._retention)
-            self.store.on_flush.append(self._notify_sinks)
+            self.store.outboxes.on_flush.append(self._notify_sinks)
             self._start_eventbus()
             self.routes.start()
             for device_id in self.config.devices:
@@ -135,7 +137,7 @@ class Gateway(Reconfiguration):
         except BaseException:
             await self.stop()
             raise
-        if self.serve_http and not await self.store.rows("SELECT 1 FROM users LIMIT 1"):
+        if self.serve_http and not await self.store.users.has_any():
             # No default password ships: the first user is made on the box itself.
             log.warning("no users yet: the web UI has nobody to let in; add an admin with "
                         "`fieldgate user add NAME --role admin --password-stdin --data-dir %s`", self.data_dir)
@@ -166,7 +168,7 @@ class Gateway(Reconfiguration):
         await self.store.flush()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(  # noqa: ASYNC110  (polling several sinks, bounded)
-                self.store.outbox_depth.get(name) and runner.stats.state != "failing"
+                self.store.outboxes.depth.get(name) and runner.stats.state != "failing"
                 for name, runner in self.sinks.items()):
             await asyncio.sleep(0.05)
 
@@ -202,32 +204,18 @@ class Gateway(Reconfiguration):
             sock.close()
             raise ConfigError(f"http.listen {listen}: the web server did not start")
 
-    async def _previous_desired(self) -> dict[tuple[str, str], Any]:
-        """Desired values the documents had at the last start, to tell whether a file's value changed since."""
-        previous: dict[tuple[str, str], Any] = {}
-        for ns, name, text in await self.store.rows(
-            "SELECT namespace, name, document FROM resources WHERE kind='Device'"
-        ):
-            with contextlib.suppress(msgspec.DecodeError, AttributeError):
-                for prop in msgspec.json.decode(text).get("properties", []):
-                    if prop.get("desired") is not None:
-                        previous[(f"{ns}/{name}", prop["name"])] = prop["desired"]
-        return previous
-
     async def _save_file_resources(self) -> None:
         documents = [(d.kind, d.namespace, d.name, msgspec.json.encode(d, enc_hook=enc_hook))
                      for d in self.config.documents if self.resource_owner(*d.key) == "file"]
-        await self.store.save_resources(documents, source="file")
+        await self.store.resources.replace(documents, source="file")
 
     async def _merge_local_resources(self) -> None:
         """Add the resources created through the UI or API (kept in the store) to those of the files."""
-        rows = await self.store.rows(
-            "SELECT kind, name, document, source FROM resources WHERE source IN ('local', 'registry')")
+        rows = await self.store.resources.stored("local", "registry")
         if not rows:
             return
         raw = list(self.config.raw.values())
-        raw += [(Source(source, i, f"{kind} {name}"), self.store.resource_document(kind, doc))
-                for i, (kind, name, doc, source) in enumerate(rows, start=1)]
+        raw += [(Source(row.source, i, f"{row.kind} {row.name}"), row.document) for i, row in enumerate(rows, start=1)]
         try:
             self.config = check_documents(raw, self.protocols)
         except ResourceError as exc:
@@ -277,10 +265,10 @@ class Gateway(Reconfiguration):
         settings = self.config.gateway.store
         eventbus = self.config.gateway.eventbus
         while True:
-            await self.store.prune_history(float(settings.history_max_age), settings.history_max_bytes)
+            await self.store.history.prune(float(settings.history_max_age), settings.history_max_bytes)
             for outbox, runner in self.sinks.items():
-                dropped = await self.store.outbox_trim(outbox, eventbus.outbox_max_messages,
-                                                       float(eventbus.outbox_max_age))
+                dropped = await self.store.outboxes.trim(outbox, eventbus.outbox_max_messages,
+                                                         float(eventbus.outbox_max_age))
                 if dropped:
                     runner.stats.dropped += dropped
                     log.warning("outbox %s was full: dropped its %d oldest messages (drop-oldest policy)",
@@ -297,7 +285,7 @@ class Gateway(Reconfiguration):
         self.bus.publish(state_topic(twin.device_id), DeviceStateChange(twin.device_id, state, reason, time.time()))
 
     def _store_report(self, topic: str, report: Report) -> None:
-        self.store.add_report(report.device, report.ts, report.values)
+        self.store.history.add_report(report.device, report.ts, report.values)
 
     # --- queries and commands -------------------------------------------------------------------------------------
 
@@ -326,13 +314,13 @@ class Gateway(Reconfiguration):
             raise ValueRejected(f"{prop}: the property is {bound_prop.model.access}")
         converted = coerce(bound_prop.model, value)
         now = time.time()
-        await self.store.save_desired(device_id, prop, converted, now)
+        await self.store.twins.save_desired(device_id, prop, converted, now)
         twin_prop = self.twins[device_id].properties[prop]
         change = TwinChange(device_id, prop, converted, twin_prop.desired, twin_prop.desired_at)
         twin_prop.desired, twin_prop.desired_at, twin_prop.pending = converted, now, True
         self.bus.publish(twin_topic(device_id), change)
-        await self.store.audit(actor, "set-desired", f"{device_id}/{prop}", msgspec.json.encode(converted).decode(),
-                               address)
+        await self.store.audit.record(actor, "set-desired", f"{device_id}/{prop}",
+                                      msgspec.json.encode(converted).decode(), address)
         self.pollers[device_id].wake()
         return twin_prop
 
@@ -375,10 +363,10 @@ class Gateway(Reconfiguration):
                 if lateness else None,
                 "max": round(lateness[-1] * 1000, 3) if lateness else None,
             },
-            "store": {"values_written": self.store.rows_written, "queued": self.store.queued,
-                      "history_dropped": self.store.history_dropped},
+            "store": {"values_written": self.store.history.values_written, "queued": self.store.history.queued,
+                      "history_dropped": self.store.history.dropped},
             "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
-            "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
+            "sinks": {name: {**runner.describe(), "outbox_depth": self.store.outboxes.depth.get(name, 0)}
                       for name, runner in self.sinks.items()},
             "routes": self.routes.describe(),
             "workloads": self.workloads.status(),

@@ -255,7 +255,7 @@ class EventbusLink:
 
     def on_telemetry(self, topic: str, report: Report) -> None:
         payload = _json.encode({"ts": int(report.ts * 1000), "values": report.values})
-        self.gateway.store.add_outbox(OUTBOX, telemetry_topic(self.gateway.node_name, report.device), payload)
+        self.gateway.store.outboxes.add(OUTBOX, telemetry_topic(self.gateway.node_name, report.device), payload)
 
     def on_twin_change(self, topic: str, change: TwinChange) -> None:
         if self.client is None:

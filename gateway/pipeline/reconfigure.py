@@ -152,12 +152,12 @@ class Reconfiguration:
             previous = self.config.raw.get(doc.key)
             if previous is not None and previous[1] == raw and self.resource_owner(*doc.key) == owner:
                 continue  # unchanged: no write, no audit entry
-            await self.store.put_resource(doc.kind, doc.namespace, doc.name,
-                                          msgspec.json.encode(doc, enc_hook=enc_hook), owner)
-            await self.store.audit(actor, "apply", f"{doc.kind} {doc.namespace}/{doc.name}", owner, address)
+            await self.store.resources.put(doc.kind, doc.namespace, doc.name,
+                                           msgspec.json.encode(doc, enc_hook=enc_hook), owner)
+            await self.store.audit.record(actor, "apply", f"{doc.kind} {doc.namespace}/{doc.name}", owner, address)
         for kind, namespace, name in removed:
-            await self.store.delete_resource(kind, namespace, name)
-            await self.store.audit(actor, "delete", f"{kind} {namespace}/{name}", owner, address)
+            await self.store.resources.delete(kind, namespace, name)
+            await self.store.audit.record(actor, "delete", f"{kind} {namespace}/{name}", owner, address)
         await self._reconcile(config)
 
     async def _reconcile(self, config: Config) -> None:
@@ -168,7 +168,7 @@ class Reconfiguration:
             self.routes.start()
             if self.eventbus is not None:
                 await self.eventbus.resubscribe()
-        stored = await self.store.load_twins()
+        stored = await self.store.twins.load()
         previous = {(device_id, prop.name): prop.spec.desired for device_id, device in old.devices.items()
                     for prop in device.properties.values() if prop.spec.desired is not None}
         for device_id in old.devices.keys() - config.devices.keys():

@@ -92,7 +92,7 @@ class InfluxWriters:
             if isinstance(message, Report):
                 payload = report_line(message, measurement=measurement, node=self.gateway.node_name)
                 if payload is not None:
-                    self.gateway.store.add_outbox(outbox, topic, payload)
+                    self.gateway.store.outboxes.add(outbox, topic, payload)
 
         return handler
 

@@ -205,4 +205,4 @@ class GatewayAPI:
     # --- internals ------------------------------------------------------------------------------------------------
 
     def _store_add_outbox(self, outbox: str, topic: str, payload: bytes) -> None:
-        self.store.add_outbox(outbox, topic, payload)
+        self.store.outboxes.add(outbox, topic, payload)

@@ -133,7 +133,7 @@ def _token(args: argparse.Namespace) -> int:
     async def create() -> str:
         async with open_store(args.data_dir) as store:
             token = await create_token(store, args.role, args.description)
-            await store.audit("cli", "token-create", f"role {args.role}", args.description)
+            await store.audit.record("cli", "token-create", f"role {args.role}", args.description)
             return token
 
     print(asyncio.run(create()))
@@ -158,7 +158,7 @@ def _user(args: argparse.Namespace) -> int:
     async def add() -> None:
         async with open_store(args.data_dir) as store:
             await add_user(store, args.name, args.role, password)
-            await store.audit("cli", "user-add", args.name, f"role {args.role}")
+            await store.audit.record("cli", "user-add", args.name, f"role {args.role}")
 
     asyncio.run(add())
     print(f"user {args.name} ({args.role}) saved")

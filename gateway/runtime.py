@@ -35,6 +35,7 @@ from gateway.resources.addresses import parse_listen as parse_listen
 from gateway.resources.loader import Config, load_path
 from gateway.sinks.manager import Sinks
 from gateway.store import Store
+from gateway.workloads.secrets import SecretBox
 from gateway.workloads.supervisor import WorkloadManager
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class Gateway:
         self.started_at = 0.0
         self.protocols = protocol_registry(pm)
         self.bus = Bus()
-        self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval))
+        self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval),
+                           secrets=SecretBox(data_dir))
         self.supervisor = Supervisor()
         self.configuration = Configuration(config, self.protocols, self.store, config_path=config_path)
         self.devices = Devices(self.protocols, self.bus, self.supervisor, self.store)
@@ -159,12 +161,12 @@ class Gateway:
         settings = self.config.gateway.store
         eventbus = self.config.gateway.eventbus
         while True:
-            await self.store.prune_history(float(settings.history_max_age), settings.history_max_bytes)
+            await self.store.history.prune(float(settings.history_max_age), settings.history_max_bytes)
             await self.sinks.trim(eventbus.outbox_max_messages, float(eventbus.outbox_max_age))
             await asyncio.sleep(RETENTION_EVERY)
 
     def _store_report(self, topic: str, report: Report) -> None:
-        self.store.add_report(report.device, report.ts, report.values)
+        self.store.history.add_report(report.device, report.ts, report.values)
 
     # --- status -------------------------------------------------------------------------------------------------
 
@@ -174,8 +176,8 @@ class Gateway:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
             **self.devices.describe(),
-            "store": {"values_written": self.store.rows_written, "queued": self.store.queued,
-                      "history_dropped": self.store.history_dropped},
+            "store": {"values_written": self.store.history.values_written, "queued": self.store.history.queued,
+                      "history_dropped": self.store.history.dropped},
             "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
             "sinks": self.sinks.describe(),
             "routes": self.routes.describe(),

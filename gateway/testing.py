@@ -20,42 +20,19 @@ import pytest
 
 from gateway.plugins import get_plugin_manager
 from gateway.runtime import Gateway
+from gateway.store.inspect import stored_history as stored_history  # re-exported for tests
+from gateway.store.inspect import stored_reported as stored_reported
 from gateway.web.server import WebServer
 
 
-def stored_history(db_file: Path, prop: str) -> list[tuple[str, int, Any]]:
-    """(device, ts in ms, value) of every stored reading of a property, read straight from a store's file."""
+def store_sql(db_file: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement of a test on a store's file beside the gateway that has it open (to look at or age what it
+    keeps); its rows. Tests keep their SQL in helper functions that call this, never in the store's API."""
+    import contextlib
     import sqlite3
 
-    import msgspec
-
-    with sqlite3.connect(db_file) as db:
-        series = {int(sid): str(device) for sid, device in
-                  db.execute("SELECT id, device FROM series WHERE property = ?", (prop,))}
-        rows = db.execute("SELECT ts, vals FROM reports ORDER BY rowid").fetchall()
-    found = []
-    for ts, vals in rows:
-        for sid, value in msgspec.msgpack.decode(vals).items():
-            if sid in series:
-                found.append((series[sid], int(ts), value))
-    return found
-
-
-def stored_reported(data_dir: Path, prop: str) -> dict[str, Any]:
-    """The reported value of a property per device, as a store opened on `data_dir` restores them."""
-    import asyncio
-
-    from gateway.store import Store
-
-    async def read() -> dict[str, dict[str, dict[str, Any]]]:
-        store = Store(data_dir)
-        await store.open()
-        try:
-            return await store.load_twins()
-        finally:
-            await store.close()
-
-    return {device: props[prop]["reported"] for device, props in asyncio.run(read()).items() if prop in props}
+    with contextlib.closing(sqlite3.connect(db_file, timeout=10)) as db, db:
+        return [tuple(row) for row in db.execute(statement, params).fetchall()]
 
 
 def free_port() -> int:

@@ -72,7 +72,7 @@ async def test_user_add_reads_password_from_stdin(tmp_path: Path) -> None:
     await store.open()
     try:
         assert (await authenticate_user(store, "alice", "s3cret-pass")).role == "operator"
-        assert (await store.audit_log())[0]["action"] == "user-add"
+        assert (await store.audit.recent())[0]["action"] == "user-add"
     finally:
         await store.close()
     short = fieldgate("user", "add", "bob", "--role", "viewer", "--password-stdin", "--data-dir", str(tmp_path),

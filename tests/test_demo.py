@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import FIELDGATE, free_port
-from tests.test_store import api_get, wait_healthy
+from tests.store.test_store import api_get, wait_healthy
 
 
 def test_the_demo_runs_its_devices_and_serves_the_ui_with_the_printed_credentials(tmp_path: Path) -> None:

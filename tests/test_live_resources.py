@@ -51,7 +51,7 @@ async def test_apply_adds_updates_and_deletes_local_devices(write_config: Callab
     assert "default/local-1" not in gw2.devices.pollers
     with pytest.raises(NotFound):
         gw2.api.twin("default/local-1")
-    actions = [(e["action"], e["target"]) for e in await gw2.store.audit_log()]
+    actions = [(e["action"], e["target"]) for e in await gw2.store.audit.recent()]
     assert ("delete", "Device default/local-1") in actions and ("apply", "Device default/local-1") in actions
 
 

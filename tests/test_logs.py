@@ -248,7 +248,7 @@ async def test_sink_lines_name_their_route(tmp_path: Path) -> None:
     await store.open()
     ring_ = log_ring()
     try:
-        store.add_outbox("route:plant/up", "t", b"x")
+        store.outboxes.add("route:plant/up", "t", b"x")
         await store.flush()
         runner = SinkRunner("route:plant/up", Down(), store, min_backoff=0.05)
         runner.log_fields = {"route": "plant/up"}

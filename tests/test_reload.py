@@ -35,8 +35,7 @@ async def test_reload_restarts_only_what_changed(write_config: Callable[[str], P
     assert gw.configuration.resource_owner("Device", "default", "from-api") == "local"
     assert gw.configuration.resource_owner("Device", "default", "new") == "file"
     await wait_for(lambda: gw.devices.pollers["default/new"].stats.cycles >= 2)
-    stored = {name for (name,) in await gw.store.rows("SELECT name FROM resources WHERE source='file' "
-                                                      "AND kind='Device'")}
+    stored = {r.name for r in await gw.store.resources.stored("file") if r.kind == "Device"}
     assert stored == {"same", "changed", "new"}
 
     path.write_text(MODEL + virtual_device("same"))  # devices removed from the file stop

@@ -86,7 +86,7 @@ async def test_readings_reach_twin_history_and_bus(write_config: Callable[[str],
     assert seen and seen[0][0] == "devices/default/d1/telemetry"
     assert set(seen[-1][1].values) == {"count", "level", "setpoint", "enabled"}
     await gw.store.flush()
-    history = await gw.store.history("default/d1", "count", time.time() - 60, time.time() + 1)
+    history = await gw.store.history.values("default/d1", "count", time.time() - 60, time.time() + 1)
     values = [v for _, v in history]
     assert values == list(range(len(values)))  # every reading, in order, none twice
     assert len(values) >= 5
@@ -106,7 +106,7 @@ async def test_desired_value_reaches_device_and_comes_back_reported(write_config
     assert not twin.deltas()
     await gw.api.set_desired("default/d1", "enabled", "on")
     await wait_for(lambda: twin.properties["enabled"].reported is True, timeout=2)
-    audit = await gw.store.audit_log()
+    audit = await gw.store.audit.recent()
     assert audit[0]["action"] == "set-desired" and audit[0]["target"] == "default/d1/enabled"
 
 
@@ -207,7 +207,7 @@ async def test_a_blocked_loop_delays_cycles_but_skips_no_report(write_config: Ca
         loop.call_later(delay, time.sleep, 0.07)  # the loop stalls for 3.5 intervals
     await asyncio.sleep(1.0)
     await gw.store.flush()
-    history = await gw.store.history("default/d1", "count", time.time() - 60, time.time() + 1)
+    history = await gw.store.history.values("default/d1", "count", time.time() - 60, time.time() + 1)
     values = [v for _, v in history]
     assert values == list(range(len(values)))  # every reading reported once, none skipped
     assert gw.devices.pollers["default/d1"].stats.missed >= 3

@@ -8,12 +8,10 @@ and its plugins are installed into the slots by pip from the wheels, as on the a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.testing import free_port
+from gateway.testing import free_port, store_sql
 from tests.conftest import FIELDGATE, REPO
 
 pytestmark = pytest.mark.slow
@@ -66,6 +64,11 @@ model: counter
 protocol: {{name: virtual, config: {{}}}}
 properties: [{{name: count, collect_interval: 200ms, visitor: {{generator: counter, start: 0, step: 1}}}}]
 """
+
+
+def tokens_described(db_file: Path, description: str) -> tuple[object, ...]:
+    """How many tokens a node's store has with this description (a 1-tuple)."""
+    return store_sql(db_file, "SELECT count(*) FROM tokens WHERE description = ?", (description,))[0]
 
 
 def build_plugins(out: Path) -> Path:
@@ -239,8 +242,7 @@ def test_upgrade_succeeds_then_a_broken_build_rolls_back(node: Node, wheelhouses
     history = [json.loads(line)["status"] for line in
                (node.data / "upgrade" / "history.jsonl").read_text().splitlines()]
     assert history == ["upgrading", "succeeded", "upgrading", "failed-rolled-back"]
-    with contextlib.closing(sqlite3.connect(node.data / "fieldgate.db", timeout=10)) as db:
-        left = db.execute("SELECT count(*) FROM tokens WHERE description = 'upgrade health check'").fetchone()
+    left = tokens_described(node.data / "fieldgate.db", "upgrade health check")
     assert left == (0,)  # the checks' own token is gone
 
 

@@ -34,9 +34,9 @@ async def _measure(devices: int, properties: int, interval: str, seconds: float)
         path.write_text(_config(devices, properties, interval), encoding="utf-8")
         async with Gateway.from_path(path, Path(directory) / "data") as gateway:
             await asyncio.sleep(1.0)
-            start, written = time.monotonic(), gateway.store.rows_written
+            start, written = time.monotonic(), gateway.store.history.values_written
             await asyncio.sleep(seconds)
-            return (gateway.store.rows_written - written) / (time.monotonic() - start)
+            return (gateway.store.history.values_written - written) / (time.monotonic() - start)
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

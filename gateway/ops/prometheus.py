@@ -165,5 +165,5 @@ class GatewayCollector(Collector):
 async def scrape(gateway: GatewayAPI) -> bytes:
     """The metrics text of one gateway now."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gateway, await gateway.store.outbox_stats()))
+    registry.register(GatewayCollector(gateway, await gateway.store.outboxes.stats()))
     return generate_latest(registry)

@@ -167,7 +167,7 @@ class HealthGate:
             store = Store(self.data_dir)
             await store.open()
             try:
-                await store.execute("DELETE FROM tokens WHERE token_hash = ?", (hash_token(token),))
+                await store.users.delete_token(hash_token(token))
             finally:
                 await store.close()
 

@@ -44,7 +44,7 @@ class Devices:
     async def start(self, config: Config, previous: Mapping[tuple[str, str], Any]) -> None:
         """Twins from the store (a document's desired value wins when it changed since `previous`), then pollers."""
         self.bound = config.devices
-        stored = await self.store.load_twins()
+        stored = await self.store.twins.load()
         for device_id, device in config.devices.items():
             self.twins[device_id] = make_twin(device, stored.get(device_id, {}), previous)
         for device_id in config.devices:
@@ -56,7 +56,7 @@ class Devices:
 
     async def reconcile(self, old: Config, new: Config) -> None:
         """Stop removed devices, start new ones, restart only those whose configuration changed."""
-        stored = await self.store.load_twins()
+        stored = await self.store.twins.load()
         previous = {(device_id, prop.name): prop.spec.desired for device_id, device in old.devices.items()
                     for prop in device.properties.values() if prop.spec.desired is not None}
         self.bound = new.devices
@@ -116,12 +116,12 @@ class Devices:
         """Check and store a desired value; the device's poller writes it and confirms it by reading back."""
         converted = desired_value(self.bound_device(device_id), prop, value)
         now = time.time()
-        await self.store.save_desired(device_id, prop, converted, now)
+        await self.store.twins.save_desired(device_id, prop, converted, now)
         twin_prop = self.twins[device_id].properties[prop]
         previous, previous_at = twin_prop.want(converted, now)
         self.bus.publish(twin_topic(device_id), TwinChange(device_id, prop, converted, previous, previous_at))
-        await self.store.audit(actor, "set-desired", f"{device_id}/{prop}", msgspec.json.encode(converted).decode(),
-                               address)
+        await self.store.audit.record(actor, "set-desired", f"{device_id}/{prop}",
+                                      msgspec.json.encode(converted).decode(), address)
         self.pollers[device_id].wake()
         return twin_prop
 

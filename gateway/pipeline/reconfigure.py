@@ -6,7 +6,6 @@ changed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -46,36 +45,22 @@ class Configuration:
     async def load_stored(self) -> dict[tuple[str, str], Any]:
         """At start: add the resources of the UI, the API and the registry (kept in the store) to those of the
         files, and store the files' documents; returns the desired values the documents had at the last start."""
-        previous = await self._previous_desired()
+        previous = await self.store.resources.previous_desired()
         await self._merge_local_resources()
         await self._save_file_resources()
-        return previous
-
-    async def _previous_desired(self) -> dict[tuple[str, str], Any]:
-        """Desired values the documents had at the last start, to tell whether a file's value changed since."""
-        previous: dict[tuple[str, str], Any] = {}
-        for ns, name, text in await self.store.rows(
-            "SELECT namespace, name, document FROM resources WHERE kind='Device'"
-        ):
-            with contextlib.suppress(msgspec.DecodeError, AttributeError):
-                for prop in msgspec.json.decode(text).get("properties", []):
-                    if prop.get("desired") is not None:
-                        previous[(f"{ns}/{name}", prop["name"])] = prop["desired"]
         return previous
 
     async def _save_file_resources(self) -> None:
         documents = [(d.kind, d.namespace, d.name, msgspec.json.encode(d, enc_hook=enc_hook))
                      for d in self.config.documents if self.resource_owner(*d.key) == "file"]
-        await self.store.save_resources(documents, source="file")
+        await self.store.resources.replace(documents, source="file")
 
     async def _merge_local_resources(self) -> None:
-        rows = await self.store.rows(
-            "SELECT kind, name, document, source FROM resources WHERE source IN ('local', 'registry')")
+        rows = await self.store.resources.stored("local", "registry")
         if not rows:
             return
         raw = list(self.config.raw.values())
-        raw += [(Source(source, i, f"{kind} {name}"), self.store.resource_document(kind, doc))
-                for i, (kind, name, doc, source) in enumerate(rows, start=1)]
+        raw += [(Source(row.source, i, f"{row.kind} {row.name}"), row.document) for i, row in enumerate(rows, start=1)]
         try:
             self.config = check_documents(raw, self.protocols)
         except ResourceError as exc:
@@ -180,12 +165,12 @@ class Configuration:
             previous = self.config.raw.get(doc.key)
             if previous is not None and previous[1] == raw and self.resource_owner(*doc.key) == owner:
                 continue  # unchanged: no write, no audit entry
-            await self.store.put_resource(doc.kind, doc.namespace, doc.name,
-                                          msgspec.json.encode(doc, enc_hook=enc_hook), owner)
-            await self.store.audit(actor, "apply", f"{doc.kind} {doc.namespace}/{doc.name}", owner, address)
+            await self.store.resources.put(doc.kind, doc.namespace, doc.name,
+                                           msgspec.json.encode(doc, enc_hook=enc_hook), owner)
+            await self.store.audit.record(actor, "apply", f"{doc.kind} {doc.namespace}/{doc.name}", owner, address)
         for kind, namespace, name in removed:
-            await self.store.delete_resource(kind, namespace, name)
-            await self.store.audit(actor, "delete", f"{kind} {namespace}/{name}", owner, address)
+            await self.store.resources.delete(kind, namespace, name)
+            await self.store.audit.record(actor, "delete", f"{kind} {namespace}/{name}", owner, address)
         await self._reconcile(config)
 
     async def _reconcile(self, config: Config) -> None:

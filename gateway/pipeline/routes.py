@@ -217,7 +217,7 @@ class Routes:
     def accept(self, runtime: RouteRuntime, topic: str, payload: bytes) -> None:
         resource = runtime.route.target_resource
         target_topic = render(resource.get("topic", topic), self.node_name, topic)
-        self.store.add_outbox(runtime.outbox, target_topic, payload)
+        self.store.outboxes.add(runtime.outbox, target_topic, payload)
         runtime.accepted += 1
 
     def from_eventbus(self, topic: str, payload: bytes) -> bool:
@@ -257,7 +257,7 @@ class Routes:
         return taken
 
     def describe(self) -> list[dict[str, Any]]:
-        depth = self.store.outbox_depth
+        depth = self.store.outboxes.depth
         return [runtime.describe(depth.get(outbox, 0)) for outbox, runtime in sorted(self.routes.items())]
 
 

@@ -105,7 +105,7 @@ class NodeSampler:
             disk_percent: float | None = psutil.disk_usage(str(self.data_dir)).percent
         except OSError:
             disk_percent = None
-        outbox = sum(self.gateway.store.outbox_depth.values()) if self.gateway is not None else None
+        outbox = sum(self.gateway.store.outboxes.depth.values()) if self.gateway is not None else None
         return {
             "cpu_percent": round(min(max((now.cpu_busy - before.cpu_busy) / cpu_total * 100, 0.0), 100.0), 1)
             if cpu_total > 0 else None,

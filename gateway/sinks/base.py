@@ -99,7 +99,7 @@ class SinkRunner:
             while True:
                 # Cleared before the query, not after: a flush that commits while the query runs still wakes us.
                 self._wakeup.clear()
-                rows = await self.store.outbox_batch(self.outbox, self._last_sent, self.batch)
+                rows = await self.store.outboxes.batch(self.outbox, self._last_sent, self.batch)
                 if not rows:
                     self.stats.state = "idle" if self.stats.state != "failing" else self.stats.state
                     await self._pause(1.0, clear=False)
@@ -118,7 +118,7 @@ class SinkRunner:
                     log.info("sink %s delivers again", self.outbox)
                 backoff = self.min_backoff
                 self._last_sent = batch[-1].seq
-                await self.store.outbox_ack(self.outbox, self._last_sent)
+                await self.store.outboxes.ack(self.outbox, self._last_sent)
                 now = time.time()
                 self._count_rate(len(batch), time.monotonic())
                 self.stats.delivered += len(batch)

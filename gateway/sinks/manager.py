@@ -23,7 +23,7 @@ class Sinks:
         self.store = store
         self.supervisor = supervisor
         self.runners: dict[str, SinkRunner] = {}
-        store.on_flush.append(self._committed)
+        store.outboxes.on_flush.append(self._committed)
 
     def start(self, outbox: str, sink: Sink, *, log_fields: dict[str, str] | None = None) -> SinkRunner:
         """Deliver the outbox `outbox` into `sink` from now on, in a supervised task."""
@@ -53,19 +53,19 @@ class Sinks:
         await self.store.flush()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(  # noqa: ASYNC110  (polling several sinks, bounded)
-                self.store.outbox_depth.get(name) and runner.stats.state != "failing"
+                self.store.outboxes.depth.get(name) and runner.stats.state != "failing"
                 for name, runner in self.runners.items()):
             await asyncio.sleep(0.05)
 
     async def trim(self, max_messages: int, max_age: float) -> None:
         """Drop the oldest messages of every outbox beyond the limits (the stated drop-oldest policy)."""
         for outbox, runner in list(self.runners.items()):
-            dropped = await self.store.outbox_trim(outbox, max_messages, max_age)
+            dropped = await self.store.outboxes.trim(outbox, max_messages, max_age)
             if dropped:
                 runner.stats.dropped += dropped
                 log.warning("outbox %s was full: dropped its %d oldest messages (drop-oldest policy)", outbox,
                             dropped)
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        return {name: {**runner.describe(), "outbox_depth": self.store.outbox_depth.get(name, 0)}
+        return {name: {**runner.describe(), "outbox_depth": self.store.outboxes.depth.get(name, 0)}
                 for name, runner in self.runners.items()}

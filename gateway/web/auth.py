@@ -43,14 +43,14 @@ def hash_token(token: str) -> str:
 
 async def create_token(store: Store, role: str, description: str = "") -> str:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    await store.add_token(hash_token(token), check_role(role), description)
+    await store.users.add_token(hash_token(token), check_role(role), description)
     return token
 
 
 async def authenticate_token(store: Store, token: str) -> Principal:
     if not token.startswith(TOKEN_PREFIX):
         raise AuthError("invalid token")
-    found = await store.token_role(hash_token(token))
+    found = await store.users.token_role(hash_token(token))
     if found is None:
         raise AuthError("invalid token")
     token_id, role = found
@@ -62,11 +62,11 @@ async def add_user(store: Store, name: str, role: str, password: str) -> None:
         raise ConfigError(f"user name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
     if len(password) < 8:
         raise ConfigError("password: use at least 8 characters")
-    await store.put_user(name, check_role(role), _hasher.hash(password))
+    await store.users.put(name, check_role(role), _hasher.hash(password))
 
 
 async def authenticate_user(store: Store, name: str, password: str) -> Principal:
-    found = await store.get_user(name)
+    found = await store.users.get(name)
     if found is None:
         _hasher.hash(password)  # same work as a real check: no user enumeration by timing
         raise AuthError("invalid user name or password")

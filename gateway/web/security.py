@@ -71,7 +71,7 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         session = sessions.get(sid) if sid else None
         if session is None:
             raise NotAuthorizedException("authentication required: log in, or send Authorization: Bearer <token>")
-        found = await store.get_user(session.user)
+        found = await store.users.get(session.user)
         if found is None:
             sessions.end(sid)
             raise NotAuthorizedException("the user of this session no longer exists")

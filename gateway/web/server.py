@@ -50,7 +50,7 @@ class WebServer:
         except BaseException as exc:
             self._failure = exc  # uvicorn only logs a failed startup: keep the reason for start()
             raise
-        if not await self.gateway.store.has_users():
+        if not await self.gateway.store.users.has_any():
             # No default password ships: the first user is made on the box itself.
             log.warning("no users yet: the web UI has nobody to let in; add an admin with "
                         "`fieldgate user add NAME --role admin --password-stdin --data-dir %s`",

@@ -446,13 +446,13 @@ class WorkloadManager:
         runner = self.runner(namespace, name)
         runner.stop()
         await runner.event("stopped", "", f"stop requested by {actor}")
-        await self.gateway.store.audit(actor, "stop", f"Workload {namespace}/{name}", "", address)
+        await self.gateway.store.audit.record(actor, "stop", f"Workload {namespace}/{name}", "", address)
 
     async def restart_workload(self, namespace: str, name: str, *, actor: str, address: str = "") -> None:
         runner = self.runner(namespace, name)
         runner.restart()
         await runner.event("restarted", "", f"restart requested by {actor}")
-        await self.gateway.store.audit(actor, "restart", f"Workload {namespace}/{name}", "", address)
+        await self.gateway.store.audit.record(actor, "restart", f"Workload {namespace}/{name}", "", address)
 
     async def start_workload(self, namespace: str, name: str, *, actor: str, address: str = "") -> bool:
         """Start a workload stopped by request (as a restart does); False, doing nothing, when it was not stopped."""
@@ -461,7 +461,7 @@ class WorkloadManager:
             return False
         runner.restart()
         await runner.event("scheduled", "", f"start requested by {actor}")
-        await self.gateway.store.audit(actor, "start", f"Workload {namespace}/{name}", "", address)
+        await self.gateway.store.audit.record(actor, "start", f"Workload {namespace}/{name}", "", address)
         return True
 
     async def user_action(self, action: str, namespace: str, name: str, *, actor: str, address: str = "") -> bool:
@@ -496,7 +496,7 @@ class WorkloadManager:
             return runner.version
         self._notes[runner.id] = (actor, f"rollback to version {version}")
         await self.gateway.resources.apply_documents([workload], actor=actor, address=address)
-        await self.gateway.store.audit(actor, "rollback", f"Workload {namespace}/{name}", f"version {version}",
+        await self.gateway.store.audit.record(actor, "rollback", f"Workload {namespace}/{name}", f"version {version}",
                                        address)
         return self.runner(namespace, name).version
 

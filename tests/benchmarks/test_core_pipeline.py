@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import FIELDGATE, free_port
-from tests.test_store import api_get, wait_healthy
+from tests.store.test_store import api_get, wait_healthy
 
 DEVICES = int(os.environ.get("FIELDGATE_BENCH_DEVICES", "50"))
 PROPERTIES = 20

@@ -36,7 +36,7 @@ async def test_the_store_writes_300k_values_per_cpu_second(tmp_path: Path) -> No
         for cycle in range(CYCLES):
             now = time.time()
             for device in devices:
-                store.add_report(device, now, {f"p{j}": 20.0 + j + cycle / 100 for j in range(PROPERTIES)})
+                store.history.add_report(device, now, {f"p{j}": 20.0 + j + cycle / 100 for j in range(PROPERTIES)})
             written += await store.flush()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         size = files_size(tmp_path)  # before close: the WAL holds what was written

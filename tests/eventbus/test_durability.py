@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,11 +17,11 @@ import pytest
 
 from gateway.runtime import Gateway
 from gateway.store import db_path
-from gateway.testing import stored_history
+from gateway.testing import store_sql, stored_history
 from tests.conftest import FIELDGATE, Mosquitto, free_port
 from tests.eventbus.test_eventbus import mqtt_client, wait_connected
+from tests.store.test_store import wait_healthy
 from tests.test_runtime import MODEL, virtual_device
-from tests.test_store import wait_healthy
 
 OUTAGE_S = float(os.environ.get("FIELDGATE_OUTAGE_SECONDS", "60"))
 DEVICES = 20
@@ -31,6 +30,10 @@ DEVICES = 20
 def load_config(broker_url: str, extra: str = "") -> str:
     devices = "".join(virtual_device(f"d{i}", interval="50ms") for i in range(DEVICES))
     return MODEL.replace("eventbus: {url: none}", f"eventbus: {{url: \"{broker_url}\"}}{extra}") + devices
+
+
+def outbox_messages_left(db_file: Path) -> tuple[object, ...]:
+    return store_sql(db_file, "SELECT count(*) FROM outbox")[0]
 
 
 def counts_by_device(messages: list[tuple[str, Any]]) -> dict[str, list[int]]:
@@ -104,7 +107,7 @@ async def test_broker_outage_loses_nothing(tmp_path: Path, write_config: Callabl
         broker.stop()  # the subscriber's session and what is queued for it survive (persistence)
         await asyncio.sleep(OUTAGE_S)
         during = {f"d{i}": gw.api.twin(f"default/d{i}").properties["count"].reported for i in range(DEVICES)}
-        depth = gw.store.outbox_depth.get("eventbus", 0)
+        depth = gw.store.outboxes.depth.get("eventbus", 0)
         assert depth >= DEVICES * OUTAGE_S * 20 * 0.8  # 20 reports/s per device waited in the outbox
         broker.start()
         subscriber.start()
@@ -154,8 +157,7 @@ async def test_sigkill_under_load_loses_nothing_from_the_outbox(mosquitto: Mosqu
             topic, payload = queue.get_nowait()
             received.add((topic.split("/")[3], payload["ts"], payload["values"].get("count")))
     stored = stored_history(db_path(data), "count")
-    with sqlite3.connect(db_path(data)) as db:
-        (left,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+    (left,) = outbox_messages_left(db_path(data))
     assert len(stored) > 11 * DEVICES * 5
     missing = [row for row in stored if (row[0].split("/")[1], row[1], row[2]) not in received]
     assert not missing, f"{len(missing)} readings entered the outbox but never arrived, e.g. {missing[:3]}"

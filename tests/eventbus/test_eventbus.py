@@ -187,7 +187,7 @@ async def test_telemetry_waits_in_the_outbox_while_the_broker_is_down(
     await wait_connected(gw)
     mosquitto.stop()
     await asyncio.sleep(1.5)
-    assert gw.store.outbox_depth.get("eventbus", 0) >= 15
+    assert gw.store.outboxes.depth.get("eventbus", 0) >= 15
     assert gw.sinks.runners["eventbus"].stats.state == "failing"
     mosquitto.start()
     async with mqtt_client(mosquitto, "fieldgate/#") as (_, queue):

@@ -81,5 +81,5 @@ async def test_mqtts_refuses_an_unknown_broker(tmp_path: Path, write_config: Cal
         eventbus = f"eventbus: {{url: \"mqtts://127.0.0.1:{port}\", ca_file: \"{ca.cert_path}\"}}"
         gw: Gateway = await start_gateway(write_config(MODEL.replace("eventbus: {url: none}", eventbus)
                                                        + virtual_device("d1", "50ms")))
-        await wait_for(lambda: gw.store.outbox_depth.get("eventbus", 0) > 5)
+        await wait_for(lambda: gw.store.outboxes.depth.get("eventbus", 0) > 5)
         assert gw.eventbus is not None and gw.eventbus.client is None

@@ -98,7 +98,7 @@ async def test_set_desired_by_role(client: httpx.AsyncClient, gateway: Gateway,
     await wait_for(lambda: gateway.api.twin("default/d1").properties["setpoint"].reported == 33.0)
     response = await client.get("/api/v1/devices/default/d1", headers=tokens["admin"])
     assert response.json()["twin"]["setpoint"]["reported"] == 33.0
-    audit = await gateway.store.audit_log()
+    audit = await gateway.store.audit.recent()
     assert audit[0]["actor"].startswith("token:") and audit[0]["target"] == "default/d1/setpoint"
 
 
@@ -151,7 +151,7 @@ async def test_openapi_lists_the_contract(client: httpx.AsyncClient, tokens: dic
 
 async def test_users_have_argon2_hashes(gateway: Gateway) -> None:
     await add_user(gateway.store, "alice", "operator", "correct horse")
-    _role, password_hash = await gateway.store.get_user("alice") or ("", "")
+    _role, password_hash = await gateway.store.users.get("alice") or ("", "")
     assert password_hash.startswith("$argon2") and "correct horse" not in password_hash
     principal = await authenticate_user(gateway.store, "alice", "correct horse")
     assert principal.role == "operator"

@@ -100,7 +100,7 @@ async def test_create_edit_and_delete_through_forms(web_gateway: Gateway, open_b
     response = await admin.post("/resources/delete", {"kind": "Device", "namespace": "default", "name": "p1"})
     assert response.status_code == 303
     assert "default/p1" not in web_gateway.config.devices
-    applied = [row for row in await web_gateway.store.audit_log() if row["actor"] == "admin"]
+    applied = [row for row in await web_gateway.store.audit.recent() if row["actor"] == "admin"]
     assert {"apply", "delete"} <= {row["action"] for row in applied}
     assert all(row["address"] == "127.0.0.9" for row in applied)
 

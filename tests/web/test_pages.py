@@ -87,7 +87,7 @@ async def test_setting_a_desired_value_from_the_form(web_gateway: Gateway, open_
     response = await operator.post("/devices/default/d1/desired", {"property": "enabled", "value": "true"},
                                    headers=json)
     assert response.json()["desired"] is True
-    entry = next(row for row in await web_gateway.store.audit_log() if row["action"] == "set-desired")
+    entry = next(row for row in await web_gateway.store.audit.recent() if row["action"] == "set-desired")
     assert entry["actor"] == "operator" and entry["address"] == "127.0.0.9"
 
 
@@ -97,7 +97,7 @@ async def test_users_and_tokens(web_gateway: Gateway, open_browser: Callable[...
     assert response.status_code == 400 and "at least 8 characters" in response.text
     response = await admin.post("/users", {"name": "carol", "role": "operator", "password": "long enough"})
     assert response.status_code == 303
-    assert (await web_gateway.store.get_user("carol") or ("",))[0] == "operator"
+    assert (await web_gateway.store.users.get("carol") or ("",))[0] == "operator"
     created = await admin.post("/tokens", {"role": "viewer", "description": "grafana"})
     assert created.status_code == 200
     token = re.search(r'<pre id="new-token">(fgt_[^<]+)</pre>', created.text)
@@ -109,7 +109,7 @@ async def test_users_and_tokens(web_gateway: Gateway, open_browser: Callable[...
     assert (await admin.post(f"/tokens/{token_id.group(1)}/revoke")).status_code == 303
     assert (await admin.client.get("/api/v1/devices", headers=headers)).status_code == 401
     assert (await admin.post(f"/tokens/{token_id.group(1)}/revoke")).status_code == 404
-    actions = [(row["action"], row["actor"]) for row in await web_gateway.store.audit_log()]
+    actions = [(row["action"], row["actor"]) for row in await web_gateway.store.audit.recent()]
     for action in ("user-add", "token-create", "token-revoke"):
         assert (action, "admin") in actions
     page = await admin.client.get("/users")
@@ -147,7 +147,7 @@ async def test_registry_settings_join(web_gateway: Gateway, open_browser: Callab
             raise AssertionError(f"the node never became healthy at the registry: {nodes}")
         dashboard = await admin.client.get("/")
         assert registry.url in dashboard.text and "not joined" not in dashboard.text
-        actions = [row["action"] for row in await web_gateway.store.audit_log()]
+        actions = [row["action"] for row in await web_gateway.store.audit.recent()]
         assert "registry-join" in actions
     finally:
         if registry.process is not None:

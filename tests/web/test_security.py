@@ -92,7 +92,7 @@ async def test_viewer_cannot_change_anything(web_gateway: Gateway, open_browser:
     assert response.status_code == 403, response.text
     assert web_gateway.api.twin("default/d1").properties["setpoint"].desired is None
     assert (await viewer.post("/users", {"name": "eve", "role": "admin", "password": "x" * 10})).status_code == 403
-    assert await web_gateway.store.get_user("eve") is None
+    assert await web_gateway.store.users.get("eve") is None
     device = await viewer.client.get("/devices/default/d1")
     assert "set-desired" not in device.text  # no setpoint forms for viewers
 
@@ -158,7 +158,7 @@ async def test_session_cookie_flags_and_logout(web_gateway: Gateway, open_browse
     assert csrf
     assert (await browser.client.post("/logout", data={"_csrf": csrf.group(1)})).status_code == 303
     assert (await browser.client.get("/")).status_code == 303
-    audit = [(row["actor"], row["action"]) for row in await web_gateway.store.audit_log()]
+    audit = [(row["actor"], row["action"]) for row in await web_gateway.store.audit.recent()]
     assert ("viewer", "login") in audit and ("viewer", "logout") in audit
 
     tls = await open_browser(base_url="https://gateway.local")
@@ -193,20 +193,21 @@ async def test_failed_logins_are_limited_per_user_and_per_address(web_gateway: G
     response = await browser.client.post("/login", data={"username": "viewer", "password": PASSWORD,
                                                          "_csrf": token})
     assert response.status_code == 429
-    failures = [row for row in await web_gateway.store.audit_log() if row["action"] == "login-failed"]
+    failures = [row for row in await web_gateway.store.audit.recent() if row["action"] == "login-failed"]
     assert len(failures) == 5 and failures[0]["address"] == "127.0.0.9"
 
 
 async def test_removed_users_lose_their_sessions(web_gateway: Gateway, open_browser: Callable[..., Any]) -> None:
     operator = await open_browser("operator")
-    await web_gateway.store.execute("DELETE FROM users WHERE name = 'operator'")
+    await web_gateway.store.users.delete("operator")
     assert (await operator.client.get("/")).status_code == 303
     assert (await operator.client.get("/api/v1/devices")).status_code == 401
 
 
 async def test_a_changed_role_applies_at_once(web_gateway: Gateway, open_browser: Callable[..., Any]) -> None:
     operator = await open_browser("operator")
-    await web_gateway.store.execute("UPDATE users SET role = 'viewer' WHERE name = 'operator'")
+    _role, password_hash = await web_gateway.store.users.get("operator") or ("", "")
+    await web_gateway.store.users.put("operator", "viewer", password_hash)
     response = await operator.post("/devices/default/d1/desired", {"property": "setpoint", "value": "20"})
     assert response.status_code == 403
 

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from gateway.store import SCHEMA_VERSION, Store, db_path
+from gateway.testing import store_sql
 from gateway.workloads import history
 from gateway.workloads.history import WorkloadHistory
+
+
+def as_a_version_1_store(db_file: Path) -> None:
+    """The store as written before workloads existed."""
+    store_sql(db_file, "DROP TABLE workload_versions")
+    store_sql(db_file, "DROP TABLE workload_events")
+    store_sql(db_file, "UPDATE meta SET value='1' WHERE key='schema_version'")
+
+
+def schema_version(db_file: Path) -> str:
+    return str(store_sql(db_file, "SELECT value FROM meta WHERE key='schema_version'")[0][0])
 
 
 async def test_a_version_1_store_gets_the_workload_tables(tmp_path: Path) -> None:
     store = Store(tmp_path)
     await store.open()
     await store.close()
-    with sqlite3.connect(db_path(tmp_path)) as db:  # as a store written before workloads existed
-        db.execute("DROP TABLE workload_versions")
-        db.execute("DROP TABLE workload_events")
-        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    as_a_version_1_store(db_path(tmp_path))
     store = Store(tmp_path)
     await store.open()
     try:
-        assert (await store.rows("SELECT value FROM meta WHERE key='schema_version'"))[0][0] == str(SCHEMA_VERSION)
+        assert schema_version(db_path(tmp_path)) == str(SCHEMA_VERSION)
         assert await WorkloadHistory(store).versions("default", "app") == []
     finally:
         await store.close()

@@ -220,8 +220,8 @@ async def test_update_rolls_then_rollback_restores_the_earlier_version_exactly(
     assert {(await ask_app(i))["version"] for i in restored} == {"one"}
     versions = (await node.api.get("/api/v1/workloads/default/web/versions")).json()
     assert versions[2]["spec"] == versions[0]["spec"] and versions[2]["note"] == "rollback to version 1"
-    assert versions[2]["actor"] == (await node.gateway.store.rows("SELECT actor FROM audit WHERE action='rollback'")
-                                    )[0][0]
+    rollbacks = [e for e in reversed(await node.gateway.store.audit.recent(10_000)) if e["action"] == "rollback"]
+    assert versions[2]["actor"] == rollbacks[0]["actor"]
 
     no_such = await node.api.post("/api/v1/workloads/default/web/rollback", json={"version": 99})
     assert no_such.status_code == 404 and "kept: 1, 2, 3" in no_such.json()["detail"]

@@ -132,5 +132,5 @@ class DeviceController(Controller):
         if prop not in gateway.twin(device_id).properties:
             raise NotFound(f"device {device_id} has no property {prop!r}")
         now = time.time()
-        rows = await gateway.store.history(device_id, prop, now - window, now, limit)
+        rows = await gateway.store.history.values(device_id, prop, now - window, now, limit)
         return [HistoryPoint(ts, value) for ts, value in rows]

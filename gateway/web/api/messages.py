@@ -37,7 +37,7 @@ async def list_routes(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 @get("/api/v1/sinks", guards=[requires("viewer")], summary="Sinks and their outboxes", tags=["routes"])
 async def list_sinks(request: Request[Any, Any, Any]) -> dict[str, Any]:
     gateway: GatewayAPI = request.app.state.gateway
-    stats = await gateway.store.outbox_stats()
+    stats = await gateway.store.outboxes.stats()
     return {name: {**described, "outbox_depth": stats.get(name, {}).get("depth", 0),
                    "outbox_oldest": stats.get(name, {}).get("oldest")}
             for name, described in sorted(gateway.sinks().items())}

@@ -10,7 +10,6 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, FieldgateError
-from gateway.web import queries
 from gateway.web.auth import ROLES, add_user, create_token
 from gateway.web.pages.common import (
     AnyRequest,
@@ -32,7 +31,7 @@ AUDIT_PAGE = 100
      include_in_schema=False)
 async def audit(request: AnyRequest, before: Annotated[int | None, QueryParameter(ge=1)] = None,
                 actor_name: Annotated[str, QueryParameter(name="actor")] = "") -> Template:
-    rows = await queries.audit_page(gateway_of(request).store, AUDIT_PAGE, before, actor_name)
+    rows = await gateway_of(request).store.audit.page(AUDIT_PAGE, before, actor_name)
     older = rows[-1]["id"] if len(rows) == AUDIT_PAGE else None
     return render(request, "audit.html", rows=rows, older=older, actor=actor_name)
 
@@ -40,8 +39,8 @@ async def audit(request: AnyRequest, before: Annotated[int | None, QueryParamete
 async def _users_page(request: AnyRequest, *, new_token: str = "", problems: list[str] | None = None,
                       status_code: int = 200) -> Template:
     store = gateway_of(request).store
-    return render(request, "users.html", status_code=status_code, users=await queries.users(store),
-                  tokens=await queries.tokens(store), roles=ROLES, new_token=new_token, problems=problems or [])
+    return render(request, "users.html", status_code=status_code, users=await store.users.list_users(),
+                  tokens=await store.users.list_tokens(), roles=ROLES, new_token=new_token, problems=problems or [])
 
 
 @get("/users", guards=admin, summary="Users and API tokens", include_in_schema=False)
@@ -59,7 +58,7 @@ async def user_add(request: AnyRequest) -> Template | Redirect:
     except FieldgateError as exc:
         return await _users_page(request, problems=[str(exc)], status_code=400)
     who, address = actor(request)
-    await gateway_of(request).store.audit(who, "user-add", f"user:{name}", role, address)
+    await gateway_of(request).store.audit.record(who, "user-add", f"user:{name}", role, address)
     request.app.state.sessions.end_user(name)  # a new password or role: log the user in again
     flash(request, "ok", f"user {name} saved with the {role} role")
     return see_other("/users")
@@ -74,9 +73,9 @@ async def token_create(request: AnyRequest) -> Template:
         token = await create_token(store, role, description)
     except FieldgateError as exc:
         return await _users_page(request, problems=[str(exc)], status_code=400)
-    created = (await queries.tokens(store))[0]
+    created = (await store.users.list_tokens())[0]
     who, address = actor(request)
-    await store.audit(who, "token-create", f"token:{created.id}", f"{role} {description}".strip(), address)
+    await store.audit.record(who, "token-create", f"token:{created.id}", f"{role} {description}".strip(), address)
     return await _users_page(request, new_token=token)
 
 
@@ -84,9 +83,9 @@ async def token_create(request: AnyRequest) -> Template:
       status_code=303)
 async def token_revoke(request: AnyRequest, token_id: FromPath[int]) -> Redirect:
     store = gateway_of(request).store
-    await queries.revoke_token(store, token_id)
+    await store.users.revoke_token(token_id)
     who, address = actor(request)
-    await store.audit(who, "token-revoke", f"token:{token_id}", "", address)
+    await store.audit.record(who, "token-revoke", f"token:{token_id}", "", address)
     flash(request, "ok", f"token {token_id} revoked")
     return see_other("/users")
 
@@ -119,6 +118,6 @@ async def settings_save(request: AnyRequest) -> Template | Redirect:
         return render(request, "settings.html", status_code=400, registry=joined_registry(gateway), registry_url=url,
                       problems=[str(exc)])
     start_uplink(gateway)  # heartbeats and registry resources from now on, as after a restart
-    await gateway.store.audit(who, "registry-join", url, f"node {joined.node}", address)
+    await gateway.store.audit.record(who, "registry-join", url, f"node {joined.node}", address)
     flash(request, "ok", f"joined {url} as node {joined.node}")
     return see_other("/settings")

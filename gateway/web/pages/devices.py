@@ -17,7 +17,6 @@ from gateway.errors import NotFound, ValueRejected
 from gateway.messages import DeviceStateChange, state_topic, telemetry_topic
 from gateway.pipeline.twin import Twin
 from gateway.protocols.base import BoundDevice
-from gateway.web import queries
 from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages.common import (
     AnyRequest,
@@ -173,8 +172,8 @@ async def device_plot(request: AnyRequest, namespace: FromPath[str], name: FromP
     seconds = PLOT_WINDOWS.get(window)
     if seconds is None:
         raise ValueRejected(f"window: one of {', '.join(PLOT_WINDOWS)}")
-    points = await queries.history_buckets(gateway.store, bound.id, prop, seconds)
     now = time.time()
+    points = await gateway.store.history.buckets(bound.id, prop, now - seconds, now)
     return {"property": prop, "unit": bound.properties[prop].model.unit, "since": now - seconds, "until": now,
             "points": points}
 

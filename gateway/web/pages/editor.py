@@ -13,7 +13,7 @@ from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, FieldgateError, NotFound
-from gateway.web import editing, queries
+from gateway.web import editing
 from gateway.web.pages.common import AnyRequest, actor, flash, form_fields, form_upload, gateway_of, render, see_other
 from gateway.web.security import requires
 
@@ -32,7 +32,7 @@ async def _existing(request: AnyRequest, kind: str, namespace: str, name: str
     document = editing.running_document(gateway, kind, namespace, name)
     if document is None:
         try:
-            document, _ = await queries.stored_document(gateway.store, kind, namespace, name)
+            document, _ = await gateway.store.resources.get(kind, namespace, name)
         except NotFound:
             return None, ""
     return document, editing.read_only_reason(editing.owner(gateway, kind, namespace, name))

@@ -39,7 +39,7 @@ def _login_page(request: AnyRequest, *, error: str = "", status_code: int = 200,
 @get("/login", summary="The login form", include_in_schema=False)
 async def login_form(request: AnyRequest, next_path: Annotated[str, QueryParameter(name="next")] = "/") -> Template:
     # No default password ships: until a user is added (provisioning, `fieldgate user add`) the form says so.
-    no_users = not await gateway_of(request).store.rows("SELECT 1 FROM users LIMIT 1")
+    no_users = not await gateway_of(request).store.users.has_any()
     return _login_page(request, next_path=next_path, no_users=no_users)
 
 
@@ -66,7 +66,7 @@ async def login(request: AnyRequest) -> Template | Redirect:
         principal = await authenticate_user(gateway.store, username, fields.get("password", ""))
     except AuthError:
         limiter.failed(*keys)
-        await gateway.store.audit(username or "-", "login-failed", "ui", "", address)
+        await gateway.store.audit.record(username or "-", "login-failed", "ui", "", address)
         return _login_page(request, error="Wrong user name or password.", status_code=401, username=username,
                            next_path=next_path)
     limiter.succeeded(keys[1])
@@ -75,7 +75,7 @@ async def login(request: AnyRequest) -> Template | Redirect:
     if old:  # a fresh session id on every login: no session fixation
         sessions.end(old)
     sid, _ = sessions.create(principal.name)
-    await gateway.store.audit(principal.name, "login", "ui", principal.role, address)
+    await gateway.store.audit.record(principal.name, "login", "ui", principal.role, address)
     redirect = see_other(_safe_next(next_path))
     redirect.cookies.append(Cookie(key=SESSION_COOKIE, value=sid, path="/", httponly=True, samesite="lax",
                                    secure=_secure(request)))
@@ -88,7 +88,7 @@ async def logout(request: AnyRequest) -> Redirect:
     auth = session_auth(request)
     if auth is not None:
         request.app.state.sessions.end(auth.sid)
-        await gateway_of(request).store.audit(auth.session.user, "logout", "ui", "", client_address(request))
+        await gateway_of(request).store.audit.record(auth.session.user, "logout", "ui", "", client_address(request))
     response = see_other("/login")
     response.cookies.append(Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True))
     return response

@@ -188,7 +188,7 @@ async def test_commands_from_home_assistant_set_desired_values(mosquitto: Mosqui
                                 render(switch["command_template"], value=switch["payload_on"]), qos=1)
         await wait_for(lambda: twin.properties["enabled"].reported is True)
     assert twin.properties["setpoint"].desired == 22.5 and twin.properties["enabled"].desired is True
-    audit = await gw.store.audit_log()
+    audit = await gw.store.audit.recent()
     assert {entry["target"] for entry in audit if entry["action"] == "set-desired"} >= \
         {"default/boiler.1/setpoint", "default/boiler.1/enabled"}
 

@@ -92,7 +92,7 @@ async def test_data_waits_in_the_outbox_while_influxdb_is_down(write_config: Cal
     gw: Gateway = await start_gateway(write_config(MODEL + endpoint(f"http://127.0.0.1:{port}")))
     runner = gw.sinks.runners["influxdb:default/influx"]
     runner.max_backoff = 0.2
-    await wait_for(lambda: runner.stats.failures >= 1 and gw.store.outbox_depth.get("influxdb:default/influx"))
+    await wait_for(lambda: runner.stats.failures >= 1 and gw.store.outboxes.depth.get("influxdb:default/influx"))
     assert runner.stats.state == "failing" and runner.stats.delivered == 0
     with FakeInflux(port) as influx:
         await wait_for(lambda: len(influx.lines()) >= 10)

@@ -247,7 +247,7 @@ async def test_dcmd_sets_desired_values_and_bad_commands_are_logged(
             assert time.monotonic() < deadline, "the DCMD did not reach the device"
             await asyncio.sleep(0.05)
         assert twin["setpoint"].desired == 30.5 and twin["mode"].desired == 3
-        audit = await gw.store.rows("SELECT actor, action, target FROM audit ORDER BY rowid")
+        audit = [(e["actor"], e["action"], e["target"]) for e in reversed(await gw.store.audit.recent(10_000))]
         assert ("sparkplug", "set-desired", "default/boiler-1/setpoint") in [tuple(row) for row in audit]
         setpoint_alias = aliases["setpoint"]
         await host.wait_for(lambda t, p: kind(t) == "DDATA" and any(

@@ -61,7 +61,7 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
-# --- helpers (the same as tests/test_store.py and tests/conftest.py, kept here so the plugin stands alone) -----
+# --- helpers (the same as tests/store/test_store.py and tests/conftest.py, kept here so the plugin stands alone) -----
 
 
 def free_port() -> int:

@@ -1,0 +1,126 @@
+"""The store as a whole (gateway/store/__init__.py): durability across SIGKILL, a clean close on SIGTERM, one flush
+for reports, outbox messages and meta values."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway.store import Store, db_path
+from gateway.testing import store_sql, stored_history, stored_reported
+from tests.conftest import FIELDGATE, free_port
+from tests.test_runtime import MODEL, virtual_device
+
+
+def integrity_check(db_file: Path) -> tuple[object, ...]:
+    return store_sql(db_file, "PRAGMA integrity_check")[0]
+
+
+def api_get(port: int, path: str, token: str) -> dict:  # type: ignore[type-arg]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("gateway did not become healthy")
+
+
+@pytest.mark.slow
+def test_sigkill_keeps_every_completed_report(tmp_path: Path) -> None:
+    """kill -9 at random moments: the store opens, is intact, and holds every twin value the API had shown
+    more than one flush interval before the kill."""
+    data = tmp_path / "data"
+    port = free_port()
+    devices = "".join(virtual_device(f"d{i}", interval="20ms") for i in range(10))
+    config = tmp_path / "plant.yaml"
+    config.write_text(MODEL.replace("test-gw", "kill-gw").replace("eventbus: {url: none}",
+                      f"eventbus: {{url: none}}\nhttp: {{listen: \"127.0.0.1:{port}\"}}") + devices)
+    token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir", str(data)],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    rng = random.Random(7)
+    for round_ in range(3):
+        proc = subprocess.Popen([*FIELDGATE, "run", "-c", str(config), "--data-dir", str(data)],
+                                stderr=subprocess.PIPE)
+        try:
+            wait_healthy(port, proc)
+            time.sleep(rng.uniform(0.2, 0.8))
+            seen = {f"default/d{i}": api_get(port, f"/api/v1/devices/default/d{i}", token)["twin"]["count"]["reported"]
+                    for i in range(10)}
+            time.sleep(0.3 + rng.uniform(0, 0.3))  # > the 50 ms flush interval: those reports are complete
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        assert integrity_check(db_path(data)) == ("ok",)
+        stored = stored_reported(data, "count")
+        for device, value in seen.items():
+            assert value is not None
+            assert stored[device] >= value, f"round {round_}: {device} lost reports"
+        # the history holds every reading, the latest equal to the twin
+        history = stored_history(db_path(data), "count")
+        for device in seen:
+            assert [v for d, _, v in history if d == device][-1] == stored[device]
+
+
+@pytest.mark.slow
+def test_sigterm_exits_zero_after_clean_shutdown(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "plant.yaml"
+    config.write_text(MODEL.replace("eventbus: {url: none}", f"eventbus: {{url: none}}\nhttp: {{listen: "
+                                    f"\"127.0.0.1:{port}\"}}") + virtual_device("d1", interval="10ms"))
+    proc = subprocess.Popen([*FIELDGATE, "run", "-c", str(config), "--data-dir", str(tmp_path / "data"),
+                             "--log-format", "json"], stderr=subprocess.PIPE, text=True)
+    wait_healthy(port, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    logs = [json.loads(line) for line in (proc.stderr.read() if proc.stderr else "").splitlines() if line]
+    assert any(entry["message"] == "fieldgate stopped" for entry in logs)
+    # no default password: a first start without users says how to add one
+    assert any("no users yet" in entry["message"] and "fieldgate user add" in entry["message"] for entry in logs)
+    # the WAL was checkpointed and every queued report written
+    assert not (tmp_path / "data" / "fieldgate.db-wal").exists() or \
+        os.path.getsize(tmp_path / "data" / "fieldgate.db-wal") == 0
+    values = [value for _, _, value in stored_history(db_path(tmp_path / "data"), "count")]
+    assert values == list(range(len(values)))  # counter 0..n, each reading stored exactly once, in order
+
+
+async def test_one_flush_commits_reports_outbox_messages_and_meta_values_together(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        store.history.add_report("default/d", 1000.0, {"a": 1, "b": 2.5})
+        store.outboxes.add("sink", "t", b"m")
+        store.workloads.queue_delivered({"default/app": 7})
+        assert await store.flush() == 2
+        assert await store.flush() == 0  # nothing queued: nothing to do
+        assert await store.history.values("default/d", "b", 0, 2000) == [(1000.0, 2.5)]
+        assert store.outboxes.depth == {"sink": 1}
+        assert (await store.workloads.delivery())[1] == {"default/app": 7}
+    finally:
+        await store.close()
+    store = Store(tmp_path)  # and all of it is there after a restart
+    await store.open()
+    try:
+        assert (await store.twins.load())["default/d"]["a"]["reported"] == 1
+        assert store.outboxes.depth == {"sink": 1}
+        assert (await store.workloads.delivery())[1] == {"default/app": 7}
+    finally:
+        await store.close()

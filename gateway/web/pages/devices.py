@@ -19,18 +19,9 @@ from gateway.protocols.base import BoundDevice
 from gateway.runtime import DeviceStateChange, Gateway
 from gateway.web import queries
 from gateway.web.monitor import recent_errors, state_history
-from gateway.web.pages.common import (
-    AnyRequest,
-    actor,
-    flash,
-    form_fields,
-    gateway_of,
-    principal,
-    render,
-    see_other,
-    wants_json,
-)
+from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, principal, render, wants_json
 from gateway.web.security import requires
+from gateway.webkit.pages import form_fields, see_other
 
 viewer = [requires("viewer")]
 PAGE_SIZE = 100

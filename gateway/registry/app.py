@@ -25,6 +25,8 @@ from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import RegistryStore, TokenRefused
 from gateway.registry.twins import DesiredAck, DesiredValue, DeviceReports
+from gateway.webkit.headers import add_security_headers
+from gateway.webkit.templating import static_files, template_config
 
 DEFAULT_INTERVAL = 10.0
 
@@ -168,13 +170,15 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
         route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS,
                         *access.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS, *monitoring.ROUTE_HANDLERS,
                         *metrics.ROUTE_HANDLERS, *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
-                        *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS],
+                        *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS, static_files()],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "log_requests": LogRequests(), **pages.initial_state()}),
         lifespan=[lifespan],
         middleware=[DefineMiddleware(metrics.MetricsMiddleware, metrics=registry_metrics)],
         exception_handlers={ConfigError: _error(400), NotFound: _error(404), HTTPException: _http_error,
                             **pages.EXCEPTION_HANDLERS},
+        template_config=template_config(pages.TEMPLATES, utc=True),
+        before_send=[add_security_headers],
         logging_config=None,
         debug=False,
     )

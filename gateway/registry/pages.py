@@ -4,25 +4,19 @@ Nodes with their state, one node (info, labels, devices and, when a monitoring m
 groups, devices across nodes, workloads and one workload (status per node, events, versions with a rollback for
 operators, a node's log of it fetched on request, stop / start / restart on one node or on all for operators), join
 tokens (admins create and revoke them) and the audit log; every page shows only what lies in the user's scope. The
-styles are the local UI's (`gateway/web/static/app.css`).
+layout, login, error page, styles and sessions are the web kit's (`gateway.webkit`), shared with the node's UI.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Response, get, post
-from litestar.datastructures import Cookie
-from litestar.enums import MediaType
 from litestar.params import FromPath
-from litestar.response import File, Redirect
+from litestar.response import Redirect, Template
 from litestar.types import ExceptionHandlersMap
 from markupsafe import Markup
 
@@ -31,42 +25,18 @@ from gateway.registry import access
 from gateway.registry.access import AnyRequest, Caller
 from gateway.registry.store import RegistryStore
 from gateway.resources.durations import Duration
-from gateway.webkit.sessions import LoginLimiter, Session, SessionStore
+from gateway.webkit import pages
+from gateway.webkit.login import log_in, log_out, login_page
+from gateway.webkit.pages import NavItem, Site, Who, form_fields, login_redirect, see_other
+from gateway.webkit.sessions import BrowserSessions, CsrfRefused, Session, check_csrf
 
 SESSION_COOKIE = "fieldgate_registry_session"
 LOGIN_CSRF_COOKIE = "fieldgate_registry_login_csrf"
-CSS = Path(__file__).resolve().parents[1] / "web" / "static" / "app.css"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none';"
-                               " base-uri 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-}
-# (path, label, role needed to see the link)
-NAV = [("/", "Nodes", "viewer"), ("/groups", "Groups", "viewer"), ("/devices", "Devices", "viewer"),
-       ("/workloads", "Workloads", "viewer"), ("/join-tokens", "Join tokens", "admin"),
-       ("/audit", "Audit log", "admin")]
-
-_templates = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
-                         autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
-
-
-def _format_ts(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "\u2013"
-
-
-def _format_ago(ts: float | None) -> str:
-    if not ts:
-        return "never"
-    seconds = max(time.time() - ts, 0)
-    for limit, unit, size in ((90, "s", 1), (5400, "min", 60), (172800, "h", 3600)):
-        if seconds < limit:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{seconds / 86400:.0f} d ago"
-
-
-_templates.filters.update(ts=_format_ts, ago=_format_ago)
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+SITE = Site(title="fieldgate registry", name="registry", home="the nodes", login_heading="Registry log in")
+NAV = [NavItem("/", "Nodes", "viewer", also=("/nodes/",)), NavItem("/groups", "Groups", "viewer"),
+       NavItem("/devices", "Devices", "viewer"), NavItem("/workloads", "Workloads", "viewer"),
+       NavItem("/join-tokens", "Join tokens", "admin"), NavItem("/audit", "Audit log", "admin")]
 
 
 class LoginRequired(Exception):
@@ -74,11 +44,12 @@ class LoginRequired(Exception):
 
 
 class PageForbidden(Exception):
-    """A page or form the user's role may not use, or a form without the session's CSRF token."""
+    """A page or form the user's role may not use."""
 
 
 def initial_state() -> dict[str, Any]:
-    return {"page_sessions": SessionStore(), "page_login_limiter": LoginLimiter()}
+    # the registry speaks TLS only: its cookies are always Secure
+    return {"page_sessions": BrowserSessions(SESSION_COOKIE, LOGIN_CSRF_COOKIE, always_secure=True)}
 
 
 def _store(request: AnyRequest) -> RegistryStore:
@@ -86,146 +57,93 @@ def _store(request: AnyRequest) -> RegistryStore:
     return store
 
 
-def _sessions(request: AnyRequest) -> SessionStore:
-    sessions: SessionStore = request.app.state.page_sessions
+def _sessions(request: AnyRequest) -> BrowserSessions:
+    sessions: BrowserSessions = request.app.state.page_sessions
     return sessions
 
 
-def _html(template: str, *, status_code: int = 200, **context: Any) -> Response[str]:
-    return Response(_templates.get_template(template).render({"nav": [], **context}), status_code=status_code,
-                    media_type=MediaType.HTML, headers=SECURITY_HEADERS)
+def _render(request: AnyRequest, template: str, *, status_code: int = 200, caller: Caller | None = None,
+            session: Session | None = None, **context: Any) -> Template:
+    """A page in the shared layout; anonymous (the login form, a refusal) without `caller` and `session`."""
+    who = Who(caller.actor.split(":", 1)[1], f"{caller.role}, {caller.scope}") if caller else None
+    return pages.render(request, template, site=SITE, status_code=status_code, user=caller, who=who,
+                        session=session, nav=[n for n in NAV if caller and caller.can(n.role)], **context)
 
 
 def _page(request: AnyRequest, caller: Caller, session: Session, template: str, *, status_code: int = 200,
-          **context: Any) -> Response[str]:
-    return _html(template, status_code=status_code, user=caller, csrf=session.csrf, path=request.url.path,
-                 flashes=session.take_flash(), **{**context, "nav": [n for n in NAV if caller.can(n[2])]})
-
-
-def _see_other(path: str) -> Redirect:
-    return Redirect(path, status_code=303)
-
-
-async def _fields(request: AnyRequest) -> dict[str, str]:
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
+          **context: Any) -> Template:
+    return _render(request, template, status_code=status_code, caller=caller, session=session, **context)
 
 
 async def _session(request: AnyRequest) -> tuple[Caller, Session]:
-    """The user of the session cookie, its role and scope as stored now; a POST must carry the session's CSRF."""
-    sid = request.cookies.get(SESSION_COOKIE, "")
-    session = _sessions(request).get(sid) if sid else None
-    if session is None:
+    """The user of the session cookie, its role and scope as stored now; a form must carry the session's CSRF."""
+    current = _sessions(request).current(request)
+    if current is None:
         raise LoginRequired()
+    sid, session = current
     try:
         caller = await access.user_caller(_store(request), session.user)
     except AuthError:
-        _sessions(request).end(sid)
+        _sessions(request).store.end(sid)
         raise LoginRequired() from None
-    if request.method == "POST":
-        sent = (await _fields(request)).get("_csrf", "")
-        if not sent or not secrets.compare_digest(sent, session.csrf):
-            raise PageForbidden("CSRF token missing or wrong: reload the page and try again")
+    await check_csrf(request, session)
     return caller, session
 
 
-def _error(request: AnyRequest, caller: Caller, session: Session, code: int, message: str) -> Response[str]:
+def _error(request: AnyRequest, caller: Caller, session: Session, code: int, message: str) -> Template:
     return _page(request, caller, session, "error.html", status_code=code, code=code, message=message)
 
 
 def _login_required(request: AnyRequest, exc: LoginRequired) -> Response[Any]:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return _see_other("/login" + ("" if target == "/" else f"?next={quote(target, safe='/')}"))
+    return login_redirect(request)
 
 
-def _forbidden(request: AnyRequest, exc: PageForbidden) -> Response[Any]:
-    return _html("error.html", status_code=403, code=403, message=str(exc), user=None, csrf="", flashes=[])
+def _forbidden(request: AnyRequest, exc: PageForbidden | CsrfRefused) -> Response[Any]:
+    message = exc.detail if isinstance(exc, CsrfRefused) else str(exc)
+    return _render(request, "error.html", status_code=403, code=403, message=message)
 
 
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {LoginRequired: _login_required, PageForbidden: _forbidden}
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {LoginRequired: _login_required, PageForbidden: _forbidden,
+                                            CsrfRefused: _forbidden}
 
 
 # --- login ----------------------------------------------------------------------------------------------------
 
 
-def _safe_next(target: str) -> str:
-    """Only local paths, so the login form cannot send people elsewhere."""
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
-
-
-def _login_page(request: AnyRequest, *, error: str = "", status_code: int = 200, username: str = "",
-                next_path: str = "/") -> Response[str]:
-    token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
-    response = _html("login.html", status_code=status_code, error=error, username=username,
-                     next=_safe_next(next_path), login_csrf=token, user=None, csrf="", flashes=[])
-    response.cookies.append(Cookie(key=LOGIN_CSRF_COOKIE, value=token, path="/login", httponly=True,
-                                   samesite="strict", secure=True))
-    return response
-
-
 @get("/login", summary="The login form of the registry pages", include_in_schema=False)
-async def login_form(request: AnyRequest) -> Response[str]:
-    return _login_page(request, next_path=request.query_params.get("next", "/"))
+async def login_form(request: AnyRequest) -> Template:
+    return login_page(request, _sessions(request), _render, next_path=request.query_params.get("next", "/"))
 
 
 @post("/login", summary="Log in as a registry user", include_in_schema=False, status_code=303)
-async def login(request: AnyRequest) -> Response[Any]:
-    fields = await _fields(request)
-    username, next_path = fields.get("username", "").strip(), fields.get("next", "/")
-    cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not cookie_token or not secrets.compare_digest(fields.get("_csrf", ""), cookie_token):
-        return _login_page(request, error="The form expired: please try again.", status_code=403,
-                           username=username, next_path=next_path)
-    limiter: LoginLimiter = request.app.state.page_login_limiter
-    address = request.client.host if request.client else ""
-    keys = (f"address:{address}", f"user:{username.lower()}")
-    wait = limiter.blocked_for(*keys)
-    if wait > 0:
-        response = _login_page(request, error=f"Too many failed logins: wait {wait:.0f} s.", status_code=429,
-                               username=username, next_path=next_path)
-        response.headers["Retry-After"] = str(int(wait) + 1)
-        return response
+async def login(request: AnyRequest) -> Template | Redirect:
     store = _store(request)
-    try:
-        caller = await access.authenticate_user(store, username, fields.get("password", ""))
-    except AuthError:
-        limiter.failed(*keys)
-        await access.record(store, f"user:{username or '-'}", access.PLATFORM, "user.login", "pages",
-                            "refused: wrong user name or password", {"address": address})
-        return _login_page(request, error="Wrong user name or password.", status_code=401, username=username,
-                           next_path=next_path)
-    limiter.succeeded(keys[1])
-    old = request.cookies.get(SESSION_COOKIE)
-    if old:  # a fresh session id on every login: no session fixation
-        _sessions(request).end(old)
-    sid, _ = _sessions(request).create(username)
-    await access.record(store, caller, str(caller.scope), "user.login", "pages", "ok", {"address": address})
-    redirect = _see_other(_safe_next(next_path))
-    redirect.cookies.append(Cookie(key=SESSION_COOKIE, value=sid, path="/", httponly=True, samesite="lax",
-                                   secure=True))
-    redirect.cookies.append(Cookie(key=LOGIN_CSRF_COOKIE, value="", path="/login", max_age=0))
-    return redirect
+
+    async def authenticate(username: str, password: str, address: str) -> str:
+        try:
+            caller = await access.authenticate_user(store, username, password)
+        except AuthError:
+            await access.record(store, f"user:{username or '-'}", access.PLATFORM, "user.login", "pages",
+                                "refused: wrong user name or password", {"address": address})
+            raise
+        await access.record(store, caller, str(caller.scope), "user.login", "pages", "ok", {"address": address})
+        return username
+
+    return await log_in(request, _sessions(request), _render, authenticate)
 
 
 @post("/logout", summary="End the session", include_in_schema=False, status_code=303)
 async def logout(request: AnyRequest) -> Redirect:
     await _session(request)
-    _sessions(request).end(request.cookies.get(SESSION_COOKIE, ""))
-    response = _see_other("/login")
-    response.cookies.append(Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True, secure=True))
-    return response
-
-
-@get("/static/app.css", summary="The pages' styles", include_in_schema=False, media_type="text/css")
-async def stylesheet() -> File:
-    return File(CSS, content_disposition_type="inline", media_type="text/css")
+    sessions = _sessions(request)
+    return log_out(request, sessions, request.cookies.get(sessions.cookie))
 
 
 # --- nodes, groups, devices -----------------------------------------------------------------------------------
 
 
 @get("/", summary="Nodes with their state", include_in_schema=False)
-async def nodes_page(request: AnyRequest) -> Response[str]:
+async def nodes_page(request: AnyRequest) -> Template:
     caller, session = await _session(request)
     return _page(request, caller, session, "nodes.html", nodes=await access.visible_nodes(_store(request), caller))
 
@@ -247,7 +165,7 @@ async def node_plots(store: RegistryStore, name: str) -> Markup:
 
 
 @get("/nodes/{name:str}", summary="One node: info, labels, devices", include_in_schema=False)
-async def node_page(request: AnyRequest, name: FromPath[str]) -> Response[str]:
+async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
     caller, session = await _session(request)
     store = _store(request)
     try:
@@ -260,14 +178,14 @@ async def node_page(request: AnyRequest, name: FromPath[str]) -> Response[str]:
 
 
 @get("/groups", summary="Node groups", include_in_schema=False)
-async def groups_page(request: AnyRequest) -> Response[str]:
+async def groups_page(request: AnyRequest) -> Template:
     caller, session = await _session(request)
     return _page(request, caller, session, "groups.html",
                  groups=await access.visible_groups(_store(request), caller))
 
 
 @get("/devices", summary="Devices across nodes", include_in_schema=False)
-async def devices_page(request: AnyRequest) -> Response[str]:
+async def devices_page(request: AnyRequest) -> Template:
     caller, session = await _session(request)
     store = _store(request)
     status = {node["name"]: node["status"] for node in await access.visible_nodes(store, caller)}
@@ -276,7 +194,7 @@ async def devices_page(request: AnyRequest) -> Response[str]:
 
 
 @get("/workloads", summary="Workloads with their status per node", include_in_schema=False)
-async def workloads_page(request: AnyRequest) -> Response[str]:
+async def workloads_page(request: AnyRequest) -> Template:
     from gateway.registry.workloads import workload_views
 
     caller, session = await _session(request)
@@ -288,7 +206,7 @@ PAGE_LOG_TIMEOUT = 5.0  # seconds a node has to answer for the workload page's l
 
 
 async def _workload_page(request: AnyRequest, caller: Caller, session: Session, namespace: str,
-                         name: str) -> Response[str]:
+                         name: str) -> Template:
     from gateway.registry import history, logs
     from gateway.registry.workloads import workload_views
 
@@ -324,7 +242,7 @@ async def _workload_page(request: AnyRequest, caller: Caller, session: Session, 
 
 @get("/workloads/{namespace:str}/{name:str}", summary="One workload: status per node, events, versions, logs",
      include_in_schema=False)
-async def workload_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[str]:
+async def workload_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Template:
     caller, session = await _session(request)
     return await _workload_page(request, caller, session, namespace, name)
 
@@ -337,7 +255,7 @@ async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name:
     caller, session = await _session(request)
     if not caller.can("operator"):
         raise PageForbidden(f"the {caller.role} role cannot roll back; operator or admin can")
-    fields = await _fields(request)
+    fields = await form_fields(request)
     raw, kind, source = fields.get("version", ""), fields.get("kind", ""), fields.get("source", "")
     try:
         if not raw.isdigit() or int(raw) < 1:
@@ -347,11 +265,11 @@ async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name:
         return _error(request, caller, session, 404, str(exc))
     except ConfigError as exc:
         session.flash.append(("error", str(exc)))
-        return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
+        return see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
     session.flash.append(("ok", f"{kind} {namespace}/{source} rolled back to version {raw}: now version "
                                 f"{done['version']}." if done["changed"] else
                           f"{kind} {namespace}/{source} runs version {raw}'s spec already."))
-    return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
+    return see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
 
 
 @post("/workloads/{namespace:str}/{name:str}/action", summary="Stop, start or restart a workload on one node or "
@@ -360,7 +278,7 @@ async def workload_action(request: AnyRequest, namespace: FromPath[str], name: F
     from gateway.registry import lifecycle, logs
 
     caller, session = await _session(request)
-    fields = await _fields(request)
+    fields = await form_fields(request)
     action, node = fields.get("action", ""), fields.get("node", "")
     if not caller.can("operator"):
         raise PageForbidden(f"the {caller.role} role cannot {action or 'change'} workloads; operator or admin can")
@@ -382,7 +300,7 @@ async def workload_action(request: AnyRequest, namespace: FromPath[str], name: F
     for result in results:
         session.flash.append(("ok" if result["outcome"] == "ok" else "error",
                               f"{action} {namespace}/{name} on {lifecycle.describe_outcome(result)}"))
-    return _see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
+    return see_other(f"/workloads/{quote(namespace)}/{quote(name)}")
 
 
 # --- join tokens and the audit log (admins) -------------------------------------------------------------------
@@ -396,7 +314,7 @@ async def _admin(request: AnyRequest) -> tuple[Caller, Session]:
 
 
 async def _tokens_page(request: AnyRequest, caller: Caller, session: Session, *, created: str = "",
-                       problem: str = "", status_code: int = 200) -> Response[str]:
+                       problem: str = "", status_code: int = 200) -> Template:
     store = _store(request)
     visible = [name for name in await access.workspaces(store) if caller.sees(name)]
     return _page(request, caller, session, "join_tokens.html", status_code=status_code, created=created,
@@ -404,15 +322,15 @@ async def _tokens_page(request: AnyRequest, caller: Caller, session: Session, *,
 
 
 @get("/join-tokens", summary="Join tokens", include_in_schema=False)
-async def join_tokens_page(request: AnyRequest) -> Response[str]:
+async def join_tokens_page(request: AnyRequest) -> Template:
     caller, session = await _admin(request)
     return await _tokens_page(request, caller, session)
 
 
 @post("/join-tokens", summary="Create a join token", include_in_schema=False, status_code=200)
-async def join_token_create(request: AnyRequest) -> Response[str]:
+async def join_token_create(request: AnyRequest) -> Template:
     caller, session = await _admin(request)
-    fields = await _fields(request)
+    fields = await form_fields(request)
     try:
         labels = {}
         for item in filter(None, (part.strip() for part in fields.get("labels", "").split(","))):
@@ -441,16 +359,16 @@ async def join_token_revoke(request: AnyRequest, token_id: FromPath[str]) -> Res
     except NotFound as exc:
         return _error(request, caller, session, 404, str(exc))
     session.flash.append(("ok", f"Join token {token_id} revoked."))
-    return _see_other("/join-tokens")
+    return see_other("/join-tokens")
 
 
 @get("/audit", summary="The audit log", include_in_schema=False)
-async def audit_page(request: AnyRequest) -> Response[str]:
+async def audit_page(request: AnyRequest) -> Template:
     caller, session = await _admin(request)
     return _page(request, caller, session, "audit.html",
                  entries=await access.audit_entries(_store(request), caller, limit=200))
 
 
-ROUTE_HANDLERS = [login_form, login, logout, stylesheet, nodes_page, node_page, groups_page, devices_page,
+ROUTE_HANDLERS = [login_form, login, logout, nodes_page, node_page, groups_page, devices_page,
                   workloads_page, workload_page, workload_rollback, workload_action, join_tokens_page,
                   join_token_create, join_token_revoke, audit_page]

@@ -14,10 +14,6 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Redirect
-from litestar.static_files import create_static_files_router
-from litestar.template.config import TemplateConfig
 
 from gateway import __version__
 from gateway.api import GatewayAPI
@@ -28,12 +24,21 @@ from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
 from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages import admin, devices, editor, login, logs, overview, workloads
-from gateway.web.pages.common import render, setup_engine
-from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, AuthMiddleware, is_api_path
-from gateway.webkit.sessions import LoginLimiter, SessionStore
+from gateway.web.pages.common import render
+from gateway.web.security import (
+    LOGIN_CSRF_COOKIE,
+    PUBLIC_PATHS,
+    PUBLIC_PREFIXES,
+    SESSION_COOKIE,
+    AuthMiddleware,
+    is_api_path,
+)
+from gateway.webkit.headers import add_security_headers
+from gateway.webkit.pages import login_redirect
+from gateway.webkit.sessions import BrowserSessions
+from gateway.webkit.templating import static_files, template_config
 
 WEB = Path(__file__).resolve().parent
-Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 PAGES = [
     login.login_form, login.login, login.logout,
     overview.dashboard, overview.models, overview.endpoints, overview.sinks, overview.plugins,
@@ -43,13 +48,8 @@ PAGES = [
     admin.audit, admin.users, admin.user_add, admin.token_create, admin.token_revoke, admin.settings,
     admin.settings_save, logs.logs_page, *workloads.PAGES,
 ]
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none';"
-                               " base-uri 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-}
+
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
 def _error(status_code: int) -> Any:
@@ -66,9 +66,7 @@ def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException
     if is_api_path(request.url.path):
         return Response({"status_code": 401, "detail": exc.detail}, status_code=401,
                         headers={"WWW-Authenticate": "Bearer"})
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    next_part = "" if target == "/" else f"?next={_quote(target)}"
-    return Redirect(f"/login{next_part}", status_code=303)
+    return login_redirect(request)
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -76,18 +74,6 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return Response({"status_code": exc.status_code, "detail": exc.detail}, status_code=exc.status_code,
                         headers=exc.headers)
     return render(request, "error.html", status_code=exc.status_code, code=exc.status_code, message=exc.detail)
-
-
-def _quote(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(path, safe="/")
-
-
-async def _security_headers(response: Response[Any]) -> Response[Any]:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
 
 
 def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Litestar:
@@ -102,13 +88,11 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
     return Litestar(
         route_handlers=[
             healthz, status, plugins, logs_api, DeviceController, *PAGES, *plugin_routes,
-            create_static_files_router(path="/static", directories=[WEB / "static"], include_in_schema=False,
-                                       cache_control=None),
+            static_files(WEB / "static"),
         ],
-        state=State({"gateway": gateway, "sessions": SessionStore(), "login_limiter": LoginLimiter()}),
+        state=State({"gateway": gateway, "sessions": BrowserSessions(SESSION_COOKIE, LOGIN_CSRF_COOKIE)}),
         middleware=[DefineMiddleware(AuthMiddleware, exclude=exclude)],
-        template_config=TemplateConfig(directory=WEB / "templates", engine=JinjaTemplateEngine,
-                                       engine_callback=setup_engine),
+        template_config=template_config(WEB / "templates"),
         exception_handlers={
             NotAuthorizedException: _not_authorized,
             PermissionDeniedException: _http_error,
@@ -117,7 +101,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             FieldgateError: _error(400),
             HTTPException: _http_error,
         },
-        after_request=_security_headers,
+        before_send=[add_security_headers],
         openapi_config=OpenAPIConfig(
             title="fieldgate", version=__version__, path="/schema",
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),

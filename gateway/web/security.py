@@ -2,17 +2,15 @@
 
 A request carrying `Authorization` is judged by that header alone, exactly as the REST API always did: a
 valid bearer token or 401. Without it, the session cookie is used; a session request that changes something
-(POST, PUT, PATCH, DELETE) must also carry the session's CSRF token, in the `_csrf` form field or the
-`X-CSRF-Token` header. Bearer requests need no CSRF token: a browser never adds that header by itself.
+(POST, PUT, PATCH, DELETE) must also carry the session's CSRF token (`gateway.webkit.sessions.check_csrf`).
+Bearer requests need no CSRF token: a browser never adds that header by itself.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Any
 
-from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
@@ -22,11 +20,12 @@ from litestar.types import Receive, Scope, Send
 
 from gateway.errors import AuthError, ConfigError
 from gateway.web.auth import Principal, Role, authenticate_token, check_role
-from gateway.webkit.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, SessionStore
+from gateway.webkit.sessions import BrowserSessions, Session, check_csrf
 
+SESSION_COOKIE = "fieldgate_session"
+LOGIN_CSRF_COOKIE = "fieldgate_login_csrf"
 PUBLIC_PATHS = {"/healthz", "/login"}
 PUBLIC_PREFIXES = ("/static/",)
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def is_api_path(path: str) -> bool:
@@ -66,35 +65,21 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
                 raise NotAuthorizedException(str(exc)) from None
             return AuthenticationResult(user=principal, auth=token)
 
-        sessions: SessionStore = connection.app.state.sessions
-        sid = connection.cookies.get(SESSION_COOKIE, "")
-        session = sessions.get(sid) if sid else None
-        if session is None:
+        sessions: BrowserSessions = connection.app.state.sessions
+        current = sessions.current(connection)
+        if current is None:
             raise NotAuthorizedException("authentication required: log in, or send Authorization: Bearer <token>")
+        sid, session = current
         found = await store.users.get(session.user)
         if found is None:
-            sessions.end(sid)
+            sessions.store.end(sid)
             raise NotAuthorizedException("the user of this session no longer exists")
         try:
             principal = Principal(session.user, check_role(found[0]))
         except ConfigError:
             raise NotAuthorizedException("the user of this session has no valid role") from None
-        if connection.scope.get("method", "GET") not in SAFE_METHODS:
-            await _check_csrf(connection, session)
+        await check_csrf(connection, session)
         return AuthenticationResult(user=principal, auth=SessionAuth(sid, session))
-
-
-async def _check_csrf(connection: ASGIConnection[Any, Any, Any, Any], session: Session) -> None:
-    sent = connection.headers.get(CSRF_HEADER)
-    if sent is None:
-        content_type = connection.headers.get("content-type", "")
-        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            # Litestar keeps the parsed form in the scope, so the handler reads it again without the body.
-            form = await Request[Any, Any, Any](connection.scope, connection.receive).form()
-            value = form.get(CSRF_FIELD)
-            sent = value if isinstance(value, str) else None
-    if not sent or not secrets.compare_digest(sent, session.csrf):
-        raise PermissionDeniedException("CSRF token missing or wrong: reload the page and try again")
 
 
 def requires(role: Role) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
@@ -109,7 +94,3 @@ def requires(role: Role) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRo
 
     guard.__name__ = f"requires_{role}"
     return guard
-
-
-def client_address(request: ASGIConnection[Any, Any, Any, Any]) -> str:
-    return request.client.host if request.client else ""

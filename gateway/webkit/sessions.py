@@ -1,8 +1,9 @@
-"""Browser sessions (server-side, in memory) and the login rate limiter.
+"""Browser sessions (server-side, in memory), their CSRF check and the login rate limiter, for both web apps.
 
-A session holds only the user name and its CSRF token: the role is read from the store on every request, so a
-changed role or a removed user takes effect at once. Sessions end on logout, after `IDLE_TIMEOUT` without a
-request, or when the gateway restarts.
+A session holds only the user name and its CSRF token: each app reads the user's role from its store on every
+request, so a changed role or a removed user takes effect at once. Sessions end on logout, after `IDLE_TIMEOUT`
+without a request, or when the app restarts. A request that changes something (POST, PUT, PATCH, DELETE) on a
+session must carry the session's CSRF token, in the `_csrf` form field or the `X-CSRF-Token` header.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
-SESSION_COOKIE = "fieldgate_session"
-LOGIN_CSRF_COOKIE = "fieldgate_login_csrf"
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
+from litestar.exceptions import PermissionDeniedException
+
 CSRF_FIELD = "_csrf"
 CSRF_HEADER = "x-csrf-token"
 IDLE_TIMEOUT = 8 * 3600.0
 MAX_SESSIONS = 1000
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -109,3 +115,48 @@ class LoginLimiter:
         while times and times[0] <= now - self.window:
             times.popleft()
         return times
+
+
+class CsrfRefused(PermissionDeniedException):
+    """A session request that changes something without the session's CSRF token (answered 403)."""
+
+
+class BrowserSessions:
+    """One app's browser sessions: its cookie names, its session store and its login rate limiter."""
+
+    def __init__(self, cookie: str, login_cookie: str, *, always_secure: bool = False) -> None:
+        self.cookie = cookie  # the session id
+        self.login_cookie = login_cookie  # the login form's double-submit CSRF token
+        self.always_secure = always_secure  # Secure cookies even when a proxy in front speaks plain HTTP
+        self.store = SessionStore()
+        self.limiter = LoginLimiter()
+
+    def secure(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+        return self.always_secure or connection.url.scheme == "https"
+
+    def current(self, connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, Session] | None:
+        """The session id and session of the request's cookie, when it names a live session."""
+        sid = connection.cookies.get(self.cookie, "")
+        session = self.store.get(sid) if sid else None
+        return (sid, session) if session is not None else None
+
+    def session_cookie(self, connection: ASGIConnection[Any, Any, Any, Any], sid: str) -> Cookie:
+        """The cookie that carries `sid`; an empty `sid` makes the cookie that ends it in the browser."""
+        return Cookie(key=self.cookie, value=sid, path="/", httponly=True, samesite="lax",
+                      secure=self.secure(connection), max_age=None if sid else 0)
+
+
+async def check_csrf(connection: ASGIConnection[Any, Any, Any, Any], session: Session) -> None:
+    """Refuse a request that changes something unless it carries `session`'s CSRF token (header or form field)."""
+    if connection.scope.get("method", "GET") in SAFE_METHODS:
+        return
+    sent = connection.headers.get(CSRF_HEADER)
+    if sent is None:
+        content_type = connection.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            # Litestar keeps the parsed form in the scope, so the handler reads it again without the body.
+            form = await Request[Any, Any, Any](connection.scope, connection.receive).form()
+            value = form.get(CSRF_FIELD)
+            sent = value if isinstance(value, str) else None
+    if not sent or not secrets.compare_digest(sent, session.csrf):
+        raise CsrfRefused("CSRF token missing or wrong: reload the page and try again")

@@ -16,7 +16,8 @@ from gateway.errors import ConfigError, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.resources.schema import ConfigItem, Secret
 from gateway.web.editing import dump_yaml
-from gateway.web.security import client_address, requires
+from gateway.web.security import requires
+from gateway.webkit.pages import client_address
 from gateway.workloads.logs import as_dict
 from gateway.workloads.secrets import masked
 

@@ -11,17 +11,9 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, FieldgateError
 from gateway.web.auth import ROLES, add_user, create_token
-from gateway.web.pages.common import (
-    AnyRequest,
-    actor,
-    flash,
-    form_fields,
-    gateway_of,
-    joined_registry,
-    render,
-    see_other,
-)
+from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, joined_registry, render
 from gateway.web.security import requires
+from gateway.webkit.pages import form_fields, see_other
 
 admin = [requires("admin")]
 AUDIT_PAGE = 100
@@ -59,7 +51,7 @@ async def user_add(request: AnyRequest) -> Template | Redirect:
         return await _users_page(request, problems=[str(exc)], status_code=400)
     who, address = actor(request)
     await gateway_of(request).store.audit.record(who, "user-add", f"user:{name}", role, address)
-    request.app.state.sessions.end_user(name)  # a new password or role: log the user in again
+    request.app.state.sessions.store.end_user(name)  # a new password or role: log the user in again
     flash(request, "ok", f"user {name} saved with the {role} role")
     return see_other("/users")
 

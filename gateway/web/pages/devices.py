@@ -18,18 +18,9 @@ from gateway.messages import DeviceStateChange, state_topic, telemetry_topic
 from gateway.pipeline.twin import Twin
 from gateway.protocols.base import BoundDevice
 from gateway.web.monitor import recent_errors, state_history
-from gateway.web.pages.common import (
-    AnyRequest,
-    actor,
-    flash,
-    form_fields,
-    gateway_of,
-    principal,
-    render,
-    see_other,
-    wants_json,
-)
+from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, principal, render, wants_json
 from gateway.web.security import requires
+from gateway.webkit.pages import form_fields, see_other
 
 viewer = [requires("viewer")]
 PAGE_SIZE = 100

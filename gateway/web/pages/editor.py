@@ -14,8 +14,9 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.web import editing
-from gateway.web.pages.common import AnyRequest, actor, flash, form_fields, form_upload, gateway_of, render, see_other
+from gateway.web.pages.common import AnyRequest, actor, flash, form_upload, gateway_of, render
 from gateway.web.security import requires
+from gateway.webkit.pages import form_fields, see_other
 
 admin = [requires("admin")]
 EXTRA_ROWS = 3

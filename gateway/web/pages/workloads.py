@@ -11,8 +11,9 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, NotFound
-from gateway.web.pages.common import AnyRequest, actor, flash, form_fields, gateway_of, render, see_other
+from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, render
 from gateway.web.security import requires
+from gateway.webkit.pages import form_fields, see_other
 
 RECENT_EVENTS = 50
 RECENT_LOG_LINES = 100

@@ -52,6 +52,7 @@
     if (state && state.textContent !== snapshot.state) {
       state.textContent = snapshot.state;
       state.className = `badge ${snapshot.state}`;
+      state.dataset.status = snapshot.state;
     }
     const reason = document.getElementById("state-reason");
     if (reason) reason.textContent = snapshot.reason || "";

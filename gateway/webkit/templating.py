@@ -1,0 +1,81 @@
+"""The Jinja environment of both web apps: each app's own templates first, then the shared layout, login, error
+page and macros of `gateway/webkit/templates`; the filters their pages use; the static assets they share."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.router import Router
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+WEBKIT = Path(__file__).resolve().parent
+TEMPLATES = WEBKIT / "templates"
+STATIC = WEBKIT / "static"
+
+
+def format_ts(ts: float | None, *, utc: bool = False) -> str:
+    """`2024-05-01 12:00:00` in the box's local time, or with `utc` in UTC and saying so; an en dash when unset."""
+    if not ts:
+        return "\u2013"
+    if utc:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_ago(ts: float | None) -> str:
+    """`12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`; `never` when unset."""
+    if not ts:
+        return "never"
+    seconds = max(time.time() - ts, 0)
+    for limit, unit, size in ((90, "s", 1), (5400, "min", 60), (172800, "h", 3600)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds / 86400:.0f} d ago"
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "\u2013"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+def environment(app_templates: Path, *, utc: bool = False) -> Environment:
+    """An app's templates over the shared ones; a shared one stays reachable as `webkit/<name>` when the app
+    has its own of the same name. `utc` shows times in UTC (a server far from its users) instead of local time."""
+    shared = FileSystemLoader(TEMPLATES)
+    loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
+    env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes)
+    return env
+
+
+def template_config(app_templates: Path, *, utc: bool = False) -> TemplateConfig[JinjaTemplateEngine]:
+    """The `template_config` of an app whose templates are in `app_templates`."""
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment(app_templates, utc=utc)))
+
+
+def static_files(*app_static: Path) -> Router:
+    """`/static/…`: the app's own assets (`app_static`, searched first), then the shared ones (the styles)."""
+    router: Router = create_static_files_router(path="/static", directories=[*app_static, STATIC],
+                                                 include_in_schema=False, cache_control=None)
+    return router
+

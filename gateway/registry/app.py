@@ -7,17 +7,22 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
-from litestar import Litestar, Response, get, post
+from litestar import Litestar, Response, Router, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import (
     HTTPException,
+    NotAuthorizedException,
     PermissionDeniedException,
     TooManyRequestsException,
 )
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import JSONBody
 
 from gateway import __version__
@@ -181,6 +186,16 @@ async def groups(request: AnyRequest) -> list[dict[str, Any]]:
     return await access.visible_groups(store_of(request), await access.require_caller(request, "viewer"))
 
 
+async def _users_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The OpenAPI document is for registry users, as the API it describes: an API token or a page session."""
+    request = cast(AnyRequest, connection)  # guards of HTTP routes are handed the request
+    if request.headers.get("authorization"):
+        await access.require_caller(request, "viewer")
+    elif await pages.session_caller(request) is None:
+        raise NotAuthorizedException("an API token is required (Authorization: Bearer <token> from `fieldgate "
+                                     "registry token create`), or a login to the registry pages")
+
+
 def _error(status: int) -> Any:
     def handle(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
         return Response({"detail": str(exc)}, status_code=status)
@@ -224,6 +239,11 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
         middleware=[DefineMiddleware(metrics.MetricsMiddleware, metrics=registry_metrics)],
         exception_handlers={ConfigError: _error(400), NotFound: _error(404), HTTPException: _http_error,
                             **pages.EXCEPTION_HANDLERS},
+        # the document only: the UIs Litestar can add (Swagger, ReDoc, Elements, RapiDoc) load scripts from CDNs
+        openapi_config=OpenAPIConfig(
+            title="fieldgate registry", version=__version__, render_plugins=[JsonRenderPlugin()],
+            openapi_router=Router("/schema", route_handlers=[], guards=[_users_only], include_in_schema=False),
+        ),
         logging_config=None,
         debug=False,
     )

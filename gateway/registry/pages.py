@@ -111,17 +111,26 @@ async def _fields(request: AnyRequest) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-async def _session(request: AnyRequest) -> tuple[Caller, Session]:
-    """The user of the session cookie, its role and scope as stored now; a POST must carry the session's CSRF."""
+async def session_caller(request: AnyRequest) -> tuple[Caller, Session] | None:
+    """The user of the session cookie with its role and scope as stored now; None without a valid session."""
     sid = request.cookies.get(SESSION_COOKIE, "")
     session = _sessions(request).get(sid) if sid else None
     if session is None:
-        raise LoginRequired()
+        return None
     try:
         caller = await access.user_caller(_store(request), session.user)
     except AuthError:
         _sessions(request).end(sid)
-        raise LoginRequired() from None
+        return None
+    return caller, session
+
+
+async def _session(request: AnyRequest) -> tuple[Caller, Session]:
+    """The user of the session cookie, its role and scope as stored now; a POST must carry the session's CSRF."""
+    found = await session_caller(request)
+    if found is None:
+        raise LoginRequired()
+    caller, session = found
     if request.method == "POST":
         sent = (await _fields(request)).get("_csrf", "")
         if not sent or not secrets.compare_digest(sent, session.csrf):

@@ -24,10 +24,11 @@ from typing import Any
 import msgspec
 import yaml
 
-from gateway.errors import FieldgateError, ResourceError
+from gateway.errors import ConfigError, FieldgateError, ResourceError
 from gateway.plugins import get_plugin_manager
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
+from gateway.resources.schema import check_node_name
 from gateway.store import Store
 
 CONFIG_FILE = "provisioned.yaml"
@@ -70,6 +71,11 @@ def read(file: Path) -> Provisioning:
         raise Refused(f"{file}: {exc}") from None
     if provisioning.admin is not None and not provisioning.admin.password_hash.startswith("$argon2"):
         raise Refused(f"{file}: $.admin.password_hash: expected an argon2 hash ($argon2id$...), not a password")
+    if provisioning.registry is not None and provisioning.registry.name is not None:
+        try:  # found when the image is built (--check), not at the first boot
+            check_node_name(provisioning.registry.name, "$.registry.name")
+        except ConfigError as exc:
+            raise Refused(f"{file}: {exc}") from None
     if not any(doc.get("kind") == "Gateway" for doc in provisioning.documents):
         raise Refused(f"{file}: $.documents: a Gateway document is required")
     return provisioning
@@ -93,8 +99,8 @@ async def store_admin(data_dir: Path, admin: Admin) -> None:
     store = Store(data_dir)
     await store.open()
     try:
-        await store.put_user(admin.name, "admin", admin.password_hash)
-        await store.audit("provisioning", "user-add", admin.name, "role admin")
+        await store.users.put(admin.name, "admin", admin.password_hash)
+        await store.audit.record("provisioning", "user-add", admin.name, "role admin")
     finally:
         await store.close()
 

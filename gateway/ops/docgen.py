@@ -145,7 +145,8 @@ def rest_api_markdown() -> str:
 
     out = ["# REST API", "",
            "Generated from the app by `python -m gateway.ops.docgen`; do not edit. The live OpenAPI document is at "
-           "`/schema/openapi.json` (and browsable at `/schema`). Every route but `/healthz` needs "
+           "`/schema/openapi.json` (also at `/schema`; it needs credentials like the API, and no documentation UI "
+           "that would load scripts from a CDN is served). Every route but `/healthz` needs "
            "`Authorization: Bearer <token>` (`fieldgate token create --role R`) or the session cookie of a "
            "logged-in user (whose changes also need the CSRF token); no credentials give 401, a role too low "
            "gives 403.", "",

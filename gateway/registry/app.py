@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, cast
 
 import msgspec
-from litestar import Litestar, Response, get, post
+from litestar import Litestar, Response, Router, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, PermissionDeniedException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+)
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import JSONBody
 
 from gateway import __version__
@@ -23,18 +33,28 @@ from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
 from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
-from gateway.registry.store import RegistryStore, TokenRefused
+from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 from gateway.registry.twins import DesiredAck, DesiredValue, DeviceReports
+from gateway.resources.schema import NODE_NAME_RULE, check_node_name
 from gateway.webkit.headers import add_security_headers
+from gateway.webkit.sessions import LoginLimiter
 from gateway.webkit.templating import static_files, template_config
 
 DEFAULT_INTERVAL = 10.0
 
 
+# Failed joins (any refusal) a window from one client address, and wrong secrets a window for one known token id
+# from any address; successful joins are never counted, so a fleet joining at once is not slowed down.
+JOIN_FAILURES = 10
+JOIN_TOKEN_FAILURES = 20
+JOIN_WINDOW = 60.0
+
+
 class JoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     token: str  # "<id>.<secret>" (the CA fingerprint part stays with the node)
     csr: str
-    name: str | None = None
+    name: Annotated[str | None, msgspec.Meta(description=f"the node name asked for (default: the registry picks "
+                                                         f"one): {NODE_NAME_RULE}; not 'self'")] = None
 
 
 class JoinResponse(msgspec.Struct, kw_only=True):
@@ -82,26 +102,58 @@ async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse
     ca: CertificateAuthority = request.app.state.ca
     store = store_of(request)
     token_id, _, secret = data.token.partition(".")
-    name = data.name or f"node-{secrets.token_hex(3)}"
+    if not re.fullmatch(r"[0-9a-f]{1,32}", token_id):  # no token has such an id; keep its text out of the audit log
+        token_id = "-"
+    address_key, token_key = f"address:{request.client.host if request.client else ''}", f"token:{token_id}"
+    by_address: LoginLimiter = request.app.state.join_address_limiter
+    by_token: LoginLimiter = request.app.state.join_token_limiter
+    wait = max(by_address.blocked_for(address_key), by_token.blocked_for(token_key))
+    if wait > 0:  # refused before the token is looked at, and not audited: a flood of guesses fills no log
+        raise TooManyRequestsException(f"too many failed joins: try again in {wait:.0f} s",
+                                       headers={"Retry-After": str(int(wait) + 1)})
+    name = data.name if data.name is not None else f"node-{secrets.token_hex(3)}"
+    try:
+        check_node_name(name)
+        bad_name: ConfigError | None = None
+    except ConfigError as exc:
+        bad_name = exc
     known = await access.join_token_workspace(store, token_id)
     workspace = known or access.DEFAULT_WORKSPACE
     # a refused unknown token is recorded at platform scope: no workspace's admins learn of it
     scope = access.workspace_scope(known) if known else access.PLATFORM
-    async with access.audited(store, f"join-token:{token_id}", "node.join", f"node/{name}", scope):
-        try:
-            labels = await store.use_token(token_id, secret)
-        except TokenRefused as exc:
-            raise PermissionDeniedException(str(exc)) from None
-        taken = await store.node_names()
-        if name in taken:
-            raise HTTPException(status_code=409, detail=f"node name {name} is taken")
-        try:
-            group = await store.group_for_labels(labels, workspace)
-        except ConfigError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        cert = ca.sign_node(data.csr, name)
-        interval = float(request.app.state.interval)
-        await store.add_node(name, format(cert.serial_number, "x"), labels, interval, group, workspace)
+    try:
+        async with access.audited(store, f"join-token:{token_id}", "node.join",
+                                  "node/-" if bad_name else f"node/{name}", scope) as entry:
+            if bad_name:  # in the JSON detail, escaped: a newline or NUL in a name forges no line and breaks no write
+                entry.detail = {"name": name[:100]}
+            # Everything is checked before the token's use is spent, and the use is spent in the transaction that
+            # records the node: a refused join (bad name or CSR, name taken, several groups) leaves the token as it was.
+            try:
+                labels = await store.check_token(token_id, secret)
+            except TokenRefused as exc:
+                if known and str(exc) == "unknown":  # a wrong secret for a real token: someone may be guessing
+                    by_token.failed(token_key)
+                raise PermissionDeniedException(str(exc)) from None
+            if bad_name:
+                raise bad_name
+            if await store.name_taken(name):
+                raise HTTPException(status_code=409, detail=f"node name {name} is taken")
+            cert = ca.sign_node(data.csr, name)
+            try:
+                group = await store.group_for_labels(labels, workspace)
+            except ConfigError as exc:
+                raise HTTPException(status_code=409, detail=str(exc)) from None
+            interval = float(request.app.state.interval)
+            try:
+                await store.join_node(token_id, name, format(cert.serial_number, "x"), labels, interval, group,
+                                      workspace)
+            except TokenRefused as exc:  # another join took the last use meanwhile
+                raise PermissionDeniedException(str(exc)) from None
+            except NameTaken as exc:  # another node took the name meanwhile
+                raise HTTPException(status_code=409, detail=str(exc)) from None
+    except (HTTPException, ConfigError):
+        by_address.failed(address_key)
+        raise
     return JoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(), heartbeat_interval=interval)
 
 
@@ -136,6 +188,16 @@ async def groups(request: AnyRequest) -> list[dict[str, Any]]:
     return await access.visible_groups(store_of(request), await access.require_caller(request, "viewer"))
 
 
+async def _users_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The OpenAPI document is for registry users, as the API it describes: an API token or a page session."""
+    request = cast(AnyRequest, connection)  # guards of HTTP routes are handed the request
+    if request.headers.get("authorization"):
+        await access.require_caller(request, "viewer")
+    elif await pages.session_caller(request) is None:
+        raise NotAuthorizedException("an API token is required (Authorization: Bearer <token> from `fieldgate "
+                                     "registry token create`), or a login to the registry pages")
+
+
 def _error(status: int) -> Any:
     def handle(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
         return Response({"detail": str(exc)}, status_code=status)
@@ -149,7 +211,7 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, s
         detail += ": " + "; ".join(
             (f"{item['key']}: " if item.get("key") else "") + str(item.get("message", item))
             if isinstance(item, dict) else str(item) for item in exc.extra[:5])
-    return Response({"detail": detail}, status_code=exc.status_code)
+    return Response({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None) -> Litestar:
@@ -172,13 +234,20 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *metrics.ROUTE_HANDLERS, *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS, static_files()],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
-                     "log_requests": LogRequests(), **pages.initial_state()}),
+                     "log_requests": LogRequests(), **pages.initial_state(),
+                     "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),
+                     "join_token_limiter": LoginLimiter(JOIN_TOKEN_FAILURES, JOIN_WINDOW)}),
         lifespan=[lifespan],
         middleware=[DefineMiddleware(metrics.MetricsMiddleware, metrics=registry_metrics)],
         exception_handlers={ConfigError: _error(400), NotFound: _error(404), HTTPException: _http_error,
                             **pages.EXCEPTION_HANDLERS},
         template_config=template_config(pages.TEMPLATES, utc=True),
         before_send=[add_security_headers],
+        # the document only: the UIs Litestar can add (Swagger, ReDoc, Elements, RapiDoc) load scripts from CDNs
+        openapi_config=OpenAPIConfig(
+            title="fieldgate registry", version=__version__, render_plugins=[JsonRenderPlugin()],
+            openapi_router=Router("/schema", route_handlers=[], guards=[_users_only], include_in_schema=False),
+        ),
         logging_config=None,
         debug=False,
     )

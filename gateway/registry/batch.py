@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import msgspec
-from cryptography import x509
 from litestar import post
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.params import JSONBody
@@ -32,11 +31,14 @@ from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem, key_pem, make_csr, new_key, peer_identity, write_private
-from gateway.registry.store import RegistryStore
-from gateway.resources.schema import NAME_PATTERN
+from gateway.registry.db import KeyTaken, NothingMatched
+from gateway.registry.store import NameTaken, RegistryStore, node_statements
+from gateway.resources.schema import NAME_PATTERN, NODE_NAME_MAX, check_node_name
 from gateway.uplink.join import RegistrySettings, detail, registry_dir, save_identity
 
 CN_PREFIX = "batch:"  # a node name cannot contain ':', so a batch certificate is never taken for a node's
+BATCH_NAME_MAX = 64 - len(CN_PREFIX)  # the certificate's common name holds at most 64 characters (RFC 5280)
+PREFIX_MAX = 48  # leaves a node name (at most NODE_NAME_MAX) room for `-<serial>` and a `-2` when that is taken
 GRACE_DAYS = 30  # the certificate outlives the batch so that a late node hears `expired`, not a TLS failure
 URLS_FILE = "urls.json"
 TIMEOUT = 10.0
@@ -90,10 +92,14 @@ async def create_batch(store: RegistryStore, ca: CertificateAuthority, name: str
                        labels: dict[str, str], prefix: str | None, urls: list[str], workspace: str = "default"
                        ) -> bytes:
     """Record a batch and return its bundle (tar.gz bytes)."""
+    for what, value, longest in (("batch name", name, BATCH_NAME_MAX),
+                                 ("--prefix" if prefix else "--prefix (the batch name)", prefix or name, PREFIX_MAX)):
+        if not re.fullmatch(NAME_PATTERN, value):
+            raise ConfigError(f"{what} {value!r}: expected lowercase letters, digits, '-' and '.', starting and "
+                              "ending with a letter or digit, no two symbols in a row")
+        if len(value) > longest:
+            raise ConfigError(f"{what} {value!r}: expected at most {longest} characters")
     prefix = prefix or name
-    for what, value in (("batch name", name), ("--prefix", prefix)):
-        if not re.fullmatch(NAME_PATTERN, value) or len(value) > 200:
-            raise ConfigError(f"{what} {value!r}: expected lowercase letters, digits, '-' and '.'")
     if count < 1:
         raise ConfigError("--count: expected 1 or more")
     if ttl <= 0:
@@ -145,8 +151,9 @@ async def revoke_batch(store: RegistryStore, name: str) -> None:
         raise NotFound(f"no batch {name}")
 
 
-async def _check_batch(store: RegistryStore, name: str, serial: str) -> tuple[dict[str, str], str, str]:
-    """(labels, prefix, workspace) of a batch that may take a node; BatchRefused with the reason otherwise."""
+async def _check_batch(store: RegistryStore, name: str, serial: str) -> tuple[dict[str, str], str, str, int]:
+    """(labels, prefix, workspace, places taken) of a batch that may take a node; BatchRefused with the reason
+    otherwise."""
     rows = await store.database.rows("SELECT serial, prefix, max_count, used, revoked, labels, expires_at, workspace "
                                      "FROM batches WHERE name=?", name)
     if not rows or rows[0][0] != serial:
@@ -158,30 +165,40 @@ async def _check_batch(store: RegistryStore, name: str, serial: str) -> tuple[di
         raise BatchRefused("expired")
     if used >= max_count:
         raise BatchRefused("used up")
-    return dict(json.loads(labels)), str(prefix), str(workspace)
+    return dict(json.loads(labels)), str(prefix), str(workspace), int(used)
 
 
-async def _take_one(store: RegistryStore, name: str) -> int:
-    """Count one node against the batch; its number (1…count)."""
-    # the WHERE clause keeps two nodes at once from both taking the last place
-    [taken] = await store.database.transaction([(
-        "UPDATE batches SET used=used+1 WHERE name=? AND used < max_count AND revoked=0 RETURNING used", (name,))])
-    if not taken:
-        raise BatchRefused("used up")
-    return int(taken[0][0])
+async def take_place(store: RegistryStore, batch: str, name: str, serial: str, labels: dict[str, str],
+                     interval: float, group: str | None, workspace: str) -> None:
+    """Count one node against the batch and record it in one transaction: a node refused on the way takes no place.
+    BatchRefused when another node took the last place meanwhile, NameTaken when one took the name."""
+    # the WHERE clause keeps two nodes at once from both taking the last place (the row stays locked until commit)
+    take = ("UPDATE batches SET used=used+1 WHERE name=? AND used < max_count AND revoked=0 AND expires_at>=? "
+            "RETURNING used", (batch, time.time()))
+    try:
+        await store.database.transaction(
+            [take, *node_statements(name, serial, labels, interval, group, workspace, batch)], guard=0)
+    except NothingMatched:
+        raise BatchRefused("used up") from None
+    except KeyTaken:
+        raise NameTaken(f"node name {name} is taken; join again") from None
 
 
 def _slug(text: str) -> str:
-    return "-".join(re.findall(r"[a-z0-9]+", text.lower()))[:40].strip("-")
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def node_name(prefix: str, hint: str, number: int, taken: set[str]) -> str:
-    """`<prefix>-<hint>` (the node's serial or hostname), `-2`, `-3`… when taken; `<prefix>-<number>` without one."""
-    slug = _slug(hint)
-    base = f"{prefix}-{slug}" if slug else f"{prefix}-{number}"
-    if base not in taken:
-        return base
-    return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
+    """`<prefix>-<hint>` (the node's serial or hostname), `-2`, `-3`… when taken; `<prefix>-<number>` without one.
+
+    The hint is cut so that the name, suffix included, keeps within NODE_NAME_MAX characters."""
+    slug = _slug(hint[:200]) or str(number)
+    for n in range(1, len(taken) + 2):
+        suffix = f"-{n}" if n > 1 else ""
+        name = f"{prefix}-{slug[:NODE_NAME_MAX - len(prefix) - 1 - len(suffix)].strip('-')}{suffix}"
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable: one of len(taken) + 1 names is free")
 
 
 @post("/api/v1/join/batch", summary="Join with a batch certificate (mutual TLS) and a CSR; returns the node name "
@@ -200,26 +217,26 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> d
     rows = await store.database.rows("SELECT workspace FROM batches WHERE name=?", batch)
     scope = access.workspace_scope(rows[0][0]) if rows else access.PLATFORM
     async with access.audited(store, f"batch:{batch}", "node.join", f"batch/{batch}", scope) as entry:
+        # everything is checked first; the place is taken in the transaction that records the node
         try:
-            labels, prefix, workspace = await _check_batch(store, batch, serial)
-            x509.load_pem_x509_csr(data.csr.encode())  # a bad request does not use up a place
-            group = await store.group_for_labels(labels, workspace)
-            number = await _take_one(store, batch)
+            labels, prefix, workspace, used = await _check_batch(store, batch, serial)
         except BatchRefused as exc:
             raise PermissionDeniedException(str(exc)) from None
-        except ValueError as exc:
-            raise ConfigError(f"csr: not a PEM certificate request: {exc}") from None
+        name = node_name(prefix, data.hint, used + 1, await store.node_names())
+        entry.detail = {"node": name, "hint": data.hint[:100]}
+        check_node_name(name)  # a batch made before names were limited may have too long a prefix
+        cert = ca.sign_node(data.csr, name)
+        try:
+            group = await store.group_for_labels(labels, workspace)
         except ConfigError as exc:  # the labels match several groups
             raise HTTPException(status_code=409, detail=str(exc)) from None
-        name = node_name(prefix, data.hint, number, await store.node_names())
-        entry.detail = {"node": name, "hint": data.hint[:100]}
-        cert = ca.sign_node(data.csr, name)
         interval = float(request.app.state.interval)
         try:
-            await store.add_node(name, format(cert.serial_number, "x"), labels, interval, group, workspace)
-        except Exception as exc:  # another node took the name in the meantime
-            raise HTTPException(status_code=409, detail=f"node name {name} is taken; join again") from exc
-        await store.database.write("UPDATE nodes SET batch=? WHERE name=?", batch, name)
+            await take_place(store, batch, name, format(cert.serial_number, "x"), labels, interval, group, workspace)
+        except BatchRefused as exc:
+            raise PermissionDeniedException(str(exc)) from None
+        except NameTaken as exc:  # another node took the name meanwhile
+            raise HTTPException(status_code=409, detail=str(exc)) from None
     return {"node": name, "certificate": cert_pem(cert), "ca": ca.cert_pem.decode(), "heartbeat_interval": interval,
             "batch": batch}
 
@@ -275,6 +292,9 @@ async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, nam
     for candidate in urls:
         if not candidate.startswith("https://"):
             raise ConfigError(f"--registry {candidate}: expected an https:// URL")
+    if name is not None and not _slug(name):
+        raise ConfigError(f"--name {name!r}: expected a serial number or host name with letters or digits (the node "
+                          "is named <prefix>-<them>)")
     if info.expires_at < time.time():
         raise BatchRefused("batch refused: expired")
     key = new_key()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -140,8 +141,12 @@ class CertificateAuthority:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
             raise ConfigError(f"csr: not a PEM certificate request: {exc}") from None
-        public_key = csr.public_key()
-        if not csr.is_signature_valid or not isinstance(public_key, ec.EllipticCurvePublicKey):
+        try:
+            public_key = csr.public_key()
+            valid = csr.is_signature_valid
+        except (ValueError, UnsupportedAlgorithm) as exc:  # a key or signature algorithm this CA does not know
+            raise ConfigError(f"csr: expected a self-signed EC key request: {exc}") from None
+        if not valid or not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise ConfigError("csr: expected a self-signed EC key request")
         return self._issue(_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
             self.key, hashes.SHA256())

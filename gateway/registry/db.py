@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -127,6 +128,15 @@ CREATE TABLE workload_events (node TEXT NOT NULL, namespace TEXT NOT NULL, name 
 ]
 
 
+class NothingMatched(StoreError):
+    """The guarded statement of a transaction touched no row (a condition lost to another writer); nothing was
+    written."""
+
+
+class KeyTaken(StoreError):
+    """A statement of a transaction would have written a key that is taken; nothing was written."""
+
+
 class Database(Protocol):
     """What the registry store needs from a database."""
 
@@ -138,8 +148,11 @@ class Database(Protocol):
         """Run one statement and commit; the number of rows it touched."""
         ...
 
-    async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
-        """Run statements in one transaction; the rows each returned."""
+    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
+                          ) -> list[list[tuple[Any, ...]]]:
+        """Run statements in one transaction; the rows each returned. When statement number `guard` (an UPDATE …
+        RETURNING with a condition) returns no row, roll back and raise NothingMatched; a unique key taken rolls
+        back and raises KeyTaken."""
         ...
 
     async def notify(self, channel: str, payload: str) -> None: ...
@@ -197,16 +210,25 @@ class SQLiteDatabase:
             cursor = await self.db.execute(sql, args)
         return int(cursor.rowcount)
 
-    async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
+                          ) -> list[list[tuple[Any, ...]]]:
         async with self._lock:
-            return await self._transaction(statements)
+            return await self._transaction(statements, guard)
 
-    async def _transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
-        results = []
+    async def _transaction(self, statements: Sequence[Statement], guard: int | None = None
+                           ) -> list[list[tuple[Any, ...]]]:
+        results: list[list[tuple[Any, ...]]] = []
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
-                results.append([tuple(row) for row in await self.db.execute_fetchall(sql, tuple(args))])
+                try:
+                    results.append([tuple(row) for row in await self.db.execute_fetchall(sql, tuple(args))])
+                except sqlite3.IntegrityError as exc:
+                    if "UNIQUE" not in str(exc):
+                        raise
+                    raise KeyTaken(str(exc)) from exc
+                if len(results) - 1 == guard and not results[-1]:
+                    raise NothingMatched(sql)
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise
@@ -285,11 +307,20 @@ class PostgresDatabase:
     async def write(self, sql: str, *args: Any) -> int:
         return _count(await self.pool.execute(_postgres_sql(sql), *args))
 
-    async def transaction(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
-        results = []
+    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
+                          ) -> list[list[tuple[Any, ...]]]:
+        import asyncpg
+
+        results: list[list[tuple[Any, ...]]] = []
+        # leaving the block by an exception rolls the transaction back
         async with self.pool.acquire() as connection, connection.transaction():
             for sql, args in statements:
-                results.append([tuple(row) for row in await connection.fetch(_postgres_sql(sql), *args)])
+                try:
+                    results.append([tuple(row) for row in await connection.fetch(_postgres_sql(sql), *args)])
+                except asyncpg.UniqueViolationError as exc:
+                    raise KeyTaken(str(exc)) from exc
+                if len(results) - 1 == guard and not results[-1]:
+                    raise NothingMatched(sql)
         return results
 
     async def notify(self, channel: str, payload: str) -> None:

@@ -30,7 +30,7 @@ from gateway.registry.auth import AnyRequest, store_of
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEARTBEAT_PATH = "/api/v1/heartbeat"
 JOIN_PATHS = {"/api/v1/join": "token", "/api/v1/join/batch": "batch"}  # path -> the join's method label
-JOIN_OUTCOMES = ("joined", "refused", "conflict", "invalid", "failed")
+JOIN_OUTCOMES = ("joined", "refused", "conflict", "invalid", "throttled", "failed")
 HEARTBEAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 NODE_STATUSES = ("healthy", "offline", "joined")
 MESSAGE_EVENTS = ("queued", "delivered", "expired")
@@ -41,10 +41,11 @@ def heartbeat_outcome(status: int) -> str:
 
 
 def join_outcome(status: int) -> str:
-    """joined, refused (a token that cannot be used), conflict (name taken, several groups), invalid or failed."""
+    """joined, refused (a token that cannot be used), conflict (name taken, several groups), invalid, throttled
+    (too many failed joins) or failed."""
     if status < 300:
         return "joined"
-    return {403: "refused", 409: "conflict"}.get(status, "invalid" if status < 500 else "failed")
+    return {403: "refused", 409: "conflict", 429: "throttled"}.get(status, "invalid" if status < 500 else "failed")
 
 
 class RegistryMetrics:
@@ -170,7 +171,7 @@ class RegistryCollector(Collector):
                                     buckets=buckets, sum_value=self.metrics.heartbeat_seconds)
         joins = CounterMetricFamily("fieldgate_registry_join_attempts_total",
                                     "Join attempts by method (token, batch) and outcome (joined, refused, conflict, "
-                                    "invalid, failed)", labels=["method", "outcome"])
+                                    "invalid, throttled, failed)", labels=["method", "outcome"])
         for method in JOIN_PATHS.values():
             for outcome in JOIN_OUTCOMES:
                 joins.add_metric([method, outcome], self.metrics.joins.get((method, outcome), 0))

@@ -75,17 +75,26 @@ def _page(request: AnyRequest, caller: Caller, session: Session, template: str, 
     return _render(request, template, status_code=status_code, caller=caller, session=session, **context)
 
 
-async def _session(request: AnyRequest) -> tuple[Caller, Session]:
-    """The user of the session cookie, its role and scope as stored now; a form must carry the session's CSRF."""
+async def session_caller(request: AnyRequest) -> tuple[Caller, Session] | None:
+    """The user of the session cookie with its role and scope as stored now; None without a valid session."""
     current = _sessions(request).current(request)
     if current is None:
-        raise LoginRequired()
+        return None
     sid, session = current
     try:
         caller = await access.user_caller(_store(request), session.user)
     except AuthError:
         _sessions(request).store.end(sid)
-        raise LoginRequired() from None
+        return None
+    return caller, session
+
+
+async def _session(request: AnyRequest) -> tuple[Caller, Session]:
+    """The user of the session cookie, its role and scope as stored now; a form must carry the session's CSRF."""
+    found = await session_caller(request)
+    if found is None:
+        raise LoginRequired()
+    caller, session = found
     await check_csrf(request, session)
     return caller, session
 

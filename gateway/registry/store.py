@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from gateway.errors import AuthError, ConfigError, NotFound, StoreError
-from gateway.registry.db import Database, Statement, open_database
+from gateway.registry.db import Database, KeyTaken, NothingMatched, Statement, open_database
 from gateway.resources.schema import NAME_PATTERN
 
 OFFLINE_AFTER = 3  # heartbeat intervals without a heartbeat
@@ -27,6 +27,10 @@ ROLES = ("viewer", "operator", "admin")
 
 class TokenRefused(AuthError):
     """A join token that cannot be used; the message is the one-word reason."""
+
+
+class NameTaken(ConfigError):
+    """A joining node asked for the name of a node that exists."""
 
 
 class RegistryStore:
@@ -77,8 +81,8 @@ class RegistryStore:
         if not await self._write("UPDATE join_tokens SET revoked=1 WHERE id=?", token_id):
             raise NotFound(f"no join token {token_id}")
 
-    async def use_token(self, token_id: str, secret: str) -> dict[str, str]:
-        """Count one use of a token and return its labels; raise TokenRefused with the reason."""
+    async def check_token(self, token_id: str, secret: str) -> dict[str, str]:
+        """The labels of a token that may take one more node (nothing is spent); TokenRefused with the reason."""
         rows = await self._rows("SELECT secret_hash, expires_at, max_uses, uses, revoked, labels FROM join_tokens "
                                 "WHERE id=?", token_id)
         if not rows or not hmac.compare_digest(rows[0][0], _hash(secret)):
@@ -90,25 +94,35 @@ class RegistryStore:
             raise TokenRefused("expired")
         if uses >= max_uses:
             raise TokenRefused("used up")
-        # the WHERE clause keeps two joins at once from both taking the last use
-        if not await self._write("UPDATE join_tokens SET uses=uses+1 WHERE id=? AND uses < max_uses", token_id):
-            raise TokenRefused("used up")
         return dict(json.loads(labels))
+
+    async def join_node(self, token_id: str, name: str, serial: str, labels: dict[str, str], interval: float,
+                        group: str | None = None, workspace: str = "default") -> None:
+        """Spend one use of a checked token and record its node in one transaction: a join refused on the way
+        spends nothing. TokenRefused when another join took the last use meanwhile, NameTaken for the name."""
+        # the WHERE clause keeps two joins at once from both taking the last use (the row stays locked until commit)
+        spend = ("UPDATE join_tokens SET uses=uses+1 WHERE id=? AND uses < max_uses AND revoked=0 AND expires_at>=? "
+                 "RETURNING uses", (token_id, time.time()))
+        try:
+            await self.database.transaction([spend, *node_statements(name, serial, labels, interval, group,
+                                                                     workspace)], guard=0)
+        except NothingMatched:
+            raise TokenRefused("used up") from None
+        except KeyTaken:
+            raise NameTaken(f"node name {name} is taken") from None
 
     # --- nodes ------------------------------------------------------------------------------------------------
 
     async def node_names(self) -> set[str]:
         return {row[0] for row in await self._rows("SELECT name FROM nodes")}
 
+    async def name_taken(self, name: str) -> bool:
+        return bool(await self._rows("SELECT 1 FROM nodes WHERE name=?", name))
+
     async def add_node(self, name: str, serial: str, labels: dict[str, str], interval: float,
                        group: str | None = None, workspace: str = "default") -> None:
         """Record a joined node (and its group, when a group's selector takes its labels)."""
-        statements: list[tuple[str, tuple[Any, ...]]] = [(
-            "INSERT INTO nodes (name, serial, labels, joined_at, interval, workspace) VALUES (?, ?, ?, ?, ?, ?)",
-            (name, serial, json.dumps(labels), time.time(), interval, workspace))]
-        if group is not None:
-            statements.append(("INSERT INTO group_members VALUES (?, ?)", (name, group)))
-        await self.database.transaction(statements)
+        await self.database.transaction(node_statements(name, serial, labels, interval, group, workspace))
 
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
@@ -334,6 +348,17 @@ class RegistryStore:
             ("UPDATE nodes SET workspace=? WHERE name=?", (workspace, name)),
             ("DELETE FROM group_members WHERE node=?", (name,)),
             ("UPDATE documents SET workspace=? WHERE node=?", (workspace, name))])
+
+
+def node_statements(name: str, serial: str, labels: dict[str, str], interval: float, group: str | None,
+                    workspace: str, batch: str | None = None) -> list[Statement]:
+    """The statements that record a joined node (and its group, when a group's selector takes its labels)."""
+    statements: list[Statement] = [(
+        "INSERT INTO nodes (name, serial, labels, joined_at, interval, workspace, batch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (name, serial, json.dumps(labels), time.time(), interval, workspace, batch))]
+    if group is not None:
+        statements.append(("INSERT INTO group_members VALUES (?, ?)", (name, group)))
+    return statements
 
 
 def _hash(secret: str) -> str:

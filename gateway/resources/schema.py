@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.errors import ConfigError
 from gateway.resources.durations import Duration
 
 NAME_PATTERN = r"^[a-z0-9]+([-.][a-z0-9]+)*$"
@@ -19,9 +20,25 @@ Name = Annotated[
         description="lowercase letters, digits, '-' and '.', starting and ending alphanumeric, no two symbols in a row",
     ),
 ]
+# A node name is also its certificate's common name (at most 64 characters, RFC 5280), a path segment of the
+# registry API and a column of `registry nodes`: one DNS label's length, 63, fits them all.
+NODE_NAME_MAX = 63
+RESERVED_NODE_NAMES = frozenset({"self"})  # /api/v1/nodes/self/… is the calling node's own path
+NODE_NAME_RULE = (f"expected 1 to {NODE_NAME_MAX} lowercase letters, digits, '-' and '.', starting and ending with a "
+                  "letter or digit, no two symbols in a row")
 PropertyName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=128)]
 ModelType = Literal["int", "float", "double", "string", "boolean", "bytes"]
 Access = Literal["ReadWrite", "ReadOnly"]
+
+
+def check_node_name(name: str, field: str = "name") -> str:
+    """`name` when it may name a node; ConfigError naming `field`, the name and the rule otherwise."""
+    shown = repr(name) if len(name) <= 80 else f"{name[:40]!r}… ({len(name)} characters)"
+    if name in RESERVED_NODE_NAMES:
+        raise ConfigError(f"{field} {shown}: reserved (/api/v1/nodes/{name}/… is the calling node's own path)")
+    if len(name) > NODE_NAME_MAX or not re.fullmatch(NAME_PATTERN, name):
+        raise ConfigError(f"{field} {shown}: {NODE_NAME_RULE}")
+    return name
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):

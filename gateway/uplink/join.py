@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import AuthError, ConfigError
 from gateway.registry.ca import fingerprint, key_pem, make_csr, new_key, write_private
+from gateway.resources.schema import check_node_name
 
 TIMEOUT = 10.0
 
@@ -70,6 +71,8 @@ async def join(url: str, token: str, data_dir: Path, *, name: str | None = None)
     url = url.rstrip("/")
     if not url.startswith("https://"):
         raise ConfigError(f"--registry {url}: expected an https:// URL")
+    if name is not None:  # the registry would refuse it: say so before the token travels
+        check_node_name(name, "--name")
     directory = registry_dir(data_dir)
     if (directory / "registry.json").exists():
         raise ConfigError(f"{directory}: this node has joined a registry already; remove that directory to join "

@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway import __version__
@@ -102,8 +103,10 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             HTTPException: _http_error,
         },
         before_send=[add_security_headers],
+        # the document only (it needs a login, as every API route): the UIs Litestar can add (Swagger, ReDoc,
+        # Elements, RapiDoc) load scripts from CDNs, which the pages' CSP rightly refuses
         openapi_config=OpenAPIConfig(
-            title="fieldgate", version=__version__, path="/schema",
+            title="fieldgate", version=__version__, path="/schema", render_plugins=[JsonRenderPlugin()],
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),

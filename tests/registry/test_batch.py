@@ -4,6 +4,7 @@ expired batch is refused with the reason and exit 2."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tarfile
 import time
@@ -15,6 +16,8 @@ import pytest
 from gateway.errors import ConfigError, NotFound
 from gateway.registry.batch import read_bundle
 from gateway.registry.ca import make_csr, new_key, peer_identity
+from gateway.registry.store import NameTaken
+from gateway.resources.schema import NAME_PATTERN
 from gateway.uplink.join import client_ssl_context
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry
@@ -98,6 +101,9 @@ def test_a_revoked_or_expired_batch_is_refused_with_the_reason(registry: Registr
         assert answer.status_code == 400 and "csr" in answer.json()["detail"]
     assert join_bundle(fresh, tmp_path / "gw-f", "--name", "Cabinet 7").returncode == 0
     assert json.loads((tmp_path / "gw-f" / "registry" / "registry.json").read_text())["node"] == "plant-cabinet-7"
+    nameless = join_bundle(fresh, tmp_path / "gw-n", "--name", "../..")  # nothing to make a name of: not sent
+    assert nameless.returncode == 2 and nameless.stderr.startswith("fieldgate join: --name '../..': "), \
+        nameless.stderr
     statuses = {b["name"]: (b["status"], b["used"]) for b in map(json.loads, registry.cli(
         "batch", "list", "--json").stdout.splitlines())}
     assert statuses == {"fresh": ("active", 1), "old": ("revoked", 0), "short": ("expired", 0)}
@@ -127,15 +133,30 @@ async def test_a_batch_gives_out_no_more_places_than_its_count_at_once(db_url: s
         info, files = batch.read_bundle(bundle)
         assert info.registry == ["https://reg.example:8443"] and info.ca_fingerprint == ca.fingerprint
         assert peer_identity(files["batch.pem"].decode())[0] == "batch:b1"
-        results = await asyncio.gather(*(batch._take_one(store, "b1") for _ in range(5)), return_exceptions=True)
-        assert sorted(r for r in results if isinstance(r, int)) == [1, 2, 3]
-        assert [str(r) for r in results if isinstance(r, Exception)] == ["used up", "used up"]
+        await batch.take_place(store, "b1", "b1-0", "s0", {}, 1.0, None, "default")
+        with pytest.raises(NameTaken):  # a node whose name was taken meanwhile takes no place
+            await batch.take_place(store, "b1", "b1-0", "s9", {}, 1.0, None, "default")
+        assert await store.database.rows("SELECT used FROM batches") == [(1,)]
+        results = await asyncio.gather(*(batch.take_place(store, "b1", f"b1-{n}", f"s{n}", {}, 1.0, None, "default")
+                                         for n in range(1, 6)), return_exceptions=True)
+        assert [str(r) for r in results if isinstance(r, Exception)] == ["used up"] * 3
+        assert await store.database.rows("SELECT used FROM batches") == [(3,)]
+        assert len(await store.database.rows("SELECT name FROM nodes WHERE batch='b1'")) == 3
         with pytest.raises(ConfigError, match="exists already"):
             await batch.create_batch(store, ca, "b1", count=1, ttl=60, labels={}, prefix=None, urls=[])
         with pytest.raises(ConfigError, match="--prefix"):
             await batch.create_batch(store, ca, "b2", count=1, ttl=60, labels={}, prefix="Bad_Prefix", urls=[])
+        # the batch certificate's common name `batch:NAME` holds at most 64 characters; node names at most 63
+        with pytest.raises(ConfigError, match=r"batch name 'b{59}': expected at most 58 characters"):
+            await batch.create_batch(store, ca, "b" * 59, count=1, ttl=60, labels={}, prefix="p", urls=[])
+        with pytest.raises(ConfigError, match=r"--prefix 'p{49}': expected at most 48 characters"):
+            await batch.create_batch(store, ca, "b3", count=1, ttl=60, labels={}, prefix="p" * 49, urls=[])
         with pytest.raises(NotFound):
             await batch.revoke_batch(store, "nope")
     assert batch.node_name("p", "SN 0042/A", 1, set()) == "p-sn-0042-a"
+    longest = batch.node_name("p" * 48, "Serial " + "x-" * 40, 1, set())
+    assert len(longest) <= 63 and re.fullmatch(NAME_PATTERN, longest), longest
+    taken = {longest, batch.node_name("p" * 48, "Serial " + "x-" * 40, 1, {longest})}
+    assert len(taken) == 2 and all(len(name) <= 63 and re.fullmatch(NAME_PATTERN, name) for name in taken)
     assert batch.node_name("p", "host", 2, {"p-host", "p-host-2"}) == "p-host-3"
     assert batch.node_name("p", "", 7, set()) == "p-7"

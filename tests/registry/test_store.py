@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import AuthError, ConfigError
 from gateway.registry.db import MIGRATIONS
-from gateway.registry.store import RegistryStore
+from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -49,3 +49,21 @@ async def test_store_messages_tokens_and_notifications(db_url: str | None, tmp_p
     # migrations run once: opening again finds the schema current
     async with RegistryStore(tmp_path, db_url) as store:
         assert await store.database.rows("SELECT COUNT(*) FROM schema_version") == [(len(MIGRATIONS),)]
+
+
+async def test_a_join_spends_a_token_use_only_with_its_node(db_url: str | None, tmp_path: Path) -> None:
+    async with RegistryStore(tmp_path, db_url) as store:
+        token_id, secret = await store.create_token(60, 3, {"site": "north"})
+        assert await store.check_token(token_id, secret) == {"site": "north"}  # checking spends nothing
+        await store.join_node(token_id, "gw-1", "a1", {}, 1.0)
+        with pytest.raises(NameTaken, match="node name gw-1 is taken"):
+            await store.join_node(token_id, "gw-1", "a2", {}, 1.0)
+        assert await store.database.rows("SELECT uses FROM join_tokens WHERE id=?", token_id) == [(1,)]
+        # joins at once take no more uses than the token has left
+        results = await asyncio.gather(*(store.join_node(token_id, f"gw-{n}", f"b{n}", {}, 1.0)
+                                         for n in range(2, 7)), return_exceptions=True)
+        assert [str(r) for r in results if isinstance(r, Exception)] == ["used up"] * 3
+        assert await store.database.rows("SELECT uses FROM join_tokens WHERE id=?", token_id) == [(3,)]
+        assert len(await store.node_names()) == 3
+        with pytest.raises(TokenRefused, match="used up"):
+            await store.check_token(token_id, secret)

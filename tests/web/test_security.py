@@ -219,3 +219,17 @@ async def test_login_redirects_only_to_local_paths(open_browser: Callable[..., A
         "username": "viewer", "password": PASSWORD, "next": "//evil.example/x",
         "_csrf": browser.client.cookies["fieldgate_login_csrf"]})
     assert response.status_code == 303 and response.headers["location"] == "/"
+
+
+async def test_the_openapi_document_needs_a_user_and_no_ui_loads_cdn_scripts(open_browser: Callable[..., Any]) -> None:
+    anonymous = await open_browser()
+    assert (await anonymous.client.get("/schema/openapi.json")).status_code == 401
+    viewer = await open_browser("viewer")
+    document = await viewer.client.get("/schema/openapi.json")
+    assert document.status_code == 200 and "/api/v1/devices" in document.json()["paths"]
+    for path in ("/schema/swagger", "/schema/redoc", "/schema/elements", "/schema/rapidoc",
+                 "/schema/oauth2-redirect.html"):
+        answer = await viewer.client.get(path)
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert "cdn" not in answer.text.lower()
+    assert (await viewer.client.get("/schema")).headers["content-type"].startswith("application/")

@@ -54,6 +54,9 @@ class Reconfiguration:
     async def _save_file_resources(self) -> None:
         raise NotImplementedError
 
+    async def _reconfigure_broker(self) -> None:
+        raise NotImplementedError
+
     def resource_owner(self, kind: str, namespace: str, name: str) -> str | None:
         """Who owns a resource: `file` (edit the file), `local` (UI/API), `registry` (synced); None if unknown."""
         entry = self.config.raw.get((kind, namespace, name))
@@ -132,7 +135,8 @@ class Reconfiguration:
                           self.config_path, "\n  ".join(problems))
                 raise
             if config.gateway != self.config.gateway:
-                log.warning("the Gateway settings in %s changed: most apply after a restart of fieldgate",
+                log.warning("the Gateway settings in %s changed: most apply after a restart of fieldgate "
+                            "(the embedded broker's users and rules apply now)",
                             self.config_path)
             await self._reconcile(config)
             await self._save_file_resources()
@@ -185,6 +189,7 @@ class Reconfiguration:
             self._start_device(device_id)
             log.info("%s %s", device_id, "restarted with its new configuration" if before else "added")
         await self.workloads.reconcile(config)
+        await self._reconfigure_broker()
 
 
 def make_twin(device: BoundDevice, rows: dict[str, dict[str, Any]], previous: dict[tuple[str, str], Any]) -> Twin:

@@ -20,6 +20,7 @@ import pluggy
 from gateway import __version__
 from gateway.bus import Bus, state_topic, telemetry_topic, twin_topic
 from gateway.errors import ConfigError, NotFound, ResourceError, ValueRejected
+from gateway.eventbus.access import BrokerAccess, Credentials, broker_access
 from gateway.eventbus.broker import EmbeddedBroker
 from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink, make_handlers
 from gateway.plugins import get_plugin_manager
@@ -88,6 +89,7 @@ class Gateway(Reconfiguration):
         self.http_server: Any = None
         self._config_lock = asyncio.Lock()
         self.eventbus: EventbusLink | None = None
+        self.broker: EmbeddedBroker | None = None
         self.sinks: dict[str, SinkRunner] = {}
         self.routes = Routes(self)
         self.workloads = WorkloadManager(self)
@@ -240,12 +242,31 @@ class Gateway(Reconfiguration):
             return
         if settings.url == "embedded":
             host, port = parse_listen(settings.embedded_listen)
-            self.supervisor.start("embedded-broker", EmbeddedBroker(self.data_dir, host, port).run)
-        link = self.eventbus = EventbusLink(self, settings)
+            broker = self.broker = EmbeddedBroker(self.data_dir, host, port, self._broker_access,
+                                                  Credentials.generate())
+            anonymous = settings.allow_anonymous if settings.allow_anonymous is not None else not settings.users
+            if anonymous and host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning("the embedded broker listens on %s with anonymous access: any host that reaches it may "
+                            "publish and subscribe (list eventbus.users, or set allow_anonymous: false)", host)
+            self.supervisor.start("embedded-broker", broker.run)
+        link = self.eventbus = EventbusLink(self, settings, self.broker)
         for topic_filter, handler in make_handlers(link):
             self.bus.subscribe(topic_filter, handler)
         self.supervisor.start("eventbus", link.run)
         self._start_sink(OUTBOX, EventbusSink(link, settings.telemetry_qos))
+
+    def _broker_access(self) -> BrokerAccess:
+        assert self.broker is not None
+        gateway = self.config.gateway
+        return broker_access(gateway.eventbus, gateway.namespace, self.config.secrets, self.broker.credentials,
+                             self.routes.eventbus_topics())
+
+    async def _reconfigure_broker(self) -> None:
+        if self.broker is not None and self.config.gateway.eventbus.url == "embedded":
+            try:
+                await self.broker.reconfigure()
+            except ConfigError as exc:
+                log.error("embedded broker: its users and rules were not changed: %s", exc)
 
     def _start_sink(self, outbox: str, sink: Sink) -> None:
         runner = self.sinks[outbox] = SinkRunner(outbox, sink, self.store)

@@ -25,6 +25,7 @@ from gateway.sinks.base import OutboxMessage, Sink, SinkError
 from gateway.twin import TwinProperty
 
 if TYPE_CHECKING:
+    from gateway.eventbus.broker import EmbeddedBroker
     from gateway.runtime import Gateway, Report, TwinChange
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,10 @@ def telemetry_topic(node: str, device_id: str) -> str:
 class EventbusLink:
     """One MQTT client session at a time; `run()` is the supervised task."""
 
-    def __init__(self, gateway: Gateway, settings: EventbusSettings) -> None:
+    def __init__(self, gateway: Gateway, settings: EventbusSettings, broker: EmbeddedBroker | None = None) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.broker = broker  # the embedded one: connect only while it serves, with the credentials it was given
         self.host, self.port, self.tls = broker_address(settings)
         self.client: aiomqtt.Client | None = None
         self.connected_since: float | None = None
@@ -88,10 +90,15 @@ class EventbusLink:
 
     async def run(self) -> None:
         backoff = 0.5
+        username, password = self.settings.username, self.settings.password
+        if self.broker is not None:
+            username, password = self.broker.credentials.username, self.broker.credentials.password
         while True:
+            if self.broker is not None:
+                await self.broker.ready.wait()
             try:
                 async with aiomqtt.Client(
-                    self.host, self.port, username=self.settings.username, password=self.settings.password,
+                    self.host, self.port, username=username, password=password,
                     identifier=f"fieldgate-{self.gateway.node_name}", tls_context=self._tls_context(),
                     timeout=10, keepalive=30, max_inflight_messages=1000, max_queued_outgoing_messages=100_000,
                     queue_type=self._inbox_type(),

@@ -8,15 +8,18 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import psutil
 
 from gateway.eventbus.broker import find_mosquitto
-from tests.conftest import FIELDGATE, free_port
+from gateway.runtime import Gateway
+from gateway.testing import wait_until
+from tests.conftest import FIELDGATE, Mosquitto, free_port
 from tests.test_runtime import MODEL, virtual_device
 
 TELEMETRY = "fieldgate/test-gw/default/d1/telemetry"
@@ -96,7 +99,7 @@ def test_broker_ends_with_a_killed_gateway_and_the_next_start_runs_its_own(tmp_p
         asyncio.run(telemetry_arrives(port))
         first.kill()
         first.wait(10)
-        wait(lambda: gone(old_broker), 5, "the broker of the killed gateway ending")
+        wait(lambda: gone(old_broker), 10, "the broker of the killed gateway ending")
 
         second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         pids.append(second.pid)
@@ -109,7 +112,7 @@ def test_broker_ends_with_a_killed_gateway_and_the_next_start_runs_its_own(tmp_p
         assert listeners == {new_broker}
         second.terminate()
         assert second.wait(30) == 0
-        wait(lambda: gone(new_broker), 5, "the broker ending with its gateway")
+        wait(lambda: gone(new_broker), 10, "the broker ending with its gateway")
     assert b"Address already in use" not in (tmp_path / "gateway.log").read_bytes()
 
 
@@ -155,3 +158,12 @@ def test_a_stale_broker_of_ours_is_stopped_and_a_stranger_is_left_alone(tmp_path
         assert gateway.wait(30) == 0
         stranger.kill()
         stranger.wait()
+
+
+async def test_a_port_taken_by_another_broker_is_an_error_not_a_broker_to_use(
+        tmp_path: Path, mosquitto: Mosquitto, start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(embedded_config(tmp_path, mosquitto.port))
+    status = gw.supervisor.status["embedded-broker"]
+    await wait_until(lambda: "is taken by another program" in status.last_error)
+    assert gw.eventbus is not None and gw.eventbus.client is None
+    assert not (tmp_path / "data" / "broker" / "mosquitto.pid").exists()

@@ -21,6 +21,8 @@ import pluggy
 
 from gateway import __version__
 from gateway.api import GatewayAPI
+from gateway.errors import ConfigError
+from gateway.eventbus.access import BrokerAccess, Credentials, broker_access
 from gateway.eventbus.broker import EmbeddedBroker
 from gateway.eventbus.link import OUTBOX, EventbusLink, EventbusSink
 from gateway.messages import EVENTBUS_STATE, TELEMETRY_FILTER, EventbusStateChange, Report
@@ -33,6 +35,7 @@ from gateway.plugins import get_plugin_manager
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.addresses import parse_listen as parse_listen
 from gateway.resources.loader import Config, load_path
+from gateway.resources.schema import EventbusSettings
 from gateway.sinks.manager import Sinks
 from gateway.store import Store
 from gateway.workloads.secrets import SecretBox
@@ -61,7 +64,8 @@ class Gateway:
         self.devices = Devices(self.protocols, self.bus, self.supervisor, self.store)
         self.sinks = Sinks(self.store, self.supervisor)
         settings = config.gateway.eventbus
-        self.eventbus = EventbusLink(self.node_name, settings) if settings.url != "none" else None
+        self.broker = self._embedded_broker(settings) if settings.url == "embedded" else None
+        self.eventbus = EventbusLink(self.node_name, settings, self.broker) if settings.url != "none" else None
         self.routes = Routes(self.node_name, self.bus, self.store, self.sinks,
                              self.eventbus.current_client if self.eventbus is not None else None)
         self.api = GatewayAPI(node_name=self.node_name, data_dir=data_dir, pm=pm, configuration=self.configuration,
@@ -106,7 +110,7 @@ class Gateway:
             await self.devices.start(self.config, previous)
             await self.workloads.start(self.config)
             for listener in (self._routes_changed, self.devices.reconcile, self._workloads_changed,
-                             self._plugins_config_changed):
+                             self._broker_changed, self._plugins_config_changed):
                 self.configuration.add_listener(listener)
             await self._call_hook("startup", gateway=self.api)
         except BaseException:
@@ -131,14 +135,35 @@ class Gateway:
             if inspect.isawaitable(result):
                 await result
 
+    def _embedded_broker(self, settings: EventbusSettings) -> EmbeddedBroker:
+        host, port = parse_listen(settings.embedded_listen, "eventbus.embedded_listen")
+        anonymous = settings.allow_anonymous if settings.allow_anonymous is not None else not settings.users
+        if anonymous and host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("the embedded broker listens on %s with anonymous access: any host that reaches it may "
+                        "publish and subscribe (list eventbus.users, or set allow_anonymous: false)", host)
+        return EmbeddedBroker(self.data_dir, host, port, self._broker_access, Credentials.generate())
+
+    def _broker_access(self) -> BrokerAccess:
+        """Who may do what on the embedded broker now: the gateway itself, the users and rules of the settings."""
+        assert self.broker is not None
+        gateway = self.config.gateway
+        return broker_access(gateway.eventbus, gateway.namespace, self.config.secrets, self.broker.credentials,
+                             self.routes.eventbus_topics())
+
+    async def _broker_changed(self, old: Config, new: Config) -> None:
+        if self.broker is not None and new.gateway.eventbus.url == "embedded":
+            try:
+                await self.broker.reconfigure()
+            except ConfigError as exc:
+                log.error("embedded broker: its users and rules were not changed: %s", exc)
+
     def _start_eventbus(self) -> None:
         link = self.eventbus
         if link is None:
             return
         settings = link.settings
-        if settings.url == "embedded":
-            host, port = parse_listen(settings.embedded_listen)
-            self.supervisor.start("embedded-broker", EmbeddedBroker(self.data_dir, host, port).run)
+        if self.broker is not None:
+            self.supervisor.start("embedded-broker", self.broker.run)
         link.attach(self.api)
         self.supervisor.start("eventbus", link.run)
         self.sinks.start(OUTBOX, EventbusSink(link, settings.telemetry_qos))

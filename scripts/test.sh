@@ -3,7 +3,7 @@
 # .venv/bin/pytest -m benchmark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --for tests
 .venv/bin/ruff check .
 .venv/bin/mypy
 if [ $# -gt 0 ]; then  # a chosen part of the suite: just that

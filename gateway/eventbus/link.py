@@ -34,6 +34,7 @@ from gateway.sinks.base import OutboxMessage, Sink, SinkError
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
+    from gateway.eventbus.broker import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -56,9 +57,10 @@ def broker_address(settings: EventbusSettings) -> tuple[str, int, bool]:
 class EventbusLink:
     """One MQTT client session at a time; `run()` is the supervised task, once `attach()` gave it the gateway."""
 
-    def __init__(self, node_name: str, settings: EventbusSettings) -> None:
+    def __init__(self, node_name: str, settings: EventbusSettings, broker: EmbeddedBroker | None = None) -> None:
         self.node_name = node_name
         self.settings = settings
+        self.broker = broker  # the embedded one: connect only while it serves, with the credentials it was given
         self._api: GatewayAPI | None = None
         self.host, self.port, self.tls = broker_address(settings)
         self.client: aiomqtt.Client | None = None
@@ -110,10 +112,15 @@ class EventbusLink:
 
     async def run(self) -> None:
         backoff = 0.5
+        username, password = self.settings.username, self.settings.password
+        if self.broker is not None:
+            username, password = self.broker.credentials.username, self.broker.credentials.password
         while True:
+            if self.broker is not None:
+                await self.broker.ready.wait()
             try:
                 async with aiomqtt.Client(
-                    self.host, self.port, username=self.settings.username, password=self.settings.password,
+                    self.host, self.port, username=username, password=password,
                     identifier=f"fieldgate-{self.node_name}", tls_context=self._tls_context(),
                     timeout=10, keepalive=30, max_inflight_messages=1000, max_queued_outgoing_messages=100_000,
                     queue_type=self._inbox_type(),

@@ -145,7 +145,8 @@ class Configuration:
                           self.config_path, "\n  ".join(problems))
                 raise
             if config.gateway != self.config.gateway:
-                log.warning("the Gateway settings in %s changed: most apply after a restart of fieldgate",
+                log.warning("the Gateway settings in %s changed: most apply after a restart of fieldgate "
+                            "(the embedded broker's users and rules apply now)",
                             self.config_path)
             await self._reconcile(config)
             await self._save_file_resources()

@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from gateway.errors import ConfigError, ResourceError, ValueRejected
+from gateway.eventbus.access import eventbus_problems
 from gateway.pipeline.routes import endpoint_problems, route_problems
 from gateway.pipeline.values import coerce
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol
@@ -182,7 +183,7 @@ class _Checker:
 
     def finish(self) -> Config:
         seen: dict[tuple[str, str, str], Source] = {}
-        gateways: list[Gateway] = []
+        gateways: list[tuple[Source, Gateway]] = []
         config = Config(gateway=Gateway(name="fieldgate"))
         for source, doc, raw in self.docs:
             if doc.key in seen:
@@ -193,7 +194,7 @@ class _Checker:
             config.documents.append(doc)
             config.raw[doc.key] = (source, raw)
             if isinstance(doc, Gateway):
-                gateways.append(doc)
+                gateways.append((source, doc))
             elif isinstance(doc, DeviceModel):
                 config.models[(doc.namespace, doc.name)] = doc
             elif isinstance(doc, Endpoint):
@@ -212,7 +213,9 @@ class _Checker:
         if len(gateways) > 1:
             self.problems.append("more than one Gateway document: a node has one")
         elif gateways:
-            config.gateway = gateways[0]
+            gateway_source, config.gateway = gateways[0]
+            for path, message in eventbus_problems(config.gateway.eventbus, config.gateway.namespace, config.secrets):
+                self.fail(gateway_source, path, message)
         for source, doc, raw in self.docs:
             if isinstance(doc, DeviceModel):
                 self.check_model(source, doc)

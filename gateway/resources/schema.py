@@ -69,14 +69,53 @@ class HttpSettings(Base, kw_only=True):
     listen: Annotated[str, Meta(description="HOST:PORT of the local web UI and REST API")] = "127.0.0.1:8080"
 
 
+class TopicAccess(Base, kw_only=True):
+    """One rule of the embedded broker's access control: what a client may do on the topics a filter matches."""
+
+    topic: Annotated[str, Meta(min_length=1, max_length=1024,
+                               description="an MQTT topic filter (`+` one level, `#` the rest); `#` and `+` do not "
+                                           "match topics starting with `$` (name `$hw/#` for the twin topics)")]
+    access: Annotated[Literal["read", "write", "readwrite", "deny"], Meta(
+        description="read: subscribe and receive; write: publish; deny: neither, even where another rule allows it")]
+
+
+class SecretKeyRef(Base, kw_only=True):
+    """One key of a Secret in the Gateway document's namespace."""
+
+    secret: Name
+    key: KeyName
+
+
+class EventbusUser(Base, kw_only=True):
+    """A client of the embedded broker: one of `password`, `password_file` or `password_secret`, and its rules."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$", max_length=64,
+                              description="the MQTT user name")]
+    password: Annotated[Annotated[str, Meta(min_length=1)] | None, Meta(description="the password itself")] = None
+    password_file: Annotated[str | None, Meta(description="absolute path of a file whose first line is the password "
+                                                          "(read at start and on reload)")] = None
+    password_secret: Annotated[SecretKeyRef | None, Meta(description="the key of a Secret that holds the password")
+                               ] = None
+    acl: Annotated[list[TopicAccess], Meta(description="what the user may do; anything no rule allows is denied")
+                   ] = []
+
+
 class EventbusSettings(Base, kw_only=True):
     url: Annotated[str, Meta(
         pattern=r"^(embedded|none|mqtts?://[^/\s]+)$",
         description="mqtt://host:port, mqtts://host:port, `embedded` (a broker run by the gateway) or `none`",
     )] = "embedded"
     embedded_listen: Annotated[str, Meta(description="HOST:PORT of the embedded broker")] = "127.0.0.1:1883"
-    username: str | None = None
-    password: str | None = None
+    users: Annotated[list[EventbusUser], Meta(description="embedded broker: the users apps connect as (the gateway "
+                                                          "has its own, made at every start)")] = []
+    allow_anonymous: Annotated[bool | None, Meta(
+        description="embedded broker: clients without a user name may connect (default: yes while no users are "
+                    "listed, no once some are)")] = None
+    anonymous_acl: Annotated[list[TopicAccess] | None, Meta(
+        description="embedded broker: what anonymous clients may do when allowed (default: everything)")] = None
+    username: Annotated[str | None, Meta(description="the gateway's user at an external broker (mqtt://, mqtts://)")
+                        ] = None
+    password: Annotated[str | None, Meta(description="the gateway's password at an external broker")] = None
     ca_file: Annotated[str | None, Meta(description="CA certificate (PEM) to trust, for mqtts://")] = None
     cert_file: Annotated[str | None, Meta(description="client certificate (PEM), for mqtts://")] = None
     key_file: Annotated[str | None, Meta(description="client key (PEM), for mqtts://")] = None

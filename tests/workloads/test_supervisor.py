@@ -118,9 +118,12 @@ async def test_logs_are_read_by_tail_and_followed_by_cursor(start_node: Callable
 
     async def measured() -> int:
         (current,) = (await node.workload("web"))["instances"]
-        return int(current["memory_bytes"] or 0)
+        used = int(current["memory_bytes"] or 0)
+        # the first sample may come while the interpreter is still starting (a few pages on cgroup v1): wait for
+        # the app's own
+        return used if used > 1 << 20 else 0
 
-    assert 1 << 20 < await wait_until(measured) < 1 << 30, "the instance's memory is measured for its status"
+    assert await wait_until(measured) < 1 << 30, "the instance's memory is measured for its status"
 
     anonymous = await httpx.AsyncClient(base_url=node.base).get("/api/v1/workloads/default/web/logs")
     assert anonymous.status_code == 401

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from litestar import Litestar, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, PermissionDeniedException
@@ -24,42 +23,9 @@ from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
 from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import RegistryStore, TokenRefused
-from gateway.registry.twins import DesiredAck, DesiredValue, DeviceReports
+from gateway.wire import HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
 
 DEFAULT_INTERVAL = 10.0
-
-
-class JoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    token: str  # "<id>.<secret>" (the CA fingerprint part stays with the node)
-    csr: str
-    name: str | None = None
-
-
-class JoinResponse(msgspec.Struct, kw_only=True):
-    node: str
-    certificate: str
-    ca: str
-    heartbeat_interval: float
-
-
-class HeartbeatRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    resource_version: str = ""
-    info: dict[str, Any] = {}
-    twins: DeviceReports | None = None  # devices whose twin changed since the last delivered report
-    twins_complete: bool = False  # `twins` holds every device of the node: forget the others
-    desired_version: int = 0  # the node has taken the registry's desired values up to this version
-    desired_ack: DesiredAck | None = None
-    workloads: workloads.WorkloadReports | None = None  # the node's registry-owned workloads, when they changed
-    upgrade: upgrades.UpgradeReport | None = None  # the state of the upgrade task the node was handed last
-
-
-class HeartbeatResponse(msgspec.Struct, kw_only=True):
-    node: str
-    resource_version: str
-    heartbeat_interval: float
-    documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
-    desired: list[DesiredValue] | None = None  # desired values newer than the node's desired_version
-    upgrade: upgrades.UpgradeAssignment | None = None  # an upgrade task for the node to start
 
 
 @get("/healthz", summary="Liveness")

@@ -29,12 +29,14 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.params import JSONBody
 
 from gateway.errors import AuthError, ConfigError, NotFound
+from gateway.pki import key_pem, make_csr, new_key, write_private
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
-from gateway.registry.ca import CertificateAuthority, cert_pem, key_pem, make_csr, new_key, peer_identity, write_private
+from gateway.registry.ca import CertificateAuthority, cert_pem, peer_identity
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import NAME_PATTERN
-from gateway.uplink.join import RegistrySettings, detail, registry_dir, save_identity
+from gateway.uplink.join import RegistrySettings, detail, join_answer, registry_dir, save_identity
+from gateway.wire import BatchJoinRequest, BatchJoinResponse, BundleInfo
 
 CN_PREFIX = "batch:"  # a node name cannot contain ':', so a batch certificate is never taken for a node's
 GRACE_DAYS = 30  # the certificate outlives the batch so that a late node hears `expired`, not a TLS failure
@@ -46,21 +48,6 @@ _NO_SERIAL = {"", "0", "none", "not specified", "to be filled by o.e.m.", "defau
 
 class BatchRefused(AuthError):
     """A batch that cannot take another node; the message is the reason (`revoked`, `expired`, `used up`)."""
-
-
-class BundleInfo(msgspec.Struct, kw_only=True):
-    """bundle.json inside a bundle."""
-
-    batch: str
-    registry: list[str]
-    labels: dict[str, str]
-    expires_at: float
-    ca_fingerprint: str
-
-
-class BatchJoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    csr: str
-    hint: str = ""  # the node's serial number or hostname, or the name asked for
 
 
 # --- the registry side --------------------------------------------------------------------------------------------
@@ -186,7 +173,7 @@ def node_name(prefix: str, hint: str, number: int, taken: set[str]) -> str:
 
 @post("/api/v1/join/batch", summary="Join with a batch certificate (mutual TLS) and a CSR; returns the node name "
       "and its certificate", status_code=200)
-async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> dict[str, Any]:
+async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> BatchJoinResponse:
     extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
     chain: list[str] = (extensions.get("tls") or {}).get("client_cert_chain") or []
     if not chain:
@@ -220,8 +207,8 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> d
         except Exception as exc:  # another node took the name in the meantime
             raise HTTPException(status_code=409, detail=f"node name {name} is taken; join again") from exc
         await store.database.write("UPDATE nodes SET batch=? WHERE name=?", batch, name)
-    return {"node": name, "certificate": cert_pem(cert), "ca": ca.cert_pem.decode(), "heartbeat_interval": interval,
-            "batch": batch}
+    return BatchJoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(),
+                             heartbeat_interval=interval, batch=batch)
 
 
 ROUTE_HANDLERS = [join_batch]
@@ -278,7 +265,7 @@ async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, nam
     if info.expires_at < time.time():
         raise BatchRefused("batch refused: expired")
     key = new_key()
-    request = {"csr": make_csr(key), "hint": name or machine_hint()}
+    request = msgspec.json.encode(BatchJoinRequest(csr=make_csr(key), hint=name or machine_hint()))
     with tempfile.TemporaryDirectory(prefix="fieldgate-bundle-") as directory:
         cert_path, key_path = Path(directory) / "batch.pem", Path(directory) / "batch.key"
         cert_path.write_bytes(files["batch.pem"])
@@ -292,7 +279,8 @@ async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, nam
         for candidate in urls:
             try:
                 async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
-                    response = await client.post(f"{candidate}/api/v1/join/batch", json=request)
+                    response = await client.post(f"{candidate}/api/v1/join/batch", content=request,
+                                                 headers={"Content-Type": "application/json"})
             except httpx.HTTPError as exc:
                 failures.append(f"{candidate}: {exc}")
                 continue
@@ -300,5 +288,5 @@ async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, nam
                 raise BatchRefused(f"batch refused: {detail(response)}")
             if response.status_code != 200:
                 raise ConfigError(f"{candidate}: join failed ({response.status_code}): {detail(response)}")
-            return save_identity(data_dir, candidate, files["ca.pem"], key, response.json())
+            return save_identity(data_dir, candidate, files["ca.pem"], key, join_answer(candidate, response))
     raise ConfigError(f"cannot reach the registry: {'; '.join(failures)}")

@@ -520,7 +520,7 @@ async def _batch_and_twin_commands(store: Any, args: argparse.Namespace) -> bool
                                               labels=args.labels, prefix=args.prefix,
                                               urls=args.url or batch.known_urls(args.data_dir),
                                               workspace=args.workspace)
-        from gateway.registry.ca import write_private
+        from gateway.pki import write_private
 
         write_private(args.output, bundle)
         print(f"batch {args.name}: bundle for {args.count} nodes in {args.output}")

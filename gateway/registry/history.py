@@ -30,7 +30,7 @@ from gateway.registry.store import RegistryStore
 from gateway.resources.loader import Source
 
 if TYPE_CHECKING:
-    from gateway.registry.workloads import EventReport
+    from gateway.wire import EventReport
 
 VERSIONED = ("Workload", "BatchWorkload")
 KEEP_VERSIONS = 20

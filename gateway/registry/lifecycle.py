@@ -31,20 +31,14 @@ from litestar.params import FromPath
 from gateway.errors import ConfigError, NotFound
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
-from gateway.registry.logs import (
-    WORKLOAD_ACTION_PATH,
-    LogRequests,
-    NodeSilent,
-    WorkloadActionRequest,
-    ask_node,
-    timeout_param,
-)
+from gateway.registry.logs import LogRequests, NodeSilent, ask_node, timeout_param
+from gateway.wire import WORKLOAD_ACTION_PATH, WORKLOAD_ACTIONS, WorkloadActionRequest
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
     from gateway.runtime import Gateway
 
-ACTIONS = ("stop", "start", "restart")
+ACTIONS = WORKLOAD_ACTIONS
 NO_ANSWER = "no answer"
 
 

@@ -36,25 +36,31 @@ from litestar.params import FromPath
 
 from gateway import __version__
 from gateway.errors import ConfigError, FieldgateError, NotFound
-from gateway.logs import LogEntry, LogQuery, log_ring
+from gateway.logs import LogQuery, log_ring
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.registry.messages import CHANNEL, query_seconds
+from gateway.wire import (
+    ANSWERS,
+    DEFAULT_TAIL,
+    LOGS_NAMESPACE,
+    LOGS_PATH,
+    MAX_ANSWER,
+    MAX_TAIL,
+    WORKLOAD_ACTION_PATH,
+    WORKLOAD_LOGS_PATH,
+    NodeAnswer,
+    WorkloadLogAnswer,
+    WorkloadLogRequest,
+)
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
     from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
-LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
-LOGS_PATH = "logs"
-WORKLOAD_LOGS_PATH = "workload-logs"
-WORKLOAD_ACTION_PATH = "workload-action"
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
-MAX_ANSWER = 8 << 20
-DEFAULT_TAIL = 100
-MAX_TAIL = 1000
 
 
 class LogRequests:
@@ -71,56 +77,6 @@ class NodeSilent(FieldgateError):
     def __init__(self, message: str, status: int = 504) -> None:
         super().__init__(message)
         self.status = status
-
-
-class NodeAnswer(msgspec.Struct, kw_only=True):
-    records: list[LogEntry] = []
-    cursor: int = 0
-    more: bool = False
-    skipped: int = 0
-    error: str | None = None  # the node refused the query
-
-
-class WorkloadLogRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workload: str  # <namespace>/<name>
-    instance: str | None = None
-    tail: int = DEFAULT_TAIL
-
-
-class WorkloadLogLine(msgspec.Struct, kw_only=True):
-    seq: int
-    ts: float
-    instance: str
-    stream: str
-    line: str
-
-
-class WorkloadLogAnswer(msgspec.Struct, kw_only=True):
-    lines: list[WorkloadLogLine] = []
-    cursor: int = 0
-    error: str | None = None  # the node refused the request
-
-
-class WorkloadActionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workload: str  # <namespace>/<name>
-    action: str  # stop, start or restart
-    actor: str  # who asked at the registry, for the node's events and audit
-
-
-class WorkloadActionAnswer(msgspec.Struct, kw_only=True):
-    workload: str = ""
-    action: str = ""
-    changed: bool = False  # False: nothing to do (a start of a workload that was not stopped)
-    status: str = ""  # the workload's status right after the action
-    reason: str = ""
-    version: int = 0
-    instances: list[dict[str, Any]] = []  # id, state, pid: the instances right after the action
-    error: str | None = None  # the node refused the request
-
-
-AnyAnswer = NodeAnswer | WorkloadLogAnswer | WorkloadActionAnswer
-ANSWERS: dict[str, type[AnyAnswer]] = {LOGS_PATH: NodeAnswer, WORKLOAD_LOGS_PATH: WorkloadLogAnswer,
-                                       WORKLOAD_ACTION_PATH: WorkloadActionAnswer}
 
 
 def timeout_param(raw: str | None) -> float:

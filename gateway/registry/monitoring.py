@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import os
 import time
 import weakref
@@ -28,6 +27,7 @@ from litestar.params import FromPath
 
 from gateway.errors import ConfigError
 from gateway.webkit.plots import COLORS, Line, Point, Unit, format_value, line_plot
+from gateway.wire import SERIES, Sample, clean_sample
 
 if TYPE_CHECKING:
     from gateway.registry.db import Statement
@@ -35,15 +35,11 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 AnyRequest = Request[Any, Any, Any]
-SERIES: tuple[str, ...] = (
-    "cpu_percent", "memory_used", "memory_percent", "disk_percent", "disk_read_bps", "disk_write_bps",
-    "net_rx_bps", "net_tx_bps", "process_rss", "points_per_s", "outbox_depth")
 MIN_RATE_WINDOW = 1.0  # seconds between the counters a rate is taken over, at least
 MINUTE = 60
 WINDOW = 24 * 3600  # how long the registry and the dashboard keep samples
 FINE_STEP = 10.0  # the dashboard's recent samples
 FINE_WINDOW = 600
-Sample = dict[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -130,18 +126,6 @@ class NodeSampler:
             "points_per_s": rate(now.points, before.points) if self.gateway is not None else None,
             "outbox_depth": float(outbox) if outbox is not None else None,
         }
-
-
-def clean_sample(raw: Any) -> Sample:
-    """The known series of a sample a node sent, as finite floats; anything else is dropped."""
-    if not isinstance(raw, dict):
-        return {}
-    sample: Sample = {}
-    for name in SERIES:
-        value = raw.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            sample[name] = float(value)
-    return sample
 
 
 # --- the node's own history (dashboard) ---------------------------------------------------------------------------

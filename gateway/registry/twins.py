@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import get, put
@@ -32,52 +32,20 @@ from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import PropertyModel
+from gateway.wire import (
+    MAX_REPORT_DEVICES,
+    MIN_REPORT_INTERVAL,
+    DesiredAck,
+    DesiredError,
+    DesiredValue,
+    DeviceReport,
+    PropertyReport,
+)
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
-MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
-MIN_REPORT_INTERVAL = 1.0  # seconds between two twin reports of a node, however often it heartbeats
-
-
-class PropertyReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    reported: Any = None
-    reported_at: float | None = None
-    quality: str = "unknown"
-    desired: Any = None  # what the node's twin wants, whoever set it
-    error: str | None = None
-
-
-class DeviceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    device: str  # <namespace>/<name>
-    state: str
-    reason: str = ""
-    properties: dict[str, PropertyReport] = {}
-
-
-class DesiredValue(msgspec.Struct, kw_only=True):
-    device: str
-    property: str
-    value: Any
-    version: int
-
-
-class DesiredError(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    device: str
-    property: str
-    version: int
-    error: str
-
-
-class DesiredAck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The node took the desired values up to `version`; `errors` are those it refused."""
-
-    version: int
-    errors: list[DesiredError] = []
-
-
-DeviceReports = Annotated[list[DeviceReport], msgspec.Meta(max_length=MAX_REPORT_DEVICES)]
 
 
 class DesiredRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

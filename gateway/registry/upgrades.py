@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import msgspec
@@ -51,6 +50,7 @@ from gateway.ops.upgrade import (
 )
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, client_node, store_of
+from gateway.wire import WHEEL_FILE, UpgradeAssignment, UpgradeReport, WheelFile
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
@@ -62,35 +62,10 @@ FAILED = (ROLLED_BACK, ROLLBACK_FAILED, LOST)
 SILENCE_GRACE = 300.0  # seconds past a task's deadline an in-flight node may stay silent before it counts as lost
 FINAL = (SUCCEEDED, *FAILED, SKIPPED, CANCELLED)
 IN_FLIGHT = (ASSIGNED, UPGRADING)
-WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
 MAX_WHEELS_BYTES = 512 * 1024 * 1024
 LOG_LINES = 20
 DOWNLOAD_TIMEOUT = 120.0
 _advancing = asyncio.Lock()  # one replica process moves tasks on at a time (heartbeats arrive concurrently)
-
-
-class UpgradeReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A node's state of the upgrade task it was handed last."""
-
-    task: Annotated[str, msgspec.Meta(max_length=64)]
-    status: Literal["upgrading", "succeeded", "failed-rolled-back", "failed-rollback-failed"]
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
-    log: Annotated[str, msgspec.Meta(max_length=8000)] = ""
-
-
-class WheelFile(msgspec.Struct, kw_only=True):
-    name: str
-    sha256: str
-    size: int
-
-
-class UpgradeAssignment(msgspec.Struct, kw_only=True):
-    """What the heartbeat answer tells a node to install."""
-
-    task: str
-    version: str
-    deadline: float
-    wheels: list[WheelFile]
 
 
 class CreateUpgrade(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

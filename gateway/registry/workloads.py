@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import delete, get, post
@@ -46,6 +46,14 @@ from gateway.resources.schema import (
     dec_hook,
     enc_hook,
 )
+from gateway.wire import (
+    MAX_EVENTS,
+    MAX_REASON,
+    MAX_REPORTS,
+    EventReport,
+    InstanceReport,
+    WorkloadReport,
+)
 from gateway.workloads.secrets import SecretBox
 
 if TYPE_CHECKING:
@@ -54,43 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
 TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
-MAX_REPORTS = 1000
-MAX_EVENTS = 20  # per workload and report: the newest the node has not delivered yet
-MAX_REASON = 1000
 MAX_EVENTS_PER_BEAT = 200  # events one heartbeat carries at most, over all workloads (~250 kB)
 MIN_REPORT_INTERVAL = 1.0
 RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
-
-
-class EventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    seq: Annotated[int, msgspec.Meta(ge=0)]
-    ts: float
-    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    instance: Annotated[str, msgspec.Meta(max_length=300)] = ""
-    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
-
-
-class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str
-    state: str
-    ready: bool = False
-    restarts: int = 0
-    ports: dict[str, int] = {}
-
-
-class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workload: str  # <namespace>/<name>
-    status: str
-    reason: str = ""
-    replicas: int = 0
-    ready: int = 0
-    restarts: int = 0
-    last_event: str = ""
-    instances: list[InstanceReport] = []
-    events: Annotated[list[EventReport], msgspec.Meta(max_length=MAX_EVENTS)] = []
-
-
-WorkloadReports = Annotated[list[WorkloadReport], msgspec.Meta(max_length=MAX_REPORTS)]
 
 
 # --- documents ----------------------------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ from gateway import __version__
 from gateway.errors import FieldgateError
 from gateway.pipeline.reconfigure import REGISTRY
 from gateway.plugins import list_plugins
-from gateway.registry.logs import LOGS_NAMESPACE, answer_request
+from gateway.registry.logs import answer_request
 from gateway.registry.monitoring import NodeSampler
-from gateway.registry.twins import DesiredValue, TwinSync
-from gateway.registry.upgrades import NodeUpgrade, UpgradeAssignment
+from gateway.registry.twins import TwinSync
+from gateway.registry.upgrades import NodeUpgrade
 from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
+from gateway.wire import LOGS_NAMESPACE, AckRequest, HeartbeatResponse, NodeMessage
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -40,22 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TIMEOUT = 10.0
 MESSAGE_WAIT = 25.0  # seconds a message poll waits at the registry for a message
-
-
-class NodeMessage(msgspec.Struct, kw_only=True):
-    id: str
-    namespace: str
-    path: str
-    payload: str  # base64
-
-
-class HeartbeatAnswer(msgspec.Struct, kw_only=True):
-    node: str
-    resource_version: str
-    heartbeat_interval: float
-    documents: list[dict[str, Any]] | None = None
-    desired: list[DesiredValue] | None = None
-    upgrade: UpgradeAssignment | None = None
 
 
 class Uplink:
@@ -118,7 +103,9 @@ class Uplink:
                 continue
             self.deliver(message.namespace, message.path, base64.b64decode(message.payload))
         await self.gateway.store.flush()  # durable in the outboxes before the registry forgets them
-        ack = await client.post("/api/v1/nodes/self/messages/ack", json={"ids": [m.id for m in messages]})
+        ack = await client.post("/api/v1/nodes/self/messages/ack",
+                                content=msgspec.json.encode(AckRequest(ids=[m.id for m in messages])),
+                                headers={"Content-Type": "application/json"})
         ack.raise_for_status()
         return len(messages)
 
@@ -163,7 +150,7 @@ class Uplink:
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
-            answer = msgspec.json.decode(response.content, type=HeartbeatAnswer)
+            answer = msgspec.json.decode(response.content, type=HeartbeatResponse)
         except msgspec.DecodeError as exc:
             self.twins.failed()
             self.workloads.failed()

@@ -12,7 +12,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import AuthError, ConfigError
-from gateway.registry.ca import fingerprint, key_pem, make_csr, new_key, write_private
+from gateway.pki import fingerprint, key_pem, make_csr, new_key, write_private
+from gateway.wire import JoinRequest, JoinResponse
 
 TIMEOUT = 10.0
 
@@ -87,8 +88,9 @@ async def join(url: str, token: str, data_dir: Path, *, name: str | None = None)
         key = new_key()
         context = ssl.create_default_context(cadata=ca_pem.decode())
         async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
-            response = await client.post(f"{url}/api/v1/join",
-                                         json={"token": credential, "csr": make_csr(key), "name": name})
+            request = JoinRequest(token=credential, csr=make_csr(key), name=name)
+            response = await client.post(f"{url}/api/v1/join", content=msgspec.json.encode(request),
+                                         headers={"Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         raise ConfigError(f"{url}: cannot reach the registry: {exc}") from None
     except ValueError as exc:
@@ -97,17 +99,25 @@ async def join(url: str, token: str, data_dir: Path, *, name: str | None = None)
         raise AuthError(f"token refused: {detail(response)}")
     if response.status_code != 200:
         raise ConfigError(f"{url}: join failed ({response.status_code}): {detail(response)}")
-    return save_identity(data_dir, url, ca_pem, key, response.json())
+    return save_identity(data_dir, url, ca_pem, key, join_answer(url, response))
+
+
+def join_answer(url: str, response: httpx.Response) -> JoinResponse:
+    """The registry's answer to a join; ConfigError when it is not one."""
+    try:
+        return msgspec.json.decode(response.content, type=JoinResponse)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{url}: unexpected answer to the join: {exc}") from None
 
 
 def save_identity(data_dir: Path, url: str, ca_pem: bytes, key: ec.EllipticCurvePrivateKey,
-                  answer: dict[str, Any]) -> RegistrySettings:
+                  answer: JoinResponse) -> RegistrySettings:
     """Keep what a join answered (certificate, node name, interval) with the node's key in <data-dir>/registry/."""
     directory = registry_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.pem").write_bytes(ca_pem)
-    (directory / "node.pem").write_text(answer["certificate"])
+    (directory / "node.pem").write_text(answer.certificate)
     write_private(directory / "node.key", key_pem(key))
-    settings = RegistrySettings(url=url, node=answer["node"], heartbeat_interval=float(answer["heartbeat_interval"]))
+    settings = RegistrySettings(url=url, node=answer.node, heartbeat_interval=answer.heartbeat_interval)
     (directory / "registry.json").write_bytes(msgspec.json.format(msgspec.json.encode(settings)))
     return settings

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from gateway.errors import ConfigError, NotFound
+from gateway.pki import make_csr, new_key
 from gateway.registry.batch import read_bundle
-from gateway.registry.ca import make_csr, new_key, peer_identity
+from gateway.registry.ca import peer_identity
 from gateway.uplink.join import client_ssl_context
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry

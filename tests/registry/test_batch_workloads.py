@@ -197,6 +197,7 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
 
 
 async def test_placement_follows_node_status_and_the_failover_policy(db_url: str | None, tmp_path: Path) -> None:
+    from gateway import wire
     from gateway.registry import access, workloads
     from gateway.registry.store import RegistryStore
     from gateway.resources.loader import parse_yaml
@@ -252,7 +253,7 @@ failover: {after: 10s, move_back: true}
         with pytest.raises(ResourceError, match=r"\$\.template\.restart: .* \(with the overrides of group g\)"):
             await workloads.apply_documents(store, parse_yaml(document.replace('"60"]', '"60"], restart: sometimes'),
                                                               "bad.yaml"), "default", cli, "bad.yaml")
-        await workloads.record_status(store, "c", [workloads.WorkloadReport(
+        await workloads.record_status(store, "c", [wire.WorkloadReport(
             workload="default/app.c", status="running", replicas=2, ready=2, last_event="ready app.c-2-1")])
         [view] = [v for v in await workloads.workload_views(store) if v["name"] == "app.c"]
         assert (view["node"], view["status"], view["ready"], view["source"]) == ("c", "running", 2,

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
+from gateway import wire
 from gateway.errors import NotFound
 from gateway.registry import access, history, workloads
 from gateway.registry.store import RegistryStore
@@ -97,8 +98,8 @@ async def test_versions_are_kept_bounded_and_rolled_back(db_url: str | None, tmp
         assert [(v["version"], v["note"]) for v in old] == [(1, "applied before versions were kept"), (2, "")]
 
 
-def report(name: str, events: list[workloads.EventReport]) -> workloads.WorkloadReport:
-    return workloads.WorkloadReport(workload=f"default/{name}", status="running", events=events)
+def report(name: str, events: list[wire.EventReport]) -> wire.WorkloadReport:
+    return wire.WorkloadReport(workload=f"default/{name}", status="running", events=events)
 
 
 async def test_events_are_kept_once_and_bounded(db_url: str | None, tmp_path: Path) -> None:
@@ -108,8 +109,8 @@ async def test_events_are_kept_once_and_bounded(db_url: str | None, tmp_path: Pa
             await store.add_node(node, node, {}, 1.0, None)
             await store.heartbeat(node, {})
         now = time.time()
-        first = [workloads.EventReport(seq=1, ts=now, event="scheduled", reason="version 1"),
-                 workloads.EventReport(seq=2, ts=now + 0.1, event="started", instance="app-0-1", reason="pid 7")]
+        first = [wire.EventReport(seq=1, ts=now, event="scheduled", reason="version 1"),
+                 wire.EventReport(seq=2, ts=now + 0.1, event="started", instance="app-0-1", reason="pid 7")]
         await workloads.record_status(store, "a", [report("app", first)])
         await workloads.record_status(store, "a", [report("app", first)])  # sent again: stored once
         await workloads.record_status(store, "b", [report("app", first[:1])])
@@ -119,8 +120,8 @@ async def test_events_are_kept_once_and_bounded(db_url: str | None, tmp_path: Pa
         assert [e["event"] for e in await history.workload_events(store, cli, "default", "app", node="a")] == [
             "scheduled", "started"]
 
-        many = [workloads.EventReport(seq=10 + i, ts=now + 1 + i, event="restarted", instance="app-0-1",
-                                      reason=f"restart {i}") for i in range(workloads.MAX_EVENTS)]
+        many = [wire.EventReport(seq=10 + i, ts=now + 1 + i, event="restarted", instance="app-0-1",
+                                 reason=f"restart {i}") for i in range(wire.MAX_EVENTS)]
         for batch in range(6):  # 120 more events: the newest KEEP_EVENTS stay
             shifted = [msgspec.structs.replace(e, seq=e.seq + 100 * batch, ts=e.ts + 100 * batch) for e in many]
             await workloads.record_status(store, "a", [report("app", shifted)])
@@ -136,13 +137,13 @@ async def test_events_are_kept_once_and_bounded(db_url: str | None, tmp_path: Pa
 
 def test_a_hostile_report_does_not_decode() -> None:
     event = {"seq": 1, "ts": 1.0, "event": "started"}
-    for bad, named in (([event] * (workloads.MAX_EVENTS + 1), "events"),
-                       ([{**event, "reason": "x" * (workloads.MAX_REASON + 1)}], "reason"),
+    for bad, named in (([event] * (wire.MAX_EVENTS + 1), "events"),
+                       ([{**event, "reason": "x" * (wire.MAX_REASON + 1)}], "reason"),
                        ([{**event, "event": "e" * 33}], "event"),
                        ([{**event, "extra": 1}], "extra")):
         body = msgspec.json.encode([{"workload": "default/app", "status": "running", "events": bad}])
         with pytest.raises(msgspec.ValidationError, match=named):
-            msgspec.json.decode(body, type=workloads.WorkloadReports)
+            msgspec.json.decode(body, type=wire.WorkloadReports)
 
 
 class Runners:
@@ -216,7 +217,7 @@ async def test_a_restarted_node_sends_exactly_the_events_the_registry_has_not_ac
         async def heartbeat(sync: workloads.WorkloadSync) -> list[int]:
             """The registry records what the next heartbeat carries; the seqs of its events."""
             body = sync.outgoing()
-            reports = msgspec.convert(body.get("workloads", []), workloads.WorkloadReports)
+            reports = msgspec.convert(body.get("workloads", []), wire.WorkloadReports)
             if body:
                 await workloads.record_status(registry, "a", reports)
             return [event.seq for report in reports for event in report.events]

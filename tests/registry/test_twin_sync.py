@@ -243,8 +243,8 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
 
     import msgspec
 
-    from gateway.registry.app import HeartbeatRequest
     from gateway.registry.twins import MIN_REPORT_INTERVAL, DesiredValue, TwinSync
+    from gateway.wire import HeartbeatRequest
 
     gateway = await start_gateway(write_config("""\
         kind: Gateway

@@ -1,8 +1,9 @@
 """The messages between a node and the registry, as msgspec Structs both sides import, and the limits both enforce.
 
-The node's side is gateway.uplink, the registry's gateway.registry; neither imports the other. What a node sends is
-checked strictly by the registry (unknown fields refused, lengths bounded); what the registry answers is decoded
-leniently by the node (no `forbid_unknown_fields`), so a registry newer than its nodes may add fields to its answers.
+The node's side is gateway.uplink, the registry's gateway.registry; neither imports the other. Nodes and registries of
+different versions talk to each other, so the requests and answers ignore the fields they do not know (no
+`forbid_unknown_fields`): a newer peer may add a field and the older one goes on without it. What a node reports in
+them (twins, workloads and their events, upgrades) is checked strictly and bounded, as the registry keeps it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gateway.logs import LogEntry
 # --- joining (`POST /api/v1/join`, `POST /api/v1/join/batch`) ------------------------------------------------------
 
 
-class JoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class JoinRequest(msgspec.Struct, kw_only=True):
     token: str  # "<id>.<secret>" (the CA fingerprint part stays with the node)
     csr: str
     name: str | None = None
@@ -31,7 +32,7 @@ class JoinResponse(msgspec.Struct, kw_only=True):
     heartbeat_interval: float
 
 
-class BatchJoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class BatchJoinRequest(msgspec.Struct, kw_only=True):
     csr: str
     hint: str = ""  # the node's serial number or hostname, or the name asked for
 
@@ -183,7 +184,7 @@ def clean_sample(raw: Any) -> Sample:
 # --- the heartbeat (`POST /api/v1/heartbeat`, mutual TLS) ----------------------------------------------------------
 
 
-class HeartbeatRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class HeartbeatRequest(msgspec.Struct, kw_only=True):
     resource_version: str = ""
     info: dict[str, Any] = {}
     twins: DeviceReports | None = None  # devices whose twin changed since the last delivered report
@@ -215,7 +216,7 @@ class NodeMessage(msgspec.Struct, kw_only=True):
     payload: str  # base64
 
 
-class AckRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class AckRequest(msgspec.Struct, kw_only=True):
     ids: list[str]
 
 
@@ -239,7 +240,7 @@ class NodeAnswer(msgspec.Struct, kw_only=True):
     error: str | None = None  # the node refused the query
 
 
-class WorkloadLogRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class WorkloadLogRequest(msgspec.Struct, kw_only=True):
     workload: str  # <namespace>/<name>
     instance: str | None = None
     tail: int = DEFAULT_TAIL
@@ -259,7 +260,7 @@ class WorkloadLogAnswer(msgspec.Struct, kw_only=True):
     error: str | None = None  # the node refused the request
 
 
-class WorkloadActionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class WorkloadActionRequest(msgspec.Struct, kw_only=True):
     workload: str  # <namespace>/<name>
     action: str  # stop, start or restart
     actor: str  # who asked at the registry, for the node's events and audit

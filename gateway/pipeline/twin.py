@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from gateway.pipeline.values import same_value as same_value  # its home is pipeline.values; imported from here too
 
 Quality = Literal["good", "bad", "unknown"]
 DeviceState = Literal["unknown", "online", "unhealthy", "offline"]
@@ -57,16 +58,3 @@ class Twin:
 
     def deltas(self) -> dict[str, Any]:
         return {name: p.desired for name, p in self.properties.items() if p.desired is not None and not p.in_sync()}
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal, or close enough for floats that went through a register encoding (scale, float32)."""
-    if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, bool) or isinstance(b, bool):
-            return a is b
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
-        except (TypeError, ValueError):
-            return False
-    equal: bool = a == b
-    return equal

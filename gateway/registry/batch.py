@@ -14,14 +14,11 @@ import io
 import json
 import re
 import socket
-import ssl
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 from cryptography import x509
 from litestar import post
@@ -29,28 +26,22 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.params import JSONBody
 
 from gateway.errors import AuthError, ConfigError, NotFound
-from gateway.pki import key_pem, make_csr, new_key, write_private
+from gateway.pki import key_pem
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem, peer_identity
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import NAME_PATTERN
-from gateway.uplink.join import RegistrySettings, detail, join_answer, registry_dir, save_identity
 from gateway.wire import BatchJoinRequest, BatchJoinResponse, BundleInfo
 
 CN_PREFIX = "batch:"  # a node name cannot contain ':', so a batch certificate is never taken for a node's
 GRACE_DAYS = 30  # the certificate outlives the batch so that a late node hears `expired`, not a TLS failure
 URLS_FILE = "urls.json"
-TIMEOUT = 10.0
-_NO_SERIAL = {"", "0", "none", "not specified", "to be filled by o.e.m.", "default string", "system serial number",
-              "not applicable", "n/a", "unknown", "123456789"}
 
 
 class BatchRefused(AuthError):
     """A batch that cannot take another node; the message is the reason (`revoked`, `expired`, `used up`)."""
 
-
-# --- the registry side --------------------------------------------------------------------------------------------
 
 
 def record_urls(data_dir: Path, listen: str) -> None:
@@ -212,81 +203,3 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> B
 
 
 ROUTE_HANDLERS = [join_batch]
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-def read_bundle(path: Path) -> tuple[BundleInfo, dict[str, bytes]]:
-    """The bundle's info and its files (ca.pem, batch.pem, batch.key); ConfigError names what is wrong."""
-    try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            files = {}
-            for name in ("bundle.json", "ca.pem", "batch.pem", "batch.key"):
-                member = tar.extractfile(name)
-                if member is None:
-                    raise KeyError(name)
-                files[name] = member.read()
-        info = msgspec.json.decode(files["bundle.json"], type=BundleInfo)
-    except (OSError, tarfile.TarError) as exc:
-        raise ConfigError(f"--bundle {path}: not a batch bundle: {exc}") from None
-    except KeyError as exc:
-        raise ConfigError(f"--bundle {path}: not a batch bundle: {exc.args[0]} is missing") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"--bundle {path}: bundle.json: {exc}") from None
-    return info, files
-
-
-def machine_hint() -> str:
-    """This machine's serial number when it has a real one, else its hostname."""
-    for path in ("/sys/class/dmi/id/product_serial", "/proc/device-tree/serial-number"):
-        try:
-            serial = Path(path).read_text(errors="replace").strip("\x00 \n")
-        except OSError:
-            continue
-        if serial.lower() not in _NO_SERIAL and _slug(serial):
-            return serial
-    return socket.gethostname()
-
-
-async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, name: str | None = None
-                           ) -> RegistrySettings:
-    """Join with a batch bundle (at `url`, else the bundle's URLs in turn); AuthError `batch refused: <reason>`."""
-    if (registry_dir(data_dir) / "registry.json").exists():
-        raise ConfigError(f"{registry_dir(data_dir)}: this node has joined a registry already; remove that "
-                          "directory to join again")
-    info, files = read_bundle(bundle)
-    urls = [url.rstrip("/")] if url else info.registry
-    if not urls:
-        raise ConfigError(f"--bundle {bundle}: the bundle names no registry URL; give --registry")
-    for candidate in urls:
-        if not candidate.startswith("https://"):
-            raise ConfigError(f"--registry {candidate}: expected an https:// URL")
-    if info.expires_at < time.time():
-        raise BatchRefused("batch refused: expired")
-    key = new_key()
-    request = msgspec.json.encode(BatchJoinRequest(csr=make_csr(key), hint=name or machine_hint()))
-    with tempfile.TemporaryDirectory(prefix="fieldgate-bundle-") as directory:
-        cert_path, key_path = Path(directory) / "batch.pem", Path(directory) / "batch.key"
-        cert_path.write_bytes(files["batch.pem"])
-        write_private(key_path, files["batch.key"])
-        try:
-            context = ssl.create_default_context(cadata=files["ca.pem"].decode())
-            context.load_cert_chain(cert_path, key_path)
-        except (ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"--bundle {bundle}: unusable certificate or key: {exc}") from None
-        failures = []
-        for candidate in urls:
-            try:
-                async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
-                    response = await client.post(f"{candidate}/api/v1/join/batch", content=request,
-                                                 headers={"Content-Type": "application/json"})
-            except httpx.HTTPError as exc:
-                failures.append(f"{candidate}: {exc}")
-                continue
-            if response.status_code == 403:
-                raise BatchRefused(f"batch refused: {detail(response)}")
-            if response.status_code != 200:
-                raise ConfigError(f"{candidate}: join failed ({response.status_code}): {detail(response)}")
-            return save_identity(data_dir, candidate, files["ca.pem"], key, join_answer(candidate, response))
-    raise ConfigError(f"cannot reach the registry: {'; '.join(failures)}")

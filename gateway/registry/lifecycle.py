@@ -7,7 +7,8 @@ refuses. `POST /api/v1/workloads/<ns>/<name>/<action>` asks every node the regis
 once within the same timeout, and answers per node: `ok`, `error` (the node refused, with its reason) or `no answer`.
 Each node's action is audited as `workload.<action>`.
 
-On the node only a workload it got from the registry is touched (any other is refused), through the supervisor
+On the node (gateway.uplink.requests) only a workload it got from the registry is touched (any other is refused),
+through the supervisor
 calls of its local API: a stop holds (a marker in the node's data dir, so across restarts of the gateway too)
 through every document sync, changed ConfigItems and Secrets and updates of its spec, which are kept as the new
 version and run when it is started again; start starts a stopped workload and leaves a running one alone; restart
@@ -36,7 +37,6 @@ from gateway.wire import WORKLOAD_ACTION_PATH, WORKLOAD_ACTIONS, WorkloadActionR
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
-    from gateway.runtime import Gateway
 
 ACTIONS = WORKLOAD_ACTIONS
 NO_ANSWER = "no answer"
@@ -139,37 +139,6 @@ async def workload_action(request: AnyRequest, namespace: FromPath[str], name: F
 
 
 ROUTE_HANDLERS = [node_workload_action, workload_action]
-
-
-# --- the node's side -------------------------------------------------------------------------------------------
-
-
-async def perform_action(gateway: Gateway, payload: bytes) -> bytes:
-    """The answer to a workload action: done on a registry-owned workload of this node, refused for any other."""
-    request = msgspec.json.decode(payload, type=WorkloadActionRequest)
-    namespace, _, name = request.workload.partition("/")
-    if request.action not in ACTIONS:
-        raise ConfigError(f"workload action {request.action!r}: expected stop, start or restart")
-    manager = gateway.workloads
-    runner = manager.runners.get(request.workload)
-    if runner is None or gateway.resource_owner("Workload", namespace, name) != "registry":
-        raise NotFound(f"no workload {request.workload} from the registry runs here (this node's own workloads are "
-                       "changed on the node)")
-    actor = f"registry:{request.actor}"
-    changed = True
-    if request.action == "stop":
-        changed = not runner.stopped_by_user
-        if changed:
-            await manager.stop_workload(namespace, name, actor=actor)
-    elif request.action == "start":
-        changed = await manager.start_workload(namespace, name, actor=actor)
-    else:
-        await manager.restart_workload(namespace, name, actor=actor)
-    described = runner.describe()
-    return msgspec.json.encode({
-        "workload": request.workload, "action": request.action, "changed": changed, "status": described["status"],
-        "reason": described["reason"], "version": described["version"],
-        "instances": [{"id": i["id"], "state": i["state"], "pid": i["pid"]} for i in described["instances"]]})
 
 
 # --- `fieldgate registry workloads stop|start|restart [NS/]NAME [--node N]` ------------------------------------

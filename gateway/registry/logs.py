@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import socket
 import ssl
 import sys
@@ -34,9 +33,8 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath
 
-from gateway import __version__
 from gateway.errors import ConfigError, FieldgateError, NotFound
-from gateway.logs import LogQuery, log_ring
+from gateway.logs import LogQuery
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.registry.messages import CHANNEL, query_seconds
@@ -47,7 +45,6 @@ from gateway.wire import (
     LOGS_PATH,
     MAX_ANSWER,
     MAX_TAIL,
-    WORKLOAD_ACTION_PATH,
     WORKLOAD_LOGS_PATH,
     NodeAnswer,
     WorkloadLogAnswer,
@@ -56,9 +53,7 @@ from gateway.wire import (
 
 if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
-    from gateway.runtime import Gateway
 
-log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
 
@@ -206,52 +201,6 @@ async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Re
 
 
 ROUTE_HANDLERS = [node_logs, node_workload_logs, node_logs_answer]
-
-
-# --- the node's side -------------------------------------------------------------------------------------------
-
-
-def _workload_log(gateway: Gateway, payload: bytes) -> bytes:
-    """The answer to a workload log request: the lines of a registry-owned workload of this node."""
-    request = msgspec.json.decode(payload, type=WorkloadLogRequest)
-    namespace, _, name = request.workload.partition("/")
-    runner = gateway.workloads.runners.get(request.workload)
-    if runner is None or gateway.resource_owner("Workload", namespace, name) != "registry":
-        raise NotFound(f"no workload {request.workload} from the registry runs here")
-    if not 0 <= request.tail <= MAX_TAIL:
-        raise ConfigError(f"tail {request.tail}: expected 0 to {MAX_TAIL}")
-    workload_log = gateway.workloads.log(namespace, name)
-    lines = workload_log.read(tail=request.tail, instance=request.instance)
-    return msgspec.json.encode({"lines": [msgspec.structs.asdict(line) for line in lines],
-                                "cursor": lines[-1].seq if lines else workload_log.seq})
-
-
-async def answer_request(client: httpx.AsyncClient, request_id: str, payload: bytes, path: str = LOGS_PATH,
-                         gateway: Gateway | None = None) -> None:
-    """Answer a request from the registry (this process's log ring, a workload's log, a workload action) and post
-    the answer back."""
-    from gateway.registry.lifecycle import perform_action
-
-    try:
-        if path == WORKLOAD_LOGS_PATH and gateway is not None:
-            body = _workload_log(gateway, payload)
-        elif path == WORKLOAD_ACTION_PATH and gateway is not None:
-            body = await perform_action(gateway, payload)
-        elif path == LOGS_PATH:
-            params = msgspec.json.decode(payload, type=dict[str, str])
-            body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
-        else:
-            raise ConfigError(f"unknown request {path!r} (this node runs fieldgate {__version__})")
-    except (msgspec.DecodeError, msgspec.ValidationError, FieldgateError) as exc:
-        body = msgspec.json.encode({"error": str(exc)})
-    if len(body) > MAX_ANSWER:
-        body = msgspec.json.encode({"error": f"the answer has {len(body)} bytes, more than {MAX_ANSWER}: ask for "
-                                             "fewer lines"})
-    response = await client.post(f"/api/v1/nodes/self/answers/{request_id}", content=body,
-                                 headers={"Content-Type": "application/json"})
-    if response.status_code != 200:
-        log.info("the registry did not take the answer to its %s request %s: %s %s", path, request_id,
-                 response.status_code, response.text.strip()[:200])
 
 
 # --- `fieldgate registry logs NODE` ----------------------------------------------------------------------------

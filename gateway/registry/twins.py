@@ -9,50 +9,32 @@ Down: a desired value set at the registry (`PUT /api/v1/devices/<ns>/<name>/desi
 set-desired`) is stored with a per-node version; a heartbeat that carries a lower `desired_version` is answered
 with the newer values, which the node puts through its normal desired path (type, minimum and maximum checked,
 written to the device, confirmed by reading back) and acknowledges with the next heartbeat, with the reason for
-any it refused. The registry shows desired against reported.
+any it refused. The registry shows desired against reported. The node's half is gateway.uplink.twins.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from litestar import get, put
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 
-from gateway.errors import ConfigError, FieldgateError, NotFound, ValueRejected
-from gateway.pipeline.twin import same_value
-from gateway.pipeline.values import coerce
+from gateway.errors import ConfigError, NotFound, ValueRejected
+from gateway.pipeline.values import coerce, same_value
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import PropertyModel
-from gateway.wire import (
-    MAX_REPORT_DEVICES,
-    MIN_REPORT_INTERVAL,
-    DesiredAck,
-    DesiredError,
-    DesiredValue,
-    DeviceReport,
-    PropertyReport,
-)
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
-
-log = logging.getLogger(__name__)
+from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceReport
 
 
 class DesiredRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     desired: dict[str, Any]
 
-
-# --- the registry side --------------------------------------------------------------------------------------------
 
 
 def _split(device: str) -> tuple[str, str]:
@@ -282,92 +264,3 @@ async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromP
 
 
 ROUTE_HANDLERS = [list_devices, node_devices, device, put_desired]
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-class TwinSync:
-    """The node's half: which twins changed since the last delivered report, and the desired values it took."""
-
-    def __init__(self, gateway: Gateway, state_path: Path) -> None:
-        self.gateway = gateway
-        self.state_path = state_path
-        self.dirty: set[str] = set()
-        self.complete = True  # the next report carries every device, so the registry forgets removed ones
-        self._sending: set[str] = set()
-        self._sending_complete = False
-        self._sending_ack: DesiredAck | None = None
-        self._last_report = -MIN_REPORT_INTERVAL
-        self.ack: DesiredAck | None = None
-        self.desired_version = self._load_version()
-        for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
-            gateway.bus.subscribe(pattern, self._changed)
-
-    def _load_version(self) -> int:
-        try:
-            return int(json.loads(self.state_path.read_text())["desired_version"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
-
-    def _changed(self, topic: str, message: Any) -> None:
-        self.dirty.add(topic.split("/", 1)[1].rsplit("/", 1)[0])
-
-    def outgoing(self) -> dict[str, Any]:
-        """The twin part of the next heartbeat: the version of desired values taken, an acknowledgement and the
-        devices that changed (at most one report per MIN_REPORT_INTERVAL)."""
-        body: dict[str, Any] = {"desired_version": self.desired_version}
-        self._sending_ack = self.ack
-        if self.ack is not None:
-            body["desired_ack"] = msgspec.to_builtins(self.ack)
-        now = time.monotonic()
-        twins = self.gateway.twins
-        if not (self.dirty or self.complete) or now - self._last_report < MIN_REPORT_INTERVAL:
-            self._sending, self._sending_complete = set(), False
-            return body
-        devices = sorted(twins) if self.complete else sorted(self.dirty & twins.keys())
-        chosen = devices[:MAX_REPORT_DEVICES]
-        self._sending = set(chosen)
-        self._sending_complete = self.complete and len(chosen) == len(devices)
-        self.dirty -= self._sending
-        self.dirty &= twins.keys()
-        self._last_report = now
-        body["twins"] = [msgspec.to_builtins(self._report(device_id)) for device_id in chosen]
-        body["twins_complete"] = self._sending_complete
-        return body
-
-    def _report(self, device_id: str) -> DeviceReport:
-        twin = self.gateway.twins[device_id]
-        return DeviceReport(device=device_id, state=twin.state, reason=twin.state_reason, properties={
-            name: PropertyReport(reported=prop.reported, reported_at=prop.reported_at, quality=prop.quality,
-                                 desired=prop.desired, error=prop.error)
-            for name, prop in twin.properties.items()})
-
-    def delivered(self) -> None:
-        """The heartbeat got through."""
-        if self._sending_complete:
-            self.complete = False
-        if self.ack is self._sending_ack:
-            self.ack = None
-        self._sending, self._sending_complete, self._sending_ack = set(), False, None
-
-    def failed(self) -> None:
-        """The heartbeat did not get through: what it carried goes with the next one."""
-        self.dirty |= self._sending
-        self._sending, self._sending_complete, self._sending_ack = set(), False, None
-
-    async def apply_desired(self, values: list[DesiredValue]) -> None:
-        """Put the registry's desired values through the gateway's desired path; refusals go back with the ack."""
-        errors = list(self.ack.errors) if self.ack else []
-        for value in values:
-            try:
-                await self.gateway.set_desired(value.device, value.property, value.value, actor="registry")
-            except FieldgateError as exc:
-                log.warning("desired value from the registry for %s %s refused: %s", value.device, value.property,
-                            exc)
-                errors.append(DesiredError(device=value.device, property=value.property, version=value.version,
-                                           error=str(exc)))
-            self.dirty.add(value.device)
-        self.desired_version = max([self.desired_version, *(value.version for value in values)])
-        self.ack = DesiredAck(version=self.desired_version, errors=errors)
-        self.state_path.write_text(json.dumps({"desired_version": self.desired_version}))

@@ -11,7 +11,7 @@ carry the Workloads placed on it and the ConfigItems and Secrets they use; Secre
 with a key in the registry's data dir and never shown by the API.
 
 Up: a node reports the status of its registry-owned workloads with its heartbeat, only when it changed or new
-events happened (and every RESEND seconds), and the registry keeps the latest report per node and workload and the
+events happened (gateway.uplink.workloads), and the registry keeps the latest report per node and workload and the
 last events (gateway.registry.history, which also keeps the versions of the documents and rolls them back).
 """
 
@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from litestar import delete, get, post
@@ -46,25 +46,12 @@ from gateway.resources.schema import (
     dec_hook,
     enc_hook,
 )
-from gateway.wire import (
-    MAX_EVENTS,
-    MAX_REASON,
-    MAX_REPORTS,
-    EventReport,
-    InstanceReport,
-    WorkloadReport,
-)
+from gateway.wire import EventReport, WorkloadReport
 from gateway.workloads.secrets import SecretBox
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
 TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
-MAX_EVENTS_PER_BEAT = 200  # events one heartbeat carries at most, over all workloads (~250 kB)
-MIN_REPORT_INTERVAL = 1.0
-RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
 
 
 # --- documents ----------------------------------------------------------------------------------------------------
@@ -444,65 +431,3 @@ async def remove_document(request: AnyRequest, kind: FromPath[str], namespace: F
 
 
 ROUTE_HANDLERS = [list_workloads, post_documents, remove_document, *history.ROUTE_HANDLERS]
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-def _report(described: dict[str, Any]) -> WorkloadReport:
-    instances = [InstanceReport(id=i["id"], state=i["state"], ready=bool(i["ready"]), restarts=i["restarts"],
-                                ports=dict(i.get("ports") or {})) for i in described["instances"]]
-    return WorkloadReport(workload=described["id"], status=described["status"], reason=described["reason"],
-                          replicas=described["replicas"], ready=described["ready"],
-                          restarts=sum(i.restarts for i in instances), last_event=described.get("last_event", ""),
-                          instances=instances)
-
-
-class WorkloadSync:
-    """The node's half: the status of its registry-owned workloads, sent when it changed, and their events not
-    delivered yet (the newest MAX_EVENTS of each). An event's seq is its id in the node's store, and how far the
-    registry has each workload's events is kept there too (gateway.workloads.history), so after a restart of the
-    gateway the node sends exactly the events the registry has not acknowledged."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self._delivered = b""
-        self._sending: tuple[bytes, dict[str, int]] | None = None
-        self._last = -RESEND
-
-    def _events(self, workload: str) -> list[EventReport]:
-        manager = self.gateway.workloads
-        runner = manager.runners.get(workload)
-        if runner is None:
-            return []
-        after = manager.history.delivered_up_to(workload)
-        return [EventReport(seq=e.seq, ts=e.ts, event=e.event[:32], instance=e.instance[:300],
-                            reason=e.reason[:MAX_REASON]) for e in runner.recent if e.seq > after][-MAX_EVENTS:]
-
-    def outgoing(self) -> dict[str, Any]:
-        reports = [_report(d) for d in self.gateway.workloads.describe() if d.get("owner") == "registry"]
-        reports = reports[:MAX_REPORTS]
-        status = msgspec.json.encode(reports)
-        room = MAX_EVENTS_PER_BEAT  # bounds the heartbeat: the older events go first, the rest with the next one
-        for report in reports:
-            report.events = self._events(report.workload)[:room]
-            room -= len(report.events)
-        now = time.monotonic()
-        fresh = any(report.events for report in reports)
-        if now - self._last < MIN_REPORT_INTERVAL or (status == self._delivered and not fresh
-                                                      and now - self._last < RESEND):
-            self._sending = None
-            return {}
-        cursors = {report.workload: report.events[-1].seq for report in reports if report.events}
-        self._sending, self._last = (status, cursors), now
-        return {"workloads": msgspec.to_builtins(reports)}
-
-    def delivered(self) -> None:
-        if self._sending is not None:
-            self._delivered = self._sending[0]
-            self.gateway.workloads.history.mark_delivered(self._sending[1])
-            self._sending = None
-
-    def failed(self) -> None:
-        self._sending = None
-        self._last = -RESEND

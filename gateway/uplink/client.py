@@ -1,14 +1,14 @@
 """The uplink to the registry (a built-in plugin): once the node has joined (<data-dir>/registry/registry.json),
-a supervised task heartbeats over mutual TLS with node info and the twins that changed (gateway.registry.twins),
+a supervised task heartbeats over mutual TLS with node info and the twins that changed (gateway.uplink.twins),
 applies the registry's resources for the node whenever their resource version changes and the desired values the
 registry answers with. A second task long-polls the registry for REST messages meant for this
 node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
 whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes; a message in the
 `_fieldgate` namespace is a request of the registry instead, answered over mutual TLS: the node's recent log or a
-workload's (gateway.registry.logs), or the stop, start or restart of a registry-owned workload
-(gateway.registry.lifecycle; the node refuses any other). An
-upgrade task named in a heartbeat answer is started once and its status reported with every heartbeat
-(gateway.registry.upgrades). It keeps the gateway working while the registry is unreachable."""
+workload's, or the stop, start or restart of a registry-owned workload (gateway.uplink.requests; the node refuses
+any other). An upgrade task named in a heartbeat answer is started once and its status reported with every heartbeat
+(gateway.uplink.upgrade). It keeps the gateway working while the registry is unreachable. What goes over the wire is
+gateway.wire's Structs."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import msgspec
 
 from gateway import __version__
 from gateway.errors import FieldgateError
+from gateway.ops.sampler import NodeSampler
 from gateway.pipeline.reconfigure import REGISTRY
 from gateway.plugins import list_plugins
-from gateway.registry.logs import answer_request
-from gateway.registry.monitoring import NodeSampler
-from gateway.registry.twins import TwinSync
-from gateway.registry.upgrades import NodeUpgrade
-from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
+from gateway.uplink.requests import answer_request
+from gateway.uplink.twins import TwinSync
+from gateway.uplink.upgrade import NodeUpgrade
+from gateway.uplink.workloads import WorkloadSync
 from gateway.wire import LOGS_NAMESPACE, AckRequest, HeartbeatResponse, NodeMessage
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class Uplink:
             "cpu_percent": metrics["cpu_percent"],
             "memory_percent": metrics["memory_percent"],
             "disk_percent": metrics["disk_percent"],
-            "metrics": metrics,  # kept per minute by the registry (gateway.registry.monitoring)
+            "metrics": metrics,  # kept per minute by the registry
             "devices": status["devices"],
             "uplink_latency_ms": self.latency_ms,
             "resource_version": self.resource_version,

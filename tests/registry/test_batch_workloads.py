@@ -20,9 +20,8 @@ import pytest
 
 from gateway.errors import NotFound, ResourceError
 from tests.conftest import FIELDGATE, free_port
-from tests.registry.conftest import Registry, join, stop, wait_for_port
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 from tests.registry.test_access import add_user, login
-from tests.registry.test_uplink import wait_until
 
 WEB_APP = Path(__file__).resolve().parents[1] / "workloads" / "apps" / "web.py"
 

@@ -10,8 +10,8 @@ import psutil
 from litestar import get
 from litestar.response import Template
 
+from gateway.ops.sampler import WINDOWS, local_plots_html
 from gateway.plugins import list_plugins
-from gateway.registry.monitoring import WINDOWS, local_plots_html
 from gateway.runtime import Gateway
 from gateway.web.monitor import recent_errors
 from gateway.web.pages.common import AnyRequest, gateway_of, joined_registry, render

@@ -79,14 +79,11 @@ async def create_batch(store: RegistryStore, ca: CertificateAuthority, name: str
     for url in urls:
         if not url.startswith("https://"):
             raise ConfigError(f"--url {url}: expected an https:// URL")
-    if await store.database.rows("SELECT 1 FROM batches WHERE name=?", name):
+    if await store.batches.exists(name):
         raise ConfigError(f"batch {name} exists already")
     cert, key = ca.issue_batch(CN_PREFIX + name, ttl / 86400 + GRACE_DAYS)
     now = time.time()
-    await store.database.write(
-        "INSERT INTO batches (name, serial, prefix, max_count, labels, expires_at, created_at, workspace) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", name, format(cert.serial_number, "x"), prefix, count, json.dumps(labels),
-        now + ttl, now, workspace)
+    await store.batches.add(name, format(cert.serial_number, "x"), prefix, count, labels, now + ttl, now, workspace)
     info = BundleInfo(batch=name, registry=[u.rstrip("/") for u in urls], labels=labels, expires_at=now + ttl,
                       ca_fingerprint=ca.fingerprint)
     return _tar({"bundle.json": msgspec.json.format(msgspec.json.encode(info)), "ca.pem": ca.cert_pem,
@@ -106,47 +103,43 @@ def _tar(files: dict[str, bytes]) -> bytes:
 async def list_batches(store: RegistryStore) -> list[dict[str, Any]]:
     now = time.time()
     result = []
-    for name, prefix, max_count, used, revoked, labels, expires_at, created_at, workspace in await store.database.rows(
-            "SELECT name, prefix, max_count, used, revoked, labels, expires_at, created_at, workspace FROM batches "
-            "ORDER BY name"):
+    for name, prefix, max_count, used, revoked, labels, expires_at, created_at, workspace in (
+            await store.batches.listing()):
         status = "revoked" if revoked else "expired" if expires_at < now else "used up" if used >= max_count \
             else "active"
         result.append({"name": name, "status": status, "prefix": prefix, "count": max_count, "used": used,
-                       "labels": json.loads(labels), "expires_at": expires_at, "created_at": created_at,
+                       "labels": labels, "expires_at": expires_at, "created_at": created_at,
                        "workspace": workspace})
     return result
 
 
 async def revoke_batch(store: RegistryStore, name: str) -> None:
     """No node joins with the batch from now on (nodes that joined keep their own certificates)."""
-    if not await store.database.write("UPDATE batches SET revoked=1 WHERE name=?", name):
+    if not await store.batches.revoke(name):
         raise NotFound(f"no batch {name}")
 
 
 async def _check_batch(store: RegistryStore, name: str, serial: str) -> tuple[dict[str, str], str, str]:
     """(labels, prefix, workspace) of a batch that may take a node; BatchRefused with the reason otherwise."""
-    rows = await store.database.rows("SELECT serial, prefix, max_count, used, revoked, labels, expires_at, workspace "
-                                     "FROM batches WHERE name=?", name)
-    if not rows or rows[0][0] != serial:
+    row = await store.batches.get(name)
+    if row is None or row[0] != serial:
         raise BatchRefused("unknown")
-    _, prefix, max_count, used, revoked, labels, expires_at, workspace = rows[0]
+    _, prefix, max_count, used, revoked, labels, expires_at, workspace = row
     if revoked:
         raise BatchRefused("revoked")
     if expires_at < time.time():
         raise BatchRefused("expired")
     if used >= max_count:
         raise BatchRefused("used up")
-    return dict(json.loads(labels)), str(prefix), str(workspace)
+    return dict(labels), str(prefix), str(workspace)
 
 
 async def _take_one(store: RegistryStore, name: str) -> int:
     """Count one node against the batch; its number (1…count)."""
-    # the WHERE clause keeps two nodes at once from both taking the last place
-    [taken] = await store.database.transaction([(
-        "UPDATE batches SET used=used+1 WHERE name=? AND used < max_count AND revoked=0 RETURNING used", (name,))])
-    if not taken:
+    number = await store.batches.take_one(name)
+    if number is None:
         raise BatchRefused("used up")
-    return int(taken[0][0])
+    return number
 
 
 def _slug(text: str) -> str:
@@ -175,8 +168,8 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> B
     batch = common_name.removeprefix(CN_PREFIX)
     ca: CertificateAuthority = request.app.state.ca
     store = store_of(request)
-    rows = await store.database.rows("SELECT workspace FROM batches WHERE name=?", batch)
-    scope = access.workspace_scope(rows[0][0]) if rows else access.PLATFORM
+    workspace_of_batch = await store.batches.workspace(batch)
+    scope = access.workspace_scope(workspace_of_batch) if workspace_of_batch is not None else access.PLATFORM
     async with access.audited(store, f"batch:{batch}", "node.join", f"batch/{batch}", scope) as entry:
         try:
             labels, prefix, workspace = await _check_batch(store, batch, serial)
@@ -197,7 +190,7 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> B
             await store.add_node(name, format(cert.serial_number, "x"), labels, interval, group, workspace)
         except Exception as exc:  # another node took the name in the meantime
             raise HTTPException(status_code=409, detail=f"node name {name} is taken; join again") from exc
-        await store.database.write("UPDATE nodes SET batch=? WHERE name=?", batch, name)
+        await store.batches.mark_node(name, batch)
     return BatchJoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(),
                              heartbeat_interval=interval, batch=batch)
 

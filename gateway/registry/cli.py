@@ -526,9 +526,8 @@ async def _batch_and_twin_commands(store: Any, args: argparse.Namespace) -> bool
         write_private(args.output, bundle)
         print(f"batch {args.name}: bundle for {args.count} nodes in {args.output}")
     elif args.action == "batch" and args.batch_action == "revoke":
-        rows = await store.database.rows("SELECT workspace FROM batches WHERE name=?", args.name)
         async with access.audited(store, cli, "batch.revoke", f"batch/{args.name}",
-                                  access.workspace_scope(rows[0][0] if rows else None)):
+                                  access.workspace_scope(await store.batches.workspace(args.name))):
             await batch.revoke_batch(store, args.name)
         print(f"batch {args.name} revoked")
     elif args.action == "batch":

@@ -50,9 +50,7 @@ def check_action(action: str) -> str:
 
 async def _runs_on(store: RegistryStore, node: str, namespace: str, name: str) -> bool:
     """Whether the registry placed the workload on the node or the node reports it."""
-    return bool(await store.database.rows(
-        "SELECT 1 FROM workload_placements WHERE node=? AND namespace=? AND name=? UNION "
-        "SELECT 1 FROM workload_status WHERE node=? AND namespace=? AND name=?", *(node, namespace, name) * 2))
+    return await store.workloads.runs_on(node, namespace, name)
 
 
 async def act_on_node(store: RegistryStore, requests: LogRequests, caller: access.Caller, node: str, namespace: str,
@@ -79,9 +77,8 @@ async def act_everywhere(store: RegistryStore, requests: LogRequests, caller: ac
     """Ask every node the workload is placed on (in the caller's scope) at once; the outcome per node."""
     check_action(action)
     where = {str(n["name"]): n.get("workspace") for n in await store.nodes()}
-    nodes = [str(node) for (node,) in await store.database.rows(
-        "SELECT DISTINCT node FROM workload_placements WHERE namespace=? AND name=? ORDER BY node", namespace, name)
-        if node in where and caller.sees(where[node])]
+    nodes = [node for node in await store.workloads.placed_nodes(namespace, name)
+             if node in where and caller.sees(where[node])]
     if not nodes:
         await access.record(store, caller, str(caller.scope), f"workload.{action}", f"Workload/{namespace}/{name}",
                             "not found", {"node": "all"})

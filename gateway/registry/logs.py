@@ -167,9 +167,7 @@ async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace
     if unknown:
         raise ConfigError(f"?{unknown[0]}: unknown parameter (expected instance, tail, timeout)")
     store = await _visible_node(request, node)
-    if not await store.database.rows(
-            "SELECT 1 FROM workload_placements WHERE node=? AND namespace=? AND name=? UNION "
-            "SELECT 1 FROM workload_status WHERE node=? AND namespace=? AND name=?", *(node, namespace, name) * 2):
+    if not await store.workloads.runs_on(node, namespace, name):
         raise NotFound(f"no workload {namespace}/{name} on node {node}")
     try:
         answer = await fetch_workload_log(store, _requests(request), node, namespace, name,
@@ -300,7 +298,7 @@ async def ask_registry(store: RegistryStore, data_dir: Path, url: str, path: str
                 raise ConfigError(f"--registry {url}: {type(exc).__name__}: {exc}") from None
     finally:
         if own_token:
-            await store.database.write("DELETE FROM api_tokens WHERE id=?", token.partition(".")[0])
+            await store.access.delete_api_token(token.partition(".")[0])
     if response.status_code != 200:
         try:
             detail = response.json().get("detail", response.text)

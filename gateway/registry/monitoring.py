@@ -15,48 +15,21 @@ from litestar import Request, get
 from litestar.params import FromPath
 
 from gateway.errors import ConfigError
+from gateway.registry.store.samples import MINUTE, WINDOW
 from gateway.webkit.plots import resource_plots_html
-from gateway.wire import SERIES, clean_sample
+from gateway.wire import SERIES
 
 if TYPE_CHECKING:
-    from gateway.registry.db import Statement
     from gateway.registry.store import RegistryStore
 
 AnyRequest = Request[Any, Any, Any]
-MINUTE = 60
-WINDOW = 24 * 3600  # how long the registry keeps samples
-
-
-_ADD_SAMPLE = (
-    f"INSERT INTO node_metrics (node, minute, beats, {', '.join(f'{n}_sum, {n}_n' for n in SERIES)}) "
-    f"VALUES (?, ?, 1, {', '.join('?' * (2 * len(SERIES)))}) ON CONFLICT (node, minute) DO UPDATE SET "
-    "beats = node_metrics.beats + 1, "
-    + ", ".join(f"{n}_sum = node_metrics.{n}_sum + excluded.{n}_sum, {n}_n = node_metrics.{n}_n + excluded.{n}_n"
-                for n in SERIES))
-
-
-def sample_statements(node: str, raw: Any, now: float) -> list[Statement]:
-    """The statements adding a heartbeat's sample to the node's bucket of this minute and dropping old buckets."""
-    sample = clean_sample(raw)
-    if not sample:
-        return []
-    minute = int(now // MINUTE)
-    values: list[Any] = [node, minute]
-    for name in SERIES:
-        value = sample.get(name)
-        values += [value if value is not None else 0.0, 0 if value is None else 1]
-    return [(_ADD_SAMPLE, values),
-            ("DELETE FROM node_metrics WHERE node=? AND minute<?", (node, minute - WINDOW // MINUTE))]
 
 
 async def node_samples(store: RegistryStore, node: str, since: float,
                        series: tuple[str, ...] = SERIES) -> dict[str, Any]:
     """A node's per-minute means since `since` (at most the last 24 h): times and one list of values per series."""
     since = max(since, time.time() - WINDOW)
-    columns = ", ".join(f"{name}_sum, {name}_n" for name in series)
-    rows = await store.database.rows(
-        f"SELECT minute, {columns} FROM node_metrics WHERE node=? AND minute>=? ORDER BY minute",
-        node, int(since // MINUTE))
+    rows = await store.samples.minutes(node, int(since // MINUTE), series)
     values: dict[str, list[float | None]] = {name: [] for name in series}
     for row in rows:
         for i, name in enumerate(series):

@@ -47,40 +47,14 @@ def _split(device: str) -> tuple[str, str]:
 async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | None, complete: bool,
                desired_version: int, ack: DesiredAck | None) -> list[DesiredValue] | None:
     """Record a heartbeat's twins and acknowledgement; the desired values newer than the node's version."""
-    database = store.database
-    statements: list[tuple[str, tuple[Any, ...]]] = []
-    now = time.time()
-    if reports is not None:
-        seen = set()
-        for report in reports:
-            namespace, name = _split(report.device)
-            seen.add((namespace, name))
-            statements.append((
-                "INSERT INTO device_twins VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, namespace, name) DO UPDATE "
-                "SET state=excluded.state, state_reason=excluded.state_reason, properties=excluded.properties, "
-                "reported_at=excluded.reported_at",
-                (node, namespace, name, report.state, report.reason,
-                 msgspec.json.encode(report.properties).decode(), now)))
-        if complete:  # the node's whole set: forget the devices it no longer has
-            for namespace, name in await database.rows(
-                    "SELECT namespace, name FROM device_twins WHERE node=?", node):
-                if (namespace, name) not in seen:
-                    statements.append(("DELETE FROM device_twins WHERE node=? AND namespace=? AND name=?",
-                                       (node, namespace, name)))
-    if ack is not None:
-        statements.append(("UPDATE device_desired SET delivered_at=? WHERE node=? AND version<=? AND "
-                           "delivered_at IS NULL", (now, node, ack.version)))
-        for refused in ack.errors:
-            namespace, name = _split(refused.device)
-            statements.append(("UPDATE device_desired SET error=? WHERE node=? AND namespace=? AND name=? AND "
-                               "property=? AND version=?", (refused.error[:500], node, namespace, name,
-                                                            refused.property, refused.version)))
-    if statements:
-        await database.transaction(statements)
-    rows = await database.rows("SELECT namespace, name, property, value, version FROM device_desired WHERE node=? "
-                               "AND version>? ORDER BY version, namespace, name, property", node, desired_version)
-    return [DesiredValue(device=f"{ns}/{name}", property=prop, value=json.loads(value), version=version)
-            for ns, name, prop, value, version in rows] or None
+    rows = None if reports is None else [
+        (*_split(report.device), report.state, report.reason, msgspec.json.encode(report.properties).decode())
+        for report in reports]
+    refused = [(*_split(error.device), error.property, error.version, error.error[:500])
+               for error in (ack.errors if ack is not None else [])]
+    await store.twins.record(node, rows, complete, ack.version if ack is not None else None, refused, time.time())
+    return [DesiredValue(device=f"{ns}/{name}", property=prop, value=value, version=version)
+            for ns, name, prop, value, version in await store.twins.desired_after(node, desired_version)] or None
 
 
 def check_report_rate(state: Any, node: str) -> None:
@@ -95,16 +69,14 @@ def check_report_rate(state: Any, node: str) -> None:
 
 async def _model_property(store: RegistryStore, namespace: str, name: str, prop: str) -> PropertyModel | None:
     """The model entry of a property of a Device applied at the registry; None when the registry has no model."""
-    rows = await store.database.rows("SELECT document FROM documents WHERE kind='Device' AND namespace=? AND name=?",
-                                     namespace, name)
-    model = json.loads(rows[0][0]).get("model") if rows else None
+    device = await store.documents.get("Device", namespace, name)
+    model = json.loads(device).get("model") if device else None
     if not model:
         return None
-    rows = await store.database.rows(
-        "SELECT document FROM documents WHERE kind='DeviceModel' AND namespace=? AND name=?", namespace, model)
-    if not rows:
+    document = await store.documents.get("DeviceModel", namespace, model)
+    if not document:
         return None
-    for entry in json.loads(rows[0][0]).get("properties", []):
+    for entry in json.loads(document).get("properties", []):
         if entry.get("name") == prop:
             return msgspec.convert(entry, PropertyModel)
     raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
@@ -112,11 +84,8 @@ async def _model_property(store: RegistryStore, namespace: str, name: str, prop:
 
 async def device_node(store: RegistryStore, namespace: str, name: str, node: str | None) -> str:
     """The node a device is on: the one its registry document names, or the one that reports it."""
-    assigned = [row[0] for row in await store.database.rows(
-        "SELECT node FROM documents WHERE kind='Device' AND namespace=? AND name=? AND node IS NOT NULL",
-        namespace, name)]
-    reporting = [row[0] for row in await store.database.rows(
-        "SELECT node FROM device_twins WHERE namespace=? AND name=? ORDER BY node", namespace, name)]
+    assigned = [placed for placed, _, _ in await store.documents.placed_devices(namespace=namespace, name=name)]
+    reporting = await store.twins.reporting_nodes(namespace, name)
     candidates = list(dict.fromkeys(assigned + reporting))
     if node is not None:
         if node not in candidates:
@@ -138,29 +107,21 @@ async def set_desired(store: RegistryStore, namespace: str, name: str, values: d
     if not values:
         raise ConfigError("desired: expected at least one property")
     node = await device_node(store, namespace, name, node)
-    if not await store.database.rows("SELECT 1 FROM nodes WHERE name=?", node):
+    if not await store.node_exists(node):
         raise ConfigError(f"node {node} has not joined yet")
-    reported = await store.database.rows("SELECT properties FROM device_twins WHERE node=? AND namespace=? AND "
-                                         "name=?", node, namespace, name)
-    known = set(json.loads(reported[0][0])) if reported else set()
+    known = await store.twins.reported_properties(node, namespace, name)
     converted = {}
     for prop, value in values.items():
         model = await _model_property(store, namespace, name, prop)
         if model is None:
-            if reported and prop not in known:
+            if known is not None and prop not in known:
                 raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
             converted[prop] = value
             continue
         if model.access != "ReadWrite":
             raise ValueRejected(f"{prop}: the property is {model.access}")
         converted[prop] = coerce(model, value)
-    now = time.time()
-    await store.database.transaction([
-        ("UPDATE nodes SET desired_version=desired_version+1 WHERE name=?", (node,)),
-        *[("INSERT INTO device_desired VALUES (?, ?, ?, ?, ?, (SELECT desired_version FROM nodes WHERE name=?), ?, "
-           "NULL, NULL) ON CONFLICT (node, namespace, name, property) DO UPDATE SET value=excluded.value, "
-           "version=excluded.version, set_at=excluded.set_at, delivered_at=NULL, error=NULL",
-           (node, namespace, name, prop, json.dumps(value), node, now)) for prop, value in converted.items()]])
+    await store.twins.set_desired(node, namespace, name, converted, time.time())
     return (await device_views(store, node=node, namespace=namespace, name=name))[0]
 
 
@@ -168,12 +129,6 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
                        name: str | None = None) -> list[dict[str, Any]]:
     """Devices with their twin, desired against reported: those the nodes report, have desired values for, or
     were applied at the registry for a node."""
-    where, args = [], []
-    for column, value in (("node", node), ("namespace", namespace), ("name", name)):
-        if value is not None:
-            where.append(f"{column}=?")
-            args.append(value)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
     views: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def view(key: tuple[str, str, str]) -> dict[str, Any]:
@@ -181,27 +136,21 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
                                       "state_reason": "not reported yet", "reported_at": None,
                                       "applied_at_registry": False, "twin": {}})
 
-    document_clause = clause.replace("WHERE", "AND") if clause else ""
-    for key in await store.database.rows(
-            f"SELECT node, namespace, name FROM documents WHERE kind='Device' AND node IS NOT NULL{document_clause}",
-            *args):
-        view((key[0], key[1], key[2]))["applied_at_registry"] = True
-    for row_node, ns, row_name, state, reason, properties, reported_at in await store.database.rows(
-            f"SELECT node, namespace, name, state, state_reason, properties, reported_at FROM device_twins{clause}",
-            *args):
+    for key in await store.documents.placed_devices(node, namespace, name):
+        view(key)["applied_at_registry"] = True
+    for row_node, ns, row_name, state, reason, properties, reported_at in await store.twins.reports(node, namespace,
+                                                                                                     name):
         entry = view((row_node, ns, row_name))
         entry.update(state=state, state_reason=reason, reported_at=reported_at)
-        for prop, report in json.loads(properties).items():
+        for prop, report in properties.items():
             entry["twin"][prop] = {"desired": None, "desired_status": None, "reported": report.get("reported"),
                                    "reported_at": report.get("reported_at"), "quality": report.get("quality"),
                                    "node_desired": report.get("desired"),
                                    **({"error": report["error"]} if report.get("error") else {})}
-    for row_node, ns, row_name, prop, value, version, set_at, delivered_at, error in await store.database.rows(
-            "SELECT node, namespace, name, property, value, version, set_at, delivered_at, error FROM device_desired"
-            f"{clause}", *args):
+    for row_node, ns, row_name, prop, desired, version, set_at, delivered_at, error in await store.twins.desired(
+            node, namespace, name):
         twin = view((row_node, ns, row_name))["twin"].setdefault(prop, {"reported": None, "reported_at": None,
                                                                         "quality": "unknown", "node_desired": None})
-        desired = json.loads(value)
         status = ("rejected" if error else "in sync" if same_value(desired, twin["reported"])
                   else "delivered" if delivered_at else "pending")
         twin.update(desired=desired, desired_version=version, desired_at=set_at, desired_status=status,
@@ -213,7 +162,7 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
 
 async def _visible(store: RegistryStore, caller: access.Caller, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The views of devices on nodes within the caller's scope."""
-    workspaces = dict(await store.database.rows("SELECT name, workspace FROM nodes"))
+    workspaces = await store.node_workspaces()
     return [view for view in views if view["node"] in workspaces and caller.sees(workspaces[view["node"]])]
 
 

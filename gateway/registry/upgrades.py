@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import json
 import secrets
 import tempfile
@@ -120,18 +119,9 @@ async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[st
         selector = {"nodes": spec.nodes, "labels": spec.labels, "group": spec.group}
         entry.detail = {"version": spec.version, **selector, "targets": targets, "concurrency": spec.concurrency,
                         "max_failures": spec.max_failures, "wheels": sorted(wheels)}
-        now = time.time()
-        statements: list[tuple[str, tuple[Any, ...]]] = [(
-            "INSERT INTO upgrade_tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (task, spec.version, json.dumps(selector), spec.concurrency, spec.max_failures, spec.deadline,
-             "running", spec.workspace, actor.actor, now, None))]
-        statements += [("INSERT INTO upgrade_wheels VALUES (?, ?, ?, ?, ?)",
-                        (task, name, hashlib.sha256(content).hexdigest(), len(content),
-                         base64.b64encode(content).decode())) for name, content in sorted(wheels.items())]
-        statements += [("INSERT INTO upgrade_nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (task, node, position, PENDING, "not started yet", "", None, None, now))
-                       for position, node in enumerate(targets)]
-        await store.database.transaction(statements)
+        await store.upgrades.create(task, spec.version, selector, spec.concurrency, spec.max_failures, spec.deadline,
+                                    spec.workspace, actor.actor, wheels, targets, PENDING, "not started yet",
+                                    time.time())
     await advance(store)
     return await task_view(store, task)
 
@@ -139,29 +129,24 @@ async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[st
 async def advance(store: RegistryStore) -> None:
     """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish."""
     async with _advancing:
-        running = await store.database.rows(
-            "SELECT id, version, concurrency, max_failures, deadline FROM upgrade_tasks WHERE state='running' "
-            "ORDER BY created_at")
+        running = await store.upgrades.running()
         if not running:
             return
         nodes = {node["name"]: node for node in await store.nodes()}
         for task, version, concurrency, max_failures, deadline in running:
-            await _advance_task(store, task, version, int(concurrency), int(max_failures), float(deadline), nodes)
+            await _advance_task(store, task, version, concurrency, max_failures, deadline, nodes)
 
 
 async def _advance_task(store: RegistryStore, task: str, version: str, concurrency: int, max_failures: int,
                         deadline: float, nodes: dict[str, dict[str, Any]]) -> None:
-    rows = await store.database.rows("SELECT node, status, updated_at FROM upgrade_nodes WHERE task=? "
-                                     "ORDER BY position", task)
+    rows = await store.upgrades.node_states(task)
     status = {node: state for node, state, _ in rows}
     now = time.time()
-    statements: list[tuple[str, tuple[Any, ...]]] = []
+    changes: list[tuple[str, str, str, dict[str, float]]] = []
 
     def set_status(node: str, new: str, reason: str, **times: float) -> None:
         status[node] = new
-        columns = "".join(f", {column}=?" for column in times)
-        statements.append((f"UPDATE upgrade_nodes SET status=?, reason=?, updated_at=?{columns} WHERE task=? AND "
-                           "node=?", (new, reason, now, *times.values(), task, node)))
+        changes.append((node, new, reason, times))
 
     silent_after = deadline + SILENCE_GRACE
     for node, state, updated in rows:  # a node that went quiet mid-upgrade must not hold the task forever
@@ -185,55 +170,43 @@ async def _advance_task(store: RegistryStore, task: str, version: str, concurren
             set_status(node, CANCELLED, "the node was removed", finished_at=now)
         elif info["status"] == "healthy":
             set_status(node, ASSIGNED, f"handed to the node (it ran version {info['version']})", started_at=now)
+    outcome = None
     if all(s in FINAL for s in status.values()):
         outcome = "succeeded" if all(s in (SUCCEEDED, SKIPPED) for s in status.values()) else "failed"
-        statements.append(("UPDATE upgrade_tasks SET state=?, finished_at=? WHERE id=?", (outcome, now, task)))
-    if statements:
-        await store.database.transaction(statements)
+    await store.upgrades.move_on(task, changes, outcome, now)
 
 
 async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | None) -> UpgradeAssignment | None:
     """Record a node's upgrade report, move the tasks on; the node's assignment, if it has one."""
     if report is not None:
-        final = report.status != UPGRADING
-        now = time.time()
-        await store.database.write(
-            "UPDATE upgrade_nodes SET status=?, reason=?, log=?, updated_at=?, finished_at=? WHERE task=? AND "
-            "node=? AND status IN (?, ?)", report.status, report.reason, report.log, now, now if final else None,
-            report.task, node, *IN_FLIGHT)
+        await store.upgrades.report(report.task, node, report.status, report.reason, report.log, time.time(),
+                                    report.status != UPGRADING, IN_FLIGHT)
     await advance(store)
-    rows = await store.database.rows(
-        "SELECT t.id, t.version, t.deadline FROM upgrade_nodes n JOIN upgrade_tasks t ON t.id = n.task "
-        "WHERE n.node=? AND n.status=?", node, ASSIGNED)
-    if not rows:
+    assigned = await store.upgrades.assignment(node, ASSIGNED)
+    if assigned is None:
         return None
-    task, version, deadline = rows[0]
-    wheels = [WheelFile(name=name, sha256=digest, size=size) for name, digest, size in await store.database.rows(
-        "SELECT filename, sha256, size FROM upgrade_wheels WHERE task=? ORDER BY filename", task)]
-    return UpgradeAssignment(task=task, version=version, deadline=float(deadline), wheels=wheels)
+    task, version, deadline = assigned
+    wheels = [WheelFile(name=name, sha256=digest, size=size)
+              for name, digest, size in await store.upgrades.wheels(task)]
+    return UpgradeAssignment(task=task, version=version, deadline=deadline, wheels=wheels)
 
 
 async def task_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
     """Every upgrade task (newest last) with its per-node statuses."""
-    rows = await store.database.rows("SELECT id, workspace FROM upgrade_tasks ORDER BY created_at")
-    return [await task_view(store, task) for task, workspace in rows if caller is None or caller.sees(workspace)]
+    return [await task_view(store, task) for task, workspace in await store.upgrades.tasks()
+            if caller is None or caller.sees(workspace)]
 
 
 async def task_view(store: RegistryStore, task: str, caller: access.Caller | None = None) -> dict[str, Any]:
-    rows = await store.database.rows(
-        "SELECT version, selector, concurrency, max_failures, deadline, state, workspace, created_by, created_at, "
-        "finished_at FROM upgrade_tasks WHERE id=?", task)
-    if not rows or (caller is not None and not caller.sees(rows[0][6])):
+    row = await store.upgrades.task(task)
+    if row is None or (caller is not None and not caller.sees(row[6])):
         raise NotFound(f"no upgrade task {task}")
-    version, selector, concurrency, max_failures, deadline, state, workspace, by, created, finished = rows[0]
+    version, selector, concurrency, max_failures, deadline, state, workspace, by, created, finished = row
     nodes = [{"node": node, "status": status, "reason": reason, "log": text, "started_at": started,
               "finished_at": ended, "updated_at": updated}
-             for node, status, reason, text, started, ended, updated in await store.database.rows(
-                 "SELECT node, status, reason, log, started_at, finished_at, updated_at FROM upgrade_nodes "
-                 "WHERE task=? ORDER BY position", task)]
-    wheels = [name for (name,) in await store.database.rows(
-        "SELECT filename FROM upgrade_wheels WHERE task=? ORDER BY filename", task)]
-    return {"id": task, "version": version, "selector": json.loads(selector), "concurrency": concurrency,
+             for node, status, reason, text, started, ended, updated in await store.upgrades.task_nodes(task)]
+    wheels = [name for name, _, _ in await store.upgrades.wheels(task)]
+    return {"id": task, "version": version, "selector": selector, "concurrency": concurrency,
             "max_failures": max_failures, "deadline": deadline, "state": state, "workspace": workspace,
             "created_by": by, "created_at": created, "finished_at": finished, "wheels": wheels, "nodes": nodes}
 
@@ -267,13 +240,13 @@ async def show_upgrade(request: AnyRequest, task: FromPath[str]) -> dict[str, An
      media_type="application/octet-stream")
 async def upgrade_wheel(request: AnyRequest, task: FromPath[str], name: FromPath[str]) -> Response[bytes]:
     node = await client_node(request)
-    if not await store_of(request).database.rows("SELECT 1 FROM upgrade_nodes WHERE task=? AND node=?", task, node):
+    store = store_of(request)
+    if not await store.upgrades.is_target(task, node):
         raise NotFound(f"no upgrade task {task} for node {node}")
-    rows = await store_of(request).database.rows(
-        "SELECT content FROM upgrade_wheels WHERE task=? AND filename=?", task, name)
-    if not rows:
+    content = await store.upgrades.wheel(task, name)
+    if content is None:
         raise NotFound(f"upgrade task {task}: no wheel {name}")
-    return Response(base64.b64decode(rows[0][0]), media_type="application/octet-stream")
+    return Response(content, media_type="application/octet-stream")
 
 
 ROUTE_HANDLERS = [create_upgrade, list_upgrades, show_upgrade, upgrade_wheel]

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.registry.monitoring import MINUTE, WINDOW, node_plots_html, node_samples, sample_statements
+from gateway.registry.monitoring import MINUTE, WINDOW, node_plots_html, node_samples
 from gateway.registry.store import RegistryStore
+from gateway.registry.store.samples import sample_statements
 from gateway.runtime import Gateway
 from gateway.uplink.client import Uplink
 from gateway.uplink.join import client_ssl_context, join, load_settings

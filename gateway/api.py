@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from gateway.store import Store
     from gateway.workloads.supervisor import WorkloadManager
 
+LOCAL = "local"  # the owner of resources created through the UI or the REST API (kept in the store)
+REGISTRY = "registry"  # the owner of resources the registry pushes (kept in the store: edge autonomy)
+
 
 class GatewayAPI:
     """One running gateway, as its parts and plugins see it."""

@@ -21,7 +21,7 @@ BUILTIN_PLUGINS = (
     "gateway.web.api.messages",
     "gateway.ops.bench",
     "gateway.importers.cli",
-    "gateway.registry.cli", "gateway.uplink.plugin",
+    "gateway.registry.cli", "gateway.uplink.plugin", "gateway.uplink.cli",
     "gateway.ops.metrics", "gateway.ops.systemd",
     "gateway.workloads.process", "gateway.web.api.workloads",
     "gateway.ops.upgrade",

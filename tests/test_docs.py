@@ -10,6 +10,7 @@ import pytest
 from gateway import hookspecs
 from gateway.cli import build_parser
 from gateway.ops import docgen
+from gateway.registry import docs as registry_docs
 from gateway.workloads.model import Runtime
 from tests.conftest import REPO
 
@@ -40,10 +41,15 @@ def test_every_runtime_method_is_documented(method: str) -> None:
     assert f"{method}(" in section, f"docs/plugin-hooks.md: register_runtimes does not mention Runtime.{method}()"
 
 
-@pytest.mark.parametrize("name", sorted(docgen.GENERATED))
+GENERATORS = {**{name: ("gateway.ops.docgen", fn) for name, fn in docgen.GENERATED.items()},
+              **{name: ("gateway.registry.docs", fn) for name, fn in registry_docs.GENERATED.items()}}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_generated_docs_are_current(name: str) -> None:
     committed = (REPO / "docs" / name).read_text()
-    assert committed == docgen.GENERATED[name](), f"docs/{name} is stale: run python -m gateway.ops.docgen"
+    module, generate = GENERATORS[name]
+    assert committed == generate(), f"docs/{name} is stale: run python -m {module}"
 
 
 def test_readme_documents_every_command() -> None:

@@ -1,4 +1,5 @@
 """Generates docs/resources.md and docs/rest-api.md from the schemas and the app: `python -m gateway.ops.docgen`.
+The registry documents its own API (gateway.registry.docs).
 
 tests/test_docs.py fails when the committed files differ from what this prints.
 """
@@ -160,45 +161,9 @@ def rest_api_markdown() -> str:
             "| method | path | role | summary |", "| --- | --- | --- | --- |"]
     for method, path, role, summary in route_table(pages=True):
         out.append(f"| {method} | `{path}` | {role} | {summary} |")
-    api, pages = registry_route_table()
-    out += ["", "## Registry API", "",
-            "`fieldgate registry serve` (TLS only). A route for people takes `Authorization: Bearer <token>` "
-            "(`fieldgate registry token create --role R [--scope S]`; docs/registry-access.md says which role a "
-            "change needs) and sees only what lies in the token's scope; a route for nodes takes the node's "
-            "certificate (mutual TLS).", "",
-            "| method | path | caller | summary |", "| --- | --- | --- | --- |"]
-    out += [f"| {method} | `{path}` | {caller} | {summary} |" for method, path, caller, summary in api]
-    out += ["", "## Pages of the registry", "",
-            "Server-rendered for registry users (`fieldgate registry user add`), with the session cookie of `/login`; "
-            "every form carries the session's CSRF token.", "",
-            "| method | path | summary |", "| --- | --- | --- |"]
-    out += [f"| {method} | `{path}` | {summary} |" for method, path, _, summary in pages]
+    out += ["", "The registry's API and pages are in [registry-api.md](registry-api.md) (`python -m "
+            "gateway.registry.docs`)."]
     return "\n".join(out) + "\n"
-
-
-def registry_route_table() -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:
-    """(method, path, caller, summary) of the registry's API routes and of its pages."""
-    import tempfile
-
-    from gateway.registry.app import create_app
-    from gateway.web.routes_doc import app_routes
-
-    with tempfile.TemporaryDirectory() as directory:  # the app makes its CA in its data dir
-        app = create_app(Path(directory))
-    api: list[tuple[str, str, str, str]] = []
-    pages: list[tuple[str, str, str, str]] = []
-    for method, path, handler in app_routes(app):
-        if path.startswith(("/schema", "/static")):
-            continue
-        summary = handler.summary or ""
-        if handler.include_in_schema is False:
-            pages.append((method, path, "user", summary))
-            continue
-        node = path.startswith(("/api/v1/nodes/self", "/api/v1/heartbeat", "/api/v1/join/batch")) or (
-            path.startswith("/api/v1/upgrades/") and "/wheels/" in path)
-        public = path in ("/healthz", "/api/v1/ca", "/api/v1/join")
-        api.append((method, path, "public" if public else "node" if node else "API token", summary))
-    return api, pages
 
 
 GENERATED = {"resources.md": resources_markdown, "rest-api.md": rest_api_markdown}

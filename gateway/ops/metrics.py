@@ -35,6 +35,6 @@ def register_routes() -> list[Any]:
 
 @hookimpl
 def startup(gateway: GatewayAPI) -> None:
-    from gateway.registry.monitoring import start_local_monitor
+    from gateway.ops.sampler import start_local_monitor
 
     start_local_monitor(gateway)

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.api import LOCAL, REGISTRY
 from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.protocols.base import Protocol
 from gateway.resources.loader import Config, Source, check_documents, parse_yaml, read_path
@@ -20,8 +21,6 @@ from gateway.resources.schema import Document, enc_hook
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
-LOCAL = "local"  # resources created through the UI or the API, kept in the store
-REGISTRY = "registry"  # resources synced from the registry, kept in the store (edge autonomy)
 
 ConfigListener = Callable[[Config, Config], Awaitable[None]]
 

@@ -9,7 +9,6 @@ uplink and the registry's desired values all set desired values through `desired
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 from gateway.errors import NotFound, ValueRejected
 from gateway.pipeline.values import coerce, read_value
+from gateway.pipeline.values import same_value as same_value  # its home is pipeline.values; imported from here too
 from gateway.protocols.base import BoundDevice
 from gateway.resources.schema import PropertyModel
 
@@ -79,19 +79,6 @@ class Twin:
     def deltas(self) -> dict[str, Any]:
         """The desired values the device does not report yet, by property."""
         return {name: p.desired for name, p in self.properties.items() if p.desired is not None and not p.in_sync()}
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal, or close enough for floats that went through a register encoding (scale, float32)."""
-    if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, bool) or isinstance(b, bool):
-            return a is b
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
-        except (TypeError, ValueError):
-            return False
-    equal: bool = a == b
-    return equal
 
 
 # --- desired values ------------------------------------------------------------------------------------------------

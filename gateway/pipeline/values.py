@@ -125,3 +125,16 @@ def read_value(model: PropertyModel, value: Any) -> Any:
 def round_half_away(value: float) -> int:
     """Round half away from zero: 2.5 -> 3, -2.5 -> -3 (never truncate)."""
     return math.floor(abs(value) + 0.5) * (1 if value >= 0 else -1)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, or close enough for floats that went through a register encoding (scale, float32)."""
+    if isinstance(a, float) or isinstance(b, float):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return a is b
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    equal: bool = a == b
+    return equal

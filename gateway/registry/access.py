@@ -114,8 +114,7 @@ def _hash(secret: str) -> str:
 
 async def workspaces(store: RegistryStore) -> dict[str, str]:
     """Every workspace with its folder."""
-    return {str(name): str(folder) for name, folder in await store.database.rows(
-        "SELECT name, folder FROM workspaces ORDER BY name")}
+    return await store.access.workspaces()
 
 
 async def create_workspace(store: RegistryStore, name: str, folder: str = DEFAULT_FOLDER) -> None:
@@ -125,8 +124,7 @@ async def create_workspace(store: RegistryStore, name: str, folder: str = DEFAUL
         raise ConfigError(f"--folder {folder!r}: expected lowercase letters, digits and '-' (at most 63)")
     if name in await workspaces(store):
         raise ConfigError(f"workspace {name} exists already")
-    await store.database.write("INSERT INTO workspaces (name, folder, created_at) VALUES (?, ?, ?)", name, folder,
-                               time.time())
+    await store.access.add_workspace(name, folder, time.time())
 
 
 async def check_workspace(store: RegistryStore, name: str) -> str:
@@ -175,39 +173,35 @@ def cli_caller() -> Caller:
 async def create_api_token(store: RegistryStore, role: str, scope: Scope, description: str = "") -> str:
     """A new bearer token `<id>.<secret>` with a role bound to a scope; only a hash of the secret is kept."""
     token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
-    await store.database.write(
-        "INSERT INTO api_tokens (id, secret_hash, role, created_at, scope, description) VALUES (?, ?, ?, ?, ?, ?)",
-        token_id, _hash(secret), check_role(role), time.time(), str(scope), description)
+    await store.access.add_api_token(token_id, _hash(secret), check_role(role), str(scope), description, time.time())
     return f"{token_id}.{secret}"
 
 
 async def token_caller(store: RegistryStore, token: str) -> Caller:
     """The caller of a bearer token; AuthError when it is unknown or revoked."""
     token_id, _, secret = token.partition(".")
-    rows = await store.database.rows("SELECT secret_hash, role, scope, revoked_at FROM api_tokens WHERE id=?",
-                                     token_id)
-    if not rows or not hmac.compare_digest(rows[0][0], _hash(secret)):
+    row = await store.access.api_token(token_id)
+    if row is None or not hmac.compare_digest(row[0], _hash(secret)):
         raise AuthError("unknown API token")
-    if rows[0][3] is not None:
+    _, role, scope, revoked_at = row
+    if revoked_at is not None:
         raise AuthError("revoked API token")
-    return await resolve(store, f"token:{token_id}", str(rows[0][1]), str(rows[0][2]))
+    return await resolve(store, f"token:{token_id}", role, scope)
 
 
 async def api_tokens(store: RegistryStore) -> list[dict[str, Any]]:
     return [{"id": token_id, "role": role, "scope": scope, "description": description, "created_at": created,
              "revoked_at": revoked}
-            for token_id, role, scope, description, created, revoked in await store.database.rows(
-                "SELECT id, role, scope, description, created_at, revoked_at FROM api_tokens ORDER BY created_at")]
+            for token_id, role, scope, description, created, revoked in await store.access.api_tokens()]
 
 
 async def revoke_api_token(store: RegistryStore, token_id: str) -> str:
     """Revoke a token; its scope (for the audit log)."""
-    rows = await store.database.rows("SELECT scope FROM api_tokens WHERE id=?", token_id)
-    if not rows:
+    row = await store.access.api_token(token_id)
+    if row is None:
         raise NotFound(f"no API token {token_id}")
-    await store.database.write("UPDATE api_tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL", time.time(),
-                               token_id)
-    return str(rows[0][0])
+    await store.access.revoke_api_token(token_id, time.time())
+    return row[2]
 
 
 # --- registry users (for the pages) ---------------------------------------------------------------------------
@@ -220,38 +214,34 @@ async def add_user(store: RegistryStore, name: str, role: str, scope: Scope, pas
     if len(password) < 8:
         raise ConfigError("password: use at least 8 characters")
     check_role(role)
-    await store.database.write(
-        "INSERT INTO registry_users (name, password_hash, role, scope, created_at) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET password_hash=excluded.password_hash, role=excluded.role, "
-        "scope=excluded.scope", name, _hasher.hash(password), role, str(scope), time.time())
+    await store.access.put_user(name, _hasher.hash(password), role, str(scope), time.time())
 
 
 async def remove_user(store: RegistryStore, name: str) -> None:
-    if not await store.database.write("DELETE FROM registry_users WHERE name=?", name):
+    if not await store.access.delete_user(name):
         raise NotFound(f"no registry user {name}")
 
 
 async def users(store: RegistryStore) -> list[dict[str, Any]]:
     return [{"name": name, "role": role, "scope": scope, "created_at": created}
-            for name, role, scope, created in await store.database.rows(
-                "SELECT name, role, scope, created_at FROM registry_users ORDER BY name")]
+            for name, role, scope, created in await store.access.users()]
 
 
 async def user_caller(store: RegistryStore, name: str) -> Caller:
     """The caller of a known user (role and scope as stored now); AuthError when the user is gone."""
-    rows = await store.database.rows("SELECT role, scope FROM registry_users WHERE name=?", name)
-    if not rows:
+    row = await store.access.user(name)
+    if row is None:
         raise AuthError("the user of this session no longer exists")
-    return await resolve(store, f"user:{name}", str(rows[0][0]), str(rows[0][1]))
+    return await resolve(store, f"user:{name}", row[1], row[2])
 
 
 async def authenticate_user(store: RegistryStore, name: str, password: str) -> Caller:
-    rows = await store.database.rows("SELECT password_hash FROM registry_users WHERE name=?", name)
-    if not rows:
+    row = await store.access.user(name)
+    if row is None:
         _hasher.hash(password)  # the same work as a real check: no user enumeration by timing
         raise AuthError("invalid user name or password")
     try:
-        _hasher.verify(str(rows[0][0]), password)
+        _hasher.verify(row[0], password)
     except (VerificationError, InvalidHashError):
         raise AuthError("invalid user name or password") from None
     return await user_caller(store, name)
@@ -261,8 +251,7 @@ async def authenticate_user(store: RegistryStore, name: str, password: str) -> C
 
 
 async def node_workspace(store: RegistryStore, name: str) -> str | None:
-    rows = await store.database.rows("SELECT workspace FROM nodes WHERE name=?", name)
-    return str(rows[0][0]) if rows else None
+    return await store.node_workspace(name)
 
 
 async def visible_node(store: RegistryStore, caller: Caller, name: str) -> dict[str, Any]:
@@ -282,7 +271,7 @@ async def check_node_in_scope(store: RegistryStore, caller: Caller, name: str) -
 
 
 async def group_workspaces(store: RegistryStore) -> dict[str, str]:
-    return {str(name): str(ws) for name, ws in await store.database.rows("SELECT name, workspace FROM node_groups")}
+    return await store.group_workspaces()
 
 
 async def visible_groups(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
@@ -298,9 +287,7 @@ async def visible_nodes(store: RegistryStore, caller: Caller) -> list[dict[str, 
 
 async def documents(store: RegistryStore, caller: Caller, kind: str | None = None) -> list[dict[str, Any]]:
     """The registry's documents in the caller's scope: kind, namespace, name, node, workspace, document."""
-    rows = await store.database.rows(
-        "SELECT kind, namespace, name, node, workspace, document, updated_at FROM documents "
-        + ("WHERE kind=? " if kind else "") + "ORDER BY kind, namespace, name", *([kind] if kind else []))
+    rows = await store.documents.listing(kind)
     return [{"kind": k, "namespace": ns, "name": name, "node": node, "workspace": workspace,
              "document": _shown(k, json.loads(doc)), "updated_at": updated}
             for k, ns, name, node, workspace, doc, updated in rows if caller.sees(workspace)]
@@ -316,21 +303,18 @@ def _shown(kind: str, document: dict[str, Any]) -> dict[str, Any]:
 async def join_tokens(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
     now = time.time()
     result = []
-    for token_id, expires, max_uses, uses, revoked, labels, created, workspace in await store.database.rows(
-            "SELECT id, expires_at, max_uses, uses, revoked, labels, created_at, workspace FROM join_tokens "
-            "ORDER BY created_at DESC"):
+    for token_id, expires, max_uses, uses, revoked, labels, created, workspace in await store.join_tokens():
         if not caller.sees(workspace):
             continue
         state = ("revoked" if revoked else "expired" if expires < now else "used up" if uses >= max_uses
                  else "valid")
-        result.append({"id": token_id, "workspace": workspace, "labels": json.loads(labels), "uses": uses,
+        result.append({"id": token_id, "workspace": workspace, "labels": labels, "uses": uses,
                        "max_uses": max_uses, "expires_at": expires, "created_at": created, "state": state})
     return result
 
 
 async def join_token_workspace(store: RegistryStore, token_id: str) -> str | None:
-    rows = await store.database.rows("SELECT workspace FROM join_tokens WHERE id=?", token_id)
-    return str(rows[0][0]) if rows else None
+    return await store.join_token_workspace(token_id)
 
 
 # --- the audit log --------------------------------------------------------------------------------------------
@@ -347,23 +331,15 @@ async def record(store: RegistryStore, actor: Caller | str, scope: str, action: 
     who = actor.actor if isinstance(actor, Caller) else actor
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
     now = time.time()
-    await store.database.write(
-        "INSERT INTO audit (id, at, actor, scope, action, object, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        f"{time.time_ns():x}{secrets.token_hex(2)}", now, who, scope, action, target, outcome, text[:2000])
+    await store.access.record(f"{time.time_ns():x}{secrets.token_hex(2)}", now, who, scope, action, target, outcome,
+                              text[:2000])
 
 
 async def audit_entries(store: RegistryStore, caller: Caller, *, limit: int = 200,
                         before: float | None = None) -> list[dict[str, Any]]:
     """The newest audit entries the caller may read (its scope and the workspaces within), newest first."""
-    where = ["at < ?"]
-    args: list[Any] = [before if before is not None else time.time() + 86400]
-    scopes = caller.audit_scopes()
-    if scopes is not None:
-        where.append(f"scope IN ({', '.join('?' for _ in scopes)})")
-        args.extend(scopes)
-    rows = await store.database.rows(
-        f"SELECT at, actor, scope, action, object, outcome, detail FROM audit WHERE {' AND '.join(where)} "
-        "ORDER BY at DESC, id DESC LIMIT ?", *args, max(1, min(limit, 1000)))
+    rows = await store.access.entries(before if before is not None else time.time() + 86400, caller.audit_scopes(),
+                                      max(1, min(limit, 1000)))
     return [{"at": at, "actor": actor, "scope": scope, "action": action, "object": target, "outcome": outcome,
              "detail": detail} for at, actor, scope, action, target, outcome, detail in rows]
 
@@ -592,8 +568,7 @@ async def workspace_problems(store: RegistryStore, documents: list[tuple[str, st
                              workspace: str) -> list[str]:
     """Why documents cannot go to a workspace: a device meant for a node of another one, or a document of the same
     kind, namespace and name that another workspace holds."""
-    held = {(kind, ns, name): str(ws) for kind, ns, name, ws in await store.database.rows(
-        "SELECT kind, namespace, name, workspace FROM documents")}
+    held = await store.documents.workspaces()
     problems = []
     for kind, ns, name, node, _ in documents:
         if held.get((kind, ns, name), workspace) != workspace:

@@ -7,9 +7,8 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-import msgspec
 from litestar import Litestar, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -34,11 +33,11 @@ from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
 from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
-from gateway.registry.twins import DesiredAck, DesiredValue, DeviceReports
-from gateway.resources.schema import NODE_NAME_RULE, check_node_name
+from gateway.resources.schema import check_node_name
 from gateway.webkit.headers import add_security_headers
 from gateway.webkit.sessions import LoginLimiter
 from gateway.webkit.templating import static_files, template_config
+from gateway.wire import HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
 
 DEFAULT_INTERVAL = 10.0
 
@@ -48,40 +47,6 @@ DEFAULT_INTERVAL = 10.0
 JOIN_FAILURES = 10
 JOIN_TOKEN_FAILURES = 20
 JOIN_WINDOW = 60.0
-
-
-class JoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    token: str  # "<id>.<secret>" (the CA fingerprint part stays with the node)
-    csr: str
-    name: Annotated[str | None, msgspec.Meta(description=f"the node name asked for (default: the registry picks "
-                                                         f"one): {NODE_NAME_RULE}; not 'self'")] = None
-
-
-class JoinResponse(msgspec.Struct, kw_only=True):
-    node: str
-    certificate: str
-    ca: str
-    heartbeat_interval: float
-
-
-class HeartbeatRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    resource_version: str = ""
-    info: dict[str, Any] = {}
-    twins: DeviceReports | None = None  # devices whose twin changed since the last delivered report
-    twins_complete: bool = False  # `twins` holds every device of the node: forget the others
-    desired_version: int = 0  # the node has taken the registry's desired values up to this version
-    desired_ack: DesiredAck | None = None
-    workloads: workloads.WorkloadReports | None = None  # the node's registry-owned workloads, when they changed
-    upgrade: upgrades.UpgradeReport | None = None  # the state of the upgrade task the node was handed last
-
-
-class HeartbeatResponse(msgspec.Struct, kw_only=True):
-    node: str
-    resource_version: str
-    heartbeat_interval: float
-    documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
-    desired: list[DesiredValue] | None = None  # desired values newer than the node's desired_version
-    upgrade: upgrades.UpgradeAssignment | None = None  # an upgrade task for the node to start
 
 
 @get("/healthz", summary="Liveness")

@@ -14,58 +14,35 @@ import io
 import json
 import re
 import socket
-import ssl
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 from litestar import post
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.params import JSONBody
 
 from gateway.errors import AuthError, ConfigError, NotFound
+from gateway.pki import key_pem
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
-from gateway.registry.ca import CertificateAuthority, cert_pem, key_pem, make_csr, new_key, peer_identity, write_private
-from gateway.registry.db import KeyTaken, NothingMatched
-from gateway.registry.store import NameTaken, RegistryStore, node_statements
+from gateway.registry.ca import CertificateAuthority, cert_pem, peer_identity
+from gateway.registry.store import NameTaken, RegistryStore
 from gateway.resources.schema import NAME_PATTERN, NODE_NAME_MAX, check_node_name
-from gateway.uplink.join import RegistrySettings, detail, registry_dir, save_identity
+from gateway.wire import BatchJoinRequest, BatchJoinResponse, BundleInfo
 
 CN_PREFIX = "batch:"  # a node name cannot contain ':', so a batch certificate is never taken for a node's
 BATCH_NAME_MAX = 64 - len(CN_PREFIX)  # the certificate's common name holds at most 64 characters (RFC 5280)
 PREFIX_MAX = 48  # leaves a node name (at most NODE_NAME_MAX) room for `-<serial>` and a `-2` when that is taken
 GRACE_DAYS = 30  # the certificate outlives the batch so that a late node hears `expired`, not a TLS failure
 URLS_FILE = "urls.json"
-TIMEOUT = 10.0
-_NO_SERIAL = {"", "0", "none", "not specified", "to be filled by o.e.m.", "default string", "system serial number",
-              "not applicable", "n/a", "unknown", "123456789"}
 
 
 class BatchRefused(AuthError):
     """A batch that cannot take another node; the message is the reason (`revoked`, `expired`, `used up`)."""
 
-
-class BundleInfo(msgspec.Struct, kw_only=True):
-    """bundle.json inside a bundle."""
-
-    batch: str
-    registry: list[str]
-    labels: dict[str, str]
-    expires_at: float
-    ca_fingerprint: str
-
-
-class BatchJoinRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    csr: str
-    hint: str = ""  # the node's serial number or hostname, or the name asked for
-
-
-# --- the registry side --------------------------------------------------------------------------------------------
 
 
 def record_urls(data_dir: Path, listen: str) -> None:
@@ -107,14 +84,11 @@ async def create_batch(store: RegistryStore, ca: CertificateAuthority, name: str
     for url in urls:
         if not url.startswith("https://"):
             raise ConfigError(f"--url {url}: expected an https:// URL")
-    if await store.database.rows("SELECT 1 FROM batches WHERE name=?", name):
+    if await store.batches.exists(name):
         raise ConfigError(f"batch {name} exists already")
     cert, key = ca.issue_batch(CN_PREFIX + name, ttl / 86400 + GRACE_DAYS)
     now = time.time()
-    await store.database.write(
-        "INSERT INTO batches (name, serial, prefix, max_count, labels, expires_at, created_at, workspace) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", name, format(cert.serial_number, "x"), prefix, count, json.dumps(labels),
-        now + ttl, now, workspace)
+    await store.batches.add(name, format(cert.serial_number, "x"), prefix, count, labels, now + ttl, now, workspace)
     info = BundleInfo(batch=name, registry=[u.rstrip("/") for u in urls], labels=labels, expires_at=now + ttl,
                       ca_fingerprint=ca.fingerprint)
     return _tar({"bundle.json": msgspec.json.format(msgspec.json.encode(info)), "ca.pem": ca.cert_pem,
@@ -134,54 +108,44 @@ def _tar(files: dict[str, bytes]) -> bytes:
 async def list_batches(store: RegistryStore) -> list[dict[str, Any]]:
     now = time.time()
     result = []
-    for name, prefix, max_count, used, revoked, labels, expires_at, created_at, workspace in await store.database.rows(
-            "SELECT name, prefix, max_count, used, revoked, labels, expires_at, created_at, workspace FROM batches "
-            "ORDER BY name"):
+    for name, prefix, max_count, used, revoked, labels, expires_at, created_at, workspace in (
+            await store.batches.listing()):
         status = "revoked" if revoked else "expired" if expires_at < now else "used up" if used >= max_count \
             else "active"
         result.append({"name": name, "status": status, "prefix": prefix, "count": max_count, "used": used,
-                       "labels": json.loads(labels), "expires_at": expires_at, "created_at": created_at,
+                       "labels": labels, "expires_at": expires_at, "created_at": created_at,
                        "workspace": workspace})
     return result
 
 
 async def revoke_batch(store: RegistryStore, name: str) -> None:
     """No node joins with the batch from now on (nodes that joined keep their own certificates)."""
-    if not await store.database.write("UPDATE batches SET revoked=1 WHERE name=?", name):
+    if not await store.batches.revoke(name):
         raise NotFound(f"no batch {name}")
 
 
 async def _check_batch(store: RegistryStore, name: str, serial: str) -> tuple[dict[str, str], str, str, int]:
     """(labels, prefix, workspace, places taken) of a batch that may take a node; BatchRefused with the reason
     otherwise."""
-    rows = await store.database.rows("SELECT serial, prefix, max_count, used, revoked, labels, expires_at, workspace "
-                                     "FROM batches WHERE name=?", name)
-    if not rows or rows[0][0] != serial:
+    row = await store.batches.get(name)
+    if row is None or row[0] != serial:
         raise BatchRefused("unknown")
-    _, prefix, max_count, used, revoked, labels, expires_at, workspace = rows[0]
+    _, prefix, max_count, used, revoked, labels, expires_at, workspace = row
     if revoked:
         raise BatchRefused("revoked")
     if expires_at < time.time():
         raise BatchRefused("expired")
     if used >= max_count:
         raise BatchRefused("used up")
-    return dict(json.loads(labels)), str(prefix), str(workspace), int(used)
+    return dict(labels), str(prefix), str(workspace), int(used)
 
 
 async def take_place(store: RegistryStore, batch: str, name: str, serial: str, labels: dict[str, str],
                      interval: float, group: str | None, workspace: str) -> None:
     """Count one node against the batch and record it in one transaction: a node refused on the way takes no place.
     BatchRefused when another node took the last place meanwhile, NameTaken when one took the name."""
-    # the WHERE clause keeps two nodes at once from both taking the last place (the row stays locked until commit)
-    take = ("UPDATE batches SET used=used+1 WHERE name=? AND used < max_count AND revoked=0 AND expires_at>=? "
-            "RETURNING used", (batch, time.time()))
-    try:
-        await store.database.transaction(
-            [take, *node_statements(name, serial, labels, interval, group, workspace, batch)], guard=0)
-    except NothingMatched:
-        raise BatchRefused("used up") from None
-    except KeyTaken:
-        raise NameTaken(f"node name {name} is taken; join again") from None
+    if not await store.join_batch_node(batch, name, serial, labels, interval, group, workspace):
+        raise BatchRefused("used up")
 
 
 def _slug(text: str) -> str:
@@ -203,7 +167,7 @@ def node_name(prefix: str, hint: str, number: int, taken: set[str]) -> str:
 
 @post("/api/v1/join/batch", summary="Join with a batch certificate (mutual TLS) and a CSR; returns the node name "
       "and its certificate", status_code=200)
-async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> dict[str, Any]:
+async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> BatchJoinResponse:
     extensions: dict[str, Any] = dict(request.scope.get("extensions") or {})
     chain: list[str] = (extensions.get("tls") or {}).get("client_cert_chain") or []
     if not chain:
@@ -214,8 +178,8 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> d
     batch = common_name.removeprefix(CN_PREFIX)
     ca: CertificateAuthority = request.app.state.ca
     store = store_of(request)
-    rows = await store.database.rows("SELECT workspace FROM batches WHERE name=?", batch)
-    scope = access.workspace_scope(rows[0][0]) if rows else access.PLATFORM
+    workspace_of_batch = await store.batches.workspace(batch)
+    scope = access.workspace_scope(workspace_of_batch) if workspace_of_batch is not None else access.PLATFORM
     async with access.audited(store, f"batch:{batch}", "node.join", f"batch/{batch}", scope) as entry:
         # everything is checked first; the place is taken in the transaction that records the node
         try:
@@ -236,89 +200,9 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> d
         except BatchRefused as exc:
             raise PermissionDeniedException(str(exc)) from None
         except NameTaken as exc:  # another node took the name meanwhile
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-    return {"node": name, "certificate": cert_pem(cert), "ca": ca.cert_pem.decode(), "heartbeat_interval": interval,
-            "batch": batch}
+            raise HTTPException(status_code=409, detail=f"{exc}; join again") from None
+    return BatchJoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(),
+                             heartbeat_interval=interval, batch=batch)
 
 
 ROUTE_HANDLERS = [join_batch]
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-def read_bundle(path: Path) -> tuple[BundleInfo, dict[str, bytes]]:
-    """The bundle's info and its files (ca.pem, batch.pem, batch.key); ConfigError names what is wrong."""
-    try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            files = {}
-            for name in ("bundle.json", "ca.pem", "batch.pem", "batch.key"):
-                member = tar.extractfile(name)
-                if member is None:
-                    raise KeyError(name)
-                files[name] = member.read()
-        info = msgspec.json.decode(files["bundle.json"], type=BundleInfo)
-    except (OSError, tarfile.TarError) as exc:
-        raise ConfigError(f"--bundle {path}: not a batch bundle: {exc}") from None
-    except KeyError as exc:
-        raise ConfigError(f"--bundle {path}: not a batch bundle: {exc.args[0]} is missing") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"--bundle {path}: bundle.json: {exc}") from None
-    return info, files
-
-
-def machine_hint() -> str:
-    """This machine's serial number when it has a real one, else its hostname."""
-    for path in ("/sys/class/dmi/id/product_serial", "/proc/device-tree/serial-number"):
-        try:
-            serial = Path(path).read_text(errors="replace").strip("\x00 \n")
-        except OSError:
-            continue
-        if serial.lower() not in _NO_SERIAL and _slug(serial):
-            return serial
-    return socket.gethostname()
-
-
-async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, name: str | None = None
-                           ) -> RegistrySettings:
-    """Join with a batch bundle (at `url`, else the bundle's URLs in turn); AuthError `batch refused: <reason>`."""
-    if (registry_dir(data_dir) / "registry.json").exists():
-        raise ConfigError(f"{registry_dir(data_dir)}: this node has joined a registry already; remove that "
-                          "directory to join again")
-    info, files = read_bundle(bundle)
-    urls = [url.rstrip("/")] if url else info.registry
-    if not urls:
-        raise ConfigError(f"--bundle {bundle}: the bundle names no registry URL; give --registry")
-    for candidate in urls:
-        if not candidate.startswith("https://"):
-            raise ConfigError(f"--registry {candidate}: expected an https:// URL")
-    if name is not None and not _slug(name):
-        raise ConfigError(f"--name {name!r}: expected a serial number or host name with letters or digits (the node "
-                          "is named <prefix>-<them>)")
-    if info.expires_at < time.time():
-        raise BatchRefused("batch refused: expired")
-    key = new_key()
-    request = {"csr": make_csr(key), "hint": name or machine_hint()}
-    with tempfile.TemporaryDirectory(prefix="fieldgate-bundle-") as directory:
-        cert_path, key_path = Path(directory) / "batch.pem", Path(directory) / "batch.key"
-        cert_path.write_bytes(files["batch.pem"])
-        write_private(key_path, files["batch.key"])
-        try:
-            context = ssl.create_default_context(cadata=files["ca.pem"].decode())
-            context.load_cert_chain(cert_path, key_path)
-        except (ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"--bundle {bundle}: unusable certificate or key: {exc}") from None
-        failures = []
-        for candidate in urls:
-            try:
-                async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
-                    response = await client.post(f"{candidate}/api/v1/join/batch", json=request)
-            except httpx.HTTPError as exc:
-                failures.append(f"{candidate}: {exc}")
-                continue
-            if response.status_code == 403:
-                raise BatchRefused(f"batch refused: {detail(response)}")
-            if response.status_code != 200:
-                raise ConfigError(f"{candidate}: join failed ({response.status_code}): {detail(response)}")
-            return save_identity(data_dir, candidate, files["ca.pem"], key, response.json())
-    raise ConfigError(f"cannot reach the registry: {'; '.join(failures)}")

@@ -1,11 +1,10 @@
-"""The registry's certificate authority: its own CA, its server certificate, node certificates from CSRs."""
+"""The registry's certificate authority: its own CA, its server certificate, node certificates from CSRs (keys and
+fingerprints with gateway.pki, which nodes use too)."""
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError
+from gateway.pki import fingerprint, key_pem, new_key, subject_name, write_private
 
 CA_DAYS = 3650
 SERVER_DAYS = 825
@@ -25,33 +25,6 @@ NODE_DAYS = 825
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fieldgate registry"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read (keys)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def fingerprint(cert_pem: bytes) -> str:
-    """SHA-256 of the certificate's DER form, lowercase hex."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 @dataclass
@@ -88,7 +61,7 @@ class CertificateAuthority:
         key = new_key()
         now = _now()
         cert = (x509.CertificateBuilder()
-                .subject_name(_name("fieldgate registry CA")).issuer_name(_name("fieldgate registry CA"))
+                .subject_name(subject_name("fieldgate registry CA")).issuer_name(subject_name("fieldgate registry CA"))
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
@@ -99,7 +72,7 @@ class CertificateAuthority:
                                              decipher_only=False), critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .sign(key, hashes.SHA256()))
-        write_private(key_path, _key_pem(key))
+        write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(cert, key, directory)
 
@@ -126,12 +99,12 @@ class CertificateAuthority:
                 names.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 names.append(x509.DNSName(host))
-        cert = (self._issue(_name(host or "localhost"), key.public_key(), SERVER_DAYS,
+        cert = (self._issue(subject_name(host or "localhost"), key.public_key(), SERVER_DAYS,
                             ExtendedKeyUsageOID.SERVER_AUTH)
                 .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .sign(self.key, hashes.SHA256()))
         cert_path, key_path = self.directory / "server.pem", self.directory / "server.key"
-        write_private(key_path, _key_pem(key))
+        write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 
@@ -148,25 +121,15 @@ class CertificateAuthority:
             raise ConfigError(f"csr: expected a self-signed EC key request: {exc}") from None
         if not valid or not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise ConfigError("csr: expected a self-signed EC key request")
-        return self._issue(_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
+        return self._issue(subject_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
             self.key, hashes.SHA256())
 
     def issue_batch(self, common_name: str, days: float) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A client certificate and its new key for a batch bundle (its nodes authenticate with it to join)."""
         key = new_key()
-        cert = self._issue(_name(common_name), key.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
+        cert = self._issue(subject_name(common_name), key.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
             self.key, hashes.SHA256())
         return cert, key
-
-
-def make_csr(key: ec.EllipticCurvePrivateKey) -> str:
-    """A certificate request for a node's key (the registry picks the name)."""
-    csr = x509.CertificateSigningRequestBuilder().subject_name(_name("fieldgate node")).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return _key_pem(key)
 
 
 def cert_pem(cert: x509.Certificate) -> str:

@@ -1,4 +1,5 @@
-"""`fieldgate registry …` (serve, join-token, apply, nodes) and `fieldgate join`, registered as a built-in plugin."""
+"""`fieldgate registry …` (serve, join-token, apply, nodes, …), registered as a built-in plugin (a node joins with
+`fieldgate join`, gateway.uplink.cli)."""
 
 from __future__ import annotations
 
@@ -520,14 +521,13 @@ async def _batch_and_twin_commands(store: Any, args: argparse.Namespace) -> bool
                                               labels=args.labels, prefix=args.prefix,
                                               urls=args.url or batch.known_urls(args.data_dir),
                                               workspace=args.workspace)
-        from gateway.registry.ca import write_private
+        from gateway.pki import write_private
 
         write_private(args.output, bundle)
         print(f"batch {args.name}: bundle for {args.count} nodes in {args.output}")
     elif args.action == "batch" and args.batch_action == "revoke":
-        rows = await store.database.rows("SELECT workspace FROM batches WHERE name=?", args.name)
         async with access.audited(store, cli, "batch.revoke", f"batch/{args.name}",
-                                  access.workspace_scope(rows[0][0] if rows else None)):
+                                  access.workspace_scope(await store.batches.workspace(args.name))):
             await batch.revoke_batch(store, args.name)
         print(f"batch {args.name} revoked")
     elif args.action == "batch":
@@ -572,39 +572,10 @@ def _device_line(view: dict[str, Any]) -> str:
     return f"{view['node']:<20} {view['namespace']}/{view['name']:<24} {view['state']:<9} {props or '-'}"
 
 
-def _configure_join(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=None, help="https://HOST:PORT of the registry (with --bundle: default "
-                                                         "the bundle's URLs)")
-    credential = parser.add_mutually_exclusive_group(required=True)
-    credential.add_argument("--token", help="a token from `fieldgate registry join-token create`")
-    credential.add_argument("--bundle", type=Path, help="a batch bundle from `fieldgate registry batch create`")
-    parser.add_argument("--name", default=None, help="the node name to ask for (default: the registry picks; with "
-                                                     "--bundle: <prefix>-<NAME> instead of the serial or hostname)")
-    parser.add_argument("--data-dir", type=Path, default=Path("./fieldgate-data"),
-                        help="the gateway's data dir (default ./fieldgate-data)")
-
-
-def _join(args: argparse.Namespace) -> int:
-    from gateway.uplink.join import join
-
-    if args.bundle is not None:
-        from gateway.registry.batch import join_with_bundle
-
-        settings = asyncio.run(join_with_bundle(args.registry, args.bundle, args.data_dir, name=args.name))
-    elif args.registry is None:
-        raise ConfigError("--registry: required with --token")
-    else:
-        settings = asyncio.run(join(args.registry, args.token, args.data_dir, name=args.name))
-    print(f"joined {settings.url} as node {settings.node}")
-    return 0
-
-
 @hookimpl
 def register_commands() -> list[Command]:
     return [
         Command("registry", "the thin cloud registry: serve, join-token, token, user, workspace, group, apply, "
                             "nodes, audit",
                 _configure_registry, _registry),
-        Command("join", "join this gateway to a registry with a join token or a batch bundle", _configure_join,
-                _join),
     ]

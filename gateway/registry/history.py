@@ -6,7 +6,7 @@ applies a kept version's spec again as a new version, so it can be undone in tur
 next heartbeat. Secrets are not versioned: Workloads name them, they never carry their values. Stopping, starting
 and restarting a workload on its nodes is gateway.registry.lifecycle's (served with these routes).
 
-A node sends, with its workload status, the events of each workload it has not delivered yet (gateway.registry
+A node sends, with its workload status, the events of each workload it has not delivered yet (gateway.uplink
 .workloads.WorkloadSync); the registry keeps the last KEEP_EVENTS per node and workload. The API routes and
 `fieldgate registry workloads versions|rollback|events` serve both.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, get, post
@@ -25,12 +25,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from gateway.errors import ConfigError, NotFound
 from gateway.registry import access, lifecycle
 from gateway.registry.auth import AnyRequest, store_of
-from gateway.registry.db import Statement
 from gateway.registry.store import RegistryStore
 from gateway.resources.loader import Source
-
-if TYPE_CHECKING:
-    from gateway.registry.workloads import EventReport
 
 VERSIONED = ("Workload", "BatchWorkload")
 KEEP_VERSIONS = 20
@@ -44,68 +40,26 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 # --- versions -----------------------------------------------------------------------------------------------------
 
 
-async def _latest(store: RegistryStore, kind: str, namespace: str, name: str) -> tuple[int, str] | None:
-    rows = await store.database.rows("SELECT version, document FROM document_versions WHERE kind=? AND namespace=? "
-                                     "AND name=? ORDER BY version DESC LIMIT 1", kind, namespace, name)
-    return (int(rows[0][0]), str(rows[0][1])) if rows else None
-
-
-async def version_statements(store: RegistryStore, documents: list[tuple[str, str, str, str | None, bytes]],
-                             actor: str, note: str = "") -> list[Statement]:
-    """The statements that keep the versions of the Workload and BatchWorkload documents an apply changes."""
-    statements: list[Statement] = []
-    now = time.time()
-    for kind, namespace, name, _, body in documents:
-        if kind not in VERSIONED:
-            continue
-        text = body.decode()
-        latest = await _latest(store, kind, namespace, name)
-        if latest is not None and latest[1] == text:
-            continue
-        number = latest[0] if latest is not None else 0
-        if latest is None:
-            stored = await store.database.rows("SELECT document, updated_at FROM documents WHERE kind=? AND "
-                                               "namespace=? AND name=?", kind, namespace, name)
-            if stored and stored[0][0] == text:
-                continue
-            if stored:  # applied before versions were kept: its spec becomes version 1
-                number = 1
-                statements.append(("INSERT INTO document_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                    (kind, namespace, name, 1, stored[0][0], stored[0][1], "",
-                                     "applied before versions were kept")))
-        number += 1
-        statements += [("INSERT INTO document_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (kind, namespace, name, number, text, now, actor, note)),
-                       ("DELETE FROM document_versions WHERE kind=? AND namespace=? AND name=? AND version <= ?",
-                        (kind, namespace, name, number - KEEP_VERSIONS))]
-    return statements
-
-
 async def _document_workspace(store: RegistryStore, caller: access.Caller, kind: str, namespace: str,
                               name: str) -> str:
     """The workspace of a versioned document the caller sees; NotFound otherwise (the same for one out of scope)."""
     if kind not in VERSIONED:
         raise NotFound(f"{kind}: versions are kept of {' and '.join(VERSIONED)} documents")
-    rows = await store.database.rows("SELECT workspace FROM documents WHERE kind=? AND namespace=? AND name=?",
-                                     kind, namespace, name)
-    if not rows or not caller.sees(rows[0][0]):
+    workspace = await store.documents.workspace(kind, namespace, name)
+    if workspace is None or not caller.sees(workspace):
         raise NotFound(f"no {kind} {namespace}/{name} at the registry")
-    return str(rows[0][0])
+    return workspace
 
 
 async def versions(store: RegistryStore, caller: access.Caller, kind: str, namespace: str,
                    name: str) -> list[dict[str, Any]]:
     """The kept versions of a document, oldest first; `current` marks the one applied now."""
     await _document_workspace(store, caller, kind, namespace, name)
-    rows = await store.database.rows(
-        "SELECT version, document, created_at, actor, note FROM document_versions WHERE kind=? AND namespace=? AND "
-        "name=? ORDER BY version", kind, namespace, name)
-    current = await store.database.rows("SELECT document FROM documents WHERE kind=? AND namespace=? AND name=?",
-                                        kind, namespace, name)
-    newest = max((int(row[0]) for row in rows if current and row[1] == current[0][0]), default=None)
-    return [{"version": int(number), "created_at": created, "actor": actor, "note": note,
-             "current": int(number) == newest, "document": json.loads(document)}
-            for number, document, created, actor, note in rows]
+    rows = await store.documents.versions(kind, namespace, name)
+    current = await store.documents.get(kind, namespace, name)
+    newest = max((number for number, document, *_ in rows if document == current), default=None)
+    return [{"version": number, "created_at": created, "actor": actor, "note": note, "current": number == newest,
+             "document": json.loads(document)} for number, document, created, actor, note in rows]
 
 
 async def rollback(store: RegistryStore, caller: access.Caller, kind: str, namespace: str, name: str,
@@ -115,18 +69,17 @@ async def rollback(store: RegistryStore, caller: access.Caller, kind: str, names
 
     workspace = await _document_workspace(store, caller, kind, namespace, name)
     target = f"{kind}/{namespace}/{name}"
-    rows = await store.database.rows("SELECT document FROM document_versions WHERE kind=? AND namespace=? AND "
-                                     "name=? AND version=?", kind, namespace, name, version)
-    if not rows:
+    document = await store.documents.version(kind, namespace, name, version)
+    if document is None:
         kept = [str(v["version"]) for v in await versions(store, caller, kind, namespace, name)]
         await access.record(store, caller, access.workspace_scope(workspace), "document.rollback", target,
                             "not found", {"version": version})
         raise NotFound(f"{kind} {namespace}/{name} has no version {version} (kept: {', '.join(kept) or 'none'})")
-    before = await _latest(store, kind, namespace, name)
-    raw = json.loads(rows[0][0])
+    before = await store.documents.latest_version(kind, namespace, name)
+    raw = json.loads(document)
     await apply_documents(store, [(Source(f"{kind} {namespace}/{name} version {version}", 1), raw)], workspace,
                           caller, target, action="document.rollback", note=f"rollback to version {version}")
-    after = await _latest(store, kind, namespace, name)
+    after = await store.documents.latest_version(kind, namespace, name)
     now = after[0] if after is not None else version
     return {"kind": kind, "namespace": namespace, "name": name, "rolled_back_to": version, "version": now,
             "changed": after != before}
@@ -152,36 +105,11 @@ async def post_rollback(request: AnyRequest, kind: FromPath[str], namespace: Fro
 # --- events -------------------------------------------------------------------------------------------------------
 
 
-async def event_statements(store: RegistryStore, node: str, reported: dict[tuple[str, str], list[EventReport]],
-                           now: float) -> list[Statement]:
-    """Keep the events a node reported (idempotent: a report sent twice is stored once); forget the events of
-    workloads the node no longer reports."""
-    statements: list[Statement] = []
-    held = await store.database.rows("SELECT DISTINCT namespace, name FROM workload_events WHERE node=?", node)
-    for namespace, name in held:
-        if (namespace, name) not in reported:
-            statements.append(("DELETE FROM workload_events WHERE node=? AND namespace=? AND name=?",
-                               (node, namespace, name)))
-    for (namespace, name), events in reported.items():
-        if not events:
-            continue
-        statements += [("INSERT INTO workload_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (node, namespace, name, e.ts, e.seq, e.event, e.instance, e.reason, now)) for e in events]
-        statements.append((
-            "DELETE FROM workload_events WHERE node=? AND namespace=? AND name=? AND ts < (SELECT ts FROM "
-            "workload_events WHERE node=? AND namespace=? AND name=? ORDER BY ts DESC, seq DESC LIMIT 1 OFFSET ?)",
-            (node, namespace, name, node, namespace, name, KEEP_EVENTS - 1)))
-    return statements
-
-
 async def workload_events(store: RegistryStore, caller: access.Caller, namespace: str, name: str, *,
                           node: str | None = None, limit: int = KEEP_EVENTS) -> list[dict[str, Any]]:
     """The newest events of a workload on the nodes the caller sees (or one node), oldest first."""
     where = {str(n["name"]): n.get("workspace") for n in await store.nodes()}
-    rows = await store.database.rows(
-        "SELECT node, ts, event, instance, reason FROM workload_events WHERE namespace=? AND name=? "
-        + ("AND node=? " if node else "") + "ORDER BY ts DESC, seq DESC, node DESC", namespace, name,
-        *([node] if node else []))
+    rows = await store.workloads.events(namespace, name, node)
     events = [{"node": n, "ts": ts, "event": event, "instance": instance, "reason": reason}
               for n, ts, event, instance, reason in rows if n in where and caller.sees(where[n])]
     return list(reversed(events[:limit]))

@@ -7,7 +7,8 @@ refuses. `POST /api/v1/workloads/<ns>/<name>/<action>` asks every node the regis
 once within the same timeout, and answers per node: `ok`, `error` (the node refused, with its reason) or `no answer`.
 Each node's action is audited as `workload.<action>`.
 
-On the node only a workload it got from the registry is touched (any other is refused), through the supervisor
+On the node (gateway.uplink.requests) only a workload it got from the registry is touched (any other is refused),
+through the supervisor
 calls of its local API: a stop holds (a marker in the node's data dir, so across restarts of the gateway too)
 through every document sync, changed ConfigItems and Secrets and updates of its spec, which are kept as the new
 version and run when it is started again; start starts a stopped workload and leaves a running one alone; restart
@@ -31,20 +32,13 @@ from litestar.params import FromPath
 from gateway.errors import ConfigError, NotFound
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
-from gateway.registry.logs import (
-    WORKLOAD_ACTION_PATH,
-    LogRequests,
-    NodeSilent,
-    WorkloadActionRequest,
-    ask_node,
-    timeout_param,
-)
+from gateway.registry.logs import LogRequests, NodeSilent, ask_node, timeout_param
+from gateway.wire import WORKLOAD_ACTION_PATH, WORKLOAD_ACTIONS, WorkloadActionRequest
 
 if TYPE_CHECKING:
-    from gateway.api import GatewayAPI
     from gateway.registry.store import RegistryStore
 
-ACTIONS = ("stop", "start", "restart")
+ACTIONS = WORKLOAD_ACTIONS
 NO_ANSWER = "no answer"
 
 
@@ -56,9 +50,7 @@ def check_action(action: str) -> str:
 
 async def _runs_on(store: RegistryStore, node: str, namespace: str, name: str) -> bool:
     """Whether the registry placed the workload on the node or the node reports it."""
-    return bool(await store.database.rows(
-        "SELECT 1 FROM workload_placements WHERE node=? AND namespace=? AND name=? UNION "
-        "SELECT 1 FROM workload_status WHERE node=? AND namespace=? AND name=?", *(node, namespace, name) * 2))
+    return await store.workloads.runs_on(node, namespace, name)
 
 
 async def act_on_node(store: RegistryStore, requests: LogRequests, caller: access.Caller, node: str, namespace: str,
@@ -85,9 +77,8 @@ async def act_everywhere(store: RegistryStore, requests: LogRequests, caller: ac
     """Ask every node the workload is placed on (in the caller's scope) at once; the outcome per node."""
     check_action(action)
     where = {str(n["name"]): n.get("workspace") for n in await store.nodes()}
-    nodes = [str(node) for (node,) in await store.database.rows(
-        "SELECT DISTINCT node FROM workload_placements WHERE namespace=? AND name=? ORDER BY node", namespace, name)
-        if node in where and caller.sees(where[node])]
+    nodes = [node for node in await store.workloads.placed_nodes(namespace, name)
+             if node in where and caller.sees(where[node])]
     if not nodes:
         await access.record(store, caller, str(caller.scope), f"workload.{action}", f"Workload/{namespace}/{name}",
                             "not found", {"node": "all"})
@@ -145,37 +136,6 @@ async def workload_action(request: AnyRequest, namespace: FromPath[str], name: F
 
 
 ROUTE_HANDLERS = [node_workload_action, workload_action]
-
-
-# --- the node's side -------------------------------------------------------------------------------------------
-
-
-async def perform_action(gateway: GatewayAPI, payload: bytes) -> bytes:
-    """The answer to a workload action: done on a registry-owned workload of this node, refused for any other."""
-    request = msgspec.json.decode(payload, type=WorkloadActionRequest)
-    namespace, _, name = request.workload.partition("/")
-    if request.action not in ACTIONS:
-        raise ConfigError(f"workload action {request.action!r}: expected stop, start or restart")
-    manager = gateway.workloads
-    runner = manager.runners.get(request.workload)
-    if runner is None or gateway.resources.resource_owner("Workload", namespace, name) != "registry":
-        raise NotFound(f"no workload {request.workload} from the registry runs here (this node's own workloads are "
-                       "changed on the node)")
-    actor = f"registry:{request.actor}"
-    changed = True
-    if request.action == "stop":
-        changed = not runner.stopped_by_user
-        if changed:
-            await manager.stop_workload(namespace, name, actor=actor)
-    elif request.action == "start":
-        changed = await manager.start_workload(namespace, name, actor=actor)
-    else:
-        await manager.restart_workload(namespace, name, actor=actor)
-    described = runner.describe()
-    return msgspec.json.encode({
-        "workload": request.workload, "action": request.action, "changed": changed, "status": described["status"],
-        "reason": described["reason"], "version": described["version"],
-        "instances": [{"id": i["id"], "state": i["state"], "pid": i["pid"]} for i in described["instances"]]})
 
 
 # --- `fieldgate registry workloads stop|start|restart [NS/]NAME [--node N]` ------------------------------------

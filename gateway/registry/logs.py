@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import socket
 import ssl
 import sys
@@ -34,27 +33,29 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath
 
-from gateway import __version__
 from gateway.errors import ConfigError, FieldgateError, NotFound
-from gateway.logs import LogEntry, LogQuery, log_ring
+from gateway.logs import LogQuery
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.registry.messages import CHANNEL, query_seconds
+from gateway.wire import (
+    ANSWERS,
+    DEFAULT_TAIL,
+    LOGS_NAMESPACE,
+    LOGS_PATH,
+    MAX_ANSWER,
+    MAX_TAIL,
+    WORKLOAD_LOGS_PATH,
+    NodeAnswer,
+    WorkloadLogAnswer,
+    WorkloadLogRequest,
+)
 
 if TYPE_CHECKING:
-    from gateway.api import GatewayAPI
     from gateway.registry.store import RegistryStore
 
-log = logging.getLogger(__name__)
-LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
-LOGS_PATH = "logs"
-WORKLOAD_LOGS_PATH = "workload-logs"
-WORKLOAD_ACTION_PATH = "workload-action"
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
-MAX_ANSWER = 8 << 20
-DEFAULT_TAIL = 100
-MAX_TAIL = 1000
 
 
 class LogRequests:
@@ -71,56 +72,6 @@ class NodeSilent(FieldgateError):
     def __init__(self, message: str, status: int = 504) -> None:
         super().__init__(message)
         self.status = status
-
-
-class NodeAnswer(msgspec.Struct, kw_only=True):
-    records: list[LogEntry] = []
-    cursor: int = 0
-    more: bool = False
-    skipped: int = 0
-    error: str | None = None  # the node refused the query
-
-
-class WorkloadLogRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workload: str  # <namespace>/<name>
-    instance: str | None = None
-    tail: int = DEFAULT_TAIL
-
-
-class WorkloadLogLine(msgspec.Struct, kw_only=True):
-    seq: int
-    ts: float
-    instance: str
-    stream: str
-    line: str
-
-
-class WorkloadLogAnswer(msgspec.Struct, kw_only=True):
-    lines: list[WorkloadLogLine] = []
-    cursor: int = 0
-    error: str | None = None  # the node refused the request
-
-
-class WorkloadActionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workload: str  # <namespace>/<name>
-    action: str  # stop, start or restart
-    actor: str  # who asked at the registry, for the node's events and audit
-
-
-class WorkloadActionAnswer(msgspec.Struct, kw_only=True):
-    workload: str = ""
-    action: str = ""
-    changed: bool = False  # False: nothing to do (a start of a workload that was not stopped)
-    status: str = ""  # the workload's status right after the action
-    reason: str = ""
-    version: int = 0
-    instances: list[dict[str, Any]] = []  # id, state, pid: the instances right after the action
-    error: str | None = None  # the node refused the request
-
-
-AnyAnswer = NodeAnswer | WorkloadLogAnswer | WorkloadActionAnswer
-ANSWERS: dict[str, type[AnyAnswer]] = {LOGS_PATH: NodeAnswer, WORKLOAD_LOGS_PATH: WorkloadLogAnswer,
-                                       WORKLOAD_ACTION_PATH: WorkloadActionAnswer}
 
 
 def timeout_param(raw: str | None) -> float:
@@ -216,9 +167,7 @@ async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace
     if unknown:
         raise ConfigError(f"?{unknown[0]}: unknown parameter (expected instance, tail, timeout)")
     store = await _visible_node(request, node)
-    if not await store.database.rows(
-            "SELECT 1 FROM workload_placements WHERE node=? AND namespace=? AND name=? UNION "
-            "SELECT 1 FROM workload_status WHERE node=? AND namespace=? AND name=?", *(node, namespace, name) * 2):
+    if not await store.workloads.runs_on(node, namespace, name):
         raise NotFound(f"no workload {namespace}/{name} on node {node}")
     try:
         answer = await fetch_workload_log(store, _requests(request), node, namespace, name,
@@ -250,52 +199,6 @@ async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Re
 
 
 ROUTE_HANDLERS = [node_logs, node_workload_logs, node_logs_answer]
-
-
-# --- the node's side -------------------------------------------------------------------------------------------
-
-
-def _workload_log(gateway: GatewayAPI, payload: bytes) -> bytes:
-    """The answer to a workload log request: the lines of a registry-owned workload of this node."""
-    request = msgspec.json.decode(payload, type=WorkloadLogRequest)
-    namespace, _, name = request.workload.partition("/")
-    runner = gateway.workloads.runners.get(request.workload)
-    if runner is None or gateway.resources.resource_owner("Workload", namespace, name) != "registry":
-        raise NotFound(f"no workload {request.workload} from the registry runs here")
-    if not 0 <= request.tail <= MAX_TAIL:
-        raise ConfigError(f"tail {request.tail}: expected 0 to {MAX_TAIL}")
-    workload_log = gateway.workloads.log(namespace, name)
-    lines = workload_log.read(tail=request.tail, instance=request.instance)
-    return msgspec.json.encode({"lines": [msgspec.structs.asdict(line) for line in lines],
-                                "cursor": lines[-1].seq if lines else workload_log.seq})
-
-
-async def answer_request(client: httpx.AsyncClient, request_id: str, payload: bytes, path: str = LOGS_PATH,
-                         gateway: GatewayAPI | None = None) -> None:
-    """Answer a request from the registry (this process's log ring, a workload's log, a workload action) and post
-    the answer back."""
-    from gateway.registry.lifecycle import perform_action
-
-    try:
-        if path == WORKLOAD_LOGS_PATH and gateway is not None:
-            body = _workload_log(gateway, payload)
-        elif path == WORKLOAD_ACTION_PATH and gateway is not None:
-            body = await perform_action(gateway, payload)
-        elif path == LOGS_PATH:
-            params = msgspec.json.decode(payload, type=dict[str, str])
-            body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
-        else:
-            raise ConfigError(f"unknown request {path!r} (this node runs fieldgate {__version__})")
-    except (msgspec.DecodeError, msgspec.ValidationError, FieldgateError) as exc:
-        body = msgspec.json.encode({"error": str(exc)})
-    if len(body) > MAX_ANSWER:
-        body = msgspec.json.encode({"error": f"the answer has {len(body)} bytes, more than {MAX_ANSWER}: ask for "
-                                             "fewer lines"})
-    response = await client.post(f"/api/v1/nodes/self/answers/{request_id}", content=body,
-                                 headers={"Content-Type": "application/json"})
-    if response.status_code != 200:
-        log.info("the registry did not take the answer to its %s request %s: %s %s", path, request_id,
-                 response.status_code, response.text.strip()[:200])
 
 
 # --- `fieldgate registry logs NODE` ----------------------------------------------------------------------------
@@ -395,7 +298,7 @@ async def ask_registry(store: RegistryStore, data_dir: Path, url: str, path: str
                 raise ConfigError(f"--registry {url}: {type(exc).__name__}: {exc}") from None
     finally:
         if own_token:
-            await store.database.write("DELETE FROM api_tokens WHERE id=?", token.partition(".")[0])
+            await store.access.delete_api_token(token.partition(".")[0])
     if response.status_code != 200:
         try:
             detail = response.json().get("detail", response.text)

@@ -15,7 +15,6 @@ import collections
 import time
 from typing import Any
 
-import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody
 
@@ -23,11 +22,11 @@ from gateway.errors import ConfigError
 from gateway.registry.access import node_workspace, record, require_caller, workspace_scope
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.resources.durations import Duration
+from gateway.wire import MAX_MESSAGE, AckRequest
 
 CHANNEL = "fieldgate_messages"
 DEFAULT_TTL = 3600.0
 MAX_WAIT = 60.0
-MAX_MESSAGE = 1 << 20
 
 
 class Waiters:
@@ -47,10 +46,6 @@ class Waiters:
         self.closing = True
         for event in self.events.values():
             event.set()
-
-
-class AckRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    ids: list[str]
 
 
 def query_seconds(param: str, raw: str) -> float:

@@ -63,11 +63,16 @@ def _shut_down(server: uvicorn.Server, app: Any) -> None:
     app.state.waiters.close()  # waiting message polls answer now instead of holding the graceful shutdown
 
 
+def _host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--listen: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
 async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None) -> int:
     """Run the registry until SIGINT or SIGTERM."""
-    from gateway.runtime import parse_listen
-
-    host, port = parse_listen(listen)
+    host, port = _host_port(listen)
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
     app = create_app(data_dir, interval=interval, db_url=db_url)

@@ -9,82 +9,32 @@ Down: a desired value set at the registry (`PUT /api/v1/devices/<ns>/<name>/desi
 set-desired`) is stored with a per-node version; a heartbeat that carries a lower `desired_version` is answered
 with the newer values, which the node puts through its normal desired path (type, minimum and maximum checked,
 written to the device, confirmed by reading back) and acknowledges with the next heartbeat, with the reason for
-any it refused. The registry shows desired against reported.
+any it refused. The registry shows desired against reported. The node's half is gateway.uplink.twins.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import get, put
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 
-from gateway.errors import ConfigError, FieldgateError, NotFound, ValueRejected
-from gateway.pipeline.twin import same_value
-from gateway.pipeline.values import coerce
+from gateway.errors import ConfigError, NotFound, ValueRejected
+from gateway.pipeline.values import coerce, same_value
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import PropertyModel
-
-if TYPE_CHECKING:
-    from gateway.api import GatewayAPI
-
-log = logging.getLogger(__name__)
-MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
-MIN_REPORT_INTERVAL = 1.0  # seconds between two twin reports of a node, however often it heartbeats
-
-
-class PropertyReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    reported: Any = None
-    reported_at: float | None = None
-    quality: str = "unknown"
-    desired: Any = None  # what the node's twin wants, whoever set it
-    error: str | None = None
-
-
-class DeviceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    device: str  # <namespace>/<name>
-    state: str
-    reason: str = ""
-    properties: dict[str, PropertyReport] = {}
-
-
-class DesiredValue(msgspec.Struct, kw_only=True):
-    device: str
-    property: str
-    value: Any
-    version: int
-
-
-class DesiredError(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    device: str
-    property: str
-    version: int
-    error: str
-
-
-class DesiredAck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The node took the desired values up to `version`; `errors` are those it refused."""
-
-    version: int
-    errors: list[DesiredError] = []
-
-
-DeviceReports = Annotated[list[DeviceReport], msgspec.Meta(max_length=MAX_REPORT_DEVICES)]
+from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceReport
 
 
 class DesiredRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     desired: dict[str, Any]
 
-
-# --- the registry side --------------------------------------------------------------------------------------------
 
 
 def _split(device: str) -> tuple[str, str]:
@@ -97,40 +47,14 @@ def _split(device: str) -> tuple[str, str]:
 async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | None, complete: bool,
                desired_version: int, ack: DesiredAck | None) -> list[DesiredValue] | None:
     """Record a heartbeat's twins and acknowledgement; the desired values newer than the node's version."""
-    database = store.database
-    statements: list[tuple[str, tuple[Any, ...]]] = []
-    now = time.time()
-    if reports is not None:
-        seen = set()
-        for report in reports:
-            namespace, name = _split(report.device)
-            seen.add((namespace, name))
-            statements.append((
-                "INSERT INTO device_twins VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, namespace, name) DO UPDATE "
-                "SET state=excluded.state, state_reason=excluded.state_reason, properties=excluded.properties, "
-                "reported_at=excluded.reported_at",
-                (node, namespace, name, report.state, report.reason,
-                 msgspec.json.encode(report.properties).decode(), now)))
-        if complete:  # the node's whole set: forget the devices it no longer has
-            for namespace, name in await database.rows(
-                    "SELECT namespace, name FROM device_twins WHERE node=?", node):
-                if (namespace, name) not in seen:
-                    statements.append(("DELETE FROM device_twins WHERE node=? AND namespace=? AND name=?",
-                                       (node, namespace, name)))
-    if ack is not None:
-        statements.append(("UPDATE device_desired SET delivered_at=? WHERE node=? AND version<=? AND "
-                           "delivered_at IS NULL", (now, node, ack.version)))
-        for refused in ack.errors:
-            namespace, name = _split(refused.device)
-            statements.append(("UPDATE device_desired SET error=? WHERE node=? AND namespace=? AND name=? AND "
-                               "property=? AND version=?", (refused.error[:500], node, namespace, name,
-                                                            refused.property, refused.version)))
-    if statements:
-        await database.transaction(statements)
-    rows = await database.rows("SELECT namespace, name, property, value, version FROM device_desired WHERE node=? "
-                               "AND version>? ORDER BY version, namespace, name, property", node, desired_version)
-    return [DesiredValue(device=f"{ns}/{name}", property=prop, value=json.loads(value), version=version)
-            for ns, name, prop, value, version in rows] or None
+    rows = None if reports is None else [
+        (*_split(report.device), report.state, report.reason, msgspec.json.encode(report.properties).decode())
+        for report in reports]
+    refused = [(*_split(error.device), error.property, error.version, error.error[:500])
+               for error in (ack.errors if ack is not None else [])]
+    await store.twins.record(node, rows, complete, ack.version if ack is not None else None, refused, time.time())
+    return [DesiredValue(device=f"{ns}/{name}", property=prop, value=value, version=version)
+            for ns, name, prop, value, version in await store.twins.desired_after(node, desired_version)] or None
 
 
 def check_report_rate(state: Any, node: str) -> None:
@@ -145,16 +69,14 @@ def check_report_rate(state: Any, node: str) -> None:
 
 async def _model_property(store: RegistryStore, namespace: str, name: str, prop: str) -> PropertyModel | None:
     """The model entry of a property of a Device applied at the registry; None when the registry has no model."""
-    rows = await store.database.rows("SELECT document FROM documents WHERE kind='Device' AND namespace=? AND name=?",
-                                     namespace, name)
-    model = json.loads(rows[0][0]).get("model") if rows else None
+    device = await store.documents.get("Device", namespace, name)
+    model = json.loads(device).get("model") if device else None
     if not model:
         return None
-    rows = await store.database.rows(
-        "SELECT document FROM documents WHERE kind='DeviceModel' AND namespace=? AND name=?", namespace, model)
-    if not rows:
+    document = await store.documents.get("DeviceModel", namespace, model)
+    if not document:
         return None
-    for entry in json.loads(rows[0][0]).get("properties", []):
+    for entry in json.loads(document).get("properties", []):
         if entry.get("name") == prop:
             return msgspec.convert(entry, PropertyModel)
     raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
@@ -162,11 +84,8 @@ async def _model_property(store: RegistryStore, namespace: str, name: str, prop:
 
 async def device_node(store: RegistryStore, namespace: str, name: str, node: str | None) -> str:
     """The node a device is on: the one its registry document names, or the one that reports it."""
-    assigned = [row[0] for row in await store.database.rows(
-        "SELECT node FROM documents WHERE kind='Device' AND namespace=? AND name=? AND node IS NOT NULL",
-        namespace, name)]
-    reporting = [row[0] for row in await store.database.rows(
-        "SELECT node FROM device_twins WHERE namespace=? AND name=? ORDER BY node", namespace, name)]
+    assigned = [placed for placed, _, _ in await store.documents.placed_devices(namespace=namespace, name=name)]
+    reporting = await store.twins.reporting_nodes(namespace, name)
     candidates = list(dict.fromkeys(assigned + reporting))
     if node is not None:
         if node not in candidates:
@@ -188,29 +107,21 @@ async def set_desired(store: RegistryStore, namespace: str, name: str, values: d
     if not values:
         raise ConfigError("desired: expected at least one property")
     node = await device_node(store, namespace, name, node)
-    if not await store.database.rows("SELECT 1 FROM nodes WHERE name=?", node):
+    if not await store.node_exists(node):
         raise ConfigError(f"node {node} has not joined yet")
-    reported = await store.database.rows("SELECT properties FROM device_twins WHERE node=? AND namespace=? AND "
-                                         "name=?", node, namespace, name)
-    known = set(json.loads(reported[0][0])) if reported else set()
+    known = await store.twins.reported_properties(node, namespace, name)
     converted = {}
     for prop, value in values.items():
         model = await _model_property(store, namespace, name, prop)
         if model is None:
-            if reported and prop not in known:
+            if known is not None and prop not in known:
                 raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
             converted[prop] = value
             continue
         if model.access != "ReadWrite":
             raise ValueRejected(f"{prop}: the property is {model.access}")
         converted[prop] = coerce(model, value)
-    now = time.time()
-    await store.database.transaction([
-        ("UPDATE nodes SET desired_version=desired_version+1 WHERE name=?", (node,)),
-        *[("INSERT INTO device_desired VALUES (?, ?, ?, ?, ?, (SELECT desired_version FROM nodes WHERE name=?), ?, "
-           "NULL, NULL) ON CONFLICT (node, namespace, name, property) DO UPDATE SET value=excluded.value, "
-           "version=excluded.version, set_at=excluded.set_at, delivered_at=NULL, error=NULL",
-           (node, namespace, name, prop, json.dumps(value), node, now)) for prop, value in converted.items()]])
+    await store.twins.set_desired(node, namespace, name, converted, time.time())
     return (await device_views(store, node=node, namespace=namespace, name=name))[0]
 
 
@@ -218,12 +129,6 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
                        name: str | None = None) -> list[dict[str, Any]]:
     """Devices with their twin, desired against reported: those the nodes report, have desired values for, or
     were applied at the registry for a node."""
-    where, args = [], []
-    for column, value in (("node", node), ("namespace", namespace), ("name", name)):
-        if value is not None:
-            where.append(f"{column}=?")
-            args.append(value)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
     views: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def view(key: tuple[str, str, str]) -> dict[str, Any]:
@@ -231,27 +136,21 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
                                       "state_reason": "not reported yet", "reported_at": None,
                                       "applied_at_registry": False, "twin": {}})
 
-    document_clause = clause.replace("WHERE", "AND") if clause else ""
-    for key in await store.database.rows(
-            f"SELECT node, namespace, name FROM documents WHERE kind='Device' AND node IS NOT NULL{document_clause}",
-            *args):
-        view((key[0], key[1], key[2]))["applied_at_registry"] = True
-    for row_node, ns, row_name, state, reason, properties, reported_at in await store.database.rows(
-            f"SELECT node, namespace, name, state, state_reason, properties, reported_at FROM device_twins{clause}",
-            *args):
+    for key in await store.documents.placed_devices(node, namespace, name):
+        view(key)["applied_at_registry"] = True
+    for row_node, ns, row_name, state, reason, properties, reported_at in await store.twins.reports(node, namespace,
+                                                                                                     name):
         entry = view((row_node, ns, row_name))
         entry.update(state=state, state_reason=reason, reported_at=reported_at)
-        for prop, report in json.loads(properties).items():
+        for prop, report in properties.items():
             entry["twin"][prop] = {"desired": None, "desired_status": None, "reported": report.get("reported"),
                                    "reported_at": report.get("reported_at"), "quality": report.get("quality"),
                                    "node_desired": report.get("desired"),
                                    **({"error": report["error"]} if report.get("error") else {})}
-    for row_node, ns, row_name, prop, value, version, set_at, delivered_at, error in await store.database.rows(
-            "SELECT node, namespace, name, property, value, version, set_at, delivered_at, error FROM device_desired"
-            f"{clause}", *args):
+    for row_node, ns, row_name, prop, desired, version, set_at, delivered_at, error in await store.twins.desired(
+            node, namespace, name):
         twin = view((row_node, ns, row_name))["twin"].setdefault(prop, {"reported": None, "reported_at": None,
                                                                         "quality": "unknown", "node_desired": None})
-        desired = json.loads(value)
         status = ("rejected" if error else "in sync" if same_value(desired, twin["reported"])
                   else "delivered" if delivered_at else "pending")
         twin.update(desired=desired, desired_version=version, desired_at=set_at, desired_status=status,
@@ -263,7 +162,7 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
 
 async def _visible(store: RegistryStore, caller: access.Caller, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The views of devices on nodes within the caller's scope."""
-    workspaces = dict(await store.database.rows("SELECT name, workspace FROM nodes"))
+    workspaces = await store.node_workspaces()
     return [view for view in views if view["node"] in workspaces and caller.sees(workspaces[view["node"]])]
 
 
@@ -314,92 +213,3 @@ async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromP
 
 
 ROUTE_HANDLERS = [list_devices, node_devices, device, put_desired]
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-class TwinSync:
-    """The node's half: which twins changed since the last delivered report, and the desired values it took."""
-
-    def __init__(self, gateway: GatewayAPI, state_path: Path) -> None:
-        self.gateway = gateway
-        self.state_path = state_path
-        self.dirty: set[str] = set()
-        self.complete = True  # the next report carries every device, so the registry forgets removed ones
-        self._sending: set[str] = set()
-        self._sending_complete = False
-        self._sending_ack: DesiredAck | None = None
-        self._last_report = -MIN_REPORT_INTERVAL
-        self.ack: DesiredAck | None = None
-        self.desired_version = self._load_version()
-        for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
-            gateway.subscribe(pattern, self._changed)
-
-    def _load_version(self) -> int:
-        try:
-            return int(json.loads(self.state_path.read_text())["desired_version"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
-
-    def _changed(self, topic: str, message: Any) -> None:
-        self.dirty.add(topic.split("/", 1)[1].rsplit("/", 1)[0])
-
-    def outgoing(self) -> dict[str, Any]:
-        """The twin part of the next heartbeat: the version of desired values taken, an acknowledgement and the
-        devices that changed (at most one report per MIN_REPORT_INTERVAL)."""
-        body: dict[str, Any] = {"desired_version": self.desired_version}
-        self._sending_ack = self.ack
-        if self.ack is not None:
-            body["desired_ack"] = msgspec.to_builtins(self.ack)
-        now = time.monotonic()
-        twins = self.gateway.twins()
-        if not (self.dirty or self.complete) or now - self._last_report < MIN_REPORT_INTERVAL:
-            self._sending, self._sending_complete = set(), False
-            return body
-        devices = sorted(twins) if self.complete else sorted(self.dirty & twins.keys())
-        chosen = devices[:MAX_REPORT_DEVICES]
-        self._sending = set(chosen)
-        self._sending_complete = self.complete and len(chosen) == len(devices)
-        self.dirty -= self._sending
-        self.dirty &= twins.keys()
-        self._last_report = now
-        body["twins"] = [msgspec.to_builtins(self._report(device_id)) for device_id in chosen]
-        body["twins_complete"] = self._sending_complete
-        return body
-
-    def _report(self, device_id: str) -> DeviceReport:
-        twin = self.gateway.twin(device_id)
-        return DeviceReport(device=device_id, state=twin.state, reason=twin.state_reason, properties={
-            name: PropertyReport(reported=prop.reported, reported_at=prop.reported_at, quality=prop.quality,
-                                 desired=prop.desired, error=prop.error)
-            for name, prop in twin.properties.items()})
-
-    def delivered(self) -> None:
-        """The heartbeat got through."""
-        if self._sending_complete:
-            self.complete = False
-        if self.ack is self._sending_ack:
-            self.ack = None
-        self._sending, self._sending_complete, self._sending_ack = set(), False, None
-
-    def failed(self) -> None:
-        """The heartbeat did not get through: what it carried goes with the next one."""
-        self.dirty |= self._sending
-        self._sending, self._sending_complete, self._sending_ack = set(), False, None
-
-    async def apply_desired(self, values: list[DesiredValue]) -> None:
-        """Put the registry's desired values through the gateway's desired path; refusals go back with the ack."""
-        errors = list(self.ack.errors) if self.ack else []
-        for value in values:
-            try:
-                await self.gateway.set_desired(value.device, value.property, value.value, actor="registry")
-            except FieldgateError as exc:
-                log.warning("desired value from the registry for %s %s refused: %s", value.device, value.property,
-                            exc)
-                errors.append(DesiredError(device=value.device, property=value.property, version=value.version,
-                                           error=str(exc)))
-            self.dirty.add(value.device)
-        self.desired_version = max([self.desired_version, *(value.version for value in values)])
-        self.ack = DesiredAck(version=self.desired_version, errors=errors)
-        self.state_path.write_text(json.dumps({"desired_version": self.desired_version}))

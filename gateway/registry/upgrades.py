@@ -6,12 +6,9 @@ over mutual TLS, and one row per target node. With each heartbeat the registry m
 the task to at most `concurrency` nodes at once, only to healthy ones; a node that already runs the version is
 `skipped`; once more than `max_failures` nodes failed, the nodes not started yet are `cancelled`.
 
-On the node (`NodeUpgrade`, part of the uplink) the heartbeat answer names the assignment; the node downloads the
-wheels into `<data dir>/upgrade/task-<id>/` and starts `fieldgate upgrade --from-wheels` (gateway.ops.upgrade) as a
-process of its own, since that flow restarts the gateway it was started from. The slot root is
-`$FIELDGATE_UPGRADE_ROOT`, else the one this gateway runs from, else /opt/fieldgate; the restart command is
-`$FIELDGATE_UPGRADE_RESTART`, else `systemctl restart fieldgate.service`. Whichever gateway process runs reports
-the upgrade's status (gateway.ops.upgrade.StatusLog) with the reason and the tail of its log in every heartbeat.
+On the node (gateway.uplink.upgrade) the heartbeat answer names the assignment; the node downloads the wheels,
+starts `fieldgate upgrade --from-wheels` and reports the upgrade's status with the reason and the tail of its log in
+every heartbeat.
 """
 
 from __future__ import annotations
@@ -19,78 +16,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import json
-import logging
-import os
-import re
 import secrets
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody
 
-from gateway.errors import ConfigError, FieldgateError, NotFound
-from gateway.ops.upgrade import (
-    DEFAULT_RESTART,
-    DEFAULT_ROOT,
-    ROLLBACK_FAILED,
-    ROLLED_BACK,
-    SUCCEEDED,
-    UPGRADING,
-    StatusLog,
-    read_wheelhouse,
-)
+from gateway.errors import ConfigError, NotFound
+from gateway.ops.upgrade import ROLLBACK_FAILED, ROLLED_BACK, SUCCEEDED, UPGRADING, read_wheelhouse
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, client_node, store_of
+from gateway.wire import WHEEL_FILE, UpgradeAssignment, UpgradeReport, WheelFile
 
 if TYPE_CHECKING:
-    from gateway.api import GatewayAPI
     from gateway.registry.store import RegistryStore
 
-log = logging.getLogger(__name__)
 PENDING, ASSIGNED, SKIPPED, CANCELLED, LOST = "pending", "assigned", "skipped", "cancelled", "lost"
 FAILED = (ROLLED_BACK, ROLLBACK_FAILED, LOST)
 SILENCE_GRACE = 300.0  # seconds past a task's deadline an in-flight node may stay silent before it counts as lost
 FINAL = (SUCCEEDED, *FAILED, SKIPPED, CANCELLED)
 IN_FLIGHT = (ASSIGNED, UPGRADING)
-WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
 MAX_WHEELS_BYTES = 512 * 1024 * 1024
-LOG_LINES = 20
-DOWNLOAD_TIMEOUT = 120.0
 _advancing = asyncio.Lock()  # one replica process moves tasks on at a time (heartbeats arrive concurrently)
-
-
-class UpgradeReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A node's state of the upgrade task it was handed last."""
-
-    task: Annotated[str, msgspec.Meta(max_length=64)]
-    status: Literal["upgrading", "succeeded", "failed-rolled-back", "failed-rollback-failed"]
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
-    log: Annotated[str, msgspec.Meta(max_length=8000)] = ""
-
-
-class WheelFile(msgspec.Struct, kw_only=True):
-    name: str
-    sha256: str
-    size: int
-
-
-class UpgradeAssignment(msgspec.Struct, kw_only=True):
-    """What the heartbeat answer tells a node to install."""
-
-    task: str
-    version: str
-    deadline: float
-    wheels: list[WheelFile]
 
 
 class CreateUpgrade(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -167,18 +119,9 @@ async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[st
         selector = {"nodes": spec.nodes, "labels": spec.labels, "group": spec.group}
         entry.detail = {"version": spec.version, **selector, "targets": targets, "concurrency": spec.concurrency,
                         "max_failures": spec.max_failures, "wheels": sorted(wheels)}
-        now = time.time()
-        statements: list[tuple[str, tuple[Any, ...]]] = [(
-            "INSERT INTO upgrade_tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (task, spec.version, json.dumps(selector), spec.concurrency, spec.max_failures, spec.deadline,
-             "running", spec.workspace, actor.actor, now, None))]
-        statements += [("INSERT INTO upgrade_wheels VALUES (?, ?, ?, ?, ?)",
-                        (task, name, hashlib.sha256(content).hexdigest(), len(content),
-                         base64.b64encode(content).decode())) for name, content in sorted(wheels.items())]
-        statements += [("INSERT INTO upgrade_nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (task, node, position, PENDING, "not started yet", "", None, None, now))
-                       for position, node in enumerate(targets)]
-        await store.database.transaction(statements)
+        await store.upgrades.create(task, spec.version, selector, spec.concurrency, spec.max_failures, spec.deadline,
+                                    spec.workspace, actor.actor, wheels, targets, PENDING, "not started yet",
+                                    time.time())
     await advance(store)
     return await task_view(store, task)
 
@@ -186,29 +129,24 @@ async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[st
 async def advance(store: RegistryStore) -> None:
     """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish."""
     async with _advancing:
-        running = await store.database.rows(
-            "SELECT id, version, concurrency, max_failures, deadline FROM upgrade_tasks WHERE state='running' "
-            "ORDER BY created_at")
+        running = await store.upgrades.running()
         if not running:
             return
         nodes = {node["name"]: node for node in await store.nodes()}
         for task, version, concurrency, max_failures, deadline in running:
-            await _advance_task(store, task, version, int(concurrency), int(max_failures), float(deadline), nodes)
+            await _advance_task(store, task, version, concurrency, max_failures, deadline, nodes)
 
 
 async def _advance_task(store: RegistryStore, task: str, version: str, concurrency: int, max_failures: int,
                         deadline: float, nodes: dict[str, dict[str, Any]]) -> None:
-    rows = await store.database.rows("SELECT node, status, updated_at FROM upgrade_nodes WHERE task=? "
-                                     "ORDER BY position", task)
+    rows = await store.upgrades.node_states(task)
     status = {node: state for node, state, _ in rows}
     now = time.time()
-    statements: list[tuple[str, tuple[Any, ...]]] = []
+    changes: list[tuple[str, str, str, dict[str, float]]] = []
 
     def set_status(node: str, new: str, reason: str, **times: float) -> None:
         status[node] = new
-        columns = "".join(f", {column}=?" for column in times)
-        statements.append((f"UPDATE upgrade_nodes SET status=?, reason=?, updated_at=?{columns} WHERE task=? AND "
-                           "node=?", (new, reason, now, *times.values(), task, node)))
+        changes.append((node, new, reason, times))
 
     silent_after = deadline + SILENCE_GRACE
     for node, state, updated in rows:  # a node that went quiet mid-upgrade must not hold the task forever
@@ -232,55 +170,43 @@ async def _advance_task(store: RegistryStore, task: str, version: str, concurren
             set_status(node, CANCELLED, "the node was removed", finished_at=now)
         elif info["status"] == "healthy":
             set_status(node, ASSIGNED, f"handed to the node (it ran version {info['version']})", started_at=now)
+    outcome = None
     if all(s in FINAL for s in status.values()):
         outcome = "succeeded" if all(s in (SUCCEEDED, SKIPPED) for s in status.values()) else "failed"
-        statements.append(("UPDATE upgrade_tasks SET state=?, finished_at=? WHERE id=?", (outcome, now, task)))
-    if statements:
-        await store.database.transaction(statements)
+    await store.upgrades.move_on(task, changes, outcome, now)
 
 
 async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | None) -> UpgradeAssignment | None:
     """Record a node's upgrade report, move the tasks on; the node's assignment, if it has one."""
     if report is not None:
-        final = report.status != UPGRADING
-        now = time.time()
-        await store.database.write(
-            "UPDATE upgrade_nodes SET status=?, reason=?, log=?, updated_at=?, finished_at=? WHERE task=? AND "
-            "node=? AND status IN (?, ?)", report.status, report.reason, report.log, now, now if final else None,
-            report.task, node, *IN_FLIGHT)
+        await store.upgrades.report(report.task, node, report.status, report.reason, report.log, time.time(),
+                                    report.status != UPGRADING, IN_FLIGHT)
     await advance(store)
-    rows = await store.database.rows(
-        "SELECT t.id, t.version, t.deadline FROM upgrade_nodes n JOIN upgrade_tasks t ON t.id = n.task "
-        "WHERE n.node=? AND n.status=?", node, ASSIGNED)
-    if not rows:
+    assigned = await store.upgrades.assignment(node, ASSIGNED)
+    if assigned is None:
         return None
-    task, version, deadline = rows[0]
-    wheels = [WheelFile(name=name, sha256=digest, size=size) for name, digest, size in await store.database.rows(
-        "SELECT filename, sha256, size FROM upgrade_wheels WHERE task=? ORDER BY filename", task)]
-    return UpgradeAssignment(task=task, version=version, deadline=float(deadline), wheels=wheels)
+    task, version, deadline = assigned
+    wheels = [WheelFile(name=name, sha256=digest, size=size)
+              for name, digest, size in await store.upgrades.wheels(task)]
+    return UpgradeAssignment(task=task, version=version, deadline=deadline, wheels=wheels)
 
 
 async def task_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
     """Every upgrade task (newest last) with its per-node statuses."""
-    rows = await store.database.rows("SELECT id, workspace FROM upgrade_tasks ORDER BY created_at")
-    return [await task_view(store, task) for task, workspace in rows if caller is None or caller.sees(workspace)]
+    return [await task_view(store, task) for task, workspace in await store.upgrades.tasks()
+            if caller is None or caller.sees(workspace)]
 
 
 async def task_view(store: RegistryStore, task: str, caller: access.Caller | None = None) -> dict[str, Any]:
-    rows = await store.database.rows(
-        "SELECT version, selector, concurrency, max_failures, deadline, state, workspace, created_by, created_at, "
-        "finished_at FROM upgrade_tasks WHERE id=?", task)
-    if not rows or (caller is not None and not caller.sees(rows[0][6])):
+    row = await store.upgrades.task(task)
+    if row is None or (caller is not None and not caller.sees(row[6])):
         raise NotFound(f"no upgrade task {task}")
-    version, selector, concurrency, max_failures, deadline, state, workspace, by, created, finished = rows[0]
+    version, selector, concurrency, max_failures, deadline, state, workspace, by, created, finished = row
     nodes = [{"node": node, "status": status, "reason": reason, "log": text, "started_at": started,
               "finished_at": ended, "updated_at": updated}
-             for node, status, reason, text, started, ended, updated in await store.database.rows(
-                 "SELECT node, status, reason, log, started_at, finished_at, updated_at FROM upgrade_nodes "
-                 "WHERE task=? ORDER BY position", task)]
-    wheels = [name for (name,) in await store.database.rows(
-        "SELECT filename FROM upgrade_wheels WHERE task=? ORDER BY filename", task)]
-    return {"id": task, "version": version, "selector": json.loads(selector), "concurrency": concurrency,
+             for node, status, reason, text, started, ended, updated in await store.upgrades.task_nodes(task)]
+    wheels = [name for name, _, _ in await store.upgrades.wheels(task)]
+    return {"id": task, "version": version, "selector": selector, "concurrency": concurrency,
             "max_failures": max_failures, "deadline": deadline, "state": state, "workspace": workspace,
             "created_by": by, "created_at": created, "finished_at": finished, "wheels": wheels, "nodes": nodes}
 
@@ -314,13 +240,13 @@ async def show_upgrade(request: AnyRequest, task: FromPath[str]) -> dict[str, An
      media_type="application/octet-stream")
 async def upgrade_wheel(request: AnyRequest, task: FromPath[str], name: FromPath[str]) -> Response[bytes]:
     node = await client_node(request)
-    if not await store_of(request).database.rows("SELECT 1 FROM upgrade_nodes WHERE task=? AND node=?", task, node):
+    store = store_of(request)
+    if not await store.upgrades.is_target(task, node):
         raise NotFound(f"no upgrade task {task} for node {node}")
-    rows = await store_of(request).database.rows(
-        "SELECT content FROM upgrade_wheels WHERE task=? AND filename=?", task, name)
-    if not rows:
+    content = await store.upgrades.wheel(task, name)
+    if content is None:
         raise NotFound(f"upgrade task {task}: no wheel {name}")
-    return Response(base64.b64decode(rows[0][0]), media_type="application/octet-stream")
+    return Response(content, media_type="application/octet-stream")
 
 
 ROUTE_HANDLERS = [create_upgrade, list_upgrades, show_upgrade, upgrade_wheel]
@@ -364,102 +290,3 @@ def _print_task(view: dict[str, Any], *, as_json: bool) -> None:
           f"max failures {view['max_failures']})")
     for node in view["nodes"]:
         print(f"  {node['node']:<20} {node['status']:<24} {node['reason']}")
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-def slot_root() -> Path:
-    """Where this node's A/B slots are: $FIELDGATE_UPGRADE_ROOT, the root this gateway runs from, /opt/fieldgate."""
-    if os.environ.get("FIELDGATE_UPGRADE_ROOT"):
-        return Path(os.environ["FIELDGATE_UPGRADE_ROOT"])
-    running_from = Path(sys.prefix).parent
-    return running_from if (running_from / "current").is_symlink() else DEFAULT_ROOT
-
-
-class NodeUpgrade:
-    """The node's half: start the upgrade the registry hands over, once, and report its status."""
-
-    def __init__(self, gateway: GatewayAPI) -> None:
-        self.gateway = gateway
-        self.directory = gateway.data_dir / "upgrade"
-        self.task_file = self.directory / "task.json"
-        self._process: asyncio.subprocess.Process | None = None  # kept so that it is waited for when it ends
-
-    def _task(self) -> dict[str, Any] | None:
-        try:
-            loaded: dict[str, Any] = json.loads(self.task_file.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        return loaded
-
-    def outgoing(self) -> dict[str, Any]:
-        """The status of the last task handed to this node, for the heartbeat."""
-        task = self._task()
-        if task is None:
-            return {}
-        latest = StatusLog(self.gateway.data_dir).latest() or {}
-        if latest.get("wheels") == task["wheels"]:
-            status, reason = str(latest["status"]), str(latest.get("reason", ""))
-        else:
-            status, reason = UPGRADING, "starting the upgrade"
-        if status != UPGRADING:
-            shutil.rmtree(task["wheels"], ignore_errors=True)  # done with them, whichever way it went
-        try:
-            lines = Path(task["log"]).read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_LINES:]
-        except OSError:
-            lines = []
-        tail = "\n".join(lines)[-7000:]
-        return {"upgrade": {"task": task["task"], "status": status, "reason": reason[:2000], "log": tail}}
-
-    async def start(self, client: httpx.AsyncClient, assignment: UpgradeAssignment) -> None:
-        """Download the wheels and start the upgrade process, unless this task was started already."""
-        task = self._task()
-        if task is not None and task["task"] == assignment.task:
-            return
-        try:
-            await self._start(client, assignment)
-        except (httpx.HTTPError, OSError, FieldgateError) as exc:  # tried again with the next heartbeat
-            log.warning("upgrade %s to version %s not started: %s", assignment.task, assignment.version, exc)
-
-    async def _start(self, client: httpx.AsyncClient, assignment: UpgradeAssignment) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for old in self.directory.glob("task-*"):
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-        wheels = self.directory / f"task-{assignment.task}"
-        wheels.mkdir()
-        for wheel in assignment.wheels:
-            if not WHEEL_FILE.match(wheel.name):
-                raise FieldgateError(f"the registry named a wheel {wheel.name!r}")
-            response = await client.get(f"/api/v1/upgrades/{assignment.task}/wheels/{wheel.name}",
-                                        timeout=DOWNLOAD_TIMEOUT)
-            response.raise_for_status()
-            if hashlib.sha256(response.content).hexdigest() != wheel.sha256:
-                raise FieldgateError(f"wheel {wheel.name}: checksum differs from the registry's")
-            (wheels / wheel.name).write_bytes(response.content)
-        output = self.directory / f"task-{assignment.task}.log"
-        record = {"task": assignment.task, "version": assignment.version, "wheels": str(wheels.resolve()),
-                  "log": str(output), "started_at": time.time()}
-        staged = self.task_file.with_suffix(".tmp")
-        staged.write_text(json.dumps(record), encoding="utf-8")
-        staged.replace(self.task_file)
-        command = [sys.executable, "-m", "gateway", "upgrade", "--from-wheels", str(wheels.resolve()), "--root",
-                   str(slot_root()), "--data-dir", str(self.gateway.data_dir), "--url", self._local_url(),
-                   "--deadline", f"{assignment.deadline:g}s", "--restart-command",
-                   os.environ.get("FIELDGATE_UPGRADE_RESTART") or DEFAULT_RESTART]
-        for old_log in self.directory.glob("task-*.log"):
-            if old_log != output:
-                old_log.unlink(missing_ok=True)
-        with output.open("ab") as out:
-            # a session of its own: the restart it makes ends this gateway process, not the upgrade
-            self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
-                start_new_session=True)
-        log.info("upgrade %s to version %s started from the registry", assignment.task, assignment.version)
-
-    def _local_url(self) -> str:
-        from gateway.runtime import parse_listen
-
-        host, port = parse_listen(self.gateway.config.gateway.http.listen)
-        return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"

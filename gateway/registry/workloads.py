@@ -11,7 +11,7 @@ carry the Workloads placed on it and the ConfigItems and Secrets they use; Secre
 with a key in the registry's data dir and never shown by the API.
 
 Up: a node reports the status of its registry-owned workloads with its heartbeat, only when it changed or new
-events happened (and every RESEND seconds), and the registry keeps the latest report per node and workload and the
+events happened (gateway.uplink.workloads), and the registry keeps the latest report per node and workload and the
 last events (gateway.registry.history, which also keeps the versions of the documents and rolls them back).
 """
 
@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import delete, get, post
@@ -46,51 +46,12 @@ from gateway.resources.schema import (
     dec_hook,
     enc_hook,
 )
+from gateway.wire import EventReport, WorkloadReport
 from gateway.workloads.secrets import SecretBox
-
-if TYPE_CHECKING:
-    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
 TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
-MAX_REPORTS = 1000
-MAX_EVENTS = 20  # per workload and report: the newest the node has not delivered yet
-MAX_REASON = 1000
-MAX_EVENTS_PER_BEAT = 200  # events one heartbeat carries at most, over all workloads (~250 kB)
-MIN_REPORT_INTERVAL = 1.0
-RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
-
-
-class EventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    seq: Annotated[int, msgspec.Meta(ge=0)]
-    ts: float
-    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    instance: Annotated[str, msgspec.Meta(max_length=300)] = ""
-    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
-
-
-class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str
-    state: str
-    ready: bool = False
-    restarts: int = 0
-    ports: dict[str, int] = {}
-
-
-class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    workload: str  # <namespace>/<name>
-    status: str
-    reason: str = ""
-    replicas: int = 0
-    ready: int = 0
-    restarts: int = 0
-    last_event: str = ""
-    instances: list[InstanceReport] = []
-    events: Annotated[list[EventReport], msgspec.Meta(max_length=MAX_EVENTS)] = []
-
-
-WorkloadReports = Annotated[list[WorkloadReport], msgspec.Meta(max_length=MAX_REPORTS)]
 
 
 # --- documents ----------------------------------------------------------------------------------------------------
@@ -167,8 +128,7 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
                 cls.__name__ for cls in REGISTRY_KINDS) + f" documents, not {doc.kind}")
             continue
         parsed.append((source, doc))
-    held = {(kind, ns, name) for kind, ns, name in await store.database.rows(
-        "SELECT kind, namespace, name FROM documents WHERE kind IN ('ConfigItem', 'Secret')")}
+    held = {(kind, ns, name) for kind, ns, name, _, _ in await store.documents.of_kinds(("ConfigItem", "Secret"))}
     held |= {(doc.kind, doc.namespace, doc.name) for _, doc in parsed}
     for source, doc in parsed:
         node = doc.node if isinstance(doc, Device | Workload) else None
@@ -184,7 +144,8 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         raise ResourceError(problems)
     async with access.audited(store, actor, action, target, access.workspace_scope(workspace)) as entry:
         entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents] + ([note] if note else [])
-        versions = await history.version_statements(store, documents, actor.actor, note)
+        versions = await store.documents.version_statements(documents, history.VERSIONED, history.KEEP_VERSIONS,
+                                                            actor.actor, note)
         await store.put_documents(documents, workspace, versions)
     await schedule(store)
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
@@ -192,26 +153,23 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
 
 async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
     """The Workloads placed on a node, with the ConfigItems and Secrets (decrypted) they use."""
-    placements = await store.database.rows(
-        "SELECT namespace, name, source_kind, source, origin FROM workload_placements WHERE node=? "
-        "ORDER BY namespace, name", node)
+    placements = await store.workloads.placements_on(node)
     if not placements:
         return []
-    groups = dict(await store.database.rows("SELECT node, group_name FROM group_members"))
+    groups = await store.group_members()
     workloads, wanted = [], set()
     for namespace, name, source_kind, source, origin in placements:
-        rows = await store.database.rows("SELECT document FROM documents WHERE kind=? AND namespace=? AND name=?",
-                                         source_kind, namespace, source)
-        if not rows:
+        document = await store.documents.get(source_kind, namespace, source)
+        if document is None:
             continue
         if source_kind == "BatchWorkload":
-            batch = msgspec.json.decode(rows[0][0], type=BatchWorkload, dec_hook=dec_hook)
+            batch = msgspec.json.decode(document, type=BatchWorkload, dec_hook=dec_hook)
             override = next((o for o in batch.groups if o.group == groups.get(origin)), None)
             if override is None:
                 continue
             raw = expand(batch, override, origin)
         else:
-            raw = {key: value for key, value in json.loads(rows[0][0]).items()
+            raw = {key: value for key, value in json.loads(document).items()
                    if key not in ("node", "node_selector")}
         try:
             workload = msgspec.convert(raw, Workload, dec_hook=dec_hook)
@@ -223,10 +181,9 @@ async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[
     box = SecretBox(store.data_dir)
     values: list[dict[str, Any]] = []
     for kind, namespace, name in sorted(wanted):
-        rows = await store.database.rows("SELECT document FROM documents WHERE kind=? AND namespace=? AND name=?",
-                                         kind, namespace, name)
-        if rows:
-            values.append(box.unseal_document(kind, rows[0][0]))
+        document = await store.documents.get(kind, namespace, name)
+        if document is not None:
+            values.append(box.unseal_document(kind, document))
     have = {(raw["kind"], raw.get("namespace", "default"), raw["name"]) for raw in values}
     return values + [raw for workload, raw in workloads
                      if all((kind, workload.namespace, ref) in have for kind, ref in _refs(workload))]
@@ -234,16 +191,14 @@ async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[
 
 async def delete_document(store: RegistryStore, caller: access.Caller, kind: str, namespace: str, name: str) -> None:
     """Delete a registry document; a ConfigItem or Secret a Workload or BatchWorkload uses is refused."""
-    rows = await store.database.rows("SELECT workspace FROM documents WHERE kind=? AND namespace=? AND name=?",
-                                     kind, namespace, name)
-    if not rows or not caller.sees(rows[0][0]):
+    workspace = await store.documents.workspace(kind, namespace, name)
+    if workspace is None or not caller.sees(workspace):
         raise NotFound(f"no {kind} {namespace}/{name} at the registry")
     async with access.audited(store, caller, "document.delete", f"{kind}/{namespace}/{name}",
-                              access.workspace_scope(rows[0][0])):
+                              access.workspace_scope(workspace)):
         if kind in ("ConfigItem", "Secret"):
-            for user_kind, user, document in await store.database.rows(
-                    "SELECT kind, name, document FROM documents WHERE kind IN ('Workload', 'BatchWorkload') AND "
-                    "namespace=?", namespace):
+            for user_kind, _, user, document, _ in await store.documents.of_kinds(("Workload", "BatchWorkload"),
+                                                                                  namespace):
                 raw = json.loads(document)
                 raw = raw if user_kind == "Workload" else {"name": user, **raw.get("template", {})}
                 try:
@@ -252,9 +207,7 @@ async def delete_document(store: RegistryStore, caller: access.Caller, kind: str
                     continue  # stored before a schema change; it does not run anyway
                 if (kind, name) in _refs(workload):
                     raise ConfigError(f"{kind} {namespace}/{name} is used by {user_kind} {namespace}/{user}")
-        await store.database.transaction([
-            (f"DELETE FROM {table} WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
-            for table in ("documents", "document_versions")])
+        await store.documents.delete(kind, namespace, name)
     await schedule(store)
 
 
@@ -273,10 +226,9 @@ class _Node(msgspec.Struct):
 async def _nodes(store: RegistryStore) -> dict[str, _Node]:
     now = time.time()
     nodes = {}
-    for name, labels, joined_at, last, interval, paused, workspace in await store.database.rows(
-            "SELECT name, labels, joined_at, last_heartbeat, interval, paused, workspace FROM nodes"):
+    for name, labels, joined_at, last, interval, paused, workspace in await store.placement_nodes():
         healthy = last is not None and now - last <= OFFLINE_AFTER * interval
-        nodes[name] = _Node(name, json.loads(labels), workspace, bool(paused), healthy,
+        nodes[name] = _Node(name, labels, workspace, paused, healthy,
                             0.0 if healthy else now - (last or joined_at))
     return nodes
 
@@ -285,12 +237,11 @@ async def schedule(store: RegistryStore) -> int:
     """Bring the placements in step with the documents and the nodes; how many placements changed."""
     nodes = await _nodes(store)
     members: dict[str, list[str]] = {}
-    for node, group in await store.database.rows("SELECT node, group_name FROM group_members ORDER BY node"):
-        members.setdefault(group, []).append(node)
+    for member, group_name in (await store.group_members()).items():
+        members.setdefault(group_name, []).append(member)
     current: dict[tuple[str, str, str], tuple[str, str, str]] = {
-        (ns, name, node): (kind, source, origin) for ns, name, node, kind, source, origin in await store.database.rows(
-            "SELECT namespace, name, node, source_kind, source, origin FROM workload_placements "
-            "ORDER BY placed_at, node")}
+        (ns, name, node): (kind, source, origin)
+        for ns, name, node, kind, source, origin, _ in await store.workloads.placements()}
     placed: dict[tuple[str, str], str] = {}
     for ns, name, node in current:  # the first placement counts, should two registry replicas have raced
         placed.setdefault((ns, name), node)
@@ -299,9 +250,7 @@ async def schedule(store: RegistryStore) -> int:
     def may_start(key: tuple[str, str, str]) -> bool:  # a paused node keeps what it has and gets nothing new
         return key in current or not nodes[key[2]].paused
 
-    for kind, namespace, name, document, workspace in await store.database.rows(
-            "SELECT kind, namespace, name, document, workspace FROM documents WHERE kind IN ('Workload', "
-            "'BatchWorkload') ORDER BY kind, namespace, name"):
+    for kind, namespace, name, document, workspace in await store.documents.of_kinds(("Workload", "BatchWorkload")):
         if kind == "Workload":
             raw = json.loads(document)
             selector = raw.get("node_selector") or {}
@@ -327,17 +276,10 @@ async def schedule(store: RegistryStore) -> int:
                 if host is not None and may_start((namespace, instance, host)):
                     wanted[(namespace, instance, host)] = ("BatchWorkload", batch.name, origin)
                     load[host] = load.get(host, 0) + 1
-    statements: list[tuple[str, tuple[Any, ...]]] = []
-    now = time.time()
-    for key in current.keys() - wanted.keys():
-        statements += [("DELETE FROM workload_placements WHERE namespace=? AND name=? AND node=?", key),
-                       ("DELETE FROM workload_status WHERE namespace=? AND name=? AND node=?", key)]
-    for key in wanted.keys() - current.keys():
-        statements.append(("INSERT INTO workload_placements VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                           (*key, *wanted[key], now)))
-    if statements:
-        await store.database.transaction(statements)
-        for namespace, name, node in sorted(wanted.keys() - current.keys()):
+    removed, added = current.keys() - wanted.keys(), wanted.keys() - current.keys()
+    if removed or added:
+        await store.workloads.place(removed, {key: wanted[key] for key in added}, time.time())
+        for namespace, name, node in sorted(added):
             log.info("workload %s/%s placed on node %s", namespace, name, node)
     return len(current.keys() ^ wanted.keys())
 
@@ -391,33 +333,28 @@ async def record_status(store: RegistryStore, node: str, reports: list[WorkloadR
     """Keep a node's latest report of its registry-owned workloads (the whole set)."""
     if reports is None:
         return
-    now = time.time()
-    statements: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM workload_status WHERE node=?", (node,))]
+    statuses = []
     events: dict[tuple[str, str], list[EventReport]] = {}
     for report in reports:
         namespace, sep, name = report.workload.partition("/")
         if not sep:
             raise ConfigError(f"workload {report.workload!r}: expected <namespace>/<name>")
         events[(namespace, name)] = report.events
-        statements.append(("INSERT INTO workload_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
-            node, namespace, name, report.status[:64], report.reason[:500], report.replicas, report.ready,
-            report.restarts, report.last_event[:500], msgspec.json.encode(report.instances).decode(), now)))
-    await store.database.transaction([*statements, *await history.event_statements(store, node, events, now)])
+        statuses.append((namespace, name, report.status[:64], report.reason[:500], report.replicas, report.ready,
+                         report.restarts, report.last_event[:500], msgspec.json.encode(report.instances).decode()))
+    await store.workloads.record_status(node, statuses, events, history.KEEP_EVENTS, time.time())
 
 
 async def workload_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
     """Every placed or reported workload per node with its status; workloads placed nowhere with node None."""
     nodes = {node["name"]: node for node in await store.nodes()}
     views: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for ns, name, node, kind, source, origin, placed_at in await store.database.rows(
-            "SELECT namespace, name, node, source_kind, source, origin, placed_at FROM workload_placements"):
+    for ns, name, node, kind, source, origin, placed_at in await store.workloads.placements():
         views[(ns, name, node)] = {
             "namespace": ns, "name": name, "node": node, "source": f"{kind} {source}", "origin": origin,
             "placed": True, "placed_at": placed_at, "status": "pending", "reason": "not reported by the node yet",
             "replicas": None, "ready": 0, "restarts": 0, "last_event": "", "instances": [], "reported_at": None}
-    for row in await store.database.rows(
-            "SELECT node, namespace, name, status, reason, replicas, ready, restarts, last_event, instances, "
-            "reported_at FROM workload_status"):
+    for row in await store.workloads.statuses():
         node, ns, name, status, reason, replicas, ready, restarts, last_event, instances, reported_at = row
         view = views.setdefault((ns, name, node), {
             "namespace": ns, "name": name, "node": node, "source": "", "origin": node, "placed": False,
@@ -425,9 +362,8 @@ async def workload_views(store: RegistryStore, caller: access.Caller | None = No
         view.update(status=status, reason=reason, replicas=replicas, ready=ready, restarts=restarts,
                     last_event=last_event, instances=json.loads(instances), reported_at=reported_at)
     placed = {(ns, view["source"].split(" ", 1)[-1]) for (ns, _, _), view in views.items()}
-    result = []
-    for kind, ns, name, workspace in await store.database.rows(
-            "SELECT kind, namespace, name, workspace FROM documents WHERE kind IN ('Workload', 'BatchWorkload')"):
+    result: list[dict[str, Any]] = []
+    for kind, ns, name, _, workspace in await store.documents.of_kinds(("Workload", "BatchWorkload")):
         if (ns, name) not in placed and (caller is None or caller.sees(workspace)):
             result.append({"namespace": ns, "name": name, "node": None, "source": f"{kind} {name}", "origin": None,
                            "placed": False, "status": "not-placed", "reason": "no node matches (or nodes paused)",
@@ -435,10 +371,10 @@ async def workload_views(store: RegistryStore, caller: access.Caller | None = No
                            "reported_at": None, "node_status": None})
     for key in sorted(views):
         view = views[key]
-        node = nodes.get(key[2])
-        if node is None or (caller is not None and not caller.sees(node.get("workspace"))):
+        info = nodes.get(key[2])
+        if info is None or (caller is not None and not caller.sees(info.get("workspace"))):
             continue
-        view["node_status"] = node["status"]
+        view["node_status"] = info["status"]
         result.append(view)
     return result
 
@@ -470,65 +406,3 @@ async def remove_document(request: AnyRequest, kind: FromPath[str], namespace: F
 
 
 ROUTE_HANDLERS = [list_workloads, post_documents, remove_document, *history.ROUTE_HANDLERS]
-
-
-# --- the node side ------------------------------------------------------------------------------------------------
-
-
-def _report(described: dict[str, Any]) -> WorkloadReport:
-    instances = [InstanceReport(id=i["id"], state=i["state"], ready=bool(i["ready"]), restarts=i["restarts"],
-                                ports=dict(i.get("ports") or {})) for i in described["instances"]]
-    return WorkloadReport(workload=described["id"], status=described["status"], reason=described["reason"],
-                          replicas=described["replicas"], ready=described["ready"],
-                          restarts=sum(i.restarts for i in instances), last_event=described.get("last_event", ""),
-                          instances=instances)
-
-
-class WorkloadSync:
-    """The node's half: the status of its registry-owned workloads, sent when it changed, and their events not
-    delivered yet (the newest MAX_EVENTS of each). An event's seq is its id in the node's store, and how far the
-    registry has each workload's events is kept there too (gateway.workloads.history), so after a restart of the
-    gateway the node sends exactly the events the registry has not acknowledged."""
-
-    def __init__(self, gateway: GatewayAPI) -> None:
-        self.gateway = gateway
-        self._delivered = b""
-        self._sending: tuple[bytes, dict[str, int]] | None = None
-        self._last = -RESEND
-
-    def _events(self, workload: str) -> list[EventReport]:
-        manager = self.gateway.workloads
-        runner = manager.runners.get(workload)
-        if runner is None:
-            return []
-        after = manager.history.delivered_up_to(workload)
-        return [EventReport(seq=e.seq, ts=e.ts, event=e.event[:32], instance=e.instance[:300],
-                            reason=e.reason[:MAX_REASON]) for e in runner.recent if e.seq > after][-MAX_EVENTS:]
-
-    def outgoing(self) -> dict[str, Any]:
-        reports = [_report(d) for d in self.gateway.workloads.describe() if d.get("owner") == "registry"]
-        reports = reports[:MAX_REPORTS]
-        status = msgspec.json.encode(reports)
-        room = MAX_EVENTS_PER_BEAT  # bounds the heartbeat: the older events go first, the rest with the next one
-        for report in reports:
-            report.events = self._events(report.workload)[:room]
-            room -= len(report.events)
-        now = time.monotonic()
-        fresh = any(report.events for report in reports)
-        if now - self._last < MIN_REPORT_INTERVAL or (status == self._delivered and not fresh
-                                                      and now - self._last < RESEND):
-            self._sending = None
-            return {}
-        cursors = {report.workload: report.events[-1].seq for report in reports if report.events}
-        self._sending, self._last = (status, cursors), now
-        return {"workloads": msgspec.to_builtins(reports)}
-
-    def delivered(self) -> None:
-        if self._sending is not None:
-            self._delivered = self._sending[0]
-            self.gateway.workloads.history.mark_delivered(self._sending[1])
-            self._sending = None
-
-    def failed(self) -> None:
-        self._sending = None
-        self._last = -RESEND

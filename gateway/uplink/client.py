@@ -1,14 +1,14 @@
 """The uplink to the registry (a built-in plugin): once the node has joined (<data-dir>/registry/registry.json),
-a supervised task heartbeats over mutual TLS with node info and the twins that changed (gateway.registry.twins),
+a supervised task heartbeats over mutual TLS with node info and the twins that changed (gateway.uplink.twins),
 applies the registry's resources for the node whenever their resource version changes and the desired values the
 registry answers with. A second task long-polls the registry for REST messages meant for this
 node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
 whose source path is <path>, and acknowledges it once it is durable in the routes' outboxes; a message in the
 `_fieldgate` namespace is a request of the registry instead, answered over mutual TLS: the node's recent log or a
-workload's (gateway.registry.logs), or the stop, start or restart of a registry-owned workload
-(gateway.registry.lifecycle; the node refuses any other). An
-upgrade task named in a heartbeat answer is started once and its status reported with every heartbeat
-(gateway.registry.upgrades). It keeps the gateway working while the registry is unreachable."""
+workload's, or the stop, start or restart of a registry-owned workload (gateway.uplink.requests; the node refuses
+any other). An upgrade task named in a heartbeat answer is started once and its status reported with every heartbeat
+(gateway.uplink.upgrade). It keeps the gateway working while the registry is unreachable. What goes over the wire is
+gateway.wire's Structs."""
 
 from __future__ import annotations
 
@@ -23,15 +23,16 @@ import httpx
 import msgspec
 
 from gateway import __version__
+from gateway.api import REGISTRY
 from gateway.errors import FieldgateError
-from gateway.pipeline.reconfigure import REGISTRY
+from gateway.ops.sampler import NodeSampler
 from gateway.plugins import list_plugins
-from gateway.registry.logs import LOGS_NAMESPACE, answer_request
-from gateway.registry.monitoring import NodeSampler
-from gateway.registry.twins import DesiredValue, TwinSync
-from gateway.registry.upgrades import NodeUpgrade, UpgradeAssignment
-from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
+from gateway.uplink.requests import answer_request
+from gateway.uplink.twins import TwinSync
+from gateway.uplink.upgrade import NodeUpgrade
+from gateway.uplink.workloads import WorkloadSync
+from gateway.wire import LOGS_NAMESPACE, AckRequest, HeartbeatResponse, NodeMessage
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -40,22 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TIMEOUT = 10.0
 MESSAGE_WAIT = 25.0  # seconds a message poll waits at the registry for a message
-
-
-class NodeMessage(msgspec.Struct, kw_only=True):
-    id: str
-    namespace: str
-    path: str
-    payload: str  # base64
-
-
-class HeartbeatAnswer(msgspec.Struct, kw_only=True):
-    node: str
-    resource_version: str
-    heartbeat_interval: float
-    documents: list[dict[str, Any]] | None = None
-    desired: list[DesiredValue] | None = None
-    upgrade: UpgradeAssignment | None = None
 
 
 class Uplink:
@@ -117,21 +102,16 @@ class Uplink:
                                      self.gateway)
                 continue
             self.deliver(message.namespace, message.path, base64.b64decode(message.payload))
-        await self.gateway.store.flush()  # durable in the outboxes before the registry forgets them
-        ack = await client.post("/api/v1/nodes/self/messages/ack", json={"ids": [m.id for m in messages]})
+        await self.gateway.flush()  # durable in the outboxes before the registry forgets them
+        ack = await client.post("/api/v1/nodes/self/messages/ack",
+                                content=msgspec.json.encode(AckRequest(ids=[m.id for m in messages])),
+                                headers={"Content-Type": "application/json"})
         ack.raise_for_status()
         return len(messages)
 
     def deliver(self, namespace: str, path: str, payload: bytes) -> list[str]:
         """Hand a message to the rest routes of `namespace` whose source path is `path`; the routes that took it."""
-        routes = self.gateway.routes
-        taken = []
-        for runtime in list(routes.routes.values()):
-            source_path = runtime.route.source_resource.get("path", "")
-            if (runtime.source.type == "rest" and runtime.route.namespace == namespace
-                    and source_path.strip("/") == path.strip("/")):
-                routes.accept(runtime, path, payload)
-                taken.append(f"{namespace}/{runtime.route.name}")
+        taken = self.gateway.routes.from_rest(path, payload, namespace)
         self.messages_received += 1
         if not taken:
             self.messages_unrouted += 1
@@ -163,7 +143,7 @@ class Uplink:
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
-            answer = msgspec.json.decode(response.content, type=HeartbeatAnswer)
+            answer = msgspec.json.decode(response.content, type=HeartbeatResponse)
         except msgspec.DecodeError as exc:
             self.twins.failed()
             self.workloads.failed()
@@ -213,7 +193,7 @@ class Uplink:
             "cpu_percent": metrics["cpu_percent"],
             "memory_percent": metrics["memory_percent"],
             "disk_percent": metrics["disk_percent"],
-            "metrics": metrics,  # kept per minute by the registry (gateway.registry.monitoring)
+            "metrics": metrics,  # kept per minute by the registry
             "devices": status["devices"],
             "uplink_latency_ms": self.latency_ms,
             "resource_version": self.resource_version,

@@ -1,9 +1,15 @@
-"""The node side of joining: check the registry against the token's CA fingerprint, send a CSR, keep the
+"""The node side of joining: with a join token (check the registry against the token's CA fingerprint, send a CSR) or
+with a batch bundle (authenticate with its batch certificate, send a CSR and a hint for the name); keep the
 certificate in <data-dir>/registry/ (ca.pem, node.pem, node.key, registry.json)."""
 
 from __future__ import annotations
 
+import re
+import socket
 import ssl
+import tarfile
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +18,13 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import AuthError, ConfigError
-from gateway.registry.ca import fingerprint, key_pem, make_csr, new_key, write_private
+from gateway.pki import fingerprint, key_pem, make_csr, new_key, write_private
 from gateway.resources.schema import check_node_name
+from gateway.wire import BatchJoinRequest, BundleInfo, JoinRequest, JoinResponse
 
 TIMEOUT = 10.0
+_NO_SERIAL = {"", "0", "none", "not specified", "to be filled by o.e.m.", "default string", "system serial number",
+              "not applicable", "n/a", "unknown", "123456789"}
 
 
 class RegistrySettings(msgspec.Struct, kw_only=True):
@@ -90,8 +99,9 @@ async def join(url: str, token: str, data_dir: Path, *, name: str | None = None)
         key = new_key()
         context = ssl.create_default_context(cadata=ca_pem.decode())
         async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
-            response = await client.post(f"{url}/api/v1/join",
-                                         json={"token": credential, "csr": make_csr(key), "name": name})
+            request = JoinRequest(token=credential, csr=make_csr(key), name=name)
+            response = await client.post(f"{url}/api/v1/join", content=msgspec.json.encode(request),
+                                         headers={"Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         raise ConfigError(f"{url}: cannot reach the registry: {exc}") from None
     except ValueError as exc:
@@ -100,17 +110,106 @@ async def join(url: str, token: str, data_dir: Path, *, name: str | None = None)
         raise AuthError(f"token refused: {detail(response)}")
     if response.status_code != 200:
         raise ConfigError(f"{url}: join failed ({response.status_code}): {detail(response)}")
-    return save_identity(data_dir, url, ca_pem, key, response.json())
+    return save_identity(data_dir, url, ca_pem, key, join_answer(url, response))
+
+
+def join_answer(url: str, response: httpx.Response) -> JoinResponse:
+    """The registry's answer to a join; ConfigError when it is not one."""
+    try:
+        return msgspec.json.decode(response.content, type=JoinResponse)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{url}: unexpected answer to the join: {exc}") from None
 
 
 def save_identity(data_dir: Path, url: str, ca_pem: bytes, key: ec.EllipticCurvePrivateKey,
-                  answer: dict[str, Any]) -> RegistrySettings:
+                  answer: JoinResponse) -> RegistrySettings:
     """Keep what a join answered (certificate, node name, interval) with the node's key in <data-dir>/registry/."""
     directory = registry_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.pem").write_bytes(ca_pem)
-    (directory / "node.pem").write_text(answer["certificate"])
+    (directory / "node.pem").write_text(answer.certificate)
     write_private(directory / "node.key", key_pem(key))
-    settings = RegistrySettings(url=url, node=answer["node"], heartbeat_interval=float(answer["heartbeat_interval"]))
+    settings = RegistrySettings(url=url, node=answer.node, heartbeat_interval=answer.heartbeat_interval)
     (directory / "registry.json").write_bytes(msgspec.json.format(msgspec.json.encode(settings)))
     return settings
+
+
+# --- batch bundles (`fieldgate join --bundle`) ------------------------------------------------------------------
+
+
+def read_bundle(path: Path) -> tuple[BundleInfo, dict[str, bytes]]:
+    """The bundle's info and its files (ca.pem, batch.pem, batch.key); ConfigError names what is wrong."""
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            files = {}
+            for name in ("bundle.json", "ca.pem", "batch.pem", "batch.key"):
+                member = tar.extractfile(name)
+                if member is None:
+                    raise KeyError(name)
+                files[name] = member.read()
+        info = msgspec.json.decode(files["bundle.json"], type=BundleInfo)
+    except (OSError, tarfile.TarError) as exc:
+        raise ConfigError(f"--bundle {path}: not a batch bundle: {exc}") from None
+    except KeyError as exc:
+        raise ConfigError(f"--bundle {path}: not a batch bundle: {exc.args[0]} is missing") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"--bundle {path}: bundle.json: {exc}") from None
+    return info, files
+
+
+def machine_hint() -> str:
+    """This machine's serial number when it has a real one, else its hostname."""
+    for path in ("/sys/class/dmi/id/product_serial", "/proc/device-tree/serial-number"):
+        try:
+            serial = Path(path).read_text(errors="replace").strip("\x00 \n")
+        except OSError:
+            continue
+        if serial.lower() not in _NO_SERIAL and re.search(r"[a-z0-9]", serial.lower()):
+            return serial
+    return socket.gethostname()
+
+
+async def join_with_bundle(url: str | None, bundle: Path, data_dir: Path, *, name: str | None = None
+                           ) -> RegistrySettings:
+    """Join with a batch bundle (at `url`, else the bundle's URLs in turn); AuthError `batch refused: <reason>`."""
+    if (registry_dir(data_dir) / "registry.json").exists():
+        raise ConfigError(f"{registry_dir(data_dir)}: this node has joined a registry already; remove that "
+                          "directory to join again")
+    info, files = read_bundle(bundle)
+    urls = [url.rstrip("/")] if url else info.registry
+    if not urls:
+        raise ConfigError(f"--bundle {bundle}: the bundle names no registry URL; give --registry")
+    for candidate in urls:
+        if not candidate.startswith("https://"):
+            raise ConfigError(f"--registry {candidate}: expected an https:// URL")
+    if name is not None and not re.search(r"[a-z0-9]", name.lower()):
+        raise ConfigError(f"--name {name!r}: expected a serial number or host name with letters or digits (the node "
+                          "is named <prefix>-<them>)")
+    if info.expires_at < time.time():
+        raise AuthError("batch refused: expired")
+    key = new_key()
+    request = msgspec.json.encode(BatchJoinRequest(csr=make_csr(key), hint=name or machine_hint()))
+    with tempfile.TemporaryDirectory(prefix="fieldgate-bundle-") as directory:
+        cert_path, key_path = Path(directory) / "batch.pem", Path(directory) / "batch.key"
+        cert_path.write_bytes(files["batch.pem"])
+        write_private(key_path, files["batch.key"])
+        try:
+            context = ssl.create_default_context(cadata=files["ca.pem"].decode())
+            context.load_cert_chain(cert_path, key_path)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"--bundle {bundle}: unusable certificate or key: {exc}") from None
+        failures = []
+        for candidate in urls:
+            try:
+                async with httpx.AsyncClient(verify=context, timeout=TIMEOUT) as client:
+                    response = await client.post(f"{candidate}/api/v1/join/batch", content=request,
+                                                 headers={"Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
+                failures.append(f"{candidate}: {exc}")
+                continue
+            if response.status_code == 403:
+                raise AuthError(f"batch refused: {detail(response)}")
+            if response.status_code != 200:
+                raise ConfigError(f"{candidate}: join failed ({response.status_code}): {detail(response)}")
+            return save_identity(data_dir, candidate, files["ca.pem"], key, join_answer(candidate, response))
+    raise ConfigError(f"cannot reach the registry: {'; '.join(failures)}")

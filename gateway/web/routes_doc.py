@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 
 from gateway.web.security import PUBLIC_PATHS, PUBLIC_PREFIXES, is_api_path
+from gateway.webkit.routes import app_routes as app_routes  # the table of either app; imported from here too
 
 
 def required_role(handler: HTTPRouteHandler, path: str = "") -> str:
@@ -21,17 +21,6 @@ def required_role(handler: HTTPRouteHandler, path: str = "") -> str:
     if paths & PUBLIC_PATHS or any(p.startswith(PUBLIC_PREFIXES) for p in paths):
         return "public"
     return "authenticated"
-
-
-def app_routes(app: Litestar) -> list[tuple[str, str, HTTPRouteHandler]]:
-    rows = []
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", ()):
-            if isinstance(handler, HTTPRouteHandler):
-                for method in sorted(handler.http_methods):
-                    if method not in ("HEAD", "OPTIONS"):
-                        rows.append((method, route.path, handler))
-    return sorted(rows, key=lambda row: (row[1], row[0]))
 
 
 def route_table(*, pages: bool = False) -> list[tuple[str, str, str, str]]:

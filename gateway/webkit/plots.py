@@ -154,3 +154,28 @@ def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, st
                        'stroke-linejoin="round"/>')
     out.append("</svg>")
     return "".join(out)
+
+
+def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: float, step: float) -> str:
+    """The CPU, memory, disk and network plots of one node, side by side."""
+
+    def plot(title: str, unit: Unit, names: list[tuple[str, str]], y_max: float | None = None,
+             note: str = "") -> str:
+        lines = [Line(label, series.get(name, []), COLORS[i]) for i, (name, label) in enumerate(names)]
+        return line_plot(title, lines, start=start, end=end, step=step, unit=unit, y_max=y_max, note=note)
+
+    def latest(name: str) -> float | None:
+        return next((value for _, value in reversed(series.get(name, [])) if value is not None), None)
+
+    disk = latest("disk_percent")
+    used = latest("memory_used")
+    plots = [
+        plot("CPU", "percent", [("cpu_percent", "cpu")], y_max=100),
+        plot("Memory", "percent", [("memory_percent", "used")], y_max=100,
+             note=format_value(used, "bytes") if used is not None else ""),
+        plot("Disk I/O", "bytes_per_s", [("disk_read_bps", "read"), ("disk_write_bps", "write")],
+             note=f"{format_value(disk, 'percent')} full" if disk is not None else ""),
+        plot("Network", "bytes_per_s", [("net_rx_bps", "rx"), ("net_tx_bps", "tx")]),
+    ]
+    # the plots have a fixed size and flow side by side: no style attribute, which the pages' CSP would refuse
+    return '<div class="node-plots">' + " ".join(plots) + "</div>"

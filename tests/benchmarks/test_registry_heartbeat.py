@@ -26,7 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gateway.registry.ca import CertificateAuthority, cert_pem, key_pem, make_csr, new_key
+from gateway.pki import key_pem, make_csr, new_key
+from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.store import RegistryStore
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import pg_database, postgres, stop, wait_for_port

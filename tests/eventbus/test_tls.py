@@ -13,7 +13,8 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.registry.ca import CertificateAuthority, cert_pem, key_pem, make_csr, new_key, write_private
+from gateway.pki import key_pem, make_csr, new_key, write_private
+from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.runtime import Gateway
 from tests.conftest import Mosquitto, free_port
 from tests.test_runtime import MODEL, virtual_device, wait_for

@@ -6,7 +6,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,17 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

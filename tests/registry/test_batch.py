@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from gateway.errors import ConfigError, NotFound
-from gateway.registry.batch import read_bundle
-from gateway.registry.ca import make_csr, new_key, peer_identity
+from gateway.pki import make_csr, new_key
+from gateway.registry.ca import peer_identity
 from gateway.registry.store import NameTaken
 from gateway.resources.schema import NAME_PATTERN
-from gateway.uplink.join import client_ssl_context
+from gateway.uplink.join import client_ssl_context, read_bundle
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry
 
@@ -130,7 +130,7 @@ async def test_a_batch_gives_out_no_more_places_than_its_count_at_once(db_url: s
         bundle = tmp_path / "b.tar.gz"
         bundle.write_bytes(await batch.create_batch(store, ca, "b1", count=3, ttl=60, labels={}, prefix=None,
                                                     urls=["https://reg.example:8443"]))
-        info, files = batch.read_bundle(bundle)
+        info, files = read_bundle(bundle)
         assert info.registry == ["https://reg.example:8443"] and info.ca_fingerprint == ca.fingerprint
         assert peer_identity(files["batch.pem"].decode())[0] == "batch:b1"
         await batch.take_place(store, "b1", "b1-0", "s0", {}, 1.0, None, "default")

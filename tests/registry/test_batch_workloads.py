@@ -20,9 +20,8 @@ import pytest
 
 from gateway.errors import NotFound, ResourceError
 from tests.conftest import FIELDGATE, free_port
-from tests.registry.conftest import Registry, join, stop, wait_for_port
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 from tests.registry.test_access import add_user, login
-from tests.registry.test_uplink import wait_until
 
 WEB_APP = Path(__file__).resolve().parents[1] / "workloads" / "apps" / "web.py"
 
@@ -197,6 +196,7 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
 
 
 async def test_placement_follows_node_status_and_the_failover_policy(db_url: str | None, tmp_path: Path) -> None:
+    from gateway import wire
     from gateway.registry import access, workloads
     from gateway.registry.store import RegistryStore
     from gateway.resources.loader import parse_yaml
@@ -252,7 +252,7 @@ failover: {after: 10s, move_back: true}
         with pytest.raises(ResourceError, match=r"\$\.template\.restart: .* \(with the overrides of group g\)"):
             await workloads.apply_documents(store, parse_yaml(document.replace('"60"]', '"60"], restart: sometimes'),
                                                               "bad.yaml"), "default", cli, "bad.yaml")
-        await workloads.record_status(store, "c", [workloads.WorkloadReport(
+        await workloads.record_status(store, "c", [wire.WorkloadReport(
             workload="default/app.c", status="running", replicas=2, ready=2, last_event="ready app.c-2-1")])
         [view] = [v for v in await workloads.workload_views(store) if v["name"] == "app.c"]
         assert (view["node"], view["status"], view["ready"], view["source"]) == ("c", "running", 2,

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.pki import make_csr, new_key
 from gateway.registry.app import JOIN_FAILURES, JOIN_TOKEN_FAILURES
-from gateway.registry.ca import make_csr, new_key
 from gateway.uplink.join import client_ssl_context, parse_token
 from gateway.uplink.join import join as registry_join
 from tests.conftest import FIELDGATE, free_port

@@ -16,8 +16,7 @@ import pytest
 from gateway.uplink.join import client_ssl_context
 from tests.conftest import FIELDGATE, free_port
 from tests.plants import LOGS_PLANT
-from tests.registry.conftest import Registry, join, stop, wait_for_port
-from tests.registry.test_uplink import wait_until
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
 NODE = "gw-logs"
 

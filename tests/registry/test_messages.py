@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import FIELDGATE, Mosquitto, free_port
-from tests.registry.conftest import Registry, join, stop, wait_for_port
-from tests.registry.test_uplink import wait_until
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
 ROUTE = """\
 ---

@@ -13,9 +13,8 @@ import pytest
 
 from gateway.uplink.join import RegistrySettings
 from tests.conftest import Mosquitto
-from tests.registry.conftest import Registry, join, stop
+from tests.registry.conftest import Registry, join, stop, wait_until
 from tests.registry.test_messages import Subscriber, api, start_gateway
-from tests.registry.test_uplink import wait_until
 
 
 @pytest.fixture

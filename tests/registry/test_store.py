@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import AuthError, ConfigError
-from gateway.registry.db import MIGRATIONS
 from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
+from gateway.registry.store.db import MIGRATIONS
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

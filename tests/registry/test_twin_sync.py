@@ -17,8 +17,7 @@ import pytest
 
 from gateway.errors import NotFound
 from tests.conftest import FIELDGATE, free_port
-from tests.registry.conftest import Registry, join, stop, wait_for_port
-from tests.registry.test_uplink import wait_until
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
 REMOTE = """\
 kind: DeviceModel
@@ -197,12 +196,13 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
 
 async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db_url: str | None,
                                                                                tmp_path: Path) -> None:
+    from gateway import wire
     from gateway.registry import twins
     from gateway.registry.store import RegistryStore
 
-    def report(device: str, value: Any) -> twins.DeviceReport:
-        return twins.DeviceReport(device=device, state="online", properties={
-            "sp": twins.PropertyReport(reported=value, reported_at=1.0, quality="good")})
+    def report(device: str, value: Any) -> wire.DeviceReport:
+        return wire.DeviceReport(device=device, state="online", properties={
+            "sp": wire.PropertyReport(reported=value, reported_at=1.0, quality="good")})
 
     async with RegistryStore(tmp_path / "registry", db_url) as store:
         await store.add_node("gw-1", "ab", {}, 1.0)
@@ -221,8 +221,8 @@ async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db
         [value] = await twins.sync(store, "gw-1", None, False, 0, None) or []
         assert (value.device, value.property, value.value, value.version) == ("default/d2", "sp", 7, 1)
         assert await twins.sync(store, "gw-1", None, False, 1, None) is None  # taken already
-        ack = twins.DesiredAck(version=1, errors=[twins.DesiredError(device="default/d2", property="sp", version=1,
-                                                                     error="sp: too hot")])
+        ack = wire.DesiredAck(version=1, errors=[wire.DesiredError(device="default/d2", property="sp", version=1,
+                                                                   error="sp: too hot")])
         await twins.sync(store, "gw-1", None, False, 1, ack)
         [view] = await twins.device_views(store, node="gw-1")
         assert view["twin"]["sp"]["desired_status"] == "rejected" and view["twin"]["sp"]["desired_error"] == \
@@ -230,78 +230,8 @@ async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db
         await twins.set_desired(store, "default", "d2", {"sp": 4})
         [value] = await twins.sync(store, "gw-1", None, False, 1, None) or []
         assert value.version == 2
-        await twins.sync(store, "gw-1", None, False, 2, twins.DesiredAck(version=2))
+        await twins.sync(store, "gw-1", None, False, 2, wire.DesiredAck(version=2))
         [view] = await twins.device_views(store, node="gw-1")
         assert view["twin"]["sp"]["desired_status"] == "in sync" and "desired_error" not in view["twin"]["sp"]
         await store.remove_node("gw-1")
         assert await twins.device_views(store) == []
-
-
-async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_desired_values(
-        start_gateway: Any, write_config: Any, tmp_path: Path) -> None:
-    import asyncio
-
-    import msgspec
-
-    from gateway.registry.app import HeartbeatRequest
-    from gateway.registry.twins import MIN_REPORT_INTERVAL, DesiredValue, TwinSync
-
-    gateway = await start_gateway(write_config("""\
-        kind: Gateway
-        name: gw-1
-        eventbus: {url: none}
-        ---
-        kind: DeviceModel
-        name: m
-        properties:
-          - {name: count, type: int, access: ReadOnly}
-          - {name: sp, type: int, access: ReadWrite, maximum: 10}
-          - {name: broken, type: float, access: ReadOnly}
-        ---
-        kind: Device
-        name: d1
-        model: m
-        protocol: {name: virtual, config: {}}
-        properties:
-          - {name: count, collect_interval: 20ms, visitor: {generator: counter}}
-          - {name: sp, collect_interval: 20ms, visitor: {generator: memory, initial: 1}}
-          - {name: broken, collect_interval: 20ms, visitor: {generator: constant, value: .nan}}
-        """))
-    state = tmp_path / "desired.json"
-    sync = TwinSync(gateway.api, state)
-    await asyncio.sleep(0.1)
-    first = sync.outgoing()
-    assert first["twins_complete"] and [t["device"] for t in first["twins"]] == ["default/d1"]
-    # as the uplink sends it: a NaN reading goes as null, the heartbeat stays valid JSON for the registry
-    decoded = msgspec.json.decode(msgspec.json.encode(first), type=HeartbeatRequest)
-    assert decoded.twins is not None and decoded.twins[0].properties["broken"].reported is None
-    sync.delivered()
-    await asyncio.sleep(0.2)  # ten readings
-    assert "twins" not in sync.outgoing()  # at most one report per MIN_REPORT_INTERVAL
-    sync.delivered()
-    await asyncio.sleep(MIN_REPORT_INTERVAL)
-    body = sync.outgoing()
-    [device] = body["twins"]
-    assert not body["twins_complete"]
-    assert device["properties"]["count"]["reported"] == gateway.devices.twins["default/d1"].properties["count"].reported
-    sync.failed()  # not delivered: it goes with the next heartbeat, still at most one report per interval
-    assert "twins" not in sync.outgoing()
-    await asyncio.sleep(MIN_REPORT_INTERVAL)
-    assert [t["device"] for t in sync.outgoing()["twins"]] == ["default/d1"]
-    sync.delivered()
-
-    await sync.apply_desired([DesiredValue(device="default/d1", property="sp", value=7, version=3),
-                              DesiredValue(device="default/d1", property="sp", value=11, version=4),
-                              DesiredValue(device="default/nope", property="x", value=1, version=4)])
-    assert gateway.devices.twins["default/d1"].properties["sp"].desired == 7  # 11 is above the maximum
-    body = sync.outgoing()
-    assert body["desired_version"] == 4
-    assert [(e["version"], e["device"]) for e in body["desired_ack"]["errors"]] == [(4, "default/d1"),
-                                                                                   (4, "default/nope")]
-    sync.delivered()
-    assert "desired_ack" not in sync.outgoing()
-    assert TwinSync(gateway.api, state).desired_version == 4  # survives a restart
-    deadline = asyncio.get_running_loop().time() + 5
-    while gateway.devices.twins["default/d1"].properties["sp"].reported != 7:
-        assert asyncio.get_running_loop().time() < deadline, "the desired value was not written"
-        await asyncio.sleep(0.05)

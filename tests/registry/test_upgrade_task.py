@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import FIELDGATE
-from tests.registry.conftest import Registry, join
-from tests.registry.test_uplink import wait_until
+from tests.registry.conftest import Registry, join, wait_until
 from tests.test_upgrade import Node, build_plugins, build_wheels, make_slot, pip_install
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,9 @@ import pytest
 
 from tests.conftest import free_port
 from tests.registry import test_workload_pages as pages
-from tests.registry.conftest import Registry
+from tests.registry.conftest import Registry, wait_until
 from tests.registry.test_access import add_user, api, cli, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway
-from tests.registry.test_uplink import wait_until
 from tests.registry.test_workload_pages import NODE, app
 
 

@@ -24,10 +24,9 @@ import pytest
 
 from gateway.store import db_path
 from gateway.uplink.join import client_ssl_context
-from tests.registry.conftest import Registry, stop
+from tests.registry.conftest import Registry, stop, wait_until
 from tests.registry.test_access import add_user, api, cli, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway
-from tests.registry.test_uplink import wait_until
 
 NODE = "gw-1"
 

@@ -11,8 +11,8 @@ from litestar import get
 from litestar.response import Template
 
 from gateway.api import GatewayAPI
+from gateway.ops.sampler import WINDOWS, local_plots_html
 from gateway.plugins import list_plugins
-from gateway.registry.monitoring import WINDOWS, local_plots_html
 from gateway.web.monitor import recent_errors
 from gateway.web.pages.common import AnyRequest, gateway_of, joined_registry, render
 from gateway.web.security import requires

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from gateway.resources.loader import parse_yaml
 from gateway.uplink.client import Uplink
 from gateway.uplink.join import RegistrySettings
 from tests.conftest import FIELDGATE, free_port
-from tests.registry.conftest import Registry, join, stop, wait_for_port
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
 REMOTE = """\
 kind: DeviceModel
@@ -35,17 +34,6 @@ properties:
     collect_interval: 100ms
     visitor: {generator: constant, value: 7}
 """
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_gateway_heartbeats_runs_registry_devices_and_goes_offline(registry: Registry, tmp_path: Path) -> None:

@@ -358,3 +358,21 @@ async def open_database(data_dir: Path, url: str | None = None) -> SQLiteDatabas
     if url:
         raise StoreError(f"--db {_safe(url)}: expected a postgresql:// URL (or none for SQLite in the data dir)")
     return await SQLiteDatabase(data_dir / "registry.db").open()
+
+
+class Opened(Protocol):
+    """What a group of tables needs of the store: its open database."""
+
+    @property
+    def database(self) -> Database: ...
+
+
+class Tables:
+    """One area's tables with the typed methods that read and write them (on the store's database once it is open)."""
+
+    def __init__(self, store: Opened) -> None:
+        self._store = store
+
+    @property
+    def database(self) -> Database:
+        return self._store.database

@@ -1,4 +1,9 @@
-"""The registry's SQLite store: join tokens, nodes, revoked certificates and the documents meant for nodes."""
+"""The registry's store, on SQLite in its data dir or on PostgreSQL shared by replicas (gateway.registry.store.db):
+every SQL statement of the registry is in this package. RegistryStore holds the nodes, their join tokens and
+certificates, groups and the messages queued for them; each other area's tables are a part of it with typed
+methods: `documents` (and their versions), `twins`, `workloads` (placements, status, events), `upgrades`, `access`
+(workspaces, API tokens, users, audit), `samples` and `batches`. Statements that must commit together go through one
+`transaction`, or come back from a part's method as statements for another one to run (`Statement`)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,14 @@ from typing import Any
 import msgspec
 
 from gateway.errors import AuthError, ConfigError, NotFound, StoreError
-from gateway.registry.db import Database, KeyTaken, NothingMatched, Statement, open_database
+from gateway.registry.store.access import AccessTables
+from gateway.registry.store.batches import BatchTables
+from gateway.registry.store.db import Database, KeyTaken, NothingMatched, Statement, open_database
+from gateway.registry.store.documents import Document, DocumentTables
+from gateway.registry.store.samples import SampleTables, sample_statements
+from gateway.registry.store.twins import TwinTables
+from gateway.registry.store.upgrades import UpgradeTables
+from gateway.registry.store.workloads import WorkloadTables
 from gateway.resources.schema import NAME_PATTERN
 
 OFFLINE_AFTER = 3  # heartbeat intervals without a heartbeat
@@ -42,6 +54,13 @@ class RegistryStore:
         self._database: Database | None = None
         # messages queued, delivered (acknowledged) and expired by this process, for GET /metrics
         self.message_counts: collections.Counter[str] = collections.Counter()
+        self.documents = DocumentTables(self)
+        self.twins = TwinTables(self)
+        self.workloads = WorkloadTables(self)
+        self.upgrades = UpgradeTables(self)
+        self.access = AccessTables(self)
+        self.samples = SampleTables(self)
+        self.batches = BatchTables(self)
 
     async def __aenter__(self) -> RegistryStore:
         self._database = await open_database(self.data_dir, self.db_url)
@@ -77,6 +96,17 @@ class RegistryStore:
                           json.dumps(labels), now, workspace)
         return token_id, secret
 
+    async def join_tokens(self) -> list[tuple[Any, ...]]:
+        """(id, expires at, max uses, uses, revoked, labels, created at, workspace) of every join token, newest
+        first."""
+        return [(*row[:5], json.loads(row[5]), *row[6:]) for row in await self._rows(
+            "SELECT id, expires_at, max_uses, uses, revoked, labels, created_at, workspace FROM join_tokens "
+            "ORDER BY created_at DESC")]
+
+    async def join_token_workspace(self, token_id: str) -> str | None:
+        rows = await self._rows("SELECT workspace FROM join_tokens WHERE id=?", token_id)
+        return str(rows[0][0]) if rows else None
+
     async def revoke_token(self, token_id: str) -> None:
         if not await self._write("UPDATE join_tokens SET revoked=1 WHERE id=?", token_id):
             raise NotFound(f"no join token {token_id}")
@@ -111,6 +141,22 @@ class RegistryStore:
         except KeyTaken:
             raise NameTaken(f"node name {name} is taken") from None
 
+    async def join_batch_node(self, batch: str, name: str, serial: str, labels: dict[str, str], interval: float,
+                              group: str | None, workspace: str) -> bool:
+        """Count one node against a batch and record it in one transaction; False (nothing recorded) when another
+        node took the last place meanwhile, NameTaken for the name."""
+        # the WHERE clause keeps two nodes at once from both taking the last place (the row stays locked until commit)
+        take = ("UPDATE batches SET used=used+1 WHERE name=? AND used < max_count AND revoked=0 AND expires_at>=? "
+                "RETURNING used", (batch, time.time()))
+        try:
+            await self.database.transaction(
+                [take, *node_statements(name, serial, labels, interval, group, workspace, batch)], guard=0)
+        except NothingMatched:
+            return False
+        except KeyTaken:
+            raise NameTaken(f"node name {name} is taken") from None
+        return True
+
     # --- nodes ------------------------------------------------------------------------------------------------
 
     async def node_names(self) -> set[str]:
@@ -134,8 +180,6 @@ class RegistryStore:
 
     async def heartbeat(self, name: str, info: dict[str, Any]) -> float:
         """Record a heartbeat (and its resource sample, `info.metrics`); returns the node's heartbeat interval."""
-        from gateway.registry.monitoring import sample_statements  # web parts the registry CLI commands do not load
-
         now = time.time()
         await self.database.transaction([
             ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
@@ -185,29 +229,39 @@ class RegistryStore:
                            "workspace": workspace, "paused": bool(paused)})
         return result
 
+    async def node_exists(self, name: str) -> bool:
+        return bool(await self._rows("SELECT 1 FROM nodes WHERE name=?", name))
+
+    async def node_workspace(self, name: str) -> str | None:
+        rows = await self._rows("SELECT workspace FROM nodes WHERE name=?", name)
+        return str(rows[0][0]) if rows else None
+
+    async def node_workspaces(self) -> dict[str, str]:
+        """The workspace of every node."""
+        return {str(name): str(workspace) for name, workspace in await self._rows("SELECT name, workspace FROM nodes")}
+
+    async def placement_nodes(self) -> list[tuple[str, dict[str, str], float, float | None, float, bool, str]]:
+        """(name, labels, joined at, last heartbeat, interval, paused, workspace) of every node."""
+        return [(str(name), dict(json.loads(labels)), joined_at, last, float(interval), bool(paused), str(workspace))
+                for name, labels, joined_at, last, interval, paused, workspace in await self._rows(
+                    "SELECT name, labels, joined_at, last_heartbeat, interval, paused, workspace FROM nodes")]
+
     # --- documents --------------------------------------------------------------------------------------------
 
-    async def put_documents(self, documents: list[tuple[str, str, str, str | None, bytes]],
-                            workspace: str = "default", also: Sequence[Statement] = ()) -> None:
+    async def put_documents(self, documents: Sequence[Document], workspace: str = "default",
+                            also: Sequence[Statement] = ()) -> None:
         """Store (kind, namespace, name, node, JSON) documents of a workspace, replacing those with the same key,
         and run the statements `also` (the versions they make) in the same transaction."""
-        now = time.time()
-        await self.database.transaction([*also, *((
-            "INSERT INTO documents (kind, namespace, name, node, document, updated_at, workspace) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO UPDATE SET "
-            "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at, "
-            "workspace=excluded.workspace",
-            (kind, ns, name, node, body.decode(), now, workspace)) for kind, ns, name, node, body in documents)])
+        await self.documents.put(documents, workspace, also)
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use."""
-        devices = [json.loads(row[0]) for row in await self._rows(
-            "SELECT document FROM documents WHERE kind='Device' AND node=? ORDER BY namespace, name", node)]
+        devices = [json.loads(document) for document in await self.documents.node_devices(node)]
         wanted = {(d.get("namespace", "default"), d["model"]) for d in devices if d.get("model")}
-        models = [json.loads(doc) for ns, name, doc in await self._rows(
-            "SELECT namespace, name, document FROM documents WHERE kind='DeviceModel' ORDER BY namespace, name")
-            if (ns, name) in wanted]
-        from gateway.registry.workloads import node_workload_documents  # the CLI commands do not load it
+        models = [json.loads(doc) for ns, name, doc in await self.documents.models() if (ns, name) in wanted]
+        # the Workloads placed on the node, expanded and with their ConfigItems and Secrets: the registry's logic,
+        # not the store's (and not loaded by the CLI commands that do not need it)
+        from gateway.registry.workloads import node_workload_documents
 
         documents = models + devices + await node_workload_documents(self, node)
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
@@ -315,6 +369,16 @@ class RegistryStore:
             members[group].append(node)
         return [{"name": name, "selector": json.loads(selector), "nodes": members[name]}
                 for name, selector in await self._rows("SELECT name, selector FROM node_groups ORDER BY name")]
+
+    async def group_members(self) -> dict[str, str]:
+        """The group of every node in one, by node name."""
+        return {str(node): str(group) for node, group in await self._rows(
+            "SELECT node, group_name FROM group_members ORDER BY node")}
+
+    async def group_workspaces(self) -> dict[str, str]:
+        """The workspace of every group."""
+        return {str(name): str(workspace) for name, workspace in await self._rows(
+            "SELECT name, workspace FROM node_groups")}
 
     async def group_for_labels(self, labels: dict[str, str], workspace: str = "default") -> str | None:
         """The group of the workspace whose selector takes a joining node; ConfigError when several would."""

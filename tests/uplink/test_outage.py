@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.registry.conftest import Registry, stop
+from tests.registry.conftest import Registry, stop, wait_until
 from tests.registry.test_twin_sync import REMOTE, Node, node
-from tests.registry.test_uplink import wait_until
 
 pytestmark = pytest.mark.soak
 __all__ = ["node"]  # the fixture: a joined gateway process

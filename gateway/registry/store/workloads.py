@@ -1,0 +1,96 @@
+"""Registry workloads on the nodes: where the scheduler placed them (`workload_placements`), the status each node
+reports of them (`workload_status`) and their events (`workload_events`, the newest of each node and workload)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from gateway.registry.store.db import Statement, Tables
+from gateway.wire import EventReport
+
+Placement = tuple[str, str, str]  # namespace, name, node
+Status = tuple[str, str, str, str, int, int, int, str, str]  # namespace, name, status, reason, replicas, ready,
+# restarts, last event, instances as JSON
+
+
+class WorkloadTables(Tables):
+    async def placements(self) -> list[tuple[str, str, str, str, str, str, float]]:
+        """(namespace, name, node, source kind, source, origin, placed at) of every placement, oldest first."""
+        return [(str(ns), str(name), str(node), str(kind), str(source), str(origin), placed_at)
+                for ns, name, node, kind, source, origin, placed_at in await self.database.rows(
+                    "SELECT namespace, name, node, source_kind, source, origin, placed_at FROM workload_placements "
+                    "ORDER BY placed_at, node")]
+
+    async def placements_on(self, node: str) -> list[tuple[str, str, str, str, str]]:
+        """(namespace, name, source kind, source, origin) of the workloads placed on a node."""
+        return [(str(ns), str(name), str(kind), str(source), str(origin))
+                for ns, name, kind, source, origin in await self.database.rows(
+                    "SELECT namespace, name, source_kind, source, origin FROM workload_placements WHERE node=? "
+                    "ORDER BY namespace, name", node)]
+
+    async def placed_nodes(self, namespace: str, name: str) -> list[str]:
+        return [str(node) for (node,) in await self.database.rows(
+            "SELECT DISTINCT node FROM workload_placements WHERE namespace=? AND name=? ORDER BY node",
+            namespace, name)]
+
+    async def place(self, removed: Iterable[Placement], added: Mapping[Placement, tuple[str, str, str]],
+                    now: float) -> None:
+        """In one transaction: drop placements (and the status their nodes reported) and add new ones (source
+        kind, source, origin); a placement another registry replica added meanwhile stays as it is."""
+        statements: list[Statement] = []
+        for key in removed:
+            statements += [("DELETE FROM workload_placements WHERE namespace=? AND name=? AND node=?", key),
+                           ("DELETE FROM workload_status WHERE namespace=? AND name=? AND node=?", key)]
+        for key, (kind, source, origin) in added.items():
+            statements.append(("INSERT INTO workload_placements VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (*key, kind, source, origin, now)))
+        if statements:
+            await self.database.transaction(statements)
+
+    async def runs_on(self, node: str, namespace: str, name: str) -> bool:
+        """Whether the registry placed the workload on the node or the node reports it."""
+        return bool(await self.database.rows(
+            "SELECT 1 FROM workload_placements WHERE node=? AND namespace=? AND name=? UNION "
+            "SELECT 1 FROM workload_status WHERE node=? AND namespace=? AND name=?", *(node, namespace, name) * 2))
+
+    # --- status and events --------------------------------------------------------------------------------------
+
+    async def record_status(self, node: str, statuses: Sequence[Status],
+                            events: Mapping[tuple[str, str], Sequence[EventReport]], keep_events: int,
+                            now: float) -> None:
+        """In one transaction: a node's whole set of workload statuses, and the events it reported (each once, the
+        newest `keep_events` per workload; the events of workloads it no longer reports go)."""
+        statements: list[Statement] = [("DELETE FROM workload_status WHERE node=?", (node,))]
+        statements += [("INSERT INTO workload_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (node, *status, now))
+                       for status in statuses]
+        held = await self.database.rows("SELECT DISTINCT namespace, name FROM workload_events WHERE node=?", node)
+        for namespace, name in held:
+            if (namespace, name) not in events:
+                statements.append(("DELETE FROM workload_events WHERE node=? AND namespace=? AND name=?",
+                                   (node, namespace, name)))
+        for (namespace, name), reported in events.items():
+            if not reported:
+                continue
+            statements += [("INSERT INTO workload_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (node, namespace, name, e.ts, e.seq, e.event, e.instance, e.reason, now))
+                           for e in reported]
+            statements.append((
+                "DELETE FROM workload_events WHERE node=? AND namespace=? AND name=? AND ts < (SELECT ts FROM "
+                "workload_events WHERE node=? AND namespace=? AND name=? ORDER BY ts DESC, seq DESC LIMIT 1 "
+                "OFFSET ?)", (node, namespace, name, node, namespace, name, keep_events - 1)))
+        await self.database.transaction(statements)
+
+    async def statuses(self) -> list[tuple[Any, ...]]:
+        """(node, namespace, name, status, reason, replicas, ready, restarts, last event, instances JSON, reported
+        at) of every reported workload."""
+        return await self.database.rows(
+            "SELECT node, namespace, name, status, reason, replicas, ready, restarts, last_event, instances, "
+            "reported_at FROM workload_status")
+
+    async def events(self, namespace: str, name: str, node: str | None = None) -> list[tuple[Any, ...]]:
+        """(node, ts, event, instance, reason) of a workload's events (on one node), newest first."""
+        return await self.database.rows(
+            "SELECT node, ts, event, instance, reason FROM workload_events WHERE namespace=? AND name=? "
+            + ("AND node=? " if node else "") + "ORDER BY ts DESC, seq DESC, node DESC", namespace, name,
+            *([node] if node else []))

@@ -1,0 +1,284 @@
+"""The messages between a node and the registry, as msgspec Structs both sides import, and the limits both enforce.
+
+The node's side is gateway.uplink, the registry's gateway.registry; neither imports the other. Nodes and registries of
+different versions talk to each other, so the requests and answers ignore the fields they do not know (no
+`forbid_unknown_fields`): a newer peer may add a field and the older one goes on without it. What a node reports in
+them (twins, workloads and their events, upgrades) is checked strictly and bounded, as the registry keeps it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from gateway.logs import LogEntry
+from gateway.resources.schema import NODE_NAME_RULE
+
+# --- joining (`POST /api/v1/join`, `POST /api/v1/join/batch`) ------------------------------------------------------
+
+
+class JoinRequest(msgspec.Struct, kw_only=True):
+    token: str  # "<id>.<secret>" (the CA fingerprint part stays with the node)
+    csr: str
+    name: Annotated[str | None, msgspec.Meta(description=f"the node name asked for (default: the registry picks "
+                                                         f"one): {NODE_NAME_RULE}; not 'self'")] = None
+
+
+class JoinResponse(msgspec.Struct, kw_only=True):
+    node: str
+    certificate: str
+    ca: str
+    heartbeat_interval: float
+
+
+class BatchJoinRequest(msgspec.Struct, kw_only=True):
+    csr: str
+    hint: str = ""  # the node's serial number or hostname, or the name asked for
+
+
+class BatchJoinResponse(JoinResponse, kw_only=True):
+    batch: str
+
+
+class BundleInfo(msgspec.Struct, kw_only=True):
+    """bundle.json inside a batch bundle: written by the registry, read by the node that joins with it."""
+
+    batch: str
+    registry: list[str]
+    labels: dict[str, str]
+    expires_at: float
+    ca_fingerprint: str
+
+
+# --- twins (up with the heartbeat, desired values down with its answer) --------------------------------------------
+
+MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
+MIN_REPORT_INTERVAL = 1.0  # seconds between two twin reports of a node, however often it heartbeats
+
+
+class PropertyReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    reported: Any = None
+    reported_at: float | None = None
+    quality: str = "unknown"
+    desired: Any = None  # what the node's twin wants, whoever set it
+    error: str | None = None
+
+
+class DeviceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    device: str  # <namespace>/<name>
+    state: str
+    reason: str = ""
+    properties: dict[str, PropertyReport] = {}
+
+
+class DesiredValue(msgspec.Struct, kw_only=True):
+    device: str
+    property: str
+    value: Any
+    version: int
+
+
+class DesiredError(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    device: str
+    property: str
+    version: int
+    error: str
+
+
+class DesiredAck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The node took the desired values up to `version`; `errors` are those it refused."""
+
+    version: int
+    errors: list[DesiredError] = []
+
+
+DeviceReports = Annotated[list[DeviceReport], msgspec.Meta(max_length=MAX_REPORT_DEVICES)]
+
+# --- workloads (their status and events, up with the heartbeat) ----------------------------------------------------
+
+MAX_REPORTS = 1000
+MAX_EVENTS = 20  # per workload and report: the newest the node has not delivered yet
+MAX_REASON = 1000
+
+
+class EventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    ts: float
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    instance: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
+
+
+class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: str
+    state: str
+    ready: bool = False
+    restarts: int = 0
+    ports: dict[str, int] = {}
+
+
+class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    workload: str  # <namespace>/<name>
+    status: str
+    reason: str = ""
+    replicas: int = 0
+    ready: int = 0
+    restarts: int = 0
+    last_event: str = ""
+    instances: list[InstanceReport] = []
+    events: Annotated[list[EventReport], msgspec.Meta(max_length=MAX_EVENTS)] = []
+
+
+WorkloadReports = Annotated[list[WorkloadReport], msgspec.Meta(max_length=MAX_REPORTS)]
+
+# --- upgrades (an assignment down with the heartbeat answer, its status up with every heartbeat) -------------------
+
+WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
+
+
+class UpgradeReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A node's state of the upgrade task it was handed last."""
+
+    task: Annotated[str, msgspec.Meta(max_length=64)]
+    status: Literal["upgrading", "succeeded", "failed-rolled-back", "failed-rollback-failed"]
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    log: Annotated[str, msgspec.Meta(max_length=8000)] = ""
+
+
+class WheelFile(msgspec.Struct, kw_only=True):
+    name: str
+    sha256: str
+    size: int
+
+
+class UpgradeAssignment(msgspec.Struct, kw_only=True):
+    """What the heartbeat answer tells a node to install."""
+
+    task: str
+    version: str
+    deadline: float
+    wheels: list[WheelFile]
+
+
+# --- resource samples (up with the heartbeat, as `info.metrics`) ---------------------------------------------------
+
+SERIES: tuple[str, ...] = (
+    "cpu_percent", "memory_used", "memory_percent", "disk_percent", "disk_read_bps", "disk_write_bps",
+    "net_rx_bps", "net_tx_bps", "process_rss", "points_per_s", "outbox_depth")
+Sample = dict[str, float | None]
+
+
+def clean_sample(raw: Any) -> Sample:
+    """The known series of a sample a node sent, as finite floats; anything else is dropped."""
+    if not isinstance(raw, dict):
+        return {}
+    sample: Sample = {}
+    for name in SERIES:
+        value = raw.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            sample[name] = float(value)
+    return sample
+
+
+# --- the heartbeat (`POST /api/v1/heartbeat`, mutual TLS) ----------------------------------------------------------
+
+
+class HeartbeatRequest(msgspec.Struct, kw_only=True):
+    resource_version: str = ""
+    info: dict[str, Any] = {}
+    twins: DeviceReports | None = None  # devices whose twin changed since the last delivered report
+    twins_complete: bool = False  # `twins` holds every device of the node: forget the others
+    desired_version: int = 0  # the node has taken the registry's desired values up to this version
+    desired_ack: DesiredAck | None = None
+    workloads: WorkloadReports | None = None  # the node's registry-owned workloads, when they changed
+    upgrade: UpgradeReport | None = None  # the state of the upgrade task the node was handed last
+
+
+class HeartbeatResponse(msgspec.Struct, kw_only=True):
+    node: str
+    resource_version: str
+    heartbeat_interval: float
+    documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
+    desired: list[DesiredValue] | None = None  # desired values newer than the node's desired_version
+    upgrade: UpgradeAssignment | None = None  # an upgrade task for the node to start
+
+
+# --- messages for the node (`GET /api/v1/nodes/self/messages`, `POST …/messages/ack`) ------------------------------
+
+MAX_MESSAGE = 1 << 20  # bytes of one message's payload
+
+
+class NodeMessage(msgspec.Struct, kw_only=True):
+    id: str
+    namespace: str
+    path: str
+    payload: str  # base64
+
+
+class AckRequest(msgspec.Struct, kw_only=True):
+    ids: list[str]
+
+
+# --- requests of the registry, carried as messages in LOGS_NAMESPACE, answered at `POST …/self/answers/<id>` -------
+
+LOGS_NAMESPACE = "_fieldgate"  # not a valid resource namespace: never a user's rest route
+LOGS_PATH = "logs"
+WORKLOAD_LOGS_PATH = "workload-logs"
+WORKLOAD_ACTION_PATH = "workload-action"
+WORKLOAD_ACTIONS = ("stop", "start", "restart")
+MAX_ANSWER = 8 << 20  # bytes of one answer
+DEFAULT_TAIL = 100
+MAX_TAIL = 1000
+
+
+class NodeAnswer(msgspec.Struct, kw_only=True):
+    records: list[LogEntry] = []
+    cursor: int = 0
+    more: bool = False
+    skipped: int = 0
+    error: str | None = None  # the node refused the query
+
+
+class WorkloadLogRequest(msgspec.Struct, kw_only=True):
+    workload: str  # <namespace>/<name>
+    instance: str | None = None
+    tail: int = DEFAULT_TAIL
+
+
+class WorkloadLogLine(msgspec.Struct, kw_only=True):
+    seq: int
+    ts: float
+    instance: str
+    stream: str
+    line: str
+
+
+class WorkloadLogAnswer(msgspec.Struct, kw_only=True):
+    lines: list[WorkloadLogLine] = []
+    cursor: int = 0
+    error: str | None = None  # the node refused the request
+
+
+class WorkloadActionRequest(msgspec.Struct, kw_only=True):
+    workload: str  # <namespace>/<name>
+    action: str  # stop, start or restart
+    actor: str  # who asked at the registry, for the node's events and audit
+
+
+class WorkloadActionAnswer(msgspec.Struct, kw_only=True):
+    workload: str = ""
+    action: str = ""
+    changed: bool = False  # False: nothing to do (a start of a workload that was not stopped)
+    status: str = ""  # the workload's status right after the action
+    reason: str = ""
+    version: int = 0
+    instances: list[dict[str, Any]] = []  # id, state, pid: the instances right after the action
+    error: str | None = None  # the node refused the request
+
+
+AnyAnswer = NodeAnswer | WorkloadLogAnswer | WorkloadActionAnswer
+ANSWERS: dict[str, type[AnyAnswer]] = {LOGS_PATH: NodeAnswer, WORKLOAD_LOGS_PATH: WorkloadLogAnswer,
+                                       WORKLOAD_ACTION_PATH: WorkloadActionAnswer}

@@ -1,0 +1,8 @@
+"""The node's side of the wire is tested against a real registry: the registry and PostgreSQL fixtures of
+tests/registry, shared here."""
+
+from __future__ import annotations
+
+from tests.registry.conftest import pg_database, postgres, registry
+
+__all__ = ["pg_database", "postgres", "registry"]

@@ -102,9 +102,11 @@ class Link:
         """
         if self.connected:
             return
+        cancels = _cancels()
         async with self._connecting:
             if not self.connected:
                 await self._connect(timeout)
+        _raise_lost_cancel(cancels, f"{self.key}: connecting")
 
     async def _connect(self, timeout: float) -> None:
         now = time.monotonic()
@@ -147,6 +149,7 @@ class Link:
     ) -> Any:
         """Run `call(client)` under the bus lock; garbled answers and hang-ups are retried `retries` times,
         a timeout is not (the poller asks again next cycle)."""
+        cancels = _cancels()
         if self.lock.locked():  # another device's request is on the bus: wait for it, within bounds
             try:
                 async with asyncio.timeout(timeout * (retries + 1) * 4 + 1):
@@ -159,7 +162,9 @@ class Link:
             attempt = 0
             while True:
                 try:
-                    return await self._once(what, call, timeout)
+                    response = await self._once(what, call, timeout)
+                    _raise_lost_cancel(cancels, what)
+                    return response
                 except (DeviceTimeout, ExceptionAnswer, NotConnected):
                     raise
                 except ProtocolError:
@@ -214,6 +219,23 @@ class Link:
 
     def close(self) -> None:
         self.drop()
+
+
+def _cancels() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_lost_cancel(cancels: int, what: str) -> None:
+    """Raise the cancel that pymodbus dropped, if it did: more cancels were asked for than `cancels` before.
+
+    pymodbus waits with asyncio.wait_for, which on Python 3.11 returns the answer (or the connection) and drops a
+    cancel that arrives with it (CPython gh-86296). Under load that is common, and the device task would go on
+    polling: a gateway that stops would wait for it for good. A cancel that was delivered never gets here, and a
+    timeout of ours that fired and was dropped has taken its request back (`uncancel`) when its block ended.
+    """
+    if _cancels() > cancels:
+        raise asyncio.CancelledError(f"{what}: cancelled as the answer came")
 
 
 _links: dict[str, tuple[asyncio.AbstractEventLoop, Link]] = {}

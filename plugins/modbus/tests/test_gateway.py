@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -92,3 +93,76 @@ def test_sim_command_rejects_an_unknown_profile() -> None:
         check=False,
     )
     assert done.returncode == 2 and "unknown profile 'acme/none'" in done.stderr
+
+
+# --- stopping under overload ----------------------------------------------------------------------------------
+
+# Four servers of 15 devices: each connection has its own queue and a device holding it, so one stop meets the race
+# four times (with 100 devices on one server it hit in 1 to 2 runs of 3; with these, in every run).
+OVERLOAD_SERVERS = 4
+OVERLOAD_DEVICES = 15  # a server
+OVERLOAD_PROPERTIES = 62  # float32: 124 registers a device, one request a cycle
+OVERLOAD_VISITORS = {f"p{i}": {"register": "HoldingRegister", "offset": 2 * i, "type": "float32"}
+                     for i in range(OVERLOAD_PROPERTIES)}
+
+
+def overload_config(ports: list[int], http_port: int) -> str:
+    """Every device polled every 10 ms, several devices a connection: far more than the connections carry, so the
+    loop is always busy, every device behind and waiting in its link's queue."""
+    props = "\n".join(f"  - {{name: {name}, type: float}}" for name in OVERLOAD_VISITORS)
+    visitors = "\n".join(
+        f"  - {{name: {name}, collect_interval: 10ms, visitor: {{register: HoldingRegister, "
+        f"offset: {v['offset']}, type: float32}}}}" for name, v in OVERLOAD_VISITORS.items())
+    devices = "".join(
+        f"---\nkind: Device\nname: dev-{k}-{d}\nmodel: m\nprotocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, "
+        f"port: {port}, unit: {k * OVERLOAD_DEVICES + d + 1}, timeout: 1.0}}}}\nproperties:\n{visitors}\n"
+        for k, port in enumerate(ports) for d in range(OVERLOAD_DEVICES))
+    return (f"kind: Gateway\nname: overload\nhttp: {{listen: \"127.0.0.1:{http_port}\"}}\neventbus: {{url: none}}\n"
+            f"---\nkind: DeviceModel\nname: m\nproperties:\n{props}\n{devices}")
+
+
+def wait_for_lines(log: Path, text: str, count: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(text) < count:
+        assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}"
+        assert time.monotonic() < deadline, f"fewer than {count} {text!r} lines in {timeout} s"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_gateway_under_overload_in_seconds(tmp_path: Path) -> None:
+    """A stop cancelled the devices one by one, and pymodbus dropped the cancel of a device whose answer came in
+    the same loop iteration (Python 3.11's asyncio.wait_for): the stop waited for that device for good, and a
+    second SIGTERM changed nothing. Measured here after the fix: 0.6 s from SIGTERM to exit."""
+    ports = [free_port() for _ in range(OVERLOAD_SERVERS)]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(overload_config(ports, free_port()))
+    log = tmp_path / "gateway.log"
+    sims = [subprocess.Popen([sys.executable, "-m", "gateway", "sim", "modbus", "--listen", f"127.0.0.1:{port}",
+                              "-c", str(config), "--static", "--duration", "120"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for port in ports]
+    gateway: subprocess.Popen[bytes] | None = None
+    try:
+        for sim in sims:
+            assert sim.stderr is not None and b"simulating" in sim.stderr.readline()
+        with log.open("wb") as sink:
+            gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config), "--data-dir",
+                                        str(tmp_path / "data")], stdout=subprocess.DEVNULL, stderr=sink)
+        wait_for_lines(log, " is online", OVERLOAD_SERVERS * OVERLOAD_DEVICES, gateway, timeout=60)
+        time.sleep(3)  # overloaded: every device behind, every link's queue full
+        started = time.monotonic()
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = gateway.wait(15)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - started
+        print(f"\nSIGTERM to exit under overload: {took:.2f} s")
+        assert code == 0, f"still running {took:.0f} s after SIGTERM" if code is None else f"exit code {code}"
+        assert took < 10
+        assert "fieldgate stopped" in log.read_text(errors="replace")
+    finally:
+        for proc in [*sims, gateway]:  # only the processes this test started
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

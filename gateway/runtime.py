@@ -299,7 +299,9 @@ class Gateway(Reconfiguration):
         self.bus.publish(telemetry_topic(device_id), Report(device_id, ts, values))
 
     def _on_state(self, twin: Twin, state: DeviceState, reason: str) -> None:
-        log.info("%s is %s%s", twin.device_id, state, f": {reason}" if reason else "")
+        # the one line a device's change of state gets (its poller logs nothing per failed attempt)
+        level = logging.WARNING if state in ("offline", "unhealthy") else logging.INFO
+        log.log(level, "%s is %s%s", twin.device_id, state, f": {reason}" if reason else "")
         self.bus.publish(state_topic(twin.device_id), DeviceStateChange(twin.device_id, state, reason, time.time()))
 
     def _store_report(self, topic: str, report: Report) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate_modbus.sim import units_from_profiles
+from fieldgate_modbus.sim import SimUnit, units_from_profiles
+from modbus_helpers import points
 
 runtime = pytest.importorskip("gateway.runtime")
 
@@ -41,6 +43,54 @@ async def test_gateway_reads_and_writes_a_profile_device(tcp_sim: Any, tmp_path:
         await wait_for(lambda: sim.value(1, "temperature_correction") == pytest.approx(-1.5))
         correction = twin.properties["temperature_correction"]
         await wait_for(lambda: correction.reported == pytest.approx(-1.5))
+
+
+DEVICE_LOGGERS = ("gateway.runtime", "gateway.poller", "fieldgate_modbus", "pymodbus")
+
+
+async def test_a_server_that_goes_down_is_logged_once_per_change(tcp_sim: Any, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Devices behind one address share its connection: when the server goes down the connection logs that once
+    (with its real backoff), and each device only its own change of state, not every attempt; the same when
+    it is back. 100 devices wrote 525 warnings in 20 s before."""
+    count = 24
+    visitors = {"level": {"register": "HoldingRegister", "offset": 0, "type": "float32"}}
+    sim = await tcp_sim([SimUnit(unit, points(visitors, {"level": 1.5})) for unit in range(1, count + 1)])
+    port = sim.port
+    config = tmp_path / "plant.yaml"
+    config.write_text("kind: Gateway\nname: gw\neventbus: {url: none}\n---\nkind: DeviceModel\nname: m\n"
+                      "properties:\n  - {name: level, type: float}\n" + "".join(
+        f"---\nkind: Device\nname: d{unit}\nmodel: m\nprotocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, "
+        f"port: {port}, unit: {unit}, timeout: 0.3}}}}\nproperties:\n  - {{name: level, collect_interval: 100ms, "
+        f"visitor: {{register: HoldingRegister, offset: 0, type: float32}}}}\n" for unit in range(1, count + 1)))
+    caplog.set_level(logging.INFO)
+    async with runtime.Gateway.from_path(config, data_dir=tmp_path / "data", serve_http=False) as gw:
+        twins = [gw.twin(f"default/d{unit}") for unit in range(1, count + 1)]
+        await wait_for(lambda: all(twin.state == "online" for twin in twins))
+
+        caplog.clear()
+        await sim.stop()
+        await wait_for(lambda: all(twin.state == "offline" for twin in twins))
+        await asyncio.sleep(3)  # every device and the connection try again, several times
+        down = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith(
+            DEVICE_LOGGERS)]
+        offline = [m for name, m in down if name == "gateway.runtime" and " is offline: " in m]
+        assert sorted(m.split(" is offline")[0] for m in offline) == sorted(twin.device_id for twin in twins)
+        link = [m for name, m in down if name == "fieldgate_modbus.link"]
+        assert len(link) == 1 and link[0].startswith(f"tcp://127.0.0.1:{port}: cannot connect"), link
+        assert len(down) == count + 1, down
+
+        caplog.clear()
+        await sim.start_tcp("127.0.0.1", port)
+        await wait_for(lambda: all(twin.state == "online" for twin in twins), timeout=20)
+        await asyncio.sleep(0.5)
+        back = [(r.levelno, r.name, r.getMessage()) for r in caplog.records if r.name.startswith(DEVICE_LOGGERS)]
+        online = [m for _, name, m in back if name == "gateway.runtime" and m.endswith(" is online")]
+        assert sorted(m.split(" is online")[0] for m in online) == sorted(twin.device_id for twin in twins)
+        again = [m for _, name, m in back if name == "fieldgate_modbus.link"]
+        assert len(again) == 1 and "connected again after" in again[0], again
+        assert [m for level, _, m in back if level >= logging.WARNING] == []
+        assert len(back) == count + 1, back
 
 
 def free_port() -> int:

@@ -1,15 +1,20 @@
-"""The shared link: a cancel that arrives together with an answer still cancels the request."""
+"""The shared link: a cancel that arrives with an answer still cancels; a link that is down keeps its backoff."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import time
 from typing import Any
 
 import pytest
+from fieldgate_modbus import link as links
 from fieldgate_modbus.protocol import ModbusTcp
 from fieldgate_modbus.sim import SimUnit
 from modbus_helpers import bind, points
+
+from gateway.errors import ProtocolError
 
 VISITORS = {"a": {"register": "HoldingRegister", "offset": 0, "type": "uint16"}}
 
@@ -78,3 +83,31 @@ async def test_a_cancelled_wait_for_the_bus_leaves_the_lock_free(tcp_sim: Any) -
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_link_that_is_down_keeps_its_backoff_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Devices let go of their link between attempts; a link forgotten then started its backoff, and its warning,
+    over again on each attempt of each device ("next attempt in 0.3 s" forever, a line every time)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    devices = [device(port, f"d{n}") for n in range(3)]
+    caplog.set_level(logging.DEBUG, logger="fieldgate_modbus.link")
+    delays = []
+    deadline = time.monotonic() + 10
+    while len(delays) < 3:  # bounded: three connect attempts take under 4 s of backoff
+        assert time.monotonic() < deadline
+        for protocol in devices:  # each device tries, fails and lets go, as a poller does
+            with pytest.raises(ProtocolError, match=r"cannot connect|not connected"):
+                await protocol.open()
+            await protocol.close()
+        link = links._links[f"tcp://127.0.0.1:{port}"][1]
+        if link._failures > len(delays):
+            delays.append(link._next_attempt - time.monotonic())
+        await asyncio.sleep(0.05)
+    assert link.users == 0 and link.down
+    assert delays[1] > 0.4 and delays[2] > 0.9  # it grows: 0.25-0.5 s, then 0.5-1 s, then 1-2 s
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"tcp://127.0.0.1:{port}: cannot connect"), warnings
+    links.release(links.acquire(link.key, devices[0].config))  # still down: still kept
+    assert links._links[link.key][1] is link

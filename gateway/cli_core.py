@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.commands import Command
 from gateway.errors import ConfigError
@@ -17,7 +20,9 @@ from gateway.plugins import get_plugin_manager, list_plugins
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
 
+log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = "./fieldgate-data"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +50,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def serve(config: Path, data_dir: Path) -> int:
-    """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly; SIGHUP reloads the
-    configuration files (only changed devices restart; invalid files are refused and logged)."""
+    """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly (a second one exits at
+    once); SIGHUP reloads the configuration files (only changed devices restart; invalid files are refused and
+    logged)."""
     from gateway.runtime import Gateway
     from gateway.web.server import WebServer
 
@@ -54,17 +60,36 @@ async def serve(config: Path, data_dir: Path) -> int:
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_stop_signal(sig: signal.Signals) -> None:
+        if stop.is_set():  # the second one: whoever sends it does not want to wait for the clean shutdown
+            force_exit(sig)
+        log.info("%s: stopping (send it again to exit at once)", sig.name)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_stop_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    async with WebServer(gateway):  # the web app's lifespan starts and stops the gateway
-        while not stop.is_set():
-            await _first_of(stop, reload)
-            if reload.is_set() and not stop.is_set():
-                reload.clear()
-                with contextlib.suppress(ConfigError):  # refused: logged with every problem, old config kept
-                    await gateway.configuration.reload_files()
+    try:
+        async with WebServer(gateway):  # the web app's lifespan starts and stops the gateway
+            while not stop.is_set():
+                await _first_of(stop, reload)
+                if reload.is_set() and not stop.is_set():
+                    reload.clear()
+                    with contextlib.suppress(ConfigError):  # refused: logged with every problem, old config kept
+                        await gateway.configuration.reload_files()
+    finally:
+        for sig in (*STOP_SIGNALS, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
     return 0
+
+
+def force_exit(sig: signal.Signals) -> NoReturn:
+    """Leave now, without the rest of the shutdown: committed data is safe (SQLite WAL), queued readings are lost."""
+    log.warning("%s, a second stop signal: exiting at once, without finishing the shutdown; readings not yet "
+                "stored are lost", sig.name)
+    logging.shutdown()  # flush the log handlers: os._exit skips that
+    os._exit(128 + sig)
 
 
 async def _first_of(*events: asyncio.Event) -> None:

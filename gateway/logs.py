@@ -61,7 +61,7 @@ class Throttle:
         self.interval = interval
         self._last: dict[str, tuple[float, int]] = {}  # key -> (when logged last, left out since)
 
-    def log(self, level: int, key: str, message: str, *args: object) -> None:
+    def log(self, level: int, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
         now = time.monotonic()
         last, skipped = self._last.get(key, (-self.interval, 0))
         if now - last < self.interval:
@@ -72,7 +72,7 @@ class Throttle:
         self._last[key] = (now, 0)
         if skipped:
             message += f" ({skipped} more like it in the last {self.interval:g} s not logged)"
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)
 
 
 def _plugin_modules() -> dict[str, str]:

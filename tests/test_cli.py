@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from gateway import __version__
@@ -11,6 +13,7 @@ from gateway.store import Store
 from gateway.web.auth import authenticate_user
 from tests.conftest import FIELDGATE, free_port
 from tests.resources.test_loader import VALID
+from tests.test_runtime import MODEL, virtual_device
 
 
 def fieldgate(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -50,6 +53,55 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def start_run(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """`fieldgate run` with one virtual device, started (its log in the returned file)."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(MODEL.replace("eventbus: {url: none}", "eventbus: {url: none}\nhttp: {listen: "
+                                    f"\"127.0.0.1:{free_port()}\"}}") + virtual_device("d1"))
+    log = tmp_path / "run.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([*FIELDGATE, "run", "-c", str(config), "--data-dir", str(tmp_path / "data")],
+                                   stdout=subprocess.DEVNULL, stderr=sink)
+    deadline = time.monotonic() + 30
+    while " started: node " not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return process, log
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    process, log = start_run(tmp_path)
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        text = log.read_text()
+        assert "SIGTERM: stopping (send it again to exit at once)" in text and "fieldgate stopped" in text
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+def test_a_second_stop_signal_exits_at_once(tmp_path: Path) -> None:
+    process, log = start_run(tmp_path)
+    try:
+        # stopped, the process gets both signals together when it goes on: the second comes before any of the
+        # clean shutdown has run, as when an operator presses Ctrl-C twice on a gateway that takes long to stop
+        process.send_signal(signal.SIGSTOP)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        code = process.wait(15)
+        text = log.read_text()
+        assert code in (128 + signal.SIGINT, 128 + signal.SIGTERM), (code, text)
+        assert "exiting at once, without finishing the shutdown" in text
+        assert "fieldgate stopped" not in text
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
 
 
 def test_run_with_port_in_use_exits_2(tmp_path: Path) -> None:

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
-from gateway.logs import log_context
+from gateway.logs import Throttle, log_context
 from gateway.pipeline import twin as rules
 from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
 
 log = logging.getLogger(__name__)
+_internal_errors = Throttle(log, 300.0)
 
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
@@ -93,7 +94,6 @@ class DevicePoller:
         self._writable = tuple(name for name, bound in device.properties.items() if bound.writable)
         self._waiter: asyncio.Future[None] | None = None
         self._retry_at: dict[str, float] = {}
-        self._logged_error = ""
         self._answered = False  # a read since the last (re)connect brought values
 
     # --- supervised loop --------------------------------------------------------------------------------------
@@ -157,17 +157,18 @@ class DevicePoller:
     def _fail(self, reason: str, exc: BaseException | None = None) -> None:
         self.stats.read_errors += 1
         rules.mark_unreachable(self.twin)
-        if reason != self._logged_error:
-            self._logged_error = reason
-            log.warning("%s: %s", self.device.id, reason, exc_info=exc)
+        if exc is not None:  # a protocol plugin's bug: its traceback is worth a line, not one every attempt
+            _internal_errors.log(logging.WARNING, f"{self.device.id} {type(exc).__name__}", "%s: %s", self.device.id,
+                                 reason, exc_info=exc)
+        else:
+            # The state change says it once (gateway.pipeline.devices logs it); a line every attempt of a hundred
+            # devices behind one dead connection would bury everything else.
+            log.debug("%s: %s", self.device.id, reason)
         self._set_state("offline", reason)
 
     def _set_state(self, state: DeviceState, reason: str) -> None:
         if self.twin.set_state(state, reason):
             self.on_state(self.twin, state, reason)
-            if state == "online" and self._logged_error:
-                log.info("%s: back online", self.device.id)
-                self._logged_error = ""
 
     # --- polling ------------------------------------------------------------------------------------------------
 

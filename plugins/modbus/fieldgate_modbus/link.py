@@ -3,7 +3,8 @@
 Devices on the same serial port, or behind the same TCP address, share one pymodbus client, one lock and, on a
 serial line, the silence between frames. A request never waits longer than its timeout for an answer; a link
 that cannot connect backs off exponentially (with jitter) and fails fast in between: a dead device costs the
-others at most one timeout.
+others at most one timeout. It logs when it goes down and when it is back (a reminder every few minutes in between),
+not every attempt: its devices share it, and each of them logs only its own change of state.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from fieldgate_modbus.config import RtuConfig, TcpConfig
 from fieldgate_modbus.frames import register_answers
 from gateway.errors import DeviceTimeout, ProtocolError
+from gateway.logs import Throttle
 
 log = logging.getLogger(__name__)
 
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+STILL_DOWN_EVERY = 300.0  # seconds between the lines of a link that stays down
 EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
@@ -64,10 +67,16 @@ class Link:
         self.users = 0
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._last_frame = 0.0
-        self._failures = 0
+        self._failures = 0  # connect attempts that failed in a row
         self._next_attempt = 0.0
-        self._down_logged = False
+        self._down_since: float | None = None  # when the first of those failed (time.monotonic())
         self._reason = ""
+        self._still_down = Throttle(log, STILL_DOWN_EVERY)
+
+    @property
+    def down(self) -> bool:
+        """The last connect attempt failed: the link waits out its backoff and fails its requests at once."""
+        return self._down_since is not None
 
     def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         # pymodbus' own retries and reconnects are off: this class owns both, with bounded waits
@@ -102,9 +111,11 @@ class Link:
         """
         if self.connected:
             return
+        cancels = _cancels()
         async with self._connecting:
             if not self.connected:
                 await self._connect(timeout)
+        _raise_lost_cancel(cancels, f"{self.key}: connecting")
 
     async def _connect(self, timeout: float) -> None:
         now = time.monotonic()
@@ -127,14 +138,28 @@ class Link:
             self._failures += 1
             delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
             self._next_attempt = time.monotonic() + delay
-            if not self._down_logged:
-                log.warning("%s: cannot connect (%s); retrying with backoff", self.key, reason)
-                self._down_logged = True
             self._reason = f"cannot connect: {reason}"
+            self._log_down(reason, delay)
             raise NotConnected(f"{self.key}: cannot connect ({reason}); next attempt in {delay:.1f}s")
-        if self._down_logged:
-            log.info("%s: connected again", self.key)
-        self._client, self._failures, self._next_attempt, self._down_logged = client, 0, 0.0, False
+        if self._down_since is not None:
+            log.info("%s: connected again after %d failed attempts in %.0f s", self.key, self._failures,
+                     time.monotonic() - self._down_since)
+            self._still_down = Throttle(log, STILL_DOWN_EVERY)  # the next outage is logged at once
+        self._client, self._failures, self._next_attempt, self._down_since = client, 0, 0.0, None
+
+    def _log_down(self, reason: str, delay: float) -> None:
+        """One line when the link goes down, then one every STILL_DOWN_EVERY while it stays down: its devices
+        share it, so this line speaks for all of them (each logs only its own change of state)."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            message = "%s: cannot connect (%s); next attempt in %.1f s, then backing off to one every %g s"
+            self._still_down.log(logging.WARNING, "down", message, self.key, reason, delay, BACKOFF_MAX)
+            return
+        down_for = time.monotonic() - self._down_since
+        log.debug("%s: connect attempt %d failed (%s); next attempt in %.1f s", self.key, self._failures, reason,
+                  delay)
+        self._still_down.log(logging.WARNING, "down", "%s: still cannot connect (%s) after %d attempts in %.0f s; "
+                             "next attempt in %.1f s", self.key, reason, self._failures, down_for, delay)
 
     def drop(self) -> None:
         """Forget the connection (after garbage or a hang-up) so the next request starts clean."""
@@ -147,6 +172,7 @@ class Link:
     ) -> Any:
         """Run `call(client)` under the bus lock; garbled answers and hang-ups are retried `retries` times,
         a timeout is not (the poller asks again next cycle)."""
+        cancels = _cancels()
         if self.lock.locked():  # another device's request is on the bus: wait for it, within bounds
             try:
                 async with asyncio.timeout(timeout * (retries + 1) * 4 + 1):
@@ -159,7 +185,9 @@ class Link:
             attempt = 0
             while True:
                 try:
-                    return await self._once(what, call, timeout)
+                    response = await self._once(what, call, timeout)
+                    _raise_lost_cancel(cancels, what)
+                    return response
                 except (DeviceTimeout, ExceptionAnswer, NotConnected):
                     raise
                 except ProtocolError:
@@ -216,6 +244,23 @@ class Link:
         self.drop()
 
 
+def _cancels() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_lost_cancel(cancels: int, what: str) -> None:
+    """Raise the cancel that pymodbus dropped, if it did: more cancels were asked for than `cancels` before.
+
+    pymodbus waits with asyncio.wait_for, which on Python 3.11 returns the answer (or the connection) and drops a
+    cancel that arrives with it (CPython gh-86296). Under load that is common, and the device task would go on
+    polling: a gateway that stops would wait for it for good. A cancel that was delivered never gets here, and a
+    timeout of ours that fired and was dropped has taken its request back (`uncancel`) when its block ended.
+    """
+    if _cancels() > cancels:
+        raise asyncio.CancelledError(f"{what}: cancelled as the answer came")
+
+
 _links: dict[str, tuple[asyncio.AbstractEventLoop, Link]] = {}
 
 
@@ -230,10 +275,13 @@ def acquire(key: str, config: TcpConfig | RtuConfig) -> Link:
     if isinstance(config, RtuConfig) and isinstance(link.config, RtuConfig):
         mine = (config.baudrate, config.bytesize, config.parity, config.stopbits)
         theirs = (link.config.baudrate, link.config.bytesize, link.config.parity, link.config.stopbits)
-        if mine != theirs and link.users:
-            raise ProtocolError(
-                f"{key}: devices on one serial port disagree on its settings: {mine} vs {theirs}"
-            )
+        if mine != theirs:
+            if link.users:
+                raise ProtocolError(
+                    f"{key}: devices on one serial port disagree on its settings: {mine} vs {theirs}"
+                )
+            link = Link(key, config)  # a link kept while down, for settings nobody uses any more
+            _links[key] = (loop, link)
     link.users += 1
     return link
 
@@ -243,5 +291,7 @@ def release(link: Link) -> None:
     if link.users <= 0:
         link.close()
         entry = _links.get(link.key)
-        if entry is not None and entry[1] is link:
+        # A link that is down stays known: its devices let go of it between their attempts, and a new link for
+        # the same address would start its backoff (and its log line) over again on every attempt.
+        if entry is not None and entry[1] is link and not link.down:
             del _links[link.key]

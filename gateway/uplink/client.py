@@ -124,14 +124,7 @@ class Uplink:
 
     def deliver(self, namespace: str, path: str, payload: bytes) -> list[str]:
         """Hand a message to the rest routes of `namespace` whose source path is `path`; the routes that took it."""
-        routes = self.gateway.routes
-        taken = []
-        for runtime in list(routes.routes.values()):
-            source_path = runtime.route.source_resource.get("path", "")
-            if (runtime.source.type == "rest" and runtime.route.namespace == namespace
-                    and source_path.strip("/") == path.strip("/")):
-                routes.accept(runtime, path, payload)
-                taken.append(f"{namespace}/{runtime.route.name}")
+        taken = self.gateway.routes.from_rest(path, payload, namespace)
         self.messages_received += 1
         if not taken:
             self.messages_unrouted += 1

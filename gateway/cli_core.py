@@ -19,6 +19,7 @@ from gateway.hookspecs import hookimpl
 from gateway.plugins import get_plugin_manager, list_plugins
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
+from gateway.sinks.registry import endpoint_registry
 
 log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = "./fieldgate-data"
@@ -109,7 +110,10 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = load_path(args.path, protocol_registry(get_plugin_manager()))
+    pm = get_plugin_manager()
+    config = load_path(args.path, protocol_registry(pm), endpoint_registry(pm))
+    for note in config.older_forms.values():
+        print(f"note: {note}", file=sys.stderr)
     kinds: dict[str, int] = {}
     for doc in config.documents:
         kinds[doc.kind] = kinds.get(doc.kind, 0) + 1
@@ -129,16 +133,22 @@ def _plugins(args: argparse.Namespace) -> int:
     import json
 
     pm = get_plugin_manager()
-    infos = list_plugins(pm)
+    infos = list_plugins(pm, serves=True)
     if args.json:
         for info in infos:
             print(json.dumps({"name": info.name, "distribution": info.distribution, "version": info.version,
-                              "hooks": list(info.hooks)}))
+                              "hooks": list(info.hooks), "serves": {k: list(v) for k, v in info.serves.items()}}))
         return 0
     width = max(len(i.name) for i in infos)
     for info in infos:
-        print(f"{info.name:<{width}}  {info.distribution} {info.version}  ({', '.join(info.hooks)})")
+        served = "; ".join(f"{SERVED_LABELS[hook]}: {', '.join(names)}" for hook, names in info.serves.items())
+        print(f"{info.name:<{width}}  {info.distribution} {info.version}  ({', '.join(info.hooks)})"
+              + (f"  {served}" if served else ""))
     return 0
+
+
+SERVED_LABELS = {"register_protocols": "protocols", "register_sinks": "sinks",
+                 "register_endpoint_types": "endpoint types", "register_runtimes": "runtimes"}
 
 
 # --- token and user --------------------------------------------------------------------------------------------

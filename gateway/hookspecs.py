@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from gateway.api import GatewayAPI
     from gateway.commands import Command
     from gateway.protocols.base import Protocol
+    from gateway.resources.endpoints import EndpointType
     from gateway.resources.loader import Config
+    from gateway.sinks.base import Sink
 
 hookspec = pluggy.HookspecMarker("fieldgate")
 hookimpl = pluggy.HookimplMarker("fieldgate")
@@ -26,8 +28,13 @@ def register_protocols() -> Iterable[type[Protocol]]:
 
 
 @hookspec
-def register_sinks() -> Iterable[type[Any]]:
-    """Return sink classes; each serves the sink type in its `name` attribute."""
+def register_sinks() -> Iterable[type[Sink]]:
+    """Return sink classes; each serves the endpoint type in its `name` attribute as a route target."""
+
+
+@hookspec
+def register_endpoint_types() -> Iterable[EndpointType]:
+    """Return the endpoint types a plugin serves itself (not as route targets), each with its properties Struct."""
 
 
 @hookspec

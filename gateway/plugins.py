@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 # Built-in features, registered exactly like third-party plugins.
 BUILTIN_PLUGINS = (
     "gateway.protocols.virtual",
+    "gateway.sinks.builtin",
     "gateway.cli_core",
     "gateway.web.api.messages",
     "gateway.ops.bench",
@@ -34,6 +37,17 @@ class PluginInfo:
     distribution: str
     version: str
     hooks: tuple[str, ...]
+    # what its register_* hooks serve, by hook: protocol, sink (endpoint type) and runtime names
+    serves: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# The hooks that register named things, and how to read the names off what they return.
+SERVING_HOOKS: dict[str, Callable[[Any], tuple[str, ...]]] = {
+    "register_protocols": lambda item: tuple(getattr(item, "names", ())),
+    "register_sinks": lambda item: (getattr(item, "name", "?"),),
+    "register_endpoint_types": lambda item: (getattr(item, "name", "?"),),
+    "register_runtimes": lambda item: (getattr(item, "name", "?"),),
+}
 
 
 class PluginManager(pluggy.PluginManager):
@@ -75,20 +89,40 @@ def load_entry_point_plugins(pm: PluginManager) -> None:
             pm.distributions[entry_point.name] = (dist.metadata["name"], dist.version)
 
 
-def list_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    """Every registered plugin with the distribution it came from."""
+def list_plugins(pm: pluggy.PluginManager, *, serves: bool = False) -> list[PluginInfo]:
+    """Every registered plugin with the distribution it came from (and with `serves`, what it registers)."""
     dists = pm.distributions if isinstance(pm, PluginManager) else {}
     infos = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
         hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+        served = _served(pm, plugin) if serves else {}
         dist = dists.get(name)
         if dist is not None:
-            infos.append(PluginInfo(name, dist[0], dist[1], hooks))
+            infos.append(PluginInfo(name, dist[0], dist[1], hooks, served))
         else:
-            infos.append(PluginInfo(name, "fieldgate", __version__, hooks))
+            infos.append(PluginInfo(name, "fieldgate", __version__, hooks, served))
     return infos
+
+
+def _served(pm: pluggy.PluginManager, plugin: Any) -> dict[str, tuple[str, ...]]:
+    served: dict[str, tuple[str, ...]] = {}
+    for caller in pm.get_hookcallers(plugin) or ():
+        names_of = SERVING_HOOKS.get(caller.name)
+        if names_of is None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            try:
+                function: Callable[[], Any] = impl.function
+                items = list(function() or ())
+            except Exception as exc:  # listing plugins must work even when one of them is broken
+                log.warning("plugin %s: %s failed: %s", impl.plugin_name, caller.name, exc)
+                continue
+            served[caller.name] = tuple(sorted({name for item in items for name in names_of(item)}))
+    return served
 
 
 def require(condition: bool, message: str) -> None:

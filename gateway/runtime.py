@@ -37,6 +37,7 @@ from gateway.resources.addresses import parse_listen as parse_listen
 from gateway.resources.loader import Config, load_path
 from gateway.resources.schema import EventbusSettings
 from gateway.sinks.manager import Sinks
+from gateway.sinks.registry import endpoint_registry, sink_registry
 from gateway.store import Store
 from gateway.workloads.secrets import SecretBox
 from gateway.workloads.supervisor import WorkloadManager
@@ -57,29 +58,32 @@ class Gateway:
         self.node_name = config.gateway.name
         self.started_at = 0.0
         self.protocols = protocol_registry(pm)
+        self.endpoint_types = endpoint_registry(pm)
         self.bus = Bus()
         self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval),
                            secrets=SecretBox(data_dir))
         self.supervisor = Supervisor()
-        self.configuration = Configuration(config, self.protocols, self.store, config_path=config_path)
+        self.configuration = Configuration(config, self.protocols, self.store, config_path=config_path,
+                                           endpoint_types=self.endpoint_types)
         self.devices = Devices(self.protocols, self.bus, self.supervisor, self.store)
         self.sinks = Sinks(self.store, self.supervisor)
         settings = config.gateway.eventbus
         self.broker = self._embedded_broker(settings) if settings.url == "embedded" else None
         self.eventbus = EventbusLink(self.node_name, settings, self.broker) if settings.url != "none" else None
-        self.routes = Routes(self.node_name, self.bus, self.store, self.sinks,
-                             self.eventbus.current_client if self.eventbus is not None else None)
+        self.routes = Routes(self.node_name, self.bus, self.store, self.sinks, sink_registry(pm),
+                             eventbus_on=self.eventbus is not None)
         self.api = GatewayAPI(node_name=self.node_name, data_dir=data_dir, pm=pm, configuration=self.configuration,
                               devices=self.devices, bus=self.bus, store=self.store, supervisor=self.supervisor,
                               sinks=self.sinks, routes=self.routes, eventbus=lambda: self.eventbus,
                               status=self.status, started_at=lambda: self.started_at)
         self.workloads = self.api.workloads = WorkloadManager(self.api)
+        self.routes.attach(self.api)
 
     @classmethod
     def from_path(cls, path: str | Path, data_dir: str | Path, *,
                   pm: pluggy.PluginManager | None = None) -> Gateway:
         pm = pm or get_plugin_manager()
-        config = load_path(path, protocol_registry(pm))
+        config = load_path(path, protocol_registry(pm), endpoint_registry(pm))
         return cls(config, Path(data_dir), pm, config_path=Path(path))
 
     @property
@@ -102,6 +106,7 @@ class Gateway:
         await self.store.open()
         try:
             previous = await self.configuration.load_stored()
+            self.configuration.log_older_forms(None, self.config)
             self.bus.subscribe(TELEMETRY_FILTER, self._store_report)
             self.bus.subscribe(EVENTBUS_STATE, self._eventbus_state)
             self.supervisor.start("store-writer", self.store.run_writer)

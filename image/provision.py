@@ -29,6 +29,7 @@ from gateway.plugins import get_plugin_manager
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
 from gateway.resources.schema import check_node_name
+from gateway.sinks.registry import endpoint_registry
 from gateway.store import Store
 
 CONFIG_FILE = "provisioned.yaml"
@@ -86,7 +87,8 @@ def check_documents(file: Path, provisioning: Provisioning, staging: Path) -> Pa
     config = staging / CONFIG_FILE
     config.write_text(yaml.safe_dump_all(provisioning.documents, sort_keys=False), encoding="utf-8")
     try:
-        load_path(config, protocol_registry(get_plugin_manager()))
+        pm = get_plugin_manager()
+        load_path(config, protocol_registry(pm), endpoint_registry(pm))
     except ResourceError as exc:
         problem = exc.problems[0].removeprefix(f"{config}: ")
         raise Refused(f"{file}: $.documents: {problem}") from None

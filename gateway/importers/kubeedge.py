@@ -15,6 +15,7 @@ import yaml
 from gateway.errors import ConfigError
 from gateway.importers import ImportResult
 from gateway.resources.durations import format_duration
+from gateway.resources.endpoints import BUILTIN_ENDPOINT_TYPES
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _NAME = re.compile(r"^[a-z0-9]+([-.][a-z0-9]+)*$")
@@ -383,8 +384,12 @@ def _endpoint(doc: _Doc, metadata: dict[str, Any], spec: dict[str, Any]) -> dict
         return None
     out["type"] = kind
     properties = spec.get("properties") or {}
-    if properties:
-        out["properties"] = {str(k): str(v) for k, v in properties.items()}
+    taken = BUILTIN_ENDPOINT_TYPES[kind].properties.__struct_fields__
+    for key in sorted(str(k) for k in properties if str(k) not in taken):
+        doc.warn(f"$.spec.properties.{key}", f"a {kind} endpoint has no property {key!r}; left out")
+    kept = {str(k): str(v) for k, v in properties.items() if str(k) in taken}
+    if kept:
+        out["properties"] = kept
     return out
 
 

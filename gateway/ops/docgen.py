@@ -118,8 +118,44 @@ def resources_markdown() -> str:
         out += [f"## kind: {kind}", ""]
         seen.discard(cls)
         struct_section(cls, seen, out, "###")
+    out += endpoint_type_sections()
     out += protocol_sections()
     return "\n".join(out).rstrip() + "\n"
+
+
+def endpoint_type_sections() -> list[str]:
+    from gateway.plugins import get_plugin_manager
+    from gateway.sinks.registry import endpoint_registry
+
+    out = ["## Endpoint types", "",
+           "The `type` of an Endpoint and the `properties` it takes, checked at load; those of the built-in and "
+           "first-party plugins (`fieldgate plugins` lists what an installation has). A number may be given as a "
+           "string (`qos: \"1\"`). Route sources are the core's; route targets are sinks (`register_sinks`).", ""]
+    seen: set[type[Any]] = set()
+    for name, endpoint_type in sorted(endpoint_registry(get_plugin_manager()).items()):
+        if not endpoint_type.provider.startswith(("gateway", "fieldgate_")):
+            continue
+        roles = []
+        if endpoint_type.source_resource is not None:
+            roles.append(f"a route source (`source_resource.{endpoint_type.source_resource}`)")
+        if endpoint_type.target_resource is not None:
+            key = endpoint_type.target_resource
+            optional = ", optional" if endpoint_type.target_resource_optional else ""
+            roles.append(f"a route target (`target_resource.{key}`{optional})" if key else "a route target")
+        what = ("It is " + " and ".join(roles)) if roles else "Its plugin serves it; it is not part of routes"
+        description = endpoint_type.description[:1].upper() + endpoint_type.description[1:]
+        out += [f"### endpoint type: {name}", "", f"{description}. {what}.", ""]
+        if endpoint_type.older_form:
+            older = (f"Also read from the older form: an Endpoint of another type with `properties.plugin: {name}`"
+                     + (f", which implies a Route from the bus topic in its `topic` property (default "
+                        f"`{endpoint_type.older_form_topic}`) with the outbox `{name}:<namespace>/<name>`"
+                        if endpoint_type.is_target else "") + ".")
+            out += [older, ""]
+        if not endpoint_type.properties.__struct_fields__:
+            out += ["No properties.", ""]
+            continue
+        struct_section(endpoint_type.properties, seen, out, "####")
+    return out
 
 
 def protocol_sections() -> list[str]:

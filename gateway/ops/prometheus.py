@@ -145,7 +145,7 @@ class GatewayCollector(Collector):
         accepted = CounterMetricFamily("fieldgate_route_accepted_messages_total", "Messages a route took",
                                        labels=["route"])
         for runtime in self.gateway.routes.routes.values():
-            accepted.add_metric([f"{runtime.route.namespace}/{runtime.route.name}"], runtime.accepted)
+            accepted.add_metric([f"{runtime.namespace}/{runtime.name}"], runtime.accepted)
         yield from (delivered, failures, dropped, depth, oldest, accepted)
 
     def _tasks(self) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ import msgspec
 from gateway.api import LOCAL, REGISTRY
 from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.protocols.base import Protocol
+from gateway.resources.endpoints import EndpointType
 from gateway.resources.loader import Config, Source, check_documents, parse_yaml, read_path
 from gateway.resources.schema import Document, enc_hook
 from gateway.store import Store
@@ -29,9 +30,10 @@ class Configuration:
     """Owns the running configuration (`config`, a snapshot replaced whole on every change, never edited)."""
 
     def __init__(self, config: Config, protocols: Mapping[str, type[Protocol]], store: Store, *,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, endpoint_types: Mapping[str, EndpointType] | None = None) -> None:
         self.config = config
         self.protocols = protocols
+        self.endpoint_types = endpoint_types  # None: the built-in ones
         self.store = store
         self.config_path = config_path
         self.listeners: list[ConfigListener] = []
@@ -61,7 +63,7 @@ class Configuration:
         raw = list(self.config.raw.values())
         raw += [(Source(row.source, i, f"{row.kind} {row.name}"), row.document) for i, row in enumerate(rows, start=1)]
         try:
-            self.config = check_documents(raw, self.protocols)
+            self.config = check_documents(raw, self.protocols, self.endpoint_types)
         except ResourceError as exc:
             log.error("resources from the UI, the API or the registry no longer fit the configuration files; "
                       "running without them: %s", "; ".join(exc.problems))
@@ -95,7 +97,7 @@ class Configuration:
                                       f"{where}; change it there")
                 keys.append(doc_key)
             combined[doc_key or ("?", "?", str(len(combined)))] = (source, raw)
-        config = check_documents(combined.values(), self.protocols)
+        config = check_documents(combined.values(), self.protocols, self.endpoint_types)
         return config, [doc for doc in config.documents if doc.key in keys]
 
     async def apply_documents(self, payload: str | list[Document], *, actor: str, address: str = "",
@@ -137,7 +139,8 @@ class Configuration:
         async with self._config_lock:
             kept = [entry for entry in self.config.raw.values() if entry[0].file in (LOCAL, REGISTRY)]
             try:
-                config = check_documents([*read_path(self.config_path), *kept], self.protocols)
+                config = check_documents([*read_path(self.config_path), *kept], self.protocols,
+                                         self.endpoint_types)
             except ConfigError as exc:
                 problems = exc.problems if isinstance(exc, ResourceError) else [str(exc)]
                 log.error("reload of %s refused, still running the previous configuration:\n  %s",
@@ -156,6 +159,12 @@ class Configuration:
             return parse_yaml(payload, "editor")
         return [(Source("api", i, f"{d.kind} {d.name}"), msgspec.to_builtins(d, enc_hook=enc_hook))
                 for i, d in enumerate(payload, start=1)]
+
+    def log_older_forms(self, old: Config | None, new: Config) -> None:
+        """Say once what each Endpoint in the older form is read as (at start, and when one is added or changed)."""
+        for key, note in sorted(new.older_forms.items()):
+            if old is None or old.older_forms.get(key) != note:
+                log.info("%s", note)
 
     async def _commit(self, config: Config, documents: list[Document], removed: list[tuple[str, str, str]],
                       owner: str, actor: str, address: str) -> None:
@@ -176,6 +185,7 @@ class Configuration:
     async def _reconcile(self, config: Config) -> None:
         """Switch to a new configuration and tell every listener, in order."""
         old, self.config = self.config, config
+        self.log_older_forms(old, config)
         for listener in self.listeners:
             await listener(old, config)
 

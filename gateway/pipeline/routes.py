@@ -1,17 +1,18 @@
 """Message routes: from a source endpoint and resource to a target endpoint and resource, each with its own
 durable outbox and counters (as KubeEdge's Rule status).
 
-Sources: `bus` (a topic filter on the gateway's bus, e.g. `devices/+/+/telemetry`), `eventbus` (an MQTT topic
-filter on the local broker, published by local apps) and `rest` (a path: `POST /api/v1/messages/<path>` on the
-gateway, and the registry's REST API that forwards to it). Targets: `eventbus` (a local MQTT topic), `servicebus`
-(a local HTTP service on a port), `rest` (a URL, called by the gateway), `mqtt` (any broker) and `http` (any URL).
+Sources are the core's: `bus` (a topic filter on the gateway's bus, e.g. `devices/+/+/telemetry`), `eventbus` (an
+MQTT topic filter on the local broker, published by local apps) and `rest` (a path: `POST /api/v1/messages/<path>`
+on the gateway, and the registry's REST API that forwards to it). Targets are sinks of the types registered through
+`register_sinks` (built in: `eventbus`, `servicebus`, `rest`, `mqtt`, `http`; plugins add more, e.g. `influxdb`);
+the checks of routes against the endpoint types are the loader's (gateway.resources.endpoints).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,56 +21,19 @@ from gateway import router
 from gateway.errors import ConfigError
 from gateway.messages import Report
 from gateway.pipeline.bus import Bus
-from gateway.resources.schema import Endpoint, Route
-from gateway.sinks.base import OutboxMessage, Sink, SinkError, SinkRunner
+from gateway.resources.endpoints import ImpliedRoute
+from gateway.resources.schema import Route
+from gateway.sinks.base import Sink, SinkContext, SinkRunner
 from gateway.sinks.manager import Sinks
 from gateway.store import Store
 
 if TYPE_CHECKING:
-    import aiomqtt
-
+    from gateway.api import GatewayAPI
     from gateway.resources.loader import Config
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"bus": "topic", "eventbus": "topic", "rest": "path"}
-TARGETS = {"eventbus": "topic", "servicebus": "path", "rest": "resource", "mqtt": "topic", "http": "path"}
 _json = msgspec.json.Encoder()
-
-
-def route_problems(route: Route, endpoints: dict[tuple[str, str], Endpoint]) -> list[tuple[str, str]]:
-    """(field path, message) for everything wrong with a route, given the endpoints."""
-    problems: list[tuple[str, str]] = []
-    for side, kinds in (("source", SOURCES), ("target", TARGETS)):
-        endpoint = endpoints.get((route.namespace, getattr(route, side)))
-        if endpoint is None:
-            problems.append((f"$.{side}", f"no Endpoint {route.namespace}/{getattr(route, side)}"))
-            continue
-        if endpoint.type not in kinds:
-            problems.append((f"$.{side}", f"a {endpoint.type} endpoint cannot be a route {side} (it can be: "
-                                          f"{', '.join(sorted(kinds))})"))
-            continue
-        resource = getattr(route, f"{side}_resource")
-        key = kinds[endpoint.type]
-        if endpoint.type == "http" and side == "target":
-            continue  # the path is optional: the endpoint's url may be complete
-        if not resource.get(key):
-            problems.append((f"$.{side}_resource.{key}", f"a {endpoint.type} {side} needs `{key}`"))
-        elif key == "topic" and side == "source":
-            try:
-                router.validate_filter(resource[key])
-            except ConfigError as exc:
-                problems.append((f"$.{side}_resource.topic", str(exc)))
-    return problems
-
-
-def endpoint_problems(endpoint: Endpoint) -> list[tuple[str, str]]:
-    props = endpoint.properties
-    if endpoint.type == "servicebus" and not props.get("service_port", "").isdigit():
-        return [("$.properties.service_port", "a servicebus endpoint needs the local service's port")]
-    if endpoint.type in ("mqtt", "http") and not props.get("url"):
-        return [("$.properties.url", f"a {endpoint.type} endpoint needs a url")]
-    return []
 
 
 def message_bytes(message: Any) -> bytes:
@@ -91,101 +55,95 @@ def render(template: str, node: str, topic: str) -> str:
         return template
 
 
-EventbusClient = Callable[[], "aiomqtt.Client | None"]
-
-
-class EventbusTarget(Sink):
-    name = "eventbus"
-
-    def __init__(self, client: EventbusClient) -> None:
-        self.client = client
-
-    async def send(self, batch: list[OutboxMessage]) -> None:
-        client = self.client()
-        if client is None:
-            raise SinkError("the eventbus broker is not connected")
-        for message in batch:
-            await client.publish(message.topic, message.payload, qos=1, timeout=10)
-
-
 @dataclass
 class RouteRuntime:
-    route: Route
-    source: Endpoint
-    target: Endpoint
-    runner: SinkRunner
+    """One running route: where its messages come from, the outbox they wait in and the sink that drains it."""
+
+    namespace: str
+    name: str
+    outbox: str
+    source_type: str
+    source: str  # the source endpoint's name (an implied route's: its bus topic)
+    source_resource: Mapping[str, str]
+    target_type: str
+    target: str
+    target_resource: Mapping[str, str]
     accepted: int = 0
     rejected: int = 0
+    runner: SinkRunner = field(init=False)  # set when its sink starts
 
-    @property
-    def outbox(self) -> str:
-        return f"route:{self.route.namespace}/{self.route.name}"
+    @classmethod
+    def of_route(cls, route: Route, config: Config) -> RouteRuntime:
+        ns = route.namespace
+        return cls(ns, route.name, f"route:{ns}/{route.name}", config.endpoint_types[(ns, route.source)],
+                   route.source, route.source_resource, config.endpoint_types[(ns, route.target)], route.target,
+                   route.target_resource)
+
+    @classmethod
+    def of_implied(cls, implied: ImpliedRoute) -> RouteRuntime:
+        return cls(implied.namespace, implied.endpoint, implied.outbox, "bus", implied.topic,
+                   {"topic": implied.topic}, implied.type, implied.endpoint, {})
 
     def describe(self, depth: int) -> dict[str, Any]:
         stats = self.runner.stats
-        return {"namespace": self.route.namespace, "name": self.route.name,
-                "source": f"{self.source.type}:{self.route.source}",
-                "target": f"{self.target.type}:{self.route.target}",
+        return {"namespace": self.namespace, "name": self.name,
+                "source": f"{self.source_type}:{self.source}", "target": f"{self.target_type}:{self.target}",
                 "accepted": self.accepted, "successes": stats.delivered, "failures": stats.failures,
                 "dropped": stats.dropped + getattr(self.runner.sink, "dropped", 0), "last_error": stats.last_error,
                 "state": stats.state, "outbox_depth": depth}
 
 
-def make_sink(node_name: str, eventbus: EventbusClient, route: Route, target: Endpoint) -> Sink:
-    from gateway.sinks.http import HttpSink  # imported when a route needs one: httpx alone costs ~9 MB
-    from gateway.sinks.mqtt import MqttSink
-
-    resource = route.target_resource
-    if target.type == "eventbus":
-        return EventbusTarget(eventbus)
-    if target.type == "servicebus":
-        host = target.properties.get("host", "127.0.0.1")
-        return HttpSink(f"http://{host}:{target.properties['service_port']}{resource['path']}", mode="each")
-    if target.type == "rest":
-        return HttpSink(resource["resource"], mode="each")
-    if target.type == "http":
-        headers = {k.removeprefix("header."): v for k, v in target.properties.items() if k.startswith("header.")}
-        mode = target.properties.get("mode", "batch")
-        return HttpSink(target.properties["url"] + resource.get("path", ""), mode=mode, headers=headers)
-    return MqttSink(target.properties["url"], client_id=f"fieldgate-{node_name}-{route.name}",
-                    qos=int(target.properties.get("qos", "1")), batch_size=int(target.properties.get("batch", "1")),
-                    username=target.properties.get("username"), password=target.properties.get("password"),
-                    ca_file=target.properties.get("ca_file"))
-
-
 class Routes:
-    """The routes of the running configuration: sources wired to per-route outboxes."""
+    """The routes of the running configuration (and those Endpoints in the older form imply): sources wired to
+    per-route outboxes, each drained by a sink built through the registered sink types."""
 
-    def __init__(self, node_name: str, bus: Bus, store: Store, sinks: Sinks, eventbus: EventbusClient | None) -> None:
+    def __init__(self, node_name: str, bus: Bus, store: Store, sinks: Sinks, sink_types: Mapping[str, type[Sink]],
+                 *, eventbus_on: bool) -> None:
         self.node_name = node_name
         self.bus = bus
         self.store = store
         self.sinks = sinks
-        self.eventbus = eventbus  # the eventbus link's client of the moment; None when the eventbus is off
+        self.sink_types = sink_types
+        self.eventbus_on = eventbus_on
+        self.api: GatewayAPI | None = None  # set by attach(); sinks get it in their context
         self.routes: dict[str, RouteRuntime] = {}
         self._bus_subscriptions: list[int] = []
         self.eventbus_router = router.new_router()
         self._eventbus_ids: dict[int, RouteRuntime] = {}
 
+    def attach(self, api: GatewayAPI) -> None:
+        self.api = api
+
     def start(self, config: Config) -> None:
-        for (ns, name), route in sorted(config.routes.items()):
-            source = config.endpoints[(ns, route.source)]
-            target = config.endpoints[(ns, route.target)]
-            if "eventbus" in (source.type, target.type) and self.eventbus is None:
-                log.warning("route %s/%s uses the eventbus, which is off (eventbus.url: none)", ns, name,
-                            extra={"route": f"{ns}/{name}"})
-            outbox = f"route:{ns}/{name}"
-            sink = make_sink(self.node_name, self.eventbus or _no_client, route, target)
-            runner = self.sinks.start(outbox, sink, log_fields={"route": f"{ns}/{name}"})
-            runtime = RouteRuntime(route, source, target, runner)
-            self.routes[outbox] = runtime
-            if source.type == "bus":
-                self._bus_subscriptions.append(
-                    self.bus.subscribe(route.source_resource["topic"], self._bus_handler(runtime)))
-            elif source.type == "eventbus":
-                route_id = len(self._eventbus_ids) + 1
-                self._eventbus_ids[route_id] = runtime
-                self.eventbus_router.add(route_id, route.source_resource["topic"])
+        for (ns, _), route in sorted(config.routes.items()):
+            self._start(RouteRuntime.of_route(route, config), config.endpoint_properties[(ns, route.target)])
+        for key, implied in sorted(config.implied_routes.items()):
+            self._start(RouteRuntime.of_implied(implied), config.endpoint_properties[key])
+
+    def _start(self, runtime: RouteRuntime, properties: Any) -> None:
+        route = f"{runtime.namespace}/{runtime.name}"
+        if "eventbus" in (runtime.source_type, runtime.target_type) and not self.eventbus_on:
+            log.warning("route %s uses the eventbus, which is off (eventbus.url: none)", route,
+                        extra={"route": route})
+        assert self.api is not None, "Routes.attach(api) comes first"
+        sink_type = self.sink_types.get(runtime.target_type)
+        try:
+            if sink_type is None:
+                raise ConfigError(f"no sink serves endpoint type {runtime.target_type!r}")
+            context = SinkContext(self.node_name, runtime.namespace, runtime.name, self.api)
+            sink = sink_type.for_route(properties, runtime.target_resource, context)
+        except Exception as exc:  # a plugin's sink that cannot be built must not stop the other routes
+            log.error("route %s to %s: no sink: %s", route, runtime.target_type, exc, extra={"route": route})
+            return
+        runtime.runner = self.sinks.start(runtime.outbox, sink, log_fields={"route": route})
+        self.routes[runtime.outbox] = runtime
+        if runtime.source_type == "bus":
+            self._bus_subscriptions.append(
+                self.bus.subscribe(runtime.source_resource["topic"], self._bus_handler(runtime)))
+        elif runtime.source_type == "eventbus":
+            route_id = len(self._eventbus_ids) + 1
+            self._eventbus_ids[route_id] = runtime
+            self.eventbus_router.add(route_id, runtime.source_resource["topic"])
 
     async def stop(self) -> None:
         for sub_id in self._bus_subscriptions:
@@ -206,7 +164,7 @@ class Routes:
         return True
 
     def eventbus_topics(self) -> list[str]:
-        return sorted({r.route.source_resource["topic"] for r in self._eventbus_ids.values()})
+        return sorted({r.source_resource["topic"] for r in self._eventbus_ids.values()})
 
     def _bus_handler(self, runtime: RouteRuntime) -> Callable[[str, Any], None]:
         def handler(topic: str, message: Any) -> None:
@@ -215,7 +173,7 @@ class Routes:
         return handler
 
     def accept(self, runtime: RouteRuntime, topic: str, payload: bytes) -> None:
-        resource = runtime.route.target_resource
+        resource = runtime.target_resource
         target_topic = render(resource.get("topic", topic), self.node_name, topic)
         self.store.outboxes.add(runtime.outbox, target_topic, payload)
         runtime.accepted += 1
@@ -249,17 +207,14 @@ class Routes:
         it."""
         taken = []
         for runtime in list(self.routes.values()):
-            source_path = runtime.route.source_resource.get("path", "")
-            if (runtime.source.type == "rest" and (namespace is None or runtime.route.namespace == namespace)
+            source_path = runtime.source_resource.get("path", "")
+            if (runtime.source_type == "rest" and (namespace is None or runtime.namespace == namespace)
                     and source_path.strip("/") == path.strip("/")):
                 self.accept(runtime, path, payload)
-                taken.append(f"{runtime.route.namespace}/{runtime.route.name}")
+                taken.append(f"{runtime.namespace}/{runtime.name}")
         return taken
 
     def describe(self) -> list[dict[str, Any]]:
         depth = self.store.outboxes.depth
         return [runtime.describe(depth.get(outbox, 0)) for outbox, runtime in sorted(self.routes.items())]
 
-
-def _no_client() -> None:
-    return None

@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.inspect as mi
 import yaml
 
 from gateway.errors import ConfigError, ResourceError, ValueRejected
 from gateway.eventbus.access import eventbus_problems
-from gateway.pipeline.routes import endpoint_problems, route_problems
 from gateway.pipeline.values import coerce
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol
+from gateway.resources.endpoints import (
+    BUILTIN_ENDPOINT_TYPES,
+    EndpointType,
+    ImpliedRoute,
+    field_of_message,
+    older_form_note,
+    resolve_endpoint,
+    route_problems,
+    upgrade_spellings,
+)
 from gateway.resources.schema import (
     AnyDocument,
     BatchWorkload,
@@ -41,6 +51,8 @@ from gateway.workloads.checks import workload_problems
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)
 _GOT_TYPE = re.compile(r", got \w+$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
 MIN_INTERVAL = 0.01
 
 
@@ -70,8 +82,19 @@ class Config:
     workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
     config_items: dict[tuple[str, str], ConfigItemDoc] = field(default_factory=dict)
     secrets: dict[tuple[str, str], SecretDoc] = field(default_factory=dict)
+    # every endpoint's type (its own, or the one it names in the older form) and its properties of that type
+    endpoint_types: dict[tuple[str, str], str] = field(default_factory=dict)
+    endpoint_properties: dict[tuple[str, str], msgspec.Struct] = field(default_factory=dict)
+    # the routes Endpoints in the older form imply, by endpoint; and a note on each such endpoint for the log
+    implied_routes: dict[tuple[str, str], ImpliedRoute] = field(default_factory=dict)
+    older_forms: dict[tuple[str, str], str] = field(default_factory=dict)
     # (kind, namespace, name) -> where the document came from and its raw form, to re-check it with changes
     raw: dict[tuple[str, str, str], tuple[Source, Any]] = field(default_factory=dict)
+
+    def endpoints_of(self, endpoint_type: str) -> dict[tuple[str, str], Any]:
+        """The properties (that type's Struct) of every endpoint of a type, by (namespace, name)."""
+        return {key: self.endpoint_properties[key] for key, name in sorted(self.endpoint_types.items())
+                if name == endpoint_type}
 
 
 def yaml_files(path: Path) -> list[Path]:
@@ -82,9 +105,11 @@ def yaml_files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_path(path: str | Path, protocols: Mapping[str, type[Protocol]]) -> Config:
-    """Load a YAML file or a directory of them and check the documents as a whole."""
-    return check_documents(read_path(path), protocols)
+def load_path(path: str | Path, protocols: Mapping[str, type[Protocol]],
+              endpoint_types: Mapping[str, EndpointType] | None = None) -> Config:
+    """Load a YAML file or a directory of them and check the documents as a whole (endpoints against the given
+    endpoint types, the built-in ones by default)."""
+    return check_documents(read_path(path), protocols, endpoint_types)
 
 
 def read_path(path: str | Path) -> list[tuple[Source, Any]]:
@@ -120,9 +145,10 @@ def parse_yaml(text: str, file: str) -> list[tuple[Source, Any]]:
     return [(Source(file, index), doc) for index, doc in enumerate(loaded, start=1) if doc is not None]
 
 
-def check_documents(raw: Iterable[tuple[Source, Any]], protocols: Mapping[str, type[Protocol]]) -> Config:
+def check_documents(raw: Iterable[tuple[Source, Any]], protocols: Mapping[str, type[Protocol]],
+                    endpoint_types: Mapping[str, EndpointType] | None = None) -> Config:
     """Decode raw documents into Structs, then run the checks across documents; raise ResourceError."""
-    checker = _Checker(protocols)
+    checker = _Checker(protocols, BUILTIN_ENDPOINT_TYPES if endpoint_types is None else endpoint_types)
     for source, doc in raw:
         checker.decode(source, doc)
     return checker.finish()
@@ -142,6 +168,42 @@ def format_validation_error(exc: msgspec.ValidationError, raw: Any, base_path: s
     return f"{full}: {message}"
 
 
+def convert_properties(endpoint_type: EndpointType, raw: Mapping[str, Any]) -> msgspec.Struct:
+    """An endpoint's properties as its type's Struct (numbers given as strings accepted, older spellings read);
+    ConfigError `$.properties.<field>: <problem>` otherwise."""
+    properties = upgrade_spellings(endpoint_type.properties, dict(raw))
+    try:
+        return msgspec.convert(properties, endpoint_type.properties, strict=False, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_properties_problem(exc, properties, endpoint_type)) from None
+
+
+def _properties_problem(exc: msgspec.ValidationError, raw: Any, endpoint_type: EndpointType) -> str:
+    text = str(exc)
+    match = _MSGSPEC_PATH.match(text)
+    message, path = (match["message"], match["path"]) if match else (text, "$")
+    base = "$.properties" + path[1:]
+    if missing := _MISSING.match(message):
+        what = _field_description(endpoint_type.properties, missing["field"]) if path == "$" else ""
+        return f"{base}.{missing['field']}: a {endpoint_type.name} endpoint needs `{missing['field']}`{what}"
+    if unknown := _UNKNOWN.match(message):
+        taken = ", ".join(endpoint_type.properties.__struct_fields__) if path == "$" else ""
+        return (f"{base}.{unknown['field']}: not a property of a {endpoint_type.name} endpoint"
+                + (f" (it takes: {taken})" if taken else " (it takes none)" if path == "$" else ""))
+    if path == "$" and (named := field_of_message(endpoint_type.properties, message)):
+        return f"$.properties.{named[0]}: {named[1]}"
+    return format_validation_error(exc, raw, "$.properties")
+
+
+def _field_description(struct: type[msgspec.Struct], name: str) -> str:
+    info = mi.type_info(struct)
+    for item in getattr(info, "fields", ()):
+        if item.name == name and isinstance(item.type, mi.Metadata):
+            description = (item.type.extra_json_schema or {}).get("description", "")
+            return f" ({description})" if description else ""
+    return ""
+
+
 def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
     node = raw
     for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path[1:]):
@@ -158,8 +220,9 @@ def _short(value: Any) -> str:
 
 
 class _Checker:
-    def __init__(self, protocols: Mapping[str, type[Protocol]]) -> None:
+    def __init__(self, protocols: Mapping[str, type[Protocol]], endpoint_types: Mapping[str, EndpointType]) -> None:
         self.protocols = protocols
+        self.endpoint_types = endpoint_types
         self.problems: list[str] = []
         self.docs: list[tuple[Source, Document, Any]] = []
 
@@ -216,6 +279,8 @@ class _Checker:
             gateway_source, config.gateway = gateways[0]
             for path, message in eventbus_problems(config.gateway.eventbus, config.gateway.namespace, config.secrets):
                 self.fail(gateway_source, path, message)
+        resolved = {key: self.resolve_endpoint(seen[("Endpoint", *key)], endpoint, config)
+                     for key, endpoint in config.endpoints.items()}
         for source, doc, raw in self.docs:
             if isinstance(doc, DeviceModel):
                 self.check_model(source, doc)
@@ -223,11 +288,8 @@ class _Checker:
                 bound = self.bind_device(source, doc, raw, config)
                 if bound is not None:
                     config.devices[bound.id] = bound
-            elif isinstance(doc, Route):
-                for path, message in route_problems(doc, config.endpoints):
-                    self.fail(source, path, message)
-            elif isinstance(doc, Endpoint):
-                for path, message in endpoint_problems(doc):
+            elif isinstance(doc, Route) and doc.key in seen and seen[doc.key] is source:
+                for path, message in route_problems(doc, resolved, self.endpoint_types):
                     self.fail(source, path, message)
             elif isinstance(doc, Workload):
                 for path, message in workload_problems(doc, config.config_items, config.secrets):
@@ -235,6 +297,24 @@ class _Checker:
         if self.problems:
             raise ResourceError(self.problems)
         return config
+
+    def resolve_endpoint(self, source: Source, endpoint: Endpoint, config: Config) -> EndpointType | None:
+        """Read an endpoint against the endpoint types into `config`; its type, None when it is refused."""
+        try:
+            resolved = resolve_endpoint(endpoint, self.endpoint_types)
+            properties = convert_properties(resolved.type, resolved.properties)
+        except ConfigError as exc:
+            path, _, message = str(exc).partition(": ")
+            self.fail(source, path, message)
+            return None
+        key = (endpoint.namespace, endpoint.name)
+        config.endpoint_types[key] = resolved.type.name
+        config.endpoint_properties[key] = properties
+        if resolved.older_plugin is not None:
+            config.older_forms[key] = f"{source.prefix()}: {older_form_note(endpoint, resolved)}"
+        if resolved.implied_route is not None:
+            config.implied_routes[key] = resolved.implied_route
+        return resolved.type
 
     def check_model(self, source: Source, model: DeviceModel) -> None:
         names: set[str] = set()

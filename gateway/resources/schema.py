@@ -180,17 +180,16 @@ class Device(Document, tag="Device", kw_only=True):
 
 # --- Message endpoints and routes ----------------------------------------------------------------------------
 
-EndpointType = Literal["rest", "eventbus", "servicebus", "bus", "mqtt", "http"]
+EndpointTypeName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]*$", max_length=63, description=(
+    "built in: `bus`, `eventbus`, `rest`, `servicebus`, `mqtt`, `http`; or one a plugin serves (`fieldgate plugins`)"))]
 
 
 class Endpoint(Document, tag="Endpoint", kw_only=True):
-    """Where messages come from or go to: `rest` (the cloud side), `eventbus` (the local MQTT broker),
-    `servicebus` (a local HTTP service: `service_port`), `bus` (the gateway's own bus), `mqtt` (any broker:
-    `url`, `qos`, `batch`, `username`, `password`, `ca_file`), `http` (any URL: `url`, `mode` batch|each,
-    `header.<Name>`)."""
+    """Where messages come from or go to; each type takes its own properties (see "Endpoint types" below)."""
 
-    type: EndpointType
-    properties: dict[str, str] = {}
+    type: EndpointTypeName
+    properties: Annotated[dict[str, Any], Meta(description="the properties of the endpoint's type, checked at "
+                                                           "load against that type's schema")] = {}
 
 
 class Route(Document, tag="Route", kw_only=True):

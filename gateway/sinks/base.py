@@ -1,5 +1,10 @@
 """The sink contract and the delivery loop that drains a sink's durable outbox in order.
 
+A sink class serves one endpoint type as a route target (`register_sinks`): it names the type, its properties
+Struct and the key of a route's `target_resource` it needs, and builds itself for a route from the converted
+properties, that `target_resource` and a `SinkContext`. The core owns the rest: the outbox, the SinkRunner, retries,
+ordering and counters.
+
 A message enters a sink's outbox when the store commits it (every flush interval); from then on it is either
 delivered or still in the outbox after any crash. Delivery is ordered and at least once: a batch is removed only
 after the sink acknowledged all of it, and within one run nothing is sent twice.
@@ -13,12 +18,19 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
 
 from gateway.errors import FieldgateError
 from gateway.logs import log_context
+from gateway.resources.endpoints import DEFAULT_OLDER_FORM_TOPIC
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 RATE_WINDOW = 60.0
@@ -36,10 +48,35 @@ class OutboxMessage:
     created: float
 
 
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink may need besides its properties: the node, the route it delivers for, the gateway API."""
+
+    node_name: str
+    namespace: str
+    route_name: str  # the Route's name (an implied route's: its endpoint's)
+    api: GatewayAPI
+
+
 class Sink(abc.ABC):
     """A northbound target. `send` delivers a whole batch in order or raises SinkError."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # the endpoint type it serves as a route target
+    # The endpoint type's properties, converted at load (numbers given as strings accepted); set by every sink
+    # registered through `register_sinks`.
+    properties_type: ClassVar[type[msgspec.Struct]]
+    target_resource: ClassVar[str] = ""  # the key of a route's target_resource it needs ("": none)
+    target_resource_optional: ClassVar[bool] = False
+    # Endpoints of another type naming this one with `properties.plugin` (configurations from before the type
+    # existed) are read as this type with an implied route from this bus topic (or their `topic` property).
+    older_form: ClassVar[bool] = False
+    older_form_topic: ClassVar[str] = DEFAULT_OLDER_FORM_TOPIC
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def for_route(cls, properties: Any, target_resource: Mapping[str, str], context: SinkContext) -> Sink:
+        """The sink delivering one route's outbox; `properties` is an instance of `properties_type`."""
+        raise NotImplementedError(f"{cls.__name__} is not a route target")
 
     async def open(self) -> None:  # noqa: B027  (optional: most sinks connect lazily in send)
         """Prepare (connect lazily in `send` if the target may be down at start)."""

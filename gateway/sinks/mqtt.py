@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
-import aiomqtt
-
 from gateway.errors import ConfigError
-from gateway.sinks.base import OutboxMessage, Sink, SinkError
+from gateway.resources.endpoints import MqttProperties
+from gateway.sinks.base import OutboxMessage, Sink, SinkContext, SinkError
+
+if TYPE_CHECKING:
+    import aiomqtt
 
 
 class MqttSink(Sink):
     """One connection per sink, opened when needed and reopened after a failure."""
 
     name: ClassVar[str] = "mqtt"
+    properties_type = MqttProperties
+    target_resource = "topic"
+    description = "any MQTT broker"
+
+    @classmethod
+    def for_route(cls, properties: MqttProperties, target_resource: Mapping[str, str],
+                  context: SinkContext) -> MqttSink:
+        return cls(properties.url, client_id=f"fieldgate-{context.node_name}-{context.route_name}",
+                   qos=properties.qos, batch_size=properties.batch, username=properties.username,
+                   password=properties.password, ca_file=properties.ca_file)
 
     def __init__(self, url: str, *, client_id: str, qos: int = 1, batch_size: int = 1, username: str | None = None,
                  password: str | None = None, ca_file: str | None = None) -> None:
@@ -35,6 +48,8 @@ class MqttSink(Sink):
         self._client: aiomqtt.Client | None = None
 
     async def _connect(self) -> aiomqtt.Client:
+        import aiomqtt
+
         if self._client is None:
             context = ssl.create_default_context(cafile=self.ca_file) if self.tls else None
             client = aiomqtt.Client(self.host, self.port, identifier=self.client_id, username=self.username,
@@ -46,6 +61,8 @@ class MqttSink(Sink):
         return self._client
 
     async def close(self) -> None:
+        import aiomqtt
+
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -54,6 +71,8 @@ class MqttSink(Sink):
                 pass
 
     async def send(self, batch: list[OutboxMessage]) -> None:
+        import aiomqtt
+
         try:
             client = await self._connect()
             if self.batch_size > 1:

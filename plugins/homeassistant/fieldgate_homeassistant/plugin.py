@@ -1,11 +1,12 @@
 """The fieldgate plugin: Home Assistant MQTT discovery for every device property, on the gateway's eventbus.
 
-Off until an Endpoint document names it (the same convention as fieldgate-influxdb):
+Off until an Endpoint of type `homeassistant` turns it on (the older form, `type: eventbus` with
+`properties.plugin: homeassistant`, is read the same):
 
     kind: Endpoint
     name: homeassistant
-    type: eventbus
-    properties: {plugin: homeassistant, discovery_prefix: homeassistant}
+    type: homeassistant
+    properties: {discovery_prefix: homeassistant}
 
 Discovery is published retained when the eventbus connects or reconnects and when devices change; entities of
 removed devices are deleted (an empty retained config). Each device's current state is kept retained on its
@@ -17,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Iterable
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from fieldgate_homeassistant.discovery import discovery_messages, state_update_topic
 from gateway.api import GatewayAPI
 from gateway.hookspecs import hookimpl
 from gateway.messages import EVENTBUS_STATE, STATE_FILTER, DeviceStateChange, EventbusStateChange
-from gateway.resources.schema import Endpoint
+from gateway.resources.endpoints import EndpointType
 
 log = logging.getLogger(__name__)
 PLUGIN = "homeassistant"
@@ -34,10 +38,21 @@ _publishers: weakref.WeakKeyDictionary[GatewayAPI, DiscoveryPublisher] = weakref
 _json = msgspec.json.Encoder()
 
 
-def settings(gateway: GatewayAPI) -> Endpoint | None:
-    """The Endpoint document that turns discovery on (the first, by namespace and name), if any."""
-    return next((endpoint for _, endpoint in sorted(gateway.config.endpoints.items())
-                 if endpoint.properties.get("plugin") == PLUGIN), None)
+class HomeAssistantProperties(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Home Assistant MQTT discovery on the eventbus."""
+
+    discovery_prefix: Annotated[str, Meta(pattern=r"^[^+#]+$", description="the topic prefix Home Assistant "
+                                                                            "subscribes to for discovery")
+                                ] = "homeassistant"
+
+
+ENDPOINT_TYPE = EndpointType(PLUGIN, HomeAssistantProperties, older_form=True, provider=__name__,
+                             description="Home Assistant MQTT discovery of every device property, on the eventbus")
+
+
+def settings(gateway: GatewayAPI) -> HomeAssistantProperties | None:
+    """The properties of the endpoint that turns discovery on (the first, by namespace and name), if any."""
+    return next(iter(gateway.config.endpoints_of(PLUGIN).values()), None)
 
 
 class DiscoveryPublisher:
@@ -51,10 +66,10 @@ class DiscoveryPublisher:
         self._states: set[asyncio.Task[bool]] = set()
 
     def wanted(self) -> dict[str, bytes]:
-        endpoint = settings(self.gateway)
-        if endpoint is None:
+        properties = settings(self.gateway)
+        if properties is None:
             return {}
-        prefix = endpoint.properties.get("discovery_prefix", "homeassistant").strip("/")
+        prefix = properties.discovery_prefix.strip("/")
         return {topic: _json.encode(config) for topic, config in
                 discovery_messages(self.gateway.config.devices, self.gateway.node_name, prefix).items()}
 
@@ -123,6 +138,11 @@ class DiscoveryPublisher:
 
 class PublishFailed(Exception):
     """A discovery message could not be published; the whole set is published again later."""
+
+
+@hookimpl
+def register_endpoint_types() -> Iterable[EndpointType]:
+    return [ENDPOINT_TYPE]
 
 
 @hookimpl

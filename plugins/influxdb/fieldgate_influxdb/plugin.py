@@ -1,122 +1,34 @@
-"""The fieldgate plugin: device telemetry to InfluxDB through a durable outbox per configured Endpoint.
-
-Routes build only the sink types the core knows, so this plugin runs its own delivery, configured by Endpoint
-documents that name it:
+"""The fieldgate plugin: the `influxdb` endpoint type, a sink that routes deliver device reports to.
 
     kind: Endpoint
     name: influx
-    type: http
-    properties: {plugin: influxdb, url: "http://127.0.0.1:8086", org: plant, bucket: telemetry, token: "…"}
+    type: influxdb
+    properties: {url: "http://127.0.0.1:8086", org: plant, bucket: telemetry, token: "…"}
+    ---
+    kind: Route
+    name: telemetry-to-influx
+    source: bus
+    source_resource: {topic: "devices/+/+/telemetry"}
+    target: influx
 
 Optional properties: `database` instead of bucket/org/token (InfluxDB 1.x), `measurement` (default `telemetry`),
-`topic` (a bus topic filter, default `devices/+/+/telemetry`), `timeout` (seconds, default 10). Each such endpoint
-gets the outbox and sink `influxdb:<namespace>/<name>`, seen by status and metrics like every other sink.
+`timeout` (seconds, default 10). The core owns the route's outbox, retries and counters like every sink's.
+
+The older form, an Endpoint `type: http` with `properties.plugin: influxdb` and no Route, is read as an `influxdb`
+endpoint with an implied route from the bus topic in its `topic` property (default `devices/+/+/telemetry`) and
+keeps its outbox `influxdb:<namespace>/<name>`.
 """
 
 from __future__ import annotations
 
-import logging
-import weakref
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
-from fieldgate_influxdb.lineprotocol import line
-from gateway.api import GatewayAPI
-from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
-from gateway.messages import Report
-from gateway.resources.schema import Endpoint
-
-log = logging.getLogger(__name__)
-PLUGIN = "influxdb"
-DEFAULT_TOPIC = "devices/+/+/telemetry"
-
-_writers: weakref.WeakKeyDictionary[GatewayAPI, InfluxWriters] = weakref.WeakKeyDictionary()
-
-
-def influx_endpoints(gateway: GatewayAPI) -> dict[str, Endpoint]:
-    """The Endpoint documents that configure this plugin, by outbox name."""
-    return {f"{PLUGIN}:{ns}/{name}": endpoint for (ns, name), endpoint in sorted(gateway.config.endpoints.items())
-            if endpoint.properties.get("plugin") == PLUGIN}
-
-
-def report_line(report: Report, *, measurement: str, node: str) -> bytes | None:
-    """A device report as one line of line protocol with `device` and `node` tags and a nanosecond timestamp."""
-    text = line(measurement, {"device": report.device, "node": node}, report.values, round(report.ts * 1e9))
-    return text.encode() if text is not None else None
-
-
-class InfluxWriters:
-    """The running writers of one gateway: a bus subscription and a sink (run by the core) per endpoint."""
-
-    def __init__(self, gateway: GatewayAPI) -> None:
-        self.gateway = gateway
-        self.running: dict[str, tuple[Endpoint, int]] = {}
-
-    async def sync(self) -> None:
-        """Start, restart or stop writers so they match the Endpoint documents of the running configuration."""
-        wanted = influx_endpoints(self.gateway)
-        for outbox, (endpoint, sub_id) in list(self.running.items()):
-            if wanted.get(outbox) != endpoint:
-                self.gateway.unsubscribe(sub_id)
-                await self.gateway.stop_sink(outbox)
-                del self.running[outbox]
-        for outbox, endpoint in wanted.items():
-            if outbox not in self.running:
-                self._start(outbox, endpoint)
-
-    def _start(self, outbox: str, endpoint: Endpoint) -> None:
-        try:
-            from fieldgate_influxdb.sink import InfluxSink  # httpx is loaded only when an endpoint asks
-
-            sink = InfluxSink.from_properties(endpoint.properties)
-        except (ConfigError, KeyError, ValueError) as exc:
-            log.error("Endpoint %s/%s (plugin: influxdb): %s; not writing to it", endpoint.namespace, endpoint.name,
-                      exc)
-            return
-        self.gateway.start_sink(outbox, sink)
-        sub_id = self.gateway.subscribe(endpoint.properties.get("topic", DEFAULT_TOPIC),
-                                        self._handler(outbox, endpoint.properties.get("measurement", "telemetry")))
-        self.running[outbox] = (endpoint, sub_id)
-        log.info("writing telemetry to InfluxDB at %s (outbox %s)", sink.write_url, outbox)
-
-    def _handler(self, outbox: str, measurement: str) -> Callable[[str, Any], None]:
-        def handler(topic: str, message: Any) -> None:
-            if isinstance(message, Report):
-                payload = report_line(message, measurement=measurement, node=self.gateway.node_name)
-                if payload is not None:
-                    self.gateway.add_outbox(outbox, topic, payload)
-
-        return handler
-
-    def stop_accepting(self) -> None:
-        """Stop taking new reports; the sinks keep draining until the gateway stops its tasks."""
-        for _, sub_id in self.running.values():
-            self.gateway.unsubscribe(sub_id)
+from gateway.sinks.base import Sink
 
 
 @hookimpl
-def register_sinks() -> Iterable[type[Any]]:
+def register_sinks() -> Iterable[type[Sink]]:
     from fieldgate_influxdb.sink import InfluxSink
 
     return [InfluxSink]
-
-
-@hookimpl
-def startup(gateway: GatewayAPI) -> Awaitable[None]:
-    writers = _writers[gateway] = InfluxWriters(gateway)
-    return writers.sync()
-
-
-@hookimpl
-def config_changed(gateway: GatewayAPI) -> Awaitable[None] | None:
-    """Follow configuration changes (the REST API, the registry, reloaded files)."""
-    writers = _writers.get(gateway)
-    return writers.sync() if writers is not None else None
-
-
-@hookimpl
-def shutdown(gateway: GatewayAPI) -> None:
-    writers = _writers.pop(gateway, None)
-    if writers is not None:
-        writers.stop_accepting()

@@ -67,9 +67,14 @@ def sparkplug_device_id(device_id: str) -> str:
     return name if namespace == "default" else f"{namespace}:{name}"
 
 
-def check_id(what: str, value: str) -> str:
+def valid_id(value: str) -> bool:
     """A group, edge node or host id: not empty, and no `/`, `+` or `#` (it is one topic level)."""
-    if not value or _INVALID_ID.search(value):
+    return bool(value) and not _INVALID_ID.search(value)
+
+
+def check_id(what: str, value: str) -> str:
+    """`value` when it is a valid id (`valid_id`); ConfigError naming `what` otherwise."""
+    if not valid_id(value):
         raise ConfigError(f"{what} {value!r}: must be a non-empty topic level without '/', '+' or '#'")
     return value
 

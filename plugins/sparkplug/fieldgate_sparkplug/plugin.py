@@ -1,14 +1,15 @@
-"""The fieldgate plugin: a Sparkplug B 3.0 edge node per Endpoint document that names it.
+"""The fieldgate plugin: the `sparkplug` endpoint type, a Sparkplug B 3.0 edge node per such Endpoint.
 
     kind: Endpoint
     name: scada
-    type: mqtt
-    properties: {plugin: sparkplug, url: "mqtt://broker:1883", group_id: plant-1}
+    type: sparkplug
+    properties: {url: "mqtt://broker:1883", group_id: plant-1}
 
-Optional properties: `edge_node_id` (default: the gateway's name), `qos` (0 or 1 for births, data and deaths;
-the specification asks for 0), `client_id`, `username`, `password`, `ca_file`, `cert_file`, `key_file` (with an
-mqtts:// url), `primary_host_id` (publish births only while that host's STATE says online), `keepalive`.
-Routes ignore these endpoints; the plugin runs its own session and follows configuration changes through the
+Optional properties (settings.SparkplugProperties, checked at load): `edge_node_id` (default: the gateway's name),
+`qos` (0 or 1 for births, data and deaths; the specification asks for 0), `client_id`, `username`, `password`,
+`ca_file`, `cert_file`, `key_file` (with an mqtts:// url), `primary_host_id` (publish births only while that host's
+STATE says online), `keepalive`. The older form, `type: mqtt` with `properties.plugin: sparkplug`, is read the same.
+The endpoint is not a route target: the plugin runs its own session and follows configuration changes through the
 `config_changed` hook.
 """
 
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 
 from fieldgate_sparkplug.node import EdgeNode
-from fieldgate_sparkplug.settings import NodeSettings
+from fieldgate_sparkplug.settings import NodeSettings, SparkplugProperties
 from gateway.api import GatewayAPI
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
-from gateway.resources.schema import Endpoint
+from gateway.resources.endpoints import EndpointType
 
 log = logging.getLogger(__name__)
 PLUGIN = "sparkplug"
@@ -31,10 +32,14 @@ PLUGIN = "sparkplug"
 _nodes: weakref.WeakKeyDictionary[GatewayAPI, EdgeNodes] = weakref.WeakKeyDictionary()
 
 
-def sparkplug_endpoints(gateway: GatewayAPI) -> dict[str, Endpoint]:
-    """The Endpoint documents that configure an edge node, by task name."""
-    return {f"{PLUGIN} {ns}/{name}": endpoint for (ns, name), endpoint in sorted(gateway.config.endpoints.items())
-            if endpoint.properties.get("plugin") == PLUGIN}
+ENDPOINT_TYPE = EndpointType(PLUGIN, SparkplugProperties, older_form=True, provider=__name__,
+                             description="a Sparkplug B 3.0 edge node publishing the gateway's devices")
+
+
+def sparkplug_endpoints(gateway: GatewayAPI) -> dict[str, tuple[str, SparkplugProperties]]:
+    """The `sparkplug` endpoints of the running configuration: (endpoint, properties) by task name."""
+    return {f"{PLUGIN} {ns}/{name}": (f"{ns}/{name}", properties)
+            for (ns, name), properties in gateway.config.endpoints_of(PLUGIN).items()}
 
 
 def edge_nodes(gateway: GatewayAPI) -> list[EdgeNode]:
@@ -48,35 +53,34 @@ class EdgeNodes:
 
     def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
-        self.running: dict[str, tuple[Endpoint, EdgeNode]] = {}
+        self.running: dict[str, tuple[SparkplugProperties, EdgeNode]] = {}
 
     async def sync(self) -> None:
         wanted = sparkplug_endpoints(self.gateway)
-        for task, (endpoint, _) in list(self.running.items()):
-            if wanted.get(task) != endpoint:
+        for task, (properties, _) in list(self.running.items()):
+            if task not in wanted or wanted[task][1] != properties:
                 await self._stop(task)
-        for task, endpoint in wanted.items():
+        for task, (endpoint, properties) in wanted.items():
             if task not in self.running:
-                self._start(task, endpoint)
+                self._start(task, endpoint, properties)
         for _, node in self.running.values():
             node.config_changed()
 
-    def _start(self, task: str, endpoint: Endpoint) -> None:
+    def _start(self, task: str, endpoint: str, properties: SparkplugProperties) -> None:
         try:
-            settings = NodeSettings.from_properties(endpoint.properties, self.gateway.node_name)
+            settings = NodeSettings.from_properties(properties, self.gateway.node_name)
         except ConfigError as exc:
-            log.error("Endpoint %s/%s (plugin: sparkplug): %s; no Sparkplug edge node for it", endpoint.namespace,
-                      endpoint.name, exc)
+            log.error("Endpoint %s (sparkplug): %s; no Sparkplug edge node for it", endpoint, exc)
             return
         taken = {node.settings.label for _, node in self.running.values()}
         if settings.label in taken:
-            log.error("Endpoint %s/%s (plugin: sparkplug): edge node %s is already served by another endpoint",
-                      endpoint.namespace, endpoint.name, settings.label)
+            log.error("Endpoint %s (sparkplug): edge node %s is already served by another endpoint", endpoint,
+                      settings.label)
             return
         node = EdgeNode(self.gateway, settings)
         node.attach()
         self.gateway.start_task(task, node.run)
-        self.running[task] = (endpoint, node)
+        self.running[task] = (properties, node)
         log.info("Sparkplug B edge node %s publishing to %s:%d", settings.label, settings.host, settings.port)
 
     async def _stop(self, task: str) -> None:
@@ -88,6 +92,11 @@ class EdgeNodes:
     async def stop(self) -> None:
         for task in list(self.running):
             await self._stop(task)
+
+
+@hookimpl
+def register_endpoint_types() -> Iterable[EndpointType]:
+    return [ENDPOINT_TYPE]
 
 
 @hookimpl

@@ -1,5 +1,5 @@
-"""The settings of one Sparkplug edge node, from the properties of the Endpoint document that names the plugin,
-and the bdSeq counter kept in the gateway's data dir."""
+"""The properties of a `sparkplug` endpoint (checked at load), the settings of its edge node, and the bdSeq counter
+kept in the gateway's data dir."""
 
 from __future__ import annotations
 
@@ -7,16 +7,51 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
-from fieldgate_sparkplug.metrics import check_id
-from gateway.errors import ConfigError
+import msgspec
+from msgspec import Meta
+
+from fieldgate_sparkplug.metrics import check_id, valid_id
+from gateway.resources.endpoints import check_url
 
 log = logging.getLogger(__name__)
 _UNSAFE_FILE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+SparkplugId = Annotated[str, Meta(max_length=255, description="one topic level: not empty, no '/', '+' or '#'")]
+
+
+class SparkplugProperties(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One Sparkplug B edge node: the broker it publishes to and its group and edge node ids."""
+
+    url: Annotated[str, Meta(description="mqtt://host:port or mqtts://host:port; user:password@ may lead the host")]
+    group_id: Annotated[SparkplugId, Meta(description="the Sparkplug group of this edge node")]
+    edge_node_id: Annotated[SparkplugId | None, Meta(description="default: the gateway's name")] = None
+    qos: Annotated[int, Meta(ge=0, le=1, description="of births, data and deaths (the specification asks for 0)")
+                   ] = 0
+    client_id: Annotated[str | None, Meta(description="default: fieldgate-sparkplug-<group_id>-<edge_node_id>")
+                         ] = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: Annotated[str | None, Meta(description="CA certificate (PEM) to trust, for mqtts://")] = None
+    cert_file: Annotated[str | None, Meta(description="client certificate (PEM), for mqtts://")] = None
+    key_file: Annotated[str | None, Meta(description="client key (PEM); needs cert_file")] = None
+    primary_host_id: Annotated[SparkplugId | None, Meta(
+        description="publish births only while that host's STATE says online")] = None
+    keepalive: Annotated[int, Meta(ge=5, le=3600, description="seconds")] = 30
+
+    def __post_init__(self) -> None:
+        check_url(self.url, ("mqtt", "mqtts"))
+        for field in ("group_id", "edge_node_id", "primary_host_id"):
+            value = getattr(self, field)
+            if value is not None and not valid_id(value):
+                raise ValueError(f"{field}: {value!r} must be one non-empty topic level, without '/', '+' or '#'")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file: needs cert_file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,38 +72,19 @@ class NodeSettings:
     keepalive: int = 30
 
     @classmethod
-    def from_properties(cls, props: Mapping[str, str], node_name: str) -> NodeSettings:
-        """Endpoint properties: url, group_id (required), edge_node_id (default: the gateway's name), qos,
-        client_id, username, password, ca_file, cert_file, key_file, primary_host_id, keepalive."""
-        url = props.get("url", "")
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(f"url {url!r}: expected mqtt://host:port or mqtts://host:port")
+    def from_properties(cls, props: SparkplugProperties, node_name: str) -> NodeSettings:
+        """The settings of the edge node of a `sparkplug` endpoint (its properties, checked at load)."""
+        parts = urlsplit(props.url)
+        assert parts.hostname is not None  # checked at load (SparkplugProperties)
         tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ConfigError(f"url {url!r}: bad port") from None
-        if "group_id" not in props:
-            raise ConfigError("group_id: required (the Sparkplug group of this edge node)")
-        group_id = check_id("group_id", props["group_id"])
-        edge_node_id = check_id("edge_node_id", props.get("edge_node_id", node_name))
-        primary = props.get("primary_host_id")
-        qos = props.get("qos", "0")
-        if qos not in ("0", "1"):
-            raise ConfigError(f"qos {qos!r}: expected 0 or 1")
-        keepalive = props.get("keepalive", "30")
-        if not keepalive.isdigit() or not 5 <= int(keepalive) <= 3600:
-            raise ConfigError(f"keepalive {keepalive!r}: expected seconds from 5 to 3600")
-        if props.get("key_file") and not props.get("cert_file"):
-            raise ConfigError("key_file: needs cert_file")
+        edge_node_id = check_id("edge_node_id", props.edge_node_id or node_name)
         return cls(
-            host=parts.hostname, port=port, tls=tls, group_id=group_id, edge_node_id=edge_node_id,
-            client_id=props.get("client_id") or f"fieldgate-sparkplug-{group_id}-{edge_node_id}",
-            username=props.get("username") or parts.username, password=props.get("password") or parts.password,
-            ca_file=props.get("ca_file"), cert_file=props.get("cert_file"), key_file=props.get("key_file"),
-            qos=int(qos), primary_host_id=check_id("primary_host_id", primary) if primary is not None else None,
-            keepalive=int(keepalive),
+            host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls, group_id=props.group_id,
+            edge_node_id=edge_node_id,
+            client_id=props.client_id or f"fieldgate-sparkplug-{props.group_id}-{edge_node_id}",
+            username=props.username or parts.username, password=props.password or parts.password,
+            ca_file=props.ca_file, cert_file=props.cert_file, key_file=props.key_file, qos=props.qos,
+            primary_host_id=props.primary_host_id, keepalive=props.keepalive,
         )
 
     def tls_context(self) -> ssl.SSLContext | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.errors import NotFound, ValueRejected
-from gateway.pipeline.values import coerce, read_value
+from gateway.pipeline.values import coerce, read_value, short
 from gateway.protocols.base import BoundDevice
 from gateway.resources.schema import PropertyModel
 
@@ -139,21 +139,23 @@ def make_twin(device: BoundDevice, rows: Mapping[str, Mapping[str, Any]],
 def apply_readings(twin: Twin, models: Mapping[str, PropertyModel], values: Mapping[str, Any],
                    errors: dict[str, str], ts: float) -> dict[str, Any]:
     """Record what one read brought: each value converted to its model's type becomes the reported value with good
-    quality; a value that does not convert and each property the read failed for get bad quality and the reason
-    (added to `errors`). Returns the values read well, by property, in the order read (the device's report)."""
+    quality; a value that does not convert (NaN, an infinity, a string over max_length included) and each property
+    the read failed for get bad quality and the reason (added to `errors`), and keep their last good reported value.
+    Returns the values read well, by property, in the order read (the device's report: what the history, the
+    rollups and the sinks get, so a bad reading reaches none of them)."""
     twin_props = twin.properties
     fresh: dict[str, Any] = {}
     for name, raw in values.items():
         model = models.get(name)
         if model is None:
             continue
-        if type(raw) is float and model.type in FLOAT_TYPES:
-            value = raw  # the common case: a float register read into a float property, nothing to convert
+        if type(raw) is float and model.type in FLOAT_TYPES and raw - raw == 0.0:
+            value = raw  # the common case: a finite float read into a float property, nothing to convert
         else:
             try:
                 value = read_value(model, raw)
-            except (TypeError, ValueError) as exc:
-                errors[name] = f"cannot convert {raw!r}: {exc}"
+            except (TypeError, ValueError, OverflowError) as exc:
+                errors[name] = f"cannot convert {short(raw)}: {exc}"
                 continue
         prop = twin_props.get(name)
         if prop is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,7 +32,7 @@ from gateway.pipeline.values import coerce
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
-from gateway.resources.schema import PropertyModel
+from gateway.resources.schema import VALUE_MAX_LENGTH, PropertyModel
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
 MIN_REPORT_INTERVAL = 1.0  # seconds between two twin reports of a node, however often it heartbeats
+MAX_UNCHECKED_TEXT = VALUE_MAX_LENGTH * 4 // 3 + 4  # the longest value any property may take (bytes as base64)
+MAX_DESIRED_BODY = 1 << 20  # a PUT of desired values: many properties at once, each within its max_length
 
 
 class PropertyReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -160,6 +163,18 @@ async def _model_property(store: RegistryStore, namespace: str, name: str, prop:
     raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
 
 
+def unchecked_value(prop: str, value: Any) -> Any:
+    """A desired value for a property whose model the registry does not have: the node checks its type and limits,
+    but nothing that no property can hold is stored and sent (NaN, an infinity, a list, a map, a huge string)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueRejected(f"{prop}: expected a finite number, got {value!r}")
+    if isinstance(value, dict | list) or value is None:
+        raise ValueRejected(f"{prop}: expected a number, a boolean or a string, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_UNCHECKED_TEXT:
+        raise ValueRejected(f"{prop}: {len(value)} characters, longer than any property holds")
+    return value
+
+
 async def device_node(store: RegistryStore, namespace: str, name: str, node: str | None) -> str:
     """The node a device is on: the one its registry document names, or the one that reports it."""
     assigned = [row[0] for row in await store.database.rows(
@@ -199,7 +214,7 @@ async def set_desired(store: RegistryStore, namespace: str, name: str, values: d
         if model is None:
             if reported and prop not in known:
                 raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
-            converted[prop] = value
+            converted[prop] = unchecked_value(prop, value)
             continue
         if model.access != "ReadWrite":
             raise ValueRejected(f"{prop}: the property is {model.access}")
@@ -301,7 +316,7 @@ async def device(request: AnyRequest, namespace: FromPath[str], name: FromPath[s
 
 
 @put("/api/v1/devices/{namespace:str}/{name:str}/desired", summary="Set desired values (operator); the node "
-     "applies them with its next heartbeat", status_code=200)
+     "applies them with its next heartbeat", status_code=200, request_max_body_size=MAX_DESIRED_BODY)
 async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                       data: JSONBody[DesiredRequest]) -> dict[str, Any]:
     caller = await access.require_caller(request, "operator")

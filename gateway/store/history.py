@@ -10,7 +10,7 @@ and per-minute count/min/max/sum of numeric values in `rollups`, which the plots
 from __future__ import annotations
 
 import logging
-import sqlite3
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -19,8 +19,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from gateway.errors import StoreError
-from gateway.store.db import Database
+from gateway.store.db import Database, is_row_error, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,19 @@ _unpack = msgspec.msgpack.Decoder()
 HISTORY_PAGE = 2000  # report rows read a query
 SNAPSHOT_EVERY = 5.0  # seconds between writes of the latest reported values (opening replays the reports since)
 FOLD_EVERY = 1.0  # seconds between folds of committed reports into the latest values and the running minutes
+RETRY_EVERY = 1.0  # seconds before rollups or latest values that failed to write are tried again
+MAX_TS = 1 << 52  # seconds: beyond, a report's time in milliseconds no longer fits a SQLite integer exactly
 
 Report = tuple[str, float, dict[str, Any]]  # (device, ts, values) as queued
 Folded = tuple[int, float, tuple[int, ...], tuple[Any, ...]]  # (device id, ts, series ids, values), committed
+
+
+def _packable(value: Any) -> bool:
+    try:
+        _pack.encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 class History:
@@ -57,6 +66,7 @@ class History:
         self._keys: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # device -> its last key list, ids
         self._unfolded: list[Folded] = []  # committed, not folded
         self._folded_at = 0.0
+        self._retry_at = 0.0  # monotonic time before which failed rollups are not tried again
 
     # --- the write path ---------------------------------------------------------------------------------------
 
@@ -104,8 +114,10 @@ class History:
         self._pending.extendleft(reversed(reports))
         self._queued += queued
 
-    async def write(self, db: aiosqlite.Connection, reports: deque[Report]) -> list[Folded]:
-        """Insert the report rows inside the flush's transaction; what to fold once it commits."""
+    async def write(self, db: aiosqlite.Connection, reports: deque[Report], *, careful: bool = False
+                    ) -> list[Folded]:
+        """Insert the report rows inside the flush's transaction; what to fold once it commits. A value the encoder
+        cannot take is left out of its report, and `careful` (the flush's retry) leaves out a row SQLite refuses."""
         encode = _pack.encode
         keys = self._keys
         by_device = await self._series_for(db, reports)
@@ -123,22 +135,51 @@ class History:
             ids = cached[1]
             vals = tuple(values.values())
             device_id = devices[device]
-            report_rows.append((device_id, int(ts * 1000), encode(dict(zip(ids, vals, strict=True)))))
+            try:
+                row = (device_id, int(ts * 1000), encode(dict(zip(ids, vals, strict=True))))
+            except (TypeError, ValueError, OverflowError):
+                encodable = self._encodable(device, ts, ids, vals)
+                if encodable is None:
+                    continue
+                ids, vals, row = encodable[0], encodable[1], (device_id, int(ts * 1000), encodable[2])
+            report_rows.append(row)
             folded.append((device_id, ts, ids, vals))
         if report_rows:
-            await db.executemany("INSERT INTO reports VALUES (?, ?, ?)", report_rows)
+            refused = await write_rows(db, "INSERT INTO reports VALUES (?, ?, ?)", report_rows, careful=careful,
+                                       health=self._db.health, part="reports")
+            if refused:
+                left_out = set(refused)
+                folded = [row for index, row in enumerate(folded) if index not in left_out]
         return folded
 
+    def _encodable(self, device: str, ts: float, ids: tuple[int, ...], vals: tuple[Any, ...]
+                   ) -> tuple[tuple[int, ...], tuple[Any, ...], bytes] | None:
+        """The part of a report the store can keep (ids, values, row blob): without the values the encoder refuses;
+        None when the time itself is no time. Plugins publish reports too: one bad value must not cost the rest."""
+        health = self._db.health
+        if not isinstance(ts, int | float) or not math.isfinite(ts) or abs(ts) > MAX_TS:
+            health.left_out("reports", 1, f"{device}: the time {ts!r} is no time")
+            return None
+        kept = [(key, value) for key, value in zip(ids, vals, strict=True) if _packable(value)]
+        if len(kept) < len(ids):
+            health.left_out("values", len(ids) - len(kept), f"{device}: values the store cannot encode")
+        if not kept:
+            return None
+        return tuple(k for k, _ in kept), tuple(v for _, v in kept), _pack.encode(dict(kept))
+
     async def committed(self, folded: list[Folded]) -> int:
-        """After the flush committed: count, and fold, roll up and snapshot when due; returns the values written."""
+        """After the flush committed: count, and fold, roll up and snapshot when due; returns the values written.
+        Writing the rollups or the latest values may fail without failing the flush: the store's health says so,
+        and they are written again with a later flush."""
         written = sum(len(row[3]) for row in folded)
         self._unfolded += folded
         self.values_written += written
-        if time.monotonic() - self._folded_at >= FOLD_EVERY:
+        now = time.monotonic()
+        if now - self._folded_at >= FOLD_EVERY:
             self._fold()
-        if self._closed:
+        if self._closed and now >= self._retry_at:
             await self._write_rollups()
-        if self._dirty and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
+        if self._dirty and now - self._snapshot_at >= SNAPSHOT_EVERY:
             await self._write_snapshot()
         return written
 
@@ -182,9 +223,15 @@ class History:
                     continue
                 try:
                     n, low, high, total = len(column), min(column), max(column), sum(column)
-                except TypeError:  # a column of mixed types: only its numbers count
-                    numbers = [v for v in column if type(v) is float or type(v) is int]
+                    if total - total != 0:  # a NaN or an infinity: no bucket may hold one (SQLite stores NaN as NULL)
+                        raise TypeError
+                except TypeError:  # a column of mixed types, or not all finite: only its finite numbers count
+                    numbers = [v for v in column if (type(v) is float or type(v) is int) and v - v == 0]
+                    if not numbers:
+                        continue
                     n, low, high, total = len(numbers), min(numbers), max(numbers), sum(numbers)
+                    if total - total != 0:  # finite values whose sum is not (near the largest floats)
+                        continue
                 current = running.get(key)
                 if current is None:
                     running[key] = [minute, n, low, high, total]
@@ -209,16 +256,18 @@ class History:
         rows = []
         for device_id in dirty:
             at = self._latest_at[device_id]
-            rows.append((device_id, encode({key: (value, at[key]) for key, value in self._latest[device_id].items()})))
-        try:
-            async with self._db.transaction() as db:
-                await db.executemany(
-                    "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET vals = excluded.vals", rows)
-                await db.execute("INSERT INTO meta SELECT 'reported_rowid', coalesce(max(rowid), 0) FROM reports "
-                                 "WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-        except sqlite3.Error as exc:
+            latest = self._latest[device_id]
+            try:
+                rows.append((device_id, encode({key: (value, at[key]) for key, value in latest.items()})))
+            except (TypeError, ValueError, OverflowError):  # cannot happen for values that went into a report row
+                rows.append((device_id, encode({key: (value, at[key]) for key, value in latest.items()
+                                                if _packable(value)})))
+        await self._write("reported values", "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET "
+                          "vals = excluded.vals", rows, after="INSERT INTO meta SELECT 'reported_rowid', "
+                          "coalesce(max(rowid), 0) FROM reports WHERE true ON CONFLICT(key) DO UPDATE SET "
+                          "value = excluded.value")
+        if "reported values" in self._db.health.failing:
             self._dirty |= dirty
-            raise StoreError(f"{self._db.path}: writing the reported values failed: {exc}") from exc
 
     async def _write_rollups(self, *, everything: bool = False) -> None:
         """Write the per-minute buckets of minutes that are over (and the running ones when the store closes); a
@@ -228,17 +277,35 @@ class History:
         ready = self._closed + ([[key, *bucket] for key, bucket in self._open.items()] if everything else [])
         if not ready:
             return
-        try:
-            async with self._db.transaction() as db:
-                await db.executemany(
-                    "INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(series, minute) DO UPDATE SET "
-                    "n = n + excluded.n, low = min(low, excluded.low), high = max(high, excluded.high), "
-                    "total = total + excluded.total", ready)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self._db.path}: writing rollups failed: {exc}") from exc
+        rows = [(key, minute, n, float(low), float(high), float(total)) for key, minute, n, low, high, total in ready]
+        await self._write("rollups", "INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(series, minute) DO "
+                          "UPDATE SET n = n + excluded.n, low = min(low, excluded.low), high = max(high, "
+                          "excluded.high), total = total + excluded.total", rows)
+        if "rollups" in self._db.health.failing:
+            return
         self._closed = []
         if everything:
             self._open = {}
+
+    async def _write(self, part: str, sql: str, rows: list[tuple[Any, ...]], *, after: str | None = None) -> None:
+        """Rows of a part written after a flush, in their own transaction: a refused row is left out on a careful
+        second attempt; a failure of the database shows in the store's health, and the part is tried again later
+        (RETRY_EVERY). Never raises: the readings' own commits go on."""
+        health = self._db.health
+        for careful in (False, True):
+            try:
+                async with self._db.transaction() as db:
+                    await write_rows(db, sql, rows, careful=careful, health=health, part=part)
+                    if after is not None:
+                        await db.execute(after)
+            except Exception as exc:
+                if not careful and is_row_error(exc):
+                    continue
+                health.failed(part, f"{type(exc).__name__}: {exc}")
+                self._retry_at = time.monotonic() + RETRY_EVERY
+                return
+            health.succeeded(part)
+            return
 
     # --- ids and the latest values ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway import __version__
 from gateway.api import GatewayAPI
-from gateway.errors import FieldgateError, NotFound, ValueRejected
+from gateway.errors import FieldgateError, NotFound, StoreError, ValueRejected
 from gateway.logs import log_ring
 from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
@@ -99,6 +99,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             PermissionDeniedException: _http_error,
             NotFound: _error(404),
             ValueRejected: _error(400),
+            StoreError: _error(503),  # the store fails, not the request
             FieldgateError: _error(400),
             HTTPException: _http_error,
         },

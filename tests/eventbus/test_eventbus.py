@@ -165,6 +165,25 @@ async def test_bad_input_gets_a_result_with_the_reason(
     assert gw.eventbus is not None and gw.eventbus.rejected == 1
 
 
+async def test_nan_and_infinities_on_the_twin_topic_are_refused(
+        mosquitto: Mosquitto, write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """Before, "nan" on a property without both bounds was taken: null in the store, NaN on the device."""
+    text = config_for(mosquitto.url, virtual_device("d1")).replace("access: ReadWrite, minimum: 0, maximum: 50",
+                                                                   "access: ReadWrite")
+    gw: Gateway = await start_gateway(write_config(text))
+    await wait_connected(gw)
+    topic = "$hw/events/device/default/d1/twin/update"
+    async with mqtt_client(mosquitto, f"{topic}/result") as (client, queue):
+        for value in ("nan", "Infinity", "-inf"):
+            update = {"event_id": value, "twin": {"setpoint": {"expected": {"value": value}}}}
+            await client.publish(topic, json.dumps(update), qos=1)
+            result = await next_on(queue, f"{topic}/result")
+            assert (result["event_id"], result["code"]) == (value, 400)
+            assert "setpoint: expected a finite number" in result["reason"]
+    assert gw.api.twin("default/d1").properties["setpoint"].desired is None
+    assert gw.eventbus is not None and gw.eventbus.rejected == 3
+
+
 async def test_membership_get(mosquitto: Mosquitto, write_config: Callable[[str], Path],
                               start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(config_for(mosquitto.url, virtual_device("d1")

@@ -58,6 +58,7 @@ class Node:
             properties:
               - {{name: count, type: int, access: ReadOnly}}
               - {{name: broken, type: float, access: ReadOnly}}
+              - {{name: gain, type: float, access: ReadWrite}}
             ---
             kind: Device
             name: local-1
@@ -65,7 +66,8 @@ class Node:
             protocol: {{name: virtual, config: {{}}}}
             properties:
               - {{name: count, collect_interval: 100ms, visitor: {{generator: counter}}}}
-              - {{name: broken, collect_interval: 100ms, visitor: {{generator: constant, value: .nan}}}}
+              - {{name: broken, collect_interval: 100ms, visitor: {{generator: fault, value: nan}}}}
+              - {{name: gain, collect_interval: 100ms, visitor: {{generator: memory, initial: 1.0}}}}
             """))
         token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir", str(self.data_dir)],
                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
@@ -138,14 +140,17 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
     assert twin["twin"]["temperature"]["reported"] == 21.0 and twin["twin"]["temperature"]["quality"] == "good"
     listed = {d["name"]: d for d in node.viewer.get("/api/v1/nodes/gw-1/devices").json()}
     assert set(listed) == {"boiler-1", "local-1"} and not listed["local-1"]["applied_at_registry"]
-    broken = listed["local-1"]["twin"]["broken"]  # a NaN reading travels as null, not as invalid JSON
-    assert broken["quality"] == "good" and broken["reported"] is None
+    broken = listed["local-1"]["twin"]["broken"]  # a NaN reading is a bad reading, never a reported value
+    assert broken["quality"] == "bad" and broken["reported"] is None and "not a finite number" in broken["error"]
 
     # down: checked at the registry against the model, then through the node's desired path
     assert node.viewer.put("/api/v1/devices/default/boiler-1/desired",
                            json={"desired": {"setpoint": 22.5}}).status_code == 403
     too_high = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"setpoint": 99}})
     assert too_high.status_code == 400 and "above the maximum" in too_high.json()["detail"]
+    for text in ("nan", "-Infinity"):  # no value, whatever the bounds
+        refused = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"setpoint": text}})
+        assert refused.status_code == 400 and "setpoint: expected a finite number" in refused.json()["detail"]
     read_only = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"temperature": 1}})
     assert read_only.status_code == 400 and "ReadOnly" in read_only.json()["detail"]
     assert node.operator.put("/api/v1/devices/default/nothing/desired",
@@ -169,6 +174,18 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
         return twin if twin and twin["twin"]["count"].get("desired_status") == "rejected" else None
 
     assert "ReadOnly" in wait_until(refused, what="the refusal")["twin"]["count"]["desired_error"]
+    # NaN as a number is refused at the registry; as text, which only the node can judge, by the node
+    not_a_number = registry.cli("set-desired", "default/local-1", "gain=NaN", check=False)
+    assert not_a_number.returncode == 2 and "gain: expected a finite number" in not_a_number.stderr
+    registry.cli("set-desired", "default/local-1", "gain=nan")
+
+    def refused_gain() -> dict[str, Any] | None:
+        twin = node.registry_twin("default/local-1")
+        return twin if twin and twin["twin"]["gain"].get("desired_status") == "rejected" else None
+
+    assert "gain: expected a finite number" in wait_until(refused_gain, what="the node's refusal")["twin"]["gain"][
+        "desired_error"]
+    assert node.local_twin("default/local-1")["gain"]["desired"] is None
 
     # the registry goes away: the node keeps running, then gets the pending value and reports its latest values
     assert registry.process is not None
@@ -265,14 +282,14 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
         properties:
           - {name: count, collect_interval: 20ms, visitor: {generator: counter}}
           - {name: sp, collect_interval: 20ms, visitor: {generator: memory, initial: 1}}
-          - {name: broken, collect_interval: 20ms, visitor: {generator: constant, value: .nan}}
+          - {name: broken, collect_interval: 20ms, visitor: {generator: fault, value: nan}}
         """))
     state = tmp_path / "desired.json"
     sync = TwinSync(gateway.api, state)
     await asyncio.sleep(0.1)
     first = sync.outgoing()
     assert first["twins_complete"] and [t["device"] for t in first["twins"]] == ["default/d1"]
-    # as the uplink sends it: a NaN reading goes as null, the heartbeat stays valid JSON for the registry
+    # as the uplink sends it: a NaN reading is a bad reading, never reported: the heartbeat stays valid JSON
     decoded = msgspec.json.decode(msgspec.json.encode(first), type=HeartbeatRequest)
     assert decoded.twins is not None and decoded.twins[0].properties["broken"].reported is None
     sync.delivered()

@@ -158,7 +158,7 @@ async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse
 
 
 @post("/api/v1/heartbeat", summary="A node's heartbeat; answers with its desired resources when they changed",
-      status_code=200)
+      status_code=200, request_max_body_size=twins.MAX_HEARTBEAT)
 async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> HeartbeatResponse:
     node = await client_node(request)
     if data.twins is not None:

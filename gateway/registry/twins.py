@@ -2,8 +2,10 @@
 
 Up: a node's reported values and device states ride its heartbeat, coalesced (the latest value of every property
 of the devices that changed since the last delivered report, one report per heartbeat at most) and kept until a
-heartbeat gets through, so the latest values arrive after the registry was unreachable. The registry keeps only
-the latest reported twin per device, no history.
+heartbeat gets through, so the latest values arrive after the registry was unreachable. A heartbeat carries at most
+TWINS_BUDGET bytes of reports, the devices reported longest ago first; the others go with the next ones (a node's
+whole set that does not fit names the others by state only, which leaves their stored properties as they were).
+The registry keeps only the latest reported twin per device, no history.
 
 Down: a desired value set at the registry (`PUT /api/v1/devices/<ns>/<name>/desired`, `fieldgate registry
 set-desired`) is stored with a per-node version; a heartbeat that carries a lower `desired_version` is answered
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,7 +41,14 @@ if TYPE_CHECKING:
     from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
 MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
+# A heartbeat body the registry takes, and the part of it a node fills with twin reports (JSON bytes): a node with
+# many devices, or long values, sends the rest with the next heartbeats. Devices x properties x max_length could
+# otherwise make one heartbeat of any size (100 properties of 1 KiB strings on 2000 devices: 400 MB).
+MAX_HEARTBEAT = 16 << 20
+TWINS_BUDGET = 4 << 20
+REPORT_VALUE_MAX = 1024  # characters of a value in a report that alone is too large for a heartbeat
 MIN_REPORT_INTERVAL = 1.0  # seconds between two twin reports of a node, however often it heartbeats
 MAX_UNCHECKED_TEXT = VALUE_MAX_LENGTH * 4 // 3 + 4  # the longest value any property may take (bytes as base64)
 MAX_DESIRED_BODY = 1 << 20  # a PUT of desired values: many properties at once, each within its max_length
@@ -108,9 +118,12 @@ async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | No
         for report in reports:
             namespace, name = _split(report.device)
             seen.add((namespace, name))
+            # a report without properties names a device and its state only (a node's whole set that does not fit
+            # one heartbeat): the properties last reported stay
+            properties = "properties=excluded.properties, " if report.properties else ""
             statements.append((
                 "INSERT INTO device_twins VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, namespace, name) DO UPDATE "
-                "SET state=excluded.state, state_reason=excluded.state_reason, properties=excluded.properties, "
+                f"SET state=excluded.state, state_reason=excluded.state_reason, {properties}"
                 "reported_at=excluded.reported_at",
                 (node, namespace, name, report.state, report.reason,
                  msgspec.json.encode(report.properties).decode(), now)))
@@ -334,6 +347,44 @@ ROUTE_HANDLERS = [list_devices, node_devices, device, put_desired]
 # --- the node side ------------------------------------------------------------------------------------------------
 
 
+def fit_reports(reports: Iterable[DeviceReport], budget: int) -> list[dict[str, Any]]:
+    """As many reports as fit `budget` bytes of JSON, in order (at least one); the others wait for the next
+    heartbeats. A report alone larger than the budget goes without its long values (see `_shortened`)."""
+    fitted: list[dict[str, Any]] = []
+    used = 0
+    for report in reports:
+        size = len(_json.encode(report))
+        if size > budget:
+            report = _shortened(report, budget)
+            size = len(_json.encode(report))
+        if fitted and used + size > budget:
+            break
+        fitted.append(msgspec.to_builtins(report))
+        used += size
+    return fitted
+
+
+def _shortened(report: DeviceReport, budget: int) -> DeviceReport:
+    """A report that fits a heartbeat: values longer than REPORT_VALUE_MAX stay on the node (said in the property's
+    error), and the properties that still do not fit are left out (said in the device's reason)."""
+    properties: dict[str, PropertyReport] = {}
+    used = 0
+    for name, prop in report.properties.items():
+        long = [field for field in ("reported", "desired") if isinstance(getattr(prop, field), str | bytes)
+                and len(getattr(prop, field)) > REPORT_VALUE_MAX]
+        if long:
+            prop = msgspec.structs.replace(prop, **dict.fromkeys(long, None), error=f"{' and '.join(long)} value "
+                                           f"longer than {REPORT_VALUE_MAX} characters: kept on the node")
+        size = len(_json.encode(prop)) + len(name) + 4
+        if used + size > budget // 2:
+            left_out = len(report.properties) - len(properties)
+            return msgspec.structs.replace(report, properties=properties, reason=f"{report.reason} ({left_out} "
+                                           "properties not reported: too many for a heartbeat)".lstrip())
+        properties[name] = prop
+        used += size
+    return msgspec.structs.replace(report, properties=properties)
+
+
 class TwinSync:
     """The node's half: which twins changed since the last delivered report, and the desired values it took."""
 
@@ -346,6 +397,7 @@ class TwinSync:
         self._sending_complete = False
         self._sending_ack: DesiredAck | None = None
         self._last_report = -MIN_REPORT_INTERVAL
+        self._reported_at: dict[str, float] = {}  # device -> when a heartbeat last carried its report
         self.ack: DesiredAck | None = None
         self.desired_version = self._load_version()
         for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
@@ -372,23 +424,36 @@ class TwinSync:
         if not (self.dirty or self.complete) or now - self._last_report < MIN_REPORT_INTERVAL:
             self._sending, self._sending_complete = set(), False
             return body
-        devices = sorted(twins) if self.complete else sorted(self.dirty & twins.keys())
-        chosen = devices[:MAX_REPORT_DEVICES]
+        if self.complete and len(twins) > MAX_REPORT_DEVICES:  # no heartbeat names them all: report as changed
+            self.dirty |= twins.keys()
+            self.complete = False
+        # the devices reported longest ago first: when not all fit, none waits behind the others for good
+        devices = sorted(twins if self.complete else self.dirty & twins.keys(),
+                         key=lambda device_id: (self._reported_at.get(device_id, 0.0), device_id))
+        reports = fit_reports((self._report(device_id) for device_id in devices[:MAX_REPORT_DEVICES]), TWINS_BUDGET)
+        chosen = [report["device"] for report in reports]
         self._sending = set(chosen)
-        self._sending_complete = self.complete and len(chosen) == len(devices)
+        self._sending_complete = self.complete
+        self._reported_at.update(dict.fromkeys(chosen, now))
         self.dirty -= self._sending
         self.dirty &= twins.keys()
+        if self.complete and len(chosen) < len(devices):
+            # the whole set does not fit one heartbeat: the others go by name and state, which the registry takes
+            # without touching their properties, and with all of theirs in the next heartbeats
+            later = devices[len(chosen):]
+            reports += [msgspec.to_builtins(self._report(device_id, properties=False)) for device_id in later]
+            self.dirty.update(later)
         self._last_report = now
-        body["twins"] = [msgspec.to_builtins(self._report(device_id)) for device_id in chosen]
+        body["twins"] = reports
         body["twins_complete"] = self._sending_complete
         return body
 
-    def _report(self, device_id: str) -> DeviceReport:
+    def _report(self, device_id: str, *, properties: bool = True) -> DeviceReport:
         twin = self.gateway.twin(device_id)
         return DeviceReport(device=device_id, state=twin.state, reason=twin.state_reason, properties={
             name: PropertyReport(reported=prop.reported, reported_at=prop.reported_at, quality=prop.quality,
                                  desired=prop.desired, error=prop.error)
-            for name, prop in twin.properties.items()})
+            for name, prop in twin.properties.items()} if properties else {})
 
     def delivered(self) -> None:
         """The heartbeat got through."""

@@ -126,7 +126,9 @@ class EventbusSettings(Base, kw_only=True):
 
 class StoreSettings(Base, kw_only=True):
     history_max_age: Duration = Duration(7 * 86400)
-    history_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 256 << 20
+    history_max_bytes: Annotated[int, Meta(ge=1 << 20, description=(
+        "bytes of the store file in use at most; beyond, the devices whose reports use the most lose their oldest "
+        "first, so one device's flood never costs another device's history"))] = 256 << 20
     flush_interval: Duration = Duration(0.1)
 
 

@@ -29,6 +29,7 @@ HISTORY_PAGE = 2000  # report rows read a query
 SNAPSHOT_EVERY = 5.0  # seconds between writes of the latest reported values (opening replays the reports since)
 FOLD_EVERY = 1.0  # seconds between folds of committed reports into the latest values and the running minutes
 RETRY_EVERY = 1.0  # seconds before rollups or latest values that failed to write are tried again
+ROW_OVERHEAD = 24  # bytes a report row costs beside its values: its header, rowid, time and index entry
 MAX_TS = 1 << 52  # seconds: beyond, a report's time in milliseconds no longer fits a SQLite integer exactly
 
 Report = tuple[str, float, dict[str, Any]]  # (device, ts, values) as queued
@@ -67,6 +68,8 @@ class History:
         self._unfolded: list[Folded] = []  # committed, not folded
         self._folded_at = 0.0
         self._retry_at = 0.0  # monotonic time before which failed rollups are not tried again
+        self._usage: dict[int, int] | None = None  # device id -> bytes of its report rows, once retention needs it
+        self._written: dict[int, int] = {}  # device id -> bytes of the rows of the flush under way
 
     # --- the write path ---------------------------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class History:
         cannot take is left out of its report, and `careful` (the flush's retry) leaves out a row SQLite refuses."""
         encode = _pack.encode
         keys = self._keys
+        self._written = {}
         by_device = await self._series_for(db, reports)
         devices = await self._devices_for(db, {device for device, _, _ in reports})
         report_rows: list[tuple[int, int, bytes]] = []
@@ -150,6 +154,11 @@ class History:
             if refused:
                 left_out = set(refused)
                 folded = [row for index, row in enumerate(folded) if index not in left_out]
+            if self._usage is not None:  # counted once retention needs it: until then this costs nothing
+                written: dict[int, int] = {}
+                for device_id, _, blob in report_rows:
+                    written[device_id] = written.get(device_id, 0) + len(blob) + ROW_OVERHEAD
+                self._written = written
         return folded
 
     def _encodable(self, device: str, ts: float, ids: tuple[int, ...], vals: tuple[Any, ...]
@@ -172,6 +181,10 @@ class History:
         Writing the rollups or the latest values may fail without failing the flush: the store's health says so,
         and they are written again with a later flush."""
         written = sum(len(row[3]) for row in folded)
+        if self._usage is not None:
+            for device_id, size in self._written.items():
+                self._usage[device_id] = self._usage.get(device_id, 0) + size
+        self._written = {}
         self._unfolded += folded
         self.values_written += written
         now = time.monotonic()
@@ -454,9 +467,10 @@ class History:
     # --- retention --------------------------------------------------------------------------------------------
 
     async def prune(self, max_age: float, max_bytes: int) -> int:
-        """Delete reports older than max_age, then the oldest while the file's used size exceeds max_bytes.
+        """Delete reports older than max_age, then, while the file's used size exceeds max_bytes, the oldest reports
+        of the devices that use the most: one device's flood costs its own history, never another device's.
 
-        Reports are appended in time order, so the cut-off is found by a binary search over rowids instead of a
+        Reports are appended in time order, so the age cut-off is found by a binary search over rowids instead of a
         scan. Returns how many report rows went.
         """
         cutoff_ms = int((time.time() - max_age) * 1000)
@@ -466,15 +480,52 @@ class History:
             (pages,), (free,), (page_size,) = [
                 (await self._db.rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
             ]
-            if (pages - free) * page_size <= max_bytes:
+            used = (pages - free) * page_size
+            if used <= max_bytes:
                 break
-            ((low, high),) = await self._db.rows("SELECT min(rowid), max(rowid) FROM reports")
-            if low is None:
+            usage = await self._usage_by_device()
+            cuts = fair_cuts(usage, used - max_bytes + max_bytes // 20)  # 5% below: not pruned again at once
+            if not cuts:
                 break
-            deleted += await self._delete_reports_before(low + max((high - low + 1) // 10, 1))
+            for device_id, amount in cuts.items():
+                deleted += await self._delete_oldest(device_id, amount)
         if deleted:
             log.info("history retention removed %d reports", deleted)
         return deleted
+
+    async def _usage_by_device(self) -> dict[int, int]:
+        """Bytes of report rows by device: counted once, when retention first needs it, then kept up to date by
+        the flushes (`committed`) and the deletes. Counted inside a transaction, so no flush is half counted."""
+        if self._usage is None:
+            async with self._db.transaction() as db:
+                cursor = await db.execute(f"SELECT device, sum(length(vals)) + count(*) * {ROW_OVERHEAD} FROM "
+                                          "reports GROUP BY device")
+                self._usage = {int(device): int(size) for device, size in await cursor.fetchall()}
+        return self._usage
+
+    async def _delete_oldest(self, device_id: int, amount: int) -> int:
+        """Delete about `amount` bytes of one device's oldest reports; how many rows went."""
+        found, after, cutoff = 0, -(1 << 62), None
+        while found < amount:
+            rows = await self._db.rows(f"SELECT ts, length(vals) + {ROW_OVERHEAD} FROM reports WHERE device = ? AND "
+                                       "ts > ? ORDER BY ts LIMIT ?", (device_id, after, HISTORY_PAGE))
+            for ts, size in rows:
+                found += size
+                cutoff = after = ts
+                if found >= amount:
+                    break
+            if len(rows) < HISTORY_PAGE:
+                break
+        if cutoff is None:
+            return 0
+        async with self._db.transaction() as db:
+            cursor = await db.execute(f"SELECT count(*), coalesce(sum(length(vals)), 0) + count(*) * {ROW_OVERHEAD} "
+                                      "FROM reports WHERE device = ? AND ts <= ?", (device_id, cutoff))
+            ((rows_gone, bytes_gone),) = await cursor.fetchall()
+            await db.execute("DELETE FROM reports WHERE device = ? AND ts <= ?", (device_id, cutoff))
+        if self._usage is not None:
+            self._usage[device_id] = max(self._usage.get(device_id, 0) - int(bytes_gone), 0)
+        return int(rows_gone)
 
     async def _first_rowid_at(self, ts_ms: int) -> int:
         ((low, high),) = await self._db.rows("SELECT min(rowid), max(rowid) FROM reports")
@@ -492,5 +543,24 @@ class History:
 
     async def _delete_reports_before(self, rowid: int) -> int:
         async with self._db.transaction() as db:
+            if self._usage is not None:
+                cursor = await db.execute(f"SELECT device, sum(length(vals)) + count(*) * {ROW_OVERHEAD} FROM "
+                                          "reports WHERE rowid < ? GROUP BY device", (rowid,))
+                for device_id, size in await cursor.fetchall():
+                    self._usage[device_id] = max(self._usage.get(device_id, 0) - int(size), 0)
             cursor = await db.execute("DELETE FROM reports WHERE rowid < ?", (rowid,))
             return max(cursor.rowcount, 0)
+
+
+def fair_cuts(usage: dict[int, int], excess: int) -> dict[int, int]:
+    """Bytes each device gives up so that `excess` bytes go, the largest users first: every device is cut down to
+    one common cap, and those under it keep everything (a flood from one device is paid by that device alone)."""
+    ranked = sorted(((size, device) for device, size in usage.items() if size > 0), reverse=True)
+    total = 0
+    for count, (size, _) in enumerate(ranked, start=1):
+        total += size
+        below = ranked[count][0] if count < len(ranked) else 0
+        if total - count * below >= excess:  # cutting these `count` devices down to a cap >= `below` is enough
+            cap = max((total - excess) // count, below)
+            return {device: size - cap for size, device in ranked[:count] if size > cap}
+    return {device: size for size, device in ranked}  # not enough in reports to free: all of it

@@ -28,7 +28,7 @@ from gateway.pipeline.reconfigure import REGISTRY
 from gateway.plugins import list_plugins
 from gateway.registry.logs import LOGS_NAMESPACE, answer_request
 from gateway.registry.monitoring import NodeSampler
-from gateway.registry.twins import DesiredValue, TwinSync
+from gateway.registry.twins import MAX_HEARTBEAT, DesiredValue, TwinSync
 from gateway.registry.upgrades import NodeUpgrade, UpgradeAssignment
 from gateway.registry.workloads import WorkloadSync
 from gateway.resources.schema import AnyDocument, dec_hook
@@ -148,9 +148,16 @@ class Uplink:
         started = time.monotonic()
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
                 **self.workloads.outgoing(), **self.upgrade.outgoing()}
+        content = msgspec.json.encode(body)  # msgspec, not json: no value can make the body invalid JSON
+        if len(content) > MAX_HEARTBEAT:  # the budgets keep under it; never send what the registry refuses whole
+            log.error("a heartbeat of %d bytes is over the registry's %d: its twins and workloads go later",
+                      len(content), MAX_HEARTBEAT)
+            self.twins.failed()
+            self.workloads.failed()
+            body = {key: value for key, value in body.items() if key not in ("twins", "twins_complete", "workloads")}
+            content = msgspec.json.encode(body)
         try:
-            # msgspec, not json: a NaN or infinite reading goes as null instead of making the body invalid JSON
-            response = await client.post("/api/v1/heartbeat", content=msgspec.json.encode(body),
+            response = await client.post("/api/v1/heartbeat", content=content,
                                          headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             self.twins.failed()  # the twins it carried go with the next heartbeat

@@ -27,6 +27,7 @@ from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages import admin, devices, editor, login, logs, overview, workloads
 from gateway.web.pages.common import render
 from gateway.web.security import (
+    BODY_DEFAULT,
     LOGIN_CSRF_COOKIE,
     PUBLIC_PATHS,
     PUBLIC_PREFIXES,
@@ -71,6 +72,10 @@ def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 413:  # Litestar says only "Request Entity Too Large"
+        limit = request.route_handler.resolve_request_max_body_size()
+        exc = HTTPException(status_code=413, detail=f"the request body is larger than the {limit} bytes "
+                            f"{request.method} {request.url.path} takes")
     if is_api_path(request.url.path) or exc.status_code < 400:
         return Response({"status_code": exc.status_code, "detail": exc.detail}, status_code=exc.status_code,
                         headers=exc.headers)
@@ -112,6 +117,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             security=[{"bearer": []}],
         ),
         lifespan=list(lifespan),
+        request_max_body_size=BODY_DEFAULT,  # routes that take more say so (gateway.web.security)
         logging_config=None,
         debug=False,
     )

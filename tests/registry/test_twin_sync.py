@@ -5,9 +5,11 @@ device through the node's desired path, and all of it survives the registry bein
 from __future__ import annotations
 
 import json
+import math
 import ssl
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, ValueRejected
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port
 from tests.registry.test_uplink import wait_until
@@ -120,6 +122,7 @@ def reported(node: Node, device: str, prop: str, value: Any) -> dict[str, Any] |
 
 
 def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Registry, tmp_path: Path) -> None:
+    from gateway.registry.twins import MAX_HEARTBEAT, MIN_REPORT_INTERVAL, TWINS_BUDGET
     from gateway.uplink.join import client_ssl_context
 
     # the registry bounds what a node reports: how many devices at once, and how often
@@ -130,6 +133,14 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
         too_soon = client.post("/api/v1/heartbeat", json={"twins": [report]})
         assert too_soon.status_code == 429 and "more often" in too_soon.json()["detail"]
         assert client.post("/api/v1/heartbeat", json={}).status_code == 200  # a heartbeat without twins is fine
+        # the body limit fits twice a node's largest report; beyond it, 413 before the body is read
+        time.sleep(MIN_REPORT_INTERVAL)
+        large = {"device": "default/x", "state": "online",
+                 "properties": {f"p{i}": {"reported": "y" * 60000} for i in range(2 * TWINS_BUDGET // 60000)}}
+        assert client.post("/api/v1/heartbeat", json={"twins": [large]}).status_code == 200
+        over = client.post("/api/v1/heartbeat", content=bytes(MAX_HEARTBEAT + 1),
+                           headers={"content-type": "application/json"})
+        assert over.status_code == 413
     node.start()
     (tmp_path / "remote.yaml").write_text(REMOTE)
     registry.cli("apply", "-f", str(tmp_path / "remote.yaml"))
@@ -228,9 +239,18 @@ async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db
         await twins.sync(store, "gw-1", [report("default/d2", 3)], False, 0, None)  # only what changed
         assert [(v["name"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [
             ("d1", 1), ("d2", 3)]
+        # by name and state only (a whole set too large for one heartbeat): the properties stay as they were
+        await twins.sync(store, "gw-1", [twins.DeviceReport(device="default/d2", state="offline")], False, 0, None)
+        assert [(v["name"], v["state"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [
+            ("d1", "online", 1), ("d2", "offline", 3)]
         await twins.sync(store, "gw-1", [report("default/d2", 4)], True, 0, None)  # the whole set: d1 is gone
         assert [(v["name"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [("d2", 4)]
 
+        # without the model, the registry still refuses what no property can hold
+        for bad, reason in ((math.inf, "expected a finite number"), ([1], "expected a number, a boolean or a string"),
+                            ("x" * (twins.MAX_UNCHECKED_TEXT + 1), "longer than any property holds")):
+            with pytest.raises(ValueRejected, match=reason):
+                await twins.set_desired(store, "default", "d2", {"sp": bad})
         view = await twins.set_desired(store, "default", "d2", {"sp": 7})
         assert view["twin"]["sp"]["desired_status"] == "pending"
         with pytest.raises(NotFound):
@@ -322,3 +342,63 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
     while gateway.devices.twins["default/d1"].properties["sp"].reported != 7:
         assert asyncio.get_running_loop().time() < deadline, "the desired value was not written"
         await asyncio.sleep(0.05)
+
+
+async def test_a_node_never_builds_a_heartbeat_over_the_registry_limit(
+        start_gateway: Any, write_config: Any, tmp_path: Path) -> None:
+    """Before, the twins of every changed device went into one heartbeat whatever their size: long values on many
+    devices made it larger than the registry takes (413), again and again."""
+    import asyncio
+
+    import msgspec
+
+    from gateway.registry.app import HeartbeatRequest
+    from gateway.registry.twins import MIN_REPORT_INTERVAL, TWINS_BUDGET, TwinSync
+
+    props = [f"s{i}" for i in range(8)]
+    model = "".join(f"\n  - {{name: {p}, type: string, max_length: 65536}}" for p in props)
+    devices = "".join(
+        f"---\nkind: Device\nname: d{n}\nmodel: m\nprotocol: {{name: virtual}}\nproperties:\n"
+        + "".join(f"  - {{name: {p}, collect_interval: 1s, visitor: {{generator: constant, value: "
+                  + ('&v "' + "x" * 60000 + '"' if i == 0 else "*v") + "}}\n" for i, p in enumerate(props))
+        for n in range(12))
+    gateway = await start_gateway(write_config(f"kind: Gateway\nname: gw-1\neventbus: {{url: none}}\n---\n"
+                                               f"kind: DeviceModel\nname: m\nproperties:{model}\n{devices}"))
+    twins = [gateway.api.twin(f"default/d{n}") for n in range(12)]
+    deadline = asyncio.get_running_loop().time() + 10
+    while not all(t.properties["s7"].reported for t in twins):
+        assert asyncio.get_running_loop().time() < deadline, "the devices were not read"
+        await asyncio.sleep(0.05)
+    sync = TwinSync(gateway.api, tmp_path / "desired.json")
+    everything = {f"default/d{n}" for n in range(12)}
+    full: set[str] = set()
+    for beat in range(2):  # 12 devices x 480 kB: two heartbeats, each within the budget
+        body = sync.outgoing()
+        assert len(msgspec.json.encode(body)) <= TWINS_BUDGET + (8 << 10)
+        decoded = msgspec.json.decode(msgspec.json.encode(body), type=HeartbeatRequest)
+        assert decoded.twins is not None and decoded.twins[0].properties["s0"].reported == "x" * 60000
+        carried = {t.device for t in decoded.twins if t.properties}
+        assert 0 < len(carried) < 12
+        if beat == 0:  # the whole set, as the first report must be: the others by name and state
+            assert body["twins_complete"] and {t.device for t in decoded.twins} == everything
+        full |= carried
+        sync.delivered()
+        await asyncio.sleep(MIN_REPORT_INTERVAL)
+    assert full == everything  # every device's properties went, none waits behind the others
+
+
+def test_a_device_too_large_for_any_heartbeat_goes_without_its_long_values() -> None:
+    from gateway.registry.twins import DeviceReport, PropertyReport, fit_reports
+
+    def device(name: str, count: int, length: int) -> DeviceReport:
+        return DeviceReport(device=f"default/{name}", state="online", properties={
+            f"p{i}": PropertyReport(reported="y" * length, quality="good") for i in range(count)})
+
+    [huge, *_] = fit_reports([device("huge", 10, 5000), device("next", 1, 10)], budget=8 << 10)
+    assert huge["device"] == "default/huge" and huge["properties"]["p0"]["quality"] == "good"
+    assert "reported" not in huge["properties"]["p0"]  # left out: null is the default, omitted
+    assert huge["properties"]["p0"]["error"] == "reported value longer than 1024 characters: kept on the node"
+    [many] = fit_reports([device("many", 2000, 10)], budget=8 << 10)
+    assert 0 < len(many["properties"]) < 2000
+    assert many["reason"].endswith("properties not reported: too many for a heartbeat)")
+    assert len(fit_reports([device(f"d{i}", 1, 3000) for i in range(10)], budget=8 << 10)) == 2

@@ -139,3 +139,35 @@ async def test_a_nan_among_good_values_blocks_neither_the_flush_nor_the_rollups(
         assert rollups_of(db_file, "default/d", "never") == []
     finally:
         await store.close()
+
+
+async def test_a_flood_from_one_device_costs_only_its_own_history(tmp_path: Path) -> None:
+    """Before, retention deleted the oldest reports of every device while the file was over its limit: one device
+    sending huge values took every other device's history with it."""
+    limit = 2 << 20
+    now = time.time()
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(360):  # the last hour, every 10 s: a small device and a flooding one, interleaved
+            ts = now - 3600 + i * 10
+            store.history.add_report("default/quiet", ts, {"t": 20.0 + i / 100})
+            for j in range(3):
+                store.history.add_report("default/flood", ts + j, {"blob": f"{i}-{j}-" + "z" * 4000})
+        await store.flush()
+        assert used_bytes(db_path(tmp_path)) > limit  # about 4.5 MB
+        await store.history.prune(max_age=86400, max_bytes=limit)
+        assert used_bytes(db_path(tmp_path)) <= limit
+        quiet = await store.history.values("default/quiet", "t", 0, now + 1)
+        assert len(quiet) == 360  # the last hour of the quiet device, whole
+        flood = await store.history.values("default/flood", "blob", 0, now + 1, limit=100_000)
+        assert 0 < len(flood) < 3 * 360 and flood[-1][1].startswith("359-2-")  # the flood lost its oldest
+        # and again, with the flood going on: counted from the writes now, not scanned
+        for i in range(200):
+            store.history.add_report("default/flood", now + i, {"blob": "w" * 4000})
+        await store.flush()
+        await store.history.prune(max_age=86400, max_bytes=limit)
+        assert used_bytes(db_path(tmp_path)) <= limit
+        assert len(await store.history.values("default/quiet", "t", 0, now + 1)) == 360
+    finally:
+        await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway.store import db_path
 from gateway.testing import store_sql
 from gateway.web.app import create_app
 from gateway.web.auth import add_user, authenticate_user, create_token
+from gateway.web.security import BODY_DEFAULT, BODY_VALUE
 from tests.test_runtime import MODEL, virtual_device, wait_for
 
 
@@ -284,3 +286,43 @@ async def test_a_failing_part_of_the_store_never_fails_the_others(
     await wait_for(lambda: gw.store.history.values_written > written + 50)  # readings still committed
     await repair_inserts(db_file, "reported")
     await wait_for(lambda: gw.store.health.ok, timeout=8)
+
+
+async def test_strings_and_bytes_are_held_to_their_max_length(
+        panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """Before, a string had no limit: a 9 MB desired value went into every report, the history and the outboxes."""
+    gw, client, operator = panel
+    twin = "/api/v1/devices/default/p1/twin"
+    cases = [("label", "x" * 16, "x" * 17, "label: 17 characters, above the max_length 16"),
+             ("note", "é" * 1024, "é" * 1025, "note: 1025 characters, above the max_length 1024"),
+             ("blob", base64.b64encode(bytes(4096)).decode(), base64.b64encode(bytes(4097)).decode(),
+              "blob: 4097 bytes, above the max_length 4096")]
+    for prop, longest, too_long, reason in cases:
+        assert (await client.put(f"{twin}/{prop}", json={"desired": longest}, headers=operator)).status_code == 200
+        refused = await client.put(f"{twin}/{prop}", json={"desired": too_long}, headers=operator)
+        assert refused.status_code == 400 and refused.json()["detail"] == reason
+    props = gw.api.twin("default/p1").properties
+    assert (props["label"].desired, props["note"].desired, props["blob"].desired) == ("x" * 16, "é" * 1024,
+                                                                                     bytes(4096))
+
+
+async def test_request_bodies_are_limited_per_route(panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """Before, every route read bodies up to Litestar's 10 MB: a 9 MB desired value was taken whole."""
+    gw, client, operator = panel
+    path = "/api/v1/devices/default/p1/twin/note"
+    huge = await client.put(path, json={"desired": "x" * (9 << 20)}, headers=operator)
+    assert huge.status_code == 413
+    assert huge.json()["detail"] == f"the request body is larger than the {BODY_VALUE} bytes PUT {path} takes"
+    assert gw.api.twin("default/p1").properties["note"].desired is None
+    too_long_message = await client.post("/api/v1/messages/alarms", content=bytes((1 << 20) + 1), headers=operator)
+    assert too_long_message.status_code == 413
+    login = await client.post("/login", content=b"username=" + b"a" * BODY_DEFAULT,
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+    assert login.status_code == 413
+    # every route that takes a body has a limit of its own or the app's, far below Litestar's 10 MB
+    app = create_app(gw.api)
+    limits = {(method, route.path): handler.resolve_request_max_body_size()
+              for route in app.routes for handler in getattr(route, "route_handlers", ())
+              for method in handler.http_methods if method in ("POST", "PUT", "PATCH", "DELETE")}
+    assert limits and all(limit is not None and limit <= 8 << 20 for limit in limits.values()), limits
+    assert limits[("PUT", "/api/v1/devices/{namespace:str}/{name:str}/twin/{prop:str}")] == BODY_VALUE < 1 << 20

@@ -181,6 +181,13 @@ async def test_desired_value_survives_restart(write_config: Callable[[str], Path
     config = write_config(MODEL + virtual_device("d1", desired=14))
     gw3: Gateway = await start_gateway(config, tmp_path / "data")
     assert gw3.api.twin("default/d1").properties["setpoint"].desired == 14.0
+    await gw3.api.set_desired("default/d1", "setpoint", 45)
+    await gw3.stop()
+    # The model changed: a stored value it no longer takes is dropped for the file's (a store may also hold what
+    # older versions took, such as a string of any length), never written to the device again.
+    config = write_config(MODEL.replace("maximum: 50", "maximum: 40") + virtual_device("d1", desired=14))
+    gw4: Gateway = await start_gateway(config, tmp_path / "data")
+    assert gw4.api.twin("default/d1").properties["setpoint"].desired == 14.0
 
 
 def lateness_ms(gw: Gateway, device_id: str) -> list[float]:

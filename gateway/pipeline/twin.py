@@ -9,6 +9,7 @@ uplink and the registry's desired values all set desired values through `desired
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ from gateway.errors import NotFound, ValueRejected
 from gateway.pipeline.values import coerce, read_value, short
 from gateway.protocols.base import BoundDevice
 from gateway.resources.schema import PropertyModel
+
+log = logging.getLogger(__name__)
 
 Quality = Literal["good", "bad", "unknown"]
 DeviceState = Literal["unknown", "online", "unhealthy", "offline"]
@@ -126,7 +129,12 @@ def make_twin(device: BoundDevice, rows: Mapping[str, Mapping[str, Any]],
         if doc_desired is not None and (stored_desired is None or previous.get((device.id, name)) != doc_desired):
             twin_prop.desired = coerce(prop.model, doc_desired)
         elif stored_desired is not None and prop.writable:
-            twin_prop.desired = stored_desired
+            try:  # checked again: the model may have changed since, and a store may hold what older versions took
+                twin_prop.desired = coerce(prop.model, stored_desired)
+            except ValueRejected as exc:
+                log.warning("%s: the stored desired value of %s is dropped, it no longer fits the model: %s",
+                            device.id, name, exc)
+                twin_prop.desired = coerce(prop.model, doc_desired) if doc_desired is not None else None
         twin_prop.desired_at = row.get("desired_at")
         twin_prop.pending = twin_prop.desired is not None and prop.writable
         twin.properties[name] = twin_prop

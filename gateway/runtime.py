@@ -213,7 +213,7 @@ class Gateway:
             "uptime_s": round(time.time() - self.started_at, 3),
             **self.devices.describe(),
             "store": {"values_written": self.store.history.values_written, "queued": self.store.history.queued,
-                      "history_dropped": self.store.history.dropped},
+                      "history_dropped": self.store.history.dropped, **self.store.health.describe()},
             "eventbus": self.eventbus.describe() if self.eventbus else {"url": "none", "connected": False},
             "sinks": self.sinks.describe(),
             "routes": self.routes.describe(),

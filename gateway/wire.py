@@ -57,6 +57,12 @@ class BundleInfo(msgspec.Struct, kw_only=True):
 
 MAX_REPORT_DEVICES = 2000  # devices in one heartbeat; a node with more sends the rest with the next ones
 MIN_REPORT_INTERVAL = 1.0  # seconds between two twin reports of a node, however often it heartbeats
+# A heartbeat body the registry takes, and the part of it a node fills with twin reports (JSON bytes): a node with
+# many devices, or long values, sends the rest with the next heartbeats. Devices x properties x max_length could
+# otherwise make one heartbeat of any size (100 properties of 1 KiB strings on 2000 devices: 400 MB).
+MAX_HEARTBEAT = 16 << 20
+TWINS_BUDGET = 4 << 20
+REPORT_VALUE_MAX = 1024  # characters of a value in a report that alone is too large for a heartbeat
 
 
 class PropertyReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):

@@ -46,6 +46,22 @@ def test_check_broken_file_exits_2_with_one_line_per_problem(tmp_path: Path) -> 
     assert result.stdout == ""
 
 
+def test_check_refuses_nan_and_infinities_where_a_number_goes(tmp_path: Path) -> None:
+    broken = VALID.replace("minimum: -40", "minimum: .nan").replace("desired: 21.5", "desired: .inf").replace(
+        "offset: 20}", "offset: -.Inf}")
+    (tmp_path / "plant.yaml").write_text(broken)
+    result = fieldgate("check", str(tmp_path / "plant.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"{tmp_path}/plant.yaml: document 2 (DeviceModel thermo): $.properties[0].minimum: expected a finite number, "
+        "got nan (NaN and infinities are no value)",
+        f"{tmp_path}/plant.yaml: document 3 (Device boiler-1): $.properties[0].visitor.offset: expected a finite "
+        "number, got -inf (NaN and infinities are no value)",
+        f"{tmp_path}/plant.yaml: document 3 (Device boiler-1): $.properties[1].desired: expected a finite number, "
+        "got inf (NaN and infinities are no value)",
+    ]
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     for args in (("check", str(tmp_path / "missing.yaml")), ("frobnicate",), ("token", "create", "--role", "god"),
                  ("run", "-c", str(tmp_path / "missing.yaml"), "--data-dir", str(tmp_path))):

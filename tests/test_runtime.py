@@ -125,6 +125,45 @@ async def test_desired_value_checks(write_config: Callable[[str], Path], start_g
     assert gw.api.twin("default/d1").properties["setpoint"].desired is None
 
 
+async def test_readings_that_are_no_value_or_too_long_are_bad_and_go_nowhere(
+        write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """Before, a NaN reading became the reported value with good quality and went into the history, the rollups and
+    every sink; so did a string of any length."""
+    gw: Gateway = await start_gateway(write_config(MODEL + """\
+---
+kind: DeviceModel
+name: sensor
+properties:
+  - {name: temperature, type: float}
+  - {name: broken, type: double}
+  - {name: serial, type: string}
+  - {name: tag, type: string, max_length: 4}
+---
+kind: Device
+name: s1
+model: sensor
+protocol: {name: virtual}
+properties:
+  - {name: temperature, collect_interval: 50ms, visitor: {generator: constant, value: 21.5}}
+  - {name: broken, collect_interval: 50ms, visitor: {generator: fault, value: "-inf"}}
+  - {name: serial, collect_interval: 50ms, visitor: {generator: constant, value: "%s"}}
+  - {name: tag, collect_interval: 50ms, visitor: {generator: constant, value: "abcde"}}
+""" % ("x" * 1025)))
+    reports: list[Any] = []
+    gw.bus.subscribe("devices/default/s1/telemetry", lambda topic, report: reports.append(report))
+    twin = gw.api.twin("default/s1")
+    await wait_for(lambda: len(reports) >= 3)
+    await gw.store.flush()
+    expected = {"broken": "cannot convert -inf: not a finite number",
+                "serial": "1025 characters, above the max_length 1024", "tag": "5 characters, above the max_length 4"}
+    for name, error in expected.items():
+        prop = twin.properties[name]
+        assert (prop.quality, prop.reported) == ("bad", None) and prop.error is not None and error in prop.error
+        assert await gw.store.history.values("default/s1", name, 0, time.time() + 1) == []
+    assert all(set(report.values) == {"temperature"} for report in reports)
+    assert twin.properties["temperature"].quality == "good" and twin.state == "unhealthy"
+
+
 async def test_desired_value_survives_restart(write_config: Callable[[str], Path], tmp_path: Path,
                                               start_gateway: Callable[..., Any]) -> None:
     config = write_config(MODEL + virtual_device("d1", desired=12))
@@ -142,6 +181,13 @@ async def test_desired_value_survives_restart(write_config: Callable[[str], Path
     config = write_config(MODEL + virtual_device("d1", desired=14))
     gw3: Gateway = await start_gateway(config, tmp_path / "data")
     assert gw3.api.twin("default/d1").properties["setpoint"].desired == 14.0
+    await gw3.api.set_desired("default/d1", "setpoint", 45)
+    await gw3.stop()
+    # The model changed: a stored value it no longer takes is dropped for the file's (a store may also hold what
+    # older versions took, such as a string of any length), never written to the device again.
+    config = write_config(MODEL.replace("maximum: 50", "maximum: 40") + virtual_device("d1", desired=14))
+    gw4: Gateway = await start_gateway(config, tmp_path / "data")
+    assert gw4.api.twin("default/d1").properties["setpoint"].desired == 14.0
 
 
 def lateness_ms(gw: Gateway, device_id: str) -> list[float]:

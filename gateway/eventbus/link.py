@@ -29,7 +29,7 @@ from gateway.messages import (
     TwinChange,
     eventbus_telemetry_topic,
 )
-from gateway.resources.schema import EventbusSettings
+from gateway.resources.schema import VALUE_MAX_LENGTH, EventbusSettings
 from gateway.sinks.base import OutboxMessage, Sink, SinkError
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 OUTBOX = "eventbus"
 INGRESS_BATCH = 256  # messages already queued are routed together: one router call for the lot
+# The largest message taken from the broker: on a twin topic (several values, each up to its max_length, as JSON
+# text), and for an eventbus-sourced route (as a REST message). Larger ones are refused whole, unread.
+TWIN_MESSAGE_MAX = 4 * VALUE_MAX_LENGTH + (16 << 10)
+ROUTE_MESSAGE_MAX = 1 << 20
 
 
 def broker_address(settings: EventbusSettings) -> tuple[str, int, bool]:
@@ -67,6 +71,7 @@ class EventbusLink:
         self.connected_since: float | None = None
         self.received = 0
         self.rejected = 0
+        self.too_large = 0  # of the rejected: larger than TWIN_MESSAGE_MAX or ROUTE_MESSAGE_MAX
         self._state_logged = ""
         self._subscribed: set[str] = set()
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
@@ -204,11 +209,29 @@ class EventbusLink:
                 if routed:
                     self._route(routed)
                     routed = []
+                if len(payload) > TWIN_MESSAGE_MAX:
+                    self.received += 1
+                    self._refuse_size(topic, len(payload), TWIN_MESSAGE_MAX, reply=True)
+                    continue
                 await self._handle(topic, payload)
+            elif len(payload) > ROUTE_MESSAGE_MAX:
+                self.received += 1
+                self._refuse_size(topic, len(payload), ROUTE_MESSAGE_MAX, reply=False)
             else:
                 routed.append((topic, payload))
         if routed:
             self._route(routed)
+
+    def _refuse_size(self, topic: str, size: int, limit: int, *, reply: bool) -> None:
+        """A message too large to take: dropped unread (a twin topic gets a 413 result), logged throttled, counted."""
+        self.too_large += 1
+        reason = f"the message has {size} bytes, more than the {limit} this topic takes"
+        if reply:
+            self._reject(topic, f"{topic}/result", b"", 413, reason, key=f"{topic} too large")
+            return
+        self.rejected += 1
+        self._rejections.log(logging.WARNING, f"{topic} too large", "eventbus: dropped a message on %s: %s", topic,
+                             reason)
 
     def _route(self, messages: list[tuple[str, bytes]]) -> None:
         self.received += len(messages)
@@ -235,10 +258,11 @@ class EventbusLink:
         except FieldgateError as exc:
             self._reject(topic, result_topic, payload, 400, str(exc))
 
-    def _reject(self, topic: str, result_topic: str, payload: bytes, code: int, reason: str) -> None:
+    def _reject(self, topic: str, result_topic: str, payload: bytes, code: int, reason: str, *,
+                key: str | None = None) -> None:
         self.rejected += 1
-        self._rejections.log(logging.WARNING, f"{topic} {reason}", "eventbus: rejected a message on %s: %s", topic,
-                             reason)
+        self._rejections.log(logging.WARNING, key or f"{topic} {reason}", "eventbus: rejected a message on %s: %s",
+                             topic, reason)
         result = ke.error_result(ke.event_id_of(payload), code, reason)
         task = asyncio.get_running_loop().create_task(self.publish(result_topic, result, qos=1))
         task.add_done_callback(lambda t: t.exception())
@@ -324,7 +348,8 @@ class EventbusLink:
 
     def describe(self) -> dict[str, Any]:
         return {"url": self.settings.url, "broker": f"{self.host}:{self.port}", "connected": self.client is not None,
-                "connected_since": self.connected_since, "received": self.received, "rejected": self.rejected}
+                "connected_since": self.connected_since, "received": self.received, "rejected": self.rejected,
+                "too_large": self.too_large}
 
 
 class EventbusSink(Sink):

@@ -9,16 +9,19 @@ uplink and the registry's desired values all set desired values through `desired
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.errors import NotFound, ValueRejected
-from gateway.pipeline.values import coerce, read_value
+from gateway.pipeline.values import coerce, read_value, short
 from gateway.pipeline.values import same_value as same_value  # its home is pipeline.values; imported from here too
 from gateway.protocols.base import BoundDevice
 from gateway.resources.schema import PropertyModel
+
+log = logging.getLogger(__name__)
 
 Quality = Literal["good", "bad", "unknown"]
 DeviceState = Literal["unknown", "online", "unhealthy", "offline"]
@@ -113,7 +116,12 @@ def make_twin(device: BoundDevice, rows: Mapping[str, Mapping[str, Any]],
         if doc_desired is not None and (stored_desired is None or previous.get((device.id, name)) != doc_desired):
             twin_prop.desired = coerce(prop.model, doc_desired)
         elif stored_desired is not None and prop.writable:
-            twin_prop.desired = stored_desired
+            try:  # checked again: the model may have changed since, and a store may hold what older versions took
+                twin_prop.desired = coerce(prop.model, stored_desired)
+            except ValueRejected as exc:
+                log.warning("%s: the stored desired value of %s is dropped, it no longer fits the model: %s",
+                            device.id, name, exc)
+                twin_prop.desired = coerce(prop.model, doc_desired) if doc_desired is not None else None
         twin_prop.desired_at = row.get("desired_at")
         twin_prop.pending = twin_prop.desired is not None and prop.writable
         twin.properties[name] = twin_prop
@@ -126,21 +134,23 @@ def make_twin(device: BoundDevice, rows: Mapping[str, Mapping[str, Any]],
 def apply_readings(twin: Twin, models: Mapping[str, PropertyModel], values: Mapping[str, Any],
                    errors: dict[str, str], ts: float) -> dict[str, Any]:
     """Record what one read brought: each value converted to its model's type becomes the reported value with good
-    quality; a value that does not convert and each property the read failed for get bad quality and the reason
-    (added to `errors`). Returns the values read well, by property, in the order read (the device's report)."""
+    quality; a value that does not convert (NaN, an infinity, a string over max_length included) and each property
+    the read failed for get bad quality and the reason (added to `errors`), and keep their last good reported value.
+    Returns the values read well, by property, in the order read (the device's report: what the history, the
+    rollups and the sinks get, so a bad reading reaches none of them)."""
     twin_props = twin.properties
     fresh: dict[str, Any] = {}
     for name, raw in values.items():
         model = models.get(name)
         if model is None:
             continue
-        if type(raw) is float and model.type in FLOAT_TYPES:
-            value = raw  # the common case: a float register read into a float property, nothing to convert
+        if type(raw) is float and model.type in FLOAT_TYPES and raw - raw == 0.0:
+            value = raw  # the common case: a finite float read into a float property, nothing to convert
         else:
             try:
                 value = read_value(model, raw)
-            except (TypeError, ValueError) as exc:
-                errors[name] = f"cannot convert {raw!r}: {exc}"
+            except (TypeError, ValueError, OverflowError) as exc:
+                errors[name] = f"cannot convert {short(raw)}: {exc}"
                 continue
         prop = twin_props.get(name)
         if prop is None:

@@ -6,7 +6,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
@@ -47,7 +47,13 @@ class Memory(Base, tag_field="generator", tag="memory", kw_only=True):
     initial: Any = 0
 
 
-Generator = Constant | Counter | Sine | Random | Memory
+class Fault(Base, tag_field="generator", tag="fault", kw_only=True):
+    """A float that is no value, as a device with a broken sensor reports it (documents take no NaN literal)."""
+
+    value: Literal["nan", "inf", "-inf"] = "nan"
+
+
+Generator = Constant | Counter | Sine | Random | Memory | Fault
 NUMBER_TYPES = frozenset({"int", "float", "double"})
 
 
@@ -74,7 +80,7 @@ class VirtualProtocol(Protocol):
 
     names: ClassVar[tuple[str, ...]] = ("virtual",)
     config_type: ClassVar[type[msgspec.Struct]] = VirtualConfig
-    visitor_type: ClassVar[type[msgspec.Struct]] = Constant | Counter | Sine | Random | Memory  # type: ignore[assignment]
+    visitor_type: ClassVar[type[msgspec.Struct]] = Generator  # type: ignore[assignment]
 
     def __init__(self, device: BoundDevice) -> None:
         super().__init__(device)
@@ -117,6 +123,8 @@ class VirtualProtocol(Protocol):
             return self._random.uniform(gen.minimum, gen.maximum)
         if isinstance(gen, Memory):
             return self._memory.get(prop.name, gen.initial)
+        if isinstance(gen, Fault):
+            return float(gen.value)
         return gen.value
 
     async def write(self, prop: BoundProperty, value: Any) -> None:

@@ -37,7 +37,7 @@ from gateway.resources.schema import check_node_name
 from gateway.webkit.headers import add_security_headers
 from gateway.webkit.sessions import LoginLimiter
 from gateway.webkit.templating import static_files, template_config
-from gateway.wire import HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
+from gateway.wire import MAX_HEARTBEAT, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
 
 DEFAULT_INTERVAL = 10.0
 
@@ -123,7 +123,7 @@ async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse
 
 
 @post("/api/v1/heartbeat", summary="A node's heartbeat; answers with its desired resources when they changed",
-      status_code=200)
+      status_code=200, request_max_body_size=MAX_HEARTBEAT)
 async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> HeartbeatResponse:
     node = await client_node(request)
     if data.twins is not None:

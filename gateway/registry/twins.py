@@ -2,8 +2,10 @@
 
 Up: a node's reported values and device states ride its heartbeat, coalesced (the latest value of every property
 of the devices that changed since the last delivered report, one report per heartbeat at most) and kept until a
-heartbeat gets through, so the latest values arrive after the registry was unreachable. The registry keeps only
-the latest reported twin per device, no history.
+heartbeat gets through, so the latest values arrive after the registry was unreachable. A heartbeat carries at most
+TWINS_BUDGET bytes of reports, the devices reported longest ago first; the others go with the next ones (a node's
+whole set that does not fit names the others by state only, which leaves their stored properties as they were).
+The registry keeps only the latest reported twin per device, no history.
 
 Down: a desired value set at the registry (`PUT /api/v1/devices/<ns>/<name>/desired`, `fieldgate registry
 set-desired`) is stored with a per-node version; a heartbeat that carries a lower `desired_version` is answered
@@ -15,6 +17,7 @@ any it refused. The registry shows desired against reported. The node's half is 
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -28,8 +31,11 @@ from gateway.pipeline.values import coerce, same_value
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
-from gateway.resources.schema import PropertyModel
+from gateway.resources.schema import VALUE_MAX_LENGTH, PropertyModel
 from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceReport
+
+MAX_UNCHECKED_TEXT = VALUE_MAX_LENGTH * 4 // 3 + 4  # the longest value any property may take (bytes as base64)
+MAX_DESIRED_BODY = 1 << 20  # a PUT of desired values: many properties at once, each within its max_length
 
 
 class DesiredRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -82,6 +88,18 @@ async def _model_property(store: RegistryStore, namespace: str, name: str, prop:
     raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
 
 
+def unchecked_value(prop: str, value: Any) -> Any:
+    """A desired value for a property whose model the registry does not have: the node checks its type and limits,
+    but nothing that no property can hold is stored and sent (NaN, an infinity, a list, a map, a huge string)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueRejected(f"{prop}: expected a finite number, got {value!r}")
+    if isinstance(value, dict | list) or value is None:
+        raise ValueRejected(f"{prop}: expected a number, a boolean or a string, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_UNCHECKED_TEXT:
+        raise ValueRejected(f"{prop}: {len(value)} characters, longer than any property holds")
+    return value
+
+
 async def device_node(store: RegistryStore, namespace: str, name: str, node: str | None) -> str:
     """The node a device is on: the one its registry document names, or the one that reports it."""
     assigned = [placed for placed, _, _ in await store.documents.placed_devices(namespace=namespace, name=name)]
@@ -116,7 +134,7 @@ async def set_desired(store: RegistryStore, namespace: str, name: str, values: d
         if model is None:
             if known is not None and prop not in known:
                 raise NotFound(f"device {namespace}/{name} has no property {prop!r}")
-            converted[prop] = value
+            converted[prop] = unchecked_value(prop, value)
             continue
         if model.access != "ReadWrite":
             raise ValueRejected(f"{prop}: the property is {model.access}")
@@ -200,7 +218,7 @@ async def device(request: AnyRequest, namespace: FromPath[str], name: FromPath[s
 
 
 @put("/api/v1/devices/{namespace:str}/{name:str}/desired", summary="Set desired values (operator); the node "
-     "applies them with its next heartbeat", status_code=200)
+     "applies them with its next heartbeat", status_code=200, request_max_body_size=MAX_DESIRED_BODY)
 async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                       data: JSONBody[DesiredRequest]) -> dict[str, Any]:
     caller = await access.require_caller(request, "operator")

@@ -45,6 +45,7 @@ from gateway.resources.schema import (
     Workload,
     dec_hook,
     enc_hook,
+    non_finite_numbers,
 )
 from gateway.wire import EventReport, WorkloadReport
 from gateway.workloads.secrets import SecretBox
@@ -118,6 +119,11 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
     box = SecretBox(store.data_dir)
     documents, problems, parsed = [], [], []
     for source, raw in raw_documents:
+        non_finite = non_finite_numbers(raw)
+        problems += [f"{source.prefix()}: {path}: expected a finite number, got {value!r}"
+                     for path, value in non_finite]
+        if non_finite:
+            continue
         try:
             doc = msgspec.convert(raw, AnyDocument, dec_hook=dec_hook)
         except msgspec.ValidationError as exc:

@@ -43,6 +43,7 @@ from gateway.resources.schema import (
     Route,
     Workload,
     dec_hook,
+    non_finite_numbers,
 )
 from gateway.resources.schema import ConfigItem as ConfigItemDoc
 from gateway.resources.schema import Secret as SecretDoc
@@ -237,6 +238,11 @@ class _Checker:
         else:
             self.fail(source, "$", f"Expected a mapping (a resource document), got {type(raw).__name__}")
             return
+        non_finite = non_finite_numbers(raw)
+        for path, value in non_finite:
+            self.fail(source, path, f"expected a finite number, got {value!r} (NaN and infinities are no value)")
+        if non_finite:
+            return
         try:
             doc = msgspec.convert(raw, AnyDocument, dec_hook=dec_hook)
         except msgspec.ValidationError as exc:
@@ -327,6 +333,8 @@ class _Checker:
                 self.fail(source, f"{path}.minimum", f"minimum {prop.minimum:g} is above maximum {prop.maximum:g}")
             if (prop.minimum is not None or prop.maximum is not None) and prop.type not in ("int", "float", "double"):
                 self.fail(source, f"{path}.minimum", f"minimum/maximum apply to numbers, not {prop.type}")
+            if prop.max_length is not None and prop.type not in ("string", "bytes"):
+                self.fail(source, f"{path}.max_length", f"max_length applies to strings and bytes, not {prop.type}")
 
     def bind_device(self, source: Source, device: Device, raw: Any, config: Config) -> BoundDevice | None:
         before = len(self.problems)

@@ -19,7 +19,7 @@ from msgspec import Meta
 
 import gateway
 from gateway.errors import ConfigError
-from gateway.resources.schema import Base, DeviceModel, PropertyModel
+from gateway.resources.schema import Base, DeviceModel, PropertyModel, non_finite_numbers
 
 PROFILE_PATH_VARIABLE = "FIELDGATE_PROFILE_PATH"
 _REF = re.compile(r"^[a-z0-9]+([-_.][a-z0-9]+)*/[a-z0-9]+([-_.][a-z0-9]+)*$")
@@ -101,6 +101,8 @@ def read_profile(path: Path, ref: str | None = None) -> Profile:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"profile {ref}: {path}: cannot read: {exc}") from exc
+    for where, value in non_finite_numbers(raw):
+        raise ConfigError(f"profile {ref}: {path}: {where}: expected a finite number, got {value!r}")
     try:
         document = msgspec.convert(raw, ProfileDocument)
     except msgspec.ValidationError as exc:

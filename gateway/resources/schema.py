@@ -126,7 +126,9 @@ class EventbusSettings(Base, kw_only=True):
 
 class StoreSettings(Base, kw_only=True):
     history_max_age: Duration = Duration(7 * 86400)
-    history_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 256 << 20
+    history_max_bytes: Annotated[int, Meta(ge=1 << 20, description=(
+        "bytes of the store file in use at most; beyond, the devices whose reports use the most lose their oldest "
+        "first, so one device's flood never costs another device's history"))] = 256 << 20
     flush_interval: Duration = Duration(0.1)
 
 
@@ -141,14 +143,34 @@ class Gateway(Document, tag="Gateway", kw_only=True):
 # --- Device models and devices --------------------------------------------------------------------------------
 
 
+# The longest value a string (characters) or bytes property holds unless its model says otherwise, and the most a
+# model may allow: every value travels in reports, the history, outboxes and heartbeats, many times over.
+STRING_MAX_LENGTH = 1024
+BYTES_MAX_LENGTH = 4096
+VALUE_MAX_LENGTH = 65536
+
+
 class PropertyModel(Base, kw_only=True):
+    """A property of a device model; numbers are finite (NaN and infinities are no value), strings and bytes at most
+    max_length long."""
+
     name: PropertyName
     type: ModelType
     access: Access = "ReadOnly"
     unit: str = ""
     minimum: float | None = None
     maximum: float | None = None
+    max_length: Annotated[Annotated[int, Meta(ge=1, le=VALUE_MAX_LENGTH)] | None, Meta(
+        description=f"string: characters, bytes: bytes (default {STRING_MAX_LENGTH} and {BYTES_MAX_LENGTH}); longer "
+                    "desired values are refused, longer readings have bad quality")] = None
     description: str = ""
+
+
+def value_limit(model: PropertyModel) -> int:
+    """The most characters (string) or bytes (bytes) a value of the property may have."""
+    if model.max_length is not None:
+        return model.max_length
+    return BYTES_MAX_LENGTH if model.type == "bytes" else STRING_MAX_LENGTH
 
 
 class DeviceModel(Document, tag="DeviceModel", kw_only=True):
@@ -346,6 +368,24 @@ KINDS: dict[str, type[Document]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (Gateway, DeviceModel, Device, Endpoint, Route, Workload, ConfigItem, Secret, BatchWorkload)
 }
+
+
+def non_finite_numbers(raw: Any, base_path: str = "$") -> list[tuple[str, float]]:
+    """(field path, value) of every NaN or infinity anywhere in a raw document: no field of any kind (a minimum, a
+    desired value, a visitor's scale or offset, a deadband) takes one, and YAML writes them easily (`.nan`, `.inf`).
+    Walked without recursion: a document may be nested deeply on purpose."""
+    found: list[tuple[str, float]] = []
+    stack: list[tuple[str, Any]] = [(base_path, raw)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float):
+            if node - node != 0.0:
+                found.append((path, node))
+        elif isinstance(node, dict):
+            stack.extend((f"{path}.{key}", value) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{index}]", value) for index, value in enumerate(node))
+    return sorted(found)
 
 
 def dec_hook(target: type, raw: Any) -> Any:

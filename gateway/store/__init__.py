@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gateway.errors import StoreError
 from gateway.store.audit import AuditLog
-from gateway.store.db import Database, db_path
+from gateway.store.db import Database, StoreHealth, db_path, is_row_error
 from gateway.store.history import History
 from gateway.store.migrations import SCHEMA_VERSION
 from gateway.store.outbox import Outboxes
@@ -29,7 +29,9 @@ from gateway.store.twins import Twins
 from gateway.store.users import Users
 from gateway.store.workloads import WorkloadRecords
 
-__all__ = ["SCHEMA_VERSION", "DocumentSealer", "Store", "db_path"]
+__all__ = ["SCHEMA_VERSION", "DocumentSealer", "Store", "StoreHealth", "db_path"]
+
+WRITER_MAX_BACKOFF = 1.0  # seconds between two attempts of a failing writer at most
 
 
 class Store:
@@ -71,31 +73,55 @@ class Store:
 
     async def flush(self) -> int:
         """Commit every queued report, outbox message and meta value in one transaction; returns the values
-        written."""
+        written.
+
+        A row SQLite or the encoder refuses (one bad value) fails the fast attempt; the retry writes row by row and
+        leaves out only what is refused (counted in `health`), so it never blocks the others. A failure of the
+        database itself keeps everything queued for the next flush and shows in `health`. The rollups and the
+        latest values written after the commit never fail the flush: theirs shows in `health` too.
+        """
         history, outboxes, db = self.history, self.outboxes, self._db
         if not history.pending and not outboxes.pending and not db.meta_queued:
             return 0
         reports, queued = history.take()
         messages = outboxes.take()
         meta = db.take_meta()
-        try:
-            async with db.transaction() as connection:
-                folded = await history.write(connection, reports)
-                if messages:
-                    await outboxes.write(connection, messages)
-                if meta:
-                    await db.write_meta(connection, meta)
-        except sqlite3.Error as exc:
-            history.restore(reports, queued)  # kept for the next attempt
-            outboxes.restore(messages)
-            db.restore_meta(meta)
-            raise StoreError(f"{self.path}: writing reports failed: {exc}") from exc
-        if messages:
-            outboxes.committed(messages)
+        for careful in (False, True):
+            try:
+                async with db.transaction() as connection:
+                    folded = await history.write(connection, reports, careful=careful)
+                    written = await outboxes.write(connection, messages, careful=careful) if messages else messages
+                    if meta:
+                        await db.write_meta(connection, meta, careful=careful)
+                break
+            except Exception as exc:
+                if not careful and is_row_error(exc):
+                    continue  # one row was refused: again, one row at a time
+                history.restore(reports, queued)  # kept for the next attempt
+                outboxes.restore(messages)
+                db.restore_meta(meta)
+                error = f"{type(exc).__name__}: {exc}"
+                db.health.failed("reports", error)
+                raise StoreError(f"{self.path}: writing reports failed: {error}") from exc
+        db.health.succeeded("reports")
+        if written:
+            outboxes.committed(written)
         return await history.committed(folded)
 
+    @property
+    def health(self) -> StoreHealth:
+        """Which writes fail now and what was left out (/healthz, the status)."""
+        return self._db.health
+
     async def run_writer(self) -> None:
-        """The writer task: flush every interval, forever (supervised by the runtime)."""
+        """The writer task: flush every interval, forever (supervised by the runtime). A failing flush is retried
+        within WRITER_MAX_BACKOFF, not after the supervisor's long backoff: the readings wait in memory meanwhile,
+        and `health` says the store is failing."""
+        delay = self.flush_interval
         while True:
-            await asyncio.sleep(self.flush_interval)
-            await self.flush()
+            await asyncio.sleep(delay)
+            try:
+                await self.flush()
+                delay = self.flush_interval
+            except StoreError:
+                delay = min(max(delay * 2, self.flush_interval), WRITER_MAX_BACKOFF)

@@ -1,11 +1,14 @@
 """The node's SQLite file (WAL) in the data dir: one aiosqlite connection shared by the parts of the store, its
-PRAGMAs, one writing transaction at a time, a timeout on every call, and meta values queued for the next flush."""
+PRAGMAs, one writing transaction at a time, a timeout on every call, meta values queued for the next flush, and the
+health of the store's writes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,71 @@ import aiosqlite
 from gateway.errors import StoreError
 from gateway.store.migrations import migrate
 
+log = logging.getLogger(__name__)
+
+# What a refused row raises (a constraint, a value SQLite cannot bind or the encoder cannot take): that row is left
+# out and the others are written. Anything else (sqlite3.OperationalError: disk full, I/O, locked) is the database's
+# own failure, and the whole write waits for the next attempt.
+ROW_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                                           sqlite3.DataError, ValueError, TypeError, OverflowError)
+
 PRAGMAS = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
 
 
 def db_path(data_dir: Path) -> Path:
     return data_dir / "fieldgate.db"
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """A row was refused, rather than the database failing (see ROW_ERRORS; a closed connection is no row's fault)."""
+    if not isinstance(exc, ROW_ERRORS) or isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc)
+    return "closed database" not in text and "no active connection" not in text
+
+
+class StoreHealth:
+    """Which parts of the store's writes fail now (reports, rollups, reported values, …) and what they left out:
+    shown by /healthz and the status, logged once per change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failing: dict[str, tuple[str, float]] = {}  # part -> (error, since)
+        self.refused: dict[str, int] = {}  # part -> rows left out because SQLite or the encoder refused them
+        self._pending: list[tuple[str, int, str]] = []  # left out by the transaction under way
+
+    def failed(self, part: str, error: str) -> None:
+        if part not in self.failing:
+            log.error("store %s: writing %s fails, retrying: %s", self.path, part, error)
+            self.failing[part] = (error, time.time())
+        elif self.failing[part][0] != error:
+            self.failing[part] = (error, self.failing[part][1])
+
+    def succeeded(self, part: str) -> None:
+        if self.failing.pop(part, None) is not None:
+            log.info("store %s: writing %s works again", self.path, part)
+
+    def left_out(self, part: str, count: int, reason: str) -> None:
+        """Rows that can never be written are left out of the transaction under way so that the others are:
+        counted and logged once it commits (a transaction rolled back and tried again counts them once)."""
+        self._pending.append((part, count, reason))
+
+    def settle(self, committed: bool) -> None:
+        """The transaction under way ended: count what it left out if it committed."""
+        pending, self._pending = self._pending, []
+        for part, count, reason in pending if committed else ():
+            self.refused[part] = self.refused.get(part, 0) + count
+            log.error("store %s: %d %s left out, refused: %s (%d so far)", self.path, count, part, reason,
+                      self.refused[part])
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": "ok" if self.ok else "failing",
+                "failing": {part: {"error": error, "since": since} for part, (error, since) in self.failing.items()},
+                "refused": dict(self.refused)}
 
 
 class Database:
@@ -31,6 +94,7 @@ class Database:
         self._connection: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self._meta: dict[str, str] = {}  # meta values to write with the next flush
+        self.health = StoreHealth(path)
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (raises what sqlite3, the file system or the timeout raise)."""
@@ -97,11 +161,13 @@ class Database:
             await connection.execute("BEGIN IMMEDIATE")
             try:
                 yield connection
+                await connection.execute("COMMIT")
             except BaseException:
+                self.health.settle(False)
                 with contextlib.suppress(sqlite3.Error):
                     await connection.execute("ROLLBACK")
                 raise
-            await connection.execute("COMMIT")
+            self.health.settle(True)
 
     # --- meta values ------------------------------------------------------------------------------------------
 
@@ -122,11 +188,38 @@ class Database:
         """Put back the values of a flush that failed (newer ones queued meanwhile win)."""
         self._meta = {**meta, **self._meta}
 
-    @staticmethod
-    async def write_meta(connection: aiosqlite.Connection, meta: dict[str, str]) -> None:
-        await connection.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                                     "value = excluded.value", list(meta.items()))
+    async def write_meta(self, connection: aiosqlite.Connection, meta: dict[str, str], *,
+                         careful: bool = False) -> None:
+        await write_rows(connection, "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                         "value = excluded.value", list(meta.items()), careful=careful, health=self.health,
+                         part="meta values")
 
     @property
     def meta_queued(self) -> bool:
         return bool(self._meta)
+
+
+async def write_rows(connection: aiosqlite.Connection, sql: str, rows: Sequence[Sequence[Any]], *, careful: bool,
+                     health: StoreHealth, part: str) -> list[int]:
+    """Insert rows inside the caller's transaction; the indexes of those refused.
+
+    Fast (one executemany) unless `careful`: a refused row then fails the whole call, and the caller's retry comes
+    careful, one row at a time, leaving out only the rows refused (counted in `health`). A failure of the database
+    itself is raised either way.
+    """
+    if not careful:
+        await connection.executemany(sql, rows)
+        return []
+    refused: list[int] = []
+    reason = ""
+    for index, row in enumerate(rows):
+        try:
+            await connection.execute(sql, row)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            refused.append(index)
+            reason = reason or f"{type(exc).__name__}: {exc}"
+    if refused:
+        health.left_out(part, len(refused), reason)
+    return refused

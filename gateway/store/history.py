@@ -10,7 +10,7 @@ and per-minute count/min/max/sum of numeric values in `rollups`, which the plots
 from __future__ import annotations
 
 import logging
-import sqlite3
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -19,8 +19,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from gateway.errors import StoreError
-from gateway.store.db import Database
+from gateway.store.db import Database, is_row_error, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,20 @@ _unpack = msgspec.msgpack.Decoder()
 HISTORY_PAGE = 2000  # report rows read a query
 SNAPSHOT_EVERY = 5.0  # seconds between writes of the latest reported values (opening replays the reports since)
 FOLD_EVERY = 1.0  # seconds between folds of committed reports into the latest values and the running minutes
+RETRY_EVERY = 1.0  # seconds before rollups or latest values that failed to write are tried again
+ROW_OVERHEAD = 24  # bytes a report row costs beside its values: its header, rowid, time and index entry
+MAX_TS = 1 << 52  # seconds: beyond, a report's time in milliseconds no longer fits a SQLite integer exactly
 
 Report = tuple[str, float, dict[str, Any]]  # (device, ts, values) as queued
 Folded = tuple[int, float, tuple[int, ...], tuple[Any, ...]]  # (device id, ts, series ids, values), committed
+
+
+def _packable(value: Any) -> bool:
+    try:
+        _pack.encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 class History:
@@ -57,6 +67,9 @@ class History:
         self._keys: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # device -> its last key list, ids
         self._unfolded: list[Folded] = []  # committed, not folded
         self._folded_at = 0.0
+        self._retry_at = 0.0  # monotonic time before which failed rollups are not tried again
+        self._usage: dict[int, int] | None = None  # device id -> bytes of its report rows, once retention needs it
+        self._written: dict[int, int] = {}  # device id -> bytes of the rows of the flush under way
 
     # --- the write path ---------------------------------------------------------------------------------------
 
@@ -104,10 +117,13 @@ class History:
         self._pending.extendleft(reversed(reports))
         self._queued += queued
 
-    async def write(self, db: aiosqlite.Connection, reports: deque[Report]) -> list[Folded]:
-        """Insert the report rows inside the flush's transaction; what to fold once it commits."""
+    async def write(self, db: aiosqlite.Connection, reports: deque[Report], *, careful: bool = False
+                    ) -> list[Folded]:
+        """Insert the report rows inside the flush's transaction; what to fold once it commits. A value the encoder
+        cannot take is left out of its report, and `careful` (the flush's retry) leaves out a row SQLite refuses."""
         encode = _pack.encode
         keys = self._keys
+        self._written = {}
         by_device = await self._series_for(db, reports)
         devices = await self._devices_for(db, {device for device, _, _ in reports})
         report_rows: list[tuple[int, int, bytes]] = []
@@ -123,22 +139,60 @@ class History:
             ids = cached[1]
             vals = tuple(values.values())
             device_id = devices[device]
-            report_rows.append((device_id, int(ts * 1000), encode(dict(zip(ids, vals, strict=True)))))
+            try:
+                row = (device_id, int(ts * 1000), encode(dict(zip(ids, vals, strict=True))))
+            except (TypeError, ValueError, OverflowError):
+                encodable = self._encodable(device, ts, ids, vals)
+                if encodable is None:
+                    continue
+                ids, vals, row = encodable[0], encodable[1], (device_id, int(ts * 1000), encodable[2])
+            report_rows.append(row)
             folded.append((device_id, ts, ids, vals))
         if report_rows:
-            await db.executemany("INSERT INTO reports VALUES (?, ?, ?)", report_rows)
+            refused = await write_rows(db, "INSERT INTO reports VALUES (?, ?, ?)", report_rows, careful=careful,
+                                       health=self._db.health, part="reports")
+            if refused:
+                left_out = set(refused)
+                folded = [row for index, row in enumerate(folded) if index not in left_out]
+            if self._usage is not None:  # counted once retention needs it: until then this costs nothing
+                written: dict[int, int] = {}
+                for device_id, _, blob in report_rows:
+                    written[device_id] = written.get(device_id, 0) + len(blob) + ROW_OVERHEAD
+                self._written = written
         return folded
 
+    def _encodable(self, device: str, ts: float, ids: tuple[int, ...], vals: tuple[Any, ...]
+                   ) -> tuple[tuple[int, ...], tuple[Any, ...], bytes] | None:
+        """The part of a report the store can keep (ids, values, row blob): without the values the encoder refuses;
+        None when the time itself is no time. Plugins publish reports too: one bad value must not cost the rest."""
+        health = self._db.health
+        if not isinstance(ts, int | float) or not math.isfinite(ts) or abs(ts) > MAX_TS:
+            health.left_out("reports", 1, f"{device}: the time {ts!r} is no time")
+            return None
+        kept = [(key, value) for key, value in zip(ids, vals, strict=True) if _packable(value)]
+        if len(kept) < len(ids):
+            health.left_out("values", len(ids) - len(kept), f"{device}: values the store cannot encode")
+        if not kept:
+            return None
+        return tuple(k for k, _ in kept), tuple(v for _, v in kept), _pack.encode(dict(kept))
+
     async def committed(self, folded: list[Folded]) -> int:
-        """After the flush committed: count, and fold, roll up and snapshot when due; returns the values written."""
+        """After the flush committed: count, and fold, roll up and snapshot when due; returns the values written.
+        Writing the rollups or the latest values may fail without failing the flush: the store's health says so,
+        and they are written again with a later flush."""
         written = sum(len(row[3]) for row in folded)
+        if self._usage is not None:
+            for device_id, size in self._written.items():
+                self._usage[device_id] = self._usage.get(device_id, 0) + size
+        self._written = {}
         self._unfolded += folded
         self.values_written += written
-        if time.monotonic() - self._folded_at >= FOLD_EVERY:
+        now = time.monotonic()
+        if now - self._folded_at >= FOLD_EVERY:
             self._fold()
-        if self._closed:
+        if self._closed and now >= self._retry_at:
             await self._write_rollups()
-        if self._dirty and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
+        if self._dirty and now - self._snapshot_at >= SNAPSHOT_EVERY:
             await self._write_snapshot()
         return written
 
@@ -182,9 +236,15 @@ class History:
                     continue
                 try:
                     n, low, high, total = len(column), min(column), max(column), sum(column)
-                except TypeError:  # a column of mixed types: only its numbers count
-                    numbers = [v for v in column if type(v) is float or type(v) is int]
+                    if total - total != 0:  # a NaN or an infinity: no bucket may hold one (SQLite stores NaN as NULL)
+                        raise TypeError
+                except TypeError:  # a column of mixed types, or not all finite: only its finite numbers count
+                    numbers = [v for v in column if (type(v) is float or type(v) is int) and v - v == 0]
+                    if not numbers:
+                        continue
                     n, low, high, total = len(numbers), min(numbers), max(numbers), sum(numbers)
+                    if total - total != 0:  # finite values whose sum is not (near the largest floats)
+                        continue
                 current = running.get(key)
                 if current is None:
                     running[key] = [minute, n, low, high, total]
@@ -209,16 +269,18 @@ class History:
         rows = []
         for device_id in dirty:
             at = self._latest_at[device_id]
-            rows.append((device_id, encode({key: (value, at[key]) for key, value in self._latest[device_id].items()})))
-        try:
-            async with self._db.transaction() as db:
-                await db.executemany(
-                    "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET vals = excluded.vals", rows)
-                await db.execute("INSERT INTO meta SELECT 'reported_rowid', coalesce(max(rowid), 0) FROM reports "
-                                 "WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-        except sqlite3.Error as exc:
+            latest = self._latest[device_id]
+            try:
+                rows.append((device_id, encode({key: (value, at[key]) for key, value in latest.items()})))
+            except (TypeError, ValueError, OverflowError):  # cannot happen for values that went into a report row
+                rows.append((device_id, encode({key: (value, at[key]) for key, value in latest.items()
+                                                if _packable(value)})))
+        await self._write("reported values", "INSERT INTO reported VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET "
+                          "vals = excluded.vals", rows, after="INSERT INTO meta SELECT 'reported_rowid', "
+                          "coalesce(max(rowid), 0) FROM reports WHERE true ON CONFLICT(key) DO UPDATE SET "
+                          "value = excluded.value")
+        if "reported values" in self._db.health.failing:
             self._dirty |= dirty
-            raise StoreError(f"{self._db.path}: writing the reported values failed: {exc}") from exc
 
     async def _write_rollups(self, *, everything: bool = False) -> None:
         """Write the per-minute buckets of minutes that are over (and the running ones when the store closes); a
@@ -228,17 +290,35 @@ class History:
         ready = self._closed + ([[key, *bucket] for key, bucket in self._open.items()] if everything else [])
         if not ready:
             return
-        try:
-            async with self._db.transaction() as db:
-                await db.executemany(
-                    "INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(series, minute) DO UPDATE SET "
-                    "n = n + excluded.n, low = min(low, excluded.low), high = max(high, excluded.high), "
-                    "total = total + excluded.total", ready)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self._db.path}: writing rollups failed: {exc}") from exc
+        rows = [(key, minute, n, float(low), float(high), float(total)) for key, minute, n, low, high, total in ready]
+        await self._write("rollups", "INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(series, minute) DO "
+                          "UPDATE SET n = n + excluded.n, low = min(low, excluded.low), high = max(high, "
+                          "excluded.high), total = total + excluded.total", rows)
+        if "rollups" in self._db.health.failing:
+            return
         self._closed = []
         if everything:
             self._open = {}
+
+    async def _write(self, part: str, sql: str, rows: list[tuple[Any, ...]], *, after: str | None = None) -> None:
+        """Rows of a part written after a flush, in their own transaction: a refused row is left out on a careful
+        second attempt; a failure of the database shows in the store's health, and the part is tried again later
+        (RETRY_EVERY). Never raises: the readings' own commits go on."""
+        health = self._db.health
+        for careful in (False, True):
+            try:
+                async with self._db.transaction() as db:
+                    await write_rows(db, sql, rows, careful=careful, health=health, part=part)
+                    if after is not None:
+                        await db.execute(after)
+            except Exception as exc:
+                if not careful and is_row_error(exc):
+                    continue
+                health.failed(part, f"{type(exc).__name__}: {exc}")
+                self._retry_at = time.monotonic() + RETRY_EVERY
+                return
+            health.succeeded(part)
+            return
 
     # --- ids and the latest values ----------------------------------------------------------------------------
 
@@ -387,9 +467,10 @@ class History:
     # --- retention --------------------------------------------------------------------------------------------
 
     async def prune(self, max_age: float, max_bytes: int) -> int:
-        """Delete reports older than max_age, then the oldest while the file's used size exceeds max_bytes.
+        """Delete reports older than max_age, then, while the file's used size exceeds max_bytes, the oldest reports
+        of the devices that use the most: one device's flood costs its own history, never another device's.
 
-        Reports are appended in time order, so the cut-off is found by a binary search over rowids instead of a
+        Reports are appended in time order, so the age cut-off is found by a binary search over rowids instead of a
         scan. Returns how many report rows went.
         """
         cutoff_ms = int((time.time() - max_age) * 1000)
@@ -399,15 +480,52 @@ class History:
             (pages,), (free,), (page_size,) = [
                 (await self._db.rows(f"PRAGMA {p}"))[0] for p in ("page_count", "freelist_count", "page_size")
             ]
-            if (pages - free) * page_size <= max_bytes:
+            used = (pages - free) * page_size
+            if used <= max_bytes:
                 break
-            ((low, high),) = await self._db.rows("SELECT min(rowid), max(rowid) FROM reports")
-            if low is None:
+            usage = await self._usage_by_device()
+            cuts = fair_cuts(usage, used - max_bytes + max_bytes // 20)  # 5% below: not pruned again at once
+            if not cuts:
                 break
-            deleted += await self._delete_reports_before(low + max((high - low + 1) // 10, 1))
+            for device_id, amount in cuts.items():
+                deleted += await self._delete_oldest(device_id, amount)
         if deleted:
             log.info("history retention removed %d reports", deleted)
         return deleted
+
+    async def _usage_by_device(self) -> dict[int, int]:
+        """Bytes of report rows by device: counted once, when retention first needs it, then kept up to date by
+        the flushes (`committed`) and the deletes. Counted inside a transaction, so no flush is half counted."""
+        if self._usage is None:
+            async with self._db.transaction() as db:
+                cursor = await db.execute(f"SELECT device, sum(length(vals)) + count(*) * {ROW_OVERHEAD} FROM "
+                                          "reports GROUP BY device")
+                self._usage = {int(device): int(size) for device, size in await cursor.fetchall()}
+        return self._usage
+
+    async def _delete_oldest(self, device_id: int, amount: int) -> int:
+        """Delete about `amount` bytes of one device's oldest reports; how many rows went."""
+        found, after, cutoff = 0, -(1 << 62), None
+        while found < amount:
+            rows = await self._db.rows(f"SELECT ts, length(vals) + {ROW_OVERHEAD} FROM reports WHERE device = ? AND "
+                                       "ts > ? ORDER BY ts LIMIT ?", (device_id, after, HISTORY_PAGE))
+            for ts, size in rows:
+                found += size
+                cutoff = after = ts
+                if found >= amount:
+                    break
+            if len(rows) < HISTORY_PAGE:
+                break
+        if cutoff is None:
+            return 0
+        async with self._db.transaction() as db:
+            cursor = await db.execute(f"SELECT count(*), coalesce(sum(length(vals)), 0) + count(*) * {ROW_OVERHEAD} "
+                                      "FROM reports WHERE device = ? AND ts <= ?", (device_id, cutoff))
+            ((rows_gone, bytes_gone),) = await cursor.fetchall()
+            await db.execute("DELETE FROM reports WHERE device = ? AND ts <= ?", (device_id, cutoff))
+        if self._usage is not None:
+            self._usage[device_id] = max(self._usage.get(device_id, 0) - int(bytes_gone), 0)
+        return int(rows_gone)
 
     async def _first_rowid_at(self, ts_ms: int) -> int:
         ((low, high),) = await self._db.rows("SELECT min(rowid), max(rowid) FROM reports")
@@ -425,5 +543,24 @@ class History:
 
     async def _delete_reports_before(self, rowid: int) -> int:
         async with self._db.transaction() as db:
+            if self._usage is not None:
+                cursor = await db.execute(f"SELECT device, sum(length(vals)) + count(*) * {ROW_OVERHEAD} FROM "
+                                          "reports WHERE rowid < ? GROUP BY device", (rowid,))
+                for device_id, size in await cursor.fetchall():
+                    self._usage[device_id] = max(self._usage.get(device_id, 0) - int(size), 0)
             cursor = await db.execute("DELETE FROM reports WHERE rowid < ?", (rowid,))
             return max(cursor.rowcount, 0)
+
+
+def fair_cuts(usage: dict[int, int], excess: int) -> dict[int, int]:
+    """Bytes each device gives up so that `excess` bytes go, the largest users first: every device is cut down to
+    one common cap, and those under it keep everything (a flood from one device is paid by that device alone)."""
+    ranked = sorted(((size, device) for device, size in usage.items() if size > 0), reverse=True)
+    total = 0
+    for count, (size, _) in enumerate(ranked, start=1):
+        total += size
+        below = ranked[count][0] if count < len(ranked) else 0
+        if total - count * below >= excess:  # cutting these `count` devices down to a cap >= `below` is enough
+            cap = max((total - excess) // count, below)
+            return {device: size - cap for size, device in ranked[:count] if size > cap}
+    return {device: size for size, device in ranked}  # not enough in reports to free: all of it

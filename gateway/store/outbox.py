@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.db import Database
+from gateway.store.db import Database, write_rows
 
 Message = tuple[str, str, bytes, float]  # (sink, topic, payload, created) as queued
 
@@ -39,9 +39,15 @@ class Outboxes:
         """Put back the messages of a flush that failed, ahead of those queued meanwhile."""
         self._queued[:0] = messages
 
-    @staticmethod
-    async def write(db: aiosqlite.Connection, messages: list[Message]) -> None:
-        await db.executemany("INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)", messages)
+    async def write(self, db: aiosqlite.Connection, messages: list[Message], *, careful: bool = False
+                    ) -> list[Message]:
+        """Insert the messages inside the flush's transaction; those written (`careful`: all but the refused)."""
+        refused = await write_rows(db, "INSERT INTO outbox (sink, topic, payload, created) VALUES (?, ?, ?, ?)",
+                                   messages, careful=careful, health=self._db.health, part="outbox messages")
+        if not refused:
+            return messages
+        left_out = set(refused)
+        return [message for index, message in enumerate(messages) if index not in left_out]
 
     def committed(self, messages: list[Message]) -> None:
         for row in messages:

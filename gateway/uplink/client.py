@@ -32,7 +32,7 @@ from gateway.uplink.requests import answer_request
 from gateway.uplink.twins import TwinSync
 from gateway.uplink.upgrade import NodeUpgrade
 from gateway.uplink.workloads import WorkloadSync
-from gateway.wire import LOGS_NAMESPACE, AckRequest, HeartbeatResponse, NodeMessage
+from gateway.wire import LOGS_NAMESPACE, MAX_HEARTBEAT, AckRequest, HeartbeatResponse, NodeMessage
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -128,9 +128,16 @@ class Uplink:
         started = time.monotonic()
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
                 **self.workloads.outgoing(), **self.upgrade.outgoing()}
+        content = msgspec.json.encode(body)  # msgspec, not json: no value can make the body invalid JSON
+        if len(content) > MAX_HEARTBEAT:  # the budgets keep under it; never send what the registry refuses whole
+            log.error("a heartbeat of %d bytes is over the registry's %d: its twins and workloads go later",
+                      len(content), MAX_HEARTBEAT)
+            self.twins.failed()
+            self.workloads.failed()
+            body = {key: value for key, value in body.items() if key not in ("twins", "twins_complete", "workloads")}
+            content = msgspec.json.encode(body)
         try:
-            # msgspec, not json: a NaN or infinite reading goes as null instead of making the body invalid JSON
-            response = await client.post("/api/v1/heartbeat", content=msgspec.json.encode(body),
+            response = await client.post("/api/v1/heartbeat", content=content,
                                          headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             self.twins.failed()  # the twins it carried go with the next heartbeat

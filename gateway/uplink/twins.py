@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from gateway.errors import FieldgateError
 from gateway.wire import (
     MAX_REPORT_DEVICES,
     MIN_REPORT_INTERVAL,
+    REPORT_VALUE_MAX,
+    TWINS_BUDGET,
     DesiredAck,
     DesiredError,
     DesiredValue,
@@ -28,6 +31,45 @@ if TYPE_CHECKING:
     from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
+
+
+def fit_reports(reports: Iterable[DeviceReport], budget: int) -> list[dict[str, Any]]:
+    """As many reports as fit `budget` bytes of JSON, in order (at least one); the others wait for the next
+    heartbeats. A report alone larger than the budget goes without its long values (see `_shortened`)."""
+    fitted: list[dict[str, Any]] = []
+    used = 0
+    for report in reports:
+        size = len(_json.encode(report))
+        if size > budget:
+            report = _shortened(report, budget)
+            size = len(_json.encode(report))
+        if fitted and used + size > budget:
+            break
+        fitted.append(msgspec.to_builtins(report))
+        used += size
+    return fitted
+
+
+def _shortened(report: DeviceReport, budget: int) -> DeviceReport:
+    """A report that fits a heartbeat: values longer than REPORT_VALUE_MAX stay on the node (said in the property's
+    error), and the properties that still do not fit are left out (said in the device's reason)."""
+    properties: dict[str, PropertyReport] = {}
+    used = 0
+    for name, prop in report.properties.items():
+        long = [field for field in ("reported", "desired") if isinstance(getattr(prop, field), str | bytes)
+                and len(getattr(prop, field)) > REPORT_VALUE_MAX]
+        if long:
+            prop = msgspec.structs.replace(prop, **dict.fromkeys(long, None), error=f"{' and '.join(long)} value "
+                                           f"longer than {REPORT_VALUE_MAX} characters: kept on the node")
+        size = len(_json.encode(prop)) + len(name) + 4
+        if used + size > budget // 2:
+            left_out = len(report.properties) - len(properties)
+            return msgspec.structs.replace(report, properties=properties, reason=f"{report.reason} ({left_out} "
+                                           "properties not reported: too many for a heartbeat)".lstrip())
+        properties[name] = prop
+        used += size
+    return msgspec.structs.replace(report, properties=properties)
 
 
 class TwinSync:
@@ -42,6 +84,7 @@ class TwinSync:
         self._sending_complete = False
         self._sending_ack: DesiredAck | None = None
         self._last_report = -MIN_REPORT_INTERVAL
+        self._reported_at: dict[str, float] = {}  # device -> when a heartbeat last carried its report
         self.ack: DesiredAck | None = None
         self.desired_version = self._load_version()
         for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
@@ -68,23 +111,36 @@ class TwinSync:
         if not (self.dirty or self.complete) or now - self._last_report < MIN_REPORT_INTERVAL:
             self._sending, self._sending_complete = set(), False
             return body
-        devices = sorted(twins) if self.complete else sorted(self.dirty & twins.keys())
-        chosen = devices[:MAX_REPORT_DEVICES]
+        if self.complete and len(twins) > MAX_REPORT_DEVICES:  # no heartbeat names them all: report as changed
+            self.dirty |= twins.keys()
+            self.complete = False
+        # the devices reported longest ago first: when not all fit, none waits behind the others for good
+        devices = sorted(twins if self.complete else self.dirty & twins.keys(),
+                         key=lambda device_id: (self._reported_at.get(device_id, 0.0), device_id))
+        reports = fit_reports((self._report(device_id) for device_id in devices[:MAX_REPORT_DEVICES]), TWINS_BUDGET)
+        chosen = [report["device"] for report in reports]
         self._sending = set(chosen)
-        self._sending_complete = self.complete and len(chosen) == len(devices)
+        self._sending_complete = self.complete
+        self._reported_at.update(dict.fromkeys(chosen, now))
         self.dirty -= self._sending
         self.dirty &= twins.keys()
+        if self.complete and len(chosen) < len(devices):
+            # the whole set does not fit one heartbeat: the others go by name and state, which the registry takes
+            # without touching their properties, and with all of theirs in the next heartbeats
+            later = devices[len(chosen):]
+            reports += [msgspec.to_builtins(self._report(device_id, properties=False)) for device_id in later]
+            self.dirty.update(later)
         self._last_report = now
-        body["twins"] = [msgspec.to_builtins(self._report(device_id)) for device_id in chosen]
+        body["twins"] = reports
         body["twins_complete"] = self._sending_complete
         return body
 
-    def _report(self, device_id: str) -> DeviceReport:
+    def _report(self, device_id: str, *, properties: bool = True) -> DeviceReport:
         twin = self.gateway.twin(device_id)
         return DeviceReport(device=device_id, state=twin.state, reason=twin.state_reason, properties={
             name: PropertyReport(reported=prop.reported, reported_at=prop.reported_at, quality=prop.quality,
                                  desired=prop.desired, error=prop.error)
-            for name, prop in twin.properties.items()})
+            for name, prop in twin.properties.items()} if properties else {})
 
     def delivered(self) -> None:
         """The heartbeat got through."""

@@ -18,7 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway import __version__
 from gateway.api import GatewayAPI
-from gateway.errors import FieldgateError, NotFound, ValueRejected
+from gateway.errors import FieldgateError, NotFound, StoreError, ValueRejected
 from gateway.logs import log_ring
 from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
@@ -27,6 +27,7 @@ from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages import admin, devices, editor, login, logs, overview, workloads
 from gateway.web.pages.common import render
 from gateway.web.security import (
+    BODY_DEFAULT,
     LOGIN_CSRF_COOKIE,
     PUBLIC_PATHS,
     PUBLIC_PREFIXES,
@@ -71,6 +72,10 @@ def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 413:  # Litestar says only "Request Entity Too Large"
+        limit = request.route_handler.resolve_request_max_body_size()
+        exc = HTTPException(status_code=413, detail=f"the request body is larger than the {limit} bytes "
+                            f"{request.method} {request.url.path} takes")
     if is_api_path(request.url.path) or exc.status_code < 400:
         return Response({"status_code": exc.status_code, "detail": exc.detail}, status_code=exc.status_code,
                         headers=exc.headers)
@@ -99,6 +104,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             PermissionDeniedException: _http_error,
             NotFound: _error(404),
             ValueRejected: _error(400),
+            StoreError: _error(503),  # the store fails, not the request
             FieldgateError: _error(400),
             HTTPException: _http_error,
         },
@@ -111,6 +117,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             security=[{"bearer": []}],
         ),
         lifespan=list(lifespan),
+        request_max_body_size=BODY_DEFAULT,  # routes that take more say so (gateway.web.security)
         logging_config=None,
         debug=False,
     )

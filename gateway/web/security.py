@@ -19,8 +19,18 @@ from litestar.middleware._utils import should_bypass_middleware
 from litestar.types import Receive, Scope, Send
 
 from gateway.errors import AuthError, ConfigError
+from gateway.resources.schema import VALUE_MAX_LENGTH
 from gateway.web.auth import Principal, Role, authenticate_token, check_role
+from gateway.web.editing import MAX_UPLOAD_BYTES
 from gateway.webkit.sessions import BrowserSessions, Session, check_csrf
+
+# The most a request body may hold, per route (Litestar answers 413 beyond, before reading it when the length is
+# announced). The app's default is BODY_DEFAULT; routes that take more say so. Each fits its largest legitimate
+# request and nothing near the 10 MB Litestar would take by itself.
+BODY_DEFAULT = 64 << 10  # logins, forms, tokens, workload actions, any plugin route that says nothing
+BODY_VALUE = 4 * VALUE_MAX_LENGTH + (16 << 10)  # one desired value as JSON: the longest any property may hold
+BODY_FORM_VALUE = 12 * VALUE_MAX_LENGTH + (16 << 10)  # the same as a form field: %XX triples each UTF-8 byte
+BODY_DOCUMENTS = 3 * MAX_UPLOAD_BYTES + (64 << 10)  # a CSV or YAML upload, or YAML text posted by a form
 
 SESSION_COOKIE = "fieldgate_session"
 LOGIN_CSRF_COOKIE = "fieldgate_login_csrf"

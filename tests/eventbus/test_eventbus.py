@@ -165,6 +165,69 @@ async def test_bad_input_gets_a_result_with_the_reason(
     assert gw.eventbus is not None and gw.eventbus.rejected == 1
 
 
+async def test_nan_and_infinities_on_the_twin_topic_are_refused(
+        mosquitto: Mosquitto, write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """Before, "nan" on a property without both bounds was taken: null in the store, NaN on the device."""
+    text = config_for(mosquitto.url, virtual_device("d1")).replace("access: ReadWrite, minimum: 0, maximum: 50",
+                                                                   "access: ReadWrite")
+    gw: Gateway = await start_gateway(write_config(text))
+    await wait_connected(gw)
+    topic = "$hw/events/device/default/d1/twin/update"
+    async with mqtt_client(mosquitto, f"{topic}/result") as (client, queue):
+        for value in ("nan", "Infinity", "-inf"):
+            update = {"event_id": value, "twin": {"setpoint": {"expected": {"value": value}}}}
+            await client.publish(topic, json.dumps(update), qos=1)
+            result = await next_on(queue, f"{topic}/result")
+            assert (result["event_id"], result["code"]) == (value, 400)
+            assert "setpoint: expected a finite number" in result["reason"]
+    assert gw.api.twin("default/d1").properties["setpoint"].desired is None
+    assert gw.eventbus is not None and gw.eventbus.rejected == 3
+
+
+ROUTED = """\
+---
+kind: Endpoint
+name: apps
+type: eventbus
+---
+kind: Route
+name: alarms
+source: apps
+source_resource: {topic: "apps/+/alarm"}
+target: apps
+target_resource: {topic: routed/alarm}
+"""
+
+
+async def test_messages_larger_than_a_topic_takes_are_refused_unread(
+        mosquitto: Mosquitto, write_config: Callable[[str], Path], start_gateway: Callable[..., Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before, the gateway took any payload: a 9 MB desired value, or a 9 MB message into a route's outbox."""
+    from gateway.eventbus.link import ROUTE_MESSAGE_MAX, TWIN_MESSAGE_MAX
+
+    gw: Gateway = await start_gateway(write_config(config_for(mosquitto.url, virtual_device("d1") + ROUTED)))
+    await wait_connected(gw)
+    topic = "$hw/events/device/default/d1/twin/update"
+    async with mqtt_client(mosquitto, f"{topic}/result", "routed/alarm") as (client, queue):
+        huge = {"event_id": "big", "twin": {"setpoint": {"expected": {"value": "1" + " " * TWIN_MESSAGE_MAX}}}}
+        await client.publish(topic, json.dumps(huge), qos=1)
+        result = await next_on(queue, f"{topic}/result")
+        assert result["code"] == 413 and f"more than the {TWIN_MESSAGE_MAX} this topic takes" in result["reason"]
+        await client.publish("apps/a1/alarm", bytes(ROUTE_MESSAGE_MAX + 1), qos=1)
+        await client.publish("apps/a1/alarm", b'{"level": "high"}', qos=1)
+        assert await next_on(queue, "routed/alarm") == {"level": "high"}  # the large one never went anywhere
+        for _ in range(3):  # the same again is counted, not logged again
+            await client.publish("apps/a1/alarm", bytes(ROUTE_MESSAGE_MAX + 1), qos=1)
+        await client.publish("apps/a1/alarm", b'{"level": "low"}', qos=1)
+        assert await next_on(queue, "routed/alarm") == {"level": "low"}
+    assert gw.api.twin("default/d1").properties["setpoint"].desired is None
+    described = gw.status()["eventbus"]
+    assert described["too_large"] == 5 and described["rejected"] == 5
+    assert [r["accepted"] for r in gw.status()["routes"]] == [2]
+    dropped = [r for r in caplog.records if "dropped a message on apps/a1/alarm" in r.getMessage()]
+    assert len(dropped) == 1 and "more than the 1048576 this topic takes" in dropped[0].getMessage()
+
+
 async def test_membership_get(mosquitto: Mosquitto, write_config: Callable[[str], Path],
                               start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(config_for(mosquitto.url, virtual_device("d1")

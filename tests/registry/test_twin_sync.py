@@ -5,9 +5,11 @@ device through the node's desired path, and all of it survives the registry bein
 from __future__ import annotations
 
 import json
+import math
 import ssl
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, ValueRejected
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
@@ -57,6 +59,7 @@ class Node:
             properties:
               - {{name: count, type: int, access: ReadOnly}}
               - {{name: broken, type: float, access: ReadOnly}}
+              - {{name: gain, type: float, access: ReadWrite}}
             ---
             kind: Device
             name: local-1
@@ -64,7 +67,8 @@ class Node:
             protocol: {{name: virtual, config: {{}}}}
             properties:
               - {{name: count, collect_interval: 100ms, visitor: {{generator: counter}}}}
-              - {{name: broken, collect_interval: 100ms, visitor: {{generator: constant, value: .nan}}}}
+              - {{name: broken, collect_interval: 100ms, visitor: {{generator: fault, value: nan}}}}
+              - {{name: gain, collect_interval: 100ms, visitor: {{generator: memory, initial: 1.0}}}}
             """))
         token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir", str(self.data_dir)],
                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
@@ -117,6 +121,7 @@ def reported(node: Node, device: str, prop: str, value: Any) -> dict[str, Any] |
 
 
 def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Registry, tmp_path: Path) -> None:
+    from gateway.wire import MAX_HEARTBEAT, MIN_REPORT_INTERVAL, TWINS_BUDGET
     from gateway.uplink.join import client_ssl_context
 
     # the registry bounds what a node reports: how many devices at once, and how often
@@ -127,6 +132,14 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
         too_soon = client.post("/api/v1/heartbeat", json={"twins": [report]})
         assert too_soon.status_code == 429 and "more often" in too_soon.json()["detail"]
         assert client.post("/api/v1/heartbeat", json={}).status_code == 200  # a heartbeat without twins is fine
+        # the body limit fits twice a node's largest report; beyond it, 413 before the body is read
+        time.sleep(MIN_REPORT_INTERVAL)
+        large = {"device": "default/x", "state": "online",
+                 "properties": {f"p{i}": {"reported": "y" * 60000} for i in range(2 * TWINS_BUDGET // 60000)}}
+        assert client.post("/api/v1/heartbeat", json={"twins": [large]}).status_code == 200
+        over = client.post("/api/v1/heartbeat", content=bytes(MAX_HEARTBEAT + 1),
+                           headers={"content-type": "application/json"})
+        assert over.status_code == 413
     node.start()
     (tmp_path / "remote.yaml").write_text(REMOTE)
     registry.cli("apply", "-f", str(tmp_path / "remote.yaml"))
@@ -137,14 +150,17 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
     assert twin["twin"]["temperature"]["reported"] == 21.0 and twin["twin"]["temperature"]["quality"] == "good"
     listed = {d["name"]: d for d in node.viewer.get("/api/v1/nodes/gw-1/devices").json()}
     assert set(listed) == {"boiler-1", "local-1"} and not listed["local-1"]["applied_at_registry"]
-    broken = listed["local-1"]["twin"]["broken"]  # a NaN reading travels as null, not as invalid JSON
-    assert broken["quality"] == "good" and broken["reported"] is None
+    broken = listed["local-1"]["twin"]["broken"]  # a NaN reading is a bad reading, never a reported value
+    assert broken["quality"] == "bad" and broken["reported"] is None and "not a finite number" in broken["error"]
 
     # down: checked at the registry against the model, then through the node's desired path
     assert node.viewer.put("/api/v1/devices/default/boiler-1/desired",
                            json={"desired": {"setpoint": 22.5}}).status_code == 403
     too_high = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"setpoint": 99}})
     assert too_high.status_code == 400 and "above the maximum" in too_high.json()["detail"]
+    for text in ("nan", "-Infinity"):  # no value, whatever the bounds
+        refused = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"setpoint": text}})
+        assert refused.status_code == 400 and "setpoint: expected a finite number" in refused.json()["detail"]
     read_only = node.operator.put("/api/v1/devices/default/boiler-1/desired", json={"desired": {"temperature": 1}})
     assert read_only.status_code == 400 and "ReadOnly" in read_only.json()["detail"]
     assert node.operator.put("/api/v1/devices/default/nothing/desired",
@@ -168,6 +184,18 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
         return twin if twin and twin["twin"]["count"].get("desired_status") == "rejected" else None
 
     assert "ReadOnly" in wait_until(refused, what="the refusal")["twin"]["count"]["desired_error"]
+    # NaN as a number is refused at the registry; as text, which only the node can judge, by the node
+    not_a_number = registry.cli("set-desired", "default/local-1", "gain=NaN", check=False)
+    assert not_a_number.returncode == 2 and "gain: expected a finite number" in not_a_number.stderr
+    registry.cli("set-desired", "default/local-1", "gain=nan")
+
+    def refused_gain() -> dict[str, Any] | None:
+        twin = node.registry_twin("default/local-1")
+        return twin if twin and twin["twin"]["gain"].get("desired_status") == "rejected" else None
+
+    assert "gain: expected a finite number" in wait_until(refused_gain, what="the node's refusal")["twin"]["gain"][
+        "desired_error"]
+    assert node.local_twin("default/local-1")["gain"]["desired"] is None
 
     # the registry goes away: the node keeps running, then gets the pending value and reports its latest values
     assert registry.process is not None
@@ -211,9 +239,18 @@ async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db
         await twins.sync(store, "gw-1", [report("default/d2", 3)], False, 0, None)  # only what changed
         assert [(v["name"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [
             ("d1", 1), ("d2", 3)]
+        # by name and state only (a whole set too large for one heartbeat): the properties stay as they were
+        await twins.sync(store, "gw-1", [twins.DeviceReport(device="default/d2", state="offline")], False, 0, None)
+        assert [(v["name"], v["state"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [
+            ("d1", "online", 1), ("d2", "offline", 3)]
         await twins.sync(store, "gw-1", [report("default/d2", 4)], True, 0, None)  # the whole set: d1 is gone
         assert [(v["name"], v["twin"]["sp"]["reported"]) for v in await twins.device_views(store)] == [("d2", 4)]
 
+        # without the model, the registry still refuses what no property can hold
+        for bad, reason in ((math.inf, "expected a finite number"), ([1], "expected a number, a boolean or a string"),
+                            ("x" * (twins.MAX_UNCHECKED_TEXT + 1), "longer than any property holds")):
+            with pytest.raises(ValueRejected, match=reason):
+                await twins.set_desired(store, "default", "d2", {"sp": bad})
         view = await twins.set_desired(store, "default", "d2", {"sp": 7})
         assert view["twin"]["sp"]["desired_status"] == "pending"
         with pytest.raises(NotFound):

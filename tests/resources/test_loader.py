@@ -154,6 +154,12 @@ def test_design_example_error_line(write_config: Callable[[str, str], Path]) -> 
          "$.properties[2].visitor: the visitor gives double/float, which does not fit the model type int"),
         ("desired: 21.5", "desired: 95", "$.properties[1].desired: setpoint: 95.0 is above the maximum 90"),
         ("desired: 21.5", "desired: warm", "$.properties[1].desired: setpoint: expected a number, got 'warm'"),
+        ("desired: 21.5", "desired: .nan", "$.properties[1].desired: expected a finite number, got nan"),
+        ("desired: 21.5", "desired: '-inf'", "$.properties[1].desired: setpoint: expected a finite number, got "
+         "'-inf'"),
+        ("offset: 20}", "offset: .inf}", "$.properties[0].visitor.offset: expected a finite number, got inf"),
+        ("{name: count, type: int}", "{name: count, type: int, max_length: 10}",
+         "$.properties[2].max_length: max_length applies to strings and bytes, not int"),
         ("    collect_interval: 2\n", "    collect_interval: 2\n    desired: 3\n",
          "$.properties[2].desired: 'count' is ReadOnly: only ReadWrite properties take a desired value"),
         ("labels: {line: \"1\"}", "labels: {line: \"1\"}\ncolour: red",
@@ -176,6 +182,17 @@ def test_each_check_reports_one_precise_line(write_config: Callable[[str, str], 
     assert len(lines) == 1, lines
     assert "plant.yaml: document" in lines[0]
     assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("minimum: 5,", "minimum: .nan,", "$.properties[1].minimum: expected a finite number, got nan"),
+    ("maximum: 125}", "maximum: -.inf}", "$.properties[0].maximum: expected a finite number, got -inf"),
+])
+def test_a_model_bound_that_is_no_number_is_refused(write_config: Callable[[str, str], Path], old: str, new: str,
+                                                    expected: str) -> None:
+    """Before, `minimum: .nan` passed and turned the bounds off: every comparison with NaN is false."""
+    lines = problems(write_config, VALID.replace(old, new, 1))
+    assert f"document 2 (DeviceModel thermo): {expected} (NaN and infinities are no value)" in lines[0]
 
 
 def test_duplicate_and_multiple_problems_are_all_reported(write_config: Callable[[str, str], Path]) -> None:

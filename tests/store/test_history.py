@@ -3,6 +3,7 @@ plot buckets from reports and from rollups."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -100,5 +101,73 @@ async def test_plot_buckets_agree_between_reports_and_rollups(tmp_path: Path) ->
         assert [b[1:] for b in long] == [s[0][1:] for s in short]
         assert long[0][1:] == (0.0, 119.0, pytest.approx(59.5))
         assert await store.history.buckets("default/d", "s", start, start + 3 * 3600) == []  # not numeric
+    finally:
+        await store.close()
+
+
+def rollups_of(db_file: Path, device: str, prop: str) -> list[tuple[int, int, float, float, float]]:
+    """(minute, n, low, high, total) of one property's rollups, as stored."""
+    return [(int(m), int(n), lo, hi, total) for m, n, lo, hi, total in store_sql(
+        db_file, "SELECT minute, n, low, high, total FROM rollups JOIN series ON series.id = rollups.series "
+                 "WHERE series.device = ? AND series.property = ? ORDER BY minute", (device, prop))]
+
+
+async def test_a_nan_among_good_values_blocks_neither_the_flush_nor_the_rollups(tmp_path: Path) -> None:
+    """Before, a NaN folded into a minute made its total NaN, which SQLite stores as NULL: `NOT NULL constraint
+    failed: rollups.total` failed every flush after it, and every other series' minutes went unwritten."""
+    start = (int(time.time()) // 60 - 10) * 60  # on a minute, ten minutes ago
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(120):  # one report a second for two minutes
+            store.history.add_report("default/d", start + i, {
+                "good": float(i), "sometimes": math.nan if i % 7 == 0 else 1.0, "inf": math.inf if i == 3 else 2.0,
+                "never": math.nan})
+        assert await store.flush() == 480  # the history keeps what the pipeline published, NaN included
+        store.history.add_report("default/d", start + 130, {"good": 0.0})
+        assert await store.flush() == 1
+        assert store.health.ok
+        await store.close()  # writes the running minutes too
+        db_file = db_path(tmp_path)
+        minute = start // 60
+        assert rollups_of(db_file, "default/d", "good") == [
+            (minute, 60, 0.0, 59.0, float(sum(range(60)))), (minute + 1, 60, 60.0, 119.0, float(sum(range(60, 120)))),
+            (minute + 2, 1, 0.0, 0.0, 0.0)]
+        assert rollups_of(db_file, "default/d", "sometimes") == [(minute, 51, 1.0, 1.0, 51.0),
+                                                                 (minute + 1, 51, 1.0, 1.0, 51.0)]
+        assert rollups_of(db_file, "default/d", "inf")[0] == (minute, 59, 2.0, 2.0, 118.0)
+        assert rollups_of(db_file, "default/d", "never") == []
+    finally:
+        await store.close()
+
+
+async def test_a_flood_from_one_device_costs_only_its_own_history(tmp_path: Path) -> None:
+    """Before, retention deleted the oldest reports of every device while the file was over its limit: one device
+    sending huge values took every other device's history with it."""
+    limit = 2 << 20
+    now = time.time()
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(360):  # the last hour, every 10 s: a small device and a flooding one, interleaved
+            ts = now - 3600 + i * 10
+            store.history.add_report("default/quiet", ts, {"t": 20.0 + i / 100})
+            for j in range(3):
+                store.history.add_report("default/flood", ts + j, {"blob": f"{i}-{j}-" + "z" * 4000})
+        await store.flush()
+        assert used_bytes(db_path(tmp_path)) > limit  # about 4.5 MB
+        await store.history.prune(max_age=86400, max_bytes=limit)
+        assert used_bytes(db_path(tmp_path)) <= limit
+        quiet = await store.history.values("default/quiet", "t", 0, now + 1)
+        assert len(quiet) == 360  # the last hour of the quiet device, whole
+        flood = await store.history.values("default/flood", "blob", 0, now + 1, limit=100_000)
+        assert 0 < len(flood) < 3 * 360 and flood[-1][1].startswith("359-2-")  # the flood lost its oldest
+        # and again, with the flood going on: counted from the writes now, not scanned
+        for i in range(200):
+            store.history.add_report("default/flood", now + i, {"blob": "w" * 4000})
+        await store.flush()
+        await store.history.prune(max_age=86400, max_bytes=limit)
+        assert used_bytes(db_path(tmp_path)) <= limit
+        assert len(await store.history.values("default/quiet", "t", 0, now + 1)) == 360
     finally:
         await store.close()

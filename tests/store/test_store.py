@@ -4,6 +4,7 @@ for reports, outbox messages and meta values."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -122,5 +123,27 @@ async def test_one_flush_commits_reports_outbox_messages_and_meta_values_togethe
         assert (await store.twins.load())["default/d"]["a"]["reported"] == 1
         assert store.outboxes.depth == {"sink": 1}
         assert (await store.workloads.delivery())[1] == {"default/app": 7}
+    finally:
+        await store.close()
+
+
+async def test_values_and_rows_the_store_cannot_keep_are_left_out_alone(tmp_path: Path) -> None:
+    """Before, one value the encoder refuses (a plugin's report) failed the flush and lost the whole batch."""
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        store.history.add_report("default/d", 1000.0, {"a": 1, "odd": object(), "huge": 1 << 70})
+        store.history.add_report("default/d", math.nan, {"a": 2})  # no time
+        store.history.add_report("default/d", 1001.0, {"a": 3})
+        store.outboxes.add("sink", "t", b"one")
+        store.outboxes.add("sink", "t", {"not": "bytes"})  # type: ignore[arg-type]  # SQLite cannot take it
+        store.outboxes.add("sink", "t", b"two")
+        assert await store.flush() == 2
+        assert await store.history.values("default/d", "a", 0, 2000) == [(1000.0, 1), (1001.0, 3)]
+        assert [payload for _, _, payload, _ in await store.outboxes.batch("sink", 0, 10)] == [b"one", b"two"]
+        assert store.outboxes.depth == {"sink": 2}
+        assert store.health.ok and store.health.refused == {"values": 2, "reports": 1, "outbox messages": 1}
+        store.history.add_report("default/d", 1002.0, {"a": 4})
+        assert await store.flush() == 1  # and the next flush goes the fast way again
     finally:
         await store.close()

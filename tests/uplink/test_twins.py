@@ -14,8 +14,8 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
 
     import msgspec
 
-    from gateway.uplink.twins import MIN_REPORT_INTERVAL, TwinSync
-    from gateway.wire import DesiredValue, HeartbeatRequest
+    from gateway.uplink.twins import TwinSync
+    from gateway.wire import MIN_REPORT_INTERVAL, DesiredValue, HeartbeatRequest
 
     gateway = await start_gateway(write_config("""\
         kind: Gateway
@@ -36,14 +36,14 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
         properties:
           - {name: count, collect_interval: 20ms, visitor: {generator: counter}}
           - {name: sp, collect_interval: 20ms, visitor: {generator: memory, initial: 1}}
-          - {name: broken, collect_interval: 20ms, visitor: {generator: constant, value: .nan}}
+          - {name: broken, collect_interval: 20ms, visitor: {generator: fault, value: nan}}
         """))
     state = tmp_path / "desired.json"
     sync = TwinSync(gateway.api, state)
     await asyncio.sleep(0.1)
     first = sync.outgoing()
     assert first["twins_complete"] and [t["device"] for t in first["twins"]] == ["default/d1"]
-    # as the uplink sends it: a NaN reading goes as null, the heartbeat stays valid JSON for the registry
+    # as the uplink sends it: a NaN reading is a bad reading, never reported: the heartbeat stays valid JSON
     decoded = msgspec.json.decode(msgspec.json.encode(first), type=HeartbeatRequest)
     assert decoded.twins is not None and decoded.twins[0].properties["broken"].reported is None
     sync.delivered()
@@ -76,3 +76,64 @@ async def test_the_node_coalesces_reports_keeps_undelivered_ones_and_applies_des
     while gateway.devices.twins["default/d1"].properties["sp"].reported != 7:
         assert asyncio.get_running_loop().time() < deadline, "the desired value was not written"
         await asyncio.sleep(0.05)
+
+
+async def test_a_node_never_builds_a_heartbeat_over_the_registry_limit(
+        start_gateway: Any, write_config: Any, tmp_path: Path) -> None:
+    """Before, the twins of every changed device went into one heartbeat whatever their size: long values on many
+    devices made it larger than the registry takes (413), again and again."""
+    import asyncio
+
+    import msgspec
+
+    from gateway.uplink.twins import TwinSync
+    from gateway.wire import MIN_REPORT_INTERVAL, TWINS_BUDGET, HeartbeatRequest
+
+    props = [f"s{i}" for i in range(8)]
+    model = "".join(f"\n  - {{name: {p}, type: string, max_length: 65536}}" for p in props)
+    devices = "".join(
+        f"---\nkind: Device\nname: d{n}\nmodel: m\nprotocol: {{name: virtual}}\nproperties:\n"
+        + "".join(f"  - {{name: {p}, collect_interval: 1s, visitor: {{generator: constant, value: "
+                  + ('&v "' + "x" * 60000 + '"' if i == 0 else "*v") + "}}\n" for i, p in enumerate(props))
+        for n in range(12))
+    gateway = await start_gateway(write_config(f"kind: Gateway\nname: gw-1\neventbus: {{url: none}}\n---\n"
+                                               f"kind: DeviceModel\nname: m\nproperties:{model}\n{devices}"))
+    twins = [gateway.api.twin(f"default/d{n}") for n in range(12)]
+    deadline = asyncio.get_running_loop().time() + 10
+    while not all(t.properties["s7"].reported for t in twins):
+        assert asyncio.get_running_loop().time() < deadline, "the devices were not read"
+        await asyncio.sleep(0.05)
+    sync = TwinSync(gateway.api, tmp_path / "desired.json")
+    everything = {f"default/d{n}" for n in range(12)}
+    full: set[str] = set()
+    for beat in range(2):  # 12 devices x 480 kB: two heartbeats, each within the budget
+        body = sync.outgoing()
+        assert len(msgspec.json.encode(body)) <= TWINS_BUDGET + (8 << 10)
+        decoded = msgspec.json.decode(msgspec.json.encode(body), type=HeartbeatRequest)
+        assert decoded.twins is not None and decoded.twins[0].properties["s0"].reported == "x" * 60000
+        carried = {t.device for t in decoded.twins if t.properties}
+        assert 0 < len(carried) < 12
+        if beat == 0:  # the whole set, as the first report must be: the others by name and state
+            assert body["twins_complete"] and {t.device for t in decoded.twins} == everything
+        full |= carried
+        sync.delivered()
+        await asyncio.sleep(MIN_REPORT_INTERVAL)
+    assert full == everything  # every device's properties went, none waits behind the others
+
+
+def test_a_device_too_large_for_any_heartbeat_goes_without_its_long_values() -> None:
+    from gateway.uplink.twins import fit_reports
+    from gateway.wire import DeviceReport, PropertyReport
+
+    def device(name: str, count: int, length: int) -> DeviceReport:
+        return DeviceReport(device=f"default/{name}", state="online", properties={
+            f"p{i}": PropertyReport(reported="y" * length, quality="good") for i in range(count)})
+
+    [huge, *_] = fit_reports([device("huge", 10, 5000), device("next", 1, 10)], budget=8 << 10)
+    assert huge["device"] == "default/huge" and huge["properties"]["p0"]["quality"] == "good"
+    assert "reported" not in huge["properties"]["p0"]  # left out: null is the default, omitted
+    assert huge["properties"]["p0"]["error"] == "reported value longer than 1024 characters: kept on the node"
+    [many] = fit_reports([device("many", 2000, 10)], budget=8 << 10)
+    assert 0 < len(many["properties"]) < 2000
+    assert many["reason"].endswith("properties not reported: too many for a heartbeat)")
+    assert len(fit_reports([device(f"d{i}", 1, 3000) for i in range(10)], budget=8 << 10)) == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,11 @@ import pytest
 
 from gateway.errors import AuthError
 from gateway.runtime import Gateway
+from gateway.store import db_path
+from gateway.testing import store_sql
 from gateway.web.app import create_app
 from gateway.web.auth import add_user, authenticate_user, create_token
+from gateway.web.security import BODY_DEFAULT, BODY_VALUE
 from tests.test_runtime import MODEL, virtual_device, wait_for
 
 
@@ -159,3 +164,165 @@ async def test_users_have_argon2_hashes(gateway: Gateway) -> None:
         await authenticate_user(gateway.store, "alice", "wrong")
     with pytest.raises(AuthError):
         await authenticate_user(gateway.store, "bob", "correct horse")
+
+
+# --- hostile values and a failing store ----------------------------------------------------------------------------
+
+PANEL = MODEL + """\
+---
+kind: DeviceModel
+name: panel
+properties:
+  - {name: gain, type: double, access: ReadWrite}
+  - {name: label, type: string, access: ReadWrite, max_length: 16}
+  - {name: note, type: string, access: ReadWrite}
+  - {name: blob, type: bytes, access: ReadWrite}
+---
+kind: Device
+name: p1
+model: panel
+protocol: {name: virtual}
+properties:
+  - {name: gain, collect_interval: 50ms, visitor: {generator: memory, initial: 1.0}}
+  - {name: label, collect_interval: 50ms, visitor: {generator: memory, initial: ""}}
+  - {name: note, collect_interval: 50ms, visitor: {generator: memory, initial: ""}}
+  - {name: blob, collect_interval: 50ms, visitor: {generator: memory, initial: ""}}
+---
+kind: Endpoint
+name: cloud
+type: rest
+---
+kind: Endpoint
+name: local
+type: eventbus
+---
+kind: Route
+name: alarms
+source: cloud
+source_resource: {path: alarms}
+target: local
+target_resource: {topic: alarms}
+"""
+
+
+@pytest.fixture
+async def panel(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]
+                ) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient, dict[str, str]]]:
+    """A gateway with an unbounded number, strings and bytes to set, a rest route, and an operator's client."""
+    gw: Gateway = await start_gateway(write_config(PANEL + virtual_device("d1", interval="50ms")))
+    await wait_for(lambda: gw.api.twin("default/p1").properties["gain"].reported is not None)
+    operator = {"Authorization": f"Bearer {await create_token(gw.store, 'operator')}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gw.api)),
+                                 base_url="http://testserver.local") as client:
+        yield gw, client, operator
+
+
+async def break_inserts(db_file: Path, table: str) -> None:
+    """Every insert into `table` fails as a broken database fails (SQLITE_ERROR), not as one refused row (in a
+    thread: the gateway's writer on this loop must be able to finish a transaction meanwhile)."""
+    await asyncio.to_thread(store_sql, db_file, f"CREATE TRIGGER broken_{table} BEFORE INSERT ON {table} BEGIN "
+                            "INSERT INTO nowhere VALUES (1); END")
+
+
+async def repair_inserts(db_file: Path, table: str) -> None:
+    await asyncio.to_thread(store_sql, db_file, f"DROP TRIGGER broken_{table}")
+
+
+async def test_nan_and_infinities_are_refused_as_desired_values(
+        panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """Before, "nan" on a property without both bounds answered 200, stored null, and the NaN the device read back
+    broke the rollups of the next minute."""
+    gw, client, operator = panel
+    path = "/api/v1/devices/default/p1/twin/gain"
+    for text in ("nan", " NaN", "inf", "-Infinity"):
+        response = await client.put(path, json={"desired": text}, headers=operator)
+        assert response.status_code == 400, (text, response.text)
+        assert "gain: expected a finite number" in response.json()["detail"]
+    assert gw.api.twin("default/p1").properties["gain"].desired is None
+    assert (await client.put(path, json={"desired": 1e300}, headers=operator)).status_code == 200
+    await wait_for(lambda: gw.api.twin("default/p1").properties["gain"].reported == 1e300)
+    assert (await client.get("/healthz")).json() == {"status": "ok", "node": "test-gw"}
+
+
+async def test_a_failing_store_shows_in_healthz_and_status_and_loses_no_reading(
+        panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """Before, a failing writer backed off up to 30 s while /healthz said ok, and a message post answered 400."""
+    gw, client, operator = panel
+    db_file = db_path(gw.data_dir)
+    await break_inserts(db_file, "reports")
+    await wait_for(lambda: not gw.store.health.ok)
+    failing = await client.get("/healthz")
+    assert failing.status_code == 503
+    assert failing.json()["status"] == "failing" and "no such table" in failing.json()["store"]["reports"]
+    status = (await client.get("/api/v1/status", headers=operator)).json()["store"]
+    assert status["state"] == "failing" and "reports" in status["failing"]
+    message = await client.post("/api/v1/messages/alarms", content=b'{"level": "high"}', headers=operator)
+    assert message.status_code == 503 and "queued but not stored yet" in message.json()["detail"]
+    seen = gw.api.twin("default/d1").properties["count"].reported
+    await wait_for(lambda: gw.api.twin("default/d1").properties["count"].reported >= seen + 20)  # a second on
+    await repair_inserts(db_file, "reports")
+    await wait_for(lambda: gw.store.health.ok, timeout=5)  # retried within a second, not after 30
+    assert (await client.get("/healthz")).status_code == 200
+    history = [value for _, value in await gw.store.history.values("default/d1", "count", 0, time.time() + 1)]
+    assert history == list(range(history[0], history[-1] + 1))  # the readings of the failure waited, none lost
+    assert history[-1] >= seen + 20
+    assert len(await gw.store.outboxes.batch("route:default/alarms", 0, 10)) == 1
+
+
+async def test_a_failing_part_of_the_store_never_fails_the_others(
+        panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """The latest values (written every few seconds after a flush) fail; reports and messages are still committed."""
+    gw, client, operator = panel
+    db_file = db_path(gw.data_dir)
+    await break_inserts(db_file, "reported")
+    deadline = time.monotonic() + 8
+    while "reported values" not in gw.store.health.failing:
+        assert time.monotonic() < deadline, "the latest values were not written within 8 s"
+        response = await client.post("/api/v1/messages/alarms", content=b"{}", headers=operator)
+        assert response.status_code == 202, response.text
+        await asyncio.sleep(0.2)
+    assert (await client.get("/healthz")).status_code == 503
+    written = gw.store.history.values_written
+    await wait_for(lambda: gw.store.history.values_written > written + 50)  # readings still committed
+    await repair_inserts(db_file, "reported")
+    await wait_for(lambda: gw.store.health.ok, timeout=8)
+
+
+async def test_strings_and_bytes_are_held_to_their_max_length(
+        panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """Before, a string had no limit: a 9 MB desired value went into every report, the history and the outboxes."""
+    gw, client, operator = panel
+    twin = "/api/v1/devices/default/p1/twin"
+    cases = [("label", "x" * 16, "x" * 17, "label: 17 characters, above the max_length 16"),
+             ("note", "é" * 1024, "é" * 1025, "note: 1025 characters, above the max_length 1024"),
+             ("blob", base64.b64encode(bytes(4096)).decode(), base64.b64encode(bytes(4097)).decode(),
+              "blob: 4097 bytes, above the max_length 4096")]
+    for prop, longest, too_long, reason in cases:
+        assert (await client.put(f"{twin}/{prop}", json={"desired": longest}, headers=operator)).status_code == 200
+        refused = await client.put(f"{twin}/{prop}", json={"desired": too_long}, headers=operator)
+        assert refused.status_code == 400 and refused.json()["detail"] == reason
+    props = gw.api.twin("default/p1").properties
+    assert (props["label"].desired, props["note"].desired, props["blob"].desired) == ("x" * 16, "é" * 1024,
+                                                                                     bytes(4096))
+
+
+async def test_request_bodies_are_limited_per_route(panel: tuple[Gateway, httpx.AsyncClient, dict[str, str]]) -> None:
+    """Before, every route read bodies up to Litestar's 10 MB: a 9 MB desired value was taken whole."""
+    gw, client, operator = panel
+    path = "/api/v1/devices/default/p1/twin/note"
+    huge = await client.put(path, json={"desired": "x" * (9 << 20)}, headers=operator)
+    assert huge.status_code == 413
+    assert huge.json()["detail"] == f"the request body is larger than the {BODY_VALUE} bytes PUT {path} takes"
+    assert gw.api.twin("default/p1").properties["note"].desired is None
+    too_long_message = await client.post("/api/v1/messages/alarms", content=bytes((1 << 20) + 1), headers=operator)
+    assert too_long_message.status_code == 413
+    login = await client.post("/login", content=b"username=" + b"a" * BODY_DEFAULT,
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+    assert login.status_code == 413
+    # every route that takes a body has a limit of its own or the app's, far below Litestar's 10 MB
+    app = create_app(gw.api)
+    limits = {(method, route.path): handler.resolve_request_max_body_size()
+              for route in app.routes for handler in getattr(route, "route_handlers", ())
+              for method in handler.http_methods if method in ("POST", "PUT", "PATCH", "DELETE")}
+    assert limits and all(limit is not None and limit <= 8 << 20 for limit in limits.values()), limits
+    assert limits[("PUT", "/api/v1/devices/{namespace:str}/{name:str}/twin/{prop:str}")] == BODY_VALUE < 1 << 20

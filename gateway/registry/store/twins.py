@@ -32,10 +32,13 @@ class TwinTables(Tables):
             seen = set()
             for namespace, name, state, reason, properties in reports:
                 seen.add((namespace, name))
+                # a report without properties names a device and its state only (a node's whole set that does not
+                # fit one heartbeat): the properties last reported stay
+                kept = "properties=excluded.properties, " if properties != "{}" else ""
                 statements.append((
                     "INSERT INTO device_twins VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, namespace, name) DO "
-                    "UPDATE SET state=excluded.state, state_reason=excluded.state_reason, "
-                    "properties=excluded.properties, reported_at=excluded.reported_at",
+                    f"UPDATE SET state=excluded.state, state_reason=excluded.state_reason, {kept}"
+                    "reported_at=excluded.reported_at",
                     (node, namespace, name, state, reason, properties, now)))
             if complete:  # the node's whole set: forget the devices it no longer has
                 for namespace, name in await self.database.rows(

@@ -14,7 +14,7 @@ from gateway.api import GatewayAPI
 from gateway.errors import NotFound
 from gateway.pipeline.poller import PollStats
 from gateway.pipeline.twin import TwinProperty
-from gateway.web.security import requires
+from gateway.web.security import BODY_VALUE, requires
 
 
 class DesiredValue(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,7 +112,7 @@ class DeviceController(Controller):
         )
 
     @put("/{namespace:str}/{name:str}/twin/{prop:str}", guards=[requires("operator")],
-         summary="Set the desired value of a property")
+         summary="Set the desired value of a property", request_max_body_size=BODY_VALUE)
     async def set_desired(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str],
                           prop: FromPath[str], data: JSONBody[DesiredValue]) -> TwinValue:
         gateway: GatewayAPI = request.app.state.gateway

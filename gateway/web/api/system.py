@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request, Response, get
 
 from gateway.api import GatewayAPI
 from gateway.web.security import requires
 
 
-@get("/healthz", summary="Liveness (no authentication)", tags=["system"])
-async def healthz(request: Request[Any, Any, Any]) -> dict[str, str]:
+@get("/healthz", summary="Health (no authentication): 200 and status ok, or 503 and what fails", tags=["system"])
+async def healthz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     gateway: GatewayAPI = request.app.state.gateway
-    return {"status": "ok", "node": gateway.node_name}
+    health = gateway.store.health
+    if health.ok:
+        return Response({"status": "ok", "node": gateway.node_name})
+    # the gateway runs, but what it reads may not be kept: a probe must not take that for healthy
+    return Response({"status": "failing", "node": gateway.node_name,
+                     "store": {part: error for part, (error, _) in health.failing.items()}}, status_code=503)
 
 
 @get("/api/v1/status", guards=[requires("viewer")], summary="Gateway status", tags=["system"])

@@ -19,7 +19,7 @@ from gateway.pipeline.twin import Twin
 from gateway.protocols.base import BoundDevice
 from gateway.web.monitor import recent_errors, state_history
 from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, principal, render, wants_json
-from gateway.web.security import requires
+from gateway.web.security import BODY_FORM_VALUE, requires
 from gateway.webkit.pages import form_fields, see_other
 
 viewer = [requires("viewer")]
@@ -170,7 +170,8 @@ async def device_plot(request: AnyRequest, namespace: FromPath[str], name: FromP
 
 
 @post("/devices/{namespace:str}/{name:str}/desired", guards=[requires("operator")],
-      summary="Set the desired value of a property (form)", include_in_schema=False, status_code=303)
+      summary="Set the desired value of a property (form)", include_in_schema=False, status_code=303,
+      request_max_body_size=BODY_FORM_VALUE)
 async def set_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any] | Redirect:
     gateway = gateway_of(request)
     bound = _bound(gateway, namespace, name)

@@ -15,7 +15,7 @@ from litestar.response import Redirect, Template
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.web import editing
 from gateway.web.pages.common import AnyRequest, actor, flash, form_upload, gateway_of, render
-from gateway.web.security import requires
+from gateway.web.security import BODY_DOCUMENTS, requires
 from gateway.webkit.pages import form_fields, see_other
 
 admin = [requires("admin")]
@@ -59,7 +59,7 @@ async def model_form(request: AnyRequest, namespace: FromQuery[str] = "default",
 
 
 @post("/models/edit", guards=admin, summary="Create or update a model from the form", include_in_schema=False,
-      status_code=303)
+      status_code=303, request_max_body_size=BODY_DOCUMENTS)
 async def model_save(request: AnyRequest) -> Template | Redirect:
     fields = await form_fields(request)
     document: dict[str, Any] = {"namespace": fields.get("namespace", "default"), "name": fields.get("name", "")}
@@ -106,7 +106,7 @@ async def device_form(request: AnyRequest, namespace: FromQuery[str] = "default"
 
 
 @post("/devices/edit", guards=admin, summary="Create or update a device from the form", include_in_schema=False,
-      status_code=303)
+      status_code=303, request_max_body_size=BODY_DOCUMENTS)
 async def device_save(request: AnyRequest) -> Template | Redirect:
     fields = await form_fields(request)
     document: dict[str, Any] = {"namespace": fields.get("namespace", "default"), "name": fields.get("name", "")}
@@ -137,7 +137,8 @@ async def yaml_editor(request: AnyRequest, kind: FromQuery[str] = "", namespace:
     return render(request, "editor.html", text=text, read_only=read_only, problems=[], checked=False)
 
 
-@post("/editor", guards=admin, summary="Check or apply YAML documents", include_in_schema=False, status_code=303)
+@post("/editor", guards=admin, summary="Check or apply YAML documents", include_in_schema=False, status_code=303,
+      request_max_body_size=BODY_DOCUMENTS)
 async def yaml_apply(request: AnyRequest) -> Template | Redirect:
     fields = await form_fields(request)
     text = fields.get("yaml", "")
@@ -185,7 +186,7 @@ async def import_form(request: AnyRequest) -> Template:
 
 
 @post("/import/preview", guards=admin, summary="Preview an uploaded CSV or YAML file", include_in_schema=False,
-      status_code=200)
+      status_code=200, request_max_body_size=BODY_DOCUMENTS)
 async def import_preview(request: AnyRequest) -> Template:
     gateway = gateway_of(request)
     fields = await form_fields(request)
@@ -209,7 +210,8 @@ async def import_preview(request: AnyRequest) -> Template:
     return render(request, "import.html", problems=[], preview=preview, templates=_templates(request))
 
 
-@post("/import/apply", guards=admin, summary="Apply a previewed import", include_in_schema=False, status_code=303)
+@post("/import/apply", guards=admin, summary="Apply a previewed import", include_in_schema=False, status_code=303,
+      request_max_body_size=BODY_DOCUMENTS)
 async def import_apply(request: AnyRequest) -> Template | Redirect:
     fields = await form_fields(request)
     who, address = actor(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from msgspec import Meta
@@ -89,8 +90,8 @@ class ModbusVisitor(Base, kw_only=True):
     length: Annotated[int, Meta(ge=1, le=125, description="registers of a string")] = 1
 
     def __post_init__(self) -> None:
-        if self.scale == 0 or self.scale != self.scale:
-            raise ValueError("scale must be a non-zero number")
+        if self.scale == 0 or not math.isfinite(self.scale):
+            raise ValueError(f"scale must be a finite non-zero number, got {self.scale!r}")
         if self.kind in BIT_KINDS:
             if self.type not in (None, "bool"):
                 raise ValueError(f"a {self.kind} is a single bit: type must be bool, got {self.type}")

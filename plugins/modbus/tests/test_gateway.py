@@ -216,3 +216,43 @@ def test_sigterm_stops_a_gateway_under_overload_in_seconds(tmp_path: Path) -> No
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+async def test_nan_and_infinite_float_registers_are_bad_readings_kept_out_of_the_store(tmp_path: Path) -> None:
+    """A plain pymodbus server whose float32 registers hold NaN, +inf and -inf (a sensor fault, as real meters
+    report one) beside a good value: before, NaN became the reported value with good quality and, folded into a
+    minute's rollup, failed every later write of the store."""
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    registers = [0x7FC0, 0, 0x7F80, 0, 0xFF80, 0, 0x4148, 0]  # NaN, +inf, -inf, 12.5 (float32, big-endian)
+    empty = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    device = SimDevice(1, simdata=(empty, empty, [SimData(0, values=[0] * 16, datatype=DataType.REGISTERS)],
+                                   [SimData(0, values=registers + [0] * 8, datatype=DataType.REGISTERS)]))
+    server = ModbusTcpServer([device], address=("127.0.0.1", 0))
+    await server.serve_forever(background=True)
+    try:
+        port = int(server.transport.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        config = tmp_path / "plant.yaml"
+        config.write_text(
+            "kind: Gateway\nname: gw\neventbus: {url: none}\nstore: {flush_interval: 50ms}\n---\n"
+            "kind: DeviceModel\nname: meter\nproperties:\n"
+            + "".join(f"  - {{name: {name}, type: float}}\n" for name in ("nan", "inf", "minus_inf", "good"))
+            + f"---\nkind: Device\nname: m1\nmodel: meter\nprotocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, "
+            f"port: {port}, unit: 1, timeout: 0.5}}}}\nproperties:\n"
+            + "".join(f"  - {{name: {name}, collect_interval: 50ms, visitor: {{register: InputRegister, offset: "
+                      f"{2 * i}, type: float32}}}}\n" for i, name in enumerate(("nan", "inf", "minus_inf", "good")))
+        )
+        async with runtime.Gateway.from_path(config, data_dir=tmp_path / "data") as gw:
+            twin = gw.api.twin("default/m1")
+            await wait_for(lambda: twin.properties["good"].reported == 12.5)
+            await asyncio.sleep(0.3)  # a few more cycles, committed
+            await gw.store.flush()
+            for name in ("nan", "inf", "minus_inf"):
+                prop = twin.properties[name]
+                assert (prop.quality, prop.reported) == ("bad", None), name
+                assert prop.error is not None and "not a finite number" in prop.error
+                assert await gw.store.history.values("default/m1", name, 0, time.time() + 1) == []
+            assert len(await gw.store.history.values("default/m1", "good", 0, time.time() + 1)) >= 3
+            assert twin.state == "unhealthy" and "not a finite number" in twin.state_reason
+            assert gw.store.health.ok
+    finally:
+        await server.shutdown()

@@ -9,6 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
 from gateway.api import GatewayAPI
+from gateway.errors import NotFound
 from gateway.hookspecs import hookimpl
 from gateway.web.security import requires
 
@@ -22,8 +23,7 @@ async def post_message(request: Request[Any, Any, Any], path: FromPath[str]) -> 
     body = await request.body()
     taken = gateway.routes.from_rest(path, body)
     if not taken:
-        return Response({"status_code": 404, "detail": f"no route takes messages for path {path!r}"},
-                        status_code=404)
+        raise NotFound(f"no route takes messages for path {path!r}")
     await gateway.store.flush()  # accepted means durable: the message is committed to the routes' outboxes
     return Response({"routes": taken}, status_code=202)
 

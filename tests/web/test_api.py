@@ -73,6 +73,14 @@ async def test_device_list_and_filters(client: httpx.AsyncClient, tokens: dict[s
     assert [d["name"] for d in response.json()] == ["d1"]
 
 
+async def test_a_label_filter_without_a_value_is_refused(client: httpx.AsyncClient,
+                                                        tokens: dict[str, dict[str, str]]) -> None:
+    response = await client.get("/api/v1/devices", params={"label": "false"}, headers=tokens["viewer"])
+    assert response.status_code == 400 and "label" in response.json()["detail"]
+    response = await client.get("/api/v1/devices", params={"label": "line="}, headers=tokens["viewer"])
+    assert response.status_code == 200 and response.json() == []
+
+
 async def test_device_twin_contract(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]]) -> None:
     response = await client.get("/api/v1/devices/default/d1", headers=tokens["viewer"])
     assert response.status_code == 200

@@ -164,3 +164,12 @@ def assert_documents_errors(document: dict[str, Any]) -> None:
                 if code == "default" or code.startswith(("4", "5")):
                     assert response["content"]["application/json"]["schema"] == reference, (method, path, code)
             assert "default" in operation["responses"], (method, path)
+
+
+def test_an_options_answer_lists_every_method_of_its_path(registry_client: TestClient[Any]) -> None:
+    # GET and POST of these paths come from handlers registered apart
+    for path, methods in (("/api/v1/documents", {"GET", "POST", "OPTIONS"}),
+                          ("/api/v1/nodes/x", {"GET", "PATCH", "DELETE", "OPTIONS"})):
+        answer = registry_client.options(path)
+        assert answer.status_code == 204
+        assert set(answer.headers["allow"].split(", ")) == methods, (path, answer.headers["allow"])

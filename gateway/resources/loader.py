@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from gateway.decoding import check_depth
 from gateway.errors import ConfigError, ResourceError, ValueRejected
 from gateway.eventbus.access import eventbus_problems
 from gateway.pipeline.routes import endpoint_problems, route_problems
@@ -117,6 +118,14 @@ def parse_yaml(text: str, file: str) -> list[tuple[Source, Any]]:
         raise ResourceError([f"{file}: {where}invalid YAML: {problem}"]) from None
     except RecursionError:
         raise ResourceError([f"{file}: invalid YAML: nested too deeply"]) from None
+    problems = []
+    for index, doc in enumerate(loaded, start=1):
+        try:  # deep enough to parse, yet to break what walks a document later (YAML dumps, pages)
+            check_depth(doc, f"{file}: document {index}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ResourceError(problems)
     return [(Source(file, index), doc) for index, doc in enumerate(loaded, start=1) if doc is not None]
 
 

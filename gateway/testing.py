@@ -143,3 +143,36 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     starter = GatewayStarter(tmp_path / "data")
     yield starter
     await starter.stop_all()
+
+
+async def committed_rows(gateway: Gateway) -> tuple[set[tuple[str, str, float]], set[tuple[str, int]]]:
+    """What a gateway has committed, flushed first: (device, property, ts) of its history, (sink, id) of its outboxes;
+    a later call holding less than an earlier one lost data."""
+    await gateway.store.flush()
+    history = {(device, prop, ts) for device, twin in gateway.api.twins().items() for prop in twin.properties
+               for ts, _ in await gateway.store.history.values(device, prop, 0, time.time() + 60, 1_000_000)}
+    outboxes = {(sink, row[0]) for sink in await gateway.store.outboxes.stats()
+                for row in await gateway.store.outboxes.batch(sink, 0, 1_000_000)}
+    return history, outboxes
+
+
+def polling_cycles(gateway: Gateway) -> int:
+    """Poll cycles of every device so far: growing while the gateway polls."""
+    return sum(stats.cycles for device in gateway.api.devices() if (stats := gateway.api.poll_stats(device)))
+
+
+def generated_examples(strategy: Any, count: int) -> list[Any]:
+    """`count` values a hypothesis strategy draws, the same ones on every run (derandomized, no example database),
+    for fuzzing a gateway that runs on the test's event loop, where a `@given` test cannot await it."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    found: list[Any] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def draw(value: Any) -> None:
+        found.append(value)
+
+    draw()
+    return found

@@ -14,8 +14,10 @@ from typing import Any
 
 import msgspec
 
+from gateway.decoding import decode_json
+from gateway.errors import ConfigError
 from gateway.pipeline.twin import Twin, TwinProperty
-from gateway.pipeline.values import to_wire_text
+from gateway.resources.values import to_wire_text
 
 DEVICE_PREFIX = "$hw/events/device/"
 SUBSCRIPTIONS = (
@@ -64,16 +66,16 @@ def now_ms() -> int:
 
 def parse(payload: bytes, kind: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(payload, type=kind)
-    except msgspec.DecodeError as exc:
-        raise BadMessage(400, f"invalid message: {exc}") from None
+        return decode_json(payload, kind, what="invalid message")
+    except ConfigError as exc:
+        raise BadMessage(400, str(exc)) from None
 
 
 def event_id_of(payload: bytes) -> str:
     """The event_id of a message, if it has one, so even a rejected message gets a matching result."""
     try:
-        data = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+        data = decode_json(payload, what="message")
+    except ConfigError:
         return ""
     return str(data.get("event_id", "")) if isinstance(data, dict) else ""
 

@@ -240,12 +240,12 @@ class EventbusLink:
     async def _handle(self, topic: str, payload: bytes) -> None:
         """A membership request or a device's twin topic."""
         self.received += 1
-        if topic.startswith("$hw/events/node/"):
-            await self._membership(topic, payload)
-            return
-        device_id, action = ke.split_device_topic(topic)
         result_topic = f"{topic}/result"
         try:
+            if topic.startswith("$hw/events/node/"):
+                await self._membership(result_topic, payload)
+                return
+            device_id, action = ke.split_device_topic(topic)
             if action == "twin/update":
                 await self.publish(result_topic, await self._twin_update(device_id, payload), qos=1)
             elif action == "twin/get":
@@ -257,6 +257,9 @@ class EventbusLink:
             self._reject(topic, result_topic, payload, 404, str(exc))
         except FieldgateError as exc:
             self._reject(topic, result_topic, payload, 400, str(exc))
+        except Exception:  # a failure of ours: this message gets an answer, the ones queued behind it are served
+            log.exception("eventbus: handling a message on %s failed", topic)
+            self._reject(topic, result_topic, payload, 500, "internal error: the gateway's log has the details")
 
     def _reject(self, topic: str, result_topic: str, payload: bytes, code: int, reason: str, *,
                 key: str | None = None) -> None:
@@ -296,13 +299,8 @@ class EventbusLink:
             await self.api.set_desired(device_id, name, value, actor="eventbus")
         return ke.twin_message(self.api.twin(device_id), types, update.event_id)
 
-    async def _membership(self, topic: str, payload: bytes) -> None:
-        result_topic = f"{topic}/result"
-        try:
-            request = ke.parse(payload, ke.EventRequest)
-        except ke.BadMessage as exc:
-            self._reject(topic, result_topic, payload, exc.code, exc.reason)
-            return
+    async def _membership(self, result_topic: str, payload: bytes) -> None:
+        request = ke.parse(payload, ke.EventRequest)
         devices = []
         for device_id, bound in sorted(self.api.devices().items()):
             twin = self.api.twin(device_id)

@@ -186,7 +186,9 @@ def rest_api_markdown() -> str:
            "that would load scripts from a CDN is served). Every route but `/healthz` needs "
            "`Authorization: Bearer <token>` (`fieldgate token create --role R`) or the session cookie of a "
            "logged-in user (whose changes also need the CSRF token); no credentials give 401, a role too low "
-           "gives 403.", "",
+           "gives 403. An error answers `{\"status_code\": 404, \"detail\": \"what was wrong\", \"request_id\": "
+           "\"…\"}` (the `ErrorBody` of the OpenAPI document; the registry answers the same way). Every answer carries "
+           "an `X-Request-ID` header; for a 500 the gateway's log names that id beside the traceback.", "",
            "| method | path | role | summary |", "| --- | --- | --- | --- |"]
     for method, path, role, summary in route_table():
         out.append(f"| {method} | `{path}` | {role} | {summary} |")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.errors import NotFound, ValueRejected
-from gateway.pipeline.values import coerce, read_value, short
-from gateway.pipeline.values import same_value as same_value  # its home is pipeline.values; imported from here too
 from gateway.protocols.base import BoundDevice
 from gateway.resources.schema import PropertyModel
+from gateway.resources.values import coerce, read_value, short
+from gateway.resources.values import same_value as same_value  # its home is resources.values; imported here too
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import JSONBody
 
 from gateway import __version__
@@ -34,7 +33,16 @@ from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 from gateway.resources.schema import check_node_name
-from gateway.webkit.headers import add_security_headers
+from gateway.webkit.errors import (
+    CheckedRequest,
+    ErrorBody,
+    OpenAPIJson,
+    add_request_id,
+    error_response,
+    http_error_detail,
+    internal_error,
+)
+from gateway.webkit.headers import add_security_headers, complete_options_allow
 from gateway.webkit.sessions import LoginLimiter
 from gateway.webkit.templating import static_files, template_config
 from gateway.wire import MAX_HEARTBEAT, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
@@ -164,19 +172,14 @@ async def _users_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
 
 
 def _error(status: int) -> Any:
-    def handle(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
-        return Response({"detail": str(exc)}, status_code=status)
+    def handle(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
+        return error_response(request, status, str(exc))
 
     return handle
 
 
-def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, str]]:
-    detail = str(exc.detail)
-    if isinstance(exc.extra, list):  # a body that does not validate: say which field and why
-        detail += ": " + "; ".join(
-            (f"{item['key']}: " if item.get("key") else "") + str(item.get("message", item))
-            if isinstance(item, dict) else str(item) for item in exc.extra[:5])
-    return Response({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
+    return error_response(request, exc.status_code, http_error_detail(exc), exc.headers)
 
 
 def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None) -> Litestar:
@@ -205,12 +208,13 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
         lifespan=[lifespan],
         middleware=[DefineMiddleware(metrics.MetricsMiddleware, metrics=registry_metrics)],
         exception_handlers={ConfigError: _error(400), NotFound: _error(404), HTTPException: _http_error,
-                            **pages.EXCEPTION_HANDLERS},
+                            **pages.EXCEPTION_HANDLERS, Exception: internal_error()},
+        request_class=CheckedRequest,
         template_config=template_config(pages.TEMPLATES, utc=True),
-        before_send=[add_security_headers],
+        before_send=[add_security_headers, add_request_id, complete_options_allow],
         # the document only: the UIs Litestar can add (Swagger, ReDoc, Elements, RapiDoc) load scripts from CDNs
         openapi_config=OpenAPIConfig(
-            title="fieldgate registry", version=__version__, render_plugins=[JsonRenderPlugin()],
+            title="fieldgate registry", version=__version__, render_plugins=[OpenAPIJson()],
             openapi_router=Router("/schema", route_handlers=[], guards=[_users_only], include_in_schema=False),
         ),
         logging_config=None,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Response, post
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from gateway.errors import ConfigError, NotFound
@@ -120,7 +121,7 @@ async def node_workload_action(request: AnyRequest, node: FromPath[str], namespa
         answer = await act_on_node(store_of(request), _requests(request), caller, node, namespace, name, action,
                                    timeout)
     except NodeSilent as exc:
-        return Response({"detail": str(exc)}, status_code=exc.status)
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     return Response(answer, status_code=200)
 
 

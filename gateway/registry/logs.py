@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 from litestar import Response, get, post
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
+from gateway.decoding import decode_json
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.logs import LogQuery
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
@@ -152,7 +154,7 @@ async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[s
         answer = await ask_node(store, _requests(request), node, LOGS_PATH, msgspec.json.encode(query.params()),
                                 timeout)
     except NodeSilent as exc:
-        return Response({"detail": str(exc)}, status_code=exc.status)
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     return Response({"node": node, **answer}, status_code=200)
 
 
@@ -173,7 +175,7 @@ async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace
         answer = await fetch_workload_log(store, _requests(request), node, namespace, name,
                                           params.get("instance"), tail, timeout)
     except NodeSilent as exc:
-        return Response({"detail": str(exc)}, status_code=exc.status)
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     return Response(answer, status_code=200)
 
 
@@ -184,13 +186,9 @@ async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Re
     node = await client_node(request)
     pending = _requests(request).waiting.get(request_id)
     if pending is None or pending[0] != node:
-        return Response({"detail": f"no request {request_id} is waiting for node {node} (it timed out)"},
-                        status_code=404)
+        raise NotFound(f"no request {request_id} is waiting for node {node} (it timed out)")
     _, path, future = pending
-    try:
-        answer = msgspec.json.decode(await request.body(), type=ANSWERS[path])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return Response({"detail": f"{path} answer: {exc}"}, status_code=400)
+    answer = decode_json(await request.body(), ANSWERS[path], what=f"{path} answer")  # ConfigError: 400
     if not future.done():
         future.set_result(msgspec.to_builtins(answer))
     taken = (len(answer.records) if isinstance(answer, NodeAnswer) else len(answer.lines)

@@ -16,9 +16,10 @@ import time
 from typing import Any
 
 from litestar import Response, get, post
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, NotFound
 from gateway.registry.access import node_workspace, record, require_caller, workspace_scope
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.resources.durations import Duration
@@ -77,11 +78,11 @@ async def post_message(request: AnyRequest, node: FromPath[str], namespace: From
     workspace = await node_workspace(store, node)
     if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
         await record(store, caller, str(caller.scope), "message.post", target, "not found")
-        return Response({"detail": f"no node {node}"}, status_code=404)
+        raise NotFound(f"no node {node}")
     online = await store.node_online(node)  # NotFound: 404 by the app's exception handler
     if not online and offline == "reject":
         await record(store, caller, workspace_scope(workspace), "message.post", target, "refused: offline")
-        return Response({"detail": f"node {node} is offline"}, status_code=503)
+        raise HTTPException(status_code=503, detail=f"node {node} is offline")
     queued = await store.queue_message(node, namespace, path.strip("/"), await request.body(), ttl)
     await store.database.notify(CHANNEL, node)
     await record(store, caller, workspace_scope(workspace), "message.post", target, "ok",

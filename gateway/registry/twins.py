@@ -27,11 +27,11 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound, ValueRejected
-from gateway.pipeline.values import coerce, same_value
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import VALUE_MAX_LENGTH, PropertyModel
+from gateway.resources.values import coerce, same_value
 from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceReport
 
 MAX_UNCHECKED_TEXT = VALUE_MAX_LENGTH * 4 // 3 + 4  # the longest value any property may take (bytes as base64)

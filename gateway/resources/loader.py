@@ -16,9 +16,8 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from gateway.decoding import check_depth
 from gateway.errors import ConfigError, ResourceError, ValueRejected
-from gateway.eventbus.access import eventbus_problems
-from gateway.pipeline.values import coerce
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol
 from gateway.resources.endpoints import (
     BUILTIN_ENDPOINT_TYPES,
@@ -30,6 +29,7 @@ from gateway.resources.endpoints import (
     route_problems,
     upgrade_spellings,
 )
+from gateway.resources.eventbus_checks import eventbus_problems
 from gateway.resources.schema import (
     AnyDocument,
     BatchWorkload,
@@ -47,7 +47,8 @@ from gateway.resources.schema import (
 )
 from gateway.resources.schema import ConfigItem as ConfigItemDoc
 from gateway.resources.schema import Secret as SecretDoc
-from gateway.workloads.checks import workload_problems
+from gateway.resources.values import coerce
+from gateway.resources.workload_checks import workload_problems
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)
@@ -143,6 +144,14 @@ def parse_yaml(text: str, file: str) -> list[tuple[Source, Any]]:
         raise ResourceError([f"{file}: {where}invalid YAML: {problem}"]) from None
     except RecursionError:
         raise ResourceError([f"{file}: invalid YAML: nested too deeply"]) from None
+    problems = []
+    for index, doc in enumerate(loaded, start=1):
+        try:  # deep enough to parse, yet to break what walks a document later (YAML dumps, pages)
+            check_depth(doc, f"{file}: document {index}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ResourceError(problems)
     return [(Source(file, index), doc) for index, doc in enumerate(loaded, start=1) if doc is not None]
 
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from gateway.decoding import decode_json
+from gateway.errors import ConfigError
 from gateway.resources.endpoints import HttpProperties, RestProperties, ServicebusProperties
 from gateway.sinks.base import OutboxMessage, Sink, SinkContext, SinkError
 
@@ -115,15 +117,16 @@ class HttpSink(PostingSink):
 
 
 def _decoded(payload: bytes) -> Any:
+    """A message that is JSON as the JSON value, any other (too deep to decode safely included) as text."""
     try:
-        return msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+        return decode_json(payload, what="message")
+    except ConfigError:
         return payload.decode(errors="replace")
 
 
 def _content_type(payload: bytes) -> str:
     try:
-        msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+        decode_json(payload, what="message")
+    except ConfigError:
         return "application/octet-stream"
     return "application/json"

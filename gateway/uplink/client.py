@@ -24,7 +24,8 @@ import msgspec
 
 from gateway import __version__
 from gateway.api import REGISTRY
-from gateway.errors import FieldgateError
+from gateway.decoding import decode_json
+from gateway.errors import ConfigError, FieldgateError
 from gateway.ops.sampler import NodeSampler
 from gateway.plugins import list_plugins
 from gateway.resources.schema import AnyDocument, dec_hook
@@ -81,7 +82,7 @@ class Uplink:
             while True:
                 try:
                     await self.poll_messages(client, MESSAGE_WAIT)
-                except (httpx.HTTPError, msgspec.DecodeError) as exc:
+                except (httpx.HTTPError, msgspec.DecodeError, ConfigError) as exc:
                     self._set_message_state("unreachable", f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(self.interval)
 
@@ -93,7 +94,7 @@ class Uplink:
             await asyncio.sleep(self.interval)
             return 0
         self._set_message_state("connected", "polling")
-        messages = msgspec.json.decode(response.content, type=list[NodeMessage])
+        messages = decode_json(response.content, list[NodeMessage], what="the registry's messages")
         if not messages:
             return 0
         for message in messages:
@@ -150,8 +151,8 @@ class Uplink:
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
-            answer = msgspec.json.decode(response.content, type=HeartbeatResponse)
-        except msgspec.DecodeError as exc:
+            answer = decode_json(response.content, HeartbeatResponse, what="the heartbeat answer")
+        except ConfigError as exc:
             self.twins.failed()
             self.workloads.failed()
             self._set_state("refused", f"unexpected answer: {exc}")

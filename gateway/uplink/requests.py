@@ -12,6 +12,7 @@ import httpx
 import msgspec
 
 from gateway import __version__
+from gateway.decoding import decode_json
 from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.logs import LogQuery, log_ring
 from gateway.wire import (
@@ -41,7 +42,7 @@ async def answer_request(client: httpx.AsyncClient, request_id: str, payload: by
         elif path == WORKLOAD_ACTION_PATH and gateway is not None:
             body = await perform_action(gateway, payload)
         elif path == LOGS_PATH:
-            params = msgspec.json.decode(payload, type=dict[str, str])
+            params = decode_json(payload, dict[str, str], what="a log request")
             body = msgspec.json.encode(log_ring().query(LogQuery.parse(params)))
         else:
             raise ConfigError(f"unknown request {path!r} (this node runs fieldgate {__version__})")
@@ -59,7 +60,7 @@ async def answer_request(client: httpx.AsyncClient, request_id: str, payload: by
 
 def _workload_log(gateway: GatewayAPI, payload: bytes) -> bytes:
     """The answer to a workload log request: the lines of a registry-owned workload of this node."""
-    request = msgspec.json.decode(payload, type=WorkloadLogRequest)
+    request = decode_json(payload, WorkloadLogRequest, what="a workload log request")
     namespace, _, name = request.workload.partition("/")
     runner = gateway.workloads.runners.get(request.workload)
     if runner is None or gateway.resources.resource_owner("Workload", namespace, name) != "registry":
@@ -74,7 +75,7 @@ def _workload_log(gateway: GatewayAPI, payload: bytes) -> bytes:
 
 async def perform_action(gateway: GatewayAPI, payload: bytes) -> bytes:
     """The answer to a workload action: done on a registry-owned workload of this node, refused for any other."""
-    request = msgspec.json.decode(payload, type=WorkloadActionRequest)
+    request = decode_json(payload, WorkloadActionRequest, what="a workload action")
     namespace, _, name = request.workload.partition("/")
     if request.action not in WORKLOAD_ACTIONS:
         raise ConfigError(f"workload action {request.action!r}: expected stop, start or restart")

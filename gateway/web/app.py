@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,6 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway import __version__
@@ -35,7 +34,15 @@ from gateway.web.security import (
     AuthMiddleware,
     is_api_path,
 )
-from gateway.webkit.headers import add_security_headers
+from gateway.webkit.errors import (
+    CheckedRequest,
+    OpenAPIJson,
+    add_request_id,
+    error_response,
+    http_error_detail,
+    internal_error,
+)
+from gateway.webkit.headers import add_security_headers, complete_options_allow
 from gateway.webkit.pages import login_redirect
 from gateway.webkit.sessions import BrowserSessions
 from gateway.webkit.templating import static_files, template_config
@@ -54,11 +61,18 @@ PAGES = [
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
+def _page_error(request: Request[Any, Any, Any], status_code: int, message: str, headers: Mapping[str, str]
+                ) -> Response[Any]:
+    page = render(request, "error.html", status_code=status_code, code=status_code, message=message)
+    page.headers.update(headers)
+    return page
+
+
 def _error(status_code: int) -> Any:
     def handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         if is_api_path(request.url.path):
-            return Response({"status_code": status_code, "detail": str(exc)}, status_code=status_code)
-        return render(request, "error.html", status_code=status_code, code=status_code, message=str(exc))
+            return error_response(request, status_code, str(exc))
+        return _page_error(request, status_code, str(exc), {})
 
     return handler
 
@@ -66,8 +80,7 @@ def _error(status_code: int) -> Any:
 def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Response[Any]:
     """Anonymous API calls get 401; anonymous page requests go to the login form (303)."""
     if is_api_path(request.url.path):
-        return Response({"status_code": 401, "detail": exc.detail}, status_code=401,
-                        headers={"WWW-Authenticate": "Bearer"})
+        return error_response(request, 401, exc.detail, {"WWW-Authenticate": "Bearer"})
     return login_redirect(request)
 
 
@@ -77,9 +90,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         exc = HTTPException(status_code=413, detail=f"the request body is larger than the {limit} bytes "
                             f"{request.method} {request.url.path} takes")
     if is_api_path(request.url.path) or exc.status_code < 400:
-        return Response({"status_code": exc.status_code, "detail": exc.detail}, status_code=exc.status_code,
-                        headers=exc.headers)
-    return render(request, "error.html", status_code=exc.status_code, code=exc.status_code, message=exc.detail)
+        return error_response(request, exc.status_code, http_error_detail(exc), exc.headers)
+    return _page_error(request, exc.status_code, exc.detail, exc.headers or {})
 
 
 def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Litestar:
@@ -107,12 +119,14 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
             StoreError: _error(503),  # the store fails, not the request
             FieldgateError: _error(400),
             HTTPException: _http_error,
+            Exception: internal_error(_page_error, is_page=lambda path: not is_api_path(path)),
         },
-        before_send=[add_security_headers],
+        request_class=CheckedRequest,
+        before_send=[add_security_headers, add_request_id, complete_options_allow],
         # the document only (it needs a login, as every API route): the UIs Litestar can add (Swagger, ReDoc,
         # Elements, RapiDoc) load scripts from CDNs, which the pages' CSP rightly refuses
         openapi_config=OpenAPIConfig(
-            title="fieldgate", version=__version__, path="/schema", render_plugins=[JsonRenderPlugin()],
+            title="fieldgate", version=__version__, path="/schema", render_plugins=[OpenAPIJson()],
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),

@@ -21,6 +21,7 @@ from gateway.importers import csv as csv_import
 
 EDITABLE_KINDS = ("DeviceModel", "Device", "Endpoint", "Route")
 MAX_UPLOAD_BYTES = 2 << 20
+MAX_LABEL = 100  # characters of an uploaded file's name that messages show
 PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes")
 
 
@@ -104,13 +105,20 @@ def preview(gateway: GatewayAPI, yaml_text: str) -> Preview:
     return Preview(yaml_text, rows)
 
 
+def upload_label(filename: str) -> str:
+    """How messages name an uploaded file: its last path part, printable, at most MAX_LABEL characters."""
+    name = "".join(c for c in filename.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())
+    return name if len(name) <= MAX_LABEL else name[:MAX_LABEL - 1] + "\u2026"
+
+
 async def csv_to_yaml(filename: str, data: bytes, template: dict[str, Any] | None) -> str:
     """Devices from a CSV inventory (see gateway.importers.csv), as YAML; errors name the uploaded file."""
-    label = Path(filename or "devices.csv").name
+    label = upload_label(filename) or "devices.csv"
 
     def convert() -> str:
         with tempfile.TemporaryDirectory(prefix="fieldgate-upload-") as tmp:
-            path = Path(tmp) / label
+            # not the uploaded name: that may be too long for the file system, or no file name at all
+            path = Path(tmp) / "upload.csv"
             path.write_bytes(data)
             try:
                 result = csv_import.import_file(path, template=template)
@@ -123,11 +131,11 @@ async def csv_to_yaml(filename: str, data: bytes, template: dict[str, Any] | Non
 
 def upload_text(data: bytes, filename: str) -> str:
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ConfigError(f"{filename}: larger than {MAX_UPLOAD_BYTES >> 20} MB")
+        raise ConfigError(f"{upload_label(filename)}: larger than {MAX_UPLOAD_BYTES >> 20} MB")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ConfigError(f"{filename}: not UTF-8 text") from None
+        raise ConfigError(f"{upload_label(filename)}: not UTF-8 text") from None
 
 
 # --- forms ---------------------------------------------------------------------------------------------------

@@ -23,3 +23,17 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
     for name, value in SECURITY_HEADERS.items():
         if name not in headers:
             headers[name] = value
+
+
+async def complete_options_allow(message: Message, scope: Scope) -> None:
+    """A Litestar `before_send` hook: an OPTIONS answer's Allow lists every method of its path. Litestar's own lists
+    only the methods of the handlers registered for the path before its OPTIONS handler was made."""
+    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    handler, app = scope.get("route_handler"), scope.get("app")
+    if "allow" not in headers or handler is None or app is None:
+        return
+    methods = {method for path in handler.paths for method in app.route_handler_method_map.get(path, {})}
+    if methods:
+        headers["Allow"] = ", ".join(sorted(methods))

@@ -15,6 +15,8 @@ from litestar.router import Router
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from gateway.webkit.errors import STATIC_EXCEPTION_HANDLERS
+
 WEBKIT = Path(__file__).resolve().parent
 TEMPLATES = WEBKIT / "templates"
 STATIC = WEBKIT / "static"
@@ -76,6 +78,7 @@ def template_config(app_templates: Path, *, utc: bool = False) -> TemplateConfig
 def static_files(*app_static: Path) -> Router:
     """`/static/…`: the app's own assets (`app_static`, searched first), then the shared ones (the styles)."""
     router: Router = create_static_files_router(path="/static", directories=[*app_static, STATIC],
-                                                 include_in_schema=False, cache_control=None)
+                                                 include_in_schema=False, cache_control=None,
+                                                 exception_handlers=STATIC_EXCEPTION_HANDLERS)
     return router
 

@@ -226,6 +226,32 @@ async def test_messages_larger_than_a_topic_takes_are_refused_unread(
     assert [r["accepted"] for r in gw.status()["routes"]] == [2]
     dropped = [r for r in caplog.records if "dropped a message on apps/a1/alarm" in r.getMessage()]
     assert len(dropped) == 1 and "more than the 1048576 this topic takes" in dropped[0].getMessage()
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
+@pytest.mark.parametrize(("topic", "payload"), [
+    ("$hw/events/device/default/d1/twin/update", b'{"event_id": "deep", "twin": {"setpoint": {"expected": '
+                                                 b'{"value": ' + DEEP + b"}}}}"),
+    ("$hw/events/device/default/d1/twin/update", DEEP),
+    ("$hw/events/device/default/d1/twin/get", b'{"event_id": "deep", "x": ' + DEEP + b"}"),
+    ("$hw/events/node/test-gw/membership/get", DEEP),
+])
+async def test_a_too_deep_message_is_refused_and_the_eventbus_task_keeps_running(
+        mosquitto: Mosquitto, write_config: Callable[[str], Path], start_gateway: Callable[..., Any],
+        topic: str, payload: bytes) -> None:
+    gw: Gateway = await start_gateway(write_config(config_for(mosquitto.url, virtual_device("d1", interval="1s"))))
+    await wait_connected(gw)
+    update = "$hw/events/device/default/d1/twin/update"
+    async with mqtt_client(mosquitto, f"{topic}/result", f"{update}/result") as (client, queue):
+        await client.publish(topic, payload, qos=1)
+        result = await next_on(queue, f"{topic}/result")
+        assert result["code"] == 400 and "nests deeper than" in result["reason"], result
+        good = {"event_id": "next", "twin": {"setpoint": {"expected": {"value": "12"}}}}
+        await client.publish(update, json.dumps(good), qos=1)
+        answer = await next_on(queue, f"{update}/result")
+    assert answer["event_id"] == "next" and answer["twin"]["setpoint"]["expected"]["value"] == "12.0"
+    assert gw.supervisor.status["eventbus"].restarts == 0
+    assert gw.eventbus is not None and gw.eventbus.rejected == 1
 
 
 async def test_membership_get(mosquitto: Mosquitto, write_config: Callable[[str], Path],

@@ -121,8 +121,8 @@ def reported(node: Node, device: str, prop: str, value: Any) -> dict[str, Any] |
 
 
 def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Registry, tmp_path: Path) -> None:
-    from gateway.wire import MAX_HEARTBEAT, MIN_REPORT_INTERVAL, TWINS_BUDGET
     from gateway.uplink.join import client_ssl_context
+    from gateway.wire import MAX_HEARTBEAT, MIN_REPORT_INTERVAL, TWINS_BUDGET
 
     # the registry bounds what a node reports: how many devices at once, and how often
     report = {"device": "default/x", "state": "online", "properties": {"p": {"reported": 1}}}

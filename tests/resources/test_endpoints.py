@@ -168,13 +168,3 @@ def test_every_builtin_type_documents_its_properties() -> None:
         info: Any = msgspec.inspect.type_info(endpoint_type.properties)
         assert endpoint_type.properties.__doc__, endpoint_type.name
         assert all(field.name for field in info.fields)
-
-
-def test_the_endpoint_checks_import_nothing_above_the_resources_layer() -> None:
-    from tests.store.test_layering import REPO, imported_modules
-
-    endpoints = imported_modules(REPO / "gateway" / "resources" / "endpoints.py")
-    assert {m for m in endpoints if m.startswith("gateway")} <= {"gateway", "gateway.errors",
-                                                                   "gateway.resources.schema"}
-    loader = imported_modules(REPO / "gateway" / "resources" / "loader.py")
-    assert not {m for m in loader if m.startswith(("gateway.pipeline.routes", "gateway.sinks"))}

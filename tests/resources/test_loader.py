@@ -287,3 +287,16 @@ def test_device_struct_round_trips() -> None:
     device = msgspec.convert(VALID_DOCS[2], Device, dec_hook=__import__("gateway.resources.schema",
                                                                         fromlist=["dec_hook"]).dec_hook)
     assert device.properties[0].collect_interval == 0.25
+
+
+@pytest.mark.parametrize("text", [
+    "kind: Device\nname: d\ndescription: " + "[" * 70 + "]" * 70,  # parses, but nothing may walk it later
+    "kind: Device\nname: d\nlabels:\n" + "".join("  " * (level + 1) + f"k{level}:\n" for level in range(80))
+    + "  " * 81 + "x: 1\n",
+    "[" * 3000,
+])
+def test_a_document_nested_too_deep_names_the_file_and_document(text: str) -> None:
+    with pytest.raises(ResourceError) as raised:
+        parse_yaml(text, "deep.yaml")
+    (problem,) = raised.value.problems
+    assert problem.startswith("deep.yaml: ") and "nest" in problem

@@ -78,6 +78,14 @@ async def test_device_list_and_filters(client: httpx.AsyncClient, tokens: dict[s
     assert [d["name"] for d in response.json()] == ["d1"]
 
 
+async def test_a_label_filter_without_a_value_is_refused(client: httpx.AsyncClient,
+                                                        tokens: dict[str, dict[str, str]]) -> None:
+    response = await client.get("/api/v1/devices", params={"label": "false"}, headers=tokens["viewer"])
+    assert response.status_code == 400 and "label" in response.json()["detail"]
+    response = await client.get("/api/v1/devices", params={"label": "line="}, headers=tokens["viewer"])
+    assert response.status_code == 200 and response.json() == []
+
+
 async def test_device_twin_contract(client: httpx.AsyncClient, tokens: dict[str, dict[str, str]]) -> None:
     response = await client.get("/api/v1/devices/default/d1", headers=tokens["viewer"])
     assert response.status_code == 200
@@ -127,6 +135,30 @@ async def test_malformed_json_body(client: httpx.AsyncClient, tokens: dict[str, 
     response = await client.put("/api/v1/devices/default/d1/twin/setpoint", content=b"{not json",
                                 headers={**tokens["operator"], "content-type": "application/json"})
     assert response.status_code == 400
+
+
+DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("PUT", "/api/v1/devices/default/d1/twin/setpoint", '{"desired": ' + DEEP + "}"),
+    ("PUT", "/api/v1/devices/default/d1/twin/setpoint", DEEP),
+    ("PUT", "/api/v1/devices/default/d1/twin/setpoint", '{"desired": ' + "[" * 65 + "]" * 65 + "}"),
+    ("POST", "/api/v1/workloads", '{"kind": "Workload", "name": "w", "spec": ' + DEEP + "}"),
+    ("POST", "/api/v1/workloads/default/w/rollback", '{"version": ' + DEEP + "}"),
+])
+async def test_a_body_nested_too_deep_gets_400(client: httpx.AsyncClient, gateway: Gateway,
+                                               tokens: dict[str, dict[str, str]], method: str, path: str,
+                                               body: str) -> None:
+    response = await client.request(method, path, content=body.encode(),
+                                    headers={**tokens["admin"], "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == "request body: nests deeper than 64 levels"
+    assert gateway.api.twin("default/d1").properties["setpoint"].desired is None
+    # a document as deep as real ones stays fine
+    fine = await client.put("/api/v1/devices/default/d1/twin/setpoint", json={"desired": 12},
+                            headers=tokens["admin"])
+    assert fine.status_code == 200, fine.text
 
 
 async def test_history_and_status(client: httpx.AsyncClient, gateway: Gateway,

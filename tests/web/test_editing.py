@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.runtime import Gateway
 from tests.conftest import FIELDGATE, REPO
 from tests.test_runtime import wait_for
@@ -164,3 +166,15 @@ async def test_csv_import_with_preview(web_gateway: Gateway, open_browser: Calla
 
 def _between_all(text: str, start: str, end: str) -> list[str]:
     return [part.split(end, 1)[0] for part in text.split(start)[1:]]
+
+
+@pytest.mark.parametrize("filename", ["m" * 300 + ".csv", "..", "../.csv", "a/b/c.csv", "a\\b.csv", "m\x01e.csv",
+                                      "é" * 200 + ".csv", "m" * 300 + ".yaml"])
+async def test_an_odd_or_overlong_upload_name_gets_400_naming_the_file(open_browser: Callable[..., Any],
+                                                                       filename: str) -> None:
+    admin = await open_browser("admin")
+    bad = b"name,profile,address,unit\nmeter-b,eastron/sdm120,127.0.0.1:1,two\n"
+    response = await admin.post("/import/preview", files={"file": (filename, bad, "text/csv")})
+    assert response.status_code == 400, response.text
+    assert "line 2: unit: &#39;two&#39; is not a number" in response.text or "document 1" in response.text
+    assert "fieldgate-upload-" not in response.text and "m" * 101 not in response.text

@@ -11,8 +11,8 @@ import msgspec
 
 from gateway.resources.durations import Duration
 from gateway.resources.schema import HealthCheck, Workload, dec_hook
+from gateway.resources.workload_checks import workload_problems
 from gateway.testing import wait_until
-from gateway.workloads.checks import workload_problems
 from gateway.workloads.health import check_address, probe
 from tests.workloads.conftest import PYTHON, Node
 

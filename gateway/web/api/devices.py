@@ -16,6 +16,8 @@ from gateway.pipeline.poller import PollStats
 from gateway.pipeline.twin import TwinProperty
 from gateway.web.security import BODY_VALUE, requires
 
+LabelFilter = Annotated[str, msgspec.Meta(pattern=r"^[^=]+=", description="k=v: the label k has the value v")]
+
 
 class DesiredValue(msgspec.Struct, forbid_unknown_fields=True):
     desired: Any
@@ -76,7 +78,7 @@ class DeviceController(Controller):
     @get("/", guards=[requires("viewer")], summary="List devices")
     async def list_devices(
         self, request: Request[Any, Any, Any],
-        label: Annotated[list[str] | None, QueryParameter(description="k=v; repeat for several")] = None,
+        label: Annotated[list[LabelFilter] | None, QueryParameter(description="k=v; repeat for several")] = None,
         device_state: Annotated[str | None, QueryParameter(name="state")] = None,
         model: FromQuery[str | None] = None,
         q: Annotated[str | None, QueryParameter(description="part of the device id")] = None,

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.exceptions import ServiceUnavailableException
 from litestar.params import FromPath
 
 from gateway.api import GatewayAPI
-from gateway.errors import StoreError
+from gateway.errors import NotFound, StoreError
 from gateway.hookspecs import hookimpl
 from gateway.web.security import requires
 
@@ -23,13 +24,11 @@ async def post_message(request: Request[Any, Any, Any], path: FromPath[str]) -> 
     body = await request.body()
     taken = gateway.routes.from_rest(path, body)
     if not taken:
-        return Response({"status_code": 404, "detail": f"no route takes messages for path {path!r}"},
-                        status_code=404)
+        raise NotFound(f"no route takes messages for path {path!r}")
     try:
         await gateway.store.flush()  # accepted means durable: the message is committed to the routes' outboxes
     except StoreError as exc:  # queued, and written by a later flush if the store recovers: not durable yet
-        return Response({"status_code": 503, "detail": f"the message is queued but not stored yet: {exc}"},
-                        status_code=503)
+        raise ServiceUnavailableException(f"the message is queued but not stored yet: {exc}") from None
     return Response({"routes": taken}, status_code=202)
 
 

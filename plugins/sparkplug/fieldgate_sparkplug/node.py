@@ -414,7 +414,7 @@ class EdgeNode:
         """The primary host's STATE (Sparkplug 3.0 JSON): births once it is online, NDEATH when it goes away."""
         try:
             state = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
             raise PayloadError("STATE is not JSON") from None
         if not isinstance(state, dict) or not isinstance(state.get("online"), bool):
             raise PayloadError('STATE: expected {"online": true|false, "timestamp": <ms>}')

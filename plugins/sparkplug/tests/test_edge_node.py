@@ -457,6 +457,11 @@ async def test_births_wait_for_the_primary_host(mosquitto: Mosquitto, write_conf
         mark = len(host.messages)
         await host.wait_for(lambda t, p: kind(t) == "DDATA", after=mark)
         assert f"ignored STATE on {state}: STATE is not JSON" in caplog.text
+        caplog.clear()
+        await host.publish(state, b'{"online": ' + b"[" * 3000 + b"]" * 3000 + b"}")
+        mark = len(host.messages)
+        await host.wait_for(lambda t, p: kind(t) == "DDATA", after=mark)
+        assert not [r for r in caplog.records if r.exc_info], "refused as not JSON (logged once a minute), no error"
 
         mark = len(host.messages)
         await host.publish(state, host_state(False, 1), retain=True)

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from gateway.store import Store
     from gateway.workloads.supervisor import WorkloadManager
 
-LOCAL = "local"  # the owner of resources created through the UI or the REST API (kept in the store)
-REGISTRY = "registry"  # the owner of resources the registry pushes (kept in the store: edge autonomy)
+from gateway.resources.loader import LOCAL as LOCAL  # who owns a document: the UI and the REST API …
+from gateway.resources.loader import REGISTRY as REGISTRY  # … or the registry (both kept in the store)
 
 
 class GatewayAPI:

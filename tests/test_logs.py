@@ -235,7 +235,8 @@ async def test_logs_page_filters_without_scripts(logging_gateway: Gateway) -> No
 
 async def test_sink_lines_name_their_route(tmp_path: Path) -> None:
     """A route's sink logs inside its context: the line names the sink and the route."""
-    from gateway.sinks.base import Sink, SinkError, SinkRunner
+    from gateway.sinks.base import Sink, SinkError
+    from gateway.sinks.manager import SinkRunner
     from gateway.store import Store
 
     class Down(Sink):

@@ -13,11 +13,10 @@ from typing import Any
 
 import msgspec
 
-from gateway.api import LOCAL, REGISTRY
 from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.protocols.base import Protocol
 from gateway.resources.endpoints import EndpointType
-from gateway.resources.loader import Config, Source, check_documents, parse_yaml, read_path
+from gateway.resources.loader import LOCAL, REGISTRY, Config, Source, check_documents, parse_yaml, read_path
 from gateway.resources.schema import Document, enc_hook
 from gateway.store import Store
 

@@ -23,8 +23,8 @@ from gateway.messages import Report
 from gateway.pipeline.bus import Bus
 from gateway.resources.endpoints import ImpliedRoute
 from gateway.resources.schema import Route
-from gateway.sinks.base import Sink, SinkContext, SinkRunner
-from gateway.sinks.manager import Sinks
+from gateway.sinks.base import Sink, SinkContext
+from gateway.sinks.manager import SinkRunner, Sinks
 from gateway.store import Store
 
 if TYPE_CHECKING:

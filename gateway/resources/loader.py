@@ -58,6 +58,10 @@ _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
 MIN_INTERVAL = 0.01
 
 
+LOCAL = "local"  # the source of documents created through the UI or the REST API (kept in the store)
+REGISTRY = "registry"  # the source of documents the registry pushes (kept in the store: edge autonomy)
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a document came from, for error messages."""

@@ -173,6 +173,8 @@ async def test_a_route_delivers_to_a_plugin_sink_through_the_core_outbox(
     assert sink.received == [(f"ledger/orders/{n}", f"order {n}".encode()) for n in range(5)]  # in order, once
     gw.api.publish("orders/5", b"order 5")
     await wait_for(lambda: len(sink.received) == 6, timeout=10)
+    # counted once the send returned and the outbox let the batch go: just after the sink got it
+    await wait_for(lambda: gw.routes.describe()[0]["successes"] == 6, timeout=10)
     route = gw.routes.describe()[0]
     assert (route["name"], route["target"], route["accepted"], route["successes"]) == ("to-books", "ledger:books", 6,
                                                                                         6)

@@ -11,7 +11,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gateway.commands import Command
 from gateway.errors import ConfigError
@@ -252,7 +252,27 @@ def register_commands() -> list[Command]:
         Command("token", "manage API tokens", _configure_token, _token),
         Command("user", "manage local users", _configure_user, _user),
         Command("demo", "run the gateway against simulated devices, with its web UI", _configure_demo, _demo),
+        Command("browse", "find the devices of a protocol and write documents for them", _configure_browse,
+                _browse),
     ]
+
+
+# --- browse -------------------------------------------------------------------------------------------------------
+
+
+def _configure_browse(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True,
+                                parser_class=type(parser))
+    for browsers in get_plugin_manager().hook.register_browsers():
+        for browser in browsers:
+            browser_parser = sub.add_parser(browser.name, help=browser.help, description=browser.help)
+            browser.configure(browser_parser)
+            browser_parser.set_defaults(browse=browser.run)
+
+
+def _browse(args: argparse.Namespace) -> int:
+    run: Any = args.browse
+    return int(run(args))
 
 
 def fail(message: str) -> None:

@@ -48,6 +48,11 @@ def register_routes() -> Iterable[Any]:
 
 
 @hookspec
+def register_browsers() -> Iterable[Command]:
+    """Return commands (gateway.commands.Command) that find devices of one protocol: `fieldgate browse <name>`."""
+
+
+@hookspec
 def register_commands() -> Iterable[Command]:
     """Return CLI commands (gateway.commands.Command) to add under `fieldgate <name>`."""
 

@@ -131,24 +131,23 @@ class Database:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one writing statement (serialised with the transactions); returns how many rows it changed."""
+    async def _write(self, sql: str, params: Sequence[Any]) -> aiosqlite.Cursor:
+        """One writing statement, serialised with the transactions on the shared connection."""
         try:
             async with self._write_lock:
                 async with asyncio.timeout(self.timeout):
-                    cursor = await self.connection.execute(sql, params)
+                    return await self.connection.execute(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one writing statement; returns how many rows it changed."""
+        cursor = await self._write(sql, params)
         return max(cursor.rowcount, 0)
 
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one INSERT (serialised like `execute`) and return the id of its row."""
-        try:
-            async with self._write_lock:
-                async with asyncio.timeout(self.timeout):
-                    cursor = await self.connection.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        """Run one INSERT and return the id of its row."""
+        cursor = await self._write(sql, params)
         if cursor.lastrowid is None:
             raise StoreError(f"{self.path}: no row inserted by {sql.split('(', 1)[0].strip()}")
         return cursor.lastrowid

@@ -61,7 +61,7 @@ async def test_a_server_that_goes_down_is_logged_once_per_change(tcp_sim: Any, t
     config.write_text("kind: Gateway\nname: gw\neventbus: {url: none}\n---\nkind: DeviceModel\nname: m\n"
                       "properties:\n  - {name: level, type: float}\n" + "".join(
         f"---\nkind: Device\nname: d{unit}\nmodel: m\nprotocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, "
-        f"port: {port}, unit: {unit}, timeout: 0.3}}}}\nproperties:\n  - {{name: level, collect_interval: 100ms, "
+        f"port: {port}, unit: {unit}, timeout: 1.0}}}}\nproperties:\n  - {{name: level, collect_interval: 100ms, "
         f"visitor: {{register: HoldingRegister, offset: 0, type: float32}}}}\n" for unit in range(1, count + 1)))
     caplog.set_level(logging.INFO)
     async with runtime.Gateway.from_path(config, data_dir=tmp_path / "data") as gw:

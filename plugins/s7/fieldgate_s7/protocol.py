@@ -93,7 +93,7 @@ class S7Protocol(Protocol):
         pieces: dict[int, list[bytes]] = {}
         refused: dict[int, int] = {}
         for number, items in enumerate(requests, 1):
-            what = f"read request {number} of {len(requests)} ({len(items)} variables)"
+            what = f"read request {number} of {len(requests)} ({len(items)} variable{'s' if len(items) > 1 else ''})"
             answers = await link.read([(ranges[i.index].area, ranges[i.index].db, ranges[i.index].start + i.at,
                                         i.size) for i in items], what)
             for item, answer in zip(items, answers, strict=True):

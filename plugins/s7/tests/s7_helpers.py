@@ -125,16 +125,27 @@ class CountingProxy:
         self.functions: Counter[int] = Counter()
         self.read_items: list[int] = []
         self.longest_answer = 0
-        self.stall = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
 
     async def start(self) -> CountingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    @property
+    def stall(self) -> bool:
+        return not self._flowing.is_set()
+
+    @stall.setter
+    def stall(self, held: bool) -> None:
+        if held:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     def reset(self) -> None:
         self.functions.clear()
@@ -173,8 +184,7 @@ class CountingProxy:
                         self.read_items.append(payload[11])
                 elif not requests:
                     self.longest_answer = max(self.longest_answer, len(payload))
-            while self.stall and not self._closing:
-                await asyncio.sleep(0.02)
+            await self._flowing.wait()
             writer.write(frame)
             await writer.drain()
 
@@ -185,7 +195,7 @@ class CountingProxy:
         self._writers.clear()
 
     async def stop(self) -> None:
-        self._closing = True
+        self._flowing.set()
         if self._server is not None:
             self._server.close()
         self.drop()

@@ -30,8 +30,7 @@ MAX_OFFSET = 65535  # a DB (or the M, I, Q area) holds at most 64 KiB for PUT/GE
 STRING_MAX = 254
 
 _TSAP = re.compile(r"^([0-9A-Fa-f]{1,2})\.([0-9A-Fa-f]{1,2})$")
-Tsap = Annotated[int, Meta(ge=0, le=0xFFFF)] | Annotated[str, Meta(
-    pattern=_TSAP.pattern, description='two hex bytes as PLC tools show them, e.g. "03.01", or a number')]
+Tsap = Annotated[int, Meta(ge=0, le=0xFFFF)] | str
 
 
 def tsap_value(raw: int | str) -> int:
@@ -39,23 +38,25 @@ def tsap_value(raw: int | str) -> int:
     if isinstance(raw, int):
         return raw
     match = _TSAP.match(raw)
-    assert match is not None  # the schema's pattern
+    if match is None:
+        raise ValueError(f"TSAP {raw!r}: expected two hex bytes as PLC tools show them, e.g. \"03.01\"")
     return int(match.group(1), 16) << 8 | int(match.group(2), 16)
 
 
 class S7Config(Base, kw_only=True):
-    """`protocol.config` of an `s7` device: by rack and slot (S7-300/400/1200/1500), or by TSAPs (LOGO!, CPs,
-    configured connections)."""
+    """`protocol.config` of an `s7` device: rack and slot, or TSAPs (LOGO!, CPs, configured connections)."""
 
-    host: Annotated[str, Meta(min_length=1)]
-    port: Annotated[int, Meta(ge=1, le=65535)] = 102
-    rack: Annotated[int, Meta(ge=0, le=7)] | None = None
-    slot: Annotated[int, Meta(ge=0, le=31)] | None = None
+    host: Annotated[str, Meta(min_length=1, description="the PLC's (or its CP's) address")]
+    port: Annotated[int, Meta(ge=1, le=65535, description="ISO-on-TCP port")] = 102
+    rack: Annotated[Annotated[int, Meta(ge=0, le=7)] | None, Meta(description="default 0")] = None
+    slot: Annotated[Annotated[int, Meta(ge=0, le=31)] | None, Meta(
+        description="default 1 (S7-1200/1500; an S7-300 CPU is in slot 2)")] = None
     connection_type: Annotated[Literal["PG", "OP", "S7"], Meta(
         description="the remote TSAP's resource with rack/slot: PG (programming device), OP (panel), S7 (basic)",
     )] = "PG"
-    local_tsap: Tsap | None = None
-    remote_tsap: Tsap | None = None
+    local_tsap: Annotated[Tsap | None, Meta(description='with remote_tsap: two hex bytes as PLC tools show them, '
+                                            'e.g. "10.00", or a number; default 01.00')] = None
+    remote_tsap: Annotated[Tsap | None, Meta(description='instead of rack/slot, e.g. "20.00" (LOGO!)')] = None
     pdu_size: Annotated[int, Meta(ge=240, le=960, description="PDU length asked for; the PLC may grant less")] = 480
     timeout: Annotated[float, Meta(gt=0, le=60, description="seconds to wait for one answer")] = 2.0
     max_gap: Annotated[int, Meta(ge=0, le=256, description="unused bytes a merged read may span")] = 8
@@ -65,6 +66,9 @@ class S7Config(Base, kw_only=True):
             raise ValueError("give rack/slot or remote_tsap, not both")
         if self.local_tsap is not None and self.remote_tsap is None:
             raise ValueError("local_tsap needs remote_tsap (rack/slot connections use local TSAP 01.00)")
+        for tsap in (self.local_tsap, self.remote_tsap):
+            if tsap is not None:
+                tsap_value(tsap)
 
     def tsaps(self) -> tuple[int, int]:
         """(local, remote) TSAP of the connection request."""
@@ -83,10 +87,12 @@ class S7Visitor(Base, kw_only=True):
     type: S7Type
     offset: Annotated[int, Meta(ge=0, le=MAX_OFFSET, description="byte offset in the area or DB")]
     area: Annotated[AreaName, Meta(description="DB (data block), M (flags), I (inputs), Q (outputs)")] = "DB"
-    db: Annotated[int, Meta(ge=1, le=65535, description="data block number (area DB only)")] | None = None
-    bit: Annotated[int, Meta(ge=0, le=7, description="bit of the byte (BOOL only)")] | None = None
-    length: Annotated[int, Meta(ge=1, le=STRING_MAX, description="declared maximum length of a STRING "
-                                "(STRING[n]; default 254); the PLC's header must say the same")] | None = None
+    db: Annotated[Annotated[int, Meta(ge=1, le=65535)] | None, Meta(
+        description="data block number (area DB only)")] = None
+    bit: Annotated[Annotated[int, Meta(ge=0, le=7)] | None, Meta(description="bit of the byte (BOOL only)")] = None
+    length: Annotated[Annotated[int, Meta(ge=1, le=STRING_MAX)] | None, Meta(
+        description="declared maximum length of a STRING (STRING[n]; default 254); the PLC's header must say the "
+                    "same")] = None
 
     def __post_init__(self) -> None:
         if self.area == "DB" and self.db is None:

@@ -86,7 +86,8 @@ def test_a_visitor_of_the_wrong_type_for_the_model_is_refused(tmp_path: Path, pr
     ("{host: 127.0.0.1, rack: 8}", "$.protocol.config.rack: Expected int <= 7, got 8"),
     ("{host: 127.0.0.1, rack: 0, remote_tsap: '03.01'}", "give rack/slot or remote_tsap, not both"),
     ("{host: 127.0.0.1, local_tsap: '10.00'}", "local_tsap needs remote_tsap"),
-    ("{host: 127.0.0.1, remote_tsap: '3.1.0'}", "$.protocol.config.remote_tsap"),
+    ("{host: 127.0.0.1, remote_tsap: '3.1.0'}",
+     "$.protocol.config: TSAP '3.1.0': expected two hex bytes as PLC tools show them, e.g. \"03.01\""),
     ("{host: 127.0.0.1, pdu_size: 100}", "$.protocol.config.pdu_size: Expected int >= 240, got 100"),
 ])
 def test_a_bad_config_is_refused_with_its_path(tmp_path: Path, config: str, message: str) -> None:

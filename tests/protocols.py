@@ -93,6 +93,15 @@ class BuggyProtocol(_Base):
         raise KeyError("oops")
 
 
+class QuietProtocol(_Base):
+    """Reads bring nothing new and no error, as a device that pushes its values has not sent any yet."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-quiet",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult()
+
+
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
-    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol]
+    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol, QuietProtocol]

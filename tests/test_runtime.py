@@ -235,6 +235,18 @@ async def test_device_that_comes_back_goes_online(write_config: Callable[[str], 
     assert status["devices"]["online"] == 1
 
 
+async def test_a_read_that_brings_nothing_leaves_the_state_alone(write_config: Callable[[str], Path],
+                                                                 start_gateway: Callable[..., Any]) -> None:
+    """A device that pushes its values (a KubeEdge mapper's, an MQTT device) may have nothing new when it is read:
+    that says nothing about it, so it stays unknown instead of turning online with no value ever seen."""
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("quiet", "test-quiet", "20ms")))
+    stats = await wait_for(lambda: (s := gw.api.poll_stats("default/quiet")) is not None and s.cycles >= 5 and s)
+    assert stats.read_errors == 0
+    twin = gw.api.twin("default/quiet")
+    assert twin.state == "unknown"
+    assert twin.properties["level"].quality == "unknown"
+
+
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
     await asyncio.sleep(0.5)

@@ -237,8 +237,9 @@ class DevicePoller:
             self.stats.read_errors += 1
             first = next(iter(result.errors.items()))
             self._set_state("unhealthy", f"{len(result.errors)} properties failed, e.g. {first[0]}: {first[1]}")
-        else:
+        elif result.values:
             self._set_state("online", "")
+        # else: nothing new and no error (a device that pushes its values sent none since): says nothing of it
         if report:
             self.on_report(self.device.id, ts, report)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
@@ -21,7 +21,7 @@ ConfigValue = str | int | float | bool
 class DmiProperties(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """The gateway's DMI server (KubeEdge's `DeviceManagerService`), which mappers register with."""
 
-    socket: Annotated[str, Meta(pattern=r"^/[^\x00]*$", max_length=SOCKET_PATH_MAX, description=(
+    socket: Annotated[str, Meta(min_length=1, max_length=SOCKET_PATH_MAX, description=(
         "absolute path of the unix socket mappers call (edgecore's default); created owner-only, removed on stop"))
     ] = DEFAULT_SOCKET
     max_message_bytes: Annotated[int, Meta(ge=4096, le=64 << 20, description=(
@@ -30,6 +30,8 @@ class DmiProperties(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
                             ] = Duration(10.0)
 
     def __post_init__(self) -> None:
+        if not self.socket.startswith("/") or "\x00" in self.socket:
+            raise ValueError(f"socket: expected an absolute path, got {self.socket!r}")
         if len(self.socket.encode()) > SOCKET_PATH_MAX:
             raise ValueError(f"socket: {len(self.socket.encode())} bytes, above {SOCKET_PATH_MAX} (a unix socket "
                              "path is short)")
@@ -37,20 +39,23 @@ class DmiProperties(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
             raise ValueError("call_timeout: expected more than 0s and at most 5m")
 
 
-def _check_values(field: str, data: dict[str, ConfigValue]) -> None:
+def _check_values(field: str, data: dict[str, Any]) -> None:
+    """Customized values travel as one scalar each (edgecore converts nothing else): name the key that is not."""
     for key, value in data.items():
         if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
             raise ValueError(f"{field}.{key}: {value} does not fit a 64-bit integer")
+        if not isinstance(value, str | int | float | bool):
+            raise ValueError(f"{field}.{key}: expected a string, a number or a boolean (mappers take one scalar "
+                             f"per key), got {type(value).__name__}")
 
 
 class DmiConfig(Base, kw_only=True):
-    """`protocol.config` of a `dmi` device: a device that a KubeEdge mapper polls, which the gateway sends to the
-    mapper registered for `mapper` and whose values that mapper reports."""
+    """`protocol.config` of a `dmi` device, which the mapper registered for protocol `mapper` polls and reports."""
 
     mapper: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63, description=(
         "the protocol the device's mapper registers with (its `MapperInfo.protocol`, KubeEdge's `protocolName`), "
         "e.g. `modbus`"))]
-    config_data: Annotated[dict[ConfigKey, ConfigValue], Meta(description=(
+    config_data: Annotated[dict[ConfigKey, Any], Meta(description=(
         "the mapper's protocol settings as KubeEdge's `spec.protocol.configData` has them (scalar values)"))] = {}
     state_report_interval: Annotated[Duration, Meta(description=(
         "how often the mapper reports the device's state (`ReportDeviceStates`)"))] = Duration(5.0)
@@ -64,7 +69,7 @@ class DmiConfig(Base, kw_only=True):
 class DmiVisitor(Base, kw_only=True):
     """Where the mapper finds one property: KubeEdge's `visitors.configData`, passed on as it is."""
 
-    config_data: Annotated[dict[ConfigKey, ConfigValue], Meta(description=(
+    config_data: Annotated[dict[ConfigKey, Any], Meta(description=(
         "the mapper's settings for the property (scalar values), e.g. `{register: HoldingRegister, offset: 0}`"))
     ] = {}
 

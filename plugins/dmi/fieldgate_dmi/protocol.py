@@ -19,11 +19,12 @@ ALL_TYPES = frozenset({"int", "float", "double", "string", "boolean", "bytes"})
 
 
 class DmiProtocol(Protocol):
-    """One device served by a mapper, as the poller sees it."""
+    """Devices a KubeEdge mapper polls: the gateway reads what the mapper reports and sends it desired values."""
 
     names: ClassVar[tuple[str, ...]] = (PROTOCOL,)
     config_type: ClassVar[type[msgspec.Struct]] = DmiConfig
     visitor_type: ClassVar[type[msgspec.Struct]] = DmiVisitor
+    max_backoff: ClassVar[float] = 1.0  # asking again is a look-up: a device is online within a second of reporting
 
     @classmethod
     def visitor_types(cls, visitor: Any) -> frozenset[str]:

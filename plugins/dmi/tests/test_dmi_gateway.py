@@ -224,6 +224,12 @@ async def test_malformed_reports_are_refused_and_the_server_goes_on(node: Node) 
         await node.mapper.manager().MapperRegister(bad_register, timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    node.mapper.manager()
+    garbage = node.mapper.channel.unary_unary("/v1beta1.DeviceManagerService/ReportDeviceStatus")  # bytes as they are
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await garbage(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)  # not a ReportDeviceStatusRequest
+    assert refused.value.code() != grpc.StatusCode.OK
+
     assert (await twin(node))["twin"]["setpoint"]["reported"] is None  # the refused report kept nothing
     await node.mapper.report("boiler-1", {"temperature": "19.5"})
     await wait_until(lambda: node.gateway.api.twin("default/boiler-1").properties["temperature"].reported == 19.5,

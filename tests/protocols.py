@@ -84,6 +84,13 @@ class FlakyProtocol(_Base):
         return ReadResult({p.name: p.visitor.value for p in plan})
 
 
+class EagerFlakyProtocol(FlakyProtocol):
+    """A flaky device that costs nothing to try again (its values are pushed): its reconnect backoff stays short."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-flaky-eager",)
+    max_backoff: ClassVar[float] = 0.2
+
+
 class BuggyProtocol(_Base):
     """Raises an unexpected exception type, as a plugin with a bug would."""
 
@@ -93,6 +100,16 @@ class BuggyProtocol(_Base):
         raise KeyError("oops")
 
 
+class QuietProtocol(_Base):
+    """Reads bring nothing new and no error, as a device that pushes its values has not sent any yet."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-quiet",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult()
+
+
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
-    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol]
+    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, EagerFlakyProtocol, BuggyProtocol,
+            QuietProtocol]

@@ -235,6 +235,28 @@ async def test_device_that_comes_back_goes_online(write_config: Callable[[str], 
     assert status["devices"]["online"] == 1
 
 
+async def test_a_protocol_may_keep_its_reconnect_backoff_short(write_config: Callable[[str], Path],
+                                                               start_gateway: Callable[..., Any]) -> None:
+    """Six failed connects back off 0.5 + 1 + 2 + 4 + 8 + 16 s by default; a protocol whose devices cost nothing to
+    try again (a KubeEdge mapper's, whose values are pushed) caps the wait with `max_backoff`."""
+    text = MODEL + misbehaving_device("eager", "test-flaky-eager").replace(
+        "{name: test-flaky-eager}", "{name: test-flaky-eager, config: {fail_opens: 6}}")
+    gw: Gateway = await start_gateway(write_config(text))
+    await wait_for(lambda: gw.api.twin("default/eager").state == "online", timeout=8)
+
+
+async def test_a_read_that_brings_nothing_leaves_the_state_alone(write_config: Callable[[str], Path],
+                                                                 start_gateway: Callable[..., Any]) -> None:
+    """A device that pushes its values (a KubeEdge mapper's, an MQTT device) may have nothing new when it is read:
+    that says nothing about it, so it stays unknown instead of turning online with no value ever seen."""
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("quiet", "test-quiet", "20ms")))
+    stats = await wait_for(lambda: (s := gw.api.poll_stats("default/quiet")) is not None and s.cycles >= 5 and s)
+    assert stats.read_errors == 0
+    twin = gw.api.twin("default/quiet")
+    assert twin.state == "unknown"
+    assert twin.properties["level"].quality == "unknown"
+
+
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
     await asyncio.sleep(0.5)

@@ -103,7 +103,7 @@ class DevicePoller:
             await self._run()
 
     async def _run(self) -> None:
-        backoff = MIN_BACKOFF
+        backoff = min(MIN_BACKOFF, self.protocol_cls.max_backoff)
         try:
             while True:
                 self._answered = False
@@ -119,9 +119,9 @@ class DevicePoller:
                     # it worked until now: try again soon. A connect alone does not count: on a shared serial
                     # line it succeeds for a unit that never answers, and each try of that unit costs the bus
                     # a whole timeout
-                    backoff = MIN_BACKOFF
+                    backoff = min(MIN_BACKOFF, self.protocol_cls.max_backoff)
                 await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = min(backoff * 2, MAX_BACKOFF, self.protocol_cls.max_backoff)
         finally:
             await self._close()
 
@@ -237,8 +237,9 @@ class DevicePoller:
             self.stats.read_errors += 1
             first = next(iter(result.errors.items()))
             self._set_state("unhealthy", f"{len(result.errors)} properties failed, e.g. {first[0]}: {first[1]}")
-        else:
+        elif result.values:
             self._set_state("online", "")
+        # else: nothing new and no error (a device that pushes its values sent none since): says nothing of it
         if report:
             self.on_report(self.device.id, ts, report)
 

@@ -59,6 +59,9 @@ class Protocol(abc.ABC):
     names: ClassVar[tuple[str, ...]]
     config_type: ClassVar[type[msgspec.Struct]]
     visitor_type: ClassVar[type[msgspec.Struct]]
+    # The longest wait (seconds) before a failed device is tried again; the wait doubles from 0.5 s up to it. A
+    # protocol whose devices cost nothing to try again (their values are pushed to the gateway) may keep it short.
+    max_backoff: ClassVar[float] = 30.0
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device

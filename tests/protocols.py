@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from gateway.errors import ProtocolError
+from gateway.errors import DeviceSilent, ProtocolError
 from gateway.hookspecs import hookimpl
 from gateway.protocols.base import BoundProperty, Protocol, ReadResult
 from gateway.resources.schema import Base
@@ -107,9 +107,27 @@ class QuietProtocol(_Base):
 
     async def read(self, plan: Any) -> ReadResult:
         return ReadResult()
+class PushProtocol(_Base):
+    """A device that sends its values itself: a read gives what was pushed since the last one, or raises
+    DeviceSilent while the test keeps the device `silent`."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-push",)
+    pushed: ClassVar[dict[str, list[float]]] = {}
+    silent: ClassVar[set[str]] = set()
+    gateways: ClassVar[list[Any]] = []
+
+    async def open(self) -> None:
+        await super().open()
+        self.gateways.append(self.gateway)
+
+    async def read(self, plan: Any) -> ReadResult:
+        if self.device.id in self.silent:
+            raise DeviceSilent("no message for 5 s")
+        values = self.pushed.pop(self.device.id, [])
+        return ReadResult({p.name: values[-1] for p in plan} if values else {})
 
 
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
     return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, EagerFlakyProtocol, BuggyProtocol,
-            QuietProtocol]
+            QuietProtocol, PushProtocol]

@@ -255,6 +255,33 @@ async def test_a_read_that_brings_nothing_leaves_the_state_alone(write_config: C
     twin = gw.api.twin("default/quiet")
     assert twin.state == "unknown"
     assert twin.properties["level"].quality == "unknown"
+async def test_a_device_that_sends_its_values_itself_goes_offline_when_silent_and_back_without_reconnecting(
+        write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """Reads that bring nothing leave the state alone (no "online" before the first value); DeviceSilent makes the
+    device offline without closing its connection, so the next value brings it back at once."""
+    from tests.protocols import PushProtocol
+
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("pusher", "test-push", "20ms")))
+    twin, stats = gw.api.twin("default/pusher"), gw.api.poll_stats("default/pusher")
+    assert stats is not None
+    await wait_for(lambda: stats.cycles >= 5)
+    assert twin.state == "unknown"
+    assert PushProtocol.opens == 1 and PushProtocol.gateways == [gw.api]
+
+    PushProtocol.pushed["default/pusher"] = [4.0, 5.0]
+    await wait_for(lambda: twin.state == "online")
+    assert twin.properties["level"].reported == 5.0
+
+    PushProtocol.silent.add("default/pusher")
+    await wait_for(lambda: twin.state == "offline")
+    assert twin.state_reason == "no message for 5 s" and twin.properties["level"].quality == "bad"
+    cycles = stats.read_errors
+    await wait_for(lambda: stats.read_errors >= cycles + 5)
+    PushProtocol.silent.clear()
+    PushProtocol.pushed["default/pusher"] = [6.0]
+    await wait_for(lambda: twin.state == "online")
+    assert twin.properties["level"].reported == 6.0 and twin.properties["level"].quality == "good"
+    assert PushProtocol.opens == 1
 
 
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:

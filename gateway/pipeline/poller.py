@@ -16,13 +16,16 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
+from gateway.errors import DeviceSilent, DeviceTimeout, FieldgateError, ProtocolError
 from gateway.logs import Throttle, log_context
 from gateway.pipeline import twin as rules
 from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
+
+if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 _internal_errors = Throttle(log, 300.0)
@@ -79,9 +82,10 @@ class DevicePoller:
     """Polls one device; `run()` is the supervised task."""
 
     def __init__(self, device: BoundDevice, protocol_cls: type[Protocol], twin: Twin, *,
-                 on_report: ReportCallback, on_state: StateCallback) -> None:
+                 on_report: ReportCallback, on_state: StateCallback, gateway: GatewayAPI | None = None) -> None:
         self.device = device
         self.protocol_cls = protocol_cls
+        self.gateway = gateway
         self.twin = twin
         self.on_report = on_report
         self.on_state = on_state
@@ -133,7 +137,9 @@ class DevicePoller:
     # --- connection ---------------------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        self._protocol = self.protocol_cls(self.device)
+        protocol = self.protocol_cls(self.device)
+        protocol.gateway = self.gateway
+        self._protocol = protocol
         self._plans.clear()
         async with asyncio.timeout(self.budget):
             await self._protocol.open()
@@ -166,6 +172,12 @@ class DevicePoller:
             log.debug("%s: %s", self.device.id, reason)
         self._set_state("offline", reason)
 
+    def _silent(self, exc: DeviceSilent) -> None:
+        """A device that sends its values itself has been quiet too long: offline, but its connection stays."""
+        self.stats.read_errors += 1
+        rules.mark_unreachable(self.twin)
+        self._set_state("offline", str(exc))
+
     def _set_state(self, state: DeviceState, reason: str) -> None:
         if self.twin.set_state(state, reason):
             self.on_state(self.twin, state, reason)
@@ -190,11 +202,15 @@ class DevicePoller:
             if not due:
                 continue  # woken early for a write
             self.stats.record_lateness(max(now - min(s.next_collect for s in due), 0.0))
-            async with asyncio.timeout(self.budget):
-                result = await self._read(due)
-            self.stats.cycles += 1
-            self.stats.last_cycle = loop.time() - now
-            self._apply(result, time.time(), due, now)
+            try:
+                async with asyncio.timeout(self.budget):
+                    result = await self._read(due)
+            except DeviceSilent as exc:
+                self._silent(exc)
+            else:
+                self.stats.cycles += 1
+                self.stats.last_cycle = loop.time() - now
+                self._apply(result, time.time(), due, now)
             for schedule in due:
                 schedule.next_collect += schedule.interval
                 if schedule.next_collect <= now:  # fell behind: skip the missed cycles instead of bursting
@@ -257,7 +273,7 @@ class DevicePoller:
                 async with asyncio.timeout(self.budget):
                     await self._protocol.write(prop, desired)
                     self.stats.writes += 1
-                    result = await self._protocol.read(self._protocol.plan([prop]))
+                    result = await self._read_back(prop)
             except DeviceTimeout:
                 raise  # the connection is gone: reconnect, then write again
             except ProtocolError as exc:
@@ -272,6 +288,15 @@ class DevicePoller:
             self._apply(result, ts, [], asyncio.get_running_loop().time())
             if name in result.values:
                 self.on_report(self.device.id, ts, {name: twin_prop.reported})
+
+    async def _read_back(self, prop: BoundProperty) -> ReadResult:
+        """Read a property just written; a device that sends its values itself confirms with its next message."""
+        assert self._protocol is not None
+        try:
+            return await self._protocol.read(self._protocol.plan([prop]))
+        except DeviceSilent as exc:
+            self._silent(exc)
+            return ReadResult()
 
     async def _sleep_until(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()

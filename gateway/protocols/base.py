@@ -5,11 +5,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
 from gateway.resources.schema import Device, DeviceProperty, PropertyModel
+
+if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +65,9 @@ class Protocol(abc.ABC):
     # The longest wait (seconds) before a failed device is tried again; the wait doubles from 0.5 s up to it. A
     # protocol whose devices cost nothing to try again (their values are pushed to the gateway) may keep it short.
     max_backoff: ClassVar[float] = 30.0
+    # The running gateway, set by the poller before open(); None when a protocol runs without one (a browser, a
+    # test). For what a device needs of the node: its name, the eventbus login, supervised tasks.
+    gateway: GatewayAPI | None = None
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device
@@ -70,6 +76,12 @@ class Protocol(abc.ABC):
     @abc.abstractmethod
     def visitor_types(cls, visitor: Any) -> frozenset[str]:
         """Model types (`int`, `float`, …) that a property read through this visitor can have."""
+
+    @classmethod
+    def check_visitor(cls, visitor: Any, model: PropertyModel) -> None:
+        """Raise ConfigError when a visitor does not suit its property's model entry beyond the type (say, a
+        ReadWrite property that the visitor has no way to write); checked when a file loads."""
+        return None
 
     def plan(self, properties: Sequence[BoundProperty]) -> Any:
         """Build the read plan for a set of properties due together; the poller caches it per set."""

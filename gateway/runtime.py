@@ -65,7 +65,7 @@ class Gateway:
         self.supervisor = Supervisor()
         self.configuration = Configuration(config, self.protocols, self.store, config_path=config_path,
                                            endpoint_types=self.endpoint_types)
-        self.devices = Devices(self.protocols, self.bus, self.supervisor, self.store)
+        self.devices = Devices(self.protocols, self.bus, self.supervisor, self.store, data_dir)
         self.sinks = Sinks(self.store, self.supervisor)
         settings = config.gateway.eventbus
         self.broker = self._embedded_broker(settings) if settings.url == "embedded" else None

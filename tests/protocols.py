@@ -93,6 +93,21 @@ class BuggyProtocol(_Base):
         raise KeyError("oops")
 
 
+class FilesProtocol(_Base):
+    """Keeps a file in the gateway's data dir, as a protocol with a certificate of its own does."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-files",)
+
+    async def open(self) -> None:
+        if self.data_dir is None:
+            raise ProtocolError("no data dir")
+        (self.data_dir / "test-files").mkdir(exist_ok=True)
+        (self.data_dir / "test-files" / self.device.resource.name).write_text("opened")
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
-    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol]
+    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol, FilesProtocol]

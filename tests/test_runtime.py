@@ -235,6 +235,14 @@ async def test_device_that_comes_back_goes_online(write_config: Callable[[str], 
     assert status["devices"]["online"] == 1
 
 
+async def test_a_protocol_keeps_its_files_in_the_data_dir(write_config: Callable[[str], Path], tmp_path: Path,
+                                                         start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("keeper", "test-files")))
+    twin = gw.api.twin("default/keeper")
+    await wait_for(lambda: twin.state == "online", timeout=6)
+    assert (tmp_path / "data" / "test-files" / "keeper").read_text() == "opened"
+
+
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
     await asyncio.sleep(0.5)

@@ -9,6 +9,7 @@ import logging
 import statistics
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,8 +33,9 @@ class Devices:
     """Owns the twins and pollers; `start` builds them from a configuration, `reconcile` moves to a new one."""
 
     def __init__(self, protocols: Mapping[str, type[Protocol]], bus: Bus, supervisor: Supervisor,
-                 store: Store) -> None:
+                 store: Store, data_dir: Path | None = None) -> None:
         self.protocols = protocols
+        self.data_dir = data_dir
         self.bus = bus
         self.supervisor = supervisor
         self.store = store
@@ -78,7 +80,7 @@ class Devices:
     def _start_poller(self, device_id: str) -> None:
         device = self.bound[device_id]
         poller = DevicePoller(device, self.protocols[device.resource.protocol.name], self.twins[device_id],
-                              on_report=self._publish_report, on_state=self._publish_state)
+                              on_report=self._publish_report, on_state=self._publish_state, data_dir=self.data_dir)
         self.pollers[device_id] = poller
         self.supervisor.start(f"device {device_id}", poller.run)
 

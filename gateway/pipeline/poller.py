@@ -16,6 +16,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
@@ -79,8 +80,9 @@ class DevicePoller:
     """Polls one device; `run()` is the supervised task."""
 
     def __init__(self, device: BoundDevice, protocol_cls: type[Protocol], twin: Twin, *,
-                 on_report: ReportCallback, on_state: StateCallback) -> None:
+                 on_report: ReportCallback, on_state: StateCallback, data_dir: Path | None = None) -> None:
         self.device = device
+        self.data_dir = data_dir
         self.protocol_cls = protocol_cls
         self.twin = twin
         self.on_report = on_report
@@ -134,6 +136,7 @@ class DevicePoller:
 
     async def _connect(self) -> None:
         self._protocol = self.protocol_cls(self.device)
+        self._protocol.data_dir = self.data_dir
         self._plans.clear()
         async with asyncio.timeout(self.budget):
             await self._protocol.open()

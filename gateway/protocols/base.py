@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
@@ -59,6 +60,9 @@ class Protocol(abc.ABC):
     names: ClassVar[tuple[str, ...]]
     config_type: ClassVar[type[msgspec.Struct]]
     visitor_type: ClassVar[type[msgspec.Struct]]
+    # The gateway's data dir, set by the poller before open(), for files a protocol keeps (its own certificate, say,
+    # under a folder named after the protocol); None where no gateway runs it.
+    data_dir: Path | None = None
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device

@@ -107,6 +107,8 @@ class QuietProtocol(_Base):
 
     async def read(self, plan: Any) -> ReadResult:
         return ReadResult()
+
+
 class PushProtocol(_Base):
     """A device that sends its values itself: a read gives what was pushed since the last one, or raises
     DeviceSilent while the test keeps the device `silent`."""
@@ -127,7 +129,22 @@ class PushProtocol(_Base):
         return ReadResult({p.name: values[-1] for p in plan} if values else {})
 
 
+class FilesProtocol(_Base):
+    """Keeps a file in the gateway's data dir, as a protocol with a certificate of its own does."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-files",)
+
+    async def open(self) -> None:
+        if self.data_dir is None:
+            raise ProtocolError("no data dir")
+        (self.data_dir / "test-files").mkdir(exist_ok=True)
+        (self.data_dir / "test-files" / self.device.resource.name).write_text("opened")
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
     return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, EagerFlakyProtocol, BuggyProtocol,
-            QuietProtocol, PushProtocol]
+            QuietProtocol, PushProtocol, FilesProtocol]

@@ -282,6 +282,12 @@ async def test_a_device_that_sends_its_values_itself_goes_offline_when_silent_an
     await wait_for(lambda: twin.state == "online")
     assert twin.properties["level"].reported == 6.0 and twin.properties["level"].quality == "good"
     assert PushProtocol.opens == 1
+async def test_a_protocol_keeps_its_files_in_the_data_dir(write_config: Callable[[str], Path], tmp_path: Path,
+                                                         start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("keeper", "test-files")))
+    twin = gw.api.twin("default/keeper")
+    await wait_for(lambda: twin.state == "online", timeout=6)
+    assert (tmp_path / "data" / "test-files" / "keeper").read_text() == "opened"
 
 
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:

@@ -139,6 +139,7 @@ class DevicePoller:
     async def _connect(self) -> None:
         protocol = self.protocol_cls(self.device)
         protocol.gateway = self.gateway
+        protocol.data_dir = self.gateway.data_dir if self.gateway is not None else None
         self._protocol = protocol
         self._plans.clear()
         async with asyncio.timeout(self.budget):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -68,6 +69,9 @@ class Protocol(abc.ABC):
     # The running gateway, set by the poller before open(); None when a protocol runs without one (a browser, a
     # test). For what a device needs of the node: its name, the eventbus login, supervised tasks.
     gateway: GatewayAPI | None = None
+    # The gateway's data dir, set by the poller before open(), for files a protocol keeps (its own certificate, say,
+    # under a folder named after the protocol); None where no gateway runs it.
+    data_dir: Path | None = None
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device

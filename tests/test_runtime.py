@@ -312,3 +312,31 @@ async def test_a_blocked_loop_delays_cycles_but_skips_no_report(write_config: Ca
     values = [v for _, v in history]
     assert values == list(range(len(values)))  # every reading reported once, none skipped
     assert gw.devices.pollers["default/d1"].stats.missed >= 3
+
+
+async def test_a_property_failing_on_its_own_schedule_keeps_the_device_unhealthy(
+        write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """With properties on schedules of different intervals, a failing one made the device unhealthy on the cycles
+    that read it and online on the others: a warning a cycle. The state follows every property's last reading."""
+    device = """\
+---
+kind: Device
+name: mixed
+model: m
+protocol: {name: virtual}
+properties:
+  - {name: count, collect_interval: 30ms, visitor: {generator: counter}}
+  - {name: level, collect_interval: 200ms, visitor: {generator: fault, value: nan}}
+"""
+    gw: Gateway = await start_gateway(write_config(MODEL + device))
+    twin = gw.api.twin("default/mixed")
+    await wait_for(lambda: twin.state == "unhealthy")
+    changes: list[str] = []
+    gw.api.subscribe("devices/default/mixed/state", lambda topic, change: changes.append(change.state))
+    stats = gw.api.poll_stats("default/mixed")
+    assert stats is not None
+    cycles = stats.cycles
+    await wait_for(lambda: stats.cycles >= cycles + 20)  # several cycles of each schedule
+    assert twin.state == "unhealthy" and "level" in twin.state_reason
+    assert changes == [], "the state stays unhealthy while the property fails"
+    assert twin.properties["count"].quality == "good"

@@ -99,6 +99,7 @@ class DevicePoller:
         self._waiter: asyncio.Future[None] | None = None
         self._retry_at: dict[str, float] = {}
         self._answered = False  # a read since the last (re)connect brought values
+        self._failing: set[str] = set()  # properties whose last reading failed
 
     # --- supervised loop --------------------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class DevicePoller:
         protocol.data_dir = self.gateway.data_dir if self.gateway is not None else None
         self._protocol = protocol
         self._plans.clear()
+        self._failing.clear()
         async with asyncio.timeout(self.budget):
             await self._protocol.open()
         rules.rewrite_on_reconnect(self.twin, self._writable)
@@ -250,10 +252,20 @@ class DevicePoller:
         else:
             report = {bound.name: fresh[bound.name] for schedule in reporting for bound in schedule.props
                       if bound.name in fresh}
+        # The device's state follows every property's last reading, not only this read's: with schedules of
+        # different intervals, a property that fails on one would otherwise flip the device between unhealthy and
+        # online from one cycle to the next.
+        failing = self._failing
+        if fresh:
+            failing.difference_update(fresh)
         if result.errors:
             self.stats.read_errors += 1
-            first = next(iter(result.errors.items()))
-            self._set_state("unhealthy", f"{len(result.errors)} properties failed, e.g. {first[0]}: {first[1]}")
+            failing.update(name for name in result.errors if name in self.twin.properties)
+        if failing:
+            props = self.twin.properties
+            first = next(iter(result.errors.items()), None) or min(
+                (name, props[name].error or "") for name in failing if name in props)
+            self._set_state("unhealthy", f"{len(failing)} properties failed, e.g. {first[0]}: {first[1]}")
         elif result.values:
             self._set_state("online", "")
         # else: nothing new and no error (a device that pushes its values sent none since): says nothing of it

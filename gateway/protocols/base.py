@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,14 +54,28 @@ class Protocol(abc.ABC):
 
     Subclasses name the protocols they serve in `names`, their config Struct in `config_type` and their visitor
     Struct in `visitor_type`. Methods raise gateway.errors.ProtocolError (or a subclass) on failure.
+
+    A device that reports values by itself (a subscription, a change-of-value notification) hands them to
+    `push(result)` at any time between `open()` and `close()`: they reach the twin and the bus at once, between
+    the reads of the properties' collect intervals.
     """
 
     names: ClassVar[tuple[str, ...]]
     config_type: ClassVar[type[msgspec.Struct]]
     visitor_type: ClassVar[type[msgspec.Struct]]
+    _on_push: Callable[[ReadResult], None] | None = None
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device
+
+    def on_push(self, receiver: Callable[[ReadResult], None] | None) -> None:
+        """Where `push` delivers (the poller, before `open()`); None: nowhere."""
+        self._on_push = receiver
+
+    def push(self, result: ReadResult) -> None:
+        """Values (and per-property failures) the device reported without being asked; never raises."""
+        if self._on_push is not None:
+            self._on_push(result)
 
     @classmethod
     @abc.abstractmethod

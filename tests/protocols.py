@@ -94,7 +94,7 @@ class BuggyProtocol(_Base):
 
 
 class PushingProtocol(_Base):
-    """Reads give the visitor's value; soon after the first read it pushes a value that does not convert, then 2 ×
+    """Reads give the visitor's value; soon after the first read it pushes a value that does not convert, then twice
     the visitors' values (a subscription)."""
 
     names: ClassVar[tuple[str, ...]] = ("test-push",)

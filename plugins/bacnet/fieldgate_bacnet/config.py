@@ -83,8 +83,7 @@ def property_name(value: str | int) -> str:
 
 
 class BacnetConfig(Base, kw_only=True):
-    """`protocol.config` of a `bacnet-ip` device. Devices naming the same `local_address` share the gateway's one
-    BACnet/IP endpoint there (one UDP socket, one device object of the gateway's own)."""
+    """`protocol.config` of a `bacnet-ip` device; devices with the same `local_address` share one endpoint there."""
 
     address: Annotated[str, Meta(min_length=7, max_length=21, description="the device: IP[:port] (port 47808 unless "
                                                                           "given)")]

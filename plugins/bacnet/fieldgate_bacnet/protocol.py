@@ -386,7 +386,6 @@ class BacnetIp(Protocol):
         await self._write(prop.name, prop.visitor, Null(()))
 
     async def _write(self, name: str, visitor: BacnetVisitor, wire: Any) -> None:
-        assert self._endpoint is not None or not self._reachable
         if self._endpoint is None:
             raise ProtocolError(f"{self.where}: not open")
         priority = visitor.write_priority

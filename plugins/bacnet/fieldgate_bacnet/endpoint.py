@@ -7,6 +7,7 @@ become gateway ProtocolErrors here, and change-of-value notifications go to the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from gateway.errors import DeviceTimeout, ProtocolError
 
 log = logging.getLogger(__name__)
 
+BIND_ATTEMPTS = 5
 CovReceiver = Callable[[ObjectIdentifier, list[Any]], None]
 
 
@@ -117,7 +119,7 @@ class Endpoint:
             app: GatewayApplication = GatewayApplication.from_object_list([device])
             app.cov_receivers = {}
             address = IPv4Address(broadcast or self.name)
-            link = NormalLinkLayer(address, bind_socket=self._socket()) if broadcast is None else (
+            link = NormalLinkLayer(address, bind_socket=await self._socket()) if broadcast is None else (
                 await self._broadcasting_link(address))
             app.link_layers[ObjectIdentifier(("network-port", 1))] = link  # closed with the application
             app.nsap.bind(link, address=address)
@@ -125,22 +127,27 @@ class Endpoint:
             log.info("BACnet/IP endpoint %s up (device %d)", self.name, self.instance)
             return app
 
-    def _socket(self) -> socket.socket:
+    async def _socket(self) -> socket.socket:
         # The socket is ours: bacpypes3 binds with SO_REUSEPORT and retries for good, so a port another process
         # holds would be shared with it (each getting some of the datagrams) instead of refused at once.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.bind(self.key)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ProtocolError(f"BACnet/IP endpoint {self.name}: cannot bind ({exc})") from exc
-        return sock
+        for attempt in range(BIND_ATTEMPTS):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                sock.bind(self.key)
+                sock.setblocking(False)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if exc.errno != errno.EADDRINUSE or attempt == BIND_ATTEMPTS - 1:
+                    raise ProtocolError(f"BACnet/IP endpoint {self.name}: cannot bind ({exc})") from exc
+            # the endpoint's previous socket (its devices reconnecting) closes with the loop's next turns
+            await asyncio.sleep(0.05)
+        raise AssertionError("unreachable")
 
     async def _broadcasting_link(self, address: IPv4Address) -> NormalLinkLayer:
         """bacpypes3's own link with a second socket on the network's broadcast address (as Linux needs)."""
-        self._socket().close()  # taken by someone else: said at once, as without broadcasts
+        (await self._socket()).close()  # taken by someone else: said at once, as without broadcasts
         link = NormalLinkLayer(address)
         tasks = list(getattr(link.server, "_transport_tasks", []))
         try:

@@ -57,7 +57,7 @@ async def test_values_by_cov_and_polling_and_a_write_at_priority_8(
     assert twin.properties["mode"].reported == 1 and twin.properties["fan"].reported is False
     missing = twin.properties["missing"]
     assert missing.quality == "bad" and missing.error == "analog-value,99 present-value: object: unknown-object"
-    assert twin.state == "unhealthy"
+    await wait_until(lambda: twin.state == "unhealthy", timeout=5)  # in the reads that hold the unknown object
 
     async def subscribed() -> bool:
         return any(s["object"] == "0:1" for s in (await device.dump())["subscriptions"])
@@ -88,16 +88,28 @@ async def test_values_by_cov_and_polling_and_a_write_at_priority_8(
 
 async def test_device_that_stops_answering_goes_offline_and_comes_back(
         bacnet_device: Any, write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
-    device = await bacnet_device()
+    device, other = await bacnet_device(), await bacnet_device(instance=2000)
     text = config(device, free_udp_port()).replace("timeout: 1.0", "timeout: 0.3, retries: 0")
     text = text.replace("kind: Device\nname: room-1\n", "kind: Device\nname: room-1\ntimeout: 1s\n")
-    gw: Gateway = await start_gateway(write_config(text))
-    twin = gw.api.twin("default/room-1")
-    await wait_until(lambda: twin.state == "unhealthy", timeout=10)  # up, with its one unknown object
+    # a second device behind the same endpoint, polled every 100 ms: the silent one must not hold it up
+    second = text[text.index("kind: Device\n"):].replace("name: room-1", "name: room-2").replace(
+        device.address, other.address).replace(f"device_instance: {device.instance}", "device_instance: 2000")
+    second = second.replace("collect_interval: 200ms", "collect_interval: 100ms")
+    gw: Gateway = await start_gateway(write_config(text + "---\n" + second))
+    twin, twin2 = gw.api.twin("default/room-1"), gw.api.twin("default/room-2")
+    # up: each of them read (their state goes between online and unhealthy, as the schedule read has the unknown
+    # object or not)
+    await wait_until(lambda: twin.properties["outdoor"].reported == twin2.properties["outdoor"].reported == 20.5,
+                     timeout=10)
     await device.command(cmd="silent", on=True)
     await wait_until(lambda: twin.state == "offline", timeout=10)
     assert "no answer" in twin.state_reason
+    cycles = gw.api.poll_stats("default/room-2").cycles
+    for value in (1.5, 2.5, 3.5):
+        await other.set_input("0:2", value)
+        await wait_until(lambda v=value: twin2.properties["outdoor"].reported == v, timeout=5)
+    assert gw.api.poll_stats("default/room-2").cycles > cycles and twin2.state != "offline"
     await device.command(cmd="silent", on=False)
-    await wait_until(lambda: twin.state == "unhealthy", timeout=20)
+    await wait_until(lambda: twin.state != "offline", timeout=20)
     await device.set_input("0:2", 7.5)
     await wait_until(lambda: twin.properties["outdoor"].reported == 7.5, timeout=5)

@@ -273,3 +273,29 @@ async def test_a_device_answering_wrong_types_spoils_only_those_properties(bacne
     assert together.values == {"h3": pytest.approx(3.4e38), "h4": 40.5}
     assert [r.errors for r in alone[:2]] == [{"h1": expected_errors["h1"]}, {"h2": expected_errors["h2"]}]
     assert [r.values for r in alone[2:]] == [{"h3": pytest.approx(3.4e38)}, {"h4": 40.5}]
+
+
+async def test_subscriptions_are_renewed_at_half_their_lifetime(bacnet_device: Any) -> None:
+    device = await bacnet_device()
+    protocol = bind(gateway_config(device, cov_lifetime=40), {"h": {"object_type": "analog-input", "instance": 1}})
+    await protocol.open()
+    plan = protocol.plan(list(protocol.device.properties.values()))
+    try:
+        await protocol.read(plan)
+        sub = protocol._subscriptions["analog-input,1"]
+        loop = asyncio.get_running_loop()
+        assert 19 < sub.renew_at - loop.time() <= 20 and 39 < sub.active_until - loop.time() <= 40
+        await protocol.read(plan)
+        assert (await device.dump())["stats"]["cov"] == 1  # not due yet
+        sub.renew_at = loop.time() - 1  # as 20 s later
+        await protocol.read(plan)
+        dump = await device.dump()
+        assert dump["stats"]["cov"] == 2
+        assert [(s["object"], s["pid"]) for s in dump["subscriptions"]] == [("0:1", sub.process_id)]
+        await device.command(cmd="silent", on=True)
+        sub.renew_at = loop.time() - 1
+        with pytest.raises(DeviceTimeout):  # an unanswered renewal: the subscription no longer stands
+            await protocol.read(plan)
+        assert sub.active_until == 0
+    finally:
+        await protocol.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fieldgate_bacnet import browse
+from fieldgate_bacnet.browse import configure, run
 from fieldgate_bacnet.protocol import BacnetIp
 from gateway.commands import Command
 from gateway.hookspecs import hookimpl
@@ -19,4 +19,4 @@ def register_protocols() -> Iterable[type[Protocol]]:
 @hookimpl
 def register_browsers() -> Iterable[Command]:
     return [Command("bacnet", "find BACnet/IP devices by Who-Is and write their objects as documents",
-                    browse.configure, browse.run)]
+                    configure, run)]

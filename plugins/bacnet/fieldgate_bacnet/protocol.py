@@ -99,13 +99,16 @@ class BacnetIp(Protocol):
         except DeviceAnswered as exc:
             raise ProtocolError(f"{self.where}: no device object {device} there ({exc.reason}): check address and "
                                 "device_instance") from exc
-        self._vendor = int(await self._optional(device, "vendor-identifier", 0) or 0)
-        max_apdu = await self._optional(device, "max-apdu-length-accepted", UNKNOWN_MAX_APDU)
+        except ValueError:
+            pass  # a name that does not decode: the device answered all the same
+        self._vendor = _number(await self._optional(device, "vendor-identifier", 0), 0)
+        max_apdu = _number(await self._optional(device, "max-apdu-length-accepted", UNKNOWN_MAX_APDU),
+                           UNKNOWN_MAX_APDU)
         segmentation = await self._optional(device, "segmentation-supported", 3)
         services = await self._optional(device, "protocol-services-supported", None)
         offered = _services(services)
         self._abilities = DeviceAbilities(
-            max_apdu=self.config.max_apdu or max(50, min(int(max_apdu or UNKNOWN_MAX_APDU), MAX_APDU)),
+            max_apdu=self.config.max_apdu or max(50, min(max_apdu or UNKNOWN_MAX_APDU, MAX_APDU)),
             segmenting=segmentation in (0, 1),  # segmented-both, segmented-transmit
             read_multiple=self.config.read_multiple and offered.get("read-property-multiple", True),
             cov=self.config.cov and offered.get("subscribe-cov", True),
@@ -402,6 +405,11 @@ class BacnetIp(Protocol):
             raise DeviceAnswered(f"{what}: device answered {kind} ({reason})", kind, reason)
         if isinstance(answer, str):  # bacpypes3 knows no type for the property: nothing was sent
             raise ProtocolError(f"{what}: {answer.strip('-')}")
+
+
+def _number(value: Any, default: int) -> int:
+    """A whole number the device sent, or `default` for anything else (a device may answer what it likes)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _services(bits: Any) -> dict[str, bool]:

@@ -144,7 +144,22 @@ class FilesProtocol(_Base):
         return ReadResult({p.name: p.visitor.value for p in plan})
 
 
+class PushingProtocol(_Base):
+    """Reads give the visitor's value; soon after the first read it pushes a value that does not convert, then twice
+    the visitors' values (a subscription)."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-pushing",)
+
+    def _notify(self) -> None:
+        self.push(ReadResult({"count": "not a number"}))
+        self.push(ReadResult({p.name: p.visitor.value * 2 for p in self.device.properties.values()}))
+
+    async def read(self, plan: Any) -> ReadResult:
+        asyncio.get_running_loop().call_later(0.1, self._notify)
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
     return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, EagerFlakyProtocol, BuggyProtocol,
-            QuietProtocol, PushProtocol, FilesProtocol]
+            QuietProtocol, PushProtocol, FilesProtocol, PushingProtocol]

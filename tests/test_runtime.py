@@ -290,6 +290,23 @@ async def test_a_protocol_keeps_its_files_in_the_data_dir(write_config: Callable
     assert (tmp_path / "data" / "test-files" / "keeper").read_text() == "opened"
 
 
+async def test_pushed_values_reach_the_twin_and_the_bus_between_reads(write_config: Callable[[str], Path],
+                                                                        start_gateway: Callable[..., Any]) -> None:
+    text = MODEL + misbehaving_device("pusher", "test-pushing", interval="1h").replace(
+        "visitor: {value: 5}}", "visitor: {value: 5}}\n  - {name: count, collect_interval: 1h, visitor: {value: 3}}")
+    gw: Gateway = await start_gateway(write_config(text))
+    reports: list[dict[str, Any]] = []
+    gw.bus.subscribe("devices/+/+/telemetry", lambda topic, report: reports.append(dict(report.values)))
+    twin = gw.api.twin("default/pusher")
+    # read once at the start (5, 3), then only pushed: the next read is an hour away
+    await wait_for(lambda: twin.properties["level"].reported == 10.0, timeout=5)
+    assert twin.properties["count"].reported == 6
+    assert twin.properties["count"].quality == "good"  # the bad push was followed by a good one
+    assert reports == [{"level": 5.0, "count": 3}, {"level": 10.0, "count": 6}]
+    assert gw.api.poll_stats("default/pusher").pushes == 2
+    assert twin.state == "online"
+
+
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
     await asyncio.sleep(0.5)

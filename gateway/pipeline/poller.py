@@ -59,6 +59,7 @@ class PollStats:
     writes: int = 0
     write_errors: int = 0
     missed: int = 0
+    pushes: int = 0  # value sets the device pushed (subscriptions) between reads
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
     lateness_sum: float = 0.0
@@ -141,6 +142,7 @@ class DevicePoller:
         protocol = self.protocol_cls(self.device)
         protocol.gateway = self.gateway
         protocol.data_dir = self.gateway.data_dir if self.gateway is not None else None
+        protocol.on_push(lambda result: self._pushed(protocol, result))
         self._protocol = protocol
         self._plans.clear()
         self._failing.clear()
@@ -157,6 +159,7 @@ class DevicePoller:
     async def _close(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
+            protocol.on_push(None)
             try:
                 async with asyncio.timeout(self.budget):
                     await protocol.close()
@@ -220,6 +223,23 @@ class DevicePoller:
                     missed = int((now - schedule.next_collect) // schedule.interval) + 1
                     self.stats.missed += missed
                     schedule.next_collect += missed * schedule.interval
+
+    def _pushed(self, protocol: Protocol, result: ReadResult) -> None:
+        """Values the device reported by itself (a subscription): into the twin and reported at once. The device's
+        state stays with its reads: a notification says nothing about the properties it does not carry."""
+        if protocol is not self._protocol:
+            return  # from a connection that has been closed since
+        ts = time.time()
+        try:
+            fresh = rules.apply_readings(self.twin, self._models, result.values, dict(result.errors), ts)
+        except Exception as exc:  # a plugin's bad value must not reach into the plugin's notification handler
+            _internal_errors.log(logging.WARNING, f"{self.device.id} push", "%s: pushed values dropped: %s",
+                                 self.device.id, exc, exc_info=exc)
+            return
+        self.stats.pushes += 1
+        if fresh:
+            self._answered = True
+            self.on_report(self.device.id, ts, fresh)
 
     def _pending_candidates(self) -> list[TwinProperty]:
         """The twin properties that may have a desired value to write (a read-only one never has)."""

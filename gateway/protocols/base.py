@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -58,6 +58,10 @@ class Protocol(abc.ABC):
 
     Subclasses name the protocols they serve in `names`, their config Struct in `config_type` and their visitor
     Struct in `visitor_type`. Methods raise gateway.errors.ProtocolError (or a subclass) on failure.
+
+    A device that reports values by itself (a subscription, a change-of-value notification) hands them to
+    `push(result)` at any time between `open()` and `close()`: they reach the twin and the bus at once, between
+    the reads of the properties' collect intervals.
     """
 
     names: ClassVar[tuple[str, ...]]
@@ -72,9 +76,19 @@ class Protocol(abc.ABC):
     # The gateway's data dir, set by the poller before open(), for files a protocol keeps (its own certificate, say,
     # under a folder named after the protocol); None where no gateway runs it.
     data_dir: Path | None = None
+    _on_push: Callable[[ReadResult], None] | None = None
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device
+
+    def on_push(self, receiver: Callable[[ReadResult], None] | None) -> None:
+        """Where `push` delivers (the poller, before `open()`); None: nowhere."""
+        self._on_push = receiver
+
+    def push(self, result: ReadResult) -> None:
+        """Values (and per-property failures) the device reported without being asked; never raises."""
+        if self._on_push is not None:
+            self._on_push(result)
 
     @classmethod
     @abc.abstractmethod

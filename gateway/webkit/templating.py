@@ -60,13 +60,40 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
+# One colour per meaning in both UIs, whatever named the state: green up or done, amber on its way or degraded, red
+# failed or gone, grey not known yet (`.badge.online`, `.unhealthy`, `.offline`, `.unknown` in app.css).
+BADGES = {
+    **dict.fromkeys(("online", "healthy", "running", "ready", "completed", "in sync", "applied", "succeeded", "valid",
+                     "active", "current", "ok"), "online"),
+    **dict.fromkeys(("offline", "failed", "stopped", "rejected", "refused", "revoked", "oom", "lost", "rolled-back",
+                     "rollback-failed", "expired", "cancelled", "error"), "offline"),
+    **dict.fromkeys(("unknown", "joined", "not-placed", "used up", "skipped", "none"), "unknown"),
+}
+
+
+def badge_class(state: str | None) -> str:
+    """The badge colour class of a state of a device, node, workload, desired value, token or task."""
+    return BADGES.get(str(state or "unknown"), "unhealthy")
+
+
+UNITS = {"degC": "\u00b0C", "degF": "\u00b0F", "degK": "K", "celsius": "\u00b0C", "fahrenheit": "\u00b0F",
+         "percent": "%", "pct": "%", "deg": "\u00b0", "degree": "\u00b0", "m3": "m\u00b3", "m3/h": "m\u00b3/h",
+         "m2": "m\u00b2", "us": "\u00b5s"}
+
+
+def format_unit(unit: str | None) -> str:
+    """A model's unit as people write it: `degC` as `°C`, `percent` as `%`; others as they are."""
+    return UNITS.get(unit or "", unit or "")
+
+
 def environment(app_templates: Path, *, utc: bool = False) -> Environment:
     """An app's templates over the shared ones; a shared one stays reachable as `webkit/<name>` when the app
     has its own of the same name. `utc` shows times in UTC (a server far from its users) instead of local time."""
     shared = FileSystemLoader(TEMPLATES)
     loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
     env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes)
+    env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes,
+                       badge=badge_class, unit=format_unit)
     return env
 
 

@@ -272,6 +272,12 @@ def test_the_overview_counts_and_alerts_link_to_their_lists(fleet: Fleet) -> Non
         assert pages.get("/devices?delivery=refused").text.count("data-device=") == 1
 
 
+def test_workload_statuses_have_the_colours_of_the_local_ui(fleet: Fleet) -> None:
+    with session(fleet.registry, "viewer") as pages:
+        for path in ("/workloads", "/workloads/default/app", f"/nodes/{NODE}"):
+            assert 'class="badge unhealthy" data-status="pending"' in pages.get(path).text, path
+
+
 def test_every_device_a_node_reports_is_listed_with_its_latest_values_and_units(fleet: Fleet) -> None:
     with session(fleet.registry, "viewer") as pages:
         listing = pages.get("/devices").text

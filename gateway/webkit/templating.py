@@ -16,6 +16,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway.webkit.errors import STATIC_EXCEPTION_HANDLERS
+from gateway.webkit.plots import format_value as plot_value
 
 WEBKIT = Path(__file__).resolve().parent
 TEMPLATES = WEBKIT / "templates"
@@ -52,12 +53,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TB"
+def format_bytes(count: float | None) -> str:
+    """`512 B`, `1.5 MiB`, `23 GiB`: binary units, named as such, as the plots name them."""
+    return plot_value(count, "bytes")
 
 
 # One colour per meaning in both UIs, whatever named the state: green up or done, amber on its way or degraded, red

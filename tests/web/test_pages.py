@@ -28,6 +28,21 @@ async def test_dashboard(web_gateway: Gateway, open_browser: Callable[..., Any])
     assert 'href="/users"' not in page.text  # admin pages are not offered to viewers
 
 
+async def test_the_dashboard_shows_memory_once_in_the_units_of_its_plots(web_gateway: Gateway,
+                                                                          open_browser: Callable[..., Any]) -> None:
+    from gateway.ops.sampler import local_monitor
+
+    monitor = local_monitor(web_gateway.api)
+    assert monitor is not None
+    monitor.sample_now()  # a point for the plots
+    page = (await (await open_browser("viewer")).client.get("/")).text
+    assert 'aria-label="Memory: used' in page  # the memory plot, in percent
+    assert not re.search(r"Memory <tspan[^>]*>[^<]*B<", page)  # and no second byte figure in its title
+    host = re.search(r"<dt>Memory</dt><dd>(.*?)</dd>", page, re.S)
+    assert host and re.search(r"\d+(\.\d)? [KMGT]iB of \d+(\.\d)? [KMGT]iB", host.group(1)), host
+    assert re.search(r"<dt>Gateway process</dt><dd>\d+(\.\d)? [KMG]iB</dd>", page)
+
+
 async def test_device_list_filters_and_search(open_browser: Callable[..., Any]) -> None:
     viewer = await open_browser("viewer")
 

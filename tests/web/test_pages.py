@@ -43,6 +43,19 @@ async def test_the_dashboard_shows_memory_once_in_the_units_of_its_plots(web_gat
     assert re.search(r"<dt>Gateway process</dt><dd>\d+(\.\d)? [KMG]iB</dd>", page)
 
 
+async def test_the_dashboard_names_the_uplink_beside_the_outboxes(web_gateway: Gateway,
+                                                                  open_browser: Callable[..., Any]) -> None:
+    viewer = await open_browser("viewer")
+    alone = (await viewer.client.get("/")).text
+    assert "No sink keeps an outbox" in alone and "registry uplink" not in alone
+    web_gateway.api.start_task("uplink", lambda: asyncio.sleep(3600))  # the uplink's supervised task, running
+    await wait_for(lambda: web_gateway.api.tasks()["uplink"].state == "running")
+    joined = (await viewer.client.get("/")).text
+    assert "No sinks with outboxes yet" not in joined and "No sink keeps an outbox" not in joined
+    row = re.search(r'<tr data-outbox="registry uplink">.*?</tr>', joined, re.S)
+    assert row and "running" in row.group(0) and "heartbeat" in row.group(0)
+
+
 async def test_device_list_filters_and_search(open_browser: Callable[..., Any]) -> None:
     viewer = await open_browser("viewer")
 

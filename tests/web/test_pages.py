@@ -182,6 +182,30 @@ async def test_registry_settings_join(web_gateway: Gateway, open_browser: Callab
             await asyncio.to_thread(stop, registry.process)
 
 
+async def test_the_settings_join_names_the_node_as_its_gateway_document(web_gateway: Gateway,
+                                                                        open_browser: Callable[..., Any],
+                                                                        tmp_path: Path) -> None:
+    from tests.registry.conftest import Registry, stop
+
+    admin = await open_browser("admin")
+    form = (await admin.client.get("/settings")).text
+    assert re.search(r'<input name="node_name" value="test-gw"', form), "the form offers the Gateway's name"
+    bad = await admin.post("/settings", {"registry_url": "https://127.0.0.1:1", "join_token": "a.b.c",
+                                         "node_name": "Not A Name"})
+    assert bad.status_code == 400 and "node name" in bad.text
+    registry = Registry(tmp_path / "registry")
+    await asyncio.to_thread(registry.start)
+    try:
+        token = await asyncio.to_thread(registry.token)
+        response = await admin.post("/settings", {"registry_url": registry.url, "join_token": token,
+                                                  "node_name": "test-gw"})
+        assert response.status_code == 303, response.text
+        assert "test-gw" in await asyncio.to_thread(registry.nodes)
+    finally:
+        if registry.process is not None:
+            await asyncio.to_thread(stop, registry.process)
+
+
 async def test_read_only_pages(open_browser: Callable[..., Any]) -> None:
     viewer = await open_browser("viewer")
     models = await viewer.client.get("/models")

@@ -46,7 +46,7 @@ def _matches(view: dict[str, Any], filters: dict[str, str]) -> bool:
 
 
 @get("/devices", summary="Devices every node reports, with their latest values (?q=, ?state=, ?node=, ?model=, "
-     "?delivery=pending|refused)", **page("viewer"))
+     "?delivery=pending, refused, …)", **page("viewer"))
 async def devices_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     every = await twins.visible(store, caller, await twins.device_views(store))

@@ -154,7 +154,7 @@ async def _node_log(request: AnyRequest, node: str) -> dict[str, Any]:
 
 
 @get("/nodes/{name:str}", summary="One node: alias, labels, addresses, versions, plots, workloads, devices, events "
-     "(?window=15m|1h|6h|24h, ?logs=1 asks the node for its log)", **page("viewer"))
+     "(?window=15m, 1h, 6h or 24h; ?logs=1 asks the node for its log)", **page("viewer"))
 async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
     store, caller = store_of(request), caller_of(request)
     node = await access.visible_node(store, caller, name)

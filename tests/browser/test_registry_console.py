@@ -144,6 +144,13 @@ def test_join_group_and_set_desired_values_from_the_console(registry: Registry, 
         for node in nodes:
             reload_until(page, lambda n=node: page.locator(f'tr[data-node="{n.name}"] [data-status="healthy"]'))
         page.screenshot(path=str(artifacts / "registry-console-nodes.png"), full_page=True)
+        page.get_by_role("link", name="gw-1", exact=True).click()
+        expect(page.locator("#node-addresses")).to_contain_text("(seen by the registry)")
+        expect(page.locator("#node-devices")).to_contain_text("default/boiler-1")
+        expect(page.locator("#node-plots svg").first).to_be_visible()
+        page.get_by_role("link", name="Fetch the node's log").click()
+        expect(page.locator("#node-log")).to_contain_text("started: node gw-1")
+        page.screenshot(path=str(artifacts / "registry-console-node.png"), full_page=True)
 
         # a group by selector: the preview lists both nodes as the selector is typed, before anything is saved
         nav(page, "Groups")

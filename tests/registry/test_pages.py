@@ -416,3 +416,23 @@ def test_models_and_devices_through_forms_the_editor_and_a_bind(fleet: Fleet) ->
         assert bad_yaml.status_code == 400 and "protocol config: invalid YAML" in bad_yaml.text
         editor = pages.get("/editor", params={"kind": "DeviceModel", "name": "thermo"}).text
         assert "name: thermo" in editor and "unit: degC" in editor
+
+
+def test_a_batch_bundle_downloads_from_the_join_page(fleet: Fleet) -> None:
+    import io
+    import json
+    import tarfile
+
+    with session(fleet.registry, "admin") as pages:
+        answer = pages.post("/join/bundle", {"name": "line-9", "count": "3", "ttl": "2d", "labels": "line=9",
+                                             "prefix": "l9"})
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/gzip"
+        assert answer.headers["content-disposition"] == 'attachment; filename="line-9.tar.gz"'
+        with tarfile.open(fileobj=io.BytesIO(answer.content)) as tar:
+            extracted = tar.extractfile("bundle.json")
+            assert extracted is not None
+            info = json.loads(extracted.read())
+        assert info["registry"] == [fleet.registry.url] and info["labels"] == {"line": "9"}
+        again = pages.post("/join/bundle", {"name": "line-9"})
+        assert again.status_code == 400 and "batch line-9 exists already" in again.text
+        assert 'data-batch="line-9"' in pages.get("/join/bundle").text

@@ -202,4 +202,7 @@ def local_plots_html(gateway: GatewayAPI, window: str = "1h") -> str:
     seconds = WINDOWS.get(window, WINDOWS["1h"])
     now = time.time()
     step, series = monitor.history.series(seconds, now)
+    # the dashboard's Host card says how much memory is used now: the plot's title names no second figure (a mean of
+    # the running minute, which differs from it)
+    series.pop("memory_used", None)
     return resource_plots_html(series, start=now - seconds, end=now, step=step)

@@ -16,6 +16,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway.webkit.errors import STATIC_EXCEPTION_HANDLERS
+from gateway.webkit.plots import format_value as plot_value
 
 WEBKIT = Path(__file__).resolve().parent
 TEMPLATES = WEBKIT / "templates"
@@ -52,12 +53,35 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TB"
+def format_bytes(count: float | None) -> str:
+    """`512 B`, `1.5 MiB`, `23 GiB`: binary units, named as such, as the plots name them."""
+    return plot_value(count, "bytes")
+
+
+# One colour per meaning in both UIs, whatever named the state: green up or done, amber on its way or degraded, red
+# failed or gone, grey not known yet (`.badge.online`, `.unhealthy`, `.offline`, `.unknown` in app.css).
+BADGES = {
+    **dict.fromkeys(("online", "healthy", "running", "ready", "completed", "in sync", "applied", "succeeded", "valid",
+                     "active", "current", "ok"), "online"),
+    **dict.fromkeys(("offline", "failed", "stopped", "rejected", "refused", "revoked", "oom", "lost", "rolled-back",
+                     "rollback-failed", "expired", "cancelled", "error"), "offline"),
+    **dict.fromkeys(("unknown", "joined", "not-placed", "used up", "skipped", "none"), "unknown"),
+}
+
+
+def badge_class(state: str | None) -> str:
+    """The badge colour class of a state of a device, node, workload, desired value, token or task."""
+    return BADGES.get(str(state or "unknown"), "unhealthy")
+
+
+UNITS = {"degC": "\u00b0C", "degF": "\u00b0F", "degK": "K", "celsius": "\u00b0C", "fahrenheit": "\u00b0F",
+         "percent": "%", "pct": "%", "deg": "\u00b0", "degree": "\u00b0", "m3": "m\u00b3", "m3/h": "m\u00b3/h",
+         "m2": "m\u00b2", "us": "\u00b5s"}
+
+
+def format_unit(unit: str | None) -> str:
+    """A model's unit as people write it: `degC` as `°C`, `percent` as `%`; others as they are."""
+    return UNITS.get(unit or "", unit or "")
 
 
 def environment(app_templates: Path, *, utc: bool = False) -> Environment:
@@ -66,7 +90,8 @@ def environment(app_templates: Path, *, utc: bool = False) -> Environment:
     shared = FileSystemLoader(TEMPLATES)
     loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
     env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes)
+    env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes,
+                       badge=badge_class, unit=format_unit)
     return env
 
 

@@ -54,6 +54,16 @@ class AccessTables(Tables):
             "ON CONFLICT (name) DO UPDATE SET password_hash=excluded.password_hash, role=excluded.role, "
             "scope=excluded.scope", name, password_hash, role, scope, now)
 
+    async def set_user_grant(self, name: str, role: str, scope: str) -> bool:
+        """Give a user another role and scope; whether there was such a user."""
+        return bool(await self.database.write("UPDATE registry_users SET role=?, scope=? WHERE name=?", role, scope,
+                                              name))
+
+    async def set_user_password(self, name: str, password_hash: str) -> bool:
+        """Whether there was such a user."""
+        return bool(await self.database.write("UPDATE registry_users SET password_hash=? WHERE name=?",
+                                              password_hash, name))
+
     async def delete_user(self, name: str) -> bool:
         """Whether there was such a user."""
         return bool(await self.database.write("DELETE FROM registry_users WHERE name=?", name))
@@ -97,3 +107,38 @@ class AccessTables(Tables):
         return await self.database.rows(
             f"SELECT at, actor, scope, action, object, outcome, detail FROM audit WHERE {' AND '.join(where)} "
             "ORDER BY at DESC, id DESC LIMIT ?", *args, limit)
+
+    async def search(self, scopes: Sequence[str] | None, *, actor: str = "", action: str = "", scope: str = "",
+                     since: float | None = None, until: float | None = None, limit: int = 50,
+                     offset: int = 0) -> list[tuple[Any, ...]]:
+        """(at, actor, scope, action, object, outcome, detail) of the entries (in `scopes`, or all) by an actor
+        (`user:ann`, or `ann` for any kind of actor of that name), with an action starting with `action`, in one
+        scope, from `since` up to `until`, newest first, a page of `limit` after `offset`."""
+        where: list[str] = ["1=1"]
+        args: list[Any] = []
+        if scopes is not None:
+            where.append(f"scope IN ({', '.join('?' for _ in scopes)})")
+            args.extend(scopes)
+        if actor:
+            where.append("(actor = ? OR actor LIKE ? ESCAPE '\\')")
+            args.extend([actor, "%:" + _like(actor)])
+        if action:
+            where.append("action LIKE ? ESCAPE '\\'")
+            args.append(_like(action) + "%")
+        if scope:
+            where.append("scope = ?")
+            args.append(scope)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("at < ?")
+            args.append(until)
+        return await self.database.rows(
+            f"SELECT at, actor, scope, action, object, outcome, detail FROM audit WHERE {' AND '.join(where)} "
+            "ORDER BY at DESC, id DESC LIMIT ? OFFSET ?", *args, limit, offset)
+
+
+def _like(text: str) -> str:
+    """`text` matched literally by LIKE … ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

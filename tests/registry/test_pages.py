@@ -149,6 +149,9 @@ SPARE_DEVICE = "kind: Device\nname: spare-{n}\nmodel: thermo\nprotocol: {{name: 
 # Each page route with a path that exists and, for a form, fields it takes: nothing here may fail with a 500.
 WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/"): ("/", {}),
+    ("GET", "/api-tokens"): ("/api-tokens", {}),
+    ("POST", "/api-tokens"): ("/api-tokens", {"role": "viewer", "scope": "workspace:default", "description": "walk"}),
+    ("POST", "/api-tokens/{token_id:str}/revoke"): ("/api-tokens/nosuch/revoke", {}),
     ("GET", "/audit"): ("/audit", {}),
     ("GET", "/devices"): ("/devices", {}),
     ("GET", "/devices/edit"): ("/devices/edit", {}),
@@ -186,7 +189,15 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/nodes/{name:str}/scheduling"): (f"/nodes/{NODE}/scheduling", {"action": "resume"}),
     ("POST", "/nodes/{name:str}/settings"): (f"/nodes/{NODE}/settings", {"alias": "boiler room",
                                                                           "labels": "site=north"}),
+    ("GET", "/workspaces"): ("/workspaces", {}),
+    ("POST", "/workspaces"): ("/workspaces", {"name": "walked", "folder": "default"}),
     ("GET", "/upgrades"): ("/upgrades", {}),
+    ("GET", "/users"): ("/users", {}),
+    ("POST", "/users"): ("/users", {"name": "walked", "role": "viewer", "scope": "workspace:default",
+                                    "password": "walked-pass-1"}),
+    ("POST", "/users/{name:str}"): ("/users/walked", {"role": "operator", "scope": "platform"}),
+    ("POST", "/users/{name:str}/password"): ("/users/walked/password", {"password": "walked-pass-2"}),
+    ("POST", "/users/{name:str}/remove"): ("/users/walked/remove", {}),
     ("GET", "/workloads"): ("/workloads", {}),
     ("GET", "/workloads/{namespace:str}/{name:str}"): ("/workloads/default/app", {}),
     ("POST", "/workloads/{namespace:str}/{name:str}/action"): ("/workloads/default/app/action",
@@ -196,7 +207,8 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
                                                                   "version": "1"}),
 }
 # forms the walk fills so that they are refused, and say why on the next page
-REFUSED = {("POST", "/nodes/{name:str}/remove"), ("POST", "/workloads/{namespace:str}/{name:str}/action")}
+REFUSED = {("POST", "/nodes/{name:str}/remove"), ("POST", "/workloads/{namespace:str}/{name:str}/action"),
+           ("POST", "/api-tokens/{token_id:str}/revoke")}
 
 
 def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> None:
@@ -231,7 +243,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.get("/").status_code == 303
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",
-                   "join-token.revoke", "batch.create", "document.apply", "device.set-desired"):
+                   "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "user.add",
+                   "user.change", "user.password", "user.remove", "token.create", "workspace.create"):
         assert f" {action} " in audit, action
 
 

@@ -31,7 +31,8 @@ NAV = [NavItem("/", "Overview", "viewer"), NavItem("/nodes", "Nodes", "viewer"),
        NavItem("/groups", "Groups", "viewer"),
        NavItem("/devices", "Devices", "viewer", also=("/models", "/editor")),
        NavItem("/workloads", "Workloads", "viewer"), NavItem("/upgrades", "Upgrades", "viewer"),
-       NavItem("/join", "Join tokens", "admin", also=("/join-tokens",)), NavItem("/audit", "Audit log", "admin")]
+       NavItem("/join", "Join tokens", "admin", also=("/join-tokens",)), NavItem("/audit", "Audit log", "admin"),
+       NavItem("/users", "Administration", "admin", also=("/api-tokens", "/workspaces"))]
 PAGE_ROLE = "page_role"  # the opt key of a page handler: the lowest role that may use it
 PAGE_ACTION = "page_action"  # the opt key of a form handler: what it does, for the refusal ("set desired values")
 _PAGE_STATE = "fieldgate_page"  # where the guard leaves (caller, session) in the request's scope state

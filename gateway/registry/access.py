@@ -630,20 +630,8 @@ async def add_workspace(request: AnyRequest, data: JSONBody[WorkspaceRequest]) -
     return {"name": data.name, "folder": data.folder}
 
 
-@get("/api/v1/audit", summary="The audit log within the token's scope, newest first (admin; ?limit=, ?before=)")
-async def audit_log(request: AnyRequest) -> list[dict[str, Any]]:
-    caller = await require_caller(request, "admin")
-    try:
-        limit = int(request.query_params.get("limit", "200"))
-        before = request.query_params.get("before")
-        until = float(before) if before else None
-    except ValueError:
-        raise ConfigError("?limit= and ?before= take numbers (a count; unix seconds)") from None
-    return await audit_entries(_store(request), caller, limit=limit, before=until)
-
-
 ROUTE_HANDLERS = [get_node, change_node, remove_node, create_group, delete_group, list_join_tokens,
-                  create_join_token, revoke_join_token, list_documents, list_workspaces, add_workspace, audit_log]
+                  create_join_token, revoke_join_token, list_documents, list_workspaces, add_workspace]
 
 
 async def workspace_problems(store: RegistryStore, documents: list[tuple[str, str, str, str | None, bytes]],

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from argon2 import PasswordHasher
+from litestar import get
 
 from gateway.errors import ConfigError, NotFound
 from gateway.registry import access
@@ -223,3 +224,32 @@ def parse_time(text: str, field: str) -> float | None:
         except ValueError:
             continue
     raise ConfigError(f"{field} {text!r}: expected a date such as 2026-12-07 or 2026-12-07T10:30 (UTC)")
+
+
+AUDIT_FILTERS = ("actor", "action", "workspace", "since", "until")
+
+
+@get("/api/v1/audit", summary="The audit log within the token's scope, newest first (admin; ?limit=, ?before=; "
+     "filters ?actor=, ?action= (a prefix), ?workspace=, ?since=, ?until= as the Audit page takes them)")
+async def audit_log(request: access.AnyRequest) -> list[dict[str, Any]]:
+    caller = await access.require_caller(request, "admin")
+    query = request.query_params
+    try:
+        limit = max(1, min(int(query.get("limit", "200")), 1000))
+        before = query.get("before")
+        until = float(before) if before else None
+    except ValueError:
+        raise ConfigError("?limit= and ?before= take numbers (a count; unix seconds)") from None
+    store: RegistryStore = request.app.state.store
+    if not any(query.get(name) for name in AUDIT_FILTERS):
+        return await access.audit_entries(store, caller, limit=limit, before=until)
+    latest = parse_time(query.get("until", ""), "?until=")
+    if latest is not None:
+        until = latest if until is None else min(until, latest)
+    entries, _ = await search_audit(store, caller, actor=query.get("actor", ""), action=query.get("action", ""),
+                                    workspace=query.get("workspace", ""),
+                                    since=parse_time(query.get("since", ""), "?since="), until=until, per_page=limit)
+    return entries
+
+
+ROUTE_HANDLERS = [audit_log]

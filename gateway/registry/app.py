@@ -25,7 +25,7 @@ from litestar.params import JSONBody
 
 from gateway import __version__
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import access, batch, metrics, monitoring, pages, twins, upgrades, workloads
+from gateway.registry import access, admin, batch, metrics, monitoring, pages, twins, upgrades, workloads
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
@@ -209,8 +209,9 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
 
     return Litestar(
         route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS,
-                        *access.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS, *monitoring.ROUTE_HANDLERS,
-                        *metrics.ROUTE_HANDLERS, *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
+                        *access.ROUTE_HANDLERS, *admin.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS,
+                        *monitoring.ROUTE_HANDLERS, *metrics.ROUTE_HANDLERS,
+                        *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS,
                         static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,

@@ -75,6 +75,16 @@ def test_every_change_is_audited_and_read_back_within_scope(registry: Registry, 
         assert [e["action"] for e in seen][:2] == ["group.delete", "node.change"]  # newest first
         assert len(client.get("/api/v1/audit?limit=2").json()) == 2
         assert client.get("/api/v1/audit?limit=many").status_code == 400
+        groups = client.get("/api/v1/audit?action=group.").json()  # the Audit page's filters, in the API too
+        assert groups and {e["action"] for e in groups} <= {"group.create", "group.delete"}
+        assert {e["scope"] for e in groups} == {"workspace:plant-b"}
+        assert client.get("/api/v1/audit?actor=nobody-at-all").json() == []
+        assert client.get("/api/v1/audit?workspace=default").json() == []  # outside the token's scope
+        newest = groups[0]["at"]  # ?until= is exclusive, as ?before= is
+        assert client.get(f"/api/v1/audit?action=group.&until={newest}").json() == groups[1:]
+        assert client.get(f"/api/v1/audit?action=group.&since={newest}").json() == groups[:1]
+        refused = client.get("/api/v1/audit?since=yesterday")
+        assert refused.status_code == 400 and "?since=" in refused.text
     with api(registry, admin_default) as client:
         assert {e["scope"] for e in client.get("/api/v1/audit").json()} == {"workspace:default"}
     viewer = cli(registry, "token", "create").stdout.strip()

@@ -64,8 +64,8 @@ def _kind(raw: str) -> str:
     return raw
 
 
-@get("/configs/edit", summary="The config item or secret form (?kind=ConfigItem|Secret, and &namespace=&name= to "
-     "edit one; a secret's values are not shown)", **page("admin"))
+@get("/configs/edit", summary="The config item or secret form (?kind=ConfigItem or ?kind=Secret, with "
+     "&namespace=&name= to edit one; a secret's values are not shown)", **page("admin"))
 async def config_form(request: AnyRequest) -> Template:
     query = request.query_params
     kind = _kind(query.get("kind") or "ConfigItem")

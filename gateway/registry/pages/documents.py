@@ -22,7 +22,7 @@ from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import apply_documents
 from gateway.resources.loader import Source, parse_yaml
 from gateway.webkit.pages import form_fields, see_other
-from gateway.workloads.secrets import SecretBox
+from gateway.workloads.secrets import MASK, SecretBox
 
 EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret")  # what the editor takes
 APP_KINDS = ("Workload", "BatchWorkload", "ConfigItem", "Secret")
@@ -100,7 +100,18 @@ async def _apply(request: AnyRequest, documents: list[dict[str, Any]], workspace
         raise ConfigError(f"workspace {workspace!r}: no such workspace")
     raw = [(Source(label, index, _kind_and_name(document)), document)
            for index, document in enumerate(documents, start=1)]
-    return await apply_documents(store_of(request), raw, workspace, caller, "pages")
+    try:
+        return await apply_documents(store_of(request), raw, workspace, caller, "pages")
+    except ConfigError as exc:  # a problem may quote the document: never a Secret's values, which go to a page
+        values = sorted({str(value) for document in documents if isinstance(document, dict)
+                         and document.get("kind") == "Secret" and isinstance(document.get("data"), dict)
+                         for value in document["data"].values() if str(value)}, key=len, reverse=True)
+        if not values:
+            raise
+        problems = problems_of(exc)
+        for value in values:
+            problems = [problem.replace(value, MASK) for problem in problems]
+        raise ResourceError(problems) from None
 
 
 def _kind_and_name(document: Any) -> str:

@@ -71,9 +71,10 @@ def _config_and_secret(pages: Any) -> None:
 WORKLOAD_FORM = {
     "kind": "Workload", "name": "meter-app", "is_new": "1", "runtime": "process", "command": "sleep\n600",
     "env": "GREETING=hello, world\nLEVEL=2", "replicas": "2", "restart": "on-failure",
-    "ref_rows": "2", "ref-0-use": "env", "ref-0-as": "DB_PASSWORD", "ref-0-from": "Secret/db", "ref-0-key": "password",
+    "ref_rows": "3", "ref-2-use": "env", "port-1-protocol": "tcp",  # the selects of empty rows are sent too
+    "ref-0-use": "env", "ref-0-as": "DB_PASSWORD", "ref-0-from": "Secret/db", "ref-0-key": "password",
     "ref-1-use": "file", "ref-1-as": "conf/mode", "ref-1-from": "ConfigItem/settings", "ref-1-key": "mode",
-    "port_rows": "1", "port-0-name": "http", "port-0-host_port": "0", "port-0-protocol": "tcp",
+    "port_rows": "2", "port-0-name": "http", "port-0-host_port": "0", "port-0-protocol": "tcp",
     "health_type": "tcp", "health_port": "http", "health_interval": "2s", "health_failure_threshold": "4",
     "limit_memory": "64Mi", "limit_cpu": "0.5", "node": "gw-a",
 }

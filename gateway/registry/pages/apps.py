@@ -69,13 +69,15 @@ def _words(text: str, field: str) -> list[str]:
         raise ConfigError(f"{field}: {exc}") from None
 
 
-def _rows(fields: dict[str, str], prefix: str) -> list[dict[str, str]]:
+def _rows(fields: dict[str, str], prefix: str, filled: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows `<prefix>-<i>-<field>` of a form table with any of the `filled` fields given (a select's default
+    alone leaves a row out)."""
     count = int(fields.get(f"{prefix}_rows", "0") or 0) if fields.get(f"{prefix}_rows", "0").isdigit() else 0
     rows = []
     for i in range(min(count, 200)):
         row = {key.removeprefix(f"{prefix}-{i}-"): value.strip() for key, value in fields.items()
                if key.startswith(f"{prefix}-{i}-")}
-        if any(row.values()):
+        if any(row.get(key) for key in filled):
             rows.append(row)
     return rows
 
@@ -97,7 +99,7 @@ def workload_from_form(fields: dict[str, str], base: dict[str, Any]) -> dict[str
     if env := _pairs(fields.get("env", ""), "env"):
         body["env"] = env
     env_from, files = [], []
-    for row in _rows(fields, "ref"):
+    for row in _rows(fields, "ref", ("as", "from", "key")):
         kind, _, name = row.get("from", "").partition("/")
         ref = {"config_item" if kind == "ConfigItem" else "secret": name, "key": row.get("key", "")}
         if row.get("use") == "file":
@@ -109,7 +111,7 @@ def workload_from_form(fields: dict[str, str], base: dict[str, Any]) -> dict[str
     if files:
         body["files"] = files
     ports = []
-    for row in _rows(fields, "port"):
+    for row in _rows(fields, "port", ("name", "host_port", "container_port")):
         port: dict[str, Any] = {"name": row.get("name") or "http", "protocol": row.get("protocol") or "tcp"}
         if row.get("host_port"):
             port["host_port"] = _number(row["host_port"])
@@ -162,7 +164,7 @@ def app_from_form(fields: dict[str, str], stored: dict[str, Any] | None) -> dict
         template.pop(key, None)
     document["template"] = template
     groups = []
-    for row in _rows(fields, "group"):
+    for row in _rows(fields, "group", ("group", *GROUP_FIELDS)):
         override: dict[str, Any] = {"group": row.get("group", "")}
         if row.get("replicas"):
             override["replicas"] = _number(row["replicas"])

@@ -145,6 +145,7 @@ def page_routes() -> set[tuple[str, str, str]]:
             if PAGE_ROLE in handler.opt}
 
 
+WALK_BATCH = "kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
 SPARE_DEVICE = "kind: Device\nname: spare-{n}\nmodel: thermo\nprotocol: {{name: virtual}}\n"
 # Each page route with a path that exists and, for a form, fields it takes: nothing here may fail with a 500.
 WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
@@ -152,7 +153,18 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/api-tokens"): ("/api-tokens", {}),
     ("POST", "/api-tokens"): ("/api-tokens", {"role": "viewer", "scope": "workspace:default", "description": "walk"}),
     ("POST", "/api-tokens/{token_id:str}/revoke"): ("/api-tokens/nosuch/revoke", {}),
+    ("GET", "/apps"): ("/apps", {}),
+    ("GET", "/apps/batch/{namespace:str}/{name:str}"): ("/apps/batch/default/walk-batch", {}),
+    ("POST", "/apps/batch/{namespace:str}/{name:str}/rollback"): ("/apps/batch/default/walk-batch/rollback",
+                                                                  {"version": "1"}),
+    ("GET", "/apps/edit"): ("/apps/edit?kind=BatchWorkload&name=walk-batch", {}),
+    ("POST", "/apps/edit"): ("/apps/edit", {"kind": "Workload", "name": "walk-app", "command": "sleep\n60",
+                                            "node": NODE}),
     ("GET", "/audit"): ("/audit", {}),
+    ("GET", "/configs"): ("/configs", {}),
+    ("GET", "/configs/edit"): ("/configs/edit?kind=Secret", {}),
+    ("POST", "/configs/edit"): ("/configs/edit", {"kind": "Secret", "name": "walk-secret", "rows": "1",
+                                                  "data-0-key": "token", "data-0-value": "walk"}),
     ("GET", "/devices"): ("/devices", {}),
     ("GET", "/devices/edit"): ("/devices/edit", {}),
     ("POST", "/devices/edit"): ("/devices/edit", {"name": "made-in-form", "model": "thermo", "protocol": "virtual",
@@ -216,6 +228,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     assert {(method, path) for method, path, _ in routes} == set(WALK) | {("POST", "/logout")}, \
         "a page route without an entry in WALK (or one gone)"
     revocable = token(fleet.registry).split(".")[0]
+    (fleet.tmp_path / "walk-batch.yaml").write_text(WALK_BATCH)
+    cli(fleet.registry, "apply", "-f", str(fleet.tmp_path / "walk-batch.yaml"))
     with session(fleet.registry, None) as anonymous:
         for method, path, _ in sorted(routes):
             concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable)
@@ -241,6 +255,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.client.post(f"/nodes/{NODE}/scheduling", data={"action": "pause"}).status_code == 403
             assert pages.post("/logout").status_code == 303
             assert pages.get("/").status_code == 303
+    for kind, name in (("BatchWorkload", "walk-batch"), ("Workload", "walk-app"), ("Secret", "walk-secret")):
+        cli(fleet.registry, "delete", kind, name)  # the later tests count the fleet's apps
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",
                    "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "user.add",
@@ -408,7 +424,7 @@ def test_models_and_devices_through_forms_the_editor_and_a_bind(fleet: Fleet) ->
                                                 "properties:\n  - {name: t, collect_interval: soon}\n"})
         assert broken.status_code == 400
         assert "editor: document 1 (Device bad): $.properties[0].collect_interval" in broken.text
-        assert pages.post("/editor", {"yaml": "kind: Workload\nname: w\ncommand: [x]\n"}).status_code == 400
+        assert pages.post("/editor", {"yaml": "kind: Route\nname: r\n"}).status_code == 400
         made = pages.post("/devices/edit", {"name": "boiler-2", "model": "thermo", "node": NODE, "protocol": "virtual",
                                             "rows": "1", "prop-0-name": "setpoint",
                                             "prop-0-visitor": "{generator: memory, initial: 20}"})

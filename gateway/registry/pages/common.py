@@ -30,7 +30,8 @@ SITE = Site(title="fieldgate registry", name="registry", home="the overview", lo
 NAV = [NavItem("/", "Overview", "viewer"), NavItem("/nodes", "Nodes", "viewer"),
        NavItem("/groups", "Groups", "viewer"),
        NavItem("/devices", "Devices", "viewer", also=("/models", "/editor")),
-       NavItem("/workloads", "Workloads", "viewer"), NavItem("/upgrades", "Upgrades", "viewer"),
+       NavItem("/workloads", "Workloads", "viewer"), NavItem("/apps", "Apps", "viewer", also=("/configs",)),
+       NavItem("/upgrades", "Upgrades", "viewer"),
        NavItem("/join", "Join tokens", "admin", also=("/join-tokens",)), NavItem("/audit", "Audit log", "admin"),
        NavItem("/users", "Administration", "admin", also=("/api-tokens", "/workspaces"))]
 PAGE_ROLE = "page_role"  # the opt key of a page handler: the lowest role that may use it

@@ -1,6 +1,7 @@
 """Device models and devices applied at the registry (admins): their forms, a device bound to a node (or rebound),
-and a YAML editor. Every save goes through the registry's apply path (gateway.registry.workloads.apply_documents),
-which checks the documents as `fieldgate check` does and answers each problem with its document and field path."""
+and a YAML editor for them and for apps (Workload, BatchWorkload, ConfigItem, Secret). Every save goes through the
+registry's apply path (gateway.registry.workloads.apply_documents), which checks the documents as `fieldgate check`
+does and answers each problem with its document and field path."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import apply_documents
 from gateway.resources.loader import Source, parse_yaml
 from gateway.webkit.pages import form_fields, see_other
+from gateway.workloads.secrets import MASK, SecretBox
 
-EDITABLE = ("DeviceModel", "Device")  # what these pages edit; apps, configs and secrets have their own
+EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret")  # what the editor takes
+APP_KINDS = ("Workload", "BatchWorkload", "ConfigItem", "Secret")
+KEPT = "(kept)"  # a Secret's value as the editor shows it: applied as is, the stored value stays
 PROPERTY_TYPES = ("float", "double", "int", "boolean", "string", "bytes")
 EXTRA_ROWS = 3
 MAX_EDITOR_BYTES = 1 << 20
@@ -64,6 +68,31 @@ async def _stored(store: RegistryStore, caller: Caller, kind: str, namespace: st
     return json.loads(document), workspace
 
 
+async def secret_values(store: RegistryStore, namespace: str, name: str) -> dict[str, str]:
+    """The stored values of a Secret, for keeping those a form or the editor leaves out; never for a page."""
+    document = await store.documents.get("Secret", namespace, name)
+    if document is None:
+        return {}
+    data = SecretBox(store.data_dir).unseal_document("Secret", document).get("data") or {}
+    return {str(key): str(value) for key, value in data.items()}
+
+
+async def keep_secret_values(store: RegistryStore, documents: list[Any]) -> None:
+    """Put the stored value back in every Secret value the editor showed as KEPT (a key it never had: an error)."""
+    for index, raw in enumerate(documents, start=1):
+        if not (isinstance(raw, dict) and raw.get("kind") == "Secret" and isinstance(raw.get("data"), dict)):
+            continue
+        kept = [key for key, value in raw["data"].items() if value == KEPT]
+        if not kept:
+            continue
+        stored = await secret_values(store, str(raw.get("namespace") or "default"), str(raw.get("name") or ""))
+        missing = [key for key in kept if key not in stored]
+        if missing:
+            raise ResourceError([f"editor: document {index} ({_kind_and_name(raw)}): $.data.{key}: {KEPT} keeps a "
+                                 "stored value, and there is none" for key in missing])
+        raw["data"] = {key: stored[key] if value == KEPT else value for key, value in raw["data"].items()}
+
+
 async def _apply(request: AnyRequest, documents: list[dict[str, Any]], workspace: str, label: str) -> list[str]:
     """Apply documents through the registry's apply path in a workspace of the caller's scope."""
     caller = caller_of(request)
@@ -71,7 +100,18 @@ async def _apply(request: AnyRequest, documents: list[dict[str, Any]], workspace
         raise ConfigError(f"workspace {workspace!r}: no such workspace")
     raw = [(Source(label, index, _kind_and_name(document)), document)
            for index, document in enumerate(documents, start=1)]
-    return await apply_documents(store_of(request), raw, workspace, caller, "pages")
+    try:
+        return await apply_documents(store_of(request), raw, workspace, caller, "pages")
+    except ConfigError as exc:  # a problem may quote the document: never a Secret's values, which go to a page
+        values = sorted({str(value) for document in documents if isinstance(document, dict)
+                         and document.get("kind") == "Secret" and isinstance(document.get("data"), dict)
+                         for value in document["data"].values() if str(value)}, key=len, reverse=True)
+        if not values:
+            raise
+        problems = problems_of(exc)
+        for value in values:
+            problems = [problem.replace(value, MASK) for problem in problems]
+        raise ResourceError(problems) from None
 
 
 def _kind_and_name(document: Any) -> str:
@@ -285,7 +325,8 @@ async def device_bind(request: AnyRequest, namespace: FromPath[str], name: FromP
 # --- the YAML editor ----------------------------------------------------------------------------------------------
 
 
-@get("/editor", summary="The YAML editor for models and devices (?kind=&namespace=&name= loads one)",
+@get("/editor", summary="The YAML editor for models, devices, workloads, batch workloads, config items and secrets "
+     "(?kind=&namespace=&name= loads one; a secret's values shown as (kept))",
      **page("admin"))
 async def editor_page(request: AnyRequest) -> Template:
     query = request.query_params
@@ -293,11 +334,13 @@ async def editor_page(request: AnyRequest) -> Template:
     text, workspace = "", ""
     if kind and name:
         if kind not in EDITABLE:
-            raise NotFound(f"the editor loads {' and '.join(EDITABLE)} documents, not {kind}")
+            raise NotFound(f"the editor loads {', '.join(EDITABLE)} documents, not {kind}")
         found = await _stored(store_of(request), caller_of(request), kind, namespace, name)
         if found is None:
             raise NotFound(f"no {kind} {namespace}/{name} at the registry")
         document, workspace = found
+        if kind == "Secret":  # its values never go to a browser
+            document = {**document, "data": dict.fromkeys(document.get("data") or {}, KEPT)}
         text = yaml.safe_dump({"kind": kind, **document}, sort_keys=False, allow_unicode=True)
     return await _editor(request, text, workspace, [])
 
@@ -309,8 +352,8 @@ async def _editor(request: AnyRequest, text: str, workspace: str, problems: list
                 workspaces=workspaces, problems=problems)
 
 
-@post("/editor", summary="Check and apply YAML documents (models and devices)", status_code=303,
-      request_max_body_size=MAX_EDITOR_BYTES * 2, **page("admin", "apply documents"))
+@post("/editor", summary="Check and apply YAML documents (models, devices, apps, config items and secrets)",
+      status_code=303, request_max_body_size=MAX_EDITOR_BYTES * 2, **page("admin", "apply documents"))
 async def editor_apply(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     text, workspace = fields.get("yaml", ""), fields.get("workspace") or access.DEFAULT_WORKSPACE
@@ -320,17 +363,19 @@ async def editor_apply(request: AnyRequest) -> Response[Any]:
         documents = [raw for _, raw in parse_yaml(text, "editor")]
         if not documents:
             raise ConfigError("editor: no documents")
-        others = [f"editor: document {i}: the editor applies {' and '.join(EDITABLE)} documents (apply "
+        others = [f"editor: document {i}: the editor applies {', '.join(EDITABLE)} documents (apply "
                   f"{raw.get('kind')} documents with `fieldgate registry apply`)"
                   for i, raw in enumerate(documents, start=1) if isinstance(raw, dict) and raw.get("kind") not in
                   EDITABLE]
         if others:
             raise ResourceError(others)
+        await keep_secret_values(store_of(request), documents)
         applied = await _apply(request, documents, workspace, "editor")
     except ConfigError as exc:
         return await _editor(request, text, workspace, problems_of(exc), status_code=400)
     flash(request, "ok", "Applied: " + "; ".join(applied) + ".")
-    return see_other("/models")
+    apps = any(isinstance(raw, dict) and raw.get("kind") in APP_KINDS for raw in documents)
+    return see_other("/apps" if apps else "/models")
 
 
 ROUTE_HANDLERS = [models_page, model_form, model_save, device_form, device_save, device_bind, editor_page,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import re
 import ssl
 import subprocess
@@ -187,6 +188,10 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/nodes/{name:str}/settings"): (f"/nodes/{NODE}/settings", {"alias": "boiler room",
                                                                           "labels": "site=north"}),
     ("GET", "/upgrades"): ("/upgrades", {}),
+    ("POST", "/upgrades"): ("/upgrades", {"node": NODE}),
+    ("GET", "/upgrades/new"): ("/upgrades/new", {}),
+    ("GET", "/upgrades/{task:str}"): ("/upgrades/{task}", {}),
+    ("POST", "/upgrades/{task:str}/stop"): ("/upgrades/{task}/stop", {}),
     ("GET", "/workloads"): ("/workloads", {}),
     ("GET", "/workloads/{namespace:str}/{name:str}"): ("/workloads/default/app", {}),
     ("POST", "/workloads/{namespace:str}/{name:str}/action"): ("/workloads/default/app/action",
@@ -196,7 +201,19 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
                                                                   "version": "1"}),
 }
 # forms the walk fills so that they are refused, and say why on the next page
-REFUSED = {("POST", "/nodes/{name:str}/remove"), ("POST", "/workloads/{namespace:str}/{name:str}/action")}
+REFUSED = {("POST", "/nodes/{name:str}/remove"), ("POST", "/workloads/{namespace:str}/{name:str}/action"),
+           ("POST", "/upgrades")}
+
+
+def upgrade_task(fleet: Fleet) -> str:
+    """A running upgrade task for the node (its wheel is a name only: the node never gets that far)."""
+    wheels = fleet.tmp_path / "wheels"
+    wheels.mkdir(exist_ok=True)
+    (wheels / "fieldgate-9.9.0-py3-none-any.whl").write_bytes(b"")
+    made = cli(fleet.registry, "upgrade", "create", "--version", "9.9.0", "--wheels", str(wheels), "--nodes", NODE,
+               "--json").stdout
+    task: str = json.loads(made)["id"]
+    return task
 
 
 def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> None:
@@ -204,9 +221,10 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     assert {(method, path) for method, path, _ in routes} == set(WALK) | {("POST", "/logout")}, \
         "a page route without an entry in WALK (or one gone)"
     revocable = token(fleet.registry).split(".")[0]
+    task = upgrade_task(fleet)
     with session(fleet.registry, None) as anonymous:
         for method, path, _ in sorted(routes):
-            concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable)
+            concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable, task=task)
             answer = anonymous.client.request(method, concrete)
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login"), (method, path)
     for role in ROLES:
@@ -215,7 +233,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
                 if (method, path) == ("POST", "/logout"):
                     continue
                 concrete, fields = WALK[(method, path)]
-                concrete = concrete.format(revocable=revocable)
+                concrete = concrete.format(revocable=revocable, task=task)
                 answer = pages.get(concrete) if method == "GET" else pages.post(concrete, fields)
                 allowed = ROLES.index(role) >= ROLES.index(needed)
                 expected = ({200} if method == "GET" else {200, 303}) if allowed else {403}
@@ -231,7 +249,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.get("/").status_code == 303
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",
-                   "join-token.revoke", "batch.create", "document.apply", "device.set-desired"):
+                   "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "upgrade.stop"):
         assert f" {action} " in audit, action
 
 

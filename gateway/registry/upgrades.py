@@ -4,7 +4,9 @@
 `POST /api/v1/upgrades`, admin) records the wheels in the database, so every replica can serve them to the nodes
 over mutual TLS, and one row per target node. With each heartbeat the registry moves the running tasks on: it hands
 the task to at most `concurrency` nodes at once, only to healthy ones; a node that already runs the version is
-`skipped`; once more than `max_failures` nodes failed, the nodes not started yet are `cancelled`.
+`skipped`; once more than `max_failures` nodes failed, the nodes not started yet are `cancelled`. Stopping a task
+(`POST /api/v1/upgrades/{task}/stop`) cancels its nodes not started yet; the nodes already upgrading finish, then
+the task is `stopped`.
 
 On the node (gateway.uplink.upgrade) the heartbeat answer names the assignment; the node downloads the wheels,
 starts `fieldgate upgrade --from-wheels` and reports the upgrade's status with the reason and the tail of its log in
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
 
 PENDING, ASSIGNED, SKIPPED, CANCELLED, LOST = "pending", "assigned", "skipped", "cancelled", "lost"
+RUNNING, STOPPING, STOPPED = "running", "stopping", "stopped"  # task states besides `succeeded` and `failed`
+UNFINISHED = (RUNNING, STOPPING)
 FAILED = (ROLLED_BACK, ROLLBACK_FAILED, LOST)
 SILENCE_GRACE = 300.0  # seconds past a task's deadline an in-flight node may stay silent before it counts as lost
 FINAL = (SUCCEEDED, *FAILED, SKIPPED, CANCELLED)
@@ -62,6 +66,13 @@ class CreateUpgrade(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def check_wheels(version: str, wheels: dict[str, bytes]) -> None:
     """The wheels must hold fieldgate at `version` (and each of its plugins once); ConfigError says why not."""
+    pins = wheel_pins(wheels)
+    if pins["fieldgate"] != version:
+        raise ConfigError(f"--version {version}: the fieldgate wheel is version {pins['fieldgate']}")
+
+
+def wheel_pins(wheels: dict[str, bytes]) -> dict[str, str]:
+    """The fieldgate distributions among the wheels, name → version; ConfigError when they cannot be an upgrade."""
     if not wheels:
         raise ConfigError("--wheels: no .whl files in it")
     bad = sorted(name for name in wheels if not WHEEL_FILE.match(name))
@@ -76,8 +87,7 @@ def check_wheels(version: str, wheels: dict[str, bytes]) -> None:
             pins = read_wheelhouse(Path(directory))
         except ConfigError as exc:
             raise ConfigError(str(exc).replace(f"--from-wheels {directory}", "--wheels")) from None
-    if pins["fieldgate"] != version:
-        raise ConfigError(f"--version {version}: the fieldgate wheel is version {pins['fieldgate']}")
+    return pins
 
 
 async def _targets(store: RegistryStore, spec: CreateUpgrade) -> list[str]:
@@ -129,16 +139,17 @@ async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[st
 async def advance(store: RegistryStore) -> None:
     """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish."""
     async with _advancing:
-        running = await store.upgrades.running()
+        running = await store.upgrades.running(UNFINISHED)
         if not running:
             return
         nodes = {node["name"]: node for node in await store.nodes()}
-        for task, version, concurrency, max_failures, deadline in running:
-            await _advance_task(store, task, version, concurrency, max_failures, deadline, nodes)
+        for task, version, concurrency, max_failures, deadline, state in running:
+            await _advance_task(store, task, version, concurrency, max_failures, deadline, nodes,
+                                stopping=state == STOPPING)
 
 
 async def _advance_task(store: RegistryStore, task: str, version: str, concurrency: int, max_failures: int,
-                        deadline: float, nodes: dict[str, dict[str, Any]]) -> None:
+                        deadline: float, nodes: dict[str, dict[str, Any]], *, stopping: bool = False) -> None:
     rows = await store.upgrades.node_states(task)
     status = {node: state for node, state, _ in rows}
     now = time.time()
@@ -157,6 +168,9 @@ async def _advance_task(store: RegistryStore, task: str, version: str, concurren
     for node, _, _ in rows:
         if status[node] != PENDING:
             continue
+        if stopping:
+            set_status(node, CANCELLED, "the task was stopped before this node started", finished_at=now)
+            continue
         if failed > max_failures:
             set_status(node, CANCELLED, f"{failed} node(s) failed, more than --max-failures {max_failures}",
                        finished_at=now)
@@ -172,8 +186,26 @@ async def _advance_task(store: RegistryStore, task: str, version: str, concurren
             set_status(node, ASSIGNED, f"handed to the node (it ran version {info['version']})", started_at=now)
     outcome = None
     if all(s in FINAL for s in status.values()):
-        outcome = "succeeded" if all(s in (SUCCEEDED, SKIPPED) for s in status.values()) else "failed"
+        succeeded = all(s in (SUCCEEDED, SKIPPED) for s in status.values())
+        outcome = STOPPED if stopping else "succeeded" if succeeded else "failed"
     await store.upgrades.move_on(task, changes, outcome, now)
+
+
+async def stop_task(store: RegistryStore, task: str, actor: access.Caller) -> dict[str, Any]:
+    """Stop a task: its nodes not started yet are cancelled, the ones upgrading finish; its view."""
+    view = await task_view(store, task, actor)
+    async with access.audited(store, actor, "upgrade.stop", f"upgrade/{task}",
+                              access.workspace_scope(view["workspace"])) as entry:
+        pending = [node["node"] for node in view["nodes"] if node["status"] == PENDING]
+        entry.detail = {"cancelled": pending,
+                        "finishing": [node["node"] for node in view["nodes"] if node["status"] in IN_FLIGHT]}
+        if view["state"] not in UNFINISHED:
+            raise ConfigError(f"upgrade {task}: already {view['state']}, nothing to stop")
+        async with _advancing:  # not while a heartbeat hands a pending node out
+            await store.upgrades.stop(task, STOPPING, PENDING, CANCELLED,
+                                      f"stopped by {actor.actor} before this node started", time.time())
+    await advance(store)
+    return await task_view(store, task)
 
 
 async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | None) -> UpgradeAssignment | None:
@@ -249,7 +281,14 @@ async def upgrade_wheel(request: AnyRequest, task: FromPath[str], name: FromPath
     return Response(content, media_type="application/octet-stream")
 
 
-ROUTE_HANDLERS = [create_upgrade, list_upgrades, show_upgrade, upgrade_wheel]
+@post("/api/v1/upgrades/{task:str}/stop", summary="Stop an upgrade task: nodes not started yet are cancelled, nodes "
+      "upgrading finish (admin)", status_code=200)
+async def stop_upgrade(request: AnyRequest, task: FromPath[str]) -> dict[str, Any]:
+    caller = await access.require_caller(request, "admin")
+    return await stop_task(store_of(request), task, caller)
+
+
+ROUTE_HANDLERS = [create_upgrade, list_upgrades, show_upgrade, stop_upgrade, upgrade_wheel]
 
 
 # --- the command line (`fieldgate registry upgrade …`, configured in gateway.registry.cli) ------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import re
 import ssl
 import subprocess
@@ -210,6 +211,10 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/users/{name:str}"): ("/users/walked", {"role": "operator", "scope": "platform"}),
     ("POST", "/users/{name:str}/password"): ("/users/walked/password", {"password": "walked-pass-2"}),
     ("POST", "/users/{name:str}/remove"): ("/users/walked/remove", {}),
+    ("POST", "/upgrades"): ("/upgrades", {"node": NODE}),
+    ("GET", "/upgrades/new"): ("/upgrades/new", {}),
+    ("GET", "/upgrades/{task:str}"): ("/upgrades/{task}", {}),
+    ("POST", "/upgrades/{task:str}/stop"): ("/upgrades/{task}/stop", {}),
     ("GET", "/workloads"): ("/workloads", {}),
     ("GET", "/workloads/{namespace:str}/{name:str}"): ("/workloads/default/app", {}),
     ("POST", "/workloads/{namespace:str}/{name:str}/action"): ("/workloads/default/app/action",
@@ -220,7 +225,19 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
 }
 # forms the walk fills so that they are refused, and say why on the next page
 REFUSED = {("POST", "/nodes/{name:str}/remove"), ("POST", "/workloads/{namespace:str}/{name:str}/action"),
-           ("POST", "/api-tokens/{token_id:str}/revoke")}
+           ("POST", "/api-tokens/{token_id:str}/revoke"),
+           ("POST", "/upgrades")}
+
+
+def upgrade_task(fleet: Fleet) -> str:
+    """A running upgrade task for the node (its wheel is a name only: the node never gets that far)."""
+    wheels = fleet.tmp_path / "wheels"
+    wheels.mkdir(exist_ok=True)
+    (wheels / "fieldgate-9.9.0-py3-none-any.whl").write_bytes(b"")
+    made = cli(fleet.registry, "upgrade", "create", "--version", "9.9.0", "--wheels", str(wheels), "--nodes", NODE,
+               "--json").stdout
+    task: str = json.loads(made)["id"]
+    return task
 
 
 def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> None:
@@ -230,9 +247,10 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     revocable = token(fleet.registry).split(".")[0]
     (fleet.tmp_path / "walk-batch.yaml").write_text(WALK_BATCH)
     cli(fleet.registry, "apply", "-f", str(fleet.tmp_path / "walk-batch.yaml"))
+    task = upgrade_task(fleet)
     with session(fleet.registry, None) as anonymous:
         for method, path, _ in sorted(routes):
-            concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable)
+            concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable, task=task)
             answer = anonymous.client.request(method, concrete)
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login"), (method, path)
     for role in ROLES:
@@ -241,7 +259,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
                 if (method, path) == ("POST", "/logout"):
                     continue
                 concrete, fields = WALK[(method, path)]
-                concrete = concrete.format(revocable=revocable)
+                concrete = concrete.format(revocable=revocable, task=task)
                 answer = pages.get(concrete) if method == "GET" else pages.post(concrete, fields)
                 allowed = ROLES.index(role) >= ROLES.index(needed)
                 expected = ({200} if method == "GET" else {200, 303}) if allowed else {403}
@@ -260,7 +278,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",
                    "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "user.add",
-                   "user.change", "user.password", "user.remove", "token.create", "workspace.create"):
+                   "user.change", "user.password", "user.remove", "token.create", "workspace.create",
+                   "upgrade.stop"):
         assert f" {action} " in audit, action
 
 

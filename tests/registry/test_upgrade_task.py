@@ -200,3 +200,58 @@ async def test_a_node_silent_mid_upgrade_is_lost_and_the_task_goes_on(tmp_path: 
         view = await upgrades.task_view(store, task)
         n1 = next(node for node in view["nodes"] if node["node"] == "n1")
         assert n1["status"] == "lost" and "no report from the node for 360 s" in n1["reason"], n1
+
+
+async def test_a_stopped_task_cancels_the_nodes_not_started_and_lets_the_upgrading_one_finish(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+    from gateway.registry import access, upgrades
+    from gateway.registry.store import RegistryStore
+    from gateway.wire import UpgradeReport
+
+    async with RegistryStore(tmp_path) as store:
+        for name in ("n1", "n2", "n3"):
+            await store.add_node(name, f"serial-{name}", {}, 1.0)
+            await store.heartbeat(name, {"version": "9.0.0"})
+        wheel = {"fieldgate-9.1.0-py3-none-any.whl": b"not used here"}
+        spec = upgrades.CreateUpgrade(version="9.1.0", wheels={}, nodes=["n1", "n2", "n3"], max_failures=2)
+        task = (await upgrades.create_task(store, spec, wheel, access.cli_caller()))["id"]
+        assert await upgrades.on_heartbeat(store, "n1", None) is not None
+        await upgrades.on_heartbeat(store, "n1", UpgradeReport(task=task, status="upgrading", reason="", log=""))
+        view = await upgrades.stop_task(store, task, access.cli_caller())
+        assert view["state"] == "stopping"
+        assert {n["node"]: n["status"] for n in view["nodes"]} == {"n1": "upgrading", "n2": "cancelled",
+                                                                     "n3": "cancelled"}
+        assert "before this node started" in view["nodes"][1]["reason"]
+        assert await upgrades.on_heartbeat(store, "n2", None) is None  # nothing handed out after the stop
+        await upgrades.on_heartbeat(store, "n1", UpgradeReport(task=task, status="succeeded", reason="ok", log=""))
+        view = await upgrades.task_view(store, task)
+        assert view["state"] == "stopped" and view["nodes"][0]["status"] == "succeeded"
+        with pytest.raises(ConfigError, match="already stopped"):
+            await upgrades.stop_task(store, task, access.cli_caller())
+        stops = [e for e in await access.audit_entries(store, access.cli_caller()) if e["action"] == "upgrade.stop"]
+        assert [e["outcome"] for e in stops] == [  # newest first
+            f"refused: upgrade {task}: already stopped, nothing to stop", "ok"], stops
+
+
+async def test_a_task_stops_handing_out_after_more_than_max_failures(tmp_path: Path) -> None:
+    from gateway.registry import access, upgrades
+    from gateway.registry.store import RegistryStore
+    from gateway.wire import UpgradeReport
+
+    async with RegistryStore(tmp_path) as store:
+        for name in ("n1", "n2", "n3", "n4"):
+            await store.add_node(name, f"serial-{name}", {}, 1.0)
+            await store.heartbeat(name, {"version": "9.0.0"})
+        wheel = {"fieldgate-9.1.0-py3-none-any.whl": b"not used here"}
+        spec = upgrades.CreateUpgrade(version="9.1.0", wheels={}, nodes=["n1", "n2", "n3", "n4"], max_failures=1)
+        task = (await upgrades.create_task(store, spec, wheel, access.cli_caller()))["id"]
+        for node in ("n1", "n2"):  # one failure is tolerated: n2 still gets the task after n1 failed
+            assignment = await upgrades.on_heartbeat(store, node, None)
+            assert assignment is not None and assignment.task == task, node
+            await upgrades.on_heartbeat(store, node, UpgradeReport(task=task, status="failed-rolled-back",
+                                                                   reason="not healthy", log=""))
+        view = await upgrades.task_view(store, task)
+        assert view["state"] == "failed"
+        assert [n["status"] for n in view["nodes"]] == ["failed-rolled-back", "failed-rolled-back", "cancelled",
+                                                        "cancelled"]
+        assert "2 node(s) failed, more than --max-failures 1" in view["nodes"][2]["reason"]

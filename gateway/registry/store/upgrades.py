@@ -31,12 +31,21 @@ class UpgradeTables(Tables):
                        for position, node in enumerate(targets)]
         await self.database.transaction(statements)
 
-    async def running(self) -> list[tuple[str, str, int, int, float]]:
-        """(task, version, concurrency, max failures, deadline) of the running tasks, oldest first."""
-        return [(str(task), str(version), int(concurrency), int(failures), float(deadline))
-                for task, version, concurrency, failures, deadline in await self.database.rows(
-                    "SELECT id, version, concurrency, max_failures, deadline FROM upgrade_tasks WHERE state='running' "
-                    "ORDER BY created_at")]
+    async def running(self, states: Sequence[str]) -> list[tuple[str, str, int, int, float, str]]:
+        """(task, version, concurrency, max failures, deadline, state) of the tasks in one of `states` (the ones
+        not finished yet), oldest first."""
+        marks = ", ".join("?" for _ in states)
+        return [(str(task), str(version), int(concurrency), int(failures), float(deadline), str(state))
+                for task, version, concurrency, failures, deadline, state in await self.database.rows(
+                    "SELECT id, version, concurrency, max_failures, deadline, state FROM upgrade_tasks "
+                    f"WHERE state IN ({marks}) ORDER BY created_at", *states)]
+
+    async def stop(self, task: str, stopping: str, waiting: str, cancelled: str, reason: str, now: float) -> None:
+        """In one transaction: the task goes to `stopping` and its nodes still `waiting` to `cancelled`."""
+        await self.database.transaction([
+            ("UPDATE upgrade_tasks SET state=? WHERE id=?", (stopping, task)),
+            ("UPDATE upgrade_nodes SET status=?, reason=?, updated_at=?, finished_at=? WHERE task=? AND status=?",
+             (cancelled, reason, now, now, task, waiting))])
 
     async def node_states(self, task: str) -> list[tuple[str, str, float | None]]:
         """(node, status, updated at) of a task's nodes in their order."""

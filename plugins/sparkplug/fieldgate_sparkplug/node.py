@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,7 @@ class Session:
     alive: bool = False  # an NBIRTH was published
     born: dict[str, BornDevice] = field(default_factory=dict)
     host_online_at: int = -1  # timestamp of the last primary host STATE message
+    lost: asyncio.Event = field(default_factory=asyncio.Event)  # the reader saw the connection end
 
     def next_seq(self) -> int:
         self.seq = (self.seq + 1) % 256
@@ -199,7 +201,7 @@ class EdgeNode:
             await client.subscribe(self.topic("DCMD", "+"), qos=1, timeout=PUBLISH_TIMEOUT)
             if settings.primary_host_id is not None:
                 await client.subscribe(state_topic(settings.primary_host_id), qos=1, timeout=PUBLISH_TIMEOUT)
-            reader = asyncio.create_task(self._read(client), name=f"sparkplug {settings.label} reader")
+            reader = asyncio.create_task(self._read(session), name=f"sparkplug {settings.label} reader")
             try:
                 if settings.primary_host_id is None:
                     await self._birth(session)
@@ -214,13 +216,14 @@ class EdgeNode:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, client: aiomqtt.Client) -> None:
+    async def _read(self, session: Session) -> None:
         error: aiomqtt.MqttError | None = None
         try:
-            async for message in client.messages:
+            async for message in session.client.messages:
                 await self.events.put(Incoming(str(message.topic), _payload_bytes(message.payload)))
         except aiomqtt.MqttError as exc:
             error = exc
+        session.lost.set()
         await self.events.put(ConnectionLost(error))
 
     def _drain(self) -> None:
@@ -250,8 +253,12 @@ class EdgeNode:
 
     async def _publish(self, session: Session, kind: str, payload: Payload, device: str | None = None) -> None:
         topic = self.topic(kind, device)
-        await session.client.publish(topic, encode_payload(payload), qos=self.settings.qos, retain=False,
-                                     timeout=PUBLISH_TIMEOUT)
+        publish = session.client.publish(topic, encode_payload(payload), qos=self.settings.qos, retain=False,
+                                         timeout=PUBLISH_TIMEOUT)
+        if self.settings.qos == 0:
+            await publish
+        else:  # a QoS 1 publish waits for its PUBACK; a lost connection never sends one, so stop waiting then
+            await _unless_lost(session, publish)
         self._count(kind)
 
     def _count(self, kind: str) -> None:
@@ -435,3 +442,18 @@ def _same(before: Any, after: Any) -> bool:
     if before is None or after is None:
         return before is None and after is None
     return same_value(before, after)
+
+
+async def _unless_lost(session: Session, publish: Coroutine[Any, Any, object]) -> None:
+    """Await the publish, or raise MqttError as soon as the session's connection is lost, whichever is first."""
+    sending = asyncio.ensure_future(publish)
+    lost = asyncio.ensure_future(session.lost.wait())
+    try:
+        await asyncio.wait((sending, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+    if not sending.done():
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        raise aiomqtt.MqttError("the connection was lost before the broker acknowledged a publish")
+    sending.result()

@@ -17,7 +17,7 @@ import aiomqtt
 import msgspec
 import pytest
 from fieldgate_modbus.sim import ModbusSimulator, SimUnit
-from fieldgate_sparkplug.node import Session
+from fieldgate_sparkplug.node import Session, _unless_lost
 from fieldgate_sparkplug.plugin import edge_nodes
 from tahutils.tahu import sparkplug_b_pb2 as tahu
 
@@ -480,3 +480,22 @@ async def test_births_wait_for_the_primary_host(mosquitto: Mosquitto, write_conf
 def test_seq_wraps_from_255_to_0() -> None:
     session = Session(cast(aiomqtt.Client, None), bd_seq=0)
     assert [session.next_seq() for _ in range(257)][-3:] == [255, 0, 1]
+
+
+async def test_a_publish_waiting_for_its_puback_ends_when_the_connection_is_lost() -> None:
+    """A QoS 1 publish in flight when the broker hands the session to another client never gets its PUBACK: the node
+    stops waiting as soon as its reader sees the connection end, not after the publish timeout."""
+    session = Session(cast(aiomqtt.Client, None), 0)
+    never_acknowledged = asyncio.Event()
+    waiting = asyncio.ensure_future(_unless_lost(session, never_acknowledged.wait()))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    session.lost.set()
+    started = time.monotonic()
+    with pytest.raises(aiomqtt.MqttError, match="connection was lost"):
+        await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 1
+
+    acknowledged = Session(cast(aiomqtt.Client, None), 1)  # a publish that completes returns normally
+    await _unless_lost(acknowledged, asyncio.sleep(0))
+    assert not acknowledged.lost.is_set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from litestar import Request, get
 from litestar.params import FromPath
@@ -39,11 +40,13 @@ async def node_samples(store: RegistryStore, node: str, since: float,
 
 
 async def node_plots_html(store: RegistryStore, node: str, window: float = WINDOW) -> str:
-    """The CPU, memory, disk and network plots of a node over the last `window` seconds (inline SVG)."""
+    """The CPU, memory, disk and network plots of a node over the last `window` seconds (inline SVG), which the
+    page's script redraws from `/nodes/{node}/metrics` (gateway.registry.live) with a window selector."""
     now = time.time()
     samples = await node_samples(store, node, now - window)
     series = {name: list(zip(samples["times"], values, strict=True)) for name, values in samples["series"].items()}
-    return resource_plots_html(series, start=now - window, end=now, step=MINUTE)
+    return resource_plots_html(series, start=now - window, end=now, step=MINUTE,
+                               source=f"/nodes/{quote(node, safe='')}/metrics", window="24h")
 
 
 def _since(raw: str | None) -> float:

@@ -11,6 +11,7 @@ tests/test_architecture.py keeps plugins from importing what lies behind them.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,24 @@ if TYPE_CHECKING:
 
 from gateway.resources.loader import LOCAL as LOCAL  # who owns a document: the UI and the REST API …
 from gateway.resources.loader import REGISTRY as REGISTRY  # … or the registry (both kept in the store)
+
+
+@dataclass(frozen=True)
+class EventbusLogin:
+    """How a plugin opens a session of its own with the eventbus broker: its address, TLS files and the login.
+
+    At the embedded broker the login is the gateway's own user, whom its users and rules allow everything (a name
+    apps cannot take, a password made at every start); at an external broker it is the eventbus settings' user.
+    """
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None = field(repr=False, default=None)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class GatewayAPI:
@@ -187,6 +206,16 @@ class GatewayAPI:
         the publish failed (durable traffic goes through an outbox instead)."""
         link = self._eventbus()
         return link is not None and await link.publish(topic, payload, qos=qos, retain=retain)
+
+    def eventbus_login(self) -> EventbusLogin | None:
+        """Where and as whom a plugin connects its own MQTT session to the eventbus broker; None when it is off."""
+        link = self._eventbus()
+        if link is None:
+            return None
+        username, password = link.login()
+        settings = link.settings
+        return EventbusLogin(link.host, link.port, link.tls, username, password, settings.ca_file,
+                             settings.cert_file, settings.key_file)
 
     def eventbus_status(self) -> dict[str, Any] | None:
         """The eventbus link's state and counters, None when the eventbus is off."""

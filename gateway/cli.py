@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import FieldgateError, ResourceError
-from gateway.logs import context_fields
+from gateway.logs import context_fields, log_ring
 from gateway.plugins import get_plugin_manager
 
 EXIT_BAD_INPUT = 2
@@ -76,5 +76,7 @@ def setup_logging(fmt: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # the recent log behind /logs, GET /api/v1/logs and the registry's node logs, from this command's first line on
+    log_ring()
     for chatty in ("httpx", "httpcore"):  # a line per registry heartbeat and poll would crowd out the log ring
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -43,10 +43,8 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.cli import setup_logging
-    from gateway.logs import log_ring
 
-    setup_logging(args.log_format, args.log_level)
-    log_ring()  # the recent log behind /logs, GET /api/v1/logs and the registry's node logs
+    setup_logging(args.log_format, args.log_level)  # with the recent log behind /logs
     return asyncio.run(serve(args.config, args.data_dir))
 
 

@@ -35,6 +35,13 @@ class DeviceTimeout(ProtocolError):
     """A device did not answer within its timeout budget."""
 
 
+class DeviceSilent(ProtocolError):
+    """A device that sends its values itself (MQTT, subscriptions) sent none for longer than its timeout.
+
+    Its connection stays open: the poller marks the device offline and reads again next cycle, so the first value
+    that arrives brings it back at once (a DeviceTimeout would close the connection and back off instead)."""
+
+
 class CodecError(FieldgateError):
     """Registers could not be decoded or a value could not be encoded for a field."""
 

@@ -77,6 +77,7 @@ class Gateway:
                               sinks=self.sinks, routes=self.routes, eventbus=lambda: self.eventbus,
                               status=self.status, started_at=lambda: self.started_at)
         self.workloads = self.api.workloads = WorkloadManager(self.api)
+        self.devices.gateway = self.api
         self.routes.attach(self.api)
 
     @classmethod

@@ -102,6 +102,21 @@ class DesiredAck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 DeviceReports = Annotated[list[DeviceReport], msgspec.Meta(max_length=MAX_REPORT_DEVICES)]
+MAX_UNIT = 32  # characters of a unit (`degC`, `kWh`, `m3/h`)
+MAX_DESCRIBED_PROPERTIES = 1000
+
+
+class DeviceDescription(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """What a reported device is, for the registry's pages: its model and the unit of each property that has one.
+    Sent with a device's report when it changed since the registry last took it."""
+
+    device: str  # <namespace>/<name>
+    model: Annotated[str, msgspec.Meta(max_length=253)] = ""
+    units: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=MAX_UNIT)]],
+                     msgspec.Meta(max_length=MAX_DESCRIBED_PROPERTIES)] = {}
+
+
+DeviceDescriptions = Annotated[list[DeviceDescription], msgspec.Meta(max_length=MAX_REPORT_DEVICES)]
 
 # --- workloads (their status and events, up with the heartbeat) ----------------------------------------------------
 
@@ -197,6 +212,8 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     info: dict[str, Any] = {}
     twins: DeviceReports | None = None  # devices whose twin changed since the last delivered report
     twins_complete: bool = False  # `twins` holds every device of the node: forget the others
+    # the model and units of devices in `twins` whose description changed (registries before it ignore the field)
+    described: DeviceDescriptions | None = None
     desired_version: int = 0  # the node has taken the registry's desired values up to this version
     desired_ack: DesiredAck | None = None
     workloads: WorkloadReports | None = None  # the node's registry-owned workloads, when they changed

@@ -46,6 +46,9 @@ if [ "$target" = tests ]; then
     need socat socat
     [ -x /usr/sbin/mosquitto ] || need mosquitto mosquitto
     need mosquitto_sub mosquitto-clients
+    # The OPC UA tests run a node-opcua server, which they install with npm into ~/.cache/fieldgate-tests.
+    need node nodejs
+    need npm npm
     if [ "${FIELDGATE_BROWSER_TESTS:-1}" = 1 ]; then need chromium chromium; fi
     # The container runtime (plugins/container) and its tests: podman with runc, port mapping, a static busybox image.
     need podman podman runc containernetworking-plugins

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from gateway.errors import ProtocolError
+from gateway.errors import DeviceSilent, ProtocolError
 from gateway.hookspecs import hookimpl
 from gateway.protocols.base import BoundProperty, Protocol, ReadResult
 from gateway.resources.schema import Base
@@ -84,6 +84,13 @@ class FlakyProtocol(_Base):
         return ReadResult({p.name: p.visitor.value for p in plan})
 
 
+class EagerFlakyProtocol(FlakyProtocol):
+    """A flaky device that costs nothing to try again (its values are pushed): its reconnect backoff stays short."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-flaky-eager",)
+    max_backoff: ClassVar[float] = 0.2
+
+
 class BuggyProtocol(_Base):
     """Raises an unexpected exception type, as a plugin with a bug would."""
 
@@ -93,6 +100,66 @@ class BuggyProtocol(_Base):
         raise KeyError("oops")
 
 
+class QuietProtocol(_Base):
+    """Reads bring nothing new and no error, as a device that pushes its values has not sent any yet."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-quiet",)
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult()
+
+
+class PushProtocol(_Base):
+    """A device that sends its values itself: a read gives what was pushed since the last one, or raises
+    DeviceSilent while the test keeps the device `silent`."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-push",)
+    pushed: ClassVar[dict[str, list[float]]] = {}
+    silent: ClassVar[set[str]] = set()
+    gateways: ClassVar[list[Any]] = []
+
+    async def open(self) -> None:
+        await super().open()
+        self.gateways.append(self.gateway)
+
+    async def read(self, plan: Any) -> ReadResult:
+        if self.device.id in self.silent:
+            raise DeviceSilent("no message for 5 s")
+        values = self.pushed.pop(self.device.id, [])
+        return ReadResult({p.name: values[-1] for p in plan} if values else {})
+
+
+class FilesProtocol(_Base):
+    """Keeps a file in the gateway's data dir, as a protocol with a certificate of its own does."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-files",)
+
+    async def open(self) -> None:
+        if self.data_dir is None:
+            raise ProtocolError("no data dir")
+        (self.data_dir / "test-files").mkdir(exist_ok=True)
+        (self.data_dir / "test-files" / self.device.resource.name).write_text("opened")
+
+    async def read(self, plan: Any) -> ReadResult:
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
+class PushingProtocol(_Base):
+    """Reads give the visitor's value; soon after the first read it pushes a value that does not convert, then twice
+    the visitors' values (a subscription)."""
+
+    names: ClassVar[tuple[str, ...]] = ("test-pushing",)
+
+    def _notify(self) -> None:
+        self.push(ReadResult({"count": "not a number"}))
+        self.push(ReadResult({p.name: p.visitor.value * 2 for p in self.device.properties.values()}))
+
+    async def read(self, plan: Any) -> ReadResult:
+        asyncio.get_running_loop().call_later(0.1, self._notify)
+        return ReadResult({p.name: p.visitor.value for p in plan})
+
+
 @hookimpl
 def register_protocols() -> list[type[Protocol]]:
-    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, BuggyProtocol]
+    return [HangingProtocol, FailingProtocol, BlockingProtocol, FlakyProtocol, EagerFlakyProtocol, BuggyProtocol,
+            QuietProtocol, PushProtocol, FilesProtocol, PushingProtocol]

@@ -151,3 +151,13 @@ def test_every_hookspec_is_called_by_the_core() -> None:
     uncalled = [name for name in specs
                 if not re.search(rf"hook\.{name}\(|_call_hook\(\s*[\"']{name}[\"']", code)]
     assert not uncalled, f"hookspecs nobody calls: {uncalled}"
+
+
+def test_plugin_test_modules_have_names_of_their_own() -> None:
+    """pytest imports the plugins' test modules by their file name (their folders are no packages): two plugins with
+    a test_link.py stop the whole run at collection."""
+    names: dict[str, list[str]] = {}
+    for path in sorted((REPO / "plugins").glob("*/tests/**/*.py")):
+        if path.name != "conftest.py" and "build" not in path.parts:
+            names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}

@@ -276,3 +276,38 @@ def test_a_throttle_logs_a_flood_once_an_interval_and_says_how_many_it_left_out(
         throttle.log(logging.WARNING, "topic/a", "bad message %d", 100)
     assert [r.getMessage() for r in caplog.records] == [
         "bad message 0", "bad message on b", "bad message 100 (99 more like it in the last 0.2 s not logged)"]
+
+
+def test_the_ring_holds_the_first_lines_of_a_start(tmp_path: Path) -> None:
+    """A plugin that fails to load says so while the gateway starts, before its web app: /logs has that line too."""
+    import os
+    import re
+    import subprocess
+
+    from tests.conftest import FIELDGATE, REPO, free_port
+    from tests.registry.conftest import stop, wait_for_port
+
+    broken = tmp_path / "site" / "fieldgate_broken-1.0.dist-info"  # an installed plugin whose module is missing
+    broken.mkdir(parents=True)
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: fieldgate-broken\nVersion: 1.0\n")
+    (broken / "entry_points.txt").write_text("[fieldgate]\nbroken = fieldgate_no_such_module\n")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "site")])}
+    process = subprocess.Popen([*FIELDGATE, "demo", "--data-dir", str(tmp_path / "demo"), "--listen",
+                                f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        printed = "".join(process.stdout.readline() for _ in range(3))
+        token = re.search(r"API token \(admin\): (\S+)", printed)
+        assert token, printed
+        wait_for_port(port, process)
+        logs = httpx.get(f"http://127.0.0.1:{port}/api/v1/logs", headers={"Authorization": f"Bearer {token.group(1)}"},
+                         timeout=10).json()["records"]
+    finally:
+        stop(process)
+    assert process.stderr is not None
+    assert "plugin broken from fieldgate-broken failed to load" in process.stderr.read()  # on stderr, as before
+    messages = [record["message"] for record in logs]
+    assert any(m.startswith("plugin broken from fieldgate-broken failed to load") for m in messages), messages
+    assert any("started: node demo" in m for m in messages), messages

@@ -235,6 +235,78 @@ async def test_device_that_comes_back_goes_online(write_config: Callable[[str], 
     assert status["devices"]["online"] == 1
 
 
+async def test_a_protocol_may_keep_its_reconnect_backoff_short(write_config: Callable[[str], Path],
+                                                               start_gateway: Callable[..., Any]) -> None:
+    """Six failed connects back off 0.5 + 1 + 2 + 4 + 8 + 16 s by default; a protocol whose devices cost nothing to
+    try again (a KubeEdge mapper's, whose values are pushed) caps the wait with `max_backoff`."""
+    text = MODEL + misbehaving_device("eager", "test-flaky-eager").replace(
+        "{name: test-flaky-eager}", "{name: test-flaky-eager, config: {fail_opens: 6}}")
+    gw: Gateway = await start_gateway(write_config(text))
+    await wait_for(lambda: gw.api.twin("default/eager").state == "online", timeout=8)
+
+
+async def test_a_read_that_brings_nothing_leaves_the_state_alone(write_config: Callable[[str], Path],
+                                                                 start_gateway: Callable[..., Any]) -> None:
+    """A device that pushes its values (a KubeEdge mapper's, an MQTT device) may have nothing new when it is read:
+    that says nothing about it, so it stays unknown instead of turning online with no value ever seen."""
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("quiet", "test-quiet", "20ms")))
+    stats = await wait_for(lambda: (s := gw.api.poll_stats("default/quiet")) is not None and s.cycles >= 5 and s)
+    assert stats.read_errors == 0
+    twin = gw.api.twin("default/quiet")
+    assert twin.state == "unknown"
+    assert twin.properties["level"].quality == "unknown"
+async def test_a_device_that_sends_its_values_itself_goes_offline_when_silent_and_back_without_reconnecting(
+        write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """Reads that bring nothing leave the state alone (no "online" before the first value); DeviceSilent makes the
+    device offline without closing its connection, so the next value brings it back at once."""
+    from tests.protocols import PushProtocol
+
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("pusher", "test-push", "20ms")))
+    twin, stats = gw.api.twin("default/pusher"), gw.api.poll_stats("default/pusher")
+    assert stats is not None
+    await wait_for(lambda: stats.cycles >= 5)
+    assert twin.state == "unknown"
+    assert PushProtocol.opens == 1 and PushProtocol.gateways == [gw.api]
+
+    PushProtocol.pushed["default/pusher"] = [4.0, 5.0]
+    await wait_for(lambda: twin.state == "online")
+    assert twin.properties["level"].reported == 5.0
+
+    PushProtocol.silent.add("default/pusher")
+    await wait_for(lambda: twin.state == "offline")
+    assert twin.state_reason == "no message for 5 s" and twin.properties["level"].quality == "bad"
+    cycles = stats.read_errors
+    await wait_for(lambda: stats.read_errors >= cycles + 5)
+    PushProtocol.silent.clear()
+    PushProtocol.pushed["default/pusher"] = [6.0]
+    await wait_for(lambda: twin.state == "online")
+    assert twin.properties["level"].reported == 6.0 and twin.properties["level"].quality == "good"
+    assert PushProtocol.opens == 1
+async def test_a_protocol_keeps_its_files_in_the_data_dir(write_config: Callable[[str], Path], tmp_path: Path,
+                                                         start_gateway: Callable[..., Any]) -> None:
+    gw: Gateway = await start_gateway(write_config(MODEL + misbehaving_device("keeper", "test-files")))
+    twin = gw.api.twin("default/keeper")
+    await wait_for(lambda: twin.state == "online", timeout=6)
+    assert (tmp_path / "data" / "test-files" / "keeper").read_text() == "opened"
+
+
+async def test_pushed_values_reach_the_twin_and_the_bus_between_reads(write_config: Callable[[str], Path],
+                                                                        start_gateway: Callable[..., Any]) -> None:
+    text = MODEL + misbehaving_device("pusher", "test-pushing", interval="1h").replace(
+        "visitor: {value: 5}}", "visitor: {value: 5}}\n  - {name: count, collect_interval: 1h, visitor: {value: 3}}")
+    gw: Gateway = await start_gateway(write_config(text))
+    reports: list[dict[str, Any]] = []
+    gw.bus.subscribe("devices/+/+/telemetry", lambda topic, report: reports.append(dict(report.values)))
+    twin = gw.api.twin("default/pusher")
+    # read once at the start (5, 3), then only pushed: the next read is an hour away
+    await wait_for(lambda: twin.properties["level"].reported == 10.0, timeout=5)
+    assert twin.properties["count"].reported == 6
+    assert twin.properties["count"].quality == "good"  # the bad push was followed by a good one
+    assert reports == [{"level": 5.0, "count": 3}, {"level": 10.0, "count": 6}]
+    assert gw.api.poll_stats("default/pusher").pushes == 2
+    assert twin.state == "online"
+
+
 async def test_status_reports_lateness(write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
     gw: Gateway = await start_gateway(write_config(MODEL + virtual_device("d1", interval="20ms")))
     await asyncio.sleep(0.5)
@@ -257,3 +329,31 @@ async def test_a_blocked_loop_delays_cycles_but_skips_no_report(write_config: Ca
     values = [v for _, v in history]
     assert values == list(range(len(values)))  # every reading reported once, none skipped
     assert gw.devices.pollers["default/d1"].stats.missed >= 3
+
+
+async def test_a_property_failing_on_its_own_schedule_keeps_the_device_unhealthy(
+        write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """With properties on schedules of different intervals, a failing one made the device unhealthy on the cycles
+    that read it and online on the others: a warning a cycle. The state follows every property's last reading."""
+    device = """\
+---
+kind: Device
+name: mixed
+model: m
+protocol: {name: virtual}
+properties:
+  - {name: count, collect_interval: 30ms, visitor: {generator: counter}}
+  - {name: level, collect_interval: 200ms, visitor: {generator: fault, value: nan}}
+"""
+    gw: Gateway = await start_gateway(write_config(MODEL + device))
+    twin = gw.api.twin("default/mixed")
+    await wait_for(lambda: twin.state == "unhealthy")
+    changes: list[str] = []
+    gw.api.subscribe("devices/default/mixed/state", lambda topic, change: changes.append(change.state))
+    stats = gw.api.poll_stats("default/mixed")
+    assert stats is not None
+    cycles = stats.cycles
+    await wait_for(lambda: stats.cycles >= cycles + 20)  # several cycles of each schedule
+    assert twin.state == "unhealthy" and "level" in twin.state_reason
+    assert changes == [], "the state stays unhealthy while the property fails"
+    assert twin.properties["count"].quality == "good"

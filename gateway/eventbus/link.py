@@ -115,11 +115,15 @@ class EventbusLink:
             context.load_cert_chain(self.settings.cert_file, self.settings.key_file)
         return context
 
+    def login(self) -> tuple[str | None, str | None]:
+        """(username, password) the gateway logs in with: its own user at the embedded broker, else the settings'."""
+        if self.broker is not None:
+            return self.broker.credentials.username, self.broker.credentials.password
+        return self.settings.username, self.settings.password
+
     async def run(self) -> None:
         backoff = 0.5
-        username, password = self.settings.username, self.settings.password
-        if self.broker is not None:
-            username, password = self.broker.credentials.username, self.broker.credentials.password
+        username, password = self.login()
         while True:
             if self.broker is not None:
                 await self.broker.ready.wait()

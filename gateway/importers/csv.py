@@ -1,13 +1,15 @@
 """`fieldgate import csv FILE`: many devices from one inventory row each.
 
 Columns (named by a header row, in any order): `name`, `model` or `profile`, `address` (HOST:PORT for Modbus
-TCP, a serial device path for RTU), `unit`, `labels` (`k=v;k=v`), and optionally `namespace`, `protocol`,
-`baudrate`, `parity`, `timeout`. A row with `model` copies the properties of the `--template` device document.
+TCP, a serial port for RTU; anything else is refused unless the row names its `protocol`), `unit`, `labels`
+(`k=v;k=v`), and optionally `namespace`, `protocol`, `baudrate`, `parity`, `timeout`. A row with `model` copies the
+properties of the `--template` device document.
 """
 
 from __future__ import annotations
 
 import csv as csvlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,7 +75,7 @@ def _device(path: Path, number: int, row: dict[str, Any], template: dict[str, An
     address = cell("address")
     if not address:
         raise fail("address", "empty")
-    protocol = cell("protocol") or ("modbus-tcp" if _is_host_port(address) else "modbus-rtu")
+    protocol = cell("protocol") or _protocol_of(address, lambda message: fail("address", message))
     config: dict[str, Any] = {}
     if protocol == "modbus-tcp":
         host, _, port = address.rpartition(":")
@@ -101,9 +103,25 @@ def _device(path: Path, number: int, row: dict[str, Any], template: dict[str, An
     return document
 
 
+def _protocol_of(address: str, fail: Callable[[str], ConfigError]) -> str:
+    """modbus-tcp for HOST:PORT, modbus-rtu for a serial port; a typo in either (`10.0.0.5:50x2`, `10.0.0.5;502`)
+    is refused, not taken for a serial port that does not exist."""
+    if _is_host_port(address):
+        return "modbus-tcp"
+    if SERIAL_PORT.fullmatch(address):
+        return "modbus-rtu"
+    raise fail(f"expected HOST:PORT for Modbus TCP (10.0.0.5:502) or a serial port for Modbus RTU (/dev/ttyUSB0, "
+               f"COM3), got {address!r}; a protocol column names the protocol of other addresses")
+
+
+# a device file, a Windows COM port, or a URL pyserial opens (rfc2217://host:port, socket://host:port)
+SERIAL_PORT = re.compile(r"/dev/\S+|COM[1-9][0-9]*|\\\\\.\\COM[1-9][0-9]*|[a-z][a-z0-9+]*://\S+", re.IGNORECASE)
+HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
 def _is_host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
-    return bool(host) and port.isdigit() and not address.startswith(("/", "COM"))
+    return bool(HOST.fullmatch(host)) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _labels(text: str, fail: Callable[[str], ConfigError]) -> dict[str, str]:

@@ -204,6 +204,9 @@ def local_plots_html(gateway: GatewayAPI, window: str = "1h") -> str:
     seconds = WINDOWS[window]
     now = time.time()
     step, series = monitor.history.series(seconds, now)
+    # the dashboard's Host card says how much memory is used now: the plot's title names no second figure (a mean of
+    # the running minute, which differs from it)
+    series.pop("memory_used", None)
     return resource_plots_html(series, start=now - seconds, end=now, step=step, source=PLOT_SOURCE, window=window,
                                window_links="plots")
 

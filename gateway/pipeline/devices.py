@@ -9,7 +9,7 @@ import logging
 import statistics
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -23,6 +23,9 @@ from gateway.protocols.base import BoundDevice, Protocol
 from gateway.resources.loader import Config
 from gateway.resources.schema import Device
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 STATUS_SAMPLES = 20_000
@@ -40,6 +43,7 @@ class Devices:
         self.bound: Mapping[str, BoundDevice] = {}
         self.twins: dict[str, Twin] = {}
         self.pollers: dict[str, DevicePoller] = {}
+        self.gateway: GatewayAPI | None = None  # handed to every protocol (the runtime sets it once built)
 
     async def start(self, config: Config, previous: Mapping[tuple[str, str], Any]) -> None:
         """Twins from the store (a document's desired value wins when it changed since `previous`), then pollers."""
@@ -78,7 +82,7 @@ class Devices:
     def _start_poller(self, device_id: str) -> None:
         device = self.bound[device_id]
         poller = DevicePoller(device, self.protocols[device.resource.protocol.name], self.twins[device_id],
-                              on_report=self._publish_report, on_state=self._publish_state)
+                              on_report=self._publish_report, on_state=self._publish_state, gateway=self.gateway)
         self.pollers[device_id] = poller
         self.supervisor.start(f"device {device_id}", poller.run)
 

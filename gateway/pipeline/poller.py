@@ -16,13 +16,16 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.errors import DeviceTimeout, FieldgateError, ProtocolError
+from gateway.errors import DeviceSilent, DeviceTimeout, FieldgateError, ProtocolError
 from gateway.logs import Throttle, log_context
 from gateway.pipeline import twin as rules
 from gateway.pipeline.twin import DeviceState, Twin, TwinProperty
 from gateway.protocols.base import BoundDevice, BoundProperty, Protocol, ReadResult
+
+if TYPE_CHECKING:
+    from gateway.api import GatewayAPI
 
 log = logging.getLogger(__name__)
 _internal_errors = Throttle(log, 300.0)
@@ -56,6 +59,7 @@ class PollStats:
     writes: int = 0
     write_errors: int = 0
     missed: int = 0
+    pushes: int = 0  # value sets the device pushed (subscriptions) between reads
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
     lateness_sum: float = 0.0
@@ -79,9 +83,10 @@ class DevicePoller:
     """Polls one device; `run()` is the supervised task."""
 
     def __init__(self, device: BoundDevice, protocol_cls: type[Protocol], twin: Twin, *,
-                 on_report: ReportCallback, on_state: StateCallback) -> None:
+                 on_report: ReportCallback, on_state: StateCallback, gateway: GatewayAPI | None = None) -> None:
         self.device = device
         self.protocol_cls = protocol_cls
+        self.gateway = gateway
         self.twin = twin
         self.on_report = on_report
         self.on_state = on_state
@@ -95,6 +100,7 @@ class DevicePoller:
         self._waiter: asyncio.Future[None] | None = None
         self._retry_at: dict[str, float] = {}
         self._answered = False  # a read since the last (re)connect brought values
+        self._failing: set[str] = set()  # properties whose last reading failed
 
     # --- supervised loop --------------------------------------------------------------------------------------
 
@@ -103,7 +109,7 @@ class DevicePoller:
             await self._run()
 
     async def _run(self) -> None:
-        backoff = MIN_BACKOFF
+        backoff = min(MIN_BACKOFF, self.protocol_cls.max_backoff)
         try:
             while True:
                 self._answered = False
@@ -119,9 +125,9 @@ class DevicePoller:
                     # it worked until now: try again soon. A connect alone does not count: on a shared serial
                     # line it succeeds for a unit that never answers, and each try of that unit costs the bus
                     # a whole timeout
-                    backoff = MIN_BACKOFF
+                    backoff = min(MIN_BACKOFF, self.protocol_cls.max_backoff)
                 await asyncio.sleep(backoff * random.uniform(0.75, 1.25))
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = min(backoff * 2, MAX_BACKOFF, self.protocol_cls.max_backoff)
         finally:
             await self._close()
 
@@ -133,8 +139,13 @@ class DevicePoller:
     # --- connection ---------------------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        self._protocol = self.protocol_cls(self.device)
+        protocol = self.protocol_cls(self.device)
+        protocol.gateway = self.gateway
+        protocol.data_dir = self.gateway.data_dir if self.gateway is not None else None
+        protocol.on_push(lambda result: self._pushed(protocol, result))
+        self._protocol = protocol
         self._plans.clear()
+        self._failing.clear()
         async with asyncio.timeout(self.budget):
             await self._protocol.open()
         rules.rewrite_on_reconnect(self.twin, self._writable)
@@ -148,6 +159,7 @@ class DevicePoller:
     async def _close(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
+            protocol.on_push(None)
             try:
                 async with asyncio.timeout(self.budget):
                     await protocol.close()
@@ -165,6 +177,12 @@ class DevicePoller:
             # devices behind one dead connection would bury everything else.
             log.debug("%s: %s", self.device.id, reason)
         self._set_state("offline", reason)
+
+    def _silent(self, exc: DeviceSilent) -> None:
+        """A device that sends its values itself has been quiet too long: offline, but its connection stays."""
+        self.stats.read_errors += 1
+        rules.mark_unreachable(self.twin)
+        self._set_state("offline", str(exc))
 
     def _set_state(self, state: DeviceState, reason: str) -> None:
         if self.twin.set_state(state, reason):
@@ -190,17 +208,38 @@ class DevicePoller:
             if not due:
                 continue  # woken early for a write
             self.stats.record_lateness(max(now - min(s.next_collect for s in due), 0.0))
-            async with asyncio.timeout(self.budget):
-                result = await self._read(due)
-            self.stats.cycles += 1
-            self.stats.last_cycle = loop.time() - now
-            self._apply(result, time.time(), due, now)
+            try:
+                async with asyncio.timeout(self.budget):
+                    result = await self._read(due)
+            except DeviceSilent as exc:
+                self._silent(exc)
+            else:
+                self.stats.cycles += 1
+                self.stats.last_cycle = loop.time() - now
+                self._apply(result, time.time(), due, now)
             for schedule in due:
                 schedule.next_collect += schedule.interval
                 if schedule.next_collect <= now:  # fell behind: skip the missed cycles instead of bursting
                     missed = int((now - schedule.next_collect) // schedule.interval) + 1
                     self.stats.missed += missed
                     schedule.next_collect += missed * schedule.interval
+
+    def _pushed(self, protocol: Protocol, result: ReadResult) -> None:
+        """Values the device reported by itself (a subscription): into the twin and reported at once. The device's
+        state stays with its reads: a notification says nothing about the properties it does not carry."""
+        if protocol is not self._protocol:
+            return  # from a connection that has been closed since
+        ts = time.time()
+        try:
+            fresh = rules.apply_readings(self.twin, self._models, result.values, dict(result.errors), ts)
+        except Exception as exc:  # a plugin's bad value must not reach into the plugin's notification handler
+            _internal_errors.log(logging.WARNING, f"{self.device.id} push", "%s: pushed values dropped: %s",
+                                 self.device.id, exc, exc_info=exc)
+            return
+        self.stats.pushes += 1
+        if fresh:
+            self._answered = True
+            self.on_report(self.device.id, ts, fresh)
 
     def _pending_candidates(self) -> list[TwinProperty]:
         """The twin properties that may have a desired value to write (a read-only one never has)."""
@@ -233,12 +272,23 @@ class DevicePoller:
         else:
             report = {bound.name: fresh[bound.name] for schedule in reporting for bound in schedule.props
                       if bound.name in fresh}
+        # The device's state follows every property's last reading, not only this read's: with schedules of
+        # different intervals, a property that fails on one would otherwise flip the device between unhealthy and
+        # online from one cycle to the next.
+        failing = self._failing
+        if fresh:
+            failing.difference_update(fresh)
         if result.errors:
             self.stats.read_errors += 1
-            first = next(iter(result.errors.items()))
-            self._set_state("unhealthy", f"{len(result.errors)} properties failed, e.g. {first[0]}: {first[1]}")
-        else:
+            failing.update(name for name in result.errors if name in self.twin.properties)
+        if failing:
+            props = self.twin.properties
+            first = next(iter(result.errors.items()), None) or min(
+                (name, props[name].error or "") for name in failing if name in props)
+            self._set_state("unhealthy", f"{len(failing)} properties failed, e.g. {first[0]}: {first[1]}")
+        elif result.values:
             self._set_state("online", "")
+        # else: nothing new and no error (a device that pushes its values sent none since): says nothing of it
         if report:
             self.on_report(self.device.id, ts, report)
 
@@ -256,7 +306,7 @@ class DevicePoller:
                 async with asyncio.timeout(self.budget):
                     await self._protocol.write(prop, desired)
                     self.stats.writes += 1
-                    result = await self._protocol.read(self._protocol.plan([prop]))
+                    result = await self._read_back(prop)
             except DeviceTimeout:
                 raise  # the connection is gone: reconnect, then write again
             except ProtocolError as exc:
@@ -271,6 +321,15 @@ class DevicePoller:
             self._apply(result, ts, [], asyncio.get_running_loop().time())
             if name in result.values:
                 self.on_report(self.device.id, ts, {name: twin_prop.reported})
+
+    async def _read_back(self, prop: BoundProperty) -> ReadResult:
+        """Read a property just written; a device that sends its values itself confirms with its next message."""
+        assert self._protocol is not None
+        try:
+            return await self._protocol.read(self._protocol.plan([prop]))
+        except DeviceSilent as exc:
+            self._silent(exc)
+            return ReadResult()
 
     async def _sleep_until(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()

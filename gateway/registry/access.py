@@ -99,6 +99,27 @@ def _valid_name(name: str) -> bool:
     return bool(re.fullmatch(NAME_PATTERN, name)) and len(name) <= 63
 
 
+NAME_PREFIX_MAX = 48  # leaves a node name room for `-<6 hex digits>`
+ALIAS_MAX = 100
+LABEL_MAX = 63
+
+
+def check_label(key: str, value: str) -> None:
+    """A node label as selectors match it: a key and a value of letters, digits, `-`, `_`, `.` and `/`."""
+    for what, text in (("key", key), ("value", value)):
+        if len(text) > LABEL_MAX or not re.fullmatch(r"[A-Za-z0-9._/-]*", text) or (what == "key" and not text):
+            raise ConfigError(f"label {key}={value}: the {what} takes up to {LABEL_MAX} letters, digits, '-', '_', "
+                              "'.' and '/'" + (" (and no empty key)" if what == "key" else ""))
+
+
+def check_name_prefix(prefix: str, field: str = "prefix") -> str:
+    """A node name prefix of a join token ("" for none); ConfigError saying what a prefix may hold."""
+    if prefix and (not re.fullmatch(NAME_PATTERN, prefix) or len(prefix) > NAME_PREFIX_MAX):
+        raise ConfigError(f"{field} {prefix!r}: expected at most {NAME_PREFIX_MAX} lowercase letters, digits, '-' "
+                          "and '.', starting and ending with a letter or digit")
+    return prefix
+
+
 def check_role(role: str) -> str:
     if role not in ROLES:
         raise ConfigError(f"--role {role}: expected one of {', '.join(ROLES)}")
@@ -303,13 +324,14 @@ def _shown(kind: str, document: dict[str, Any]) -> dict[str, Any]:
 async def join_tokens(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
     now = time.time()
     result = []
-    for token_id, expires, max_uses, uses, revoked, labels, created, workspace in await store.join_tokens():
+    for token_id, expires, max_uses, uses, revoked, labels, created, workspace, prefix in await store.join_tokens():
         if not caller.sees(workspace):
             continue
         state = ("revoked" if revoked else "expired" if expires < now else "used up" if uses >= max_uses
                  else "valid")
         result.append({"id": token_id, "workspace": workspace, "labels": labels, "uses": uses,
-                       "max_uses": max_uses, "expires_at": expires, "created_at": created, "state": state})
+                       "max_uses": max_uses, "expires_at": expires, "created_at": created, "state": state,
+                       "prefix": prefix})
     return result
 
 
@@ -403,6 +425,8 @@ class NodeChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workspace: str | None = None
     labels: dict[str, str] | None = None
     paused: bool | None = None  # a paused node gets no new workload instances
+    alias: Annotated[str, msgspec.Meta(max_length=ALIAS_MAX, description="a name for people (\"\" for none)")
+                     ] | None = None
 
 
 class GroupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -417,6 +441,8 @@ class JoinTokenRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
     max_uses: Annotated[int, msgspec.Meta(ge=1)] = 1
     labels: dict[str, str] = {}
+    prefix: Annotated[str, msgspec.Meta(description="nodes that ask for no name get `<prefix>-<6 hex digits>` "
+                                                    "(default `node`)")] = ""
 
 
 class WorkspaceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -430,37 +456,49 @@ async def get_node(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     return await visible_node(_store(request), caller, name)
 
 
-@patch("/api/v1/nodes/{name:str}", summary="Change a node's labels or move it to another workspace (admin)")
-async def change_node(request: AnyRequest, name: FromPath[str], data: JSONBody[NodeChange]) -> dict[str, Any]:
-    caller = await require_caller(request, "admin")
-    store = _store(request)
+async def change_node_as(store: RegistryStore, caller: Caller, name: str, data: NodeChange) -> None:
+    """Change a node's labels, alias, scheduling or workspace (audited; NotFound outside the caller's scope)."""
     async with audited(store, caller, "node.change", f"node/{name}", str(caller.scope)) as entry:
         entry.detail = msgspec.to_builtins(data)
         workspace = await check_node_in_scope(store, caller, name)
         entry.scope = workspace_scope(workspace)
+        if data.labels is not None:
+            for key, value in data.labels.items():
+                check_label(key, value)
         if data.workspace is not None and data.workspace != workspace:
             await store.move_node(name, await _in_scope_workspace(store, caller, data.workspace))
         if data.labels is not None:
             await store.set_node_labels(name, data.labels)
         if data.paused is not None:
             await store.set_paused(name, data.paused)
+        if data.alias is not None:
+            await store.set_node_alias(name, data.alias.strip())
+
+
+async def remove_node_as(store: RegistryStore, caller: Caller, name: str) -> None:
+    """Forget a node and revoke its certificate (audited; NotFound outside the caller's scope)."""
+    async with audited(store, caller, "node.remove", f"node/{name}", str(caller.scope)) as entry:
+        entry.scope = workspace_scope(await check_node_in_scope(store, caller, name))
+        await store.remove_node(name)
+
+
+@patch("/api/v1/nodes/{name:str}", summary="Change a node's labels, alias or scheduling, or move it to another "
+       "workspace (admin)")
+async def change_node(request: AnyRequest, name: FromPath[str], data: JSONBody[NodeChange]) -> dict[str, Any]:
+    caller = await require_caller(request, "admin")
+    store = _store(request)
+    await change_node_as(store, caller, name, data)
     return await visible_node(store, caller, name)
 
 
 @delete("/api/v1/nodes/{name:str}", summary="Forget a node and revoke its certificate (admin)", status_code=200)
 async def remove_node(request: AnyRequest, name: FromPath[str]) -> dict[str, str]:
-    caller = await require_caller(request, "admin")
-    store = _store(request)
-    async with audited(store, caller, "node.remove", f"node/{name}", str(caller.scope)) as entry:
-        entry.scope = workspace_scope(await check_node_in_scope(store, caller, name))
-        await store.remove_node(name)
+    await remove_node_as(_store(request), await require_caller(request, "admin"), name)
     return {"removed": name}
 
 
-@post("/api/v1/groups", summary="Make a node group in a workspace (admin)", status_code=201)
-async def create_group(request: AnyRequest, data: JSONBody[GroupRequest]) -> dict[str, Any]:
-    caller = await require_caller(request, "admin")
-    store = _store(request)
+async def create_group_as(store: RegistryStore, caller: Caller, data: GroupRequest) -> dict[str, Any]:
+    """Make a group in a workspace within the caller's scope (audited); the group with its members."""
     async with audited(store, caller, "group.create", f"group/{data.name}", str(caller.scope)) as entry:
         entry.detail = {"nodes": data.nodes, "selector": data.selector}
         workspace = await _in_scope_workspace(store, caller, data.workspace)
@@ -469,16 +507,59 @@ async def create_group(request: AnyRequest, data: JSONBody[GroupRequest]) -> dic
     return {"name": data.name, "workspace": workspace, "nodes": members}
 
 
+async def visible_group(store: RegistryStore, caller: Caller, name: str) -> dict[str, Any]:
+    """One group with its members and workspace; NotFound when there is none in the caller's scope."""
+    group = next((g for g in await visible_groups(store, caller) if g["name"] == name), None)
+    if group is None:
+        raise NotFound(f"no group {name}")
+    return group
+
+
+async def update_group_as(store: RegistryStore, caller: Caller, name: str, nodes: list[str],
+                          selector: dict[str, str]) -> list[str]:
+    """Give a group new named nodes and a new selector (audited); its members."""
+    async with audited(store, caller, "group.change", f"group/{name}", str(caller.scope)) as entry:
+        entry.detail = {"nodes": nodes, "selector": selector}
+        entry.scope = workspace_scope((await visible_group(store, caller, name))["workspace"])
+        return await store.update_group(name, nodes, selector)
+
+
+async def delete_group_as(store: RegistryStore, caller: Caller, name: str) -> None:
+    async with audited(store, caller, "group.delete", f"group/{name}", str(caller.scope)) as entry:
+        entry.scope = workspace_scope((await visible_group(store, caller, name))["workspace"])
+        await store.delete_group(name)
+
+
+async def group_preview(store: RegistryStore, caller: Caller, workspace: str, nodes: list[str],
+                        selector: dict[str, str], group: str = "") -> dict[str, Any]:
+    """Which nodes a group of these named nodes and this selector would hold now (in a workspace of the caller's
+    scope), each with why, and what would keep it from being saved."""
+    members, problems = [], []
+    in_workspace = {n["name"]: n for n in await visible_nodes(store, caller) if n["workspace"] == workspace}
+    for name in nodes:
+        if name not in in_workspace:
+            problems.append(f"no node {name} in workspace {workspace}")
+    for node in in_workspace.values():
+        named = node["name"] in nodes
+        selected = bool(selector) and all(node["labels"].get(k) == v for k, v in selector.items())
+        if not (named or selected):
+            continue
+        members.append({"name": node["name"], "status": node["status"], "labels": node["labels"],
+                        "why": "named" if named else "selector"})
+        if node["group"] and node["group"] != group:
+            problems.append(f"node {node['name']} is in group {node['group']} already (a node is in at most one "
+                            "group)")
+    return {"workspace": workspace, "nodes": members, "problems": problems}
+
+
+@post("/api/v1/groups", summary="Make a node group in a workspace (admin)", status_code=201)
+async def create_group(request: AnyRequest, data: JSONBody[GroupRequest]) -> dict[str, Any]:
+    return await create_group_as(_store(request), await require_caller(request, "admin"), data)
+
+
 @delete("/api/v1/groups/{name:str}", summary="Delete a node group; its nodes stay (admin)", status_code=200)
 async def delete_group(request: AnyRequest, name: FromPath[str]) -> dict[str, str]:
-    caller = await require_caller(request, "admin")
-    store = _store(request)
-    async with audited(store, caller, "group.delete", f"group/{name}", str(caller.scope)) as entry:
-        group = next((g for g in await visible_groups(store, caller) if g["name"] == name), None)
-        if group is None:
-            raise NotFound(f"no group {name}")
-        entry.scope = workspace_scope(group["workspace"])
-        await store.delete_group(name)
+    await delete_group_as(_store(request), await require_caller(request, "admin"), name)
     return {"deleted": name}
 
 
@@ -491,10 +572,11 @@ async def new_join_token(request: AnyRequest, caller: Caller, data: JoinTokenReq
     """Create a join token for a workspace in the caller's scope; the full token is in the answer only."""
     store = _store(request)
     async with audited(store, caller, "join-token.create", "join-token", str(caller.scope)) as entry:
-        entry.detail = {"labels": data.labels, "max_uses": data.max_uses, "ttl": data.ttl}
+        entry.detail = {"labels": data.labels, "max_uses": data.max_uses, "ttl": data.ttl, "prefix": data.prefix}
+        check_name_prefix(data.prefix)
         workspace = await _in_scope_workspace(store, caller, data.workspace)
         entry.scope = workspace_scope(workspace)
-        token_id, secret = await store.create_token(data.ttl, data.max_uses, data.labels, workspace)
+        token_id, secret = await store.create_token(data.ttl, data.max_uses, data.labels, workspace, data.prefix)
         entry.detail["id"] = token_id
     return {"id": token_id, "workspace": workspace,
             "token": f"{token_id}.{secret}.{request.app.state.ca.fingerprint}"}

@@ -36,7 +36,6 @@ from gateway.resources.schema import check_node_name
 from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
     CheckedRequest,
-    ErrorBody,
     OpenAPIJson,
     add_request_id,
     error_response,
@@ -85,7 +84,10 @@ async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse
     if wait > 0:  # refused before the token is looked at, and not audited: a flood of guesses fills no log
         raise TooManyRequestsException(f"too many failed joins: try again in {wait:.0f} s",
                                        headers={"Retry-After": str(int(wait) + 1)})
-    name = data.name if data.name is not None else f"node-{secrets.token_hex(3)}"
+    if data.name is not None:
+        name = data.name
+    else:  # a name the token's prefix starts; a prefix is checked when the token is made
+        name = f"{await store.join_token_prefix(token_id) or 'node'}-{secrets.token_hex(3)}"
     try:
         check_node_name(name)
         bad_name: ConfigError | None = None
@@ -138,11 +140,14 @@ async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> He
     if data.twins is not None:
         twins.check_report_rate(request.app.state, node)
     store = store_of(request)
-    interval = await store.heartbeat(node, data.info)
+    # the address the registry sees the node at, beside those the node reports of its own interfaces
+    seen_from = {"seen_from": request.client.host} if request.client else {}
+    interval = await store.heartbeat(node, {**data.info, **seen_from})
     await workloads.record_status(store, node, data.workloads)
     assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
     version, documents = await store.node_documents(node)
-    desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack)
+    desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack,
+                               data.described)
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
                              documents=documents if version != data.resource_version else None, desired=desired,
                              upgrade=assignment)
@@ -173,13 +178,19 @@ async def _users_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
 
 
 def _error(status: int) -> Any:
-    def handle(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
+    """API callers get the error body; a browser asking for a page gets the error page."""
+
+    def handle(request: AnyRequest, exc: Exception) -> Response[Any]:
+        if pages.is_page_path(request.url.path):
+            return pages.error_page(request, status, str(exc))
         return error_response(request, status, str(exc))
 
     return handle
 
 
-def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
+def _http_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
+    if pages.is_page_path(request.url.path):  # a page path no route has, a method it does not take, a bad form
+        return pages.error_page(request, exc.status_code, http_error_detail(exc), exc.headers)
     return error_response(request, exc.status_code, http_error_detail(exc), exc.headers)
 
 
@@ -202,7 +213,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *access.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS, *monitoring.ROUTE_HANDLERS,
                         *metrics.ROUTE_HANDLERS, *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS,
-                        *live.ROUTE_HANDLERS, static_files()],
+                        *live.ROUTE_HANDLERS, static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "log_requests": LogRequests(), **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),
@@ -210,9 +221,10 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
         lifespan=[lifespan],
         middleware=[DefineMiddleware(metrics.MetricsMiddleware, metrics=registry_metrics)],
         exception_handlers={ConfigError: _error(400), NotFound: _error(404), HTTPException: _http_error,
-                            **pages.EXCEPTION_HANDLERS, Exception: internal_error()},
+                            **pages.EXCEPTION_HANDLERS,
+                            Exception: internal_error(pages.error_page, pages.is_page_path)},
         request_class=CheckedRequest,
-        template_config=template_config(pages.TEMPLATES, utc=True),
+        template_config=template_config(pages.TEMPLATES, utc=True, app_static=(pages.STATIC,)),
         compression_config=compression_config(),
         before_send=[add_security_headers, add_request_id, complete_options_allow],
         # the document only: the UIs Litestar can add (Swagger, ReDoc, Elements, RapiDoc) load scripts from CDNs

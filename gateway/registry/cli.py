@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--max-uses", type=int, default=1, help="how many nodes may join with it (default 1)")
     create.add_argument("--labels", type=_labels, default={}, help="k=v,… given to the nodes that join with it")
     create.add_argument("--workspace", default="default", help="the workspace the nodes join (default default)")
+    create.add_argument("--prefix", default="", help="nodes that join without --name are named <prefix>-<6 hex "
+                                                     "digits> (default node)")
     _data_dir(create)
     revoke = token_sub.add_parser("revoke", help="revoke a join token by its id (the part before the first dot)")
     revoke.add_argument("id")
@@ -210,9 +213,11 @@ def _registry(args: argparse.Namespace) -> int:
                 async with access.audited(store, cli, "join-token.create", "join-token",
                                           access.workspace_scope(args.workspace)) as entry:
                     await access.check_workspace(store, args.workspace)
+                    access.check_name_prefix(args.prefix, "--prefix")
                     token_id, secret = await store.create_token(args.ttl, args.max_uses, args.labels,
-                                                                args.workspace)
-                    entry.detail = {"id": token_id, "labels": args.labels, "max_uses": args.max_uses}
+                                                                args.workspace, args.prefix)
+                    entry.detail = {"id": token_id, "labels": args.labels, "max_uses": args.max_uses,
+                                    "prefix": args.prefix}
                 print(f"{token_id}.{secret}.{fingerprint}")
             elif args.action == "join-token":
                 scope = access.workspace_scope(await access.join_token_workspace(store, args.id))
@@ -346,8 +351,11 @@ def _configure_access(sub: Any) -> None:
                           help="default viewer, the lowest")
     user_add.add_argument("--scope", default="workspace:default",
                           help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
-    user_add.add_argument("--password-file", type=Path, default=None,
-                          help="read the password from the first line of this file (default: ask for it)")
+    given = user_add.add_mutually_exclusive_group()
+    given.add_argument("--password-file", type=Path, default=None,
+                       help="read the password from the first line of this file (default: ask for it)")
+    given.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input")
     _data_dir(user_add)
     user_list = user_sub.add_parser("list", help="list registry users")
     user_list.add_argument("--json", action="store_true", help="one JSON object per user")
@@ -369,6 +377,13 @@ def _configure_access(sub: Any) -> None:
     audit.add_argument("--json", action="store_true", help="one JSON object per entry")
     audit.add_argument("--limit", type=int, default=100, help="how many entries (default 100)")
     _data_dir(audit)
+
+
+def _read_stdin_password() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError("--password-stdin: nothing on standard input")
+    return line.rstrip("\r\n")
 
 
 def _read_password(path: Path | None) -> str:
@@ -413,7 +428,7 @@ async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
                   f"{listed['id']:<10} {listed['role']:<9} {listed['scope']:<24} "
                   f"{'revoked' if listed['revoked_at'] else 'valid':<8} {listed['description']}")
     elif args.action == "user" and args.user_action == "add":
-        password = _read_password(args.password_file)
+        password = _read_stdin_password() if args.password_stdin else _read_password(args.password_file)
         async with access.audited(store, cli, "user.add", f"user/{args.name}", args.scope) as entry:
             entry.detail = {"role": args.role}
             await access.add_user(store, args.name, args.role, await access.check_scope(store, args.scope), password)

@@ -26,9 +26,9 @@ def registry_api_markdown() -> str:
     out += [f"| {method} | `{path}` | {caller} | {summary} |" for method, path, caller, summary in api]
     out += ["", "## Pages of the registry", "",
             "Server-rendered for registry users (`fieldgate registry user add`), with the session cookie of `/login`; "
-            "every form carries the session's CSRF token.", "",
-            "| method | path | summary |", "| --- | --- | --- |"]
-    out += [f"| {method} | `{path}` | {summary} |" for method, path, _, summary in pages]
+            "every form carries the session's CSRF token; a role below the page's gets 403.", "",
+            "| method | path | role | summary |", "| --- | --- | --- | --- |"]
+    out += [f"| {method} | `{path}` | {role} | {summary} |" for method, path, role, summary in pages]
     return "\n".join(out) + "\n"
 
 
@@ -43,7 +43,8 @@ def registry_route_table() -> tuple[list[tuple[str, str, str, str]], list[tuple[
             continue
         summary = handler.summary or ""
         if handler.include_in_schema is False:
-            pages.append((method, path, "user", summary))
+            role = handler.opt.get("page_role") or handler.opt.get("session_role", "anyone")
+            pages.append((method, path, role, summary))
             continue
         node = path.startswith(("/api/v1/nodes/self", "/api/v1/heartbeat", "/api/v1/join/batch")) or (
             path.startswith("/api/v1/upgrades/") and "/wheels/" in path)

@@ -9,7 +9,7 @@ nodes in the user's scope as it is now. Every stream reads the same snapshot of 
 `NODES_EVERY` seconds however many pages are open, so it works the same on every replica and never touches the
 heartbeat path.
 
-`GET /nodes/{name}/metrics?window=15m|1h|24h`: a node's per-minute samples (gateway.registry.monitoring) for
+`GET /nodes/{name}/metrics?window=15m|1h|6h|24h`: a node's per-minute samples (gateway.registry.monitoring) for
 webkit/static/plot.js.
 """
 
@@ -27,13 +27,16 @@ from litestar.response import ServerSentEvent
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import access
 from gateway.registry.access import AnyRequest, Caller
+from gateway.registry.pages.nodes import PLOT_WINDOWS
 from gateway.registry.store import RegistryStore
 from gateway.webkit.live import SSE_OPT, Snapshot, changes
 from gateway.webkit.sessions import BrowserSessions, Session
 
+# the role these routes need, for the generated docs: any user with a page session (they check it themselves, with
+# a 401 rather than the page guard's redirect to the login form)
+SESSION_ROLE = {"session_role": "viewer"}
 NODES_EVERY = 2.0
 NODE_STATES = ("healthy", "offline", "joined")
-PLOT_WINDOWS = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0}
 # how long ago the last heartbeat was, in words: it changes on every read, so on its own it is no change
 VOLATILE = frozenset({"reason"})
 
@@ -93,7 +96,7 @@ async def _page_session(request: AnyRequest) -> tuple[str, Session, Caller]:
 
 
 @get("/events/nodes", summary="Live states of the nodes in the user's scope (SSE, page session)",
-     include_in_schema=False, opt=SSE_OPT)
+     include_in_schema=False, opt={**SSE_OPT, **SESSION_ROLE})
 async def nodes_events(request: AnyRequest) -> ServerSentEvent:
     sid, session, caller = await _page_session(request)
     sessions: BrowserSessions = request.app.state.page_sessions
@@ -117,7 +120,7 @@ async def nodes_events(request: AnyRequest) -> ServerSentEvent:
 
 
 @get("/nodes/{name:str}/metrics", summary="A node's resource samples for its plots (page session)",
-     include_in_schema=False)
+     include_in_schema=False, opt=SESSION_ROLE)
 async def node_metrics_page(request: AnyRequest, name: FromPath[str], window: FromQuery[str] = "24h"
                             ) -> dict[str, Any]:
     from gateway.registry.monitoring import node_samples

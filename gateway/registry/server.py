@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from gateway.errors import ConfigError
 from gateway.registry.app import create_app
 from gateway.registry.ca import CertificateAuthority
+from gateway.registry.cli import DEFAULT_REGISTRY_DIR
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,30 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def browser_url(host: str, port: int) -> str:
+    """The URL a browser opens: this machine's name when the registry listens on every address."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"https://[{host}]:{port}/" if ":" in host else f"https://{host}:{port}/"
+
+
+def first_admin_hint(url: str, data_dir: Path) -> str:
+    """What `registry serve` says while no user can log in to its pages."""
+    data = f" --data-dir {data_dir}" if Path(data_dir) != Path(DEFAULT_REGISTRY_DIR) else ""
+    return (f"No registry user yet. Add the first admin (type its password, then Enter):\n"
+            f"  fieldgate registry user add admin --role admin --scope platform --password-stdin{data}\n"
+            f"then open {url} in a browser and log in. The browser trusts the registry once it trusts its CA: "
+            f"download {url}api/v1/ca and import it as a certificate authority (README: Trust the registry's CA).")
+
+
+async def _has_users(data_dir: Path, db_url: str | None) -> bool:
+    from gateway.registry import access
+    from gateway.registry.store import RegistryStore
+
+    async with RegistryStore(data_dir, db_url) as store:
+        return bool(await access.users(store))
+
+
 async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None) -> int:
     """Run the registry until SIGINT or SIGTERM."""
     host, port = _host_port(listen)
@@ -88,6 +114,8 @@ async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: _shut_down(server, app))
     print(f"fieldgate registry on https://{listen}/ (CA fingerprint sha256 {ca.fingerprint})", flush=True)
+    if not await _has_users(data_dir, db_url):
+        print(first_admin_hint(browser_url(host, port), data_dir), flush=True)
     await server.serve()
     if not server.started:
         raise ConfigError(f"--listen {listen}: the registry could not start there")

@@ -32,7 +32,7 @@ from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import VALUE_MAX_LENGTH, PropertyModel
 from gateway.resources.values import coerce, same_value
-from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceReport
+from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceDescription, DeviceReport
 
 MAX_UNCHECKED_TEXT = VALUE_MAX_LENGTH * 4 // 3 + 4  # the longest value any property may take (bytes as base64)
 MAX_DESIRED_BODY = 1 << 20  # a PUT of desired values: many properties at once, each within its max_length
@@ -51,14 +51,19 @@ def _split(device: str) -> tuple[str, str]:
 
 
 async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | None, complete: bool,
-               desired_version: int, ack: DesiredAck | None) -> list[DesiredValue] | None:
-    """Record a heartbeat's twins and acknowledgement; the desired values newer than the node's version."""
+               desired_version: int, ack: DesiredAck | None,
+               described: list[DeviceDescription] | None = None) -> list[DesiredValue] | None:
+    """Record a heartbeat's twins, the descriptions of its devices and its acknowledgement; the desired values
+    newer than the node's version."""
     rows = None if reports is None else [
         (*_split(report.device), report.state, report.reason, msgspec.json.encode(report.properties).decode())
         for report in reports]
     refused = [(*_split(error.device), error.property, error.version, error.error[:500])
                for error in (ack.errors if ack is not None else [])]
-    await store.twins.record(node, rows, complete, ack.version if ack is not None else None, refused, time.time())
+    descriptions = [(*_split(item.device), item.model, msgspec.json.encode(item.units).decode())
+                    for item in described or []]
+    await store.twins.record(node, rows, complete, ack.version if ack is not None else None, refused, time.time(),
+                             descriptions)
     return [DesiredValue(device=f"{ns}/{name}", property=prop, value=value, version=version)
             for ns, name, prop, value, version in await store.twins.desired_after(node, desired_version)] or None
 
@@ -152,10 +157,12 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
     def view(key: tuple[str, str, str]) -> dict[str, Any]:
         return views.setdefault(key, {"node": key[0], "namespace": key[1], "name": key[2], "state": "unknown",
                                       "state_reason": "not reported yet", "reported_at": None,
-                                      "applied_at_registry": False, "twin": {}})
+                                      "applied_at_registry": False, "model": "", "units": {}, "twin": {}})
 
     for key in await store.documents.placed_devices(node, namespace, name):
         view(key)["applied_at_registry"] = True
+    for key, (model, units) in (await store.twins.descriptions(node, namespace, name)).items():
+        view(key).update(model=model, units=units)
     for row_node, ns, row_name, state, reason, properties, reported_at in await store.twins.reports(node, namespace,
                                                                                                      name):
         entry = view((row_node, ns, row_name))
@@ -175,10 +182,22 @@ async def device_views(store: RegistryStore, *, node: str | None = None, namespa
                     **({"desired_error": error} if error else {}))
     if namespace is not None and name is not None and not views:
         raise NotFound(f"no device {namespace}/{name}" + (f" on node {node}" if node else ""))
+    await _describe_from_documents(store, [v for v in views.values() if v["applied_at_registry"] and not v["model"]])
     return [views[key] for key in sorted(views)]
 
 
-async def _visible(store: RegistryStore, caller: access.Caller, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _describe_from_documents(store: RegistryStore, views: list[dict[str, Any]]) -> None:
+    """The model and units of devices applied at the registry that their node has not described (yet, or a node
+    of a version before descriptions), from the registry's own Device and DeviceModel documents."""
+    for entry in views:
+        device = await store.documents.get("Device", entry["namespace"], entry["name"])
+        model = str(json.loads(device).get("model") or "") if device else ""
+        document = await store.documents.get("DeviceModel", entry["namespace"], model) if model else None
+        properties = json.loads(document).get("properties", []) if document else []
+        entry.update(model=model, units={p["name"]: p["unit"] for p in properties if p.get("unit")})
+
+
+async def visible(store: RegistryStore, caller: access.Caller, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The views of devices on nodes within the caller's scope."""
     workspaces = await store.node_workspaces()
     return [view for view in views if view["node"] in workspaces and caller.sees(workspaces[view["node"]])]
@@ -186,20 +205,14 @@ async def _visible(store: RegistryStore, caller: access.Caller, views: list[dict
 
 async def _scoped_node(request: AnyRequest, caller: access.Caller, namespace: str, name: str) -> str:
     """The node of a device within the caller's scope (NotFound, as for no device, outside it)."""
-    store = store_of(request)
-    node = await device_node(store, namespace, name, request.query_params.get("node"))
-    try:
-        await access.check_node_in_scope(store, caller, node)
-    except NotFound:
-        raise NotFound(f"no device {namespace}/{name}") from None
-    return node
+    return await scoped_device_node(store_of(request), caller, namespace, name, request.query_params.get("node"))
 
 
 @get("/api/v1/devices", summary="Devices of every node with their twins (desired against reported); ?node=")
 async def list_devices(request: AnyRequest) -> list[dict[str, Any]]:
     caller = await access.require_caller(request, "viewer")
     store = store_of(request)
-    return await _visible(store, caller, await device_views(store, node=request.query_params.get("node")))
+    return await visible(store, caller, await device_views(store, node=request.query_params.get("node")))
 
 
 @get("/api/v1/nodes/{node:str}/devices", summary="A node's devices with their twins")
@@ -222,12 +235,29 @@ async def device(request: AnyRequest, namespace: FromPath[str], name: FromPath[s
 async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                       data: JSONBody[DesiredRequest]) -> dict[str, Any]:
     caller = await access.require_caller(request, "operator")
-    store = store_of(request)
-    node = await _scoped_node(request, caller, namespace, name)
+    return await set_desired_as(store_of(request), caller, namespace, name, data.desired,
+                                await _scoped_node(request, caller, namespace, name))
+
+
+async def scoped_device_node(store: RegistryStore, caller: access.Caller, namespace: str, name: str,
+                             node: str | None) -> str:
+    """The node of a device (the one named, if several have it) within the caller's scope; NotFound, as for no
+    device, outside it."""
+    found = await device_node(store, namespace, name, node)
+    try:
+        await access.check_node_in_scope(store, caller, found)
+    except NotFound:
+        raise NotFound(f"no device {namespace}/{name}") from None
+    return found
+
+
+async def set_desired_as(store: RegistryStore, caller: access.Caller, namespace: str, name: str,
+                         values: dict[str, Any], node: str) -> dict[str, Any]:
+    """Set desired values of a device on a node (audited); the device view."""
     scope = access.workspace_scope(await access.node_workspace(store, node))
     async with access.audited(store, caller, "device.set-desired", f"device/{namespace}/{name}", scope) as entry:
-        entry.detail = {"node": node, "desired": data.desired}
-        return await set_desired(store, namespace, name, data.desired, node)
+        entry.detail = {"node": node, "desired": values}
+        return await set_desired(store, namespace, name, values, node)
 
 
 ROUTE_HANDLERS = [list_devices, node_devices, device, put_desired]

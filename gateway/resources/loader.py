@@ -388,6 +388,7 @@ class _Checker:
                 continue
             try:
                 fits = protocol.visitor_types(visitor)
+                protocol.check_visitor(visitor, prop_model)
             except ConfigError as exc:
                 self.fail(source, f"{path}.visitor", str(exc))
                 continue

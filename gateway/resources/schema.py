@@ -195,7 +195,9 @@ class Device(Document, tag="Device", kw_only=True):
     model: Name | None = None
     profile: str | None = None
     protocol: ProtocolRef
-    timeout: Annotated[Duration, Meta(description="budget for one poll cycle of this device")] = Duration(3.0)
+    timeout: Annotated[Duration, Meta(description="budget for one poll cycle of this device; for a device that sends "
+                                                  "its values itself (mqtt), the silence after which it is offline")
+                       ] = Duration(3.0)
     node: Name | None = None
     properties: list[DeviceProperty] = []
 

@@ -42,6 +42,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TIMEOUT = 10.0
 MESSAGE_WAIT = 25.0  # seconds a message poll waits at the registry for a message
+MAX_ADDRESSES = 16
+
+
+def interface_addresses() -> list[str]:
+    """The node's IP addresses (not loopback or link-local), for the registry's node page."""
+    import ipaddress
+    import socket
+
+    import psutil
+
+    found: list[str] = []
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(address.address.split("%", 1)[0])
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local) and str(ip) not in found:
+                found.append(str(ip))
+    return found[:MAX_ADDRESSES]
 
 
 class Uplink:
@@ -135,7 +157,8 @@ class Uplink:
                       len(content), MAX_HEARTBEAT)
             self.twins.failed()
             self.workloads.failed()
-            body = {key: value for key, value in body.items() if key not in ("twins", "twins_complete", "workloads")}
+            later = ("twins", "twins_complete", "described", "workloads")
+            body = {key: value for key, value in body.items() if key not in later}
             content = msgspec.json.encode(body)
         try:
             response = await client.post("/api/v1/heartbeat", content=content,
@@ -198,6 +221,8 @@ class Uplink:
             "plugins": [info.name for info in list_plugins(self.gateway.pm)],
             "os": f"{platform.system()} {platform.release()}",
             "architecture": platform.machine(),
+            "python": platform.python_version(),
+            "addresses": interface_addresses(),
             "cpu_percent": metrics["cpu_percent"],
             "memory_percent": metrics["memory_percent"],
             "disk_percent": metrics["disk_percent"],

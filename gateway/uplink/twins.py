@@ -16,13 +16,16 @@ import msgspec
 
 from gateway.errors import FieldgateError
 from gateway.wire import (
+    MAX_DESCRIBED_PROPERTIES,
     MAX_REPORT_DEVICES,
+    MAX_UNIT,
     MIN_REPORT_INTERVAL,
     REPORT_VALUE_MAX,
     TWINS_BUDGET,
     DesiredAck,
     DesiredError,
     DesiredValue,
+    DeviceDescription,
     DeviceReport,
     PropertyReport,
 )
@@ -85,6 +88,8 @@ class TwinSync:
         self._sending_ack: DesiredAck | None = None
         self._last_report = -MIN_REPORT_INTERVAL
         self._reported_at: dict[str, float] = {}  # device -> when a heartbeat last carried its report
+        self._described: dict[str, DeviceDescription] = {}  # what the registry took of each device's description
+        self._sending_described: list[DeviceDescription] = []
         self.ack: DesiredAck | None = None
         self.desired_version = self._load_version()
         for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
@@ -109,7 +114,7 @@ class TwinSync:
         now = time.monotonic()
         twins = self.gateway.twins()
         if not (self.dirty or self.complete) or now - self._last_report < MIN_REPORT_INTERVAL:
-            self._sending, self._sending_complete = set(), False
+            self._sending, self._sending_complete, self._sending_described = set(), False, []
             return body
         if self.complete and len(twins) > MAX_REPORT_DEVICES:  # no heartbeat names them all: report as changed
             self.dirty |= twins.keys()
@@ -133,7 +138,21 @@ class TwinSync:
         self._last_report = now
         body["twins"] = reports
         body["twins_complete"] = self._sending_complete
+        if self.complete:  # the registry may have forgotten what it took: describe every device again
+            self._described.clear()
+        self._sending_described = [description for description in map(self._description, chosen)
+                                   if self._described.get(description.device) != description]
+        if self._sending_described:
+            body["described"] = [msgspec.to_builtins(description) for description in self._sending_described]
         return body
+
+    def _description(self, device_id: str) -> DeviceDescription:
+        bound = self.gateway.config.devices.get(device_id)
+        if bound is None:
+            return DeviceDescription(device=device_id)
+        units = [(name, prop.model.unit[:MAX_UNIT]) for name, prop in bound.properties.items() if prop.model.unit]
+        return DeviceDescription(device=device_id, model=(bound.resource.model or bound.resource.profile or "")[:253],
+                                 units=dict(units[:MAX_DESCRIBED_PROPERTIES]))
 
     def _report(self, device_id: str, *, properties: bool = True) -> DeviceReport:
         twin = self.gateway.twin(device_id)
@@ -148,12 +167,15 @@ class TwinSync:
             self.complete = False
         if self.ack is self._sending_ack:
             self.ack = None
+        self._described.update((description.device, description) for description in self._sending_described)
         self._sending, self._sending_complete, self._sending_ack = set(), False, None
+        self._sending_described = []
 
     def failed(self) -> None:
         """The heartbeat did not get through: what it carried goes with the next one."""
         self.dirty |= self._sending
         self._sending, self._sending_complete, self._sending_ack = set(), False, None
+        self._sending_described = []
 
     async def apply_desired(self, values: list[DesiredValue]) -> None:
         """Put the registry's desired values through the gateway's desired path; refusals go back with the ack."""

@@ -196,9 +196,10 @@ RESOURCE_WINDOWS = ("15m", "1h", "24h")
 
 
 def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: float, step: float,
-                        source: str = "", window: str = "", window_links: str = "") -> str:
+                        source: str = "", window: str = "", window_links: str = "",
+                        windows: Sequence[str] = RESOURCE_WINDOWS) -> str:
     """The CPU, memory, disk and network plots of one node, side by side. With `source` (the JSON of those series,
-    gateway.wire.SERIES by name) the page's script redraws them from there, with a window selector: links that
+    gateway.wire.SERIES by name) the page's script redraws them from there, with a selector of `windows`: links that
     reload the page with `?<window_links>=<window>` when the page takes that, else buttons the script makes;
     `window` is the one shown."""
 
@@ -227,12 +228,12 @@ def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: fl
     # the plots have a fixed size and flow side by side: no style attribute, which the pages' CSP would refuse
     if not source:
         return '<div class="node-plots">' + " ".join(plots) + "</div>"
-    window = window if window in RESOURCE_WINDOWS else RESOURCE_WINDOWS[-1]
-    group = f' data-plot-group data-plot-windows="{" ".join(RESOURCE_WINDOWS)}" data-plot-window="{window}"'
+    window = window if window in windows else windows[-1]
+    group = f' data-plot-group="" data-plot-windows="{" ".join(windows)}" data-plot-window="{window}"'
     links = ""
     if window_links:
         active = ' class="active"'
         links = '<nav class="windows">' + " · ".join(
             f'<a href="?{escape(window_links)}={name}" data-window="{name}"{active if name == window else ""}>'
-            f"{name}</a>" for name in RESOURCE_WINDOWS) + "</nav>"
+            f"{name}</a>" for name in windows) + "</nav>"
     return f'<div class="node-plots"{group}>' + links + " ".join(plots) + "</div>"

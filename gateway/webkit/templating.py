@@ -16,6 +16,7 @@ from litestar.router import Router
 from litestar.template.config import TemplateConfig
 
 from gateway.webkit.assets import assets_of, static_router
+from gateway.webkit.plots import format_value as plot_value
 from gateway.webkit.units import display_unit
 
 WEBKIT = Path(__file__).resolve().parent
@@ -53,12 +54,25 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TB"
+def format_bytes(count: float | None) -> str:
+    """`512 B`, `1.5 MiB`, `23 GiB`: binary units, named as such, as the plots name them."""
+    return plot_value(count, "bytes")
+
+
+# One colour per meaning in both UIs, whatever named the state: green up or done, amber on its way or degraded, red
+# failed or gone, grey not known yet (`.badge.online`, `.unhealthy`, `.offline`, `.unknown` in app.css).
+BADGES = {
+    **dict.fromkeys(("online", "healthy", "running", "ready", "completed", "in sync", "applied", "succeeded", "valid",
+                     "active", "current", "ok"), "online"),
+    **dict.fromkeys(("offline", "failed", "stopped", "rejected", "refused", "revoked", "oom", "lost", "rolled-back",
+                     "rollback-failed", "expired", "cancelled", "error"), "offline"),
+    **dict.fromkeys(("unknown", "joined", "not-placed", "used up", "skipped", "none"), "unknown"),
+}
+
+
+def badge_class(state: str | None) -> str:
+    """The badge colour class of a state of a device, node, workload, desired value, token or task."""
+    return BADGES.get(str(state or "unknown"), "unhealthy")
 
 
 def environment(app_templates: Path, *, utc: bool = False, app_static: tuple[Path, ...] = ()) -> Environment:
@@ -69,7 +83,7 @@ def environment(app_templates: Path, *, utc: bool = False, app_static: tuple[Pat
     loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
     env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes,
-                       unit=display_unit)
+                       badge=badge_class, unit=display_unit)
     env.globals["static_url"] = assets_of((*app_static, STATIC)).url
     return env
 

@@ -72,3 +72,16 @@ def test_csv_import(page: Page, gateway_url: str, artifacts: Path, tmp_path: Pat
     page.goto(gateway_url + "/devices?label=line%3D7")
     expect(page.locator("table.devices tbody tr")).to_have_count(2)
     page.screenshot(path=str(artifacts / "devices.png"), full_page=True)
+
+
+def test_a_disabled_save_button_looks_disabled(page: Page, gateway_url: str, artifacts: Path) -> None:
+    log_in(page, gateway_url, "/devices/edit?name=boiler-1")  # defined in the config file: read-only here
+    save = page.get_by_role("button", name="Save device")
+    expect(save).to_be_disabled()
+    looks = save.evaluate("b => { const s = getComputedStyle(b); return [s.opacity, s.backgroundColor, s.cursor]; }")
+    page.goto(gateway_url + "/import")
+    enabled = page.get_by_role("button", name="Preview").evaluate(
+        "b => { const s = getComputedStyle(b); return [s.opacity, s.backgroundColor, s.cursor]; }")
+    assert float(looks[0]) < 0.7 and looks[1] != enabled[1] and looks[2] == "not-allowed", (looks, enabled)
+    page.goto(gateway_url + "/devices/edit?name=boiler-1")
+    page.screenshot(path=str(artifacts / "read-only-device-form.png"), full_page=True)

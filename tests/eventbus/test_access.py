@@ -278,3 +278,34 @@ def _plugins() -> Any:
     from gateway.plugins import get_plugin_manager
 
     return get_plugin_manager()
+
+
+async def test_a_plugin_gets_the_eventbus_login_the_broker_allows_everything(
+        write_config: Callable[[str], Path], start_gateway: Callable[..., Any]) -> None:
+    """`eventbus_login()` gives a plugin the gateway's own login at the embedded broker: with users and rules
+    listed (anonymous clients refused), a session of its own with it may subscribe to and receive anything."""
+    port = free_port()
+    users = "  users: [{name: app, password: app-pw, acl: [{topic: 'plant/#', access: write}]}]\n"
+    gw: Gateway = await start_gateway(write_config(gateway_with(users, port)))
+    await wait_connected(gw)
+    login = gw.api.eventbus_login()
+    assert login is not None and (login.host, login.port, login.tls) == ("127.0.0.1", port, False)
+    assert login.username == "fieldgate" and login.password and login.password not in repr(login)
+    assert await refused(port, None, None)
+    async with client(port, login.username, login.password, "plant/#") as (_, received), \
+            client(port, "app", "app-pw") as (app, _):
+        await app.publish("plant/meter", b"{\"w\": 5}", qos=1)
+        assert await next_on(received, "plant/meter", timeout=10) == {"w": 5}
+
+
+def test_the_eventbus_login_of_an_external_broker_and_of_none(tmp_path: Path) -> None:
+    external = tmp_path / "external.yaml"
+    external.write_text(MODEL.replace("eventbus: {url: none}", "eventbus: {url: 'mqtts://broker.plant:8884', "
+                                      "username: gw, password: pw, ca_file: /etc/ca.pem}"))
+    login = Gateway.from_path(external, tmp_path / "data").api.eventbus_login()
+    assert login is not None
+    assert (login.host, login.port, login.tls, login.username, login.password, login.ca_file) == (
+        "broker.plant", 8884, True, "gw", "pw", "/etc/ca.pem")
+    off = tmp_path / "off.yaml"
+    off.write_text(MODEL)
+    assert Gateway.from_path(off, tmp_path / "data2").api.eventbus_login() is None

@@ -53,3 +53,23 @@ def test_bad_rows_name_the_line_and_column(tmp_path: Path) -> None:
     source.write_text("name,address\nx,h:1\n")
     with pytest.raises(ConfigError, match="needs the columns"):
         csv_import.import_file(source)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5:50x2", "10.0.0.5;502", "10.0.0.5", "plc-7.local:", "10.0.0.5 502",
+                                     "10.0.0.5:502:1"])
+def test_an_address_that_is_neither_host_port_nor_a_serial_port_is_refused(tmp_path: Path, address: str) -> None:
+    source = tmp_path / "typo.csv"
+    source.write_text(f"name,profile,address,unit\nok,eastron/sdm120,10.0.0.4:502,1\nplc,eastron/sdm120,{address},1\n")
+    with pytest.raises(ConfigError, match=r"typo.csv: line 3: address: expected HOST:PORT for Modbus TCP "
+                                          r"\(10.0.0.5:502\) or a serial port for Modbus RTU \(/dev/ttyUSB0, COM3\)"):
+        csv_import.import_file(source)
+
+
+def test_serial_ports_stay_rtu_and_a_protocol_column_decides(tmp_path: Path) -> None:
+    source = tmp_path / "serial.csv"
+    source.write_text("name,profile,address,unit,protocol\na,eastron/sdm120,/dev/serial/by-id/usb-FTDI_0-port0,1,\n"
+                      "b,eastron/sdm120,COM3,2,\nc,eastron/sdm120,rfc2217-box:4001,3,modbus-rtu\n")
+    ports = [(d["protocol"]["name"], d["protocol"]["config"]["port"])
+             for d in csv_import.import_file(source).all_documents()]
+    assert ports == [("modbus-rtu", "/dev/serial/by-id/usb-FTDI_0-port0"), ("modbus-rtu", "COM3"),
+                     ("modbus-rtu", "rfc2217-box:4001")]

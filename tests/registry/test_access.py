@@ -208,7 +208,7 @@ def test_a_workspace_user_does_not_see_another_workspaces_node_on_the_pages(regi
         assert first.status_code == 303 and first.headers["location"] == "/login?next=/nodes/b"
     with login(registry, "bea") as pages:
         heartbeat(registry, tmp_path / "b", version="2.0.1")
-        nodes = pages.get("/")
+        nodes = pages.get("/nodes")
         assert nodes.status_code == 200
         assert 'data-node="b"' in nodes.text and 'data-node="a"' not in nodes.text
         assert "healthy" in nodes.text and "2.0.1" in nodes.text
@@ -228,7 +228,7 @@ def test_a_workspace_user_does_not_see_another_workspaces_node_on_the_pages(regi
         assert made.status_code == 200 and 'id="new-token"' in made.text
     add_user(registry, tmp_path, "vic")  # viewer of workspace default
     with login(registry, "vic") as pages:
-        assert 'data-node="a"' in pages.get("/").text
+        assert 'data-node="a"' in pages.get("/nodes").text
         assert pages.get("/audit").status_code == 403
         assert pages.get("/nodes/b").status_code == 404
         assert "meter-b" not in pages.get("/devices").text and "line-b" not in pages.get("/groups").text

@@ -119,6 +119,37 @@ class OffsetProtocol(Protocol):
     async def close(self) -> None: ...
 
 
+class ReadOnlyOffsets(OffsetProtocol):
+    """Offsets that cannot be written: a ReadWrite property is refused by the protocol's own check."""
+
+    names: ClassVar[tuple[str, ...]] = ("read-only-offsets",)
+
+    @classmethod
+    def check_visitor(cls, visitor: Any, model: Any) -> None:
+        if model.access == "ReadWrite":
+            raise ConfigError(f"{model.name!r} is ReadWrite, and offset {visitor.offset} cannot be written")
+
+
+def test_a_protocol_checks_a_visitor_against_its_model_entry(write_config: Callable[[str, str], Path]) -> None:
+    text = """\
+    kind: DeviceModel
+    name: m
+    properties: [{name: a, type: int}, {name: b, type: int, access: ReadWrite}]
+    ---
+    kind: Device
+    name: d
+    model: m
+    protocol: {name: read-only-offsets}
+    properties:
+      - {name: a, visitor: {offset: 1}}
+      - {name: b, visitor: {offset: 2}}
+    """
+    with pytest.raises(ResourceError) as info:
+        load_path(write_config(text, "plant.yaml"), {**PROTOCOLS, "read-only-offsets": ReadOnlyOffsets})
+    assert [line.split("plant.yaml: ", 1)[1] for line in info.value.problems] == [
+        "document 2 (Device d): $.properties[1].visitor: 'b' is ReadWrite, and offset 2 cannot be written"]
+
+
 def test_design_example_error_line(write_config: Callable[[str, str], Path]) -> None:
     text = """\
     kind: DeviceModel

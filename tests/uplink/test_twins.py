@@ -137,3 +137,49 @@ def test_a_device_too_large_for_any_heartbeat_goes_without_its_long_values() -> 
     assert 0 < len(many["properties"]) < 2000
     assert many["reason"].endswith("properties not reported: too many for a heartbeat)")
     assert len(fit_reports([device(f"d{i}", 1, 3000) for i in range(10)], budget=8 << 10)) == 2
+
+
+async def test_a_devices_model_and_units_go_up_once_until_the_registry_may_have_lost_them(
+        start_gateway: Any, write_config: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    import msgspec
+
+    from gateway.uplink.twins import TwinSync
+    from gateway.wire import MIN_REPORT_INTERVAL, HeartbeatRequest
+
+    gateway = await start_gateway(write_config("""\
+        kind: Gateway
+        name: gw-1
+        eventbus: {url: none}
+        ---
+        kind: DeviceModel
+        name: meter
+        properties:
+          - {name: power, type: float, access: ReadOnly, unit: kW}
+          - {name: count, type: int, access: ReadOnly}
+        ---
+        kind: Device
+        name: m1
+        model: meter
+        protocol: {name: virtual, config: {}}
+        properties:
+          - {name: power, collect_interval: 20ms, visitor: {generator: constant, value: 2.5}}
+          - {name: count, collect_interval: 20ms, visitor: {generator: counter}}
+        """))
+    sync = TwinSync(gateway.api, tmp_path / "desired.json")
+    await asyncio.sleep(0.1)
+    first = sync.outgoing()
+    assert first["described"] == [{"device": "default/m1", "model": "meter", "units": {"power": "kW"}}]
+    assert msgspec.json.decode(msgspec.json.encode(first), type=HeartbeatRequest).described is not None
+    sync.failed()  # not taken: described again with the next report
+    await asyncio.sleep(MIN_REPORT_INTERVAL)
+    assert sync.outgoing()["described"][0]["model"] == "meter"
+    sync.delivered()
+    await asyncio.sleep(MIN_REPORT_INTERVAL)
+    later = sync.outgoing()
+    assert later["twins"] and "described" not in later  # the values changed, the description did not
+    sync.delivered()
+    sync.complete = True  # the registry may have forgotten the node's devices (a resync): describe them again
+    await asyncio.sleep(MIN_REPORT_INTERVAL)
+    assert sync.outgoing()["described"][0]["units"] == {"power": "kW"}

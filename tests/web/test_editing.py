@@ -178,3 +178,13 @@ async def test_an_odd_or_overlong_upload_name_gets_400_naming_the_file(open_brow
     assert response.status_code == 400, response.text
     assert "line 2: unit: &#39;two&#39; is not a number" in response.text or "document 1" in response.text
     assert "fieldgate-upload-" not in response.text and "m" * 101 not in response.text
+
+
+async def test_form_titles_name_the_namespace_of_a_document_written_without_one(
+        open_browser: Callable[..., Any]) -> None:
+    admin = await open_browser("admin")
+    for path, title in (("/devices/edit", "Device default/d1"), ("/models/edit", "Model default/m")):
+        name = title.rsplit("/", 1)[1]
+        form = (await admin.client.get(path, params={"name": name})).text
+        assert f"<title>{title} \u00b7" in form and f"<h1>{title}</h1>" in form, path
+        assert "/" + name + "</h1>" in form and " /" + name not in form

@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar.testing import TestClient
 
+from gateway.registry import twins
 from gateway.registry.access import Scope
 from gateway.registry.access import add_user as add_registry_user
 from gateway.registry.app import create_app as create_registry_app
@@ -19,6 +20,7 @@ from gateway.runtime import Gateway
 from gateway.web.app import create_app
 from gateway.web.routes_doc import app_routes
 from gateway.web.security import is_api_path
+from gateway.wire import DeviceDescription, DeviceReport, PropertyReport
 
 LIMIT = 200 * 1024
 PAGES_WITH_PARAMS = {"/devices/{namespace:str}/{name:str}": "/devices/default/d1"}
@@ -68,8 +70,10 @@ def assets_of(path: str, html: str) -> list[str]:
     return assets
 
 
-REGISTRY_NOT_PAGES = ("/api/", "/schema", "/healthz", "/metrics", "/events/", "/static/", "/logout")
-REGISTRY_PAGES_WITH_PARAMS = {"/nodes/{name:str}": "/nodes/gw-1"}
+REGISTRY_NOT_PAGES = ("/api/", "/schema", "/healthz", "/metrics", "/events/", "/static/", "/logout",
+                      "/groups/preview")  # the group form's JSON
+REGISTRY_PAGES_WITH_PARAMS = {"/nodes/{name:str}": "/nodes/gw-1", "/groups/{name:str}": "/groups/line-a",
+                              "/devices/{namespace:str}/{name:str}": "/devices/default/boiler-1"}
 REGISTRY_PASSWORD = "page-weight-pass"
 
 
@@ -81,6 +85,12 @@ def test_registry_page_weight(tmp_path: Path) -> None:
             await add_registry_user(store, "ops", "admin", Scope("platform"), REGISTRY_PASSWORD)
             await store.add_node("gw-1", "ab", {"site": "north"}, 10.0)
             await store.heartbeat("gw-1", {"version": "1.0", "metrics": {"cpu_percent": 12.0}})
+            await store.create_group("line-a", [], {"site": "north"})
+            report = DeviceReport(device="default/boiler-1", state="online",
+                                  properties={"temperature": PropertyReport(reported=21.5, reported_at=1.0)})
+            await twins.sync(store, "gw-1", [report], True, 0, None,
+                             [DeviceDescription(device="default/boiler-1", model="thermo",
+                                                units={"temperature": "degC"})])
 
     data_dir.mkdir()
     asyncio.run(prepare())
@@ -96,17 +106,17 @@ def test_registry_page_weight(tmp_path: Path) -> None:
                         if "GET" in getattr(route, "methods", ()) and not path.startswith(REGISTRY_NOT_PAGES)
                         and not path.startswith("/workloads/")  # one workload's page: this registry runs none
                         and not path.endswith("/metrics")})
-        assert {"/", "/nodes/gw-1", "/login", "/devices"} <= set(paths)
+        assert {"/", "/nodes/gw-1", "/login", "/devices", "/devices/default/boiler-1", "/groups/line-a"} <= set(paths)
         weights = {}
         for path in paths:
             assert "{" not in path, f"give {path} a concrete value in REGISTRY_PAGES_WITH_PARAMS"
             page = client.get(path)
             assert page.status_code == 200, (path, page.status_code)
-            total = len(page.content)
+                total = len(page.content)
             for asset in assets_of(path, page.text):
                 response = client.get(asset)
                 assert response.status_code == 200, asset
-                total += len(response.content)
+                    total += len(response.content)
             weights[path] = total
     print("registry page weights (bytes, HTML + assets):", weights)
     assert weights["/nodes/gw-1"] > 50_000  # the plotting library is counted

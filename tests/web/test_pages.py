@@ -28,6 +28,34 @@ async def test_dashboard(web_gateway: Gateway, open_browser: Callable[..., Any])
     assert 'href="/users"' not in page.text  # admin pages are not offered to viewers
 
 
+async def test_the_dashboard_shows_memory_once_in_the_units_of_its_plots(web_gateway: Gateway,
+                                                                          open_browser: Callable[..., Any]) -> None:
+    from gateway.ops.sampler import local_monitor
+
+    monitor = local_monitor(web_gateway.api)
+    assert monitor is not None
+    monitor.sample_now()  # a point for the plots
+    page = (await (await open_browser("viewer")).client.get("/")).text
+    assert 'aria-label="Memory: used' in page  # the memory plot, in percent
+    assert not re.search(r"Memory <tspan[^>]*>[^<]*B<", page)  # and no second byte figure in its title
+    host = re.search(r"<dt>Memory</dt><dd>(.*?)</dd>", page, re.S)
+    assert host and re.search(r"\d+(\.\d)? [KMGT]iB of \d+(\.\d)? [KMGT]iB", host.group(1)), host
+    assert re.search(r"<dt>Gateway process</dt><dd>\d+(\.\d)? [KMG]iB</dd>", page)
+
+
+async def test_the_dashboard_names_the_uplink_beside_the_outboxes(web_gateway: Gateway,
+                                                                  open_browser: Callable[..., Any]) -> None:
+    viewer = await open_browser("viewer")
+    alone = (await viewer.client.get("/")).text
+    assert "No sink keeps an outbox" in alone and "registry uplink" not in alone
+    web_gateway.api.start_task("uplink", lambda: asyncio.sleep(3600))  # the uplink's supervised task, running
+    await wait_for(lambda: web_gateway.api.tasks()["uplink"].state == "running")
+    joined = (await viewer.client.get("/")).text
+    assert "No sinks with outboxes yet" not in joined and "No sink keeps an outbox" not in joined
+    row = re.search(r'<tr data-outbox="registry uplink">.*?</tr>', joined, re.S)
+    assert row and "running" in row.group(0) and "heartbeat" in row.group(0)
+
+
 async def test_device_list_filters_and_search(open_browser: Callable[..., Any]) -> None:
     viewer = await open_browser("viewer")
 
@@ -149,6 +177,30 @@ async def test_registry_settings_join(web_gateway: Gateway, open_browser: Callab
         assert registry.url in dashboard.text and "not joined" not in dashboard.text
         actions = [row["action"] for row in await web_gateway.store.audit.recent()]
         assert "registry-join" in actions
+    finally:
+        if registry.process is not None:
+            await asyncio.to_thread(stop, registry.process)
+
+
+async def test_the_settings_join_names_the_node_as_its_gateway_document(web_gateway: Gateway,
+                                                                        open_browser: Callable[..., Any],
+                                                                        tmp_path: Path) -> None:
+    from tests.registry.conftest import Registry, stop
+
+    admin = await open_browser("admin")
+    form = (await admin.client.get("/settings")).text
+    assert re.search(r'<input name="node_name" value="test-gw"', form), "the form offers the Gateway's name"
+    bad = await admin.post("/settings", {"registry_url": "https://127.0.0.1:1", "join_token": "a.b.c",
+                                         "node_name": "Not A Name"})
+    assert bad.status_code == 400 and "node name" in bad.text
+    registry = Registry(tmp_path / "registry")
+    await asyncio.to_thread(registry.start)
+    try:
+        token = await asyncio.to_thread(registry.token)
+        response = await admin.post("/settings", {"registry_url": registry.url, "join_token": token,
+                                                  "node_name": "test-gw"})
+        assert response.status_code == 303, response.text
+        assert "test-gw" in await asyncio.to_thread(registry.nodes)
     finally:
         if registry.process is not None:
             await asyncio.to_thread(stop, registry.process)

@@ -38,3 +38,21 @@ def test_times_are_local_on_the_node_and_utc_at_the_registry(tmp_path: Path) -> 
     template = "{{ none|ts }} {{ 86400|ts }} {{ none|ago }}"
     assert environment(tmp_path, utc=True).from_string(template).render() == "\u2013 1970-01-02 00:00:00 UTC never"
     assert environment(tmp_path).from_string(template).render().endswith(":00 never")
+
+
+def test_a_state_has_one_badge_colour_in_both_uis(tmp_path: Path) -> None:
+    from gateway.web.pages.workloads import badge as node_workload_badge
+
+    macro = environment(tmp_path).from_string('{% from "macros.html" import state_badge %}{{ state_badge(s) }}')
+
+    def shown(state: str) -> str:
+        html = macro.render(s=state)
+        return html.split('class="badge ', 1)[1].split('"', 1)[0]
+
+    expected = {"online": "online", "healthy": "online", "running": "online", "completed": "online",
+                "in sync": "online", "unhealthy": "unhealthy", "degraded": "unhealthy", "pending": "unhealthy",
+                "restarting": "unhealthy", "offline": "offline", "failed": "offline", "stopped": "offline",
+                "rejected": "offline", "unknown": "unknown", "joined": "unknown"}
+    assert {state: shown(state) for state in expected} == expected
+    for state in ("running", "completed", "failed", "stopped", "degraded", "restarting", "pending", "ready"):
+        assert node_workload_badge(state) == shown(state), state  # the local UI's workload pages, the same colours

@@ -86,22 +86,28 @@ class RegistryStore:
 
     # --- join tokens ----------------------------------------------------------------------------------------------
 
-    async def create_token(self, ttl: float, max_uses: int, labels: dict[str, str],
-                           workspace: str = "default") -> tuple[str, str]:
-        """(id, secret) of a new join token for nodes of a workspace; only a hash of the secret is kept."""
+    async def create_token(self, ttl: float, max_uses: int, labels: dict[str, str], workspace: str = "default",
+                           prefix: str = "") -> tuple[str, str]:
+        """(id, secret) of a new join token for nodes of a workspace (named `<prefix>-<random>` when they ask for
+        no name); only a hash of the secret is kept."""
         token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
         now = time.time()
         await self._write("INSERT INTO join_tokens (id, secret_hash, expires_at, max_uses, labels, created_at, "
-                          "workspace) VALUES (?, ?, ?, ?, ?, ?, ?)", token_id, _hash(secret), now + ttl, max_uses,
-                          json.dumps(labels), now, workspace)
+                          "workspace, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", token_id, _hash(secret), now + ttl,
+                          max_uses, json.dumps(labels), now, workspace, prefix)
         return token_id, secret
 
     async def join_tokens(self) -> list[tuple[Any, ...]]:
-        """(id, expires at, max uses, uses, revoked, labels, created at, workspace) of every join token, newest
-        first."""
+        """(id, expires at, max uses, uses, revoked, labels, created at, workspace, prefix) of every join token,
+        newest first."""
         return [(*row[:5], json.loads(row[5]), *row[6:]) for row in await self._rows(
-            "SELECT id, expires_at, max_uses, uses, revoked, labels, created_at, workspace FROM join_tokens "
+            "SELECT id, expires_at, max_uses, uses, revoked, labels, created_at, workspace, prefix FROM join_tokens "
             "ORDER BY created_at DESC")]
+
+    async def join_token_prefix(self, token_id: str) -> str:
+        """The name prefix of a join token's nodes; "" when it has none (or there is no such token)."""
+        rows = await self._rows("SELECT prefix FROM join_tokens WHERE id=?", token_id)
+        return str(rows[0][0]) if rows else ""
 
     async def join_token_workspace(self, token_id: str) -> str | None:
         rows = await self._rows("SELECT workspace FROM join_tokens WHERE id=?", token_id)
@@ -212,9 +218,9 @@ class RegistryStore:
         groups = dict(await self._rows("SELECT node, group_name FROM group_members"))
         pending = dict(await self._rows("SELECT node, COUNT(*) FROM messages GROUP BY node"))
         result = []
-        for name, labels, joined_at, last, interval, info, expired, workspace, paused in await self._rows(
-                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired, workspace, paused "
-                "FROM nodes ORDER BY name"):
+        for name, labels, joined_at, last, interval, info, expired, workspace, paused, alias in await self._rows(
+                "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired, workspace, paused, "
+                "alias FROM nodes ORDER BY name"):
             if last is None:
                 status, reason = "joined", "no heartbeat yet"
             elif now - last > OFFLINE_AFTER * interval:
@@ -226,7 +232,7 @@ class RegistryStore:
                            "last_heartbeat": last, "joined_at": joined_at, "labels": json.loads(labels),
                            "info": details, "group": groups.get(name),
                            "messages_pending": int(pending.get(name, 0)), "messages_expired": int(expired),
-                           "workspace": workspace, "paused": bool(paused)})
+                           "workspace": workspace, "paused": bool(paused), "alias": alias})
         return result
 
     async def node_exists(self, name: str) -> bool:
@@ -343,6 +349,35 @@ class RegistryStore:
             raise ConfigError(f"group name {name!r}: expected lowercase letters, digits, '-' and '.'")
         if await self._rows("SELECT 1 FROM node_groups WHERE name=?", name):
             raise ConfigError(f"group {name} exists already")
+        members = await self._group_members(name, nodes, selector, workspace)
+        try:
+            await self.database.transaction([
+                ("INSERT INTO node_groups (name, selector, created_at, workspace) VALUES (?, ?, ?, ?)",
+                 (name, json.dumps(selector), time.time(), workspace)),
+                *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
+        except Exception as exc:  # another registry replica took a node or the name in the meantime
+            raise ConfigError(f"group {name}: {exc}") from None
+        return members
+
+    async def update_group(self, name: str, nodes: list[str], selector: dict[str, str]) -> list[str]:
+        """Give a group a new selector and members (its named nodes and those the selector takes); its members."""
+        rows = await self._rows("SELECT workspace FROM node_groups WHERE name=?", name)
+        if not rows:
+            raise NotFound(f"no group {name}")
+        members = await self._group_members(name, nodes, selector, str(rows[0][0]))
+        try:
+            await self.database.transaction([
+                ("UPDATE node_groups SET selector=? WHERE name=?", (json.dumps(selector), name)),
+                ("DELETE FROM group_members WHERE group_name=?", (name,)),
+                *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
+        except Exception as exc:  # another registry replica took a node in the meantime
+            raise ConfigError(f"group {name}: {exc}") from None
+        return members
+
+    async def _group_members(self, name: str, nodes: list[str], selector: dict[str, str],
+                             workspace: str) -> list[str]:
+        """The nodes of the workspace a group of these named nodes and this selector holds; ConfigError for a
+        named node that does not exist there, or a member that another group holds."""
         labels = {row[0]: json.loads(row[1]) for row in await self._rows(
             "SELECT name, labels FROM nodes WHERE workspace=?", workspace)}
         for node in nodes:
@@ -352,15 +387,8 @@ class RegistryStore:
                                        if selector else set()))
         taken = dict(await self._rows("SELECT node, group_name FROM group_members"))
         for node in members:
-            if node in taken:
+            if taken.get(node, name) != name:
                 raise ConfigError(f"node {node} is in group {taken[node]} already (a node is in at most one group)")
-        try:
-            await self.database.transaction([
-                ("INSERT INTO node_groups (name, selector, created_at, workspace) VALUES (?, ?, ?, ?)",
-                 (name, json.dumps(selector), time.time(), workspace)),
-                *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
-        except Exception as exc:  # another registry replica took a node or the name in the meantime
-            raise ConfigError(f"group {name}: {exc}") from None
         return members
 
     async def groups(self) -> list[dict[str, Any]]:
@@ -399,6 +427,10 @@ class RegistryStore:
 
     async def set_node_labels(self, name: str, labels: dict[str, str]) -> None:
         if not await self._write("UPDATE nodes SET labels=? WHERE name=?", json.dumps(labels), name):
+            raise NotFound(f"no node {name}")
+
+    async def set_node_alias(self, name: str, alias: str) -> None:
+        if not await self._write("UPDATE nodes SET alias=? WHERE name=?", alias, name):
             raise NotFound(f"no node {name}")
 
     async def set_paused(self, name: str, paused: bool) -> None:

@@ -75,6 +75,17 @@ class AccessTables(Tables):
             "INSERT INTO audit (id, at, actor, scope, action, object, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             entry_id, at, actor, scope, action, target, outcome, detail)
 
+    async def entries_about(self, target: str, scopes: Sequence[str] | None, limit: int) -> list[tuple[Any, ...]]:
+        """(at, actor, scope, action, object, outcome, detail) of the newest entries about one object (in `scopes`,
+        or all), newest first."""
+        where, args = ["object = ?"], [target]
+        if scopes is not None:
+            where.append(f"scope IN ({', '.join('?' for _ in scopes)})")
+            args.extend(scopes)
+        return await self.database.rows(
+            f"SELECT at, actor, scope, action, object, outcome, detail FROM audit WHERE {' AND '.join(where)} "
+            "ORDER BY at DESC, id DESC LIMIT ?", *args, limit)
+
     async def entries(self, before: float, scopes: Sequence[str] | None, limit: int) -> list[tuple[Any, ...]]:
         """(at, actor, scope, action, object, outcome, detail) of the newest entries before a time (in `scopes`, or
         all), newest first."""

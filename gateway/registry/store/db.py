@@ -125,6 +125,12 @@ CREATE TABLE workload_events (node TEXT NOT NULL, namespace TEXT NOT NULL, name 
     seq INTEGER NOT NULL, event TEXT NOT NULL, instance TEXT NOT NULL, reason TEXT NOT NULL,
     received_at {time} NOT NULL, PRIMARY KEY (node, namespace, name, ts, seq));
 """),
+    (10, """
+ALTER TABLE nodes ADD COLUMN alias TEXT NOT NULL DEFAULT '';
+ALTER TABLE join_tokens ADD COLUMN prefix TEXT NOT NULL DEFAULT '';
+ALTER TABLE device_twins ADD COLUMN model TEXT NOT NULL DEFAULT '';
+ALTER TABLE device_twins ADD COLUMN units TEXT NOT NULL DEFAULT '{{}}';
+"""),
 ]
 
 

@@ -23,10 +23,11 @@ def device_filter(node: str | None, namespace: str | None, name: str | None) -> 
 class TwinTables(Tables):
     async def record(self, node: str, reports: Sequence[tuple[str, str, str, str, str]] | None, complete: bool,
                      delivered_up_to: int | None, refused: Sequence[tuple[str, str, str, int, str]],
-                     now: float) -> None:
+                     now: float, descriptions: Sequence[tuple[str, str, str, str]] = ()) -> None:
         """In one transaction: the latest twin of each reported device (namespace, name, state, reason, properties
         as JSON), and with `complete` no other device of the node; the desired values up to `delivered_up_to`
-        delivered, and the `refused` ones (namespace, name, property, version, error) with their error."""
+        delivered, and the `refused` ones (namespace, name, property, version, error) with their error; the
+        `descriptions` (namespace, name, model, units as JSON) of reported devices."""
         statements: list[Statement] = []
         if reports is not None:
             seen = set()
@@ -36,7 +37,8 @@ class TwinTables(Tables):
                 # fit one heartbeat): the properties last reported stay
                 kept = "properties=excluded.properties, " if properties != "{}" else ""
                 statements.append((
-                    "INSERT INTO device_twins VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, namespace, name) DO "
+                    "INSERT INTO device_twins (node, namespace, name, state, state_reason, properties, reported_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, namespace, name) DO "
                     f"UPDATE SET state=excluded.state, state_reason=excluded.state_reason, {kept}"
                     "reported_at=excluded.reported_at",
                     (node, namespace, name, state, reason, properties, now)))
@@ -46,6 +48,9 @@ class TwinTables(Tables):
                     if (namespace, name) not in seen:
                         statements.append(("DELETE FROM device_twins WHERE node=? AND namespace=? AND name=?",
                                            (node, namespace, name)))
+        for namespace, name, model, units in descriptions:  # after the reports: a new device's row exists by now
+            statements.append(("UPDATE device_twins SET model=?, units=? WHERE node=? AND namespace=? AND name=?",
+                               (model, units, node, namespace, name)))
         if delivered_up_to is not None:
             statements.append(("UPDATE device_desired SET delivered_at=? WHERE node=? AND version<=? AND "
                                "delivered_at IS NULL", (now, node, delivered_up_to)))
@@ -89,6 +94,15 @@ class TwinTables(Tables):
                 for row_node, ns, row_name, state, reason, properties, reported_at in await self.database.rows(
                     "SELECT node, namespace, name, state, state_reason, properties, reported_at FROM device_twins"
                     f"{clause}", *args)]
+
+    async def descriptions(self, node: str | None = None, namespace: str | None = None,
+                           name: str | None = None) -> dict[tuple[str, str, str], tuple[str, dict[str, str]]]:
+        """(model, units by property) of the reported devices by (node, namespace, name), as their nodes describe
+        them."""
+        clause, args = device_filter(node, namespace, name)
+        return {(str(row_node), str(ns), str(row_name)): (str(model), dict(json.loads(units)))
+                for row_node, ns, row_name, model, units in await self.database.rows(
+                    f"SELECT node, namespace, name, model, units FROM device_twins{clause}", *args)}
 
     async def desired(self, node: str | None = None, namespace: str | None = None,
                       name: str | None = None) -> list[tuple[Any, ...]]:

@@ -88,6 +88,13 @@ class WorkloadTables(Tables):
             "SELECT node, namespace, name, status, reason, replicas, ready, restarts, last_event, instances, "
             "reported_at FROM workload_status")
 
+    async def node_events(self, node: str, limit: int) -> list[tuple[Any, ...]]:
+        """(namespace, name, ts, event, instance, reason) of the newest events of every workload on a node, newest
+        first."""
+        return await self.database.rows(
+            "SELECT namespace, name, ts, event, instance, reason FROM workload_events WHERE node=? "
+            "ORDER BY ts DESC, seq DESC LIMIT ?", node, limit)
+
     async def events(self, namespace: str, name: str, node: str | None = None) -> list[tuple[Any, ...]]:
         """(node, ts, event, instance, reason) of a workload's events (on one node), newest first."""
         return await self.database.rows(

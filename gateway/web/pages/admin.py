@@ -10,6 +10,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, FieldgateError
+from gateway.resources.schema import check_node_name
 from gateway.web.auth import ROLES, add_user, create_token
 from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, joined_registry, render
 from gateway.web.security import requires
@@ -84,8 +85,9 @@ async def token_revoke(request: AnyRequest, token_id: FromPath[int]) -> Redirect
 
 @get("/settings", guards=admin, summary="Settings: join a registry", include_in_schema=False)
 async def settings(request: AnyRequest) -> Template:
-    return render(request, "settings.html", registry=joined_registry(gateway_of(request)), registry_url="",
-                  problems=[])
+    gateway = gateway_of(request)
+    return render(request, "settings.html", registry=joined_registry(gateway), registry_url="",
+                  node_name=gateway.node_name, problems=[])
 
 
 
@@ -97,18 +99,21 @@ async def settings_save(request: AnyRequest) -> Template | Redirect:
 
     fields = await form_fields(request)
     url, token = fields.get("registry_url", "").strip(), fields.get("join_token", "").strip()
+    name = fields.get("node_name", "").strip()  # empty: the registry picks one
     gateway = gateway_of(request)
     who, address = actor(request)
     try:
         parsed = urlparse(url)
         if parsed.scheme != "https" or not parsed.netloc:
             raise ConfigError(f"registry URL: expected https://host[:port], got {url!r}")
+        if name:
+            check_node_name(name, "node name")
         if not token:
             raise ConfigError("join token: required (from `fieldgate registry join-token create` on the registry)")
-        joined = await join(url, token, gateway.data_dir)
+        joined = await join(url, token, gateway.data_dir, name=name or None)
     except FieldgateError as exc:
         return render(request, "settings.html", status_code=400, registry=joined_registry(gateway), registry_url=url,
-                      problems=[str(exc)])
+                      node_name=name, problems=[str(exc)])
     start_uplink(gateway)  # heartbeats and registry resources from now on, as after a restart
     await gateway.store.audit.record(who, "registry-join", url, f"node {joined.node}", address)
     flash(request, "ok", f"joined {url} as node {joined.node}")

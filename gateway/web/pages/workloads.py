@@ -14,15 +14,15 @@ from gateway.errors import ConfigError, NotFound
 from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, render
 from gateway.web.security import requires
 from gateway.webkit.pages import form_fields, see_other
+from gateway.webkit.templating import badge_class
 
 RECENT_EVENTS = 50
 RECENT_LOG_LINES = 100
-STATUS_BADGE = {"running": "online", "completed": "online", "failed": "offline", "stopped": "offline"}
 
 
 def badge(status: str) -> str:
-    """The badge colour of a workload or instance status (green, amber, red)."""
-    return STATUS_BADGE.get(status, "online" if status == "ready" else "unhealthy")
+    """The badge colour of a workload or instance status (green, amber, red), as on the registry's pages."""
+    return badge_class(status)
 
 
 def _summary(workload: dict[str, Any]) -> dict[str, Any]:

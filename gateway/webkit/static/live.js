@@ -8,8 +8,15 @@
 "use strict";
 
 (function () {
-  // as the state_badge macro of both UIs, and the dashboard's health
-  const BADGE = { healthy: "online", joined: "unknown", ok: "online", degraded: "unhealthy" };
+  // the badge colour of a state, as gateway/webkit/templating.py BADGES gives it to the state_badge macro
+  const BADGE = {};
+  for (const [colour, states] of Object.entries({
+    online: "online healthy running ready completed applied succeeded valid active current ok",
+    offline: "offline failed stopped rejected refused revoked oom lost rolled-back rollback-failed expired cancelled error",
+    unknown: "unknown joined not-placed skipped none",
+  })) for (const state of states.split(" ")) BADGE[state] = colour;
+  BADGE["in sync"] = "online";
+  BADGE["used up"] = "unknown";
 
   function ago(ts) {
     if (!ts) return "never";
@@ -25,7 +32,7 @@
     let text;
     if (format === "badge") {
       text = String(value);
-      element.className = `badge ${BADGE[text] || text}`;
+      element.className = `badge ${BADGE[text] || "unhealthy"}`;
       element.dataset.status = text;
     } else if (format === "ago") {
       element.dataset.ts = value === null ? "" : String(value);

@@ -1,0 +1,337 @@
+"""Device models and devices applied at the registry (admins): their forms, a device bound to a node (or rebound),
+and a YAML editor. Every save goes through the registry's apply path (gateway.registry.workloads.apply_documents),
+which checks the documents as `fieldgate check` does and answers each problem with its document and field path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+from litestar import Response, get, post
+from litestar.params import FromPath
+from litestar.response import Template
+
+from gateway.errors import ConfigError, NotFound, ResourceError
+from gateway.registry import access
+from gateway.registry.access import AnyRequest, Caller
+from gateway.registry.pages.common import caller_of, flash, labels_from_text, labels_text, page, show, store_of
+from gateway.registry.store import RegistryStore
+from gateway.registry.workloads import apply_documents
+from gateway.resources.loader import Source, parse_yaml
+from gateway.webkit.pages import form_fields, see_other
+
+EDITABLE = ("DeviceModel", "Device")  # what these pages edit; apps, configs and secrets have their own
+PROPERTY_TYPES = ("float", "double", "int", "boolean", "string", "bytes")
+EXTRA_ROWS = 3
+MAX_EDITOR_BYTES = 1 << 20
+
+
+def problems_of(exc: ConfigError) -> list[str]:
+    return list(exc.problems) if isinstance(exc, ResourceError) else [str(exc)]
+
+
+def flow(value: Any) -> str:
+    """A value as one line of YAML, for a form field."""
+    if value is None:
+        return ""
+    return str(yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)).strip().removesuffix(
+        "\n...").strip()
+
+
+def _flow_yaml(text: str, field: str) -> Any:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{field}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+
+
+async def _documents(store: RegistryStore, caller: Caller, kind: str) -> list[dict[str, Any]]:
+    return await access.documents(store, caller, kind)
+
+
+async def _stored(store: RegistryStore, caller: Caller, kind: str, namespace: str,
+                  name: str) -> tuple[dict[str, Any], str] | None:
+    """A document applied at the registry in the caller's scope and its workspace; None when there is none."""
+    workspace = await store.documents.workspace(kind, namespace, name)
+    document = await store.documents.get(kind, namespace, name)
+    if workspace is None or document is None or not caller.sees(workspace):
+        return None
+    return json.loads(document), workspace
+
+
+async def _apply(request: AnyRequest, documents: list[dict[str, Any]], workspace: str, label: str) -> list[str]:
+    """Apply documents through the registry's apply path in a workspace of the caller's scope."""
+    caller = caller_of(request)
+    if not caller.sees(workspace):
+        raise ConfigError(f"workspace {workspace!r}: no such workspace")
+    raw = [(Source(label, index, _kind_and_name(document)), document)
+           for index, document in enumerate(documents, start=1)]
+    return await apply_documents(store_of(request), raw, workspace, caller, "pages")
+
+
+def _kind_and_name(document: Any) -> str:
+    """`Device boiler-1`, as `fieldgate check` names a document in its problems."""
+    if isinstance(document, dict) and isinstance(document.get("kind"), str) and isinstance(document.get("name"), str):
+        return f"{document['kind']} {document['name']}"
+    return ""
+
+
+async def _workspace_for(request: AnyRequest, kind: str, namespace: str, name: str, node: str | None,
+                         asked: str) -> str:
+    """Where a document goes: where it is already, else its node's workspace, else the one the form names."""
+    store = store_of(request)
+    held = await store.documents.workspace(kind, namespace, name)
+    if held is not None:
+        return held
+    if node:
+        return await access.check_node_in_scope(store, caller_of(request), node)
+    return asked or access.DEFAULT_WORKSPACE
+
+
+# --- models ---------------------------------------------------------------------------------------------------
+
+
+@get("/models", summary="Device models applied at the registry", **page("viewer"))
+async def models_page(request: AnyRequest) -> Template:
+    store, caller = store_of(request), caller_of(request)
+    models = await _documents(store, caller, "DeviceModel")
+    used: dict[tuple[str, str], int] = {}
+    for device in await _documents(store, caller, "Device"):
+        key = (device["namespace"], device["document"].get("model") or "")
+        used[key] = used.get(key, 0) + 1
+    return show(request, "models.html", models=models, used=used,
+                devices=await _documents(store, caller, "Device"))
+
+
+def model_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """A DeviceModel document from the model form (rows prop-<i>-<field>; empty rows skipped)."""
+    document: dict[str, Any] = {"kind": "DeviceModel", "name": form.get("name", "").strip(),
+                                "namespace": form.get("namespace", "").strip() or "default"}
+    if form.get("description", "").strip():
+        document["description"] = form["description"].strip()
+    properties = []
+    for i in range(int(form.get("rows", "0") or 0)):
+        def cell(field: str, i: int = i) -> str:
+            return str(form.get(f"prop-{i}-{field}", "")).strip()
+
+        if not cell("name"):
+            continue
+        prop: dict[str, Any] = {"name": cell("name"), "type": cell("type") or "float",
+                                "access": cell("access") or "ReadOnly"}
+        for field in ("unit", "minimum", "maximum"):
+            if cell(field):
+                prop[field] = _flow_yaml(cell(field), f"property {cell('name')}: {field}") if field != "unit" \
+                    else cell(field)
+        properties.append(prop)
+    document["properties"] = properties
+    return document
+
+
+async def _model_form(request: AnyRequest, document: dict[str, Any], *, is_new: bool, problems: list[str],
+                      workspace: str = "", status_code: int = 200) -> Template:
+    rows = list(document.get("properties", [])) + [{} for _ in range(EXTRA_ROWS)]
+    workspaces = [w for w in await access.workspaces(store_of(request)) if caller_of(request).sees(w)]
+    return show(request, "model_form.html", status_code=status_code, doc=document, rows=rows, is_new=is_new,
+                problems=problems, types=PROPERTY_TYPES, workspaces=workspaces, workspace=workspace)
+
+
+@get("/models/edit", summary="The model form (new, or ?namespace=&name= to edit)", **page("admin"))
+async def model_form(request: AnyRequest) -> Template:
+    namespace, name = request.query_params.get("namespace") or "default", request.query_params.get("name", "")
+    found = await _stored(store_of(request), caller_of(request), "DeviceModel", namespace, name) if name else None
+    if name and found is None:
+        raise NotFound(f"no DeviceModel {namespace}/{name} at the registry")
+    document, workspace = found or ({"kind": "DeviceModel", "namespace": namespace}, "")
+    return await _model_form(request, document, is_new=found is None, problems=[], workspace=workspace)
+
+
+@post("/models/edit", summary="Create or change a model from the form", status_code=303,
+      **page("admin", "change models"))
+async def model_save(request: AnyRequest) -> Response[Any]:
+    fields = await form_fields(request)
+    document: dict[str, Any] = {"kind": "DeviceModel", "namespace": fields.get("namespace") or "default",
+                                "name": fields.get("name", "")}
+    try:
+        document = model_from_form(fields)
+        workspace = await _workspace_for(request, "DeviceModel", document["namespace"], document["name"], None,
+                                         fields.get("workspace", ""))
+        await _apply(request, [document], workspace, "model form")
+    except ConfigError as exc:
+        return await _model_form(request, document, is_new=fields.get("is_new") == "1", problems=problems_of(exc),
+                                 workspace=fields.get("workspace", ""), status_code=400)
+    flash(request, "ok", f"Model {document['namespace']}/{document['name']} saved.")
+    return see_other("/models")
+
+
+# --- devices ----------------------------------------------------------------------------------------------------
+
+
+def device_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """A Device document from the device form (per property: its visitor as YAML, intervals, desired value)."""
+    document: dict[str, Any] = {"kind": "Device", "name": form.get("name", "").strip(),
+                                "namespace": form.get("namespace", "").strip() or "default"}
+    for field in ("description", "model", "node"):
+        if form.get(field, "").strip():
+            document[field] = form[field].strip()
+    if form.get("labels", "").strip():
+        document["labels"] = labels_from_text(form["labels"])
+    document["protocol"] = {"name": form.get("protocol", "").strip(),
+                            "config": _flow_yaml(form.get("protocol_config", ""), "protocol config") or {}}
+    properties = []
+    for i in range(int(form.get("rows", "0") or 0)):
+        def cell(field: str, i: int = i) -> str:
+            return str(form.get(f"prop-{i}-{field}", "")).strip()
+
+        if not cell("name"):
+            continue
+        prop: dict[str, Any] = {"name": cell("name")}
+        for field in ("collect_interval", "report_interval"):
+            if cell(field):
+                prop[field] = cell(field)
+        if cell("desired"):
+            prop["desired"] = _flow_yaml(cell("desired"), f"property {cell('name')}: desired")
+        visitor = _flow_yaml(cell("visitor"), f"property {cell('name')}: visitor")
+        if visitor is not None:
+            prop["visitor"] = visitor
+        properties.append(prop)
+    document["properties"] = properties
+    return document
+
+
+async def _device_form(request: AnyRequest, document: dict[str, Any], *, is_new: bool, problems: list[str],
+                       workspace: str = "", status_code: int = 200) -> Template:
+    store, caller = store_of(request), caller_of(request)
+    models = await _documents(store, caller, "DeviceModel")
+    rows = [{**prop, "visitor": flow(prop.get("visitor")), "desired": flow(prop.get("desired"))}
+            for prop in document.get("properties", [])]
+    named = {row["name"] for row in rows}
+    model = next((m["document"] for m in models if m["namespace"] == document.get("namespace", "default")
+                  and m["name"] == document.get("model")), None)
+    if model is not None:  # offer the model's properties the device does not map yet
+        rows += [{"name": p["name"]} for p in model.get("properties", []) if p.get("name") not in named]
+    rows += [{} for _ in range(EXTRA_ROWS)]
+    protocol = document.get("protocol") or {}
+    return show(request, "device_form.html", status_code=status_code, doc=document, rows=rows, is_new=is_new,
+                problems=problems, models=models, labels=labels_text(document.get("labels") or {}),
+                protocol_name=protocol.get("name", ""), protocol_config=flow(protocol.get("config") or {}),
+                nodes=[n["name"] for n in await access.visible_nodes(store, caller)], workspace=workspace,
+                workspaces=[w for w in await access.workspaces(store) if caller.sees(w)])
+
+
+@get("/devices/edit", summary="The device form (new, or ?namespace=&name= to edit; ?node= binds a new one)",
+     **page("admin"))
+async def device_form(request: AnyRequest) -> Template:
+    query = request.query_params
+    namespace, name = query.get("namespace") or "default", query.get("name", "")
+    found = await _stored(store_of(request), caller_of(request), "Device", namespace, name) if name else None
+    if name and found is None:
+        raise NotFound(f"no Device {namespace}/{name} at the registry")
+    new = {"kind": "Device", "namespace": namespace, "model": query.get("model", ""), "node": query.get("node", ""),
+           "protocol": {"name": "virtual", "config": {}}}
+    document, workspace = found or (new, "")
+    return await _device_form(request, document, is_new=found is None, problems=[], workspace=workspace)
+
+
+@post("/devices/edit", summary="Create or change a device from the form", status_code=303,
+      **page("admin", "change devices"))
+async def device_save(request: AnyRequest) -> Response[Any]:
+    fields = await form_fields(request)
+    document: dict[str, Any] = {"kind": "Device", "namespace": fields.get("namespace") or "default",
+                                "name": fields.get("name", "")}
+    try:
+        document = device_from_form(fields)
+        workspace = await _workspace_for(request, "Device", document["namespace"], document["name"],
+                                         document.get("node"), fields.get("workspace", ""))
+        await _apply(request, [document], workspace, "device form")
+    except (ConfigError, NotFound) as exc:
+        problems = problems_of(exc) if isinstance(exc, ConfigError) else [str(exc)]
+        return await _device_form(request, document, is_new=fields.get("is_new") == "1", problems=problems,
+                                  workspace=fields.get("workspace", ""), status_code=400)
+    flash(request, "ok", f"Device {document['namespace']}/{document['name']} saved"
+                         + (f" for node {document['node']}: the node gets it with its next heartbeat." if
+                            document.get("node") else ", bound to no node yet."))
+    return see_other("/models")
+
+
+@post("/devices/{namespace:str}/{name:str}/bind", summary="Bind a device applied at the registry to a node (or to "
+      "another one, or to none)", status_code=303, **page("admin", "bind devices"))
+async def device_bind(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
+    store, caller = store_of(request), caller_of(request)
+    node = (await form_fields(request)).get("node", "").strip()
+    found = await _stored(store, caller, "Device", namespace, name)
+    if found is None:
+        raise NotFound(f"no Device {namespace}/{name} at the registry")
+    document, workspace = found
+    document = {key: value for key, value in document.items() if key != "node"} | ({"node": node} if node else {})
+    back = f"/devices/{quote(namespace)}/{quote(name)}" + (f"?node={quote(node)}" if node else "")
+    try:
+        if node:
+            workspace = await access.check_node_in_scope(store, caller, node)
+        await _apply(request, [document], workspace, "bind")
+    except (ConfigError, NotFound) as exc:
+        flash(request, "error", "Not bound: " + "; ".join(problems_of(exc) if isinstance(exc, ConfigError)
+                                                          else [str(exc)]))
+        return see_other(back if node else "/models")
+    flash(request, "ok", f"Device {namespace}/{name} " + (f"bound to node {node}: the node gets it with its next "
+                                                         "heartbeat." if node else "bound to no node."))
+    return see_other(back if node else "/models")
+
+
+# --- the YAML editor ----------------------------------------------------------------------------------------------
+
+
+@get("/editor", summary="The YAML editor for models and devices (?kind=&namespace=&name= loads one)",
+     **page("admin"))
+async def editor_page(request: AnyRequest) -> Template:
+    query = request.query_params
+    kind, namespace, name = query.get("kind", ""), query.get("namespace") or "default", query.get("name", "")
+    text, workspace = "", ""
+    if kind and name:
+        if kind not in EDITABLE:
+            raise NotFound(f"the editor loads {' and '.join(EDITABLE)} documents, not {kind}")
+        found = await _stored(store_of(request), caller_of(request), kind, namespace, name)
+        if found is None:
+            raise NotFound(f"no {kind} {namespace}/{name} at the registry")
+        document, workspace = found
+        text = yaml.safe_dump({"kind": kind, **document}, sort_keys=False, allow_unicode=True)
+    return await _editor(request, text, workspace, [])
+
+
+async def _editor(request: AnyRequest, text: str, workspace: str, problems: list[str], *,
+                  status_code: int = 200) -> Template:
+    workspaces = [w for w in await access.workspaces(store_of(request)) if caller_of(request).sees(w)]
+    return show(request, "editor.html", status_code=status_code, text=text, workspace=workspace,
+                workspaces=workspaces, problems=problems)
+
+
+@post("/editor", summary="Check and apply YAML documents (models and devices)", status_code=303,
+      request_max_body_size=MAX_EDITOR_BYTES * 2, **page("admin", "apply documents"))
+async def editor_apply(request: AnyRequest) -> Response[Any]:
+    fields = await form_fields(request)
+    text, workspace = fields.get("yaml", ""), fields.get("workspace") or access.DEFAULT_WORKSPACE
+    try:
+        if len(text.encode()) > MAX_EDITOR_BYTES:
+            raise ConfigError(f"editor: larger than {MAX_EDITOR_BYTES >> 10} KiB")
+        documents = [raw for _, raw in parse_yaml(text, "editor")]
+        if not documents:
+            raise ConfigError("editor: no documents")
+        others = [f"editor: document {i}: the editor applies {' and '.join(EDITABLE)} documents (apply "
+                  f"{raw.get('kind')} documents with `fieldgate registry apply`)"
+                  for i, raw in enumerate(documents, start=1) if isinstance(raw, dict) and raw.get("kind") not in
+                  EDITABLE]
+        if others:
+            raise ResourceError(others)
+        applied = await _apply(request, documents, workspace, "editor")
+    except ConfigError as exc:
+        return await _editor(request, text, workspace, problems_of(exc), status_code=400)
+    flash(request, "ok", "Applied: " + "; ".join(applied) + ".")
+    return see_other("/models")
+
+
+ROUTE_HANDLERS = [models_page, model_form, model_save, device_form, device_save, device_bind, editor_page,
+                  editor_apply]

@@ -1,0 +1,1 @@
+"""OPC UA devices for fieldgate (asyncua)."""

@@ -1,5 +1,6 @@
 """Every page of both UIs with its scripts and styles (the plotting library included) weighs under 200 KB
-uncompressed, and uses no third-party host."""
+uncompressed and uses no third-party host; pages come gzip-compressed, their assets by versioned URLs browsers keep
+(Cache-Control)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from gateway.runtime import Gateway
 from gateway.web.app import create_app
 from gateway.web.routes_doc import app_routes
 from gateway.web.security import is_api_path
+from gateway.webkit.assets import IMMUTABLE
 from gateway.wire import DeviceDescription, DeviceReport, PropertyReport
 
 LIMIT = 200 * 1024
+GZIP = {"Accept-Encoding": "gzip"}
 PAGES_WITH_PARAMS = {"/devices/{namespace:str}/{name:str}": "/devices/default/d1"}
 NOT_PAGES = ("/events", "/plot/", "/plots/", "/static/", "/healthz",
              "/workloads/")  # one workload's page: this plant runs none; tests/browser/test_workloads_page.py opens it
@@ -39,12 +42,14 @@ async def test_page_weight(web_gateway: Gateway, open_browser: Callable[..., Any
     weights = {}
     for path in paths:
         assert "{" not in path, f"give {path} a concrete value in PAGES_WITH_PARAMS"
-        page = await admin.client.get(path)
+        page = await admin.client.get(path, headers=GZIP)
         assert page.status_code == 200, path
+        assert page.headers.get("content-encoding") == "gzip", path
         total = len(page.content)
         for asset in assets_of(path, page.text):
             response = await admin.client.get(asset)
             assert response.status_code == 200, asset
+            assert response.headers["cache-control"] == IMMUTABLE, asset
             total += len(response.content)
         weights[path] = total
     weights["/devices/default/d1?plot=level"] = await plotted_weight(admin)
@@ -110,13 +115,15 @@ def test_registry_page_weight(tmp_path: Path) -> None:
         weights = {}
         for path in paths:
             assert "{" not in path, f"give {path} a concrete value in REGISTRY_PAGES_WITH_PARAMS"
-            page = client.get(path)
+            page = client.get(path, headers=GZIP)
             assert page.status_code == 200, (path, page.status_code)
-                total = len(page.content)
+            assert page.headers.get("content-encoding") == "gzip", path
+            total = len(page.content)
             for asset in assets_of(path, page.text):
                 response = client.get(asset)
                 assert response.status_code == 200, asset
-                    total += len(response.content)
+                assert response.headers["cache-control"] == IMMUTABLE, asset
+                total += len(response.content)
             weights[path] = total
     print("registry page weights (bytes, HTML + assets):", weights)
     assert weights["/nodes/gw-1"] > 50_000  # the plotting library is counted

@@ -1,7 +1,7 @@
 """The node's own resource figures: a NodeSampler measures the machine and the gateway (CPU, memory, disk and network
 rates over the time since its previous sample, process RSS, points polled per second, outbox depth). The uplink sends
 one sample with every heartbeat (`info.metrics`, kept per minute by the registry), so its rates cover the time
-between beats; the gateway also keeps its own samples in memory (LocalHistory: the last 10 min at 10 s, the last 24 h
+between beats; the gateway also keeps its own samples in memory (LocalHistory: the last 15 min at 10 s, the last 24 h
 at 1 min) for the plots of its dashboard."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MIN_RATE_WINDOW = 1.0  # seconds between the counters a rate is taken over, at l
 MINUTE = 60
 WINDOW = 24 * 3600  # how long the dashboard keeps samples
 FINE_STEP = 10.0  # the dashboard's recent samples
-FINE_WINDOW = 600
+FINE_WINDOW = 900
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ Row = tuple[float | None, ...]  # a sample's values in the order of SERIES (a da
 
 
 class LocalHistory:
-    """Samples in memory: every sample of the last 10 min, and per-minute means of the last 24 h."""
+    """Samples in memory: every sample of the last 15 min, and per-minute means of the last 24 h."""
 
     def __init__(self) -> None:
         self.fine: collections.deque[tuple[float, Row]] = collections.deque(maxlen=int(FINE_WINDOW / FINE_STEP))
@@ -191,18 +191,34 @@ def local_monitor(gateway: GatewayAPI) -> NodeMonitor | None:
     return _monitors.get(gateway)
 
 
-WINDOWS = {"10m": 600.0, "1h": 3600.0, "24h": float(WINDOW)}
+WINDOWS = {"15m": 900.0, "1h": 3600.0, "24h": float(WINDOW)}
+PLOT_SOURCE = "/plots/node"  # the JSON the dashboard's script redraws the plots from (gateway.web.pages.plots)
 
 
 def local_plots_html(gateway: GatewayAPI, window: str = "1h") -> str:
-    """The dashboard's plots of this node over `window` (10m, 1h or 24h); empty when nothing samples it."""
+    """The dashboard's plots of this node over `window` (15m, 1h or 24h); empty when nothing samples it."""
     monitor = local_monitor(gateway)
     if monitor is None:
         return ""
-    seconds = WINDOWS.get(window, WINDOWS["1h"])
+    window = window if window in WINDOWS else "1h"
+    seconds = WINDOWS[window]
     now = time.time()
     step, series = monitor.history.series(seconds, now)
     # the dashboard's Host card says how much memory is used now: the plot's title names no second figure (a mean of
     # the running minute, which differs from it)
     series.pop("memory_used", None)
-    return resource_plots_html(series, start=now - seconds, end=now, step=step)
+    return resource_plots_html(series, start=now - seconds, end=now, step=step, source=PLOT_SOURCE, window=window,
+                               window_links="plots")
+
+
+def local_samples(gateway: GatewayAPI, window: str) -> dict[str, object] | None:
+    """This node's samples over `window` (15m, 1h or 24h) as the plots' JSON: step, times, one list per series;
+    None when nothing samples the node."""
+    monitor = local_monitor(gateway)
+    if monitor is None:
+        return None
+    now = time.time()
+    step, series = monitor.history.series(WINDOWS[window], now)
+    times = [ts for ts, _ in next(iter(series.values()), [])]
+    return {"step": step, "since": now - WINDOWS[window], "until": now, "times": times,
+            "series": {name: [value for _, value in points] for name, points in series.items()}}

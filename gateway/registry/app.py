@@ -25,7 +25,7 @@ from litestar.params import JSONBody
 
 from gateway import __version__
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import access, admin, batch, metrics, monitoring, pages, twins, upgrades, workloads
+from gateway.registry import access, admin, batch, live, metrics, monitoring, pages, twins, upgrades, workloads
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
@@ -33,6 +33,7 @@ from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 from gateway.resources.schema import check_node_name
+from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
     CheckedRequest,
     OpenAPIJson,
@@ -213,7 +214,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *monitoring.ROUTE_HANDLERS, *metrics.ROUTE_HANDLERS,
                         *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS,
-                        static_files(pages.STATIC)],
+                        *live.ROUTE_HANDLERS, static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "log_requests": LogRequests(), **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),
@@ -224,7 +225,8 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                             **pages.EXCEPTION_HANDLERS,
                             Exception: internal_error(pages.error_page, pages.is_page_path)},
         request_class=CheckedRequest,
-        template_config=template_config(pages.TEMPLATES, utc=True),
+        template_config=template_config(pages.TEMPLATES, utc=True, app_static=(pages.STATIC,)),
+        compression_config=compression_config(),
         before_send=[add_security_headers, add_request_id, complete_options_allow],
         # the document only: the UIs Litestar can add (Swagger, ReDoc, Elements, RapiDoc) load scripts from CDNs
         openapi_config=OpenAPIConfig(

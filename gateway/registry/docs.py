@@ -43,7 +43,8 @@ def registry_route_table() -> tuple[list[tuple[str, str, str, str]], list[tuple[
             continue
         summary = handler.summary or ""
         if handler.include_in_schema is False:
-            pages.append((method, path, handler.opt.get("page_role", "anyone"), summary))
+            role = handler.opt.get("page_role") or handler.opt.get("session_role", "anyone")
+            pages.append((method, path, role, summary))
             continue
         node = path.startswith(("/api/v1/nodes/self", "/api/v1/heartbeat", "/api/v1/join/batch")) or (
             path.startswith("/api/v1/upgrades/") and "/wheels/" in path)

@@ -9,7 +9,9 @@ count per series, so a minute shows the mean of its beats), drops the buckets ol
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from litestar import Request, get
 from litestar.params import FromPath
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
 
 AnyRequest = Request[Any, Any, Any]
+WINDOWS: Mapping[str, float] = {"15m": 900.0, "1h": 3600.0, "24h": float(WINDOW)}  # the plots' windows by name
 
 
 async def node_samples(store: RegistryStore, node: str, since: float,
@@ -38,12 +41,18 @@ async def node_samples(store: RegistryStore, node: str, since: float,
     return {"node": node, "step": MINUTE, "times": [row[0] * MINUTE for row in rows], "series": values}
 
 
-async def node_plots_html(store: RegistryStore, node: str, window: float = WINDOW) -> str:
-    """The CPU, memory, disk and network plots of a node over the last `window` seconds (inline SVG)."""
+async def node_plots_html(store: RegistryStore, node: str, window: str = "24h",
+                          windows: Mapping[str, float] = WINDOWS) -> str:
+    """The CPU, memory, disk and network plots of a node over the last `window` (a name in `windows`, which gives
+    its seconds) as inline SVG, which the page's script redraws from `/nodes/{node}/metrics`
+    (gateway.registry.live); the window selector reloads the page with `?window=`."""
+    seconds = windows[window]
     now = time.time()
-    samples = await node_samples(store, node, now - window)
+    samples = await node_samples(store, node, now - seconds)
     series = {name: list(zip(samples["times"], values, strict=True)) for name, values in samples["series"].items()}
-    return resource_plots_html(series, start=now - window, end=now, step=MINUTE)
+    return resource_plots_html(series, start=now - seconds, end=now, step=MINUTE,
+                               source=f"/nodes/{quote(node, safe='')}/metrics", window=window,
+                               window_links="window", windows=tuple(windows))
 
 
 def _since(raw: str | None) -> float:

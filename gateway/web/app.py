@@ -23,7 +23,7 @@ from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
 from gateway.web.monitor import recent_errors, state_history
-from gateway.web.pages import admin, devices, editor, login, logs, overview, workloads
+from gateway.web.pages import admin, devices, editor, live, login, logs, overview, plots, workloads
 from gateway.web.pages.common import render
 from gateway.web.security import (
     BODY_DEFAULT,
@@ -34,6 +34,7 @@ from gateway.web.security import (
     AuthMiddleware,
     is_api_path,
 )
+from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
     CheckedRequest,
     OpenAPIJson,
@@ -48,6 +49,7 @@ from gateway.webkit.sessions import BrowserSessions
 from gateway.webkit.templating import static_files, template_config
 
 WEB = Path(__file__).resolve().parent
+STATIC = (WEB / "static",)  # the node UI's own assets, before the shared ones
 PAGES = [
     login.login_form, login.login, login.logout,
     overview.dashboard, overview.models, overview.endpoints, overview.sinks, overview.plugins,
@@ -55,7 +57,7 @@ PAGES = [
     editor.model_form, editor.model_save, editor.device_form, editor.device_save, editor.yaml_editor,
     editor.yaml_apply, editor.delete_resource, editor.import_form, editor.import_preview, editor.import_apply,
     admin.audit, admin.users, admin.user_add, admin.token_create, admin.token_revoke, admin.settings,
-    admin.settings_save, logs.logs_page, *workloads.PAGES,
+    admin.settings_save, logs.logs_page, *workloads.PAGES, *live.PAGES, *plots.PAGES,
 ]
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
@@ -106,11 +108,12 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
     return Litestar(
         route_handlers=[
             healthz, status, plugins, logs_api, DeviceController, *PAGES, *plugin_routes,
-            static_files(WEB / "static"),
+            static_files(*STATIC),
         ],
         state=State({"gateway": gateway, "sessions": BrowserSessions(SESSION_COOKIE, LOGIN_CSRF_COOKIE)}),
         middleware=[DefineMiddleware(AuthMiddleware, exclude=exclude)],
-        template_config=template_config(WEB / "templates"),
+        template_config=template_config(WEB / "templates", app_static=STATIC),
+        compression_config=compression_config(),
         exception_handlers={
             NotAuthorizedException: _not_authorized,
             PermissionDeniedException: _http_error,

@@ -15,7 +15,7 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import AuthError
 from gateway.webkit.pages import AnyRequest, client_address, form_fields, see_other
-from gateway.webkit.sessions import CSRF_FIELD, BrowserSessions
+from gateway.webkit.sessions import CSRF_FIELD, BrowserSessions, mask_token, token_matches
 
 # (request, template, *, status_code, **context) -> the page in the app's layout, as an anonymous user sees it
 Render = Callable[..., Template]
@@ -34,7 +34,7 @@ def login_page(request: AnyRequest, sessions: BrowserSessions, render: Render, *
     """The login form with its CSRF cookie (the one the browser has, else a new one)."""
     token = request.cookies.get(sessions.login_cookie) or secrets.token_urlsafe(32)
     response = render(request, "login.html", status_code=status_code, error=error, username=username,
-                      next=safe_next(next_path), login_csrf=token, **context)
+                      next=safe_next(next_path), login_csrf=mask_token(token), **context)
     response.cookies.append(Cookie(key=sessions.login_cookie, value=token, path="/login", httponly=True,
                                    samesite="strict", secure=sessions.secure(request)))
     return response
@@ -46,7 +46,7 @@ async def log_in(request: AnyRequest, sessions: BrowserSessions, render: Render,
     fields = await form_fields(request)
     username, next_path = fields.get("username", "").strip(), fields.get("next", "/")
     cookie_token = request.cookies.get(sessions.login_cookie, "")
-    if not cookie_token or not secrets.compare_digest(fields.get(CSRF_FIELD, ""), cookie_token):
+    if not cookie_token or not token_matches(fields.get(CSRF_FIELD, ""), cookie_token):
         return login_page(request, sessions, render, error="The form expired: please try again.", status_code=403,
                           username=username, next_path=next_path)
     address = client_address(request)

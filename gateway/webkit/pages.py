@@ -11,7 +11,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.response import Redirect, Template
 
-from gateway.webkit.sessions import Session
+from gateway.webkit.sessions import Session, mask_token
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -68,7 +68,7 @@ def render(request: AnyRequest, template: str, *, site: Site, status_code: int =
         "site": site,
         "user": user,
         "who": who,
-        "csrf": session.csrf if session else "",
+        "csrf": mask_token(session.csrf) if session else "",  # masked anew for each page (BREACH)
         "flashes": session.take_flash() if session else [],
         "nav": nav_links(nav, request.url.path),
         "path": request.url.path,

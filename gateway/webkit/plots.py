@@ -1,8 +1,13 @@
 """Small server-side line plots as inline SVG: no script, no chart library, a few kilobytes a plot.
 
-Shared by the local dashboard and the registry's node pages. Points are (unix time, value) pairs; a value of None,
-or a pixel column without any point, leaves a gap in the line (a node that was off shows as a hole, not a ramp).
-Each line is reduced to at most one point per column (the highest value in it, so short peaks stay visible).
+Shared by the local dashboard, the device pages and the registry's node pages. Points are (unix time, value) pairs;
+a value of None, or a pixel column without any point, leaves a gap in the line (a node that was off shows as a hole,
+not a ramp). Each line is reduced to at most one point per column (the highest value in it, so short peaks stay
+visible).
+
+These are what a page shows without script. With it, webkit/static/plot.js draws the same data with uPlot (time
+ticks, grid, a tooltip, zoom, a window selector, refresh) from a JSON endpoint: `plot_figure` wraps an SVG in the
+markup that says where that data is.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Literal
+
+from gateway.webkit.units import display_unit
 
 Unit = Literal["percent", "bytes", "bytes_per_s", "per_s", "count"]
 Point = tuple[float, float | None]
@@ -34,8 +41,9 @@ class Line:
     color: str = COLORS[0]
 
 
-def format_value(value: float | None, unit: Unit) -> str:
-    """A value for a label: `12 %`, `1.5 MiB`, `3.2 KiB/s`, `40/s`, `7`; an en dash when unknown."""
+def format_value(value: float | None, unit: Unit | str) -> str:
+    """A value for a label: `12 %`, `1.5 MiB`, `3.2 KiB/s`, `40/s`, `7`, or with a device's unit `21.5 °C`; an
+    en dash when unknown."""
     if value is None or math.isnan(value):
         return "\u2013"
     if unit == "percent":
@@ -49,7 +57,10 @@ def format_value(value: float | None, unit: Unit) -> str:
                 return f"{size:.{digits}f} {prefix}{suffix}"
             size /= 1024
     text = f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.1f}"
-    return f"{text}/s" if unit == "per_s" else text
+    if unit == "per_s":
+        return f"{text}/s"
+    shown = "" if unit == "count" else display_unit(unit)
+    return text if not shown else f"{text}{shown}" if shown == "°" else f"{text} {shown}"
 
 
 def nice_ceiling(value: float) -> float:
@@ -78,7 +89,7 @@ def columns(points: Sequence[Point], start: float, end: float, count: int) -> li
     return result
 
 
-def _path(values: Sequence[float | None], x_of: Sequence[float], y_of: float, top: float) -> str:
+def _path(values: Sequence[float | None], x_of: Sequence[float], low: float, high: float, top: float) -> str:
     """An SVG path `d`: a new segment after every gap; a lone point becomes a short dash so it stays visible."""
     parts: list[str] = []
     run: list[tuple[float, float]] = []
@@ -95,7 +106,8 @@ def _path(values: Sequence[float | None], x_of: Sequence[float], y_of: float, to
         if value is None:
             flush()
         else:
-            run.append((x, top + (1 - min(max(value / y_of, 0.0), 1.0)) * (HEIGHT - TOP - BOTTOM)))
+            share = (value - low) / (high - low)
+            run.append((x, top + (1 - min(max(share, 0.0), 1.0)) * (HEIGHT - TOP - BOTTOM)))
     flush()
     return "".join(parts)
 
@@ -109,14 +121,18 @@ def span_label(seconds: float) -> str:
     return f"-{seconds:.0f} s"
 
 
-def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, step: float, unit: Unit,
+def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, step: float, unit: Unit | str,
               y_max: float | None = None, note: str = "") -> str:
-    """An SVG line plot of `lines` over [start, end]; `step` is the spacing of their points in seconds.
+    """An SVG line plot of `lines` over [start, end]; `step` is the spacing of their points in seconds; `unit` one
+    of the Unit kinds or a device's unit (`degC`).
 
-    The y axis starts at 0 and ends at `y_max`, or at a round number above the highest value."""
+    The y axis starts at 0 (or at a round number below the lowest value when that is negative) and ends at `y_max`,
+    or at a round number above the highest value."""
     count = max(1, min(MAX_COLUMNS, round((end - start) / max(step, 1e-9))))
     reduced = [columns(line.points, start, end, count) for line in lines]
     highest = max((v for values in reduced for v in values if v is not None), default=0.0)
+    lowest = min((v for values in _lowest(lines, start, end, count) for v in values if v is not None), default=0.0)
+    bottom_value = -nice_ceiling(-lowest) if lowest < 0 else 0.0
     if y_max is not None:
         top_value = y_max
     elif unit in ("bytes", "bytes_per_s") and highest >= 1024:  # round in KiB, MiB, … so the label is round too
@@ -139,7 +155,8 @@ def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, st
            f'<path d="M{LEFT} {TOP}H{WIDTH - RIGHT}M{LEFT} {base}H{WIDTH - RIGHT}" stroke="#d0d7de" '
            'stroke-width="1" fill="none"/>',
            f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end" {_TEXT}>{escape(axis_label)}</text>',
-           f'<text x="{LEFT - 4}" y="{base}" text-anchor="end" {_TEXT}>0</text>',
+           f'<text x="{LEFT - 4}" y="{base}" text-anchor="end" {_TEXT}>'
+           f'{escape(format_value(bottom_value, unit) if bottom_value else "0")}</text>',
            f'<text x="{LEFT}" y="{HEIGHT - 3}" {_TEXT}>{escape(span_label(end - start))}</text>',
            f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 3}" text-anchor="end" {_TEXT}>now</text>']
     # one right-aligned text of tspans: the browser lays the entries out, no text widths to guess here
@@ -148,7 +165,7 @@ def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, st
         f"{escape(format_value(value, unit))}</tspan>"
         for i, (line, value) in enumerate(zip(lines, latest, strict=True))) + "</text>")
     for line, values in zip(lines, reduced, strict=True):
-        d = _path(values, x_of, top_value, TOP)
+        d = _path(values, x_of, bottom_value, max(top_value, bottom_value + 1e-9), TOP)
         if d:
             out.append(f'<path d="{d}" fill="none" stroke="{escape(line.color)}" stroke-width="1.5" '
                        'stroke-linejoin="round"/>')
@@ -156,13 +173,44 @@ def line_plot(title: str, lines: Sequence[Line], *, start: float, end: float, st
     return "".join(out)
 
 
-def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: float, step: float) -> str:
-    """The CPU, memory, disk and network plots of one node, side by side."""
+def _lowest(lines: Sequence[Line], start: float, end: float, count: int) -> list[list[float | None]]:
+    """The lowest value per column of each line (the y axis goes below 0 when one is negative)."""
+    flipped = [columns([(ts, None if v is None else -v) for ts, v in line.points], start, end, count) for line in lines]
+    return [[None if v is None else -v for v in values] for values in flipped]
+
+
+def plot_figure(svg: str, *, source: str, title: str, kind: Unit | str, data_format: Literal["buckets", "series"],
+                series: Sequence[tuple[str, str]] = (), y_max: float | None = None, wide: bool = False) -> str:
+    """`svg` in the markup plot.js draws over: a figure saying where its JSON is (`source`, fetched with
+    `?window=`), in which format, which series (name, label) and how values read (`kind`: a Unit or a unit)."""
+    attributes = {"data-plot-src": source, "data-plot-format": data_format, "data-plot-title": title,
+                  "data-plot-kind": kind if kind in UNIT_KINDS else display_unit(kind),
+                  "data-plot-series": " ".join(f"{name}:{label}" for name, label in series),
+                  "data-plot-ymax": "" if y_max is None else f"{y_max:g}"}
+    shown = " ".join(f'{key}="{escape(value)}"' for key, value in attributes.items() if value)
+    return f'<figure class="plot-box{" wide" if wide else ""}" {shown}>{svg}</figure>'
+
+
+UNIT_KINDS = ("percent", "bytes", "bytes_per_s", "per_s", "count")
+RESOURCE_WINDOWS = ("15m", "1h", "24h")
+
+
+def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: float, step: float,
+                        source: str = "", window: str = "", window_links: str = "",
+                        windows: Sequence[str] = RESOURCE_WINDOWS) -> str:
+    """The CPU, memory, disk and network plots of one node, side by side. With `source` (the JSON of those series,
+    gateway.wire.SERIES by name) the page's script redraws them from there, with a selector of `windows`: links that
+    reload the page with `?<window_links>=<window>` when the page takes that, else buttons the script makes;
+    `window` is the one shown."""
 
     def plot(title: str, unit: Unit, names: list[tuple[str, str]], y_max: float | None = None,
              note: str = "") -> str:
         lines = [Line(label, series.get(name, []), COLORS[i]) for i, (name, label) in enumerate(names)]
-        return line_plot(title, lines, start=start, end=end, step=step, unit=unit, y_max=y_max, note=note)
+        svg = line_plot(title, lines, start=start, end=end, step=step, unit=unit, y_max=y_max, note=note)
+        if not source:
+            return svg
+        return plot_figure(svg, source=source, title=title, kind=unit, data_format="series", series=names,
+                           y_max=y_max)
 
     def latest(name: str) -> float | None:
         return next((value for _, value in reversed(series.get(name, [])) if value is not None), None)
@@ -178,4 +226,14 @@ def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: fl
         plot("Network", "bytes_per_s", [("net_rx_bps", "rx"), ("net_tx_bps", "tx")]),
     ]
     # the plots have a fixed size and flow side by side: no style attribute, which the pages' CSP would refuse
-    return '<div class="node-plots">' + " ".join(plots) + "</div>"
+    if not source:
+        return '<div class="node-plots">' + " ".join(plots) + "</div>"
+    window = window if window in windows else windows[-1]
+    group = f' data-plot-group="" data-plot-windows="{" ".join(windows)}" data-plot-window="{window}"'
+    links = ""
+    if window_links:
+        active = ' class="active"'
+        links = '<nav class="windows">' + " · ".join(
+            f'<a href="?{escape(window_links)}={name}" data-window="{name}"{active if name == window else ""}>'
+            f"{name}</a>" for name in windows) + "</nav>"
+    return f'<div class="node-plots"{group}>' + links + " ".join(plots) + "</div>"

@@ -3,14 +3,19 @@
 A session holds only the user name and its CSRF token: each app reads the user's role from its store on every
 request, so a changed role or a removed user takes effect at once. Sessions end on logout, after `IDLE_TIMEOUT`
 without a request, or when the app restarts. A request that changes something (POST, PUT, PATCH, DELETE) on a
-session must carry the session's CSRF token, in the `_csrf` form field or the `X-CSRF-Token` header.
+session must carry the session's CSRF token, in the `_csrf` form field or the `X-CSRF-Token` header. Pages carry
+the token masked with a fresh random pad each time (`mask_token`), so a compressed page never repeats the same
+secret bytes an attacker could guess by the answer's length (BREACH); any masking of the token is accepted.
+The live streams of a session (gateway.webkit.live) end with it.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +23,8 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import PermissionDeniedException
+
+from gateway.webkit.live import LiveStreams
 
 CSRF_FIELD = "_csrf"
 CSRF_HEADER = "x-csrf-token"
@@ -45,12 +52,16 @@ class SessionStore:
     def __init__(self, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.idle_timeout = idle_timeout
         self._sessions: dict[str, Session] = {}
+        self._on_end: list[Callable[[str], None]] = []
+
+    def on_end(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(sid)` whenever a session ends (logout, eviction, idle timeout, its user removed)."""
+        self._on_end.append(listener)
 
     def create(self, user: str) -> tuple[str, Session]:
         self._expire()
         if len(self._sessions) >= MAX_SESSIONS:
-            oldest = min(self._sessions, key=lambda sid: self._sessions[sid].last_seen)
-            del self._sessions[oldest]
+            self._drop(min(self._sessions, key=lambda sid: self._sessions[sid].last_seen))
         now = time.time()
         sid = secrets.token_urlsafe(32)
         session = Session(user, secrets.token_urlsafe(32), now, now)
@@ -58,27 +69,35 @@ class SessionStore:
         return sid, session
 
     def get(self, sid: str) -> Session | None:
+        session = self.peek(sid)
+        if session is not None:
+            session.last_seen = time.time()
+        return session
+
+    def peek(self, sid: str) -> Session | None:
+        """The session, without counting this as its use (a live stream is no sign that anybody is there)."""
         session = self._sessions.get(sid)
-        if session is None:
+        if session is not None and time.time() - session.last_seen > self.idle_timeout:
+            self._drop(sid)
             return None
-        now = time.time()
-        if now - session.last_seen > self.idle_timeout:
-            del self._sessions[sid]
-            return None
-        session.last_seen = now
         return session
 
     def end(self, sid: str) -> None:
-        self._sessions.pop(sid, None)
+        self._drop(sid)
 
     def end_user(self, user: str) -> None:
         for sid in [sid for sid, s in self._sessions.items() if s.user == user]:
-            del self._sessions[sid]
+            self._drop(sid)
 
     def _expire(self) -> None:
         cutoff = time.time() - self.idle_timeout
         for sid in [sid for sid, s in self._sessions.items() if s.last_seen < cutoff]:
-            del self._sessions[sid]
+            self._drop(sid)
+
+    def _drop(self, sid: str) -> None:
+        if self._sessions.pop(sid, None) is not None:
+            for listener in self._on_end:
+                listener(sid)
 
 
 class LoginLimiter:
@@ -130,6 +149,8 @@ class BrowserSessions:
         self.always_secure = always_secure  # Secure cookies even when a proxy in front speaks plain HTTP
         self.store = SessionStore()
         self.limiter = LoginLimiter()
+        self.live = LiveStreams()  # the sessions' event streams, ended with their session
+        self.store.on_end(self.live.end)
 
     def secure(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
         return self.always_secure or connection.url.scheme == "https"
@@ -158,5 +179,27 @@ async def check_csrf(connection: ASGIConnection[Any, Any, Any, Any], session: Se
             form = await Request[Any, Any, Any](connection.scope, connection.receive).form()
             value = form.get(CSRF_FIELD)
             sent = value if isinstance(value, str) else None
-    if not sent or not secrets.compare_digest(sent, session.csrf):
+    if not sent or not token_matches(sent, session.csrf):
         raise CsrfRefused("CSRF token missing or wrong: reload the page and try again")
+
+
+def mask_token(token: str) -> str:
+    """`token` XOR-ed with a fresh random pad, pad first (URL-safe base64): a new text for the same token each time."""
+    raw = token.encode()
+    pad = secrets.token_bytes(len(raw))
+    return base64.urlsafe_b64encode(pad + bytes(a ^ b for a, b in zip(pad, raw, strict=True))).decode()
+
+
+def token_matches(sent: str, token: str) -> bool:
+    """Whether `sent` is `token`, as it is or masked by mask_token."""
+    if secrets.compare_digest(sent.encode(), token.encode()):
+        return True
+    try:
+        both = base64.urlsafe_b64decode(sent.encode())
+    except ValueError:
+        return False
+    half = len(both) // 2
+    if len(both) != 2 * len(token.encode()) or half == 0:
+        return False
+    return secrets.compare_digest(bytes(a ^ b for a, b in zip(both[:half], both[half:], strict=True)),
+                                  token.encode())

@@ -1,5 +1,6 @@
 """The Jinja environment of both web apps: each app's own templates first, then the shared layout, login, error
-page and macros of `gateway/webkit/templates`; the filters their pages use; the static assets they share."""
+page and macros of `gateway/webkit/templates`; the filters their pages use; the static assets they share (served by
+gateway.webkit.assets, asked for by versioned URLs: `{{ static_url("app.css") }}`)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from typing import Any
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.router import Router
-from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from gateway.webkit.errors import STATIC_EXCEPTION_HANDLERS
+from gateway.webkit.assets import assets_of, static_router
 from gateway.webkit.plots import format_value as plot_value
+from gateway.webkit.units import display_unit
 
 WEBKIT = Path(__file__).resolve().parent
 TEMPLATES = WEBKIT / "templates"
@@ -74,36 +75,28 @@ def badge_class(state: str | None) -> str:
     return BADGES.get(str(state or "unknown"), "unhealthy")
 
 
-UNITS = {"degC": "\u00b0C", "degF": "\u00b0F", "degK": "K", "celsius": "\u00b0C", "fahrenheit": "\u00b0F",
-         "percent": "%", "pct": "%", "deg": "\u00b0", "degree": "\u00b0", "m3": "m\u00b3", "m3/h": "m\u00b3/h",
-         "m2": "m\u00b2", "us": "\u00b5s"}
-
-
-def format_unit(unit: str | None) -> str:
-    """A model's unit as people write it: `degC` as `°C`, `percent` as `%`; others as they are."""
-    return UNITS.get(unit or "", unit or "")
-
-
-def environment(app_templates: Path, *, utc: bool = False) -> Environment:
+def environment(app_templates: Path, *, utc: bool = False, app_static: tuple[Path, ...] = ()) -> Environment:
     """An app's templates over the shared ones; a shared one stays reachable as `webkit/<name>` when the app
-    has its own of the same name. `utc` shows times in UTC (a server far from its users) instead of local time."""
+    has its own of the same name. `utc` shows times in UTC (a server far from its users) instead of local time;
+    `app_static` are the app's own asset directories, for `static_url`."""
     shared = FileSystemLoader(TEMPLATES)
     loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
     env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes,
-                       badge=badge_class, unit=format_unit)
+                       badge=badge_class, unit=display_unit)
+    env.globals["static_url"] = assets_of((*app_static, STATIC)).url
     return env
 
 
-def template_config(app_templates: Path, *, utc: bool = False) -> TemplateConfig[JinjaTemplateEngine]:
-    """The `template_config` of an app whose templates are in `app_templates`."""
-    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment(app_templates, utc=utc)))
+def template_config(app_templates: Path, *, utc: bool = False,
+                    app_static: tuple[Path, ...] = ()) -> TemplateConfig[JinjaTemplateEngine]:
+    """The `template_config` of an app whose templates are in `app_templates` and own assets in `app_static`."""
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(
+        environment(app_templates, utc=utc, app_static=app_static)))
 
 
 def static_files(*app_static: Path) -> Router:
-    """`/static/…`: the app's own assets (`app_static`, searched first), then the shared ones (the styles)."""
-    router: Router = create_static_files_router(path="/static", directories=[*app_static, STATIC],
-                                                 include_in_schema=False, cache_control=None,
-                                                 exception_handlers=STATIC_EXCEPTION_HANDLERS)
-    return router
+    """`/static/…`: the app's own assets (`app_static`, searched first), then the shared ones (styles, scripts,
+    the plotting library); the same directories as the app's `template_config` names for `static_url`."""
+    return static_router(assets_of((*app_static, STATIC)))
 

@@ -147,7 +147,8 @@ def test_join_group_and_set_desired_values_from_the_console(registry: Registry, 
         page.get_by_role("link", name="gw-1", exact=True).click()
         expect(page.locator("#node-addresses")).to_contain_text("(seen by the registry)")
         expect(page.locator("#node-devices")).to_contain_text("default/boiler-1")
-        expect(page.locator("#node-plots svg").first).to_be_visible()
+        expect(page.locator("#node-plots figure canvas")).to_have_count(4)  # uPlot drew over the four SVG plots
+        expect(page.locator("#node-plots .windows a")).to_have_count(4)  # 15m, 1h, 6h, 24h
         page.get_by_role("link", name="Fetch the node's log").click()
         expect(page.locator("#node-log")).to_contain_text("started: node gw-1")
         page.screenshot(path=str(artifacts / "registry-console-node.png"), full_page=True)

@@ -63,10 +63,16 @@ async def test_beats_are_kept_as_per_minute_means_for_24_hours(db_url: str | Non
         assert beats[0][0] == 1  # a heartbeat without metrics adds nothing
 
         html = await node_plots_html(store, "gw-1")
-        svgs = ET.fromstring(html).findall(f"{SVG}svg")
+        plots = ET.fromstring(html)
+        svgs = list(plots.iter(f"{SVG}svg"))
         assert len(svgs) == 4 and [s.get("aria-label", "").split(":")[0] for s in svgs] == [
             "CPU", "Memory", "Disk I/O", "Network"]
-        assert len(html) < 8000
+        # each one in a figure the page's script redraws from the node's samples, over the window chosen
+        figures = plots.findall("figure")
+        assert [f.get("data-plot-src") for f in figures] == ["/nodes/gw-1/metrics"] * 4
+        assert plots.get("data-plot-window") == "24h"
+        assert [a.get("href") for a in plots.iter("a")] == ["?window=15m", "?window=1h", "?window=24h"]
+        assert len(html) < 10000
 
         await store.remove_node("gw-1")
         assert await store.database.rows("SELECT COUNT(*) FROM node_metrics WHERE node=?", "gw-1") == [(0,)]

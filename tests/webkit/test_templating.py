@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ def test_an_apps_template_comes_first_and_the_shared_one_stays_reachable(tmp_pat
     html = env.get_template("error.html").render(site=SITE, code=404, message="gone", nav=[], flashes=[])
     assert "<title>Oops · test site</title>" in html and "<h1>Not found</h1>" in html and "Back to the start" in html
     login = env.get_template("login.html").render(site=SITE, nav=[], flashes=[], next="/", login_csrf="t")
-    assert "<h1>Log in</h1>" in login and '<link rel="stylesheet" href="/static/app.css">' in login
+    assert "<h1>Log in</h1>" in login and re.search(r'<link rel="stylesheet" href="/static/app.css\?v=[0-9a-f]{12}">',
+                                                    login)
 
 
 def test_times_are_local_on_the_node_and_utc_at_the_registry(tmp_path: Path) -> None:

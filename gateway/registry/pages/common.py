@@ -37,7 +37,8 @@ NAV = [NavItem("/", "Overview", "viewer"), NavItem("/nodes", "Nodes", "viewer"),
 PAGE_ROLE = "page_role"  # the opt key of a page handler: the lowest role that may use it
 PAGE_ACTION = "page_action"  # the opt key of a form handler: what it does, for the refusal ("set desired values")
 _PAGE_STATE = "fieldgate_page"  # where the guard leaves (caller, session) in the request's scope state
-API_PREFIXES = ("/api/", "/schema", "/static/")
+API_PREFIXES = ("/api/", "/schema", "/static/", "/events/")
+DATA_SUFFIXES = ("/metrics",)  # what the pages' scripts read (a node's samples, gateway.registry.live): JSON errors
 
 
 class LoginRequired(Exception):
@@ -64,8 +65,10 @@ def sessions_of(request: AnyRequest) -> BrowserSessions:
 
 
 def is_page_path(path: str) -> bool:
-    """Pages answer browsers with HTML; the API, its schema, static assets and probes answer with status codes."""
-    return not path.startswith(API_PREFIXES) and path not in ("/healthz", "/metrics")
+    """Pages answer browsers with HTML; the API, its schema, static assets, probes, event streams and the data the
+    pages' scripts read answer with status codes."""
+    return (not path.startswith(API_PREFIXES) and path not in ("/healthz", "/metrics")
+            and not path.endswith(DATA_SUFFIXES))
 
 
 def can_text(role: str) -> str:

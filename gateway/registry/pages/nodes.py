@@ -32,7 +32,7 @@ from gateway.webkit.pages import form_fields, see_other
 from gateway.wire import LOGS_PATH
 
 NODE_STATES = ("healthy", "offline", "joined", "paused")
-PLOT_WINDOWS = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600}
+PLOT_WINDOWS = {"15m": 900.0, "1h": 3600.0, "6h": 6 * 3600.0, "24h": 24 * 3600.0}
 NODE_LOG_TIMEOUT = 5.0  # seconds a node has to send its log to the node page
 NODE_LOG_LINES = 100
 NODE_EVENTS = 50
@@ -120,10 +120,10 @@ async def nodes_batch(request: AnyRequest) -> Response[Any]:
 # --- one node ---------------------------------------------------------------------------------------------------
 
 
-async def node_plots(store: RegistryStore, node: str, window: float) -> str:
-    """The node's resource plots over `window` seconds (inline SVG, gateway.webkit.plots); the one place the node
-    page gets them from, for livelier plots to replace."""
-    return await monitoring.node_plots_html(store, node, window)
+async def node_plots(store: RegistryStore, node: str, window: str) -> str:
+    """The node's resource plots over `window` (a name in PLOT_WINDOWS): inline SVG (gateway.webkit.plots) that the
+    page's script redraws with uPlot."""
+    return await monitoring.node_plots_html(store, node, window, PLOT_WINDOWS)
 
 
 async def node_events(store: RegistryStore, caller: access.Caller, node: str) -> list[dict[str, Any]]:
@@ -164,7 +164,7 @@ async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
     workloads = [view for view in await workload_views(store, caller) if view["node"] == name]
     panel = await _node_log(request, name) if request.query_params.get("logs") else None
     return show(request, "node.html", node=node, devices=devices, workloads=workloads, addresses=addresses(node),
-                plots=await node_plots(store, name, PLOT_WINDOWS[window]), window=window, windows=list(PLOT_WINDOWS),
+                plots=await node_plots(store, name, window), window=window, windows=list(PLOT_WINDOWS),
                 events=await node_events(store, caller, name), panel=panel, labels_text=labels_text(node["labels"]),
                 workspaces=await _workspace_names(store, caller), now=time.time())
 

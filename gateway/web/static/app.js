@@ -1,5 +1,5 @@
-// fieldgate local UI: live twin values (SSE), setpoints without a page reload, history plots as inline SVG,
-// confirmations. The pages work without it; this only makes them live.
+// fieldgate local UI: the device page's live twin values and poll counters (SSE), setpoints without a page reload,
+// its history plot opened in place (drawn by the shared plot.js), confirmations. The pages work without it.
 "use strict";
 
 (function () {
@@ -56,6 +56,7 @@
     }
     const reason = document.getElementById("state-reason");
     if (reason) reason.textContent = snapshot.reason || "";
+    if (snapshot.poll && window.fieldgateLive) window.fieldgateLive.apply(document, { poll: snapshot.poll });
   }
 
   const live = document.getElementById("live");
@@ -91,64 +92,22 @@
     });
   }
 
-  // History plot: min-max band and mean line over buckets, drawn as SVG.
+  // History plot: the property's link opens the plot panel without a reload; plot.js draws it.
   const panel = document.getElementById("plot");
-  const area = document.getElementById("plot-area");
-  let plotProp = null;
-  let plotWindow = "15m";
-
-  const svgEl = (tag, attrs) => {
-    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
-    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-    return el;
-  };
-
-  function draw(data) {
-    area.textContent = "";
-    const points = data.points;
-    if (!points.length) {
-      area.textContent = "No numeric history in this window yet.";
-      return;
-    }
-    const W = 900, H = 260, L = 56, R = 10, T = 10, B = 24;
-    let lo = Math.min(...points.map((p) => p[1])), hi = Math.max(...points.map((p) => p[2]));
-    if (lo === hi) { lo -= 1; hi += 1; }
-    const x = (t) => L + ((t - data.since) / (data.until - data.since)) * (W - L - R);
-    const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
-    const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
-      "aria-label": `history of ${data.property}` });
-    svg.appendChild(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
-    svg.appendChild(svgEl("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
-    const band = points.map((p) => `${x(p[0])},${y(p[2])}`)
-      .concat(points.slice().reverse().map((p) => `${x(p[0])},${y(p[1])}`));
-    svg.appendChild(svgEl("polygon", { class: "band", points: band.join(" ") }));
-    svg.appendChild(svgEl("polyline", { class: "mean", points: points.map((p) => `${x(p[0])},${y(p[3])}`).join(" ") }));
-    if (points.length < 40) {  // a short history: mark the buckets so a single one shows too
-      for (const p of points) svg.appendChild(svgEl("circle", { class: "dot", cx: x(p[0]), cy: y(p[3]), r: 3 }));
-    }
-    const label = (text, attrs) => { const t = svgEl("text", attrs); t.textContent = text; svg.appendChild(t); };
-    label(`${fmt(hi)} ${data.unit}`, { x: 4, y: T + 10 });
-    label(`${fmt(lo)} ${data.unit}`, { x: 4, y: H - B });
-    label(fmtTime(data.since).slice(11), { x: L, y: H - 6 });
-    label(fmtTime(data.until).slice(11), { x: W - R - 52, y: H - 6 });
-    area.appendChild(svg);
-    area.dataset.points = String(points.length);
-  }
-
-  async function loadPlot() {
-    panel.hidden = false;
-    document.getElementById("plot-prop").textContent = plotProp;
-    for (const b of panel.querySelectorAll(".plot-window")) b.classList.toggle("active", b.dataset.window === plotWindow);
-    const response = await fetch(`/devices/${device}/plot/${encodeURIComponent(plotProp)}?window=${plotWindow}`,
-      { headers: { "Accept": "application/json" }, credentials: "same-origin" });
-    if (!response.ok) { area.textContent = `HTTP ${response.status}`; return; }
-    draw(await response.json());
-  }
-
-  for (const button of document.querySelectorAll(".plot-open")) {
-    button.addEventListener("click", () => { plotProp = button.dataset.prop; loadPlot(); });
-  }
-  for (const button of document.querySelectorAll(".plot-window")) {
-    button.addEventListener("click", () => { plotWindow = button.dataset.window; if (plotProp) loadPlot(); });
+  const figure = document.getElementById("plot-area");
+  for (const link of document.querySelectorAll("a.plot-open")) {
+    link.addEventListener("click", (event) => {
+      if (!panel || !figure || !window.fieldgatePlots) return;  // no plotting library: the link reloads the page
+      event.preventDefault();
+      const prop = link.dataset.prop;
+      figure.dataset.plotSrc = `/devices/${device}/plot/${encodeURIComponent(prop)}`;
+      figure.dataset.plotTitle = prop;
+      figure.dataset.plotKind = link.dataset.unit || "count";
+      for (const old of figure.querySelectorAll(":scope > svg")) old.remove();
+      document.getElementById("plot-prop").textContent = prop;
+      panel.hidden = false;
+      window.fieldgatePlots.show(figure);
+      panel.scrollIntoView({ block: "nearest" });
+    });
   }
 })();

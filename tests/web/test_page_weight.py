@@ -13,10 +13,13 @@ from typing import Any
 from litestar.testing import TestClient
 
 from gateway.registry import twins
-from gateway.registry.access import Scope
+from gateway.registry.access import DEFAULT_WORKSPACE, Scope, cli_caller
 from gateway.registry.access import add_user as add_registry_user
 from gateway.registry.app import create_app as create_registry_app
 from gateway.registry.store import RegistryStore
+from gateway.registry.upgrades import CreateUpgrade, create_task
+from gateway.registry.workloads import apply_documents
+from gateway.resources.loader import read_path
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
 from gateway.web.routes_doc import app_routes
@@ -78,14 +81,17 @@ def assets_of(path: str, html: str) -> list[str]:
 REGISTRY_NOT_PAGES = ("/api/", "/schema", "/healthz", "/metrics", "/events/", "/static/", "/logout",
                       "/groups/preview")  # the group form's JSON
 REGISTRY_PAGES_WITH_PARAMS = {"/nodes/{name:str}": "/nodes/gw-1", "/groups/{name:str}": "/groups/line-a",
-                              "/devices/{namespace:str}/{name:str}": "/devices/default/boiler-1"}
+                              "/devices/{namespace:str}/{name:str}": "/devices/default/boiler-1",
+                              "/apps/batch/{namespace:str}/{name:str}": "/apps/batch/default/batch-1",
+                              "/upgrades/{task:str}": "/upgrades/{task}"}
+BATCH = "kind: BatchWorkload\nname: batch-1\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
 REGISTRY_PASSWORD = "page-weight-pass"
 
 
 def test_registry_page_weight(tmp_path: Path) -> None:
     data_dir = tmp_path / "registry"
 
-    async def prepare() -> None:  # a user and a node that has sent a sample, before the app starts
+    async def prepare() -> str:  # a user, a node that has sent a sample, an app and an upgrade task
         async with RegistryStore(data_dir) as store:
             await add_registry_user(store, "ops", "admin", Scope("platform"), REGISTRY_PASSWORD)
             await store.add_node("gw-1", "ab", {"site": "north"}, 10.0)
@@ -96,9 +102,14 @@ def test_registry_page_weight(tmp_path: Path) -> None:
             await twins.sync(store, "gw-1", [report], True, 0, None,
                              [DeviceDescription(device="default/boiler-1", model="thermo",
                                                 units={"temperature": "degC"})])
+            (tmp_path / "batch.yaml").write_text(BATCH)
+            await apply_documents(store, read_path(tmp_path / "batch.yaml"), DEFAULT_WORKSPACE, cli_caller(), "batch")
+            task = await create_task(store, CreateUpgrade(version="9.9.0", wheels={}, nodes=["gw-1"]),
+                                     {"fieldgate-9.9.0-py3-none-any.whl": b""}, cli_caller())
+            return str(task["id"])
 
     data_dir.mkdir()
-    asyncio.run(prepare())
+    task = asyncio.run(prepare())
     app = create_registry_app(data_dir)
     with TestClient(app, base_url="https://registry.local") as client:
         form = client.get("/login")
@@ -106,7 +117,8 @@ def test_registry_page_weight(tmp_path: Path) -> None:
         assert csrf
         assert client.post("/login", data={"_csrf": csrf.group(1), "username": "ops", "password": REGISTRY_PASSWORD,
                                            "next": "/"}, follow_redirects=False).status_code == 303
-        paths = sorted({REGISTRY_PAGES_WITH_PARAMS.get(path, path)
+        concrete = {pattern: path.format(task=task) for pattern, path in REGISTRY_PAGES_WITH_PARAMS.items()}
+        paths = sorted({concrete.get(path, path)
                         for route in app.routes for path in [route.path]
                         if "GET" in getattr(route, "methods", ()) and not path.startswith(REGISTRY_NOT_PAGES)
                         and not path.startswith("/workloads/")  # one workload's page: this registry runs none

@@ -155,6 +155,28 @@ class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 WorkloadReports = Annotated[list[WorkloadReport], msgspec.Meta(max_length=MAX_REPORTS)]
 
+# --- routes (their counters, up with the heartbeat) ------------------------------------------------------------------
+
+MAX_ROUTE_REPORTS = 1000  # routes in one heartbeat (~300 bytes each): the first ones by name when a node has more
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class RouteReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The counters of one registry-owned route on a node (gateway.pipeline.routes counts them)."""
+
+    route: Annotated[str, msgspec.Meta(max_length=507)]  # <namespace>/<name>
+    accepted: Count = 0  # messages the route took from its source
+    delivered: Count = 0  # messages its sink delivered
+    failed: Count = 0  # deliveries that failed (retried from the outbox)
+    dropped: Count = 0  # messages given up
+    queued: Count = 0  # messages waiting in its outbox
+    state: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    last_error: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
+
+
+RouteReports = Annotated[list[RouteReport], msgspec.Meta(max_length=MAX_ROUTE_REPORTS)]
+
+
 # --- upgrades (an assignment down with the heartbeat answer, its status up with every heartbeat) -------------------
 
 WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
@@ -218,6 +240,7 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     desired_ack: DesiredAck | None = None
     workloads: WorkloadReports | None = None  # the node's registry-owned workloads, when they changed
     upgrade: UpgradeReport | None = None  # the state of the upgrade task the node was handed last
+    routes: RouteReports | None = None  # the counters of the node's registry-owned routes, when they changed
 
 
 class HeartbeatResponse(msgspec.Struct, kw_only=True):

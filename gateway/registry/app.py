@@ -25,7 +25,7 @@ from litestar.params import JSONBody
 
 from gateway import __version__
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import access, admin, batch, live, metrics, monitoring, pages, twins, upgrades, workloads
+from gateway.registry import access, admin, batch, live, metrics, monitoring, pages, routes, twins, upgrades, workloads
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
@@ -144,6 +144,7 @@ async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> He
     seen_from = {"seen_from": request.client.host} if request.client else {}
     interval = await store.heartbeat(node, {**data.info, **seen_from})
     await workloads.record_status(store, node, data.workloads)
+    await routes.record_counters(store, node, data.routes)
     assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
     version, documents = await store.node_documents(node)
     desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack,
@@ -213,8 +214,8 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *access.ROUTE_HANDLERS, *admin.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS,
                         *monitoring.ROUTE_HANDLERS, *metrics.ROUTE_HANDLERS,
                         *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
-                        *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS,
-                        *live.ROUTE_HANDLERS, static_files(pages.STATIC)],
+                        *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *routes.ROUTE_HANDLERS,
+                        *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "log_requests": LogRequests(), **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),

@@ -122,7 +122,7 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
 
     remove = sub.add_parser("delete", help="delete a document applied at the registry; its nodes drop it")
     remove.add_argument("kind", choices=("DeviceModel", "Device", "Workload", "ConfigItem", "Secret",
-                                         "BatchWorkload"))
+                                         "BatchWorkload", "Endpoint", "Route"))
     remove.add_argument("document", metavar="[NS/]NAME")
     _data_dir(remove)
 

@@ -30,7 +30,7 @@ from litestar import delete, get, post
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound, ResourceError
-from gateway.registry import access, history
+from gateway.registry import access, history, routes
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import OFFLINE_AFTER, RegistryStore
 from gateway.resources.loader import Source, format_validation_error
@@ -40,7 +40,9 @@ from gateway.resources.schema import (
     ConfigItem,
     Device,
     DeviceModel,
+    Endpoint,
     GroupOverride,
+    Route,
     Secret,
     Workload,
     dec_hook,
@@ -51,7 +53,7 @@ from gateway.wire import EventReport, WorkloadReport
 from gateway.workloads.secrets import SecretBox
 
 log = logging.getLogger(__name__)
-REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload)
+REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload, Endpoint, Route)
 TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
 
 
@@ -136,8 +138,9 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         parsed.append((source, doc))
     held = {(kind, ns, name) for kind, ns, name, _, _ in await store.documents.of_kinds(("ConfigItem", "Secret"))}
     held |= {(doc.kind, doc.namespace, doc.name) for _, doc in parsed}
+    problems += routes.document_problems(parsed, await routes.held_endpoints(store))
     for source, doc in parsed:
-        node = doc.node if isinstance(doc, Device | Workload) else None
+        node = doc.node if isinstance(doc, Device | Workload | Endpoint | Route) else None
         if isinstance(doc, Workload):
             problems += [f"{source.prefix()}: {kind} {doc.namespace}/{name} is not at the registry (apply it too)"
                          for kind, name in _refs(doc) if (kind, doc.namespace, name) not in held]
@@ -196,7 +199,8 @@ async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[
 
 
 async def delete_document(store: RegistryStore, caller: access.Caller, kind: str, namespace: str, name: str) -> None:
-    """Delete a registry document; a ConfigItem or Secret a Workload or BatchWorkload uses is refused."""
+    """Delete a registry document; a ConfigItem or Secret a Workload or BatchWorkload uses, or an Endpoint a Route
+    uses, is refused."""
     workspace = await store.documents.workspace(kind, namespace, name)
     if workspace is None or not caller.sees(workspace):
         raise NotFound(f"no {kind} {namespace}/{name} at the registry")
@@ -213,6 +217,9 @@ async def delete_document(store: RegistryStore, caller: access.Caller, kind: str
                     continue  # stored before a schema change; it does not run anyway
                 if (kind, name) in _refs(workload):
                     raise ConfigError(f"{kind} {namespace}/{name} is used by {user_kind} {namespace}/{user}")
+        if kind == "Endpoint" and (users := await routes.routes_using(store, namespace, name)):
+            raise ConfigError(f"Endpoint {namespace}/{name} is used by Route " + ", ".join(
+                f"{namespace}/{user}" for user in users))
         await store.documents.delete(kind, namespace, name)
     await schedule(store)
 
@@ -393,7 +400,7 @@ async def list_workloads(request: AnyRequest) -> list[dict[str, Any]]:
 
 
 @post("/api/v1/documents", summary="Apply documents (a JSON list; ?workspace=): DeviceModel, Device, Workload, "
-                                   "ConfigItem, Secret, BatchWorkload (admin)", status_code=200)
+                                   "ConfigItem, Secret, BatchWorkload, Endpoint, Route (admin)", status_code=200)
 async def post_documents(request: AnyRequest, data: JSONBody[list[dict[str, Any]]]) -> dict[str, list[str]]:
     caller = await access.require_caller(request, "admin")
     workspace = request.query_params.get("workspace", access.DEFAULT_WORKSPACE)

@@ -208,7 +208,18 @@ EndpointTypeName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]*$", max_length=
     "built in: `bus`, `eventbus`, `rest`, `servicebus`, `mqtt`, `http`; or one a plugin serves (`fieldgate plugins`)"))]
 
 
-class Endpoint(Document, tag="Endpoint", kw_only=True):
+class PlacedDocument(Document, kw_only=True):
+    """Where the registry sends an Endpoint or a Route: a node, the nodes whose labels match, the nodes of groups
+    (any that is set; none: nowhere). A node ignores these fields: the registry removes them when it sends the
+    document."""
+
+    node: Annotated[Name | None, Meta(description="at the registry: send to this node")] = None
+    node_selector: Annotated[dict[str, str], Meta(description="at the registry: send to the nodes of the "
+                                                              "workspace whose labels have these values")] = {}
+    groups: Annotated[list[Name], Meta(description="at the registry: send to the nodes of these node groups")] = []
+
+
+class Endpoint(PlacedDocument, tag="Endpoint", kw_only=True):
     """Where messages come from or go to; each type takes its own properties (see "Endpoint types" below)."""
 
     type: EndpointTypeName
@@ -216,13 +227,16 @@ class Endpoint(Document, tag="Endpoint", kw_only=True):
                                                            "load against that type's schema")] = {}
 
 
-class Route(Document, tag="Route", kw_only=True):
+class Route(PlacedDocument, tag="Route", kw_only=True):
     """Messages from a source endpoint and resource (`topic` or `path`) to a target endpoint and resource
-    (`topic`, `path` or `resource` URL); `{node}`, `{namespace}`, `{device}` and `{topic}` fill target topics."""
+    (`topic`, `path` or `resource` URL); `{node}`, `{namespace}`, `{device}` and `{topic}` fill target topics. At the
+    registry, a Route sent to a node takes its source and target Endpoints along, wherever they are placed."""
 
-    source: Name
+    source: Annotated[Name, Meta(description=(
+        "an Endpoint of the namespace; at the registry it must be there too, and goes to every node the Route goes "
+        "to (applying a Route whose Endpoints are not at the registry is refused)"))]
     source_resource: dict[str, str] = {}
-    target: Name
+    target: Annotated[Name, Meta(description="an Endpoint of the namespace; at the registry, as `source`")]
     target_resource: dict[str, str] = {}
 
 

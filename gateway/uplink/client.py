@@ -1,5 +1,6 @@
 """The uplink to the registry (a built-in plugin): once the node has joined (<data-dir>/registry/registry.json),
-a supervised task heartbeats over mutual TLS with node info and the twins that changed (gateway.uplink.twins),
+a supervised task heartbeats over mutual TLS with node info, the twins that changed (gateway.uplink.twins) and the
+counters of its registry-owned routes (gateway.uplink.routes),
 applies the registry's resources for the node whenever their resource version changes and the desired values the
 registry answers with. A second task long-polls the registry for REST messages meant for this
 node (`POST /api/v1/messages/<node>/<ns>/<path>` on the registry), hands each to the rest routes of namespace <ns>
@@ -30,6 +31,7 @@ from gateway.ops.sampler import NodeSampler
 from gateway.plugins import list_plugins
 from gateway.resources.schema import AnyDocument, dec_hook
 from gateway.uplink.requests import answer_request
+from gateway.uplink.routes import RouteSync
 from gateway.uplink.twins import TwinSync
 from gateway.uplink.upgrade import NodeUpgrade
 from gateway.uplink.workloads import WorkloadSync
@@ -84,6 +86,7 @@ class Uplink:
         self.twins = TwinSync(gateway, gateway.data_dir / "registry" / "desired.json")
         self.workloads = WorkloadSync(gateway)
         self.upgrade = NodeUpgrade(gateway)
+        self.routes = RouteSync(gateway)
 
     async def run(self) -> None:
         from gateway.uplink.join import client_ssl_context
@@ -150,14 +153,15 @@ class Uplink:
     async def beat(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
-                **self.workloads.outgoing(), **self.upgrade.outgoing()}
+                **self.workloads.outgoing(), **self.upgrade.outgoing(), **self.routes.outgoing()}
         content = msgspec.json.encode(body)  # msgspec, not json: no value can make the body invalid JSON
         if len(content) > MAX_HEARTBEAT:  # the budgets keep under it; never send what the registry refuses whole
             log.error("a heartbeat of %d bytes is over the registry's %d: its twins and workloads go later",
                       len(content), MAX_HEARTBEAT)
             self.twins.failed()
             self.workloads.failed()
-            later = ("twins", "twins_complete", "described", "workloads")
+            self.routes.failed()
+            later = ("twins", "twins_complete", "described", "workloads", "routes")
             body = {key: value for key, value in body.items() if key not in later}
             content = msgspec.json.encode(body)
         try:
@@ -166,11 +170,13 @@ class Uplink:
         except httpx.HTTPError as exc:
             self.twins.failed()  # the twins it carried go with the next heartbeat
             self.workloads.failed()
+            self.routes.failed()
             self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
             return
         if response.status_code != 200:
             self.twins.failed()
             self.workloads.failed()
+            self.routes.failed()
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
@@ -178,10 +184,12 @@ class Uplink:
         except ConfigError as exc:
             self.twins.failed()
             self.workloads.failed()
+            self.routes.failed()
             self._set_state("refused", f"unexpected answer: {exc}")
             return
         self.twins.delivered()
         self.workloads.delivered()
+        self.routes.delivered()
         self.latency_ms = round((time.monotonic() - started) * 1000, 1)
         self._set_state("connected", f"as node {answer.node}")
         self.interval = answer.heartbeat_interval or self.interval

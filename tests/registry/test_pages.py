@@ -148,6 +148,9 @@ def page_routes() -> set[tuple[str, str, str]]:
 
 WALK_BATCH = "kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
 SPARE_DEVICE = "kind: Device\nname: spare-{n}\nmodel: thermo\nprotocol: {{name: virtual}}\n"
+WALK_ROUTE = ("kind: Endpoint\nname: walk-in\ntype: rest\n---\nkind: Endpoint\nname: walk-out\ntype: http\n"
+              "properties: {url: 'http://127.0.0.1:1'}\n---\nkind: Route\nname: walk-route\nsource: walk-in\n"
+              "source_resource: {path: /walk}\ntarget: walk-out\n")
 # Each page route with a path that exists and, for a form, fields it takes: nothing here may fail with a 500.
 WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/"): ("/", {}),
@@ -176,6 +179,18 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("POST", "/devices/{namespace:str}/{name:str}/desired"): ("/devices/default/boiler-1/desired",
                                                                {"property": "setpoint", "value": "21"}),
     ("GET", "/editor"): ("/editor", {}),
+    ("GET", "/endpoints"): ("/endpoints", {}),
+    ("GET", "/endpoints/edit"): ("/endpoints/edit?name=walk-in", {}),
+    ("POST", "/endpoints/edit"): ("/endpoints/edit", {"name": "walk-ep", "type": "http",
+                                                      "properties": "url: http://127.0.0.1:1", "node": NODE}),
+    ("POST", "/endpoints/{namespace:str}/{name:str}/delete"): ("/endpoints/default/walk-ep/delete", {}),
+    ("GET", "/routes"): ("/routes", {}),
+    ("GET", "/routes/edit"): ("/routes/edit?name=walk-route", {}),
+    ("POST", "/routes/edit"): ("/routes/edit", {"name": "walk-route-2", "source": "walk-in",
+                                                "source_resource": "path=/walk-2", "target": "walk-out",
+                                                "groups": "line-a"}),
+    ("GET", "/routes/{namespace:str}/{name:str}"): ("/routes/default/walk-route", {}),
+    ("POST", "/routes/{namespace:str}/{name:str}/delete"): ("/routes/default/walk-route-2/delete", {}),
     ("POST", "/editor"): ("/editor", {"yaml": SPARE_DEVICE.format(n=1)}),
     ("GET", "/groups"): ("/groups", {}),
     ("POST", "/groups"): ("/groups", {"name": "spare", "selector": "site=nowhere"}),
@@ -247,6 +262,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     revocable = token(fleet.registry).split(".")[0]
     (fleet.tmp_path / "walk-batch.yaml").write_text(WALK_BATCH)
     cli(fleet.registry, "apply", "-f", str(fleet.tmp_path / "walk-batch.yaml"))
+    (fleet.tmp_path / "walk-route.yaml").write_text(WALK_ROUTE)
+    cli(fleet.registry, "apply", "-f", str(fleet.tmp_path / "walk-route.yaml"))
     task = upgrade_task(fleet)
     with session(fleet.registry, None) as anonymous:
         for method, path, _ in sorted(routes):
@@ -273,7 +290,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.client.post(f"/nodes/{NODE}/scheduling", data={"action": "pause"}).status_code == 403
             assert pages.post("/logout").status_code == 303
             assert pages.get("/").status_code == 303
-    for kind, name in (("BatchWorkload", "walk-batch"), ("Workload", "walk-app"), ("Secret", "walk-secret")):
+    for kind, name in (("BatchWorkload", "walk-batch"), ("Workload", "walk-app"), ("Secret", "walk-secret"),
+                       ("Route", "walk-route"), ("Endpoint", "walk-in"), ("Endpoint", "walk-out")):
         cli(fleet.registry, "delete", kind, name)  # the later tests count the fleet's apps
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",

@@ -24,7 +24,8 @@ from gateway.resources.loader import Source, parse_yaml
 from gateway.webkit.pages import form_fields, see_other
 from gateway.workloads.secrets import MASK, SecretBox
 
-EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret")  # what the editor takes
+# what the editor takes
+EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret", "Endpoint", "Route")
 APP_KINDS = ("Workload", "BatchWorkload", "ConfigItem", "Secret")
 KEPT = "(kept)"  # a Secret's value as the editor shows it: applied as is, the stored value stays
 PROPERTY_TYPES = ("float", "double", "int", "boolean", "string", "bytes")

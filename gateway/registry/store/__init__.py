@@ -27,6 +27,7 @@ from gateway.registry.store.access import AccessTables
 from gateway.registry.store.batches import BatchTables
 from gateway.registry.store.db import Database, KeyTaken, NothingMatched, Statement, open_database
 from gateway.registry.store.documents import Document, DocumentTables
+from gateway.registry.store.routes import RouteTables
 from gateway.registry.store.samples import SampleTables, sample_statements
 from gateway.registry.store.twins import TwinTables
 from gateway.registry.store.upgrades import UpgradeTables
@@ -57,6 +58,7 @@ class RegistryStore:
         self.documents = DocumentTables(self)
         self.twins = TwinTables(self)
         self.workloads = WorkloadTables(self)
+        self.routes = RouteTables(self)
         self.upgrades = UpgradeTables(self)
         self.access = AccessTables(self)
         self.samples = SampleTables(self)
@@ -209,7 +211,8 @@ class RegistryStore:
             ("DELETE FROM device_desired WHERE node=?", (name,)),
             ("DELETE FROM workload_placements WHERE node=?", (name,)),
             ("DELETE FROM workload_status WHERE node=?", (name,)),
-            ("DELETE FROM workload_events WHERE node=?", (name,))])
+            ("DELETE FROM workload_events WHERE node=?", (name,)),
+            ("DELETE FROM route_counters WHERE node=?", (name,))])
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
@@ -261,15 +264,18 @@ class RegistryStore:
         await self.documents.put(documents, workspace, also)
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
-        """(resource version, documents) meant for a node: its devices and the models they use."""
+        """(resource version, documents) meant for a node: its devices and the models they use, its workloads and
+        its endpoints and routes."""
         devices = [json.loads(document) for document in await self.documents.node_devices(node)]
         wanted = {(d.get("namespace", "default"), d["model"]) for d in devices if d.get("model")}
         models = [json.loads(doc) for ns, name, doc in await self.documents.models() if (ns, name) in wanted]
         # the Workloads placed on the node, expanded and with their ConfigItems and Secrets: the registry's logic,
         # not the store's (and not loaded by the CLI commands that do not need it)
+        from gateway.registry.routes import node_route_documents
         from gateway.registry.workloads import node_workload_documents
 
-        documents = models + devices + await node_workload_documents(self, node)
+        documents = models + devices + await node_workload_documents(self, node) + await node_route_documents(self,
+                                                                                                              node)
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
         return version, documents
 

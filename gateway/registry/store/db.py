@@ -131,6 +131,12 @@ ALTER TABLE join_tokens ADD COLUMN prefix TEXT NOT NULL DEFAULT '';
 ALTER TABLE device_twins ADD COLUMN model TEXT NOT NULL DEFAULT '';
 ALTER TABLE device_twins ADD COLUMN units TEXT NOT NULL DEFAULT '{{}}';
 """),
+    (11, """
+CREATE TABLE route_counters (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    accepted BIGINT NOT NULL, delivered BIGINT NOT NULL, failed BIGINT NOT NULL, dropped BIGINT NOT NULL,
+    queued BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, reported_at {time} NOT NULL,
+    PRIMARY KEY (node, namespace, name));
+"""),
 ]
 
 

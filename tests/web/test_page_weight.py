@@ -83,8 +83,31 @@ REGISTRY_NOT_PAGES = ("/api/", "/schema", "/healthz", "/metrics", "/events/", "/
 REGISTRY_PAGES_WITH_PARAMS = {"/nodes/{name:str}": "/nodes/gw-1", "/groups/{name:str}": "/groups/line-a",
                               "/devices/{namespace:str}/{name:str}": "/devices/default/boiler-1",
                               "/apps/batch/{namespace:str}/{name:str}": "/apps/batch/default/batch-1",
-                              "/upgrades/{task:str}": "/upgrades/{task}"}
-BATCH = "kind: BatchWorkload\nname: batch-1\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
+                              "/upgrades/{task:str}": "/upgrades/{task}", "/routes/{namespace:str}/{name:str}":
+                              "/routes/default/down"}
+REGISTRY_DOCUMENTS = """\
+kind: BatchWorkload
+name: batch-1
+template: {command: [sleep, '60']}
+groups: [{group: line-a}]
+---
+kind: Endpoint
+name: cloud
+type: rest
+---
+kind: Endpoint
+name: broker
+type: mqtt
+properties: {url: "mqtt://127.0.0.1:1"}
+---
+kind: Route
+name: down
+node: gw-1
+source: cloud
+source_resource: {path: /alarms}
+target: broker
+target_resource: {topic: alarms/in}
+"""
 REGISTRY_PASSWORD = "page-weight-pass"
 
 
@@ -102,8 +125,9 @@ def test_registry_page_weight(tmp_path: Path) -> None:
             await twins.sync(store, "gw-1", [report], True, 0, None,
                              [DeviceDescription(device="default/boiler-1", model="thermo",
                                                 units={"temperature": "degC"})])
-            (tmp_path / "batch.yaml").write_text(BATCH)
-            await apply_documents(store, read_path(tmp_path / "batch.yaml"), DEFAULT_WORKSPACE, cli_caller(), "batch")
+            (tmp_path / "documents.yaml").write_text(REGISTRY_DOCUMENTS)
+            await apply_documents(store, read_path(tmp_path / "documents.yaml"), DEFAULT_WORKSPACE, cli_caller(),
+                                  "documents")
             task = await create_task(store, CreateUpgrade(version="9.9.0", wheels={}, nodes=["gw-1"]),
                                      {"fieldgate-9.9.0-py3-none-any.whl": b""}, cli_caller())
             return str(task["id"])

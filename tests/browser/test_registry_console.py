@@ -149,6 +149,9 @@ def test_join_group_and_set_desired_values_from_the_console(registry: Registry, 
         expect(page.locator("#node-devices")).to_contain_text("default/boiler-1")
         expect(page.locator("#node-plots figure canvas")).to_have_count(4)  # uPlot drew over the four SVG plots
         expect(page.locator("#node-plots .windows a")).to_have_count(4)  # 15m, 1h, 6h, 24h
+        spans = page.eval_on_selector_all("#node-plots figure", "figures => figures.map(f => f.fieldgatePlot"
+                                          " ? f.fieldgatePlot.scales.x.max - f.fieldgatePlot.scales.x.min : null)")
+        assert spans and all(span is not None and 0 < span <= 24 * 3600 for span in spans), spans  # not years
         page.get_by_role("link", name="Fetch the node's log").click()
         expect(page.locator("#node-log")).to_contain_text("started: node gw-1")
         page.screenshot(path=str(artifacts / "registry-console-node.png"), full_page=True)

@@ -78,7 +78,11 @@
       series,
       bands: cols.band ? [{ series: [2, 3], fill: "rgba(31,111,235,0.12)" }] : [],
       scales: {
-        x: { time: true, range: (u, lo, hi) => (lo === hi ? [lo - 60, hi + 60] : [lo, hi]) },  // the span with data
+        x: { time: true, range: (u, lo, hi) => {  // the span with data; one sample: the two minutes around it
+          const xs = u.data[0] || [];  // (uPlot itself widens one point by 86400/ms: years when times are seconds)
+          if (xs.length && xs[0] === xs[xs.length - 1]) return [xs[0] - 60, xs[0] + 60];
+          return lo === hi ? [lo - 60, hi + 60] : [lo, hi];
+        } },
         y: { range: (u, lo, hi) => {
           if (yMax !== null) return [0, yMax];
           if (lo === null || hi === null) return [0, 1];

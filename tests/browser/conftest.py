@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import FIELDGATE, REPO, free_port
+from tests.registry.conftest import Registry, stop
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -112,3 +113,23 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry server of the test's own, on loopback."""
+    server = Registry(tmp_path / "registry")
+    server.start()
+    yield server
+    if server.process is not None:
+        stop(server.process)
+
+
+@pytest.fixture
+def console(chromium: Browser) -> Iterator[Page]:
+    """A page of its own browser context, for the registry's console."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, ignore_https_errors=True)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()

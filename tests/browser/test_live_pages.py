@@ -4,14 +4,12 @@ reload (server-sent events), and the plots are drawn by the vendored uPlot."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.browser.test_ui import log_in
-from tests.registry.conftest import Registry, stop
+from tests.registry.conftest import Registry
 from tests.registry.test_access import cli, heartbeat, join, token
 
 PASSWORD = "registry-live-pass"
@@ -43,32 +41,14 @@ def test_a_device_plot_is_drawn_with_uplot(page: Page, gateway_url: str, artifac
     page.screenshot(path=str(artifacts / "live-device-plot.png"), full_page=True)
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "registry")
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process)
-
-
-@pytest.fixture
-def registry_page(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 800}, ignore_https_errors=True)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
-
-
-def test_a_count_on_the_registry_overview_changes_without_reload(registry: Registry, registry_page: Page,
+def test_a_count_on_the_registry_overview_changes_without_reload(registry: Registry, console: Page,
                                                                  tmp_path: Path, artifacts: Path) -> None:
     node_dir = tmp_path / "gw"
     assert join(registry, token(registry), node_dir, "--name", "gw-live").returncode == 0
     (tmp_path / "password").write_text(PASSWORD + "\n")
     cli(registry, "user", "add", "ops", "--role", "admin", "--scope", "platform", "--password-file",
         str(tmp_path / "password"))
-    page = registry_page
+    page = console
     page.goto(f"{registry.url}/")
     page.get_by_label("User name").fill("ops")
     page.get_by_label("Password").fill(PASSWORD)

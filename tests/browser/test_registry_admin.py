@@ -4,26 +4,15 @@ navigation, no admin buttons, a 403 page for an admin page)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.registry.conftest import Registry, stop
+from tests.registry.conftest import Registry
 from tests.registry.test_access import add_user, cli
 
 PASSWORD = "registry-pass-1"  # the one add_user gives
 NEW_PASSWORD = "operator-pass-1"
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "registry")
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process)
 
 
 def new_page(chromium: Browser) -> Page:

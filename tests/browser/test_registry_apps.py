@@ -5,35 +5,15 @@ shows each node's instance running with the override's replica count."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.browser.test_registry_console import Node, nav, reload_until
 from tests.conftest import FIELDGATE
-from tests.registry.conftest import Registry, join, stop
+from tests.registry.conftest import Registry, join
 
 PASSWORD = "apps-admin-password"
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "registry")
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process)
-
-
-@pytest.fixture
-def console(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900}, ignore_https_errors=True)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
 
 
 def test_a_batch_workload_with_a_group_override_runs_on_both_nodes(registry: Registry, console: Page,

@@ -10,11 +10,10 @@ import shlex
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port
@@ -41,24 +40,6 @@ properties:
   - {{name: temperature, collect_interval: 500ms, visitor: {{generator: constant, value: 61.5}}}}
   - {{name: setpoint, collect_interval: 500ms, visitor: {{generator: memory, initial: 20.0}}}}
 """
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "registry")
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process)
-
-
-@pytest.fixture
-def console(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900}, ignore_https_errors=True)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
 
 
 class Node:

@@ -9,34 +9,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.registry.conftest import Registry, stop
+from tests.registry.conftest import Registry
 from tests.registry.test_access import cli, heartbeat, join, token
 
 PASSWORD = "registry-browser-pass"
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "registry")
-    server.start()
-    yield server
-    if server.process is not None:
-        stop(server.process)
-
-
-@pytest.fixture
-def registry_page(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 800}, ignore_https_errors=True)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
-
-
-def test_a_registry_user_sees_a_joined_nodes_state(registry: Registry, registry_page: Page, tmp_path: Path,
+def test_a_registry_user_sees_a_joined_nodes_state(registry: Registry, console: Page, tmp_path: Path,
                                                   artifacts: Path) -> None:
     node_dir = tmp_path / "gw"
     assert join(registry, token(registry, "--labels", "site=north"), node_dir, "--name", "gw-7").returncode == 0
@@ -48,7 +29,7 @@ def test_a_registry_user_sees_a_joined_nodes_state(registry: Registry, registry_
                                            f"env: {{APP_VERSION: {version}}}\n")
         cli(registry, "apply", "-f", str(tmp_path / "app.yaml"))
     with heartbeats(registry, node_dir):
-        see_the_pages(registry, registry_page, artifacts)
+        see_the_pages(registry, console, artifacts)
 
 
 @contextlib.contextmanager

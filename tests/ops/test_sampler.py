@@ -65,12 +65,13 @@ async def test_the_dashboard_shows_the_plots_of_its_own_node(gateway: Gateway) -
     transport = httpx.ASGITransport(app=create_app(gateway.api))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local",
                                  headers={"Authorization": f"Bearer {token}"}) as client:
-        for window in ("10m", "1h", "24h"):
+        for window in ("15m", "1h", "24h"):
             page = await client.get("/", params={"plots": window})
             assert page.status_code == 200
             start = page.text.index('<section class="card wide" id="node-plots">')
             section = page.text[start:page.text.index("</section>", start)]
-            assert section.count("<svg") == 4 and f"<strong>{window}</strong>" in section
+            assert section.count("<svg") == 4 and f'data-window="{window}" class="active">{window}</a>' in section
+            assert f'data-plot-window="{window}"' in section  # the script redraws that window
             assert len(section) < 12_000, len(section)
             first = section[section.index("<svg"):section.index("</svg>") + 6]
             lines = [p for p in ET.fromstring(first).iter(f"{SVG}path") if p.get("stroke-width") == "1.5"]

@@ -1,7 +1,7 @@
 """The upgrade pages against a real registry over TLS: a task started from uploaded wheels for a group, files that
 are not wheels refused with a message, stopping a task (nodes not started are cancelled, the one upgrading
-finishes), roles and workspaces, the audit log; and, with a real gateway node in A/B slots, a task started from
-the form that the node carries out."""
+finishes), roles and workspaces, the audit log. A real node carrying out a task started from the form, in Chromium:
+tests/browser/test_registry_upgrades.py."""
 
 from __future__ import annotations
 
@@ -9,20 +9,15 @@ import html
 import io
 import json
 import re
-import time
 import zipfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.registry.conftest import Registry, wait_until
+from tests.registry.conftest import Registry
 from tests.registry.test_access import add_user, api, cli, join, token
 from tests.registry.test_pages import NODE, Fleet, Session, beat, fleet, session
-from tests.registry.test_upgrade_task import start_node
-from tests.test_upgrade import build_plugins, build_wheels
 
 __all__ = ["fleet"]  # the module's registry, shared by its tests
 WHEEL = "fieldgate-9.9.0-py3-none-any.whl"
@@ -194,46 +189,3 @@ def test_an_admin_of_another_workspace_neither_sees_nor_stops_the_task(fleet: Fl
         assert "no such workspace" in flashes(pages.get(answer.headers["location"]), "error")[0]
     with api(fleet.registry, cli(fleet.registry, "token", "create", "--role", "viewer").stdout.strip()) as client:
         assert client.get(f"/api/v1/upgrades/{task}").json()["state"] == "running"
-
-
-# --- a real node carries out a task started from the form -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def two_versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("wheelhouses")
-    plugins = build_plugins(base / "plugins")
-    return {version: build_wheels(base / "src", base, version, plugins) for version in ("9.0.0", "9.1.0")}
-
-
-@pytest.fixture
-def real_node(registry: Registry, tmp_path: Path, two_versions: dict[str, Path],
-              monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    node = start_node(registry, tmp_path / "n1", "n1", "9.0.0", two_versions["9.0.0"], monkeypatch)
-    try:
-        yield node
-    finally:
-        node.restart_script.unlink(missing_ok=True)  # an upgrade still running cannot start it again
-        node.stop()
-
-
-@pytest.mark.slow
-def test_a_task_started_from_the_form_upgrades_a_real_node(registry: Registry, tmp_path: Path, real_node: Any,
-                                                           two_versions: dict[str, Path]) -> None:
-    add_user(registry, tmp_path, "admin", "--role", "admin", "--scope", "platform")
-    wait_until(lambda: registry.nodes().get("n1", {}).get("version") == "9.0.0", what="n1's version at the registry")
-    wheels = [(wheel.name, wheel.read_bytes()) for wheel in sorted(two_versions["9.1.0"].glob("*.whl"))]
-    with session(registry, "admin") as pages:
-        task = task_of(start(pages, wheels, node="n1", deadline="60"))
-        deadline = time.monotonic() + 150
-        while True:
-            shown = pages.get(f"/upgrades/{task}")
-            assert shown.status_code == 200
-            if 'data-status="running"' not in shown.text.split('id="task-facts"')[0]:
-                break
-            assert time.monotonic() < deadline, shown.text[-2000:]
-            time.sleep(0.5)
-        assert 'data-status="succeeded"' in shown.text.split('id="task-facts"')[0], shown.text[-2000:]
-        assert re.search(r'data-node="n1" data-phase="done"', shown.text)
-        assert "switching to slot b and restarting" in shown.text  # the node's log of it
-    assert real_node.current() == "b" and real_node.status()["version"] == "9.1.0"

@@ -18,11 +18,11 @@ import yaml
 from gateway.api import GatewayAPI
 from gateway.errors import ConfigError, ResourceError
 from gateway.importers import csv as csv_import
+from gateway.webkit import forms
 
 EDITABLE_KINDS = ("DeviceModel", "Device", "Endpoint", "Route")
 MAX_UPLOAD_BYTES = 2 << 20
 MAX_LABEL = 100  # characters of an uploaded file's name that messages show
-PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes")
 
 
 def owner(gateway: GatewayAPI, kind: str, namespace: str, name: str) -> str | None:
@@ -141,17 +141,6 @@ def upload_text(data: bytes, filename: str) -> str:
 # --- forms ---------------------------------------------------------------------------------------------------
 
 
-def _number(value: str, field: str) -> float | int | None:
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{field}: {value!r} is not a number") from None
-    return int(number) if number.is_integer() and "." not in value else number
-
-
 def labels_from_text(text: str) -> dict[str, str]:
     labels: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.replace("\n", ";").split(";"))):
@@ -166,80 +155,11 @@ def labels_to_text(labels: Mapping[str, str]) -> str:
     return "; ".join(f"{k}={v}" for k, v in labels.items())
 
 
-def _flow_yaml(text: str, field: str) -> Any:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{field}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-
-
-def _document_header(kind: str, form: Mapping[str, str], *optional: str) -> dict[str, Any]:
-    """kind, name, namespace, and description, labels and the given fields when the form has them."""
-    document: dict[str, Any] = {"kind": kind, "name": form.get("name", "").strip(),
-                                "namespace": form.get("namespace", "").strip() or "default"}
-    for field in ("description", "labels", *optional):
-        value = form.get(field, "").strip()
-        if value:
-            document[field] = labels_from_text(value) if field == "labels" else value
-    return document
-
-
 def model_from_form(form: Mapping[str, str]) -> dict[str, Any]:
-    """A DeviceModel document from the model form (rows named prop-<i>-<field>; empty rows skipped)."""
-    document = _document_header("DeviceModel", form, "protocol")
-    properties = []
-    for i in range(int(form.get("rows", "0") or 0)):
-        def cell(field: str, i: int = i) -> str:
-            return str(form.get(f"prop-{i}-{field}", "")).strip()
-
-        if not cell("name"):
-            continue
-        prop: dict[str, Any] = {"name": cell("name"), "type": cell("type") or "float",
-                                "access": cell("access") or "ReadOnly"}
-        if cell("unit"):
-            prop["unit"] = cell("unit")
-        for bound in ("minimum", "maximum"):
-            value = _number(cell(bound), f"property {cell('name')}: {bound}")
-            if value is not None:
-                prop[bound] = value
-        properties.append(prop)
-    document["properties"] = properties
-    return document
+    """A DeviceModel document from the model form (gateway.webkit.forms), labels as this UI writes them."""
+    return forms.model_from_form(form, labels_from_text)
 
 
 def device_from_form(form: Mapping[str, str]) -> dict[str, Any]:
-    """A Device document from the device form (per property: collect interval, desired value, visitor YAML)."""
-    document = _document_header("Device", form, "model")
-    protocol_config = _flow_yaml(form.get("protocol_config", ""), "protocol config") or {}
-    document["protocol"] = {"name": form.get("protocol", "").strip(), "config": protocol_config}
-    if form.get("timeout", "").strip():
-        document["timeout"] = form["timeout"].strip()
-    properties = []
-    for i in range(int(form.get("rows", "0") or 0)):
-        def cell(field: str, i: int = i) -> str:
-            return str(form.get(f"prop-{i}-{field}", "")).strip()
-
-        if not cell("name"):
-            continue
-        prop: dict[str, Any] = {"name": cell("name")}
-        if cell("collect_interval"):
-            prop["collect_interval"] = cell("collect_interval")
-        if cell("desired"):
-            prop["desired"] = _flow_yaml(cell("desired"), f"property {cell('name')}: desired")
-        visitor = _flow_yaml(cell("visitor"), f"property {cell('name')}: visitor")
-        if visitor is not None:
-            prop["visitor"] = visitor
-        properties.append(prop)
-    document["properties"] = properties
-    return document
-
-
-def flow(value: Any) -> str:
-    """A value as one line of YAML, for a form field."""
-    if value is None:
-        return ""
-    return str(yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)).strip().removesuffix(
-        "\n...").strip()
+    """A Device document from the device form (gateway.webkit.forms), labels as this UI writes them."""
+    return forms.device_from_form(form, labels_from_text)

@@ -20,6 +20,7 @@ from gateway.registry.pages.common import caller_of, flash, labels_from_text, la
 from gateway.registry.pages.documents import _apply, _stored, _workspace_for, problems_of
 from gateway.registry.pages.workloads import FAILED
 from gateway.registry.workloads import workload_views
+from gateway.webkit.forms import row_count
 from gateway.webkit.pages import form_fields, see_other
 
 APP_KINDS = ("Workload", "BatchWorkload")
@@ -72,13 +73,13 @@ def _words(text: str, field: str) -> list[str]:
 def _rows(fields: dict[str, str], prefix: str, filled: tuple[str, ...]) -> list[dict[str, str]]:
     """The rows `<prefix>-<i>-<field>` of a form table with any of the `filled` fields given (a select's default
     alone leaves a row out)."""
-    count = int(fields.get(f"{prefix}_rows", "0") or 0) if fields.get(f"{prefix}_rows", "0").isdigit() else 0
-    rows = []
-    for i in range(min(count, 200)):
-        row = {key.removeprefix(f"{prefix}-{i}-"): value.strip() for key, value in fields.items()
-               if key.startswith(f"{prefix}-{i}-")}
-        if any(row.get(key) for key in filled):
-            rows.append(row)
+    count = row_count(fields, f"{prefix}_rows")
+    grouped: dict[int, dict[str, str]] = {}  # one pass over the fields, however many rows the form claims
+    for key, value in fields.items():
+        index, sep, field = key.removeprefix(f"{prefix}-").partition("-")
+        if key.startswith(f"{prefix}-") and sep and index.isdigit() and int(index) < count:
+            grouped.setdefault(int(index), {})[field] = value.strip()
+    rows = [grouped[i] for i in sorted(grouped) if any(grouped[i].get(key) for key in filled)]
     return rows
 
 

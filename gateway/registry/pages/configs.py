@@ -15,6 +15,7 @@ from gateway.registry import access
 from gateway.registry.access import AnyRequest
 from gateway.registry.pages.common import caller_of, flash, labels_from_text, labels_text, page, show, store_of
 from gateway.registry.pages.documents import _apply, _stored, _workspace_for, problems_of, secret_values
+from gateway.webkit.forms import row_count
 from gateway.webkit.pages import form_fields, see_other
 
 CONFIG_KINDS = ("ConfigItem", "Secret")
@@ -87,8 +88,7 @@ async def config_save(request: AnyRequest) -> Response[Any]:
     document: dict[str, Any] = {"kind": kind, "namespace": namespace, "name": name}
     store = store_of(request)
     rows = [(fields.get(f"data-{i}-key", "").strip(), fields.get(f"data-{i}-was", "").strip(),
-             fields.get(f"data-{i}-value", "")) for i in range(min(int(fields.get("rows", "0") or 0)
-                                                                   if fields.get("rows", "0").isdigit() else 0, 500))]
+             fields.get(f"data-{i}-value", "")) for i in range(row_count(fields))]
     try:
         if is_new and await _stored(store, caller_of(request), kind, namespace, name) is not None:
             raise ConfigError(f"{kind} {namespace}/{name} exists already (edit it from its list)")

@@ -21,6 +21,8 @@ from gateway.registry.pages.common import caller_of, flash, labels_from_text, la
 from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import apply_documents
 from gateway.resources.loader import Source, parse_yaml
+from gateway.webkit import forms
+from gateway.webkit.forms import PROPERTY_TYPES, flow
 from gateway.webkit.pages import form_fields, see_other
 from gateway.workloads.secrets import MASK, SecretBox
 
@@ -28,31 +30,12 @@ from gateway.workloads.secrets import MASK, SecretBox
 EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret", "Endpoint", "Route")
 APP_KINDS = ("Workload", "BatchWorkload", "ConfigItem", "Secret")
 KEPT = "(kept)"  # a Secret's value as the editor shows it: applied as is, the stored value stays
-PROPERTY_TYPES = ("float", "double", "int", "boolean", "string", "bytes")
 EXTRA_ROWS = 3
 MAX_EDITOR_BYTES = 1 << 20
 
 
 def problems_of(exc: ConfigError) -> list[str]:
     return list(exc.problems) if isinstance(exc, ResourceError) else [str(exc)]
-
-
-def flow(value: Any) -> str:
-    """A value as one line of YAML, for a form field."""
-    if value is None:
-        return ""
-    return str(yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)).strip().removesuffix(
-        "\n...").strip()
-
-
-def _flow_yaml(text: str, field: str) -> Any:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{field}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
 
 
 async def _documents(store: RegistryStore, caller: Caller, kind: str) -> list[dict[str, Any]]:
@@ -150,27 +133,8 @@ async def models_page(request: AnyRequest) -> Template:
 
 
 def model_from_form(form: dict[str, str]) -> dict[str, Any]:
-    """A DeviceModel document from the model form (rows prop-<i>-<field>; empty rows skipped)."""
-    document: dict[str, Any] = {"kind": "DeviceModel", "name": form.get("name", "").strip(),
-                                "namespace": form.get("namespace", "").strip() or "default"}
-    if form.get("description", "").strip():
-        document["description"] = form["description"].strip()
-    properties = []
-    for i in range(int(form.get("rows", "0") or 0)):
-        def cell(field: str, i: int = i) -> str:
-            return str(form.get(f"prop-{i}-{field}", "")).strip()
-
-        if not cell("name"):
-            continue
-        prop: dict[str, Any] = {"name": cell("name"), "type": cell("type") or "float",
-                                "access": cell("access") or "ReadOnly"}
-        for field in ("unit", "minimum", "maximum"):
-            if cell(field):
-                prop[field] = _flow_yaml(cell(field), f"property {cell('name')}: {field}") if field != "unit" \
-                    else cell(field)
-        properties.append(prop)
-    document["properties"] = properties
-    return document
+    """A DeviceModel document from the model form (gateway.webkit.forms), labels as the console writes them."""
+    return forms.model_from_form(form, labels_from_text)
 
 
 async def _model_form(request: AnyRequest, document: dict[str, Any], *, is_new: bool, problems: list[str],
@@ -213,35 +177,8 @@ async def model_save(request: AnyRequest) -> Response[Any]:
 
 
 def device_from_form(form: dict[str, str]) -> dict[str, Any]:
-    """A Device document from the device form (per property: its visitor as YAML, intervals, desired value)."""
-    document: dict[str, Any] = {"kind": "Device", "name": form.get("name", "").strip(),
-                                "namespace": form.get("namespace", "").strip() or "default"}
-    for field in ("description", "model", "node"):
-        if form.get(field, "").strip():
-            document[field] = form[field].strip()
-    if form.get("labels", "").strip():
-        document["labels"] = labels_from_text(form["labels"])
-    document["protocol"] = {"name": form.get("protocol", "").strip(),
-                            "config": _flow_yaml(form.get("protocol_config", ""), "protocol config") or {}}
-    properties = []
-    for i in range(int(form.get("rows", "0") or 0)):
-        def cell(field: str, i: int = i) -> str:
-            return str(form.get(f"prop-{i}-{field}", "")).strip()
-
-        if not cell("name"):
-            continue
-        prop: dict[str, Any] = {"name": cell("name")}
-        for field in ("collect_interval", "report_interval"):
-            if cell(field):
-                prop[field] = cell(field)
-        if cell("desired"):
-            prop["desired"] = _flow_yaml(cell("desired"), f"property {cell('name')}: desired")
-        visitor = _flow_yaml(cell("visitor"), f"property {cell('name')}: visitor")
-        if visitor is not None:
-            prop["visitor"] = visitor
-        properties.append(prop)
-    document["properties"] = properties
-    return document
+    """A Device document from the device form (gateway.webkit.forms), labels as the console writes them."""
+    return forms.device_from_form(form, labels_from_text)
 
 
 async def _device_form(request: AnyRequest, document: dict[str, Any], *, is_new: bool, problems: list[str],

@@ -16,6 +16,7 @@ from gateway.errors import ConfigError, FieldgateError, NotFound
 from gateway.web import editing
 from gateway.web.pages.common import AnyRequest, actor, flash, form_upload, gateway_of, render
 from gateway.web.security import BODY_DOCUMENTS, requires
+from gateway.webkit import forms
 from gateway.webkit.pages import form_fields, see_other
 
 admin = [requires("admin")]
@@ -45,7 +46,7 @@ async def _existing(request: AnyRequest, kind: str, namespace: str, name: str
 def _model_context(document: dict[str, Any]) -> dict[str, Any]:
     rows = list(document.get("properties", [])) + [{} for _ in range(EXTRA_ROWS)]
     return {"doc": document, "rows": rows, "labels": editing.labels_to_text(document.get("labels", {})),
-            "types": editing.PROPERTY_TYPES}
+            "types": forms.PROPERTY_TYPES}
 
 
 @get("/models/edit", guards=admin, summary="The model form (new, or ?namespace=&name= to edit)",
@@ -79,7 +80,7 @@ async def model_save(request: AnyRequest) -> Template | Redirect:
 
 def _device_context(request: AnyRequest, document: dict[str, Any]) -> dict[str, Any]:
     gateway = gateway_of(request)
-    rows = [{**prop, "visitor": editing.flow(prop.get("visitor")), "desired": editing.flow(prop.get("desired"))}
+    rows = [{**prop, "visitor": forms.flow(prop.get("visitor")), "desired": forms.flow(prop.get("desired"))}
             for prop in document.get("properties", [])]
     named = {row["name"] for row in rows}
     model = gateway.config.models.get((document.get("namespace", "default"), document.get("model") or ""))
@@ -88,7 +89,7 @@ def _device_context(request: AnyRequest, document: dict[str, Any]) -> dict[str, 
     rows += [{} for _ in range(EXTRA_ROWS)]
     protocol = document.get("protocol") or {}
     return {"doc": document, "rows": rows, "labels": editing.labels_to_text(document.get("labels", {})),
-            "protocol_name": protocol.get("name", ""), "protocol_config": editing.flow(protocol.get("config") or {}),
+            "protocol_name": protocol.get("name", ""), "protocol_config": forms.flow(protocol.get("config") or {}),
             "models": sorted(gateway.config.models.values(), key=lambda m: (m.namespace, m.name)),
             "protocols": sorted(gateway.protocols)}
 

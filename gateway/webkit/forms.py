@@ -9,11 +9,13 @@ from typing import Any
 
 import yaml
 
+from gateway.decoding import check_depth
 from gateway.errors import ConfigError
 
 PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes")
 MAX_ROWS = 500  # rows a form may say it has: the count is the browser's word, and a loop runs that often
 
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: fast, and it limits nesting
 LabelParser = Callable[[str], dict[str, str]]
 
 
@@ -37,9 +39,13 @@ def flow_yaml(text: str, field: str) -> Any:
     if not text:
         return None
     try:
-        return yaml.safe_load(text)
+        value = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{field}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{field}: invalid YAML: nested too deeply") from None
+    check_depth(value, field)  # parsed, yet too deep for what walks a document later
+    return value
 
 
 def number(value: str, field: str) -> float | int | None:

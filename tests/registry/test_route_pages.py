@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import ConfigError
+from gateway.registry.pages.routes import _mapping
 from tests.registry.conftest import Registry, wait_until
 from tests.registry.test_access import add_user, cli
 from tests.registry.test_messages import api
@@ -159,3 +161,9 @@ def test_endpoints_and_a_route_made_in_the_forms_run_on_the_node_and_show_its_co
         assert any(d[:4] == ("user:admin", "document.delete", document, "ok") for d in done), document
     assert any(d[1:3] == ("document.delete", "Endpoint/default/receiver") and d[3].startswith("refused")
                for d in done)
+
+
+@pytest.mark.parametrize("text", ["[" * 3000 + "]" * 3000, "a: " + "{b: " * 100 + "1" + "}" * 100, "- a list"])
+def test_endpoint_properties_deep_or_not_a_mapping_are_refused_by_name(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^properties: "):
+        _mapping(text, "properties")

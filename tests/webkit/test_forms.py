@@ -42,3 +42,10 @@ def test_a_yaml_field_that_does_not_parse_is_named() -> None:
     device = device_from_form(form, node_labels)
     assert device["labels"] == {"line": "1"} and device["properties"] == [{"name": "t",
                                                                             "visitor": {"generator": "sine"}}]
+
+
+@pytest.mark.parametrize("deep", ["[" * 3000 + "]" * 3000, "{a: " * 100 + "1" + "}" * 100])
+def test_a_yaml_field_nested_too_deeply_is_refused_by_name(deep: str) -> None:
+    form = {"name": "d", "model": "m", "protocol": "virtual", "protocol_config": deep}
+    with pytest.raises(ConfigError, match=r"^protocol config: "):
+        device_from_form(form, node_labels)

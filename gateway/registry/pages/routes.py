@@ -21,6 +21,7 @@ from gateway.registry.pages.documents import _apply, _stored, _workspace_for, pr
 from gateway.registry.routes import counter_views, route_view
 from gateway.registry.workloads import delete_document
 from gateway.resources.endpoints import BUILTIN_ENDPOINT_TYPES
+from gateway.webkit.forms import flow_yaml
 from gateway.webkit.pages import form_fields, see_other
 
 KINDS = {"Endpoint": "/endpoints", "Route": "/routes"}
@@ -31,12 +32,9 @@ FORM_FIELDS = ("description", "labels", "node", "node_selector", "groups", "type
 
 def _mapping(text: str, field: str) -> dict[str, Any]:
     """A YAML mapping from a text field (empty: none); ConfigError naming the field otherwise."""
-    if not text.strip():
+    value = flow_yaml(text, field)
+    if value is None:
         return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{field}: not YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{field}: expected a mapping (key: value lines)")
     return value

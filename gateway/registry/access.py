@@ -346,6 +346,10 @@ def workspace_scope(workspace: str | None) -> str:
     return f"workspace:{workspace or DEFAULT_WORKSPACE}"
 
 
+AUDIT_FIELD = 300  # characters of an audit entry's scope, action and object
+AUDIT_TEXT = 2000  # characters of its outcome and detail
+
+
 async def record(store: RegistryStore, actor: Caller | str, scope: str, action: str, target: str,
                  outcome: str = "ok", detail: Any = "") -> None:
     """Write one audit entry: who (`token:<id>`, `user:<name>`, `node:<name>`, `cli:<login>`) did what to which
@@ -353,8 +357,9 @@ async def record(store: RegistryStore, actor: Caller | str, scope: str, action: 
     who = actor.actor if isinstance(actor, Caller) else actor
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
     now = time.time()
-    await store.access.record(f"{time.time_ns():x}{secrets.token_hex(2)}", now, who, scope, action, target, outcome,
-                              text[:2000])
+    # what a refused request named goes in as far as a reader needs it: a 10 MB name is not kept 10 MB
+    await store.access.record(f"{time.time_ns():x}{secrets.token_hex(2)}", now, who, scope[:AUDIT_FIELD],
+                              action[:AUDIT_FIELD], target[:AUDIT_FIELD], outcome[:AUDIT_TEXT], text[:AUDIT_TEXT])
 
 
 async def audit_entries(store: RegistryStore, caller: Caller, *, limit: int = 200,

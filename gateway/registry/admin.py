@@ -26,6 +26,8 @@ ROLE_SUMMARY = {
              "tokens and workspaces within its scope, reads the audit log",
 }
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+MAX_DESCRIPTION = 200  # characters of an API token's description
 AUDIT_PAGE = 50
 _hasher = PasswordHasher()
 
@@ -70,6 +72,8 @@ async def check_grant(store: RegistryStore, caller: Caller, role: str, scope_tex
 def _check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
         raise ConfigError(f"password: use at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise ConfigError(f"password: use at most {MAX_PASSWORD} characters")
     return password
 
 
@@ -147,10 +151,12 @@ async def visible_tokens(store: RegistryStore, caller: Caller) -> list[dict[str,
 async def create_token_as(store: RegistryStore, caller: Caller, role: str, scope: str, description: str) -> str:
     """A new API token with a role in a scope the caller may grant (audited); the only time its secret is seen."""
     async with access.audited(store, caller, "token.create", "token", str(caller.scope)) as entry:
-        entry.detail = {"role": role, "scope": scope, "description": description}
+        entry.detail = {"role": role, "scope": scope, "description": description[:MAX_DESCRIPTION]}
+        if len(description.strip()) > MAX_DESCRIPTION:
+            raise ConfigError(f"description: use at most {MAX_DESCRIPTION} characters")
         granted = await check_grant(store, caller, role, scope)
         entry.scope = str(granted)
-        token = await access.create_api_token(store, role, granted, description.strip()[:200])
+        token = await access.create_api_token(store, role, granted, description.strip())
         entry.detail["id"] = token.split(".")[0]
     return token
 

@@ -11,6 +11,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import ConfigError
+from gateway.registry import access, admin
+from gateway.registry.access import cli_caller
+from gateway.registry.store import RegistryStore
 from tests.registry.conftest import Registry, stop
 from tests.registry.test_access import api, cli, join, token, two_workspaces
 
@@ -112,3 +116,27 @@ def test_scopes_and_audit_on_postgresql(pg_registry: Registry, tmp_path: Path) -
                         ("workspace.create", "workspace/plant-c", "folder:east", "ok")]
     assert ("node.join", "node/a", "workspace:default", "ok") not in seen
     assert ("node.join", "node/a", "workspace:default", "ok") in actions(entries(pg_registry))
+
+
+async def test_what_a_hostile_request_names_is_kept_bounded_in_the_audit_log(tmp_path: Path) -> None:
+    """A 1 MB user name, password or token description is refused with the field named, and the refusal's entry
+    keeps no more of it than a reader needs."""
+    async with RegistryStore(tmp_path / "registry") as store:
+        root = cli_caller()
+        huge = "a" * 1_000_000
+        with pytest.raises(ConfigError, match="user name"):
+            await admin.add_user_as(store, root, huge, "viewer", "platform", "password-1")
+        with pytest.raises(ConfigError, match="password: use at most 1024 characters"):
+            await admin.add_user_as(store, root, "ann", "viewer", "platform", huge)
+        with pytest.raises(ConfigError, match="description: use at most 200 characters"):
+            await admin.create_token_as(store, root, "viewer", "platform", huge)
+        assert [u["name"] for u in await access.users(store)] == []
+        assert await access.api_tokens(store) == []
+        entries = await access.audit_entries(store, root)
+        assert [e["action"] for e in entries] == ["token.create", "user.add", "user.add"]
+        assert all(e["outcome"].startswith("refused: ") for e in entries)
+        for entry in entries:
+            assert len(entry["object"]) <= access.AUDIT_FIELD and len(entry["outcome"]) <= access.AUDIT_TEXT
+            assert len(entry["detail"]) <= access.AUDIT_TEXT and huge not in json.dumps(entry)
+        token = await admin.create_token_as(store, root, "viewer", "platform", "d" * 200)  # the limit itself is fine
+        assert token and (await access.api_tokens(store))[0]["description"] == "d" * 200

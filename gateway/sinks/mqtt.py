@@ -65,6 +65,11 @@ class MqttSink(Sink):
 
         client, self._client = self._client, None
         if client is not None:
+            # a broker that dropped the link left its reason in the client's disconnect future; read it here, or
+            # asyncio reports it as never retrieved when the client is collected
+            gone = client._disconnected
+            if gone.done() and not gone.cancelled():
+                gone.exception()
             try:
                 await client.__aexit__(None, None, None)
             except aiomqtt.MqttError:

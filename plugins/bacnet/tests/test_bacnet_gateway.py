@@ -55,6 +55,7 @@ async def test_values_by_cov_and_polling_and_a_write_at_priority_8(
     twin = gw.api.twin("default/room-1")
     await wait_until(lambda: twin.properties["humidity"].reported == 10.5, timeout=10)
     assert twin.properties["mode"].reported == 1 and twin.properties["fan"].reported is False
+    await wait_until(lambda: twin.properties["missing"].quality != "unknown", timeout=10)  # read after the others
     missing = twin.properties["missing"]
     assert missing.quality == "bad" and missing.error == "analog-value,99 present-value: object: unknown-object"
     await wait_until(lambda: twin.state == "unhealthy", timeout=5)  # in the reads that hold the unknown object

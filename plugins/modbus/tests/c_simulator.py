@@ -70,9 +70,9 @@ class CSimulator:
         self.port = 0
         self._lines: queue.Queue[str] = queue.Queue()
 
-    def start(self) -> int:
-        """Start it; returns the port it listens on."""
-        command = [str(simulator_binary()), "--layout", str(self.layout), "--port", "0"]
+    def start(self, port: int = 0) -> int:
+        """Start it (on `port`, or a free one); returns the port it listens on."""
+        command = [str(simulator_binary()), "--layout", str(self.layout), "--port", str(port)]
         if self.delay_ms:
             command += ["--delay-ms", str(self.delay_ms)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -216,6 +216,53 @@ async def test_the_c_simulator_serves_several_connections_and_answers_absent_uni
     assert total >= 2
 
 
+async def wait_for(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_gateway_polls_pipelined_devices_from_the_layout_the_sim_command_writes(tmp_path: Path) -> None:
+    """`fieldgate sim modbus --write-layout` and the C simulator serve what the Python simulator serves; the gateway
+    reads it pipelined, goes offline when the simulator stops and polls again when it is back."""
+    from gateway.runtime import Gateway
+
+    layout = tmp_path / "written.txt"
+    command = [sys.executable, "-m", "gateway", "sim", "modbus", "--write-layout", str(layout)]
+    for unit in UNITS:
+        command += ["--profile", PROFILE, "--unit", str(unit)]
+    await asyncio.to_thread(subprocess.run, command, check=True, timeout=60)
+    units = units_from_profiles([(PROFILE, u) for u in UNITS], animate=False)
+    reference = ModbusSimulator(units)  # not started: its values are what it would serve
+    c_sim = CSimulator(tmp_path, units)
+    assert c_sim.layout.read_text() == layout.read_text()
+    port = c_sim.start()
+    config = tmp_path / "plant.yaml"
+    config.write_text("kind: Gateway\nname: gw\neventbus: {url: none}\n" + "".join(
+        f"---\nkind: Device\nname: meter-{u}\nprofile: {PROFILE}\nprotocol: {{name: modbus-tcp, config: {{host: "
+        f"127.0.0.1, port: {port}, unit: {u}, timeout: 1.0, max_inflight: 8, max_registers: 8}}}}\n" for u in UNITS))
+    try:
+        async with Gateway.from_path(config, data_dir=tmp_path / "data") as gw:
+            twins = {u: gw.api.twin(f"default/meter-{u}") for u in UNITS}
+
+            def all_reported() -> bool:
+                return all(p.reported is not None for t in twins.values() for p in t.properties.values())
+
+            await wait_for(all_reported)
+            for unit, twin in twins.items():
+                for name, prop in twin.properties.items():
+                    assert prop.reported == pytest.approx(reference.value(unit, name)), (unit, name)
+            c_sim.stop()
+            await wait_for(lambda: all(t.state == "offline" for t in twins.values()))
+            c_sim.start(port)
+            before = c_sim.requests()
+            await wait_for(lambda: all(t.state == "online" for t in twins.values()), timeout=40)
+            await wait_for(lambda: c_sim.requests() > before + 2 * requests_per_read())  # polling again
+    finally:
+        c_sim.stop()
+
+
 # --- matching, timeouts, hang-ups against a scripted server ------------------------------------------------------
 
 

@@ -233,6 +233,7 @@ class Link:
     async def _once(self, what: str, call: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
         await self.connect(timeout)
         client = self._client
+        asked = time.monotonic()
         if self.gap:
             pause = self._last_frame + self.gap - time.monotonic()
             if pause > 0:
@@ -243,8 +244,13 @@ class Link:
                 response = await call(client)
         except TimeoutError:
             if not isinstance(client, PipelinedTcpClient):
-                # one at a time, a late answer would be taken for the next request's; a pipelined connection
-                # matches answers by transaction id and drops the late one, so the others stay answered
+                self.drop(client)  # one at a time, a late answer would be taken for the next request's
+            elif not client.heard_since(asked):
+                # a pipelined connection matches answers by transaction id and drops a late one, so while others'
+                # answers come it stays; silent since this request was sent, it is dead or hung: it is made
+                # again, and the requests still outstanding on it end as timeouts too (not retried, as one at a
+                # time: a silent device is asked again at the next poll)
+                client.close(TimeoutError(f"{self.key}: the connection is silent"))
                 self.drop(client)
             raise DeviceTimeout(f"{what}: no answer within {timeout:g}s") from None
         except ConnectionException as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 
 from pymodbus.client.mixin import ModbusClientMixin
@@ -91,6 +92,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self._outstanding: dict[int, tuple[asyncio.Future[ModbusPDU], int, int]] = {}  # tid: (answer, unit, fc)
         self._next_tid = 0
         self.late_answers = 0  # answers whose request had timed out (or never was): dropped
+        self.last_frame = 0.0  # when the last frame came (time.monotonic())
 
     @property
     def connected(self) -> bool:
@@ -113,12 +115,12 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self._reader = MbapReader()
         return True
 
-    def close(self) -> None:
-        """Close the connection; every outstanding request fails with ConnectionException."""
+    def close(self, failure: Exception | None = None) -> None:
+        """Close the connection; every outstanding request fails with `failure` (default ConnectionException)."""
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
-        self._fail_all(ConnectionException(f"tcp://{self.host}:{self.port}: connection closed"))
+        self._fail_all(failure or ConnectionException(f"tcp://{self.host}:{self.port}: connection closed"))
 
     async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
         """Send `request` and wait, up to `timeout`, for the answer with its transaction id."""
@@ -152,7 +154,12 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
                 return self._next_tid
         raise ModbusIOException("no free transaction id")  # pragma: no cover - at most 64 are outstanding
 
+    def heard_since(self, since: float) -> bool:
+        """A frame came after `since` (time.monotonic()): the connection is alive, whoever is silent."""
+        return self.last_frame > since
+
     def _received(self, data: bytes) -> None:
+        self.last_frame = time.monotonic()
         try:
             frames = self._reader.feed(data)
         except ModbusIOException as exc:

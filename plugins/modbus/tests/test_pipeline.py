@@ -23,7 +23,7 @@ from fieldgate_modbus.sim import ModbusSimulator, units_from_profiles
 from modbus_helpers import bind
 from pymodbus.exceptions import ModbusIOException
 
-from gateway.errors import ProtocolError
+from gateway.errors import DeviceTimeout, ProtocolError
 from gateway.resources.profiles import load_profile
 
 SPREAD = 20  # registers between the properties of SPACED: more than max_gap, so each is a block of its own
@@ -302,6 +302,20 @@ async def test_one_request_times_out_on_its_own_and_its_late_answer_is_dropped(n
             await protocol.close()
 
 
+async def test_a_connection_silent_for_every_request_is_made_again(never_retrieved: None) -> None:
+    """A hung server, or a peer gone without a word (a pulled cable): nothing comes on the connection at all."""
+    async with ScriptedServer(late={i * SPREAD: 30.0 for i in range(8)}) as server:
+        protocol = device(server.port, spaced(8), max_inflight=8, timeout=0.25)
+        try:
+            with pytest.raises(DeviceTimeout):
+                await read(protocol)
+            with pytest.raises(DeviceTimeout):
+                await read(protocol)
+            assert server.connections == 2 and server.requests == 16
+        finally:
+            await protocol.close()
+
+
 async def test_a_lost_connection_fails_every_outstanding_request_and_the_link_connects_again(
     never_retrieved: None,
 ) -> None:
@@ -396,25 +410,27 @@ properties:
 """
 
 
-@pytest.mark.parametrize(
-    ("protocol", "config", "said"),
-    [
-        ("modbus-tcp", "{host: 127.0.0.1, max_inflight: 0}", "$.protocol.config.max_inflight: Expected int >= 1"),
-        ("modbus-tcp", "{host: 127.0.0.1, max_inflight: 65}", "$.protocol.config.max_inflight: Expected int <= 64"),
-        ("modbus-tcp", "{host: 127.0.0.1, max_inflight: many}", "$.protocol.config.max_inflight: Expected int, got"),
-        # a serial line carries one request at a time
-        ("modbus-rtu", "{port: /dev/ttyS0, max_inflight: 8}", "$.protocol.config: Object contains unknown field "
-         "max_inflight"),
-    ],
-)
-def test_check_names_a_bad_max_inflight(tmp_path: Path, protocol: str, config: str, said: str) -> None:
-    plant = tmp_path / "plant.yaml"
-    plant.write_text(DOCUMENTS.replace("PROTOCOL", protocol).replace("CONFIG", config))
-    result = subprocess.run([sys.executable, "-m", "gateway", "check", str(plant)], capture_output=True, text=True,
+BAD_MAX_INFLIGHT = [
+    ("modbus-tcp", "{host: 127.0.0.1, max_inflight: 0}", "$.protocol.config.max_inflight: Expected int >= 1, got 0"),
+    ("modbus-tcp", "{host: 127.0.0.1, max_inflight: 65}", "$.protocol.config.max_inflight: Expected int <= 64, got 65"),
+    ("modbus-tcp", "{host: 127.0.0.1, max_inflight: many}", "$.protocol.config.max_inflight: Expected int, got 'many'"),
+    # a serial line carries one request at a time
+    ("modbus-rtu", "{port: /dev/ttyS0, max_inflight: 8}", "$.protocol.config: Object contains unknown field "
+     "max_inflight"),
+]
+
+
+def test_check_names_a_bad_max_inflight(tmp_path: Path) -> None:
+    for index, (protocol, config, _) in enumerate(BAD_MAX_INFLIGHT):
+        text = DOCUMENTS.replace("PROTOCOL", protocol).replace("CONFIG", config)
+        text = text.replace("name: d\n", f"name: d{index}\n").replace(": m\n", f": m{index}\n")
+        (tmp_path / f"plant-{index}.yaml").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "gateway", "check", str(tmp_path)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2
-    assert said in result.stderr, result.stderr
-    assert "document 2 (Device d)" in result.stderr
+    said = sorted(result.stderr.strip().splitlines())
+    assert said == [f"{tmp_path}/plant-{index}.yaml: document 2 (Device d{index}): {message}"
+                    for index, (_, _, message) in enumerate(BAD_MAX_INFLIGHT)]
 
 
 def test_a_good_max_inflight_passes_the_check(tmp_path: Path) -> None:

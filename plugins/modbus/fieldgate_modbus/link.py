@@ -259,7 +259,9 @@ class Link:
         except ModbusIOException as exc:
             text = str(exc).lower()
             timed_out = "no response" in text or "timeout" in text  # pymodbus 3.16 on a serial line: "No response"
-            if isinstance(self.config, TcpConfig) or not timed_out:
+            if isinstance(client, PipelinedTcpClient):
+                pass  # a whole frame with this request's transaction id: the stream is in step, only it failed
+            elif isinstance(self.config, TcpConfig) or not timed_out:
                 # over TCP a late answer would be taken for the next one's; on a serial line the frame gap and
                 # the unit id keep them apart, and reopening the port for every silent unit would stall its bus
                 self.drop(client)

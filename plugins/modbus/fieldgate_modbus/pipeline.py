@@ -172,11 +172,11 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
                 continue
             answer, asked_unit, function = waiting
             if unit != asked_unit or pdu[0] & 0x7F != function:
-                self._broken(ModbusIOException(
-                    f"transaction {tid}: answer for unit {unit} function {pdu[0]} to a request for unit "
-                    f"{asked_unit} function {function}"
+                # the frame is whole and carries this request's id, so the stream is in step: only this one fails
+                answer.set_exception(ModbusIOException(
+                    f"answer for unit {unit} function {pdu[0]} to a request for unit {asked_unit} function {function}"
                 ))
-                return
+                continue
             decoded = self._decoder.decode(pdu)
             if decoded is None:
                 answer.set_exception(ModbusIOException(f"transaction {tid}: undecodable answer {pdu[:16].hex()}"))
@@ -185,9 +185,8 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
             answer.set_result(decoded)
 
     def _broken(self, exc: Exception) -> None:
-        """The stream cannot be trusted any more: fail everything and hang up."""
-        self._fail_all(exc)
-        self.close()
+        """The stream cannot be trusted any more: hang up, failing everything outstanding as a lost connection."""
+        self.close(ConnectionException(f"tcp://{self.host}:{self.port}: {exc}"))
 
     def _lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -49,11 +49,13 @@ class ScriptedServer:
     a burst of requests and answer it in reverse, answer some addresses late, or hang up on a burst."""
 
     def __init__(self, *, reverse_burst: int = 0, late: dict[int, float] | None = None, drop_burst: int = 0,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, wrong_unit: int | None = None, garbage: int | None = None) -> None:
         self.reverse_burst = reverse_burst
         self.late = late or {}
         self.drop_burst = drop_burst  # the first connection is closed once this many requests are outstanding
         self.delay = delay
+        self.wrong_unit = wrong_unit  # the address answered for unit 99
+        self.garbage = garbage  # the address answered, on the first connection, with a broken frame
         self.connections = 0
         self.requests = 0
         self.answered: list[int] = []  # transaction ids in the order answered
@@ -112,6 +114,11 @@ class ScriptedServer:
         burst.clear()
         for tid, unit, pdu in ordered:
             address = struct.unpack(">H", pdu[1:3])[0]
+            if address == self.garbage and self.connections == 1:
+                writer.write(b"\x00\x01\x00\x07\x00\x03\x01\x03\x00")  # protocol id 7: not Modbus
+                continue
+            if address == self.wrong_unit:
+                unit = 99
             wait = self.late.get(address, 0.0) or self.delay
             if wait:
                 task = asyncio.create_task(self._answer_later(writer, wait, tid, unit, pdu))
@@ -298,6 +305,29 @@ async def test_one_request_times_out_on_its_own_and_its_late_answer_is_dropped(n
             again = await read(protocol)
             assert again.values == {f"p{i}": i * SPREAD for i in range(8) if i != 3}
             assert link._client is client and server.connections == 1  # the connection was kept
+        finally:
+            await protocol.close()
+
+
+async def test_an_answer_for_another_unit_fails_its_request_only(never_retrieved: None) -> None:
+    async with ScriptedServer(wrong_unit=2 * SPREAD) as server:
+        protocol = device(server.port, spaced(8), max_inflight=8, retries=0)
+        try:
+            result = await read(protocol)
+            assert result.values == {f"p{i}": i * SPREAD for i in range(8) if i != 2}
+            assert "answer for unit 99 function 3 to a request for unit 1" in result.errors["p2"]
+            assert server.connections == 1
+        finally:
+            await protocol.close()
+
+
+async def test_a_broken_frame_hangs_up_and_the_requests_are_asked_again(never_retrieved: None) -> None:
+    async with ScriptedServer(garbage=5 * SPREAD, reverse_burst=8) as server:
+        protocol = device(server.port, spaced(8), max_inflight=8, retries=1)
+        try:
+            result = await read(protocol)  # what was not answered before the broken frame is asked again
+            assert result.values == {f"p{i}": i * SPREAD for i in range(8)} and result.errors == {}
+            assert server.connections == 2 and 8 < server.requests <= 16
         finally:
             await protocol.close()
 

@@ -93,6 +93,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self._next_tid = 0
         self.late_answers = 0  # answers whose request had timed out (or never was): dropped
         self.last_frame = 0.0  # when the last frame came (time.monotonic())
+        self._unsent: list[bytes] = []  # requests made in this turn of the loop: written together, one send
 
     @property
     def connected(self) -> bool:
@@ -134,7 +135,9 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self._outstanding[tid] = (answer, request.dev_id, request.function_code)
         try:
             pdu = request.function_code.to_bytes(1, "big") + request.encode()
-            transport.write(mbap_frame(tid, request.dev_id, pdu))
+            if not self._unsent:
+                asyncio.get_running_loop().call_soon(self._send, transport)
+            self._unsent.append(mbap_frame(tid, request.dev_id, pdu))
             if no_response_expected:
                 return request
             async with asyncio.timeout(self.timeout):
@@ -146,6 +149,11 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
                 answer.exception()  # failed as its waiter gave up: retrieved, so nothing logs it
             else:
                 answer.cancel()
+
+    def _send(self, transport: asyncio.Transport) -> None:
+        frames, self._unsent = self._unsent, []
+        if transport is self._transport:  # else closed since: its requests have failed already
+            transport.write(b"".join(frames))
 
     def _take_tid(self) -> int:
         for _ in range(TID_LIMIT):

@@ -35,6 +35,7 @@ def _install_libmodbus() -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.fail("libmodbus is needed for the C simulator: apt-get install -y libmodbus-dev pkg-config")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600, stdout=subprocess.DEVNULL)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "libmodbus-dev", "pkg-config"],
                    check=True, env=env, timeout=600, stdout=subprocess.DEVNULL)
 

@@ -3,7 +3,7 @@
 # core, its native module and every first-party plugin.
 #   scripts/bootstrap.sh --for demo    what `fieldgate demo` uses: a C compiler and the venv (scripts/demo.sh)
 #   scripts/bootstrap.sh [--for tests] all of that, the test extras and what the tests run: mosquitto, socat,
-#                                      chromium, podman, busybox-static, the image tools (scripts/test.sh)
+#                                      libmodbus, chromium, podman, busybox-static, the image tools (scripts/test.sh)
 # Safe to run again: it only does what is missing. With everything in place it runs no apt-get and no pip (a stamp
 # in .venv remembers what the venv was installed from), so it needs no network.
 set -euo pipefail
@@ -50,6 +50,9 @@ if [ "$target" = tests ]; then
     need node nodejs
     need npm npm
     if [ "${FIELDGATE_BROWSER_TESTS:-1}" = 1 ]; then need chromium chromium; fi
+    # The C Modbus TCP simulator (plugins/modbus/sim/modbus_sim.c) the Modbus tests and benchmarks build: libmodbus.
+    need pkg-config pkg-config
+    pkg-config --exists libmodbus 2>/dev/null || apt_packages+=(libmodbus-dev)
     # The container runtime (plugins/container) and its tests: podman with runc, port mapping, a static busybox image.
     need podman podman runc containernetworking-plugins
     static_elf /bin/busybox || apt_packages+=(busybox-static)

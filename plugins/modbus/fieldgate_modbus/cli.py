@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 from fieldgate_modbus.config import RtuConfig
-from fieldgate_modbus.sim import ModbusSimulator, SimUnit, units_from_documents, units_from_profiles
+from fieldgate_modbus.sim import (
+    ModbusSimulator,
+    SimUnit,
+    register_layout,
+    units_from_documents,
+    units_from_profiles,
+)
 from gateway.errors import ConfigError
 
 
@@ -51,6 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     modbus.add_argument("--static", action="store_true", help="keep values still instead of animating them")
     modbus.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    modbus.add_argument(
+        "--write-layout",
+        type=Path,
+        metavar="FILE",
+        help="write the units' register layout for the C simulator (plugins/modbus/sim/modbus_sim.c) and exit",
+    )
 
 
 def build_units(args: argparse.Namespace) -> list[SimUnit]:
@@ -66,7 +78,11 @@ def build_units(args: argparse.Namespace) -> list[SimUnit]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    simulator = ModbusSimulator(build_units(args))
+    units = build_units(args)
+    if args.write_layout is not None:
+        args.write_layout.write_text(register_layout(units))
+        return
+    simulator = ModbusSimulator(units)
     async with simulator:
         if args.serial:
             await simulator.start_serial(
@@ -85,8 +101,8 @@ async def serve(args: argparse.Namespace) -> None:
                 raise ConfigError(f"--listen: expected HOST:PORT, got {args.listen!r}")
             bound = await simulator.start_tcp(host, int(port))
             where = f"tcp://{host}:{bound}"
-        units = ", ".join(f"unit {u.unit} ({len(u.points)} points)" for u in simulator.units.values())
-        print(f"simulating {units} on {where}", file=sys.stderr, flush=True)
+        served = ", ".join(f"unit {u.unit} ({len(u.points)} points)" for u in simulator.units.values())
+        print(f"simulating {served} on {where}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

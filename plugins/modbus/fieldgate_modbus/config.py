@@ -35,6 +35,16 @@ Timeout = Annotated[float, Meta(gt=0, le=60, description="seconds to wait for on
 Retries = Annotated[int, Meta(ge=0, le=10, description="extra attempts after a garbled or refused answer")]
 MaxGap = Annotated[int, Meta(ge=0, le=124, description="unused registers a merged read may span")]
 MaxRegisters = Annotated[int, Meta(ge=1, le=125, description="registers one read request may ask for")]
+MAX_INFLIGHT = 64
+MaxInflight = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_INFLIGHT,
+        description="requests this device may have outstanding at once on its connection, matched by transaction "
+        "id (1: one at a time, as many devices need); the connection carries as many as its widest device allows",
+    ),
+]
 
 
 class TcpConfig(Base, kw_only=True):
@@ -47,6 +57,7 @@ class TcpConfig(Base, kw_only=True):
     retries: Retries = 1
     max_gap: MaxGap = 8
     max_registers: MaxRegisters = 125
+    max_inflight: MaxInflight = 1
 
 
 class RtuConfig(Base, kw_only=True):

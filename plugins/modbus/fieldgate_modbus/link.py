@@ -1,10 +1,14 @@
 """One transport (a TCP connection or a serial bus) shared by every device on it.
 
-Devices on the same serial port, or behind the same TCP address, share one pymodbus client, one lock and, on a
-serial line, the silence between frames. A request never waits longer than its timeout for an answer; a link
-that cannot connect backs off exponentially (with jitter) and fails fast in between: a dead device costs the
-others at most one timeout. It logs when it goes down and when it is back (a reminder every few minutes in between),
-not every attempt: its devices share it, and each of them logs only its own change of state.
+Devices on the same serial port, or behind the same TCP address, share one client, its request slots and, on a
+serial line, the silence between frames. A link has one slot unless a Modbus TCP device on it asks for more
+(`max_inflight`): then it keeps that many requests outstanding on its one connection (`pipeline`), matched by
+transaction id, and hands the slots out in the order they were asked for, so no device starves another.
+
+A request never waits longer than its timeout for an answer; a link that cannot connect backs off exponentially
+(with jitter) and fails fast in between: a dead device costs the others at most one timeout. It logs when it goes
+down and when it is back (a reminder every few minutes in between), not every attempt: its devices share it, and
+each of them logs only its own change of state.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from fieldgate_modbus.config import RtuConfig, TcpConfig
 from fieldgate_modbus.frames import register_answers
+from fieldgate_modbus.pipeline import PipelinedTcpClient
 from gateway.errors import DeviceTimeout, ProtocolError
 from gateway.logs import Throttle
 
@@ -55,17 +60,21 @@ class NotConnected(ProtocolError):
     """The link could not connect, or waits out its backoff; retrying at once would not help."""
 
 
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient | PipelinedTcpClient
+
+
 class Link:
-    """A shared pymodbus client with its lock, frame gap, reconnect backoff and user count."""
+    """A shared client with its request slots, frame gap, reconnect backoff and user count."""
 
     def __init__(self, key: str, config: TcpConfig | RtuConfig) -> None:
         self.key = key
         self.config = config
-        self.lock = asyncio.Lock()
+        self.slots = asyncio.Semaphore(1)  # requests on the wire at once; waiters are served first come first
+        self.width = 1
         self._connecting = asyncio.Lock()
         self.gap = config.frame_gap() if isinstance(config, RtuConfig) else 0.0
         self.users = 0
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._client: Client | None = None
         self._last_frame = 0.0
         self._failures = 0  # connect attempts that failed in a row
         self._next_attempt = 0.0
@@ -78,10 +87,29 @@ class Link:
         """The last connect attempt failed: the link waits out its backoff and fails its requests at once."""
         return self._down_since is not None
 
-    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    @property
+    def pipelined(self) -> bool:
+        """More than one request may be outstanding: the connection is a PipelinedTcpClient's."""
+        return self.width > 1
+
+    def widen(self, width: int) -> None:
+        """Let `width` requests be outstanding at once (a device asking for more than the link allows so far).
+
+        A link never narrows while it has users: a device that leaves keeps its slots open for the others."""
+        if isinstance(self.config, RtuConfig):
+            return  # a serial bus carries one request at a time
+        while self.width < width:
+            self.width += 1
+            self.slots.release()
+        if isinstance(self._client, PipelinedTcpClient):
+            self._client.max_outstanding = self.width
+
+    def _new_client(self) -> Client:
         # pymodbus' own retries and reconnects are off: this class owns both, with bounded waits
         c = self.config
         client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if isinstance(c, TcpConfig) and self.pipelined:
+            return PipelinedTcpClient(c.host, port=c.port, timeout=c.timeout, max_outstanding=self.width)
         if isinstance(c, TcpConfig):
             client = AsyncModbusTcpClient(c.host, port=c.port, timeout=c.timeout, retries=0, reconnect_delay=0)
             register_answers(client)
@@ -101,7 +129,9 @@ class Link:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.connected
+        client = self._client
+        # a link widened after it connected one request at a time reconnects to pipeline
+        return client is not None and client.connected and isinstance(client, PipelinedTcpClient) == self.pipelined
 
     async def connect(self, timeout: float) -> None:
         """Connect unless connected; within the backoff window after a failure, fail at once.
@@ -161,26 +191,29 @@ class Link:
         self._still_down.log(logging.WARNING, "down", "%s: still cannot connect (%s) after %d attempts in %.0f s; "
                              "next attempt in %.1f s", self.key, reason, self._failures, down_for, delay)
 
-    def drop(self) -> None:
-        """Forget the connection (after garbage or a hang-up) so the next request starts clean."""
-        if self._client is not None:
-            client, self._client = self._client, None
-            client.close()
+    def drop(self, client: Client | None = None) -> None:
+        """Forget the connection (after garbage or a hang-up) so the next request starts clean.
+
+        With `client`, only if that is still the connection: of several requests failed by one lost connection,
+        the later ones must not hang up the connection the first one has made since."""
+        if self._client is not None and (client is None or client is self._client):
+            current, self._client = self._client, None
+            current.close()
 
     async def request(
         self, what: str, call: Callable[[Any], Awaitable[Any]], *, timeout: float, retries: int
     ) -> Any:
-        """Run `call(client)` under the bus lock; garbled answers and hang-ups are retried `retries` times,
-        a timeout is not (the poller asks again next cycle)."""
+        """Run `call(client)` in one of the link's slots; garbled answers and hang-ups are retried `retries`
+        times, a timeout is not (the poller asks again next cycle)."""
         cancels = _cancels()
-        if self.lock.locked():  # another device's request is on the bus: wait for it, within bounds
+        if self.slots.locked():  # other requests fill the link: wait for one of them, within bounds
             try:
                 async with asyncio.timeout(timeout * (retries + 1) * 4 + 1):
-                    await self.lock.acquire()
+                    await self.slots.acquire()
             except TimeoutError:
                 raise DeviceTimeout(f"{what}: the bus {self.key} stayed busy") from None
         else:
-            await self.lock.acquire()  # free: taken at once, without a timer
+            await self.slots.acquire()  # free: taken at once, without a timer
         try:
             attempt = 0
             while True:
@@ -195,10 +228,12 @@ class Link:
                     if attempt > retries:
                         raise
         finally:
-            self.lock.release()
+            self.slots.release()
 
     async def _once(self, what: str, call: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
         await self.connect(timeout)
+        client = self._client
+        asked = time.monotonic()
         if self.gap:
             pause = self._last_frame + self.gap - time.monotonic()
             if pause > 0:
@@ -206,33 +241,43 @@ class Link:
         try:
             # pymodbus times out by itself after `timeout`; the outer bound guards against a stuck transport
             async with asyncio.timeout(timeout + 0.5):
-                response = await call(self._client)
+                response = await call(client)
         except TimeoutError:
-            self.drop()
+            if not isinstance(client, PipelinedTcpClient):
+                self.drop(client)  # one at a time, a late answer would be taken for the next request's
+            elif not client.heard_since(asked):
+                # a pipelined connection matches answers by transaction id and drops a late one, so while others'
+                # answers come it stays; silent since this request was sent, it is dead or hung: it is made
+                # again, and the requests still outstanding on it end as timeouts too (not retried, as one at a
+                # time: a silent device is asked again at the next poll)
+                client.close(TimeoutError(f"{self.key}: the connection is silent"))
+                self.drop(client)
             raise DeviceTimeout(f"{what}: no answer within {timeout:g}s") from None
         except ConnectionException as exc:
-            self.drop()
+            self.drop(client)
             raise ProtocolError(f"{what}: connection lost ({exc})") from exc
         except ModbusIOException as exc:
             text = str(exc).lower()
             timed_out = "no response" in text or "timeout" in text  # pymodbus 3.16 on a serial line: "No response"
-            if isinstance(self.config, TcpConfig) or not timed_out:
+            if isinstance(client, PipelinedTcpClient):
+                pass  # a whole frame with this request's transaction id: the stream is in step, only it failed
+            elif isinstance(self.config, TcpConfig) or not timed_out:
                 # over TCP a late answer would be taken for the next one's; on a serial line the frame gap and
                 # the unit id keep them apart, and reopening the port for every silent unit would stall its bus
-                self.drop()
+                self.drop(client)
             if timed_out:
                 raise DeviceTimeout(f"{what}: no answer within {timeout:g}s") from exc
             raise ProtocolError(f"{what}: {exc}") from exc
         except ModbusException as exc:
-            self.drop()
+            self.drop(client)
             raise ProtocolError(f"{what}: bad answer ({exc})") from exc
         except (OSError, ValueError, IndexError, TypeError, KeyError) as exc:
-            self.drop()
+            self.drop(client)
             raise ProtocolError(f"{what}: bad answer ({type(exc).__name__}: {exc})") from exc
         finally:
             self._last_frame = time.monotonic()
         if response is None:
-            self.drop()
+            self.drop(client)
             raise ProtocolError(f"{what}: no usable answer")
         if response.isError():
             code = int(getattr(response, "exception_code", 0) or 0)
@@ -283,6 +328,8 @@ def acquire(key: str, config: TcpConfig | RtuConfig) -> Link:
             link = Link(key, config)  # a link kept while down, for settings nobody uses any more
             _links[key] = (loop, link)
     link.users += 1
+    if isinstance(config, TcpConfig):
+        link.widen(config.max_inflight)
     return link
 
 

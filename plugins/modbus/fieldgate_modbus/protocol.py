@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -71,30 +72,75 @@ class ModbusProtocol(Protocol):
             f"{self._where()}: {what}", call, timeout=self.config.timeout, retries=self.config.retries
         )
 
+    @property
+    def max_inflight(self) -> int:
+        """Requests of this device that may be outstanding at once (Modbus TCP's `max_inflight`; RTU: 1)."""
+        return getattr(self.config, "max_inflight", 1)
+
     async def read(self, plan: ReadPlan) -> ReadResult:
         if not isinstance(plan, ReadPlan):
             plan = self.plan(plan)
+        blocks = plan.blocks
+        outcomes: list[list[Any] | ProtocolError | None] = [None] * len(blocks)  # None: not asked
+        width = min(self.max_inflight, len(blocks))
+        if width <= 1:
+            for index, block in enumerate(blocks):
+                outcomes[index] = outcome = await self._read_decoded(block)
+                if isinstance(outcome, ProtocolError) and self._gives_up(outcome):
+                    break
+        else:
+            await self._read_together(blocks, outcomes, width)
         result = ReadResult()
         failure: ProtocolError | None = None
-        for index, block in enumerate(plan.blocks):
-            try:
-                raw = await self._read_block(block)
-                values = block.table.decode_wire(raw) if isinstance(raw, bytes) else block.table.decode(raw)
-            except (ProtocolError, CodecError) as exc:
-                failure = exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc))
-                for name in block.names:
-                    result.errors[name] = str(exc)
-                if isinstance(exc, DeviceTimeout) or not self._link_up():
-                    # the device is gone: asking the other blocks would only spend more timeouts
-                    for later in plan.blocks[index + 1 :]:
-                        for name in later.names:
-                            result.errors[name] = f"skipped: {exc}"
-                    break
+        for block, answer in zip(blocks, outcomes, strict=True):
+            if isinstance(answer, list):
+                result.values.update(zip(block.names, answer, strict=True))
                 continue
-            result.values.update(zip(block.names, values, strict=True))
+            if isinstance(answer, ProtocolError):
+                failure = answer
+                text = str(answer)
+            else:
+                text = f"skipped: {failure}"
+            for name in block.names:
+                result.errors[name] = text
         if not result.values and failure is not None:
             raise failure
         return result
+
+    async def _read_together(
+        self, blocks: Sequence[Block], outcomes: list[list[Any] | ProtocolError | None], width: int
+    ) -> None:
+        """Read the blocks with up to `width` requests outstanding; after a timeout or a lost link, the blocks
+        not asked yet stay unasked (as one at a time, the device is gone: more requests only spend timeouts)."""
+        queue = iter(range(len(blocks)))
+        stop = False
+
+        async def worker() -> None:
+            nonlocal stop
+            for index in queue:
+                if stop:
+                    return
+                outcomes[index] = outcome = await self._read_decoded(blocks[index])
+                if isinstance(outcome, ProtocolError) and self._gives_up(outcome):
+                    stop = True
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(width):
+                group.create_task(worker())
+
+    def _gives_up(self, failure: ProtocolError) -> bool:
+        """After this failure the device is gone: asking its other blocks would only spend more timeouts."""
+        return isinstance(failure, DeviceTimeout) or not self._link_up()
+
+    async def _read_decoded(self, block: Block) -> list[Any] | ProtocolError:
+        """One block's values, or why it has none."""
+        try:
+            raw = await self._read_block(block)
+            return block.table.decode_wire(raw) if isinstance(raw, bytes) else block.table.decode(raw)
+        except ProtocolError as exc:
+            return exc
+        except CodecError as exc:
+            return ProtocolError(str(exc))
 
     def _link_up(self) -> bool:
         return self._link is not None and self._link.connected

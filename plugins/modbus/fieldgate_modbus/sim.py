@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ from typing import Any
 import msgspec
 import yaml
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusIOException
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from fieldgate_modbus.config import INT_TYPES, ModbusVisitor, RtuConfig, TcpConfig
@@ -153,6 +157,51 @@ def _wave(prop: PropertyModel, visitor: ModbusVisitor, start: Any) -> Callable[[
         return moved
 
     return value_at
+
+
+class _InOrderHandler(ServerRequestHandler):
+    """One client connection that may send several requests before it waits for their answers.
+
+    pymodbus' handler takes one request from what the socket delivered and keeps the rest for the next delivery,
+    which never comes when the client sent its requests back to back and now waits: this one takes every whole
+    request at once and answers them one after the other, in order, as a device answers a pipelining client."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)  # type: ignore[no-untyped-call]
+        self._pending: deque[tuple[ModbusPDU, Any]] = deque()
+        self._answering: asyncio.Task[None] | None = None
+
+    def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        used = 0
+        while used < len(data):
+            try:
+                cut = int(super(ServerRequestHandler, self).callback_data(data[used:], addr))
+            except ModbusIOException as exc:  # as pymodbus: an undecodable request gets "illegal function"
+                code = 0 if exc.fcode is None else exc.fcode
+                answer = ExceptionResponse(code, exception_code=ExcCodes.ILLEGAL_FUNCTION, device_id=exc.dev_id,
+                                           transaction=exc.transaction_id)
+                self.server_send(answer, addr)  # type: ignore[no-untyped-call]
+                return len(data)
+            if not cut:
+                break
+            used += cut
+            if self.last_pdu:
+                self._pending.append((self.last_pdu, self.last_addr))
+        if self._pending and (self._answering is None or self._answering.done()):
+            self._answering = asyncio.get_running_loop().create_task(self._answer_pending())
+        return used
+
+    async def _answer_pending(self) -> None:
+        while self._pending:
+            self.last_pdu, self.last_addr = self._pending.popleft()
+            await self.handle_request()  # type: ignore[no-untyped-call]
+
+
+class _TcpServer(ModbusTcpServer):
+    """pymodbus' Modbus TCP server with connections that take requests sent back to back."""
+
+    def callback_new_connection(self) -> _InOrderHandler:
+        return _InOrderHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 class ModbusSimulator:
@@ -335,7 +384,7 @@ class ModbusSimulator:
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on host:port (0 picks a free port); returns the port."""
-        server = ModbusTcpServer(self._devices(), address=(host, port),
+        server = _TcpServer(self._devices(), address=(host, port),
                                  trace_packet=self._gateway_answer_for_absent_units)
         await server.serve_forever(background=True)
         self._server = server
@@ -373,6 +422,45 @@ class ModbusSimulator:
 def _in_store_order(points: list[SimPoint]) -> list[SimPoint]:
     """Whole values first, then single bits, so that a bit point sharing a register with a word point wins."""
     return sorted(points, key=lambda p: p.visitor.bit is not None)
+
+
+# --- the register layout the C simulator serves --------------------------------------------------------------
+
+_LAYOUT_KINDS = {"Coil": "c", "DiscreteInput": "d", "HoldingRegister": "h", "InputRegister": "i"}
+
+
+def register_layout(units: Sequence[SimUnit]) -> str:
+    """The units' start values as `plugins/modbus/sim/modbus_sim.c` reads them: "UNIT KIND ADDRESS VALUE…" lines.
+
+    The same words the Python simulator serves before anything moves (bit points set their bit of a shared
+    register; whole values first, as `_in_store_order`)."""
+    lines = ["# fieldgate Modbus register layout: UNIT KIND(c|d|h|i) ADDRESS VALUE... (one run of addresses a line)"]
+    for unit in units:
+        cells: dict[str, dict[int, int]] = {}
+        for point in _in_store_order(unit.points):
+            v = point.visitor
+            served = cells.setdefault(v.kind, {})
+            if v.bits:
+                served[v.offset] = int(bool(point.value))
+            elif v.bit is not None:
+                word = served.get(v.offset, 0)
+                served[v.offset] = (word & ~(1 << v.bit)) | (int(bool(point.value)) << v.bit)
+            else:
+                for i, register in enumerate(point.image()):
+                    served[v.offset + i] = register
+        for kind, served in cells.items():
+            run: list[int] = []
+            start = 0
+            for address in sorted(served):
+                if run and address != start + len(run):
+                    lines.append(f"{unit.unit} {_LAYOUT_KINDS[kind]} {start} {' '.join(map(str, run))}")
+                    run = []
+                if not run:
+                    start = address
+                run.append(served[address])
+            if run:
+                lines.append(f"{unit.unit} {_LAYOUT_KINDS[kind]} {start} {' '.join(map(str, run))}")
+    return "\n".join(lines) + "\n"
 
 
 # --- building units from profiles and device documents ------------------------------------------------------

@@ -53,7 +53,7 @@ async def test_a_cancel_that_arrives_with_the_answer_is_not_lost(tcp_sim: Any) -
         async with asyncio.timeout(5):
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert not link.lock.locked()  # the next request is not stuck behind the cancelled one
+        assert not link.slots.locked()  # the next request is not stuck behind the cancelled one
         assert (await read(protocol)).values == {"a": 7}
     finally:
         await protocol.close()
@@ -70,7 +70,7 @@ async def test_a_cancelled_wait_for_the_bus_leaves_the_lock_free(tcp_sim: Any) -
         await asyncio.sleep(0.05)
         waiter = asyncio.create_task(read(second))
         await asyncio.sleep(0.05)
-        assert first._link is second._link and first._link is not None and first._link.lock.locked()
+        assert first._link is second._link and first._link is not None and first._link.slots.locked()
         started = time.monotonic()
         waiter.cancel()
         async with asyncio.timeout(5):

@@ -77,8 +77,8 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     api_token = sub.add_parser("token", help="bearer tokens for the registry API: create, list, revoke")
     api_token_sub = api_token.add_subparsers(dest="api_token_action", required=True)
     api_create = api_token_sub.add_parser("create", help="print a new API token (only its hash is kept)")
-    api_create.add_argument("--role", default="viewer", choices=("admin", "operator", "viewer"),
-                            help="default viewer, the lowest")
+    api_create.add_argument("--role", default="viewer",
+                            help="viewer (the default, the lowest), operator, admin or a custom role")
     api_create.add_argument("--scope", default="workspace:default",
                             help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
     api_create.add_argument("--description", default="", help="what the token is for")
@@ -347,8 +347,8 @@ def _configure_access(sub: Any) -> None:
     user_sub = user.add_subparsers(dest="user_action", required=True)
     user_add = user_sub.add_parser("add", help="add a user or change its role, scope and password")
     user_add.add_argument("name")
-    user_add.add_argument("--role", default="viewer", choices=("admin", "operator", "viewer"),
-                          help="default viewer, the lowest")
+    user_add.add_argument("--role", default="viewer",
+                          help="viewer (the default, the lowest), operator, admin or a custom role")
     user_add.add_argument("--scope", default="workspace:default",
                           help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
     given = user_add.add_mutually_exclusive_group()

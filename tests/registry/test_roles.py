@@ -374,6 +374,22 @@ def test_folders_are_made_granted_and_deleted_only_when_empty_and_ungranted(site
             ("folder.create", "folder/dock", "ok")} <= actions
 
 
+def test_roles_from_the_command_line(site: Site) -> None:
+    made = cli(site.registry, "role", "create", "auditor", "--permissions", "audit.read, nodes.read",
+               "--description", "reads the log")
+    assert made.stdout.strip() == "role auditor: nodes.read, audit.read"
+    listed = {r["name"]: r for r in map(json.loads, cli(site.registry, "role", "list", "--json").stdout.splitlines())}
+    assert listed["auditor"]["permissions"] == ["nodes.read", "audit.read"] and not listed["auditor"]["builtin"]
+    assert listed["viewer"]["builtin"] and listed["admin"]["permissions"] == list(PERMISSIONS)
+    bad = cli(site.registry, "role", "create", "x", "--permissions", "nodes.read,root", check=False)
+    assert bad.returncode == 2 and "permissions: unknown permission 'root'" in bad.stderr
+    add_user(site.registry, site.tmp_path, "aud", "--role", "auditor", "--scope", "folder:plant")
+    held = cli(site.registry, "role", "delete", "auditor", check=False)
+    assert held.returncode == 2 and "role auditor is held by user aud" in held.stderr
+    cli(site.registry, "user", "remove", "aud")
+    assert cli(site.registry, "role", "delete", "auditor").stdout.strip() == "role auditor deleted"
+
+
 # --- the migration on both databases --------------------------------------------------------------------------
 
 

@@ -473,9 +473,9 @@ async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
         await roles.delete_role_as(store, cli, args.name)
         print(f"role {args.name} deleted")
     elif args.action == "role":
-        for listed in await roles.all_roles(store):
-            print(json.dumps(listed.as_dict()) if args.json else
-                  f"{listed.name:<20} {'built in' if listed.builtin else 'custom':<9} {', '.join(listed.listed())}")
+        for role in await roles.all_roles(store):
+            print(json.dumps(role.as_dict()) if args.json else
+                  f"{role.name:<20} {'built in' if role.builtin else 'custom':<9} {', '.join(role.listed())}")
     elif args.action == "audit":
         for entry in reversed(await access.audit_entries(store, cli, limit=args.limit)):
             if args.json:

@@ -60,8 +60,8 @@ async def check_role_grant(store: RegistryStore, caller: Caller, role: str) -> s
         raise ConfigError(f"role {role}: no such role")
     lacking = [name for name in PERMISSIONS if name in permissions - caller.permissions]
     if lacking:
-        raise ConfigError(f"role {role}: it carries permissions you do not hold ({', '.join(lacking)}); a "
-                          f"{caller.role} grants only what it holds")
+        raise ConfigError(f"role {role}: it carries permissions you do not hold ({', '.join(lacking)}); the "
+                          f"{caller.role} role grants only what it holds")
     return role
 
 

@@ -131,8 +131,8 @@ def _platform_only(caller: Caller, verb: str) -> None:
 def _held_only(caller: Caller, permissions: frozenset[str], what: str) -> None:
     lacking = [name for name in PERMISSIONS if name in permissions - caller.permissions]
     if lacking:
-        raise ConfigError(f"permissions: {what} {', '.join(lacking)}, which you do not hold (a {caller.role} grants "
-                          "only what it holds)")
+        raise ConfigError(f"permissions: {what} {', '.join(lacking)}, which you do not hold (the {caller.role} role "
+                          "grants only what it holds)")
 
 
 def _stored(permissions: frozenset[str]) -> str:

@@ -258,7 +258,8 @@ def test_nobody_grants_or_builds_a_role_with_permissions_it_lacks(site: Site) ->
     with api(site.registry, desk) as client:
         wider = client.post("/api/v1/roles", json={"name": "wider", "permissions": ["nodes.read", "nodes.manage"]})
         assert wider.status_code == 400 and wider.json()["detail"] == (
-            "permissions: the role would carry nodes.manage, which you do not hold (a desk grants only what it holds)")
+            "permissions: the role would carry nodes.manage, which you do not hold (the desk role grants only what "
+            "it holds)")
         narrower = client.post("/api/v1/roles", json={"name": "narrower", "permissions": ["nodes.read"]})
         assert narrower.status_code == 201
         # it may change a role it could have made, not the one of the admins

@@ -2,10 +2,11 @@
 
 Scopes form a hierarchy: `platform` > `folder:F` > `workspace:W`. Nodes, groups, join tokens and documents lie in
 one workspace (`default`, in folder `default`, unless said otherwise); a workspace lies in one folder. An API token
-or a registry user has a role (viewer < operator < admin) bound to one scope and sees and changes only what lies
-in it: lists are filtered and a single object outside the scope is "not found", so a scope never learns what
-another one holds. Every change is written to the audit table with its time, actor, scope, action, object and
-outcome.
+or a registry user has a role granted at one scope: the role is a set of permissions (gateway.registry.permissions:
+the built-in viewer, operator and admin, or a custom role), and every check asks for a permission. A caller sees and
+changes only what lies in its scope (a folder grant covers every workspace in the folder, one moved there later
+too): lists are filtered and a single object outside the scope is "not found", so a scope never learns what another
+one holds. Every change is written to the audit table with its time, actor, scope, action, object and outcome.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import AuthError, ConfigError, NotFound
-from gateway.registry.store import ROLES, RegistryStore
+from gateway.registry.permissions import BUILTIN_ROLES, KIND_READ, check_permissions, holders
+from gateway.registry.store import RegistryStore
 from gateway.resources.schema import NAME_PATTERN
 from gateway.workloads.secrets import masked
 
@@ -39,7 +41,7 @@ PLATFORM = "platform"
 DEFAULT_WORKSPACE = "default"
 DEFAULT_FOLDER = "default"
 DEFAULT_SCOPE = f"workspace:{DEFAULT_WORKSPACE}"  # least privilege: the narrowest scope every registry has
-LOWEST_ROLE = ROLES[0]
+LOWEST_ROLE = "viewer"
 _hasher = PasswordHasher()
 AnyRequest = Request[Any, Any, Any]
 
@@ -57,7 +59,7 @@ class Scope:
         if text == PLATFORM:
             return cls("platform")
         kind, sep, name = text.partition(":")
-        if not sep or kind not in ("folder", "workspace") or not _valid_name(name):
+        if not sep or kind not in ("folder", "workspace") or not valid_name(name):
             raise ConfigError(f"scope {text!r}: expected platform, folder:NAME or workspace:NAME")
         return cls("folder" if kind == "folder" else "workspace", name)
 
@@ -67,15 +69,34 @@ class Scope:
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated actor (`token:<id>`, `user:<name>`, `node:<name>`, `cli:<login>`), its role and scope."""
+    """An authenticated actor (`token:<id>`, `user:<name>`, `node:<name>`, `cli:<login>`), its role with the role's
+    permissions, and its scope."""
 
     actor: str
     role: str
     scope: Scope
     workspaces: frozenset[str] | None  # the workspaces the scope covers; None: every one (platform)
+    granted: frozenset[str] | None = None  # the role's permissions; None: those of the built-in role of that name
 
-    def can(self, role: str) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(role)
+    @property
+    def permissions(self) -> frozenset[str]:
+        if self.granted is None:
+            return BUILTIN_ROLES.get(self.role, frozenset())
+        return self.granted
+
+    def can(self, permission: str) -> bool:
+        """Whether the caller's role holds `permission` (a name of the catalogue; ValueError for anything else)."""
+        check_permissions((permission,))
+        return permission in self.permissions
+
+    def can_any(self, *permissions: str) -> bool:
+        """Whether the caller's role holds one of `permissions` (all of the catalogue); True when none are named."""
+        check_permissions(permissions)
+        return not permissions or any(p in self.permissions for p in permissions)
+
+    def reads(self, kind: str) -> bool:
+        """Whether the caller may see registry documents of `kind`."""
+        return kind in KIND_READ and KIND_READ[kind] in self.permissions
 
     def sees(self, workspace: str | None) -> bool:
         return self.workspaces is None or (workspace or DEFAULT_WORKSPACE) in self.workspaces
@@ -95,7 +116,7 @@ class Caller:
         return sorted({f"workspace:{w}" for w in self.workspaces} | {str(self.scope)})
 
 
-def _valid_name(name: str) -> bool:
+def valid_name(name: str) -> bool:
     return bool(re.fullmatch(NAME_PATTERN, name)) and len(name) <= 63
 
 
@@ -120,9 +141,21 @@ def check_name_prefix(prefix: str, field: str = "prefix") -> str:
     return prefix
 
 
-def check_role(role: str) -> str:
-    if role not in ROLES:
-        raise ConfigError(f"--role {role}: expected one of {', '.join(ROLES)}")
+async def role_permissions(store: RegistryStore, role: str) -> frozenset[str] | None:
+    """The permissions of a built-in or custom role; None when there is no such role."""
+    if role in BUILTIN_ROLES:
+        return BUILTIN_ROLES[role]
+    row = await store.access.role(role)
+    if row is None:
+        return None
+    return frozenset(name for name in json.loads(row[1]) if isinstance(name, str))
+
+
+async def check_role(store: RegistryStore, role: str) -> str:
+    """`role` when it is a built-in or custom role; ConfigError naming the roles otherwise."""
+    if await role_permissions(store, role) is None:
+        custom = [name for name, *_ in await store.access.roles()]
+        raise ConfigError(f"--role {role}: expected one of {', '.join([*BUILTIN_ROLES, *custom])}")
     return role
 
 
@@ -139,13 +172,19 @@ async def workspaces(store: RegistryStore) -> dict[str, str]:
 
 
 async def create_workspace(store: RegistryStore, name: str, folder: str = DEFAULT_FOLDER) -> None:
-    if not _valid_name(name):
+    """A workspace in a folder; the folder is made too when there is none of that name."""
+    if not valid_name(name):
         raise ConfigError(f"workspace {name!r}: expected lowercase letters, digits and '-' (at most 63)")
-    if not _valid_name(folder):
+    if not valid_name(folder):
         raise ConfigError(f"--folder {folder!r}: expected lowercase letters, digits and '-' (at most 63)")
     if name in await workspaces(store):
         raise ConfigError(f"workspace {name} exists already")
     await store.access.add_workspace(name, folder, time.time())
+
+
+async def folders(store: RegistryStore) -> list[str]:
+    """Every folder's name (one may hold no workspace yet)."""
+    return list(await store.access.folders())
 
 
 async def check_workspace(store: RegistryStore, name: str) -> str:
@@ -165,7 +204,8 @@ async def resolve(store: RegistryStore, actor: str, role: str, scope: Scope | st
         covered = frozenset(w for w, f in folders.items() if f == scope.name)
     else:
         covered = frozenset({scope.name})
-    return Caller(actor, check_role(role), scope, covered)
+    # a role that is gone (it cannot be deleted while held) grants nothing
+    return Caller(actor, role, scope, covered, await role_permissions(store, role) or frozenset())
 
 
 async def check_scope(store: RegistryStore, text: str) -> Scope:
@@ -174,8 +214,9 @@ async def check_scope(store: RegistryStore, text: str) -> Scope:
     folders = await workspaces(store)
     if scope.kind == "workspace" and scope.name not in folders:
         raise ConfigError(f"--scope {text}: no workspace {scope.name}")
-    if scope.kind == "folder" and scope.name not in folders.values():
-        raise ConfigError(f"--scope {text}: no folder {scope.name} (a folder exists once a workspace is in it)")
+    if scope.kind == "folder" and scope.name not in await store.access.folders():
+        raise ConfigError(f"--scope {text}: no folder {scope.name} (`fieldgate registry workspace create W --folder "
+                          f"{scope.name}` makes one)")
     return scope
 
 
@@ -194,7 +235,8 @@ def cli_caller() -> Caller:
 async def create_api_token(store: RegistryStore, role: str, scope: Scope, description: str = "") -> str:
     """A new bearer token `<id>.<secret>` with a role bound to a scope; only a hash of the secret is kept."""
     token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(24)
-    await store.access.add_api_token(token_id, _hash(secret), check_role(role), str(scope), description, time.time())
+    await store.access.add_api_token(token_id, _hash(secret), await check_role(store, role), str(scope), description,
+                                     time.time())
     return f"{token_id}.{secret}"
 
 
@@ -234,7 +276,7 @@ async def add_user(store: RegistryStore, name: str, role: str, scope: Scope, pas
         raise ConfigError(f"user name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
     if len(password) < 8:
         raise ConfigError("password: use at least 8 characters")
-    check_role(role)
+    await check_role(store, role)
     await store.access.put_user(name, _hasher.hash(password), role, str(scope), time.time())
 
 
@@ -311,7 +353,7 @@ async def documents(store: RegistryStore, caller: Caller, kind: str | None = Non
     rows = await store.documents.listing(kind)
     return [{"kind": k, "namespace": ns, "name": name, "node": node, "workspace": workspace,
              "document": _shown(k, json.loads(doc)), "updated_at": updated}
-            for k, ns, name, node, workspace, doc, updated in rows if caller.sees(workspace)]
+            for k, ns, name, node, workspace, doc, updated in rows if caller.sees(workspace) and caller.reads(k)]
 
 
 def _shown(kind: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -404,8 +446,16 @@ def _store(request: AnyRequest) -> RegistryStore:
     return store
 
 
-async def require_caller(request: AnyRequest, role: str) -> Caller:
-    """The caller of the request's bearer token (role and scope), refused below `role`."""
+def refusal(caller: Caller, permissions: tuple[str, ...], what: str = "do this") -> str:
+    """Why a caller may not, and which built-in roles may: `the viewer role cannot see this page; admin can (it needs
+    audit.read)`."""
+    having = sorted({role for p in permissions for role in holders(p)}, key=list(BUILTIN_ROLES).index)
+    return f"the {caller.role} role cannot {what}; {' or '.join(having)} can (it needs {' or '.join(permissions)})"
+
+
+async def require_caller(request: AnyRequest, *permissions: str) -> Caller:
+    """The caller of the request's bearer token (role and scope), refused unless its role holds one of
+    `permissions` (any valid token when none are named)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise NotAuthorizedException("an API token is required (Authorization: Bearer <token> from "
@@ -414,8 +464,8 @@ async def require_caller(request: AnyRequest, role: str) -> Caller:
         caller = await token_caller(_store(request), token.strip())
     except AuthError as exc:
         raise NotAuthorizedException(str(exc)) from None
-    if not caller.can(role):
-        raise PermissionDeniedException(f"the {caller.role} role cannot do this ({role} or more is needed)")
+    if not caller.can_any(*permissions):
+        raise PermissionDeniedException(refusal(caller, permissions))
     return caller
 
 
@@ -457,7 +507,7 @@ class WorkspaceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 @get("/api/v1/nodes/{name:str}", summary="One node with its status (404 outside the token's scope)")
 async def get_node(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
-    caller = await require_caller(request, "viewer")
+    caller = await require_caller(request, "nodes.read")
     return await visible_node(_store(request), caller, name)
 
 
@@ -490,7 +540,7 @@ async def remove_node_as(store: RegistryStore, caller: Caller, name: str) -> Non
 @patch("/api/v1/nodes/{name:str}", summary="Change a node's labels, alias or scheduling, or move it to another "
        "workspace (admin)")
 async def change_node(request: AnyRequest, name: FromPath[str], data: JSONBody[NodeChange]) -> dict[str, Any]:
-    caller = await require_caller(request, "admin")
+    caller = await require_caller(request, "nodes.manage")
     store = _store(request)
     await change_node_as(store, caller, name, data)
     return await visible_node(store, caller, name)
@@ -498,7 +548,7 @@ async def change_node(request: AnyRequest, name: FromPath[str], data: JSONBody[N
 
 @delete("/api/v1/nodes/{name:str}", summary="Forget a node and revoke its certificate (admin)", status_code=200)
 async def remove_node(request: AnyRequest, name: FromPath[str]) -> dict[str, str]:
-    await remove_node_as(_store(request), await require_caller(request, "admin"), name)
+    await remove_node_as(_store(request), await require_caller(request, "nodes.manage"), name)
     return {"removed": name}
 
 
@@ -559,18 +609,18 @@ async def group_preview(store: RegistryStore, caller: Caller, workspace: str, no
 
 @post("/api/v1/groups", summary="Make a node group in a workspace (admin)", status_code=201)
 async def create_group(request: AnyRequest, data: JSONBody[GroupRequest]) -> dict[str, Any]:
-    return await create_group_as(_store(request), await require_caller(request, "admin"), data)
+    return await create_group_as(_store(request), await require_caller(request, "groups.manage"), data)
 
 
 @delete("/api/v1/groups/{name:str}", summary="Delete a node group; its nodes stay (admin)", status_code=200)
 async def delete_group(request: AnyRequest, name: FromPath[str]) -> dict[str, str]:
-    await delete_group_as(_store(request), await require_caller(request, "admin"), name)
+    await delete_group_as(_store(request), await require_caller(request, "groups.manage"), name)
     return {"deleted": name}
 
 
 @get("/api/v1/join-tokens", summary="Join tokens in the token's scope, without secrets (admin)")
 async def list_join_tokens(request: AnyRequest) -> list[dict[str, Any]]:
-    return await join_tokens(_store(request), await require_caller(request, "admin"))
+    return await join_tokens(_store(request), await require_caller(request, "join.manage"))
 
 
 async def new_join_token(request: AnyRequest, caller: Caller, data: JoinTokenRequest) -> dict[str, Any]:
@@ -590,7 +640,7 @@ async def new_join_token(request: AnyRequest, caller: Caller, data: JoinTokenReq
 @post("/api/v1/join-tokens", summary="Create a join token for a workspace (admin); the answer holds the token",
       status_code=201)
 async def create_join_token(request: AnyRequest, data: JSONBody[JoinTokenRequest]) -> dict[str, Any]:
-    return await new_join_token(request, await require_caller(request, "admin"), data)
+    return await new_join_token(request, await require_caller(request, "join.manage"), data)
 
 
 async def revoke_join_token_as(store: RegistryStore, caller: Caller, token_id: str) -> None:
@@ -604,27 +654,28 @@ async def revoke_join_token_as(store: RegistryStore, caller: Caller, token_id: s
 
 @delete("/api/v1/join-tokens/{token_id:str}", summary="Revoke a join token (admin)", status_code=200)
 async def revoke_join_token(request: AnyRequest, token_id: FromPath[str]) -> dict[str, str]:
-    await revoke_join_token_as(_store(request), await require_caller(request, "admin"), token_id)
+    await revoke_join_token_as(_store(request), await require_caller(request, "join.manage"), token_id)
     return {"revoked": token_id}
 
 
-@get("/api/v1/documents", summary="Registry documents in the token's scope (?kind=Device)")
+@get("/api/v1/documents", summary="Registry documents in the token's scope of the kinds its role reads "
+     "(?kind=Device)")
 async def list_documents(request: AnyRequest) -> list[dict[str, Any]]:
-    caller = await require_caller(request, "viewer")
+    caller = await require_caller(request, *dict.fromkeys(KIND_READ.values()))
     return await documents(_store(request), caller, request.query_params.get("kind") or None)
 
 
-@get("/api/v1/workspaces", summary="Workspaces in the token's scope with their folders")
+@get("/api/v1/workspaces", summary="Workspaces in the token's scope with their folders (any role)")
 async def list_workspaces(request: AnyRequest) -> list[dict[str, str]]:
-    caller = await require_caller(request, "viewer")
+    caller = await require_caller(request)
     return [{"name": name, "folder": folder} for name, folder in (await workspaces(_store(request))).items()
             if caller.sees(name)]
 
 
-@post("/api/v1/workspaces", summary="Create a workspace in a folder (a platform admin, or an admin of the folder)",
-      status_code=201)
+@post("/api/v1/workspaces", summary="Create a workspace in a folder (workspaces.manage at platform scope, or at the "
+      "folder's)", status_code=201)
 async def add_workspace(request: AnyRequest, data: JSONBody[WorkspaceRequest]) -> dict[str, str]:
-    caller = await require_caller(request, "admin")
+    caller = await require_caller(request, "workspaces.manage")
     store = _store(request)
     async with audited(store, caller, "workspace.create", f"workspace/{data.name}", str(caller.scope)) as entry:
         if not caller.covers(Scope("folder", data.folder)):

@@ -1,30 +1,28 @@
-"""Administration within a scope: the registry users, API tokens and workspaces an admin manages, and the audit log
-searched. An admin grants only what it holds: a role no higher than its own, in a scope within its own (a folder
-admin never hands out `platform`, nor a scope of another folder). Users and tokens outside the admin's scope are
-"not found", as every other object outside a scope is. Every change is audited."""
+"""Administration within a scope: the registry users, API tokens, workspaces and folders an admin manages, and the
+audit log searched. Least privilege: a caller grants only what it holds, a role whose permissions are all its own,
+in a scope within its own (a folder admin never hands out `platform`, nor a scope of another folder), and the grant
+forms offer the roles smallest first. Users and tokens outside the admin's scope, or holding a permission it lacks,
+are "not found", as every other object outside a scope is. Every change is audited."""
 
 from __future__ import annotations
 
 import calendar
 import time
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from argon2 import PasswordHasher
-from litestar import get
+from litestar import delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound
 from gateway.registry import access
 from gateway.registry.access import Caller, Scope
-from gateway.registry.store import ROLES, RegistryStore
+from gateway.registry.permissions import PERMISSIONS
+from gateway.registry.roles import Role, all_roles
+from gateway.registry.store import RegistryStore
+from gateway.registry.store.db import KeyTaken
 
-# What each role may do, for the role picker (least privilege: the lowest role is the default).
-ROLE_SUMMARY = {
-    "viewer": "sees nodes, groups, devices, workloads, upgrades and their history in its scope",
-    "operator": "as viewer, and sets desired values, sends messages to nodes, starts, stops, restarts and rolls "
-                "back workloads",
-    "admin": "as operator, and changes nodes, groups, documents, join tokens and upgrades, manages users, API "
-             "tokens and workspaces within its scope, reads the audit log",
-}
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_DESCRIPTION = 200  # characters of an API token's description
@@ -32,9 +30,10 @@ AUDIT_PAGE = 50
 _hasher = PasswordHasher()
 
 
-def grantable_roles(caller: Caller) -> list[str]:
-    """The roles the caller may hand out: its own and those below, lowest first."""
-    return [role for role in ROLES if caller.can(role)]
+async def grantable_roles(store: RegistryStore, caller: Caller) -> list[Role]:
+    """The roles the caller may hand out (every permission of each is its own), least privileged first: fewest
+    permissions, a built-in role before a custom one of the same size."""
+    return [role for role in await all_roles(store) if role.permissions <= caller.permissions]
 
 
 async def grantable_scopes(store: RegistryStore, caller: Caller) -> list[str]:
@@ -52,17 +51,23 @@ def default_scope(scopes: list[str]) -> str:
     return access.DEFAULT_SCOPE if access.DEFAULT_SCOPE in scopes else scopes[0]
 
 
-def check_role_grant(caller: Caller, role: str) -> str:
-    """`role` when the caller may grant it; ConfigError for an unknown role or one above the caller's."""
-    access.check_role(role)
-    if not caller.can(role):
-        raise ConfigError(f"role {role}: a {caller.role} cannot grant a higher role than its own")
+async def check_role_grant(store: RegistryStore, caller: Caller, role: str) -> str:
+    """`role` when the caller may grant it; ConfigError for an unknown role or one carrying a permission the caller
+    does not hold (naming them)."""
+    permissions = await access.role_permissions(store, role)
+    if permissions is None:
+        await access.check_role(store, role)  # the error that lists the roles
+        raise ConfigError(f"role {role}: no such role")
+    lacking = [name for name in PERMISSIONS if name in permissions - caller.permissions]
+    if lacking:
+        raise ConfigError(f"role {role}: it carries permissions you do not hold ({', '.join(lacking)}); the "
+                          f"{caller.role} role grants only what it holds")
     return role
 
 
 async def check_grant(store: RegistryStore, caller: Caller, role: str, scope_text: str) -> Scope:
     """The scope to grant; ConfigError for an unknown role or scope, or one above what the caller holds."""
-    check_role_grant(caller, role)
+    await check_role_grant(store, caller, role)
     scope = await access.check_scope(store, scope_text)
     if not caller.covers(scope):
         raise ConfigError(f"scope {scope}: outside your scope {caller.scope}")
@@ -80,18 +85,26 @@ def _check_password(password: str) -> str:
 # --- users ----------------------------------------------------------------------------------------------------
 
 
-def _managed(caller: Caller, user: dict[str, Any]) -> bool:
-    """Whether the caller manages this user: its scope lies within the caller's and its role is not higher."""
+def _managed(caller: Caller, user: dict[str, Any], roles: dict[str, Role]) -> bool:
+    """Whether the caller manages this user or token: its scope lies within the caller's and every permission of
+    its role is the caller's too."""
+    role = roles.get(user["role"])
     try:
         scope = Scope.parse(user["scope"])
     except ConfigError:
-        return caller.scope.kind == "platform"
-    return caller.covers(scope) and user["role"] in ROLES and caller.can(user["role"])
+        return caller.scope.kind == "platform" and (role is None or role.permissions <= caller.permissions)
+    return caller.covers(scope) and (role.permissions <= caller.permissions if role else caller.scope.kind ==
+                                     "platform")
+
+
+async def _roles(store: RegistryStore) -> dict[str, Role]:
+    return {role.name: role for role in await all_roles(store)}
 
 
 async def visible_users(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
     """The users the caller manages, by name."""
-    return [user for user in await access.users(store) if _managed(caller, user)]
+    roles = await _roles(store)
+    return [user for user in await access.users(store) if _managed(caller, user, roles)]
 
 
 async def _managed_user(store: RegistryStore, caller: Caller, name: str) -> dict[str, Any]:
@@ -145,7 +158,8 @@ async def remove_user_as(store: RegistryStore, caller: Caller, name: str) -> Non
 
 async def visible_tokens(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
     """The API tokens the caller manages (never their secrets), newest first."""
-    return [token for token in reversed(await access.api_tokens(store)) if _managed(caller, token)]
+    roles = await _roles(store)
+    return [token for token in reversed(await access.api_tokens(store)) if _managed(caller, token, roles)]
 
 
 async def create_token_as(store: RegistryStore, caller: Caller, role: str, scope: str, description: str) -> str:
@@ -176,13 +190,32 @@ async def revoke_token_as(store: RegistryStore, caller: Caller, token_id: str) -
 # --- workspaces and folders -----------------------------------------------------------------------------------
 
 
+FOLDER_DESCRIPTION = 200
+
+
 async def visible_folders(store: RegistryStore, caller: Caller) -> dict[str, list[str]]:
-    """The folders with the workspaces in them the caller sees, by name."""
-    folders: dict[str, list[str]] = {}
+    """The folders the caller sees (those it covers, and those of the workspaces it sees) with the workspaces in
+    them it sees, by name."""
+    folders: dict[str, list[str]] = {f: [] for f in await store.access.folders() if caller.covers(Scope("folder", f))}
     for workspace, folder in sorted((await access.workspaces(store)).items()):
         if caller.sees(workspace):
             folders.setdefault(folder, []).append(workspace)
     return dict(sorted(folders.items()))
+
+
+async def folder_details(store: RegistryStore, caller: Caller) -> list[dict[str, Any]]:
+    """The folders the caller sees with description, workspaces and who is granted on them (users and valid API
+    tokens, for those the caller manages)."""
+    described = await store.access.folders()
+    users = {u["name"] for u in await visible_users(store, caller)}
+    tokens = {t["id"] for t in await visible_tokens(store, caller)}
+    details = []
+    for name, workspaces in (await visible_folders(store, caller)).items():
+        granted_users, granted_tokens = await store.access.scope_holders(f"folder:{name}")
+        details.append({"name": name, "description": described.get(name, ("", 0.0))[0], "workspaces": workspaces,
+                        "users": [u for u in granted_users if u in users],
+                        "tokens": [t for t in granted_tokens if t in tokens]})
+    return details
 
 
 async def create_workspace_as(store: RegistryStore, caller: Caller, name: str, folder: str) -> None:
@@ -192,6 +225,64 @@ async def create_workspace_as(store: RegistryStore, caller: Caller, name: str, f
         if not caller.covers(Scope("folder", folder)):
             raise ConfigError(f"folder {folder}: outside your scope {caller.scope}")
         await access.create_workspace(store, name, folder)
+
+
+def _folder_name(name: str) -> str:
+    if not access.valid_name(name):
+        raise ConfigError(f"name {name[:63]!r}: expected lowercase letters, digits and '-' (at most 63)")
+    return name
+
+
+async def create_folder_as(store: RegistryStore, caller: Caller, name: str, description: str = "") -> None:
+    """An empty folder (a caller granted at platform; audited)."""
+    async with access.audited(store, caller, "folder.create", f"folder/{name[:63]}", f"folder:{name[:63]}"):
+        if caller.scope.kind != "platform":
+            raise ConfigError(f"folder {name[:63]}: outside your scope {caller.scope} (folders are made at "
+                              "platform)")
+        _folder_name(name)
+        if len(description.strip()) > FOLDER_DESCRIPTION:
+            raise ConfigError(f"description: use at most {FOLDER_DESCRIPTION} characters")
+        try:
+            await store.access.add_folder(name, description.strip(), time.time())
+        except KeyTaken:
+            raise ConfigError(f"folder {name} exists already") from None
+
+
+async def delete_folder_as(store: RegistryStore, caller: Caller, name: str) -> None:
+    """Delete an empty folder that nobody is granted on (a caller granted at platform; audited)."""
+    async with access.audited(store, caller, "folder.delete", f"folder/{name[:63]}", f"folder:{name[:63]}"):
+        if name not in await store.access.folders() or not caller.covers(Scope("folder", name)):
+            raise NotFound(f"no folder {name}")
+        if caller.scope.kind != "platform":
+            raise ConfigError(f"folder {name}: only a grant at platform deletes folders")
+        if await store.access.delete_folder(name):
+            return
+        inside = sorted(w for w, f in (await access.workspaces(store)).items() if f == name)
+        if inside:
+            raise ConfigError(f"folder {name} holds workspaces {', '.join(inside[:10])}: move them to another "
+                              "folder first")
+        users, tokens = await store.access.scope_holders(f"folder:{name}")
+        granted = [f"user {u}" for u in users[:5]] + [f"API token {t}" for t in tokens[:5]]
+        raise ConfigError(f"folder {name} is granted to {', '.join(granted)}: give them another scope first")
+
+
+async def move_workspace_as(store: RegistryStore, caller: Caller, name: str, folder: str) -> None:
+    """Put a workspace in another folder: grants on the new folder cover it from now on, those on the old one no
+    longer do (the caller covers both folders; audited)."""
+    async with access.audited(store, caller, "workspace.move", f"workspace/{name[:63]}",
+                              str(caller.scope)) as entry:
+        entry.detail = {"folder": folder[:63]}
+        current = (await access.workspaces(store)).get(name)
+        if current is None or not caller.sees(name):
+            raise NotFound(f"no workspace {name}")
+        entry.scope = f"folder:{current}"
+        if folder not in await store.access.folders() or not caller.covers(Scope("folder", folder)):
+            raise ConfigError(f"folder {folder[:63]!r}: no such folder in your scope")
+        if not caller.covers(Scope("folder", current)):
+            raise ConfigError(f"workspace {name}: its folder {current} is outside your scope {caller.scope}")
+        if folder == current:
+            raise ConfigError(f"workspace {name} is in folder {folder} already")
+        await store.access.move_workspace(name, folder)
 
 
 # --- the audit log --------------------------------------------------------------------------------------------
@@ -238,7 +329,7 @@ AUDIT_FILTERS = ("actor", "action", "workspace", "since", "until")
 @get("/api/v1/audit", summary="The audit log within the token's scope, newest first (admin; ?limit=, ?before=; "
      "filters ?actor=, ?action= (a prefix), ?workspace=, ?since=, ?until= as the Audit page takes them)")
 async def audit_log(request: access.AnyRequest) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "admin")
+    caller = await access.require_caller(request, "audit.read")
     query = request.query_params
     try:
         limit = max(1, min(int(query.get("limit", "200")), 1000))
@@ -258,4 +349,50 @@ async def audit_log(request: access.AnyRequest) -> list[dict[str, Any]]:
     return entries
 
 
-ROUTE_HANDLERS = [audit_log]
+class FolderRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(max_length=63)]
+    description: Annotated[str, msgspec.Meta(max_length=FOLDER_DESCRIPTION)] = ""
+
+
+class WorkspaceMove(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    folder: Annotated[str, msgspec.Meta(max_length=63, description="the folder to put the workspace in")]
+
+
+def _store(request: access.AnyRequest) -> RegistryStore:
+    store: RegistryStore = request.app.state.store
+    return store
+
+
+@get("/api/v1/folders", summary="Folders in the token's scope with their workspaces (any role)")
+async def list_folders(request: access.AnyRequest) -> list[dict[str, Any]]:
+    caller = await access.require_caller(request)
+    described = await _store(request).access.folders()
+    return [{"name": name, "description": described.get(name, ("", 0.0))[0], "workspaces": workspaces}
+            for name, workspaces in (await visible_folders(_store(request), caller)).items()]
+
+
+@post("/api/v1/folders", summary="Create an empty folder `{\"name\", \"description\"}` (workspaces.manage at "
+      "platform)", status_code=201)
+async def add_folder(request: access.AnyRequest, data: JSONBody[FolderRequest]) -> dict[str, str]:
+    caller = await access.require_caller(request, "workspaces.manage")
+    await create_folder_as(_store(request), caller, data.name, data.description)
+    return {"name": data.name, "description": data.description.strip()}
+
+
+@delete("/api/v1/folders/{name:str}", summary="Delete a folder that holds no workspace and is granted to nobody "
+        "(workspaces.manage at platform)", status_code=200)
+async def remove_folder(request: access.AnyRequest, name: FromPath[str]) -> dict[str, str]:
+    await delete_folder_as(_store(request), await access.require_caller(request, "workspaces.manage"), name)
+    return {"deleted": name}
+
+
+@patch("/api/v1/workspaces/{name:str}", summary="Move a workspace to another folder `{\"folder\"}`: grants on that "
+       "folder cover it from now on (workspaces.manage over both folders)")
+async def move_workspace(request: access.AnyRequest, name: FromPath[str],
+                         data: JSONBody[WorkspaceMove]) -> dict[str, str]:
+    caller = await access.require_caller(request, "workspaces.manage")
+    await move_workspace_as(_store(request), caller, name, data.folder)
+    return {"name": name, "folder": data.folder}
+
+
+ROUTE_HANDLERS = [audit_log, list_folders, add_folder, remove_folder, move_workspace]

@@ -25,7 +25,20 @@ from litestar.params import JSONBody
 
 from gateway import __version__
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import access, admin, batch, live, metrics, monitoring, pages, routes, twins, upgrades, workloads
+from gateway.registry import (
+    access,
+    admin,
+    batch,
+    live,
+    metrics,
+    monitoring,
+    pages,
+    roles,
+    routes,
+    twins,
+    upgrades,
+    workloads,
+)
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
@@ -157,7 +170,7 @@ async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> He
 @get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")
 async def nodes(request: AnyRequest) -> list[dict[str, Any]]:
     if request.headers.get("authorization"):
-        caller = await access.require_caller(request, "viewer")
+        caller = await access.require_caller(request, "nodes.read")
     else:
         caller = await node_caller(request)
     return await access.visible_nodes(store_of(request), caller)
@@ -165,14 +178,14 @@ async def nodes(request: AnyRequest) -> list[dict[str, Any]]:
 
 @get("/api/v1/groups", summary="Node groups with their members")
 async def groups(request: AnyRequest) -> list[dict[str, Any]]:
-    return await access.visible_groups(store_of(request), await access.require_caller(request, "viewer"))
+    return await access.visible_groups(store_of(request), await access.require_caller(request, "nodes.read"))
 
 
 async def _users_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """The OpenAPI document is for registry users, as the API it describes: an API token or a page session."""
     request = cast(AnyRequest, connection)  # guards of HTTP routes are handed the request
     if request.headers.get("authorization"):
-        await access.require_caller(request, "viewer")
+        await access.require_caller(request)
     elif await pages.session_caller(request) is None:
         raise NotAuthorizedException("an API token is required (Authorization: Bearer <token> from `fieldgate "
                                      "registry token create`), or a login to the registry pages")
@@ -215,7 +228,8 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *monitoring.ROUTE_HANDLERS, *metrics.ROUTE_HANDLERS,
                         *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *routes.ROUTE_HANDLERS,
-                        *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, static_files(pages.STATIC)],
+                        *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, *roles.ROUTE_HANDLERS,
+                        static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "log_requests": LogRequests(), **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),

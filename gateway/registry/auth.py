@@ -8,7 +8,7 @@ from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from gateway.errors import AuthError
-from gateway.registry.access import DEFAULT_WORKSPACE, Caller, node_workspace, require_caller, resolve
+from gateway.registry.access import DEFAULT_WORKSPACE, Caller, node_workspace, resolve
 from gateway.registry.ca import peer_identity
 from gateway.registry.store import RegistryStore
 
@@ -32,11 +32,6 @@ async def client_node(request: AnyRequest) -> str:
     except AuthError as exc:
         raise PermissionDeniedException(str(exc)) from None
     return name
-
-
-async def require_role(request: AnyRequest, role: str) -> str:
-    """The role of the request's bearer token, refused below `role`."""
-    return (await require_caller(request, role)).role
 
 
 async def node_caller(request: AnyRequest) -> Caller:

@@ -77,8 +77,8 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     api_token = sub.add_parser("token", help="bearer tokens for the registry API: create, list, revoke")
     api_token_sub = api_token.add_subparsers(dest="api_token_action", required=True)
     api_create = api_token_sub.add_parser("create", help="print a new API token (only its hash is kept)")
-    api_create.add_argument("--role", default="viewer", choices=("admin", "operator", "viewer"),
-                            help="default viewer, the lowest")
+    api_create.add_argument("--role", default="viewer",
+                            help="viewer (the default, the lowest), operator, admin or a custom role")
     api_create.add_argument("--scope", default="workspace:default",
                             help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
     api_create.add_argument("--description", default="", help="what the token is for")
@@ -347,8 +347,8 @@ def _configure_access(sub: Any) -> None:
     user_sub = user.add_subparsers(dest="user_action", required=True)
     user_add = user_sub.add_parser("add", help="add a user or change its role, scope and password")
     user_add.add_argument("name")
-    user_add.add_argument("--role", default="viewer", choices=("admin", "operator", "viewer"),
-                          help="default viewer, the lowest")
+    user_add.add_argument("--role", default="viewer",
+                          help="viewer (the default, the lowest), operator, admin or a custom role")
     user_add.add_argument("--scope", default="workspace:default",
                           help="platform, folder:F or workspace:W (default workspace:default, the narrowest)")
     given = user_add.add_mutually_exclusive_group()
@@ -372,6 +372,23 @@ def _configure_access(sub: Any) -> None:
     _data_dir(workspace_create)
     workspace_list = workspace_sub.add_parser("list", help="list workspaces with their folders")
     _data_dir(workspace_list)
+
+    role = sub.add_parser("role", help="roles as sets of permissions: list, create, delete custom roles")
+    role_sub = role.add_subparsers(dest="role_action", required=True)
+    role_list = role_sub.add_parser("list", help="built-in and custom roles with their permissions, least "
+                                                 "privileged first")
+    role_list.add_argument("--json", action="store_true", help="one JSON object per role")
+    _data_dir(role_list)
+    role_create = role_sub.add_parser("create", help="create a custom role")
+    role_create.add_argument("name")
+    role_create.add_argument("--permissions", required=True,
+                             help="comma-separated permissions (`role list --json` shows each role's; the "
+                                  "catalogue is in the README)")
+    role_create.add_argument("--description", default="", help="what the role is for")
+    _data_dir(role_create)
+    role_delete = role_sub.add_parser("delete", help="delete a custom role nobody holds")
+    role_delete.add_argument("name")
+    _data_dir(role_delete)
 
     audit = sub.add_parser("audit", help="the newest entries of the audit log of every change, oldest of them first")
     audit.add_argument("--json", action="store_true", help="one JSON object per entry")
@@ -406,8 +423,8 @@ def _read_password(path: Path | None) -> str:
 
 
 async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
-    """token, user, workspace and audit; False when `args` is another command."""
-    from gateway.registry import access
+    """token, user, workspace, role and audit; False when `args` is another command."""
+    from gateway.registry import access, roles
 
     cli = access.cli_caller()
     if args.action == "token" and args.api_token_action == "create":
@@ -448,6 +465,17 @@ async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
     elif args.action == "workspace":
         for name, folder in (await access.workspaces(store)).items():
             print(f"{name:<24} folder {folder}")
+    elif args.action == "role" and args.role_action == "create":
+        permissions = [p.strip() for p in args.permissions.split(",") if p.strip()]
+        made = await roles.create_role_as(store, cli, args.name, args.description, permissions)
+        print(f"role {made.name}: {', '.join(made.listed())}")
+    elif args.action == "role" and args.role_action == "delete":
+        await roles.delete_role_as(store, cli, args.name)
+        print(f"role {args.name} deleted")
+    elif args.action == "role":
+        for role in await roles.all_roles(store):
+            print(json.dumps(role.as_dict()) if args.json else
+                  f"{role.name:<20} {'built in' if role.builtin else 'custom':<9} {', '.join(role.listed())}")
     elif args.action == "audit":
         for entry in reversed(await access.audit_entries(store, cli, limit=args.limit)):
             if args.json:

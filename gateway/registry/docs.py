@@ -19,15 +19,16 @@ def registry_api_markdown() -> str:
     api, pages = registry_route_table()
     out += ["",
             "`fieldgate registry serve` (TLS only). A route for people takes `Authorization: Bearer <token>` "
-            "(`fieldgate registry token create --role R [--scope S]`; docs/registry-access.md says which role a "
-            "change needs) and sees only what lies in the token's scope; a route for nodes takes the node's "
-            "certificate (mutual TLS).", "",
+            "(`fieldgate registry token create --role R [--scope S]`) and sees only what lies in the token's scope; "
+            "its role must hold the permission the route names (a 403 names the permission and the built-in roles "
+            "that hold it); a route for nodes takes the node's certificate (mutual TLS).", "",
             "| method | path | caller | summary |", "| --- | --- | --- | --- |"]
     out += [f"| {method} | `{path}` | {caller} | {summary} |" for method, path, caller, summary in api]
     out += ["", "## Pages of the registry", "",
             "Server-rendered for registry users (`fieldgate registry user add`), with the session cookie of `/login`; "
-            "every form carries the session's CSRF token; a role below the page's gets 403.", "",
-            "| method | path | role | summary |", "| --- | --- | --- | --- |"]
+            "every form carries the session's CSRF token; a role that holds none of the page's permissions gets "
+            "403 (\"session\": any logged-in user).", "",
+            "| method | path | permission | summary |", "| --- | --- | --- | --- |"]
     out += [f"| {method} | `{path}` | {role} | {summary} |" for method, path, role, summary in pages]
     return "\n".join(out) + "\n"
 
@@ -43,8 +44,12 @@ def registry_route_table() -> tuple[list[tuple[str, str, str, str]], list[tuple[
             continue
         summary = handler.summary or ""
         if handler.include_in_schema is False:
-            role = handler.opt.get("page_role") or handler.opt.get("session_role", "anyone")
-            pages.append((method, path, role, summary))
+            needed = handler.opt.get("page_permissions")
+            if needed is None:
+                permission = handler.opt.get("session_permission", "anyone")
+            else:
+                permission = " or ".join(needed) or "session"
+            pages.append((method, path, permission, summary))
             continue
         node = path.startswith(("/api/v1/nodes/self", "/api/v1/heartbeat", "/api/v1/join/batch")) or (
             path.startswith("/api/v1/upgrades/") and "/wheels/" in path)

@@ -89,7 +89,7 @@ async def rollback(store: RegistryStore, caller: access.Caller, kind: str, names
      summary="Kept versions of a Workload or BatchWorkload document, oldest first")
 async def list_versions(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str],
                         name: FromPath[str]) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "apps.read")
     return await versions(store_of(request), caller, kind, namespace, name)
 
 
@@ -98,7 +98,7 @@ async def list_versions(request: AnyRequest, kind: FromPath[str], namespace: Fro
       status_code=200)
 async def post_rollback(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str], name: FromPath[str],
                         data: JSONBody[RollbackRequest]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "operator")
+    caller = await access.require_caller(request, "apps.operate")
     return await rollback(store_of(request), caller, kind, namespace, name, data.version)
 
 
@@ -120,7 +120,7 @@ async def workload_events(store: RegistryStore, caller: access.Caller, namespace
 async def list_events(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                       node: Annotated[str | None, QueryParameter(description="only this node's")] = None,
                       limit: Annotated[int, QueryParameter(gt=0, le=1000)] = KEEP_EVENTS) -> Response[Any]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "apps.read")
     store = store_of(request)
     events = await workload_events(store, caller, namespace, name, node=node, limit=limit)
     if not events and not await _known_workload(store, caller, namespace, name):

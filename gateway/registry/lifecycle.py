@@ -114,7 +114,7 @@ def _requests(request: AnyRequest) -> LogRequests:
       status_code=200)
 async def node_workload_action(request: AnyRequest, node: FromPath[str], namespace: FromPath[str],
                                name: FromPath[str], action: FromPath[str]) -> Response[dict[str, Any]]:
-    caller = await access.require_caller(request, "operator")
+    caller = await access.require_caller(request, "apps.operate")
     check_action(action)
     timeout = _timeout(request)
     try:
@@ -130,7 +130,7 @@ async def node_workload_action(request: AnyRequest, node: FromPath[str], namespa
               "(operator; ?timeout=)", status_code=200)
 async def workload_action(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                           action: FromPath[str]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "operator")
+    caller = await access.require_caller(request, "apps.operate")
     check_action(action)
     timeout = _timeout(request)
     return await act_everywhere(store_of(request), _requests(request), caller, namespace, name, action, timeout)

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from litestar import get
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent
 
@@ -32,9 +32,9 @@ from gateway.registry.store import RegistryStore
 from gateway.webkit.live import SSE_OPT, Snapshot, changes
 from gateway.webkit.sessions import BrowserSessions, Session
 
-# the role these routes need, for the generated docs: any user with a page session (they check it themselves, with
-# a 401 rather than the page guard's redirect to the login form)
-SESSION_ROLE = {"session_role": "viewer"}
+# the permission these routes need, for the generated docs: a user with a page session whose role holds it (they
+# check it themselves, with a 401 or 403 rather than the page guard's redirect to the login form)
+SESSION_PERMISSION = {"session_permission": "nodes.read"}
 NODES_EVERY = 2.0
 NODE_STATES = ("healthy", "offline", "joined")
 # how long ago the last heartbeat was, in words: it changes on every read, so on its own it is no change
@@ -80,6 +80,11 @@ def nodes_snapshot(nodes: list[dict[str, Any]], caller: Caller) -> Snapshot:
     return {"counts": counts, "nodes": rows}
 
 
+def _needs(caller: Caller, permission: str) -> None:
+    if not caller.can(permission):
+        raise PermissionDeniedException(access.refusal(caller, (permission,)))
+
+
 async def _page_session(request: AnyRequest) -> tuple[str, Session, Caller]:
     """The page session of the request and its user as stored now; 401 without a valid one."""
     sessions: BrowserSessions = request.app.state.page_sessions
@@ -96,9 +101,10 @@ async def _page_session(request: AnyRequest) -> tuple[str, Session, Caller]:
 
 
 @get("/events/nodes", summary="Live states of the nodes in the user's scope (SSE, page session)",
-     include_in_schema=False, opt={**SSE_OPT, **SESSION_ROLE})
+     include_in_schema=False, opt={**SSE_OPT, **SESSION_PERMISSION})
 async def nodes_events(request: AnyRequest) -> ServerSentEvent:
     sid, session, caller = await _page_session(request)
+    _needs(caller, "nodes.read")
     sessions: BrowserSessions = request.app.state.page_sessions
     store: RegistryStore = request.app.state.store
     states = node_states(request)
@@ -120,12 +126,13 @@ async def nodes_events(request: AnyRequest) -> ServerSentEvent:
 
 
 @get("/nodes/{name:str}/metrics", summary="A node's resource samples for its plots (page session)",
-     include_in_schema=False, opt=SESSION_ROLE)
+     include_in_schema=False, opt=SESSION_PERMISSION)
 async def node_metrics_page(request: AnyRequest, name: FromPath[str], window: FromQuery[str] = "24h"
                             ) -> dict[str, Any]:
     from gateway.registry.monitoring import node_samples
 
     _, _, caller = await _page_session(request)
+    _needs(caller, "nodes.read")
     seconds = PLOT_WINDOWS.get(window)
     if seconds is None:
         raise ConfigError(f"?window={window}: expected one of {', '.join(PLOT_WINDOWS)}")

@@ -134,8 +134,8 @@ async def fetch_workload_log(store: RegistryStore, requests: LogRequests, node: 
     return {"node": node, "workload": request.workload, "instance": request.instance, **answer}
 
 
-async def _visible_node(request: AnyRequest, node: str) -> RegistryStore:
-    caller = await require_caller(request, "viewer")
+async def _visible_node(request: AnyRequest, node: str, permission: str) -> RegistryStore:
+    caller = await require_caller(request, permission)
     store = store_of(request)
     workspace = await node_workspace(store, node)
     if workspace is None or not caller.sees(workspace):  # the same answer for a node outside the token's scope
@@ -149,7 +149,7 @@ async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[s
     params = dict(request.query_params.items())
     timeout = timeout_param(params.pop("timeout", None))
     query = LogQuery.parse(params)  # refused here, with the parameter named, rather than by the node
-    store = await _visible_node(request, node)
+    store = await _visible_node(request, node, "nodes.read")
     try:
         answer = await ask_node(store, _requests(request), node, LOGS_PATH, msgspec.json.encode(query.params()),
                                 timeout)
@@ -168,7 +168,7 @@ async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace
     unknown = sorted(set(params) - {"timeout", "tail", "instance"})
     if unknown:
         raise ConfigError(f"?{unknown[0]}: unknown parameter (expected instance, tail, timeout)")
-    store = await _visible_node(request, node)
+    store = await _visible_node(request, node, "apps.read")
     if not await store.workloads.runs_on(node, namespace, name):
         raise NotFound(f"no workload {namespace}/{name} on node {node}")
     try:

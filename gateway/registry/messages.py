@@ -68,7 +68,7 @@ def _seconds(name: str, raw: str | None, default: float, maximum: float | None =
       status_code=202, request_max_body_size=MAX_MESSAGE)
 async def post_message(request: AnyRequest, node: FromPath[str], namespace: FromPath[str],
                        path: FromPath[str]) -> Response[dict[str, Any]]:
-    caller = await require_caller(request, "operator")
+    caller = await require_caller(request, "messages.send")
     store = store_of(request)
     ttl = _seconds("ttl", request.query_params.get("ttl"), DEFAULT_TTL)
     offline = request.query_params.get("offline", "queue")

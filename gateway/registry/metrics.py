@@ -188,7 +188,7 @@ class RegistryCollector(Collector):
 async def metrics(request: AnyRequest) -> Response[bytes]:
     from gateway.registry import access
 
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "nodes.read")
     store = store_of(request)
     nodes = await access.visible_nodes(store, caller)
     registry = CollectorRegistry(auto_describe=False)

@@ -89,7 +89,7 @@ async def node_metrics(request: AnyRequest, name: FromPath[str]) -> dict[str, An
     from gateway.registry import access
     from gateway.registry.auth import store_of
 
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "nodes.read")
     store = store_of(request)
     since = _since(request.query_params.get("since"))
     series = _series(request.query_params.get("series"))

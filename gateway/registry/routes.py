@@ -164,14 +164,14 @@ async def route_view(store: RegistryStore, caller: access.Caller, namespace: str
 
 @get("/api/v1/routes", summary="The counters of the registry's routes per node, as the nodes last reported them")
 async def list_route_counters(request: AnyRequest) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "routes.read")
     return await counter_views(store_of(request), caller)
 
 
 @get("/api/v1/routes/{namespace:str}/{name:str}", summary="A registry Route, the nodes it goes to and its "
                                                            "counters per node")
 async def get_route(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "routes.read")
     return await route_view(store_of(request), caller, namespace, name)
 
 

@@ -210,14 +210,14 @@ async def _scoped_node(request: AnyRequest, caller: access.Caller, namespace: st
 
 @get("/api/v1/devices", summary="Devices of every node with their twins (desired against reported); ?node=")
 async def list_devices(request: AnyRequest) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "devices.read")
     store = store_of(request)
     return await visible(store, caller, await device_views(store, node=request.query_params.get("node")))
 
 
 @get("/api/v1/nodes/{node:str}/devices", summary="A node's devices with their twins")
 async def node_devices(request: AnyRequest, node: FromPath[str]) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "devices.read")
     store = store_of(request)
     await access.check_node_in_scope(store, caller, node)
     return await device_views(store, node=node)
@@ -225,7 +225,7 @@ async def node_devices(request: AnyRequest, node: FromPath[str]) -> list[dict[st
 
 @get("/api/v1/devices/{namespace:str}/{name:str}", summary="One device's twin: desired against reported")
 async def device(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "devices.read")
     node = await _scoped_node(request, caller, namespace, name)
     return (await device_views(store_of(request), node=node, namespace=namespace, name=name))[0]
 
@@ -234,7 +234,7 @@ async def device(request: AnyRequest, namespace: FromPath[str], name: FromPath[s
      "applies them with its next heartbeat", status_code=200, request_max_body_size=MAX_DESIRED_BODY)
 async def put_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                       data: JSONBody[DesiredRequest]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "operator")
+    caller = await access.require_caller(request, "devices.write")
     return await set_desired_as(store_of(request), caller, namespace, name, data.desired,
                                 await _scoped_node(request, caller, namespace, name))
 

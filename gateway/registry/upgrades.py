@@ -246,7 +246,7 @@ async def task_view(store: RegistryStore, task: str, caller: access.Caller | Non
 @post("/api/v1/upgrades", summary="Create an upgrade task: wheels (name → base64) to nodes, a few at a time (admin)",
       status_code=201, request_max_body_size=MAX_WHEELS_BYTES * 4 // 3 + 2**20)
 async def create_upgrade(request: AnyRequest, data: JSONBody[CreateUpgrade]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "admin")
+    caller = await access.require_caller(request, "upgrades.run")
     if not caller.sees(data.workspace):
         raise ConfigError(f"workspace {data.workspace!r}: no such workspace")
     try:
@@ -258,13 +258,13 @@ async def create_upgrade(request: AnyRequest, data: JSONBody[CreateUpgrade]) -> 
 
 @get("/api/v1/upgrades", summary="Upgrade tasks with the status of every node")
 async def list_upgrades(request: AnyRequest) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "upgrades.read")
     return await task_views(store_of(request), caller)
 
 
 @get("/api/v1/upgrades/{task:str}", summary="One upgrade task with the status of every node")
 async def show_upgrade(request: AnyRequest, task: FromPath[str]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "upgrades.read")
     return await task_view(store_of(request), task, caller)
 
 
@@ -284,7 +284,7 @@ async def upgrade_wheel(request: AnyRequest, task: FromPath[str], name: FromPath
 @post("/api/v1/upgrades/{task:str}/stop", summary="Stop an upgrade task: nodes not started yet are cancelled, nodes "
       "upgrading finish (admin)", status_code=200)
 async def stop_upgrade(request: AnyRequest, task: FromPath[str]) -> dict[str, Any]:
-    caller = await access.require_caller(request, "admin")
+    caller = await access.require_caller(request, "upgrades.run")
     return await stop_task(store_of(request), task, caller)
 
 

@@ -27,11 +27,13 @@ from typing import Any
 
 import msgspec
 from litestar import delete, get, post
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.registry import access, history, routes
 from gateway.registry.auth import AnyRequest, store_of
+from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
 from gateway.registry.store import OFFLINE_AFTER, RegistryStore
 from gateway.resources.loader import Source, format_validation_error
 from gateway.resources.schema import (
@@ -116,7 +118,8 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
                           actor: access.Caller, target: str, *, action: str = "document.apply",
                           note: str = "") -> list[str]:
     """Check and store documents of a workspace (all or none), keeping the new versions of Workloads and
-    BatchWorkloads (with `note`); a line per document. ResourceError lists problems."""
+    BatchWorkloads (with `note`); a line per document. ResourceError lists problems, a document of a kind the actor's
+    role may not change among them (a rollback, `document.rollback`, needs apps.operate only: its caller checked)."""
     await access.check_workspace(store, workspace)
     box = SecretBox(store.data_dir)
     documents, problems, parsed = [], [], []
@@ -134,6 +137,11 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         if not isinstance(doc, REGISTRY_KINDS):
             problems.append(f"{source.prefix()}: the registry keeps " + ", ".join(
                 cls.__name__ for cls in REGISTRY_KINDS) + f" documents, not {doc.kind}")
+            continue
+        needed = KIND_PERMISSION[doc.kind]
+        if action != "document.rollback" and not actor.can(needed):
+            problems.append(f"{source.prefix()}: the {actor.role} role cannot change {doc.kind} documents (it needs "
+                            f"{needed})")
             continue
         parsed.append((source, doc))
     held = {(kind, ns, name) for kind, ns, name, _, _ in await store.documents.of_kinds(("ConfigItem", "Secret"))}
@@ -202,10 +210,13 @@ async def delete_document(store: RegistryStore, caller: access.Caller, kind: str
     """Delete a registry document; a ConfigItem or Secret a Workload or BatchWorkload uses, or an Endpoint a Route
     uses, is refused."""
     workspace = await store.documents.workspace(kind, namespace, name)
-    if workspace is None or not caller.sees(workspace):
+    if workspace is None or not caller.sees(workspace) or not caller.reads(kind):
         raise NotFound(f"no {kind} {namespace}/{name} at the registry")
     async with access.audited(store, caller, "document.delete", f"{kind}/{namespace}/{name}",
                               access.workspace_scope(workspace)):
+        if not caller.can(KIND_PERMISSION[kind]):
+            raise PermissionDeniedException(access.refusal(caller, (KIND_PERMISSION[kind],),
+                                                           f"delete {kind} documents"))
         if kind in ("ConfigItem", "Secret"):
             for user_kind, _, user, document, _ in await store.documents.of_kinds(("Workload", "BatchWorkload"),
                                                                                   namespace):
@@ -395,14 +406,16 @@ async def workload_views(store: RegistryStore, caller: access.Caller | None = No
 @get("/api/v1/workloads", summary="Workloads per node with their status (placed by the registry, reported by "
                                   "the nodes)")
 async def list_workloads(request: AnyRequest) -> list[dict[str, Any]]:
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "apps.read")
     return await workload_views(store_of(request), caller)
 
 
 @post("/api/v1/documents", summary="Apply documents (a JSON list; ?workspace=): DeviceModel, Device, Workload, "
-                                   "ConfigItem, Secret, BatchWorkload, Endpoint, Route (admin)", status_code=200)
+                                   "ConfigItem, Secret, BatchWorkload, Endpoint, Route (the permission that changes "
+                                   "each kind: devices.manage, apps.deploy, configs.write, routes.write)",
+      status_code=200)
 async def post_documents(request: AnyRequest, data: JSONBody[list[dict[str, Any]]]) -> dict[str, list[str]]:
-    caller = await access.require_caller(request, "admin")
+    caller = await access.require_caller(request, *DOCUMENT_CHANGES)
     workspace = request.query_params.get("workspace", access.DEFAULT_WORKSPACE)
     if not caller.sees(workspace):
         raise ConfigError(f"workspace {workspace!r}: no such workspace")
@@ -410,11 +423,12 @@ async def post_documents(request: AnyRequest, data: JSONBody[list[dict[str, Any]
     return {"applied": await apply_documents(store_of(request), raw, workspace, caller, "api")}
 
 
-@delete("/api/v1/documents/{kind:str}/{namespace:str}/{name:str}", summary="Delete a registry document (admin); "
-        "its nodes drop it with their next heartbeat", status_code=200)
+@delete("/api/v1/documents/{kind:str}/{namespace:str}/{name:str}", summary="Delete a registry document (the "
+        "permission that changes its kind); its nodes drop it with their next heartbeat", status_code=200)
 async def remove_document(request: AnyRequest, kind: FromPath[str], namespace: FromPath[str],
                           name: FromPath[str]) -> dict[str, str]:
-    await delete_document(store_of(request), await access.require_caller(request, "admin"), kind, namespace, name)
+    await delete_document(store_of(request), await access.require_caller(request, *DOCUMENT_CHANGES), kind,
+                          namespace, name)
     return {"deleted": f"{kind} {namespace}/{name}"}
 
 

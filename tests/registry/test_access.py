@@ -175,8 +175,8 @@ def test_token_and_user_defaults_and_bad_input(registry: Registry, tmp_path: Pat
     listed = json.loads(cli(registry, "token", "list", "--json").stdout.splitlines()[0])
     assert (listed["id"], listed["role"], listed["scope"]) == (plain.split(".")[0], "viewer", "workspace:default")
     for args, reason in [(("--scope", "workspace:nowhere"), "--scope workspace:nowhere: no workspace nowhere"),
-                         (("--scope", "folder:east"), "--scope folder:east: no folder east (a folder exists once a "
-                                                      "workspace is in it)"),
+                         (("--scope", "folder:east"), "--scope folder:east: no folder east (`fieldgate registry "
+                                                      "workspace create W --folder east` makes one)"),
                          (("--scope", "galaxy"), "scope 'galaxy': expected platform, folder:NAME or workspace:NAME")]:
         refused = cli(registry, "token", "create", *args, check=False)
         assert refused.returncode == 2 and refused.stderr.strip() == f"fieldgate registry: {reason}"

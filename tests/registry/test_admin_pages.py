@@ -5,6 +5,7 @@ one registry and build on it."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import pytest
 from gateway.errors import ConfigError
 from gateway.registry import admin
 from gateway.registry.access import Caller, Scope
+from gateway.registry.permissions import BUILTIN_ROLES
+from gateway.registry.store import RegistryStore
 from tests.registry.conftest import Registry, stop
 from tests.registry.test_access import PASSWORD, add_user, api, cli
 from tests.registry.test_pages import Session, session
@@ -69,11 +72,16 @@ def test_an_admin_adds_a_user_who_meets_the_limits_of_its_role_and_scope(registr
     with session(registry, "root") as root:
         form = root.get("/users")
         assert form.status_code == 200
-        # least privilege: every role with what it may do, the lowest checked, the narrowest scope selected
+        # least privilege: every role with the permissions it carries, the smallest checked and marked, the
+        # narrowest scope selected
         assert options(form.text, "role") == ["viewer", "operator", "admin"]
         assert re.search(r'value="viewer" checked', form.text) and not re.search(r'value="admin" checked', form.text)
-        for summary in admin.ROLE_SUMMARY.values():
-            assert html.escape(summary) in form.text
+        for role, permissions in BUILTIN_ROLES.items():
+            shown = re.search(rf'<label class="role-choice" data-role="{role}">.*?</label>', form.text, re.S)
+            assert shown and set(re.findall(r'data-permission="([^"]+)"', shown.group(0))) == permissions, role
+        least = re.search(r'data-role="([^"]+)"><input[^>]*>\s*<span><strong>[^<]*</strong> <span[^>]*'
+                          r'data-least-privilege', form.text)
+        assert least and least.group(1) == "viewer"
         assert 'selected>workspace:default</option>' in form.text
         assert {"workspace:east", "folder:plant", "platform"} <= set(options(form.text, "scope"))
 
@@ -167,9 +175,14 @@ def test_a_folder_admin_grants_only_within_its_folder_and_role(registry: Registr
         assert set(rows(root.get("/workspaces").text, "data-folder")) == {"default", "lab", "plant", "yard"}
     # a role never above the granter's own: what the picker offers and what is accepted
     east = Caller("user:op", "operator", Scope("workspace", "east"), frozenset({"east"}))
-    assert admin.grantable_roles(east) == ["viewer", "operator"]
-    with pytest.raises(ConfigError, match="cannot grant a higher role"):
-        admin.check_role_grant(east, "admin")
+
+    async def granting() -> None:
+        async with RegistryStore(registry.data_dir) as store:
+            assert [r.name for r in await admin.grantable_roles(store, east)] == ["viewer", "operator"]
+            with pytest.raises(ConfigError, match=r"role admin: it carries permissions you do not hold \(nodes"):
+                await admin.check_role_grant(store, east, "admin")
+
+    asyncio.run(granting())
 
 
 def test_an_api_token_is_shown_once_and_revoked_for_the_api(registry: Registry) -> None:

@@ -1,5 +1,6 @@
-"""The registry's pages against a real registry over TLS: every page route for every role (200 or 303 where the role
-may, 403 where it may not, a redirect to the login form without a session, never a 500), HTML error pages for
+"""The registry's pages against a real registry over TLS: every page route for every built-in role and a custom one
+(200 or 303 where the role's permissions allow, 403 where they do not, a redirect to the login form without a
+session, never a 500), HTML error pages for
 browsers, the overview's figures and alerts, every device the nodes report with its values and units, nodes,
 groups, join tokens and documents changed through the forms. The tests share one registry and build on it."""
 
@@ -18,13 +19,18 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.registry.pages import PAGE_ROLE
+from gateway.registry.pages import PAGE_PERMISSIONS
+from gateway.registry.permissions import BUILTIN_ROLES
 from gateway.registry.store import ROLES
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry, stop
-from tests.registry.test_access import add_user, cli, join, token, trust
+from tests.registry.test_access import add_user, api, cli, join, token, trust
 
 NODE = "gw-a"
+# a custom role for the walk: what a field technician needs, some reading, some acting, some changing
+FIELD_TECH = frozenset({"nodes.read", "groups.manage", "devices.read", "devices.write", "devices.manage",
+                        "apps.read", "apps.operate", "routes.read", "routes.write", "audit.read"})
+WALKERS = {**BUILTIN_ROLES, "field-tech": FIELD_TECH}
 DOCUMENTS = """\
 kind: DeviceModel
 name: thermo
@@ -119,6 +125,12 @@ class Fleet:
         cli(registry, "group", "create", "line-a", "--selector", "site=north")
         for role in ROLES:
             add_user(registry, tmp_path, role, "--role", role, "--scope", "platform")
+        admin = cli(registry, "token", "create", "--role", "admin", "--scope", "platform").stdout.strip()
+        with api(registry, admin) as client:
+            made = client.post("/api/v1/roles", json={"name": "field-tech", "description": "walks the pages",
+                                                      "permissions": sorted(FIELD_TECH)})
+            assert made.status_code == 201, made.text
+        add_user(registry, tmp_path, "field-tech", "--role", "field-tech", "--scope", "platform")
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +145,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             stop(registry.process)
 
 
-def page_routes() -> set[tuple[str, str, str]]:
-    """(method, path, lowest role) of every page route of the registry app."""
+def page_routes() -> set[tuple[str, str, tuple[str, ...]]]:
+    """(method, path, the permissions of which one is needed) of every page route of the registry app."""
     import tempfile
 
     from gateway.registry.app import create_app
@@ -142,8 +154,8 @@ def page_routes() -> set[tuple[str, str, str]]:
 
     with tempfile.TemporaryDirectory() as directory:  # the app makes its CA in its data dir
         app = create_app(Path(directory))
-    return {(method, path, handler.opt[PAGE_ROLE]) for method, path, handler in app_routes(app)
-            if PAGE_ROLE in handler.opt}
+    return {(method, path, handler.opt[PAGE_PERMISSIONS]) for method, path, handler in app_routes(app)
+            if PAGE_PERMISSIONS in handler.opt}
 
 
 WALK_BATCH = "kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
@@ -219,6 +231,16 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
                                                                           "labels": "site=north"}),
     ("GET", "/workspaces"): ("/workspaces", {}),
     ("POST", "/workspaces"): ("/workspaces", {"name": "walked", "folder": "default"}),
+    ("POST", "/workspaces/{name:str}/folder"): ("/workspaces/walked/folder", {"folder": "walk-lab"}),
+    ("POST", "/folders"): ("/folders", {"name": "walk-folder", "description": "made by the walk"}),
+    ("POST", "/folders/{name:str}/delete"): ("/folders/walk-folder/delete", {}),
+    ("GET", "/roles"): ("/roles?need=devices.read&need=devices.write", {}),
+    ("GET", "/roles/new"): ("/roles/new?from=viewer", {}),
+    ("GET", "/roles/{name:str}"): ("/roles/field-tech", {}),
+    ("POST", "/roles"): ("/roles", {"name": "walk-role", "description": "walk", "perm-nodes.read": "on"}),
+    ("POST", "/roles/{name:str}"): ("/roles/walk-role", {"description": "walked", "perm-nodes.read": "on",
+                                                         "perm-devices.read": "on"}),
+    ("POST", "/roles/{name:str}/delete"): ("/roles/walk-role/delete", {}),
     ("GET", "/upgrades"): ("/upgrades", {}),
     ("GET", "/users"): ("/users", {}),
     ("POST", "/users"): ("/users", {"name": "walked", "role": "viewer", "scope": "workspace:default",
@@ -260,6 +282,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     assert {(method, path) for method, path, _ in routes} == set(WALK) | {("POST", "/logout")}, \
         "a page route without an entry in WALK (or one gone)"
     revocable = token(fleet.registry).split(".")[0]
+    cli(fleet.registry, "workspace", "create", "walk-spare", "--folder", "walk-lab")
     (fleet.tmp_path / "walk-batch.yaml").write_text(WALK_BATCH)
     cli(fleet.registry, "apply", "-f", str(fleet.tmp_path / "walk-batch.yaml"))
     (fleet.tmp_path / "walk-route.yaml").write_text(WALK_ROUTE)
@@ -270,7 +293,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable, task=task)
             answer = anonymous.client.request(method, concrete)
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login"), (method, path)
-    for role in ROLES:
+    for role, permissions in WALKERS.items():
         with session(fleet.registry, role) as pages:
             for method, path, needed in sorted(routes):
                 if (method, path) == ("POST", "/logout"):
@@ -278,7 +301,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
                 concrete, fields = WALK[(method, path)]
                 concrete = concrete.format(revocable=revocable, task=task)
                 answer = pages.get(concrete) if method == "GET" else pages.post(concrete, fields)
-                allowed = ROLES.index(role) >= ROLES.index(needed)
+                allowed = not needed or bool(permissions & set(needed))
                 expected = ({200} if method == "GET" else {200, 303}) if allowed else {403}
                 assert answer.status_code in expected, (role, method, path, answer.status_code, answer.text[-600:])
                 if method == "POST" and allowed and answer.status_code == 303:
@@ -297,7 +320,8 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",
                    "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "user.add",
                    "user.change", "user.password", "user.remove", "token.create", "workspace.create",
-                   "upgrade.stop"):
+                   "upgrade.stop", "role.create", "role.change", "role.delete", "folder.create", "folder.delete",
+                   "workspace.move"):
         assert f" {action} " in audit, action
 
 

@@ -84,7 +84,7 @@ REGISTRY_PAGES_WITH_PARAMS = {"/nodes/{name:str}": "/nodes/gw-1", "/groups/{name
                               "/devices/{namespace:str}/{name:str}": "/devices/default/boiler-1",
                               "/apps/batch/{namespace:str}/{name:str}": "/apps/batch/default/batch-1",
                               "/upgrades/{task:str}": "/upgrades/{task}", "/routes/{namespace:str}/{name:str}":
-                              "/routes/default/down"}
+                              "/routes/default/down", "/roles/{name:str}": "/roles/admin"}
 REGISTRY_DOCUMENTS = """\
 kind: BatchWorkload
 name: batch-1

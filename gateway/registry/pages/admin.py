@@ -1,7 +1,8 @@
-"""Administration (admins, within their scope): registry users (add, change role and scope, reset a password,
-remove), API tokens (create, shown once; revoke), workspaces in folders, and the audit log filtered by who, what,
-workspace and time. An admin grants no role above its own and no scope outside its own; the role picker says what
-each role may do and starts at the lowest."""
+"""Administration (each page with its permission, within the user's scope): registry users (add, change role and
+scope, reset a password, remove), API tokens (create, shown once; revoke), folders and the workspaces in them, and
+the audit log filtered by who, what, workspace and time. Least privilege: an admin grants no role carrying a
+permission it lacks and no scope outside its own; the role picker lists the permissions of every role it offers,
+least privileged first, and picks that one."""
 
 from __future__ import annotations
 
@@ -16,30 +17,34 @@ from gateway.errors import ConfigError, NotFound
 from gateway.registry import access, admin
 from gateway.registry.access import AnyRequest
 from gateway.registry.pages.common import caller_of, flash, page, show, store_of
+from gateway.registry.permissions import PERMISSIONS
+from gateway.registry.roles import all_roles
 from gateway.webkit.pages import form_fields, see_other
 
 
 async def _grants(request: AnyRequest) -> dict[str, Any]:
-    """What the role and scope pickers offer this admin."""
-    caller = caller_of(request)
-    scopes = await admin.grantable_scopes(store_of(request), caller)
-    roles = admin.grantable_roles(caller)
-    return {"roles": roles, "summaries": admin.ROLE_SUMMARY, "scopes": scopes, "default_scope":
-            admin.default_scope(scopes), "default_role": roles[0]}
+    """What the role and scope pickers offer this admin: the roles least privileged first (the first picked), each
+    with its permissions, and the scopes narrowest first."""
+    caller, store = caller_of(request), store_of(request)
+    scopes = await admin.grantable_scopes(store, caller)
+    roles = await admin.grantable_roles(store, caller)
+    return {"roles": roles, "catalogue": PERMISSIONS, "scopes": scopes, "default_scope": admin.default_scope(scopes),
+            "default_role": roles[0].name if roles else "",
+            "role_permissions": {role.name: role.listed() for role in await all_roles(store)}}
 
 
 # --- users ----------------------------------------------------------------------------------------------------
 
 
 @get("/users", summary="Registry users in the admin's scope, with forms to add, change and remove them",
-     **page("admin"))
+     **page("users.manage"))
 async def users_page(request: AnyRequest) -> Template:
     users = await admin.visible_users(store_of(request), caller_of(request))
     return show(request, "users.html", users=users, **await _grants(request))
 
 
 @post("/users", summary="Add a registry user with a role in a scope (no higher than the admin's own)",
-      status_code=303, **page("admin", "add users"))
+      status_code=303, **page("users.manage", action="add users"))
 async def user_add(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     name = fields.get("name", "").strip()
@@ -54,7 +59,7 @@ async def user_add(request: AnyRequest) -> Response[Any]:
 
 
 @post("/users/{name:str}", summary="Change a registry user's role and scope", status_code=303,
-      **page("admin", "change users"))
+      **page("users.manage", action="change users"))
 async def user_change(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     fields = await form_fields(request)
     try:
@@ -68,7 +73,7 @@ async def user_change(request: AnyRequest, name: FromPath[str]) -> Response[Any]
 
 
 @post("/users/{name:str}/password", summary="Give a registry user a new password", status_code=303,
-      **page("admin", "reset passwords"))
+      **page("users.manage", action="reset passwords"))
 async def user_password(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     fields = await form_fields(request)
     try:
@@ -80,7 +85,8 @@ async def user_password(request: AnyRequest, name: FromPath[str]) -> Response[An
     return see_other("/users")
 
 
-@post("/users/{name:str}/remove", summary="Remove a registry user", status_code=303, **page("admin", "remove users"))
+@post("/users/{name:str}/remove", summary="Remove a registry user", status_code=303,
+      **page("users.manage", action="remove users"))
 async def user_remove(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     try:
         await admin.remove_user_as(store_of(request), caller_of(request), name)
@@ -101,13 +107,13 @@ async def _tokens_page(request: AnyRequest, *, created: str = "", problem: str =
                 **await _grants(request))
 
 
-@get("/api-tokens", summary="API tokens in the admin's scope (never their secrets)", **page("admin"))
+@get("/api-tokens", summary="API tokens in the admin's scope (never their secrets)", **page("tokens.manage"))
 async def tokens_page(request: AnyRequest) -> Template:
     return await _tokens_page(request)
 
 
 @post("/api-tokens", summary="Create an API token; the page shows it once", status_code=200,
-      **page("admin", "create API tokens"))
+      **page("tokens.manage", action="create API tokens"))
 async def token_create(request: AnyRequest) -> Template:
     fields = await form_fields(request)
     try:
@@ -119,7 +125,7 @@ async def token_create(request: AnyRequest) -> Template:
 
 
 @post("/api-tokens/{token_id:str}/revoke", summary="Revoke an API token", status_code=303,
-      **page("admin", "revoke API tokens"))
+      **page("tokens.manage", action="revoke API tokens"))
 async def token_revoke(request: AnyRequest, token_id: FromPath[str]) -> Response[Any]:
     try:
         await admin.revoke_token_as(store_of(request), caller_of(request), token_id)
@@ -133,18 +139,18 @@ async def token_revoke(request: AnyRequest, token_id: FromPath[str]) -> Response
 # --- workspaces -----------------------------------------------------------------------------------------------
 
 
-@get("/workspaces", summary="Folders and their workspaces in the admin's scope", **page("admin"))
+@get("/workspaces", summary="Folders and their workspaces in the admin's scope, with who is granted on each folder",
+     **page("workspaces.manage"))
 async def workspaces_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
-    folders = await admin.visible_folders(store, caller)
-    creatable = sorted(f for f in {*folders, *(await access.workspaces(store)).values()}
-                       if caller.covers(access.Scope("folder", f)))
+    folders = await admin.folder_details(store, caller)
+    creatable = sorted(f for f in await access.folders(store) if caller.covers(access.Scope("folder", f)))
     return show(request, "workspaces.html", folders=folders, creatable=creatable,
                 new_folders=caller.scope.kind == "platform")
 
 
 @post("/workspaces", summary="Create a workspace in a folder (a new folder: platform admins)", status_code=303,
-      **page("admin", "create workspaces"))
+      **page("workspaces.manage", action="create workspaces"))
 async def workspace_create(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     name = fields.get("name", "").strip()
@@ -158,13 +164,52 @@ async def workspace_create(request: AnyRequest) -> Response[Any]:
     return see_other("/workspaces")
 
 
+@post("/workspaces/{name:str}/folder", summary="Move a workspace to another folder (grants on that folder cover it "
+      "from then on)", status_code=303, **page("workspaces.manage", action="move workspaces"))
+async def workspace_move(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    folder = (await form_fields(request)).get("folder", "").strip()
+    try:
+        await admin.move_workspace_as(store_of(request), caller_of(request), name, folder)
+    except (ConfigError, NotFound) as exc:
+        flash(request, "error", f"Workspace {name} not moved: {exc}")
+    else:
+        flash(request, "ok", f"Workspace {name} moved to folder {folder}.")
+    return see_other("/workspaces")
+
+
+@post("/folders", summary="Create an empty folder (platform)", status_code=303,
+      **page("workspaces.manage", action="create folders"))
+async def folder_create(request: AnyRequest) -> Response[Any]:
+    fields = await form_fields(request)
+    name = fields.get("name", "").strip()
+    try:
+        await admin.create_folder_as(store_of(request), caller_of(request), name, fields.get("description", ""))
+    except ConfigError as exc:
+        flash(request, "error", f"Folder {name[:63]} not created: {exc}")
+    else:
+        flash(request, "ok", f"Folder {name} created.")
+    return see_other("/workspaces")
+
+
+@post("/folders/{name:str}/delete", summary="Delete a folder that holds no workspace and is granted to nobody",
+      status_code=303, **page("workspaces.manage", action="delete folders"))
+async def folder_delete(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    try:
+        await admin.delete_folder_as(store_of(request), caller_of(request), name)
+    except (ConfigError, NotFound) as exc:
+        flash(request, "error", f"Folder {name[:63]} not deleted: {exc}")
+    else:
+        flash(request, "ok", f"Folder {name} deleted.")
+    return see_other("/workspaces")
+
+
 # --- the audit log --------------------------------------------------------------------------------------------
 
 AUDIT_FILTERS = ("actor", "action", "workspace", "since", "until")
 
 
 @get("/audit", summary="The audit log, newest first (?actor=, ?action= prefix, ?workspace=, ?since=, ?until=, "
-     "?page=)", **page("admin"))
+     "?page=)", **page("audit.read"))
 async def audit_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     query = {key: request.query_params.get(key, "").strip() for key in AUDIT_FILTERS}
@@ -188,4 +233,5 @@ async def audit_page(request: AnyRequest) -> Template:
 
 
 ROUTE_HANDLERS = [users_page, user_add, user_change, user_password, user_remove, tokens_page, token_create,
-                  token_revoke, workspaces_page, workspace_create, audit_page]
+                  token_revoke, workspaces_page, workspace_create, workspace_move, folder_create, folder_delete,
+                  audit_page]

@@ -233,7 +233,7 @@ def _summary(views: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-@get("/apps", summary="Apps: Workloads and BatchWorkloads at the registry with where they run", **page("viewer"))
+@get("/apps", summary="Apps: Workloads and BatchWorkloads at the registry with where they run", **page("apps.read"))
 async def apps_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     views = await workload_views(store, caller)
@@ -261,7 +261,7 @@ async def _app_form(request: AnyRequest, document: dict[str, Any], *, is_new: bo
 
 
 @get("/apps/edit", summary="The app form: a new Workload or BatchWorkload (?kind=), or ?kind=&namespace=&name= to "
-     "edit one", **page("admin"))
+     "edit one", **page("apps.deploy"))
 async def app_form(request: AnyRequest) -> Template:
     query = request.query_params
     kind = query.get("kind") or "Workload"
@@ -277,7 +277,7 @@ async def app_form(request: AnyRequest) -> Template:
 
 
 @post("/apps/edit", summary="Create or change a Workload or BatchWorkload from the app form", status_code=303,
-      **page("admin", "change apps"))
+      **page("apps.deploy", action="change apps"))
 async def app_save(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     kind, namespace = fields.get("kind", "Workload"), fields.get("namespace", "").strip() or "default"
@@ -305,7 +305,7 @@ def _app_path(kind: str, namespace: str, name: str) -> str:
 
 
 @get("/apps/batch/{namespace:str}/{name:str}", summary="A BatchWorkload: its groups with their overrides, the state "
-     "of every node's instance with the reason of a failure, versions", **page("viewer"))
+     "of every node's instance with the reason of a failure, versions", **page("apps.read"))
 async def batch_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Template:
     store, caller = store_of(request), caller_of(request)
     found = await _stored(store, caller, "BatchWorkload", namespace, name)
@@ -339,7 +339,7 @@ async def batch_page(request: AnyRequest, namespace: FromPath[str], name: FromPa
 
 
 @post("/apps/batch/{namespace:str}/{name:str}/rollback", summary="Apply a kept version of a BatchWorkload again "
-      "(operators)", status_code=303, **page("operator", "roll back"))
+      "(operators)", status_code=303, **page("apps.operate", action="roll back"))
 async def batch_rollback(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     raw = (await form_fields(request)).get("version", "")
     back = f"/apps/batch/{quote(namespace)}/{quote(name)}"

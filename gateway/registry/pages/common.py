@@ -1,5 +1,6 @@
 """What the registry's pages share: the layout and its navigation, the guard that resolves a page's session and
-checks the lowest role the page names (`opt["page_role"]`), rendering, and the error pages a browser gets."""
+checks the permissions the page names (`opt["page_permissions"]`: one of them is needed; none, a session is
+enough), rendering, and the error pages a browser gets."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from litestar.types import ExceptionHandlersMap
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import access
 from gateway.registry.access import AnyRequest, Caller
-from gateway.registry.store import ROLES, RegistryStore
+from gateway.registry.permissions import check_permissions
+from gateway.registry.store import RegistryStore
 from gateway.webkit import pages
 from gateway.webkit.pages import NavItem, Site, Who, login_redirect
 from gateway.webkit.sessions import BrowserSessions, CsrfRefused, Session, check_csrf
@@ -27,15 +29,20 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 STATIC = Path(__file__).resolve().parents[1] / "static"
 SITE = Site(title="fieldgate registry", name="registry", home="the overview", login_heading="Registry log in",
             scripts=("/static/registry.js",))
-NAV = [NavItem("/", "Overview", "viewer"), NavItem("/nodes", "Nodes", "viewer"),
-       NavItem("/groups", "Groups", "viewer"),
-       NavItem("/devices", "Devices", "viewer", also=("/models", "/editor")),
-       NavItem("/workloads", "Workloads", "viewer"), NavItem("/apps", "Apps", "viewer", also=("/configs",)),
-       NavItem("/routes", "Routes", "viewer", also=("/endpoints",)),
-       NavItem("/upgrades", "Upgrades", "viewer"),
-       NavItem("/join", "Join tokens", "admin", also=("/join-tokens",)), NavItem("/audit", "Audit log", "admin"),
-       NavItem("/users", "Administration", "admin", also=("/api-tokens", "/workspaces"))]
-PAGE_ROLE = "page_role"  # the opt key of a page handler: the lowest role that may use it
+# each link with the permission it needs ("" for none); the Administration link goes to the first of ADMIN_PAGES
+# the user may use
+NAV = [NavItem("/", "Overview", ""), NavItem("/nodes", "Nodes", "nodes.read"),
+       NavItem("/groups", "Groups", "nodes.read"),
+       NavItem("/devices", "Devices", "devices.read", also=("/models", "/editor")),
+       NavItem("/workloads", "Workloads", "apps.read"), NavItem("/apps", "Apps", "apps.read", also=("/configs",)),
+       NavItem("/routes", "Routes", "routes.read", also=("/endpoints",)),
+       NavItem("/upgrades", "Upgrades", "upgrades.read"),
+       NavItem("/join", "Join tokens", "join.manage", also=("/join-tokens",)),
+       NavItem("/audit", "Audit log", "audit.read")]
+ADMIN_PAGES = (("/users", "Users", "users.manage"), ("/api-tokens", "API tokens", "tokens.manage"),
+               ("/roles", "Roles", "roles.manage"), ("/workspaces", "Workspaces", "workspaces.manage"),
+               ("/audit", "Audit log", "audit.read"))
+PAGE_PERMISSIONS = "page_permissions"  # the opt key of a page handler: the permissions of which one is needed
 PAGE_ACTION = "page_action"  # the opt key of a form handler: what it does, for the refusal ("set desired values")
 _PAGE_STATE = "fieldgate_page"  # where the guard leaves (caller, session) in the request's scope state
 API_PREFIXES = ("/api/", "/schema", "/static/", "/events/")
@@ -72,11 +79,6 @@ def is_page_path(path: str) -> bool:
             and not path.endswith(DATA_SUFFIXES))
 
 
-def can_text(role: str) -> str:
-    """`admin can`, `operator or admin can`: who may, for a refusal."""
-    return " or ".join(ROLES[ROLES.index(role):]) + " can"
-
-
 # --- sessions and the page guard ------------------------------------------------------------------------------
 
 
@@ -95,24 +97,39 @@ async def session_caller(request: AnyRequest) -> tuple[Caller, Session] | None:
 
 
 async def _page_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """A session (else the login form), the session's CSRF token on a form, and at least the page's role."""
+    """A session (else the login form), the session's CSRF token on a form, and one of the page's permissions."""
     request = cast(AnyRequest, connection)  # guards of HTTP routes are handed the request
     found = await session_caller(request)
     if found is None:
         raise LoginRequired()
     caller, session = found
     await check_csrf(request, session)
-    role = handler.opt[PAGE_ROLE]
-    if not caller.can(role):
-        what = handler.opt.get(PAGE_ACTION) or "see this page"
-        raise PageForbidden(f"the {caller.role} role cannot {what}; {can_text(role)}")
+    needed: tuple[str, ...] = handler.opt[PAGE_PERMISSIONS]
+    if not caller.can_any(*needed):
+        raise PageForbidden(access.refusal(caller, needed, handler.opt.get(PAGE_ACTION) or "see this page"))
     request.scope.setdefault("state", {})[_PAGE_STATE] = (caller, session)
 
 
-def page(role: str, action: str = "") -> dict[str, Any]:
-    """The keyword arguments of a page handler for users of at least `role`: `@get("/x", **page("viewer"))`;
-    `action` names what a form does, for the refusal a lower role gets."""
-    return {"guards": [_page_guard], "opt": {PAGE_ROLE: role, PAGE_ACTION: action}, "include_in_schema": False}
+def page(*permissions: str, action: str = "") -> dict[str, Any]:
+    """The keyword arguments of a page handler for users whose role holds one of `permissions` (a session is enough
+    when none are named): `@get("/x", **page("nodes.read"))`; `action` names what a form does, for the refusal
+    another role gets."""
+    check_permissions(permissions)
+    return {"guards": [_page_guard], "opt": {PAGE_PERMISSIONS: permissions, PAGE_ACTION: action},
+            "include_in_schema": False}
+
+
+def navigation(caller: Caller | None) -> list[NavItem]:
+    """The header's links the caller's role may follow, with one Administration link to the first administration
+    page it may use."""
+    if caller is None:
+        return []
+    links = [item for item in NAV if not item.role or caller.can(item.role)]
+    admin = [(href, permission) for href, _, permission in ADMIN_PAGES if caller.can(permission)]
+    if admin and admin[0][0] != "/audit":
+        links.append(NavItem(admin[0][0], "Administration", admin[0][1],
+                             also=tuple(href for href, _ in admin[1:] if href != "/audit")))
+    return links
 
 
 def current(request: AnyRequest) -> tuple[Caller, Session]:
@@ -137,7 +154,7 @@ def render(request: AnyRequest, template: str, *, status_code: int = 200, caller
     """A page in the shared layout; anonymous (the login form, a refusal) without `caller` and `session`."""
     who = Who(caller.actor.split(":", 1)[1], f"{caller.role}, {caller.scope}") if caller else None
     return pages.render(request, template, site=SITE, status_code=status_code, user=caller, who=who,
-                        session=session, nav=[n for n in NAV if caller and caller.can(n.role)], **context)
+                        session=session, nav=navigation(caller), admin_pages=ADMIN_PAGES, **context)
 
 
 def show(request: AnyRequest, template: str, *, status_code: int = 200, **context: Any) -> Template:

@@ -30,7 +30,7 @@ def _users(document: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 @get("/configs", summary="Config items and secrets at the registry (a secret's keys only) with the apps using them",
-     **page("viewer"))
+     **page("configs.read"))
 async def configs_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     used: dict[tuple[str, str, str], list[dict[str, str]]] = {}
@@ -66,7 +66,7 @@ def _kind(raw: str) -> str:
 
 
 @get("/configs/edit", summary="The config item or secret form (?kind=ConfigItem or ?kind=Secret, with "
-     "&namespace=&name= to edit one; a secret's values are not shown)", **page("admin"))
+     "&namespace=&name= to edit one; a secret's values are not shown)", **page("configs.write"))
 async def config_form(request: AnyRequest) -> Template:
     query = request.query_params
     kind = _kind(query.get("kind") or "ConfigItem")
@@ -79,7 +79,7 @@ async def config_form(request: AnyRequest) -> Template:
 
 
 @post("/configs/edit", summary="Create or change a config item or a secret from the form (an empty secret value "
-      "keeps the stored one)", status_code=303, **page("admin", "change config items and secrets"))
+      "keeps the stored one)", status_code=303, **page("configs.write", action="change config items and secrets"))
 async def config_save(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     kind = _kind(fields.get("kind") or "ConfigItem")

@@ -46,7 +46,7 @@ def _matches(view: dict[str, Any], filters: dict[str, str]) -> bool:
 
 
 @get("/devices", summary="Devices every node reports, with their latest values (?q=, ?state=, ?node=, ?model=, "
-     "?delivery=pending, refused, …)", **page("viewer"))
+     "?delivery=pending, refused, …)", **page("devices.read"))
 async def devices_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     every = await twins.visible(store, caller, await twins.device_views(store))
@@ -61,7 +61,7 @@ async def devices_page(request: AnyRequest) -> Template:
 
 
 @get("/devices/{namespace:str}/{name:str}", summary="One device: desired against reported per property, delivery "
-     "of desired values, its registry document (?node= when several nodes have it)", **page("viewer"))
+     "of desired values, its registry document (?node= when several nodes have it)", **page("devices.read"))
 async def device_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Template:
     store, caller = store_of(request), caller_of(request)
     node = await twins.scoped_device_node(store, caller, namespace, name, request.query_params.get("node") or None)
@@ -84,7 +84,8 @@ def parse_value(text: str) -> Any:
 
 
 @post("/devices/{namespace:str}/{name:str}/desired", summary="Set a desired value; the node applies it with its "
-      "next heartbeat and says whether it took it", status_code=303, **page("operator", "set desired values"))
+      "next heartbeat and says whether it took it", status_code=303,
+      **page("devices.write", action="set desired values"))
 async def device_desired(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     fields = await form_fields(request)
     store, caller = store_of(request), caller_of(request)

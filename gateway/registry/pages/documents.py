@@ -1,7 +1,8 @@
-"""Device models and devices applied at the registry (admins): their forms, a device bound to a node (or rebound),
-and a YAML editor for them and for apps (Workload, BatchWorkload, ConfigItem, Secret). Every save goes through the
-registry's apply path (gateway.registry.workloads.apply_documents), which checks the documents as `fieldgate check`
-does and answers each problem with its document and field path."""
+"""Device models and devices applied at the registry (devices.manage): their forms, a device bound to a node (or
+rebound), and a YAML editor for them and for apps (Workload, BatchWorkload, ConfigItem, Secret): each kind with the
+permission that changes it. Every save goes through the registry's apply path
+(gateway.registry.workloads.apply_documents), which checks the documents as `fieldgate check` does and answers each
+problem with its document and field path."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from urllib.parse import quote
 
 import yaml
 from litestar import Response, get, post
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath
 from litestar.response import Template
 
@@ -18,6 +20,7 @@ from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.registry import access
 from gateway.registry.access import AnyRequest, Caller
 from gateway.registry.pages.common import caller_of, flash, labels_from_text, labels_text, page, show, store_of
+from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
 from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import apply_documents
 from gateway.resources.loader import Source, parse_yaml
@@ -47,7 +50,7 @@ async def _stored(store: RegistryStore, caller: Caller, kind: str, namespace: st
     """A document applied at the registry in the caller's scope and its workspace; None when there is none."""
     workspace = await store.documents.workspace(kind, namespace, name)
     document = await store.documents.get(kind, namespace, name)
-    if workspace is None or document is None or not caller.sees(workspace):
+    if workspace is None or document is None or not caller.sees(workspace) or not caller.reads(kind):
         return None
     return json.loads(document), workspace
 
@@ -120,7 +123,7 @@ async def _workspace_for(request: AnyRequest, kind: str, namespace: str, name: s
 # --- models ---------------------------------------------------------------------------------------------------
 
 
-@get("/models", summary="Device models applied at the registry", **page("viewer"))
+@get("/models", summary="Device models applied at the registry", **page("devices.read"))
 async def models_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     models = await _documents(store, caller, "DeviceModel")
@@ -145,7 +148,7 @@ async def _model_form(request: AnyRequest, document: dict[str, Any], *, is_new: 
                 problems=problems, types=PROPERTY_TYPES, workspaces=workspaces, workspace=workspace)
 
 
-@get("/models/edit", summary="The model form (new, or ?namespace=&name= to edit)", **page("admin"))
+@get("/models/edit", summary="The model form (new, or ?namespace=&name= to edit)", **page("devices.manage"))
 async def model_form(request: AnyRequest) -> Template:
     namespace, name = request.query_params.get("namespace") or "default", request.query_params.get("name", "")
     found = await _stored(store_of(request), caller_of(request), "DeviceModel", namespace, name) if name else None
@@ -156,7 +159,7 @@ async def model_form(request: AnyRequest) -> Template:
 
 
 @post("/models/edit", summary="Create or change a model from the form", status_code=303,
-      **page("admin", "change models"))
+      **page("devices.manage", action="change models"))
 async def model_save(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     document: dict[str, Any] = {"kind": "DeviceModel", "namespace": fields.get("namespace") or "default",
@@ -202,7 +205,7 @@ async def _device_form(request: AnyRequest, document: dict[str, Any], *, is_new:
 
 
 @get("/devices/edit", summary="The device form (new, or ?namespace=&name= to edit; ?node= binds a new one)",
-     **page("admin"))
+     **page("devices.manage"))
 async def device_form(request: AnyRequest) -> Template:
     query = request.query_params
     namespace, name = query.get("namespace") or "default", query.get("name", "")
@@ -216,7 +219,7 @@ async def device_form(request: AnyRequest) -> Template:
 
 
 @post("/devices/edit", summary="Create or change a device from the form", status_code=303,
-      **page("admin", "change devices"))
+      **page("devices.manage", action="change devices"))
 async def device_save(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     document: dict[str, Any] = {"kind": "Device", "namespace": fields.get("namespace") or "default",
@@ -237,7 +240,7 @@ async def device_save(request: AnyRequest) -> Response[Any]:
 
 
 @post("/devices/{namespace:str}/{name:str}/bind", summary="Bind a device applied at the registry to a node (or to "
-      "another one, or to none)", status_code=303, **page("admin", "bind devices"))
+      "another one, or to none)", status_code=303, **page("devices.manage", action="bind devices"))
 async def device_bind(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     store, caller = store_of(request), caller_of(request)
     node = (await form_fields(request)).get("node", "").strip()
@@ -265,7 +268,7 @@ async def device_bind(request: AnyRequest, namespace: FromPath[str], name: FromP
 
 @get("/editor", summary="The YAML editor for models, devices, workloads, batch workloads, config items and secrets "
      "(?kind=&namespace=&name= loads one; a secret's values shown as (kept))",
-     **page("admin"))
+     **page(*DOCUMENT_CHANGES))
 async def editor_page(request: AnyRequest) -> Template:
     query = request.query_params
     kind, namespace, name = query.get("kind", ""), query.get("namespace") or "default", query.get("name", "")
@@ -273,6 +276,10 @@ async def editor_page(request: AnyRequest) -> Template:
     if kind and name:
         if kind not in EDITABLE:
             raise NotFound(f"the editor loads {', '.join(EDITABLE)} documents, not {kind}")
+        caller = caller_of(request)
+        if not caller.can(KIND_PERMISSION[kind]):
+            raise PermissionDeniedException(access.refusal(caller, (KIND_PERMISSION[kind],), f"change {kind} "
+                                                           "documents"))
         found = await _stored(store_of(request), caller_of(request), kind, namespace, name)
         if found is None:
             raise NotFound(f"no {kind} {namespace}/{name} at the registry")
@@ -291,7 +298,8 @@ async def _editor(request: AnyRequest, text: str, workspace: str, problems: list
 
 
 @post("/editor", summary="Check and apply YAML documents (models, devices, apps, config items and secrets)",
-      status_code=303, request_max_body_size=MAX_EDITOR_BYTES * 2, **page("admin", "apply documents"))
+      status_code=303, request_max_body_size=MAX_EDITOR_BYTES * 2,
+      **page(*DOCUMENT_CHANGES, action="apply documents"))
 async def editor_apply(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     text, workspace = fields.get("yaml", ""), fields.get("workspace") or access.DEFAULT_WORKSPACE

@@ -38,18 +38,18 @@ async def _form(request: AnyRequest, fields: dict[str, str], *, group: dict[str,
                 workspaces=workspaces, preview=preview)
 
 
-@get("/groups", summary="Node groups", **page("viewer"))
+@get("/groups", summary="Node groups", **page("nodes.read"))
 async def groups_page(request: AnyRequest) -> Template:
     return show(request, "groups.html", groups=await access.visible_groups(store_of(request), caller_of(request)))
 
 
-@get("/groups/new", summary="The new group form (?nodes=, ?selector=, ?workspace= preview it)", **page("admin"))
+@get("/groups/new", summary="The new group form (?nodes=, ?selector=, ?workspace= preview it)", **page("groups.manage"))
 async def group_new(request: AnyRequest) -> Template:
     return await _form(request, dict(request.query_params.items()))
 
 
 @get("/groups/preview", summary="The nodes a group would hold (JSON for the form's live preview; ?workspace=, "
-     "?nodes=a,b, ?selector=k=v, ?group= being changed)", **page("admin"))
+     "?nodes=a,b, ?selector=k=v, ?group= being changed)", **page("groups.manage"))
 async def group_preview(request: AnyRequest) -> dict[str, Any]:
     query = request.query_params
     workspace = query.get("workspace") or access.DEFAULT_WORKSPACE
@@ -62,7 +62,7 @@ async def group_preview(request: AnyRequest) -> dict[str, Any]:
 
 
 @post("/groups", summary="Create a node group by names and/or a label selector", status_code=303,
-      **page("admin", "create groups"))
+      **page("groups.manage", action="create groups"))
 async def group_create(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     name = fields.get("name", "").strip()
@@ -78,7 +78,7 @@ async def group_create(request: AnyRequest) -> Response[Any]:
     return see_other(f"/groups/{quote(name)}")
 
 
-@get("/groups/{name:str}", summary="One group: its members and selector (admins change it here)", **page("viewer"))
+@get("/groups/{name:str}", summary="One group: its members and selector (admins change it here)", **page("nodes.read"))
 async def group_page(request: AnyRequest, name: FromPath[str]) -> Template:
     group = await access.visible_group(store_of(request), caller_of(request), name)
     query = request.query_params
@@ -90,7 +90,7 @@ async def group_page(request: AnyRequest, name: FromPath[str]) -> Template:
 
 
 @post("/groups/{name:str}", summary="Change a group's nodes and selector", status_code=303,
-      **page("admin", "change groups"))
+      **page("groups.manage", action="change groups"))
 async def group_update(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     store, caller = store_of(request), caller_of(request)
     group = await access.visible_group(store, caller, name)
@@ -107,7 +107,7 @@ async def group_update(request: AnyRequest, name: FromPath[str]) -> Response[Any
 
 
 @post("/groups/{name:str}/delete", summary="Delete a group (its nodes stay, in no group)", status_code=303,
-      **page("admin", "delete groups"))
+      **page("groups.manage", action="delete groups"))
 async def group_delete(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     await access.delete_group_as(store_of(request), caller_of(request), name)
     flash(request, "ok", f"Group {name} deleted; its nodes stay, in no group.")

@@ -44,7 +44,7 @@ async def _join_page(request: AnyRequest, template: str = "join.html", *, create
 
 
 @get(["/join", "/join-tokens"], summary="Join nodes: a join token or a batch bundle, the commands to run on the node, "
-     "the join tokens, and how to trust the registry's CA", **page("admin"))
+     "the join tokens, and how to trust the registry's CA", **page("join.manage"))
 async def join_page(request: AnyRequest) -> Template:
     return await _join_page(request)
 
@@ -66,7 +66,7 @@ def _count(text: str, field: str) -> int:
 
 
 @post("/join-tokens", summary="Create a join token; the page shows it once, with the commands to run on the node",
-      status_code=200, **page("admin", "create join tokens"))
+      status_code=200, **page("join.manage", action="create join tokens"))
 async def join_token_create(request: AnyRequest) -> Template:
     fields = await form_fields(request)
     try:
@@ -84,20 +84,20 @@ async def join_token_create(request: AnyRequest) -> Template:
 
 
 @post("/join-tokens/{token_id:str}/revoke", summary="Revoke a join token", status_code=303,
-      **page("admin", "revoke join tokens"))
+      **page("join.manage", action="revoke join tokens"))
 async def join_token_revoke(request: AnyRequest, token_id: FromPath[str]) -> Response[Any]:
     await access.revoke_join_token_as(store_of(request), caller_of(request), token_id)
     flash(request, "ok", f"Join token {token_id} revoked.")
     return see_other("/join")
 
 
-@get("/join/bundle", summary="The batch bundle form: many nodes join with one file", **page("admin"))
+@get("/join/bundle", summary="The batch bundle form: many nodes join with one file", **page("join.manage"))
 async def bundle_page(request: AnyRequest) -> Template:
     return await _join_page(request, "bundle.html")
 
 
 @post("/join/bundle", summary="Create a batch and download its bundle (many nodes join with one file)",
-      status_code=200, **page("admin", "create batches"))
+      status_code=200, **page("join.manage", action="create batches"))
 async def bundle_create(request: AnyRequest) -> Response[Any]:
     fields = await form_fields(request)
     store, caller = store_of(request), caller_of(request)

@@ -34,7 +34,7 @@ async def login(request: AnyRequest) -> Template | Redirect:
     return await log_in(request, sessions_of(request), render, authenticate)
 
 
-@post("/logout", summary="End the session", status_code=303, **page("viewer"))
+@post("/logout", summary="End the session", status_code=303, **page())
 async def logout(request: AnyRequest) -> Redirect:
     sessions = sessions_of(request)
     return log_out(request, sessions, request.cookies.get(sessions.cookie))

@@ -72,7 +72,7 @@ async def _workspace_names(store: RegistryStore, caller: access.Caller) -> list[
 
 
 @get("/nodes", summary="Nodes with their state (?state=, ?group=, ?label=k=v, ?version=, ?workspace=, ?q=)",
-     **page("viewer"))
+     **page("nodes.read"))
 async def nodes_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     every = await access.visible_nodes(store, caller)
@@ -88,7 +88,7 @@ async def nodes_page(request: AnyRequest) -> Template:
 
 
 @post("/nodes/batch", summary="Pause or resume scheduling on, or move to a workspace, the nodes ticked in the list",
-      status_code=303, **page("admin", "change nodes"))
+      status_code=303, **page("nodes.manage", action="change nodes"))
 async def nodes_batch(request: AnyRequest) -> Response[Any]:
     form = await request.form()
     names = [value for value in form.getall("node") if isinstance(value, str)] if "node" in form else []
@@ -132,7 +132,7 @@ async def node_events(store: RegistryStore, caller: access.Caller, node: str) ->
     events = [{"at": ts, "what": f"workload {ns}/{name}: {event}", "detail": " ".join(filter(None, (instance, reason))),
                "href": f"/workloads/{quote(ns)}/{quote(name)}"}
               for ns, name, ts, event, instance, reason in await store.workloads.node_events(node, NODE_EVENTS)]
-    if caller.can("admin"):
+    if caller.can("audit.read"):
         rows = await store.access.entries_about(f"node/{node}", caller.audit_scopes(), NODE_EVENTS)
         events += [{"at": at, "what": f"{action} by {actor}: {outcome}", "detail": detail, "href": ""}
                    for at, actor, _, action, _, outcome, detail in rows]
@@ -154,14 +154,15 @@ async def _node_log(request: AnyRequest, node: str) -> dict[str, Any]:
 
 
 @get("/nodes/{name:str}", summary="One node: alias, labels, addresses, versions, plots, workloads, devices, events "
-     "(?window=15m, 1h, 6h or 24h; ?logs=1 asks the node for its log)", **page("viewer"))
+     "(?window=15m, 1h, 6h or 24h; ?logs=1 asks the node for its log)", **page("nodes.read"))
 async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
     store, caller = store_of(request), caller_of(request)
     node = await access.visible_node(store, caller, name)
     window = request.query_params.get("window", "1h")
     window = window if window in PLOT_WINDOWS else "1h"
-    devices = await twins.device_views(store, node=name)
-    workloads = [view for view in await workload_views(store, caller) if view["node"] == name]
+    devices = await twins.device_views(store, node=name) if caller.can("devices.read") else []
+    workloads = ([view for view in await workload_views(store, caller) if view["node"] == name]
+                 if caller.can("apps.read") else [])
     panel = await _node_log(request, name) if request.query_params.get("logs") else None
     return show(request, "node.html", node=node, devices=devices, workloads=workloads, addresses=addresses(node),
                 plots=await node_plots(store, name, window), window=window, windows=list(PLOT_WINDOWS),
@@ -174,7 +175,7 @@ def _back(name: str) -> str:
 
 
 @post("/nodes/{name:str}/settings", summary="Change a node's alias and labels", status_code=303,
-      **page("admin", "change nodes"))
+      **page("nodes.manage", action="change nodes"))
 async def node_settings(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     fields = await form_fields(request)
     try:
@@ -189,7 +190,7 @@ async def node_settings(request: AnyRequest, name: FromPath[str]) -> Response[An
 
 
 @post("/nodes/{name:str}/scheduling", summary="Pause or resume placing new workload instances on a node",
-      status_code=303, **page("admin", "change nodes"))
+      status_code=303, **page("nodes.manage", action="change nodes"))
 async def node_scheduling(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     action = (await form_fields(request)).get("action", "")
     if action not in ("pause", "resume"):
@@ -202,7 +203,7 @@ async def node_scheduling(request: AnyRequest, name: FromPath[str]) -> Response[
 
 
 @post("/nodes/{name:str}/move", summary="Move a node (and the devices meant for it) to another workspace",
-      status_code=303, **page("admin", "change nodes"))
+      status_code=303, **page("nodes.manage", action="change nodes"))
 async def node_move(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     workspace = (await form_fields(request)).get("workspace", "")
     try:
@@ -215,7 +216,7 @@ async def node_move(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
 
 
 @post("/nodes/{name:str}/remove", summary="Forget a node and revoke its certificate (type its name to confirm)",
-      status_code=303, **page("admin", "remove nodes"))
+      status_code=303, **page("nodes.manage", action="remove nodes"))
 async def node_remove(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
     confirm = (await form_fields(request)).get("confirm", "").strip()
     if confirm != name:

@@ -40,13 +40,15 @@ def alerts(nodes: list[dict[str, Any]], workloads: list[dict[str, Any]],
     return sorted(found, key=lambda alert: alert["at"] or 0, reverse=True)[:MAX_ALERTS]
 
 
-@get("/", summary="Overview: nodes, apps and devices up, open upgrade tasks, recent alerts", **page("viewer"))
+@get("/", summary="Overview: nodes, apps and devices up, open upgrade tasks, recent alerts", **page())
 async def overview(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
-    nodes = await access.visible_nodes(store, caller)
-    placed = [view for view in await workload_views(store, caller) if view["node"]]
-    devices = await twins.visible(store, caller, await twins.device_views(store))
-    tasks = await upgrades.task_views(store, caller)
+    # each figure only for a role that may see what it counts
+    nodes = await access.visible_nodes(store, caller) if caller.can("nodes.read") else []
+    placed = [view for view in await workload_views(store, caller) if view["node"]] if caller.can("apps.read") else []
+    devices = (await twins.visible(store, caller, await twins.device_views(store)) if caller.can("devices.read")
+               else [])
+    tasks = await upgrades.task_views(store, caller) if caller.can("upgrades.read") else []
 
     def count(items: list[dict[str, Any]], key: str, *values: str) -> int:
         return sum(1 for item in items if item[key] in values)

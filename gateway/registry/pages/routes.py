@@ -106,7 +106,7 @@ def _kind(raw: str) -> str:
 
 
 @get("/endpoints", summary="Message endpoints at the registry with where they go and the routes using them",
-     **page("viewer"))
+     **page("routes.read"))
 async def endpoints_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     routes = await access.documents(store, caller, "Route")
@@ -119,7 +119,7 @@ async def endpoints_page(request: AnyRequest) -> Template:
 
 
 @get("/routes", summary="Routes at the registry with where they go and their counters summed over the nodes",
-     **page("viewer"))
+     **page("routes.read"))
 async def routes_page(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     counters = await counter_views(store, caller)
@@ -132,7 +132,7 @@ async def routes_page(request: AnyRequest) -> Template:
 
 
 @get("/routes/{namespace:str}/{name:str}", summary="A route at the registry: its endpoints, where it goes and its "
-     "counters per node", **page("viewer"))
+     "counters per node", **page("routes.read"))
 async def route_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Template:
     view = await route_view(store_of(request), caller_of(request), namespace, name)
     return show(request, "route.html", namespace=namespace, name=name, placement=placement_text(view["route"]),
@@ -188,24 +188,24 @@ async def _save(request: AnyRequest, kind: str) -> Response[Any]:
 
 
 @get("/endpoints/edit", summary="The endpoint form: a new Endpoint, or ?namespace=&name= to edit one",
-     **page("admin"))
+     **page("routes.write"))
 async def endpoint_form(request: AnyRequest) -> Template:
     return await _show_form(request, "Endpoint")
 
 
 @post("/endpoints/edit", summary="Create or change an Endpoint from the form", status_code=303,
-      **page("admin", "change endpoints"))
+      **page("routes.write", action="change endpoints"))
 async def endpoint_save(request: AnyRequest) -> Response[Any]:
     return await _save(request, "Endpoint")
 
 
-@get("/routes/edit", summary="The route form: a new Route, or ?namespace=&name= to edit one", **page("admin"))
+@get("/routes/edit", summary="The route form: a new Route, or ?namespace=&name= to edit one", **page("routes.write"))
 async def route_form(request: AnyRequest) -> Template:
     return await _show_form(request, "Route")
 
 
 @post("/routes/edit", summary="Create or change a Route from the form", status_code=303,
-      **page("admin", "change routes"))
+      **page("routes.write", action="change routes"))
 async def route_save(request: AnyRequest) -> Response[Any]:
     return await _save(request, "Route")
 
@@ -224,13 +224,13 @@ async def _delete(request: AnyRequest, kind: str, namespace: str, name: str) -> 
 
 
 @post("/endpoints/{namespace:str}/{name:str}/delete", summary="Delete an Endpoint (refused while a Route uses it)",
-      status_code=303, **page("admin", "delete endpoints"))
+      status_code=303, **page("routes.write", action="delete endpoints"))
 async def endpoint_delete(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     return await _delete(request, "Endpoint", namespace, name)
 
 
 @post("/routes/{namespace:str}/{name:str}/delete", summary="Delete a Route", status_code=303,
-      **page("admin", "delete routes"))
+      **page("routes.write", action="delete routes"))
 async def route_delete(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     return await _delete(request, "Route", namespace, name)
 

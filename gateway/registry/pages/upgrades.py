@@ -33,7 +33,7 @@ def phase(status: str) -> str:
     return PHASES.get(status, "failed" if status.startswith("failed") else "running")
 
 
-@get("/upgrades", summary="Upgrade tasks with the status of every node (?state=running)", **page("viewer"))
+@get("/upgrades", summary="Upgrade tasks with the status of every node (?state=running)", **page("upgrades.read"))
 async def upgrades_page(request: AnyRequest) -> Template:
     tasks = await upgrades.task_views(store_of(request), caller_of(request))
     state = request.query_params.get("state", "")
@@ -42,7 +42,7 @@ async def upgrades_page(request: AnyRequest) -> Template:
 
 
 @get("/upgrades/new", summary="The new upgrade task form: wheels, target nodes and groups, concurrency, failures",
-     **page("admin"))
+     **page("upgrades.run"))
 async def upgrade_new(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
     query = request.query_params
@@ -56,7 +56,8 @@ async def upgrade_new(request: AnyRequest) -> Template:
 
 
 @post("/upgrades", summary="Create an upgrade task from uploaded wheels (multipart) for nodes and groups",
-      status_code=303, request_max_body_size=upgrades.MAX_WHEELS_BYTES + 2**20, **page("admin", "start upgrades"))
+      status_code=303, request_max_body_size=upgrades.MAX_WHEELS_BYTES + 2**20,
+      **page("upgrades.run", action="start upgrades"))
 async def upgrade_create(request: AnyRequest) -> Response[Any]:
     form = await request.form()
     fields = {key: str(form.get(key) or "").strip() for key in FORM_FIELDS}
@@ -88,7 +89,7 @@ async def upgrade_create(request: AnyRequest) -> Response[Any]:
 
 
 @get("/upgrades/{task:str}", summary="One upgrade task: its wheels and the state of each node, with the reason",
-     **page("viewer"))
+     **page("upgrades.read"))
 async def upgrade_page(request: AnyRequest, task: FromPath[str]) -> Template:
     view = await upgrades.task_view(store_of(request), task, caller_of(request))
     counts: dict[str, int] = {}
@@ -100,7 +101,7 @@ async def upgrade_page(request: AnyRequest, task: FromPath[str]) -> Template:
 
 
 @post("/upgrades/{task:str}/stop", summary="Stop an upgrade task: nodes not started yet are cancelled, nodes "
-      "upgrading finish", status_code=303, **page("admin", "stop upgrades"))
+      "upgrading finish", status_code=303, **page("upgrades.run", action="stop upgrades"))
 async def upgrade_stop(request: AnyRequest, task: FromPath[str]) -> Response[Any]:
     try:
         view = await upgrades.stop_task(store_of(request), task, caller_of(request))

@@ -21,7 +21,7 @@ PAGE_LOG_TIMEOUT = 5.0  # seconds a node has to answer for the workload page's l
 FAILED = ("failed",)  # the workload statuses the overview counts as failed
 
 
-@get("/workloads", summary="Workloads with their status per node (?status=, ?node=)", **page("viewer"))
+@get("/workloads", summary="Workloads with their status per node (?status=, ?node=)", **page("apps.read"))
 async def workloads_page(request: AnyRequest) -> Template:
     views = await workload_views(store_of(request), caller_of(request))
     status, node = request.query_params.get("status", ""), request.query_params.get("node", "")
@@ -66,13 +66,13 @@ async def _workload_page(request: AnyRequest, namespace: str, name: str) -> Temp
 
 
 @get("/workloads/{namespace:str}/{name:str}", summary="One workload: status per node, events, versions, logs",
-     **page("viewer"))
+     **page("apps.read"))
 async def workload_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Template:
     return await _workload_page(request, namespace, name)
 
 
 @post("/workloads/{namespace:str}/{name:str}/rollback", summary="Apply a kept version again (operators)",
-      status_code=303, **page("operator", "roll back"))
+      status_code=303, **page("apps.operate", action="roll back"))
 async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     fields = await form_fields(request)
     raw, kind, source = fields.get("version", ""), fields.get("kind", ""), fields.get("source", "")
@@ -91,7 +91,8 @@ async def workload_rollback(request: AnyRequest, namespace: FromPath[str], name:
 
 
 @post("/workloads/{namespace:str}/{name:str}/action", summary="Stop, start or restart a workload on one node or "
-      "on all of its nodes (operators)", status_code=303, **page("operator", "stop, start or restart workloads"))
+      "on all of its nodes (operators)", status_code=303,
+      **page("apps.operate", action="stop, start or restart workloads"))
 async def workload_action(request: AnyRequest, namespace: FromPath[str], name: FromPath[str]) -> Response[Any]:
     fields = await form_fields(request)
     action, node = fields.get("action", ""), fields.get("node", "")

@@ -2,8 +2,9 @@
 every SQL statement of the registry is in this package. RegistryStore holds the nodes, their join tokens and
 certificates, groups and the messages queued for them; each other area's tables are a part of it with typed
 methods: `documents` (and their versions), `twins`, `workloads` (placements, status, events), `upgrades`, `access`
-(workspaces, API tokens, users, audit), `samples` and `batches`. Statements that must commit together go through one
-`transaction`, or come back from a part's method as statements for another one to run (`Statement`)."""
+(folders, workspaces, custom roles, API tokens, users, audit), `samples` and `batches`. Statements that must commit
+together go through one `transaction`, or come back from a part's method as statements for another one to run
+(`Statement`)."""
 
 from __future__ import annotations
 

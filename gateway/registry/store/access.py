@@ -1,12 +1,13 @@
-"""Who may do what at the registry: workspaces in folders (`workspaces`), API tokens (`api_tokens`, only a hash of
-each secret), registry users (`registry_users`, argon2 hashes) and the audit log (`audit`)."""
+"""Who may do what at the registry: folders (`folders`) and the workspaces in them (`workspaces`), custom roles
+(`roles`, each a JSON list of permissions), API tokens (`api_tokens`, only a hash of each secret), registry users
+(`registry_users`, argon2 hashes) and the audit log (`audit`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.registry.store.db import Tables
+from gateway.registry.store.db import Statement, Tables
 
 
 class AccessTables(Tables):
@@ -16,8 +17,84 @@ class AccessTables(Tables):
             "SELECT name, folder FROM workspaces ORDER BY name")}
 
     async def add_workspace(self, name: str, folder: str, now: float) -> None:
-        await self.database.write("INSERT INTO workspaces (name, folder, created_at) VALUES (?, ?, ?)", name, folder,
-                                  now)
+        """A workspace in a folder (made too when there is none of that name); KeyTaken when the name is taken."""
+        await self.database.transaction([
+            ("INSERT INTO folders (name, description, created_at) VALUES (?, '', ?) ON CONFLICT (name) DO NOTHING",
+             (folder, now)),
+            ("INSERT INTO workspaces (name, folder, created_at) VALUES (?, ?, ?)", (name, folder, now))])
+
+    async def move_workspace(self, name: str, folder: str) -> bool:
+        """Put a workspace in another (existing) folder; whether there was such a workspace."""
+        return bool(await self.database.write(
+            "UPDATE workspaces SET folder=? WHERE name=? AND EXISTS (SELECT 1 FROM folders WHERE name=?)", folder,
+            name, folder))
+
+    # --- folders ------------------------------------------------------------------------------------------------
+
+    async def folders(self) -> dict[str, tuple[str, float]]:
+        """Every folder with its description and creation time, by name."""
+        return {str(name): (str(description), float(created)) for name, description, created in
+                await self.database.rows("SELECT name, description, created_at FROM folders ORDER BY name")}
+
+    async def add_folder(self, name: str, description: str, now: float) -> None:
+        """KeyTaken when there is a folder of that name."""
+        await self.database.transaction([
+            ("INSERT INTO folders (name, description, created_at) VALUES (?, ?, ?)", (name, description, now))])
+
+    async def delete_folder(self, name: str) -> bool:
+        """Delete a folder that holds no workspace and that no user or valid API token is granted on; whether it
+        went."""
+        scope = f"folder:{name}"
+        return bool(await self.database.write(
+            "DELETE FROM folders WHERE name=? AND NOT EXISTS (SELECT 1 FROM workspaces WHERE folder=?) "
+            "AND NOT EXISTS (SELECT 1 FROM registry_users WHERE scope=?) "
+            "AND NOT EXISTS (SELECT 1 FROM api_tokens WHERE scope=? AND revoked_at IS NULL)", name, name, scope,
+            scope))
+
+    async def scope_holders(self, scope: str) -> tuple[list[str], list[str]]:
+        """The users and the valid API tokens granted on a scope, by name and id."""
+        users = await self.database.rows("SELECT name FROM registry_users WHERE scope=? ORDER BY name", scope)
+        tokens = await self.database.rows(
+            "SELECT id FROM api_tokens WHERE scope=? AND revoked_at IS NULL ORDER BY id", scope)
+        return [str(u) for u, in users], [str(t) for t, in tokens]
+
+    # --- custom roles -------------------------------------------------------------------------------------------
+
+    async def roles(self) -> list[tuple[str, str, str, float, float]]:
+        """(name, description, permissions as JSON, created at, updated at) of every custom role, by name."""
+        return [(str(name), str(description), str(permissions), float(created), float(updated))
+                for name, description, permissions, created, updated in await self.database.rows(
+                    "SELECT name, description, permissions, created_at, updated_at FROM roles ORDER BY name")]
+
+    async def role(self, name: str) -> tuple[str, str] | None:
+        """(description, permissions as JSON) of a custom role."""
+        rows = await self.database.rows("SELECT description, permissions FROM roles WHERE name=?", name)
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def add_role(self, name: str, description: str, permissions: str, now: float) -> None:
+        """KeyTaken when there is a role of that name."""
+        statement: Statement = ("INSERT INTO roles (name, description, permissions, created_at, updated_at) "
+                                "VALUES (?, ?, ?, ?, ?)", (name, description, permissions, now, now))
+        await self.database.transaction([statement])
+
+    async def change_role(self, name: str, description: str, permissions: str, now: float) -> bool:
+        """Whether there was such a role."""
+        return bool(await self.database.write(
+            "UPDATE roles SET description=?, permissions=?, updated_at=? WHERE name=?", description, permissions,
+            now, name))
+
+    async def delete_role(self, name: str) -> bool:
+        """Delete a custom role that no user and no valid API token holds; whether it went."""
+        return bool(await self.database.write(
+            "DELETE FROM roles WHERE name=? AND NOT EXISTS (SELECT 1 FROM registry_users WHERE role=?) "
+            "AND NOT EXISTS (SELECT 1 FROM api_tokens WHERE role=? AND revoked_at IS NULL)", name, name, name))
+
+    async def role_holders(self, name: str) -> tuple[list[str], list[str]]:
+        """The users and the valid API tokens that hold a role, by name and id."""
+        users = await self.database.rows("SELECT name FROM registry_users WHERE role=? ORDER BY name", name)
+        tokens = await self.database.rows(
+            "SELECT id FROM api_tokens WHERE role=? AND revoked_at IS NULL ORDER BY id", name)
+        return [str(u) for u, in users], [str(t) for t, in tokens]
 
     # --- API tokens ---------------------------------------------------------------------------------------------
 

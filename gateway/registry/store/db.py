@@ -137,6 +137,12 @@ CREATE TABLE route_counters (node TEXT NOT NULL, namespace TEXT NOT NULL, name T
     queued BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, reported_at {time} NOT NULL,
     PRIMARY KEY (node, namespace, name));
 """),
+    (12, """
+CREATE TABLE roles (name TEXT PRIMARY KEY, description TEXT NOT NULL, permissions TEXT NOT NULL,
+    created_at {time} NOT NULL, updated_at {time} NOT NULL);
+CREATE TABLE folders (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', created_at {time} NOT NULL);
+INSERT INTO folders (name, description, created_at) SELECT DISTINCT folder, '', 0 FROM workspaces;
+"""),
 ]
 
 

@@ -88,7 +88,7 @@ def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    if exc.status_code == 413:  # Litestar says only "Request Entity Too Large"
+    if exc.status_code == 413 and exc.detail == "Request Entity Too Large":  # Litestar's own, which says no more
         limit = request.route_handler.resolve_request_max_body_size()
         exc = HTTPException(status_code=413, detail=f"the request body is larger than the {limit} bytes "
                             f"{request.method} {request.url.path} takes")

@@ -48,7 +48,8 @@ def sha256_of(path: Path) -> str:
 class FileNode:
     """A joined gateway process whose link to the registry goes through `proxy`; a client for its local API."""
 
-    def __init__(self, registry: Registry, proxy: Proxy | None, tmp_path: Path, name: str, files: str = "") -> None:
+    def __init__(self, registry: Registry, proxy: Proxy | None, tmp_path: Path, name: str, files: str = "",
+                 eventbus: str = "none") -> None:
         self.name = name
         self.data_dir = tmp_path / name
         result = join(registry, registry.token(), self.data_dir, "--name", name)
@@ -64,7 +65,7 @@ class FileNode:
             kind: Gateway
             name: {name}
             http: {{listen: "127.0.0.1:{self.port}"}}
-            eventbus: {{url: none}}
+            eventbus: {{url: "{eventbus}"}}
             """) + (f"files: {files}\n" if files else ""))
         token = subprocess.run([*FIELDGATE, "token", "create", "--role", "operator", "--data-dir",
                                 str(self.data_dir)], capture_output=True, text=True, timeout=30, check=True)

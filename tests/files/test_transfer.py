@@ -7,6 +7,7 @@ seconds, long enough to break it on purpose at known points."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -45,13 +46,13 @@ def test_a_file_goes_to_two_nodes_through_drops_and_restarts(registry: Registry,
     digest = random_file(source, SIZE)
     pushed = registry.cli("files", "push", str(source), "--node", "gw-1", "--node", "gw-2", "--path", "firmware/v2",
                           "--registry", registry.url, "--json")
-    file_id = __import__("json").loads(pushed.stdout)["id"]
+    file_id = json.loads(pushed.stdout)["id"]
     gw1, gw2 = nodes
 
     def at(node: FileNode, fraction: float) -> bool:
         record = node.received(file_id)
-        return bool(record and (record["position"] >= SIZE * fraction or record["state"] != "transferring"
-                                and record["state"] != "pending"))
+        return bool(record and (record["position"] >= SIZE * fraction
+                                or record["state"] not in ("transferring", "pending")))
 
     registry_restarts = gateway_restarts = 0
     when(lambda: at(gw1, 0.1), "a tenth at gw-1")

@@ -32,7 +32,7 @@ NAV = [NavItem("/", "Overview", "viewer"), NavItem("/nodes", "Nodes", "viewer"),
        NavItem("/devices", "Devices", "viewer", also=("/models", "/editor")),
        NavItem("/workloads", "Workloads", "viewer"), NavItem("/apps", "Apps", "viewer", also=("/configs",)),
        NavItem("/routes", "Routes", "viewer", also=("/endpoints",)),
-       NavItem("/upgrades", "Upgrades", "viewer"),
+       NavItem("/upgrades", "Upgrades", "viewer"), NavItem("/files", "Files", "viewer"),
        NavItem("/join", "Join tokens", "admin", also=("/join-tokens",)), NavItem("/audit", "Audit log", "admin"),
        NavItem("/users", "Administration", "admin", also=("/api-tokens", "/workspaces"))]
 PAGE_ROLE = "page_role"  # the opt key of a page handler: the lowest role that may use it

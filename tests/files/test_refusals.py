@@ -93,6 +93,14 @@ def test_the_node_refuses_what_would_leave_its_area_or_pass_its_quota_or_its_has
     assert files_in(area) == ["docs/hello.txt"]
     received = {f["name"]: f for f in node.files()["received"]}
     assert received["x.txt"]["state"] == "refused" and received["big.bin"]["state"] == "refused"
+    metrics = node.local.get("/metrics").text
+    assert 'fieldgate_files_total{direction="from-registry",outcome="received"} 1.0' in metrics
+    assert 'fieldgate_files_total{direction="from-registry",outcome="refused"} 2.0' in metrics
+    assert "fieldgate_file_bytes_received_total 16.0" in metrics
+    with registry_api(registry, "viewer") as api:
+        registry_metrics = api.get("/metrics").text
+    assert "fieldgate_registry_file_bytes_sent_total 16.0" in registry_metrics
+    assert 'fieldgate_registry_files_total{direction="to-edge",outcome="refused"} 2.0' in registry_metrics
 
 
 def test_a_file_whose_bytes_do_not_match_its_hash_is_refused_and_nothing_kept(

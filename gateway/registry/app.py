@@ -236,7 +236,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, *files.ROUTE_HANDLERS,
                         static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
-                     "files": content,
+                     "files": content, "file_chunks_taken": {}, "file_progress_written": {},
                      "log_requests": LogRequests(), **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),
                      "join_token_limiter": LoginLimiter(JOIN_TOKEN_FAILURES, JOIN_WINDOW)}),

@@ -67,6 +67,7 @@ MAX_FILE_SIZE = 64 << 30  # bytes of one file either way
 WRITE_BLOCK = 4 << 20  # an upload is appended (and fsynced) in blocks this big
 DEFAULT_TTL = 7 * 86400.0
 RETENTION_EVERY = 60.0
+PROGRESS_EVERY = 1.0  # seconds between two writes of an upload's offset to the database
 CONTENT_TYPE = re.compile(r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+$")
 
 
@@ -416,12 +417,11 @@ def _int_param(request: AnyRequest, name: str, default: int, maximum: int) -> in
 @get("/api/v1/nodes/self/files/{file_id:str}/content", summary="A chunk of a file for the calling node "
      "(?offset=&size=); its SHA-256 in X-Chunk-SHA256", media_type="application/octet-stream", opt=RAW)
 async def node_file_chunk(request: AnyRequest, file_id: FromPath[str]) -> Response[bytes]:
-    node, record = await _node_target(request, file_id)
+    _, record = await _node_target(request, file_id)
     offset = _int_param(request, "offset", 0, record["size"])
     size = _int_param(request, "size", FILE_CHUNK, MAX_FILE_CHUNK)
     data = await content_of(request).read(file_id, offset, min(size, record["size"] - offset))
-    await store_of(request).files.add_sent(file_id, node, len(data))
-    counters(request)["bytes_sent"] += len(data)
+    counters(request)["bytes_sent"] += len(data)  # the node's own count comes with its progress (no write a chunk)
     return Response(data, media_type="application/octet-stream",
                     headers={CHUNK_SHA256: hashlib.sha256(data).hexdigest()})
 
@@ -435,7 +435,8 @@ async def node_file_progress(request: AnyRequest, file_id: FromPath[str], data: 
         raise ConfigError(f"offset {data.offset}: the file has {record['size']} bytes")
     store = store_of(request)
     state = data.state
-    changed = await store.files.progress(file_id, node, state, data.offset, data.reason, time.time())
+    changed = await store.files.progress(file_id, node, state, data.offset, data.reason, data.bytes_received,
+                                         time.time())
     if changed and state in (DONE, REFUSED):
         counters(request)[f"to_edge_{state}"] += 1
         await access.record(store, f"node:{node}", access.workspace_scope(record["workspace"]),
@@ -517,9 +518,17 @@ async def upload_chunk(request: AnyRequest, file_id: FromPath[str]) -> Response[
     except OffsetMismatch as exc:
         return Response(UploadState(id=file_id, offset=exc.offset, state=TRANSFERRING, reason=str(exc)),
                         status_code=409)
-    await store_of(request).files.set_received(file_id, received, len(data))
+    taken = request.app.state.file_chunks_taken
+    taken[file_id] = taken.get(file_id, 0) + len(data)
     if received < record["size"]:
+        # the offset itself is the part's size on disk; the database has it for the pages, once a second at most
+        last = request.app.state.file_progress_written
+        if time.monotonic() - last.get(file_id, 0.0) > PROGRESS_EVERY:
+            last[file_id] = time.monotonic()
+            await store_of(request).files.set_received(file_id, received, taken.pop(file_id, 0))
         return Response(UploadState(id=file_id, offset=received, state=TRANSFERRING))
+    request.app.state.file_progress_written.pop(file_id, None)
+    await store_of(request).files.set_received(file_id, received, taken.pop(file_id, 0))
     return Response(await _finish_upload(request, node, record))
 
 

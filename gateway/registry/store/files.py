@@ -81,15 +81,13 @@ class FileTables(Tables):
                                         "node=?", file_id, node)
         return dict(zip(TARGET_COLUMNS, rows[0], strict=True)) if rows else None
 
-    async def add_sent(self, file_id: str, node: str, sent: int) -> None:
-        await self.database.write("UPDATE file_targets SET bytes_sent = bytes_sent + ? WHERE file=? AND node=?",
-                                  sent, file_id, node)
-
-    async def progress(self, file_id: str, node: str, state: str, position: int, reason: str, now: float) -> int:
-        """A node's progress with a file; rows touched (0: not a target, or already done or refused)."""
+    async def progress(self, file_id: str, node: str, state: str, position: int, reason: str, taken: int,
+                       now: float) -> int:
+        """A node's progress with a file, with the bytes it took off the link for it; rows touched (0: not a
+        target, or already done or refused)."""
         return await self.database.write(
-            "UPDATE file_targets SET state=?, position=?, reason=?, updated_at=? WHERE file=? AND node=? AND "
-            "state IN ('pending', 'transferring')", state, position, reason, now, file_id, node)
+            "UPDATE file_targets SET state=?, position=?, reason=?, bytes_sent=?, updated_at=? WHERE file=? AND "
+            "node=? AND state IN ('pending', 'transferring')", state, position, reason, taken, now, file_id, node)
 
     async def set_state(self, file_id: str, state: str, reason: str = "", done_at: float | None = None) -> None:
         await self.database.write("UPDATE files SET state=?, reason=?, done_at=? WHERE id=?", state, reason,

@@ -236,9 +236,12 @@ class FileSync:
     async def report_finished(self) -> None:
         """Tell the registry the final state of files whose report did not get through."""
         for record in await self.store.files.unreported():
-            await self.transport.report(record["id"], FileProgress(
-                offset=record["position"], state=record["state"], reason=record["reason"][:1000],
-                bytes_received=record["bytes_received"]))
+            try:
+                await self.transport.report(record["id"], FileProgress(
+                    offset=record["position"], state=record["state"], reason=record["reason"][:1000],
+                    bytes_received=record["bytes_received"]))
+            except ConfigError as exc:  # refused (the file deleted at the registry): nobody waits for the report
+                log.info("the registry did not take the final state of file %s: %s", record["name"], exc)
             await self.store.files.mark_reported(record["id"], record["state"])
 
     async def receive(self, offer: FileOffer) -> None:
@@ -346,7 +349,14 @@ class FileSync:
             try:
                 queue = await self.store.files.outbox_queue()
                 for record in queue:
-                    await self.send(record)
+                    try:
+                        await self.send(record)
+                    except ConfigError as exc:  # the registry refuses the file itself: the next ones go on
+                        await self.store.files.update_outbox(record["id"], state="refused",
+                                                             position=record["position"], reason=str(exc))
+                        await asyncio.to_thread(outbox_path(self.data_dir, record["id"]).unlink, missing_ok=True)
+                        COUNTERS["files_sent_refused"] += 1
+                        log.error("file %s was refused by the registry: %s", record["name"], exc)
                 delay = RETRY_MIN
                 if not queue:
                     self.state["out"] = "idle"

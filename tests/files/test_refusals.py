@@ -181,3 +181,32 @@ def test_local_uploads_are_bounded_and_the_outbox_folder_is_sent(registry: Regis
     assert sorted(p.name for p in folder.iterdir()) == [".part"]
     with registry_api(registry, "viewer") as api:
         assert api.get(f"/api/v1/files/{record['id']}/content").content == b"t,v\n1,2\n"
+
+
+def test_a_file_damaged_in_the_outbox_is_refused_by_the_registry_and_nothing_kept(
+        registry: Registry, node: FileNode, tmp_path: Path) -> None:
+    from tests.registry.conftest import stop
+
+    assert registry.process is not None
+    stop(registry.process)  # the file waits in the outbox while the registry is away
+    put = node.local.put("/api/v1/files/meter.csv", content=b"t,v\n" * 50_000)
+    assert put.status_code == 201, put.text
+    file_id = put.json()["id"]
+    kept = node.data_dir / "file-transfers" / "outbox" / file_id
+    data = bytearray(kept.read_bytes())
+    data[100_000] ^= 0xFF  # the disk garbles it before it goes
+    kept.write_bytes(bytes(data))
+    registry.start()
+
+    def settled() -> dict[str, Any] | None:
+        return next((f for f in node.files()["sent"] if f["id"] == file_id and f["state"] != "queued"
+                     and f["state"] != "sending"), None)
+
+    record = wait_until(settled, timeout=60, what="the registry's verdict")
+    assert record["state"] == "refused" and "SHA-256" in record["reason"], record
+    assert not kept.exists()
+    with registry_api(registry, "viewer") as api:
+        listed = api.get("/api/v1/files").json()
+        assert [(f["id"], f["state"]) for f in listed] == [(file_id, "refused")]
+        assert api.get(f"/api/v1/files/{file_id}/content").status_code == 409
+    assert files_in(registry.data_dir / "files") == []

@@ -10,7 +10,6 @@ import json
 import mimetypes
 import os
 import ssl
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +157,7 @@ def _download(client: httpx.Client, args: argparse.Namespace) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     path: Path = args.file
@@ -174,8 +174,10 @@ def _push(args: argparse.Namespace) -> int:
     else:
         params["group"] = args.group
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with _client(args, "operator") as client, Progress(*columns, transient=args.json,
-                                                       disable=not sys.stderr.isatty() and not args.json) as bar:
+    # on stderr, and only on a terminal: stdout stays the answer (JSON with --json)
+    console = Console(stderr=True)
+    with _client(args, "operator") as client, Progress(*columns, console=console, transient=args.json,
+                                                       disable=not console.is_terminal) as bar:
         task = bar.add_task(f"upload {name}", total=size)
 
         def body() -> Iterator[bytes]:

@@ -481,7 +481,8 @@ async def start_upload(request: AnyRequest, data: JSONBody[UploadStart]) -> Uplo
         "source_node": node, "targets": {}, "workspace": workspace, "created_by": f"node:{node}", "created_at": now,
         "expires_at": None, "state": TRANSFERRING}, [], now)
     await content_of(request).drop_part(data.id)  # a part left by an earlier registry under this id
-    if data.size == 0:
+    if data.size == 0:  # whole already: an empty part, verified and kept
+        await content_of(request).append(data.id, 0, b"")
         return await _finish_upload(request, node, await file_view(store, data.id))
     return UploadState(id=data.id, offset=0, state=TRANSFERRING)
 

@@ -268,7 +268,8 @@ class FileSync:
             await self._refuse(offer, record["position"], str(exc), incoming)
             return
         incoming.parent.mkdir(parents=True, exist_ok=True)
-        offset = incoming.stat().st_size if incoming.exists() else 0
+        incoming.touch(mode=0o600)  # an empty file is whole at once
+        offset = incoming.stat().st_size
         if offset > offer.size:
             incoming.unlink()
             offset = 0

@@ -73,6 +73,9 @@ def test_the_node_refuses_what_would_leave_its_area_or_pass_its_quota_or_its_has
         assert good.status_code == 201, good.text
         assert final_state(api, good.json()["id"])["state"] == "done"
         assert (area / "docs" / "hello.txt").read_bytes() == b"hello files area"
+        empty = push(api, b"", "empty.txt", "docs")
+        assert final_state(api, empty.json()["id"])["state"] == "done"
+        assert (area / "docs" / "empty.txt").read_bytes() == b""
         message = json.loads(listener.communicate(timeout=60)[0])
         assert message["name"] == "hello.txt" and message["path"] == "docs/hello.txt" and message["size"] == 16
         assert message["sha256"] == hashlib.sha256(b"hello files area").hexdigest()
@@ -90,11 +93,11 @@ def test_the_node_refuses_what_would_leave_its_area_or_pass_its_quota_or_its_has
         state = final_state(api, over.json()["id"])
         assert state["state"] == "refused" and "quota" in state["reason"], state
         assert state["bytes_sent"] == 0
-    assert files_in(area) == ["docs/hello.txt"]
+    assert files_in(area) == ["docs/empty.txt", "docs/hello.txt"]
     received = {f["name"]: f for f in node.files()["received"]}
     assert received["x.txt"]["state"] == "refused" and received["big.bin"]["state"] == "refused"
     metrics = node.local.get("/metrics").text
-    assert 'fieldgate_files_total{direction="from-registry",outcome="received"} 1.0' in metrics
+    assert 'fieldgate_files_total{direction="from-registry",outcome="received"} 2.0' in metrics
     assert 'fieldgate_files_total{direction="from-registry",outcome="refused"} 2.0' in metrics
     assert "fieldgate_file_bytes_received_total 16.0" in metrics
     with registry_api(registry, "viewer") as api:
@@ -178,9 +181,15 @@ def test_local_uploads_are_bounded_and_the_outbox_folder_is_sent(registry: Regis
 
     record = wait_until(sent, timeout=30, what="the dropped file at the registry")
     assert record["source"] == "folder"
+    empty = node.local.put("/api/v1/files/empty.log", content=b"")
+    assert empty.status_code == 201, empty.text
+    wait_until(lambda: next((f for f in node.files()["sent"] if f["id"] == empty.json()["id"]
+                             and f["state"] == "done"), None), timeout=30, what="the empty file at the registry")
     assert sorted(p.name for p in folder.iterdir()) == [".part"]
     with registry_api(registry, "viewer") as api:
         assert api.get(f"/api/v1/files/{record['id']}/content").content == b"t,v\n1,2\n"
+        got = api.get(f"/api/v1/files/{empty.json()['id']}/content")
+        assert got.status_code == 200 and got.content == b""
 
 
 def test_a_file_damaged_in_the_outbox_is_refused_by_the_registry_and_nothing_kept(

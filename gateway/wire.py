@@ -328,3 +328,66 @@ class WorkloadActionAnswer(msgspec.Struct, kw_only=True):
 AnyAnswer = NodeAnswer | WorkloadLogAnswer | WorkloadActionAnswer
 ANSWERS: dict[str, type[AnyAnswer]] = {LOGS_PATH: NodeAnswer, WORKLOAD_LOGS_PATH: WorkloadLogAnswer,
                                        WORKLOAD_ACTION_PATH: WorkloadActionAnswer}
+
+
+# --- files both ways (`/api/v1/nodes/self/files…` and `/api/v1/nodes/self/uploads…`, mutual TLS) -------------------
+
+FILE_CHUNK = 1 << 20  # bytes of one chunk: what a dropped link costs again at most
+MAX_FILE_CHUNK = 8 << 20  # the largest chunk either side takes
+MAX_FILE_NAME = 255  # characters of a file name (one path element)
+MAX_FILE_PATH = 1024  # characters of a destination path on a node
+MAX_FILE_LABELS = 32
+FILE_ID = re.compile(r"^[0-9a-f]{32}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+CHUNK_SHA256 = "X-Chunk-SHA256"  # the header carrying a chunk's SHA-256 (hex), both ways
+FILE_STATES = ("pending", "transferring", "done", "refused", "expired")
+
+FileId = Annotated[str, msgspec.Meta(pattern=FILE_ID.pattern, description="32 hex digits")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=SHA256_HEX.pattern, description="SHA-256, 64 lower-case hex digits")]
+FileName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FILE_NAME)]
+ContentType = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+$", max_length=127)]
+FileLabels = Annotated[dict[Annotated[str, msgspec.Meta(min_length=1, max_length=63)],
+                            Annotated[str, msgspec.Meta(max_length=253)]],
+                       msgspec.Meta(max_length=MAX_FILE_LABELS)]
+
+
+class FileOffer(msgspec.Struct, kw_only=True):
+    """A file the registry has for the calling node (cloud → edge): the node fetches its bytes chunk by chunk."""
+
+    id: FileId
+    name: FileName
+    path: Annotated[str, msgspec.Meta(max_length=MAX_FILE_PATH)]  # where in the node's files area, relative
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Sha256
+    content_type: ContentType = "application/octet-stream"
+    labels: FileLabels = {}
+    expires_at: float = 0.0
+
+
+class FileProgress(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A node's progress with a file offered to it: its written offset, and done or refused (with the reason)."""
+
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    state: Literal["transferring", "done", "refused"] = "transferring"
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
+    bytes_received: Annotated[int, msgspec.Meta(ge=0)] = 0  # bytes the node took off the link for it so far
+
+
+class UploadStart(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A file a node sends (edge → cloud): announced once, then its chunks from the offset the registry answers."""
+
+    id: FileId
+    name: FileName
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Sha256
+    content_type: ContentType = "application/octet-stream"
+    labels: FileLabels = {}
+
+
+class UploadState(msgspec.Struct, kw_only=True):
+    """How much of a file the registry holds (the acknowledged offset), and whether it is whole and verified."""
+
+    id: str
+    offset: int
+    state: str  # transferring, done, refused
+    reason: str = ""

@@ -14,7 +14,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from gateway.resources.durations import Duration, format_duration
-from gateway.resources.schema import KINDS
+from gateway.resources.schema import KINDS, ByteSize
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -55,6 +55,10 @@ def default_text(field: mi.Field) -> str:
         value = field.default
         if isinstance(value, Duration):
             return f"`{format_duration(value)}`"
+        if isinstance(value, ByteSize):
+            unit = next((u for u, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)) if value and value % (1 << shift) == 0),
+                        "")
+            return f"`{value >> {'Gi': 30, 'Mi': 20, 'Ki': 10, '': 0}[unit]}{unit}`"
         return f"`{msgspec.json.encode(value).decode()}`"
     if field.default_factory in (dict, list):
         return f"`{msgspec.json.encode(field.default_factory()).decode()}`"

@@ -33,6 +33,7 @@ class GatewayCollector(Collector):
         yield from self._devices()
         yield from self._sinks()
         yield from self._tasks()
+        yield from self._files()
 
     def _gateway(self) -> Iterator[Metric]:
         gw = self.gateway
@@ -160,6 +161,25 @@ class GatewayCollector(Collector):
             restarts.add_metric([name], status.restarts)
         yield running
         yield restarts
+
+
+    def _files(self) -> Iterator[Metric]:
+        from gateway.files import COUNTERS
+
+        yield CounterMetricFamily("fieldgate_file_bytes_received_total", "File bytes taken off the link from the "
+                                  "registry (partial and corrupted chunks too)", value=COUNTERS["bytes_received"])
+        yield CounterMetricFamily("fieldgate_file_bytes_sent_total", "File bytes sent to the registry (chunks "
+                                  "tried, cut ones too)", value=COUNTERS["bytes_sent"])
+        yield CounterMetricFamily("fieldgate_file_chunks_corrupted_total", "Chunks that did not match their SHA-256",
+                                  value=COUNTERS["chunks_corrupted"])
+        files = CounterMetricFamily("fieldgate_files_total", "Files by direction and outcome",
+                                    labels=["direction", "outcome"])
+        for direction, outcome, key in (("from-registry", "received", "files_received"),
+                                        ("from-registry", "refused", "files_refused"),
+                                        ("to-registry", "sent", "files_sent"),
+                                        ("to-registry", "refused", "files_sent_refused")):
+            files.add_metric([direction, outcome], COUNTERS[key])
+        yield files
 
 
 async def scrape(gateway: GatewayAPI) -> bytes:

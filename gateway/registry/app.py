@@ -29,6 +29,7 @@ from gateway.registry import (
     access,
     admin,
     batch,
+    files,
     live,
     metrics,
     monitoring,
@@ -41,6 +42,7 @@ from gateway.registry import (
 )
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
+from gateway.registry.filestore import open_content_store
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
 from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
@@ -208,18 +210,22 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
     return error_response(request, exc.status_code, http_error_detail(exc), exc.headers)
 
 
-def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None) -> Litestar:
+def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None,
+               files_url: str | None = None, retention: files.Retention | None = None) -> Litestar:
     """The registry app on a data dir (CA there, made on first start) and its database (SQLite in the data dir
-    unless `db_url` names a PostgreSQL database that other replicas may share)."""
+    unless `db_url` names a PostgreSQL database that other replicas may share); file bytes in the data dir unless
+    `files_url` names a directory or s3://bucket/prefix (gateway.registry.filestore)."""
     ca = CertificateAuthority.load_or_create(data_dir)
     registry_metrics = metrics.RegistryMetrics()
+    content = open_content_store(data_dir, files_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with RegistryStore(data_dir, db_url) as store:
             app.state.store = store
             await store.database.listen(CHANNEL, app.state.waiters.wake)
-            async with workloads.scheduling(store, interval):
+            async with workloads.scheduling(store, interval), \
+                    files.retaining(store, content, retention or files.Retention()):
                 yield
 
     return Litestar(
@@ -229,8 +235,10 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *routes.ROUTE_HANDLERS,
                         *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, *roles.ROUTE_HANDLERS,
+                        *files.ROUTE_HANDLERS,
                         static_files(pages.STATIC)],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
+                     "files": content, "file_chunks_taken": {}, "file_progress_written": {},
                      "log_requests": LogRequests(), **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),
                      "join_token_limiter": LoginLimiter(JOIN_TOKEN_FAILURES, JOIN_WINDOW)}),

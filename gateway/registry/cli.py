@@ -36,6 +36,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _size(text: str) -> int:
+    from gateway.resources.schema import ByteSize
+
+    try:
+        return int(ByteSize.parse(int(text) if text.isdigit() else text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _labels(text: str) -> dict[str, str]:
     labels = {}
     for item in filter(None, text.split(",")):
@@ -52,6 +61,14 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT (default 0.0.0.0:8443)")
     serve.add_argument("--heartbeat-interval", type=_duration, default=10.0,
                        help="the heartbeat interval given to nodes that join (default 10s)")
+    serve.add_argument("--files", default=os.environ.get("FIELDGATE_REGISTRY_FILES") or None, metavar="DIR|S3URL",
+                       help="where file bytes go: a directory (replicas share it) or s3://bucket/prefix, with "
+                            "FIELDGATE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (default: "
+                            "files/ in the data dir; env FIELDGATE_REGISTRY_FILES)")
+    serve.add_argument("--files-max-age", type=_duration, default=30 * 86400.0,
+                       help="edge → cloud files older than this are deleted (default 30d)")
+    serve.add_argument("--files-max-bytes", type=_size, default=10 << 30,
+                       help="edge → cloud files beyond this total size are deleted, oldest first (default 10Gi)")
     _data_dir(serve)
 
     token = sub.add_parser("join-token", help="create or revoke join tokens")
@@ -92,6 +109,9 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     _configure_access(sub)
     _configure_batches_and_twins(sub)
     _configure_upgrades(sub)
+    from gateway.registry.files_cli import configure_files
+
+    configure_files(sub, _data_dir, _duration)
 
     group = sub.add_parser("group", help="node groups: create, list")
     group_sub = group.add_subparsers(dest="group_action", required=True)
@@ -181,7 +201,15 @@ def _registry(args: argparse.Namespace) -> int:
 
         setup_logging("human")
         record_urls(args.data_dir, args.listen)  # for bundles made without --url
-        return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db))
+        from gateway.registry.files import Retention
+
+        return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db,
+                                 files_url=args.files,
+                                 retention=Retention(args.files_max_age, args.files_max_bytes)))
+    if args.action == "files":
+        from gateway.registry.files_cli import run_files_command
+
+        return run_files_command(args)
     if args.action == "logs":
         from gateway.registry.logs import print_node_logs
 

@@ -57,6 +57,7 @@ class RegistryMetrics:
         self.heartbeat_buckets = [0] * (len(HEARTBEAT_BUCKETS) + 1)
         self.heartbeat_seconds = 0.0
         self.joins: collections.Counter[tuple[str, str]] = collections.Counter()  # (method, outcome)
+        self.files: collections.Counter[str] = collections.Counter()  # gateway.registry.files' counters
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         if path == HEARTBEAT_PATH:
@@ -181,6 +182,22 @@ class RegistryCollector(Collector):
                                       "by this registry process", value=self.messages.get(event, 0))
         yield GaugeMetricFamily("fieldgate_registry_messages_pending", "Messages waiting for their nodes",
                                 value=self.pending)
+        files = self.metrics.files
+        yield CounterMetricFamily("fieldgate_registry_file_bytes_sent_total", "File bytes sent to nodes (chunks "
+                                  "served) by this registry process", value=files["bytes_sent"])
+        yield CounterMetricFamily("fieldgate_registry_file_bytes_received_total", "File bytes received from nodes "
+                                  "(chunks taken, corrupted ones too) by this registry process",
+                                  value=files["bytes_received"])
+        yield CounterMetricFamily("fieldgate_registry_file_chunks_corrupted_total", "Chunks from nodes refused for "
+                                  "a SHA-256 mismatch", value=files["chunks_corrupted"])
+        outcomes = CounterMetricFamily("fieldgate_registry_files_total", "Files by direction and outcome, by this "
+                                       "registry process", labels=["direction", "outcome"])
+        for direction, outcome, key in (("to-edge", "pushed", "files_pushed"), ("to-edge", "done", "to_edge_done"),
+                                        ("to-edge", "refused", "to_edge_refused"),
+                                        ("from-edge", "done", "from_edge_done"),
+                                        ("from-edge", "refused", "from_edge_refused")):
+            outcomes.add_metric([direction, outcome], files[key])
+        yield outcomes
 
 
 @get("/metrics", summary="The registry's metrics in the Prometheus text format (an API token, viewer or above)",

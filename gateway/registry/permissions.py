@@ -15,9 +15,11 @@ PERMISSIONS: dict[str, str] = {
     "configs.read": "see config items and secrets (a secret's values stay hidden)",
     "routes.read": "see endpoints and routes with their counters per node",
     "upgrades.read": "see upgrade tasks and the status of every node in them",
+    "files.read": "see and download files sent to nodes and received from them, with each node's progress",
     "devices.write": "set desired values of device properties",
     "apps.operate": "start, stop, restart and roll back workloads and batch workloads",
     "messages.send": "send messages to the rest routes of nodes",
+    "files.write": "push files to nodes and groups and delete files",
     "nodes.manage": "change a node's alias, labels, scheduling and workspace; remove nodes",
     "groups.manage": "create, change and delete node groups",
     "join.manage": "make and revoke join tokens and batch bundles",
@@ -33,14 +35,15 @@ PERMISSIONS: dict[str, str] = {
     "audit.read": "read the audit log",
 }
 
-VIEWER = frozenset({"nodes.read", "devices.read", "apps.read", "configs.read", "routes.read", "upgrades.read"})
-OPERATOR = VIEWER | {"devices.write", "apps.operate", "messages.send"}
+VIEWER = frozenset({"nodes.read", "devices.read", "apps.read", "configs.read", "routes.read", "upgrades.read",
+                    "files.read"})
+OPERATOR = VIEWER | {"devices.write", "apps.operate", "messages.send", "files.write"}
 ADMIN = frozenset(PERMISSIONS)
 BUILTIN_ROLES: dict[str, frozenset[str]] = {"viewer": VIEWER, "operator": OPERATOR, "admin": ADMIN}
 BUILTIN_DESCRIPTIONS = {
     "viewer": "reads what lies in its scope",
-    "operator": "as viewer, and sets desired values, sends messages to nodes, starts, stops, restarts and rolls back "
-                "workloads",
+    "operator": "as viewer, and sets desired values, sends messages to nodes, pushes and deletes files, starts, stops, "
+                "restarts and rolls back workloads",
     "admin": "every permission: as operator, and changes nodes, groups, documents, join tokens and upgrades, manages "
              "users, API tokens, roles and workspaces, reads the audit log",
 }
@@ -60,7 +63,7 @@ DOCUMENT_CHANGES = tuple(dict.fromkeys(KIND_PERMISSION.values()))
 REQUIRES = {"devices.write": "devices.read", "devices.manage": "devices.read", "apps.operate": "apps.read",
             "apps.deploy": "apps.read", "configs.write": "configs.read", "routes.write": "routes.read",
             "upgrades.run": "upgrades.read", "nodes.manage": "nodes.read", "groups.manage": "nodes.read",
-            "messages.send": "nodes.read"}
+            "messages.send": "nodes.read", "files.write": "files.read"}
 
 
 def check_permissions(names: Iterable[str]) -> tuple[str, ...]:

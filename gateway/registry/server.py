@@ -23,6 +23,7 @@ from gateway.errors import ConfigError
 from gateway.registry.app import create_app
 from gateway.registry.ca import CertificateAuthority
 from gateway.registry.cli import DEFAULT_REGISTRY_DIR
+from gateway.registry.files import Retention
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,16 @@ async def _has_users(data_dir: Path, db_url: str | None) -> bool:
         return bool(await access.users(store))
 
 
-async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None) -> int:
+async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None,
+                files_url: str | None = None, retention: Retention | None = None) -> int:
     """Run the registry until SIGINT or SIGTERM."""
     host, port = _host_port(listen)
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
-    app = create_app(data_dir, interval=interval, db_url=db_url)
+    app = create_app(data_dir, interval=interval, db_url=db_url, files_url=files_url, retention=retention)
+    check = getattr(app.state.files, "check", None)
+    if check is not None:  # a wrong S3 endpoint, bucket or key is said now, not at the first upload
+        await check()
     config = uvicorn.Config(app, host=host, port=port, http=PeerCertH11Protocol, ssl_certfile=str(cert_path),
                             ssl_keyfile=str(key_path), ssl_ca_certs=str(ca.cert_path),
                             ssl_cert_reqs=ssl.CERT_OPTIONAL, log_config=None, access_log=False, lifespan="on",

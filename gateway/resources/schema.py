@@ -62,6 +62,23 @@ class Document(Base, tag_field="kind", kw_only=True):
         return (self.kind, self.namespace, self.name)
 
 
+_BYTE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+_BYTES_PATTERN = re.compile(r"\s*(\d+)\s*(k|m|g|ki|mi|gi)?\s*", re.I)
+
+
+class ByteSize(int):
+    """A size in bytes, parsed from a number or a string with a unit: `64Mi`, `1Gi`, `500M`, `4096`."""
+
+    @classmethod
+    def parse(cls, raw: Any) -> ByteSize:
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return cls(raw)
+        if isinstance(raw, str) and (match := _BYTES_PATTERN.fullmatch(raw)):
+            return cls(int(match[1]) * _BYTE_UNITS[(match[2] or "").lower()])
+        raise ValueError(f"Expected a size like '64Mi', '1Gi', '500M' or a number of bytes, got {raw!r}")
+
+
+
 # --- Gateway -------------------------------------------------------------------------------------------------
 
 
@@ -132,12 +149,30 @@ class StoreSettings(Base, kw_only=True):
     flush_interval: Duration = Duration(0.1)
 
 
+class FilesSettings(Base, kw_only=True):
+    """Files both ways with the registry: the files area (`<data dir>/files`) and the node's file outbox."""
+
+    quota: Annotated[ByteSize, Meta(description="bytes the files area may hold; a file the registry sends that "
+                                                "would pass it is refused")] = ByteSize(1 << 30)
+    max_upload: Annotated[ByteSize, Meta(description="the largest file a local app may put into the outbox "
+                                                     "(`PUT /api/v1/files/<name>`, the outbox folder)")
+                          ] = ByteSize(1 << 30)
+    outbox_quota: Annotated[ByteSize, Meta(description="bytes of files waiting in the outbox at most")
+                            ] = ByteSize(4 << 30)
+    bandwidth: Annotated[ByteSize | None, Meta(description="bytes a second file transfers may use, both ways "
+                                                           "together (`2M` = 2 MB/s); none: no cap")] = None
+    outbox_folder: Annotated[str | None, Meta(description="an absolute path whose files go to the registry (default "
+                                                          "`<data dir>/file-outbox`)")] = None
+    outbox_poll: Annotated[Duration, Meta(description="how often the outbox folder is looked at")] = Duration(1.0)
+
+
 class Gateway(Document, tag="Gateway", kw_only=True):
     """Node settings; read from the local configuration only."""
 
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     eventbus: EventbusSettings = msgspec.field(default_factory=EventbusSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    files: FilesSettings = msgspec.field(default_factory=FilesSettings)
 
 
 # --- Device models and devices --------------------------------------------------------------------------------
@@ -241,22 +276,6 @@ class Route(PlacedDocument, tag="Route", kw_only=True):
 
 
 # --- Edge apps: workloads, config items and secrets -----------------------------------------------------------
-
-_BYTE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
-_BYTES_PATTERN = re.compile(r"\s*(\d+)\s*(k|m|g|ki|mi|gi)?\s*", re.I)
-
-
-class ByteSize(int):
-    """A size in bytes, parsed from a number or a string with a unit: `64Mi`, `1Gi`, `500M`, `4096`."""
-
-    @classmethod
-    def parse(cls, raw: Any) -> ByteSize:
-        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
-            return cls(raw)
-        if isinstance(raw, str) and (match := _BYTES_PATTERN.fullmatch(raw)):
-            return cls(int(match[1]) * _BYTE_UNITS[(match[2] or "").lower()])
-        raise ValueError(f"Expected a size like '64Mi', '1Gi', '500M' or a number of bytes, got {raw!r}")
-
 
 KeyName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$", max_length=253)]
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=253)]

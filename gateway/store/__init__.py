@@ -2,8 +2,9 @@
 
 `Store` opens the database and composes one part per concern, each a class of typed methods over the shared
 database: `history` (reports, the latest values, rollups, retention), `twins` (desired values, and the twins as
-stored), `outboxes`, `resources`, `users` (and API tokens), `audit`, `settings` (of the local UI) and `workloads`
-(their versions and events). Callers go through those parts (`store.history.add_report(...)`); the store itself only
+stored), `outboxes`, `resources`, `users` (and API tokens), `audit`, `settings` (of the local UI), `workloads`
+(their versions and events) and `files` (received files and the durable file outbox). Callers go through those
+parts (`store.history.add_report(...)`); the store itself only
 opens, flushes and closes.
 
 Reports and outbox messages are queued and committed by one writer task every `flush_interval`: a report is complete
@@ -20,6 +21,7 @@ from pathlib import Path
 from gateway.errors import StoreError
 from gateway.store.audit import AuditLog
 from gateway.store.db import Database, StoreHealth, db_path, is_row_error
+from gateway.store.files import FileRecords
 from gateway.store.history import History
 from gateway.store.migrations import SCHEMA_VERSION
 from gateway.store.outbox import Outboxes
@@ -54,6 +56,7 @@ class Store:
         self.audit = AuditLog(self._db)
         self.settings = Settings(self._db)
         self.workloads = WorkloadRecords(self._db)
+        self.files = FileRecords(self._db)
 
     async def open(self) -> None:
         try:

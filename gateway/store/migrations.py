@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 2: workload versions and events; 3: history one row per report; 4: UI settings
+SCHEMA_VERSION = 5  # 2: workload versions and events; 3: history one row per report; 4: UI settings; 5: files
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -121,9 +121,24 @@ async def _ui_settings(db: aiosqlite.Connection, path: Path) -> None:
                      "updated_at REAL NOT NULL, updated_by TEXT NOT NULL)")
 
 
+async def _files(db: aiosqlite.Connection, path: Path) -> None:
+    """Files both ways: those the registry sends (`file_inbox`, with the offset written) and the durable outbox of
+    those the node sends (`file_outbox`, kept until the registry has them whole and verified)."""
+    await db.execute("CREATE TABLE IF NOT EXISTS file_inbox (id TEXT PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT "
+                     "NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, content_type TEXT NOT NULL, labels TEXT NOT "
+                     "NULL, state TEXT NOT NULL, position INTEGER NOT NULL, reason TEXT NOT NULL, bytes_received "
+                     "INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, done_at REAL, "
+                     "reported TEXT NOT NULL DEFAULT '')")
+    await db.execute("CREATE TABLE IF NOT EXISTS file_outbox (id TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER "
+                     "NOT NULL, sha256 TEXT NOT NULL, content_type TEXT NOT NULL, labels TEXT NOT NULL, source TEXT "
+                     "NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL, bytes_sent INTEGER NOT NULL, reason "
+                     "TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, done_at REAL)")
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[aiosqlite.Connection, Path], Awaitable[None]]], ...] = (
     (3, _history_per_report),
     (4, _ui_settings),
+    (5, _files),
 )
 
 

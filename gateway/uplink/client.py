@@ -87,6 +87,9 @@ class Uplink:
         self.workloads = WorkloadSync(gateway)
         self.upgrade = NodeUpgrade(gateway)
         self.routes = RouteSync(gateway)
+        from gateway.files.bucket import TokenBucket
+
+        self.file_bucket = TokenBucket(None)  # both directions of file transfers draw from it (files.bandwidth)
 
     async def run(self) -> None:
         from gateway.uplink.join import client_ssl_context
@@ -134,6 +137,34 @@ class Uplink:
                                 headers={"Content-Type": "application/json"})
         ack.raise_for_status()
         return len(messages)
+
+    def _file_client(self, read: float = TIMEOUT) -> httpx.AsyncClient:
+        from gateway.uplink.join import client_ssl_context
+
+        return httpx.AsyncClient(base_url=self.settings.url, verify=client_ssl_context(self.gateway.data_dir),
+                                 timeout=httpx.Timeout(TIMEOUT, read=read))
+
+    async def run_files_in(self) -> None:
+        """Files from the registry into the files area (gateway.uplink.files)."""
+        from gateway.uplink.files import FileSync, HttpsChunkTransport
+
+        async with self._file_client(read=60.0) as client:
+            self.files_in = FileSync(self.gateway, HttpsChunkTransport(client), self.file_bucket)
+            await self.files_in.run_incoming()
+
+    async def run_files_out(self) -> None:
+        """Files from the node's outbox to the registry (gateway.uplink.files)."""
+        from gateway.uplink.files import FileSync, HttpsChunkTransport
+
+        async with self._file_client(read=60.0) as client:
+            self.files_out = FileSync(self.gateway, HttpsChunkTransport(client), self.file_bucket)
+            await self.files_out.run_outgoing()
+
+    async def run_file_folder(self) -> None:
+        """The outbox folder into the file outbox."""
+        from gateway.uplink.files import run_folder
+
+        await run_folder(self.gateway)
 
     def deliver(self, namespace: str, path: str, payload: bytes) -> list[str]:
         """Hand a message to the rest routes of `namespace` whose source path is `path`; the routes that took it."""

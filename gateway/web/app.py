@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.api import GatewayAPI
 from gateway.errors import FieldgateError, NotFound, StoreError, ValueRejected
 from gateway.logs import log_ring
+from gateway.web.api import files as files_api
 from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
@@ -87,7 +88,7 @@ def _not_authorized(request: Request[Any, Any, Any], exc: NotAuthorizedException
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    if exc.status_code == 413:  # Litestar says only "Request Entity Too Large"
+    if exc.status_code == 413 and exc.detail == "Request Entity Too Large":  # Litestar's own, which says no more
         limit = request.route_handler.resolve_request_max_body_size()
         exc = HTTPException(status_code=413, detail=f"the request body is larger than the {limit} bytes "
                             f"{request.method} {request.url.path} takes")
@@ -107,7 +108,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
     exclude = [f"^{p}$" for p in sorted(PUBLIC_PATHS)] + [f"^{p}" for p in PUBLIC_PREFIXES]
     return Litestar(
         route_handlers=[
-            healthz, status, plugins, logs_api, DeviceController, *PAGES, *plugin_routes,
+            healthz, status, plugins, logs_api, DeviceController, *files_api.ROUTES, *PAGES, *plugin_routes,
             static_files(*STATIC),
         ],
         state=State({"gateway": gateway, "sessions": BrowserSessions(SESSION_COOKIE, LOGIN_CSRF_COOKIE)}),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.errors import ConfigError, NotFound, PluginError, WorkloadError
+from gateway.files import files_area
 from gateway.resources.schema import Workload, dec_hook, enc_hook
 from gateway.workloads.history import WorkloadHistory
 from gateway.workloads.instance import InstanceRunner
@@ -402,7 +403,9 @@ class WorkloadManager:
                "HOME": str(work_dir), "FIELDGATE_NODE": self.gateway.node_name,
                "FIELDGATE_WORKLOAD": f"{workload.namespace}/{workload.name}", "FIELDGATE_INSTANCE": instance.id,
                "FIELDGATE_REPLICA": str(instance.replica), "FIELDGATE_VERSION": str(instance.version),
-               "FIELDGATE_FILES": str(work_dir / "files")}
+               "FIELDGATE_FILES": str(work_dir / "files"),
+               # the node's files area (what the registry sends): apps read it, only the uplink writes it
+               "FIELDGATE_FILES_DIR": str(files_area(self.gateway.data_dir))}
         for i, (name, port) in enumerate(instance.ports.items()):
             env[f"FIELDGATE_PORT_{name.upper().replace('-', '_')}"] = str(port)
             if i == 0:

@@ -242,6 +242,11 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
                                                          "perm-devices.read": "on"}),
     ("POST", "/roles/{name:str}/delete"): ("/roles/walk-role/delete", {}),
     ("GET", "/upgrades"): ("/upgrades", {}),
+    ("GET", "/files"): ("/files", {}),
+    ("POST", "/files"): ("/files", {"node": NODE}),  # no file chosen
+    ("GET", "/files/{file_id:str}"): ("/files/{file}", {}),
+    ("GET", "/files/{file_id:str}/download"): ("/files/{file}/download", {}),
+    ("POST", "/files/{file_id:str}/delete"): ("/files/0123456789abcdef0123456789abcdef/delete", {}),
     ("GET", "/users"): ("/users", {}),
     ("POST", "/users"): ("/users", {"name": "walked", "role": "viewer", "scope": "workspace:default",
                                     "password": "walked-pass-1"}),
@@ -263,7 +268,7 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
 # forms the walk fills so that they are refused, and say why on the next page
 REFUSED = {("POST", "/nodes/{name:str}/remove"), ("POST", "/workloads/{namespace:str}/{name:str}/action"),
            ("POST", "/api-tokens/{token_id:str}/revoke"),
-           ("POST", "/upgrades")}
+           ("POST", "/upgrades"), ("POST", "/files"), ("POST", "/files/{file_id:str}/delete")}
 
 
 def upgrade_task(fleet: Fleet) -> str:
@@ -288,9 +293,13 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
     (fleet.tmp_path / "walk-route.yaml").write_text(WALK_ROUTE)
     cli(fleet.registry, "apply", "-f", str(fleet.tmp_path / "walk-route.yaml"))
     task = upgrade_task(fleet)
+    (fleet.tmp_path / "walk.bin").write_bytes(b"walk")
+    pushed = cli(fleet.registry, "files", "push", str(fleet.tmp_path / "walk.bin"), "--node", NODE, "--registry",
+                 fleet.registry.url, "--json")
+    file_id = json.loads(pushed.stdout)["id"]
     with session(fleet.registry, None) as anonymous:
         for method, path, _ in sorted(routes):
-            concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable, task=task)
+            concrete = WALK.get((method, path), (path, {}))[0].format(revocable=revocable, task=task, file=file_id)
             answer = anonymous.client.request(method, concrete)
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login"), (method, path)
     for role, permissions in WALKERS.items():
@@ -299,7 +308,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
                 if (method, path) == ("POST", "/logout"):
                     continue
                 concrete, fields = WALK[(method, path)]
-                concrete = concrete.format(revocable=revocable, task=task)
+                concrete = concrete.format(revocable=revocable, task=task, file=file_id)
                 answer = pages.get(concrete) if method == "GET" else pages.post(concrete, fields)
                 allowed = not needed or bool(permissions & set(needed))
                 expected = ({200} if method == "GET" else {200, 303}) if allowed else {403}

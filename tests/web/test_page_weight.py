@@ -16,6 +16,7 @@ from gateway.registry import twins
 from gateway.registry.access import DEFAULT_WORKSPACE, Scope, cli_caller
 from gateway.registry.access import add_user as add_registry_user
 from gateway.registry.app import create_app as create_registry_app
+from gateway.registry.filestore import DirectoryStore
 from gateway.registry.store import RegistryStore
 from gateway.registry.upgrades import CreateUpgrade, create_task
 from gateway.registry.workloads import apply_documents
@@ -84,7 +85,8 @@ REGISTRY_PAGES_WITH_PARAMS = {"/nodes/{name:str}": "/nodes/gw-1", "/groups/{name
                               "/devices/{namespace:str}/{name:str}": "/devices/default/boiler-1",
                               "/apps/batch/{namespace:str}/{name:str}": "/apps/batch/default/batch-1",
                               "/upgrades/{task:str}": "/upgrades/{task}", "/routes/{namespace:str}/{name:str}":
-                              "/routes/default/down", "/roles/{name:str}": "/roles/admin"}
+                              "/routes/default/down", "/roles/{name:str}": "/roles/admin",
+                              "/files/{file_id:str}": "/files/{file}"}
 REGISTRY_DOCUMENTS = """\
 kind: BatchWorkload
 name: batch-1
@@ -130,10 +132,19 @@ def test_registry_page_weight(tmp_path: Path) -> None:
                                   "documents")
             task = await create_task(store, CreateUpgrade(version="9.9.0", wheels={}, nodes=["gw-1"]),
                                      {"fieldgate-9.9.0-py3-none-any.whl": b""}, cli_caller())
-            return str(task["id"])
+            file_id = "0f" * 16  # a file pushed to the node, its bytes in the data dir
+            content = DirectoryStore(data_dir / "files")
+            await content.append(file_id, 0, b"firmware")
+            await content.commit(file_id)
+            await store.files.create({"id": file_id, "name": "firmware.bin", "size": 8, "sha256": "0" * 64,
+                                      "content_type": "application/octet-stream", "labels": {}, "direction": "to-edge",
+                                      "path": "", "source_node": "", "targets": {"nodes": ["gw-1"]},
+                                      "workspace": DEFAULT_WORKSPACE, "created_by": "cli:test", "created_at": 1.0,
+                                      "expires_at": None, "state": "ready"}, ["gw-1"], 1.0)
+            return str(task["id"]), file_id
 
     data_dir.mkdir()
-    task = asyncio.run(prepare())
+    task, file_id = asyncio.run(prepare())
     app = create_registry_app(data_dir)
     with TestClient(app, base_url="https://registry.local") as client:
         form = client.get("/login")
@@ -141,12 +152,13 @@ def test_registry_page_weight(tmp_path: Path) -> None:
         assert csrf
         assert client.post("/login", data={"_csrf": csrf.group(1), "username": "ops", "password": REGISTRY_PASSWORD,
                                            "next": "/"}, follow_redirects=False).status_code == 303
-        concrete = {pattern: path.format(task=task) for pattern, path in REGISTRY_PAGES_WITH_PARAMS.items()}
+        concrete = {pattern: path.format(task=task, file=file_id)
+                    for pattern, path in REGISTRY_PAGES_WITH_PARAMS.items()}
         paths = sorted({concrete.get(path, path)
                         for route in app.routes for path in [route.path]
                         if "GET" in getattr(route, "methods", ()) and not path.startswith(REGISTRY_NOT_PAGES)
                         and not path.startswith("/workloads/")  # one workload's page: this registry runs none
-                        and not path.endswith("/metrics")})
+                        and not path.endswith(("/metrics", "/download"))})  # data, not pages
         assert {"/", "/nodes/gw-1", "/login", "/devices", "/devices/default/boiler-1", "/groups/line-a"} <= set(paths)
         weights = {}
         for path in paths:

@@ -52,6 +52,7 @@ async def test_starts_passes_its_health_check_and_is_restarted_after_a_kill(star
     (instance,) = await ready_instances(node, "web")
     answer = await ask_app(instance)
     assert answer["pid"] == instance["pid"] and answer["version"] == "one"
+    assert answer["files_dir"] == str(node.gateway.data_dir / "files")  # the node's files area, for apps to read
     assert os.getpgid(instance["pid"]) == instance["pid"], "the app runs in its own process group"
 
     os.kill(instance["pid"], signal.SIGKILL)

@@ -37,6 +37,7 @@ NAV = [NavItem("/", "Overview", ""), NavItem("/nodes", "Nodes", "nodes.read"),
        NavItem("/workloads", "Workloads", "apps.read"), NavItem("/apps", "Apps", "apps.read", also=("/configs",)),
        NavItem("/routes", "Routes", "routes.read", also=("/endpoints",)),
        NavItem("/upgrades", "Upgrades", "upgrades.read"),
+       NavItem("/files", "Files", "files.read"),
        NavItem("/join", "Join tokens", "join.manage", also=("/join-tokens",)),
        NavItem("/audit", "Audit log", "audit.read")]
 ADMIN_PAGES = (("/users", "Users", "users.manage"), ("/api-tokens", "API tokens", "tokens.manage"),

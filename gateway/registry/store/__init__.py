@@ -1,8 +1,8 @@
 """The registry's store, on SQLite in its data dir or on PostgreSQL shared by replicas (gateway.registry.store.db):
 every SQL statement of the registry is in this package. RegistryStore holds the nodes, their join tokens and
-certificates, groups and the messages queued for them; each other area's tables are a part of it with typed
-methods: `documents` (and their versions), `twins`, `workloads` (placements, status, events), `upgrades`, `access`
-(folders, workspaces, custom roles, API tokens, users, audit), `samples` and `batches`. Statements that must commit
+certificates, groups and the messages queued for them; each other area's tables are a part of it with typed methods:
+`documents` (and their versions), `twins`, `workloads` (placements, status, events), `upgrades`, `access` (folders,
+workspaces, custom roles, API tokens, users, audit), `samples`, `batches` and `files`. Statements that must commit
 together go through one `transaction`, or come back from a part's method as statements for another one to run
 (`Statement`)."""
 
@@ -28,6 +28,7 @@ from gateway.registry.store.access import AccessTables
 from gateway.registry.store.batches import BatchTables
 from gateway.registry.store.db import Database, KeyTaken, NothingMatched, Statement, open_database
 from gateway.registry.store.documents import Document, DocumentTables
+from gateway.registry.store.files import FileTables
 from gateway.registry.store.routes import RouteTables
 from gateway.registry.store.samples import SampleTables, sample_statements
 from gateway.registry.store.twins import TwinTables
@@ -64,6 +65,7 @@ class RegistryStore:
         self.access = AccessTables(self)
         self.samples = SampleTables(self)
         self.batches = BatchTables(self)
+        self.files = FileTables(self)
 
     async def __aenter__(self) -> RegistryStore:
         self._database = await open_database(self.data_dir, self.db_url)

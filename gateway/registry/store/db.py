@@ -143,6 +143,18 @@ CREATE TABLE roles (name TEXT PRIMARY KEY, description TEXT NOT NULL, permission
 CREATE TABLE folders (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', created_at {time} NOT NULL);
 INSERT INTO folders (name, description, created_at) SELECT DISTINCT folder, '', 0 FROM workspaces;
 """),
+    (15, """
+CREATE TABLE files (id TEXT PRIMARY KEY, name TEXT NOT NULL, size BIGINT NOT NULL, sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL, labels TEXT NOT NULL, direction TEXT NOT NULL, path TEXT NOT NULL,
+    source_node TEXT NOT NULL, targets TEXT NOT NULL, workspace TEXT NOT NULL, created_by TEXT NOT NULL,
+    created_at {time} NOT NULL, expires_at {time}, state TEXT NOT NULL, received BIGINT NOT NULL DEFAULT 0,
+    bytes_received BIGINT NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '', done_at {time});
+CREATE INDEX files_by_direction ON files (direction, created_at);
+CREATE TABLE file_targets (file TEXT NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, position BIGINT NOT NULL,
+    reason TEXT NOT NULL, bytes_sent BIGINT NOT NULL DEFAULT 0, updated_at {time} NOT NULL,
+    PRIMARY KEY (file, node));
+CREATE INDEX file_targets_by_node ON file_targets (node, state);
+"""),
 ]
 
 
@@ -212,10 +224,9 @@ class SQLiteDatabase:
 
     async def _migrate(self) -> None:
         await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        rows = await self.rows("SELECT MAX(version) FROM schema_version")
-        current = int(rows[0][0] or 0)
+        applied = {int(version) for version, in await self.rows("SELECT version FROM schema_version")}
         for version, script in MIGRATIONS:
-            if version > current:
+            if version not in applied:  # by number, not above the highest: a step numbered in between runs too
                 statements: list[Statement] = [(s, ()) for s in _statements(script, _SQLITE_TIME)]
                 await self.transaction([*statements, ("INSERT INTO schema_version VALUES (?)", (version,))])
 
@@ -312,9 +323,9 @@ class PostgresDatabase:
             # one replica migrates at a time; the others wait here and then find nothing to do
             await connection.execute("SELECT pg_advisory_xact_lock(7246)")
             await connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = int(await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+            applied = {int(row[0]) for row in await connection.fetch("SELECT version FROM schema_version")}
             for version, script in MIGRATIONS:
-                if version > current:
+                if version not in applied:
                     for statement in _statements(script, _PG_TIME):
                         await connection.execute(statement)
                     await connection.execute("INSERT INTO schema_version VALUES ($1)", version)

@@ -31,6 +31,7 @@ LABEL_WORKLOAD = "io.fieldgate.workload"
 LABEL_INSTANCE = "io.fieldgate.instance"
 LABEL_VERSION = "io.fieldgate.version"
 FILES_MOUNT = "/run/fieldgate/files"
+AREA_MOUNT = "/run/fieldgate/area"  # the node's files area (files from the registry), read-only
 STARTED_MARKER = "containers-started"  # in <data dir>/workloads: the engine is asked for leftovers only when present
 HOST_ONLY = ("PATH", "HOME", "LANG")  # the gateway's values mean nothing inside an image
 STARTED_TIMEOUT = 15.0
@@ -277,11 +278,16 @@ class ContainerRuntime(Runtime):
         workload = spec.workload
         env = {k: v for k, v in spec.env.items() if k not in HOST_ONLY or k in workload.env}
         env["FIELDGATE_FILES"] = FILES_MOUNT
+        area = spec.env.get("FIELDGATE_FILES_DIR")
+        area_mount = ["-v", f"{area}:{AREA_MOUNT}:ro"] if area else []  # the node's files area, read-only
+        if area:
+            Path(area).mkdir(parents=True, exist_ok=True)  # the engine refuses to mount what is not there
+            env["FIELDGATE_FILES_DIR"] = AREA_MOUNT
         args = ["run", "--name", self.container_name(spec), "--label", f"{LABEL_OWNER}={self.owner}",
                 "--label", f"{LABEL_WORKLOAD}={workload.namespace}/{workload.name}",
                 "--label", f"{LABEL_INSTANCE}={spec.instance}", "--label", f"{LABEL_VERSION}={spec.version}",
                 "--stop-timeout", str(math.ceil(float(workload.stop_grace))),
-                "-v", f"{files_dir}:{FILES_MOUNT}:ro"]
+                "-v", f"{files_dir}:{FILES_MOUNT}:ro", *area_mount]
         if self.engine is not None and self.engine.is_podman:
             args.append("--replace")
         if workload.network == "ports":

@@ -166,3 +166,14 @@ async def test_a_broken_engine_fails_the_workload_with_its_message(fake_engine: 
                                     "init: permission denied")
     assert [e["event"] for e in (await node.api.get("/api/v1/workloads/default/norun/events")).json()] == [
         "scheduled", "failed"]
+
+
+def test_the_nodes_files_area_is_mounted_read_only(tmp_path: Path) -> None:
+    workload = msgspec.convert({"kind": "Workload", "name": "reader", "runtime": "container", "image": "busybox"},
+                               Workload, dec_hook=dec_hook)
+    area = tmp_path / "data" / "files"
+    spec = InstanceSpec(workload, "reader-1-0", 1, {"FIELDGATE_FILES_DIR": str(area)}, {}, {}, tmp_path / "work",
+                        lambda stream, line: None)
+    args, env = ContainerRuntime(tmp_path / "data").run_args(spec, tmp_path / "instance-files")
+    assert f"{area}:/run/fieldgate/area:ro" in args and area.is_dir()
+    assert env["FIELDGATE_FILES_DIR"] == "/run/fieldgate/area"  # the path inside the container, not the host's

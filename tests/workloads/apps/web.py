@@ -17,6 +17,7 @@ class Handler(BaseHTTPRequestHandler):
                 "pid": os.getpid(), "version": os.environ.get("APP_VERSION", ""),
                 "instance": os.environ["FIELDGATE_INSTANCE"], "password": os.environ.get("DB_PASSWORD", ""),
                 "file": (files / "conf/app.ini").read_text() if (files / "conf/app.ini").exists() else "",
+                "files_dir": os.environ.get("FIELDGATE_FILES_DIR", ""),
             }).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

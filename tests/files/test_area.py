@@ -1,0 +1,105 @@
+"""The files area's checks, the bandwidth cap and the node's file records, without processes: every way out of the
+area is refused before anything is written, the token bucket holds its rate, and the outbox and received files
+survive a reopened store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.files.area import Refused, destination, place, usage
+from gateway.files.bucket import TokenBucket
+from gateway.files.outbox import FolderWatcher, TooLarge, take_stream
+from gateway.store import Store
+
+
+@pytest.mark.parametrize(("path", "name", "why"), [
+    ("../up", "a.bin", "'..'"), ("a/../../up", "a.bin", "'..'"), ("/etc", "a.bin", "absolute"),
+    ("", "../a.bin", "'..'"), ("", "a/b.bin", "one file name"), ("", "..", "'..'"), ("", "", "one file"),
+    ("a\\b", "x", "backslash"), ("ok", "bad\nname", "control"), ("ok", "nul\x00", "control"),
+])
+def test_names_and_paths_out_of_the_area_are_refused(tmp_path: Path, path: str, name: str, why: str) -> None:
+    area = tmp_path / "files"
+    with pytest.raises(Refused, match=why):
+        destination(area, path, name)
+    assert list(tmp_path.rglob("*")) in ([], [area])  # nothing made beside the area itself
+
+
+def test_symlinks_out_of_the_area_are_refused_and_links_inside_are_followed(tmp_path: Path) -> None:
+    area, outside = tmp_path / "files", tmp_path / "outside"
+    (area / "inside").mkdir(parents=True)
+    outside.mkdir()
+    (area / "out").symlink_to(outside)
+    (area / "alias").symlink_to(area / "inside")
+    (area / "inside" / "target.txt").symlink_to(outside / "target.txt")
+    with pytest.raises(Refused, match="symlink"):
+        destination(area, "out", "a.bin")
+    with pytest.raises(Refused, match="symlink"):
+        destination(area, "out/deeper", "a.bin")
+    with pytest.raises(Refused, match="symlink"):
+        destination(area, "inside", "target.txt")  # the name itself a link out: not replaced
+    assert destination(area, "alias/new", "a.bin") == (area / "inside" / "new" / "a.bin").resolve()
+    assert list(outside.iterdir()) == []
+    temporary = tmp_path / "incoming"
+    temporary.write_bytes(b"12345")
+    final = destination(area, "docs", "n.txt")
+    place(temporary, final)
+    assert final.read_bytes() == b"12345" and not temporary.exists()
+    assert usage(area) == 5  # links not counted
+
+
+async def test_the_token_bucket_holds_its_rate() -> None:
+    bucket = TokenBucket(4 << 20)  # 4 MB/s, a burst of a second's worth
+    started = time.monotonic()
+    for _ in range(12):
+        await bucket.take(1 << 20)
+    elapsed = time.monotonic() - started
+    assert 1.5 < elapsed < 4.0, elapsed  # 12 MiB: 4 at once, 8 more at 4 MiB/s
+    unlimited = TokenBucket(None)
+    started = time.monotonic()
+    for _ in range(100):
+        await unlimited.take(1 << 20)
+    assert time.monotonic() - started < 0.5
+
+
+async def chunks(*blocks: bytes) -> AsyncIterator[bytes]:
+    for block in blocks:
+        await asyncio.sleep(0)
+        yield block
+
+
+async def test_the_outbox_keeps_its_files_across_a_reopened_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        record = await take_stream(store, tmp_path, "a.csv", chunks(b"t,v\n", b"1,2\n"), limit=100,
+                                   quota=1000)
+        with pytest.raises(TooLarge, match=r"files\.max_upload"):
+            await take_stream(store, tmp_path, "big.csv", chunks(b"x" * 60, b"x" * 60), limit=100,
+                              quota=1000)
+        with pytest.raises(TooLarge, match="outbox_quota"):
+            await take_stream(store, tmp_path, "more.csv", chunks(b"x" * 10), limit=100, quota=12)
+        folder = tmp_path / "drop"
+        watcher = FolderWatcher(store, tmp_path, folder)
+        assert await watcher.look(100, 1000) == []
+        (folder / "later.bin").write_bytes(b"abc")
+        assert await watcher.look(100, 1000) == []  # seen once: it may still be growing
+        taken = await watcher.look(100, 1000)
+        assert [t["name"] for t in taken] == ["later.bin"] and not (folder / "later.bin").exists()
+    finally:
+        await store.close()
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        queued = await store.files.outbox_queue()
+        assert [(q["name"], q["size"], q["state"]) for q in queued] == [("a.csv", 8, "queued"), ("later.bin", 3,
+                                                                                                 "queued")]
+        assert queued[0]["id"] == record["id"]
+        assert sorted(p.name for p in (tmp_path / "file-transfers" / "outbox").iterdir()) == sorted(
+            q["id"] for q in queued)  # no temporary file left by the refused ones
+    finally:
+        await store.close()

@@ -76,7 +76,8 @@ async def file_download(request: AnyRequest, file_id: FromPath[str]) -> Stream:
     return files.download_response(request.app.state.files, record)
 
 
-@post("/files/{file_id:str}/delete", summary="Delete a file", status_code=303, **page("files.write", action="delete files"))
+@post("/files/{file_id:str}/delete", summary="Delete a file", status_code=303,
+      **page("files.write", action="delete files"))
 async def file_delete(request: AnyRequest, file_id: FromPath[str]) -> Response[Any]:
     try:
         await files.delete_file(store_of(request), request.app.state.files, caller_of(request), file_id)

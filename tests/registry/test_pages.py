@@ -146,7 +146,8 @@ def page_routes() -> set[tuple[str, str, str]]:
             if PAGE_ROLE in handler.opt}
 
 
-WALK_BATCH = "kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
+WALK_BATCH = ("kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
+              "---\nkind: ConfigItem\nname: walk-config\ndata: {a: b}\n")
 SPARE_DEVICE = "kind: Device\nname: spare-{n}\nmodel: thermo\nprotocol: {{name: virtual}}\n"
 WALK_ROUTE = ("kind: Endpoint\nname: walk-in\ntype: rest\n---\nkind: Endpoint\nname: walk-out\ntype: http\n"
               "properties: {url: 'http://127.0.0.1:1'}\n---\nkind: Route\nname: walk-route\nsource: walk-in\n"
@@ -161,11 +162,13 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/apps/batch/{namespace:str}/{name:str}"): ("/apps/batch/default/walk-batch", {}),
     ("POST", "/apps/batch/{namespace:str}/{name:str}/rollback"): ("/apps/batch/default/walk-batch/rollback",
                                                                   {"version": "1"}),
+    ("POST", "/apps/delete"): ("/apps/delete", {"kind": "BatchWorkload", "name": "walk-batch"}),
     ("GET", "/apps/edit"): ("/apps/edit?kind=BatchWorkload&name=walk-batch", {}),
     ("POST", "/apps/edit"): ("/apps/edit", {"kind": "Workload", "name": "walk-app", "command": "sleep\n60",
                                             "node": NODE}),
     ("GET", "/audit"): ("/audit", {}),
     ("GET", "/configs"): ("/configs", {}),
+    ("POST", "/configs/delete"): ("/configs/delete", {"kind": "ConfigItem", "name": "walk-config"}),
     ("GET", "/configs/edit"): ("/configs/edit?kind=Secret", {}),
     ("POST", "/configs/edit"): ("/configs/edit", {"kind": "Secret", "name": "walk-secret", "rows": "1",
                                                   "data-0-key": "token", "data-0-value": "walk"}),
@@ -290,14 +293,14 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.client.post(f"/nodes/{NODE}/scheduling", data={"action": "pause"}).status_code == 403
             assert pages.post("/logout").status_code == 303
             assert pages.get("/").status_code == 303
-    for kind, name in (("BatchWorkload", "walk-batch"), ("Workload", "walk-app"), ("Secret", "walk-secret"),
+    for kind, name in (("Workload", "walk-app"), ("Secret", "walk-secret"),
                        ("Route", "walk-route"), ("Endpoint", "walk-in"), ("Endpoint", "walk-out")):
         cli(fleet.registry, "delete", kind, name)  # the later tests count the fleet's apps
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
     for action in ("node.change", "group.create", "group.change", "group.delete", "join-token.create",
                    "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "user.add",
                    "user.change", "user.password", "user.remove", "token.create", "workspace.create",
-                   "upgrade.stop"):
+                   "upgrade.stop", "document.delete"):
         assert f" {action} " in audit, action
 
 

@@ -54,10 +54,11 @@ TWINS = {
             "setpoint": {"reported": 20.0, "quality": "good", "reported_at": 1.0}}},
         {"device": "plant/meter-7", "state": "online", "properties": {
             "power": {"reported": 4.25, "quality": "good", "reported_at": 1.0},
+            "energy": {"reported": 1234.5678912, "quality": "good", "reported_at": 1.0},
             "limit": {"reported": 10, "quality": "good", "reported_at": 1.0}}},
     ],
     "twins_complete": True,
-    "described": [{"device": "plant/meter-7", "model": "sdm630", "units": {"power": "kW"}},
+    "described": [{"device": "plant/meter-7", "model": "sdm630", "units": {"power": "kW", "energy": "kWh"}},
                   {"device": "default/boiler-1", "model": "thermo", "units": {"temperature": "degC",
                                                                                 "setpoint": "degC"}}],
 }
@@ -352,11 +353,17 @@ def test_every_device_a_node_reports_is_listed_with_its_latest_values_and_units(
         listing = pages.get("/devices").text
         meter = re.search(r'<tr data-device="plant/meter-7".*?</tr>', listing, re.S)
         assert meter, "a device only the node knows is missing from the fleet's list"
-        assert "sdm630" in meter.group(0) and "4.25</strong> kW" in meter.group(0)
+        assert "sdm630" in meter.group(0) and ">4.25 kW</strong>" in meter.group(0)
+        assert ">1234.568 kWh</strong>" in meter.group(0)  # three decimals at most, not the float's noise
+        assert ">10</strong>" in meter.group(0)  # an integer as an integer
         boiler = re.search(r'<tr data-device="default/boiler-1".*?</tr>', listing, re.S)
-        assert boiler and "21</strong> \u00b0C" in boiler.group(0) and "registry" in boiler.group(0)
+        assert boiler and ">21 \u00b0C</strong>" in boiler.group(0) and "registry" in boiler.group(0)
+        assert "degC" not in boiler.group(0)
         node = pages.get(f"/nodes/{NODE}").text
         assert 'data-device="plant/meter-7"' in node and 'data-device="default/boiler-1"' in node
+        assert ">1234.568 kWh</strong>" in node and ">21 \u00b0C</strong>" in node
+        device = pages.get("/devices/plant/meter-7", params={"node": NODE}).text
+        assert ">1234.568 kWh</td>" in device
         assert "4.2.0" in node and "(seen by the registry)" in node
         assert pages.get("/devices?q=meter").text.count("data-device=") == 1
         assert pages.get(f"/devices?node={NODE}&state=online").text.count("data-device=") == 2

@@ -161,6 +161,7 @@ async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
     window = request.query_params.get("window", "1h")
     window = window if window in PLOT_WINDOWS else "1h"
     devices = await twins.device_views(store, node=name)
+    await twins.declared_decimals(store, devices)
     workloads = [view for view in await workload_views(store, caller) if view["node"] == name]
     panel = await _node_log(request, name) if request.query_params.get("logs") else None
     return show(request, "node.html", node=node, devices=devices, workloads=workloads, addresses=addresses(node),

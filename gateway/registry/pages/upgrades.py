@@ -29,6 +29,9 @@ PHASES = {upgrades.PENDING: "pending", upgrades.ASSIGNED: "running", UPGRADING: 
           **dict.fromkeys(upgrades.FAILED, "failed")}
 
 
+PHASE_NAMES = ("pending", "running", "done", "failed", "cancelled")
+
+
 def phase(status: str) -> str:
     return PHASES.get(status, "failed" if status.startswith("failed") else "running")
 
@@ -105,7 +108,7 @@ async def upgrade_page(request: AnyRequest, task: FromPath[str]) -> Template:
     for node in view["nodes"]:
         node["phase"] = phase(node["status"])
         counts[node["phase"]] = counts.get(node["phase"], 0) + 1
-    return show(request, "upgrade.html", task=view, counts=counts,
+    return show(request, "upgrade.html", task=view, counts=counts, phases=PHASE_NAMES,
                 unfinished=view["state"] in upgrades.UNFINISHED)
 
 

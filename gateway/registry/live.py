@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 import msgspec
-
 from litestar import get
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromPath, FromQuery

@@ -335,7 +335,7 @@ def test_the_overview_counts_and_alerts_link_to_their_lists(fleet: Fleet) -> Non
         assert re.search(r'id="devices-total">2<', overview.text) and 'href="/devices?state=online"' in overview.text
         assert re.search(r'id="apps-total">1<', overview.text) and 'href="/workloads?status=failed"' in overview.text
         assert 'href="/upgrades?state=running"' in overview.text
-        alert = re.search(r'<tr data-alert="desired value refused">.*?</tr>', overview.text, re.S)
+        alert = re.search(r'<tr data-alert="desired value refused"[^>]*>.*?</tr>', overview.text, re.S)
         assert alert and "limit: above the maximum 50" in alert.group(0) and "plant/meter-7" in alert.group(0)
         device = pages.get(f"/devices/plant/meter-7?node={NODE}").text
         assert "refused" in device and "limit: above the maximum 50" in device

@@ -81,7 +81,8 @@
       fill(row, item, true);
       for (const element of [row, ...row.querySelectorAll("*")]) {
         const href = element.dataset.liveHref, title = element.dataset.liveTitle;
-        if (href && typeof item[href] === "string" && item[href].startsWith("/")) element.setAttribute("href", item[href]);
+        const path = href && typeof item[href] === "string" ? item[href] : "";
+        if (path.startsWith("/") && !path.startsWith("//")) element.setAttribute("href", path);  // this site's paths only
         if (title && has(item, title)) element.title = String(item[title]);
       }
       made.appendChild(row);

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -193,7 +194,8 @@ async def nodes_events(request: AnyRequest) -> ServerSentEvent:
     return sessions.live.respond(sid, changes(snapshot, NODES_EVERY, "update", VOLATILE), allowed)
 
 
-def _follow(request: AnyRequest, sid: str, session: Session, caller: Caller) -> tuple[dict[str, Caller], Any]:
+def _follow(request: AnyRequest, sid: str, session: Session,
+            caller: Caller) -> tuple[dict[str, Caller], Callable[[], Awaitable[bool]]]:
     """The caller as it is now (`seen["caller"]`), and the `allowed` check of a stream: the session still open
     and its user still there, with the scope it has now."""
     sessions: BrowserSessions = request.app.state.page_sessions

@@ -45,7 +45,7 @@ def with_unit(text: str, unit: str | None) -> str:
 
 
 def reading(value: Any, decimals: int | None = None) -> str:
-    """A reported value for a page: `21` (an integer), `21.46` (three decimals at most, no trailing zeros; three
+    """A reported value for a page: `21` (an integer), `21.457` (three decimals at most, no trailing zeros; three
     significant digits below 0.001), `21.5` with `decimals=1` (the property's declared precision), `true`; an en
     dash when there is none."""
     if value is None:

@@ -518,7 +518,8 @@ async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
 
 
 def _configure_upgrades(sub: Any) -> None:
-    upgrade = sub.add_parser("upgrade", help="batch upgrades of nodes from a wheel directory: create, list, show")
+    upgrade = sub.add_parser("upgrade", help="batch upgrades of nodes from a wheel directory: create, list, show, "
+                                             "stop")
     upgrade_sub = upgrade.add_subparsers(dest="upgrade_action", required=True)
     create = upgrade_sub.add_parser("create", help="record the wheels and hand them to the nodes, a few at a time")
     create.add_argument("--version", required=True, help="the fieldgate version the wheels hold")
@@ -536,7 +537,10 @@ def _configure_upgrades(sub: Any) -> None:
     show = upgrade_sub.add_parser("show", help="one task with the status of every node")
     show.add_argument("id")
     listing = upgrade_sub.add_parser("list", help="every task with counts per status")
-    for command in (create, show, listing):
+    stop = upgrade_sub.add_parser("stop", help="stop a task: its nodes not started yet are cancelled, the nodes "
+                                               "upgrading finish")
+    stop.add_argument("id", metavar="TASK")
+    for command in (create, show, listing, stop):
         command.add_argument("--json", action="store_true", help="JSON instead of lines")
         _data_dir(command)
 

@@ -1,5 +1,6 @@
 """The registry pages' live data, for a page session (401 without one): the nodes' states as a stream the node list
-and the overview follow without reload, and a node's resource samples for its plots.
+follows without reload, the overview's numbers and alerts, an upgrade task's progress, and a node's resource samples
+for its plots.
 
 `GET /events/nodes`: server-sent events (gateway.webkit.live: bounded per session, ended at logout) named
 `update`, every `NODES_EVERY` seconds something changed: `counts` (`total`, and per state `healthy`, `offline`,
@@ -9,6 +10,17 @@ nodes in the user's scope as it is now. Every stream reads the same snapshot of 
 `NODES_EVERY` seconds however many pages are open, so it works the same on every replica and never touches the
 heartbeat path.
 
+`GET /events/overview`: events `update` every `OVERVIEW_EVERY` seconds something changed, of what the overview shows
+in the user's scope: `counts` (the nodes, as above), `apps` (`running`, `failed`, `total` placed instances),
+`devices` (`online`, `not_online`, `total`), `upgrades` (`open`, `total`) and `alerts` (the list of the newest, each
+`at`, `when`, `kind`, `subject`, `href`, `reason`). The fleet is read at most once per `OVERVIEW_EVERY` seconds for
+all streams together and filtered per user.
+
+`GET /events/upgrades/{task}`: events `update` every `TASK_EVERY` seconds the task changed: `task` (`state`,
+`open`: still running or stopping, `finished`), `phases` (nodes pending, running, done, failed, cancelled) and
+`nodes` rows by node (`phase`, `status`, `reason`, `log`, `has_log`, `started`, `finished`); 404 for a task outside
+the user's scope, and the stream ends when the task is gone.
+
 `GET /nodes/{name}/metrics?window=15m|1h|6h|24h`: a node's per-minute samples (gateway.registry.monitoring) for
 webkit/static/plot.js.
 """
@@ -17,25 +29,33 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from litestar import get
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent
 
-from gateway.errors import AuthError, ConfigError
-from gateway.registry import access
+from gateway.errors import AuthError, ConfigError, NotFound
+from gateway.registry import access, twins, upgrades
 from gateway.registry.access import AnyRequest, Caller
 from gateway.registry.pages.nodes import PLOT_WINDOWS
+from gateway.registry.pages.overview import alerts, figures
+from gateway.registry.pages.upgrades import PHASE_NAMES, phase
 from gateway.registry.store import RegistryStore
+from gateway.registry.workloads import workload_views
 from gateway.webkit.live import SSE_OPT, Snapshot, changes
 from gateway.webkit.sessions import BrowserSessions, Session
+from gateway.webkit.templating import format_ts
 
 # the permission these routes need, for the generated docs: a user with a page session whose role holds it (they
 # check it themselves, with a 401 or 403 rather than the page guard's redirect to the login form)
 SESSION_PERMISSION = {"session_permission": "nodes.read"}
 NODES_EVERY = 2.0
+OVERVIEW_EVERY = 3.0  # the overview reads every workload, device and task of the fleet: a little less often
+TASK_EVERY = 2.0
 NODE_STATES = ("healthy", "offline", "joined")
 # how long ago the last heartbeat was, in words: it changes on every read, so on its own it is no change
 VOLATILE = frozenset({"reason"})
@@ -85,6 +105,72 @@ def _needs(caller: Caller, permission: str) -> None:
         raise PermissionDeniedException(access.refusal(caller, (permission,)))
 
 
+class Fleet(msgspec.Struct):
+    """What the overview counts, for every scope: nodes, placed workloads, devices and upgrade tasks."""
+
+    nodes: list[dict[str, Any]]
+    placed: list[dict[str, Any]]
+    devices: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+
+
+class FleetStates:
+    """The fleet as the store has it, read at most once per `every` seconds for all overview streams together."""
+
+    def __init__(self, every: float = OVERVIEW_EVERY) -> None:
+        self.every = every
+        self._read_at = -every
+        self._fleet = Fleet([], [], [], [])
+        self._lock = asyncio.Lock()
+
+    async def current(self, store: RegistryStore) -> Fleet:
+        async with self._lock:
+            if time.monotonic() - self._read_at >= self.every * 0.9:
+                self._fleet = Fleet(await store.nodes(),
+                                    [view for view in await workload_views(store) if view["node"]],
+                                    await twins.device_views(store), await upgrades.task_views(store))
+                self._read_at = time.monotonic()
+            return self._fleet
+
+
+def fleet_states(request: AnyRequest) -> FleetStates:
+    states: FleetStates | None = getattr(request.app.state, "live_fleet_states", None)
+    if states is None:
+        states = request.app.state.live_fleet_states = FleetStates()
+    return states
+
+
+def overview_snapshot(fleet: Fleet, caller: Caller) -> Snapshot:
+    """The overview's numbers and alerts in `caller`'s scope, as the page renders them."""
+    # each figure only for a role that may see what it counts, as the page does
+    seen = {node["name"] for node in fleet.nodes if caller.sees(node.get("workspace"))}
+    nodes = [node for node in fleet.nodes if node["name"] in seen] if caller.can("nodes.read") else []
+    placed = [view for view in fleet.placed if view["node"] in seen] if caller.can("apps.read") else []
+    devices = [view for view in fleet.devices if view["node"] in seen] if caller.can("devices.read") else []
+    tasks = ([task for task in fleet.tasks if caller.sees(task["workspace"])] if caller.can("upgrades.read")
+             else [])
+    shown = figures(nodes, placed, devices, tasks)
+    return {"counts": nodes_snapshot(nodes, caller)["counts"], "apps": shown["apps"], "devices": shown["devices"],
+            "upgrades": shown["upgrades"],
+            "alerts": [{**alert, "when": format_ts(alert["at"], utc=True)} for alert in alerts(nodes, placed, devices)]}
+
+
+def task_snapshot(view: dict[str, Any]) -> Snapshot:
+    """An upgrade task's state, its nodes per phase and each node's row, as the task page shows them."""
+    phases = dict.fromkeys(PHASE_NAMES, 0)
+    rows: dict[str, Any] = {}
+    for node in view["nodes"]:
+        shown = phase(node["status"])
+        phases[shown] += 1
+        rows[node["node"]] = {"phase": shown, "status": node["status"], "reason": node["reason"],
+                              "log": node["log"] or "", "has_log": bool(node["log"]),
+                              "started": format_ts(node["started_at"], utc=True),
+                              "finished": format_ts(node["finished_at"], utc=True)}
+    return {"task": {"state": view["state"], "open": view["state"] in upgrades.UNFINISHED,
+                     "finished": format_ts(view["finished_at"], utc=True)},
+            "phases": phases, "nodes": rows}
+
+
 async def _page_session(request: AnyRequest) -> tuple[str, Session, Caller]:
     """The page session of the request and its user as stored now; 401 without a valid one."""
     sessions: BrowserSessions = request.app.state.page_sessions
@@ -108,9 +194,23 @@ async def nodes_events(request: AnyRequest) -> ServerSentEvent:
     sessions: BrowserSessions = request.app.state.page_sessions
     store: RegistryStore = request.app.state.store
     states = node_states(request)
+    seen, allowed = _follow(request, sid, session, caller)
+
+    async def snapshot() -> Snapshot:
+        return nodes_snapshot(await states.current(store), seen["caller"])
+
+    return sessions.live.respond(sid, changes(snapshot, NODES_EVERY, "update", VOLATILE), allowed)
+
+
+def _follow(request: AnyRequest, sid: str, session: Session,
+            caller: Caller) -> tuple[dict[str, Caller], Callable[[], Awaitable[bool]]]:
+    """The caller as it is now (`seen["caller"]`), and the `allowed` check of a stream: the session still open
+    and its user still there, with the scope it has now."""
+    sessions: BrowserSessions = request.app.state.page_sessions
+    store: RegistryStore = request.app.state.store
     seen = {"caller": caller}
 
-    async def allowed() -> bool:  # the session still open and its user still there, with the scope it has now
+    async def allowed() -> bool:
         if sessions.store.peek(sid) is None:
             return False
         try:
@@ -119,10 +219,41 @@ async def nodes_events(request: AnyRequest) -> ServerSentEvent:
             return False
         return True
 
-    async def snapshot() -> Snapshot:
-        return nodes_snapshot(await states.current(store), seen["caller"])
+    return seen, allowed
 
-    return sessions.live.respond(sid, changes(snapshot, NODES_EVERY, "update", VOLATILE), allowed)
+
+@get("/events/overview", summary="Live numbers and alerts of the overview in the user's scope (SSE, page session)",
+     include_in_schema=False, opt={**SSE_OPT, "session_permission": "session"})
+async def overview_events(request: AnyRequest) -> ServerSentEvent:
+    sid, session, caller = await _page_session(request)
+    sessions: BrowserSessions = request.app.state.page_sessions
+    store: RegistryStore = request.app.state.store
+    states = fleet_states(request)
+    seen, allowed = _follow(request, sid, session, caller)
+
+    async def snapshot() -> Snapshot:
+        return overview_snapshot(await states.current(store), seen["caller"])
+
+    return sessions.live.respond(sid, changes(snapshot, OVERVIEW_EVERY, "update", VOLATILE), allowed)
+
+
+@get("/events/upgrades/{task:str}", summary="Live progress of an upgrade task, node by node (SSE, page session)",
+     include_in_schema=False, opt={**SSE_OPT, "session_permission": "upgrades.read"})
+async def upgrade_events(request: AnyRequest, task: FromPath[str]) -> ServerSentEvent:
+    sid, session, caller = await _page_session(request)
+    _needs(caller, "upgrades.read")
+    sessions: BrowserSessions = request.app.state.page_sessions
+    store: RegistryStore = request.app.state.store
+    await upgrades.task_view(store, task, caller)  # 404 outside the user's scope, before the stream starts
+    seen, allowed = _follow(request, sid, session, caller)
+
+    async def snapshot() -> Snapshot | None:
+        try:
+            return task_snapshot(await upgrades.task_view(store, task, seen["caller"]))
+        except NotFound:
+            return None  # gone, or out of the user's scope now: the stream ends
+
+    return sessions.live.respond(sid, changes(snapshot, TASK_EVERY, "update"), allowed)
 
 
 @get("/nodes/{name:str}/metrics", summary="A node's resource samples for its plots (page session)",
@@ -142,4 +273,4 @@ async def node_metrics_page(request: AnyRequest, name: FromPath[str], window: Fr
     return {**await node_samples(store, name, now - seconds), "since": now - seconds, "until": now}
 
 
-ROUTE_HANDLERS = [nodes_events, node_metrics_page]
+ROUTE_HANDLERS = [nodes_events, overview_events, upgrade_events, node_metrics_page]

@@ -32,6 +32,7 @@ from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.schema import VALUE_MAX_LENGTH, PropertyModel
 from gateway.resources.values import coerce, same_value
+from gateway.webkit.units import scale_decimals
 from gateway.wire import MIN_REPORT_INTERVAL, DesiredAck, DesiredValue, DeviceDescription, DeviceReport
 
 MAX_UNCHECKED_TEXT = VALUE_MAX_LENGTH * 4 // 3 + 4  # the longest value any property may take (bytes as base64)
@@ -195,6 +196,40 @@ async def _describe_from_documents(store: RegistryStore, views: list[dict[str, A
         document = await store.documents.get("DeviceModel", entry["namespace"], model) if model else None
         properties = json.loads(document).get("properties", []) if document else []
         entry.update(model=model, units={p["name"]: p["unit"] for p in properties if p.get("unit")})
+
+
+FLOAT_REGISTERS = ("float32", "float64")
+
+
+async def declared_decimals(store: RegistryStore, views: list[dict[str, Any]]) -> None:
+    """Give each view `decimals`: per property, the decimals its readings show with, as the registry's own Device
+    and DeviceModel documents declare them (an `int` property 0, an integer register with a scale of 0.1 one);
+    empty for a device only its node knows (the pages then show up to three decimals)."""
+    declared: dict[tuple[str, str], dict[str, int]] = {}
+    for entry in views:
+        key = (entry["namespace"], entry["name"])
+        if key not in declared:
+            declared[key] = await _decimals_of(store, *key) if entry.get("applied_at_registry") else {}
+        entry["decimals"] = declared[key]
+
+
+async def _decimals_of(store: RegistryStore, namespace: str, name: str) -> dict[str, int]:
+    device = await store.documents.get("Device", namespace, name)
+    if device is None:
+        return {}
+    raw = json.loads(device)
+    model = await store.documents.get("DeviceModel", namespace, str(raw.get("model") or "")) if raw.get("model") \
+        else None
+    types = {p.get("name"): p.get("type") for p in (json.loads(model).get("properties") or [])} if model else {}
+    decimals: dict[str, int] = {name: 0 for name, kind in types.items() if kind == "int" and isinstance(name, str)}
+    for prop in raw.get("properties") or []:
+        visitor = prop.get("visitor") if isinstance(prop, dict) else None
+        if not isinstance(visitor, dict) or prop.get("name") in decimals or visitor.get("type") in FLOAT_REGISTERS:
+            continue
+        found = scale_decimals(visitor.get("scale"))
+        if found is not None:
+            decimals[str(prop.get("name"))] = found
+    return decimals
 
 
 async def visible(store: RegistryStore, caller: access.Caller, views: list[dict[str, Any]]) -> list[dict[str, Any]]:

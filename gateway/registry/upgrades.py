@@ -119,21 +119,35 @@ async def _targets(store: RegistryStore, spec: CreateUpgrade) -> list[str]:
 
 async def create_task(store: RegistryStore, spec: CreateUpgrade, wheels: dict[str, bytes],
                       actor: access.Caller) -> dict[str, Any]:
-    """Check and record an upgrade task with its wheels; its view."""
-    check_wheels(spec.version, wheels)
-    await access.check_workspace(store, spec.workspace)
+    """Check and record an upgrade task with its wheels; its view. A refusal is audited with its reason."""
+    selector = {"nodes": spec.nodes, "labels": spec.labels, "group": spec.group}
+    detail = {"version": spec.version, **selector, "concurrency": spec.concurrency,
+              "max_failures": spec.max_failures, "wheels": sorted(wheels)}
+    try:
+        check_wheels(spec.version, wheels)
+        await access.check_workspace(store, spec.workspace)
+        targets = await _targets(store, spec)
+    except (ConfigError, NotFound) as exc:
+        await record_refused(store, actor, spec.workspace, str(exc), detail)
+        raise
     task = f"up-{secrets.token_hex(4)}"
     async with access.audited(store, actor, "upgrade.create", f"upgrade/{task}",
                               access.workspace_scope(spec.workspace)) as entry:
-        targets = await _targets(store, spec)
-        selector = {"nodes": spec.nodes, "labels": spec.labels, "group": spec.group}
-        entry.detail = {"version": spec.version, **selector, "targets": targets, "concurrency": spec.concurrency,
-                        "max_failures": spec.max_failures, "wheels": sorted(wheels)}
+        entry.detail = {**detail, "targets": targets}
         await store.upgrades.create(task, spec.version, selector, spec.concurrency, spec.max_failures, spec.deadline,
                                     spec.workspace, actor.actor, wheels, targets, PENDING, "not started yet",
                                     time.time())
     await advance(store)
     return await task_view(store, task)
+
+
+async def record_refused(store: RegistryStore, actor: access.Caller, workspace: str, reason: str,
+                         detail: dict[str, Any]) -> None:
+    """Audit an upgrade task refused before it existed (bad wheels, too big, bad names, no targets): action
+    `upgrade.create`, object `upgrade`, outcome `refused: <reason>`; in the caller's scope when the workspace named
+    is not one it sees."""
+    scope = access.workspace_scope(workspace) if actor.sees(workspace) else str(actor.scope)
+    await access.record(store, actor, scope, "upgrade.create", "upgrade", f"refused: {reason}", detail)
 
 
 async def advance(store: RegistryStore) -> None:
@@ -247,13 +261,19 @@ async def task_view(store: RegistryStore, task: str, caller: access.Caller | Non
       status_code=201, request_max_body_size=MAX_WHEELS_BYTES * 4 // 3 + 2**20)
 async def create_upgrade(request: AnyRequest, data: JSONBody[CreateUpgrade]) -> dict[str, Any]:
     caller = await access.require_caller(request, "upgrades.run")
-    if not caller.sees(data.workspace):
-        raise ConfigError(f"workspace {data.workspace!r}: no such workspace")
+    store = store_of(request)
     try:
-        wheels = {name: base64.b64decode(content, validate=True) for name, content in data.wheels.items()}
-    except ValueError as exc:
-        raise ConfigError(f"$.wheels: not base64: {exc}") from None
-    return await create_task(store_of(request), data, wheels, caller)
+        if not caller.sees(data.workspace):
+            raise ConfigError(f"workspace {data.workspace!r}: no such workspace")
+        try:
+            wheels = {name: base64.b64decode(content, validate=True) for name, content in data.wheels.items()}
+        except ValueError as exc:
+            raise ConfigError(f"$.wheels: not base64: {exc}") from None
+    except ConfigError as exc:
+        await record_refused(store, caller, data.workspace, str(exc), {"version": data.version,
+                                                                       "wheels": sorted(data.wheels)})
+        raise
+    return await create_task(store, data, wheels, caller)
 
 
 @get("/api/v1/upgrades", summary="Upgrade tasks with the status of every node")
@@ -301,7 +321,7 @@ def read_wheel_dir(directory: Path) -> dict[str, bytes]:
 
 
 async def run_command(store: RegistryStore, args: argparse.Namespace) -> None:
-    """`registry upgrade create|list|show`."""
+    """`registry upgrade create|list|show|stop`."""
     if args.upgrade_action == "create":
         spec = CreateUpgrade(version=args.version, wheels={}, nodes=args.nodes, labels=args.labels or None,
                              group=args.group, concurrency=args.concurrency, max_failures=args.max_failures,
@@ -312,6 +332,8 @@ async def run_command(store: RegistryStore, args: argparse.Namespace) -> None:
         _print_task(view, as_json=args.json)
     elif args.upgrade_action == "show":
         _print_task(await task_view(store, args.id), as_json=args.json)
+    elif args.upgrade_action == "stop":
+        _print_task(await stop_task(store, args.id, access.cli_caller()), as_json=args.json)
     else:
         for view in await task_views(store):
             counts: dict[str, int] = {}

@@ -11,8 +11,9 @@ holds on to what it may no longer see.
   browser sees fewer updates, never late ones, and the server keeps one snapshot per stream.
 
 The data of an event is a JSON object of groups the pages' script (webkit/static/live.js) applies to elements
-marked `data-live`: a group is a record (`{"counts": {"online": 3, …}}`) or rows by id (`{"nodes": {"gw-7":
-{"status": "healthy", …}}}`); `removed` lists, per group, the rows gone since the previous event.
+marked `data-live`: a group is a record (`{"counts": {"online": 3, …}}`), rows by id (`{"nodes": {"gw-7":
+{"status": "healthy", …}}}`) or a list of records, sent whole when it changed (`{"alerts": [{"kind": …}, …]}`);
+`removed` lists, per group, the rows gone since the previous event.
 """
 
 from __future__ import annotations

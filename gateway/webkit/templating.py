@@ -17,7 +17,7 @@ from litestar.template.config import TemplateConfig
 
 from gateway.webkit.assets import assets_of, static_router
 from gateway.webkit.plots import format_value as plot_value
-from gateway.webkit.units import display_unit
+from gateway.webkit.units import display_unit, reading_with_unit
 
 WEBKIT = Path(__file__).resolve().parent
 TEMPLATES = WEBKIT / "templates"
@@ -83,7 +83,7 @@ def environment(app_templates: Path, *, utc: bool = False, app_static: tuple[Pat
     loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
     env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes,
-                       badge=badge_class, unit=display_unit)
+                       badge=badge_class, unit=display_unit, reading=reading_with_unit)
     env.globals["static_url"] = assets_of((*app_static, STATIC)).url
     return env
 

@@ -6,6 +6,7 @@ one registry with two joined nodes and build on it."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterator
@@ -136,6 +137,7 @@ def _batch_form(**extra: str) -> dict[str, str]:
     return {"kind": "BatchWorkload", "name": "pump", "is_new": "1", "runtime": "process", "command": "sleep\n600",
             "env": "MODE=template", "group_rows": "2", "group-0-group": "line-a", "group-0-env": "MODE=fast",
             "group-0-replicas": "2", "group-1-group": "line-b", "group-1-command": "sleep 300",
+            "group-1-args": "--port 8080 --name 'line b'", "args": "--port\n80",
             "failover_after": "30s", "failover_move_back": "1", **extra}
 
 
@@ -146,8 +148,13 @@ def test_a_batch_workload_on_two_groups_with_overrides_its_view_and_rollback(app
         a, b = apps.documents("gw-a")[("Workload", "pump.gw-a")], apps.documents("gw-b")[("Workload", "pump.gw-b")]
         assert a["env"] == {"MODE": "fast"} and a["replicas"] == 2 and a["command"] == ["sleep", "600"]
         assert b["env"] == {"MODE": "template"} and b["command"] == ["sleep", "300"] and "replicas" not in b
+        assert a["args"] == ["--port", "80"]  # the template's
+        assert b["args"] == ["--port", "8080", "--name", "line b"]  # line-b's override
         form = pages.get("/apps/edit", params={"kind": "BatchWorkload", "name": "pump"}).text
         assert 'value="MODE=fast"' in form and 'value="sleep 300"' in form
+        assert 'name="group-1-args" value="--port 8080 --name &#39;line b&#39;"' in form
+        unclosed = pages.post("/apps/edit", _batch_form(is_new="0", **{"group-1-args": "--name 'line b"}))
+        assert unclosed.status_code == 400 and "group line-b: args: No closing quotation" in unclosed.text
         # the nodes report: one runs, one failed with its reason
         beat(apps.registry, apps.nodes["gw-a"], {"workloads": [{"workload": "default/pump.gw-a", "status": "running",
                                                                 "replicas": 2, "ready": 2}]})
@@ -158,7 +165,7 @@ def test_a_batch_workload_on_two_groups_with_overrides_its_view_and_rollback(app
         row_b = re.search(r'<tr data-node="gw-b" data-status="failed">.*?</tr>', view, re.S)
         assert row_a and "2/2" in row_a.group(0)
         assert row_b and "exited with code 3" in row_b.group(0)
-        assert 'id="batch-failures"' in view and 'data-override="env"' in view
+        assert 'id="batch-failures"' in view and 'data-override="env"' in view and 'data-override="args"' in view
         assert 'data-group="line-a"' in view and 'data-group="line-b"' in view
         # version 2 changes line-a's override; a rollback to version 1 brings it back
         assert pages.post("/apps/edit", _batch_form(is_new="0", **{"group-0-env": "MODE=slow"})).status_code == 303
@@ -264,3 +271,82 @@ def test_roles_workspaces_and_the_audit_log(apps: Apps) -> None:
                    and target in str(e["detail"]) for e in entries), target
     assert any(e["action"] == "document.rollback" and e["actor"] == "user:operator" for e in entries)
     assert SECRET_VALUE not in audit and NEW_SECRET_VALUE not in audit
+
+
+def flashes(page: Any, kind: str) -> list[str]:
+    return [re.sub(r"\s+", " ", html.unescape(text)).strip()
+            for text in re.findall(rf'class="flash {kind}"[^>]*>([^<]*)', page.text)]
+
+
+def test_apps_config_items_and_secrets_are_deleted_from_their_lists(apps: Apps) -> None:
+    with session(apps.registry, "admin") as pages:
+        pages.post("/configs/edit", {"kind": "ConfigItem", "name": "doomed-conf", "is_new": "1", "rows": "1",
+                                     "data-0-key": "k", "data-0-value": "v"})
+        pages.post("/configs/edit", {"kind": "Secret", "name": "doomed-secret", "is_new": "1", "rows": "1",
+                                     "data-0-key": "k", "data-0-value": "v"})
+        app = {**WORKLOAD_FORM, "name": "doomed-app", "ref_rows": "2", "ref-0-from": "Secret/doomed-secret",
+               "ref-0-key": "k", "ref-1-from": "ConfigItem/doomed-conf", "ref-1-key": "k"}
+        assert pages.post("/apps/edit", app).status_code == 303
+        batch = _batch_form(name="doomed-batch")
+        assert pages.post("/apps/edit", batch).status_code == 303
+        listed = pages.get("/apps").text
+        assert re.search(r'action="/apps/delete" class="inline" data-confirm="Delete Workload default/doomed-app\?',
+                         listed)
+        assert 'aria-label="delete BatchWorkload default/doomed-batch"' in listed
+        configs = pages.get("/configs").text
+        assert 'data-confirm="Delete Secret default/doomed-secret? It is used by Workload doomed-app' in configs
+
+        # still used by the workload: refused, the workload named, nothing deleted
+        for kind, name in (("Secret", "doomed-secret"), ("ConfigItem", "doomed-conf")):
+            refused = pages.post("/configs/delete", {"kind": kind, "name": name})
+            assert refused.status_code == 303 and refused.headers["location"] == "/configs"
+            assert flashes(pages.get("/configs"), "error") == [
+                f"Not deleted: {kind} default/{name} is used by Workload default/doomed-app"]
+            assert (kind, name) in apps.documents("gw-a")
+        # bad fields: named, never a 500
+        for fields, message in (({"kind": "Device", "name": "x"}, "kind: expected ConfigItem or Secret"),
+                                ({"kind": "Secret", "name": "Not A Name"}, "name 'Not A Name': not a document's"),
+                                ({"kind": "Secret", "name": "x" * 10_000}, "not a document's name"),
+                                ({"kind": "Secret", "name": "nothing"}, "no Secret default/nothing")):
+            answer = pages.post("/configs/delete", fields)
+            assert answer.status_code == 303, answer.text
+            shown = flashes(pages.get("/configs"), "error")
+            assert len(shown) == 1 and message in shown[0] and len(shown[0]) < 200, (fields, shown)
+
+        # the workload goes, then the secret and the config item it used
+        gone = pages.post("/apps/delete", {"kind": "Workload", "name": "doomed-app"})
+        assert gone.status_code == 303 and gone.headers["location"] == "/apps"
+        listed_page = pages.get("/apps")
+        assert flashes(listed_page, "ok") == [
+            "Workload default/doomed-app deleted: its nodes drop it with their next heartbeat."]
+        assert 'data-app="Workload/default/doomed-app"' not in listed_page.text
+        assert ("Workload", "doomed-app") not in apps.documents("gw-a")
+        for kind, name in (("Secret", "doomed-secret"), ("ConfigItem", "doomed-conf")):
+            assert pages.post("/configs/delete", {"kind": kind, "name": name}).status_code == 303
+            assert flashes(pages.get("/configs"), "ok") == [
+                f"{kind} default/{name} deleted: its nodes drop it with their next heartbeat."]
+        assert pages.post("/apps/delete", {"kind": "BatchWorkload", "name": "doomed-batch"}).status_code == 303
+        assert ("Workload", "doomed-batch.gw-a") not in apps.documents("gw-a")
+        assert 'data-app="BatchWorkload/default/doomed-batch"' not in pages.get("/apps").text
+        assert "doomed" not in pages.get("/configs").text.split("</h1>", 1)[1]
+        # no CSRF token: refused
+        assert pages.client.post("/apps/delete", data={"kind": "Workload", "name": "meter-app"}).status_code == 403
+    for role in ("viewer", "operator"):
+        with session(apps.registry, role) as pages:
+            assert 'action="/apps/delete"' not in pages.get("/apps").text
+            assert 'action="/configs/delete"' not in pages.get("/configs").text
+            refused = pages.post("/apps/delete", {"kind": "Workload", "name": "meter-app"})
+            assert refused.status_code == 403 and f"the {role} role cannot delete apps; admin can" in refused.text
+            refused = pages.post("/configs/delete", {"kind": "ConfigItem", "name": "settings"})
+            assert refused.status_code == 403
+    with session(apps.registry, "east") as pages:  # another workspace's admin: as if it were not there
+        pages.post("/apps/delete", {"kind": "Workload", "name": "meter-app"})
+        assert flashes(pages.get("/apps"), "error") == ["Not deleted: no Workload default/meter-app at the registry"]
+    assert ("Workload", "meter-app") in apps.documents("gw-a")
+    entries = [json.loads(line) for line in cli(apps.registry, "audit", "--limit", "400", "--json").stdout.splitlines()]
+    deletes = [(e["actor"], e["object"], e["outcome"]) for e in entries if e["action"] == "document.delete"]
+    assert ("user:admin", "Secret/default/doomed-secret",
+            "refused: Secret default/doomed-secret is used by Workload default/doomed-app") in deletes
+    for target in ("Workload/default/doomed-app", "Secret/default/doomed-secret", "ConfigItem/default/doomed-conf",
+                   "BatchWorkload/default/doomed-batch"):
+        assert ("user:admin", target, "ok") in deletes, target

@@ -60,10 +60,11 @@ TWINS = {
             "setpoint": {"reported": 20.0, "quality": "good", "reported_at": 1.0}}},
         {"device": "plant/meter-7", "state": "online", "properties": {
             "power": {"reported": 4.25, "quality": "good", "reported_at": 1.0},
+            "energy": {"reported": 1234.5678912, "quality": "good", "reported_at": 1.0},
             "limit": {"reported": 10, "quality": "good", "reported_at": 1.0}}},
     ],
     "twins_complete": True,
-    "described": [{"device": "plant/meter-7", "model": "sdm630", "units": {"power": "kW"}},
+    "described": [{"device": "plant/meter-7", "model": "sdm630", "units": {"power": "kW", "energy": "kWh"}},
                   {"device": "default/boiler-1", "model": "thermo", "units": {"temperature": "degC",
                                                                                 "setpoint": "degC"}}],
 }
@@ -158,7 +159,8 @@ def page_routes() -> set[tuple[str, str, tuple[str, ...]]]:
             if PAGE_PERMISSIONS in handler.opt}
 
 
-WALK_BATCH = "kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
+WALK_BATCH = ("kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
+              "---\nkind: ConfigItem\nname: walk-config\ndata: {a: b}\n")
 SPARE_DEVICE = "kind: Device\nname: spare-{n}\nmodel: thermo\nprotocol: {{name: virtual}}\n"
 WALK_ROUTE = ("kind: Endpoint\nname: walk-in\ntype: rest\n---\nkind: Endpoint\nname: walk-out\ntype: http\n"
               "properties: {url: 'http://127.0.0.1:1'}\n---\nkind: Route\nname: walk-route\nsource: walk-in\n"
@@ -173,11 +175,13 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/apps/batch/{namespace:str}/{name:str}"): ("/apps/batch/default/walk-batch", {}),
     ("POST", "/apps/batch/{namespace:str}/{name:str}/rollback"): ("/apps/batch/default/walk-batch/rollback",
                                                                   {"version": "1"}),
+    ("POST", "/apps/delete"): ("/apps/delete", {"kind": "BatchWorkload", "name": "walk-batch"}),
     ("GET", "/apps/edit"): ("/apps/edit?kind=BatchWorkload&name=walk-batch", {}),
     ("POST", "/apps/edit"): ("/apps/edit", {"kind": "Workload", "name": "walk-app", "command": "sleep\n60",
                                             "node": NODE}),
     ("GET", "/audit"): ("/audit", {}),
     ("GET", "/configs"): ("/configs", {}),
+    ("POST", "/configs/delete"): ("/configs/delete", {"kind": "ConfigItem", "name": "walk-config"}),
     ("GET", "/configs/edit"): ("/configs/edit?kind=Secret", {}),
     ("POST", "/configs/edit"): ("/configs/edit", {"kind": "Secret", "name": "walk-secret", "rows": "1",
                                                   "data-0-key": "token", "data-0-value": "walk"}),
@@ -322,7 +326,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.client.post(f"/nodes/{NODE}/scheduling", data={"action": "pause"}).status_code == 403
             assert pages.post("/logout").status_code == 303
             assert pages.get("/").status_code == 303
-    for kind, name in (("BatchWorkload", "walk-batch"), ("Workload", "walk-app"), ("Secret", "walk-secret"),
+    for kind, name in (("Workload", "walk-app"), ("Secret", "walk-secret"),
                        ("Route", "walk-route"), ("Endpoint", "walk-in"), ("Endpoint", "walk-out")):
         cli(fleet.registry, "delete", kind, name)  # the later tests count the fleet's apps
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout
@@ -330,7 +334,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
                    "join-token.revoke", "batch.create", "document.apply", "device.set-desired", "user.add",
                    "user.change", "user.password", "user.remove", "token.create", "workspace.create",
                    "upgrade.stop", "role.create", "role.change", "role.delete", "folder.create", "folder.delete",
-                   "workspace.move"):
+                   "workspace.move", "document.delete"):
         assert f" {action} " in audit, action
 
 
@@ -364,7 +368,7 @@ def test_the_overview_counts_and_alerts_link_to_their_lists(fleet: Fleet) -> Non
         assert re.search(r'id="devices-total">2<', overview.text) and 'href="/devices?state=online"' in overview.text
         assert re.search(r'id="apps-total">1<', overview.text) and 'href="/workloads?status=failed"' in overview.text
         assert 'href="/upgrades?state=running"' in overview.text
-        alert = re.search(r'<tr data-alert="desired value refused">.*?</tr>', overview.text, re.S)
+        alert = re.search(r'<tr data-alert="desired value refused"[^>]*>.*?</tr>', overview.text, re.S)
         assert alert and "limit: above the maximum 50" in alert.group(0) and "plant/meter-7" in alert.group(0)
         device = pages.get(f"/devices/plant/meter-7?node={NODE}").text
         assert "refused" in device and "limit: above the maximum 50" in device
@@ -382,11 +386,17 @@ def test_every_device_a_node_reports_is_listed_with_its_latest_values_and_units(
         listing = pages.get("/devices").text
         meter = re.search(r'<tr data-device="plant/meter-7".*?</tr>', listing, re.S)
         assert meter, "a device only the node knows is missing from the fleet's list"
-        assert "sdm630" in meter.group(0) and "4.25</strong> kW" in meter.group(0)
+        assert "sdm630" in meter.group(0) and ">4.25 kW</strong>" in meter.group(0)
+        assert ">1234.568 kWh</strong>" in meter.group(0)  # three decimals at most, not the float's noise
+        assert ">10</strong>" in meter.group(0)  # an integer as an integer
         boiler = re.search(r'<tr data-device="default/boiler-1".*?</tr>', listing, re.S)
-        assert boiler and "21</strong> \u00b0C" in boiler.group(0) and "registry" in boiler.group(0)
+        assert boiler and ">21 \u00b0C</strong>" in boiler.group(0) and "registry" in boiler.group(0)
+        assert "degC" not in boiler.group(0)
         node = pages.get(f"/nodes/{NODE}").text
         assert 'data-device="plant/meter-7"' in node and 'data-device="default/boiler-1"' in node
+        assert ">1234.568 kWh</strong>" in node and ">21 \u00b0C</strong>" in node
+        device = pages.get("/devices/plant/meter-7", params={"node": NODE}).text
+        assert ">1234.568 kWh</td>" in device
         assert "4.2.0" in node and "(seen by the registry)" in node
         assert pages.get("/devices?q=meter").text.count("data-device=") == 1
         assert pages.get(f"/devices?node={NODE}&state=online").text.count("data-device=") == 2

@@ -5,6 +5,7 @@ tests/browser/test_registry_upgrades.py."""
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import json
@@ -117,6 +118,29 @@ def test_files_that_are_not_wheels_are_refused_with_a_message(fleet: Fleet) -> N
                 if key in fields:
                     assert re.search(rf'name="{key}"[^>]* value="{fields[key]}"', again.text), (key, fields)
         assert pages.get("/upgrades").text.count("<tr data-task=") == before
+    # each refusal is in the audit log with its reason, as the accepted tasks are
+    refused = [e for e in audit(fleet.registry, "upgrade.create") if e["outcome"].startswith("refused: ")]
+    for files, _, message in cases:
+        found = [e for e in refused if message in e["outcome"] and e["actor"] == "user:admin"]
+        assert found, (message, [e["outcome"] for e in refused])
+        assert found[0]["object"] == "upgrade" and found[0]["scope"] == "workspace:default"
+        assert json.loads(found[0]["detail"])["wheels"] == sorted(name for name, _ in files)
+
+
+def test_refused_uploads_through_the_api_are_audited(fleet: Fleet) -> None:
+    good = base64.b64encode(wheel_bytes()).decode()
+    admin = cli(fleet.registry, "token", "create", "--role", "admin").stdout.strip()
+    cases = [({"../evil.whl": good}, "not a wheel file name: '../evil.whl'"),
+             ({WHEEL: "%%not base64"}, "$.wheels: not base64"),
+             ({WHEEL: good, "x": good}, "not a wheel file name: 'x'")]
+    with api(fleet.registry, admin) as client:
+        for wheels, message in cases:
+            answer = client.post("/api/v1/upgrades", json={"version": "9.9.0", "wheels": wheels, "nodes": [NODE]})
+            assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
+    refused = [e for e in audit(fleet.registry, "upgrade.create") if e["actor"].startswith("token:")]
+    for wheels, message in cases:
+        assert any(message in e["outcome"] and e["outcome"].startswith("refused: ") and
+                   json.loads(e["detail"])["wheels"] == sorted(wheels) for e in refused), (message, refused)
 
 
 def test_stopping_a_task_cancels_the_nodes_not_started_and_lets_the_upgrading_one_finish(fleet: Fleet,
@@ -170,7 +194,8 @@ def test_viewers_and_operators_see_tasks_but_cannot_start_or_stop_them(fleet: Fl
     with api(fleet.registry, cli(fleet.registry, "token", "create", "--role", "viewer").stdout.strip()) as client:
         assert client.get(f"/api/v1/upgrades/{task}").json()["state"] == "running"
         assert client.post(f"/api/v1/upgrades/{task}/stop").status_code == 403
-    assert len([e for e in audit(fleet.registry, "upgrade.create") if e["actor"] != "user:admin"]) == 0
+    # refused at the door (the role), not by the task's checks: nothing for them in the audit log
+    assert [e for e in audit(fleet.registry, "upgrade.create") if e["actor"] in ("user:viewer", "user:operator")] == []
 
 
 def test_an_admin_of_another_workspace_neither_sees_nor_stops_the_task(fleet: Fleet, spare: str) -> None:
@@ -189,3 +214,19 @@ def test_an_admin_of_another_workspace_neither_sees_nor_stops_the_task(fleet: Fl
         assert "no such workspace" in flashes(pages.get(answer.headers["location"]), "error")[0]
     with api(fleet.registry, cli(fleet.registry, "token", "create", "--role", "viewer").stdout.strip()) as client:
         assert client.get(f"/api/v1/upgrades/{task}").json()["state"] == "running"
+
+
+def test_the_command_line_stops_a_task(fleet: Fleet, spare: str) -> None:
+    with session(fleet.registry, "admin") as pages:
+        task = task_of(start(pages, [(WHEEL, wheel_bytes())], node=spare))
+    stopped = cli(fleet.registry, "upgrade", "stop", task)
+    assert stopped.stdout.startswith(f"upgrade {task}: version 9.9.0, stopped")
+    assert re.search(rf"{spare}\s+cancelled\s+stopped by cli:\S+ before this node started", stopped.stdout)
+    again = cli(fleet.registry, "upgrade", "stop", task, "--json", check=False)
+    assert again.returncode == 2 and again.stderr.strip().endswith(f"upgrade {task}: already stopped, nothing to "
+                                                                   "stop")
+    missing = cli(fleet.registry, "upgrade", "stop", "up-nothing", check=False)
+    assert missing.returncode == 2 and "no upgrade task up-nothing" in missing.stderr
+    stops = [e for e in audit(fleet.registry, "upgrade.stop") if e["object"] == f"upgrade/{task}"]
+    assert [e["outcome"] for e in stops] == ["ok", f"refused: upgrade {task}: already stopped, nothing to stop"]
+    assert all(e["actor"].startswith("cli:") for e in stops)

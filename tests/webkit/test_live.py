@@ -146,3 +146,13 @@ def test_streams_count_against_the_session_or_a_hash_of_the_token() -> None:
     assert stream_key("sid-1") == "sid-1"
     key = stream_key(None, "fgt_secret")
     assert key.startswith("bearer:") and "secret" not in key and key == stream_key(None, "fgt_secret")
+
+
+def test_a_list_group_is_sent_whole_when_it_changed_and_not_at_all_when_it_did_not() -> None:
+    from gateway.webkit.live import diff
+
+    before = {"alerts": [{"kind": "node offline", "subject": "gw-1"}], "counts": {"total": 1}}
+    assert diff(before, {**before}) == {}
+    after = {"alerts": [{"kind": "workload failed", "subject": "pump"}, *before["alerts"]], "counts": {"total": 1}}
+    assert diff(before, after) == {"alerts": after["alerts"]}
+    assert diff(after, {**after, "alerts": []}) == {"alerts": []}

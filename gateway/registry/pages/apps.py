@@ -17,7 +17,7 @@ from gateway.errors import ConfigError, NotFound
 from gateway.registry import access, history
 from gateway.registry.access import AnyRequest
 from gateway.registry.pages.common import caller_of, flash, labels_from_text, labels_text, page, show, store_of
-from gateway.registry.pages.documents import _apply, _stored, _workspace_for, problems_of
+from gateway.registry.pages.documents import _apply, _stored, _workspace_for, delete_from_form, problems_of
 from gateway.registry.pages.workloads import FAILED
 from gateway.registry.workloads import workload_views
 from gateway.webkit.forms import row_count
@@ -30,7 +30,7 @@ HEALTH_TYPES = ("http", "tcp", "exec")
 # the Workload fields the form sets; the others a document has (working_dir, network, …) are kept as they are
 FORM_FIELDS = ("description", "labels", "runtime", "command", "image", "args", "env", "env_from", "files", "ports",
                "limits", "restart", "health", "replicas", "node", "node_selector")
-GROUP_FIELDS = ("replicas", "image", "image_tag", "command", "env")
+GROUP_FIELDS = ("replicas", "image", "image_tag", "command", "args", "env")
 EXTRA_ROWS = 2
 
 
@@ -172,8 +172,9 @@ def app_from_form(fields: dict[str, str], stored: dict[str, Any] | None) -> dict
         for key in ("image", "image_tag"):
             if row.get(key):
                 override[key] = row[key]
-        if row.get("command"):
-            override["command"] = _words(row["command"], f"group {row.get('group')}: command")
+        for key in ("command", "args"):  # words as a shell splits them: `--port 8080 --name 'line a'`
+            if row.get(key):
+                override[key] = _words(row[key], f"group {row.get('group')}: {key}")
         if env := labels_from_text(row.get("env", ""), f"group {row.get('group')}: env"):
             override["env"] = env
         groups.append(override)
@@ -195,6 +196,7 @@ def form_view(document: dict[str, Any]) -> dict[str, Any]:
     refs += [{"use": "file", "as": r["path"], "from": _ref_source(r), "key": r["key"]} for r in body.get("files", [])]
     groups = [{"group": g["group"], "replicas": g.get("replicas", ""), "image": g.get("image") or "",
                "image_tag": g.get("image_tag") or "", "command": shlex.join(g["command"]) if g.get("command") else "",
+               "args": shlex.join(g["args"]) if g.get("args") else "",
                "env": labels_text(g.get("env") or {})} for g in document.get("groups", [])]
     failover = document.get("failover")
     return {
@@ -357,4 +359,10 @@ async def batch_rollback(request: AnyRequest, namespace: FromPath[str], name: Fr
     return see_other(back)
 
 
-ROUTE_HANDLERS = [apps_page, app_form, app_save, batch_page, batch_rollback]
+@post("/apps/delete", summary="Delete a Workload or BatchWorkload (fields kind, namespace, name); its nodes stop "
+      "and drop its instances", status_code=303, **page("apps.deploy", action="delete apps"))
+async def app_delete(request: AnyRequest) -> Response[Any]:
+    return await delete_from_form(request, APP_KINDS, "/apps")
+
+
+ROUTE_HANDLERS = [apps_page, app_form, app_save, batch_page, batch_rollback, app_delete]

@@ -14,7 +14,14 @@ from gateway.errors import ConfigError, NotFound
 from gateway.registry import access
 from gateway.registry.access import AnyRequest
 from gateway.registry.pages.common import caller_of, flash, labels_from_text, labels_text, page, show, store_of
-from gateway.registry.pages.documents import _apply, _stored, _workspace_for, problems_of, secret_values
+from gateway.registry.pages.documents import (
+    _apply,
+    _stored,
+    _workspace_for,
+    delete_from_form,
+    problems_of,
+    secret_values,
+)
 from gateway.webkit.forms import row_count
 from gateway.webkit.pages import form_fields, see_other
 
@@ -116,4 +123,11 @@ async def config_save(request: AnyRequest) -> Response[Any]:
     return see_other("/configs")
 
 
-ROUTE_HANDLERS = [configs_page, config_form, config_save]
+@post("/configs/delete", summary="Delete a config item or a secret (fields kind, namespace, name); refused while "
+      "an app uses it, naming the app", status_code=303,
+      **page("configs.write", action="delete config items and secrets"))
+async def config_delete(request: AnyRequest) -> Response[Any]:
+    return await delete_from_form(request, CONFIG_KINDS, "/configs")
+
+
+ROUTE_HANDLERS = [configs_page, config_form, config_save, config_delete]

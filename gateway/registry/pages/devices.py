@@ -55,6 +55,7 @@ async def devices_page(request: AnyRequest) -> Template:
     shown = [{**view, "deliveries": collections.Counter(delivery(t["desired_status"]) for t in view["twin"].values()
                                                         if t.get("desired_status"))}
              for view in every if _matches(view, filters)]
+    await twins.declared_decimals(store, shown)
     return show(request, "devices.html", devices=shown, total=len(every),
                 filters=filters, status=status, states=DEVICE_STATES, delivery=delivery,
                 nodes=sorted({v["node"] for v in every}), models=sorted({v["model"] for v in every if v["model"]}))
@@ -66,6 +67,7 @@ async def device_page(request: AnyRequest, namespace: FromPath[str], name: FromP
     store, caller = store_of(request), caller_of(request)
     node = await twins.scoped_device_node(store, caller, namespace, name, request.query_params.get("node") or None)
     [view] = await twins.device_views(store, node=node, namespace=namespace, name=name)
+    await twins.declared_decimals(store, [view])
     document = await store.documents.get("Device", namespace, name)
     applied = json.loads(document) if document else None
     others = [n for n in await store.twins.reporting_nodes(namespace, name) if n != node]

@@ -7,6 +7,7 @@ problem with its document and field path."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -22,8 +23,9 @@ from gateway.registry.access import AnyRequest, Caller
 from gateway.registry.pages.common import caller_of, flash, labels_from_text, labels_text, page, show, store_of
 from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
 from gateway.registry.store import RegistryStore
-from gateway.registry.workloads import apply_documents
+from gateway.registry.workloads import apply_documents, delete_document
 from gateway.resources.loader import Source, parse_yaml
+from gateway.resources.schema import NAME_PATTERN
 from gateway.webkit import forms
 from gateway.webkit.forms import PROPERTY_TYPES, flow
 from gateway.webkit.pages import form_fields, see_other
@@ -99,6 +101,27 @@ async def _apply(request: AnyRequest, documents: list[dict[str, Any]], workspace
         for value in values:
             problems = [problem.replace(value, MASK) for problem in problems]
         raise ResourceError(problems) from None
+
+
+async def delete_from_form(request: AnyRequest, kinds: tuple[str, ...], back: str) -> Response[Any]:
+    """Delete the document a list's delete button names (`kind`, `namespace`, `name` fields) through the API's
+    delete path (audited; a ConfigItem or Secret an app uses is refused, naming the app), then back to the list
+    with what happened."""
+    fields = await form_fields(request)
+    kind, namespace, name = (fields.get(key, "").strip() for key in ("kind", "namespace", "name"))
+    namespace = namespace or "default"
+    try:
+        if kind not in kinds:
+            raise ConfigError(f"kind: expected {' or '.join(kinds)}, got {kind[:40]!r}")
+        for field, value in (("namespace", namespace), ("name", name)):
+            if len(value) > 253 or not re.fullmatch(NAME_PATTERN, value):
+                raise ConfigError(f"{field} {value[:40]!r}: not a document's name")
+        await delete_document(store_of(request), caller_of(request), kind, namespace, name)
+    except (ConfigError, NotFound) as exc:
+        flash(request, "error", f"Not deleted: {exc}")
+        return see_other(back)
+    flash(request, "ok", f"{kind} {namespace}/{name} deleted: its nodes drop it with their next heartbeat.")
+    return see_other(back)
 
 
 def _kind_and_name(document: Any) -> str:

@@ -163,6 +163,7 @@ async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
     devices = await twins.device_views(store, node=name) if caller.can("devices.read") else []
     workloads = ([view for view in await workload_views(store, caller) if view["node"] == name]
                  if caller.can("apps.read") else [])
+    await twins.declared_decimals(store, devices)
     panel = await _node_log(request, name) if request.query_params.get("logs") else None
     return show(request, "node.html", node=node, devices=devices, workloads=workloads, addresses=addresses(node),
                 plots=await node_plots(store, name, window), window=window, windows=list(PLOT_WINDOWS),

@@ -40,6 +40,25 @@ def alerts(nodes: list[dict[str, Any]], workloads: list[dict[str, Any]],
     return sorted(found, key=lambda alert: alert["at"] or 0, reverse=True)[:MAX_ALERTS]
 
 
+def figures(nodes: list[dict[str, Any]], placed: list[dict[str, Any]], devices: list[dict[str, Any]],
+            tasks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The overview's numbers, from what the user sees: nodes by state, placed workloads running and failed,
+    devices online, upgrade tasks open (running, as the tile's link lists them)."""
+
+    def count(items: list[dict[str, Any]], key: str, *values: str) -> int:
+        return sum(1 for item in items if item[key] in values)
+
+    online = count(devices, "state", "online")
+    return {
+        "nodes": {"healthy": count(nodes, "status", "healthy"), "offline": count(nodes, "status", "offline"),
+                  "joined": count(nodes, "status", "joined"), "total": len(nodes)},
+        "apps": {"running": count(placed, "status", *RUNNING), "failed": count(placed, "status", *FAILED),
+                 "total": len(placed)},
+        "devices": {"online": online, "not_online": len(devices) - online, "total": len(devices)},
+        "upgrades": {"open": count(tasks, "state", upgrades.RUNNING), "total": len(tasks)},
+    }
+
+
 @get("/", summary="Overview: nodes, apps and devices up, open upgrade tasks, recent alerts", **page())
 async def overview(request: AnyRequest) -> Template:
     store, caller = store_of(request), caller_of(request)
@@ -49,19 +68,8 @@ async def overview(request: AnyRequest) -> Template:
     devices = (await twins.visible(store, caller, await twins.device_views(store)) if caller.can("devices.read")
                else [])
     tasks = await upgrades.task_views(store, caller) if caller.can("upgrades.read") else []
-
-    def count(items: list[dict[str, Any]], key: str, *values: str) -> int:
-        return sum(1 for item in items if item[key] in values)
-
-    figures = {
-        "nodes": {"healthy": count(nodes, "status", "healthy"), "offline": count(nodes, "status", "offline"),
-                  "joined": count(nodes, "status", "joined"), "total": len(nodes)},
-        "apps": {"running": count(placed, "status", *RUNNING), "failed": count(placed, "status", *FAILED),
-                 "total": len(placed)},
-        "devices": {"online": count(devices, "state", "online"), "total": len(devices)},
-        "upgrades": {"open": count(tasks, "state", "running"), "total": len(tasks)},
-    }
-    return show(request, "overview.html", figures=figures, alerts=alerts(nodes, placed, devices), now=time.time())
+    return show(request, "overview.html", figures=figures(nodes, placed, devices, tasks),
+                alerts=alerts(nodes, placed, devices), now=time.time())
 
 
 ROUTE_HANDLERS = [overview]

@@ -29,6 +29,9 @@ PHASES = {upgrades.PENDING: "pending", upgrades.ASSIGNED: "running", UPGRADING: 
           **dict.fromkeys(upgrades.FAILED, "failed")}
 
 
+PHASE_NAMES = ("pending", "running", "done", "failed", "cancelled")
+
+
 def phase(status: str) -> str:
     return PHASES.get(status, "failed" if status.startswith("failed") else "running")
 
@@ -64,11 +67,18 @@ async def upgrade_create(request: AnyRequest) -> Response[Any]:
     node_names = _all(form, "node")
     group_names = _all(form, "group")
     store, caller = store_of(request), caller_of(request)
-    try:
-        wheels = await _uploaded_wheels([v for v in form.getall("wheels") if isinstance(v, UploadFile)]
-                                        if "wheels" in form else [])
+    uploads = [v for v in form.getall("wheels") if isinstance(v, UploadFile)] if "wheels" in form else []
+    workspace = fields["workspace"] or access.DEFAULT_WORKSPACE
+
+    def refused(exc: ConfigError) -> Response[Any]:
+        flash(request, "error", f"Upgrade not started: {_plain(str(exc))}")
+        query = [(key, value) for key, value in fields.items() if value]
+        query += [("node", name) for name in node_names] + [("group", name) for name in group_names]
+        return see_other("/upgrades/new" + (f"?{urlencode(query)}" if query else ""))
+
+    try:  # what the form holds; a refusal here is audited as create_task audits its own
+        wheels = await _uploaded_wheels(uploads)
         version = fields["version"] or upgrades.wheel_pins(wheels)["fieldgate"]
-        workspace = fields["workspace"] or access.DEFAULT_WORKSPACE
         if not caller.sees(workspace):
             raise ConfigError(f"workspace {workspace!r}: no such workspace")
         targets = await _targets(request, workspace, node_names, group_names)
@@ -77,12 +87,15 @@ async def upgrade_create(request: AnyRequest) -> Response[Any]:
             concurrency=_number(fields["concurrency"], "concurrency", 1, 1),
             max_failures=_number(fields["max_failures"], "max failures", 0, 0),
             deadline=float(_number(fields["deadline"], "deadline", 120, 1)))
+    except ConfigError as exc:
+        detail = {"version": fields["version"], "nodes": node_names, "groups": group_names,
+                  "wheels": sorted(upload.filename for upload in uploads if upload.filename)}
+        await upgrades.record_refused(store, caller, workspace, _plain(str(exc)), detail)
+        return refused(exc)
+    try:
         view = await upgrades.create_task(store, spec, wheels, caller)
     except ConfigError as exc:
-        flash(request, "error", f"Upgrade not started: {_plain(str(exc))}")
-        query = [(key, value) for key, value in fields.items() if value]
-        query += [("node", name) for name in node_names] + [("group", name) for name in group_names]
-        return see_other("/upgrades/new" + (f"?{urlencode(query)}" if query else ""))
+        return refused(exc)
     flash(request, "ok", f"Upgrade {view['id']} to version {view['version']} started on "
                          f"{len(view['nodes'])} node(s), {view['concurrency']} at a time.")
     return see_other(f"/upgrades/{quote(view['id'])}")
@@ -96,7 +109,7 @@ async def upgrade_page(request: AnyRequest, task: FromPath[str]) -> Template:
     for node in view["nodes"]:
         node["phase"] = phase(node["status"])
         counts[node["phase"]] = counts.get(node["phase"], 0) + 1
-    return show(request, "upgrade.html", task=view, counts=counts,
+    return show(request, "upgrade.html", task=view, counts=counts, phases=PHASE_NAMES,
                 unfinished=view["state"] in upgrades.UNFINISHED)
 
 

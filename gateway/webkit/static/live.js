@@ -2,7 +2,10 @@
 // (events `update`, or those named in data-live-events) without a reload. Each event is a JSON object of groups
 // (gateway/webkit/live.py): a record {field: value} goes to the element marked data-live="group", rows {id:
 // {field: value}} to its descendants marked data-live-row="id"; inside, elements marked data-live-field="field" take
-// the value, shown as data-live-format says: text (default), badge (a state), ago (a unix time: "12 s ago").
+// the value, shown as data-live-format says: text (default), badge (a state), ago (a unix time: "12 s ago"), shown
+// (the element shows while the value is true). A list [{field: value}, …] replaces the group's [data-live-item-row]
+// rows with copies of its <template data-live-item>, filled as above, plus data-live-href="field" (a link to a
+// path), data-live-title="field" and data-live-dataset="name=field"; [data-live-empty] shows when it is empty.
 // `removed` marks rows gone; a row the page does not have yet unhides the group's [data-live-new] note.
 // The stream's state shows on [data-live-status] ("● live"; the reason when the server ends it).
 "use strict";
@@ -27,9 +30,10 @@
     return `${Math.round(seconds / 86400)} d ago`;
   }
 
-  function show(element, value) {
+  function show(element, value, quiet) {
     const format = element.dataset.liveFormat || "text";
     let text;
+    if (format === "shown") { element.hidden = !value; return; }
     if (format === "badge") {
       text = String(value);
       element.className = `badge ${BADGE[text] || "unhealthy"}`;
@@ -42,7 +46,7 @@
     }
     if (element.textContent !== text) {
       element.textContent = text;
-      if (format !== "ago") {
+      if (format !== "ago" && !quiet) {
         element.classList.remove("changed");
         void element.offsetWidth;  // restart the highlight
         element.classList.add("changed");
@@ -50,11 +54,40 @@
     }
   }
 
-  function fill(scope, fields) {
+  const has = (fields, name) => Object.prototype.hasOwnProperty.call(fields, name);
+
+  function fill(scope, fields, quiet) {
     for (const element of scope.querySelectorAll("[data-live-field]")) {
       const name = element.dataset.liveField;
-      if (Object.prototype.hasOwnProperty.call(fields, name)) show(element, fields[name]);
+      if (has(fields, name)) show(element, fields[name], quiet);
     }
+    for (const element of [scope, ...scope.querySelectorAll("[data-live-dataset]")]) {
+      for (const pair of (element.dataset.liveDataset || "").split(" ").filter(Boolean)) {
+        const [name, field] = pair.split("=");
+        if (has(fields, field)) element.dataset[name] = String(fields[field]);
+      }
+    }
+  }
+
+  function list(box, items) {
+    const template = box.querySelector("template[data-live-item]");
+    if (!template || !template.content.firstElementChild) return;
+    for (const row of box.querySelectorAll("[data-live-item-row]")) if (!row.closest("template")) row.remove();
+    const empty = box.querySelector("[data-live-empty]");
+    if (empty) empty.hidden = items.length > 0;
+    const made = document.createDocumentFragment();
+    for (const item of items) {
+      const row = template.content.firstElementChild.cloneNode(true);
+      fill(row, item, true);
+      for (const element of [row, ...row.querySelectorAll("*")]) {
+        const href = element.dataset.liveHref, title = element.dataset.liveTitle;
+        const path = href && typeof item[href] === "string" ? item[href] : "";
+        if (path.startsWith("/") && !path.startsWith("//")) element.setAttribute("href", path);  // this site's paths only
+        if (title && has(item, title)) element.title = String(item[title]);
+      }
+      made.appendChild(row);
+    }
+    box.insertBefore(made, empty && empty.parentNode === box ? empty : null);
   }
 
   const isRows = (value) => value && typeof value === "object" &&
@@ -72,6 +105,7 @@
       const boxes = [...root.querySelectorAll("[data-live]")].filter((box) => box.dataset.live === group);
       if (root.dataset && root.dataset.live === group) boxes.push(root);
       for (const box of boxes) {
+        if (Array.isArray(value)) { list(box, value); continue; }
         if (!isRows(value)) { fill(box, value); continue; }
         const rows = rowsOf(box);
         let unseen = 0;

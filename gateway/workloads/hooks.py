@@ -36,9 +36,10 @@ async def _exec(argv: list[str], env: dict[str, str] | None, cwd: str | None, us
         stderr=asyncio.subprocess.STDOUT, start_new_session=True, user=user, group=group)
     assert process.stdout is not None
     try:
-        output = await process.stdout.read(READ_MAX)
-        while await process.stdout.read(READ_MAX):
-            pass
+        output = b""
+        while chunk := await process.stdout.read(READ_MAX):
+            if len(output) < READ_MAX:
+                output += chunk[:READ_MAX - len(output)]
         code = await process.wait()
     except asyncio.CancelledError:  # the timeout: the hook's process group goes
         with contextlib.suppress(ProcessLookupError):
@@ -55,7 +56,9 @@ async def _http(host: str, port: int, path: str) -> tuple[bool, str]:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: fieldgate-hook\r\n\r\n".encode())
         await writer.drain()
-        answer = await reader.read(READ_MAX)
+        answer = b""
+        while len(answer) < READ_MAX and (chunk := await reader.read(READ_MAX - len(answer))):
+            answer += chunk
     finally:
         writer.close()
         with contextlib.suppress(OSError):

@@ -148,7 +148,7 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         if isinstance(doc, BatchWorkload):
             problems += [f"{source.prefix()}: {problem}" for problem in batch_problems(doc)]
         security = doc.template.get("security") if isinstance(doc, BatchWorkload) else None
-        privileged = (doc.security.privileged if isinstance(doc, Workload) else
+        privileged = (doc.secured.privileged if isinstance(doc, Workload) else
                       isinstance(security, dict) and security.get("privileged") is True)
         if privileged and not actor.can("admin"):
             where = "$.security.privileged" if isinstance(doc, Workload) else "$.template.security.privileged"

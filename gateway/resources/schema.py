@@ -368,8 +368,8 @@ class SecuritySettings(Base, kw_only=True):
                                                  "admins may set it)")] = False
     run_as_user: Annotated[Id | None, Meta(description="the numeric user id the app runs as")] = None
     run_as_group: Annotated[Id | None, Meta(description="the numeric group id the app runs as")] = None
-    capabilities: Annotated[Capabilities, Meta(description="containers: capabilities added and dropped")
-                            ] = msgspec.field(default_factory=Capabilities)
+    capabilities: Annotated[Capabilities | None, Meta(description="containers: capabilities added and dropped")
+                            ] = None
     read_only_root_filesystem: Annotated[bool, Meta(description="containers: the image's filesystem is read-only "
                                                                 "(volumes stay as mounted)")] = False
 
@@ -440,9 +440,18 @@ class Workload(Document, tag="Workload", kw_only=True):
     accelerators: Annotated[dict[AcceleratorName, Annotated[int, Meta(ge=1, le=1024)]], Meta(
         max_length=16, description="accelerators each instance needs, by name and count; the registry places the "
                                    "workload only where they are free")] = {}
-    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    security: SecuritySettings | None = None
     volumes: Annotated[list[Volume], Meta(max_length=64)] = []
-    lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
+    lifecycle: Lifecycle | None = None
+
+    # None when not given, so the spec (and its version) of a workload that uses none of them stays as it was
+    @property
+    def secured(self) -> SecuritySettings:
+        return self.security or SecuritySettings()
+
+    @property
+    def hooks(self) -> Lifecycle:
+        return self.lifecycle or Lifecycle()
 
 
 class ConfigItem(Document, tag="ConfigItem", kw_only=True):

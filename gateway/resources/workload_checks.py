@@ -78,7 +78,7 @@ def _hook_problems(path: str, hook: LifecycleHook | None, workload: Workload,
 
 def security_problems(workload: Workload) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
-    security = workload.security
+    security = workload.secured
     if workload.runtime == "process":
         for field in CONTAINER_ONLY:
             if getattr(security, field) != getattr(type(security)(), field):
@@ -153,8 +153,8 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
         problems.append(("$.limits.memory", "must be at least 1Mi"))
     problems += security_problems(workload)
     problems += volume_problems(workload, settings)
-    problems += _hook_problems("$.lifecycle.post_start", workload.lifecycle.post_start, workload, port_names)
-    problems += _hook_problems("$.lifecycle.pre_stop", workload.lifecycle.pre_stop, workload, port_names)
+    problems += _hook_problems("$.lifecycle.post_start", workload.hooks.post_start, workload, port_names)
+    problems += _hook_problems("$.lifecycle.pre_stop", workload.hooks.pre_stop, workload, port_names)
     return problems
 
 

@@ -169,10 +169,10 @@ class InstanceRunner:
 
     async def _hook(self, which: str, handle: Instance, spec: InstanceSpec) -> bool:
         """Run the post-start or pre-stop hook when the workload has one, as an event; False when it failed."""
-        hook = self.spec.lifecycle.post_start if which == "post-start" else self.spec.lifecycle.pre_stop
+        hook = self.spec.hooks.post_start if which == "post-start" else self.spec.hooks.pre_stop
         if hook is None:
             return True
-        security = self.spec.security
+        security = self.spec.secured
         try:
             ok, what = await run_hook(hook, handle, self.ports, spec.env, self.spec.working_dir or
                                       str(spec.work_dir / "files"), security.run_as_user, security.run_as_group)

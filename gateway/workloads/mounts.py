@@ -26,7 +26,7 @@ def persistent_dir(data_dir: Path, workload: Workload, volume: str) -> Path:
 
 def _own(path: Path, workload: Workload) -> None:
     """Hand a directory the gateway made to the user the app runs as, so it may write there."""
-    uid, gid = workload.security.run_as_user, workload.security.run_as_group
+    uid, gid = workload.secured.run_as_user, workload.secured.run_as_group
     if uid is not None or gid is not None:
         with contextlib.suppress(OSError):
             os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
@@ -73,7 +73,7 @@ def check_devices(workload: Workload) -> None:
 
 def own_files(work_dir: Path, workload: Workload) -> None:
     """A process run as another user reads its files: the instance's directory and files become its own."""
-    if workload.security.run_as_user is None and workload.security.run_as_group is None:
+    if workload.secured.run_as_user is None and workload.secured.run_as_group is None:
         return
     for root, dirs, files in os.walk(work_dir):
         _own(Path(root), workload)

@@ -194,10 +194,10 @@ class ProcessRuntime(Runtime):
             process = await asyncio.create_subprocess_exec(
                 *argv, env=spec.env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                preexec_fn=limits.preexec(workload.limits, cgroup), user=workload.security.run_as_user,
-                group=workload.security.run_as_group,
-                extra_groups=[] if workload.security.run_as_user is not None
-                or workload.security.run_as_group is not None else None)
+                preexec_fn=limits.preexec(workload.limits, cgroup), user=workload.secured.run_as_user,
+                group=workload.secured.run_as_group,
+                extra_groups=[] if workload.secured.run_as_user is not None
+                or workload.secured.run_as_group is not None else None)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             if self.cgroups is not None and cgroup is not None:
                 await asyncio.to_thread(self.cgroups.remove, cgroup)

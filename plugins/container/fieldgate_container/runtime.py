@@ -20,7 +20,7 @@ import psutil
 
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
 from gateway.errors import WorkloadError
-from gateway.resources.schema import Workload
+from gateway.resources.schema import Capabilities, Workload
 from gateway.workloads.health import HOST, run_check_command
 from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
 from gateway.workloads.mounts import own_files
@@ -52,15 +52,15 @@ def security_args(workload: Workload) -> list[str]:
                          f"c {os.major(number)}:{os.minor(number)} {device.permissions}"]
                 continue
         args += ["--device", f"{device.path}:{inside}:{device.permissions}"]
-    security = workload.security
+    security = workload.secured
     if security.privileged:
         args.append("--privileged")
     if security.run_as_user is not None or security.run_as_group is not None:
         user = "" if security.run_as_user is None else str(security.run_as_user)
         group = "" if security.run_as_group is None else f":{security.run_as_group}"
         args += ["--user", (user or "0") + group]
-    args += [arg for cap in security.capabilities.add for arg in ("--cap-add", cap)]
-    args += [arg for cap in security.capabilities.drop for arg in ("--cap-drop", cap)]
+    args += [arg for cap in (security.capabilities or Capabilities()).add for arg in ("--cap-add", cap)]
+    args += [arg for cap in (security.capabilities or Capabilities()).drop for arg in ("--cap-drop", cap)]
     if security.read_only_root_filesystem:
         args.append("--read-only")
     return args

@@ -257,7 +257,8 @@ class WorkloadRunner:
         spec = self.target
         return {"id": self.id, "namespace": spec.namespace, "name": spec.name, "runtime": spec.runtime,
                 "version": self.version, "status": status, "reason": reason, "replicas": spec.replicas,
-                "ready": sum(i.ready for i in current), "labels": spec.labels, "last_event": self.last_event,
+                "ready": sum(i.ready for i in current), "labels": spec.labels, "annotations": spec.annotations,
+                "accelerators": spec.accelerators, "last_event": self.last_event,
                 "owner": self.manager.gateway.resources.resource_owner("Workload", spec.namespace, spec.name),
                 "instances": [i.describe() for i in sorted(self.instances.values(), key=lambda i: i.id)]}
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.registry.conftest import Registry, wait_until
+from tests.registry.test_access import add_user, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway, views
 
 ACCELERATOR = "example.com/npu"
@@ -97,7 +98,7 @@ def test_privileged_is_for_admins(registry: Registry, tmp_path: Path) -> None:
                             headers={"Authorization": f"Bearer {tokens[role]}"})
 
     document = {"kind": "Workload", "name": "tool", "runtime": "container", "image": "localhost/tool:1",
-                "node": "gw-9", "security": {"privileged": True}}
+                "node": "gw-9", "security": {"privileged": True}, "annotations": {"team.example.com/owner": "ops"}}
     with client("admin") as admin, client("operator") as operator:
         applied = admin.post("/api/v1/documents", json=[document])
         assert applied.status_code == 200, applied.text
@@ -113,5 +114,10 @@ def test_privileged_is_for_admins(registry: Registry, tmp_path: Path) -> None:
         assert accepted.status_code == 200, accepted.text
         assert admin.get("/api/v1/workloads/Workload/default/tool/versions").json()[-1]["document"]["security"] == \
             {"privileged": True}
+    add_user(registry, tmp_path, "vera", "--role", "viewer")
+    with login(registry, "vera") as pages:  # the app page shows the current version's annotations
+        page = pages.get("/workloads/default/tool")
+        assert page.status_code == 200 and '<dl id="annotations"><dt>team.example.com/owner</dt><dd>ops</dd>' in \
+            page.text
     audit = registry.cli("audit").stdout
     assert "document.rollback" in audit and "refused: Workload default/tool version 1" in audit

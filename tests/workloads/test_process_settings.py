@@ -110,6 +110,17 @@ async def test_run_as_user_volumes_hooks_and_annotations(start_node: Callable[..
     assert events["pre-stop"].startswith("http hook succeeded: GET /health: HTTP/1.0 200 OK: ok")
 
 
+async def test_a_node_does_not_run_what_needs_more_accelerators_than_it_has(start_node: Callable[..., Any],
+                                                                           tmp_path: Path) -> None:
+    node: Node = await start_node(sh("infer", "sleep 30", accelerators={"example.com/npu": 1}, replicas=2),
+                                  settings=f"workloads: {{accelerators: {{example.com/npu: 1}}, "
+                                           f"cdi_dirs: [{tmp_path}]}}\n")
+    found = await wait_until(lambda: _status(node, "infer", "not-scheduled"))
+    assert found["reason"] == "needs 2 x example.com/npu (this node offers 1)"
+    status = (await node.api.get("/api/v1/status")).json()
+    assert status["workloads"]["accelerators"] == {"example.com/npu": 1}
+
+
 async def _status(node: Node, name: str, wanted: str) -> dict[str, Any] | None:
     found = await node.workload(name)
     return found if found["status"] == wanted else None

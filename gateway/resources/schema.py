@@ -398,7 +398,8 @@ class LifecycleHook(Base, kw_only=True):
     command: Annotated[list[Annotated[str, Meta(max_length=4096)]], Meta(max_length=256, description=(
         "exec: the command (in the container for the container runtime)"))] = []
     path: Annotated[str, Meta(pattern=r"^/", max_length=1024, description="http: the path to GET")] = "/"
-    port: Annotated[int | str | None, Meta(description="http: a port number or the name of a port")] = None
+    port: Annotated[int | Annotated[str, Meta(max_length=63)] | None, Meta(
+        description="http: a port number or the name of a port")] = None
     timeout: Annotated[Duration, Meta(description="the hook is stopped after this")] = Duration(10.0)
 
 

@@ -82,6 +82,8 @@ WORKLOAD = "apps.yaml: document 2 (Workload app): "
     ("port: http, path: /warm", "port: metrics, path: /warm", "$.lifecycle.post_start.port: no port named "
      "'metrics' (ports: http)"),
     ("timeout: 2s}", "timeout: 0s}", "$.lifecycle.post_start.timeout: must be above 0"),
+    ("port: http, path: /warm", "port: " + "p" * 100_000 + ", path: /warm",
+     "$.lifecycle.post_start.port: Expected str of length <= 63"),
     ("command: [/bin/sh, -c, \"echo bye\"]", "command: []", "$.lifecycle.pre_stop.command: an exec hook needs a "
      "command"),
     ("type: exec,", "type: tcp,", "$.lifecycle.pre_stop.type: Invalid enum value 'tcp'"),

@@ -385,8 +385,8 @@ class Volume(Base, kw_only=True):
     host_path: Annotated[HostPath | None, Meta(description=(
         "a directory or file of the node, under one of its Gateway's `workloads.host_path_prefixes`"))] = None
     persistent: Annotated[bool, Meta(description=(
-        "a named volume kept in the data dir (outside the upgrade slots): it survives updates, rollbacks and "
-        "restarts, and goes only with `fieldgate` data; shared by the workload's instances"))] = False
+        "a named volume kept in the data dir (outside the upgrade slots): it survives updates, rollbacks, "
+        "restarts and the workload's deletion; shared by the workload's instances"))] = False
     scratch: Annotated[bool, Meta(description="empty space for one instance, removed when the instance goes")
                        ] = False
 

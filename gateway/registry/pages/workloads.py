@@ -61,7 +61,7 @@ async def _workload_page(request: AnyRequest, namespace: str, name: str) -> Temp
                 panel["lines"] = answer["lines"]
             except (logs.NodeSilent, NotFound, ConfigError) as exc:
                 panel["problem"] = str(exc)
-    current = next((v["document"] for v in versions if v["current"]), {})
+    current: Any = next((v["document"] for v in versions if v["current"]), {})
     annotations = current.get("annotations") if isinstance(current, dict) else None
     return show(request, "workload.html", namespace=namespace, name=name, kind=kind, source=source,
                 placements=placements, versions=versions, events=events, panel=panel,

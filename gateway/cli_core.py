@@ -120,6 +120,33 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- get ---------------------------------------------------------------------------------------------------------
+
+
+def _configure_get(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", help="the document's kind, e.g. Workload")
+    parser.add_argument("name", metavar="[NAMESPACE/]NAME")
+    parser.add_argument("-c", "--config", type=Path, required=True, help="a YAML file or a directory of them")
+
+
+def _get(args: argparse.Namespace) -> int:
+    import msgspec
+    import yaml
+
+    from gateway.resources.schema import enc_hook
+
+    pm = get_plugin_manager()
+    config = load_path(args.config, protocol_registry(pm), endpoint_registry(pm))
+    namespace, _, name = args.name.rpartition("/")
+    key = (args.kind, namespace or "default", name)
+    found = next((doc for doc in config.documents if doc.key == key), None)
+    if found is None:
+        raise ConfigError(f"{args.config}: no {args.kind} {key[1]}/{name}")
+    raw = {"kind": found.kind, **msgspec.to_builtins(found, enc_hook=enc_hook)}
+    print(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
 # --- plugins ---------------------------------------------------------------------------------------------------
 
 
@@ -246,6 +273,8 @@ def register_commands() -> list[Command]:
     return [
         Command("run", "run the gateway until SIGINT/SIGTERM", _configure_run, _run),
         Command("check", "check resource documents; exit 2 with one line per problem", _configure_check, _check),
+        Command("get", "print one document of the configuration as the gateway reads it (annotations and "
+                "defaults included)", _configure_get, _get),
         Command("plugins", "list loaded plugins with their distribution and version", _configure_plugins, _plugins),
         Command("token", "manage API tokens", _configure_token, _token),
         Command("user", "manage local users", _configure_user, _user),

@@ -22,7 +22,7 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.registry import access, lifecycle
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
@@ -77,8 +77,13 @@ async def rollback(store: RegistryStore, caller: access.Caller, kind: str, names
         raise NotFound(f"{kind} {namespace}/{name} has no version {version} (kept: {', '.join(kept) or 'none'})")
     before = await store.documents.latest_version(kind, namespace, name)
     raw = json.loads(document)
-    await apply_documents(store, [(Source(f"{kind} {namespace}/{name} version {version}", 1), raw)], workspace,
-                          caller, target, action="document.rollback", note=f"rollback to version {version}")
+    try:
+        await apply_documents(store, [(Source(f"{kind} {namespace}/{name} version {version}", 1), raw)], workspace,
+                              caller, target, action="document.rollback", note=f"rollback to version {version}")
+    except ResourceError as exc:  # refused (a privileged version for an operator): recorded as refused
+        await access.record(store, caller, access.workspace_scope(workspace), "document.rollback", target,
+                            f"refused: {exc.problems[0][:200]}", {"version": version})
+        raise
     after = await store.documents.latest_version(kind, namespace, name)
     now = after[0] if after is not None else version
     return {"kind": kind, "namespace": namespace, "name": name, "rolled_back_to": version, "version": now,

@@ -25,6 +25,7 @@ PERMISSIONS: dict[str, str] = {
     "join.manage": "make and revoke join tokens and batch bundles",
     "devices.manage": "create, change, bind and delete device models and devices",
     "apps.deploy": "create, change and delete workloads and batch workloads",
+    "apps.privileged": "run workloads privileged: apply one, or roll back to a version that is",
     "configs.write": "create, change and delete config items and secrets",
     "routes.write": "create, change and delete endpoints and routes",
     "upgrades.run": "start and stop upgrade tasks",
@@ -61,7 +62,8 @@ DOCUMENT_CHANGES = tuple(dict.fromkeys(KIND_PERMISSION.values()))
 
 # a permission that changes something needs the one that sees it: a role holding the first holds the second
 REQUIRES = {"devices.write": "devices.read", "devices.manage": "devices.read", "apps.operate": "apps.read",
-            "apps.deploy": "apps.read", "configs.write": "configs.read", "routes.write": "routes.read",
+            "apps.deploy": "apps.read", "apps.privileged": "apps.read", "configs.write": "configs.read",
+            "routes.write": "routes.read",
             "upgrades.run": "upgrades.read", "nodes.manage": "nodes.read", "groups.manage": "nodes.read",
             "messages.send": "nodes.read", "files.write": "files.read"}
 

@@ -52,6 +52,7 @@ from gateway.resources.schema import (
     non_finite_numbers,
 )
 from gateway.wire import EventReport, WorkloadReport
+from gateway.workloads.accelerators import as_counts
 from gateway.workloads.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,13 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
                          for kind, name in _refs(doc) if (kind, doc.namespace, name) not in held]
         if isinstance(doc, BatchWorkload):
             problems += [f"{source.prefix()}: {problem}" for problem in batch_problems(doc)]
+        security = doc.template.get("security") if isinstance(doc, BatchWorkload) else None
+        privileged = (doc.secured.privileged if isinstance(doc, Workload) else
+                      isinstance(security, dict) and security.get("privileged") is True)
+        if privileged and not actor.can("apps.privileged"):
+            where = "$.security.privileged" if isinstance(doc, Workload) else "$.template.security.privileged"
+            problems.append(f"{source.prefix()}: {where}: only an admin may run a workload privileged (the "
+                            f"{actor.role} role cannot; it needs apps.privileged)")
         body = msgspec.json.encode(doc, enc_hook=enc_hook)
         documents.append((doc.kind, doc.namespace, doc.name, node, box.seal_document(doc.kind, body)))
     problems += await access.workspace_problems(store, documents, workspace)
@@ -245,16 +253,41 @@ class _Node(msgspec.Struct):
     paused: bool
     healthy: bool
     down_for: float  # seconds without a heartbeat (since it joined, if it never sent one); 0 when healthy
+    accelerators: dict[str, int] = {}  # what the node offers, from its last heartbeat
 
 
 async def _nodes(store: RegistryStore) -> dict[str, _Node]:
     now = time.time()
     nodes = {}
+    infos = await store.node_infos()
     for name, labels, joined_at, last, interval, paused, workspace in await store.placement_nodes():
         healthy = last is not None and now - last <= OFFLINE_AFTER * interval
         nodes[name] = _Node(name, labels, workspace, paused, healthy,
-                            0.0 if healthy else now - (last or joined_at))
+                            0.0 if healthy else now - (last or joined_at),
+                            as_counts(infos.get(name, {}).get("accelerators")))
     return nodes
+
+
+def accelerator_need(raw: dict[str, Any], replicas: Any = None) -> dict[str, int]:
+    """What one node running a raw Workload (or a template) needs: its accelerators times its replicas."""
+    wanted = raw.get("accelerators") or {}
+    count = replicas if replicas is not None else raw.get("replicas", 1)
+    if not isinstance(wanted, dict) or not isinstance(count, int):
+        return {}
+    return {str(k): int(v) * count for k, v in wanted.items() if isinstance(v, int) and v > 0 and count > 0}
+
+
+def _fits(need: dict[str, int], node: _Node, used: dict[str, int]) -> bool:
+    return all(used.get(name, 0) + count <= node.accelerators.get(name, 0) for name, count in need.items())
+
+
+def shortfall(need: dict[str, int], nodes: list[_Node], used: dict[str, dict[str, int]]) -> str:
+    """Why no node of `nodes` takes a workload that needs `need`, for its status."""
+    wanted = ", ".join(f"{count} x {name}" for name, count in sorted(need.items()))
+    free = [f"{n.name}: " + ", ".join(f"{n.accelerators.get(a, 0) - used.get(n.name, {}).get(a, 0)} of "
+                                      f"{n.accelerators.get(a, 0)} {a} free" for a in sorted(need))
+            for n in sorted(nodes, key=lambda n: n.name)]
+    return f"pending: needs {wanted} on one node; none has them free (" + ("; ".join(free) or "no nodes") + ")"
 
 
 async def schedule(store: RegistryStore) -> int:
@@ -270,6 +303,7 @@ async def schedule(store: RegistryStore) -> int:
     for ns, name, node in current:  # the first placement counts, should two registry replicas have raced
         placed.setdefault((ns, name), node)
     wanted: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+    needs: dict[tuple[str, str, str], dict[str, int]] = {}
 
     def may_start(key: tuple[str, str, str]) -> bool:  # a paused node keeps what it has and gets nothing new
         return key in current or not nodes[key[2]].paused
@@ -285,6 +319,7 @@ async def schedule(store: RegistryStore) -> int:
                 key = (namespace, name, target)
                 if target in nodes and may_start(key):
                     wanted[key] = ("Workload", name, target)
+                    needs[key] = accelerator_need(raw)
             continue
         batch = msgspec.json.decode(document, type=BatchWorkload, dec_hook=dec_hook)
         load: dict[str, int] = {}
@@ -299,7 +334,19 @@ async def schedule(store: RegistryStore) -> int:
                 host = _host(origin, previous, down, group, nodes, load, failover.move_back if failover else True)
                 if host is not None and may_start((namespace, instance, host)):
                     wanted[(namespace, instance, host)] = ("BatchWorkload", batch.name, origin)
+                    needs[(namespace, instance, host)] = accelerator_need(batch.template, override.replicas)
                     load[host] = load.get(host, 0) + 1
+    used: dict[str, dict[str, int]] = {}
+    for key in sorted(wanted, key=lambda k: (k not in current, k)):  # what runs keeps its accelerators first
+        need = needs.get(key)
+        if not need:
+            continue
+        node_used = used.setdefault(key[2], {})
+        if _fits(need, nodes[key[2]], node_used):
+            for name, count in need.items():
+                node_used[name] = node_used.get(name, 0) + count
+        else:  # no over-commit: it stays unplaced, and its status says why
+            del wanted[key]
     removed, added = current.keys() - wanted.keys(), wanted.keys() - current.keys()
     if removed or added:
         await store.workloads.place(removed, {key: wanted[key] for key in added}, time.time())
@@ -353,6 +400,24 @@ async def scheduling(store: RegistryStore, interval: float) -> AsyncIterator[Non
 # --- status -------------------------------------------------------------------------------------------------------
 
 
+async def _accelerators_used(store: RegistryStore, nodes: dict[str, _Node]) -> dict[str, dict[str, int]]:
+    """The accelerators the placed workloads take on each node."""
+    used: dict[str, dict[str, int]] = {}
+    for namespace, _, node, kind, source, _, _ in await store.workloads.placements():
+        document = await store.documents.get(kind, namespace, source)
+        if document is None or node not in nodes:
+            continue
+        raw = json.loads(document)
+        if kind == "Workload":
+            need = accelerator_need(raw)
+        else:
+            template = raw.get("template") or {}
+            need = accelerator_need(template)
+        for accelerator, count in need.items():
+            used.setdefault(node, {})[accelerator] = used.get(node, {}).get(accelerator, 0) + count
+    return used
+
+
 async def record_status(store: RegistryStore, node: str, reports: list[WorkloadReport] | None) -> None:
     """Keep a node's latest report of its registry-owned workloads (the whole set)."""
     if reports is None:
@@ -387,10 +452,18 @@ async def workload_views(store: RegistryStore, caller: access.Caller | None = No
                     last_event=last_event, instances=json.loads(instances), reported_at=reported_at)
     placed = {(ns, view["source"].split(" ", 1)[-1]) for (ns, _, _), view in views.items()}
     result: list[dict[str, Any]] = []
-    for kind, ns, name, _, workspace in await store.documents.of_kinds(("Workload", "BatchWorkload")):
+    fleet: dict[str, _Node] | None = None
+    for kind, ns, name, document, workspace in await store.documents.of_kinds(("Workload", "BatchWorkload")):
         if (ns, name) not in placed and (caller is None or caller.sees(workspace)):
+            reason = "no node matches (or nodes paused)"
+            raw = json.loads(document)
+            need = accelerator_need(raw if kind == "Workload" else raw.get("template") or {})
+            if need:
+                fleet = fleet if fleet is not None else await _nodes(store)
+                reason = shortfall(need, [n for n in fleet.values() if n.workspace == workspace],
+                                   await _accelerators_used(store, fleet))
             result.append({"namespace": ns, "name": name, "node": None, "source": f"{kind} {name}", "origin": None,
-                           "placed": False, "status": "not-placed", "reason": "no node matches (or nodes paused)",
+                           "placed": False, "status": "pending" if need else "not-placed", "reason": reason,
                            "replicas": None, "ready": 0, "restarts": 0, "last_event": "", "instances": [],
                            "reported_at": None, "node_status": None})
     for key in sorted(views):

@@ -311,7 +311,8 @@ class _Checker:
                 for path, message in route_problems(doc, resolved, self.endpoint_types):
                     self.fail(source, path, message)
             elif isinstance(doc, Workload):
-                for path, message in workload_problems(doc, config.config_items, config.secrets):
+                settings = None if source.file == REGISTRY else config.gateway.workloads  # the node checks at start
+                for path, message in workload_problems(doc, config.config_items, config.secrets, settings):
                     self.fail(source, path, message)
         if self.problems:
             raise ResourceError(self.problems)

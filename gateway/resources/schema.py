@@ -41,6 +41,13 @@ def check_node_name(name: str, field: str = "name") -> str:
     return name
 
 
+ANNOTATIONS_MAX = 64
+ANNOTATION_VALUE_MAX = 4096
+AnnotationKey = Annotated[str, Meta(pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*"
+                                            r"[A-Za-z0-9])?$", max_length=253,
+                                    description="`[prefix/]name`, as Kubernetes annotation keys")]
+
+
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """Every schema object rejects unknown fields and takes keyword arguments only."""
 
@@ -52,6 +59,9 @@ class Document(Base, tag_field="kind", kw_only=True):
     namespace: Name = "default"
     labels: dict[str, str] = {}
     description: str = ""
+    annotations: Annotated[dict[AnnotationKey, Annotated[str, Meta(max_length=ANNOTATION_VALUE_MAX)]], Meta(
+        max_length=ANNOTATIONS_MAX, description="notes for people and tools (`team/owner: ...`), kept and shown, "
+                                                "never acted on")] = {}
 
     @property
     def kind(self) -> str:
@@ -166,6 +176,26 @@ class FilesSettings(Base, kw_only=True):
     outbox_poll: Annotated[Duration, Meta(description="how often the outbox folder is looked at")] = Duration(1.0)
 
 
+AcceleratorName = Annotated[str, Meta(
+    pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", max_length=253,
+    description="`vendor-domain/name`, e.g. `nvidia.com/gpu`, `huawei.com/Ascend310`")]
+AcceleratorCount = Annotated[int, Meta(ge=0, le=1024)]
+HostPath = Annotated[str, Meta(pattern=r"^/", min_length=1, max_length=1024, description="an absolute path")]
+CDI_DIRS = ["/etc/cdi", "/var/run/cdi"]
+
+
+class WorkloadSettings(Base, kw_only=True):
+    """What the node lets its workloads use."""
+
+    host_path_prefixes: Annotated[list[HostPath], Meta(max_length=64, description=(
+        "host paths workloads may mount (a volume's `host_path` must lie under one); none: no host paths"))] = []
+    accelerators: Annotated[dict[AcceleratorName, AcceleratorCount], Meta(max_length=64, description=(
+        "accelerators this node offers, by name and count, besides those its CDI specs describe"))] = {}
+    cdi_dirs: Annotated[list[HostPath], Meta(max_length=16, description=(
+        "directories of CDI spec files (JSON or YAML); each spec's `kind` is an accelerator, its devices the count"
+    ))] = msgspec.field(default_factory=lambda: list(CDI_DIRS))
+
+
 class Gateway(Document, tag="Gateway", kw_only=True):
     """Node settings; read from the local configuration only."""
 
@@ -173,6 +203,7 @@ class Gateway(Document, tag="Gateway", kw_only=True):
     eventbus: EventbusSettings = msgspec.field(default_factory=EventbusSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     files: FilesSettings = msgspec.field(default_factory=FilesSettings)
+    workloads: WorkloadSettings = msgspec.field(default_factory=WorkloadSettings)
 
 
 # --- Device models and devices --------------------------------------------------------------------------------
@@ -328,6 +359,76 @@ class HealthCheck(Base, kw_only=True):
     initial_delay: Duration = Duration(0.0)
 
 
+class DeviceMapping(Base, kw_only=True):
+    """A host device the app may use: passed to a container (`--device`), checked for a process."""
+
+    path: Annotated[str, Meta(pattern=r"^/dev/[^\x00]*$", max_length=256, description="the host device, e.g. "
+                                                                                       "`/dev/ttyUSB0`")]
+    container_path: Annotated[Annotated[str, Meta(pattern=r"^/dev/[^\x00]*$", max_length=256)] | None, Meta(
+        description="where a container sees it (default: the same path)")] = None
+    permissions: Annotated[str, Meta(pattern=r"^(?!.*(.).*\1)[rwm]{1,3}$", description=(
+        "`r` read, `w` write, `m` mknod (containers), in any order"))] = "rwm"
+
+
+Capability = Annotated[str, Meta(pattern=r"^(CAP_)?[A-Z][A-Z0-9_]{0,31}$|^ALL$", description=(
+    "a Linux capability, e.g. `NET_ADMIN` or `CAP_NET_ADMIN`; `ALL`"))]
+Id = Annotated[int, Meta(ge=0, le=4294967294)]
+
+
+class Capabilities(Base, kw_only=True):
+    add: Annotated[list[Capability], Meta(max_length=64)] = []
+    drop: Annotated[list[Capability], Meta(max_length=64)] = []
+
+
+class SecuritySettings(Base, kw_only=True):
+    """How the app runs: containers take all of these; processes run_as_user and run_as_group."""
+
+    privileged: Annotated[bool, Meta(description="containers: every device and capability of the host (only "
+                                                 "admins may set it)")] = False
+    run_as_user: Annotated[Id | None, Meta(description="the numeric user id the app runs as")] = None
+    run_as_group: Annotated[Id | None, Meta(description="the numeric group id the app runs as")] = None
+    capabilities: Annotated[Capabilities | None, Meta(description="containers: capabilities added and dropped")
+                            ] = None
+    read_only_root_filesystem: Annotated[bool, Meta(description="containers: the image's filesystem is read-only "
+                                                                "(volumes stay as mounted)")] = False
+
+
+class Volume(Base, kw_only=True):
+    """One volume, mounted at `mount_path`: give `host_path`, `persistent` or `scratch`."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description=(
+        "the volume's name; a process finds it at $FIELDGATE_VOLUME_<NAME>"))]
+    mount_path: Annotated[Annotated[str, Meta(pattern=r"^/", max_length=1024)] | None, Meta(
+        description="containers: where it is mounted (processes get its host directory in the environment)")] = None
+    read_only: bool = False
+    host_path: Annotated[HostPath | None, Meta(description=(
+        "a directory or file of the node, under one of its Gateway's `workloads.host_path_prefixes`"))] = None
+    persistent: Annotated[bool, Meta(description=(
+        "a named volume kept in the data dir (outside the upgrade slots): it survives updates, rollbacks, "
+        "restarts and the workload's deletion; shared by the workload's instances"))] = False
+    scratch: Annotated[bool, Meta(description="empty space for one instance, removed when the instance goes")
+                       ] = False
+
+
+class LifecycleHook(Base, kw_only=True):
+    """A command run in the app (`exec`) or a request to it (`http`); its outcome and output are an event."""
+
+    type: Literal["exec", "http"]
+    command: Annotated[list[Annotated[str, Meta(max_length=4096)]], Meta(max_length=256, description=(
+        "exec: the command (in the container for the container runtime)"))] = []
+    path: Annotated[str, Meta(pattern=r"^/", max_length=1024, description="http: the path to GET")] = "/"
+    port: Annotated[int | Annotated[str, Meta(max_length=63)] | None, Meta(
+        description="http: a port number or the name of a port")] = None
+    timeout: Annotated[Duration, Meta(description="the hook is stopped after this")] = Duration(10.0)
+
+
+class Lifecycle(Base, kw_only=True):
+    post_start: Annotated[LifecycleHook | None, Meta(description="run once the instance has started")] = None
+    pre_stop: Annotated[LifecycleHook | None, Meta(description="run before the instance is stopped (before "
+                                                               "SIGTERM); its timeout counts apart from stop_grace")
+                        ] = None
+
+
 class Workload(Document, tag="Workload", kw_only=True):
     """An edge app run on the node by a runtime: `process` (built in), `container` or one a plugin provides."""
 
@@ -355,6 +456,22 @@ class Workload(Document, tag="Workload", kw_only=True):
     stop_grace: Annotated[Duration, Meta(description="SIGTERM, then SIGKILL after this")] = Duration(10.0)
     node: Annotated[Name | None, Meta(description="run on this node only")] = None
     node_selector: Annotated[dict[str, str], Meta(description="run on nodes whose labels have these values")] = {}
+    devices: Annotated[list[DeviceMapping], Meta(max_length=64, description="host devices the app uses")] = []
+    accelerators: Annotated[dict[AcceleratorName, Annotated[int, Meta(ge=1, le=1024)]], Meta(
+        max_length=16, description="accelerators each instance needs, by name and count; the registry places the "
+                                   "workload only where they are free")] = {}
+    security: SecuritySettings | None = None
+    volumes: Annotated[list[Volume], Meta(max_length=64)] = []
+    lifecycle: Lifecycle | None = None
+
+    # None when not given, so the spec (and its version) of a workload that uses none of them stays as it was
+    @property
+    def secured(self) -> SecuritySettings:
+        return self.security or SecuritySettings()
+
+    @property
+    def hooks(self) -> Lifecycle:
+        return self.lifecycle or Lifecycle()
 
 
 class ConfigItem(Document, tag="ConfigItem", kw_only=True):

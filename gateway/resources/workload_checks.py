@@ -5,12 +5,101 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
-from gateway.resources.schema import ConfigItem, Secret, ValueRef, Workload
+from gateway.resources.schema import ConfigItem, LifecycleHook, Secret, ValueRef, Workload, WorkloadSettings
+
+CONTAINER_ONLY = ("privileged", "capabilities", "read_only_root_filesystem")
+
+
+def host_path_problem(path: str, settings: WorkloadSettings) -> str | None:
+    """Why a volume may not mount the host path `path` on this node, or None."""
+    parts = PurePosixPath(path).parts
+    if ".." in parts:
+        return f"{path!r} must not contain '..'"
+    for prefix in settings.host_path_prefixes:
+        allowed = PurePosixPath(prefix).parts
+        if parts[:len(allowed)] == allowed:
+            return None
+    allowed_text = ", ".join(settings.host_path_prefixes) or "none"
+    return (f"{path} is not under a prefix this node allows (the Gateway's workloads.host_path_prefixes: "
+            f"{allowed_text})")
+
+
+def volume_problems(workload: Workload, settings: WorkloadSettings | None) -> list[tuple[str, str]]:
+    """(path, message) of the volumes; host paths are checked against `settings` when given."""
+    problems: list[tuple[str, str]] = []
+    names: set[str] = set()
+    mounts: set[str] = set()
+    container = workload.runtime != "process"
+    for i, volume in enumerate(workload.volumes):
+        where = f"$.volumes[{i}]"
+        if volume.name in names:
+            problems.append((f"{where}.name", f"volume {volume.name!r} is given twice"))
+        names.add(volume.name)
+        sources = [key for key, given in (("host_path", volume.host_path is not None),
+                                          ("persistent", volume.persistent), ("scratch", volume.scratch)) if given]
+        if len(sources) != 1:
+            problems.append((where, "give exactly one of host_path, persistent: true or scratch: true"
+                                    + (f" (got {', '.join(sources)})" if sources else "")))
+        if volume.mount_path is not None:
+            mount = PurePosixPath(volume.mount_path)
+            if ".." in mount.parts or str(mount) == "/":
+                problems.append((f"{where}.mount_path", f"{volume.mount_path!r}: an absolute path below /, without "
+                                                        "'..'"))
+            elif str(mount) in mounts:
+                problems.append((f"{where}.mount_path", f"{volume.mount_path} is mounted twice"))
+            mounts.add(str(mount))
+        elif container:
+            problems.append((f"{where}.mount_path", f"the {workload.runtime} runtime mounts a volume at a mount_path"))
+        if volume.host_path is not None and settings is not None:
+            problem = host_path_problem(volume.host_path, settings)
+            if problem is not None:
+                problems.append((f"{where}.host_path", problem))
+    return problems
+
+
+def _hook_problems(path: str, hook: LifecycleHook | None, workload: Workload,
+                   port_names: set[str]) -> list[tuple[str, str]]:
+    if hook is None:
+        return []
+    if hook.timeout <= 0:
+        return [(f"{path}.timeout", "must be above 0")]
+    if hook.type == "exec":
+        return [] if hook.command else [(f"{path}.command", "an exec hook needs a command")]
+    if workload.network == "none":
+        return [(f"{path}.type", "network none: an http hook cannot reach the app (use an exec hook)")]
+    if hook.port is None:
+        return [(f"{path}.port", "an http hook needs a port (a number or a port name)")]
+    if isinstance(hook.port, str) and hook.port not in port_names:
+        return [(f"{path}.port", f"no port named {hook.port!r} (ports: {', '.join(sorted(port_names)) or 'none'})")]
+    if isinstance(hook.port, int) and not 1 <= hook.port <= 65535:
+        return [(f"{path}.port", f"{hook.port} is not a port number")]
+    return []
+
+
+def security_problems(workload: Workload) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    security = workload.secured
+    if workload.runtime == "process":
+        for field in CONTAINER_ONLY:
+            if getattr(security, field) != getattr(type(security)(), field):
+                problems.append((f"$.security.{field}", "applies to containers only (a process takes run_as_user "
+                                                         "and run_as_group)"))
+    for i, device in enumerate(workload.devices):
+        if ".." in PurePosixPath(device.path).parts:
+            problems.append((f"$.devices[{i}].path", f"{device.path!r} must not contain '..'"))
+        if device.container_path is not None and workload.runtime == "process":
+            problems.append((f"$.devices[{i}].container_path", "applies to containers only"))
+    paths = [device.path for device in workload.devices]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            problems.append((f"$.devices[{i}].path", f"{path} is given twice"))
+    return problems
 
 
 def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str], ConfigItem],
-                      secrets: Mapping[tuple[str, str], Secret]) -> list[tuple[str, str]]:
-    """(path, message) for every finding in one Workload document."""
+                      secrets: Mapping[tuple[str, str], Secret],
+                      settings: WorkloadSettings | None = None) -> list[tuple[str, str]]:
+    """(path, message) for every finding in one Workload document; host paths checked when `settings` is given."""
     problems: list[tuple[str, str]] = []
     if workload.runtime == "process":
         if not workload.command:
@@ -62,6 +151,10 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
         problems.append(("$.restart_delay_max", "must not be shorter than restart_delay"))
     if workload.limits.memory is not None and workload.limits.memory < 1 << 20:
         problems.append(("$.limits.memory", "must be at least 1Mi"))
+    problems += security_problems(workload)
+    problems += volume_problems(workload, settings)
+    problems += _hook_problems("$.lifecycle.post_start", workload.hooks.post_start, workload, port_names)
+    problems += _hook_problems("$.lifecycle.pre_stop", workload.hooks.pre_stop, workload, port_names)
     return problems
 
 

@@ -36,6 +36,7 @@ from gateway.uplink.twins import TwinSync
 from gateway.uplink.upgrade import NodeUpgrade
 from gateway.uplink.workloads import WorkloadSync
 from gateway.wire import LOGS_NAMESPACE, MAX_HEARTBEAT, AckRequest, HeartbeatResponse, NodeMessage
+from gateway.workloads.accelerators import node_accelerators
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -267,6 +268,7 @@ class Uplink:
             "disk_percent": metrics["disk_percent"],
             "metrics": metrics,  # kept per minute by the registry
             "devices": status["devices"],
+            "accelerators": node_accelerators(self.gateway.config.gateway.workloads),
             "uplink_latency_ms": self.latency_ms,
             "resource_version": self.resource_version,
             "messages_received": self.messages_received,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import FieldgateError, WorkloadError
 from gateway.resources.schema import Workload
 from gateway.workloads.health import probe
+from gateway.workloads.hooks import run_hook
 from gateway.workloads.model import Exit, Instance, InstanceSpec
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class InstanceRunner:
         self.ready = False
         self.stopping = False
         self.handle: Instance | None = None
+        self.spec_used: InstanceSpec | None = None  # the running instance's spec, for its hooks
         self._ready_event = asyncio.Event()
         self._ended_event = asyncio.Event()
         self._wake = asyncio.Event()
@@ -55,8 +57,11 @@ class InstanceRunner:
 
     async def stop(self, reason: str) -> None:
         """Stop the instance (SIGTERM, SIGKILL after stop_grace) and its restarts; returns once it has ended."""
+        first = not self.stopping
         self.stopping = True
         self._wake.set()
+        if first and self.handle is not None and self.spec_used is not None:
+            await self._hook("pre-stop", self.handle, self.spec_used)
         if self.handle is not None:
             with contextlib.suppress(FieldgateError, OSError):
                 await self.handle.stop(float(self.spec.stop_grace), reason)
@@ -162,12 +167,29 @@ class InstanceRunner:
         self._set("stopped", "stopped while waiting to restart")
         await self._event("stopped", self.reason)
 
+    async def _hook(self, which: str, handle: Instance, spec: InstanceSpec) -> bool:
+        """Run the post-start or pre-stop hook when the workload has one, as an event; False when it failed."""
+        hook = self.spec.hooks.post_start if which == "post-start" else self.spec.hooks.pre_stop
+        if hook is None:
+            return True
+        security = self.spec.secured
+        try:
+            ok, what = await run_hook(hook, handle, self.ports, spec.env, self.spec.working_dir or
+                                      str(spec.work_dir / "files"), security.run_as_user, security.run_as_group)
+        except (OSError, ValueError) as exc:
+            ok, what = False, str(exc)
+        await self._event(which, f"{hook.type} hook {'succeeded' if ok else 'failed'}: {what}")
+        return ok
+
     async def _supervise(self, handle: Instance, spec: InstanceSpec) -> Exit:
         self.handle, self.pid, self.started_at = handle, handle.pid, time.time()
+        self.spec_used = spec
         self._set("running")
         await self._event("started", f"pid {handle.pid}" if handle.pid else "")
         if self.stopping:  # stopped while it was starting
             await handle.stop(float(self.spec.stop_grace), "stopped")
+        elif not await self._hook("post-start", handle, spec):
+            await handle.stop(float(self.spec.stop_grace), "its post_start hook failed")
         health = asyncio.create_task(self._health(handle, spec))
         try:
             return await handle.wait()
@@ -180,6 +202,7 @@ class InstanceRunner:
             self.ready = False
             self._ready_event.clear()
             self.handle = None
+            self.spec_used = None
             self.owner.cleanup_instance_dir(self)
 
     async def _became_ready(self, reason: str) -> None:

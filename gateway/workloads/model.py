@@ -14,7 +14,7 @@ from typing import ClassVar
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Workload
 
-EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped")
+EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped", "post-start", "pre-stop")
 LogSink = Callable[[str, str], None]  # (stream, line) of one instance
 READ_CHUNK = 64 << 10  # also the longest line: a longer one is passed on in pieces
 
@@ -31,6 +31,7 @@ class InstanceSpec:
     ports: dict[str, int]  # port name -> host port (0 in the document resolved to a free one)
     work_dir: Path  # the instance's own directory in the data dir (files/ holds `files`)
     log: LogSink
+    volumes: dict[str, Path] = field(default_factory=dict)  # volume name -> its host path (gateway.workloads.mounts)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from gateway.errors import WorkloadError
 from gateway.hookspecs import hookimpl
 from gateway.workloads import limits
 from gateway.workloads.model import Exit, Instance, InstanceSpec, LogSink, Runtime, mib, read_lines, write_files
+from gateway.workloads.mounts import own_files
 
 log = logging.getLogger(__name__)
 MEMORY_SAMPLE_EVERY = 0.2
@@ -174,6 +175,7 @@ class ProcessRuntime(Runtime):
         executable = argv[0]
         if "/" not in executable and shutil.which(executable, path=spec.env.get("PATH")) is None:
             raise WorkloadError(f"command {executable!r} not found in PATH")
+        own_files(spec.work_dir, workload)
         cwd = workload.working_dir or str(files_dir)
         if not os.path.isdir(cwd):
             raise WorkloadError(f"working_dir {cwd} is not a directory")
@@ -192,7 +194,10 @@ class ProcessRuntime(Runtime):
             process = await asyncio.create_subprocess_exec(
                 *argv, env=spec.env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                preexec_fn=limits.preexec(workload.limits, cgroup))
+                preexec_fn=limits.preexec(workload.limits, cgroup), user=workload.secured.run_as_user,
+                group=workload.secured.run_as_group,
+                extra_groups=[] if workload.secured.run_as_user is not None
+                or workload.secured.run_as_group is not None else None)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             if self.cgroups is not None and cgroup is not None:
                 await asyncio.to_thread(self.cgroups.remove, cgroup)

@@ -18,10 +18,12 @@ import msgspec
 from gateway.errors import ConfigError, NotFound, PluginError, WorkloadError
 from gateway.files import files_area
 from gateway.resources.schema import Workload, dec_hook, enc_hook
+from gateway.workloads.accelerators import node_accelerators
 from gateway.workloads.history import WorkloadHistory
 from gateway.workloads.instance import InstanceRunner
 from gateway.workloads.logs import WorkloadLog
 from gateway.workloads.model import InstanceSpec, Runtime, RuntimeRegistry
+from gateway.workloads.mounts import check_devices, env_name, volume_dirs
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -256,7 +258,8 @@ class WorkloadRunner:
         spec = self.target
         return {"id": self.id, "namespace": spec.namespace, "name": spec.name, "runtime": spec.runtime,
                 "version": self.version, "status": status, "reason": reason, "replicas": spec.replicas,
-                "ready": sum(i.ready for i in current), "labels": spec.labels, "last_event": self.last_event,
+                "ready": sum(i.ready for i in current), "labels": spec.labels, "annotations": spec.annotations,
+                "accelerators": spec.accelerators, "last_event": self.last_event,
                 "owner": self.manager.gateway.resources.resource_owner("Workload", spec.namespace, spec.name),
                 "instances": [i.describe() for i in sorted(self.instances.values(), key=lambda i: i.id)]}
 
@@ -336,7 +339,18 @@ class WorkloadManager:
         if missing:
             wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
             return f"node_selector {wanted} does not match this node's labels"
+        if workload.accelerators and workload.replicas:
+            offered = self.accelerators()
+            short = [f"{count * workload.replicas} x {name} (this node offers {offered.get(name, 0)})"
+                     for name, count in sorted(workload.accelerators.items())
+                     if count * workload.replicas > offered.get(name, 0)]
+            if short:
+                return "needs " + ", ".join(short)
         return ""
+
+    def accelerators(self) -> dict[str, int]:
+        """What this node offers: the Gateway document's workloads.accelerators and its CDI specs."""
+        return node_accelerators(self.gateway.config.gateway.workloads)
 
     def _refs(self, workload: Workload) -> str:
         config = self.gateway.config
@@ -417,13 +431,17 @@ class WorkloadManager:
         for file in workload.files:
             value, secret = self._value(workload, file.config_item, file.secret, file.key)
             files[file.path] = (value.encode(), secret)
+        check_devices(workload)
+        volumes = volume_dirs(self.gateway.data_dir, workload, work_dir, self.gateway.config.gateway.workloads)
+        for volume in workload.volumes:
+            env[env_name(volume.name)] = str(volumes[volume.name])
         workload_log = self.log(workload.namespace, workload.name)
 
         def log_line(stream: str, line: str) -> None:
             workload_log.write(instance.id, stream, line)
 
         return InstanceSpec(workload, instance.id, instance.version, env, files, dict(instance.ports), work_dir,
-                            log_line)
+                            log_line, volumes)
 
     def _value(self, workload: Workload, config_item: str | None, secret: str | None, key: str) -> tuple[str, bool]:
         config = self.gateway.config
@@ -508,5 +526,5 @@ class WorkloadManager:
         for runner in self.runners.values():
             status, _ = runner.status()
             counts[status] = counts.get(status, 0) + 1
-        return {"total": len(self.runners), **counts,
+        return {"total": len(self.runners), **counts, "accelerators": self.accelerators(),
                 "runtimes": {name: runtime.describe() for name, runtime in self.registry.runtimes.items()}}

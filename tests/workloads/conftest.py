@@ -60,9 +60,9 @@ async def start_node(tmp_path: Path, write_config: Callable[..., Path], start_ga
                      ) -> AsyncIterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
-    async def start(documents: str = "", labels: str = "{}") -> Node:
+    async def start(documents: str = "", labels: str = "{}", settings: str = "") -> Node:
         port = free_port()
-        config = write_config(gateway_doc(port, labels) + ("---\n" + documents if documents else ""))
+        config = write_config(gateway_doc(port, labels) + settings + ("---\n" + documents if documents else ""))
         gateway: Gateway = await start_gateway(config, serve_http=True)
         tokens = {role: await create_token(gateway.store, role) for role in ("viewer", "operator", "admin")}
         node = Node(gateway, f"http://127.0.0.1:{port}", tokens)

@@ -61,8 +61,11 @@ async def _workload_page(request: AnyRequest, namespace: str, name: str) -> Temp
                 panel["lines"] = answer["lines"]
             except (logs.NodeSilent, NotFound, ConfigError) as exc:
                 panel["problem"] = str(exc)
+    current: Any = next((v["document"] for v in versions if v["current"]), {})
+    annotations = current.get("annotations") if isinstance(current, dict) else None
     return show(request, "workload.html", namespace=namespace, name=name, kind=kind, source=source,
-                placements=placements, versions=versions, events=events, panel=panel)
+                placements=placements, versions=versions, events=events, panel=panel,
+                annotations=annotations if isinstance(annotations, dict) else {})
 
 
 @get("/workloads/{namespace:str}/{name:str}", summary="One workload: status per node, events, versions, logs",

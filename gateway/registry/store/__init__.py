@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -257,6 +258,15 @@ class RegistryStore:
         return [(str(name), dict(json.loads(labels)), joined_at, last, float(interval), bool(paused), str(workspace))
                 for name, labels, joined_at, last, interval, paused, workspace in await self._rows(
                     "SELECT name, labels, joined_at, last_heartbeat, interval, paused, workspace FROM nodes")]
+
+    async def node_infos(self) -> dict[str, dict[str, Any]]:
+        """The info of every node's last heartbeat (what it offers: `accelerators`, …)."""
+        result: dict[str, dict[str, Any]] = {}
+        for name, info in await self._rows("SELECT name, info FROM nodes"):
+            with contextlib.suppress(ValueError):
+                details = json.loads(info or "{}")
+                result[str(name)] = details if isinstance(details, dict) else {}
+        return result
 
     # --- documents --------------------------------------------------------------------------------------------
 

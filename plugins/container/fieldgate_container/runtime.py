@@ -20,9 +20,10 @@ import psutil
 
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
 from gateway.errors import WorkloadError
-from gateway.resources.schema import Workload
+from gateway.resources.schema import Capabilities, Workload
 from gateway.workloads.health import HOST, run_check_command
 from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
+from gateway.workloads.mounts import own_files
 
 log = logging.getLogger(__name__)
 PUBLISH_ADDRESS_VARIABLE = "FIELDGATE_CONTAINER_PUBLISH_ADDRESS"  # host address of mapped ports; all when unset
@@ -38,6 +39,32 @@ STARTED_TIMEOUT = 15.0
 ENGINE_FAILED = (125, 126, 127)  # the engine could not create or start the container
 INSPECT_STARTED = ("{{.State.Pid}} {{.NetworkSettings.IPAddress}} "
                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")  # the pid, then its addresses
+
+
+def security_args(workload: Workload) -> list[str]:
+    """The `run` arguments of the workload's devices and security settings."""
+    args: list[str] = []
+    for device in workload.devices:
+        inside = device.container_path or device.path
+        if device.path.startswith("/dev/pts/"):  # a pseudo-terminal opens only through its own devpts inode
+            with contextlib.suppress(OSError):
+                number = os.stat(device.path).st_rdev
+                args += ["-v", f"{device.path}:{inside}", "--device-cgroup-rule",
+                         f"c {os.major(number)}:{os.minor(number)} {device.permissions}"]
+                continue
+        args += ["--device", f"{device.path}:{inside}:{device.permissions}"]
+    security = workload.secured
+    if security.privileged:
+        args.append("--privileged")
+    if security.run_as_user is not None or security.run_as_group is not None:
+        user = "" if security.run_as_user is None else str(security.run_as_user)
+        group = "" if security.run_as_group is None else f":{security.run_as_group}"
+        args += ["--user", (user or "0") + group]
+    args += [arg for cap in (security.capabilities or Capabilities()).add for arg in ("--cap-add", cap)]
+    args += [arg for cap in (security.capabilities or Capabilities()).drop for arg in ("--cap-drop", cap)]
+    if security.read_only_root_filesystem:
+        args.append("--read-only")
+    return args
 
 
 def pull_policy(workload: Workload) -> str:
@@ -109,6 +136,10 @@ class ContainerInstance(Instance):
                     self.address = next((a for a in addresses if is_address(a)), "")
                     return
                 await asyncio.sleep(0.05)
+
+    def exec_argv(self, command: list[str]) -> list[str]:
+        """The host command line that runs `command` in the container (lifecycle hooks)."""
+        return [str(self.engine.path), "exec", self.container, *command]
 
     async def exec_check(self, command: list[str]) -> str | None:
         """Run an exec health check inside the container (`<engine> exec`), in the container's environment."""
@@ -308,6 +339,11 @@ class ContainerRuntime(Runtime):
             args += ["--cpus", f"{workload.limits.cpu:g}"]
         if workload.working_dir:
             args += ["-w", workload.working_dir]
+        args += security_args(workload)
+        for volume in workload.volumes:
+            mount = volume.mount_path or f"/run/fieldgate/volumes/{volume.name}"
+            args += ["-v", f"{spec.volumes[volume.name]}:{mount}:{'ro' if volume.read_only else 'rw'}"]
+            env[f"FIELDGATE_VOLUME_{volume.name.upper().replace('-', '_')}"] = mount
         command = list(workload.command)
         if command and self.engine is not None and self.engine.is_podman:
             args += ["--entrypoint", json.dumps(command)]
@@ -327,6 +363,7 @@ class ContainerRuntime(Runtime):
         engine = self._engine()
         await self.prepare(spec.workload)
         files_dir = write_files(spec)
+        own_files(spec.work_dir, spec.workload)
         with contextlib.suppress(OSError):
             self.marker.touch()
         args, env = self.run_args(spec, files_dir)

@@ -57,7 +57,7 @@ async def start_node(write_config: Callable[..., Path], start_gateway: Callable[
                      ) -> AsyncIterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
-    async def start(documents: str = "") -> Node:
+    async def start(documents: str = "", settings: str = "", data_dir: Path | None = None) -> Node:
         port = free_port()
         config = write_config(f"""\
 kind: Gateway
@@ -65,8 +65,8 @@ name: edge-1
 http: {{listen: "127.0.0.1:{port}"}}
 eventbus: {{url: none}}
 store: {{flush_interval: 50ms}}
-""" + ("---\n" + documents if documents else ""))
-        gateway: Gateway = await start_gateway(config, serve_http=True)
+""" + settings + ("---\n" + documents if documents else ""))
+        gateway: Gateway = await start_gateway(config, data_dir, serve_http=True)
         node = Node(gateway, f"http://127.0.0.1:{port}", await create_token(gateway.store, "admin"))
         nodes.append(node)
         return node

@@ -106,7 +106,8 @@ def test_privileged_is_for_admins(registry: Registry, tmp_path: Path) -> None:
         assert admin.post("/api/v1/documents", json=[calmer]).status_code == 200
         refused = operator.post("/api/v1/workloads/Workload/default/tool/rollback", json={"version": 1})
         assert refused.status_code == 400, refused.text
-        assert ("$.security.privileged: only an admin may run a workload privileged (the operator role cannot)"
+        assert ("$.security.privileged: only an admin may run a workload privileged (the operator role cannot; "
+                "it needs apps.privileged)"
                 in refused.text)
         versions = admin.get("/api/v1/workloads/Workload/default/tool/versions").json()
         assert len(versions) == 2 and versions[-1]["current"]  # nothing applied

@@ -28,11 +28,12 @@ from gateway.registry.store.batches import BatchTables
 from gateway.registry.store.db import Database, KeyTaken, NothingMatched, Statement, open_database
 from gateway.registry.store.documents import Document, DocumentTables
 from gateway.registry.store.routes import RouteTables
-from gateway.registry.store.samples import SampleTables, sample_statements
+from gateway.registry.store.samples import SampleTables, figures_statements, sample_statements
 from gateway.registry.store.twins import TwinTables
 from gateway.registry.store.upgrades import UpgradeTables
 from gateway.registry.store.workloads import WorkloadTables
 from gateway.resources.schema import NAME_PATTERN
+from gateway.wire import AppFigures
 
 OFFLINE_AFTER = 3  # heartbeat intervals without a heartbeat
 ROLES = ("viewer", "operator", "admin")
@@ -186,12 +187,13 @@ class RegistryStore:
         if not rows or rows[0][0] != serial:
             raise AuthError("unknown node certificate")
 
-    async def heartbeat(self, name: str, info: dict[str, Any]) -> float:
-        """Record a heartbeat (and its resource sample, `info.metrics`); returns the node's heartbeat interval."""
+    async def heartbeat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None) -> float:
+        """Record a heartbeat (and its resource sample, `info.metrics`, and its app instances' figures); returns the
+        node's heartbeat interval."""
         now = time.time()
         await self.database.transaction([
             ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
-            *sample_statements(name, info.get("metrics"), now)])
+            *sample_statements(name, info.get("metrics"), now), *figures_statements(name, figures, now)])
         rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
         return float(rows[0][0]) if rows else 0.0
 
@@ -207,6 +209,7 @@ class RegistryStore:
             ("DELETE FROM group_members WHERE node=?", (name,)),
             ("DELETE FROM messages WHERE node=?", (name,)),
             ("DELETE FROM node_metrics WHERE node=?", (name,)),
+            ("DELETE FROM app_metrics WHERE node=?", (name,)),
             ("DELETE FROM device_twins WHERE node=?", (name,)),
             ("DELETE FROM device_desired WHERE node=?", (name,)),
             ("DELETE FROM workload_placements WHERE node=?", (name,)),

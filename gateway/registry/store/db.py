@@ -137,6 +137,18 @@ CREATE TABLE route_counters (node TEXT NOT NULL, namespace TEXT NOT NULL, name T
     queued BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, reported_at {time} NOT NULL,
     PRIMARY KEY (node, namespace, name));
 """),
+    (18, """
+CREATE TABLE app_metrics (node TEXT NOT NULL, minute INTEGER NOT NULL, workload TEXT NOT NULL,
+    instance TEXT NOT NULL, beats INTEGER NOT NULL,
+    cpu_percent_sum {time} NOT NULL, cpu_percent_n INTEGER NOT NULL,
+    memory_bytes_sum {time} NOT NULL, memory_bytes_n INTEGER NOT NULL,
+    disk_read_bps_sum {time} NOT NULL, disk_read_bps_n INTEGER NOT NULL,
+    disk_write_bps_sum {time} NOT NULL, disk_write_bps_n INTEGER NOT NULL,
+    net_rx_bps_sum {time} NOT NULL, net_rx_bps_n INTEGER NOT NULL,
+    net_tx_bps_sum {time} NOT NULL, net_tx_bps_n INTEGER NOT NULL,
+    PRIMARY KEY (node, minute, workload, instance));
+CREATE INDEX app_metrics_by_workload ON app_metrics (workload, minute);
+"""),
 ]
 
 

@@ -1,12 +1,13 @@
 """The nodes' resource samples: one bucket per node and minute (`node_metrics`: a sum and a count per series, so a
-minute shows the mean of its beats), kept for WINDOW."""
+minute shows the mean of its beats), kept for WINDOW; and the same of every app instance the nodes report
+(`app_metrics`: a bucket per node, minute, workload and instance)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.registry.store.db import Statement, Tables
-from gateway.wire import SERIES, clean_sample
+from gateway.wire import APP_SERIES, SERIES, AppFigures, clean_sample
 
 MINUTE = 60
 WINDOW = 24 * 3600  # how long the registry keeps samples
@@ -17,6 +18,32 @@ _ADD_SAMPLE = (
     "beats = node_metrics.beats + 1, "
     + ", ".join(f"{n}_sum = node_metrics.{n}_sum + excluded.{n}_sum, {n}_n = node_metrics.{n}_n + excluded.{n}_n"
                 for n in SERIES))
+
+
+_ADD_FIGURES = (
+    f"INSERT INTO app_metrics (node, minute, workload, instance, beats, "
+    f"{', '.join(f'{n}_sum, {n}_n' for n in APP_SERIES)}) "
+    f"VALUES (?, ?, ?, ?, 1, {', '.join('?' * (2 * len(APP_SERIES)))}) "
+    "ON CONFLICT (node, minute, workload, instance) DO UPDATE SET beats = app_metrics.beats + 1, "
+    + ", ".join(f"{n}_sum = app_metrics.{n}_sum + excluded.{n}_sum, {n}_n = app_metrics.{n}_n + excluded.{n}_n"
+                for n in APP_SERIES))
+
+
+def figures_statements(node: str, figures: list[AppFigures] | None, now: float) -> list[Statement]:
+    """The statements adding a heartbeat's app figures to their instances' buckets of this minute and dropping the
+    node's old buckets."""
+    if not figures:
+        return []
+    minute = int(now // MINUTE)
+    statements: list[Statement] = []
+    for report in figures:
+        values: list[Any] = [node, minute, report.workload, report.instance]
+        for name in APP_SERIES:
+            value = getattr(report, name)
+            values += [value if value is not None else 0.0, 0 if value is None else 1]
+        statements.append((_ADD_FIGURES, values))
+    statements.append(("DELETE FROM app_metrics WHERE node=? AND minute<?", (node, minute - WINDOW // MINUTE)))
+    return statements
 
 
 def sample_statements(node: str, raw: Any, now: float) -> list[Statement]:
@@ -42,3 +69,19 @@ class SampleTables(Tables):
         columns = ", ".join(f"{name}_sum, {name}_n" for name in series)
         return await self.database.rows(
             f"SELECT minute, {columns} FROM node_metrics WHERE node=? AND minute>=? ORDER BY minute", node, first)
+
+    async def app_minutes(self, first: int, *, node: str | None = None,
+                          workload: str | None = None) -> list[tuple[Any, ...]]:
+        """The app buckets from minute `first` on of one node or one workload (or both), oldest first:
+        (node, workload, instance, minute, sum, count, sum, count, …) in the order of APP_SERIES."""
+        columns = ", ".join(f"{name}_sum, {name}_n" for name in APP_SERIES)
+        where, args = ["minute>=?"], list[Any]([first])
+        if node is not None:
+            where.append("node=?")
+            args.append(node)
+        if workload is not None:
+            where.append("workload=?")
+            args.append(workload)
+        return await self.database.rows(
+            f"SELECT node, workload, instance, minute, {columns} FROM app_metrics WHERE {' AND '.join(where)} "
+            "ORDER BY minute", *args)

@@ -190,7 +190,8 @@ def cgroup_counters(dirs: Mapping[str, Path], pid: int) -> Counters | None:
     v2 = dirs.get("")
     network = own_network(pid)
     rx, tx = network if network else (None, None)
-    if v2 is not None and (v2 / "cpu.stat").exists():
+    # v2 when it holds the memory controller: on a hybrid host its cgroups have cpu.stat but v1 holds the rest
+    if v2 is not None and (v2 / "memory.current").exists():
         usage = read_key(v2 / "cpu.stat", "usage_usec")
         current = read_int(v2 / "memory.current")
         memory = None if current is None else max(current - read_key(v2 / "memory.stat", "inactive_file"), 0)

@@ -108,6 +108,11 @@ def test_cgroup_files_read_as_v1_and_v2_write_them(tmp_path: Path) -> None:
     assert (counters.cpu_seconds, counters.memory_bytes, counters.disk_read, counters.disk_written) == (
         1.5, 25 << 20, 101, 202)
     assert cgroup_counters({"memory": v1["memory"]}, os.getpid()) is None, "no CPU account: not a cgroup to read"
+    hybrid = tmp_path / "unified"  # a hybrid host's v2 cgroup: cpu.stat, but v1 holds the memory controller
+    hybrid.mkdir()
+    (hybrid / "cpu.stat").write_text("usage_usec 7\n")
+    counters = cgroup_counters({"": hybrid, **v1}, os.getpid())
+    assert counters is not None and (counters.cpu_seconds, counters.memory_bytes) == (2.5, 50 << 20)
 
 
 def test_this_process_cgroups_are_found_and_are_not_an_apps_own() -> None:

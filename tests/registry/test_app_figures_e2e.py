@@ -42,7 +42,8 @@ while True:
 # the same in a container of busybox: tmpfs pages (/dev/shm) are charged to the container's memory cgroup
 CONTAINER_BURNER = ("until [ -e /run/fieldgate/files/go ]; do sleep 0.2; done; "
                     "dd if=/dev/zero of=/dev/shm/fill bs=1M count=50; while :; do :; done")
-CONTAINERS_CONF = '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n'
+CONTAINERS_CONF = ('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+                   '[engine]\nruntime = "runc"\n')
 
 
 def workload(name: str, body: str) -> str:

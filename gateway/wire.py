@@ -234,10 +234,10 @@ APP_SERIES: tuple[str, ...] = ("cpu_percent", "memory_bytes", "disk_read_bps", "
 Figure = Annotated[float, msgspec.Meta(ge=0, le=1e15)] | None
 
 
-class AppFigures(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+class AppFigures(msgspec.Struct, array_like=True):
     """One instance's resources over the node's last sampling interval, sent as a JSON array (about 60 bytes):
     CPU in % of one core, memory in bytes, disk and network in bytes/s; null where the node cannot tell (the
-    network of an app on the host's network)."""
+    network of an app on the host's network). Elements after these (a newer node's) are ignored."""
 
     workload: Annotated[str, msgspec.Meta(min_length=3, max_length=507)]  # <namespace>/<name>
     instance: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
@@ -254,9 +254,9 @@ MAX_ACCELERATORS = 64
 Amount = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
 
 
-class Allocatable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+class Allocatable(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a node offers its apps: CPU cores, memory bytes and named accelerators by count
-    (`nvidia.com/gpu: 2`)."""
+    (`nvidia.com/gpu: 2`); fields a newer node adds are ignored."""
 
     cpu: Amount
     memory: Amount

@@ -258,8 +258,9 @@ def app_plots_html(series: dict[str, list[Point]], instances: Sequence[tuple[str
                    end: float, step: float, source: str = "", window: str = "", window_links: str = "",
                    windows: Sequence[str] = RESOURCE_WINDOWS) -> str:
     """The CPU, memory, disk and network plots of an app's instances (`instances`: (key, label), one line each,
-    at most MAX_APP_LINES), from series named by app_series_name; with `source` the page's script redraws them
-    from there, with a window selector as resource_plots_html has."""
+    at most MAX_APP_LINES), from series named by app_series_name — the network plot only when some instance has
+    network figures; with `source` the page's script redraws them from there, with a window selector as
+    resource_plots_html has."""
     shown = list(instances)[:MAX_APP_LINES]
 
     def plot(title: str, unit: Unit, figures: list[tuple[str, str]]) -> str:
@@ -273,6 +274,9 @@ def app_plots_html(series: dict[str, list[Point]], instances: Sequence[tuple[str
 
     plots = [plot("CPU (% of a core)", "percent", [("cpu_percent", "")]),
              plot("Memory", "bytes", [("memory_bytes", "")]),
-             plot("Disk I/O", "bytes_per_s", [("disk_read_bps", "read"), ("disk_write_bps", "write")]),
-             plot("Network", "bytes_per_s", [("net_rx_bps", "rx"), ("net_tx_bps", "tx")])]
+             plot("Disk I/O", "bytes_per_s", [("disk_read_bps", "read"), ("disk_write_bps", "write")])]
+    if any(value is not None for key, _ in shown for figure in ("net_rx_bps", "net_tx_bps")
+           for _, value in series.get(app_series_name(figure, key), [])):
+        # apps on the host's network have no network figures of their own: no plot rather than an empty one
+        plots.append(plot("Network", "bytes_per_s", [("net_rx_bps", "rx"), ("net_tx_bps", "tx")]))
     return plot_group(plots, source=source, window=window, window_links=window_links, windows=windows)

@@ -28,6 +28,7 @@ MAX_EVENTS_PER_BEAT = 200  # events one heartbeat carries at most, over all work
 MIN_REPORT_INTERVAL = 1.0
 RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
 ALLOCATABLE_EVERY = 60.0  # seconds between two readings of what the node offers its apps
+EMPTY_EVERY = 3600.0  # seconds between two empty figures lists of a node without apps
 
 
 def _report(described: dict[str, Any]) -> WorkloadReport:
@@ -98,6 +99,7 @@ class FiguresSync:
         self._sent = -1
         self._allocatable: dict[str, Any] = {}
         self._read_at = -ALLOCATABLE_EVERY
+        self._sent_empty = -EMPTY_EVERY
 
     def outgoing(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -110,6 +112,10 @@ class FiguresSync:
             reports = [AppFigures(f.workload, f.instance, *(f.latest.get(name) for name in APP_SERIES))
                        for f in figures.instances.values()
                        if f.latest is not None and f.latest.get("cpu_percent") is not None][:MAX_FIGURES]
-            if reports:
+            # none: an empty list now and then all the same, with which the registry drops the day-old figures it
+            # keeps of the apps this node ran
+            if reports or now - self._sent_empty >= EMPTY_EVERY:
                 body["figures"] = msgspec.to_builtins(reports)
+                if not reports:
+                    self._sent_empty = now
         return body

@@ -74,6 +74,9 @@ async def test_figures_are_kept_per_instance_and_minute_for_24_hours(db_url: str
         assert len(instances) == 2 and len(html) < 20000
         assert await app_plots_html(store, "1h", source="x", node="gw-9") == ("", [])
 
+        await store.database.transaction(figures_statements("gw-2", [], time.time() + WINDOW + 2 * MINUTE))
+        assert await store.database.rows("SELECT COUNT(*) FROM app_metrics WHERE node=?", "gw-2") == [(0,)], \
+            "a node without apps any more: its old buckets go a day later"
         await store.remove_node("gw-1")
         assert await store.database.rows("SELECT COUNT(*) FROM app_metrics WHERE node=?", "gw-1") == [(0,)]
 

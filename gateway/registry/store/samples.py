@@ -31,8 +31,8 @@ _ADD_FIGURES = (
 
 def figures_statements(node: str, figures: list[AppFigures] | None, now: float) -> list[Statement]:
     """The statements adding a heartbeat's app figures to their instances' buckets of this minute and dropping the
-    node's old buckets."""
-    if not figures:
+    node's old buckets (an empty list, which a node without apps sends now and then, only drops them)."""
+    if figures is None:
         return []
     minute = int(now // MINUTE)
     statements: list[Statement] = []

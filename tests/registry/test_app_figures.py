@@ -41,7 +41,12 @@ async def test_figures_are_kept_per_instance_and_minute_for_24_hours(db_url: str
         for cpu, memory in ((10.0, 100.0), (30.0, 300.0)):
             await store.heartbeat("gw-1", {}, [AppFigures("default/app", "app-1-0", cpu, memory, 1.0, 2.0),
                                                AppFigures("default/other", "other-1-0", 50.0)])
-        await store.heartbeat("gw-2", {}, [AppFigures("default/app", "app-3-0", 70.0, 700.0)])
+        # one instance twice in a heartbeat (a node's bug): counted once, not refused by the database
+        await store.heartbeat("gw-2", {}, [AppFigures("default/app", "app-3-0", 10.0, 100.0),
+                                           AppFigures("default/app", "app-3-0", 70.0, 700.0)])
+        many = [AppFigures("default/many", f"many-1-{i}", float(i)) for i in range(120)]  # three INSERTs
+        assert len(figures_statements("gw-3", many, time.time())) == 4
+        await store.heartbeat("gw-2", {}, many)
         await store.heartbeat("gw-2", {})  # a node without apps, or one before figures
 
         on_node = await app_samples(store, 0.0, node="gw-1")
@@ -55,6 +60,8 @@ async def test_figures_are_kept_per_instance_and_minute_for_24_hours(db_url: str
 
         app = await app_samples(store, 0.0, workload="default/app")
         assert {i["key"] for i in app["instances"]} == {"gw-1/app-1-0", "gw-2/app-3-0"}
+        assert next(i for i in app["instances"] if i["node"] == "gw-2")["latest"]["cpu_percent"] == 70.0
+        assert len((await app_samples(store, 0.0, workload="default/many"))["instances"]) == 120
         assert set(app["series"]) == {f"{name}@{key}" for name in APP_SERIES
                                       for key in ("gw-1/app-1-0", "gw-2/app-3-0")}
         only = await app_samples(store, 0.0, workload="default/app", nodes={"gw-2"})
@@ -74,7 +81,7 @@ async def test_figures_are_kept_per_instance_and_minute_for_24_hours(db_url: str
         assert len(instances) == 2 and len(html) < 20000
         assert await app_plots_html(store, "1h", source="x", node="gw-9") == ("", [])
 
-        await store.database.transaction(figures_statements("gw-2", [], time.time() + WINDOW + 2 * MINUTE))
+        await store.database.transaction(figures_statements("gw-2", [], time.time() + WINDOW + 2 * MINUTE, {}))
         assert await store.database.rows("SELECT COUNT(*) FROM app_metrics WHERE node=?", "gw-2") == [(0,)], \
             "a node without apps any more: its old buckets go a day later"
         await store.remove_node("gw-1")

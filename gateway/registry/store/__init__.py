@@ -56,6 +56,7 @@ class RegistryStore:
         self._database: Database | None = None
         # messages queued, delivered (acknowledged) and expired by this process, for GET /metrics
         self.message_counts: collections.Counter[str] = collections.Counter()
+        self._figures_pruned: dict[str, int] = {}  # node -> the minute its day-old app figures were last dropped
         self.documents = DocumentTables(self)
         self.twins = TwinTables(self)
         self.workloads = WorkloadTables(self)
@@ -193,7 +194,8 @@ class RegistryStore:
         now = time.time()
         await self.database.transaction([
             ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
-            *sample_statements(name, info.get("metrics"), now), *figures_statements(name, figures, now)])
+            *sample_statements(name, info.get("metrics"), now),
+            *figures_statements(name, figures, now, self._figures_pruned)])
         rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
         return float(rows[0][0]) if rows else 0.0
 

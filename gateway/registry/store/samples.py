@@ -20,29 +20,43 @@ _ADD_SAMPLE = (
                 for n in SERIES))
 
 
-_ADD_FIGURES = (
-    f"INSERT INTO app_metrics (node, minute, workload, instance, beats, "
-    f"{', '.join(f'{n}_sum, {n}_n' for n in APP_SERIES)}) "
-    f"VALUES (?, ?, ?, ?, 1, {', '.join('?' * (2 * len(APP_SERIES)))}) "
-    "ON CONFLICT (node, minute, workload, instance) DO UPDATE SET beats = app_metrics.beats + 1, "
+_FIGURE_COLUMNS = 5 + 2 * len(APP_SERIES)  # node, minute, workload, instance, beats, a sum and a count per figure
+_FIGURES_ROW = f"({', '.join('?' * _FIGURE_COLUMNS)})"
+_FIGURES_UPSERT = (
+    " ON CONFLICT (node, minute, workload, instance) DO UPDATE SET beats = app_metrics.beats + excluded.beats, "
     + ", ".join(f"{n}_sum = app_metrics.{n}_sum + excluded.{n}_sum, {n}_n = app_metrics.{n}_n + excluded.{n}_n"
                 for n in APP_SERIES))
+FIGURES_PER_STATEMENT = 50  # rows of one INSERT: 800 parameters, under every SQLite's limit
+PRUNE_EVERY = 10  # minutes between two deletions of a node's day-old app buckets
 
 
-def figures_statements(node: str, figures: list[AppFigures] | None, now: float) -> list[Statement]:
-    """The statements adding a heartbeat's app figures to their instances' buckets of this minute and dropping the
-    node's old buckets (an empty list, which a node without apps sends now and then, only drops them)."""
+def figures_statements(node: str, figures: list[AppFigures] | None, now: float,
+                       pruned: dict[str, int] | None = None) -> list[Statement]:
+    """The statements adding a heartbeat's app figures to their instances' buckets of this minute, in as few
+    INSERTs as they fit, and dropping the node's day-old buckets (at most every PRUNE_EVERY minutes per node when
+    `pruned` keeps when that was last; an empty list, which a node without apps sends now and then, only drops)."""
     if figures is None:
         return []
     minute = int(now // MINUTE)
-    statements: list[Statement] = []
+    rows: dict[tuple[str, str], list[Any]] = {}  # one row per instance: a statement may not update a row twice
     for report in figures:
-        values: list[Any] = [node, minute, report.workload, report.instance]
+        values: list[Any] = [node, minute, report.workload, report.instance, 1]
         for name in APP_SERIES:
             value = getattr(report, name)
             values += [value if value is not None else 0.0, 0 if value is None else 1]
-        statements.append((_ADD_FIGURES, values))
-    statements.append(("DELETE FROM app_metrics WHERE node=? AND minute<?", (node, minute - WINDOW // MINUTE)))
+        rows[(report.workload, report.instance)] = values
+    ordered = list(rows.values())
+    statements: list[Statement] = []
+    for first in range(0, len(ordered), FIGURES_PER_STATEMENT):
+        chunk = ordered[first:first + FIGURES_PER_STATEMENT]
+        columns = ", ".join(f"{n}_sum, {n}_n" for n in APP_SERIES)
+        statements.append((f"INSERT INTO app_metrics (node, minute, workload, instance, beats, {columns}) VALUES "
+                           + ", ".join([_FIGURES_ROW] * len(chunk)) + _FIGURES_UPSERT,
+                           [value for row in chunk for value in row]))
+    if pruned is None or minute - pruned.get(node, 0) >= PRUNE_EVERY:
+        statements.append(("DELETE FROM app_metrics WHERE node=? AND minute<?", (node, minute - WINDOW // MINUTE)))
+        if pruned is not None:
+            pruned[node] = minute
     return statements
 
 

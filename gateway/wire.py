@@ -226,6 +226,44 @@ def clean_sample(raw: Any) -> Sample:
     return sample
 
 
+# --- per-instance figures of edge apps and what the node can run (up with the heartbeat) -------------------------
+
+MAX_FIGURES = 500  # instances in one heartbeat (gateway.workloads.figures samples at most as many)
+APP_SERIES: tuple[str, ...] = ("cpu_percent", "memory_bytes", "disk_read_bps", "disk_write_bps", "net_rx_bps",
+                               "net_tx_bps")
+Figure = Annotated[float, msgspec.Meta(ge=0, le=1e15)] | None
+
+
+class AppFigures(msgspec.Struct, array_like=True):
+    """One instance's resources over the node's last sampling interval, sent as a JSON array (about 60 bytes):
+    CPU in % of one core, memory in bytes, disk and network in bytes/s; null where the node cannot tell (the
+    network of an app on the host's network). Elements after these (a newer node's) are ignored."""
+
+    workload: Annotated[str, msgspec.Meta(min_length=3, max_length=507)]  # <namespace>/<name>
+    instance: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    cpu_percent: Figure = None
+    memory_bytes: Figure = None
+    disk_read_bps: Figure = None
+    disk_write_bps: Figure = None
+    net_rx_bps: Figure = None
+    net_tx_bps: Figure = None
+
+
+AppFiguresList = Annotated[list[AppFigures], msgspec.Meta(max_length=MAX_FIGURES)]
+MAX_ACCELERATORS = 64
+Amount = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+
+
+class Allocatable(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a node offers its apps: CPU cores, memory bytes and named accelerators by count
+    (`nvidia.com/gpu: 2`); fields a newer node adds are ignored."""
+
+    cpu: Amount
+    memory: Amount
+    accelerators: Annotated[dict[Annotated[str, msgspec.Meta(max_length=253)], Annotated[int, msgspec.Meta(ge=0)]],
+                            msgspec.Meta(max_length=MAX_ACCELERATORS)] = {}
+
+
 # --- the heartbeat (`POST /api/v1/heartbeat`, mutual TLS) ----------------------------------------------------------
 
 
@@ -241,6 +279,8 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     workloads: WorkloadReports | None = None  # the node's registry-owned workloads, when they changed
     upgrade: UpgradeReport | None = None  # the state of the upgrade task the node was handed last
     routes: RouteReports | None = None  # the counters of the node's registry-owned routes, when they changed
+    figures: AppFiguresList | None = None  # the resources of the node's app instances, when it sampled them anew
+    allocatable: Allocatable | None = None  # what the node offers its apps (kept with the node's info)
 
 
 class HeartbeatResponse(msgspec.Struct, kw_only=True):

@@ -34,6 +34,7 @@ class GatewayCollector(Collector):
         yield from self._sinks()
         yield from self._tasks()
         yield from self._files()
+        yield from self._workloads()
 
     def _gateway(self) -> Iterator[Metric]:
         gw = self.gateway
@@ -180,6 +181,36 @@ class GatewayCollector(Collector):
                                         ("to-registry", "refused", "files_sent_refused")):
             files.add_metric([direction, outcome], COUNTERS[key])
         yield files
+
+    def _workloads(self) -> Iterator[Metric]:
+        """The counters of every app instance the node sampled last (gateway.workloads.figures): as many series as
+        instances run now (at most its MAX_INSTANCES), labelled by workload and instance id."""
+        labels = ["workload", "workload_instance"]
+        cpu = CounterMetricFamily("fieldgate_workload_cpu_seconds_total", "CPU time of an app instance",
+                                  labels=labels)
+        memory = GaugeMetricFamily("fieldgate_workload_memory_bytes", "Memory of an app instance (its cgroup's "
+                                   "working set, or the resident size of its processes)", labels=labels)
+        disk_read = CounterMetricFamily("fieldgate_workload_disk_read_bytes_total", "Bytes an app instance read "
+                                        "from storage", labels=labels)
+        disk_written = CounterMetricFamily("fieldgate_workload_disk_written_bytes_total", "Bytes an app instance "
+                                           "wrote to storage", labels=labels)
+        received = CounterMetricFamily("fieldgate_workload_network_received_bytes_total", "Bytes an app instance "
+                                       "received (its own network namespace only)", labels=labels)
+        sent = CounterMetricFamily("fieldgate_workload_network_sent_bytes_total", "Bytes an app instance sent "
+                                   "(its own network namespace only)", labels=labels)
+        manager = getattr(self.gateway, "workloads", None)
+        for figures in sorted(manager.figures.instances.values() if manager is not None else (),
+                              key=lambda f: f.instance):
+            counters, names = figures.counters, [figures.workload, figures.instance]
+            if counters is None:
+                continue
+            cpu.add_metric(names, counters.cpu_seconds)
+            for family, value in ((memory, counters.memory_bytes), (disk_read, counters.disk_read),
+                                  (disk_written, counters.disk_written), (received, counters.net_rx),
+                                  (sent, counters.net_tx)):
+                if value is not None:
+                    family.add_metric(names, value)
+        yield from (cpu, memory, disk_read, disk_written, received, sent)
 
 
 async def scrape(gateway: GatewayAPI) -> bytes:

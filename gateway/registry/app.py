@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 from litestar import Litestar, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -157,7 +158,8 @@ async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> He
     store = store_of(request)
     # the address the registry sees the node at, beside those the node reports of its own interfaces
     seen_from = {"seen_from": request.client.host} if request.client else {}
-    interval = await store.heartbeat(node, {**data.info, **seen_from})
+    allocatable = {"allocatable": msgspec.to_builtins(data.allocatable)} if data.allocatable is not None else {}
+    interval = await store.heartbeat(node, {**data.info, **seen_from, **allocatable}, data.figures)
     await workloads.record_status(store, node, data.workloads)
     await routes.record_counters(store, node, data.routes)
     assignment = await upgrades.on_heartbeat(store, node, data.upgrade)

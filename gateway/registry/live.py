@@ -22,7 +22,8 @@ all streams together and filtered per user.
 the user's scope, and the stream ends when the task is gone.
 
 `GET /nodes/{name}/metrics?window=15m|1h|6h|24h`: a node's per-minute samples (gateway.registry.monitoring) for
-webkit/static/plot.js.
+webkit/static/plot.js; `GET /nodes/{name}/apps/metrics?window=` and `GET /workloads/{namespace}/{name}/metrics?window=`
+the same of the app instances on a node and of a workload's instances.
 """
 
 from __future__ import annotations
@@ -273,4 +274,43 @@ async def node_metrics_page(request: AnyRequest, name: FromPath[str], window: Fr
     return {**await node_samples(store, name, now - seconds), "since": now - seconds, "until": now}
 
 
-ROUTE_HANDLERS = [nodes_events, overview_events, upgrade_events, node_metrics_page]
+def _window(window: str) -> float:
+    seconds = PLOT_WINDOWS.get(window)
+    if seconds is None:
+        raise ConfigError(f"?window={window}: expected one of {', '.join(PLOT_WINDOWS)}")
+    return seconds
+
+
+@get("/nodes/{name:str}/apps/metrics", summary="The resources of a node's app instances for its plots (page session)",
+     include_in_schema=False, opt={"session_permission": "apps.read"})
+async def node_apps_metrics_page(request: AnyRequest, name: FromPath[str], window: FromQuery[str] = "24h"
+                                 ) -> dict[str, Any]:
+    from gateway.registry.monitoring import app_samples
+
+    _, _, caller = await _page_session(request)
+    _needs(caller, "apps.read")
+    seconds = _window(window)
+    store: RegistryStore = request.app.state.store
+    await access.check_node_in_scope(store, caller, name)
+    now = time.time()
+    return {**await app_samples(store, now - seconds, node=name), "since": now - seconds, "until": now}
+
+
+@get("/workloads/{namespace:str}/{name:str}/metrics", summary="The resources of a workload's instances for its "
+     "plots (page session)", include_in_schema=False, opt={"session_permission": "apps.read"})
+async def workload_metrics_page(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
+                                window: FromQuery[str] = "24h") -> dict[str, Any]:
+    from gateway.registry.monitoring import app_samples, workload_nodes
+
+    _, _, caller = await _page_session(request)
+    _needs(caller, "apps.read")
+    seconds = _window(window)
+    store: RegistryStore = request.app.state.store
+    nodes = await workload_nodes(store, caller, namespace, name)
+    now = time.time()
+    return {**await app_samples(store, now - seconds, workload=f"{namespace}/{name}", nodes=nodes),
+            "since": now - seconds, "until": now}
+
+
+ROUTE_HANDLERS = [nodes_events, overview_events, upgrade_events, node_metrics_page, node_apps_metrics_page,
+                  workload_metrics_page]

@@ -34,7 +34,7 @@ from gateway.uplink.requests import answer_request
 from gateway.uplink.routes import RouteSync
 from gateway.uplink.twins import TwinSync
 from gateway.uplink.upgrade import NodeUpgrade
-from gateway.uplink.workloads import WorkloadSync
+from gateway.uplink.workloads import FiguresSync, WorkloadSync
 from gateway.wire import LOGS_NAMESPACE, MAX_HEARTBEAT, AckRequest, HeartbeatResponse, NodeMessage
 from gateway.workloads.accelerators import node_accelerators
 
@@ -86,6 +86,7 @@ class Uplink:
         self.sampler = NodeSampler(gateway.data_dir, gateway)  # its rates cover the time between two heartbeats
         self.twins = TwinSync(gateway, gateway.data_dir / "registry" / "desired.json")
         self.workloads = WorkloadSync(gateway)
+        self.figures = FiguresSync(gateway)
         self.upgrade = NodeUpgrade(gateway)
         self.routes = RouteSync(gateway)
         from gateway.files.bucket import TokenBucket
@@ -185,7 +186,8 @@ class Uplink:
     async def beat(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
-                **self.workloads.outgoing(), **self.upgrade.outgoing(), **self.routes.outgoing()}
+                **self.workloads.outgoing(), **self.upgrade.outgoing(), **self.routes.outgoing(),
+                **self.figures.outgoing()}
         content = msgspec.json.encode(body)  # msgspec, not json: no value can make the body invalid JSON
         if len(content) > MAX_HEARTBEAT:  # the budgets keep under it; never send what the registry refuses whole
             log.error("a heartbeat of %d bytes is over the registry's %d: its twins and workloads go later",
@@ -193,7 +195,7 @@ class Uplink:
             self.twins.failed()
             self.workloads.failed()
             self.routes.failed()
-            later = ("twins", "twins_complete", "described", "workloads", "routes")
+            later = ("twins", "twins_complete", "described", "workloads", "routes", "figures")
             body = {key: value for key, value in body.items() if key not in later}
             content = msgspec.json.encode(body)
         try:

@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.wire import MAX_EVENTS, MAX_REASON, MAX_REPORTS, EventReport, InstanceReport, WorkloadReport
+from gateway.wire import (
+    APP_SERIES,
+    MAX_EVENTS,
+    MAX_FIGURES,
+    MAX_REASON,
+    MAX_REPORTS,
+    AppFigures,
+    EventReport,
+    InstanceReport,
+    WorkloadReport,
+)
+from gateway.workloads.capacity import allocatable
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -16,6 +27,8 @@ if TYPE_CHECKING:
 MAX_EVENTS_PER_BEAT = 200  # events one heartbeat carries at most, over all workloads (~250 kB)
 MIN_REPORT_INTERVAL = 1.0
 RESEND = 30.0  # seconds after which a node reports its workloads again though nothing changed
+ALLOCATABLE_EVERY = 60.0  # seconds between two readings of what the node offers its apps
+EMPTY_EVERY = 3600.0  # seconds between two empty figures lists of a node without apps
 
 
 def _report(described: dict[str, Any]) -> WorkloadReport:
@@ -75,3 +88,34 @@ class WorkloadSync:
     def failed(self) -> None:
         self._sending = None
         self._last = -RESEND
+
+
+class FiguresSync:
+    """The resources of every app instance of the node (gateway.workloads.figures), sent with the first heartbeat
+    after each sample, and what the node offers its apps (`allocatable`), sent with every heartbeat."""
+
+    def __init__(self, gateway: GatewayAPI) -> None:
+        self.gateway = gateway
+        self._sent = -1
+        self._allocatable: dict[str, Any] = {}
+        self._read_at = -ALLOCATABLE_EVERY
+        self._sent_empty = -EMPTY_EVERY
+
+    def outgoing(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._read_at >= ALLOCATABLE_EVERY:
+            self._allocatable, self._read_at = msgspec.to_builtins(allocatable()), now
+        body: dict[str, Any] = {"allocatable": self._allocatable}
+        figures = self.gateway.workloads.figures
+        if figures.generation != self._sent:
+            self._sent = figures.generation
+            reports = [AppFigures(f.workload, f.instance, *(f.latest.get(name) for name in APP_SERIES))
+                       for f in figures.instances.values()
+                       if f.latest is not None and f.latest.get("cpu_percent") is not None][:MAX_FIGURES]
+            # none: an empty list now and then all the same, with which the registry drops the day-old figures it
+            # keeps of the apps this node ran
+            if reports or now - self._sent_empty >= EMPTY_EVERY:
+                body["figures"] = msgspec.to_builtins(reports)
+                if not reports:
+                    self._sent_empty = now
+        return body

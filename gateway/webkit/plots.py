@@ -192,6 +192,23 @@ def plot_figure(svg: str, *, source: str, title: str, kind: Unit | str, data_for
 
 
 UNIT_KINDS = ("percent", "bytes", "bytes_per_s", "per_s", "count")
+
+
+def plot_group(plots: Sequence[str], *, source: str, window: str, window_links: str, windows: Sequence[str]) -> str:
+    """Plots side by side; with `source`, a group plot.js redraws with a selector of `windows`: links that reload
+    the page with `?<window_links>=<window>` when the page takes that, else buttons the script makes."""
+    # the plots have a fixed size and flow side by side: no style attribute, which the pages' CSP would refuse
+    if not source:
+        return '<div class="node-plots">' + " ".join(plots) + "</div>"
+    window = window if window in windows else windows[-1]
+    group = f' data-plot-group="" data-plot-windows="{" ".join(windows)}" data-plot-window="{window}"'
+    links = ""
+    if window_links:
+        active = ' class="active"'
+        links = '<nav class="windows">' + " · ".join(
+            f'<a href="?{escape(window_links)}={name}" data-window="{name}"{active if name == window else ""}>'
+            f"{name}</a>" for name in windows) + "</nav>"
+    return f'<div class="node-plots"{group}>' + links + " ".join(plots) + "</div>"
 RESOURCE_WINDOWS = ("15m", "1h", "24h")
 
 
@@ -225,15 +242,41 @@ def resource_plots_html(series: dict[str, list[Point]], *, start: float, end: fl
              note=f"{format_value(disk, 'percent')} full" if disk is not None else ""),
         plot("Network", "bytes_per_s", [("net_rx_bps", "rx"), ("net_tx_bps", "tx")]),
     ]
-    # the plots have a fixed size and flow side by side: no style attribute, which the pages' CSP would refuse
-    if not source:
-        return '<div class="node-plots">' + " ".join(plots) + "</div>"
-    window = window if window in windows else windows[-1]
-    group = f' data-plot-group="" data-plot-windows="{" ".join(windows)}" data-plot-window="{window}"'
-    links = ""
-    if window_links:
-        active = ' class="active"'
-        links = '<nav class="windows">' + " · ".join(
-            f'<a href="?{escape(window_links)}={name}" data-window="{name}"{active if name == window else ""}>'
-            f"{name}</a>" for name in windows) + "</nav>"
-    return f'<div class="node-plots"{group}>' + links + " ".join(plots) + "</div>"
+    return plot_group(plots, source=source, window=window, window_links=window_links, windows=windows)
+
+
+MAX_APP_LINES = 4  # instances drawn in one app plot (the newest ones by their series' order)
+
+
+def app_series_name(figure: str, key: str) -> str:
+    """The name of one instance's series in the apps' plot JSON: `<figure>@<key>` (key: `<node>/<instance>` at
+    the registry, the instance id on the node)."""
+    return f"{figure}@{key}"
+
+
+def app_plots_html(series: dict[str, list[Point]], instances: Sequence[tuple[str, str]], *, start: float,
+                   end: float, step: float, source: str = "", window: str = "", window_links: str = "",
+                   windows: Sequence[str] = RESOURCE_WINDOWS) -> str:
+    """The CPU, memory, disk and network plots of an app's instances (`instances`: (key, label), one line each,
+    at most MAX_APP_LINES), from series named by app_series_name — the network plot only when some instance has
+    network figures; with `source` the page's script redraws them from there, with a window selector as
+    resource_plots_html has."""
+    shown = list(instances)[:MAX_APP_LINES]
+
+    def plot(title: str, unit: Unit, figures: list[tuple[str, str]]) -> str:
+        names = [(app_series_name(figure, key), f"{label}\u00b7{suffix}" if suffix else label)
+                 for key, label in shown for figure, suffix in figures]
+        lines = [Line(label, series.get(name, []), COLORS[i % len(COLORS)]) for i, (name, label) in enumerate(names)]
+        svg = line_plot(title, lines, start=start, end=end, step=step, unit=unit)
+        if not source:
+            return svg
+        return plot_figure(svg, source=source, title=title, kind=unit, data_format="series", series=names)
+
+    plots = [plot("CPU (% of a core)", "percent", [("cpu_percent", "")]),
+             plot("Memory", "bytes", [("memory_bytes", "")]),
+             plot("Disk I/O", "bytes_per_s", [("disk_read_bps", "read"), ("disk_write_bps", "write")])]
+    if any(value is not None for key, _ in shown for figure in ("net_rx_bps", "net_tx_bps")
+           for _, value in series.get(app_series_name(figure, key), [])):
+        # apps on the host's network have no network figures of their own: no plot rather than an empty one
+        plots.append(plot("Network", "bytes_per_s", [("net_rx_bps", "rx"), ("net_tx_bps", "tx")]))
+    return plot_group(plots, source=source, window=window, window_links=window_links, windows=windows)

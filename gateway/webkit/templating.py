@@ -83,7 +83,8 @@ def environment(app_templates: Path, *, utc: bool = False, app_static: tuple[Pat
     loader = ChoiceLoader([FileSystemLoader(app_templates), shared, PrefixLoader({"webkit": shared})])
     env = Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ts=partial(format_ts, utc=utc), ago=format_ago, value=format_value, bytes=format_bytes,
-                       badge=badge_class, unit=display_unit, reading=reading_with_unit)
+                       badge=badge_class, unit=display_unit, reading=reading_with_unit,
+                       figure=plot_value)
     env.globals["static_url"] = assets_of((*app_static, STATIC)).url
     return env
 

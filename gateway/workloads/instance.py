@@ -92,10 +92,12 @@ class InstanceRunner:
 
     def describe(self) -> dict[str, Any]:
         memory = self.handle.memory_bytes if self.handle is not None else None
+        figures = self.owner.manager.figures.of(self.id)
         return {"id": self.id, "replica": self.replica, "version": self.version, "state": self.state,
                 "reason": self.reason, "since": self.since, "ready": self.ready, "pid": self.pid,
                 "restarts": self.restarts, "started_at": self.started_at, "last_exit": self.last_exit,
-                "ports": self.ports, "memory_bytes": memory}
+                "ports": self.ports, "memory_bytes": memory,
+                "figures": figures.latest if figures is not None and self.handle is not None else None}
 
     # --- the loop ---------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Workload
+from gateway.workloads.figures import Counters, process_tree
 
 EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped", "post-start", "pre-stop")
 LogSink = Callable[[str, str], None]  # (stream, line) of one instance
@@ -60,6 +61,11 @@ class Instance(abc.ABC):
 
     pid: int | None = None
     memory_bytes: int | None = None  # last measured, when the runtime measures it
+
+    def counters(self) -> Counters | None:
+        """Its resource counters now (gateway.workloads.figures; blocking, called in a thread): by default those of
+        the process tree of `pid`; None when it has no process (yet)."""
+        return process_tree(self.pid) if self.pid else None
 
     @abc.abstractmethod
     async def wait(self) -> Exit:

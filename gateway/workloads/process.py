@@ -20,6 +20,7 @@ import psutil
 from gateway.errors import WorkloadError
 from gateway.hookspecs import hookimpl
 from gateway.workloads import limits
+from gateway.workloads.figures import Counters, process_tree
 from gateway.workloads.model import Exit, Instance, InstanceSpec, LogSink, Runtime, mib, read_lines, write_files
 from gateway.workloads.mounts import own_files
 
@@ -77,6 +78,11 @@ class ProcessInstance(Instance):
             with contextlib.suppress(psutil.Error):
                 used += proc.memory_info().rss
         return used
+
+    def counters(self) -> Counters | None:
+        """Its process tree's counters, with the memory its cgroup counts when its limits made one."""
+        memory = self.cgroups.memory_used(self.cgroup) if self.cgroups is not None and self.cgroup else None
+        return process_tree(self.pid, memory)
 
     async def _watch_memory(self) -> None:
         """Measure the instance's memory for its status; without a cgroup, also stop it above its limit."""

@@ -19,6 +19,7 @@ from gateway.errors import ConfigError, NotFound, PluginError, WorkloadError
 from gateway.files import files_area
 from gateway.resources.schema import Workload, dec_hook, enc_hook
 from gateway.workloads.accelerators import node_accelerators
+from gateway.workloads.figures import WorkloadFigures
 from gateway.workloads.history import WorkloadHistory
 from gateway.workloads.instance import InstanceRunner
 from gateway.workloads.logs import WorkloadLog
@@ -273,6 +274,7 @@ class WorkloadManager:
         self.runners: dict[str, WorkloadRunner] = {}
         self.history = WorkloadHistory(gateway.store)
         self.logs: dict[str, WorkloadLog] = {}
+        self.figures = WorkloadFigures()
         self._notes: dict[str, tuple[str, str]] = {}  # workload id -> (actor, note) for its next version
         self._started = False
 
@@ -313,6 +315,7 @@ class WorkloadManager:
             shutil.rmtree(leftover, ignore_errors=True)
         await self.history.load_delivered()
         self._started = True
+        self.gateway.start_task("workload-figures", lambda: self.figures.run(self.running_instances))
         await self.reconcile(config)
 
     async def stop(self) -> None:
@@ -453,6 +456,11 @@ class WorkloadManager:
         return source.data[key], secret is not None
 
     # --- queries and commands ---------------------------------------------------------------------------------
+
+    def running_instances(self) -> list[tuple[str, InstanceRunner]]:
+        """(workload id, instance) of every instance that has a process or container now."""
+        return [(runner.id, instance) for runner in list(self.runners.values())
+                for instance in list(runner.instances.values()) if instance.handle is not None]
 
     def runner(self, namespace: str, name: str) -> WorkloadRunner:
         runner = self.runners.get(f"{namespace}/{name}")

@@ -1,7 +1,9 @@
 """Benchmark: 1,000 node links heartbeating against one registry, on SQLite and on PostgreSQL.
 
 Run: .venv/bin/pytest -m benchmark tests/benchmarks/test_registry_heartbeat.py -s
-Knobs: FIELDGATE_BENCH_NODES (1000), FIELDGATE_BENCH_HB_INTERVAL (seconds, 5), FIELDGATE_BENCH_SECONDS (20).
+Knobs: FIELDGATE_BENCH_NODES (1000), FIELDGATE_BENCH_HB_INTERVAL (seconds, 5), FIELDGATE_BENCH_SECONDS (20),
+FIELDGATE_BENCH_APPS (app instances whose figures every heartbeat carries, 2; a node sends them after each of its
+10 s samples, so with 5 s heartbeats every other one: this is the worse case).
 
 The nodes are joined for real, without a join round-trip each: the registry's CA signs 1,000 node certificates
 and the nodes are recorded in the registry's database as a join records them. `fieldgate registry serve` runs in a
@@ -43,6 +45,11 @@ INFO = {"version": "0.1.0", "plugins": ["gateway.core", "gateway.uplink.plugin",
         "architecture": "x86_64", "cpu_percent": 3.5, "memory_percent": 41.2, "disk_percent": 12.0,
         "devices": {"total": 12, "online": 12}, "uplink_latency_ms": 4.2, "resource_version": "",
         "messages_received": 0, "messages_unrouted": 0}
+APPS = int(os.environ.get("FIELDGATE_BENCH_APPS", "2"))
+# what a node adds for its apps: their figures (gateway.wire.AppFigures, an array each) and what it offers them
+APP_PART = {"figures": [[f"default/app-{i}", f"app-{i}-1-0", 12.5, 52428800.0, 0.0, 4096.0, None, None]
+                        for i in range(APPS)],
+            "allocatable": {"cpu": 4.0, "memory": 4294967296.0}}
 
 
 async def provision(data_dir: Path, db_url: str | None, certs: Path) -> None:
@@ -95,7 +102,7 @@ class Link:
 
     async def _exchange(self) -> bytes:
         assert self.reader is not None and self.writer is not None
-        body = json.dumps({"resource_version": self.resource_version, "info": INFO}).encode()
+        body = json.dumps({"resource_version": self.resource_version, "info": INFO, **APP_PART}).encode()
         self.writer.write(b"POST /api/v1/heartbeat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 30)

@@ -122,3 +122,33 @@ def test_the_pages_show_everything_without_javascript(chromium: Browser, gateway
     finally:
         context.close()
 
+
+
+def test_an_apps_page_shows_its_figures_and_draws_their_plots(page: Page, gateway_url: str, api: APIRequestContext,
+                                                              artifacts: Path) -> None:
+    response = api.post(f"{gateway_url}/api/v1/workloads", data=ticker("figures"), headers=csrf_header(page))
+    assert response.status == 201, response.text()
+
+    def figures() -> dict[str, Any] | None:
+        found = api.get(f"{gateway_url}/api/v1/workloads/default/ticker").json()["instances"]
+        latest = found[0].get("figures") if found else None
+        return latest if latest and latest["cpu_percent"] is not None else None
+
+    deadline = time.monotonic() + 60  # the node samples every 10 s; a CPU figure needs two samples
+    while (latest := figures()) is None:
+        assert time.monotonic() < deadline, "no figures of the ticker"
+        time.sleep(1)
+    assert latest["memory_bytes"] > 1 << 20
+
+    page.goto(gateway_url + "/workloads/default/ticker")
+    row = page.locator("#app-figures tr[data-instance]")
+    expect(row).to_have_count(1)
+    expect(row.locator('td[data-figure="memory_bytes"]')).to_have_text(re.compile(r"^\d+(\.\d)? MiB$"))
+    expect(row.locator('td[data-figure="cpu_percent"]')).to_have_text(re.compile(r"^\d+(\.\d)? %$"))
+    plots = page.locator('#app-figures figure[data-plot-src="/plots/workloads/default/ticker"]')
+    expect(plots).to_have_count(3)  # no network plot: a process on the host's network has no figures of its own
+    expect(plots.first.locator("canvas")).to_be_visible()  # uPlot drew over the SVG
+    page.locator('#app-figures [data-window="1h"]').click()
+    expect(page.locator('#app-figures [data-window="1h"]')).to_have_class(re.compile("active"))
+    expect(plots.nth(1).locator("canvas")).to_be_visible()
+    page.screenshot(path=str(artifacts / "workload-figures.png"), full_page=True)

@@ -171,3 +171,23 @@ async def test_one_heartbeat_carries_a_bounded_number_of_events(monkeypatch: pyt
     assert got["default/app2"] == sorted(got["default/app2"])  # in order across heartbeats, none twice
     assert {name: len(seqs) for name, seqs in got.items()} == {"default/app": 0, "default/app0": 12,
                                                                "default/app1": 12, "default/app2": 12}
+
+
+def test_figures_go_once_per_sample_and_a_node_without_apps_sends_an_empty_list_hourly() -> None:
+    from gateway.workloads.figures import Counters, WorkloadFigures
+
+    sampler = WorkloadFigures()
+    sync = workloads.FiguresSync(SimpleNamespace(workloads=SimpleNamespace(figures=sampler)))  # type: ignore[arg-type]
+    first = sync.outgoing()
+    assert first["figures"] == [] and first["allocatable"]["cpu"] > 0 and first["allocatable"]["memory"] > 1 << 20
+    assert "figures" not in sync.outgoing(), "nothing sampled since"
+    counters = iter([Counters(0.0, 1.0, 10 << 20), Counters(10.0, 6.0, 20 << 20, 0, 4096)])
+    runner = SimpleNamespace(id="app-1-0", handle=SimpleNamespace(counters=lambda: next(counters)))
+    sampler.sample([("default/app", runner)])  # type: ignore[list-item]
+    assert "figures" not in sync.outgoing(), "a first sample has no CPU figure yet; the empty list went already"
+    sampler.sample([("default/app", runner)])  # type: ignore[list-item]
+    sent = sync.outgoing()["figures"]
+    assert sent == [["default/app", "app-1-0", 50.0, float(20 << 20), None, None, None, None]]
+    assert len(msgspec.json.encode(sent)) < 80
+    assert msgspec.convert(sent, list[wire.AppFigures])[0].cpu_percent == 50.0
+    assert "figures" not in sync.outgoing()

@@ -165,8 +165,11 @@ async def node_page(request: AnyRequest, name: FromPath[str]) -> Template:
                  if caller.can("apps.read") else [])
     await twins.declared_decimals(store, devices)
     panel = await _node_log(request, name) if request.query_params.get("logs") else None
+    app_plots, app_instances = await monitoring.app_plots_html(
+        store, window, source=f"/nodes/{quote(name, safe='')}/apps/metrics", node=name, windows=PLOT_WINDOWS)
     return show(request, "node.html", node=node, devices=devices, workloads=workloads, addresses=addresses(node),
                 plots=await node_plots(store, name, window), window=window, windows=list(PLOT_WINDOWS),
+                app_plots=app_plots, app_instances=app_instances,
                 events=await node_events(store, caller, name), panel=panel, labels_text=labels_text(node["labels"]),
                 workspaces=await _workspace_names(store, caller), now=time.time())
 

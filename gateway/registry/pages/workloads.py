@@ -11,9 +11,10 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from gateway.errors import ConfigError, NotFound
-from gateway.registry import history, lifecycle, logs
+from gateway.registry import history, lifecycle, logs, monitoring
 from gateway.registry.access import AnyRequest
 from gateway.registry.pages.common import caller_of, flash, page, show, store_of
+from gateway.registry.pages.nodes import PLOT_WINDOWS
 from gateway.registry.workloads import workload_views
 from gateway.webkit.pages import form_fields, see_other
 
@@ -61,10 +62,17 @@ async def _workload_page(request: AnyRequest, namespace: str, name: str) -> Temp
                 panel["lines"] = answer["lines"]
             except (logs.NodeSilent, NotFound, ConfigError) as exc:
                 panel["problem"] = str(exc)
+    window = query.get("window", "1h")
+    window = window if window in PLOT_WINDOWS else "1h"
+    app_plots, app_instances = await monitoring.app_plots_html(
+        store, window, source=f"/workloads/{quote(namespace, safe='')}/{quote(name, safe='')}/metrics",
+        workload=f"{namespace}/{name}", nodes={str(p["node"]) for p in placements if p["node"]},
+        windows=PLOT_WINDOWS)
     current: Any = next((v["document"] for v in versions if v["current"]), {})
     annotations = current.get("annotations") if isinstance(current, dict) else None
     return show(request, "workload.html", namespace=namespace, name=name, kind=kind, source=source,
-                placements=placements, versions=versions, events=events, panel=panel,
+                placements=placements, versions=versions, events=events, panel=panel, app_plots=app_plots,
+                app_instances=app_instances,
                 annotations=annotations if isinstance(annotations, dict) else {})
 
 

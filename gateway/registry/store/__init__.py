@@ -31,11 +31,12 @@ from gateway.registry.store.db import Database, KeyTaken, NothingMatched, Statem
 from gateway.registry.store.documents import Document, DocumentTables
 from gateway.registry.store.files import FileTables
 from gateway.registry.store.routes import RouteTables
-from gateway.registry.store.samples import SampleTables, sample_statements
+from gateway.registry.store.samples import SampleTables, figures_statements, sample_statements
 from gateway.registry.store.twins import TwinTables
 from gateway.registry.store.upgrades import UpgradeTables
 from gateway.registry.store.workloads import WorkloadTables
 from gateway.resources.schema import NAME_PATTERN
+from gateway.wire import AppFigures
 
 OFFLINE_AFTER = 3  # heartbeat intervals without a heartbeat
 ROLES = ("viewer", "operator", "admin")
@@ -58,6 +59,7 @@ class RegistryStore:
         self._database: Database | None = None
         # messages queued, delivered (acknowledged) and expired by this process, for GET /metrics
         self.message_counts: collections.Counter[str] = collections.Counter()
+        self._figures_pruned: dict[str, int] = {}  # node -> the minute its day-old app figures were last dropped
         self.documents = DocumentTables(self)
         self.twins = TwinTables(self)
         self.workloads = WorkloadTables(self)
@@ -190,12 +192,14 @@ class RegistryStore:
         if not rows or rows[0][0] != serial:
             raise AuthError("unknown node certificate")
 
-    async def heartbeat(self, name: str, info: dict[str, Any]) -> float:
-        """Record a heartbeat (and its resource sample, `info.metrics`); returns the node's heartbeat interval."""
+    async def heartbeat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None) -> float:
+        """Record a heartbeat (and its resource sample, `info.metrics`, and its app instances' figures); returns the
+        node's heartbeat interval."""
         now = time.time()
         await self.database.transaction([
             ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
-            *sample_statements(name, info.get("metrics"), now)])
+            *sample_statements(name, info.get("metrics"), now),
+            *figures_statements(name, figures, now, self._figures_pruned)])
         rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
         return float(rows[0][0]) if rows else 0.0
 
@@ -211,6 +215,7 @@ class RegistryStore:
             ("DELETE FROM group_members WHERE node=?", (name,)),
             ("DELETE FROM messages WHERE node=?", (name,)),
             ("DELETE FROM node_metrics WHERE node=?", (name,)),
+            ("DELETE FROM app_metrics WHERE node=?", (name,)),
             ("DELETE FROM device_twins WHERE node=?", (name,)),
             ("DELETE FROM device_desired WHERE node=?", (name,)),
             ("DELETE FROM workload_placements WHERE node=?", (name,)),

@@ -155,6 +155,18 @@ CREATE TABLE file_targets (file TEXT NOT NULL, node TEXT NOT NULL, state TEXT NO
     PRIMARY KEY (file, node));
 CREATE INDEX file_targets_by_node ON file_targets (node, state);
 """),
+    (18, """
+CREATE TABLE app_metrics (node TEXT NOT NULL, minute INTEGER NOT NULL, workload TEXT NOT NULL,
+    instance TEXT NOT NULL, beats INTEGER NOT NULL,
+    cpu_percent_sum {time} NOT NULL, cpu_percent_n INTEGER NOT NULL,
+    memory_bytes_sum {time} NOT NULL, memory_bytes_n INTEGER NOT NULL,
+    disk_read_bps_sum {time} NOT NULL, disk_read_bps_n INTEGER NOT NULL,
+    disk_write_bps_sum {time} NOT NULL, disk_write_bps_n INTEGER NOT NULL,
+    net_rx_bps_sum {time} NOT NULL, net_rx_bps_n INTEGER NOT NULL,
+    net_tx_bps_sum {time} NOT NULL, net_tx_bps_n INTEGER NOT NULL,
+    PRIMARY KEY (node, minute, workload, instance));
+CREATE INDEX app_metrics_by_workload ON app_metrics (workload, minute);
+"""),
 ]
 
 

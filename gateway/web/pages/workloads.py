@@ -12,6 +12,7 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import ConfigError, NotFound
 from gateway.web.pages.common import AnyRequest, actor, flash, gateway_of, render
+from gateway.web.pages.plots import app_plots
 from gateway.web.security import requires
 from gateway.webkit.pages import form_fields, see_other
 from gateway.webkit.templating import badge_class
@@ -48,8 +49,11 @@ async def workload_page(request: AnyRequest, namespace: FromPath[str], name: Fro
     cursor = lines[-1].seq if lines else log.seq
     versions = [{**v, "spec": msgspec.json.decode(v["spec"]), "current": v["version"] == runner.version}
                 for v in reversed(await manager.history.versions(namespace, name))]
+    figures = [{"instance": f.instance, "latest": f.latest} for f in manager.figures.of_workload(runner.id)
+               if f.latest is not None]
+    plots = app_plots(gateway_of(request), runner.id, request.query_params.get("window", "15m"))
     return render(request, "workload.html", workload=workload, events=sorted(events, key=lambda e: -e["id"]),
-                  lines=lines, cursor=cursor, versions=versions, badge=badge)
+                  lines=lines, cursor=cursor, versions=versions, badge=badge, figures=figures, plots=plots)
 
 
 def _back(namespace: str, name: str) -> Redirect:

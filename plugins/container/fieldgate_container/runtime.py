@@ -21,6 +21,7 @@ import psutil
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Capabilities, Workload
+from gateway.workloads.figures import Counters, own_cgroup_counters, process_tree
 from gateway.workloads.health import HOST, run_check_command
 from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
 from gateway.workloads.mounts import own_files
@@ -140,6 +141,12 @@ class ContainerInstance(Instance):
     def exec_argv(self, command: list[str]) -> list[str]:
         """The host command line that runs `command` in the container (lifecycle hooks)."""
         return [str(self.engine.path), "exec", self.container, *command]
+
+    def counters(self) -> Counters | None:
+        """The counters of the cgroup the engine made for the container (its process tree when it has none)."""
+        if self.pid is None:
+            return None
+        return own_cgroup_counters(self.pid) or process_tree(self.pid)
 
     async def exec_check(self, command: list[str]) -> str | None:
         """Run an exec health check inside the container (`<engine> exec`), in the container's environment."""

@@ -50,6 +50,9 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", help="run the registry over TLS (makes its CA on first start)")
     serve.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT (default 0.0.0.0:8443)")
+    serve.add_argument("--channel-listen", default="", metavar="HOST:PORT|off",
+                       help="a listener of its own for the nodes' channel (WebSocket, mutual TLS); default: the "
+                            "--listen one at /api/v1/channel; off: nodes poll over HTTPS")
     serve.add_argument("--heartbeat-interval", type=_duration, default=10.0,
                        help="the heartbeat interval given to nodes that join (default 10s)")
     _data_dir(serve)
@@ -181,7 +184,8 @@ def _registry(args: argparse.Namespace) -> int:
 
         setup_logging("human")
         record_urls(args.data_dir, args.listen)  # for bundles made without --url
-        return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db))
+        return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db,
+                                 channel_listen=args.channel_listen))
     if args.action == "logs":
         from gateway.registry.logs import print_node_logs
 

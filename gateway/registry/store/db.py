@@ -140,6 +140,12 @@ CREATE TABLE route_counters (node TEXT NOT NULL, namespace TEXT NOT NULL, name T
 ]
 
 
+# The notification that what a node should have changed (its documents, desired values): the payload is the node's
+# name, or EVERY_NODE. In-process on SQLite, PostgreSQL NOTIFY across replicas; the registry's channel listens.
+NODES_CHANNEL = "fieldgate_nodes"
+EVERY_NODE = "*"
+
+
 class NothingMatched(StoreError):
     """The guarded statement of a transaction touched no row (a condition lost to another writer); nothing was
     written."""

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.badlink import BadLink, LinkConditions, TlsTermination, bad_link
+from gateway.badlink import LinkConditions, TlsTermination, bad_link
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
@@ -129,7 +129,9 @@ class Gateway:
             model: valve
             protocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, port: {sim_port}, unit: {unit}, timeout: 1.0}}}}
             properties:
-              - {{name: setpoint, collect_interval: 100ms, visitor: {{register: HoldingRegister, offset: {SETPOINT_OFFSET}, type: int16}}}}
+              - name: setpoint
+                collect_interval: 100ms
+                visitor: {{register: HoldingRegister, offset: {SETPOINT_OFFSET}, type: int16}}
             """))
         token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir", str(self.data_dir)],
                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
@@ -212,6 +214,7 @@ def test_desired_values_reach_two_devices_within_a_second_over_the_channel(tmp_p
                 assert channel["channel"]["state"] == "connected"
                 assert channel["channel"]["url"] == f"wss://127.0.0.1:{link.port}/api/v1/channel"
             with registry.api("operator") as operator, registry.api("viewer") as viewer:
+                assert "fieldgate_registry_channels_open 2.0" in viewer.get("/metrics").text
                 for gateway in gateways:  # the first report goes with the first heartbeat over the channel
                     wait_until(lambda g=gateway: reported_at_registry(registry, viewer, g.name),
                                what="the devices reported")

@@ -36,15 +36,15 @@ SETPOINT_OFFSET = 10
 class ChannelRegistry(Registry):
     """A registry with the heartbeat interval and serve options a test asks for."""
 
-    def __init__(self, data_dir: Path, interval: str = "30s", *serve_args: str) -> None:
-        super().__init__(data_dir)
+    def __init__(self, data_dir: Path, interval: str = "30s", *serve_args: str, db: str | None = None) -> None:
+        super().__init__(data_dir, db)
         self.interval = interval
         self.serve_args = serve_args
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [*FIELDGATE, "registry", "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-             "--heartbeat-interval", self.interval, *self.serve_args],
+             "--heartbeat-interval", self.interval, *self.serve_args, *self.db_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
 
@@ -228,6 +228,11 @@ def test_desired_values_reach_two_devices_within_a_second_over_the_channel(tmp_p
             assert sorted(everything)[-3] < 1.0, everything  # all but two within the second on a busy test machine
             for unit in (1, 2):
                 assert sim.writes[unit] == list(range(100, 115))  # each written once, in order
+            # a CLI process on the same SQLite file notifies no one: the registry's sweep finds the value
+            started = time.monotonic()
+            registry.cli("set-desired", "default/valve-1", "setpoint=150", "--node", "gw-1")
+            wait_until(lambda: sim.value(1) == 150, timeout=10, what="the CLI's value")
+            assert time.monotonic() - started < 5  # not the 30 s heartbeat
             assert link.stats.connections >= 2
     finally:
         for gateway in gateways:
@@ -371,3 +376,32 @@ def test_a_revoked_certificate_is_refused_at_the_channel_with_the_reason(tmp_pat
     finally:
         gateway.close()
         stop(registry.process)  # type: ignore[arg-type]
+
+
+def test_a_desired_value_set_at_one_replica_is_pushed_by_the_replica_holding_the_channel(
+        tmp_path: Path, sim: CountingSim, pg_database: str) -> None:
+    import shutil
+
+    first = ChannelRegistry(tmp_path / "replica-a", "30s", db=pg_database)
+    first.start()
+    second = ChannelRegistry(tmp_path / "replica-b", "30s", db=pg_database)
+    second.data_dir.mkdir()
+    for name in ("ca.pem", "ca.key"):  # the replicas share one CA
+        shutil.copy2(first.data_dir / name, second.data_dir / name)
+    second.start()
+    gateway = Gateway(second, tmp_path, "gw-1", sim.port, 1)  # joined at, and linked to, replica B
+    try:
+        gateway.start()
+        wait_until(lambda: gateway.on("channel"), what="the channel to replica B")
+        with first.api("operator") as operator, first.api("viewer") as viewer:
+            wait_until(lambda: reported_at_registry(first, viewer, "gw-1"), what="the device reported")
+            # PostgreSQL NOTIFY tells replica B, which holds the channel, at once
+            latencies = [time_to_device(operator, sim, "gw-1", 1, 600 + i) for i in range(5)]
+        assert statistics.median(latencies) < 1.0 and max(latencies) < 3.0, latencies
+        first.cli("set-desired", "default/valve-1", "setpoint=700", "--node", "gw-1")  # the CLI notifies too
+        wait_until(lambda: sim.value(1) == 700, timeout=5, what="the CLI's value pushed")
+        assert sim.writes[1] == [600, 601, 602, 603, 604, 700]
+    finally:
+        gateway.close()
+        for replica in (first, second):
+            stop(replica.process)  # type: ignore[arg-type]

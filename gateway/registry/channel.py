@@ -4,7 +4,8 @@ The node says what it has (Hello: resource version, desired version); the regist
 again whenever something for the node is stored: its documents (a new resource version), desired values, REST
 messages and requests (logs, workload actions). A store write notifies (gateway.registry.store NODES_CHANNEL, and
 the messages' CHANNEL): in-process on SQLite, PostgreSQL NOTIFY to every replica; a sweep every SWEEP_EVERY s finds
-what another process wrote without a notification reaching this one (a CLI on the same SQLite file). The node
+what another process wrote without a notification reaching this one (a CLI on the same SQLite file), a node removed
+included. The node
 acknowledges each push once applied; what a dropped connection did not acknowledge is pushed again on the next one,
 and the node applies by version and message id, so nothing is applied twice. Heartbeats travel as frames and are
 taken as the HTTPS heartbeat is (gateway.registry.app.take_heartbeat). Byte streams: `hub.open_stream(node, kind,
@@ -89,19 +90,26 @@ class NodeSession:
         return self._seq
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self.mux.run_writer(), name=f"channel {self.node} writer"),
+        """Read, push and write until the connection ends or one of them fails (its exception ends the session)."""
+        tasks = [asyncio.create_task(self._read(), name=f"channel {self.node} reader"),
+                 asyncio.create_task(self.mux.run_writer(), name=f"channel {self.node} writer"),
                  asyncio.create_task(self._sync_loop(), name=f"channel {self.node} sync")]
         try:
-            while True:
-                frame = decode_frame(await self.socket.receive_bytes())
-                if frame is None or self.mux.dispatch(frame):
-                    continue
-                await self._take(frame)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.mux.close("channel closed")
+
+    async def _read(self) -> None:
+        while True:
+            frame = decode_frame(await self.socket.receive_bytes())
+            if frame is None or self.mux.dispatch(frame):
+                continue
+            await self._take(frame)
 
     async def check_certificate(self) -> None:
         try:
@@ -248,6 +256,10 @@ class ChannelHub:
                 for node, version in (await store.twins.latest_versions()).items():
                     session = self.sessions.get(node)
                     if session is not None and version > session.desired_version:
+                        session.changed.set()
+                serials = await store.node_serials()
+                for node, session in self.sessions.items():
+                    if serials.get(node) != session.serial:  # removed: its sync refuses the channel
                         session.changed.set()
                 for node, count in (await store.message_counts_by_node()).items():
                     session = self.sessions.get(node)

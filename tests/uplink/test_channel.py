@@ -355,7 +355,7 @@ def test_a_revoked_certificate_is_refused_at_the_channel_with_the_reason(tmp_pat
     from gateway.uplink.join import client_ssl_context
     from gateway.wire import Hello, Refused, Welcome
 
-    registry = start_registry(tmp_path, "1s", "--channel-listen", f"127.0.0.1:{free_port()}")
+    registry = start_registry(tmp_path, "30s", "--channel-listen", f"127.0.0.1:{free_port()}")
     gateway = Gateway(registry, tmp_path, "gw-1", sim.port, 1)
     try:
         gateway.start()  # told of the separate listener by the join answer
@@ -370,8 +370,9 @@ def test_a_revoked_certificate_is_refused_at_the_channel_with_the_reason(tmp_pat
         with connect(url, ssl=context, open_timeout=10) as socket:
             refused = decode_frame(socket.recv(10))
         assert isinstance(refused, Refused) and refused.reason == "certificate revoked"
+        # the node's open channel is closed with the reason too, long before its next heartbeat (in 30 s)
         refused_state = wait_until(lambda: (u := gateway.uplink())["channel"]["state"] == "refused" and u,
-                                   what="the node's channel refused")
+                                   timeout=8, what="the node's channel refused")
         assert "certificate revoked" in refused_state["channel"]["reason"]
     finally:
         gateway.close()

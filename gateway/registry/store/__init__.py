@@ -186,6 +186,10 @@ class RegistryStore:
         """Record a joined node (and its group, when a group's selector takes its labels)."""
         await self.database.transaction(node_statements(name, serial, labels, interval, group, workspace))
 
+    async def node_serials(self) -> dict[str, str]:
+        """The serial of every node's current certificate, by node name."""
+        return {str(name): str(serial) for name, serial in await self._rows("SELECT name, serial FROM nodes")}
+
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
         if await self._rows("SELECT 1 FROM revoked_certificates WHERE serial=?", serial):

@@ -191,7 +191,8 @@ class Multiplexer:
                  handlers: Mapping[str, StreamHandler] | None = None) -> None:
         self._send = send
         self._control: collections.deque[bytes] = collections.deque()
-        self._bulk: asyncio.Queue[bytes] = asyncio.Queue(BULK_QUEUE)
+        self._bulk: collections.deque[bytes] = collections.deque()
+        self._room = asyncio.Event()  # the bulk queue has room (or the connection closed)
         self._ready = asyncio.Event()
         self._next_stream = 1 if odd else 2
         self.handlers: Mapping[str, StreamHandler] = handlers or {}
@@ -206,9 +207,13 @@ class Multiplexer:
             self._ready.set()
 
     async def send_bulk(self, frame: ChannelFrame) -> None:
+        """Queue a bulk frame, waiting while BULK_QUEUE of them wait for the link; StreamError once closed."""
+        while len(self._bulk) >= BULK_QUEUE and self.closed is None:
+            self._room.clear()
+            await self._room.wait()
         if self.closed is not None:
             raise StreamError(self.closed)
-        await self._bulk.put(encode_frame(frame))
+        self._bulk.append(encode_frame(frame))
         self._ready.set()
 
     async def run_writer(self) -> None:
@@ -216,8 +221,9 @@ class Multiplexer:
         while True:
             if self._control:
                 data = self._control.popleft()
-            elif not self._bulk.empty():
-                data = self._bulk.get_nowait()
+            elif self._bulk:
+                data = self._bulk.popleft()
+                self._room.set()
             else:
                 self._ready.clear()
                 await self._ready.wait()
@@ -298,6 +304,8 @@ class Multiplexer:
         if self.closed is not None:
             return
         self.closed = reason
+        self._room.set()
+        self._bulk.clear()
         for stream in list(self.streams.values()):
             stream.error = stream.error or reason
             stream._wake()

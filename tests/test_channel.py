@@ -158,3 +158,20 @@ def test_frames_of_a_newer_peer_are_skipped_and_bad_ones_refused() -> None:
     too_big = msgspec.msgpack.encode({"t": "stream-data", "stream": 1, "data": bytes(MAX_STREAM_CHUNK + 1)})
     with pytest.raises(ChannelError, match="bad frame"):
         decode_frame(too_big)
+
+
+async def test_every_blocked_sender_hears_of_a_closed_connection() -> None:
+    async def never_reads(stream: Stream) -> None:
+        await asyncio.sleep(3600)
+
+    async with Link(1e5, {"stuck": never_reads}) as link:  # slow: the bulk queue fills and senders wait for room
+        streams = [await link.a.open_stream("stuck") for _ in range(6)]
+        sends = [asyncio.create_task(stream.send(bytes(4 * STREAM_WINDOW))) for stream in streams]
+        await asyncio.sleep(0.3)
+        assert not any(send.done() for send in sends)
+        await link.a.close("connection lost")
+        done, pending = await asyncio.wait(sends, timeout=5)
+        assert not pending
+        for send in done:
+            with pytest.raises(StreamError, match="connection lost"):
+                send.result()

@@ -310,7 +310,7 @@ async def channel(socket: WebSocket[Any, Any, Any]) -> None:
 
 async def _serve_node(hub: ChannelHub, store: RegistryStore, node: str, serial: str,
                       socket: WebSocket[Any, Any, Any], hello: Hello) -> None:
-    interval = await store.heartbeat(node, {})
+    interval = await store.node_interval(node)  # its first heartbeat frame follows at once
     await socket.send_bytes(msgspec.msgpack.encode(Welcome(version=CHANNEL_VERSION, node=node,
                                                            heartbeat_interval=interval)))
     session = NodeSession(hub, store, node, serial, socket, hello)

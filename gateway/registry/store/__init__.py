@@ -207,6 +207,11 @@ class RegistryStore:
         rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
         return float(rows[0][0]) if rows else 0.0
 
+    async def node_interval(self, name: str) -> float:
+        """A node's heartbeat interval (0 for an unknown node)."""
+        rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
+        return float(rows[0][0]) if rows else 0.0
+
     async def remove_node(self, name: str) -> None:
         """Forget a node and revoke its certificate: the registry refuses it from now on."""
         rows = await self._rows("SELECT serial FROM nodes WHERE name=?", name)

@@ -259,22 +259,23 @@ class ChannelLink:
     async def _heartbeats(self, client: httpx.AsyncClient, mux: Multiplexer) -> None:
         uplink = self.uplink
         while True:
-            started = time.monotonic()
-            body = msgspec.convert(uplink.heartbeat_body(), HeartbeatRequest)
-            seq = self._next_seq()
-            future: asyncio.Future[HeartbeatResponse] = asyncio.get_running_loop().create_future()
-            self._answers[seq] = future
-            mux.send_control(Heartbeat(seq=seq, body=body))
-            try:
-                async with asyncio.timeout(TIMEOUT):
-                    answer = await future
-            except TimeoutError:
-                uplink.beat_failed()
-                raise ChannelError(f"no answer to a heartbeat within {TIMEOUT:g} s") from None
-            except asyncio.CancelledError:
-                uplink.beat_failed()
-                raise
-            await uplink.beat_answered(client, answer, started)
+            async with uplink.beating:
+                started = time.monotonic()
+                body = msgspec.convert(uplink.heartbeat_body(), HeartbeatRequest)
+                seq = self._next_seq()
+                future: asyncio.Future[HeartbeatResponse] = asyncio.get_running_loop().create_future()
+                self._answers[seq] = future
+                mux.send_control(Heartbeat(seq=seq, body=body))
+                try:
+                    async with asyncio.timeout(TIMEOUT):
+                        answer = await future
+                except TimeoutError:
+                    uplink.beat_failed()
+                    raise ChannelError(f"no answer to a heartbeat within {TIMEOUT:g} s") from None
+                except asyncio.CancelledError:
+                    uplink.beat_failed()
+                    raise
+                await uplink.beat_answered(client, answer, started)
             await asyncio.sleep(uplink.interval)
 
     async def _apply_pushes(self, client: httpx.AsyncClient, mux: Multiplexer, pushes: asyncio.Queue[Push]) -> None:

@@ -90,6 +90,8 @@ class Uplink:
         self.upgrade = NodeUpgrade(gateway)
         self.routes = RouteSync(gateway)
         self._seen_messages: dict[str, None] = {}  # ids of the latest messages taken, oldest first
+        # one heartbeat at a time, over HTTPS or the channel: what it carries is taken back when it fails
+        self.beating = asyncio.Lock()
         self.channel = ChannelLink(self)
 
     async def run(self) -> None:
@@ -189,6 +191,10 @@ class Uplink:
         self.routes.failed()
 
     async def beat(self, client: httpx.AsyncClient) -> None:
+        async with self.beating:
+            await self._beat(client)
+
+    async def _beat(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
         content = msgspec.json.encode(self.heartbeat_body())
         try:

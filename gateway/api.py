@@ -74,6 +74,7 @@ class GatewayAPI:
         self._sinks = sinks
         self._eventbus = eventbus
         self._status = status
+        self._status_parts: dict[str, Callable[[], dict[str, Any]]] = {}
         self._started_at = started_at
         # the gateway's own parts, for the web app and the uplink (see the module docstring)
         self.resources = configuration
@@ -226,7 +227,11 @@ class GatewayAPI:
 
     def status(self) -> dict[str, Any]:
         """The gateway's status as GET /api/v1/status gives it."""
-        return self._status()
+        return {**self._status(), **{name: provider() for name, provider in self._status_parts.items()}}
+
+    def add_status(self, name: str, provider: Callable[[], dict[str, Any]]) -> None:
+        """Add a part to the gateway's status under `name` (the uplink's: how the node talks to the registry)."""
+        self._status_parts[name] = provider
 
     def plugins(self) -> list[PluginInfo]:
         """Every registered plugin with the distribution it came from."""

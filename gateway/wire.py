@@ -32,6 +32,7 @@ class JoinResponse(msgspec.Struct, kw_only=True):
     certificate: str
     ca: str
     heartbeat_interval: float
+    channel: str = ""  # where the channel is: see HeartbeatResponse.channel
 
 
 class BatchJoinRequest(msgspec.Struct, kw_only=True):
@@ -290,6 +291,9 @@ class HeartbeatResponse(msgspec.Struct, kw_only=True):
     documents: list[dict[str, Any]] | None = None  # only when resource_version differs from the node's
     desired: list[DesiredValue] | None = None  # desired values newer than the node's desired_version
     upgrade: UpgradeAssignment | None = None  # an upgrade task for the node to start
+    # where the node dials the channel: "[:PORT]PATH" on the registry's host (a port of its own when the registry
+    # has a separate channel listener), "off" when this registry has none, "" from registries before the channel
+    channel: str = ""
 
 
 # --- messages for the node (`GET /api/v1/nodes/self/messages`, `POST …/messages/ack`) ------------------------------
@@ -431,3 +435,113 @@ class UploadState(msgspec.Struct, kw_only=True):
     offset: int
     state: str  # transferring, done, refused
     reason: str = ""
+
+
+# --- the channel (one WebSocket over mutual TLS at CHANNEL_PATH; gateway.channel multiplexes it) --------------------
+#
+# Every WebSocket message is one binary msgpack frame, tagged by `t`. Pushes, heartbeats and answers carry a sequence
+# number per direction and connection (`seq`) that the other side acknowledges once the frame is applied (`Ack`);
+# what was not acknowledged when a connection drops is sent again on the next one, and both sides apply by their
+# idempotence keys (resource version, desired version, message id, request id), so a repeat changes nothing. Byte
+# streams carry data in frames of at most MAX_STREAM_CHUNK bytes, each side sending only as much as the other
+# granted (`StreamCredit`), so a bulk stream never holds up a control frame for long.
+
+CHANNEL_VERSION = 1
+CHANNEL_PATH = "/api/v1/channel"
+CHANNEL_OFF = "off"
+MAX_CHANNEL_FRAME = MAX_HEARTBEAT + (64 << 10)  # bytes of one frame: a heartbeat with room for its envelope
+MAX_STREAM_CHUNK = 16 << 10  # bytes of data in one stream frame
+STREAM_WINDOW = 128 << 10  # bytes a side may send on a stream before the other grants more
+MAX_STREAM_KIND = 64
+MAX_STREAM_META = 16 << 10  # bytes of a stream's metadata, encoded
+
+
+class ChannelFrame(msgspec.Struct, kw_only=True, tag_field="t"):
+    """A frame of the channel; subclasses are tagged by their class name."""
+
+
+class Hello(ChannelFrame, kw_only=True, tag="hello"):
+    """The node's first frame: what it has, so the registry pushes only what is newer."""
+
+    version: int = CHANNEL_VERSION
+    resource_version: str = ""
+    desired_version: int = 0
+
+
+class Welcome(ChannelFrame, kw_only=True, tag="welcome"):
+    """The registry's answer to Hello."""
+
+    version: int = CHANNEL_VERSION
+    node: str
+    heartbeat_interval: float
+
+
+class Refused(ChannelFrame, kw_only=True, tag="refused"):
+    """The registry closes the channel: why (a revoked certificate, an unknown node)."""
+
+    reason: str
+
+
+class Heartbeat(ChannelFrame, kw_only=True, tag="heartbeat"):
+    seq: int
+    body: HeartbeatRequest
+
+
+class HeartbeatAnswer(ChannelFrame, kw_only=True, tag="heartbeat-answer"):
+    seq: int  # of the heartbeat answered (it acknowledges it)
+    body: HeartbeatResponse
+
+
+class Push(ChannelFrame, kw_only=True, tag="push"):
+    """What changed for the node at the registry: its documents (a new resource version), desired values newer than
+    the node's, messages and requests (LOGS_NAMESPACE) waiting for it."""
+
+    seq: int
+    resource_version: str | None = None
+    documents: list[dict[str, Any]] | None = None
+    desired: list[DesiredValue] | None = None
+    messages: list[NodeMessage] | None = None
+
+
+class Ack(ChannelFrame, kw_only=True, tag="ack"):
+    """A frame with `seq` was applied; for a Push, the node's desired acknowledgement rides along."""
+
+    seq: int
+    desired_ack: DesiredAck | None = None
+    messages: list[str] = []  # ids of the messages the node has taken (durable in its outboxes)
+
+
+class Answer(ChannelFrame, kw_only=True, tag="answer"):
+    """The node's answer to a request of the registry (a message in LOGS_NAMESPACE): the JSON of an ANSWERS type."""
+
+    seq: int
+    request: str
+    path: str
+    body: bytes
+
+
+class StreamOpen(ChannelFrame, kw_only=True, tag="stream-open"):
+    stream: Annotated[int, msgspec.Meta(ge=1)]  # the node opens odd ids, the registry even ones
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STREAM_KIND)]
+    meta: dict[str, Any] = {}
+
+
+class StreamData(ChannelFrame, kw_only=True, tag="stream-data"):
+    stream: int
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_STREAM_CHUNK)]
+
+
+class StreamCredit(ChannelFrame, kw_only=True, tag="stream-credit"):
+    stream: int
+    credit: Annotated[int, msgspec.Meta(ge=1)]  # more bytes the other side may send
+
+
+class StreamEnd(ChannelFrame, kw_only=True, tag="stream-end"):
+    """No more data on the stream from this side; with `error`, the stream is aborted both ways."""
+
+    stream: int
+    error: str | None = None
+
+
+AnyFrame = (Hello | Welcome | Refused | Heartbeat | HeartbeatAnswer | Push | Ack | Answer | StreamOpen | StreamData
+            | StreamCredit | StreamEnd)

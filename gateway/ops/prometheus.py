@@ -56,6 +56,21 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily("fieldgate_eventbus_rejected_messages_total",
                                       "Messages from local apps that were refused", value=link["rejected"])
 
+        uplink = gw.status().get("uplink")
+        if uplink is not None:  # a joined node: how it talks to the registry now
+            transport = GaugeMetricFamily("fieldgate_uplink_transport", "1 for the way the node talks to the "
+                                          "registry now: channel (WebSocket) or https-polling (the fallback)",
+                                          labels=["transport"])
+            for name in ("channel", "https-polling"):
+                transport.add_metric([name], 1 if uplink["transport"] == name else 0)
+            yield transport
+            state = GaugeMetricFamily("fieldgate_uplink_channel_state", "1 for the channel's state", labels=["state"])
+            for name in ("connecting", "connected", "unreachable", "refused", "fallback", "off"):
+                state.add_metric([name], 1 if uplink["channel"]["state"] == name else 0)
+            yield state
+            yield CounterMetricFamily("fieldgate_uplink_channel_connects_total", "Times the channel connected",
+                                      value=uplink["channel"]["connects"])
+
     def _process(self) -> Iterator[Metric]:
         process = psutil.Process()
         with process.oneshot():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
@@ -30,6 +31,7 @@ from gateway.registry import (
     access,
     admin,
     batch,
+    channel,
     files,
     live,
     metrics,
@@ -48,6 +50,7 @@ from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
 from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
+from gateway.registry.store.db import NODES_CHANNEL
 from gateway.resources.schema import check_node_name
 from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
@@ -61,7 +64,15 @@ from gateway.webkit.errors import (
 from gateway.webkit.headers import add_security_headers, complete_options_allow
 from gateway.webkit.sessions import LoginLimiter
 from gateway.webkit.templating import static_files, template_config
-from gateway.wire import MAX_HEARTBEAT, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse
+from gateway.wire import (
+    CHANNEL_OFF,
+    CHANNEL_PATH,
+    MAX_HEARTBEAT,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JoinRequest,
+    JoinResponse,
+)
 
 DEFAULT_INTERVAL = 10.0
 
@@ -146,7 +157,8 @@ async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse
     except (HTTPException, ConfigError):
         by_address.failed(address_key)
         raise
-    return JoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(), heartbeat_interval=interval)
+    return JoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(), heartbeat_interval=interval,
+                        channel=request.app.state.channel_address)
 
 
 @post("/api/v1/heartbeat", summary="A node's heartbeat; answers with its desired resources when they changed",
@@ -155,9 +167,15 @@ async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> He
     node = await client_node(request)
     if data.twins is not None:
         twins.check_report_rate(request.app.state, node)
-    store = store_of(request)
     # the address the registry sees the node at, beside those the node reports of its own interfaces
-    seen_from = {"seen_from": request.client.host} if request.client else {}
+    return await take_heartbeat(store_of(request), node, data, request.client.host if request.client else None,
+                                request.app.state.channel_address)
+
+
+async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest,
+                         seen_from_address: str | None, channel: str) -> HeartbeatResponse:
+    """Record a node's heartbeat (over HTTPS or the channel); the answer with what the node should have."""
+    seen_from = {"seen_from": seen_from_address} if seen_from_address else {}
     allocatable = {"allocatable": msgspec.to_builtins(data.allocatable)} if data.allocatable is not None else {}
     interval = await store.heartbeat(node, {**data.info, **seen_from, **allocatable}, data.figures)
     await workloads.record_status(store, node, data.workloads)
@@ -168,7 +186,7 @@ async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> He
                                data.described)
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
                              documents=documents if version != data.resource_version else None, desired=desired,
-                             upgrade=assignment)
+                             upgrade=assignment, channel=channel)
 
 
 @get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")
@@ -213,22 +231,34 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
 
 
 def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None,
-               files_url: str | None = None, retention: files.Retention | None = None) -> Litestar:
+               files_url: str | None = None, retention: files.Retention | None = None,
+               channel_address: str = CHANNEL_PATH) -> Litestar:
     """The registry app on a data dir (CA there, made on first start) and its database (SQLite in the data dir
     unless `db_url` names a PostgreSQL database that other replicas may share); file bytes in the data dir unless
-    `files_url` names a directory or s3://bucket/prefix (gateway.registry.filestore)."""
+    `files_url` names a directory or s3://bucket/prefix (gateway.registry.filestore). `channel_address` is what
+    nodes are told of the channel ("[:PORT]PATH", or "off": no channel, nodes poll over HTTPS)."""
     ca = CertificateAuthority.load_or_create(data_dir)
     registry_metrics = metrics.RegistryMetrics()
     content = open_content_store(data_dir, files_url)
+    log_requests = LogRequests()
+    hub = channel.ChannelHub(log_requests, channel_address)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with RegistryStore(data_dir, db_url) as store:
             app.state.store = store
             await store.database.listen(CHANNEL, app.state.waiters.wake)
-            async with workloads.scheduling(store, interval), \
-                    files.retaining(store, content, retention or files.Retention()):
-                yield
+            await store.database.listen(CHANNEL, hub.wake)
+            await store.database.listen(NODES_CHANNEL, hub.wake)
+            sweep = asyncio.create_task(hub.sweep(store), name="channel sweep")
+            try:
+                async with workloads.scheduling(store, interval), \
+                        files.retaining(store, content, retention or files.Retention()):
+                    yield
+            finally:
+                sweep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep
 
     return Litestar(
         route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS,
@@ -237,11 +267,12 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *routes.ROUTE_HANDLERS,
                         *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, *roles.ROUTE_HANDLERS,
-                        *files.ROUTE_HANDLERS,
-                        static_files(pages.STATIC)],
+                        *files.ROUTE_HANDLERS, static_files(pages.STATIC),
+                        *(channel.ROUTE_HANDLERS if channel_address != CHANNEL_OFF else [])],
         state=State({"ca": ca, "interval": interval, "waiters": Waiters(), "metrics": registry_metrics,
                      "files": content, "file_chunks_taken": {}, "file_progress_written": {},
-                     "log_requests": LogRequests(), **pages.initial_state(),
+                     "log_requests": log_requests, "channel": hub, "channel_address": channel_address,
+                     **pages.initial_state(),
                      "join_address_limiter": LoginLimiter(JOIN_FAILURES, JOIN_WINDOW),
                      "join_token_limiter": LoginLimiter(JOIN_TOKEN_FAILURES, JOIN_WINDOW)}),
         lifespan=[lifespan],

@@ -202,7 +202,7 @@ async def join_batch(request: AnyRequest, data: JSONBody[BatchJoinRequest]) -> B
         except NameTaken as exc:  # another node took the name meanwhile
             raise HTTPException(status_code=409, detail=f"{exc}; join again") from None
     return BatchJoinResponse(node=name, certificate=cert_pem(cert), ca=ca.cert_pem.decode(),
-                             heartbeat_interval=interval, batch=batch)
+                             heartbeat_interval=interval, batch=batch, channel=request.app.state.channel_address)
 
 
 ROUTE_HANDLERS = [join_batch]

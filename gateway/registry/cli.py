@@ -59,6 +59,9 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", help="run the registry over TLS (makes its CA on first start)")
     serve.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT (default 0.0.0.0:8443)")
+    serve.add_argument("--channel-listen", default="", metavar="HOST:PORT|off",
+                       help="a listener of its own for the nodes' channel (WebSocket, mutual TLS); default: the "
+                            "--listen one at /api/v1/channel; off: nodes poll over HTTPS")
     serve.add_argument("--heartbeat-interval", type=_duration, default=10.0,
                        help="the heartbeat interval given to nodes that join (default 10s)")
     serve.add_argument("--files", default=os.environ.get("FIELDGATE_REGISTRY_FILES") or None, metavar="DIR|S3URL",
@@ -204,7 +207,7 @@ def _registry(args: argparse.Namespace) -> int:
         from gateway.registry.files import Retention
 
         return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db,
-                                 files_url=args.files,
+                                 files_url=args.files, channel_listen=args.channel_listen,
                                  retention=Retention(args.files_max_age, args.files_max_bytes)))
     if args.action == "files":
         from gateway.registry.files_cli import run_files_command

@@ -21,7 +21,10 @@ def registry_api_markdown() -> str:
             "`fieldgate registry serve` (TLS only). A route for people takes `Authorization: Bearer <token>` "
             "(`fieldgate registry token create --role R [--scope S]`) and sees only what lies in the token's scope; "
             "its role must hold the permission the route names (a 403 names the permission and the built-in roles "
-            "that hold it); a route for nodes takes the node's certificate (mutual TLS).", "",
+            "that hold it); a route for nodes takes the node's certificate (mutual TLS). Nodes also open the channel, "
+            "a WebSocket at `/api/v1/channel` (mutual TLS; on a listener of its own with `registry serve "
+            "--channel-listen HOST:PORT`), whose frames are `gateway/wire.py`'s channel section (README: How a "
+            "node talks to the registry).", "",
             "| method | path | caller | summary |", "| --- | --- | --- | --- |"]
     out += [f"| {method} | `{path}` | {caller} | {summary} |" for method, path, caller, summary in api]
     out += ["", "## Pages of the registry", "",

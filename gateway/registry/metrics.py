@@ -100,8 +100,9 @@ class RegistryCollector(Collector):
     """The families of one scrape: process counters now, node figures read from the database just before."""
 
     def __init__(self, metrics: RegistryMetrics, nodes: list[dict[str, Any]], backend: str,
-                 messages: collections.Counter[str], pending: int) -> None:
+                 messages: collections.Counter[str], pending: int, channels: int = 0) -> None:
         self.metrics = metrics
+        self.channels = channels
         self.nodes = nodes
         self.backend = backend
         self.messages = messages
@@ -120,6 +121,8 @@ class RegistryCollector(Collector):
         yield info
         yield GaugeMetricFamily("fieldgate_registry_start_time_seconds", "When this registry process started "
                                 "(unix time)", value=self.metrics.started_at)
+        yield GaugeMetricFamily("fieldgate_registry_channels_open", "Node channels (WebSockets) open on this "
+                                "registry process", value=self.channels)
 
     def _process(self) -> Iterator[Metric]:
         process = psutil.Process(os.getpid())
@@ -210,7 +213,8 @@ async def metrics(request: AnyRequest) -> Response[bytes]:
     nodes = await access.visible_nodes(store, caller)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RegistryCollector(request.app.state.metrics, nodes, store.database.dialect,
-                                        store.message_counts, sum(node["messages_pending"] for node in nodes)))
+                                        store.message_counts, sum(node["messages_pending"] for node in nodes),
+                                        len(request.app.state.channel.sessions)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE)
 
 

@@ -14,7 +14,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -24,6 +24,7 @@ from gateway.registry.app import create_app
 from gateway.registry.ca import CertificateAuthority
 from gateway.registry.cli import DEFAULT_REGISTRY_DIR
 from gateway.registry.files import Retention
+from gateway.wire import CHANNEL_OFF, CHANNEL_PATH, MAX_CHANNEL_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,20 @@ class PeerCertH11Protocol(H11Protocol):
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.app = _WithPeerCertificate(self.app, ssl.DER_cert_to_PEM_cert(der) if der else None)
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        """As uvicorn's, but the WebSocket protocol runs the app with the connection's client certificate too."""
+        self.connections.discard(self)
+        output = [event.method, b" ", event.target, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            output += [name, b": ", value, b"\r\n"]
+        output.append(b"\r\n")
+        protocol: Any = self.ws_protocol_class(config=self.config, server_state=self.server_state,  # type: ignore[call-arg, misc]
+                                               app_state=self.app_state)
+        protocol.app = self.app
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        protocol.data_received(b"".join(output))
+
 
 class _QuietServer(uvicorn.Server):
     """uvicorn's server without its own signal handling: serve() owns SIGINT/SIGTERM."""
@@ -61,8 +76,10 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def _shut_down(server: uvicorn.Server, app: Any) -> None:
+def _shut_down(server: uvicorn.Server, app: Any, channel_server: uvicorn.Server | None) -> None:
     server.should_exit = True
+    if channel_server is not None:
+        channel_server.should_exit = True
     app.state.waiters.close()  # waiting message polls answer now instead of holding the graceful shutdown
 
 
@@ -97,31 +114,71 @@ async def _has_users(data_dir: Path, db_url: str | None) -> bool:
         return bool(await access.users(store))
 
 
+def _config(app: Any, host: str, port: int, ca: CertificateAuthority, cert_path: Path, key_path: Path,
+            interval: float, *, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, http=PeerCertH11Protocol, ws="websockets-sansio",
+                          ws_max_size=MAX_CHANNEL_FRAME, ssl_certfile=str(cert_path), ssl_keyfile=str(key_path),
+                          ssl_ca_certs=str(ca.cert_path), ssl_cert_reqs=ssl.CERT_OPTIONAL, log_config=None,
+                          access_log=False, lifespan=lifespan, timeout_graceful_shutdown=3,
+                          # nodes keep their link open between heartbeats: a new TLS handshake per beat was the
+                          # registry's p99 (1.7 s at 1,000 nodes) and most of its CPU
+                          timeout_keep_alive=max(30, int(interval * 3)))
+
+
+def channel_address(listen: str, channel_listen: str) -> tuple[str, tuple[str, int] | None]:
+    """What nodes are told of the channel and the separate listener it needs, if any: `channel_listen` is "" (the
+    registry's own listener), "off" or HOST:PORT."""
+    if channel_listen == "":
+        return CHANNEL_PATH, None
+    if channel_listen == CHANNEL_OFF:
+        return CHANNEL_OFF, None
+    try:
+        host, port = _host_port(channel_listen)
+    except ConfigError:
+        raise ConfigError(f"--channel-listen: expected HOST:PORT or off, got {channel_listen!r}") from None
+    if (host, port) == _host_port(listen):
+        return CHANNEL_PATH, None
+    return f":{port}{CHANNEL_PATH}", (host, port)
+
+
 async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None,
-                files_url: str | None = None, retention: Retention | None = None) -> int:
+                files_url: str | None = None, retention: Retention | None = None, channel_listen: str = "") -> int:
     """Run the registry until SIGINT or SIGTERM."""
     host, port = _host_port(listen)
+    address, separate = channel_address(listen, channel_listen)
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
-    app = create_app(data_dir, interval=interval, db_url=db_url, files_url=files_url, retention=retention)
+    app = create_app(data_dir, interval=interval, db_url=db_url, files_url=files_url, retention=retention,
+                     channel_address=address)
     check = getattr(app.state.files, "check", None)
     if check is not None:  # a wrong S3 endpoint, bucket or key is said now, not at the first upload
         await check()
-    config = uvicorn.Config(app, host=host, port=port, http=PeerCertH11Protocol, ssl_certfile=str(cert_path),
-                            ssl_keyfile=str(key_path), ssl_ca_certs=str(ca.cert_path),
-                            ssl_cert_reqs=ssl.CERT_OPTIONAL, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3,
-                            # nodes keep their link open between heartbeats: a new TLS handshake per beat was the
-                            # registry's p99 (1.7 s at 1,000 nodes) and most of its CPU
-                            timeout_keep_alive=max(30, int(interval * 3)))
-    server = _QuietServer(config)
+    server = _QuietServer(_config(app, host, port, ca, cert_path, key_path, interval, lifespan="on"))
+    # the channel's own listener serves the same app (its lifespan runs once, with the main listener)
+    channel_server = _QuietServer(_config(app, separate[0], separate[1], ca, cert_path, key_path, interval,
+                                          lifespan="off")) if separate else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: _shut_down(server, app))
+        loop.add_signal_handler(sig, lambda: _shut_down(server, app, channel_server))
     print(f"fieldgate registry on https://{listen}/ (CA fingerprint sha256 {ca.fingerprint})", flush=True)
+    if separate:
+        print(f"channel on wss://{channel_listen}{CHANNEL_PATH}", flush=True)
     if not await _has_users(data_dir, db_url):
         print(first_admin_hint(browser_url(host, port), data_dir), flush=True)
-    await server.serve()
+    if channel_server is None:
+        await server.serve()
+    else:
+        main = asyncio.create_task(server.serve())
+        for _ in range(1200):  # until the store is open (a minute at most): then the channel may take nodes
+            if server.started or main.done():
+                break
+            await asyncio.sleep(0.05)
+        await channel_server.serve()
+        if not channel_server.started:
+            _shut_down(server, app, None)
+            await main
+            raise ConfigError(f"--channel-listen {channel_listen}: the channel could not listen there")
+        await main
     if not server.started:
         raise ConfigError(f"--listen {listen}: the registry could not start there")
     return 0

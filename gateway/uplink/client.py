@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, FieldgateError
 from gateway.ops.sampler import NodeSampler
 from gateway.plugins import list_plugins
 from gateway.resources.schema import AnyDocument, dec_hook
+from gateway.uplink.channel import ChannelLink
 from gateway.uplink.requests import answer_request
 from gateway.uplink.routes import RouteSync
 from gateway.uplink.twins import TwinSync
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 TIMEOUT = 10.0
 MESSAGE_WAIT = 25.0  # seconds a message poll waits at the registry for a message
 MAX_ADDRESSES = 16
+SEEN_MESSAGES = 10_000  # message ids remembered, so a message repeated after a dropped link is taken once
 
 
 def interface_addresses() -> list[str]:
@@ -92,6 +94,10 @@ class Uplink:
         from gateway.files.bucket import TokenBucket
 
         self.file_bucket = TokenBucket(None)  # both directions of file transfers draw from it (files.bandwidth)
+        self._seen_messages: dict[str, None] = {}  # ids of the latest messages taken, oldest first
+        # one heartbeat at a time, over HTTPS or the channel: what it carries is taken back when it fails
+        self.beating = asyncio.Lock()
+        self.channel = ChannelLink(self)
 
     async def run(self) -> None:
         from gateway.uplink.join import client_ssl_context
@@ -99,8 +105,9 @@ class Uplink:
         context = client_ssl_context(self.gateway.data_dir)
         async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=TIMEOUT) as client:
             while True:
+                await self.channel.polling.wait()  # the channel carries the heartbeats while it is up
                 await self.beat(client)
-                await asyncio.sleep(self.interval)
+                await self.channel.sleep_unless_up(self.interval)
 
     async def run_messages(self) -> None:
         """Long-poll the registry for messages, deliver them along the rest routes and acknowledge them."""
@@ -110,6 +117,7 @@ class Uplink:
         timeout = httpx.Timeout(TIMEOUT, read=MESSAGE_WAIT + TIMEOUT)
         async with httpx.AsyncClient(base_url=self.settings.url, verify=context, timeout=timeout) as client:
             while True:
+                await self.channel.polling.wait()  # the channel pushes the messages while it is up
                 try:
                     await self.poll_messages(client, MESSAGE_WAIT)
                 except (httpx.HTTPError, msgspec.DecodeError, ConfigError) as exc:
@@ -128,6 +136,8 @@ class Uplink:
         if not messages:
             return 0
         for message in messages:
+            if not self.first_time(message.id):  # the channel brought it already
+                continue
             if message.namespace == LOGS_NAMESPACE:  # a log, or a workload action, the registry asks of this node
                 await answer_request(client, message.id, base64.b64decode(message.payload), message.path,
                                      self.gateway)
@@ -168,6 +178,15 @@ class Uplink:
 
         await run_folder(self.gateway)
 
+    def first_time(self, message_id: str) -> bool:
+        """Whether a message is new to this process (a message comes again when its acknowledgement was lost)."""
+        if message_id in self._seen_messages:
+            return False
+        self._seen_messages[message_id] = None
+        while len(self._seen_messages) > SEEN_MESSAGES:
+            del self._seen_messages[next(iter(self._seen_messages))]
+        return True
+
     def deliver(self, namespace: str, path: str, payload: bytes) -> list[str]:
         """Hand a message to the rest routes of `namespace` whose source path is `path`; the routes that took it."""
         taken = self.gateway.routes.from_rest(path, payload, namespace)
@@ -183,8 +202,8 @@ class Uplink:
             log.log(level, "registry messages from %s: %s (%s)", self.settings.url, state, reason)
         self.message_state = state
 
-    async def beat(self, client: httpx.AsyncClient) -> None:
-        started = time.monotonic()
+    def heartbeat_body(self) -> dict[str, Any]:
+        """The next heartbeat (node info, twins, workloads, upgrade, routes), within the registry's MAX_HEARTBEAT."""
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
                 **self.workloads.outgoing(), **self.upgrade.outgoing(), **self.routes.outgoing(),
                 **self.figures.outgoing()}
@@ -197,36 +216,49 @@ class Uplink:
             self.routes.failed()
             later = ("twins", "twins_complete", "described", "workloads", "routes", "figures")
             body = {key: value for key, value in body.items() if key not in later}
-            content = msgspec.json.encode(body)
+        return body
+
+    def beat_failed(self) -> None:
+        """The heartbeat did not get through: the twins, workloads and routes it carried go with the next one."""
+        self.twins.failed()
+        self.workloads.failed()
+        self.routes.failed()
+
+    async def beat(self, client: httpx.AsyncClient) -> None:
+        async with self.beating:
+            await self._beat(client)
+
+    async def _beat(self, client: httpx.AsyncClient) -> None:
+        started = time.monotonic()
+        content = msgspec.json.encode(self.heartbeat_body())
         try:
             response = await client.post("/api/v1/heartbeat", content=content,
                                          headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            self.twins.failed()  # the twins it carried go with the next heartbeat
-            self.workloads.failed()
-            self.routes.failed()
+            self.beat_failed()
             self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
             return
         if response.status_code != 200:
-            self.twins.failed()
-            self.workloads.failed()
-            self.routes.failed()
+            self.beat_failed()
             self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
             answer = decode_json(response.content, HeartbeatResponse, what="the heartbeat answer")
         except ConfigError as exc:
-            self.twins.failed()
-            self.workloads.failed()
-            self.routes.failed()
+            self.beat_failed()
             self._set_state("refused", f"unexpected answer: {exc}")
             return
+        await self.beat_answered(client, answer, started)
+
+    async def beat_answered(self, client: httpx.AsyncClient, answer: HeartbeatResponse, started: float) -> None:
+        """Take the registry's answer to a heartbeat (over HTTPS or the channel)."""
         self.twins.delivered()
         self.workloads.delivered()
         self.routes.delivered()
         self.latency_ms = round((time.monotonic() - started) * 1000, 1)
         self._set_state("connected", f"as node {answer.node}")
         self.interval = answer.heartbeat_interval or self.interval
+        self.channel.announced(answer.channel)
         if answer.documents is not None and answer.resource_version != self.resource_version:
             await self.apply(answer.resource_version, answer.documents)
         if answer.desired:  # after the documents: a desired value may be for a device they just added
@@ -275,4 +307,12 @@ class Uplink:
             "resource_version": self.resource_version,
             "messages_received": self.messages_received,
             "messages_unrouted": self.messages_unrouted,
+            "channel": self.channel.state,
         }
+
+    def status(self) -> dict[str, Any]:
+        """The uplink's part of the gateway's status: how the node talks to the registry now."""
+        return {"registry": self.settings.url, "node": self.settings.node, "state": self.state,
+                "transport": "channel" if self.channel.up else "https-polling", "latency_ms": self.latency_ms,
+                "resource_version": self.resource_version, "channel": self.channel.describe(),
+                "messages": self.message_state}

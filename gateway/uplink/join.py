@@ -33,6 +33,9 @@ class RegistrySettings(msgspec.Struct, kw_only=True):
     url: str
     node: str
     heartbeat_interval: float = 10.0
+    channel: str = ""  # where the registry said its channel is ("[:PORT]PATH", "off"); "": its default path
+    channel_url: str = ""  # a wss:// URL that overrides it (a channel behind another name or port)
+    channel_retry: float = 60.0  # seconds between tries of the channel while on HTTPS polling after a refusal
 
 
 def registry_dir(data_dir: Path) -> Path:
@@ -129,7 +132,8 @@ def save_identity(data_dir: Path, url: str, ca_pem: bytes, key: ec.EllipticCurve
     (directory / "ca.pem").write_bytes(ca_pem)
     (directory / "node.pem").write_text(answer.certificate)
     write_private(directory / "node.key", key_pem(key))
-    settings = RegistrySettings(url=url, node=answer.node, heartbeat_interval=answer.heartbeat_interval)
+    settings = RegistrySettings(url=url, node=answer.node, heartbeat_interval=answer.heartbeat_interval,
+                                channel=answer.channel)
     (directory / "registry.json").write_bytes(msgspec.json.format(msgspec.json.encode(settings)))
     return settings
 

@@ -1,5 +1,6 @@
 """The uplink plugin: once the node has joined a registry (<data-dir>/registry/registry.json) it starts the
-heartbeat, message and file tasks of gateway.uplink.client; a node that never joined loads none of that code."""
+channel (gateway.uplink.channel) and the HTTPS heartbeat and message tasks of gateway.uplink.client that stand in
+while it is down, and its file tasks; a node that never joined loads none of that code."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def startup(gateway: GatewayAPI) -> None:
         uplink = Uplink(gateway, settings)
         gateway.start_task("uplink", uplink.run)
         gateway.start_task("uplink messages", uplink.run_messages)
+        gateway.start_task("uplink channel", uplink.channel.run)
+        gateway.add_status("uplink", uplink.status)
         gateway.start_task("uplink files in", uplink.run_files_in)
         gateway.start_task("uplink files out", uplink.run_files_out)
         gateway.start_task("file outbox folder", uplink.run_file_folder)

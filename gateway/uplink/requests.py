@@ -36,6 +36,16 @@ async def answer_request(client: httpx.AsyncClient, request_id: str, payload: by
                          gateway: GatewayAPI | None = None) -> None:
     """Answer a request from the registry (this process's log ring, a workload's log, a workload action) and post
     the answer back."""
+    body = await request_answer(payload, path, gateway)
+    response = await client.post(f"/api/v1/nodes/self/answers/{request_id}", content=body,
+                                 headers={"Content-Type": "application/json"})
+    if response.status_code != 200:
+        log.info("the registry did not take the answer to its %s request %s: %s %s", path, request_id,
+                 response.status_code, response.text.strip()[:200])
+
+
+async def request_answer(payload: bytes, path: str, gateway: GatewayAPI | None) -> bytes:
+    """The JSON answer to a request from the registry (over HTTPS or the channel); a refusal as `{"error": …}`."""
     try:
         if path == WORKLOAD_LOGS_PATH and gateway is not None:
             body = _workload_log(gateway, payload)
@@ -51,11 +61,7 @@ async def answer_request(client: httpx.AsyncClient, request_id: str, payload: by
     if len(body) > MAX_ANSWER:
         body = msgspec.json.encode({"error": f"the answer has {len(body)} bytes, more than {MAX_ANSWER}: ask for "
                                              "fewer lines"})
-    response = await client.post(f"/api/v1/nodes/self/answers/{request_id}", content=body,
-                                 headers={"Content-Type": "application/json"})
-    if response.status_code != 200:
-        log.info("the registry did not take the answer to its %s request %s: %s %s", path, request_id,
-                 response.status_code, response.text.strip()[:200])
+    return body
 
 
 def _workload_log(gateway: GatewayAPI, payload: bytes) -> bytes:

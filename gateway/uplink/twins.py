@@ -5,6 +5,7 @@ acknowledged with the next heartbeat, with the reason for any refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -92,6 +93,7 @@ class TwinSync:
         self._sending_described: list[DeviceDescription] = []
         self.ack: DesiredAck | None = None
         self.desired_version = self._load_version()
+        self._desired_lock = asyncio.Lock()
         for pattern in ("devices/+/+/telemetry", "devices/+/+/state", "devices/+/+/twin"):
             gateway.subscribe(pattern, self._changed)
 
@@ -179,6 +181,12 @@ class TwinSync:
 
     async def apply_desired(self, values: list[DesiredValue]) -> None:
         """Put the registry's desired values through the gateway's desired path; refusals go back with the ack."""
+        async with self._desired_lock:  # the channel and an HTTPS heartbeat may bring the same values at once
+            await self._apply_desired([value for value in values if value.version > self.desired_version])
+
+    async def _apply_desired(self, values: list[DesiredValue]) -> None:
+        if not values:  # taken before (a push repeated after a dropped link): applied once only
+            return
         errors = list(self.ack.errors) if self.ack else []
         for value in values:
             try:

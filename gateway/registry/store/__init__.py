@@ -27,7 +27,15 @@ import msgspec
 from gateway.errors import AuthError, ConfigError, NotFound, StoreError
 from gateway.registry.store.access import AccessTables
 from gateway.registry.store.batches import BatchTables
-from gateway.registry.store.db import Database, KeyTaken, NothingMatched, Statement, open_database
+from gateway.registry.store.db import (
+    EVERY_NODE,
+    NODES_CHANNEL,
+    Database,
+    KeyTaken,
+    NothingMatched,
+    Statement,
+    open_database,
+)
 from gateway.registry.store.documents import Document, DocumentTables
 from gateway.registry.store.files import FileTables
 from gateway.registry.store.routes import RouteTables
@@ -184,6 +192,10 @@ class RegistryStore:
         """Record a joined node (and its group, when a group's selector takes its labels)."""
         await self.database.transaction(node_statements(name, serial, labels, interval, group, workspace))
 
+    async def node_serials(self) -> dict[str, str]:
+        """The serial of every node's current certificate, by node name."""
+        return {str(name): str(serial) for name, serial in await self._rows("SELECT name, serial FROM nodes")}
+
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
         if await self._rows("SELECT 1 FROM revoked_certificates WHERE serial=?", serial):
@@ -200,6 +212,11 @@ class RegistryStore:
             ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
             *sample_statements(name, info.get("metrics"), now),
             *figures_statements(name, figures, now, self._figures_pruned)])
+        rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
+        return float(rows[0][0]) if rows else 0.0
+
+    async def node_interval(self, name: str) -> float:
+        """A node's heartbeat interval (0 for an unknown node)."""
         rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
         return float(rows[0][0]) if rows else 0.0
 
@@ -222,6 +239,7 @@ class RegistryStore:
             ("DELETE FROM workload_status WHERE node=?", (name,)),
             ("DELETE FROM workload_events WHERE node=?", (name,)),
             ("DELETE FROM route_counters WHERE node=?", (name,))])
+        await self.database.notify(NODES_CHANNEL, name)  # its open channel is closed now
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
@@ -344,6 +362,11 @@ class RegistryStore:
                     "SELECT id, namespace, path, payload, created_at FROM messages WHERE node=? AND expires_at>=? "
                     "ORDER BY created_at, id LIMIT ?", node, time.time(), limit)]
 
+    async def message_counts_by_node(self) -> dict[str, int]:
+        """How many unexpired messages wait for each node (for the channel's sweep)."""
+        return {str(node): int(count) for node, count in await self._rows(
+            "SELECT node, COUNT(*) FROM messages WHERE expires_at>=? GROUP BY node", time.time())}
+
     async def ack_messages(self, node: str, ids: list[str]) -> int:
         """Delete messages a node has taken; how many were deleted."""
         results = await self.database.transaction(
@@ -381,6 +404,7 @@ class RegistryStore:
                 *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
         except Exception as exc:  # another registry replica took a node or the name in the meantime
             raise ConfigError(f"group {name}: {exc}") from None
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
         return members
 
     async def update_group(self, name: str, nodes: list[str], selector: dict[str, str]) -> list[str]:
@@ -396,6 +420,7 @@ class RegistryStore:
                 *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
         except Exception as exc:  # another registry replica took a node in the meantime
             raise ConfigError(f"group {name}: {exc}") from None
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
         return members
 
     async def _group_members(self, name: str, nodes: list[str], selector: dict[str, str],
@@ -448,10 +473,12 @@ class RegistryStore:
             raise NotFound(f"no group {name}")
         await self.database.transaction([("DELETE FROM group_members WHERE group_name=?", (name,)),
                                          ("DELETE FROM node_groups WHERE name=?", (name,))])
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
 
     async def set_node_labels(self, name: str, labels: dict[str, str]) -> None:
         if not await self._write("UPDATE nodes SET labels=? WHERE name=?", json.dumps(labels), name):
             raise NotFound(f"no node {name}")
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
 
     async def set_node_alias(self, name: str, alias: str) -> None:
         if not await self._write("UPDATE nodes SET alias=? WHERE name=?", alias, name):
@@ -468,6 +495,7 @@ class RegistryStore:
             ("UPDATE nodes SET workspace=? WHERE name=?", (workspace, name)),
             ("DELETE FROM group_members WHERE node=?", (name,)),
             ("UPDATE documents SET workspace=? WHERE node=?", (workspace, name))])
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
 
 
 def node_statements(name: str, serial: str, labels: dict[str, str], interval: float, group: str | None,

@@ -170,6 +170,12 @@ CREATE INDEX app_metrics_by_workload ON app_metrics (workload, minute);
 ]
 
 
+# The notification that what a node should have changed (its documents, desired values): the payload is the node's
+# name, or EVERY_NODE. In-process on SQLite, PostgreSQL NOTIFY across replicas; the registry's channel listens.
+NODES_CHANNEL = "fieldgate_nodes"
+EVERY_NODE = "*"
+
+
 class NothingMatched(StoreError):
     """The guarded statement of a transaction touched no row (a condition lost to another writer); nothing was
     written."""

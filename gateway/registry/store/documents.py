@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.registry.store.db import Statement, Tables
+from gateway.registry.store.db import EVERY_NODE, NODES_CHANNEL, Statement, Tables
 
 Document = tuple[str, str, str, str | None, bytes]  # kind, namespace, name, node, JSON
 
@@ -23,6 +23,12 @@ class DocumentTables(Tables):
             "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at, "
             "workspace=excluded.workspace",
             (kind, ns, name, node, body.decode(), now, workspace)) for kind, ns, name, node, body in documents)])
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # the nodes' channels push what changed for them
+
+    async def fingerprint(self) -> str:
+        """Changes whenever a document is stored or deleted (for the channel's sweep)."""
+        [(count, updated)] = await self.database.rows("SELECT COUNT(*), MAX(updated_at) FROM documents")
+        return f"{count}:{updated}"
 
     async def get(self, kind: str, namespace: str, name: str) -> str | None:
         """A document's JSON; None when the registry has no such document."""
@@ -40,6 +46,7 @@ class DocumentTables(Tables):
         await self.database.transaction([
             (f"DELETE FROM {table} WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
             for table in ("documents", "document_versions")])
+        await self.database.notify(NODES_CHANNEL, EVERY_NODE)
 
     async def listing(self, kind: str | None = None) -> list[tuple[Any, ...]]:
         """(kind, namespace, name, node, workspace, JSON, updated at) of every document (of one kind)."""

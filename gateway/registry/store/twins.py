@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.registry.store.db import Statement, Tables
+from gateway.registry.store.db import NODES_CHANNEL, Statement, Tables
 
 
 def device_filter(node: str | None, namespace: str | None, name: str | None) -> tuple[str, list[Any]]:
@@ -67,6 +67,11 @@ class TwinTables(Tables):
                     "SELECT namespace, name, property, value, version FROM device_desired WHERE node=? AND version>? "
                     "ORDER BY version, namespace, name, property", node, version)]
 
+    async def latest_versions(self) -> dict[str, int]:
+        """The newest desired version of every node that has desired values."""
+        return {str(node): int(version) for node, version in await self.database.rows(
+            "SELECT node, MAX(version) FROM device_desired GROUP BY node")}
+
     async def reporting_nodes(self, namespace: str, name: str) -> list[str]:
         return [str(row[0]) for row in await self.database.rows(
             "SELECT node FROM device_twins WHERE namespace=? AND name=? ORDER BY node", namespace, name)]
@@ -85,6 +90,7 @@ class TwinTables(Tables):
                "?, NULL, NULL) ON CONFLICT (node, namespace, name, property) DO UPDATE SET value=excluded.value, "
                "version=excluded.version, set_at=excluded.set_at, delivered_at=NULL, error=NULL",
                (node, namespace, name, prop, json.dumps(value), node, now)) for prop, value in values.items()]])
+        await self.database.notify(NODES_CHANNEL, node)  # the node's channel pushes them now
 
     async def reports(self, node: str | None = None, namespace: str | None = None,
                       name: str | None = None) -> list[tuple[str, str, str, str, str, dict[str, Any], float]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.registry.store.db import Statement, Tables
+from gateway.registry.store.db import NODES_CHANNEL, Statement, Tables
 from gateway.wire import EventReport
 
 Placement = tuple[str, str, str]  # namespace, name, node
@@ -39,6 +39,7 @@ class WorkloadTables(Tables):
         """In one transaction: drop placements (and the status their nodes reported) and add new ones (source
         kind, source, origin); a placement another registry replica added meanwhile stays as it is."""
         statements: list[Statement] = []
+        removed = list(removed)
         for key in removed:
             statements += [("DELETE FROM workload_placements WHERE namespace=? AND name=? AND node=?", key),
                            ("DELETE FROM workload_status WHERE namespace=? AND name=? AND node=?", key)]
@@ -47,6 +48,8 @@ class WorkloadTables(Tables):
                                (*key, kind, source, origin, now)))
         if statements:
             await self.database.transaction(statements)
+            for node in sorted({key[2] for key in removed} | {key[2] for key in added}):
+                await self.database.notify(NODES_CHANNEL, node)  # the node's channel pushes its new workloads
 
     async def runs_on(self, node: str, namespace: str, name: str) -> bool:
         """Whether the registry placed the workload on the node or the node reports it."""

@@ -156,7 +156,7 @@ async def node_app_metrics(request: AnyRequest, name: FromPath[str]) -> dict[str
     from gateway.registry import access
     from gateway.registry.auth import store_of
 
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "apps.read")
     store = store_of(request)
     since = _since(request.query_params.get("since"))
     await access.check_node_in_scope(store, caller, name)
@@ -170,7 +170,7 @@ async def workload_app_metrics(request: AnyRequest, namespace: FromPath[str], na
     from gateway.registry import access
     from gateway.registry.auth import store_of
 
-    caller = await access.require_caller(request, "viewer")
+    caller = await access.require_caller(request, "apps.read")
     store = store_of(request)
     since = _since(request.query_params.get("since"))
     node = request.query_params.get("node") or None

@@ -160,6 +160,8 @@ def page_routes() -> set[tuple[str, str, tuple[str, ...]]]:
 
 
 WALK_BATCH = ("kind: BatchWorkload\nname: walk-batch\ntemplate: {command: [sleep, '60']}\ngroups: [{group: line-a}]\n"
+              "---\nkind: BatchWorkload\nname: walk-doomed\ntemplate: {command: [sleep, '60']}\n"
+              "groups: [{group: line-a}]\n"  # deleted by the first role that may: the others still see walk-batch
               "---\nkind: ConfigItem\nname: walk-config\ndata: {a: b}\n")
 SPARE_DEVICE = "kind: Device\nname: spare-{n}\nmodel: thermo\nprotocol: {{name: virtual}}\n"
 WALK_ROUTE = ("kind: Endpoint\nname: walk-in\ntype: rest\n---\nkind: Endpoint\nname: walk-out\ntype: http\n"
@@ -175,7 +177,7 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("GET", "/apps/batch/{namespace:str}/{name:str}"): ("/apps/batch/default/walk-batch", {}),
     ("POST", "/apps/batch/{namespace:str}/{name:str}/rollback"): ("/apps/batch/default/walk-batch/rollback",
                                                                   {"version": "1"}),
-    ("POST", "/apps/delete"): ("/apps/delete", {"kind": "BatchWorkload", "name": "walk-batch"}),
+    ("POST", "/apps/delete"): ("/apps/delete", {"kind": "BatchWorkload", "name": "walk-doomed"}),
     ("GET", "/apps/edit"): ("/apps/edit?kind=BatchWorkload&name=walk-batch", {}),
     ("POST", "/apps/edit"): ("/apps/edit", {"kind": "Workload", "name": "walk-app", "command": "sleep\n60",
                                             "node": NODE}),

@@ -328,7 +328,7 @@ def test_every_page_route_answers_each_role_as_the_role_allows(fleet: Fleet) -> 
             assert pages.client.post(f"/nodes/{NODE}/scheduling", data={"action": "pause"}).status_code == 403
             assert pages.post("/logout").status_code == 303
             assert pages.get("/").status_code == 303
-    for kind, name in (("Workload", "walk-app"), ("Secret", "walk-secret"),
+    for kind, name in (("Workload", "walk-app"), ("Secret", "walk-secret"), ("BatchWorkload", "walk-batch"),
                        ("Route", "walk-route"), ("Endpoint", "walk-in"), ("Endpoint", "walk-out")):
         cli(fleet.registry, "delete", kind, name)  # the later tests count the fleet's apps
     audit = cli(fleet.registry, "audit", "--limit", "400").stdout

@@ -314,3 +314,16 @@ class Multiplexer:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+
+PROBE_KIND = "discard"  # a stream whose bytes the other side counts and drops: the channel's throughput probe
+
+
+async def discard(stream: Stream) -> None:
+    """The handler of PROBE_KIND streams, on both sides: count the bytes to the end, answer with the count (ASCII
+    digits)."""
+    count = 0
+    while chunk := await stream.receive():
+        count += len(chunk)
+    await stream.send(str(count).encode())
+    await stream.close()

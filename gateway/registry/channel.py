@@ -28,7 +28,7 @@ from litestar import WebSocket, post, websocket
 from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.params import FromPath
 
-from gateway.channel import ChannelError, Multiplexer, Stream, StreamHandler, decode_frame
+from gateway.channel import PROBE_KIND, ChannelError, Multiplexer, Stream, StreamHandler, decode_frame, discard
 from gateway.decoding import decode_json
 from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry.access import audited, node_workspace, require_caller, workspace_scope
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
-PROBE_KIND = "discard"  # a stream whose bytes the other side counts and drops: the channel's throughput
 MAX_PROBE = 1 << 30
 SWEEP_EVERY = 1.0  # seconds between two looks at the database for changes no notification told of
 HELLO_TIMEOUT = 10.0
@@ -190,14 +189,6 @@ class NodeSession:
 class ChannelRefused(ChannelError):
     """The node may not use the channel (any more): the reason goes to it in a Refused frame."""
 
-
-async def discard(stream: Stream) -> None:
-    """The handler of PROBE_KIND streams: count the bytes to the end, answer with the count (ASCII digits)."""
-    count = 0
-    while chunk := await stream.receive():
-        count += len(chunk)
-    await stream.send(str(count).encode())
-    await stream.close()
 
 
 async def probe(hub: ChannelHub, node: str, size: int) -> dict[str, Any]:

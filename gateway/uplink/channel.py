@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
-from gateway.channel import ChannelError, Multiplexer, Stream, StreamHandler, decode_frame, encode_frame
+from gateway.channel import (
+    PROBE_KIND,
+    ChannelError,
+    Multiplexer,
+    Stream,
+    StreamHandler,
+    decode_frame,
+    discard,
+    encode_frame,
+)
 from gateway.wire import (
     CHANNEL_OFF,
     CHANNEL_PATH,
@@ -77,16 +86,7 @@ def channel_url(registry_url: str, address: str) -> str:
     return f"wss://{host}{':' + port if port else ''}/{path}"
 
 
-PROBE_KIND = "discard"  # the registry's throughput probe (`POST /api/v1/nodes/<node>/channel/probe`)
 
-
-async def discard(stream: Stream) -> None:
-    """Count a probe stream's bytes to the end and answer with the count (ASCII digits)."""
-    count = 0
-    while chunk := await stream.receive():
-        count += len(chunk)
-    await stream.send(str(count).encode())
-    await stream.close()
 
 
 class ChannelLink:

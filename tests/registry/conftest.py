@@ -120,6 +120,15 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The registry store's database, once on SQLite in the data dir (None) and once on a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
 @pytest.fixture
 def pg_database(postgres: str) -> str:
     """A fresh database in the session's cluster for one test; its DSN."""

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.registry.monitoring import MINUTE, WINDOW, app_plots_html, app_samples
 from gateway.registry.store import RegistryStore
@@ -22,13 +21,6 @@ from tests.registry.test_access import add_user, api, cli, login, token
 
 SVG = "{http://www.w3.org/2000/svg}"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "sqlite":
-        return None
-    url: str = request.getfixturevalue("pg_database")
-    return url
 
 
 async def test_figures_are_kept_per_instance_and_minute_for_24_hours(db_url: str | None, tmp_path: Path) -> None:

@@ -113,10 +113,6 @@ def test_a_revoked_or_expired_batch_is_refused_with_the_reason(registry: Registr
     assert bad.returncode == 2 and "not a batch bundle" in bad.stderr
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("pg_database") if request.param == "postgresql" else None
-
 
 async def test_a_batch_gives_out_no_more_places_than_its_count_at_once(db_url: str | None, tmp_path: Path) -> None:
     import asyncio

@@ -190,10 +190,6 @@ def test_a_batch_workload_runs_on_its_group_and_fails_over(registry: Registry, g
     assert in_use.returncode == 2 and "used by BatchWorkload default/echo" in in_use.stderr
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("pg_database") if request.param == "postgresql" else None
-
 
 async def test_placement_follows_node_status_and_the_failover_policy(db_url: str | None, tmp_path: Path) -> None:
     from gateway import wire

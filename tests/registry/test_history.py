@@ -26,10 +26,6 @@ def workload(version: str) -> str:
             "env_from: [{name: DB_PASSWORD, secret: db, key: password}]\n")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("pg_database") if request.param == "postgresql" else None
-
 
 async def test_versions_are_kept_bounded_and_rolled_back(db_url: str | None, tmp_path: Path) -> None:
     cli = access.cli_caller()

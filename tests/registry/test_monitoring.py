@@ -26,13 +26,6 @@ SVG = "{http://www.w3.org/2000/svg}"
 __all__ = ["gateway"]  # the fixture: a running gateway polling a virtual device
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "sqlite":
-        return None
-    url: str = request.getfixturevalue("pg_database")
-    return url
-
 
 async def test_beats_are_kept_as_per_minute_means_for_24_hours(db_url: str | None, tmp_path: Path) -> None:
     async with RegistryStore(tmp_path, db_url) as store:

@@ -394,13 +394,6 @@ def test_roles_from_the_command_line(site: Site) -> None:
 # --- the migration on both databases --------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "sqlite":
-        return None
-    url: str = request.getfixturevalue("pg_database")
-    return url
-
 
 async def test_migration_12_keeps_the_folders_workspaces_were_in(db_url: str | None, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

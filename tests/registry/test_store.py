@@ -13,14 +13,6 @@ from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 from gateway.registry.store.db import MIGRATIONS
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "sqlite":
-        return None
-    url: str = request.getfixturevalue("pg_database")
-    return url
-
-
 async def test_store_messages_tokens_and_notifications(db_url: str | None, tmp_path: Path) -> None:
     async with RegistryStore(tmp_path, db_url) as store:
         assert await store.database.rows("SELECT MAX(version) FROM schema_version") == [(MIGRATIONS[-1][0],)]

@@ -217,10 +217,6 @@ def test_twins_flow_up_and_desired_values_flow_down(node: Node, registry: Regist
     assert "setpoint=25.0 (desired 25.0, in sync)" in registry.cli("devices").stdout
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("pg_database") if request.param == "postgresql" else None
-
 
 async def test_the_registry_keeps_the_latest_twin_and_versions_desired_values(db_url: str | None,
                                                                                tmp_path: Path) -> None:

@@ -3,6 +3,6 @@ tests/registry, shared here."""
 
 from __future__ import annotations
 
-from tests.registry.conftest import pg_database, postgres, registry
+from tests.registry.conftest import db_url, pg_database, postgres, registry
 
-__all__ = ["pg_database", "postgres", "registry"]
+__all__ = ["db_url", "pg_database", "postgres", "registry"]

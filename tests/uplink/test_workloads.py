@@ -24,11 +24,6 @@ from gateway.workloads.history import WorkloadHistory
 from gateway.workloads.supervisor import RECENT_EVENTS, RecentEvent, stored_events
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("pg_database") if request.param == "postgresql" else None
-
-
 class Runners:
     """The part of a node's workload manager WorkloadSync reads: one registry-owned workload, its events (kept in a
     real store, as the runner keeps them) and how far the registry has them."""

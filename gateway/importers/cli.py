@@ -1,4 +1,4 @@
-"""`fieldgate import kubeedge|csv …`: a built-in plugin registering the import command."""
+"""`fieldgate import kubeedge|kubernetes|csv …`: a built-in plugin registering the import command."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from gateway.commands import Command
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ResourceError
 from gateway.hookspecs import hookimpl
-from gateway.importers import ImportResult, kubeedge
+from gateway.importers import ImportResult, kubeedge, kubernetes
 from gateway.importers import csv as csv_import
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -22,7 +22,8 @@ _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 @hookimpl
 def register_commands() -> Iterable[Command]:
-    return [Command("import", "convert KubeEdge manifests or a CSV inventory into fieldgate documents", configure, run)]
+    return [Command("import", "convert KubeEdge or Kubernetes manifests or a CSV inventory into fieldgate documents",
+                    configure, run)]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     kube.add_argument("files", nargs="+", type=Path, metavar="FILE")
     kube.add_argument("-o", "--output", type=Path, metavar="DIR", help="write one YAML file per input here")
+    k8s = sources.add_parser(
+        "kubernetes", help="apps/v1 Deployment and KubeEdge EdgeApplication manifests (with their ConfigMaps and "
+                           "Secrets) as Workload and BatchWorkload documents"
+    )
+    k8s.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    k8s.add_argument("-o", "--output", type=Path, metavar="DIR", help="write one YAML file per input here")
+    k8s.add_argument("--runtime", default="container", metavar="NAME",
+                     help="the runtime of the workloads (default container; process runs `command` on the node)")
     table = sources.add_parser("csv", help="one device per row: name, model or profile, address, unit, labels")
     table.add_argument("file", type=Path, metavar="FILE")
     table.add_argument(
@@ -47,12 +56,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.import_source == "kubeedge":
             result = kubeedge.import_files(list(args.files))
+        elif args.import_source == "kubernetes":
+            result = kubernetes.import_files(list(args.files), runtime=args.runtime)
         else:
             template = _template(args.template) if args.template else None
             result = csv_import.import_file(args.file, template=template, progress=csv_import.stderr_progress())
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         write(result, args.output)
+    except ResourceError as exc:
+        for problem in exc.problems:
+            print(f"fieldgate import: {problem}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"fieldgate import: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound, ResourceError
+from gateway.importers import kubernetes
 from gateway.registry import access, history, routes
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
@@ -122,6 +123,8 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
     BatchWorkloads (with `note`); a line per document. ResourceError lists problems, a document of a kind the actor's
     role may not change among them (a rollback, `document.rollback`, needs apps.operate only: its caller checked)."""
     await access.check_workspace(store, workspace)
+    if any(kubernetes.is_kubernetes(raw) for _, raw in raw_documents):  # Deployments etc. converted on the way in
+        raw_documents = kubernetes.convert_documents(raw_documents, keep_others=True)
     box = SecretBox(store.data_dir)
     documents, problems, parsed = [], [], []
     for source, raw in raw_documents:

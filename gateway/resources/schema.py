@@ -429,6 +429,41 @@ class Lifecycle(Base, kw_only=True):
                         ] = None
 
 
+Percentage = Annotated[str, Meta(pattern=r"^(100|[1-9]?[0-9])%$", description="a share of `replicas`, `25%`")]
+
+
+def _strategy_count(value: int | str, replicas: int, *, round_up: bool) -> int:
+    if isinstance(value, int):
+        return value
+    share = int(value[:-1]) * replicas
+    return -(-share // 100) if round_up else share // 100
+
+
+class Strategy(Base, kw_only=True):
+    """How an update replaces a node's instances: `Recreate` stops them all, then starts the new ones;
+    `RollingUpdate` starts at most `max_surge` instances beyond `replicas` and lets at most `max_unavailable` be
+    missing while it goes (a new one must be ready before an old one is stopped for it)."""
+
+    type: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
+    max_surge: Annotated[Annotated[int, Meta(ge=0, le=100)] | Percentage | None, Meta(description=(
+        "RollingUpdate: instances started beyond `replicas` (a percentage rounds up; default 1)"))] = None
+    max_unavailable: Annotated[Annotated[int, Meta(ge=0, le=100)] | Percentage | None, Meta(description=(
+        "RollingUpdate: instances that may be missing (a percentage rounds down; default 0)"))] = None
+
+    def __post_init__(self) -> None:
+        if self.type == "Recreate" and (self.max_surge is not None or self.max_unavailable is not None):
+            raise ValueError("max_surge and max_unavailable are for type RollingUpdate, not Recreate")
+        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%", None):
+            raise ValueError("max_surge and max_unavailable cannot both be 0 (the update could not make a step)")
+
+    def bounds(self, replicas: int) -> tuple[int, int]:
+        """(surge, unavailable) in instances for `replicas`; at least one of them is 1 or more."""
+        surge = _strategy_count(1 if self.max_surge is None else self.max_surge, replicas, round_up=True)
+        unavailable = _strategy_count(0 if self.max_unavailable is None else self.max_unavailable, replicas,
+                                      round_up=False)
+        return (surge, unavailable) if surge or unavailable else (0, 1)
+
+
 class Workload(Document, tag="Workload", kw_only=True):
     """An edge app run on the node by a runtime: `process` (built in), `container` or one a plugin provides."""
 
@@ -463,6 +498,9 @@ class Workload(Document, tag="Workload", kw_only=True):
     security: SecuritySettings | None = None
     volumes: Annotated[list[Volume], Meta(max_length=64)] = []
     lifecycle: Lifecycle | None = None
+    strategy: Annotated[Strategy | None, Meta(description=(
+        "how an update replaces the instances; none: Recreate for one replica, RollingUpdate (max_surge 1, "
+        "max_unavailable 0) for more"))] = None
 
     # None when not given, so the spec (and its version) of a workload that uses none of them stays as it was
     @property

@@ -1,5 +1,5 @@
-"""The workloads of a node: deploy, update (rolling when replicas > 1), stop, restart, roll back and delete,
-each deployed spec kept as a version and every step as an event in the store."""
+"""The workloads of a node: deploy, update (by the workload's strategy: Recreate or RollingUpdate), stop, restart,
+roll back and delete, each deployed spec kept as a version and every step as an event in the store."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import msgspec
 
 from gateway.errors import ConfigError, NotFound, PluginError, WorkloadError
 from gateway.files import files_area
-from gateway.resources.schema import Workload, dec_hook, enc_hook
+from gateway.resources.schema import Strategy, Workload, dec_hook, enc_hook
 from gateway.workloads.accelerators import node_accelerators
 from gateway.workloads.figures import WorkloadFigures
 from gateway.workloads.history import WorkloadHistory
@@ -186,7 +186,10 @@ class WorkloadRunner:
         free = [r for r in range(spec.replicas) if r not in {i.replica for i in current}]
         if old and free and not await self._prepare(spec, len(old)):
             return
-        if spec.replicas <= 1 or not old:  # recreate: a single instance's ports and files are not shared twice
+        strategy = spec.strategy
+        if strategy is None:  # one replica: a single instance's ports and files are not shared twice
+            strategy = Strategy(type="Recreate") if spec.replicas <= 1 else Strategy(max_surge=1, max_unavailable=0)
+        if strategy.type == "Recreate" or not old:
             for instance in old:
                 await self._remove(instance, f"replaced by version {self.version}")
             for replica in free:
@@ -194,22 +197,44 @@ class WorkloadRunner:
             return
         self.rolling = True
         try:
-            for replica in free:
-                if self.target is not spec or self.stopped_by_user:
-                    self._wake.set()  # a newer target: converge again from there
-                    return
-                new = self._add(spec, replica)
+            await self._roll(spec, strategy, current, old, free)
+        finally:
+            self.rolling = False
+
+    async def _roll(self, spec: Workload, strategy: Strategy, current: list[InstanceRunner],
+                    old: list[InstanceRunner], free: list[int]) -> None:
+        """RollingUpdate: never more than replicas + surge instances, never fewer than replicas - unavailable of
+        them ready (old ones count as ready); a step starts new instances and waits until they are ready."""
+        surge, unavailable = strategy.bounds(spec.replicas)
+        reason = f"replaced by version {self.version}"
+        for _ in range(spec.replicas + len(old) + 1):  # every step starts or stops at least one instance
+            if not free:
+                break
+            if self.target is not spec or self.stopped_by_user:
+                self._wake.set()  # a newer target: converge again from there
+                return
+            running = len(current) + len(old)
+            for instance in old[:max(0, min(len(old), running - (spec.replicas - unavailable)))]:
+                old.remove(instance)
+                await self._remove(instance, reason)
+            starting = [self._add(spec, replica)
+                        for replica in free[:max(0, spec.replicas + surge - len(current) - len(old))]]
+            if not starting and len(old) == 0:
+                starting = [self._add(spec, replica) for replica in free]
+            for new in starting:
+                free.remove(new.replica)
+            for new in starting:
                 if not await new.wait_ready(ready_timeout(spec)):
                     self.problem = (f"rolling update to version {self.version} halted: {new.id} did not become "
                                     f"ready ({new.reason or new.state}); {len(old)} old instances kept")
                     await self.event("failed", new.id, self.problem)
                     return
-                if old:
-                    await self._remove(old.pop(0), f"replaced by version {self.version}")
-            for instance in old:
-                await self._remove(instance, f"replaced by version {self.version}")
-        finally:
-            self.rolling = False
+                current.append(new)
+            for instance in old[:max(0, len(current) + len(old) - spec.replicas)]:
+                old.remove(instance)
+                await self._remove(instance, reason)
+        for instance in old:
+            await self._remove(instance, reason)
 
     async def _prepare(self, spec: Workload, old: int) -> bool:
         """Let the runtime get the new version ready (pull its image) before an old instance stops; False: halt."""

@@ -2,7 +2,9 @@
 BatchWorkload documents (v1 ConfigMap and Secret documents given alongside become ConfigItem and Secret documents).
 
 A field with no fieldgate equivalent is an error, never dropped: `FILE: document N: $.path.of.field: why`.
-Resource requests have no Workload field; they are kept in the annotation `fieldgate.io/requests`.
+Resource requests have no Workload field; they are kept in the annotation `fieldgate.io/requests`. With the
+`process` runtime the container's command runs on the node and its image is kept in the annotation
+`fieldgate.io/image`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gateway.resources.schema import AnyDocument, dec_hook
 
 MAX_FILE_BYTES = 4 << 20
 REQUESTS_ANNOTATION = "fieldgate.io/requests"
+IMAGE_ANNOTATION = "fieldgate.io/image"  # the process runtime runs the container's command, not its image
 _NAME = re.compile(r"^[a-z0-9]+([-.][a-z0-9]+)*$")
 _PORT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
@@ -291,9 +294,11 @@ def _container(found: _Problems, path: str, raw: Any, out: dict[str, Any],
         "name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports", "livenessProbe",
         "readinessProbe", "resources", "volumeMounts", "workingDir", "securityContext", "lifecycle"})
     namespace = out.get("namespace", "default")
-    if container.get("image") is not None:
+    if container.get("image") is not None and out["runtime"] == "process":  # runs `command` on the node
+        out.setdefault("annotations", {})[IMAGE_ANNOTATION] = str(container["image"])
+    elif container.get("image") is not None:
         out["image"] = container["image"]
-    if "imagePullPolicy" in container:
+    if "imagePullPolicy" in container and out["runtime"] != "process":
         out["image_pull_policy"] = container["imagePullPolicy"]
     if "command" in container:
         out["command"] = container["command"]

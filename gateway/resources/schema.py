@@ -440,15 +440,18 @@ def _strategy_count(value: int | str, replicas: int, *, round_up: bool) -> int:
 
 
 class Strategy(Base, kw_only=True):
-    """How an update replaces a node's instances: `Recreate` stops them all, then starts the new ones;
+    """How an update replaces a node's instances: `Recreate` stops all, then starts; `RollingUpdate` rolls in bounds.
+
     `RollingUpdate` starts at most `max_surge` instances beyond `replicas` and lets at most `max_unavailable` be
     missing while it goes (a new one must be ready before an old one is stopped for it)."""
 
     type: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
     max_surge: Annotated[Annotated[int, Meta(ge=0, le=100)] | Percentage | None, Meta(description=(
-        "RollingUpdate: instances started beyond `replicas` (a percentage rounds up; default 1)"))] = None
+        "RollingUpdate: instances started beyond `replicas`, a number or a percentage of them like `25%` (rounds up); "
+        "default 1"))] = None
     max_unavailable: Annotated[Annotated[int, Meta(ge=0, le=100)] | Percentage | None, Meta(description=(
-        "RollingUpdate: instances that may be missing (a percentage rounds down; default 0)"))] = None
+        "RollingUpdate: instances that may be missing, a number or a percentage of `replicas` like `25%` (rounds "
+        "down); default 0"))] = None
 
     def __post_init__(self) -> None:
         if self.type == "Recreate" and (self.max_surge is not None or self.max_unavailable is not None):

@@ -504,7 +504,7 @@ def _edge_application(found: _Problems, doc: dict[str, Any], runtime: str,
                        ("node", ".spec.template.spec.nodeName")):
         if field in workload:
             found.add(base + k8s, "an EdgeApplication places by workloadScope.targetNodeGroups")
-    for field in ("kind", "name", "namespace", "labels", "annotations", "node", "node_selector"):
+    for field in ("kind", "name", "namespace", "node", "node_selector"):  # labels, annotations: each node's Workload
         workload.pop(field, None)
     out["template"] = workload
     scope = _map(found, "$.spec.workloadScope", spec.get("workloadScope"), {"targetNodeGroups"})

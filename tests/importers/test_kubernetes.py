@@ -65,7 +65,7 @@ def test_an_edge_application_becomes_a_batch_workload_with_its_groups() -> None:
     assert batch["kind"] == "BatchWorkload" and batch["name"] == "nginx-app"
     template = batch["template"]
     assert template["image"] == "nginx:1.14.2" and template["args"] == ["-g", "daemon off;"]
-    assert template["replicas"] == 2 and "name" not in template and "labels" not in template
+    assert template["replicas"] == 2 and "name" not in template and template["labels"] == {"app": "nginx"}
     assert batch["groups"] == [
         {"group": "hangzhou", "replicas": 3, "image_tag": "1.15"},
         {"group": "beijing", "replicas": 1, "image": "registry.example.com/nginx:1.14.2", "args": ["-g"],

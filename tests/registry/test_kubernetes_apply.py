@@ -36,6 +36,7 @@ async def test_deployments_and_edge_applications_apply_directly(db_url: str | No
         assert [g["group"] for g in batch["groups"]] == ["hangzhou", "beijing"]
         placed = {d["name"]: d for d in (await store.node_documents("a"))[1] if d["kind"] == "Workload"}
         assert placed["nginx-app.a"]["image"] == "nginx:1.15" and placed["nginx-app.a"]["replicas"] == 3
+        assert placed["nginx-app.a"]["labels"]["app"] == "nginx"  # the Deployment's labels reach every node
 
         bad = tmp_path / "deploy.yaml"
         bad.write_text((DATA / "web-deployment.yaml").read_text().replace(

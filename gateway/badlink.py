@@ -46,7 +46,8 @@ class LinkConditions:
     reset_rate: float = 0.0  # resets per second and connection, drawn from the seeded random generator
     refuse_upgrades: bool = False  # a request with `Upgrade: websocket` gets 403 (needs TLS termination for TLS)
     corrupt: dict[str, int] = field(default_factory=dict)  # direction "up"/"down" → offset of the byte to flip in
-    # the next connection's stream that way (then forgotten)
+    # the stream that way of the first connection to get that far (then forgotten); each connection counts from its
+    # own start, so connections already past the offset are left alone
 
 
 @dataclass
@@ -205,9 +206,8 @@ class BadLink:
             return
         connection = _Connection(self, (reader, writer), server)
         self._connections.add(connection)
-        corrupt, self.conditions.corrupt = dict(self.conditions.corrupt), {}
-        pumps = [self._spawn(self._pump(connection, reader, server[1], "up", head, corrupt.get("up"))),
-                 self._spawn(self._pump(connection, server[0], writer, "down", b"", corrupt.get("down"))),
+        pumps = [self._spawn(self._pump(connection, reader, server[1], "up", head)),
+                 self._spawn(self._pump(connection, server[0], writer, "down", b"")),
                  self._spawn(self._random_resets(connection))]
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         connection.closed = True
@@ -233,7 +233,7 @@ class BadLink:
                 return
 
     async def _pump(self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    direction: str, first: bytes, corrupt_at: int | None) -> None:
+                    direction: str, first: bytes) -> None:
         """Read chunks and deliver each after the latency, at the bandwidth, in order."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUED_CHUNKS)  # beyond: TCP pushes back
         offset = 0
@@ -274,7 +274,9 @@ class BadLink:
                         await queue.put((time.monotonic() + self.conditions.latency, b""))
                         await sender
                         return
-                if corrupt_at is not None and offset <= corrupt_at < offset + len(data):
+                corrupt_at = self.conditions.corrupt.get(direction)
+                if corrupt_at is not None and offset <= corrupt_at < offset + len(data) and \
+                        self.conditions.corrupt.pop(direction, None) is not None:
                     index = corrupt_at - offset
                     data = data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1:]
                     self.stats.corrupted += 1

@@ -5,6 +5,7 @@ can refuse WebSocket upgrades. Needs nothing but the standard library; tests sta
     link = BadLink(target_port, seed=1)
     await link.start()               # or link.start_in_thread() from a test that is not async
     link.conditions.latency = 0.05   # seconds each way; change any condition while connections run
+    link.conditions.shared_bandwidth = 2e6  # bytes/s each way for all connections together
     link.reset_all()                 # every open connection reset now (RST)
 
 The channel and the HTTPS API are TLS: bytes the proxy changes in flight break the TLS record they are in (the
@@ -42,11 +43,14 @@ class LinkConditions:
 
     latency: float = 0.0  # seconds added to every chunk, each way
     bandwidth: float | None = None  # bytes per second, each way and connection (None: as fast as loopback)
+    shared_bandwidth: float | None = None  # bytes per second each way for all connections together, as one narrow
+    # uplink that a node's connections share (in turn, chunk by chunk)
     stalled: bool = False  # nothing is forwarded while set (the connections stay open)
     reset_rate: float = 0.0  # resets per second and connection, drawn from the seeded random generator
     refuse_upgrades: bool = False  # a request with `Upgrade: websocket` gets 403 (needs TLS termination for TLS)
     corrupt: dict[str, int] = field(default_factory=dict)  # direction "up"/"down" → offset of the byte to flip in
-    # the next connection's stream that way (then forgotten)
+    # the stream that way of the first connection to get that far (then forgotten); each connection counts from its
+    # own start, so connections already past the offset are left alone
 
 
 @dataclass
@@ -104,6 +108,7 @@ class BadLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._free_at = {"up": 0.0, "down": 0.0}  # when the shared bandwidth takes the next chunk each way
 
     @property
     def url(self) -> str:
@@ -205,9 +210,8 @@ class BadLink:
             return
         connection = _Connection(self, (reader, writer), server)
         self._connections.add(connection)
-        corrupt, self.conditions.corrupt = dict(self.conditions.corrupt), {}
-        pumps = [self._spawn(self._pump(connection, reader, server[1], "up", head, corrupt.get("up"))),
-                 self._spawn(self._pump(connection, server[0], writer, "down", b"", corrupt.get("down"))),
+        pumps = [self._spawn(self._pump(connection, reader, server[1], "up", head)),
+                 self._spawn(self._pump(connection, server[0], writer, "down", b"")),
                  self._spawn(self._random_resets(connection))]
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         connection.closed = True
@@ -233,7 +237,7 @@ class BadLink:
                 return
 
     async def _pump(self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    direction: str, first: bytes, corrupt_at: int | None) -> None:
+                    direction: str, first: bytes) -> None:
         """Read chunks and deliver each after the latency, at the bandwidth, in order."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUED_CHUNKS)  # beyond: TCP pushes back
         offset = 0
@@ -252,6 +256,12 @@ class BadLink:
                     if not self.conditions.stalled:
                         break
                     await asyncio.sleep(0.02)
+                if shared := self.conditions.shared_bandwidth:
+                    now = time.monotonic()
+                    turn = max(now, self._free_at[direction])
+                    self._free_at[direction] = turn + len(data) / shared
+                    if turn > now:
+                        await asyncio.sleep(turn - now)
                 writer.write(data)
                 await writer.drain()
                 if direction == "up":
@@ -267,14 +277,16 @@ class BadLink:
             while True:
                 if not data:
                     chunk_size = CHUNK
-                    if self.conditions.bandwidth:  # small chunks: the cap is smooth, not bursts of 16 KiB
-                        chunk_size = max(512, min(CHUNK, int(self.conditions.bandwidth / 50)))
+                    if cap := self.conditions.bandwidth or self.conditions.shared_bandwidth:  # small chunks: the cap
+                        chunk_size = max(512, min(CHUNK, int(cap / 50)))  # is smooth, not bursts of 16 KiB
                     data = await reader.read(chunk_size)
                     if not data:
                         await queue.put((time.monotonic() + self.conditions.latency, b""))
                         await sender
                         return
-                if corrupt_at is not None and offset <= corrupt_at < offset + len(data):
+                corrupt_at = self.conditions.corrupt.get(direction)
+                if corrupt_at is not None and offset <= corrupt_at < offset + len(data) and \
+                        self.conditions.corrupt.pop(direction, None) is not None:
                     index = corrupt_at - offset
                     data = data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1:]
                     self.stats.corrupted += 1

@@ -51,6 +51,11 @@ async def test_latency_bandwidth_and_a_stall(echo_port: int) -> None:
         data, elapsed = await roundtrip(link.port, bytes(100_000))
         assert len(data) == 100_000 and 0.4 <= elapsed < 5
         link.conditions.bandwidth = None
+        link.conditions.shared_bandwidth = 200_000  # shared: two connections at once take twice as long as one
+        results = await asyncio.gather(*(roundtrip(link.port, bytes(100_000)) for _ in range(2)))
+        assert [len(data) for data, _ in results] == [100_000, 100_000]
+        assert max(elapsed for _, elapsed in results) >= 0.9
+        link.conditions.shared_bandwidth = None
         link.conditions.stalled = True
         reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
         writer.write(b"held")

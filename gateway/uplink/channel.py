@@ -146,7 +146,7 @@ class ChannelLink:
 
     async def run(self) -> None:
         """Keep the channel up: dial, run, back off and dial again, for as long as the gateway runs."""
-        from gateway.uplink.join import client_ssl_context
+        from gateway.uplink.join import client_ssl_context, expired_certificate
 
         context = client_ssl_context(self.uplink.gateway.data_dir)
         attempt = 0
@@ -169,13 +169,21 @@ class ChannelLink:
                     self._set("refused", str(exc))
                     wait = RECONNECT_MAX
                 except (OSError, TimeoutError, ChannelError, msgspec.DecodeError) as exc:
-                    self._set("unreachable", f"{type(exc).__name__}: {exc}")
+                    if expired := expired_certificate(self.uplink.gateway.data_dir):
+                        self._set("refused", expired)
+                        wait = RECONNECT_MAX
+                    else:
+                        self._set("unreachable", f"{type(exc).__name__}: {exc}")
                 except Exception as exc:
                     from websockets.exceptions import WebSocketException
 
                     if not isinstance(exc, WebSocketException):
                         raise
-                    self._set("unreachable", f"{type(exc).__name__}: {exc}")
+                    if expired := expired_certificate(self.uplink.gateway.data_dir):
+                        self._set("refused", expired)
+                        wait = RECONNECT_MAX
+                    else:
+                        self._set("unreachable", f"{type(exc).__name__}: {exc}")
                 finally:
                     self.up = False
                     self._up_event.clear()

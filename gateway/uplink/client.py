@@ -31,6 +31,7 @@ from gateway.ops.sampler import NodeSampler
 from gateway.plugins import list_plugins
 from gateway.resources.schema import AnyDocument, dec_hook
 from gateway.uplink.channel import ChannelLink
+from gateway.uplink.join import expired_certificate
 from gateway.uplink.requests import answer_request
 from gateway.uplink.routes import RouteSync
 from gateway.uplink.twins import TwinSync
@@ -79,6 +80,7 @@ class Uplink:
         self.settings = settings
         self.interval = settings.heartbeat_interval or 10.0
         self.state = "starting"
+        self.reason = ""
         self.latency_ms: float | None = None
         self.resource_version = ""
         self._failed_version = ""
@@ -236,7 +238,10 @@ class Uplink:
                                          headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             self.beat_failed()
-            self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
+            if expired := expired_certificate(self.gateway.data_dir):
+                self._set_state("refused", expired)
+            else:
+                self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
             return
         if response.status_code != 200:
             self.beat_failed()
@@ -285,7 +290,7 @@ class Uplink:
         if state != self.state:
             level = logging.INFO if state == "connected" else logging.WARNING
             log.log(level, "registry %s is %s: %s", self.settings.url, state, reason)
-        self.state = state
+        self.state, self.reason = state, reason
 
     def node_info(self) -> dict[str, Any]:
         status = self.gateway.status()
@@ -312,7 +317,7 @@ class Uplink:
 
     def status(self) -> dict[str, Any]:
         """The uplink's part of the gateway's status: how the node talks to the registry now."""
-        return {"registry": self.settings.url, "node": self.settings.node, "state": self.state,
+        return {"registry": self.settings.url, "node": self.settings.node, "state": self.state, "reason": self.reason,
                 "transport": "channel" if self.channel.up else "https-polling", "latency_ms": self.latency_ms,
                 "resource_version": self.resource_version, "channel": self.channel.describe(),
                 "messages": self.message_state}

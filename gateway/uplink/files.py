@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 OFFER_WAIT = 25.0  # seconds a poll for files waits at the registry
 REPORT_EVERY = 1.0  # seconds between two progress reports of one file
 RETRY_MIN, RETRY_MAX = 0.2, 5.0  # seconds between two attempts on a failing link
+SEND_BLOCK = 64 << 10  # bytes of a chunk written to the link at a time (and counted as sent)
 CHUNK_ATTEMPTS = 5  # a chunk corrupted this many times in a row fails the transfer round
 
 
@@ -144,10 +145,16 @@ class HttpsChunkTransport:
         return _state(response)
 
     async def put_chunk(self, file_id: str, offset: int, data: bytes) -> UploadState:
-        self.bytes_out += len(data)  # counted as sent once tried: a chunk cut on the way was sent in part
+        async def blocks() -> Any:  # counted as handed to the link: a chunk cut on the way was sent in part
+            for start in range(0, len(data), SEND_BLOCK):
+                block = data[start:start + SEND_BLOCK]
+                self.bytes_out += len(block)
+                yield block
+
         response = await self._call("PUT", f"/api/v1/nodes/self/uploads/{file_id}", params={"offset": str(offset)},
-                                    content=data, headers={CHUNK_SHA256: hashlib.sha256(data).hexdigest(),
-                                                           "Content-Type": "application/octet-stream"})
+                                    content=blocks(), headers={CHUNK_SHA256: hashlib.sha256(data).hexdigest(),
+                                                               "Content-Type": "application/octet-stream",
+                                                               "Content-Length": str(len(data))})
         if response.status_code == 422 and "corrupted" in response.text:
             raise ChunkCorrupted(response.text.strip()[:200])
         if response.status_code == 409:  # not at the registry's offset: its answer says where to go on
@@ -199,6 +206,7 @@ class FileSync:
         self.data_dir = gateway.data_dir
         self.bucket = bucket or TokenBucket(None)
         self.state = {"in": "idle", "out": "idle"}
+        self.moved = {"in": 0, "out": 0}  # chunks that went through, each way: a failure after some is a new one
 
     @property
     def settings(self) -> Any:
@@ -221,7 +229,7 @@ class FileSync:
 
     async def run_incoming(self) -> None:
         """Poll for files and fetch them, forever; a dropped link is tried again with backoff."""
-        delay = RETRY_MIN
+        delay, moved = RETRY_MIN, self.moved["in"]
         while True:
             try:
                 await self.report_finished()
@@ -229,6 +237,8 @@ class FileSync:
                     await self.receive(offer)
                 delay = RETRY_MIN
             except (LinkDown, ConfigError) as exc:
+                if self.moved["in"] != moved:  # chunks came since the last failure: a drop, not a dead link
+                    delay, moved = RETRY_MIN, self.moved["in"]
                 self._failed("in", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -298,6 +308,7 @@ class FileSync:
             if not data:
                 raise LinkDown(f"file {offer.name}: the registry sent no bytes at {offset} of {offer.size}")
             corrupted = 0
+            self.moved["in"] += 1
             await asyncio.to_thread(_write_at, incoming, offset, data)
             digest.update(data)
             offset += len(data)
@@ -345,7 +356,7 @@ class FileSync:
 
     async def run_outgoing(self) -> None:
         """Send the outbox's files, forever; a dropped link is tried again with backoff."""
-        delay = RETRY_MIN
+        delay, moved = RETRY_MIN, self.moved["out"]
         while True:
             try:
                 queue = await self.store.files.outbox_queue()
@@ -363,6 +374,8 @@ class FileSync:
                     self.state["out"] = "idle"
                     await asyncio.sleep(RETRY_MIN)
             except (LinkDown, ConfigError, OSError) as exc:
+                if self.moved["out"] != moved:  # chunks went since the last failure: a drop, not a dead link
+                    delay, moved = RETRY_MIN, self.moved["out"]
                 self._failed("out", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -389,6 +402,7 @@ class FileSync:
                 try:
                     state = await self.transport.put_chunk(file_id, offset, data)
                     corrupted = 0
+                    self.moved["out"] += 1
                 except ChunkCorrupted:
                     corrupted += 1
                     COUNTERS["chunks_corrupted"] += 1

@@ -61,6 +61,27 @@ def client_ssl_context(data_dir: Path) -> ssl.SSLContext:
     return context
 
 
+def expired_certificate(data_dir: Path) -> str:
+    """Why the node certificate cannot authenticate any more ("" while it is valid or cannot be read): the registry
+    ends the TLS handshake of an expired one, which the node otherwise sees as a bare TLS alert."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate((registry_dir(data_dir) / "node.pem").read_bytes())
+    except (OSError, ValueError):
+        return ""
+    now = datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_after_utc < now:
+        return (f"the node certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: the registry refuses "
+                "it; join the registry again (fieldgate join) for a new one")
+    if cert.not_valid_before_utc > now:
+        return (f"the node certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC only: check "
+                "this node's clock")
+    return ""
+
+
 def parse_token(token: str) -> tuple[str, str]:
     """("<id>.<secret>", CA fingerprint) from a join token "<id>.<secret>.<sha256 hex>"."""
     parts = token.strip().split(".")

@@ -1,5 +1,5 @@
-"""A registry and joined gateway processes for the file tests, the nodes reaching the registry through a proxy that
-can drop their connections."""
+"""A registry and joined gateway processes for the file tests, the nodes reaching the registry through the bad-link
+proxy (gateway.badlink), which resets their connections when told."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.badlink import BadLink, bad_link
 from tests.conftest import FIELDGATE, free_port
-from tests.files.proxy import Proxy
 from tests.registry.conftest import Registry, join, pg_database, postgres, registry, stop, wait_for_port
 
 __all__ = ["pg_database", "postgres", "registry"]
@@ -46,19 +46,16 @@ def sha256_of(path: Path) -> str:
 
 
 class FileNode:
-    """A joined gateway process whose link to the registry goes through `proxy`; a client for its local API."""
+    """A joined gateway process whose link to the registry goes through `link`; a client for its local API."""
 
-    def __init__(self, registry: Registry, proxy: Proxy | None, tmp_path: Path, name: str, files: str = "",
+    def __init__(self, registry: Registry, link: BadLink | None, tmp_path: Path, name: str, files: str = "",
                  eventbus: str = "none") -> None:
         self.name = name
         self.data_dir = tmp_path / name
         result = join(registry, registry.token(), self.data_dir, "--name", name)
         assert result.returncode == 0, result.stderr
-        if proxy is not None:  # the node's registry URL: the proxy (the registry's certificate names 127.0.0.1)
-            settings_path = self.data_dir / "registry" / "registry.json"
-            settings = json.loads(settings_path.read_text())
-            settings["url"] = f"https://127.0.0.1:{proxy.port}"
-            settings_path.write_text(json.dumps(settings))
+        if link is not None:  # the node's registry URL: the proxy (the registry's certificate names 127.0.0.1)
+            self.route_through(link.url)
         self.port = free_port()
         self.config = tmp_path / f"{name}.yaml"
         self.config.write_text(textwrap.dedent(f"""\
@@ -72,6 +69,12 @@ class FileNode:
         self.local = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
                                   headers={"Authorization": f"Bearer {token.stdout.strip()}"}, timeout=30)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def route_through(self, url: str) -> None:
+        settings_path = self.data_dir / "registry" / "registry.json"
+        settings = json.loads(settings_path.read_text())
+        settings["url"] = url
+        settings_path.write_text(json.dumps(settings))
 
     def start(self) -> None:
         log = (self.data_dir / "gateway.log").open("ab")
@@ -109,6 +112,6 @@ def registry_api(registry: Registry, role: str = "operator") -> httpx.Client:
 
 
 @pytest.fixture
-def proxy(registry: Registry) -> Iterator[Proxy]:
-    with Proxy(registry.port) as started:
+def link(registry: Registry) -> Iterator[BadLink]:
+    with bad_link(registry.port, seed=17) as started:
         yield started

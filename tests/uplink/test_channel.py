@@ -3,9 +3,10 @@
 
 A desired value set at the registry reaches the device within a second on a good link (the registry's heartbeat
 interval is 30 s here: only the push can be that fast); each one is written exactly once however often the link
-flaps; heartbeats and desired values keep their pace while a bulk stream saturates the link; with WebSocket upgrades
+flaps; heartbeats and desired values keep their pace while a bulk stream saturates the link, and while a file
+transfers at its bandwidth cap on a link all the node's connections share; with WebSocket upgrades
 refused by a proxy the node works over HTTPS polling and says so, and takes the channel once the proxy lets it; a
-revoked certificate is refused at the channel with the reason.
+revoked certificate is refused at the channel with the reason, and so is an expired one (over HTTPS too).
 """
 
 from __future__ import annotations
@@ -416,3 +417,125 @@ def test_a_desired_value_set_at_one_replica_is_pushed_by_the_replica_holding_the
         gateway.close()
         for replica in (first, second):
             stop(replica.process)  # type: ignore[arg-type]
+
+
+def expire_node_certificate(registry: ChannelRegistry, gateway: Gateway) -> None:
+    """Replace the node's certificate by one of the registry's CA for the same name and key that expired
+    yesterday, as a node that stayed away past its certificate's lifetime has."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from gateway.registry.ca import CertificateAuthority
+
+    ca = CertificateAuthority.load_or_create(registry.data_dir)
+    path = gateway.data_dir / "registry" / "node.pem"
+    current = x509.load_pem_x509_certificate(path.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca.cert.subject)
+               .public_key(current.public_key()).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+               .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1)))
+    for extension in current.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    path.write_bytes(builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def test_an_expired_certificate_is_refused_at_the_channel_and_over_https_with_the_reason(
+        tmp_path: Path, sim: CountingSim) -> None:
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
+
+    from gateway.uplink.join import client_ssl_context
+
+    registry = start_registry(tmp_path, "1s")
+    gateway = Gateway(registry, tmp_path, "gw-1", sim.port, 1)
+    try:
+        with httpx.Client(base_url=registry.url, verify=client_ssl_context(gateway.data_dir), timeout=10) as client:
+            assert client.get("/api/v1/nodes/self/files").status_code == 200  # the certificate as joined: taken
+        expire_node_certificate(registry, gateway)
+        context = client_ssl_context(gateway.data_dir)
+        # the registry ends the TLS handshake of the expired certificate: no channel, no HTTPS request (what the
+        # client sees of it varies: the TLS alert, or a connection closed after the handshake with TLS 1.3)
+        with pytest.raises((OSError, WebSocketException)) as channel_error, \
+                connect(f"wss://127.0.0.1:{registry.port}/api/v1/channel", ssl=context, open_timeout=10) as socket:
+            socket.recv(10)
+        with httpx.Client(base_url=registry.url, verify=context, timeout=10) as client, \
+                pytest.raises(httpx.HTTPError) as https_error:
+            client.post("/api/v1/heartbeat", json={})
+        for error in (channel_error.value, https_error.value):
+            print(f"\nexpired node certificate: {type(error).__name__}: {error} ({error.__cause__!r})")
+        # so the node says why itself, from its certificate's dates
+        gateway.start()
+        uplink = wait_until(lambda: (u := gateway.uplink())["state"] == "refused"
+                            and u["channel"]["state"] == "refused" and u, what="the expired certificate said")
+        for reason in (uplink["reason"], uplink["channel"]["reason"]):
+            assert reason.startswith("the node certificate expired at "), uplink
+            assert "join the registry again" in reason
+        assert uplink["transport"] == "https-polling" and uplink["latency_ms"] is None
+        assert "the node certificate expired at" in gateway.local.get("/").text  # on the dashboard too
+        with registry.api("viewer") as viewer:
+            node = viewer.get("/api/v1/nodes/gw-1").json()
+        print(f"the node at the registry: {node.get('status')}; at the node: {uplink['reason']}")
+        assert node.get("status") != "healthy", node
+    finally:
+        gateway.close()
+        stop(registry.process)  # type: ignore[arg-type]
+
+
+def test_heartbeats_and_desired_values_keep_their_pace_while_a_file_transfers_at_the_bandwidth_cap(
+        tmp_path: Path, sim: CountingSim) -> None:
+    import os
+
+    registry = start_registry(tmp_path, "1s")
+    gateway = Gateway(registry, tmp_path, "gw-1", sim.port, 1)
+    file_cap, link_cap, size = 1_600_000, 2_000_000, 16 << 20  # the file takes 4/5 of the link for ten seconds
+    gateway.config.write_text(gateway.config.read_text().replace(
+        "eventbus: {url: none}\n", f"eventbus: {{url: none}}\nfiles: {{bandwidth: {file_cap}, quota: 1Gi}}\n", 1))
+    # one narrow link that all the node's connections share: the file's, the channel's, the polls'
+    conditions = LinkConditions(latency=0.01, shared_bandwidth=link_cap)
+    source = tmp_path / "firmware.bin"
+    source.write_bytes(os.urandom(size))
+    try:
+        with bad_link(registry.port, seed=9, conditions=conditions) as link, \
+                registry.api("operator") as operator, registry.api("viewer") as viewer:
+            gateway.route_through(link.url)
+            gateway.start()
+            wait_until(lambda: gateway.on("channel"), what="the channel")
+            idle = [time_to_device(operator, sim, "gw-1", 1, 300 + i) for i in range(5)]
+            before = link.stats.bytes_down
+            pushed = registry.cli("files", "push", str(source), "--node", "gw-1", "--registry", registry.url,
+                                  "--json")
+            file_id = json.loads(pushed.stdout)["id"]
+
+            def file_at_node() -> dict[str, Any]:
+                shown: dict[str, Any] = viewer.get(f"/api/v1/files/{file_id}").json()["nodes"][0]
+                return shown
+
+            wait_until(lambda: link.stats.bytes_down - before > 2 * file_cap, what="the file at full pace")
+            started, bytes_at_start = time.monotonic(), link.stats.bytes_down
+            busy, heartbeats = [], []
+            for i in range(12):
+                busy.append(time_to_device(operator, sim, "gw-1", 1, 400 + i))
+                heartbeats.append(gateway.uplink()["latency_ms"])
+                time.sleep(0.3)
+            rate = (link.stats.bytes_down - bytes_at_start) / (time.monotonic() - started)
+            still_sending = file_at_node()["state"] != "done"
+            done = wait_until(lambda: (f := file_at_node())["state"] in ("done", "refused") and f, timeout=60,
+                              what="the file at the node")
+            assert done["state"] == "done" and done["position"] == size, done
+            assert still_sending, "the file was whole before the measurements ended"
+            assert rate > 0.6 * file_cap, rate  # the file did fill its share of the link meanwhile
+            beats = sorted(h for h in heartbeats if h is not None)
+            desired = sorted(busy)
+            print(f"\nwith a file at {rate / 1e6:.2f} MB/s (files.bandwidth {file_cap / 1e6:g} MB/s) on a shared "
+                  f"{link_cap / 1e6:g} MB/s link: desired value to device p50 {statistics.median(desired) * 1000:.0f} "
+                  f"ms, p99 {desired[-1] * 1000:.0f} ms of {len(desired)} (idle p50 "
+                  f"{statistics.median(idle) * 1000:.0f} ms); heartbeat round trip p50 {statistics.median(beats):.0f}"
+                  f" ms, p99 {beats[-1]:.0f} ms")
+            assert statistics.median(desired) < 1.0 and desired[-1] < 2.0, desired
+            assert beats and beats[-1] < 1000, heartbeats
+            assert sim.writes[1] == [300 + i for i in range(5)] + [400 + i for i in range(12)]
+    finally:
+        gateway.close()
+        stop(registry.process)  # type: ignore[arg-type]

@@ -9,14 +9,15 @@ scripts/bootstrap.sh --for tests
 if [ $# -gt 0 ]; then  # a chosen part of the suite: just that
     exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
 fi
-# The soak tests mostly wait (outages held for minutes) and the image tests mostly wait for debootstrap and qemu:
-# they run in a process of their own beside the rest.
+# The soak tests mostly wait (outages held for minutes), the image tests mostly wait for debootstrap and qemu, and
+# the `beside` tests mostly wait on real processes (capped and resetting links, restarts, several gateways): they run
+# in a process of their own beside the rest.
 soak_dir=$(mktemp -d)
-.venv/bin/python -m pytest -p no:cacheprovider -m "soak or image" -s --basetemp "$soak_dir/tmp" \
+.venv/bin/python -m pytest -p no:cacheprovider -m "soak or image or beside" -s --basetemp "$soak_dir/tmp" \
     >"$soak_dir/log" 2>&1 &
 soak=$!
 status=0
-.venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image" || status=$?
+.venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image and not beside" || status=$?
 if wait "$soak"; then
     grep -ho "outage [0-9].*\|image built in [0-9]* s" "$soak_dir/log" || true
     tail -n 1 "$soak_dir/log"

@@ -17,7 +17,7 @@ from gateway.badlink import BadLink, TlsTermination, bad_link
 from tests.files.conftest import CHUNK, FileNode, random_file, registry_api, sha256_of
 from tests.registry.conftest import Registry, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 SIZE = 8 * CHUNK
 INSIDE_FIRST_CHUNK = 600_000  # bytes into a fresh connection's stream: inside the body of the first chunk it carries
 

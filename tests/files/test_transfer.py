@@ -21,7 +21,7 @@ from gateway.badlink import BadLink
 from tests.files.conftest import CHUNK, FileNode, random_file, registry_api, sha256_of
 from tests.registry.conftest import Registry, stop, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 SIZE = int(float(os.environ.get("FIELDGATE_FILE_TEST_MB", "100")) * (1 << 20))
 CAP = max(SIZE // 8, 1 << 20)  # bytes a second: a transfer lasts about eight seconds on a good link
 RESETS = 20

@@ -19,6 +19,8 @@ from tests.registry.conftest import Registry, wait_until
 from tests.registry.test_access import add_user, login
 from tests.registry.test_batch_workloads import WEB_APP, Gateway, views
 
+pytestmark = pytest.mark.beside  # several real gateways and a registry, mostly waiting
+
 ACCELERATOR = "example.com/npu"
 
 

@@ -30,6 +30,8 @@ WAIT = 240.0  # seconds: a sample every 10 s, kept as the mean of its minute, on
 # idles until $FIELDGATE_FILES/go exists, then allocates (and touches) 50 MB and burns CPU until stopped
 BURNER = """\
 import os, time
+
+pytestmark = pytest.mark.beside  # several real gateways and a registry, mostly waiting
 go = os.path.join(os.environ["FIELDGATE_FILES"], "go")
 while not os.path.exists(go):
     time.sleep(0.2)

@@ -30,7 +30,7 @@ from gateway.badlink import LinkConditions, TlsTermination, bad_link
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 SETPOINT_OFFSET = 10
 
 

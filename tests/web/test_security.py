@@ -80,6 +80,7 @@ async def test_each_role_gets_exactly_its_routes(web_gateway: Gateway, open_brow
             if method == "GET" and not path.startswith(("/api/v1/devices/{namespace:str}/{name:str}/",
                                                         "/api/v1/workloads/{namespace:str}/",  # no workload d1
                                                         "/workloads/{namespace:str}/",
+                                                        "/plots/workloads/{namespace:str}/",
                                                         "/api/v1/secrets/{namespace:str}/")):
                 assert response.status_code == 200, (role, method, path, response.text[:300])
         else:

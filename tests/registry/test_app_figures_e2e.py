@@ -25,13 +25,12 @@ from tests.registry.test_access import add_user, api, cli, login
 from tests.registry.test_batch_workloads import Gateway
 from tests.registry.test_workload_pages import NODE, registry_and_node
 
+pytestmark = pytest.mark.beside  # several real gateways and a registry, mostly waiting
 MIB = 1 << 20
 WAIT = 240.0  # seconds: a sample every 10 s, kept as the mean of its minute, on a machine shared with other runs
 # idles until $FIELDGATE_FILES/go exists, then allocates (and touches) 50 MB and burns CPU until stopped
 BURNER = """\
 import os, time
-
-pytestmark = pytest.mark.beside  # several real gateways and a registry, mostly waiting
 go = os.path.join(os.environ["FIELDGATE_FILES"], "go")
 while not os.path.exists(go):
     time.sleep(0.2)

@@ -271,7 +271,8 @@ def test_each_desired_value_is_written_once_through_a_flapping_link(tmp_path: Pa
             conditions.reset_rate = 0.0
             uplink = wait_until(lambda: gateway.on("channel"), what="the channel back")
             assert link.stats.resets >= 10, link.stats
-            assert uplink["channel"]["connects"] >= 5, uplink
+            # the link flapped: the node came back several times (how often depends on the backoff's jitter)
+            assert uplink["channel"]["connects"] >= 3, uplink
             assert sim.writes[1] == values  # every value written exactly once, none again, none out of order
             assert sim.value(1) == values[-1]
     finally:

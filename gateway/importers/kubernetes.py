@@ -19,7 +19,7 @@ import msgspec
 
 from gateway.errors import ResourceError
 from gateway.importers import ImportResult
-from gateway.resources.loader import Source, format_validation_error, parse_yaml
+from gateway.resources.loader import Source, format_validation_error, read_files
 from gateway.resources.schema import AnyDocument, dec_hook
 
 MAX_FILE_BYTES = 4 << 20
@@ -54,23 +54,7 @@ class _Problems(Exception):
 
 def import_files(paths: list[Path], runtime: str = "container") -> ImportResult:
     """Convert every document of the files; ResourceError lists every problem of every file."""
-    raw: list[tuple[Source, Any]] = []
-    problems: list[str] = []
-    for path in paths:
-        try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                problems.append(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-                continue
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{path}: cannot read: {exc}")
-            continue
-        try:
-            raw.extend(parse_yaml(text, str(path)))
-        except ResourceError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ResourceError(problems)
+    raw = read_files(paths, MAX_FILE_BYTES)
     converted = convert_documents(raw, runtime)
     problems = []
     for source, doc in converted:

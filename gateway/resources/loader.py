@@ -120,10 +120,19 @@ def load_path(path: str | Path, protocols: Mapping[str, type[Protocol]],
 
 def read_path(path: str | Path) -> list[tuple[Source, Any]]:
     """The raw documents of a YAML file or a directory of them, each with its source (YAML syntax checked)."""
+    return read_files(yaml_files(Path(path)))
+
+
+def read_files(files: list[Path], max_bytes: int | None = None) -> list[tuple[Source, Any]]:
+    """The raw documents of YAML files, each with its source; ResourceError lists every file that cannot be read,
+    is larger than `max_bytes` or is not YAML."""
     raw: list[tuple[Source, Any]] = []
     problems: list[str] = []
-    for file in yaml_files(Path(path)):
+    for file in files:
         try:
+            if max_bytes is not None and file.stat().st_size > max_bytes:
+                problems.append(f"{file}: larger than {max_bytes} bytes")
+                continue
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{file}: cannot read: {exc}")

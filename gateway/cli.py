@@ -23,21 +23,26 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (given the arguments) only the asked-for command's arguments: the others are
+    listed by name and help, and what configuring them would import is left alone."""
     parser = _ArgumentParser(prog="fieldgate", description="Edge gateway for field devices.")
     parser.add_argument("--version", action="version", version=f"fieldgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    asked = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
     pm = get_plugin_manager()
     for commands in pm.hook.register_commands():
         for command in commands:
             command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
-            command.configure(command_parser)
-            command_parser.set_defaults(run=command.run)
+            if asked is None or command.name == asked:
+                command.configure_parser(command_parser)
+                command_parser.set_defaults(run=command.runner())
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)

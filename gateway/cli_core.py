@@ -11,7 +11,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.commands import Command
 from gateway.errors import ConfigError
@@ -20,6 +20,9 @@ from gateway.plugins import get_plugin_manager, list_plugins
 from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
 from gateway.sinks.registry import endpoint_registry
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = "./fieldgate-data"
@@ -52,10 +55,13 @@ async def serve(config: Path, data_dir: Path) -> int:
     """Run the gateway with its web app until SIGINT or SIGTERM, then shut down cleanly (a second one exits at
     once); SIGHUP reloads the configuration files (only changed devices restart; invalid files are refused and
     logged)."""
+    import importlib
+
     from gateway.runtime import Gateway
-    from gateway.web.server import WebServer
+    from gateway.web.listen import bind
 
     gateway = Gateway.from_path(config, data_dir)
+    sock = bind(gateway.config.gateway.http.listen)  # a taken port is a clear error before anything starts
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,17 +76,31 @@ async def serve(config: Path, data_dir: Path) -> int:
         loop.add_signal_handler(sig, on_stop_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
-        async with WebServer(gateway):  # the web app's lifespan starts and stops the gateway
-            while not stop.is_set():
-                await _first_of(stop, reload)
-                if reload.is_set() and not stop.is_set():
-                    reload.clear()
-                    with contextlib.suppress(ConfigError):  # refused: logged with every problem, old config kept
-                        await gateway.configuration.reload_files()
+        try:
+            await gateway.start()
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            # The devices poll from here on; the web layer (most of the start-up's imports) loads beside them.
+            web = await asyncio.to_thread(importlib.import_module, "gateway.web.server")
+            async with web.WebServer(gateway, sock=sock, owns_gateway=False):
+                await _serve_until_stopped(gateway, stop, reload)
+        finally:
+            await gateway.stop()
     finally:
         for sig in (*STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0
+
+
+async def _serve_until_stopped(gateway: Gateway, stop: asyncio.Event, reload: asyncio.Event) -> None:
+    while not stop.is_set():
+        await _first_of(stop, reload)
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            with contextlib.suppress(ConfigError):  # refused: logged with every problem, old config kept
+                await gateway.configuration.reload_files()
 
 
 def force_exit(sig: signal.Signals) -> NoReturn:
@@ -293,8 +313,8 @@ def _configure_browse(parser: argparse.ArgumentParser) -> None:
     for browsers in get_plugin_manager().hook.register_browsers():
         for browser in browsers:
             browser_parser = sub.add_parser(browser.name, help=browser.help, description=browser.help)
-            browser.configure(browser_parser)
-            browser_parser.set_defaults(browse=browser.run)
+            browser.configure_parser(browser_parser)
+            browser_parser.set_defaults(browse=browser.runner())
 
 
 def _browse(args: argparse.Namespace) -> int:

@@ -22,9 +22,8 @@ BUILTIN_PLUGINS = (
     "gateway.sinks.builtin",
     "gateway.cli_core",
     "gateway.web.api.messages",
-    "gateway.ops.bench",
-    "gateway.importers.cli",
-    "gateway.registry.cli", "gateway.uplink.plugin", "gateway.uplink.cli",
+    "gateway.builtin_commands",
+    "gateway.uplink.plugin", "gateway.uplink.cli",
     "gateway.ops.metrics", "gateway.ops.systemd",
     "gateway.workloads.process", "gateway.web.api.workloads",
     "gateway.ops.upgrade",
@@ -57,6 +56,7 @@ class PluginManager(pluggy.PluginManager):
         super().__init__("fieldgate")
         self.distributions: dict[str, tuple[str, str]] = {}
         self.load_failures: dict[str, str] = {}
+        self.entry_points_loaded = False  # the installed plugins too, not only the built-in ones
 
 
 def get_plugin_manager(*, load_entry_points: bool = True) -> PluginManager:
@@ -67,6 +67,7 @@ def get_plugin_manager(*, load_entry_points: bool = True) -> PluginManager:
         pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
         load_entry_point_plugins(pm)
+        pm.entry_points_loaded = True
     pm.check_pending()
     return pm
 
@@ -99,6 +100,11 @@ def list_plugins(pm: pluggy.PluginManager, *, serves: bool = False) -> list[Plug
         hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
         served = _served(pm, plugin) if serves else {}
         dist = dists.get(name)
+        if serves and dist is not None:  # the protocols it declares as entry points, imported on first use
+            declared = sorted(entry_point.name for entry_point in importlib.metadata.entry_points(
+                group="fieldgate.protocols") if entry_point.dist is not None and entry_point.dist.name == dist[0])
+            if declared:
+                served["register_protocols"] = tuple(sorted({*served.get("register_protocols", ()), *declared}))
         if dist is not None:
             infos.append(PluginInfo(name, dist[0], dist[1], hooks, served))
         else:

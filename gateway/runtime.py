@@ -32,7 +32,7 @@ from gateway.pipeline.reconfigure import Configuration
 from gateway.pipeline.routes import Routes
 from gateway.pipeline.supervisor import Supervisor
 from gateway.plugins import get_plugin_manager
-from gateway.protocols.registry import protocol_registry
+from gateway.protocols.registry import Protocols, protocol_registry
 from gateway.resources.addresses import parse_listen as parse_listen
 from gateway.resources.loader import Config, load_path
 from gateway.resources.schema import EventbusSettings
@@ -52,12 +52,12 @@ class Gateway:
     """Owns every running part; use `async with Gateway.from_path(...) as gw:` or start()/stop()."""
 
     def __init__(self, config: Config, data_dir: Path, pm: pluggy.PluginManager, *,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, protocols: Protocols | None = None) -> None:
         self.data_dir = data_dir
         self.pm = pm
         self.node_name = config.gateway.name
         self.started_at = 0.0
-        self.protocols = protocol_registry(pm)
+        self.protocols = protocols if protocols is not None else protocol_registry(pm)
         self.endpoint_types = endpoint_registry(pm)
         self.bus = Bus()
         self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval),
@@ -84,8 +84,9 @@ class Gateway:
     def from_path(cls, path: str | Path, data_dir: str | Path, *,
                   pm: pluggy.PluginManager | None = None) -> Gateway:
         pm = pm or get_plugin_manager()
-        config = load_path(path, protocol_registry(pm), endpoint_registry(pm))
-        return cls(config, Path(data_dir), pm, config_path=Path(path))
+        protocols = protocol_registry(pm)  # one registry: what the documents imported, the devices use
+        config = load_path(path, protocols, endpoint_registry(pm))
+        return cls(config, Path(data_dir), pm, config_path=Path(path), protocols=protocols)
 
     @property
     def config(self) -> Config:

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gateway.commands import Command
 from gateway.errors import ConfigError, ResourceError
-from gateway.hookspecs import hookimpl
 from gateway.importers import ImportResult, kubeedge, kubernetes
 from gateway.importers import csv as csv_import
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-@hookimpl
-def register_commands() -> Iterable[Command]:
-    return [Command("import", "convert KubeEdge or Kubernetes manifests or a CSV inventory into fieldgate documents",
-                    configure, run)]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -23,8 +23,6 @@ from typing import Any, Literal
 from gateway import native
 from gateway.codec import FieldSpec, encode
 from gateway.codec import python as python_codec
-from gateway.commands import Command
-from gateway.hookspecs import hookimpl
 from gateway.router import python as python_router
 
 Result = dict[str, Any]
@@ -238,13 +236,13 @@ def _print(results: Iterable[Result], as_json: bool) -> None:
             print(f"{result['case']:<36} {result['backend']:<10} {result['ops_per_s']:>16,.0f} ops/s", flush=True)
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=tuple(SUITES), help="what to measure")
     parser.add_argument("--quick", action="store_true", help="short runs (a few seconds in all)")
     parser.add_argument("--json", action="store_true", help='one {"case", "backend", "ops_per_s"} object per line')
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if not native.available():
         print("fieldgate bench: gateway._native is not built; measuring the Python backends only", file=sys.stderr)
     results = SUITES[args.suite](args.quick)
@@ -254,9 +252,3 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     _print(results, args.json)
     return 0
-
-
-@hookimpl
-def register_commands() -> list[Command]:
-    return [Command(name="bench", help="measure the codec, the router or the pipeline", configure=_configure,
-                    run=_run)]

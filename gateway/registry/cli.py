@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.commands import Command
 from gateway.errors import ConfigError, NotFound
-from gateway.hookspecs import hookimpl
 from gateway.resources.durations import Duration
 from gateway.resources.loader import read_path
 
@@ -55,7 +53,7 @@ def _labels(text: str) -> dict[str, str]:
     return labels
 
 
-def _configure_registry(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", help="run the registry over TLS (makes its CA on first start)")
     serve.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT (default 0.0.0.0:8443)")
@@ -193,7 +191,7 @@ def _configure_registry(parser: argparse.ArgumentParser) -> None:
     _data_dir(logs)
 
 
-def _registry(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from gateway.registry.ca import CertificateAuthority
     from gateway.registry.store import RegistryStore
 
@@ -648,12 +646,3 @@ def _device_line(view: dict[str, Any]) -> str:
            if entry.get("desired") is not None else "")
         for prop, entry in sorted(view["twin"].items()))
     return f"{view['node']:<20} {view['namespace']}/{view['name']:<24} {view['state']:<9} {props or '-'}"
-
-
-@hookimpl
-def register_commands() -> list[Command]:
-    return [
-        Command("registry", "the thin cloud registry: serve, join-token, token, user, workspace, group, apply, "
-                            "nodes, audit",
-                _configure_registry, _registry),
-    ]

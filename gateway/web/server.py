@@ -1,5 +1,6 @@
 """Serving the local web app: uvicorn on the Gateway document's `http.listen`, the app's lifespan starting and
-stopping the gateway, so `fieldgate run` is the app served and the runtime knows nothing of HTTP."""
+stopping the gateway (or, for `fieldgate run`, serving a gateway already started: its devices poll while the web
+layer is still loading), so the runtime knows nothing of HTTP."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import uvicorn
 from litestar import Litestar
 
 from gateway.errors import ConfigError
-from gateway.resources.addresses import parse_listen
 from gateway.runtime import Gateway
 from gateway.web.app import create_app
+from gateway.web.listen import bind
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 300.0  # seconds the gateway may take to start (a store migration of a big history included)
@@ -34,22 +35,26 @@ class _QuietServer(uvicorn.Server):
 
 class WebServer:
     """`async with WebServer(gateway):` binds the listen address, starts the gateway through the app's lifespan
-    and serves until the block ends; then the server stops and the lifespan stops the gateway."""
+    and serves until the block ends; then the server stops and the lifespan stops the gateway. Given a bound
+    `sock` and `owns_gateway=False`, it serves a gateway its caller started and stops."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, sock: socket.socket | None = None, owns_gateway: bool = True) -> None:
         self.gateway = gateway
         self.listen = gateway.config.gateway.http.listen
+        self.sock = sock
+        self.owns_gateway = owns_gateway
         self.server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        try:
-            await self.gateway.start()
-        except BaseException as exc:
-            self._failure = exc  # uvicorn only logs a failed startup: keep the reason for start()
-            raise
+        if self.owns_gateway:
+            try:
+                await self.gateway.start()
+            except BaseException as exc:
+                self._failure = exc  # uvicorn only logs a failed startup: keep the reason for start()
+                raise
         if not await self.gateway.store.users.has_any():
             # No default password ships: the first user is made on the box itself.
             log.warning("no users yet: the web UI has nobody to let in; add an admin with "
@@ -58,18 +63,11 @@ class WebServer:
         try:
             yield
         finally:
-            await self.gateway.stop()
+            if self.owns_gateway:
+                await self.gateway.stop()
 
     async def start(self) -> None:
-        host, port = parse_listen(self.listen)
-        try:  # bind here, so a taken port is a clear error instead of uvicorn exiting the process
-            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                        reuse_port=False)
-        except OSError as exc:
-            raise ConfigError(f"http.listen {self.listen}: cannot listen there: {exc.strerror or exc}") from None
-        # create_server's socket has protocol 0, so asyncio would not set TCP_NODELAY on accepted connections:
-        # without it every response on a kept-alive connection waits ~40 ms for the delayed ACK.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.sock if self.sock is not None else bind(self.listen)
         app = create_app(self.gateway.api, lifespan=[self._lifespan])
         server = self.server = _QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
                                                            lifespan="on", timeout_graceful_shutdown=GRACEFUL))

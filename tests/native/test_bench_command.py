@@ -21,13 +21,13 @@ def test_pipeline_without_its_module_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(bench, "PIPELINE_MODULE", "gateway.no_such_bench_pipeline")
-    assert bench._run(argparse.Namespace(suite="pipeline", quick=True, json=True)) == 2
+    assert bench.run(argparse.Namespace(suite="pipeline", quick=True, json=True)) == 2
     assert "pipeline benchmark is unavailable" in capsys.readouterr().err
 
 
 def test_codec_quick_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "measure", lambda call, ops, budget: (call(), float(ops))[1])
-    assert bench._run(argparse.Namespace(suite="codec", quick=True, json=True)) == 0
+    assert bench.run(argparse.Namespace(suite="codec", quick=True, json=True)) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {row["backend"] for row in rows} >= {"python", "pymodbus"}
     assert all(row["ops_per_s"] > 0 for row in rows)

@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from fieldgate_dmi.config import DmiProperties
-from fieldgate_dmi.protocol import DmiProtocol
-from fieldgate_dmi.server import DmiServer
 from gateway.api import GatewayAPI
 from gateway.hookspecs import hookimpl
-from gateway.protocols.base import Protocol
 from gateway.resources.endpoints import EndpointType
 from gateway.resources.loader import Config
+
+if TYPE_CHECKING:
+    from fieldgate_dmi.server import DmiServer
 
 log = logging.getLogger(__name__)
 TASK = "dmi server"
@@ -56,6 +57,8 @@ class DmiPlugin:
             return
         await self.stop()
         if properties is not None:
+            from fieldgate_dmi.server import DmiServer  # gRPC: imported only when a dmi endpoint turns it on
+
             self.server = DmiServer(self.gateway, properties)
             self.server.attach()
             self.gateway.start_task(TASK, self.server.run)
@@ -68,11 +71,6 @@ class DmiPlugin:
 
 
 _plugins: weakref.WeakKeyDictionary[GatewayAPI, DmiPlugin] = weakref.WeakKeyDictionary()
-
-
-@hookimpl
-def register_protocols() -> Iterable[type[Protocol]]:
-    return [DmiProtocol]
 
 
 @hookimpl

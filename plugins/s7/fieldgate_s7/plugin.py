@@ -1,14 +1,4 @@
-"""The fieldgate plugin: the `s7` protocol (Siemens S7 PLCs over ISO-on-TCP)."""
+"""The fieldgate plugin: the `s7` protocol (Siemens S7 PLCs over ISO-on-TCP).
 
-from __future__ import annotations
-
-from collections.abc import Iterable
-
-from fieldgate_s7.protocol import S7Protocol
-from gateway.hookspecs import hookimpl
-from gateway.protocols.base import Protocol
-
-
-@hookimpl
-def register_protocols() -> Iterable[type[Protocol]]:
-    return [S7Protocol]
+The protocol is declared as an entry point (`fieldgate.protocols`, see pyproject.toml), imported when a document
+uses it; this module only makes the plugin known (`fieldgate plugins`)."""

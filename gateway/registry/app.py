@@ -189,7 +189,7 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
                              documents=documents if version != data.resource_version else None, desired=desired,
                              upgrade=assignment, channel=channel,
-                             failover=await offline.plan_for(store, node, data.failover_version))
+                             failover=await offline.plan_for(store, node, data))
 
 
 @get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")

@@ -33,6 +33,7 @@ from gateway.wire import (
     FailoverPlacement,
     FailoverPlan,
     GroupMember,
+    HeartbeatRequest,
     Takeover,
 )
 from gateway.workloads.secrets import SecretBox
@@ -101,11 +102,16 @@ async def group_plan(store: RegistryStore, node: str) -> FailoverPlan | None:
     return FailoverPlan(version=version, group=group, members=members, placements=placements)
 
 
-async def plan_for(store: RegistryStore, node: str, known: str) -> FailoverPlan | None:
-    """The plan to send with a heartbeat answer: None when the node has it already (or neither has one)."""
+async def plan_for(store: RegistryStore, node: str, beat: HeartbeatRequest) -> FailoverPlan | None:
+    """The plan to send with the answer to a heartbeat: None when the node has it already (or neither has one). A
+    heartbeat with takeovers always gets it, which settles them; one of a node without consensus settings (most
+    nodes) costs no query."""
+    if _consensus(beat.info) is None and beat.failover_version in ("", NO_PLAN.version) and not beat.takeovers:
+        return None
+    known = "" if beat.takeovers else beat.failover_version
     plan = await group_plan(store, node)
     if plan is None:
-        return NO_PLAN if known not in ("", NO_PLAN.version) else None
+        return NO_PLAN if known != NO_PLAN.version and (known or beat.takeovers) else None
     return None if plan.version == known else plan
 
 

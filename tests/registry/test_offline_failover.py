@@ -53,6 +53,7 @@ class Member:
               lease_ttl: 4s
             """))
         self.process: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
 
     def start(self) -> None:
         log = (self.data_dir.parent / f"{self.name}.log").open("ab")
@@ -70,13 +71,18 @@ class Member:
         if self.process is not None:
             stop(self.process)
 
-    def status(self) -> dict[str, Any]:
-        token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir", str(self.data_dir)],
-                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-        answer = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/status", timeout=10,
-                           headers={"Authorization": f"Bearer {token}"})
+    def api(self, path: str) -> Any:
+        if self.token is None:
+            self.token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir",
+                                         str(self.data_dir)], capture_output=True, text=True, timeout=30,
+                                        check=True).stdout.strip()
+        answer = httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10,
+                           headers={"Authorization": f"Bearer {self.token}"})
         assert answer.status_code == 200, answer.text
-        result: dict[str, Any] = answer.json()
+        return answer.json()
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.api("/api/v1/status")
         return result
 
 
@@ -174,6 +180,9 @@ def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(regist
         time.sleep(0.5)
     assert samples >= 10
     assert victim.status()["consensus"]["held"] == []
+    [fenced] = [w for w in victim.api("/api/v1/workloads") if w["id"] == "default/app.gw-3"]
+    assert fenced["status"] == "not-scheduled" and fenced["reason"] == f"held by node {new_node} of the group " \
+                                                                       "(offline failover)", fenced
 
     # the registry comes back: it adopts the takeover, its placement names the new node, and it is audited
     registry.start()

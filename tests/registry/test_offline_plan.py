@@ -11,7 +11,7 @@ from pathlib import Path
 from gateway.registry import access, offline, workloads
 from gateway.registry.store import RegistryStore
 from gateway.resources.loader import parse_yaml
-from gateway.wire import Takeover
+from gateway.wire import HeartbeatRequest, Takeover
 
 DOCUMENTS = """\
 kind: Secret
@@ -35,6 +35,10 @@ groups: [{group: g}]
 
 def consensus(node: str) -> dict[str, dict[str, str]]:
     return {"consensus": {"peer_url": f"http://{node}.plant:2380", "client_url": "http://127.0.0.1:2379"}}
+
+
+def beat(node: str, version: str = "", takeovers: list[Takeover] | None = None) -> HeartbeatRequest:
+    return HeartbeatRequest(info=consensus(node), failover_version=version, takeovers=takeovers)
 
 
 async def placements(store: RegistryStore) -> dict[str, str]:
@@ -62,7 +66,7 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         await store.heartbeat("a", consensus("a"))
         await store.heartbeat("b", consensus("b"))
         assert await offline.group_plan(store, "a") is None
-        assert await offline.plan_for(store, "a", "") is None
+        assert await offline.plan_for(store, "a", beat("a")) is None
         await store.heartbeat("c", consensus("c"))
         await store.heartbeat("d", consensus("d"))
         assert await offline.group_plan(store, "d") is None
@@ -80,8 +84,10 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         assert workload["labels"]["origin"] == "c"
         assert secret["kind"] == "Secret" and secret["data"] == {"password": "s3cret"}
         # the same plan is sent once: a node that has its version gets nothing
-        assert await offline.plan_for(store, "b", plan.version) is None
-        assert (await offline.plan_for(store, "b", "")) == plan
+        assert await offline.plan_for(store, "b", beat("b", plan.version)) is None
+        assert (await offline.plan_for(store, "b", beat("b"))) == plan
+        # a node without consensus settings gets none, and its heartbeat costs no query
+        assert await offline.plan_for(store, "b", HeartbeatRequest()) is None
 
         # b took app.c over while the registry was away: adopted, audited, and the plan now names b
         took = Takeover(workload="default/app.c", origin="c", previous="c", at=time.time() - 30)
@@ -90,7 +96,7 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         [entry] = await failover_audit(store)
         assert (entry["actor"], entry["object"], entry["outcome"]) == ("node:b", "Workload/default/app.c", "ok")
         assert '"previous": "c"' in str(entry["detail"])
-        moved = await offline.plan_for(store, "b", plan.version)
+        moved = await offline.plan_for(store, "b", beat("b", plan.version))
         assert moved is not None and moved.version != plan.version
         assert next(p.host for p in moved.placements if p.origin == "c") == "b"
         assert "app.c" in {d["name"] for d in (await store.node_documents("b"))[1]}
@@ -107,6 +113,10 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         await offline.adopt(store, "d", [Takeover(workload="default/app.a", origin="a", previous="a", at=1.0)])
         await offline.adopt(store, "a", [Takeover(workload="default/nope.x", origin="x", previous="x", at=1.0)])
         await offline.adopt(store, "a", [Takeover(workload="default/app.b", origin="c", previous="b", at=1.0)])
+        # the heartbeat carrying a refused takeover gets the plan though the node has it: it settles the takeover
+        again = await offline.plan_for(store, "a", beat("a", moved.version, [
+            Takeover(workload="default/app.b", origin="c", previous="b", at=1.0)]))
+        assert again == moved
         refused = (await failover_audit(store))[1:]
         assert [(e["actor"], e["outcome"]) for e in refused] == [
             ("node:d", "refused: no such placement in the node's group"),
@@ -118,9 +128,10 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         # a member that stops reporting consensus settings ends the plan: nodes that had one are told
         await store.heartbeat("c", {})
         assert await offline.group_plan(store, "a") is None
-        gone = await offline.plan_for(store, "a", plan.version)
+        gone = await offline.plan_for(store, "a", beat("a", plan.version))
         assert gone is not None and gone.members == [] and gone.placements == []
-        assert await offline.plan_for(store, "a", gone.version) is None
+        assert await offline.plan_for(store, "a", beat("a", gone.version)) is None
+        assert await offline.plan_for(store, "a", beat("a")) is None
 
 
 async def test_a_registry_that_starts_counts_downtime_from_its_start(db_url: str | None, tmp_path: Path) -> None:

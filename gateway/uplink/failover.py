@@ -424,7 +424,8 @@ class OfflineFailover:
         load: dict[str, int] = dict.fromkeys(self.alive, 0)
         for holder in self.holders.values():
             load[holder] = load.get(holder, 0) + 1
-        runs_here = {f"{ns}/{name}" for ns, name in self.gateway.config.workloads}
+        # a deleted app keeps its key until its instances have stopped
+        runs_here = {f"{ns}/{name}" for ns, name in self.gateway.config.workloads} | self.gateway.workloads.closing
         changed = False
         for placement in plan.placements:
             changed |= await self._placement(etcd, prefix, placement, placed.get(placement.workload), runs_here,

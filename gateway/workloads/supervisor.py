@@ -305,6 +305,7 @@ class WorkloadManager:
         self._started = False
         # the workload_fence hook's answer: None not fenced, "" allowed now, else why not (offline failover)
         self.fence: Callable[[Workload], str | None] | None = None
+        self.closing: set[str] = set()  # ids of deleted workloads whose instances are still stopping
         self._reconciling = asyncio.Lock()  # a refence and a configuration change bring them in step one at a time
 
     @property
@@ -420,7 +421,11 @@ class WorkloadManager:
         wanted = {f"{ns}/{name}": doc for (ns, name), doc in config.workloads.items()}
         for workload_id in self.runners.keys() - wanted.keys():
             runner = self.runners.pop(workload_id)
-            await runner.close("deleted")
+            self.closing.add(workload_id)
+            try:
+                await runner.close("deleted")
+            finally:
+                self.closing.discard(workload_id)
             runner.stop_marker.unlink(missing_ok=True)
             await runner.event("stopped", "", "deleted")
         for workload_id, doc in wanted.items():

@@ -211,6 +211,7 @@ class OfflineFailover:
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         temporary = self._file.with_suffix(".tmp")
+        temporary.touch(mode=0o600)  # the plan holds the Secrets of the group's apps
         temporary.write_bytes(msgspec.json.encode(Held(plan=self.plan, taken=list(self.taken.values()),
                                                    base=self.base)))
         os.replace(temporary, self._file)
@@ -354,7 +355,12 @@ class OfflineFailover:
                  cluster)
 
     async def close(self) -> None:
+        """The gateway stops, and its apps with it: its placements are free for the others at once."""
         if self._etcd is not None:
+            if self.lease is not None:
+                with contextlib.suppress(httpx.HTTPError, ConsensusError):
+                    await self._etcd.revoke(self.lease)
+                self.lease, self.held = None, set()
             await self._etcd.close()
         member = self.member
         if member is not None and member.returncode is None:
@@ -459,7 +465,8 @@ class OfflineFailover:
                     self.held.discard(key)
                 return False
             self.held.discard(key)
-            if key in self.taken:  # another member has it: this node runs it no more
+            if key in self.taken and entry.value.get("node") != self.node:  # another member has it (not this
+                # node's lease from before a restart of the gateway, which expires): this node runs it no more
                 log.warning("workload %s: held by node %s of the group, this node lets it go", key,
                             entry.value.get("node"))
                 self.taken.pop(key)

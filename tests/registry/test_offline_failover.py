@@ -197,3 +197,46 @@ def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(regist
     assert instances(marker) == {"default/app.gw-1": ["gw-1"], "default/app.gw-2": ["gw-2"],
                                  "default/app.gw-3": [new_node]}
     assert placement(registry, "app.gw-3") == new_node
+
+
+def test_with_the_registry_there_the_group_and_the_registry_move_an_app_once(registry: Registry,
+                                                                             members: list[Member],
+                                                                             tmp_path: Path) -> None:
+    """The registry up and `move_back: true`: whichever of the group and the registry moves the app off the dead
+    node first, it runs once, and back on its node when that returns, never twice on the way."""
+    assert shutil.which("etcd"), "etcd is missing: scripts/bootstrap.sh installs etcd-server"
+    registry.cli("group", "create", "line-a", "--nodes", "gw-1,gw-2,gw-3")
+    marker = f"offline-failover-{uuid.uuid4().hex}"
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(f"""\
+        kind: BatchWorkload
+        name: app
+        template:
+          command: [{sys.executable}, -c, "import time\\nwhile True: time.sleep(1)", {marker}]
+          stop_grace: 1s
+        groups: [{{group: line-a}}]
+        failover: {{after: 3s, move_back: true}}
+        """))
+    registry.cli("apply", "-f", str(tmp_path / "app.yaml"))
+    wait_until(lambda: instances(marker) == {f"default/app.{m.name}": [m.name] for m in members}, timeout=60,
+               what="app on every member")
+    wait_until(lambda: all(m.status()["consensus"]["held"] == [f"default/app.{m.name}"] for m in members),
+               timeout=30, what="every placement lock held")
+
+    def once(where: set[str]) -> str | None:
+        """The node running app.gw-3 when it is one of `where`; never two instances of any app."""
+        running = instances(marker)
+        assert all(len(nodes) == 1 for nodes in running.values() if nodes), running
+        assert running.get("default/app.gw-1") == ["gw-1"] and running.get("default/app.gw-2") == ["gw-2"], running
+        nodes = running.get("default/app.gw-3", [])
+        return nodes[0] if nodes and nodes[0] in where else None
+
+    victim = members[2]
+    victim.kill()
+    moved_to = wait_until(lambda: once({"gw-1", "gw-2"}), timeout=45, what="app.gw-3 on another member")
+    wait_until(lambda: placement(registry, "app.gw-3") == moved_to, timeout=30, what="the registry agreeing")
+    victim.start()
+    wait_until(lambda: once({"gw-3"}), timeout=60, what="app.gw-3 back on gw-3")
+    wait_until(lambda: placement(registry, "app.gw-3") == "gw-3", timeout=30, what="the registry placing it home")
+    for _ in range(10):  # and it stays there, once
+        assert once({"gw-3"}) == "gw-3"
+        time.sleep(0.5)

@@ -5,7 +5,7 @@ Each hook is documented in docs/plugin-hooks.md; tests/test_docs.py fails when o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.protocols.base import Protocol
     from gateway.resources.endpoints import EndpointType
     from gateway.resources.loader import Config
+    from gateway.resources.schema import Workload
     from gateway.sinks.base import Sink
 
 hookspec = pluggy.HookspecMarker("fieldgate")
@@ -55,6 +56,12 @@ def register_browsers() -> Iterable[Command]:
 @hookspec
 def register_commands() -> Iterable[Command]:
     """Return CLI commands (gateway.commands.Command) to add under `fieldgate <name>`."""
+
+
+@hookspec(firstresult=True)
+def workload_fence(gateway: GatewayAPI) -> Callable[[Workload], str | None] | None:
+    """Return a fence for the node's workloads, asked before any of them starts: called with a Workload, it answers
+    None (not fenced: it runs as placed), "" (fenced and allowed to run now) or why it may not run now."""
 
 
 @hookspec

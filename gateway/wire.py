@@ -268,6 +268,48 @@ class Allocatable(msgspec.Struct, kw_only=True, omit_defaults=True):
 # --- the heartbeat (`POST /api/v1/heartbeat`, mutual TLS) ----------------------------------------------------------
 
 
+# --- offline failover (the group's plan down with the heartbeat answer, takeovers up with the heartbeat) -----------
+
+MAX_GROUP_MEMBERS = 64
+MAX_FAILOVER_PLACEMENTS = 256
+MAX_TAKEOVERS = 256
+
+
+class GroupMember(msgspec.Struct, kw_only=True):
+    name: str
+    peer_url: str  # where the other members reach its etcd member
+    client_url: str  # where the gateways reach its etcd member
+
+
+class FailoverPlacement(msgspec.Struct, kw_only=True):
+    workload: str  # "<namespace>/<name>" of the Workload the registry made of a BatchWorkload for `origin`
+    origin: str
+    host: str  # the node the registry placed it on
+    after: float  # the BatchWorkload's failover.after: seconds a dead holder's place stays vacant before a takeover
+    documents: list[dict[str, Any]]  # the Workload, then the ConfigItems and Secrets it uses
+
+
+class FailoverPlan(msgspec.Struct, kw_only=True):
+    """What the members of a group with a consensus store need to move apps off a dead member on their own."""
+
+    version: str  # changes with anything else here
+    group: str
+    members: Annotated[list[GroupMember], msgspec.Meta(max_length=MAX_GROUP_MEMBERS)]
+    placements: Annotated[list[FailoverPlacement], msgspec.Meta(max_length=MAX_FAILOVER_PLACEMENTS)]
+
+
+class Takeover(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A placement a node took over in its group while the registry was away."""
+
+    workload: Annotated[str, msgspec.Meta(max_length=600)]
+    origin: Annotated[str, msgspec.Meta(max_length=253)]
+    previous: Annotated[str, msgspec.Meta(max_length=253)]  # the node that held it
+    at: float  # unix time of the takeover
+
+
+Takeovers = Annotated[list[Takeover], msgspec.Meta(max_length=MAX_TAKEOVERS)]
+
+
 class HeartbeatRequest(msgspec.Struct, kw_only=True):
     resource_version: str = ""
     info: dict[str, Any] = {}
@@ -282,6 +324,8 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     routes: RouteReports | None = None  # the counters of the node's registry-owned routes, when they changed
     figures: AppFiguresList | None = None  # the resources of the node's app instances, when it sampled them anew
     allocatable: Allocatable | None = None  # what the node offers its apps (kept with the node's info)
+    failover_version: str = ""  # the version of the group's failover plan the node has
+    takeovers: Takeovers | None = None  # placements the node took over in its group while the registry was away
 
 
 class HeartbeatResponse(msgspec.Struct, kw_only=True):
@@ -294,6 +338,8 @@ class HeartbeatResponse(msgspec.Struct, kw_only=True):
     # where the node dials the channel: "[:PORT]PATH" on the registry's host (a port of its own when the registry
     # has a separate channel listener), "off" when this registry has none, "" from registries before the channel
     channel: str = ""
+    # the group's failover plan when the node's group runs a consensus store and the node's version differs
+    failover: FailoverPlan | None = None
 
 
 # --- messages for the node (`GET /api/v1/nodes/self/messages`, `POST …/messages/ack`) ------------------------------

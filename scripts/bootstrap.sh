@@ -44,6 +44,8 @@ fi
 # --- the tests: brokers, serial lines, browser, containers, the appliance image -----------------------------------
 if [ "$target" = tests ]; then
     need socat socat
+    # Offline failover (gateway.uplink.failover): the gateways of a group run etcd members.
+    need etcd etcd-server
     [ -x /usr/sbin/mosquitto ] || need mosquitto mosquitto
     need mosquitto_sub mosquitto-clients
     # The OPC UA tests run a node-opcua server, which they install with npm into ~/.cache/fieldgate-tests.

@@ -36,6 +36,7 @@ from gateway.registry import (
     live,
     metrics,
     monitoring,
+    offline,
     pages,
     roles,
     routes,
@@ -178,6 +179,7 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
     seen_from = {"seen_from": seen_from_address} if seen_from_address else {}
     allocatable = {"allocatable": msgspec.to_builtins(data.allocatable)} if data.allocatable is not None else {}
     interval = await store.heartbeat(node, {**data.info, **seen_from, **allocatable}, data.figures)
+    await offline.adopt(store, node, data.takeovers)  # before the documents: they follow what the group did
     await workloads.record_status(store, node, data.workloads)
     await routes.record_counters(store, node, data.routes)
     assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
@@ -186,7 +188,8 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
                                data.described)
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
                              documents=documents if version != data.resource_version else None, desired=desired,
-                             upgrade=assignment, channel=channel)
+                             upgrade=assignment, channel=channel,
+                             failover=await offline.plan_for(store, node, data))
 
 
 @get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")

@@ -259,14 +259,14 @@ class _Node(msgspec.Struct):
     accelerators: dict[str, int] = {}  # what the node offers, from its last heartbeat
 
 
-async def _nodes(store: RegistryStore) -> dict[str, _Node]:
+async def _nodes(store: RegistryStore, since: float = 0.0) -> dict[str, _Node]:
     now = time.time()
     nodes = {}
     infos = await store.node_infos()
     for name, labels, joined_at, last, interval, paused, workspace in await store.placement_nodes():
         healthy = last is not None and now - last <= OFFLINE_AFTER * interval
         nodes[name] = _Node(name, labels, workspace, paused, healthy,
-                            0.0 if healthy else now - (last or joined_at),
+                            0.0 if healthy else now - max(last or joined_at, since),
                             as_counts(infos.get(name, {}).get("accelerators")))
     return nodes
 
@@ -293,9 +293,10 @@ def shortfall(need: dict[str, int], nodes: list[_Node], used: dict[str, dict[str
     return f"pending: needs {wanted} on one node; none has them free (" + ("; ".join(free) or "no nodes") + ")"
 
 
-async def schedule(store: RegistryStore) -> int:
-    """Bring the placements in step with the documents and the nodes; how many placements changed."""
-    nodes = await _nodes(store)
+async def schedule(store: RegistryStore, since: float = 0.0) -> int:
+    """Bring the placements in step with the documents and the nodes; how many placements changed. A node counts
+    as down since `since` at the earliest (the registry's start: the time it was away is not the nodes' downtime)."""
+    nodes = await _nodes(store, since)
     members: dict[str, list[str]] = {}
     for member, group_name in (await store.group_members()).items():
         members.setdefault(group_name, []).append(member)
@@ -377,12 +378,13 @@ def _host(origin: str, previous: str | None, down: set[str], group: list[str], n
 async def scheduling(store: RegistryStore, interval: float) -> AsyncIterator[None]:
     """Run the scheduler every half heartbeat interval (0.5 s to 5 s) while the registry serves."""
     period = min(max(interval / 2, 0.5), 5.0)
+    started = time.time()
 
     async def loop() -> None:
         failing = False
         while True:
             try:
-                await schedule(store)
+                await schedule(store, started)
                 if failing:
                     log.info("workload scheduling works again")
                 failing = False

@@ -196,6 +196,24 @@ class WorkloadSettings(Base, kw_only=True):
     ))] = msgspec.field(default_factory=lambda: list(CDI_DIRS))
 
 
+ConsensusUrl = Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]{1,255}:[0-9]{1,5}$", max_length=300)]
+
+
+class ConsensusSettings(Base, kw_only=True):
+    """The node's etcd member of its group, for offline failover (every node of the group sets it, or none does).
+
+    While the group is cut off from the registry its members still move apps off a dead member."""
+
+    engine: Annotated[Literal["etcd"], Meta(description="the consensus store the group's gateways run")] = "etcd"
+    peer_url: Annotated[ConsensusUrl, Meta(description="where the other members reach this node's etcd member "
+                                                       "(`http://HOST:PORT`; the node listens there)")]
+    client_url: Annotated[ConsensusUrl, Meta(description="where the gateways reach this node's etcd member for "
+                                                         "leases and placements (`http://HOST:PORT`)")]
+    lease_ttl: Annotated[Duration, Meta(description="how long a member that stopped renewing its lease keeps its "
+                                                    "apps: the others take them over after that")] = Duration(10.0)
+    binary: Annotated[str, Meta(min_length=1, max_length=4096, description="the etcd program")] = "etcd"
+
+
 class Gateway(Document, tag="Gateway", kw_only=True):
     """Node settings; read from the local configuration only."""
 
@@ -204,6 +222,8 @@ class Gateway(Document, tag="Gateway", kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     files: FilesSettings = msgspec.field(default_factory=FilesSettings)
     workloads: WorkloadSettings = msgspec.field(default_factory=WorkloadSettings)
+    consensus: Annotated[ConsensusSettings | None, Meta(description=(
+        "offline failover in the node's group (none: failover only at the registry, as a group without it)"))] = None
 
 
 # --- Device models and devices --------------------------------------------------------------------------------

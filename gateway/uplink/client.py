@@ -42,6 +42,7 @@ from gateway.workloads.accelerators import node_accelerators
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
+    from gateway.uplink.failover import OfflineFailover
     from gateway.uplink.join import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Uplink:
         # one heartbeat at a time, over HTTPS or the channel: what it carries is taken back when it fails
         self.beating = asyncio.Lock()
         self.channel = ChannelLink(self)
+        self.failover: OfflineFailover | None = None  # the group's consensus store, when the node has one
 
     async def run(self) -> None:
         from gateway.uplink.join import client_ssl_context
@@ -208,7 +210,7 @@ class Uplink:
         """The next heartbeat (node info, twins, workloads, upgrade, routes), within the registry's MAX_HEARTBEAT."""
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
                 **self.workloads.outgoing(), **self.upgrade.outgoing(), **self.routes.outgoing(),
-                **self.figures.outgoing()}
+                **self.figures.outgoing(), **(self.failover.outgoing() if self.failover is not None else {})}
         content = msgspec.json.encode(body)  # msgspec, not json: no value can make the body invalid JSON
         if len(content) > MAX_HEARTBEAT:  # the budgets keep under it; never send what the registry refuses whole
             log.error("a heartbeat of %d bytes is over the registry's %d: its twins and workloads go later",
@@ -264,8 +266,12 @@ class Uplink:
         self._set_state("connected", f"as node {answer.node}")
         self.interval = answer.heartbeat_interval or self.interval
         self.channel.announced(answer.channel)
+        if self.failover is not None:
+            self.failover.plan_received(answer.failover)
         if answer.documents is not None and answer.resource_version != self.resource_version:
             await self.apply(answer.resource_version, answer.documents)
+        if self.failover is not None:  # after the documents: a takeover the registry adopted is in them
+            await self.failover.settle(answer.failover, started)
         if answer.desired:  # after the documents: a desired value may be for a device they just added
             await self.twins.apply_desired(answer.desired)
         if answer.upgrade is not None:
@@ -274,6 +280,8 @@ class Uplink:
     async def apply(self, version: str, raw_documents: list[dict[str, Any]]) -> None:
         """Make the registry-owned resources exactly these; a version that does not fit is logged once."""
         try:
+            if self.failover is not None:  # with the apps taken over in the group the registry has not adopted yet
+                raw_documents = self.failover.merged(raw_documents)
             documents = [msgspec.convert(raw, AnyDocument, dec_hook=dec_hook) for raw in raw_documents]
             changed = await self.gateway.resources.replace_owned(documents, owner=REGISTRY, actor="registry")
         except (FieldgateError, msgspec.ValidationError) as exc:
@@ -313,6 +321,8 @@ class Uplink:
             "messages_received": self.messages_received,
             "messages_unrouted": self.messages_unrouted,
             "channel": self.channel.state,
+            **({"consensus": {"peer_url": consensus.peer_url, "client_url": consensus.client_url}}
+               if (consensus := self.gateway.config.gateway.consensus) is not None else {}),
         }
 
     def status(self) -> dict[str, Any]:

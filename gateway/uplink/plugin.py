@@ -4,12 +4,29 @@ while it is down, and its file tasks; a node that never joined loads none of tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
+    from gateway.resources.schema import Workload
+    from gateway.uplink.failover import OfflineFailover
+
+_failovers: dict[int, OfflineFailover] = {}  # by id(gateway): made with the fence, started with the gateway
+
+
+@hookimpl
+def workload_fence(gateway: GatewayAPI) -> Callable[[Workload], str | None] | None:
+    """Offline failover, for a joined node whose Gateway document has `consensus:` (gateway.uplink.failover)."""
+    settings = gateway.config.gateway.consensus
+    if settings is None or not (gateway.data_dir / "registry" / "registry.json").exists():
+        return None
+    from gateway.uplink.failover import OfflineFailover
+
+    failover = _failovers[id(gateway)] = OfflineFailover(gateway, settings)
+    return failover.fenced
 
 
 @hookimpl
@@ -23,6 +40,11 @@ def startup(gateway: GatewayAPI) -> None:
         from gateway.uplink.client import Uplink
 
         uplink = Uplink(gateway, settings)
+        failover = _failovers.pop(id(gateway), None)
+        if failover is not None:
+            uplink.failover = failover
+            gateway.start_task("offline failover", failover.run)
+            gateway.add_status("consensus", failover.describe)
         gateway.start_task("uplink", uplink.run)
         gateway.start_task("uplink messages", uplink.run_messages)
         gateway.start_task("uplink channel", uplink.channel.run)

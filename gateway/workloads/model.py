@@ -33,6 +33,8 @@ class InstanceSpec:
     work_dir: Path  # the instance's own directory in the data dir (files/ holds `files`)
     log: LogSink
     volumes: dict[str, Path] = field(default_factory=dict)  # volume name -> its host path (gateway.workloads.mounts)
+    # fenced (gateway.hookspecs.workload_fence): it must not outlive the gateway, whose lease let it run
+    bound_to_gateway: bool = False
 
 
 @dataclass

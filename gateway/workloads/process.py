@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -200,7 +202,8 @@ class ProcessRuntime(Runtime):
             process = await asyncio.create_subprocess_exec(
                 *argv, env=spec.env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                preexec_fn=limits.preexec(workload.limits, cgroup), user=workload.secured.run_as_user,
+                preexec_fn=dies_with_parent(limits.preexec(workload.limits, cgroup)) if spec.bound_to_gateway
+                else limits.preexec(workload.limits, cgroup), user=workload.secured.run_as_user,
                 group=workload.secured.run_as_group,
                 extra_groups=[] if workload.secured.run_as_user is not None
                 or workload.secured.run_as_group is not None else None)
@@ -212,6 +215,20 @@ class ProcessRuntime(Runtime):
             created = psutil.Process(process.pid).create_time()
             (spec.work_dir / PID_FILE).write_text(f"{process.pid} {created}\n")
         return ProcessInstance(process, spec, self.cgroups, cgroup)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def dies_with_parent(then: Callable[[], None]) -> Callable[[], None]:
+    """A preexec step that has the kernel SIGKILL the child when the gateway dies (Linux), then runs `then`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def apply() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        then()
+
+    return apply
 
 
 @hookimpl

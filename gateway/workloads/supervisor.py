@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +303,10 @@ class WorkloadManager:
         self.figures = WorkloadFigures()
         self._notes: dict[str, tuple[str, str]] = {}  # workload id -> (actor, note) for its next version
         self._started = False
+        # the workload_fence hook's answer: None not fenced, "" allowed now, else why not (offline failover)
+        self.fence: Callable[[Workload], str | None] | None = None
+        self.closing: set[str] = set()  # ids of deleted workloads whose instances are still stopping
+        self._reconciling = asyncio.Lock()  # a refence and a configuration change bring them in step one at a time
 
     @property
     def root(self) -> Path:
@@ -335,6 +340,7 @@ class WorkloadManager:
                 log.warning("runtime %s cannot run workloads here: %s", name, reason)
 
     async def start(self, config: Config) -> None:
+        self.fence = self.gateway.pm.hook.workload_fence(gateway=self.gateway)
         self._load_runtimes()  # the runtimes stop what a gateway that died left running
         for leftover in self.root.glob("*/*/instances/*"):  # files (secrets among them) of instances gone
             shutil.rmtree(leftover, ignore_errors=True)
@@ -362,6 +368,8 @@ class WorkloadManager:
         node = self.gateway.node_name
         if workload.node is not None and workload.node != node:
             return f"placed on node {workload.node}, this is {node}"
+        if self.fence is not None and (held := self.fence(workload)):
+            return held
         labels = self.gateway.config.gateway.labels
         missing = {k: v for k, v in workload.node_selector.items() if labels.get(k) != v}
         if missing:
@@ -398,14 +406,26 @@ class WorkloadManager:
         actor, note = self._notes.pop(f"{workload.namespace}/{workload.name}", ("", ""))
         return await self.history.add_version(workload.namespace, workload.name, text, actor=actor, note=note), True
 
+    async def refence(self) -> None:
+        """The fence's answers changed: start or stop the workloads it lets run now or not."""
+        await self.reconcile(self.gateway.config)
+
     async def reconcile(self, config: Config) -> None:
         """Bring the workloads in step with the configuration's Workload documents."""
+        async with self._reconciling:
+            await self._reconcile(config)
+
+    async def _reconcile(self, config: Config) -> None:
         if not self._started:
             return
         wanted = {f"{ns}/{name}": doc for (ns, name), doc in config.workloads.items()}
         for workload_id in self.runners.keys() - wanted.keys():
             runner = self.runners.pop(workload_id)
-            await runner.close("deleted")
+            self.closing.add(workload_id)
+            try:
+                await runner.close("deleted")
+            finally:
+                self.closing.discard(workload_id)
             runner.stop_marker.unlink(missing_ok=True)
             await runner.event("stopped", "", "deleted")
         for workload_id, doc in wanted.items():
@@ -469,7 +489,8 @@ class WorkloadManager:
             workload_log.write(instance.id, stream, line)
 
         return InstanceSpec(workload, instance.id, instance.version, env, files, dict(instance.ports), work_dir,
-                            log_line, volumes)
+                            log_line, volumes,
+                            bound_to_gateway=self.fence is not None and self.fence(workload) is not None)
 
     def _value(self, workload: Workload, config_item: str | None, secret: str | None, key: str) -> tuple[str, bool]:
         config = self.gateway.config

@@ -1,0 +1,242 @@
+"""Offline failover with real processes: a registry and three gateways of one group on loopback, each running an etcd
+member of the group's consensus store. With the registry stopped, the gateway running an app is SIGKILLed: the app
+runs on another member within 30 s; the killed gateway comes back and the app does not run twice (sampled over a
+window); the registry comes back, adopts the takeover (audited `failover.offline`) and its placement names the new
+node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import FIELDGATE, free_port
+from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
+
+pytestmark = pytest.mark.beside
+
+TAKEOVER_LIMIT = 30.0  # seconds the acceptance allows from the SIGKILL to the app running on another member
+WINDOW = 10.0  # seconds over which the app must run exactly once after the killed node is back
+
+
+class Member:
+    """A joined `fieldgate run` process with `consensus:` settings."""
+
+    def __init__(self, registry: Registry, tmp_path: Path, name: str) -> None:
+        self.name = name
+        self.data_dir = tmp_path / name
+        joined = join(registry, registry.token(), self.data_dir, "--name", name)
+        assert joined.returncode == 0, joined.stderr
+        self.port = free_port()
+        self.config = tmp_path / f"{name}.yaml"
+        self.config.write_text(textwrap.dedent(f"""\
+            kind: Gateway
+            name: {name}
+            http: {{listen: "127.0.0.1:{self.port}"}}
+            eventbus: {{url: none}}
+            store: {{flush_interval: 50ms}}
+            consensus:
+              peer_url: "http://127.0.0.1:{free_port()}"
+              client_url: "http://127.0.0.1:{free_port()}"
+              lease_ttl: 4s
+            """))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
+
+    def start(self) -> None:
+        log = (self.data_dir.parent / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen([*FIELDGATE, "run", "-c", str(self.config), "--data-dir", str(self.data_dir)],
+                                        stdout=log, stderr=log)
+        log.close()
+        wait_for_port(self.port, self.process)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def api(self, path: str) -> Any:
+        if self.token is None:
+            self.token = subprocess.run([*FIELDGATE, "token", "create", "--role", "viewer", "--data-dir",
+                                         str(self.data_dir)], capture_output=True, text=True, timeout=30,
+                                        check=True).stdout.strip()
+        answer = httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10,
+                           headers={"Authorization": f"Bearer {self.token}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.api("/api/v1/status")
+        return result
+
+
+@pytest.fixture
+def members(registry: Registry, tmp_path: Path) -> Iterator[list[Member]]:
+    started = [Member(registry, tmp_path, f"gw-{i}") for i in (1, 2, 3)]
+    try:
+        for member in started:
+            member.start()
+        yield started
+    finally:
+        for member in started:
+            member.stop()
+
+
+def instances(marker: str) -> dict[str, list[str]]:
+    """The nodes running each app instance that carries the marker, by workload: from the processes themselves."""
+    found: dict[str, list[str]] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if marker not in (process.info["cmdline"] or []):
+                continue
+            env = process.environ()
+        except psutil.Error:
+            continue
+        found.setdefault(env.get("FIELDGATE_WORKLOAD", ""), []).append(env.get("FIELDGATE_NODE", ""))
+    return found
+
+
+def placement(registry: Registry, workload: str) -> str | None:
+    for line in registry.cli("workloads", "--json").stdout.splitlines():
+        view = json.loads(line)
+        if view["name"] == workload and view["placed"]:
+            return str(view["node"])
+    return None
+
+
+def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(registry: Registry, members: list[Member],
+                                                                          tmp_path: Path) -> None:
+    assert shutil.which("etcd"), "etcd is missing: scripts/bootstrap.sh installs etcd-server"
+    registry.cli("group", "create", "line-a", "--nodes", "gw-1,gw-2,gw-3")
+    marker = f"offline-failover-{uuid.uuid4().hex}"
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(f"""\
+        kind: BatchWorkload
+        name: app
+        template:
+          command: [{sys.executable}, -c, "import time\\nwhile True: time.sleep(1)", {marker}]
+          stop_grace: 1s
+        groups: [{{group: line-a}}]
+        failover: {{after: 3s, move_back: false}}
+        """))
+    registry.cli("apply", "-f", str(tmp_path / "app.yaml"))
+
+    # each member runs its instance, holding its placement in the group's store, and the group has a leader
+    wait_until(lambda: instances(marker) == {f"default/app.{m.name}": [m.name] for m in members}, timeout=60,
+               what="app on every member")
+    for member in members:
+        consensus = wait_until(lambda m=member: (s := m.status()["consensus"])["held"] == [f"default/app.{m.name}"]
+                               and s["leader"] and s, timeout=30, what=f"the placement lock of {member.name}")
+        assert consensus["engine"] == "etcd" and consensus["group"] == "line-a" and consensus["lease"]["live"]
+        assert {m["name"] for m in consensus["members"] if m["alive"]} == {"gw-1", "gw-2", "gw-3"}
+        assert consensus["taken_over"] == []
+
+    # the registry goes away; then gw-3 dies, its app with it
+    assert registry.process is not None
+    stop(registry.process)
+    victim = members[2]
+    victim.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: "default/app.gw-3" not in instances(marker), timeout=5, what="app.gw-3 gone with gw-3")
+
+    def moved() -> str | None:
+        nodes = instances(marker).get("default/app.gw-3", [])
+        return nodes[0] if len(nodes) == 1 and nodes[0] != "gw-3" else None
+
+    new_node = wait_until(moved, timeout=TAKEOVER_LIMIT + 15, what="app.gw-3 on another member")
+    took = time.monotonic() - killed_at
+    print(f"\noffline takeover: app.gw-3 runs on {new_node} {took:.1f} s after gw-3 was SIGKILLed "
+          f"(lease 4 s, failover.after 3 s)")
+    assert took < TAKEOVER_LIMIT, f"offline takeover took {took:.1f}s"
+    taker = next(m for m in members if m.name == new_node)
+    assert "default/app.gw-3" in taker.status()["consensus"]["taken_over"]
+
+    # gw-3 comes back with the registry still away: it finds its placement held by another member and does not start
+    # the app; every instance runs exactly once over the window
+    victim.start()
+    wait_until(lambda: victim.status()["consensus"]["lease"]["live"], timeout=30, what="gw-3 back in the group")
+    deadline = time.monotonic() + WINDOW
+    samples = 0
+    while time.monotonic() < deadline:
+        running = instances(marker)
+        assert running == {"default/app.gw-1": ["gw-1"], "default/app.gw-2": ["gw-2"],
+                           "default/app.gw-3": [new_node]}, running
+        samples += 1
+        time.sleep(0.5)
+    assert samples >= 10
+    assert victim.status()["consensus"]["held"] == []
+    [fenced] = [w for w in victim.api("/api/v1/workloads") if w["id"] == "default/app.gw-3"]
+    assert fenced["status"] == "not-scheduled" and fenced["reason"] == f"held by node {new_node} of the group " \
+                                                                       "(offline failover)", fenced
+
+    # the registry comes back: it adopts the takeover, its placement names the new node, and it is audited
+    registry.start()
+    wait_until(lambda: placement(registry, "app.gw-3") == new_node, timeout=30, what="the registry agreeing")
+    audit = [json.loads(line) for line in registry.cli("audit", "--json", "--limit", "200").stdout.splitlines()]
+    adopted = [e for e in audit if e["action"] == "failover.offline"]
+    assert adopted and adopted[-1]["outcome"] == "ok" and adopted[-1]["actor"] == f"node:{new_node}"
+    assert adopted[-1]["object"] == "Workload/default/app.gw-3"
+    # the node stops reporting it once the registry agrees, and still runs it, as the registry's now
+    wait_until(lambda: taker.status()["consensus"]["taken_over"] == [], timeout=20, what="the takeover settled")
+    time.sleep(3)
+    assert instances(marker) == {"default/app.gw-1": ["gw-1"], "default/app.gw-2": ["gw-2"],
+                                 "default/app.gw-3": [new_node]}
+    assert placement(registry, "app.gw-3") == new_node
+
+
+def test_with_the_registry_there_the_group_and_the_registry_move_an_app_once(registry: Registry,
+                                                                             members: list[Member],
+                                                                             tmp_path: Path) -> None:
+    """The registry up and `move_back: true`: whichever of the group and the registry moves the app off the dead
+    node first, it runs once, and back on its node when that returns, never twice on the way."""
+    assert shutil.which("etcd"), "etcd is missing: scripts/bootstrap.sh installs etcd-server"
+    registry.cli("group", "create", "line-a", "--nodes", "gw-1,gw-2,gw-3")
+    marker = f"offline-failover-{uuid.uuid4().hex}"
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(f"""\
+        kind: BatchWorkload
+        name: app
+        template:
+          command: [{sys.executable}, -c, "import time\\nwhile True: time.sleep(1)", {marker}]
+          stop_grace: 1s
+        groups: [{{group: line-a}}]
+        failover: {{after: 3s, move_back: true}}
+        """))
+    registry.cli("apply", "-f", str(tmp_path / "app.yaml"))
+    wait_until(lambda: instances(marker) == {f"default/app.{m.name}": [m.name] for m in members}, timeout=60,
+               what="app on every member")
+    wait_until(lambda: all(m.status()["consensus"]["held"] == [f"default/app.{m.name}"] for m in members),
+               timeout=30, what="every placement lock held")
+
+    def once(where: set[str]) -> str | None:
+        """The node running app.gw-3 when it is one of `where`; never two instances of any app."""
+        running = instances(marker)
+        assert all(len(nodes) == 1 for nodes in running.values() if nodes), running
+        assert running.get("default/app.gw-1") == ["gw-1"] and running.get("default/app.gw-2") == ["gw-2"], running
+        nodes = running.get("default/app.gw-3", [])
+        return nodes[0] if nodes and nodes[0] in where else None
+
+    victim = members[2]
+    victim.kill()
+    moved_to = wait_until(lambda: once({"gw-1", "gw-2"}), timeout=45, what="app.gw-3 on another member")
+    wait_until(lambda: placement(registry, "app.gw-3") == moved_to, timeout=30, what="the registry agreeing")
+    victim.start()
+    wait_until(lambda: once({"gw-3"}), timeout=60, what="app.gw-3 back on gw-3")
+    wait_until(lambda: placement(registry, "app.gw-3") == "gw-3", timeout=30, what="the registry placing it home")
+    for _ in range(10):  # and it stays there, once
+        assert once({"gw-3"}) == "gw-3"
+        time.sleep(0.5)

@@ -335,6 +335,7 @@ class NodeAnswer(msgspec.Struct, kw_only=True):
 class WorkloadLogRequest(msgspec.Struct, kw_only=True):
     workload: str  # <namespace>/<name>
     instance: str | None = None
+    container: str | None = None  # one container of a pod
     tail: int = DEFAULT_TAIL
 
 
@@ -344,6 +345,7 @@ class WorkloadLogLine(msgspec.Struct, kw_only=True):
     instance: str
     stream: str
     line: str
+    container: str = ""  # the container of a pod the line came from
 
 
 class WorkloadLogAnswer(msgspec.Struct, kw_only=True):

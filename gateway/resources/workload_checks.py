@@ -57,7 +57,7 @@ def volume_problems(workload: Workload, settings: WorkloadSettings | None) -> li
             elif str(mount) in mounts:
                 problems.append((f"{where}.mount_path", f"{volume.mount_path} is mounted twice"))
             mounts.add(str(mount))
-        elif container and not workload.is_pod:
+        elif container and not (workload.containers or workload.init_containers):
             problems.append((f"{where}.mount_path", f"the {workload.runtime} runtime mounts a volume at a mount_path"))
         if volume.host_path is not None and settings is not None:
             problem = host_path_problem(volume.host_path, settings)
@@ -197,7 +197,8 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
             problems.append(("$.command", "the process runtime needs a command"))
         if workload.image is not None:
             problems.append(("$.image", "the process runtime runs a command, not an image"))
-    elif not workload.command and workload.image is None and not workload.is_pod:
+    elif not workload.command and workload.image is None and not (workload.containers or
+                                                                   workload.init_containers):
         problems.append(("$.image", f"the {workload.runtime} runtime needs an image or a command"))
     for i, ref in enumerate(workload.env_from):
         problems += _ref_problems(f"$.env_from[{i}]", ref, workload.namespace, config_items, secrets)

@@ -100,6 +100,12 @@ async def test_a_pod_runs_its_init_container_first_and_serves_on_one_port(images
     assert "sidecar up" in await logs(node, "shop", "sidecar")
     members = pod_containers("default/shop")
     assert sorted(members) == ["sidecar", "web"]  # the init container is gone once it ended
+    page = (await node.api.get("/workloads/default/shop")).text
+    assert '<tr data-container="web">' in page and '<tr data-container="sidecar">' in page
+    assert 'href="/workloads/default/shop?container=setup#workload-log"' not in page  # init containers have ended
+    one = (await node.api.get("/workloads/default/shop", params={"container": "setup"})).text
+    assert '<td class="message">setup done</td>' in one and '<td class="message">web up</td>' not in one
+    assert 'data-container="setup"' in one
 
     # One container ends: it alone is restarted and counted; the other keeps serving.
     podman("kill", members["sidecar"])

@@ -243,6 +243,8 @@ class InstanceRunner:
                 if not self.ready and all(passing.values()):
                     await self._became_ready(f"{check.type} check passed" if len(passing) == 1 else
                                              "every container's check passed")
+            elif self.stopping:  # its containers are going: no check judges them now
+                return
             else:
                 failures += 1
                 starting = not self.ready and time.monotonic() - started < STARTUP_GRACE

@@ -32,6 +32,8 @@ def pod(images: Images, name: str = "shop", init: str = "echo initialized > /sha
         "name": name, "runtime": "container", "restart_delay": "0.2s", "stop_grace": "1s",
         "volumes": [{"name": "shared", "scratch": True, "mount_path": "/shared"}],
         "init_containers": [{"name": "setup", "image": images.tag(1), "command": sh(init)}],
+        "lifecycle": {"post_start": {"type": "exec", "command": sh("echo hooked > /shared/hook.txt")},
+                      "pre_stop": {"type": "http", "port": "http", "path": "/init.txt"}},
         "containers": [
             {"name": "web", "image": images.tag(1), "command": sh("echo web up; exec /bin/busybox httpd -f -p 8080 "
                                                                   "-h /shared"),
@@ -132,14 +134,41 @@ async def test_a_pod_runs_its_init_container_first_and_serves_on_one_port(images
     assert ('fieldgate_workload_container_running{container="web",workload="default/shop",'
             'workload_instance="shop-1-0"} 1.0') in metrics
 
+    # post_start ran in the first container; an update and a rollback replace the whole pod.
+    assert await fetch(port, "/hook.txt") == "hooked\n"
+    assert ("post-start", "exec hook succeeded: exit code 0") in await events(node, "shop")
+    await node.deploy({**pod(images), "env": {"EDITION": "2"}})
+
+    async def version(number: int) -> dict[str, Any] | None:
+        found = await node.workload("shop")
+        ok = found["status"] == "running" and found["version"] == number and len(found["instances"]) == 1
+        return found if ok else None
+
+    second = await wait_until(lambda: version(2), timeout=60)
+    assert second["instances"][0]["id"] == "shop-2-0"
+    assert any(e == "pre-stop" and r.startswith("http hook succeeded") for e, r in await events(node, "shop"))
+    await wait_until(lambda: len(podman("pod", "ps", "-q", "--filter", f"label={LABEL_WORKLOAD}=default/shop")
+                                 .split()) == 1, timeout=30)
+    assert {c["restarts"] for c in second["instances"][0]["containers"]} == {0}
+    response = await node.api.post("/api/v1/workloads/default/shop/rollback", json={"version": 1})
+    assert response.status_code == 202, response.text
+    third = await wait_until(lambda: version(3), timeout=60)
+    assert await fetch(third["instances"][0]["ports"]["http"], "/init.txt") == "initialized\n"
+    await wait_until(lambda: sorted(pod_containers("default/shop")) == ["sidecar", "web"], timeout=30)
+
     # Stopping the workload stops every container and removes the pod.
     response = await node.api.post("/api/v1/workloads/default/shop/stop")
     assert response.status_code == 202, response.text
     await wait_until(lambda: podman("pod", "ps", "-q", "--filter", f"label={LABEL_WORKLOAD}=default/shop") == "",
                      timeout=30)
     assert pod_containers("default/shop") == {}
-    stopped = await node.workload("shop")
-    assert stopped["status"] == "stopped" and stopped["instances"] == []
+
+    async def stopped() -> bool:
+        found = await node.workload("shop")
+        return found["status"] == "stopped" and found["instances"] == []
+
+    await wait_until(stopped, timeout=30)
+    assert not any(e == "unhealthy" for e, _ in await events(node, "shop"))
 
 
 async def test_a_failing_init_container_fails_the_instance_and_the_app_never_starts(
@@ -163,3 +192,38 @@ async def test_a_failing_init_container_fails_the_instance_and_the_app_never_sta
     assert response.status_code == 200, response.text
     await wait_until(lambda: podman("pod", "ps", "-q", "--filter", f"label={LABEL_WORKLOAD}=default/broken") == "",
                      timeout=30)
+
+
+async def test_an_unhealthy_container_is_restarted_alone(images: Images, start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node()
+    check = {"type": "exec", "command": [BUSYBOX, "test", "-f", "/tmp/ok"], "interval": "0.2s",
+             "failure_threshold": 2}
+    await node.deploy({
+        "name": "duo", "runtime": "container", "restart_delay": "0.2s", "stop_grace": "1s",
+        "containers": [
+            {"name": "web", "image": images.tag(1), "command": sh("exec /bin/busybox httpd -f -p 8080 -h /www"),
+             "ports": [{"name": "http", "container_port": 8080}],
+             "health": {"type": "tcp", "port": 8080, "interval": "0.2s"}},
+            {"name": "worker", "image": images.tag(1),
+             "command": sh("/bin/busybox mkdir -p /tmp; /bin/busybox touch /tmp/ok; exec /bin/busybox sleep 600"),
+             "health": check}]})
+
+    async def ready(restarts: int) -> dict[str, Any] | None:
+        found = await node.workload("duo")
+        instance = found["instances"][0] if found["instances"] else None
+        ok = (found["status"] == "running" and instance is not None and instance["ready"]
+              and {c["name"]: c["restarts"] for c in instance["containers"]} == {"web": 0, "worker": restarts})
+        return found if ok else None
+
+    found = await wait_until(lambda: ready(0), timeout=60)
+    assert await fetch(found["instances"][0]["ports"]["http"], "/index.html") == "version 1\n"
+    podman("exec", pod_containers("default/duo")["worker"], BUSYBOX, "rm", "/tmp/ok")
+    again = await wait_until(lambda: ready(1), timeout=30)
+    assert again["instances"][0]["restarts"] == 0 and again["instances"][0]["id"] == found["instances"][0]["id"]
+    happened = await events(node, "duo")
+    assert any(e == "unhealthy" and r.startswith("unhealthy: container worker: exec check exited with 1")
+               for e, r in happened), happened
+    assert any(e == "restarted" and r.startswith("container worker: restart 1 after: unhealthy: ")
+               for e, r in happened), happened
+    response = await node.api.delete("/api/v1/workloads/default/duo")
+    assert response.status_code == 200, response.text

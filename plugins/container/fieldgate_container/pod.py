@@ -158,9 +158,8 @@ class PodInstance(Instance):
         workload = self.spec.workload
         attempt = 0
         while True:
-            assert member.current is not None
             started = time.monotonic()
-            exit_ = await member.current.wait()
+            exit_ = await member.current.wait() if member.current is not None else member.exit or Exit(code=1)
             member.last_exit, member.exit = exit_.describe(), exit_
             member.state = "failed" if exit_.failed else "exited"
             if self.stopping:
@@ -187,19 +186,10 @@ class PodInstance(Instance):
                                            f"{exit_.describe()}")
             try:
                 instance = await self.runtime.run_member(self.spec, self, member.container, member.name)
-            except WorkloadError as exc:
-                instance = None
-                member.last_exit = str(exc)
-            if instance is None or instance.pid is None:
-                if instance is not None:
-                    member.last_exit = (await instance.wait()).describe()
-                member.state = "failed"
-                if self.stopping:
-                    return
-                member.current = instance or member.current  # its wait() answers at once: the loop goes on
-                if instance is None:
-                    continue
-            self._running(member, instance)
+            except WorkloadError as exc:  # the engine could not run it: tried again after the backoff
+                member.current, member.exit = None, Exit(reason=f"cannot start: {exc}")
+                continue
+            self._running(member, instance)  # one that ended at once is seen so by the next wait
 
     async def restart_container(self, container: str, reason: str) -> bool:
         """Stop one container (its health check failed); the restart policy brings it back."""

@@ -218,6 +218,10 @@ async def test_an_unhealthy_container_is_restarted_alone(images: Images, start_n
 
     found = await wait_until(lambda: ready(0), timeout=60)
     assert await fetch(found["instances"][0]["ports"]["http"], "/index.html") == "version 1\n"
+    manager = node.gateway.workloads
+    manager.figures.sample(manager.running_instances())  # the pod's cgroup: both containers
+    figures = manager.figures.of(found["instances"][0]["id"])
+    assert figures is not None and figures.counters is not None and (figures.counters.memory_bytes or 0) > 0
     podman("exec", pod_containers("default/duo")["worker"], BUSYBOX, "rm", "/tmp/ok")
     again = await wait_until(lambda: ready(1), timeout=30)
     assert again["instances"][0]["restarts"] == 0 and again["instances"][0]["id"] == found["instances"][0]["id"]

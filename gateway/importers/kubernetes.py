@@ -572,6 +572,12 @@ def _group(found: _Problems, path: str, raw: Any, workload: dict[str, Any]) -> d
         "replicas", "imageOverriders", "envOverriders", "commandOverriders", "argsOverriders"})
     if "replicas" in overriders:
         out["replicas"] = overriders["replicas"]
+    if "containers" in workload:
+        for name in ("imageOverriders", "commandOverriders", "argsOverriders"):
+            if overriders.get(name):
+                found.add(f"{path}.overriders.{name}", "a Deployment of several containers is not overridden per "
+                                                       "container (give the group a Deployment of its own)")
+                overriders = {k: v for k, v in overriders.items() if k != name}
     image = str(workload.get("image") or "")
     for index, item in enumerate(_list(found, f"{path}.overriders.imageOverriders",
                                        overriders.get("imageOverriders"))):

@@ -101,6 +101,10 @@ def batch_problems(batch: BatchWorkload) -> list[str]:
         if override.group in seen:
             problems.append(f"$.groups[{i}].group: group {override.group} is listed twice")
         seen.add(override.group)
+        if batch.template.get("containers"):
+            problems += [f"$.groups[{i}].{field}: the template's containers each have their own (a group overrides "
+                         "env and replicas of a pod)" for field in ("image", "image_tag", "command", "args")
+                         if getattr(override, field) is not None]
         raw = expand(batch, override, "node")
         try:
             msgspec.convert(raw, Workload, dec_hook=dec_hook)

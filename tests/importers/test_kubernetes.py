@@ -3,6 +3,7 @@ Workload and BatchWorkload documents that `fieldgate check` passes; what cannot 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -265,3 +266,23 @@ def test_values_the_schema_refuses_are_named_and_hostile_files_are_bounded(tmp_p
     with pytest.raises(ResourceError) as caught:
         kubernetes.import_files([big])
     assert caught.value.problems == [f"{big}: larger than {kubernetes.MAX_FILE_BYTES} bytes"]
+
+
+def test_an_edge_application_of_a_pod_overrides_no_image_per_group(tmp_path: Path) -> None:
+    ports = "              ports:\n              - containerPort: 80\n"
+    sidecar = ports + "            - name: agent\n              image: a:1\n"
+    text = (DATA / "edge-application.yaml").read_text().replace(ports, sidecar, 1)
+    app = tmp_path / "app.yaml"
+    app.write_text(text)
+    with pytest.raises(ResourceError) as caught:
+        kubernetes.import_files([app])
+    groups = f"{app}: document 1: $.spec.workloadScope.targetNodeGroups"
+    assert caught.value.problems == [
+        f"{groups}[{i}].overriders.{name}: a Deployment of several containers is not overridden per container (give "
+        "the group a Deployment of its own)" for i, name in ((0, "imageOverriders"), (1, "imageOverriders"),
+                                                             (1, "argsOverriders"))]
+    without = tmp_path / "without.yaml"
+    without.write_text(re.sub(r"        (imageOverriders|argsOverriders):\n(        [- ].*\n)+", "", text))
+    [batch] = kubernetes.import_files([without]).all_documents()
+    assert [c["name"] for c in batch["template"]["containers"]] == ["nginx", "agent"]
+    assert batch["groups"][1]["env"]

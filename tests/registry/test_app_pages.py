@@ -389,3 +389,17 @@ def test_the_containers_of_a_pod_and_their_state_on_the_workload_page(apps: Apps
         refused = node.post("/api/v1/heartbeat", json={"info": {"version": "4.2.0"}, "workloads": [
             {"workload": "default/shop", "status": "running", "instances": [hostile]}]})
     assert refused.status_code == 400 and "containers" in refused.text, refused.text
+
+
+def test_a_batch_workload_of_a_pod_takes_no_image_override(apps: Apps) -> None:
+    batch = ("kind: BatchWorkload\nname: shops\ntemplate:\n  runtime: container\n  containers: [{name: web, image: "
+             "'localhost/web:1'}]\ngroups:\n  - {group: line-a, image: 'localhost/web:2'}\n  - {group: line-b, "
+             "env: {SITE: b}}\n")
+    with session(apps.registry, "admin") as pages:
+        refused = pages.post("/editor", {"yaml": batch})
+        assert refused.status_code == 400
+        assert ("$.groups[0].image: the template&#39;s containers each have their own (a group overrides env and "
+                "replicas of a pod)") in refused.text
+        fine = batch.replace(", image: 'localhost/web:2'", "")
+        assert pages.post("/editor", {"yaml": fine}).status_code == 303
+        assert apps.documents("gw-b")[("Workload", "shops.gw-b")]["containers"][0]["name"] == "web"

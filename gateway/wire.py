@@ -134,12 +134,26 @@ class EventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
 
 
-class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class ContainerReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One container of a pod (a workload with `containers`)."""
+
+    name: str
+    state: str
+    restarts: int = 0
+    last_exit: str = ""
+
+
+MAX_CONTAINERS = 16  # a Workload's `containers` at most
+
+
+# omit_defaults: an instance of one process or image sends no `containers`, as before pods
+class InstanceReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     id: str
     state: str
     ready: bool = False
     restarts: int = 0
     ports: dict[str, int] = {}
+    containers: Annotated[list[ContainerReport], msgspec.Meta(max_length=MAX_CONTAINERS)] = []
 
 
 class WorkloadReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -381,6 +395,7 @@ class NodeAnswer(msgspec.Struct, kw_only=True):
 class WorkloadLogRequest(msgspec.Struct, kw_only=True):
     workload: str  # <namespace>/<name>
     instance: str | None = None
+    container: str | None = None  # one container of a pod
     tail: int = DEFAULT_TAIL
 
 
@@ -390,6 +405,7 @@ class WorkloadLogLine(msgspec.Struct, kw_only=True):
     instance: str
     stream: str
     line: str
+    container: str = ""  # the container of a pod the line came from
 
 
 class WorkloadLogAnswer(msgspec.Struct, kw_only=True):

@@ -55,8 +55,10 @@ if [ "$target" = tests ]; then
     # The C Modbus TCP simulator (plugins/modbus/sim/modbus_sim.c) the Modbus tests and benchmarks build: libmodbus.
     need pkg-config pkg-config
     pkg-config --exists libmodbus 2>/dev/null || apt_packages+=(libmodbus-dev)
-    # The container runtime (plugins/container) and its tests: podman with runc, port mapping, a static busybox image.
+    # The container runtime (plugins/container) and its tests: podman with runc, port mapping, a static busybox image;
+    # catatonit for the pause image of pods (podman builds it from catatonit on the node, without a registry).
     need podman podman runc containernetworking-plugins
+    need catatonit catatonit
     static_elf /bin/busybox || apt_packages+=(busybox-static)
     # The appliance image (image/build.sh) and its boot test (tests/image): FIELDGATE_IMAGE_TESTS=0 leaves them out.
     if [ "${FIELDGATE_IMAGE_TESTS:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then

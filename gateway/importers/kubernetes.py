@@ -2,6 +2,7 @@
 BatchWorkload documents (v1 ConfigMap and Secret documents given alongside become ConfigItem and Secret documents).
 
 A field with no fieldgate equivalent is an error, never dropped: `FILE: document N: $.path.of.field: why`.
+A pod of several containers, or with initContainers, becomes a Workload with `containers` and `init_containers`.
 Resource requests have no Workload field; they are kept in the annotation `fieldgate.io/requests`. With the
 `process` runtime the container's command runs on the node and its image is kept in the annotation
 `fieldgate.io/image`.
@@ -206,14 +207,16 @@ def _deployment(found: _Problems, base: str, doc: Any, runtime: str, config_maps
             found.add(f"{base}.spec.selector.matchLabels.{key}", "does not match the template's labels")
     pod_path = f"{base}.spec.template.spec"
     pod = _map(found, pod_path, template.get("spec"), {
-        "containers", "volumes", "nodeSelector", "nodeName", "restartPolicy", "terminationGracePeriodSeconds",
-        "hostNetwork", "securityContext"})
+        "containers", "initContainers", "volumes", "nodeSelector", "nodeName", "restartPolicy",
+        "terminationGracePeriodSeconds", "hostNetwork", "securityContext"})
     containers = _list(found, f"{pod_path}.containers", pod.get("containers"))
+    init_containers = _list(found, f"{pod_path}.initContainers", pod.get("initContainers"))
     if not containers:
         found.add(f"{pod_path}.containers", "one container is needed")
-    for index in range(1, len(containers)):
-        found.add(f"{pod_path}.containers[{index}]", "a Workload runs one container (make each container a "
-                                                     "Deployment of its own)")
+    if runtime == "process" and (len(containers) > 1 or init_containers):
+        where = f"{pod_path}.containers[1]" if len(containers) > 1 else f"{pod_path}.initContainers"
+        found.add(where, "the process runtime runs one command: several containers and init containers need the "
+                         "container runtime")
     if pod.get("nodeSelector"):
         out["node_selector"] = pod["nodeSelector"]
     if pod.get("nodeName"):
@@ -235,9 +238,69 @@ def _deployment(found: _Problems, base: str, doc: Any, runtime: str, config_maps
         mapped = _volume(found, path, volume)
         if mapped is not None:
             volumes[str(volume.get("name"))] = (path, mapped)
-    if containers:
+    if containers and (len(containers) > 1 or init_containers) and runtime != "process":
+        _pod(found, pod_path, containers, init_containers, out, volumes, security, config_maps, secrets)
+    elif containers:
         _container(found, f"{pod_path}.containers[0]", containers[0], out, volumes, security, config_maps, secrets)
     return out
+
+
+def _pod(found: _Problems, pod_path: str, containers: list[Any], init_containers: list[Any], out: dict[str, Any],
+         volumes: dict[str, tuple[str, dict[str, Any]]], pod_security: dict[str, Any],
+         config_maps: dict[tuple[str, str], Any], secrets: dict[tuple[str, str], Any]) -> None:
+    """Several containers, or init containers: a Workload's `containers` and `init_containers`, one pod. What a
+    Workload has once (env_from, image_pull_policy, lifecycle hooks, accelerators) is gathered from them."""
+    workload_volumes: dict[str, dict[str, Any]] = {}
+    env_from: dict[str, tuple[str, dict[str, Any]]] = {}
+    requests: list[str] = []
+    for field, k8s, group in (("init_containers", "initContainers", init_containers),
+                              ("containers", "containers", containers)):
+        converted_group = []
+        for index, raw in enumerate(group):
+            path = f"{pod_path}.{k8s}[{index}]"
+            one: dict[str, Any] = {"runtime": out["runtime"], "namespace": out.get("namespace", "default")}
+            _container(found, path, raw, one, volumes, pod_security, config_maps, secrets)
+            container: dict[str, Any] = {"name": raw.get("name") if isinstance(raw, dict) else None}
+            for key in ("image", "command", "args", "working_dir", "env", "ports", "health", "limits", "security"):
+                if key in one:
+                    container[key] = one[key]
+            policy = one.get("image_pull_policy")
+            if policy is not None and out.setdefault("image_pull_policy", policy) != policy:
+                found.add(f"{path}.imagePullPolicy", "differs from another container's; a Workload has one "
+                                                         "image_pull_policy")
+            for item in one.get("env_from", []):
+                first = env_from.setdefault(item["name"], (path, item))
+                if first[1] != item:
+                    found.add(f"{path}.env", f"{item['name']} comes from elsewhere in {first[0]}; a Workload's "
+                                             "env_from is the same for all its containers")
+            if "lifecycle" in one:
+                if field == "containers" and index == 0:
+                    out["lifecycle"] = one["lifecycle"]
+                else:
+                    found.add(f"{path}.lifecycle", "fieldgate runs lifecycle hooks in the first app container only")
+            for name, count in one.get("accelerators", {}).items():
+                out.setdefault("accelerators", {})[name] = out.get("accelerators", {}).get(name, 0) + count
+            if REQUESTS_ANNOTATION in one.get("annotations", {}):
+                requests.append(f"{container['name']}: {one['annotations'][REQUESTS_ANNOTATION]}")
+            mounts = []
+            for volume in one.get("volumes", []):
+                mount = {"name": volume["name"], "mount_path": volume["mount_path"]}
+                if volume.get("read_only"):
+                    mount["read_only"] = True
+                mounts.append(mount)
+                workload_volumes.setdefault(volume["name"], {key: value for key, value in volume.items()
+                                                             if key not in ("mount_path", "read_only")})
+            if mounts:
+                container["volume_mounts"] = mounts
+            converted_group.append(container)
+        if converted_group:
+            out[field] = converted_group
+    if env_from:
+        out["env_from"] = [item for _, item in env_from.values()]
+    if workload_volumes:
+        out["volumes"] = list(workload_volumes.values())
+    if requests:
+        out.setdefault("annotations", {})[REQUESTS_ANNOTATION] = "; ".join(requests)
 
 
 def _volume(found: _Problems, path: str, volume: dict[str, Any]) -> dict[str, Any] | None:
@@ -509,6 +572,12 @@ def _group(found: _Problems, path: str, raw: Any, workload: dict[str, Any]) -> d
         "replicas", "imageOverriders", "envOverriders", "commandOverriders", "argsOverriders"})
     if "replicas" in overriders:
         out["replicas"] = overriders["replicas"]
+    if "containers" in workload:
+        for name in ("imageOverriders", "commandOverriders", "argsOverriders"):
+            if overriders.get(name):
+                found.add(f"{path}.overriders.{name}", "a Deployment of several containers is not overridden per "
+                                                       "container (give the group a Deployment of its own)")
+                overriders = {k: v for k, v in overriders.items() if k != name}
     image = str(workload.get("image") or "")
     for index, item in enumerate(_list(found, f"{path}.overriders.imageOverriders",
                                        overriders.get("imageOverriders"))):

@@ -226,6 +226,23 @@ class GatewayCollector(Collector):
                 if value is not None:
                     family.add_metric(names, value)
         yield from (cpu, memory, disk_read, disk_written, received, sent)
+        yield from self._pod_containers()
+
+    def _pod_containers(self) -> Iterator[Metric]:
+        """Restarts and state of every container of the node's pods (workloads with `containers`)."""
+        labels = ["workload", "workload_instance", "container"]
+        restarts = CounterMetricFamily("fieldgate_workload_container_restarts", "Restarts of one container of a "
+                                       "pod (it alone)", labels=labels)
+        running = GaugeMetricFamily("fieldgate_workload_container_running", "1 while one container of a pod runs",
+                                    labels=labels)
+        manager = getattr(self.gateway, "workloads", None)
+        for workload, instance in manager.running_instances() if manager is not None else ():
+            handle = instance.handle
+            for container in handle.containers() if handle is not None else ():
+                names = [workload, instance.id, str(container["name"])]
+                restarts.add_metric(names, container["restarts"])
+                running.add_metric(names, 1 if container["state"] == "running" else 0)
+        yield from (restarts, running)
 
 
 async def scrape(gateway: GatewayAPI) -> bytes:

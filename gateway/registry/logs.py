@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
+MAX_CONTAINER_NAME = 63  # a pod's container names are DNS labels
 
 
 class LogRequests:
@@ -127,11 +128,15 @@ async def ask_node(store: RegistryStore, requests: LogRequests, node: str, path:
 
 
 async def fetch_workload_log(store: RegistryStore, requests: LogRequests, node: str, namespace: str, name: str,
-                             instance: str | None, tail: int, timeout: float) -> dict[str, Any]:
-    """The last `tail` lines of a workload (one instance's, if named) asked of its node now."""
-    request = WorkloadLogRequest(workload=f"{namespace}/{name}", instance=instance or None, tail=tail)
+                             instance: str | None, tail: int, timeout: float, container: str | None = None
+                             ) -> dict[str, Any]:
+    """The last `tail` lines of a workload (one instance's, one container's of a pod, if named) asked of its node
+    now."""
+    request = WorkloadLogRequest(workload=f"{namespace}/{name}", instance=instance or None, tail=tail,
+                                 container=container or None)
     answer = await ask_node(store, requests, node, WORKLOAD_LOGS_PATH, msgspec.json.encode(request), timeout)
-    return {"node": node, "workload": request.workload, "instance": request.instance, **answer}
+    return {"node": node, "workload": request.workload, "instance": request.instance,
+            "container": request.container, **answer}
 
 
 async def _visible_node(request: AnyRequest, node: str, permission: str) -> RegistryStore:
@@ -159,21 +164,25 @@ async def node_logs(request: AnyRequest, node: FromPath[str]) -> Response[dict[s
 
 
 @get("/api/v1/nodes/{node:str}/workloads/{namespace:str}/{name:str}/logs",
-     summary="The last lines of a workload on a node, asked of the node now (?instance=, ?tail=, ?timeout=)")
+     summary="The last lines of a workload on a node, asked of the node now (?instance=, ?container=, ?tail=, "
+             "?timeout=)")
 async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace: FromPath[str],
                              name: FromPath[str]) -> Response[dict[str, Any]]:
     params = request.query_params
     timeout = timeout_param(params.get("timeout"))
     tail = tail_param(params.get("tail"))
-    unknown = sorted(set(params) - {"timeout", "tail", "instance"})
+    unknown = sorted(set(params) - {"timeout", "tail", "instance", "container"})
     if unknown:
-        raise ConfigError(f"?{unknown[0]}: unknown parameter (expected instance, tail, timeout)")
+        raise ConfigError(f"?{unknown[0]}: unknown parameter (expected instance, container, tail, timeout)")
+    container = params.get("container")
+    if container is not None and len(container) > MAX_CONTAINER_NAME:
+        raise ConfigError(f"?container: at most {MAX_CONTAINER_NAME} characters")
     store = await _visible_node(request, node, "apps.read")
     if not await store.workloads.runs_on(node, namespace, name):
         raise NotFound(f"no workload {namespace}/{name} on node {node}")
     try:
         answer = await fetch_workload_log(store, _requests(request), node, namespace, name,
-                                          params.get("instance"), tail, timeout)
+                                          params.get("instance"), tail, timeout, container)
     except NodeSilent as exc:
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     return Response(answer, status_code=200)

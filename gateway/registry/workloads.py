@@ -101,6 +101,10 @@ def batch_problems(batch: BatchWorkload) -> list[str]:
         if override.group in seen:
             problems.append(f"$.groups[{i}].group: group {override.group} is listed twice")
         seen.add(override.group)
+        if batch.template.get("containers"):
+            problems += [f"$.groups[{i}].{field}: the template's containers each have their own (a group overrides "
+                         "env and replicas of a pod)" for field in ("image", "image_tag", "command", "args")
+                         if getattr(override, field) is not None]
         raw = expand(batch, override, "node")
         try:
             msgspec.convert(raw, Workload, dec_hook=dec_hook)
@@ -108,6 +112,20 @@ def batch_problems(batch: BatchWorkload) -> list[str]:
             problems.append(f"{format_validation_error(exc, raw, '$.template')} (with the overrides of group "
                             f"{override.group})")
     return problems
+
+
+def template_privileged_at(template: dict[str, Any]) -> str | None:
+    """The field path of the first `privileged: true` of a BatchWorkload's template or its containers, or None."""
+    security = template.get("security")
+    if isinstance(security, dict) and security.get("privileged") is True:
+        return "$.template.security.privileged"
+    for field in ("containers", "init_containers"):
+        group = template.get(field)
+        for i, container in enumerate(group if isinstance(group, list) else []):
+            security = container.get("security") if isinstance(container, dict) else None
+            if isinstance(security, dict) and security.get("privileged") is True:
+                return f"$.template.{field}[{i}].security.privileged"
+    return None
 
 
 def _refs(workload: Workload) -> list[tuple[str, str]]:
@@ -158,11 +176,9 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
                          for kind, name in _refs(doc) if (kind, doc.namespace, name) not in held]
         if isinstance(doc, BatchWorkload):
             problems += [f"{source.prefix()}: {problem}" for problem in batch_problems(doc)]
-        security = doc.template.get("security") if isinstance(doc, BatchWorkload) else None
-        privileged = (doc.secured.privileged if isinstance(doc, Workload) else
-                      isinstance(security, dict) and security.get("privileged") is True)
-        if privileged and not actor.can("apps.privileged"):
-            where = "$.security.privileged" if isinstance(doc, Workload) else "$.template.security.privileged"
+        where = doc.privileged_at() if isinstance(doc, Workload) else template_privileged_at(doc.template) if \
+            isinstance(doc, BatchWorkload) else None
+        if where is not None and not actor.can("apps.privileged"):
             problems.append(f"{source.prefix()}: {where}: only an admin may run a workload privileged (the "
                             f"{actor.role} role cannot; it needs apps.privileged)")
         body = msgspec.json.encode(doc, enc_hook=enc_hook)

@@ -449,6 +449,43 @@ class Lifecycle(Base, kw_only=True):
                         ] = None
 
 
+ContainerName = Annotated[str, Meta(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description=(
+    "unique among the workload's containers and init containers"))]
+
+
+class VolumeMount(Base, kw_only=True):
+    """One of the workload's `volumes`, mounted into one container of a pod."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                              description="a volume of the workload's `volumes`")]
+    mount_path: Annotated[str, Meta(pattern=r"^/", max_length=1024, description="where this container sees it")]
+    read_only: bool = False
+
+
+class Container(Base, kw_only=True):
+    """One container of a pod: its image and command, what it publishes, checks, limits, mounts and security."""
+
+    name: ContainerName
+    image: Annotated[str, Meta(min_length=1, max_length=512)]
+    command: Annotated[list[Annotated[str, Meta(max_length=4096)]], Meta(max_length=256, description=(
+        "the entrypoint (default: the image's)"))] = []
+    args: Annotated[list[Annotated[str, Meta(max_length=4096)]], Meta(max_length=256)] = []
+    env: Annotated[dict[EnvName, str], Meta(description="set over the workload's env, for this container")] = {}
+    working_dir: Annotated[str, Meta(pattern=r"^/", max_length=1024)] | None = None
+    ports: Annotated[list[PortMapping], Meta(max_length=64, description=(
+        "published by the pod; names unique across its containers"))] = []
+    health: Annotated[HealthCheck | None, Meta(description=(
+        "app containers: the instance is ready once every container's check passes; a container that fails it "
+        "is restarted alone"))] = None
+    limits: Limits = msgspec.field(default_factory=Limits)
+    volume_mounts: Annotated[list[VolumeMount], Meta(max_length=64)] = []
+    security: SecuritySettings | None = None
+
+    @property
+    def secured(self) -> SecuritySettings:
+        return self.security or SecuritySettings()
+
+
 Percentage = Annotated[str, Meta(pattern=r"^(100|[1-9]?[0-9])%$", description="a share of `replicas`, `25%`")]
 
 
@@ -524,6 +561,11 @@ class Workload(Document, tag="Workload", kw_only=True):
     strategy: Annotated[Strategy | None, Meta(description=(
         "how an update replaces the instances; none: Recreate for one replica, RollingUpdate (max_surge 1, "
         "max_unavailable 0) for more"))] = None
+    containers: Annotated[list[Container], Meta(max_length=16, description=(
+        "container runtime: several containers run as one pod (one network: they reach each other on localhost; "
+        "the pod publishes their ports), instead of `image`/`command`/`args`"))] = []
+    init_containers: Annotated[list[Container], Meta(max_length=8, description=(
+        "container runtime: run in order, each to exit code 0, before the app containers start"))] = []
 
     # None when not given, so the spec (and its version) of a workload that uses none of them stays as it was
     @property
@@ -533,6 +575,26 @@ class Workload(Document, tag="Workload", kw_only=True):
     @property
     def hooks(self) -> Lifecycle:
         return self.lifecycle or Lifecycle()
+
+    @property
+    def is_pod(self) -> bool:
+        """Runs `containers` (after its `init_containers`) as a pod rather than one `image`."""
+        return bool(self.containers)
+
+    def privileged_at(self) -> str | None:
+        """The field path of the first `privileged: true` of the workload or one of its containers, or None."""
+        if self.secured.privileged:
+            return "$.security.privileged"
+        for field, group in (("containers", self.containers), ("init_containers", self.init_containers)):
+            for i, container in enumerate(group):
+                if container.secured.privileged:
+                    return f"$.{field}[{i}].security.privileged"
+        return None
+
+    @property
+    def all_ports(self) -> list[PortMapping]:
+        """The ports of the workload and of its containers: what each instance publishes."""
+        return [*self.ports, *(port for container in self.containers for port in container.ports)]
 
 
 class ConfigItem(Document, tag="ConfigItem", kw_only=True):

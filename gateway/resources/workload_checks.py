@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
-from gateway.resources.schema import ConfigItem, LifecycleHook, Secret, ValueRef, Workload, WorkloadSettings
+from gateway.resources.schema import (
+    ConfigItem,
+    Container,
+    HealthCheck,
+    LifecycleHook,
+    Secret,
+    ValueRef,
+    Workload,
+    WorkloadSettings,
+)
 
 CONTAINER_ONLY = ("privileged", "capabilities", "read_only_root_filesystem")
 
@@ -48,7 +57,7 @@ def volume_problems(workload: Workload, settings: WorkloadSettings | None) -> li
             elif str(mount) in mounts:
                 problems.append((f"{where}.mount_path", f"{volume.mount_path} is mounted twice"))
             mounts.add(str(mount))
-        elif container:
+        elif container and not (workload.containers or workload.init_containers):
             problems.append((f"{where}.mount_path", f"the {workload.runtime} runtime mounts a volume at a mount_path"))
         if volume.host_path is not None and settings is not None:
             problem = host_path_problem(volume.host_path, settings)
@@ -96,6 +105,88 @@ def security_problems(workload: Workload) -> list[tuple[str, str]]:
     return problems
 
 
+def _health_problems(path: str, health: HealthCheck | None, network: str, port_names: set[str]
+                     ) -> list[tuple[str, str]]:
+    if health is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    if health.type in ("http", "tcp"):
+        if network == "none":
+            problems.append((f"{path}.type", f"network none: a {health.type} check cannot reach the app (use an "
+                                             "exec check)"))
+        elif health.port is None:
+            problems.append((f"{path}.port", f"a {health.type} check needs a port (a number or a port name)"))
+        elif isinstance(health.port, str) and health.port not in port_names:
+            known = ", ".join(sorted(port_names)) or "none"
+            problems.append((f"{path}.port", f"no port named {health.port!r} (ports: {known})"))
+        elif isinstance(health.port, int) and not 1 <= health.port <= 65535:
+            problems.append((f"{path}.port", f"{health.port} is not a port number"))
+    elif not health.command:
+        problems.append((f"{path}.command", "an exec check needs a command"))
+    if health.interval <= 0:
+        problems.append((f"{path}.interval", "must be above 0"))
+    return problems
+
+
+def _container_problems(path: str, container: Container, workload: Workload, port_names: set[str], *,
+                        init: bool) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if init and container.ports:
+        problems.append((f"{path}.ports", "an init container publishes no ports (it runs before the app)"))
+    if init and container.health is not None:
+        problems.append((f"{path}.health", "an init container has no health check (it must exit 0)"))
+    problems += _health_problems(f"{path}.health", container.health, workload.network, port_names)
+    if container.limits.memory is not None and container.limits.memory < 1 << 20:
+        problems.append((f"{path}.limits.memory", "must be at least 1Mi"))
+    volumes = {volume.name for volume in workload.volumes}
+    mounts: set[str] = set()
+    for i, mount in enumerate(container.volume_mounts):
+        where = f"{path}.volume_mounts[{i}]"
+        if mount.name not in volumes:
+            problems.append((f"{where}.name", f"no volume {mount.name!r} in $.volumes (volumes: "
+                                              f"{', '.join(sorted(volumes)) or 'none'})"))
+        mount_path = PurePosixPath(mount.mount_path)
+        if ".." in mount_path.parts or str(mount_path) == "/":
+            problems.append((f"{where}.mount_path", f"{mount.mount_path!r}: an absolute path below /, without '..'"))
+        elif str(mount_path) in mounts:
+            problems.append((f"{where}.mount_path", f"{mount.mount_path} is mounted twice in this container"))
+        mounts.add(str(mount_path))
+    return problems
+
+
+def pod_problems(workload: Workload, port_names: set[str]) -> list[tuple[str, str]]:
+    """(path, message) of `containers` and `init_containers`; `port_names` gets the containers' port names."""
+    problems: list[tuple[str, str]] = []
+    if not workload.containers and not workload.init_containers:
+        return problems
+    if workload.runtime == "process":
+        field = "containers" if workload.containers else "init_containers"
+        return [(f"$.{field}", "the process runtime runs one command; containers need the container runtime")]
+    if not workload.containers:
+        return [("$.containers", "init_containers run before the app containers: give those in `containers`")]
+    for field, given in (("image", workload.image is not None), ("command", bool(workload.command)),
+                         ("args", bool(workload.args)), ("health", workload.health is not None)):
+        if given:
+            problems.append((f"$.{field}", f"a workload with `containers` gives its {field} per container"))
+    names: set[str] = set()
+    for field, group in (("init_containers", workload.init_containers), ("containers", workload.containers)):
+        for i, container in enumerate(group):
+            if container.name in names:
+                problems.append((f"$.{field}[{i}].name", f"container {container.name!r} is given twice"))
+            names.add(container.name)
+            for j, port in enumerate(container.ports):
+                if port.name in port_names:
+                    problems.append((f"$.{field}[{i}].ports[{j}].name", f"duplicate port {port.name!r}"))
+                port_names.add(port.name)
+                if workload.network == "none":
+                    problems.append((f"$.{field}[{i}].ports[{j}]", "network none has no ports"))
+    for field, group in (("init_containers", workload.init_containers), ("containers", workload.containers)):
+        for i, container in enumerate(group):
+            problems += _container_problems(f"$.{field}[{i}]", container, workload, port_names,
+                                            init=field == "init_containers")
+    return problems
+
+
 def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str], ConfigItem],
                       secrets: Mapping[tuple[str, str], Secret],
                       settings: WorkloadSettings | None = None) -> list[tuple[str, str]]:
@@ -106,7 +197,8 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
             problems.append(("$.command", "the process runtime needs a command"))
         if workload.image is not None:
             problems.append(("$.image", "the process runtime runs a command, not an image"))
-    elif not workload.command and workload.image is None:
+    elif not workload.command and workload.image is None and not (workload.containers or
+                                                                   workload.init_containers):
         problems.append(("$.image", f"the {workload.runtime} runtime needs an image or a command"))
     for i, ref in enumerate(workload.env_from):
         problems += _ref_problems(f"$.env_from[{i}]", ref, workload.namespace, config_items, secrets)
@@ -130,23 +222,8 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
         port_names.add(port.name)
         if workload.network == "none":
             problems.append((f"$.ports[{i}]", "network none has no ports"))
-    health = workload.health
-    if health is not None:
-        if health.type in ("http", "tcp"):
-            if workload.network == "none":
-                problems.append(("$.health.type", f"network none: a {health.type} check cannot reach the app "
-                                                  "(use an exec check)"))
-            elif health.port is None:
-                problems.append(("$.health.port", f"a {health.type} check needs a port (a number or a port name)"))
-            elif isinstance(health.port, str) and health.port not in port_names:
-                known = ", ".join(sorted(port_names)) or "none"
-                problems.append(("$.health.port", f"no port named {health.port!r} (ports: {known})"))
-            elif isinstance(health.port, int) and not 1 <= health.port <= 65535:
-                problems.append(("$.health.port", f"{health.port} is not a port number"))
-        elif not health.command:
-            problems.append(("$.health.command", "an exec check needs a command"))
-        if health.interval <= 0:
-            problems.append(("$.health.interval", "must be above 0"))
+    problems += pod_problems(workload, port_names)
+    problems += _health_problems("$.health", workload.health, workload.network, port_names)
     if workload.restart_delay_max < workload.restart_delay:
         problems.append(("$.restart_delay_max", "must not be shorter than restart_delay"))
     if workload.limits.memory is not None and workload.limits.memory < 1 << 20:

@@ -74,7 +74,7 @@ def _workload_log(gateway: GatewayAPI, payload: bytes) -> bytes:
     if not 0 <= request.tail <= MAX_TAIL:
         raise ConfigError(f"tail {request.tail}: expected 0 to {MAX_TAIL}")
     workload_log = gateway.workloads.log(namespace, name)
-    lines = workload_log.read(tail=request.tail, instance=request.instance)
+    lines = workload_log.read(tail=request.tail, instance=request.instance, container=request.container)
     return msgspec.json.encode({"lines": [msgspec.structs.asdict(line) for line in lines],
                                 "cursor": lines[-1].seq if lines else workload_log.seq})
 

@@ -10,11 +10,13 @@ import msgspec
 
 from gateway.wire import (
     APP_SERIES,
+    MAX_CONTAINERS,
     MAX_EVENTS,
     MAX_FIGURES,
     MAX_REASON,
     MAX_REPORTS,
     AppFigures,
+    ContainerReport,
     EventReport,
     InstanceReport,
     WorkloadReport,
@@ -33,7 +35,11 @@ EMPTY_EVERY = 3600.0  # seconds between two empty figures lists of a node withou
 
 def _report(described: dict[str, Any]) -> WorkloadReport:
     instances = [InstanceReport(id=i["id"], state=i["state"], ready=bool(i["ready"]), restarts=i["restarts"],
-                                ports=dict(i.get("ports") or {})) for i in described["instances"]]
+                                ports=dict(i.get("ports") or {}),
+                                containers=[ContainerReport(name=c["name"], state=c["state"], restarts=c["restarts"],
+                                                            last_exit=c["last_exit"][:300])
+                                            for c in (i.get("containers") or ())[:MAX_CONTAINERS]])
+                 for i in described["instances"]]
     return WorkloadReport(workload=described["id"], status=described["status"], reason=described["reason"],
                           replicas=described["replicas"], ready=described["ready"],
                           restarts=sum(i.restarts for i in instances), last_event=described.get("last_event", ""),

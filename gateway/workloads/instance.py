@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import FieldgateError, WorkloadError
-from gateway.resources.schema import Workload
+from gateway.resources.schema import HealthCheck, Workload
 from gateway.workloads.health import probe
 from gateway.workloads.hooks import run_hook
 from gateway.workloads.model import Exit, Instance, InstanceSpec
@@ -45,6 +45,7 @@ class InstanceRunner:
         self.stopping = False
         self.handle: Instance | None = None
         self.spec_used: InstanceSpec | None = None  # the running instance's spec, for its hooks
+        self.containers: list[dict[str, Any]] = []  # a pod's containers, as last seen
         self._ready_event = asyncio.Event()
         self._ended_event = asyncio.Event()
         self._wake = asyncio.Event()
@@ -97,6 +98,7 @@ class InstanceRunner:
                 "reason": self.reason, "since": self.since, "ready": self.ready, "pid": self.pid,
                 "restarts": self.restarts, "started_at": self.started_at, "last_exit": self.last_exit,
                 "ports": self.ports, "memory_bytes": memory,
+                "containers": self.handle.containers() if self.handle is not None else self.containers,
                 "figures": figures.latest if figures is not None and self.handle is not None else None}
 
     # --- the loop ---------------------------------------------------------------------------------------------
@@ -203,6 +205,7 @@ class InstanceRunner:
             await asyncio.gather(health, return_exceptions=True)
             self.ready = False
             self._ready_event.clear()
+            self.containers = handle.containers()
             self.handle = None
             self.spec_used = None
             self.owner.cleanup_instance_dir(self)
@@ -215,30 +218,49 @@ class InstanceRunner:
         self.owner.changed()
 
     async def _health(self, handle: Instance, spec: InstanceSpec) -> None:
-        check = self.spec.health
-        if check is None:
+        """Gate `ready` on the workload's check, or on every container's check of a pod."""
+        checks = [("", self.spec.health)] if self.spec.health is not None else []
+        checks += [(c.name, c.health) for c in self.spec.containers if c.health is not None]
+        if not checks:
             await self._became_ready("started (no health check)")
             return
+        passing = {name: False for name, _ in checks}
+        await asyncio.gather(*(self._check(name, check, passing, handle, spec) for name, check in checks))
+
+    async def _check(self, container: str, check: HealthCheck, passing: dict[str, bool], handle: Instance,
+                     spec: InstanceSpec) -> None:
+        """One check's loop: an unhealthy container of a pod is restarted alone, else the whole instance."""
         await asyncio.sleep(float(check.initial_delay))
         failures = 0
         started = time.monotonic()
         cwd = self.spec.working_dir or str(spec.work_dir / "files")
+        target = handle.container_target(container) if container else handle
         while True:
-            problem = await probe(check, self.ports, spec.env, cwd, handle)
+            problem = await probe(check, self.ports, spec.env, cwd, target)
             if problem is None:
                 failures = 0
-                if not self.ready:
-                    await self._became_ready(f"{check.type} check passed")
+                passing[container] = True
+                if not self.ready and all(passing.values()):
+                    await self._became_ready(f"{check.type} check passed" if len(passing) == 1 else
+                                             "every container's check passed")
+            elif self.stopping:  # its containers are going: no check judges them now
+                return
             else:
                 failures += 1
                 starting = not self.ready and time.monotonic() - started < STARTUP_GRACE
                 if failures >= check.failure_threshold and not starting:
-                    reason = f"unhealthy: {problem} ({failures} checks in a row)"
+                    which = f"container {container}: " if container else ""
+                    reason = f"unhealthy: {which}{problem} ({failures} checks in a row)"
+                    passing[container] = False
                     self.ready = False
                     self._ready_event.clear()
                     self._set("unhealthy", reason)
                     await self._event("unhealthy", reason)
                     self.owner.changed()
+                    if container and await handle.restart_container(container, reason):
+                        failures, started = 0, time.monotonic()  # it gets its start-up grace again
+                        await asyncio.sleep(float(check.initial_delay))
+                        continue
                     await handle.stop(float(self.spec.stop_grace), reason)
                     return
             await asyncio.sleep(float(check.interval))

@@ -18,12 +18,13 @@ KEEP_FILES = 3  # the current file and two rotated ones
 MAX_LINE = 16 << 10
 
 
-class LogLine(msgspec.Struct):
+class LogLine(msgspec.Struct, omit_defaults=True):
     seq: int
     ts: float
     instance: str
     stream: str
     line: str
+    container: str = ""  # the container of a pod the line came from
 
 
 _encode = msgspec.json.Encoder().encode
@@ -54,11 +55,11 @@ class WorkloadLog:
                 return lines[-1].seq
         return 0
 
-    def write(self, instance: str, stream: str, line: str) -> None:
+    def write(self, instance: str, stream: str, line: str, container: str = "") -> None:
         if len(line) > MAX_LINE:
             line = line[:MAX_LINE] + "…"
         self.seq += 1
-        data = _encode(LogLine(self.seq, round(time.time(), 3), instance, stream, line)) + b"\n"
+        data = _encode(LogLine(self.seq, round(time.time(), 3), instance, stream, line, container)) + b"\n"
         if self._file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
@@ -81,13 +82,16 @@ class WorkloadLog:
         self._size = 0
 
     def read(self, *, after: int | None = None, tail: int = 100, limit: int = 1000,
-             instance: str | None = None) -> list[LogLine]:
-        """Lines with seq > `after` (at most `limit`, oldest first), or without `after` the last `tail` lines."""
+             instance: str | None = None, container: str | None = None) -> list[LogLine]:
+        """Lines with seq > `after` (at most `limit`, oldest first), or without `after` the last `tail` lines; only
+        those of one instance and of one container of a pod when they are named."""
         lines: list[LogLine] = []
         for path in self._files():
             lines.extend(_read_lines(path))
         if instance is not None:
             lines = [line for line in lines if line.instance == instance]
+        if container is not None:
+            lines = [line for line in lines if line.container == container]
         if after is None:
             return lines[-tail:] if tail > 0 else []
         return [line for line in lines if line.seq > after][:limit]

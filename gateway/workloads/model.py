@@ -6,17 +6,26 @@ import abc
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Workload
 from gateway.workloads.figures import Counters, process_tree
 
-EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped", "post-start", "pre-stop")
-LogSink = Callable[[str, str], None]  # (stream, line) of one instance
+EVENTS = ("scheduled", "started", "ready", "unhealthy", "restarted", "failed", "stopped", "post-start", "pre-stop",
+          "initialized")
+
+
+class LogSink(Protocol):
+    """Takes one line of an instance's log: its stream, and the container of a pod it came from."""
+
+    def __call__(self, stream: str, line: str, container: str = "") -> None: ...
+
+
+EventSink = Callable[[str, str], Awaitable[None]]  # (event, reason) of one instance, for a runtime's own steps
 READ_CHUNK = 64 << 10  # also the longest line: a longer one is passed on in pieces
 
 
@@ -35,6 +44,7 @@ class InstanceSpec:
     volumes: dict[str, Path] = field(default_factory=dict)  # volume name -> its host path (gateway.workloads.mounts)
     # fenced (gateway.hookspecs.workload_fence): it must not outlive the gateway, whose lease let it run
     bound_to_gateway: bool = False
+    event: EventSink | None = None  # a runtime's own steps (a pod's init containers, a container restarted alone)
 
 
 @dataclass
@@ -63,6 +73,18 @@ class Instance(abc.ABC):
 
     pid: int | None = None
     memory_bytes: int | None = None  # last measured, when the runtime measures it
+
+    def containers(self) -> list[dict[str, Any]]:
+        """The containers of a pod with their state and restarts, for the status; empty for one process or image."""
+        return []
+
+    def container_target(self, container: str) -> object:
+        """What runs or addresses the health checks of one container of a pod (gateway.workloads.health)."""
+        return self
+
+    async def restart_container(self, container: str, reason: str) -> bool:
+        """Restart one container of a pod alone (its check failed); False when it cannot: the instance restarts."""
+        return False
 
     def counters(self) -> Counters | None:
         """Its resource counters now (gateway.workloads.figures; blocking, called in a thread): by default those of

@@ -166,7 +166,7 @@ class WorkloadRunner:
 
     def _add(self, spec: Workload, replica: int) -> InstanceRunner:
         self.generation += 1
-        ports = {p.name: p.host_port or free_port() for p in spec.ports}
+        ports = {p.name: p.host_port or free_port() for p in spec.all_ports}
         instance = InstanceRunner(self, spec, self.version, replica, self.generation, self.epoch, ports)
         self.instances[instance.id] = instance
         instance.start()
@@ -485,11 +485,14 @@ class WorkloadManager:
             env[env_name(volume.name)] = str(volumes[volume.name])
         workload_log = self.log(workload.namespace, workload.name)
 
-        def log_line(stream: str, line: str) -> None:
-            workload_log.write(instance.id, stream, line)
+        def log_line(stream: str, line: str, container: str = "") -> None:
+            workload_log.write(instance.id, stream, line, container)
+
+        async def event(event: str, reason: str) -> None:
+            await instance.owner.event(event, instance.id, reason)
 
         return InstanceSpec(workload, instance.id, instance.version, env, files, dict(instance.ports), work_dir,
-                            log_line, volumes,
+                            log_line, volumes, event=event,
                             bound_to_gateway=self.fence is not None and self.fence(workload) is not None)
 
     def _value(self, workload: Workload, config_item: str | None, secret: str | None, key: str) -> tuple[str, bool]:

@@ -3,6 +3,7 @@ Workload and BatchWorkload documents that `fieldgate check` passes; what cannot 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -114,7 +115,6 @@ def test_fields_that_cannot_map_are_errors_naming_file_document_and_path(tmp_pat
         f"{pod}.tolerations: has no fieldgate equivalent",
         f"{pod}.volumes[0].configMap: has no fieldgate equivalent",
         f"{pod}.volumes[0]: give hostPath, emptyDir or persistentVolumeClaim (the volume kinds fieldgate has)",
-        f"{pod}.containers[1]: a Workload runs one container (make each container a Deployment of its own)",
         f"{pod}.containers[0].startupProbe: has no fieldgate equivalent",
         f"{pod}.containers[0].env[0].valueFrom.fieldRef: has no fieldgate equivalent",
         f"{pod}.containers[0].envFrom[0].configMapRef.name: 'elsewhere': give its configMap document in the same "
@@ -130,6 +130,107 @@ def test_fields_that_cannot_map_are_errors_naming_file_document_and_path(tmp_pat
     assert done.returncode == 2 and done.stdout == ""
     assert (f"fieldgate import: {pod}.containers[0].startupProbe: has no fieldgate equivalent"
             in done.stderr.splitlines())
+
+
+POD = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      securityContext: {runAsUser: 1000}
+      initContainers:
+      - name: setup
+        image: tools:1
+        command: [sh, -c, "echo ready > /data/state"]
+        volumeMounts: [{name: data, mountPath: /data}]
+      containers:
+      - name: web
+        image: web:1
+        imagePullPolicy: IfNotPresent
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {path: /, port: 8080}}
+        env: [{name: MODE, valueFrom: {configMapKeyRef: {name: settings, key: mode}}}]
+        resources: {limits: {memory: 64Mi}, requests: {cpu: 100m}}
+        lifecycle: {preStop: {exec: {command: [sh, -c, "sleep 1"]}}}
+        volumeMounts: [{name: data, mountPath: /www, readOnly: true}]
+      - name: agent
+        image: agent:1
+        imagePullPolicy: IfNotPresent
+        args: [--target, "http://127.0.0.1:8080"]
+        env: [{name: MODE, valueFrom: {configMapKeyRef: {name: settings, key: mode}}}]
+        livenessProbe: {exec: {command: [agent, --check]}, periodSeconds: 5}
+        securityContext: {readOnlyRootFilesystem: true}
+        resources: {limits: {cpu: 250m}}
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast}
+"""
+
+BAD_POD = (POD.replace("imagePullPolicy: IfNotPresent\n        args:", "imagePullPolicy: Always\n        stdin: true\n"
+                       "        lifecycle: {postStart: {exec: {command: [x]}}}\n        args:")
+           .replace("key: mode}}}]\n        livenessProbe", "key: speed}}}]\n        livenessProbe")
+           .replace("mountPath: /data}]\n      containers", "mountPath: /data}]\n        tty: true\n      containers"))
+
+
+def test_a_deployment_of_several_containers_and_init_containers_becomes_a_pod(tmp_path: Path) -> None:
+    source = tmp_path / "shop.yaml"
+    source.write_text(POD)
+    config_item, workload = sorted(kubernetes.import_files([source]).all_documents(), key=lambda d: d["kind"])
+    assert config_item["kind"] == "ConfigItem"
+    assert "image" not in workload and "command" not in workload and "health" not in workload
+    assert workload["init_containers"] == [
+        {"name": "setup", "image": "tools:1", "command": ["sh", "-c", "echo ready > /data/state"],
+         "security": {"run_as_user": 1000}, "volume_mounts": [{"name": "data", "mount_path": "/data"}]}]
+    assert workload["containers"] == [
+        {"name": "web", "image": "web:1", "ports": [{"name": "http", "container_port": 8080, "protocol": "tcp"}],
+         "health": {"type": "http", "path": "/", "port": "http"}, "limits": {"memory": "64Mi"},
+         "security": {"run_as_user": 1000},
+         "volume_mounts": [{"name": "data", "mount_path": "/www", "read_only": True}]},
+        {"name": "agent", "image": "agent:1", "args": ["--target", "http://127.0.0.1:8080"],
+         "health": {"type": "exec", "command": ["agent", "--check"], "interval": 5}, "limits": {"cpu": 0.25},
+         "security": {"run_as_user": 1000, "read_only_root_filesystem": True},
+         "volume_mounts": [{"name": "data", "mount_path": "/data"}]}]
+    assert workload["volumes"] == [{"name": "data", "scratch": True}]
+    assert workload["env_from"] == [{"name": "MODE", "config_item": "settings", "key": "mode"}]
+    assert workload["image_pull_policy"] == "IfNotPresent"
+    assert workload["lifecycle"] == {"pre_stop": {"type": "exec", "command": ["sh", "-c", "sleep 1"]}}
+    assert workload["annotations"][kubernetes.REQUESTS_ANNOTATION] == "web: cpu=100m"
+    written = tmp_path / "fieldgate.yaml"
+    done = fieldgate("import", "kubernetes", str(source), "-o", str(written))
+    assert done.returncode == 0, done.stderr
+    checked = fieldgate("check", str(written))
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_what_a_pod_cannot_map_is_named_by_its_path(tmp_path: Path) -> None:
+    bad = tmp_path / "shop.yaml"
+    bad.write_text(BAD_POD)
+    with pytest.raises(ResourceError) as caught:
+        kubernetes.import_files([bad])
+    pod = f"{bad}: document 1: $.spec.template.spec"
+    assert sorted(caught.value.problems) == sorted([
+        f"{pod}.initContainers[0].tty: has no fieldgate equivalent",
+        f"{pod}.containers[1].stdin: has no fieldgate equivalent",
+        f"{pod}.containers[1].imagePullPolicy: differs from another container's; a Workload has one "
+        "image_pull_policy",
+        f"{pod}.containers[1].env: MODE comes from elsewhere in $.spec.template.spec.containers[0]; a Workload's "
+        "env_from is the same for all its containers",
+        f"{pod}.containers[1].lifecycle: fieldgate runs lifecycle hooks in the first app container only",
+    ])
+    source = tmp_path / "good.yaml"
+    source.write_text(POD)
+    with pytest.raises(ResourceError) as caught:
+        kubernetes.import_files([source], runtime="process")
+    assert f"{source}: document 1: $.spec.template.spec.containers[1]: the process runtime runs one command: " \
+           "several containers and init containers need the container runtime" in caught.value.problems
 
 
 def test_an_edge_application_names_the_paths_inside_its_manifests(tmp_path: Path) -> None:
@@ -165,3 +266,23 @@ def test_values_the_schema_refuses_are_named_and_hostile_files_are_bounded(tmp_p
     with pytest.raises(ResourceError) as caught:
         kubernetes.import_files([big])
     assert caught.value.problems == [f"{big}: larger than {kubernetes.MAX_FILE_BYTES} bytes"]
+
+
+def test_an_edge_application_of_a_pod_overrides_no_image_per_group(tmp_path: Path) -> None:
+    ports = "              ports:\n              - containerPort: 80\n"
+    sidecar = ports + "            - name: agent\n              image: a:1\n"
+    text = (DATA / "edge-application.yaml").read_text().replace(ports, sidecar, 1)
+    app = tmp_path / "app.yaml"
+    app.write_text(text)
+    with pytest.raises(ResourceError) as caught:
+        kubernetes.import_files([app])
+    groups = f"{app}: document 1: $.spec.workloadScope.targetNodeGroups"
+    assert caught.value.problems == [
+        f"{groups}[{i}].overriders.{name}: a Deployment of several containers is not overridden per container (give "
+        "the group a Deployment of its own)" for i, name in ((0, "imageOverriders"), (1, "imageOverriders"),
+                                                             (1, "argsOverriders"))]
+    without = tmp_path / "without.yaml"
+    without.write_text(re.sub(r"        (imageOverriders|argsOverriders):\n(        [- ].*\n)+", "", text))
+    [batch] = kubernetes.import_files([without]).all_documents()
+    assert [c["name"] for c in batch["template"]["containers"]] == ["nginx", "agent"]
+    assert batch["groups"][1]["env"]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import html
 import json
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.registry.store import ROLES
@@ -350,3 +352,54 @@ def test_apps_config_items_and_secrets_are_deleted_from_their_lists(apps: Apps) 
     for target in ("Workload/default/doomed-app", "Secret/default/doomed-secret", "ConfigItem/default/doomed-conf",
                    "BatchWorkload/default/doomed-batch"):
         assert ("user:admin", target, "ok") in deletes, target
+
+
+POD_APP = """\
+kind: Workload
+name: shop
+node: gw-a
+runtime: container
+containers:
+  - {name: web, image: "localhost/web:1", ports: [{name: http, container_port: 8080}]}
+  - {name: sidecar, image: "localhost/agent:1"}
+"""
+
+
+def test_the_containers_of_a_pod_and_their_state_on_the_workload_page(apps: Apps) -> None:
+    with session(apps.registry, "admin") as pages:
+        assert pages.post("/editor", {"yaml": POD_APP}).status_code == 303
+        assert [c["name"] for c in apps.documents("gw-a")[("Workload", "shop")]["containers"]] == ["web", "sidecar"]
+        instance = {"id": "shop-1-0", "state": "ready", "ready": True, "restarts": 0, "ports": {"http": 40001},
+                    "containers": [{"name": "web", "state": "running"},
+                                   {"name": "sidecar", "state": "restarting", "restarts": 2,
+                                    "last_exit": "exited with code 1"}]}
+        beat(apps.registry, apps.nodes["gw-a"], {"workloads": [{"workload": "default/shop", "status": "running",
+                                                                "replicas": 1, "ready": 1,
+                                                                "instances": [instance]}]})
+        page = pages.get("/workloads/default/shop").text
+        row = re.search(r'<li data-container="sidecar">.*?</li>', page, re.S)
+        assert row and "restarting" in row.group(0) and "2 restarts" in row.group(0)
+        assert "exited with code 1" in row.group(0) and '<li data-container="web">' in page
+        assert "instance=shop-1-0&amp;container=sidecar#logs" in page  # the log of one container, asked of the node
+    hostile = {**instance, "containers": [{"name": f"c{i}", "state": "running"} for i in range(17)]}
+    directory = apps.nodes["gw-a"] / "registry"
+    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    context.load_cert_chain(directory / "node.pem", directory / "node.key")
+    with httpx.Client(base_url=apps.registry.url, verify=context, timeout=10) as node:
+        refused = node.post("/api/v1/heartbeat", json={"info": {"version": "4.2.0"}, "workloads": [
+            {"workload": "default/shop", "status": "running", "instances": [hostile]}]})
+    assert refused.status_code == 400 and "containers" in refused.text, refused.text
+
+
+def test_a_batch_workload_of_a_pod_takes_no_image_override(apps: Apps) -> None:
+    batch = ("kind: BatchWorkload\nname: shops\ntemplate:\n  runtime: container\n  containers: [{name: web, image: "
+             "'localhost/web:1'}]\ngroups:\n  - {group: line-a, image: 'localhost/web:2'}\n  - {group: line-b, "
+             "env: {SITE: b}}\n")
+    with session(apps.registry, "admin") as pages:
+        refused = pages.post("/editor", {"yaml": batch})
+        assert refused.status_code == 400
+        assert ("$.groups[0].image: the template&#39;s containers each have their own (a group overrides env and "
+                "replicas of a pod)") in refused.text
+        fine = batch.replace(", image: 'localhost/web:2'", "")
+        assert pages.post("/editor", {"yaml": fine}).status_code == 303
+        assert apps.documents("gw-b")[("Workload", "shops.gw-b")]["containers"][0]["name"] == "web"

@@ -208,6 +208,11 @@ def test_logs_and_the_workload_page(fleet: Fleet) -> None:
                           params={"instance": line["instance"], "tail": "5"}).json()
         assert only["lines"] and {x["instance"] for x in only["lines"]} == {line["instance"]}
         assert viewer.get(f"/api/v1/nodes/{NODE}/workloads/default/app/logs?tail=x").status_code == 400
+        # a process has no containers: asking for one container's lines gets none, through the node
+        none = viewer.get(f"/api/v1/nodes/{NODE}/workloads/default/app/logs", params={"container": "web"}).json()
+        assert none["lines"] == [] and none["container"] == "web"
+        too_long = viewer.get(f"/api/v1/nodes/{NODE}/workloads/default/app/logs", params={"container": "c" * 64})
+        assert too_long.status_code == 400 and "?container: at most 63 characters" in too_long.text
         assert viewer.get(f"/api/v1/nodes/{NODE}/workloads/default/other/logs").status_code == 404
     printed = cli(fleet.registry, "workloads", "logs", "app", "--node", NODE, "--registry", fleet.registry.url)
     assert "web app v2 listening" in printed.stdout

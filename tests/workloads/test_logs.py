@@ -41,3 +41,17 @@ def test_a_very_long_line_is_cut(tmp_path: Path) -> None:
     (line,) = log.read()
     assert len(line.line) < 20_000 and line.line.endswith("…")
     log.close()
+
+
+def test_the_lines_of_a_pod_name_their_container_and_old_lines_read_as_before(tmp_path: Path) -> None:
+    (tmp_path / "current.log").write_bytes(b'{"seq":1,"ts":1.0,"instance":"a-1-0","stream":"stdout","line":"old"}\n')
+    log = WorkloadLog(tmp_path)
+    log.write("a-1-0", "stdout", "from web", "web")
+    log.write("a-1-0", "stderr", "from agent", "agent")
+    log.write("a-1-0", "stdout", "no container")
+    assert [(line.line, line.container) for line in log.read()] == [
+        ("old", ""), ("from web", "web"), ("from agent", "agent"), ("no container", "")]
+    assert [line.line for line in log.read(container="agent")] == ["from agent"]
+    assert [line.line for line in log.read(instance="a-1-0", container="web", after=0)] == ["from web"]
+    assert b'"container"' not in (tmp_path / "current.log").read_bytes().splitlines()[-1]  # as before pods
+    log.close()

@@ -50,15 +50,17 @@ async def _workload_page(request: AnyRequest, namespace: str, name: str) -> Temp
     query = request.query_params
     panel: dict[str, Any] | None = None
     node, instance = query.get("logs", ""), query.get("instance", "")
+    container = query.get("container", "")[:logs.MAX_CONTAINER_NAME]
     if node:
-        panel = {"node": node, "instance": instance, "lines": [], "problem": ""}
+        panel = {"node": node, "instance": instance, "container": container, "lines": [], "problem": ""}
         if not any(p["node"] == node for p in placements):
             panel["problem"] = f"workload {namespace}/{name} does not run on node {node}"
         else:
             try:
                 answer = await logs.fetch_workload_log(store, request.app.state.log_requests, node, namespace,
                                                        name, instance or None,
-                                                       logs.tail_param(query.get("tail")), PAGE_LOG_TIMEOUT)
+                                                       logs.tail_param(query.get("tail")), PAGE_LOG_TIMEOUT,
+                                                       container or None)
                 panel["lines"] = answer["lines"]
             except (logs.NodeSilent, NotFound, ConfigError) as exc:
                 panel["problem"] = str(exc)

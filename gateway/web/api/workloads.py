@@ -83,6 +83,8 @@ class WorkloadController(Controller):
                    cursor: Annotated[int | None, QueryParameter(ge=0, description="the `cursor` of the last answer"
                                                                 )] = None,
                    instance: FromQuery[str | None] = None,
+                   container: Annotated[str | None, QueryParameter(max_length=63, description=(
+                       "only the lines of this container of a pod"))] = None,
                    wait: Annotated[float, QueryParameter(ge=0, le=30, description="seconds to wait for new lines "
                                                                                  "after the cursor")] = 0,
                    limit: Annotated[int, QueryParameter(gt=0, le=10_000)] = 1000) -> dict[str, Any]:
@@ -91,7 +93,7 @@ class WorkloadController(Controller):
         log = gateway.workloads.log(namespace, name)
         deadline = time.monotonic() + wait
         while True:
-            lines = log.read(after=cursor, tail=tail, limit=limit, instance=instance)
+            lines = log.read(after=cursor, tail=tail, limit=limit, instance=instance, container=container)
             if lines or cursor is None or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(LOG_POLL)

@@ -19,6 +19,7 @@ from gateway.webkit.templating import badge_class
 
 RECENT_EVENTS = 50
 RECENT_LOG_LINES = 100
+MAX_CONTAINER_NAME = 63  # a ?container= longer than any container name is cut there
 
 
 def badge(status: str) -> str:
@@ -45,15 +46,18 @@ async def workload_page(request: AnyRequest, namespace: FromPath[str], name: Fro
     workload = _summary(runner.describe())
     events = await manager.history.events(namespace, name, limit=RECENT_EVENTS)
     log = manager.log(namespace, name)
-    lines = log.read(tail=RECENT_LOG_LINES)
+    container = request.query_params.get("container", "")[:MAX_CONTAINER_NAME] or None
+    lines = log.read(tail=RECENT_LOG_LINES, container=container)
     cursor = lines[-1].seq if lines else log.seq
     versions = [{**v, "spec": msgspec.json.decode(v["spec"]), "current": v["version"] == runner.version}
                 for v in reversed(await manager.history.versions(namespace, name))]
     figures = [{"instance": f.instance, "latest": f.latest} for f in manager.figures.of_workload(runner.id)
                if f.latest is not None]
     plots = app_plots(gateway_of(request), runner.id, request.query_params.get("window", "15m"))
+    containers = [{"instance": i["id"], **c} for i in workload["instances"] for c in i.get("containers") or ()]
     return render(request, "workload.html", workload=workload, events=sorted(events, key=lambda e: -e["id"]),
-                  lines=lines, cursor=cursor, versions=versions, badge=badge, figures=figures, plots=plots)
+                  lines=lines, cursor=cursor, versions=versions, badge=badge, figures=figures, plots=plots,
+                  containers=containers, container=container or "")
 
 
 def _back(namespace: str, name: str) -> Redirect:

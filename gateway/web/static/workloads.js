@@ -17,14 +17,16 @@
     const tr = document.createElement("tr");
     tr.className = `log-line stream-${line.stream}`;
     tr.dataset.seq = String(line.seq);
-    tr.append(cell("ts", fmtTime(line.ts)), cell("", line.instance), cell("", line.stream),
+    tr.append(cell("ts", fmtTime(line.ts)),
+      cell("", line.container ? `${line.instance} ${line.container}` : line.instance), cell("", line.stream),
       cell("message", line.line));
     return tr;
   }
 
   async function poll() {
     try {
-      const response = await fetch(`${table.dataset.url}?cursor=${encodeURIComponent(cursor)}`,
+      const only = table.dataset.container ? `&container=${encodeURIComponent(table.dataset.container)}` : "";
+      const response = await fetch(`${table.dataset.url}?cursor=${encodeURIComponent(cursor)}${only}`,
         { headers: { Accept: "application/json" }, credentials: "same-origin" });
       if (!response.ok) throw new Error(String(response.status));
       const answer = await response.json();

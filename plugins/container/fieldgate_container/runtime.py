@@ -19,8 +19,9 @@ from typing import ClassVar
 import psutil
 
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
+from fieldgate_container.pod import LABEL_CONTAINER, PodInstance, create_pod, member_mounts, pod_address
 from gateway.errors import WorkloadError
-from gateway.resources.schema import Capabilities, Workload
+from gateway.resources.schema import Capabilities, Container, Limits, SecuritySettings, Workload
 from gateway.workloads.figures import Counters, own_cgroup_counters, process_tree
 from gateway.workloads.health import HOST, run_check_command
 from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
@@ -42,8 +43,8 @@ INSPECT_STARTED = ("{{.State.Pid}} {{.NetworkSettings.IPAddress}} "
                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")  # the pid, then its addresses
 
 
-def security_args(workload: Workload) -> list[str]:
-    """The `run` arguments of the workload's devices and security settings."""
+def security_args(workload: Workload, security: SecuritySettings | None = None) -> list[str]:
+    """The `run` arguments of the workload's devices and security settings (or a pod container's own)."""
     args: list[str] = []
     for device in workload.devices:
         inside = device.container_path or device.path
@@ -54,7 +55,7 @@ def security_args(workload: Workload) -> list[str]:
                          f"c {os.major(number)}:{os.minor(number)} {device.permissions}"]
                 continue
         args += ["--device", f"{device.path}:{inside}:{device.permissions}"]
-    security = workload.secured
+    security = security or workload.secured
     if security.privileged:
         args.append("--privileged")
     if security.run_as_user is not None or security.run_as_group is not None:
@@ -65,6 +66,16 @@ def security_args(workload: Workload) -> list[str]:
     args += [arg for cap in (security.capabilities or Capabilities()).drop for arg in ("--cap-drop", cap)]
     if security.read_only_root_filesystem:
         args.append("--read-only")
+    return args
+
+
+def limit_args(limits: Limits) -> list[str]:
+    args: list[str] = []
+    if limits.memory is not None:
+        memory = str(int(limits.memory))
+        args += ["--memory", memory, "--memory-swap", memory]
+    if limits.cpu is not None:
+        args += ["--cpus", f"{limits.cpu:g}"]
     return args
 
 
@@ -95,12 +106,14 @@ def reach_published(address: str) -> str:
 
 class ContainerInstance(Instance):
     def __init__(self, engine: Engine, process: asyncio.subprocess.Process, spec: InstanceSpec,
-                 container: str, published_on: str = "") -> None:
+                 container: str, published_on: str = "", log_as: str = "") -> None:
         self.engine = engine
+        self.log_as = log_as  # the container's name in a pod: its log lines say so
         self.process = process
         self.spec = spec
         self.container = container
         self.published_host = reach_published(published_on)
+        self.memory_limit = spec.workload.limits.memory
         self.address = ""  # the container's own IP address, when it has one (not on the host's network)
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.stop_reason = ""
@@ -119,7 +132,10 @@ class ContainerInstance(Instance):
         if stream == "stderr":
             self.stderr_tail.append(text)
         try:
-            self.spec.log(stream, text)
+            if self.log_as:
+                self.spec.log(stream, text, self.log_as)
+            else:
+                self.spec.log(stream, text)
         except Exception as exc:  # a full disk must not stop the app
             log.warning("workload log of %s: %s", self.spec.instance, exc)
 
@@ -210,7 +226,7 @@ class ContainerInstance(Instance):
         engine_error = next((t for t in reversed(self.stderr_tail) if t.strip()), "")
         exit_ = Exit(code=code)
         if state.code == 0 and oom_killed == "true":
-            limit = self.spec.workload.limits.memory
+            limit = self.memory_limit
             exit_.oom = True
             exit_.reason = "out of memory: killed by the kernel" + (f" at its limit of {mib(limit)}" if limit else "")
         elif code in ENGINE_FAILED and engine_error.startswith("Error: "):  # the engine's own message says why
@@ -284,6 +300,11 @@ class ContainerRuntime(Runtime):
             if found.split():
                 log.warning("removing %d containers left by the previous gateway", len(found.split()))
                 self.engine.call_sync(*self.engine.remove_args(*found.split()), timeout=60)
+            if self.engine.is_podman:
+                pods = self.engine.call_sync("pod", "ps", "-q", "--filter", f"label={LABEL_OWNER}={self.owner}").out
+                if pods.split():
+                    log.warning("removing %d pods left by the previous gateway", len(pods.split()))
+                    self.engine.call_sync("pod", "rm", "-f", "-t", "0", *pods.split(), timeout=60)
         except WorkloadError as exc:
             log.warning("containers left by the previous gateway not removed: %s", exc)
 
@@ -294,38 +315,73 @@ class ContainerRuntime(Runtime):
         return engine
 
     async def prepare(self, workload: Workload) -> None:
-        """Have the image on the node by its pull policy, while the old version still runs."""
+        """Have the images on the node by the pull policy, while the old version still runs."""
         engine = self._engine()
-        if not workload.image:
+        images = [c.image for c in (*workload.init_containers, *workload.containers)] if workload.is_pod else \
+            [workload.image]
+        if not images[0]:
             raise WorkloadError(f"Workload {workload.namespace}/{workload.name}: $.image: the container runtime "
                                 "needs an image")
         policy = pull_policy(workload)
-        if policy == "Always":
-            await engine.pull(workload.image)
-        elif (missing := await engine.image_missing(workload.image)) is not None:
-            if policy == "Never":
-                raise WorkloadError(f"image {workload.image!r} is not on this node and its pull policy is Never "
-                                    f"({engine.name} image inspect: {missing})")
-            await engine.pull(workload.image)
+        for image in dict.fromkeys(i for i in images if i):
+            if policy == "Always":
+                await engine.pull(image)
+            elif (missing := await engine.image_missing(image)) is not None:
+                if policy == "Never":
+                    raise WorkloadError(f"image {image!r} is not on this node and its pull policy is Never "
+                                        f"({engine.name} image inspect: {missing})")
+                await engine.pull(image)
 
     def container_name(self, spec: InstanceSpec) -> str:
         return f"{self.prefix}-{spec.workload.namespace}-{spec.instance}"
 
+    def base_env(self, spec: InstanceSpec, own_env: dict[str, str], files_dir: Path
+                 ) -> tuple[dict[str, str], list[str]]:
+        """The environment every container of an instance gets and the mounts of its files (`own_env`: what the
+        document sets, kept even where the host's value means nothing inside)."""
+        env = {k: v for k, v in spec.env.items() if k not in HOST_ONLY or k in own_env}
+        env["FIELDGATE_FILES"] = FILES_MOUNT
+        area = spec.env.get("FIELDGATE_FILES_DIR")
+        mounts = ["-v", f"{files_dir}:{FILES_MOUNT}:ro"]
+        if area:
+            Path(area).mkdir(parents=True, exist_ok=True)  # the engine refuses to mount what is not there
+            mounts += ["-v", f"{area}:{AREA_MOUNT}:ro"]  # the node's files area, read-only
+            env["FIELDGATE_FILES_DIR"] = AREA_MOUNT
+        return env, mounts
+
+    def labels(self, spec: InstanceSpec) -> list[str]:
+        workload = spec.workload
+        return ["--label", f"{LABEL_OWNER}={self.owner}",
+                "--label", f"{LABEL_WORKLOAD}={workload.namespace}/{workload.name}",
+                "--label", f"{LABEL_INSTANCE}={spec.instance}", "--label", f"{LABEL_VERSION}={spec.version}"]
+
+    def entrypoint(self, command: list[str]) -> tuple[list[str], list[str]]:
+        """The `--entrypoint` arguments of `command` and what of it goes before the args."""
+        if command and self.engine is not None and self.engine.is_podman:
+            return ["--entrypoint", json.dumps(command)], []
+        if command:  # docker takes one executable as entrypoint; the rest go before the args
+            return ["--entrypoint", command[0]], command[1:]
+        return [], []
+
+    @staticmethod
+    def engine_env(args: list[str], env: dict[str, str]) -> dict[str, str]:
+        """Add the `-e` arguments of `env` to `args`; the environment the engine runs with (values stay off the
+        command line)."""
+        engine_env = dict(os.environ)
+        for key, value in env.items():
+            if key in engine_env:  # the engine needs its own value of this one: pass the app's on the command line
+                args += ["-e", f"{key}={value}"]
+            else:
+                args += ["-e", key]
+                engine_env[key] = value
+        return engine_env
+
     def run_args(self, spec: InstanceSpec, files_dir: Path) -> tuple[list[str], dict[str, str]]:
         """The `run` arguments and the environment the engine passes on (values stay off the command line)."""
         workload = spec.workload
-        env = {k: v for k, v in spec.env.items() if k not in HOST_ONLY or k in workload.env}
-        env["FIELDGATE_FILES"] = FILES_MOUNT
-        area = spec.env.get("FIELDGATE_FILES_DIR")
-        area_mount = ["-v", f"{area}:{AREA_MOUNT}:ro"] if area else []  # the node's files area, read-only
-        if area:
-            Path(area).mkdir(parents=True, exist_ok=True)  # the engine refuses to mount what is not there
-            env["FIELDGATE_FILES_DIR"] = AREA_MOUNT
-        args = ["run", "--name", self.container_name(spec), "--label", f"{LABEL_OWNER}={self.owner}",
-                "--label", f"{LABEL_WORKLOAD}={workload.namespace}/{workload.name}",
-                "--label", f"{LABEL_INSTANCE}={spec.instance}", "--label", f"{LABEL_VERSION}={spec.version}",
-                "--stop-timeout", str(math.ceil(float(workload.stop_grace))),
-                "-v", f"{files_dir}:{FILES_MOUNT}:ro", *area_mount]
+        env, file_mounts = self.base_env(spec, workload.env, files_dir)
+        args = ["run", "--name", self.container_name(spec), *self.labels(spec),
+                "--stop-timeout", str(math.ceil(float(workload.stop_grace))), *file_mounts]
         if self.engine is not None and self.engine.is_podman:
             args.append("--replace")
         if workload.network == "ports":
@@ -339,11 +395,7 @@ class ContainerRuntime(Runtime):
                     env["PORT"] = str(inside)
         else:
             args += ["--network", workload.network]
-        if workload.limits.memory is not None:
-            memory = str(int(workload.limits.memory))
-            args += ["--memory", memory, "--memory-swap", memory]
-        if workload.limits.cpu is not None:
-            args += ["--cpus", f"{workload.limits.cpu:g}"]
+        args += limit_args(workload.limits)
         if workload.working_dir:
             args += ["-w", workload.working_dir]
         args += security_args(workload)
@@ -351,19 +403,9 @@ class ContainerRuntime(Runtime):
             mount = volume.mount_path or f"/run/fieldgate/volumes/{volume.name}"
             args += ["-v", f"{spec.volumes[volume.name]}:{mount}:{'ro' if volume.read_only else 'rw'}"]
             env[f"FIELDGATE_VOLUME_{volume.name.upper().replace('-', '_')}"] = mount
-        command = list(workload.command)
-        if command and self.engine is not None and self.engine.is_podman:
-            args += ["--entrypoint", json.dumps(command)]
-            command = []
-        elif command:  # docker takes one executable as entrypoint; the rest go before the args
-            args += ["--entrypoint", command.pop(0)]
-        engine_env = dict(os.environ)
-        for key, value in env.items():
-            if key in engine_env:  # the engine needs its own value of this one: pass the app's on the command line
-                args += ["-e", f"{key}={value}"]
-            else:
-                args += ["-e", key]
-                engine_env[key] = value
+        entrypoint, command = self.entrypoint(list(workload.command))
+        args += entrypoint
+        engine_env = self.engine_env(args, env)
         return [*args, workload.image or "", *command, *workload.args], engine_env
 
     async def start(self, spec: InstanceSpec) -> Instance:
@@ -373,6 +415,8 @@ class ContainerRuntime(Runtime):
         own_files(spec.work_dir, spec.workload)
         with contextlib.suppress(OSError):
             self.marker.touch()
+        if spec.workload.is_pod:
+            return await self.start_pod(engine, spec, files_dir)
         args, env = self.run_args(spec, files_dir)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -392,3 +436,87 @@ class ContainerRuntime(Runtime):
             if instance.engine_failed:
                 raise WorkloadError(ended.describe())
         return instance
+
+    # --- pods ---------------------------------------------------------------------------------------------------
+
+    def member_args(self, spec: InstanceSpec, pod: PodInstance, container: Container, name: str,
+                    files_dir: Path) -> tuple[list[str], dict[str, str]]:
+        """The `run` arguments of one container of a pod and the environment the engine passes on."""
+        workload = spec.workload
+        env, file_mounts = self.base_env(spec, {**workload.env, **container.env}, files_dir)
+        args = ["run", "--name", name, "--pod", pod.name, *self.labels(spec),
+                "--label", f"{LABEL_CONTAINER}={container.name}",
+                "--stop-timeout", str(math.ceil(float(workload.stop_grace))), *file_mounts, "--replace"]
+        ports = workload.all_ports
+        first = container.ports[0] if container.ports else ports[0] if ports else None
+        for port in ports:
+            inside = port.container_port or spec.ports[port.name]
+            env[f"FIELDGATE_PORT_{port.name.upper().replace('-', '_')}"] = str(inside)
+            if port is first:
+                env["PORT"] = str(inside)
+        env.update(container.env)
+        args += limit_args(container.limits)
+        working_dir = container.working_dir or workload.working_dir
+        if working_dir:
+            args += ["-w", working_dir]
+        args += security_args(workload, container.security)
+        mounts, volume_env = member_mounts(spec, container)
+        args += mounts
+        env.update(volume_env)
+        entrypoint, command = self.entrypoint(list(container.command))
+        args += entrypoint
+        engine_env = self.engine_env(args, env)
+        return [*args, container.image, *command, *container.args], engine_env
+
+    async def run_member(self, spec: InstanceSpec, pod: PodInstance, container: Container, name: str
+                         ) -> ContainerInstance:
+        """Run one container in the pod, attached; returns once it runs (its pid known) or has ended."""
+        engine = self._engine()
+        args, env = self.member_args(spec, pod, container, name, spec.work_dir / "files")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(engine.path), *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise WorkloadError(f"cannot run {engine.path}: {exc.strerror or exc}") from exc
+        instance = ContainerInstance(engine, process, spec, name, publish_address(), log_as=container.name)
+        instance.memory_limit = container.limits.memory
+        try:
+            await instance.wait_started()
+        except TimeoutError:
+            await instance.stop(1.0, f"did not start within {STARTED_TIMEOUT:g}s")
+            raise WorkloadError(f"container {container.name} did not start within {STARTED_TIMEOUT:g}s "
+                                f"({last_line(chr(10).join(instance.stderr_tail).encode())})") from None
+        return instance
+
+    async def start_pod(self, engine: Engine, spec: InstanceSpec, files_dir: Path) -> PodInstance:
+        """Create the pod, run its init containers in order (each must exit 0), then start its app containers."""
+        if not engine.is_podman:
+            raise WorkloadError(f"a workload with containers runs as a pod, which needs podman ({engine.name} has "
+                                "no pods)")
+        name = self.container_name(spec)
+        pod = PodInstance(self, engine, spec, name, reach_published(publish_address()))
+        try:
+            await create_pod(self, engine, spec, name)
+            pod.infra_pid, pod.address = await pod_address(engine, name)
+            for container in spec.workload.init_containers:
+                init = await self.run_member(spec, pod, container, f"{name}-{container.name}")
+                ended = await init.wait()
+                if ended.failed:
+                    raise WorkloadError(f"init container {container.name} {ended.describe()}")
+                if spec.event is not None:
+                    await spec.event("initialized", f"init container {container.name} {ended.describe()}")
+            await pod.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._abandon(pod))
+            raise
+        return pod
+
+    async def _abandon(self, pod: PodInstance) -> None:
+        await pod.stop(0.0, "the pod did not start")
+        await self.remove_pod(pod.engine, pod.name)
+
+    async def remove_pod(self, engine: Engine, name: str) -> None:
+        with contextlib.suppress(WorkloadError):
+            await engine.call("pod", "rm", "-f", "-t", "0", name, timeout=60, check=False)

@@ -14,8 +14,10 @@ from typing import Any
 import msgspec
 import pytest
 from container_helpers import Node, wait_until
+from fieldgate_container.pod import LABEL_CONTAINER, PodInstance
 from fieldgate_container.runtime import ContainerInstance, ContainerRuntime
 
+from gateway.errors import WorkloadError
 from gateway.resources.durations import Duration
 from gateway.resources.schema import HealthCheck, Workload, dec_hook
 from gateway.workloads.health import probe
@@ -177,3 +179,51 @@ def test_the_nodes_files_area_is_mounted_read_only(tmp_path: Path) -> None:
     args, env = ContainerRuntime(tmp_path / "data").run_args(spec, tmp_path / "instance-files")
     assert f"{area}:/run/fieldgate/area:ro" in args and area.is_dir()
     assert env["FIELDGATE_FILES_DIR"] == "/run/fieldgate/area"  # the path inside the container, not the host's
+
+
+def pod_workload() -> Workload:
+    return msgspec.convert({
+        "kind": "Workload", "name": "shop", "runtime": "container", "env": {"SHARED": "all"},
+        "volumes": [{"name": "shared", "scratch": True, "mount_path": "/shared"}, {"name": "own", "scratch": True}],
+        "security": {"run_as_user": 1000},
+        "containers": [
+            {"name": "web", "image": "localhost/web:1", "ports": [{"name": "http", "container_port": 8080}]},
+            {"name": "agent", "image": "localhost/agent:1", "command": ["/agent", "-v"], "args": ["--once"],
+             "env": {"SHARED": "mine"}, "limits": {"memory": "32Mi", "cpu": 0.25}, "working_dir": "/work",
+             "volume_mounts": [{"name": "own", "mount_path": "/own", "read_only": True}],
+             "security": {"read_only_root_filesystem": True}}]}, Workload, dec_hook=dec_hook)
+
+
+async def test_a_pod_container_runs_in_its_pod_with_its_own_settings(fake_engine: Path, tmp_path: Path) -> None:
+    spec = InstanceSpec(pod_workload(), "shop-1-0", 1, {"SHARED": "all"}, {}, {"http": 31080}, tmp_path / "work",
+                        lambda stream, line, container="": None,
+                        volumes={"shared": tmp_path / "v-shared", "own": tmp_path / "v-own"})
+    runtime = ContainerRuntime(tmp_path / "data")
+    pod = PodInstance(runtime, runtime._engine(), spec, "fg-pod", "127.0.0.1")
+    args, env = runtime.member_args(spec, pod, spec.workload.containers[1], "fg-pod-agent", tmp_path / "files")
+    assert args[:5] == ["run", "--name", "fg-pod-agent", "--pod", "fg-pod"]
+    assert f"{LABEL_CONTAINER}=agent" in args and "-p" not in args  # the pod publishes the ports
+    assert args[args.index("--memory") + 1] == str(32 << 20) and args[args.index("--cpus") + 1] == "0.25"
+    assert args[args.index("-w") + 1] == "/work" and "--read-only" in args
+    assert "--user" not in args  # its own security settings replace the workload's
+    assert f"{tmp_path / 'v-shared'}:/shared:rw" in args and f"{tmp_path / 'v-own'}:/own:ro" in args
+    assert args[args.index("--entrypoint") + 1] == '["/agent", "-v"]' and args[-2:] == ["localhost/agent:1", "--once"]
+    assert env["SHARED"] == "mine" and env["PORT"] == "8080" and env["FIELDGATE_PORT_HTTP"] == "8080"
+    assert env["FIELDGATE_VOLUME_OWN"] == "/own" and env["FIELDGATE_VOLUME_SHARED"] == "/shared"
+
+
+async def test_a_pod_needs_podman(fake_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docker = tmp_path / "fake-docker"
+    docker.write_text(FAKE_ENGINE.format(python=sys.executable))
+    docker.chmod(0o755)
+    monkeypatch.setenv("FIELDGATE_CONTAINER_ENGINE", str(docker))
+    runtime = ContainerRuntime(tmp_path / "data")
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    spec = InstanceSpec(pod_workload(), "shop-1-0", 1, {}, {}, {"http": 31080}, work_dir,
+                        lambda stream, line, container="": None,
+                        volumes={"shared": tmp_path / "v-shared", "own": tmp_path / "v-own"})
+    with pytest.raises(WorkloadError, match=r"a workload with containers runs as a pod, which needs podman "
+                                            r"\(fake-docker has no pods\)"):
+        await runtime.start(spec)
+    assert calls(fake_engine, "pod") == [] and calls(fake_engine, "run") == []

@@ -66,12 +66,19 @@ class Need:
         return ", ".join(parts) or "nothing"
 
 
+def _number(value: float, places: int) -> str:
+    return f"{value:.{places}f}".rstrip("0").rstrip(".")
+
+
 def _cores(value: float) -> str:
-    return f"{round(value, 3):g}"
+    return _number(value, 3)
 
 
 def _mib(value: float) -> str:
-    return f"{round(value / (1 << 20), 1):g} MiB"
+    """Bytes in GiB from 1 GiB up, else in MiB: `1.5 GiB`, `512 MiB`."""
+    if value >= 1 << 30:
+        return f"{_number(value / (1 << 30), 1)} GiB"
+    return f"{_number(value / (1 << 20), 1)} MiB"
 
 
 def need_of(raw: dict[str, Any], replicas: Any = None) -> Need:

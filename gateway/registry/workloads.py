@@ -350,7 +350,7 @@ async def workload_views(store: RegistryStore, caller: access.Caller | None = No
     for (ns, name, target), (reason, (kind, source, origin)) in sorted(
             plan.pending.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")):
         space = documents.get((kind, ns, source), ("", ""))[1]
-        if target is not None and (ns, name, target) in views or (caller is not None and not caller.sees(space)):
+        if (target is not None and (ns, name, target) in views) or (caller is not None and not caller.sees(space)):
             continue
         pending_sources.add((ns, source))
         result.append(pending_view(ns, name, target, f"{kind} {source}", origin or None, "pending", reason))

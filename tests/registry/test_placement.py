@@ -63,9 +63,9 @@ groups: [{group: g, replicas: 3}]
         assert await placements(store) == {}
         pending = await view(store, "big.a")
         assert pending["status"] == "pending" and pending["source"] == "BatchWorkload big"
-        assert pending["reason"] == ("pending: needs 3 cores, 1536 MiB memory on a node; none has it free (a: cpu 2 "
+        assert pending["reason"] == ("pending: needs 3 cores, 1.5 GiB memory on a node; none has it free (a: cpu 2 "
                                      "of 2 cores free, 1 short)")
-        assert (await view(store, "big.b"))["reason"].endswith("(b: memory 1024 MiB of 1024 MiB free, 512 MiB short)")
+        assert (await view(store, "big.b"))["reason"].endswith("(b: memory 1 GiB of 1 GiB free, 512 MiB short)")
         assert (await view(store, "big.c"))["reason"].endswith(
             "(c: has not reported its allocatable CPU and memory yet)")
 
@@ -87,7 +87,7 @@ groups: [{group: g, replicas: 1}]
         await apply(store, "kind: Workload\nname: huge\ncommand: [sleep, '1']\nnode_selector: {line: '1'}\n"
                            "requests: {memory: 8Gi}\n")
         huge = await view(store, "huge")
-        assert huge["status"] == "pending" and "a: memory 3584 MiB of 4096 MiB free, 4608 MiB short" in huge["reason"]
+        assert huge["status"] == "pending" and "a: memory 3.5 GiB of 4 GiB free, 4.5 GiB short" in huge["reason"]
         assert "c: has not reported its allocatable CPU and memory yet" in huge["reason"]
         # the running ones keep their share when a newcomer asks: big.b stays, w stays
         await workloads.schedule(store)

@@ -2,13 +2,13 @@
 and after every apply), brings `workload_placements` in step with the documents and the nodes.
 
 A Workload with `node:` runs on that node, one with `node_selector:` on every node of its workspace whose labels
-match; a BatchWorkload runs as one Workload `<name>.<node>` on every node of its groups (with the group's
-`replicas`). A placement takes what the workload requests — `requests.cpu` and `requests.memory` per instance, its
-`accelerators` per instance, times its replicas — from what the node reported as allocatable, less what is placed
-there already (what runs keeps its share first); when no candidate node has room it is not placed and its status
-says which resource is short on which node, and by how much. A node that has not reported what it offers takes no
-workload that requests anything (a workload that requests nothing goes anywhere). A paused node keeps what it has
-and gets nothing new.
+match and that has room for it; a BatchWorkload runs as one Workload `<name>.<node>` on every node of its groups
+(with the group's `replicas`). A placement takes what the workload requests — `requests.cpu` and `requests.memory`
+per instance, its `accelerators` per instance, times its replicas — from what the node reported as allocatable,
+less what is placed there already (what runs keeps its share first); when no candidate node has room it is not
+placed and its status says which resource is short on which node, and by how much. A node that has not reported
+what it offers takes no workload that requests anything (a workload that requests nothing goes anywhere). A paused
+node keeps what it has and gets nothing new.
 
 Failover (a BatchWorkload's `failover`) moves a node's instances to the node of its group with the fewest that has
 room for them: when the node has been offline for `after` (and back when it returns if `move_back` says so), and
@@ -269,13 +269,14 @@ async def plan(store: RegistryStore, now: float | None = None) -> Plan:
                             failover.move_back if failover else True)
                 asks.append(ask)
     _allocate(result, asks, current, nodes)
-    for (namespace, name), group_asks in selector_asks.items():  # a Workload placed nowhere: one line for all
-        if not any((namespace, name, ask.hosts[0]) in result.wanted for ask in group_asks):
-            for ask in group_asks:
-                result.pending.pop((namespace, name, ask.hosts[0]), None)
-            if group_asks[0].need:
-                result.pending[(namespace, name, None)] = (shortfall(
-                    group_asks[0].need, [nodes[a.hosts[0]] for a in group_asks], result.used), ("Workload", name, ""))
+    # a Workload runs where it fits among the nodes it names; placed nowhere, it is pending with one line for all
+    for (namespace, name), group_asks in selector_asks.items():
+        for ask in group_asks:
+            result.pending.pop((namespace, name, ask.hosts[0]), None)
+        placed_somewhere = any((namespace, name, ask.hosts[0]) in result.wanted for ask in group_asks)
+        if not placed_somewhere and group_asks[0].need and any(not nodes[a.hosts[0]].paused for a in group_asks):
+            result.pending[(namespace, name, None)] = (shortfall(
+                group_asks[0].need, [nodes[a.hosts[0]] for a in group_asks], result.used), ("Workload", name, ""))
     for ask in asks:
         if ask.failed_on is None:
             continue

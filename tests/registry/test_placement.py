@@ -80,9 +80,9 @@ groups: [{group: g, replicas: 1}]
         # what is placed is taken: a Workload asking for 2 cores by selector now fits on b only (4 - 1 free)
         await apply(store, "kind: Workload\nname: w\ncommand: [sleep, '1']\nnode_selector: {line: '1'}\n"
                            "requests: {cpu: 2}\n")
-        assert (await placements(store))["w"] == ["b"]
-        assert (await view(store, "w", "a"))["reason"] == ("pending: needs 2 cores on a node; none has it free (a: "
-                                                           "cpu 1 of 2 cores free, 1 short)")
+        assert (await placements(store))["w"] == ["b"]  # runs where it fits of the nodes it names
+        assert [(v["node"], v["status"]) for v in await workloads.workload_views(store) if v["name"] == "w"] == [
+            ("b", "pending")]
         # nothing that fits anywhere: one line for the workload, every node named
         await apply(store, "kind: Workload\nname: huge\ncommand: [sleep, '1']\nnode_selector: {line: '1'}\n"
                            "requests: {memory: 8Gi}\n")

@@ -1,3 +1,3 @@
 """fieldgate: an edge gateway for field devices."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,7 +3,8 @@ BatchWorkload documents (v1 ConfigMap and Secret documents given alongside becom
 
 A field with no fieldgate equivalent is an error, never dropped: `FILE: document N: $.path.of.field: why`.
 A pod of several containers, or with initContainers, becomes a Workload with `containers` and `init_containers`.
-Resource requests have no Workload field; they are kept in the annotation `fieldgate.io/requests`. With the
+Resource requests become the Workload's `requests` (cpu, memory) and `accelerators`; any other is kept in the
+annotation `fieldgate.io/requests`. With the
 `process` runtime the container's command runs on the node and its image is kept in the annotation
 `fieldgate.io/image`.
 """
@@ -504,9 +505,28 @@ def _resources(found: _Problems, path: str, raw: Any, out: dict[str, Any]) -> No
     if converted:
         out["limits"] = converted
     requests = _map(found, f"{path}.requests", resources.get("requests"), set(resources.get("requests") or {}))
-    if requests:  # a Workload has limits only: requests are kept for people to read
+    wanted: dict[str, Any] = {}
+    others = {}
+    for key, value in requests.items():
+        if key == "cpu":
+            cores = _cores(value)
+            if cores is None:
+                found.add(f"{path}.requests.cpu", f"{value!r}: expected cores like 0.5 or 500m")
+            wanted["cpu"] = cores
+        elif key == "memory":
+            size = _memory(value)
+            if size is None:
+                found.add(f"{path}.requests.memory", f"{value!r}: expected a size like 64Mi, 1Gi or 500M")
+            wanted["memory"] = size
+        elif _ACCELERATOR.match(str(key)):
+            out.setdefault("accelerators", {}).setdefault(key, value)
+        else:
+            others[key] = value
+    if wanted:
+        out["requests"] = wanted
+    if others:  # what the registry does not place by is kept for people to read
         out.setdefault("annotations", {})[REQUESTS_ANNOTATION] = ", ".join(
-            f"{key}={value}" for key, value in requests.items())
+            f"{key}={value}" for key, value in others.items())
 
 
 def _cores(value: Any) -> float | None:

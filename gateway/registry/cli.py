@@ -334,6 +334,13 @@ def _workload_name(args: argparse.Namespace) -> tuple[str, str]:
     return namespace or "default", name
 
 
+def _why(view: dict[str, Any]) -> str:
+    """Why a workload does not run where it should (pending, held back), else its last event."""
+    if view["status"] in ("pending", "held-back", "not-placed") and view["reason"]:
+        return str(view["reason"])
+    return str(view["last_event"] or view["reason"])
+
+
 def _print_workloads(views: list[dict[str, Any]], *, as_json: bool) -> None:
     for view in views:
         if as_json:
@@ -341,7 +348,7 @@ def _print_workloads(views: list[dict[str, Any]], *, as_json: bool) -> None:
         else:
             print(f"{view['namespace']}/{view['name']:<28} {view['node'] or '-':<16} {view['status']:<12} "
                   f"{view['ready']}/{view['replicas'] if view['replicas'] is not None else '?'} ready  "
-                  f"{view['restarts']} restarts  {view['last_event'] or view['reason']}")
+                  f"{view['restarts']} restarts  {_why(view)}")
     if not views and not as_json:
         print("no workloads")
 

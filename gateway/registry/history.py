@@ -115,13 +115,18 @@ async def workload_events(store: RegistryStore, caller: access.Caller, namespace
     """The newest events of a workload on the nodes the caller sees (or one node), oldest first."""
     where = {str(n["name"]): n.get("workspace") for n in await store.nodes()}
     rows = await store.workloads.events(namespace, name, node)
+    # the registry's own: moves away from a node the workload kept failing on (gateway.registry.placement)
+    rows += [(n, moved_at, "moved", "", reason) for n, moved_to, moved_at, _, reason in
+             await store.workloads.moves(namespace, name) if node is None or node in (n, moved_to)]
+    rows.sort(key=lambda row: row[1], reverse=True)
     events = [{"node": n, "ts": ts, "event": event, "instance": instance, "reason": reason}
               for n, ts, event, instance, reason in rows if n in where and caller.sees(where[n])]
     return list(reversed(events[:limit]))
 
 
 @get("/api/v1/workloads/{namespace:str}/{name:str}/events",
-     summary="The events of a workload as its nodes report them, oldest first (?node=, ?limit=)")
+     summary="The events of a workload as its nodes report them, and the registry's moves of it away from a node "
+             "it kept failing on, oldest first (?node=, ?limit=)")
 async def list_events(request: AnyRequest, namespace: FromPath[str], name: FromPath[str],
                       node: Annotated[str | None, QueryParameter(description="only this node's")] = None,
                       limit: Annotated[int, QueryParameter(gt=0, le=1000)] = KEEP_EVENTS) -> Response[Any]:

@@ -1,14 +1,12 @@
 """Edge apps from the registry: Workload, ConfigItem, Secret and BatchWorkload documents, where they run, and
 their status.
 
-Placement: a Workload with `node:` runs on that node, one with `node_selector:` on every node of its workspace whose
-labels match; a BatchWorkload runs as one Workload `<name>.<node>` on every node of its groups, with the group's
-overrides. The scheduler (a supervised task of the registry, every half heartbeat interval) records placements in
-`workload_placements`; a paused node gets no new ones. When a node of a group has been offline longer than the
-BatchWorkload's `failover.after`, its Workload moves to the healthy node of the group with the fewest, and back when
-the node returns if `failover.move_back` says so. A node's documents (gateway.registry.store.node_documents) then
-carry the Workloads placed on it and the ConfigItems and Secrets they use; Secrets are encrypted in the database
-with a key in the registry's data dir and never shown by the API.
+Placement (gateway.registry.placement): a Workload with `node:` runs on that node, one with `node_selector:` on
+every node of its workspace whose labels match; a BatchWorkload runs as one Workload `<name>.<node>` on every node of
+its groups, with the group's overrides, each where its requests fit, with failover. A node's documents
+(gateway.registry.store.node_documents) then carry the Workloads placed on it — but those with a field its version
+does not read (held back, gateway.resources.versions) — and the ConfigItems and Secrets they use; Secrets are
+encrypted in the database with a key in the registry's data dir and never shown by the API.
 
 Up: a node reports the status of its registry-owned workloads with its heartbeat, only when it changed or new
 events happened (gateway.uplink.workloads), and the registry keeps the latest report per node and workload and the
@@ -17,12 +15,9 @@ last events (gateway.registry.history, which also keeps the versions of the docu
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -32,10 +27,11 @@ from litestar.params import FromPath, JSONBody
 
 from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.importers import kubernetes
-from gateway.registry import access, history, routes
+from gateway.registry import access, history, placement, routes
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
-from gateway.registry.store import OFFLINE_AFTER, RegistryStore
+from gateway.registry.store import RegistryStore
+from gateway.resources import versions
 from gateway.resources.loader import Source, format_validation_error
 from gateway.resources.schema import (
     AnyDocument,
@@ -52,8 +48,8 @@ from gateway.resources.schema import (
     enc_hook,
     non_finite_numbers,
 )
+from gateway.resources.workload_checks import host_port_problems, request_problems
 from gateway.wire import EventReport, WorkloadReport
-from gateway.workloads.accelerators import as_counts
 from gateway.workloads.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -107,10 +103,13 @@ def batch_problems(batch: BatchWorkload) -> list[str]:
                          if getattr(override, field) is not None]
         raw = expand(batch, override, "node")
         try:
-            msgspec.convert(raw, Workload, dec_hook=dec_hook)
+            workload = msgspec.convert(raw, Workload, dec_hook=dec_hook)
         except msgspec.ValidationError as exc:
             problems.append(f"{format_validation_error(exc, raw, '$.template')} (with the overrides of group "
                             f"{override.group})")
+            continue
+        problems += [f"$.template{path[1:]}: {message} (with the overrides of group {override.group})"
+                     for path, message in registry_checks(workload)]
     return problems
 
 
@@ -126,6 +125,11 @@ def template_privileged_at(template: dict[str, Any]) -> str | None:
             if isinstance(security, dict) and security.get("privileged") is True:
                 return f"$.template.{field}[{i}].security.privileged"
     return None
+
+
+def registry_checks(workload: Workload) -> list[tuple[str, str]]:
+    """(path, message) of what the registry checks of a Workload before it keeps it (the node checks the rest)."""
+    return request_problems(workload) + host_port_problems(workload)
 
 
 def _refs(workload: Workload) -> list[tuple[str, str]]:
@@ -174,6 +178,7 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         if isinstance(doc, Workload):
             problems += [f"{source.prefix()}: {kind} {doc.namespace}/{name} is not at the registry (apply it too)"
                          for kind, name in _refs(doc) if (kind, doc.namespace, name) not in held]
+            problems += [f"{source.prefix()}: {path}: {message}" for path, message in registry_checks(doc)]
         if isinstance(doc, BatchWorkload):
             problems += [f"{source.prefix()}: {problem}" for problem in batch_problems(doc)]
         where = doc.privileged_at() if isinstance(doc, Workload) else template_privileged_at(doc.template) if \
@@ -195,14 +200,11 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
 
 
-async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
-    """The Workloads placed on a node, with the ConfigItems and Secrets (decrypted) they use."""
-    placements = await store.workloads.placements_on(node)
-    if not placements:
-        return []
-    groups = await store.group_members()
-    workloads, wanted = [], set()
-    for namespace, name, source_kind, source, origin in placements:
+async def _placed_workloads(store: RegistryStore, node: str, groups: dict[str, str]
+                            ) -> list[tuple[Workload, dict[str, Any]]]:
+    """The Workloads placed on a node as it would get them: (the Workload, its raw document)."""
+    workloads = []
+    for namespace, name, source_kind, source, origin in await store.workloads.placements_on(node):
         document = await store.documents.get(source_kind, namespace, source)
         if document is None:
             continue
@@ -221,7 +223,48 @@ async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[
             log.warning("workload %s/%s not sent to node %s: %s", namespace, name, node, exc)
             continue
         workloads.append((workload, raw))
-        wanted |= {(kind, namespace, ref) for kind, ref in _refs(workload)}
+    return workloads
+
+
+def held_back_reason(field: str, since: str, version: str) -> str:
+    return (f"held back: node version {version} does not support field {field} (fieldgate {since} and later do); "
+            "upgrade the node")
+
+
+def _node_version(info: dict[str, Any]) -> str | None:
+    version = info.get("version")
+    return str(version)[:64] if isinstance(version, str) else None
+
+
+async def held_back(store: RegistryStore) -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    """(namespace, name, node) → (first field the node cannot read, the version that reads it, the node's version)
+    of every Workload placed on a node whose fieldgate version is too old for it."""
+    infos = await store.node_infos()
+    groups = await store.group_members()
+    found = {}
+    for node in sorted({node for _, _, node, *_ in await store.workloads.placements()}):
+        version = _node_version(infos.get(node, {}))
+        if version is None:
+            continue
+        for workload, raw in await _placed_workloads(store, node, groups):
+            unknown = versions.unsupported_fields(raw, version)
+            if unknown:
+                found[(workload.namespace, workload.name, node)] = (*unknown[0], version)
+    return found
+
+
+async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
+    """The Workloads placed on a node, with the ConfigItems and Secrets (decrypted) they use; a Workload with a
+    field the node's version does not read is held back (gateway.resources.versions)."""
+    version = _node_version((await store.node_infos()).get(node, {}))
+    workloads, wanted = [], set()
+    for workload, raw in await _placed_workloads(store, node, await store.group_members()):
+        if version is not None and versions.unsupported_fields(raw, version):
+            continue
+        workloads.append((workload, raw))
+        wanted |= {(kind, workload.namespace, ref) for kind, ref in _refs(workload)}
+    if not workloads:
+        return []
     box = SecretBox(store.data_dir)
     values: list[dict[str, Any]] = []
     for kind, namespace, name in sorted(wanted):
@@ -262,181 +305,13 @@ async def delete_document(store: RegistryStore, caller: access.Caller, kind: str
     await schedule(store)
 
 
-# --- placement ----------------------------------------------------------------------------------------------------
+# --- placement (gateway.registry.placement) ------------------------------------------------------------------
 
-
-class _Node(msgspec.Struct):
-    name: str
-    labels: dict[str, str]
-    workspace: str
-    paused: bool
-    healthy: bool
-    down_for: float  # seconds without a heartbeat (since it joined, if it never sent one); 0 when healthy
-    accelerators: dict[str, int] = {}  # what the node offers, from its last heartbeat
-
-
-async def _nodes(store: RegistryStore, since: float = 0.0) -> dict[str, _Node]:
-    now = time.time()
-    nodes = {}
-    infos = await store.node_infos()
-    for name, labels, joined_at, last, interval, paused, workspace in await store.placement_nodes():
-        healthy = last is not None and now - last <= OFFLINE_AFTER * interval
-        nodes[name] = _Node(name, labels, workspace, paused, healthy,
-                            0.0 if healthy else now - max(last or joined_at, since),
-                            as_counts(infos.get(name, {}).get("accelerators")))
-    return nodes
-
-
-def accelerator_need(raw: dict[str, Any], replicas: Any = None) -> dict[str, int]:
-    """What one node running a raw Workload (or a template) needs: its accelerators times its replicas."""
-    wanted = raw.get("accelerators") or {}
-    count = replicas if replicas is not None else raw.get("replicas", 1)
-    if not isinstance(wanted, dict) or not isinstance(count, int):
-        return {}
-    return {str(k): int(v) * count for k, v in wanted.items() if isinstance(v, int) and v > 0 and count > 0}
-
-
-def _fits(need: dict[str, int], node: _Node, used: dict[str, int]) -> bool:
-    return all(used.get(name, 0) + count <= node.accelerators.get(name, 0) for name, count in need.items())
-
-
-def shortfall(need: dict[str, int], nodes: list[_Node], used: dict[str, dict[str, int]]) -> str:
-    """Why no node of `nodes` takes a workload that needs `need`, for its status."""
-    wanted = ", ".join(f"{count} x {name}" for name, count in sorted(need.items()))
-    free = [f"{n.name}: " + ", ".join(f"{n.accelerators.get(a, 0) - used.get(n.name, {}).get(a, 0)} of "
-                                      f"{n.accelerators.get(a, 0)} {a} free" for a in sorted(need))
-            for n in sorted(nodes, key=lambda n: n.name)]
-    return f"pending: needs {wanted} on one node; none has them free (" + ("; ".join(free) or "no nodes") + ")"
-
-
-async def schedule(store: RegistryStore, since: float = 0.0) -> int:
-    """Bring the placements in step with the documents and the nodes; how many placements changed. A node counts
-    as down since `since` at the earliest (the registry's start: the time it was away is not the nodes' downtime)."""
-    nodes = await _nodes(store, since)
-    members: dict[str, list[str]] = {}
-    for member, group_name in (await store.group_members()).items():
-        members.setdefault(group_name, []).append(member)
-    current: dict[tuple[str, str, str], tuple[str, str, str]] = {
-        (ns, name, node): (kind, source, origin)
-        for ns, name, node, kind, source, origin, _ in await store.workloads.placements()}
-    placed: dict[tuple[str, str], str] = {}
-    for ns, name, node in current:  # the first placement counts, should two registry replicas have raced
-        placed.setdefault((ns, name), node)
-    wanted: dict[tuple[str, str, str], tuple[str, str, str]] = {}
-    needs: dict[tuple[str, str, str], dict[str, int]] = {}
-
-    def may_start(key: tuple[str, str, str]) -> bool:  # a paused node keeps what it has and gets nothing new
-        return key in current or not nodes[key[2]].paused
-
-    for kind, namespace, name, document, workspace in await store.documents.of_kinds(("Workload", "BatchWorkload")):
-        if kind == "Workload":
-            raw = json.loads(document)
-            selector = raw.get("node_selector") or {}
-            targets = ([raw["node"]] if raw.get("node") else
-                       [n.name for n in nodes.values() if n.workspace == workspace and
-                        all(n.labels.get(k) == v for k, v in selector.items())] if selector else [])
-            for target in targets:
-                key = (namespace, name, target)
-                if target in nodes and may_start(key):
-                    wanted[key] = ("Workload", name, target)
-                    needs[key] = accelerator_need(raw)
-            continue
-        batch = msgspec.json.decode(document, type=BatchWorkload, dec_hook=dec_hook)
-        load: dict[str, int] = {}
-        failover = batch.failover
-        for override in batch.groups:
-            group = [n for n in members.get(override.group, []) if n in nodes and nodes[n].workspace == workspace]
-            down = {n for n in group if failover is not None and not nodes[n].healthy
-                    and nodes[n].down_for >= float(failover.after)}
-            for origin in sorted(group, key=lambda n: n in down):  # the nodes that are up first
-                instance = f"{batch.name}.{origin}"
-                previous = placed.get((namespace, instance))
-                host = _host(origin, previous, down, group, nodes, load, failover.move_back if failover else True)
-                if host is not None and may_start((namespace, instance, host)):
-                    wanted[(namespace, instance, host)] = ("BatchWorkload", batch.name, origin)
-                    needs[(namespace, instance, host)] = accelerator_need(batch.template, override.replicas)
-                    load[host] = load.get(host, 0) + 1
-    used: dict[str, dict[str, int]] = {}
-    for key in sorted(wanted, key=lambda k: (k not in current, k)):  # what runs keeps its accelerators first
-        need = needs.get(key)
-        if not need:
-            continue
-        node_used = used.setdefault(key[2], {})
-        if _fits(need, nodes[key[2]], node_used):
-            for name, count in need.items():
-                node_used[name] = node_used.get(name, 0) + count
-        else:  # no over-commit: it stays unplaced, and its status says why
-            del wanted[key]
-    removed, added = current.keys() - wanted.keys(), wanted.keys() - current.keys()
-    if removed or added:
-        await store.workloads.place(removed, {key: wanted[key] for key in added}, time.time())
-        for namespace, name, node in sorted(added):
-            log.info("workload %s/%s placed on node %s", namespace, name, node)
-    return len(current.keys() ^ wanted.keys())
-
-
-def _host(origin: str, previous: str | None, down: set[str], group: list[str], nodes: dict[str, _Node],
-          load: dict[str, int], move_back: bool) -> str | None:
-    """Where the instances of a batch workload's node `origin` run now."""
-    usable = [n for n in group if n != origin and n not in down and nodes[n].healthy and not nodes[n].paused]
-    if origin not in down:
-        if previous is None or previous == origin or (move_back and not nodes[origin].paused):
-            return origin
-        return previous if previous in usable else origin  # moved and staying there
-    if previous is not None and previous != origin and previous in usable:
-        return previous
-    if not usable:
-        return previous or origin  # nowhere to go: it stays, and runs when its node is back
-    return min(usable, key=lambda n: (load.get(n, 0), n))
-
-
-@contextlib.asynccontextmanager
-async def scheduling(store: RegistryStore, interval: float) -> AsyncIterator[None]:
-    """Run the scheduler every half heartbeat interval (0.5 s to 5 s) while the registry serves."""
-    period = min(max(interval / 2, 0.5), 5.0)
-    started = time.time()
-
-    async def loop() -> None:
-        failing = False
-        while True:
-            try:
-                await schedule(store, started)
-                if failing:
-                    log.info("workload scheduling works again")
-                failing = False
-            except Exception as exc:  # a database hiccup: try again next period, logged once
-                if not failing:
-                    log.warning("workload scheduling failed, retrying every %.1fs: %s", period, exc)
-                failing = True
-            await asyncio.sleep(period)
-
-    task = asyncio.create_task(loop(), name="workload scheduler")
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+schedule = placement.schedule
+scheduling = placement.scheduling
 
 
 # --- status -------------------------------------------------------------------------------------------------------
-
-
-async def _accelerators_used(store: RegistryStore, nodes: dict[str, _Node]) -> dict[str, dict[str, int]]:
-    """The accelerators the placed workloads take on each node."""
-    used: dict[str, dict[str, int]] = {}
-    for namespace, _, node, kind, source, _, _ in await store.workloads.placements():
-        document = await store.documents.get(kind, namespace, source)
-        if document is None or node not in nodes:
-            continue
-        raw = json.loads(document)
-        if kind == "Workload":
-            need = accelerator_need(raw)
-        else:
-            template = raw.get("template") or {}
-            need = accelerator_need(template)
-        for accelerator, count in need.items():
-            used.setdefault(node, {})[accelerator] = used.get(node, {}).get(accelerator, 0) + count
-    return used
 
 
 async def record_status(store: RegistryStore, node: str, reports: list[WorkloadReport] | None) -> None:
@@ -452,11 +327,12 @@ async def record_status(store: RegistryStore, node: str, reports: list[WorkloadR
         events[(namespace, name)] = report.events
         statuses.append((namespace, name, report.status[:64], report.reason[:500], report.replicas, report.ready,
                          report.restarts, report.last_event[:500], msgspec.json.encode(report.instances).decode()))
-    await store.workloads.record_status(node, statuses, events, history.KEEP_EVENTS, time.time())
+    await store.workloads.record_status(node, statuses, events, history.KEEP_EVENTS, time.time(), placement.FAILING)
 
 
 async def workload_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
-    """Every placed or reported workload per node with its status; workloads placed nowhere with node None."""
+    """Every placed or reported workload per node with its status; workloads placed nowhere with node None (pending
+    with the reason when nothing has room for them), held back where a node's version cannot read them."""
     nodes = {node["name"]: node for node in await store.nodes()}
     views: dict[tuple[str, str, str], dict[str, Any]] = {}
     for ns, name, node, kind, source, origin, placed_at in await store.workloads.placements():
@@ -471,22 +347,33 @@ async def workload_views(store: RegistryStore, caller: access.Caller | None = No
             "placed_at": None})
         view.update(status=status, reason=reason, replicas=replicas, ready=ready, restarts=restarts,
                     last_event=last_event, instances=json.loads(instances), reported_at=reported_at)
-    placed = {(ns, view["source"].split(" ", 1)[-1]) for (ns, _, _), view in views.items()}
+    for key, (field, since, version) in (await held_back(store)).items():
+        if key in views:
+            views[key].update(status="held-back", reason=held_back_reason(field, since, version))
+    plan = await placement.plan(store)
+    documents = {(kind, ns, name): (document, workspace) for kind, ns, name, document, workspace in
+                 await store.documents.of_kinds(("Workload", "BatchWorkload"))}
+    sources = {(ns, view["source"].split(" ", 1)[-1]) for (ns, _, _), view in views.items()}
     result: list[dict[str, Any]] = []
-    fleet: dict[str, _Node] | None = None
-    for kind, ns, name, document, workspace in await store.documents.of_kinds(("Workload", "BatchWorkload")):
-        if (ns, name) not in placed and (caller is None or caller.sees(workspace)):
-            reason = "no node matches (or nodes paused)"
-            raw = json.loads(document)
-            need = accelerator_need(raw if kind == "Workload" else raw.get("template") or {})
-            if need:
-                fleet = fleet if fleet is not None else await _nodes(store)
-                reason = shortfall(need, [n for n in fleet.values() if n.workspace == workspace],
-                                   await _accelerators_used(store, fleet))
-            result.append({"namespace": ns, "name": name, "node": None, "source": f"{kind} {name}", "origin": None,
-                           "placed": False, "status": "pending" if need else "not-placed", "reason": reason,
-                           "replicas": None, "ready": 0, "restarts": 0, "last_event": "", "instances": [],
-                           "reported_at": None, "node_status": None})
+
+    def pending_view(ns: str, name: str, node: str | None, source: str, origin: str | None, status: str,
+                     reason: str) -> dict[str, Any]:
+        return {"namespace": ns, "name": name, "node": node, "source": source, "origin": origin, "placed": False,
+                "status": status, "reason": reason, "replicas": None, "ready": 0, "restarts": 0, "last_event": "",
+                "instances": [], "reported_at": None, "node_status": None}
+
+    pending_sources = set()
+    for (ns, name, target), (reason, (kind, source, origin)) in sorted(
+            plan.pending.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")):
+        space = documents.get((kind, ns, source), ("", ""))[1]
+        if (target is not None and (ns, name, target) in views) or (caller is not None and not caller.sees(space)):
+            continue
+        pending_sources.add((ns, source))
+        result.append(pending_view(ns, name, target, f"{kind} {source}", origin or None, "pending", reason))
+    for (kind, ns, name), (_, workspace) in documents.items():
+        if (ns, name) not in sources | pending_sources and (caller is None or caller.sees(workspace)):
+            result.append(pending_view(ns, name, None, f"{kind} {name}", None, "not-placed",
+                                       "no node matches (or nodes paused)"))
     for key in sorted(views):
         view = views[key]
         info = nodes.get(key[2])

@@ -366,6 +366,15 @@ class Limits(Base, kw_only=True):
     cpu: Annotated[float, Meta(gt=0, le=1024, description="cores, e.g. 0.5")] | None = None
 
 
+class Requests(Base, kw_only=True):
+    """What each instance needs of its node, reserved by the registry when it places the workload: it goes only to a
+    node whose reported allocatable, less what is placed there already, still holds it (accelerators are requested
+    by the Workload's `accelerators`)."""
+
+    memory: Annotated[ByteSize | None, Meta(description="bytes or `64Mi`, `1Gi` each instance needs")] = None
+    cpu: Annotated[float, Meta(gt=0, le=1024, description="cores each instance needs, e.g. 0.25")] | None = None
+
+
 class HealthCheck(Base, kw_only=True):
     """Gates `ready`; after `failure_threshold` failures in a row the instance is unhealthy and restarted."""
 
@@ -542,6 +551,9 @@ class Workload(Document, tag="Workload", kw_only=True):
         description="`ports`: the mapped ports only; `host`: the node's network; `none`")] = "ports"
     ports: list[PortMapping] = []
     limits: Limits = msgspec.field(default_factory=Limits)
+    requests: Annotated[Requests | None, Meta(description=(
+        "what each instance needs of its node (cpu, memory); the registry places the workload only where it fits"))
+    ] = None
     restart: Literal["always", "on-failure", "never"] = "always"
     restart_delay: Annotated[Duration, Meta(description="first delay; doubles per restart up to restart_delay_max")
                              ] = Duration(1.0)
@@ -624,9 +636,15 @@ class GroupOverride(Base, kw_only=True):
 
 
 class Failover(Base, kw_only=True):
-    after: Annotated[Duration, Meta(description="how long a node of the group may be offline before its instances "
-                                                "move to the group's other healthy nodes")] = Duration(30.0)
+    """Moves a node's instances to another node of its group that has room for them: when the node has been offline
+    for `after`, or when they have kept failing on it (failed, restarting) for `after` while it is healthy."""
+
+    after: Annotated[Duration, Meta(description="how long a node of the group may be offline, or its instances keep "
+                                                "failing there, before they move to another node of the group that "
+                                                "fits them")] = Duration(30.0)
     move_back: Annotated[bool, Meta(description="move them back when the node returns (else they stay)")] = True
+    avoid_for: Annotated[Duration, Meta(description="how long instances moved away from a node they kept failing "
+                                                    "on stay away from it (no flapping back)")] = Duration(3600.0)
 
 
 class BatchWorkload(Document, tag="BatchWorkload", kw_only=True):

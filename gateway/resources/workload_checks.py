@@ -187,6 +187,42 @@ def pod_problems(workload: Workload, port_names: set[str]) -> list[tuple[str, st
     return problems
 
 
+def request_problems(workload: Workload) -> list[tuple[str, str]]:
+    """(path, message) of requests above the limits: an instance could never get what it reserved."""
+    problems: list[tuple[str, str]] = []
+    requests, limits = workload.requests, workload.limits
+    if requests is None:
+        return problems
+    if requests.cpu is not None and limits.cpu is not None and requests.cpu > limits.cpu:
+        problems.append(("$.requests.cpu", f"{requests.cpu:g} cores is more than limits.cpu ({limits.cpu:g})"))
+    if requests.memory is not None and limits.memory is not None and requests.memory > limits.memory:
+        problems.append(("$.requests.memory", f"{requests.memory} bytes is more than limits.memory "
+                                              f"({limits.memory} bytes)"))
+    return problems
+
+
+def host_port_problems(workload: Workload) -> list[tuple[str, str]]:
+    """(path, message) of fixed host ports two instances would claim at once: with more than one replica, or with a
+    rolling update that starts a new instance beside the old one (max_surge above 0). Refused rather than changed
+    quietly: the document says what runs."""
+    fixed = [(i, port) for i, port in enumerate(workload.ports) if port.host_port]
+    if not fixed or workload.network == "none":
+        return []
+    i, port = fixed[0]
+    where = f"$.ports[{i}].host_port"
+    if workload.replicas > 1:
+        return [(where, f"{port.host_port} is a fixed port and replicas is {workload.replicas}: every instance would "
+                        "claim it (use host_port 0 for a free port per instance, or replicas 1)")]
+    strategy = workload.strategy
+    if strategy is not None and strategy.type == "RollingUpdate":
+        surge, _ = strategy.bounds(max(workload.replicas, 1))
+        if surge > 0:
+            return [(where, f"{port.host_port} is a fixed port and strategy.max_surge lets an update start a second "
+                            f"instance ({surge}) beside the old one: both would claim it (set strategy.max_surge: 0 "
+                            "with max_unavailable: 1, strategy.type: Recreate, or host_port 0)")]
+    return []
+
+
 def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str], ConfigItem],
                       secrets: Mapping[tuple[str, str], Secret],
                       settings: WorkloadSettings | None = None) -> list[tuple[str, str]]:
@@ -228,6 +264,8 @@ def workload_problems(workload: Workload, config_items: Mapping[tuple[str, str],
         problems.append(("$.restart_delay_max", "must not be shorter than restart_delay"))
     if workload.limits.memory is not None and workload.limits.memory < 1 << 20:
         problems.append(("$.limits.memory", "must be at least 1Mi"))
+    problems += request_problems(workload)
+    problems += host_port_problems(workload)
     problems += security_problems(workload)
     problems += volume_problems(workload, settings)
     problems += _hook_problems("$.lifecycle.post_start", workload.hooks.post_start, workload, port_names)

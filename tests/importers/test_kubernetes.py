@@ -33,7 +33,8 @@ def test_a_deployment_with_its_config_map_and_secret_imports_and_checks_clean(tm
     assert workload["replicas"] == 2 and workload["node_selector"] == {"site": "plant-a"}
     assert workload["strategy"] == {"type": "RollingUpdate", "max_surge": "25%", "max_unavailable": 0}
     assert workload["labels"] == {"app": "nginx"} and workload["annotations"]["team/owner"] == "plant-it"
-    assert workload["annotations"][kubernetes.REQUESTS_ANNOTATION] == "cpu=250m, memory=64Mi"
+    assert workload["requests"] == {"cpu": 0.25, "memory": "64Mi"}
+    assert kubernetes.REQUESTS_ANNOTATION not in workload["annotations"]
     assert workload["limits"] == {"cpu": 0.5, "memory": "128Mi"} and workload["stop_grace"] == 5
     assert workload["env"] == {"APP_VERSION": "one"}
     assert workload["env_from"] == [

@@ -69,13 +69,13 @@ def test_accelerators_place_only_where_they_are_free(registry: Registry, fleet: 
     registry.cli("apply", "-f", str(tmp_path / "more.yaml"))
     pending = views(registry)[("more", None)]
     assert pending["status"] == "pending"
-    assert pending["reason"] == (f"pending: needs 1 x {ACCELERATOR} on one node; none has them free (gw-1: 0 of 0 "
-                                 f"{ACCELERATOR} free; gw-2: 0 of 2 {ACCELERATOR} free; gw-3: 0 of 0 {ACCELERATOR} "
-                                 "free)")
+    assert pending["reason"] == (f"pending: needs 1 x {ACCELERATOR} on a node; none has it free (gw-1: {ACCELERATOR} "
+                                 f"0 of 0 free, 1 short; gw-2: {ACCELERATOR} 0 of 2 free, 1 short; gw-3: "
+                                 f"{ACCELERATOR} 0 of 0 free, 1 short)")
     # one asking for more than any node has stays pending too, and the first keeps running where it is
     (tmp_path / "huge.yaml").write_text(workload("huge", 3))
     registry.cli("apply", "-f", str(tmp_path / "huge.yaml"))
-    assert "needs 3 x example.com/npu on one node" in views(registry)[("huge", None)]["reason"]
+    assert "needs 3 x example.com/npu on a node" in views(registry)[("huge", None)]["reason"]
     assert running_on_gw2() is not None
     # the status page and the API say the same
     token = registry.cli("token", "create", "--role", "viewer").stdout.strip()

@@ -33,6 +33,10 @@ def test_a_good_workload_loads() -> None:
     config = check_documents(parse_yaml(GOOD, "apps.yaml"), {})
     workload = config.workloads[("default", "app")]
     assert workload.limits.memory == 128 << 20 and workload.limits.cpu == 0.5
+    # a fixed host port takes a rolling update that does not surge, or Recreate
+    for strategy in ("{type: RollingUpdate, max_surge: 0, max_unavailable: 1}", "{type: Recreate}"):
+        check_documents(parse_yaml(GOOD + f"strategy: {strategy}\nrequests: {{cpu: 0.5, memory: 64Mi}}\n",
+                                   "apps.yaml"), {})
     assert config.config_items[("default", "settings")].data == {"mode": "fast"}
 
 
@@ -53,6 +57,19 @@ def test_a_good_workload_loads() -> None:
      "apps.yaml: document 2 (Workload app): $.files[0].path: '../etc/passwd' must be relative, without '..'"),
     ("image: app:1", "apps.yaml: document 2 (Workload app): $.image: the process runtime runs a command, not an image"),
     ("oops: 1", "apps.yaml: document 2 (Workload app): $: Object contains unknown field oops"),
+    ("requests: {cpu: 1}", "apps.yaml: document 2 (Workload app): $.requests.cpu: 1 cores is more than limits.cpu "
+                           "(0.5)"),
+    ("requests: {memory: 1Gi}", "apps.yaml: document 2 (Workload app): $.requests.memory: 1073741824 bytes is more "
+                                "than limits.memory (134217728 bytes)"),
+    ("requests: {memory: -1}", "apps.yaml: document 2 (Workload app): $.requests.memory: Expected a size like "
+                               "'64Mi', '1Gi', '500M' or a number of bytes, got -1"),
+    ("replicas: 2", "apps.yaml: document 2 (Workload app): $.ports[0].host_port: 18080 is a fixed port and replicas "
+                    "is 2: every instance would claim it (use host_port 0 for a free port per instance, or replicas "
+                    "1)"),
+    ("strategy: {type: RollingUpdate}", "apps.yaml: document 2 (Workload app): $.ports[0].host_port: 18080 is a fixed "
+                                        "port and strategy.max_surge lets an update start a second instance (1) "
+                                        "beside the old one: both would claim it (set strategy.max_surge: 0 with "
+                                        "max_unavailable: 1, strategy.type: Recreate, or host_port 0)"),
 ])
 def test_bad_workloads_are_named_with_file_document_and_field(change: str, expected: str) -> None:
     key = change.split(":")[0]

@@ -164,8 +164,7 @@ async def test_an_imported_deployment_runs_healthy_under_a_gateway(start_node: C
     assert {a["version"] for a in answers} == {"one"} and {a["password"] for a in answers} == {"s3cr3t"}
     workload = await node.workload("web")
     assert workload["status"] == "running" and workload["replicas"] == 2
-    assert workload["annotations"] == {kubernetes.REQUESTS_ANNOTATION: "memory=64Mi",
-                                       kubernetes.IMAGE_ANNOTATION: "web:1"}
+    assert workload["annotations"] == {kubernetes.IMAGE_ANNOTATION: "web:1"}
     [version] = (await node.api.get("/api/v1/workloads/default/web/versions")).json()
     assert version["spec"]["strategy"] == {"max_surge": 1, "max_unavailable": 0}  # RollingUpdate: the default type
     assert version["spec"]["limits"] == {"memory": 256 << 20, "cpu": 1.0}

@@ -167,6 +167,14 @@ CREATE TABLE app_metrics (node TEXT NOT NULL, minute INTEGER NOT NULL, workload 
     PRIMARY KEY (node, minute, workload, instance));
 CREATE INDEX app_metrics_by_workload ON app_metrics (workload, minute);
 """),
+    (19, """
+CREATE TABLE workload_failures (namespace TEXT NOT NULL, name TEXT NOT NULL, node TEXT NOT NULL,
+    since {time} NOT NULL, last_failed {time} NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, node));
+CREATE TABLE workload_moves (namespace TEXT NOT NULL, name TEXT NOT NULL, node TEXT NOT NULL, moved_to TEXT NOT NULL,
+    moved_at {time} NOT NULL, avoid_until {time} NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, node, moved_at));
+"""),
 ]
 
 

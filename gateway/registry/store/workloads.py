@@ -1,5 +1,7 @@
 """Registry workloads on the nodes: where the scheduler placed them (`workload_placements`), the status each node
-reports of them (`workload_status`) and their events (`workload_events`, the newest of each node and workload)."""
+reports of them (`workload_status`), their events (`workload_events`, the newest of each node and workload), since
+when they have been failing on a node (`workload_failures`) and the moves away from a node they kept failing on
+(`workload_moves`, which the scheduler avoids until `avoid_until`)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ class WorkloadTables(Tables):
         removed = list(removed)
         for key in removed:
             statements += [("DELETE FROM workload_placements WHERE namespace=? AND name=? AND node=?", key),
-                           ("DELETE FROM workload_status WHERE namespace=? AND name=? AND node=?", key)]
+                           ("DELETE FROM workload_status WHERE namespace=? AND name=? AND node=?", key),
+                           ("DELETE FROM workload_failures WHERE namespace=? AND name=? AND node=?", key)]
         for key, (kind, source, origin) in added.items():
             statements.append(("INSERT INTO workload_placements VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                (*key, kind, source, origin, now)))
@@ -61,12 +64,27 @@ class WorkloadTables(Tables):
 
     async def record_status(self, node: str, statuses: Sequence[Status],
                             events: Mapping[tuple[str, str], Sequence[EventReport]], keep_events: int,
-                            now: float) -> None:
+                            now: float, failing: Iterable[str] = ()) -> None:
         """In one transaction: a node's whole set of workload statuses, and the events it reported (each once, the
-        newest `keep_events` per workload; the events of workloads it no longer reports go)."""
+        newest `keep_events` per workload; the events of workloads it no longer reports go); a workload whose status
+        is one of `failing` keeps the time it began failing there, any other forgets it."""
+        failing = set(failing)
         statements: list[Statement] = [("DELETE FROM workload_status WHERE node=?", (node,))]
         statements += [("INSERT INTO workload_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (node, *status, now))
                        for status in statuses]
+        bad = {(status[0], status[1]): status for status in statuses if status[2] in failing}
+        listed = {(status[0], status[1]) for status in statuses}
+        for namespace, name in await self.database.rows(
+                "SELECT namespace, name FROM workload_failures WHERE node=?", node):
+            if (namespace, name) not in listed:
+                statements.append(("DELETE FROM workload_failures WHERE namespace=? AND name=? AND node=?",
+                                   (namespace, name, node)))
+        for (namespace, name), status in bad.items():
+            statements += [
+                ("INSERT INTO workload_failures VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 (namespace, name, node, now, now, status[2], status[3])),
+                ("UPDATE workload_failures SET last_failed=?, status=?, reason=? WHERE namespace=? AND name=? AND "
+                 "node=?", (now, status[2], status[3], namespace, name, node))]
         held = await self.database.rows("SELECT DISTINCT namespace, name FROM workload_events WHERE node=?", node)
         for namespace, name in held:
             if (namespace, name) not in events:
@@ -83,6 +101,41 @@ class WorkloadTables(Tables):
                 "workload_events WHERE node=? AND namespace=? AND name=? ORDER BY ts DESC, seq DESC LIMIT 1 "
                 "OFFSET ?)", (node, namespace, name, node, namespace, name, keep_events - 1)))
         await self.database.transaction(statements)
+
+    async def failures(self) -> dict[tuple[str, str, str], tuple[float, float, str, str]]:
+        """(namespace, name, node) → (failing since, last reported failing, status, reason) of the workloads that
+        began failing on their nodes and have not been forgotten."""
+        return {(str(ns), str(name), str(node)): (float(since), float(last), str(status), str(reason))
+                for ns, name, node, since, last, status, reason in await self.database.rows(
+                    "SELECT namespace, name, node, since, last_failed, status, reason FROM workload_failures")}
+
+    async def forget_failure(self, namespace: str, name: str, node: str) -> None:
+        """End a failing streak: the workload has been well on the node for a while."""
+        await self.database.write("DELETE FROM workload_failures WHERE namespace=? AND name=? AND node=?",
+                                  namespace, name, node)
+
+    async def record_move(self, namespace: str, name: str, node: str, moved_to: str, now: float, avoid_until: float,
+                          reason: str, keep: float) -> None:
+        """Keep that a workload was moved away from a node it kept failing on (moves older than `keep` go)."""
+        await self.database.transaction([
+            ("DELETE FROM workload_moves WHERE avoid_until < ?", (now - keep,)),
+            ("INSERT INTO workload_moves VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             (namespace, name, node, moved_to, now, avoid_until, reason)),
+            ("DELETE FROM workload_failures WHERE namespace=? AND name=? AND node=?", (namespace, name, node))])
+
+    async def avoided(self, now: float) -> dict[tuple[str, str], set[str]]:
+        """(namespace, name) → the nodes a workload was moved away from and should not go back to before now."""
+        result: dict[tuple[str, str], set[str]] = {}
+        for ns, name, node in await self.database.rows(
+                "SELECT namespace, name, node FROM workload_moves WHERE avoid_until > ?", now):
+            result.setdefault((str(ns), str(name)), set()).add(str(node))
+        return result
+
+    async def moves(self, namespace: str, name: str) -> list[tuple[Any, ...]]:
+        """(node, moved to, moved at, avoid until, reason) of a workload's moves, newest first."""
+        return await self.database.rows(
+            "SELECT node, moved_to, moved_at, avoid_until, reason FROM workload_moves WHERE namespace=? AND name=? "
+            "ORDER BY moved_at DESC", namespace, name)
 
     async def statuses(self) -> list[tuple[Any, ...]]:
         """(node, namespace, name, status, reason, replicas, ready, restarts, last event, instances JSON, reported

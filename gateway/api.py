@@ -86,7 +86,8 @@ class GatewayAPI:
 
     @property
     def protocols(self) -> Mapping[str, type[Protocol]]:
-        """The protocol classes by protocol name (the `register_protocols` hook's)."""
+        """The protocol classes by protocol name: registered by the `register_protocols` hook, or declared as
+        `fieldgate.protocols` entry points and imported on first use (iterating every class imports them all)."""
         return self._configuration.protocols
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,13 @@ from gateway.errors import ConfigError
 from gateway.importers import csv as csv_import
 from gateway.importers.cli import write
 from gateway.plugins import get_plugin_manager
+from gateway.protocols.base import Protocol
+from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
 
 
-def protocols() -> dict[str, type]:
-    pm = get_plugin_manager()
-    return {name: cls for classes in pm.hook.register_protocols() for cls in classes for name in cls.names}
+def protocols() -> Mapping[str, type[Protocol]]:
+    return protocol_registry(get_plugin_manager())
 
 
 def test_rows_become_devices_that_pass_validation(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,16 @@ import pytest
 from gateway.importers import kubeedge
 from gateway.importers.cli import write
 from gateway.plugins import get_plugin_manager
+from gateway.protocols.base import Protocol
+from gateway.protocols.registry import protocol_registry
 from gateway.resources.loader import load_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "kubeedge-examples"
 REAL = sorted(EXAMPLES.glob("*.yaml"))
 
 
-def protocols() -> dict[str, type]:
-    pm = get_plugin_manager()
-    return {name: cls for classes in pm.hook.register_protocols() for cls in classes for name in cls.names}
+def protocols() -> Mapping[str, type[Protocol]]:
+    return protocol_registry(get_plugin_manager())
 
 
 @pytest.mark.skipif(not REAL, reason="the shared KubeEdge examples are not present")

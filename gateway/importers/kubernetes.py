@@ -250,10 +250,13 @@ def _pod(found: _Problems, pod_path: str, containers: list[Any], init_containers
          volumes: dict[str, tuple[str, dict[str, Any]]], pod_security: dict[str, Any],
          config_maps: dict[tuple[str, str], Any], secrets: dict[tuple[str, str], Any]) -> None:
     """Several containers, or init containers: a Workload's `containers` and `init_containers`, one pod. What a
-    Workload has once (env_from, image_pull_policy, lifecycle hooks, accelerators) is gathered from them."""
+    Workload has once (env_from, image_pull_policy, lifecycle hooks, accelerators, requests) is gathered from
+    them."""
     workload_volumes: dict[str, dict[str, Any]] = {}
     env_from: dict[str, tuple[str, dict[str, Any]]] = {}
     requests: list[str] = []
+    app_requests: dict[str, Any] = {}
+    init_requests: dict[str, Any] = {}
     for field, k8s, group in (("init_containers", "initContainers", init_containers),
                               ("containers", "containers", containers)):
         converted_group = []
@@ -283,6 +286,14 @@ def _pod(found: _Problems, pod_path: str, containers: list[Any], init_containers
                 out.setdefault("accelerators", {})[name] = out.get("accelerators", {}).get(name, 0) + count
             if REQUESTS_ANNOTATION in one.get("annotations", {}):
                 requests.append(f"{container['name']}: {one['annotations'][REQUESTS_ANNOTATION]}")
+            for key, amount in one.get("requests", {}).items():
+                amount = _bytes(amount) if key == "memory" else amount
+                if amount is None:
+                    continue
+                if field == "containers":  # the app containers run together: their requests add up
+                    app_requests[key] = app_requests.get(key, 0) + amount
+                else:  # an init container runs alone, before them
+                    init_requests[key] = max(init_requests.get(key, 0), amount)
             mounts = []
             for volume in one.get("volumes", []):
                 mount = {"name": volume["name"], "mount_path": volume["mount_path"]}
@@ -302,6 +313,11 @@ def _pod(found: _Problems, pod_path: str, containers: list[Any], init_containers
         out["volumes"] = list(workload_volumes.values())
     if requests:
         out.setdefault("annotations", {})[REQUESTS_ANNOTATION] = "; ".join(requests)
+    # as Kubernetes reckons a pod's request: its app containers' together, or its largest init container's
+    pod_requests = {key: max(app_requests.get(key, 0), init_requests.get(key, 0))
+                    for key in (*app_requests, *init_requests)}
+    if pod_requests:
+        out["requests"] = {key: pod_requests[key] for key in ("cpu", "memory") if key in pod_requests}
 
 
 def _volume(found: _Problems, path: str, volume: dict[str, Any]) -> dict[str, Any] | None:
@@ -536,6 +552,17 @@ def _cores(value: Any) -> float | None:
     if match is None:
         return None
     return float(match[1]) / (1000 if match[2] else 1)
+
+
+_MEMORY_FACTORS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 1000, "M": 10**6, "G": 10**9}
+
+
+def _bytes(value: Any) -> int | None:
+    """Bytes of what `_memory` gave (a number of bytes, or a size such as 64Mi), to add requests up."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _MEMORY.match(str(value))
+    return None if match is None else int(match[1]) * _MEMORY_FACTORS[_MEMORY_UNITS[match[2] or ""]]
 
 
 def _memory(value: Any) -> int | str | None:

@@ -181,6 +181,18 @@ BAD_POD = (POD.replace("imagePullPolicy: IfNotPresent\n        args:", "imagePul
            .replace("mountPath: /data}]\n      containers", "mountPath: /data}]\n        tty: true\n      containers"))
 
 
+def test_a_pods_requests_are_its_containers_together_or_its_largest_init_container(tmp_path: Path) -> None:
+    source = tmp_path / "shop.yaml"
+    source.write_text(POD.replace("requests: {cpu: 100m}", "requests: {cpu: 100m, memory: 64Mi}")
+                      .replace("resources: {limits: {cpu: 250m}}",
+                               "resources: {limits: {cpu: 250m}, requests: {cpu: 150m, memory: 32Mi}}")
+                      .replace("volumeMounts: [{name: data, mountPath: /data}]\n      containers",
+                               "volumeMounts: [{name: data, mountPath: /data}]\n"
+                               "        resources: {requests: {memory: 1Gi, cpu: 50m}}\n      containers"))
+    workload = next(d for d in kubernetes.import_files([source]).all_documents() if d["kind"] == "Workload")
+    assert workload["requests"] == {"cpu": 0.25, "memory": 1 << 30}
+
+
 def test_a_deployment_of_several_containers_and_init_containers_becomes_a_pod(tmp_path: Path) -> None:
     source = tmp_path / "shop.yaml"
     source.write_text(POD)
@@ -203,7 +215,8 @@ def test_a_deployment_of_several_containers_and_init_containers_becomes_a_pod(tm
     assert workload["env_from"] == [{"name": "MODE", "config_item": "settings", "key": "mode"}]
     assert workload["image_pull_policy"] == "IfNotPresent"
     assert workload["lifecycle"] == {"pre_stop": {"type": "exec", "command": ["sh", "-c", "sleep 1"]}}
-    assert workload["annotations"][kubernetes.REQUESTS_ANNOTATION] == "web: cpu=100m"
+    assert workload["requests"] == {"cpu": 0.1}  # the pod's: only web asks
+    assert "annotations" not in workload  # nothing left that the registry does not place by
     written = tmp_path / "fieldgate.yaml"
     done = fieldgate("import", "kubernetes", str(source), "-o", str(written))
     assert done.returncode == 0, done.stderr

@@ -232,6 +232,7 @@ class ChannelHub:
         self.channel_address = channel_address
         self._fingerprint: str | None = None  # of the documents at the sweep's last look (None: no look yet)
         self._documents_told = False  # a notification told of a change of documents since the sweep's last look
+        self._unexplained = False  # the last look found documents changed that no notification had told of yet
         self.connections = 0
         self.syncs = 0  # times a channel looked at the store for what is new for its node
 
@@ -262,14 +263,17 @@ class ChannelHub:
             if not self.sessions:
                 continue
             try:
-                # documents changed with no notification telling of it since the last look (another process on the
-                # same SQLite file, a notification lost): every channel looks; a change a notification told of
-                # woke the channels it concerns already
+                # documents changed and no notification told of it by the next look (another process on the same
+                # SQLite file, a notification lost): every channel looks. A change a notification told of woke the
+                # channels it concerns already; one look's grace lets a notification that comes after the commit
+                # (PostgreSQL NOTIFY, a writer not yet resumed) arrive before every channel is woken for nothing.
                 fingerprint = await store.documents.fingerprint()
                 told, self._documents_told = self._documents_told, False
+                if self._unexplained and not told:
+                    self.wake(EVERY_NODE)
+                self._unexplained = False
                 if fingerprint != self._fingerprint:
-                    if self._fingerprint is not None and not told:
-                        self.wake(EVERY_NODE)
+                    self._unexplained = self._fingerprint is not None and not told
                     self._fingerprint = fingerprint
                 for node, version in (await store.twins.latest_versions()).items():
                     session = self.sessions.get(node)

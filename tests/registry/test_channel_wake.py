@@ -123,7 +123,7 @@ async def _drive(port: int, tmp_path: Path, data_dir: Path, admin: str, cli: Any
             assert applied.status_code == 200, applied.text
             for name, wanted in reached.items():
                 await until(lambda n=name, w=wanted: w <= nodes[n].documents(), f"the push to {name}")
-            await asyncio.sleep(2.2)  # two sweeps: a stray wake would show
+            await asyncio.sleep(2.5)  # two sweeps: a stray wake would show
             others = [name for name in nodes if name not in reached and len(nodes[name].pushes) != before[name]]
             assert others == [], f"pushed to {others}"
             return await syncs() - count

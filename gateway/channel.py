@@ -93,6 +93,7 @@ class Stream:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._arrived = asyncio.Event()
         self._unacknowledged = 0  # bytes taken by the reader since credit was last granted
+        self._granted = STREAM_WINDOW  # bytes the other side may have sent in all: the window and the credit since
         self._received_end = False
         self._sent_end = False
         self.error: str | None = None
@@ -128,6 +129,7 @@ class Stream:
         self._unacknowledged += len(chunk)
         if self._unacknowledged >= STREAM_WINDOW // 2 and not self._received_end:
             self.mux.send_control(StreamCredit(stream=self.id, credit=self._unacknowledged))
+            self._granted += self._unacknowledged
             self._unacknowledged = 0
         return chunk
 
@@ -160,8 +162,9 @@ class Stream:
     def _data(self, data: bytes) -> None:
         if self._received_end or self.error is not None:
             return
-        if len(data) > STREAM_WINDOW:  # more than any credit granted: a peer that ignores flow control
-            raise ChannelError(f"stream {self.id}: {len(data)} bytes beyond the credit granted")
+        if self.bytes_received + len(data) > self._granted:  # a peer that ignores flow control
+            raise ChannelError(f"stream {self.id}: {self.bytes_received + len(data) - self._granted} bytes beyond "
+                               "the credit granted")
         self.bytes_received += len(data)
         self._chunks.append(data)
         self._arrived.set()

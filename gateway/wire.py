@@ -550,8 +550,14 @@ class Heartbeat(ChannelFrame, kw_only=True, tag="heartbeat"):
 
 
 class HeartbeatAnswer(ChannelFrame, kw_only=True, tag="heartbeat-answer"):
+    """The answer to a heartbeat: its `body`, or why the registry refused it (`refused`, with the HTTP `status` the
+    same heartbeat gets over HTTPS, such as 429 for twin reports sooner than MIN_REPORT_INTERVAL allows); a refused
+    heartbeat is taken as one that did not get through, and what it carried goes with the next one."""
+
     seq: int  # of the heartbeat answered (it acknowledges it)
-    body: HeartbeatResponse
+    body: HeartbeatResponse | None = None
+    refused: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] | None = None
+    status: int = 200
 
 
 class Push(ChannelFrame, kw_only=True, tag="push"):

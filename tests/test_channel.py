@@ -175,3 +175,46 @@ async def test_every_blocked_sender_hears_of_a_closed_connection() -> None:
         for send in done:
             with pytest.raises(StreamError, match="connection lost"):
                 send.result()
+
+
+async def test_a_peer_that_sends_beyond_the_credit_granted_breaks_the_protocol() -> None:
+    """However the frames come, a stream takes no more than the window plus the credit its reader granted: a peer
+    that ignores flow control is a protocol error, not a buffer that grows."""
+    from gateway.channel import ChannelError
+    from gateway.wire import StreamOpen
+
+    release = asyncio.Event()
+    taken: list[int] = []
+
+    async def holds(stream: Stream) -> None:
+        await release.wait()
+        while chunk := await stream.receive():
+            taken.append(len(chunk))
+
+    sent: list[bytes] = []
+
+    async def sink(data: bytes) -> None:
+        sent.append(data)
+
+    mux = Multiplexer(sink, odd=False, handlers={"held": holds})
+    writer = asyncio.create_task(mux.run_writer())
+    try:
+        chunk = bytes(MAX_STREAM_CHUNK)
+        for stream_id in (1, 3):
+            mux.dispatch(StreamOpen(stream=stream_id, kind="held"))
+            for _ in range(STREAM_WINDOW // MAX_STREAM_CHUNK):  # the whole window: taken
+                mux.dispatch(StreamData(stream=stream_id, data=chunk))
+        with pytest.raises(ChannelError, match="stream 1: 1 bytes beyond the credit granted"):
+            mux.dispatch(StreamData(stream=1, data=b"x"))
+        release.set()  # the readers read: the credit they grant lets as much again come
+        for _ in range(200):
+            if sum(taken) >= 2 * STREAM_WINDOW:
+                break
+            await asyncio.sleep(0.01)
+        assert sum(taken) == 2 * STREAM_WINDOW
+        for _ in range(STREAM_WINDOW // MAX_STREAM_CHUNK):
+            mux.dispatch(StreamData(stream=3, data=chunk))
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await mux.close("done")

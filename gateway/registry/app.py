@@ -52,6 +52,7 @@ from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
 from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 from gateway.registry.store.db import NODES_CHANNEL
+from gateway.registry.store.requests import ANSWERS_CHANNEL
 from gateway.resources.schema import check_node_name
 from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
@@ -253,6 +254,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
             await store.database.listen(CHANNEL, app.state.waiters.wake)
             await store.database.listen(CHANNEL, hub.wake)
             await store.database.listen(NODES_CHANNEL, hub.wake)
+            await store.database.listen(ANSWERS_CHANNEL, log_requests.wake)
             sweep = asyncio.create_task(hub.sweep(store), name="channel sweep")
             try:
                 async with workloads.scheduling(store, interval), \

@@ -2,17 +2,20 @@
 
 The node says what it has (Hello: resource version, desired version); the registry pushes what is newer at once and
 again whenever something for the node is stored: its documents (a new resource version), desired values, REST
-messages and requests (logs, workload actions). A store write notifies (gateway.registry.store NODES_CHANNEL, and
-the messages' CHANNEL): in-process on SQLite, PostgreSQL NOTIFY to every replica; a sweep every SWEEP_EVERY s finds
-what another process wrote without a notification reaching this one (a CLI on the same SQLite file), a node removed
-included. The node
-acknowledges each push once applied; what a dropped connection did not acknowledge is pushed again on the next one,
-and the node applies by version and message id, so nothing is applied twice. Heartbeats travel as frames and are
-taken as the HTTPS heartbeat is (gateway.registry.app.take_heartbeat). Byte streams: `hub.open_stream(node, kind,
-meta)`, and `hub.handlers[kind]` for the streams nodes open (gateway.channel).
+messages and requests (logs, workload actions). A store write notifies the nodes it concerns (gateway.registry.store
+NODES_CHANNEL, the nodes named or every node; gateway.registry.concerned for documents; and the messages' CHANNEL):
+in-process on SQLite, PostgreSQL NOTIFY to every replica, and only those nodes' channels look at the database. A
+sweep every SWEEP_EVERY s finds what another process wrote without a notification reaching this one (a CLI on the
+same SQLite file), a node removed included. The node acknowledges each push once applied; what a dropped connection
+did not acknowledge is pushed again on the next one, and the node applies by version and message id, so nothing is
+applied twice. Heartbeats travel as frames and are taken as the HTTPS heartbeat is (gateway.registry.app.
+take_heartbeat), its twin-report rate limit included (a refused one answered with `refused` and the status). The
+node's answers to requests go to the call that waits, on this replica or another (gateway.registry.logs.
+deliver_answer). Byte streams: `hub.open_stream(node, kind, meta)`, and `hub.handlers[kind]` for the streams nodes
+open (gateway.channel).
 
 A node certificate the registry revoked (or a node it removed) gets a Refused frame with the reason and the
-connection closes with code 1008.
+connection closes with code 1008; a frame that breaks the protocol closes it with 1002 and the reason.
 """
 
 from __future__ import annotations
@@ -29,17 +32,17 @@ from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.params import FromPath
 
 from gateway.channel import PROBE_KIND, ChannelError, Multiplexer, Stream, StreamHandler, decode_frame, discard
-from gateway.decoding import decode_json
 from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry.access import audited, node_workspace, require_caller, workspace_scope
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.ca import peer_identity
-from gateway.registry.store.db import EVERY_NODE
+from gateway.registry.store.db import EVERY_NODE, payload_nodes
+from gateway.registry.twins import check_report_rate
 from gateway.wire import (
-    ANSWERS,
     CHANNEL_PATH,
     CHANNEL_VERSION,
     MAX_CHANNEL_FRAME,
+    MAX_REASON,
     Ack,
     Answer,
     DesiredValue,
@@ -61,6 +64,7 @@ MAX_PROBE = 1 << 30
 SWEEP_EVERY = 1.0  # seconds between two looks at the database for changes no notification told of
 HELLO_TIMEOUT = 10.0
 REFUSED_CODE = 1008  # WebSocket close code "policy violation": a certificate refused
+PROTOCOL_ERROR_CODE = 1002  # WebSocket close code "protocol error": a frame the channel cannot take
 
 
 class NodeSession:
@@ -121,6 +125,13 @@ class NodeSession:
             from gateway.registry.app import take_heartbeat
 
             await self.check_certificate()
+            if frame.body.twins is not None:
+                try:  # the same limit as over HTTPS, and the same refusal
+                    check_report_rate(self.socket.app.state, self.node)
+                except HTTPException as exc:
+                    self.mux.send_control(HeartbeatAnswer(seq=frame.seq, refused=str(exc.detail)[:MAX_REASON],
+                                                          status=exc.status_code))
+                    return
             answer = await take_heartbeat(self.store, self.node, frame.body, self.seen_from,
                                           self.hub.channel_address)
             if answer.documents is not None:
@@ -138,22 +149,22 @@ class NodeSession:
                 await self.store.ack_messages(self.node, frame.messages)
                 self.sent_messages.difference_update(frame.messages)
         elif isinstance(frame, Answer):
-            self._answer(frame)
+            await self._answer(frame)
             self.mux.send_control(Ack(seq=frame.seq))
         else:
             raise ChannelError(f"a {type(frame).__name__} frame from a node")
 
-    def _answer(self, frame: Answer) -> None:
-        requests: LogRequests = self.hub.log_requests
-        pending = requests.waiting.get(frame.request)
-        if pending is None or pending[0] != self.node or frame.path not in ANSWERS:
-            return  # timed out meanwhile (or asked by another replica, which the HTTPS answer reaches)
+    async def _answer(self, frame: Answer) -> None:
+        """The node's answer to a request: to the call waiting here, or stored for the replica whose call waits."""
+        from gateway.registry.logs import deliver_answer
+
         try:
-            answer = decode_json(frame.body, ANSWERS[frame.path], what=f"{frame.path} answer")
-        except ConfigError as exc:
-            answer = ANSWERS[frame.path](error=str(exc))
-        if not pending[2].done():
-            pending[2].set_result(msgspec.to_builtins(answer))
+            await deliver_answer(self.store, self.hub.log_requests, self.node, frame.request, frame.body)
+        except NotFound:
+            return  # timed out meanwhile
+        except ConfigError as exc:  # not an answer of the kind asked: the waiting call gets the reason
+            await deliver_answer(self.store, self.hub.log_requests, self.node, frame.request,
+                                 msgspec.json.encode({"error": str(exc)[:500]}))
 
     async def _sync_loop(self) -> None:
         while True:
@@ -164,6 +175,7 @@ class NodeSession:
     async def sync(self) -> None:
         """Push what is newer than what the node has (ChannelRefused when its certificate was revoked meanwhile)."""
         await self.check_certificate()
+        self.hub.syncs += 1
         version, documents = await self.store.node_documents(self.node)
         push = Push(seq=0)
         if version != self.resource_version:
@@ -218,13 +230,24 @@ class ChannelHub:
         self.handlers: dict[str, StreamHandler] = {PROBE_KIND: discard}
         self.log_requests = log_requests
         self.channel_address = channel_address
-        self._fingerprint = ""
+        self._fingerprint: str | None = None  # of the documents at the sweep's last look (None: no look yet)
+        self._documents_told = False  # a notification told of a change of documents since the sweep's last look
+        self._unexplained = False  # the last look found documents changed that no notification had told of yet
         self.connections = 0
+        self.syncs = 0  # times a channel looked at the store for what is new for its node
 
     def wake(self, payload: str) -> None:
-        for session in (self.sessions.values() if payload == EVERY_NODE else
-                        [one] if (one := self.sessions.get(payload)) is not None else []):
-            session.changed.set()
+        """A notification (NODES_CHANNEL, or a message's CHANNEL): the channels of the nodes it names look again."""
+        nodes, documents = payload_nodes(payload)
+        if documents:
+            self._documents_told = True
+        if nodes is None:
+            for session in self.sessions.values():
+                session.changed.set()
+            return
+        for node in nodes if len(nodes) < len(self.sessions) else [n for n in self.sessions if n in nodes]:
+            if (one := self.sessions.get(node)) is not None:
+                one.changed.set()
 
     async def open_stream(self, node: str, kind: str, meta: dict[str, Any] | None = None) -> Stream:
         """A byte stream to a node whose channel is open on this replica; ChannelError when it is not."""
@@ -240,10 +263,18 @@ class ChannelHub:
             if not self.sessions:
                 continue
             try:
+                # documents changed and no notification told of it by the next look (another process on the same
+                # SQLite file, a notification lost): every channel looks. A change a notification told of woke the
+                # channels it concerns already; one look's grace lets a notification that comes after the commit
+                # (PostgreSQL NOTIFY, a writer not yet resumed) arrive before every channel is woken for nothing.
                 fingerprint = await store.documents.fingerprint()
-                if fingerprint != self._fingerprint:
-                    self._fingerprint = fingerprint
+                told, self._documents_told = self._documents_told, False
+                if self._unexplained and not told:
                     self.wake(EVERY_NODE)
+                self._unexplained = False
+                if fingerprint != self._fingerprint:
+                    self._unexplained = self._fingerprint is not None and not told
+                    self._fingerprint = fingerprint
                 for node, version in (await store.twins.latest_versions()).items():
                     session = self.sessions.get(node)
                     if session is not None and version > session.desired_version:
@@ -266,10 +297,15 @@ def _peer(socket: WebSocket[Any, Any, Any]) -> tuple[str, str] | None:
     return peer_identity(chain[0]) if chain else None
 
 
+def _close_reason(reason: str) -> str:
+    """A reason that fits a WebSocket close frame (123 bytes of UTF-8)."""
+    return reason.encode()[:120].decode(errors="ignore")
+
+
 async def _refuse(socket: WebSocket[Any, Any, Any], reason: str) -> None:
     with contextlib.suppress(Exception):
         await socket.send_bytes(msgspec.msgpack.encode(Refused(reason=reason)))
-        await socket.close(code=REFUSED_CODE, reason=reason[:120])
+        await socket.close(code=REFUSED_CODE, reason=_close_reason(reason))
 
 
 @websocket(CHANNEL_PATH, summary="The node's channel (WebSocket, mutual TLS): pushes, heartbeats, byte streams")
@@ -319,8 +355,10 @@ async def _serve_node(hub: ChannelHub, store: RegistryStore, node: str, serial: 
     except ChannelRefused as exc:
         log.warning("channel of node %s refused: %s", node, exc)
         await _refuse(socket, str(exc))
-    except ChannelError as exc:
+    except ChannelError as exc:  # a frame that breaks the protocol: the node is told why (1002, protocol error)
         log.warning("channel of node %s closed: %s", node, exc)
+        with contextlib.suppress(Exception):
+            await socket.close(code=PROTOCOL_ERROR_CODE, reason=_close_reason(str(exc)))
     finally:
         if hub.sessions.get(node) is session:
             del hub.sessions[node]

@@ -4,9 +4,10 @@
 its message long-poll, in a namespace no resource can have (`_fieldgate`), and waits up to `?timeout=` (default
 10s) for the answer: 404 for an unknown node, 504 when the node does not answer in time. The node runs the
 query on its own ring (the filters of `GET /api/v1/logs` on the gateway) and posts the page back over mutual
-TLS to `POST /api/v1/nodes/self/logs/<request>`. The asking call waits in memory, so with several registry
-replicas the node's answer must reach the replica that asked (as a node's connections do behind a load balancer
-with client affinity).
+TLS to `POST /api/v1/nodes/self/logs/<request>` (or sends it over its channel). With several registry replicas the
+node may be linked to another replica than the one whose call waits: the request is a row of `node_requests` in the
+shared database, the replica the answer reaches stores it there and notifies (PostgreSQL NOTIFY) with the request
+id, and the waiting call reads it at once (or at its next look, once a second, should a notification be lost).
 
 A workload's log comes the same way: `GET /api/v1/nodes/<node>/workloads/<ns>/<name>/logs?instance=&tail=` asks
 the node for the last lines of one of its registry-owned workloads (gateway.workloads.logs), and the registry's
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import socket
 import ssl
 import sys
@@ -40,6 +42,7 @@ from gateway.logs import LogQuery
 from gateway.registry.access import PLATFORM, Scope, create_api_token, node_workspace, require_caller
 from gateway.registry.auth import AnyRequest, client_node, store_of
 from gateway.registry.messages import CHANNEL, query_seconds
+from gateway.registry.store.requests import ANSWERS_CHANNEL
 from gateway.wire import (
     ANSWERS,
     DEFAULT_TAIL,
@@ -57,16 +60,33 @@ if TYPE_CHECKING:
     from gateway.registry.store import RegistryStore
 
 DEFAULT_TIMEOUT = 10.0
+ANSWER_LOOK = 1.0  # seconds between two looks for an answer another replica stored (should its nudge be lost)
 MAX_TIMEOUT = 60.0
 MAX_CONTAINER_NAME = 63  # a pod's container names are DNS labels
 
 
+class Pending:
+    """A call waiting for a node's answer: the node, what was asked (a key of ANSWERS), the answer when it reaches
+    this replica, and a nudge when another replica stored it."""
+
+    def __init__(self, node: str, path: str) -> None:
+        self.node = node
+        self.path = path
+        self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.nudged = asyncio.Event()
+
+
 class LogRequests:
-    """Calls waiting for a node's answer, by request id (the id of the message that carries the request): the node
-    and what was asked (a key of ANSWERS)."""
+    """Calls waiting for a node's answer on this replica, by request id (the id of the message that carries the
+    request); `wake` is the listener of ANSWERS_CHANNEL."""
 
     def __init__(self) -> None:
-        self.waiting: dict[str, tuple[str, str, asyncio.Future[dict[str, Any]]]] = {}
+        self.waiting: dict[str, Pending] = {}
+
+    def wake(self, request_id: str) -> None:
+        pending = self.waiting.get(request_id)
+        if pending is not None:
+            pending.nudged.set()
 
 
 class NodeSilent(FieldgateError):
@@ -105,25 +125,69 @@ async def ask_node(store: RegistryStore, requests: LogRequests, node: str, path:
                    timeout: float) -> dict[str, Any]:
     """Queue a request (`path`: a key of ANSWERS) for a node on its message long-poll and wait for its answer;
     NotFound for an unknown node, NodeSilent when it does not answer in time or refuses. A request the node has not
-    fetched when the time is up is withdrawn, so a node that comes back later never acts on it."""
+    fetched when the time is up is withdrawn, so a node that comes back later never acts on it. The answer comes
+    straight to this call when the node answers at this replica, else through the database (deliver_answer)."""
     online = await store.node_online(node)
-    queued = await store.queue_message(node, LOGS_NAMESPACE, path, payload, timeout)
-    request_id = queued["id"]
-    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    requests.waiting[request_id] = (node, path, future)
+    request_id = secrets.token_hex(8)
+    deadline = time.monotonic() + timeout
+    pending = Pending(node, path)
+    requests.waiting[request_id] = pending
     try:
+        await store.requests.open(request_id, node, path, time.time() + timeout)
+        await store.queue_message(node, LOGS_NAMESPACE, path, payload, timeout, message_id=request_id)
         await store.database.notify(CHANNEL, node)
-        async with asyncio.timeout(timeout):
-            answer = await future
-    except TimeoutError:
-        await store.ack_messages(node, [request_id])  # not fetched in time: the node must not answer it later
-        state = "online" if online else "offline, no recent heartbeat"
-        raise NodeSilent(f"node {node} did not answer within {timeout:g} s ({state})") from None
+        answer = await _answer(store, request_id, pending, deadline)
+        if answer is None:
+            await store.ack_messages(node, [request_id])  # not fetched in time: the node must not answer it later
+            state = "online" if online else "offline, no recent heartbeat"
+            raise NodeSilent(f"node {node} did not answer within {timeout:g} s ({state})")
     finally:
         requests.waiting.pop(request_id, None)
+        await store.requests.close(request_id)
     error = answer.pop("error", None)
     if error:
         raise NodeSilent(f"node {node}: {error}", 502)
+    return answer
+
+
+async def _answer(store: RegistryStore, request_id: str, pending: Pending, deadline: float) -> dict[str, Any] | None:
+    """The node's answer: set here by this replica, or stored by another one (a nudge, else a look every
+    ANSWER_LOOK s); None when the deadline passes first."""
+    while True:
+        pending.nudged.clear()  # before looking, so a nudge meanwhile still ends the wait
+        if pending.future.done():
+            return pending.future.result()
+        stored = await store.requests.answered(request_id)
+        if stored is not None:
+            answer: dict[str, Any] = json.loads(stored)
+            return answer
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        nudge: asyncio.Future[Any] = asyncio.ensure_future(pending.nudged.wait())
+        await asyncio.wait([nudge, pending.future], timeout=min(remaining, ANSWER_LOOK),
+                           return_when=asyncio.FIRST_COMPLETED)
+        nudge.cancel()
+
+
+async def deliver_answer(store: RegistryStore, requests: LogRequests, node: str, request_id: str,
+                         body: bytes) -> Any:
+    """Take a node's answer to a request (over HTTPS or its channel): to the call waiting on this replica, else
+    stored for the replica whose call waits. The decoded answer; NotFound when no request of this node waits (it
+    timed out), ConfigError (naming the answer) when the body is not one."""
+    pending = requests.waiting.get(request_id)
+    if pending is not None and pending.node == node:
+        answer = decode_json(body, ANSWERS[pending.path], what=f"{pending.path} answer")
+        if not pending.future.done():
+            pending.future.set_result(msgspec.to_builtins(answer))
+        return answer
+    path = await store.requests.path(request_id, node)
+    if path is None or path not in ANSWERS:
+        raise NotFound(f"no request {request_id} is waiting for node {node} (it timed out)")
+    answer = decode_json(body, ANSWERS[path], what=f"{path} answer")
+    if not await store.requests.answer(request_id, node, msgspec.json.encode(answer).decode()):
+        raise NotFound(f"no request {request_id} is waiting for node {node} (it timed out)")
+    await store.database.notify(ANSWERS_CHANNEL, request_id)
     return answer
 
 
@@ -193,13 +257,8 @@ async def node_workload_logs(request: AnyRequest, node: FromPath[str], namespace
       status_code=200, request_max_body_size=MAX_ANSWER)
 async def node_logs_answer(request: AnyRequest, request_id: FromPath[str]) -> Response[dict[str, Any]]:
     node = await client_node(request)
-    pending = _requests(request).waiting.get(request_id)
-    if pending is None or pending[0] != node:
-        raise NotFound(f"no request {request_id} is waiting for node {node} (it timed out)")
-    _, path, future = pending
-    answer = decode_json(await request.body(), ANSWERS[path], what=f"{path} answer")  # ConfigError: 400
-    if not future.done():
-        future.set_result(msgspec.to_builtins(answer))
+    # NotFound: 404; ConfigError: 400
+    answer = await deliver_answer(store_of(request), _requests(request), node, request_id, await request.body())
     taken = (len(answer.records) if isinstance(answer, NodeAnswer) else len(answer.lines)
              if isinstance(answer, WorkloadLogAnswer) else 1)
     return Response({"accepted": taken}, status_code=200)

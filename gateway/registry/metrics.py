@@ -100,9 +100,10 @@ class RegistryCollector(Collector):
     """The families of one scrape: process counters now, node figures read from the database just before."""
 
     def __init__(self, metrics: RegistryMetrics, nodes: list[dict[str, Any]], backend: str,
-                 messages: collections.Counter[str], pending: int, channels: int = 0) -> None:
+                 messages: collections.Counter[str], pending: int, channels: int = 0, syncs: int = 0) -> None:
         self.metrics = metrics
         self.channels = channels
+        self.syncs = syncs
         self.nodes = nodes
         self.backend = backend
         self.messages = messages
@@ -123,6 +124,8 @@ class RegistryCollector(Collector):
                                 "(unix time)", value=self.metrics.started_at)
         yield GaugeMetricFamily("fieldgate_registry_channels_open", "Node channels (WebSockets) open on this "
                                 "registry process", value=self.channels)
+        yield CounterMetricFamily("fieldgate_registry_channel_syncs", "Times a node channel on this registry process "
+                                  "looked at the database for what is new for its node", value=self.syncs)
 
     def _process(self) -> Iterator[Metric]:
         process = psutil.Process(os.getpid())
@@ -214,7 +217,7 @@ async def metrics(request: AnyRequest) -> Response[bytes]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RegistryCollector(request.app.state.metrics, nodes, store.database.dialect,
                                         store.message_counts, sum(node["messages_pending"] for node in nodes),
-                                        len(request.app.state.channel.sessions)))
+                                        len(request.app.state.channel.sessions), request.app.state.channel.syncs))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE)
 
 

@@ -34,7 +34,7 @@ from gateway.wire import RouteReport
 PLACEMENT_FIELDS = ("node", "node_selector", "groups")
 
 
-def _placed_on(raw: Mapping[str, Any], workspace: str, node: str, labels: Mapping[str, str],
+def placed_on(raw: Mapping[str, Any], workspace: str, node: str, labels: Mapping[str, str],
                node_workspace: str, group: str | None) -> bool:
     """Whether a stored Endpoint or Route (raw JSON) goes to a node."""
     if raw.get("node") == node:
@@ -65,7 +65,7 @@ async def node_route_documents(store: RegistryStore, node: str) -> list[dict[str
     routes = []
     for kind, ns, name, document, workspace in stored:
         raw = json.loads(document)
-        if not _placed_on(raw, workspace, node, labels, node_workspace, group):
+        if not placed_on(raw, workspace, node, labels, node_workspace, group):
             continue
         if kind == "Endpoint":
             wanted_endpoints.add((ns, name))

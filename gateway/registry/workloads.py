@@ -29,6 +29,7 @@ from gateway.errors import ConfigError, NotFound, ResourceError
 from gateway.importers import kubernetes
 from gateway.registry import access, history, placement, routes
 from gateway.registry.auth import AnyRequest, store_of
+from gateway.registry.concerned import nodes_concerned
 from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
 from gateway.registry.store import RegistryStore
 from gateway.resources import versions
@@ -195,7 +196,8 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         entry.detail = [f"{kind}/{ns}/{name}" for kind, ns, name, _, _ in documents] + ([note] if note else [])
         versions = await store.documents.version_statements(documents, history.VERSIONED, history.KEEP_VERSIONS,
                                                             actor.actor, note)
-        await store.put_documents(documents, workspace, versions)
+        concerned = await nodes_concerned(store, documents, workspace)
+        await store.put_documents(documents, workspace, versions, concerned)
     await schedule(store)
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
 
@@ -301,7 +303,8 @@ async def delete_document(store: RegistryStore, caller: access.Caller, kind: str
         if kind == "Endpoint" and (users := await routes.routes_using(store, namespace, name)):
             raise ConfigError(f"Endpoint {namespace}/{name} is used by Route " + ", ".join(
                 f"{namespace}/{user}" for user in users))
-        await store.documents.delete(kind, namespace, name)
+        concerned = await nodes_concerned(store, [(kind, namespace, name, None, None)], workspace)
+        await store.documents.delete(kind, namespace, name, concerned)
     await schedule(store)
 
 

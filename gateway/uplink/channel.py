@@ -255,7 +255,10 @@ class ChannelLink:
             elif isinstance(frame, HeartbeatAnswer):
                 future = self._answers.pop(frame.seq, None)
                 if future is not None and not future.done():
-                    future.set_result(frame.body)
+                    if frame.body is None:
+                        future.set_exception(HeartbeatRefused(f"{frame.status} {frame.refused or 'refused'}"))
+                    else:
+                        future.set_result(frame.body)
             elif isinstance(frame, Refused):
                 raise ChannelRefused(f"the registry refused the channel: {frame.reason}")
             # Ack (of an Answer) and Welcome need nothing more
@@ -283,7 +286,10 @@ class ChannelLink:
                 except asyncio.CancelledError:
                     uplink.beat_failed()
                     raise
-                await uplink.beat_answered(client, answer, started)
+                except HeartbeatRefused as exc:  # as over HTTPS: what it carried goes with the next one
+                    uplink.beat_refused(str(exc))
+                else:
+                    await uplink.beat_answered(client, answer, started)
             await asyncio.sleep(uplink.interval)
 
     async def _apply_pushes(self, client: httpx.AsyncClient, mux: Multiplexer, pushes: asyncio.Queue[Push]) -> None:
@@ -315,6 +321,10 @@ class ChannelLink:
                 await uplink.gateway.flush()  # durable in the outboxes before the registry forgets them
             mux.send_control(Ack(seq=push.seq, desired_ack=uplink.twins.ack if push.desired else None,
                                  messages=taken))
+
+
+class HeartbeatRefused(Exception):
+    """The registry refused a heartbeat frame (status and reason), as it would have over HTTPS."""
 
 
 async def _receive(socket: Any) -> bytes:

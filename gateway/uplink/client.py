@@ -228,6 +228,11 @@ class Uplink:
         self.workloads.failed()
         self.routes.failed()
 
+    def beat_refused(self, reason: str) -> None:
+        """The registry refused the heartbeat (over HTTPS or the channel): it goes again, with what it carried."""
+        self.beat_failed()
+        self._set_state("refused", reason)
+
     async def beat(self, client: httpx.AsyncClient) -> None:
         async with self.beating:
             await self._beat(client)
@@ -246,8 +251,7 @@ class Uplink:
                 self._set_state("unreachable", f"{type(exc).__name__}: {exc}")
             return
         if response.status_code != 200:
-            self.beat_failed()
-            self._set_state("refused", f"{response.status_code} {response.text.strip()[:200]}")
+            self.beat_refused(f"{response.status_code} {response.text.strip()[:200]}")
             return
         try:
             answer = decode_json(response.content, HeartbeatResponse, what="the heartbeat answer")

@@ -2,9 +2,9 @@
 every SQL statement of the registry is in this package. RegistryStore holds the nodes, their join tokens and
 certificates, groups and the messages queued for them; each other area's tables are a part of it with typed methods:
 `documents` (and their versions), `twins`, `workloads` (placements, status, events), `upgrades`, `access` (folders,
-workspaces, custom roles, API tokens, users, audit), `samples`, `batches` and `files`. Statements that must commit
-together go through one `transaction`, or come back from a part's method as statements for another one to run
-(`Statement`)."""
+workspaces, custom roles, API tokens, users, audit), `samples`, `batches`, `files` and `requests` (asked of a node,
+answered at any replica). Statements that must commit together go through one `transaction`, or come back from a
+part's method as statements for another one to run (`Statement`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,16 +28,17 @@ from gateway.errors import AuthError, ConfigError, NotFound, StoreError
 from gateway.registry.store.access import AccessTables
 from gateway.registry.store.batches import BatchTables
 from gateway.registry.store.db import (
-    EVERY_NODE,
     NODES_CHANNEL,
     Database,
     KeyTaken,
     NothingMatched,
     Statement,
+    nodes_payload,
     open_database,
 )
 from gateway.registry.store.documents import Document, DocumentTables
 from gateway.registry.store.files import FileTables
+from gateway.registry.store.requests import RequestTables
 from gateway.registry.store.routes import RouteTables
 from gateway.registry.store.samples import SampleTables, figures_statements, sample_statements
 from gateway.registry.store.twins import TwinTables
@@ -77,6 +78,7 @@ class RegistryStore:
         self.samples = SampleTables(self)
         self.batches = BatchTables(self)
         self.files = FileTables(self)
+        self.requests = RequestTables(self)
 
     async def __aenter__(self) -> RegistryStore:
         self._database = await open_database(self.data_dir, self.db_url)
@@ -294,10 +296,11 @@ class RegistryStore:
     # --- documents --------------------------------------------------------------------------------------------
 
     async def put_documents(self, documents: Sequence[Document], workspace: str = "default",
-                            also: Sequence[Statement] = ()) -> None:
+                            also: Sequence[Statement] = (), concerned: Collection[str] | None = None) -> None:
         """Store (kind, namespace, name, node, JSON) documents of a workspace, replacing those with the same key,
-        and run the statements `also` (the versions they make) in the same transaction."""
-        await self.documents.put(documents, workspace, also)
+        and run the statements `also` (the versions they make) in the same transaction; the channels of the nodes
+        `concerned` look again (None: every node's)."""
+        await self.documents.put(documents, workspace, also, concerned)
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use, its workloads and
@@ -346,9 +349,10 @@ class RegistryStore:
         last, interval = rows[0]
         return last is not None and time.time() - last <= OFFLINE_AFTER * interval
 
-    async def queue_message(self, node: str, namespace: str, path: str, payload: bytes, ttl: float) -> dict[str, Any]:
+    async def queue_message(self, node: str, namespace: str, path: str, payload: bytes, ttl: float,
+                            message_id: str | None = None) -> dict[str, Any]:
         """Queue a message for a node until it fetches it or `ttl` seconds pass."""
-        message_id, now = secrets.token_hex(8), time.time()
+        message_id, now = message_id or secrets.token_hex(8), time.time()
         await self._write("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", message_id, node, namespace, path,
                           base64.b64encode(payload).decode(), now, now + ttl)
         self.message_counts["queued"] += 1
@@ -404,7 +408,7 @@ class RegistryStore:
                 *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
         except Exception as exc:  # another registry replica took a node or the name in the meantime
             raise ConfigError(f"group {name}: {exc}") from None
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
+        await self.database.notify(NODES_CHANNEL, nodes_payload(members))  # placement changed: they push it
         return members
 
     async def update_group(self, name: str, nodes: list[str], selector: dict[str, str]) -> list[str]:
@@ -413,6 +417,7 @@ class RegistryStore:
         if not rows:
             raise NotFound(f"no group {name}")
         members = await self._group_members(name, nodes, selector, str(rows[0][0]))
+        before = [str(node) for node, in await self._rows("SELECT node FROM group_members WHERE group_name=?", name)]
         try:
             await self.database.transaction([
                 ("UPDATE node_groups SET selector=? WHERE name=?", (json.dumps(selector), name)),
@@ -420,7 +425,8 @@ class RegistryStore:
                 *[("INSERT INTO group_members VALUES (?, ?)", (node, name)) for node in members]])
         except Exception as exc:  # another registry replica took a node in the meantime
             raise ConfigError(f"group {name}: {exc}") from None
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
+        # placement changed for the members it had and has: their channels push it
+        await self.database.notify(NODES_CHANNEL, nodes_payload({*before, *members}))
         return members
 
     async def _group_members(self, name: str, nodes: list[str], selector: dict[str, str],
@@ -471,14 +477,16 @@ class RegistryStore:
         """Delete a group; its nodes stay, in no group."""
         if not await self._rows("SELECT 1 FROM node_groups WHERE name=?", name):
             raise NotFound(f"no group {name}")
-        await self.database.transaction([("DELETE FROM group_members WHERE group_name=?", (name,)),
-                                         ("DELETE FROM node_groups WHERE name=?", (name,))])
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
+        [members, _] = await self.database.transaction([
+            ("DELETE FROM group_members WHERE group_name=? RETURNING node", (name,)),
+            ("DELETE FROM node_groups WHERE name=?", (name,))])
+        # placement changed for its members: their channels push it
+        await self.database.notify(NODES_CHANNEL, nodes_payload([str(node) for node, in members]))
 
     async def set_node_labels(self, name: str, labels: dict[str, str]) -> None:
         if not await self._write("UPDATE nodes SET labels=? WHERE name=?", json.dumps(labels), name):
             raise NotFound(f"no node {name}")
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
+        await self.database.notify(NODES_CHANNEL, name)  # what goes to it by selector changed: its channel pushes it
 
     async def set_node_alias(self, name: str, alias: str) -> None:
         if not await self._write("UPDATE nodes SET alias=? WHERE name=?", alias, name):
@@ -495,7 +503,7 @@ class RegistryStore:
             ("UPDATE nodes SET workspace=? WHERE name=?", (workspace, name)),
             ("DELETE FROM group_members WHERE node=?", (name,)),
             ("UPDATE documents SET workspace=? WHERE node=?", (workspace, name))])
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # placement changed: the channels push it
+        await self.database.notify(NODES_CHANNEL, name)  # placement changed for it: its channel pushes it
 
 
 def node_statements(name: str, serial: str, labels: dict[str, str], interval: float, group: str | None,

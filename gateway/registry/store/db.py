@@ -9,7 +9,7 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -175,13 +175,36 @@ CREATE TABLE workload_moves (namespace TEXT NOT NULL, name TEXT NOT NULL, node T
     moved_at {time} NOT NULL, avoid_until {time} NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (namespace, name, node, moved_at));
 """),
+    (24, """
+CREATE TABLE node_requests (id TEXT PRIMARY KEY, node TEXT NOT NULL, path TEXT NOT NULL, created_at {time} NOT NULL,
+    expires_at {time} NOT NULL, answer TEXT);
+"""),
 ]
 
 
-# The notification that what a node should have changed (its documents, desired values): the payload is the node's
-# name, or EVERY_NODE. In-process on SQLite, PostgreSQL NOTIFY across replicas; the registry's channel listens.
+# The notification that what nodes should have changed (their documents, desired values): the payload names the
+# nodes, comma-separated, or is EVERY_NODE; a change of documents starts with DOCUMENTS_MARK (so the channel's sweep
+# knows a notification told of it). In-process on SQLite, PostgreSQL NOTIFY across replicas (whose payload holds
+# less than 8000 bytes: more nodes than fit are EVERY_NODE); the registry's channel listens.
 NODES_CHANNEL = "fieldgate_nodes"
 EVERY_NODE = "*"
+DOCUMENTS_MARK = "d:"
+MAX_NODES_PAYLOAD = 7000
+
+
+def nodes_payload(nodes: Collection[str] | None, *, documents: bool = False) -> str:
+    """The NODES_CHANNEL payload for these nodes (None: every node)."""
+    names = EVERY_NODE if nodes is None else ",".join(sorted(set(nodes)))
+    if len(names) > MAX_NODES_PAYLOAD:
+        names = EVERY_NODE
+    return DOCUMENTS_MARK + names if documents else names
+
+
+def payload_nodes(payload: str) -> tuple[set[str] | None, bool]:
+    """The nodes a NODES_CHANNEL payload names (None: every node), and whether it tells of a change of documents."""
+    documents = payload.startswith(DOCUMENTS_MARK)
+    names = payload[len(DOCUMENTS_MARK):] if documents else payload
+    return (None if names == EVERY_NODE else {name for name in names.split(",") if name}), documents
 
 
 class NothingMatched(StoreError):

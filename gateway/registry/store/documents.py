@@ -4,18 +4,19 @@ or Workload with the node it is meant for) and the kept versions of some of them
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from gateway.registry.store.db import EVERY_NODE, NODES_CHANNEL, Statement, Tables
+from gateway.registry.store.db import NODES_CHANNEL, Statement, Tables, nodes_payload
 
 Document = tuple[str, str, str, str | None, bytes]  # kind, namespace, name, node, JSON
 
 
 class DocumentTables(Tables):
-    async def put(self, documents: Sequence[Document], workspace: str, also: Sequence[Statement] = ()) -> None:
+    async def put(self, documents: Sequence[Document], workspace: str, also: Sequence[Statement] = (),
+                  concerned: Collection[str] | None = None) -> None:
         """Store documents of a workspace, replacing those with the same key, and run the statements `also` in the
-        same transaction."""
+        same transaction; the channels of the nodes `concerned` look again (None: every node's)."""
         now = time.time()
         await self.database.transaction([*also, *((
             "INSERT INTO documents (kind, namespace, name, node, document, updated_at, workspace) "
@@ -23,7 +24,7 @@ class DocumentTables(Tables):
             "node=excluded.node, document=excluded.document, updated_at=excluded.updated_at, "
             "workspace=excluded.workspace",
             (kind, ns, name, node, body.decode(), now, workspace)) for kind, ns, name, node, body in documents)])
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)  # the nodes' channels push what changed for them
+        await self.database.notify(NODES_CHANNEL, nodes_payload(concerned, documents=True))
 
     async def fingerprint(self) -> str:
         """Changes whenever a document is stored or deleted (for the channel's sweep)."""
@@ -41,12 +42,25 @@ class DocumentTables(Tables):
                                         kind, namespace, name)
         return str(rows[0][0]) if rows else None
 
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Forget a document and its kept versions."""
+    async def delete(self, kind: str, namespace: str, name: str, concerned: Collection[str] | None = None) -> None:
+        """Forget a document and its kept versions; the channels of the nodes `concerned` look again (None: every
+        node's)."""
         await self.database.transaction([
             (f"DELETE FROM {table} WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
             for table in ("documents", "document_versions")])
-        await self.database.notify(NODES_CHANNEL, EVERY_NODE)
+        await self.database.notify(NODES_CHANNEL, nodes_payload(concerned, documents=True))
+
+    async def stored(self, kind: str, namespace: str, name: str) -> tuple[str | None, str, str] | None:
+        """(node, JSON, workspace) of a stored document."""
+        rows = await self.database.rows("SELECT node, document, workspace FROM documents WHERE kind=? AND "
+                                        "namespace=? AND name=?", kind, namespace, name)
+        return (None if rows[0][0] is None else str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+
+    async def devices_in(self, namespace: str) -> list[tuple[str, str]]:
+        """(node, JSON) of the Devices of a namespace meant for a node."""
+        return [(str(node), str(document)) for node, document in await self.database.rows(
+            "SELECT node, document FROM documents WHERE kind='Device' AND namespace=? AND node IS NOT NULL",
+            namespace)]
 
     async def listing(self, kind: str | None = None) -> list[tuple[Any, ...]]:
         """(kind, namespace, name, node, workspace, JSON, updated at) of every document (of one kind)."""

@@ -131,6 +131,12 @@ class Stream:
             self._unacknowledged = 0
         return chunk
 
+    def widen(self, extra: int) -> None:
+        """Let the other side send `extra` bytes beyond STREAM_WINDOW before it waits for credit (a bulk stream
+        whose reader keeps up: more in flight rides out the scheduling delays of a busy machine)."""
+        if extra > 0 and self.error is None and not self._received_end:
+            self.mux.send_control(StreamCredit(stream=self.id, credit=extra))
+
     async def close(self, error: str | None = None) -> None:
         """No more data from this side; with `error`, abort the stream both ways."""
         if error is not None and self.error is None:
@@ -188,8 +194,9 @@ class Multiplexer:
     that puts them on the link control first, and the streams (`open_stream`, `dispatch`)."""
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]], *, odd: bool,
-                 handlers: Mapping[str, StreamHandler] | None = None) -> None:
+                 handlers: Mapping[str, StreamHandler] | None = None, peer: str = "") -> None:
         self._send = send
+        self.peer = peer  # who is at the other end (the registry's side: the node's name), for the handlers
         self._control: collections.deque[bytes] = collections.deque()
         self._bulk: collections.deque[bytes] = collections.deque()
         self._room = asyncio.Event()  # the bulk queue has room (or the connection closed)

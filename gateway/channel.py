@@ -207,6 +207,7 @@ class Multiplexer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed: str | None = None
         self.bytes_out = 0
+        self.bytes_in = 0  # stream data received
 
     def send_control(self, frame: ChannelFrame) -> None:
         if self.closed is None:
@@ -256,6 +257,7 @@ class Multiplexer:
     def dispatch(self, frame: AnyFrame) -> bool:
         """Take a stream frame from the link; False for any other frame."""
         if isinstance(frame, StreamData):
+            self.bytes_in += len(frame.data)
             stream = self.streams.get(frame.stream)
             if stream is not None:
                 stream._data(frame.data)

@@ -12,6 +12,9 @@ registry holds (`PUT …/uploads/<id>?offset=`, the chunk's SHA-256 in `X-Chunk-
 refused with the offset to resume from (409), a corrupted chunk is refused (422) and nothing of it written; when the
 last chunk makes the file whole the registry checks its SHA-256: a mismatch refuses the file and drops its bytes.
 
+A node whose channel is up asks the same over channel streams instead (gateway.registry.filestreams, with the
+functions below), its bytes in 64 KiB pieces; these routes are its fallback.
+
 Users list, show (per-node progress), download and delete files (`GET /api/v1/files`, `GET /api/v1/files/<id>`,
 `GET …/<id>/content`, `DELETE …/<id>`); edge → cloud files are kept by age and total size (`registry serve
 --files-max-age`, `--files-max-bytes`).

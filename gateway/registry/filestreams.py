@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_AHEAD = 1 << 20  # bytes read from the content store (and hashed) at a time for a node
-CHECK_EVERY = 1 << 20  # bytes of pieces from a node checked at a time (in a thread)
+CHECK_EVERY = 256 << 10  # bytes of pieces from a node checked at a time (in a thread)
 
 
 class FileStreams:
@@ -158,6 +158,7 @@ class Upload:
         self.checked = bytearray()  # pieces checked, not written yet
         self.taken = 0  # bytes that came for the file since its offset was last written to the database
         self.last_progress = 0.0
+        self.broken = False
 
     async def run(self) -> None:
         content = self.streams.content
@@ -193,11 +194,18 @@ class Upload:
             while stages:
                 await stages.popleft()
         finally:
-            # a stream that ended early (a dropped link, a stop): what was checked is written all the same
+            # a stream that ended early (a dropped link, a stop): its whole pieces are checked and written all the same
             for stage in stages:
                 with contextlib.suppress(BaseException):
                     await stage
-            if self.checked:
+            if framed and not self.broken:
+                with contextlib.suppress(Exception):
+                    good, bad = await asyncio.to_thread(check_pieces, framed)
+                    for piece in good:
+                        self.checked += piece
+                    if bad is not None:
+                        self.streams.counters["chunks_corrupted"] += 1
+            if self.checked:  # a stage that failed kept nothing after it: what is here follows the part's end
                 with contextlib.suppress(Exception):
                     await self._write(acknowledge=False)
         await self.streams.store.files.set_received(self.id, self.written, self.taken)
@@ -209,6 +217,13 @@ class Upload:
 
     async def _stage(self, previous: asyncio.Task[None] | None, framed: list[bytes], last: bool) -> None:
         """Check a block of pieces (after the block before), keep the good ones, write every FILE_ACK bytes."""
+        try:
+            await self._check(previous, framed, last)
+        except BaseException:
+            self.broken = True  # no piece that came after this block is kept
+            raise
+
+    async def _check(self, previous: asyncio.Task[None] | None, framed: list[bytes], last: bool) -> None:
         if previous is not None:
             await previous
         good, bad = await asyncio.to_thread(check_pieces, framed)
@@ -231,7 +246,7 @@ class Upload:
         try:
             self.written = await self.streams.content.append(self.id, self.written, data)
         except OffsetMismatch as exc:  # another stream wrote meanwhile (a race of two connections): resume
-            self.written = exc.offset
+            self.written, self.broken = exc.offset, True
             await self.stream.close(str(exc))
             raise StreamError(str(exc)) from None
         if time.monotonic() - self.last_progress > PROGRESS_EVERY and self.written < self.size:

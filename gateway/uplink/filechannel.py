@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT = 10.0  # seconds for a reply (beyond the wait of a poll for files)
 STALL = 120.0  # seconds without a piece (or an acknowledgement) before a transfer counts as dropped
-CHECK_EVERY = 1 << 20  # bytes of pieces checked (and written) at a time, in a thread, while the next ones come
+CHECK_EVERY = 256 << 10  # bytes of pieces checked (and written) at a time, in a thread, while the next ones come
 READ_AHEAD = 1 << 20  # bytes read from the outbox file (and hashed) at a time
 BACK_SOON = 3.0  # seconds to wait for a channel that dropped to come back before a request goes over HTTPS
 T = TypeVar("T")
@@ -231,6 +231,15 @@ class ChannelChunkTransport:
 
             position = offset
             ahead = asyncio.create_task(asyncio.to_thread(block, position)) if position < size else None
+            counted, whole = stream.bytes_sent, 0  # the file bytes handed to the link: a cut piece's part too
+
+            def count() -> None:
+                nonlocal counted
+                sent = stream.bytes_sent - counted - DIGEST * whole
+                counted += sent + DIGEST * whole
+                self.bytes_out += sent
+                COUNTERS["channel_bytes_sent"] += sent
+
             try:
                 while ahead is not None:
                     pieces = await ahead
@@ -240,11 +249,14 @@ class ChannelChunkTransport:
                         if answers.done():  # the registry ended the stream (or answered its final state)
                             return
                         await take(len(piece) - DIGEST)
-                        self.bytes_out += len(piece) - DIGEST
-                        COUNTERS["channel_bytes_sent"] += len(piece) - DIGEST
+                        whole = 0
                         await stream.send(piece)
+                        whole = 1
+                        count()
                     position = following
             finally:
+                whole = 0
+                count()
                 if ahead is not None:
                     ahead.cancel()
                     with contextlib.suppress(BaseException):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,7 +46,7 @@ CALL_TIMEOUT = 10.0  # seconds for a reply (beyond the wait of a poll for files)
 STALL = 120.0  # seconds without a piece (or an acknowledgement) before a transfer counts as dropped
 CHECK_EVERY = 256 << 10  # bytes of pieces checked (and written) at a time, in a thread, while the next ones come
 READ_AHEAD = 1 << 20  # bytes read from the outbox file (and hashed) at a time
-BACK_SOON = 3.0  # seconds to wait for a channel that dropped to come back before a request goes over HTTPS
+BACK_SOON = 3.0  # seconds after a channel dropped that a request waits for it to come back, not HTTPS
 T = TypeVar("T")
 
 
@@ -281,7 +282,9 @@ class UplinkTransport:
 
     async def _pick(self) -> ChannelChunkTransport | HttpsChunkTransport:
         if not self.link.up and self.link.connects and self.link.state in ("connecting", "unreachable"):
-            await self.link.sleep_unless_up(BACK_SOON)  # a channel that just dropped is usually back at once
+            left = BACK_SOON - (time.time() - self.link.since)  # a channel that just dropped is usually back at once
+            if left > 0:
+                await self.link.sleep_unless_up(left)
         return self.channel if self.link.up else self.https
 
     async def offers(self, wait: float) -> list[FileOffer]:

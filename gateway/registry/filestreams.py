@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 READ_AHEAD = 1 << 20  # bytes read from the content store (and hashed) at a time for a node
 CHECK_EVERY = 256 << 10  # bytes of pieces from a node checked at a time (in a thread)
+STAGES = FILE_ACK // CHECK_EVERY + 2  # blocks waiting to be checked and written: reading goes on during an fsync
 
 
 class FileStreams:
@@ -186,7 +187,7 @@ class Upload:
                 if stages and stages[0].done():
                     stages.popleft().result()  # a corrupted piece ends the stream here
                 if len(framed) * FILE_PIECE >= CHECK_EVERY or position == self.size:
-                    if len(stages) == 2:
+                    if len(stages) >= STAGES:
                         await stages.popleft()
                     stages.append(asyncio.create_task(self._stage(stages[-1] if stages else None, framed,
                                                                   position == self.size)))

@@ -8,6 +8,7 @@ alone; the stream's credit keeps two pieces in flight, and the receiver fsyncs e
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from gateway.uplink.files import (
     Take,
 )
 from gateway.wire import (
+    FILE_ACK,
     FILE_PIECE,
     FILE_STREAM,
     FILE_WINDOW,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 CALL_TIMEOUT = 10.0  # seconds for a reply (beyond the wait of a poll for files)
 STALL = 120.0  # seconds without a piece (or an acknowledgement) before a transfer counts as dropped
 CHECK_EVERY = 256 << 10  # bytes of pieces checked (and written) at a time, in a thread, while the next ones come
+STAGES = FILE_ACK // CHECK_EVERY + 2  # blocks waiting to be checked and written: reading goes on during an fsync
 READ_AHEAD = 1 << 20  # bytes read from the outbox file (and hashed) at a time
 BACK_SOON = 3.0  # seconds after a channel dropped that a request waits for it to come back, not HTTPS
 T = TypeVar("T")
@@ -112,23 +115,27 @@ class ChannelChunkTransport:
         stream.widen(self.window)
         reader = PieceReader(stream)
         framed: list[bytes] = []
-        writing: asyncio.Task[None] | None = None
+        # blocks of pieces checked and written in order, each after the one before, while the next ones come in
+        stages: collections.deque[asyncio.Task[None]] = collections.deque()
 
-        async def check_and_sink(pieces: list[bytes]) -> None:
+        async def stage(previous: asyncio.Task[None] | None, pieces: list[bytes]) -> None:
+            if previous is not None:
+                await previous
             good, bad = await asyncio.to_thread(check_pieces, pieces)
             if good:
                 await sink(good)
             if bad is not None:
                 raise ChunkCorrupted(f"file {offer.name}: a piece does not match its SHA-256")
 
-        async def flush() -> None:  # the pieces so far: checked and written before the next ones are
-            nonlocal writing, framed
-            if writing is not None:
-                task, writing = writing, None
-                await task
+        def submit() -> None:
+            nonlocal framed
             if framed:
-                pieces, framed = framed, []
-                writing = asyncio.create_task(check_and_sink(pieces))
+                stages.append(asyncio.create_task(stage(stages[-1] if stages else None, framed)))
+                framed = []
+
+        async def drain() -> None:
+            while stages:
+                await stages.popleft()
 
         try:
             position = offset
@@ -142,31 +149,32 @@ class ChannelChunkTransport:
                 finally:
                     self._took(reader.taken - before)
                 position += size
-                if writing is not None and writing.done():  # a corrupted piece found: stop reading at once
-                    task, writing = writing, None
-                    task.result()
+                while stages and stages[0].done():  # a corrupted piece found: stop reading at once
+                    stages.popleft().result()
                 if len(framed) * FILE_PIECE >= CHECK_EVERY:
-                    await flush()
-            await flush()
-            await flush()
+                    submit()
+                    if len(stages) > STAGES:
+                        await stages.popleft()
+            submit()
+            await drain()
             await stream.close()
         except ChunkCorrupted:
             await stream.close("corrupted piece: the node asks again")
             raise
         except (ChannelError, TimeoutError) as exc:
-            # the whole pieces that came before the link dropped are kept
-            with contextlib.suppress(ChunkCorrupted):
-                await flush()
-                await flush()
+            with contextlib.suppress(ChunkCorrupted):  # the whole pieces that came before the link dropped are kept
+                submit()
+                await drain()
             if isinstance(exc, TimeoutError):
                 await stream.close(f"no piece within {STALL:g} s")
                 raise LinkDown(f"file {offer.name}: no piece within {STALL:g} s") from None
             raise _failure(exc) from None
         finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
+            for task in stages:
+                task.cancel()
+            for task in stages:
                 with contextlib.suppress(BaseException):
-                    await writing
+                    await task
 
     def _took(self, amount: int) -> None:
         self.bytes_in += amount

@@ -19,7 +19,6 @@ from gateway.channel import ChannelError, Stream, StreamError
 from gateway.errors import ConfigError, NotFound
 from gateway.filestream import CORRUPTED, DIGEST, REFUSED, PieceReader, check_pieces, frame_pieces, send_reply
 from gateway.registry.files import (
-    MAX_FILE_SIZE,
     PROGRESS_EVERY,
     TRANSFERRING,
     announce_upload,
@@ -90,15 +89,16 @@ class FileStreams:
         """A to-edge file's bytes from `offset` to its end, as pieces; the next block is read while one is sent."""
         if request.id is None:
             raise ConfigError("op get: expected the file's id")
-        record = await node_target(self.store, node, request.id)
+        file_id: str = request.id
+        record = await node_target(self.store, node, file_id)
         size = record["size"]
         if request.offset > size:
             raise ConfigError(f"offset {request.offset}: the file has {size} bytes")
 
         async def block(at: int) -> list[bytes]:
-            data = await self.content.read(request.id, at, min(READ_AHEAD, size - at))  # type: ignore[arg-type]
+            data = await self.content.read(file_id, at, min(READ_AHEAD, size - at))
             if not data:
-                raise ChannelError(f"file {request.id}: no bytes at {at} of {size} in {self.content.description}")
+                raise ChannelError(f"file {file_id}: no bytes at {at} of {size} in {self.content.description}")
             return await asyncio.to_thread(frame_pieces, data)
 
         position = request.offset
@@ -160,6 +160,7 @@ class Upload:
         self.taken = 0  # bytes that came for the file since its offset was last written to the database
         self.last_progress = 0.0
         self.broken = False
+        self.corrupted = False  # a bad piece seen (its stage may still wait for the writes before it)
 
     async def run(self) -> None:
         content = self.streams.content
@@ -184,8 +185,11 @@ class Upload:
                     self.taken += reader.taken - before
                 framed.append(raw)
                 position += length
-                if stages and stages[0].done():
-                    stages.popleft().result()  # a corrupted piece ends the stream here
+                while stages and stages[0].done():
+                    stages.popleft().result()
+                if self.corrupted:
+                    while stages:  # the stage with the bad piece ends the stream once what was before it is written
+                        await stages.popleft()
                 if len(framed) * FILE_PIECE >= CHECK_EVERY or position == self.size:
                     if len(stages) >= STAGES:
                         await stages.popleft()
@@ -225,9 +229,11 @@ class Upload:
             raise
 
     async def _check(self, previous: asyncio.Task[None] | None, framed: list[bytes], last: bool) -> None:
+        good, bad = await asyncio.to_thread(check_pieces, framed)  # at once: a bad piece stops the reading
+        if bad is not None:
+            self.corrupted = True
         if previous is not None:
             await previous
-        good, bad = await asyncio.to_thread(check_pieces, framed)
         for piece in good:
             self.checked += piece
         if bad is not None:
@@ -258,4 +264,4 @@ class Upload:
             await send_reply(self.stream, UploadState(id=self.id, offset=self.written, state=TRANSFERRING))
 
 
-__all__ = ["MAX_FILE_SIZE", "FileStreams"]
+__all__ = ["FileStreams"]

@@ -117,11 +117,14 @@ class ChannelChunkTransport:
         framed: list[bytes] = []
         # blocks of pieces checked and written in order, each after the one before, while the next ones come in
         stages: collections.deque[asyncio.Task[None]] = collections.deque()
+        corrupted: list[bool] = []  # a bad piece seen: reading stops at once, the pieces before it are written
 
         async def stage(previous: asyncio.Task[None] | None, pieces: list[bytes]) -> None:
+            good, bad = await asyncio.to_thread(check_pieces, pieces)
+            if bad is not None:
+                corrupted.append(True)
             if previous is not None:
                 await previous
-            good, bad = await asyncio.to_thread(check_pieces, pieces)
             if good:
                 await sink(good)
             if bad is not None:
@@ -149,8 +152,10 @@ class ChannelChunkTransport:
                 finally:
                     self._took(reader.taken - before)
                 position += size
-                while stages and stages[0].done():  # a corrupted piece found: stop reading at once
+                while stages and stages[0].done():
                     stages.popleft().result()
+                if corrupted:
+                    await drain()  # raises ChunkCorrupted once the good pieces before the bad one are written
                 if len(framed) * FILE_PIECE >= CHECK_EVERY:
                     submit()
                     if len(stages) > STAGES:

@@ -7,6 +7,7 @@ can refuse WebSocket upgrades. Needs nothing but the standard library; tests sta
     link.conditions.latency = 0.05   # seconds each way; change any condition while connections run
     link.conditions.shared_bandwidth = 2e6  # bytes/s each way for all connections together
     link.reset_all()                 # every open connection reset now (RST)
+    link.conditions.cut = {"down": 300_000}  # 300 kB more go down, then the connection carrying them is reset
 
 The channel and the HTTPS API are TLS: bytes the proxy changes in flight break the TLS record they are in (the
 connection fails), and it cannot see an `Upgrade:` header. For those two it terminates TLS (`tls=TlsTermination(…)`):
@@ -51,6 +52,9 @@ class LinkConditions:
     corrupt: dict[str, int] = field(default_factory=dict)  # direction "up"/"down" → offset of the byte to flip in
     # the stream that way of the first connection to get that far (then forgotten); each connection counts from its
     # own start, so connections already past the offset are left alone
+    cut: dict[str, int] = field(default_factory=dict)  # direction → bytes that go through that way (on any
+    # connection) before the connection carrying the next one is reset (RST), those bytes delivered (then forgotten):
+    # a cut at a byte, wherever the frames and pieces of the protocol inside happen to be
 
 
 @dataclass
@@ -68,6 +72,7 @@ class LinkStats:
     resets: int = 0
     refused_upgrades: int = 0
     corrupted: int = 0
+    cuts: int = 0
     bytes_up: int = 0  # client → server
     bytes_down: int = 0
 
@@ -239,12 +244,17 @@ class BadLink:
     async def _pump(self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     direction: str, first: bytes) -> None:
         """Read chunks and deliver each after the latency, at the bandwidth, in order."""
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUED_CHUNKS)  # beyond: TCP pushes back
+        queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(QUEUED_CHUNKS)  # beyond: TCP pushes back
         offset = 0
 
         async def deliver() -> None:
             while True:
                 due, data = await queue.get()
+                if data is None:  # the cut: what came before it is delivered (and given a moment to arrive)
+                    await asyncio.sleep(0.05)
+                    connection.reset()
+                    self.stats.resets += 1
+                    return
                 if not data:
                     with contextlib.suppress(OSError):
                         writer.write_eof()
@@ -290,6 +300,17 @@ class BadLink:
                     index = corrupt_at - offset
                     data = data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1:]
                     self.stats.corrupted += 1
+                left = self.conditions.cut.get(direction)
+                if left is not None and left >= len(data):
+                    self.conditions.cut[direction] = left - len(data)
+                elif left is not None and self.conditions.cut.pop(direction, None) is not None:
+                    self.stats.cuts += 1
+                    due = time.monotonic() + self.conditions.latency
+                    if left:
+                        await queue.put((due, data[:left]))
+                    await queue.put((due, None))
+                    await sender
+                    return
                 offset += len(data)
                 await queue.put((time.monotonic() + self.conditions.latency, data))
                 data = b""

@@ -133,6 +133,12 @@ class Stream:
             self._unacknowledged = 0
         return chunk
 
+    def widen(self, extra: int) -> None:
+        """Let the other side send `extra` bytes beyond STREAM_WINDOW before it waits for credit (a bulk stream
+        whose reader keeps up: more in flight rides out the scheduling delays of a busy machine)."""
+        if extra > 0 and self.error is None and not self._received_end:
+            self.mux.send_control(StreamCredit(stream=self.id, credit=extra))
+
     async def close(self, error: str | None = None) -> None:
         """No more data from this side; with `error`, abort the stream both ways."""
         if error is not None and self.error is None:
@@ -191,8 +197,9 @@ class Multiplexer:
     that puts them on the link control first, and the streams (`open_stream`, `dispatch`)."""
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]], *, odd: bool,
-                 handlers: Mapping[str, StreamHandler] | None = None) -> None:
+                 handlers: Mapping[str, StreamHandler] | None = None, peer: str = "") -> None:
         self._send = send
+        self.peer = peer  # who is at the other end (the registry's side: the node's name), for the handlers
         self._control: collections.deque[bytes] = collections.deque()
         self._bulk: collections.deque[bytes] = collections.deque()
         self._room = asyncio.Event()  # the bulk queue has room (or the connection closed)
@@ -203,6 +210,7 @@ class Multiplexer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed: str | None = None
         self.bytes_out = 0
+        self.bytes_in = 0  # stream data received
 
     def send_control(self, frame: ChannelFrame) -> None:
         if self.closed is None:
@@ -252,6 +260,7 @@ class Multiplexer:
     def dispatch(self, frame: AnyFrame) -> bool:
         """Take a stream frame from the link; False for any other frame."""
         if isinstance(frame, StreamData):
+            self.bytes_in += len(frame.data)
             stream = self.streams.get(frame.stream)
             if stream is not None:
                 stream._data(frame.data)

@@ -499,6 +499,31 @@ class UploadState(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
+# --- file bytes on the channel (gateway.filestream): one byte stream of kind FILE_STREAM per request ---------------
+
+FILE_STREAM = "file"
+FILE_PIECE = 64 << 10  # bytes of file data per piece on a stream, each followed by its SHA-256: what a cut costs
+FILE_ACK = 4 << 20  # bytes a receiver writes between two fsyncs (and, at the registry, two acknowledgements)
+MAX_FILE_REPLY = 4 << 20  # bytes of one JSON reply on a file stream
+MAX_OFFER_WAIT = 60.0  # seconds a poll for files may wait at the registry
+FILE_WINDOW = 512 << 10  # credit beyond STREAM_WINDOW the receiver of an uncapped transfer grants
+
+
+class FileStreamRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The meta of a FILE_STREAM stream the node opens: what it asks. `offers` (waiting up to `wait` s), `get` (the
+    bytes of file `id` from `offset`, as pieces), `progress`, `announce`, `status` and `put` (the node's pieces of
+    file `id` from the offset the registry answers), as the HTTPS routes of the same names."""
+
+    op: Literal["offers", "get", "progress", "announce", "status", "put"]
+    id: FileId | None = None
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_OFFER_WAIT)] = 0.0
+    progress: FileProgress | None = None
+    start: UploadStart | None = None
+    window: Annotated[int, msgspec.Meta(ge=0, le=FILE_WINDOW)] = 0  # credit the registry grants a put beyond
+    # STREAM_WINDOW (the node asks for it when its bandwidth is not capped)
+
+
 # --- the channel (one WebSocket over mutual TLS at CHANNEL_PATH; gateway.channel multiplexes it) --------------------
 #
 # Every WebSocket message is one binary msgpack frame, tagged by `t`. Pushes, heartbeats and answers carry a sequence

@@ -78,6 +78,16 @@ async def test_a_corrupted_byte_resets_and_refused_upgrades(echo_port: int) -> N
         data, _ = await roundtrip(link.port, b"0123456789")  # the next connection is left alone
         assert data == b"0123456789"
 
+        link.conditions.cut = {"down": 6}  # the bytes before the cut arrive, then the connection is reset
+        reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
+        writer.write(b"0123456789")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(6), 5) == b"012345"
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        assert link.stats.cuts == 1 and link.stats.resets == 1 and not link.conditions.cut
+        writer.close()
+
         reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
         writer.write(b"x")
         await reader.readexactly(1)
@@ -95,7 +105,7 @@ async def test_a_corrupted_byte_resets_and_refused_upgrades(echo_port: int) -> N
                 await writer.drain()
                 await asyncio.wait_for(reader.readexactly(1), 5)
                 await asyncio.sleep(0.1)
-        assert link.stats.resets == 2
+        assert link.stats.resets == 3
         link.conditions.reset_rate = 0.0
 
         link.conditions.refuse_upgrades = True

@@ -7,8 +7,9 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-# bytes_sent, bytes_received, files_received, files_refused, files_sent, files_sent_refused, chunks_corrupted:
-# this process's counters, for GET /metrics
+# bytes_sent, bytes_received, files_received, files_refused, files_sent, files_sent_refused, chunks_corrupted,
+# channel_bytes_sent, channel_bytes_received (the part of the bytes that went over the channel): this process's
+# counters, for GET /metrics
 COUNTERS: collections.Counter[str] = collections.Counter()
 
 

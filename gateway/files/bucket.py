@@ -8,8 +8,9 @@ import time
 
 
 class TokenBucket:
-    """`await take(n)` returns once n bytes fit the rate; a burst of at most `burst` bytes (a second's worth, at
-    least one chunk) goes at once. A rate of None is no cap."""
+    """`await take(n)` returns once n bytes fit the rate; a burst of at most `burst` bytes (a quarter of a second's
+    worth, at least one HTTPS chunk) goes at once, so a transfer that paused (a dropped link) does not rush the link
+    when it resumes. A rate of None is no cap."""
 
     def __init__(self, rate: float | None, burst: float | None = None) -> None:
         self.configure(rate, burst)
@@ -18,7 +19,7 @@ class TokenBucket:
 
     def configure(self, rate: float | None, burst: float | None = None) -> None:
         self.rate = rate if rate and rate > 0 else None
-        self.burst = max(burst or 0.0, self.rate or 0.0, 1 << 20)
+        self.burst = max(burst or 0.0, (self.rate or 0.0) / 4, 1 << 20)
         self._tokens = min(getattr(self, "_tokens", self.burst), self.burst)
 
     async def take(self, amount: int) -> None:

@@ -188,6 +188,11 @@ class GatewayCollector(Collector):
                                   "tried, cut ones too)", value=COUNTERS["bytes_sent"])
         yield CounterMetricFamily("fieldgate_file_chunks_corrupted_total", "Chunks that did not match their SHA-256",
                                   value=COUNTERS["chunks_corrupted"])
+        channel = CounterMetricFamily("fieldgate_file_channel_bytes_total", "File bytes that went over the registry "
+                                      "channel (the rest went over HTTPS), by direction", labels=["direction"])
+        channel.add_metric(["received"], COUNTERS["channel_bytes_received"])
+        channel.add_metric(["sent"], COUNTERS["channel_bytes_sent"])
+        yield channel
         files = CounterMetricFamily("fieldgate_files_total", "Files by direction and outcome",
                                     labels=["direction", "outcome"])
         for direction, outcome, key in (("from-registry", "received", "files_received"),

@@ -47,6 +47,7 @@ from gateway.registry import (
 from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.filestore import open_content_store
+from gateway.registry.filestreams import FileStreams
 from gateway.registry.logs import ROUTE_HANDLERS as LOG_ROUTE_HANDLERS
 from gateway.registry.logs import LogRequests
 from gateway.registry.messages import CHANNEL, ROUTE_HANDLERS, Waiters
@@ -69,6 +70,7 @@ from gateway.webkit.templating import static_files, template_config
 from gateway.wire import (
     CHANNEL_OFF,
     CHANNEL_PATH,
+    FILE_STREAM,
     MAX_HEARTBEAT,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -251,6 +253,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with RegistryStore(data_dir, db_url) as store:
             app.state.store = store
+            hub.handlers[FILE_STREAM] = FileStreams(store, content, registry_metrics.files, app.state.waiters).handle
             await store.database.listen(CHANNEL, app.state.waiters.wake)
             await store.database.listen(CHANNEL, hub.wake)
             await store.database.listen(NODES_CHANNEL, hub.wake)

@@ -80,7 +80,7 @@ class NodeSession:
         self.resource_version = hello.resource_version  # what the node has, or was pushed on this connection
         self.desired_version = hello.desired_version
         self.sent_messages: set[str] = set()  # pushed on this connection, not acknowledged yet
-        self.mux = Multiplexer(socket.send_bytes, odd=False, handlers=hub.handlers)
+        self.mux = Multiplexer(socket.send_bytes, odd=False, handlers=hub.handlers, peer=node)
         self.changed = asyncio.Event()
         self.changed.set()  # the first sync right after Welcome
         self._seq = 0

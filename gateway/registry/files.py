@@ -12,6 +12,9 @@ registry holds (`PUT …/uploads/<id>?offset=`, the chunk's SHA-256 in `X-Chunk-
 refused with the offset to resume from (409), a corrupted chunk is refused (422) and nothing of it written; when the
 last chunk makes the file whole the registry checks its SHA-256: a mismatch refuses the file and drops its bytes.
 
+A node whose channel is up asks the same over channel streams instead (gateway.registry.filestreams, with the
+functions below), its bytes in 64 KiB pieces; these routes are its fallback.
+
 Users list, show (per-node progress), download and delete files (`GET /api/v1/files`, `GET /api/v1/files/<id>`,
 `GET …/<id>/content`, `DELETE …/<id>`); edge → cloud files are kept by age and total size (`registry serve
 --files-max-age`, `--files-max-bytes`).
@@ -379,10 +382,13 @@ def _offer(record: dict[str, Any]) -> FileOffer:
 @get("/api/v1/nodes/self/files", summary="The files for the calling node it has not finished; waits up to ?wait=")
 async def node_files(request: AnyRequest) -> list[FileOffer]:
     node = await client_node(request)
-    store = store_of(request)
-    waiters: Waiters = request.app.state.waiters
     raw = request.query_params.get("wait")
     wait = min(query_seconds("?wait", raw), MAX_WAIT) if raw is not None else 0.0
+    return await pending_offers(store_of(request), request.app.state.waiters, node, wait)
+
+
+async def pending_offers(store: RegistryStore, waiters: Waiters, node: str, wait: float) -> list[FileOffer]:
+    """The files for `node` it has not finished, waiting up to `wait` s for one (over HTTPS or the channel)."""
     deadline = time.monotonic() + wait
     event = waiters.events[files_key(node)]
     while True:
@@ -399,10 +405,15 @@ async def node_files(request: AnyRequest) -> list[FileOffer]:
 
 async def _node_target(request: AnyRequest, file_id: str) -> tuple[str, dict[str, Any]]:
     node = await client_node(request)
-    record = await store_of(request).files.get(file_id) if FILE_ID.match(file_id) else None
-    if record is None or record["direction"] != TO_EDGE or await store_of(request).files.target(file_id, node) is None:
+    return node, await node_target(store_of(request), node, file_id)
+
+
+async def node_target(store: RegistryStore, node: str, file_id: str) -> dict[str, Any]:
+    """A to-edge file `node` is a target of (NotFound for any other)."""
+    record = await store.files.get(file_id) if FILE_ID.match(file_id) else None
+    if record is None or record["direction"] != TO_EDGE or await store.files.target(file_id, node) is None:
         raise NotFound(f"no file {file_id[:40]} for node {node}")
-    return node, record
+    return record
 
 
 def _int_param(request: AnyRequest, name: str, default: int, maximum: int) -> int:
@@ -430,15 +441,21 @@ async def node_file_chunk(request: AnyRequest, file_id: FromPath[str]) -> Respon
       status_code=200)
 async def node_file_progress(request: AnyRequest, file_id: FromPath[str], data: JSONBody[FileProgress]
                              ) -> dict[str, Any]:
-    node, record = await _node_target(request, file_id)
+    node = await client_node(request)
+    return await take_progress(store_of(request), counters(request), node, file_id, data)
+
+
+async def take_progress(store: RegistryStore, files_counters: Any, node: str, file_id: str, data: FileProgress
+                        ) -> dict[str, Any]:
+    """A node's progress with a to-edge file, audited once done or refused."""
+    record = await node_target(store, node, file_id)
     if data.offset > record["size"]:
         raise ConfigError(f"offset {data.offset}: the file has {record['size']} bytes")
-    store = store_of(request)
     state = data.state
     changed = await store.files.progress(file_id, node, state, data.offset, data.reason, data.bytes_received,
                                          time.time())
     if changed and state in (DONE, REFUSED):
-        counters(request)[f"to_edge_{state}"] += 1
+        files_counters[f"to_edge_{state}"] += 1
         await access.record(store, f"node:{node}", access.workspace_scope(record["workspace"]),
                             f"file.{state}", f"file/{file_id}", "ok" if state == DONE else f"refused: {data.reason}",
                             {"name": record["name"], "node": node})
@@ -451,17 +468,27 @@ def _upload_state(record: dict[str, Any]) -> UploadState:
 
 async def _node_upload(request: AnyRequest, file_id: str) -> tuple[str, dict[str, Any]]:
     node = await client_node(request)
-    record = await store_of(request).files.get(file_id) if FILE_ID.match(file_id) else None
+    return node, await node_upload(store_of(request), node, file_id)
+
+
+async def node_upload(store: RegistryStore, node: str, file_id: str) -> dict[str, Any]:
+    """A from-edge file `node` sends (NotFound for any other)."""
+    record = await store.files.get(file_id) if FILE_ID.match(file_id) else None
     if record is None or record["direction"] != FROM_EDGE or record["source_node"] != node:
         raise NotFound(f"no upload {file_id[:40]} of node {node}")
-    return node, record
+    return record
 
 
 @post("/api/v1/nodes/self/uploads", summary="The calling node announces a file it sends; answers the offset to "
       "send from", status_code=200)
 async def start_upload(request: AnyRequest, data: JSONBody[UploadStart]) -> UploadState:
     node = await client_node(request)
-    store = store_of(request)
+    return await announce_upload(store_of(request), content_of(request), counters(request), node, data)
+
+
+async def announce_upload(store: RegistryStore, content: ContentStore, files_counters: Any, node: str,
+                          data: UploadStart) -> UploadState:
+    """Record a file a node announces (once; again: its state); the offset it sends from."""
     check_file_name(data.name)
     if data.size > MAX_FILE_SIZE:
         raise HTTPException(status_code=413, detail=f"size {data.size}: the registry takes files of at most "
@@ -471,7 +498,7 @@ async def start_upload(request: AnyRequest, data: JSONBody[UploadStart]) -> Uplo
         if existing["source_node"] != node or existing["sha256"] != data.sha256 or existing["size"] != data.size:
             raise HTTPException(status_code=409, detail=f"file id {data.id} is taken by another file")
         if existing["state"] == TRANSFERRING:  # the part's bytes, on this replica (0 where it has none)
-            existing["received"] = await content_of(request).part_size(data.id)
+            existing["received"] = await content.part_size(data.id)
         return _upload_state(existing)
     workspace = await store.node_workspace(node) or access.DEFAULT_WORKSPACE
     now = time.time()
@@ -480,18 +507,23 @@ async def start_upload(request: AnyRequest, data: JSONBody[UploadStart]) -> Uplo
         "content_type": data.content_type, "labels": data.labels, "direction": FROM_EDGE, "path": "",
         "source_node": node, "targets": {}, "workspace": workspace, "created_by": f"node:{node}", "created_at": now,
         "expires_at": None, "state": TRANSFERRING}, [], now)
-    await content_of(request).drop_part(data.id)  # a part left by an earlier registry under this id
+    await content.drop_part(data.id)  # a part left by an earlier registry under this id
     if data.size == 0:  # whole already: an empty part, verified and kept
-        await content_of(request).append(data.id, 0, b"")
-        return await _finish_upload(request, node, await file_view(store, data.id))
+        await content.append(data.id, 0, b"")
+        return await finish_upload(store, content, files_counters, node, await file_view(store, data.id))
     return UploadState(id=data.id, offset=0, state=TRANSFERRING)
 
 
 @get("/api/v1/nodes/self/uploads/{file_id:str}", summary="How much of a file the registry holds")
 async def upload_state(request: AnyRequest, file_id: FromPath[str]) -> UploadState:
-    _, record = await _node_upload(request, file_id)
+    return await upload_status(store_of(request), content_of(request), await client_node(request), file_id)
+
+
+async def upload_status(store: RegistryStore, content: ContentStore, node: str, file_id: str) -> UploadState:
+    """How much of a file `node` sends this replica holds (its part's size), or its final state."""
+    record = await node_upload(store, node, file_id)
     if record["state"] == TRANSFERRING:
-        record["received"] = await content_of(request).part_size(file_id)
+        record["received"] = await content.part_size(file_id)
     return _upload_state(record)
 
 
@@ -530,12 +562,12 @@ async def upload_chunk(request: AnyRequest, file_id: FromPath[str]) -> Response[
         return Response(UploadState(id=file_id, offset=received, state=TRANSFERRING))
     request.app.state.file_progress_written.pop(file_id, None)
     await store_of(request).files.set_received(file_id, received, taken.pop(file_id, 0))
-    return Response(await _finish_upload(request, node, record))
+    return Response(await finish_upload(store_of(request), content, counters(request), node, record))
 
 
-async def _finish_upload(request: AnyRequest, node: str, record: dict[str, Any]) -> UploadState:
+async def finish_upload(store: RegistryStore, content: ContentStore, files_counters: Any, node: str,
+                        record: dict[str, Any]) -> UploadState:
     """The whole file: verified and kept, or refused and dropped."""
-    store, content = store_of(request), content_of(request)
     file_id = record["id"]
     digest = await content.part_sha256(file_id)
     scope = access.workspace_scope(record["workspace"])
@@ -543,13 +575,13 @@ async def _finish_upload(request: AnyRequest, node: str, record: dict[str, Any])
         reason = f"the file's SHA-256 is {digest}, not the {record['sha256']} announced: refused, nothing kept"
         await content.drop_part(file_id)
         await store.files.set_state(file_id, REFUSED, reason, time.time())
-        counters(request)["from_edge_refused"] += 1
+        files_counters["from_edge_refused"] += 1
         await access.record(store, f"node:{node}", scope, "file.upload", f"file/{file_id}", f"refused: {reason}",
                             {"name": record["name"]})
         return UploadState(id=file_id, offset=record["size"], state=REFUSED, reason=reason)
     await content.commit(file_id)
     await store.files.set_state(file_id, DONE, "", time.time())
-    counters(request)["from_edge_done"] += 1
+    files_counters["from_edge_done"] += 1
     await access.record(store, f"node:{node}", scope, "file.upload", f"file/{file_id}", "ok",
                         {"name": record["name"], "size": record["size"]})
     return UploadState(id=file_id, offset=record["size"], state=DONE)

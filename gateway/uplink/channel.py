@@ -8,10 +8,11 @@ once, however often a flapping link brings it), messages by id, requests answere
 acknowledged once applied (messages: once durable in the routes' outboxes). Byte streams: `open_stream(kind, meta)`
 and `handlers[kind]` for the streams the registry opens (gateway.channel).
 
-A dropped connection is dialled again after a backoff (RECONNECT_MIN doubling to RECONNECT_MAX, with jitter); while
-it is down the HTTPS loops run. An upgrade answered with an HTTP status (a proxy that refuses WebSockets: 403, 400)
-puts the node on HTTPS polling (`fallback`), trying the channel again every `channel_retry` s (registry.json,
-default 60); a registry that refuses the node's certificate (Refused frame) is tried again after RECONNECT_MAX.
+A dropped connection is dialled again after a backoff (RECONNECT_MIN doubling to RECONNECT_MAX, with jitter; a
+connection that lasted STABLE_AFTER or carried USEFUL_BYTES starts it over); while it is down the HTTPS loops run.
+An upgrade answered with an HTTP status (a proxy that refuses WebSockets: 403, 400) puts the node on HTTPS polling
+(`fallback`), trying the channel again every `channel_retry` s (registry.json, default 60); a registry that refuses
+the node's certificate (Refused frame) is tried again after RECONNECT_MAX.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ TIMEOUT = 10.0
 RECONNECT_MIN = 0.25
 RECONNECT_MAX = 30.0
 STABLE_AFTER = 10.0  # a connection that lasted this long starts the backoff over
+USEFUL_BYTES = 1 << 20  # as does one that carried this many stream bytes (a transfer cut by a bad link, not a
+# link that drops whatever goes over it)
 WRITE_LIMIT = 32 << 10  # bytes the WebSocket buffers before a send waits: a bulk stream never queues much
 
 
@@ -106,6 +109,7 @@ class ChannelLink:
         self.connects = 0
         self.handlers: dict[str, StreamHandler] = {PROBE_KIND: discard}
         self.mux: Multiplexer | None = None
+        self.moved = 0  # bytes the last connection carried
         self._changed = asyncio.Event()  # the announced address changed: dial it now
         self._up_event = asyncio.Event()
         self._answers: dict[int, asyncio.Future[HeartbeatResponse]] = {}
@@ -159,6 +163,7 @@ class ChannelLink:
                     await self._changed.wait()
                     continue
                 started = time.monotonic()
+                self.moved = 0
                 wait = 0.0
                 try:
                     await self._session(client, context)
@@ -189,7 +194,8 @@ class ChannelLink:
                     self._up_event.clear()
                     self.polling.set()
                 if not wait:
-                    attempt = 0 if time.monotonic() - started > STABLE_AFTER else attempt + 1
+                    useful = time.monotonic() - started > STABLE_AFTER or self.moved >= USEFUL_BYTES
+                    attempt = 0 if useful else attempt + 1
                     wait = min(RECONNECT_MAX, RECONNECT_MIN * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -243,6 +249,7 @@ class ChannelLink:
                     future.cancel()
                 self._answers.clear()
                 self.mux = None
+                self.moved = mux.bytes_in + mux.bytes_out
                 await mux.close("channel closed")
 
     async def _read(self, socket: Any, mux: Multiplexer, pushes: asyncio.Queue[Push]) -> None:

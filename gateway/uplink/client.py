@@ -161,19 +161,23 @@ class Uplink:
                                  timeout=httpx.Timeout(TIMEOUT, read=read))
 
     async def run_files_in(self) -> None:
-        """Files from the registry into the files area (gateway.uplink.files)."""
+        """Files from the registry into the files area (gateway.uplink.files), over the channel while it is up."""
+        from gateway.uplink.filechannel import UplinkTransport
         from gateway.uplink.files import FileSync, HttpsChunkTransport
 
         async with self._file_client(read=60.0) as client:
-            self.files_in = FileSync(self.gateway, HttpsChunkTransport(client), self.file_bucket)
+            transport = UplinkTransport(self.channel, HttpsChunkTransport(client), self.file_bucket)
+            self.files_in = FileSync(self.gateway, transport, self.file_bucket)
             await self.files_in.run_incoming()
 
     async def run_files_out(self) -> None:
-        """Files from the node's outbox to the registry (gateway.uplink.files)."""
+        """Files from the node's outbox to the registry (gateway.uplink.files), over the channel while it is up."""
+        from gateway.uplink.filechannel import UplinkTransport
         from gateway.uplink.files import FileSync, HttpsChunkTransport
 
         async with self._file_client(read=60.0) as client:
-            self.files_out = FileSync(self.gateway, HttpsChunkTransport(client), self.file_bucket)
+            transport = UplinkTransport(self.channel, HttpsChunkTransport(client), self.file_bucket)
+            self.files_out = FileSync(self.gateway, transport, self.file_bucket)
             await self.files_out.run_outgoing()
 
     async def run_file_folder(self) -> None:

@@ -11,8 +11,10 @@ Edge → cloud: the files of the durable outbox (gateway.files.outbox) go one at
 offset the registry acknowledges (the receiver says where to resume, so no byte goes twice beyond a chunk lost on
 the way), then removed from the outbox once the registry says the file is whole and verified.
 
-Both directions draw from one token bucket (`files.bandwidth`), and go through a ChunkTransport: HTTPS requests
-over the node's mutual TLS today, a byte stream of the registry channel later.
+Both directions draw from one token bucket (`files.bandwidth`), and go through a ChunkTransport: byte streams of the
+registry channel while it is up (gateway.uplink.filechannel: 64 KiB pieces, each with its SHA-256, several in flight,
+fsynced every 4 MiB), HTTPS requests over the node's mutual TLS (1 MiB chunks, one at a time) while the node polls
+over HTTPS.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +37,7 @@ from gateway.files import COUNTERS, files_area, transfers_dir
 from gateway.files.area import Refused, destination, place, usage
 from gateway.files.bucket import TokenBucket
 from gateway.files.outbox import FolderWatcher, outbox_path
-from gateway.wire import CHUNK_SHA256, FILE_CHUNK, FileOffer, FileProgress, UploadStart, UploadState
+from gateway.wire import CHUNK_SHA256, FILE_ACK, FILE_CHUNK, FileOffer, FileProgress, UploadStart, UploadState
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -55,15 +58,29 @@ class ChunkCorrupted(FieldgateError):
     """A chunk arrived with another SHA-256 than its sender's: it is fetched or sent again."""
 
 
+Take = Callable[[int], Awaitable[None]]  # waits until that many bytes fit the bandwidth cap
+Sink = Callable[[list[bytes]], Awaitable[None]]  # takes the next checked bytes of a file, in order
+Acked = Callable[[UploadState], Awaitable[None]]  # takes an offset the registry acknowledged
+
+
 class ChunkTransport(Protocol):
-    """How file bytes travel between a node and the registry."""
+    """How file bytes travel between a node and the registry; `bytes_in` and `bytes_out` count what crossed the
+    link for files, cut pieces and chunks too."""
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def bytes_out(self) -> int: ...
 
     async def offers(self, wait: float) -> list[FileOffer]:
         """The files the registry has for this node (waiting up to `wait` s for one)."""
         ...
 
-    async def get_chunk(self, file_id: str, offset: int, size: int) -> bytes:
-        """Up to `size` bytes of a file from `offset`, checked against the sender's SHA-256 (ChunkCorrupted)."""
+    async def fetch(self, offer: FileOffer, offset: int, take: Take, sink: Sink) -> None:
+        """The bytes of a file from `offset` to its end, handed to `sink` in order once checked against the
+        sender's SHA-256, `take` drawn before each piece; ChunkCorrupted once the good bytes before a bad piece
+        are in the sink, LinkDown when the link drops (the good bytes in the sink too)."""
         ...
 
     async def report(self, file_id: str, progress: FileProgress) -> None: ...
@@ -76,8 +93,11 @@ class ChunkTransport(Protocol):
         """The acknowledged offset of a file this node sends."""
         ...
 
-    async def put_chunk(self, file_id: str, offset: int, data: bytes) -> UploadState:
-        """Send a chunk at `offset`; the registry's offset after it (its own when `offset` was not it)."""
+    async def send(self, file_id: str, path: Path, size: int, state: UploadState, take: Take, acked: Acked
+                   ) -> UploadState:
+        """Send a file from the registry's offset (`state`'s, or the one it answers) until it is whole; `acked`
+        with each offset the registry acknowledges (written and fsynced there); its final state (done or
+        refused). ChunkCorrupted for a piece the registry found corrupted, LinkDown when the link drops."""
         ...
 
 
@@ -126,6 +146,30 @@ class HttpsChunkTransport:
         if hashlib.sha256(data).hexdigest() != expected:
             raise ChunkCorrupted(f"the chunk of file {file_id} at {offset} does not match its SHA-256")
         return bytes(data)
+
+    async def fetch(self, offer: FileOffer, offset: int, take: Take, sink: Sink) -> None:
+        while offset < offer.size:
+            size = min(FILE_CHUNK, offer.size - offset)
+            await take(size)
+            data = await self.get_chunk(offer.id, offset, size)
+            if not data:
+                raise LinkDown(f"file {offer.name}: the registry sent no bytes at {offset} of {offer.size}")
+            await sink([data])
+            offset += len(data)
+
+    async def send(self, file_id: str, path: Path, size: int, state: UploadState, take: Take, acked: Acked
+                   ) -> UploadState:
+        with path.open("rb") as stream:
+            while state.state == "transferring":
+                stream.seek(state.offset)
+                data = await asyncio.to_thread(stream.read, FILE_CHUNK)
+                if not data:
+                    raise ConfigError(f"outbox file {path.name}: ends at {state.offset}, before its {size} bytes")
+                await take(len(data))
+                state = await self.put_chunk(file_id, state.offset, data)
+                if state.state == "transferring":
+                    await acked(state)
+        return state
 
     async def report(self, file_id: str, progress: FileProgress) -> None:
         response = await self._call("POST", f"/api/v1/nodes/self/files/{file_id}/progress",
@@ -187,13 +231,35 @@ def _sha256_file(path: Path, length: int) -> Any:
     return digest
 
 
-def _write_at(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.pwrite(fd, data, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class IncomingFile:
+    """A file being received: checked bytes appended at `offset` (with the file's digest), fsynced every FILE_ACK
+    bytes and by `sync`. Its methods block: they run in a thread."""
+
+    def __init__(self, path: Path, offset: int, digest: Any) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self.offset = offset
+        self.digest = digest
+        self.unsynced = 0
+
+    def write(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            os.pwrite(self.fd, piece, self.offset)
+            self.digest.update(piece)
+            self.offset += len(piece)
+            self.unsynced += len(piece)
+        if self.unsynced >= FILE_ACK:
+            self.sync()
+
+    def sync(self) -> None:
+        if self.unsynced:
+            os.fsync(self.fd)
+            self.unsynced = 0
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            os.close(self.fd)
 
 
 class FileSync:
@@ -212,10 +278,13 @@ class FileSync:
     def settings(self) -> Any:
         return self.gateway.config.gateway.files
 
-    async def _take(self, amount: int) -> None:
+    def _configure(self) -> None:
         rate = self.settings.bandwidth
         if rate != self.bucket.rate:
             self.bucket.configure(float(rate) if rate else None)
+
+    async def _take(self, amount: int) -> None:
+        self._configure()
         await self.bucket.take(amount)
 
     def _failed(self, direction: str, exc: Exception) -> None:
@@ -287,37 +356,48 @@ class FileSync:
         self.state["in"] = f"receiving {offer.name}"
         if offset:
             log.info("file %s: resuming at %d of %d bytes", offer.name, offset, offer.size)
-        last_report = 0.0
+        writer = await asyncio.to_thread(IncomingFile, incoming, offset, digest)
+        self._configure()  # the cap decides how much the transport keeps in flight
+        last_report = time.monotonic()
         corrupted = 0
-        while offset < offer.size:
-            size = min(FILE_CHUNK, offer.size - offset)
-            await self._take(size)
-            before = getattr(self.transport, "bytes_in", 0)
-            try:
-                data = await self.transport.get_chunk(offer.id, offset, size)
-            except ChunkCorrupted:
-                corrupted += 1
-                COUNTERS["chunks_corrupted"] += 1
-                await self._count_in(offer.id, offset, before)
-                if corrupted >= CHUNK_ATTEMPTS:
-                    raise LinkDown(f"file {offer.name}: {corrupted} corrupted chunks in a row at {offset}") from None
-                continue
-            except LinkDown:
-                await self._count_in(offer.id, offset, before)
-                raise
-            if not data:
-                raise LinkDown(f"file {offer.name}: the registry sent no bytes at {offset} of {offer.size}")
+        counted = self.transport.bytes_in
+
+        async def count() -> None:
+            nonlocal counted
+            received, counted = self.transport.bytes_in - counted, self.transport.bytes_in
+            COUNTERS["bytes_received"] += received
+            await self.store.files.update_inbox(offer.id, state="transferring", position=writer.offset,
+                                                received=received)
+
+        current: dict[str, Any] = record
+
+        async def sink(pieces: list[bytes]) -> None:
+            nonlocal corrupted, last_report, current
             corrupted = 0
             self.moved["in"] += 1
-            await asyncio.to_thread(_write_at, incoming, offset, data)
-            digest.update(data)
-            offset += len(data)
-            await self._count_in(offer.id, offset, before)
+            await asyncio.to_thread(writer.write, pieces)
+            await count()
             if time.monotonic() - last_report > REPORT_EVERY:
                 last_report = time.monotonic()
-                record = await self.store.files.inbox(offer.id) or record
-                await self.transport.report(offer.id, FileProgress(offset=offset,
-                                                                   bytes_received=record["bytes_received"]))
+                current = await self.store.files.inbox(offer.id) or current
+                await self.transport.report(offer.id, FileProgress(offset=writer.offset,
+                                                                   bytes_received=current["bytes_received"]))
+
+        try:
+            while writer.offset < offer.size:
+                try:
+                    await self.transport.fetch(offer, writer.offset, self._take, sink)
+                except ChunkCorrupted:
+                    corrupted += 1
+                    COUNTERS["chunks_corrupted"] += 1
+                    if corrupted >= CHUNK_ATTEMPTS:
+                        raise LinkDown(f"file {offer.name}: {corrupted} corrupted pieces in a row at "
+                                       f"{writer.offset}") from None
+                finally:
+                    await count()
+        finally:
+            await asyncio.to_thread(writer.close)  # what was written is fsynced, however the fetch ended
+        offset = writer.offset
         if digest.hexdigest() != offer.sha256:
             await self._refuse(offer, offset, f"the file's SHA-256 is {digest.hexdigest()}, not the {offer.sha256} "
                                               "the registry announced: refused, nothing kept", incoming)
@@ -339,11 +419,6 @@ class FileSync:
                                  "sha256": offer.sha256, "content_type": offer.content_type,
                                  "labels": offer.labels, "ts": int(time.time() * 1000)}), qos=1)
         await self.report_finished()
-
-    async def _count_in(self, file_id: str, offset: int, before: int) -> None:
-        received = getattr(self.transport, "bytes_in", before) - before
-        COUNTERS["bytes_received"] += received
-        await self.store.files.update_inbox(file_id, state="transferring", position=offset, received=received)
 
     async def _refuse(self, offer: FileOffer, offset: int, reason: str, incoming: Path) -> None:
         await asyncio.to_thread(incoming.unlink, missing_ok=True)
@@ -388,30 +463,32 @@ class FileSync:
             id=file_id, name=record["name"], size=record["size"], sha256=record["sha256"],
             content_type=record["content_type"], labels=record["labels"]))
         self.state["out"] = f"sending {record['name']}"
+        self._configure()
         corrupted = 0
-        with path.open("rb") as stream:
-            while state.state == "transferring":
-                offset = state.offset
-                stream.seek(offset)
-                data = await asyncio.to_thread(stream.read, FILE_CHUNK)
-                if not data:
-                    raise ConfigError(f"outbox file {record['name']}: {path} ends at {offset}, before its "
-                                      f"{record['size']} bytes")
-                await self._take(len(data))
-                before = getattr(self.transport, "bytes_out", 0)
-                try:
-                    state = await self.transport.put_chunk(file_id, offset, data)
-                    corrupted = 0
-                    self.moved["out"] += 1
-                except ChunkCorrupted:
-                    corrupted += 1
-                    COUNTERS["chunks_corrupted"] += 1
-                    if corrupted >= CHUNK_ATTEMPTS:
-                        raise LinkDown(f"{corrupted} corrupted chunks in a row at {offset}") from None
-                finally:
-                    sent = getattr(self.transport, "bytes_out", before) - before
-                    COUNTERS["bytes_sent"] += sent
-                    await self.store.files.update_outbox(file_id, state="sending", position=state.offset, sent=sent)
+        counted = self.transport.bytes_out
+
+        async def count() -> None:
+            nonlocal counted
+            sent, counted = self.transport.bytes_out - counted, self.transport.bytes_out
+            COUNTERS["bytes_sent"] += sent
+            await self.store.files.update_outbox(file_id, state="sending", position=state.offset, sent=sent)
+
+        async def acked(acknowledged: UploadState) -> None:
+            nonlocal state, corrupted
+            state, corrupted = acknowledged, 0
+            self.moved["out"] += 1
+            await count()
+
+        while state.state == "transferring":
+            try:
+                state = await self.transport.send(file_id, path, record["size"], state, self._take, acked)
+            except ChunkCorrupted:
+                corrupted += 1
+                COUNTERS["chunks_corrupted"] += 1
+                if corrupted >= CHUNK_ATTEMPTS:
+                    raise LinkDown(f"{corrupted} corrupted chunks in a row at {state.offset}") from None
+            finally:
+                await count()
         if state.state == "done":
             await self.store.files.update_outbox(file_id, state="done", position=record["size"])
             await asyncio.to_thread(path.unlink, missing_ok=True)

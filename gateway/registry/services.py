@@ -93,7 +93,7 @@ async def service_endpoints(store: RegistryStore) -> dict[tuple[str, str], list[
                              if isinstance(v, int) and 0 < v < 65536}
                     endpoints.append(ServiceEndpoint(
                         node=node, instance=str(instance.get("id", ""))[:300], address=address,
-                        ready=bool(instance.get("ready")) and instance.get("state") == "running",
+                        ready=bool(instance.get("ready")) and instance.get("state") in ("ready", "running"),
                         ports=instance_ports(service, workload, ports)))
         result[(namespace, name)] = endpoints[:1000]
     return result

@@ -201,12 +201,6 @@ class ServiceMesh:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
-    def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coroutine)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     @staticmethod
     def _close_servers(state: ServiceState) -> None:
         for server in state.servers:
@@ -236,12 +230,14 @@ class ServiceMesh:
                 await self._listen(state)
                 self._event(key, "listening", f"{state.address} " + ", ".join(
                     f"{p.port}/{p.protocol}" for p in service.ports))
-            endpoints = tuple(sorted((e.key if isinstance(e, Target) else f"{e.node}/{e.instance}", e.ready)
-                                     for e in service.endpoints))
+            endpoints = tuple(sorted((f"{e.node}/{e.instance}", e.ready) for e in service.endpoints))
             if self._last_endpoints.get(key) != endpoints:
                 self._last_endpoints[key] = endpoints
-                ready = sum(1 for _, ok in endpoints if ok)
-                self._event(key, "endpoints", f"{ready} of {len(endpoints)} fleet endpoints ready")
+                for endpoint, ok in endpoints:  # the registry saw it ready (again): worth a new try
+                    if ok:
+                        self.failed.pop(endpoint, None)
+                count = sum(1 for _, ok in endpoints if ok)
+                self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready")
 
     def _allocate(self, key: tuple[str, str]) -> str:
         network = self.network()
@@ -274,9 +270,21 @@ class ServiceMesh:
     def _tcp_handler(self, state: ServiceState, port: ServicePort
                      ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._tcp_client(state, port, reader, writer)
+            await self._held(self._tcp_client(state, port, reader, writer))
 
         return handle
+
+    async def _held(self, coroutine: Awaitable[None]) -> None:
+        """Run a connection's coroutine with its task held by the mesh (asyncio's servers do not hold them, and a
+        task nothing holds may be collected while it waits), so that stop() ends it too."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await coroutine
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     def _udp_factory(self, state: ServiceState, port: ServicePort) -> Callable[[], _UdpProxy]:
         return lambda: _UdpProxy(self, state, port)
@@ -474,6 +482,9 @@ class ServiceMesh:
             writer.close()
 
     async def _direct_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._held(self._direct(reader, writer))
+
+    async def _direct(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             peer = peer_node(writer.get_extra_info("ssl_object"))
         except PeerRefused as exc:

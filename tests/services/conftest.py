@@ -6,7 +6,8 @@ import random
 import sys
 from pathlib import Path
 
-from tests.workloads.conftest import start_node as start_node  # noqa: F401 (a fixture)
+from tests.registry.conftest import registry as registry
+from tests.workloads.conftest import start_node as start_node
 
 APPS = Path(__file__).resolve().parent / "apps"
 ECHO = APPS / "echo.py"

@@ -16,7 +16,8 @@ A connection (TCP) or a client's flow of datagrams (UDP) to a proxy goes to one 
 To an instance on another node the proxy opens a direct TLS connection to that node's advertised `mesh` address
 (mutual TLS with the nodes' certificates from the fleet's CA) and, when it does not answer within
 `connect_timeout`, a stream through the registry relay over the channel, with the same TLS inside it: the registry
-copies ciphertext. Either way the first line says which service port and instance (JSON), the other node checks its
+copies ciphertext (TLS has no half-close: a client that shuts down its sending side ends a connection on these
+paths). Either way the first line says which service port and instance (JSON), the other node checks its
 own Service and instance, connects locally and answers `ok`; UDP datagrams then travel with a 2-byte length each.
 
 Counters per service, port, endpoint and path (local, direct, relay): connections, bytes both ways, errors.
@@ -358,16 +359,20 @@ class ServiceMesh:
         return [Target(e.node, e.instance, e.ports[key], e.address, local=False) for e in service.endpoints
                 if e.ready and e.node != self.gateway.node_name and key in e.ports]
 
-    def candidates(self, state: ServiceState, port: ServicePort) -> list[Target]:
+    def candidates(self, state: ServiceState, port: ServicePort, *, resting: bool = False) -> list[Target]:
+        """The ready targets, without those resting after a failure (with them when `resting`)."""
         now = time.monotonic()
-        local = [t for t in self.local_targets(state.service, port) if self.failed.get(t.key, 0) <= now]
+        local = [t for t in self.local_targets(state.service, port) if resting or self.failed.get(t.key, 0) <= now]
         if state.service.prefer == "local" and local:
             return local
-        remote = [t for t in self.remote_targets(state.service, port) if self.failed.get(t.key, 0) <= now]
+        remote = [t for t in self.remote_targets(state.service, port)
+                  if resting or self.failed.get(t.key, 0) <= now]
         return sorted(local + remote, key=lambda t: t.key)
 
     def pick(self, state: ServiceState, port: ServicePort, client: str, tried: set[str]) -> Target:
         options = [t for t in self.candidates(state, port) if t.key not in tried]
+        if not options:  # every ready one failed a moment ago: one of them may work again (better than none)
+            options = [t for t in self.candidates(state, port, resting=True) if t.key not in tried]
         if not options:
             raise NoEndpoint(f"service {state.service.namespace}/{state.service.name} port {port_key(port)}: no "
                              "ready instance")
@@ -440,6 +445,7 @@ class ServiceMesh:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 sock=bridge.sock, ssl=self._tls[0], server_hostname=target.node), 10.0)
+            bridge.writer = writer
             peer_node(writer.get_extra_info("ssl_object"), target.node)
             await _handshake(reader, writer, header)
         except BaseException:
@@ -502,6 +508,7 @@ class ServiceMesh:
         bridge = await StreamSocket(stream).start()
         try:
             reader, writer = await asyncio.wait_for(accept_tls(bridge.sock, self._tls[1]), 10.0)
+            bridge.writer = writer
             try:
                 peer = peer_node(writer.get_extra_info("ssl_object"), str(expected))
             except PeerRefused as exc:
@@ -524,10 +531,12 @@ class ServiceMesh:
             port = next((p for p in state.service.ports if port_key(p) == request["port"]), None)
             if port is None:
                 raise LookupError(f"service {namespace}/{name} has no port {request['port']!r}")
-            target = next((t for t in self.local_targets(state.service, port) if t.instance == request["instance"]),
-                          None)
+            # the instance named, or (the caller's endpoints are older than a restart here) another ready one
+            ready = self.local_targets(state.service, port)
+            target = next((t for t in ready if t.instance == request["instance"]), ready[0] if ready else None)
             if target is None:
-                raise LookupError(f"instance {request['instance']!r} is not ready on node {self.gateway.node_name}")
+                raise LookupError(f"no ready instance of service {namespace}/{name} on node "
+                                  f"{self.gateway.node_name}")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError, KeyError,
                 TypeError, LookupError) as exc:
             with contextlib.suppress(ConnectionError):
@@ -634,6 +643,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, add:
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        else:  # TLS has no half-close: the end of one direction ends the connection
+            writer.close()
     except (ConnectionError, ssl.SSLError, OSError):
         writer.close()
 

@@ -79,9 +79,13 @@ class StreamSocket:
         self.sock.setblocking(False)
         self._other.setblocking(False)
         self._tasks: list[asyncio.Task[None]] = []
+        self._other_writer: asyncio.StreamWriter | None = None
+        # the TLS connection made on `sock`, set by whoever makes it: its transport owns the socket from then on
+        self.writer: asyncio.StreamWriter | None = None
 
     async def start(self) -> StreamSocket:
         reader, writer = await asyncio.open_connection(sock=self._other)
+        self._other_writer = writer
         self._tasks = [asyncio.create_task(self._down(writer), name="stream to socket"),
                        asyncio.create_task(self._up(reader), name="socket to stream")]
         return self
@@ -109,9 +113,16 @@ class StreamSocket:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._other.close()
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        # a socket a transport uses is closed by closing the transport (the loop forgets its descriptor then)
+        if self._other_writer is not None:
+            self._other_writer.close()
+        else:
+            self._other.close()
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            with contextlib.suppress(OSError):
+                self.sock.close()
         if self.stream.error is None:
             with contextlib.suppress(StreamError):
                 await self.stream.close("closed")

@@ -317,8 +317,10 @@ class ServiceMesh:
 
     def environment(self, namespace: str) -> dict[str, str]:
         """`<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT` and `<NAME>_SERVICE_PORT_<PORT>` of the namespace's
-        Services, as Kubernetes gives them."""
+        Services, as Kubernetes gives them, and FIELDGATE_DNS (HOST:PORT of the DNS responder) when it runs."""
         env: dict[str, str] = {}
+        if self.dns is not None:  # where service names resolve (a container on the host's network gets it as --dns)
+            env["FIELDGATE_DNS"] = f"{self.dns_address()}:{self._settings.dns_port}"
         for (ns, name), state in sorted(self.services.items()):
             if ns != namespace:
                 continue

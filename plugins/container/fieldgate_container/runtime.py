@@ -339,6 +339,9 @@ class ContainerRuntime(Runtime):
                     env["PORT"] = str(inside)
         else:
             args += ["--network", workload.network]
+            dns_host, _, dns_port = spec.env.get("FIELDGATE_DNS", "").rpartition(":")
+            if workload.network == "host" and dns_host and dns_port == "53":  # the node's services by name
+                args += ["--dns", dns_host]
         if workload.limits.memory is not None:
             memory = str(int(workload.limits.memory))
             args += ["--memory", memory, "--memory-swap", memory]

@@ -114,9 +114,27 @@ async def node_service_documents(store: RegistryStore, node: str) -> list[dict[s
     return documents
 
 
+COUNTER_FIELDS = ("service", "port", "endpoint", "path", "connections", "bytes_in", "bytes_out", "errors")
+
+
+async def service_counters(store: RegistryStore) -> dict[str, list[dict[str, Any]]]:
+    """The counters each node last reported with its heartbeat (its info's `services`), by `<ns>/<name>`, each with
+    the node that counted it."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for node, info in (await store.node_infos()).items():
+        rows = info.get("services")
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, list) and len(row) == len(COUNTER_FIELDS):
+                counter = {"node": node, **dict(zip(COUNTER_FIELDS, row, strict=True))}
+                found.setdefault(str(counter["service"]), []).append(counter)
+    return found
+
+
 async def service_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
-    """Every Service at the registry (in the caller's scope) with its endpoints."""
+    """Every Service at the registry (in the caller's scope) with its endpoints and the counters its nodes
+    reported (per node, port, endpoint and path: local, direct, relay, served)."""
     endpoints = await service_endpoints(store)
+    counters = await service_counters(store)
     views = []
     for _, namespace, name, document, workspace in await store.documents.of_kinds(("Service",)):
         if caller is not None and not caller.sees(workspace):
@@ -125,12 +143,13 @@ async def service_views(store: RegistryStore, caller: access.Caller | None = Non
         found = endpoints.get((namespace, name), [])
         views.append({"namespace": namespace, "name": name, "workspace": workspace,
                       "service": msgspec.to_builtins(service),
-                      "endpoints": msgspec.to_builtins(found), "ready": sum(e.ready for e in found)})
+                      "endpoints": msgspec.to_builtins(found), "ready": sum(e.ready for e in found),
+                      "counters": counters.get(f"{namespace}/{name}", [])})
     return views
 
 
 @get("/api/v1/services", summary="Services at the registry with their endpoints (node, instance, address, ready, "
-                                 "ports)")
+                                 "ports) and the counters their nodes report")
 async def list_services(request: AnyRequest) -> list[dict[str, Any]]:
     caller = await access.require_caller(request, "apps.read")
     return await service_views(store_of(request), caller)

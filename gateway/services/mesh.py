@@ -616,6 +616,13 @@ class ServiceMesh:
                            "counters": counters})
         return result
 
+    def report(self, limit: int = 200) -> list[list[Any]]:
+        """The counters for the registry (with the heartbeat's node info): [service, port, endpoint, path,
+        connections, bytes to, bytes from, errors] of those that saw a connection or an error, at most `limit`."""
+        return [[f"{ns}/{name}", port, target, path, c.connections, c.bytes_in, c.bytes_out, c.errors]
+                for (ns, name, port, target, path), c in sorted(self.counters.items())
+                if c.connections or c.errors][:limit]
+
     def status(self) -> dict[str, Any]:
         return {"services": len(self.services), "dns": (f"{self.dns_address()}:{self._settings.dns_port}"
                                                         if self.dns is not None else None),

@@ -331,6 +331,7 @@ class Uplink:
             "messages_unrouted": self.messages_unrouted,
             "channel": self.channel.state,
             "mesh": getattr(getattr(self.gateway, "services", None), "mesh_address", ""),  # direct service streams
+            "services": services.report() if (services := getattr(self.gateway, "services", None)) else [],
         }
 
     def status(self) -> dict[str, Any]:

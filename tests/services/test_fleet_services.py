@@ -130,6 +130,17 @@ async def test_direct_and_relayed_endpoints_across_the_fleet(registry: Registry,
         served = await b.service()
         assert any(c["path"] == "served" and c["endpoint"].startswith("gw-a/") for c in served["counters"])
 
+        # the registry has the counters gw-a reported with its heartbeat
+        with api(registry, admin) as client:
+            deadline = time.monotonic() + DEADLINE
+            reported: set[tuple[str, str]] = set()
+            while time.monotonic() < deadline and not {("gw-a", "direct"), ("gw-a", "relay")} <= reported:
+                await asyncio.sleep(0.3)
+                echo = next(s for s in client.get("/api/v1/services").json() if s["name"] == "echo")
+                reported = {(c["node"], c["path"]) for c in echo["counters"] if c["connections"]}
+            assert {("gw-a", "direct"), ("gw-a", "relay"), ("gw-b", "served"), ("gw-c", "served")} <= reported, \
+                reported
+
         # ClientIP affinity: one client address, one instance
         sticky = (await a.service("sticky"))["address"]
         assert len({(await ask(sticky, 7000)).split("|")[0] for _ in range(6)}) == 1

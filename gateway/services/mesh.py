@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.channel import Stream
 from gateway.resources.addresses import parse_listen
-from gateway.resources.loader import Config
+from gateway.resources.loader import REGISTRY, Config
 from gateway.resources.schema import Service, ServicePort, ServiceSettings
 from gateway.resources.services import instance_ports, port_key, selects
 from gateway.services.tls import PeerRefused, StreamSocket, accept_tls, contexts, peer_node
@@ -357,6 +357,10 @@ class ServiceMesh:
         return targets
 
     def remote_targets(self, service: Service, port: ServicePort) -> list[Target]:
+        """The other nodes' ready instances, from the endpoints the registry computed (a Service from a file or the
+        local API has its own instances only: endpoints written there are ignored)."""
+        if self.gateway.resources.resource_owner("Service", service.namespace, service.name) != REGISTRY:
+            return []
         key = port_key(port)
         return [Target(e.node, e.instance, e.ports[key], e.address, local=False) for e in service.endpoints
                 if e.ready and e.node != self.gateway.node_name and key in e.ports]
@@ -601,8 +605,9 @@ class ServiceMesh:
             counters = [{"port": port, "endpoint": target, "path": path, **c.as_dict()}
                         for (ns, n, port, target, path), c in sorted(self.counters.items())
                         if (ns, n) == (namespace, name)]
+            owned = self.gateway.resources.resource_owner("Service", namespace, name) == REGISTRY
             endpoints = [{"node": e.node, "instance": e.instance, "address": e.address, "ready": e.ready,
-                          "ports": e.ports, "local": False} for e in service.endpoints
+                          "ports": e.ports, "local": False} for e in (service.endpoints if owned else [])
                          if e.node != self.gateway.node_name]
             endpoints += [{"node": t.node, "instance": t.instance, "address": "", "ready": True,
                            "ports": {port_key(p): t.port}, "local": True}

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gateway.protocols.base import BoundDevice, Protocol
     from gateway.resources.loader import Config
     from gateway.resources.schema import Device
+    from gateway.services.mesh import ServiceMesh
     from gateway.sinks.base import Sink
     from gateway.sinks.manager import Sinks
     from gateway.store import Store
@@ -79,6 +80,7 @@ class GatewayAPI:
         # the gateway's own parts, for the web app and the uplink (see the module docstring)
         self.resources = configuration
         self.workloads: WorkloadManager  # set by the runtime, which builds the workloads with this API
+        self.services: ServiceMesh  # set by the runtime too: the node's services, their DNS and proxies
         self.routes = routes
         self.store = store
 

@@ -25,7 +25,7 @@ BUILTIN_PLUGINS = (
     "gateway.builtin_commands",
     "gateway.uplink.plugin", "gateway.uplink.cli",
     "gateway.ops.metrics", "gateway.ops.systemd",
-    "gateway.workloads.process", "gateway.web.api.workloads",
+    "gateway.workloads.process", "gateway.web.api.workloads", "gateway.web.api.services",
     "gateway.ops.upgrade",
 )
 

@@ -36,6 +36,7 @@ from gateway.protocols.registry import Protocols, protocol_registry
 from gateway.resources.addresses import parse_listen as parse_listen
 from gateway.resources.loader import Config, load_path
 from gateway.resources.schema import EventbusSettings
+from gateway.services.mesh import ServiceMesh
 from gateway.sinks.manager import Sinks
 from gateway.sinks.registry import endpoint_registry, sink_registry
 from gateway.store import Store
@@ -77,6 +78,7 @@ class Gateway:
                               sinks=self.sinks, routes=self.routes, eventbus=lambda: self.eventbus,
                               status=self.status, started_at=lambda: self.started_at)
         self.workloads = self.api.workloads = WorkloadManager(self.api)
+        self.services = self.api.services = ServiceMesh(self.api)
         self.devices.gateway = self.api
         self.routes.attach(self.api)
 
@@ -116,8 +118,10 @@ class Gateway:
             self._start_eventbus()
             self.routes.start(self.config)
             await self.devices.start(self.config, previous)
+            await self.services.start(self.config)  # before the workloads: they get the services' addresses
             await self.workloads.start(self.config)
-            for listener in (self._routes_changed, self.devices.reconcile, self._workloads_changed,
+            for listener in (self._routes_changed, self.devices.reconcile, self._services_changed,
+                             self._workloads_changed,
                              self._broker_changed, self._plugins_config_changed):
                 self.configuration.add_listener(listener)
             await self._call_hook("startup", gateway=self.api)
@@ -137,6 +141,7 @@ class Gateway:
         except Exception as exc:  # one plugin's failure must not keep the rest from stopping
             log.warning("shutdown hooks: %s", "did not finish in time" if isinstance(exc, TimeoutError) else exc)
         await self.workloads.stop()
+        await self.services.stop()
         with contextlib.suppress(Exception):
             await self.sinks.drain(SHUTDOWN_DRAIN)
         await self.supervisor.stop()
@@ -189,6 +194,9 @@ class Gateway:
         if await self.routes.reconcile(old, new) and self.eventbus is not None:
             await self.eventbus.resubscribe()
 
+    async def _services_changed(self, old: Config, new: Config) -> None:
+        await self.services.reconcile(new)
+
     async def _workloads_changed(self, old: Config, new: Config) -> None:
         await self.workloads.reconcile(new)
 
@@ -220,6 +228,7 @@ class Gateway:
             "sinks": self.sinks.describe(),
             "routes": self.routes.describe(),
             "workloads": self.workloads.status(),
+            "services": self.services.status(),
             "tasks": {name: {"state": s.state, "restarts": s.restarts, "last_error": s.last_error}
                       for name, s in self.supervisor.status.items() if not name.startswith("device ")},
         }

@@ -342,6 +342,12 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     takeovers: Takeovers | None = None  # placements the node took over in its group while the registry was away
 
 
+# byte streams of service traffic between nodes: a node opens RELAY_STREAM to the registry ({"node": <target>}), the
+# registry opens SERVICE_STREAM to the target ({"from": <node>}) and copies the bytes (TLS between the nodes)
+RELAY_STREAM = "relay"
+SERVICE_STREAM = "service"
+
+
 class HeartbeatResponse(msgspec.Struct, kw_only=True):
     node: str
     resource_version: str

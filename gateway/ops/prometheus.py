@@ -35,6 +35,7 @@ class GatewayCollector(Collector):
         yield from self._tasks()
         yield from self._files()
         yield from self._workloads()
+        yield from self._services()
 
     def _gateway(self) -> Iterator[Metric]:
         gw = self.gateway
@@ -248,6 +249,32 @@ class GatewayCollector(Collector):
                 restarts.add_metric(names, container["restarts"])
                 running.add_metric(names, 1 if container["state"] == "running" else 0)
         yield from (restarts, running)
+
+    def _services(self) -> Iterator[Metric]:
+        """The counters of every service port, endpoint and path (local, direct, relay; served: other nodes'
+        connections to this node's instances)."""
+        mesh = getattr(self.gateway, "services", None)
+        if mesh is None:
+            return
+        labels = ["namespace", "service", "port", "endpoint", "path"]
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            "connections": CounterMetricFamily("fieldgate_service_connections_total", "Connections (UDP: client "
+                                               "flows) a service port sent to an endpoint", labels=labels),
+            "bytes_in": CounterMetricFamily("fieldgate_service_sent_bytes_total", "Bytes from the clients to an "
+                                            "endpoint", labels=labels),
+            "bytes_out": CounterMetricFamily("fieldgate_service_received_bytes_total", "Bytes from an endpoint to "
+                                             "the clients", labels=labels),
+            "errors": CounterMetricFamily("fieldgate_service_errors_total", "Connections to an endpoint that "
+                                          "failed", labels=labels),
+            "active": GaugeMetricFamily("fieldgate_service_active_connections", "Connections open now",
+                                        labels=labels),
+        }
+        for (namespace, name, port, endpoint, path), counters in sorted(mesh.counters.items()):
+            values = counters.as_dict()
+            for key, family in families.items():
+                family.add_metric([namespace, name, port, endpoint, path], values[key])
+        yield from families.values()
+        yield GaugeMetricFamily("fieldgate_services", "Services the node serves", value=len(mesh.services))
 
 
 async def scrape(gateway: GatewayAPI) -> bytes:

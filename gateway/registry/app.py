@@ -40,6 +40,7 @@ from gateway.registry import (
     pages,
     roles,
     routes,
+    services,
     twins,
     upgrades,
     workloads,
@@ -254,6 +255,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
         async with RegistryStore(data_dir, db_url) as store:
             app.state.store = store
             hub.handlers[FILE_STREAM] = FileStreams(store, content, registry_metrics.files, app.state.waiters).handle
+            hub.handlers[services.RELAY_KIND] = services.relay_handler(hub, store)
             await store.database.listen(CHANNEL, app.state.waiters.wake)
             await store.database.listen(CHANNEL, hub.wake)
             await store.database.listen(NODES_CHANNEL, hub.wake)
@@ -274,6 +276,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                         *monitoring.ROUTE_HANDLERS, *metrics.ROUTE_HANDLERS,
                         *batch.ROUTE_HANDLERS, *twins.ROUTE_HANDLERS,
                         *LOG_ROUTE_HANDLERS, *workloads.ROUTE_HANDLERS, *routes.ROUTE_HANDLERS,
+                        *services.ROUTE_HANDLERS,
                         *upgrades.ROUTE_HANDLERS, *live.ROUTE_HANDLERS, *roles.ROUTE_HANDLERS,
                         *files.ROUTE_HANDLERS, static_files(pages.STATIC),
                         *(channel.ROUTE_HANDLERS if channel_address != CHANNEL_OFF else [])],

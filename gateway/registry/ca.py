@@ -77,14 +77,14 @@ class CertificateAuthority:
         return cls(cert, key, directory)
 
     def _issue(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: float,
-               usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:
+               *usages: x509.ObjectIdentifier) -> x509.CertificateBuilder:
         now = _now()
         return (x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
                 .public_key(public_key).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=days))
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                                critical=False))
 
@@ -109,7 +109,8 @@ class CertificateAuthority:
         return cert_path, key_path
 
     def sign_node(self, csr_pem: str, node: str) -> x509.Certificate:
-        """A client certificate for `node` from its CSR (the CSR's subject is replaced by the node name)."""
+        """A certificate for `node` from its CSR (the CSR's subject is replaced by the node name): a client to the
+        registry, and client and server of the direct streams between the fleet's nodes (gateway.services.mesh)."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
@@ -121,8 +122,8 @@ class CertificateAuthority:
             raise ConfigError(f"csr: expected a self-signed EC key request: {exc}") from None
         if not valid or not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise ConfigError("csr: expected a self-signed EC key request")
-        return self._issue(subject_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
-            self.key, hashes.SHA256())
+        return self._issue(subject_name(node), public_key, NODE_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH,
+                           ExtendedKeyUsageOID.SERVER_AUTH).sign(self.key, hashes.SHA256())
 
     def issue_batch(self, common_name: str, days: float) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A client certificate and its new key for a batch bundle (its nodes authenticate with it to join)."""

@@ -143,7 +143,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     remove = sub.add_parser("delete", help="delete a document applied at the registry; its nodes drop it")
     remove.add_argument("kind", choices=("DeviceModel", "Device", "Workload", "ConfigItem", "Secret",
-                                         "BatchWorkload", "Endpoint", "Route"))
+                                         "BatchWorkload", "Endpoint", "Route", "Service"))
     remove.add_argument("document", metavar="[NS/]NAME")
     _data_dir(remove)
 

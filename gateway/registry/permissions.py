@@ -52,11 +52,11 @@ BUILTIN_DESCRIPTIONS = {
 # the permission that changes each kind of registry document
 KIND_PERMISSION = {"DeviceModel": "devices.manage", "Device": "devices.manage", "Workload": "apps.deploy",
                    "BatchWorkload": "apps.deploy", "ConfigItem": "configs.write", "Secret": "configs.write",
-                   "Endpoint": "routes.write", "Route": "routes.write"}
+                   "Endpoint": "routes.write", "Route": "routes.write", "Service": "apps.deploy"}
 # the permission that reads each kind
 KIND_READ = {"DeviceModel": "devices.read", "Device": "devices.read", "Workload": "apps.read",
              "BatchWorkload": "apps.read", "ConfigItem": "configs.read", "Secret": "configs.read",
-             "Endpoint": "routes.read", "Route": "routes.read"}
+             "Endpoint": "routes.read", "Route": "routes.read", "Service": "apps.read"}
 DOCUMENT_CHANGES = tuple(dict.fromkeys(KIND_PERMISSION.values()))
 
 

@@ -44,6 +44,7 @@ from gateway.resources.schema import (
     GroupOverride,
     Route,
     Secret,
+    Service,
     Workload,
     dec_hook,
     enc_hook,
@@ -54,7 +55,7 @@ from gateway.wire import EventReport, WorkloadReport
 from gateway.workloads.secrets import SecretBox
 
 log = logging.getLogger(__name__)
-REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload, Endpoint, Route)
+REGISTRY_KINDS = (DeviceModel, Device, Workload, ConfigItem, Secret, BatchWorkload, Endpoint, Route, Service)
 TEMPLATE_RESERVED = ("kind", "name", "namespace", "node", "node_selector")
 
 
@@ -187,6 +188,8 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
         if where is not None and not actor.can("apps.privileged"):
             problems.append(f"{source.prefix()}: {where}: only an admin may run a workload privileged (the "
                             f"{actor.role} role cannot; it needs apps.privileged)")
+        if isinstance(doc, Service):  # the registry computes them for every node
+            doc = msgspec.structs.replace(doc, endpoints=[])
         body = msgspec.json.encode(doc, enc_hook=enc_hook)
         documents.append((doc.kind, doc.namespace, doc.name, node, box.seal_document(doc.kind, body)))
     problems += await access.workspace_problems(store, documents, workspace)
@@ -395,8 +398,8 @@ async def list_workloads(request: AnyRequest) -> list[dict[str, Any]]:
 
 
 @post("/api/v1/documents", summary="Apply documents (a JSON list; ?workspace=): DeviceModel, Device, Workload, "
-                                   "ConfigItem, Secret, BatchWorkload, Endpoint, Route (the permission that changes "
-                                   "each kind: devices.manage, apps.deploy, configs.write, routes.write)",
+                                   "ConfigItem, Secret, BatchWorkload, Endpoint, Route, Service (the permission that "
+                                   "changes each kind: devices.manage, apps.deploy, configs.write, routes.write)",
       status_code=200)
 async def post_documents(request: AnyRequest, data: JSONBody[list[dict[str, Any]]]) -> dict[str, list[str]]:
     caller = await access.require_caller(request, *DOCUMENT_CHANGES)

@@ -41,6 +41,7 @@ from gateway.resources.schema import (
     Gateway,
     PropertyModel,
     Route,
+    Service,
     Workload,
     dec_hook,
     non_finite_numbers,
@@ -48,7 +49,7 @@ from gateway.resources.schema import (
 from gateway.resources.schema import ConfigItem as ConfigItemDoc
 from gateway.resources.schema import Secret as SecretDoc
 from gateway.resources.values import coerce
-from gateway.resources.workload_checks import workload_problems
+from gateway.resources.workload_checks import service_problems, workload_problems
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)
@@ -88,6 +89,7 @@ class Config:
     workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
     config_items: dict[tuple[str, str], ConfigItemDoc] = field(default_factory=dict)
     secrets: dict[tuple[str, str], SecretDoc] = field(default_factory=dict)
+    services: dict[tuple[str, str], Service] = field(default_factory=dict)
     # every endpoint's type (its own, or the one it names in the older form) and its properties of that type
     endpoint_types: dict[tuple[str, str], str] = field(default_factory=dict)
     endpoint_properties: dict[tuple[str, str], msgspec.Struct] = field(default_factory=dict)
@@ -298,6 +300,8 @@ class _Checker:
                 config.config_items[(doc.namespace, doc.name)] = doc
             elif isinstance(doc, SecretDoc):
                 config.secrets[(doc.namespace, doc.name)] = doc
+            elif isinstance(doc, Service):
+                config.services[(doc.namespace, doc.name)] = doc
             elif isinstance(doc, BatchWorkload):
                 self.fail(source, "$.kind", "a BatchWorkload is applied at the registry (`fieldgate registry apply`), "
                           "which runs it as Workloads on the nodes of its groups")
@@ -322,6 +326,9 @@ class _Checker:
             elif isinstance(doc, Workload):
                 settings = None if source.file == REGISTRY else config.gateway.workloads  # the node checks at start
                 for path, message in workload_problems(doc, config.config_items, config.secrets, settings):
+                    self.fail(source, path, message)
+            elif isinstance(doc, Service):
+                for path, message in service_problems(doc, config.workloads):
                     self.fail(source, path, message)
         if self.problems:
             raise ResourceError(self.problems)

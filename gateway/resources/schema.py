@@ -214,6 +214,26 @@ class ConsensusSettings(Base, kw_only=True):
     binary: Annotated[str, Meta(min_length=1, max_length=4096, description="the etcd program")] = "etcd"
 
 
+class ServiceSettings(Base, kw_only=True):
+    """How the node serves Services: a DNS responder, a proxy per service port, direct streams from other nodes."""
+
+    addresses: Annotated[str, Meta(pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-9]|30)$", description=(
+        "an IPv4 network (loopback by default) whose addresses the services' proxies listen on, one per service; its "
+        "first address is the DNS responder's"))] = "127.77.0.0/16"
+    dns_port: Annotated[int, Meta(ge=0, le=65535, description="the DNS responder's UDP port on the first address of "
+                                                              "`addresses`; 0: no DNS responder")] = 53
+    mesh_listen: Annotated[str, Meta(max_length=300, description=(
+        "HOST:PORT where other nodes of the fleet open direct streams (mutual TLS with the nodes' certificates); "
+        "`none`: other nodes reach this node's instances through the registry relay only"))] = "none"
+    advertise: Annotated[Annotated[str, Meta(max_length=300)] | None, Meta(description=(
+        "HOST:PORT other nodes dial for direct streams (default: the first interface address with `mesh_listen`'s "
+        "port)"))] = None
+    connect_timeout: Annotated[Duration, Meta(description="how long a direct connection to another node may take "
+                                                          "before the relay is used")] = Duration(1.0)
+    udp_idle: Annotated[Duration, Meta(description="a UDP client's flow ends after this long without datagrams")
+                        ] = Duration(30.0)
+
+
 class Gateway(Document, tag="Gateway", kw_only=True):
     """Node settings; read from the local configuration only."""
 
@@ -224,6 +244,7 @@ class Gateway(Document, tag="Gateway", kw_only=True):
     workloads: WorkloadSettings = msgspec.field(default_factory=WorkloadSettings)
     consensus: Annotated[ConsensusSettings | None, Meta(description=(
         "offline failover in the node's group (none: failover only at the registry, as a group without it)"))] = None
+    services: ServiceSettings = msgspec.field(default_factory=ServiceSettings)
 
 
 # --- Device models and devices --------------------------------------------------------------------------------
@@ -656,10 +677,79 @@ class BatchWorkload(Document, tag="BatchWorkload", kw_only=True):
     failover: Failover | None = None
 
 
-AnyDocument = Gateway | DeviceModel | Device | Endpoint | Route | Workload | ConfigItem | Secret | BatchWorkload
+# --- Services: workload instances across the fleet behind one name -------------------------------------------
+
+ServiceName = Annotated[str, Meta(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63, description=(
+    "one DNS label: lowercase letters, digits and '-', starting with a letter (it names the service in DNS and in "
+    "`<NAME>_SERVICE_HOST`)"))]
+ServicePortName = Annotated[str, Meta(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+MAX_SERVICE_PORTS = 32
+MAX_SERVICE_ENDPOINTS = 1000
+
+
+class ServicePort(Base, kw_only=True):
+    """One port of a service: apps call `<service>:<port>`; the proxy passes it on to `target_port` of an instance."""
+
+    name: Annotated[ServicePortName | None, Meta(description="required when the service has more than one port")
+                    ] = None
+    port: Annotated[Port, Meta(description="the port apps call on the service's address")]
+    target_port: Annotated[Port | ServicePortName | None, Meta(description=(
+        "the instances' port: a number or the name of one of the workload's `ports` (default: the same number as "
+        "`port`)"))] = None
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class ServiceEndpoint(Base, kw_only=True):
+    """One instance behind a service, as the registry computes it from placements and readiness."""
+
+    node: Name
+    instance: Annotated[str, Meta(max_length=300)]
+    address: Annotated[str, Meta(max_length=300, description="HOST:PORT where the node takes direct streams "
+                                                             "(empty: relay only)")] = ""
+    ready: bool = False
+    ports: Annotated[dict[Annotated[str, Meta(max_length=63)], Port], Meta(max_length=MAX_SERVICE_PORTS, description=(
+        "the instance's port on its node for each service port, by the service port's name (or its number)"))] = {}
+
+
+class Service(Document, tag="Service", kw_only=True):
+    """Workload instances of the fleet behind one name: apps call `<name>.<namespace>.svc` (or `<name>`)."""
+
+    name: ServiceName
+    selector: Annotated[dict[str, str], Meta(max_length=32, description=(
+        "the workloads whose labels have these values (give this or `workload`)"))] = {}
+    workload: Annotated[Name | None, Meta(description="the workload of the namespace behind the service")] = None
+    ports: Annotated[list[ServicePort], Meta(min_length=1, max_length=MAX_SERVICE_PORTS)]
+    session_affinity: Annotated[Literal["None", "ClientIP"], Meta(description=(
+        "ClientIP: the connections of one client address go to the same instance while it is ready"))] = "None"
+    session_affinity_timeout: Annotated[Duration, Meta(description="ClientIP: how long a client is pinned after "
+                                                                   "its last connection")] = Duration(10800.0)
+    load_balancing: Literal["round-robin", "random"] = "round-robin"
+    prefer: Annotated[Literal["local", "any"], Meta(description=(
+        "local: a ready instance on this node first; any: every ready instance of the fleet alike"))] = "local"
+    endpoints: Annotated[list[ServiceEndpoint], Meta(max_length=MAX_SERVICE_ENDPOINTS, description=(
+        "set by the registry (the instances in the fleet and their readiness); ignored when applied"))] = []
+
+    def __post_init__(self) -> None:
+        if bool(self.selector) == (self.workload is not None):
+            raise ValueError("give either `selector` or `workload`")
+        seen: set[tuple[int, str]] = set()
+        names: set[str] = set()
+        for i, port in enumerate(self.ports):
+            if len(self.ports) > 1 and port.name is None:
+                raise ValueError(f"ports[{i}].name is required when the service has more than one port")
+            if port.name is not None and port.name in names:
+                raise ValueError(f"ports[{i}].name {port.name!r} is used twice")
+            if (port.port, port.protocol) in seen:
+                raise ValueError(f"ports[{i}]: port {port.port}/{port.protocol} is listed twice")
+            names.add(port.name or "")
+            seen.add((port.port, port.protocol))
+
+
+AnyDocument = (Gateway | DeviceModel | Device | Endpoint | Route | Workload | ConfigItem | Secret | BatchWorkload
+               | Service)
 KINDS: dict[str, type[Document]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Gateway, DeviceModel, Device, Endpoint, Route, Workload, ConfigItem, Secret, BatchWorkload)
+    for cls in (Gateway, DeviceModel, Device, Endpoint, Route, Workload, ConfigItem, Secret, BatchWorkload, Service)
 }
 
 

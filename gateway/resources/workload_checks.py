@@ -11,6 +11,7 @@ from gateway.resources.schema import (
     HealthCheck,
     LifecycleHook,
     Secret,
+    Service,
     ValueRef,
     Workload,
     WorkloadSettings,
@@ -291,3 +292,21 @@ def _ref_problems(path: str, ref: ValueRef, namespace: str, config_items: Mappin
         keys = ", ".join(sorted(found.data)) or "none"
         return [(f"{path}.key", f"{kind} {namespace}/{name} has no key {ref.key!r} (keys: {keys})")]
     return []
+
+
+def service_problems(service: Service, workloads: Mapping[tuple[str, str], Workload]) -> list[tuple[str, str]]:
+    """(path, message) of a Service against the workloads it names: a target port given by name must be a port of
+    every workload behind it that is known here (the registry's workloads may be elsewhere)."""
+    behind = [w for (namespace, name), w in sorted(workloads.items()) if namespace == service.namespace and (
+        name == service.workload if service.workload is not None
+        else all(w.labels.get(key) == value for key, value in service.selector.items()))]
+    problems: list[tuple[str, str]] = []
+    for i, port in enumerate(service.ports):
+        if not isinstance(port.target_port, str):
+            continue
+        for workload in behind:
+            names = [p.name for p in workload.ports]
+            if port.target_port not in names:
+                problems.append((f"$.ports[{i}].target_port", f"workload {workload.name} has no port named "
+                                 f"{port.target_port!r} (its ports: {', '.join(names) or 'none'})"))
+    return problems

@@ -25,6 +25,7 @@ import msgspec
 
 from gateway import __version__
 from gateway.api import REGISTRY
+from gateway.channel import Stream
 from gateway.decoding import decode_json
 from gateway.errors import ConfigError, FieldgateError
 from gateway.ops.sampler import NodeSampler
@@ -37,7 +38,15 @@ from gateway.uplink.routes import RouteSync
 from gateway.uplink.twins import TwinSync
 from gateway.uplink.upgrade import NodeUpgrade
 from gateway.uplink.workloads import FiguresSync, WorkloadSync
-from gateway.wire import LOGS_NAMESPACE, MAX_HEARTBEAT, AckRequest, HeartbeatResponse, NodeMessage
+from gateway.wire import (
+    LOGS_NAMESPACE,
+    MAX_HEARTBEAT,
+    RELAY_STREAM,
+    SERVICE_STREAM,
+    AckRequest,
+    HeartbeatResponse,
+    NodeMessage,
+)
 from gateway.workloads.accelerators import node_accelerators
 
 if TYPE_CHECKING:
@@ -102,6 +111,14 @@ class Uplink:
         self.beating = asyncio.Lock()
         self.channel = ChannelLink(self)
         self.failover: OfflineFailover | None = None  # the group's consensus store, when the node has one
+        services = getattr(gateway, "services", None)
+        if services is not None:  # service traffic to and from other nodes through the registry relay
+            self.channel.handlers[SERVICE_STREAM] = services.accept_relayed
+
+            async def relay(node: str) -> Stream:
+                return await self.channel.open_stream(RELAY_STREAM, {"node": node})
+
+            services.relay = relay
 
     async def run(self) -> None:
         from gateway.uplink.join import client_ssl_context
@@ -331,6 +348,8 @@ class Uplink:
             "channel": self.channel.state,
             **({"consensus": {"peer_url": consensus.peer_url, "client_url": consensus.client_url}}
                if (consensus := self.gateway.config.gateway.consensus) is not None else {}),
+            "mesh": getattr(getattr(self.gateway, "services", None), "mesh_address", ""),  # direct service streams
+            "services": services.report() if (services := getattr(self.gateway, "services", None)) else [],
         }
 
     def status(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from gateway.web.api.devices import DeviceController
 from gateway.web.api.logs import logs as logs_api
 from gateway.web.api.system import healthz, plugins, status
 from gateway.web.monitor import recent_errors, state_history
-from gateway.web.pages import admin, devices, editor, live, login, logs, overview, plots, workloads
+from gateway.web.pages import admin, devices, editor, live, login, logs, overview, plots, services, workloads
 from gateway.web.pages.common import render
 from gateway.web.security import (
     BODY_DEFAULT,
@@ -58,7 +58,7 @@ PAGES = [
     editor.model_form, editor.model_save, editor.device_form, editor.device_save, editor.yaml_editor,
     editor.yaml_apply, editor.delete_resource, editor.import_form, editor.import_preview, editor.import_apply,
     admin.audit, admin.users, admin.user_add, admin.token_create, admin.token_revoke, admin.settings,
-    admin.settings_save, logs.logs_page, *workloads.PAGES, *live.PAGES, *plots.PAGES,
+    admin.settings_save, logs.logs_page, *workloads.PAGES, *services.PAGES, *live.PAGES, *plots.PAGES,
 ]
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]

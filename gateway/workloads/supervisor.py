@@ -472,6 +472,9 @@ class WorkloadManager:
             env[f"FIELDGATE_PORT_{name.upper().replace('-', '_')}"] = str(port)
             if i == 0:
                 env["PORT"] = str(port)
+        services = getattr(self.gateway, "services", None)
+        if services is not None:  # <SERVICE>_SERVICE_HOST/_PORT of the namespace's services, as Kubernetes
+            env.update(services.environment(workload.namespace))
         env.update(workload.env)
         for ref in workload.env_from:
             env[ref.name] = self._value(workload, ref.config_item, ref.secret, ref.key)[0]

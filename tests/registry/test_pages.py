@@ -203,6 +203,7 @@ WALK: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
                                                       "properties": "url: http://127.0.0.1:1", "node": NODE}),
     ("POST", "/endpoints/{namespace:str}/{name:str}/delete"): ("/endpoints/default/walk-ep/delete", {}),
     ("GET", "/routes"): ("/routes", {}),
+    ("GET", "/services"): ("/services", {}),
     ("GET", "/routes/edit"): ("/routes/edit?name=walk-route", {}),
     ("POST", "/routes/edit"): ("/routes/edit", {"name": "walk-route-2", "source": "walk-in",
                                                 "source_resource": "path=/walk-2", "target": "walk-out",

@@ -81,7 +81,8 @@ async def test_each_role_gets_exactly_its_routes(web_gateway: Gateway, open_brow
                                                         "/api/v1/workloads/{namespace:str}/",  # no workload d1
                                                         "/workloads/{namespace:str}/",
                                                         "/plots/workloads/{namespace:str}/",
-                                                        "/api/v1/secrets/{namespace:str}/")):
+                                                        "/api/v1/secrets/{namespace:str}/",
+                                                        "/api/v1/services/{namespace:str}/")):  # no service d1
                 assert response.status_code == 200, (role, method, path, response.text[:300])
         else:
             assert response.status_code == 403, (role, method, path, response.status_code)

@@ -21,6 +21,7 @@ from gateway.registry.pages import (
     overview,
     roles,
     routes,
+    services,
     upgrades,
     workloads,
 )
@@ -39,7 +40,7 @@ ROUTE_HANDLERS = [*login.ROUTE_HANDLERS, *overview.ROUTE_HANDLERS, *nodes.ROUTE_
                   *groups.ROUTE_HANDLERS, *devices.ROUTE_HANDLERS, *documents.ROUTE_HANDLERS,
                   *workloads.ROUTE_HANDLERS, *apps.ROUTE_HANDLERS, *configs.ROUTE_HANDLERS, *upgrades.ROUTE_HANDLERS,
                   *routes.ROUTE_HANDLERS, *files.ROUTE_HANDLERS, *admin.ROUTE_HANDLERS,
-                  *roles.ROUTE_HANDLERS]
+                  *roles.ROUTE_HANDLERS, *services.ROUTE_HANDLERS]
 
 __all__ = ["EXCEPTION_HANDLERS", "PAGE_PERMISSIONS", "ROUTE_HANDLERS", "STATIC", "TEMPLATES", "error_page",
            "initial_state", "is_page_path", "session_caller"]

@@ -32,7 +32,8 @@ from gateway.webkit.pages import form_fields, see_other
 from gateway.workloads.secrets import MASK, SecretBox
 
 # what the editor takes
-EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret", "Endpoint", "Route")
+EDITABLE = ("DeviceModel", "Device", "Workload", "BatchWorkload", "ConfigItem", "Secret", "Endpoint", "Route",
+            "Service")
 APP_KINDS = ("Workload", "BatchWorkload", "ConfigItem", "Secret")
 KEPT = "(kept)"  # a Secret's value as the editor shows it: applied as is, the stored value stays
 EXTRA_ROWS = 3

@@ -304,17 +304,18 @@ class RegistryStore:
 
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use, its workloads and
-        its endpoints and routes."""
+        its endpoints and routes, the services of its workspace with their endpoints."""
         devices = [json.loads(document) for document in await self.documents.node_devices(node)]
         wanted = {(d.get("namespace", "default"), d["model"]) for d in devices if d.get("model")}
         models = [json.loads(doc) for ns, name, doc in await self.documents.models() if (ns, name) in wanted]
         # the Workloads placed on the node, expanded and with their ConfigItems and Secrets: the registry's logic,
         # not the store's (and not loaded by the CLI commands that do not need it)
         from gateway.registry.routes import node_route_documents
+        from gateway.registry.services import node_service_documents
         from gateway.registry.workloads import node_workload_documents
 
-        documents = models + devices + await node_workload_documents(self, node) + await node_route_documents(self,
-                                                                                                              node)
+        documents = (models + devices + await node_workload_documents(self, node)
+                     + await node_route_documents(self, node) + await node_service_documents(self, node))
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
         return version, documents
 

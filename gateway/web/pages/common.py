@@ -24,6 +24,7 @@ NAV = [
     NavItem("/endpoints", "Endpoints & routes", "viewer"),
     NavItem("/sinks", "Sinks & outboxes", "viewer"),
     NavItem("/workloads", "Workloads", "viewer"),
+    NavItem("/services", "Services", "viewer"),
     NavItem("/files", "Files", "viewer"),
     NavItem("/plugins", "Plugins", "viewer"),
     NavItem("/logs", "Logs", "viewer"),

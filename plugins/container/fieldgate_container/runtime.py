@@ -395,6 +395,9 @@ class ContainerRuntime(Runtime):
                     env["PORT"] = str(inside)
         else:
             args += ["--network", workload.network]
+            dns_host, _, dns_port = spec.env.get("FIELDGATE_DNS", "").rpartition(":")
+            if workload.network == "host" and dns_host and dns_port == "53":  # the node's services by name
+                args += ["--dns", dns_host]
         args += limit_args(workload.limits)
         if workload.working_dir:
             args += ["-w", workload.working_dir]

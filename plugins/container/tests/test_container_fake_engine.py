@@ -83,11 +83,12 @@ def workload(**fields: Any) -> Workload:
     return msgspec.convert(document, Workload, dec_hook=dec_hook)
 
 
-async def start(tmp_path: Path, spec: Workload, ports: dict[str, int] | None = None) -> ContainerInstance:
+async def start(tmp_path: Path, spec: Workload, ports: dict[str, int] | None = None,
+                env: dict[str, str] | None = None) -> ContainerInstance:
     runtime = ContainerRuntime(tmp_path / "data")
     work_dir = tmp_path / "data" / "instance"
     work_dir.mkdir(parents=True, exist_ok=True)
-    instance = await runtime.start(InstanceSpec(spec, "app-1-0", 1, {}, {}, ports or {}, work_dir,
+    instance = await runtime.start(InstanceSpec(spec, "app-1-0", 1, env or {}, {}, ports or {}, work_dir,
                                                 lambda stream, line: None))
     assert isinstance(instance, ContainerInstance)
     return instance
@@ -135,8 +136,11 @@ async def test_http_and_tcp_checks_find_the_app(fake_engine: Path, tmp_path: Pat
     finally:
         await instance.stop(1.0)
 
-    instance = await start(tmp_path, workload(network="host", ports=[{"name": "http"}]), {"http": 31082})
+    instance = await start(tmp_path, workload(network="host", ports=[{"name": "http"}]), {"http": 31082},
+                           {"FIELDGATE_DNS": "127.77.0.1:53"})
     try:
+        run = calls(fake_engine, "run")[-1]
+        assert run[run.index("--dns") + 1] == "127.77.0.1"  # on the host's network: the node's service names
         assert instance.check_address("http") == ("127.0.0.1", 31082)
         assert instance.check_address(9000) == ("127.0.0.1", 9000)
     finally:

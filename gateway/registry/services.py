@@ -31,6 +31,7 @@ from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import expand
+from gateway.resources import versions
 from gateway.resources.schema import BatchWorkload, Service, ServiceEndpoint, Workload, dec_hook
 from gateway.resources.services import instance_ports, selects
 from gateway.wire import RELAY_STREAM, SERVICE_STREAM
@@ -100,7 +101,10 @@ async def service_endpoints(store: RegistryStore) -> dict[tuple[str, str], list[
 
 
 async def node_service_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
-    """The Services of a node's workspace with their endpoints."""
+    """The Services of a node's workspace with their endpoints (none for a node too old to read them)."""
+    version = (await store.node_infos()).get(node, {}).get("version")
+    if not versions.reads_kind("Service", version):
+        return []
     workspace = (await store.node_workspaces()).get(node)
     stored = [row for row in await store.documents.of_kinds(("Service",)) if row[4] == workspace]
     if workspace is None or not stored:

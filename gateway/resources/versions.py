@@ -19,6 +19,8 @@ WORKLOAD_FIELDS_SINCE: dict[str, str] = {
     **dict.fromkeys(("annotations", "devices", "accelerators", "security", "volumes", "lifecycle", "strategy",
                      "requests", "containers", "init_containers"), "0.2.0"),
 }
+# The first release that reads each kind the registry sends nodes; a kind not listed is read by every release.
+KINDS_SINCE: dict[str, str] = {"Service": "0.2.0"}
 _VERSION = re.compile(r"^(\d{1,6})\.(\d{1,6})(?:\.(\d{1,6}))?")
 
 
@@ -43,3 +45,10 @@ def unsupported_fields(raw: dict[str, Any], node_version: Any) -> list[tuple[str
         if needed is not None and have < needed:
             found.append((field, str(since)))
     return sorted(found)
+
+
+def reads_kind(kind: str, node_version: Any) -> bool:
+    """Whether a node of `node_version` reads documents of `kind` (yes when its version is unknown)."""
+    have, since = parse_version(node_version), KINDS_SINCE.get(kind)
+    needed = parse_version(since) if since is not None else None
+    return have is None or needed is None or have >= needed

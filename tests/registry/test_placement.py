@@ -211,8 +211,11 @@ strategy: {type: RollingUpdate, max_surge: 1}
         assert held["reason"] == ("held back: node version 0.1.0 does not support field strategy (fieldgate 0.2.0 "
                                   "and later do); upgrade the node")
         assert (await view(store, "rolling", "new"))["status"] == "pending"
+        await apply(store, "kind: Service\nname: web\nworkload: plain\nports: [{port: 80}]\n")
+        kinds = {node: {d["kind"] for d in (await store.node_documents(node))[1]} for node in ("old", "new")}
+        assert "Service" not in kinds["old"] and "Service" in kinds["new"]  # a kind the old node does not read
         await store.heartbeat("old", {"version": "0.2.0"})  # upgraded
-        assert {d["name"] for d in (await store.node_documents("old"))[1]} == {"plain", "rolling"}
+        assert {d["name"] for d in (await store.node_documents("old"))[1]} == {"plain", "rolling", "web"}
 
 
 def test_every_workload_field_has_a_first_version() -> None:

@@ -38,6 +38,7 @@ from gateway.registry import (
     monitoring,
     offline,
     pages,
+    peers,
     roles,
     routes,
     services,
@@ -239,11 +240,12 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
 
 def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: str | None = None,
                files_url: str | None = None, retention: files.Retention | None = None,
-               channel_address: str = CHANNEL_PATH) -> Litestar:
+               channel_address: str = CHANNEL_PATH, peer_listen: str = "", peer_advertise: str = "") -> Litestar:
     """The registry app on a data dir (CA there, made on first start) and its database (SQLite in the data dir
     unless `db_url` names a PostgreSQL database that other replicas may share); file bytes in the data dir unless
     `files_url` names a directory or s3://bucket/prefix (gateway.registry.filestore). `channel_address` is what
-    nodes are told of the channel ("[:PORT]PATH", or "off": no channel, nodes poll over HTTPS)."""
+    nodes are told of the channel ("[:PORT]PATH", or "off": no channel, nodes poll over HTTPS); `peer_listen`
+    (HOST:PORT) and `peer_advertise`: the relay between replicas (gateway.registry.peers), off when empty."""
     ca = CertificateAuthority.load_or_create(data_dir)
     registry_metrics = metrics.RegistryMetrics()
     content = open_content_store(data_dir, files_url)
@@ -260,12 +262,17 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
             await store.database.listen(CHANNEL, hub.wake)
             await store.database.listen(NODES_CHANNEL, hub.wake)
             await store.database.listen(ANSWERS_CHANNEL, log_requests.wake)
+            if peer_listen:
+                hub.peers = peers.PeerRelay(hub, store, ca, peer_listen, peer_advertise)
+                await hub.peers.start()
             sweep = asyncio.create_task(hub.sweep(store), name="channel sweep")
             try:
                 async with workloads.scheduling(store, interval), \
                         files.retaining(store, content, retention or files.Retention()):
                     yield
             finally:
+                if hub.peers is not None:
+                    await hub.peers.stop()
                 sweep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweep

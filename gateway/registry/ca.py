@@ -21,6 +21,7 @@ from gateway.pki import fingerprint, key_pem, new_key, subject_name, write_priva
 CA_DAYS = 3650
 SERVER_DAYS = 825
 NODE_DAYS = 825
+REPLICA_UNIT = "registry replica"  # the organisational unit of the replicas' relay certificates
 
 
 def _now() -> datetime.datetime:
@@ -108,6 +109,21 @@ class CertificateAuthority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 
+    def write_replica_certificate(self) -> tuple[Path, Path]:
+        """A fresh certificate for the relay between registry replicas (gateway.registry.peers): client and server,
+        its subject marked REPLICA_UNIT, which no node or batch certificate carries (their subject is
+        subject_name(...)). Every replica makes its own from the CA they share."""
+        key = new_key()
+        subject = x509.Name([*subject_name("registry replica"),
+                             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, REPLICA_UNIT)])
+        cert = (self._issue(subject, key.public_key(), SERVER_DAYS, ExtendedKeyUsageOID.CLIENT_AUTH,
+                            ExtendedKeyUsageOID.SERVER_AUTH)
+                .sign(self.key, hashes.SHA256()))
+        cert_path, key_path = self.directory / "replica.pem", self.directory / "replica.key"
+        write_private(key_path, key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
+
     def sign_node(self, csr_pem: str, node: str) -> x509.Certificate:
         """A certificate for `node` from its CSR (the CSR's subject is replaced by the node name): a client to the
         registry, and client and server of the direct streams between the fleet's nodes (gateway.services.mesh)."""
@@ -143,3 +159,10 @@ def peer_identity(cert_pem_text: str) -> tuple[str, str]:
     common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = common_names[0].value if common_names else ""
     return (name if isinstance(name, str) else name.decode()), format(cert.serial_number, "x")
+
+
+def is_replica(cert_der: bytes) -> bool:
+    """Whether a certificate (DER, already verified against the CA) is a registry replica's relay certificate."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return any(unit.value == REPLICA_UNIT for unit in units)

@@ -21,6 +21,7 @@ connection closes with code 1008; a frame that breaks the protocol closes it wit
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -57,6 +58,7 @@ from gateway.wire import (
 
 if TYPE_CHECKING:
     from gateway.registry.logs import LogRequests
+    from gateway.registry.peers import PeerRelay
     from gateway.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -235,6 +237,8 @@ class ChannelHub:
         self._unexplained = False  # the last look found documents changed that no notification had told of yet
         self.connections = 0
         self.syncs = 0  # times a channel looked at the store for what is new for its node
+        self.peers: PeerRelay | None = None  # the relay between replicas (--peer-listen)
+        self.relays: collections.Counter[str] = collections.Counter()  # relay streams: local, to/from a replica
 
     def wake(self, payload: str) -> None:
         """A notification (NODES_CHANNEL, or a message's CHANNEL): the channels of the nodes it names look again."""
@@ -348,6 +352,8 @@ async def _serve_node(hub: ChannelHub, store: RegistryStore, node: str, serial: 
         with contextlib.suppress(Exception):
             await previous.socket.close(code=1000, reason="replaced by a new connection")
     log.info("channel of node %s open", node)
+    if hub.peers is not None:
+        await hub.peers.hold(node)
     try:
         await session.run()
     except (WebSocketDisconnect, ConnectionError):
@@ -362,6 +368,8 @@ async def _serve_node(hub: ChannelHub, store: RegistryStore, node: str, serial: 
     finally:
         if hub.sessions.get(node) is session:
             del hub.sessions[node]
+            if hub.peers is not None:
+                await hub.peers.release(node)
         log.info("channel of node %s closed", node)
 
 

@@ -60,6 +60,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--channel-listen", default="", metavar="HOST:PORT|off",
                        help="a listener of its own for the nodes' channel (WebSocket, mutual TLS); default: the "
                             "--listen one at /api/v1/channel; off: nodes poll over HTTPS")
+    serve.add_argument("--peer-listen", default="", metavar="HOST:PORT",
+                       help="where this replica takes relayed service streams from the other registry replicas "
+                            "(TLS with the registry CA's replica certificates), so nodes whose channels are at "
+                            "different replicas reach each other through the relay; default: off")
+    serve.add_argument("--peer-advertise", default="", metavar="HOST:PORT",
+                       help="the address the other replicas reach --peer-listen at (default: the --peer-listen one)")
     serve.add_argument("--heartbeat-interval", type=_duration, default=10.0,
                        help="the heartbeat interval given to nodes that join (default 10s)")
     serve.add_argument("--files", default=os.environ.get("FIELDGATE_REGISTRY_FILES") or None, metavar="DIR|S3URL",
@@ -206,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
         return asyncio.run(serve(args.listen, args.data_dir, interval=args.heartbeat_interval, db_url=args.db,
                                  files_url=args.files, channel_listen=args.channel_listen,
+                                 peer_listen=args.peer_listen, peer_advertise=args.peer_advertise,
                                  retention=Retention(args.files_max_age, args.files_max_bytes)))
     if args.action == "files":
         from gateway.registry.files_cli import run_files_command

@@ -13,7 +13,7 @@ import bisect
 import collections
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psutil
@@ -100,8 +100,10 @@ class RegistryCollector(Collector):
     """The families of one scrape: process counters now, node figures read from the database just before."""
 
     def __init__(self, metrics: RegistryMetrics, nodes: list[dict[str, Any]], backend: str,
-                 messages: collections.Counter[str], pending: int, channels: int = 0, syncs: int = 0) -> None:
+                 messages: collections.Counter[str], pending: int, channels: int = 0, syncs: int = 0,
+                 relays: Mapping[str, int] | None = None) -> None:
         self.metrics = metrics
+        self.relays = relays or {}
         self.channels = channels
         self.syncs = syncs
         self.nodes = nodes
@@ -126,6 +128,19 @@ class RegistryCollector(Collector):
                                 "registry process", value=self.channels)
         yield CounterMetricFamily("fieldgate_registry_channel_syncs", "Times a node channel on this registry process "
                                   "looked at the database for what is new for its node", value=self.syncs)
+        streams = CounterMetricFamily("fieldgate_registry_relay_streams", "Relayed service streams between nodes this "
+                                      "registry process carried: both channels here (local), on to the replica "
+                                      "holding the target's channel (to_replica), from another replica "
+                                      "(from_replica); failed: a link between replicas refused or broken",
+                                      labels=["path"])
+        for path in ("local", "to_replica", "from_replica", "failed"):
+            streams.add_metric([path], self.relays.get(path, 0))
+        yield streams
+        relayed = CounterMetricFamily("fieldgate_registry_relay_bytes", "Bytes of relayed service streams sent to "
+                                      "and received from other registry replicas", labels=["direction"])
+        relayed.add_metric(["sent"], self.relays.get("bytes_sent", 0))
+        relayed.add_metric(["received"], self.relays.get("bytes_received", 0))
+        yield relayed
 
     def _process(self) -> Iterator[Metric]:
         process = psutil.Process(os.getpid())
@@ -206,6 +221,18 @@ class RegistryCollector(Collector):
         yield outcomes
 
 
+def relay_counters(hub: Any) -> dict[str, int]:
+    """The relay's counters of this process (gateway.registry.services and gateway.registry.peers)."""
+    counters = {"local": hub.relays["local"]}
+    if hub.peers is not None:
+        peer = hub.peers.counters
+        counters |= {"to_replica": peer["streams_out"], "from_replica": peer["streams_in"],
+                     "failed": peer["failed"] + peer["refused"],
+                     "bytes_sent": peer["bytes_out_sent"] + peer["bytes_in_sent"],
+                     "bytes_received": peer["bytes_out_received"] + peer["bytes_in_received"]}
+    return counters
+
+
 @get("/metrics", summary="The registry's metrics in the Prometheus text format (an API token, viewer or above)",
      media_type=CONTENT_TYPE)
 async def metrics(request: AnyRequest) -> Response[bytes]:
@@ -217,7 +244,8 @@ async def metrics(request: AnyRequest) -> Response[bytes]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RegistryCollector(request.app.state.metrics, nodes, store.database.dialect,
                                         store.message_counts, sum(node["messages_pending"] for node in nodes),
-                                        len(request.app.state.channel.sessions), request.app.state.channel.syncs))
+                                        len(request.app.state.channel.sessions), request.app.state.channel.syncs,
+                                        relay_counters(request.app.state.channel)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE)
 
 

@@ -24,6 +24,7 @@ from gateway.registry.app import create_app
 from gateway.registry.ca import CertificateAuthority
 from gateway.registry.cli import DEFAULT_REGISTRY_DIR
 from gateway.registry.files import Retention
+from gateway.registry.peers import split_address
 from gateway.wire import CHANNEL_OFF, CHANNEL_PATH, MAX_CHANNEL_FRAME
 
 log = logging.getLogger(__name__)
@@ -142,14 +143,20 @@ def channel_address(listen: str, channel_listen: str) -> tuple[str, tuple[str, i
 
 
 async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | None = None,
-                files_url: str | None = None, retention: Retention | None = None, channel_listen: str = "") -> int:
+                files_url: str | None = None, retention: Retention | None = None, channel_listen: str = "",
+                peer_listen: str = "", peer_advertise: str = "") -> int:
     """Run the registry until SIGINT or SIGTERM."""
     host, port = _host_port(listen)
+    if peer_listen:
+        split_address(peer_listen, "--peer-listen")
+        split_address(peer_advertise or peer_listen, "--peer-advertise")
+    elif peer_advertise:
+        raise ConfigError("--peer-advertise: it goes with --peer-listen")
     address, separate = channel_address(listen, channel_listen)
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
     app = create_app(data_dir, interval=interval, db_url=db_url, files_url=files_url, retention=retention,
-                     channel_address=address)
+                     channel_address=address, peer_listen=peer_listen, peer_advertise=peer_advertise)
     check = getattr(app.state.files, "check", None)
     if check is not None:  # a wrong S3 endpoint, bucket or key is said now, not at the first upload
         await check()
@@ -163,6 +170,8 @@ async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | N
     print(f"fieldgate registry on https://{listen}/ (CA fingerprint sha256 {ca.fingerprint})", flush=True)
     if separate:
         print(f"channel on wss://{channel_listen}{CHANNEL_PATH}", flush=True)
+    if peer_listen:
+        print(f"relay between replicas on {peer_listen}", flush=True)
     if not await _has_users(data_dir, db_url):
         print(first_admin_hint(browser_url(host, port), data_dir), flush=True)
     if channel_server is None:

@@ -12,7 +12,9 @@ away.
 Relay: a node opens a `relay` stream on its channel naming the node it wants (`{"node": ...}`); the registry opens a
 `service` stream to that node's channel (`{"from": ...}`) and copies bytes both ways. What travels is a TLS
 connection between the two nodes, made with their own certificates: the registry sees ciphertext only. The two
-nodes must belong to the same workspace and both have their channel on this replica.
+nodes must belong to the same workspace. When the target's channel is at another replica (and the replicas were
+started with `--peer-listen`), the stream goes on to that replica (gateway.registry.peers), which opens the
+`service` stream there.
 """
 
 from __future__ import annotations
@@ -190,11 +192,15 @@ def relay_handler(hub: Any, store: RegistryStore) -> Any:
         if workspaces.get(source) != workspaces[target]:
             await stream.close(f"relay: node {target} is not in this node's workspace")
             return
+        if target not in hub.sessions and hub.peers is not None:  # its channel is at another replica
+            await hub.peers.forward(stream, source, target)
+            return
         try:
             other = await hub.open_stream(target, SERVICE_KIND, {"from": source})
         except ChannelError as exc:
             await stream.close(f"relay: {exc}")
             return
+        hub.relays["local"] += 1
         await asyncio.gather(_copy(stream, other), _copy(other, stream))
 
     return relay

@@ -59,3 +59,20 @@ async def test_a_join_spends_a_token_use_only_with_its_node(db_url: str | None, 
         assert len(await store.node_names()) == 3
         with pytest.raises(TokenRefused, match="used up"):
             await store.check_token(token_id, secret)
+
+
+async def test_which_replica_holds_a_nodes_channel(db_url: str | None, tmp_path: Path) -> None:
+    async with RegistryStore(tmp_path, db_url) as store:
+        assert await store.channels.holder("gw-1") is None
+        await store.channels.hold("gw-1", "replica-a", "10.0.0.1:9443")
+        await store.channels.hold("gw-2", "replica-a", "10.0.0.1:9443")
+        assert await store.channels.holder("gw-1") == ("replica-a", "10.0.0.1:9443")
+        # the node moved to replica B before A noticed its old channel closed: A's release leaves B's row
+        await store.channels.hold("gw-1", "replica-b", "10.0.0.2:9443")
+        await store.channels.release("gw-1", "replica-a")
+        assert await store.channels.holder("gw-1") == ("replica-b", "10.0.0.2:9443")
+        await store.channels.release_all("replica-a")  # A stops
+        assert await store.channels.holder("gw-2") is None
+        assert await store.channels.holder("gw-1") == ("replica-b", "10.0.0.2:9443")
+        await store.channels.release("gw-1", "replica-b")
+        assert await store.channels.holder("gw-1") is None

@@ -27,6 +27,7 @@ import msgspec
 from gateway.errors import AuthError, ConfigError, NotFound, StoreError
 from gateway.registry.store.access import AccessTables
 from gateway.registry.store.batches import BatchTables
+from gateway.registry.store.channels import ChannelTables
 from gateway.registry.store.db import (
     NODES_CHANNEL,
     Database,
@@ -79,6 +80,7 @@ class RegistryStore:
         self.batches = BatchTables(self)
         self.files = FileTables(self)
         self.requests = RequestTables(self)
+        self.channels = ChannelTables(self)
 
     async def __aenter__(self) -> RegistryStore:
         self._database = await open_database(self.data_dir, self.db_url)

@@ -179,6 +179,9 @@ CREATE TABLE workload_moves (namespace TEXT NOT NULL, name TEXT NOT NULL, node T
 CREATE TABLE node_requests (id TEXT PRIMARY KEY, node TEXT NOT NULL, path TEXT NOT NULL, created_at {time} NOT NULL,
     expires_at {time} NOT NULL, answer TEXT);
 """),
+    (25, """
+CREATE TABLE node_channels (node TEXT PRIMARY KEY, replica TEXT NOT NULL, peer TEXT NOT NULL, since {time} NOT NULL);
+"""),
 ]
 
 

@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
+from cryptography import x509
 
 from gateway.errors import FieldgateError
 from gateway.pki import write_private
@@ -563,4 +565,14 @@ class OfflineFailover:
                       "live": self.lease_live()},
             "held": sorted(self.held) if self.lease_live() else [],
             "taken_over": sorted(self.taken),
+            "certificate_until": _not_after(plan.tls.cert) if plan and plan.tls else "",
         }
+
+
+@functools.lru_cache(maxsize=4)
+def _not_after(cert_pem: str) -> str:
+    """When the member's certificate ends (ISO 8601, UTC); the registry sends a new one 30 days before."""
+    try:
+        return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc.isoformat()
+    except ValueError:
+        return ""

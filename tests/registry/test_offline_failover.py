@@ -7,6 +7,7 @@ is refused at a member's client URL and at its peer URL."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import signal
@@ -214,6 +215,8 @@ def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(regist
         assert consensus["engine"] == "etcd" and consensus["group"] == "line-a" and consensus["lease"]["live"]
         assert {m["name"] for m in consensus["members"] if m["alive"]} == {"gw-1", "gw-2", "gw-3"}
         assert consensus["taken_over"] == []
+        until = datetime.datetime.fromisoformat(consensus["certificate_until"]) - datetime.datetime.now(datetime.UTC)
+        assert datetime.timedelta(days=89) < until < datetime.timedelta(days=91)
     check_mutual_tls(members[0])
     check_new_certificate(registry, members[0])
 

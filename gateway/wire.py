@@ -303,6 +303,15 @@ class FailoverPlacement(msgspec.Struct, kw_only=True):
     documents: list[dict[str, Any]]  # the Workload, then the ConfigItems and Secrets it uses
 
 
+class MemberTls(msgspec.Struct, kw_only=True):
+    """The certificate of one member of a group's etcd (server and client of the group's peer and client traffic),
+    signed by the group's own CA (gateway.registry.consensus_ca); sent to that member only."""
+
+    ca: str  # PEM of the group's CA: the only issuer the group's etcd members trust
+    cert: str  # PEM, with the hosts of the member's peer and client URLs as names
+    key: str  # PEM of its private key
+
+
 class FailoverPlan(msgspec.Struct, kw_only=True):
     """What the members of a group with a consensus store need to move apps off a dead member on their own."""
 
@@ -310,6 +319,11 @@ class FailoverPlan(msgspec.Struct, kw_only=True):
     group: str
     members: Annotated[list[GroupMember], msgspec.Meta(max_length=MAX_GROUP_MEMBERS)]
     placements: Annotated[list[FailoverPlacement], msgspec.Meta(max_length=MAX_FAILOVER_PLACEMENTS)]
+    tls: MemberTls | None = None  # the receiving member's certificate (None: no plan, or a registry without it)
+
+    def __repr__(self) -> str:  # never the member's key in a log line or a traceback
+        return (f"FailoverPlan(version={self.version!r}, group={self.group!r}, members={len(self.members)}, "
+                f"placements={len(self.placements)})")
 
 
 class Takeover(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -49,7 +49,7 @@ class CertificateAuthority:
         return fingerprint(self.cert_pem)
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> CertificateAuthority:
+    def load_or_create(cls, directory: Path, common_name: str = "fieldgate registry CA") -> CertificateAuthority:
         """The CA of this data dir, made on first use."""
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / "ca.pem", directory / "ca.key"
@@ -62,7 +62,7 @@ class CertificateAuthority:
         key = new_key()
         now = _now()
         cert = (x509.CertificateBuilder()
-                .subject_name(subject_name("fieldgate registry CA")).issuer_name(subject_name("fieldgate registry CA"))
+                .subject_name(subject_name(common_name)).issuer_name(subject_name(common_name))
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=CA_DAYS))

@@ -4,8 +4,9 @@ while the registry is away, and the takeovers its members report when it is back
 A group has a plan when every node of it has reported consensus settings (`consensus:` of its Gateway document: the
 peer and client URLs of its etcd member) with its heartbeats: its members with those URLs, and the placements of the
 BatchWorkloads with `failover:` on the group's nodes (where the registry placed each instance, and the Workload with
-the ConfigItems and Secrets it uses, so that a member can start it without the registry). The plan goes down with a
-heartbeat answer when its version differs from the node's (gateway.wire.FailoverPlan). The node's part is
+the ConfigItems and Secrets it uses, so that a member can start it without the registry), and the receiving member's
+own etcd certificate from the group's CA (gateway.registry.consensus_ca; never another member's key). The plan goes
+down with a heartbeat answer when its version differs from the node's (gateway.wire.FailoverPlan). The node's part is
 gateway.uplink.failover.
 
 A member that took over a placement in the group reports it (gateway.wire.Takeover) with each heartbeat until the
@@ -16,6 +17,7 @@ reporting node's group, is refused and audited as such; the plan the node gets t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -24,6 +26,7 @@ from typing import Any
 import msgspec
 
 from gateway.registry import access
+from gateway.registry.consensus_ca import member_tls, url_hosts
 from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import _refs, expand
 from gateway.resources.schema import BatchWorkload, Workload, dec_hook
@@ -43,13 +46,18 @@ NO_PLAN = FailoverPlan(version="none", group="", members=[], placements=[])
 
 
 def _consensus(info: dict[str, Any]) -> tuple[str, str] | None:
+    """A node's etcd URLs as it reported them: https only (the group's etcd runs with mutual TLS; a node that still
+    reports `http://` URLs counts as one without consensus settings, so its group has no plan)."""
     settings = info.get("consensus")
     if not isinstance(settings, dict):
         return None
     peer, client = settings.get("peer_url"), settings.get("client_url")
-    if not isinstance(peer, str) or not isinstance(client, str) or not peer or not client:
+    if not isinstance(peer, str) or not isinstance(client, str) or len(peer) > 300 or len(client) > 300:
         return None
-    return peer[:300], client[:300]
+    if not peer.startswith("https://") or not client.startswith("https://") or not url_hosts(peer) \
+            or not url_hosts(client):
+        return None
+    return peer, client
 
 
 async def group_plan(store: RegistryStore, node: str) -> FailoverPlan | None:
@@ -69,6 +77,8 @@ async def group_plan(store: RegistryStore, node: str) -> FailoverPlan | None:
         members.append(GroupMember(name=name, peer_url=urls[0], client_url=urls[1]))
     if len(members) < 2:
         return None
+    own = next(m for m in members if m.name == node)
+    tls = await asyncio.to_thread(member_tls, store.data_dir, group, node, own.peer_url, own.client_url)
     placements: list[FailoverPlacement] = []
     batches: dict[tuple[str, str], BatchWorkload | None] = {}
     box = SecretBox(store.data_dir)
@@ -97,9 +107,9 @@ async def group_plan(store: RegistryStore, node: str) -> FailoverPlan | None:
                 used.append(box.unseal_document(ref_kind, stored))
         placements.append(FailoverPlacement(workload=f"{namespace}/{name}", origin=origin, host=host,
                                             after=float(batch.failover.after), documents=[raw, *used]))
-    body = msgspec.json.encode([group, members, placements])
+    body = msgspec.json.encode([group, members, placements, tls.ca, tls.cert])
     version = hashlib.sha256(body).hexdigest()[:32]
-    return FailoverPlan(version=version, group=group, members=members, placements=placements)
+    return FailoverPlan(version=version, group=group, members=members, placements=placements, tls=tls)
 
 
 async def plan_for(store: RegistryStore, node: str, beat: HeartbeatRequest) -> FailoverPlan | None:

@@ -196,7 +196,7 @@ class WorkloadSettings(Base, kw_only=True):
     ))] = msgspec.field(default_factory=lambda: list(CDI_DIRS))
 
 
-ConsensusUrl = Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]{1,255}:[0-9]{1,5}$", max_length=300)]
+ConsensusUrl = Annotated[str, Meta(pattern=r"^https://[A-Za-z0-9.\-\[\]:]{1,255}:[0-9]{1,5}$", max_length=300)]
 
 
 class ConsensusSettings(Base, kw_only=True):
@@ -205,10 +205,11 @@ class ConsensusSettings(Base, kw_only=True):
     While the group is cut off from the registry its members still move apps off a dead member."""
 
     engine: Annotated[Literal["etcd"], Meta(description="the consensus store the group's gateways run")] = "etcd"
-    peer_url: Annotated[ConsensusUrl, Meta(description="where the other members reach this node's etcd member "
-                                                       "(`http://HOST:PORT`; the node listens there)")]
+    peer_url: Annotated[ConsensusUrl, Meta(description=(
+        "where the other members reach this node's etcd member (`https://HOST:PORT`; the node listens there; mutual "
+        "TLS with certificates from the group's CA at the registry, whose names are the hosts of both URLs)"))]
     client_url: Annotated[ConsensusUrl, Meta(description="where the gateways reach this node's etcd member for "
-                                                         "leases and placements (`http://HOST:PORT`)")]
+                                                         "leases and placements (`https://HOST:PORT`, mutual TLS)")]
     lease_ttl: Annotated[Duration, Meta(description="how long a member that stopped renewing its lease keeps its "
                                                     "apps: the others take them over after that")] = Duration(10.0)
     binary: Annotated[str, Meta(min_length=1, max_length=4096, description="the etcd program")] = "etcd"

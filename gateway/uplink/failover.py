@@ -7,6 +7,12 @@ node of the group has reported its consensus settings. The plan (members, and th
 with `failover:` on the group, each with its Workload and the ConfigItems and Secrets it uses) is kept in the data
 dir, so a node that starts while the registry is away knows it too.
 
+The group's etcd speaks mutual TLS only, peers and clients alike: the plan carries this member's certificate (the
+hosts of its peer and client URLs as names, server and client auth) and the CA of the group, which the registry keeps
+for that group alone (gateway.registry.consensus_ca). They are written to `<data dir>/consensus` (`ca.pem`,
+`member.pem`, `member.key`, 0600); etcd trusts that CA only for its clients and its peers, and the node's client
+verifies its member against it. A new certificate (renewed, or for other URLs) restarts the member with it.
+
 Leases fence the placements. Each member holds an etcd lease of `lease_ttl` seconds, renewed while its gateway
 lives, and under it a key `members/<node>` (alive) and, for every app of the plan it runs, the placement key
 `placements/<namespace>/<name>`, created by compare-and-swap (only where no key is: create revision 0). A node runs an
@@ -27,22 +33,26 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
+from cryptography import x509
 
 from gateway.errors import FieldgateError
+from gateway.pki import write_private
 from gateway.resources.loader import REGISTRY
 from gateway.resources.schema import AnyDocument, ConsensusSettings, Workload, dec_hook
-from gateway.wire import FailoverPlacement, FailoverPlan, Takeover
+from gateway.wire import FailoverPlacement, FailoverPlan, MemberTls, Takeover
 
 if TYPE_CHECKING:
     from gateway.api import GatewayAPI
@@ -93,10 +103,13 @@ class Entry(msgspec.Struct):
 
 
 class Etcd:
-    """The few calls of etcd's v3 API (its JSON gateway) the failover needs."""
+    """The few calls of etcd's v3 API (its JSON gateway) the failover needs, over mutual TLS: the member's certificate
+    as the client's, the group's CA the only one trusted."""
 
-    def __init__(self, url: str) -> None:
-        self.client = httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT)
+    def __init__(self, url: str, ca: Path, cert: Path, key: Path) -> None:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(cert, key)
+        self.client = httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT, verify=context)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -184,6 +197,7 @@ class OfflineFailover:
         self.lease_until = 0.0  # monotonic: the lease is live until then at the latest
         self.state, self.reason = "no plan", "the registry has sent no failover plan for the node's group"
         self.member: asyncio.subprocess.Process | None = None
+        self._member_config: tuple[str, ...] = ()  # the command line and certificates the member runs with
         self._member_started = -MEMBER_RESTART
         self._vacant: dict[str, float] = {}
         self._etcd: Etcd | None = None
@@ -320,15 +334,41 @@ class OfflineFailover:
 
     # --- the member of the group's etcd -----------------------------------------------------------------------
 
+    @property
+    def _tls_files(self) -> tuple[Path, Path, Path]:
+        """The group's CA, the member's certificate and its key, as the registry sent them."""
+        return self.dir / "ca.pem", self.dir / "member.pem", self.dir / "member.key"
+
+    def _write_tls(self, tls: MemberTls) -> None:
+        """The plan's certificates into the data dir (0600), those that changed only."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for path, text in zip(self._tls_files, (tls.ca, tls.cert, tls.key), strict=True):
+            with contextlib.suppress(OSError):
+                if path.read_text() == text:
+                    continue
+            temporary = path.with_suffix(path.suffix + ".tmp")
+            write_private(temporary, text.encode())
+            os.replace(temporary, path)
+
+    async def _stop_member(self) -> None:
+        member, self.member = self.member, None
+        if member is not None and member.returncode is None:
+            member.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await member.wait()
+            except TimeoutError:
+                member.kill()
+                await member.wait()
+
     async def _ensure_member(self, plan: FailoverPlan) -> None:
-        if self.member is not None and self.member.returncode is None:
-            return
-        if time.monotonic() - self._member_started < MEMBER_RESTART:
-            return
-        self._member_started = time.monotonic()
+        if plan.tls is None:
+            raise ConsensusError("the registry sent no certificates for the group's etcd (a registry older than "
+                                 "the node?)")
         binary = shutil.which(self.settings.binary)
         if binary is None:
             raise ConsensusError(f"consensus.binary: {self.settings.binary!r} not found (install etcd-server)")
+        ca, cert, key = self._tls_files
         data = self.dir / "etcd"
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in plan.members)
         argv = [binary, "--name", self.node, "--data-dir", str(data),
@@ -336,9 +376,27 @@ class OfflineFailover:
                 "--listen-client-urls", self.settings.client_url, "--advertise-client-urls", self.settings.client_url,
                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"fieldgate-{plan.group}",
+                "--client-cert-auth", "--trusted-ca-file", str(ca), "--cert-file", str(cert), "--key-file", str(key),
+                "--peer-client-cert-auth", "--peer-trusted-ca-file", str(ca), "--peer-cert-file", str(cert),
+                "--peer-key-file", str(key),
                 "--heartbeat-interval", "200", "--election-timeout", "2000",
                 "--logger", "zap", "--log-level", "warn"]
-        self.dir.mkdir(parents=True, exist_ok=True)
+        config = (*argv, plan.tls.ca, plan.tls.cert)
+        if self.member is not None and self.member.returncode is None:
+            if config == self._member_config:
+                return
+            # a renewed certificate, or other URLs: the member restarts with them, and the client too
+            log.info("etcd member %s of group %s restarts with its new certificate or peers", self.node, plan.group)
+            await self._stop_member()
+            self._member_started = -MEMBER_RESTART
+        if time.monotonic() - self._member_started < MEMBER_RESTART:
+            return
+        self._member_started = time.monotonic()
+        if config != self._member_config and self._etcd is not None:  # the client takes the new certificate too
+            await self._etcd.close()
+            self._etcd = None
+        await asyncio.to_thread(self._write_tls, plan.tls)
+        self._member_config = config
         libc = ctypes.CDLL(None, use_errno=True)
 
         def dies_with_gateway() -> None:
@@ -362,15 +420,7 @@ class OfflineFailover:
                     await self._etcd.revoke(self.lease)
                 self.lease, self.held = None, set()
             await self._etcd.close()
-        member = self.member
-        if member is not None and member.returncode is None:
-            member.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await member.wait()
-            except TimeoutError:
-                member.kill()
-                await member.wait()
+        await self._stop_member()
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -403,7 +453,7 @@ class OfflineFailover:
             return
         await self._ensure_member(plan)
         if self._etcd is None:
-            self._etcd = Etcd(self.settings.client_url)
+            self._etcd = Etcd(self.settings.client_url, *self._tls_files)
         etcd, prefix = self._etcd, self._prefix(plan)
         if self.lease is not None:
             sent = time.monotonic()
@@ -515,4 +565,14 @@ class OfflineFailover:
                       "live": self.lease_live()},
             "held": sorted(self.held) if self.lease_live() else [],
             "taken_over": sorted(self.taken),
+            "certificate_until": _not_after(plan.tls.cert) if plan and plan.tls else "",
         }
+
+
+@functools.lru_cache(maxsize=4)
+def _not_after(cert_pem: str) -> str:
+    """When the member's certificate ends (ISO 8601, UTC); the registry sends a new one 30 days before."""
+    try:
+        return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc.isoformat()
+    except ValueError:
+        return ""

@@ -2,13 +2,16 @@
 member of the group's consensus store. With the registry stopped, the gateway running an app is SIGKILLed: the app
 runs on another member within 30 s; the killed gateway comes back and the app does not run twice (sampled over a
 window); the registry comes back, adopts the takeover (audited `failover.offline`) and its placement names the new
-node."""
+node. The group's etcd speaks mutual TLS with certificates from the group's CA at the registry: a client without one
+is refused at a member's client URL and at its peer URL."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -21,6 +24,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port, wait_until
@@ -40,6 +45,7 @@ class Member:
         joined = join(registry, registry.token(), self.data_dir, "--name", name)
         assert joined.returncode == 0, joined.stderr
         self.port = free_port()
+        self.peer_url, self.client_url = f"https://127.0.0.1:{free_port()}", f"https://127.0.0.1:{free_port()}"
         self.config = tmp_path / f"{name}.yaml"
         self.config.write_text(textwrap.dedent(f"""\
             kind: Gateway
@@ -48,8 +54,8 @@ class Member:
             eventbus: {{url: none}}
             store: {{flush_interval: 50ms}}
             consensus:
-              peer_url: "http://127.0.0.1:{free_port()}"
-              client_url: "http://127.0.0.1:{free_port()}"
+              peer_url: "{self.peer_url}"
+              client_url: "{self.client_url}"
               lease_ttl: 4s
             """))
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,6 +126,70 @@ def placement(registry: Registry, workload: str) -> str | None:
     return None
 
 
+def tls_client(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> httpx.Client:
+    """A client that trusts `ca` (None: trusts anything) and shows `cert` (None: none)."""
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if ca is None:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return httpx.Client(verify=context, timeout=10)
+
+
+def refused(client: httpx.Client, method: str, url: str) -> str:
+    """How the member refused the request (a TLS alert, a closed connection); fails when it answers."""
+    try:
+        answer = client.request(method, url, **({"json": {}} if method == "POST" else {}))
+    except httpx.TransportError as exc:
+        assert "CERTIFICATE" in str(exc).upper(), exc  # a TLS refusal, not a member that is down
+        return f"{type(exc).__name__}: {exc}"
+    raise AssertionError(f"{url} answered {answer.status_code} to a client without the group's certificate")
+
+
+def check_mutual_tls(member: Member) -> None:
+    """The member's client and peer URLs answer the group's certificates only."""
+    directory = member.data_dir / "consensus"
+    ca, cert, key = directory / "ca.pem", directory / "member.pem", directory / "member.key"
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in (ca, cert, key))
+    status_url, peer_members = f"{member.client_url}/v3/maintenance/status", f"{member.peer_url}/members"
+    with tls_client(ca, cert, key) as client:  # with the group's certificate both answer
+        assert client.post(status_url, json={}).status_code == 200
+        peers = client.get(peer_members)
+        assert peers.status_code == 200 and len(peers.json()) == 3, peers.text
+    node = member.data_dir / "registry"
+    for who, client in (("no certificate", tls_client(None)),
+                        # a certificate of the registry's CA (every node of the fleet has one) is not the group's
+                        ("the node's certificate", tls_client(None, node / "node.pem", node / "node.key"))):
+        with client:
+            for method, url in (("POST", status_url), ("POST", f"{member.client_url}/v3/kv/put"),
+                                ("GET", peer_members), ("GET", f"{member.peer_url}/raft/probing")):
+                how = refused(client, method, url)
+                print(f"{who}: {url} refused ({how[:80]})")
+    # nor does the registry's CA vouch for the member
+    with tls_client(node / "ca.pem", cert, key) as client, pytest.raises(httpx.ConnectError,
+                                                                          match="CERTIFICATE_VERIFY_FAILED"):
+        client.post(status_url, json={})
+
+
+def check_new_certificate(registry: Registry, member: Member) -> None:
+    """A certificate the registry issues again (as when it renews one) reaches the member, which restarts its etcd
+    member with it and holds its placement again."""
+    directory = member.data_dir / "consensus"
+    before = (directory / "member.pem").read_text()
+    pid = member.status()["consensus"]["member"]["pid"]
+    issued = [path for path in registry.data_dir.glob("consensus/*/*.pem") if path.name != "ca.pem"
+              and x509.load_pem_x509_certificate(path.read_bytes()).subject.get_attributes_for_oid(
+                  NameOID.COMMON_NAME)[0].value == member.name]
+    assert len(issued) == 1, issued
+    issued[0].unlink()
+    wait_until(lambda: (directory / "member.pem").read_text() != before, timeout=30, what="the new certificate")
+    wait_until(lambda: (s := member.status()["consensus"])["member"]["pid"] not in (None, pid) and s["lease"]["live"]
+               and s["held"] == [f"default/app.{member.name}"], timeout=30, what="the member back with it")
+    ca, cert, key = directory / "ca.pem", directory / "member.pem", directory / "member.key"
+    with tls_client(ca, cert, key) as client:
+        assert client.post(f"{member.client_url}/v3/maintenance/status", json={}).status_code == 200
+
+
 def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(registry: Registry, members: list[Member],
                                                                           tmp_path: Path) -> None:
     assert shutil.which("etcd"), "etcd is missing: scripts/bootstrap.sh installs etcd-server"
@@ -145,6 +215,10 @@ def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(regist
         assert consensus["engine"] == "etcd" and consensus["group"] == "line-a" and consensus["lease"]["live"]
         assert {m["name"] for m in consensus["members"] if m["alive"]} == {"gw-1", "gw-2", "gw-3"}
         assert consensus["taken_over"] == []
+        until = datetime.datetime.fromisoformat(consensus["certificate_until"]) - datetime.datetime.now(datetime.UTC)
+        assert datetime.timedelta(days=89) < until < datetime.timedelta(days=91)
+    check_mutual_tls(members[0])
+    check_new_certificate(registry, members[0])
 
     # the registry goes away; then gw-3 dies, its app with it
     assert registry.process is not None

@@ -1,17 +1,29 @@
 """Offline failover at the registry (gateway.registry.offline), on the registry store (SQLite and PostgreSQL) with
 heartbeats set by hand: a group's plan only once every member reported its consensus settings, with the placements of
 the BatchWorkloads with failover and the documents to run them; takeovers adopted and audited, refused when they do
-not fit; and a registry that starts does not count its own absence as the nodes' downtime."""
+not fit; each member's plan carries its own etcd certificate from the group's CA and no other member's key; and a
+registry that starts does not count its own absence as the nodes' downtime."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import time
 from pathlib import Path
 
-from gateway.registry import access, offline, workloads
+import msgspec
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.registry import access, consensus_ca, offline, workloads
+from gateway.registry.ca import CertificateAuthority
 from gateway.registry.store import RegistryStore
 from gateway.resources.loader import parse_yaml
-from gateway.wire import HeartbeatRequest, Takeover
+from gateway.resources.schema import ConsensusSettings, dec_hook
+from gateway.wire import FailoverPlan, HeartbeatRequest, MemberTls, Takeover
 
 DOCUMENTS = """\
 kind: Secret
@@ -33,8 +45,8 @@ groups: [{group: g}]
 """
 
 
-def consensus(node: str) -> dict[str, dict[str, str]]:
-    return {"consensus": {"peer_url": f"http://{node}.plant:2380", "client_url": "http://127.0.0.1:2379"}}
+def consensus(node: str, peer: str = "") -> dict[str, dict[str, str]]:
+    return {"consensus": {"peer_url": peer or f"https://{node}.plant:2380", "client_url": "https://127.0.0.1:2379"}}
 
 
 def beat(node: str, version: str = "", takeovers: list[Takeover] | None = None) -> HeartbeatRequest:
@@ -72,9 +84,9 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         assert await offline.group_plan(store, "d") is None
         plan = await offline.group_plan(store, "a")
         assert plan is not None and plan.group == "g"
-        assert [(m.name, m.peer_url) for m in plan.members] == [("a", "http://a.plant:2380"),
-                                                                ("b", "http://b.plant:2380"),
-                                                                ("c", "http://c.plant:2380")]
+        assert [(m.name, m.peer_url) for m in plan.members] == [("a", "https://a.plant:2380"),
+                                                                ("b", "https://b.plant:2380"),
+                                                                ("c", "https://c.plant:2380")]
         # only the BatchWorkload with failover, each instance with its host and what a member needs to run it
         assert sorted((p.workload, p.origin, p.host, p.after) for p in plan.placements) == [
             ("default/app.a", "a", "a", 10.0), ("default/app.b", "b", "b", 10.0), ("default/app.c", "c", "c", 10.0)]
@@ -83,9 +95,13 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         assert workload["kind"] == "Workload" and workload["name"] == "app.c" and workload["env"] == {"LINE": "g"}
         assert workload["labels"]["origin"] == "c"
         assert secret["kind"] == "Secret" and secret["data"] == {"password": "s3cret"}
-        # the same plan is sent once: a node that has its version gets nothing
-        assert await offline.plan_for(store, "b", beat("b", plan.version)) is None
-        assert (await offline.plan_for(store, "b", beat("b"))) == plan
+        # the same plan is sent once: a node that has its version gets nothing; each member's plan is its own (its
+        # certificate), the rest the same
+        plan_b = await offline.group_plan(store, "b")
+        assert plan_b is not None and plan_b.version != plan.version
+        assert (plan_b.members, plan_b.placements) == (plan.members, plan.placements)
+        assert await offline.plan_for(store, "b", beat("b", plan_b.version)) is None
+        assert (await offline.plan_for(store, "b", beat("b"))) == plan_b
         # a node without consensus settings gets none, and its heartbeat costs no query
         assert await offline.plan_for(store, "b", HeartbeatRequest()) is None
 
@@ -96,7 +112,7 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         [entry] = await failover_audit(store)
         assert (entry["actor"], entry["object"], entry["outcome"]) == ("node:b", "Workload/default/app.c", "ok")
         assert '"previous": "c"' in str(entry["detail"])
-        moved = await offline.plan_for(store, "b", beat("b", plan.version))
+        moved = await offline.plan_for(store, "b", beat("b", plan_b.version))
         assert moved is not None and moved.version != plan.version
         assert next(p.host for p in moved.placements if p.origin == "c") == "b"
         assert "app.c" in {d["name"] for d in (await store.node_documents("b"))[1]}
@@ -114,9 +130,11 @@ async def test_a_group_plan_and_the_takeovers_its_members_report(db_url: str | N
         await offline.adopt(store, "a", [Takeover(workload="default/nope.x", origin="x", previous="x", at=1.0)])
         await offline.adopt(store, "a", [Takeover(workload="default/app.b", origin="c", previous="b", at=1.0)])
         # the heartbeat carrying a refused takeover gets the plan though the node has it: it settles the takeover
-        again = await offline.plan_for(store, "a", beat("a", moved.version, [
+        moved_a = await offline.group_plan(store, "a")
+        assert moved_a is not None
+        again = await offline.plan_for(store, "a", beat("a", moved_a.version, [
             Takeover(workload="default/app.b", origin="c", previous="b", at=1.0)]))
-        assert again == moved
+        assert again == moved_a
         refused = (await failover_audit(store))[1:]
         assert [(e["actor"], e["outcome"]) for e in refused] == [
             ("node:d", "refused: no such placement in the node's group"),
@@ -150,3 +168,94 @@ async def test_a_registry_that_starts_counts_downtime_from_its_start(db_url: str
         # counted from long ago, b is down for longer than `after`: its instance moves
         await workloads.schedule(store, time.time() - 30)
         assert (await placements(store))["app.b"] == "a"
+
+
+def certificate(tls: MemberTls) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(tls.cert.encode())
+
+
+def public(pem: str) -> bytes:
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+async def test_each_member_gets_its_own_etcd_certificate_from_the_groups_ca(db_url: str | None,
+                                                                            tmp_path: Path) -> None:
+    async with RegistryStore(tmp_path / "registry", db_url) as store:
+        for name in ("a", "b", "x", "y"):
+            await store.add_node(name, name, {}, 1.0, None)
+            await store.heartbeat(name, {"consensus": {"peer_url": f"https://10.0.0.{ord(name)}:2380",
+                                                       "client_url": f"https://{name}.plant:2379"}})
+        await store.create_group("g", ["a", "b"], {})
+        await store.create_group("h", ["x", "y"], {})
+        plans: dict[str, FailoverPlan] = {}
+        for name in ("a", "b", "x", "y"):
+            plan = await offline.group_plan(store, name)
+            assert plan is not None and plan.tls is not None
+            plans[name] = plan
+        a, b = plans["a"].tls, plans["b"].tls
+        assert a is not None and b is not None
+        # a's certificate: its name, the hosts of its peer and client URLs, server and client auth, 90 days
+        cert = certificate(a)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "a"
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.97")]
+        assert names.get_values_for_type(x509.DNSName) == ["a.plant"]
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        assert datetime.timedelta(days=89) < lifetime < datetime.timedelta(days=91)
+        assert public(a.key) == cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        # signed by the group's own CA: not the registry's (which signs every node's certificate), not another
+        # group's; the members of a group share it
+        group_ca = x509.load_pem_x509_certificate(a.ca.encode())
+        cert.verify_directly_issued_by(group_ca)
+        assert a.ca == b.ca and plans["x"].tls is not None and plans["x"].tls.ca != a.ca
+        registry_ca = CertificateAuthority.load_or_create(tmp_path / "registry-ca").cert
+        assert group_ca.subject != registry_ca.subject
+        # the plan for one member carries its own key and no other member's, in any form
+        assert a.key != b.key and a.cert != b.cert
+        wire_a = msgspec.json.encode(plans["a"]).decode().replace("\\n", "")  # as it goes down, lines joined
+
+        def material(pem: str) -> str:
+            return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+
+        other_keys = [material(t.key) for n, p in plans.items() if n != "a" and (t := p.tls) is not None]
+        assert len(other_keys) == 3 and material(a.key) in wire_a
+        assert not any(key in wire_a for key in other_keys)
+        assert "PRIVATE KEY" not in repr(plans["a"])
+        # the same certificate for every plan while it is current: the plan's version is stable
+        assert (await offline.group_plan(store, "a")) == plans["a"]
+        # a member that reports other URLs gets a certificate for them (and a new plan version); the others keep theirs
+        await store.heartbeat("a", {"consensus": {"peer_url": "https://[fd00::1]:2380",
+                                                  "client_url": "https://a.plant:2379"}})
+        moved = await offline.group_plan(store, "a")
+        assert moved is not None and moved.tls is not None and moved.version != plans["a"].version
+        assert moved.tls.key != a.key
+        moved_names = certificate(moved.tls).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(ip) for ip in moved_names.get_values_for_type(x509.IPAddress)] == ["fd00::1"]
+        again_b = await offline.group_plan(store, "b")
+        assert again_b is not None and again_b.tls == b
+        # a certificate within 30 days of its end is issued again
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=61)
+        renewed = consensus_ca.member_tls(store.data_dir, "g", "b", "https://10.0.0.98:2380",
+                                          "https://b.plant:2379", now=later)
+        assert renewed.cert != b.cert and renewed.ca == b.ca
+        assert certificate(renewed).not_valid_after_utc > later + datetime.timedelta(days=89)
+        # the keys at the registry are its own to read
+        assert all(oct(path.stat().st_mode & 0o777) == "0o600"
+                   for path in (store.data_dir / "consensus").rglob("*.key"))
+        # http:// URLs are not consensus settings any more: the group has no plan
+        await store.heartbeat("y", consensus("y", peer="http://y.plant:2380"))
+        assert await offline.group_plan(store, "x") is None
+
+
+def test_a_gateway_document_with_an_http_consensus_url_is_refused_naming_the_field() -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.peer_url"):
+        msgspec.convert({"peer_url": "http://10.0.0.1:2380", "client_url": "https://127.0.0.1:2379"},
+                        ConsensusSettings, dec_hook=dec_hook)
+    settings = msgspec.convert({"peer_url": "https://10.0.0.1:2380", "client_url": "https://127.0.0.1:2379"},
+                               ConsensusSettings, dec_hook=dec_hook)
+    assert settings.peer_url == "https://10.0.0.1:2380"

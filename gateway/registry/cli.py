@@ -66,6 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "different replicas reach each other through the relay; default: off")
     serve.add_argument("--peer-advertise", default="", metavar="HOST:PORT",
                        help="the address the other replicas reach --peer-listen at (default: the --peer-listen one)")
+    serve.add_argument("--consensus-certificate-lifetime", type=_duration, default=90 * 86400.0, metavar="DURATION",
+                       help="how long the etcd certificates of groups with offline failover last; members get new "
+                            "ones every two thirds of it (default 90d)")
     serve.add_argument("--heartbeat-interval", type=_duration, default=10.0,
                        help="the heartbeat interval given to nodes that join (default 10s)")
     serve.add_argument("--files", default=os.environ.get("FIELDGATE_REGISTRY_FILES") or None, metavar="DIR|S3URL",
@@ -204,9 +207,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "serve":
         from gateway.cli import setup_logging
         from gateway.registry.batch import record_urls
+        from gateway.registry.consensus_ca import set_member_days
         from gateway.registry.server import serve
 
         setup_logging("human")
+        try:
+            set_member_days(args.consensus_certificate_lifetime / 86400)
+        except ValueError as exc:
+            print(f"fieldgate registry serve: --consensus-certificate-lifetime: {exc}", file=sys.stderr)
+            return 2
         record_urls(args.data_dir, args.listen)  # for bundles made without --url
         from gateway.registry.files import Retention
 

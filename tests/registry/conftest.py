@@ -52,6 +52,7 @@ class Registry:
     def __init__(self, data_dir: Path, db: str | None = None) -> None:
         self.data_dir = data_dir
         self.db_args = ["--db", db] if db else []
+        self.serve_args: list[str] = []  # more `registry serve` options
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -59,7 +60,8 @@ class Registry:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [*FIELDGATE, "registry", "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-             "--heartbeat-interval", "1s", *self.db_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--heartbeat-interval", "1s", *self.db_args, *self.serve_args], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -213,7 +213,7 @@ async def test_each_member_gets_its_own_etcd_certificate_from_the_groups_ca(db_u
         group_ca = x509.load_pem_x509_certificate(a.ca.encode())
         cert.verify_directly_issued_by(group_ca)
         assert a.ca == b.ca and plans["x"].tls is not None and plans["x"].tls.ca != a.ca
-        registry_ca = CertificateAuthority.load_or_create(tmp_path / "registry-ca").cert
+        registry_ca = CertificateAuthority.load_or_create(store.data_dir).cert
         assert group_ca.subject != registry_ca.subject
         # the plan for one member carries its own key and no other member's, in any form
         assert a.key != b.key and a.cert != b.cert
@@ -242,11 +242,19 @@ async def test_each_member_gets_its_own_etcd_certificate_from_the_groups_ca(db_u
         later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=61)
         renewed = consensus_ca.member_tls(store.data_dir, "g", "b", "https://10.0.0.98:2380",
                                           "https://b.plant:2379", now=later)
-        assert renewed.cert != b.cert and renewed.ca == b.ca
-        assert certificate(renewed).not_valid_after_utc > later + datetime.timedelta(days=89)
-        # the keys at the registry are its own to read
-        assert all(oct(path.stat().st_mode & 0o777) == "0o600"
-                   for path in (store.data_dir / "consensus").rglob("*.key"))
+        assert renewed.cert != b.cert and renewed.key != b.key and renewed.ca == b.ca
+        assert certificate(renewed).not_valid_before_utc <= later
+        assert certificate(renewed).not_valid_after_utc > later + datetime.timedelta(days=29)
+        # nothing is stored: another replica with the registry's CA files hands out the very same material
+        replica = tmp_path / "replica"
+        replica.mkdir()
+        for name in ("ca.pem", "ca.key"):
+            (replica / name).write_bytes((store.data_dir / name).read_bytes())
+        assert consensus_ca.member_tls(replica, "g", "b", "https://10.0.0.98:2380", "https://b.plant:2379") == b
+        assert not (store.data_dir / "consensus").exists()
+        # a registry with another CA derives other keys
+        other = tmp_path / "other-registry"
+        assert consensus_ca.member_tls(other, "g", "b", "https://10.0.0.98:2380", "https://b.plant:2379").key != b.key
         # http:// URLs are not consensus settings any more: the group has no plan
         await store.heartbeat("y", consensus("y", peer="http://y.plant:2380"))
         assert await offline.group_plan(store, "x") is None

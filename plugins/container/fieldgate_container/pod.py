@@ -65,6 +65,28 @@ class MemberChecks:
         return self.pod.check_address(port)
 
 
+def check_address(spec: InstanceSpec, published_host: str, address: str | None,
+                  port: int | str) -> tuple[str, int] | None:
+    """Where http and tcp checks reach an app (one container or a pod): a named port or a mapped container port at
+    its published host port; on the host's network the port itself; else the port at the container's (or pod's) own
+    address."""
+    workload = spec.workload
+    if workload.network == "none":
+        return None
+    if isinstance(port, str):
+        host_port = spec.ports.get(port)
+        if host_port is None:
+            return None
+        return (HOST if workload.network == "host" else published_host), host_port
+    if workload.network == "host":
+        return HOST, port
+    for mapping in workload.all_ports:
+        host_port = spec.ports.get(mapping.name, 0)
+        if mapping.protocol == "tcp" and host_port and (mapping.container_port or host_port) == port:
+            return published_host, host_port
+    return (address, port) if address else (published_host, port)
+
+
 class PodInstance(Instance):
     """The pod of one instance: its app containers, each kept running by the restart policy."""
 
@@ -103,23 +125,8 @@ class PodInstance(Instance):
         return "the first container is not running" if current is None else await current.exec_check(command)
 
     def check_address(self, port: int | str) -> tuple[str, int] | None:
-        """A named port or a mapped container port at its published host port; on the host's network the port
-        itself; else the port at the pod's own address."""
-        workload = self.spec.workload
-        if workload.network == "none":
-            return None
-        if isinstance(port, str):
-            host_port = self.spec.ports.get(port)
-            if host_port is None:
-                return None
-            return (HOST if workload.network == "host" else self.published_host), host_port
-        if workload.network == "host":
-            return HOST, port
-        for mapping in workload.all_ports:
-            host_port = self.spec.ports.get(mapping.name, 0)
-            if mapping.protocol == "tcp" and host_port and (mapping.container_port or host_port) == port:
-                return self.published_host, host_port
-        return (self.address, port) if self.address else (self.published_host, port)
+        """Where http and tcp checks reach a pod's containers (see `check_address`)."""
+        return check_address(self.spec, self.published_host, self.address, port)
 
     def counters(self) -> Counters | None:
         """The counters of the pod's cgroup (every container of it, the parent of theirs)."""

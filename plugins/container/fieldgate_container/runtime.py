@@ -19,7 +19,14 @@ from typing import ClassVar
 import psutil
 
 from fieldgate_container.engine import Engine, Result, find_engine, last_line, wanted
-from fieldgate_container.pod import LABEL_CONTAINER, PodInstance, create_pod, member_mounts, pod_address
+from fieldgate_container.pod import (
+    LABEL_CONTAINER,
+    PodInstance,
+    check_address,
+    create_pod,
+    member_mounts,
+    pod_address,
+)
 from gateway.errors import WorkloadError
 from gateway.resources.schema import Capabilities, Container, Limits, SecuritySettings, Workload
 from gateway.workloads.figures import Counters, own_cgroup_counters, process_tree
@@ -190,23 +197,8 @@ class ContainerInstance(Instance):
                         leftover.kill()
 
     def check_address(self, port: int | str) -> tuple[str, int] | None:
-        """Where http and tcp checks reach the app: a named port or a mapped container port at its published
-        host port; on the host's network the port itself; else the port at the container's own address."""
-        workload = self.spec.workload
-        if workload.network == "none":
-            return None
-        if isinstance(port, str):
-            host_port = self.spec.ports.get(port)
-            if host_port is None:
-                return None
-            return (HOST if workload.network == "host" else self.published_host), host_port
-        if workload.network == "host":
-            return HOST, port
-        for mapping in workload.ports:
-            host_port = self.spec.ports.get(mapping.name, 0)
-            if mapping.protocol == "tcp" and host_port and (mapping.container_port or host_port) == port:
-                return self.published_host, host_port
-        return (self.address, port) if self.address else (self.published_host, port)
+        """Where http and tcp checks reach the app (see fieldgate_container.pod.check_address)."""
+        return check_address(self.spec, self.published_host, self.address, port)
 
     async def wait(self) -> Exit:
         return await asyncio.shield(self._ended)

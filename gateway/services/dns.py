@@ -76,5 +76,4 @@ class DnsResponder:
         elif question.qtype in (QTYPE.A, QTYPE.ANY):
             reply.add_answer(RR(question.qname, QTYPE.A, rdata=A(address), ttl=TTL))
             self.answered += 1
-        packed: bytes = reply.pack()
-        return packed
+        return bytes(reply.pack())

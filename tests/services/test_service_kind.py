@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import ResourceError
 from gateway.resources.loader import Source, check_documents
@@ -109,3 +111,22 @@ def test_the_registry_keeps_services_and_computes_their_endpoints(registry: Regi
         assert [(s["name"], s["endpoints"], s["ready"]) for s in listed] == [("echo", [], 0)]  # forged: dropped
         assert writer.delete("/api/v1/documents/Service/default/echo").status_code == 200
         assert reader.get("/api/v1/services").json() == []
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["echo.default.svc", "echo", "a" * 63 + ".b", "x.y.z", "ECHO.Default.SVC"]),
+       st.sampled_from(["A", "AAAA", "ANY", "SRV", "TXT"]),
+       st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), max_size=6),
+       st.integers(0, 600), st.binary(max_size=20))
+def test_the_dns_responder_never_raises_on_mangled_queries(name: str, qtype: str, flips: list[tuple[int, int]],
+                                                           cut: int, tail: bytes) -> None:
+    """Valid queries with bytes flipped, cut short or followed by junk: an answer or nothing, never an exception
+    (an exception in the datagram callback would be logged for every packet a hostile sender sends)."""
+    dns = DnsResponder(_Mesh())  # type: ignore[arg-type]
+    data = bytearray(DNSRecord.question(name, qtype).pack())
+    for offset, value in flips:
+        if data:
+            data[offset % len(data)] = value
+    mangled = bytes(data[:cut]) + tail
+    answer = dns.answer(mangled)
+    assert answer is None or (isinstance(answer, bytes) and len(answer) <= 512)

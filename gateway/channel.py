@@ -138,6 +138,7 @@ class Stream:
         whose reader keeps up: more in flight rides out the scheduling delays of a busy machine)."""
         if extra > 0 and self.error is None and not self._received_end:
             self.mux.send_control(StreamCredit(stream=self.id, credit=extra))
+            self._granted += extra  # what the other side may now send: counted, or its data would look like abuse
 
     async def close(self, error: str | None = None) -> None:
         """No more data from this side; with `error`, abort the stream both ways."""

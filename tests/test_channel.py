@@ -218,3 +218,43 @@ async def test_a_peer_that_sends_beyond_the_credit_granted_breaks_the_protocol()
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
         await mux.close("done")
+
+
+async def test_a_widened_stream_takes_the_extra_credit_it_granted_and_no_more() -> None:
+    """A bulk reader widens its stream (files do): the peer may then send the window plus the extra before any
+    credit comes back, and the receiver counts it so: not a byte of it is taken for a peer ignoring flow control."""
+    from gateway.channel import ChannelError
+    from gateway.wire import StreamOpen
+
+    opened: list[Stream] = []
+    hold = asyncio.Event()
+
+    async def widens(stream: Stream) -> None:
+        stream.widen(4 * MAX_STREAM_CHUNK)
+        opened.append(stream)
+        await hold.wait()
+
+    sent: list[bytes] = []
+
+    async def sink(data: bytes) -> None:
+        sent.append(data)
+
+    mux = Multiplexer(sink, odd=False, handlers={"bulk": widens})
+    writer = asyncio.create_task(mux.run_writer())
+    try:
+        mux.dispatch(StreamOpen(stream=1, kind="bulk"))
+        for _ in range(100):
+            if opened:
+                break
+            await asyncio.sleep(0.01)
+        assert opened
+        chunk = bytes(MAX_STREAM_CHUNK)
+        for _ in range(STREAM_WINDOW // MAX_STREAM_CHUNK + 4):  # the window and the extra: all taken
+            mux.dispatch(StreamData(stream=1, data=chunk))
+        assert opened[0].bytes_received == STREAM_WINDOW + 4 * MAX_STREAM_CHUNK
+        with pytest.raises(ChannelError, match="stream 1: 1 bytes beyond the credit granted"):
+            mux.dispatch(StreamData(stream=1, data=b"x"))
+    finally:
+        hold.set()
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)

@@ -11,8 +11,10 @@ certificates are signed deterministically (RFC 6979) over fixed fields, so every
 the CA's `ca.pem`/`ca.key`) hands a member byte-identical material and its plan's version does not change with the
 replica that answers. A member's certificate belongs to a period of two thirds of its lifetime (MEMBER_DAYS, or
 `registry serve --consensus-certificate-lifetime`) and lasts the whole lifetime, so the one in use always has a
-third of it left; the next period, or other URLs reported by the member, give a new key and certificate, which the
-member gets inside its plan, over its mutual-TLS uplink. Neither certificates nor keys are logged."""
+third of it left; each member's periods start at a time of its own (from a hash of group and node), so a group's
+members do not restart their etcd members together; the next period, or other URLs reported by the member, give a
+new key and certificate, which the member gets inside its plan, over its mutual-TLS uplink. Neither certificates nor
+keys are logged."""
 
 from __future__ import annotations
 
@@ -103,15 +105,18 @@ def member_tls(data_dir: Path, group: str, node: str, peer_url: str, client_url:
     """The certificate of `node`'s etcd member in `group` for the current period and these URLs."""
     now = now or datetime.datetime.now(datetime.UTC)
     days = _settings["member_days"]
-    index = int(now.timestamp() // datetime.timedelta(days=days * 2 / 3).total_seconds())
-    return _member_tls(data_dir, group, node, peer_url, client_url, days, index)
+    period = days * 86400 * 2 / 3
+    # each member's periods start at a time of its own, so the members of a group never all restart their etcd
+    # members at once for new certificates (the group would lose its majority, and stop its guarded apps, for that)
+    offset = _serial("offset", group, node) % max(int(period), 1)
+    index = int((now.timestamp() + offset) // period)
+    return _member_tls(data_dir, group, node, peer_url, client_url, days, index, index * period - offset)
 
 
 @functools.lru_cache(maxsize=1024)
-def _member_tls(data_dir: Path, group: str, node: str, peer_url: str, client_url: str, days: float,
-                index: int) -> MemberTls:
-    start = datetime.datetime.fromtimestamp(index * datetime.timedelta(days=days * 2 / 3).total_seconds(),
-                                            datetime.UTC)
+def _member_tls(data_dir: Path, group: str, node: str, peer_url: str, client_url: str, days: float, index: int,
+                started: float) -> MemberTls:
+    start = datetime.datetime.fromtimestamp(started, datetime.UTC)
     ca = group_ca(data_dir, group)
     hosts = url_hosts(peer_url, client_url)
     key = _derived_key(ca.key, "member", group, node, str(days), str(index), *hosts)

@@ -172,31 +172,32 @@ def check_mutual_tls(member: Member) -> None:
 
 
 def check_new_certificate(registry: Registry, member: Member) -> None:
-    """A new certificate from the registry (the registry restarted with certificates lasting 30 s, so a new period
-    begins within 20 s) reaches the member, which restarts its etcd member with it and holds its placement again."""
+    """A new certificate from the registry (the registry restarted with certificates lasting 60 s, so the member's
+    next period begins within 40 s) reaches the member, which restarts its etcd member with it and holds its
+    placement again."""
     directory = member.data_dir / "consensus"
     before = (directory / "member.pem").read_text()
     pid = member.status()["consensus"]["member"]["pid"]
     assert registry.process is not None
     stop(registry.process)
-    registry.serve_args = ["--consensus-certificate-lifetime", "30s"]
+    registry.serve_args = ["--consensus-certificate-lifetime", "60s"]
     registry.start()
     wait_until(lambda: (directory / "member.pem").read_text() != before, timeout=60, what="the new certificate")
     renewed = x509.load_pem_x509_certificate((directory / "member.pem").read_bytes())
     assert renewed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == member.name
-    assert renewed.not_valid_after_utc - renewed.not_valid_before_utc < datetime.timedelta(minutes=6)
+    assert renewed.not_valid_after_utc - renewed.not_valid_before_utc < datetime.timedelta(minutes=7)
     wait_until(lambda: (s := member.status()["consensus"])["member"]["pid"] not in (None, pid) and s["lease"]["live"]
-               and s["held"] == [f"default/app.{member.name}"], timeout=30, what="the member back with it")
+               and s["held"] == [f"default/app.{member.name}"], timeout=60, what="the member back with it")
     ca, cert, key = directory / "ca.pem", directory / "member.pem", directory / "member.key"
 
-    def answers() -> bool:  # the member restarts at each new period (20 s here): try again over one
+    def answers() -> bool:  # the member restarts at each new period (40 s here): try again over one
         try:
             with tls_client(ca, cert, key) as client:
                 return client.post(f"{member.client_url}/v3/maintenance/status", json={}).status_code == 200
         except (httpx.HTTPError, OSError):
             return False
 
-    wait_until(answers, timeout=30, what="the member answering with its new certificate")
+    wait_until(answers, timeout=60, what="the member answering with its new certificate")
 
 
 def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(registry: Registry, members: list[Member],

@@ -217,6 +217,8 @@ async def test_each_member_gets_its_own_etcd_certificate_from_the_groups_ca(db_u
         assert group_ca.subject != registry_ca.subject
         # the plan for one member carries its own key and no other member's, in any form
         assert a.key != b.key and a.cert != b.cert
+        # each member's certificates come at times of its own: a group's etcd members never all restart at once
+        assert certificate(a).not_valid_before_utc != certificate(b).not_valid_before_utc
         wire_a = msgspec.json.encode(plans["a"]).decode().replace("\\n", "")  # as it goes down, lines joined
 
         def material(pem: str) -> str:

@@ -120,6 +120,7 @@ class ServiceMesh:
         self.failed: dict[str, float] = {}  # target key → until
         self.direct_failed: dict[str, float] = {}  # node → until
         self.dns: Any = None
+        self._dns_warned = False  # a DNS responder that could not listen was said once
         self.mesh_server: asyncio.Server | None = None
         self.mesh_address = ""
         self.events: list[dict[str, Any]] = []
@@ -143,18 +144,26 @@ class ServiceMesh:
     async def start(self, config: Config) -> None:
         self._settings = config.gateway.services
         self._tls = contexts(self.gateway.data_dir)
-        if self._settings.dns_port:
-            from gateway.services.dns import DnsResponder
-
-            self.dns = DnsResponder(self)
-            try:
-                await self.dns.start(self.dns_address(), self._settings.dns_port)
-            except OSError as exc:
-                log.warning("services: no DNS responder on %s:%d: %s", self.dns_address(), self._settings.dns_port,
-                            exc)
-                self.dns = None
         await self._start_mesh_server()
         await self.reconcile(config)
+
+    async def _ensure_dns(self) -> None:
+        """The DNS responder runs once the node has a Service: a node without any opens no DNS port. One that cannot
+        listen is tried again at the next change of the Services, and said once."""
+        if self.dns is not None or not self._settings.dns_port:
+            return
+        from gateway.services.dns import DnsResponder
+
+        dns = DnsResponder(self)
+        try:
+            await dns.start(self.dns_address(), self._settings.dns_port)
+        except OSError as exc:
+            if not self._dns_warned:
+                log.warning("services: no DNS responder on %s:%d: %s", self.dns_address(), self._settings.dns_port,
+                            exc)
+            self._dns_warned = True
+            return
+        self.dns = dns
 
     async def _start_mesh_server(self) -> None:
         listen = self._settings.mesh_listen
@@ -215,6 +224,8 @@ class ServiceMesh:
             log.warning("services: changed addresses, dns_port, mesh_listen or advertise take effect at the next "
                         "start")
         wanted = config.services
+        if wanted:
+            await self._ensure_dns()
         for key in list(self.services):
             if key not in wanted:
                 self._close_servers(self.services.pop(key))

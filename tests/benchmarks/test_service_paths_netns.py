@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,13 @@ import pytest
 from tests.conftest import FIELDGATE
 from tests.services.conftest import APPS, ECHO, PYTHON
 from tests.services.test_services_netns import A_B, MESH, NODES, PORT, REGISTRY, Fleet
+from tests.services.test_services_netns import fleet as fleet  # the namespaces, made and removed
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
 MB = int(os.environ.get("FIELDGATE_BENCH_MB", "32"))
 ROUNDS = int(os.environ.get("FIELDGATE_BENCH_ROUNDS", "500"))
 CONNECTIONS = int(os.environ.get("FIELDGATE_BENCH_CONNECTIONS", "300"))
 PLAIN_PORT = 7100
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    made = Fleet(tmp_path)
-    try:
-        made.build()
-        yield made
-    finally:
-        made.remove()
 
 
 def documents() -> list[dict[str, Any]]:

@@ -129,6 +129,11 @@ async def adopt(store: RegistryStore, node: str, takeovers: list[Takeover] | Non
     """Make the registry's placements agree with what the node took over in its group, each audited."""
     if not takeovers:
         return
+    async with store.workloads.placing:
+        await _adopt(store, node, takeovers)
+
+
+async def _adopt(store: RegistryStore, node: str, takeovers: list[Takeover]) -> None:
     groups = await store.group_members()
     placements = {(ns, name): (host, kind, source, origin)
                   for ns, name, host, kind, source, origin, _ in await store.workloads.placements()}

@@ -116,20 +116,24 @@ def _amount(raw: Any) -> float | None:
 
 
 async def placement_nodes(store: RegistryStore, since: float = 0.0) -> dict[str, PlacementNode]:
-    """The nodes as placement sees them; a node counts as down since `since` at the earliest (the registry's
-    start: the time the registry was away is not the nodes' downtime)."""
+    """The nodes as placement sees them; a node not heard from since `since` (the registry's start: the time the
+    registry was away is not the nodes' downtime) counts as down only once the registry has been up for
+    OFFLINE_AFTER heartbeat intervals."""
     now = time.time()
     nodes = {}
     infos = await store.node_infos()
     for name, labels, joined_at, last, interval, paused, workspace in await store.placement_nodes():
         healthy = last is not None and now - last <= OFFLINE_AFTER * interval
+        # a node is down once it has missed OFFLINE_AFTER heartbeats, and not before the registry (back since
+        # `since`) has been up as long: a node it has not heard from yet may be waiting out its backoff
+        down_since = max(last or joined_at, since) + (OFFLINE_AFTER * interval if since > (last or joined_at) else 0)
         info = infos.get(name, {})
         reported = info.get("allocatable")
         allocatable: dict[str, Any] = reported if isinstance(reported, dict) else {}
         accelerators = info.get("accelerators", allocatable.get("accelerators"))
         version = info.get("version")
         nodes[name] = PlacementNode(
-            name, labels, workspace, paused, healthy, 0.0 if healthy else now - max(last or joined_at, since),
+            name, labels, workspace, paused, healthy, 0.0 if healthy else max(0.0, now - down_since),
             as_counts(accelerators) if accelerators is not None else None, _amount(allocatable.get("cpu")),
             _amount(allocatable.get("memory")), str(version)[:64] if version is not None else None)
     return nodes
@@ -345,13 +349,14 @@ def _allocate(result: Plan, asks: list[Ask], current: dict[Placement, Source],
 async def schedule(store: RegistryStore, since: float = 0.0) -> int:
     """Bring the placements in step with the documents and the nodes; how many placements changed. A node counts
     as down since `since` at the earliest (the registry's start: the time it was away is not the nodes' downtime)."""
-    now = time.time()
-    result = await plan(store, now, since)
-    current = {(ns, name, node) for ns, name, node, *_ in await store.workloads.placements()}
-    wanted = result.wanted
-    removed, added = current - wanted.keys(), wanted.keys() - current
-    if removed or added:
-        await store.workloads.place(removed, {key: wanted[key] for key in added}, now)
+    async with store.workloads.placing:
+        now = time.time()
+        result = await plan(store, now, since)
+        current = {(ns, name, node) for ns, name, node, *_ in await store.workloads.placements()}
+        wanted = result.wanted
+        removed, added = current - wanted.keys(), wanted.keys() - current
+        if removed or added:
+            await store.workloads.place(removed, {key: wanted[key] for key in added}, now)
         for namespace, name, node in sorted(added):
             log.info("workload %s/%s placed on node %s", namespace, name, node)
     for key in result.ended:

@@ -57,11 +57,17 @@ class Registry:
         self.url = f"https://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def log(self) -> Path:
+        """Where the registry's output goes (every start appends), for a failing test to show."""
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [*FIELDGATE, "registry", "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-             "--heartbeat-interval", "1s", *self.db_args, *self.serve_args], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*FIELDGATE, "registry", "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir",
+                 str(self.data_dir), "--heartbeat-interval", "1s", *self.db_args, *self.serve_args], stdout=log,
+                stderr=log)
         wait_for_port(self.port, self.process)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -271,7 +271,14 @@ def test_a_group_cut_off_from_the_registry_moves_an_app_off_a_dead_member(regist
 
     # the registry comes back: it adopts the takeover, its placement names the new node, and it is audited
     registry.start()
-    wait_until(lambda: placement(registry, "app.gw-3") == new_node, timeout=60, what="the registry agreeing")
+    try:
+        wait_until(lambda: placement(registry, "app.gw-3") == new_node, timeout=60, what="the registry agreeing")
+    except AssertionError as exc:
+        lines = [f"{log.name}: {line}" for log in (registry.log, *(tmp_path / f"{m.name}.log" for m in members))
+                 for line in log.read_text(errors="replace").splitlines()
+                 if any(word in line for word in ("placed", "taken over", "moved", "failover", "registry"))]
+        raise AssertionError(f"{exc}; placed on {placement(registry, 'app.gw-3')}:\n" + "\n".join(lines[-80:])) \
+            from None
     audit = [json.loads(line) for line in registry.cli("audit", "--json", "--limit", "200").stdout.splitlines()]
     adopted = [e for e in audit if e["action"] == "failover.offline"]
     assert adopted and adopted[-1]["outcome"] == "ok" and adopted[-1]["actor"] == f"node:{new_node}"

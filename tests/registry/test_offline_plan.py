@@ -6,6 +6,7 @@ registry that starts does not count its own absence as the nodes' downtime."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import time
@@ -165,6 +166,9 @@ async def test_a_registry_that_starts_counts_downtime_from_its_start(db_url: str
         started = time.time() - 2  # the registry started 2 s ago: b has been "down" for 2 s of its watch, not 60
         assert await workloads.schedule(store, started) == 0
         assert (await placements(store))["app.b"] == "b"
+        # up for `after` (10 s), b is not down yet either: it has had no 3 heartbeat intervals (1 s) to come back in
+        assert await workloads.schedule(store, time.time() - 11) == 0
+        assert (await placements(store))["app.b"] == "b"
         # counted from long ago, b is down for longer than `after`: its instance moves
         await workloads.schedule(store, time.time() - 30)
         assert (await placements(store))["app.b"] == "a"
@@ -269,3 +273,21 @@ def test_a_gateway_document_with_an_http_consensus_url_is_refused_naming_the_fie
     settings = msgspec.convert({"peer_url": "https://10.0.0.1:2380", "client_url": "https://127.0.0.1:2379"},
                                ConsensusSettings, dec_hook=dec_hook)
     assert settings.peer_url == "https://10.0.0.1:2380"
+
+
+async def test_a_takeover_and_the_scheduler_at_once_leave_one_placement(db_url: str | None, tmp_path: Path) -> None:
+    """The registry's own failover and a member's takeover of the same instance, in the same moment: each reads the
+    placements and then writes them, never from a reading the other changed; the takeover wins."""
+    async with RegistryStore(tmp_path / "registry", db_url) as store:
+        for name in ("a", "b", "c"):
+            await store.add_node(name, name, {}, 1.0, None)
+            await store.heartbeat(name, {})
+        await store.create_group("g", ["a", "b", "c"], {})
+        await workloads.apply_documents(store, parse_yaml(DOCUMENTS, "app.yaml"), "default", access.cli_caller(),
+                                        "app.yaml")
+        await store.database.write("UPDATE nodes SET last_heartbeat=? WHERE name=?", time.time() - 60, "b")
+        takeover = Takeover(workload="default/app.b", origin="b", previous="b", at=time.time())
+        for _ in range(5):
+            await asyncio.gather(workloads.schedule(store), offline.adopt(store, "c", [takeover]))
+            rows = await store.database.rows("SELECT node FROM workload_placements WHERE name='app.b'")
+            assert [node for (node,) in rows] == ["c"]

@@ -5,10 +5,11 @@ when they have been failing on a node (`workload_failures`) and the moves away f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.registry.store.db import NODES_CHANNEL, Statement, Tables
+from gateway.registry.store.db import NODES_CHANNEL, Opened, Statement, Tables
 from gateway.wire import EventReport
 
 Placement = tuple[str, str, str]  # namespace, name, node
@@ -17,6 +18,12 @@ Status = tuple[str, str, str, str, int, int, int, str, str]  # namespace, name, 
 
 
 class WorkloadTables(Tables):
+    def __init__(self, store: Opened) -> None:
+        super().__init__(store)
+        # held by whatever reads the placements and then writes them (the scheduler, a takeover's adoption), so
+        # that neither writes from a reading the other has changed meanwhile
+        self.placing = asyncio.Lock()
+
     async def placements(self) -> list[tuple[str, str, str, str, str, str, float]]:
         """(namespace, name, node, source kind, source, origin, placed at) of every placement, oldest first."""
         return [(str(ns), str(name), str(node), str(kind), str(source), str(origin), placed_at)

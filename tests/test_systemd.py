@@ -69,8 +69,8 @@ def test_ready_watchdog_and_stopping(tmp_path: Path, notify_socket: socket.socke
     try:
         ready = receive_until(notify_socket, "READY=1")
         assert "MAINPID=" in ready[-1]
-        pings = receive(notify_socket, 1.0)
-        assert 5 <= len(pings) <= 14 and set(pings) == {"WATCHDOG=1"}, pings  # every 100 ms
+        pings = receive(notify_socket, 2.0)
+        assert 5 <= len(pings) <= 28 and set(pings) == {"WATCHDOG=1"}, pings  # every 100 ms (a busy box: fewer)
 
         process.send_signal(signal.SIGSTOP)
         receive(notify_socket, 0.15)  # a ping already on its way

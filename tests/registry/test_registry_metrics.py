@@ -25,6 +25,10 @@ HEARTBEATS = 5
 async def test_registry_metrics_count_what_happened(registry: Registry, tmp_path: Path,
                                                     joined: tuple[Uplink, httpx.AsyncClient]) -> None:
     uplink, node = joined  # one join so far
+    # the CLI first: each call takes seconds on a busy box, which must not pass between the heartbeats and the
+    # scrape (a node without a heartbeat for 3 intervals is offline)
+    operator = registry.cli("token", "create", "--role", "operator").stdout.strip()
+    viewer = registry.cli("token", "create", "--role", "viewer").stdout.strip()
     token = registry.token("--max-uses", "2")
     with pytest.raises(ConfigError, match="409"):  # the name is taken
         await join(registry.url, token, tmp_path / "other", name="gw-1")
@@ -39,8 +43,6 @@ async def test_registry_metrics_count_what_happened(registry: Registry, tmp_path
         assert (await anonymous.post("/api/v1/heartbeat", json={})).status_code == 401  # no client certificate
         assert (await anonymous.get("/metrics")).status_code == 401
 
-    operator = registry.cli("token", "create", "--role", "operator").stdout.strip()
-    viewer = registry.cli("token", "create", "--role", "viewer").stdout.strip()
     async with httpx.AsyncClient(base_url=registry.url, verify=False, timeout=10,
                                  headers={"Authorization": f"Bearer {operator}"}) as api:
         for ttl in ("1h", "1h", "0s"):

@@ -269,7 +269,8 @@ def test_each_desired_value_is_written_once_through_a_flapping_link(tmp_path: Pa
                         link.reset_all()  # right after a push: its acknowledgement may be lost
                 time.sleep(6)  # reconnections and repeated pushes while the link keeps flapping
             conditions.reset_rate = 0.0
-            uplink = wait_until(lambda: gateway.on("channel"), what="the channel back")
+            # its backoff may have grown to RECONNECT_MAX (30 s) while the link flapped
+            uplink = wait_until(lambda: gateway.on("channel"), timeout=60, what="the channel back")
             assert link.stats.resets >= 10, link.stats
             # the link flapped: the node came back several times (how often depends on the backoff's jitter)
             assert uplink["channel"]["connects"] >= 3, uplink

@@ -332,7 +332,8 @@ async def test_bdseq_grows_with_every_connection_and_survives_restarts(
                 pass
             _, _, ndeath = await host.wait_for(lambda t, p: kind(t) == "NDEATH", after=mark)
             assert bd_seq(ndeath) == 0 and by_name(ndeath)["bdSeq"].datatype == tahu.UInt64
-            _, _, nbirth = await host.wait_for(lambda t, p: kind(t) == "NBIRTH", after=mark)
+            # the reconnect: after a backoff of 0.5 s, a new bdSeq stored with fsync (seconds on a busy box)
+            _, _, nbirth = await host.wait_for(lambda t, p: kind(t) == "NBIRTH", after=mark, timeout=30)
             assert bd_seq(nbirth) == 1 and nbirth.seq == 0
             await host.wait_for(lambda t, p: t == dbirth_topic("boiler-1"), after=mark)
 
@@ -340,7 +341,7 @@ async def test_bdseq_grows_with_every_connection_and_survives_restarts(
             mark = len(host.messages)
             mosquitto.stop()
             mosquitto.start()
-            _, _, nbirth = await host.wait_for(lambda t, p: kind(t) == "NBIRTH", after=mark, timeout=15)
+            _, _, nbirth = await host.wait_for(lambda t, p: kind(t) == "NBIRTH", after=mark, timeout=30)
             assert bd_seq(nbirth) == 2
             await host.wait_for(lambda t, p: t == dbirth_topic("boiler-1"), after=mark)
             mark = len(host.messages)

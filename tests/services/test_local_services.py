@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from gateway.services.dns import frame
 from gateway.testing import free_port
 from tests.services.conftest import ECHO, PYTHON, service_network
 
@@ -64,14 +66,25 @@ async def ask_udp(address: str, port: int, payload: bytes = b"who") -> str:
     raise AssertionError("no UDP answer")
 
 
-async def query(server: str, port: int, name: str) -> DNSRecord:
+async def query(server: str, port: int, name: str, qtype: str = "A") -> DNSRecord:
     """A DNS question over UDP, without blocking the loop the responder runs on."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         await loop.sock_connect(sock, (server, port))
-        await loop.sock_sendall(sock, DNSRecord.question(name).pack())
+        await loop.sock_sendall(sock, DNSRecord.question(name, qtype).pack())
         return DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 5))
+
+
+async def ask_tcp(server: str, port: int, name: str, qtype: str = "A") -> DNSRecord:
+    """A DNS question over TCP (a 2-byte length before each message)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(server, port), 5)
+    try:
+        writer.write(frame(bytes(DNSRecord.question(name, qtype).pack())))
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+        return DNSRecord.parse(await asyncio.wait_for(reader.readexactly(size), 5))
+    finally:
+        writer.close()
 
 
 async def ready_instances(node: Any, count: int) -> None:
@@ -107,6 +120,11 @@ async def test_round_robin_affinity_udp_dns_env_and_counters(start_node: Callabl
         assert [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A] == [address], (name, reply)
     missing = await query(dns, dns_port, "nope.default.svc")
     assert missing.header.rcode == RCODE.NXDOMAIN
+    srv = await ask_tcp(dns, dns_port, "_udp._udp.echo.default.svc", "SRV")  # TCP on the same port, SRV as k8s
+    assert [(rr.rdata.port, str(rr.rdata.target)) for rr in srv.rr] == [(7001, "echo.default.svc.")]
+    assert [str(rr.rdata) for rr in srv.ar] == [address]
+    aaaa = await query(dns, dns_port, "echo.default.svc", "AAAA")
+    assert aaaa.header.rcode == RCODE.NOERROR and aaaa.rr == []
 
     # the apps were given the service's address and port
     logs = (await node.api.get("/api/v1/workloads/default/echo/logs")).text

@@ -1,7 +1,6 @@
 """The Service kind: what `fieldgate check` refuses (with the file, the document and the field), target ports by
-workload port name, the DNS responder against names it does not serve and datagrams that are no query, and the
-registry: applying a Service (its `endpoints` are the registry's), the permission it needs, and the endpoints it
-computes from placements and the nodes' reports."""
+workload port name, and the registry: applying a Service (its `endpoints` are the registry's), the permission it
+needs, and the endpoints it computes from placements and the nodes' reports (the DNS responder: test_dns.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from gateway.errors import ResourceError
 from gateway.resources.loader import Source, check_documents
 from gateway.resources.schema import PortMapping, Service, ServicePort, Workload
 from gateway.resources.services import instance_ports
-from gateway.services.dns import DnsResponder
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry
 from tests.registry.test_messages import api
@@ -79,22 +74,6 @@ def test_target_ports_by_name_by_number_and_by_default() -> None:
                                                                                  "c": 7000}
 
 
-class _Mesh:
-    def resolve(self, name: str) -> str | None:
-        return "127.77.0.9" if name.lower() in ("echo", "echo.default", "echo.default.svc") else None
-
-
-def test_the_dns_responder_answers_service_names_only() -> None:
-    dns = DnsResponder(_Mesh())  # type: ignore[arg-type]
-    answer = DNSRecord.parse(dns.answer(DNSRecord.question("echo.default.svc").pack()))
-    assert [(rr.rtype, str(rr.rdata)) for rr in answer.rr] == [(QTYPE.A, "127.77.0.9")]
-    assert DNSRecord.parse(dns.answer(DNSRecord.question("echo", "AAAA").pack())).rr == []
-    missing = DNSRecord.parse(dns.answer(DNSRecord.question("example.com").pack()))
-    assert missing.header.rcode == RCODE.NXDOMAIN and missing.rr == []
-    for junk in (b"", b"\x00" * 11, b"\xff" * 40, b"x" * 600, DNSRecord.question("echo").reply().pack()):
-        assert dns.answer(junk) is None  # no query: no answer, never an exception
-
-
 def test_the_registry_keeps_services_and_computes_their_endpoints(registry: Registry) -> None:
     admin = registry.cli("token", "create", "--role", "admin").stdout.strip()
     viewer = registry.cli("token", "create", "--role", "viewer").stdout.strip()
@@ -111,22 +90,3 @@ def test_the_registry_keeps_services_and_computes_their_endpoints(registry: Regi
         assert [(s["name"], s["endpoints"], s["ready"]) for s in listed] == [("echo", [], 0)]  # forged: dropped
         assert writer.delete("/api/v1/documents/Service/default/echo").status_code == 200
         assert reader.get("/api/v1/services").json() == []
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["echo.default.svc", "echo", "a" * 63 + ".b", "x.y.z", "ECHO.Default.SVC"]),
-       st.sampled_from(["A", "AAAA", "ANY", "SRV", "TXT"]),
-       st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), max_size=6),
-       st.integers(0, 600), st.binary(max_size=20))
-def test_the_dns_responder_never_raises_on_mangled_queries(name: str, qtype: str, flips: list[tuple[int, int]],
-                                                           cut: int, tail: bytes) -> None:
-    """Valid queries with bytes flipped, cut short or followed by junk: an answer or nothing, never an exception
-    (an exception in the datagram callback would be logged for every packet a hostile sender sends)."""
-    dns = DnsResponder(_Mesh())  # type: ignore[arg-type]
-    data = bytearray(DNSRecord.question(name, qtype).pack())
-    for offset, value in flips:
-        if data:
-            data[offset % len(data)] = value
-    mangled = bytes(data[:cut]) + tail
-    answer = dns.answer(mangled)
-    assert answer is None or (isinstance(answer, bytes) and len(answer) <= 512)

@@ -121,6 +121,7 @@ class ServiceMesh:
         self.mesh_server: asyncio.Server | None = None
         self.mesh_address = ""
         self.events: list[dict[str, Any]] = []
+        self.event_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settings = ServiceSettings()
         self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
@@ -239,13 +240,15 @@ class ServiceMesh:
                 self._event(key, "listening", f"{state.address} " + ", ".join(
                     f"{p.port}/{p.protocol}" for p in service.ports))
             endpoints = tuple(sorted((f"{e.node}/{e.instance}", e.ready) for e in service.endpoints))
-            if self._last_endpoints.get(key) != endpoints:
+            before = self._last_endpoints.get(key)
+            if before != endpoints:
                 self._last_endpoints[key] = endpoints
                 for endpoint, ok in endpoints:  # the registry saw it ready (again): worth a new try
                     if ok:
                         self.failed.pop(endpoint, None)
                 count = sum(1 for _, ok in endpoints if ok)
-                self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready")
+                self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready"
+                            + _endpoint_changes(dict(before or ()), dict(endpoints)))
 
     async def _apply_settings(self, settings: ServiceSettings) -> None:
         """Changed `services` settings, without a restart: what a changed setting concerns listens anew (the proxies
@@ -330,7 +333,10 @@ class ServiceMesh:
         return lambda: _UdpProxy(self, state, port)
 
     def _event(self, key: tuple[str, str], event: str, detail: str) -> None:
-        self.events.append({"ts": time.time(), "service": f"{key[0]}/{key[1]}", "event": event, "detail": detail})
+        """Keep an event of a service; its `seq` grows while the gateway runs (the uplink sends each once)."""
+        self.event_seq += 1
+        self.events.append({"seq": self.event_seq, "ts": time.time(), "service": f"{key[0]}/{key[1]}",
+                            "event": event, "detail": detail})
         del self.events[:-200]
         log.info("service %s/%s: %s %s", key[0], key[1], event, detail)
 
@@ -679,6 +685,16 @@ class ServiceMesh:
 
     def view(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next((s for s in self.describe() if (s["namespace"], s["name"]) == (namespace, name)), None)
+
+
+def _endpoint_changes(before: dict[str, bool], after: dict[str, bool], most: int = 10) -> str:
+    """`: a/x ready, b/y not ready, c/z gone` — the endpoints whose readiness changed (the first `most`)."""
+    changes = [f"{key} {'ready' if ok else 'not ready'}" for key, ok in sorted(after.items()) if before.get(key) != ok]
+    changes += [f"{key} gone" for key in sorted(before) if key not in after]
+    if not changes:
+        return ""
+    more = f" and {len(changes) - most} more" if len(changes) > most else ""
+    return ": " + ", ".join(changes[:most]) + more
 
 
 async def _nothing() -> None:

@@ -85,9 +85,9 @@ async def test_service_events_are_kept_once_the_newest_per_node_and_service(db_u
         known = {("default", "echo"), ("plant", "db")}
         events = [("default", "echo", 100.0 + i, i, "endpoints", f"{i} of 9 ready") for i in range(6)]
         await store.services.record_events("gw-1", events, 4, 200.0, known)
-        await store.services.record_events("gw-1", events[3:] + [("plant", "db", 1.0, 1, "listening", ""),
-                                                                 ("default", "gone", 1.0, 2, "removed", "")], 4,
-                                           201.0, known)  # delivered again (an answer lost): kept once
+        others = [("plant", "db", 1.0, 1, "listening", ""), ("default", "gone", 1.0, 2, "removed", "")]
+        await store.services.record_events("gw-1", [*events[3:], *others], 4, 201.0,
+                                           known)  # delivered again (an answer lost): kept once
         rows = await store.services.events(10)
         assert [(ns, name, seq) for ns, name, _, _, seq, _, _ in rows] == [
             ("default", "echo", 5), ("default", "echo", 4), ("default", "echo", 3), ("default", "echo", 2),

@@ -35,7 +35,6 @@ class Replica(Registry):
     def __init__(self, data_dir: Path, db: str) -> None:
         super().__init__(data_dir, db)
         self.peer_port = free_port()
-        self.log = data_dir.parent / f"{data_dir.name}.log"
 
     def start(self) -> None:
         with self.log.open("ab") as log:

@@ -11,8 +11,8 @@ resolves service names only).
 Sizes: an answer over UDP fits 512 bytes, or the size the query's EDNS record offers (at most 1232); a longer one is
 sent truncated (TC bit, the question and no records) so that the resolver asks again over TCP. Over TCP each message
 has a 2-byte length before it (RFC 1035 4.2.2); a connection may ask several questions, is closed after TCP_IDLE
-seconds without one, and at most TCP_CLIENTS are served at once (one more is closed at once). A query that is not
-DNS is dropped (UDP) or ends its connection (TCP); nothing a client sends raises.
+seconds without a whole one, and at most TCP_CLIENTS are served at once (one more is closed at once). A query that is
+not DNS is dropped (UDP) or ends its connection (TCP); nothing a client sends raises.
 """
 
 from __future__ import annotations
@@ -145,14 +145,19 @@ class DnsResponder:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Questions until the client closes; each must be whole within tcp_idle of the last answer (a client
+        trickling bytes is idle too)."""
+        loop = asyncio.get_running_loop()
         framing = Framing()
-        while chunk := await asyncio.wait_for(reader.read(MAX_TCP_QUERY + 2), self.tcp_idle):
+        deadline = loop.time() + self.tcp_idle
+        while chunk := await asyncio.wait_for(reader.read(MAX_TCP_QUERY + 2), deadline - loop.time()):
             for message in framing.feed(chunk):
                 answer = self.answer(message, tcp=True)
                 if answer is None:
                     return  # not DNS: this client is done
                 writer.write(frame(answer))
                 await asyncio.wait_for(writer.drain(), self.tcp_idle)
+                deadline = loop.time() + self.tcp_idle
 
     # --- the answer ---------------------------------------------------------------------------------------------
 

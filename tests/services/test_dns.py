@@ -125,7 +125,7 @@ def test_the_dns_responder_never_raises_on_mangled_queries(name: str, qtype: str
             data[offset % len(data)] = value
     mangled = bytes(data[:cut]) + tail
     answer = dns.answer(mangled, tcp=tcp)
-    assert answer is None or (isinstance(answer, bytes) and len(answer) <= (65535 if tcp else 512))
+    assert answer is None or (isinstance(answer, bytes) and len(answer) <= (65535 if tcp else 1232))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,6 +201,23 @@ async def test_tcp_and_udp_on_one_port_and_hostile_tcp_clients() -> None:
             await writer.drain()
             assert await closed(reader, 5.0), junk
             writer.close()
+
+        # a byte now and then is idle all the same: a question must be whole within tcp_idle
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = asyncio.get_running_loop().time()
+        trickle = frame(bytes(DNSRecord.question("echo").pack()))
+        ended = False
+        for byte in trickle[:-1]:  # 0.3 s apart: the whole question would take 7 s
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                ended = True
+            if ended or await closed(reader, 0.3):
+                ended = True
+                break
+        assert ended and asyncio.get_running_loop().time() - started < 5.0
+        writer.close()
 
         # at most tcp_clients at once: one more is closed at once, and a place taken again once one leaves
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]

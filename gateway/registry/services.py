@@ -143,7 +143,8 @@ SHOWN_EVENTS = 50  # per service, in its view
 
 
 async def record_events(store: RegistryStore, node: str, reports: list[ServiceEventReport] | None) -> None:
-    """Keep the events a node reported of the Services the registry has (each once)."""
+    """Keep the events a node reported of the Services of its workspace (each once): a node cannot write into the
+    events of another workspace's Services."""
     if not reports:
         return
     events = []
@@ -152,7 +153,9 @@ async def record_events(store: RegistryStore, node: str, reports: list[ServiceEv
         if not sep:
             raise ConfigError(f"service_events: service {report.service!r}: expected <namespace>/<name>")
         events.append((namespace, name, report.ts, report.seq, report.event, report.detail))
-    known = {(namespace, name) for _, namespace, name, _, _ in await store.documents.of_kinds(("Service",))}
+    workspace = (await store.node_workspaces()).get(node)
+    known = {(namespace, name) for _, namespace, name, _, where in await store.documents.of_kinds(("Service",))
+             if where == workspace}
     await store.services.record_events(node, events, KEEP_EVENTS, time.time(), known)
 
 

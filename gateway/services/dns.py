@@ -40,6 +40,7 @@ TCP_ANSWER = 65535
 TCP_CLIENTS = 64
 TCP_IDLE = 10.0  # seconds a TCP client may wait before its next question (RFC 7766 asks for seconds, not minutes)
 SRV_WEIGHT = 100
+FREE_PORT_ATTEMPTS = 20
 PROTOCOL_LABELS = {"_tcp": "TCP", "_udp": "UDP"}
 
 
@@ -106,13 +107,18 @@ class DnsResponder:
     async def start(self, host: str, port: int) -> None:
         """Listen on UDP and TCP `host:port` (port 0: a free one, the same for both); OSError when either cannot."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
-        port = transport.get_extra_info("sockname")[1]
-        try:
-            self.server = await asyncio.start_server(self._client, host, port)
-        except OSError:
-            transport.close()
-            raise
+        for attempt in range(1 if port else FREE_PORT_ATTEMPTS):
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+            bound = transport.get_extra_info("sockname")[1]
+            try:
+                self.server = await asyncio.start_server(self._client, host, bound)
+            except OSError:
+                transport.close()
+                if port or attempt == FREE_PORT_ATTEMPTS - 1:
+                    raise
+                continue  # the free UDP port's number is taken for TCP: another one
+            break
+        port = bound
         self.transport = transport
         self.address = f"{host}:{port}"
         log.info("services: DNS responder on %s (UDP and TCP)", self.address)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 
 class ServiceEventSync:
+    """The events of the node's services not delivered yet, at most MAX_SERVICE_EVENTS a heartbeat."""
+
     def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.delivered_up_to = 0

@@ -4,10 +4,12 @@ needs, and the endpoints it computes from placements and the nodes' reports (the
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.errors import ResourceError
@@ -16,7 +18,9 @@ from gateway.resources.schema import PortMapping, Service, ServicePort, Workload
 from gateway.resources.services import instance_ports
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry
+from tests.registry.test_access import two_workspaces
 from tests.registry.test_messages import api
+from tests.registry.test_pages import beat
 
 WORKLOAD = {"kind": "Workload", "name": "echo", "command": ["true"], "labels": {"app": "echo"},
             "ports": [{"name": "echo"}, {"name": "dgram", "protocol": "udp"}]}
@@ -90,3 +94,27 @@ def test_the_registry_keeps_services_and_computes_their_endpoints(registry: Regi
         assert [(s["name"], s["endpoints"], s["ready"]) for s in listed] == [("echo", [], 0)]  # forged: dropped
         assert writer.delete("/api/v1/documents/Service/default/echo").status_code == 200
         assert reader.get("/api/v1/services").json() == []
+
+
+def test_a_node_reports_events_of_its_own_workspaces_services_only(registry: Registry, tmp_path: Path) -> None:
+    """Node `a` (workspace default) and node `b` (workspace plant-b) both report events of default/echo: the
+    registry keeps a's only; an event malformed in any field refuses the heartbeat, naming the field."""
+    two_workspaces(registry, tmp_path)
+    admin = registry.cli("token", "create", "--role", "admin").stdout.strip()
+    with api(registry, admin) as client:
+        applied = client.post("/api/v1/documents", json=[{"kind": "Service", "name": "echo", "workload": "echo",
+                                                         "ports": [{"port": 7000}]}])
+        assert applied.status_code == 200, applied.text
+    event = {"seq": 1, "ts": 10.0, "service": "default/echo", "event": "endpoints", "detail": "1 of 1 ready"}
+    for node in ("a", "b"):
+        beat(registry, tmp_path / node, {"service_events": [event]})
+    beat(registry, tmp_path / "a", {"service_events": [event]})  # again: kept once
+    with api(registry, admin) as client:
+        events = next(s for s in client.get("/api/v1/services").json() if s["name"] == "echo")["events"]
+    assert [(e["node"], e["seq"], e["detail"]) for e in events] == [("a", 1, "1 of 1 ready")]
+    directory = tmp_path / "a" / "registry"
+    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    context.load_cert_chain(directory / "node.pem", directory / "node.key")
+    with httpx.Client(base_url=registry.url, verify=context, timeout=10) as node:
+        refused = node.post("/api/v1/heartbeat", json={"service_events": [{**event, "event": ""}]})
+        assert refused.status_code == 400 and "service_events[0].event" in refused.text, refused.text

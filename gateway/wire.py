@@ -192,6 +192,24 @@ class RouteReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 RouteReports = Annotated[list[RouteReport], msgspec.Meta(max_length=MAX_ROUTE_REPORTS)]
 
 
+# --- services (their events, up with the heartbeat) ------------------------------------------------------------------
+
+MAX_SERVICE_EVENTS = 100  # in one heartbeat: the oldest the node has not delivered yet, the rest with the next ones
+
+
+class ServiceEventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A change of one Service on a node (gateway.services.mesh): its endpoints, its addresses, its proxies."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0)]  # grows on the node: the registry keeps each (node, service, ts, seq) once
+    ts: float
+    service: Annotated[str, msgspec.Meta(min_length=3, max_length=507)]  # <namespace>/<name>
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    detail: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
+
+
+ServiceEvents = Annotated[list[ServiceEventReport], msgspec.Meta(max_length=MAX_SERVICE_EVENTS)]
+
+
 # --- upgrades (an assignment down with the heartbeat answer, its status up with every heartbeat) -------------------
 
 WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
@@ -354,6 +372,8 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     allocatable: Allocatable | None = None  # what the node offers its apps (kept with the node's info)
     failover_version: str = ""  # the version of the group's failover plan the node has
     takeovers: Takeovers | None = None  # placements the node took over in its group while the registry was away
+    # the events of the node's services it has not delivered yet (nodes before it send none, which is no event)
+    service_events: ServiceEvents | None = None
 
 
 # byte streams of service traffic between nodes: a node opens RELAY_STREAM to the registry ({"node": <target>}), the

@@ -36,3 +36,18 @@ def test_what_a_node_reports_stays_bounded() -> None:
         msgspec.convert({"upgrade": {"task": "up-1", "status": "exploded"}}, wire.HeartbeatRequest)
     assert wire.clean_sample({"cpu_percent": 5, "memory_percent": float("nan"), "disk_percent": True,
                               "unknown": 1.0}) == {"cpu_percent": 5.0}
+
+
+def test_service_events_are_optional_and_bounded() -> None:
+    """A node before service events sends none (the registry takes its heartbeat as before); a node's events are
+    checked field by field and at most MAX_SERVICE_EVENTS go in one heartbeat."""
+    assert msgspec.convert({"info": {"version": "0.2.0"}}, wire.HeartbeatRequest).service_events is None
+    event = {"seq": 1, "ts": 1.0, "service": "default/echo", "event": "endpoints", "detail": "1 of 1 ready"}
+    taken = msgspec.convert({"service_events": [event]}, wire.HeartbeatRequest).service_events
+    assert taken is not None and taken[0].service == "default/echo"
+    for bad, field in (({"seq": -1}, "seq"), ({"event": "x" * 33}, "event"), ({"service": ""}, "service"),
+                       ({"detail": "x" * (wire.MAX_REASON + 1)}, "detail"), ({"later": 1}, "later")):
+        with pytest.raises(msgspec.ValidationError, match=field):
+            msgspec.convert({"service_events": [{**event, **bad}]}, wire.HeartbeatRequest)
+    with pytest.raises(msgspec.ValidationError, match="service_events"):
+        msgspec.convert({"service_events": [event] * (wire.MAX_SERVICE_EVENTS + 1)}, wire.HeartbeatRequest)

@@ -147,7 +147,7 @@ class Configuration:
                 raise
             if config.gateway != self.config.gateway:
                 log.warning("the Gateway settings in %s changed: most apply after a restart of fieldgate "
-                            "(the embedded broker's users and rules apply now)",
+                            "(the embedded broker's users and rules and the services settings apply now)",
                             self.config_path)
             await self._reconcile(config)
             await self._save_file_resources()

@@ -187,6 +187,7 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
     await offline.adopt(store, node, data.takeovers)  # before the documents: they follow what the group did
     await workloads.record_status(store, node, data.workloads)
     await routes.record_counters(store, node, data.routes)
+    await services.record_events(store, node, data.service_events)
     assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
     version, documents = await store.node_documents(node)
     desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack,

@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import msgspec
 from litestar import get
 
 from gateway.channel import ChannelError, Stream, StreamError
+from gateway.errors import ConfigError
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
@@ -36,7 +38,7 @@ from gateway.registry.workloads import expand
 from gateway.resources import versions
 from gateway.resources.schema import BatchWorkload, Service, ServiceEndpoint, Workload, dec_hook
 from gateway.resources.services import instance_ports, selects
-from gateway.wire import RELAY_STREAM, SERVICE_STREAM
+from gateway.wire import RELAY_STREAM, SERVICE_STREAM, ServiceEventReport
 
 log = logging.getLogger(__name__)
 RELAY_KIND = RELAY_STREAM  # node → registry: a stream to another node
@@ -136,11 +138,42 @@ async def service_counters(store: RegistryStore) -> dict[str, list[dict[str, Any
     return found
 
 
+KEEP_EVENTS = 100  # per node and service
+SHOWN_EVENTS = 50  # per service, in its view
+
+
+async def record_events(store: RegistryStore, node: str, reports: list[ServiceEventReport] | None) -> None:
+    """Keep the events a node reported of the Services of its workspace (each once): a node cannot write into the
+    events of another workspace's Services."""
+    if not reports:
+        return
+    events = []
+    for report in reports:
+        namespace, sep, name = report.service.partition("/")
+        if not sep:
+            raise ConfigError(f"service_events: service {report.service!r}: expected <namespace>/<name>")
+        events.append((namespace, name, report.ts, report.seq, report.event, report.detail))
+    workspace = (await store.node_workspaces()).get(node)
+    known = {(namespace, name) for _, namespace, name, _, where in await store.documents.of_kinds(("Service",))
+             if where == workspace}
+    await store.services.record_events(node, events, KEEP_EVENTS, time.time(), known)
+
+
+async def service_events(store: RegistryStore) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The newest SHOWN_EVENTS events of each service its nodes reported, newest first."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for namespace, name, node, ts, seq, event, detail in await store.services.events(SHOWN_EVENTS):
+        found.setdefault((namespace, name), []).append({"node": node, "ts": ts, "seq": seq, "event": event,
+                                                        "detail": detail})
+    return found
+
+
 async def service_views(store: RegistryStore, caller: access.Caller | None = None) -> list[dict[str, Any]]:
-    """Every Service at the registry (in the caller's scope) with its endpoints and the counters its nodes
-    reported (per node, port, endpoint and path: local, direct, relay, served)."""
+    """Every Service at the registry (in the caller's scope) with its endpoints, the counters its nodes reported
+    (per node, port, endpoint and path: local, direct, relay, served) and their newest events."""
     endpoints = await service_endpoints(store)
     counters = await service_counters(store)
+    events = await service_events(store)
     views = []
     for _, namespace, name, document, workspace in await store.documents.of_kinds(("Service",)):
         if caller is not None and not caller.sees(workspace):
@@ -150,12 +183,13 @@ async def service_views(store: RegistryStore, caller: access.Caller | None = Non
         views.append({"namespace": namespace, "name": name, "workspace": workspace,
                       "service": msgspec.to_builtins(service),
                       "endpoints": msgspec.to_builtins(found), "ready": sum(e.ready for e in found),
-                      "counters": counters.get(f"{namespace}/{name}", [])})
+                      "counters": counters.get(f"{namespace}/{name}", []),
+                      "events": events.get((namespace, name), [])})
     return views
 
 
 @get("/api/v1/services", summary="Services at the registry with their endpoints (node, instance, address, ready, "
-                                 "ports) and the counters their nodes report")
+                                 "ports), the counters their nodes report and the nodes' newest events of them")
 async def list_services(request: AnyRequest) -> list[dict[str, Any]]:
     caller = await access.require_caller(request, "apps.read")
     return await service_views(store_of(request), caller)

@@ -216,13 +216,14 @@ class ConsensusSettings(Base, kw_only=True):
 
 
 class ServiceSettings(Base, kw_only=True):
-    """How the node serves Services: a DNS responder, a proxy per service port, direct streams from other nodes."""
+    """How the node serves Services: a DNS responder, a proxy per service port, direct streams from other nodes (a
+    change applies at a reload: what it concerns listens anew)."""
 
     addresses: Annotated[str, Meta(pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-9]|30)$", description=(
         "an IPv4 network (loopback by default) whose addresses the services' proxies listen on, one per service; its "
         "first address is the DNS responder's"))] = "127.77.0.0/16"
-    dns_port: Annotated[int, Meta(ge=0, le=65535, description="the DNS responder's UDP port on the first address of "
-                                                              "`addresses`; 0: no DNS responder")] = 53
+    dns_port: Annotated[int, Meta(ge=0, le=65535, description="the DNS responder's port (UDP and TCP) on the first "
+                                                              "address of `addresses`; 0: no DNS responder")] = 53
     mesh_listen: Annotated[str, Meta(max_length=300, description=(
         "HOST:PORT where other nodes of the fleet open direct streams (mutual TLS with the nodes' certificates); "
         "`none`: other nodes reach this node's instances through the registry relay only"))] = "none"

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.channel import Stream
+from gateway.errors import ConfigError
 from gateway.resources.addresses import parse_listen
 from gateway.resources.loader import REGISTRY, Config
 from gateway.resources.schema import Service, ServicePort, ServiceSettings
@@ -105,10 +106,6 @@ class ServiceState:
     problems: list[str] = field(default_factory=list)
 
 
-def _settings_key(settings: ServiceSettings) -> tuple[Any, ...]:
-    return (settings.addresses, settings.dns_port, settings.mesh_listen, settings.advertise)
-
-
 class ServiceMesh:
     """The node's services (see the module's doc); `relay` is set by the uplink while a channel can carry streams."""
 
@@ -124,6 +121,7 @@ class ServiceMesh:
         self.mesh_server: asyncio.Server | None = None
         self.mesh_address = ""
         self.events: list[dict[str, Any]] = []
+        self.event_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settings = ServiceSettings()
         self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
@@ -220,9 +218,8 @@ class ServiceMesh:
     async def reconcile(self, config: Config) -> None:
         """Bring the proxies in step with the Services: new ones listen, gone ones close, changed ports re-listen;
         a Service whose ports did not change keeps its proxies (and its clients' connections)."""
-        if _settings_key(config.gateway.services) != _settings_key(self._settings):
-            log.warning("services: changed addresses, dns_port, mesh_listen or advertise take effect at the next "
-                        "start")
+        if config.gateway.services != self._settings:
+            await self._apply_settings(config.gateway.services)
         wanted = config.services
         if wanted:
             await self._ensure_dns()
@@ -243,13 +240,47 @@ class ServiceMesh:
                 self._event(key, "listening", f"{state.address} " + ", ".join(
                     f"{p.port}/{p.protocol}" for p in service.ports))
             endpoints = tuple(sorted((f"{e.node}/{e.instance}", e.ready) for e in service.endpoints))
-            if self._last_endpoints.get(key) != endpoints:
+            before = self._last_endpoints.get(key)
+            if before != endpoints:
                 self._last_endpoints[key] = endpoints
                 for endpoint, ok in endpoints:  # the registry saw it ready (again): worth a new try
                     if ok:
                         self.failed.pop(endpoint, None)
                 count = sum(1 for _, ok in endpoints if ok)
-                self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready")
+                self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready"
+                            + _endpoint_changes(dict(before or ()), dict(endpoints)))
+
+    async def _apply_settings(self, settings: ServiceSettings) -> None:
+        """Changed `services` settings, without a restart: what a changed setting concerns listens anew (the proxies
+        at their new addresses, the DNS responder, the listener for other nodes), the rest keeps running. Open
+        connections stay on the sockets they came in by; apps keep the `<SERVICE>_SERVICE_HOST` they started with."""
+        old, self._settings = self._settings, settings
+        if settings.addresses != old.addresses:
+            log.info("services: addresses %s → %s: the proxies move", old.addresses, settings.addresses)
+            for state in self.services.values():
+                self._close_servers(state)
+                state.address = ""
+            for key, state in sorted(self.services.items()):
+                state.address = self._allocate(key)
+                await self._listen(state)
+                self._event(key, "moved", f"to {state.address}")
+        if self.dns is not None and (settings.addresses, settings.dns_port) != (old.addresses, old.dns_port):
+            log.info("services: the DNS responder moves to %s:%d", self.dns_address(), settings.dns_port)
+            self.dns.stop()
+            self.dns = None
+        self._dns_warned = False
+        if (settings.mesh_listen, settings.advertise) != (old.mesh_listen, old.advertise):
+            if self.mesh_server is not None:
+                self.mesh_server.close()
+                self.mesh_server = None
+            self.mesh_address = ""
+            log.info("services: mesh_listen %s → %s", old.mesh_listen, settings.mesh_listen)
+            try:
+                await self._start_mesh_server()
+            except (OSError, ConfigError) as exc:
+                log.error("services: no direct streams from other nodes on %s: %s", settings.mesh_listen, exc)
+        if self.services:
+            await self._ensure_dns()
 
     def _allocate(self, key: tuple[str, str]) -> str:
         network = self.network()
@@ -302,7 +333,10 @@ class ServiceMesh:
         return lambda: _UdpProxy(self, state, port)
 
     def _event(self, key: tuple[str, str], event: str, detail: str) -> None:
-        self.events.append({"ts": time.time(), "service": f"{key[0]}/{key[1]}", "event": event, "detail": detail})
+        """Keep an event of a service; its `seq` grows while the gateway runs (the uplink sends each once)."""
+        self.event_seq += 1
+        self.events.append({"seq": self.event_seq, "ts": time.time(), "service": f"{key[0]}/{key[1]}",
+                            "event": event, "detail": detail})
         del self.events[:-200]
         log.info("service %s/%s: %s %s", key[0], key[1], event, detail)
 
@@ -315,16 +349,21 @@ class ServiceMesh:
     def resolve(self, name: str) -> str | None:
         """The address of `<service>.<namespace>.svc`, `<service>.<namespace>` or a bare `<service>` (in the node's
         namespace, else the one namespace that has it)."""
+        found = self.lookup(name)
+        return found[0] if found is not None else None
+
+    def lookup(self, name: str) -> tuple[str, Service] | None:
+        """(address, Service) of a service name as `resolve` reads it."""
         labels = name.lower().rstrip(".").split(".")
+        state: ServiceState | None = None
         if (len(labels) == 3 and labels[2] == "svc") or len(labels) == 2:
-            return self.address_of(labels[1], labels[0])
-        if len(labels) == 1:
-            own = self.address_of(self.gateway.config.gateway.namespace, labels[0])
-            if own is not None:
-                return own
-            found = [state.address for (_, service), state in self.services.items() if service == labels[0]]
-            return found[0] if len(found) == 1 else None
-        return None
+            state = self.services.get((labels[1], labels[0]))
+        elif len(labels) == 1:
+            state = self.services.get((self.gateway.config.gateway.namespace, labels[0]))
+            if state is None:
+                found = [s for (_, service), s in self.services.items() if service == labels[0]]
+                state = found[0] if len(found) == 1 else None
+        return (state.address, state.service) if state is not None else None
 
     def environment(self, namespace: str) -> dict[str, str]:
         """`<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT` and `<NAME>_SERVICE_PORT_<PORT>` of the namespace's
@@ -646,6 +685,16 @@ class ServiceMesh:
 
     def view(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next((s for s in self.describe() if (s["namespace"], s["name"]) == (namespace, name)), None)
+
+
+def _endpoint_changes(before: dict[str, bool], after: dict[str, bool], most: int = 10) -> str:
+    """`: a/x ready, b/y not ready, c/z gone` — the endpoints whose readiness changed (the first `most`)."""
+    changes = [f"{key} {'ready' if ok else 'not ready'}" for key, ok in sorted(after.items()) if before.get(key) != ok]
+    changes += [f"{key} gone" for key in sorted(before) if key not in after]
+    if not changes:
+        return ""
+    more = f" and {len(changes) - most} more" if len(changes) > most else ""
+    return ": " + ", ".join(changes[:most]) + more
 
 
 async def _nothing() -> None:

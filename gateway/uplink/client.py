@@ -35,6 +35,7 @@ from gateway.uplink.channel import ChannelLink
 from gateway.uplink.join import expired_certificate
 from gateway.uplink.requests import answer_request
 from gateway.uplink.routes import RouteSync
+from gateway.uplink.services import ServiceEventSync
 from gateway.uplink.twins import TwinSync
 from gateway.uplink.upgrade import NodeUpgrade
 from gateway.uplink.workloads import FiguresSync, WorkloadSync
@@ -103,6 +104,7 @@ class Uplink:
         self.figures = FiguresSync(gateway)
         self.upgrade = NodeUpgrade(gateway)
         self.routes = RouteSync(gateway)
+        self.service_events = ServiceEventSync(gateway)
         from gateway.files.bucket import TokenBucket
 
         self.file_bucket = TokenBucket(None)  # both directions of file transfers draw from it (files.bandwidth)
@@ -228,10 +230,12 @@ class Uplink:
         self.message_state = state
 
     def heartbeat_body(self) -> dict[str, Any]:
-        """The next heartbeat (node info, twins, workloads, upgrade, routes), within the registry's MAX_HEARTBEAT."""
+        """The next heartbeat (node info, twins, workloads, upgrade, routes, service events), within the registry's
+        MAX_HEARTBEAT."""
         body = {"resource_version": self.resource_version, "info": self.node_info(), **self.twins.outgoing(),
                 **self.workloads.outgoing(), **self.upgrade.outgoing(), **self.routes.outgoing(),
-                **self.figures.outgoing(), **(self.failover.outgoing() if self.failover is not None else {})}
+                **self.service_events.outgoing(), **self.figures.outgoing(),
+                **(self.failover.outgoing() if self.failover is not None else {})}
         content = msgspec.json.encode(body)  # msgspec, not json: no value can make the body invalid JSON
         if len(content) > MAX_HEARTBEAT:  # the budgets keep under it; never send what the registry refuses whole
             log.error("a heartbeat of %d bytes is over the registry's %d: its twins and workloads go later",
@@ -239,7 +243,8 @@ class Uplink:
             self.twins.failed()
             self.workloads.failed()
             self.routes.failed()
-            later = ("twins", "twins_complete", "described", "workloads", "routes", "figures")
+            self.service_events.failed()
+            later = ("twins", "twins_complete", "described", "workloads", "routes", "figures", "service_events")
             body = {key: value for key, value in body.items() if key not in later}
         return body
 
@@ -248,6 +253,7 @@ class Uplink:
         self.twins.failed()
         self.workloads.failed()
         self.routes.failed()
+        self.service_events.failed()
 
     def beat_refused(self, reason: str) -> None:
         """The registry refused the heartbeat (over HTTPS or the channel): it goes again, with what it carried."""
@@ -287,6 +293,7 @@ class Uplink:
         self.twins.delivered()
         self.workloads.delivered()
         self.routes.delivered()
+        self.service_events.delivered()
         self.latency_ms = round((time.monotonic() - started) * 1000, 1)
         self._set_state("connected", f"as node {answer.node}")
         self.interval = answer.heartbeat_interval or self.interval

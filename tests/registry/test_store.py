@@ -76,3 +76,25 @@ async def test_which_replica_holds_a_nodes_channel(db_url: str | None, tmp_path:
         assert await store.channels.holder("gw-1") == ("replica-b", "10.0.0.2:9443")
         await store.channels.release("gw-1", "replica-b")
         assert await store.channels.holder("gw-1") is None
+
+
+async def test_service_events_are_kept_once_the_newest_per_node_and_service(db_url: str | None,
+                                                                           tmp_path: Path) -> None:
+    async with RegistryStore(tmp_path, db_url) as store:
+        await store.add_node("gw-1", "ab", {}, 1.0)
+        known = {("default", "echo"), ("plant", "db")}
+        events = [("default", "echo", 100.0 + i, i, "endpoints", f"{i} of 9 ready") for i in range(6)]
+        await store.services.record_events("gw-1", events, 4, 200.0, known)
+        others = [("plant", "db", 1.0, 1, "listening", ""), ("default", "gone", 1.0, 2, "removed", "")]
+        await store.services.record_events("gw-1", [*events[3:], *others], 4, 201.0,
+                                           known)  # delivered again (an answer lost): kept once
+        rows = await store.services.events(10)
+        assert [(ns, name, seq) for ns, name, _, _, seq, _, _ in rows] == [
+            ("default", "echo", 5), ("default", "echo", 4), ("default", "echo", 3), ("default", "echo", 2),
+            ("plant", "db", 1)]  # the newest 4 of echo; not the one of a service the registry does not have
+        assert [seq for *_, seq, _, _ in await store.services.events(2)] == [5, 4, 1]
+        await store.services.record_events("gw-1", [("default", "echo", 300.0, 7, "removed", "")], 4, 300.0,
+                                           {("default", "echo")})  # plant/db is gone at the registry
+        assert {name for _, name, *_ in await store.services.events(10)} == {"echo"}
+        await store.remove_node("gw-1")
+        assert await store.services.events(10) == []

@@ -6,6 +6,8 @@ CA cannot open a direct stream; with the registry stopped gw-a still reaches gw-
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 import ssl
 import subprocess
 import textwrap
@@ -21,7 +23,9 @@ from gateway.pki import key_pem, make_csr, new_key, write_private
 from gateway.registry.ca import CertificateAuthority
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port
+from tests.registry.test_access import add_user
 from tests.registry.test_messages import api
+from tests.registry.test_pages import session
 from tests.services.conftest import ECHO, PYTHON, service_network
 from tests.services.test_local_services import ask, ask_udp
 
@@ -134,12 +138,12 @@ async def test_direct_and_relayed_endpoints_across_the_fleet(registry: Registry,
         with api(registry, admin) as client:
             deadline = time.monotonic() + DEADLINE
             reported: set[tuple[str, str]] = set()
-            while time.monotonic() < deadline and not {("gw-a", "direct"), ("gw-a", "relay")} <= reported:
+            expected = {("gw-a", "direct"), ("gw-a", "relay"), ("gw-b", "served"), ("gw-c", "served")}
+            while time.monotonic() < deadline and not expected <= reported:  # each node with its own heartbeat
                 await asyncio.sleep(0.3)
                 echo = next(s for s in client.get("/api/v1/services").json() if s["name"] == "echo")
                 reported = {(c["node"], c["path"]) for c in echo["counters"] if c["connections"]}
-            assert {("gw-a", "direct"), ("gw-a", "relay"), ("gw-b", "served"), ("gw-c", "served")} <= reported, \
-                reported
+            assert expected <= reported, reported
 
         # ClientIP affinity: one client address, one instance
         sticky = (await a.service("sticky"))["address"]
@@ -185,5 +189,109 @@ async def test_direct_and_relayed_endpoints_across_the_fleet(registry: Registry,
             after["counters"]
     finally:
         for node in nodes:
+            node.stop()
+            await node.api.aclose()
+
+
+def service_events(registry: Registry, admin: str, name: str = "echo") -> list[dict[str, Any]]:
+    with api(registry, admin) as client:
+        listed = client.get("/api/v1/services")
+        assert listed.status_code == 200, listed.text
+        return next((s["events"] for s in listed.json() if s["name"] == name), [])
+
+
+async def wait_events(registry: Registry, admin: str, check: Any, what: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + DEADLINE
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        events = service_events(registry, admin)
+        if check(events):
+            return events
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{what}: {events}")
+
+
+def reload(node: FleetNode, old: str, new: str) -> None:
+    """Change the node's configuration file and send it SIGHUP; wait until it says so."""
+    assert node.process is not None
+    node.config.write_text(node.config.read_text().replace(old, new))
+    reloads = node.log.read_text().count("configuration reloaded")
+    node.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + DEADLINE
+    while node.log.read_text().count("configuration reloaded") == reloads:
+        assert time.monotonic() < deadline, node.log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+async def test_endpoint_events_reach_the_registry_once_and_settings_reload(registry: Registry,
+                                                                           tmp_path: Path) -> None:
+    """An endpoint that becomes ready or not is an event on every node of the service's workspace, which each
+    delivers to the registry with its heartbeat exactly once, also when the registry was away meanwhile; and a
+    node's new `mesh_listen`, applied at a reload, reaches the other nodes through the registry."""
+    a, b = FleetNode(registry, tmp_path, "gw-a", direct=True), FleetNode(registry, tmp_path, "gw-b", direct=True)
+    try:
+        admin = registry.cli("token", "create", "--role", "admin").stdout.strip()
+        with api(registry, admin) as client:
+            applied = client.post("/api/v1/documents", json=[echo_workload("gw-b"), SERVICE])
+            assert applied.status_code == 200, applied.text
+
+        def endpoint_events(events: list[dict[str, Any]], node: str, state: str) -> list[dict[str, Any]]:
+            found = re.compile(rf"gw-b/echo-gw-b-\S+ {state}\b")  # each start of the workload: a new instance
+            return [e for e in events if e["node"] == node and e["event"] == "endpoints" and found.search(e["detail"])]
+
+        view = await a.wait_service(lambda v: sum(e["ready"] for e in v["endpoints"]) == 1, "gw-b's instance ready")
+        instance = next(f"gw-b/{e['instance']}" for e in view["endpoints"] if e["ready"])  # the first one
+        await wait_events(registry, admin, lambda ev: all(endpoint_events(ev, n, "ready") for n in ("gw-a", "gw-b")),
+                          "both nodes report the endpoint ready")
+
+        with api(registry, admin) as client:  # unready: every node of the workspace says so
+            stopped = client.post("/api/v1/nodes/gw-b/workloads/default/echo-gw-b/stop")
+            assert stopped.status_code in (200, 202), stopped.text
+        await wait_events(registry, admin, lambda ev: all(
+            endpoint_events(ev, n, "not ready") or endpoint_events(ev, n, "gone") for n in ("gw-a", "gw-b")),
+            "both nodes report the endpoint not ready")
+        with api(registry, admin) as client:
+            assert client.post("/api/v1/nodes/gw-b/workloads/default/echo-gw-b/start").status_code in (200, 202)
+        await a.wait_service(lambda v: sum(e["ready"] for e in v["endpoints"]) == 1, "gw-b's instance back")
+
+        # the registry away: an event on gw-a meanwhile (its services move) goes once it is back, and none twice
+        assert registry.process is not None
+        stop(registry.process)
+        registry.process = None
+        moved_to = service_network()
+        reload(a, a.config.read_text().split("addresses: ")[1].split(",")[0], moved_to)
+        await a.wait_service(lambda v: v["address"].rsplit(".", 1)[0] == moved_to.rsplit(".", 1)[0], "moved")
+        registry.start()
+        events = await wait_events(registry, admin, lambda ev: any(
+            e["node"] == "gw-a" and e["event"] == "moved" for e in ev), "gw-a's move after the registry came back")
+        await asyncio.sleep(3.0)  # a few more heartbeats: nothing comes again
+        events = service_events(registry, admin)
+        keys = [(e["node"], e["ts"], e["seq"]) for e in events]
+        assert len(keys) == len(set(keys)), events
+        for node in ("gw-a", "gw-b"):
+            ready = endpoint_events(events, node, "ready")
+            assert len(ready) == 2, (node, [(e["seq"], e["detail"]) for e in events])  # first, back: each once
+        assert len([e for e in events if e["event"] == "moved"]) == 1, events
+        add_user(registry, tmp_path, "watcher", "--role", "viewer", "--scope", "platform")
+        with session(registry, "watcher") as pages:  # the Services page lists them
+            page = pages.get("/services")
+            assert page.status_code == 200 and 'id="service-events"' in page.text, page.text[:2000]
+            assert f"{instance} not ready" in page.text or f"{instance} gone" in page.text
+
+        # gw-b listens for direct streams on a new port after a reload: gw-a dials it there
+        assert b.mesh_port is not None
+        old_mesh, b.mesh_port = b.mesh_port, free_port()
+        reload(b, f"127.0.0.1:{old_mesh}", f"127.0.0.1:{b.mesh_port}")
+        await a.wait_service(lambda v: any(e["address"] == f"127.0.0.1:{b.mesh_port}" for e in v["endpoints"]),
+                             "gw-b's new direct address")
+        before = sum(c["connections"] for c in (await a.service())["counters"] if c["path"] == "direct")
+        answer = await ask((await a.service())["address"], 7000)
+        assert answer.startswith("echo-gw-b-"), answer
+        after = sum(c["connections"] for c in (await a.service())["counters"] if c["path"] == "direct")
+        assert after == before + 1, (await a.service())["counters"]
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", old_mesh)
+    finally:
+        for node in (a, b):
             node.stop()
             await node.api.aclose()

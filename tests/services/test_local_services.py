@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from gateway.services.dns import frame
 from gateway.testing import free_port
 from tests.services.conftest import ECHO, PYTHON, service_network
 
@@ -64,14 +68,25 @@ async def ask_udp(address: str, port: int, payload: bytes = b"who") -> str:
     raise AssertionError("no UDP answer")
 
 
-async def query(server: str, port: int, name: str) -> DNSRecord:
+async def query(server: str, port: int, name: str, qtype: str = "A") -> DNSRecord:
     """A DNS question over UDP, without blocking the loop the responder runs on."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         await loop.sock_connect(sock, (server, port))
-        await loop.sock_sendall(sock, DNSRecord.question(name).pack())
+        await loop.sock_sendall(sock, DNSRecord.question(name, qtype).pack())
         return DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 5))
+
+
+async def ask_tcp(server: str, port: int, name: str, qtype: str = "A") -> DNSRecord:
+    """A DNS question over TCP (a 2-byte length before each message)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(server, port), 5)
+    try:
+        writer.write(frame(bytes(DNSRecord.question(name, qtype).pack())))
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+        return DNSRecord.parse(await asyncio.wait_for(reader.readexactly(size), 5))
+    finally:
+        writer.close()
 
 
 async def ready_instances(node: Any, count: int) -> None:
@@ -107,6 +122,11 @@ async def test_round_robin_affinity_udp_dns_env_and_counters(start_node: Callabl
         assert [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A] == [address], (name, reply)
     missing = await query(dns, dns_port, "nope.default.svc")
     assert missing.header.rcode == RCODE.NXDOMAIN
+    srv = await ask_tcp(dns, dns_port, "_udp._udp.echo.default.svc", "SRV")  # TCP on the same port, SRV as k8s
+    assert [(rr.rdata.port, str(rr.rdata.target)) for rr in srv.rr] == [(7001, "echo.default.svc.")]
+    assert [str(rr.rdata) for rr in srv.ar] == [address]
+    aaaa = await query(dns, dns_port, "echo.default.svc", "AAAA")
+    assert aaaa.header.rcode == RCODE.NOERROR and aaaa.rr == []
 
     # the apps were given the service's address and port
     logs = (await node.api.get("/api/v1/workloads/default/echo/logs")).text
@@ -169,3 +189,75 @@ async def test_bad_services_are_refused_by_the_api(start_node: Callable[..., Any
 
 
 
+
+
+async def no_dns_answer(server: str, port: int, name: str) -> bool:
+    """Whether nothing answers DNS there, over UDP (within a second) and TCP."""
+    try:
+        await asyncio.wait_for(query(server, port, name), 1.0)
+    except (OSError, TimeoutError):
+        pass
+    else:
+        return False
+    try:
+        await ask_tcp(server, port, name)
+    except OSError:
+        return True
+    return False
+
+
+async def test_changed_services_settings_apply_at_a_reload(start_node: Callable[..., Any],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A reload re-binds what the changed `services` settings concern, logged, and nothing else: a new DNS port
+    leaves the proxies as they were; new addresses move the proxies and the DNS responder, and connections opened
+    before go on."""
+    caplog.set_level(logging.INFO, logger="gateway.services")
+    network = service_network()
+    settings, docs = documents(network, replicas=1)
+    node = await start_node(docs, settings=settings)
+    await ready_instances(node, 1)
+    gateway = node.gateway
+    path = gateway.configuration.config_path
+    assert path is not None
+    mesh = gateway.services
+    old_address, old_dns = mesh.address_of("default", "echo"), mesh.dns_address()
+    old_port = gateway.config.gateway.services.dns_port
+    assert old_address is not None and (await ask(old_address, 7000)).startswith("echo")
+    reader, writer = await asyncio.open_connection(old_address, 7000)  # open across both reloads
+    writer.write(b"who")
+    assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"echo")
+    servers = list(mesh.services[("default", "echo")].servers)
+
+    new_port = free_port()
+    path.write_text(path.read_text().replace(f"dns_port: {old_port}", f"dns_port: {new_port}"))
+    await gateway.configuration.reload_files()
+    assert gateway.config.gateway.services.dns_port == new_port
+    assert mesh.services[("default", "echo")].servers == servers  # the proxies did not move
+    assert [str(rr.rdata) for rr in (await ask_tcp(old_dns, new_port, "echo")).rr] == [old_address]
+    assert [str(rr.rdata) for rr in (await query(old_dns, new_port, "echo")).rr] == [old_address]
+    assert await no_dns_answer(old_dns, old_port, "echo")
+
+    while (moved_to := service_network()) == network:
+        continue
+    path.write_text(path.read_text().replace(network, moved_to))
+    await gateway.configuration.reload_files()
+    new_address, new_dns = mesh.address_of("default", "echo"), mesh.dns_address()
+    assert new_address is not None and new_address.rsplit(".", 1)[0] == moved_to.rsplit(".", 1)[0], new_address
+    assert (await ask(new_address, 7000)).startswith("echo")
+    try:
+        await ask(old_address, 7000)
+    except OSError:
+        pass
+    else:
+        raise AssertionError(f"the service still answers at its old address {old_address}")
+    assert [str(rr.rdata) for rr in (await query(new_dns, new_port, "echo.default.svc")).rr] == [new_address]
+    assert await no_dns_answer(old_dns, new_port, "echo")
+    writer.write(b"who")  # the connection opened before the move goes on
+    assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"echo")
+    writer.close()
+    assert [e["event"] for e in mesh.events if e["service"] == "default/echo"][-1] == "moved"
+    view = (await node.api.get("/api/v1/services/default/echo")).json()
+    assert view["address"] == new_address and view["problems"] == []
+    logged = caplog.text
+    assert f"the DNS responder moves to {old_dns}:{new_port}" in logged, logged[-3000:]
+    assert f"addresses {network} → {moved_to}: the proxies move" in logged

@@ -1,27 +1,26 @@
 """The Service kind: what `fieldgate check` refuses (with the file, the document and the field), target ports by
-workload port name, the DNS responder against names it does not serve and datagrams that are no query, and the
-registry: applying a Service (its `endpoints` are the registry's), the permission it needs, and the endpoints it
-computes from placements and the nodes' reports."""
+workload port name, and the registry: applying a Service (its `endpoints` are the registry's), the permission it
+needs, and the endpoints it computes from placements and the nodes' reports (the DNS responder: test_dns.py)."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from gateway.errors import ResourceError
 from gateway.resources.loader import Source, check_documents
 from gateway.resources.schema import PortMapping, Service, ServicePort, Workload
 from gateway.resources.services import instance_ports
-from gateway.services.dns import DnsResponder
 from tests.conftest import FIELDGATE
 from tests.registry.conftest import Registry
+from tests.registry.test_access import two_workspaces
 from tests.registry.test_messages import api
+from tests.registry.test_pages import beat
 
 WORKLOAD = {"kind": "Workload", "name": "echo", "command": ["true"], "labels": {"app": "echo"},
             "ports": [{"name": "echo"}, {"name": "dgram", "protocol": "udp"}]}
@@ -79,22 +78,6 @@ def test_target_ports_by_name_by_number_and_by_default() -> None:
                                                                                  "c": 7000}
 
 
-class _Mesh:
-    def resolve(self, name: str) -> str | None:
-        return "127.77.0.9" if name.lower() in ("echo", "echo.default", "echo.default.svc") else None
-
-
-def test_the_dns_responder_answers_service_names_only() -> None:
-    dns = DnsResponder(_Mesh())  # type: ignore[arg-type]
-    answer = DNSRecord.parse(dns.answer(DNSRecord.question("echo.default.svc").pack()))
-    assert [(rr.rtype, str(rr.rdata)) for rr in answer.rr] == [(QTYPE.A, "127.77.0.9")]
-    assert DNSRecord.parse(dns.answer(DNSRecord.question("echo", "AAAA").pack())).rr == []
-    missing = DNSRecord.parse(dns.answer(DNSRecord.question("example.com").pack()))
-    assert missing.header.rcode == RCODE.NXDOMAIN and missing.rr == []
-    for junk in (b"", b"\x00" * 11, b"\xff" * 40, b"x" * 600, DNSRecord.question("echo").reply().pack()):
-        assert dns.answer(junk) is None  # no query: no answer, never an exception
-
-
 def test_the_registry_keeps_services_and_computes_their_endpoints(registry: Registry) -> None:
     admin = registry.cli("token", "create", "--role", "admin").stdout.strip()
     viewer = registry.cli("token", "create", "--role", "viewer").stdout.strip()
@@ -113,20 +96,25 @@ def test_the_registry_keeps_services_and_computes_their_endpoints(registry: Regi
         assert reader.get("/api/v1/services").json() == []
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["echo.default.svc", "echo", "a" * 63 + ".b", "x.y.z", "ECHO.Default.SVC"]),
-       st.sampled_from(["A", "AAAA", "ANY", "SRV", "TXT"]),
-       st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), max_size=6),
-       st.integers(0, 600), st.binary(max_size=20))
-def test_the_dns_responder_never_raises_on_mangled_queries(name: str, qtype: str, flips: list[tuple[int, int]],
-                                                           cut: int, tail: bytes) -> None:
-    """Valid queries with bytes flipped, cut short or followed by junk: an answer or nothing, never an exception
-    (an exception in the datagram callback would be logged for every packet a hostile sender sends)."""
-    dns = DnsResponder(_Mesh())  # type: ignore[arg-type]
-    data = bytearray(DNSRecord.question(name, qtype).pack())
-    for offset, value in flips:
-        if data:
-            data[offset % len(data)] = value
-    mangled = bytes(data[:cut]) + tail
-    answer = dns.answer(mangled)
-    assert answer is None or (isinstance(answer, bytes) and len(answer) <= 512)
+def test_a_node_reports_events_of_its_own_workspaces_services_only(registry: Registry, tmp_path: Path) -> None:
+    """Node `a` (workspace default) and node `b` (workspace plant-b) both report events of default/echo: the
+    registry keeps a's only; an event malformed in any field refuses the heartbeat, naming the field."""
+    two_workspaces(registry, tmp_path)
+    admin = registry.cli("token", "create", "--role", "admin").stdout.strip()
+    with api(registry, admin) as client:
+        applied = client.post("/api/v1/documents", json=[{"kind": "Service", "name": "echo", "workload": "echo",
+                                                         "ports": [{"port": 7000}]}])
+        assert applied.status_code == 200, applied.text
+    event = {"seq": 1, "ts": 10.0, "service": "default/echo", "event": "endpoints", "detail": "1 of 1 ready"}
+    for node in ("a", "b"):
+        beat(registry, tmp_path / node, {"service_events": [event]})
+    beat(registry, tmp_path / "a", {"service_events": [event]})  # again: kept once
+    with api(registry, admin) as client:
+        events = next(s for s in client.get("/api/v1/services").json() if s["name"] == "echo")["events"]
+    assert [(e["node"], e["seq"], e["detail"]) for e in events] == [("a", 1, "1 of 1 ready")]
+    directory = tmp_path / "a" / "registry"
+    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    context.load_cert_chain(directory / "node.pem", directory / "node.key")
+    with httpx.Client(base_url=registry.url, verify=context, timeout=10) as node:
+        refused = node.post("/api/v1/heartbeat", json={"service_events": [{**event, "event": ""}]})
+        assert refused.status_code == 400 and "service_events[0].event" in refused.text, refused.text

@@ -1,6 +1,6 @@
 """Services at the registry: every Service in the caller's scope with its endpoints (node, instance, whether the
 node takes direct streams or is reached through the relay, readiness and ports), as the registry computes them from
-placements and the nodes' reports; the counters per path are on each node's own Services page and API."""
+placements and the nodes' reports, the counters and the events the nodes report with their heartbeats."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from gateway.registry.store.files import FileTables
 from gateway.registry.store.requests import RequestTables
 from gateway.registry.store.routes import RouteTables
 from gateway.registry.store.samples import SampleTables, figures_statements, sample_statements
+from gateway.registry.store.services import ServiceTables
 from gateway.registry.store.twins import TwinTables
 from gateway.registry.store.upgrades import UpgradeTables
 from gateway.registry.store.workloads import WorkloadTables
@@ -74,6 +75,7 @@ class RegistryStore:
         self.twins = TwinTables(self)
         self.workloads = WorkloadTables(self)
         self.routes = RouteTables(self)
+        self.services = ServiceTables(self)
         self.upgrades = UpgradeTables(self)
         self.access = AccessTables(self)
         self.samples = SampleTables(self)
@@ -242,7 +244,8 @@ class RegistryStore:
             ("DELETE FROM workload_placements WHERE node=?", (name,)),
             ("DELETE FROM workload_status WHERE node=?", (name,)),
             ("DELETE FROM workload_events WHERE node=?", (name,)),
-            ("DELETE FROM route_counters WHERE node=?", (name,))])
+            ("DELETE FROM route_counters WHERE node=?", (name,)),
+            ("DELETE FROM service_events WHERE node=?", (name,))])
         await self.database.notify(NODES_CHANNEL, name)  # its open channel is closed now
 
     async def nodes(self) -> list[dict[str, Any]]:

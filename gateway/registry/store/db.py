@@ -182,6 +182,11 @@ CREATE TABLE node_requests (id TEXT PRIMARY KEY, node TEXT NOT NULL, path TEXT N
     (25, """
 CREATE TABLE node_channels (node TEXT PRIMARY KEY, replica TEXT NOT NULL, peer TEXT NOT NULL, since {time} NOT NULL);
 """),
+    (26, """
+CREATE TABLE service_events (node TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, ts {time} NOT NULL,
+    seq BIGINT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, received_at {time} NOT NULL,
+    PRIMARY KEY (node, namespace, name, ts, seq));
+"""),
 ]
 
 

@@ -380,7 +380,8 @@ def _print_nodes(nodes: list[dict[str, Any]], *, as_json: bool) -> None:
     for node in nodes:
         last = node["last_heartbeat"]
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
-        print(f"{node['name']:<24} {node['status']:<8} {node['version'] or '-':<10} {when}  {node['reason']}")
+        replica = f"  (channel at replica {node['replica']['peer']})" if node.get("replica") else ""
+        print(f"{node['name']:<24} {node['status']:<8} {node['version'] or '-':<10} {when}  {node['reason']}{replica}")
 
 
 def _print_groups(groups: list[dict[str, Any]], *, as_json: bool) -> None:

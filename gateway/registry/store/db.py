@@ -182,6 +182,10 @@ CREATE TABLE node_requests (id TEXT PRIMARY KEY, node TEXT NOT NULL, path TEXT N
     (25, """
 CREATE TABLE node_channels (node TEXT PRIMARY KEY, replica TEXT NOT NULL, peer TEXT NOT NULL, since {time} NOT NULL);
 """),
+    (26, """
+CREATE TABLE registry_replicas (id TEXT PRIMARY KEY, peer TEXT NOT NULL, started_at {time} NOT NULL,
+    seen_at {time} NOT NULL);
+"""),
 ]
 
 

@@ -183,10 +183,10 @@ async def relay_refusal(store: RegistryStore, source: str, target: str) -> str |
     """Why `source` may not reach `target` through the relay (a node the registry does not know, or one of another
     workspace); None when it may. The replica with the source's stream asks, and the one with the target's channel
     asks again for a stream another replica brings."""
-    target_workspace = await store.node_workspace(target)
+    workspaces = await store.workspaces_of(source, target)
+    target_workspace, source_workspace = workspaces.get(target), workspaces.get(source)
     if target_workspace is None:
         return f"no node {target[:80]!r}"
-    source_workspace = await store.node_workspace(source)
     if source_workspace is None:
         return f"no node {source[:80]!r}"
     if source_workspace != target_workspace:

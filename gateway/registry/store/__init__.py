@@ -284,6 +284,12 @@ class RegistryStore:
         """The workspace of every node."""
         return {str(name): str(workspace) for name, workspace in await self._rows("SELECT name, workspace FROM nodes")}
 
+    async def workspaces_of(self, *names: str) -> dict[str, str]:
+        """The workspace of each of these nodes the registry knows."""
+        marks = ", ".join("?" for _ in names)
+        return {str(name): str(workspace) for name, workspace in
+                await self._rows(f"SELECT name, workspace FROM nodes WHERE name IN ({marks})", *names)} if names else {}
+
     async def placement_nodes(self) -> list[tuple[str, dict[str, str], float, float | None, float, bool, str]]:
         """(name, labels, joined at, last heartbeat, interval, paused, workspace) of every node."""
         return [(str(name), dict(json.loads(labels)), joined_at, last, float(interval), bool(paused), str(workspace))

@@ -68,6 +68,14 @@ class Replica(Registry):
         return {match[0]: float(match[1]) for match in
                 re.findall(r'^fieldgate_registry_relay_refused_total\{reason="(\w+)"\} (\S+)$', answer.text, re.M)}
 
+    def replica_figures(self, token: str) -> dict[str, float]:
+        """This replica's refresh state and the gone replicas' rows it deleted, from /metrics."""
+        with api(self, token) as client:
+            answer = client.get("/metrics")
+            assert answer.status_code == 200, answer.text
+        return {match[0]: float(match[1]) for match in
+                re.findall(r'^fieldgate_registry_replica_(refresh_failing|gone_rows_total) (\S+)$', answer.text, re.M)}
+
 
 @pytest.fixture
 def replicas(pg_database: str, tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
@@ -281,6 +289,9 @@ async def test_a_killed_replica_is_taken_for_gone_within_the_bound(
                 await asyncio.sleep(0.2)
             rows = [await store.channels.holder(node) for node in ("gw-a", "gw-b")]
             assert all(row is None or row[1] == peer_a for row in rows), rows
+        figures = replica_a.replica_figures(admin)
+        assert figures == {"refresh_failing": 0, "gone_rows_total": figures["gone_rows_total"]}, figures
+        assert figures["gone_rows_total"] >= 1  # gw-c's, and gw-b's unless it reconnected to A first
 
         # gw-b reconnected to A through the balancer: A records it, and the relay reaches it there
         wait_until(lambda: channel_replicas(replica_a)["gw-b"] == peer_a, timeout=60, what="gw-b's channel at A")

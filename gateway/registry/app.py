@@ -198,7 +198,8 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
                              failover=await offline.plan_for(store, node, data))
 
 
-@get("/api/v1/nodes", summary="Nodes with their status (an API token, or a node's certificate)")
+@get("/api/v1/nodes", summary="Nodes with their status and the registry replica each one's channel is at (an API "
+                            "token, or a node's certificate)")
 async def nodes(request: AnyRequest) -> list[dict[str, Any]]:
     if request.headers.get("authorization"):
         caller = await access.require_caller(request, "nodes.read")

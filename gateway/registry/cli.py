@@ -63,7 +63,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--peer-listen", default="", metavar="HOST:PORT",
                        help="where this replica takes relayed service streams from the other registry replicas "
                             "(TLS with the registry CA's replica certificates), so nodes whose channels are at "
-                            "different replicas reach each other through the relay; default: off")
+                            "different replicas reach each other through the relay; the replica refreshes its row "
+                            "in the database every 2 s, and one not seen for 6 s counts as gone; default: off")
     serve.add_argument("--peer-advertise", default="", metavar="HOST:PORT",
                        help="the address the other replicas reach --peer-listen at (default: the --peer-listen one)")
     serve.add_argument("--consensus-certificate-lifetime", type=_duration, default=90 * 86400.0, metavar="DURATION",
@@ -380,7 +381,8 @@ def _print_nodes(nodes: list[dict[str, Any]], *, as_json: bool) -> None:
     for node in nodes:
         last = node["last_heartbeat"]
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
-        print(f"{node['name']:<24} {node['status']:<8} {node['version'] or '-':<10} {when}  {node['reason']}")
+        replica = f"  (channel at replica {node['replica']['peer']})" if node.get("replica") else ""
+        print(f"{node['name']:<24} {node['status']:<8} {node['version'] or '-':<10} {when}  {node['reason']}{replica}")
 
 
 def _print_groups(groups: list[dict[str, Any]], *, as_json: bool) -> None:

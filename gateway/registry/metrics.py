@@ -141,6 +141,20 @@ class RegistryCollector(Collector):
         relayed.add_metric(["sent"], self.relays.get("bytes_sent", 0))
         relayed.add_metric(["received"], self.relays.get("bytes_received", 0))
         yield relayed
+        refused = CounterMetricFamily("fieldgate_registry_relay_refused", "Relayed service streams this registry "
+                                      "process refused, by reason: a caller of its replica listener without a "
+                                      "replica's certificate (certificate), nodes that do not exist or share no "
+                                      "workspace (workspace), a target whose channel is not here (channel), a target "
+                                      "whose replica is gone (gone)", labels=["reason"])
+        for reason in ("certificate", "workspace", "channel", "gone"):
+            refused.add_metric([reason], self.relays.get(f"refused_{reason}", 0))
+        yield refused
+        if "refresh_failing" in self.relays:  # a replica started with --peer-listen
+            yield GaugeMetricFamily("fieldgate_registry_replica_refresh_failing", "1 while this replica cannot "
+                                    "refresh its row in the database (the other replicas take it for gone after "
+                                    "three refreshes missed)", value=self.relays["refresh_failing"])
+            yield CounterMetricFamily("fieldgate_registry_replica_gone_rows", "Channel rows of gone registry "
+                                      "replicas this replica deleted", value=self.relays.get("gone_rows", 0))
 
     def _process(self) -> Iterator[Metric]:
         process = psutil.Process(os.getpid())
@@ -229,7 +243,10 @@ def relay_counters(hub: Any) -> dict[str, int]:
         counters |= {"to_replica": peer["streams_out"], "from_replica": peer["streams_in"],
                      "failed": peer["failed"] + peer["refused"],
                      "bytes_sent": peer["bytes_out_sent"] + peer["bytes_in_sent"],
-                     "bytes_received": peer["bytes_out_received"] + peer["bytes_in_received"]}
+                     "bytes_received": peer["bytes_out_received"] + peer["bytes_in_received"],
+                     **{key: count for key, count in peer.items() if key.startswith("refused_")},
+                     "refresh_failing": int(hub.peers.beat_state.startswith("failing")),
+                     "gone_rows": peer["gone_rows"]}
     return counters
 
 

@@ -3,10 +3,17 @@ its channel on another replica goes to that replica over a link of their own.
 
 Each replica started with `--peer-listen HOST:PORT` listens there for the other replicas (TLS, both sides showing a
 relay certificate the registry CA issued with the REPLICA_UNIT mark: node and batch certificates are refused) and
-records in the database (`node_channels`) the nodes whose channels it holds and the address its replicas reach it
-at (`--peer-advertise`, by default the listen address). The replica holding the source's `relay` stream connects
-to the one holding the target's channel and says which node, and from whom; that one opens a `service` stream to
-the target node and answers OK, or ABORT with the reason; then both copy bytes.
+records in the database (gateway.registry.store.channels) itself, with the address its replicas reach it at
+(`--peer-advertise`, by default the listen address), and the nodes whose channels it holds. It refreshes its row
+every REPLICA_BEAT seconds; one not refreshed for REPLICA_GONE_AFTER (a replica killed, or cut off from the
+database) counts as gone: a relay to a node whose channel was there is refused at once with that reason, and every
+replica's refresh deletes the rows of the gone ones. A replica that finds its own row deleted (it was away from the
+database that long) records itself and its channels again. A replica that stops deletes its rows.
+
+The replica holding the source's `relay` stream connects to the one holding the target's channel and says which
+node, and from whom; that one checks in the database that both nodes exist and share a workspace (it trusts no
+other replica's word for it: a replica certificate is all a caller of its listener shows), opens a `service` stream
+to the target node and answers OK, or ABORT with the reason; then both copy bytes.
 
 Frames on the link: a kind byte and a 4-byte length, then at most MAX_FRAME bytes: OPEN (JSON {"node", "from"}),
 OK, DATA, END (no more data this way), ABORT (the reason). A replica reads the next DATA frame only once the
@@ -30,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.channel import ChannelError, Stream, StreamError
 from gateway.errors import ConfigError
 from gateway.registry.ca import CertificateAuthority, is_replica
+from gateway.registry.services import relay_refusal
+from gateway.registry.store.channels import REPLICA_BEAT, REPLICA_GONE_AFTER
 from gateway.wire import SERVICE_STREAM
 
 if TYPE_CHECKING:
@@ -68,9 +77,12 @@ def write_frame(writer: asyncio.StreamWriter, kind: int, payload: bytes = b"") -
 
 
 class PeerRelay:
-    """This replica's side of the relay between replicas: the listener (`start`), what channels it holds (`hold`,
-    `release`), and `forward` for a relay stream whose target is at another replica. `counters` (for GET /metrics):
-    streams out to other replicas and in from them, links refused or failed, bytes each way."""
+    """This replica's side of the relay between replicas: the listener and the refresh of this replica's row
+    (`start`), what channels it holds (`hold`, `release`), and `forward` for a relay stream whose target is at another
+    replica. `counters` (for GET /metrics): streams out to other replicas and in from them, links refused (also by
+    reason, `refused_<reason>`: certificate, workspace, channel) or failed, relay streams refused because the
+    target's replica is gone (`refused_gone`), bytes each way, and `gone_rows`: channel rows of gone replicas this
+    one deleted."""
 
     def __init__(self, hub: Any, store: RegistryStore, ca: CertificateAuthority, listen: str,
                  advertise: str = "") -> None:
@@ -90,15 +102,49 @@ class PeerRelay:
         self._client_context.load_cert_chain(cert_path, key_path)
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
+        self._beating: asyncio.Task[None] | None = None
+        self.beat_state = "starting"  # ok, or failing: <reason> (the database away)
 
     async def start(self) -> None:
+        await self.store.channels.beat(self.replica, self.advertise)  # recorded before any channel is
         try:
             self._server = await asyncio.start_server(self._accepted, self.listen[0], self.listen[1],
                                                       ssl=self._server_context)
         except OSError as exc:
+            with contextlib.suppress(Exception):
+                await self.store.channels.release_all(self.replica)
             raise ConfigError(f"--peer-listen {self.listen[0]}:{self.listen[1]}: {exc}") from None
+        self._beating = asyncio.create_task(self._beat(), name="replica refresh")
+
+    async def _beat(self) -> None:
+        """Refresh this replica's row and delete the rows of gone replicas, every REPLICA_BEAT seconds; a failure
+        (the database away) is logged once and tried again at the next beat."""
+        while True:
+            await asyncio.sleep(REPLICA_BEAT)
+            try:
+                if not await self.store.channels.beat(self.replica, self.advertise):
+                    held = list(self.hub.sessions)
+                    log.warning("this registry replica was taken for gone (no refresh for %.0f s): recording it and "
+                                "its %d channels again", REPLICA_GONE_AFTER, len(held))
+                    await self.store.channels.hold_again(held, self.replica, self.advertise)
+                self.counters["gone_rows"] += await self.store.channels.forget_gone()
+            except Exception as exc:
+                state = f"failing: {str(exc)[:200] or type(exc).__name__}"
+                if not self.beat_state.startswith("failing"):
+                    log.warning("the refresh of this registry replica's row failed (other replicas take it for gone "
+                                "after %.0f s): %s", REPLICA_GONE_AFTER, state)
+                self.beat_state = state
+                continue
+            if self.beat_state != "ok":
+                if self.beat_state.startswith("failing"):
+                    log.info("the refresh of this registry replica's row works again")
+                self.beat_state = "ok"
 
     async def stop(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
         if self._server is not None:
             self._server.close()
         for task in list(self._links):
@@ -127,6 +173,12 @@ class PeerRelay:
         holder = await self.store.channels.holder(target)
         if holder is None or holder[0] == self.replica:
             await stream.close(f"relay: node {target} has no channel open")
+            return
+        if holder[2] is None or holder[2] > self.store.channels.gone_after:
+            self.counters["refused_gone"] += 1
+            seen = "" if holder[2] is None else f", not seen for {holder[2]:.0f} s"
+            await stream.close(f"relay: node {target} has no channel open: the registry replica it was linked to "
+                               f"({holder[1]}) is gone{seen}, and the node has not reconnected to another yet")
             return
         writer: asyncio.StreamWriter | None = None
         try:
@@ -177,9 +229,7 @@ class PeerRelay:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der or not is_replica(der):
-            self.counters["refused"] += 1
-            write_frame(writer, ABORT, b"a registry replica's certificate is required")
-            await writer.drain()
+            await self._refuse(writer, "certificate", "a registry replica's certificate is required")
             return
         async with asyncio.timeout(OPEN_TIMEOUT):
             kind, payload = await read_frame(reader)
@@ -191,16 +241,32 @@ class PeerRelay:
         if not isinstance(target, str) or not isinstance(source, str):
             raise PeerError("expected OPEN with the node and from whom first")
         try:
+            refusal = await relay_refusal(self.store, source, target)
+        except Exception as exc:  # the database away: no stream it could not check
+            self.counters["failed"] += 1
+            write_frame(writer, ABORT, f"the other replica could not check the nodes: {str(exc)[:200]}".encode())
+            await writer.drain()
+            return
+        if refusal is not None:
+            log.warning("relay from another replica refused: %s", refusal)
+            await self._refuse(writer, "workspace", refusal)
+            return
+        try:
             other = await self.hub.open_stream(target, SERVICE_STREAM, {"from": source})
         except ChannelError as exc:
-            self.counters["refused"] += 1
-            write_frame(writer, ABORT, str(exc)[:300].encode())
-            await writer.drain()
+            await self._refuse(writer, "channel", str(exc))
             return
         write_frame(writer, OK)
         await writer.drain()
         self.counters["streams_in"] += 1
         await self._bridge(other, reader, writer, "in")
+
+    async def _refuse(self, writer: asyncio.StreamWriter, why: str, reason: str) -> None:
+        """Answer a link with ABORT and the reason, counted as refused (and by `why`)."""
+        self.counters["refused"] += 1
+        self.counters[f"refused_{why}"] += 1
+        write_frame(writer, ABORT, reason[:300].encode())
+        await writer.drain()
 
     # --- both ----------------------------------------------------------------------------------------------------
 

@@ -213,18 +213,33 @@ async def _copy(source: Stream, target: Stream) -> None:
         await target.close()
 
 
+async def relay_refusal(store: RegistryStore, source: str, target: str) -> str | None:
+    """Why `source` may not reach `target` through the relay (a node the registry does not know, or one of another
+    workspace); None when it may. The replica with the source's stream asks, and the one with the target's channel
+    asks again for a stream another replica brings."""
+    workspaces = await store.workspaces_of(source, target)
+    target_workspace, source_workspace = workspaces.get(target), workspaces.get(source)
+    if target_workspace is None:
+        return f"no node {target[:80]!r}"
+    if source_workspace is None:
+        return f"no node {source[:80]!r}"
+    if source_workspace != target_workspace:
+        return f"node {target[:80]} is not in node {source[:80]}'s workspace"
+    return None
+
+
 def relay_handler(hub: Any, store: RegistryStore) -> Any:
     """The handler of `relay` streams for the channel hub (gateway.registry.channel.ChannelHub)."""
 
     async def relay(stream: Stream) -> None:
         source = next((name for name, session in hub.sessions.items() if session.mux is stream.mux), None)
         target = stream.meta.get("node")
-        workspaces = await store.node_workspaces()
-        if source is None or not isinstance(target, str) or target not in workspaces:
+        if source is None or not isinstance(target, str):
             await stream.close(f"relay: no node {str(target)[:80]!r}")
             return
-        if workspaces.get(source) != workspaces[target]:
-            await stream.close(f"relay: node {target} is not in this node's workspace")
+        refusal = await relay_refusal(store, source, target)
+        if refusal is not None:
+            await stream.close(f"relay: {refusal}")
             return
         if target not in hub.sessions and hub.peers is not None:  # its channel is at another replica
             await hub.peers.forward(stream, source, target)

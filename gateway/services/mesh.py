@@ -67,6 +67,10 @@ class NoEndpoint(Exception):
     """No ready instance (left) for a service port."""
 
 
+class RelayRefused(Exception):
+    """The registry refused a relayed stream; the message is its reason (a node gone, another workspace, …)."""
+
+
 @dataclass
 class Target:
     """One instance a connection may go to."""
@@ -504,6 +508,12 @@ class ServiceMesh:
             bridge.writer = writer
             peer_node(writer.get_extra_info("ssl_object"), target.node)
             await _handshake(reader, writer, header)
+        except Exception as exc:
+            refused = stream.error  # the registry's reason when it refused the stream (before close() sets one)
+            await bridge.close()
+            if refused is not None:
+                raise RelayRefused(refused[:300]) from exc
+            raise
         except BaseException:
             await bridge.close()
             raise

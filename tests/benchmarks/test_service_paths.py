@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from tests.registry.conftest import Registry
 from tests.registry.conftest import registry as registry  # a fixture
 from tests.registry.test_messages import api
+from tests.services.apps.bench import measure, print_paths
 from tests.services.conftest import ECHO, PYTHON
 from tests.services.test_fleet_services import FleetNode
 
@@ -42,61 +42,6 @@ def documents() -> list[dict[str, Any]]:
         docs.append({"kind": "Service", "name": path, "selector": {"app": f"echo-{path}"},
                      "ports": [{"port": 7000, "target_port": "echo"}]})
     return docs
-
-
-async def throughput(host: str, port: int) -> float:
-    reader, writer = await asyncio.open_connection(host, port)
-    block = b"x" * (1 << 16)
-    total = MB << 20
-    started = time.perf_counter()
-
-    async def send() -> None:
-        for _ in range(total // len(block)):
-            writer.write(block)
-            await writer.drain()
-
-    async def receive() -> None:
-        got = 0
-        while got < total:
-            chunk = await reader.read(1 << 18)
-            assert chunk, "the echo ended early"
-            got += len(chunk)
-
-    await asyncio.gather(send(), receive())
-    seconds = time.perf_counter() - started
-    writer.close()
-    return total / seconds / 1e6
-
-
-async def latency(host: str, port: int) -> list[float]:
-    reader, writer = await asyncio.open_connection(host, port)
-    payload = b"p" * 64
-    times = []
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        writer.write(payload)
-        await writer.drain()
-        got = b""
-        while len(got) < len(payload):
-            got += await reader.read(64)
-        times.append((time.perf_counter() - started) * 1000)
-    writer.close()
-    return times
-
-
-async def connections_per_second(host: str, port: int) -> float:
-    started = time.perf_counter()
-    for _ in range(CONNECTIONS):
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"p")
-        await writer.drain()
-        assert await reader.read(1) == b"p"
-        writer.close()
-    return CONNECTIONS / (time.perf_counter() - started)
-
-
-def quantile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q * 100) - 1]
 
 
 async def test_service_paths(registry: Registry, tmp_path: Path) -> None:
@@ -120,22 +65,15 @@ async def test_service_paths(registry: Registry, tmp_path: Path) -> None:
         targets = {"plain": ("127.0.0.1", plain_port), **{p: (addr, 7000) for p, addr in addresses.items()}}
         results = {}
         for path, (host, port) in targets.items():
-            times = await latency(host, port)
             try:
-                results[path] = {"MB/s": await throughput(host, port), "p50": quantile(times, 0.5),
-                                 "p99": quantile(times, 0.99), "conn/s": await connections_per_second(host, port)}
-            except (ConnectionError, AssertionError) as exc:
+                results[path] = await measure(host, port, MB, ROUNDS, CONNECTIONS)
+            except (ConnectionError, TimeoutError) as exc:
                 raise AssertionError(f"{path}: {exc!r}\n{(await a.service(path))['counters']}") from exc
         paths_seen = {c["endpoint"].split("/")[0]: c["path"] for p in ("local", "direct", "relay")
                       for c in (await a.service(p))["counters"] if c["connections"]}
         assert paths_seen == {"gw-a": "local", "gw-b": "direct", "gw-c": "relay"}, paths_seen
-        base = results["plain"]
-        print(f"\nservice paths on loopback ({MB} MB echoed per path, {ROUNDS} round trips of 64 B, "
-              f"{CONNECTIONS} connections)")
-        print(f"{'path':8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'conn/s':>8}")
-        for path, r in results.items():
-            print(f"{path:8} {r['MB/s']:8.1f} {r['p50']:8.3f} {r['p99']:8.3f} {r['p50'] - base['p50']:8.3f} "
-                  f"{r['p99'] - base['p99']:8.3f} {r['conn/s']:8.0f}")
+        print_paths(f"service paths on loopback ({MB} MB echoed per path, {ROUNDS} round trips of 64 B, "
+                    f"{CONNECTIONS} connections)", results)
         assert all(r["MB/s"] > 0 for r in results.values())
     finally:
         for node in nodes:

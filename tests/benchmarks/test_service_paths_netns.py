@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIELDGATE
+from tests.services.apps.bench import print_paths
 from tests.services.conftest import APPS, ECHO, PYTHON
 from tests.services.test_services_netns import A_B, MESH, NODES, PORT, REGISTRY, Fleet
 from tests.services.test_services_netns import fleet as fleet  # the namespaces, made and removed
@@ -67,11 +68,6 @@ def test_service_paths_between_namespaces(fleet: Fleet, tmp_path: Path) -> None:
         view = fleet.api("a", f"/api/v1/services/default/{path}")
         used = {c["path"] for c in view["counters"] if c["connections"] and c["endpoint"].startswith(node)}
         assert used == {path}, (path, view["counters"])
-    base = results["plain"]
-    print(f"\nservice paths between namespaces ({MB} MB echoed per path, {ROUNDS} round trips of 64 B, "
-          f"{CONNECTIONS} connections; plain: A to an echo server in B over the A-B link)")
-    print(f"{'path':8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'conn/s':>8}")
-    for path, r in results.items():
-        print(f"{path:8} {r['MB/s']:8.1f} {r['p50']:8.3f} {r['p99']:8.3f} {r['p50'] - base['p50']:8.3f} "
-              f"{r['p99'] - base['p99']:8.3f} {r['conn/s']:8.0f}")
+    print_paths(f"service paths between namespaces ({MB} MB echoed per path, {ROUNDS} round trips of 64 B, "
+                f"{CONNECTIONS} connections; plain: A to an echo server in B over the A-B link)", results)
     assert all(r["MB/s"] > 0 and r["conn/s"] > 0 for r in results.values())

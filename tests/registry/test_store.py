@@ -64,16 +64,19 @@ async def test_a_join_spends_a_token_use_only_with_its_node(db_url: str | None, 
 async def test_which_replica_holds_a_nodes_channel(db_url: str | None, tmp_path: Path) -> None:
     async with RegistryStore(tmp_path, db_url) as store:
         assert await store.channels.holder("gw-1") is None
+        assert not await store.channels.beat("replica-a", "10.0.0.1:9443")  # a new replica
+        assert not await store.channels.beat("replica-b", "10.0.0.2:9443")
         await store.channels.hold("gw-1", "replica-a", "10.0.0.1:9443")
         await store.channels.hold("gw-2", "replica-a", "10.0.0.1:9443")
-        assert await store.channels.holder("gw-1") == ("replica-a", "10.0.0.1:9443")
+        assert (await store.channels.holder("gw-1") or ())[:2] == ("replica-a", "10.0.0.1:9443")
         # the node moved to replica B before A noticed its old channel closed: A's release leaves B's row
         await store.channels.hold("gw-1", "replica-b", "10.0.0.2:9443")
         await store.channels.release("gw-1", "replica-a")
-        assert await store.channels.holder("gw-1") == ("replica-b", "10.0.0.2:9443")
+        assert (await store.channels.holder("gw-1") or ())[:2] == ("replica-b", "10.0.0.2:9443")
+        assert set(await store.channels.holders()) == {"gw-1", "gw-2"}
         await store.channels.release_all("replica-a")  # A stops
         assert await store.channels.holder("gw-2") is None
-        assert await store.channels.holder("gw-1") == ("replica-b", "10.0.0.2:9443")
+        assert (await store.channels.holder("gw-1") or ())[:2] == ("replica-b", "10.0.0.2:9443")
         await store.channels.release("gw-1", "replica-b")
         assert await store.channels.holder("gw-1") is None
 
@@ -98,3 +101,40 @@ async def test_service_events_are_kept_once_the_newest_per_node_and_service(db_u
         assert {name for _, name, *_ in await store.services.events(10)} == {"echo"}
         await store.remove_node("gw-1")
         assert await store.services.events(10) == []
+
+
+async def test_a_replica_not_seen_for_the_bound_is_gone_with_its_channels(db_url: str | None, tmp_path: Path) -> None:
+    async with RegistryStore(tmp_path, db_url) as store:
+        store.channels.gone_after = 0.5
+        await store.channels.beat("replica-a", "10.0.0.1:9443")
+        await store.channels.beat("replica-b", "10.0.0.2:9443")
+        await store.channels.hold("gw-1", "replica-a", "10.0.0.1:9443")
+        await store.channels.hold("gw-2", "replica-b", "10.0.0.2:9443")
+        await store.channels.hold("gw-3", "replica-old", "10.0.0.3:9443")  # a replica without a row
+        assert await store.channels.beat("replica-a", "10.0.0.1:9443")
+        assert await store.channels.forget_gone() == 1  # gw-3's
+        replica, _, age = await store.channels.holder("gw-1") or ("", "", None)
+        assert replica == "replica-a" and age is not None and age < 0.5
+        assert set(await store.channels.holders()) == {"gw-1", "gw-2"}
+        for name in ("gw-1", "gw-2", "gw-5"):
+            await store.add_node(name, name, {}, 1.0)
+        replicas = {node["name"]: node["replica"] for node in await store.nodes()}
+        assert replicas["gw-1"]["peer"] == "10.0.0.1:9443" and replicas["gw-2"]["id"] == "replica-b"
+        assert replicas["gw-5"] is None  # no channel open anywhere
+
+        await asyncio.sleep(0.7)  # B is killed: only A refreshes its row
+        assert await store.channels.beat("replica-a", "10.0.0.1:9443")
+        _, _, age = await store.channels.holder("gw-2") or ("", "", None)
+        assert age is not None and age > 0.5  # still there, and taken for gone
+        assert set(await store.channels.holders()) == {"gw-1"}
+        assert {node["name"]: node["replica"] for node in await store.nodes()}["gw-2"] is None
+        assert await store.channels.forget_gone() == 1
+        assert await store.channels.holder("gw-2") is None
+        # B was only cut off from the database: its next refresh finds its row gone and records its channels again,
+        # leaving a node that reconnected to A meanwhile to A
+        await store.channels.hold("gw-4", "replica-a", "10.0.0.1:9443")
+        assert not await store.channels.beat("replica-b", "10.0.0.2:9443")
+        await store.channels.hold_again(["gw-2", "gw-4"], "replica-b", "10.0.0.2:9443")
+        holders = await store.channels.holders()
+        assert {node: holder["id"] for node, holder in holders.items()} == {
+            "gw-1": "replica-a", "gw-2": "replica-b", "gw-4": "replica-a"}

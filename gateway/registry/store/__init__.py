@@ -249,11 +249,14 @@ class RegistryStore:
         await self.database.notify(NODES_CHANNEL, name)  # its open channel is closed now
 
     async def nodes(self) -> list[dict[str, Any]]:
-        """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it."""
+        """Every node with its status (`healthy`, `offline`, `joined`) and the reason for it, and the replica its
+        channel is open at (`replica`: id, relay address and since when, from replicas started with --peer-listen that
+        are alive; None otherwise)."""
         await self.drop_expired_messages()
         now = time.time()
         groups = dict(await self._rows("SELECT node, group_name FROM group_members"))
         pending = dict(await self._rows("SELECT node, COUNT(*) FROM messages GROUP BY node"))
+        replicas = await self.channels.holders()
         result = []
         for name, labels, joined_at, last, interval, info, expired, workspace, paused, alias in await self._rows(
                 "SELECT name, labels, joined_at, last_heartbeat, interval, info, messages_expired, workspace, paused, "
@@ -269,7 +272,8 @@ class RegistryStore:
                            "last_heartbeat": last, "joined_at": joined_at, "labels": json.loads(labels),
                            "info": details, "group": groups.get(name),
                            "messages_pending": int(pending.get(name, 0)), "messages_expired": int(expired),
-                           "workspace": workspace, "paused": bool(paused), "alias": alias})
+                           "workspace": workspace, "paused": bool(paused), "alias": alias,
+                           "replica": replicas.get(name)})
         return result
 
     async def node_exists(self, name: str) -> bool:
@@ -282,6 +286,12 @@ class RegistryStore:
     async def node_workspaces(self) -> dict[str, str]:
         """The workspace of every node."""
         return {str(name): str(workspace) for name, workspace in await self._rows("SELECT name, workspace FROM nodes")}
+
+    async def workspaces_of(self, *names: str) -> dict[str, str]:
+        """The workspace of each of these nodes the registry knows."""
+        marks = ", ".join("?" for _ in names)
+        return {str(name): str(workspace) for name, workspace in
+                await self._rows(f"SELECT name, workspace FROM nodes WHERE name IN ({marks})", *names)} if names else {}
 
     async def placement_nodes(self) -> list[tuple[str, dict[str, str], float, float | None, float, bool, str]]:
         """(name, labels, joined at, last heartbeat, interval, paused, workspace) of every node."""

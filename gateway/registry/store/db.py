@@ -187,6 +187,10 @@ CREATE TABLE service_events (node TEXT NOT NULL, namespace TEXT NOT NULL, name T
     seq BIGINT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, received_at {time} NOT NULL,
     PRIMARY KEY (node, namespace, name, ts, seq));
 """),
+    (27, """
+CREATE TABLE registry_replicas (id TEXT PRIMARY KEY, peer TEXT NOT NULL, started_at {time} NOT NULL,
+    seen_at {time} NOT NULL);
+"""),
 ]
 
 

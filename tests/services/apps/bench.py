@@ -1,5 +1,6 @@
-"""A benchmark client run inside a namespace: throughput (MB echoed both ways on one connection), round-trip
-latency of 64 bytes (p50/p99 in ms) and connections per second (connect, one round trip, close) to HOST PORT.
+"""The service benchmarks' client: throughput (MB echoed both ways on one connection), round-trip latency of 64 bytes
+(p50/p99 in ms) and connections per second (connect, one round trip, close) to HOST PORT. The benchmarks import
+`measure` and `print_paths`; run inside a network namespace it is a program of its own.
 
 Usage: bench.py HOST PORT MB ROUNDS CONNECTIONS; prints one JSON object."""
 
@@ -63,12 +64,28 @@ async def connections(host: str, port: int, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def main() -> None:
-    host, port, mb, rounds, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+async def measure(host: str, port: int, mb: int, rounds: int, count: int) -> dict[str, float]:
+    """{"MB/s", "p50", "p99" (ms), "conn/s"} of the echo at host:port."""
     times = await latency(host, port, rounds)
     cuts = statistics.quantiles(times, n=100)
-    print(json.dumps({"MB/s": await throughput(host, port, mb), "p50": cuts[49], "p99": cuts[98],
-                      "conn/s": await connections(host, port, count)}))
+    return {"MB/s": await throughput(host, port, mb), "p50": cuts[49], "p99": cuts[98],
+            "conn/s": await connections(host, port, count)}
 
 
-asyncio.run(main())
+def print_paths(title: str, results: dict[str, dict[str, float]], base: str = "plain") -> None:
+    """One line per path, with what it adds to the `base` path's latency."""
+    print(f"\n{title}")
+    print(f"{'path':8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'conn/s':>8}")
+    plain = results[base]
+    for path, r in results.items():
+        print(f"{path:8} {r['MB/s']:8.1f} {r['p50']:8.3f} {r['p99']:8.3f} {r['p50'] - plain['p50']:8.3f} "
+              f"{r['p99'] - plain['p99']:8.3f} {r['conn/s']:8.0f}")
+
+
+async def main() -> None:
+    host, port, mb, rounds, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    print(json.dumps(await measure(host, port, mb, rounds, count)))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

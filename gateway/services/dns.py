@@ -1,6 +1,10 @@
 """The node's DNS responder for Services (dnslib for the wire format): `<service>.<namespace>.svc`,
 `<service>.<namespace>` and a bare `<service>` answer with the address the service's proxies listen on.
 
+It listens on the first address of `services.addresses` at `services.dns_port` in the node's network namespace, and
+on the same address at port 53 inside the network namespace of every container on a bridge network (their
+resolv.conf names it; gateway.services.mesh opens that socket there and hands it to `serve`).
+
 It answers the names of services only: a name it does not know gets NXDOMAIN (apps keep their own resolver for the
 rest; a container given this responder as its DNS server resolves service names only). A query that is not DNS is
 dropped; nothing it receives can make it answer more than one datagram.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
@@ -50,6 +55,13 @@ class DnsResponder:
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
         self.transport = transport
         log.info("services: DNS responder on %s:%d", host, port)
+
+    async def serve(self, sock: socket.socket) -> asyncio.DatagramTransport:
+        """Answer on one more socket, bound already (in a container's network namespace); closing the transport
+        closes it."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        return transport
 
     def stop(self) -> None:
         if self.transport is not None:

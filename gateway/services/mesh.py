@@ -5,6 +5,14 @@ Addresses: every Service gets an address of `services.addresses` (a loopback net
 Service exists; its proxies listen there on the Service's ports, so services never clash on a port. The first
 address of the network is the DNS responder's (gateway.services.dns).
 
+Processes and containers on the host's network reach those addresses as they are. A container on a bridge network
+(and a pod) has a network namespace of its own, whose 127.0.0.0/8 is its own `lo`: the runtime hands the namespace
+to `attach_namespace` after creating it and before the app starts, and the mesh opens the same listeners inside it
+(gateway.services.netns) — every service address and port, and the DNS responder's address at port 53 — served by
+the same proxies (picking, counters, affinity: there a client is the container's own address). They follow the
+Services as the host's do and close when the runtime closes the attachment (the container ended). Without the
+privilege to enter a namespace (CAP_SYS_ADMIN) the container runs without them, and one warning per workload says so.
+
 A connection (TCP) or a client's flow of datagrams (UDP) to a proxy goes to one endpoint:
 - the ready instances: this node's own (from its workloads, live), and the other nodes' ready endpoints as the
   registry last sent them (kept on disk with the Service);
@@ -31,6 +39,7 @@ import ipaddress
 import json
 import logging
 import random
+import socket
 import ssl
 import struct
 import time
@@ -44,6 +53,7 @@ from gateway.resources.addresses import parse_listen
 from gateway.resources.loader import REGISTRY, Config
 from gateway.resources.schema import Service, ServicePort, ServiceSettings
 from gateway.resources.services import instance_ports, port_key, selects
+from gateway.services.netns import Listen, Namespace
 from gateway.services.tls import PeerRefused, StreamSocket, accept_tls, contexts, peer_node
 
 if TYPE_CHECKING:
@@ -58,6 +68,7 @@ DATAGRAM_MAX = 65507
 AFFINITY_MAX = 10_000  # client addresses remembered per service
 FLOWS_MAX = 1024  # UDP client flows per proxy
 MAX_ATTEMPTS = 3
+DNS_INSIDE = 53  # the responder's port in a container's namespace (resolv.conf has no port)
 
 Relay = Callable[[str], Awaitable[Stream]]
 
@@ -128,6 +139,8 @@ class ServiceMesh:
         self._settings = ServiceSettings()
         self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
         self._last_endpoints: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
+        self.namespaces: set[NamespaceListeners] = set()  # containers' network namespaces the services are in
+        self._namespace_warned: set[str] = set()  # workloads whose namespace could not be entered, said once
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -184,8 +197,6 @@ class ServiceMesh:
     def _advertised_host(host: str) -> str:
         if host not in ("", "0.0.0.0", "::"):
             return host
-        import socket
-
         import psutil
 
         for addresses in psutil.net_if_addrs().values():
@@ -197,6 +208,8 @@ class ServiceMesh:
         return "127.0.0.1"
 
     async def stop(self) -> None:
+        for attached in list(self.namespaces):
+            attached.close()
         for state in self.services.values():
             self._close_servers(state)
         self.services.clear()
@@ -250,6 +263,8 @@ class ServiceMesh:
                         self.failed.pop(endpoint, None)
                 count = sum(1 for _, ok in endpoints if ok)
                 self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready")
+        for attached in list(self.namespaces):
+            await attached.sync()
 
     def _allocate(self, key: tuple[str, str]) -> str:
         network = self.network()
@@ -279,10 +294,10 @@ class ServiceMesh:
                 log.warning("service %s/%s: cannot listen on %s:%d/%s: %s", state.service.namespace,
                             state.service.name, state.address, port.port, port.protocol, exc)
 
-    def _tcp_handler(self, state: ServiceState, port: ServicePort
+    def _tcp_handler(self, state: ServiceState, port: ServicePort, client: str = ""
                      ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._held(self._tcp_client(state, port, reader, writer))
+            await self._held(self._tcp_client(state, port, reader, writer, client))
 
         return handle
 
@@ -298,8 +313,45 @@ class ServiceMesh:
             if task is not None:
                 self._tasks.discard(task)
 
-    def _udp_factory(self, state: ServiceState, port: ServicePort) -> Callable[[], _UdpProxy]:
-        return lambda: _UdpProxy(self, state, port)
+    def _udp_factory(self, state: ServiceState, port: ServicePort, client: str = "") -> Callable[[], _UdpProxy]:
+        return lambda: _UdpProxy(self, state, port, client)
+
+    # --- inside containers' network namespaces ----------------------------------------------------------------
+
+    async def attach_namespace(self, pid: int, owner: str, client: str = "") -> NamespaceListeners:
+        """Open the services in the network namespace of `pid` (a container's, or its pod's) before its app starts;
+        `owner` (the workload) names it in the log, `client` (the container's address) is its client address for
+        ClientIP affinity. The listeners follow the Services until `close()`; one whose namespace cannot be entered
+        has none and its `problem` says why."""
+        attached = NamespaceListeners(self, owner, client)
+        try:
+            namespace = Namespace.of(pid)
+        except OSError as exc:
+            attached.refuse(f"cannot open the network namespace of pid {pid}: {exc.strerror or exc}")
+            return attached
+        if namespace.is_own():  # the host's network: the host's listeners serve it already
+            namespace.close()
+            return attached
+        attached.namespace = namespace
+        attached.client = client or f"netns:{namespace.inode}"
+        self.namespaces.add(attached)
+        try:
+            await attached.sync()
+        except OSError as exc:
+            attached.refuse(str(exc) if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}")
+        return attached
+
+    async def _serve_inside(self, state: ServiceState | None, port: ServicePort | None, sock: socket.socket,
+                            client: str) -> Any:
+        """The server (TCP) or transport (UDP) of one socket opened in a namespace: the DNS responder's when
+        `state` is None, else the proxy of that service port."""
+        if state is None or port is None:
+            return await self.dns.serve(sock)
+        if port.protocol == "TCP":
+            return await asyncio.start_server(self._tcp_handler(state, port, client), sock=sock)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            self._udp_factory(state, port, client), sock=sock)
+        return transport
 
     def _event(self, key: tuple[str, str], event: str, detail: str) -> None:
         self.events.append({"ts": time.time(), "service": f"{key[0]}/{key[1]}", "event": event, "detail": detail})
@@ -473,8 +525,8 @@ class ServiceMesh:
     # --- the proxies --------------------------------------------------------------------------------------------
 
     async def _tcp_client(self, state: ServiceState, port: ServicePort, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        client = str((writer.get_extra_info("peername") or ("",))[0])
+                          writer: asyncio.StreamWriter, client: str = "") -> None:
+        client = client or str((writer.get_extra_info("peername") or ("",))[0])
         tried: set[str] = set()
         try:
             for _ in range(MAX_ATTEMPTS):
@@ -642,10 +694,94 @@ class ServiceMesh:
     def status(self) -> dict[str, Any]:
         return {"services": len(self.services), "dns": (f"{self.dns_address()}:{self._settings.dns_port}"
                                                         if self.dns is not None else None),
-                "mesh": self.mesh_address or None, "relay": self.relay is not None}
+                "mesh": self.mesh_address or None, "relay": self.relay is not None,
+                "container_namespaces": len(self.namespaces)}
 
     def view(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next((s for s in self.describe() if (s["namespace"], s["name"]) == (namespace, name)), None)
+
+
+class NamespaceListeners:
+    """The node's services inside one container's (or pod's) network namespace: a listener on every service address
+    and port and the DNS responder's address at port 53, in step with the Services (`sync`) until `close()`."""
+
+    def __init__(self, mesh: ServiceMesh, owner: str, client: str) -> None:
+        self.mesh = mesh
+        self.owner = owner
+        self.client = client
+        self.namespace: Namespace | None = None
+        # (namespace, service, port, protocol) → (the service's state, None for the DNS responder; server/transport)
+        self.listeners: dict[tuple[str, str, int, str], tuple[ServiceState | None, Any]] = {}
+        self.problem = ""  # why the namespace has none of the services
+        self.problems: list[str] = []  # listeners that could not be opened
+        self.closed = False
+        self._lock = asyncio.Lock()
+
+    def wanted(self) -> dict[tuple[str, str, int, str], tuple[ServiceState | None, ServicePort | None, Listen]]:
+        mesh = self.mesh
+        wanted: dict[tuple[str, str, int, str], tuple[ServiceState | None, ServicePort | None, Listen]] = {}
+        for (namespace, name), state in sorted(mesh.services.items()):
+            for port in state.service.ports:
+                wanted[(namespace, name, port.port, port.protocol)] = (
+                    state, port, Listen(state.address, port.port, port.protocol))
+        if mesh.dns is not None:
+            wanted[("", "", DNS_INSIDE, "UDP")] = (None, None, Listen(mesh.dns_address(), DNS_INSIDE, "UDP"))
+        return wanted
+
+    async def sync(self) -> None:
+        """Close the listeners of removed (or changed) service ports, open those of new ones. OSError (a
+        PermissionError without the privilege) when the namespace cannot be entered."""
+        async with self._lock:
+            if self.closed or self.namespace is None:
+                return
+            wanted = self.wanted()
+            for key, (state, server) in list(self.listeners.items()):
+                if key not in wanted or wanted[key][0] is not state:
+                    server.close()
+                    del self.listeners[key]
+            missing = [(key, item) for key, item in wanted.items() if key not in self.listeners]
+            opened = await self.namespace.open([listen for _, (_, _, listen) in missing])
+            problems = []
+            for (key, (state, port, listen)), sock in zip(missing, opened, strict=True):
+                if self.closed:
+                    if not isinstance(sock, OSError):
+                        sock.close()
+                    continue
+                try:
+                    if isinstance(sock, OSError):
+                        raise sock
+                    self.listeners[key] = (state, await self.mesh._serve_inside(state, port, sock, self.client))
+                except OSError as exc:
+                    if not isinstance(sock, OSError):
+                        sock.close()
+                    problems.append(f"{listen.host}:{listen.port}/{listen.protocol}: {exc.strerror or exc}")
+            if self.closed:  # closed while these were opening
+                for _, server in self.listeners.values():
+                    server.close()
+                self.listeners.clear()
+            for problem in problems:
+                if problem not in self.problems:
+                    log.warning("services in the network namespace of %s: cannot listen on %s", self.owner, problem)
+            self.problems = problems
+
+    def refuse(self, reason: str) -> None:
+        """Give up on this namespace (the container runs without the services); said once per workload."""
+        self.close()
+        self.problem = reason
+        if self.owner not in self.mesh._namespace_warned:
+            self.mesh._namespace_warned.add(self.owner)
+            log.warning("services: %s runs without the node's services and their DNS names: %s", self.owner, reason)
+
+    def close(self) -> None:
+        """Close every listener and let the namespace go (the container ended, or the gateway stops)."""
+        self.closed = True
+        self.mesh.namespaces.discard(self)
+        for _, server in self.listeners.values():
+            server.close()
+        self.listeners.clear()
+        if self.namespace is not None:
+            self.namespace.close()
+            self.namespace = None
 
 
 async def _nothing() -> None:
@@ -707,10 +843,11 @@ class _Flow:
 
 
 class _UdpProxy(asyncio.DatagramProtocol):
-    """A service's UDP port: a flow per client address, to one endpoint, ended after `udp_idle`."""
+    """A service's UDP port: a flow per client address, to one endpoint, ended after `udp_idle`; `client` is the
+    client address for affinity when all of them are one (a container's namespace), else each flow's own."""
 
-    def __init__(self, mesh: ServiceMesh, state: ServiceState, port: ServicePort) -> None:
-        self.mesh, self.state, self.port = mesh, state, port
+    def __init__(self, mesh: ServiceMesh, state: ServiceState, port: ServicePort, client: str = "") -> None:
+        self.mesh, self.state, self.port, self.client = mesh, state, port, client
         self.flows: dict[tuple[str, int], _Flow] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -753,7 +890,7 @@ class _UdpProxy(asyncio.DatagramProtocol):
         idle = float(mesh.settings.udp_idle)
         tried: set[str] = set()
         for _ in range(MAX_ATTEMPTS):
-            target = mesh.pick(state, port, key[0], tried)
+            target = mesh.pick(state, port, self.client or key[0], tried)
             tried.add(target.key)
             try:
                 if target.local:

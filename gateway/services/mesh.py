@@ -264,7 +264,10 @@ class ServiceMesh:
                 count = sum(1 for _, ok in endpoints if ok)
                 self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready")
         for attached in list(self.namespaces):
-            await attached.sync()
+            try:
+                await attached.sync()
+            except OSError as exc:
+                attached.refuse(f"{type(exc).__name__}: {exc}")
 
     def _allocate(self, key: tuple[str, str]) -> str:
         network = self.network()

@@ -8,7 +8,6 @@ runs without the services and the log says why, once."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import random
@@ -22,7 +21,7 @@ import pytest
 from container_helpers import Images, Node, podman, wait_until
 from fieldgate_container.runtime import LABEL_WORKLOAD
 
-from gateway.testing import free_port
+from gateway.testing import free_port, without_capability
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="entering a container's network namespace needs root")
 BUSYBOX = "/bin/busybox"
@@ -176,7 +175,8 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     code, resolv = await inside(container, "cat /etc/resolv.conf")
     dns = node.gateway.services.dns_address()
     assert code == 0 and f"nameserver {dns}" in resolv, resolv
-    assert len(node.gateway.services.namespaces) == 1
+    status = (await node.api.get("/api/v1/status")).json()
+    assert status["services"]["container_namespaces"] == 1, status["services"]
 
     # a Service added while it runs is reachable from it; a removed one refuses
     added = await node.api.post("/api/v1/services", json={
@@ -234,33 +234,12 @@ async def test_a_pod_calls_services_by_name(image: str, start_node: Callable[...
     await wait_until(lambda: not node.gateway.services.namespaces)
 
 
-CAP_SYS_ADMIN = 21
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
 @pytest.fixture
 def without_sys_admin() -> Iterator[None]:
-    """CAP_SYS_ADMIN out of the effective set of this thread (the event loop's: threads it starts inherit that),
-    still permitted so it comes back afterwards; the engine's processes, started anew as root, have it all the same."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-    data = (_CapData * 2)()
-    assert libc.capget(ctypes.byref(header), data) == 0
-    before = data[0].effective
-    data[0].effective = before & ~(1 << CAP_SYS_ADMIN)
-    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
-    try:
+    """CAP_SYS_ADMIN out of the effective set of the event loop's thread (the threads that enter namespaces are
+    started from it); the engine's processes, started anew as root, have it all the same."""
+    with without_capability():
         yield
-    finally:
-        data[0].effective = before
-        assert libc.capset(ctypes.byref(header), data) == 0
 
 
 async def test_without_the_privilege_the_container_runs_without_the_services(

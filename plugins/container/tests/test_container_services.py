@@ -8,6 +8,7 @@ runs without the services and the log says why, once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -144,6 +145,27 @@ async def counters(node: Node, service: str = "echo") -> dict[str, int]:
     return totals
 
 
+def open_fds() -> set[str]:
+    """What the gateway's (this process's) file descriptors are: `socket:[inode]`, `net:[inode]`, paths."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def held_in_namespaces(node: Node) -> set[str]:
+    """The descriptors the gateway holds for containers' namespaces: each namespace's and its listening sockets'."""
+    held = set()
+    for attached in node.gateway.services.namespaces:
+        assert attached.namespace is not None
+        held.add(os.readlink(f"/proc/self/fd/{attached.namespace.fd}"))
+        for _, server in attached.listeners.values():
+            sockets = server.sockets if isinstance(server, asyncio.Server) else [server.get_extra_info("socket")]
+            held |= {os.readlink(f"/proc/self/fd/{sock.fileno()}") for sock in sockets}
+    return held
+
+
 async def first_exchange(node: Node, name: str) -> str:
     """The log of the app's first instruction: the service's address it resolved, the TCP and the UDP answers."""
     async def done() -> str | None:
@@ -205,10 +227,24 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     code, out = await inside(container, "/bin/busybox nslookup late.default.svc")
     assert code != 0 and "NXDOMAIN" in out, out
 
-    # the container's end closes what the gateway held in its namespace
+    # a restart (a new container, a new namespace) and then the stop close what the gateway held in the old ones
+    held = held_in_namespaces(node)
+    assert len(held) == 4, held  # the namespace itself, echo's TCP and UDP listeners, the DNS responder
+    restarted = await node.api.post("/api/v1/workloads/default/caller/restart")
+    assert restarted.status_code in (200, 202), restarted.text
+    old_sockets = {h for h in held if h.startswith("socket:")}  # (a namespace's number may be taken again)
+
+    def renewed() -> bool:
+        now = held_in_namespaces(node)
+        return len(node.gateway.services.namespaces) == 1 and len(now) == 4 and not now & old_sockets
+
+    await wait_until(renewed)
+    assert not old_sockets & open_fds()
+    held = held_in_namespaces(node)
     stopped = await node.api.post("/api/v1/workloads/default/caller/stop")
     assert stopped.status_code == 202, stopped.text
     await wait_until(lambda: not node.gateway.services.namespaces)
+    assert not held & open_fds()
 
 
 async def test_a_pod_calls_services_by_name(image: str, start_node: Callable[..., Any]) -> None:

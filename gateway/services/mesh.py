@@ -8,10 +8,11 @@ address of the network is the DNS responder's (gateway.services.dns).
 Processes and containers on the host's network reach those addresses as they are. A container on a bridge network
 (and a pod) has a network namespace of its own, whose 127.0.0.0/8 is its own `lo`: the runtime hands the namespace
 to `attach_namespace` after creating it and before the app starts, and the mesh opens the same listeners inside it
-(gateway.services.netns) — every service address and port, and the DNS responder's address at port 53 — served by
-the same proxies (picking, counters, affinity: there a client is the container's own address). They follow the
-Services as the host's do and close when the runtime closes the attachment (the container ended). Without the
-privilege to enter a namespace (CAP_SYS_ADMIN) the container runs without them, and one warning per workload says so.
+(gateway.services.namespaces, with gateway.services.netns): every service address and port, and the DNS responder's
+address at port 53, served by the same proxies (picking, counters, affinity: there a client is the container's own
+address). They follow the Services as the host's do and close when the runtime closes the attachment (the container
+ended). Without the privilege to enter a namespace (CAP_SYS_ADMIN) the container runs without them, and one warning
+per workload says so.
 
 A connection (TCP) or a client's flow of datagrams (UDP) to a proxy goes to one endpoint:
 - the ready instances: this node's own (from its workloads, live), and the other nodes' ready endpoints as the
@@ -53,7 +54,8 @@ from gateway.resources.addresses import parse_listen
 from gateway.resources.loader import REGISTRY, Config
 from gateway.resources.schema import Service, ServicePort, ServiceSettings
 from gateway.resources.services import instance_ports, port_key, selects
-from gateway.services.netns import Listen, Namespace
+from gateway.services.namespaces import NamespaceListeners
+from gateway.services.netns import Namespace
 from gateway.services.tls import PeerRefused, StreamSocket, accept_tls, contexts, peer_node
 
 if TYPE_CHECKING:
@@ -68,7 +70,6 @@ DATAGRAM_MAX = 65507
 AFFINITY_MAX = 10_000  # client addresses remembered per service
 FLOWS_MAX = 1024  # UDP client flows per proxy
 MAX_ATTEMPTS = 3
-DNS_INSIDE = 53  # the responder's port in a container's namespace (resolv.conf has no port)
 
 Relay = Callable[[str], Awaitable[Stream]]
 
@@ -140,7 +141,7 @@ class ServiceMesh:
         self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
         self._last_endpoints: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
         self.namespaces: set[NamespaceListeners] = set()  # containers' network namespaces the services are in
-        self._namespace_warned: set[str] = set()  # workloads whose namespace could not be entered, said once
+        self.namespace_warned: set[str] = set()  # workloads whose namespace could not be entered, said once
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -344,7 +345,7 @@ class ServiceMesh:
             attached.refuse(str(exc) if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}")
         return attached
 
-    async def _serve_inside(self, state: ServiceState | None, port: ServicePort | None, sock: socket.socket,
+    async def serve_inside(self, state: ServiceState | None, port: ServicePort | None, sock: socket.socket,
                             client: str) -> Any:
         """The server (TCP) or transport (UDP) of one socket opened in a namespace: the DNS responder's when
         `state` is None, else the proxy of that service port."""
@@ -702,89 +703,6 @@ class ServiceMesh:
 
     def view(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next((s for s in self.describe() if (s["namespace"], s["name"]) == (namespace, name)), None)
-
-
-class NamespaceListeners:
-    """The node's services inside one container's (or pod's) network namespace: a listener on every service address
-    and port and the DNS responder's address at port 53, in step with the Services (`sync`) until `close()`."""
-
-    def __init__(self, mesh: ServiceMesh, owner: str, client: str) -> None:
-        self.mesh = mesh
-        self.owner = owner
-        self.client = client
-        self.namespace: Namespace | None = None
-        # (namespace, service, port, protocol) → (the service's state, None for the DNS responder; server/transport)
-        self.listeners: dict[tuple[str, str, int, str], tuple[ServiceState | None, Any]] = {}
-        self.problem = ""  # why the namespace has none of the services
-        self.problems: list[str] = []  # listeners that could not be opened
-        self.closed = False
-        self._lock = asyncio.Lock()
-
-    def wanted(self) -> dict[tuple[str, str, int, str], tuple[ServiceState | None, ServicePort | None, Listen]]:
-        mesh = self.mesh
-        wanted: dict[tuple[str, str, int, str], tuple[ServiceState | None, ServicePort | None, Listen]] = {}
-        for (namespace, name), state in sorted(mesh.services.items()):
-            for port in state.service.ports:
-                wanted[(namespace, name, port.port, port.protocol)] = (
-                    state, port, Listen(state.address, port.port, port.protocol))
-        if mesh.dns is not None:
-            wanted[("", "", DNS_INSIDE, "UDP")] = (None, None, Listen(mesh.dns_address(), DNS_INSIDE, "UDP"))
-        return wanted
-
-    async def sync(self) -> None:
-        """Close the listeners of removed (or changed) service ports, open those of new ones. OSError (a
-        PermissionError without the privilege) when the namespace cannot be entered."""
-        async with self._lock:
-            if self.closed or self.namespace is None:
-                return
-            wanted = self.wanted()
-            for key, (state, server) in list(self.listeners.items()):
-                if key not in wanted or wanted[key][0] is not state:
-                    server.close()
-                    del self.listeners[key]
-            missing = [(key, item) for key, item in wanted.items() if key not in self.listeners]
-            opened = await self.namespace.open([listen for _, (_, _, listen) in missing])
-            problems = []
-            for (key, (state, port, listen)), sock in zip(missing, opened, strict=True):
-                if self.closed:
-                    if not isinstance(sock, OSError):
-                        sock.close()
-                    continue
-                try:
-                    if isinstance(sock, OSError):
-                        raise sock
-                    self.listeners[key] = (state, await self.mesh._serve_inside(state, port, sock, self.client))
-                except OSError as exc:
-                    if not isinstance(sock, OSError):
-                        sock.close()
-                    problems.append(f"{listen.host}:{listen.port}/{listen.protocol}: {exc.strerror or exc}")
-            if self.closed:  # closed while these were opening
-                for _, server in self.listeners.values():
-                    server.close()
-                self.listeners.clear()
-            for problem in problems:
-                if problem not in self.problems:
-                    log.warning("services in the network namespace of %s: cannot listen on %s", self.owner, problem)
-            self.problems = problems
-
-    def refuse(self, reason: str) -> None:
-        """Give up on this namespace (the container runs without the services); said once per workload."""
-        self.close()
-        self.problem = reason
-        if self.owner not in self.mesh._namespace_warned:
-            self.mesh._namespace_warned.add(self.owner)
-            log.warning("services: %s runs without the node's services and their DNS names: %s", self.owner, reason)
-
-    def close(self) -> None:
-        """Close every listener and let the namespace go (the container ended, or the gateway stops)."""
-        self.closed = True
-        self.mesh.namespaces.discard(self)
-        for _, server in self.listeners.values():
-            server.close()
-        self.listeners.clear()
-        if self.namespace is not None:
-            self.namespace.close()
-            self.namespace = None
 
 
 async def _nothing() -> None:

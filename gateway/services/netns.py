@@ -125,7 +125,7 @@ class Namespace:
         """The same without blocking the event loop."""
         if not wanted:
             return []
-        return await asyncio.wrap_future(in_thread(self.fd, lambda: open_sockets(wanted)))
+        return await asyncio.wait_for(asyncio.wrap_future(in_thread(self.fd, lambda: open_sockets(wanted))), 30)
 
     def close(self) -> None:
         if self.fd >= 0:

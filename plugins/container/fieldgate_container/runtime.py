@@ -468,6 +468,9 @@ class ContainerRuntime(Runtime):
         """Create the container and its network namespace (`create`, `init`), open the node's services inside it,
         then start it attached: the app finds them from its first instruction on."""
         name = self.container_name(spec)
+        node_services = spec.services
+        if node_services is None:
+            raise WorkloadError("the node's services are not there to open inside the container")
         args, env = self.run_args(spec, files_dir, verb="create")
         services: NamespaceServices | None = None
         try:
@@ -477,8 +480,7 @@ class ContainerRuntime(Runtime):
             pid, *addresses = (found.out.split() if found.code == 0 else []) or [""]
             if not (pid.isdigit() and int(pid) > 0):
                 raise WorkloadError(f"{engine.name} init left container {name} without a process")
-            assert spec.services is not None
-            services = await spec.services.attach_namespace(
+            services = await node_services.attach_namespace(
                 int(pid), f"{spec.workload.namespace}/{spec.workload.name}",
                 next((a for a in addresses if is_address(a)), ""))
             process = await asyncio.create_subprocess_exec(

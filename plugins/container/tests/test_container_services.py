@@ -284,7 +284,7 @@ async def test_without_the_privilege_the_container_runs_without_the_services(
     node_settings, documents = settings()
     node: Node = await start_node(documents, node_settings)
     await wait_until(lambda: running(node, "echo"))
-    caplog.set_level(logging.WARNING, "gateway.services.mesh")
+    caplog.set_level(logging.WARNING, "gateway.services.namespaces")
     await node.deploy(app(image, restart="always", restart_delay="0.2s",
                           command=sh("echo started; /bin/busybox nc -w 1 $ECHO_SERVICE_HOST 7000 </dev/null; "
                                      "echo exit $?")))

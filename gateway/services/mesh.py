@@ -322,12 +322,14 @@ class ServiceMesh:
 
     # --- inside containers' network namespaces ----------------------------------------------------------------
 
-    async def attach_namespace(self, pid: int, owner: str, client: str = "") -> NamespaceListeners:
+    async def attach_namespace(self, pid: int, owner: str, client: str = "",
+                               reserved: frozenset[tuple[int, str]] = frozenset()) -> NamespaceListeners:
         """Open the services in the network namespace of `pid` (a container's, or its pod's) before its app starts;
         `owner` (the workload) names it in the log, `client` (the container's address) is its client address for
-        ClientIP affinity. The listeners follow the Services until `close()`; one whose namespace cannot be entered
-        has none and its `problem` says why."""
-        attached = NamespaceListeners(self, owner, client)
+        ClientIP affinity, `reserved` the app's own (port, protocol): a listener of ours on one of them would keep the
+        app from listening on all addresses there. The listeners follow the Services until `close()`; one whose
+        namespace cannot be entered has none and its `problem` says why."""
+        attached = NamespaceListeners(self, owner, client, reserved)
         try:
             namespace = Namespace.of(pid)
         except OSError as exc:

@@ -22,10 +22,12 @@ class NamespaceListeners:
     """The node's services inside one container's (or pod's) network namespace: a listener on every service address
     and port and the DNS responder's address at port 53, in step with the Services (`sync`) until `close()`."""
 
-    def __init__(self, mesh: ServiceMesh, owner: str, client: str) -> None:
+    def __init__(self, mesh: ServiceMesh, owner: str, client: str,
+                 reserved: frozenset[tuple[int, str]] = frozenset()) -> None:
         self.mesh = mesh
         self.owner = owner
         self.client = client
+        self.reserved = reserved  # the app's own ports there: a service on one is left out of this namespace
         self.namespace: Namespace | None = None
         # (namespace, service, port, protocol) → (the service's state, None for the DNS responder; server/transport)
         self.listeners: dict[tuple[str, str, int, str], tuple[ServiceState | None, Any]] = {}
@@ -33,15 +35,22 @@ class NamespaceListeners:
         self.problems: list[str] = []  # listeners that could not be opened
         self.closed = False
         self._lock = asyncio.Lock()
+        self._left_out: set[str] = set()  # services on the app's own ports, said once
 
     def wanted(self) -> dict[tuple[str, str, int, str], tuple[ServiceState | None, ServicePort | None, Listen]]:
         mesh = self.mesh
         wanted: dict[tuple[str, str, int, str], tuple[ServiceState | None, ServicePort | None, Listen]] = {}
         for (namespace, name), state in sorted(mesh.services.items()):
             for port in state.service.ports:
+                if (port.port, port.protocol) in self.reserved:
+                    if f"{namespace}/{name}" not in self._left_out:
+                        self._left_out.add(f"{namespace}/{name}")
+                        log.info("services: %s listens on port %d/%s itself: service %s/%s is not reachable on it "
+                                 "from there", self.owner, port.port, port.protocol, namespace, name)
+                    continue
                 wanted[(namespace, name, port.port, port.protocol)] = (
                     state, port, Listen(state.address, port.port, port.protocol))
-        if mesh.dns is not None:
+        if mesh.dns is not None and (DNS_INSIDE, "UDP") not in self.reserved:
             wanted[("", "", DNS_INSIDE, "UDP")] = (None, None, Listen(mesh.dns_address(), DNS_INSIDE, "UDP"))
         return wanted
 

@@ -36,9 +36,11 @@ class NamespaceServices(Protocol):
 class NodeServices(Protocol):
     """What a runtime may ask of the node's services (gateway.services.mesh): to open them, and the DNS responder, in
     the network namespace of a process of a container (before its app starts), with `owner` (the workload) for the
-    log and `client` (the container's own address) as its client address."""
+    log, `client` (the container's own address) as its client address, and `reserved`: the (port, `TCP`/`UDP`) the
+    app listens on there, which no service takes from it."""
 
-    async def attach_namespace(self, pid: int, owner: str, client: str = "") -> NamespaceServices: ...
+    async def attach_namespace(self, pid: int, owner: str, client: str = "",
+                               reserved: frozenset[tuple[int, str]] = frozenset()) -> NamespaceServices: ...
 
 
 EventSink = Callable[[str, str], Awaitable[None]]  # (event, reason) of one instance, for a runtime's own steps

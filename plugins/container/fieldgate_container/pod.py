@@ -235,8 +235,10 @@ class PodInstance(Instance):
             log.warning("services: pod %s has no infra process: its containers run without the node's services",
                         self.name)
             return
+        from fieldgate_container.runtime import own_ports  # the runtime module imports this one
+
         self.services = await self.spec.services.attach_namespace(
-            self.infra_pid, f"{workload.namespace}/{workload.name}", self.address)
+            self.infra_pid, f"{workload.namespace}/{workload.name}", self.address, own_ports(self.spec))
 
     def close_services(self) -> None:
         if self.services is not None:

@@ -121,6 +121,13 @@ def inside_dns(spec: InstanceSpec) -> str:
     return host if host and port.isdigit() else ""
 
 
+def own_ports(spec: InstanceSpec) -> frozenset[tuple[int, str]]:
+    """The (port, `TCP`/`UDP`) the app listens on in its own network namespace (its mapped ports, of every container
+    of a pod): the node's services leave them to it."""
+    return frozenset((port.container_port or spec.ports.get(port.name, 0), port.protocol.upper())
+                     for port in spec.workload.all_ports)
+
+
 def is_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -482,7 +489,7 @@ class ContainerRuntime(Runtime):
                 raise WorkloadError(f"{engine.name} init left container {name} without a process")
             services = await node_services.attach_namespace(
                 int(pid), f"{spec.workload.namespace}/{spec.workload.name}",
-                next((a for a in addresses if is_address(a)), ""))
+                next((a for a in addresses if is_address(a)), ""), own_ports(spec))
             process = await asyncio.create_subprocess_exec(
                 str(engine.path), "start", "--attach", name, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

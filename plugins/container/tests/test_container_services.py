@@ -30,7 +30,7 @@ ECHO = Path(__file__).resolve().parents[3] / "tests" / "services" / "apps" / "ec
 # the first thing the app does: find the service by name and talk to it over TCP and UDP
 FIRST = ("addr=$(/bin/busybox nslookup echo.default.svc | /bin/busybox awk '/^Address: /{print $2}'); "
          "echo resolved $addr; echo who-first | /bin/busybox nc -w 3 $addr 7000; echo; "
-         "/bin/udp-ask $addr 7001 who-udp; exec /bin/busybox sleep 600")
+         "/bin/udp-ask $addr 7001 who-udp; exec /bin/busybox httpd -f -p 8080 -h /www")
 # A UDP client for the image (busybox's nc has none): sends its third argument to host:port, prints the answer.
 UDP_ASK = r"""
 #include <arpa/inet.h>
@@ -81,15 +81,17 @@ def sh(script: str) -> list[str]:
     return [BUSYBOX, "sh", "-c", script]
 
 
-def settings() -> tuple[str, str]:
+def settings(replicas: int = 1) -> tuple[str, str]:
     """The node's services settings (a loopback /24 of the test's own; the host's DNS port a free one: inside a
-    container's namespace the responder answers at 53 all the same) and the echo app with its Service."""
+    container's namespace the responder answers at 53 all the same), the echo app with its Service, and a Service on
+    the port the callers serve on themselves (8080: theirs to listen on, on every address)."""
     network = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"
     documents = f"""\
 kind: Workload
 name: echo
 labels: {{app: echo}}
 command: [{sys.executable}, {ECHO}]
+replicas: {replicas}
 ports: [{{name: echo}}, {{name: dgram, protocol: udp}}]
 health: {{type: tcp, port: echo, interval: 200ms}}
 ---
@@ -99,6 +101,11 @@ selector: {{app: echo}}
 ports:
   - {{name: tcp, port: 7000, target_port: echo}}
   - {{name: udp, port: 7001, target_port: dgram, protocol: UDP}}
+---
+kind: Service
+name: clash
+selector: {{app: echo}}
+ports: [{{port: 8080, target_port: echo}}]
 """
     return f"services: {{addresses: {network}, dns_port: {free_port()}}}\n", documents
 
@@ -130,9 +137,9 @@ async def logs(node: Node, name: str) -> str:
     return (await node.api.get(f"/api/v1/workloads/default/{name}/logs")).text
 
 
-async def running(node: Node, name: str) -> dict[str, Any] | None:
+async def running(node: Node, name: str, ready: int = 1) -> dict[str, Any] | None:
     found = await node.workload(name)
-    return found if found["status"] == "running" and found.get("ready", 0) >= 1 else None
+    return found if found["status"] == "running" and found.get("ready", 0) >= ready else None
 
 
 async def counters(node: Node, service: str = "echo") -> dict[str, int]:
@@ -181,9 +188,9 @@ async def first_exchange(node: Node, name: str) -> str:
 
 async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str,
                                                                        start_node: Callable[..., Any]) -> None:
-    node_settings, documents = settings()
+    node_settings, documents = settings(replicas=2)
     node: Node = await start_node(documents, node_settings)
-    await wait_until(lambda: running(node, "echo"))
+    await wait_until(lambda: running(node, "echo", 2))
     address = (await node.api.get("/api/v1/services/default/echo")).json()["address"]
     await node.deploy(app(image))
     text = await first_exchange(node, "caller")
@@ -194,6 +201,14 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     assert found.get("tcp", 0) >= 1 and found.get("udp", 0) >= 1, found
 
     container = container_of("caller")
+    # the app listens on all addresses of its port 8080, which a Service of the node uses too: that one is left out
+    code, page = await inside(container, "/bin/busybox wget -q -O - http://127.0.0.1:8080/index.html")
+    assert code == 0 and page == "version 1\n", page
+    assert (await node.workload("caller"))["instances"][0]["restarts"] == 0
+    # round-robin from inside: both instances answer
+    answers = [(await inside(container, f"echo who | /bin/busybox nc -w 3 {address} 7000"))[1] for _ in range(4)]
+    assert len({a.split("|")[0] for a in answers}) == 2, answers
+
     code, resolv = await inside(container, "cat /etc/resolv.conf")
     dns = node.gateway.services.dns_address()
     assert code == 0 and f"nameserver {dns}" in resolv, resolv
@@ -202,7 +217,8 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
 
     # a Service added while it runs is reachable from it; a removed one refuses
     added = await node.api.post("/api/v1/services", json={
-        "name": "late", "selector": {"app": "echo"}, "ports": [{"port": 7100, "target_port": "echo"}]})
+        "name": "late", "selector": {"app": "echo"}, "ports": [{"port": 7100, "target_port": "echo"}],
+        "session_affinity": "ClientIP"})
     assert added.status_code == 201, added.text
     late = (await node.api.get("/api/v1/services/default/late")).json()["address"]
 
@@ -215,6 +231,9 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     out = await wait_until(reaches_late)
     assert out.startswith(late), out
     assert (await counters(node, "late")).get("7100", 0) >= 1
+    # ClientIP affinity: the container is one client (its own address), kept on one instance
+    answers = [(await inside(container, f"echo who | /bin/busybox nc -w 3 {late} 7100"))[1] for _ in range(4)]
+    assert len({a.split("|")[0] for a in answers}) == 1, answers
 
     removed = await node.api.delete("/api/v1/services/default/late")
     assert removed.status_code == 200, removed.text

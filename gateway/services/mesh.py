@@ -9,7 +9,8 @@ Processes and containers on the host's network reach those addresses as they are
 (and a pod) has a network namespace of its own, whose 127.0.0.0/8 is its own `lo`: the runtime hands the namespace
 to `attach_namespace` after creating it and before the app starts, and the mesh opens the same listeners inside it
 (gateway.services.namespaces, with gateway.services.netns): every service address and port, and the DNS responder's
-address at port 53, served by the same proxies (picking, counters, affinity: there a client is the container's own
+address at port 53 (but the app's own ports, which a listener of ours would keep it from listening on at all
+addresses), served by the same proxies (picking, counters, affinity: there a client is the container's own
 address). They follow the Services as the host's do and close when the runtime closes the attachment (the container
 ended). Without the privilege to enter a namespace (CAP_SYS_ADMIN) the container runs without them, and one warning
 per workload says so.

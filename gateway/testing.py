@@ -7,6 +7,9 @@ A plugin's conftest.py imports the fixtures it uses: `from gateway.testing impor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
 import shutil
 import socket
 import subprocess
@@ -176,3 +179,34 @@ def generated_examples(strategy: Any, count: int) -> list[Any]:
 
     draw()
     return found
+
+
+CAP_SYS_ADMIN = 21
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextlib.contextmanager
+def without_capability(capability: int = CAP_SYS_ADMIN) -> Iterator[None]:
+    """The calling thread without `capability` in its effective set (threads it starts meanwhile inherit that); still
+    permitted, so it comes back at the end. A program it runs as root has it again (root's execve)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, the calling thread
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    before = data[0].effective
+    data[0].effective = before & ~(1 << capability)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    try:
+        yield
+    finally:
+        data[0].effective = before
+        libc.capset(ctypes.byref(header), data)

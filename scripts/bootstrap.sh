@@ -60,6 +60,8 @@ if [ "$target" = tests ]; then
     need podman podman runc containernetworking-plugins
     need catatonit catatonit
     static_elf /bin/busybox || apt_packages+=(busybox-static)
+    # the services tests give a container a UDP client of their own, built static (busybox's nc has no UDP)
+    [ -f "$(gcc -print-file-name=libc.a 2>/dev/null)" ] || apt_packages+=(libc6-dev)
     # The appliance image (image/build.sh) and its boot test (tests/image): FIELDGATE_IMAGE_TESTS=0 leaves them out.
     if [ "${FIELDGATE_IMAGE_TESTS:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
         for tool in debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 mkfs.vfat:dosfstools mcopy:mtools \

@@ -222,8 +222,9 @@ class ServiceSettings(Base, kw_only=True):
     addresses: Annotated[str, Meta(pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-9]|30)$", description=(
         "an IPv4 network (loopback by default) whose addresses the services' proxies listen on, one per service; its "
         "first address is the DNS responder's"))] = "127.77.0.0/16"
-    dns_port: Annotated[int, Meta(ge=0, le=65535, description="the DNS responder's port (UDP and TCP) on the first "
-                                                              "address of `addresses`; 0: no DNS responder")] = 53
+    dns_port: Annotated[int, Meta(ge=0, le=65535, description=(
+        "the DNS responder's port (UDP and TCP) on the first address of `addresses` (in a container's own network "
+        "namespace, a bridge network's, it answers at 53 over UDP whatever this is); 0: no DNS responder"))] = 53
     mesh_listen: Annotated[str, Meta(max_length=300, description=(
         "HOST:PORT where other nodes of the fleet open direct streams (mutual TLS with the nodes' certificates); "
         "`none`: other nodes reach this node's instances through the registry relay only"))] = "none"
@@ -571,7 +572,8 @@ class Workload(Document, tag="Workload", kw_only=True):
     files: list[FileFrom] = []
     working_dir: str | None = None
     network: Annotated[Literal["ports", "host", "none"], Meta(
-        description="`ports`: the mapped ports only; `host`: the node's network; `none`")] = "ports"
+        description="`ports`: a network of its own (a bridge) with the mapped ports published, where the node's "
+                    "services and their DNS names reach it too; `host`: the node's network; `none`")] = "ports"
     ports: list[PortMapping] = []
     limits: Limits = msgspec.field(default_factory=Limits)
     requests: Annotated[Requests | None, Meta(description=(

@@ -13,12 +13,17 @@ sent truncated (TC bit, the question and no records) so that the resolver asks a
 has a 2-byte length before it (RFC 1035 4.2.2); a connection may ask several questions, is closed after TCP_IDLE
 seconds without a whole one, and at most TCP_CLIENTS are served at once (one more is closed at once). A query that is
 not DNS is dropped (UDP) or ends its connection (TCP); nothing a client sends raises.
+
+It listens on the first address of `services.addresses` at `services.dns_port` in the node's network namespace, and
+on the same address at port 53 (UDP) inside the network namespace of every container on a bridge network (their
+resolv.conf names it; gateway.services.mesh opens that socket there and hands it to `serve`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +127,13 @@ class DnsResponder:
         self.transport = transport
         self.address = f"{host}:{port}"
         log.info("services: DNS responder on %s (UDP and TCP)", self.address)
+
+    async def serve(self, sock: socket.socket) -> asyncio.DatagramTransport:
+        """Answer on one more socket, bound already (in a container's network namespace); closing the transport
+        closes it."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        return transport
 
     def stop(self) -> None:
         if self.transport is not None:

@@ -5,6 +5,16 @@ Addresses: every Service gets an address of `services.addresses` (a loopback net
 Service exists; its proxies listen there on the Service's ports, so services never clash on a port. The first
 address of the network is the DNS responder's (gateway.services.dns).
 
+Processes and containers on the host's network reach those addresses as they are. A container on a bridge network
+(and a pod) has a network namespace of its own, whose 127.0.0.0/8 is its own `lo`: the runtime hands the namespace
+to `attach_namespace` after creating it and before the app starts, and the mesh opens the same listeners inside it
+(gateway.services.namespaces, with gateway.services.netns): every service address and port, and the DNS responder's
+address at port 53 (but the app's own ports, which a listener of ours would keep it from listening on at all
+addresses), served by the same proxies (picking, counters, affinity: there a client is the container's own
+address). They follow the Services as the host's do and close when the runtime closes the attachment (the container
+ended). Without the privilege to enter a namespace (CAP_SYS_ADMIN) the container runs without them, and one warning
+per workload says so.
+
 A connection (TCP) or a client's flow of datagrams (UDP) to a proxy goes to one endpoint:
 - the ready instances: this node's own (from its workloads, live), and the other nodes' ready endpoints as the
   registry last sent them (kept on disk with the Service);
@@ -31,6 +41,7 @@ import ipaddress
 import json
 import logging
 import random
+import socket
 import ssl
 import struct
 import time
@@ -45,6 +56,8 @@ from gateway.resources.addresses import parse_listen
 from gateway.resources.loader import REGISTRY, Config
 from gateway.resources.schema import Service, ServicePort, ServiceSettings
 from gateway.resources.services import instance_ports, port_key, selects
+from gateway.services.namespaces import NamespaceListeners
+from gateway.services.netns import Namespace
 from gateway.services.tls import PeerRefused, StreamSocket, accept_tls, contexts, peer_node
 
 if TYPE_CHECKING:
@@ -130,6 +143,8 @@ class ServiceMesh:
         self._settings = ServiceSettings()
         self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
         self._last_endpoints: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
+        self.namespaces: set[NamespaceListeners] = set()  # containers' network namespaces the services are in
+        self.namespace_warned: set[str] = set()  # workloads whose namespace could not be entered, said once
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -186,8 +201,6 @@ class ServiceMesh:
     def _advertised_host(host: str) -> str:
         if host not in ("", "0.0.0.0", "::"):
             return host
-        import socket
-
         import psutil
 
         for addresses in psutil.net_if_addrs().values():
@@ -199,6 +212,8 @@ class ServiceMesh:
         return "127.0.0.1"
 
     async def stop(self) -> None:
+        for attached in list(self.namespaces):
+            attached.close()
         for state in self.services.values():
             self._close_servers(state)
         self.services.clear()
@@ -253,6 +268,11 @@ class ServiceMesh:
                 count = sum(1 for _, ok in endpoints if ok)
                 self._event(key, "endpoints", f"{count} of {len(endpoints)} fleet endpoints ready"
                             + _endpoint_changes(dict(before or ()), dict(endpoints)))
+        for attached in list(self.namespaces):
+            try:
+                await attached.sync()
+            except OSError as exc:
+                attached.refuse(f"{type(exc).__name__}: {exc}")
 
     async def _apply_settings(self, settings: ServiceSettings) -> None:
         """Changed `services` settings, without a restart: what a changed setting concerns listens anew (the proxies
@@ -314,10 +334,10 @@ class ServiceMesh:
                 log.warning("service %s/%s: cannot listen on %s:%d/%s: %s", state.service.namespace,
                             state.service.name, state.address, port.port, port.protocol, exc)
 
-    def _tcp_handler(self, state: ServiceState, port: ServicePort
+    def _tcp_handler(self, state: ServiceState, port: ServicePort, client: str = ""
                      ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._held(self._tcp_client(state, port, reader, writer))
+            await self._held(self._tcp_client(state, port, reader, writer, client))
 
         return handle
 
@@ -333,8 +353,47 @@ class ServiceMesh:
             if task is not None:
                 self._tasks.discard(task)
 
-    def _udp_factory(self, state: ServiceState, port: ServicePort) -> Callable[[], _UdpProxy]:
-        return lambda: _UdpProxy(self, state, port)
+    def _udp_factory(self, state: ServiceState, port: ServicePort, client: str = "") -> Callable[[], _UdpProxy]:
+        return lambda: _UdpProxy(self, state, port, client)
+
+    # --- inside containers' network namespaces ----------------------------------------------------------------
+
+    async def attach_namespace(self, pid: int, owner: str, client: str = "",
+                               reserved: frozenset[tuple[int, str]] = frozenset()) -> NamespaceListeners:
+        """Open the services in the network namespace of `pid` (a container's, or its pod's) before its app starts;
+        `owner` (the workload) names it in the log, `client` (the container's address) is its client address for
+        ClientIP affinity, `reserved` the app's own (port, protocol): a listener of ours on one of them would keep the
+        app from listening on all addresses there. The listeners follow the Services until `close()`; one whose
+        namespace cannot be entered has none and its `problem` says why."""
+        attached = NamespaceListeners(self, owner, client, reserved)
+        try:
+            namespace = Namespace.of(pid)
+        except OSError as exc:
+            attached.refuse(f"cannot open the network namespace of pid {pid}: {exc.strerror or exc}")
+            return attached
+        if namespace.is_own():  # the host's network: the host's listeners serve it already
+            namespace.close()
+            return attached
+        attached.namespace = namespace
+        attached.client = client or f"netns:{namespace.inode}"
+        self.namespaces.add(attached)
+        try:
+            await attached.sync()
+        except OSError as exc:
+            attached.refuse(str(exc) if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}")
+        return attached
+
+    async def serve_inside(self, state: ServiceState | None, port: ServicePort | None, sock: socket.socket,
+                            client: str) -> Any:
+        """The server (TCP) or transport (UDP) of one socket opened in a namespace: the DNS responder's when
+        `state` is None, else the proxy of that service port."""
+        if state is None or port is None:
+            return await self.dns.serve(sock)
+        if port.protocol == "TCP":
+            return await asyncio.start_server(self._tcp_handler(state, port, client), sock=sock)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            self._udp_factory(state, port, client), sock=sock)
+        return transport
 
     def _event(self, key: tuple[str, str], event: str, detail: str) -> None:
         """Keep an event of a service; its `seq` grows while the gateway runs (the uplink sends each once)."""
@@ -522,8 +581,8 @@ class ServiceMesh:
     # --- the proxies --------------------------------------------------------------------------------------------
 
     async def _tcp_client(self, state: ServiceState, port: ServicePort, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        client = str((writer.get_extra_info("peername") or ("",))[0])
+                          writer: asyncio.StreamWriter, client: str = "") -> None:
+        client = client or str((writer.get_extra_info("peername") or ("",))[0])
         tried: set[str] = set()
         try:
             for _ in range(MAX_ATTEMPTS):
@@ -691,7 +750,8 @@ class ServiceMesh:
     def status(self) -> dict[str, Any]:
         return {"services": len(self.services), "dns": (f"{self.dns_address()}:{self._settings.dns_port}"
                                                         if self.dns is not None else None),
-                "mesh": self.mesh_address or None, "relay": self.relay is not None}
+                "mesh": self.mesh_address or None, "relay": self.relay is not None,
+                "container_namespaces": len(self.namespaces)}
 
     def view(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next((s for s in self.describe() if (s["namespace"], s["name"]) == (namespace, name)), None)
@@ -766,10 +826,11 @@ class _Flow:
 
 
 class _UdpProxy(asyncio.DatagramProtocol):
-    """A service's UDP port: a flow per client address, to one endpoint, ended after `udp_idle`."""
+    """A service's UDP port: a flow per client address, to one endpoint, ended after `udp_idle`; `client` is the
+    client address for affinity when all of them are one (a container's namespace), else each flow's own."""
 
-    def __init__(self, mesh: ServiceMesh, state: ServiceState, port: ServicePort) -> None:
-        self.mesh, self.state, self.port = mesh, state, port
+    def __init__(self, mesh: ServiceMesh, state: ServiceState, port: ServicePort, client: str = "") -> None:
+        self.mesh, self.state, self.port, self.client = mesh, state, port, client
         self.flows: dict[tuple[str, int], _Flow] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -812,7 +873,7 @@ class _UdpProxy(asyncio.DatagramProtocol):
         idle = float(mesh.settings.udp_idle)
         tried: set[str] = set()
         for _ in range(MAX_ATTEMPTS):
-            target = mesh.pick(state, port, key[0], tried)
+            target = mesh.pick(state, port, self.client or key[0], tried)
             tried.add(target.key)
             try:
                 if target.local:

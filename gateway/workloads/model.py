@@ -25,6 +25,24 @@ class LogSink(Protocol):
     def __call__(self, stream: str, line: str, container: str = "") -> None: ...
 
 
+class NamespaceServices(Protocol):
+    """The node's services opened in a container's network namespace; closed when the container has ended."""
+
+    problem: str  # why the namespace has none of them (no privilege to enter it), "" when it has them
+
+    def close(self) -> None: ...
+
+
+class NodeServices(Protocol):
+    """What a runtime may ask of the node's services (gateway.services.mesh): to open them, and the DNS responder, in
+    the network namespace of a process of a container (before its app starts), with `owner` (the workload) for the
+    log, `client` (the container's own address) as its client address, and `reserved`: the (port, `TCP`/`UDP`) the
+    app listens on there, which no service takes from it."""
+
+    async def attach_namespace(self, pid: int, owner: str, client: str = "",
+                               reserved: frozenset[tuple[int, str]] = frozenset()) -> NamespaceServices: ...
+
+
 EventSink = Callable[[str, str], Awaitable[None]]  # (event, reason) of one instance, for a runtime's own steps
 READ_CHUNK = 64 << 10  # also the longest line: a longer one is passed on in pieces
 
@@ -45,6 +63,7 @@ class InstanceSpec:
     # fenced (gateway.hookspecs.workload_fence): it must not outlive the gateway, whose lease let it run
     bound_to_gateway: bool = False
     event: EventSink | None = None  # a runtime's own steps (a pod's init containers, a container restarted alone)
+    services: NodeServices | None = None  # the node's services, for instances with a network namespace of their own
 
 
 @dataclass

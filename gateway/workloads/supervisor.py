@@ -495,7 +495,7 @@ class WorkloadManager:
             await instance.owner.event(event, instance.id, reason)
 
         return InstanceSpec(workload, instance.id, instance.version, env, files, dict(instance.ports), work_dir,
-                            log_line, volumes, event=event,
+                            log_line, volumes, event=event, services=services,
                             bound_to_gateway=self.fence is not None and self.fence(workload) is not None)
 
     def _value(self, workload: Workload, config_item: str | None, secret: str | None, key: str) -> tuple[str, bool]:

@@ -57,12 +57,14 @@ class Engine:
     def is_podman(self) -> bool:
         return "podman" in self.name
 
-    async def call(self, *args: str, timeout: float = CALL_TIMEOUT, check: bool = True) -> Result:
-        """Run `<engine> args…`; raise WorkloadError (with the engine's own message) when it fails or times out."""
+    async def call(self, *args: str, timeout: float = CALL_TIMEOUT, check: bool = True,
+                   env: dict[str, str] | None = None) -> Result:
+        """Run `<engine> args…` (with `env` as its environment when given); raise WorkloadError (with the engine's
+        own message) when it fails or times out."""
         try:
             process = await asyncio.create_subprocess_exec(
                 str(self.path), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
+                stderr=asyncio.subprocess.PIPE, env=env)
         except OSError as exc:
             raise WorkloadError(f"cannot run {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -77,6 +79,14 @@ class Engine:
         if check and code != 0:
             raise WorkloadError(f"{self.name} {args[0]}: {last_line(err) or f'exit code {code}'}")
         return Result(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    async def step(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """A step of running a container (`create`, `init`): WorkloadError `<engine> <verb> failed: <its message>`."""
+        done = await self.call(*args, env=env, check=False)
+        if done.code != 0:
+            message = last_line(done.err.encode()).removeprefix("Error: ") or f"exit code {done.code}"
+            raise WorkloadError(f"{self.name} {args[0]} failed: {message}")
+        return done
 
     def call_sync(self, *args: str, timeout: float = CALL_TIMEOUT) -> Result:
         """The same, blocking: for the runtime's start-up only."""

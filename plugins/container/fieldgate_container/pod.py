@@ -1,7 +1,11 @@
 """Pods: a workload's `containers` run in one podman pod (one network namespace, so they reach each other on
 localhost and the pod publishes their ports), after its `init_containers` have each run to exit code 0. Every
 container is attached, so its output is the workload's log tagged with its name; one that ends is restarted alone
-by the workload's restart policy, with the workload's backoff, and counted."""
+by the workload's restart policy, with the workload's backoff, and counted.
+
+On a bridge network the node's services are opened in the pod's network namespace (its infra container's) once the
+pod is created, before its first container starts, and its containers get the DNS responder as their DNS server
+(`pod create --dns`); they close when the pod is removed."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from gateway.errors import WorkloadError
 from gateway.resources.schema import Container
 from gateway.workloads.figures import Counters, cgroup_counters, cgroup_dirs, process_tree
 from gateway.workloads.health import HOST
-from gateway.workloads.model import Exit, Instance, InstanceSpec
+from gateway.workloads.model import Exit, Instance, InstanceSpec, NamespaceServices
 
 if TYPE_CHECKING:
     from fieldgate_container.runtime import ContainerInstance, ContainerRuntime
@@ -99,6 +103,7 @@ class PodInstance(Instance):
         self.published_host = published_host
         self.address = ""  # the pod's own IP address, when it has one
         self.infra_pid: int | None = None
+        self.services: NamespaceServices | None = None  # the node's services in the pod's network namespace
         self.members = {c.name: Member(c, f"{name}-{c.name}") for c in spec.workload.containers}
         self.stopping = False
         self.stop_reason = ""
@@ -217,8 +222,28 @@ class PodInstance(Instance):
             exit_ = Exit(code=0)
         if self.stop_reason and not exit_.oom:
             exit_.reason = f"{self.stop_reason} ({exit_.describe()})"
+        self.close_services()
         await self.runtime.remove_pod(self.engine, self.name)
         return exit_
+
+    async def open_services(self) -> None:
+        """Open the node's services in the pod's network namespace (a bridge network; its infra container runs)."""
+        workload = self.spec.workload
+        if self.spec.services is None or workload.network != "ports":
+            return
+        if self.infra_pid is None:
+            log.warning("services: pod %s has no infra process: its containers run without the node's services",
+                        self.name)
+            return
+        from fieldgate_container.runtime import own_ports  # the runtime module imports this one
+
+        self.services = await self.spec.services.attach_namespace(
+            self.infra_pid, f"{workload.namespace}/{workload.name}", self.address, own_ports(self.spec))
+
+    def close_services(self) -> None:
+        if self.services is not None:
+            self.services.close()
+            self.services = None
 
     async def wait(self) -> Exit:
         if self._ended is None:
@@ -243,7 +268,7 @@ class PodInstance(Instance):
 
 async def create_pod(runtime: ContainerRuntime, engine: Engine, spec: InstanceSpec, name: str) -> None:
     """`<engine> pod create` with the workload's network, published ports and limits (for the whole pod)."""
-    from fieldgate_container.runtime import limit_args, publish_address  # the runtime module imports this one
+    from fieldgate_container.runtime import inside_dns, limit_args, publish_address  # it imports this module
 
     workload = spec.workload
     await engine.call("pod", "rm", "-f", "-t", "0", name, check=False)
@@ -254,6 +279,8 @@ async def create_pod(runtime: ContainerRuntime, engine: Engine, spec: InstanceSp
             host_port = spec.ports[port.name]
             inside = port.container_port or host_port
             args += ["-p", f"{address + ':' if address else ''}{host_port}:{inside}/{port.protocol}"]
+        if dns := inside_dns(spec):  # the node's services are opened in the pod's namespace
+            args += ["--dns", dns]
     else:
         args += ["--network", workload.network]
     args += limit_args(workload.limits)

@@ -1,5 +1,13 @@
 """The `container` runtime: every instance is a container run by the podman (or docker) command line, attached so
-its stdout and stderr become the workload's log, labelled so a restarted gateway finds and removes its own."""
+its stdout and stderr become the workload's log, labelled so a restarted gateway finds and removes its own.
+
+The node's services: a container on the host's network reaches their loopback addresses as they are and gets the
+DNS responder as its DNS server (`--dns`). One on a bridge network (`network: ports`, and every pod) has a network
+namespace of its own: with podman it is created (`podman create`, `podman init`: the namespace exists, the app has not
+started), the node's services are opened inside its namespace (or the pod's), and only then started, attached
+(`podman start --attach`); it gets `--dns` too, the responder answering at port 53 in its namespace. The services
+inside close when the container ends.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +39,16 @@ from gateway.errors import WorkloadError
 from gateway.resources.schema import Capabilities, Container, Limits, SecuritySettings, Workload
 from gateway.workloads.figures import Counters, own_cgroup_counters, process_tree
 from gateway.workloads.health import HOST, run_check_command
-from gateway.workloads.model import Exit, Instance, InstanceSpec, Runtime, mib, read_lines, write_files
+from gateway.workloads.model import (
+    Exit,
+    Instance,
+    InstanceSpec,
+    NamespaceServices,
+    Runtime,
+    mib,
+    read_lines,
+    write_files,
+)
 from gateway.workloads.mounts import own_files
 
 log = logging.getLogger(__name__)
@@ -95,6 +112,22 @@ def publish_address() -> str:
     return os.environ.get(PUBLISH_ADDRESS_VARIABLE, "")
 
 
+def inside_dns(spec: InstanceSpec) -> str:
+    """The DNS responder's address for a container whose own network namespace gets the node's services (its
+    resolv.conf names it; it answers at port 53 there), "" when it gets none (no services on the node)."""
+    if spec.services is None or spec.workload.network != "ports":
+        return ""
+    host, _, port = spec.env.get("FIELDGATE_DNS", "").rpartition(":")
+    return host if host and port.isdigit() else ""
+
+
+def own_ports(spec: InstanceSpec) -> frozenset[tuple[int, str]]:
+    """The (port, `TCP`/`UDP`) the app listens on in its own network namespace (its mapped ports, of every container
+    of a pod): the node's services leave them to it."""
+    return frozenset((port.container_port or spec.ports.get(port.name, 0), port.protocol.upper())
+                     for port in spec.workload.all_ports)
+
+
 def is_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -125,6 +158,8 @@ class ContainerInstance(Instance):
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.stop_reason = ""
         self.engine_failed = False  # the engine could not run the container (its message is the exit's reason)
+        self.services: NamespaceServices | None = None  # the node's services in its network namespace
+        self.verb = "run"  # how the engine runs it: `run`, or `start` once created
         self._pumps = [asyncio.create_task(self._pump(process.stdout, "stdout")),
                        asyncio.create_task(self._pump(process.stderr, "stderr"))]
         self._ended = asyncio.create_task(self._wait())
@@ -205,6 +240,8 @@ class ContainerInstance(Instance):
 
     async def _wait(self) -> Exit:
         code = await self.process.wait()
+        if self.services is not None:  # its namespace goes with it: nothing of the gateway may hold it
+            self.services.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await asyncio.gather(*self._pumps, return_exceptions=True)
@@ -222,7 +259,7 @@ class ContainerInstance(Instance):
             exit_.oom = True
             exit_.reason = "out of memory: killed by the kernel" + (f" at its limit of {mib(limit)}" if limit else "")
         elif code in ENGINE_FAILED and engine_error.startswith("Error: "):  # the engine's own message says why
-            exit_.reason = f"{self.engine.name} run failed: {engine_error.removeprefix('Error: ')[:300]}"
+            exit_.reason = f"{self.engine.name} {self.verb} failed: {engine_error.removeprefix('Error: ')[:300]}"
             self.engine_failed = True
         elif exit_code.isdigit() and 128 < int(exit_code) <= 128 + 64:
             exit_ = Exit(signal=int(exit_code) - 128)
@@ -368,11 +405,18 @@ class ContainerRuntime(Runtime):
                 engine_env[key] = value
         return engine_env
 
-    def run_args(self, spec: InstanceSpec, files_dir: Path) -> tuple[list[str], dict[str, str]]:
-        """The `run` arguments and the environment the engine passes on (values stay off the command line)."""
+    def inside_services(self, spec: InstanceSpec) -> bool:
+        """Whether the node's services are opened in the container's own network namespace before it starts: a
+        bridge network, and podman (whose `init` makes the namespace without starting the app)."""
+        return (spec.services is not None and spec.workload.network == "ports" and self.engine is not None
+                and self.engine.is_podman)
+
+    def run_args(self, spec: InstanceSpec, files_dir: Path, verb: str = "run") -> tuple[list[str], dict[str, str]]:
+        """The `run` (or `create`) arguments and the environment the engine passes on (values stay off the command
+        line)."""
         workload = spec.workload
         env, file_mounts = self.base_env(spec, workload.env, files_dir)
-        args = ["run", "--name", self.container_name(spec), *self.labels(spec),
+        args = [verb, "--name", self.container_name(spec), *self.labels(spec),
                 "--stop-timeout", str(math.ceil(float(workload.stop_grace))), *file_mounts]
         if self.engine is not None and self.engine.is_podman:
             args.append("--replace")
@@ -385,6 +429,9 @@ class ContainerRuntime(Runtime):
                 env[f"FIELDGATE_PORT_{port.name.upper().replace('-', '_')}"] = str(inside)
                 if i == 0:
                     env["PORT"] = str(inside)
+            if self.inside_services(spec) and (dns := inside_dns(spec)):  # the services in its own namespace
+                args += ["--dns", dns]
+                env["FIELDGATE_DNS"] = f"{dns}:53"
         else:
             args += ["--network", workload.network]
             dns_host, _, dns_port = spec.env.get("FIELDGATE_DNS", "").rpartition(":")
@@ -412,6 +459,8 @@ class ContainerRuntime(Runtime):
             self.marker.touch()
         if spec.workload.is_pod:
             return await self.start_pod(engine, spec, files_dir)
+        if self.inside_services(spec):
+            return await self.start_with_services(engine, spec, files_dir)
         args, env = self.run_args(spec, files_dir)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -419,7 +468,46 @@ class ContainerRuntime(Runtime):
                 stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
             raise WorkloadError(f"cannot run {engine.path}: {exc.strerror or exc}") from exc
-        instance = ContainerInstance(engine, process, spec, self.container_name(spec), publish_address())
+        return await self.started(ContainerInstance(engine, process, spec, self.container_name(spec),
+                                                    publish_address()))
+
+    async def start_with_services(self, engine: Engine, spec: InstanceSpec, files_dir: Path) -> Instance:
+        """Create the container and its network namespace (`create`, `init`), open the node's services inside it,
+        then start it attached: the app finds them from its first instruction on."""
+        name = self.container_name(spec)
+        node_services = spec.services
+        if node_services is None:
+            raise WorkloadError("the node's services are not there to open inside the container")
+        args, env = self.run_args(spec, files_dir, verb="create")
+        services: NamespaceServices | None = None
+        try:
+            await engine.step(*args, env=env)
+            await engine.step("init", name)
+            found = await engine.call("inspect", "--format", INSPECT_STARTED, name, check=False)
+            pid, *addresses = (found.out.split() if found.code == 0 else []) or [""]
+            if not (pid.isdigit() and int(pid) > 0):
+                raise WorkloadError(f"{engine.name} init left container {name} without a process")
+            services = await node_services.attach_namespace(
+                int(pid), f"{spec.workload.namespace}/{spec.workload.name}",
+                next((a for a in addresses if is_address(a)), ""), own_ports(spec))
+            process = await asyncio.create_subprocess_exec(
+                str(engine.path), "start", "--attach", name, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except BaseException as exc:
+            if services is not None:
+                services.close()
+            with contextlib.suppress(WorkloadError):
+                await asyncio.shield(engine.call(*engine.remove_args(name), check=False))
+            if isinstance(exc, OSError):
+                raise WorkloadError(f"cannot run {engine.path}: {exc.strerror or exc}") from exc
+            raise
+        instance = ContainerInstance(engine, process, spec, name, publish_address())
+        instance.services = services
+        instance.verb = "start"
+        return await self.started(instance)
+
+    async def started(self, instance: ContainerInstance) -> ContainerInstance:
+        """The instance once it runs; WorkloadError when it did not start in time or the engine could not run it."""
         try:
             await instance.wait_started()
         except TimeoutError:
@@ -449,6 +537,8 @@ class ContainerRuntime(Runtime):
             env[f"FIELDGATE_PORT_{port.name.upper().replace('-', '_')}"] = str(inside)
             if port is first:
                 env["PORT"] = str(inside)
+        if dns := inside_dns(spec):  # the responder answers at port 53 in the pod's namespace
+            env["FIELDGATE_DNS"] = f"{dns}:53"
         env.update(container.env)
         args += limit_args(container.limits)
         working_dir = container.working_dir or workload.working_dir
@@ -494,6 +584,7 @@ class ContainerRuntime(Runtime):
         try:
             await create_pod(self, engine, spec, name)
             pod.infra_pid, pod.address = await pod_address(engine, name)
+            await pod.open_services()
             for container in spec.workload.init_containers:
                 init = await self.run_member(spec, pod, container, f"{name}-{container.name}")
                 ended = await init.wait()
@@ -509,6 +600,7 @@ class ContainerRuntime(Runtime):
         return pod
 
     async def _abandon(self, pod: PodInstance) -> None:
+        pod.close_services()
         await pod.stop(0.0, "the pod did not start")
         await self.remove_pod(pod.engine, pod.name)
 

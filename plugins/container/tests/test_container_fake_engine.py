@@ -34,10 +34,10 @@ if any("unreachable" in arg for arg in args):
     sys.stderr.write("Error: cannot connect to the engine: connection refused\\n")
     sys.exit(125)
 run_pid = os.path.join(state, "run.pid")
-if args[0] == "run" and any("norun" in arg for arg in args):
+if args[0] in ("run", "init") and any("norun" in arg for arg in args):
     sys.stderr.write("Error: OCI runtime error: runc: container init: permission denied\\n")
     sys.exit(126)
-elif args[0] == "run":
+elif args[0] in ("run", "start"):
     open(run_pid, "w").write(str(os.getpid()))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     time.sleep(60)
@@ -168,7 +168,8 @@ async def test_a_broken_engine_fails_the_workload_with_its_message(fake_engine: 
     assert pulled["reason"].endswith("cannot start: cannot pull image 'localhost/unreachable:1': fake-podman pull: "
                                      "Error: cannot connect to the engine: connection refused")
     norun = await wait_until(lambda: failed("norun"))
-    assert norun["reason"].endswith("cannot start: fake-podman run failed: OCI runtime error: runc: container "
+    # on a bridge network it is created and initialised first (the node's services go into its namespace)
+    assert norun["reason"].endswith("cannot start: fake-podman init failed: OCI runtime error: runc: container "
                                     "init: permission denied")
     assert [e["event"] for e in (await node.api.get("/api/v1/workloads/default/norun/events")).json()] == [
         "scheduled", "failed"]

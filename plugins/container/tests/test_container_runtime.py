@@ -125,7 +125,8 @@ async def test_pull_policies_and_pre_pull_before_an_update(images: Images, start
     always = await wait_until(lambda: _failed(node, "always"))
     assert f"cannot start: cannot pull image {images.tag(1)!r}: podman pull:" in always["reason"]
     nobinary = await wait_until(lambda: _failed(node, "nobinary"))
-    assert "podman run failed:" in nobinary["reason"] and "/nope" in nobinary["reason"]
+    # created and initialised first (the node's services go into its namespace before it starts): init says it
+    assert "podman init failed:" in nobinary["reason"] and "/nope" in nobinary["reason"], nobinary["reason"]
 
     # The new image cannot be had: the old version keeps serving and the workload says why.
     await node.deploy({**web(images), "name": "keep", "image": absent, "image_pull_policy": "Never"})

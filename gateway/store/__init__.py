@@ -7,8 +7,10 @@ stored), `outboxes`, `resources`, `users` (and API tokens), `audit`, `settings` 
 parts (`store.history.add_report(...)`); the store itself only
 opens, flushes and closes.
 
-Reports and outbox messages are queued and committed by one writer task every `flush_interval`: a report is complete
-once its transaction commits, and a crash (even SIGKILL) leaves every completed report in the file.
+Reports and outbox messages are queued and committed by one writer task, in one transaction as soon as the previous
+one is done (a group commit: what is queued meanwhile goes into the next), or at most every `flush_interval` when
+one is set: a report is complete once its transaction commits, and a crash (even SIGKILL) leaves every completed
+report in the file. The outbox messages a commit holds go to their sinks right after it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Store:
     `secrets` seals the Secret documents it stores (the node's `SecretBox`); without it, a Secret is refused.
     """
 
-    def __init__(self, data_dir: Path, *, flush_interval: float = 0.1, timeout: float = 10.0,
+    def __init__(self, data_dir: Path, *, flush_interval: float = 0.0, timeout: float = 10.0,
                  max_queued: int = 500_000, secrets: DocumentSealer | None = None) -> None:
         self.data_dir = data_dir
         self.path = db_path(data_dir)
@@ -75,8 +77,8 @@ class Store:
         await self._db.close()
 
     async def flush(self) -> int:
-        """Commit every queued report, outbox message and meta value in one transaction; returns the values
-        written.
+        """Commit every queued report, outbox message, acknowledgement and meta value in one transaction; returns
+        the values written.
 
         A row SQLite or the encoder refuses (one bad value) fails the fast attempt; the retry writes row by row and
         leaves out only what is refused (counted in `health`), so it never blocks the others. A failure of the
@@ -88,12 +90,15 @@ class Store:
             return 0
         reports, queued = history.take()
         messages = outboxes.take()
+        acks = outboxes.take_acks()
         meta = db.take_meta()
         for careful in (False, True):
             try:
                 async with db.transaction() as connection:
                     folded = await history.write(connection, reports, careful=careful)
-                    written = await outboxes.write(connection, messages, careful=careful) if messages else messages
+                    written = await outboxes.write(connection, messages, careful=careful) if messages else []
+                    if acks:
+                        await outboxes.delete_acknowledged(connection, acks)
                     if meta:
                         await db.write_meta(connection, meta, careful=careful)
                 break
@@ -102,13 +107,14 @@ class Store:
                     continue  # one row was refused: again, one row at a time
                 history.restore(reports, queued)  # kept for the next attempt
                 outboxes.restore(messages)
+                outboxes.restore_acks(acks)
                 db.restore_meta(meta)
                 error = f"{type(exc).__name__}: {exc}"
                 db.health.failed("reports", error)
                 raise StoreError(f"{self.path}: writing reports failed: {error}") from exc
         db.health.succeeded("reports")
-        if written:
-            outboxes.committed(written)
+        if messages:
+            outboxes.committed(written, len(messages))  # the runners publish them now, before the folding below
         return await history.committed(folded)
 
     @property
@@ -117,14 +123,24 @@ class Store:
         return self._db.health
 
     async def run_writer(self) -> None:
-        """The writer task: flush every interval, forever (supervised by the runtime). A failing flush is retried
-        within WRITER_MAX_BACKOFF, not after the supervisor's long backoff: the readings wait in memory meanwhile,
-        and `health` says the store is failing."""
-        delay = self.flush_interval
+        """The writer task (supervised by the runtime): a group commit as soon as something is queued and the
+        previous commit is done, so what the pipeline queues while one commits goes together into the next one;
+        with a `flush_interval`, at most one commit every interval. A failing flush is retried within
+        WRITER_MAX_BACKOFF, not after the supervisor's long backoff: the readings wait in memory meanwhile, and
+        `health` says the store is failing."""
+        loop = asyncio.get_running_loop()
+        queued = self._db.queued
+        backoff = 0.0
+        started = 0.0
         while True:
-            await asyncio.sleep(delay)
+            await queued.wait()
+            if self.flush_interval > 0:  # a commit every interval at most: fewer, larger writes to the disk
+                await asyncio.sleep(max(started + self.flush_interval - loop.time(), 0))
+            queued.clear()  # before the flush: what is queued while it commits sets it again
+            started = loop.time()
             try:
                 await self.flush()
-                delay = self.flush_interval
+                backoff = 0.0
             except StoreError:
-                delay = min(max(delay * 2, self.flush_interval), WRITER_MAX_BACKOFF)
+                backoff = min(max(backoff * 2, 0.05, self.flush_interval), WRITER_MAX_BACKOFF)
+                await asyncio.sleep(backoff)

@@ -95,6 +95,11 @@ class Database:
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self._meta: dict[str, str] = {}  # meta values to write with the next flush
         self.health = StoreHealth(path)
+        self.queued = asyncio.Event()  # set when something waits for the writer's next flush
+
+    def wake_writer(self) -> None:
+        """Something was queued for the next flush: the writer commits it as soon as it is free."""
+        self.queued.set()
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (raises what sqlite3, the file system or the timeout raise)."""
@@ -178,6 +183,7 @@ class Database:
         """Queue a meta value; it is durable once the next flush commits (a newer value of the same key queued
         before then replaces it)."""
         self._meta[key] = value
+        self.wake_writer()
 
     def take_meta(self) -> dict[str, str]:
         meta, self._meta = self._meta, {}
@@ -186,6 +192,7 @@ class Database:
     def restore_meta(self, meta: dict[str, str]) -> None:
         """Put back the values of a flush that failed (newer ones queued meanwhile win)."""
         self._meta = {**meta, **self._meta}
+        self.wake_writer()
 
     async def write_meta(self, connection: aiosqlite.Connection, meta: dict[str, str], *,
                          careful: bool = False) -> None:

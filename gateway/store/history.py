@@ -74,7 +74,7 @@ class History:
     # --- the write path ---------------------------------------------------------------------------------------
 
     def add_report(self, device: str, ts: float, values: dict[str, Any]) -> None:
-        """Queue one report's values; the writer commits them within one flush interval.
+        """Queue one report's values; the writer commits them with its next flush, as soon as it is free.
 
         When the disk cannot keep up, the queue is bounded: the oldest reports' history goes first (logged and
         counted in `dropped`); outbox messages are never dropped here, and the twins keep the latest values since
@@ -82,6 +82,7 @@ class History:
         """
         self._pending.append((device, ts, values))
         self._queued += len(values)
+        self._db.wake_writer()
         if self._queued > self.max_queued:
             self._shed()
 
@@ -116,6 +117,7 @@ class History:
         """Put back the reports of a flush that failed, ahead of those queued meanwhile."""
         self._pending.extendleft(reversed(reports))
         self._queued += queued
+        self._db.wake_writer()
 
     async def write(self, db: aiosqlite.Connection, reports: deque[Report], *, careful: bool = False
                     ) -> list[Folded]:

@@ -59,6 +59,7 @@ class Store:
         self.settings = Settings(self._db)
         self.workloads = WorkloadRecords(self._db)
         self.files = FileRecords(self._db)
+        self._flushing: asyncio.Future[int] | None = None  # the last flush started
 
     async def open(self) -> None:
         try:
@@ -80,14 +81,26 @@ class Store:
         """Commit every queued report, outbox message, acknowledgement and meta value in one transaction; returns
         the values written.
 
+        A caller that is cancelled (a stopping writer, a request whose client went away) does not cut the flush
+        short: it runs to its end on its own, so that what it committed reaches the sinks and what it did not
+        stays queued, and the connection is never left inside a transaction.
+
         A row SQLite or the encoder refuses (one bad value) fails the fast attempt; the retry writes row by row and
         leaves out only what is refused (counted in `health`), so it never blocks the others. A failure of the
         database itself keeps everything queued for the next flush and shows in `health`. The rollups and the
         latest values written after the commit never fail the flush: theirs shows in `health` too.
         """
-        history, outboxes, db = self.history, self.outboxes, self._db
-        if not history.pending and not outboxes.pending and not db.meta_queued:
+        if not self.history.pending and not self.outboxes.pending and not self._db.meta_queued:
+            if self._flushing is not None and not self._flushing.done():  # what was queued is being committed
+                with contextlib.suppress(StoreError):
+                    await asyncio.shield(self._flushing)
             return 0
+        flushing = self._flushing = asyncio.ensure_future(self._flush())  # committed after any flush before it
+        flushing.add_done_callback(_retrieve)  # its error is the caller's, unless the caller is gone
+        return await asyncio.shield(flushing)
+
+    async def _flush(self) -> int:
+        history, outboxes, db = self.history, self.outboxes, self._db
         reports, queued = history.take()
         messages = outboxes.take()
         acks = outboxes.take_acks()
@@ -106,7 +119,7 @@ class Store:
                 if not careful and is_row_error(exc):
                     continue  # one row was refused: again, one row at a time
                 history.restore(reports, queued)  # kept for the next attempt
-                outboxes.restore(messages)
+                outboxes.restore(messages)  # and the runners read the file until they are past this flush
                 outboxes.restore_acks(acks)
                 db.restore_meta(meta)
                 error = f"{type(exc).__name__}: {exc}"
@@ -114,7 +127,7 @@ class Store:
                 raise StoreError(f"{self.path}: writing reports failed: {error}") from exc
         db.health.succeeded("reports")
         if messages:
-            outboxes.committed(written, len(messages))  # the runners publish them now, before the folding below
+            outboxes.committed(written)  # the runners publish them now, before the folding below
         return await history.committed(folded)
 
     @property
@@ -144,3 +157,8 @@ class Store:
             except StoreError:
                 backoff = min(max(backoff * 2, 0.05, self.flush_interval), WRITER_MAX_BACKOFF)
                 await asyncio.sleep(backoff)
+
+
+def _retrieve(task: asyncio.Future[int]) -> None:
+    if not task.cancelled():
+        task.exception()

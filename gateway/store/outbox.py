@@ -56,8 +56,13 @@ class Outboxes:
         return messages
 
     def restore(self, messages: list[Message]) -> None:
-        """Put back the messages of a flush that failed, ahead of those queued meanwhile."""
+        """Put back the messages of a flush that failed, ahead of those queued meanwhile. Whatever that flush did,
+        the runners read the file from now on until they are past it."""
         self._queued[:0] = messages
+        self._base = self._last_seq
+        self._floor = {sink: self._last_seq for sink in self._floor}
+        self._recent.clear()
+        self._recent_bytes.clear()
         self._db.wake_writer()
 
     def take_acks(self) -> dict[str, int]:
@@ -80,6 +85,7 @@ class Outboxes:
         have the messages without reading them back."""
         first = self._last_seq + 1
         rows = [(first + index, *message) for index, message in enumerate(messages)]
+        self._last_seq += len(rows)  # used up, whatever becomes of the transaction: a seq is never given twice
         refused = await write_rows(db, "INSERT INTO outbox (seq, sink, topic, payload, created) VALUES "
                                    "(?, ?, ?, ?, ?)", rows, careful=careful, health=self._db.health,
                                    part="outbox messages")
@@ -94,10 +100,8 @@ class Outboxes:
             cursor = await db.execute("DELETE FROM outbox WHERE sink = ? AND seq <= ?", (sink, up_to))
             self.depth[sink] = max(self.depth.get(sink, 0) - max(cursor.rowcount, 0), 0)
 
-    def committed(self, rows: list[tuple[int, str, str, bytes, float]], written: int) -> None:
-        """After the flush committed: count the messages, keep them for the runners and wake those.
-        `written`: how many were queued (refused ones included: their seqs are used up too)."""
-        self._last_seq += written
+    def committed(self, rows: list[tuple[int, str, str, bytes, float]]) -> None:
+        """After the flush committed: count the messages, keep them for the runners and wake those."""
         for seq, sink, topic, payload, created in rows:
             self.depth[sink] = self.depth.get(sink, 0) + 1
             recent = self._recent.get(sink)

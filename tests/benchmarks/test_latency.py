@@ -17,8 +17,10 @@ milliseconds (the telemetry contract), cut, not rounded: a latency here is 0 to 
 Printed per case, one JSON line: latency p50/p99/max (messages stamped inside the measured window), delivered %
 (messages received of the reads offered in the window), gateway CPU % of one core and per point delivered, the box's
 CPU %. The bars (read → broker p50 ≤ 5 ms and p99 ≤ 20 ms) are asserted with room for a box shared with other work.
-Knobs: FIELDGATE_BENCH_SECONDS (20), FIELDGATE_BENCH_SIMS (4), FIELDGATE_BENCH_PROFILE=/tmp/latency.prof (run the
-gateway under cProfile, written to /tmp/latency.prof.10k / .100k).
+Knobs: FIELDGATE_BENCH_SECONDS (20), FIELDGATE_BENCH_SIMS (10), FIELDGATE_BENCH_FLUSH (the store's
+flush_interval, e.g. 100ms as before; unset: the default), FIELDGATE_BENCH_NICE (0; as root, -10 runs the
+gateway, mosquitto, the subscriber and the simulators ahead of the box's other work),
+FIELDGATE_BENCH_PROFILE=/tmp/latency.prof (run the gateway under cProfile, written to /tmp/latency.prof.<case>).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from test_fleet import PROFILED, api_get, device_doc, model_doc, stop, wait_heal
 pytestmark = pytest.mark.benchmark
 
 MEASURE_S = float(os.environ.get("FIELDGATE_BENCH_SECONDS", "20"))
-SIMS = int(os.environ.get("FIELDGATE_BENCH_SIMS", "4"))
+SIMS = int(os.environ.get("FIELDGATE_BENCH_SIMS", "10"))
+FLUSH = os.environ.get("FIELDGATE_BENCH_FLUSH", "")  # the store's flush_interval ("": its default)
+NICE = int(os.environ.get("FIELDGATE_BENCH_NICE", "0"))
 WARMUP_S = 5.0
 TAIL_S = 2.0  # after the window: time for the window's last messages to arrive
 DEVICES = 100
@@ -78,7 +82,8 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
             sims.append(CSimulator(directory, units_from_documents(units_file, animate=False)))
             ports.append(sims[-1].start())
         docs = [f"kind: Gateway\nname: latency-bench\nhttp: {{listen: \"127.0.0.1:{http_port}\"}}\n"
-                f"eventbus: {{url: \"{broker.url}\"}}\n", model_doc(PROPERTIES)]
+                f"eventbus: {{url: \"{broker.url}\"}}\n" + (f"store: {{flush_interval: {FLUSH}}}\n" if FLUSH else ""),
+                model_doc(PROPERTIES)]
         docs += [device_doc(f"dev-{d}", ports[d % SIMS], d // SIMS + 1, PROPERTIES, interval_ms)
                  for d in range(DEVICES)]
         config = tmp_path / f"{case}-gateway.yaml"
@@ -93,6 +98,8 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         with (tmp_path / f"{case}-gateway.log").open("wb") as log_file:
             profile = os.environ.get("FIELDGATE_BENCH_PROFILE")  # cProfile the gateway into PROFILE.<case>
             prefix = [sys.executable, "-c", PROFILED.format(out=f"{profile}.{case}")] if profile else FIELDGATE
+            if os.environ.get("LAGWRAP"):
+                prefix = [sys.executable, os.environ["LAGWRAP"]]
             gateway = subprocess.Popen([*prefix, "run", "-c", str(config), "--data-dir", str(data),
                                         "--log-level", "warning"], stderr=log_file)
         wait_healthy(http_port, gateway)
@@ -101,6 +108,11 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
             if api_get(http_port, "/api/v1/status", token)["devices"].get("online", 0) == DEVICES:
                 break
             time.sleep(0.5)
+        if NICE:  # ahead of the box's other work (as root), so that its load is not counted as the gateway's latency
+            assert broker.process is not None and all(sim.process is not None for sim in sims)
+            for pid in [gateway.pid, broker.process.pid, subscriber.pid, *(sim.process.pid for sim in sims
+                                                                         if sim.process is not None)]:
+                psutil.Process(pid).nice(NICE)
         time.sleep(WARMUP_S)
         # nothing asks the gateway anything inside the window: its answers would hold up its loop
         process = psutil.Process(gateway.pid)
@@ -109,7 +121,7 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         cpu1, box1, end = process.cpu_times(), psutil.cpu_times(), time.time()
         time.sleep(TAIL_S)
         status = api_get(http_port, "/api/v1/status", token)
-        if profile:
+        if profile or os.environ.get("LAGWRAP"):
             gateway.send_signal(signal.SIGUSR1)
             time.sleep(2)
     finally:
@@ -138,7 +150,7 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
     box_idle = (box1.idle + getattr(box1, "iowait", 0)) - (box0.idle + getattr(box0, "iowait", 0))
     result = {
         "case": case, "devices": DEVICES, "properties": PROPERTIES, "interval_ms": interval_ms,
-        "simulators": SIMS, "seconds": round(end - start, 1),
+        "simulators": SIMS, "nice": NICE, "flush_interval": FLUSH or "default", "seconds": round(end - start, 1),
         "points_per_s_offered": round(DEVICES * PROPERTIES * 1000 / interval_ms),
         "points_per_s_delivered": round(points / (end - start)),
         "delivered_percent": round(100 * len(latencies) / offered, 1),

@@ -3,6 +3,7 @@ for reports, outbox messages and meta values."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import Store, db_path
-from gateway.testing import store_sql, stored_history, stored_reported
+from gateway.testing import store_sql, stored_history, stored_reported, wait_until
 from tests.conftest import FIELDGATE, free_port
 from tests.test_runtime import MODEL, virtual_device
 
@@ -125,6 +126,40 @@ async def test_one_flush_commits_reports_outbox_messages_and_meta_values_togethe
         assert (await store.workloads.delivery())[1] == {"default/app": 7}
     finally:
         await store.close()
+
+
+async def test_the_writer_commits_as_soon_as_it_is_free_or_once_an_interval(tmp_path: Path) -> None:
+    """No timer between a reading and its commit: each thing queued is committed by the running writer (and its
+    outbox's runners woken); with a flush_interval, at most one commit an interval."""
+    store = Store(tmp_path)
+    await store.open()
+    commits: list[set[str]] = []
+    store.outboxes.on_flush.append(commits.append)
+    writer = asyncio.create_task(store.run_writer())
+    try:
+        for i in range(5):
+            store.outboxes.add("sink", "t", f"{i}".encode())
+            await wait_until(lambda i=i: len(commits) > i, timeout=10)
+        store.history.add_report("default/d", 1000.0, {"a": 1})
+        await wait_until(lambda: store.history.values_written == 1, timeout=10)
+    finally:
+        writer.cancel()
+        await store.close()
+    store = Store(tmp_path / "slow", flush_interval=3600)
+    await store.open()
+    commits.clear()
+    store.outboxes.on_flush.append(commits.append)
+    writer = asyncio.create_task(store.run_writer())
+    try:
+        store.outboxes.add("sink", "t", b"first")
+        await wait_until(lambda: len(commits) == 1, timeout=10)  # the first at once
+        store.outboxes.add("sink", "t", b"second")
+        await asyncio.sleep(0.5)
+        assert len(commits) == 1 and store.outboxes.pending  # the next one an interval after it
+    finally:
+        writer.cancel()
+        await store.close()
+    assert commits == [{"sink"}, {"sink"}]  # closing commits what waited
 
 
 async def test_values_and_rows_the_store_cannot_keep_are_left_out_alone(tmp_path: Path) -> None:

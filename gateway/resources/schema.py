@@ -158,8 +158,9 @@ class StoreSettings(Base, kw_only=True):
         "first, so one device's flood never costs another device's history"))] = 256 << 20
     flush_interval: Annotated[Duration, Meta(description=(
         "0 (the default): reports and outbox messages are committed as soon as the previous commit is done, with "
-        "what was queued meanwhile; longer: at most one commit every interval (fewer, larger writes, for a card "
-        "that wears, at the cost of that much more latency to the sinks)"))] = Duration(0)
+        "what was queued meanwhile (under load, one commit every 10ms at most); longer: at most one commit every "
+        "interval (fewer, larger writes, for a card that wears, at the cost of that much more latency to the "
+        "sinks)"))] = Duration(0)
 
 
 class FilesSettings(Base, kw_only=True):

@@ -147,7 +147,7 @@ class SinkRunner:
                     log.info("sink %s delivers again", self.outbox)
                 backoff = self.min_backoff
                 self._last_sent = batch[-1].seq
-                self.store.outboxes.ack(self.outbox, self._last_sent)  # deleted by the next group commit
+                self.store.outboxes.ack(self.outbox, self._last_sent, len(batch))  # deleted by the next commit
                 now = time.time()
                 self._count_rate(len(batch), time.monotonic())
                 self.stats.delivered += len(batch)

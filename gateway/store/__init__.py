@@ -8,9 +8,10 @@ parts (`store.history.add_report(...)`); the store itself only
 opens, flushes and closes.
 
 Reports and outbox messages are queued and committed by one writer task, in one transaction as soon as the previous
-one is done (a group commit: what is queued meanwhile goes into the next), or at most every `flush_interval` when
-one is set: a report is complete once its transaction commits, and a crash (even SIGKILL) leaves every completed
-report in the file. The outbox messages a commit holds go to their sinks right after it.
+one is done (a group commit: what is queued meanwhile goes into the next); under load, or with a `flush_interval`,
+at most one commit every few milliseconds or every interval. A report is complete once its transaction commits,
+and a crash (even SIGKILL) leaves every completed report in the file. The outbox messages a commit holds go to
+their sinks right after it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from gateway.store.workloads import WorkloadRecords
 __all__ = ["SCHEMA_VERSION", "DocumentSealer", "Store", "StoreHealth", "db_path"]
 
 WRITER_MAX_BACKOFF = 1.0  # seconds between two attempts of a failing writer at most
+# Under load, commits are spaced so that they grow rather than multiply (each commit costs about as much CPU as
+# several reports): from BUSY_RATE reports a second on, one commit every BUSY_GAP at most. Below it, a report is
+# committed at once. (PostgreSQL's commit_delay with commit_siblings makes the same trade.)
+BUSY_RATE = 200.0
+BUSY_GAP = 0.01
+RATE_WINDOW = 0.5  # seconds over which the report rate is measured
 
 
 class Store:
@@ -92,8 +99,7 @@ class Store:
         """
         if not self.history.pending and not self.outboxes.pending and not self._db.meta_queued:
             if self._flushing is not None and not self._flushing.done():  # what was queued is being committed
-                with contextlib.suppress(StoreError):
-                    await asyncio.shield(self._flushing)
+                await asyncio.shield(self._flushing)  # its failure is the caller's too: what it queued is not stored
             return 0
         flushing = self._flushing = asyncio.ensure_future(self._flush())  # committed after any flush before it
         flushing.add_done_callback(_retrieve)  # its error is the caller's, unless the caller is gone
@@ -138,17 +144,23 @@ class Store:
     async def run_writer(self) -> None:
         """The writer task (supervised by the runtime): a group commit as soon as something is queued and the
         previous commit is done, so what the pipeline queues while one commits goes together into the next one;
-        with a `flush_interval`, at most one commit every interval. A failing flush is retried within
-        WRITER_MAX_BACKOFF, not after the supervisor's long backoff: the readings wait in memory meanwhile, and
-        `health` says the store is failing."""
+        under load (BUSY_RATE) or with a `flush_interval`, one commit every BUSY_GAP or interval at most. A failing
+        flush is retried within WRITER_MAX_BACKOFF, not after the supervisor's long backoff: the readings wait in
+        memory meanwhile, and `health` says the store is failing."""
         loop = asyncio.get_running_loop()
-        queued = self._db.queued
+        queued, history = self._db.queued, self.history
         backoff = 0.0
         started = 0.0
+        window_start, window_reports, busy = loop.time(), history.reports_added, False
         while True:
             await queued.wait()
-            if self.flush_interval > 0:  # a commit every interval at most: fewer, larger writes to the disk
-                await asyncio.sleep(max(started + self.flush_interval - loop.time(), 0))
+            now = loop.time()
+            if now - window_start >= RATE_WINDOW:
+                busy = (history.reports_added - window_reports) / (now - window_start) > BUSY_RATE
+                window_start, window_reports = now, history.reports_added
+            gap = max(self.flush_interval, BUSY_GAP if busy else 0.0)
+            if gap > 0:
+                await asyncio.sleep(max(started + gap - now, 0))
             queued.clear()  # before the flush: what is queued while it commits sets it again
             started = loop.time()
             try:

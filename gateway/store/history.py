@@ -53,6 +53,7 @@ class History:
         self.max_queued = max_queued
         self.dropped = 0  # values whose history was shed because the disk could not keep up
         self.values_written = 0
+        self.reports_added = 0  # reports queued since the start (the writer's measure of the load)
         self._pending: deque[Report] = deque()
         self._queued = 0
         self._shed_logged = 0.0
@@ -84,6 +85,7 @@ class History:
         """
         self._pending.append((device, ts, values))
         self._queued += len(values)
+        self.reports_added += 1
         self._db.wake_writer()
         if self._queued > self.max_queued:
             self._shed()

@@ -97,8 +97,7 @@ class Outboxes:
     async def delete_acknowledged(self, db: aiosqlite.Connection, acks: dict[str, int]) -> None:
         """Delete what the runners acknowledged, inside the flush's transaction."""
         for sink, up_to in acks.items():
-            cursor = await db.execute("DELETE FROM outbox WHERE sink = ? AND seq <= ?", (sink, up_to))
-            self.depth[sink] = max(self.depth.get(sink, 0) - max(cursor.rowcount, 0), 0)
+            await db.execute("DELETE FROM outbox WHERE sink = ? AND seq <= ?", (sink, up_to))
 
     def committed(self, rows: list[tuple[int, str, str, bytes, float]]) -> None:
         """After the flush committed: count the messages, keep them for the runners and wake those."""
@@ -159,9 +158,11 @@ class Outboxes:
                                      "ORDER BY seq LIMIT ?", (sink, after, limit))
         return [(int(seq), str(topic), bytes(payload), float(created)) for seq, topic, payload, created in stored]
 
-    def ack(self, sink: str, up_to: int) -> None:
-        """Forget the messages of a sink up to and including `up_to`: they were delivered. The writer's next flush
-        deletes them from the file, within ACK_DELAY (until then a crash has them delivered again)."""
+    def ack(self, sink: str, up_to: int, count: int) -> None:
+        """Forget the `count` messages of a sink up to and including `up_to`: they were delivered (and no longer
+        count in its depth). The writer's next flush deletes them from the file, within ACK_DELAY (until then a
+        crash has them delivered again)."""
+        self.depth[sink] = max(self.depth.get(sink, 0) - count, 0)
         self._forget(sink, up_to)
         self._delivered[sink] = max(up_to, self._delivered.get(sink, 0))
         self._acks[sink] = max(up_to, self._acks.get(sink, 0))

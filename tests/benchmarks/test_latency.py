@@ -16,7 +16,8 @@ milliseconds (the telemetry contract), cut, not rounded: a latency here is 0 to 
 
 Printed per case, one JSON line: latency p50/p99/max (messages stamped inside the measured window), delivered %
 (messages received of the reads offered in the window), gateway CPU % of one core and per point delivered, the box's
-CPU %. The bars (read → broker p50 ≤ 5 ms and p99 ≤ 20 ms) are asserted with room for a box shared with other work.
+CPU %. The bars (read → broker p50 ≤ 5 ms and p99 ≤ 20 ms) are asserted, with room for a box shared with other work,
+where they are met (the median at 10,000 points/s); elsewhere loose bounds, and the CPU a point at 100,000 points/s.
 Knobs: FIELDGATE_BENCH_SECONDS (20), FIELDGATE_BENCH_SIMS (10), FIELDGATE_BENCH_FLUSH (the store's
 flush_interval, e.g. 100ms as before; unset: the default), FIELDGATE_BENCH_NICE (0; as root, -10 runs the
 gateway, mosquitto, the subscriber and the simulators ahead of the box's other work),
@@ -98,8 +99,6 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         with (tmp_path / f"{case}-gateway.log").open("wb") as log_file:
             profile = os.environ.get("FIELDGATE_BENCH_PROFILE")  # cProfile the gateway into PROFILE.<case>
             prefix = [sys.executable, "-c", PROFILED.format(out=f"{profile}.{case}")] if profile else FIELDGATE
-            if os.environ.get("LAGWRAP"):
-                prefix = [sys.executable, os.environ["LAGWRAP"]]
             gateway = subprocess.Popen([*prefix, "run", "-c", str(config), "--data-dir", str(data),
                                         "--log-level", "warning"], stderr=log_file)
         wait_healthy(http_port, gateway)
@@ -121,7 +120,7 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         cpu1, box1, end = process.cpu_times(), psutil.cpu_times(), time.time()
         time.sleep(TAIL_S)
         status = api_get(http_port, "/api/v1/status", token)
-        if profile or os.environ.get("LAGWRAP"):
+        if profile:
             gateway.send_signal(signal.SIGUSR1)
             time.sleep(2)
     finally:
@@ -168,16 +167,21 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
     return result
 
 
-def check(result: dict[str, Any]) -> None:
-    assert result["delivered_percent"] >= 95
+def check(result: dict[str, Any], *, delivered: float, p50_ms: float, p99_ms: float) -> None:
+    assert result["delivered_percent"] >= delivered
     assert result["latency_p50_ms"] is not None and result["latency_p99_ms"] is not None
-    assert result["latency_p50_ms"] <= 200
-    assert result["latency_p99_ms"] <= 1000
+    assert result["latency_p50_ms"] <= p50_ms
+    assert result["latency_p99_ms"] <= p99_ms
 
 
 def test_read_to_broker_at_10k_points_per_s(tmp_path: Path) -> None:
-    check(run_case(tmp_path, "10k", 1000))
+    # the median's bar (5 ms) with room for a busy box; the 99th percentile's (20 ms) is not met on a shared box yet
+    check(run_case(tmp_path, "10k", 1000), delivered=95, p50_ms=10, p99_ms=200)
 
 
 def test_read_to_broker_at_100k_points_per_s(tmp_path: Path) -> None:
-    check(run_case(tmp_path, "100k", 100))
+    # loose until the bars are met (see the README); the CPU a point must stay where the 100 ms flush timer had it
+    # (4.2 us here), with room for a busy box
+    result = run_case(tmp_path, "100k", 100)
+    check(result, delivered=90, p50_ms=100, p99_ms=500)
+    assert result["gateway_cpu_us_per_point"] < 6.0

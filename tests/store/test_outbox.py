@@ -71,7 +71,7 @@ async def test_committed_messages_reach_the_runner_from_memory_and_in_order(tmp_
 
 async def test_acknowledged_messages_go_with_the_next_commit(tmp_path: Path) -> None:
     """An acknowledgement is not a commit of its own: the next flush deletes the messages; until then they are no
-    longer handed out, and the depth follows the file."""
+    longer handed out, nor counted as waiting."""
     store = Store(tmp_path)
     await store.open()
     try:
@@ -79,10 +79,10 @@ async def test_acknowledged_messages_go_with_the_next_commit(tmp_path: Path) -> 
             store.outboxes.add("sink", "t", f"{i}".encode())
         await store.flush()
         rows = await store.outboxes.batch("sink", 0, 3)
-        store.outboxes.ack("sink", rows[-1][0])
+        store.outboxes.ack("sink", rows[-1][0], len(rows))
         assert [p for _, _, p, _ in await store.outboxes.batch("sink", 0, 10)] == [b"3", b"4"]
         assert store_sql(db_path(tmp_path), "SELECT count(*) FROM outbox")[0] == (5,)  # not deleted yet
-        assert store.outboxes.depth == {"sink": 5}
+        assert store.outboxes.depth == {"sink": 2}  # but delivered: no longer waiting
         await store.flush()
         assert store_sql(db_path(tmp_path), "SELECT count(*) FROM outbox")[0] == (2,)
         assert store.outboxes.depth == {"sink": 2}

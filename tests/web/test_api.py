@@ -289,7 +289,10 @@ async def test_a_failing_store_shows_in_healthz_and_status_and_loses_no_reading(
     status = (await client.get("/api/v1/status", headers=operator)).json()["store"]
     assert status["state"] == "failing" and "reports" in status["failing"]
     message = await client.post("/api/v1/messages/alarms", content=b'{"level": "high"}', headers=operator)
-    assert message.status_code == 503 and "queued but not stored yet" in message.json()["detail"]
+    # 503 when its flush met the failing reports; 202 when it was committed alone, between two failing flushes of
+    # reports (the writer commits as soon as it is free): either way it is not lost (below)
+    assert message.status_code == 202 or (
+        message.status_code == 503 and "queued but not stored yet" in message.json()["detail"]), message.text
     seen = gw.api.twin("default/d1").properties["count"].reported
     await wait_for(lambda: gw.api.twin("default/d1").properties["count"].reported >= seen + 20)  # a second on
     await repair_inserts(db_file, "reports")

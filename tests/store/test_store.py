@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import StoreError
 from gateway.store import Store, db_path
 from gateway.testing import store_sql, stored_history, stored_reported, wait_until
 from tests.conftest import FIELDGATE, free_port
@@ -160,6 +161,49 @@ async def test_the_writer_commits_as_soon_as_it_is_free_or_once_an_interval(tmp_
         writer.cancel()
         await store.close()
     assert commits == [{"sink"}, {"sink"}]  # closing commits what waited
+
+
+def break_inserts(db_file: Path, table: str) -> None:
+    """From a second connection: every insert into `table` fails as a broken database fails (a trigger whose body
+    names a table that does not exist)."""
+    store_sql(db_file, f"CREATE TRIGGER broken_{table} BEFORE INSERT ON {table} BEGIN INSERT INTO nowhere VALUES (1); "
+              "END")
+
+
+def repair_inserts(db_file: Path, table: str) -> None:
+    store_sql(db_file, f"DROP TRIGGER broken_{table}")
+
+
+async def test_writes_that_failed_work_again_once_the_file_is_repaired(tmp_path: Path) -> None:
+    """Before, the store's connection kept the trigger another connection had dropped (SQLite had failed to prepare
+    the insert it fires, and did not look at the file's schema again): every flush failed until some read on the
+    connection happened to reload the schema, and on a node whose sinks read from memory none did."""
+    store = Store(tmp_path)
+    await store.open()
+    db_file = db_path(tmp_path)
+    try:
+        store.history.add_report("default/d", 1000.0, {"a": 1})
+        assert await store.flush() == 1
+        break_inserts(db_file, "reports")
+        for ts in (1001.0, 1002.0):  # failing again and again, with nothing but flushes on the connection
+            store.history.add_report("default/d", ts, {"a": int(ts) - 1000 + 1})
+            with pytest.raises(StoreError, match="no such table"):
+                await store.flush()
+        assert not store.health.ok
+        repair_inserts(db_file, "reports")
+        assert await store.flush() == 2  # the first flush after the repair
+        assert store.health.ok
+        assert [value for _, value in await store.history.values("default/d", "a", 0, 2000)] == [1, 2, 3]
+
+        break_inserts(db_file, "audit")  # a single write, outside the flush's transaction
+        for _ in range(2):
+            with pytest.raises(StoreError, match="no such table"):
+                await store.audit.record("admin", "user.create", "ann")
+        repair_inserts(db_file, "audit")
+        await store.audit.record("admin", "user.create", "ann")
+        assert [entry["target"] for entry in await store.audit.recent()] == ["ann"]
+    finally:
+        await store.close()
 
 
 async def test_values_and_rows_the_store_cannot_keep_are_left_out_alone(tmp_path: Path) -> None:

@@ -156,7 +156,11 @@ class StoreSettings(Base, kw_only=True):
     history_max_bytes: Annotated[int, Meta(ge=1 << 20, description=(
         "bytes of the store file in use at most; beyond, the devices whose reports use the most lose their oldest "
         "first, so one device's flood never costs another device's history"))] = 256 << 20
-    flush_interval: Duration = Duration(0.1)
+    flush_interval: Annotated[Duration, Meta(description=(
+        "0 (the default): reports and outbox messages are committed as soon as the previous commit is done, with "
+        "what was queued meanwhile (under load, one commit every 10ms at most); longer: at most one commit every "
+        "interval (fewer, larger writes, for a card that wears, at the cost of that much more latency to the "
+        "sinks)"))] = Duration(0)
 
 
 class FilesSettings(Base, kw_only=True):

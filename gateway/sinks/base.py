@@ -5,7 +5,7 @@ Struct and the key of a route's `target_resource` it needs, and builds itself fo
 properties, that `target_resource` and a `SinkContext`. The core owns the rest: the outbox, the SinkRunner, retries,
 ordering and counters.
 
-A message enters a sink's outbox when the store commits it (every flush interval); from then on it is either
+A message enters a sink's outbox when the store commits it (the writer's group commit); from then on it is either
 delivered or still in the outbox after any crash. Delivery is ordered and at least once: a batch is removed only
 after the sink acknowledged all of it, and within one run nothing is sent twice.
 """

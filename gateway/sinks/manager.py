@@ -2,7 +2,8 @@
 its outbox, retried with backoff, drained on a clean stop, trimmed by the outbox limits, counted for status and
 metrics. Routes, the eventbus and plugins add sinks here; none runs its own delivery loop.
 
-A message enters a sink's outbox when the store commits it (every flush interval); from then on it is either
+A message enters a sink's outbox when the store commits it (the writer's group commit); the runner is woken by that
+commit and takes the message from memory, not from the file, unless it is behind. From then on the message is either
 delivered or still in the outbox after any crash. Delivery is ordered and at least once: a batch is removed only
 after the sink acknowledged all of it, and within one run nothing is sent twice."""
 
@@ -146,7 +147,7 @@ class SinkRunner:
                     log.info("sink %s delivers again", self.outbox)
                 backoff = self.min_backoff
                 self._last_sent = batch[-1].seq
-                await self.store.outboxes.ack(self.outbox, self._last_sent)
+                self.store.outboxes.ack(self.outbox, self._last_sent, len(batch))  # deleted by the next commit
                 now = time.time()
                 self._count_rate(len(batch), time.monotonic())
                 self.stats.delivered += len(batch)

@@ -27,6 +27,11 @@ ROW_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, sqlite3.Inter
                                            sqlite3.DataError, ValueError, TypeError, OverflowError)
 
 PRAGMAS = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
+# A statement that reads a table has SQLite compare the connection's copy of the schema with the file's and reload it
+# when another connection changed it (a trigger or table created or dropped). A statement that fails to prepare
+# because of that copy does not always do so (a trigger whose body names a table that is gone fails inside its own
+# parse, which SQLite does not count as a reason to look): after a failed write, the next one reads this first.
+SCHEMA_CHECK = "SELECT 1 FROM sqlite_master LIMIT 0"
 
 
 def db_path(data_dir: Path) -> Path:
@@ -93,8 +98,14 @@ class Database:
         self.timeout = timeout
         self._connection: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._check_schema = False  # a write failed: the next one first makes sure the schema it uses is current
         self._meta: dict[str, str] = {}  # meta values to write with the next flush
         self.health = StoreHealth(path)
+        self.queued = asyncio.Event()  # set when something waits for the writer's next flush
+
+    def wake_writer(self) -> None:
+        """Something was queued for the next flush: the writer commits it as soon as it is free."""
+        self.queued.set()
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (raises what sqlite3, the file system or the timeout raise)."""
@@ -136,9 +147,19 @@ class Database:
         try:
             async with self._write_lock:
                 async with asyncio.timeout(self.timeout):
+                    await self._current_schema(self.connection)
                     return await self.connection.execute(sql, params)
         except sqlite3.Error as exc:
+            self._check_schema = True
             raise StoreError(f"{self.path}: {exc}") from exc
+
+    async def _current_schema(self, connection: aiosqlite.Connection) -> None:
+        """After a failed write, bring the connection's copy of the schema up to the file's (see SCHEMA_CHECK), so
+        that a write that failed because of a schema changed since (a trigger dropped) works on the next attempt."""
+        if self._check_schema:
+            cursor = await connection.execute(SCHEMA_CHECK)
+            await cursor.close()
+            self._check_schema = False
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one writing statement; returns how many rows it changed."""
@@ -159,9 +180,12 @@ class Database:
             connection = self.connection
             await connection.execute("BEGIN IMMEDIATE")
             try:
+                await self._current_schema(connection)  # inside the transaction: the file's newest schema
                 yield connection
                 await connection.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, sqlite3.Error):
+                    self._check_schema = True
                 self.health.settle(False)
                 with contextlib.suppress(sqlite3.Error):
                     await connection.execute("ROLLBACK")
@@ -178,6 +202,7 @@ class Database:
         """Queue a meta value; it is durable once the next flush commits (a newer value of the same key queued
         before then replaces it)."""
         self._meta[key] = value
+        self.wake_writer()
 
     def take_meta(self) -> dict[str, str]:
         meta, self._meta = self._meta, {}
@@ -186,6 +211,7 @@ class Database:
     def restore_meta(self, meta: dict[str, str]) -> None:
         """Put back the values of a flush that failed (newer ones queued meanwhile win)."""
         self._meta = {**meta, **self._meta}
+        self.wake_writer()
 
     async def write_meta(self, connection: aiosqlite.Connection, meta: dict[str, str], *,
                          careful: bool = False) -> None:

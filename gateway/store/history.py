@@ -28,6 +28,7 @@ _unpack = msgspec.msgpack.Decoder()
 HISTORY_PAGE = 2000  # report rows read a query
 SNAPSHOT_EVERY = 5.0  # seconds between writes of the latest reported values (opening replays the reports since)
 FOLD_EVERY = 1.0  # seconds between folds of committed reports into the latest values and the running minutes
+ROLL_BUDGET = 2000  # series a flush rolls up into their running minutes at most (about a millisecond)
 RETRY_EVERY = 1.0  # seconds before rollups or latest values that failed to write are tried again
 ROW_OVERHEAD = 24  # bytes a report row costs beside its values: its header, rowid, time and index entry
 MAX_TS = 1 << 52  # seconds: beyond, a report's time in milliseconds no longer fits a SQLite integer exactly
@@ -52,6 +53,7 @@ class History:
         self.max_queued = max_queued
         self.dropped = 0  # values whose history was shed because the disk could not keep up
         self.values_written = 0
+        self.reports_added = 0  # reports queued since the start (the writer's measure of the load)
         self._pending: deque[Report] = deque()
         self._queued = 0
         self._shed_logged = 0.0
@@ -66,6 +68,7 @@ class History:
         self._closed: list[list[Any]] = []  # [series, minute, n, low, high, total] of minutes over, to write
         self._keys: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # device -> its last key list, ids
         self._unfolded: list[Folded] = []  # committed, not folded
+        self._to_roll: deque[tuple[tuple[int, ...], int, list[tuple[Any, ...]]]] = deque()  # gathered, not rolled up
         self._folded_at = 0.0
         self._retry_at = 0.0  # monotonic time before which failed rollups are not tried again
         self._usage: dict[int, int] | None = None  # device id -> bytes of its report rows, once retention needs it
@@ -74,7 +77,7 @@ class History:
     # --- the write path ---------------------------------------------------------------------------------------
 
     def add_report(self, device: str, ts: float, values: dict[str, Any]) -> None:
-        """Queue one report's values; the writer commits them within one flush interval.
+        """Queue one report's values; the writer commits them with its next flush, as soon as it is free.
 
         When the disk cannot keep up, the queue is bounded: the oldest reports' history goes first (logged and
         counted in `dropped`); outbox messages are never dropped here, and the twins keep the latest values since
@@ -82,6 +85,8 @@ class History:
         """
         self._pending.append((device, ts, values))
         self._queued += len(values)
+        self.reports_added += 1
+        self._db.wake_writer()
         if self._queued > self.max_queued:
             self._shed()
 
@@ -116,6 +121,7 @@ class History:
         """Put back the reports of a flush that failed, ahead of those queued meanwhile."""
         self._pending.extendleft(reversed(reports))
         self._queued += queued
+        self._db.wake_writer()
 
     async def write(self, db: aiosqlite.Connection, reports: deque[Report], *, careful: bool = False
                     ) -> list[Folded]:
@@ -189,7 +195,10 @@ class History:
         self.values_written += written
         now = time.monotonic()
         if now - self._folded_at >= FOLD_EVERY:
-            self._fold()
+            self._roll(None)  # what the last round left (flushes were few): the rollups never fall behind
+            self._gather()
+        if self._to_roll:
+            self._roll(ROLL_BUDGET)
         if self._closed and now >= self._retry_at:
             await self._write_rollups()
         if self._dirty and now - self._snapshot_at >= SNAPSHOT_EVERY:
@@ -197,10 +206,15 @@ class History:
         return written
 
     def _fold(self) -> None:
-        """Bring the latest values and the running minutes up to the committed reports.
+        """Bring the latest values and the running minutes up to the committed reports (all of them, now)."""
+        self._gather()
+        self._roll(None)
+
+    def _gather(self) -> None:
+        """Bring the latest values up to the committed reports, and group their rows for the rollups (`_roll`).
 
         Done every FOLD_EVERY seconds rather than per flush, so that a property's values of several flushes are
-        folded together: its rows are grouped by key list and minute, and each column's count, low, high and
+        rolled up together: the rows are grouped by key list and minute, and each column's count, low, high and
         total are computed by the builtins, not value by value.
         """
         rows, self._unfolded = self._unfolded, []
@@ -227,8 +241,16 @@ class History:
                 latest.update(zip(ids, vals, strict=True))
                 latest_at.update(dict.fromkeys(ids, ts))
             self._dirty.add(device_id)
-        running, closed = self._open, self._closed
-        for ids, minute, block in groups.values():
+        self._to_roll.extend(groups.values())
+
+    def _roll(self, budget: int | None) -> None:
+        """Roll the gathered groups up into the running minutes: about `budget` series at most (None: all). A flush
+        rolls a share, so that the loop is never held up long (the telemetry waiting to be published behind it)."""
+        running, closed, to_roll = self._open, self._closed, self._to_roll
+        rolled = 0
+        while to_roll and (budget is None or rolled < budget):
+            ids, minute, block = to_roll.popleft()
+            rolled += len(ids)
             columns = zip(*block, strict=True) if len(block) > 1 else ((value,) for value in block[0])
             for key, column in zip(ids, columns, strict=True):
                 kind = type(column[0])
@@ -262,7 +284,7 @@ class History:
     async def _write_snapshot(self) -> None:
         """The latest reported values of the devices that reported since the last snapshot, one row each, and the
         last report row they include: opening the store replays only the reports after it."""
-        self._fold()
+        self._gather()
         dirty, self._dirty = self._dirty, set()
         self._snapshot_at = time.monotonic()
         encode = _pack.encode

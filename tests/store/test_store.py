@@ -3,6 +3,7 @@ for reports, outbox messages and meta values."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import StoreError
 from gateway.store import Store, db_path
-from gateway.testing import store_sql, stored_history, stored_reported
+from gateway.testing import store_sql, stored_history, stored_reported, wait_until
 from tests.conftest import FIELDGATE, free_port
 from tests.test_runtime import MODEL, virtual_device
 
@@ -123,6 +125,83 @@ async def test_one_flush_commits_reports_outbox_messages_and_meta_values_togethe
         assert (await store.twins.load())["default/d"]["a"]["reported"] == 1
         assert store.outboxes.depth == {"sink": 1}
         assert (await store.workloads.delivery())[1] == {"default/app": 7}
+    finally:
+        await store.close()
+
+
+async def test_the_writer_commits_as_soon_as_it_is_free_or_once_an_interval(tmp_path: Path) -> None:
+    """No timer between a reading and its commit: each thing queued is committed by the running writer (and its
+    outbox's runners woken); with a flush_interval, at most one commit an interval."""
+    store = Store(tmp_path)
+    await store.open()
+    commits: list[set[str]] = []
+    store.outboxes.on_flush.append(commits.append)
+    writer = asyncio.create_task(store.run_writer())
+    try:
+        for i in range(5):
+            store.outboxes.add("sink", "t", f"{i}".encode())
+            await wait_until(lambda i=i: len(commits) > i, timeout=10)
+        store.history.add_report("default/d", 1000.0, {"a": 1})
+        await wait_until(lambda: store.history.values_written == 1, timeout=10)
+    finally:
+        writer.cancel()
+        await store.close()
+    store = Store(tmp_path / "slow", flush_interval=3600)
+    await store.open()
+    commits.clear()
+    store.outboxes.on_flush.append(commits.append)
+    writer = asyncio.create_task(store.run_writer())
+    try:
+        store.outboxes.add("sink", "t", b"first")
+        await wait_until(lambda: len(commits) == 1, timeout=10)  # the first at once
+        store.outboxes.add("sink", "t", b"second")
+        await asyncio.sleep(0.5)
+        assert len(commits) == 1 and store.outboxes.pending  # the next one an interval after it
+    finally:
+        writer.cancel()
+        await store.close()
+    assert commits == [{"sink"}, {"sink"}]  # closing commits what waited
+
+
+def break_inserts(db_file: Path, table: str) -> None:
+    """From a second connection: every insert into `table` fails as a broken database fails (a trigger whose body
+    names a table that does not exist)."""
+    store_sql(db_file, f"CREATE TRIGGER broken_{table} BEFORE INSERT ON {table} BEGIN INSERT INTO nowhere VALUES (1); "
+              "END")
+
+
+def repair_inserts(db_file: Path, table: str) -> None:
+    store_sql(db_file, f"DROP TRIGGER broken_{table}")
+
+
+async def test_writes_that_failed_work_again_once_the_file_is_repaired(tmp_path: Path) -> None:
+    """Before, the store's connection kept the trigger another connection had dropped (SQLite had failed to prepare
+    the insert it fires, and did not look at the file's schema again): every flush failed until some read on the
+    connection happened to reload the schema, and on a node whose sinks read from memory none did."""
+    store = Store(tmp_path)
+    await store.open()
+    db_file = db_path(tmp_path)
+    try:
+        store.history.add_report("default/d", 1000.0, {"a": 1})
+        assert await store.flush() == 1
+        break_inserts(db_file, "reports")
+        for ts in (1001.0, 1002.0):  # failing again and again, with nothing but flushes on the connection
+            store.history.add_report("default/d", ts, {"a": int(ts) - 1000 + 1})
+            with pytest.raises(StoreError, match="no such table"):
+                await store.flush()
+        assert not store.health.ok
+        repair_inserts(db_file, "reports")
+        assert await store.flush() == 2  # the first flush after the repair
+        assert store.health.ok
+        assert [value for _, value in await store.history.values("default/d", "a", 0, 2000)] == [1, 2, 3]
+
+        break_inserts(db_file, "audit")  # a single write, outside the flush's transaction
+        for _ in range(2):
+            with pytest.raises(StoreError, match="no such table"):
+                await store.audit.record("admin", "user.create", "ann")
+        repair_inserts(db_file, "audit")
+        await store.audit.record("admin", "user.create", "ann")
+        assert [entry["target"] for entry in await store.audit.recent()] == ["ann"]
     finally:
         await store.close()
 

@@ -120,9 +120,9 @@ def model_doc(properties: int) -> str:
     return f"---\nkind: DeviceModel\nname: m\nproperties:\n{props}\n"
 
 
-def device_doc(name: str, port: int, unit: int, properties: int) -> str:
+def device_doc(name: str, port: int, unit: int, properties: int, interval_ms: int = INTERVAL_MS) -> str:
     visitors = "\n".join(
-        f"  - {{name: p{i}, collect_interval: {INTERVAL_MS}ms, "
+        f"  - {{name: p{i}, collect_interval: {interval_ms}ms, "
         f"visitor: {{register: HoldingRegister, offset: {2 * i}, type: float32}}}}"
         for i in range(properties)
     )

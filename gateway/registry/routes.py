@@ -54,12 +54,13 @@ def _without_placement(raw: Mapping[str, Any]) -> dict[str, Any]:
 async def node_route_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
     """The Endpoints and Routes meant for a node, a Route's endpoints with it; a Route whose endpoints are gone is
     not sent."""
-    info = {name: (labels, workspace) for name, labels, _, _, _, _, workspace in await store.placement_nodes()}
-    if node not in info:
-        return []
-    labels, node_workspace = info[node]
-    group = (await store.group_members()).get(node)
     stored = await store.documents.of_kinds(("Endpoint", "Route"))
+    if not stored:  # most nodes' registries: no query about the node
+        return []
+    placement = await store.node_placement(node)
+    if placement is None:
+        return []
+    labels, node_workspace, group = placement
     endpoints = {(ns, name): json.loads(document) for kind, ns, name, document, _ in stored if kind == "Endpoint"}
     wanted_endpoints: set[tuple[str, str]] = set()
     routes = []

@@ -28,6 +28,17 @@ from gateway.registry.peers import split_address
 from gateway.wire import CHANNEL_OFF, CHANNEL_PATH, MAX_CHANNEL_FRAME
 
 log = logging.getLogger(__name__)
+# asyncio reads a TLS connection's socket into a buffer of its own, zero-filled when the connection is made: 256 KiB
+# by default, which was most of the registry's memory per connected node. A TLS record is at most 16 KiB, so reads
+# of that size still take a record at a time; only bulk transfers make a few more reads.
+TLS_READ_BUFFER = 16 << 10
+
+
+def small_tls_read_buffers() -> None:
+    """Make the TLS connections this process accepts from now on read their socket into TLS_READ_BUFFER bytes."""
+    import asyncio.sslproto
+
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class _WithPeerCertificate:
@@ -153,6 +164,7 @@ async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | N
     elif peer_advertise:
         raise ConfigError("--peer-advertise: it goes with --peer-listen")
     address, separate = channel_address(listen, channel_listen)
+    small_tls_read_buffers()
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
     app = create_app(data_dir, interval=interval, db_url=db_url, files_url=files_url, retention=retention,

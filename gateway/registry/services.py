@@ -104,11 +104,14 @@ async def service_endpoints(store: RegistryStore) -> dict[tuple[str, str], list[
 
 async def node_service_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
     """The Services of a node's workspace with their endpoints (none for a node too old to read them)."""
-    version = (await store.node_infos()).get(node, {}).get("version")
+    services = await store.documents.of_kinds(("Service",))
+    if not services:  # most registries: no query about the node
+        return []
+    version = (await store.node_info(node)).get("version")
     if not versions.reads_kind("Service", version):
         return []
-    workspace = (await store.node_workspaces()).get(node)
-    stored = [row for row in await store.documents.of_kinds(("Service",)) if row[4] == workspace]
+    workspace = await store.node_workspace(node)
+    stored = [row for row in services if row[4] == workspace]
     if workspace is None or not stored:
         return []
     endpoints = await service_endpoints(store)

@@ -20,8 +20,10 @@ Memory per connected node: the channel case connects its nodes a quarter at a ti
 after each quarter; a line fitted through those points gives KB per connected node. The 10,000-node line is a
 model from the measured figures (CPU per heartbeat, KB per node, latency at the measured load), not a measurement:
 10,000 nodes every 10 s is 1,000 heartbeats/s; the registry's share of a core is that times the CPU per heartbeat,
-and p99 follows an M/M/1 queue on one core: p99 = p50 * ln(100) / ln(2) / (1 - load), with p50 the measured latency
-(nearly the service time at the measured load) and load the modelled share of a core.
+and p99 follows an M/M/1 queue on one core: p99 = s * ln(100) / (1 - load), with s the measured CPU per heartbeat
+(the service time) and load the modelled share of a core; the loopback and the client add what they add here.
+Latency and rate are checked only when the box is not busier than its cores (load average at the start); the CPU
+per heartbeat and the memory per node, which other processes hardly change, always are.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ async def connect_all(links: list[Any], registry: psutil.Process, steps: int) ->
 
 
 async def drive(links: list[Any], pid: int, memory_steps: int) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     registry = psutil.Process(pid)
     rss_idle = float(registry.memory_info().rss)
     points = await connect_all(links, registry, memory_steps)
@@ -281,7 +284,7 @@ async def drive(links: list[Any], pid: int, memory_steps: int) -> dict[str, Any]
         "max_ms": (latencies[-1] if latencies else math.inf) * 1000, "new_connections": connections,
         "cpu_percent": cpu * 100, "cpu_ms_per_heartbeat": cpu * wall / answered * 1000,
         "client_cpu_percent": client_cpu * 100, "rss_mb": rss / 2**20, "rss_idle_mb": rss_idle / 2**20,
-        "memory_points": points}
+        "memory_points": points, "load_before": load_before}
     if len(points) >= 2:
         slope, intercept = fit_line(points)
         result["kb_per_node"], result["rss_fit_base_mb"] = slope / 1024, intercept / 2**20
@@ -295,7 +298,7 @@ def model_line(result: dict[str, Any]) -> str:
     line = f"model of {MODEL_NODES} nodes every {MODEL_INTERVAL:g}s: {rate:.0f} heartbeats/s, registry CPU " \
            f"{load * 100:.0f}% of a core"
     if load < 1:
-        p99 = result["p50_ms"] * math.log(100) / math.log(2) / (1 - load)
+        p99 = result["cpu_ms_per_heartbeat"] * math.log(100) / (1 - load)
         line += f", p99 about {p99:.0f} ms"
     else:
         line += ", more than a core: one replica does not hold it"
@@ -340,12 +343,15 @@ def run_benchmark(tmp_path: Path, db_url: str | None, label: str, *, channel: bo
 
 
 def check(result: dict[str, Any], cpu_ms_limit: float) -> None:
-    assert result["lost"] == 0, result
     assert result["cpu_ms_per_heartbeat"] < cpu_ms_limit, result
-    assert result["per_second"] >= 0.9 * result["target_per_second"], result
-    assert result["p99_ms"] < P99_LIMIT_MS, result
     if "kb_per_node" in result:
         assert result["kb_per_node"] < KB_PER_NODE_LIMIT, result
+    if result["load_before"] > (os.cpu_count() or 1):
+        print(f"latency and rate not checked: load average {result['load_before']:.1f} before the run")
+        return
+    assert result["lost"] == 0, result
+    assert result["per_second"] >= 0.9 * result["target_per_second"], result
+    assert result["p99_ms"] < P99_LIMIT_MS, result
 
 
 @pytest.mark.benchmark

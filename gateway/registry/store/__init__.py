@@ -202,23 +202,30 @@ class RegistryStore:
 
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
-        if await self._rows("SELECT 1 FROM revoked_certificates WHERE serial=?", serial):
+        [(revoked, current)] = await self._rows(  # one look: the channel checks with every heartbeat
+            "SELECT (SELECT 1 FROM revoked_certificates WHERE serial=?), (SELECT serial FROM nodes WHERE name=?)",
+            serial, name)
+        if revoked is not None:
             raise AuthError("certificate revoked")
-        rows = await self._rows("SELECT serial FROM nodes WHERE name=?", name)
-        if not rows or rows[0][0] != serial:
+        if current != serial:
             raise AuthError("unknown node certificate")
 
     async def heartbeat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None) -> float:
         """Record a heartbeat (and its resource sample, `info.metrics`, and its app instances' figures); returns the
         node's heartbeat interval."""
+        return (await self.beat(name, info, figures))[0]
+
+    async def beat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None
+                   ) -> tuple[float, int]:
+        """Record a heartbeat as `heartbeat` does; (the node's heartbeat interval, its newest desired version)."""
         now = time.time()
-        beat: Statement = ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=? RETURNING interval",
-                           (now, json.dumps(info), name))
+        beat: Statement = ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=? RETURNING interval, "
+                           "desired_version", (now, json.dumps(info), name))
         also = [*sample_statements(name, info.get("metrics"), now),
                 *figures_statements(name, figures, now, self._figures_pruned)]
         # one statement commits on its own: one trip to the database instead of a transaction's three
         rows = (await self.database.transaction([beat, *also]))[0] if also else await self._rows(beat[0], *beat[1])
-        return float(rows[0][0]) if rows else 0.0
+        return (float(rows[0][0]), int(rows[0][1])) if rows else (0.0, 0)
 
     async def node_interval(self, name: str) -> float:
         """A node's heartbeat interval (0 for an unknown node)."""

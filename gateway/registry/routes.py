@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -51,10 +51,15 @@ def _without_placement(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in raw.items() if key not in PLACEMENT_FIELDS}
 
 
-async def node_route_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
+async def node_route_documents(store: RegistryStore, node: str,
+                               documents: Sequence[tuple[str, str, str, str, str]] | None = None
+                               ) -> list[dict[str, Any]]:
     """The Endpoints and Routes meant for a node, a Route's endpoints with it; a Route whose endpoints are gone is
-    not sent."""
-    stored = await store.documents.of_kinds(("Endpoint", "Route"))
+    not sent. `documents`: the registry's documents of these kinds and maybe others (of_kinds rows), when the caller
+    has them."""
+    if documents is None:
+        documents = await store.documents.of_kinds(("Endpoint", "Route"))
+    stored = [row for row in documents if row[0] in ("Endpoint", "Route")]
     if not stored:  # most nodes' registries: no query about the node
         return []
     placement = await store.node_placement(node)

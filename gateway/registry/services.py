@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -102,9 +103,14 @@ async def service_endpoints(store: RegistryStore) -> dict[tuple[str, str], list[
     return result
 
 
-async def node_service_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
-    """The Services of a node's workspace with their endpoints (none for a node too old to read them)."""
-    services = await store.documents.of_kinds(("Service",))
+async def node_service_documents(store: RegistryStore, node: str,
+                                 documents: Sequence[tuple[str, str, str, str, str]] | None = None
+                                 ) -> list[dict[str, Any]]:
+    """The Services of a node's workspace with their endpoints (none for a node too old to read them); `documents`:
+    the registry's Services and maybe documents of other kinds (of_kinds rows), when the caller has them."""
+    if documents is None:
+        documents = await store.documents.of_kinds(("Service",))
+    services = [row for row in documents if row[0] == "Service"]
     if not services:  # most registries: no query about the node
         return []
     version = (await store.node_info(node)).get("version")
@@ -115,12 +121,12 @@ async def node_service_documents(store: RegistryStore, node: str) -> list[dict[s
     if workspace is None or not stored:
         return []
     endpoints = await service_endpoints(store)
-    documents = []
+    result = []
     for _, namespace, name, document, _ in stored:
         raw = json.loads(document)
         raw["endpoints"] = msgspec.to_builtins(endpoints.get((namespace, name), []))
-        documents.append(raw)
-    return documents
+        result.append(raw)
+    return result
 
 
 COUNTER_FIELDS = ("service", "port", "endpoint", "path", "connections", "bytes_in", "bytes_out", "errors")

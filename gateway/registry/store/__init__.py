@@ -347,8 +347,10 @@ class RegistryStore:
         from gateway.registry.services import node_service_documents
         from gateway.registry.workloads import node_workload_documents
 
+        shared = await self.documents.of_kinds(("Endpoint", "Route", "Service"))  # one look for both
         documents = (models + devices + await node_workload_documents(self, node)
-                     + await node_route_documents(self, node) + await node_service_documents(self, node))
+                     + await node_route_documents(self, node, shared)
+                     + await node_service_documents(self, node, shared))
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
         return version, documents
 

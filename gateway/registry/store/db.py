@@ -298,12 +298,22 @@ class SQLiteDatabase:
 
     async def _transaction(self, statements: Sequence[Statement], guard: int | None = None
                            ) -> list[list[tuple[Any, ...]]]:
+        # the whole transaction in one trip to the connection's thread, not one a statement (aiosqlite runs what it
+        # is handed there one at a time, in order): it commits or rolls back as a whole even when its caller is
+        # cancelled meanwhile
+        result: list[list[tuple[Any, ...]]] = await self.db._execute(  # type: ignore[no-untyped-call]
+            self._run_transaction, list(statements), guard)
+        return result
+
+    def _run_transaction(self, statements: list[Statement], guard: int | None) -> list[list[tuple[Any, ...]]]:
+        """A transaction, on the connection's thread."""
+        connection: sqlite3.Connection = self.db._conn
         results: list[list[tuple[Any, ...]]] = []
-        await self.db.execute("BEGIN IMMEDIATE")
+        connection.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
                 try:
-                    results.append([tuple(row) for row in await self.db.execute_fetchall(sql, tuple(args))])
+                    results.append([tuple(row) for row in connection.execute(sql, tuple(args)).fetchall()])
                 except sqlite3.IntegrityError as exc:
                     if "UNIQUE" not in str(exc):
                         raise
@@ -311,9 +321,9 @@ class SQLiteDatabase:
                 if len(results) - 1 == guard and not results[-1]:
                     raise NothingMatched(sql)
         except BaseException:
-            await self.db.execute("ROLLBACK")
+            connection.execute("ROLLBACK")
             raise
-        await self.db.execute("COMMIT")
+        connection.execute("COMMIT")
         return results
 
     async def notify(self, channel: str, payload: str) -> None:

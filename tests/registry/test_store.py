@@ -76,3 +76,60 @@ async def test_which_replica_holds_a_nodes_channel(db_url: str | None, tmp_path:
         assert await store.channels.holder("gw-1") == ("replica-b", "10.0.0.2:9443")
         await store.channels.release("gw-1", "replica-b")
         assert await store.channels.holder("gw-1") is None
+
+
+def test_a_transaction_whose_commit_fails_leaves_the_database_free_for_the_next_one_and_other_processes(
+        tmp_path: Path) -> None:
+    """A COMMIT that raises (here a deferred foreign key) rolls back: the registry's connection is not left inside
+    a transaction holding the write lock, its next transaction runs, and another process (the CLI) can write."""
+    import sqlite3
+
+    from gateway.registry.store.db import SQLiteDatabase
+
+    async def run() -> None:
+        database = await SQLiteDatabase(tmp_path / "registry.db").open()
+        try:
+            await database.write("PRAGMA foreign_keys=ON")
+            await database.write("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            await database.write("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY "
+                                 "DEFERRED)")
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                await database.transaction([("INSERT INTO child VALUES (?)", (7,))])
+            assert not database.db.in_transaction
+            with sqlite3.connect(tmp_path / "registry.db", timeout=1.0, isolation_level=None) as other:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("INSERT INTO parent VALUES (1)")
+                other.execute("COMMIT")
+            other.close()
+            await database.transaction([("INSERT INTO child VALUES (?)", (1,))])
+            assert await database.rows("SELECT parent FROM child") == [(1,)]
+        finally:
+            await database.close()
+
+    asyncio.run(run())
+
+
+def test_a_transaction_whose_caller_gives_up_still_commits_or_rolls_back_as_a_whole(tmp_path: Path) -> None:
+    """A caller cancelled between two statements (a channel closed meanwhile): the transaction goes on to its end,
+    and the next one is not run inside it."""
+    from gateway.registry.store.db import SQLiteDatabase
+
+    async def run() -> None:
+        database = await SQLiteDatabase(tmp_path / "registry.db").open()
+        try:
+            await database.write("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            for round_ in range(50):
+                task = asyncio.create_task(database.transaction(
+                    [("INSERT INTO t VALUES (?)", (round_ * 10 + i,)) for i in range(5)]))
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await database.transaction([("SELECT 1", ())])
+                count = (await database.rows("SELECT count(*) FROM t WHERE k/10=?", round_))[0][0]
+                assert count in (0, 5), (round_, count)
+                assert not database.db.in_transaction
+        finally:
+            await database.close()
+
+    asyncio.run(run())

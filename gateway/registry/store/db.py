@@ -293,37 +293,37 @@ class SQLiteDatabase:
 
     async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
                           ) -> list[list[tuple[Any, ...]]]:
+        # shielded: a caller that gives up (a channel closed, a request cancelled) does not stop the transaction
+        # between two statements; it commits or rolls back as a whole, and the lock is held until it has
+        return await asyncio.shield(self._locked_transaction(list(statements), guard))
+
+    async def _locked_transaction(self, statements: list[Statement], guard: int | None
+                                  ) -> list[list[tuple[Any, ...]]]:
         async with self._lock:
             return await self._transaction(statements, guard)
 
     async def _transaction(self, statements: Sequence[Statement], guard: int | None = None
                            ) -> list[list[tuple[Any, ...]]]:
-        # the whole transaction in one trip to the connection's thread, not one a statement (aiosqlite runs what it
-        # is handed there one at a time, in order): it commits or rolls back as a whole even when its caller is
-        # cancelled meanwhile
-        result: list[list[tuple[Any, ...]]] = await self.db._execute(  # type: ignore[no-untyped-call]
-            self._run_transaction, list(statements), guard)
-        return result
-
-    def _run_transaction(self, statements: list[Statement], guard: int | None) -> list[list[tuple[Any, ...]]]:
-        """A transaction, on the connection's thread."""
-        connection: sqlite3.Connection = self.db._conn
+        if self.db.in_transaction:  # never expected: a transaction left open holds the database's write lock
+            log.error("%s: a transaction was left open; rolled back", self.path)
+            await self.db.execute("ROLLBACK")
         results: list[list[tuple[Any, ...]]] = []
-        connection.execute("BEGIN IMMEDIATE")
+        await self.db.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
                 try:
-                    results.append([tuple(row) for row in connection.execute(sql, tuple(args)).fetchall()])
+                    results.append([tuple(row) for row in await self.db.execute_fetchall(sql, tuple(args))])
                 except sqlite3.IntegrityError as exc:
                     if "UNIQUE" not in str(exc):
                         raise
                     raise KeyTaken(str(exc)) from exc
                 if len(results) - 1 == guard and not results[-1]:
                     raise NothingMatched(sql)
+            await self.db.execute("COMMIT")  # inside: a COMMIT that fails rolls back too, never leaves it open
         except BaseException:
-            connection.execute("ROLLBACK")
+            if self.db.in_transaction:  # (SQLite rolls back by itself after some errors)
+                await self.db.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
         return results
 
     async def notify(self, channel: str, payload: str) -> None:

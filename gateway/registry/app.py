@@ -183,7 +183,7 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
     """Record a node's heartbeat (over HTTPS or the channel); the answer with what the node should have."""
     seen_from = {"seen_from": seen_from_address} if seen_from_address else {}
     allocatable = {"allocatable": msgspec.to_builtins(data.allocatable)} if data.allocatable is not None else {}
-    interval = await store.heartbeat(node, {**data.info, **seen_from, **allocatable}, data.figures)
+    interval, newest_desired = await store.beat(node, {**data.info, **seen_from, **allocatable}, data.figures)
     await offline.adopt(store, node, data.takeovers)  # before the documents: they follow what the group did
     await workloads.record_status(store, node, data.workloads)
     await routes.record_counters(store, node, data.routes)
@@ -191,7 +191,7 @@ async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest
     assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
     version, documents = await store.node_documents(node)
     desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack,
-                               data.described)
+                               data.described, newest=newest_desired)
     return HeartbeatResponse(node=node, resource_version=version, heartbeat_interval=interval,
                              documents=documents if version != data.resource_version else None, desired=desired,
                              upgrade=assignment, channel=channel,

@@ -115,6 +115,7 @@ class NodeSession:
             if frame is None or self.mux.dispatch(frame):
                 continue
             await self._take(frame)
+            del frame  # not kept while the connection waits for the next one
 
     async def check_certificate(self) -> None:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -51,15 +51,21 @@ def _without_placement(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in raw.items() if key not in PLACEMENT_FIELDS}
 
 
-async def node_route_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
+async def node_route_documents(store: RegistryStore, node: str,
+                               documents: Sequence[tuple[str, str, str, str, str]] | None = None
+                               ) -> list[dict[str, Any]]:
     """The Endpoints and Routes meant for a node, a Route's endpoints with it; a Route whose endpoints are gone is
-    not sent."""
-    info = {name: (labels, workspace) for name, labels, _, _, _, _, workspace in await store.placement_nodes()}
-    if node not in info:
+    not sent. `documents`: the registry's documents of these kinds and maybe others (of_kinds rows), when the caller
+    has them."""
+    if documents is None:
+        documents = await store.documents.of_kinds(("Endpoint", "Route"))
+    stored = [row for row in documents if row[0] in ("Endpoint", "Route")]
+    if not stored:  # most nodes' registries: no query about the node
         return []
-    labels, node_workspace = info[node]
-    group = (await store.group_members()).get(node)
-    stored = await store.documents.of_kinds(("Endpoint", "Route"))
+    placement = await store.node_placement(node)
+    if placement is None:
+        return []
+    labels, node_workspace, group = placement
     endpoints = {(ns, name): json.loads(document) for kind, ns, name, document, _ in stored if kind == "Endpoint"}
     wanted_endpoints: set[tuple[str, str]] = set()
     routes = []

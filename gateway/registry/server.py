@@ -28,6 +28,33 @@ from gateway.registry.peers import split_address
 from gateway.wire import CHANNEL_OFF, CHANNEL_PATH, MAX_CHANNEL_FRAME
 
 log = logging.getLogger(__name__)
+# asyncio reads a TLS connection's socket into a buffer of its own, zero-filled when the connection is made: 256 KiB
+# by default, which was most of the registry's memory per connected node. The bytes read are copied out of it at once
+# (into the connection's TLS object, before the loop runs anything else), so the connections of one process can share
+# one buffer. A TLS record is at most 16 KiB: reads of that size still take a record at a time.
+TLS_READ_BUFFER = 16 << 10
+
+
+def shared_tls_read_buffer() -> None:
+    """Make the TLS connections this process accepts from now on read their socket into one shared buffer of
+    TLS_READ_BUFFER bytes (asyncio's SSLProtocol; left as it is when its shape is not the one known here)."""
+    import asyncio.sslproto
+
+    protocol = asyncio.sslproto.SSLProtocol
+    if getattr(protocol, "_fieldgate_shared_buffer", False) or not all(
+            hasattr(protocol, name) for name in ("max_size", "get_buffer", "buffer_updated")):
+        return
+    protocol.max_size = TLS_READ_BUFFER
+    shared = bytearray(TLS_READ_BUFFER)
+    view = memoryview(shared)
+    original_init = protocol.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._ssl_buffer, self._ssl_buffer_view = shared, view
+
+    protocol.__init__ = init  # type: ignore[method-assign]
+    protocol._fieldgate_shared_buffer = True  # type: ignore[attr-defined]
 
 
 class _WithPeerCertificate:
@@ -153,6 +180,7 @@ async def serve(listen: str, data_dir: Path, *, interval: float, db_url: str | N
     elif peer_advertise:
         raise ConfigError("--peer-advertise: it goes with --peer-listen")
     address, separate = channel_address(listen, channel_listen)
+    shared_tls_read_buffer()
     ca = CertificateAuthority.load_or_create(data_dir)
     cert_path, key_path = ca.write_server_certificate(host)
     app = create_app(data_dir, interval=interval, db_url=db_url, files_url=files_url, retention=retention,

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -104,22 +105,30 @@ async def service_endpoints(store: RegistryStore) -> dict[tuple[str, str], list[
     return result
 
 
-async def node_service_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
-    """The Services of a node's workspace with their endpoints (none for a node too old to read them)."""
-    version = (await store.node_infos()).get(node, {}).get("version")
+async def node_service_documents(store: RegistryStore, node: str,
+                                 documents: Sequence[tuple[str, str, str, str, str]] | None = None
+                                 ) -> list[dict[str, Any]]:
+    """The Services of a node's workspace with their endpoints (none for a node too old to read them); `documents`:
+    the registry's Services and maybe documents of other kinds (of_kinds rows), when the caller has them."""
+    if documents is None:
+        documents = await store.documents.of_kinds(("Service",))
+    services = [row for row in documents if row[0] == "Service"]
+    if not services:  # most registries: no query about the node
+        return []
+    version = (await store.node_info(node)).get("version")
     if not versions.reads_kind("Service", version):
         return []
-    workspace = (await store.node_workspaces()).get(node)
-    stored = [row for row in await store.documents.of_kinds(("Service",)) if row[4] == workspace]
+    workspace = await store.node_workspace(node)
+    stored = [row for row in services if row[4] == workspace]
     if workspace is None or not stored:
         return []
     endpoints = await service_endpoints(store)
-    documents = []
+    result = []
     for _, namespace, name, document, _ in stored:
         raw = json.loads(document)
         raw["endpoints"] = msgspec.to_builtins(endpoints.get((namespace, name), []))
-        documents.append(raw)
-    return documents
+        result.append(raw)
+    return result
 
 
 COUNTER_FIELDS = ("service", "port", "endpoint", "path", "connections", "bytes_in", "bytes_out", "errors")

@@ -53,9 +53,11 @@ def _split(device: str) -> tuple[str, str]:
 
 async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | None, complete: bool,
                desired_version: int, ack: DesiredAck | None,
-               described: list[DeviceDescription] | None = None) -> list[DesiredValue] | None:
+               described: list[DeviceDescription] | None = None, *,
+               newest: int | None = None) -> list[DesiredValue] | None:
     """Record a heartbeat's twins, the descriptions of its devices and its acknowledgement; the desired values
-    newer than the node's version."""
+    newer than the node's version (none without a look when `newest`, the node's newest desired version as the
+    heartbeat's write read it, is not newer)."""
     rows = None if reports is None else [
         (*_split(report.device), report.state, report.reason, msgspec.json.encode(report.properties).decode())
         for report in reports]
@@ -65,6 +67,8 @@ async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | No
                     for item in described or []]
     await store.twins.record(node, rows, complete, ack.version if ack is not None else None, refused, time.time(),
                              descriptions)
+    if newest is not None and newest <= desired_version:
+        return None
     return [DesiredValue(device=f"{ns}/{name}", property=prop, value=value, version=version)
             for ns, name, prop, value, version in await store.twins.desired_after(node, desired_version)] or None
 

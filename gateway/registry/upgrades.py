@@ -150,16 +150,18 @@ async def record_refused(store: RegistryStore, actor: access.Caller, workspace: 
     await access.record(store, actor, scope, "upgrade.create", "upgrade", f"refused: {reason}", detail)
 
 
-async def advance(store: RegistryStore) -> None:
-    """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish."""
+async def advance(store: RegistryStore) -> bool:
+    """Move every running task on: skip, hand out up to `concurrency`, cancel past `max_failures`, finish; whether
+    a task was unfinished (none: no node has an assignment)."""
     async with _advancing:
         running = await store.upgrades.running(UNFINISHED)
         if not running:
-            return
+            return False
         nodes = {node["name"]: node for node in await store.nodes()}
         for task, version, concurrency, max_failures, deadline, state in running:
             await _advance_task(store, task, version, concurrency, max_failures, deadline, nodes,
                                 stopping=state == STOPPING)
+        return True
 
 
 async def _advance_task(store: RegistryStore, task: str, version: str, concurrency: int, max_failures: int,
@@ -227,7 +229,8 @@ async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | 
     if report is not None:
         await store.upgrades.report(report.task, node, report.status, report.reason, report.log, time.time(),
                                     report.status != UPGRADING, IN_FLIGHT)
-    await advance(store)
+    if not await advance(store):  # a node is assigned only in an unfinished task (most heartbeats: none)
+        return None
     assigned = await store.upgrades.assignment(node, ASSIGNED)
     if assigned is None:
         return None

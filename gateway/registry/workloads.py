@@ -205,9 +205,10 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
 
 
-async def _placed_workloads(store: RegistryStore, node: str, groups: dict[str, str]
+async def _placed_workloads(store: RegistryStore, node: str, groups: dict[str, str] | None = None
                             ) -> list[tuple[Workload, dict[str, Any]]]:
-    """The Workloads placed on a node as it would get them: (the Workload, its raw document)."""
+    """The Workloads placed on a node as it would get them: (the Workload, its raw document); `groups`: the group of
+    every node in one, when the caller has them (else the groups of the instances' origins are looked up)."""
     workloads = []
     for namespace, name, source_kind, source, origin in await store.workloads.placements_on(node):
         document = await store.documents.get(source_kind, namespace, source)
@@ -215,7 +216,8 @@ async def _placed_workloads(store: RegistryStore, node: str, groups: dict[str, s
             continue
         if source_kind == "BatchWorkload":
             batch = msgspec.json.decode(document, type=BatchWorkload, dec_hook=dec_hook)
-            override = next((o for o in batch.groups if o.group == groups.get(origin)), None)
+            group = groups.get(origin) if groups is not None else await store.node_group(origin)
+            override = next((o for o in batch.groups if o.group == group), None)
             if override is None:
                 continue
             raw = expand(batch, override, origin)
@@ -261,9 +263,12 @@ async def held_back(store: RegistryStore) -> dict[tuple[str, str, str], tuple[st
 async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
     """The Workloads placed on a node, with the ConfigItems and Secrets (decrypted) they use; a Workload with a
     field the node's version does not read is held back (gateway.resources.versions)."""
-    version = _node_version((await store.node_infos()).get(node, {}))
+    placed = await _placed_workloads(store, node)
+    if not placed:
+        return []
+    version = _node_version(await store.node_info(node))
     workloads, wanted = [], set()
-    for workload, raw in await _placed_workloads(store, node, await store.group_members()):
+    for workload, raw in placed:
         if version is not None and versions.unsupported_fields(raw, version):
             continue
         workloads.append((workload, raw))

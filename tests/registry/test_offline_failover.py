@@ -187,7 +187,7 @@ def check_new_certificate(registry: Registry, member: Member) -> None:
     assert renewed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == member.name
     assert renewed.not_valid_after_utc - renewed.not_valid_before_utc < datetime.timedelta(minutes=7)
     wait_until(lambda: (s := member.status()["consensus"])["member"]["pid"] not in (None, pid) and s["lease"]["live"]
-               and s["held"] == [f"default/app.{member.name}"], timeout=60, what="the member back with it")
+               and s["held"] == [f"default/app.{member.name}"], timeout=120, what="the member back with it")
     ca, cert, key = directory / "ca.pem", directory / "member.pem", directory / "member.key"
 
     def answers() -> bool:  # the member restarts at each new period (40 s here): try again over one

@@ -138,3 +138,60 @@ async def test_a_replica_not_seen_for_the_bound_is_gone_with_its_channels(db_url
         holders = await store.channels.holders()
         assert {node: holder["id"] for node, holder in holders.items()} == {
             "gw-1": "replica-a", "gw-2": "replica-b", "gw-4": "replica-a"}
+
+
+def test_a_transaction_whose_commit_fails_leaves_the_database_free_for_the_next_one_and_other_processes(
+        tmp_path: Path) -> None:
+    """A COMMIT that raises (here a deferred foreign key) rolls back: the registry's connection is not left inside
+    a transaction holding the write lock, its next transaction runs, and another process (the CLI) can write."""
+    import sqlite3
+
+    from gateway.registry.store.db import SQLiteDatabase
+
+    async def run() -> None:
+        database = await SQLiteDatabase(tmp_path / "registry.db").open()
+        try:
+            await database.write("PRAGMA foreign_keys=ON")
+            await database.write("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            await database.write("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY "
+                                 "DEFERRED)")
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                await database.transaction([("INSERT INTO child VALUES (?)", (7,))])
+            assert not database.db.in_transaction
+            with sqlite3.connect(tmp_path / "registry.db", timeout=1.0, isolation_level=None) as other:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("INSERT INTO parent VALUES (1)")
+                other.execute("COMMIT")
+            other.close()
+            await database.transaction([("INSERT INTO child VALUES (?)", (1,))])
+            assert await database.rows("SELECT parent FROM child") == [(1,)]
+        finally:
+            await database.close()
+
+    asyncio.run(run())
+
+
+def test_a_transaction_whose_caller_gives_up_still_commits_or_rolls_back_as_a_whole(tmp_path: Path) -> None:
+    """A caller cancelled between two statements (a channel closed meanwhile): the transaction goes on to its end,
+    and the next one is not run inside it."""
+    from gateway.registry.store.db import SQLiteDatabase
+
+    async def run() -> None:
+        database = await SQLiteDatabase(tmp_path / "registry.db").open()
+        try:
+            await database.write("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            for round_ in range(50):
+                task = asyncio.create_task(database.transaction(
+                    [("INSERT INTO t VALUES (?)", (round_ * 10 + i,)) for i in range(5)]))
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await database.transaction([("SELECT 1", ())])
+                count = (await database.rows("SELECT count(*) FROM t WHERE k/10=?", round_))[0][0]
+                assert count in (0, 5), (round_, count)
+                assert not database.db.in_transaction
+        finally:
+            await database.close()
+
+    asyncio.run(run())

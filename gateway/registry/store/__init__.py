@@ -204,22 +204,30 @@ class RegistryStore:
 
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
-        if await self._rows("SELECT 1 FROM revoked_certificates WHERE serial=?", serial):
+        [(revoked, current)] = await self._rows(  # one look: the channel checks with every heartbeat
+            "SELECT (SELECT 1 FROM revoked_certificates WHERE serial=?), (SELECT serial FROM nodes WHERE name=?)",
+            serial, name)
+        if revoked is not None:
             raise AuthError("certificate revoked")
-        rows = await self._rows("SELECT serial FROM nodes WHERE name=?", name)
-        if not rows or rows[0][0] != serial:
+        if current != serial:
             raise AuthError("unknown node certificate")
 
     async def heartbeat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None) -> float:
         """Record a heartbeat (and its resource sample, `info.metrics`, and its app instances' figures); returns the
         node's heartbeat interval."""
+        return (await self.beat(name, info, figures))[0]
+
+    async def beat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None
+                   ) -> tuple[float, int]:
+        """Record a heartbeat as `heartbeat` does; (the node's heartbeat interval, its newest desired version)."""
         now = time.time()
-        await self.database.transaction([
-            ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=?", (now, json.dumps(info), name)),
-            *sample_statements(name, info.get("metrics"), now),
-            *figures_statements(name, figures, now, self._figures_pruned)])
-        rows = await self._rows("SELECT interval FROM nodes WHERE name=?", name)
-        return float(rows[0][0]) if rows else 0.0
+        beat: Statement = ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=? RETURNING interval, "
+                           "desired_version", (now, json.dumps(info), name))
+        also = [*sample_statements(name, info.get("metrics"), now),
+                *figures_statements(name, figures, now, self._figures_pruned)]
+        # one statement commits on its own: one trip to the database instead of a transaction's three
+        rows = (await self.database.transaction([beat, *also]))[0] if also else await self._rows(beat[0], *beat[1])
+        return (float(rows[0][0]), int(rows[0][1])) if rows else (0.0, 0)
 
     async def node_interval(self, name: str) -> float:
         """A node's heartbeat interval (0 for an unknown node)."""
@@ -299,6 +307,28 @@ class RegistryStore:
                 for name, labels, joined_at, last, interval, paused, workspace in await self._rows(
                     "SELECT name, labels, joined_at, last_heartbeat, interval, paused, workspace FROM nodes")]
 
+    async def node_placement(self, name: str) -> tuple[dict[str, str], str, str | None] | None:
+        """(labels, workspace, group) of one node; None for an unknown node."""
+        rows = await self._rows("SELECT labels, workspace, group_name FROM nodes LEFT JOIN group_members ON "
+                                "group_members.node=nodes.name WHERE name=?", name)
+        if not rows:
+            return None
+        labels, workspace, group = rows[0]
+        return dict(json.loads(labels)), str(workspace), None if group is None else str(group)
+
+    async def node_group(self, name: str) -> str | None:
+        """The group of a node; None when it is in none."""
+        rows = await self._rows("SELECT group_name FROM group_members WHERE node=?", name)
+        return str(rows[0][0]) if rows else None
+
+    async def node_info(self, name: str) -> dict[str, Any]:
+        """The info of one node's last heartbeat ({} for an unknown node or one without a heartbeat yet)."""
+        rows = await self._rows("SELECT info FROM nodes WHERE name=?", name)
+        with contextlib.suppress(ValueError):
+            details = json.loads(rows[0][0] or "{}") if rows else {}
+            return details if isinstance(details, dict) else {}
+        return {}
+
     async def node_infos(self) -> dict[str, dict[str, Any]]:
         """The info of every node's last heartbeat (what it offers: `accelerators`, …)."""
         result: dict[str, dict[str, Any]] = {}
@@ -322,15 +352,18 @@ class RegistryStore:
         its endpoints and routes, the services of its workspace with their endpoints."""
         devices = [json.loads(document) for document in await self.documents.node_devices(node)]
         wanted = {(d.get("namespace", "default"), d["model"]) for d in devices if d.get("model")}
-        models = [json.loads(doc) for ns, name, doc in await self.documents.models() if (ns, name) in wanted]
+        models = [json.loads(doc) for ns, name, doc in (await self.documents.models() if wanted else [])
+                  if (ns, name) in wanted]
         # the Workloads placed on the node, expanded and with their ConfigItems and Secrets: the registry's logic,
         # not the store's (and not loaded by the CLI commands that do not need it)
         from gateway.registry.routes import node_route_documents
         from gateway.registry.services import node_service_documents
         from gateway.registry.workloads import node_workload_documents
 
+        shared = await self.documents.of_kinds(("Endpoint", "Route", "Service"))  # one look for both
         documents = (models + devices + await node_workload_documents(self, node)
-                     + await node_route_documents(self, node) + await node_service_documents(self, node))
+                     + await node_route_documents(self, node, shared)
+                     + await node_service_documents(self, node, shared))
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
         return version, documents
 

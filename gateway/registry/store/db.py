@@ -302,11 +302,20 @@ class SQLiteDatabase:
 
     async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
                           ) -> list[list[tuple[Any, ...]]]:
+        # shielded: a caller that gives up (a channel closed, a request cancelled) does not stop the transaction
+        # between two statements; it commits or rolls back as a whole, and the lock is held until it has
+        return await asyncio.shield(self._locked_transaction(list(statements), guard))
+
+    async def _locked_transaction(self, statements: list[Statement], guard: int | None
+                                  ) -> list[list[tuple[Any, ...]]]:
         async with self._lock:
             return await self._transaction(statements, guard)
 
     async def _transaction(self, statements: Sequence[Statement], guard: int | None = None
                            ) -> list[list[tuple[Any, ...]]]:
+        if self.db.in_transaction:  # never expected: a transaction left open holds the database's write lock
+            log.error("%s: a transaction was left open; rolled back", self.path)
+            await self.db.execute("ROLLBACK")
         results: list[list[tuple[Any, ...]]] = []
         await self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -319,10 +328,11 @@ class SQLiteDatabase:
                     raise KeyTaken(str(exc)) from exc
                 if len(results) - 1 == guard and not results[-1]:
                     raise NothingMatched(sql)
+            await self.db.execute("COMMIT")  # inside: a COMMIT that fails rolls back too, never leaves it open
         except BaseException:
-            await self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # (SQLite rolls back by itself after some errors)
+                await self.db.execute("ROLLBACK")
             raise
-        await self.db.execute("COMMIT")
         return results
 
     async def notify(self, channel: str, payload: str) -> None:

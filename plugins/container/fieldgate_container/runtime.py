@@ -65,6 +65,7 @@ STARTED_TIMEOUT = 15.0
 ENGINE_FAILED = (125, 126, 127)  # the engine could not create or start the container
 INSPECT_STARTED = ("{{.State.Pid}} {{.NetworkSettings.IPAddress}} "
                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")  # the pid, then its addresses
+INSPECT_RUNNING = "{{.State.Status}} " + INSPECT_STARTED  # its state first ("running" once it runs)
 
 
 def security_args(workload: Workload, security: SecuritySettings | None = None) -> list[str]:
@@ -187,10 +188,12 @@ class ContainerInstance(Instance):
             while self.process.returncode is None:
                 found = Result(1, "", "")
                 with contextlib.suppress(WorkloadError):
-                    found = await self.engine.call("inspect", "--format", INSPECT_STARTED, self.container,
+                    found = await self.engine.call("inspect", "--format", INSPECT_RUNNING, self.container,
                                                    check=False)
-                pid, *addresses = (found.out.split() if found.code == 0 else []) or [""]
-                if pid.isdigit() and int(pid) > 0:
+                status, pid, *addresses = (found.out.split() if found.code == 0 else []) or ["", ""]
+                # a created and initialised container has its pid before `start` runs it: an exec into it (a
+                # post_start hook) fails until it is running
+                if status == "running" and pid.isdigit() and int(pid) > 0:
                     self.pid = int(pid)
                     self.address = next((a for a in addresses if is_address(a)), "")
                     return

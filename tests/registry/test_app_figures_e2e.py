@@ -91,8 +91,9 @@ class Fleet:
 
         def risen() -> dict[str, Any] | None:
             now = self.latest(name, instance)
+            # a minute's mean: the minute the burn starts in holds idle samples too, so wait for a whole one
             if now and now["cpu_percent"] > max(25.0, idle["cpu_percent"] + 15) and (
-                    now["memory_bytes"] or 0) > (idle["memory_bytes"] or 0) + 40 * MIB:
+                    now["memory_bytes"] or 0) > max((idle["memory_bytes"] or 0) + 40 * MIB, 50 * MIB):
                 return now
             return None
 

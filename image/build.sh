@@ -285,7 +285,7 @@ for nic in "$kernel_dir"/drivers/net/ethernet/*/; do  # the NICs of industrial P
 done
 for fs in "$kernel_dir"/fs/*/; do
     case $(basename "$fs") in
-        ext4|jbd2|fat|exfat|squashfs|overlayfs|nls|fuse|autofs|quota) ;;
+        ext4|jbd2|fat|exfat|squashfs|overlayfs|nls|fuse|autofs|quota|efivarfs) ;;  # efivarfs: boot entries, counting
         *) rm -rf "$fs" ;;
     esac
 done
@@ -378,6 +378,28 @@ for item in "$site_a"/pip "$site_a"/pip-*.dist-info "$site_a"/setuptools "$site_
     [ -e "$item" ] && cp -a "$item" "$site_b/"
 done
 in_root /opt/fieldgate/b/bin/python -m pip --version >/dev/null || fail "slot b has no working pip"
+# The files a gateway start reads, for fieldgate-prefetch.service: what the gateway, its plugins and its web app
+# import, in path order (the squashfs's order).
+in_root /opt/fieldgate/current/bin/python - > "$root/usr/lib/fieldgate/prefetch.list" <<'EOF' \
+    || fail "listing the gateway's modules in the image's root failed"
+import importlib, os, sys
+from gateway.plugins import get_plugin_manager
+get_plugin_manager()
+for name in ("gateway.cli", "gateway.runtime", "gateway.web", "gateway.store", "uvicorn", "aiosqlite", "aiomqtt"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+files = set()
+for module in list(sys.modules.values()):
+    for attribute in ("__cached__", "__file__"):
+        path = getattr(module, attribute, None)
+        if isinstance(path, str) and not path.endswith(".py") and os.path.isfile(path):
+            files.add(os.path.realpath(path))
+print("\n".join(sorted(files)))
+EOF
+install -m 644 "$here/fieldgate-prefetch.service" "$root/etc/systemd/system/"
+in_root systemctl enable fieldgate-prefetch.service >/dev/null 2>&1 || fail "systemctl enable in the image's root failed"
 in_root /opt/fieldgate/current/bin/fieldgate check /etc/fieldgate >/dev/null \
     || fail "fieldgate check /etc/fieldgate fails in the image once trimmed"
 

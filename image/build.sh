@@ -67,10 +67,11 @@ esac
 
 [ "$(id -u)" = 0 ] || fail "must run as root (debootstrap, chroot and file ownership in the image need it)"
 missing=()
-for tool in debootstrap chroot mkfs.ext4 mkfs.vfat mmd mcopy sfdisk zstd sha256sum truncate dd mksquashfs; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+for tool in debootstrap:debootstrap chroot:coreutils mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mmd:mtools mcopy:mtools \
+            sfdisk:fdisk zstd:zstd sha256sum:coreutils truncate:coreutils dd:coreutils mksquashfs:squashfs-tools; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (${tool#*:})")
 done
-[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]} (apt-get install debootstrap e2fsprogs dosfstools mtools fdisk zstd squashfs-tools)"
+[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]}; apt-get install debootstrap e2fsprogs dosfstools mtools fdisk zstd squashfs-tools (scripts/bootstrap.sh does, as root)"
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3 || true)
 [ -n "$python" ] || fail "missing python3 (it builds the wheels)"

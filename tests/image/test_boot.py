@@ -6,10 +6,11 @@ instead of building one; the image is built once per test run and shared by the 
 Debian root kept in build/image-cache while its package list is unchanged (CI starts without it and debootstraps).
 
 Asserted: the size budget (under 100 MB compressed) and the layout, and that the gateway answers its health check
-within a bound a loaded 2-core CI box meets with margin: 90 s from power-on at the first boot (provisioning
-included), 60 s after a power cut. On an idle 2-core box the image takes about 40 s and 27 s, and half as much again
-when the box is busy with other test runs, so the bounds leave about 1.5x over the busy figures: a boot that hangs on
-a unit, waits for the network or stops answering fails them, the load of a shared runner does not. Issue 20's goal,
+within a bound a loaded 2-core CI box meets with margin: 120 s from power-on at the first boot (provisioning
+included), 90 s after a power cut. On an idle 2-core box the image takes about 40 s and 27 s; measured on the
+2-core box at load average 4-5 with other test runs: 57 s and 48 s. CI runs this beside the whole suite, at a load
+of 8 or more, so the bounds leave about twice the loaded figures (60 s after a power cut left 1.26x, too little);
+a boot that waits for the network to be online (up to 120 s) or hangs on a unit still fails them. Issue 20's goal,
 20 s from power-on (HEALTHY_GOAL), is not reached yet: each measured boot is printed beside it with the guest's own
 boot report (systemd-analyze from its console), and the goal is asserted by the benchmark
 tests/benchmarks/test_image_boot.py.
@@ -33,8 +34,8 @@ from tests.image.appliance import BOOT_TIMEOUT, PASSWORD, Machine, esp_offset, l
 
 pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-FIRST_BOOT_WITHIN = 90.0  # seconds from power-on to the first /healthz answer, provisioning included
-BOOT_WITHIN = 60.0  # the same after a power cut (provisioned before)
+FIRST_BOOT_WITHIN = 120.0  # seconds from power-on to the first /healthz answer, provisioning included
+BOOT_WITHIN = 90.0  # the same after a power cut (provisioned before)
 MAX_COMPRESSED_BYTES = 100_000_000
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 

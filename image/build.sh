@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Builds the fieldgate appliance image: a GPT disk with an EFI system partition (systemd-boot, the kernel, the
-# provisioning file), a root partition (Debian bookworm, the cloud kernel, mosquitto, fieldgate in the A/B slots
-# /opt/fieldgate/a|b with /opt/fieldgate/current) and a data partition for /var/lib/fieldgate that upgrades never
-# touch. Writes <out>/fieldgate-<version>-<arch>.img.zst and its .sha256. Run as root; see README.md.
+# Builds the fieldgate appliance image: a GPT disk with an EFI system partition (systemd-boot with one boot entry
+# per system slot, each slot's kernel and initrd, the provisioning file), two root slots root-a and root-b (a
+# read-only squashfs of Debian bookworm trimmed to what the appliance runs: the kernel, mosquitto, fieldgate in the
+# gateway slots /opt/fieldgate/a|b with /opt/fieldgate/current; root-b empty until a system update writes it) and
+# a data partition, mounted at /data by the initramfs, holding /var/lib/fieldgate and the writable layers over
+# /etc, /var and /opt/fieldgate. Writes <out>/fieldgate-<version>-<arch>.img.zst and its .sha256, and fails when
+# the compressed image exceeds the size budget. Run as root; see README.md.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
 usage: image/build.sh [--arch amd64|arm64] [--out DIR] [--provision FILE] [--mirror URL] [--cache DIR] [--keep-raw]
+                      [--max-compressed-mib N]
   --arch       target architecture (default amd64; arm64 needs qemu-user-static and binfmt_misc)
   --out        where the image goes (default build/image)
   --provision  a provisioning file to put on the boot partition (see image/provision.example.yaml)
   --mirror     Debian mirror (default http://deb.debian.org/debian)
   --cache      keep the debootstrapped root here and reuse it while the package list is unchanged
   --keep-raw   also keep the uncompressed .img
+  --max-compressed-mib
+               the size budget: fail when the compressed image is larger (default 100 for amd64, 0 for none)
 EOF
 }
 
@@ -25,6 +31,7 @@ provision=""
 mirror=http://deb.debian.org/debian
 cache=""
 keep_raw=0
+max_compressed_mib=""
 suite=bookworm
 while [ $# -gt 0 ]; do
     case $1 in
@@ -34,6 +41,7 @@ while [ $# -gt 0 ]; do
         --mirror) mirror=${2:?--mirror needs a value}; shift 2 ;;
         --cache) cache=${2:?--cache needs a value}; shift 2 ;;
         --keep-raw) keep_raw=1; shift ;;
+        --max-compressed-mib) max_compressed_mib=${2:?--max-compressed-mib needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -44,19 +52,26 @@ started=$(date +%s)
 step() { printf '[%4ds] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 case $arch in
-    amd64) efi_arch=x64; kernel=linux-image-cloud-amd64; root_type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709
-           wheel_platform=x86_64 ;;
+    # amd64 carries Debian's generic kernel (USB, serial adapters, wired NICs, i2c/spi/gpio), trimmed below to what
+    # an edge box uses; the cloud kernel has none of those drivers.
+    amd64) efi_arch=x64; kernel=linux-image-amd64; root_type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709
+           wheel_platform=x86_64; default_budget=100 ;;
     arm64) efi_arch=aa64; kernel=linux-image-cloud-arm64; root_type=B921B045-1DF0-41C3-AF44-4C6F280D3FAE
-           wheel_platform=aarch64 ;;
+           wheel_platform=aarch64; default_budget=0 ;;
     *) fail "--arch $arch: use amd64 or arm64" ;;
+esac
+max_compressed_mib=${max_compressed_mib:-$default_budget}
+case $max_compressed_mib in
+    ''|*[!0-9]*) fail "--max-compressed-mib $max_compressed_mib: a whole number of MiB (0 for no budget)" ;;
 esac
 
 [ "$(id -u)" = 0 ] || fail "must run as root (debootstrap, chroot and file ownership in the image need it)"
 missing=()
-for tool in debootstrap chroot mkfs.ext4 mkfs.vfat mmd mcopy sfdisk zstd sha256sum truncate dd; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+for tool in debootstrap:debootstrap chroot:coreutils mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mmd:mtools mcopy:mtools \
+            sfdisk:fdisk zstd:zstd sha256sum:coreutils truncate:coreutils dd:coreutils mksquashfs:squashfs-tools; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (${tool#*:})")
 done
-[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]} (apt-get install debootstrap e2fsprogs dosfstools mtools fdisk zstd)"
+[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]}; apt-get install debootstrap e2fsprogs dosfstools mtools fdisk zstd squashfs-tools (scripts/bootstrap.sh does, as root)"
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3 || true)
 [ -n "$python" ] || fail "missing python3 (it builds the wheels)"
@@ -81,6 +96,7 @@ work=$(mktemp -d "$out/.work.XXXXXX")
 root=$work/root
 cleanup() {
     [ -n "${wheels_pid:-}" ] && kill "$wheels_pid" 2>/dev/null
+    mountpoint -q "$root/proc" 2>/dev/null && umount "$root/proc"
     # A failed debootstrap can leave proc and sys mounted inside the root: unmount the whole tree.
     mountpoint -q "$root" 2>/dev/null && { umount -R "$root" 2>/dev/null || umount -R -l "$root"; }
     rm -rf "$work"
@@ -200,7 +216,7 @@ for whl in "$root"/tmp/fieldgate-wheels/fieldgate_*.whl; do
     dists+=("${base%%-*}")
 done
 in_root python3 -m venv /opt/fieldgate/a
-in_root python3 -m venv /opt/fieldgate/b
+in_root python3 -m venv --without-pip /opt/fieldgate/b  # gets slot a's pip below, file for file
 in_root /opt/fieldgate/a/bin/pip install -q --no-cache-dir --disable-pip-version-check --no-index \
     --find-links /tmp/fieldgate-wheels "${dists[@]//_/-}"
 ln -sfn a "$root/opt/fieldgate/current"
@@ -209,78 +225,273 @@ in_root /opt/fieldgate/current/bin/python -c 'import gateway._native' \
 in_root /opt/fieldgate/current/bin/fieldgate check /etc/fieldgate >/dev/null \
     || fail "fieldgate check /etc/fieldgate fails in the image"
 rm -rf "$root/tmp/fieldgate-wheels" "$root/tmp/fieldgate-src"
-rm -rf "$root"/usr/share/doc/*/changelog* "$root"/usr/share/man/* "$root"/var/cache/apt/*.bin \
-    "$root"/var/cache/apt/archives/*.deb \
-    "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
 
-# --- partitions ------------------------------------------------------------------------------------------------
-step "disk: partitions, file systems, systemd-boot"
+# --- the read-only system ---------------------------------------------------------------------------------------
+step "system: a read-only root with the data partition mounted by the initramfs"
+kernel_version=$(basename "$(find "$root/usr/lib/modules" -mindepth 1 -maxdepth 1 -type d | sort -V | tail -1)")
+[ -n "$kernel_version" ] || fail "no kernel modules in the root ($kernel)"
+install -d -m 755 "$root/data"
 esp_uuid=$(cat /proc/sys/kernel/random/uuid)
-root_uuid=$(cat /proc/sys/kernel/random/uuid)
+root_a_uuid=$(cat /proc/sys/kernel/random/uuid)
+root_b_uuid=$(cat /proc/sys/kernel/random/uuid)
 data_uuid=$(cat /proc/sys/kernel/random/uuid)
 cat > "$root/etc/fstab" <<EOF
-PARTUUID=$root_uuid / ext4 rw,errors=remount-ro 0 1
-PARTUUID=$esp_uuid /boot/efi vfat umask=0077 0 2
-PARTUUID=$data_uuid /var/lib/fieldgate ext4 rw,nosuid,nodev 0 2
+# The root is a read-only squashfs slot (root-a or root-b). The initramfs mounts the data partition at /data with
+# the writable layers over /etc, /var and /opt/fieldgate and /var/lib/fieldgate on it (see
+# /etc/initramfs-tools/scripts/local-bottom/fieldgate-data).
+PARTUUID=$esp_uuid /boot/efi vfat umask=0077,noatime,nofail 0 0
+tmpfs /tmp tmpfs mode=1777,nosuid,nodev,size=25% 0 0
 EOF
-mib=$((1024 * 1024))
-esp_mib=128
-data_mib=256
-used_mib=$(( $(du -sxm "$root" | cut -f1) ))
-root_mib=$(( used_mib + used_mib / 3 + 384 ))  # room for the second slot and the journal
-disk_mib=$(( 1 + esp_mib + root_mib + data_mib + 1 ))
+install -d "$root/etc/systemd/journald.conf.d"
+printf '[Journal]\nSystemMaxUse=32M\nRuntimeMaxUse=16M\n' > "$root/etc/systemd/journald.conf.d/fieldgate.conf"
+install -m 644 "$here/fieldgate-boot-report.service" "$root/etc/systemd/system/"
+in_root systemctl enable fieldgate-boot-report.service >/dev/null 2>&1 || fail "systemctl enable in the image's root failed"
+# Nothing waits for the network to be "online": the gateway listens on every address from the start, and the
+# first-boot provisioning waits for it only to join a registry. No periodic disk jobs on an appliance, no console
+# logins (no account has a password), no pstore, and modules load when used rather than at every boot.
+in_root systemctl mask systemd-networkd-wait-online.service e2scrub_all.timer e2scrub_reap.service fstrim.timer \
+    apt-daily.timer apt-daily-upgrade.timer getty-static.service getty@tty1.service serial-getty@ttyS0.service \
+    serial-getty@ttyAMA0.service systemd-pstore.service modprobe@efi_pstore.service modprobe@dm_mod.service \
+    modprobe@loop.service modprobe@fuse.service >/dev/null 2>&1 || fail "systemctl mask in the image's root failed"
 
-kernel_image=$(find "$root/boot" -maxdepth 1 -name 'vmlinu*-*' | sort | tail -1)
-initrd_image=$(find "$root/boot" -maxdepth 1 -name 'initrd.img-*' | sort | tail -1)
+step "system: kernel modules an edge box does not use, removed"
+kernel_dir=$root/usr/lib/modules/$kernel_version/kernel
+# Kept: storage (SATA, NVMe, virtio, USB, MMC), wired and USB network adapters, CAN, USB serial adapters, i2c, spi,
+# gpio, iio, hwmon, watchdogs, input and HID, netfilter and bridges for containers, device mapper; file systems
+# ext4, vfat, exfat, squashfs, overlay, fuse.
+for path in sound drivers/gpu drivers/media drivers/infiniband drivers/staging drivers/video drivers/isdn \
+        drivers/bluetooth drivers/nfc drivers/atm drivers/target drivers/firewire drivers/thunderbolt \
+        drivers/pcmcia drivers/parport drivers/xen drivers/vhost drivers/vfio drivers/comedi drivers/scsi/*/ \
+        drivers/net/wireless drivers/net/hamradio drivers/net/fddi drivers/net/arcnet drivers/net/ieee802154 \
+        drivers/net/wan drivers/net/plip drivers/net/ethernet/mellanox drivers/net/ethernet/chelsio \
+        drivers/net/ethernet/qlogic drivers/net/ethernet/cavium drivers/net/ethernet/emulex \
+        drivers/net/ethernet/huawei drivers/net/ethernet/netronome drivers/net/ethernet/pensando \
+        drivers/net/ethernet/sfc drivers/net/ethernet/intel/ice drivers/net/ethernet/intel/i40e \
+        drivers/net/ethernet/intel/iavf drivers/net/ethernet/intel/idpf drivers/net/ethernet/intel/fm10k \
+        drivers/input/joystick drivers/input/tablet drivers/input/touchscreen drivers/usb/gadget drivers/iio \
+        drivers/mtd drivers/message drivers/soundwire drivers/accessibility drivers/hid/intel-ish-hid \
+        drivers/hid/amd-sfh-hid drivers/hid/surface-hid drivers/net/xen-netback drivers/net/fjes \
+        drivers/net/thunderbolt arch/x86/kvm virt drivers/net/ethernet/broadcom/bnx2x drivers/net/ethernet/broadcom/bnxt \
+        drivers/net/ethernet/marvell/octeontx2 drivers/net/ethernet/marvell/prestera drivers/net/ethernet/intel/ixgbevf \
+        net/sunrpc net/ceph net/rds net/tipc net/smc net/9p net/rxrpc net/dccp net/bluetooth net/wireless \
+        net/mac80211 net/nfc net/6lowpan net/ieee802154 net/mac802154 net/atm net/ax25 net/netrom net/rose \
+        net/x25 net/lapb net/phonet net/caif net/batman-adv net/openvswitch; do
+    rm -rf "$kernel_dir"/$path
+done
+for nic in "$kernel_dir"/drivers/net/ethernet/*/; do  # the NICs of industrial PCs and SoCs; no data-centre cards
+    case $(basename "$nic") in
+        intel|realtek|stmicro|broadcom|microchip|amd|marvell|freescale|ti|cadence|rockchip) ;;
+        *) rm -rf "$nic" ;;
+    esac
+done
+for fs in "$kernel_dir"/fs/*/; do
+    case $(basename "$fs") in
+        ext4|jbd2|fat|exfat|squashfs|overlayfs|nls|fuse|autofs|quota|efivarfs) ;;  # efivarfs: boot entries, counting
+        *) rm -rf "$fs" ;;
+    esac
+done
+in_root depmod "$kernel_version"
+
+step "system: initramfs (squashfs root, data partition, overlays)"
+sed -i 's/^MODULES=.*/MODULES=list/; s/^#\?COMPRESS=.*/COMPRESS=zstd/' "$root/etc/initramfs-tools/initramfs.conf"
+grep -v '^#' "$here/initramfs/modules" >> "$root/etc/initramfs-tools/modules"
+[ "$arch" = arm64 ] && echo virtio_mmio >> "$root/etc/initramfs-tools/modules"
+install -D -m 755 "$here/initramfs/fieldgate-data" "$root/etc/initramfs-tools/scripts/local-bottom/fieldgate-data"
+install -D -m 755 "$here/initramfs/fieldgate-hook" "$root/etc/initramfs-tools/hooks/fieldgate"
+mount -t proc proc "$root/proc"
+in_root update-initramfs -u -k "$kernel_version" > "$work/initramfs.log" 2>&1 \
+    || { umount "$root/proc"; tail -20 "$work/initramfs.log" >&2; fail "update-initramfs failed (log above)"; }
+umount "$root/proc"
+# The image's root has no zstd: mkinitramfs fell back to gzip. zstd is smaller and decompresses faster at boot.
+if grep -q '^CONFIG_RD_ZSTD=y' "$root/boot/config-$kernel_version" && gzip -t "$root/boot/initrd.img-$kernel_version" 2>/dev/null; then
+    gzip -dc "$root/boot/initrd.img-$kernel_version" | zstd -q -19 -T0 > "$work/initrd.zst"
+    mv "$work/initrd.zst" "$root/boot/initrd.img-$kernel_version"
+fi
+
+step "system: the rest the appliance does not use, removed; python byte code compiled"
+# Build-time and package-management parts: the root is never changed by apt (a system update replaces the slot).
+in_root dpkg --purge --force-depends --force-remove-essential apt libapt-pkg6.0 gpgv debian-archive-keyring \
+    perl-base python3-pip-whl python3-setuptools-whl libgnutls30 libp11-kit0 libtasn1-6 libnettle8 libhogweed6 \
+    >/dev/null 2>&1 || fail "dpkg --purge in the image's root failed"
+# Caches the read-only /usr never needs rebuilt at boot (hwdb.bin is built, ld.so.cache and the catalog are current).
+in_root systemctl mask systemd-hwdb-update.service ldconfig.service systemd-journal-catalog-update.service \
+    systemd-update-done.service >/dev/null 2>&1 || fail "systemctl mask in the image's root failed"
+find "$root/usr/share/doc" -mindepth 1 \( -type f -o -type l \) ! -name copyright ! -path '*/doc/fieldgate/*' -delete
+find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+rm -rf "$root"/usr/share/man "$root"/usr/share/info "$root"/usr/share/lintian "$root"/usr/share/bug \
+    "$root"/usr/share/bash-completion "$root"/usr/share/zsh "$root"/usr/share/python-wheels \
+    "$root"/var/cache/apt "$root"/var/lib/apt "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
+    "$root"/var/cache/ldconfig/aux-cache "$root"/usr/lib/udev/hwdb.d "$root"/usr/lib/udev/hwdb.bin
+# glibc's character set converters: nothing on the appliance calls iconv beyond UTF-8, UTF-16/32 and Latin-1.
+find "$root"/usr/lib/*-linux-gnu/gconv \
+    -name '*.so' ! -name 'UTF-*' ! -name 'UNICODE.so' ! -name 'ISO8859-1.so' -delete 2>/dev/null || true
+stdlib=$root/usr/lib/python$image_python
+rm -rf "$stdlib"/test "$stdlib"/idlelib "$stdlib"/tkinter "$stdlib"/turtledemo "$stdlib"/turtle.py \
+    "$stdlib"/lib2to3 "$stdlib"/ensurepip "$stdlib"/pydoc_data "$stdlib"/__pycache__/turtle.*
+find "$root/var/log" -type f -delete
+# faker (litestar's optional OpenAPI examples, never generated here) keeps its default locale only; asyncpg is the
+# registry's PostgreSQL driver, and a node never serves the registry.
+rm -rf "$root/opt/fieldgate/a/lib/python$image_python/site-packages"/asyncpg \
+    "$root/opt/fieldgate/a/lib/python$image_python/site-packages"/asyncpg-*.dist-info
+find "$root/opt/fieldgate/a/lib/python$image_python/site-packages/faker/providers" -mindepth 2 -maxdepth 2 -type d \
+    -regextype posix-extended -regex '.*/[a-z]{2,3}(_[A-Z][A-Za-z]+)?' ! -name en ! -name en_US -exec rm -rf {} + \
+    2>/dev/null || true
+# The root is read-only: whatever is imported must have its byte code in the image. The standard library and the
+# third-party packages keep only their byte code (as Buildroot's pyc-only Python does: tracebacks name the file and
+# line); fieldgate and its plugins keep their sources too.
+in_root python3 - "/usr/lib/python$image_python" "/opt/fieldgate/a/lib/python$image_python/site-packages" <<'EOF' \
+    || fail "compiling the python byte code in the image's root failed"
+import os, py_compile, re, shutil, sys
+from pathlib import Path
+
+def ours(path: Path) -> bool:
+    return any(part == "gateway" or part.startswith("fieldgate") for part in path.parts)
+
+for top in map(Path, sys.argv[1:]):
+    for directory, dirs, files in os.walk(top):
+        here = Path(directory)
+        if here.name == "__pycache__":
+            continue
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            source = here / name
+            relative = source.relative_to(top)
+            if ours(relative):
+                py_compile.compile(str(source), doraise=False, quiet=2)
+                continue
+            try:
+                py_compile.compile(str(source), cfile=str(source) + "c", doraise=True, quiet=2)
+            except (py_compile.PyCompileError, OSError):
+                continue  # not python 3 (a template or test data) or a dangling link: left as it is
+            source.unlink()
+    for cache in top.rglob("__pycache__"):
+        if not ours(cache.relative_to(top)):
+            shutil.rmtree(cache)
+EOF
+# Slot b starts with slot a's pip (what `fieldgate upgrade` installs with), the same files, which the squashfs
+# stores once.
+site_a=$root/opt/fieldgate/a/lib/python$image_python/site-packages
+site_b=$root/opt/fieldgate/b/lib/python$image_python/site-packages
+for item in "$site_a"/pip "$site_a"/pip-*.dist-info "$site_a"/setuptools "$site_a"/setuptools-*.dist-info \
+        "$site_a"/pkg_resources "$site_a"/_distutils_hack "$site_a"/distutils-precedence.pth; do
+    [ -e "$item" ] && cp -a "$item" "$site_b/"
+done
+in_root /opt/fieldgate/b/bin/python -m pip --version >/dev/null || fail "slot b has no working pip"
+# The files a gateway start reads, for fieldgate-prefetch.service: what the gateway, its plugins and its web app
+# import, in path order (the squashfs's order).
+in_root /opt/fieldgate/current/bin/python - > "$root/usr/lib/fieldgate/prefetch.list" <<'EOF' \
+    || fail "listing the gateway's modules in the image's root failed"
+import importlib, os, sys
+from gateway.plugins import get_plugin_manager
+get_plugin_manager()
+for name in ("gateway.cli", "gateway.runtime", "gateway.web", "gateway.store", "uvicorn", "aiosqlite", "aiomqtt"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+files = set()
+for module in list(sys.modules.values()):
+    for attribute in ("__cached__", "__file__"):
+        path = getattr(module, attribute, None)
+        if isinstance(path, str) and not path.endswith(".py") and os.path.isfile(path):
+            files.add(os.path.realpath(path))
+print("\n".join(sorted(files)))
+EOF
+install -m 644 "$here/fieldgate-prefetch.service" "$root/etc/systemd/system/"
+in_root systemctl enable fieldgate-prefetch.service >/dev/null 2>&1 || fail "systemctl enable in the image's root failed"
+in_root /opt/fieldgate/current/bin/fieldgate check /etc/fieldgate >/dev/null \
+    || fail "fieldgate check /etc/fieldgate fails in the image once trimmed"
+
+# --- partitions ------------------------------------------------------------------------------------------------
+step "disk: squashfs root slot, partitions, systemd-boot"
+kernel_image=$(find "$root/boot" -maxdepth 1 -name "vmlinu*-$kernel_version" | head -1)
+initrd_image=$root/boot/initrd.img-$kernel_version
 [ -f "$kernel_image" ] && [ -f "$initrd_image" ] || fail "no kernel or initrd in the root ($kernel)"
 loader=$root/usr/lib/systemd/boot/efi/systemd-boot$efi_arch.efi
 [ -f "$loader" ] || fail "no systemd-boot loader in the root ($loader)"
+mkdir -p "$work/boot"
+mv "$kernel_image" "$work/boot/vmlinuz"
+mv "$initrd_image" "$work/boot/initrd.img"
+cp "$loader" "$work/boot/loader.efi"
+rm -rf "$root"/boot/* "$root"/tmp/* "$root"/var/tmp/*  # each slot's kernel and initrd live on the ESP
+install -d -m 755 "$root/boot/efi"  # the mount point: the read-only root cannot have it made at boot
+used_mib=$(( $(du -sxm "$root" | cut -f1) ))
+mksquashfs "$root" "$work/root.sqfs" -comp zstd -Xcompression-level 19 -b 1M -noappend -no-progress -quiet \
+    > "$work/mksquashfs.log" 2>&1 || { tail -5 "$work/mksquashfs.log" >&2; fail "mksquashfs failed"; }
+
+mib=$((1024 * 1024))
+esp_mib=128
+data_mib=256
+squashfs_mib=$(( ($(stat -c %s "$work/root.sqfs") + mib - 1) / mib ))
+slot_mib=$(( (squashfs_mib * 2 + 63) / 64 * 64 ))  # room for a next version twice this size
+[ "$slot_mib" -ge 256 ] || slot_mib=256
+disk_mib=$(( 1 + esp_mib + 2 * slot_mib + data_mib + 1 ))
+
 console=ttyS0
 [ "$arch" = arm64 ] && console=ttyAMA0
+# One boot entry per system slot; slot b has no kernel until a system update writes slot b and its files here.
+# The entry names are ready for systemd-boot's boot counting (fieldgate-b+3.conf).
 mkdir -p "$work/esp/loader/entries"
-printf 'default fieldgate.conf\ntimeout 0\n' > "$work/esp/loader/loader.conf"
-cat > "$work/esp/loader/entries/fieldgate.conf" <<EOF
-title fieldgate $version
-linux /vmlinuz
-initrd /initrd.img
-options root=PARTUUID=$root_uuid rw console=tty0 console=$console,115200 quiet
+printf 'default fieldgate-a.conf\ntimeout 0\neditor no\n' > "$work/esp/loader/loader.conf"
+for slot in a b; do
+    if [ "$slot" = a ]; then slot_uuid=$root_a_uuid; title="fieldgate $version (slot a)"
+    else slot_uuid=$root_b_uuid; title="fieldgate (slot b)"; fi
+    cat > "$work/esp/loader/entries/fieldgate-$slot.conf" <<EOF
+title $title
+linux /$slot/vmlinuz
+initrd /$slot/initrd.img
+options root=PARTUUID=$slot_uuid ro rootfstype=squashfs fieldgate.data=PARTUUID=$data_uuid console=tty0 console=$console,115200 quiet loglevel=3
 EOF
+done
 esp=$work/esp.img
 mkfs.vfat -C -F 32 -n FIELDGATE "$esp" $(( esp_mib * 1024 )) >/dev/null
 upper_efi_arch=$(echo "$efi_arch" | tr a-z A-Z)
-mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries
-mcopy -i "$esp" "$loader" "::/EFI/BOOT/BOOT$upper_efi_arch.EFI"
-mcopy -i "$esp" "$loader" "::/EFI/systemd/systemd-boot$efi_arch.efi"
+mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries ::/a ::/b
+mcopy -i "$esp" "$work/boot/loader.efi" "::/EFI/BOOT/BOOT$upper_efi_arch.EFI"
+mcopy -i "$esp" "$work/boot/loader.efi" "::/EFI/systemd/systemd-boot$efi_arch.efi"
 mcopy -i "$esp" "$work/esp/loader/loader.conf" ::/loader/loader.conf
-mcopy -i "$esp" "$work/esp/loader/entries/fieldgate.conf" ::/loader/entries/fieldgate.conf
-mcopy -i "$esp" "$kernel_image" ::/vmlinuz
-mcopy -i "$esp" "$initrd_image" ::/initrd.img
+mcopy -i "$esp" "$work/esp/loader/entries/fieldgate-a.conf" "$work/esp/loader/entries/fieldgate-b.conf" \
+    ::/loader/entries/
+mcopy -i "$esp" "$work/boot/vmlinuz" ::/a/vmlinuz
+mcopy -i "$esp" "$work/boot/initrd.img" ::/a/initrd.img
 mcopy -i "$esp" "$here/provision.example.yaml" ::/fieldgate-provision.example.yaml
 [ -n "$provision" ] && mcopy -i "$esp" "$provision" ::/fieldgate-provision.yaml
 
-mkfs.ext4 -q -F -L fieldgate-root -d "$root" "$work/root.img" "${root_mib}M" >/dev/null
-mkdir -p "$work/data"
-mkfs.ext4 -q -F -L fieldgate-data -E "root_owner=$uid:$gid" -d "$work/data" "$work/data.img" "${data_mib}M" >/dev/null
+# The data partition: the gateway's data directory and the writable layers' directories.
+install -d -m 755 "$work/data" "$work/data/overlay"
+for layer in etc var opt; do install -d -m 755 "$work/data/overlay/$layer/upper" "$work/data/overlay/$layer/work"; done
+install -d -m 750 -o "$uid" -g "$gid" "$work/data/fieldgate"
+mkfs.ext4 -q -F -L fieldgate-data -d "$work/data" "$work/data.img" "${data_mib}M" >/dev/null
 
 disk=$work/$name.img
 truncate -s "${disk_mib}M" "$disk"
 esp_start=$(( mib / 512 ))
-root_start=$(( esp_start + esp_mib * mib / 512 ))
-data_start=$(( root_start + root_mib * mib / 512 ))
+root_a_start=$(( esp_start + esp_mib * mib / 512 ))
+root_b_start=$(( root_a_start + slot_mib * mib / 512 ))
+data_start=$(( root_b_start + slot_mib * mib / 512 ))
 sfdisk -q "$disk" <<EOF
 label: gpt
 start=$esp_start, size=$(( esp_mib * mib / 512 )), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$esp_uuid, name=esp
-start=$root_start, size=$(( root_mib * mib / 512 )), type=$root_type, uuid=$root_uuid, name=root
+start=$root_a_start, size=$(( slot_mib * mib / 512 )), type=$root_type, uuid=$root_a_uuid, name=root-a
+start=$root_b_start, size=$(( slot_mib * mib / 512 )), type=$root_type, uuid=$root_b_uuid, name=root-b
 start=$data_start, size=$(( data_mib * mib / 512 )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$data_uuid, name=data
 EOF
 dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
-dd if="$work/root.img" of="$disk" bs=1M seek=$(( 1 + esp_mib )) conv=notrunc,sparse status=none
-dd if="$work/data.img" of="$disk" bs=1M seek=$(( 1 + esp_mib + root_mib )) conv=notrunc,sparse status=none
+dd if="$work/root.sqfs" of="$disk" bs=1M seek=$(( 1 + esp_mib )) conv=notrunc,sparse status=none
+dd if="$work/data.img" of="$disk" bs=1M seek=$(( 1 + esp_mib + 2 * slot_mib )) conv=notrunc,sparse status=none
 
 # --- output ----------------------------------------------------------------------------------------------------
 step "output: zstd and sha256"
 zstd -q -T0 -3 -f "$disk" -o "$out/$name.img.zst"
 (cd "$out" && sha256sum "$name.img.zst" > "$name.img.zst.sha256")
 if [ "$keep_raw" = 1 ]; then mv "$disk" "$out/$name.img"; fi
-size=$(du -m "$out/$name.img.zst" | cut -f1)
-step "done: $out/$name.img.zst (${size} MiB compressed, ${disk_mib} MiB disk, root ${used_mib} MiB used)"
+bytes=$(stat -c %s "$out/$name.img.zst")
+size=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
+summary="${size} MiB compressed ($bytes bytes), ${disk_mib} MiB disk, root slot ${squashfs_mib} MiB squashfs of ${used_mib} MiB in slots of ${slot_mib} MiB"
+if [ "$max_compressed_mib" -gt 0 ] && [ "$bytes" -gt $(( max_compressed_mib * mib )) ]; then
+    echo "build.sh: $out/$name.img.zst is ${size} MiB compressed, over the budget of $max_compressed_mib MiB (--max-compressed-mib); $summary" >&2
+    exit 1
+fi
+step "done: $out/$name.img.zst ($summary)"

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from gateway.store import Store
 
 CONFIG_FILE = "provisioned.yaml"
 SERVICE_USER = "fieldgate"
+WAIT_ONLINE_TIMEOUT = 150.0
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -118,6 +120,20 @@ def chown_tree(path: Path, user: str) -> None:
             os.chown(os.path.join(directory, name), entry.pw_uid, entry.pw_gid)
 
 
+def wait_online(command: str) -> None:
+    """Run the command that waits for the network (the appliance: systemd-networkd-wait-online) before a join."""
+    argv = shlex.split(command)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_ONLINE_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the network: not online within {WAIT_ONLINE_TIMEOUT:g} s ({command})") from None
+    except OSError as exc:
+        raise RuntimeError(f"the network: {command}: {exc}") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise RuntimeError(f"the network is not online ({command}): {reason}")
+
+
 def join(registry: Registry, data_dir: Path) -> None:
     command = [sys.executable, "-m", "gateway", "join", "--registry", registry.url, "--token", registry.token,
                "--data-dir", str(data_dir)]
@@ -132,7 +148,7 @@ def join(registry: Registry, data_dir: Path) -> None:
         raise RuntimeError(f"registry join at {registry.url}: {reason}")
 
 
-def apply(file: Path, config_dir: Path, data_dir: Path) -> None:
+def apply(file: Path, config_dir: Path, data_dir: Path, wait_online_command: str | None = None) -> None:
     provisioning = read(file)
     with tempfile.TemporaryDirectory() as staging:
         config = check_documents(file, provisioning, Path(staging))
@@ -148,6 +164,8 @@ def apply(file: Path, config_dir: Path, data_dir: Path) -> None:
     os.sync()  # the boot partition is FAT: make the rename stick even if the power goes now
     try:
         if provisioning.registry is not None:
+            if wait_online_command:
+                wait_online(wait_online_command)
             join(provisioning.registry, data_dir)
     finally:
         chown_tree(data_dir, SERVICE_USER)
@@ -159,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check the file (as image/build.sh does)")
     parser.add_argument("--config-dir", type=Path)
     parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--wait-online", metavar="COMMAND",
+                        help="a command that waits until the network is up, run before joining a registry only")
     args = parser.parse_args(argv)
     if not args.check and (args.config_dir is None or args.data_dir is None):
         parser.error("--config-dir and --data-dir are required unless --check")
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_documents(args.file, read(args.file), Path(staging))
             print(f"{args.file}: valid")
             return 0
-        apply(args.file, args.config_dir, args.data_dir)
+        apply(args.file, args.config_dir, args.data_dir, args.wait_online)
     except Refused as exc:
         if args.check:
             print(f"provisioning file refused: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ fi
 # the `beside` tests mostly wait on real processes (capped and resetting links, restarts, several gateways): they run
 # in a process of their own beside the rest.
 soak_dir=$(mktemp -d)
-.venv/bin/python -m pytest -p no:cacheprovider -m "soak or image or beside" -s --basetemp "$soak_dir/tmp" \
+.venv/bin/python -m pytest -p no:cacheprovider -m "(soak or image or beside) and not benchmark" -s --basetemp "$soak_dir/tmp" \
     >"$soak_dir/log" 2>&1 &
 soak=$!
 status=0

@@ -62,7 +62,7 @@ class Gateway:
         self.endpoint_types = endpoint_registry(pm)
         self.bus = Bus()
         self.store = Store(data_dir, flush_interval=float(config.gateway.store.flush_interval),
-                           secrets=SecretBox(data_dir))
+                           secrets=SecretBox(data_dir), sync=config.gateway.store.sync)
         self.supervisor = Supervisor()
         self.configuration = Configuration(config, self.protocols, self.store, config_path=config_path,
                                            endpoint_types=self.endpoint_types)

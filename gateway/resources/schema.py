@@ -161,6 +161,11 @@ class StoreSettings(Base, kw_only=True):
         "what was queued meanwhile (under load, one commit every 10ms at most); longer: at most one commit every "
         "interval (fewer, larger writes, for a card that wears, at the cost of that much more latency to the "
         "sinks)"))] = Duration(0)
+    sync: Annotated[Literal["full", "normal"], Meta(description=(
+        "full (the default): each commit is on the disk before reports and outbox messages count as stored, so a "
+        "power cut loses none of them; normal: commits reach the disk at checkpoints, so a power cut can lose the "
+        "last seconds (the store stays consistent, and a crash of the gateway alone loses nothing either way), for "
+        "a card that wears or a disk whose flushes are slow; applies at start"))] = "full"
 
 
 class FilesSettings(Base, kw_only=True):

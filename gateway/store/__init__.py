@@ -52,11 +52,11 @@ class Store:
     """
 
     def __init__(self, data_dir: Path, *, flush_interval: float = 0.0, timeout: float = 10.0,
-                 max_queued: int = 500_000, secrets: DocumentSealer | None = None) -> None:
+                 max_queued: int = 500_000, secrets: DocumentSealer | None = None, sync: str = "full") -> None:
         self.data_dir = data_dir
         self.path = db_path(data_dir)
         self.flush_interval = flush_interval
-        self._db = Database(self.path, timeout=timeout)
+        self._db = Database(self.path, timeout=timeout, sync=sync)
         self.history = History(self._db, max_queued=max_queued)
         self.twins = Twins(self._db, self.history)
         self.outboxes = Outboxes(self._db)

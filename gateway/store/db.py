@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 ROW_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
                                            sqlite3.DataError, ValueError, TypeError, OverflowError)
 
-PRAGMAS = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
+PRAGMAS = "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
+# synchronous=FULL in WAL mode: every commit fsyncs the log, so a commit the store counted survives a power cut.
+# NORMAL fsyncs only at checkpoints: an application crash still loses nothing, a power cut the last commits (the
+# file stays consistent either way).
+SYNC_MODES = ("full", "normal")
 # A statement that reads a table has SQLite compare the connection's copy of the schema with the file's and reload it
 # when another connection changed it (a trigger or table created or dropped). A statement that fails to prepare
 # because of that copy does not always do so (a trigger whose body names a table that is gone fails inside its own
@@ -93,9 +97,12 @@ class StoreHealth:
 class Database:
     """One connection; reads go straight to it, writes are serialised with the transactions on it."""
 
-    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, path: Path, *, timeout: float = 10.0, sync: str = "full") -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"store sync {sync!r}: expected one of {', '.join(SYNC_MODES)}")
         self.path = path
         self.timeout = timeout
+        self.sync = sync
         self._connection: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self._check_schema = False  # a write failed: the next one first makes sure the schema it uses is current
@@ -112,7 +119,7 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         async with asyncio.timeout(self.timeout):
             self._connection = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._connection.executescript(PRAGMAS)
+        await self._connection.executescript(f"{PRAGMAS} PRAGMA synchronous={self.sync.upper()};")
         await migrate(self)
 
     @property

@@ -113,8 +113,14 @@ def provisioning() -> dict[str, object]:
                                                      "offset": 60}},
                  {"name": "setpoint", "desired": 62, "visitor": {"generator": "memory", "initial": 20.0}}]},
             {"kind": "Device", "name": "meter-1", "model": "meter", "protocol": {"name": "virtual"},
-             "properties": [{"name": "energy", "collect_interval": "1s",
+             "properties": [{"name": "energy", "collect_interval": "200ms",
                              "visitor": {"generator": "counter", "start": 1000, "step": 7}}]},
+            # Every report also goes to a target that is never there, so its outbox only grows: what the power-cut
+            # test counts on the disk.
+            {"kind": "Endpoint", "name": "bus", "type": "bus"},
+            {"kind": "Endpoint", "name": "held", "type": "http", "properties": {"url": "http://127.0.0.1:9/held"}},
+            {"kind": "Route", "name": "held", "source": "bus", "source_resource": {"topic": "devices/+/+/telemetry"},
+             "target": "held"},
         ],
     }
 
@@ -211,6 +217,45 @@ def provisioned_machine(image: Path, workdir: Path) -> Machine:
     subprocess.run(["mcopy", "-i", f"{disk}@@{esp_offset(disk)}", str(provision), "::/fieldgate-provision.yaml"],
                    check=True, timeout=30)
     return Machine(disk, workdir)
+
+
+HELD_OUTBOX = "route:default/held"
+
+
+def store_on_disk(disk: Path, workdir: Path) -> tuple[str, dict[str, int]]:
+    """The gateway's store as the data partition of a powered-off disk holds it: its `PRAGMA integrity_check` and
+    its outbox rows per outbox. The partition is copied and its journal replayed (e2fsck, as the next boot's
+    initramfs does), then the store's file and write-ahead log are read out of it (debugfs) and opened here."""
+    import sqlite3
+
+    data = partitions(disk)["data"]
+    copy = workdir / "data-partition.img"
+    with disk.open("rb") as source, copy.open("wb") as target:
+        source.seek(int(str(data["offset"])))
+        left = int(str(data["size"]))
+        while left:
+            chunk = source.read(min(left, 4 << 20))
+            assert chunk, f"{disk}: ends inside its data partition"
+            target.write(chunk)
+            left -= len(chunk)
+    fsck = subprocess.run(["e2fsck", "-fy", str(copy)], capture_output=True, text=True, timeout=120, check=False)
+    assert fsck.returncode < 4, f"e2fsck of the data partition exited {fsck.returncode}:\n{fsck.stdout}{fsck.stderr}"
+    store = workdir / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir()
+    for name in ("fieldgate.db", "fieldgate.db-wal"):
+        subprocess.run(["debugfs", "-R", f"dump /fieldgate/{name} {store / name}", str(copy)], capture_output=True,
+                       timeout=60, check=False)
+    copy.unlink()
+    assert (store / "fieldgate.db").is_file(), "no /fieldgate/fieldgate.db on the data partition"
+    connection = sqlite3.connect(store / "fieldgate.db")
+    try:
+        integrity = "; ".join(str(row[0]) for row in connection.execute("PRAGMA integrity_check"))
+        rows = {str(sink): int(count) for sink, count in
+                connection.execute("SELECT sink, count(*) FROM outbox GROUP BY sink")}
+    finally:
+        connection.close()
+    return integrity, rows
 
 
 def login(machine: Machine, password: str) -> httpx.Client:

@@ -30,7 +30,17 @@ import httpx
 import pytest
 
 from tests.image import appliance
-from tests.image.appliance import BOOT_TIMEOUT, PASSWORD, Machine, esp_offset, login, partitions, provisioned_machine
+from tests.image.appliance import (
+    BOOT_TIMEOUT,
+    HELD_OUTBOX,
+    PASSWORD,
+    Machine,
+    esp_offset,
+    login,
+    partitions,
+    provisioned_machine,
+    store_on_disk,
+)
 
 pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -137,11 +147,29 @@ def test_the_gateway_answers_soon_after_power_on(booted: Machine) -> None:
         f"healthy {booted.healthy_after:.1f} s after power-on, over {FIRST_BOOT_WITHIN:.0f} s:\n{report}"
 
 
-def test_after_a_power_cut_the_provisioned_gateway_comes_back(booted: Machine) -> None:
-    """qemu killed (no shutdown): the read-only root and the data partition's layers bring back the same node."""
+def test_after_a_power_cut_the_provisioned_gateway_comes_back(booted: Machine,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    """qemu killed (no shutdown) while the store writes five reports a second, each into the history and an outbox
+    whose target is never there: the store on the disk is whole and holds every outbox message the gateway had
+    counted as committed; the read-only root and the data partition's layers bring back the same node."""
     with contextlib.closing(login(booted, PASSWORD)) as client:
         assert client.get("/api/v1/devices").status_code == 200
+
+        def held() -> int:
+            depth: int = client.get("/api/v1/status").json()["sinks"][HELD_OUTBOX]["outbox_depth"]
+            return depth
+
+        deadline = time.monotonic() + 60
+        while held() < 50 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        committed = held()  # committed, and not delivered: the target is never there
+        assert committed >= 50, f"the held outbox did not grow: {committed} messages"
+        time.sleep(0.3)  # a commit or so more under way when the power goes
     booted.power_cut()
+    integrity, outboxes = store_on_disk(booted.disk, tmp_path_factory.mktemp("store"))
+    print(f"power cut with {committed} messages counted in the held outbox: {outboxes.get(HELD_OUTBOX)} on the disk")
+    assert integrity == "ok"
+    assert outboxes.get(HELD_OUTBOX, 0) >= committed, outboxes
     booted.power_on()
     health = booted.wait_healthy(BOOT_TIMEOUT)
     assert health == {"status": "ok", "node": "boot-test"}  # /etc/fieldgate from the data partition's layer
@@ -152,4 +180,6 @@ def test_after_a_power_cut_the_provisioned_gateway_comes_back(booted: Machine) -
     with contextlib.closing(login(booted, PASSWORD)) as client:  # the store on the data partition
         devices = client.get("/api/v1/devices")
         assert sorted(d["name"] for d in devices.json()) == ["boiler-1", "meter-1"]
-        assert client.get("/api/v1/status").json()["eventbus"]["connected"] is True
+        status = client.get("/api/v1/status").json()
+        assert status["eventbus"]["connected"] is True
+        assert status["sinks"][HELD_OUTBOX]["outbox_depth"] >= committed  # the outbox read back at start

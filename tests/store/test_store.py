@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import StoreError
+from gateway.errors import ResourceError, StoreError
+from gateway.plugins import get_plugin_manager
+from gateway.protocols.registry import protocol_registry
+from gateway.resources.loader import check_documents, parse_yaml
 from gateway.store import Store, db_path
 from gateway.testing import store_sql, stored_history, stored_reported, wait_until
 from tests.conftest import FIELDGATE, free_port
@@ -161,6 +164,27 @@ async def test_the_writer_commits_as_soon_as_it_is_free_or_once_an_interval(tmp_
         writer.cancel()
         await store.close()
     assert commits == [{"sink"}, {"sink"}]  # closing commits what waited
+
+
+async def test_commits_are_on_the_disk_before_they_count_unless_told_otherwise(tmp_path: Path) -> None:
+    """sync: full (the default) has SQLite fsync the log at every commit, so what the store counted survives a power
+    cut (tests/image/test_boot.py cuts the power of a booted appliance to check it); normal only at checkpoints."""
+    modes = {}
+    for sync in ("full", "normal"):
+        store = Store(tmp_path / sync) if sync == "full" else Store(tmp_path / sync, sync=sync)
+        await store.open()
+        try:
+            modes[sync] = [tuple(row) for row in await store._db.rows("PRAGMA synchronous")]
+        finally:
+            await store.close()
+    assert modes == {"full": [(2,)], "normal": [(1,)]}
+    with pytest.raises(ValueError, match="store sync 'fast': expected one of full, normal"):
+        Store(tmp_path / "fast", sync="fast")
+    with pytest.raises(ResourceError) as caught:
+        check_documents(parse_yaml(MODEL.replace("store: {flush_interval: 50ms}", "store: {sync: fast}"), "gw.yaml"),
+                        protocol_registry(get_plugin_manager()))
+    assert caught.value.problems[0].startswith("gw.yaml: document 1 (Gateway test-gw): $.store.sync: Invalid enum "
+                                               "value 'fast'"), caught.value.problems
 
 
 def break_inserts(db_file: Path, table: str) -> None:

@@ -11,22 +11,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from container_helpers import Images, Node, podman, wait_until
 from fieldgate_container.runtime import LABEL_WORKLOAD
 
-from gateway.testing import free_port, without_capability
+from gateway.testing import without_capability
+from tests.services.conftest import service_network
+from tests.services.test_local_services import documents as echo_documents
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="entering a container's network namespace needs root")
 BUSYBOX = "/bin/busybox"
-ECHO = Path(__file__).resolve().parents[3] / "tests" / "services" / "apps" / "echo.py"
 # the first thing the app does: find the service by name and talk to it over TCP and UDP
 FIRST = ("addr=$(/bin/busybox nslookup echo.default.svc | /bin/busybox awk '/^Address: /{print $2}'); "
          "echo resolved $addr; echo who-first | /bin/busybox nc -w 3 $addr 7000; echo; "
@@ -83,31 +81,12 @@ def sh(script: str) -> list[str]:
 
 def settings(replicas: int = 1) -> tuple[str, str]:
     """The node's services settings (a loopback /24 of the test's own; the host's DNS port a free one: inside a
-    container's namespace the responder answers at 53 all the same), the echo app with its Service, and a Service on
-    the port the callers serve on themselves (8080: theirs to listen on, on every address)."""
-    network = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"
-    documents = f"""\
-kind: Workload
-name: echo
-labels: {{app: echo}}
-command: [{sys.executable}, {ECHO}]
-replicas: {replicas}
-ports: [{{name: echo}}, {{name: dgram, protocol: udp}}]
-health: {{type: tcp, port: echo, interval: 200ms}}
----
-kind: Service
-name: echo
-selector: {{app: echo}}
-ports:
-  - {{name: tcp, port: 7000, target_port: echo}}
-  - {{name: udp, port: 7001, target_port: dgram, protocol: UDP}}
----
-kind: Service
-name: clash
-selector: {{app: echo}}
-ports: [{{port: 8080, target_port: echo}}]
-"""
-    return f"services: {{addresses: {network}, dns_port: {free_port()}}}\n", documents
+    container's namespace the responder answers at 53 all the same), the echo app with its Service as the local
+    services tests have them, and a Service on the port the callers serve on themselves (8080: theirs to listen on,
+    on every address)."""
+    node_settings, documents = echo_documents(service_network(), replicas=replicas)
+    return node_settings, f"{documents}---\nkind: Service\nname: clash\nselector: {{app: echo}}\n" \
+                          "ports: [{port: 8080, target_port: echo}]\n"
 
 
 def app(image: str, name: str = "caller", **extra: Any) -> dict[str, Any]:

@@ -17,7 +17,10 @@ soak_dir=$(mktemp -d)
     >"$soak_dir/log" 2>&1 &
 soak=$!
 status=0
-.venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image and not beside" || status=$?
+# Each process has a temporary folder of its own: pytest's shared /tmp/pytest-of-<user> keeps only its three newest
+# runs, so another pytest started on the machine meanwhile would remove the folders of this one's running tests.
+.venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image and not beside" \
+    --basetemp "$soak_dir/main" || status=$?
 if wait "$soak"; then
     grep -ho "outage [0-9].*\|image built in [0-9]* s" "$soak_dir/log" || true
     tail -n 1 "$soak_dir/log"

@@ -126,9 +126,15 @@ MAX_EVENTS = 20  # per workload and report: the newest the node has not delivere
 MAX_REASON = 1000
 
 
+# A time a node reports (seconds since the epoch): finite, not before 1970 nor after 2100, so the pages that show it
+# and the databases that keep it take every one.
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=4_102_444_800.0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]  # a BIGINT in PostgreSQL
+
+
 class EventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    seq: Annotated[int, msgspec.Meta(ge=0)]
-    ts: float
+    seq: Seq
+    ts: Timestamp
     event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     instance: Annotated[str, msgspec.Meta(max_length=300)] = ""
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
@@ -200,8 +206,8 @@ MAX_SERVICE_EVENTS = 100  # in one heartbeat: the oldest the node has not delive
 class ServiceEventReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A change of one Service on a node (gateway.services.mesh): its endpoints, its addresses, its proxies."""
 
-    seq: Annotated[int, msgspec.Meta(ge=0)]  # grows on the node: the registry keeps each (node, service, ts, seq) once
-    ts: float
+    seq: Seq  # grows on the node: the registry keeps each (node, service, ts, seq) once
+    ts: Timestamp
     service: Annotated[str, msgspec.Meta(min_length=3, max_length=507)]  # <namespace>/<name>
     event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     detail: Annotated[str, msgspec.Meta(max_length=MAX_REASON)] = ""
@@ -440,8 +446,8 @@ class WorkloadLogRequest(msgspec.Struct, kw_only=True):
 
 
 class WorkloadLogLine(msgspec.Struct, kw_only=True):
-    seq: int
-    ts: float
+    seq: Seq
+    ts: Timestamp
     instance: str
     stream: str
     line: str

@@ -162,7 +162,7 @@ async def record_events(store: RegistryStore, node: str, reports: list[ServiceEv
         if not sep:
             raise ConfigError(f"service_events: service {report.service!r}: expected <namespace>/<name>")
         events.append((namespace, name, report.ts, report.seq, report.event, report.detail))
-    workspace = (await store.node_workspaces()).get(node)
+    workspace = await store.node_workspace(node)
     known = {(namespace, name) for _, namespace, name, _, where in await store.documents.of_kinds(("Service",))
              if where == workspace}
     await store.services.record_events(node, events, KEEP_EVENTS, time.time(), known)

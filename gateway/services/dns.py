@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 TTL = 5  # seconds: a service's address stays as long as the service, but a removed one should not linger
 MAX_QUERY = 512  # a query datagram (a question for one name fits many times)
 MAX_TCP_QUERY = 4096  # a query over TCP: a longer length prefix ends the connection
+MAX_NAME = 253  # characters of a domain name written out (RFC 1035: 255 octets on the wire)
 UDP_ANSWER = 512  # RFC 1035: an answer datagram without EDNS
 EDNS_ANSWER_MAX = 1232  # the most an answer datagram takes whatever EDNS size the query offers (DNS flag day 2020)
 TCP_ANSWER = 65535
@@ -128,9 +129,11 @@ class DnsResponder:
         self.address = f"{host}:{port}"
         log.info("services: DNS responder on %s (UDP and TCP)", self.address)
 
-    async def serve(self, sock: socket.socket) -> asyncio.DatagramTransport:
-        """Answer on one more socket, bound already (in a container's network namespace); closing the transport
-        closes it."""
+    async def serve(self, sock: socket.socket) -> asyncio.DatagramTransport | asyncio.Server:
+        """Answer on one more socket, bound already (UDP) or listening (TCP), in a container's network namespace;
+        closing the transport or server closes it."""
+        if sock.type == socket.SOCK_STREAM:
+            return await asyncio.start_server(self._client, sock=sock)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         return transport
@@ -190,6 +193,8 @@ class DnsResponder:
             question = query.questions[0]
             name = str(question.qname).rstrip(".")
         except (DNSError, ValueError, IndexError, UnicodeDecodeError, struct.error):
+            return None
+        if len(name) > MAX_NAME:  # dnslib reads such a name but cannot write it into the answer
             return None
         self.queries += 1
         reply = query.reply()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -57,7 +58,7 @@ from gateway.resources.loader import REGISTRY, Config
 from gateway.resources.schema import Service, ServicePort, ServiceSettings
 from gateway.resources.services import instance_ports, port_key, selects
 from gateway.services.namespaces import NamespaceListeners
-from gateway.services.netns import Namespace
+from gateway.services.netns import Namespace, entering_problem
 from gateway.services.tls import PeerRefused, StreamSocket, accept_tls, contexts, peer_node
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ DATAGRAM_MAX = 65507
 AFFINITY_MAX = 10_000  # client addresses remembered per service
 FLOWS_MAX = 1024  # UDP client flows per proxy
 MAX_ATTEMPTS = 3
+# service events kept until the uplink has sent them (a reload touching every Service makes two each; the uplink
+# sends MAX_SERVICE_EVENTS a heartbeat): beyond, the oldest go
+KEPT_EVENTS = 2000
 
 Relay = Callable[[str], Awaitable[Stream]]
 
@@ -138,6 +142,7 @@ class ServiceMesh:
         self.mesh_server: asyncio.Server | None = None
         self.mesh_address = ""
         self.events: list[dict[str, Any]] = []
+        self._namespace_problem: str | None = None  # probed at the first container with a namespace of its own
         self.event_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settings = ServiceSettings()
@@ -358,6 +363,15 @@ class ServiceMesh:
 
     # --- inside containers' network namespaces ----------------------------------------------------------------
 
+    def namespace_problem(self) -> str:
+        if self._namespace_problem is None:
+            self._namespace_problem = entering_problem()
+            if self._namespace_problem:
+                log.warning("services: containers with a network of their own run without the node's services and "
+                            "their DNS names (they keep the engine's DNS): the gateway cannot enter their network "
+                            "namespaces: %s", self._namespace_problem)
+        return self._namespace_problem
+
     async def attach_namespace(self, pid: int, owner: str, client: str = "",
                                reserved: frozenset[tuple[int, str]] = frozenset()) -> NamespaceListeners:
         """Open the services in the network namespace of `pid` (a container's, or its pod's) before its app starts;
@@ -381,6 +395,9 @@ class ServiceMesh:
             await attached.sync()
         except OSError as exc:
             attached.refuse(str(exc) if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}")
+        except BaseException:  # cancelled (the start gave up) or a fault: nothing may keep the namespace open
+            attached.close()
+            raise
         return attached
 
     async def serve_inside(self, state: ServiceState | None, port: ServicePort | None, sock: socket.socket,
@@ -388,6 +405,8 @@ class ServiceMesh:
         """The server (TCP) or transport (UDP) of one socket opened in a namespace: the DNS responder's when
         `state` is None, else the proxy of that service port."""
         if state is None or port is None:
+            if self.dns is None:  # the responder stopped meanwhile (a reload turned it off)
+                raise OSError(errno.ENOTCONN, "the DNS responder is not running")
             return await self.dns.serve(sock)
         if port.protocol == "TCP":
             return await asyncio.start_server(self._tcp_handler(state, port, client), sock=sock)
@@ -400,7 +419,7 @@ class ServiceMesh:
         self.event_seq += 1
         self.events.append({"seq": self.event_seq, "ts": time.time(), "service": f"{key[0]}/{key[1]}",
                             "event": event, "detail": detail})
-        del self.events[:-200]
+        del self.events[:-KEPT_EVENTS]
         log.info("service %s/%s: %s %s", key[0], key[1], event, detail)
 
     # --- what apps see --------------------------------------------------------------------------------------------
@@ -881,7 +900,8 @@ class _UdpProxy(asyncio.DatagramProtocol):
                 else:
                     await self._remote(key, flow, target, idle)
                 return
-            except (OSError, ConnectionError, TimeoutError, PeerRefused, NoEndpoint, ssl.SSLError) as exc:
+            except (OSError, ConnectionError, TimeoutError, PeerRefused, RelayRefused, NoEndpoint,
+                    ssl.SSLError) as exc:
                 counters = mesh.count(state, port, target, "local" if target.local else "remote")
                 counters.errors += 1
                 counters.last_error = f"{type(exc).__name__}: {exc}"[:300]

@@ -29,8 +29,11 @@ class NamespaceListeners:
         self.client = client
         self.reserved = reserved  # the app's own ports there: a service on one is left out of this namespace
         self.namespace: Namespace | None = None
-        # (namespace, service, port, protocol) → (the service's state, None for the DNS responder; server/transport)
-        self.listeners: dict[tuple[str, str, int, str], tuple[ServiceState | None, Any]] = {}
+        # (namespace, service, port, protocol) → (the service's state, None for the DNS responder; where it listens;
+        # server/transport)
+        self.listeners: dict[tuple[str, str, int, str], tuple[ServiceState | None, Listen, Any]] = {}
+        # the DNS responder's address in the namespace: the container's resolv.conf names the one it started with
+        self.dns_host: str | None = None
         self.problem = ""  # why the namespace has none of the services
         self.problems: list[str] = []  # listeners that could not be opened
         self.closed = False
@@ -50,8 +53,12 @@ class NamespaceListeners:
                     continue
                 wanted[(namespace, name, port.port, port.protocol)] = (
                     state, port, Listen(state.address, port.port, port.protocol))
-        if mesh.dns is not None and (DNS_INSIDE, "UDP") not in self.reserved:
-            wanted[("", "", DNS_INSIDE, "UDP")] = (None, None, Listen(mesh.dns_address(), DNS_INSIDE, "UDP"))
+        if mesh.dns is not None:
+            if self.dns_host is None:
+                self.dns_host = mesh.dns_address()
+            for protocol in ("UDP", "TCP"):  # TCP for answers a UDP one cannot hold (truncated)
+                if (DNS_INSIDE, protocol) not in self.reserved:
+                    wanted[("", "", DNS_INSIDE, protocol)] = (None, None, Listen(self.dns_host, DNS_INSIDE, protocol))
         return wanted
 
     async def sync(self) -> None:
@@ -61,28 +68,41 @@ class NamespaceListeners:
             if self.closed or self.namespace is None:
                 return
             wanted = self.wanted()
-            for key, (state, server) in list(self.listeners.items()):
-                if key not in wanted or wanted[key][0] is not state:
+            for key, (state, listen, server) in list(self.listeners.items()):
+                # gone, or changed: another Service of the name, or another address (services.addresses reloaded)
+                if key not in wanted or wanted[key][0] is not state or wanted[key][2] != listen:
                     server.close()
                     del self.listeners[key]
             missing = [(key, item) for key, item in wanted.items() if key not in self.listeners]
             opened = await self.namespace.open([listen for _, (_, _, listen) in missing])
             problems = []
-            for (key, (state, port, listen)), sock in zip(missing, opened, strict=True):
-                if self.closed:
+            taken = 0  # sockets handed to a server (or closed): whatever goes wrong, the others are closed below
+            try:
+                for (key, (state, port, listen)), sock in zip(missing, opened, strict=True):
+                    taken += 1
+                    if self.closed:
+                        if not isinstance(sock, OSError):
+                            sock.close()
+                        continue
+                    try:
+                        if isinstance(sock, OSError):
+                            raise sock
+                        server = await self.mesh.serve_inside(state, port, sock, self.client)
+                        self.listeners[key] = (state, listen, server)
+                    except OSError as exc:
+                        if not isinstance(sock, OSError):
+                            sock.close()
+                        problems.append(f"{listen.host}:{listen.port}/{listen.protocol}: {exc.strerror or exc}")
+                    except BaseException:
+                        if not isinstance(sock, OSError):
+                            sock.close()
+                        raise
+            finally:
+                for sock in opened[taken:]:
                     if not isinstance(sock, OSError):
                         sock.close()
-                    continue
-                try:
-                    if isinstance(sock, OSError):
-                        raise sock
-                    self.listeners[key] = (state, await self.mesh.serve_inside(state, port, sock, self.client))
-                except OSError as exc:
-                    if not isinstance(sock, OSError):
-                        sock.close()
-                    problems.append(f"{listen.host}:{listen.port}/{listen.protocol}: {exc.strerror or exc}")
             if self.closed:  # closed while these were opening
-                for _, server in self.listeners.values():
+                for _, _, server in self.listeners.values():
                     server.close()
                 self.listeners.clear()
             for problem in problems:
@@ -102,7 +122,7 @@ class NamespaceListeners:
         """Close every listener and let the namespace go (the container ended, or the gateway stops)."""
         self.closed = True
         self.mesh.namespaces.discard(self)
-        for _, server in self.listeners.values():
+        for _, _, server in self.listeners.values():
             server.close()
         self.listeners.clear()
         if self.namespace is not None:

@@ -51,24 +51,59 @@ def setns(fd: int) -> None:
         raise OSError(errno, os.strerror(errno))
 
 
-def in_thread(fd: int, work: Callable[[], T]) -> concurrent.futures.Future[T]:
+def entering_problem() -> str:
+    """"" when this process may enter other network namespaces (setns needs CAP_SYS_ADMIN), else why it may not:
+    a thread of its own tries to enter the namespace it is in already. Capabilities are per thread and a new thread
+    has its creator's: ask from the thread whose privilege counts (the event loop's)."""
+    try:
+        own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open /proc/self/ns/net: {exc.strerror or exc}"
+    try:
+        in_thread(own, lambda: None).result(timeout=10)
+    except (OSError, concurrent.futures.TimeoutError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        os.close(own)
+    return ""
+
+
+def in_thread(fd: int, work: Callable[[], T], discard: Callable[[T], None] | None = None
+              ) -> concurrent.futures.Future[T]:
     """Run `work` in a new thread that first enters the namespace of `fd`; the thread goes back to its own
-    namespace (or ends in the other one, which is as good: it ends) and is never reused."""
+    namespace (or ends in the other one, which is as good: it ends) and is never reused. The thread enters through
+    a copy of `fd` of its own, so the caller may close `fd` meanwhile; a result nobody waits for any more (the waiter
+    was cancelled or timed out) goes to `discard`."""
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    target = os.dup(fd)
 
     def run() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            setns(fd)
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            os.close(target)
+            future.set_exception(exc)
+            return
+        try:
+            setns(target)
         except OSError as exc:
             os.close(own)
             future.set_exception(PermissionError(exc.errno, f"setns into the container's network namespace: "
                                                             f"{exc.strerror}"))
             return
+        finally:
+            os.close(target)
         try:
-            future.set_result(work())
+            result = work()
         except BaseException as exc:  # handed to the waiter
-            future.set_exception(exc)
+            if not future.cancelled():
+                future.set_exception(exc)
+        else:
+            try:
+                future.set_result(result)
+            except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+                if discard is not None:
+                    discard(result)
         finally:
             try:
                 setns(own)
@@ -76,8 +111,18 @@ def in_thread(fd: int, work: Callable[[], T]) -> concurrent.futures.Future[T]:
                 pass  # the thread ends here anyway
             os.close(own)
 
-    threading.Thread(target=run, name="netns", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="netns", daemon=True).start()
+    except BaseException:
+        os.close(target)
+        raise
     return future
+
+
+def close_sockets(opened: list[socket.socket | OSError]) -> None:
+    for sock in opened:
+        if isinstance(sock, socket.socket):
+            sock.close()
 
 
 def open_sockets(wanted: list[Listen]) -> list[socket.socket | OSError]:
@@ -119,13 +164,14 @@ class Namespace:
 
     def open_blocking(self, wanted: list[Listen]) -> list[socket.socket | OSError]:
         """Open the sockets in this namespace (waits for the thread; PermissionError without the privilege)."""
-        return in_thread(self.fd, lambda: open_sockets(wanted)).result(timeout=30)
+        return in_thread(self.fd, lambda: open_sockets(wanted), close_sockets).result(timeout=30)
 
     async def open(self, wanted: list[Listen]) -> list[socket.socket | OSError]:
         """The same without blocking the event loop."""
         if not wanted:
             return []
-        return await asyncio.wait_for(asyncio.wrap_future(in_thread(self.fd, lambda: open_sockets(wanted))), 30)
+        opening = in_thread(self.fd, lambda: open_sockets(wanted), close_sockets)
+        return await asyncio.wait_for(asyncio.wrap_future(opening), 30)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -10,6 +10,7 @@ commit as the new messages: delivered messages whose deletion a crash lost are d
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -172,19 +173,23 @@ class Outboxes:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._db.wake_writer)
 
     async def stats(self) -> dict[str, dict[str, Any]]:
-        rows = await self._db.rows("SELECT sink, count(*), min(created) FROM outbox GROUP BY sink")
+        """Depth and oldest message per outbox, as stored: delivered messages the next flush deletes left out."""
+        rows = await self._db.rows(
+            "SELECT sink, count(*), min(created) FROM outbox WHERE seq > coalesce((SELECT value FROM json_each(?) "
+            "WHERE key = sink), 0) GROUP BY sink", (json.dumps(self._delivered),))
         return {sink: {"depth": int(count), "oldest": oldest} for sink, count, oldest in rows}
 
     async def trim(self, sink: str, max_messages: int, max_age: float) -> int:
         """Drop the oldest messages beyond the limits (the stated drop policy); returns how many."""
         dropped = 0
+        delivered = self._delivered.get(sink, 0)  # delivered messages the next flush deletes are not dropped
         async with self._db.transaction() as db:
-            cursor = await db.execute("DELETE FROM outbox WHERE sink = ? AND created < ?",
-                                      (sink, time.time() - max_age))
+            cursor = await db.execute("DELETE FROM outbox WHERE sink = ? AND seq > ? AND created < ?",
+                                      (sink, delivered, time.time() - max_age))
             dropped += max(cursor.rowcount, 0)
             cursor = await db.execute(
-                "DELETE FROM outbox WHERE sink = ? AND seq <= (SELECT seq FROM outbox WHERE sink = ? "
-                "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (sink, sink, max_messages))
+                "DELETE FROM outbox WHERE sink = ? AND seq > ? AND seq <= (SELECT seq FROM outbox WHERE sink = ? "
+                "AND seq > ? ORDER BY seq DESC LIMIT 1 OFFSET ?)", (sink, delivered, sink, delivered, max_messages))
             dropped += max(cursor.rowcount, 0)
         if dropped:  # what is left is read from the file from now on
             self._forget(sink, self._last_seq)

@@ -42,6 +42,11 @@ class NodeServices(Protocol):
     async def attach_namespace(self, pid: int, owner: str, client: str = "",
                                reserved: frozenset[tuple[int, str]] = frozenset()) -> NamespaceServices: ...
 
+    def namespace_problem(self) -> str:
+        """Why no container's namespace can get the services (the gateway may not enter them), "" when they can:
+        such a container keeps the engine's own DNS rather than one that nothing answers in its namespace."""
+        ...
+
 
 EventSink = Callable[[str, str], Awaitable[None]]  # (event, reason) of one instance, for a runtime's own steps
 READ_CHUNK = 64 << 10  # also the longest line: a longer one is passed on in pieces

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from gateway.resources.schema import Service, ServicePort
 from gateway.services.dns import MAX_TCP_QUERY, DnsResponder, Framing, FramingError, frame
+from gateway.services.netns import Listen, open_sockets
+from gateway.testing import free_port
 from tests.services.test_local_services import ask_tcp
 
 ECHO_SERVICE = Service(name="echo", workload="echo", ports=[
@@ -51,7 +53,9 @@ def test_the_dns_responder_answers_service_names_only() -> None:
     assert [(rr.rtype, str(rr.rdata)) for rr in answer.rr] == [(QTYPE.A, "127.77.0.9")]
     missing = ask(dns, "example.com")
     assert missing.header.rcode == RCODE.NXDOMAIN and missing.rr == []
-    for junk in (b"", b"\x00" * 11, b"\xff" * 40, b"x" * 600, DNSRecord.question("echo").reply().pack()):
+    too_long = b"".join(bytes([63]) + b"a" * 63 for _ in range(5)) + b"\x00"  # 320 characters: no DNS name
+    for junk in (b"", b"\x00" * 11, b"\xff" * 40, b"x" * 600, DNSRecord.question("echo").reply().pack(),
+                 struct.pack("!6H", 1, 0x0100, 1, 0, 0, 0) + too_long + struct.pack("!2H", 1, 1)):
         assert dns.answer(junk) is None  # no query: no answer, never an exception
     notify = DNSRecord.question("echo")
     notify.header.opcode = 4
@@ -232,5 +236,29 @@ async def test_tcp_and_udp_on_one_port_and_hostile_tcp_clients() -> None:
         assert [str(rr.rdata) for rr in (await ask_tcp("127.0.0.1", port, "echo")).rr] == ["127.77.0.9"]
     finally:
         dns.stop()
+    with pytest.raises(OSError):
+        await ask_tcp("127.0.0.1", port, "echo")
+
+
+async def test_sockets_handed_over_answer_over_udp_and_tcp() -> None:
+    """What a container's namespace gets (`serve`, sockets opened there): the UDP one and the TCP one a resolver
+    asks again on when the UDP answer was truncated; closing what `serve` returned closes each."""
+    dns = DnsResponder(_Mesh())  # type: ignore[arg-type]
+    port = free_port()
+    opened = open_sockets([Listen("127.0.0.1", port, "UDP"), Listen("127.0.0.1", port, "TCP")])
+    assert all(isinstance(sock, socket.socket) for sock in opened), opened
+    served = [await dns.serve(sock) for sock in opened if isinstance(sock, socket.socket)]
+    try:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, DNSRecord.question("wide.default.svc", "SRV").pack())
+            assert DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)).header.tc == 1
+        whole = await ask_tcp("127.0.0.1", port, "wide.default.svc", "SRV")
+        assert whole.header.tc == 0 and len(whole.rr) == 30
+    finally:
+        for server in served:
+            server.close()
     with pytest.raises(OSError):
         await ask_tcp("127.0.0.1", port, "echo")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.services.netns import Listen, Namespace
+from gateway.services.netns import Listen, Namespace, close_sockets, entering_problem, in_thread, open_sockets
 from gateway.testing import free_port, without_capability
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -107,6 +107,36 @@ async def test_sockets_opened_inside_answer_only_inside_and_close(netns: str) ->
     assert namespace.fd == -1
 
 
+def test_a_namespace_closed_or_a_waiter_gone_while_its_thread_opens(netns: str) -> None:
+    """The thread enters through a copy of the namespace's descriptor (the namespace may be closed meanwhile, and
+    its number taken by another file), and what it opened for a waiter that is gone is closed, not left to leak."""
+    namespace = Namespace(f"/run/netns/{netns}")
+    go = threading.Event()
+    kept: list[socket.socket | OSError] = []
+
+    def slow() -> list[socket.socket | OSError]:
+        go.wait(10)
+        kept.extend(open_sockets([Listen("127.0.0.1", free_port(), "TCP")]))
+        return kept
+
+    discarded = threading.Event()
+    opening = in_thread(namespace.fd, slow, lambda opened: (close_sockets(opened), discarded.set()))
+    namespace.close()  # the number is free: the next file opened may take it
+    with open("/dev/null", "rb"):
+        assert opening.cancel()  # the waiter gives up
+        go.set()
+        assert discarded.wait(10)
+    assert len(kept) == 1 and isinstance(kept[0], socket.socket) and kept[0].fileno() == -1  # closed
+    namespace = Namespace(f"/run/netns/{netns}")
+    inode = namespace.inode
+    try:
+        seen = in_thread(namespace.fd, lambda: os.stat("/proc/thread-self/ns/net").st_ino)
+        namespace.close()  # before the thread may have entered: it entered all the same, and the right one
+        assert seen.result(10) == inode
+    finally:
+        namespace.close()
+
+
 def test_the_blocking_form_and_a_namespace_of_a_pid(netns: str) -> None:
     holder = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "60"])
     try:
@@ -130,9 +160,11 @@ def test_the_blocking_form_and_a_namespace_of_a_pid(netns: str) -> None:
 def test_without_the_privilege_entering_is_refused(netns: str) -> None:
     namespace = Namespace(f"/run/netns/{netns}")
     found: list[BaseException] = []
+    probed: list[str] = []
 
     def attempt() -> None:  # a thread of its own: the capability is dropped for it (and what it starts) alone
         with without_capability():
+            probed.append(entering_problem())
             try:
                 namespace.open_blocking([Listen("127.0.0.1", free_port(), "TCP")])
             except BaseException as exc:
@@ -146,3 +178,6 @@ def test_without_the_privilege_entering_is_refused(netns: str) -> None:
         namespace.close()
     assert len(found) == 1 and isinstance(found[0], PermissionError), found
     assert "setns into the container's network namespace: Operation not permitted" in str(found[0])
+    # the probe a runtime asks before it names the responder as a container's DNS server
+    assert probed == ["[Errno 1] setns into the container's network namespace: Operation not permitted"], probed
+    assert entering_problem() == ""

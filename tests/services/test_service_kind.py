@@ -116,5 +116,7 @@ def test_a_node_reports_events_of_its_own_workspaces_services_only(registry: Reg
     context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
     context.load_cert_chain(directory / "node.pem", directory / "node.key")
     with httpx.Client(base_url=registry.url, verify=context, timeout=10) as node:
-        refused = node.post("/api/v1/heartbeat", json={"service_events": [{**event, "event": ""}]})
-        assert refused.status_code == 400 and "service_events[0].event" in refused.text, refused.text
+        for bad, field in (({"event": ""}, "event"), ({"ts": 1e20}, "ts"), ({"ts": -1.0}, "ts"),
+                           ({"seq": 1 << 63}, "seq"), ({"service": "x" * 600}, "service")):
+            refused = node.post("/api/v1/heartbeat", json={"service_events": [{**event, **bad}]})
+            assert refused.status_code == 400 and f"service_events[0].{field}" in refused.text, (bad, refused.text)

@@ -18,6 +18,11 @@ def age_messages(db_file: Path, sink: str, *, up_to: int, seconds: float) -> Non
     store_sql(db_file, "UPDATE outbox SET created = created - ? WHERE sink = ? AND seq <= ?", (seconds, sink, up_to))
 
 
+def rows_in_file(db_file: Path) -> int:
+    """Outbox rows in the store's file, delivered ones not deleted yet included."""
+    return int(store_sql(db_file, "SELECT count(*) FROM outbox")[0][0])
+
+
 async def test_full_outbox_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     """The stated drop policy: beyond max_messages or max_age the oldest messages go, and only those."""
     store = Store(tmp_path)
@@ -36,6 +41,31 @@ async def test_full_outbox_drops_the_oldest_and_counts(tmp_path: Path) -> None:
         age_messages(db_path(tmp_path), "sink-a", up_to=700, seconds=7200)
         assert await store.outboxes.trim("sink-a", max_messages=1000, max_age=3600) == 200
         assert (await store.outboxes.stats())["sink-b"]["depth"] == 1  # other outboxes untouched
+    finally:
+        await store.close()
+
+
+async def test_delivered_messages_waiting_for_their_deletion_are_neither_dropped_nor_counted(tmp_path: Path) -> None:
+    """Acknowledged messages stay in the file until the next commit deletes them: a trim meanwhile drops only
+    undelivered ones (by age and by count), and the stored depth leaves the delivered out."""
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        for i in range(1500):
+            store.outboxes.add("sink-a", "t", f"{i}".encode())
+        await store.flush()
+        rows = await store.outboxes.batch("sink-a", after=0, limit=300)
+        store.outboxes.ack("sink-a", rows[-1][0], len(rows))  # 300 delivered, still in the file
+        assert rows_in_file(db_path(tmp_path)) == 1500
+        assert (await store.outboxes.stats())["sink-a"]["depth"] == 1200
+        assert await store.outboxes.trim("sink-a", max_messages=1000, max_age=3600) == 200  # not 500
+        assert store.outboxes.depth["sink-a"] == 1000
+        age_messages(db_path(tmp_path), "sink-a", up_to=rows[-1][0] + 50, seconds=7200)  # 300 delivered, 0 left
+        assert await store.outboxes.trim("sink-a", max_messages=1000, max_age=3600) == 0
+        assert store.outboxes.depth["sink-a"] == 1000
+        await store.flush()  # the acknowledgement's deletion
+        assert (await store.outboxes.stats())["sink-a"]["depth"] == 1000
+        assert rows_in_file(db_path(tmp_path)) == 1000
     finally:
         await store.close()
 

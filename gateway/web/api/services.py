@@ -47,9 +47,9 @@ class ServiceController(Controller):
         return view
 
     @get("/events", guards=[requires("viewer")], summary="Recent service events (listening, endpoints changed, "
-                                                         "removed), newest last")
+                                                         "removed), the newest 200, newest last")
     async def events(self, request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-        return list(_gateway(request).services.events)
+        return list(_gateway(request).services.events[-200:])
 
     @get("/{namespace:str}/{name:str}", guards=[requires("viewer")], summary="One service")
     async def get_service(self, request: Request[Any, Any, Any], namespace: FromPath[str], name: FromPath[str]

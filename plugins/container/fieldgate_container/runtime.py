@@ -116,8 +116,10 @@ def publish_address() -> str:
 def inside_dns(spec: InstanceSpec) -> str:
     """The DNS responder's address for a container whose own network namespace gets the node's services (its
     resolv.conf names it; it answers at port 53 there), "" when it gets none (no services on the node)."""
-    if spec.services is None or spec.workload.network != "ports":
-        return ""
+    if spec.services is None or spec.workload.network != "ports" or (53, "UDP") in own_ports(spec):
+        return ""  # none, or the app answers DNS there itself
+    if spec.services.namespace_problem():
+        return ""  # nothing would answer at the responder's address there: the engine's DNS stays
     host, _, port = spec.env.get("FIELDGATE_DNS", "").rpartition(":")
     return host if host and port.isdigit() else ""
 
@@ -412,7 +414,7 @@ class ContainerRuntime(Runtime):
         """Whether the node's services are opened in the container's own network namespace before it starts: a
         bridge network, and podman (whose `init` makes the namespace without starting the app)."""
         return (spec.services is not None and spec.workload.network == "ports" and self.engine is not None
-                and self.engine.is_podman)
+                and self.engine.is_podman and not spec.services.namespace_problem())
 
     def run_args(self, spec: InstanceSpec, files_dir: Path, verb: str = "run") -> tuple[list[str], dict[str, str]]:
         """The `run` (or `create`) arguments and the environment the engine passes on (values stay off the command

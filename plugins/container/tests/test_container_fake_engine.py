@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from container_helpers import Node, wait_until
 from fieldgate_container.pod import LABEL_CONTAINER, PodInstance
-from fieldgate_container.runtime import ContainerInstance, ContainerRuntime
+from fieldgate_container.runtime import ContainerInstance, ContainerRuntime, inside_dns
 
 from gateway.errors import WorkloadError
 from gateway.resources.durations import Duration
@@ -147,6 +147,36 @@ async def test_http_and_tcp_checks_find_the_app(fake_engine: Path, tmp_path: Pat
         assert instance.check_address(9000) == ("127.0.0.1", 9000)
     finally:
         await instance.stop(1.0)
+
+
+class _Services:
+    """The node's services as a runtime sees them, with the answer of the privilege probe given (the probe itself is
+    tested with the capability dropped in tests/services/test_netns.py)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    async def attach_namespace(self, pid: int, owner: str, client: str = "",
+                               reserved: frozenset[tuple[int, str]] = frozenset()) -> Any:
+        raise AssertionError("not asked here")
+
+    def namespace_problem(self) -> str:
+        return self.problem
+
+
+def test_a_container_gets_the_responder_as_its_dns_only_where_something_answers_there(tmp_path: Path) -> None:
+    """A bridge-network container is told to ask the node's DNS responder only when the gateway can open it in the
+    container's namespace and the app does not answer DNS there itself; otherwise the engine's DNS stays."""
+    env = {"FIELDGATE_DNS": "127.77.0.1:53"}
+
+    def spec(services: _Services | None, **fields: Any) -> InstanceSpec:
+        return InstanceSpec(workload(network="ports", **fields), "app-1-0", 1, env, {}, {}, tmp_path,
+                            lambda stream, line: None, services=services)
+
+    assert inside_dns(spec(_Services(""))) == "127.77.0.1"
+    assert inside_dns(spec(None)) == ""  # no services on the node
+    assert inside_dns(spec(_Services("setns: Operation not permitted"))) == ""
+    assert inside_dns(spec(_Services(""), ports=[{"name": "dns", "container_port": 53, "protocol": "udp"}])) == ""
 
 
 async def test_a_broken_engine_fails_the_workload_with_its_message(fake_engine: Path,

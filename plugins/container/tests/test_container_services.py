@@ -225,16 +225,37 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     code, out = await inside(container, "/bin/busybox nslookup late.default.svc")
     assert code != 0 and "NXDOMAIN" in out, out
 
+    # new service addresses at a reload: the listeners in the container's namespace move with the services, and its
+    # DNS stays at the address its resolv.conf names
+    path = node.gateway.configuration.config_path
+    assert path is not None
+    network = node_settings.split("addresses: ")[1].split(",")[0]
+    while (moved_to := service_network()) == network:
+        continue
+    path.write_text(path.read_text().replace(network, moved_to))
+    await node.gateway.configuration.reload_files()
+    moved = node.gateway.services.address_of("default", "echo")
+    assert moved is not None and moved != address
+
+    async def reaches_moved() -> str | None:
+        code, out = await inside(container, "addr=$(/bin/busybox nslookup echo.default.svc | /bin/busybox awk "
+                                            "'/^Address: /{print $2}'); echo $addr; echo who-moved | "
+                                            "/bin/busybox nc -w 3 $addr 7000")
+        return out if code == 0 and "|who-moved" in out else None
+
+    out = await wait_until(reaches_moved)
+    assert out.startswith(moved), out
+
     # a restart (a new container, a new namespace) and then the stop close what the gateway held in the old ones
     held = held_in_namespaces(node)
-    assert len(held) == 4, held  # the namespace itself, echo's TCP and UDP listeners, the DNS responder
+    assert len(held) == 5, held  # the namespace itself, echo's TCP and UDP listeners, the DNS responder's UDP and TCP
     restarted = await node.api.post("/api/v1/workloads/default/caller/restart")
     assert restarted.status_code in (200, 202), restarted.text
     old_sockets = {h for h in held if h.startswith("socket:")}  # (a namespace's number may be taken again)
 
     def renewed() -> bool:
         now = held_in_namespaces(node)
-        return len(node.gateway.services.namespaces) == 1 and len(now) == 4 and not now & old_sockets
+        return len(node.gateway.services.namespaces) == 1 and len(now) == 5 and not now & old_sockets
 
     await wait_until(renewed)
     assert not old_sockets & open_fds()

@@ -275,6 +275,17 @@ class GatewayCollector(Collector):
                 family.add_metric([namespace, name, port, endpoint, path], values[key])
         yield from families.values()
         yield GaugeMetricFamily("fieldgate_services", "Services the node serves", value=len(mesh.services))
+        yield GaugeMetricFamily("fieldgate_service_container_namespaces", "Containers' network namespaces the "
+                                "services are open in", value=len(mesh.namespaces))
+        dns = mesh.dns
+        if dns is not None:  # since the responder started (a reload that moves it starts a new one)
+            for name, help_text, value in (
+                    ("queries", "DNS queries the services' responder read", dns.queries),
+                    ("answered", "DNS queries answered with records", dns.answered),
+                    ("truncated", "DNS answers over UDP cut to their header (the client asks again over TCP)",
+                     dns.truncated),
+                    ("tcp_refused", "DNS TCP connections refused: too many at once", dns.tcp_refused)):
+                yield CounterMetricFamily(f"fieldgate_dns_{name}_total", help_text, value=value)
 
 
 async def scrape(gateway: GatewayAPI) -> bytes:

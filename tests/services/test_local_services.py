@@ -140,6 +140,10 @@ async def test_round_robin_affinity_udp_dns_env_and_counters(start_node: Callabl
     metrics = (await node.api.get("/metrics")).text
     assert 'fieldgate_service_connections_total{endpoint="edge-1/' in metrics
     assert 'path="local",port="tcp",service="echo"} 3.0' in metrics, metrics[-3000:]
+    dns_figures = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                   if line.startswith("fieldgate_dns_")}
+    assert dns_figures["fieldgate_dns_queries_total"] >= 7 and dns_figures["fieldgate_dns_answered_total"] >= 5, \
+        dns_figures  # the names asked above, over UDP and TCP
 
 
 async def test_client_ip_affinity_pins_one_instance(start_node: Callable[..., Any]) -> None:

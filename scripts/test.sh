@@ -22,7 +22,7 @@ status=0
 .venv/bin/python -m pytest -p no:cacheprovider -m "not benchmark and not soak and not image and not beside" \
     --basetemp "$soak_dir/main" || status=$?
 if wait "$soak"; then
-    grep -ho "outage [0-9].*\|image built in [0-9]* s" "$soak_dir/log" || true
+    grep -ho "outage [0-9].*\|image built in [0-9]* s\|image [0-9.]* MB compressed.*\|healthy [0-9.]* s after power-on[^;]*\|power cut with .*" "$soak_dir/log" || true
     tail -n 1 "$soak_dir/log"
 else
     echo "soak or image tests failed:" >&2

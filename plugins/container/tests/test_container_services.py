@@ -146,7 +146,7 @@ def held_in_namespaces(node: Node) -> set[str]:
     for attached in node.gateway.services.namespaces:
         assert attached.namespace is not None
         held.add(os.readlink(f"/proc/self/fd/{attached.namespace.fd}"))
-        for _, server in attached.listeners.values():
+        for _, _, server in attached.listeners.values():
             sockets = server.sockets if isinstance(server, asyncio.Server) else [server.get_extra_info("socket")]
             held |= {os.readlink(f"/proc/self/fd/{sock.fileno()}") for sock in sockets}
     return held
@@ -303,10 +303,10 @@ async def test_without_the_privilege_the_container_runs_without_the_services(
     node_settings, documents = settings()
     node: Node = await start_node(documents, node_settings)
     await wait_until(lambda: running(node, "echo"))
-    caplog.set_level(logging.WARNING, "gateway.services.namespaces")
+    caplog.set_level(logging.WARNING, "gateway.services")
     await node.deploy(app(image, restart="always", restart_delay="0.2s",
-                          command=sh("echo started; /bin/busybox nc -w 1 $ECHO_SERVICE_HOST 7000 </dev/null; "
-                                     "echo exit $?")))
+                          command=sh("echo started; /bin/busybox cat /etc/resolv.conf; "
+                                     "/bin/busybox nc -w 1 $ECHO_SERVICE_HOST 7000 </dev/null; echo exit $?")))
 
     async def twice() -> str | None:
         text = await logs(node, "caller")
@@ -314,7 +314,10 @@ async def test_without_the_privilege_the_container_runs_without_the_services(
 
     text = await wait_until(twice)  # it ran (and ran again): no crash, no services inside
     assert "exit 1" in text, text
-    warnings = [r.getMessage() for r in caplog.records if "runs without the node's services" in r.getMessage()]
-    assert len(warnings) == 1, warnings  # once for the workload, not at every restart
-    assert "default/caller" in warnings[0] and "Operation not permitted" in warnings[0], warnings
+    # nothing would answer the node's DNS responder in there: the container keeps the engine's DNS
+    assert f"nameserver {node.gateway.services.dns_address()}" not in text and "nameserver" in text, text
+    warnings = [r.getMessage() for r in caplog.records if "run without the node's services" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not at every restart
+    assert "cannot enter their network namespaces" in warnings[0] and "Operation not permitted" in warnings[0], \
+        warnings
     assert not node.gateway.services.namespaces

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MIN_TTL, MAX_TTL = 3.0, 300.0  # seconds of a lease
 REQUEST_TIMEOUT = 3.0
+BACK_TO_OWN = 30.0  # seconds on another member before the client tries its own again
 MEMBER_RESTART = 5.0  # seconds between two starts of a member that exited
 PR_SET_PDEATHSIG = 1
 LEASE_MARGIN = 1.0  # seconds before its expiry at the group when this node stops counting on its lease
@@ -104,18 +105,51 @@ class Entry(msgspec.Struct):
 
 class Etcd:
     """The few calls of etcd's v3 API (its JSON gateway) the failover needs, over mutual TLS: the member's certificate
-    as the client's, the group's CA the only one trusted."""
+    as the client's, the group's CA the only one trusted.
 
-    def __init__(self, url: str, ca: Path, cert: Path, key: Path) -> None:
+    `urls` are the node's own member first, then the group's other members: a call its member does not answer within
+    `attempt_timeout` (stopped, restarting with a new certificate, still rejoining) goes to the next one, so the
+    node's lease and keys live on while its member is away; it comes back to its own after BACK_TO_OWN seconds. A
+    compare-and-swap that may have reached a member is never sent again (a refused connection only): reads, lease
+    renewals and puts of the same value are."""
+
+    def __init__(self, urls: str | list[str], ca: Path, cert: Path, key: Path, *,
+                 attempt_timeout: float = REQUEST_TIMEOUT) -> None:
         context = ssl.create_default_context(cafile=str(ca))
         context.load_cert_chain(cert, key)
-        self.client = httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT, verify=context)
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.attempt_timeout = attempt_timeout if len(self.urls) > 1 else REQUEST_TIMEOUT
+        self.clients = [httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT, verify=context) for url in self.urls]
+        self.current = 0  # the member answering now (0: the node's own)
+        self._away_since = 0.0
 
     async def close(self) -> None:
-        await self.client.aclose()
+        for client in self.clients:
+            await client.aclose()
 
-    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.client.post(path, json=body)
+    async def call(self, path: str, body: dict[str, Any], *, repeatable: bool = True) -> dict[str, Any]:
+        if self.current and time.monotonic() - self._away_since > BACK_TO_OWN:
+            self.current = 0
+        for attempt in range(len(self.clients)):
+            last = attempt == len(self.clients) - 1
+            try:
+                response = await self.clients[self.current].post(path, json=body, timeout=self.attempt_timeout)
+                if response.status_code < 500 or last or not repeatable:
+                    break
+                failure = f"{response.status_code} {response.text.strip()[:100]}"
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: another member may take it
+                if last:
+                    raise
+                failure = f"{type(exc).__name__}: {exc}"
+            except httpx.TransportError as exc:  # it may have been applied: only what may be sent twice moves on
+                if last or not repeatable:
+                    raise
+                failure = f"{type(exc).__name__}: {exc}"
+            if self.current == 0:
+                self._away_since = time.monotonic()
+                log.info("offline failover: the node's etcd member at %s does not answer (%s): asking the group's "
+                         "other members", self.urls[0], failure[:200])
+            self.current = (self.current + 1) % len(self.clients)
         if response.status_code != 200:
             raise ConsensusError(f"etcd {path}: {response.status_code} {response.text.strip()[:200]}")
         answer = response.json()
@@ -143,14 +177,15 @@ class Etcd:
         """Put the key under the lease only where there is none (compare-and-swap on its create revision)."""
         answer = await self.call("/v3/kv/txn", {
             "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
-            "success": [{"request_put": {"key": _b64(key), "value": _b64(json.dumps(value)), "lease": lease}}]})
+            "success": [{"request_put": {"key": _b64(key), "value": _b64(json.dumps(value)), "lease": lease}}]},
+            repeatable=False)
         return bool(answer.get("succeeded"))
 
     async def delete_if(self, key: str, mod_revision: int) -> bool:
         """Delete the key if nobody changed it since `mod_revision`."""
         answer = await self.call("/v3/kv/txn", {
             "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}],
-            "success": [{"request_delete_range": {"key": _b64(key)}}]})
+            "success": [{"request_delete_range": {"key": _b64(key)}}]}, repeatable=False)
         return bool(answer.get("succeeded"))
 
     async def entries(self, prefix: str) -> dict[str, Entry]:
@@ -453,7 +488,10 @@ class OfflineFailover:
             return
         await self._ensure_member(plan)
         if self._etcd is None:
-            self._etcd = Etcd(self.settings.client_url, *self._tls_files)
+            others = [m.client_url for m in plan.members if m.name != self.node and m.client_url]
+            # a tick has max(ttl / 3, 1) s: time in it to try the node's own member and one more
+            self._etcd = Etcd([self.settings.client_url, *others], *self._tls_files,
+                              attempt_timeout=max(self.ttl / 3, 1.0) / 3)
         etcd, prefix = self._etcd, self._prefix(plan)
         if self.lease is not None:
             sent = time.monotonic()

@@ -152,6 +152,15 @@ def held_in_namespaces(node: Node) -> set[str]:
     return held
 
 
+async def by_name(container: str, service: str, port: int) -> str | None:
+    """From inside the container: the address its resolver finds for the service, then the echo's answer there
+    (`<address>\n<instance>|who-<service>`); None until both work."""
+    code, out = await inside(container, f"addr=$(/bin/busybox nslookup {service}.default.svc | /bin/busybox awk "
+                                        f"'/^Address: /{{print $2}}'); echo $addr; echo who-{service} | "
+                                        f"/bin/busybox nc -w 3 $addr {port}")
+    return out if code == 0 and f"|who-{service}" in out else None
+
+
 async def first_exchange(node: Node, name: str) -> str:
     """The log of the app's first instruction: the service's address it resolved, the TCP and the UDP answers."""
     async def done() -> str | None:
@@ -201,13 +210,7 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     assert added.status_code == 201, added.text
     late = (await node.api.get("/api/v1/services/default/late")).json()["address"]
 
-    async def reaches_late() -> str | None:
-        code, out = await inside(container, "addr=$(/bin/busybox nslookup late.default.svc | /bin/busybox awk "
-                                            "'/^Address: /{print $2}'); echo $addr; echo who-late | "
-                                            "/bin/busybox nc -w 3 $addr 7100")
-        return out if code == 0 and "|who-late" in out else None
-
-    out = await wait_until(reaches_late)
+    out = await wait_until(lambda: by_name(container, "late", 7100))
     assert out.startswith(late), out
     assert (await counters(node, "late")).get("7100", 0) >= 1
     # ClientIP affinity: the container is one client (its own address), kept on one instance
@@ -237,13 +240,7 @@ async def test_a_container_on_a_bridge_network_calls_services_by_name(image: str
     moved = node.gateway.services.address_of("default", "echo")
     assert moved is not None and moved != address
 
-    async def reaches_moved() -> str | None:
-        code, out = await inside(container, "addr=$(/bin/busybox nslookup echo.default.svc | /bin/busybox awk "
-                                            "'/^Address: /{print $2}'); echo $addr; echo who-moved | "
-                                            "/bin/busybox nc -w 3 $addr 7000")
-        return out if code == 0 and "|who-moved" in out else None
-
-    out = await wait_until(reaches_moved)
+    out = await wait_until(lambda: by_name(container, "echo", 7000))
     assert out.startswith(moved), out
 
     # a restart (a new container, a new namespace) and then the stop close what the gateway held in the old ones

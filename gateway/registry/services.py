@@ -31,12 +31,12 @@ import msgspec
 from litestar import get
 
 from gateway.channel import ChannelError, Stream, StreamError
-from gateway.errors import ConfigError
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
 from gateway.registry.workloads import expand
 from gateway.resources import versions
+from gateway.resources.names import split_namespaced
 from gateway.resources.schema import BatchWorkload, Service, ServiceEndpoint, Workload, dec_hook
 from gateway.resources.services import instance_ports, selects
 from gateway.wire import RELAY_STREAM, SERVICE_STREAM, ServiceEventReport
@@ -158,9 +158,7 @@ async def record_events(store: RegistryStore, node: str, reports: list[ServiceEv
         return
     events = []
     for report in reports:
-        namespace, sep, name = report.service.partition("/")
-        if not sep:
-            raise ConfigError(f"service_events: service {report.service!r}: expected <namespace>/<name>")
+        namespace, name = split_namespaced(report.service, "service_events: service")
         events.append((namespace, name, report.ts, report.seq, report.event, report.detail))
     workspace = await store.node_workspace(node)
     known = {(namespace, name) for _, namespace, name, _, where in await store.documents.of_kinds(("Service",))

@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, NotFound, ValueRejected
 from gateway.registry import access
 from gateway.registry.auth import AnyRequest, store_of
 from gateway.registry.store import RegistryStore
+from gateway.resources.names import split_namespaced
 from gateway.resources.schema import VALUE_MAX_LENGTH, PropertyModel
 from gateway.resources.values import coerce, same_value
 from gateway.webkit.units import scale_decimals
@@ -45,10 +46,7 @@ class DesiredRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _split(device: str) -> tuple[str, str]:
-    namespace, sep, name = device.partition("/")
-    if not sep or not namespace or not name:
-        raise ConfigError(f"device {device!r}: expected <namespace>/<name>")
-    return namespace, name
+    return split_namespaced(device, "device")
 
 
 async def sync(store: RegistryStore, node: str, reports: list[DeviceReport] | None, complete: bool,

@@ -34,6 +34,7 @@ from gateway.registry.permissions import DOCUMENT_CHANGES, KIND_PERMISSION
 from gateway.registry.store import RegistryStore
 from gateway.resources import versions
 from gateway.resources.loader import Source, format_validation_error
+from gateway.resources.names import split_namespaced
 from gateway.resources.schema import (
     AnyDocument,
     BatchWorkload,
@@ -332,9 +333,7 @@ async def record_status(store: RegistryStore, node: str, reports: list[WorkloadR
     statuses = []
     events: dict[tuple[str, str], list[EventReport]] = {}
     for report in reports:
-        namespace, sep, name = report.workload.partition("/")
-        if not sep:
-            raise ConfigError(f"workload {report.workload!r}: expected <namespace>/<name>")
+        namespace, name = split_namespaced(report.workload, "workload")
         events[(namespace, name)] = report.events
         statuses.append((namespace, name, report.status[:64], report.reason[:500], report.replicas, report.ready,
                          report.restarts, report.last_event[:500], msgspec.json.encode(report.instances).decode()))

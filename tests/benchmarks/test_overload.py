@@ -19,7 +19,6 @@ Not all met yet (the note of the stop has the figures); the suite keeps the SIGT
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from gateway.testing import Mosquitto, free_port
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "plugins" / "modbus" / "tests"))
-from test_gateway import OVERLOAD_PROPERTIES, overload_config, wait_for_lines
+from test_gateway import OVERLOAD_PROPERTIES, overload_config, stop_with_sigterm, wait_for_lines
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(300)]
 
@@ -111,13 +110,7 @@ def test_an_overloaded_gateway_delivers_at_capacity_bounded_fair_and_stops_on_si
         rss_end, end = process.memory_info().rss, time.time()
         time.sleep(2)  # the window's last messages arrive
 
-        started = time.monotonic()
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = gateway.wait(15)
-        except subprocess.TimeoutExpired:
-            code = None
-        took = time.monotonic() - started
+        code, took = stop_with_sigterm(gateway)
     finally:
         for proc in [*sims, gateway, subscriber]:  # only the processes this test started
             if proc is not None and proc.poll() is None:

@@ -182,6 +182,17 @@ def wait_for_lines(log: Path, text: str, count: int, proc: subprocess.Popen[byte
         time.sleep(0.1)
 
 
+def stop_with_sigterm(gateway: subprocess.Popen[bytes], within: float = 15.0) -> tuple[int | None, float]:
+    """SIGTERM, then its exit code (None: still running after `within` seconds) and the seconds it took."""
+    started = time.monotonic()
+    gateway.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = gateway.wait(within)
+    except subprocess.TimeoutExpired:
+        code = None
+    return code, time.monotonic() - started
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_gateway_under_overload_in_seconds(tmp_path: Path) -> None:
     """A stop cancelled the devices one by one, and pymodbus dropped the cancel of a device whose answer came in
@@ -203,13 +214,7 @@ def test_sigterm_stops_a_gateway_under_overload_in_seconds(tmp_path: Path) -> No
                                         str(tmp_path / "data")], stdout=subprocess.DEVNULL, stderr=sink)
         wait_for_lines(log, " is online", OVERLOAD_SERVERS * OVERLOAD_DEVICES, gateway, timeout=60)
         time.sleep(3)  # overloaded: every device behind, every link's queue full
-        started = time.monotonic()
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = gateway.wait(15)
-        except subprocess.TimeoutExpired:
-            code = None
-        took = time.monotonic() - started
+        code, took = stop_with_sigterm(gateway)
         print(f"\nSIGTERM to exit under overload: {took:.2f} s")
         assert code == 0, f"still running {took:.0f} s after SIGTERM" if code is None else f"exit code {code}"
         assert took < 10

@@ -31,10 +31,30 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read (keys)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
+    """Write a file only its owner can read (keys), durably (write_durable)."""
+    write_durable(path, data, 0o600)
+
+
+def write_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that a power cut leaves the old file or the new one, never an empty or a torn
+    one: a temporary file beside it, fsynced, renamed over it, and the rename made durable."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)  # whatever the umask
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def fingerprint(cert_pem: bytes) -> str:

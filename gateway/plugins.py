@@ -26,7 +26,7 @@ BUILTIN_PLUGINS = (
     "gateway.uplink.plugin", "gateway.uplink.cli",
     "gateway.ops.metrics", "gateway.ops.systemd",
     "gateway.workloads.process", "gateway.web.api.workloads", "gateway.web.api.services",
-    "gateway.ops.upgrade",
+    "gateway.ops.upgrade", "gateway.ops.osupdate",
 )
 
 

@@ -237,12 +237,16 @@ class WheelFile(msgspec.Struct, kw_only=True):
 
 
 class UpgradeAssignment(msgspec.Struct, kw_only=True):
-    """What the heartbeat answer tells a node to install."""
+    """What the heartbeat answer tells a node to install: a gateway version (its wheels) or, `kind` "os", the
+    appliance's system (one RAUC bundle in `wheels`, fetched from the same route)."""
 
     task: str
     version: str
     deadline: float
     wheels: list[WheelFile]
+    # "gateway" or "os"; registries before OS bundles send none (a gateway version). A str, not a Literal: a kind
+    # added later must not make an older node refuse the whole heartbeat answer
+    kind: str = "gateway"
 
 
 # --- resource samples (up with the heartbeat, as `info.metrics`) ---------------------------------------------------

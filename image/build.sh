@@ -5,13 +5,15 @@
 # gateway slots /opt/fieldgate/a|b with /opt/fieldgate/current; root-b empty until a system update writes it) and
 # a data partition, mounted at /data by the initramfs, holding /var/lib/fieldgate and the writable layers over
 # /etc, /var and /opt/fieldgate. Writes <out>/fieldgate-<version>-<arch>.img.zst and its .sha256, and fails when
-# the compressed image exceeds the size budget. Run as root; see README.md.
+# the compressed image exceeds the size budget; beside it the same system as a signed RAUC bundle,
+# <out>/fieldgate-os-<system version>-<arch>.raucb, which updates a running appliance's other slot (see
+# gateway/ops/osupdate.py). Run as root; see README.md.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
 usage: image/build.sh [--arch amd64|arm64] [--out DIR] [--provision FILE] [--mirror URL] [--cache DIR] [--keep-raw]
-                      [--max-compressed-mib N]
+                      [--max-compressed-mib N] [--system-version V] [--signing-dir DIR]
   --arch       target architecture (default amd64; arm64 needs qemu-user-static and binfmt_misc)
   --out        where the image goes (default build/image)
   --provision  a provisioning file to put on the boot partition (see image/provision.example.yaml)
@@ -20,6 +22,12 @@ usage: image/build.sh [--arch amd64|arm64] [--out DIR] [--provision FILE] [--mir
   --keep-raw   also keep the uncompressed .img
   --max-compressed-mib
                the size budget: fail when the compressed image is larger (default 100 for amd64, 0 for none)
+  --system-version
+               the system's version, in the image and in its bundle's manifest (default: fieldgate's version)
+  --signing-dir
+               the bundle's signing certificate and key and the CA that the image trusts (signing.cert.pem,
+               signing.key.pem, ca.cert.pem); made there as a development CA when absent (default
+               build/image-keys). Production images use your own CA: put its files there before building.
 EOF
 }
 
@@ -32,6 +40,8 @@ mirror=http://deb.debian.org/debian
 cache=""
 keep_raw=0
 max_compressed_mib=""
+system_version=""
+signing_dir=$repo/build/image-keys
 suite=bookworm
 while [ $# -gt 0 ]; do
     case $1 in
@@ -42,6 +52,8 @@ while [ $# -gt 0 ]; do
         --cache) cache=${2:?--cache needs a value}; shift 2 ;;
         --keep-raw) keep_raw=1; shift ;;
         --max-compressed-mib) max_compressed_mib=${2:?--max-compressed-mib needs a value}; shift 2 ;;
+        --system-version) system_version=${2:?--system-version needs a value}; shift 2 ;;
+        --signing-dir) signing_dir=${2:?--signing-dir needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -68,10 +80,11 @@ esac
 [ "$(id -u)" = 0 ] || fail "must run as root (debootstrap, chroot and file ownership in the image need it)"
 missing=()
 for tool in debootstrap:debootstrap chroot:coreutils mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mmd:mtools mcopy:mtools \
-            sfdisk:fdisk zstd:zstd sha256sum:coreutils truncate:coreutils dd:coreutils mksquashfs:squashfs-tools; do
+            sfdisk:fdisk zstd:zstd sha256sum:coreutils truncate:coreutils dd:coreutils mksquashfs:squashfs-tools \
+            rauc:rauc openssl:openssl; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (${tool#*:})")
 done
-[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]}; apt-get install debootstrap e2fsprogs dosfstools mtools fdisk zstd squashfs-tools (scripts/bootstrap.sh does, as root)"
+[ ${#missing[@]} -eq 0 ] || fail "missing tools: ${missing[*]}; apt-get install debootstrap e2fsprogs dosfstools mtools fdisk zstd squashfs-tools rauc openssl (scripts/bootstrap.sh does, as root)"
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3 || true)
 [ -n "$python" ] || fail "missing python3 (it builds the wheels)"
@@ -91,7 +104,37 @@ fi
 version=$("$python" -c 'import re,sys; print(re.search(r"__version__ = \"([^\"]+)\"", open(sys.argv[1]).read())[1])' \
     "$repo/gateway/__init__.py")
 name=fieldgate-$version-$arch
+system_version=${system_version:-$version}
+case $system_version in
+    *[!A-Za-z0-9.+~_-]*|'') fail "--system-version $system_version: letters, digits and . + ~ _ - only" ;;
+esac
+compatible=fieldgate-appliance-$arch
 mkdir -p "$out"
+
+# --- the bundle's signing keys ----------------------------------------------------------------------------------
+# The image trusts ca.cert.pem (its RAUC keyring); bundles are signed with signing.key.pem, certified by that CA.
+if [ ! -e "$signing_dir/ca.cert.pem" ]; then
+    step "keys: a development CA and bundle signing certificate in $signing_dir (bring your own for production)"
+    install -d -m 700 "$signing_dir"
+    (
+        cd "$signing_dir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj "/O=fieldgate/CN=fieldgate development system CA" -keyout ca.key.pem -out ca.cert.pem \
+            -addext basicConstraints=critical,CA:true -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/O=fieldgate/CN=fieldgate development bundle signing" -keyout signing.key.pem -out signing.csr
+        printf 'basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\n' > signing.ext
+        openssl x509 -req -in signing.csr -CA ca.cert.pem -CAkey ca.key.pem -CAcreateserial -days 3650 \
+            -extfile signing.ext -out signing.cert.pem
+        rm -f signing.csr signing.ext
+    ) > /dev/null 2>&1 || fail "making the development signing keys in $signing_dir failed"
+fi
+for file in ca.cert.pem signing.cert.pem signing.key.pem; do
+    [ -f "$signing_dir/$file" ] || fail "--signing-dir $signing_dir: no $file"
+done
+openssl verify -CAfile "$signing_dir/ca.cert.pem" "$signing_dir/signing.cert.pem" >/dev/null 2>&1 \
+    || fail "--signing-dir $signing_dir: signing.cert.pem is not certified by ca.cert.pem"
+
 work=$(mktemp -d "$out/.work.XXXXXX")
 root=$work/root
 cleanup() {
@@ -143,7 +186,9 @@ build_wheels > "$work/wheels.log" 2>&1 &
 wheels_pid=$!
 
 # --- root file system ------------------------------------------------------------------------------------------
-packages=systemd,systemd-sysv,udev,kmod,$kernel,systemd-boot-efi,python3,python3-venv,mosquitto,iproute2
+# rauc installs system bundles into the other root slot: its command line asks its D-Bus activated service
+# (rauc-service, dbus), which reads a bundle's manifest with unsquashfs (squashfs-tools).
+packages=systemd,systemd-sysv,udev,kmod,$kernel,systemd-boot-efi,python3,python3-venv,mosquitto,iproute2,rauc,rauc-service,dbus,squashfs-tools
 if [ "$build_in_image" = 1 ]; then
     packages=$packages,gcc,libc6-dev,python3-dev,libffi-dev
 fi
@@ -242,6 +287,39 @@ cat > "$root/etc/fstab" <<EOF
 PARTUUID=$esp_uuid /boot/efi vfat umask=0077,noatime,nofail 0 0
 tmpfs /tmp tmpfs mode=1777,nosuid,nodev,size=25% 0 0
 EOF
+# System updates: RAUC writes a signed bundle into the other root slot; systemd-boot counts the new slot's tries.
+install -d -m 755 "$root/etc/rauc"
+install -m 644 "$signing_dir/ca.cert.pem" "$root/etc/rauc/keyring.pem"
+install -m 755 "$here/rauc/bootloader" "$root/usr/lib/fieldgate/rauc-bootloader"
+cat > "$root/etc/rauc/system.conf" <<EOF
+# The fieldgate appliance's A/B system slots (see gateway/ops/osupdate.py).
+[system]
+compatible=$compatible
+bootloader=custom
+mountprefix=/run/rauc
+statusfile=/data/rauc.status
+
+[keyring]
+path=/etc/rauc/keyring.pem
+
+[handlers]
+bootloader-custom-backend=/usr/lib/fieldgate/rauc-bootloader
+
+[slot.rootfs.0]
+device=/dev/disk/by-partuuid/$root_a_uuid
+type=raw
+bootname=a
+
+[slot.rootfs.1]
+device=/dev/disk/by-partuuid/$root_b_uuid
+type=raw
+bootname=b
+EOF
+printf '%s\n' "$system_version" > "$root/usr/lib/fieldgate/system-version"
+install -m 644 "$here/fieldgate-os-update.path" "$here/fieldgate-os-update.service" "$here/fieldgate-os-health.service" \
+    "$root/etc/systemd/system/"
+in_root systemctl enable fieldgate-os-update.path fieldgate-os-health.service >/dev/null 2>&1 \
+    || fail "systemctl enable in the image's root failed"
 install -d "$root/etc/systemd/journald.conf.d"
 printf '[Journal]\nSystemMaxUse=32M\nRuntimeMaxUse=16M\n' > "$root/etc/systemd/journald.conf.d/fieldgate.conf"
 install -m 644 "$here/fieldgate-boot-report.service" "$root/etc/systemd/system/"
@@ -278,6 +356,28 @@ for path in sound drivers/gpu drivers/media drivers/infiniband drivers/staging d
         net/x25 net/lapb net/phonet net/caif net/batman-adv net/openvswitch; do
     rm -rf "$kernel_dir"/$path
 done
+# Server and data-centre storage (old SCSI host adapters, hardware RAID, tape, iSCSI/FC transports, caching and
+# thin-provisioning device-mapper targets, software RAID 4-6) and laptop vendors' platform drivers.
+for path in drivers/scsi/3w-* drivers/scsi/BusLogic.ko drivers/scsi/a100u2w.ko drivers/scsi/advansys.ko \
+        drivers/scsi/am53c974.ko drivers/scsi/atp870u.ko drivers/scsi/dc395x.ko drivers/scsi/dmx3191d.ko \
+        drivers/scsi/esp_scsi.ko drivers/scsi/hpsa.ko drivers/scsi/hptiop.ko drivers/scsi/hv_storvsc.ko \
+        drivers/scsi/initio.ko drivers/scsi/ipr.ko drivers/scsi/ips.ko drivers/scsi/megaraid.ko drivers/scsi/mvumi.ko \
+        drivers/scsi/myrb.ko drivers/scsi/myrs.ko drivers/scsi/pmcraid.ko drivers/scsi/qla1280.ko \
+        drivers/scsi/qlogicfas408.ko drivers/scsi/scsi_debug.ko drivers/scsi/stex.ko drivers/scsi/vmw_pvscsi.ko \
+        drivers/scsi/wd719x.ko drivers/scsi/xen-scsifront.ko drivers/scsi/ch.ko drivers/scsi/st.ko \
+        drivers/scsi/*iscsi* drivers/scsi/scsi_transport_fc.ko drivers/scsi/scsi_transport_srp.ko \
+        drivers/scsi/scsi_transport_spi.ko drivers/md/bcache drivers/md/raid456.ko drivers/md/raid10.ko \
+        drivers/md/dm-thin-pool.ko drivers/md/dm-cache*.ko drivers/md/dm-zoned.ko drivers/md/dm-era.ko \
+        drivers/md/dm-clone.ko drivers/md/dm-writecache.ko drivers/md/persistent-data drivers/md/dm-vdo \
+        drivers/platform/x86/dell drivers/platform/x86/hp drivers/platform/x86/thinkpad_acpi.ko \
+        drivers/platform/x86/sony-laptop.ko drivers/platform/x86/toshiba* drivers/platform/x86/asus* \
+        drivers/platform/x86/ideapad-laptop.ko drivers/platform/x86/acer* drivers/platform/x86/fujitsu* \
+        drivers/platform/x86/samsung* drivers/platform/x86/msi* drivers/platform/x86/lg-laptop.ko \
+        drivers/platform/x86/compal-laptop.ko drivers/platform/x86/panasonic-laptop.ko \
+        drivers/platform/x86/eeepc* drivers/platform/x86/surface* drivers/platform/surface \
+        drivers/platform/chrome; do
+    rm -rf "$kernel_dir"/$path
+done
 for nic in "$kernel_dir"/drivers/net/ethernet/*/; do  # the NICs of industrial PCs and SoCs; no data-centre cards
     case $(basename "$nic") in
         intel|realtek|stmicro|broadcom|microchip|amd|marvell|freescale|ti|cadence|rockchip) ;;
@@ -311,7 +411,7 @@ fi
 step "system: the rest the appliance does not use, removed; python byte code compiled"
 # Build-time and package-management parts: the root is never changed by apt (a system update replaces the slot).
 in_root dpkg --purge --force-depends --force-remove-essential apt libapt-pkg6.0 gpgv debian-archive-keyring \
-    perl-base python3-pip-whl python3-setuptools-whl libgnutls30 libp11-kit0 libtasn1-6 libnettle8 libhogweed6 \
+    perl-base python3-pip-whl python3-setuptools-whl \
     >/dev/null 2>&1 || fail "dpkg --purge in the image's root failed"
 # Caches the read-only /usr never needs rebuilt at boot (hwdb.bin is built, ld.so.cache and the catalog are current).
 in_root systemctl mask systemd-hwdb-update.service ldconfig.service systemd-journal-catalog-update.service \
@@ -423,7 +523,7 @@ mksquashfs "$root" "$work/root.sqfs" -comp zstd -Xcompression-level 19 -b 1M -no
 
 mib=$((1024 * 1024))
 esp_mib=128
-data_mib=256
+data_mib=512  # the store, the writable layers and room for a downloaded system bundle
 squashfs_mib=$(( ($(stat -c %s "$work/root.sqfs") + mib - 1) / mib ))
 slot_mib=$(( (squashfs_mib * 2 + 63) / 64 * 64 ))  # room for a next version twice this size
 [ "$slot_mib" -ge 256 ] || slot_mib=256
@@ -434,15 +534,17 @@ console=ttyS0
 # One boot entry per system slot; slot b has no kernel until a system update writes slot b and its files here.
 # The entry names are ready for systemd-boot's boot counting (fieldgate-b+3.conf).
 mkdir -p "$work/esp/loader/entries"
-printf 'default fieldgate-a.conf\ntimeout 0\neditor no\n' > "$work/esp/loader/loader.conf"
+# No default: systemd-boot boots the first entry by sort-key that has tries left (rauc-bootloader sets the keys).
+printf 'timeout 0\neditor no\n' > "$work/esp/loader/loader.conf"
 for slot in a b; do
-    if [ "$slot" = a ]; then slot_uuid=$root_a_uuid; title="fieldgate $version (slot a)"
-    else slot_uuid=$root_b_uuid; title="fieldgate (slot b)"; fi
+    if [ "$slot" = a ]; then slot_uuid=$root_a_uuid; title="fieldgate $version (slot a)"; key=fieldgate-1
+    else slot_uuid=$root_b_uuid; title="fieldgate (slot b)"; key=fieldgate-2; fi
     cat > "$work/esp/loader/entries/fieldgate-$slot.conf" <<EOF
 title $title
 linux /$slot/vmlinuz
 initrd /$slot/initrd.img
-options root=PARTUUID=$slot_uuid ro rootfstype=squashfs fieldgate.data=PARTUUID=$data_uuid console=tty0 console=$console,115200 quiet loglevel=3
+options root=PARTUUID=$slot_uuid ro rootfstype=squashfs fieldgate.data=PARTUUID=$data_uuid rauc.slot=$slot panic=10 console=tty0 console=$console,115200 quiet loglevel=3
+sort-key $key
 EOF
 done
 esp=$work/esp.img
@@ -482,6 +584,37 @@ dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$work/root.sqfs" of="$disk" bs=1M seek=$(( 1 + esp_mib )) conv=notrunc,sparse status=none
 dd if="$work/data.img" of="$disk" bs=1M seek=$(( 1 + esp_mib + 2 * slot_mib )) conv=notrunc,sparse status=none
 
+# --- the system bundle -----------------------------------------------------------------------------------------
+step "bundle: the system as a signed RAUC bundle (version $system_version)"
+bundle_dir=$work/bundle
+mkdir -p "$bundle_dir"
+ln "$work/root.sqfs" "$bundle_dir/root.squashfs"
+cp "$work/boot/vmlinuz" "$work/boot/initrd.img" "$bundle_dir/"
+install -m 755 "$here/rauc/hook" "$bundle_dir/hook"
+cat > "$bundle_dir/manifest.raucm" <<EOF
+[update]
+compatible=$compatible
+version=$system_version
+description=fieldgate $version appliance system ($arch)
+build=$(date -u +%Y%m%d%H%M%S)
+
+[hooks]
+filename=hook
+
+[image.rootfs]
+filename=root.squashfs
+hooks=post-install
+EOF
+bundle=$out/fieldgate-os-$system_version-$arch.raucb
+rm -f "$bundle"
+rauc bundle --cert "$signing_dir/signing.cert.pem" --key "$signing_dir/signing.key.pem" \
+    --keyring "$signing_dir/ca.cert.pem" "$bundle_dir" "$bundle" > "$work/bundle.log" 2>&1 \
+    || { tail -5 "$work/bundle.log" >&2; fail "rauc bundle failed (log above)"; }
+# As the image will: its system.conf read and the bundle's signature checked against its keyring.
+rauc --conf "$root/etc/rauc/system.conf" --keyring "$root/etc/rauc/keyring.pem" info "$bundle" > "$work/info.log" 2>&1 \
+    || { tail -5 "$work/info.log" >&2; fail "the image's RAUC refuses its own bundle (log above)"; }
+(cd "$out" && sha256sum "$(basename "$bundle")" > "$(basename "$bundle").sha256")
+
 # --- output ----------------------------------------------------------------------------------------------------
 step "output: zstd and sha256"
 zstd -q -T0 -3 -f "$disk" -o "$out/$name.img.zst"
@@ -494,4 +627,4 @@ if [ "$max_compressed_mib" -gt 0 ] && [ "$bytes" -gt $(( max_compressed_mib * mi
     echo "build.sh: $out/$name.img.zst is ${size} MiB compressed, over the budget of $max_compressed_mib MiB (--max-compressed-mib); $summary" >&2
     exit 1
 fi
-step "done: $out/$name.img.zst ($summary)"
+step "done: $out/$name.img.zst ($summary) and $bundle ($(( $(stat -c %s "$bundle") / mib )) MiB)"

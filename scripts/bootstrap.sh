@@ -65,7 +65,8 @@ if [ "$target" = tests ]; then
     # The appliance image (image/build.sh) and its boot test (tests/image): FIELDGATE_IMAGE_TESTS=0 leaves them out.
     if [ "${FIELDGATE_IMAGE_TESTS:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
         for tool in debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 mkfs.vfat:dosfstools mcopy:mtools \
-                    sfdisk:fdisk zstd:zstd mkfs.ext4:e2fsprogs mksquashfs:squashfs-tools; do
+                    sfdisk:fdisk zstd:zstd mkfs.ext4:e2fsprogs mksquashfs:squashfs-tools rauc:rauc \
+                    openssl:openssl unsquashfs:squashfs-tools debugfs:e2fsprogs; do
             need "${tool%%:*}" "${tool#*:}"
         done
         [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || apt_packages+=(ovmf)

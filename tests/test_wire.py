@@ -51,3 +51,14 @@ def test_service_events_are_optional_and_bounded() -> None:
             msgspec.convert({"service_events": [{**event, **bad}]}, wire.HeartbeatRequest)
     with pytest.raises(msgspec.ValidationError, match="service_events"):
         msgspec.convert({"service_events": [event] * (wire.MAX_SERVICE_EVENTS + 1)}, wire.HeartbeatRequest)
+
+
+def test_an_upgrade_assignment_says_its_kind_and_an_older_registry_means_a_gateway_version() -> None:
+    """Registries before OS bundles send no kind: a gateway version. A kind added later still decodes (the node
+    refuses that task, not the whole heartbeat answer)."""
+    assignment = {"task": "up-1", "version": "2", "deadline": 60,
+                  "wheels": [{"name": "fieldgate-os-2.raucb", "sha256": "00", "size": 1}]}
+    answer = {"node": "gw-1", "resource_version": "v1", "heartbeat_interval": 5}
+    for given, kind in (({}, "gateway"), ({"kind": "os"}, "os"), ({"kind": "firmware"}, "firmware")):
+        decoded = msgspec.convert({**answer, "upgrade": {**assignment, **given}}, wire.HeartbeatResponse)
+        assert decoded.upgrade is not None and decoded.upgrade.kind == kind

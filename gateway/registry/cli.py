@@ -544,13 +544,18 @@ async def _access_commands(store: Any, args: argparse.Namespace) -> bool:
 
 
 def _configure_upgrades(sub: Any) -> None:
-    upgrade = sub.add_parser("upgrade", help="batch upgrades of nodes from a wheel directory: create, list, show, "
-                                             "stop")
+    upgrade = sub.add_parser("upgrade", help="batch upgrades of nodes from a wheel directory or an OS bundle: "
+                                             "create, list, show, stop")
     upgrade_sub = upgrade.add_subparsers(dest="upgrade_action", required=True)
-    create = upgrade_sub.add_parser("create", help="record the wheels and hand them to the nodes, a few at a time")
-    create.add_argument("--version", required=True, help="the fieldgate version the wheels hold")
-    create.add_argument("--wheels", required=True, type=Path, metavar="DIR",
+    create = upgrade_sub.add_parser("create", help="record the wheels (or the OS bundle) and hand them to the nodes, "
+                                                   "a few at a time")
+    create.add_argument("--version", required=True,
+                        help="the fieldgate version the wheels hold, or the system version the OS bundle holds")
+    create.add_argument("--wheels", type=Path, metavar="DIR",
                         help="fieldgate, its plugins and their dependencies as wheels")
+    create.add_argument("--os-bundle", type=Path, metavar="FILE",
+                        help="instead of --wheels: a signed RAUC bundle (NAME.raucb, at most 1 GiB) of the "
+                             "appliance's system, installed A/B by the nodes that run the appliance image")
     create.add_argument("--nodes", type=lambda text: [n for n in text.split(",") if n], help="a,b,… by name")
     create.add_argument("--labels", type=_labels, default={}, help="k=v,… the nodes whose labels match")
     create.add_argument("--group", help="the nodes of a group")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from pathlib import Path
@@ -17,6 +18,8 @@ from gateway.channel import Stream, StreamError
 
 HANDSHAKE_TIMEOUT = 10.0
 PUMP_CHUNK = 1 << 16
+
+log = logging.getLogger(__name__)
 
 
 class PeerRefused(Exception):
@@ -41,10 +44,15 @@ def contexts(data_dir: Path) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
     client.verify_mode = ssl.CERT_REQUIRED
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.verify_mode = ssl.CERT_REQUIRED
-    for context in (client, server):
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_verify_locations(cafile=str(ca))
-        context.load_cert_chain(str(cert), str(key))
+    try:
+        for context in (client, server):
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_verify_locations(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:  # a damaged identity must not keep the gateway from starting
+        log.error("the node's registry identity in %s cannot be used (%s): services across nodes are off until "
+                  "the node joins again", ca.parent, exc)
+        return None
     return client, server
 
 

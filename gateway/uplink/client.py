@@ -28,6 +28,7 @@ from gateway.api import REGISTRY
 from gateway.channel import Stream
 from gateway.decoding import decode_json
 from gateway.errors import ConfigError, FieldgateError
+from gateway.ops.osupdate import system_state
 from gateway.ops.sampler import NodeSampler
 from gateway.plugins import list_plugins
 from gateway.resources.schema import AnyDocument, dec_hook
@@ -357,6 +358,8 @@ class Uplink:
                if (consensus := self.gateway.config.gateway.consensus) is not None else {}),
             "mesh": getattr(getattr(self.gateway, "services", None), "mesh_address", ""),  # direct service streams
             "services": services.report() if (services := getattr(self.gateway, "services", None)) else [],
+            # the booted A/B system slot, on nodes that run the appliance image (what OS upgrade tasks look at)
+            **({"system": system} if (system := system_state(self.gateway.data_dir)) is not None else {}),
         }
 
     def status(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import AuthError, ConfigError
-from gateway.pki import fingerprint, key_pem, make_csr, new_key, write_private
+from gateway.pki import fingerprint, key_pem, make_csr, new_key, write_durable, write_private
 from gateway.resources.schema import check_node_name
 from gateway.wire import BatchJoinRequest, BundleInfo, JoinRequest, JoinResponse
 
@@ -150,12 +150,14 @@ def save_identity(data_dir: Path, url: str, ca_pem: bytes, key: ec.EllipticCurve
     """Keep what a join answered (certificate, node name, interval) with the node's key in <data-dir>/registry/."""
     directory = registry_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ca.pem").write_bytes(ca_pem)
-    (directory / "node.pem").write_text(answer.certificate)
+    # each file whole or not there after a power cut (a joined appliance's first boot is when it may lose power),
+    # registry.json, which makes the node joined, last
+    write_durable(directory / "ca.pem", ca_pem)
+    write_durable(directory / "node.pem", answer.certificate.encode())
     write_private(directory / "node.key", key_pem(key))
     settings = RegistrySettings(url=url, node=answer.node, heartbeat_interval=answer.heartbeat_interval,
                                 channel=answer.channel)
-    (directory / "registry.json").write_bytes(msgspec.json.format(msgspec.json.encode(settings)))
+    write_durable(directory / "registry.json", msgspec.json.format(msgspec.json.encode(settings)))
     return settings
 
 

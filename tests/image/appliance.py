@@ -21,7 +21,8 @@ from gateway.testing import free_port
 from tests.conftest import REPO
 
 BUILD_TOOLS = {"debootstrap": "debootstrap", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools",
-               "sfdisk": "fdisk", "zstd": "zstd", "mkfs.ext4": "e2fsprogs", "mksquashfs": "squashfs-tools"}
+               "sfdisk": "fdisk", "zstd": "zstd", "mkfs.ext4": "e2fsprogs", "mksquashfs": "squashfs-tools",
+               "rauc": "rauc", "openssl": "openssl"}
 BOOT_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "mcopy": "mtools", "sfdisk": "fdisk", "zstd": "zstd"}
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -66,6 +67,50 @@ def appliance_image(out: Path) -> Path:
     assert len(images) == 1, f"expected one image in {out}: {images}"
     print(next(line for line in reversed(text.splitlines()) if "done:" in line))
     return images[0]
+
+
+def os_bundle(image: Path) -> Path:
+    """The system bundle built beside `image` (fieldgate-os-<version>-amd64.raucb)."""
+    bundles = sorted(image.parent.glob("fieldgate-os-*-amd64.raucb"))
+    assert len(bundles) == 1, f"expected one system bundle beside {image}: {bundles}"
+    return bundles[0]
+
+
+def signing_dir() -> Path:
+    """Where the build's bundle signing key is: FIELDGATE_IMAGE_KEYS, else build/image-keys (build.sh's default)."""
+    return Path(os.environ.get("FIELDGATE_IMAGE_KEYS") or REPO / "build" / "image-keys")
+
+
+def rebundle(bundle: Path, workdir: Path, version: str, *, break_gateway: bool = False) -> Path:
+    """A bundle of the same system as `bundle` under another version, signed with the build's key; with
+    `break_gateway`, its gateway service fails at every start (as a broken build would)."""
+    keys = signing_dir()
+    content = workdir / f"bundle-{version}"
+    shutil.rmtree(content, ignore_errors=True)
+    # a plain bundle is a squashfs with its signature after it
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(content), str(bundle)], check=True, timeout=300,
+                   capture_output=True)
+    manifest = content / "manifest.raucm"
+    manifest.write_text(re.sub(r"(?m)^version=.*$", f"version={version}", manifest.read_text()))
+    if break_gateway:
+        root = workdir / f"root-{version}"
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(root), str(content / "root.squashfs")], check=True,
+                       timeout=600, capture_output=True)
+        unit = root / "etc" / "systemd" / "system" / "fieldgate.service"
+        unit.write_text(re.sub(r"(?m)^ExecStart=.*$", "ExecStart=/bin/false", unit.read_text()))
+        (content / "root.squashfs").unlink()
+        subprocess.run(["mksquashfs", str(root), str(content / "root.squashfs"), "-comp", "zstd",
+                        "-Xcompression-level", "3", "-b", "1M", "-noappend", "-no-progress", "-quiet"],
+                       check=True, timeout=600, capture_output=True)
+        shutil.rmtree(root)
+    signed = workdir / f"fieldgate-os-{version}-amd64.raucb"
+    signed.unlink(missing_ok=True)
+    subprocess.run(["rauc", "bundle", "--cert", str(keys / "signing.cert.pem"), "--key", str(keys / "signing.key.pem"),
+                    "--keyring", str(keys / "ca.cert.pem"), str(content), str(signed)], check=True, timeout=600,
+                   capture_output=True)
+    shutil.rmtree(content)
+    return signed
 
 
 def unpack(image: Path, disk: Path) -> None:
@@ -128,9 +173,10 @@ def provisioning() -> dict[str, object]:
 class Machine:
     """One qemu guest (software emulation, OVMF) with its web port forwarded to a loopback port."""
 
-    def __init__(self, disk: Path, workdir: Path) -> None:
+    def __init__(self, disk: Path, workdir: Path, *, reboots: bool = False) -> None:
         self.disk = disk
         self.workdir = workdir
+        self.reboots = reboots  # a reboot of the guest boots it again (else qemu exits)
         self.boots = 0
         self.healthy_after = 0.0
         shutil.copy(OVMF_VARS, workdir / "OVMF_VARS.fd")
@@ -146,7 +192,8 @@ class Machine:
         self.process = subprocess.Popen(
             # No emulated CD drive, VGA or network boot ROM: the firmware goes straight to the disk, as an
             # appliance's firmware does.
-            ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-nodefaults", "-m", "1024", "-smp", "2", "-no-reboot",
+            ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-nodefaults", "-m", "1024", "-smp", "2",
+             *([] if self.reboots else ["-no-reboot"]),
              "-display", "none", "-monitor", "none", "-serial", f"file:{self.serial}",
              "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
              "-drive", f"if=pflash,format=raw,file={variables}",
@@ -204,19 +251,46 @@ class Machine:
             self.process.wait(timeout=15)
 
 
-def provisioned_machine(image: Path, workdir: Path) -> Machine:
-    """The image unpacked to a disk in `workdir`, the test's provisioning file on its boot partition, powered on
-    (not yet waited for)."""
+def provisioned_machine(image: Path, workdir: Path, provision: dict[str, object] | None = None, *,
+                        data_files: dict[str, bytes] | None = None, reboots: bool = False) -> Machine:
+    """The image unpacked to a disk in `workdir`, the test's provisioning file (or `provision`) on its boot
+    partition, `data_files` (path on the data partition → content) written, powered on (not yet waited for)."""
     absent = missing(BOOT_TOOLS)
     require(not absent, f"booting the image needs: {', '.join(absent)}; scripts/bootstrap.sh installs them as root")
     require(OVMF_CODE.exists() and OVMF_VARS.exists(), f"booting the image needs {OVMF_CODE} (ovmf)")
     disk = workdir / "disk.img"
     unpack(image, disk)
-    provision = workdir / "fieldgate-provision.yaml"
-    provision.write_text(yaml.safe_dump(provisioning(), sort_keys=False))
-    subprocess.run(["mcopy", "-i", f"{disk}@@{esp_offset(disk)}", str(provision), "::/fieldgate-provision.yaml"],
+    provision_file = workdir / "fieldgate-provision.yaml"
+    provision_file.write_text(yaml.safe_dump(provision or provisioning(), sort_keys=False))
+    subprocess.run(["mcopy", "-i", f"{disk}@@{esp_offset(disk)}", str(provision_file), "::/fieldgate-provision.yaml"],
                    check=True, timeout=30)
-    return Machine(disk, workdir)
+    if data_files:
+        write_data_files(disk, workdir, data_files)
+    return Machine(disk, workdir, reboots=reboots)
+
+
+def write_data_files(disk: Path, workdir: Path, files: dict[str, bytes]) -> None:
+    """Files written onto the data partition of a powered-off disk (debugfs), owned by root, mode 0644, their
+    missing directories made (e.g. overlay/etc/upper/hosts is /etc/hosts for the guest)."""
+    data = partitions(disk)["data"]
+    offset, size = int(str(data["offset"])), int(str(data["size"]))
+    copy = workdir / "data-partition.img"
+    subprocess.run(["dd", f"if={disk}", f"of={copy}", "bs=1M", f"skip={offset}", f"count={size}",
+                    "iflag=skip_bytes,count_bytes", "status=none"], check=True, timeout=120)
+    commands = []
+    for index, (path, content) in enumerate(files.items()):
+        source = workdir / f"data-file-{index}"
+        source.write_bytes(content)
+        source.chmod(0o644)
+        parents = Path(path).parents
+        commands += [f"mkdir {parent}" for parent in reversed(parents) if str(parent) != "."]
+        commands += [f"rm {path}", f"write {source} {path}", f"sif {path} uid 0", f"sif {path} gid 0"]
+    script = workdir / "debugfs.cmds"
+    script.write_text("\n".join(commands) + "\n")
+    subprocess.run(["debugfs", "-w", "-f", str(script), str(copy)], capture_output=True, timeout=120, check=True)
+    subprocess.run(["dd", f"if={copy}", f"of={disk}", "bs=1M", f"seek={offset}", "oflag=seek_bytes",
+                    "conv=notrunc", "status=none"], check=True, timeout=120)
+    copy.unlink()
 
 
 HELD_OUTBOX = "route:default/held"

@@ -23,13 +23,11 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.image import appliance
 from tests.image.appliance import (
     BOOT_TIMEOUT,
     HELD_OUTBOX,
@@ -37,8 +35,8 @@ from tests.image.appliance import (
     Machine,
     esp_offset,
     login,
+    os_bundle,
     partitions,
-    provisioned_machine,
     store_on_disk,
 )
 
@@ -48,24 +46,6 @@ FIRST_BOOT_WITHIN = 120.0  # seconds from power-on to the first /healthz answer,
 BOOT_WITHIN = 90.0  # the same after a power cut (provisioned before)
 MAX_COMPRESSED_BYTES = 100_000_000
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
-
-
-@pytest.fixture(scope="session")
-def appliance_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The compressed image: FIELDGATE_IMAGE, or one built now (once per test run)."""
-    return appliance.appliance_image(tmp_path_factory.mktemp("image"))
-
-
-@pytest.fixture(scope="session")
-def booted(appliance_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    machine = provisioned_machine(appliance_image, tmp_path_factory.mktemp("boot"))
-    try:
-        health = machine.wait_healthy(BOOT_TIMEOUT)
-        print(machine.healthy_line("first boot, provisioning included"))
-        assert health == {"status": "ok", "node": "boot-test"}  # the provisioned Gateway document runs
-        yield machine
-    finally:
-        machine.stop()
 
 
 def test_provisioned_admin_logs_in_and_sees_the_devices(booted: Machine) -> None:
@@ -100,10 +80,10 @@ def test_the_image_runs_this_version_with_every_plugin(booted: Machine) -> None:
     assert {"modbus", "influxdb", "homeassistant", "sparkplug"} <= set(plugins)
     from gateway import __version__
     assert status["version"] == __version__
-    # /var/lib/fieldgate is the data partition (256 MiB), not a directory on the root file system.
+    # /var/lib/fieldgate is the data partition (512 MiB), not a directory on the root file system.
     total = re.search(r"^fieldgate_data_dir_disk_total_bytes(?:\{[^}]*\})? (\S+)$", metrics, re.M)
     assert total, metrics[:1000]
-    assert 200 << 20 < float(total[1]) < 260 << 20
+    assert 450 << 20 < float(total[1]) < 520 << 20
 
 
 def test_the_image_is_under_its_size_budget_with_two_root_slots(appliance_image: Path, booted: Machine) -> None:
@@ -134,9 +114,35 @@ def test_the_image_is_under_its_size_budget_with_two_root_slots(appliance_image:
         assert f"linux /{slot}/vmlinuz" in entry
         assert f"root=partuuid={uuids[f'root-{slot}']} " in entry.lower()
         assert f"fieldgate.data=partuuid={uuids['data']} " in entry.lower()
+        assert f" rauc.slot={slot} " in entry and " panic=10 " in entry  # RAUC's booted slot; a panic reboots
+        assert f"sort-key fieldgate-{'ab'.index(slot) + 1}\n" in entry  # slot a boots first
     loader = subprocess.run(["mtype", "-i", esp, "::/loader/loader.conf"], capture_output=True, text=True,
                             check=True, timeout=30).stdout
-    assert "default fieldgate-a.conf" in loader and "timeout 0" in loader
+    assert "timeout 0" in loader and "default" not in loader  # the order is the entries' sort keys and counters'
+
+
+def test_the_system_bundle_beside_the_image_is_signed_for_it(appliance_image: Path, booted: Machine,
+                                                            tmp_path: Path) -> None:
+    """The build's bundle passes the image's own RAUC configuration and keyring, read out of its root slot (slot a
+    never changes while it runs)."""
+    bundle = os_bundle(appliance_image)
+    assert bundle.stat().st_size < MAX_COMPRESSED_BYTES
+    root = partitions(booted.disk)["root-a"]
+    slot = tmp_path / "root.squashfs"
+    subprocess.run(["dd", f"if={booted.disk}", f"of={slot}", "bs=1M", f"skip={root['offset']}",
+                    f"count={root['size']}", "iflag=skip_bytes,count_bytes", "status=none"], check=True, timeout=120)
+    etc = tmp_path / "root"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(etc), str(slot), "etc/rauc"], check=True, timeout=120,
+                   capture_output=True)
+    config = (etc / "etc" / "rauc" / "system.conf").read_text()
+    assert "compatible=fieldgate-appliance-amd64" in config and "bootloader=custom" in config
+    info = subprocess.run(["rauc", "--conf", str(etc / "etc" / "rauc" / "system.conf"), "--keyring",
+                           str(etc / "etc" / "rauc" / "keyring.pem"), "info", "--output-format=json", str(bundle)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert info.returncode == 0, info.stderr
+    manifest = json.loads(info.stdout)
+    assert manifest["compatible"] == "fieldgate-appliance-amd64"
+    assert [next(iter(image)) for image in manifest["images"]] == ["rootfs"]
 
 
 def test_the_gateway_answers_soon_after_power_on(booted: Machine) -> None:

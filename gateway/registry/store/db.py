@@ -191,6 +191,12 @@ CREATE TABLE service_events (node TEXT NOT NULL, namespace TEXT NOT NULL, name T
 CREATE TABLE registry_replicas (id TEXT PRIMARY KEY, peer TEXT NOT NULL, started_at {time} NOT NULL,
     seen_at {time} NOT NULL);
 """),
+    # an OS bundle (up to 1 GiB) in pieces: one SQLite value holds at most 1e9 bytes, one PostgreSQL value 1 GB;
+    # BYTEA is PostgreSQL's bytes, and SQLite keeps a blob as it is whatever the declared type
+    (28, """
+CREATE TABLE upgrade_chunks (task TEXT NOT NULL, filename TEXT NOT NULL, seq INTEGER NOT NULL, content BYTEA NOT NULL,
+    PRIMARY KEY (task, filename, seq));
+"""),
 ]
 
 

@@ -1,25 +1,40 @@
-"""Upgrade tasks (`upgrade_tasks`), their wheels (`upgrade_wheels`, kept in the database so that every replica serves
-them) and the state of each target node (`upgrade_nodes`)."""
+"""Upgrade tasks (`upgrade_tasks`), their files (`upgrade_wheels`, kept in the database so that every replica serves
+them: wheels whole, an OS bundle as a row without content and its bytes in pieces in `upgrade_chunks`) and the state
+of each target node (`upgrade_nodes`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.registry.store.db import Statement, Tables
 
 TIME_COLUMNS = ("started_at", "finished_at")
+PIECE = 4 << 20  # bytes of a file kept in pieces per row (what a reader of it holds at a time)
 
 
 class UpgradeTables(Tables):
     async def create(self, task: str, version: str, selector: dict[str, Any], concurrency: int, max_failures: int,
                      deadline: float, workspace: str, created_by: str, wheels: Mapping[str, bytes],
-                     targets: Sequence[str], status: str, reason: str, now: float) -> None:
-        """Record a running task with its wheels and one row per target node (in `status`, for `reason`)."""
-        statements: list[Statement] = [(
+                     targets: Sequence[str], status: str, reason: str, now: float,
+                     bundle: tuple[str, Iterable[bytes]] | None = None) -> None:
+        """Record a running task with its wheels, or its OS `bundle` (file name, its bytes in pieces of at most
+        PIECE), and one row per target node (in `status`, for `reason`). The bundle's pieces are written first, one
+        at a time, and removed again when the task is not recorded."""
+        statements: list[Statement] = []
+        if bundle is not None:
+            name, pieces = bundle
+            try:
+                digest, size = await self._store_pieces(task, name, pieces)
+            except BaseException:
+                await self._drop_pieces(task)
+                raise
+            statements.append(("INSERT INTO upgrade_wheels VALUES (?, ?, ?, ?, ?)", (task, name, digest, size, "")))
+        statements += [(
             "INSERT INTO upgrade_tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (task, version, json.dumps(selector), concurrency, max_failures, deadline, "running", workspace,
              created_by, now, None))]
@@ -29,7 +44,27 @@ class UpgradeTables(Tables):
         statements += [("INSERT INTO upgrade_nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (task, node, position, status, reason, "", None, None, now))
                        for position, node in enumerate(targets)]
-        await self.database.transaction(statements)
+        try:
+            await self.database.transaction(statements)
+        except BaseException:
+            if bundle is not None:
+                await self._drop_pieces(task)
+            raise
+
+    async def _store_pieces(self, task: str, name: str, pieces: Iterable[bytes]) -> tuple[str, int]:
+        """Write a file's pieces, hashing them on the way; its SHA-256 and size."""
+        digest = hashlib.sha256()
+        size = 0
+        for seq, piece in enumerate(pieces):
+            if len(piece) > PIECE:
+                raise ValueError(f"a piece of {len(piece)} bytes, more than {PIECE}")
+            await asyncio.to_thread(digest.update, piece)
+            size += len(piece)
+            await self.database.write("INSERT INTO upgrade_chunks VALUES (?, ?, ?, ?)", task, name, seq, bytes(piece))
+        return digest.hexdigest(), size
+
+    async def _drop_pieces(self, task: str) -> None:
+        await asyncio.shield(self.database.write("DELETE FROM upgrade_chunks WHERE task=?", task))
 
     async def running(self, states: Sequence[str]) -> list[tuple[str, str, int, int, float, str]]:
         """(task, version, concurrency, max failures, deadline, state) of the tasks in one of `states` (the ones
@@ -93,6 +128,21 @@ class UpgradeTables(Tables):
     async def wheel(self, task: str, name: str) -> bytes | None:
         rows = await self.database.rows("SELECT content FROM upgrade_wheels WHERE task=? AND filename=?", task, name)
         return base64.b64decode(rows[0][0]) if rows else None
+
+    async def content(self, task: str, name: str) -> AsyncIterator[bytes]:
+        """A file of a task, a wheel whole or an OS bundle piece by piece (read one at a time); nothing when the task
+        has no such file."""
+        seqs = await self.database.rows(
+            "SELECT seq FROM upgrade_chunks WHERE task=? AND filename=? ORDER BY seq", task, name)
+        if not seqs:
+            whole = await self.wheel(task, name)
+            if whole is not None:
+                yield whole
+            return
+        for (seq,) in seqs:
+            rows = await self.database.rows(
+                "SELECT content FROM upgrade_chunks WHERE task=? AND filename=? AND seq=?", task, name, seq)
+            yield bytes(rows[0][0])
 
     async def is_target(self, task: str, node: str) -> bool:
         return bool(await self.database.rows("SELECT 1 FROM upgrade_nodes WHERE task=? AND node=?", task, node))

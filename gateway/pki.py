@@ -4,13 +4,14 @@ and to check the registry's CA against its join token, the registry's CA (gatewa
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from gateway.durable import write_durable
 
 ORGANIZATION = "fieldgate registry"
 
@@ -33,28 +34,6 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def write_private(path: Path, data: bytes) -> None:
     """Write a file only its owner can read (keys), durably (write_durable)."""
     write_durable(path, data, 0o600)
-
-
-def write_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that a power cut leaves the old file or the new one, never an empty or a torn
-    one: a temporary file beside it, fsynced, renamed over it, and the rename made durable."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)  # whatever the umask
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def fingerprint(cert_pem: bytes) -> str:

@@ -68,13 +68,3 @@ def usage(area: Path) -> int:
                 continue
             total += stat.st_size if not os.path.islink(os.path.join(directory, name)) else 0
     return total
-
-
-def place(temporary: Path, final: Path) -> None:
-    """Rename a complete, fsynced temporary file to its place, and make the rename durable."""
-    os.replace(temporary, final)
-    directory = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.commands import Command
+from gateway.durable import write_durable
 from gateway.errors import ConfigError, FieldgateError
 from gateway.hookspecs import hookimpl
 from gateway.ops.upgrade import DEFAULT_DATA_DIR, ROLLED_BACK, SUCCEEDED, UPGRADING, StatusLog, UpgradeFailed
@@ -58,12 +59,7 @@ def directory(data_dir: Path) -> Path:
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(path.name + ".tmp")
-    with staged.open("w", encoding="utf-8") as out:
-        out.write(json.dumps(value, indent=2) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    staged.replace(path)
+    write_durable(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -100,6 +96,7 @@ DEFAULT_VERSION_FILE = Path("/usr/lib/fieldgate/system-version")
 DEFAULT_RAUC_CONFIG = Path("/etc/rauc/system.conf")
 DEFAULT_REBOOT = "systemctl reboot --no-block"
 DEFAULT_HEALTH_DEADLINE = 300.0  # a boot that is not a trial of a new slot: how long the gateway may take
+MAX_HEALTH_DEADLINE = 3600.0  # the longest a trial boot may wait for the gateway before it falls back
 INSTALL_TIMEOUT = 1800.0
 LOG_TAIL = 1500
 
@@ -270,6 +267,16 @@ def _healthy(url: str, deadline: float) -> bool:
         time.sleep(1.0)
 
 
+def _deadline(pending: dict[str, Any] | None, default: float) -> float:
+    """The pending update's health deadline in seconds. The request is written by the unprivileged gateway and read
+    here by root: anything but a number from 1 s to MAX_HEALTH_DEADLINE (a string, NaN, infinity, a boolean, a
+    negative or huge number) gives the default, so that a trial boot never waits for ever nor raises."""
+    value = pending.get("deadline") if pending is not None else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1.0 <= value <= MAX_HEALTH_DEADLINE:
+        return default
+    return float(value)
+
+
 def boot_check(machine: Machine, url: str, default_deadline: float = DEFAULT_HEALTH_DEADLINE) -> int:
     """Record the booted system, settle a pending update, and judge this boot (root; fieldgate-os-health.service):
     0 when the gateway answered healthy; on a trial boot that did not, reboot into the other slot."""
@@ -299,7 +306,7 @@ def boot_check(machine: Machine, url: str, default_deadline: float = DEFAULT_HEA
             print(f"system update rolled back: {reason}")
             pending = None
     trial = machine.trial(booted)
-    deadline_s = float(pending.get("deadline") or default_deadline) if pending is not None else default_deadline
+    deadline_s = _deadline(pending, default_deadline)
     if _healthy(url, started + deadline_s):
         if trial:
             code, output = _run([str(machine.bootloader), "set-state", booted, "good"], timeout=60,

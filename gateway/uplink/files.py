@@ -32,9 +32,10 @@ import httpx
 import msgspec
 
 from gateway.decoding import decode_json
+from gateway.durable import place
 from gateway.errors import ConfigError, FieldgateError
 from gateway.files import COUNTERS, files_area, transfers_dir
-from gateway.files.area import Refused, destination, place, usage
+from gateway.files.area import Refused, destination, usage
 from gateway.files.bucket import TokenBucket
 from gateway.files.outbox import FolderWatcher, outbox_path
 from gateway.wire import CHUNK_SHA256, FILE_ACK, FILE_CHUNK, FileOffer, FileProgress, UploadStart, UploadState

@@ -17,8 +17,9 @@ import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.durable import write_durable
 from gateway.errors import AuthError, ConfigError
-from gateway.pki import fingerprint, key_pem, make_csr, new_key, write_durable, write_private
+from gateway.pki import fingerprint, key_pem, make_csr, new_key, write_private
 from gateway.resources.schema import check_node_name
 from gateway.wire import BatchJoinRequest, BundleInfo, JoinRequest, JoinResponse
 

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import random
+import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +63,9 @@ async def drain(queue: asyncio.Queue[tuple[str, Any]], until: Callable[[list[tup
 
 
 class Subscriber:
-    """mosquitto_sub with a persistent session (the broker keeps its messages while it is away)."""
+    """A QoS 1 subscriber with a persistent session (the broker keeps its messages while it is away) that
+    acknowledges a message only once it has written it (acking_subscriber.py: mosquitto_sub acknowledges before it
+    prints, so stopping it could lose a message the gateway did deliver)."""
 
     def __init__(self, broker: Mosquitto, path: Path) -> None:
         self.broker = broker
@@ -69,18 +73,22 @@ class Subscriber:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        out = self.path.open("ab")
-        self.process = subprocess.Popen(["mosquitto_sub", "-p", str(self.broker.port), "-t", "fieldgate/#", "-q", "1",
-                                         "-c", "-i", "durability-check", "-v"], stdout=out, stderr=subprocess.DEVNULL)
-        out.close()
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("acking_subscriber.py")),
+                                         str(self.broker.port), "fieldgate/#", "durability-check", str(self.path)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], 15)
+        assert ready and self.process.stdout.readline() == b"subscribed\n", "the check subscriber did not subscribe"
 
     def stop(self) -> None:
-        """SIGKILL: on SIGTERM mosquitto_sub drops the messages that arrive until its disconnect is through, after
-        its client library acknowledged them (a gap the gateway did not make); killed, it has printed every message
-        it acknowledged but the one in its hands, and the broker sends again what it did not acknowledge."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
+        """SIGTERM: it takes no more messages, and disconnects after acknowledging what it wrote."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
     def counts(self) -> dict[str, list[int]]:
         result: dict[str, list[int]] = {}

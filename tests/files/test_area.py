@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.files.area import Refused, destination, place, usage
+from gateway.durable import place
+from gateway.files.area import Refused, destination, usage
 from gateway.files.bucket import TokenBucket
 from gateway.files.outbox import FolderWatcher, TooLarge, take_stream
 from gateway.store import Store

@@ -131,16 +131,9 @@ def test_os_bundles_roll_back_when_broken_forward_when_good_and_survive_a_power_
     state = wait_final(registry, machine, create(registry, good, "9.1"))
     print(f"good bundle: {state['status']} after {time.monotonic() - started:.0f} s: {state['reason']}")
     assert state == {**state, "status": "succeeded", "reason": "system 9.1 runs from slot b"}
-    wait_system(registry, machine, 120, slot="b", version="9.1")
     before = wait_system(registry, machine, 120, slot="b", version="9.1")
-    machine.power_cut()  # and it stays: the next boot is slot b's again
-    machine.power_on()
-    machine.wait_healthy(BOOT_TIMEOUT)
-    after = wait_until_rebooted(registry, machine, before)
-    assert (after["slot"], after["version"]) == ("b", "9.1"), after
 
-    # 3. the power goes while RAUC writes slot a
-    before = after
+    # 3. the power goes while RAUC writes slot a; the next boot is slot b's, which was kept (its entry blessed)
     with contextlib.closing(login(machine, PASSWORD)) as client:
         def held() -> int:
             depth: int = client.get("/api/v1/status").json()["sinks"][HELD_OUTBOX]["outbox_depth"]

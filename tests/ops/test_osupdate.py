@@ -10,6 +10,7 @@ import http.server
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,6 +218,27 @@ def test_a_new_slot_whose_gateway_is_not_healthy_boots_the_old_one_again(machine
                                 "healthy within 1.5 s of the boot; slot a (1.0) booted again by itself")
     assert osupdate.system_state(node.data_dir)["slot"] == "a"  # type: ignore[index]
     assert pending(node) is None
+
+
+@pytest.mark.parametrize("hostile", ["600", float("nan"), float("inf"), -5, 0, 1e12, True, None, [30]])
+def test_a_hostile_deadline_in_the_pending_update_falls_back_to_the_default(
+        machine: tuple[osupdate.Machine, Esp], health: Health, hostile: object) -> None:
+    """The request is written by the unprivileged gateway and read by root at boot: a deadline that is not a number
+    from 1 s to an hour neither makes the health gate raise nor wait for ever."""
+    node, esp = machine
+    request(node, "2.3")
+    assert osupdate.apply(node) == 0 and rebooted(node)
+    written = pending(node)
+    assert written is not None
+    osupdate._write_json(node.directory / osupdate.PENDING, {**written, "deadline": hostile})
+    esp.boot("b")
+    health.up = False
+    began = time.monotonic()
+    assert osupdate.boot_check(node, health.url, default_deadline=1.2) == 1
+    assert time.monotonic() - began < 30
+    assert rebooted(node)
+    failure = pending(node)
+    assert failure is not None and failure["failure"] == "the gateway did not answer healthy within 1.2 s of the boot"
 
 
 def test_an_update_cut_off_while_writing_leaves_the_old_slot(machine: tuple[osupdate.Machine, Esp],

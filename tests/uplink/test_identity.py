@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pki import key_pem, new_key, write_durable
+from gateway.durable import write_durable
+from gateway.pki import key_pem, new_key
 from gateway.services.tls import contexts
 from gateway.uplink.join import load_settings, registry_dir, save_identity
 from gateway.wire import JoinResponse

@@ -558,26 +558,58 @@ class ServiceMesh:
             raise PeerRefused("this node has no certificate of the fleet (it has not joined a registry)")
         header = json.dumps({"service": f"{state.service.namespace}/{state.service.name}",
                              "port": port_key(port), "instance": target.instance}).encode() + b"\n"
-        now = time.monotonic()
-        if target.address and self.direct_failed.get(target.node, 0) <= now:
-            host, _, number = target.address.rpartition(":")
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    host.strip("[]"), int(number), ssl=self._tls[0]), float(self._settings.connect_timeout))
-            except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
-                self.direct_failed[target.node] = now + DIRECT_FAILED_FOR
-                log.info("services: node %s does not answer at %s (%s); using the relay", target.node,
-                         target.address, exc or type(exc).__name__)
-            else:
-                try:
-                    peer_node(writer.get_extra_info("ssl_object"), target.node)
-                    await _handshake(reader, writer, header)
-                except BaseException:
-                    writer.close()
-                    raise
-                return reader, writer, "direct", _nothing
+        resting = bool(target.address) and self.direct_failed.get(target.node, 0) > time.monotonic()
+        if target.address and not resting:
+            direct = await self._open_direct(target, header)
+            if direct is not None:
+                return *direct, "direct", _nothing
         if self.relay is None:
+            if resting:  # nothing else to try: the direct address again, though it failed a moment ago
+                direct = await self._open_direct(target, header)
+                if direct is not None:
+                    return *direct, "direct", _nothing
             raise NoEndpoint(f"node {target.node}: no direct address answers and the registry relay is not up")
+        try:
+            reader, writer, cleanup = await self._open_relayed(target, header)
+        except RelayRefused:
+            raise
+        except Exception:
+            if not resting:
+                raise
+            # the relay fails (the registry's channel going down): the node's direct address may answer again
+            direct = await self._open_direct(target, header)
+            if direct is None:
+                raise
+            return *direct, "direct", _nothing
+        return reader, writer, "relay", cleanup
+
+    async def _open_direct(self, target: Target, header: bytes
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A direct TLS stream to the target's node, handshaken; None when its address does not answer (the node
+        is then reached through the relay for DIRECT_FAILED_FOR seconds)."""
+        assert self._tls is not None
+        host, _, number = target.address.rpartition(":")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                host.strip("[]"), int(number), ssl=self._tls[0]), float(self._settings.connect_timeout))
+        except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
+            self.direct_failed[target.node] = time.monotonic() + DIRECT_FAILED_FOR
+            log.info("services: node %s does not answer at %s (%s); using the relay", target.node,
+                     target.address, exc or type(exc).__name__)
+            return None
+        self.direct_failed.pop(target.node, None)
+        try:
+            peer_node(writer.get_extra_info("ssl_object"), target.node)
+            await _handshake(reader, writer, header)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def _open_relayed(self, target: Target, header: bytes
+                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Callable[[], Awaitable[None]]]:
+        """A stream to the target's node through the registry relay, with the fleet's TLS inside it."""
+        assert self._tls is not None and self.relay is not None
         stream = await self.relay(target.node)
         bridge = await StreamSocket(stream).start()
         try:
@@ -595,7 +627,7 @@ class ServiceMesh:
         except BaseException:
             await bridge.close()
             raise
-        return reader, writer, "relay", bridge.close
+        return reader, writer, bridge.close
 
     # --- the proxies --------------------------------------------------------------------------------------------
 

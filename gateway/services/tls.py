@@ -11,9 +11,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from gateway.channel import Stream, StreamError
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -59,6 +56,9 @@ def contexts(data_dir: Path) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
 def peer_node(ssl_object: Any, expected: str | None = None) -> str:
     """The node name of a verified peer; PeerRefused when its certificate is not a node's (a batch bundle's is a
     client certificate only) or names another node than `expected`."""
+    from cryptography import x509  # here: 15 MB that a gateway without streams from other nodes never loads
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise PeerRefused("no peer certificate")

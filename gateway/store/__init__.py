@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 from pathlib import Path
 
@@ -150,7 +151,7 @@ class Store:
         loop = asyncio.get_running_loop()
         queued, history = self._db.queued, self.history
         backoff = 0.0
-        started = 0.0
+        started = -math.inf  # no commit yet: the first is at once (loop.time() may be small, shortly after boot)
         window_start, window_reports, busy = loop.time(), history.reports_added, False
         while True:
             await queued.wait()

@@ -56,7 +56,7 @@ class History:
         self.reports_added = 0  # reports queued since the start (the writer's measure of the load)
         self._pending: deque[Report] = deque()
         self._queued = 0
-        self._shed_logged = 0.0
+        self._shed_logged = -math.inf  # the first shed is logged, however soon after boot
         self._series: dict[tuple[str, str], int] = {}  # (device, property) -> series id: small integer keys
         self._device_ids: dict[str, int] = {}
         self._by_device: dict[str, dict[str, int]] = {}  # device -> property -> series id (the hot path's view)

@@ -26,12 +26,15 @@ FIELDGATE_BENCH_PROFILE=/tmp/latency.prof (run the gateway under cProfile, writt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,20 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(int(len(values) * fraction), len(values) - 1)]
 
 
-def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
+@dataclass
+class Plant:
+    """A running `fieldgate run` polling `devices` Modbus TCP devices x PROPERTIES float32 registers on C
+    simulators, publishing to mosquitto, and mosquitto_sub writing `<arrival ns> <payload>` lines to `arrivals`."""
+
+    gateway: subprocess.Popen[bytes]
+    http_port: int
+    token: str
+    arrivals: Path
+
+
+@contextlib.contextmanager
+def plant(tmp_path: Path, case: str, interval_ms: int, devices: int = DEVICES) -> Iterator[Plant]:
+    """The plant of a case, every device online (or 30 s waited), stopped (only what it started) on leaving."""
     broker = Mosquitto(tmp_path)
     http_port = free_port()
     sims: list[CSimulator] = []
@@ -75,18 +91,18 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         ports = []
         for k in range(SIMS):
             # each simulator serves its units what their devices read: its layout comes from the same documents
-            directory = tmp_path / f"sim{k}"
+            directory = tmp_path / f"{case}-sim{k}"
             directory.mkdir()
             units_file = directory / "units.yaml"
             units_file.write_text(model_doc(PROPERTIES) + "".join(
-                device_doc(f"dev-{d}", 502, d // SIMS + 1, PROPERTIES, interval_ms) for d in range(k, DEVICES, SIMS)))
+                device_doc(f"dev-{d}", 502, d // SIMS + 1, PROPERTIES, interval_ms) for d in range(k, devices, SIMS)))
             sims.append(CSimulator(directory, units_from_documents(units_file, animate=False)))
             ports.append(sims[-1].start())
         docs = [f"kind: Gateway\nname: latency-bench\nhttp: {{listen: \"127.0.0.1:{http_port}\"}}\n"
                 f"eventbus: {{url: \"{broker.url}\"}}\n" + (f"store: {{flush_interval: {FLUSH}}}\n" if FLUSH else ""),
                 model_doc(PROPERTIES)]
         docs += [device_doc(f"dev-{d}", ports[d % SIMS], d // SIMS + 1, PROPERTIES, interval_ms)
-                 for d in range(DEVICES)]
+                 for d in range(devices)]
         config = tmp_path / f"{case}-gateway.yaml"
         config.write_text("".join(docs))
         data = tmp_path / f"{case}-data"
@@ -104,7 +120,7 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         wait_healthy(http_port, gateway)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # bounded: every device online (or measure anyway)
-            if api_get(http_port, "/api/v1/status", token)["devices"].get("online", 0) == DEVICES:
+            if api_get(http_port, "/api/v1/status", token)["devices"].get("online", 0) == devices:
                 break
             time.sleep(0.5)
         if NICE:  # ahead of the box's other work (as root), so that its load is not counted as the gateway's latency
@@ -112,14 +128,7 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
             for pid in [gateway.pid, broker.process.pid, subscriber.pid, *(sim.process.pid for sim in sims
                                                                          if sim.process is not None)]:
                 psutil.Process(pid).nice(NICE)
-        time.sleep(WARMUP_S)
-        # nothing asks the gateway anything inside the window: its answers would hold up its loop
-        process = psutil.Process(gateway.pid)
-        cpu0, box0, start = process.cpu_times(), psutil.cpu_times(), time.time()
-        time.sleep(MEASURE_S)
-        cpu1, box1, end = process.cpu_times(), psutil.cpu_times(), time.time()
-        time.sleep(TAIL_S)
-        status = api_get(http_port, "/api/v1/status", token)
+        yield Plant(gateway, http_port, token, arrivals)
         if profile:
             gateway.send_signal(signal.SIGUSR1)
             time.sleep(2)
@@ -132,6 +141,22 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         for sim in sims:
             sim.stop()
         broker.stop()
+
+
+def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
+    with plant(tmp_path, case, interval_ms) as running:
+        time.sleep(WARMUP_S)
+        # nothing asks the gateway anything inside the window: its answers would hold up its loop
+        process = psutil.Process(running.gateway.pid)
+        cpu0, box0, start = process.cpu_times(), psutil.cpu_times(), time.time()
+        rss: list[int] = []  # sampled from /proc each second, which does not ask the gateway's loop anything
+        while time.time() < start + MEASURE_S:
+            rss.append(process.memory_info().rss)
+            time.sleep(min(1.0, max(0.0, start + MEASURE_S - time.time())))
+        cpu1, box1, end = process.cpu_times(), psutil.cpu_times(), time.time()
+        time.sleep(TAIL_S)
+        status = api_get(running.http_port, "/api/v1/status", running.token)
+    arrivals = running.arrivals
 
     latencies: list[float] = []
     points = 0
@@ -159,6 +184,7 @@ def run_case(tmp_path: Path, case: str, interval_ms: int) -> dict[str, Any]:
         "gateway_cpu_percent_of_one_core": round(100 * cpu / (end - start), 1),
         "gateway_cpu_us_per_point": round(1e6 * cpu / max(points, 1), 2),
         "box_cpu_percent_of_all_cores": round(100 * (box_total - box_idle) / box_total, 1) if box_total else None,
+        "rss_mb_first": round(rss[0] / 2**20, 1), "rss_mb_max": round(max(rss) / 2**20, 1),
         "lateness_p99_ms": status["lateness_ms"]["p99"],
         "outbox_depth_end": status["sinks"]["eventbus"]["outbox_depth"],
         "cores": psutil.cpu_count(),

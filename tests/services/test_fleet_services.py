@@ -1,7 +1,8 @@
 """Services across a fleet on loopback: a registry and three real gateways. gw-b and gw-c run an echo app behind one
 Service applied at the registry; gw-a calls it: gw-b direct over mutual TLS (its `mesh_listen`), gw-c through the
 registry relay (it listens for no direct streams), both reached round-robin, TCP and UDP; a certificate from another
-CA cannot open a direct stream; with the registry stopped gw-a still reaches gw-b direct."""
+CA cannot open a direct stream; with the registry stopped gw-a still reaches gw-b direct, also right after gw-b
+restarted."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.pki import key_pem, make_csr, new_key, write_private
 from gateway.registry.ca import CertificateAuthority
+from gateway.services.mesh import DIRECT_FAILED_FOR
 from tests.conftest import FIELDGATE, free_port
 from tests.registry.conftest import Registry, join, stop, wait_for_port
 from tests.registry.test_access import add_user
@@ -187,6 +189,22 @@ async def test_direct_and_relayed_endpoints_across_the_fleet(registry: Registry,
         after = await a.service()
         assert sum(c["connections"] for c in after["counters"] if c["path"] == "direct") >= direct_before + 3, \
             after["counters"]
+
+        # gw-b restarts meanwhile: while it is away its direct address fails and gw-a rests it (DIRECT_FAILED_FOR,
+        # 30 s, the relay's time); with no relay to use, gw-a tries the address again and reaches gw-b once it is back
+        b.stop()
+        assert await ask(address, 7000) == ""  # nothing answers: gw-c only through the relay, gw-b is down
+        failed = time.monotonic()
+        b.start()
+        answer = ""
+        while not answer.startswith("echo-gw-b-") and time.monotonic() - failed < 20:
+            await asyncio.sleep(0.3)
+            try:
+                answer = await ask(address, 7000)
+            except ConnectionError:  # the proxy found no endpoint that answers
+                answer = ""
+        assert answer.startswith("echo-gw-b-"), (answer, a.log.read_text()[-2000:])
+        assert time.monotonic() - failed < DIRECT_FAILED_FOR
     finally:
         for node in nodes:
             node.stop()

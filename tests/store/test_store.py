@@ -166,6 +166,28 @@ async def test_the_writer_commits_as_soon_as_it_is_free_or_once_an_interval(tmp_
     assert commits == [{"sink"}, {"sink"}]  # closing commits what waited
 
 
+async def test_the_first_commit_with_an_interval_is_at_once_shortly_after_boot(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's clock is the monotonic one, which starts near 0 at boot: the writer took "no commit yet" for a
+    commit at 0 s, and on a machine up for less than its flush_interval the first commit waited for the clock to
+    pass the interval (found on a test machine up for 26 minutes, with an interval of an hour)."""
+    loop = asyncio.get_running_loop()
+    clock = loop.time
+    booted = clock() - 2.0
+    monkeypatch.setattr(loop, "time", lambda: clock() - booted)  # up for 2 s; timers keep to the same clock
+    store = Store(tmp_path, flush_interval=60)
+    await store.open()
+    commits: list[set[str]] = []
+    store.outboxes.on_flush.append(commits.append)
+    writer = asyncio.create_task(store.run_writer())
+    try:
+        store.outboxes.add("sink", "t", b"first")
+        await wait_until(lambda: len(commits) == 1, timeout=10)
+    finally:
+        writer.cancel()
+        await store.close()
+
+
 async def test_commits_are_on_the_disk_before_they_count_unless_told_otherwise(tmp_path: Path) -> None:
     """sync: full (the default) has SQLite fsync the log at every commit, so what the store counted survives a power
     cut (tests/image/test_boot.py cuts the power of a booted appliance to check it); normal only at checkpoints."""

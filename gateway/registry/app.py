@@ -57,6 +57,7 @@ from gateway.registry.store import NameTaken, RegistryStore, TokenRefused
 from gateway.registry.store.db import NODES_CHANNEL
 from gateway.registry.store.requests import ANSWERS_CHANNEL
 from gateway.resources.schema import check_node_name
+from gateway.webkit.application import Application
 from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
     CheckedRequest,
@@ -279,7 +280,7 @@ def create_app(data_dir: Path, *, interval: float = DEFAULT_INTERVAL, db_url: st
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweep
 
-    return Litestar(
+    return Application(
         route_handlers=[healthz, ca_certificate, join, heartbeat, nodes, groups, *ROUTE_HANDLERS,
                         *access.ROUTE_HANDLERS, *admin.ROUTE_HANDLERS, *pages.ROUTE_HANDLERS,
                         *monitoring.ROUTE_HANDLERS, *metrics.ROUTE_HANDLERS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -14,6 +15,12 @@ class Duration(float):
 
     @classmethod
     def parse(cls, raw: Any) -> Duration:
+        if cls is Duration and type(raw) is str and len(raw) <= 32:
+            return _parse_text(raw)  # one object a text: a configuration repeats a few intervals many times
+        return cls._parse(raw)
+
+    @classmethod
+    def _parse(cls, raw: Any) -> Duration:
         if isinstance(raw, bool):
             raise ValueError(f"Expected a duration like '250ms', '1s', '5m' or a number of seconds, got {raw!r}")
         if isinstance(raw, int | float):
@@ -28,6 +35,11 @@ class Duration(float):
 
     def __repr__(self) -> str:
         return format_duration(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(raw: str) -> Duration:
+    return Duration._parse(raw)
 
 
 def format_duration(seconds: float) -> str:

@@ -50,7 +50,7 @@ from cryptography import x509
 
 from gateway.errors import FieldgateError
 from gateway.pki import write_private
-from gateway.resources.loader import REGISTRY
+from gateway.resources.loader import REGISTRY, document_value
 from gateway.resources.schema import AnyDocument, ConsensusSettings, Workload, dec_hook
 from gateway.wire import FailoverPlacement, FailoverPlan, MemberTls, Takeover
 
@@ -362,7 +362,8 @@ class OfflineFailover:
     async def _publish(self) -> None:
         """Run the registry's documents with those taken over: the node's registry-owned resources."""
         if self.base is None:  # nothing taken over since the registry was last heard: what runs is its documents
-            self.base = [raw for (source, raw) in self.gateway.config.raw.values() if source.file == REGISTRY]
+            self.base = [document_value(raw) for (source, raw) in self.gateway.config.raw.values()
+                         if source.file == REGISTRY]
         documents = [msgspec.convert(raw, AnyDocument, dec_hook=dec_hook) for raw in self._with_taken(self.base)]
         await self.gateway.resources.replace_owned(documents, owner=REGISTRY, actor="failover")
         self._save()

@@ -35,6 +35,7 @@ from gateway.web.security import (
     AuthMiddleware,
     is_api_path,
 )
+from gateway.webkit.application import Application
 from gateway.webkit.assets import compression_config
 from gateway.webkit.errors import (
     CheckedRequest,
@@ -106,7 +107,7 @@ def create_app(gateway: GatewayAPI, *, lifespan: Sequence[Lifespan] = ()) -> Lit
     state_history(gateway)
     psutil.cpu_percent(interval=None)  # the first reading is meaningless; later ones cover the time between
     exclude = [f"^{p}$" for p in sorted(PUBLIC_PATHS)] + [f"^{p}" for p in PUBLIC_PREFIXES]
-    return Litestar(
+    return Application(
         route_handlers=[
             healthz, status, plugins, logs_api, DeviceController, *files_api.ROUTES, *PAGES, *plugin_routes,
             static_files(*STATIC),

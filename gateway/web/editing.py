@@ -18,6 +18,7 @@ import yaml
 from gateway.api import GatewayAPI
 from gateway.errors import ConfigError, ResourceError
 from gateway.importers import csv as csv_import
+from gateway.resources.loader import document_value
 from gateway.webkit import forms
 
 EDITABLE_KINDS = ("DeviceModel", "Device", "Endpoint", "Route")
@@ -34,9 +35,10 @@ def owner(gateway: GatewayAPI, kind: str, namespace: str, name: str) -> str | No
 def running_document(gateway: GatewayAPI, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The document as it was written (durations as text and all), from the running configuration."""
     entry = gateway.config.raw.get((kind, namespace, name))
-    if entry is None or not isinstance(entry[1], dict):
+    raw = document_value(entry[1]) if entry is not None else None
+    if not isinstance(raw, dict):
         return None
-    document: dict[str, Any] = {"kind": kind, **{k: v for k, v in entry[1].items() if k != "kind"}}
+    document: dict[str, Any] = {"kind": kind, **{k: v for k, v in raw.items() if k != "kind"}}
     return document
 
 

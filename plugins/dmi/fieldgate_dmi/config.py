@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from fieldgate_dmi.wire import INT64
 from gateway.resources.durations import Duration
 from gateway.resources.schema import Base
+
+INT64 = 2**63  # a protobuf int64 holds -INT64 .. INT64 - 1 (here, not from the wire module: protobuf is 2 MB to import)
 
 DEFAULT_SOCKET = "/etc/kubeedge/dmi.sock"
 SOCKET_PATH_MAX = 100  # bytes: a unix socket path is at most 107, and the socket is bound beside it first

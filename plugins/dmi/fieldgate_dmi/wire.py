@@ -13,6 +13,8 @@ from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
+from fieldgate_dmi.config import INT64
+
 PACKAGE = "v1beta1"
 FILE = "api.proto"
 MANAGER_SERVICE = f"{PACKAGE}.DeviceManagerService"
@@ -216,7 +218,6 @@ _WRAPPERS: dict[str, type[Any]] = {
     "google.protobuf.DoubleValue": wrappers_pb2.DoubleValue,
 }
 INT32 = 2**31
-INT64 = 2**63
 
 
 def pack_value(target: Any, value: str | int | float | bool) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.durable import place
 from gateway.errors import ConfigError, NotFound, StoreError
 from gateway.wire import FILE_ID
 
@@ -138,12 +139,7 @@ class DirectoryStore(_Parts):
     async def commit(self, file_id: str) -> None:
         def move() -> None:
             self.objects.mkdir(parents=True, exist_ok=True)
-            os.replace(self.path(file_id), self._object(file_id))
-            directory = os.open(self.objects, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a power cut
-            finally:
-                os.close(directory)
+            place(self.path(file_id), self._object(file_id))  # the rename itself survives a power cut
 
         await asyncio.to_thread(move)
 

@@ -558,30 +558,31 @@ class ServiceMesh:
             raise PeerRefused("this node has no certificate of the fleet (it has not joined a registry)")
         header = json.dumps({"service": f"{state.service.namespace}/{state.service.name}",
                              "port": port_key(port), "instance": target.instance}).encode() + b"\n"
+        # the direct address first, unless it failed a moment ago (DIRECT_FAILED_FOR); then the relay; and when
+        # there is no relay, or it fails without the registry refusing, the resting direct address after all
         resting = bool(target.address) and self.direct_failed.get(target.node, 0) > time.monotonic()
+        relay_failure: Exception | None = None
         if target.address and not resting:
             direct = await self._open_direct(target, header)
             if direct is not None:
                 return *direct, "direct", _nothing
-        if self.relay is None:
-            if resting:  # nothing else to try: the direct address again, though it failed a moment ago
-                direct = await self._open_direct(target, header)
-                if direct is not None:
-                    return *direct, "direct", _nothing
-            raise NoEndpoint(f"node {target.node}: no direct address answers and the registry relay is not up")
-        try:
-            reader, writer, cleanup = await self._open_relayed(target, header)
-        except RelayRefused:
-            raise
-        except Exception:
-            if not resting:
+        if self.relay is not None:
+            try:
+                reader, writer, cleanup = await self._open_relayed(target, header)
+                return reader, writer, "relay", cleanup
+            except RelayRefused:
                 raise
-            # the relay fails (the registry's channel going down): the node's direct address may answer again
+            except Exception as exc:
+                if not resting:
+                    raise
+                relay_failure = exc
+        if resting:
             direct = await self._open_direct(target, header)
-            if direct is None:
-                raise
-            return *direct, "direct", _nothing
-        return reader, writer, "relay", cleanup
+            if direct is not None:
+                return *direct, "direct", _nothing
+        if relay_failure is not None:
+            raise relay_failure
+        raise NoEndpoint(f"node {target.node}: no direct address answers and the registry relay is not up")
 
     async def _open_direct(self, target: Target, header: bytes
                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:

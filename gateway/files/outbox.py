@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.durable import place
 from gateway.errors import ConfigError
 from gateway.files import default_outbox_folder, transfers_dir
 from gateway.files.area import check_relative
@@ -72,7 +73,7 @@ async def take_stream(store: Store, data_dir: Path, name: str, chunks: AsyncIter
                 await asyncio.to_thread(stream.write, chunk)
             await asyncio.to_thread(_sync, stream)
         await _check_room(store, size, limit, quota)
-        os.replace(temporary, final)
+        await asyncio.to_thread(place, temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -110,19 +111,29 @@ async def take_file(store: Store, data_dir: Path, path: Path, *, limit: int, quo
 
     def move() -> str:
         temporary = final.with_name(f".{file_id}.tmp")
+        copied = False
         try:
             os.replace(path, temporary)
-        except OSError:  # another file system: copy, then remove the original
+        except OSError:  # another file system: copy; the original goes once the copy is durably in place
             import shutil
 
             shutil.copyfile(path, temporary)
+            copied = True
+        try:
+            digest = hashlib.sha256()
+            with temporary.open("rb") as stream:
+                while block := stream.read(BLOCK):
+                    digest.update(block)
+                os.fsync(stream.fileno())
+            place(temporary, final)
+        except BaseException:
+            if copied:
+                temporary.unlink(missing_ok=True)
+            else:  # back where it was, to be taken at the next look
+                os.replace(temporary, path)
+            raise
+        if copied:
             path.unlink()
-        digest = hashlib.sha256()
-        with temporary.open("rb") as stream:
-            while block := stream.read(BLOCK):
-                digest.update(block)
-            os.fsync(stream.fileno())
-        os.replace(temporary, final)
         return digest.hexdigest()
 
     sha256 = await asyncio.to_thread(move)

@@ -26,7 +26,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import JSONBody
 
 from gateway import __version__
-from gateway.errors import ConfigError, NotFound
+from gateway.errors import AuthError, ConfigError, NotFound
 from gateway.registry import (
     access,
     admin,
@@ -46,7 +46,7 @@ from gateway.registry import (
     upgrades,
     workloads,
 )
-from gateway.registry.auth import AnyRequest, client_node, node_caller, store_of
+from gateway.registry.auth import AnyRequest, client_identity, client_node, node_caller, store_of
 from gateway.registry.ca import CertificateAuthority, cert_pem
 from gateway.registry.filestore import open_content_store
 from gateway.registry.filestreams import FileStreams
@@ -171,25 +171,34 @@ async def join(request: AnyRequest, data: JSONBody[JoinRequest]) -> JoinResponse
 @post("/api/v1/heartbeat", summary="A node's heartbeat; answers with its desired resources when they changed",
       status_code=200, request_max_body_size=MAX_HEARTBEAT)
 async def heartbeat(request: AnyRequest, data: JSONBody[HeartbeatRequest]) -> HeartbeatResponse:
-    node = await client_node(request)
+    node, serial = client_identity(request)  # checked as the heartbeat is recorded
     if data.twins is not None:
-        twins.check_report_rate(request.app.state, node)
-    # the address the registry sees the node at, beside those the node reports of its own interfaces
-    return await take_heartbeat(store_of(request), node, data, request.client.host if request.client else None,
-                                request.app.state.channel_address)
+        try:
+            twins.check_report_rate(request.app.state, node)
+        except HTTPException:
+            await client_node(request)  # a revoked node is refused, not told to slow down
+            raise
+    try:  # the address the registry sees the node at, beside those the node reports of its own interfaces
+        return await take_heartbeat(store_of(request), node, data, request.client.host if request.client else None,
+                                    request.app.state.channel_address, serial)
+    except AuthError as exc:
+        raise PermissionDeniedException(str(exc)) from None
 
 
 async def take_heartbeat(store: RegistryStore, node: str, data: HeartbeatRequest,
-                         seen_from_address: str | None, channel: str) -> HeartbeatResponse:
-    """Record a node's heartbeat (over HTTPS or the channel); the answer with what the node should have."""
+                         seen_from_address: str | None, channel: str, serial: str | None = None) -> HeartbeatResponse:
+    """Record a node's heartbeat (over HTTPS or the channel); the answer with what the node should have. `serial`:
+    the certificate to check (AuthError unless it is the node's current one) as the heartbeat is recorded."""
     seen_from = {"seen_from": seen_from_address} if seen_from_address else {}
     allocatable = {"allocatable": msgspec.to_builtins(data.allocatable)} if data.allocatable is not None else {}
-    interval, newest_desired = await store.beat(node, {**data.info, **seen_from, **allocatable}, data.figures)
+    interval, newest_desired, upgrading = await store.beat(
+        node, {**data.info, **seen_from, **allocatable}, data.figures, serial=serial,
+        unfinished_upgrades=upgrades.UNFINISHED)
     await offline.adopt(store, node, data.takeovers)  # before the documents: they follow what the group did
     await workloads.record_status(store, node, data.workloads)
     await routes.record_counters(store, node, data.routes)
     await services.record_events(store, node, data.service_events)
-    assignment = await upgrades.on_heartbeat(store, node, data.upgrade)
+    assignment = await upgrades.on_heartbeat(store, node, data.upgrade, upgrading)
     version, documents = await store.node_documents(node)
     desired = await twins.sync(store, node, data.twins, data.twins_complete, data.desired_version, data.desired_ack,
                                data.described, newest=newest_desired)

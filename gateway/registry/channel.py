@@ -127,16 +127,19 @@ class NodeSession:
         if isinstance(frame, Heartbeat):
             from gateway.registry.app import take_heartbeat
 
-            await self.check_certificate()
             if frame.body.twins is not None:
                 try:  # the same limit as over HTTPS, and the same refusal
                     check_report_rate(self.socket.app.state, self.node)
                 except HTTPException as exc:
+                    await self.check_certificate()  # a revoked node is refused, not told to slow down
                     self.mux.send_control(HeartbeatAnswer(seq=frame.seq, refused=str(exc.detail)[:MAX_REASON],
                                                           status=exc.status_code))
                     return
-            answer = await take_heartbeat(self.store, self.node, frame.body, self.seen_from,
-                                          self.hub.channel_address)
+            try:  # the certificate checked as the heartbeat is recorded
+                answer = await take_heartbeat(self.store, self.node, frame.body, self.seen_from,
+                                              self.hub.channel_address, self.serial)
+            except AuthError as exc:
+                raise ChannelRefused(str(exc)) from None
             if answer.documents is not None:
                 self.resource_version = answer.resource_version
             if answer.desired:

@@ -350,6 +350,9 @@ async def schedule(store: RegistryStore, since: float = 0.0) -> int:
     """Bring the placements in step with the documents and the nodes; how many placements changed. A node counts
     as down since `since` at the earliest (the registry's start: the time it was away is not the nodes' downtime)."""
     async with store.workloads.placing:
+        if not await store.workloads.placements() and not await store.documents.of_kinds(
+                ("Workload", "BatchWorkload")):
+            return 0  # nothing placed and nothing to place: no need to read every node (a fleet without apps)
         now = time.time()
         result = await plan(store, now, since)
         current = {(ns, name, node) for ns, name, node, *_ in await store.workloads.placements()}

@@ -21,6 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import ConfigError
 from gateway.registry.app import create_app
+from gateway.registry.auth import IDENTITY
 from gateway.registry.ca import CertificateAuthority
 from gateway.registry.cli import DEFAULT_REGISTRY_DIR
 from gateway.registry.files import Retention
@@ -63,11 +64,21 @@ class _WithPeerCertificate:
     def __init__(self, app: Any, cert_pem: str | None) -> None:
         self.app = app
         self.cert_pem = cert_pem
+        self._identity: tuple[str, str] | None = None
+
+    def identity(self) -> tuple[str, str]:
+        """(common name, serial) of the certificate, read once for all the connection's requests."""
+        if self._identity is None:
+            from gateway.registry.ca import peer_identity
+
+            self._identity = peer_identity(self.cert_pem or "")
+        return self._identity
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
             tls = {"client_cert_chain": [self.cert_pem] if self.cert_pem else [], "tls_version": None,
-                   "cipher_suite": None, "server_cert": None, "client_cert_name": None, "client_cert_error": None}
+                   "cipher_suite": None, "server_cert": None, "client_cert_name": None, "client_cert_error": None,
+                   IDENTITY: self.identity if self.cert_pem else None}
             scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}
         await self.app(scope, receive, send)
 

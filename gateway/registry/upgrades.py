@@ -317,11 +317,15 @@ async def stop_task(store: RegistryStore, task: str, actor: access.Caller) -> di
     return await task_view(store, task)
 
 
-async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | None) -> UpgradeAssignment | None:
-    """Record a node's upgrade report, move the tasks on; the node's assignment, if it has one."""
+async def on_heartbeat(store: RegistryStore, node: str, report: UpgradeReport | None, upgrading: bool = True
+                       ) -> UpgradeAssignment | None:
+    """Record a node's upgrade report, move the tasks on; the node's assignment, if it has one. `upgrading`: False
+    when the heartbeat's write saw no unfinished task (then, without a report, there is nothing to look at)."""
     if report is not None:
         await store.upgrades.report(report.task, node, report.status, report.reason, report.log, time.time(),
                                     report.status != UPGRADING, IN_FLIGHT)
+    elif not upgrading:
+        return None
     if not await advance(store):  # a node is assigned only in an unfinished task (most heartbeats: none)
         return None
     assigned = await store.upgrades.assignment(node, ASSIGNED)

@@ -206,12 +206,16 @@ async def apply_documents(store: RegistryStore, raw_documents: list[tuple[Source
     return [f"{kind} {ns}/{name}" + (f" → node {node}" if node else "") for kind, ns, name, node, _ in documents]
 
 
-async def _placed_workloads(store: RegistryStore, node: str, groups: dict[str, str] | None = None
+async def _placed_workloads(store: RegistryStore, node: str, groups: dict[str, str] | None = None,
+                            placements: list[tuple[str, str, str, str, str]] | None = None
                             ) -> list[tuple[Workload, dict[str, Any]]]:
     """The Workloads placed on a node as it would get them: (the Workload, its raw document); `groups`: the group of
-    every node in one, when the caller has them (else the groups of the instances' origins are looked up)."""
+    every node in one, when the caller has them (else the groups of the instances' origins are looked up);
+    `placements`: the node's, when the caller has them."""
     workloads = []
-    for namespace, name, source_kind, source, origin in await store.workloads.placements_on(node):
+    if placements is None:
+        placements = await store.workloads.placements_on(node)
+    for namespace, name, source_kind, source, origin in placements:
         document = await store.documents.get(source_kind, namespace, source)
         if document is None:
             continue
@@ -261,10 +265,15 @@ async def held_back(store: RegistryStore) -> dict[tuple[str, str, str], tuple[st
     return found
 
 
-async def node_workload_documents(store: RegistryStore, node: str) -> list[dict[str, Any]]:
+async def node_workload_documents(store: RegistryStore, node: str,
+                                  placements: list[tuple[str, str, str, str, str]] | None = None
+                                  ) -> list[dict[str, Any]]:
     """The Workloads placed on a node, with the ConfigItems and Secrets (decrypted) they use; a Workload with a
-    field the node's version does not read is held back (gateway.resources.versions)."""
-    placed = await _placed_workloads(store, node)
+    field the node's version does not read is held back (gateway.resources.versions). `placements`: the node's
+    (store.workloads.placements_on), when the caller has them."""
+    if placements == []:
+        return []
+    placed = await _placed_workloads(store, node, placements=placements)
     if not placed:
         return []
     version = _node_version(await store.node_info(node))

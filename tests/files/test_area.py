@@ -5,12 +5,16 @@ survive a reopened store."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import gateway.files.outbox as outbox_module
 from gateway.durable import place
 from gateway.files.area import Refused, destination, usage
 from gateway.files.bucket import TokenBucket
@@ -102,5 +106,67 @@ async def test_the_outbox_keeps_its_files_across_a_reopened_store(tmp_path: Path
         assert queued[0]["id"] == record["id"]
         assert sorted(p.name for p in (tmp_path / "file-transfers" / "outbox").iterdir()) == sorted(
             q["id"] for q in queued)  # no temporary file left by the refused ones
+    finally:
+        await store.close()
+
+
+def spy_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the path of every file and directory fsynced from now on."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.parametrize("other_file_system", [False, True])
+async def test_a_file_leaves_the_outbox_folder_only_once_it_is_durably_in_the_outbox(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_file_system: bool) -> None:
+    folder = tmp_path / "drop"
+    outbox = tmp_path / "file-transfers" / "outbox"
+    if other_file_system:  # a rename out of the folder fails as it does across file systems (EXDEV)
+        real_replace = os.replace
+
+        def replace(source: Any, target: Any) -> None:
+            if Path(source).parent == folder:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", replace)
+    store = Store(tmp_path)
+    await store.open()
+    try:
+        watcher = FolderWatcher(store, tmp_path, folder)
+        await watcher.look(100, 1000)
+        (folder / "reading.csv").write_bytes(b"t,v\n1,2\n")
+        await watcher.look(100, 1000)
+
+        def failing_place(temporary: Path, final: Path) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(outbox_module, "place", failing_place)
+        with pytest.raises(OSError, match="Input/output"):
+            await watcher.look(100, 1000)
+        assert (folder / "reading.csv").read_bytes() == b"t,v\n1,2\n"  # not lost: still in its folder
+        assert list(outbox.iterdir()) == []  # and no half-moved copy left
+        assert await store.files.outbox_queue() == []
+
+        monkeypatch.setattr(outbox_module, "place", place)
+        synced = spy_fsyncs(monkeypatch)
+        taken = await watcher.look(100, 1000)  # unchanged since it was seen: taken at this look
+        assert [t["name"] for t in taken] == ["reading.csv"] and not (folder / "reading.csv").exists()
+        stored = outbox / taken[0]["id"]
+        assert stored.read_bytes() == b"t,v\n1,2\n"
+        # the copy's bytes, then the outbox folder's entry for it, were on the disk before the original went
+        assert synced[-1] == str(outbox), synced
+
+        synced.clear()
+        record = await take_stream(store, tmp_path, "b.csv", chunks(b"x" * 10), limit=100, quota=1000)
+        assert (outbox / record["id"]).read_bytes() == b"x" * 10
+        assert synced[-1] == str(outbox), synced  # the rename into place made durable
     finally:
         await store.close()

@@ -103,6 +103,48 @@ async def test_service_events_are_kept_once_the_newest_per_node_and_service(db_u
         assert await store.services.events(10) == []
 
 
+async def test_a_heartbeat_is_recorded_only_with_the_nodes_current_certificate(db_url: str | None,
+                                                                              tmp_path: Path) -> None:
+    """The channel checks the certificate in the heartbeat's own write: a replaced or revoked one records nothing
+    (not even the app figures written in the same transaction) and is refused with the reason."""
+    from gateway.wire import AppFigures
+
+    figures = [AppFigures("default/app", "app-1", 1.0, 2.0, 0.0, 0.0, None, None)]
+    async with RegistryStore(tmp_path, db_url) as store:
+        await store.add_node("gw-1", "ab", {}, 7.0)
+        beat = await store.beat("gw-1", {"version": "1"}, figures, serial="ab", unfinished_upgrades=("running",))
+        assert beat == (7.0, 0, False)
+        [(first,)] = await store.database.rows("SELECT last_heartbeat FROM nodes WHERE name='gw-1'")
+        [(count,)] = await store.database.rows("SELECT COUNT(*) FROM app_metrics")
+        with pytest.raises(AuthError, match="unknown node certificate"):  # an older certificate of the node
+            await store.beat("gw-1", {"version": "2"}, figures, serial="aa")
+        assert await store.database.rows("SELECT last_heartbeat, info FROM nodes WHERE name='gw-1'") == [
+            (first, '{"version": "1"}')]
+        assert await store.database.rows("SELECT COUNT(*) FROM app_metrics") == [(count,)]
+        await store.database.write(
+            "INSERT INTO upgrade_tasks VALUES ('t1', '2.0', '{}', 1, 0, 9e9, 'running', 'default', 'me', 1.0, NULL)")
+        assert (await store.beat("gw-1", {}, serial="ab", unfinished_upgrades=("running",))).upgrading
+        assert not (await store.beat("gw-1", {}, serial="ab", unfinished_upgrades=("stopping",))).upgrading
+        await store.remove_node("gw-1")
+        with pytest.raises(AuthError, match="certificate revoked"):
+            await store.beat("gw-1", {}, figures, serial="ab")
+        assert await store.beat("gw-9", {}) == (0.0, 0, False)  # no such node, no certificate to check: nothing
+
+
+async def test_reads_see_one_state_of_the_database_in_one_trip(db_url: str | None, tmp_path: Path) -> None:
+    async with RegistryStore(tmp_path, db_url) as store:
+        await store.add_node("gw-1", "ab", {"site": "north"}, 1.0)
+        await store.add_node("gw-2", "cd", {}, 2.0)
+        statements = [("SELECT name FROM nodes ORDER BY name", ()),
+                      ("SELECT interval FROM nodes WHERE name=?", ("gw-2",)),
+                      ("SELECT name FROM nodes WHERE name=?", ("gw-3",))]
+        assert await store.database.reads(statements) == [[("gw-1",), ("gw-2",)], [(2.0,)], []]
+        if db_url is None:  # a heartbeat commits without waiting for the disk; later commits wait again
+            await store.beat("gw-1", {})
+            assert await store.database.rows("PRAGMA synchronous") == [(2,)]
+            assert not store.database.db.in_transaction  # type: ignore[attr-defined]
+
+
 async def test_a_replica_not_seen_for_the_bound_is_gone_with_its_channels(db_url: str | None, tmp_path: Path) -> None:
     async with RegistryStore(tmp_path, db_url) as store:
         store.channels.gone_after = 0.5

@@ -20,7 +20,7 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -37,7 +37,13 @@ from gateway.registry.store.db import (
     nodes_payload,
     open_database,
 )
-from gateway.registry.store.documents import Document, DocumentTables
+from gateway.registry.store.documents import (
+    Document,
+    DocumentTables,
+    node_devices_statement,
+    of_kinds_rows,
+    of_kinds_statement,
+)
 from gateway.registry.store.files import FileTables
 from gateway.registry.store.requests import RequestTables
 from gateway.registry.store.routes import RouteTables
@@ -45,7 +51,7 @@ from gateway.registry.store.samples import SampleTables, figures_statements, sam
 from gateway.registry.store.services import ServiceTables
 from gateway.registry.store.twins import TwinTables
 from gateway.registry.store.upgrades import UpgradeTables
-from gateway.registry.store.workloads import WorkloadTables
+from gateway.registry.store.workloads import WorkloadTables, placements_on_rows, placements_on_statement
 from gateway.resources.schema import NAME_PATTERN
 from gateway.wire import AppFigures
 
@@ -59,6 +65,15 @@ class TokenRefused(AuthError):
 
 class NameTaken(ConfigError):
     """A joining node asked for the name of a node that exists."""
+
+
+class Beat(NamedTuple):
+    """What recording a heartbeat read: the node's interval, its newest desired version, and whether an upgrade
+    task is unfinished."""
+
+    interval: float
+    newest_desired: int
+    upgrading: bool
 
 
 class RegistryStore:
@@ -215,19 +230,32 @@ class RegistryStore:
     async def heartbeat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None) -> float:
         """Record a heartbeat (and its resource sample, `info.metrics`, and its app instances' figures); returns the
         node's heartbeat interval."""
-        return (await self.beat(name, info, figures))[0]
+        return (await self.beat(name, info, figures)).interval
 
-    async def beat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None
-                   ) -> tuple[float, int]:
-        """Record a heartbeat as `heartbeat` does; (the node's heartbeat interval, its newest desired version)."""
+    async def beat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None, *,
+                   serial: str | None = None, unfinished_upgrades: Sequence[str] = ()) -> Beat:
+        """Record a heartbeat as `heartbeat` does, in one trip to the database with what the answer needs of it.
+        `serial`: the certificate the node called with; unless it is the node's current, unrevoked one, nothing is
+        recorded and AuthError says why (as check_certificate). `unfinished_upgrades`: the states of upgrade tasks
+        not finished; Beat.upgrading says whether a task is in one of them."""
         now = time.time()
-        beat: Statement = ("UPDATE nodes SET last_heartbeat=?, info=? WHERE name=? RETURNING interval, "
-                           "desired_version", (now, json.dumps(info), name))
+        marks = ", ".join("?" for _ in unfinished_upgrades)
+        upgrading = f"EXISTS (SELECT 1 FROM upgrade_tasks WHERE state IN ({marks}))" if marks else "0"
+        where, where_args = ("name=?", (name,)) if serial is None else (
+            "name=? AND serial=? AND NOT EXISTS (SELECT 1 FROM revoked_certificates WHERE serial=?)",
+            (name, serial, serial))
+        beat: Statement = (f"UPDATE nodes SET last_heartbeat=?, info=? WHERE {where} RETURNING interval, "
+                           f"desired_version, {upgrading}", (now, json.dumps(info), *where_args,
+                                                             *unfinished_upgrades))
         also = [*sample_statements(name, info.get("metrics"), now),
                 *figures_statements(name, figures, now, self._figures_pruned)]
-        # one statement commits on its own: one trip to the database instead of a transaction's three
-        rows = (await self.database.transaction([beat, *also]))[0] if also else await self._rows(beat[0], *beat[1])
-        return (float(rows[0][0]), int(rows[0][1])) if rows else (0.0, 0)
+        try:  # state the node sends again at its next heartbeat: the commit need not wait for the disk
+            rows = (await self.database.transaction([beat, *also], guard=0, durable=False))[0]
+        except NothingMatched:
+            if serial is not None:
+                await self.check_certificate(name, serial)  # raises with the reason
+            return Beat(0.0, 0, False)
+        return Beat(float(rows[0][0]), int(rows[0][1]), bool(rows[0][2]))
 
     async def node_interval(self, name: str) -> float:
         """A node's heartbeat interval (0 for an unknown node)."""
@@ -350,7 +378,12 @@ class RegistryStore:
     async def node_documents(self, node: str) -> tuple[str, list[dict[str, Any]]]:
         """(resource version, documents) meant for a node: its devices and the models they use, its workloads and
         its endpoints and routes, the services of its workspace with their endpoints."""
-        devices = [json.loads(document) for document in await self.documents.node_devices(node)]
+        # what every node's heartbeat looks at, in one trip: its devices, the Endpoints, Routes and Services (for
+        # both of theirs), its workloads' placements
+        device_rows, shared_rows, placed_rows = await self.database.reads([
+            node_devices_statement(node), of_kinds_statement(("Endpoint", "Route", "Service")),
+            placements_on_statement(node)])
+        devices = [json.loads(document) for document, in device_rows]
         wanted = {(d.get("namespace", "default"), d["model"]) for d in devices if d.get("model")}
         models = [json.loads(doc) for ns, name, doc in (await self.documents.models() if wanted else [])
                   if (ns, name) in wanted]
@@ -360,8 +393,8 @@ class RegistryStore:
         from gateway.registry.services import node_service_documents
         from gateway.registry.workloads import node_workload_documents
 
-        shared = await self.documents.of_kinds(("Endpoint", "Route", "Service"))  # one look for both
-        documents = (models + devices + await node_workload_documents(self, node)
+        shared = of_kinds_rows(shared_rows)
+        documents = (models + devices + await node_workload_documents(self, node, placements_on_rows(placed_rows))
                      + await node_route_documents(self, node, shared)
                      + await node_service_documents(self, node, shared))
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]

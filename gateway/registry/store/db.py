@@ -9,9 +9,9 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiosqlite
 
@@ -245,11 +245,17 @@ class Database(Protocol):
         """Run one statement and commit; the number of rows it touched."""
         ...
 
-    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
+    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None, durable: bool = True
                           ) -> list[list[tuple[Any, ...]]]:
         """Run statements in one transaction; the rows each returned. When statement number `guard` (an UPDATE …
         RETURNING with a condition) returns no row, roll back and raise NothingMatched; a unique key taken rolls
-        back and raises KeyTaken."""
+        back and raises KeyTaken. `durable=False` is for state a node sends again at its next heartbeat: the
+        commit does not wait for the disk (a power cut may lose it, never corrupt the database, and the next
+        durable commit makes it durable too)."""
+        ...
+
+    async def reads(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        """Run read-only statements together (one trip where the database allows it); the rows of each."""
         ...
 
     async def notify(self, channel: str, payload: str) -> None: ...
@@ -263,6 +269,50 @@ def _statements(script: str, time_type: str) -> list[str]:
     return [s.strip() for s in script.format(time=time_type).split(";") if s.strip()]
 
 
+_SQLITE_NORMAL, _SQLITE_FULL = 1, 2  # PRAGMA synchronous: in WAL mode, NORMAL syncs at checkpoints only
+
+
+def _sqlite_transaction(connection: sqlite3.Connection, path: Path, statements: list[Statement], guard: int | None,
+                        synchronous: int, restore: int) -> list[list[tuple[Any, ...]]]:
+    """One transaction, in the connection's thread (see Database.transaction)."""
+    if connection.in_transaction:  # never expected: a transaction left open holds the database's write lock
+        log.error("%s: a transaction was left open; rolled back", path)
+        connection.execute("ROLLBACK")
+    if synchronous != restore:
+        connection.execute(f"PRAGMA synchronous={int(synchronous)}")
+    results: list[list[tuple[Any, ...]]] = []
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                try:
+                    results.append(connection.execute(sql, tuple(args)).fetchall())
+                except sqlite3.IntegrityError as exc:
+                    if "UNIQUE" not in str(exc):
+                        raise
+                    raise KeyTaken(str(exc)) from exc
+                if len(results) - 1 == guard and not results[-1]:
+                    raise NothingMatched(sql)
+            connection.execute("COMMIT")  # inside: a COMMIT that fails rolls back too, never leaves it open
+        except BaseException:
+            if connection.in_transaction:  # (SQLite rolls back by itself after some errors)
+                connection.execute("ROLLBACK")
+            raise
+    finally:
+        if synchronous != restore:
+            connection.execute(f"PRAGMA synchronous={int(restore)}")
+    return results
+
+
+def _sqlite_reads(connection: sqlite3.Connection, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
+    """Read-only statements in one read transaction (one snapshot of the database), in the connection's thread."""
+    connection.execute("BEGIN")
+    try:
+        return [connection.execute(sql, tuple(args)).fetchall() for sql, args in statements]
+    finally:
+        connection.execute("COMMIT")
+
+
 class SQLiteDatabase:
     dialect = "sqlite"
 
@@ -272,12 +322,15 @@ class SQLiteDatabase:
         self._listeners: dict[str, list[Listener]] = {}
         # one connection: a statement of one request must not run inside another request's open transaction
         self._lock = asyncio.Lock()
+        self._synchronous = _SQLITE_FULL  # as opened: what a durable commit uses
 
     async def open(self) -> SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = await aiosqlite.connect(self.path, timeout=5.0, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode=WAL")
+            [(synchronous,)] = await self._db.execute_fetchall("PRAGMA synchronous")
+            self._synchronous = int(synchronous)
             await self._migrate()
         except Exception as exc:
             raise StoreError(f"{self.path}: cannot open the registry database: {exc}") from exc
@@ -306,40 +359,29 @@ class SQLiteDatabase:
             cursor = await self.db.execute(sql, args)
         return int(cursor.rowcount)
 
-    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
+    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None, durable: bool = True
                           ) -> list[list[tuple[Any, ...]]]:
         # shielded: a caller that gives up (a channel closed, a request cancelled) does not stop the transaction
         # between two statements; it commits or rolls back as a whole, and the lock is held until it has
-        return await asyncio.shield(self._locked_transaction(list(statements), guard))
+        return await asyncio.shield(self._locked_transaction(list(statements), guard, durable))
 
-    async def _locked_transaction(self, statements: list[Statement], guard: int | None
+    async def _locked_transaction(self, statements: list[Statement], guard: int | None, durable: bool
                                   ) -> list[list[tuple[Any, ...]]]:
         async with self._lock:
-            return await self._transaction(statements, guard)
+            return await self._in_thread(_sqlite_transaction, self.path, statements, guard,
+                                         self._synchronous if durable else _SQLITE_NORMAL, self._synchronous)
 
-    async def _transaction(self, statements: Sequence[Statement], guard: int | None = None
-                           ) -> list[list[tuple[Any, ...]]]:
-        if self.db.in_transaction:  # never expected: a transaction left open holds the database's write lock
-            log.error("%s: a transaction was left open; rolled back", self.path)
-            await self.db.execute("ROLLBACK")
-        results: list[list[tuple[Any, ...]]] = []
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, args in statements:
-                try:
-                    results.append([tuple(row) for row in await self.db.execute_fetchall(sql, tuple(args))])
-                except sqlite3.IntegrityError as exc:
-                    if "UNIQUE" not in str(exc):
-                        raise
-                    raise KeyTaken(str(exc)) from exc
-                if len(results) - 1 == guard and not results[-1]:
-                    raise NothingMatched(sql)
-            await self.db.execute("COMMIT")  # inside: a COMMIT that fails rolls back too, never leaves it open
-        except BaseException:
-            if self.db.in_transaction:  # (SQLite rolls back by itself after some errors)
-                await self.db.execute("ROLLBACK")
-            raise
-        return results
+    async def _in_thread(self, function: Callable[..., list[list[tuple[Any, ...]]]], *args: Any
+                         ) -> list[list[tuple[Any, ...]]]:
+        """function(the sqlite3 connection, *args) in the connection's thread, in one trip there (a trip costs
+        several times what a small statement does); through aiosqlite's own way of running its calls."""
+        connection = self.db
+        run: Callable[..., Awaitable[Any]] = connection._execute  # untyped in aiosqlite
+        return cast(list[list[tuple[Any, ...]]], await run(function, connection._conn, *args))
+
+    async def reads(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        async with self._lock:
+            return await self._in_thread(_sqlite_reads, list(statements))
 
     async def notify(self, channel: str, payload: str) -> None:
         for listener in self._listeners.get(channel, []):
@@ -413,21 +455,33 @@ class PostgresDatabase:
     async def write(self, sql: str, *args: Any) -> int:
         return _count(await self.pool.execute(_postgres_sql(sql), *args))
 
-    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None
+    async def transaction(self, statements: Sequence[Statement], *, guard: int | None = None, durable: bool = True
                           ) -> list[list[tuple[Any, ...]]]:
         import asyncpg
 
         results: list[list[tuple[Any, ...]]] = []
-        # leaving the block by an exception rolls the transaction back
-        async with self.pool.acquire() as connection, connection.transaction():
-            for sql, args in statements:
-                try:
-                    results.append([tuple(row) for row in await connection.fetch(_postgres_sql(sql), *args)])
-                except asyncpg.UniqueViolationError as exc:
-                    raise KeyTaken(str(exc)) from exc
-                if len(results) - 1 == guard and not results[-1]:
-                    raise NothingMatched(sql)
+        async with self.pool.acquire() as connection:
+            # not durable: the commit does not wait for the WAL's flush (set with the BEGIN, in its round trip)
+            await connection.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit TO OFF")
+            try:
+                for sql, args in statements:
+                    try:
+                        results.append([tuple(row) for row in await connection.fetch(_postgres_sql(sql), *args)])
+                    except asyncpg.UniqueViolationError as exc:
+                        raise KeyTaken(str(exc)) from exc
+                    if len(results) - 1 == guard and not results[-1]:
+                        raise NothingMatched(sql)
+                await connection.execute("COMMIT")
+            except BaseException:
+                if connection.is_in_transaction():
+                    await connection.execute("ROLLBACK")
+                raise
         return results
+
+    async def reads(self, statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+        async with self.pool.acquire() as connection:
+            return [[tuple(row) for row in await connection.fetch(_postgres_sql(sql), *args)]
+                    for sql, args in statements]
 
     async def notify(self, channel: str, payload: str) -> None:
         await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)

@@ -12,6 +12,23 @@ from gateway.registry.store.db import NODES_CHANNEL, Statement, Tables, nodes_pa
 Document = tuple[str, str, str, str | None, bytes]  # kind, namespace, name, node, JSON
 
 
+def of_kinds_statement(kinds: Sequence[str], namespace: str | None = None) -> Statement:
+    """The query of DocumentTables.of_kinds, for Database.reads; of_kinds_rows makes its rows."""
+    marks = ", ".join("?" for _ in kinds)
+    return (f"SELECT kind, namespace, name, document, workspace FROM documents WHERE kind IN ({marks})"
+            + (" AND namespace=?" if namespace is not None else "") + " ORDER BY kind, namespace, name",
+            (*kinds, *([namespace] if namespace is not None else [])))
+
+
+def of_kinds_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, str, str]]:
+    return [(str(k), str(ns), str(n), str(doc), str(ws)) for k, ns, n, doc, ws in rows]
+
+
+def node_devices_statement(node: str) -> Statement:
+    """The query of DocumentTables.node_devices (the JSON of the Devices meant for a node), for Database.reads."""
+    return "SELECT document FROM documents WHERE kind='Device' AND node=? ORDER BY namespace, name", (node,)
+
+
 class DocumentTables(Tables):
     async def put(self, documents: Sequence[Document], workspace: str, also: Sequence[Statement] = (),
                   concerned: Collection[str] | None = None) -> None:
@@ -71,12 +88,8 @@ class DocumentTables(Tables):
     async def of_kinds(self, kinds: Sequence[str],
                        namespace: str | None = None) -> list[tuple[str, str, str, str, str]]:
         """(kind, namespace, name, JSON, workspace) of the documents of these kinds (in one namespace)."""
-        marks = ", ".join("?" for _ in kinds)
-        rows = await self.database.rows(
-            f"SELECT kind, namespace, name, document, workspace FROM documents WHERE kind IN ({marks})"
-            + (" AND namespace=?" if namespace is not None else "") + " ORDER BY kind, namespace, name",
-            *kinds, *([namespace] if namespace is not None else []))
-        return [(str(k), str(ns), str(n), str(doc), str(ws)) for k, ns, n, doc, ws in rows]
+        sql, args = of_kinds_statement(kinds, namespace)
+        return of_kinds_rows(await self.database.rows(sql, *args))
 
     async def workspaces(self) -> dict[tuple[str, str, str], str]:
         """The workspace of every document by (kind, namespace, name)."""
@@ -97,8 +110,8 @@ class DocumentTables(Tables):
 
     async def node_devices(self, node: str) -> list[str]:
         """The JSON of the Devices meant for a node."""
-        return [str(row[0]) for row in await self.database.rows(
-            "SELECT document FROM documents WHERE kind='Device' AND node=? ORDER BY namespace, name", node)]
+        sql, args = node_devices_statement(node)
+        return [str(row[0]) for row in await self.database.rows(sql, *args)]
 
     async def models(self) -> list[tuple[str, str, str]]:
         """(namespace, name, JSON) of every DeviceModel."""

@@ -17,6 +17,16 @@ Status = tuple[str, str, str, str, int, int, int, str, str]  # namespace, name, 
 # restarts, last event, instances as JSON
 
 
+def placements_on_statement(node: str) -> Statement:
+    """The query of WorkloadTables.placements_on, for Database.reads; placements_on_rows makes its rows."""
+    return ("SELECT namespace, name, source_kind, source, origin FROM workload_placements WHERE node=? "
+            "ORDER BY namespace, name", (node,))
+
+
+def placements_on_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, str, str]]:
+    return [(str(ns), str(name), str(kind), str(source), str(origin)) for ns, name, kind, source, origin in rows]
+
+
 class WorkloadTables(Tables):
     def __init__(self, store: Opened) -> None:
         super().__init__(store)
@@ -33,10 +43,8 @@ class WorkloadTables(Tables):
 
     async def placements_on(self, node: str) -> list[tuple[str, str, str, str, str]]:
         """(namespace, name, source kind, source, origin) of the workloads placed on a node."""
-        return [(str(ns), str(name), str(kind), str(source), str(origin))
-                for ns, name, kind, source, origin in await self.database.rows(
-                    "SELECT namespace, name, source_kind, source, origin FROM workload_placements WHERE node=? "
-                    "ORDER BY namespace, name", node)]
+        sql, args = placements_on_statement(node)
+        return placements_on_rows(await self.database.rows(sql, *args))
 
     async def placed_nodes(self, namespace: str, name: str) -> list[str]:
         return [str(node) for (node,) in await self.database.rows(

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_PROBE = 1 << 30
 SWEEP_EVERY = 1.0  # seconds between two looks at the database for changes no notification told of
+DROP_EXPIRED_EVERY = 30  # sweeps between two drops of expired messages (counted per node as they go)
 HELLO_TIMEOUT = 10.0
 REFUSED_CODE = 1008  # WebSocket close code "policy violation": a certificate refused
 PROTOCOL_ERROR_CODE = 1002  # WebSocket close code "protocol error": a frame the channel cannot take
@@ -180,20 +181,21 @@ class NodeSession:
 
     async def sync(self) -> None:
         """Push what is newer than what the node has (ChannelRefused when its certificate was revoked meanwhile)."""
-        await self.check_certificate()
         self.hub.syncs += 1
-        version, documents = await self.store.node_documents(self.node)
+        try:  # the certificate, the documents, the desired values and the messages: one look
+            version, documents, desired, pending = await self.store.node_sync(self.node, self.serial,
+                                                                              self.desired_version)
+        except AuthError as exc:
+            raise ChannelRefused(str(exc)) from None
         push = Push(seq=0)
         if version != self.resource_version:
             push.resource_version, push.documents = version, documents
             self.resource_version = version
-        desired = await self.store.twins.desired_after(self.node, self.desired_version)
         if desired:
             push.desired = [DesiredValue(device=f"{ns}/{name}", property=prop, value=value, version=number)
                             for ns, name, prop, value, number in desired]
             self.desired_version = max(number for *_, number in desired)
-        messages = [message for message in await self.store.pending_messages(self.node)
-                    if message["id"] not in self.sent_messages]
+        messages = [message for message in pending if message["id"] not in self.sent_messages]
         if messages:
             push.messages = [NodeMessage(id=m["id"], namespace=m["namespace"], path=m["path"], payload=m["payload"])
                              for m in messages]
@@ -265,12 +267,17 @@ class ChannelHub:
         return await session.mux.open_stream(kind, meta)
 
     async def sweep(self, store: RegistryStore) -> None:
-        """Wake the channels of nodes something was stored for that no notification told this replica of."""
+        """Wake the channels of nodes something was stored for that no notification told this replica of; drop
+        the expired messages now and then (a sync reads the unexpired ones only)."""
+        sweeps = 0
         while True:
             await asyncio.sleep(SWEEP_EVERY)
             if not self.sessions:
                 continue
+            sweeps += 1
             try:
+                if sweeps % DROP_EXPIRED_EVERY == 0:
+                    await store.drop_expired_messages()
                 # documents changed and no notification told of it by the next look (another process on the same
                 # SQLite file, a notification lost): every channel looks. A change a notification told of woke the
                 # channels it concerns already; one look's grace lets a notification that comes after the commit

@@ -63,6 +63,7 @@ CPU_MS_LIMIT = 1.5  # registry CPU per heartbeat over the channel (TLS included)
 HTTPS_CPU_MS_LIMIT = 3.0  # the same over HTTPS (a request through the HTTP stack each)
 KB_PER_NODE_LIMIT = 150.0
 MODEL_NODES, MODEL_INTERVAL = 10_000, 10.0
+FLEET_NODES, REPLICA_LOAD = 100_000, 0.7  # the fleet model: replicas kept at most 70 % busy for their latency
 INFO = {"version": "0.1.0", "plugins": ["gateway.core", "gateway.uplink.plugin", "gateway.virtual"], "os": "Linux 6.1",
         "architecture": "x86_64", "cpu_percent": 3.5, "memory_percent": 41.2, "disk_percent": 12.0,
         "devices": {"total": 12, "online": 12}, "uplink_latency_ms": 4.2, "resource_version": "",
@@ -238,7 +239,32 @@ async def connect_all(links: list[Any], registry: psutil.Process, steps: int) ->
     return points
 
 
-async def drive(links: list[Any], pid: int, memory_steps: int) -> dict[str, Any]:
+async def postgres_server(db_url: str) -> psutil.Process:
+    """The PostgreSQL server (postmaster) the registry's database is on: its processes' CPU is the database's."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    connection = await asyncpg.connect(db_url)
+    try:  # the backend serving this connection is a child of the server while the connection is open
+        parent = psutil.Process(await connection.fetchval("SELECT pg_backend_pid()")).parent()
+    finally:
+        await connection.close()
+    assert parent is not None
+    return parent
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User and system CPU of the processes still there."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def drive(links: list[Any], pid: int, memory_steps: int, db_url: str | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     registry = psutil.Process(pid)
     rss_idle = float(registry.memory_info().rss)
@@ -265,9 +291,14 @@ async def drive(links: list[Any], pid: int, memory_steps: int) -> dict[str, Any]
     await asyncio.sleep(max(0.0, start - loop.time()))
     connections_before = sum(link.connections for link in links)
     client = psutil.Process()
+    server = await postgres_server(db_url) if db_url else None
+    # the server's processes then (the registry's connections are pooled: they stay for the window)
+    database = [server, *server.children(recursive=True)] if server else []
+    database_before = cpu_seconds(database)
     cpu_before, client_before, wall_before = registry.cpu_times(), client.cpu_times(), time.monotonic()
     await asyncio.gather(*(beat(i, link) for i, link in enumerate(links)))
     cpu_after, client_after, wall = registry.cpu_times(), client.cpu_times(), time.monotonic() - wall_before
+    database_cpu = cpu_seconds(database) - database_before
     rss = registry.memory_info().rss
     connections = sum(link.connections for link in links) - connections_before
     for link in links:
@@ -283,12 +314,33 @@ async def drive(links: list[Any], pid: int, memory_steps: int) -> dict[str, Any]
         "p99_ms": (latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else math.inf) * 1000,
         "max_ms": (latencies[-1] if latencies else math.inf) * 1000, "new_connections": connections,
         "cpu_percent": cpu * 100, "cpu_ms_per_heartbeat": cpu * wall / answered * 1000,
+        # the system's share: mostly the sends on loopback, which carry the receiving side's TCP work too
+        "system_ms_per_heartbeat": (cpu_after.system - cpu_before.system) / answered * 1000,
         "client_cpu_percent": client_cpu * 100, "rss_mb": rss / 2**20, "rss_idle_mb": rss_idle / 2**20,
         "memory_points": points, "load_before": load_before}
+    if server is not None:
+        result["database_cpu_ms_per_heartbeat"] = database_cpu / answered * 1000
     if len(points) >= 2:
         slope, intercept = fit_line(points)
         result["kb_per_node"], result["rss_fit_base_mb"] = slope / 1024, intercept / 2**20
     return result
+
+
+def fleet_model_line(result: dict[str, Any]) -> str:
+    """What the measured figures make of 100,000 nodes every 10 s on replicas sharing one PostgreSQL (a model): as
+    many replicas as keep each at most REPLICA_LOAD of a core, and the database's cores for all of them."""
+    rate = FLEET_NODES / MODEL_INTERVAL
+    registry_cores = rate * result["cpu_ms_per_heartbeat"] / 1000
+    replicas = math.ceil(registry_cores / REPLICA_LOAD)
+    line = (f"model of {FLEET_NODES} nodes every {MODEL_INTERVAL:g}s across replicas sharing PostgreSQL: "
+            f"{rate:.0f} heartbeats/s, {registry_cores:.1f} cores of replicas: {replicas} replicas at "
+            f"{registry_cores / replicas * 100:.0f}% of a core each")
+    if "kb_per_node" in result:
+        rss = result["rss_fit_base_mb"] + FLEET_NODES / replicas * result["kb_per_node"] / 1024
+        line += f", about {rss:.0f} MB each"
+    if "database_cpu_ms_per_heartbeat" in result:
+        line += f"; PostgreSQL {rate * result['database_cpu_ms_per_heartbeat'] / 1000:.1f} cores"
+    return line
 
 
 def model_line(result: dict[str, Any]) -> str:
@@ -322,7 +374,7 @@ def run_benchmark(tmp_path: Path, db_url: str | None, label: str, *, channel: bo
         try:
             wait_for_port(port, process)
             time.sleep(1.0)  # the store is open, the first sweep ran
-            result = asyncio.run(drive(links, process.pid, 4 if channel else 1))
+            result = asyncio.run(drive(links, process.pid, 4 if channel else 1, db_url))
         finally:
             stop(process)
     way = "channel" if channel else "HTTPS"
@@ -331,14 +383,20 @@ def run_benchmark(tmp_path: Path, db_url: str | None, label: str, *, channel: bo
           f"{result['per_second']:.1f}/s (target {result['target_per_second']:.1f}/s), latency p50 "
           f"{result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms max {result['max_ms']:.1f} ms, "
           f"{result['new_connections']:.0f} new connections, registry CPU "
-          f"{result['cpu_percent']:.0f}% of a core ({result['cpu_ms_per_heartbeat']:.3f} ms a heartbeat), "
+          f"{result['cpu_percent']:.0f}% of a core ({result['cpu_ms_per_heartbeat']:.3f} ms a heartbeat, "
+          f"{result['system_ms_per_heartbeat']:.3f} of it in the kernel), "
           f"RSS {result['rss_mb']:.0f} MB, {result['rss_idle_mb']:.0f} MB before any node connected (the client: "
           f"{result['client_cpu_percent']:.0f}% of a core; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs)")
     if "kb_per_node" in result:
         points = ", ".join(f"{n:.0f}: {rss / 2**20:.1f} MB" for n, rss in result["memory_points"])
         print(f"{label} memory: {result['kb_per_node']:.1f} KB per connected node (RSS by nodes connected: {points})")
+    if "database_cpu_ms_per_heartbeat" in result:
+        print(f"{label} over the {way}: the PostgreSQL server's CPU {result['database_cpu_ms_per_heartbeat']:.3f} ms "
+              "a heartbeat")
     print(f"{label} over the {way}, {model_line(result)}")
+    if db_url:
+        print(f"{label} over the {way}, {fleet_model_line(result)}")
     return result
 
 

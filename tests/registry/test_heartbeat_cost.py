@@ -80,3 +80,24 @@ async def test_the_scheduler_reads_the_nodes_only_when_there_is_something_to_pla
                                         "default", access.cli_caller(), "apps.yaml")
         await workloads.schedule(store)
         assert looks and sorted(n for _, _, n, *_ in await store.workloads.placements()) == ["gw-0", "gw-1", "gw-2"]
+
+
+async def test_a_channel_sync_reads_what_it_pushes_in_one_trip(db_url: str | None, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A woken channel's look: the certificate, the node's documents, its desired values and its messages."""
+    async with RegistryStore(tmp_path, db_url) as store:
+        await store.add_node("gw-1", "ab", {}, 5.0)
+        await store.put_documents([("Device", "default", "pump", "gw-1", b'{"kind": "Device", "name": "pump"}')])
+        await store.twins.set_desired("gw-1", "default", "pump", {"speed": 40}, 1.0)
+        await store.twins.set_desired("gw-1", "default", "pump", {"mode": "auto"}, 2.0)
+        kept = await store.queue_message("gw-1", "default", "cmd", b"go", 600)
+        await store.queue_message("gw-1", "default", "cmd", b"late", -1)  # expired already
+        trips = count_trips(store, monkeypatch)
+        version, documents, desired, messages = await store.node_sync("gw-1", "ab", 1)
+        assert trips == {"reads": 1}, trips
+        assert (version, documents) == await store.node_documents("gw-1")
+        assert desired == [("default", "pump", "mode", "auto", 2)]  # newer than the node's version 1 only
+        assert [(m["id"], m["payload"]) for m in messages] == [(kept["id"], "Z28=")]
+        await store.remove_node("gw-1")
+        with pytest.raises(AuthError, match="certificate revoked"):
+            await store.node_sync("gw-1", "ab", 0)

@@ -49,7 +49,7 @@ from gateway.registry.store.requests import RequestTables
 from gateway.registry.store.routes import RouteTables
 from gateway.registry.store.samples import SampleTables, figures_statements, sample_statements
 from gateway.registry.store.services import ServiceTables
-from gateway.registry.store.twins import TwinTables
+from gateway.registry.store.twins import TwinTables, desired_after_rows, desired_after_statement
 from gateway.registry.store.upgrades import UpgradeTables
 from gateway.registry.store.workloads import WorkloadTables, placements_on_rows, placements_on_statement
 from gateway.resources.schema import NAME_PATTERN
@@ -65,6 +65,39 @@ class TokenRefused(AuthError):
 
 class NameTaken(ConfigError):
     """A joining node asked for the name of a node that exists."""
+
+
+MESSAGES_AT_ONCE = 100  # messages a node is given at a time
+
+
+def _certificate_statement(name: str, serial: str) -> Statement:
+    """(revoked or None, the node's current serial or None) of a certificate: see _check_certificate_row."""
+    return ("SELECT (SELECT 1 FROM revoked_certificates WHERE serial=?), (SELECT serial FROM nodes WHERE name=?)",
+            (serial, name))
+
+
+def _check_certificate_row(row: tuple[Any, ...], serial: str) -> None:
+    revoked, current = row
+    if revoked is not None:
+        raise AuthError("certificate revoked")
+    if current != serial:
+        raise AuthError("unknown node certificate")
+
+
+def _node_documents_statements(node: str) -> list[Statement]:
+    """A node's Devices, the registry's Endpoints, Routes and Services, its workloads' placements."""
+    return [node_devices_statement(node), of_kinds_statement(("Endpoint", "Route", "Service")),
+            placements_on_statement(node)]
+
+
+def _pending_messages_statement(node: str, now: float, limit: int = MESSAGES_AT_ONCE) -> Statement:
+    return ("SELECT id, namespace, path, payload, created_at FROM messages WHERE node=? AND expires_at>=? "
+            "ORDER BY created_at, id LIMIT ?", (node, now, limit))
+
+
+def _pending_messages_rows(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [{"id": message_id, "namespace": ns, "path": path, "payload": payload, "created_at": created}
+            for message_id, ns, path, payload, created in rows]
 
 
 class Beat(NamedTuple):
@@ -219,13 +252,9 @@ class RegistryStore:
 
     async def check_certificate(self, name: str, serial: str) -> None:
         """Raise AuthError unless the certificate is the current, unrevoked one of a known node."""
-        [(revoked, current)] = await self._rows(  # one look: the channel checks with every heartbeat
-            "SELECT (SELECT 1 FROM revoked_certificates WHERE serial=?), (SELECT serial FROM nodes WHERE name=?)",
-            serial, name)
-        if revoked is not None:
-            raise AuthError("certificate revoked")
-        if current != serial:
-            raise AuthError("unknown node certificate")
+        sql, args = _certificate_statement(name, serial)
+        [row] = await self._rows(sql, *args)
+        _check_certificate_row(row, serial)
 
     async def heartbeat(self, name: str, info: dict[str, Any], figures: list[AppFigures] | None = None) -> float:
         """Record a heartbeat (and its resource sample, `info.metrics`, and its app instances' figures); returns the
@@ -380,9 +409,24 @@ class RegistryStore:
         its endpoints and routes, the services of its workspace with their endpoints."""
         # what every node's heartbeat looks at, in one trip: its devices, the Endpoints, Routes and Services (for
         # both of theirs), its workloads' placements
-        device_rows, shared_rows, placed_rows = await self.database.reads([
-            node_devices_statement(node), of_kinds_statement(("Endpoint", "Route", "Service")),
-            placements_on_statement(node)])
+        rows = await self.database.reads(_node_documents_statements(node))
+        return await self._node_documents(node, *rows)
+
+    async def node_sync(self, node: str, serial: str, desired_version: int
+                        ) -> tuple[str, list[dict[str, Any]], list[tuple[str, str, str, Any, int]],
+                                   list[dict[str, Any]]]:
+        """What a node's open channel pushes, read in one trip: (resource version, documents) as node_documents,
+        its desired values newer than `desired_version` as twins.desired_after, its unexpired messages as
+        pending_messages; AuthError unless `serial` is the node's current, unrevoked certificate."""
+        [certificate], *documents, desired, messages = await self.database.reads([
+            _certificate_statement(node, serial), *_node_documents_statements(node),
+            desired_after_statement(node, desired_version), _pending_messages_statement(node, time.time())])
+        _check_certificate_row(certificate, serial)
+        version, found = await self._node_documents(node, *documents)
+        return version, found, desired_after_rows(desired), _pending_messages_rows(messages)
+
+    async def _node_documents(self, node: str, device_rows: list[tuple[Any, ...]], shared_rows: list[tuple[Any, ...]],
+                              placed_rows: list[tuple[Any, ...]]) -> tuple[str, list[dict[str, Any]]]:
         devices = [json.loads(document) for document, in device_rows]
         wanted = {(d.get("namespace", "default"), d["model"]) for d in devices if d.get("model")}
         models = [json.loads(doc) for ns, name, doc in (await self.documents.models() if wanted else [])
@@ -399,7 +443,6 @@ class RegistryStore:
                      + await node_service_documents(self, node, shared))
         version = hashlib.sha256(msgspec.json.encode(documents)).hexdigest()[:16]
         return version, documents
-
 
     # --- API tokens -------------------------------------------------------------------------------------------
 
@@ -440,13 +483,11 @@ class RegistryStore:
         self.message_counts["queued"] += 1
         return {"id": message_id, "expires_at": now + ttl}
 
-    async def pending_messages(self, node: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def pending_messages(self, node: str, limit: int = MESSAGES_AT_ONCE) -> list[dict[str, Any]]:
         """The unexpired messages for a node, oldest first (payload base64)."""
         await self.drop_expired_messages()
-        return [{"id": message_id, "namespace": ns, "path": path, "payload": payload, "created_at": created}
-                for message_id, ns, path, payload, created in await self._rows(
-                    "SELECT id, namespace, path, payload, created_at FROM messages WHERE node=? AND expires_at>=? "
-                    "ORDER BY created_at, id LIMIT ?", node, time.time(), limit)]
+        sql, args = _pending_messages_statement(node, time.time(), limit)
+        return _pending_messages_rows(await self._rows(sql, *args))
 
     async def message_counts_by_node(self) -> dict[str, int]:
         """How many unexpired messages wait for each node (for the channel's sweep)."""

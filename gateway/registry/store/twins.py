@@ -20,6 +20,16 @@ def device_filter(node: str | None, namespace: str | None, name: str | None) -> 
     return (f" WHERE {' AND '.join(where)}" if where else ""), args
 
 
+def desired_after_statement(node: str, version: int) -> Statement:
+    """The query of TwinTables.desired_after, for Database.reads; desired_after_rows makes its rows."""
+    return ("SELECT namespace, name, property, value, version FROM device_desired WHERE node=? AND version>? "
+            "ORDER BY version, namespace, name, property", (node, version))
+
+
+def desired_after_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, Any, int]]:
+    return [(ns, name, prop, json.loads(value), int(number)) for ns, name, prop, value, number in rows]
+
+
 class TwinTables(Tables):
     async def record(self, node: str, reports: Sequence[tuple[str, str, str, str, str]] | None, complete: bool,
                      delivered_up_to: int | None, refused: Sequence[tuple[str, str, str, int, str]],
@@ -62,10 +72,8 @@ class TwinTables(Tables):
 
     async def desired_after(self, node: str, version: int) -> list[tuple[str, str, str, Any, int]]:
         """(namespace, name, property, value, version) of a node's desired values newer than `version`."""
-        return [(ns, name, prop, json.loads(value), int(number)) for ns, name, prop, value, number in
-                await self.database.rows(
-                    "SELECT namespace, name, property, value, version FROM device_desired WHERE node=? AND version>? "
-                    "ORDER BY version, namespace, name, property", node, version)]
+        sql, args = desired_after_statement(node, version)
+        return desired_after_rows(await self.database.rows(sql, *args))
 
     async def latest_versions(self) -> dict[str, int]:
         """The newest desired version of every node that has desired values."""
